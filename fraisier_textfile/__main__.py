@@ -1,0 +1,3 @@
+from fraisier_textfile.cli import main
+
+main()

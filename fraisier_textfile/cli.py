@@ -1,0 +1,255 @@
+"""The ``fraisier`` command: click commands only. Each parses its options, makes one library call, and
+turns a library error into one ``Error: ...`` line and a non-zero exit.
+
+Nothing here imports prometheus_client at start-up: a ``fraisier record`` run from cron must not pay for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from fraisier_textfile import catalogue as c
+from fraisier_textfile import changes as events
+from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
+from fraisier_textfile.textfile import (
+    DEFAULT_LOCK_TIMEOUT,
+    DIRECTORY_ENVIRONMENT,
+    LOCK_TIMEOUT_ENVIRONMENT,
+    TextfileStore,
+    default_textfile_directory,
+)
+
+
+class InvalidInput(click.ClickException):
+    """A bad value: one line, exit 2 like any other misuse."""
+
+    exit_code = 2
+
+
+@contextmanager
+def library_errors() -> Iterator[None]:
+    try:
+        yield
+    except InvalidValueError as error:
+        raise InvalidInput(str(error)) from None
+    except FraisierTextfileError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@dataclass
+class Settings:
+    textfile_dir: Path
+    lock_timeout: float
+
+    def store(self) -> TextfileStore:
+        with library_errors():
+            return TextfileStore(self.textfile_dir, self.lock_timeout)
+
+
+def seconds(name: str, value: str) -> float:
+    with library_errors():
+        return c.check_seconds(name, value)
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.option(
+    "--textfile-dir",
+    envvar=DIRECTORY_ENVIRONMENT,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_textfile_directory,
+    show_default=str(default_textfile_directory()),
+    help=f"Directory of fraisier.prom; created if missing. Point node_exporter's "
+    f"--collector.textfile.directory at it (Debian: /var/lib/prometheus/node-exporter). "
+    f"Env: {DIRECTORY_ENVIRONMENT}.",
+)
+@click.option(
+    "--lock-timeout",
+    envvar=LOCK_TIMEOUT_ENVIRONMENT,
+    default=str(DEFAULT_LOCK_TIMEOUT),
+    show_default=True,
+    metavar="SECONDS",
+    help=f"How long to wait for another fraisier process to finish writing the file. "
+    f"Env: {LOCK_TIMEOUT_ENVIRONMENT}.",
+)
+@click.version_option(package_name="fraisier-textfile", prog_name="fraisier")
+@click.pass_context
+def main(context: click.Context, textfile_dir: Path, lock_timeout: str) -> None:
+    """Fraisier's deployment metrics for Prometheus, from short-lived processes.
+
+    Every command merges what it records into one file, TEXTFILE_DIR/fraisier.prom, under a lock and with
+    an atomic replace, so the file always holds the totals over every process that ever ran. Serve it with
+    node_exporter's textfile collector or with `fraisier metrics`.
+
+    \b
+    Examples:
+      fraisier record deployment --provider bare_metal --fraise-type api --status success --duration 42
+      fraisier exec --provider bare_metal --fraise-type api -- ./deploy.sh
+      fraisier textfile show
+    """
+    logging.basicConfig(format="fraisier: %(levelname)s: %(message)s", level=logging.WARNING)
+    context.obj = Settings(textfile_dir, seconds("--lock-timeout", lock_timeout))
+
+
+pass_settings = click.pass_obj
+
+
+@main.group()
+def record() -> None:
+    """Record one event into the textfile (for cron jobs and deploy hooks).
+
+    The event is in TEXTFILE_DIR/fraisier.prom when the command exits 0. A bad value exits 2 with one line
+    saying what to fix; a problem with the file or directory exits 1. Nothing is written on error.
+    """
+
+
+def _record(settings: Settings, event: object, *arguments: object) -> None:
+    changes = events.Changes()
+    with library_errors():
+        event(changes, *arguments)  # type: ignore[operator]
+        settings.store().merge(changes)
+
+
+PROVIDER = click.option("--provider", required=True, help="Provider, e.g. bare_metal or docker_compose.")
+DURATION_HELP = "Duration in seconds (a finite number >= 0)."
+
+
+@record.command()
+@PROVIDER
+@click.option("--fraise-type", required=True, help="Fraise type, e.g. api, etl, scheduled, backup.")
+@click.option("--status", required=True, help=f"One of: {', '.join(c.DEPLOYMENT_STATUSES)}.")
+@click.option("--duration", required=True, metavar="SECONDS", help=DURATION_HELP)
+@pass_settings
+def deployment(settings: Settings, provider: str, fraise_type: str, status: str, duration: str) -> None:
+    """A finished deployment: counted by status, its duration observed, its time kept as the last one."""
+    _record(settings, events.deployment_complete, provider, fraise_type, status, seconds("--duration", duration))
+
+
+@record.command()
+@PROVIDER
+@click.option("--error-type", required=True, help="What went wrong, e.g. timeout, build_failed.")
+@pass_settings
+def error(settings: Settings, provider: str, error_type: str) -> None:
+    """A deployment error."""
+    _record(settings, events.deployment_error, provider, error_type)
+
+
+@record.command()
+@PROVIDER
+@click.option("--reason", required=True, help="Why, e.g. timeout, health_check, manual.")
+@click.option("--duration", required=True, metavar="SECONDS", help=DURATION_HELP)
+@pass_settings
+def rollback(settings: Settings, provider: str, reason: str, duration: str) -> None:
+    """A rollback and how long it took."""
+    _record(settings, events.rollback, provider, reason, seconds("--duration", duration))
+
+
+@record.command("health-check")
+@PROVIDER
+@click.option("--check-type", required=True, help="e.g. http, tcp, exec, systemd.")
+@click.option("--status", required=True, help=f"One of: {', '.join(c.HEALTH_CHECK_STATUSES)}.")
+@click.option("--duration", required=True, metavar="SECONDS", help=DURATION_HELP)
+@pass_settings
+def health_check(settings: Settings, provider: str, check_type: str, status: str, duration: str) -> None:
+    """A health check and its result."""
+    _record(settings, events.health_check, provider, check_type, status, seconds("--duration", duration))
+
+
+@record.command()
+@PROVIDER
+@click.option("--up/--down", "available", required=True, default=None, help="Whether the provider is available.")
+@pass_settings
+def availability(settings: Settings, provider: str, available: bool) -> None:
+    """Whether a provider is available now (the latest report wins)."""
+    _record(settings, events.provider_availability, provider, available)
+
+
+@record.command("lock-wait")
+@click.option("--service", required=True, help="The service whose deployment lock was awaited.")
+@PROVIDER
+@click.option("--seconds", "wait_time", required=True, metavar="SECONDS", help="How long it waited.")
+@pass_settings
+def lock_wait(settings: Settings, service: str, provider: str, wait_time: str) -> None:
+    """How long a deployment waited for its lock (the latest report wins)."""
+    _record(settings, events.lock_wait, service, provider, seconds("--seconds", wait_time))
+
+
+@main.command(
+    "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@PROVIDER
+@click.option("--fraise-type", required=True, help="Fraise type, e.g. api, etl, scheduled, backup.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_settings
+def exec_(settings: Settings, provider: str, fraise_type: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND as a tracked deployment and exit with its exit status.
+
+    The deployment counts as active while COMMAND runs. When it ends, its duration is observed and it is
+    counted as success (exit 0) or failed, with an error of type exit_code_N or signal_NAME. If this
+    process is killed, the deployment is counted as crashed by the next writer. SIGINT, SIGTERM, SIGHUP
+    and SIGQUIT are passed on to COMMAND. A command that is not found exits 127 (error type
+    command_not_found). If the textfile cannot be written, a warning is printed and COMMAND runs anyway.
+
+    \b
+    Example:
+      fraisier exec --provider bare_metal --fraise-type api -- ./deploy.sh --env prod
+    """
+    from fraisier_textfile.execution import run_deployment
+
+    with library_errors():
+        status = run_deployment(settings.store(), provider, fraise_type, command)
+    sys.exit(status)
+
+
+@main.group()
+def textfile() -> None:
+    """Inspect the textfile: where it is, what it holds, whether it is valid."""
+
+
+@textfile.command()
+@pass_settings
+def path(settings: Settings) -> None:
+    """Print the textfile's path."""
+    click.echo(settings.store().path)
+
+
+@textfile.command()
+@pass_settings
+def show(settings: Settings) -> None:
+    """Print each family of the textfile with its samples."""
+    from fraisier_textfile.textformat import describe
+
+    store = settings.store()
+    with library_errors():
+        document = store.read()
+    if not document.blocks:
+        click.echo(f"{store.path}: no metrics yet")
+        return
+    for line in describe(document):
+        click.echo(line)
+
+
+@textfile.command()
+@pass_settings
+def check(settings: Settings) -> None:
+    """Validate the textfile: it parses as node_exporter would, has no timestamps, consistent HELP and TYPE,
+    and histograms with the catalogue's buckets. Exits 1 naming the first problem, 0 when valid."""
+    from fraisier_textfile.textformat import check_document
+
+    store = settings.store()
+    with library_errors():
+        document = store.read()
+        problems = check_document(document)
+    if problems:
+        raise click.ClickException(f"{store.path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    samples = sum(len(block.lines) for block in document.blocks.values())
+    click.echo(f"{store.path}: OK, {len(document.blocks)} families, {samples} samples")

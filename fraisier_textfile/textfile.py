@@ -1,0 +1,290 @@
+"""The textfile store: lock, read, merge, atomic replace.
+
+Every process merges what it recorded since its last flush into ``<directory>/fraisier.prom``, which
+node_exporter's textfile collector (or ``fraisier metrics``) serves:
+
+    lock fraisier.prom.lock -> read fraisier.prom (or reuse what this process wrote last) -> merge
+    -> render -> write .fraisier.prom.tmp.<random> -> fsync -> rename over fraisier.prom -> fsync dir -> unlock
+
+The file holds the true totals over every process that ever ran: counters and histograms are summed, so an
+increment is neither lost nor counted twice whatever number of processes race, and a process killed at any
+moment leaves either the old file or the new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+
+import filelock
+
+from fraisier_textfile import catalogue as c
+from fraisier_textfile import liveness
+from fraisier_textfile.changes import Changes, Labels, deployment_series
+from fraisier_textfile.errors import CorruptTextfileError, LockTimeoutError, TextfileWriteError
+from fraisier_textfile.textformat import Document, ParseError, parse, parse_series_key, series_key
+
+TEXTFILE_NAME = "fraisier.prom"
+LOCK_SUFFIX = ".lock"
+# node_exporter reads every file whose name ends in .prom, hidden ones included: ours must not.
+TEMPORARY_PREFIX = ".fraisier.prom.tmp."
+DEFAULT_LOCK_TIMEOUT = 10.0
+DIRECTORY_ENVIRONMENT = "FRAISIER_TEXTFILE_DIR"
+LOCK_TIMEOUT_ENVIRONMENT = "FRAISIER_LOCK_TIMEOUT"
+
+
+def default_textfile_directory() -> Path:
+    """``$FRAISIER_TEXTFILE_DIR``, else a directory any user can write with no set-up:
+    ``$XDG_STATE_HOME/fraisier/textfile`` (``~/.local/state/fraisier/textfile``)."""
+    configured = os.environ.get(DIRECTORY_ENVIRONMENT)
+    if configured:
+        return Path(configured)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "fraisier" / "textfile"
+
+
+def default_lock_timeout() -> float:
+    configured = os.environ.get(LOCK_TIMEOUT_ENVIRONMENT)
+    if not configured:
+        return DEFAULT_LOCK_TIMEOUT
+    return c.check_seconds(LOCK_TIMEOUT_ENVIRONMENT, configured)
+
+
+_WRITE_ERROR_FIXES = {
+    errno.ENOSPC: "free space on that filesystem",
+    errno.EDQUOT: "free space or raise the quota",
+    errno.EACCES: "make the directory writable by this user, or choose another --textfile-dir",
+    errno.EPERM: "make the directory writable by this user, or choose another --textfile-dir",
+    errno.EROFS: "the filesystem is read-only: choose another --textfile-dir",
+}
+
+
+def _write_error(path: Path, action: str, error: OSError) -> TextfileWriteError:
+    fix = _WRITE_ERROR_FIXES.get(error.errno or 0, "check the directory and the disk")
+    return TextfileWriteError(path, f"cannot {action} {path}: {error.strerror or error}; {fix}")
+
+
+class TextfileStore:
+    """One textfile directory: merges changes into ``fraisier.prom`` and reads it back."""
+
+    def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / TEXTFILE_NAME
+        self.lock_path = self.directory / (TEXTFILE_NAME + LOCK_SUFFIX)
+        self.lock_timeout = c.check_seconds("lock timeout", lock_timeout)
+        self._lock = filelock.FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o644)
+        # What this process last wrote, and the identity of the file it wrote: while the file on disk is
+        # still that one, nobody else has merged since and it need not be read or parsed again.
+        self._cached: tuple[tuple[int, int, int], Document] | None = None
+
+    # Reading
+
+    def read(self) -> Document:
+        """The file as it is now, without taking the lock: it is only ever replaced whole, so a reader sees
+        the old file or the new one. A missing file is an empty document."""
+        return self._read_file()[1]
+
+    def _read_file(self) -> tuple[tuple[int, int, int] | None, Document]:
+        try:
+            with open(self.path, "rb") as file:
+                status = os.fstat(file.fileno())
+                data = file.read()
+        except FileNotFoundError:
+            return None, Document()
+        except OSError as error:
+            raise TextfileWriteError(self.path, f"cannot read {self.path}: {error.strerror}; check its permissions")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise CorruptTextfileError(self.path, f"not UTF-8 text (byte {error.start})") from None
+        try:
+            document = parse(text)
+        except ParseError as error:
+            raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
+        return (status.st_ino, status.st_size, status.st_mtime_ns), document
+
+    def active_deployments(self, document: Document) -> dict[str, int]:
+        """Deployments running now in live processes, by provider (for a reader serving the file live)."""
+        counts: dict[str, int] = {}
+        for marker in liveness.read_markers(self.directory):
+            if marker.id not in document.retired_markers and liveness.is_alive(marker):
+                counts[marker.provider] = counts.get(marker.provider, 0) + 1
+        return counts
+
+    # Merging
+
+    def merge(self, changes: Changes) -> None:
+        """Merge ``changes`` into the textfile under the lock. On any error nothing is written, the file is
+        left byte-identical, and ``changes`` is untouched so that it can be merged again later."""
+        self._make_directory()
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise LockTimeoutError(self.lock_path, self.lock_timeout) from None
+        except OSError as error:
+            raise _write_error(self.lock_path, "create the lock file", error) from None
+        try:
+            self._merge_locked(changes)
+        finally:
+            self._lock.release()
+
+    def _make_directory(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise _write_error(self.directory, "create the directory", error) from None
+        if not self.directory.is_dir():
+            raise TextfileWriteError(self.directory, f"{self.directory} is not a directory: choose a directory")
+
+    def _merge_locked(self, changes: Changes) -> None:
+        _, document = self._load()
+        self._cached = None  # the document is about to change; it is cached again only once written
+        to_remove = self._account_markers(document, changes)
+        _apply(document, changes)
+        text = document.render()
+        self._replace(text)
+        status = os.stat(self.path)
+        self._cached = ((status.st_ino, status.st_size, status.st_mtime_ns), document)
+        for marker_id in to_remove:
+            liveness.remove_marker(self.directory, marker_id)
+
+    def _load(self) -> tuple[tuple[int, int, int] | None, Document]:
+        if self._cached is not None:
+            try:
+                status = os.stat(self.path)
+                if (status.st_ino, status.st_size, status.st_mtime_ns) == self._cached[0]:
+                    return self._cached
+            except FileNotFoundError:
+                pass
+        self._remove_stale_temporaries()
+        return self._read_file()
+
+    def _account_markers(self, document: Document, changes: Changes) -> set[str]:
+        """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
+        markers it now accounts for. Those are removed only after the file is written, and the list stays in
+        the file until they are gone: so a merger killed at any point leaves each deployment counted once."""
+        accounted = document.retired_markers | changes.retired_markers
+        active: dict[str, int] = {provider: 0 for provider in changes.active_providers}
+        existing = set()
+        crashed = Changes()
+        for marker in liveness.read_markers(self.directory):
+            existing.add(marker.id)
+            if marker.id in accounted:
+                continue
+            active.setdefault(marker.provider, 0)
+            if liveness.is_alive(marker):
+                active[marker.provider] += 1
+            else:
+                deployment_series(crashed, marker.provider, marker.fraise_type)
+                crashed.add(c.DEPLOYMENTS, (marker.provider, "crashed", marker.fraise_type), 1.0)
+                accounted.add(marker.id)
+        _apply(document, crashed)
+        _set_active(document, active)
+        document.retired_markers = accounted & existing
+        return document.retired_markers
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files are only made under the lock, which we hold: any left are from killed writers."""
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(TEMPORARY_PREFIX):
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    pass
+        liveness.remove_stale_temporaries(self.directory)
+
+    def _replace(self, text: str) -> None:
+        temporary = self.directory / f"{TEMPORARY_PREFIX}{secrets.token_hex(8)}"
+        data = text.encode("utf-8")
+        try:
+            # O_EXCL|O_NOFOLLOW: never write through a symlink or into a file someone else prepared.
+            descriptor = os.open(
+                temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+            )
+        except OSError as error:
+            raise _write_error(self.directory, "create a temporary file in", error) from None
+        try:
+            try:
+                os.fchmod(descriptor, 0o644)  # readable by node_exporter's user whatever our umask
+                view = memoryview(data)
+                while view:
+                    written = os.write(descriptor, view)
+                    view = view[written:]
+                # Durable content before the rename: after a power loss the name must not point at an
+                # empty file.
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            os.replace(temporary, self.path)
+        except OSError as error:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise _write_error(self.path, "write", error) from None
+        self._fsync_directory()
+
+    def _fsync_directory(self) -> None:
+        """Make the rename itself durable."""
+        try:
+            descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return
+        try:
+            os.fsync(descriptor)
+        except OSError:
+            pass  # some filesystems do not support fsync on directories; the rename is still atomic
+        finally:
+            os.close(descriptor)
+
+
+def _key(family: c.Family, labels: Labels, suffix: str = "") -> str:
+    return series_key(family.name + suffix, family.labels, labels)
+
+
+def _apply(document: Document, changes: Changes) -> None:
+    for (family, labels), amount in changes.added.items():
+        block = document.block(family)
+        key = _key(family, labels)
+        block.set(key, (block.value(key) or 0.0) + amount)
+    for (family, labels), delta in changes.observed.items():
+        block = document.block(family)
+        bucket_labels = family.labels + ("le",)
+        cumulative = 0
+        for bound, count in zip(family.bucket_bounds, delta.buckets):
+            cumulative += count
+            key = series_key(family.name + "_bucket", bucket_labels, labels + (bound,))
+            block.set(key, (block.value(key) or 0.0) + cumulative)
+        key = _key(family, labels, "_sum")
+        block.set(key, (block.value(key) or 0.0) + delta.sum)
+        key = _key(family, labels, "_count")
+        block.set(key, (block.value(key) or 0.0) + delta.count)
+    for (family, labels), value in changes.latest.items():
+        document.block(family).set(_key(family, labels), value)
+    for (family, labels), value in changes.maximum.items():
+        block = document.block(family)
+        key = _key(family, labels)
+        current = block.value(key)
+        if current is None or value > current:
+            block.set(key, value)
+
+
+def _set_active(document: Document, active: dict[str, int]) -> None:
+    """Every provider ever seen keeps its series; those with no live deployment read 0."""
+    family = c.ACTIVE_DEPLOYMENTS
+    block = document.blocks.get(family.name)
+    if block is None and not active:
+        return
+    block = document.block(family)
+    providers = dict.fromkeys(parse_series_key(key)[1].get("provider", "") for key, _ in block.samples())
+    for provider in providers:
+        if provider and provider not in active:
+            block.set(_key(family, (provider,)), 0.0)
+    for provider, count in active.items():
+        block.set(_key(family, (provider,)), float(count))
