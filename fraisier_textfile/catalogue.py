@@ -165,7 +165,7 @@ _checked_label_values: set[str] = set()
 def check_label_value(label: str, value: object) -> str:
     """Return ``value`` if it may be a label value: a non-empty printable string of at most 128 characters."""
     if value.__class__ is str and value in _checked_label_values:
-        return value  # type: ignore[return-value]
+        return value
     if not isinstance(value, str):
         raise InvalidValueError(f"{label}={value!r} is not a string: pass the {label} as text")
     if not value:
@@ -187,7 +187,7 @@ def check_label_value(label: str, value: object) -> str:
 def check_choice(label: str, value: object, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise InvalidValueError(f"{label}={value!r} is not known: use one of {', '.join(allowed)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_seconds(what: str, value: object) -> float:

@@ -250,6 +250,7 @@ def check(settings: Settings) -> None:
         document = store.read()
         problems = check_document(document)
     if problems:
-        raise click.ClickException(f"{store.path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise click.ClickException(f"{store.path}: {problems[0]}{more}")
     samples = sum(len(block.lines) for block in document.blocks.values())
     click.echo(f"{store.path}: OK, {len(document.blocks)} families, {samples} samples")

@@ -60,7 +60,10 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     except PermissionError:
         returncode, error_type = 126, "command_not_executable"
     else:
-        previous = {sig: signal.signal(sig, lambda signum, _frame: child.send_signal(signum)) for sig in FORWARDED_SIGNALS}
+        def forward(signum: int, _frame: object) -> None:
+            child.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
         try:
             returncode = child.wait()
         finally:

@@ -10,7 +10,6 @@ import atexit
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,8 +77,6 @@ class MetricsRecorder:
         self._in_flight: list[liveness.Marker] = []
         self._lock = threading.RLock()
         self._batch_depth = 0
-        reference = weakref.ref(self)
-        atexit.register(_flush_at_exit, reference)
 
     @property
     def textfile_path(self) -> Path:
@@ -190,6 +187,7 @@ class MetricsRecorder:
                 return
             self.store.merge(self._pending)
             self._pending = Changes()
+            _unflushed.discard(self)
 
     @property
     def pending(self) -> bool:
@@ -244,8 +242,12 @@ class MetricsRecorder:
                 return
 
     def _flush_if_automatic(self) -> None:
-        if self.auto_flush and not self._batch_depth:
+        if self._batch_depth:
+            return
+        if self.auto_flush:
             self.flush()
+        else:
+            _unflushed.add(self)  # kept alive until flushed, at the latest at exit
 
     @contextmanager
     def _batch(self) -> Iterator[None]:
@@ -269,14 +271,18 @@ class MetricsRecorder:
             log.error("could not record the outcome of %r: %s", error, metrics_error)
 
 
-def _flush_at_exit(reference: weakref.ref[MetricsRecorder]) -> None:
-    recorder = reference()
-    if recorder is None:
-        return
-    try:
-        recorder.flush()
-    except FraisierTextfileError as error:
-        log.error("fraisier metrics recorded in this process were not written: %s", error)
+# Recorders holding events not yet flushed. Normal process exit flushes them; a strong reference, so
+# that a recorder dropped with pending events (a hot loop in a function that returned) is not lost.
+_unflushed: set[MetricsRecorder] = set()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for recorder in list(_unflushed):
+        try:
+            recorder.flush()
+        except FraisierTextfileError as error:
+            log.error("fraisier metrics recorded in this process were not written: %s", error)
 
 
 _process_recorder: MetricsRecorder | None = None

@@ -94,7 +94,9 @@ class TextfileStore:
         except FileNotFoundError:
             return None, Document()
         except OSError as error:
-            raise TextfileWriteError(self.path, f"cannot read {self.path}: {error.strerror}; check its permissions")
+            raise TextfileWriteError(
+                self.path, f"cannot read {self.path}: {error.strerror}; check its permissions"
+            ) from None
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:

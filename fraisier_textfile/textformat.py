@@ -274,7 +274,7 @@ def check_buckets(block: Block, family: Family) -> None:
             seen.setdefault(series, []).append(key[marker + 4 : -2])
         elif line.startswith(family.name + "_count"):
             counts += 1
-    for series, les in seen.items():
+    for les in seen.values():
         if tuple(les) != bounds:
             raise ParseError(
                 f"{family.name} has buckets le={','.join(les)} but the catalogue's are le={','.join(bounds)}"

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def textfile_dir(tmp_path: Path) -> Path:
+    """A fresh textfile directory, not yet created (the store creates it)."""
+    return tmp_path / "textfile"
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never write to the user's real default directory."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("FRAISIER_TEXTFILE_DIR", raising=False)
+    monkeypatch.delenv("FRAISIER_LOCK_TIMEOUT", raising=False)

@@ -1,0 +1,99 @@
+"""Real processes for the tests: the binaries they need, free loopback ports, servers started and stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def binary(name: str) -> str:
+    """The path of a required binary. Missing: a skip on a developer's machine, a failure under CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed: apt-get install the Debian package (.ci/run does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 10.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return str(response.read().decode("utf-8"))
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server for {url} exited with {process.returncode}")
+        try:
+            http_get(url, timeout=2)
+            return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing served {url} within {timeout}s") from None
+            time.sleep(0.05)
+
+
+@contextmanager
+def running(command: Sequence[str], ready_url: str, **popen: object) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server, wait until ``ready_url`` answers, and stop it (SIGTERM, then SIGKILL) afterwards."""
+    process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
+    try:
+        wait_until_serving(ready_url, process)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def node_exporter(directory: Path) -> Iterator[str]:
+    """The real node_exporter with only its textfile collector, reading ``directory``. Yields its /metrics URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    command = [
+        binary("prometheus-node-exporter"),
+        "--collector.disable-defaults",
+        "--collector.textfile",
+        f"--collector.textfile.directory={directory}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with running(command, url):
+        yield url
+
+
+def fraisier(*arguments: str, textfile_dir: Path | None = None, check: bool = False,
+             env: dict[str, str] | None = None, **run: object) -> subprocess.CompletedProcess[str]:
+    """Run the ``fraisier`` CLI as a real subprocess (``python -m fraisier_textfile``)."""
+    environment = dict(os.environ if env is None else env)
+    if textfile_dir is not None:
+        environment["FRAISIER_TEXTFILE_DIR"] = str(textfile_dir)
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-m", "fraisier_textfile", *arguments],
+        capture_output=True, text=True, check=check, env=environment, **run,
+    )

@@ -1,0 +1,124 @@
+"""Real processes racing on real files, and killed at random moments."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fraisier_textfile import MetricsRecorder, TextfileStore
+from fraisier_textfile.liveness import MARKER_DIRECTORY
+from fraisier_textfile.textfile import TEMPORARY_PREFIX
+
+from .values import sample_values
+
+WORKERS = Path(__file__).with_name("workers.py")
+SUCCESS = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+CRASHED = 'fraisier_deployments_total{provider="docker_compose",status="crashed",fraise_type="backup"}'
+ACTIVE = 'fraisier_active_deployments{provider="docker_compose"}'
+
+
+def start(name: str, *arguments: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKERS), name, *arguments],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_parallel_writers_lose_nothing_and_count_nothing_twice(textfile_dir: Path) -> None:
+    processes, events = 8, 150
+    workers = [start("flush_many", str(textfile_dir), str(events), str(n)) for n in range(processes)]
+    for worker in workers:
+        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    for worker in workers:
+        _, errors = worker.communicate(timeout=300)
+        assert worker.returncode == 0, errors
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[SUCCESS] == processes * events
+    assert values['fraisier_deployment_duration_seconds_count{provider="bare_metal",status="success"}'] == (
+        processes * events
+    )
+    assert values['fraisier_deployment_duration_seconds_sum{provider="bare_metal",status="success"}'] == (
+        processes * events * 1.5
+    )
+    assert values['fraisier_health_checks_total{provider="bare_metal",check_type="http",status="pass"}'] == (
+        processes * (events // 2)
+    )
+    for n in range(processes):
+        assert values[f'fraisier_deployment_errors_total{{provider="bare_metal",error_type="worker_{n}"}}'] == 1
+
+
+def test_a_hot_loop_without_auto_flush_is_written_at_exit(textfile_dir: Path) -> None:
+    worker = start("hot_loop", str(textfile_dir), "500")
+    _, errors = worker.communicate(timeout=60)
+    assert worker.returncode == 0, errors
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployments_total{provider="bare_metal",status="failed",fraise_type="etl"}'] == 500
+
+
+def test_writers_killed_at_random_moments_never_corrupt_the_file(textfile_dir: Path) -> None:
+    """Hundreds of writers, each a forked process flushing in a loop, SIGKILLed at a random moment."""
+    rng = random.Random(20261124)
+    store = TextfileStore(textfile_dir)
+    key = 'fraisier_rollbacks_total{provider="bare_metal",reason="timeout"}'
+    previous = 0.0
+    for _ in range(300):
+        pid = os.fork()
+        if pid == 0:  # the writer
+            try:
+                recorder = MetricsRecorder(textfile_dir)
+                while True:
+                    recorder.record_rollback("bare_metal", "timeout", 3.0)
+            finally:
+                os._exit(1)
+        time.sleep(rng.uniform(0, 0.03))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        document = store.read()  # raises if the file does not parse
+        block = document.blocks.get("fraisier_rollbacks_total")
+        total = (block.value(key) if block else None) or 0.0
+        assert total >= previous  # a counter never goes back
+        previous = total
+    assert previous > 0
+    # The lock is not stuck and the litter goes: the next writer gets through and cleans up.
+    MetricsRecorder(textfile_dir, lock_timeout=5).record_deployment_error("bare_metal", "after")
+    assert not [p.name for p in textfile_dir.iterdir() if p.name.startswith(TEMPORARY_PREFIX)]
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="after"}'] == 1
+    assert values[key] >= previous
+
+
+def test_a_deployment_killed_midway_is_counted_crashed_exactly_once(textfile_dir: Path) -> None:
+    worker = start("deploy_forever", str(textfile_dir))
+    assert worker.stdout is not None and worker.stdout.readline() == "deploying\n"
+    assert sample_values(textfile_dir / "fraisier.prom")[ACTIVE] == 1
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    for _ in range(3):  # several later writers, in several processes: one crash, counted once
+        MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "unrelated")
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[ACTIVE] == 0
+    assert values[CRASHED] == 1
+    assert not list((textfile_dir / MARKER_DIRECTORY).iterdir())
+
+
+def test_a_reused_pid_does_not_keep_a_dead_deployment_alive(textfile_dir: Path) -> None:
+    """A marker naming a live PID but another start time is a dead process whose PID was reused."""
+    from fraisier_textfile import liveness
+
+    marker = liveness.create_marker(textfile_dir, "docker_compose", "backup")
+    pid, start_time = marker.id.split("-")[:2]
+    reused = f"{pid}-{int(start_time) - 1}-feedface"
+    os.rename(textfile_dir / MARKER_DIRECTORY / marker.id, textfile_dir / MARKER_DIRECTORY / reused)
+    MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "unrelated")
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[CRASHED] == 1
+    assert values[ACTIVE] == 0

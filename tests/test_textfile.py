@@ -1,0 +1,279 @@
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile import catalogue as c
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError, LockTimeoutError, TextfileWriteError
+from fraisier_textfile.textfile import TEMPORARY_PREFIX, TextfileStore
+from fraisier_textfile.textformat import parse
+
+from .values import sample_values
+
+
+def merge(store: TextfileStore, event: object, *arguments: object) -> None:
+    changes = Changes()
+    event(changes, *arguments)  # type: ignore[operator]
+    store.merge(changes)
+
+
+def test_counters_and_histograms_are_summed_across_merges(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    merge(store, events.deployment_complete, "bare_metal", "api", "success", 12.0)
+    merge(TextfileStore(textfile_dir), events.deployment_complete, "bare_metal", "api", "success", 700.0)
+    values = sample_values(store.path)
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 2
+    duration = 'fraisier_deployment_duration_seconds_{}{{provider="bare_metal",status="success"{}}}'
+    assert values[duration.format("count", "")] == 2
+    assert values[duration.format("sum", "")] == 712
+    assert values[duration.format("bucket", ',le="30.0"')] == 1
+    assert values[duration.format("bucket", ',le="1200.0"')] == 2
+    assert values[duration.format("bucket", ',le="+Inf"')] == 2
+
+
+def test_a_new_pair_has_every_deployment_status_at_zero(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    merge(store, events.deployment_complete, "docker_compose", "etl", "success", 1.0)
+    values = sample_values(store.path)
+    for status in c.DEPLOYMENT_STATUSES:
+        key = f'fraisier_deployments_total{{provider="docker_compose",status="{status}",fraise_type="etl"}}'
+        assert values[key] == (1 if status == "success" else 0)
+
+
+def test_gauges_take_the_latest_or_the_maximum(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    merge(store, events.provider_availability, "bare_metal", False)
+    merge(store, events.provider_availability, "bare_metal", True)
+    merge(store, events.lock_wait, "web", "bare_metal", 3.5)
+    merge(store, events.lock_wait, "web", "bare_metal", 0.5)
+    merge(store, events.deployment_complete, "bare_metal", "api", "success", 1.0, 2000.0)
+    merge(store, events.deployment_complete, "bare_metal", "api", "success", 1.0, 1000.0)
+    values = sample_values(store.path)
+    assert values['fraisier_provider_availability{provider="bare_metal"}'] == 1
+    assert values['fraisier_deployment_lock_wait_seconds{service="web",provider="bare_metal"}'] == 0.5
+    key = 'fraisier_last_deployment_timestamp_seconds{provider="bare_metal",fraise_type="api",status="success"}'
+    assert values[key] == 2000
+
+
+@pytest.fixture
+def umask_077() -> Iterator[None]:
+    previous = os.umask(0o077)
+    yield
+    os.umask(previous)
+
+
+def test_the_file_is_readable_by_others_whatever_the_umask(textfile_dir: Path, umask_077: None) -> None:
+    store = TextfileStore(textfile_dir)
+    merge(store, events.deployment_error, "bare_metal", "timeout")
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o644
+
+
+def test_no_created_series_and_no_timestamps(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    merge(store, events.health_check, "bare_metal", "http", "pass", 0.2)
+    text = store.path.read_text()
+    assert "_created" not in text
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            assert len(line.rsplit("} ", 1)[-1].split()) == 1, line
+
+
+def test_families_of_other_writers_are_kept_and_old_help_is_replaced(textfile_dir: Path) -> None:
+    textfile_dir.mkdir()
+    foreign = "# HELP site_info Written by hand.\n# TYPE site_info gauge\nsite_info{site=\"a\"} 1\n"
+    old = (
+        "# HELP fraisier_rollbacks_total An earlier version's help.\n# TYPE fraisier_rollbacks_total counter\n"
+        'fraisier_rollbacks_total{provider="bare_metal",reason="manual"} 4.0\n'
+    )
+    (textfile_dir / "fraisier.prom").write_text(old + foreign)
+    store = TextfileStore(textfile_dir)
+    merge(store, events.rollback, "bare_metal", "manual", 3.0)
+    text = store.path.read_text()
+    assert text.endswith(foreign)
+    assert "An earlier version's help" not in text
+    assert sample_values(store.path)['fraisier_rollbacks_total{provider="bare_metal",reason="manual"}'] == 5
+
+
+def file_state(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+
+
+def test_a_corrupt_file_is_refused_and_left_byte_identical(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    merge(store, events.deployment_error, "bare_metal", "timeout")
+    with store.path.open("ab") as file:
+        file.write(b'fraisier_deployment_errors_total{provider="x",error_type="y"} 1')  # no newline: truncated
+    before = file_state(textfile_dir)
+    with pytest.raises(CorruptTextfileError, match=r"fraisier.prom:\d+: the file does not end with a newline"):
+        merge(store, events.deployment_error, "bare_metal", "timeout")
+    assert file_state(textfile_dir) == before
+
+
+def test_a_file_with_other_buckets_is_refused(textfile_dir: Path) -> None:
+    textfile_dir.mkdir()
+    name = c.ROLLBACK_DURATION.name
+    text = (
+        f"# TYPE {name} histogram\n"
+        f'{name}_bucket{{provider="p",le="1.0"}} 1.0\n{name}_bucket{{provider="p",le="+Inf"}} 1.0\n'
+        f'{name}_sum{{provider="p"}} 0.5\n{name}_count{{provider="p"}} 1.0\n'
+    )
+    (textfile_dir / "fraisier.prom").write_text(text)
+    with pytest.raises(CorruptTextfileError, match="buckets le=1.0,\\+Inf but the catalogue's are"):
+        merge(TextfileStore(textfile_dir), events.rollback, "p", "manual", 1.0)
+    assert (textfile_dir / "fraisier.prom").read_text() == text
+
+
+BAD_VALUES = [
+    (events.deployment_complete, ("p", "api", "exploded", 1.0), "status='exploded' is not known: use one of"),
+    (events.deployment_complete, ("", "api", "success", 1.0), "provider is empty"),
+    (events.deployment_complete, ("p", "x" * 129, "success", 1.0), "is 129 characters long"),
+    (events.deployment_error, ("p", "line\nbreak"), "non-printable"),
+    (events.rollback, ("p", "manual", -1.0), "duration=-1.0 is not a finite number"),
+    (events.rollback, ("p", "manual", float("nan")), "duration=nan"),
+    (events.health_check, ("p", "http", "pass", float("inf")), "duration=inf"),
+    (events.health_check, ("p", "http", "maybe", 1.0), "status='maybe'"),
+]
+
+
+@pytest.mark.parametrize("event, arguments, message", BAD_VALUES)
+def test_bad_values_record_nothing(event: object, arguments: tuple[object, ...], message: str) -> None:
+    changes = Changes()
+    with pytest.raises(InvalidValueError, match=message):
+        event(changes, *arguments)  # type: ignore[operator]
+    assert not changes
+
+
+@pytest.fixture
+def unwritable_directory(tmp_path: Path) -> Iterator[Path]:
+    """A directory holding a textfile that this process cannot write to. Root writes anywhere, so for root
+    it is a real read-only filesystem; for anyone else, a directory without write permission."""
+    directory = tmp_path / "readonly"
+    directory.mkdir()
+    as_root = os.geteuid() == 0
+    if as_root:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)], check=True)
+    merge(TextfileStore(directory), events.deployment_error, "bare_metal", "timeout")
+    if as_root:
+        subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True)
+    else:
+        directory.chmod(0o555)
+    try:
+        yield directory
+    finally:
+        if as_root:
+            subprocess.run(["umount", str(directory)], check=True)
+        else:
+            directory.chmod(0o755)
+
+
+def test_an_unwritable_directory_fails_cleanly(unwritable_directory: Path) -> None:
+    before = file_state(unwritable_directory)
+    with pytest.raises(TextfileWriteError, match=f"cannot .* {unwritable_directory}.*: .*; (make the|the filesystem)"):
+        merge(TextfileStore(unwritable_directory), events.deployment_error, "bare_metal", "timeout")
+    assert file_state(unwritable_directory) == before
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A real, nearly full filesystem (a 64 KiB tmpfs) where root may mount one."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here; test_a_full_disk_simulated covers the same path")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_leaves_the_old_file_and_no_temporary(tiny_filesystem: Path) -> None:
+    store = TextfileStore(tiny_filesystem)
+    merge(store, events.deployment_error, "bare_metal", "timeout")
+    before = file_state(tiny_filesystem)
+    (tiny_filesystem / "filler").write_bytes(b"\0" * (64 * 1024 - 8192 - len(before["fraisier.prom"])))
+    big = Changes()
+    for number in range(2000):
+        events.deployment_error(big, "bare_metal", f"error_{number}")
+    with pytest.raises(TextfileWriteError, match="No space left on device; free space on that filesystem"):
+        store.merge(big)
+    (tiny_filesystem / "filler").unlink()
+    assert file_state(tiny_filesystem) == before
+    assert not [p for p in tiny_filesystem.iterdir() if p.name.startswith(TEMPORARY_PREFIX)]
+
+
+def test_a_full_disk_simulated(textfile_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same as above where no filesystem can be mounted: os.write fails with ENOSPC."""
+    store = TextfileStore(textfile_dir)
+    merge(store, events.deployment_error, "bare_metal", "timeout")
+    before = file_state(textfile_dir)
+
+    def full(descriptor: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(TextfileWriteError, match="No space left on device"):
+        merge(store, events.deployment_error, "bare_metal", "timeout")
+    monkeypatch.undo()
+    assert file_state(textfile_dir) == before
+
+
+def test_the_lock_times_out_with_a_clear_error(textfile_dir: Path) -> None:
+    import filelock
+
+    store = TextfileStore(textfile_dir, lock_timeout=0.2)
+    merge(store, events.deployment_error, "bare_metal", "timeout")
+    before = file_state(textfile_dir)
+    holder = subprocess.Popen(
+        ["python", "-c", f"import filelock, time\nwith filelock.FileLock({str(store.lock_path)!r}):\n"
+         "    print('held', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(LockTimeoutError, match="could not lock .*fraisier.prom.lock within 0.2s"):
+            merge(store, events.deployment_error, "bare_metal", "timeout")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert file_state(textfile_dir) == before
+    del filelock
+
+
+def test_temporaries_left_by_killed_writers_are_removed(textfile_dir: Path) -> None:
+    textfile_dir.mkdir()
+    litter = textfile_dir / f"{TEMPORARY_PREFIX}deadbeef"
+    litter.write_text("half a file")
+    merge(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    assert not litter.exists()
+
+
+def test_never_writes_through_a_symlink(textfile_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A symlink planted at the temporary name makes the write fail rather than follow it."""
+    import secrets
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    textfile_dir.mkdir()
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "planted")
+    (textfile_dir / f"{TEMPORARY_PREFIX}planted").symlink_to(victim)
+    store = TextfileStore(textfile_dir)
+    store._remove_stale_temporaries = lambda: None  # type: ignore[method-assign]  # keep the plant in place
+    with pytest.raises(TextfileWriteError, match="cannot create a temporary file"):
+        merge(store, events.deployment_error, "bare_metal", "timeout")
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_missing_directory_is_created(tmp_path: Path) -> None:
+    store = TextfileStore(tmp_path / "a" / "b" / "c")
+    merge(store, events.deployment_error, "bare_metal", "timeout")
+    assert parse(store.path.read_text()).blocks

@@ -1,0 +1,22 @@
+"""Reading a textfile's samples the way a scraper does, independently of the package's own parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def sample_values(source: Path | str) -> dict[str, float]:
+    """``{'name{a="x",b="y"}': value}`` for every sample, labels in the order the text gives them."""
+    text = source.read_text() if isinstance(source, Path) else source
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,47 @@
+"""Worker processes for the race and crash tests: ``python tests/workers.py NAME TEXTFILE_DIR [ARGS]``."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from fraisier_textfile import MetricsRecorder
+
+
+def flush_many(directory: str, events: str, identity: str) -> None:
+    """Record ``events`` deployments, each flushed, with a health check every other one."""
+    recorder = MetricsRecorder(directory, lock_timeout=60)
+    print("ready", flush=True)
+    sys.stdin.readline()  # every worker starts at once
+    for number in range(int(events)):
+        recorder.record_deployment_complete("bare_metal", "api", "success", 1.5)
+        if number % 2:
+            recorder.record_health_check("bare_metal", "http", "pass", 0.1)
+    recorder.record_deployment_error("bare_metal", f"worker_{identity}")
+
+
+def hot_loop(directory: str, events: str) -> None:
+    """Record without auto-flush; normal exit writes everything."""
+    recorder = MetricsRecorder(directory, auto_flush=False)
+    for _ in range(int(events)):
+        recorder.record_deployment_complete("bare_metal", "etl", "failed", 2.0)
+
+
+def write_forever(directory: str) -> None:
+    """Flush in a loop until killed."""
+    recorder = MetricsRecorder(directory)
+    print("ready", flush=True)
+    while True:
+        recorder.record_rollback("bare_metal", "timeout", 3.0)
+
+
+def deploy_forever(directory: str) -> None:
+    """Start a tracked deployment and hang inside it until killed."""
+    recorder = MetricsRecorder(directory)
+    with recorder.track_deployment("docker_compose", "backup"):
+        print("deploying", flush=True)
+        time.sleep(600)
+
+
+if __name__ == "__main__":
+    globals()[sys.argv[1]](*sys.argv[2:])
