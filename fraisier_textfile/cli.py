@@ -139,7 +139,7 @@ def deployment(settings: Settings, provider: str, fraise_type: str, status: str,
 @click.option("--error-type", required=True, help="What went wrong, e.g. timeout, build_failed.")
 @pass_settings
 def error(settings: Settings, provider: str, error_type: str) -> None:
-    """A deployment error."""
+    """A deployment error, counted by provider and error type."""
     _record(settings, events.deployment_error, provider, error_type)
 
 
@@ -160,7 +160,7 @@ def rollback(settings: Settings, provider: str, reason: str, duration: str) -> N
 @click.option("--duration", required=True, metavar="SECONDS", help=DURATION_HELP)
 @pass_settings
 def health_check(settings: Settings, provider: str, check_type: str, status: str, duration: str) -> None:
-    """A health check and its result."""
+    """A health check: counted by status (pass or fail), its duration observed."""
     _record(settings, events.health_check, provider, check_type, status, seconds("--duration", duration))
 
 
@@ -246,6 +246,8 @@ def check(settings: Settings) -> None:
     from fraisier_textfile.textformat import check_document
 
     store = settings.store()
+    if not store.path.exists():
+        raise click.ClickException(f"{store.path} does not exist yet: record an event first, or check --textfile-dir")
     with library_errors():
         document = store.read()
         problems = check_document(document)

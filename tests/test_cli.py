@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from fraisier_textfile.cli import main
+
+from .processes import fraisier
+from .values import sample_values
+
+
+def run(textfile_dir: Path, *arguments: str) -> click.testing.Result:
+    return CliRunner().invoke(main, ["--textfile-dir", str(textfile_dir), *arguments], prog_name="fraisier")
+
+
+RECORDS = {
+    "deployment": (
+        ["--provider", "bare_metal", "--fraise-type", "api", "--status", "failed", "--duration", "42"],
+        'fraisier_deployments_total{provider="bare_metal",status="failed",fraise_type="api"}', 1,
+    ),
+    "error": (
+        ["--provider", "bare_metal", "--error-type", "build_failed"],
+        'fraisier_deployment_errors_total{provider="bare_metal",error_type="build_failed"}', 1,
+    ),
+    "rollback": (
+        ["--provider", "bare_metal", "--reason", "timeout", "--duration", "7"],
+        'fraisier_rollback_duration_seconds_sum{provider="bare_metal"}', 7,
+    ),
+    "health-check": (
+        ["--provider", "bare_metal", "--check-type", "http", "--status", "fail", "--duration", "0.3"],
+        'fraisier_health_checks_total{provider="bare_metal",check_type="http",status="fail"}', 1,
+    ),
+    "availability": (["--provider", "docker_compose", "--down"], 'fraisier_provider_availability{provider="docker_compose"}', 0),
+    "lock-wait": (
+        ["--service", "web", "--provider", "bare_metal", "--seconds", "2.5"],
+        'fraisier_deployment_lock_wait_seconds{service="web",provider="bare_metal"}', 2.5,
+    ),
+}
+
+
+@pytest.mark.parametrize("command", RECORDS)
+def test_each_record_command_writes_before_it_exits(textfile_dir: Path, command: str) -> None:
+    arguments, key, value = RECORDS[command]
+    result = run(textfile_dir, "record", command, *arguments)
+    assert result.exit_code == 0, result.output
+    assert sample_values(textfile_dir / "fraisier.prom")[key] == value
+
+
+BAD_INPUT = {
+    "unknown status": (
+        ["record", "deployment", "--provider", "p", "--fraise-type", "api", "--status", "ok", "--duration", "1"],
+        2, "Error: status='ok' is not known: use one of success, failed, rolled_back, rollback_failed, crashed",
+    ),
+    "empty label": (["record", "error", "--provider", "", "--error-type", "x"], 2, "Error: provider is empty"),
+    "long label": (["record", "error", "--provider", "p" * 129, "--error-type", "x"], 2, "is 129 characters long"),
+    "control character": (["record", "error", "--provider", "a\tb", "--error-type", "x"], 2, "non-printable"),
+    "negative duration": (["record", "rollback", "--provider", "p", "--reason", "r", "--duration", "-1"], 2,
+                          "Error: --duration='-1' is not a finite number of seconds >= 0"),
+    "nan duration": (["record", "rollback", "--provider", "p", "--reason", "r", "--duration", "nan"], 2, "nan"),
+    "infinite duration": (["record", "rollback", "--provider", "p", "--reason", "r", "--duration", "inf"], 2, "inf"),
+    "not a number": (["record", "lock-wait", "--service", "s", "--provider", "p", "--seconds", "soon"], 2,
+                     "Error: --seconds='soon' is not a number"),
+    "health status": (["record", "health-check", "--provider", "p", "--check-type", "http", "--status", "ok",
+                       "--duration", "1"], 2, "status='ok' is not known: use one of pass, fail"),
+}
+
+
+@pytest.mark.parametrize("arguments, code, message", BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_is_one_line_a_nonzero_exit_and_no_change(
+    textfile_dir: Path, arguments: list[str], code: int, message: str
+) -> None:
+    assert run(textfile_dir, "record", "error", "--provider", "p", "--error-type", "seed").exit_code == 0
+    before = (textfile_dir / "fraisier.prom").read_bytes()
+    result = fraisier(*arguments, textfile_dir=textfile_dir)
+    assert result.returncode == code
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+    assert (textfile_dir / "fraisier.prom").read_bytes() == before
+
+
+def test_a_corrupt_file_is_reported_by_record_and_check(textfile_dir: Path) -> None:
+    textfile_dir.mkdir()
+    (textfile_dir / "fraisier.prom").write_text('fraisier_deployment_errors_total{provider="p",error_type="x"} 1 99\n')
+    before = (textfile_dir / "fraisier.prom").read_bytes()
+    record = fraisier("record", "error", "--provider", "p", "--error-type", "x", textfile_dir=textfile_dir)
+    check = fraisier("textfile", "check", textfile_dir=textfile_dir)
+    for result in (record, check):
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"Error: {textfile_dir / 'fraisier.prom'}:1: sample line")
+        assert "timestamp" in result.stderr and result.stderr.count("\n") == 1
+    assert (textfile_dir / "fraisier.prom").read_bytes() == before
+
+
+def test_the_lock_timeout_option(textfile_dir: Path) -> None:
+    assert run(textfile_dir, "record", "error", "--provider", "p", "--error-type", "seed").exit_code == 0
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import filelock, sys, time\n"
+         f"with filelock.FileLock({str(textfile_dir / 'fraisier.prom.lock')!r}):\n"
+         "    print('held', flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        result = fraisier("--lock-timeout", "0.3", "record", "error", "--provider", "p", "--error-type", "x",
+                          textfile_dir=textfile_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    assert "could not lock" in result.stderr and "within 0.3s" in result.stderr
+    assert "--lock-timeout" in result.stderr
+
+
+def test_textfile_show_and_check(textfile_dir: Path) -> None:
+    run(textfile_dir, "record", "deployment", "--provider", "bare_metal", "--fraise-type", "api",
+        "--status", "success", "--duration", "3")
+    shown = run(textfile_dir, "textfile", "show")
+    assert shown.exit_code == 0
+    assert "fraisier_deployments_total (counter, 5 samples): Deployments finished" in shown.output
+    assert '  fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"} 1.0' in shown.output
+    checked = run(textfile_dir, "textfile", "check")
+    assert checked.exit_code == 0
+    assert checked.output.startswith(f"{textfile_dir / 'fraisier.prom'}: OK, 3 families")
+    assert run(textfile_dir, "textfile", "path").output == f"{textfile_dir / 'fraisier.prom'}\n"
+
+
+def test_check_of_a_missing_file_fails(textfile_dir: Path) -> None:
+    result = run(textfile_dir, "textfile", "check")
+    assert result.exit_code == 1
+    assert "does not exist yet" in result.output
+
+
+def test_the_default_directory_is_shown_and_used(tmp_path: Path) -> None:
+    result = fraisier("--help")
+    assert str(tmp_path / "state" / "fraisier" / "textfile") in result.stdout.replace("\n", "").replace(" ", "")
+    assert fraisier("record", "error", "--provider", "p", "--error-type", "x").returncode == 0
+    assert (tmp_path / "state" / "fraisier" / "textfile" / "fraisier.prom").exists()
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for name, command in group.commands.items():
+        found.append((*prefix, name))
+        if isinstance(command, click.Group):
+            found.extend(_commands(command, (*prefix, name)))
+    return found
+
+
+@pytest.mark.parametrize("path", [(), *_commands(main)], ids=lambda p: " ".join(p) or "fraisier")
+def test_every_command_has_help(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(main, [*path, "--help"], prog_name="fraisier")
+    assert result.exit_code == 0
+    assert "Usage: fraisier" in result.output
+    command: click.Command = main
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    assert command.help and len(command.help) > 20
+    for parameter in command.params:
+        if isinstance(parameter, click.Option):
+            assert parameter.help, f"{' '.join(path)} {parameter.opts} has no help"
+
+
+# fraisier exec: real child processes
+
+
+def test_exec_records_success_and_passes_the_exit_code(textfile_dir: Path) -> None:
+    result = fraisier("exec", "--provider", "bare_metal", "--fraise-type", "api", "--", sys.executable, "-c",
+                      "print('deployed')", textfile_dir=textfile_dir)
+    assert result.returncode == 0
+    assert result.stdout == "deployed\n"
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+    assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
+
+
+def test_exec_records_a_failure_with_its_exit_code(textfile_dir: Path) -> None:
+    result = fraisier("exec", "--provider", "bare_metal", "--fraise-type", "etl", "--", sys.executable, "-c",
+                      "raise SystemExit(3)", textfile_dir=textfile_dir)
+    assert result.returncode == 3
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployments_total{provider="bare_metal",status="failed",fraise_type="etl"}'] == 1
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="exit_code_3"}'] == 1
+
+
+def test_exec_of_a_missing_command(textfile_dir: Path) -> None:
+    result = fraisier("exec", "--provider", "bare_metal", "--fraise-type", "etl", "--", "/nonexistent/deploy",
+                      textfile_dir=textfile_dir)
+    assert result.returncode == 127
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="command_not_found"}'] == 1
+
+
+def test_exec_forwards_sigterm_and_records_the_signal(textfile_dir: Path) -> None:
+    import os
+
+    script = "import time; print('started', flush=True); time.sleep(60)"
+    env = dict(os.environ, FRAISIER_TEXTFILE_DIR=str(textfile_dir))
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "fraisier_textfile", "exec", "--provider", "bare_metal", "--fraise-type", "api",
+         "--", sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    assert wrapper.stdout is not None and wrapper.stdout.readline() == "started\n"
+    assert sample_values(textfile_dir / "fraisier.prom")['fraisier_active_deployments{provider="bare_metal"}'] == 1
+    started = time.monotonic()
+    wrapper.send_signal(signal.SIGTERM)
+    assert wrapper.wait(timeout=30) == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 30  # the child got the signal; it did not sleep on
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="signal_SIGTERM"}'] == 1
+    assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
+
+
+def test_exec_with_bad_labels_runs_nothing(textfile_dir: Path, tmp_path: Path) -> None:
+    witness = tmp_path / "ran"
+    result = fraisier("exec", "--provider", "", "--fraise-type", "api", "--", "touch", str(witness),
+                      textfile_dir=textfile_dir)
+    assert result.returncode == 2
+    assert result.stderr == "Error: provider is empty: give a non-empty provider\n"
+    assert not witness.exists()
