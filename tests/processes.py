@@ -87,13 +87,22 @@ def node_exporter(directory: Path) -> Iterator[str]:
         yield url
 
 
-def fraisier(*arguments: str, textfile_dir: Path | None = None, check: bool = False,
-             env: dict[str, str] | None = None, **run: object) -> subprocess.CompletedProcess[str]:
+def fraisier(
+    *arguments: str,
+    textfile_dir: Path | None = None,
+    check: bool = False,
+    env: dict[str, str] | None = None,
+    **run: object,
+) -> subprocess.CompletedProcess[str]:
     """Run the ``fraisier`` CLI as a real subprocess (``python -m fraisier_textfile``)."""
     environment = dict(os.environ if env is None else env)
     if textfile_dir is not None:
         environment["FRAISIER_TEXTFILE_DIR"] = str(textfile_dir)
     return subprocess.run(  # type: ignore[call-overload, no-any-return]
         [sys.executable, "-m", "fraisier_textfile", *arguments],
-        capture_output=True, text=True, check=check, env=environment, **run,
+        capture_output=True,
+        text=True,
+        check=check,
+        env=environment,
+        **run,
     )

@@ -23,24 +23,33 @@ def run(textfile_dir: Path, *arguments: str) -> click.testing.Result:
 RECORDS = {
     "deployment": (
         ["--provider", "bare_metal", "--fraise-type", "api", "--status", "failed", "--duration", "42"],
-        'fraisier_deployments_total{provider="bare_metal",status="failed",fraise_type="api"}', 1,
+        'fraisier_deployments_total{provider="bare_metal",status="failed",fraise_type="api"}',
+        1,
     ),
     "error": (
         ["--provider", "bare_metal", "--error-type", "build_failed"],
-        'fraisier_deployment_errors_total{provider="bare_metal",error_type="build_failed"}', 1,
+        'fraisier_deployment_errors_total{provider="bare_metal",error_type="build_failed"}',
+        1,
     ),
     "rollback": (
         ["--provider", "bare_metal", "--reason", "timeout", "--duration", "7"],
-        'fraisier_rollback_duration_seconds_sum{provider="bare_metal"}', 7,
+        'fraisier_rollback_duration_seconds_sum{provider="bare_metal"}',
+        7,
     ),
     "health-check": (
         ["--provider", "bare_metal", "--check-type", "http", "--status", "fail", "--duration", "0.3"],
-        'fraisier_health_checks_total{provider="bare_metal",check_type="http",status="fail"}', 1,
+        'fraisier_health_checks_total{provider="bare_metal",check_type="http",status="fail"}',
+        1,
     ),
-    "availability": (["--provider", "docker_compose", "--down"], 'fraisier_provider_availability{provider="docker_compose"}', 0),
+    "availability": (
+        ["--provider", "docker_compose", "--down"],
+        'fraisier_provider_availability{provider="docker_compose"}',
+        0,
+    ),
     "lock-wait": (
         ["--service", "web", "--provider", "bare_metal", "--seconds", "2.5"],
-        'fraisier_deployment_lock_wait_seconds{service="web",provider="bare_metal"}', 2.5,
+        'fraisier_deployment_lock_wait_seconds{service="web",provider="bare_metal"}',
+        2.5,
     ),
 }
 
@@ -56,19 +65,29 @@ def test_each_record_command_writes_before_it_exits(textfile_dir: Path, command:
 BAD_INPUT = {
     "unknown status": (
         ["record", "deployment", "--provider", "p", "--fraise-type", "api", "--status", "ok", "--duration", "1"],
-        2, "Error: status='ok' is not known: use one of success, failed, rolled_back, rollback_failed, crashed",
+        2,
+        "Error: status='ok' is not known: use one of success, failed, rolled_back, rollback_failed, crashed",
     ),
     "empty label": (["record", "error", "--provider", "", "--error-type", "x"], 2, "Error: provider is empty"),
     "long label": (["record", "error", "--provider", "p" * 129, "--error-type", "x"], 2, "is 129 characters long"),
     "control character": (["record", "error", "--provider", "a\tb", "--error-type", "x"], 2, "non-printable"),
-    "negative duration": (["record", "rollback", "--provider", "p", "--reason", "r", "--duration", "-1"], 2,
-                          "Error: --duration='-1' is not a finite number of seconds >= 0"),
+    "negative duration": (
+        ["record", "rollback", "--provider", "p", "--reason", "r", "--duration", "-1"],
+        2,
+        "Error: --duration='-1' is not a finite number of seconds >= 0",
+    ),
     "nan duration": (["record", "rollback", "--provider", "p", "--reason", "r", "--duration", "nan"], 2, "nan"),
     "infinite duration": (["record", "rollback", "--provider", "p", "--reason", "r", "--duration", "inf"], 2, "inf"),
-    "not a number": (["record", "lock-wait", "--service", "s", "--provider", "p", "--seconds", "soon"], 2,
-                     "Error: --seconds='soon' is not a number"),
-    "health status": (["record", "health-check", "--provider", "p", "--check-type", "http", "--status", "ok",
-                       "--duration", "1"], 2, "status='ok' is not known: use one of pass, fail"),
+    "not a number": (
+        ["record", "lock-wait", "--service", "s", "--provider", "p", "--seconds", "soon"],
+        2,
+        "Error: --seconds='soon' is not a number",
+    ),
+    "health status": (
+        ["record", "health-check", "--provider", "p", "--check-type", "http", "--status", "ok", "--duration", "1"],
+        2,
+        "status='ok' is not known: use one of pass, fail",
+    ),
 }
 
 
@@ -101,13 +120,29 @@ def test_a_corrupt_file_is_reported_by_record_and_check(textfile_dir: Path) -> N
 def test_the_lock_timeout_option(textfile_dir: Path) -> None:
     assert run(textfile_dir, "record", "error", "--provider", "p", "--error-type", "seed").exit_code == 0
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import filelock, sys, time\n"
-         f"with filelock.FileLock({str(textfile_dir / 'fraisier.prom.lock')!r}):\n"
-         "    print('held', flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import filelock, sys, time\n"
+            f"with filelock.FileLock({str(textfile_dir / 'fraisier.prom.lock')!r}):\n"
+            "    print('held', flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        result = fraisier("--lock-timeout", "0.3", "record", "error", "--provider", "p", "--error-type", "x",
-                          textfile_dir=textfile_dir)
+        result = fraisier(
+            "--lock-timeout",
+            "0.3",
+            "record",
+            "error",
+            "--provider",
+            "p",
+            "--error-type",
+            "x",
+            textfile_dir=textfile_dir,
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -117,8 +152,19 @@ def test_the_lock_timeout_option(textfile_dir: Path) -> None:
 
 
 def test_textfile_show_and_check(textfile_dir: Path) -> None:
-    run(textfile_dir, "record", "deployment", "--provider", "bare_metal", "--fraise-type", "api",
-        "--status", "success", "--duration", "3")
+    run(
+        textfile_dir,
+        "record",
+        "deployment",
+        "--provider",
+        "bare_metal",
+        "--fraise-type",
+        "api",
+        "--status",
+        "success",
+        "--duration",
+        "3",
+    )
     shown = run(textfile_dir, "textfile", "show")
     assert shown.exit_code == 0
     assert "fraisier_deployments_total (counter, 5 samples): Deployments finished" in shown.output
@@ -170,8 +216,18 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
 
 
 def test_exec_records_success_and_passes_the_exit_code(textfile_dir: Path) -> None:
-    result = fraisier("exec", "--provider", "bare_metal", "--fraise-type", "api", "--", sys.executable, "-c",
-                      "print('deployed')", textfile_dir=textfile_dir)
+    result = fraisier(
+        "exec",
+        "--provider",
+        "bare_metal",
+        "--fraise-type",
+        "api",
+        "--",
+        sys.executable,
+        "-c",
+        "print('deployed')",
+        textfile_dir=textfile_dir,
+    )
     assert result.returncode == 0
     assert result.stdout == "deployed\n"
     values = sample_values(textfile_dir / "fraisier.prom")
@@ -180,8 +236,18 @@ def test_exec_records_success_and_passes_the_exit_code(textfile_dir: Path) -> No
 
 
 def test_exec_records_a_failure_with_its_exit_code(textfile_dir: Path) -> None:
-    result = fraisier("exec", "--provider", "bare_metal", "--fraise-type", "etl", "--", sys.executable, "-c",
-                      "raise SystemExit(3)", textfile_dir=textfile_dir)
+    result = fraisier(
+        "exec",
+        "--provider",
+        "bare_metal",
+        "--fraise-type",
+        "etl",
+        "--",
+        sys.executable,
+        "-c",
+        "raise SystemExit(3)",
+        textfile_dir=textfile_dir,
+    )
     assert result.returncode == 3
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values['fraisier_deployments_total{provider="bare_metal",status="failed",fraise_type="etl"}'] == 1
@@ -189,8 +255,16 @@ def test_exec_records_a_failure_with_its_exit_code(textfile_dir: Path) -> None:
 
 
 def test_exec_of_a_missing_command(textfile_dir: Path) -> None:
-    result = fraisier("exec", "--provider", "bare_metal", "--fraise-type", "etl", "--", "/nonexistent/deploy",
-                      textfile_dir=textfile_dir)
+    result = fraisier(
+        "exec",
+        "--provider",
+        "bare_metal",
+        "--fraise-type",
+        "etl",
+        "--",
+        "/nonexistent/deploy",
+        textfile_dir=textfile_dir,
+    )
     assert result.returncode == 127
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="command_not_found"}'] == 1
@@ -202,8 +276,24 @@ def test_exec_forwards_sigterm_and_records_the_signal(textfile_dir: Path) -> Non
     script = "import time; print('started', flush=True); time.sleep(60)"
     env = dict(os.environ, FRAISIER_TEXTFILE_DIR=str(textfile_dir))
     wrapper = subprocess.Popen(
-        [sys.executable, "-m", "fraisier_textfile", "exec", "--provider", "bare_metal", "--fraise-type", "api",
-         "--", sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "fraisier_textfile",
+            "exec",
+            "--provider",
+            "bare_metal",
+            "--fraise-type",
+            "api",
+            "--",
+            sys.executable,
+            "-c",
+            script,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert wrapper.stdout is not None and wrapper.stdout.readline() == "started\n"
     assert sample_values(textfile_dir / "fraisier.prom")['fraisier_active_deployments{provider="bare_metal"}'] == 1
     started = time.monotonic()
@@ -217,8 +307,9 @@ def test_exec_forwards_sigterm_and_records_the_signal(textfile_dir: Path) -> Non
 
 def test_exec_with_bad_labels_runs_nothing(textfile_dir: Path, tmp_path: Path) -> None:
     witness = tmp_path / "ran"
-    result = fraisier("exec", "--provider", "", "--fraise-type", "api", "--", "touch", str(witness),
-                      textfile_dir=textfile_dir)
+    result = fraisier(
+        "exec", "--provider", "", "--fraise-type", "api", "--", "touch", str(witness), textfile_dir=textfile_dir
+    )
     assert result.returncode == 2
     assert result.stderr == "Error: provider is empty: give a non-empty provider\n"
     assert not witness.exists()

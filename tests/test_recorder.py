@@ -61,13 +61,19 @@ def test_without_auto_flush_events_wait_for_flush(textfile_dir: Path) -> None:
     assert recorder.pending
     recorder.flush()
     assert not recorder.pending
-    assert sample_values(recorder.textfile_path)[
-        'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'
-    ] == 1
+    assert (
+        sample_values(recorder.textfile_path)[
+            'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'
+        ]
+        == 1
+    )
     recorder.flush()  # nothing pending: nothing counted twice
-    assert sample_values(recorder.textfile_path)[
-        'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'
-    ] == 1
+    assert (
+        sample_values(recorder.textfile_path)[
+            'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'
+        ]
+        == 1
+    )
 
 
 ACTIVE = 'fraisier_active_deployments{provider="bare_metal"}'

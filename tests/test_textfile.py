@@ -88,7 +88,7 @@ def test_no_created_series_and_no_timestamps(textfile_dir: Path) -> None:
 
 def test_families_of_other_writers_are_kept_and_old_help_is_replaced(textfile_dir: Path) -> None:
     textfile_dir.mkdir()
-    foreign = "# HELP site_info Written by hand.\n# TYPE site_info gauge\nsite_info{site=\"a\"} 1\n"
+    foreign = '# HELP site_info Written by hand.\n# TYPE site_info gauge\nsite_info{site="a"} 1\n'
     old = (
         "# HELP fraisier_rollbacks_total An earlier version's help.\n# TYPE fraisier_rollbacks_total counter\n"
         'fraisier_rollbacks_total{provider="bare_metal",reason="manual"} 4.0\n'
@@ -186,8 +186,12 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
     """A real, nearly full filesystem (a 64 KiB tmpfs) where root may mount one."""
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
         pytest.skip("cannot mount a tmpfs here; test_a_full_disk_simulated covers the same path")
     try:
@@ -234,9 +238,14 @@ def test_the_lock_times_out_with_a_clear_error(textfile_dir: Path) -> None:
     merge(store, events.deployment_error, "bare_metal", "timeout")
     before = file_state(textfile_dir)
     holder = subprocess.Popen(
-        ["python", "-c", f"import filelock, time\nwith filelock.FileLock({str(store.lock_path)!r}):\n"
-         "    print('held', flush=True); time.sleep(30)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            "python",
+            "-c",
+            f"import filelock, time\nwith filelock.FileLock({str(store.lock_path)!r}):\n"
+            "    print('held', flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"

@@ -42,7 +42,7 @@ other_metric{x="2"} 4
 
 
 def test_families_we_do_not_own_are_written_back_exactly() -> None:
-    ours = '# HELP fraisier_rollbacks_total Old help.\n# TYPE fraisier_rollbacks_total counter\n'
+    ours = "# HELP fraisier_rollbacks_total Old help.\n# TYPE fraisier_rollbacks_total counter\n"
     ours += 'fraisier_rollbacks_total{provider="p",reason="r"} 2.0\n'
     document = parse(ours + FOREIGN)
     rendered = document.render()

@@ -20,3 +20,18 @@ def sample_values(source: Path | str) -> dict[str, float]:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def canonical_samples(text: str, prefix: str = "") -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Samples whose name starts with ``prefix``, keyed so that two exporters' renderings compare equal:
+    label order ignored, ``le="1"`` and ``le="1.0"`` the same."""
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith(prefix):
+                continue
+            labels = dict(sample.labels)
+            if "le" in labels:
+                labels["le"] = repr(float(labels["le"]))
+            values[(sample.name, frozenset(labels.items()))] = sample.value
+    return values

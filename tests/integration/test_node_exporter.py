@@ -1,0 +1,89 @@
+"""The real readers of our file: node_exporter's textfile collector and promtool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from fraisier_textfile import MetricsRecorder
+
+from ..processes import binary, http_get, node_exporter
+from ..values import canonical_samples, sample_values
+
+WORKERS = Path(__file__).parent.parent / "workers.py"
+
+
+def record_a_bit_of_everything(directory: Path) -> MetricsRecorder:
+    recorder = MetricsRecorder(directory)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 42.0)
+    recorder.record_deployment_complete("docker_compose", "etl", "failed", 3.0)
+    recorder.record_deployment_error("docker_compose", "exit_code_1")
+    recorder.record_rollback("docker_compose", "health_check", 8.0)
+    recorder.record_health_check("bare_metal", "http", "pass", 0.07)
+    recorder.set_provider_availability("bare_metal", True)
+    recorder.record_lock_wait("web", "bare_metal", 0.4)
+    recorder.record_deployment_start("bare_metal", "backup")
+    recorder.record_deployment_error('odd "provider" \\ ü', "x")
+    return recorder
+
+
+def test_node_exporter_reads_the_file_without_error_and_with_our_values(textfile_dir: Path) -> None:
+    record_a_bit_of_everything(textfile_dir)
+    with node_exporter(textfile_dir) as url:
+        scraped = http_get(url)
+    values = sample_values(scraped)
+    assert values["node_textfile_scrape_error"] == 0
+    assert values[f'node_textfile_mtime_seconds{{file="{textfile_dir / "fraisier.prom"}"}}'] > 0
+    ours = canonical_samples((textfile_dir / "fraisier.prom").read_text(), "fraisier_")
+    assert len(ours) > 100
+    assert canonical_samples(scraped, "fraisier_") == ours
+
+
+def test_node_exporter_never_sees_an_error_while_writers_race(textfile_dir: Path) -> None:
+    record_a_bit_of_everything(textfile_dir)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(WORKERS), "flush_many", str(textfile_dir), "100", str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    for worker in workers:
+        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+    scrapes: list[dict[tuple[str, frozenset[tuple[str, str]]], float]] = []
+    with node_exporter(textfile_dir) as url:
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        done = threading.Event()
+        waiter = threading.Thread(target=lambda: ([w.wait(timeout=300) for w in workers], done.set()))
+        waiter.start()
+        while not done.is_set():
+            scrapes.append(canonical_samples(http_get(url)))
+        waiter.join()
+        scrapes.append(canonical_samples(http_get(url)))
+    assert all(worker.returncode == 0 for worker in workers)
+    assert len(scrapes) > 5
+    assert all(scrape[("node_textfile_scrape_error", frozenset())] == 0 for scrape in scrapes)
+    labels = frozenset({"provider": "bare_metal", "status": "success", "fraise_type": "api"}.items())
+    key = ("fraisier_deployments_total", labels)
+    counts = [scrape[key] for scrape in scrapes]
+    assert counts == sorted(counts)
+    assert counts[-1] == 1 + 4 * 100
+
+
+def test_promtool_finds_no_problem_in_the_file(textfile_dir: Path) -> None:
+    record_a_bit_of_everything(textfile_dir)
+    result = subprocess.run(
+        [binary("promtool"), "check", "metrics"],
+        input=(textfile_dir / "fraisier.prom").read_text(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""
