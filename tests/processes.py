@@ -106,3 +106,19 @@ def fraisier(
         env=environment,
         **run,
     )
+
+
+@contextmanager
+def lock_held_elsewhere(lock_path: Path) -> Iterator[None]:
+    """Another process holds the textfile's lock until the block ends."""
+    script = (
+        f"import filelock, time\nwith filelock.FileLock({str(lock_path)!r}):\n"
+        "    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

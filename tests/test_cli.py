@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from fraisier_textfile.cli import main
 
-from .processes import fraisier
+from .processes import fraisier, lock_held_elsewhere
 from .values import sample_values
 
 
@@ -119,19 +119,7 @@ def test_a_corrupt_file_is_reported_by_record_and_check(textfile_dir: Path) -> N
 
 def test_the_lock_timeout_option(textfile_dir: Path) -> None:
     assert run(textfile_dir, "record", "error", "--provider", "p", "--error-type", "seed").exit_code == 0
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import filelock, sys, time\n"
-            f"with filelock.FileLock({str(textfile_dir / 'fraisier.prom.lock')!r}):\n"
-            "    print('held', flush=True); time.sleep(30)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
         result = fraisier(
             "--lock-timeout",
             "0.3",
@@ -143,9 +131,6 @@ def test_the_lock_timeout_option(textfile_dir: Path) -> None:
             "x",
             textfile_dir=textfile_dir,
         )
-    finally:
-        holder.kill()
-        holder.wait()
     assert result.returncode == 1
     assert "could not lock" in result.stderr and "within 0.3s" in result.stderr
     assert "--lock-timeout" in result.stderr
@@ -215,19 +200,14 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
 # fraisier exec: real child processes
 
 
-def test_exec_records_success_and_passes_the_exit_code(textfile_dir: Path) -> None:
-    result = fraisier(
-        "exec",
-        "--provider",
-        "bare_metal",
-        "--fraise-type",
-        "api",
-        "--",
-        sys.executable,
-        "-c",
-        "print('deployed')",
-        textfile_dir=textfile_dir,
+def exec_deployment(textfile_dir: Path, fraise_type: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return fraisier(
+        "exec", "--provider", "bare_metal", "--fraise-type", fraise_type, "--", *command, textfile_dir=textfile_dir
     )
+
+
+def test_exec_records_success_and_passes_the_exit_code(textfile_dir: Path) -> None:
+    result = exec_deployment(textfile_dir, "api", sys.executable, "-c", "print('deployed')")
     assert result.returncode == 0
     assert result.stdout == "deployed\n"
     values = sample_values(textfile_dir / "fraisier.prom")
@@ -236,18 +216,7 @@ def test_exec_records_success_and_passes_the_exit_code(textfile_dir: Path) -> No
 
 
 def test_exec_records_a_failure_with_its_exit_code(textfile_dir: Path) -> None:
-    result = fraisier(
-        "exec",
-        "--provider",
-        "bare_metal",
-        "--fraise-type",
-        "etl",
-        "--",
-        sys.executable,
-        "-c",
-        "raise SystemExit(3)",
-        textfile_dir=textfile_dir,
-    )
+    result = exec_deployment(textfile_dir, "etl", sys.executable, "-c", "raise SystemExit(3)")
     assert result.returncode == 3
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values['fraisier_deployments_total{provider="bare_metal",status="failed",fraise_type="etl"}'] == 1
@@ -255,16 +224,7 @@ def test_exec_records_a_failure_with_its_exit_code(textfile_dir: Path) -> None:
 
 
 def test_exec_of_a_missing_command(textfile_dir: Path) -> None:
-    result = fraisier(
-        "exec",
-        "--provider",
-        "bare_metal",
-        "--fraise-type",
-        "etl",
-        "--",
-        "/nonexistent/deploy",
-        textfile_dir=textfile_dir,
-    )
+    result = exec_deployment(textfile_dir, "etl", "/nonexistent/deploy")
     assert result.returncode == 127
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="command_not_found"}'] == 1

@@ -16,6 +16,7 @@ from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError, Lo
 from fraisier_textfile.textfile import TEMPORARY_PREFIX, TextfileStore
 from fraisier_textfile.textformat import parse
 
+from .processes import lock_held_elsewhere
 from .values import sample_values
 
 
@@ -232,30 +233,13 @@ def test_a_full_disk_simulated(textfile_dir: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_the_lock_times_out_with_a_clear_error(textfile_dir: Path) -> None:
-    import filelock
-
+    pattern = "could not lock .*fraisier.prom.lock within 0.2s: another fraisier process holds it"
     store = TextfileStore(textfile_dir, lock_timeout=0.2)
     merge(store, events.deployment_error, "bare_metal", "timeout")
     before = file_state(textfile_dir)
-    holder = subprocess.Popen(
-        [
-            "python",
-            "-c",
-            f"import filelock, time\nwith filelock.FileLock({str(store.lock_path)!r}):\n"
-            "    print('held', flush=True); time.sleep(30)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        with pytest.raises(LockTimeoutError, match="could not lock .*fraisier.prom.lock within 0.2s"):
-            merge(store, events.deployment_error, "bare_metal", "timeout")
-    finally:
-        holder.kill()
-        holder.wait()
+    with lock_held_elsewhere(store.lock_path), pytest.raises(LockTimeoutError, match=pattern):
+        merge(store, events.deployment_error, "bare_metal", "timeout")
     assert file_state(textfile_dir) == before
-    del filelock
 
 
 def test_temporaries_left_by_killed_writers_are_removed(textfile_dir: Path) -> None:
