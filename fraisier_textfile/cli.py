@@ -256,3 +256,72 @@ def check(settings: Settings) -> None:
         raise click.ClickException(f"{store.path}: {problems[0]}{more}")
     samples = sum(len(block.lines) for block in document.blocks.values())
     click.echo(f"{store.path}: OK, {len(document.blocks)} families, {samples} samples")
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True,
+              help="TCP port to listen on.")
+@click.option("--address", default="localhost", show_default=True,
+              help="Address to listen on: localhost (the default) keeps the metrics on this machine; "
+              "0.0.0.0 or a host's address exposes them (use --web-config-file then).")
+@click.option("--web-config-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Web config (TLS, basic auth) in the format of Prometheus exporters; see above.")
+@pass_settings
+def metrics(settings: Settings, port: int, address: str, web_config_file: Path | None) -> None:
+    """Serve TEXTFILE_DIR/fraisier.prom over HTTP at /metrics, for Prometheus to scrape.
+
+    For hosts without node_exporter (with it, point its textfile collector at TEXTFILE_DIR instead). A scrape
+    shows what the file holds, with the deployments in progress counted live; the file is re-read only when
+    it changed. Until a fraisier process writes the file, every family is served without samples. There is a
+    landing page at /. SIGTERM or SIGINT stop it (exit 0).
+
+    --web-config-file takes the web config file of Prometheus exporters (exporter-toolkit): TLS, client
+    certificates, basic auth. Paths in it are relative to its directory; it is re-read when it changes.
+
+    \b
+    Example web config:
+      tls_server_config:
+        cert_file: server.crt
+        key_file: server.key
+        min_version: TLS12                            # optional
+        client_auth_type: RequireAndVerifyClientCert  # optional: client certificates ...
+        client_ca_file: clients-ca.crt                # ... signed by this CA
+      basic_auth_users:                               # optional: user name: bcrypt hash of the password
+        prometheus: $2b$12$...                        # the whole hash made as below
+
+    \b
+    A hash for a password:
+      python3 -c 'import bcrypt; print(bcrypt.hashpw(b"PASSWORD", bcrypt.gensalt()).decode())'
+
+    \b
+    Examples:
+      fraisier metrics
+      fraisier metrics --address 0.0.0.0 --port 9101 --web-config-file /etc/fraisier/web.yml
+    """
+    import signal
+    import threading
+
+    from fraisier_textfile.server import serve_textfile
+
+    store = settings.store()
+    with library_errors():
+        server = serve_textfile(store, port=port, address=address, web_config_file=web_config_file)
+    stop = threading.Event()
+
+    def request_stop(signal_number: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    details = ", ".join(
+        part for part in (
+            "TLS" if server.tls else "",
+            "basic auth" if server.web_config is not None and server.web_config.current().basic_auth_users else "",
+            "" if store.path.exists() else "the file does not exist yet: families are served without samples",
+        ) if part
+    )
+    click.echo(f"fraisier metrics: serving {store.path} on {server.url}" + (f" ({details})" if details else ""),
+               err=True)
+    stop.wait()
+    server.shutdown()
+    click.echo("fraisier metrics: stopped", err=True)

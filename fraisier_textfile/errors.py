@@ -49,3 +49,21 @@ class LockTimeoutError(TextfileError):
             f"could not lock {lock_path} within {timeout:g}s: another fraisier process holds it; "
             "retry, or raise the lock timeout (--lock-timeout or FRAISIER_LOCK_TIMEOUT)",
         )
+
+
+class WebConfigError(FraisierTextfileError):
+    """The web config file (``--web-config-file``) is malformed, or names a certificate or key that cannot be
+    used. ``path`` names the web config file."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = Path(path)
+        super().__init__(message)
+
+
+class ServerStartError(FraisierTextfileError):
+    """The exporter could not listen where it was asked to (port in use, unknown address, ...)."""
+
+    def __init__(self, address: str, port: int, message: str) -> None:
+        self.address = address
+        self.port = port
+        super().__init__(message)

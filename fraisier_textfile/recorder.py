@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -24,6 +24,9 @@ from fraisier_textfile import liveness
 from fraisier_textfile.changes import Changes, Labels
 from fraisier_textfile.errors import FraisierTextfileError, TextfileWriteError
 from fraisier_textfile.textfile import TextfileStore, default_lock_timeout, default_textfile_directory
+
+if TYPE_CHECKING:
+    from fraisier_textfile.server import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,18 @@ class MetricsRecorder:
     def pending(self) -> bool:
         """Whether events wait for a flush."""
         return bool(self._pending)
+
+    # Serving
+
+    def serve(self, port: int = 8001, address: str = "localhost",
+              web_config_file: Path | str | None = None) -> MetricsServer:
+        """Serve this process's registry at ``/metrics`` from a background thread, with the landing page,
+        TLS and basic auth of ``fraisier metrics`` (``web_config_file`` in the same format). Port 0 picks a
+        free port. Returns the running server: ``.url``, ``.port``, ``.shutdown()``. Raises ServerStartError
+        or WebConfigError when it cannot start."""
+        from fraisier_textfile.server import serve_registry
+
+        return serve_registry(self.registry, port=port, address=address, web_config_file=web_config_file)
 
     # The sink that the event functions write to (see changes.Sink)
 

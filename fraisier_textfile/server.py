@@ -1,0 +1,484 @@
+"""The HTTP exporter: ``/metrics`` from the textfile (``fraisier metrics``) or from a recorder's registry.
+
+One server, two sources of bytes. The textfile source never takes the store's lock: the file is only ever
+replaced whole by a rename, so a reader sees the old file or the new one. It parses the file only when its
+identity (inode, size, mtime) changed, and otherwise serves bytes encoded once (gzipped at most once). The
+active-deployments family is the exception: it is recomputed at every scrape from the in-flight markers, so
+that a deployment whose process died stops counting at once, not at the next flush.
+
+Served: ``/metrics`` (GET and HEAD, gzip when asked), a landing page at ``/``, 404 elsewhere; TLS and basic
+auth from an exporter-toolkit web config (see ``webconfig``).
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import html
+import logging
+import os
+import socket
+import socketserver
+import ssl
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from fraisier_textfile import catalogue as c
+from fraisier_textfile.errors import FraisierTextfileError, ServerStartError, TextfileError
+from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.textformat import Block, Document, parse_series_key, series_key
+from fraisier_textfile.webconfig import LiveWebConfig
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8001
+DEFAULT_ADDRESS = "localhost"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Idle keep-alive connections and stalled TLS handshakes are dropped after this many seconds.
+CONNECTION_TIMEOUT = 30.0
+# Bodies are gzipped once per version of the file, so the better ratio costs nothing per scrape.
+GZIP_LEVEL = 6
+
+FileIdentity = tuple[int, int, int]
+
+
+class Payload:
+    """An encoded ``/metrics`` body; its gzipped form is made on first demand and kept."""
+
+    __slots__ = ("_gzipped", "plain")
+
+    def __init__(self, plain: bytes) -> None:
+        self.plain = plain
+        self._gzipped: bytes | None = None
+
+    def gzipped(self) -> bytes:
+        if self._gzipped is None:  # two threads may both compress once; either result is right
+            self._gzipped = gzip.compress(self.plain, compresslevel=GZIP_LEVEL, mtime=0)
+        return self._gzipped
+
+
+class MetricsSource(Protocol):
+    """Where ``/metrics`` bodies come from."""
+
+    def describe(self) -> str: ...
+
+    def scrape(self) -> Payload:
+        """The body to serve now. Raises FraisierTextfileError when there is nothing valid to serve."""
+        ...
+
+
+class RegistrySource:
+    """A prometheus_client registry, encoded at each scrape (an in-process registry is small)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import generate_latest
+
+        self.registry = registry
+        self._generate_latest = generate_latest
+
+    def describe(self) -> str:
+        return "this process's metrics registry"
+
+    def scrape(self) -> Payload:
+        return Payload(self._generate_latest(self.registry))
+
+
+@dataclass
+class _Snapshot:
+    """One version of the textfile, encoded around its active-deployments block."""
+
+    identity: FileIdentity | None
+    before: bytes = b""
+    after: bytes = b""
+    file_providers: tuple[str, ...] = ()
+    retired_markers: frozenset[str] = frozenset()
+    error: FraisierTextfileError | None = None
+    last: tuple[str, Payload] | None = None
+    """The last body served from this version, with the live block it holds."""
+
+
+class TextfileSource:
+    """``<directory>/fraisier.prom``, served as a scrape of it by node_exporter would show it, with the
+    active deployments counted live, and every catalogue family present (without samples if the file has
+    none, or does not exist yet)."""
+
+    def __init__(self, store: TextfileStore) -> None:
+        self.store = store
+        self._snapshot: _Snapshot | None = None
+        self._refreshing = threading.Lock()
+
+    def describe(self) -> str:
+        return str(self.store.path)
+
+    def scrape(self) -> Payload:
+        identity = self._identity()
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.identity != identity:
+            snapshot = self._refresh(identity)
+        if snapshot.error is not None:
+            raise snapshot.error
+        live = self._live_block(snapshot)
+        last = snapshot.last
+        if last is not None and last[0] == live:
+            return last[1]
+        payload = Payload(snapshot.before + live.encode("utf-8") + snapshot.after)
+        snapshot.last = (live, payload)
+        return payload
+
+    def _identity(self) -> FileIdentity | None:
+        try:
+            status = os.stat(self.store.path)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise TextfileError(
+                self.store.path, f"cannot read {self.store.path}: {error.strerror}; check the directory's permissions"
+            ) from None
+        return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+    def _refresh(self, identity: FileIdentity | None) -> _Snapshot:
+        # Only scrapes that found the file changed wait here, for the one that parses it.
+        with self._refreshing:
+            current = self._snapshot
+            if current is not None and current.identity == identity:
+                return current
+            try:
+                # The store's own reader: the same errors as every other reader, and the identity of exactly
+                # the bytes it read (the file may have been replaced again since the stat above).
+                read_identity, document = self.store._read_file()
+            except FraisierTextfileError as error:
+                log.error("cannot serve %s: %s", self.store.path, error)
+                snapshot = _Snapshot(identity, error=error)
+            else:
+                snapshot = _split(read_identity, document)
+            self._snapshot = snapshot
+            return snapshot
+
+    def _live_block(self, snapshot: _Snapshot) -> str:
+        counts = self.store.active_deployments(Document(retired_markers=set(snapshot.retired_markers)))
+        family = c.ACTIVE_DEPLOYMENTS
+        block = Block(family.name, help=family.help, type=family.kind.value, owned=family)
+        # As a flush would write it: every provider the file knows, then those seen running for the first time.
+        for provider in snapshot.file_providers:
+            block.set(series_key(family.name, family.labels, (provider,)), float(counts.pop(provider, 0)))
+        for provider in sorted(counts):
+            block.set(series_key(family.name, family.labels, (provider,)), float(counts[provider]))
+        return block.render()
+
+
+def _split(identity: FileIdentity | None, document: Document) -> _Snapshot:
+    for family in c.FAMILIES:
+        document.block(family)
+    blocks = list(document.blocks.values())
+    position = next(n for n, block in enumerate(blocks) if block.name == c.ACTIVE_DEPLOYMENTS.name)
+    active = blocks[position]
+    providers = dict.fromkeys(parse_series_key(key)[1].get("provider", "") for key, _ in active.samples())
+    # The retired-markers comment is the store's bookkeeping, not a metric: it is not served.
+    return _Snapshot(
+        identity,
+        before="".join(block.render() for block in blocks[:position]).encode("utf-8"),
+        after="".join(block.render() for block in blocks[position + 1 :]).encode("utf-8"),
+        file_providers=tuple(provider for provider in providers if provider),
+        retired_markers=frozenset(document.retired_markers),
+    )
+
+
+# HTTP
+
+LANDING_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Fraisier metrics</title></head>
+<body>
+<h1>Fraisier metrics</h1>
+<p>Fraisier's deployment metrics, for Prometheus, from {source}.</p>
+<p><a href="metrics">Metrics</a></p>
+</body>
+</html>
+"""
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` header accepts gzip: named or through ``*``, with a quality above 0."""
+    if not accept_encoding:
+        return False
+    qualities: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *parameters = item.split(";")
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        qualities.setdefault(coding.strip().lower(), quality)
+    return qualities.get("gzip", qualities.get("*", 0.0)) > 0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection from scrape to scrape
+    server_version = "fraisier-metrics"
+    # Headers and body go out in two writes: without TCP_NODELAY the body's last segment can wait for a
+    # delayed ACK (tens of milliseconds).
+    disable_nagle_algorithm = True
+    timeout = CONNECTION_TIMEOUT
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def do_GET(self) -> None:
+        self._answer(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(send_body=False)
+
+    def _answer(self, send_body: bool) -> None:
+        web_config = self.server.web_config
+        if web_config is not None and not web_config.authorized(self.headers.get("Authorization")):
+            self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8", send_body,
+                       {"WWW-Authenticate": 'Basic realm="fraisier metrics", charset="UTF-8"'})
+            return
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            self._metrics(send_body)
+        elif path == "/":
+            page = LANDING_PAGE.format(source=html.escape(self.server.source.describe()))
+            self._send(200, page.encode("utf-8"), "text/html; charset=utf-8", send_body)
+        else:
+            self._send(404, b"Not found: the metrics are at /metrics\n", "text/plain; charset=utf-8", send_body)
+
+    def _metrics(self, send_body: bool) -> None:
+        try:
+            payload = self.server.source.scrape()
+        except FraisierTextfileError as error:
+            self._send(500, f"{error}\n".encode(), "text/plain; charset=utf-8", send_body)
+            return
+        headers = {"Vary": "Accept-Encoding"}
+        if accepts_gzip(self.headers.get("Accept-Encoding")):
+            body = payload.gzipped()
+            headers["Content-Encoding"] = "gzip"
+        else:
+            body = payload.plain
+        self._send(200, body, CONTENT_TYPE, send_body, headers)
+
+    def _send(self, status: int, body: bytes, content_type: str, send_body: bool,
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", self.address_string(), format % args)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[Any, ...], family: socket.AddressFamily, source: MetricsSource,
+                 web_config: LiveWebConfig | None) -> None:
+        self.address_family = family
+        self.source = source
+        self.web_config = web_config
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would look up the host's FQDN, which may wait on DNS: not needed here.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        self._track(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._untrack(request)
+
+    def _track(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(connection)
+
+    def _untrack(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        """End the kept-alive connections too: after a shutdown, nothing more is served."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        context = self.web_config.ssl_context() if self.web_config is not None else None
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(CONNECTION_TIMEOUT)
+        try:
+            first = request.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return
+        if first != b"\x16":  # not a TLS handshake record: most likely plain HTTP sent to this TLS port
+            if first:
+                try:
+                    request.sendall(PLAIN_HTTP_TO_TLS_RESPONSE)
+                except OSError:
+                    pass
+            return
+        try:
+            connection = context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as error:
+            log.debug("TLS handshake with %s failed: %s", client_address[0], error)
+            return
+        self._track(connection)  # the raw socket was handed over to the TLS one
+        try:
+            _Handler(connection, client_address, self)
+        finally:
+            self._untrack(connection)
+            connection.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+
+
+PLAIN_HTTP_TO_TLS_RESPONSE = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+    b"Client sent an HTTP request to an HTTPS server.\n"
+)
+
+
+def _resolve(address: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    host = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, socket.gaierror) else str(error)
+        raise ServerStartError(
+            address, port,
+            f"cannot listen on --address {address!r}: {reason}; give a host name or IP address of this machine, "
+            "e.g. localhost, 127.0.0.1 or 0.0.0.0",
+        ) from None
+    # Like Go's exporters, prefer IPv4 for a name that has both (localhost).
+    found.sort(key=lambda entry: entry[0] != socket.AF_INET)
+    family, _, _, _, socket_address = found[0]
+    return family, socket_address
+
+
+def _start_error(address: str, port: int, error: OSError) -> ServerStartError:
+    where = f"{address}:{port}"
+    if error.errno == errno.EADDRINUSE:
+        fix = f"port {port} is in use by another process; stop it or choose another --port"
+    elif error.errno == errno.EADDRNOTAVAIL:
+        fix = f"{address} is not an address of this machine; give one of its addresses, e.g. localhost"
+    elif error.errno in (errno.EACCES, errno.EPERM):
+        fix = f"port {port} needs privileges this user lacks; choose a port above 1023"
+    else:
+        fix = f"{error.strerror or error}; check --address and --port"
+    return ServerStartError(address, port, f"cannot listen on {where}: {fix}")
+
+
+class MetricsServer:
+    """An exporter listening on ``address:port`` (port 0: any free port; ``port`` tells which).
+
+    Created listening; ``start()`` serves from a background thread, ``serve_forever()`` from this one;
+    ``shutdown()`` stops serving and closes the socket. Raises ServerStartError when it cannot listen and
+    WebConfigError when the web config is invalid or names unusable files.
+    """
+
+    def __init__(self, source: MetricsSource, *, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS,
+                 web_config_file: Path | str | None = None) -> None:
+        self.source = source
+        self.web_config = LiveWebConfig(web_config_file) if web_config_file is not None else None
+        family, socket_address = _resolve(address, port)
+        try:
+            self._http = _HTTPServer(socket_address, family, source, self.web_config)
+        except OSError as error:
+            raise _start_error(address, port, error) from None
+        self.address = address
+        self.port: int = self._http.server_port
+        host = address or "0.0.0.0"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        self.tls = self.web_config is not None and self.web_config.tls
+        self.url = f"{'https' if self.tls else 'http'}://{host}:{self.port}/metrics"
+        self._thread: threading.Thread | None = None
+        self._serving = False
+        self._stopped = False
+        self._state = threading.Lock()
+        authentication = bool(self.web_config and self.web_config.current().basic_auth_users)
+        log.info("serving %s on %s (TLS %s, basic auth %s)", source.describe(), self.url,
+                 "on" if self.tls else "off", "on" if authentication else "off")
+
+    def serve_forever(self) -> None:
+        with self._state:
+            if self._stopped:
+                return
+            self._serving = True
+        self._http.serve_forever(poll_interval=0.2)
+
+    def start(self) -> MetricsServer:
+        """Serve from a daemon thread; return at once."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.serve_forever, name=f"fraisier-metrics-{self.port}",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        """Stop serving and release the port. Safe to call twice, and from any thread but the serving one."""
+        with self._state:
+            if self._stopped:
+                return
+            self._stopped = True
+            serving = self._serving
+        if serving:
+            self._http.shutdown()
+        self._http.server_close()
+        self._http.close_connections()
+        if self._thread is not None:
+            self._thread.join()
+        log.info("stopped serving on %s", self.url)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.shutdown()
+
+
+def serve_textfile(store: TextfileStore | Path | str, *, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS,
+                   web_config_file: Path | str | None = None) -> MetricsServer:
+    """Serve a textfile directory's ``fraisier.prom`` (what ``fraisier metrics`` runs), from a background
+    thread. Returns the running server."""
+    if not isinstance(store, TextfileStore):
+        store = TextfileStore(store)
+    return MetricsServer(TextfileSource(store), port=port, address=address, web_config_file=web_config_file).start()
+
+
+def serve_registry(registry: CollectorRegistry, *, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS,
+                   web_config_file: Path | str | None = None) -> MetricsServer:
+    """Serve a prometheus_client registry from a background thread. Returns the running server."""
+    return MetricsServer(RegistrySource(registry), port=port, address=address,
+                         web_config_file=web_config_file).start()

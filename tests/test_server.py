@@ -1,0 +1,788 @@
+"""``fraisier metrics`` and ``MetricsRecorder.serve``: real servers on free loopback ports, real clients, real TLS."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import bcrypt
+import pytest
+from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
+
+from fraisier_textfile import MetricsRecorder
+from fraisier_textfile import catalogue as c
+from fraisier_textfile.cli import main
+
+from .processes import fraisier, free_port
+from .tls import Certificates, make_certificates
+from .values import sample_values
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ACTIVE = 'fraisier_active_deployments{provider="docker_compose"}'
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("certificates"))
+
+
+# Clients and servers
+
+
+@dataclass
+class Response:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+
+def request(url: str, method: str = "GET", headers: dict[str, str] | None = None,
+            context: ssl.SSLContext | None = None) -> Response:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    connection: http.client.HTTPConnection
+    if parts.scheme == "https":
+        connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=10, context=context)
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers or {})
+        response = connection.getresponse()
+        return Response(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    port: int
+    scheme: str = "http"
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.base + "/metrics"
+
+    def stop(self, signal_number: int = signal.SIGTERM) -> tuple[int, str]:
+        """Stop the server; its exit status and everything it wrote on stderr."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal_number)
+        try:
+            _, errors = self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, errors = self.process.communicate()
+        return self.process.returncode, errors
+
+
+def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"fraisier metrics exited with {process.returncode}: {process.communicate()[1]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fraisier metrics did not listen on {port} within {timeout}s") from None
+            time.sleep(0.05)
+
+
+@contextmanager
+def fraisier_metrics(textfile_dir: Path, *options: str, address: str | None = "127.0.0.1") -> Iterator[Server]:
+    """``fraisier metrics`` as a real process on a free port, stopped (SIGTERM) afterwards."""
+    port = free_port()
+    command = [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "metrics",
+               "--port", str(port), *options]
+    if address is not None:
+        command += ["--address", address]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = Server(process, port, "https" if "--web-config-file" in options and _tls_in(options) else "http")
+    try:
+        wait_for_port(port, process)
+        yield server
+    finally:
+        server.stop()
+
+
+def _tls_in(options: tuple[str, ...]) -> bool:
+    config = Path(options[options.index("--web-config-file") + 1])
+    return "tls_server_config" in config.read_text()
+
+
+def run_in_process(code: str, *arguments: str) -> None:
+    """Record with the real library from another process."""
+    subprocess.run([sys.executable, "-c", code, *arguments], check=True, timeout=60)
+
+
+RECORD_SOME = """
+import sys
+from fraisier_textfile import MetricsRecorder
+recorder = MetricsRecorder(sys.argv[1])
+recorder.record_health_check("bare_metal", "http", "pass", 0.2)
+recorder.record_rollback("docker_compose", "health_check", 12.0)
+recorder.set_provider_availability("docker_compose", False)
+recorder.record_lock_wait("web", "bare_metal", 1.5)
+recorder.record_deployment_error('odd "provider" \\\\ ü', "timeout")
+"""
+
+DEPLOY_AND_HANG = """
+import sys, time
+from fraisier_textfile import MetricsRecorder
+recorder = MetricsRecorder(sys.argv[1])
+with recorder.track_deployment("docker_compose", "backup"):
+    print("deploying", flush=True)
+    time.sleep(600)
+"""
+
+
+@contextmanager
+def deploying(textfile_dir: Path) -> Iterator[subprocess.Popen[str]]:
+    """A process inside a tracked deployment; killed (SIGKILL) afterwards if still alive."""
+    process = subprocess.Popen([sys.executable, "-c", DEPLOY_AND_HANG, str(textfile_dir)], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "deploying\n"
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def families(text: str) -> dict[str, str]:
+    """Family name -> type, as a Prometheus client library reads the body (which fails on a bad body)."""
+    return {family.name: family.type for family in text_string_to_metric_families(text)}
+
+
+# What is served
+
+
+def test_a_scrape_equals_the_file_before_and_after_flushes_from_other_processes(textfile_dir: Path) -> None:
+    with fraisier_metrics(textfile_dir) as server:
+        before = request(server.url)
+        assert before.status == 200
+        assert sample_values(before.text) == {}
+        for family in c.FAMILIES:  # every family is announced, none has samples yet
+            assert f"# HELP {family.name} {family.help}\n" in before.text
+            assert f"# TYPE {family.name} {family.kind.value}\n" in before.text
+
+        fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+                 "--duration", "42", textfile_dir=textfile_dir, check=True)
+        first = sample_values(request(server.url).text)
+        assert first == sample_values(textfile_dir / "fraisier.prom")
+        assert first['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+
+        run_in_process(RECORD_SOME, str(textfile_dir))
+        second = sample_values(request(server.url).text)
+        assert second == sample_values(textfile_dir / "fraisier.prom")
+        odd_error = 'fraisier_deployment_errors_total{provider="odd \\"provider\\" \\\\ ü",error_type="timeout"}'
+        assert second[odd_error] == 1
+        assert second != first
+
+
+def test_the_landing_page_links_to_metrics_and_other_paths_are_not_found(textfile_dir: Path) -> None:
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.links: list[str] = []
+
+        def handle_starttag(self, tag: str, attributes: list[tuple[str, str | None]]) -> None:
+            self.links += [value for name, value in attributes if tag == "a" and name == "href" and value]
+
+    with fraisier_metrics(textfile_dir) as server:
+        landing = request(server.base + "/")
+        assert landing.status == 200
+        assert landing.headers["Content-Type"] == "text/html; charset=utf-8"
+        parser = Links()
+        parser.feed(landing.text)
+        assert [urljoin(server.base + "/", link) for link in parser.links] == [server.url]
+        for path in ("/metric", "/metrics/", "/favicon.ico", "/../metrics"):
+            missing = request(server.base + path)
+            assert missing.status == 404, path
+            assert b"fraisier_" not in missing.body
+        assert request(server.url + "?name[]=fraisier_deployments_total").status == 200
+
+
+def test_head_gives_the_headers_of_get_without_a_body(textfile_dir: Path) -> None:
+    MetricsRecorder(textfile_dir).record_deployment_complete("bare_metal", "api", "success", 3.0)
+    with fraisier_metrics(textfile_dir) as server:
+        for headers in ({}, {"Accept-Encoding": "gzip"}):
+            get = request(server.url, headers=headers)
+            head = request(server.url, "HEAD", headers=headers)
+            assert head.status == get.status == 200
+            assert head.body == b""
+            assert head.headers["Content-Length"] == get.headers["Content-Length"] == str(len(get.body))
+            assert head.headers["Content-Type"] == get.headers["Content-Type"] == CONTENT_TYPE
+            assert head.headers["Content-Encoding"] == get.headers["Content-Encoding"]
+        assert request(server.base + "/", "HEAD").status == 200
+        assert request(server.base + "/nothing", "HEAD").status == 404
+
+
+def test_the_body_is_gzipped_only_when_the_client_accepts_gzip(textfile_dir: Path) -> None:
+    MetricsRecorder(textfile_dir).record_deployment_complete("bare_metal", "api", "success", 3.0)
+    with fraisier_metrics(textfile_dir) as server:
+        plain = request(server.url)
+        assert plain.headers["Content-Type"] == CONTENT_TYPE
+        assert plain.headers["Content-Encoding"] is None
+        for accepted in ("gzip", "deflate, gzip;q=0.8", "*", "GZIP", "*;q=0, gzip"):
+            compressed = request(server.url, headers={"Accept-Encoding": accepted})
+            assert compressed.headers["Content-Encoding"] == "gzip", accepted
+            assert compressed.headers["Content-Type"] == CONTENT_TYPE
+            assert gzip.decompress(compressed.body) == plain.body
+        for refused in ("identity", "gzip;q=0", "deflate", "gzip;q=0, *", "gzip;q=zero"):
+            assert request(server.url, headers={"Accept-Encoding": refused}).body == plain.body, refused
+
+
+def test_deployments_are_counted_live_so_a_crashed_one_stops_counting_before_any_flush(textfile_dir: Path) -> None:
+    MetricsRecorder(textfile_dir).record_deployment_complete("bare_metal", "api", "success", 3.0)
+    with fraisier_metrics(textfile_dir) as server, deploying(textfile_dir) as deployment:
+        assert sample_values(request(server.url).text)[ACTIVE] == 1
+        written = (textfile_dir / "fraisier.prom").read_bytes()
+        deployment.kill()
+        deployment.wait()
+        assert sample_values(request(server.url).text)[ACTIVE] == 0
+        assert (textfile_dir / "fraisier.prom").read_bytes() == written  # no flush happened in between
+        assert sample_values(textfile_dir / "fraisier.prom")[ACTIVE] == 1
+
+        MetricsRecorder(textfile_dir).record_health_check("bare_metal", "tcp", "pass", 0.1)  # the next flush
+        after = sample_values(request(server.url).text)
+        assert after == sample_values(textfile_dir / "fraisier.prom")
+        assert after['fraisier_deployments_total{provider="docker_compose",status="crashed",fraise_type="backup"}'] == 1
+
+
+def test_a_running_deployment_counts_even_before_the_file_exists_and_a_new_provider_appears(
+    textfile_dir: Path,
+) -> None:
+    with fraisier_metrics(textfile_dir) as server:
+        assert ACTIVE not in sample_values(request(server.url).text)
+        with deploying(textfile_dir):
+            assert sample_values(request(server.url).text)[ACTIVE] == 1
+            assert sample_values(request(server.url).text) == sample_values(textfile_dir / "fraisier.prom")
+
+
+def test_an_unchanged_file_is_not_read_again_and_a_changed_one_is(textfile_dir: Path) -> None:
+    """The cache is keyed on the file's inode, size and mtime. Rewriting the file in place with the same size
+    and putting its mtime back leaves all three equal: a server that re-read the file would show the edit."""
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.record_lock_wait("web", "bare_metal", 1.0)
+    key = 'fraisier_deployment_lock_wait_seconds{service="web",provider="bare_metal"}'
+    path = textfile_dir / "fraisier.prom"
+    with fraisier_metrics(textfile_dir) as server:
+        assert sample_values(request(server.url).text)[key] == 1
+        status = os.stat(path)
+        edited = path.read_bytes().replace(f"{key} 1.0\n".encode(), f"{key} 7.0\n".encode())
+        with open(path, "r+b") as file:
+            file.write(edited)
+        os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+        assert sample_values(path)[key] == 7
+        assert sample_values(request(server.url).text)[key] == 1
+
+        os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000))
+        assert sample_values(request(server.url).text)[key] == 7
+        recorder.record_lock_wait("web", "bare_metal", 2.0)  # a flush replaces the file: a new inode
+        assert sample_values(request(server.url).text)[key] == 2
+
+
+def test_a_corrupt_file_is_an_error_naming_it_until_a_valid_one_replaces_it(textfile_dir: Path) -> None:
+    textfile_dir.mkdir()
+    path = textfile_dir / "fraisier.prom"
+    # Deliberately bad input: a value that is not a number.
+    path.write_text('fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"} one\n')
+    with fraisier_metrics(textfile_dir) as server:
+        failed = request(server.url)
+        assert failed.status == 500
+        assert str(path) in failed.text
+        assert "fraisier_deployments_total" not in sample_values_or_nothing(failed.text)
+        assert request(server.base + "/").status == 200
+
+        path.unlink()
+        MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "timeout")
+        recovered = request(server.url)
+        assert recovered.status == 200
+        assert sample_values(recovered.text) == sample_values(path)
+        _, errors = server.stop()
+    assert f"cannot serve {path}" in errors
+
+
+def sample_values_or_nothing(text: str) -> dict[str, float]:
+    try:
+        return sample_values(text)
+    except ValueError:
+        return {}
+
+
+WRITE_UNTIL_STOPPED = """
+import sys
+from pathlib import Path
+from fraisier_textfile import MetricsRecorder
+recorder = MetricsRecorder(sys.argv[1], lock_timeout=60)
+stop = Path(sys.argv[2])
+print("ready", flush=True)
+for number in range(5000):
+    if stop.exists():
+        break
+    with recorder.track_deployment("bare_metal", "api"):
+        recorder.record_health_check("bare_metal", "http", "pass", 0.1 * (number % 30))
+    recorder.record_deployment_error("bare_metal", f"error_{number % 7}")
+"""
+
+MONOTONIC_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
+
+
+def test_fifty_clients_scraping_while_processes_flush_see_only_whole_monotonic_bodies(
+    textfile_dir: Path, tmp_path: Path
+) -> None:
+    clients, scrapes_per_client = 50, 200
+    MetricsRecorder(textfile_dir).record_deployment_complete("bare_metal", "api", "success", 1.0)
+    stop = tmp_path / "stop"
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITE_UNTIL_STOPPED, str(textfile_dir), str(stop)],
+                         stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    bodies: dict[bytes, str] = {}  # digest -> text: a body is parsed once however often it is served
+    sequences: list[list[bytes]] = [[] for _ in range(clients)]
+    problems: list[str] = []
+
+    def scrape(client: int, url: str) -> None:
+        parts = urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+        headers = {"Accept-Encoding": "gzip"} if client % 2 else {}
+        try:
+            for _ in range(scrapes_per_client):
+                connection.request("GET", "/metrics", headers=headers)
+                response = connection.getresponse()
+                body = response.read()
+                if response.status != 200:
+                    problems.append(f"client {client}: status {response.status}")
+                    return
+                if response.headers["Content-Encoding"] == "gzip":
+                    body = gzip.decompress(body)
+                digest = hashlib.sha256(body).digest()
+                bodies.setdefault(digest, body.decode("utf-8"))
+                sequences[client].append(digest)
+        except Exception as error:  # any failure of any client fails the test, with its reason
+            problems.append(f"client {client}: {error!r}")
+        finally:
+            connection.close()
+
+    try:
+        for writer in writers:
+            assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        with fraisier_metrics(textfile_dir) as server:
+            threads = [threading.Thread(target=scrape, args=(n, server.url)) for n in range(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            stop.touch()
+            for writer in writers:
+                assert writer.wait(timeout=60) == 0
+            final = request(server.url).text
+    finally:
+        stop.touch()
+        for writer in writers:
+            writer.kill()
+            writer.wait()
+
+    assert problems == []
+    assert all(len(sequence) == scrapes_per_client for sequence in sequences)
+    parsed = {digest: sample_values(text) for digest, text in bodies.items()}  # raises on any bad body
+    assert len(parsed) > 10, "the writers should have flushed many times during the scrapes"
+    for client, sequence in enumerate(sequences):
+        previous: dict[str, float] = {}
+        for digest in sequence:
+            values = parsed[digest]
+            for key, value in values.items():
+                name = key.split("{", 1)[0]
+                if name.endswith(MONOTONIC_SUFFIXES):
+                    earlier = previous.get(key, 0.0)
+                    assert value >= earlier, f"client {client}: {key} went from {earlier} to {value}"
+            previous = values
+    assert sample_values(final) == sample_values(textfile_dir / "fraisier.prom")
+
+
+# Start, stop, and start-up errors
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_it_cleanly_after_it_said_where_it_listens(textfile_dir: Path, signal_number: int) -> None:
+    with fraisier_metrics(textfile_dir) as server:
+        assert request(server.url).status == 200
+        status, errors = server.stop(signal_number)
+    assert status == 0
+    path = textfile_dir / "fraisier.prom"
+    assert f"fraisier metrics: serving {path} on http://127.0.0.1:{server.port}/metrics" in errors
+    assert "does not exist yet" in errors
+    assert "Traceback" not in errors
+
+
+def test_it_listens_on_loopback_by_default(textfile_dir: Path) -> None:
+    with fraisier_metrics(textfile_dir, address=None) as server:
+        assert request(server.url).status == 200
+        assert listening_addresses(server.port) == ["127.0.0.1"]
+        _, errors = server.stop()
+    assert f"on http://localhost:{server.port}/metrics" in errors
+
+
+def listening_addresses(port: int) -> list[str]:
+    """The local addresses of the sockets listening on ``port``, read from the kernel's table."""
+    addresses = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                if len(address) == 8:
+                    addresses.append(socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1]))
+                else:
+                    raw = b"".join(bytes.fromhex(address[n : n + 8])[::-1] for n in range(0, 32, 8))
+                    addresses.append(socket.inet_ntop(socket.AF_INET6, raw))
+    return addresses
+
+
+def test_help_tells_how_to_configure_tls_and_basic_auth() -> None:
+    result = CliRunner().invoke(main, ["metrics", "--help"])
+    assert result.exit_code == 0
+    for expected in ("--port", "8001", "--address", "localhost", "--web-config-file", "tls_server_config",
+                     "cert_file", "key_file", "client_auth_type", "RequireAndVerifyClientCert", "client_ca_file",
+                     "min_version", "basic_auth_users", "bcrypt.hashpw"):
+        assert expected in result.output
+
+
+def test_the_example_web_config_in_the_help_is_valid(tmp_path: Path, certificates: Certificates) -> None:
+    from fraisier_textfile.webconfig import load_web_config, make_ssl_context
+
+    output = CliRunner().invoke(main, ["metrics", "--help"]).output
+    example = output.split("Example web config:\n", 1)[1].split("\n\n", 1)[0]
+    config = write_config(tmp_path, textwrap.dedent(example).replace("$2b$12$...", hashed("secret")))
+    for name, source in (("server.crt", certificates.server.cert), ("server.key", certificates.server.key),
+                         ("clients-ca.crt", certificates.ca)):
+        (tmp_path / name).write_bytes(source.read_bytes())
+    loaded = load_web_config(config)
+    assert loaded.tls is not None and loaded.tls.client_auth_type == "RequireAndVerifyClientCert"
+    assert list(loaded.basic_auth_users) == ["prometheus"]
+    make_ssl_context(loaded)
+
+
+@pytest.fixture
+def occupied_port() -> Iterator[int]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield int(listener.getsockname()[1])
+
+
+def write_config(directory: Path, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "web.yml"
+    config.write_text(text)
+    return config
+
+
+def start_up_error(textfile_dir: Path, *options: str) -> tuple[int, str]:
+    result = fraisier("metrics", *options, textfile_dir=textfile_dir, timeout=60)
+    return result.returncode, result.stderr
+
+
+def test_a_port_in_use_is_a_one_line_error(textfile_dir: Path, occupied_port: int) -> None:
+    status, errors = start_up_error(textfile_dir, "--address", "127.0.0.1", "--port", str(occupied_port))
+    assert status == 1
+    assert errors == (f"Error: cannot listen on 127.0.0.1:{occupied_port}: port {occupied_port} is in use by another "
+                      "process; stop it or choose another --port\n")
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("no-such-host.invalid", "cannot listen on --address 'no-such-host.invalid'"),
+        ("192.0.2.1", "192.0.2.1 is not an address of this machine"),
+        ("300.1.1.1", "cannot listen on --address '300.1.1.1'"),
+    ],
+    ids=["unknown-name", "not-this-machine", "not-an-address"],
+)
+def test_a_bad_address_is_a_one_line_error(textfile_dir: Path, address: str, expected: str) -> None:
+    status, errors = start_up_error(textfile_dir, "--address", address, "--port", str(free_port()))
+    assert status == 1
+    assert errors.startswith("Error: ") and errors.count("\n") == 1
+    assert expected in errors
+
+
+def test_a_port_out_of_range_is_a_usage_error(textfile_dir: Path) -> None:
+    status, errors = start_up_error(textfile_dir, "--port", "70000")
+    assert status == 2
+    assert "--port" in errors
+
+
+BAD_CONFIGS = {
+    "missing-file": (None, "cannot read the web config {config}"),
+    "not-yaml": ("tls_server_config: [cert_file\n", "web config {config} is not valid YAML: line 2"),
+    "unknown-top-level-key": ("basic_auth_user:\n  alice: x\n", "unknown key 'basic_auth_user'"),
+    "unknown-tls-key": ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  cert_flie: x\n",
+                        "unknown key 'tls_server_config.cert_flie'"),
+    "missing-cert": ("tls_server_config:\n  cert_file: nothing.crt\n  key_file: server.key\n",
+                     "cannot read cert_file {directory}/nothing.crt (web config {config})"),
+    "missing-key": ("tls_server_config:\n  cert_file: server.crt\n  key_file: nothing.key\n",
+                    "cannot read key_file {directory}/nothing.key"),
+    "cert-is-not-a-cert": ("tls_server_config:\n  cert_file: garbage.pem\n  key_file: server.key\n",
+                           "cert_file {directory}/garbage.pem (web config {config}) holds no valid PEM certificate"),
+    "key-is-not-a-key": ("tls_server_config:\n  cert_file: server.crt\n  key_file: garbage.pem\n",
+                         "key_file {directory}/garbage.pem (web config {config}) is not a usable PEM private key"),
+    "key-of-another-cert": ("tls_server_config:\n  cert_file: server.crt\n  key_file: client.key\n",
+                            "key_file {directory}/client.key (web config {config}) is not the key of cert_file"),
+    "bad-hash": ("basic_auth_users:\n  alice: secret\n", "basic_auth_users.alice is not a bcrypt hash"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS, ids=list(BAD_CONFIGS))
+def test_a_bad_web_config_is_a_one_line_error_naming_the_file(
+    textfile_dir: Path, tmp_path: Path, certificates: Certificates, case: str
+) -> None:
+    text, expected = BAD_CONFIGS[case]
+    directory = certificates.ca.parent  # relative paths in a config are relative to its directory
+    (directory / "garbage.pem").write_text("not PEM at all\n")  # deliberately bad input
+    config = tmp_path / "absent.yml" if text is None else directory / f"{case}.yml"
+    if text is not None:
+        config.write_text(text)
+    status, errors = start_up_error(textfile_dir, "--address", "127.0.0.1", "--port", str(free_port()),
+                                    "--web-config-file", str(config))
+    assert status == 1
+    assert errors.startswith("Error: ") and errors.count("\n") == 1, errors
+    assert expected.format(config=config, directory=directory) in errors
+
+
+# TLS
+
+
+def tls_config(certificates: Certificates, directory: Path, extra: str = "") -> Path:
+    return write_config(directory, f"tls_server_config:\n  cert_file: {certificates.server.cert}\n"
+                                   f"  key_file: {certificates.server.key}\n{extra}")
+
+
+def client_context(certificates: Certificates, client: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certificates.ca))
+    if client is not None:
+        context.load_cert_chain(client, key)
+    return context
+
+
+def test_tls_serves_clients_that_trust_the_certificate_and_no_metrics_over_plain_http(
+    textfile_dir: Path, tmp_path: Path, certificates: Certificates
+) -> None:
+    MetricsRecorder(textfile_dir).record_deployment_complete("bare_metal", "api", "success", 3.0)
+    config = tls_config(certificates, tmp_path)
+    with fraisier_metrics(textfile_dir, "--web-config-file", str(config)) as server:
+        assert server.url.startswith("https://")
+        served = request(server.url, context=client_context(certificates))
+        assert served.status == 200
+        assert sample_values(served.text) == sample_values(textfile_dir / "fraisier.prom")
+
+        plain = request(f"http://127.0.0.1:{server.port}/metrics")
+        assert plain.status == 400
+        assert b"fraisier_" not in plain.body
+        with pytest.raises(ssl.SSLCertVerificationError):
+            request(server.url, context=ssl.create_default_context())  # the test CA is not trusted there
+        _, errors = server.stop()
+    assert f"on https://127.0.0.1:{server.port}/metrics (TLS" in errors
+
+
+def test_client_certificates_are_required_and_verified(
+    textfile_dir: Path, tmp_path: Path, certificates: Certificates
+) -> None:
+    extra = f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {certificates.ca}\n"
+    config = tls_config(certificates, tmp_path, extra)
+    with fraisier_metrics(textfile_dir, "--web-config-file", str(config)) as server:
+        served = request(server.url, context=client_context(certificates, certificates.client.cert,
+                                                             certificates.client.key))
+        assert served.status == 200
+        assert "# TYPE fraisier_deployments_total counter" in served.text
+        for refused in (client_context(certificates),
+                        client_context(certificates, certificates.stranger.cert, certificates.stranger.key)):
+            with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+                request(server.url, context=refused)
+
+
+def test_min_version_refuses_older_clients(textfile_dir: Path, tmp_path: Path, certificates: Certificates) -> None:
+    config = tls_config(certificates, tmp_path, "  min_version: TLS13\n")
+    with fraisier_metrics(textfile_dir, "--web-config-file", str(config)) as server:
+        assert request(server.url, context=client_context(certificates)).status == 200
+        old = client_context(certificates)
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError):
+            request(server.url, context=old)
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(textfile_dir: Path, tmp_path: Path,
+                                                           certificates: Certificates) -> None:
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    cert.write_bytes(certificates.server.cert.read_bytes())
+    key.write_bytes(certificates.server.key.read_bytes())
+    config = write_config(tmp_path, f"tls_server_config:\n  cert_file: {cert.name}\n  key_file: {key.name}\n")
+
+    def served_certificate(url: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", int(urlsplit(url).port or 0)), timeout=10) as raw, \
+                client_context(certificates).wrap_socket(raw, server_hostname="127.0.0.1") as connection:
+            return connection.getpeercert(binary_form=True) or b""
+
+    with fraisier_metrics(textfile_dir, "--web-config-file", str(config)) as server:
+        first = served_certificate(server.url)
+        assert first == ssl.PEM_cert_to_DER_cert(certificates.server.cert.read_text())
+        for source, target in ((certificates.other_server.key, key), (certificates.other_server.cert, cert)):
+            staged = target.with_suffix(".new")
+            staged.write_bytes(source.read_bytes())
+            os.replace(staged, target)
+        assert served_certificate(server.url) == ssl.PEM_cert_to_DER_cert(certificates.other_server.cert.read_text())
+
+
+# Basic auth
+
+PASSWORD = "correct horse"
+
+
+def hashed(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+def test_basic_auth_serves_right_credentials_only(textfile_dir: Path, tmp_path: Path) -> None:
+    MetricsRecorder(textfile_dir).record_deployment_complete("bare_metal", "api", "success", 3.0)
+    config = write_config(tmp_path, f"basic_auth_users:\n  prometheus: {hashed(PASSWORD)}\n  other: {hashed('x')}\n")
+    with fraisier_metrics(textfile_dir, "--web-config-file", str(config)) as server:
+        served = request(server.url, headers=basic("prometheus", PASSWORD))
+        assert served.status == 200
+        assert sample_values(served.text) == sample_values(textfile_dir / "fraisier.prom")
+        again = request(server.url, headers=basic("prometheus", PASSWORD))
+        assert again.body == served.body
+        refusals = {
+            "missing": {},
+            "wrong password": basic("prometheus", PASSWORD + "!"),
+            "another user's password": basic("other", PASSWORD),
+            "unknown user": basic("nobody", PASSWORD),
+            "not basic": {"Authorization": f"Bearer {PASSWORD}"},
+            "not base64": {"Authorization": "Basic %%%"},
+        }
+        for case, headers in refusals.items():
+            for method in ("GET", "HEAD"):
+                refused = request(server.url, method, headers=headers)
+                assert refused.status == 401, case
+                assert refused.headers["WWW-Authenticate"].startswith("Basic"), case
+                assert b"fraisier_" not in refused.body, case
+        assert request(server.base + "/").status == 401
+
+
+def test_basic_auth_users_are_reread_and_an_invalid_change_keeps_the_last_valid_config(
+    textfile_dir: Path, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, f"basic_auth_users:\n  prometheus: {hashed('old')}\n")
+
+    def replace_config(text: str) -> None:
+        staged = tmp_path / "web.yml.new"
+        staged.write_text(text)
+        os.replace(staged, config)
+
+    with fraisier_metrics(textfile_dir, "--web-config-file", str(config)) as server:
+        assert request(server.url, headers=basic("prometheus", "old")).status == 200
+        replace_config(f"basic_auth_users:\n  prometheus: {hashed('new')}\n")
+        assert request(server.url, headers=basic("prometheus", "old")).status == 401
+        assert request(server.url, headers=basic("prometheus", "new")).status == 200
+        replace_config("basic_auth_users:\n  prometheus: [\n")
+        assert request(server.url, headers=basic("prometheus", "new")).status == 200
+        assert request(server.url).status == 401
+        _, errors = server.stop()
+    assert f"web config {config} is not valid YAML" in errors
+    assert "the last valid web config stays in force" in errors
+
+
+def test_tls_and_basic_auth_together(textfile_dir: Path, tmp_path: Path, certificates: Certificates) -> None:
+    config = tls_config(certificates, tmp_path, f"basic_auth_users:\n  prometheus: {hashed(PASSWORD)}\n")
+    with fraisier_metrics(textfile_dir, "--web-config-file", str(config)) as server:
+        context = client_context(certificates)
+        assert request(server.url, context=context).status == 401
+        assert request(server.url, headers=basic("prometheus", PASSWORD), context=context).status == 200
+
+
+# The recorder's own registry, served in-process
+
+
+def test_a_recorder_serves_its_registry_and_shuts_down(textfile_dir: Path) -> None:
+    recorder = MetricsRecorder(textfile_dir, auto_flush=False)
+    server = recorder.serve(port=0, address="127.0.0.1")
+    try:
+        assert server.url == f"http://127.0.0.1:{server.port}/metrics"
+        recorder.record_deployment_complete("bare_metal", "api", "success", 3.0)
+        served = request(server.url)
+        assert served.status == 200
+        assert served.headers["Content-Type"] == CONTENT_TYPE
+        values = sample_values(served.text)
+        labels = {"provider": "bare_metal", "status": "success", "fraise_type": "api"}
+        assert [sample.value for family in text_string_to_metric_families(served.text) for sample in family.samples
+                if sample.name == "fraisier_deployments_total" and sample.labels == labels] == [1]
+        assert not (textfile_dir / "fraisier.prom").exists()  # served from memory: nothing was flushed
+
+        compressed = request(server.url, headers={"Accept-Encoding": "gzip"})
+        assert sample_values(gzip.decompress(compressed.body).decode()) == values
+        assert request(server.url, "HEAD").body == b""
+        assert request(f"http://127.0.0.1:{server.port}/").status == 200
+        assert request(f"http://127.0.0.1:{server.port}/other").status == 404
+        kept_alive = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        kept_alive.request("GET", "/metrics")
+        assert kept_alive.getresponse().read() == request(server.url).body
+    finally:
+        server.shutdown()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+    with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):  # nothing more on an open connection
+        kept_alive.request("GET", "/metrics")
+        kept_alive.getresponse().read()
+    kept_alive.close()
+    server.shutdown()  # twice is harmless
+
+
+def test_a_recorder_serves_its_registry_behind_basic_auth(textfile_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"basic_auth_users:\n  prometheus: {hashed(PASSWORD)}\n")
+    recorder = MetricsRecorder(textfile_dir, auto_flush=False)
+    with recorder.serve(port=0, address="127.0.0.1", web_config_file=config) as server:
+        assert request(server.url).status == 401
+        assert request(server.url, headers=basic("prometheus", PASSWORD)).status == 200
+
+
+def test_a_recorder_cannot_serve_on_a_port_in_use(textfile_dir: Path, occupied_port: int) -> None:
+    from fraisier_textfile.errors import ServerStartError
+
+    with pytest.raises(ServerStartError, match=f"port {occupied_port} is in use"):
+        MetricsRecorder(textfile_dir, auto_flush=False).serve(port=occupied_port, address="127.0.0.1")
