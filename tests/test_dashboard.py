@@ -1,0 +1,192 @@
+"""grafana-dashboard.json, statically: importable with a data source input, the variables, every panel
+with a unit and a legend naming its labels, every query well-formed and filtered by the variables.
+tests/integration/test_fleet.py sends every query to a real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from fraisier_textfile import catalogue
+
+from .integration.fleet import (
+    DASHBOARD,
+    Query,
+    legend_labels,
+    load_dashboard,
+    panels,
+    queries,
+    substitute,
+    unknown_series,
+    unknown_statuses,
+    variables,
+)
+
+REQUIRED_PANELS = [
+    "Deployment Rate",
+    "Deployment Success Rate",
+    "Deployment Duration Percentiles",
+    "Deployment Errors by Type",
+    "Active Deployments",
+    "Health Checks by Type",
+    "Health Check Duration (p95)",
+    "Rollbacks by Reason",
+    "Provider Availability",
+    "Time Since Last Successful Deployment",
+    "Deployment Lock Wait",
+    "Textfile Age",
+    "Textfile Scrape Errors",
+]
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+QUERIES = queries(load_dashboard())
+
+
+def test_the_dashboard_is_json_with_a_prometheus_data_source_input() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert dashboard["__inputs"] == [
+        {
+            "name": "DS_PROMETHEUS",
+            "label": "Prometheus",
+            "description": dashboard["__inputs"][0]["description"],
+            "type": "datasource",
+            "pluginId": "prometheus",
+            "pluginName": "Prometheus",
+        }
+    ]
+    assert dashboard["id"] is None and dashboard["uid"] and dashboard["title"]
+    # The data source chosen at import is the default of the datasource variable, which every query uses.
+    datasource = variables(dashboard)["datasource"]
+    assert datasource["type"] == "datasource" and datasource["query"] == "prometheus"
+    assert datasource["current"]["value"] == "${DS_PROMETHEUS}"
+    for panel in panels(dashboard):
+        assert panel["datasource"] == DATASOURCE, panel["title"]
+        assert all(target["datasource"] == DATASOURCE for target in panel["targets"]), panel["title"]
+    for variable in variables(dashboard).values():
+        if variable["type"] == "query":
+            assert variable["datasource"] == DATASOURCE
+
+
+def test_the_variables_select_instances_providers_and_fraise_types_with_all() -> None:
+    found = variables(load_dashboard())
+    assert list(found) == ["datasource", "instance", "provider", "fraise_type"]
+    for name in ("instance", "provider", "fraise_type"):
+        variable = found[name]
+        assert variable["type"] == "query"
+        assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*", name
+        assert re.fullmatch(rf"label_values\((.+), {name}\)", variable["definition"]), variable["definition"]
+        assert variable["query"] == variable["definition"]
+    # Each narrows the next: providers of the selected instances, fraise types of both.
+    assert "$instance" in found["provider"]["definition"]
+    assert "$instance" in found["fraise_type"]["definition"] and "$provider" in found["fraise_type"]["definition"]
+
+
+def test_every_required_panel_is_there_once() -> None:
+    titles = [panel["title"] for panel in panels(load_dashboard())]
+    assert sorted(titles) == sorted(REQUIRED_PANELS)
+
+
+def test_panels_have_unique_ids_and_fit_the_grid() -> None:
+    dashboard = load_dashboard()
+    every = dashboard["panels"] + [nested for row in dashboard["panels"] for nested in row.get("panels", [])]
+    ids = [panel["id"] for panel in every]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for panel in every:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        area = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
+
+
+@pytest.mark.parametrize("panel", panels(load_dashboard()), ids=lambda panel: panel["title"])
+def test_every_panel_has_a_unit_a_description_and_legends_naming_labels(panel: dict[str, Any]) -> None:
+    assert panel["fieldConfig"]["defaults"]["unit"]
+    assert panel["description"]
+    assert panel["targets"]
+    for target in panel["targets"]:
+        assert legend_labels(target["legendFormat"]), f"{panel['title']}: legend {target['legendFormat']!r}"
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=str)
+def test_every_legend_names_labels_that_the_query_keeps(query: Query) -> None:
+    """A label survives an aggregation only if every ``by (...)`` of the query keeps it (``le`` is consumed
+    by histogram_quantile)."""
+    groupings = [
+        {label.strip() for label in grouping.split(",")} for grouping in re.findall(r"\bby\s*\(([^)]*)\)", query.expr)
+    ]
+    assert groupings, f"{query}: does not aggregate over instances"
+    kept = set.intersection(*groupings) - {"le"}
+    assert legend_labels(query.legend) <= kept, f"{query}: {legend_labels(query.legend) - kept} not kept"
+
+
+def balanced(expr: str) -> str | None:
+    """None if the brackets of ``expr`` balance and its strings close, else what is wrong."""
+    closing = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for position, character in enumerate(expr):
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif character == "\\" and quote != "`":
+                escaped = True
+            elif character == quote:
+                quote = None
+        elif character in "\"'`":
+            quote = character
+        elif character in "([{":
+            stack.append(character)
+        elif character in closing and (not stack or stack.pop() != closing[character]):
+            return f"unexpected {character!r} at {position}"
+    if quote is not None:
+        return f"unclosed {quote}"
+    return f"unclosed {stack[-1]!r}" if stack else None
+
+
+@pytest.mark.parametrize("expr", ["sum(rate(x[5m])", 'x{a="b}', 'x{a="b"}]', "(x))"])
+def test_the_balance_check_finds_what_is_wrong(expr: str) -> None:
+    assert balanced(expr) is not None
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=str)
+def test_every_query_is_balanced_once_its_variables_are_substituted(query: Query) -> None:
+    values = {name: ".*" for name in variables(load_dashboard())}
+    expr = substitute(query.expr, values)
+    assert "$" not in expr and "[[" not in expr
+    assert balanced(expr) is None, f"{query}: {balanced(expr)}"
+
+
+SELECTOR = re.compile(r"\b((?:fraisier|node)_\w+)(\{[^}]*\})?")
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=str)
+def test_every_selector_is_filtered_by_the_variables_that_apply_to_it(query: Query) -> None:
+    selectors = SELECTOR.findall(query.expr)
+    assert selectors
+    for name, matchers in selectors:
+        assert 'instance=~"$instance"' in matchers, f"{query}: {name} not filtered by instance"
+        family = catalogue.FAMILIES_BY_NAME.get(re.sub(r"_(bucket|sum|count)$", "", name))
+        if family is None:
+            continue
+        for label in ("provider", "fraise_type"):
+            if label in family.labels:
+                assert f'{label}=~"${label}"' in matchers, f"{query}: {name} not filtered by {label}"
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=str)
+def test_every_query_names_only_series_and_statuses_of_the_catalogue(query: Query) -> None:
+    assert not unknown_series(query.expr), query
+    assert not unknown_statuses(query.expr), query
+
+
+def test_the_textfile_panels_read_only_fraisier_prom() -> None:
+    for query in QUERIES:
+        if "node_textfile_mtime_seconds" in query.expr:
+            assert 'file=~".*/fraisier\\\\.prom"' in query.expr, query
