@@ -1,0 +1,275 @@
+"""Shared helpers for the benchmarks: options, timing, the populated recorder, tables and JSON.
+
+Every benchmark measures its own figures and its peer's in the same run, side by side; nothing here holds a
+number. Times are wall-clock (``time.perf_counter``) and reported as medians unless a table says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH_DIRECTORY = Path(__file__).resolve().parent
+REPOSITORY = BENCH_DIRECTORY.parent
+
+# The label values Fraisier uses, then made-up ones to reach large series counts.
+PROVIDERS = ("bare_metal", "docker_compose")
+FRAISE_TYPES = ("api", "etl", "scheduled", "backup", "docker_compose")
+CHECK_TYPES = ("http", "tcp", "exec", "systemd")
+RECORDED_STATUSES = ("success", "failed", "rolled_back", "rollback_failed")
+FRAISE_TYPES_PER_PROVIDER = 20
+CHECK_TYPES_PER_PROVIDER = 8
+
+# The one event every "merge one event" case records: a series that already exists in the populated file.
+EVENT = ("bare_metal", "api", "success", 42.0)
+
+
+# Options and output
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run: fewer sizes and repetitions")
+    parser.add_argument(
+        "--tmpdir",
+        default=None,
+        help="make the temporary directories here (default: the system's); use the filesystem the textfile "
+        "lives on in production, since fsync costs differ between ext4, tmpfs and overlay",
+    )
+    return parser
+
+
+@contextmanager
+def temporary_directory(args: argparse.Namespace) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="fraisier-bench-", dir=args.tmpdir) as name:
+        yield Path(name)
+
+
+def emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[[], None]) -> None:
+    """Print ``result`` as JSON with ``--json``, else call ``render`` to print the tables."""
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=False))
+    else:
+        render()
+
+
+def environment(directory: Path) -> dict[str, Any]:
+    """What the figures depend on: interpreter, library versions, CPUs, and the filesystem written to."""
+    from importlib.metadata import version
+
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "prometheus_client": version("prometheus-client"),
+        "filelock": version("filelock"),
+        "click": version("click"),
+        "filesystem": filesystem_type(directory),
+    }
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (ext4, tmpfs, overlay...), from /proc/self/mounts."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    resolved = str(path.resolve())
+    best, kind = "", "unknown"
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point = fields[1].replace("\\040", " ")
+        inside = resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, kind = mount_point, fields[2]
+    return kind
+
+
+def print_environment(info: dict[str, Any]) -> None:
+    print(
+        f"Python {info['python']} ({info['implementation']}), prometheus_client {info['prometheus_client']}, "
+        f"filelock {info['filelock']}, click {info['click']}, {info['cpus']} CPUs, "
+        f"temp dir on {info['filesystem']}"
+    )
+
+
+def print_table(
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    notes: Sequence[str] = (),
+    align: str = "",
+) -> None:
+    """A plain text table. ``align`` holds one ``l`` or ``r`` per column; by default the first column is
+    left-aligned and the others right-aligned."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max([len(header)] + [len(row[column]) for row in cells]) for column, header in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            value.ljust(width) if side == "l" else value.rjust(width)
+            for value, width, side in zip(values, widths, align)
+        ]
+        return "  ".join(parts).rstrip()
+
+    print()
+    print(title)
+    print(line(headers))
+    print(line(["-" * width for width in widths]))
+    for row in cells:
+        print(line(row))
+    for note in notes:
+        print(f"  {note}")
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    if seconds >= 1e-6:
+        return f"{seconds * 1e6:.2f} µs"
+    return f"{seconds * 1e9:.0f} ns"
+
+
+def format_ratio(ratio: float) -> str:
+    return f"{ratio:.3f}×"
+
+
+def goal_text(ratio: float, goal: float) -> str:
+    return f"≤ {goal:g}× {'met' if ratio <= goal else 'MISSED'}"
+
+
+# Timing
+
+
+@dataclass
+class Timing:
+    """Repeated wall-clock measurements of one case, in seconds."""
+
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def best(self) -> float:
+        return min(self.samples)
+
+    @property
+    def worst(self) -> float:
+        return max(self.samples)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "median_seconds": self.median,
+            "min_seconds": self.best,
+            "max_seconds": self.worst,
+            "repetitions": len(self.samples),
+        }
+
+
+def measure(call: Callable[[], object], repetitions: int, setup: Callable[[], object] | None = None) -> Timing:
+    """Time ``call`` ``repetitions`` times; ``setup`` runs before each call, outside the timing."""
+    samples = []
+    for _ in range(repetitions):
+        if setup is not None:
+            setup()
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return Timing(samples)
+
+
+# Processes
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def console_script(name: str) -> str:
+    """The console script installed beside this interpreter: not a version manager's shim (pyenv's is a bash
+    script that would add its own start-up to every run)."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"the {name} console script is not installed: pip install -e {REPOSITORY}")
+    return found
+
+
+# The populated recorder
+
+
+def populate(recorder: Any, series: int) -> int:
+    """Record events with many distinct label values into ``recorder`` until it holds about ``series`` sample
+    lines, and return the expected count (exact: the file and prometheus_client's output have that many).
+
+    Each provider brings 70 duration-histogram lines (5 statuses × 14), each (provider, fraise type) pair 5
+    deployment counters plus one last-deployment gauge per status recorded, each (provider, check type) pair
+    2 health-check counters and 12 duration-histogram lines.
+    """
+    lines = 0
+    for provider in provider_names():
+        lines += 70
+        for fraise_type in fraise_type_names():
+            lines += 5
+            for status in RECORDED_STATUSES:
+                recorder.record_deployment_complete(provider, fraise_type, status, 12.5)
+                lines += 1
+                if lines >= series:
+                    return lines
+        for check_type in check_type_names():
+            lines += 14
+            recorder.record_health_check(provider, check_type, "pass", 0.2)
+            recorder.record_health_check(provider, check_type, "fail", 3.0)
+            if lines >= series:
+                return lines
+    raise AssertionError("unreachable: provider_names() never ends")
+
+
+def provider_names() -> Iterator[str]:
+    yield from PROVIDERS
+    number = len(PROVIDERS)
+    while True:
+        yield f"provider_{number:04d}"
+        number += 1
+
+
+def fraise_type_names() -> list[str]:
+    extra = FRAISE_TYPES_PER_PROVIDER - len(FRAISE_TYPES)
+    return list(FRAISE_TYPES) + [f"fraise_type_{number:02d}" for number in range(extra)]
+
+
+def check_type_names() -> list[str]:
+    extra = CHECK_TYPES_PER_PROVIDER - len(CHECK_TYPES)
+    return list(CHECK_TYPES) + [f"check_type_{number:02d}" for number in range(extra)]
+
+
+def sample_lines(path: Path) -> int:
+    """Sample lines in a text-format file (not comments, not blank)."""
+    with open(path, encoding="utf-8") as file:
+        return sum(1 for line in file if line.strip() and not line.startswith("#"))

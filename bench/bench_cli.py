@@ -1,0 +1,309 @@
+"""The wall time of one ``fraisier record deployment`` process beside importing what it depends on.
+
+Each command is a real process, started ~20 times, the cases interleaved so that noise hits them alike:
+
+- ``python -c pass``: the floor, interpreter start-up alone
+- ``python -c "import prometheus_client, click, filelock"``: the peer (1.0×), our dependencies imported
+- ``fraisier record deployment ...``: the installed console script (the one beside this interpreter, not a
+  version manager's shim), and ``python -m fraisier_textfile record deployment ...``, each merging into the
+  file the runs themselves make (small) and into a 10,000-series file (the merge reads and parses it)
+
+Then ``python -X importtime -m fraisier_textfile record deployment ...`` shows whether the record path imports
+prometheus_client (it must not) and which imports cost the most.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    argument_parser,
+    console_script,
+    emit,
+    environment,
+    format_ratio,
+    format_seconds,
+    goal_text,
+    populate,
+    print_environment,
+    print_table,
+    temporary_directory,
+)
+
+GOAL = 1.0
+LARGE_FILE_SERIES = 10_000
+RECORD = [
+    "record",
+    "deployment",
+    "--provider",
+    "bare_metal",
+    "--fraise-type",
+    "api",
+    "--status",
+    "success",
+    "--duration",
+    "42",
+]
+SERIES = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser(__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, help="timed runs of each command (default 20; 5 with --quick)")
+    args = parser.parse_args(argv)
+    runs = args.runs or (5 if args.quick else 20)
+    importtime_runs = 1 if args.quick else 5
+
+    python = sys.executable
+    script = console_script("fraisier")
+    run_environment = {k: v for k, v in os.environ.items() if not k.startswith(("FRAISIER_", "PROMETHEUS_"))}
+
+    with temporary_directory(args) as root:
+        small, large = root / "small", root / "large"
+        make_large_file(large)
+        cases = [
+            ("floor", "python -c pass", [python, "-c", "pass"]),
+            (
+                "peer",
+                'python -c "import prometheus_client, click, filelock"',
+                [python, "-c", "import prometheus_client, click, filelock"],
+            ),
+            ("dependencies", 'python -c "import click, filelock"', [python, "-c", "import click, filelock"]),
+            (
+                "script_small",
+                "fraisier record deployment (small file)",
+                [script, "--textfile-dir", str(small), *RECORD],
+            ),
+            (
+                "module_small",
+                "python -m fraisier_textfile record deployment (small file)",
+                [python, "-m", "fraisier_textfile", "--textfile-dir", str(small), *RECORD],
+            ),
+            (
+                "script_large",
+                f"fraisier record deployment ({LARGE_FILE_SERIES:,}-series file)",
+                [script, "--textfile-dir", str(large), *RECORD],
+            ),
+            (
+                "module_large",
+                f"python -m fraisier_textfile record deployment ({LARGE_FILE_SERIES:,}-series file)",
+                [python, "-m", "fraisier_textfile", "--textfile-dir", str(large), *RECORD],
+            ),
+        ]
+        samples: dict[str, list[float]] = {key: [] for key, _, _ in cases}
+        for round_number in range(runs + 2):  # two untimed warm-up rounds (.pyc files, page cache)
+            for key, _, command in cases:
+                elapsed = run(command, run_environment)
+                if round_number >= 2:
+                    samples[key].append(elapsed)
+        imports = import_times(
+            [python, "-X", "importtime", "-m", "fraisier_textfile", "--textfile-dir", str(small), *RECORD],
+            run_environment,
+            importtime_runs,
+        )
+        peer_imports = import_times(
+            [python, "-X", "importtime", "-c", "import prometheus_client, click, filelock"],
+            run_environment,
+            importtime_runs,
+        )
+        small_count = counter_value(small / "fraisier.prom")
+        info = environment(root)
+
+    floor = statistics.median(samples["floor"])
+    peer = statistics.median(samples["peer"])
+    rows = []
+    for key, label, command in cases:
+        median = statistics.median(samples[key])
+        rows.append(
+            {
+                "case": key,
+                "command": label,
+                "argv": command,
+                "median_seconds": median,
+                "min_seconds": min(samples[key]),
+                "above_floor_seconds": median - floor,
+                "ratio": median / peer,
+                "goal": GOAL if key not in ("floor", "peer", "dependencies") else None,
+            }
+        )
+    result = {
+        "benchmark": "cli",
+        "environment": info,
+        "runs": runs,
+        "console_script": script,
+        "goal": GOAL,
+        "results": rows,
+        "small_file_counter": small_count,
+        "small_file_expected": (runs + 2) * 2 + importtime_runs,
+        "record_imports": {key: value for key, value in imports.items() if key != "self_seconds"},
+        "peer_imports": {"total_seconds": peer_imports["total_seconds"], "modules": peer_imports["modules"]},
+        "import_difference": import_difference(imports["self_seconds"], peer_imports["self_seconds"]),
+    }
+    emit(args, result, lambda: render(result))
+    return 0
+
+
+def make_large_file(directory: Path) -> None:
+    from fraisier_textfile import MetricsRecorder
+
+    recorder = MetricsRecorder(textfile_dir=directory, auto_flush=False)
+    populate(recorder, LARGE_FILE_SERIES)
+    recorder.flush()
+
+
+def run(command: list[str], run_environment: dict[str, str]) -> float:
+    import time
+
+    started = time.perf_counter()
+    completed = subprocess.run(command, env=run_environment, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited {completed.returncode}: {completed.stderr.strip()}")
+    return elapsed
+
+
+def counter_value(path: Path) -> float | None:
+    for line in path.read_text().splitlines():
+        if line.startswith(SERIES + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def import_times(command: list[str], run_environment: dict[str, str], runs: int) -> dict[str, Any]:
+    """Median self and cumulative import times per module over ``runs`` runs of ``-X importtime``."""
+    self_times: dict[str, list[int]] = {}
+    cumulative_times: dict[str, list[int]] = {}
+    depth: dict[str, int] = {}
+    for _ in range(runs):
+        completed = subprocess.run(command, env=run_environment, capture_output=True, text=True)
+        if completed.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} exited {completed.returncode}: {completed.stderr.strip()}")
+        for line in completed.stderr.splitlines():
+            if not line.startswith("import time:") or "imported package" in line:
+                continue
+            self_text, cumulative_text, name_text = line[len("import time:") :].split("|")
+            name = name_text.strip()
+            depth[name] = (len(name_text) - len(name_text.lstrip()) - 1) // 2
+            self_times.setdefault(name, []).append(int(self_text))
+            cumulative_times.setdefault(name, []).append(int(cumulative_text))
+    self_median = {name: statistics.median(values) / 1e6 for name, values in self_times.items()}
+    cumulative_median = {name: statistics.median(values) / 1e6 for name, values in cumulative_times.items()}
+    top_level = sorted((name for name in depth if depth[name] == 0), key=lambda n: -cumulative_median[n])
+    by_self = sorted(self_median, key=lambda n: -self_median[n])
+    prometheus = sorted(name for name in depth if name == "prometheus_client" or name.startswith("prometheus_client."))
+    return {
+        "runs": runs,
+        "self_seconds": self_median,
+        "modules": len(depth),
+        "total_seconds": sum(self_median.values()),
+        "prometheus_client_imported": bool(prometheus),
+        "prometheus_client_modules": prometheus,
+        "top_level_by_cumulative": [
+            {"module": name, "cumulative_seconds": cumulative_median[name], "self_seconds": self_median[name]}
+            for name in top_level[:12]
+        ],
+        "by_self": [{"module": name, "self_seconds": self_median[name]} for name in by_self[:10]],
+    }
+
+
+def import_difference(ours: dict[str, float], peer: dict[str, float]) -> dict[str, Any]:
+    """What the record path imports that the peer does not, and the reverse, by self time."""
+    only_ours = {name: seconds for name, seconds in ours.items() if name not in peer}
+    only_peer = {name: seconds for name, seconds in peer.items() if name not in ours}
+    first_party = {name: seconds for name, seconds in ours.items() if name.partition(".")[0] == "fraisier_textfile"}
+    return {
+        "only_record_path_seconds": sum(only_ours.values()),
+        "only_record_path_modules": len(only_ours),
+        "only_record_path_biggest": sorted(only_ours, key=lambda name: -only_ours[name])[:8],
+        "only_peer_seconds": sum(only_peer.values()),
+        "only_peer_modules": len(only_peer),
+        "first_party": [
+            {"module": name, "self_seconds": seconds}
+            for name, seconds in sorted(first_party.items(), key=lambda item: -item[1])
+        ],
+    }
+
+
+def render(result: dict[str, Any]) -> None:
+    print("bench_cli: one `fraisier record deployment` process beside importing its dependencies")
+    print_environment(result["environment"])
+    print(f"console script: {result['console_script']}; {result['runs']} timed runs per command, interleaved")
+    rows = []
+    for row in result["results"]:
+        goal = goal_text(row["ratio"], row["goal"]) if row["goal"] is not None else ""
+        above = "" if row["case"] == "floor" else format_seconds(row["above_floor_seconds"])
+        rows.append(
+            [
+                row["command"],
+                format_seconds(row["median_seconds"]),
+                format_seconds(row["min_seconds"]),
+                above,
+                format_ratio(row["ratio"]),
+                goal,
+            ]
+        )
+    print_table(
+        "Wall time of one process (median over runs; ratio against the import-only peer)",
+        ["command", "median", "min", "above floor", "ratio", "goal"],
+        rows,
+        align="lrrrrl",
+    )
+    count, expected = result["small_file_counter"], result["small_file_expected"]
+    print(
+        f"  the small file's counter after every run: {count:g} (expected {expected}: every event landed)"
+        if count == expected
+        else f"  WARNING: the small file's counter is {count}, expected {expected}"
+    )
+
+    imports = result["record_imports"]
+    verdict = (
+        "NOT imported (good)"
+        if not imports["prometheus_client_imported"]
+        else f"IMPORTED: {', '.join(imports['prometheus_client_modules'][:5])}"
+    )
+    print()
+    print(f"python -X importtime -m fraisier_textfile record deployment ... (median of {imports['runs']} runs)")
+    print(f"  prometheus_client: {verdict}")
+    print(
+        f"  {imports['modules']} modules, {format_seconds(imports['total_seconds'])} importing in all "
+        f"(the import-only peer: {format_seconds(result['peer_imports']['total_seconds'])})"
+    )
+    print_table(
+        "Biggest top-level imports of the record path",
+        ["module", "cumulative", "self"],
+        [
+            [entry["module"], format_seconds(entry["cumulative_seconds"]), format_seconds(entry["self_seconds"])]
+            for entry in imports["top_level_by_cumulative"]
+        ],
+    )
+    print_table(
+        "Biggest single modules (self time)",
+        ["module", "self"],
+        [[entry["module"], format_seconds(entry["self_seconds"])] for entry in imports["by_self"]],
+    )
+    difference = result["import_difference"]
+    first_party = difference["first_party"]
+    print_table(
+        "Our own modules on the record path (self time)",
+        ["module", "self"],
+        [[entry["module"], format_seconds(entry["self_seconds"])] for entry in first_party]
+        + [["total", format_seconds(sum(entry["self_seconds"] for entry in first_party))]],
+    )
+    print(
+        f"  imported by the record path but not by the peer: {difference['only_record_path_modules']} modules, "
+        f"{format_seconds(difference['only_record_path_seconds'])} (biggest: "
+        f"{', '.join(difference['only_record_path_biggest'][:4])})"
+    )
+    print(
+        f"  imported by the peer but not by the record path: {difference['only_peer_modules']} modules, "
+        f"{format_seconds(difference['only_peer_seconds'])} (prometheus_client and what it pulls in)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""One in-process ``record_deployment_complete`` (auto_flush off) beside the prometheus_client calls it wraps.
+
+- ours           ``recorder.record_deployment_complete("bare_metal", "api", "success", 42.0)`` on a
+                 ``MetricsRecorder(textfile_dir, auto_flush=False)``: validation, its registry, the
+                 changes pending for the next flush
+- bare (peer)    ``Counter.labels(...).inc()`` + ``Histogram.labels(...).observe()`` with the same label
+                 values on a fresh ``CollectorRegistry``: 1.0×
+- bare + gauge   the peer plus the last-deployment ``Gauge.labels(...).set(time.time())`` that ours also
+                 keeps, for reference
+
+timeit, the same number of calls per repetition for every case; the best repetition is the figure.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import timeit
+from typing import Any
+
+from _common import (
+    EVENT,
+    argument_parser,
+    emit,
+    environment,
+    format_ratio,
+    format_seconds,
+    goal_text,
+    print_environment,
+    print_table,
+    temporary_directory,
+)
+
+GOAL = 1.5
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser(__doc__.splitlines()[0])
+    args = parser.parse_args(argv)
+    repeat = 3 if args.quick else 7
+
+    import time
+
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    from fraisier_textfile import MetricsRecorder
+    from fraisier_textfile import catalogue as c
+
+    with temporary_directory(args) as root:
+        recorder = MetricsRecorder(textfile_dir=root, auto_flush=False)
+        registry = CollectorRegistry()
+        counter = Counter("fraisier_deployments", c.DEPLOYMENTS.help, c.DEPLOYMENTS.labels, registry=registry)
+        histogram = Histogram(
+            c.DEPLOYMENT_DURATION.name,
+            c.DEPLOYMENT_DURATION.help,
+            c.DEPLOYMENT_DURATION.labels,
+            buckets=c.DEPLOYMENT_DURATION.buckets,
+            registry=registry,
+        )
+        gauge = Gauge(c.LAST_DEPLOYMENT.name, c.LAST_DEPLOYMENT.help, c.LAST_DEPLOYMENT.labels, registry=registry)
+        namespace = {
+            "record": recorder.record_deployment_complete,
+            "counter": counter,
+            "histogram": histogram,
+            "gauge": gauge,
+            "time": time.time,
+            "provider": EVENT[0],
+            "fraise_type": EVENT[1],
+            "status": EVENT[2],
+            "duration": EVENT[3],
+        }
+        bare = (
+            "counter.labels(provider, status, fraise_type).inc()\nhistogram.labels(provider, status).observe(duration)"
+        )
+        cases = [
+            ("ours", "ours: record_deployment_complete", "record(provider, fraise_type, status, duration)"),
+            ("bare", "bare Counter.inc + Histogram.observe (peer)", bare),
+            (
+                "bare_gauge",
+                "bare + Gauge.set(time()) (reference)",
+                bare + "\ngauge.labels(provider, fraise_type, status).set(time())",
+            ),
+        ]
+        timers = {key: timeit.Timer(statement, globals=namespace) for key, _, statement in cases}
+        for timer in timers.values():
+            timer.timeit(1000)  # first calls create the children and the pending entries
+        number, _ = timers["bare"].autorange()
+        number = max(1000, number // 4 if args.quick else number)
+        per_call = {
+            key: [total / number for total in timer.repeat(repeat=repeat, number=number)]
+            for key, timer in timers.items()
+        }
+        recorder.flush()  # nothing left pending for the exit handler once the directory is gone
+        info = environment(root)
+
+    bare_best = min(per_call["bare"])
+    rows = [
+        {
+            "case": key,
+            "label": label,
+            "statement": statement,
+            "best_seconds": min(per_call[key]),
+            "median_seconds": statistics.median(per_call[key]),
+            "ratio": min(per_call[key]) / bare_best,
+        }
+        for key, label, statement in cases
+    ]
+    result = {
+        "benchmark": "record",
+        "environment": info,
+        "calls_per_repetition": number,
+        "repetitions": repeat,
+        "goal": GOAL,
+        "results": rows,
+    }
+    emit(args, result, lambda: render(result))
+    return 0
+
+
+def render(result: dict[str, Any]) -> None:
+    print("bench_record: one in-process record_deployment_complete beside the prometheus_client calls it wraps")
+    print_environment(result["environment"])
+    print(
+        f"timeit: best of {result['repetitions']} repetitions × {result['calls_per_repetition']:,} calls; "
+        "ratio = best / best of the peer"
+    )
+    rows = []
+    for row in result["results"]:
+        goal = goal_text(row["ratio"], result["goal"]) if row["case"] == "ours" else ""
+        rows.append(
+            [
+                row["label"],
+                format_seconds(row["best_seconds"]),
+                format_seconds(row["median_seconds"]),
+                format_ratio(row["ratio"]),
+                goal,
+            ]
+        )
+    print_table("Time per event", ["case", "best", "median", "ratio", "goal"], rows, align="lrrrl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
