@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
 
 from fraisier_textfile.errors import InvalidValueError
 
@@ -19,6 +18,17 @@ DEPLOYMENT_STATUSES: tuple[str, ...] = ("success", "failed", "rolled_back", "rol
 HEALTH_CHECK_STATUSES: tuple[str, ...] = ("pass", "fail")
 
 MAX_LABEL_VALUE_LENGTH = 128
+
+
+def format_float(value: float) -> str:
+    """A value as the Prometheus text format writes it (Go's strconv style for the specials)."""
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    return repr(float(value))
 
 
 class Kind(enum.Enum):
@@ -36,19 +46,31 @@ class Merge(enum.Enum):
     LIVE = "live"  # recomputed at every merge from the deployments still running in live processes
 
 
-@dataclass(frozen=True)
 class Family:
-    name: str
-    kind: Kind
-    labels: tuple[str, ...]
-    help: str
-    merge: Merge
-    buckets: tuple[float, ...] = ()
+    """One metric family of the catalogue.
 
-    @property
-    def bucket_bounds(self) -> tuple[str, ...]:
-        """The ``le`` label values, as written in the textfile, ``+Inf`` last."""
-        return tuple(format_float(b) for b in self.buckets) + ("+Inf",)
+    Compared and hashed by identity: each family is one constant, and a field-by-field hash made every
+    record call several times slower. A plain class, not a dataclass: `fraisier record` imports this
+    module, and dataclasses cost a CLI run milliseconds of start-up."""
+
+    __slots__ = ("bucket_bounds", "buckets", "help", "kind", "labels", "merge", "name")
+
+    def __init__(
+        self, name: str, kind: Kind, labels: tuple[str, ...], help: str, merge: Merge, buckets: tuple[float, ...] = ()
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.labels = labels
+        self.help = help
+        self.merge = merge
+        self.buckets = buckets
+        self.bucket_bounds: tuple[str, ...] = (
+            tuple(format_float(b) for b in buckets) + ("+Inf",) if kind is Kind.HISTOGRAM else ()
+        )
+        """The ``le`` label values, as written in the textfile, ``+Inf`` last (histograms only)."""
+
+    def __repr__(self) -> str:
+        return f"Family({self.name!r})"
 
 
 DEPLOYMENTS = Family(
@@ -146,17 +168,6 @@ FAMILIES: tuple[Family, ...] = (
     LAST_DEPLOYMENT,
 )
 FAMILIES_BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
-
-
-def format_float(value: float) -> str:
-    """A value as the Prometheus text format writes it (Go's strconv style for the specials)."""
-    if value == math.inf:
-        return "+Inf"
-    if value == -math.inf:
-        return "-Inf"
-    if value != value:
-        return "NaN"
-    return repr(float(value))
 
 
 _checked_label_values: set[str] = set()

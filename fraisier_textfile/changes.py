@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import time
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from fraisier_textfile import catalogue as c
@@ -17,13 +16,15 @@ from fraisier_textfile import catalogue as c
 Labels = tuple[str, ...]
 
 
-@dataclass
 class HistogramDelta:
     """Observations since the last flush: per-bucket counts (not cumulative; the last is +Inf), sum, count."""
 
-    buckets: list[int]
-    sum: float = 0.0
-    count: int = 0
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self, buckets: list[int]) -> None:
+        self.buckets = buckets
+        self.sum = 0.0
+        self.count = 0
 
     def observe(self, family: c.Family, value: float) -> None:
         self.buckets[bisect.bisect_left(family.buckets, value)] += 1
@@ -42,19 +43,19 @@ class Sink(Protocol):
     def first_sight(self, what: tuple[str, ...]) -> bool: ...
 
 
-@dataclass
 class Changes:
     """Pending changes, keyed by family and label values, merged into the textfile at the next flush."""
 
-    added: dict[tuple[c.Family, Labels], float] = field(default_factory=dict)
-    observed: dict[tuple[c.Family, Labels], HistogramDelta] = field(default_factory=dict)
-    latest: dict[tuple[c.Family, Labels], float] = field(default_factory=dict)
-    maximum: dict[tuple[c.Family, Labels], float] = field(default_factory=dict)
-    active_providers: set[str] = field(default_factory=set)
-    """Providers whose active-deployment series must exist (at 0 when nothing runs)."""
-    retired_markers: set[str] = field(default_factory=set)
-    """In-flight markers whose deployment these changes account for; removed once merged."""
-    _seen: set[tuple[str, ...]] = field(default_factory=set)
+    def __init__(self) -> None:
+        self.added: dict[tuple[c.Family, Labels], float] = {}
+        self.observed: dict[tuple[c.Family, Labels], HistogramDelta] = {}
+        self.latest: dict[tuple[c.Family, Labels], float] = {}
+        self.maximum: dict[tuple[c.Family, Labels], float] = {}
+        self.active_providers: set[str] = set()
+        """Providers whose active-deployment series must exist (at 0 when nothing runs)."""
+        self.retired_markers: set[str] = set()
+        """In-flight markers whose deployment these changes account for; removed once merged."""
+        self._seen: set[tuple[str, ...]] = set()
 
     def first_sight(self, what: tuple[str, ...]) -> bool:
         if what in self._seen:

@@ -10,7 +10,6 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -43,10 +42,10 @@ def library_errors() -> Iterator[None]:
         raise click.ClickException(str(error)) from None
 
 
-@dataclass
 class Settings:
-    textfile_dir: Path
-    lock_timeout: float
+    def __init__(self, textfile_dir: Path, lock_timeout: float) -> None:
+        self.textfile_dir = textfile_dir
+        self.lock_timeout = lock_timeout
 
     def store(self) -> TextfileStore:
         with library_errors():

@@ -9,20 +9,21 @@ dead deployment looking alive.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
 MARKER_DIRECTORY = ".fraisier-inflight"
 
 
-@dataclass(frozen=True)
 class Marker:
-    id: str
-    provider: str
-    fraise_type: str
+    """One in-flight deployment."""
+
+    __slots__ = ("fraise_type", "id", "provider")
+
+    def __init__(self, id: str, provider: str, fraise_type: str) -> None:
+        self.id = id
+        self.provider = provider
+        self.fraise_type = fraise_type
 
     @property
     def pid(self) -> int:
@@ -79,11 +80,13 @@ def marker_directory(textfile_directory: Path) -> Path:
 def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> Marker:
     """Write the marker of a deployment that starts now in this process."""
     pid, start = _identity()
-    marker = Marker(f"{pid}-{start}-{secrets.token_hex(4)}", provider, fraise_type)
+    marker = Marker(f"{pid}-{start}-{os.urandom(4).hex()}", provider, fraise_type)
     directory = marker_directory(textfile_directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Written under a dot name and renamed, so that a reader never sees half a marker.
     temporary = directory / f".{marker.id}"
+    import json  # here, not at the top: `fraisier record` never needs it
+
     temporary.write_text(json.dumps({"provider": provider, "fraise_type": fraise_type}))
     os.replace(temporary, directory / marker.id)
     return marker
@@ -94,9 +97,13 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
     directory = marker_directory(textfile_directory)
     markers = []
     try:
-        entries = list(os.scandir(directory))
+        entries = [entry for entry in os.scandir(directory) if not entry.name.startswith(".")]
     except FileNotFoundError:
         return []
+    if not entries:
+        return []
+    import json  # here, not at the top: `fraisier record` never needs it
+
     for entry in entries:
         if entry.name.startswith("."):
             continue

@@ -152,7 +152,7 @@ class TextfileSource:
             try:
                 # The store's own reader: the same errors as every other reader, and the identity of exactly
                 # the bytes it read (the file may have been replaced again since the stat above).
-                read_identity, document = self.store._read_file()
+                read_identity, document = self.store.read_with_identity()
             except FraisierTextfileError as error:
                 log.error("cannot serve %s: %s", self.store.path, error)
                 snapshot = _Snapshot(identity, error=error)
@@ -162,7 +162,7 @@ class TextfileSource:
             return snapshot
 
     def _live_block(self, snapshot: _Snapshot) -> str:
-        counts = self.store.active_deployments(Document(retired_markers=set(snapshot.retired_markers)))
+        counts = self.store.active_deployments(snapshot.retired_markers)
         family = c.ACTIVE_DEPLOYMENTS
         block = Block(family.name, help=family.help, type=family.kind.value, owned=family)
         # As a flush would write it: every provider the file knows, then those seen running for the first time.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
+from collections.abc import Collection
 from pathlib import Path
 
 import filelock
@@ -24,7 +24,15 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import liveness
 from fraisier_textfile.changes import Changes, Labels, deployment_series
 from fraisier_textfile.errors import CorruptTextfileError, LockTimeoutError, TextfileWriteError
-from fraisier_textfile.textformat import Document, ParseError, parse, parse_series_key, series_key
+from fraisier_textfile.textformat import (
+    Document,
+    ParseError,
+    check_buckets,
+    label_text,
+    parse,
+    parse_series_key,
+    series_key,
+)
 
 TEXTFILE_NAME = "fraisier.prom"
 LOCK_SUFFIX = ".lock"
@@ -84,9 +92,11 @@ class TextfileStore:
     def read(self) -> Document:
         """The file as it is now, without taking the lock: it is only ever replaced whole, so a reader sees
         the old file or the new one. A missing file is an empty document."""
-        return self._read_file()[1]
+        return self.read_with_identity()[1]
 
-    def _read_file(self) -> tuple[tuple[int, int, int] | None, Document]:
+    def read_with_identity(self, check_histograms: bool = True) -> tuple[tuple[int, int, int] | None, Document]:
+        """The file as :meth:`read` gives it, with the (inode, size, mtime_ns) of exactly the bytes read, or
+        None if there is no file. A reader can skip parsing again while the file has that identity."""
         try:
             with open(self.path, "rb") as file:
                 status = os.fstat(file.fileno())
@@ -102,16 +112,17 @@ class TextfileStore:
         except UnicodeDecodeError as error:
             raise CorruptTextfileError(self.path, f"not UTF-8 text (byte {error.start})") from None
         try:
-            document = parse(text)
+            document = parse(text, check_histograms)
         except ParseError as error:
             raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
         return (status.st_ino, status.st_size, status.st_mtime_ns), document
 
-    def active_deployments(self, document: Document) -> dict[str, int]:
-        """Deployments running now in live processes, by provider (for a reader serving the file live)."""
+    def active_deployments(self, retired_markers: Collection[str]) -> dict[str, int]:
+        """Deployments running now in live processes, by provider (for a reader serving the file live).
+        ``retired_markers`` are those the file already accounts for (``Document.retired_markers``)."""
         counts: dict[str, int] = {}
         for marker in liveness.read_markers(self.directory):
-            if marker.id not in document.retired_markers and liveness.is_alive(marker):
+            if marker.id not in retired_markers and liveness.is_alive(marker):
                 counts[marker.provider] = counts.get(marker.provider, 0) + 1
         return counts
 
@@ -142,6 +153,8 @@ class TextfileStore:
 
     def _merge_locked(self, changes: Changes) -> None:
         _, document = self._load()
+        if self._cached is None or document is not self._cached[1]:  # read from disk, not what we wrote
+            self._check_histograms(document, changes)
         self._cached = None  # the document is about to change; it is cached again only once written
         to_remove = self._account_markers(document, changes)
         _apply(document, changes)
@@ -161,7 +174,18 @@ class TextfileStore:
             except FileNotFoundError:
                 pass
         self._remove_stale_temporaries()
-        return self._read_file()
+        return self.read_with_identity(check_histograms=False)
+
+    def _check_histograms(self, document: Document, changes: Changes) -> None:
+        """The histograms this merge adds to must have the catalogue's buckets; the others are written
+        back as they are (``fraisier textfile check`` checks them all)."""
+        for family in {family for family, _ in changes.observed}:
+            block = document.blocks.get(family.name)
+            if block is not None:
+                try:
+                    check_buckets(block, family)
+                except ParseError as error:
+                    raise CorruptTextfileError(self.path, error.problem) from None
 
     def _account_markers(self, document: Document, changes: Changes) -> set[str]:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
@@ -202,7 +226,7 @@ class TextfileStore:
         liveness.remove_stale_temporaries(self.directory)
 
     def _replace(self, text: str) -> None:
-        temporary = self.directory / f"{TEMPORARY_PREFIX}{secrets.token_hex(8)}"
+        temporary = self.directory / f"{TEMPORARY_PREFIX}{_random_suffix()}"
         data = text.encode("utf-8")
         try:
             # O_EXCL|O_NOFOLLOW: never write through a symlink or into a file someone else prepared.
@@ -246,6 +270,10 @@ class TextfileStore:
             os.close(descriptor)
 
 
+def _random_suffix() -> str:
+    return os.urandom(8).hex()
+
+
 def _key(family: c.Family, labels: Labels, suffix: str = "") -> str:
     return series_key(family.name + suffix, family.labels, labels)
 
@@ -257,11 +285,12 @@ def _apply(document: Document, changes: Changes) -> None:
         block.set(key, (block.value(key) or 0.0) + amount)
     for (family, labels), delta in changes.observed.items():
         block = document.block(family)
-        bucket_labels = family.labels + ("le",)
+        pairs = label_text(family.labels, labels)
+        bucket_prefix = f"{family.name}_bucket{{{pairs}," if pairs else f"{family.name}_bucket{{"
         cumulative = 0
         for bound, count in zip(family.bucket_bounds, delta.buckets):
             cumulative += count
-            key = series_key(family.name + "_bucket", bucket_labels, labels + (bound,))
+            key = f'{bucket_prefix}le="{bound}"}}'
             block.set(key, (block.value(key) or 0.0) + cumulative)
         key = _key(family, labels, "_sum")
         block.set(key, (block.value(key) or 0.0) + delta.sum)

@@ -252,12 +252,12 @@ def test_temporaries_left_by_killed_writers_are_removed(textfile_dir: Path) -> N
 
 def test_never_writes_through_a_symlink(textfile_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A symlink planted at the temporary name makes the write fail rather than follow it."""
-    import secrets
+    from fraisier_textfile import textfile
 
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     textfile_dir.mkdir()
-    monkeypatch.setattr(secrets, "token_hex", lambda n: "planted")
+    monkeypatch.setattr(textfile, "_random_suffix", lambda: "planted")
     (textfile_dir / f"{TEMPORARY_PREFIX}planted").symlink_to(victim)
     store = TextfileStore(textfile_dir)
     store._remove_stale_temporaries = lambda: None  # type: ignore[method-assign]  # keep the plant in place

@@ -55,6 +55,7 @@ BAD_FILES = {
     "truncated": ('fraisier_rollbacks_total{provider="p",reason="r"} 2', "does not end with a newline"),
     "timestamp": ('fraisier_rollbacks_total{provider="p",reason="r"} 2 1700000000\n', "timestamp"),
     "bare timestamp": ("some_metric 2 1700000000\n", "timestamp"),
+    "unclosed labels": ('fraisier_rollbacks_total{provider="x" 1\n', "stray text"),
     "not a number": ('fraisier_rollbacks_total{provider="p",reason="r"} two\n', "not a number"),
     "no value": ("lonely\n", "no value"),
     "second help": ("# HELP a x\n# HELP a y\n", "second HELP"),
