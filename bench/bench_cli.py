@@ -62,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     python = sys.executable
     script = console_script("fraisier")
     run_environment = {k: v for k, v in os.environ.items() if not k.startswith(("FRAISIER_", "PROMETHEUS_"))}
+    # Every package runs from bytecode, as after a pip install (which compiles site-packages): with
+    # PYTHONDONTWRITEBYTECODE set and an editable install, our modules would otherwise be compiled from
+    # source on every run while the peer's come precompiled.
+    import compileall
+
+    import fraisier_textfile
+
+    compileall.compile_dir(os.path.dirname(fraisier_textfile.__file__), quiet=1)
 
     with temporary_directory(args) as root:
         small, large = root / "small", root / "large"

@@ -14,9 +14,11 @@ from fraisier_textfile.catalogue import FAMILIES, FAMILIES_BY_NAME, Family, Kind
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 RETIRED_MARKERS_COMMENT = "# fraisier_textfile retired-markers:"
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
-_LABEL_PAIR = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|\})')
-_UNESCAPE = re.compile(r"\\(.)")
+# Patterns as strings, compiled (and cached by re) on first use: compiling them at import would cost every
+# `fraisier record` run milliseconds for parsing it rarely does.
+_METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z"
+_LABEL_PAIR = r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|\})'
+_UNESCAPE = r"\\(.)"
 _UNESCAPED = {"n": "\n", "\\": "\\", '"': '"'}
 
 
@@ -36,7 +38,7 @@ def escape_label_value(value: str) -> str:
 
 
 def unescape_label_value(text: str) -> str:
-    return _UNESCAPE.sub(lambda m: _UNESCAPED.get(m.group(1), "\\" + m.group(1)), text)
+    return re.sub(_UNESCAPE, lambda m: _UNESCAPED.get(m.group(1), "\\" + m.group(1)), text)
 
 
 def label_text(labels: Iterable[str], values: Iterable[str]) -> str:
@@ -60,7 +62,7 @@ def parse_series_key(key: str) -> tuple[str, dict[str, str]]:
     if key[position:].strip() == "}":
         return key[:brace], labels
     while True:
-        match = _LABEL_PAIR.match(key, position)
+        match = re.compile(_LABEL_PAIR).match(key, position)
         if match is None:
             raise ParseError(f"cannot read the labels of {key!r}")
         labels[match.group(1)] = unescape_label_value(match.group(2))
@@ -165,7 +167,7 @@ def _header_name(line: str, line_number: int) -> tuple[str, str, str] | None:
     if len(parts) < 2 or parts[0] not in ("HELP", "TYPE"):
         return None
     keyword, name = parts[0], parts[1]
-    if not _METRIC_NAME.match(name):
+    if not re.match(_METRIC_NAME, name):
         raise ParseError(f"{keyword} names {name!r}, which is not a metric name", line_number)
     return keyword, name, parts[2] if len(parts) > 2 else ""
 
@@ -246,7 +248,7 @@ def parse(text: str, check_histograms: bool = True) -> Document:
         brace = key.find("{")
         name = key if brace < 0 else key[:brace]
         if block is None or suffix_of.get(name) != block.name:
-            if not _METRIC_NAME.match(name):
+            if not re.match(_METRIC_NAME, name):
                 raise ParseError(f"{name!r} is not a metric name", number + 1)
             if name in blocks:
                 raise ParseError(f"samples of {name} appear in two places", number + 1)
