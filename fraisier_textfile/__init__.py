@@ -15,8 +15,10 @@ from fraisier_textfile.errors import (
     FraisierTextfileError,
     InvalidValueError,
     LockTimeoutError,
+    ServerStartError,
     TextfileError,
     TextfileWriteError,
+    WebConfigError,
 )
 from fraisier_textfile.textfile import TextfileStore, default_textfile_directory
 
@@ -34,9 +36,11 @@ __all__ = [
     "LockTimeoutError",
     "MetricsRecorder",
     "Outcome",
+    "ServerStartError",
     "TextfileError",
     "TextfileStore",
     "TextfileWriteError",
+    "WebConfigError",
     "default_textfile_directory",
     "get_metrics_recorder",
 ]

@@ -21,6 +21,7 @@ import socket
 import socketserver
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -87,7 +88,21 @@ class RegistrySource:
         return "this process's metrics registry"
 
     def scrape(self) -> Payload:
-        return Payload(self._generate_latest(self.registry))
+        return Payload(self._generate_latest(_WithoutCreated(self.registry)))
+
+
+class _WithoutCreated:
+    """A registry's families without their ``_created`` samples: creation times are per process and say
+    nothing to a scraper, and the textfile never has them. prometheus_client can only turn them off for
+    the whole process, which would change the behaviour of the host application's own metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.registry.collect():
+            family.samples = [sample for sample in family.samples if not sample.name.endswith("_created")]
+            yield family
 
 
 @dataclass

@@ -82,7 +82,9 @@ class TextfileStore:
         self.path = self.directory / TEXTFILE_NAME
         self.lock_path = self.directory / (TEXTFILE_NAME + LOCK_SUFFIX)
         self.lock_timeout = c.check_seconds("lock timeout", lock_timeout)
-        self._lock = filelock.FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o644)
+        # Group-writable, so that the users of one group (say, a deploy user and root) can share a directory;
+        # not world-writable, so that an unrelated user cannot hold the lock.
+        self._lock = filelock.FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o664)
         # What this process last wrote, and the identity of the file it wrote: while the file on disk is
         # still that one, nobody else has merged since and it need not be read or parsed again.
         self._cached: tuple[tuple[int, int, int], Document] | None = None

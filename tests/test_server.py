@@ -753,6 +753,7 @@ def test_a_recorder_serves_its_registry_and_shuts_down(textfile_dir: Path) -> No
         assert [sample.value for family in text_string_to_metric_families(served.text) for sample in family.samples
                 if sample.name == "fraisier_deployments_total" and sample.labels == labels] == [1]
         assert not (textfile_dir / "fraisier.prom").exists()  # served from memory: nothing was flushed
+        assert "_created" not in served.text
 
         compressed = request(server.url, headers={"Accept-Encoding": "gzip"})
         assert sample_values(gzip.decompress(compressed.body).decode()) == values
