@@ -82,7 +82,10 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
     pid, start = _identity()
     marker = Marker(f"{pid}-{start}-{os.urandom(4).hex()}", provider, fraise_type)
     directory = marker_directory(textfile_directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        # Group-writable like the lock file, so that the users of one group can retire each other's markers.
+        os.chmod(directory, 0o775)
     # Written under a dot name and renamed, so that a reader never sees half a marker.
     temporary = directory / f".{marker.id}"
     import json  # here, not at the top: `fraisier record` never needs it

@@ -78,6 +78,13 @@ def test_the_file_is_readable_by_others_whatever_the_umask(textfile_dir: Path, u
     assert stat.S_IMODE(store.lock_path.stat().st_mode) == 0o664  # one group of users may share the directory
 
 
+def test_the_marker_directory_is_group_writable_whatever_the_umask(textfile_dir: Path, umask_077: None) -> None:
+    from fraisier_textfile.liveness import MARKER_DIRECTORY, create_marker
+
+    create_marker(textfile_dir, "bare_metal", "api")
+    assert stat.S_IMODE((textfile_dir / MARKER_DIRECTORY).stat().st_mode) == 0o775
+
+
 def test_no_created_series_and_no_timestamps(textfile_dir: Path) -> None:
     store = TextfileStore(textfile_dir)
     merge(store, events.health_check, "bare_metal", "http", "pass", 0.2)
