@@ -99,22 +99,6 @@ class Changes:
             or self.retired_markers
         )
 
-    def update(self, other: Changes) -> None:
-        """Fold ``other`` into these changes (used to put back changes whose merge failed)."""
-        for (family, labels), amount in other.added.items():
-            self.add(family, labels, amount)
-        for key, delta in other.observed.items():
-            mine = self.histogram(*key)
-            mine.buckets = [a + b for a, b in zip(mine.buckets, delta.buckets)]
-            mine.sum += delta.sum
-            mine.count += delta.count
-        for key, value in other.latest.items():
-            self.latest.setdefault(key, value)
-        for (family, labels), value in other.maximum.items():
-            self.set_maximum(family, labels, value)
-        self.active_providers |= other.active_providers
-        self.retired_markers |= other.retired_markers
-
 
 # The events. Each validates everything before it records anything, so a bad value records nothing.
 

@@ -165,10 +165,12 @@ def health_check(settings: Settings, provider: str, check_type: str, status: str
 
 @record.command()
 @PROVIDER
-@click.option("--up/--down", "available", required=True, default=None, help="Whether the provider is available.")
+@click.option("--up/--down", "available", default=None, help="Whether the provider is available (one is required).")
 @pass_settings
-def availability(settings: Settings, provider: str, available: bool) -> None:
+def availability(settings: Settings, provider: str, available: bool | None) -> None:
     """Whether a provider is available now (the latest report wins)."""
+    if available is None:
+        raise InvalidInput("say whether the provider is available: add --up or --down")
     _record(settings, events.provider_availability, provider, available)
 
 
@@ -302,16 +304,19 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
 
     from fraisier_textfile.server import serve_textfile
 
-    store = settings.store()
-    with library_errors():
-        server = serve_textfile(store, port=port, address=address, web_config_file=web_config_file)
+    if not address.strip():
+        raise InvalidInput("--address is empty: give localhost, a host's address, or 0.0.0.0 for every interface")
     stop = threading.Event()
 
     def request_stop(signal_number: int, frame: object) -> None:
         stop.set()
 
+    # Before the server starts: a SIGTERM during start-up is a clean stop too.
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    store = settings.store()
+    with library_errors():
+        server = serve_textfile(store, port=port, address=address, web_config_file=web_config_file)
     details = ", ".join(
         part for part in (
             "TLS" if server.tls else "",

@@ -51,25 +51,35 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     except (OSError, FraisierTextfileError) as error:
         log.warning("the deployment runs, but its start was not recorded: %s", error)
 
+    # The handlers go in before the child starts: a signal that arrives while it is being started is kept
+    # and passed on once it runs, rather than killing this process and orphaning the deployment.
+    child: subprocess.Popen[bytes] | None = None
+    early: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if child is None:
+            early.append(signum)
+        else:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     started = time.monotonic()
     error_type: str | None
     try:
-        child = subprocess.Popen(list(command))
-    except FileNotFoundError:
-        returncode, error_type = 127, "command_not_found"
-    except PermissionError:
-        returncode, error_type = 126, "command_not_executable"
-    else:
-        def forward(signum: int, _frame: object) -> None:
-            child.send_signal(signum)
-
-        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
         try:
+            child = subprocess.Popen(list(command))
+        except FileNotFoundError:
+            returncode, error_type = 127, "command_not_found"
+        except PermissionError:
+            returncode, error_type = 126, "command_not_executable"
+        else:
+            for signum in early:
+                child.send_signal(signum)
             returncode = child.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        error_type = None if returncode == 0 else error_type_of_exit(returncode)
+            error_type = None if returncode == 0 else error_type_of_exit(returncode)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     duration = time.monotonic() - started
 
     end = Changes()
@@ -81,6 +91,6 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
         end.retired_markers.add(marker.id)
     try:
         store.merge(end)
-    except FraisierTextfileError as error:
+    except (OSError, FraisierTextfileError) as error:
         log.warning("the deployment ended, but it was not recorded: %s", error)
     return 128 - returncode if returncode < 0 else returncode

@@ -9,21 +9,28 @@ dead deployment looking alive.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 MARKER_DIRECTORY = ".fraisier-inflight"
 
+log = logging.getLogger(__name__)
+
 
 class Marker:
     """One in-flight deployment."""
 
-    __slots__ = ("fraise_type", "id", "provider")
+    __slots__ = ("boot", "fraise_type", "id", "pid_namespace", "provider")
 
-    def __init__(self, id: str, provider: str, fraise_type: str) -> None:
+    def __init__(self, id: str, provider: str, fraise_type: str, boot: str = "", pid_namespace: str = "") -> None:
         self.id = id
         self.provider = provider
         self.fraise_type = fraise_type
+        self.boot = boot
+        """The kernel's boot id when the marker was written: PIDs and start times restart at each boot."""
+        self.pid_namespace = pid_namespace
+        """The writer's PID namespace: a PID means nothing in another one (containers)."""
 
     @property
     def pid(self) -> int:
@@ -63,6 +70,24 @@ def process_start_time(pid: int) -> str | None:
 
 
 _own_identity: tuple[int, str] | None = None
+_own_context: tuple[str, str] | None = None
+
+
+def _context() -> tuple[str, str]:
+    """This machine's boot id and this process's PID namespace ("" where /proc does not tell)."""
+    global _own_context
+    if _own_context is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
+                boot = file.read().strip()
+        except OSError:
+            boot = ""
+        try:
+            namespace = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            namespace = ""
+        _own_context = (boot, namespace)
+    return _own_context
 
 
 def _identity() -> tuple[int, str]:
@@ -80,7 +105,8 @@ def marker_directory(textfile_directory: Path) -> Path:
 def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> Marker:
     """Write the marker of a deployment that starts now in this process."""
     pid, start = _identity()
-    marker = Marker(f"{pid}-{start}-{os.urandom(4).hex()}", provider, fraise_type)
+    boot, namespace = _context()
+    marker = Marker(f"{pid}-{start}-{os.urandom(4).hex()}", provider, fraise_type, boot, namespace)
     directory = marker_directory(textfile_directory)
     if not directory.is_dir():
         directory.mkdir(parents=True, exist_ok=True)
@@ -90,7 +116,11 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
     temporary = directory / f".{marker.id}"
     import json  # here, not at the top: `fraisier record` never needs it
 
-    temporary.write_text(json.dumps({"provider": provider, "fraise_type": fraise_type}))
+    content = {"provider": provider, "fraise_type": fraise_type, "boot": boot, "pid_namespace": namespace}
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        os.fchmod(descriptor, 0o644)  # readable by a `fraisier metrics` of another user whatever the umask
+        json.dump(content, file)
     os.replace(temporary, directory / marker.id)
     return marker
 
@@ -113,13 +143,29 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
         try:
             with open(entry.path, encoding="utf-8") as file:
                 content = json.load(file)
-            markers.append(Marker(entry.name, str(content["provider"]), str(content["fraise_type"])))
+            markers.append(
+                Marker(
+                    entry.name,
+                    str(content["provider"]),
+                    str(content["fraise_type"]),
+                    str(content.get("boot", "")),
+                    str(content.get("pid_namespace", "")),
+                )
+            )
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return markers
 
 
 def is_alive(marker: Marker) -> bool:
+    """Whether the process that wrote ``marker`` still runs. A marker from another boot is dead; one from
+    another PID namespace cannot be checked from here and counts as alive (a reader in its own namespace
+    settles it), so that a deployment is never counted crashed while it may still run."""
+    boot, namespace = _context()
+    if marker.boot and boot and marker.boot != boot:
+        return False
+    if marker.pid_namespace and namespace and marker.pid_namespace != namespace:
+        return True
     try:
         pid = marker.pid
     except ValueError:
@@ -128,10 +174,15 @@ def is_alive(marker: Marker) -> bool:
 
 
 def remove_marker(textfile_directory: Path, marker_id: str) -> None:
+    """Remove a marker the textfile already accounts for. A failure is only logged: the marker stays listed
+    as retired in the file, so it is not counted again, and a later merger may remove it."""
+    path = marker_directory(textfile_directory) / marker_id
     try:
-        os.unlink(marker_directory(textfile_directory) / marker_id)
+        os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as error:
+        log.warning("cannot remove the finished deployment's marker %s: %s", path, error.strerror)
 
 
 def remove_stale_temporaries(textfile_directory: Path) -> None:

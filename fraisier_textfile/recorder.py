@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile import liveness
 from fraisier_textfile.changes import Changes, Labels
-from fraisier_textfile.errors import FraisierTextfileError, TextfileWriteError
+from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, TextfileWriteError
 from fraisier_textfile.textfile import TextfileStore, default_lock_timeout, default_textfile_directory
 
 if TYPE_CHECKING:
@@ -80,6 +82,7 @@ class MetricsRecorder:
         self._in_flight: list[liveness.Marker] = []
         self._lock = threading.RLock()
         self._batch_depth = 0
+        _every_recorder.add(self)
 
     @property
     def textfile_path(self) -> Path:
@@ -142,43 +145,51 @@ class MetricsRecorder:
     @contextmanager
     def track_deployment(self, provider: str, fraise_type: str) -> Iterator[Outcome]:
         """Time a deployment, active while inside. On an exception: ``failed`` plus an error whose type is
-        the exception's class name, then the exception goes on. Set ``outcome.status`` to record another."""
-        self.record_deployment_start(provider, fraise_type)
+        the exception's class name, then the exception goes on. Set ``outcome.status`` to record another.
+
+        Metrics never stop a deployment: if the textfile cannot be written (lock timeout, full disk, ...),
+        that is logged, the block runs all the same, and the events stay pending for the next flush."""
+        with self._without_aborting("the start of a deployment"):
+            self.record_deployment_start(provider, fraise_type)
         outcome = Outcome("success")
         started = time.monotonic()
         try:
             yield outcome
         except BaseException as error:
-            with self._recording_despite(error):
+            with self._without_aborting(f"the outcome of {error!r}"):
                 self.record_deployment_error(provider, error_type_of(error))
                 self.record_deployment_complete(provider, fraise_type, "failed", time.monotonic() - started)
             raise
-        self.record_deployment_complete(provider, fraise_type, outcome.status, time.monotonic() - started)
+        with self._without_aborting("the end of a deployment"):
+            self.record_deployment_complete(provider, fraise_type, outcome.status, time.monotonic() - started)
 
     @contextmanager
     def track_rollback(self, provider: str, reason: str) -> Iterator[None]:
-        """Time a rollback. It is recorded whether or not the block raises."""
+        """Time a rollback. It is recorded whether or not the block raises (metrics errors are logged)."""
         started = time.monotonic()
         try:
             yield
         except BaseException as error:
-            with self._recording_despite(error):
+            with self._without_aborting(f"the outcome of {error!r}"):
                 self.record_rollback(provider, reason, time.monotonic() - started)
             raise
-        self.record_rollback(provider, reason, time.monotonic() - started)
+        with self._without_aborting("a rollback"):
+            self.record_rollback(provider, reason, time.monotonic() - started)
 
     @contextmanager
     def track_health_check(self, provider: str, check_type: str) -> Iterator[Outcome]:
-        """Time a health check: ``pass`` unless the block raises or sets ``outcome.status = "fail"``."""
+        """Time a health check: ``pass`` unless the block raises or sets ``outcome.status = "fail"``
+        (metrics errors are logged)."""
         outcome = Outcome("pass")
         started = time.monotonic()
         try:
             yield outcome
         except BaseException as error:
-            with self._recording_despite(error):
+            with self._without_aborting(f"the outcome of {error!r}"):
                 self.record_health_check(provider, check_type, "fail", time.monotonic() - started)
             raise
-        self.record_health_check(provider, check_type, outcome.status, time.monotonic() - started)
+        with self._without_aborting("a health check"):
+            self.record_health_check(provider, check_type, outcome.status, time.monotonic() - started)
 
     # Flushing
 
@@ -188,7 +199,11 @@ class MetricsRecorder:
         with self._lock:
             if not self._pending:
                 return
-            self.store.merge(self._pending)
+            try:
+                self.store.merge(self._pending)
+            except BaseException:
+                _unflushed.add(self)  # exit tries once more
+                raise
             self._pending = Changes()
             _unflushed.discard(self)
 
@@ -256,6 +271,14 @@ class MetricsRecorder:
                 self._pending.active_providers.add(provider)
                 return
 
+    def _after_fork(self) -> None:
+        self._lock = threading.RLock()
+        self._batch_depth = 0
+        self._pending = Changes()
+        self._seen = set()
+        self._in_flight = []
+        self.store = TextfileStore(self.store.directory, self.store.lock_timeout)
+
     def _flush_if_automatic(self) -> None:
         if self._batch_depth:
             return
@@ -276,19 +299,37 @@ class MetricsRecorder:
             self._flush_if_automatic()
 
     @contextmanager
-    def _recording_despite(self, error: BaseException) -> Iterator[None]:
-        """Record the outcome of a block that raised, in one flush; a metrics failure must not hide the
-        block's own exception, so it is logged and the block's exception goes on."""
+    def _without_aborting(self, what: str) -> Iterator[None]:
+        """Record events in one flush for a tracked block. A failure to write them must neither stop the
+        block's work nor hide its own exception: it is logged, and the events stay pending (and are
+        flushed at exit at the latest). A bad value is the caller's mistake and still raises."""
         try:
             with self._batch():
                 yield
+        except InvalidValueError:
+            raise
         except FraisierTextfileError as metrics_error:
-            log.error("could not record the outcome of %r: %s", error, metrics_error)
+            log.error("could not record %s: %s", what, metrics_error)
 
 
 # Recorders holding events not yet flushed. Normal process exit flushes them; a strong reference, so
 # that a recorder dropped with pending events (a hot loop in a function that returned) is not lost.
 _unflushed: set[MetricsRecorder] = set()
+
+
+_every_recorder: weakref.WeakSet[MetricsRecorder] = weakref.WeakSet()
+
+
+def _forget_parents_state() -> None:
+    """In a forked child: the parent's pending events and in-flight deployments are the parent's to write
+    (writing them here too would count them twice), and its locks may have been held at the fork."""
+    _unflushed.clear()
+    for recorder in list(_every_recorder):
+        recorder._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents_state)
 
 
 @atexit.register

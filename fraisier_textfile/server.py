@@ -2,7 +2,7 @@
 
 One server, two sources of bytes. The textfile source never takes the store's lock: the file is only ever
 replaced whole by a rename, so a reader sees the old file or the new one. It parses the file only when its
-identity (inode, size, mtime) changed, and otherwise serves bytes encoded once (gzipped at most once). The
+version changed (see textfile.FileVersion), and otherwise serves bytes encoded once (gzipped at most once). The
 active-deployments family is the exception: it is recomputed at every scrape from the in-flight markers, so
 that a deployment whose process died stops counting at once, not at the next flush.
 
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.errors import FraisierTextfileError, ServerStartError, TextfileError
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.errors import FraisierTextfileError, ServerStartError
+from fraisier_textfile.textfile import FileVersion, TextfileStore
 from fraisier_textfile.textformat import Block, Document, parse_series_key, series_key
 from fraisier_textfile.webconfig import LiveWebConfig
 
@@ -47,7 +47,6 @@ CONNECTION_TIMEOUT = 30.0
 # Bodies are gzipped once per version of the file, so the better ratio costs nothing per scrape.
 GZIP_LEVEL = 6
 
-FileIdentity = tuple[int, int, int]
 
 
 class Payload:
@@ -109,7 +108,8 @@ class _WithoutCreated:
 class _Snapshot:
     """One version of the textfile, encoded around its active-deployments block."""
 
-    identity: FileIdentity | None
+    version: FileVersion | None
+    """The file version it was made from, held open; None: there was no file."""
     before: bytes = b""
     after: bytes = b""
     file_providers: tuple[str, ...] = ()
@@ -133,10 +133,9 @@ class TextfileSource:
         return str(self.store.path)
 
     def scrape(self) -> Payload:
-        identity = self._identity()
         snapshot = self._snapshot
-        if snapshot is None or snapshot.identity != identity:
-            snapshot = self._refresh(identity)
+        if snapshot is None or not self._is_current(snapshot):
+            snapshot = self._refresh()
         if snapshot.error is not None:
             raise snapshot.error
         live = self._live_block(snapshot)
@@ -147,32 +146,27 @@ class TextfileSource:
         snapshot.last = (live, payload)
         return payload
 
-    def _identity(self) -> FileIdentity | None:
-        try:
-            status = os.stat(self.store.path)
-        except FileNotFoundError:
-            return None
-        except OSError as error:
-            raise TextfileError(
-                self.store.path, f"cannot read {self.store.path}: {error.strerror}; check the directory's permissions"
-            ) from None
-        return (status.st_ino, status.st_size, status.st_mtime_ns)
+    def _is_current(self, snapshot: _Snapshot) -> bool:
+        if snapshot.version is None:
+            return not os.path.lexists(self.store.path)
+        return snapshot.version.is_current()
 
-    def _refresh(self, identity: FileIdentity | None) -> _Snapshot:
+    def _refresh(self) -> _Snapshot:
         # Only scrapes that found the file changed wait here, for the one that parses it.
         with self._refreshing:
             current = self._snapshot
-            if current is not None and current.identity == identity:
+            if current is not None and self._is_current(current):
                 return current
+            # A file that cannot be read (permissions, descriptors exhausted) is not cached: the next
+            # scrape tries again. One that does not parse is, until it changes.
+            version, text = self.store.read_text()
             try:
-                # The store's own reader: the same errors as every other reader, and the identity of exactly
-                # the bytes it read (the file may have been replaced again since the stat above).
-                read_identity, document = self.store.read_with_identity()
+                snapshot = _split(version, self.store.parse_text(text))
             except FraisierTextfileError as error:
                 log.error("cannot serve %s: %s", self.store.path, error)
-                snapshot = _Snapshot(identity, error=error)
-            else:
-                snapshot = _split(read_identity, document)
+                snapshot = _Snapshot(version, error=error)
+            if current is not None and current.version is not None:
+                current.version.close()
             self._snapshot = snapshot
             return snapshot
 
@@ -188,7 +182,7 @@ class TextfileSource:
         return block.render()
 
 
-def _split(identity: FileIdentity | None, document: Document) -> _Snapshot:
+def _split(version: FileVersion | None, document: Document) -> _Snapshot:
     for family in c.FAMILIES:
         document.block(family)
     blocks = list(document.blocks.values())
@@ -197,7 +191,7 @@ def _split(identity: FileIdentity | None, document: Document) -> _Snapshot:
     providers = dict.fromkeys(parse_series_key(key)[1].get("provider", "") for key, _ in active.samples())
     # The retired-markers comment is the store's bookkeeping, not a metric: it is not served.
     return _Snapshot(
-        identity,
+        version,
         before="".join(block.render() for block in blocks[:position]).encode("utf-8"),
         after="".join(block.render() for block in blocks[position + 1 :]).encode("utf-8"),
         file_providers=tuple(provider for provider in providers if provider),

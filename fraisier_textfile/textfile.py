@@ -74,6 +74,41 @@ def _write_error(path: Path, action: str, error: OSError) -> TextfileWriteError:
     return TextfileWriteError(path, f"cannot {action} {path}: {error.strerror or error}; {fix}")
 
 
+class FileVersion:
+    """One version of the textfile, held open.
+
+    A merger or a server that has the file's content in memory must know whether the file on disk is still
+    that version. (inode, size, mtime) alone can be fooled: ext4 hands a freed inode to the next new file at
+    once, and before Linux 6.13 mtime moves only once per kernel tick, so two merges within a tick can
+    leave a file with the old inode, size and mtime but other content. While this descriptor is open the
+    inode cannot be reused, so the same inode on disk is this very file.
+    """
+
+    __slots__ = ("_descriptor", "key", "path")
+
+    def __init__(self, path: Path, descriptor: int) -> None:
+        self.path = path
+        self._descriptor = descriptor
+        status = os.fstat(descriptor)
+        self.key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+    def is_current(self) -> bool:
+        """Whether the path still names this version, unchanged."""
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            return False
+        return self._descriptor >= 0 and (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns) == self.key
+
+    def close(self) -> None:
+        if self._descriptor >= 0:
+            os.close(self._descriptor)
+            self._descriptor = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class TextfileStore:
     """One textfile directory: merges changes into ``fraisier.prom`` and reads it back."""
 
@@ -87,37 +122,46 @@ class TextfileStore:
         self._lock = filelock.FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o664)
         # What this process last wrote, and the identity of the file it wrote: while the file on disk is
         # still that one, nobody else has merged since and it need not be read or parsed again.
-        self._cached: tuple[tuple[int, int, int], Document] | None = None
+        self._cached: tuple[FileVersion, Document] | None = None
 
     # Reading
 
     def read(self) -> Document:
         """The file as it is now, without taking the lock: it is only ever replaced whole, so a reader sees
         the old file or the new one. A missing file is an empty document."""
-        return self.read_with_identity()[1]
+        return self.read_version()[1]
 
-    def read_with_identity(self, check_histograms: bool = True) -> tuple[tuple[int, int, int] | None, Document]:
-        """The file as :meth:`read` gives it, with the (inode, size, mtime_ns) of exactly the bytes read, or
-        None if there is no file. A reader can skip parsing again while the file has that identity."""
+    def read_version(self, check_histograms: bool = True) -> tuple[FileVersion | None, Document]:
+        """The file as :meth:`read` gives it, and the version of exactly the bytes read (None if there is no
+        file): a reader can skip reading again while ``version.is_current()``."""
+        version, text = self.read_text()
+        return version, self.parse_text(text, check_histograms)
+
+    def read_text(self) -> tuple[FileVersion | None, str]:
+        """The file's text ("" if there is none) and its version, unparsed."""
         try:
-            with open(self.path, "rb") as file:
-                status = os.fstat(file.fileno())
-                data = file.read()
+            descriptor = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None, Document()
+            return None, ""
         except OSError as error:
             raise TextfileWriteError(
                 self.path, f"cannot read {self.path}: {error.strerror}; check its permissions"
             ) from None
+        version = FileVersion(self.path, descriptor)
+        chunks = []
+        while chunk := os.read(descriptor, 1 << 20):
+            chunks.append(chunk)
         try:
-            text = data.decode("utf-8")
+            return version, b"".join(chunks).decode("utf-8")
         except UnicodeDecodeError as error:
+            version.close()
             raise CorruptTextfileError(self.path, f"not UTF-8 text (byte {error.start})") from None
+
+    def parse_text(self, text: str, check_histograms: bool = True) -> Document:
         try:
-            document = parse(text, check_histograms)
+            return parse(text, check_histograms)
         except ParseError as error:
             raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
-        return (status.st_ino, status.st_size, status.st_mtime_ns), document
 
     def active_deployments(self, retired_markers: Collection[str]) -> dict[str, int]:
         """Deployments running now in live processes, by provider (for a reader serving the file live).
@@ -146,37 +190,45 @@ class TextfileStore:
             self._lock.release()
 
     def _make_directory(self) -> None:
+        if self.directory.is_dir():
+            return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            # node_exporter runs as another user: it must be able to enter the directory whatever our umask.
+            os.chmod(self.directory, 0o755)
         except OSError as error:
             raise _write_error(self.directory, "create the directory", error) from None
         if not self.directory.is_dir():
             raise TextfileWriteError(self.directory, f"{self.directory} is not a directory: choose a directory")
 
     def _merge_locked(self, changes: Changes) -> None:
-        _, document = self._load()
-        if self._cached is None or document is not self._cached[1]:  # read from disk, not what we wrote
+        document = self._load()
+        cached, self._cached = self._cached, None  # the document is about to change; cached again once written
+        if cached is None or document is not cached[1]:  # read from disk, not what we wrote
             self._check_histograms(document, changes)
-        self._cached = None  # the document is about to change; it is cached again only once written
+        if cached is not None:
+            cached[0].close()
         to_remove = self._account_markers(document, changes)
         _apply(document, changes)
-        text = document.render()
-        self._replace(text)
-        status = os.stat(self.path)
-        self._cached = ((status.st_ino, status.st_size, status.st_mtime_ns), document)
+        version = self._replace(document.render())
+        self._cached = (version, document)
+        # Nothing below may fail the merge: the file is written. A marker that cannot be removed stays
+        # listed as retired in the file, so it is never counted again.
         for marker_id in to_remove:
             liveness.remove_marker(self.directory, marker_id)
 
-    def _load(self) -> tuple[tuple[int, int, int] | None, Document]:
+    def _load(self) -> Document:
         if self._cached is not None:
-            try:
-                status = os.stat(self.path)
-                if (status.st_ino, status.st_size, status.st_mtime_ns) == self._cached[0]:
-                    return self._cached
-            except FileNotFoundError:
-                pass
+            cached_version, document = self._cached
+            if cached_version.is_current():
+                return document
+            cached_version.close()
+            self._cached = None
         self._remove_stale_temporaries()
-        return self.read_with_identity(check_histograms=False)
+        version, text = self.read_text()
+        if version is not None:
+            version.close()
+        return self.parse_text(text, check_histograms=False)
 
     def _check_histograms(self, document: Document, changes: Changes) -> None:
         """The histograms this merge adds to must have the catalogue's buckets; the others are written
@@ -227,7 +279,8 @@ class TextfileStore:
                     pass
         liveness.remove_stale_temporaries(self.directory)
 
-    def _replace(self, text: str) -> None:
+    def _replace(self, text: str) -> FileVersion:
+        """Write ``text`` as the new file; return its version, held open."""
         temporary = self.directory / f"{TEMPORARY_PREFIX}{_random_suffix()}"
         data = text.encode("utf-8")
         try:
@@ -247,9 +300,10 @@ class TextfileStore:
                 # Durable content before the rename: after a power loss the name must not point at an
                 # empty file.
                 os.fsync(descriptor)
-            finally:
+                os.replace(temporary, self.path)
+            except BaseException:
                 os.close(descriptor)
-            os.replace(temporary, self.path)
+                raise
         except OSError as error:
             try:
                 os.unlink(temporary)
@@ -257,6 +311,7 @@ class TextfileStore:
                 pass
             raise _write_error(self.path, "write", error) from None
         self._fsync_directory()
+        return FileVersion(self.path, descriptor)
 
     def _fsync_directory(self) -> None:
         """Make the rename itself durable."""

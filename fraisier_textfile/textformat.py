@@ -17,7 +17,7 @@ RETIRED_MARKERS_COMMENT = "# fraisier_textfile retired-markers:"
 # Patterns as strings, compiled (and cached by re) on first use: compiling them at import would cost every
 # `fraisier record` run milliseconds for parsing it rarely does.
 _METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z"
-_LABEL_PAIR = r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|\})'
+_LABEL_PAIR = r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\\n]|\\[\\"n])*)"\s*(,|\})'
 _UNESCAPE = r"\\(.)"
 _UNESCAPED = {"n": "\n", "\\": "\\", '"': '"'}
 
@@ -65,11 +65,14 @@ def parse_series_key(key: str) -> tuple[str, dict[str, str]]:
         match = re.compile(_LABEL_PAIR).match(key, position)
         if match is None:
             raise ParseError(f"cannot read the labels of {key!r}")
+        if match.group(1) in labels:
+            raise ParseError(f"the label {match.group(1)} appears twice in {key!r}")
         labels[match.group(1)] = unescape_label_value(match.group(2))
         position = match.end()
         if match.group(3) == "}":
             break
         if key[position:].strip() == "}":  # a trailing comma is allowed
+            position = len(key)
             break
     if key[position:].strip():
         raise ParseError(f"unexpected text after the labels of {key!r}")
@@ -226,13 +229,15 @@ def parse(text: str, check_histograms: bool = True) -> Document:
         if block is not None and line.startswith(labelled):
             cut = line.rfind(" ")
             if line[cut - 1] == "}":
-                try:
-                    float(line[cut + 1 :])
-                except ValueError:
-                    pass  # the slow path below names the problem
-                else:
-                    block.lines.append(line)
-                    continue
+                value = line[cut + 1 :]
+                if "_" not in value:  # Python reads 1_000; Go's parser, node_exporter's, does not
+                    try:
+                        float(value)
+                    except ValueError:
+                        pass  # the slow path below names the problem
+                    else:
+                        block.lines.append(line)
+                        continue
         key, space, value = line.rpartition(" ")
         if not space:
             raise ParseError(f"sample line {line[:60]!r} has no value", number + 1)
@@ -242,6 +247,8 @@ def parse(text: str, check_histograms: bool = True) -> Document:
                 number + 1,
             )
         try:
+            if "_" in value:
+                raise ValueError(value)
             float(value)
         except ValueError:
             raise ParseError(f"sample value {value!r} is not a number", number + 1) from None
@@ -313,10 +320,26 @@ def check_buckets(block: Block, family: Family) -> None:
 
 
 def check_document(document: Document) -> list[str]:
-    """Problems beyond parsing, in families we own: negative counters, histograms whose buckets are not
-    cumulative or whose +Inf bucket differs from their count. An empty list means the file is sound."""
+    """What the fast parse of a merge does not look at: the label syntax of every sample, series that
+    appear twice (node_exporter then serves only one of them), negative counters, histograms whose
+    buckets are not cumulative or whose +Inf bucket differs from their count. Empty: the file is sound."""
     problems = []
+    seen: set[tuple[str, frozenset[tuple[str, str]]]] = set()
     for block in document.blocks.values():
+        lines = block.lines if block.raw is None else [
+            line for line in block.raw.splitlines() if line and not line.lstrip().startswith("#")
+        ]
+        for line in lines:
+            key = line[: line.rindex(" ")]
+            try:
+                name, labels = parse_series_key(key)
+            except ParseError as error:
+                problems.append(error.problem)
+                continue
+            series = (name, frozenset(labels.items()))
+            if series in seen:
+                problems.append(f"the series {key} appears twice")
+            seen.add(series)
         family = block.owned
         if family is None:
             continue

@@ -273,3 +273,10 @@ def test_exec_with_bad_labels_runs_nothing(textfile_dir: Path, tmp_path: Path) -
     assert result.returncode == 2
     assert result.stderr == "Error: provider is empty: give a non-empty provider\n"
     assert not witness.exists()
+
+
+def test_availability_needs_up_or_down(textfile_dir: Path) -> None:
+    result = fraisier("record", "availability", "--provider", "bare_metal", textfile_dir=textfile_dir)
+    assert result.returncode == 2
+    assert result.stderr == "Error: say whether the provider is available: add --up or --down\n"
+    assert not (textfile_dir / "fraisier.prom").exists()

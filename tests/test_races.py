@@ -14,6 +14,7 @@ from fraisier_textfile import MetricsRecorder, TextfileStore
 from fraisier_textfile.liveness import MARKER_DIRECTORY
 from fraisier_textfile.textfile import TEMPORARY_PREFIX
 
+from .processes import fraisier, lock_held_elsewhere
 from .values import sample_values
 
 WORKERS = Path(__file__).with_name("workers.py")
@@ -74,21 +75,30 @@ def test_writers_killed_at_random_moments_never_corrupt_the_file(textfile_dir: P
     key = 'fraisier_rollbacks_total{provider="bare_metal",reason="timeout"}'
     previous = 0.0
     for _ in range(300):
+        acknowledgements, acknowledge = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the writer
+        if pid == 0:  # the writer: one byte down the pipe each time a record call has returned
             try:
+                os.close(acknowledgements)
                 recorder = MetricsRecorder(textfile_dir)
                 while True:
                     recorder.record_rollback("bare_metal", "timeout", 3.0)
+                    os.write(acknowledge, b".")
             finally:
                 os._exit(1)
+        os.close(acknowledge)
         time.sleep(rng.uniform(0, 0.03))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+        acknowledged = 0
+        while chunk := os.read(acknowledgements, 65536):
+            acknowledged += len(chunk)
+        os.close(acknowledgements)
         document = store.read()  # raises if the file does not parse
         block = document.blocks.get("fraisier_rollbacks_total")
         total = (block.value(key) if block else None) or 0.0
-        assert total >= previous  # a counter never goes back
+        # Every event whose call returned is in the file, plus at most the one being written when killed.
+        assert total - previous in (acknowledged, acknowledged + 1)
         previous = total
     assert previous > 0
     # The lock is not stuck and the litter goes: the next writer gets through and cleans up.
@@ -105,8 +115,13 @@ def test_a_deployment_killed_midway_is_counted_crashed_exactly_once(textfile_dir
     assert sample_values(textfile_dir / "fraisier.prom")[ACTIVE] == 1
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-    for _ in range(3):  # several later writers, in several processes: one crash, counted once
-        MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "unrelated")
+    for _ in range(3):  # several later writers, each its own process: one crash, counted once
+        assert (
+            fraisier(
+                "record", "error", "--provider", "bare_metal", "--error-type", "x", textfile_dir=textfile_dir
+            ).returncode
+            == 0
+        )
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values[ACTIVE] == 0
     assert values[CRASHED] == 1
@@ -125,3 +140,82 @@ def test_a_reused_pid_does_not_keep_a_dead_deployment_alive(textfile_dir: Path) 
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values[CRASHED] == 1
     assert values[ACTIVE] == 0
+
+
+def test_events_pending_at_a_fork_are_written_once(textfile_dir: Path) -> None:
+    worker = start("fork_with_pending", str(textfile_dir))
+    _, errors = worker.communicate(timeout=60)
+    assert worker.returncode == 0, errors
+    assert errors == ""
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="before_fork"}'] == 1
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="in_child"}'] == 1
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+    assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
+
+
+def test_an_auto_flush_that_failed_is_retried_at_exit(textfile_dir: Path) -> None:
+    MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "seed")
+    with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+        worker = start("fail_then_exit", str(textfile_dir))
+        assert worker.stdout is not None and worker.stdout.readline() == "failed\n"
+    _, errors = worker.communicate("exit\n", timeout=60)
+    assert worker.returncode == 0, errors
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="while_locked"}'] == 1
+
+
+def _plant_marker(textfile_dir: Path, marker_id: str, **context: str) -> None:
+    import json
+
+    directory = textfile_dir / MARKER_DIRECTORY
+    directory.mkdir(parents=True, exist_ok=True)
+    content = {"provider": "docker_compose", "fraise_type": "backup", **context}
+    (directory / marker_id).write_text(json.dumps(content))
+
+
+def test_a_marker_from_before_a_reboot_is_a_crash(textfile_dir: Path) -> None:
+    """Same PID and start time as a live process, but written under another boot id: that process is gone."""
+    from fraisier_textfile import liveness
+
+    live = liveness.create_marker(textfile_dir, "docker_compose", "backup")
+    (textfile_dir / MARKER_DIRECTORY / live.id).unlink()
+    _plant_marker(textfile_dir, live.id, boot="another-boot", pid_namespace=live.pid_namespace)
+    MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "unrelated")
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[CRASHED] == 1
+    assert values[ACTIVE] == 0
+
+
+def test_a_marker_from_another_pid_namespace_is_never_counted_crashed(textfile_dir: Path) -> None:
+    """A PID from another namespace (a container) cannot be checked from here: it stays active."""
+    from fraisier_textfile import liveness
+
+    own = liveness.create_marker(textfile_dir, "docker_compose", "backup")
+    (textfile_dir / MARKER_DIRECTORY / own.id).unlink()
+    _plant_marker(textfile_dir, "999999999-1-feedface", boot=own.boot, pid_namespace="pid:[1]")
+    MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "unrelated")
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values.get(CRASHED, 0) == 0
+    assert values[ACTIVE] == 1
+
+
+def test_a_marker_already_accounted_for_is_not_counted_again(textfile_dir: Path) -> None:
+    """A merger killed between writing the file and removing a dead marker: the file lists the marker as
+    retired, so the next merger removes it without counting it a second time."""
+    worker = start("deploy_forever", str(textfile_dir))
+    assert worker.stdout is not None and worker.stdout.readline() == "deploying\n"
+    worker.kill()
+    worker.wait()
+    [marker] = list((textfile_dir / MARKER_DIRECTORY).iterdir())
+    saved = marker.read_bytes()
+    MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "first")
+    assert sample_values(textfile_dir / "fraisier.prom")[CRASHED] == 1
+    assert marker.name in (textfile_dir / "fraisier.prom").read_text()  # listed as retired
+    marker.write_bytes(saved)  # as if the merger had died before removing it
+    MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "second")
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[CRASHED] == 1
+    assert not marker.exists()
+    MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "third")
+    assert marker.name not in (textfile_dir / "fraisier.prom").read_text()  # the list forgets it once gone

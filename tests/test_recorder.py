@@ -10,6 +10,7 @@ from fraisier_textfile import InvalidValueError, MetricsRecorder, get_metrics_re
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.liveness import MARKER_DIRECTORY
 
+from .processes import lock_held_elsewhere
 from .values import sample_values
 
 FRAISIER_API = {
@@ -158,3 +159,22 @@ def test_get_metrics_recorder_is_process_wide_and_uses_the_environment(
     recorder = get_metrics_recorder()
     assert recorder is get_metrics_recorder()
     assert recorder.textfile_path == textfile_dir / "fraisier.prom"
+
+
+def test_a_tracked_deployment_runs_even_when_the_file_cannot_be_written(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = MetricsRecorder(textfile_dir, lock_timeout=0.2)
+    recorder.record_deployment_error("bare_metal", "seed")
+    ran = False
+    with lock_held_elsewhere(recorder.store.lock_path), recorder.track_deployment("bare_metal", "api"):
+        ran = True
+    assert ran
+    assert "could not record the start of a deployment" in caplog.text
+    assert "could not record the end of a deployment" in caplog.text
+    assert recorder.pending
+    recorder.flush()
+    values = sample_values(recorder.textfile_path)
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+    assert values[ACTIVE] == 0
+    assert not list((textfile_dir / MARKER_DIRECTORY).iterdir())

@@ -30,7 +30,7 @@ from fraisier_textfile import MetricsRecorder
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.cli import main
 
-from .processes import fraisier, free_port
+from .processes import fraisier, free_port, lock_held_elsewhere
 from .tls import Certificates, make_certificates
 from .values import sample_values
 
@@ -313,6 +313,15 @@ def test_an_unchanged_file_is_not_read_again_and_a_changed_one_is(textfile_dir: 
         assert sample_values(request(server.url).text)[key] == 7
         recorder.record_lock_wait("web", "bare_metal", 2.0)  # a flush replaces the file: a new inode
         assert sample_values(request(server.url).text)[key] == 2
+
+
+def test_scrapes_do_not_wait_for_a_writer_holding_the_lock(textfile_dir: Path) -> None:
+    """The lock is held elsewhere for a minute; scrapes (with a 10 s client timeout) are served all the same."""
+    MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "timeout")
+    key = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'
+    with fraisier_metrics(textfile_dir) as server, lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+        for _ in range(5):
+            assert sample_values(request(server.url).text)[key] == 1
 
 
 def test_a_corrupt_file_is_an_error_naming_it_until_a_valid_one_replaces_it(textfile_dir: Path) -> None:

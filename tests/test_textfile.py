@@ -278,3 +278,18 @@ def test_a_missing_directory_is_created(tmp_path: Path) -> None:
     store = TextfileStore(tmp_path / "a" / "b" / "c")
     merge(store, events.deployment_error, "bare_metal", "timeout")
     assert parse(store.path.read_text()).blocks
+
+
+def test_a_warm_store_is_not_fooled_by_a_reused_inode_and_a_coarse_clock(textfile_dir: Path) -> None:
+    """Two other writers replace the file within one tick of a coarse mtime clock (older kernels): the
+    newest file may get the first file's freed inode, its size and its mtime. The warm store must still
+    notice the file changed, or the others' increments are lost."""
+    first = TextfileStore(textfile_dir)
+    merge(first, events.deployment_error, "bare_metal", "timeout")
+    written = first.path.stat()
+    for _ in range(2):
+        merge(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    os.utime(first.path, ns=(written.st_atime_ns, written.st_mtime_ns))
+    merge(first, events.deployment_error, "bare_metal", "timeout")
+    values = sample_values(first.path)
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 4

@@ -96,3 +96,25 @@ def test_check_finds_buckets_that_are_not_cumulative() -> None:
 def test_empty_and_comment_only_files_parse() -> None:
     assert parse("").blocks == {}
     assert parse("# just a comment\n\n").blocks == {}
+
+
+NOT_SOUND = {
+    "unclosed quote": ('fraisier_rollbacks_total{provider="a} 1\n', "cannot read the labels"),
+    "bad escape": ('other{x="a\\q"} 1\n', "cannot read the labels"),
+    "repeated label": ('other{x="a",x="b"} 1\n', "the label x appears twice"),
+    "same series twice": ('other{a="1",b="2"} 1\nother{b="2",a="1"} 2\n', "appears twice"),
+}
+
+
+@pytest.mark.parametrize("text, problem", NOT_SOUND.values(), ids=NOT_SOUND.keys())
+def test_check_finds_what_the_fast_parse_lets_through(text: str, problem: str) -> None:
+    assert any(problem in found for found in check_document(parse(text)))
+
+
+def test_check_accepts_a_trailing_comma_and_escapes() -> None:
+    assert check_document(parse('other{x="a\\\\b\\"c\\nd",} 1\n')) == []
+
+
+def test_go_does_not_read_underscores_in_numbers() -> None:
+    with pytest.raises(ParseError, match="not a number"):
+        parse('fraisier_rollbacks_total{provider="a",reason="b"} 1_000\n')

@@ -43,5 +43,32 @@ def deploy_forever(directory: str) -> None:
         time.sleep(600)
 
 
+def fork_with_pending(directory: str) -> None:
+    """Events pending in a recorder when the process forks belong to the parent: written once, not twice."""
+    import os
+
+    recorder = MetricsRecorder(directory, auto_flush=False)
+    recorder.record_deployment_error("bare_metal", "before_fork")
+    child = os.fork()
+    if child == 0:
+        recorder.record_deployment_error("bare_metal", "in_child")
+        with recorder.track_deployment("bare_metal", "api"):
+            pass
+        sys.exit(0)  # a normal exit: the child's atexit flush runs
+    os.waitpid(child, 0)
+
+
+def fail_then_exit(directory: str) -> None:
+    """An auto-flush that fails (the lock is held elsewhere) keeps its event; normal exit writes it."""
+    from fraisier_textfile import LockTimeoutError
+
+    recorder = MetricsRecorder(directory, lock_timeout=0.2)
+    try:
+        recorder.record_deployment_error("bare_metal", "while_locked")
+    except LockTimeoutError:
+        print("failed", flush=True)
+    sys.stdin.readline()
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])
