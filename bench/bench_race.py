@@ -36,6 +36,7 @@ from _common import (
     free_port,
     print_environment,
     print_table,
+    stop,
     temporary_directory,
 )
 
@@ -176,12 +177,7 @@ def pushgateway() -> Iterator[str]:
                 time.sleep(0.05)
         yield address
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def run_method(method: str, root: Path, processes: int, events: int) -> dict[str, Any]:

@@ -32,6 +32,8 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+from _common import stop
+
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.textfile import TextfileStore
@@ -90,12 +92,7 @@ def serving(command: list[str], port: int) -> Iterator[str]:
                 time.sleep(0.05)
         yield f"http://127.0.0.1:{port}/metrics"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 class Client:

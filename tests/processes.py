@@ -55,6 +55,16 @@ def wait_until_serving(url: str, process: subprocess.Popen[bytes] | None = None,
             time.sleep(0.05)
 
 
+def stop(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def running(command: Sequence[str], ready_url: str, **popen: object) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server, wait until ``ready_url`` answers, and stop it (SIGTERM, then SIGKILL) afterwards."""
@@ -63,12 +73,7 @@ def running(command: Sequence[str], ready_url: str, **popen: object) -> Iterator
         wait_until_serving(ready_url, process)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @contextmanager

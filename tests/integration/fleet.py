@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..processes import REPOSITORY, binary, free_port, wait_until_serving
+from ..processes import REPOSITORY, binary, free_port, stop, wait_until_serving
 
 DASHBOARD = REPOSITORY / "grafana-dashboard.json"
 ALERT_RULES = REPOSITORY / "alert-rules.yml"
@@ -184,12 +184,7 @@ def serving(command: Sequence[str], ready_url: str, log: Path) -> Iterator[subpr
             raise AssertionError(f"{error}; its log:\n{tail(log)}") from None
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def tail(path: Path, lines: int = 30) -> str:
