@@ -1,0 +1,25 @@
+"""The benchmarks still run (a quick pass; their figures are read by people, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .processes import REPOSITORY, binary
+
+
+def test_the_benchmarks_run_and_our_store_loses_nothing_in_the_race() -> None:
+    binary("prometheus-pushgateway")  # the race's peer: missing fails under CI=true
+    result = subprocess.run(
+        [sys.executable, str(REPOSITORY / "bench" / "run_all.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert set(report) == {"flush", "cli", "race", "record"}
+    [ours] = [row for row in report["race"]["results"] if row["method"] == "ours"]
+    assert ours["lost"] == 0 and ours["errors"] == 0
+    assert ours["final_count"] == report["race"]["expected"]
