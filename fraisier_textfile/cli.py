@@ -225,6 +225,21 @@ def path(settings: Settings) -> None:
 
 @textfile.command()
 @pass_settings
+def refresh(settings: Settings) -> None:
+    """Rewrite the textfile with nothing new: deployments whose process died are counted as crashed, the
+    active deployments are recounted, and the file's modification time becomes now.
+
+    \b
+    Run it from a timer (every minute, say) on hosts served by node_exporter: the active-deployments gauge
+    then drops within a minute of a crash, and the file stays fresh for the stale-file alert on quiet hosts:
+      * * * * *  FRAISIER_TEXTFILE_DIR=/var/lib/fraisier/textfile fraisier textfile refresh
+    """
+    with library_errors():
+        settings.store().merge(events.Changes())
+
+
+@textfile.command()
+@pass_settings
 def show(settings: Settings) -> None:
     """Print each family of the textfile with its samples."""
     from fraisier_textfile.textformat import describe

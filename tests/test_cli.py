@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -280,3 +281,39 @@ def test_availability_needs_up_or_down(textfile_dir: Path) -> None:
     assert result.returncode == 2
     assert result.stderr == "Error: say whether the provider is available: add --up or --down\n"
     assert not (textfile_dir / "fraisier.prom").exists()
+
+
+def test_textfile_refresh_counts_a_dead_deployment_and_touches_the_file(textfile_dir: Path) -> None:
+    script = "import time; print('started', flush=True); time.sleep(60)"
+    wrapper = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fraisier_textfile",
+            "--textfile-dir",
+            str(textfile_dir),
+            "exec",
+            "--provider",
+            "bare_metal",
+            "--fraise-type",
+            "api",
+            "--",
+            sys.executable,
+            "-c",
+            script,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert wrapper.stdout is not None and wrapper.stdout.readline() == "started\n"
+    os.killpg(wrapper.pid, signal.SIGKILL)  # the wrapper and its deployment, killed outright
+    wrapper.wait()
+    path = textfile_dir / "fraisier.prom"
+    os.utime(path, (1_000_000_000, 1_000_000_000))
+    assert sample_values(path)['fraisier_active_deployments{provider="bare_metal"}'] == 1
+    assert run(textfile_dir, "textfile", "refresh").exit_code == 0
+    values = sample_values(path)
+    assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
+    assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 1
+    assert path.stat().st_mtime > 1_000_000_000
