@@ -231,31 +231,32 @@ def test_exec_of_a_missing_command(textfile_dir: Path) -> None:
     assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="command_not_found"}'] == 1
 
 
-def test_exec_forwards_sigterm_and_records_the_signal(textfile_dir: Path) -> None:
-    import os
-
+def start_long_deployment(textfile_dir: Path, **popen: object) -> subprocess.Popen[str]:
+    """``fraisier exec`` running a deployment that sleeps a minute; returns once the deployment runs."""
     script = "import time; print('started', flush=True); time.sleep(60)"
-    env = dict(os.environ, FRAISIER_TEXTFILE_DIR=str(textfile_dir))
-    wrapper = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fraisier_textfile",
-            "exec",
-            "--provider",
-            "bare_metal",
-            "--fraise-type",
-            "api",
-            "--",
-            sys.executable,
-            "-c",
-            script,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "fraisier_textfile",
+        "--textfile-dir",
+        str(textfile_dir),
+        "exec",
+        "--provider",
+        "bare_metal",
+        "--fraise-type",
+        "api",
+        "--",
+        sys.executable,
+        "-c",
+        script,
+    ]
+    wrapper = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, **popen)  # type: ignore[call-overload]
     assert wrapper.stdout is not None and wrapper.stdout.readline() == "started\n"
+    return wrapper  # type: ignore[no-any-return]
+
+
+def test_exec_forwards_sigterm_and_records_the_signal(textfile_dir: Path) -> None:
+    wrapper = start_long_deployment(textfile_dir)
     assert sample_values(textfile_dir / "fraisier.prom")['fraisier_active_deployments{provider="bare_metal"}'] == 1
     started = time.monotonic()
     wrapper.send_signal(signal.SIGTERM)
@@ -284,29 +285,7 @@ def test_availability_needs_up_or_down(textfile_dir: Path) -> None:
 
 
 def test_textfile_refresh_counts_a_dead_deployment_and_touches_the_file(textfile_dir: Path) -> None:
-    script = "import time; print('started', flush=True); time.sleep(60)"
-    wrapper = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fraisier_textfile",
-            "--textfile-dir",
-            str(textfile_dir),
-            "exec",
-            "--provider",
-            "bare_metal",
-            "--fraise-type",
-            "api",
-            "--",
-            sys.executable,
-            "-c",
-            script,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    assert wrapper.stdout is not None and wrapper.stdout.readline() == "started\n"
+    wrapper = start_long_deployment(textfile_dir, start_new_session=True)
     os.killpg(wrapper.pid, signal.SIGKILL)  # the wrapper and its deployment, killed outright
     wrapper.wait()
     path = textfile_dir / "fraisier.prom"
