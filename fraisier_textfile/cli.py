@@ -282,8 +282,11 @@ def check(settings: Settings) -> None:
               "0.0.0.0 or a host's address exposes them (use --web-config-file then).")
 @click.option("--web-config-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Web config (TLS, basic auth) in the format of Prometheus exporters; see above.")
+@click.option("--max-requests", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Scrapes served at once; more get 503 at once, as with node_exporter's --web.max-requests "
+              "(say 40, on a host exposed to many clients). 0: no limit.")
 @pass_settings
-def metrics(settings: Settings, port: int, address: str, web_config_file: Path | None) -> None:
+def metrics(settings: Settings, port: int, address: str, web_config_file: Path | None, max_requests: int) -> None:
     """Serve TEXTFILE_DIR/fraisier.prom over HTTP at /metrics, for Prometheus to scrape.
 
     For hosts without node_exporter (with it, point its textfile collector at TEXTFILE_DIR instead). A scrape
@@ -331,7 +334,9 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     signal.signal(signal.SIGINT, request_stop)
     store = settings.store()
     with library_errors():
-        server = serve_textfile(store, port=port, address=address, web_config_file=web_config_file)
+        server = serve_textfile(
+            store, port=port, address=address, web_config_file=web_config_file, max_requests=max_requests
+        )
     details = ", ".join(
         part for part in (
             "TLS" if server.tls else "",

@@ -215,14 +215,16 @@ class MetricsRecorder:
     # Serving
 
     def serve(self, port: int = 8001, address: str = "localhost",
-              web_config_file: Path | str | None = None) -> MetricsServer:
+              web_config_file: Path | str | None = None, max_requests: int = 0) -> MetricsServer:
         """Serve this process's registry at ``/metrics`` from a background thread, with the landing page,
         TLS and basic auth of ``fraisier metrics`` (``web_config_file`` in the same format). Port 0 picks a
-        free port. Returns the running server: ``.url``, ``.port``, ``.shutdown()``. Raises ServerStartError
-        or WebConfigError when it cannot start."""
+        free port. More than ``max_requests`` scrapes at once get 503 (0: no limit). Returns the running
+        server: ``.url``, ``.port``, ``.shutdown()``. Raises ServerStartError or WebConfigError when it
+        cannot start."""
         from fraisier_textfile.server import serve_registry
 
-        return serve_registry(self.registry, port=port, address=address, web_config_file=web_config_file)
+        return serve_registry(self.registry, port=port, address=address, web_config_file=web_config_file,
+                              max_requests=max_requests)
 
     # The sink that the event functions write to (see changes.Sink)
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8001
+DEFAULT_MAX_REQUESTS = 0  # no limit: a burst of scrapes from many clients is served, not refused
 DEFAULT_ADDRESS = "localhost"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Idle keep-alive connections and stalled TLS handshakes are dropped after this many seconds.
@@ -266,11 +267,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"Not found: the metrics are at /metrics\n", "text/plain; charset=utf-8", send_body)
 
     def _metrics(self, send_body: bool) -> None:
+        slots = self.server.scrape_slots
+        if slots is not None and not slots.acquire(blocking=False):
+            message = b"Too many scrapes at once: retry later, or raise --max-requests\n"
+            self._send(503, message, "text/plain; charset=utf-8", send_body)
+            return
         try:
             payload = self.server.source.scrape()
         except FraisierTextfileError as error:
             self._send(500, f"{error}\n".encode(), "text/plain; charset=utf-8", send_body)
             return
+        finally:
+            if slots is not None:
+                slots.release()
         headers = {"Vary": "Accept-Encoding"}
         if accepts_gzip(self.headers.get("Accept-Encoding")):
             body = payload.gzipped()
@@ -299,10 +308,13 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[Any, ...], family: socket.AddressFamily, source: MetricsSource,
-                 web_config: LiveWebConfig | None) -> None:
+                 web_config: LiveWebConfig | None, max_requests: int) -> None:
         self.address_family = family
         self.source = source
         self.web_config = web_config
+        # As node_exporter's --web.max-requests: scrapes beyond the limit get 503 at once instead of piling
+        # up threads; 0 means no limit.
+        self.scrape_slots = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -417,12 +429,12 @@ class MetricsServer:
     """
 
     def __init__(self, source: MetricsSource, *, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS,
-                 web_config_file: Path | str | None = None) -> None:
+                 web_config_file: Path | str | None = None, max_requests: int = DEFAULT_MAX_REQUESTS) -> None:
         self.source = source
         self.web_config = LiveWebConfig(web_config_file) if web_config_file is not None else None
         family, socket_address = _resolve(address, port)
         try:
-            self._http = _HTTPServer(socket_address, family, source, self.web_config)
+            self._http = _HTTPServer(socket_address, family, source, self.web_config, max_requests)
         except OSError as error:
             raise _start_error(address, port, error) from None
         self.address = address
@@ -478,16 +490,19 @@ class MetricsServer:
 
 
 def serve_textfile(store: TextfileStore | Path | str, *, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS,
-                   web_config_file: Path | str | None = None) -> MetricsServer:
+                   web_config_file: Path | str | None = None,
+                   max_requests: int = DEFAULT_MAX_REQUESTS) -> MetricsServer:
     """Serve a textfile directory's ``fraisier.prom`` (what ``fraisier metrics`` runs), from a background
     thread. Returns the running server."""
     if not isinstance(store, TextfileStore):
         store = TextfileStore(store)
-    return MetricsServer(TextfileSource(store), port=port, address=address, web_config_file=web_config_file).start()
+    return MetricsServer(TextfileSource(store), port=port, address=address, web_config_file=web_config_file,
+                         max_requests=max_requests).start()
 
 
 def serve_registry(registry: CollectorRegistry, *, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS,
-                   web_config_file: Path | str | None = None) -> MetricsServer:
+                   web_config_file: Path | str | None = None,
+                   max_requests: int = DEFAULT_MAX_REQUESTS) -> MetricsServer:
     """Serve a prometheus_client registry from a background thread. Returns the running server."""
     return MetricsServer(RegistrySource(registry), port=port, address=address,
-                         web_config_file=web_config_file).start()
+                         web_config_file=web_config_file, max_requests=max_requests).start()

@@ -796,3 +796,29 @@ def test_a_recorder_cannot_serve_on_a_port_in_use(textfile_dir: Path, occupied_p
 
     with pytest.raises(ServerStartError, match=f"port {occupied_port} is in use"):
         MetricsRecorder(textfile_dir, auto_flush=False).serve(port=occupied_port, address="127.0.0.1")
+
+
+def test_scrapes_beyond_max_requests_get_503_at_once(textfile_dir: Path) -> None:
+    """A scrape held inside a slow collector fills the only slot; the next one is refused, not queued."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        def collect(self) -> Iterator[object]:
+            entered.set()
+            release.wait(30)
+            return iter(())
+
+    recorder = MetricsRecorder(textfile_dir, auto_flush=False)
+    recorder.registry.register(Slow())  # type: ignore[arg-type]
+    with recorder.serve(port=0, address="127.0.0.1", max_requests=1) as server:
+        held: list[int] = []
+        first = threading.Thread(target=lambda: held.append(request(server.url).status))
+        first.start()
+        assert entered.wait(30)
+        refused = request(server.url)
+        assert refused.status == 503
+        assert b"raise --max-requests" in refused.body
+        release.set()
+        first.join(30)
+        assert held == [200]
+        assert request(server.url).status == 200
