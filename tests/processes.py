@@ -7,12 +7,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -66,18 +68,41 @@ def stop(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def running(command: Sequence[str], ready_url: str, **popen: object) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server, wait until ``ready_url`` answers, and stop it (SIGTERM, then SIGKILL) afterwards."""
-    process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
+def running(command: Sequence[str], ready_url: str, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server, wait until ``ready_url`` answers, and stop it (SIGTERM, then SIGKILL) afterwards.
+
+    Its output goes to ``log`` (or an anonymous file), never to a pipe: a pipe nobody reads would stall a
+    server that logs on every scrape. If it does not come up, the error shows the end of that output."""
+    output = open(log, "w+b") if log is not None else tempfile.TemporaryFile()  # noqa: SIM115
     try:
-        wait_until_serving(ready_url, process)
-        yield process
+        process = subprocess.Popen(list(command), stdout=output, stderr=subprocess.STDOUT)
+        try:
+            try:
+                wait_until_serving(ready_url, process)
+            except AssertionError as error:
+                raise AssertionError(f"{error}; its output ends:\n{tail(output)}") from None
+            yield process
+        finally:
+            stop(process)
     finally:
-        stop(process)
+        output.close()
+
+
+def tail(output: IO[bytes] | Path, lines: int = 30) -> str:
+    """The last lines of a server's output (an open file or a log's path)."""
+    if isinstance(output, Path):
+        try:
+            data = output.read_bytes()
+        except OSError:
+            return "(no log)"
+    else:
+        output.seek(0)
+        data = output.read()
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
 @contextmanager
-def node_exporter(directory: Path) -> Iterator[str]:
+def node_exporter(directory: Path, log: Path | None = None) -> Iterator[str]:
     """The real node_exporter with only its textfile collector, reading ``directory``. Yields its /metrics URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
@@ -88,7 +113,28 @@ def node_exporter(directory: Path) -> Iterator[str]:
         f"--collector.textfile.directory={directory}",
         f"--web.listen-address=127.0.0.1:{port}",
     ]
-    with running(command, url):
+    with running(command, url, log):
+        yield url
+
+
+@contextmanager
+def fraisier_metrics(directory: Path, log: Path | None = None) -> Iterator[str]:
+    """``fraisier metrics`` serving ``directory`` on a free loopback port. Yields its /metrics URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    command = [
+        sys.executable,
+        "-m",
+        "fraisier_textfile",
+        "--textfile-dir",
+        str(directory),
+        "metrics",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with running(command, url, log):
         yield url
 
 

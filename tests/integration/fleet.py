@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 import sys
 import time
 import urllib.error
@@ -21,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..processes import REPOSITORY, binary, free_port, stop, wait_until_serving
+from .. import processes
+from ..processes import REPOSITORY, binary, free_port, running
 
 DASHBOARD = REPOSITORY / "grafana-dashboard.json"
 ALERT_RULES = REPOSITORY / "alert-rules.yml"
@@ -172,29 +172,6 @@ def prometheus_configuration(targets: Sequence[Target], rule_files: Sequence[Pat
 
 
 @contextmanager
-def serving(command: Sequence[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Like processes.running, but the server's output goes to ``log``: a pipe nobody reads would stall a
-    server that logs on every scrape or evaluation."""
-    with open(log, "wb") as output:
-        process = subprocess.Popen(list(command), stdout=output, stderr=subprocess.STDOUT)
-    try:
-        try:
-            wait_until_serving(ready_url, process)
-        except AssertionError as error:
-            raise AssertionError(f"{error}; its log:\n{tail(log)}") from None
-        yield process
-    finally:
-        stop(process)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-@contextmanager
 def prometheus(
     targets: Sequence[Target], directory: Path, rule_files: Sequence[Path] = (ALERT_RULES,)
 ) -> Iterator[Prometheus]:
@@ -210,41 +187,22 @@ def prometheus(
         "--log.level=warn",
     ]
     log = directory / "prometheus.log"
-    with serving(command, f"http://127.0.0.1:{port}/-/ready", log):
+    with running(command, f"http://127.0.0.1:{port}/-/ready", log):
         yield Prometheus(f"http://127.0.0.1:{port}", log)
 
 
 @contextmanager
 def node_exporter(directory: Path, log: Path) -> Iterator[str]:
     """node_exporter with only its textfile collector, reading ``directory``. Yields its address."""
-    port = free_port()
-    command = [
-        binary("prometheus-node-exporter"),
-        "--collector.disable-defaults",
-        "--collector.textfile",
-        f"--collector.textfile.directory={directory}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    with serving(command, f"http://127.0.0.1:{port}/metrics", log):
-        yield f"127.0.0.1:{port}"
+    with processes.node_exporter(directory, log) as url:
+        yield urllib.parse.urlsplit(url).netloc
 
 
 @contextmanager
 def fraisier_metrics(directory: Path, log: Path) -> Iterator[str]:
     """``fraisier metrics`` serving ``directory``. Yields its address."""
-    port = free_port()
-    command = [
-        *fraisier_command(),
-        "--textfile-dir",
-        str(directory),
-        "metrics",
-        "--port",
-        str(port),
-        "--address",
-        "127.0.0.1",
-    ]
-    with serving(command, f"http://127.0.0.1:{port}/metrics", log):
-        yield f"127.0.0.1:{port}"
+    with processes.fraisier_metrics(directory, log) as url:
+        yield urllib.parse.urlsplit(url).netloc
 
 
 def fraisier_command() -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ..processes import fraisier
+from ..processes import fraisier, tail
 from ..values import sample_values
 from .fleet import (
     ALERT_RULES,
@@ -40,7 +40,6 @@ from .fleet import (
     queries,
     regex_value,
     substitute,
-    tail,
     variables,
     wait_for,
 )

@@ -7,26 +7,11 @@ import sys
 import threading
 from pathlib import Path
 
-from fraisier_textfile import MetricsRecorder
-
 from ..processes import binary, http_get, node_exporter
 from ..values import canonical_samples, sample_values
+from .workload import record_a_bit_of_everything
 
 WORKERS = Path(__file__).parent.parent / "workers.py"
-
-
-def record_a_bit_of_everything(directory: Path) -> MetricsRecorder:
-    recorder = MetricsRecorder(directory)
-    recorder.record_deployment_complete("bare_metal", "api", "success", 42.0)
-    recorder.record_deployment_complete("docker_compose", "etl", "failed", 3.0)
-    recorder.record_deployment_error("docker_compose", "exit_code_1")
-    recorder.record_rollback("docker_compose", "health_check", 8.0)
-    recorder.record_health_check("bare_metal", "http", "pass", 0.07)
-    recorder.set_provider_availability("bare_metal", True)
-    recorder.record_lock_wait("web", "bare_metal", 0.4)
-    recorder.record_deployment_start("bare_metal", "backup")
-    recorder.record_deployment_error('odd "provider" \\ ü', "x")
-    return recorder
 
 
 def test_node_exporter_reads_the_file_without_error_and_with_our_values(textfile_dir: Path) -> None:

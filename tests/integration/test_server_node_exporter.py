@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fraisier_textfile import MetricsRecorder
 
-from ..processes import fraisier, free_port, http_get, node_exporter, running
+from ..processes import fraisier_metrics, http_get, node_exporter
+from ..values import canonical_samples
+from .workload import record_a_bit_of_everything
 
 pytestmark = pytest.mark.integration
 
@@ -22,28 +22,12 @@ Series = tuple[str, frozenset[tuple[str, str]]]
 
 def fraisier_series(text: str) -> tuple[dict[Series, float], dict[str, str]]:
     """The fraisier samples of a scrape, whatever the order of their labels, and the type of each family."""
-    values: dict[Series, float] = {}
-    types: dict[str, str] = {}
-    for family in text_string_to_metric_families(text):
-        if not family.name.startswith("fraisier_"):
-            continue
-        for sample in family.samples:
-            # Go writes le="600" where Python writes le="600.0": the same bound.
-            labels = {name: str(float(value)) if name == "le" else value for name, value in sample.labels.items()}
-            values[(sample.name, frozenset(labels.items()))] = sample.value
-        if family.samples:
-            types[family.name] = family.type
-    return values, types
-
-
-@contextmanager
-def fraisier_metrics(directory: Path) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    command = [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(directory), "metrics",
-               "--address", "127.0.0.1", "--port", str(port)]
-    with running(command, url):
-        yield url
+    types = {
+        family.name: family.type
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("fraisier_") and family.samples
+    }
+    return canonical_samples(text, "fraisier_"), types
 
 
 DEPLOY_AND_HANG = """
@@ -55,24 +39,11 @@ with MetricsRecorder(sys.argv[1]).track_deployment("bare_metal", "backup"):
 """
 
 
-def record_a_bit_of_everything(directory: Path) -> None:
-    recorder = MetricsRecorder(directory)
-    recorder.record_deployment_complete("bare_metal", "api", "success", 42.0)
-    recorder.record_deployment_complete("docker_compose", "etl", "rolled_back", 3.0)
-    recorder.record_deployment_error("docker_compose", "exit_code_1")
-    recorder.record_rollback("docker_compose", "health_check", 8.0)
-    recorder.record_health_check("bare_metal", "tcp", "fail", 0.3)
-    recorder.set_provider_availability("docker_compose", False)
-    recorder.record_lock_wait("web", "bare_metal", 0.4)
-    recorder.record_deployment_error('odd "provider" \\ ü', "x")
-    fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "scheduled", "--status", "failed",
-             "--duration", "1800", textfile_dir=directory, check=True)
-
-
 def test_node_exporter_and_fraisier_metrics_agree_on_every_fraisier_series(textfile_dir: Path) -> None:
     record_a_bit_of_everything(textfile_dir)
-    deployment = subprocess.Popen([sys.executable, "-c", DEPLOY_AND_HANG, str(textfile_dir)], stdout=subprocess.PIPE,
-                                  text=True)
+    deployment = subprocess.Popen(
+        [sys.executable, "-c", DEPLOY_AND_HANG, str(textfile_dir)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert deployment.stdout is not None and deployment.stdout.readline() == "deploying\n"
         with node_exporter(textfile_dir) as theirs, fraisier_metrics(textfile_dir) as ours:
