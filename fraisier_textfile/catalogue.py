@@ -37,15 +37,6 @@ class Kind(enum.Enum):
     HISTOGRAM = "histogram"
 
 
-class Merge(enum.Enum):
-    """How this process's record of a family combines with what the textfile already holds."""
-
-    ADD = "add"  # counters and histograms: the file's value plus what this process recorded since its last flush
-    LATEST = "latest"  # the last write wins
-    MAXIMUM = "maximum"  # the larger of the file's value and ours (timestamps)
-    LIVE = "live"  # recomputed at every merge from the deployments still running in live processes
-
-
 class Family:
     """One metric family of the catalogue.
 
@@ -53,16 +44,15 @@ class Family:
     record call several times slower. A plain class, not a dataclass: `fraisier record` imports this
     module, and dataclasses cost a CLI run milliseconds of start-up."""
 
-    __slots__ = ("bucket_bounds", "buckets", "help", "kind", "labels", "merge", "name")
+    __slots__ = ("bucket_bounds", "buckets", "help", "kind", "labels", "name")
 
     def __init__(
-        self, name: str, kind: Kind, labels: tuple[str, ...], help: str, merge: Merge, buckets: tuple[float, ...] = ()
+        self, name: str, kind: Kind, labels: tuple[str, ...], help: str, buckets: tuple[float, ...] = ()
     ) -> None:
         self.name = name
         self.kind = kind
         self.labels = labels
         self.help = help
-        self.merge = merge
         self.buckets = buckets
         self.bucket_bounds: tuple[str, ...] = (
             tuple(format_float(b) for b in buckets) + ("+Inf",) if kind is Kind.HISTOGRAM else ()
@@ -78,35 +68,30 @@ DEPLOYMENTS = Family(
     Kind.COUNTER,
     ("provider", "status", "fraise_type"),
     "Deployments finished, by provider, status and fraise type.",
-    Merge.ADD,
 )
 DEPLOYMENT_ERRORS = Family(
     "fraisier_deployment_errors_total",
     Kind.COUNTER,
     ("provider", "error_type"),
     "Deployment errors, by provider and error type.",
-    Merge.ADD,
 )
 ROLLBACKS = Family(
     "fraisier_rollbacks_total",
     Kind.COUNTER,
     ("provider", "reason"),
     "Rollbacks performed, by provider and reason.",
-    Merge.ADD,
 )
 HEALTH_CHECKS = Family(
     "fraisier_health_checks_total",
     Kind.COUNTER,
     ("provider", "check_type", "status"),
     "Health checks run, by provider, check type and status (pass or fail).",
-    Merge.ADD,
 )
 DEPLOYMENT_DURATION = Family(
     "fraisier_deployment_duration_seconds",
     Kind.HISTOGRAM,
     ("provider", "status"),
     "Duration of finished deployments in seconds, by provider and status.",
-    Merge.ADD,
     (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600),
 )
 HEALTH_CHECK_DURATION = Family(
@@ -114,7 +99,6 @@ HEALTH_CHECK_DURATION = Family(
     Kind.HISTOGRAM,
     ("provider", "check_type"),
     "Duration of health checks in seconds, by provider and check type.",
-    Merge.ADD,
     (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 ROLLBACK_DURATION = Family(
@@ -122,7 +106,6 @@ ROLLBACK_DURATION = Family(
     Kind.HISTOGRAM,
     ("provider",),
     "Duration of rollbacks in seconds, by provider.",
-    Merge.ADD,
     (1, 5, 10, 30, 60, 120, 300, 600),
 )
 ACTIVE_DEPLOYMENTS = Family(
@@ -130,28 +113,24 @@ ACTIVE_DEPLOYMENTS = Family(
     Kind.GAUGE,
     ("provider",),
     "Deployments in progress in processes that are still alive, by provider.",
-    Merge.LIVE,
 )
 LOCK_WAIT = Family(
     "fraisier_deployment_lock_wait_seconds",
     Kind.GAUGE,
     ("service", "provider"),
     "Seconds the last deployment of a service waited for its deployment lock.",
-    Merge.LATEST,
 )
 PROVIDER_AVAILABILITY = Family(
     "fraisier_provider_availability",
     Kind.GAUGE,
     ("provider",),
     "Whether a provider was available at its last check (1 up, 0 down).",
-    Merge.LATEST,
 )
 LAST_DEPLOYMENT = Family(
     "fraisier_last_deployment_timestamp_seconds",
     Kind.GAUGE,
     ("provider", "fraise_type", "status"),
     "Unix time of the last finished deployment, by provider, fraise type and status.",
-    Merge.MAXIMUM,
 )
 
 FAMILIES: tuple[Family, ...] = (

@@ -47,10 +47,11 @@ class Changes:
     """Pending changes, keyed by family and label values, merged into the textfile at the next flush."""
 
     def __init__(self) -> None:
-        self.added: dict[tuple[c.Family, Labels], float] = {}
-        self.observed: dict[tuple[c.Family, Labels], HistogramDelta] = {}
-        self.latest: dict[tuple[c.Family, Labels], float] = {}
-        self.maximum: dict[tuple[c.Family, Labels], float] = {}
+        # How each kind of change meets the file's value at the merge:
+        self.added: dict[tuple[c.Family, Labels], float] = {}  # counters: summed with it
+        self.observed: dict[tuple[c.Family, Labels], HistogramDelta] = {}  # histograms: summed, bucket by bucket
+        self.latest: dict[tuple[c.Family, Labels], float] = {}  # availability, lock wait: replaces it
+        self.maximum: dict[tuple[c.Family, Labels], float] = {}  # last-deployment time: the larger wins
         self.active_providers: set[str] = set()
         """Providers whose active-deployment series must exist (at 0 when nothing runs)."""
         self.retired_markers: set[str] = set()
