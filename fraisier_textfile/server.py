@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.errors import FraisierTextfileError, ServerStartError
-from fraisier_textfile.textfile import FileVersion, TextfileStore
-from fraisier_textfile.textformat import Block, Document, parse_series_key, series_key
+from fraisier_textfile.textfile import FileVersion, TextfileStore, count_active_deployments
+from fraisier_textfile.textformat import Block, Document
 from fraisier_textfile.webconfig import LiveWebConfig
 
 if TYPE_CHECKING:
@@ -113,7 +113,8 @@ class _Snapshot:
     """The file version it was made from, held open; None: there was no file."""
     before: bytes = b""
     after: bytes = b""
-    file_providers: tuple[str, ...] = ()
+    active_lines: tuple[str, ...] = ()
+    """The file's active-deployments samples: which providers it knows, in its order."""
     retired_markers: frozenset[str] = frozenset()
     error: FraisierTextfileError | None = None
     last: tuple[str, Payload] | None = None
@@ -172,14 +173,10 @@ class TextfileSource:
             return snapshot
 
     def _live_block(self, snapshot: _Snapshot) -> str:
-        counts = self.store.active_deployments(snapshot.retired_markers)
         family = c.ACTIVE_DEPLOYMENTS
         block = Block(family.name, help=family.help, type=family.kind.value, owned=family)
-        # As a flush would write it: every provider the file knows, then those seen running for the first time.
-        for provider in snapshot.file_providers:
-            block.set(series_key(family.name, family.labels, (provider,)), float(counts.pop(provider, 0)))
-        for provider in sorted(counts):
-            block.set(series_key(family.name, family.labels, (provider,)), float(counts[provider]))
+        block.lines = list(snapshot.active_lines)
+        count_active_deployments(block, self.store.active_deployments(snapshot.retired_markers))
         return block.render()
 
 
@@ -189,13 +186,12 @@ def _split(version: FileVersion | None, document: Document) -> _Snapshot:
     blocks = list(document.blocks.values())
     position = next(n for n, block in enumerate(blocks) if block.name == c.ACTIVE_DEPLOYMENTS.name)
     active = blocks[position]
-    providers = dict.fromkeys(parse_series_key(key)[1].get("provider", "") for key, _ in active.samples())
     # The retired-markers comment is the store's bookkeeping, not a metric: it is not served.
     return _Snapshot(
         version,
         before="".join(block.render() for block in blocks[:position]).encode("utf-8"),
         after="".join(block.render() for block in blocks[position + 1 :]).encode("utf-8"),
-        file_providers=tuple(provider for provider in providers if provider),
+        active_lines=tuple(active.lines),
         retired_markers=frozenset(document.retired_markers),
     )
 

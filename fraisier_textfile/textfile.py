@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import filelock
@@ -25,6 +25,7 @@ from fraisier_textfile import liveness
 from fraisier_textfile.changes import Changes, Labels, deployment_series
 from fraisier_textfile.errors import CorruptTextfileError, LockTimeoutError, TextfileWriteError
 from fraisier_textfile.textformat import (
+    Block,
     Document,
     ParseError,
     check_buckets,
@@ -364,15 +365,19 @@ def _apply(document: Document, changes: Changes) -> None:
 
 
 def _set_active(document: Document, active: dict[str, int]) -> None:
-    """Every provider ever seen keeps its series; those with no live deployment read 0."""
     family = c.ACTIVE_DEPLOYMENTS
-    block = document.blocks.get(family.name)
-    if block is None and not active:
-        return
-    block = document.block(family)
-    providers = dict.fromkeys(parse_series_key(key)[1].get("provider", "") for key, _ in block.samples())
-    for provider in providers:
-        if provider and provider not in active:
-            block.set(_key(family, (provider,)), 0.0)
-    for provider, count in active.items():
-        block.set(_key(family, (provider,)), float(count))
+    if family.name in document.blocks or active:
+        count_active_deployments(document.block(family), active)
+
+
+def count_active_deployments(block: Block, counts: Mapping[str, int]) -> None:
+    """Set the active-deployments block to ``counts``: every provider the block already has keeps its series
+    (0 with nothing running), and providers new to it follow. The store does this at each merge, and
+    ``fraisier metrics`` at each scrape, so both write the same block."""
+    family = c.ACTIVE_DEPLOYMENTS
+    known = [parse_series_key(key)[1].get("provider", "") for key, _ in block.samples()]
+    for provider in known:
+        if provider:
+            block.set(_key(family, (provider,)), float(counts.get(provider, 0)))
+    for provider in sorted(set(counts) - set(known)):
+        block.set(_key(family, (provider,)), float(counts[provider]))
