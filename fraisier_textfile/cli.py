@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -111,10 +111,10 @@ def record() -> None:
     """
 
 
-def _record(settings: Settings, event: object, *arguments: object) -> None:
+def _record(settings: Settings, event: Callable[..., None], *arguments: object) -> None:
     changes = events.Changes()
     with library_errors():
-        event(changes, *arguments)  # type: ignore[operator]
+        event(changes, *arguments)
         settings.store().merge(changes)
 
 

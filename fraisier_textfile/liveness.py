@@ -138,8 +138,6 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
     import json  # here, not at the top: `fraisier record` never needs it
 
     for entry in entries:
-        if entry.name.startswith("."):
-            continue
         try:
             with open(entry.path, encoding="utf-8") as file:
                 content = json.load(file)
