@@ -244,6 +244,10 @@ class _Lock:
             raise
         return descriptor
 
+    def is_held(self) -> bool:
+        """Whether this process holds the lock of the file now at the lock path (see :class:`_Lock`)."""
+        return self._descriptor >= 0 and self._is_at_path(self._descriptor)
+
     def _is_at_path(self, descriptor: int) -> bool:
         try:
             at_path = os.lstat(self.path)
@@ -270,6 +274,10 @@ def _lstat_or_none(path: Path) -> os.stat_result | None:
         return os.lstat(path)
     except OSError:
         return None
+
+
+class _LockLost(Exception):
+    """The lock file was removed or replaced during a merge (never escapes the store)."""
 
 
 class _DeferredSignals:
@@ -476,13 +484,18 @@ class TextfileStore:
         return False
 
     def _merge_once(self, changes: Changes, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         with _DeferredSignals() as signals:
             self._make_directory()
-            self._lock.acquire(timeout, signals.deliver)
-            try:
-                self._merge_locked(changes)
-            finally:
-                self._lock.release()
+            while True:
+                self._lock.acquire(max(0.0, deadline - time.monotonic()), signals.deliver)
+                try:
+                    self._merge_locked(changes)
+                    return
+                except _LockLost:
+                    log.warning("%s was removed or replaced during a merge: merging again", self.lock_path)
+                finally:
+                    self._lock.release()
 
     def _merge_late_handovers(self) -> None:
         """After releasing the lock, merge the hand-overs that arrived while it was held.
@@ -547,6 +560,12 @@ class TextfileStore:
         else:
             document.meta.pop(handover.APPLIED_KEY, None)
         temporary, descriptor = self._write_temporary(document.render())
+        if not self._lock.is_held():
+            # Someone removed the lock file while we held it: another merger may have locked a new one and
+            # read the file we are about to replace. Start again under the lock now at the path.
+            os.close(descriptor)
+            _unlink_quietly(temporary)
+            raise _LockLost
         # Signals are held back (see _DeferredSignals): the rename and the clear happen together.
         version = self._rename(temporary, descriptor)
         self._cached = (version, document)

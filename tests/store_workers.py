@@ -109,6 +109,67 @@ def flush_under_alarms(directory: str, count: str, threaded: str) -> None:
     print(recorded, interrupted, flush=True)
 
 
+def flush_until_terminated(directory: str) -> None:
+    """Flush in a loop until SIGTERM, whose handler raises SystemExit when it lands inside a flush; the
+    events still pending are merged at exit, as a recorder does. Prints the events recorded, at exit."""
+    store = TextfileStore(directory, lock_timeout=60)
+    pending = Changes()
+    recorded = 0
+    requested = armed = False
+
+    def terminate(signum: int, frame: object) -> None:
+        nonlocal requested
+        requested = True
+        if armed:
+            raise SystemExit(0)
+
+    def at_exit() -> None:
+        store.merge(pending)
+        print(recorded, flush=True)
+
+    atexit.register(at_exit)
+    signal.signal(signal.SIGTERM, terminate)
+    print("ready", flush=True)
+    while not requested:
+        events.deployment_error(pending, "bare_metal", "terminated")
+        recorded += 1
+        armed = True
+        store.merge(pending)
+        armed = False
+
+
+def merge_paused_before_rename(directory: str, error_type: str) -> None:
+    """Merge one event, pausing once between writing the new file and renaming it into place (while the
+    lock is held) until a line arrives on stdin."""
+    store = TextfileStore(directory, lock_timeout=30)
+    write_temporary = store._write_temporary
+    paused = False
+
+    def pause(text: str) -> tuple[object, int]:
+        nonlocal paused
+        written = write_temporary(text)
+        if not paused:
+            paused = True
+            print("paused", flush=True)
+            sys.stdin.readline()
+        return written
+
+    store._write_temporary = pause  # type: ignore[method-assign, assignment]
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", error_type)
+    store.merge(changes)
+    print("merged", flush=True)
+
+
+def merge_one(directory: str, error_type: str) -> None:
+    """One event, merged, waiting for the lock as long as it takes."""
+    store = TextfileStore(directory, lock_timeout=60)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", error_type)
+    print("waiting", flush=True)
+    store.merge(changes)
+
+
 def merge_forever(directory: str) -> None:
     """Merge nothing of its own, over and over (so applying whatever hand-overs wait), until killed."""
     store = TextfileStore(directory)
