@@ -165,10 +165,11 @@ class _Lock:
         # Reentrant: a signal handler run while this thread waits for the lock may itself merge.
         self._threads = threading.RLock()
 
-    def acquire(self, timeout: float, safe_point: Callable[[], None]) -> None:
-        """Take the lock, waiting at most ``timeout`` seconds; ``safe_point`` is called while waiting."""
-        deadline = time.monotonic() + timeout
-        if not self._threads.acquire(timeout=timeout) if timeout > 0 else not self._threads.acquire(False):
+    def acquire(self, deadline: float, timeout: float, safe_point: Callable[[], None]) -> None:
+        """Take the lock, waiting until ``deadline`` (time.monotonic) at most; ``timeout`` is the whole wait
+        allowed, for the error's message. ``safe_point`` is called while waiting."""
+        remaining = deadline - time.monotonic()
+        if not self._threads.acquire(timeout=remaining) if remaining > 0 else not self._threads.acquire(False):
             raise LockTimeoutError(self.path, timeout)
         try:
             self._descriptor = self._lock_file(deadline, timeout, safe_point)
@@ -488,7 +489,7 @@ class TextfileStore:
         with _DeferredSignals() as signals:
             self._make_directory()
             while True:
-                self._lock.acquire(max(0.0, deadline - time.monotonic()), signals.deliver)
+                self._lock.acquire(deadline, timeout, signals.deliver)
                 try:
                     self._merge_locked(changes)
                     return

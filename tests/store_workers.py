@@ -41,7 +41,7 @@ def exit_with_pending(directory: str) -> None:
 def hold_then_release(directory: str) -> None:
     """Take the store's lock as a merger does; release it when told, then do what a merger does after."""
     store = TextfileStore(directory)
-    store._lock.acquire(10, lambda: None)
+    store._lock.acquire(time.monotonic() + 10, 10, lambda: None)
     print("held", flush=True)
     sys.stdin.readline()
     store._lock.release()
