@@ -184,10 +184,11 @@ def record_once(directory: str, error_type: str) -> None:
     """One deployment completed now (by this process's clock) and one error, merged."""
     store = TextfileStore(directory)
     changes = Changes()
-    events.deployment_complete(changes, "bare_metal", "api", "success", 1.0)
+    now = time.time()
+    events.deployment_complete(changes, "bare_metal", "api", "success", 1.0, now=now)
     events.deployment_error(changes, "bare_metal", error_type)
     store.merge(changes)
-    print(time.time(), flush=True)
+    print(repr(now), flush=True)
 
 
 if __name__ == "__main__":
