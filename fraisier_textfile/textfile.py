@@ -39,7 +39,7 @@ from fraisier_textfile.errors import (
     FraisierTextfileError,
     InvalidValueError,
     LockTimeoutError,
-    TextfileError,
+    TextfileWriteError,
     UnexpectedFileError,
     write_error,
 )
@@ -399,16 +399,17 @@ class TextfileStore:
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise _unexpected(self.path, _lstat_or_none(self.path)) from None
-            raise TextfileError(
-                self.path, f"cannot read {self.path}: {error.strerror}; check its permissions"
+            raise TextfileWriteError(
+                self.path, f"cannot read {self.path}: {error.strerror}; check its permissions", error.errno
             ) from None
         try:
-            version = FileVersion(self.path, descriptor)
-            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                raise _unexpected(self.path, os.fstat(descriptor))
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
+                raise _unexpected(self.path, status)
             chunks = []
             while chunk := os.read(descriptor, 1 << 20):
                 chunks.append(chunk)
+            version = FileVersion(self.path, descriptor)
         except OSError as error:
             os.close(descriptor)
             raise write_error(self.path, "read", error) from None
