@@ -104,6 +104,16 @@ class Changes:
         if current is None or value > current:
             self.maximum[key] = value
 
+    def clear(self) -> None:
+        """Forget every pending change, once merged (or handed over). What ``first_sight`` saw stays seen:
+        the series it created are in the file now."""
+        self.added.clear()
+        self.observed.clear()
+        self.latest.clear()
+        self.maximum.clear()
+        self.active_providers.clear()
+        self.retired_markers.clear()
+
     def __bool__(self) -> bool:
         return bool(
             self.added or self.observed or self.latest or self.maximum or self.active_providers
