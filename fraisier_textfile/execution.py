@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.delivery import Delivery, merge_or_hand_over
 from fraisier_textfile.errors import FraisierTextfileError
 from fraisier_textfile.textfile import TextfileStore
 
@@ -88,9 +87,7 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     try:
         # The lock may be held by a stuck process: after the lock timeout the end is handed over to the next
         # writer rather than lost with this process.
-        if merge_or_hand_over(store, end, store.lock_timeout) is Delivery.KEPT:
-            log.warning("the deployment ended, but it was not recorded: another process held %s for %gs",
-                        store.lock_path, store.lock_timeout)
+        store.merge_or_hand_over(end, store.lock_timeout)
     except (OSError, FraisierTextfileError) as error:
         log.warning("the deployment ended, but it was not recorded: %s", error)
     if marker is not None:

@@ -31,7 +31,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
-from fraisier_textfile.delivery import Delivery, hand_over, merge_or_hand_over
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, InvalidValueError
 from fraisier_textfile.textfile import (
     DEFAULT_LOCK_TIMEOUT,
@@ -348,9 +347,7 @@ class MetricsRecorder:
             except BaseException:
                 _unflushed.add(self)  # exit tries once more
                 raise
-            if self._pending:  # a store that does not empty the changes it merged
-                self._pending = Changes()
-            self._written(Delivery.MERGED)
+            self._written(merged=True)
 
     @property
     def pending(self) -> bool:
@@ -538,53 +535,46 @@ class MetricsRecorder:
                         _unflushed.add(self)  # kept alive until written, at the latest at exit
 
     def _write(self) -> None:
-        """Write what is pending, within what is left of the lock-wait budget. Never raises: a problem is noted
-        and the events stay pending (handed over when the store can)."""
+        """Write what is pending, within what is left of the lock-wait budget: merged, or handed over to the
+        next writer when the lock stays busy. Never raises: a problem is noted, and the events are handed over
+        if the merge failed for another reason (a corrupt file), else kept for the next call and exit."""
         if not self._pending:
             return
         wait = min(self.store.lock_timeout, max(0.0, self.lock_wait_budget - self.lock_wait_spent))
         started = time.monotonic()
         try:
-            delivery = merge_or_hand_over(self.store, self._pending, wait)
-            if delivery is not Delivery.MERGED:
+            merged = self.store.merge_or_hand_over(self._pending, wait)
+            if not merged:
                 self._note(
                     "lock busy",
                     f"another process held {self.store.lock_path} longer than this process may wait "
-                    f"(lock-wait budget {self.lock_wait_budget:g}s in all, {LOCK_WAIT_BUDGET_ENVIRONMENT}); "
-                    + ("the events were handed over: the next merge by any fraisier process writes them"
-                       if delivery is Delivery.HANDED_OVER else
-                       "the events are kept and written at the next call or at exit")
-                    + ". If it lasts, find the process that holds the lock (fuser " f"{self.store.lock_path})",
+                    f"(a lock-wait budget of {self.lock_wait_budget:g}s in all, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
+                    "the events were handed over, and the next merge by any fraisier process writes them. "
+                    f"If it lasts, find the process that holds the lock (fuser {self.store.lock_path})",
                     None,
                 )
-        except FraisierTextfileError as error:
-            delivery = self._after_failed_merge(error)
-        except OSError as error:  # the store promises its own errors; never let a raw one reach a deployment
-            delivery = self._after_failed_merge(error)
+        except (FraisierTextfileError, OSError) as error:  # OSError: none may reach a deployment, whatever happens
+            merged = False
+            self._note_write_problem(error)
+            try:
+                self.store.hand_over(self._pending)
+            except (FraisierTextfileError, OSError):
+                pass  # the same problem (an unwritable directory), noted already
         finally:
-            # Every second spent here counts, not only the lock wait: the budget bounds how long metrics
-            # delay the process in all, and a merge that cannot wait (budget spent) still merges when the lock
-            # is free; it only stops waiting for it.
+            # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
+            # the process in all. A merge that may not wait any more still merges when the lock is free.
             self.lock_wait_spent += time.monotonic() - started
-        self._written(delivery)
-
-    def _after_failed_merge(self, error: Exception) -> Delivery:
-        self._note_write_problem(error)
-        try:
-            if hand_over(self.store, self._pending):
-                return Delivery.HANDED_OVER
-        except (FraisierTextfileError, OSError):
-            pass  # noted already: the merge failed for the same reason
-        return Delivery.KEPT
-
-    def _written(self, delivery: Delivery) -> None:
-        if delivery is Delivery.KEPT:
+        if self._pending:
             _unflushed.add(self)
-            return
-        if delivery is Delivery.HANDED_OVER:
-            self.handed_over_events += self._pending_events
         else:
+            self._written(merged)
+
+    def _written(self, merged: bool) -> None:
+        """The pending events are in the file (merged) or handed over."""
+        if merged:
             self._resolved()
+        else:
+            self.handed_over_events += self._pending_events
         self._pending_events = 0
         _unflushed.discard(self)
         ending, self._ending = self._ending, []
@@ -828,18 +818,11 @@ if hasattr(os, "register_at_fork"):
 @atexit.register
 def _write_at_exit() -> None:
     """Pending events are merged or handed over within what is left of each recorder's budget, so that a
-    process exiting while another holds the lock loses nothing (where the store can hand over)."""
+    process exiting while another holds the lock loses nothing."""
     for recorder in list(_unflushed):
         with recorder._lock:
             recorder._noted.clear()
             recorder._write()
-            if recorder.pending and "lock busy" in recorder.problems:
-                # Only a busy lock kept them, and the store cannot hand them over: losing them is worse than
-                # waiting, so the process waits up to the lock timeout once more.
-                try:
-                    recorder.flush()
-                except FraisierTextfileError as error:
-                    recorder._note_write_problem(error)
             if recorder.pending:
                 log.error("fraisier metrics: %d events recorded in this process were not written to %s: %s",
                           recorder._pending_events, recorder.textfile_path, recorder.last_error)
