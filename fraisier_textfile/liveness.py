@@ -228,8 +228,9 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
     marker.path = directory / marker.id
     if not directory.is_dir():
         directory.mkdir(parents=True, exist_ok=True)
-        # Group-writable like the lock file, so that the users of one group can retire each other's markers.
-        os.chmod(directory, 0o775)
+        # Group-writable like the lock file, so that the users of one group can retire each other's markers;
+        # the setgid bit it inherits from a shared textfile directory (chmod 2775) is kept.
+        os.chmod(directory, 0o775 | (os.stat(directory).st_mode & stat.S_ISGID))
     import json  # here, not at the top: `fraisier record` never needs it
 
     content = {

@@ -9,6 +9,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -194,6 +195,8 @@ def test_another_users_deployment_is_active_to_an_observer_who_cannot_see_it_the
     deployer = users.start(DEPLOYER, "deploy", str(shared_dir))
     processes.append(deployer)
     assert deployer.stdout is not None and deployer.stdout.readline().startswith("deploying ")
+    markers = (shared_dir / MARKER_DIRECTORY).stat()
+    assert (stat.S_IMODE(markers.st_mode), markers.st_gid) == (0o2775, grp.getgrnam(GROUP).gr_gid)
     # The observer's /proc hides the deployer: the check by PID alone took it for dead.
     assert json.loads(users.observe("sees", str(deployer.pid))) == {"listed": False, "start_time": None}
     users.observe("merge", str(shared_dir))
