@@ -370,3 +370,25 @@ def test_a_marker_is_locked_from_the_moment_it_has_its_name(textfile_dir: Path) 
         fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
     finally:
         os.close(descriptor)
+
+
+def test_a_half_written_marker_is_removed_only_once_its_writer_is_provably_gone(textfile_dir: Path) -> None:
+    import fcntl
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its PID names no process
+    own_start = liveness.process_start_time(os.getpid())
+    directory = textfile_dir / MARKER_DIRECTORY
+    directory.mkdir(parents=True)
+    litter = directory / f".{gone.pid}-1-0000dead"
+    being_written = directory / f".{os.getpid()}-{own_start}-0000live"  # created, not locked yet
+    locked = directory / f".{gone.pid}-1-000locked"  # a PID that says nothing, a lock that says alive
+    for path in (litter, being_written, locked):
+        path.write_text("{")
+    descriptor = os.open(locked, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        liveness.remove_stale_temporaries(textfile_dir)
+        assert sorted(p.name for p in directory.iterdir()) == sorted([being_written.name, locked.name])
+    finally:
+        os.close(descriptor)
