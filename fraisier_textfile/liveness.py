@@ -39,6 +39,7 @@ import fcntl
 import logging
 import os
 import stat
+import threading
 from pathlib import Path
 
 MARKER_DIRECTORY = ".fraisier-inflight"
@@ -98,10 +99,12 @@ class Marker:
         deployment to the next merger, and the end recorded later would count it a second time. Removing
         the marker (``remove_marker``, which a merge does) releases it. Calling it again does nothing.
         """
-        descriptor, self._descriptor = self._descriptor, None
+        with _releasing:  # two threads must not both close the descriptor: the second could close another file
+            descriptor, self._descriptor = self._descriptor, None
+            if _held.get(self.id) is self:
+                del _held[self.id]
         if descriptor is None:
             return
-        _held.pop(self.id, None)
         # Unlock explicitly rather than only close: should a child have inherited the descriptor without our
         # fork hook (a fork in C code), closing our copy alone would leave the lock held by it.
         try:
@@ -112,10 +115,13 @@ class Marker:
 
 _held: dict[str, Marker] = {}
 """The markers this process holds, by id."""
+_releasing = threading.Lock()
 
 
 def _forget_held_markers_in_child() -> None:
     # Only close: unlocking would release the lock the parent holds through the same open file description.
+    global _releasing
+    _releasing = threading.Lock()  # another thread of the parent may have held it at the fork
     for marker in list(_held.values()):
         descriptor, marker._descriptor = marker._descriptor, None
         if descriptor is not None:
