@@ -287,7 +287,7 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
     markers = []
     try:
         entries = [entry for entry in os.scandir(directory) if not entry.name.startswith(".")]
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return []
     if not entries:
         return []
@@ -389,7 +389,7 @@ def remove_stale_temporaries(textfile_directory: Path) -> None:
     directory = marker_directory(textfile_directory)
     try:
         entries = list(os.scandir(directory))
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return
     for entry in entries:
         if not entry.name.startswith("."):

@@ -392,3 +392,23 @@ def test_a_half_written_marker_is_removed_only_once_its_writer_is_provably_gone(
         assert sorted(p.name for p in directory.iterdir()) == sorted([being_written.name, locked.name])
     finally:
         os.close(descriptor)
+
+
+def test_what_is_not_a_regular_file_among_the_markers_is_skipped_never_followed_or_waited_on(
+    textfile_dir: Path,
+) -> None:
+    marker = liveness.create_marker(textfile_dir, "bare_metal", "api")
+    directory = textfile_dir / MARKER_DIRECTORY
+    os.mkfifo(directory / f"{os.getpid()}-1-00000f1f")  # opening it for reading would wait for a writer
+    (directory / f"{os.getpid()}-1-0000d1e0").mkdir()
+    outside = textfile_dir.parent / "not-a-marker"
+    outside.write_text('{"provider": "bare_metal", "fraise_type": "api"}')
+    (directory / f"{os.getpid()}-1-00001111").symlink_to(outside)
+    script = (
+        "import sys; from pathlib import Path; from fraisier_textfile import liveness; "
+        "print([m.id for m in liveness.read_markers(Path(sys.argv[1]))])"
+    )
+    listed = subprocess.run(
+        [sys.executable, "-c", script, str(textfile_dir)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert listed.stdout == f"{[marker.id]}\n"
