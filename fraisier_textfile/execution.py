@@ -91,7 +91,6 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     except (OSError, FraisierTextfileError) as error:
         log.warning("the deployment ended, but it was not recorded: %s", error)
     if marker is not None:
-        release = getattr(marker, "release", None)  # a marker that holds its liveness lock (liveness.py)
-        if release is not None:
-            release()
+        # After its end is written (merged or handed over). If that failed, this process exits now anyway.
+        marker.release()
     return 128 - returncode if returncode < 0 else returncode

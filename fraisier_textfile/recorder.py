@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
-from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, InvalidValueError
+from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, InvalidValueError, write_error
 from fraisier_textfile.textfile import (
     DEFAULT_LOCK_TIMEOUT,
     TextfileStore,
@@ -84,20 +84,13 @@ class _InFlight:
         """None when the marker could not be written: the deployment is then not visible to other processes."""
 
 
-def _release(marker: liveness.Marker) -> None:
-    # A marker may hold its liveness lock open until the deployment's end is written (liveness.py).
-    release = getattr(marker, "release", None)
-    if release is not None:
-        release()
-
-
 _Method = TypeVar("_Method", bound=Callable[..., None])
 
 
 def _never_raising(method: _Method) -> _Method:
     """A public recording method: a metrics problem is noted (logged once, kept for the summary) instead of
     raised, except by a strict recorder, which raises the first problem of the call once the call is done."""
-    name = method.__name__
+    name = "a DeploymentMetrics write" if method.__name__ == "_write_family" else method.__name__
 
     @functools.wraps(method)
     def call(self: MetricsRecorder, *arguments: Any, **keywords: Any) -> None:
@@ -412,13 +405,9 @@ class MetricsRecorder:
         try:
             marker = liveness.create_marker(self.store.directory, provider, fraise_type)
         except OSError as error:
-            self._note(
-                "marker",
-                f"cannot write the in-flight marker of a deployment in {self.store.directory}: "
-                f"{error.strerror or error}; make the textfile directory writable by this user (the deployment "
-                "is recorded when it ends, but other processes do not see it as active)",
-                error,
-            )
+            problem = write_error(liveness.marker_directory(self.store.directory), "write a marker in", error)
+            self._note("marker", f"{problem} (the deployment is recorded when it ends, but until then other "
+                       "processes do not see it as active)", problem)
         deployment = _InFlight(provider, fraise_type, marker)
         with self._batch():
             changes.deployment_started(self, provider, fraise_type)
@@ -579,7 +568,7 @@ class MetricsRecorder:
         _unflushed.discard(self)
         ending, self._ending = self._ending, []
         for marker in ending:
-            _release(marker)
+            marker.release()  # only now: released before its end is written, it would look crashed
 
     # Problems
 
@@ -598,8 +587,11 @@ class MetricsRecorder:
 
     def _dropped_value(self, what: str, error: InvalidValueError) -> None:
         self.dropped_events += 1
-        self._note(f"value {what}", f"{what}: {error}; the event was not recorded", error)
-        self.problems.pop(f"value {what}")  # a dropped value is reported, but it is not a lasting state
+        # One kind per call and argument: `status` and `duration` problems of one method are logged apart.
+        argument = str(error).split("=", 1)[0].split(" ", 1)[0]
+        kind = f"value {what} {argument}"
+        self._note(kind, f"{what}: {error}; the event was not recorded", error)
+        self.problems.pop(kind)  # a dropped value is reported, but it is not a lasting state
 
     def _note_write_problem(self, error: Exception) -> None:
         message = str(error)
@@ -616,7 +608,7 @@ class MetricsRecorder:
     def _resolved(self) -> None:
         """The textfile was written: problems of writing it are over (and are logged again if they come back)."""
         directory = str(self.store.directory)
-        for kind in [kind for kind in self.problems if kind.startswith(("write ", "lock busy"))]:
+        for kind in [kind for kind in self.problems if kind.startswith(("write ", "lock busy", "marker"))]:
             del self.problems[kind]
             _logged_problems.discard((directory, kind))
             log.info("fraisier metrics: %s is written again", self.textfile_path)
