@@ -158,6 +158,7 @@ class MetricsRecorder:
         self._children: dict[tuple[Family, Labels], Any] = {}
         self._pending = Changes()
         self._pending_events = 0
+        self._handed_over_since_merge = False
         self._seen: set[tuple[str, ...]] = set()
         self._in_flight: list[_InFlight] = []
         self._ending: list[liveness.Marker] = []
@@ -562,10 +563,12 @@ class MetricsRecorder:
         """The pending events are in the file (merged) or handed over."""
         if merged:
             self._resolved()
+            _unflushed.discard(self)
         else:
             self.handed_over_events += self._pending_events
+            _unflushed.add(self)  # exit tries to merge the hand-overs, if the lock is free by then
+        self._handed_over_since_merge = not merged
         self._pending_events = 0
-        _unflushed.discard(self)
         ending, self._ending = self._ending, []
         for marker in ending:
             marker.release()  # only now: released before its end is written, it would look crashed
@@ -637,6 +640,7 @@ class MetricsRecorder:
         self._batch_depth = 0
         self._pending = Changes()
         self._pending_events = 0
+        self._handed_over_since_merge = False
         self._seen = set()
         self._in_flight = []
         self._ending = []
@@ -815,6 +819,13 @@ def _write_at_exit() -> None:
         with recorder._lock:
             recorder._noted.clear()
             recorder._write()
+            if recorder._handed_over_since_merge:
+                # Not needed (the next merge by any process writes them), but if the lock is free by now the
+                # file need not wait for that: one try, no wait.
+                try:
+                    recorder.store.merge(Changes(), timeout=0)
+                except FraisierTextfileError as error:
+                    log.debug("hand-overs left for the next merge: %s", error)
             if recorder.pending:
                 log.error("fraisier metrics: %d events recorded in this process were not written to %s: %s",
                           recorder._pending_events, recorder.textfile_path, recorder.last_error)
