@@ -122,8 +122,9 @@ class MetricsRecorder:
     ``flush()`` or for the process's exit.
 
     ``lock_timeout`` (default ``$FRAISIER_LOCK_TIMEOUT`` or 10 s) bounds one wait for the lock;
-    ``lock_wait_budget`` (default ``$FRAISIER_LOCK_WAIT_BUDGET`` or 1 s) bounds the time this recorder spends
-    writing the textfile over the whole life of the process. ``strict=True`` raises every problem instead of
+    ``lock_wait_budget`` (default ``$FRAISIER_LOCK_WAIT_BUDGET`` or 1 s) bounds the time the process spends
+    writing textfiles, by all its recorders, over its whole life: once it is spent, a busy lock is not waited
+    for at all (a free one is still taken). ``strict=True`` raises every problem instead of
     logging it (for tests).
     """
 
@@ -151,7 +152,6 @@ class MetricsRecorder:
         if lock_wait_budget is None:
             lock_wait_budget = self._from_environment(_default_lock_wait_budget, DEFAULT_LOCK_WAIT_BUDGET)
         self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
-        self.lock_wait_spent = 0.0
         self.store = TextfileStore(directory, lock_timeout)
         self.registry = CollectorRegistry()
         self._metrics = {family: _make_metric(family, self.registry) for family in catalogue.FAMILIES}
@@ -171,6 +171,12 @@ class MetricsRecorder:
     @property
     def textfile_path(self) -> Path:
         return self.store.path
+
+    @property
+    def lock_wait_spent(self) -> float:
+        """Seconds this process has spent writing textfiles, by every recorder: what the budget is measured
+        against."""
+        return _process_budget.spent
 
     # Fraisier's recorder API
 
@@ -266,7 +272,7 @@ class MetricsRecorder:
                 "last_error": self.last_error,
                 "problems": dict(self.problems),
                 "lock_wait_budget": self.lock_wait_budget,
-                "lock_wait_spent": round(self.lock_wait_spent, 6),
+                "lock_wait_spent": round(_process_budget.spent, 6),
             }
 
     # Timing context managers
@@ -530,7 +536,7 @@ class MetricsRecorder:
         if the merge failed for another reason (a corrupt file), else kept for the next call and exit."""
         if not self._pending:
             return
-        wait = min(self.store.lock_timeout, max(0.0, self.lock_wait_budget - self.lock_wait_spent))
+        wait = min(self.store.lock_timeout, _process_budget.left(self.lock_wait_budget))
         started = time.monotonic()
         try:
             merged = self.store.merge_or_hand_over(self._pending, wait)
@@ -553,7 +559,7 @@ class MetricsRecorder:
         finally:
             # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
             # the process in all. A merge that may not wait any more still merges when the lock is free.
-            self.lock_wait_spent += time.monotonic() - started
+            _process_budget.spend(time.monotonic() - started)
         if self._pending:
             _unflushed.add(self)
         else:
@@ -660,6 +666,11 @@ class MetricsRecorder:
             else catalogue.check_label_value(label, value)
             for label, value in zip(family.labels, labels)
         )
+        allowed = _OPERATIONS[family.kind]
+        if operation not in allowed:
+            raise InvalidValueError(
+                f"{family.name} is a {family.kind.value}: use {' or '.join(name + '()' for name in allowed)}"
+            )
         with self._batch():
             if family is catalogue.ACTIVE_DEPLOYMENTS:
                 raise InvalidValueError(
@@ -679,6 +690,9 @@ class MetricsRecorder:
                 else:
                     self.set_latest(family, labels, value)
             self._pending_events += 1
+
+
+_OPERATIONS = {Kind.COUNTER: ("inc",), Kind.GAUGE: ("set", "inc", "dec"), Kind.HISTOGRAM: ("observe",)}
 
 
 class FamilyChild:
@@ -781,6 +795,25 @@ class DeploymentMetrics:
         self._handles = {family: FamilyHandle(family, target) for family in catalogue.FAMILIES}
 
 
+class _ProcessBudget:
+    """The time this process has spent writing textfiles, shared by all its recorders (Fraisier makes several):
+    the budget bounds what metrics cost the process, not each recorder."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self._lock = threading.Lock()
+
+    def left(self, budget: float) -> float:
+        return max(0.0, budget - self.spent)
+
+    def spend(self, seconds: float) -> None:
+        with self._lock:
+            self.spent += seconds
+
+
+_process_budget = _ProcessBudget()
+
+
 def _default_lock_wait_budget() -> float:
     configured = os.environ.get(LOCK_WAIT_BUDGET_ENVIRONMENT)
     if not configured:
@@ -802,7 +835,9 @@ _every_recorder: weakref.WeakSet[MetricsRecorder] = weakref.WeakSet()
 def _forget_parents_state() -> None:
     """In a forked child: the parent's pending events and in-flight deployments are the parent's to write
     (writing them here too would count them twice), and its locks may have been held at the fork."""
+    global _process_budget
     _unflushed.clear()
+    _process_budget = _ProcessBudget()  # a new process, with its own budget
     for recorder in list(_every_recorder):
         recorder._after_fork()
 

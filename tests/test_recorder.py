@@ -304,6 +304,7 @@ def test_writes_through_a_recorders_metrics_attribute_reach_its_file(
     recorder.metrics.deployments_total.labels("bare_metal", "weird", "api").inc()  # not a status: dropped
     recorder.metrics.db_errors_total.labels(database="sqlite").inc()  # a wrong label name: dropped
     recorder.metrics.active_deployments.labels("bare_metal").inc()  # counted from markers: refused
+    recorder.metrics.query_latency_seconds.labels("sqlite", "select").inc()  # a histogram: refused
     values = sample_values(recorder.textfile_path)
     assert values['fraisier_db_queries_total{database_type="sqlite",operation="select",status="success"}'] == 1
     assert values['fraisier_active_db_connections{database_type="postgresql"}'] == 3
@@ -311,7 +312,9 @@ def test_writes_through_a_recorders_metrics_attribute_reach_its_file(
     assert "status='weird' is not known" in caplog.text
     assert "takes the labels database_type, error_type" in caplog.text
     assert "use record_deployment_start" in caplog.text
-    assert recorder.get_metrics_summary()["dropped_events"] == 3
+    assert "fraisier_query_latency_seconds is a histogram: use observe()" in caplog.text
+    assert "fraisier_query_latency_seconds" not in recorder.textfile_path.read_text()
+    assert recorder.get_metrics_summary()["dropped_events"] == 4
 
 
 def test_the_database_events_record_fraisiers_families(textfile_dir: Path) -> None:
