@@ -301,6 +301,8 @@ def check_deployment_status(value: object) -> str:
     """A finished deployment's status: one of DEPLOYMENT_STATUSES, or Fraisier's name for one
     (``interrupted`` is ``crashed``). Fraisier's ``pending`` and ``in_progress`` are refused: a deployment
     with that status has not finished, and counting it would count it twice once it does."""
+    if value.__class__ is str and value in DEPLOYMENT_STATUSES:
+        return value
     value = plain_value(value)
     if isinstance(value, str):
         value = STATUS_ALIASES.get(value, value)
@@ -324,6 +326,9 @@ def check_seconds(what: str, value: object) -> float:
     return seconds
 
 
+_LARGEST_FLOAT = 1.7976931348623157e308
+
+
 def _is_number(value: object) -> bool:
     # bool is an int, but True seconds is a caller's mistake, not 1 s; text is not a number in the Python API.
     return value.__class__ is float or value.__class__ is int or (
@@ -334,6 +339,8 @@ def _is_number(value: object) -> bool:
 def check_duration(what: str, value: object) -> float:
     """Return ``value`` as a float if it is a number (not text, not a bool), finite and >= 0: the durations
     that the event functions accept."""
+    if value.__class__ is float and 0.0 <= value <= _LARGEST_FLOAT:  # the common case, NaN and inf excluded
+        return value
     if not _is_number(value):
         raise InvalidValueError(f"{what}={value!r} is not a number: give seconds as a number, e.g. 12.5")
     return check_seconds(what, value)

@@ -94,8 +94,11 @@ def _never_raising(method: _Method) -> _Method:
 
     @functools.wraps(method)
     def call(self: MetricsRecorder, *arguments: Any, **keywords: Any) -> None:
+        # The batch is inlined rather than `with self._batch()`: this is the record call's hot path.
         with self._lock:
-            self._noted.clear()
+            if self._noted:
+                self._noted.clear()
+            self._batch_depth += 1
             try:
                 method(self, *arguments, **keywords)
             except InvalidValueError as error:
@@ -103,6 +106,10 @@ def _never_raising(method: _Method) -> _Method:
             except Exception as error:  # a bug of ours must not stop a deployment either
                 self._note(f"unexpected {name}", f"{name} failed unexpectedly: {error!r}; please report this "
                            "as a bug of fraisier_textfile (the event was not recorded)", error, exc_info=True)
+            finally:
+                self._batch_depth -= 1
+                if not self._batch_depth:
+                    self._settle()
             if self.strict and self._noted:
                 problem = self._noted[0]
                 self._noted.clear()
@@ -193,20 +200,20 @@ class MetricsRecorder:
         ``catalogue.DEPLOYMENT_STATUSES`` or an enum member with that value; Fraisier's ``interrupted`` is
         recorded as ``crashed``. ``pending`` and ``in_progress`` are not finished deployments: such a call is
         dropped (and logged), and the deployment stays in flight."""
-        with self._batch():
-            changes.deployment_complete(self, provider, fraise_type, status, duration)
+        changes.deployment_complete(self, provider, fraise_type, status, duration)
+        if self._in_flight:
             self._end(self._find_in_flight(provider, fraise_type))
-            self._pending_events += 1
+        self._pending_events += 1
 
     @_never_raising
     def record_deployment_error(self, provider: str, error_type: str) -> None:
         """A deployment error. Like Fraisier's recorder, it ends the latest deployment of this provider that
         this process started (so it is never counted ``crashed`` later); that deployment is counted in
         ``fraisier_deployments_total`` only if ``record_deployment_complete`` is called too."""
-        with self._batch():
-            changes.deployment_error(self, provider, error_type)
+        changes.deployment_error(self, provider, error_type)
+        if self._in_flight:
             self._end(self._find_in_flight(provider, None))
-            self._pending_events += 1
+        self._pending_events += 1
 
     @_never_raising
     def record_rollback(self, provider: str, reason: str, duration: float) -> None:
@@ -424,6 +431,8 @@ class MetricsRecorder:
 
     def _find_in_flight(self, provider: object, fraise_type: object | None) -> _InFlight | None:
         """The latest deployment started here for that provider (and fraise type, unless None)."""
+        if not self._in_flight:
+            return None
         provider = catalogue.plain_value(provider)
         fraise_type = catalogue.plain_value(fraise_type)
         for deployment in reversed(self._in_flight):
@@ -491,7 +500,8 @@ class MetricsRecorder:
         it, so even a strict recorder only raises a problem when the block ended normally."""
         with self._lock:
             self._noted[:] = earlier or []
-            self._guarded(what, function, *arguments)
+            with self._batch():
+                self._guarded(what, function, *arguments)
             if self.strict and self._noted and not block_raised:
                 problem = self._noted[0]
                 self._noted.clear()
@@ -510,9 +520,9 @@ class MetricsRecorder:
     # Recording and writing
 
     def _event(self, event: Callable[..., None], *arguments: object) -> None:
-        with self._batch():
-            event(self, *arguments)
-            self._pending_events += 1
+        """Record one event; the caller (a public method, or a tracked block's batch) writes it."""
+        event(self, *arguments)
+        self._pending_events += 1
 
     @contextmanager
     def _batch(self) -> Iterator[None]:
@@ -525,10 +535,19 @@ class MetricsRecorder:
                 # Also when an event of the batch was refused: the events before it are recorded.
                 self._batch_depth -= 1
                 if not self._batch_depth:
-                    if self.auto_flush:
-                        self._write()
-                    elif self._pending:
-                        _unflushed.add(self)  # kept alive until written, at the latest at exit
+                    self._settle()
+
+    def _settle(self) -> None:
+        """The end of a call or a batch: write what is pending (auto-flush), or keep it for later. Never raises."""
+        if not self.auto_flush:
+            _unflushed.add(self)  # kept alive until written, at the latest at exit
+            return
+        try:
+            self._write()
+        except Exception as error:  # a bug below us: the events stay pending
+            self._note("unexpected write", f"writing {self.textfile_path} failed unexpectedly: {error!r}; please "
+                       "report this as a bug of fraisier_textfile (the events are kept)", error, exc_info=True)
+            _unflushed.add(self)
 
     def _write(self) -> None:
         """Write what is pending, within what is left of the lock-wait budget: merged, or handed over to the
