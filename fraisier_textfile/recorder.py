@@ -870,9 +870,17 @@ def _write_at_exit() -> None:
     """Pending events are merged or handed over within what is left of each recorder's budget, so that a
     process exiting while another holds the lock loses nothing."""
     for recorder in list(_unflushed):
-        with recorder._lock:
+        # A daemon thread may still hold the recorder (it runs during atexit): never hang the exit on it.
+        if not recorder._lock.acquire(timeout=max(0.1, _process_budget.left(recorder.lock_wait_budget))):
+            log.error("fraisier metrics: events recorded in this process were not written to %s: another "
+                      "thread was still recording at exit", recorder.textfile_path)
+            continue
+        try:
             recorder._noted.clear()
-            recorder._write()
+            try:
+                recorder._write()
+            except Exception as error:
+                log.error("fraisier metrics: writing %s at exit failed: %r", recorder.textfile_path, error)
             if recorder._handed_over_since_merge:
                 # Not needed (the next merge by any process writes them), but if the lock is free by now the
                 # file need not wait for that: one try, no wait.
@@ -883,6 +891,8 @@ def _write_at_exit() -> None:
             if recorder.pending:
                 log.error("fraisier metrics: %d events recorded in this process were not written to %s: %s",
                           recorder._pending_events, recorder.textfile_path, recorder.last_error)
+        finally:
+            recorder._lock.release()
 
 
 _metrics_recorder: MetricsRecorder | None = None
