@@ -16,6 +16,8 @@ from fraisier_textfile.textfile import TextfileStore
 log = logging.getLogger(__name__)
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+START_WAIT = 1.0
+"""At most how long a deployment command waits for the textfile's lock before it starts."""
 
 
 def error_type_of_exit(returncode: int) -> str:
@@ -44,7 +46,8 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     marker: liveness.Marker | None = None
     try:
         marker = liveness.create_marker(store.directory, provider, fraise_type)
-        store.merge(start)
+        # The command must not wait for metrics: a lock busy for more than a second gets the start handed over.
+        store.merge_or_hand_over(start, min(store.lock_timeout, START_WAIT))
     except (OSError, FraisierTextfileError) as error:
         log.warning("the deployment runs, but its start was not recorded: %s", error)
 
