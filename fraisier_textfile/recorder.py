@@ -333,11 +333,15 @@ class MetricsRecorder:
             self._finish(True, "track_health_check", self._event, changes.health_check, provider, check_type,
                          "fail", time.monotonic() - started)
             raise
-        status = self._checked_outcome(
-            outcome.status, catalogue.HEALTH_CHECK_STATUSES, catalogue.FALLBACK_HEALTH_CHECK_STATUS
-        )
-        self._finish(False, "track_health_check", self._event, changes.health_check, provider, check_type,
-                     status, time.monotonic() - started)
+        duration = time.monotonic() - started
+
+        def finish() -> None:
+            status = self._checked_outcome(
+                outcome.status, catalogue.HEALTH_CHECK_STATUSES, catalogue.FALLBACK_HEALTH_CHECK_STATUS
+            )
+            self._event(changes.health_check, provider, check_type, status, duration)
+
+        self._finish(False, "track_health_check", finish)
 
     # Writing
 

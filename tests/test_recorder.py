@@ -529,10 +529,16 @@ def test_an_invalid_outcome_is_recorded_as_failed_and_the_deployment_ends(
     assert not list((textfile_dir / MARKER_DIRECTORY).iterdir())
 
 
-def test_an_invalid_health_check_outcome_is_recorded_as_fail(textfile_dir: Path) -> None:
-    recorder = MetricsRecorder(textfile_dir)
-    with recorder.track_health_check("bare_metal", "http") as check:
-        check.status = "flaky"
+@pytest.mark.parametrize("strict", [False, True], ids=["lenient", "strict"])
+def test_an_invalid_health_check_outcome_is_recorded_as_fail(textfile_dir: Path, strict: bool) -> None:
+    recorder = MetricsRecorder(textfile_dir, strict=strict)
+    block = recorder.track_health_check("bare_metal", "http")
+    if strict:
+        with pytest.raises(InvalidValueError, match="status='flaky'"), block as check:
+            check.status = "flaky"
+    else:
+        with block as check:
+            check.status = "flaky"
     values = sample_values(recorder.textfile_path)
     assert values['fraisier_health_checks_total{provider="bare_metal",check_type="http",status="fail"}'] == 1
 
