@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 import math
-import numbers
 
 from fraisier_textfile.errors import InvalidValueError
 
@@ -330,10 +329,14 @@ _LARGEST_FLOAT = 1.7976931348623157e308
 
 
 def _is_number(value: object) -> bool:
-    # bool is an int, but True seconds is a caller's mistake, not 1 s; text is not a number in the Python API.
-    return value.__class__ is float or value.__class__ is int or (
-        isinstance(value, numbers.Real) and not isinstance(value, bool)
-    )
+    """int and float, and other numbers (Decimal, Fraction, numpy's scalars: whatever has ``__float__``), but
+    not bool (True seconds is a caller's mistake, not 1 s) and not text (the Python API takes numbers)."""
+    kind = value.__class__
+    if kind is float or kind is int:
+        return True
+    if isinstance(value, (bool, str, bytes, bytearray)):
+        return False
+    return hasattr(kind, "__float__")
 
 
 def check_duration(what: str, value: object) -> float:

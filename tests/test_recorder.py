@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import prometheus_client
@@ -483,6 +485,15 @@ def test_a_duration_that_is_not_a_finite_number_is_dropped_or_raised_in_strict_m
     with pytest.raises(InvalidValueError, match="duration="):
         MetricsRecorder(textfile_dir, strict=True).record_rollback("bare_metal", "manual", duration)  # type: ignore[arg-type]
     assert not recorder.textfile_path.exists()
+
+
+@pytest.mark.parametrize("duration", [12, 12.5, Decimal("12.5"), Fraction(25, 2)], ids=repr)
+def test_any_number_is_a_duration(textfile_dir: Path, duration: object) -> None:
+    recorder = MetricsRecorder(textfile_dir, strict=True)
+    recorder.record_rollback("bare_metal", "manual", duration)  # type: ignore[arg-type]
+    assert sample_values(recorder.textfile_path)['fraisier_rollback_duration_seconds_sum{provider="bare_metal"}'] == float(
+        duration  # type: ignore[arg-type]
+    )
 
 
 def test_the_library_installs_no_log_handler() -> None:
