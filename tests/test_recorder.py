@@ -491,9 +491,8 @@ def test_a_duration_that_is_not_a_finite_number_is_dropped_or_raised_in_strict_m
 def test_any_number_is_a_duration(textfile_dir: Path, duration: object) -> None:
     recorder = MetricsRecorder(textfile_dir, strict=True)
     recorder.record_rollback("bare_metal", "manual", duration)  # type: ignore[arg-type]
-    assert sample_values(recorder.textfile_path)['fraisier_rollback_duration_seconds_sum{provider="bare_metal"}'] == float(
-        duration  # type: ignore[arg-type]
-    )
+    recorded = sample_values(recorder.textfile_path)['fraisier_rollback_duration_seconds_sum{provider="bare_metal"}']
+    assert recorded == float(duration)  # type: ignore[arg-type]
 
 
 def test_the_library_installs_no_log_handler() -> None:
