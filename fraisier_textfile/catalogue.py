@@ -245,6 +245,19 @@ FORMER_BUCKETS: dict[Family, tuple[tuple[float, ...], ...]] = {
 }
 """Buckets that earlier versions wrote, for a migration of files written by them (newest last)."""
 
+
+def former_buckets_hint(problem: str) -> str:
+    """What to add to a merge's bucket problem when the file was written with buckets an earlier version used
+    (empty for any other problem): the file is not damaged, only older."""
+    for family in FORMER_BUCKETS:
+        if family.name in problem and "buckets" in problem:
+            return (
+                f"; {family.name} was written by an earlier version of fraisier_textfile, whose buckets lacked some of "
+                "Fraisier's own bounds (this version adds them): the file is sound but must be migrated before "
+                "it takes new observations of that histogram (see the monitoring guide, section Buckets)"
+            )
+    return ""
+
 LABEL_CHOICES: dict[tuple[Family, str], tuple[str, ...]] = {
     (DEPLOYMENTS, "status"): DEPLOYMENT_STATUSES,
     (DEPLOYMENT_DURATION, "status"): DEPLOYMENT_STATUSES,

@@ -16,7 +16,7 @@ import click
 
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
-from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
+from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, InvalidValueError
 from fraisier_textfile.textfile import (
     DEFAULT_LOCK_TIMEOUT,
     DIRECTORY_ENVIRONMENT,
@@ -115,7 +115,13 @@ def _record(settings: Settings, event: Callable[..., None], *arguments: object) 
     changes = events.Changes()
     with library_errors():
         event(changes, *arguments)
-        settings.store().merge(changes)
+        try:
+            settings.store().merge(changes)
+        except CorruptTextfileError as error:
+            hint = c.former_buckets_hint(error.problem)
+            if not hint:
+                raise
+            raise click.ClickException(f"{error}{hint}") from None
 
 
 PROVIDER = click.option("--provider", required=True, help="Provider, e.g. bare_metal or docker_compose.")

@@ -627,12 +627,8 @@ class MetricsRecorder:
 
     def _note_write_problem(self, error: Exception) -> None:
         message = str(error)
-        if isinstance(error, CorruptTextfileError) and "buckets" in error.problem:
-            message += (
-                "; this version's buckets include every bound of Fraisier's own histograms (le=\"2\" was added to "
-                "fraisier_health_check_duration_seconds): a file written by an earlier version must be migrated "
-                "(see the monitoring guide, section Buckets) before it takes new events, which wait until then"
-            )
+        if isinstance(error, CorruptTextfileError):
+            message += catalogue.former_buckets_hint(error.problem)
         elif not isinstance(error, FraisierTextfileError):
             message = f"cannot write {self.textfile_path}: {error}; check the textfile directory"
         self._note(f"write {type(error).__name__}", message, error)

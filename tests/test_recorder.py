@@ -31,7 +31,7 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.liveness import MARKER_DIRECTORY
 from fraisier_textfile.textfile import TextfileStore
 
-from .processes import REPOSITORY, lock_held_elsewhere
+from .processes import REPOSITORY, fraisier, lock_held_elsewhere
 from .values import sample_values
 
 FRAISIER_API = {  # Fraisier 0.84.2's fraisier.metrics.MetricsRecorder, argument names and order
@@ -703,7 +703,13 @@ def test_a_file_with_the_old_health_check_buckets_gets_a_clear_message(
     recorder = MetricsRecorder(textfile_dir)
     recorder.record_health_check("p", "http", "pass", 0.3)
     assert (textfile_dir / "fraisier.prom").read_text() == text
-    assert 'le="2" was added to fraisier_health_check_duration_seconds' in caplog.text
+    hint = "was written by an earlier version of fraisier_textfile, whose buckets lacked some of Fraisier's"
+    assert hint in caplog.text
+    result = fraisier("record", "health-check", "--provider", "p", "--check-type", "http", "--status", "pass",
+                      "--duration", "0.3", textfile_dir=textfile_dir)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and hint in result.stderr and result.stderr.count("\n") == 1
+    assert (textfile_dir / "fraisier.prom").read_text() == text
 
 
 @pytest.fixture
