@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,12 @@ from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.textfile import TextfileStore
 from fraisier_textfile.textformat import check_text, parse
 
-from .processes import fraisier
+from .processes import binary, fraisier, http_get, node_exporter
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = sorted(path.name for path in FIXTURES.iterdir() if (path / "before.prom").exists())
 ACCEPTED = [case for case in CASES if not (FIXTURES / case / "error.txt").exists()]
-REFUSED = [case for case in CASES if (FIXTURES / case / "error.txt").exists()]
+REFUSED_CASES = [case for case in CASES if (FIXTURES / case / "error.txt").exists()]
 
 
 def case_changes(case: str) -> Changes:
@@ -62,7 +63,7 @@ def test_a_golden_file_is_sound_canonical_and_stable(case: str) -> None:
     assert parse(after).render().encode() == (FIXTURES / case / "after.prom").read_bytes()
 
 
-@pytest.mark.parametrize("case", REFUSED)
+@pytest.mark.parametrize("case", REFUSED_CASES)
 def test_a_refused_file_names_its_problems_and_is_left_as_it_was(case: str, tmp_path: Path) -> None:
     store = directory_with_before(case, tmp_path)
     before = store.path.read_bytes()
@@ -85,4 +86,57 @@ def test_check_says_ok_for_a_sound_file(tmp_path: Path) -> None:
 
 
 def test_there_are_enough_cases() -> None:
-    assert len(ACCEPTED) >= 8 and REFUSED
+    assert len(ACCEPTED) >= 8 and REFUSED_CASES
+
+
+# The real readers agree, on both sides: node_exporter serves every golden file and drops every refused input;
+# promtool refuses what we refuse, with our words.
+
+NOT_GO_RULES = {"wrong type"}  # our rule (a family of ours with another type): Go's parser accepts the file
+NODE_EXPORTER_ONLY = {"timestamp", "bare timestamp"}  # Go's parser reads timestamps; node_exporter drops the file
+
+
+def _scrape_error(url: str) -> float:
+    from .values import sample_values
+
+    return sample_values(http_get(url))["node_textfile_scrape_error"]
+
+
+@pytest.mark.integration
+def test_node_exporter_serves_every_golden_file_and_drops_every_refused_input(tmp_path: Path) -> None:
+    from .test_textformat import REFUSED
+
+    directory = tmp_path / "collector"
+    directory.mkdir()
+    target = directory / "fraisier.prom"
+    refused = {name: text for name, (text, _) in REFUSED.items() if name not in NOT_GO_RULES}
+    refused |= {case: (FIXTURES / case / "before.prom").read_text() for case in REFUSED_CASES}
+    with node_exporter(directory) as url:
+        for case in ACCEPTED:
+            shutil.copyfile(FIXTURES / case / "after.prom", target)
+            assert _scrape_error(url) == 0, case
+            shutil.copyfile(FIXTURES / case / "before.prom", target)
+            assert _scrape_error(url) == 0, f"{case}: before.prom"
+        for name, text in refused.items():
+            target.write_text(text)
+            assert _scrape_error(url) == 1, name
+
+
+@pytest.mark.integration
+def test_promtool_refuses_what_we_refuse_in_the_same_words() -> None:
+    from .test_textformat import REFUSED
+
+    for name, (text, _) in REFUSED.items():
+        if name in NOT_GO_RULES | NODE_EXPORTER_ONLY:
+            continue
+        ours = check_text(text)[0]
+        result = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+        assert result.returncode == 1, name
+        prefix = "error while linting: text format parsing error in line "
+        theirs = (result.stdout + result.stderr).strip().replace("\n", "")
+        assert theirs.startswith(f"{prefix}{ours.line_number}: "), (name, theirs)
+        message = theirs[len(f"{prefix}{ours.line_number}: ") :]
+        if name == "truncated":
+            assert ours.problem.endswith(message)
+        else:
+            assert message == ours.problem, name
