@@ -35,7 +35,7 @@ TIMESTAMP_PROBLEM = (
 # milliseconds for parsing it rarely does.
 _METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
-_LABEL_VALUE = r'"(?:[^"\\\n]|\\[\\"n])*"'
+_LABEL_VALUE = r'"[^"\\\n]*+(?:\\[\\"n][^"\\\n]*+)*+"'
 _PAIR = rf"(?!__name__[ \t]*=){_LABEL_NAME}[ \t]*=[ \t]*{_LABEL_VALUE}[ \t]*"
 # Go's strconv.ParseFloat without hex floats and underscores (the parser refuses p, P and _), ASCII digits only.
 _GO_FLOAT = (
@@ -327,19 +327,22 @@ def canonical_key(family: Family, name: str, pairs: Iterable[tuple[str, str]]) -
 
 
 def _canonical_run(family: Family) -> re.Pattern[str]:
-    """Lines exactly as we write them for ``family``, one after another."""
+    """Lines exactly as we write them for ``family``, one after another: for a histogram, whole series (every
+    bucket of the catalogue in order, then _sum and _count, one label set), so that a block read this way
+    needs no bucket check."""
     labels = ",".join(f"{label}={_LABEL_VALUE}" for label in family.labels)
     name = re.escape(family.name)
-    braces = rf"\{{{labels}\}}" if labels else ""
     value = rf" {_CANONICAL_FLOAT}\n"
     if family.kind is Kind.HISTOGRAM:
-        bounds = "|".join(re.escape(bound) for bound in family.bucket_bounds)
-        le = rf'le="(?:{bounds})"'
-        bucket = rf"\{{{labels},{le}\}}" if labels else rf"\{{{le}\}}"
-        line = rf"{name}_bucket{bucket}{value}|{name}_sum{braces}{value}|{name}_count{braces}{value}"
-    else:
-        line = rf"{name}{braces}{value}"
-    return _re(rf"(?:{line})*+")
+        if not labels:
+            return _re(r"(?!)")  # none of ours; such a family is read the slow way
+        bounds = [re.escape(bound) for bound in family.bucket_bounds]
+        series = rf'{name}_bucket\{{({labels}),le="{bounds[0]}"\}}{value}'
+        series += "".join(rf'{name}_bucket\{{\1,le="{bound}"\}}{value}' for bound in bounds[1:])
+        series += rf"{name}_sum\{{\1\}}{value}{name}_count\{{\1\}}{value}"
+        return _re(rf"(?:{series})*+")
+    braces = rf"\{{{labels}\}}" if labels else ""
+    return _re(rf"(?:{name}{braces}{value})*+")
 
 
 class Block:
@@ -915,14 +918,8 @@ def parse(text: str, check_histograms: bool = True) -> Document:
 def check_buckets(block: Block, family: Family) -> None:
     """Every series of a histogram has exactly the catalogue's buckets."""
     bounds = family.bucket_bounds
-    body = block._body
-    if body is not None and not block._edits and not block._added:
-        # Our own format: every bucket line has one of the catalogue's bounds; count them.
-        series = body.count(f"{family.name}_count")
-        if body.count(f"{family.name}_bucket{{") == series * len(bounds) and all(
-            body.count(f'le="{bound}"}} ') == series for bound in bounds
-        ):
-            return
+    if block._body is not None:
+        return  # read as whole series of our format (see _canonical_run), changed only by whole series
     bucket_prefix = family.name + "_bucket"
     seen: dict[str, list[str]] = {}
     counts = 0
