@@ -677,6 +677,14 @@ class _Scan:
         self.pending: list[str] = []  # comment and blank lines not yet given to a block
         self.samples: list[tuple[int, Block, str, list[tuple[str, str]], float]] = []
         self.file_types: dict[str, tuple[str, int]] = {}  # a family's TYPE and its line
+        self._counted_position, self._counted_number = 0, 1
+
+    def line_number(self, position: int) -> int:
+        """The line number at ``position``, counted from the last one asked: the fast read does not count the
+        lines of the runs it skips over."""
+        self._counted_number += self.text.count("\n", self._counted_position, position)
+        self._counted_position = position
+        return self._counted_number
 
     def fail(self, problem: str, line_number: int) -> None:
         error = ParseError(problem, line_number)
@@ -742,7 +750,7 @@ class _Scan:
                 if text[position:].strip(" \t"):
                     self.fail(
                         "the file does not end with a newline (it was cut short): unexpected end of input stream",
-                        number,
+                        number if not fast else self.line_number(position),
                     )
                 break
             line = text[position:newline]
@@ -750,15 +758,14 @@ class _Scan:
             if not first:
                 self.pending.append(line + "\n")
             elif first == "#":
-                self.comment(line, number)
+                self.comment(line, number if not fast else self.line_number(position))
             else:
                 if fast:
                     end = self.fast_samples(position, line)
                     if end > position:
-                        number += text.count("\n", position, end) - 1
                         position = end
                         continue
-                self.sample(line, number)
+                self.sample(line, number if not fast else self.line_number(position))
             position = newline + 1
         if self.pending:
             if self.current is None:

@@ -265,3 +265,12 @@ def test_our_writes_are_unchanged_by_the_lazy_reading() -> None:
     canonical = parse(text).render()
     assert parse(canonical).render() == canonical
     assert canonical.startswith(f"# HELP {c.ROLLBACK_DURATION.name} {c.ROLLBACK_DURATION.help}\n# TYPE")
+
+
+def test_the_line_of_a_problem_after_lines_read_fast_is_right() -> None:
+    ours = "".join(f'fraisier_rollbacks_total{{provider="p{n}",reason="r"}} 1.0\n' for n in range(50))
+    text = f"# TYPE fraisier_rollbacks_total counter\n{ours}\nother 1\n{ours.replace('p', 'q')}other 2 3 4\n"
+    with pytest.raises(ParseError) as raised:
+        parse(text)
+    assert raised.value.line_number == 104
+    assert [error.line_number for error in check_text(text)] == [104]
