@@ -257,20 +257,27 @@ def show(settings: Settings) -> None:
 @textfile.command()
 @pass_settings
 def check(settings: Settings) -> None:
-    """Validate the textfile: it parses as node_exporter would, has no timestamps, consistent HELP and TYPE,
-    and histograms with the catalogue's buckets. Exits 1 naming the first problem, 0 when valid."""
-    from fraisier_textfile.textformat import check_document
+    """Validate the textfile as node_exporter reads it (Go's parser: promtool's words), and what it lets through
+    that breaks the file: timestamps, series that appear twice, negative counters, histograms without the
+    catalogue's buckets. Prints every problem, one per line with its line number, and exits 1; exits 0 when
+    the file is sound."""
+    from fraisier_textfile.textformat import check_text, parse
 
     store = settings.store()
     if not store.path.exists():
         raise click.ClickException(f"{store.path} does not exist yet: record an event first, or check --textfile-dir")
     with library_errors():
-        document = store.read()
-        problems = check_document(document)
+        version, text = store.read_text()
+    if version is not None:
+        version.close()
+    problems = check_text(text)
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise click.ClickException(f"{store.path}: {problems[0]}{more}")
-    samples = sum(len(block.lines) for block in document.blocks.values())
+        for problem in problems:
+            where = f"{store.path}:{problem.line_number}" if problem.line_number else str(store.path)
+            click.echo(f"Error: {where}: {problem.problem}", err=True)
+        raise SystemExit(1)
+    document = parse(text, check_histograms=False)
+    samples = sum(block.line_count() for block in document.blocks.values())
     click.echo(f"{store.path}: OK, {len(document.blocks)} families, {samples} samples")
 
 
