@@ -11,9 +11,11 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
+from fraisier_textfile import __version__, logs
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
@@ -24,6 +26,8 @@ from fraisier_textfile.textfile import (
     TextfileStore,
     default_textfile_directory,
 )
+
+log = logging.getLogger(__name__)
 
 
 class InvalidInput(click.ClickException):
@@ -43,9 +47,26 @@ def library_errors() -> Iterator[None]:
 
 
 class Settings:
-    def __init__(self, textfile_dir: Path, lock_timeout: float) -> None:
+    def __init__(self, textfile_dir: Path, lock_timeout: float, log_level: str = logs.DEFAULT_LEVEL,
+                 log_format: str = logs.DEFAULT_FORMAT) -> None:
         self.textfile_dir = textfile_dir
         self.lock_timeout = lock_timeout
+        self.log_level = log_level
+        self.log_format = log_format
+        logs.configure(log_level, log_format)
+
+    def apply(self, option: str, value: object) -> None:
+        """An option given after the command, over the group's value."""
+        if option == "textfile-dir":
+            self.textfile_dir = Path(str(value))
+        elif option == "lock-timeout":
+            self.lock_timeout = seconds("--lock-timeout", str(value))
+        elif option == "log-level":
+            self.log_level = str(value)
+            logs.configure(self.log_level, self.log_format)
+        elif option == "log-format":
+            self.log_format = str(value)
+            logs.configure(self.log_level, self.log_format)
 
     def store(self) -> TextfileStore:
         with library_errors():
@@ -80,9 +101,17 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
     help=f"How long to wait for another fraisier process to finish writing the file. "
     f"Env: {LOCK_TIMEOUT_ENVIRONMENT}.",
 )
-@click.version_option(package_name="fraisier-textfile", prog_name="fraisier")
+@click.option("--log-level", envvar=logs.LEVEL_ENVIRONMENT, type=click.Choice(list(logs.LEVELS)),
+              default=logs.DEFAULT_LEVEL, show_default=True,
+              help=f"Log records at this level and above, to stderr (request logs are debug). "
+              f"Env: {logs.LEVEL_ENVIRONMENT}.")
+@click.option("--log-format", envvar=logs.FORMAT_ENVIRONMENT, type=click.Choice(logs.FORMATS),
+              default=logs.DEFAULT_FORMAT, show_default=True,
+              help=f"logfmt (time=... level=... msg=...) or json (one object a line), as node_exporter's. "
+              f"Env: {logs.FORMAT_ENVIRONMENT}.")
+@click.version_option(__version__, prog_name="fraisier")
 @click.pass_context
-def main(context: click.Context, textfile_dir: Path, lock_timeout: str) -> None:
+def main(context: click.Context, textfile_dir: Path, lock_timeout: str, log_level: str, log_format: str) -> None:
     """Fraisier's deployment metrics for Prometheus, from short-lived processes.
 
     Every command merges what it records into one file, TEXTFILE_DIR/fraisier.prom, under a lock and with
@@ -94,9 +123,10 @@ def main(context: click.Context, textfile_dir: Path, lock_timeout: str) -> None:
       fraisier record deployment --provider bare_metal --fraise-type api --status success --duration 42
       fraisier exec --provider bare_metal --fraise-type api -- ./deploy.sh
       fraisier textfile show
+
+    The options above may also follow the command: fraisier textfile check --textfile-dir DIR.
     """
-    logging.basicConfig(format="fraisier: %(levelname)s: %(message)s", level=logging.WARNING)
-    context.obj = Settings(textfile_dir, seconds("--lock-timeout", lock_timeout))
+    context.obj = Settings(textfile_dir, seconds("--lock-timeout", lock_timeout), log_level, log_format)
 
 
 pass_settings = click.pass_obj
@@ -118,6 +148,11 @@ def _record(settings: Settings, event: Callable[..., None], *arguments: object) 
         settings.store().merge(changes)
 
 
+def complete(values: tuple[str, ...] | list[str], incomplete: str) -> list[str]:
+    """Shell completion of a value among ``values``."""
+    return [value for value in values if value.startswith(incomplete)]
+
+
 PROVIDER = click.option("--provider", required=True, help="Provider, e.g. bare_metal or docker_compose.")
 DURATION_HELP = "Duration in seconds (a finite number >= 0)."
 
@@ -125,7 +160,8 @@ DURATION_HELP = "Duration in seconds (a finite number >= 0)."
 @record.command()
 @PROVIDER
 @click.option("--fraise-type", required=True, help="Fraise type, e.g. api, etl, scheduled, backup.")
-@click.option("--status", required=True, help=f"One of: {', '.join(c.DEPLOYMENT_STATUSES)}.")
+@click.option("--status", required=True, help=f"One of: {', '.join(c.DEPLOYMENT_STATUSES)}.",
+              shell_complete=lambda context, parameter, incomplete: complete(c.DEPLOYMENT_STATUSES, incomplete))
 @click.option("--duration", required=True, metavar="SECONDS", help=DURATION_HELP)
 @pass_settings
 def deployment(settings: Settings, provider: str, fraise_type: str, status: str, duration: str) -> None:
@@ -155,7 +191,8 @@ def rollback(settings: Settings, provider: str, reason: str, duration: str) -> N
 @record.command("health-check")
 @PROVIDER
 @click.option("--check-type", required=True, help="e.g. http, tcp, exec, systemd.")
-@click.option("--status", required=True, help=f"One of: {', '.join(c.HEALTH_CHECK_STATUSES)}.")
+@click.option("--status", required=True, help=f"One of: {', '.join(c.HEALTH_CHECK_STATUSES)}.",
+              shell_complete=lambda context, parameter, incomplete: complete(c.HEALTH_CHECK_STATUSES, incomplete))
 @click.option("--duration", required=True, metavar="SECONDS", help=DURATION_HELP)
 @pass_settings
 def health_check(settings: Settings, provider: str, check_type: str, status: str, duration: str) -> None:
@@ -165,13 +202,16 @@ def health_check(settings: Settings, provider: str, check_type: str, status: str
 
 @record.command()
 @PROVIDER
-@click.option("--up/--down", "available", default=None, help="Whether the provider is available (one is required).")
+@click.option("--up", is_flag=True, help="The provider is available (give --up or --down).")
+@click.option("--down", is_flag=True, help="The provider is not available.")
 @pass_settings
-def availability(settings: Settings, provider: str, available: bool | None) -> None:
+def availability(settings: Settings, provider: str, up: bool, down: bool) -> None:
     """Whether a provider is available now (the latest report wins)."""
-    if available is None:
+    if up and down:
+        raise click.UsageError("--up and --down contradict each other: give one of them")
+    if not (up or down):
         raise InvalidInput("say whether the provider is available: add --up or --down")
-    _record(settings, events.provider_availability, provider, available)
+    _record(settings, events.provider_availability, provider, up)
 
 
 @record.command("lock-wait")
@@ -320,32 +360,80 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     import signal
     import threading
 
-    from fraisier_textfile.server import serve_textfile
+    from fraisier_textfile.server import serve_textfile, systemd_listening_socket
 
     if not address.strip():
         raise InvalidInput("--address is empty: give localhost, a host's address, or 0.0.0.0 for every interface")
     stop = threading.Event()
+    wake = threading.Event()
+    reloads: list[int] = []
 
     def request_stop(signal_number: int, frame: object) -> None:
         stop.set()
+        wake.set()
 
-    # Before the server starts: a SIGTERM during start-up is a clean stop too.
+    def request_reload(signal_number: int, frame: object) -> None:
+        reloads.append(signal_number)
+        wake.set()
+
+    # Before the server starts: a SIGTERM during start-up is a clean stop too, and a SIGHUP (systemd's
+    # ExecReload) never kills it.
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
     store = settings.store()
     with library_errors():
+        listening_socket = systemd_listening_socket()
         server = serve_textfile(
-            store, port=port, address=address, web_config_file=web_config_file, max_requests=max_requests
+            store, port=port, address=address, web_config_file=web_config_file, max_requests=max_requests,
+            listening_socket=listening_socket,
         )
     details = ", ".join(
         part for part in (
+            "socket from systemd" if listening_socket is not None else "",
             "TLS" if server.tls else "",
             "basic auth" if server.web_config is not None and server.web_config.current().basic_auth_users else "",
             "" if store.path.exists() else "the file does not exist yet: families are served without samples",
         ) if part
     )
-    click.echo(f"fraisier metrics: serving {store.path} on {server.url}" + (f" ({details})" if details else ""),
-               err=True)
-    stop.wait()
+    log.info(f"fraisier metrics: serving {store.path} on {server.url}" + (f" ({details})" if details else ""))
+    while True:
+        wake.wait()
+        wake.clear()
+        if stop.is_set():
+            break
+        while reloads:
+            reloads.pop()
+            log.info("SIGHUP: reloading the web config")
+            server.reload_web_config()
     server.shutdown()
-    click.echo("fraisier metrics: stopped", err=True)
+    log.info("fraisier metrics: stopped")
+
+
+def _shared_option(name: str, **attributes: Any) -> click.Option:
+    def apply(context: click.Context, parameter: click.Parameter, value: object) -> object:
+        if value is not None:
+            settings = context.find_object(Settings)
+            if settings is not None:
+                settings.apply(name, value)
+        return value
+
+    return click.Option([f"--{name}"], default=None, expose_value=False, callback=apply,
+                        help=f"As `fraisier --{name}`, given after the command.", **attributes)
+
+
+def _give_group_options_to_every_command(group: click.Group) -> None:
+    """``fraisier textfile check --textfile-dir X`` as well as ``fraisier --textfile-dir X textfile check``.
+    A value given after the command wins over one given before it."""
+    for command in group.commands.values():
+        command.params.extend([
+            _shared_option("textfile-dir", type=click.Path(file_okay=False, path_type=Path)),
+            _shared_option("lock-timeout", metavar="SECONDS"),
+            _shared_option("log-level", type=click.Choice(list(logs.LEVELS))),
+            _shared_option("log-format", type=click.Choice(logs.FORMATS)),
+        ])
+        if isinstance(command, click.Group):
+            _give_group_options_to_every_command(command)
+
+
+_give_group_options_to_every_command(main)
