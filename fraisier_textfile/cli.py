@@ -295,6 +295,28 @@ def show(settings: Settings) -> None:
 
 
 @textfile.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (every number, timestamps as Unix time).")
+@pass_settings
+def summary(settings: Settings, as_json: bool) -> None:
+    """How deployments are going, per provider and fraise type: deployments by status, success rate, time since
+    the last success and failure; per provider (fraise type "all") also the p50 and p95 duration estimated from
+    the histogram buckets, deployments active now, rollbacks and the health-check pass rate."""
+    from fraisier_textfile.summary import as_json_text, summarize, table_lines
+
+    store = settings.store()
+    with library_errors():
+        document = store.read()
+    result = summarize(document)
+    if as_json:
+        click.echo(as_json_text(result))
+    elif not result.rows:
+        click.echo(f"{store.path}: no deployments recorded yet")
+    else:
+        for line in table_lines(result):
+            click.echo(line)
+
+
+@textfile.command()
 @pass_settings
 def check(settings: Settings) -> None:
     """Validate the textfile: it parses as node_exporter would, has no timestamps, consistent HELP and TYPE,

@@ -201,14 +201,41 @@ def _split(version: FileVersion | None, document: Document) -> _Snapshot:
 
 LANDING_PAGE = """<!DOCTYPE html>
 <html lang="en">
-<head><meta charset="utf-8"><title>Fraisier metrics</title></head>
+<head><meta charset="utf-8"><title>Fraisier metrics</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #1d1d1d; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; white-space: nowrap; }}
+th {{ text-align: left; background: #f3f3f3; }}
+th.number, td.number {{ text-align: right; font-variant-numeric: tabular-nums; }}
+tr.provider td {{ font-weight: 600; border-top: 2px solid #bbb; }}
+.note {{ color: #555; font-size: 0.85em; }}
+</style>
+</head>
 <body>
 <h1>Fraisier metrics</h1>
 <p>Fraisier's deployment metrics, for Prometheus, from {source}.</p>
 <p><a href="metrics">Metrics</a></p>
+<h2>Deployments</h2>
+{summary}<p class="note">Per provider and fraise type; durations, active deployments, rollbacks and health checks
+are kept per provider, on its "all" row. Quantiles are estimated from the histogram buckets, over every
+deployment since the file began.</p>
 </body>
 </html>
 """
+
+
+def landing_page(source: MetricsSource) -> str:
+    """The page at ``/``: a link to the metrics and the deployments summary of what a scrape serves now."""
+    from fraisier_textfile.summary import html_table, summarize
+    from fraisier_textfile.textformat import parse
+
+    try:
+        summary = html_table(summarize(parse(source.scrape().plain.decode("utf-8"))))
+    except (FraisierTextfileError, ValueError) as error:  # ParseError and UnicodeDecodeError are ValueErrors
+        summary = f'<p id="summary">No summary: {html.escape(str(error))}</p>\n'
+    return LANDING_PAGE.format(source=html.escape(source.describe()), summary=summary)
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
@@ -270,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._metrics(send_body)
         elif path == "/":
-            page = LANDING_PAGE.format(source=html.escape(self.server.source.describe()))
+            page = landing_page(self.server.source)
             self._send(200, page.encode("utf-8"), "text/html; charset=utf-8", send_body)
         else:
             self._send(404, b"Not found: the metrics are at /metrics\n", "text/plain; charset=utf-8", send_body)

@@ -61,7 +61,8 @@ def test_up_and_down_together_are_refused_and_nothing_is_written(textfile_dir: P
 
 @pytest.mark.parametrize(("flag", "value"), [("--up", 1.0), ("--down", 0.0)])
 def test_up_or_down_alone_is_recorded(textfile_dir: Path, flag: str, value: float) -> None:
-    assert fraisier("record", "availability", "--provider", "bare_metal", flag, textfile_dir=textfile_dir).returncode == 0
+    result = fraisier("record", "availability", "--provider", "bare_metal", flag, textfile_dir=textfile_dir)
+    assert result.returncode == 0
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values['fraisier_provider_availability{provider="bare_metal"}'] == value
 
