@@ -237,8 +237,11 @@ def exec_(settings: Settings, provider: str, fraise_type: str, command: tuple[st
     The deployment counts as active while COMMAND runs. When it ends, its duration is observed and it is
     counted as success (exit 0) or failed, with an error of type exit_code_N or signal_NAME. If this
     process is killed, the deployment is counted as crashed by the next writer. SIGINT, SIGTERM, SIGHUP
-    and SIGQUIT are passed on to COMMAND. A command that is not found exits 127 (error type
-    command_not_found). If the textfile cannot be written, a warning is printed and COMMAND runs anyway.
+    and SIGQUIT are passed on to COMMAND; if this process is killed outright (SIGKILL), the kernel kills
+    COMMAND too (Linux's parent-death signal), so a deployment counted crashed has really stopped (processes
+    that COMMAND starts are its own to stop). A command that cannot start is named in one error line: exit
+    127 when it is not found (error type command_not_found), 126 when it cannot be executed
+    (command_not_executable). If the textfile cannot be written, a warning is logged and COMMAND runs anyway.
 
     \b
     Example:
@@ -354,10 +357,18 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     For hosts without node_exporter (with it, point its textfile collector at TEXTFILE_DIR instead). A scrape
     shows what the file holds, with the deployments in progress counted live; the file is re-read only when
     it changed. Until a fraisier process writes the file, every family is served without samples. There is a
-    landing page at /. SIGTERM or SIGINT stop it (exit 0).
+    landing page at / with a summary of the deployments (as `fraisier textfile summary`). SIGTERM or SIGINT
+    stop it (exit 0); SIGHUP re-reads the web config (systemd's ExecReload) and it goes on serving.
+
+    Started by a systemd .socket unit (LISTEN_FDS, LISTEN_PID), it serves the socket it is handed and ignores
+    --address and --port; contrib/systemd/ has the units. Otherwise it listens with the system's backlog
+    (/proc/sys/net/core/somaxconn), as node_exporter does.
 
     --web-config-file takes the web config file of Prometheus exporters (exporter-toolkit): TLS, client
-    certificates, basic auth. Paths in it are relative to its directory; it is re-read when it changes.
+    certificates, basic auth. Paths in it are relative to its directory; it is re-read when it changes. A new
+    config that would turn authentication off (an empty or half-written file, every user removed), turn TLS on
+    or off, or change its client_auth_type, client_ca_file, min_version or max_version is refused and logged
+    at error level: the last good config stays in force until a restart.
 
     \b
     Example web config:

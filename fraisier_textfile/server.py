@@ -232,7 +232,8 @@ def landing_page(source: MetricsSource) -> str:
     from fraisier_textfile.textformat import parse
 
     try:
-        summary = html_table(summarize(parse(source.scrape().plain.decode("utf-8"))))
+        # Only the labels are read: a registry may write them in another order than the textfile does.
+        summary = html_table(summarize(parse(source.scrape().plain.decode("utf-8"), check_histograms=False)))
     except (FraisierTextfileError, ValueError) as error:  # ParseError and UnicodeDecodeError are ValueErrors
         summary = f'<p id="summary">No summary: {html.escape(str(error))}</p>\n'
     return LANDING_PAGE.format(source=html.escape(source.describe()), summary=summary)

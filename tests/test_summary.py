@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -323,3 +324,23 @@ def read_png(path: Path) -> tuple[int, int, list[list[tuple[int, int, int]]]]:
         pixels.append([tuple(line[x : x + 3]) for x in range(0, stride, channels)])
         previous = line
     return width, height, pixels  # type: ignore[return-value]
+
+
+def test_a_recorder_serving_its_registry_shows_the_table_too(textfile_dir: Path) -> None:
+    from fraisier_textfile import MetricsRecorder
+
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 3.0)
+    recorder.record_deployment_complete("bare_metal", "api", "failed", 40.0)
+    server = recorder.serve(port=0, address="127.0.0.1")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10) as response:
+            page = response.read().decode()
+    finally:
+        server.shutdown()
+    reader = TableReader()
+    reader.feed(page)
+    header, *rows = reader.rows
+    provider = dict(zip(header, rows[0]))
+    assert (provider["PROVIDER"], provider["FRAISE TYPE"], provider["DEPLOYMENTS"]) == ("bare_metal", "all", "2")
+    assert provider["SUCCESS RATE"] == "50.0%" and provider["P50"] == "5.0s"  # rank 1 of 2 in (1, 5]
