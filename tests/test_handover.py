@@ -192,6 +192,14 @@ def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textf
     store = TextfileStore(textfile_dir)
     store.merge(Changes())
     handed_over = previously_applied = applied_by_killed_mergers = 0
+    started = time.monotonic()
+    if os.fork() == 0:
+        try:
+            TextfileStore(textfile_dir).merge(Changes())
+        finally:
+            os._exit(0)
+    os.wait()
+    lifetime = time.monotonic() - started  # how long a merger lives: the kills land anywhere in it
     for _ in range(150):
         for _ in range(rng.randint(0, 3)):
             changes = Changes()
@@ -204,7 +212,7 @@ def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textf
                 TextfileStore(textfile_dir).merge(Changes())
             finally:
                 os._exit(0)
-        time.sleep(rng.uniform(0, 0.004))
+        time.sleep(rng.uniform(0, lifetime))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         values = sample_values(store.path)
