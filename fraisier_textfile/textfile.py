@@ -447,9 +447,9 @@ class TextfileStore:
         (LockTimeoutError when the lock stayed busy)."""
         try:
             self._merge_once(changes, self.lock_timeout if timeout is None else timeout)
-        except LockTimeoutError:
-            raise
         except FraisierTextfileError:
+            # Also after a failure: this process may have held the lock (a lock timeout too, when its lock
+            # file was replaced mid-merge and the new one stayed busy).
             self._merge_late_handovers()
             raise
         self._merge_late_handovers()
