@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import signal
@@ -489,7 +490,9 @@ class TextfileStore:
         deadline = time.monotonic() + timeout
         with _DeferredSignals() as signals:
             self._make_directory()
-            while True:
+            for attempt in itertools.count(1):
+                if attempt > 3 and time.monotonic() > deadline:  # something removes the lock file over and over
+                    raise LockTimeoutError(self.lock_path, timeout)
                 self._lock.acquire(deadline, timeout, signals.deliver)
                 try:
                     self._merge_locked(changes)
