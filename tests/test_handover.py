@@ -76,8 +76,10 @@ def test_a_hand_over_holds_every_field_of_the_changes() -> None:
         (b'{"version": 99}', "format version 99"),
         (b'{"version": 1, "added": [["no_such_family", [], 1]], "observed": [], "latest": [], "maximum": [],'
          b' "active_providers": [], "retired_markers": []}', "no_such_family is not in this version's catalogue"),
+        (b'{"version": 1, "added": [["fraisier_deployment_errors_total", ["p", "e"], NaN]], "observed": [],'
+         b' "latest": [], "maximum": [], "active_providers": [], "retired_markers": []}', "the value nan"),
     ],
-    ids=["corrupt", "other-format", "unknown-family"],
+    ids=["corrupt", "other-format", "unknown-family", "not-a-number"],
 )
 def test_a_hand_over_this_version_cannot_read_is_set_aside_and_the_rest_applied(
     textfile_dir: Path, data: bytes, problem: str, caplog: pytest.LogCaptureFixture
