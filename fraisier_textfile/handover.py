@@ -290,9 +290,9 @@ def _make_directory(directory: Path) -> None:
     except OSError as error:
         raise write_error(directory, "create the hand-over directory", error) from None
     try:
-        # Group-writable like the lock file, so that a merger of another user of the group can delete
-        # the hand-overs it applied.
-        os.chmod(directory, 0o775)
+        # Group-writable like the lock file, so that a merger of another user of the group can delete the
+        # hand-overs it applied; the setgid bit it inherits from a shared textfile directory (chmod 2775) is kept.
+        os.chmod(directory, 0o775 | (os.stat(directory).st_mode & stat.S_ISGID))
     except OSError:
         pass
 

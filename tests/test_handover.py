@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -273,3 +274,23 @@ def test_changes_are_summed_across_hand_overs_in_order(textfile_dir: Path) -> No
     assert values['fraisier_deployment_lock_wait_seconds{service="web",provider="bare_metal"}'] == 1.0
     assert values['fraisier_rollbacks_total{provider="bare_metal",reason="manual"}'] == 2
     assert values[f'{c.ROLLBACK_DURATION.name}_sum{{provider="bare_metal"}}'] == 20
+
+
+@pytest.mark.parametrize("textfile_mode", [0o755, 0o2775])
+def test_the_hand_over_directory_is_shared_by_the_group_whatever_the_umask(
+    textfile_dir: Path, textfile_mode: int
+) -> None:
+    """Writers of one group hand over, a merger of another user of it deletes what it applied."""
+    textfile_dir.mkdir()
+    textfile_dir.chmod(textfile_mode)
+    previous = os.umask(0o077)
+    try:
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "shared")
+        TextfileStore(textfile_dir).hand_over(changes)
+    finally:
+        os.umask(previous)
+    directory = handover.handover_directory(textfile_dir)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o775 | (textfile_mode & stat.S_ISGID)
+    [handed_over] = directory.iterdir()
+    assert stat.S_IMODE(handed_over.stat().st_mode) == 0o644
