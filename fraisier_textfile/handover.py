@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 class UnreadableHandover(ValueError):
-    """A hand-over file this version cannot apply (corrupt, or written by a version with other families)."""
+    """A hand-over file this version cannot apply (corrupt, or written by a version with other families). The
+    store sets such a file aside: this never escapes it."""
 
 
 def handover_directory(textfile_directory: Path) -> Path:

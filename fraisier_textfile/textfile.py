@@ -66,6 +66,8 @@ CLOCK_TOLERANCE = 300.0
 """Seconds. A last-deployment timestamp in the file further ahead of the merging process's clock than this was
 written while some clock was wrong (stepped back since, or a process with a fake time): a merge that touches
 it replaces it with its own value instead of keeping the larger one."""
+LATE_MERGE_BUDGET = 0.5
+"""Seconds a process may spend, after its own merge, merging hand-overs that arrived while it held the lock."""
 # Waiters poll the lock (flock cannot wait with a timeout). They start at 0.1 ms and double up to 1 ms, so
 # that one gets it within about a millisecond of its release, at a cost of at most 1,000 wake-ups a second.
 FIRST_POLL = 0.0001
@@ -511,8 +513,14 @@ class TextfileStore:
         releases it after the file existed, and that holder's look finds it; if its own try fails in turn,
         the next holder's look does, and so on until one gets the lock. (A holder killed meanwhile leaves the
         hand-over to the next merge, by any process.) This is also group commit: under contention the waiters
-        hand over and one holder writes them all in one merge."""
-        while self._handovers_waiting():
+        hand over and one holder writes them all in one merge.
+
+        Under sustained contention new hand-overs keep arriving, and a holder that looped for ever would hold
+        up the deployment it belongs to: it stops after LATE_MERGE_BUDGET seconds, leaving what remains to
+        the next merge of any process (under such load, one within milliseconds; otherwise at the latest the
+        next ``fraisier textfile refresh``). Nothing is lost or applied twice either way."""
+        stop = time.monotonic() + LATE_MERGE_BUDGET
+        while time.monotonic() < stop and self._handovers_waiting():
             try:
                 self._merge_once(Changes(), timeout=0)
             except LockTimeoutError:
