@@ -14,6 +14,7 @@ from fraisier_textfile.catalogue import FAMILIES, FAMILIES_BY_NAME, Family, Kind
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 RETIRED_MARKERS_COMMENT = "# fraisier_textfile retired-markers:"
+META_PREFIX = "# fraisier_textfile "
 # Patterns as strings, compiled (and cached by re) on first use: compiling them at import would cost every
 # `fraisier record` run milliseconds for parsing it rarely does.
 _METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z"
@@ -141,6 +142,8 @@ class Document:
     def __init__(self) -> None:
         self.blocks: dict[str, Block] = {}
         self.retired_markers: set[str] = set()
+        self.meta: dict[str, str] = {}
+        """``# fraisier_textfile <key>: <value>`` lines (other than retired-markers), written at the top."""
 
     def block(self, family: Family) -> Block:
         """The block of an owned family, created (in catalogue order) if the file had none."""
@@ -160,6 +163,7 @@ class Document:
         parts = []
         if self.retired_markers:
             parts.append(f"{RETIRED_MARKERS_COMMENT} {' '.join(sorted(self.retired_markers))}\n")
+        parts.extend(f"{META_PREFIX}{key}: {self.meta[key]}\n" for key in sorted(self.meta))
         parts.extend(block.render() for block in self.blocks.values())
         return "".join(parts)
 
@@ -198,6 +202,10 @@ def parse(text: str, check_histograms: bool = True) -> Document:
         if line[0] == "#":
             if line.startswith(RETIRED_MARKERS_COMMENT):
                 document.retired_markers.update(line[len(RETIRED_MARKERS_COMMENT) :].split())
+                continue
+            meta = _meta_line(line)
+            if meta is not None:
+                document.meta[meta[0]] = meta[1]
                 continue
             header = _header_name(line, number + 1)
             if header is None:
@@ -267,6 +275,16 @@ def parse(text: str, check_histograms: bool = True) -> Document:
     return document
 
 
+def _meta_line(line: str) -> tuple[str, str] | None:
+    """``(key, value)`` of a ``# fraisier_textfile <key>: <value>`` line, None for any other line."""
+    if not line.startswith(META_PREFIX):
+        return None
+    key, colon, value = line[len(META_PREFIX) :].partition(": ")
+    if not colon or not key or " " in key:
+        return None
+    return key, value
+
+
 def _open_block(blocks: dict[str, Block], name: str, line_index: int, starts: list[tuple[Block, int]]) -> Block:
     block = Block(name, owned=FAMILIES_BY_NAME.get(name))
     blocks[name] = block
@@ -282,7 +300,10 @@ def _finish(
     for (block, start), end in zip(starts, ends):
         family = block.owned
         if family is None:
-            kept = [line for line in lines[start:end] if not line.startswith(RETIRED_MARKERS_COMMENT)]
+            kept = [
+                line for line in lines[start:end]
+                if not line.startswith(RETIRED_MARKERS_COMMENT) and _meta_line(line) is None
+            ]
             block.raw = "\n".join(kept) + "\n"
             block.lines = []
             continue
