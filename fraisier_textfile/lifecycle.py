@@ -511,15 +511,19 @@ def _count_refused(document: Document, refused: dict[str, int]) -> None:
 # Bucket migration
 
 
-def migrate_histograms(document: Document, touched: Iterable[c.Family] = ()) -> list[str]:
-    """Give every owned histogram of ``document`` the catalogue's buckets, by the rule in this module's
-    docstring. The histograms in ``touched`` are checked series by series; the others by their first series
-    (this store writes every series of a family with the same buckets). Returns one note per family migrated.
-    Raises ParseError for a histogram that cannot be read (a bucket without ``le``, a series without _count)."""
+def migrate_histograms(
+    document: Document, touched: Iterable[c.Family] = (), targets: Iterable[c.Family] | None = None
+) -> list[str]:
+    """Give every owned histogram of ``document`` the catalogue's buckets (or those of ``targets``, for the
+    families named there), by the rule in this module's docstring. The histograms in ``touched`` are checked
+    series by series; the others by their first series (this store writes every series of a family with the
+    same buckets). Returns one note per family migrated. Raises ParseError for a histogram that cannot be read
+    (a bucket without ``le``, a series without _count)."""
     notes = []
     touched = set(touched)
+    by_name = None if targets is None else {family.name: family for family in targets}
     for name, block in list(document.blocks.items()):
-        family = block.owned
+        family = block.owned if by_name is None else by_name.get(name)
         if family is None or family.kind is not c.Kind.HISTOGRAM or block.raw is not None:
             continue
         if family not in touched and _first_series_matches(block, family):
