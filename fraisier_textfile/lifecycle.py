@@ -15,9 +15,11 @@ The rules (docs/monitoring.md, "Series lifecycle", says the same to users):
   series again from 0. The active-deployments gauge is recounted from the markers at every merge, so a
   forgotten provider with a deployment in flight is back there at the next merge.
 - **Retention** (``expire_after``) drops series not updated for that long. A series counts as updated when a
-  merge changes it, or merely touches it (a recorder creating its series at 0); the active-deployments series
-  of a provider, while it has a deployment in flight. A series for which the store has no time (a file written
-  before this version, or edited by hand) counts as updated when an expiring merge first sees it.
+  merge changes it, or merely touches it (a recorder creating its series at 0), and with it the series created
+  at 0 beside it (the other statuses of its deployment pair or health check), so those expire with the pair
+  and not while it is in use; the active-deployments series of a provider, while it has a deployment in
+  flight. A series for which the store has no time (a file written before this version, or edited by hand)
+  counts as updated when an expiring merge first sees it.
 - **Cardinality bound**: past ``max_series`` series in a family, changes to *new* series of that family are
   dropped, logged once per family per process, and counted in ``fraisier_textfile_series_refused_total
   {family}``; existing series keep counting. Crashed deployments counted from markers and the
@@ -418,11 +420,33 @@ def _encode(value: str) -> str:
     return value
 
 
+# Series created at 0 beside the one recorded, so that increase() sees their first event (changes.py:
+# deployment_series, health_check): they are updated whenever their sibling is, so that they expire with the
+# deployment pair or health check rather than while it is still in use. Family -> (label position, values).
+_SIBLINGS: dict[c.Family, tuple[int, tuple[str, ...]]] = {
+    c.DEPLOYMENTS: (c.DEPLOYMENTS.labels.index("status"), c.DEPLOYMENT_STATUSES),
+    c.DEPLOYMENT_DURATION: (c.DEPLOYMENT_DURATION.labels.index("status"), c.DEPLOYMENT_STATUSES),
+    c.HEALTH_CHECKS: (c.HEALTH_CHECKS.labels.index("status"), c.HEALTH_CHECK_STATUSES),
+}
+
+
 def _record_times(document: Document, changes: Changes, minute: int) -> None:
     touched: dict[c.Family, list[str]] = {}
     for kind in _MERGE_KINDS:
         for family, labels in getattr(changes, kind):
-            touched.setdefault(family, []).append(_times_key(labels))
+            keys = touched.setdefault(family, [])
+            keys.append(_times_key(labels))
+            sibling = _SIBLINGS.get(family)
+            block = document.blocks.get(family.name)
+            if sibling is None or block is None:
+                continue
+            position, choices = sibling
+            suffix = "_count" if family.kind is c.Kind.HISTOGRAM else ""
+            for choice in choices:
+                if choice != labels[position]:
+                    other = (*labels[:position], choice, *labels[position + 1 :])
+                    if block.value(series_key(family.name + suffix, family.labels, other)) is not None:
+                        keys.append(_times_key(other))
     active = document.blocks.get(c.ACTIVE_DEPLOYMENTS.name)
     if active is not None and active.raw is None:
         providers = set(changes.active_providers)

@@ -243,6 +243,45 @@ def test_an_update_keeps_a_series_from_expiring(textfile_dir: Path) -> None:
     assert sample_values(store.path) == {f'{c.DEPLOYMENT_ERRORS.name}{{provider="p",error_type="a"}}': 2}
 
 
+def test_the_zero_series_of_a_pair_in_use_do_not_expire(textfile_dir: Path) -> None:
+    """A long-lived recorder creates the other statuses at 0 once, then records only successes: the zero
+    series (there for increase() to see a first crash) must live as long as the pair is used."""
+    now = time.time()
+    record(store_at(textfile_dir, now - 40 * DAY), events.deployment_complete, "p", "api", "success", 1.0)
+    changes = Changes()
+    changes.add(c.DEPLOYMENTS, ("p", "success", "api"), 1.0)
+    changes.observe(c.DEPLOYMENT_DURATION, ("p", "success"), 1.0)
+    store_at(textfile_dir, now - DAY).merge(changes)
+    store = store_at(textfile_dir, now)
+    store.lifecycle.expire_after = 30 * DAY
+    store.merge(Changes())
+    assert store.lifecycle.forgotten == [
+        f'{c.LAST_DEPLOYMENT.name}{{provider="p",fraise_type="api",status="success"}}'
+    ]
+    crashed = f'{c.DEPLOYMENTS.name}{{provider="p",status="crashed",fraise_type="api"}}'
+    assert sample_values(store.path)[crashed] == 0
+    assert sample_values(store.path)[f'{c.DEPLOYMENT_DURATION.name}_count{{provider="p",status="crashed"}}'] == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("FRAISIER_MAX_SERIES_PER_FAMILY", "lots", "Error: FRAISIER_MAX_SERIES_PER_FAMILY='lots' is not"),
+        ("FRAISIER_EXPIRE_AFTER", "30 days", "Error: FRAISIER_EXPIRE_AFTER='30 days' is not a duration"),
+    ],
+)
+def test_a_bad_setting_in_the_environment_is_one_line_exit_2(
+    textfile_dir: Path, variable: str, value: str, message: str
+) -> None:
+    two_providers(textfile_dir)
+    before = directory_state(textfile_dir)
+    result = fraisier("record", "error", "--provider", "p", "--error-type", "e", textfile_dir=textfile_dir,
+                      env={**_environment(), variable: value})
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1
+    assert directory_state(textfile_dir) == before
+
+
 def test_a_series_without_a_time_counts_as_updated_when_first_seen(textfile_dir: Path) -> None:
     textfile_dir.mkdir()
     path = textfile_dir / "fraisier.prom"
