@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
@@ -386,6 +388,41 @@ def test_migration_golden(case: str, target: c.Family) -> None:
     notes = migrate_histograms(document, targets=[target])
     assert document.render() == (FIXTURES / case / "after.prom").read_text()
     assert len(notes) == 1 and notes[0].startswith(f"{HEALTH}: buckets le=2.0 added")
+
+
+bounds_strategy = st.lists(
+    st.sampled_from([0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30, 60, 300]), min_size=1, unique=True
+).map(sorted)
+
+
+@given(
+    observations=st.lists(st.floats(min_value=0, max_value=400, allow_nan=False), max_size=40),
+    old=bounds_strategy,
+    new=bounds_strategy,
+)
+def test_a_migration_keeps_totals_and_never_claims_an_observation_it_cannot_place(
+    observations: list[float], old: list[float], new: list[float]
+) -> None:
+    name = c.ROLLBACK_DURATION.name
+    lines = [f"# TYPE {name} histogram"]
+    for bound in [*old, math.inf]:
+        count = sum(1 for value in observations if value <= bound)
+        lines.append(f'{name}_bucket{{provider="p",le="{c.format_float(bound)}"}} {float(count)}')
+    lines.append(f'{name}_sum{{provider="p"}} {c.format_float(sum(observations))}')
+    lines.append(f'{name}_count{{provider="p"}} {float(len(observations))}')
+    document = parse("\n".join(lines) + "\n", check_histograms=False)
+    target = c.Family(name, c.Kind.HISTOGRAM, ("provider",), c.ROLLBACK_DURATION.help, tuple(new))
+    migrate_histograms(document, targets=[target])
+    values = dict(document.blocks[name].samples())
+    assert values[f'{name}_count{{provider="p"}}'] == len(observations)
+    assert values[f'{name}_bucket{{provider="p",le="+Inf"}}'] == len(observations)
+    assert values[f'{name}_sum{{provider="p"}}'] == float(c.format_float(sum(observations)))
+    counts = [values[f'{name}_bucket{{provider="p",le="{bound}"}}'] for bound in target.bucket_bounds]
+    assert counts == sorted(counts)  # still cumulative
+    for bound, count in zip(new, counts):
+        known = [b for b in old if b <= bound]
+        assert count <= sum(1 for value in observations if value <= bound)  # never more than the truth
+        assert count == (sum(1 for value in observations if value <= known[-1]) if known else 0)
 
 
 def write_fraisier_084_health_file(directory: Path) -> Path:
