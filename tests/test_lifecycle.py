@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from .processes import binary, fraisier, http_get, lock_held_elsewhere, node_exp
 from .values import canonical_samples, sample_values
 
 FIXTURES = Path(__file__).parent / "fixtures"
+WORKERS = Path(__file__).parent / "workers.py"
 DAY = 86400.0
 HEALTH = c.HEALTH_CHECK_DURATION.name
 
@@ -173,6 +176,34 @@ def test_a_deployment_in_flight_brings_its_forgotten_series_back(textfile_dir: P
     recorder.record_deployment_complete("old", "api", "success", 5.0)
     assert sample_values(path)[success] == 1  # counted from 0 again, not 2
     assert sample_values(path)[active] == 0
+
+
+def test_forget_racing_writers_loses_none_of_their_events(textfile_dir: Path) -> None:
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.record_deployment_complete("docker_compose", "old_etl", "success", 5.0)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(WORKERS), "flush_many", str(textfile_dir), "60", str(n)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for n in range(3)
+    ]
+    for worker in workers:
+        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    forgotten = 0
+    while any(worker.poll() is None for worker in workers) or forgotten == 0:
+        recorder.record_deployment_error("docker_compose", "timeout")
+        result = fraisier("textfile", "forget", "--provider", "docker_compose", textfile_dir=textfile_dir)
+        assert result.returncode == 0, result.stderr
+        forgotten += 1
+    assert all(worker.wait() == 0 for worker in workers)
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[f'{c.DEPLOYMENTS.name}{{provider="bare_metal",status="success",fraise_type="api"}}'] == 180
+    assert values[f'{c.HEALTH_CHECKS.name}{{provider="bare_metal",check_type="http",status="pass"}}'] == 90
+    assert not any("docker_compose" in key for key in values)
 
 
 # Retention
