@@ -526,3 +526,18 @@ def test_node_exporter_serves_the_migrated_file(textfile_dir: Path) -> None:
     assert {key: value for key, value in served.items() if key in ours} == ours
     bucket = (f"{HEALTH}_bucket", frozenset({"provider": "bare_metal", "check_type": "http", "le": "30.0"}.items()))
     assert served[bucket] == 20  # a bound the file did not have, from the count of le=10
+
+
+@pytest.mark.integration
+def test_promtool_accepts_a_file_with_update_times_and_the_refused_counter(textfile_dir: Path) -> None:
+    promtool = binary("promtool")
+    write_fraisier_084_health_file(textfile_dir)
+    store = TextfileStore(textfile_dir)
+    store.lifecycle.max_series = 1
+    record(store, events.deployment_error, "p", "first")
+    record(store, events.deployment_error, "p", "second")
+    text = (textfile_dir / "fraisier.prom").read_text()
+    assert f'{REFUSED_FAMILY}{{family="{c.DEPLOYMENT_ERRORS.name}"}} 1.0' in text
+    assert "# fraisier_textfile updated-fraisier_deployment_errors_total: " in text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
