@@ -306,6 +306,8 @@ def forget(
             matchers.insert(1 if provider is not None else 0, lifecycle.parse_matcher(f"fraise_type={fraise_type}"))
         selection = lifecycle.Selection(matchers, families, _duration("--expire-after", expire_after))
         store = settings.store()
+        if not store.path.exists():  # nothing to forget; a mistyped --textfile-dir must not create a file
+            raise click.ClickException(f"{store.path} does not exist: check --textfile-dir")
         if dry_run:
             _, document = store.read_version(check_histograms=False)
             gone = lifecycle.sweep(document, selection, store.lifecycle.clock(), remove=False)

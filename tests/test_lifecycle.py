@@ -145,6 +145,13 @@ def test_bad_input_is_one_line_exit_2_and_the_file_untouched(
     assert directory_state(textfile_dir) == before
 
 
+def test_forget_in_a_directory_without_a_file_creates_nothing(tmp_path: Path) -> None:
+    result = fraisier("textfile", "forget", "--provider", "x", textfile_dir=tmp_path / "typo")
+    assert result.returncode == 1
+    assert result.stderr == f"Error: {tmp_path / 'typo' / 'fraisier.prom'} does not exist: check --textfile-dir\n"
+    assert not (tmp_path / "typo").exists()
+
+
 def test_forget_waits_for_the_lock_like_a_merge(textfile_dir: Path) -> None:
     two_providers(textfile_dir)
     before = directory_state(textfile_dir)
