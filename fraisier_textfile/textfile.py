@@ -24,11 +24,11 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import liveness
 from fraisier_textfile.changes import Changes, Labels, deployment_series
 from fraisier_textfile.errors import CorruptTextfileError, LockTimeoutError, TextfileWriteError
+from fraisier_textfile.lifecycle import SeriesLifecycle
 from fraisier_textfile.textformat import (
     Block,
     Document,
     ParseError,
-    check_buckets,
     label_text,
     parse,
     parse_series_key,
@@ -124,6 +124,8 @@ class TextfileStore:
         # What this process last wrote, and the identity of the file it wrote: while the file on disk is
         # still that one, nobody else has merged since and it need not be read or parsed again.
         self._cached: tuple[FileVersion, Document] | None = None
+        # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
+        self.lifecycle = SeriesLifecycle.from_environment(self.path)
 
     # Reading
 
@@ -205,12 +207,13 @@ class TextfileStore:
     def _merge_locked(self, changes: Changes) -> None:
         document = self._load()
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
-        if cached is None or document is not cached[1]:  # read from disk, not what we wrote
-            self._check_histograms(document, changes)
+        read_from_disk = cached is None or document is not cached[1]  # not what we wrote
         if cached is not None:
             cached[0].close()
+        changes = self.lifecycle.before_merge(document, changes, read_from_disk)
         to_remove = self._account_markers(document, changes)
         _apply(document, changes)
+        self.lifecycle.after_merge(document, changes)
         version = self._replace(document.render())
         self._cached = (version, document)
         # Nothing below may fail the merge: the file is written. A marker that cannot be removed stays
@@ -230,17 +233,6 @@ class TextfileStore:
         if version is not None:
             version.close()
         return self.parse_text(text, check_histograms=False)
-
-    def _check_histograms(self, document: Document, changes: Changes) -> None:
-        """The histograms this merge adds to must have the catalogue's buckets; the others are written
-        back as they are (``fraisier textfile check`` checks them all)."""
-        for family in {family for family, _ in changes.observed}:
-            block = document.blocks.get(family.name)
-            if block is not None:
-                try:
-                    check_buckets(block, family)
-                except ParseError as error:
-                    raise CorruptTextfileError(self.path, error.problem) from None
 
     def _account_markers(self, document: Document, changes: Changes) -> set[str]:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
