@@ -266,19 +266,100 @@ def path(settings: Settings) -> None:
     click.echo(settings.store().path)
 
 
+EXPIRE_AFTER = click.option(
+    "--expire-after", metavar="DURATION", default=None,
+    help="Also drop series not updated for DURATION (30d, 12h, 90m, 3600s). Env for every writer: "
+    "FRAISIER_EXPIRE_AFTER.",
+)
+
+
+def _duration(option: str, text: str | None) -> float | None:
+    from fraisier_textfile.lifecycle import parse_duration
+
+    if text is None:
+        return None
+    with library_errors():
+        return parse_duration(option, text)
+
+
 @textfile.command()
+@EXPIRE_AFTER
 @pass_settings
-def refresh(settings: Settings) -> None:
+def refresh(settings: Settings, expire_after: str | None) -> None:
     """Rewrite the textfile with nothing new: deployments whose process died are counted as crashed, the
-    active deployments are recounted, and the file's modification time becomes now.
+    active deployments are recounted, histograms written with other buckets are migrated, and the file's
+    modification time becomes now.
 
     \b
     Run it from a timer (every minute, say) on hosts served by node_exporter: the active-deployments gauge
     then drops within a minute of a crash, and the file stays fresh for the stale-file alert on quiet hosts:
       * * * * *  FRAISIER_TEXTFILE_DIR=/var/lib/fraisier/textfile fraisier textfile refresh
     """
+    retention = _duration("--expire-after", expire_after)
+    store = settings.store()
+    if retention is not None:
+        store.lifecycle.expire_after = retention
     with library_errors():
-        settings.store().merge(events.Changes())
+        store.merge(events.Changes())
+    for series in store.lifecycle.forgotten:
+        click.echo(f"expired {series}")
+
+
+@textfile.command()
+@click.option("--provider", default=None, help="Forget the series of this provider (--match provider=...).")
+@click.option("--fraise-type", default=None, help="Forget the series of this fraise type (--match fraise_type=...).")
+@click.option("--match", "matches", multiple=True, metavar="LABEL=VALUE",
+              help="Forget the series with this label value. Repeatable: a series goes if it matches them all.")
+@click.option("--family", "families", multiple=True, metavar="NAME",
+              help="Only in this family (repeatable; default: every family of fraisier's).")
+@EXPIRE_AFTER
+@click.option("--dry-run", is_flag=True, help="List what would be forgotten; write nothing.")
+@pass_settings
+def forget(
+    settings: Settings,
+    provider: str | None,
+    fraise_type: str | None,
+    matches: tuple[str, ...],
+    families: tuple[str, ...],
+    expire_after: str | None,
+    dry_run: bool,
+) -> None:
+    """Remove series from the textfile: a typo'd provider, a retired fraise type, a one-off label value.
+
+    Every series whose labels match all the matchers goes (a histogram with all its buckets); with
+    --expire-after, only those of them not updated for that long. It asks nothing: it prints one line per
+    series removed. Families without a matched label keep their series (forgetting a fraise type keeps
+    the duration histograms, which have no fraise_type label). A deployment in flight is counted when it
+    ends, which brings its series back.
+
+    \b
+    Examples:
+      fraisier textfile forget --provider bare_metl --dry-run
+      fraisier textfile forget --fraise-type old_etl
+      fraisier textfile forget --match error_type=exit_code_137 --family fraisier_deployment_errors_total
+      fraisier textfile forget --expire-after 90d
+    """
+    from fraisier_textfile import lifecycle
+
+    with library_errors():
+        matchers = [lifecycle.parse_matcher(text) for text in matches]
+        if provider is not None:
+            matchers.insert(0, lifecycle.parse_matcher(f"provider={provider}"))
+        if fraise_type is not None:
+            matchers.insert(1 if provider is not None else 0, lifecycle.parse_matcher(f"fraise_type={fraise_type}"))
+        selection = lifecycle.Selection(matchers, families, _duration("--expire-after", expire_after))
+        store = settings.store()
+        if not store.path.exists():  # nothing to forget; a mistyped --textfile-dir must not create a file
+            raise click.ClickException(f"{store.path} does not exist: check --textfile-dir")
+        if dry_run:
+            _, document = store.read_version(check_histograms=False)
+            gone = lifecycle.sweep(document, selection, store.lifecycle.clock(), remove=False)
+        else:
+            gone = lifecycle.forget(store, selection)
+    verb = "would forget" if dry_run else "forgot"
+    for series in gone:
+        click.echo(f"{verb} {series}")
+    click.echo(f"{store.path}: {verb} {len(gone)} series" + (" (dry run: nothing written)" if dry_run else ""))
 
 
 @textfile.command()
@@ -319,14 +400,19 @@ def summary(settings: Settings, as_json: bool) -> None:
             click.echo(line)
 
 
+_MIGRATABLE = "but the catalogue's are le="
+
+
 @textfile.command()
 @pass_settings
 def check(settings: Settings) -> None:
     """Validate the textfile as node_exporter reads it (Go's parser: promtool's words), and what it lets through
-    that breaks the file: timestamps, series that appear twice, negative counters, histograms without the
-    catalogue's buckets. Prints every problem, one per line with its line number, and exits 1; exits 0 when
-    the file is sound."""
-    from fraisier_textfile.textformat import check_text, parse
+    that breaks the file: timestamps, series that appear twice, negative counters, histograms that are not
+    cumulative. Prints every problem, one per line with its line number, and exits 1; exits 0 when the file is
+    sound. Histograms written with other buckets than ours are noted, not refused: the next merge migrates
+    them, keeping their totals."""
+    from fraisier_textfile.lifecycle import migration_notes
+    from fraisier_textfile.textformat import ParseError, check_text, parse
 
     store = settings.store()
     if not store.path.exists():
@@ -336,6 +422,17 @@ def check(settings: Settings) -> None:
     if version is not None:
         version.close()
     problems = check_text(text)
+    notes: list[str] = []
+    try:
+        notes = migration_notes(parse(text, check_histograms=False))
+    except ParseError as error:
+        if not problems:  # a histogram that cannot be migrated; a file that does not parse is listed already
+            problems.append(error)
+    else:
+        # Other bounds are not a problem: the next merge migrates them (lifecycle.migrate_histogram).
+        problems = [problem for problem in problems if _MIGRATABLE not in problem.problem]
+    for note in notes:
+        click.echo(f"{store.path}: note: {note}: the next merge migrates it, keeping its totals")
     if problems:
         for problem in problems:
             where = f"{store.path}:{problem.line_number}" if problem.line_number else str(store.path)

@@ -44,11 +44,11 @@ from fraisier_textfile.errors import (
     UnexpectedFileError,
     write_error,
 )
+from fraisier_textfile.lifecycle import SeriesLifecycle
 from fraisier_textfile.textformat import (
     Block,
     Document,
     ParseError,
-    check_buckets,
     label_text,
     parse,
     parse_series_key,
@@ -364,10 +364,10 @@ class TextfileStore:
         # What this process last wrote, and the identity of the file it wrote: while the file on disk is
         # still that one, nobody else has merged since and it need not be read or parsed again.
         self._cached: tuple[FileVersion, Document] | None = None
-        # The histogram families of the document in hand whose buckets were checked against the catalogue.
-        self._checked: set[str] = set()
         # The hand-overs the last merge found (applied, or set aside): the others arrived since.
         self._handled_handovers: set[str] = set()
+        # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
+        self.lifecycle = SeriesLifecycle.from_environment(self.path)
 
     # Reading
 
@@ -559,15 +559,15 @@ class TextfileStore:
     def _merge_locked(self, changes: Changes) -> None:
         document = self._load()
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
-        if cached is None or document is not cached[1]:  # read from disk, not what we wrote
-            self._checked = set()
+        read_from_disk = cached is None or document is not cached[1]  # not what we wrote
         if cached is not None:
             cached[0].close()
         applied, handed_over = self._collect_handovers(document)
         combined = _combined([*handed_over, changes]) if handed_over else changes
-        self._check_histograms(document, combined)
-        to_remove = self._account_markers(document, combined)
-        _apply(document, combined, self.path, time.time())
+        to_apply = self.lifecycle.before_merge(document, combined, read_from_disk)
+        to_remove = self._account_markers(document, to_apply)
+        _apply(document, to_apply, self.path, time.time())
+        self.lifecycle.after_merge(document, to_apply)
         if applied:
             document.meta[handover.APPLIED_KEY] = " ".join(applied)
         else:
@@ -620,20 +620,6 @@ class TextfileStore:
         if version is not None:
             version.close()
         return self.parse_text(text, check_histograms=False)
-
-    def _check_histograms(self, document: Document, changes: Changes) -> None:
-        """The histograms this merge adds to must have the catalogue's buckets; the others are written
-        back as they are (``fraisier textfile check`` checks them all)."""
-        for family in {family for family, _ in changes.observed}:
-            if family.name in self._checked:
-                continue
-            block = document.blocks.get(family.name)
-            if block is not None:
-                try:
-                    check_buckets(block, family)
-                except ParseError as error:
-                    raise CorruptTextfileError(self.path, error.problem) from None
-            self._checked.add(family.name)
 
     def _account_markers(self, document: Document, changes: Changes) -> set[str]:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the

@@ -8,7 +8,7 @@ two places, and no timestamps (node_exporter drops a file that has one).
 A document is a list of family blocks. A family we do not own is kept as the exact text it came in (its
 comments and the comments just before it included). A family we own is ours to rewrite: its HELP and TYPE are
 the catalogue's, its series keys canonical (catalogue label order, ``le`` last in our float format), its stray
-comments kept just after its HELP and TYPE lines. Reading is lazy: a block of our own canonical format is one
+comments kept just before its HELP and TYPE lines. Reading is lazy: a block of our own canonical format is one
 string, found by a C-speed pattern over the file; a merge finds the few series it changes in that string and
 splices the new lines in when rendering, so the bytes it does not change are copied, never parsed.
 """
@@ -361,7 +361,7 @@ class Block:
         self.type = type
         self.owned = owned
         self.raw: str | None = None  # the exact text of a family we do not own, written back unchanged
-        self.comments: list[str] = []  # stray comment lines of a family of ours, kept after its header
+        self.comments: list[str] = []  # stray comment lines of a family of ours, kept before its header
         self._lines: list[str] | None = []
         self._index: dict[str, int] | None = None
         self._rendered_body: str | None = None
@@ -522,13 +522,13 @@ class Block:
     # Rendering
 
     def _header(self) -> str:
-        header = ""
+        # Stray comments go before HELP: a comment is read as belonging to the family whose first line follows
+        # it, so written after TYPE in a family without samples it would move to the next family on re-read.
+        header = "".join(comment + "\n" for comment in self.comments)
         if self.help is not None:
             header += f"# HELP {self.name} {self.help}\n"
         if self.type is not None:
             header += f"# TYPE {self.name} {self.type}\n"
-        for comment in self.comments:
-            header += comment + "\n"
         return header
 
     def parts(self) -> list[str]:

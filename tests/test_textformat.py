@@ -214,13 +214,26 @@ def test_empty_and_comment_only_files_parse_and_keep_their_comments() -> None:
     assert document.render() == "# just a comment\n\n"
 
 
-def test_comments_in_our_families_are_kept_after_their_header() -> None:
+def test_comments_in_our_families_are_kept_before_their_header() -> None:
     text = f"# written by hand\n# TYPE fraisier_rollbacks_total counter\n{ROLLBACK} 1.0\n# a note\n"
     rendered = parse(text).render()
     assert rendered == (
-        f"# HELP fraisier_rollbacks_total {c.ROLLBACKS.help}\n# TYPE fraisier_rollbacks_total counter\n"
-        f"# written by hand\n# a note\n{ROLLBACK} 1.0\n"
+        f"# written by hand\n# a note\n# HELP fraisier_rollbacks_total {c.ROLLBACKS.help}\n"
+        f"# TYPE fraisier_rollbacks_total counter\n{ROLLBACK} 1.0\n"
     )
+    assert parse(rendered).render() == rendered
+
+
+def test_a_comment_in_a_family_of_ours_without_samples_stays_with_it() -> None:
+    # Found by the differential test: written after TYPE, the comment moved to the next family on re-read.
+    text = (
+        "# HELP fraisier_rollbacks_total x\n# a comment\n# TYPE fraisier_rollbacks_total counter\n"
+        "# TYPE fraisier_deployment_lock_wait_seconds gauge\n"
+    )
+    document = parse(text)
+    again = parse(document.render())
+    assert again.blocks["fraisier_rollbacks_total"].comments == ["# a comment"]
+    assert again.blocks["fraisier_deployment_lock_wait_seconds"].comments == []
 
 
 def test_meta_comments_are_read_wherever_they_are_and_written_on_top_sorted() -> None:
