@@ -581,7 +581,7 @@ class TextfileStore:
             raise _LockLost
         # Signals are held back (see _DeferredSignals): the rename and the clear happen together.
         version = self._rename(temporary, descriptor)
-        self._cached = (version, document)
+        self._cached = None if version is None else (version, document)
         changes.clear()
         # Nothing below may fail the merge: the file is written. A hand-over or a marker that cannot be
         # removed stays listed in the file, so it is never counted again.
@@ -715,8 +715,10 @@ class TextfileStore:
             raise
         return temporary, descriptor
 
-    def _rename(self, temporary: Path, descriptor: int) -> FileVersion:
-        """Rename the written temporary over the textfile; return the new file's version, held open."""
+    def _rename(self, temporary: Path, descriptor: int) -> FileVersion | None:
+        """Rename the written temporary over the textfile; return the new file's version, held open (None if it
+        cannot be had: the next merge reads the file). Once renamed, nothing here raises: the caller must
+        forget the changes the file now holds."""
         try:
             os.replace(temporary, self.path)
         except OSError as error:
@@ -724,7 +726,11 @@ class TextfileStore:
             _unlink_quietly(temporary)
             raise write_error(self.path, "write", error) from None
         self._fsync_directory()
-        return FileVersion(self.path, descriptor)
+        try:
+            return FileVersion(self.path, descriptor)
+        except OSError:
+            os.close(descriptor)
+            return None
 
     def _fsync_directory(self) -> None:
         """Make the rename itself durable."""
