@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+__version__ = "0.1.0"  # the one place: pyproject reads it, `fraisier --version` prints it
+
 from fraisier_textfile.catalogue import DEPLOYMENT_STATUSES, FAMILIES, HEALTH_CHECK_STATUSES, Family
 from fraisier_textfile.errors import (
     CorruptTextfileError,
@@ -42,6 +44,7 @@ __all__ = [
     "TextfileStore",
     "TextfileWriteError",
     "WebConfigError",
+    "__version__",
     "default_textfile_directory",
     "get_metrics_recorder",
 ]

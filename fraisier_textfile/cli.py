@@ -11,9 +11,11 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
+from fraisier_textfile import __version__, logs
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, InvalidValueError
@@ -24,6 +26,8 @@ from fraisier_textfile.textfile import (
     TextfileStore,
     default_textfile_directory,
 )
+
+log = logging.getLogger(__name__)
 
 
 class InvalidInput(click.ClickException):
@@ -43,9 +47,26 @@ def library_errors() -> Iterator[None]:
 
 
 class Settings:
-    def __init__(self, textfile_dir: Path, lock_timeout: float) -> None:
+    def __init__(self, textfile_dir: Path, lock_timeout: float, log_level: str = logs.DEFAULT_LEVEL,
+                 log_format: str = logs.DEFAULT_FORMAT) -> None:
         self.textfile_dir = textfile_dir
         self.lock_timeout = lock_timeout
+        self.log_level = log_level
+        self.log_format = log_format
+        logs.configure(log_level, log_format)
+
+    def apply(self, option: str, value: object) -> None:
+        """An option given after the command, over the group's value."""
+        if option == "textfile-dir":
+            self.textfile_dir = Path(str(value))
+        elif option == "lock-timeout":
+            self.lock_timeout = seconds("--lock-timeout", str(value))
+        elif option == "log-level":
+            self.log_level = str(value)
+            logs.configure(self.log_level, self.log_format)
+        elif option == "log-format":
+            self.log_format = str(value)
+            logs.configure(self.log_level, self.log_format)
 
     def store(self) -> TextfileStore:
         with library_errors():
@@ -80,9 +101,17 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
     help=f"How long to wait for another fraisier process to finish writing the file. "
     f"Env: {LOCK_TIMEOUT_ENVIRONMENT}.",
 )
-@click.version_option(package_name="fraisier-textfile", prog_name="fraisier")
+@click.option("--log-level", envvar=logs.LEVEL_ENVIRONMENT, type=click.Choice(list(logs.LEVELS)),
+              default=logs.DEFAULT_LEVEL, show_default=True,
+              help=f"Log records at this level and above, to stderr (request logs are debug). "
+              f"Env: {logs.LEVEL_ENVIRONMENT}.")
+@click.option("--log-format", envvar=logs.FORMAT_ENVIRONMENT, type=click.Choice(logs.FORMATS),
+              default=logs.DEFAULT_FORMAT, show_default=True,
+              help=f"logfmt (time=... level=... msg=...) or json (one object a line), as node_exporter's. "
+              f"Env: {logs.FORMAT_ENVIRONMENT}.")
+@click.version_option(__version__, prog_name="fraisier")
 @click.pass_context
-def main(context: click.Context, textfile_dir: Path, lock_timeout: str) -> None:
+def main(context: click.Context, textfile_dir: Path, lock_timeout: str, log_level: str, log_format: str) -> None:
     """Fraisier's deployment metrics for Prometheus, from short-lived processes.
 
     Every command merges what it records into one file, TEXTFILE_DIR/fraisier.prom, under a lock and with
@@ -94,9 +123,10 @@ def main(context: click.Context, textfile_dir: Path, lock_timeout: str) -> None:
       fraisier record deployment --provider bare_metal --fraise-type api --status success --duration 42
       fraisier exec --provider bare_metal --fraise-type api -- ./deploy.sh
       fraisier textfile show
+
+    The options above may also follow the command: fraisier textfile check --textfile-dir DIR.
     """
-    logging.basicConfig(format="fraisier: %(levelname)s: %(message)s", level=logging.WARNING)
-    context.obj = Settings(textfile_dir, seconds("--lock-timeout", lock_timeout))
+    context.obj = Settings(textfile_dir, seconds("--lock-timeout", lock_timeout), log_level, log_format)
 
 
 pass_settings = click.pass_obj
@@ -124,6 +154,11 @@ def _record(settings: Settings, event: Callable[..., None], *arguments: object) 
             raise click.ClickException(f"{error}{hint}") from None
 
 
+def complete(values: tuple[str, ...] | list[str], incomplete: str) -> list[str]:
+    """Shell completion of a value among ``values``."""
+    return [value for value in values if value.startswith(incomplete)]
+
+
 PROVIDER = click.option("--provider", required=True, help="Provider, e.g. bare_metal or docker_compose.")
 DURATION_HELP = "Duration in seconds (a finite number >= 0)."
 
@@ -132,7 +167,8 @@ DURATION_HELP = "Duration in seconds (a finite number >= 0)."
 @PROVIDER
 @click.option("--fraise-type", required=True, help="Fraise type, e.g. api, etl, scheduled, backup.")
 @click.option("--status", required=True,
-              help=f"One of: {', '.join(c.DEPLOYMENT_STATUSES)} (Fraisier's interrupted is recorded as crashed).")
+              help=f"One of: {', '.join(c.DEPLOYMENT_STATUSES)} (Fraisier's interrupted is recorded as crashed).",
+              shell_complete=lambda context, parameter, incomplete: complete(c.DEPLOYMENT_STATUSES, incomplete))
 @click.option("--duration", required=True, metavar="SECONDS", help=DURATION_HELP)
 @pass_settings
 def deployment(settings: Settings, provider: str, fraise_type: str, status: str, duration: str) -> None:
@@ -162,7 +198,8 @@ def rollback(settings: Settings, provider: str, reason: str, duration: str) -> N
 @record.command("health-check")
 @PROVIDER
 @click.option("--check-type", required=True, help="e.g. http, tcp, exec, systemd.")
-@click.option("--status", required=True, help=f"One of: {', '.join(c.HEALTH_CHECK_STATUSES)}.")
+@click.option("--status", required=True, help=f"One of: {', '.join(c.HEALTH_CHECK_STATUSES)}.",
+              shell_complete=lambda context, parameter, incomplete: complete(c.HEALTH_CHECK_STATUSES, incomplete))
 @click.option("--duration", required=True, metavar="SECONDS", help=DURATION_HELP)
 @pass_settings
 def health_check(settings: Settings, provider: str, check_type: str, status: str, duration: str) -> None:
@@ -172,13 +209,16 @@ def health_check(settings: Settings, provider: str, check_type: str, status: str
 
 @record.command()
 @PROVIDER
-@click.option("--up/--down", "available", default=None, help="Whether the provider is available (one is required).")
+@click.option("--up", is_flag=True, help="The provider is available (give --up or --down).")
+@click.option("--down", is_flag=True, help="The provider is not available.")
 @pass_settings
-def availability(settings: Settings, provider: str, available: bool | None) -> None:
+def availability(settings: Settings, provider: str, up: bool, down: bool) -> None:
     """Whether a provider is available now (the latest report wins)."""
-    if available is None:
+    if up and down:
+        raise click.UsageError("--up and --down contradict each other: give one of them")
+    if not (up or down):
         raise InvalidInput("say whether the provider is available: add --up or --down")
-    _record(settings, events.provider_availability, provider, available)
+    _record(settings, events.provider_availability, provider, up)
 
 
 @record.command("lock-wait")
@@ -204,8 +244,11 @@ def exec_(settings: Settings, provider: str, fraise_type: str, command: tuple[st
     The deployment counts as active while COMMAND runs. When it ends, its duration is observed and it is
     counted as success (exit 0) or failed, with an error of type exit_code_N or signal_NAME. If this
     process is killed, the deployment is counted as crashed by the next writer. SIGINT, SIGTERM, SIGHUP
-    and SIGQUIT are passed on to COMMAND. A command that is not found exits 127 (error type
-    command_not_found). If the textfile cannot be written, a warning is printed and COMMAND runs anyway.
+    and SIGQUIT are passed on to COMMAND; if this process is killed outright (SIGKILL), the kernel kills
+    COMMAND too (Linux's parent-death signal), so a deployment counted crashed has really stopped (processes
+    that COMMAND starts are its own to stop). A command that cannot start is named in one error line: exit
+    127 when it is not found (error type command_not_found), 126 when it cannot be executed
+    (command_not_executable). If the textfile cannot be written, a warning is logged and COMMAND runs anyway.
 
     \b
     Example:
@@ -230,19 +273,100 @@ def path(settings: Settings) -> None:
     click.echo(settings.store().path)
 
 
+EXPIRE_AFTER = click.option(
+    "--expire-after", metavar="DURATION", default=None,
+    help="Also drop series not updated for DURATION (30d, 12h, 90m, 3600s). Env for every writer: "
+    "FRAISIER_EXPIRE_AFTER.",
+)
+
+
+def _duration(option: str, text: str | None) -> float | None:
+    from fraisier_textfile.lifecycle import parse_duration
+
+    if text is None:
+        return None
+    with library_errors():
+        return parse_duration(option, text)
+
+
 @textfile.command()
+@EXPIRE_AFTER
 @pass_settings
-def refresh(settings: Settings) -> None:
+def refresh(settings: Settings, expire_after: str | None) -> None:
     """Rewrite the textfile with nothing new: deployments whose process died are counted as crashed, the
-    active deployments are recounted, and the file's modification time becomes now.
+    active deployments are recounted, histograms written with other buckets are migrated, and the file's
+    modification time becomes now.
 
     \b
     Run it from a timer (every minute, say) on hosts served by node_exporter: the active-deployments gauge
     then drops within a minute of a crash, and the file stays fresh for the stale-file alert on quiet hosts:
       * * * * *  FRAISIER_TEXTFILE_DIR=/var/lib/fraisier/textfile fraisier textfile refresh
     """
+    retention = _duration("--expire-after", expire_after)
+    store = settings.store()
+    if retention is not None:
+        store.lifecycle.expire_after = retention
     with library_errors():
-        settings.store().merge(events.Changes())
+        store.merge(events.Changes())
+    for series in store.lifecycle.forgotten:
+        click.echo(f"expired {series}")
+
+
+@textfile.command()
+@click.option("--provider", default=None, help="Forget the series of this provider (--match provider=...).")
+@click.option("--fraise-type", default=None, help="Forget the series of this fraise type (--match fraise_type=...).")
+@click.option("--match", "matches", multiple=True, metavar="LABEL=VALUE",
+              help="Forget the series with this label value. Repeatable: a series goes if it matches them all.")
+@click.option("--family", "families", multiple=True, metavar="NAME",
+              help="Only in this family (repeatable; default: every family of fraisier's).")
+@EXPIRE_AFTER
+@click.option("--dry-run", is_flag=True, help="List what would be forgotten; write nothing.")
+@pass_settings
+def forget(
+    settings: Settings,
+    provider: str | None,
+    fraise_type: str | None,
+    matches: tuple[str, ...],
+    families: tuple[str, ...],
+    expire_after: str | None,
+    dry_run: bool,
+) -> None:
+    """Remove series from the textfile: a typo'd provider, a retired fraise type, a one-off label value.
+
+    Every series whose labels match all the matchers goes (a histogram with all its buckets); with
+    --expire-after, only those of them not updated for that long. It asks nothing: it prints one line per
+    series removed. Families without a matched label keep their series (forgetting a fraise type keeps
+    the duration histograms, which have no fraise_type label). A deployment in flight is counted when it
+    ends, which brings its series back.
+
+    \b
+    Examples:
+      fraisier textfile forget --provider bare_metl --dry-run
+      fraisier textfile forget --fraise-type old_etl
+      fraisier textfile forget --match error_type=exit_code_137 --family fraisier_deployment_errors_total
+      fraisier textfile forget --expire-after 90d
+    """
+    from fraisier_textfile import lifecycle
+
+    with library_errors():
+        matchers = [lifecycle.parse_matcher(text) for text in matches]
+        if provider is not None:
+            matchers.insert(0, lifecycle.parse_matcher(f"provider={provider}"))
+        if fraise_type is not None:
+            matchers.insert(1 if provider is not None else 0, lifecycle.parse_matcher(f"fraise_type={fraise_type}"))
+        selection = lifecycle.Selection(matchers, families, _duration("--expire-after", expire_after))
+        store = settings.store()
+        if not store.path.exists():  # nothing to forget; a mistyped --textfile-dir must not create a file
+            raise click.ClickException(f"{store.path} does not exist: check --textfile-dir")
+        if dry_run:
+            _, document = store.read_version(check_histograms=False)
+            gone = lifecycle.sweep(document, selection, store.lifecycle.clock(), remove=False)
+        else:
+            gone = lifecycle.forget(store, selection)
+    verb = "would forget" if dry_run else "forgot"
+    for series in gone:
+        click.echo(f"{verb} {series}")
+    click.echo(f"{store.path}: {verb} {len(gone)} series" + (" (dry run: nothing written)" if dry_run else ""))
 
 
 @textfile.command()
@@ -262,22 +386,67 @@ def show(settings: Settings) -> None:
 
 
 @textfile.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (every number, timestamps as Unix time).")
+@pass_settings
+def summary(settings: Settings, as_json: bool) -> None:
+    """How deployments are going, per provider and fraise type: deployments by status, success rate, time since
+    the last success and failure; per provider (fraise type "all") also the p50 and p95 duration estimated from
+    the histogram buckets, deployments active now, rollbacks and the health-check pass rate."""
+    from fraisier_textfile.summary import as_json_text, summarize, table_lines
+
+    store = settings.store()
+    with library_errors():
+        document = store.read()
+    result = summarize(document)
+    if as_json:
+        click.echo(as_json_text(result))
+    elif not result.rows:
+        click.echo(f"{store.path}: no deployments recorded yet")
+    else:
+        for line in table_lines(result):
+            click.echo(line)
+
+
+_MIGRATABLE = "but the catalogue's are le="
+
+
+@textfile.command()
 @pass_settings
 def check(settings: Settings) -> None:
-    """Validate the textfile: it parses as node_exporter would, has no timestamps, consistent HELP and TYPE,
-    and histograms with the catalogue's buckets. Exits 1 naming the first problem, 0 when valid."""
-    from fraisier_textfile.textformat import check_document
+    """Validate the textfile as node_exporter reads it (Go's parser: promtool's words), and what it lets through
+    that breaks the file: timestamps, series that appear twice, negative counters, histograms that are not
+    cumulative. Prints every problem, one per line with its line number, and exits 1; exits 0 when the file is
+    sound. Histograms written with other buckets than ours are noted, not refused: the next merge migrates
+    them, keeping their totals."""
+    from fraisier_textfile.lifecycle import migration_notes
+    from fraisier_textfile.textformat import ParseError, check_text, parse
 
     store = settings.store()
     if not store.path.exists():
         raise click.ClickException(f"{store.path} does not exist yet: record an event first, or check --textfile-dir")
     with library_errors():
-        document = store.read()
-        problems = check_document(document)
+        version, text = store.read_text()
+    if version is not None:
+        version.close()
+    problems = check_text(text)
+    notes: list[str] = []
+    try:
+        notes = migration_notes(parse(text, check_histograms=False))
+    except ParseError as error:
+        if not problems:  # a histogram that cannot be migrated; a file that does not parse is listed already
+            problems.append(error)
+    else:
+        # Other bounds are not a problem: the next merge migrates them (lifecycle.migrate_histogram).
+        problems = [problem for problem in problems if _MIGRATABLE not in problem.problem]
+    for note in notes:
+        click.echo(f"{store.path}: note: {note}: the next merge migrates it, keeping its totals")
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise click.ClickException(f"{store.path}: {problems[0]}{more}")
-    samples = sum(len(block.lines) for block in document.blocks.values())
+        for problem in problems:
+            where = f"{store.path}:{problem.line_number}" if problem.line_number else str(store.path)
+            click.echo(f"Error: {where}: {problem.problem}", err=True)
+        raise SystemExit(1)
+    document = parse(text, check_histograms=False)
+    samples = sum(block.line_count() for block in document.blocks.values())
     click.echo(f"{store.path}: OK, {len(document.blocks)} families, {samples} samples")
 
 
@@ -299,10 +468,18 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     For hosts without node_exporter (with it, point its textfile collector at TEXTFILE_DIR instead). A scrape
     shows what the file holds, with the deployments in progress counted live; the file is re-read only when
     it changed. Until a fraisier process writes the file, every family is served without samples. There is a
-    landing page at /. SIGTERM or SIGINT stop it (exit 0).
+    landing page at / with a summary of the deployments (as `fraisier textfile summary`). SIGTERM or SIGINT
+    stop it (exit 0); SIGHUP re-reads the web config (systemd's ExecReload) and it goes on serving.
+
+    Started by a systemd .socket unit (LISTEN_FDS, LISTEN_PID), it serves the socket it is handed and ignores
+    --address and --port; contrib/systemd/ has the units. Otherwise it listens with the system's backlog
+    (/proc/sys/net/core/somaxconn), as node_exporter does.
 
     --web-config-file takes the web config file of Prometheus exporters (exporter-toolkit): TLS, client
-    certificates, basic auth. Paths in it are relative to its directory; it is re-read when it changes.
+    certificates, basic auth. Paths in it are relative to its directory; it is re-read when it changes. A new
+    config that would turn authentication off (an empty or half-written file, every user removed), turn TLS on
+    or off, or change its client_auth_type, client_ca_file, min_version or max_version is refused and logged
+    at error level: the last good config stays in force until a restart.
 
     \b
     Example web config:
@@ -327,32 +504,80 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     import signal
     import threading
 
-    from fraisier_textfile.server import serve_textfile
+    from fraisier_textfile.server import serve_textfile, systemd_listening_socket
 
     if not address.strip():
         raise InvalidInput("--address is empty: give localhost, a host's address, or 0.0.0.0 for every interface")
     stop = threading.Event()
+    wake = threading.Event()
+    reloads: list[int] = []
 
     def request_stop(signal_number: int, frame: object) -> None:
         stop.set()
+        wake.set()
 
-    # Before the server starts: a SIGTERM during start-up is a clean stop too.
+    def request_reload(signal_number: int, frame: object) -> None:
+        reloads.append(signal_number)
+        wake.set()
+
+    # Before the server starts: a SIGTERM during start-up is a clean stop too, and a SIGHUP (systemd's
+    # ExecReload) never kills it.
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
     store = settings.store()
     with library_errors():
+        listening_socket = systemd_listening_socket()
         server = serve_textfile(
-            store, port=port, address=address, web_config_file=web_config_file, max_requests=max_requests
+            store, port=port, address=address, web_config_file=web_config_file, max_requests=max_requests,
+            listening_socket=listening_socket,
         )
     details = ", ".join(
         part for part in (
+            "socket from systemd" if listening_socket is not None else "",
             "TLS" if server.tls else "",
             "basic auth" if server.web_config is not None and server.web_config.current().basic_auth_users else "",
             "" if store.path.exists() else "the file does not exist yet: families are served without samples",
         ) if part
     )
-    click.echo(f"fraisier metrics: serving {store.path} on {server.url}" + (f" ({details})" if details else ""),
-               err=True)
-    stop.wait()
+    log.info(f"fraisier metrics: serving {store.path} on {server.url}" + (f" ({details})" if details else ""))
+    while True:
+        wake.wait()
+        wake.clear()
+        if stop.is_set():
+            break
+        while reloads:
+            reloads.pop()
+            log.info("SIGHUP: reloading the web config")
+            server.reload_web_config()
     server.shutdown()
-    click.echo("fraisier metrics: stopped", err=True)
+    log.info("fraisier metrics: stopped")
+
+
+def _shared_option(name: str, **attributes: Any) -> click.Option:
+    def apply(context: click.Context, parameter: click.Parameter, value: object) -> object:
+        if value is not None:
+            settings = context.find_object(Settings)
+            if settings is not None:
+                settings.apply(name, value)
+        return value
+
+    return click.Option([f"--{name}"], default=None, expose_value=False, callback=apply,
+                        help=f"As `fraisier --{name}`, given after the command.", **attributes)
+
+
+def _give_group_options_to_every_command(group: click.Group) -> None:
+    """``fraisier textfile check --textfile-dir X`` as well as ``fraisier --textfile-dir X textfile check``.
+    A value given after the command wins over one given before it."""
+    for command in group.commands.values():
+        command.params.extend([
+            _shared_option("textfile-dir", type=click.Path(file_okay=False, path_type=Path)),
+            _shared_option("lock-timeout", metavar="SECONDS"),
+            _shared_option("log-level", type=click.Choice(list(logs.LEVELS))),
+            _shared_option("log-format", type=click.Choice(logs.FORMATS)),
+        ])
+        if isinstance(command, click.Group):
+            _give_group_options_to_every_command(command)
+
+
+_give_group_options_to_every_command(main)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.changes import Changes
@@ -18,6 +21,28 @@ log = logging.getLogger(__name__)
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 START_WAIT = 1.0
 """At most how long a deployment command waits for the textfile's lock before it starts."""
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """What the child runs before the command, on Linux: ask the kernel to SIGKILL it when this process dies,
+    so that a deployment counted ``crashed`` (its wrapper was killed) has really stopped. Only the command
+    itself: processes it starts in turn are its own to stop. None where there is no such call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not load anything
+    parent = os.getpid()
+
+    def set_parent_death_signal() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return set_parent_death_signal
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def error_type_of_exit(returncode: int) -> str:
@@ -67,11 +92,15 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     error_type: str | None
     try:
         try:
-            child = subprocess.Popen(list(command))
-        except FileNotFoundError:
-            returncode, error_type = 127, "command_not_found"
-        except PermissionError:
-            returncode, error_type = 126, "command_not_executable"
+            child = subprocess.Popen(list(command), preexec_fn=_die_with_parent())
+        except OSError as error:
+            # As a shell: 127 for a command that is not there, 126 for one that is there but cannot run.
+            if isinstance(error, FileNotFoundError):
+                returncode, error_type, reason = 127, "command_not_found", "not found (check the path and PATH)"
+            else:
+                returncode, error_type = 126, "command_not_executable"
+                reason = f"not executable: {error.strerror or error} (check its mode and its #! line)"
+            log.error("cannot start %s: %s; exit %d", shlex.join(command), reason, returncode)
         else:
             for signum in early:
                 child.send_signal(signum)

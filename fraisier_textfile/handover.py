@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 class UnreadableHandover(ValueError):
-    """A hand-over file this version cannot apply (corrupt, or written by a version with other families)."""
+    """A hand-over file this version cannot apply (corrupt, or written by a version with other families). The
+    store sets such a file aside: this never escapes it."""
 
 
 def handover_directory(textfile_directory: Path) -> Path:
@@ -85,19 +86,19 @@ def decode(data: bytes) -> Changes:
             raise UnreadableHandover(f"format version {content.get('version')!r}, not {FORMAT_VERSION}")
         changes = Changes()
         for name, labels, amount in content["added"]:
-            changes.added[_series(name, labels)] = float(amount)
+            changes.added[_series(name, labels)] = _number(name, amount)
         for name, labels, buckets, total, count in content["observed"]:
             key = _series(name, labels)
             if len(buckets) != len(key[0].buckets) + 1:
                 raise UnreadableHandover(f"{name} has {len(buckets)} buckets here, not {len(key[0].buckets) + 1}")
-            delta = HistogramDelta([int(bucket) for bucket in buckets])
-            delta.sum = float(total)
-            delta.count = int(count)
+            delta = HistogramDelta([int(_number(name, bucket)) for bucket in buckets])
+            delta.sum = _number(name, total)
+            delta.count = int(_number(name, count))
             changes.observed[key] = delta
         for name, labels, value in content["latest"]:
-            changes.latest[_series(name, labels)] = float(value)
+            changes.latest[_series(name, labels)] = _number(name, value)
         for name, labels, value in content["maximum"]:
-            changes.maximum[_series(name, labels)] = float(value)
+            changes.maximum[_series(name, labels)] = _number(name, value)
         changes.active_providers.update(str(provider) for provider in content["active_providers"])
         changes.retired_markers.update(str(marker) for marker in content["retired_markers"])
     except UnreadableHandover:
@@ -105,6 +106,13 @@ def decode(data: bytes) -> Changes:
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise UnreadableHandover(f"not a hand-over this version can read ({type(error).__name__}: {error})") from None
     return changes
+
+
+def _number(name: str, value: object) -> float:
+    """A value as the recorder makes them: a finite number >= 0 (what else would poison every later merge)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise UnreadableHandover(f"{name} has the value {value!r}, not a finite number >= 0")
+    return float(value)
 
 
 def _series(name: str, labels: list[str]) -> tuple[c.Family, tuple[str, ...]]:
@@ -283,9 +291,9 @@ def _make_directory(directory: Path) -> None:
     except OSError as error:
         raise write_error(directory, "create the hand-over directory", error) from None
     try:
-        # Group-writable like the lock file, so that a merger of another user of the group can delete
-        # the hand-overs it applied.
-        os.chmod(directory, 0o775)
+        # Group-writable like the lock file, so that a merger of another user of the group can delete the
+        # hand-overs it applied; the setgid bit it inherits from a shared textfile directory (chmod 2775) is kept.
+        os.chmod(directory, 0o775 | (os.stat(directory).st_mode & stat.S_ISGID))
     except OSError:
         pass
 

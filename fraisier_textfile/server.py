@@ -21,6 +21,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -231,14 +232,42 @@ def _split(version: FileVersion | None, document: Document) -> _Snapshot:
 
 LANDING_PAGE = """<!DOCTYPE html>
 <html lang="en">
-<head><meta charset="utf-8"><title>Fraisier metrics</title></head>
+<head><meta charset="utf-8"><title>Fraisier metrics</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #1d1d1d; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; white-space: nowrap; }}
+th {{ text-align: left; background: #f3f3f3; }}
+th.number, td.number {{ text-align: right; font-variant-numeric: tabular-nums; }}
+tr.provider td {{ font-weight: 600; border-top: 2px solid #bbb; }}
+.note {{ color: #555; font-size: 0.85em; }}
+</style>
+</head>
 <body>
 <h1>Fraisier metrics</h1>
 <p>Fraisier's deployment metrics, for Prometheus, from {source}.</p>
 <p><a href="metrics">Metrics</a></p>
+<h2>Deployments</h2>
+{summary}<p class="note">Per provider and fraise type; durations, active deployments, rollbacks and health checks
+are kept per provider, on its "all" row. Quantiles are estimated from the histogram buckets, over every
+deployment since the file began.</p>
 </body>
 </html>
 """
+
+
+def landing_page(source: MetricsSource) -> str:
+    """The page at ``/``: a link to the metrics and the deployments summary of what a scrape serves now."""
+    from fraisier_textfile.summary import html_table, summarize
+    from fraisier_textfile.textformat import parse
+
+    try:
+        # Only the labels are read: a registry may write them in another order than the textfile does.
+        summary = html_table(summarize(parse(source.scrape().plain.decode("utf-8"), check_histograms=False)))
+    except (FraisierTextfileError, ValueError) as error:  # ParseError and UnicodeDecodeError are ValueErrors
+        summary = f'<p id="summary">No summary: {html.escape(str(error))}</p>\n'
+    return LANDING_PAGE.format(source=html.escape(source.describe()), summary=summary)
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
@@ -279,6 +308,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(send_body=False)
 
     def _answer(self, send_body: bool) -> None:
+        started = time.monotonic()
+        self._status = 0
+        try:
+            self._route(send_body)
+        finally:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("request", extra={"fields": {
+                    "method": self.command, "path": self.path, "status": self._status,
+                    "duration_seconds": round(time.monotonic() - started, 6), "remote": self.client_address[0],
+                }})
+
+    def _route(self, send_body: bool) -> None:
         web_config = self.server.web_config
         if web_config is not None and not web_config.authorized(self.headers.get("Authorization")):
             self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8", send_body,
@@ -288,7 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._metrics(send_body)
         elif path == "/":
-            page = LANDING_PAGE.format(source=html.escape(self.server.source.describe()))
+            page = landing_page(self.server.source)
             self._send(200, page.encode("utf-8"), "text/html; charset=utf-8", send_body)
         else:
             self._send(404, b"Not found: the metrics are at /metrics\n", "text/plain; charset=utf-8", send_body)
@@ -317,6 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str, send_body: bool,
               headers: dict[str, str] | None = None) -> None:
+        self._status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -326,17 +368,78 @@ class _Handler(BaseHTTPRequestHandler):
         if send_body:
             self.wfile.write(body)
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # _answer logs each request, with its duration
+
     def log_message(self, format: str, *args: Any) -> None:
+        # What http.server reports itself: malformed requests, unsupported methods, timeouts.
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s", self.address_string(), format % args)
+
+
+def listen_backlog() -> int:
+    """The backlog Go servers such as node_exporter listen with: the system's ``somaxconn``. Python's
+    socketserver listens with 5, so under a burst of connections the kernel drops SYNs and clients wait for
+    their one-second retransmission."""
+    try:
+        with open("/proc/sys/net/core/somaxconn", "rb") as file:
+            backlog = int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return socket.SOMAXCONN
+    # listen(2) keeps the backlog in 16 bits on older kernels; Go caps it the same way.
+    return max(1, min(backlog, 65535))
+
+
+SYSTEMD_FIRST_DESCRIPTOR = 3  # SD_LISTEN_FDS_START
+
+
+def systemd_listening_socket() -> socket.socket | None:
+    """The listening socket that systemd passed to this process (socket activation: ``LISTEN_PID`` is this
+    process and ``LISTEN_FDS`` is 1, the socket is descriptor 3), or None when there is none. The variables
+    are removed so that processes started from here do not take the socket for theirs. Raises
+    ServerStartError when systemd passed something this server cannot serve from."""
+    listen_pid = os.environ.get("LISTEN_PID")
+    listen_fds = os.environ.get("LISTEN_FDS")
+    if listen_pid is None or listen_fds is None:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if listen_pid.strip() != str(os.getpid()):
+        return None  # meant for another process (the variables were inherited)
+    where = "the socket passed by systemd"
+    try:
+        count = int(listen_fds)
+    except ValueError:
+        raise ServerStartError(where, 0, f"LISTEN_FDS is {listen_fds!r}, not a number of sockets") from None
+    if count == 0:
+        return None
+    if count != 1:
+        raise ServerStartError(
+            where, 0, f"systemd passed {count} sockets; fraisier metrics serves one: give its .socket unit one "
+            "ListenStream="
+        )
+    try:
+        listening = socket.socket(fileno=SYSTEMD_FIRST_DESCRIPTOR)
+    except OSError as error:
+        raise ServerStartError(where, 0, f"descriptor 3 is not a socket ({error.strerror or error})") from None
+    if listening.type != socket.SOCK_STREAM or not listening.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        listening.detach()
+        raise ServerStartError(
+            where, 0, "descriptor 3 is not a listening stream socket: use ListenStream= (not ListenDatagram= or "
+            "Accept=yes) in the .socket unit"
+        )
+    listening.set_inheritable(False)
+    return listening
 
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[Any, ...], family: socket.AddressFamily, source: MetricsSource,
-                 web_config: LiveWebConfig | None, max_requests: int) -> None:
+                 web_config: LiveWebConfig | None, max_requests: int,
+                 listening_socket: socket.socket | None = None) -> None:
         self.address_family = family
+        self.request_queue_size = listen_backlog()
         self.source = source
         self.web_config = web_config
         # As node_exporter's --web.max-requests: scrapes beyond the limit get 503 at once instead of piling
@@ -344,7 +447,16 @@ class _HTTPServer(ThreadingHTTPServer):
         self.scrape_slots = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        if listening_socket is None:
+            super().__init__(address, _Handler)
+            return
+        super().__init__(address, _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = listening_socket  # already bound and listening, with the backlog its owner chose
+        host, port = listening_socket.getsockname()[:2]
+        self.server_address = (host, port)
+        self.server_name = str(host)
+        self.server_port = int(port)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind would look up the host's FQDN, which may wait on DNS: not needed here.
@@ -456,14 +568,21 @@ class MetricsServer:
     """
 
     def __init__(self, source: MetricsSource, *, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS,
-                 web_config_file: Path | str | None = None, max_requests: int = DEFAULT_MAX_REQUESTS) -> None:
+                 web_config_file: Path | str | None = None, max_requests: int = DEFAULT_MAX_REQUESTS,
+                 listening_socket: socket.socket | None = None) -> None:
         self.source = source
         self.web_config = LiveWebConfig(web_config_file) if web_config_file is not None else None
-        family, socket_address = _resolve(address, port)
-        try:
-            self._http = _HTTPServer(socket_address, family, source, self.web_config, max_requests)
-        except OSError as error:
-            raise _start_error(address, port, error) from None
+        if listening_socket is not None:
+            # Socket activation: systemd bound it; address and port are what it was bound to.
+            self._http = _HTTPServer(listening_socket.getsockname(), listening_socket.family, source,
+                                     self.web_config, max_requests, listening_socket)
+            address = str(self._http.server_name)
+        else:
+            family, socket_address = _resolve(address, port)
+            try:
+                self._http = _HTTPServer(socket_address, family, source, self.web_config, max_requests)
+            except OSError as error:
+                raise _start_error(address, port, error) from None
         self.address = address
         self.port: int = self._http.server_port
         host = address or "0.0.0.0"
@@ -476,8 +595,21 @@ class MetricsServer:
         self._stopped = False
         self._state = threading.Lock()
         authentication = bool(self.web_config and self.web_config.current().basic_auth_users)
-        log.info("serving %s on %s (TLS %s, basic auth %s)", source.describe(), self.url,
-                 "on" if self.tls else "off", "on" if authentication else "off")
+        log.debug("serving %s on %s (TLS %s, basic auth %s)", source.describe(), self.url,
+                  "on" if self.tls else "off", "on" if authentication else "off")
+
+    @property
+    def backlog(self) -> int:
+        """The listen backlog this server asked for (an inherited socket keeps its owner's)."""
+        return int(self._http.request_queue_size)
+
+    def reload_web_config(self) -> bool:
+        """Re-read the web config now (what SIGHUP does). True if a config is in force from the file as it is;
+        False if there is none, or the new one was refused (logged; the last good one stays)."""
+        if self.web_config is None:
+            log.info("no --web-config-file to reload")
+            return False
+        return self.web_config.reload()
 
     def serve_forever(self) -> None:
         with self._state:
@@ -518,13 +650,15 @@ class MetricsServer:
 
 def serve_textfile(store: TextfileStore | Path | str, *, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS,
                    web_config_file: Path | str | None = None,
-                   max_requests: int = DEFAULT_MAX_REQUESTS) -> MetricsServer:
+                   max_requests: int = DEFAULT_MAX_REQUESTS,
+                   listening_socket: socket.socket | None = None) -> MetricsServer:
     """Serve a textfile directory's ``fraisier.prom`` (what ``fraisier metrics`` runs), from a background
-    thread. Returns the running server."""
+    thread. Returns the running server. ``listening_socket``: serve from this socket, already listening (as
+    ``systemd_listening_socket()`` gives), instead of binding ``address:port``."""
     if not isinstance(store, TextfileStore):
         store = TextfileStore(store)
     return MetricsServer(TextfileSource(store), port=port, address=address, web_config_file=web_config_file,
-                         max_requests=max_requests).start()
+                         max_requests=max_requests, listening_socket=listening_socket).start()
 
 
 def serve_registry(registry: CollectorRegistry, *, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS,

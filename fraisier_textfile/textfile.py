@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import signal
@@ -43,11 +44,11 @@ from fraisier_textfile.errors import (
     UnexpectedFileError,
     write_error,
 )
+from fraisier_textfile.lifecycle import SeriesLifecycle
 from fraisier_textfile.textformat import (
     Block,
     Document,
     ParseError,
-    check_buckets,
     label_text,
     parse,
     parse_series_key,
@@ -65,6 +66,8 @@ CLOCK_TOLERANCE = 300.0
 """Seconds. A last-deployment timestamp in the file further ahead of the merging process's clock than this was
 written while some clock was wrong (stepped back since, or a process with a fake time): a merge that touches
 it replaces it with its own value instead of keeping the larger one."""
+LATE_MERGE_BUDGET = 0.5
+"""Seconds a process may spend, after its own merge, merging hand-overs that arrived while it held the lock."""
 # Waiters poll the lock (flock cannot wait with a timeout). They start at 0.1 ms and double up to 1 ms, so
 # that one gets it within about a millisecond of its release, at a cost of at most 1,000 wake-ups a second.
 FIRST_POLL = 0.0001
@@ -361,10 +364,10 @@ class TextfileStore:
         # What this process last wrote, and the identity of the file it wrote: while the file on disk is
         # still that one, nobody else has merged since and it need not be read or parsed again.
         self._cached: tuple[FileVersion, Document] | None = None
-        # The histogram families of the document in hand whose buckets were checked against the catalogue.
-        self._checked: set[str] = set()
         # The hand-overs the last merge found (applied, or set aside): the others arrived since.
         self._handled_handovers: set[str] = set()
+        # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
+        self.lifecycle = SeriesLifecycle.from_environment(self.path)
 
     # Reading
 
@@ -447,9 +450,9 @@ class TextfileStore:
         (LockTimeoutError when the lock stayed busy)."""
         try:
             self._merge_once(changes, self.lock_timeout if timeout is None else timeout)
-        except LockTimeoutError:
-            raise
         except FraisierTextfileError:
+            # Also after a failure: this process may have held the lock (a lock timeout too, when its lock
+            # file was replaced mid-merge and the new one stayed busy).
             self._merge_late_handovers()
             raise
         self._merge_late_handovers()
@@ -489,7 +492,9 @@ class TextfileStore:
         deadline = time.monotonic() + timeout
         with _DeferredSignals() as signals:
             self._make_directory()
-            while True:
+            for attempt in itertools.count(1):
+                if attempt > 3 and time.monotonic() > deadline:  # something removes the lock file over and over
+                    raise LockTimeoutError(self.lock_path, timeout)
                 self._lock.acquire(deadline, timeout, signals.deliver)
                 try:
                     self._merge_locked(changes)
@@ -508,8 +513,14 @@ class TextfileStore:
         releases it after the file existed, and that holder's look finds it; if its own try fails in turn,
         the next holder's look does, and so on until one gets the lock. (A holder killed meanwhile leaves the
         hand-over to the next merge, by any process.) This is also group commit: under contention the waiters
-        hand over and one holder writes them all in one merge."""
-        while self._handovers_waiting():
+        hand over and one holder writes them all in one merge.
+
+        Under sustained contention new hand-overs keep arriving, and a holder that looped for ever would hold
+        up the deployment it belongs to: it stops after LATE_MERGE_BUDGET seconds, leaving what remains to
+        the next merge of any process (under such load, one within milliseconds; otherwise at the latest the
+        next ``fraisier textfile refresh``). Nothing is lost or applied twice either way."""
+        stop = time.monotonic() + LATE_MERGE_BUDGET
+        while time.monotonic() < stop and self._handovers_waiting():
             try:
                 self._merge_once(Changes(), timeout=0)
             except LockTimeoutError:
@@ -548,15 +559,15 @@ class TextfileStore:
     def _merge_locked(self, changes: Changes) -> None:
         document = self._load()
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
-        if cached is None or document is not cached[1]:  # read from disk, not what we wrote
-            self._checked = set()
+        read_from_disk = cached is None or document is not cached[1]  # not what we wrote
         if cached is not None:
             cached[0].close()
         applied, handed_over = self._collect_handovers(document)
         combined = _combined([*handed_over, changes]) if handed_over else changes
-        self._check_histograms(document, combined)
-        to_remove = self._account_markers(document, combined)
-        _apply(document, combined, self.path, time.time())
+        to_apply = self.lifecycle.before_merge(document, combined, read_from_disk)
+        to_remove = self._account_markers(document, to_apply)
+        _apply(document, to_apply, self.path, time.time())
+        self.lifecycle.after_merge(document, to_apply)
         if applied:
             document.meta[handover.APPLIED_KEY] = " ".join(applied)
         else:
@@ -570,7 +581,7 @@ class TextfileStore:
             raise _LockLost
         # Signals are held back (see _DeferredSignals): the rename and the clear happen together.
         version = self._rename(temporary, descriptor)
-        self._cached = (version, document)
+        self._cached = None if version is None else (version, document)
         changes.clear()
         # Nothing below may fail the merge: the file is written. A hand-over or a marker that cannot be
         # removed stays listed in the file, so it is never counted again.
@@ -609,20 +620,6 @@ class TextfileStore:
         if version is not None:
             version.close()
         return self.parse_text(text, check_histograms=False)
-
-    def _check_histograms(self, document: Document, changes: Changes) -> None:
-        """The histograms this merge adds to must have the catalogue's buckets; the others are written
-        back as they are (``fraisier textfile check`` checks them all)."""
-        for family in {family for family, _ in changes.observed}:
-            if family.name in self._checked:
-                continue
-            block = document.blocks.get(family.name)
-            if block is not None:
-                try:
-                    check_buckets(block, family)
-                except ParseError as error:
-                    raise CorruptTextfileError(self.path, error.problem) from None
-            self._checked.add(family.name)
 
     def _account_markers(self, document: Document, changes: Changes) -> set[str]:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
@@ -718,8 +715,10 @@ class TextfileStore:
             raise
         return temporary, descriptor
 
-    def _rename(self, temporary: Path, descriptor: int) -> FileVersion:
-        """Rename the written temporary over the textfile; return the new file's version, held open."""
+    def _rename(self, temporary: Path, descriptor: int) -> FileVersion | None:
+        """Rename the written temporary over the textfile; return the new file's version, held open (None if it
+        cannot be had: the next merge reads the file). Once renamed, nothing here raises: the caller must
+        forget the changes the file now holds."""
         try:
             os.replace(temporary, self.path)
         except OSError as error:
@@ -727,7 +726,11 @@ class TextfileStore:
             _unlink_quietly(temporary)
             raise write_error(self.path, "write", error) from None
         self._fsync_directory()
-        return FileVersion(self.path, descriptor)
+        try:
+            return FileVersion(self.path, descriptor)
+        except OSError:
+            os.close(descriptor)
+            return None
 
     def _fsync_directory(self) -> None:
         """Make the rename itself durable."""

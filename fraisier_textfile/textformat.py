@@ -1,26 +1,70 @@
-"""The Prometheus text format, as this package reads and writes it.
+"""The Prometheus text format (0.0.4), as node_exporter's textfile collector reads it and as this package writes it.
 
-A fast path for our own files: a document is a list of family blocks; each block keeps its sample lines as
-text with an index from series key to line, so a merge rewrites only the lines it changes and a render joins
-strings. Families the catalogue does not own are kept as the exact text they came in.
+Reading follows Go's parser (``expfmt.TextParser``, node_exporter 1.5 and promtool), and a file it refuses is
+refused with its words: any label order, blanks and tabs between tokens, a trailing comma, the escapes ``\\\\``
+``\\"`` ``\\n`` in label values and ``\\\\`` ``\\n`` in HELP, HELP and TYPE in either order, families split in
+two places, and no timestamps (node_exporter drops a file that has one).
+
+A document is a list of family blocks. A family we do not own is kept as the exact text it came in (its
+comments and the comments just before it included). A family we own is ours to rewrite: its HELP and TYPE are
+the catalogue's, its series keys canonical (catalogue label order, ``le`` last in our float format), its stray
+comments kept just before its HELP and TYPE lines. Reading is lazy: a block of our own canonical format is one
+string, found by a C-speed pattern over the file; a merge finds the few series it changes in that string and
+splices the new lines in when rendering, so the bytes it does not change are copied, never parsed.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from fraisier_textfile.catalogue import FAMILIES, FAMILIES_BY_NAME, Family, Kind, format_float
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
-RETIRED_MARKERS_COMMENT = "# fraisier_textfile retired-markers:"
-META_COMMENT = "# fraisier_textfile "  # then "<key>: <value>": the store's bookkeeping, read into Document.meta
-# Patterns as strings, compiled (and cached by re) on first use: compiling them at import would cost every
-# `fraisier record` run milliseconds for parsing it rarely does.
-_METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z"
-_LABEL_PAIR = r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\\n]|\\[\\"n])*)"\s*(,|\})'
+META_PREFIX = "# fraisier_textfile "
+RETIRED_MARKERS_KEY = "retired-markers"
+RETIRED_MARKERS_COMMENT = f"{META_PREFIX}{RETIRED_MARKERS_KEY}:"
+TYPES = ("counter", "gauge", "histogram", "summary", "untyped", "gauge_histogram")
+TIMESTAMP_PROBLEM = (
+    "has a timestamp: node_exporter does not support client-side timestamps and skips the entire file; remove it"
+)
+
+# Patterns as strings, compiled on first use: compiling them at import would cost every `fraisier record` run
+# milliseconds for parsing it rarely does.
+_METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
+_LABEL_VALUE = r'"[^"\\\n]*+(?:\\[\\"n][^"\\\n]*+)*+"'
+_PAIR = rf"(?!__name__[ \t]*=){_LABEL_NAME}[ \t]*=[ \t]*{_LABEL_VALUE}[ \t]*"
+# Go's strconv.ParseFloat without hex floats and underscores (the parser refuses p, P and _), ASCII digits only.
+_GO_FLOAT = (
+    r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)"
+    r"|[nN][aA][nN]"
+)
+# The same, bounded so that it cannot overflow to infinity (Go refuses 1e400; Python reads it as inf): a longer
+# number goes the slow way, which checks.
+_BOUNDED_FLOAT = (
+    r"[+-]?(?:(?:[0-9]{1,200}(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,2})?|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)"
+    r"|[nN][aA][nN]"
+)
+# What format_float writes (repr of a float, or a special), exponent small enough to be finite.
+_CANONICAL_FLOAT = r"(?:-?[0-9]+\.[0-9]+|-?[0-9](?:\.[0-9]+)?e(?:\+|-)(?:[0-2]?[0-9]{1,2}|30[0-7])|[+-]Inf|NaN)"
+_FAST_SAMPLE = (
+    rf"[ \t]*({_METRIC_NAME})(?:[ \t]*(\{{[ \t]*(?:{_PAIR},[ \t]*)*(?:{_PAIR})?\}})[ \t]*|[ \t]+)(?:{_BOUNDED_FLOAT})"
+)
+_LABEL_NAMES_IN_SET = rf'[{{,][ \t]*({_LABEL_NAME})[ \t]*=[ \t]*"(?:[^"\\\n]|\\.)*"'
 _UNESCAPE = r"\\(.)"
 _UNESCAPED = {"n": "\n", "\\": "\\", '"': '"'}
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+_compiled: dict[str, re.Pattern[str]] = {}
+
+
+def _re(pattern: str) -> re.Pattern[str]:
+    compiled = _compiled.get(pattern)
+    if compiled is None:
+        compiled = _compiled[pattern] = re.compile(pattern)
+    return compiled
 
 
 class ParseError(ValueError):
@@ -31,6 +75,9 @@ class ParseError(ValueError):
         self.line_number = line_number
         super().__init__(problem if line_number is None else f"line {line_number}: {problem}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ParseError, (self.problem, self.line_number))
+
 
 def escape_label_value(value: str) -> str:
     if "\\" not in value and '"' not in value and "\n" not in value:
@@ -39,7 +86,7 @@ def escape_label_value(value: str) -> str:
 
 
 def unescape_label_value(text: str) -> str:
-    return re.sub(_UNESCAPE, lambda m: _UNESCAPED.get(m.group(1), "\\" + m.group(1)), text)
+    return _re(_UNESCAPE).sub(lambda m: _UNESCAPED.get(m.group(1), "\\" + m.group(1)), text)
 
 
 def label_text(labels: Iterable[str], values: Iterable[str]) -> str:
@@ -54,34 +101,257 @@ def series_key(name: str, labels: Iterable[str], values: Iterable[str]) -> str:
 
 
 def parse_series_key(key: str) -> tuple[str, dict[str, str]]:
-    """The metric name and the labels of a series key (``name{a="x"}``)."""
-    brace = key.find("{")
-    if brace < 0:
-        return key, {}
+    """The metric name and the labels of a series key (``name{a="x"}``), read as Go reads them."""
+    name, pairs, _ = _read_sample(key + " 0")
     labels: dict[str, str] = {}
-    position = brace + 1
-    if key[position:].strip() == "}":
-        return key[:brace], labels
+    for label, value in pairs:
+        if label in labels:  # only le in a histogram gets here: Go keeps the last one
+            raise ParseError(f"duplicate label names for metric {_go_quote(name)}")
+        labels[label] = value
+    return name, labels
+
+
+def go_float(text: str) -> float | None:
+    """``text`` as Go's parser reads a sample value or an ``le``, None where it refuses it (``1_000``, ``0x1p3``,
+    ``+nan``, digits of other scripts, ``1e400``)."""
+    if not _re(_GO_FLOAT).fullmatch(text):
+        return None
+    value = float(text)
+    if math.isinf(value) and text.lstrip("+-")[:1] not in ("i", "I"):
+        return None  # out of range: Go refuses it where Python reads infinity
+    return value
+
+
+def canonical_float(text: str) -> str:
+    """An ``le`` or a value as we write it: ``1``, ``1e0`` and ``1.0`` are all ``1.0``."""
+    value = go_float(text)
+    if value is None:
+        raise ParseError(f"expected float as value, got {_go_quote(text)}")
+    return format_float(value)
+
+
+def _go_quote(text: str) -> str:
+    """``text`` as Go's ``%q`` prints a string, so that our messages are promtool's."""
+    out = ['"']
+    for character in text:
+        if character in '"\\':
+            out.append("\\" + character)
+        elif character in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[character])
+        elif character.isprintable():
+            out.append(character)
+        elif ord(character) < 0x80:
+            out.append(f"\\x{ord(character):02x}")
+        elif ord(character) < 0x10000:
+            out.append(f"\\u{ord(character):04x}")
+        else:
+            out.append(f"\\U{ord(character):08x}")
+    return "".join(out) + '"'
+
+
+def _go_char(character: str) -> str:
+    """A byte as Go's ``%q`` prints it: ``'}'``, ``'\\n'``. Go reads bytes: a character beyond ASCII shows as
+    its first UTF-8 byte."""
+    if ord(character) >= 0x80:
+        character = chr(character.encode("utf-8")[0])
+    if character == "'":
+        return "'\\''"
+    if character in _GO_ESCAPES:
+        return f"'{_GO_ESCAPES[character]}'"
+    if not character.isprintable():
+        return f"'\\x{ord(character):02x}'"
+    return f"'{character}'"
+
+
+# Reading one line the way Go's parser does, for its exact words
+
+
+def _skip_blanks(line: str, position: int) -> int:
+    while position < len(line) and line[position] in " \t":
+        position += 1
+    return position
+
+
+def _at(line: str, position: int) -> str:
+    return line[position] if position < len(line) else "\n"
+
+
+def _read_sample(line: str, family_name: str = "", go_type: str = "untyped") -> tuple[str, list[tuple[str, str]], str]:
+    """``(name, [(label, value)...], value text)`` of one sample line (without its newline), checked as Go's
+    parser checks it. ``family_name`` and ``go_type`` are those of the family the line belongs to (they decide
+    whether ``le`` or ``quantile`` must be a number, and Go names the family in its messages)."""
+    position = _skip_blanks(line, 0)
+    match = _re(_METRIC_NAME).match(line, position)
+    if match is None:
+        raise ParseError("invalid metric name")
+    name = match.group()
+    family_name = family_name or name
+    position = _skip_blanks(line, match.end())
+    pairs: list[tuple[str, str]] = []
+    if _at(line, position) == "{":
+        position += 1
+        seen: set[str] = set()
+        while True:
+            position = _skip_blanks(line, position)
+            if _at(line, position) == "}":
+                position += 1
+                break
+            match = _re(_LABEL_NAME).match(line, position)
+            if match is None:
+                raise ParseError(f"invalid label name for metric {_go_quote(family_name)}")
+            label = match.group()
+            position = _skip_blanks(line, match.end())
+            if _at(line, position) != "=":
+                raise ParseError(f"expected '=' after label name, found {_go_char(_at(line, position))}")
+            position += 1
+            if label == "__name__":
+                raise ParseError('label name "__name__" is reserved')
+            special = (go_type == "histogram" and label == "le") or (go_type == "summary" and label == "quantile")
+            if not special:
+                if label in seen:
+                    raise ParseError(f"duplicate label names for metric {_go_quote(family_name)}")
+                seen.add(label)
+            position = _skip_blanks(line, position)
+            if _at(line, position) != '"':
+                raise ParseError(f"expected '\"' at start of label value, found {_go_char(_at(line, position))}")
+            position, value = _read_label_value(line, position + 1)
+            if special and go_float(value) is None:
+                raise ParseError(f"expected float as value for '{label}' label, got {_go_quote(value)}")
+            pairs.append((label, value))
+            position = _skip_blanks(line, position)
+            separator = _at(line, position)
+            position += 1
+            if separator == "}":
+                break
+            if separator != ",":
+                raise ParseError(f"unexpected end of label value {_go_quote(value)}")
+        position = _skip_blanks(line, position)
+    end = position
+    while end < len(line) and line[end] not in " \t":
+        end += 1
+    value_text = line[position:end]
+    if go_float(value_text) is None:
+        raise ParseError(f"expected float as value, got {_go_quote(value_text)}")
+    if end < len(line):
+        start = _skip_blanks(line, end)
+        stop = start
+        while stop < len(line) and line[stop] not in " \t":
+            stop += 1
+        timestamp = line[start:stop]
+        if not _re(r"[+-]?[0-9]+").fullmatch(timestamp) or not -(2**63) <= int(timestamp) < 2**63:
+            raise ParseError(f"expected integer as timestamp, got {_go_quote(timestamp)}")
+        if line[stop:]:
+            raise ParseError(f"spurious string after timestamp: {_go_quote(line[stop:])}")
+        raise ParseError(f"sample line {line[:60]!r} {TIMESTAMP_PROBLEM}")
+    return name, pairs, value_text
+
+
+def _read_label_value(line: str, position: int) -> tuple[int, str]:
+    token: list[str] = []
     while True:
-        match = re.compile(_LABEL_PAIR).match(key, position)
-        if match is None:
-            raise ParseError(f"cannot read the labels of {key!r}")
-        if match.group(1) in labels:
-            raise ParseError(f"the label {match.group(1)} appears twice in {key!r}")
-        labels[match.group(1)] = unescape_label_value(match.group(2))
-        position = match.end()
-        if match.group(3) == "}":
-            break
-        if key[position:].strip() == "}":  # a trailing comma is allowed
-            position = len(key)
-            break
-    if key[position:].strip():
-        raise ParseError(f"unexpected text after the labels of {key!r}")
-    return key[:brace], labels
+        if position >= len(line):
+            raise ParseError(f"label value {_go_quote(''.join(token))} contains unescaped new-line")
+        character = line[position]
+        position += 1
+        if character == '"':
+            return position, "".join(token)
+        if character == "\\":
+            escaped = _at(line, position)
+            position += 1
+            if escaped not in ('"', "\\", "n"):
+                raise ParseError(_bad_escape(escaped))
+            token.append("\n" if escaped == "n" else escaped)
+        else:
+            token.append(character)
+
+
+def _read_comment(line: str) -> tuple[str, str, str | None] | None:
+    """A HELP or TYPE line as ``(keyword, metric name, rest)``, ``rest`` None if the line names the metric and
+    ends there; None for any other comment (Go ignores those). The line starts with ``#`` after blanks."""
+    position = _skip_blanks(line, line.index("#") + 1)
+    end = position
+    while end < len(line) and line[end] not in " \t":
+        end += 1
+    if end == len(line) or line[position:end] not in ("HELP", "TYPE"):
+        return None
+    keyword = line[position:end]
+    position = _skip_blanks(line, end)
+    match = _re(_METRIC_NAME).match(line, position)
+    name = match.group() if match else ""
+    position = match.end() if match else position
+    if position == len(line):
+        return None if not name else (keyword, name, None)
+    if line[position] not in " \t":
+        raise ParseError("invalid metric name in comment")
+    return keyword, name, line[_skip_blanks(line, position) :]
+
+
+def _bad_escape(escaped: str) -> str:
+    if escaped == "\n":  # Go prints the newline itself; we keep every message on one line
+        return "invalid escape sequence '\\' (a backslash ends the line)"
+    return f"invalid escape sequence '\\{escaped}'"
+
+
+def _read_help(text: str) -> str:
+    out = []
+    position = 0
+    while position < len(text):
+        character = text[position]
+        if character == "\\":
+            escaped = _at(text, position + 1)
+            if escaped not in ("\\", "n"):
+                raise ParseError(_bad_escape(escaped))
+            out.append("\n" if escaped == "n" else "\\")
+            position += 2
+        else:
+            out.append(character)
+            position += 1
+    return "".join(out)
+
+
+# Canonical series keys of the families we own
+
+
+def canonical_key(family: Family, name: str, pairs: Iterable[tuple[str, str]]) -> str:
+    """The series key we write for a sample of ``family``: the catalogue's labels in its order, any other label
+    after them sorted, ``le`` last in our float format."""
+    labels = dict(pairs)
+    le = labels.pop("le", None) if family.kind is Kind.HISTOGRAM and name.endswith("_bucket") else None
+    order = [label for label in family.labels if label in labels]
+    order += sorted(set(labels) - set(family.labels))
+    values = [labels[label] for label in order]
+    if le is not None:
+        order.append("le")
+        values.append(canonical_float(le))
+    return series_key(name, order, values)
+
+
+def _canonical_run(family: Family) -> re.Pattern[str]:
+    """Lines exactly as we write them for ``family``, one after another: for a histogram, whole series (every
+    bucket of the catalogue in order, then _sum and _count, one label set), so that a block read this way
+    needs no bucket check."""
+    labels = ",".join(f"{label}={_LABEL_VALUE}" for label in family.labels)
+    name = re.escape(family.name)
+    value = rf" {_CANONICAL_FLOAT}\n"
+    if family.kind is Kind.HISTOGRAM:
+        if not labels:
+            return _re(r"(?!)")  # none of ours; such a family is read the slow way
+        bounds = [re.escape(bound) for bound in family.bucket_bounds]
+        series = rf'{name}_bucket\{{({labels}),le="{bounds[0]}"\}}{value}'
+        series += "".join(rf'{name}_bucket\{{\1,le="{bound}"\}}{value}' for bound in bounds[1:])
+        series += rf"{name}_sum\{{\1\}}{value}{name}_count\{{\1\}}{value}"
+        return _re(rf"(?:{series})*+")
+    braces = rf"\{{{labels}\}}" if labels else ""
+    return _re(rf"(?:{name}{braces}{value})*+")
 
 
 class Block:
-    """One metric family: its header and its sample lines, in file order."""
+    """One metric family: its header and its samples.
+
+    A block of ours read from a file in our own format holds its sample lines as one string and finds a
+    series in it only when asked; changed and new lines are kept apart and spliced in by :meth:`render`. Any
+    other access to its lines (``lines``, ``samples()``, ``index()``) turns it into a list of lines, once.
+    A family we do not own keeps its exact text in ``raw``."""
 
     def __init__(
         self, name: str, help: str | None = None, type: str | None = None, owned: Family | None = None
@@ -90,59 +360,267 @@ class Block:
         self.help = help
         self.type = type
         self.owned = owned
-        self.lines: list[str] = []
         self.raw: str | None = None  # the exact text of a family we do not own, written back unchanged
+        self.comments: list[str] = []  # stray comment lines of a family of ours, kept before its header
+        self._lines: list[str] | None = []
         self._index: dict[str, int] | None = None
-        self._rendered: str | None = None
+        self._rendered_body: str | None = None
+        self._body: str | None = None  # our canonical sample lines as read, each ending in a newline
+        self._edits: dict[str, str] = {}  # key -> line replacing its line in _body ("" removes it)
+        self._added: dict[str, str] = {}  # key -> line of a series not in _body
+        self._positions: dict[str, int] = {}  # where a key's line starts in _body, -1 if it is not there
+        self._hint = 0
+
+    # Lines, materialised on demand
+
+    @property
+    def lines(self) -> list[str]:
+        """The sample lines, ``key value``, in file order (for a family we do not own: as they are written)."""
+        if self.raw is not None:
+            return [
+                line.lstrip(" \t")
+                for line in self.raw.split("\n")
+                if line.strip(" \t") and not line.lstrip(" \t").startswith("#")
+            ]
+        if self._lines is None:
+            self._materialise()
+        assert self._lines is not None
+        return self._lines
+
+    @lines.setter
+    def lines(self, lines: list[str]) -> None:
+        self._lines = lines
+        self._body = None
+        self._edits, self._added, self._positions = {}, {}, {}
+        self._index = None
+        self._rendered_body = None
+
+    def _materialise(self) -> None:
+        body = self._body or ""
+        lines = []
+        if not self._edits:
+            lines = body.split("\n")
+            lines.pop()
+        else:
+            for line in body.split("\n")[:-1]:
+                edited = self._edits.get(line[: line.rindex(" ")])
+                if edited is None:
+                    lines.append(line)
+                elif edited:
+                    lines.append(edited)
+        lines.extend(line for line in self._added.values() if line)
+        self.lines = lines
 
     def index(self) -> dict[str, int]:
+        """Series key -> position in :attr:`lines`."""
+        lines = self.lines
         if self._index is None:
-            self._index = {line[: line.rindex(" ")]: number for number, line in enumerate(self.lines)}
+            self._index = {line[: line.rindex(" ")]: number for number, line in enumerate(lines)}
         return self._index
 
+    def line_count(self) -> int:
+        """How many samples, without materialising the lines."""
+        if self._body is not None:
+            removed = sum(1 for line in self._edits.values() if not line)
+            return self._body.count("\n") - removed + sum(1 for line in self._added.values() if line)
+        return len(self.lines)
+
+    # Series
+
+    def _position(self, key: str) -> int:
+        """Where the line of ``key`` starts in ``_body``: a search from the last hit, lines of one series being
+        next to each other, so the few series a merge touches are found without reading the rest."""
+        position = self._positions.get(key)
+        if position is not None:
+            return position
+        body = self._body
+        assert body is not None
+        # A series new to the file: the search for its first bucket answers for all of its buckets.
+        stem = key[: key.rindex('le="')] if key.endswith('"}') and 'le="' in key else None
+        if stem is not None and self._positions.get(stem) == -1:
+            return -1
+        needle = key + " "
+        position = _find_line(body, needle, self._hint, len(body))
+        if position < 0 and self._hint:
+            position = _find_line(body, needle, 0, self._hint + len(needle))
+        self._positions[key] = position
+        if position >= 0:
+            self._hint = position
+        elif stem is not None and _find_line(body, stem, 0, len(body)) < 0:
+            self._positions[stem] = -1
+        return position
+
     def value(self, key: str) -> float | None:
-        number = self.index().get(key)
-        if number is None:
+        if self._body is None:
+            if self.raw is not None:
+                return dict(self.samples()).get(key)
+            number = self.index().get(key)
+            if number is None:
+                return None
+            return float(self.lines[number][len(key) + 1 :])
+        line = self._added.get(key)
+        if line is None:
+            line = self._edits.get(key)
+        if line is not None:
+            return float(line[len(key) + 1 :]) if line else None
+        position = self._position(key)
+        if position < 0:
             return None
-        return float(self.lines[number][len(key) + 1 :])
+        return float(self._body[position + len(key) + 1 : self._body.index("\n", position)])
 
     def set(self, key: str, value: float) -> None:
+        if self.raw is not None:
+            raise ValueError(f"{self.name} is not a family of ours: its text is kept as it is")
         line = f"{key} {format_float(value)}"
+        if self._body is not None:
+            if key in self._added or self._position(key) < 0:
+                self._added[key] = line
+            else:
+                self._edits[key] = line
+            return
+        lines = self.lines
         index = self.index()
         number = index.get(key)
         if number is None:
-            index[key] = len(self.lines)
-            self.lines.append(line)
+            index[key] = len(lines)
+            lines.append(line)
         else:
-            self.lines[number] = line
-        self._rendered = None
+            lines[number] = line
+        self._rendered_body = None
+
+    def remove(self, key: str) -> bool:
+        """Drop the series ``key``; False if the block had no such series."""
+        if self.raw is not None:
+            raise ValueError(f"{self.name} is not a family of ours: its text is kept as it is")
+        if self._body is not None:
+            if self._added.pop(key, None) is not None:
+                return True
+            if self._position(key) < 0 or self._edits.get(key) == "":
+                return False
+            self._edits[key] = ""
+            return True
+        number = self.index().get(key)
+        if number is None:
+            return False
+        lines = self.lines
+        del lines[number]
+        self.lines = lines
+        return True
 
     def samples(self) -> Iterator[tuple[str, float]]:
+        """``(series key, value)`` of every sample. Keys of a family we do not own are normalised (the
+        labels in their order, no blanks)."""
+        if self.raw is not None:
+            for line in self.lines:
+                name, pairs, value = _read_sample(line)
+                yield series_key(name, [p[0] for p in pairs], [p[1] for p in pairs]), float(value)
+            return
         for line in self.lines:
             key, _, value = line.rpartition(" ")
             yield key, float(value)
 
-    def render(self) -> str:
+    # Rendering
+
+    def _header(self) -> str:
+        # Stray comments go before HELP: a comment is read as belonging to the family whose first line follows
+        # it, so written after TYPE in a family without samples it would move to the next family on re-read.
+        header = "".join(comment + "\n" for comment in self.comments)
+        if self.help is not None:
+            header += f"# HELP {self.name} {self.help}\n"
+        if self.type is not None:
+            header += f"# TYPE {self.name} {self.type}\n"
+        return header
+
+    def parts(self) -> list[str]:
+        """The block's text in pieces whose concatenation is :meth:`render`: unchanged text is not copied."""
         if self.raw is not None:
-            return self.raw
-        if self._rendered is None:
-            header = ""
-            if self.help is not None:
-                header += f"# HELP {self.name} {self.help}\n"
-            if self.type is not None:
-                header += f"# TYPE {self.name} {self.type}\n"
-            body = "\n".join(self.lines)
-            self._rendered = header + body + "\n" if body else header
-        return self._rendered
+            return [self.raw]
+        parts = [self._header()]
+        body = self._body
+        if body is None:
+            if self._rendered_body is None:
+                lines = self.lines
+                self._rendered_body = "\n".join(lines) + "\n" if lines else ""
+            parts.append(self._rendered_body)
+            return parts
+        start = 0
+        for position, key in sorted((self._positions[key], key) for key in self._edits):
+            parts.append(body[start:position])
+            line = self._edits[key]
+            if line:
+                parts.append(line + "\n")
+            start = body.index("\n", position) + 1
+        parts.append(body[start:] if start else body)
+        parts.extend(line + "\n" for line in self._added.values())
+        return parts
+
+    def render(self) -> str:
+        return "".join(self.parts())
+
+
+def _find_line(body: str, needle: str, start: int, end: int) -> int:
+    """The first line of ``body`` starting with ``needle`` at or after ``start``, within ``end``; -1 if none."""
+    position = body.find(needle, start, end)
+    while position > 0 and body[position - 1] != "\n":
+        position = body.find(needle, position + 1, end)
+    return position
+
+
+class _MetaWords(set[str]):
+    """The words of one value of ``Document.meta`` (space-separated) as a set: every change is written back."""
+
+    def __init__(self, meta: dict[str, str], key: str) -> None:
+        super().__init__(meta.get(key, "").split())
+        self._meta = meta
+        self._key = key
+
+    def _write_back(self) -> None:
+        if self:
+            self._meta[self._key] = " ".join(sorted(self))
+        else:
+            self._meta.pop(self._key, None)
+
+
+def _writing_back(name: str) -> Any:
+    method = getattr(set, name)
+
+    def changed(self: _MetaWords, *arguments: Any) -> Any:
+        result = method(self, *arguments)
+        self._write_back()
+        return self if name.startswith("__i") else result
+
+    changed.__name__ = name
+    return changed
+
+
+for _name in (
+    "add", "discard", "remove", "pop", "clear", "update", "difference_update", "intersection_update",
+    "symmetric_difference_update", "__ior__", "__iand__", "__isub__", "__ixor__",
+):
+    setattr(_MetaWords, _name, _writing_back(_name))
 
 
 class Document:
-    """A parsed textfile."""
+    """A parsed textfile.
+
+    ``meta`` holds every ``# fraisier_textfile <key>: <value>`` line of the file, wherever it was; they are
+    written at the top of the file, keys sorted. ``retired_markers`` is the key ``retired-markers`` seen as a
+    set of marker ids."""
 
     def __init__(self) -> None:
         self.blocks: dict[str, Block] = {}
-        self.retired_markers: set[str] = set()
         self.meta: dict[str, str] = {}
+        self.preamble = ""  # the comments of a file that has no family at all
+
+    @property
+    def retired_markers(self) -> set[str]:
+        return _MetaWords(self.meta, RETIRED_MARKERS_KEY)
+
+    @retired_markers.setter
+    def retired_markers(self, markers: set[str]) -> None:
+        words = _MetaWords(self.meta, RETIRED_MARKERS_KEY)
+        words.clear()
+        words.update(markers)
 
     def block(self, family: Family) -> Block:
         """The block of an owned family, created (in catalogue order) if the file had none."""
@@ -159,151 +637,296 @@ class Document:
         return block
 
     def render(self) -> str:
-        parts = [f"{META_COMMENT}{key}: {self.meta[key]}\n" for key in sorted(self.meta)]
-        if self.retired_markers:
-            parts.append(f"{RETIRED_MARKERS_COMMENT} {' '.join(sorted(self.retired_markers))}\n")
-        parts.extend(block.render() for block in self.blocks.values())
+        parts = []
+        for key in sorted(self.meta):
+            value = self.meta[key]
+            if not _re(r"[^\s:]+").fullmatch(key) or "\n" in value:
+                raise ValueError(f"meta key {key!r} or its value {value!r} cannot be written on one comment line")
+            parts.append(f"{META_PREFIX}{key}: {value}\n" if value else f"{META_PREFIX}{key}:\n")
+        parts.append(self.preamble)
+        for block in self.blocks.values():
+            parts.extend(block.parts())
         return "".join(parts)
 
 
-def _header_name(line: str, line_number: int) -> tuple[str, str, str] | None:
-    """``(keyword, name, rest)`` of a HELP or TYPE line, None for any other comment."""
-    parts = line[1:].lstrip().split(None, 2)
-    if len(parts) < 2 or parts[0] not in ("HELP", "TYPE"):
-        return None
-    keyword, name = parts[0], parts[1]
-    if not re.match(_METRIC_NAME, name):
-        raise ParseError(f"{keyword} names {name!r}, which is not a metric name", line_number)
-    return keyword, name, parts[2] if len(parts) > 2 else ""
+# Parsing a whole file
+
+
+class _GoFamily:
+    """What Go's parser knows of a family while it reads: whether it had HELP, and its type."""
+
+    __slots__ = ("help", "type")
+
+    def __init__(self) -> None:
+        self.help = False
+        self.type: str | None = None
+
+
+class _Scan:
+    """One reading of a file. ``problems`` None: stop at the first problem (raise); a list: collect every
+    problem, skip the line, read on (``samples`` then receives every sample, for the checks of ``check_text``)."""
+
+    def __init__(self, text: str, problems: list[ParseError] | None) -> None:
+        self.text = text
+        self.problems = problems
+        self.document = Document()
+        self.go: dict[str, _GoFamily] = {}
+        self.pieces: dict[str, list[str]] = {}  # block name -> its text pieces (raw, or canonical runs)
+        self.canonical: dict[str, bool] = {}  # block name -> all its sample lines are in our format
+        self.current: Block | None = None
+        self.pending: list[str] = []  # comment and blank lines not yet given to a block
+        self.samples: list[tuple[int, Block, str, list[tuple[str, str]], float]] = []
+        self.file_types: dict[str, tuple[str, int]] = {}  # a family's TYPE and its line
+        self._counted_position, self._counted_number = 0, 1
+
+    def line_number(self, position: int) -> int:
+        """The line number at ``position``, counted from the last one asked: the fast read does not count the
+        lines of the runs it skips over."""
+        self._counted_number += self.text.count("\n", self._counted_position, position)
+        self._counted_position = position
+        return self._counted_number
+
+    def fail(self, problem: str, line_number: int) -> None:
+        error = ParseError(problem, line_number)
+        if self.problems is None:
+            raise error
+        self.problems.append(error)
+
+    def go_family(self, name: str) -> tuple[str, _GoFamily]:
+        """The family Go's parser puts ``name`` in (``x_sum`` in the summary or histogram ``x`` if it knows
+        one), created if new."""
+        family = self.go.get(name)
+        if family is not None:
+            return name, family
+        for suffixes, kind in ((("_count", "_sum"), "summary"), (HISTOGRAM_SUFFIXES, "histogram")):
+            for suffix in suffixes:
+                if name.endswith(suffix) and len(name) > len(suffix):
+                    family = self.go.get(name[: -len(suffix)])
+                    if family is not None and family.type == kind:
+                        return name[: -len(suffix)], family
+        family = self.go[name] = _GoFamily()
+        return name, family
+
+    @staticmethod
+    def block_name(name: str, go_name: str) -> str:
+        """Our families are grouped by the catalogue (a histogram's three series names are one block, whatever
+        the file declared); the others as Go's parser groups them."""
+        if name in FAMILIES_BY_NAME:
+            return name
+        for suffix in HISTOGRAM_SUFFIXES:
+            if name.endswith(suffix):
+                family = FAMILIES_BY_NAME.get(name[: -len(suffix)])
+                if family is not None and family.kind is Kind.HISTOGRAM:
+                    return family.name
+        return go_name
+
+    def enter(self, name: str) -> Block:
+        """Make ``name``'s block the current one; comments waiting go to it."""
+        block = self.document.blocks.get(name)
+        if block is None:
+            block = Block(name, owned=FAMILIES_BY_NAME.get(name))
+            self.document.blocks[name] = block
+            self.pieces[name] = []
+            self.canonical[name] = True
+        self.current = block
+        if self.pending:
+            if block.owned is None:
+                self.pieces[name].extend(self.pending)
+            else:
+                block.comments.extend(line.rstrip("\n") for line in self.pending if line.strip(" \t\n"))
+            self.pending = []
+        return block
+
+    def run(self) -> Document:
+        text = self.text
+        length = len(text)
+        position = 0
+        number = 0
+        fast = self.problems is None
+        while position < length:
+            number += 1
+            newline = text.find("\n", position)
+            if newline < 0:
+                if text[position:].strip(" \t"):
+                    self.fail(
+                        "the file does not end with a newline (it was cut short): unexpected end of input stream",
+                        number if not fast else self.line_number(position),
+                    )
+                break
+            line = text[position:newline]
+            first = line.lstrip(" \t")[:1]
+            if not first:
+                self.pending.append(line + "\n")
+            elif first == "#":
+                self.comment(line, number if not fast else self.line_number(position))
+            else:
+                if fast:
+                    end = self.fast_samples(position, line)
+                    if end > position:
+                        position = end
+                        continue
+                self.sample(line, number if not fast else self.line_number(position))
+            position = newline + 1
+        if self.pending:
+            if self.current is None:
+                self.document.preamble = "".join(self.pending)
+            else:
+                self.enter(self.current.name)
+        return self.finish()
+
+    def comment(self, line: str, number: int) -> None:
+        if line.startswith(META_PREFIX):
+            key, separator, value = line[len(META_PREFIX) :].partition(":")
+            if separator and key and not _re(r".*\s").match(key):
+                self.document.meta[key] = value.strip(" \t")
+                return
+        try:
+            header = _read_comment(line)
+        except ParseError as error:
+            self.fail(error.problem, number)
+            return
+        if header is None or (header[2] is None and not header[1]):
+            self.pending.append(line + "\n")
+            return
+        keyword, name, rest = header
+        if rest is None:  # "# HELP name" and nothing more: Go makes no family of it
+            self.pending.append(line + "\n")
+            return
+        go_name, family = self.go_family(name)
+        try:
+            if rest and keyword == "HELP":
+                if family.help:
+                    raise ParseError(f"second HELP line for metric name {_go_quote(go_name)}")
+                _read_help(rest)
+                family.help = True
+            elif rest:
+                if family.type is not None:
+                    raise ParseError(
+                        f"second TYPE line for metric name {_go_quote(go_name)}, or TYPE reported after samples"
+                    )
+                if rest.lower() not in TYPES:
+                    raise ParseError(f"unknown metric type {_go_quote(rest)}")
+                family.type = rest.lower()
+                if name == go_name:
+                    self.file_types[name] = (family.type, number)
+        except ParseError as error:
+            self.fail(error.problem, number)
+            return
+        block = self.enter(self.block_name(name, go_name))
+        if block.owned is None:
+            self.pieces[block.name].append(line + "\n")
+            if name == block.name and rest:
+                if keyword == "HELP":
+                    block.help = rest
+                else:
+                    block.type = rest.lower()
+
+    def fast_samples(self, position: int, line: str) -> int:
+        """The end of the run of sample lines from ``position`` that are checked at C speed: lines of one of
+        our families in exactly our format, or one plain line of another family. ``position`` if none."""
+        match = _re(_METRIC_NAME).match(line, len(line) - len(line.lstrip(" \t")))
+        if match is None:
+            return position
+        name = match.group()
+        go_name, family = self.go_family(name)
+        block_name = self.block_name(name, go_name)
+        owned = FAMILIES_BY_NAME.get(block_name)
+        if owned is not None:
+            # Go must see our lines in our family as we declare it, else the slow way decides.
+            if family.type is None and owned.kind is not Kind.HISTOGRAM:
+                family.type = "untyped"
+            if go_name != owned.name or (owned.kind is Kind.HISTOGRAM and family.type != "histogram"):
+                return position
+            run = _canonical_run(owned).match(self.text, position)
+            end = run.end() if run else position
+            if end > position:
+                block = self.enter(owned.name)
+                self.pieces[block.name].append(self.text[position:end])
+            return end
+        if family.type in ("histogram", "summary"):
+            return position  # le and quantile must be numbers: the slow way checks them
+        match = _re(_FAST_SAMPLE).fullmatch(line)
+        if match is None:
+            return position
+        labels = match.group(2)
+        if labels and labels.count("=") > 1:
+            names = _re(_LABEL_NAMES_IN_SET).findall(labels)
+            if len(set(names)) != len(names):
+                return position
+        if family.type is None:
+            family.type = "untyped"
+        block = self.enter(self.block_name(name, go_name))
+        self.pieces[block.name].append(line + "\n")
+        return position + len(line) + 1
+
+    def sample(self, line: str, number: int) -> None:
+        match = _re(_METRIC_NAME).match(line, len(line) - len(line.lstrip(" \t")))
+        go_name, family = self.go_family(match.group()) if match else ("", _GoFamily())
+        try:
+            name, pairs, value = _read_sample(line, go_name, family.type or "untyped")
+        except ParseError as error:
+            self.fail(error.problem, number)
+            return
+        if family.type is None:
+            family.type = "untyped"
+        block = self.enter(self.block_name(name, go_name))
+        if self.problems is not None:
+            self.samples.append((number, block, name, pairs, float(value)))
+        if block.owned is None:
+            self.pieces[block.name].append(line + "\n")
+            return
+        try:
+            key = canonical_key(block.owned, name, pairs)
+        except ParseError as error:
+            self.fail(f"{error.problem} (the le label of {name})", number)
+            return
+        self.pieces[block.name].append(f"{key} {canonical_float(value)}\n")
+        self.canonical[block.name] = False
+
+    def finish(self) -> Document:
+        for block in self.document.blocks.values():
+            pieces = self.pieces[block.name]
+            family = block.owned
+            if family is None:
+                block.raw = "".join(pieces)
+                block._lines = None
+                continue
+            declared, number = self.file_types.get(family.name, (family.kind.value, 0))
+            if declared != family.kind.value:
+                self.fail(f"{family.name} is a {declared} in the file but a {family.kind.value} here", number)
+            block.type = family.kind.value
+            block.help = family.help  # ours replaces the HELP an earlier version wrote
+            body = "".join(pieces)
+            if self.canonical[block.name]:
+                block._body = body
+                block._lines = None
+            else:
+                block.lines = body.split("\n")[:-1]
+        return self.document
 
 
 def parse(text: str, check_histograms: bool = True) -> Document:
-    """Parse a whole textfile. Raises ParseError naming the first bad line.
+    """Parse a whole textfile. Raises ParseError naming the first problem and its line, in the words of
+    Go's parser (promtool's, node_exporter's) where it has them.
 
     ``check_histograms=False`` leaves the bucket check of histograms to the caller (a merge checks only
-    the histograms it changes: the others are written back as they were)."""
-    document = Document()
-    if not text:
-        return document
-    if not text.endswith("\n"):
-        raise ParseError("the file does not end with a newline (it was truncated)", text.count("\n") + 1)
-    lines = text.split("\n")
-    lines.pop()
-    blocks = document.blocks
-    block: Block | None = None
-    suffix_of: dict[str, str] = {}
-    labelled: tuple[str, ...] = ()
-    starts: list[tuple[Block, int]] = []
-    for number, line in enumerate(lines):
-        if not line:
-            continue
-        if line[0] == "#":
-            if line.startswith(RETIRED_MARKERS_COMMENT):
-                document.retired_markers.update(line[len(RETIRED_MARKERS_COMMENT) :].split())
-                continue
-            if line.startswith(META_COMMENT):
-                key, colon, value = line[len(META_COMMENT) :].partition(":")
-                if colon and key and " " not in key:
-                    document.meta[key] = value.strip()
-                    continue
-            header = _header_name(line, number + 1)
-            if header is None:
-                continue  # an ordinary comment; readers ignore it
-            keyword, name, rest = header
-            if block is None or name != block.name:
-                if name in blocks:
-                    raise ParseError(f"family {name} appears twice in the file", number + 1)
-                block = _open_block(blocks, name, number, starts)
-            if keyword == "HELP":
-                if block.help is not None:
-                    raise ParseError(f"a second HELP line for {name}", number + 1)
-                block.help = rest
-            else:
-                if block.type is not None:
-                    raise ParseError(f"a second TYPE line for {name}", number + 1)
-                if block.lines:
-                    raise ParseError(f"the TYPE line of {name} comes after its samples", number + 1)
-                if rest not in ("counter", "gauge", "histogram", "summary", "untyped"):
-                    raise ParseError(f"unknown type {rest!r} for {name}", number + 1)
-                block.type = rest
-                if rest in ("histogram", "summary"):
-                    suffix_of = {name + suffix: name for suffix in HISTOGRAM_SUFFIXES + ("",)}
-                else:
-                    suffix_of = {name: name}
-                labelled = tuple(sample_name + "{" for sample_name in suffix_of)
-            continue
-        # The fast path, for nearly every line of our own files: a labelled sample of the current family.
-        if block is not None and line.startswith(labelled):
-            cut = line.rfind(" ")
-            if line[cut - 1] == "}":
-                value = line[cut + 1 :]
-                if "_" not in value:  # Python reads 1_000; Go's parser, node_exporter's, does not
-                    try:
-                        float(value)
-                    except ValueError:
-                        pass  # the slow path below names the problem
-                    else:
-                        block.lines.append(line)
-                        continue
-        key, space, value = line.rpartition(" ")
-        if not space:
-            raise ParseError(f"sample line {line[:60]!r} has no value", number + 1)
-        if key[-1:] != "}" and (" " in key or "{" in key or not key):
-            raise ParseError(
-                f"sample line {line[:60]!r} has a timestamp or stray text (readers drop the whole file)",
-                number + 1,
-            )
-        try:
-            if "_" in value:
-                raise ValueError(value)
-            float(value)
-        except ValueError:
-            raise ParseError(f"sample value {value!r} is not a number", number + 1) from None
-        brace = key.find("{")
-        name = key if brace < 0 else key[:brace]
-        if block is None or suffix_of.get(name) != block.name:
-            if not re.match(_METRIC_NAME, name):
-                raise ParseError(f"{name!r} is not a metric name", number + 1)
-            if name in blocks:
-                raise ParseError(f"samples of {name} appear in two places", number + 1)
-            block = _open_block(blocks, name, number, starts)
-            suffix_of = {name: name}
-            labelled = (name + "{",)
-        block.lines.append(line)
-    _finish(document, lines, starts, check_histograms)
+    the histograms it changes: the others are written back as they were).
+
+    What the merge's read does not look for: a series that appears twice, negative counters, buckets that
+    are not cumulative (node_exporter serves such files); ``check_text`` finds them."""
+    document = _Scan(text, None).run()
+    if check_histograms:
+        for block in document.blocks.values():
+            if block.owned is not None and block.owned.kind is Kind.HISTOGRAM:
+                check_buckets(block, block.owned)
     return document
-
-
-def _open_block(blocks: dict[str, Block], name: str, line_index: int, starts: list[tuple[Block, int]]) -> Block:
-    block = Block(name, owned=FAMILIES_BY_NAME.get(name))
-    blocks[name] = block
-    starts.append((block, line_index))
-    return block
-
-
-def _finish(
-    document: Document, lines: list[str], starts: list[tuple[Block, int]], check_histograms: bool
-) -> None:
-    """Check owned families against the catalogue; freeze the exact text of the others."""
-    ends = [start for _, start in starts[1:]] + [len(lines)]
-    for (block, start), end in zip(starts, ends):
-        family = block.owned
-        if family is None:
-            kept = [line for line in lines[start:end] if not line.startswith(META_COMMENT)]
-            block.raw = "\n".join(kept) + "\n"
-            block.lines = []
-            continue
-        if block.type is not None and block.type != family.kind.value:
-            raise ParseError(f"{family.name} is a {block.type} in the file but a {family.kind.value} here")
-        block.type = family.kind.value
-        block.help = family.help  # ours replaces the HELP an earlier version wrote
-        if family.kind is Kind.HISTOGRAM and check_histograms:
-            check_buckets(block, family)
 
 
 def check_buckets(block: Block, family: Family) -> None:
     """Every series of a histogram has exactly the catalogue's buckets."""
     bounds = family.bucket_bounds
+    if block._body is not None:
+        return  # read as whole series of our format (see _canonical_run), changed only by whole series
     bucket_prefix = family.name + "_bucket"
     seen: dict[str, list[str]] = {}
     counts = 0
@@ -313,8 +936,8 @@ def check_buckets(block: Block, family: Family) -> None:
             marker = key.rfind('le="')
             if marker < 0:
                 raise ParseError(f"a bucket of {family.name} has no le label: {key[:80]}")
-            series = key[len(bucket_prefix) : marker]
-            seen.setdefault(series, []).append(key[marker + 4 : -2])
+            series_part = key[len(bucket_prefix) : marker]
+            seen.setdefault(series_part, []).append(key[marker + 4 : -2])
         elif line.startswith(family.name + "_count"):
             counts += 1
     for les in seen.values():
@@ -326,64 +949,91 @@ def check_buckets(block: Block, family: Family) -> None:
         raise ParseError(f"{family.name} has {counts} _count samples for {len(seen)} series")
 
 
-def check_document(document: Document) -> list[str]:
-    """What the fast parse of a merge does not look at: the label syntax of every sample, series that
-    appear twice (node_exporter then serves only one of them), negative counters, histograms whose
-    buckets are not cumulative or whose +Inf bucket differs from their count. Empty: the file is sound."""
-    problems = []
-    seen: set[tuple[str, frozenset[tuple[str, str]]]] = set()
-    for block in document.blocks.values():
-        lines = block.lines if block.raw is None else [
-            line for line in block.raw.splitlines() if line and not line.lstrip().startswith("#")
-        ]
-        for line in lines:
-            key = line[: line.rindex(" ")]
-            try:
-                name, labels = parse_series_key(key)
-            except ParseError as error:
-                problems.append(error.problem)
-                continue
-            series = (name, frozenset(labels.items()))
-            if series in seen:
-                problems.append(f"the series {key} appears twice")
-            seen.add(series)
-        family = block.owned
-        if family is None:
-            continue
-        if family.kind is Kind.COUNTER:
-            for key, value in block.samples():
-                if value < 0 or value != value:
-                    problems.append(f"counter {key} is {value}")
-        elif family.kind is Kind.HISTOGRAM:
-            problems.extend(_histogram_problems(block, family))
+# Checking
+
+
+def check_text(text: str) -> list[ParseError]:
+    """Every problem of a file, each with its line number, in file order: what Go's parser refuses (in its
+    words), timestamps, and what it lets through that breaks the file for its readers or for our merges:
+    a series that appears twice (node_exporter then serves only one of them), a family of ours with another
+    type, negative or NaN counters, histograms without the catalogue's buckets, not cumulative, or whose
+    +Inf bucket differs from their count. Empty: the file is sound."""
+    problems: list[ParseError] = []
+    scan = _Scan(text, problems)
+    scan.run()
+    samples: list[_Sample] = [
+        (number, block.owned, block.name, name, pairs, value) for number, block, name, pairs, value in scan.samples
+    ]
+    problems.extend(ParseError(problem, number) for number, problem in _sample_problems(samples))
+    problems.sort(key=lambda error: error.line_number or 0)
     return problems
 
 
-def _histogram_problems(block: Block, family: Family) -> Iterator[str]:
-    buckets: dict[str, list[float]] = {}
-    counts: dict[str, float] = {}
-    for key, value in block.samples():
-        name, labels = parse_series_key(key)
-        labels.pop("le", None)
-        series = series_key(family.name, family.labels, [labels.get(label, "") for label in family.labels])
-        if name.endswith("_bucket"):
-            buckets.setdefault(series, []).append(value)
-        elif name.endswith("_count"):
-            counts[series] = value
-    for series, values in buckets.items():
+def check_document(document: Document) -> list[str]:
+    """The problems :func:`check_text` finds beyond parsing, in a parsed document (without line numbers).
+    Empty: the document is sound."""
+    problems = []
+    samples: list[_Sample] = []
+    for block in document.blocks.values():
+        for line in block.lines:
+            try:
+                name, pairs, value = _read_sample(line, block.name, block.type or "untyped")
+            except ParseError as error:
+                problems.append(error.problem)
+                continue
+            samples.append((None, block.owned, block.name, name, pairs, float(value)))
+    return problems + [problem for _, problem in _sample_problems(samples)]
+
+
+_Sample = tuple[int | None, Family | None, str, str, list[tuple[str, str]], float]
+
+
+def _sample_problems(samples: list[_Sample]) -> Iterator[tuple[int | None, str]]:
+    seen: dict[tuple[str, frozenset[tuple[str, str]]], int | None] = {}
+    histograms: dict[tuple[Family, str], dict[str, Any]] = {}
+    for number, family, _, name, pairs, value in samples:
+        identity = (name, frozenset(pairs))
+        if identity in seen:
+            first = seen[identity]
+            where = f" (first on line {first})" if first else ""
+            yield number, f"the series {series_key(name, [p[0] for p in pairs], [p[1] for p in pairs])} appears " \
+                f"twice{where}: node_exporter serves only one of them"
+        else:
+            seen[identity] = number
+        if family is None:
+            continue
+        key = canonical_key(family, name, pairs)
+        if family.kind is Kind.COUNTER and not value >= 0:
+            yield number, f"counter {key} is {format_float(value)}"
+        if family.kind is Kind.HISTOGRAM:
+            labels = dict(pairs)
+            le = labels.pop("le", None)
+            series = canonical_key(family, family.name, labels.items())
+            state = histograms.setdefault((family, series), {"line": number, "les": [], "values": []})
+            if name == family.name + "_bucket" and le is not None:
+                state["les"].append(canonical_float(le))
+                state["values"].append(value)
+            elif name == family.name + "_count":
+                state["count"] = value
+    for (family, series), state in histograms.items():
+        number = state["line"]
+        les, values = state["les"], state["values"]
+        if tuple(les) != family.bucket_bounds:
+            yield number, (
+                f"{series} has buckets le={','.join(les)} but the catalogue's are le={','.join(family.bucket_bounds)}"
+            )
         if any(later < earlier for earlier, later in zip(values, values[1:])):
-            yield f"the buckets of {series} are not cumulative"
-        if values and counts.get(series) != values[-1]:
-            yield f"the +Inf bucket of {series} is {values[-1]} but its count is {counts.get(series)}"
+            yield number, f"the buckets of {series} are not cumulative"
+        if "count" not in state:
+            yield number, f"{series} has no _count sample"
+        elif values and state["count"] != values[-1]:
+            yield number, f"the +Inf bucket of {series} is {values[-1]} but its count is {state['count']}"
 
 
 def describe(document: Document) -> Iterator[str]:
     """A readable listing: one line per family (name, type, series, help), then its samples indented."""
     for block in document.blocks.values():
-        if block.raw is not None:
-            lines = [line for line in block.raw.splitlines() if line and not line.startswith("#")]
-        else:
-            lines = block.lines
+        lines = block.lines
         yield f"{block.name} ({block.type or 'untyped'}, {len(lines)} samples): {block.help or ''}".rstrip()
         for line in lines:
             yield f"  {line}"

@@ -51,6 +51,8 @@ TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
 DEFAULT_MIN_VERSION = "TLS12"
 
 TOP_LEVEL_KEYS = ("tls_server_config", "basic_auth_users")
+# What decides who may connect and how: fixed for the life of the server. The certificate and key may change.
+TLS_POLICY_KEYS = ("client_auth_type", "client_ca_file", "min_version", "max_version")
 TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version")
 # Keys of the exporter-toolkit format that this server does not implement: naming them as such is more
 # helpful than calling them unknown.
@@ -388,11 +390,12 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
 
 
 class LiveWebConfig:
-    """The web config as it is now. Re-read at each request when the file changed (one stat when it did not);
-    the TLS context is rebuilt when the config, the certificate, the key or the CA file changed, so that a
-    renewed certificate is served without a restart. A change that does not validate is logged and the last
-    valid config stays in force until the file changes again. TLS cannot be turned on or off without a
-    restart."""
+    """The web config as it is now. Re-read at each request when the file changed (one stat when it did not),
+    and by ``reload()`` (on SIGHUP); the TLS context is rebuilt when the config, the certificate, the key or
+    the CA file changed, so that a renewed certificate is served without a restart. A change that does not
+    validate is logged at error level and the last valid config stays in force until the file changes again.
+    So is a change that would weaken the server without a restart: removing every basic-auth user (an empty
+    or half-written file), turning TLS on or off, or changing its policy (``TLS_POLICY_KEYS``)."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -446,23 +449,53 @@ class LiveWebConfig:
             return False
         return self._checker.check(users, *credentials)
 
-    def _reload(self) -> None:
+    def reload(self) -> bool:
+        """Re-read the file now, even if it looks unchanged (``SIGHUP``). True if the new config is in force;
+        False if it was refused (logged at error level; the last good config stays)."""
+        with self._lock:
+            self._config_identity = _identity(self.path)
+            return self._reload()
+
+    def _reload(self) -> bool:
         try:
             config = load_web_config(self.path)
-            if (config.tls is None) != (self._config.tls is None):
-                state = "off" if config.tls is None else "on"
-                raise WebConfigError(
-                    self.path, f"web config {self.path} now turns TLS {state}: restart fraisier metrics for that"
-                )
+            self._refuse_weakening(config)
             if config.tls is not None and config.tls != self._config.tls:
                 tls_identity = self._tls_files_identity(config)
                 self._context = make_ssl_context(config)
                 self._tls_identity = tls_identity
         except WebConfigError as error:
             log.error("%s; the last valid web config stays in force", error)
-            return
+            return False
         self._config = config
         log.info("web config %s reloaded", self.path)
+        return True
+
+    def _refuse_weakening(self, config: WebConfig) -> None:
+        # A file being rewritten in place can be read empty, or cut just after "basic_auth_users:": both read
+        # as "no users". Taking that as the operator's wish would serve everyone without a password, so
+        # turning authentication off, like changing TLS, takes a restart.
+        if self._config.basic_auth_users and not config.basic_auth_users:
+            raise WebConfigError(
+                self.path,
+                f"web config {self.path} now has no basic_auth_users, which would turn authentication off (an empty "
+                "or half-written file reads so too): restart fraisier metrics to serve without authentication",
+            )
+        before, after = self._config.tls, config.tls
+        if (before is None) != (after is None):
+            state = "off" if after is None else "on"
+            raise WebConfigError(
+                self.path, f"web config {self.path} now turns TLS {state}: restart fraisier metrics for that"
+            )
+        if before is not None and after is not None:
+            changed = [name for name in TLS_POLICY_KEYS if getattr(before, name) != getattr(after, name)]
+            if changed:
+                raise WebConfigError(
+                    self.path,
+                    f"web config {self.path} changes tls_server_config.{', '.join(changed)}: who may connect "
+                    "and how only changes with a restart of fraisier metrics (renewed cert_file and key_file "
+                    "are taken at once)",
+                )
 
     @staticmethod
     def _tls_files_identity(config: WebConfig) -> tuple[object, ...]:

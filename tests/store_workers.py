@@ -170,6 +170,15 @@ def merge_one(directory: str, error_type: str) -> None:
     store.merge(changes)
 
 
+def wait_for_the_lock(directory: str) -> None:
+    """Merge one event, waiting up to two minutes for a lock held elsewhere."""
+    store = TextfileStore(directory, lock_timeout=120)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "interrupted")
+    print("waiting", flush=True)
+    store.merge(changes)
+
+
 def merge_forever(directory: str) -> None:
     """Merge nothing of its own, over and over (so applying whatever hand-overs wait), until killed."""
     store = TextfileStore(directory)

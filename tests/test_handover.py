@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -76,8 +77,10 @@ def test_a_hand_over_holds_every_field_of_the_changes() -> None:
         (b'{"version": 99}', "format version 99"),
         (b'{"version": 1, "added": [["no_such_family", [], 1]], "observed": [], "latest": [], "maximum": [],'
          b' "active_providers": [], "retired_markers": []}', "no_such_family is not in this version's catalogue"),
+        (b'{"version": 1, "added": [["fraisier_deployment_errors_total", ["p", "e"], NaN]], "observed": [],'
+         b' "latest": [], "maximum": [], "active_providers": [], "retired_markers": []}', "the value nan"),
     ],
-    ids=["corrupt", "other-format", "unknown-family"],
+    ids=["corrupt", "other-format", "unknown-family", "not-a-number"],
 )
 def test_a_hand_over_this_version_cannot_read_is_set_aside_and_the_rest_applied(
     textfile_dir: Path, data: bytes, problem: str, caplog: pytest.LogCaptureFixture
@@ -192,6 +195,14 @@ def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textf
     store = TextfileStore(textfile_dir)
     store.merge(Changes())
     handed_over = previously_applied = applied_by_killed_mergers = 0
+    started = time.monotonic()
+    if os.fork() == 0:
+        try:
+            TextfileStore(textfile_dir).merge(Changes())
+        finally:
+            os._exit(0)
+    os.wait()
+    lifetime = time.monotonic() - started  # how long a merger lives: the kills land anywhere in it
     for _ in range(150):
         for _ in range(rng.randint(0, 3)):
             changes = Changes()
@@ -204,7 +215,7 @@ def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textf
                 TextfileStore(textfile_dir).merge(Changes())
             finally:
                 os._exit(0)
-        time.sleep(rng.uniform(0, 0.004))
+        time.sleep(rng.uniform(0, lifetime))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         values = sample_values(store.path)
@@ -263,3 +274,23 @@ def test_changes_are_summed_across_hand_overs_in_order(textfile_dir: Path) -> No
     assert values['fraisier_deployment_lock_wait_seconds{service="web",provider="bare_metal"}'] == 1.0
     assert values['fraisier_rollbacks_total{provider="bare_metal",reason="manual"}'] == 2
     assert values[f'{c.ROLLBACK_DURATION.name}_sum{{provider="bare_metal"}}'] == 20
+
+
+@pytest.mark.parametrize("textfile_mode", [0o755, 0o2775])
+def test_the_hand_over_directory_is_shared_by_the_group_whatever_the_umask(
+    textfile_dir: Path, textfile_mode: int
+) -> None:
+    """Writers of one group hand over, a merger of another user of it deletes what it applied."""
+    textfile_dir.mkdir()
+    textfile_dir.chmod(textfile_mode)
+    previous = os.umask(0o077)
+    try:
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "shared")
+        TextfileStore(textfile_dir).hand_over(changes)
+    finally:
+        os.umask(previous)
+    directory = handover.handover_directory(textfile_dir)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o775 | (textfile_mode & stat.S_ISGID)
+    [handed_over] = directory.iterdir()
+    assert stat.S_IMODE(handed_over.stat().st_mode) == 0o644

@@ -286,3 +286,18 @@ def test_a_sigterm_handler_raising_inside_a_flush_never_counts_an_event_twice(te
         assert worker.returncode == 0, errors
         total += int(output)
         assert errors_of(textfile_dir, "terminated") == total
+
+
+def test_ctrl_c_still_interrupts_a_wait_for_the_lock(textfile_dir: Path) -> None:
+    """Signal handlers are held back during a merge, but not while it waits for the lock: Ctrl-C ends a wait
+    at once instead of after the lock timeout (two minutes here)."""
+    MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "seed")
+    with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+        worker = start_store_worker("wait_for_the_lock", str(textfile_dir))
+        assert worker.stdout is not None and worker.stdout.readline() == "waiting\n"
+        time.sleep(0.2)  # into the wait
+        worker.send_signal(signal.SIGINT)
+        _, errors = worker.communicate(timeout=30)
+    assert worker.returncode == -signal.SIGINT  # how Python exits on an uncaught KeyboardInterrupt
+    assert errors.splitlines()[-1] == "KeyboardInterrupt"
+    assert errors_of(textfile_dir, "interrupted") == 0

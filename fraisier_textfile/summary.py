@@ -1,0 +1,268 @@
+"""How deployments are going, read from a parsed textfile: what ``fraisier textfile summary`` prints and the
+landing page of ``fraisier metrics`` shows.
+
+One row per provider and fraise type for what the file keeps by fraise type (deployments by status, success
+rate, the last success and failure), and one row per provider (fraise type ``all``) that adds what the file
+keeps by provider only: duration quantiles, deployments active now, rollbacks, health checks.
+
+Quantiles are estimated from the histogram buckets as Prometheus' ``histogram_quantile`` does (linear
+interpolation inside the bucket that holds the rank), over every deployment since the file began.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fraisier_textfile import catalogue as c
+from fraisier_textfile.textformat import Document, parse_series_key
+
+ALL_FRAISE_TYPES = "all"
+FAILURE_STATUSES = tuple(status for status in c.DEPLOYMENT_STATUSES if status != "success")
+
+
+@dataclass
+class Row:
+    provider: str
+    fraise_type: str
+    """A fraise type, or ``all`` for the provider as a whole."""
+    deployments: dict[str, float] = field(default_factory=dict)
+    """Finished deployments by status (every known status, 0 when none)."""
+    total: float = 0.0
+    success_rate: float | None = None
+    """Successes / finished deployments; None when none finished."""
+    last_success: float | None = None
+    """Unix time of the last success; None when there was none."""
+    last_failure: float | None = None
+    """Unix time of the last deployment that did not succeed (failed, rolled back, crashed ...)."""
+    seconds_since_last_success: float | None = None
+    seconds_since_last_failure: float | None = None
+    duration_p50: float | None = None
+    """Estimated median duration in seconds (provider rows only: durations are kept by provider)."""
+    duration_p95: float | None = None
+    active: float | None = None
+    """Deployments in progress (provider rows only)."""
+    rollbacks: float | None = None
+    health_checks: float | None = None
+    health_check_pass_rate: float | None = None
+
+
+@dataclass
+class Summary:
+    now: float
+    rows: list[Row]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"generated_at": self.now, "rows": [asdict(row) for row in self.rows]}
+
+
+def histogram_quantile(quantile: float, buckets: Iterable[tuple[float, float]]) -> float | None:
+    """The ``quantile`` (0..1) estimated from cumulative ``(upper bound, count)`` buckets, ``+Inf`` included,
+    as Prometheus estimates it: the rank's bucket found, then a linear interpolation between its bounds (the
+    first bucket starts at 0; a rank in the ``+Inf`` bucket gives the highest finite bound). None without
+    observations."""
+    ordered = sorted(buckets)
+    if not ordered or not math.isinf(ordered[-1][0]):
+        return None
+    observations = ordered[-1][1]
+    if observations <= 0 or math.isnan(observations):
+        return None
+    rank = quantile * observations
+    index = next(number for number, (_, count) in enumerate(ordered) if count >= rank or number == len(ordered) - 1)
+    if index == len(ordered) - 1:
+        return ordered[-2][0] if len(ordered) > 1 else None
+    upper, count = ordered[index]
+    if index == 0:
+        if upper <= 0:
+            return upper
+        lower, below = 0.0, 0.0
+    else:
+        lower, below = ordered[index - 1]
+    in_bucket = count - below
+    if in_bucket <= 0:
+        return upper
+    return lower + (upper - lower) * (rank - below) / in_bucket
+
+
+def _series(document: Document, family: c.Family) -> Iterable[tuple[str, dict[str, str], float]]:
+    block = document.blocks.get(family.name)
+    if block is None or block.owned is None:
+        return
+    for key, value in block.samples():
+        name, labels = parse_series_key(key)
+        yield name, labels, value
+
+
+def summarize(document: Document, now: float | None = None) -> Summary:
+    """The summary of a parsed textfile at time ``now`` (default: the current time)."""
+    now = time.time() if now is None else now
+    rows: dict[tuple[str, str], Row] = {}
+
+    def row(provider: str, fraise_type: str) -> Row:
+        found = rows.get((provider, fraise_type))
+        if found is None:
+            found = rows[(provider, fraise_type)] = Row(provider, fraise_type,
+                                                         dict.fromkeys(c.DEPLOYMENT_STATUSES, 0.0))
+        return found
+
+    for _, labels, value in _series(document, c.DEPLOYMENTS):
+        provider, status, fraise_type = labels.get("provider", ""), labels.get("status", ""), labels.get(
+            "fraise_type", "")
+        for target in (row(provider, fraise_type), row(provider, ALL_FRAISE_TYPES)):
+            target.deployments[status] = target.deployments.get(status, 0.0) + value
+    for _, labels, value in _series(document, c.LAST_DEPLOYMENT):
+        provider, status = labels.get("provider", ""), labels.get("status", "")
+        if value <= 0:
+            continue  # a pre-initialised series: no deployment of that status yet
+        for target in (row(provider, labels.get("fraise_type", "")), row(provider, ALL_FRAISE_TYPES)):
+            if status == "success":
+                target.last_success = max(target.last_success or value, value)
+            else:
+                target.last_failure = max(target.last_failure or value, value)
+
+    buckets: dict[str, dict[float, float]] = {}
+    for name, labels, value in _series(document, c.DEPLOYMENT_DURATION):
+        if name.endswith("_bucket"):
+            bounds = buckets.setdefault(labels.get("provider", ""), {})
+            bound = float(labels.get("le", "nan"))
+            bounds[bound] = bounds.get(bound, 0.0) + value  # summed over statuses, as sum by (le, provider)
+    for provider, bounds in buckets.items():
+        target = row(provider, ALL_FRAISE_TYPES)
+        target.duration_p50 = histogram_quantile(0.5, bounds.items())
+        target.duration_p95 = histogram_quantile(0.95, bounds.items())
+    for _, labels, value in _series(document, c.ACTIVE_DEPLOYMENTS):
+        target = row(labels.get("provider", ""), ALL_FRAISE_TYPES)
+        target.active = (target.active or 0.0) + value
+    for _, labels, value in _series(document, c.ROLLBACKS):
+        target = row(labels.get("provider", ""), ALL_FRAISE_TYPES)
+        target.rollbacks = (target.rollbacks or 0.0) + value
+    passed: dict[str, float] = {}
+    for _, labels, value in _series(document, c.HEALTH_CHECKS):
+        provider = labels.get("provider", "")
+        target = row(provider, ALL_FRAISE_TYPES)
+        target.health_checks = (target.health_checks or 0.0) + value
+        if labels.get("status") == "pass":
+            passed[provider] = passed.get(provider, 0.0) + value
+
+    for target in rows.values():
+        target.total = sum(target.deployments.values())
+        if target.total > 0:
+            target.success_rate = target.deployments.get("success", 0.0) / target.total
+        if target.last_success is not None:
+            target.seconds_since_last_success = now - target.last_success
+        if target.last_failure is not None:
+            target.seconds_since_last_failure = now - target.last_failure
+        if target.fraise_type == ALL_FRAISE_TYPES:
+            if target.health_checks:
+                target.health_check_pass_rate = passed.get(target.provider, 0.0) / target.health_checks
+            target.active = target.active or 0.0
+            target.rollbacks = target.rollbacks or 0.0
+            target.health_checks = target.health_checks or 0.0
+    # Each provider's own row first, then its fraise types.
+    ordered = sorted(rows.values(), key=lambda r: (r.provider, r.fraise_type != ALL_FRAISE_TYPES, r.fraise_type))
+    return Summary(now, ordered)
+
+
+# Presentation
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("PROVIDER", "provider"),
+    ("FRAISE TYPE", "fraise_type"),
+    ("DEPLOYMENTS", "total"),
+    *((status.upper().replace("_", " "), f"status:{status}") for status in c.DEPLOYMENT_STATUSES),
+    ("SUCCESS RATE", "success_rate"),
+    ("P50", "duration_p50"),
+    ("P95", "duration_p95"),
+    ("LAST SUCCESS", "seconds_since_last_success"),
+    ("LAST FAILURE", "seconds_since_last_failure"),
+    ("ACTIVE", "active"),
+    ("ROLLBACKS", "rollbacks"),
+    ("HEALTH PASS", "health_check_pass_rate"),
+)
+LEFT_ALIGNED = {"provider", "fraise_type"}
+
+
+def format_duration(seconds: float) -> str:
+    """``0.25s``, ``42.5s``, ``3m10s``, ``2h05m``, ``3d04h``."""
+    if seconds < 60:
+        return f"{seconds:.2f}s" if seconds < 1 else f"{seconds:.1f}s"
+    whole = round(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_age(seconds: float) -> str:
+    if seconds < 0:  # the timestamp is ahead of this machine's clock
+        return f"in {format_duration(-seconds)}"
+    return f"{format_duration(seconds)} ago"
+
+
+def _count(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
+def cell(row: Row, column: str) -> str:
+    """One cell's text; ``-`` for what the file does not say."""
+    if column.startswith("status:"):
+        return _count(row.deployments.get(column[len("status:"):], 0.0))
+    value: Any = getattr(row, column)
+    if value is None:
+        return "-"
+    if column in LEFT_ALIGNED:
+        return str(value)
+    if column.endswith("rate"):
+        return f"{value * 100:.1f}%"
+    if column.startswith("duration_"):
+        return format_duration(value)
+    if column.startswith("seconds_since_"):
+        return format_age(value)
+    return _count(value)
+
+
+def table_lines(summary: Summary) -> list[str]:
+    """The summary as an aligned text table: a header line, then one line per row."""
+    cells = [[title for title, _ in COLUMNS]] + [[cell(row, column) for _, column in COLUMNS] for row in summary.rows]
+    widths = [max(len(line[number]) for line in cells) for number in range(len(COLUMNS))]
+    lines = []
+    for line in cells:
+        parts = [text.ljust(width) if column in LEFT_ALIGNED else text.rjust(width)
+                 for text, width, (_, column) in zip(line, widths, COLUMNS)]
+        lines.append("  ".join(parts).rstrip())
+    return lines
+
+
+def html_table(summary: Summary) -> str:
+    """The summary as an HTML table (every value escaped), or a paragraph when there is nothing yet."""
+    if not summary.rows:
+        return '<p id="summary">No deployments recorded yet.</p>\n'
+    head = "".join(f'<th class="{"text" if column in LEFT_ALIGNED else "number"}">{html.escape(title)}</th>'
+                   for title, column in COLUMNS)
+    body = []
+    for row in summary.rows:
+        kind = "provider" if row.fraise_type == ALL_FRAISE_TYPES else "fraise-type"
+        cells = "".join(
+            f'<td class="{"text" if column in LEFT_ALIGNED else "number"}">{html.escape(cell(row, column))}</td>'
+            for _, column in COLUMNS
+        )
+        body.append(f'<tr class="{kind}">{cells}</tr>')
+    rows = "\n".join(body)
+    return f'<table id="summary">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>\n'
+
+
+def as_json_text(summary: Summary) -> str:
+    import json
+
+    return json.dumps(summary.as_json(), indent=2, sort_keys=False)
+

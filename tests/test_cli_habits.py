@@ -1,0 +1,168 @@
+"""CLI habits an operator expects, each checked on the real command in a subprocess: exit code and message."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile import catalogue as c
+
+from .processes import fraisier, lock_held_elsewhere
+from .values import sample_values
+
+RECORD_DEPLOYMENT = ["record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status",
+                     "success", "--duration", "3"]
+
+
+# Group options after the command
+
+
+def test_group_options_are_accepted_after_the_command(tmp_path: Path) -> None:
+    directory = tmp_path / "after"
+    assert fraisier(*RECORD_DEPLOYMENT, "--textfile-dir", str(directory)).returncode == 0
+    result = fraisier("textfile", "check", "--textfile-dir", str(directory))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{directory / 'fraisier.prom'}: OK")
+
+
+def test_an_option_after_the_command_wins_over_one_before_it(tmp_path: Path) -> None:
+    result = fraisier("--textfile-dir", str(tmp_path / "before"), "textfile", "path",
+                      "--textfile-dir", str(tmp_path / "after"))
+    assert (result.returncode, result.stdout) == (0, f"{tmp_path / 'after' / 'fraisier.prom'}\n")
+
+
+def test_lock_timeout_after_the_command(textfile_dir: Path) -> None:
+    textfile_dir.mkdir()
+    with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+        result = fraisier(*RECORD_DEPLOYMENT, "--lock-timeout", "0.3", textfile_dir=textfile_dir)
+    assert result.returncode == 1
+    assert "within 0.3s" in result.stderr and "--lock-timeout" in result.stderr
+    bad = fraisier("textfile", "path", "--lock-timeout", "soon", textfile_dir=textfile_dir)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "--lock-timeout" in bad.stderr and "soon" in bad.stderr
+
+
+# Mutually exclusive flags
+
+
+def test_up_and_down_together_are_refused_and_nothing_is_written(textfile_dir: Path) -> None:
+    for flags in (["--up", "--down"], ["--down", "--up"]):
+        result = fraisier("record", "availability", "--provider", "bare_metal", *flags, textfile_dir=textfile_dir)
+        assert result.returncode == 2
+        assert result.stderr.endswith("Error: --up and --down contradict each other: give one of them\n")
+    assert not (textfile_dir / "fraisier.prom").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--up", 1.0), ("--down", 0.0)])
+def test_up_or_down_alone_is_recorded(textfile_dir: Path, flag: str, value: float) -> None:
+    result = fraisier("record", "availability", "--provider", "bare_metal", flag, textfile_dir=textfile_dir)
+    assert result.returncode == 0
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_provider_availability{provider="bare_metal"}'] == value
+
+
+# fraisier exec: why a command could not start, and a command that dies with its wrapper
+
+
+def exec_command(textfile_dir: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    return fraisier("exec", "--provider", "bare_metal", "--fraise-type", "api", "--", *command,
+                    textfile_dir=textfile_dir)
+
+
+def test_a_command_that_is_not_found_is_named_in_one_line(textfile_dir: Path, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.sh")
+    result = exec_command(textfile_dir, missing, "--env", "prod")
+    assert result.returncode == 127
+    [line] = result.stderr.splitlines()
+    assert "level=error" in line
+    assert f'msg="cannot start {missing} --env prod: not found (check the path and PATH); exit 127"' in line
+
+
+def test_a_command_that_is_not_executable_is_named_in_one_line(textfile_dir: Path, tmp_path: Path) -> None:
+    script = tmp_path / "deploy.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)  # no x bit: even root cannot exec it
+    result = exec_command(textfile_dir, str(script))
+    assert result.returncode == 126
+    [line] = result.stderr.splitlines()
+    assert f'msg="cannot start {script}: not executable: Permission denied (check its mode and its #! line); ' \
+        'exit 126"' in line
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="command_not_executable"}'] == 1
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie has stopped: only its exit status is left)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_the_command_dies_with_its_wrapper_so_crashed_means_stopped(textfile_dir: Path, tmp_path: Path) -> None:
+    pid_file = tmp_path / "deployment.pid"
+    script = (f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+              "print('started', flush=True); time.sleep(120)")
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "exec", "--provider",
+         "bare_metal", "--fraise-type", "api", "--", sys.executable, "-c", script],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert wrapper.stdout is not None and wrapper.stdout.readline() == "started\n"
+    deployment = int(pid_file.read_text())
+    assert is_running(deployment)
+    wrapper.send_signal(signal.SIGKILL)
+    assert wrapper.wait(timeout=30) == -signal.SIGKILL
+    deadline = time.monotonic() + 30  # the kernel sends the signal as the wrapper exits; this only bounds a failure
+    while is_running(deployment) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not is_running(deployment), "the deployment outlived fraisier exec"
+    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 1
+    assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
+
+
+# Shell completion
+
+
+def complete(*words: str) -> list[str]:
+    """What bash completion offers after ``fraisier WORDS ...`` (the last word being typed)."""
+    environment = dict(os.environ, _FRAISIER_COMPLETE="bash_complete", COMP_WORDS=" ".join(("fraisier", *words)),
+                       COMP_CWORD=str(len(words)))
+    result = subprocess.run(
+        [sys.executable, "-c", "from fraisier_textfile.cli import main; main(prog_name='fraisier')"],
+        env=environment, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return [line.partition(",")[2] for line in result.stdout.splitlines() if line.startswith("plain,")]
+
+
+def test_completion_offers_status_values() -> None:
+    assert complete("record", "deployment", "--status", "") == list(c.DEPLOYMENT_STATUSES)
+    assert complete("record", "deployment", "--status", "roll") == ["rolled_back", "rollback_failed"]
+    assert complete("record", "health-check", "--status", "") == list(c.HEALTH_CHECK_STATUSES)
+
+
+def test_completion_offers_commands_and_log_levels() -> None:
+    assert "summary" in complete("textfile", "")
+    assert complete("textfile", "check", "--log-level", "") == ["debug", "info", "warn", "error"]
+
+
+def test_the_completion_script_is_what_the_guide_says() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from fraisier_textfile.cli import main; main(prog_name='fraisier')"],
+        env=dict(os.environ, _FRAISIER_COMPLETE="bash_source"), capture_output=True, text=True,
+    )
+    assert result.returncode == 0
+    assert "_fraisier_completion()" in result.stdout and "complete -o nosort -F _fraisier_completion fraisier" \
+        in result.stdout
+    guide = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert 'eval "$(_FRAISIER_COMPLETE=bash_source fraisier)"' in guide

@@ -1,0 +1,552 @@
+"""Series lifecycle: forget, expiry, the series bound, bucket migration (fraisier_textfile/lifecycle.py).
+
+The CLI runs as real subprocesses on real files; times in the past are written by a store whose clock is set
+back, through the same update-time lines every merge writes."""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fraisier_textfile import catalogue as c
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.lifecycle import (
+    REFUSED_FAMILY,
+    SeriesTimes,
+    migrate_histograms,
+    parse_duration,
+)
+from fraisier_textfile.recorder import MetricsRecorder
+from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.textformat import parse
+
+from .processes import binary, fraisier, http_get, lock_held_elsewhere, node_exporter
+from .values import canonical_samples, sample_values
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WORKERS = Path(__file__).parent / "workers.py"
+DAY = 86400.0
+HEALTH = c.HEALTH_CHECK_DURATION.name
+
+
+def record(store: TextfileStore, event: object, *arguments: object) -> None:
+    changes = Changes()
+    event(changes, *arguments)  # type: ignore[operator]
+    store.merge(changes)
+
+
+def store_at(directory: Path, now: float) -> TextfileStore:
+    store = TextfileStore(directory)
+    store.lifecycle.clock = lambda: now
+    return store
+
+
+def directory_state(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+
+
+def two_providers(directory: Path) -> None:
+    """bare_metal/api recorded now, docker_compose/old_etl 40 days ago; errors and a health check for both."""
+    old = store_at(directory, time.time() - 40 * DAY)
+    record(old, events.deployment_complete, "docker_compose", "old_etl", "success", 12.0)
+    record(old, events.deployment_error, "docker_compose", "timeout")
+    record(old, events.health_check, "docker_compose", "tcp", "pass", 0.3)
+    new = TextfileStore(directory)
+    record(new, events.deployment_complete, "bare_metal", "api", "failed", 30.0)
+    record(new, events.deployment_error, "bare_metal", "timeout")
+    record(new, events.health_check, "bare_metal", "http", "fail", 2.0)
+
+
+def series_with(path: Path, text: str) -> list[str]:
+    return [line for line in path.read_text().splitlines() if text in line and not line.startswith("#")]
+
+
+# Forget
+
+
+def test_forget_dry_run_lists_what_would_go_and_writes_nothing(textfile_dir: Path) -> None:
+    two_providers(textfile_dir)
+    before = directory_state(textfile_dir)
+    result = fraisier("textfile", "forget", "--fraise-type", "old_etl", "--dry-run", textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    series = f'{c.DEPLOYMENTS.name}{{provider="docker_compose",status="success",fraise_type="old_etl"}}'
+    assert f"would forget {series}" in lines
+    assert lines[-1] == f"{textfile_dir / 'fraisier.prom'}: would forget 6 series (dry run: nothing written)"
+    assert directory_state(textfile_dir) == before
+
+
+def test_forget_a_provider_removes_every_series_of_it_and_nothing_else(textfile_dir: Path) -> None:
+    two_providers(textfile_dir)
+    path = textfile_dir / "fraisier.prom"
+    kept_before = {key: value for key, value in sample_values(path).items() if "docker_compose" not in key}
+    result = fraisier("textfile", "forget", "--provider", "docker_compose", textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    # A histogram series is listed once and goes whole: buckets, _sum and _count.
+    assert f'forgot {HEALTH}{{provider="docker_compose",check_type="tcp"}}' in result.stdout.splitlines()
+    assert series_with(path, "docker_compose") == []
+    assert "docker_compose" not in path.read_text()  # its update times went too
+    assert sample_values(path) == kept_before
+    assert fraisier("textfile", "check", textfile_dir=textfile_dir).returncode == 0
+
+
+def test_matchers_and_together_and_family_narrows(textfile_dir: Path) -> None:
+    two_providers(textfile_dir)
+    path = textfile_dir / "fraisier.prom"
+    result = fraisier(
+        "textfile", "forget", "--provider", "bare_metal", "--match", "error_type=timeout",
+        "--family", c.DEPLOYMENT_ERRORS.name, textfile_dir=textfile_dir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f'forgot {c.DEPLOYMENT_ERRORS.name}{{provider="bare_metal",error_type="timeout"}}',
+        f"{path}: forgot 1 series",
+    ]
+    assert len(series_with(path, 'provider="bare_metal"')) > 10
+    assert series_with(path, 'error_type="timeout"') == [
+        f'{c.DEPLOYMENT_ERRORS.name}{{provider="docker_compose",error_type="timeout"}} 1.0'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--match", "fraise_type"], "Error: --match 'fraise_type' is not LABEL=VALUE: write e.g."),
+        (["--match", "=old"], "Error: --match '=old' is not LABEL=VALUE"),
+        (["--match", "fraise_type="], "Error: --match 'fraise_type=' is not LABEL=VALUE"),
+        (["--match", "fraisetype=old"], "Error: no family has a label 'fraisetype', so --match fraisetype=... matches"),
+        (["--family", "fraisier_nope", "--provider", "x"], "Error: --family 'fraisier_nope' is not one of fraisier's"),
+        ([], "Error: say which series to forget: give --provider, --fraise-type, --match"),
+        (["--expire-after", "30"], "Error: --expire-after='30' is not a duration: give a positive number and a unit"),
+        (["--expire-after", "-3d"], "Error: --expire-after='-3d' is not a duration"),
+    ],
+    ids=["no-equals", "no-label", "no-value", "unknown-label", "unknown-family", "nothing", "no-unit", "negative"],
+)
+def test_bad_input_is_one_line_exit_2_and_the_file_untouched(
+    textfile_dir: Path, arguments: list[str], message: str
+) -> None:
+    two_providers(textfile_dir)
+    before = directory_state(textfile_dir)
+    result = fraisier("textfile", "forget", *arguments, textfile_dir=textfile_dir)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message)
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stdout == ""
+    assert directory_state(textfile_dir) == before
+
+
+def test_forget_in_a_directory_without_a_file_creates_nothing(tmp_path: Path) -> None:
+    result = fraisier("textfile", "forget", "--provider", "x", textfile_dir=tmp_path / "typo")
+    assert result.returncode == 1
+    assert result.stderr == f"Error: {tmp_path / 'typo' / 'fraisier.prom'} does not exist: check --textfile-dir\n"
+    assert not (tmp_path / "typo").exists()
+
+
+def test_forget_waits_for_the_lock_like_a_merge(textfile_dir: Path) -> None:
+    two_providers(textfile_dir)
+    before = directory_state(textfile_dir)
+    with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+        result = fraisier("--lock-timeout", "0.2", "textfile", "forget", "--provider", "docker_compose",
+                          textfile_dir=textfile_dir)
+    assert result.returncode == 1
+    assert "could not lock" in result.stderr
+    assert directory_state(textfile_dir) == before
+
+
+def test_a_deployment_in_flight_brings_its_forgotten_series_back(textfile_dir: Path) -> None:
+    """The documented rule: markers are kept; the active gauge is recounted from them at each merge, and the
+    deployment is counted when it ends, its series created again from 0."""
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.record_deployment_complete("old", "api", "success", 5.0)
+    recorder.record_deployment_start("old", "api")
+    path = textfile_dir / "fraisier.prom"
+    active = f'{c.ACTIVE_DEPLOYMENTS.name}{{provider="old"}}'
+    success = f'{c.DEPLOYMENTS.name}{{provider="old",status="success",fraise_type="api"}}'
+    assert sample_values(path)[active] == 1
+    result = fraisier("textfile", "forget", "--provider", "old", textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    assert active not in sample_values(path)
+    assert success not in sample_values(path)
+    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
+    assert sample_values(path)[active] == 1  # recounted from the live marker
+    assert success not in sample_values(path)
+    recorder.record_deployment_complete("old", "api", "success", 5.0)
+    assert sample_values(path)[success] == 1  # counted from 0 again, not 2
+    assert sample_values(path)[active] == 0
+
+
+def test_forget_racing_writers_loses_none_of_their_events(textfile_dir: Path) -> None:
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.record_deployment_complete("docker_compose", "old_etl", "success", 5.0)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(WORKERS), "flush_many", str(textfile_dir), "60", str(n)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for n in range(3)
+    ]
+    for worker in workers:
+        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    forgotten = 0
+    while any(worker.poll() is None for worker in workers) or forgotten == 0:
+        recorder.record_deployment_error("docker_compose", "timeout")
+        result = fraisier("textfile", "forget", "--provider", "docker_compose", textfile_dir=textfile_dir)
+        assert result.returncode == 0, result.stderr
+        forgotten += 1
+    assert all(worker.wait() == 0 for worker in workers)
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[f'{c.DEPLOYMENTS.name}{{provider="bare_metal",status="success",fraise_type="api"}}'] == 180
+    assert values[f'{c.HEALTH_CHECKS.name}{{provider="bare_metal",check_type="http",status="pass"}}'] == 90
+    assert not any("docker_compose" in key for key in values)
+
+
+# Retention
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30d", 30 * DAY), ("12h", 43200), ("90m", 5400), ("3600s", 3600), ("1.5d", 1.5 * DAY)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration("--expire-after", text) == seconds
+
+
+def test_refresh_expires_series_not_updated_for_that_long(textfile_dir: Path) -> None:
+    two_providers(textfile_dir)
+    path = textfile_dir / "fraisier.prom"
+    fresh = {key: value for key, value in sample_values(path).items() if "docker_compose" not in key}
+    dry = fraisier("textfile", "forget", "--expire-after", "30d", "--dry-run", textfile_dir=textfile_dir)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[-1].endswith("would forget 15 series (dry run: nothing written)")
+    # 41 days: nothing is that old yet.
+    result = fraisier("textfile", "refresh", "--expire-after", "41d", textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    assert len(series_with(path, "docker_compose")) > 0
+    result = fraisier("textfile", "refresh", "--expire-after", "30d", textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    assert f'expired {c.DEPLOYMENT_ERRORS.name}{{provider="docker_compose",error_type="timeout"}}' in (
+        result.stdout.splitlines()
+    )
+    assert len(result.stdout.splitlines()) == 15
+    assert series_with(path, "docker_compose") == []
+    assert sample_values(path) == fresh
+
+
+def test_forget_with_expire_after_only_takes_the_old_series_that_match(textfile_dir: Path) -> None:
+    two_providers(textfile_dir)
+    path = textfile_dir / "fraisier.prom"
+    result = fraisier("textfile", "forget", "--expire-after", "30d", "--match", "check_type=tcp",
+                      textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"{path}: forgot 3 series"  # 2 counters, 1 histogram
+    assert series_with(path, "tcp") == []
+    assert len(series_with(path, "docker_compose")) > 0
+
+
+def test_every_writer_expires_with_the_environment_variable(textfile_dir: Path) -> None:
+    two_providers(textfile_dir)
+    path = textfile_dir / "fraisier.prom"
+    result = fraisier("record", "error", "--provider", "bare_metal", "--error-type", "oom",
+                      textfile_dir=textfile_dir, env={**_environment(), "FRAISIER_EXPIRE_AFTER": "30d"})
+    assert result.returncode == 0, result.stderr
+    assert series_with(path, "docker_compose") == []
+    assert sample_values(path)[f'{c.DEPLOYMENT_ERRORS.name}{{provider="bare_metal",error_type="oom"}}'] == 1
+
+
+def _environment() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def test_an_update_keeps_a_series_from_expiring(textfile_dir: Path) -> None:
+    now = time.time()
+    record(store_at(textfile_dir, now - 40 * DAY), events.deployment_error, "p", "a")
+    record(store_at(textfile_dir, now - 40 * DAY), events.deployment_error, "p", "b")
+    record(store_at(textfile_dir, now - DAY), events.deployment_error, "p", "a")  # a is updated, b is not
+    store = store_at(textfile_dir, now)
+    store.lifecycle.expire_after = 30 * DAY
+    store.merge(Changes())
+    assert store.lifecycle.forgotten == [f'{c.DEPLOYMENT_ERRORS.name}{{provider="p",error_type="b"}}']
+    assert sample_values(store.path) == {f'{c.DEPLOYMENT_ERRORS.name}{{provider="p",error_type="a"}}': 2}
+
+
+def test_the_zero_series_of_a_pair_in_use_do_not_expire(textfile_dir: Path) -> None:
+    """A long-lived recorder creates the other statuses at 0 once, then records only successes: the zero
+    series (there for increase() to see a first crash) must live as long as the pair is used."""
+    now = time.time()
+    record(store_at(textfile_dir, now - 40 * DAY), events.deployment_complete, "p", "api", "success", 1.0)
+    changes = Changes()
+    changes.add(c.DEPLOYMENTS, ("p", "success", "api"), 1.0)
+    changes.observe(c.DEPLOYMENT_DURATION, ("p", "success"), 1.0)
+    store_at(textfile_dir, now - DAY).merge(changes)
+    store = store_at(textfile_dir, now)
+    store.lifecycle.expire_after = 30 * DAY
+    store.merge(Changes())
+    assert store.lifecycle.forgotten == [
+        f'{c.LAST_DEPLOYMENT.name}{{provider="p",fraise_type="api",status="success"}}'
+    ]
+    crashed = f'{c.DEPLOYMENTS.name}{{provider="p",status="crashed",fraise_type="api"}}'
+    assert sample_values(store.path)[crashed] == 0
+    assert sample_values(store.path)[f'{c.DEPLOYMENT_DURATION.name}_count{{provider="p",status="crashed"}}'] == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("FRAISIER_MAX_SERIES_PER_FAMILY", "lots", "Error: FRAISIER_MAX_SERIES_PER_FAMILY='lots' is not"),
+        ("FRAISIER_EXPIRE_AFTER", "30 days", "Error: FRAISIER_EXPIRE_AFTER='30 days' is not a duration"),
+    ],
+)
+def test_a_bad_setting_in_the_environment_is_one_line_exit_2(
+    textfile_dir: Path, variable: str, value: str, message: str
+) -> None:
+    two_providers(textfile_dir)
+    before = directory_state(textfile_dir)
+    result = fraisier("record", "error", "--provider", "p", "--error-type", "e", textfile_dir=textfile_dir,
+                      env={**_environment(), variable: value})
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1
+    assert directory_state(textfile_dir) == before
+
+
+def test_a_series_without_a_time_counts_as_updated_when_first_seen(textfile_dir: Path) -> None:
+    textfile_dir.mkdir()
+    path = textfile_dir / "fraisier.prom"
+    name = c.DEPLOYMENT_ERRORS.name
+    path.write_text(f"# TYPE {name} counter\n{name}{{provider=\"p\",error_type=\"legacy\"}} 3.0\n")
+    now = time.time()
+    store = store_at(textfile_dir, now)
+    store.lifecycle.expire_after = DAY
+    store.merge(Changes())
+    assert store.lifecycle.forgotten == []
+    later = store_at(textfile_dir, now + 2 * DAY)
+    later.lifecycle.expire_after = DAY
+    later.merge(Changes())
+    assert later.lifecycle.forgotten == [f'{name}{{provider="p",error_type="legacy"}}']
+
+
+def test_update_times_in_place_and_in_bulk_agree() -> None:
+    times = SeriesTimes("100 a=100 b=105 c%2Cd=110")
+    times.touch(["b", "e", "c%2Cd"], 120)
+    in_place = times.render()
+    assert in_place == "100 a=100 b=120 c%2Cd=120 e=120"
+    bulk = SeriesTimes("100 a=100 b=105 c%2Cd=110")
+    bulk.entries()
+    bulk.touch(["b", "e", "c%2Cd"], 120)
+    assert bulk.render() == in_place
+    assert SeriesTimes(in_place).entries() == {"a": 100, "b": 120, "c%2Cd": 120, "e": 120}
+
+
+# The series bound
+
+
+def test_new_series_past_the_bound_are_refused_logged_and_counted(textfile_dir: Path) -> None:
+    environment = {**_environment(), "FRAISIER_MAX_SERIES_PER_FAMILY": "3"}
+    path = textfile_dir / "fraisier.prom"
+    for number in range(5):
+        result = fraisier("record", "error", "--provider", "p", "--error-type", f"e{number}",
+                          textfile_dir=textfile_dir, env=environment)
+        assert result.returncode == 0, result.stderr
+        if number < 3:
+            assert result.stderr == ""
+        else:
+            [line] = result.stderr.splitlines()
+            assert " level=warn " in line
+            assert line.endswith(
+                f'msg="{path}: {c.DEPLOYMENT_ERRORS.name} has reached its bound of 3 series: changes '
+                f"to new series of it are refused and counted in {REFUSED_FAMILY}; forget unused series "
+                '(fraisier textfile forget) or raise FRAISIER_MAX_SERIES_PER_FAMILY"'
+            )
+    # Existing series keep counting.
+    result = fraisier("record", "error", "--provider", "p", "--error-type", "e0", textfile_dir=textfile_dir,
+                      env=environment)
+    assert result.returncode == 0 and result.stderr == ""
+    values = sample_values(path)
+    errors = {key: value for key, value in values.items() if key.startswith(c.DEPLOYMENT_ERRORS.name)}
+    assert errors == {
+        f'{c.DEPLOYMENT_ERRORS.name}{{provider="p",error_type="e0"}}': 2,
+        f'{c.DEPLOYMENT_ERRORS.name}{{provider="p",error_type="e1"}}': 1,
+        f'{c.DEPLOYMENT_ERRORS.name}{{provider="p",error_type="e2"}}': 1,
+    }
+    assert values[f'{REFUSED_FAMILY}{{family="{c.DEPLOYMENT_ERRORS.name}"}}'] == 2
+    assert fraisier("textfile", "check", textfile_dir=textfile_dir).returncode == 0
+
+
+def test_the_bound_logs_once_per_family_per_process(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fraisier_textfile import lifecycle
+
+    monkeypatch.setattr(lifecycle, "_warned", set())
+    store = TextfileStore(textfile_dir)
+    store.lifecycle.max_series = 2
+    with caplog.at_level(logging.WARNING, logger="fraisier_textfile.lifecycle"):
+        for number in range(6):
+            record(store, events.rollback, "p", f"reason{number}", 1.0)
+            record(store, events.rollback, f"provider{number}", "manual", 1.0)  # 2 families: rollbacks, durations
+    assert sorted(record.getMessage().split(": ")[1].split()[0] for record in caplog.records) == [
+        c.ROLLBACK_DURATION.name, c.ROLLBACKS.name
+    ]
+    values = sample_values(store.path)
+    assert values[f'{REFUSED_FAMILY}{{family="{c.ROLLBACKS.name}"}}'] == 10
+    assert values[f'{REFUSED_FAMILY}{{family="{c.ROLLBACK_DURATION.name}"}}'] == 5
+    assert sum(1 for key in values if key.startswith(c.ROLLBACK_DURATION.name + "_count")) == 2
+
+
+# Bucket migration
+
+
+def health_buckets(*bounds: float) -> c.Family:
+    return c.Family(HEALTH, c.Kind.HISTOGRAM, c.HEALTH_CHECK_DURATION.labels, c.HEALTH_CHECK_DURATION.help, bounds)
+
+
+TODAY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@pytest.mark.parametrize(
+    ("case", "target"),
+    [
+        ("migrate-health-buckets", health_buckets(*sorted((*TODAY, 2)))),  # the bound the api branch adds
+        ("migrate-health-buckets-removed", health_buckets(0.1, 0.5, 1, 2, 5, 10)),  # Fraisier 0.84.2's
+    ],
+)
+def test_migration_golden(case: str, target: c.Family) -> None:
+    document = parse((FIXTURES / case / "before.prom").read_text(), check_histograms=False)
+    notes = migrate_histograms(document, targets=[target])
+    assert document.render() == (FIXTURES / case / "after.prom").read_text()
+    assert len(notes) == 1 and notes[0].startswith(f"{HEALTH}: buckets le=2.0 added")
+
+
+bounds_strategy = st.lists(
+    st.sampled_from([0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30, 60, 300]), min_size=1, unique=True
+).map(sorted)
+
+
+@given(
+    observations=st.lists(st.floats(min_value=0, max_value=400, allow_nan=False), max_size=40),
+    old=bounds_strategy,
+    new=bounds_strategy,
+)
+def test_a_migration_keeps_totals_and_never_claims_an_observation_it_cannot_place(
+    observations: list[float], old: list[float], new: list[float]
+) -> None:
+    name = c.ROLLBACK_DURATION.name
+    lines = [f"# TYPE {name} histogram"]
+    for bound in [*old, math.inf]:
+        count = sum(1 for value in observations if value <= bound)
+        lines.append(f'{name}_bucket{{provider="p",le="{c.format_float(bound)}"}} {float(count)}')
+    lines.append(f'{name}_sum{{provider="p"}} {c.format_float(sum(observations))}')
+    lines.append(f'{name}_count{{provider="p"}} {float(len(observations))}')
+    document = parse("\n".join(lines) + "\n", check_histograms=False)
+    target = c.Family(name, c.Kind.HISTOGRAM, ("provider",), c.ROLLBACK_DURATION.help, tuple(new))
+    migrate_histograms(document, targets=[target])
+    values = dict(document.blocks[name].samples())
+    assert values[f'{name}_count{{provider="p"}}'] == len(observations)
+    assert values[f'{name}_bucket{{provider="p",le="+Inf"}}'] == len(observations)
+    assert values[f'{name}_sum{{provider="p"}}'] == float(c.format_float(sum(observations)))
+    counts = [values[f'{name}_bucket{{provider="p",le="{bound}"}}'] for bound in target.bucket_bounds]
+    assert counts == sorted(counts)  # still cumulative
+    for bound, count in zip(new, counts):
+        known = [b for b in old if b <= bound]
+        assert count <= sum(1 for value in observations if value <= bound)  # never more than the truth
+        assert count == (sum(1 for value in observations if value <= known[-1]) if known else 0)
+
+
+def write_fraisier_084_health_file(directory: Path) -> Path:
+    """A file whose health-check histogram has Fraisier 0.84.2's buckets (0.1 0.5 1 2 5 10)."""
+    directory.mkdir()
+    path = directory / "fraisier.prom"
+    before = (FIXTURES / "migrate-health-buckets-removed" / "after.prom").read_text()
+    path.write_text(before)
+    return path
+
+
+def test_check_notes_a_migration_and_the_next_merge_does_it_keeping_totals(textfile_dir: Path) -> None:
+    path = write_fraisier_084_health_file(textfile_dir)
+    before = path.read_bytes()
+    result = fraisier("textfile", "check", textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    note = result.stdout.splitlines()[0]
+    assert note.startswith(f"{path}: note: {HEALTH}: buckets le=")
+    assert "removed" in note and "the next merge migrates it, keeping its totals" in note
+    assert path.read_bytes() == before
+    old = sample_values(path)
+    result = fraisier("record", "health-check", "--provider", "bare_metal", "--check-type", "http",
+                      "--status", "pass", "--duration", "0.07", textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    new = sample_values(path)
+    series = 'provider="bare_metal",check_type="http"'
+    assert new[f"{HEALTH}_count{{{series}}}"] == old[f"{HEALTH}_count{{{series}}}"] + 1
+    assert new[f"{HEALTH}_sum{{{series}}}"] == pytest.approx(old[f"{HEALTH}_sum{{{series}}}"] + 0.07)
+    assert new[f'{HEALTH}_bucket{{{series},le="+Inf"}}'] == old[f'{HEALTH}_bucket{{{series},le="+Inf"}}'] + 1
+    # le=0.05 is new: it starts at 0 (no old bound below it) and holds the new observation only.
+    assert new[f'{HEALTH}_bucket{{{series},le="0.05"}}'] == 0
+    assert new[f'{HEALTH}_bucket{{{series},le="0.1"}}'] == old[f'{HEALTH}_bucket{{{series},le="0.1"}}'] + 1
+    # le=2.5 is new: from le=2 (15), plus the new observation.
+    assert new[f'{HEALTH}_bucket{{{series},le="2.5"}}'] == 16
+    assert f'{series},le="2.0"' not in path.read_text()
+    # The other series, untouched by the event, is migrated too.
+    other = 'provider="docker_compose",check_type="tcp"'
+    assert new[f'{HEALTH}_bucket{{{other},le="30.0"}}'] == 3
+    assert new[f"{HEALTH}_count{{{other}}}"] == 3
+    checked = fraisier("textfile", "check", textfile_dir=textfile_dir)
+    assert checked.returncode == 0 and ": note: " not in checked.stdout
+
+
+def test_a_migrated_histogram_stays_cumulative(textfile_dir: Path) -> None:
+    write_fraisier_084_health_file(textfile_dir)
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    block = store.read().blocks[HEALTH]
+    counts: dict[str, list[float]] = {}
+    for key, value in block.samples():
+        if "_bucket" in key:
+            counts.setdefault(key[: key.rindex(",le=")], []).append(value)
+    assert counts
+    for values in counts.values():
+        assert values == sorted(values) and len(values) == len(c.HEALTH_CHECK_DURATION.bucket_bounds)
+    assert not math.isnan(sum(sum(v) for v in counts.values()))
+
+
+@pytest.mark.integration
+def test_node_exporter_serves_the_migrated_file(textfile_dir: Path) -> None:
+    binary("prometheus-node-exporter")
+    write_fraisier_084_health_file(textfile_dir)
+    result = fraisier("textfile", "refresh", textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    ours = canonical_samples((textfile_dir / "fraisier.prom").read_text())
+    with node_exporter(textfile_dir) as url:
+        scraped = http_get(url)
+    assert sample_values(scraped)["node_textfile_scrape_error"] == 0
+    served = canonical_samples(scraped)
+    assert {key: value for key, value in served.items() if key in ours} == ours
+    bucket = (f"{HEALTH}_bucket", frozenset({"provider": "bare_metal", "check_type": "http", "le": "30.0"}.items()))
+    assert served[bucket] == 20  # a bound the file did not have, from the count of le=10
+
+
+@pytest.mark.integration
+def test_promtool_accepts_a_file_with_update_times_and_the_refused_counter(textfile_dir: Path) -> None:
+    promtool = binary("promtool")
+    write_fraisier_084_health_file(textfile_dir)
+    store = TextfileStore(textfile_dir)
+    store.lifecycle.max_series = 1
+    record(store, events.deployment_error, "p", "first")
+    record(store, events.deployment_error, "p", "second")
+    text = (textfile_dir / "fraisier.prom").read_text()
+    assert f'{REFUSED_FAMILY}{{family="{c.DEPLOYMENT_ERRORS.name}"}} 1.0' in text
+    assert "# fraisier_textfile updated-fraisier_deployment_errors_total: " in text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
