@@ -240,24 +240,6 @@ FRAISIER_BUCKETS: dict[Family, tuple[float, ...]] = {
 """The buckets Fraisier 0.84.2's own histograms have: ours hold every one of these bounds, so that a query
 written for Fraisier's histograms (``le="2"``) finds its bucket here."""
 
-FORMER_BUCKETS: dict[Family, tuple[tuple[float, ...], ...]] = {
-    HEALTH_CHECK_DURATION: ((0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),),
-}
-"""Buckets that earlier versions wrote, for a migration of files written by them (newest last)."""
-
-
-def former_buckets_hint(problem: str) -> str:
-    """What to add to a merge's bucket problem when the file was written with buckets an earlier version used
-    (empty for any other problem): the file is not damaged, only older."""
-    for family in FORMER_BUCKETS:
-        if family.name in problem and "buckets" in problem:
-            return (
-                f"; {family.name} was written by an earlier version of fraisier_textfile, whose buckets lacked some of "
-                "Fraisier's own bounds (this version adds them): the file is sound but must be migrated before "
-                "it takes new observations of that histogram (see the monitoring guide, section Buckets)"
-            )
-    return ""
-
 LABEL_CHOICES: dict[tuple[Family, str], tuple[str, ...]] = {
     (DEPLOYMENTS, "status"): DEPLOYMENT_STATUSES,
     (DEPLOYMENT_DURATION, "status"): DEPLOYMENT_STATUSES,

@@ -18,7 +18,7 @@ import click
 from fraisier_textfile import __version__, logs
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
-from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, InvalidValueError
+from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
 from fraisier_textfile.textfile import (
     DEFAULT_LOCK_TIMEOUT,
     DIRECTORY_ENVIRONMENT,
@@ -145,13 +145,7 @@ def _record(settings: Settings, event: Callable[..., None], *arguments: object) 
     changes = events.Changes()
     with library_errors():
         event(changes, *arguments)
-        try:
-            settings.store().merge(changes)
-        except CorruptTextfileError as error:
-            hint = c.former_buckets_hint(error.problem)
-            if not hint:
-                raise
-            raise click.ClickException(f"{error}{hint}") from None
+        settings.store().merge(changes)
 
 
 def complete(values: tuple[str, ...] | list[str], incomplete: str) -> list[str]:

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
-from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, InvalidValueError, write_error
+from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, write_error
 from fraisier_textfile.textfile import (
     DEFAULT_LOCK_TIMEOUT,
     TextfileStore,
@@ -627,9 +627,7 @@ class MetricsRecorder:
 
     def _note_write_problem(self, error: Exception) -> None:
         message = str(error)
-        if isinstance(error, CorruptTextfileError):
-            message += catalogue.former_buckets_hint(error.problem)
-        elif not isinstance(error, FraisierTextfileError):
+        if not isinstance(error, FraisierTextfileError):
             message = f"cannot write {self.textfile_path}: {error}; check the textfile directory"
         self._note(f"write {type(error).__name__}", message, error)
 

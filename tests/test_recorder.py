@@ -688,28 +688,39 @@ def test_a_corrupt_file_raises_nothing_stays_as_it_was_and_the_events_wait_for_i
     expect_a_bit_of_everything_once(textfile_dir)
 
 
-def test_a_file_with_the_old_health_check_buckets_gets_a_clear_message(
-    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+OLD_HEALTH_CHECK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)  # before le="2" was added
+
+
+@pytest.mark.parametrize("writer", ["recorder", "cli"])
+def test_a_file_with_the_old_health_check_buckets_is_migrated_with_its_totals(
+    textfile_dir: Path, writer: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    [old] = c.FORMER_BUCKETS[c.HEALTH_CHECK_DURATION]
-    bucket = 'fraisier_health_check_duration_seconds_bucket{{provider="p",check_type="http",le="{}"}} 1'
-    lines = [bucket.format(c.format_float(bound)) for bound in old]
-    lines += ['fraisier_health_check_duration_seconds_bucket{provider="p",check_type="http",le="+Inf"} 1',
-              'fraisier_health_check_duration_seconds_sum{provider="p",check_type="http"} 0.2',
-              'fraisier_health_check_duration_seconds_count{provider="p",check_type="http"} 1']
-    text = "# TYPE fraisier_health_check_duration_seconds histogram\n" + "\n".join(lines) + "\n"
+    series = 'provider="p",check_type="http"'
+
+    def bucket(le: str) -> str:
+        return f'fraisier_health_check_duration_seconds_bucket{{{series},le="{le}"}}'
+
+    lines = [f"{bucket(c.format_float(bound))} {1 if bound >= 1 else 0}" for bound in OLD_HEALTH_CHECK_BUCKETS]
+    lines += [f"{bucket('+Inf')} 1", f"fraisier_health_check_duration_seconds_sum{{{series}}} 0.7",
+              f"fraisier_health_check_duration_seconds_count{{{series}}} 1"]
     textfile_dir.mkdir()
-    (textfile_dir / "fraisier.prom").write_text(text)
-    recorder = MetricsRecorder(textfile_dir)
-    recorder.record_health_check("p", "http", "pass", 0.3)
-    assert (textfile_dir / "fraisier.prom").read_text() == text
-    hint = "was written by an earlier version of fraisier_textfile, whose buckets lacked some of Fraisier's"
-    assert hint in caplog.text
-    result = fraisier("record", "health-check", "--provider", "p", "--check-type", "http", "--status", "pass",
-                      "--duration", "0.3", textfile_dir=textfile_dir)
-    assert result.returncode == 1
-    assert result.stderr.startswith("Error: ") and hint in result.stderr and result.stderr.count("\n") == 1
-    assert (textfile_dir / "fraisier.prom").read_text() == text
+    (textfile_dir / "fraisier.prom").write_text(
+        "# TYPE fraisier_health_check_duration_seconds histogram\n" + "\n".join(lines) + "\n"
+    )
+    if writer == "recorder":
+        MetricsRecorder(textfile_dir, strict=True).record_health_check("p", "http", "pass", 0.3)
+    else:
+        result = fraisier("record", "health-check", "--provider", "p", "--check-type", "http", "--status", "pass",
+                          "--duration", "0.3", textfile_dir=textfile_dir)
+        assert result.returncode == 0, result.stderr
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[bucket("0.25")] == 0
+    assert values[bucket("0.5")] == 1  # the new 0.3
+    assert values[bucket("1.0")] == 2
+    assert values[bucket("2.0")] == 2  # the new bound starts from le="1"'s count
+    assert values[bucket("2.5")] == 2
+    assert values[f"fraisier_health_check_duration_seconds_count{{{series}}}"] == 2
+    assert values[f"fraisier_health_check_duration_seconds_sum{{{series}}}"] == 1.0
 
 
 @pytest.fixture
