@@ -1,8 +1,9 @@
 """What a process recorded since its last flush, and what each Fraisier event records.
 
-The recorder and the CLI describe events through the same functions here, so a deployment recorded from
-Python and one recorded from a cron job touch exactly the same series. Nothing here imports prometheus_client:
-a ``fraisier record`` process must not pay for it.
+The recorder, the CLI and ``fraisier exec`` describe events through the same functions here, so a deployment
+recorded from Python and one recorded from a cron job touch exactly the same series; starting and ending a
+deployment in flight is said here once (``deployment_started``, ``deployment_ended``, ``deployment_crashed``).
+Nothing here imports prometheus_client: a ``fraisier record`` process must not pay for it.
 """
 
 from __future__ import annotations

@@ -260,7 +260,8 @@ class MetricsRecorder:
 
     def get_metrics_summary(self) -> dict[str, Any]:
         """Fraisier's summary (``prometheus_available``, ``message``), plus where the metrics go and how
-        writing them goes: ``textfile``, ``pending_events`` (recorded, not yet written), ``handed_over_events``,
+        writing them goes: ``textfile``, ``pending_events`` (recorded, not yet written), ``deployments_in_flight``
+        (started by this recorder, not yet ended), ``handed_over_events``,
         ``dropped_events`` (bad values), ``last_error``, ``problems`` (unresolved, by kind) and the lock-wait
         budget."""
         with self._lock:
@@ -274,6 +275,7 @@ class MetricsRecorder:
                 "message": message,
                 "textfile": str(self.textfile_path),
                 "pending_events": self._pending_events if self._pending else 0,
+                "deployments_in_flight": len(self._in_flight),
                 "handed_over_events": self.handed_over_events,
                 "dropped_events": self.dropped_events,
                 "last_error": self.last_error,

@@ -857,6 +857,10 @@ def test_the_summary_says_where_the_metrics_go_and_how_writing_them_goes(textfil
     assert summary["textfile"] == str(textfile_dir / "fraisier.prom")
     assert summary["lock_wait_budget"] == 2.5
     assert (summary["pending_events"], summary["handed_over_events"], summary["dropped_events"]) == (0, 0, 0)
+    recorder.record_deployment_start("bare_metal", "api")
+    assert recorder.get_metrics_summary()["deployments_in_flight"] == 1
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    assert recorder.get_metrics_summary()["deployments_in_flight"] == 0
     assert summary["last_error"] is None and summary["problems"] == {}
 
 
