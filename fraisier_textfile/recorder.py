@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
-from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, write_error
+from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, LockTimeoutError, write_error
 from fraisier_textfile.textfile import (
     DEFAULT_LOCK_TIMEOUT,
     TextfileStore,
@@ -572,7 +572,7 @@ class MetricsRecorder:
                     f"(a lock-wait budget of {self.lock_wait_budget:g}s in all, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
                     "the events were handed over, and the next merge by any fraisier process writes them. "
                     f"If it lasts, find the process that holds the lock (fuser {self.store.lock_path})",
-                    None,
+                    LockTimeoutError(self.store.lock_path, wait),
                 )
         except (FraisierTextfileError, OSError) as error:  # OSError: none may reach a deployment, whatever happens
             merged = False

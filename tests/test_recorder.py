@@ -22,6 +22,7 @@ from fraisier_textfile import (
     DeploymentMetrics,
     FraisierTextfileError,
     InvalidValueError,
+    LockTimeoutError,
     MetricsRecorder,
     TextfileWriteError,
     get_metrics_recorder,
@@ -245,6 +246,16 @@ def test_a_tracked_deployment_runs_and_hands_over_while_another_process_holds_th
     assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
     assert values[ACTIVE] == 0
     assert not list((textfile_dir / MARKER_DIRECTORY).iterdir())
+
+
+def test_a_strict_recorder_raises_a_held_lock_after_handing_the_events_over(textfile_dir: Path) -> None:
+    recorder = MetricsRecorder(textfile_dir, strict=True, lock_timeout=0.2)
+    with lock_held_elsewhere(recorder.store.lock_path), pytest.raises(LockTimeoutError):
+        recorder.record_deployment_error("bare_metal", "timeout")
+    assert not recorder.pending
+    TextfileStore(textfile_dir).merge(Changes())
+    values = sample_values(recorder.textfile_path)
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 1
 
 
 # Fraisier's API, name for name
