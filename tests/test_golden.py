@@ -86,7 +86,7 @@ def test_check_says_ok_for_a_sound_file(tmp_path: Path) -> None:
     store = directory_with_before("our_own_format", tmp_path)
     checked = fraisier("textfile", "check", textfile_dir=store.directory)
     assert checked.returncode == 0, checked.stderr
-    assert checked.stdout.startswith(f"{store.path}: OK, 9 families, 180 samples")
+    assert checked.stdout.startswith(f"{store.path}: OK, 9 families, 181 samples")
 
 
 def test_there_are_enough_cases() -> None:
