@@ -29,7 +29,7 @@ from fraisier_textfile.recorder import MetricsRecorder
 from fraisier_textfile.textfile import TextfileStore
 from fraisier_textfile.textformat import parse
 
-from .processes import binary, fraisier, http_get, lock_held_elsewhere, node_exporter
+from .processes import binary, fraisier, fraisier_metrics, http_get, lock_held_elsewhere, node_exporter
 from .values import canonical_samples, sample_values
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -551,3 +551,24 @@ def test_promtool_accepts_a_file_with_update_times_and_the_refused_counter(textf
     assert "# fraisier_textfile updated-fraisier_deployment_errors_total: " in text
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readers_take_a_file_with_other_buckets_as_it_is(textfile_dir: Path) -> None:
+    """Until a merge migrates it, a file written with other bounds is still served, shown and summarised:
+    node_exporter serves it too, and an upgrade must not turn `fraisier metrics` into 500s."""
+    family = c.HEALTH_CHECK_DURATION
+    bounds = [bound for bound in family.bucket_bounds if bound != family.bucket_bounds[1]]
+    key = 'provider="bare_metal",check_type="http"'
+    lines = [f"# TYPE {family.name} histogram"]
+    lines += [f'{family.name}_bucket{{{key},le="{bound}"}} 3.0' for bound in bounds]
+    lines += [f"{family.name}_sum{{{key}}} 1.5", f"{family.name}_count{{{key}}} 3.0"]
+    textfile_dir.mkdir()
+    path = textfile_dir / "fraisier.prom"
+    path.write_text("\n".join(lines) + "\n")
+    before = path.read_bytes()
+    for command in (("textfile", "show"), ("textfile", "summary"), ("textfile", "check")):
+        result = fraisier(*command, textfile_dir=textfile_dir)
+        assert result.returncode == 0, (command, result.stderr)
+    with fraisier_metrics(textfile_dir) as url:
+        assert f"{family.name}_count{{{key}}} 3.0" in http_get(url)
+    assert path.read_bytes() == before
