@@ -34,7 +34,7 @@ from typing import Any
 
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import handover, liveness
-from fraisier_textfile.changes import Changes, HistogramDelta, Labels, deployment_series
+from fraisier_textfile.changes import Changes, HistogramDelta, Labels, deployment_crashed
 from fraisier_textfile.errors import (
     CorruptTextfileError,
     FraisierTextfileError,
@@ -638,9 +638,8 @@ class TextfileStore:
             if liveness.is_alive(marker):
                 active[marker.provider] += 1
             else:
-                deployment_series(crashed, marker.provider, marker.fraise_type)
-                crashed.add(c.DEPLOYMENTS, (marker.provider, "crashed", marker.fraise_type), 1.0)
-                accounted.add(marker.id)
+                deployment_crashed(crashed, marker.provider, marker.fraise_type, marker.id)
+        accounted |= crashed.retired_markers
         _apply(document, crashed, self.path, time.time())
         _set_active(document, active)
         document.retired_markers = accounted & existing
