@@ -283,6 +283,26 @@ PROBE_SCRIPT = textwrap.dedent(
     assert result.success
     get_metrics_recorder().set_provider_availability("docker_compose", sys.argv[-1] == "up")
     DeploymentMetrics.rollbacks_total.labels(provider="bare_metal", reason="manual").inc()
+    # A value our textfile refuses (an empty label) is Fraisier's to record, never an exception in its way.
+    DeploymentMetrics.rollbacks_total.labels(provider="", reason="manual").inc()
+    get_metrics_recorder().record_rollback("", "manual", 1.0)
+    """
+)
+
+# What Fraisier's restore strategy and its database observability record, through its own module.
+RESTORE_AND_DATABASE_SCRIPT = textwrap.dedent(
+    """
+    from fraisier_textfile.bridge import install
+
+    assert install()
+    from fraisier.db.observability import DatabaseObservability
+    from fraisier.metrics import DeploymentMetrics
+
+    for phase, seconds in {"download": 7.5, "total": 42.0}.items():
+        DeploymentMetrics.restore_duration_seconds.labels(phase=phase).observe(seconds)
+    database = DatabaseObservability("sqlite")
+    database.log_query_success(database.log_query_start("select", "tb_deployment"))
+    database.log_pool_metrics(active_connections=3, idle_connections=2, waiting_requests=0)
     """
 )
 
@@ -305,6 +325,26 @@ def test_fraisiers_metrics_through_the_dispatcher_land_in_the_textfile(fraisier_
     assert checked.returncode == 0, checked.stderr
 
 
+@pytest.mark.xfail(
+    not (REPOSITORY / "fraisier_textfile" / "metrics.py").exists(), strict=True,
+    reason="Fraisier's database and restore families come with fraisier_textfile.metrics (the api branch)",
+)
+def test_fraisiers_restore_and_database_metrics_land_in_the_textfile(fraisier_first: VirtualEnvironment,
+                                                                     tmp_path: Path) -> None:
+    script = tmp_path / "restore.py"
+    script.write_text(RESTORE_AND_DATABASE_SCRIPT)
+    for _ in range(2):
+        run = fraisier_first.run("python", str(script), textfile_dir=tmp_path / "textfile")
+        assert run.returncode == 0, run.stderr
+    merged = samples((tmp_path / "textfile" / "fraisier.prom").read_text())
+    assert merged['fraisier_restore_duration_seconds_count{phase="total"}'] == 2
+    assert merged['fraisier_restore_duration_seconds_sum{phase="download"}'] == 15
+    # Raw observations re-bucketed by our bounds, not Fraisier's bucket counts copied: 7.5 is under 10.
+    assert merged['fraisier_restore_duration_seconds_bucket{phase="download",le="10.0"}'] == 2
+    assert merged['fraisier_db_queries_total{database_type="sqlite",operation="select",status="success"}'] == 2
+    assert merged['fraisier_active_db_connections{database_type="sqlite"}'] == 3
+
+
 def test_bridge_runs_fraisiers_console_scripts(fraisier_first: VirtualEnvironment, tmp_path: Path) -> None:
     bridged = fraisier_first.run("python", "-m", "fraisier_textfile.bridge", "fraisier", "providers",
                                  textfile_dir=tmp_path)
@@ -312,3 +352,37 @@ def test_bridge_runs_fraisiers_console_scripts(fraisier_first: VirtualEnvironmen
     missing = fraisier_first.run("python", "-m", "fraisier_textfile.bridge", "no-such-script")
     assert missing.returncode == 2 and "no console script 'no-such-script'" in missing.stderr
 
+
+
+# Where the dispatcher sends a command line (decided from argv alone, before any import)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "destination", "passed_on", "environment"),
+    [
+        (RECORD, "ours", RECORD, {}),
+        (["--textfile-dir", "/d", "exec", "--provider", "p", "--", "ship"], "ours",
+         ["exec", "--provider", "p", "--", "ship"], {"FRAISIER_TEXTFILE_DIR": "/d"}),
+        (["--lock-timeout=3", "metrics", "-p", "8001"], "ours", ["metrics", "-p", "8001"],
+         {"FRAISIER_LOCK_TIMEOUT": "3"}),
+        (["textfile", "--help"], "ours", ["textfile", "--help"], {}),
+        ([], "help", [], {}),
+        (["--help"], "help", ["--help"], {}),
+        (["-h"], "help", ["-h"], {}),
+        (["--textfile-dir", "/d"], "help", [], {"FRAISIER_TEXTFILE_DIR": "/d"}),
+        (["-v", "--help"], "help", ["-v", "--help"], {}),
+        (["--version"], "fraisier", ["--version"], {}),
+        (["ship", "--json"], "fraisier", ["ship", "--json"], {}),
+        (["-c", "metrics", "list"], "fraisier", ["-c", "metrics", "list"], {}),
+        (["-v", "metrics"], "fraisier", ["-v", "metrics"], {}),
+        (["--textfile-dir=/d", "health"], "fraisier", ["health"], {"FRAISIER_TEXTFILE_DIR": "/d"}),
+        (["no-such-command"], "fraisier", ["no-such-command"], {}),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_route(arguments: list[str], destination: str, passed_on: list[str], environment: dict[str, str]) -> None:
+    from fraisier_textfile.dispatch import route
+
+    decided = route(arguments)
+    assert (decided.destination, decided.fraisier_arguments, decided.environment) == (
+        destination, passed_on, environment)
