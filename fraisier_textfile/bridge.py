@@ -147,7 +147,13 @@ def record(change: str, family: c.Family, labels: tuple[str, ...], value: float)
         if recorder.auto_flush:
             recorder.flush()
     except FraisierTextfileError as error:
-        log.error("a metric Fraisier recorded was not written to the textfile: %s", error)
+        # Once per problem: a health check retried in a loop must not flood the log with the same line.
+        if str(error) not in _logged:
+            _logged.add(str(error))
+            log.error("a metric Fraisier recorded was not written to the textfile: %s", error)
+
+
+_logged: set[str] = set()
 
 
 # python -m fraisier_textfile.bridge SCRIPT [ARGUMENTS...]

@@ -106,12 +106,20 @@ def main() -> None:
         combined_group().main(args=decision.fraisier_arguments, prog_name="fraisier")
         return
     os.environ.update(decision.environment)
-    from fraisier_textfile.bridge import install
-
-    install()
+    install_bridge()
     from fraisier.cli import main as fraisier_main
 
     sys.exit(fraisier_main(args=decision.fraisier_arguments))
+
+
+def install_bridge() -> None:
+    """Route Fraisier's metrics into the textfile; if that fails, Fraisier's command runs all the same."""
+    try:
+        from fraisier_textfile.bridge import install
+
+        install()
+    except Exception as error:
+        print(f"fraisier: warning: Fraisier's metrics will not reach the textfile: {error!r}", file=sys.stderr)
 
 
 def combined_group() -> click.Group:
