@@ -2,7 +2,7 @@
 
 ``get_metrics_recorder()`` / ``MetricsRecorder`` record events into a dedicated registry and merge them
 into ``<textfile dir>/fraisier.prom``, which node_exporter's textfile collector or ``fraisier metrics``
-serve.
+serve. ``fraisier_textfile.metrics`` is Fraisier's ``fraisier.metrics`` module, name for name.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from fraisier_textfile.errors import (
 from fraisier_textfile.textfile import TextfileStore, default_textfile_directory
 
 if TYPE_CHECKING:
-    from fraisier_textfile.recorder import MetricsRecorder, Outcome, get_metrics_recorder
+    from fraisier_textfile.recorder import DeploymentMetrics, MetricsRecorder, Outcome, get_metrics_recorder
 
 __all__ = [
     "DEPLOYMENT_STATUSES",
     "FAMILIES",
     "HEALTH_CHECK_STATUSES",
     "CorruptTextfileError",
+    "DeploymentMetrics",
     "Family",
     "FraisierTextfileError",
     "InvalidValueError",
@@ -45,7 +46,7 @@ __all__ = [
     "get_metrics_recorder",
 ]
 
-_RECORDER_NAMES = {"MetricsRecorder", "Outcome", "get_metrics_recorder"}
+_RECORDER_NAMES = {"DeploymentMetrics", "MetricsRecorder", "Outcome", "get_metrics_recorder"}
 
 
 def __getattr__(name: str) -> Any:

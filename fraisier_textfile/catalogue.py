@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 
 from fraisier_textfile.errors import InvalidValueError
 
@@ -15,7 +16,21 @@ PREFIX = "fraisier_"
 DEPLOYMENT_STATUSES: tuple[str, ...] = ("success", "failed", "rolled_back", "rollback_failed", "crashed")
 """Statuses a finished deployment may have. ``crashed`` is recorded for a process found dead mid-deployment."""
 
+UNFINISHED_STATUSES: tuple[str, ...] = ("pending", "in_progress")
+"""Statuses of Fraisier's ``DeploymentStatus`` that describe a deployment not yet finished: a completion with
+one of them is refused (it would count an unfinished deployment)."""
+
+STATUS_ALIASES: dict[str, str] = {"interrupted": "crashed"}
+"""Fraisier's names for our statuses: its status file says ``interrupted`` for a deployment whose process died."""
+
 HEALTH_CHECK_STATUSES: tuple[str, ...] = ("pass", "fail")
+
+FALLBACK_DEPLOYMENT_STATUS = "failed"
+"""What a tracked deployment records when the block set an ``outcome.status`` that is not a status."""
+FALLBACK_HEALTH_CHECK_STATUS = "fail"
+"""What a tracked health check records when the block set an ``outcome.status`` that is not a status."""
+FALLBACK_ERROR_TYPE = "invalid_error_type"
+"""The ``error_type`` recorded for an exception whose class name cannot be a label value."""
 
 MAX_LABEL_VALUE_LENGTH = 128
 
@@ -99,7 +114,7 @@ HEALTH_CHECK_DURATION = Family(
     Kind.HISTOGRAM,
     ("provider", "check_type"),
     "Duration of health checks in seconds, by provider and check type.",
-    (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    (0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30),
 )
 ROLLBACK_DURATION = Family(
     "fraisier_rollback_duration_seconds",
@@ -133,6 +148,64 @@ LAST_DEPLOYMENT = Family(
     "Unix time of the last finished deployment, by provider, fraise type and status.",
 )
 
+DB_QUERIES = Family(
+    "fraisier_db_queries_total",
+    Kind.COUNTER,
+    ("database_type", "operation", "status"),
+    "Database queries run by Fraisier, by database type, operation and status.",
+)
+DB_ERRORS = Family(
+    "fraisier_db_errors_total",
+    Kind.COUNTER,
+    ("database_type", "error_type"),
+    "Database errors, by database type and error type.",
+)
+DEPLOYMENT_DB_OPERATIONS = Family(
+    "fraisier_deployment_db_operations_total",
+    Kind.COUNTER,
+    ("database_type", "operation_type"),
+    "Database operations made while deploying, by database type and operation type.",
+)
+RESTORE_DURATION = Family(
+    "fraisier_restore_duration_seconds",
+    Kind.HISTOGRAM,
+    ("phase",),
+    "Duration of the phases of a database restore in seconds, by phase.",
+    (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+)
+QUERY_LATENCY = Family(
+    "fraisier_query_latency_seconds",
+    Kind.HISTOGRAM,
+    ("database_type", "operation"),
+    "Duration of database queries in seconds, by database type and operation.",
+    (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10),
+)
+DB_TRANSACTION_DURATION = Family(
+    "fraisier_db_transaction_duration_seconds",
+    Kind.HISTOGRAM,
+    ("database_type",),
+    "Duration of database transactions in seconds, by database type.",
+    (0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+ACTIVE_DB_CONNECTIONS = Family(
+    "fraisier_active_db_connections",
+    Kind.GAUGE,
+    ("database_type",),
+    "Database connections in use at the last report, by database type.",
+)
+IDLE_DB_CONNECTIONS = Family(
+    "fraisier_idle_db_connections",
+    Kind.GAUGE,
+    ("database_type",),
+    "Idle database connections at the last report, by database type.",
+)
+DB_POOL_WAITING_REQUESTS = Family(
+    "fraisier_db_pool_waiting_requests",
+    Kind.GAUGE,
+    ("database_type",),
+    "Requests waiting for a database connection at the last report, by database type.",
+)
+
 FAMILIES: tuple[Family, ...] = (
     DEPLOYMENTS,
     DEPLOYMENT_ERRORS,
@@ -145,17 +218,59 @@ FAMILIES: tuple[Family, ...] = (
     LOCK_WAIT,
     PROVIDER_AVAILABILITY,
     LAST_DEPLOYMENT,
+    DB_QUERIES,
+    DB_ERRORS,
+    DEPLOYMENT_DB_OPERATIONS,
+    RESTORE_DURATION,
+    QUERY_LATENCY,
+    DB_TRANSACTION_DURATION,
+    ACTIVE_DB_CONNECTIONS,
+    IDLE_DB_CONNECTIONS,
+    DB_POOL_WAITING_REQUESTS,
 )
 FAMILIES_BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
+
+FRAISIER_BUCKETS: dict[Family, tuple[float, ...]] = {
+    DEPLOYMENT_DURATION: (5, 10, 30, 60, 120, 300, 600),
+    HEALTH_CHECK_DURATION: (0.1, 0.5, 1, 2, 5, 10),
+    ROLLBACK_DURATION: (5, 10, 30, 60, 120),
+    RESTORE_DURATION: (5, 10, 30, 60, 120, 300, 600),
+    QUERY_LATENCY: (0.01, 0.05, 0.1, 0.5, 1, 2, 5),
+    DB_TRANSACTION_DURATION: (0.1, 0.5, 1, 2, 5, 10),
+}
+"""The buckets Fraisier 0.84.2's own histograms have: ours hold every one of these bounds, so that a query
+written for Fraisier's histograms (``le="2"``) finds its bucket here."""
+
+FORMER_BUCKETS: dict[Family, tuple[tuple[float, ...], ...]] = {
+    HEALTH_CHECK_DURATION: ((0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),),
+}
+"""Buckets that earlier versions wrote, for a migration of files written by them (newest last)."""
+
+LABEL_CHOICES: dict[tuple[Family, str], tuple[str, ...]] = {
+    (DEPLOYMENTS, "status"): DEPLOYMENT_STATUSES,
+    (DEPLOYMENT_DURATION, "status"): DEPLOYMENT_STATUSES,
+    (LAST_DEPLOYMENT, "status"): DEPLOYMENT_STATUSES,
+    (HEALTH_CHECKS, "status"): HEALTH_CHECK_STATUSES,
+}
+"""Labels whose values are a closed set (the dashboard and the alerts name them)."""
 
 
 _checked_label_values: set[str] = set()
 
 
+def plain_value(value: object) -> object:
+    """An enum member's value (Fraisier passes its ``DeploymentStatus`` members), anything else as it is."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
 def check_label_value(label: str, value: object) -> str:
-    """Return ``value`` if it may be a label value: a non-empty printable string of at most 128 characters."""
+    """Return ``value`` if it may be a label value: a non-empty printable string of at most 128 characters.
+    An enum member whose value is such a string gives that string."""
     if value.__class__ is str and value in _checked_label_values:
         return value
+    value = plain_value(value)
     if not isinstance(value, str):
         raise InvalidValueError(f"{label}={value!r} is not a string: pass the {label} as text")
     if not value:
@@ -169,19 +284,37 @@ def check_label_value(label: str, value: object) -> str:
         raise InvalidValueError(
             f"{label}={value!r} holds a non-printable character: remove control characters and newlines"
         )
+    value = str(value)  # a str subclass (a str-valued enum) is stored as the plain string
     if len(_checked_label_values) < 10_000:  # a bounded memo; label values repeat in practice
         _checked_label_values.add(value)
     return value
 
 
 def check_choice(label: str, value: object, allowed: tuple[str, ...]) -> str:
+    value = plain_value(value)
     if value not in allowed:
         raise InvalidValueError(f"{label}={value!r} is not known: use one of {', '.join(allowed)}")
-    return value
+    return str(value)
+
+
+def check_deployment_status(value: object) -> str:
+    """A finished deployment's status: one of DEPLOYMENT_STATUSES, or Fraisier's name for one
+    (``interrupted`` is ``crashed``). Fraisier's ``pending`` and ``in_progress`` are refused: a deployment
+    with that status has not finished, and counting it would count it twice once it does."""
+    value = plain_value(value)
+    if isinstance(value, str):
+        value = STATUS_ALIASES.get(value, value)
+        if value in UNFINISHED_STATUSES:
+            raise InvalidValueError(
+                f"status={value!r} is not a finished deployment: record the deployment once it has finished, "
+                f"with one of {', '.join(DEPLOYMENT_STATUSES)}"
+            )
+    return check_choice("status", value, DEPLOYMENT_STATUSES)
 
 
 def check_seconds(what: str, value: object) -> float:
-    """Return ``value`` as a float if it is a finite, non-negative number of seconds."""
+    """Return ``value`` (a number or its text, as from the command line or the environment) as a float if it is
+    a finite, non-negative number of seconds."""
     try:
         seconds = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -189,3 +322,63 @@ def check_seconds(what: str, value: object) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidValueError(f"{what}={value!r} is not a finite number of seconds >= 0: give e.g. 12.5")
     return seconds
+
+
+def _is_number(value: object) -> bool:
+    # bool is an int, but True seconds is a caller's mistake, not 1 s; text is not a number in the Python API.
+    return value.__class__ is float or value.__class__ is int or (
+        isinstance(value, numbers.Real) and not isinstance(value, bool)
+    )
+
+
+def check_duration(what: str, value: object) -> float:
+    """Return ``value`` as a float if it is a number (not text, not a bool), finite and >= 0: the durations
+    that the event functions accept."""
+    if not _is_number(value):
+        raise InvalidValueError(f"{what}={value!r} is not a number: give seconds as a number, e.g. 12.5")
+    return check_seconds(what, value)
+
+
+def check_count(what: str, value: object) -> float:
+    """Return ``value`` as a float if it is a number (not text, not a bool), finite and >= 0."""
+    if not _is_number(value):
+        raise InvalidValueError(f"{what}={value!r} is not a number: give a count, e.g. 3")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number) or number < 0:
+        raise InvalidValueError(f"{what}={value!r} is not a finite number >= 0: give a count, e.g. 3")
+    return number
+
+
+def check_gauge_value(what: str, value: object) -> float:
+    """Return ``value`` as a float if it is a finite number (not text, not a bool)."""
+    if not _is_number(value):
+        raise InvalidValueError(f"{what}={value!r} is not a number: give a number, e.g. 3")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise InvalidValueError(f"{what}={value!r} is not a finite number: give a number, e.g. 3")
+    return number
+
+
+TRUE_WORDS = frozenset({"true", "yes", "on", "up", "1"})
+FALSE_WORDS = frozenset({"false", "no", "off", "down", "0"})
+
+
+def check_flag(what: str, value: object) -> bool:
+    """A yes/no value. ``True``/``False``, the numbers 1 and 0, and the words in TRUE_WORDS and FALSE_WORDS
+    (any case, surrounding spaces ignored) are understood; anything else is refused rather than guessed:
+    ``bool("false")`` is True, and recording a provider as up because it said "false" is the worst answer."""
+    value = plain_value(value)
+    if value is True or value is False:
+        return value
+    if _is_number(value) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise InvalidValueError(
+        f"{what}={value!r} is not a yes or no: pass True or False "
+        f"(also understood: 1, 0, {', '.join(sorted(TRUE_WORDS - {'1'}))}, {', '.join(sorted(FALSE_WORDS - {'0'}))})"
+    )

@@ -11,7 +11,7 @@ import bisect
 import time
 from typing import Protocol
 
-from fraisier_textfile import catalogue as c
+from fraisier_textfile import catalogue
 
 Labels = tuple[str, ...]
 
@@ -26,7 +26,7 @@ class HistogramDelta:
         self.sum = 0.0
         self.count = 0
 
-    def observe(self, family: c.Family, value: float) -> None:
+    def observe(self, family: catalogue.Family, value: float) -> None:
         self.buckets[bisect.bisect_left(family.buckets, value)] += 1
         self.sum += value
         self.count += 1
@@ -35,12 +35,14 @@ class HistogramDelta:
 class Sink(Protocol):
     """Where events go: a bare Changes (the CLI) or a recorder that also keeps an in-memory registry."""
 
-    def add(self, family: c.Family, labels: Labels, amount: float) -> None: ...
-    def observe(self, family: c.Family, labels: Labels, value: float) -> None: ...
-    def set_latest(self, family: c.Family, labels: Labels, value: float) -> None: ...
-    def set_maximum(self, family: c.Family, labels: Labels, value: float) -> None: ...
-    def touch(self, family: c.Family, labels: Labels) -> None: ...
+    def add(self, family: catalogue.Family, labels: Labels, amount: float) -> None: ...
+    def observe(self, family: catalogue.Family, labels: Labels, value: float) -> None: ...
+    def set_latest(self, family: catalogue.Family, labels: Labels, value: float) -> None: ...
+    def set_maximum(self, family: catalogue.Family, labels: Labels, value: float) -> None: ...
+    def touch(self, family: catalogue.Family, labels: Labels) -> None: ...
     def first_sight(self, what: tuple[str, ...]) -> bool: ...
+    def count_active(self, provider: str, change: int) -> None: ...
+    def retire_marker(self, marker_id: str) -> None: ...
 
 
 class Changes:
@@ -48,10 +50,10 @@ class Changes:
 
     def __init__(self) -> None:
         # How each kind of change meets the file's value at the merge:
-        self.added: dict[tuple[c.Family, Labels], float] = {}  # counters: summed with it
-        self.observed: dict[tuple[c.Family, Labels], HistogramDelta] = {}  # histograms: summed, bucket by bucket
-        self.latest: dict[tuple[c.Family, Labels], float] = {}  # availability, lock wait: replaces it
-        self.maximum: dict[tuple[c.Family, Labels], float] = {}  # last-deployment time: the larger wins
+        self.added: dict[tuple[catalogue.Family, Labels], float] = {}  # counters: summed with it
+        self.observed: dict[tuple[catalogue.Family, Labels], HistogramDelta] = {}  # histograms: summed by bucket
+        self.latest: dict[tuple[catalogue.Family, Labels], float] = {}  # availability, lock wait: replaces it
+        self.maximum: dict[tuple[catalogue.Family, Labels], float] = {}  # last-deployment time: the larger wins
         self.active_providers: set[str] = set()
         """Providers whose active-deployment series must exist (at 0 when nothing runs)."""
         self.retired_markers: set[str] = set()
@@ -64,35 +66,53 @@ class Changes:
         self._seen.add(what)
         return True
 
-    def touch(self, family: c.Family, labels: Labels) -> None:
-        if family.kind is c.Kind.HISTOGRAM:
+    def count_active(self, provider: str, change: int) -> None:
+        # The file's count is recounted from the live markers at every merge; the change only says which
+        # provider's series must be there.
+        self.active_providers.add(provider)
+
+    def retire_marker(self, marker_id: str) -> None:
+        self.retired_markers.add(marker_id)
+
+    def touch(self, family: catalogue.Family, labels: Labels) -> None:
+        if family.kind is catalogue.Kind.HISTOGRAM:
             self.histogram(family, labels)
         else:
             self.add(family, labels, 0.0)
 
-    def add(self, family: c.Family, labels: Labels, amount: float) -> None:
+    def add(self, family: catalogue.Family, labels: Labels, amount: float) -> None:
         key = (family, labels)
         self.added[key] = self.added.get(key, 0.0) + amount
 
-    def observe(self, family: c.Family, labels: Labels, value: float) -> None:
+    def observe(self, family: catalogue.Family, labels: Labels, value: float) -> None:
         delta = self.histogram(family, labels)
         delta.observe(family, value)
 
-    def histogram(self, family: c.Family, labels: Labels) -> HistogramDelta:
+    def histogram(self, family: catalogue.Family, labels: Labels) -> HistogramDelta:
         key = (family, labels)
         delta = self.observed.get(key)
         if delta is None:
             delta = self.observed[key] = HistogramDelta([0] * (len(family.buckets) + 1))
         return delta
 
-    def set_latest(self, family: c.Family, labels: Labels, value: float) -> None:
+    def set_latest(self, family: catalogue.Family, labels: Labels, value: float) -> None:
         self.latest[(family, labels)] = value
 
-    def set_maximum(self, family: c.Family, labels: Labels, value: float) -> None:
+    def set_maximum(self, family: catalogue.Family, labels: Labels, value: float) -> None:
         key = (family, labels)
         current = self.maximum.get(key)
         if current is None or value > current:
             self.maximum[key] = value
+
+    def clear(self) -> None:
+        """Forget every pending change, once merged (or handed over). What ``first_sight`` saw stays seen:
+        the series it created are in the file now."""
+        self.added.clear()
+        self.observed.clear()
+        self.latest.clear()
+        self.maximum.clear()
+        self.active_providers.clear()
+        self.retired_markers.clear()
 
     def __bool__(self) -> bool:
         return bool(
@@ -108,57 +128,137 @@ def deployment_series(sink: Sink, provider: str, fraise_type: str) -> None:
     """Create the deployment series of a (provider, fraise type) pair at 0 for every status, so that
     ``increase()`` sees the first failure of a pair never seen before."""
     if sink.first_sight(("deployment", provider, fraise_type)):
-        for status in c.DEPLOYMENT_STATUSES:
-            sink.touch(c.DEPLOYMENTS, (provider, status, fraise_type))
-            sink.touch(c.DEPLOYMENT_DURATION, (provider, status))
+        for status in catalogue.DEPLOYMENT_STATUSES:
+            sink.touch(catalogue.DEPLOYMENTS, (provider, status, fraise_type))
+            sink.touch(catalogue.DEPLOYMENT_DURATION, (provider, status))
+
+
+# In-flight deployments. These three functions are the one place that says what starting and ending a
+# deployment records; the recorder, `fraisier exec` and the store's reaping of dead markers all use them.
+# The marker itself (a file in the textfile directory, see liveness.py) is made and released by the caller:
+# writing files is not an event's business.
+
+
+def deployment_started(sink: Sink, provider: str, fraise_type: str) -> None:
+    """A deployment started: it counts as active (its marker, written by the caller, says so across
+    processes), and the pair's series exist from now on."""
+    provider = catalogue.check_label_value("provider", provider)
+    fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
+    sink.count_active(provider, 1)
+    deployment_series(sink, provider, fraise_type)
+
+
+def deployment_ended(sink: Sink, provider: str, marker_id: str | None) -> None:
+    """A deployment is no longer in flight (it completed, or an error ended it): its marker, if it had one, is
+    retired once these changes are merged, so it is never counted as crashed."""
+    sink.count_active(provider, -1)
+    if marker_id is not None:
+        sink.retire_marker(marker_id)
+
+
+def deployment_crashed(sink: Sink, provider: str, fraise_type: str, marker_id: str) -> None:
+    """A deployment whose process died in flight: counted ``crashed`` (no duration, no timestamp: nobody
+    knows when it stopped), and its marker retired."""
+    deployment_series(sink, provider, fraise_type)
+    sink.add(catalogue.DEPLOYMENTS, (provider, "crashed", fraise_type), 1.0)
+    sink.retire_marker(marker_id)
+
+
+# Finished work.
 
 
 def deployment_complete(
     sink: Sink, provider: str, fraise_type: str, status: str, duration: float, now: float | None = None
 ) -> None:
-    provider = c.check_label_value("provider", provider)
-    fraise_type = c.check_label_value("fraise_type", fraise_type)
-    status = c.check_choice("status", status, c.DEPLOYMENT_STATUSES)
-    duration = c.check_seconds("duration", duration)
+    provider = catalogue.check_label_value("provider", provider)
+    fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
+    status = catalogue.check_deployment_status(status)
+    duration = catalogue.check_duration("duration", duration)
     deployment_series(sink, provider, fraise_type)
-    sink.add(c.DEPLOYMENTS, (provider, status, fraise_type), 1.0)
-    sink.observe(c.DEPLOYMENT_DURATION, (provider, status), duration)
-    sink.set_maximum(c.LAST_DEPLOYMENT, (provider, fraise_type, status), time.time() if now is None else now)
+    sink.add(catalogue.DEPLOYMENTS, (provider, status, fraise_type), 1.0)
+    sink.observe(catalogue.DEPLOYMENT_DURATION, (provider, status), duration)
+    sink.set_maximum(catalogue.LAST_DEPLOYMENT, (provider, fraise_type, status), time.time() if now is None else now)
 
 
 def deployment_error(sink: Sink, provider: str, error_type: str) -> None:
-    provider = c.check_label_value("provider", provider)
-    error_type = c.check_label_value("error_type", error_type)
-    sink.add(c.DEPLOYMENT_ERRORS, (provider, error_type), 1.0)
+    provider = catalogue.check_label_value("provider", provider)
+    error_type = catalogue.check_label_value("error_type", error_type)
+    sink.add(catalogue.DEPLOYMENT_ERRORS, (provider, error_type), 1.0)
 
 
 def rollback(sink: Sink, provider: str, reason: str, duration: float) -> None:
-    provider = c.check_label_value("provider", provider)
-    reason = c.check_label_value("reason", reason)
-    duration = c.check_seconds("duration", duration)
-    sink.add(c.ROLLBACKS, (provider, reason), 1.0)
-    sink.observe(c.ROLLBACK_DURATION, (provider,), duration)
+    provider = catalogue.check_label_value("provider", provider)
+    reason = catalogue.check_label_value("reason", reason)
+    duration = catalogue.check_duration("duration", duration)
+    sink.add(catalogue.ROLLBACKS, (provider, reason), 1.0)
+    sink.observe(catalogue.ROLLBACK_DURATION, (provider,), duration)
 
 
 def health_check(sink: Sink, provider: str, check_type: str, status: str, duration: float) -> None:
-    provider = c.check_label_value("provider", provider)
-    check_type = c.check_label_value("check_type", check_type)
-    status = c.check_choice("status", status, c.HEALTH_CHECK_STATUSES)
-    duration = c.check_seconds("duration", duration)
+    provider = catalogue.check_label_value("provider", provider)
+    check_type = catalogue.check_label_value("check_type", check_type)
+    status = catalogue.check_choice("status", status, catalogue.HEALTH_CHECK_STATUSES)
+    duration = catalogue.check_duration("duration", duration)
     if sink.first_sight(("health_check", provider, check_type)):  # both statuses exist from the first on
-        for other in c.HEALTH_CHECK_STATUSES:
-            sink.touch(c.HEALTH_CHECKS, (provider, check_type, other))
-    sink.add(c.HEALTH_CHECKS, (provider, check_type, status), 1.0)
-    sink.observe(c.HEALTH_CHECK_DURATION, (provider, check_type), duration)
+        for other in catalogue.HEALTH_CHECK_STATUSES:
+            sink.touch(catalogue.HEALTH_CHECKS, (provider, check_type, other))
+    sink.add(catalogue.HEALTH_CHECKS, (provider, check_type, status), 1.0)
+    sink.observe(catalogue.HEALTH_CHECK_DURATION, (provider, check_type), duration)
 
 
 def provider_availability(sink: Sink, provider: str, available: bool) -> None:
-    provider = c.check_label_value("provider", provider)
-    sink.set_latest(c.PROVIDER_AVAILABILITY, (provider,), 1.0 if available else 0.0)
+    """``available`` is read by ``catalogue.check_flag``: a value it does not understand records nothing."""
+    provider = catalogue.check_label_value("provider", provider)
+    up = catalogue.check_flag("available", available)
+    sink.set_latest(catalogue.PROVIDER_AVAILABILITY, (provider,), 1.0 if up else 0.0)
 
 
 def lock_wait(sink: Sink, service: str, provider: str, wait_time: float) -> None:
-    service = c.check_label_value("service", service)
-    provider = c.check_label_value("provider", provider)
-    wait_time = c.check_seconds("wait_time", wait_time)
-    sink.set_latest(c.LOCK_WAIT, (service, provider), wait_time)
+    service = catalogue.check_label_value("service", service)
+    provider = catalogue.check_label_value("provider", provider)
+    wait_time = catalogue.check_duration("wait_time", wait_time)
+    sink.set_latest(catalogue.LOCK_WAIT, (service, provider), wait_time)
+
+
+# Fraisier's database events.
+
+
+def db_query(sink: Sink, database_type: str, operation: str, status: str, duration_seconds: float) -> None:
+    database_type = catalogue.check_label_value("database_type", database_type)
+    operation = catalogue.check_label_value("operation", operation)
+    status = catalogue.check_label_value("status", status)
+    duration_seconds = catalogue.check_duration("duration_seconds", duration_seconds)
+    sink.add(catalogue.DB_QUERIES, (database_type, operation, status), 1.0)
+    sink.observe(catalogue.QUERY_LATENCY, (database_type, operation), duration_seconds)
+
+
+def db_error(sink: Sink, database_type: str, error_type: str) -> None:
+    database_type = catalogue.check_label_value("database_type", database_type)
+    error_type = catalogue.check_label_value("error_type", error_type)
+    sink.add(catalogue.DB_ERRORS, (database_type, error_type), 1.0)
+
+
+def db_transaction(sink: Sink, database_type: str, duration_seconds: float) -> None:
+    database_type = catalogue.check_label_value("database_type", database_type)
+    duration_seconds = catalogue.check_duration("duration_seconds", duration_seconds)
+    sink.observe(catalogue.DB_TRANSACTION_DURATION, (database_type,), duration_seconds)
+
+
+def deployment_db_operation(sink: Sink, database_type: str, operation_type: str) -> None:
+    database_type = catalogue.check_label_value("database_type", database_type)
+    operation_type = catalogue.check_label_value("operation_type", operation_type)
+    sink.add(catalogue.DEPLOYMENT_DB_OPERATIONS, (database_type, operation_type), 1.0)
+
+
+def db_pool(
+    sink: Sink, database_type: str, active_connections: int, idle_connections: int, waiting_requests: int
+) -> None:
+    """A connection pool's state now (the latest report wins)."""
+    database_type = catalogue.check_label_value("database_type", database_type)
+    active = catalogue.check_count("active_connections", active_connections)
+    idle = catalogue.check_count("idle_connections", idle_connections)
+    waiting = catalogue.check_count("waiting_requests", waiting_requests)
+    labels = (database_type,)
+    sink.set_latest(catalogue.ACTIVE_DB_CONNECTIONS, labels, active)
+    sink.set_latest(catalogue.IDLE_DB_CONNECTIONS, labels, idle)
+    sink.set_latest(catalogue.DB_POOL_WAITING_REQUESTS, labels, waiting)

@@ -125,7 +125,8 @@ DURATION_HELP = "Duration in seconds (a finite number >= 0)."
 @record.command()
 @PROVIDER
 @click.option("--fraise-type", required=True, help="Fraise type, e.g. api, etl, scheduled, backup.")
-@click.option("--status", required=True, help=f"One of: {', '.join(c.DEPLOYMENT_STATUSES)}.")
+@click.option("--status", required=True,
+              help=f"One of: {', '.join(c.DEPLOYMENT_STATUSES)} (Fraisier's interrupted is recorded as crashed).")
 @click.option("--duration", required=True, metavar="SECONDS", help=DURATION_HELP)
 @pass_settings
 def deployment(settings: Settings, provider: str, fraise_type: str, status: str, duration: str) -> None:

@@ -1,16 +1,30 @@
-"""One exception hierarchy. Every message is one line that names the file or value and says what to do."""
+"""One exception hierarchy. Every message is one line that names the file or value and says what to do.
+
+Every failure in the metrics path is a :class:`FraisierTextfileError`: a caller catches one class, never a
+raw ``OSError``. Each class defines ``__reduce__`` from its own constructor arguments, so that an error
+crosses a process boundary (multiprocessing, concurrent.futures) whole: pickle rebuilds an exception by
+calling its class with ``args``, which here hold only the message.
+"""
 
 from __future__ import annotations
 
+import errno as errnos
 from pathlib import Path
+from typing import Any
 
 
 class FraisierTextfileError(Exception):
     """Base of every error this package raises on purpose."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.args, self.__dict__)
+
 
 class InvalidValueError(FraisierTextfileError, ValueError):
     """A label value, status or duration that cannot be recorded. Nothing was recorded."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.args, self.__dict__)
 
 
 class TextfileError(FraisierTextfileError):
@@ -19,6 +33,18 @@ class TextfileError(FraisierTextfileError):
     def __init__(self, path: Path | str, message: str) -> None:
         self.path = Path(path)
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, str(self)), self.__dict__)
+
+
+class UnexpectedFileError(TextfileError):
+    """One of the store's paths holds something it did not create: a symlink, a FIFO, a device, a directory
+    where a file belongs, or a file where a directory belongs. It is refused, never followed or opened for
+    reading in a way that could block. ``path`` names it."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, str(self)), self.__dict__)
 
 
 class CorruptTextfileError(TextfileError):
@@ -34,13 +60,25 @@ class CorruptTextfileError(TextfileError):
             "(fraisier textfile check shows every problem; removing it resets the totals)",
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem, self.line_number), self.__dict__)
+
 
 class TextfileWriteError(TextfileError):
-    """The textfile could not be written (permissions, full disk, ...). The old file is unchanged."""
+    """The textfile could not be read or written (permissions, full disk, ...). The old file is unchanged.
+    ``errno`` is the operating system's error number when one caused it (``errno.ENOSPC``, ...)."""
+
+    def __init__(self, path: Path | str, message: str, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(path, message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, str(self), self.errno), self.__dict__)
 
 
-class LockTimeoutError(TextfileError):
-    """The textfile's lock was not acquired in time. Nothing was written; the events are still pending."""
+class LockTimeoutError(TextfileError, TimeoutError):
+    """The textfile's lock was not acquired in time. Nothing was written; the events are still pending.
+    Also a ``TimeoutError``, for callers that catch timeouts of any kind."""
 
     def __init__(self, lock_path: Path | str, timeout: float) -> None:
         self.timeout = timeout
@@ -49,6 +87,9 @@ class LockTimeoutError(TextfileError):
             f"could not lock {lock_path} within {timeout:g}s: another fraisier process holds it; "
             "retry, or raise the lock timeout (--lock-timeout or FRAISIER_LOCK_TIMEOUT)",
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.timeout), self.__dict__)
 
 
 class WebConfigError(FraisierTextfileError):
@@ -59,6 +100,9 @@ class WebConfigError(FraisierTextfileError):
         self.path = Path(path)
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, str(self)), self.__dict__)
+
 
 class ServerStartError(FraisierTextfileError):
     """The exporter could not listen where it was asked to (port in use, unknown address, ...)."""
@@ -67,3 +111,22 @@ class ServerStartError(FraisierTextfileError):
         self.address = address
         self.port = port
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.address, self.port, str(self)), self.__dict__)
+
+
+_WRITE_ERROR_FIXES = {
+    errnos.ENOSPC: "free space on that filesystem",
+    errnos.EDQUOT: "free space or raise the quota",
+    errnos.EACCES: "make the directory writable by this user, or choose another --textfile-dir",
+    errnos.EPERM: "make the directory writable by this user, or choose another --textfile-dir",
+    errnos.EROFS: "the filesystem is read-only: choose another --textfile-dir",
+}
+
+
+def write_error(path: Path | str, action: str, error: OSError) -> TextfileWriteError:
+    """The TextfileWriteError for an OSError met while doing ``action`` ("write", "create the lock file", ...)
+    to ``path``: one line with the system's reason and the fix, the errno kept."""
+    fix = _WRITE_ERROR_FIXES.get(error.errno or 0, "check the directory and the disk")
+    return TextfileWriteError(path, f"cannot {action} {path}: {error.strerror or error}; {fix}", error.errno)

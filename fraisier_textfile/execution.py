@@ -8,9 +8,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 
-from fraisier_textfile import catalogue as c
-from fraisier_textfile import changes as events
-from fraisier_textfile import liveness
+from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import FraisierTextfileError
 from fraisier_textfile.textfile import TextfileStore
@@ -39,11 +37,10 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     Metrics never stop the deployment: if the textfile cannot be written, that is logged and the command
     runs all the same.
     """
-    provider = c.check_label_value("provider", provider)
-    fraise_type = c.check_label_value("fraise_type", fraise_type)
+    provider = catalogue.check_label_value("provider", provider)
+    fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
     start = Changes()
-    start.active_providers.add(provider)
-    events.deployment_series(start, provider, fraise_type)
+    changes.deployment_started(start, provider, fraise_type)
     marker: liveness.Marker | None = None
     try:
         marker = liveness.create_marker(store.directory, provider, fraise_type)
@@ -83,14 +80,17 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     duration = time.monotonic() - started
 
     end = Changes()
-    events.deployment_complete(end, provider, fraise_type, "success" if error_type is None else "failed", duration)
+    changes.deployment_complete(end, provider, fraise_type, "success" if error_type is None else "failed", duration)
     if error_type is not None:
-        events.deployment_error(end, provider, error_type)
-    end.active_providers.add(provider)
-    if marker is not None:
-        end.retired_markers.add(marker.id)
+        changes.deployment_error(end, provider, error_type)
+    changes.deployment_ended(end, provider, None if marker is None else marker.id)
     try:
-        store.merge(end)
+        # The lock may be held by a stuck process: after the lock timeout the end is handed over to the next
+        # writer rather than lost with this process.
+        store.merge_or_hand_over(end, store.lock_timeout)
     except (OSError, FraisierTextfileError) as error:
         log.warning("the deployment ended, but it was not recorded: %s", error)
+    if marker is not None:
+        # After its end is written (merged or handed over). If that failed, this process exits now anyway.
+        marker.release()
     return 128 - returncode if returncode < 0 else returncode

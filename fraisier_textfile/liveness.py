@@ -1,19 +1,50 @@
-"""In-flight deployment markers, and whether the process that wrote one is still alive.
+"""In-flight deployment markers, and whether the deployment that wrote one is still alive.
 
 A deployment in progress is a small file in ``<textfile dir>/.fraisier-inflight/`` named
-``<pid>-<start time>-<random>``. The active-deployments gauge counts the markers of live processes; a
-marker whose process died is a crashed deployment. The process start time (from /proc) is part of the
-name because PIDs are reused: a new process with an old PID has another start time, so it cannot keep a
-dead deployment looking alive.
+``<pid>-<start time>-<random>``. The active-deployments gauge counts the markers of live deployments; a
+marker whose deployment died is a crashed deployment.
+
+Liveness is a lock the dead cannot hold: the process that starts a deployment keeps an exclusive flock(2)
+on its marker's open file for as long as the deployment runs, and the kernel drops it when that process
+dies, however it dies (SIGKILL, the OOM killer). A reader probes it with a non-blocking shared lock on a
+read-only descriptor, so it needs no access to the writer's /proc entry: it works across users under
+``hidepid=2`` or systemd's ``ProtectProc=invisible``, and across PID namespaces on one kernel. flock, not
+fcntl's record locks: those belong to a process, so a probe from the writer's own process would succeed and,
+on closing, drop the writer's lock.
+
+flock is local to one kernel. The textfile directory is meant to be local (node_exporter reads it); over NFS
+Linux emulates flock with the server's byte-range locks, which can be lost when the server restarts and do
+not conflict within one process. So a process never probes markers it holds itself, and a marker written
+under another boot id (another boot, or another host sharing the directory) is dead whatever its lock says.
+
+Markers written by earlier versions hold no lock. For those the PID and its start time are checked in /proc
+(PIDs are reused: a new process with an old PID has another start time). Where /proc does not show the
+process (another user's under hidepid, another PID namespace), the marker counts as alive: a deployment is
+never counted crashed by guesswork. /proc is also consulted for locked markers, but only ever to prove a
+death the lock cannot see (a descendant that inherited the descriptor outside Python's fork hooks).
+
+What a fork means: a forked child does not carry its parent's deployments (the recorder empties its
+in-flight list in the child too), so the child closes its copies of the lock descriptors at once: a child
+that outlives its parent never keeps the parent's deployment alive. The descriptors are also close-on-exec,
+so no program started by the deployment (``fraisier exec``'s command included) inherits them: the
+deployment lives exactly as long as the process that will record its end. If that process dies while the
+command runs, nothing will ever record the outcome: the deployment has crashed, even if the command (a
+daemon it started, say) runs on.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
+import stat
+import threading
 from pathlib import Path
 
 MARKER_DIRECTORY = ".fraisier-inflight"
+LIVENESS_LOCK = "flock"
+"""The marker's ``liveness`` field when its writer holds a lock on it while the deployment runs."""
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +52,19 @@ log = logging.getLogger(__name__)
 class Marker:
     """One in-flight deployment."""
 
-    __slots__ = ("boot", "fraise_type", "id", "pid_namespace", "provider")
+    __slots__ = ("_descriptor", "boot", "fraise_type", "id", "locked", "path", "pid_namespace", "provider")
 
-    def __init__(self, id: str, provider: str, fraise_type: str, boot: str = "", pid_namespace: str = "") -> None:
+    def __init__(
+        self,
+        id: str,
+        provider: str,
+        fraise_type: str,
+        boot: str = "",
+        pid_namespace: str = "",
+        *,
+        path: Path | None = None,
+        locked: bool = False,
+    ) -> None:
         self.id = id
         self.provider = provider
         self.fraise_type = fraise_type
@@ -31,6 +72,11 @@ class Marker:
         """The kernel's boot id when the marker was written: PIDs and start times restart at each boot."""
         self.pid_namespace = pid_namespace
         """The writer's PID namespace: a PID means nothing in another one (containers)."""
+        self.path = path
+        """Where the marker is, for a marker written or read here (None for one built by hand)."""
+        self.locked = locked
+        """Whether the writer holds a lock on the marker while the deployment runs (False: an older version)."""
+        self._descriptor: int | None = None
 
     @property
     def pid(self) -> int:
@@ -40,6 +86,54 @@ class Marker:
     def start_time(self) -> str:
         return self.id.split("-", 2)[1]
 
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the marker's lock: the deployment is alive until :meth:`release`."""
+        return self._descriptor is not None
+
+    def release(self) -> None:
+        """End this process's hold on the marker: from now on, its deployment is not alive.
+
+        Call it once the deployment's end is accounted for in the textfile (the marker's id merged or handed
+        over in ``Changes.retired_markers``), never before: a marker released while unaccounted is a crashed
+        deployment to the next merger, and the end recorded later would count it a second time. Removing
+        the marker (``remove_marker``, which a merge does) releases it. Calling it again does nothing.
+        """
+        with _releasing:  # two threads must not both close the descriptor: the second could close another file
+            descriptor, self._descriptor = self._descriptor, None
+            if _held.get(self.id) is self:
+                del _held[self.id]
+        if descriptor is None:
+            return
+        # Unlock explicitly rather than only close: should a child have inherited the descriptor without our
+        # fork hook (a fork in C code), closing our copy alone would leave the lock held by it.
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+        finally:
+            os.close(descriptor)
+
+
+_held: dict[str, Marker] = {}
+"""The markers this process holds, by id."""
+_releasing = threading.Lock()
+
+
+def _forget_held_markers_in_child() -> None:
+    # Only close: unlocking would release the lock the parent holds through the same open file description.
+    global _releasing
+    _releasing = threading.Lock()  # another thread of the parent may have held it at the fork
+    for marker in list(_held.values()):
+        descriptor, marker._descriptor = marker._descriptor, None
+        if descriptor is not None:
+            try:
+                os.close(descriptor)
+            except OSError:
+                pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_held_markers_in_child)
+
 
 def process_start_time(pid: int) -> str | None:
     """The start time of process ``pid`` in clock ticks since boot, or None if there is no such process.
@@ -48,8 +142,8 @@ def process_start_time(pid: int) -> str | None:
     unnoticed, which is the best that can be done portably.
     """
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            data = stat_file.read()
     except FileNotFoundError:
         if os.path.isdir("/proc/self"):
             return None
@@ -62,11 +156,39 @@ def process_start_time(pid: int) -> str | None:
         return "0"
     except OSError:
         return None
+    return _start_time_in_stat(data)
+
+
+def _start_time_in_stat(data: bytes) -> str | None:
     # The command name (field 2) may hold spaces and parentheses: count fields after its last ")".
     fields = data[data.rindex(b")") + 2 :].split()
     if fields[0] in (b"Z", b"X"):  # a zombie has finished its work; only its exit status is left
         return None
     return fields[19].decode()
+
+
+def _process_state(pid: int, start_time: str) -> bool | None:
+    """Whether the process ``pid`` that started at ``start_time`` (in this PID namespace) still runs: True,
+    False, or None where nothing here can tell."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            data = stat_file.read()
+    except OSError:
+        data = None
+    if data is not None:
+        return _start_time_in_stat(data) == start_time
+    # /proc does not show it: no procfs (not Linux), another user's process under hidepid (missing entry) or
+    # hidepid=1 (unreadable entry), or a /proc mounted for another PID namespace. kill(pid, 0) still tells
+    # whether the PID exists, whoever owns it; whether it is the same process, nothing here can say.
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return None
 
 
 _own_identity: tuple[int, str] | None = None
@@ -103,26 +225,60 @@ def marker_directory(textfile_directory: Path) -> Path:
 
 
 def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> Marker:
-    """Write the marker of a deployment that starts now in this process."""
+    """Write the marker of a deployment that starts now in this process, and hold its lock until
+    :meth:`Marker.release` (or ``remove_marker``) or the end of the process."""
     pid, start = _identity()
     boot, namespace = _context()
-    marker = Marker(f"{pid}-{start}-{os.urandom(4).hex()}", provider, fraise_type, boot, namespace)
     directory = marker_directory(textfile_directory)
+    marker = Marker(f"{pid}-{start}-{os.urandom(4).hex()}", provider, fraise_type, boot, namespace, locked=True)
+    marker.path = directory / marker.id
     if not directory.is_dir():
         directory.mkdir(parents=True, exist_ok=True)
-        # Group-writable like the lock file, so that the users of one group can retire each other's markers.
-        os.chmod(directory, 0o775)
-    # Written under a dot name and renamed, so that a reader never sees half a marker.
-    temporary = directory / f".{marker.id}"
+        # Group-writable like the lock file, so that the users of one group can retire each other's markers;
+        # the setgid bit it inherits from a shared textfile directory (chmod 2775) is kept.
+        os.chmod(directory, 0o775 | (os.stat(directory).st_mode & stat.S_ISGID))
     import json  # here, not at the top: `fraisier record` never needs it
 
-    content = {"provider": provider, "fraise_type": fraise_type, "boot": boot, "pid_namespace": namespace}
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+    content = {
+        "provider": provider,
+        "fraise_type": fraise_type,
+        "boot": boot,
+        "pid_namespace": namespace,
+        "liveness": LIVENESS_LOCK,
+    }
+    data = json.dumps(content).encode("utf-8")
+    # Written under a dot name and renamed, so that a reader never sees half a marker. The lock is taken
+    # before the rename and stays with the inode: the marker is locked from the moment it has its name.
+    # O_CLOEXEC: no program this process runs inherits the lock (see the module's note on fork and exec).
+    temporary = directory / f".{marker.id}"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file nobody else has opened: never waits
         os.fchmod(descriptor, 0o644)  # readable by a `fraisier metrics` of another user whatever the umask
-        json.dump(content, file)
-    os.replace(temporary, directory / marker.id)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.replace(temporary, marker.path)
+    except BaseException:
+        os.close(descriptor)
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    marker._descriptor = descriptor
+    _held[marker.id] = marker
     return marker
+
+
+def _open_marker(path: str | Path) -> int:
+    """A read-only descriptor on a regular file at ``path``; OSError for anything else. Never follows a
+    symlink, never blocks on a FIFO someone put there."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return descriptor
 
 
 def read_markers(textfile_directory: Path) -> list[Marker]:
@@ -139,8 +295,9 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
 
     for entry in entries:
         try:
-            with open(entry.path, encoding="utf-8") as file:
-                content = json.load(file)
+            descriptor = _open_marker(entry.path)
+            with os.fdopen(descriptor, "rb") as file:
+                content = json.loads(file.read(65536))
             markers.append(
                 Marker(
                     entry.name,
@@ -148,6 +305,8 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
                     str(content["fraise_type"]),
                     str(content.get("boot", "")),
                     str(content.get("pid_namespace", "")),
+                    path=directory / entry.name,
+                    locked=content.get("liveness") == LIVENESS_LOCK,
                 )
             )
         except (OSError, ValueError, KeyError, TypeError):
@@ -155,25 +314,62 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
     return markers
 
 
+def _lock_held(path: Path) -> bool | None:
+    """Whether some process holds the lock on the marker at ``path``: True, False, or None if it cannot be
+    told (the marker cannot be opened, or its filesystem has no locks). A marker that is gone holds none."""
+    try:
+        descriptor = _open_marker(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        # Shared, so that two readers probing at once do not take each other's probe for a live writer.
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)  # also drops the probe's own lock
+    return False
+
+
 def is_alive(marker: Marker) -> bool:
-    """Whether the process that wrote ``marker`` still runs. A marker from another boot is dead; one from
-    another PID namespace cannot be checked from here and counts as alive (a reader in its own namespace
-    settles it), so that a deployment is never counted crashed while it may still run."""
+    """Whether the deployment of ``marker`` still runs.
+
+    A marker from another boot is dead. A marker whose writer holds its lock is alive, one whose lock is free
+    is dead (unless it comes from an older version that took no lock). Beyond that, /proc decides where it
+    can see the writer's PID (gone, or reused by a process with another start time: dead); where it cannot
+    (another user's process under hidepid, another PID namespace), the marker counts as alive, so that a
+    deployment is never counted crashed while it may still run.
+    """
     boot, namespace = _context()
     if marker.boot and boot and marker.boot != boot:
         return False
-    if marker.pid_namespace and namespace and marker.pid_namespace != namespace:
+    own = _held.get(marker.id)
+    if own is not None and own.held:
         return True
     try:
-        pid = marker.pid
-    except ValueError:
+        pid, start_time = marker.pid, marker.start_time
+    except (ValueError, IndexError):
         return False
-    return process_start_time(pid) == marker.start_time
+    state = None
+    if not (marker.pid_namespace and namespace and marker.pid_namespace != namespace):
+        state = _process_state(pid, start_time)
+    if state is False:
+        return False
+    if marker.locked and marker.path is not None:
+        held = _lock_held(marker.path)
+        if held is not None:
+            return held
+    return True
 
 
 def remove_marker(textfile_directory: Path, marker_id: str) -> None:
-    """Remove a marker the textfile already accounts for. A failure is only logged: the marker stays listed
-    as retired in the file, so it is not counted again, and a later merger may remove it."""
+    """Remove a marker the textfile already accounts for, releasing it if this process holds it. A failure
+    is only logged: the marker stays listed as retired in the file, so it is not counted again, and a later
+    merger may remove it."""
     path = marker_directory(textfile_directory) / marker_id
     try:
         os.unlink(path)
@@ -181,17 +377,29 @@ def remove_marker(textfile_directory: Path, marker_id: str) -> None:
         pass
     except OSError as error:
         log.warning("cannot remove the finished deployment's marker %s: %s", path, error.strerror)
+    own = _held.get(marker_id)
+    if own is not None:
+        own.release()
 
 
 def remove_stale_temporaries(textfile_directory: Path) -> None:
-    """Dot files in the marker directory are half-written markers; those of dead processes are litter."""
+    """Dot files in the marker directory are half-written markers; those of dead processes are litter.
+    A free lock does not prove a temporary dead (its writer takes the lock just after creating it): only
+    /proc's word that the writer's PID is gone or reused does."""
     directory = marker_directory(textfile_directory)
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return
     for entry in entries:
-        if entry.name.startswith(".") and not is_alive(Marker(entry.name[1:], "", "")):
+        if not entry.name.startswith("."):
+            continue
+        marker = Marker(entry.name[1:], "", "")
+        try:
+            pid, start_time = marker.pid, marker.start_time
+        except (ValueError, IndexError):
+            continue  # not one of ours
+        if _lock_held(Path(entry.path)) is not True and _process_state(pid, start_time) is False:
             try:
                 os.unlink(entry.path)
             except FileNotFoundError:

@@ -1,36 +1,54 @@
-"""MetricsRecorder: Fraisier's deployment metrics in a dedicated registry, flushed into the textfile.
+"""MetricsRecorder: Fraisier's deployment metrics in a dedicated registry, written into the textfile.
 
 Every event updates two things: this process's own ``CollectorRegistry`` (for in-process serving and
-inspection) and the changes pending since the last flush, which ``flush()`` merges into the shared textfile.
+inspection) and the changes pending since the last write, which are merged into the shared textfile.
+
+Metrics never fail or stall a deployment. No ``record_*``, ``set_*``, ``update_*`` or ``track_*`` call raises
+for a metrics problem (unless the recorder is ``strict``, for tests): a bad value is dropped, a file that cannot
+be written keeps its events pending (or hands them over to the next writer), and each kind of problem is logged
+once through ``logging`` with its fix and shown by ``get_metrics_summary()``. Waiting for a lock that another
+process holds costs a process at most ``lock_wait_budget`` seconds in all; past that, events are handed over
+at once.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fraisier_textfile import catalogue as c
-from fraisier_textfile import changes as events
-from fraisier_textfile import liveness
+from fraisier_textfile import catalogue, changes, liveness
+from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
-from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, TextfileWriteError
-from fraisier_textfile.textfile import TextfileStore, default_lock_timeout, default_textfile_directory
+from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, InvalidValueError, write_error
+from fraisier_textfile.textfile import (
+    DEFAULT_LOCK_TIMEOUT,
+    TextfileStore,
+    default_lock_timeout,
+    default_textfile_directory,
+)
 
 if TYPE_CHECKING:
     from fraisier_textfile.server import MetricsServer
 
 log = logging.getLogger(__name__)
+
+PROMETHEUS_AVAILABLE = True
+"""Fraisier's flag: whether metrics are recorded. Always true here (prometheus_client is a dependency)."""
+
+DEFAULT_LOCK_WAIT_BUDGET = 1.0
+LOCK_WAIT_BUDGET_ENVIRONMENT = "FRAISIER_LOCK_WAIT_BUDGET"
 
 
 @dataclass
@@ -45,21 +63,69 @@ def error_type_of(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _make_metric(family: c.Family, registry: CollectorRegistry) -> Any:
-    if family.kind is c.Kind.COUNTER:
+def _make_metric(family: Family, registry: CollectorRegistry) -> Any:
+    if family.kind is Kind.COUNTER:
         # prometheus_client wants the name without _total; it adds the suffix back.
         return Counter(family.name.removesuffix("_total"), family.help, family.labels, registry=registry)
-    if family.kind is c.Kind.HISTOGRAM:
+    if family.kind is Kind.HISTOGRAM:
         return Histogram(family.name, family.help, family.labels, registry=registry, buckets=family.buckets)
     return Gauge(family.name, family.help, family.labels, registry=registry)
+
+
+class _InFlight:
+    """A deployment started by this process and not yet ended."""
+
+    __slots__ = ("fraise_type", "marker", "provider")
+
+    def __init__(self, provider: str, fraise_type: str, marker: liveness.Marker | None) -> None:
+        self.provider = provider
+        self.fraise_type = fraise_type
+        self.marker = marker
+        """None when the marker could not be written: the deployment is then not visible to other processes."""
+
+
+_Method = TypeVar("_Method", bound=Callable[..., None])
+
+
+def _never_raising(method: _Method) -> _Method:
+    """A public recording method: a metrics problem is noted (logged once, kept for the summary) instead of
+    raised, except by a strict recorder, which raises the first problem of the call once the call is done."""
+    name = "a DeploymentMetrics write" if method.__name__ == "_write_family" else method.__name__
+
+    @functools.wraps(method)
+    def call(self: MetricsRecorder, *arguments: Any, **keywords: Any) -> None:
+        with self._lock:
+            self._noted.clear()
+            try:
+                method(self, *arguments, **keywords)
+            except InvalidValueError as error:
+                self._dropped_value(name, error)
+            except Exception as error:  # a bug of ours must not stop a deployment either
+                self._note(f"unexpected {name}", f"{name} failed unexpectedly: {error!r}; please report this "
+                           "as a bug of fraisier_textfile (the event was not recorded)", error, exc_info=True)
+            if self.strict and self._noted:
+                problem = self._noted[0]
+                self._noted.clear()
+                raise problem
+
+    return call  # type: ignore[return-value]
 
 
 class MetricsRecorder:
     """Records Fraisier's deployment metrics and merges them into ``<textfile_dir>/fraisier.prom``.
 
-    With ``auto_flush`` (the default) every record call has merged its event into the textfile when it
-    returns. With ``auto_flush=False`` (hot loops) events wait for ``flush()`` or for normal process exit.
-    The method names and arguments are those of Fraisier's own recorder.
+    The method names and arguments are those of Fraisier 0.84.2's ``fraisier.metrics.MetricsRecorder``.
+
+    With ``auto_flush`` (the default) every record call has written its event when it returns: merged into the
+    textfile, or, when another process holds the lock past this process's lock-wait budget, handed over so that
+    the next merge by any process writes it exactly once. With ``auto_flush=False`` (hot loops) events wait for
+    ``flush()`` or for the process's exit.
+
+    ``lock_timeout`` (default ``$FRAISIER_LOCK_TIMEOUT`` or 10 s) bounds one wait for the lock;
+    ``lock_wait_budget`` (default ``$FRAISIER_LOCK_WAIT_BUDGET`` or 1 s) bounds the time the process spends
+    writing textfiles, by all its recorders, over its whole life: once it is spent, a busy lock is not waited
+    for at all (a free one is still taken). ``strict=True`` raises every problem instead of
+    logging it (for tests).
     """
 
     def __init__(
@@ -68,134 +134,211 @@ class MetricsRecorder:
         *,
         auto_flush: bool = True,
         lock_timeout: float | None = None,
+        strict: bool = False,
+        lock_wait_budget: float | None = None,
     ) -> None:
-        self.store = TextfileStore(
-            default_textfile_directory() if textfile_dir is None else textfile_dir,
-            default_lock_timeout() if lock_timeout is None else lock_timeout,
-        )
+        self.strict = strict
         self.auto_flush = auto_flush
-        self.registry = CollectorRegistry()
-        self._metrics = {family: _make_metric(family, self.registry) for family in c.FAMILIES}
-        self._children: dict[tuple[c.Family, Labels], Any] = {}
-        self._pending = Changes()
-        self._seen: set[tuple[str, ...]] = set()
-        self._in_flight: list[liveness.Marker] = []
         self._lock = threading.RLock()
+        self._noted: list[BaseException] = []
+        self.problems: dict[str, str] = {}
+        """Problems not yet resolved, by kind: what went wrong and how to fix it."""
+        self.last_error: str | None = None
+        self.dropped_events = 0
+        self.handed_over_events = 0
+        directory = default_textfile_directory() if textfile_dir is None else textfile_dir
+        if lock_timeout is None:
+            lock_timeout = self._from_environment(default_lock_timeout, DEFAULT_LOCK_TIMEOUT)
+        if lock_wait_budget is None:
+            lock_wait_budget = self._from_environment(_default_lock_wait_budget, DEFAULT_LOCK_WAIT_BUDGET)
+        self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
+        self.store = TextfileStore(directory, lock_timeout)
+        self.registry = CollectorRegistry()
+        self._metrics = {family: _make_metric(family, self.registry) for family in catalogue.FAMILIES}
+        self._children: dict[tuple[Family, Labels], Any] = {}
+        self._pending = Changes()
+        self._pending_events = 0
+        self._handed_over_since_merge = False
+        self._seen: set[tuple[str, ...]] = set()
+        self._in_flight: list[_InFlight] = []
+        self._ending: list[liveness.Marker] = []
+        """Markers of ended deployments, released once their end is written."""
         self._batch_depth = 0
+        self.metrics = DeploymentMetrics(self)
+        """Fraisier's ``DeploymentMetrics``: the families, for code that writes to them directly."""
         _every_recorder.add(self)
 
     @property
     def textfile_path(self) -> Path:
         return self.store.path
 
+    @property
+    def lock_wait_spent(self) -> float:
+        """Seconds this process has spent writing textfiles, by every recorder: what the budget is measured
+        against."""
+        return _process_budget.spent
+
     # Fraisier's recorder API
 
+    @_never_raising
     def record_deployment_start(self, provider: str, fraise_type: str) -> None:
-        """A deployment starts in this process: it counts as active until it completes or the process dies."""
-        provider = c.check_label_value("provider", provider)
-        fraise_type = c.check_label_value("fraise_type", fraise_type)
-        with self._lock:
-            try:
-                marker = liveness.create_marker(self.store.directory, provider, fraise_type)
-            except OSError as error:
-                raise TextfileWriteError(
-                    self.store.directory,
-                    f"cannot write an in-flight marker in {self.store.directory}: {error.strerror}; "
-                    "make the textfile directory writable",
-                ) from None
-            self._in_flight.append(marker)
-            self._child(c.ACTIVE_DEPLOYMENTS, (provider,)).inc()
-            self._pending.active_providers.add(provider)
-            events.deployment_series(self, provider, fraise_type)
-            self._flush_if_automatic()
+        """A deployment starts in this process: it counts as active until it completes, an error ends it, or
+        the process dies (then the next writer counts it ``crashed``)."""
+        self._start(provider, fraise_type)
 
+    @_never_raising
     def record_deployment_complete(self, provider: str, fraise_type: str, status: str, duration: float) -> None:
-        with self._lock:
-            events.deployment_complete(self, provider, fraise_type, status, duration)
-            self._end_in_flight(provider, fraise_type)
-            self._flush_if_automatic()
+        """A deployment finished: counted by status, its duration observed. It ends the latest deployment of
+        this provider and fraise type that this process started. ``status`` is one of
+        ``catalogue.DEPLOYMENT_STATUSES`` or an enum member with that value; Fraisier's ``interrupted`` is
+        recorded as ``crashed``. ``pending`` and ``in_progress`` are not finished deployments: such a call is
+        dropped (and logged), and the deployment stays in flight."""
+        with self._batch():
+            changes.deployment_complete(self, provider, fraise_type, status, duration)
+            self._end(self._find_in_flight(provider, fraise_type))
+            self._pending_events += 1
 
+    @_never_raising
     def record_deployment_error(self, provider: str, error_type: str) -> None:
-        with self._lock:
-            events.deployment_error(self, provider, error_type)
-            self._flush_if_automatic()
+        """A deployment error. Like Fraisier's recorder, it ends the latest deployment of this provider that
+        this process started (so it is never counted ``crashed`` later); that deployment is counted in
+        ``fraisier_deployments_total`` only if ``record_deployment_complete`` is called too."""
+        with self._batch():
+            changes.deployment_error(self, provider, error_type)
+            self._end(self._find_in_flight(provider, None))
+            self._pending_events += 1
 
+    @_never_raising
     def record_rollback(self, provider: str, reason: str, duration: float) -> None:
-        with self._lock:
-            events.rollback(self, provider, reason, duration)
-            self._flush_if_automatic()
+        self._event(changes.rollback, provider, reason, duration)
 
+    @_never_raising
     def record_health_check(self, provider: str, check_type: str, status: str, duration: float) -> None:
-        with self._lock:
-            events.health_check(self, provider, check_type, status, duration)
-            self._flush_if_automatic()
+        self._event(changes.health_check, provider, check_type, status, duration)
 
+    @_never_raising
     def set_provider_availability(self, provider: str, available: bool) -> None:
-        with self._lock:
-            events.provider_availability(self, provider, available)
-            self._flush_if_automatic()
+        """``available`` should be a bool. A strict recorder refuses anything else; otherwise 1/0 and the words
+        true/false, yes/no, on/off, up/down are understood (``catalogue.check_flag``) and any other value is
+        dropped and logged: ``"false"`` is never recorded as available."""
+        if self.strict and available is not True and available is not False:
+            raise InvalidValueError(f"available={available!r} is not a bool: pass True or False")
+        self._event(changes.provider_availability, provider, available)
 
+    @_never_raising
     def record_lock_wait(self, service: str, provider: str, wait_time: float) -> None:
+        self._event(changes.lock_wait, service, provider, wait_time)
+
+    @_never_raising
+    def record_db_query(self, database_type: str, operation: str, status: str, duration_seconds: float) -> None:
+        self._event(changes.db_query, database_type, operation, status, duration_seconds)
+
+    @_never_raising
+    def record_db_error(self, database_type: str, error_type: str) -> None:
+        self._event(changes.db_error, database_type, error_type)
+
+    @_never_raising
+    def record_db_transaction(self, database_type: str, duration_seconds: float) -> None:
+        self._event(changes.db_transaction, database_type, duration_seconds)
+
+    @_never_raising
+    def record_deployment_db_operation(self, database_type: str, operation_type: str) -> None:
+        self._event(changes.deployment_db_operation, database_type, operation_type)
+
+    @_never_raising
+    def update_db_pool_metrics(
+        self, database_type: str, active_connections: int, idle_connections: int, waiting_requests: int
+    ) -> None:
+        self._event(changes.db_pool, database_type, active_connections, idle_connections, waiting_requests)
+
+    def get_metrics_summary(self) -> dict[str, Any]:
+        """Fraisier's summary (``prometheus_available``, ``message``), plus where the metrics go and how
+        writing them goes: ``textfile``, ``pending_events`` (recorded, not yet written), ``handed_over_events``,
+        ``dropped_events`` (bad values), ``last_error``, ``problems`` (unresolved, by kind) and the lock-wait
+        budget."""
         with self._lock:
-            events.lock_wait(self, service, provider, wait_time)
-            self._flush_if_automatic()
+            if self.problems:
+                message = "Metrics are recorded, but: " + " | ".join(self.problems.values())
+            else:
+                message = f"Metrics are being recorded into {self.textfile_path} (serve it with node_exporter's " \
+                          "textfile collector or `fraisier metrics`)."
+            return {
+                "prometheus_available": PROMETHEUS_AVAILABLE,
+                "message": message,
+                "textfile": str(self.textfile_path),
+                "pending_events": self._pending_events if self._pending else 0,
+                "handed_over_events": self.handed_over_events,
+                "dropped_events": self.dropped_events,
+                "last_error": self.last_error,
+                "problems": dict(self.problems),
+                "lock_wait_budget": self.lock_wait_budget,
+                "lock_wait_spent": round(_process_budget.spent, 6),
+            }
 
     # Timing context managers
 
     @contextmanager
     def track_deployment(self, provider: str, fraise_type: str) -> Iterator[Outcome]:
         """Time a deployment, active while inside. On an exception: ``failed`` plus an error whose type is
-        the exception's class name, then the exception goes on. Set ``outcome.status`` to record another.
-
-        Metrics never stop a deployment: if the textfile cannot be written (lock timeout, full disk, ...),
-        that is logged, the block runs all the same, and the events stay pending for the next flush."""
-        with self._without_aborting("the start of a deployment"):
-            self.record_deployment_start(provider, fraise_type)
+        the exception's class name (``invalid_error_type`` if that name cannot be a label value), then the
+        exception goes on. Set ``outcome.status`` to record another status; one that is not a status is
+        recorded as ``failed`` and logged. The deployment always ends with the block, and no metrics problem
+        ever replaces the block's own exception."""
+        with self._lock:
+            self._noted.clear()
+            deployment = self._guarded("track_deployment", self._start, provider, fraise_type)
+            earlier = list(self._noted)  # a strict recorder raises them once the block is over, not before
         outcome = Outcome("success")
         started = time.monotonic()
         try:
             yield outcome
         except BaseException as error:
-            with self._without_aborting(f"the outcome of {error!r}"):
-                self.record_deployment_error(provider, error_type_of(error))
-                self.record_deployment_complete(provider, fraise_type, "failed", time.monotonic() - started)
+            self._finish_deployment(
+                deployment, provider, fraise_type, "failed", time.monotonic() - started, error, earlier
+            )
             raise
-        with self._without_aborting("the end of a deployment"):
-            self.record_deployment_complete(provider, fraise_type, outcome.status, time.monotonic() - started)
+        self._finish_deployment(
+            deployment, provider, fraise_type, outcome.status, time.monotonic() - started, None, earlier
+        )
 
     @contextmanager
     def track_rollback(self, provider: str, reason: str) -> Iterator[None]:
-        """Time a rollback. It is recorded whether or not the block raises (metrics errors are logged)."""
+        """Time a rollback. It is recorded whether or not the block raises."""
         started = time.monotonic()
         try:
             yield
-        except BaseException as error:
-            with self._without_aborting(f"the outcome of {error!r}"):
-                self.record_rollback(provider, reason, time.monotonic() - started)
+        except BaseException:
+            self._finish(True, "track_rollback", self._event, changes.rollback, provider, reason,
+                         time.monotonic() - started)
             raise
-        with self._without_aborting("a rollback"):
-            self.record_rollback(provider, reason, time.monotonic() - started)
+        self._finish(False, "track_rollback", self._event, changes.rollback, provider, reason,
+                     time.monotonic() - started)
 
     @contextmanager
     def track_health_check(self, provider: str, check_type: str) -> Iterator[Outcome]:
-        """Time a health check: ``pass`` unless the block raises or sets ``outcome.status = "fail"``
-        (metrics errors are logged)."""
+        """Time a health check: ``pass`` unless the block raises or sets ``outcome.status = "fail"``; a status
+        that is neither is recorded as ``fail`` and logged."""
         outcome = Outcome("pass")
         started = time.monotonic()
         try:
             yield outcome
-        except BaseException as error:
-            with self._without_aborting(f"the outcome of {error!r}"):
-                self.record_health_check(provider, check_type, "fail", time.monotonic() - started)
+        except BaseException:
+            self._finish(True, "track_health_check", self._event, changes.health_check, provider, check_type,
+                         "fail", time.monotonic() - started)
             raise
-        with self._without_aborting("a health check"):
-            self.record_health_check(provider, check_type, outcome.status, time.monotonic() - started)
+        status = self._checked_outcome(
+            outcome.status, catalogue.HEALTH_CHECK_STATUSES, catalogue.FALLBACK_HEALTH_CHECK_STATUS
+        )
+        self._finish(False, "track_health_check", self._event, changes.health_check, provider, check_type,
+                     status, time.monotonic() - started)
 
-    # Flushing
+    # Writing
 
     def flush(self) -> None:
-        """Merge every event recorded since the last flush into the textfile. On error the events stay
-        pending and the next flush tries again."""
+        """Merge every pending event into the textfile now, waiting up to ``lock_timeout`` for the lock (the
+        budget does not apply: the caller asked to wait). Unlike the record calls, this raises the store's
+        errors (``LockTimeoutError``, ``TextfileWriteError``, ``CorruptTextfileError``); the events then stay
+        pending."""
         with self._lock:
             if not self._pending:
                 return
@@ -204,12 +347,11 @@ class MetricsRecorder:
             except BaseException:
                 _unflushed.add(self)  # exit tries once more
                 raise
-            self._pending = Changes()
-            _unflushed.discard(self)
+            self._written(merged=True)
 
     @property
     def pending(self) -> bool:
-        """Whether events wait for a flush."""
+        """Whether events wait to be written."""
         return bool(self._pending)
 
     # Serving
@@ -228,23 +370,23 @@ class MetricsRecorder:
 
     # The sink that the event functions write to (see changes.Sink)
 
-    def add(self, family: c.Family, labels: Labels, amount: float) -> None:
+    def add(self, family: Family, labels: Labels, amount: float) -> None:
         self._child(family, labels).inc(amount)
         self._pending.add(family, labels, amount)
 
-    def observe(self, family: c.Family, labels: Labels, value: float) -> None:
+    def observe(self, family: Family, labels: Labels, value: float) -> None:
         self._child(family, labels).observe(value)
         self._pending.observe(family, labels, value)
 
-    def set_latest(self, family: c.Family, labels: Labels, value: float) -> None:
+    def set_latest(self, family: Family, labels: Labels, value: float) -> None:
         self._child(family, labels).set(value)
         self._pending.set_latest(family, labels, value)
 
-    def set_maximum(self, family: c.Family, labels: Labels, value: float) -> None:
+    def set_maximum(self, family: Family, labels: Labels, value: float) -> None:
         self._child(family, labels).set(value)
         self._pending.set_maximum(family, labels, value)
 
-    def touch(self, family: c.Family, labels: Labels) -> None:
+    def touch(self, family: Family, labels: Labels) -> None:
         self._child(family, labels)
         self._pending.touch(family, labels)
 
@@ -254,67 +396,435 @@ class MetricsRecorder:
         self._seen.add(what)
         return True
 
+    def count_active(self, provider: str, change: int) -> None:
+        self._child(catalogue.ACTIVE_DEPLOYMENTS, (provider,)).inc(change)
+        self._pending.count_active(provider, change)
+
+    def retire_marker(self, marker_id: str) -> None:
+        self._pending.retire_marker(marker_id)
+
+    # In-flight deployments
+
+    def _start(self, provider: str, fraise_type: str) -> _InFlight:
+        provider = catalogue.check_label_value("provider", provider)
+        fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
+        marker: liveness.Marker | None = None
+        try:
+            marker = liveness.create_marker(self.store.directory, provider, fraise_type)
+        except OSError as error:
+            problem = write_error(liveness.marker_directory(self.store.directory), "write a marker in", error)
+            self._note("marker", f"{problem} (the deployment is recorded when it ends, but until then other "
+                       "processes do not see it as active)", problem)
+        deployment = _InFlight(provider, fraise_type, marker)
+        with self._batch():
+            changes.deployment_started(self, provider, fraise_type)
+            self._in_flight.append(deployment)
+            self._pending_events += 1
+        return deployment
+
+    def _find_in_flight(self, provider: object, fraise_type: object | None) -> _InFlight | None:
+        """The latest deployment started here for that provider (and fraise type, unless None)."""
+        provider = catalogue.plain_value(provider)
+        fraise_type = catalogue.plain_value(fraise_type)
+        for deployment in reversed(self._in_flight):
+            if deployment.provider == provider and fraise_type in (None, deployment.fraise_type):
+                return deployment
+        return None
+
+    def _end(self, deployment: _InFlight | None) -> None:
+        if deployment is None or deployment not in self._in_flight:
+            return
+        self._in_flight.remove(deployment)
+        marker = deployment.marker
+        changes.deployment_ended(self, deployment.provider, None if marker is None else marker.id)
+        if marker is not None:
+            self._ending.append(marker)
+
+    def _finish_deployment(
+        self, deployment: _InFlight | None, provider: str, fraise_type: str, status: object, duration: float,
+        error: BaseException | None, earlier: list[BaseException],
+    ) -> None:
+        """The end of a tracked deployment: its outcome recorded (with fallbacks for what cannot be a label
+        value) and, whatever happens, the deployment ended."""
+
+        def finish() -> None:
+            with self._batch():
+                try:
+                    if error is not None:
+                        changes.deployment_error(self, provider, self._error_type(error))
+                    final = self._checked_deployment_status(status)
+                    changes.deployment_complete(self, provider, fraise_type, final, duration)
+                    self._pending_events += 1
+                finally:
+                    self._end(deployment)
+
+        self._finish(error is not None, "track_deployment", finish, earlier=earlier)
+
+    def _error_type(self, error: BaseException) -> str:
+        name = error_type_of(error)
+        try:
+            return catalogue.check_label_value("error_type", name)
+        except InvalidValueError as problem:
+            self._note("error_type", f"{problem}; recorded as error_type={catalogue.FALLBACK_ERROR_TYPE}", problem)
+            return catalogue.FALLBACK_ERROR_TYPE
+
+    def _checked_deployment_status(self, status: object) -> str:
+        try:
+            return catalogue.check_deployment_status(status)
+        except InvalidValueError as problem:
+            fallback = catalogue.FALLBACK_DEPLOYMENT_STATUS
+            self._note("outcome", f"a tracked deployment's outcome: {problem}; recorded as {fallback}", problem)
+            return fallback
+
+    def _checked_outcome(self, status: object, allowed: tuple[str, ...], fallback: str) -> str:
+        try:
+            return catalogue.check_choice("status", status, allowed)
+        except InvalidValueError as problem:
+            self._note("outcome", f"a tracked block's outcome: {problem}; recorded as {fallback}", problem)
+            return fallback
+
+    def _finish(
+        self, block_raised: bool, what: str, function: Callable[..., object], *arguments: object,
+        earlier: list[BaseException] | None = None,
+    ) -> None:
+        """Record the end of a tracked block. While the block's own exception propagates nothing may replace
+        it, so even a strict recorder only raises a problem when the block ended normally."""
+        with self._lock:
+            self._noted[:] = earlier or []
+            self._guarded(what, function, *arguments)
+            if self.strict and self._noted and not block_raised:
+                problem = self._noted[0]
+                self._noted.clear()
+                raise problem
+
+    def _guarded(self, what: str, function: Callable[..., Any], *arguments: object) -> Any:
+        try:
+            return function(*arguments)
+        except InvalidValueError as error:
+            self._dropped_value(what, error)
+        except Exception as error:
+            self._note(f"unexpected {what}", f"{what} failed unexpectedly: {error!r}; please report this as a "
+                       "bug of fraisier_textfile", error, exc_info=True)
+        return None
+
+    # Recording and writing
+
+    def _event(self, event: Callable[..., None], *arguments: object) -> None:
+        with self._batch():
+            event(self, *arguments)
+            self._pending_events += 1
+
+    @contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Record several events with one write at the end."""
+        with self._lock:
+            self._batch_depth += 1
+            try:
+                yield
+            finally:
+                # Also when an event of the batch was refused: the events before it are recorded.
+                self._batch_depth -= 1
+                if not self._batch_depth:
+                    if self.auto_flush:
+                        self._write()
+                    elif self._pending:
+                        _unflushed.add(self)  # kept alive until written, at the latest at exit
+
+    def _write(self) -> None:
+        """Write what is pending, within what is left of the lock-wait budget: merged, or handed over to the
+        next writer when the lock stays busy. Never raises: a problem is noted, and the events are handed over
+        if the merge failed for another reason (a corrupt file), else kept for the next call and exit."""
+        if not self._pending:
+            return
+        wait = min(self.store.lock_timeout, _process_budget.left(self.lock_wait_budget))
+        started = time.monotonic()
+        try:
+            merged = self.store.merge_or_hand_over(self._pending, wait)
+            if not merged:
+                self._note(
+                    "lock busy",
+                    f"another process held {self.store.lock_path} longer than this process may wait "
+                    f"(a lock-wait budget of {self.lock_wait_budget:g}s in all, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
+                    "the events were handed over, and the next merge by any fraisier process writes them. "
+                    f"If it lasts, find the process that holds the lock (fuser {self.store.lock_path})",
+                    None,
+                )
+        except (FraisierTextfileError, OSError) as error:  # OSError: none may reach a deployment, whatever happens
+            merged = False
+            self._note_write_problem(error)
+            try:
+                self.store.hand_over(self._pending)
+            except (FraisierTextfileError, OSError):
+                pass  # the same problem (an unwritable directory), noted already
+        finally:
+            # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
+            # the process in all. A merge that may not wait any more still merges when the lock is free.
+            _process_budget.spend(time.monotonic() - started)
+        if self._pending:
+            _unflushed.add(self)
+        else:
+            self._written(merged)
+
+    def _written(self, merged: bool) -> None:
+        """The pending events are in the file (merged) or handed over."""
+        if merged:
+            self._resolved()
+            _unflushed.discard(self)
+        else:
+            self.handed_over_events += self._pending_events
+            _unflushed.add(self)  # exit tries to merge the hand-overs, if the lock is free by then
+        self._handed_over_since_merge = not merged
+        self._pending_events = 0
+        ending, self._ending = self._ending, []
+        for marker in ending:
+            marker.release()  # only now: released before its end is written, it would look crashed
+
+    # Problems
+
+    def _note(self, kind: str, message: str, error: BaseException | None, exc_info: bool = False) -> None:
+        """A problem: logged once per kind and process (and again only after it was resolved), kept for the
+        summary, and raised at the end of the call by a strict recorder."""
+        self.problems[kind] = message
+        self.last_error = message
+        key = (str(self.store.directory), kind)
+        if key not in _logged_problems:
+            _logged_problems.add(key)
+            log.error("fraisier metrics: %s", message, exc_info=exc_info)
+        else:
+            log.debug("fraisier metrics: %s", message)
+        self._noted.append(error if error is not None else FraisierTextfileError(message))
+
+    def _dropped_value(self, what: str, error: InvalidValueError) -> None:
+        self.dropped_events += 1
+        # One kind per call and argument: `status` and `duration` problems of one method are logged apart.
+        argument = str(error).split("=", 1)[0].split(" ", 1)[0]
+        kind = f"value {what} {argument}"
+        self._note(kind, f"{what}: {error}; the event was not recorded", error)
+        self.problems.pop(kind)  # a dropped value is reported, but it is not a lasting state
+
+    def _note_write_problem(self, error: Exception) -> None:
+        message = str(error)
+        if isinstance(error, CorruptTextfileError) and "buckets" in error.problem:
+            message += (
+                "; this version's buckets include every bound of Fraisier's own histograms (le=\"2\" was added to "
+                "fraisier_health_check_duration_seconds): a file written by an earlier version must be migrated "
+                "(see the monitoring guide, section Buckets) before it takes new events, which wait until then"
+            )
+        elif not isinstance(error, FraisierTextfileError):
+            message = f"cannot write {self.textfile_path}: {error}; check the textfile directory"
+        self._note(f"write {type(error).__name__}", message, error)
+
+    def _resolved(self) -> None:
+        """The textfile was written: problems of writing it are over (and are logged again if they come back)."""
+        directory = str(self.store.directory)
+        for kind in [kind for kind in self.problems if kind.startswith(("write ", "lock busy", "marker"))]:
+            del self.problems[kind]
+            _logged_problems.discard((directory, kind))
+            log.info("fraisier metrics: %s is written again", self.textfile_path)
+
+    def _from_environment(self, read: Callable[[], float], default: float) -> float:
+        try:
+            return read()
+        except InvalidValueError as error:
+            if self.strict:
+                raise
+            log.error("fraisier metrics: %s; using %gs", error, default)
+            return default
+
     # Internals
 
-    def _child(self, family: c.Family, labels: Labels) -> Any:
+    def _child(self, family: Family, labels: Labels) -> Any:
         key = (family, labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self._metrics[family].labels(*labels)
         return child
 
-    def _end_in_flight(self, provider: str, fraise_type: str) -> None:
-        for position in range(len(self._in_flight) - 1, -1, -1):
-            marker = self._in_flight[position]
-            if marker.provider == provider and marker.fraise_type == fraise_type:
-                del self._in_flight[position]
-                self._pending.retired_markers.add(marker.id)
-                self._child(c.ACTIVE_DEPLOYMENTS, (provider,)).dec()
-                self._pending.active_providers.add(provider)
-                return
-
     def _after_fork(self) -> None:
         self._lock = threading.RLock()
+        self._noted = []
         self._batch_depth = 0
         self._pending = Changes()
+        self._pending_events = 0
+        self._handed_over_since_merge = False
         self._seen = set()
         self._in_flight = []
+        self._ending = []
         self.store = TextfileStore(self.store.directory, self.store.lock_timeout)
 
-    def _flush_if_automatic(self) -> None:
-        if self._batch_depth:
-            return
-        if self.auto_flush:
-            self.flush()
-        else:
-            _unflushed.add(self)  # kept alive until flushed, at the latest at exit
+    # Direct writes to a family (DeploymentMetrics)
 
-    @contextmanager
-    def _batch(self) -> Iterator[None]:
-        """Record several events with one flush at the end."""
+    @_never_raising
+    def _write_family(
+        self, family: Family, labels: Labels | InvalidValueError, operation: str, amount: object
+    ) -> None:
+        if isinstance(labels, InvalidValueError):
+            raise labels
+        labels = tuple(
+            catalogue.check_choice(label, value, catalogue.LABEL_CHOICES[(family, label)])
+            if (family, label) in catalogue.LABEL_CHOICES
+            else catalogue.check_label_value(label, value)
+            for label, value in zip(family.labels, labels)
+        )
+        allowed = _OPERATIONS[family.kind]
+        if operation not in allowed:
+            raise InvalidValueError(
+                f"{family.name} is a {family.kind.value}: use {' or '.join(name + '()' for name in allowed)}"
+            )
+        with self._batch():
+            if family is catalogue.ACTIVE_DEPLOYMENTS:
+                raise InvalidValueError(
+                    "fraisier_active_deployments is counted from the deployments in flight in live processes: "
+                    "use record_deployment_start and record_deployment_complete"
+                )
+            if family.kind is Kind.HISTOGRAM:
+                self.observe(family, labels, catalogue.check_duration(f"{family.name} value", amount))
+            elif family.kind is Kind.COUNTER:
+                self.add(family, labels, catalogue.check_count(f"{family.name} increment", amount))
+            else:
+                value = catalogue.check_gauge_value(f"{family.name} value", amount)
+                if operation != "set":  # inc/dec: from this process's value; the latest report wins in the file
+                    value = self._child(family, labels)._value.get() + (value if operation == "inc" else -value)
+                if family is catalogue.LAST_DEPLOYMENT:
+                    self.set_maximum(family, labels, value)
+                else:
+                    self.set_latest(family, labels, value)
+            self._pending_events += 1
+
+
+_OPERATIONS = {Kind.COUNTER: ("inc",), Kind.GAUGE: ("set", "inc", "dec"), Kind.HISTOGRAM: ("observe",)}
+
+
+class FamilyChild:
+    """One series of a family, as prometheus_client's ``labels(...)`` gives it: ``inc``, ``dec``, ``set``,
+    ``observe``. Writes go to a recorder, so they reach the textfile and never raise."""
+
+    __slots__ = ("_family", "_labels", "_recorder")
+
+    def __init__(
+        self, recorder: Callable[[], MetricsRecorder], family: Family, labels: Labels | InvalidValueError
+    ) -> None:
+        self._recorder = recorder
+        self._family = family
+        self._labels = labels
+
+    def inc(self, amount: float = 1) -> None:
+        self._recorder()._write_family(self._family, self._labels, "inc", amount)
+
+    def dec(self, amount: float = 1) -> None:
+        self._recorder()._write_family(self._family, self._labels, "dec", amount)
+
+    def set(self, value: float) -> None:
+        self._recorder()._write_family(self._family, self._labels, "set", value)
+
+    def observe(self, amount: float) -> None:
+        self._recorder()._write_family(self._family, self._labels, "observe", amount)
+
+
+class FamilyHandle:
+    """A family of the catalogue as Fraisier's ``DeploymentMetrics`` attributes are: call ``labels(...)``
+    with the label values, by position or by name."""
+
+    __slots__ = ("_family", "_recorder")
+
+    def __init__(self, family: Family, recorder: Callable[[], MetricsRecorder]) -> None:
+        self._family = family
+        self._recorder = recorder
+
+    @property
+    def family(self) -> Family:
+        return self._family
+
+    def labels(self, *values: Any, **labels: Any) -> FamilyChild:
+        """The series with these label values. Wrong label names do not raise here (prometheus_client would):
+        the child's writes are dropped and logged, like any other bad value."""
+        names = self._family.labels
+        if labels and not values and set(labels) == set(names):
+            return FamilyChild(self._recorder, self._family, tuple(labels[name] for name in names))
+        if values and not labels and len(values) == len(names):
+            return FamilyChild(self._recorder, self._family, values)
+        given = ", ".join([repr(value) for value in values] + list(labels))
+        return FamilyChild(self._recorder, self._family, InvalidValueError(
+            f"{self._family.name} takes the labels {', '.join(names)}, by position or by name, not {given}"
+        ))
+
+
+class _FamilyAttribute:
+    """A ``DeploymentMetrics`` attribute: on an instance, the family written to that instance's recorder; on
+    the class (Fraisier's restore strategy observes ``DeploymentMetrics.restore_duration_seconds``), the
+    family written to the process-wide recorder of ``get_metrics_recorder()``."""
+
+    def __init__(self, family: Family) -> None:
+        self.family = family
+        self.for_class = FamilyHandle(family, lambda: get_metrics_recorder())
+
+    def __get__(self, instance: DeploymentMetrics | None, owner: type) -> FamilyHandle:
+        if instance is None:
+            return self.for_class
+        return instance._handles[self.family]
+
+
+class DeploymentMetrics:
+    """Fraisier's ``DeploymentMetrics``: the families under Fraisier's attribute names."""
+
+    deployments_total = _FamilyAttribute(catalogue.DEPLOYMENTS)
+    deployment_errors_total = _FamilyAttribute(catalogue.DEPLOYMENT_ERRORS)
+    rollbacks_total = _FamilyAttribute(catalogue.ROLLBACKS)
+    health_checks_total = _FamilyAttribute(catalogue.HEALTH_CHECKS)
+    db_queries_total = _FamilyAttribute(catalogue.DB_QUERIES)
+    db_errors_total = _FamilyAttribute(catalogue.DB_ERRORS)
+    deployment_db_operations_total = _FamilyAttribute(catalogue.DEPLOYMENT_DB_OPERATIONS)
+    deployment_duration_seconds = _FamilyAttribute(catalogue.DEPLOYMENT_DURATION)
+    health_check_duration_seconds = _FamilyAttribute(catalogue.HEALTH_CHECK_DURATION)
+    rollback_duration_seconds = _FamilyAttribute(catalogue.ROLLBACK_DURATION)
+    restore_duration_seconds = _FamilyAttribute(catalogue.RESTORE_DURATION)
+    query_latency_seconds = _FamilyAttribute(catalogue.QUERY_LATENCY)
+    db_transaction_duration_seconds = _FamilyAttribute(catalogue.DB_TRANSACTION_DURATION)
+    active_deployments = _FamilyAttribute(catalogue.ACTIVE_DEPLOYMENTS)
+    deployment_lock_wait_seconds = _FamilyAttribute(catalogue.LOCK_WAIT)
+    provider_availability = _FamilyAttribute(catalogue.PROVIDER_AVAILABILITY)
+    active_db_connections = _FamilyAttribute(catalogue.ACTIVE_DB_CONNECTIONS)
+    idle_db_connections = _FamilyAttribute(catalogue.IDLE_DB_CONNECTIONS)
+    db_pool_waiting_requests = _FamilyAttribute(catalogue.DB_POOL_WAITING_REQUESTS)
+    last_deployment_timestamp_seconds = _FamilyAttribute(catalogue.LAST_DEPLOYMENT)
+
+    def __init__(self, recorder: MetricsRecorder | None = None) -> None:
+        """``recorder``: where writes go; by default the process-wide recorder (``DeploymentMetrics()`` as
+        Fraisier makes it)."""
+        target: Callable[[], MetricsRecorder] = get_metrics_recorder if recorder is None else (lambda: recorder)
+        self._handles = {family: FamilyHandle(family, target) for family in catalogue.FAMILIES}
+
+
+class _ProcessBudget:
+    """The time this process has spent writing textfiles, shared by all its recorders (Fraisier makes several):
+    the budget bounds what metrics cost the process, not each recorder."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self._lock = threading.Lock()
+
+    def left(self, budget: float) -> float:
+        return max(0.0, budget - self.spent)
+
+    def spend(self, seconds: float) -> None:
         with self._lock:
-            self._batch_depth += 1
-            try:
-                yield
-            finally:
-                self._batch_depth -= 1
-            self._flush_if_automatic()
-
-    @contextmanager
-    def _without_aborting(self, what: str) -> Iterator[None]:
-        """Record events in one flush for a tracked block. A failure to write them must neither stop the
-        block's work nor hide its own exception: it is logged, and the events stay pending (and are
-        flushed at exit at the latest). A bad value is the caller's mistake and still raises."""
-        try:
-            with self._batch():
-                yield
-        except InvalidValueError:
-            raise
-        except FraisierTextfileError as metrics_error:
-            log.error("could not record %s: %s", what, metrics_error)
+            self.spent += seconds
 
 
-# Recorders holding events not yet flushed. Normal process exit flushes them; a strong reference, so
+_process_budget = _ProcessBudget()
+
+
+def _default_lock_wait_budget() -> float:
+    configured = os.environ.get(LOCK_WAIT_BUDGET_ENVIRONMENT)
+    if not configured:
+        return DEFAULT_LOCK_WAIT_BUDGET
+    return catalogue.check_seconds(LOCK_WAIT_BUDGET_ENVIRONMENT, configured)
+
+
+# Problems already logged in this process, by textfile directory and kind.
+_logged_problems: set[tuple[str, str]] = set()
+
+# Recorders holding events not yet written. Normal process exit writes them; a strong reference, so
 # that a recorder dropped with pending events (a hot loop in a function that returned) is not lost.
 _unflushed: set[MetricsRecorder] = set()
 
@@ -325,7 +835,9 @@ _every_recorder: weakref.WeakSet[MetricsRecorder] = weakref.WeakSet()
 def _forget_parents_state() -> None:
     """In a forked child: the parent's pending events and in-flight deployments are the parent's to write
     (writing them here too would count them twice), and its locks may have been held at the fork."""
+    global _process_budget
     _unflushed.clear()
+    _process_budget = _ProcessBudget()  # a new process, with its own budget
     for recorder in list(_every_recorder):
         recorder._after_fork()
 
@@ -335,22 +847,38 @@ if hasattr(os, "register_at_fork"):
 
 
 @atexit.register
-def _flush_at_exit() -> None:
+def _write_at_exit() -> None:
+    """Pending events are merged or handed over within what is left of each recorder's budget, so that a
+    process exiting while another holds the lock loses nothing."""
     for recorder in list(_unflushed):
-        try:
-            recorder.flush()
-        except FraisierTextfileError as error:
-            log.error("fraisier metrics recorded in this process were not written: %s", error)
+        with recorder._lock:
+            recorder._noted.clear()
+            recorder._write()
+            if recorder._handed_over_since_merge:
+                # Not needed (the next merge by any process writes them), but if the lock is free by now the
+                # file need not wait for that: one try, no wait.
+                try:
+                    recorder.store.merge(Changes(), timeout=0)
+                except FraisierTextfileError as error:
+                    log.debug("hand-overs left for the next merge: %s", error)
+            if recorder.pending:
+                log.error("fraisier metrics: %d events recorded in this process were not written to %s: %s",
+                          recorder._pending_events, recorder.textfile_path, recorder.last_error)
 
 
-_process_recorder: MetricsRecorder | None = None
-_process_recorder_lock = threading.Lock()
+_metrics_recorder: MetricsRecorder | None = None
+_metrics_recorder_lock = threading.Lock()
 
 
 def get_metrics_recorder() -> MetricsRecorder:
-    """The process-wide recorder, made on first use from ``FRAISIER_TEXTFILE_DIR`` (or the default)."""
-    global _process_recorder
-    with _process_recorder_lock:
-        if _process_recorder is None:
-            _process_recorder = MetricsRecorder()
-        return _process_recorder
+    """The process-wide recorder, made on first use from ``FRAISIER_TEXTFILE_DIR`` (or the default).
+    ``fraisier_textfile.metrics._metrics_recorder = None`` (as Fraisier's tests do) makes the next call build
+    a new one."""
+    global _metrics_recorder
+    recorder = _metrics_recorder
+    if recorder is None:
+        with _metrics_recorder_lock:
+            if _metrics_recorder is None:
+                _metrics_recorder = MetricsRecorder()
+            recorder = _metrics_recorder
+    return recorder

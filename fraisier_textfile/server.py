@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.errors import FraisierTextfileError, ServerStartError
+from fraisier_textfile.errors import (
+    CorruptTextfileError,
+    FraisierTextfileError,
+    ServerStartError,
+    TextfileError,
+    UnexpectedFileError,
+)
 from fraisier_textfile.textfile import FileVersion, TextfileStore, count_active_deployments
 from fraisier_textfile.textformat import Block, Document
 from fraisier_textfile.webconfig import LiveWebConfig
@@ -161,12 +167,14 @@ class TextfileSource:
                 return current
             # A file that cannot be read (permissions, descriptors exhausted) is not cached: the next
             # scrape tries again. One that does not parse is, until it changes.
-            version, text = self.store.read_text()
+            try:
+                version, text = self.store.read_text()
+            except FraisierTextfileError as error:
+                raise _unservable(self.store, error) from None
             try:
                 snapshot = _split(version, self.store.parse_text(text))
             except FraisierTextfileError as error:
-                log.error("cannot serve %s: %s", self.store.path, error)
-                snapshot = _Snapshot(version, error=error)
+                snapshot = _Snapshot(version, error=_unservable(self.store, error))
             if current is not None and current.version is not None:
                 current.version.close()
             self._snapshot = snapshot
@@ -176,8 +184,31 @@ class TextfileSource:
         family = c.ACTIVE_DEPLOYMENTS
         block = Block(family.name, help=family.help, type=family.kind.value, owned=family)
         block.lines = list(snapshot.active_lines)
-        count_active_deployments(block, self.store.active_deployments(snapshot.retired_markers))
+        try:
+            active = self.store.active_deployments(snapshot.retired_markers)
+        except FraisierTextfileError as error:
+            raise _unservable(self.store, error) from None
+        count_active_deployments(block, active)
         return block.render()
+
+
+def _unservable(store: TextfileStore, error: FraisierTextfileError) -> TextfileError:
+    """The error a scrape answers (500) when the file cannot be served: logged in full here, but its message,
+    which goes to any client, is fixed text naming our path and the kind of problem. Nothing read from the
+    file (a corrupt line, or another file's first bytes) ever reaches the response."""
+    log.error("cannot serve %s: %s", store.path, error)
+    path = error.path if isinstance(error, TextfileError) else store.path
+    while path.parent != store.directory and path != path.parent:
+        path = path.parent  # one of the store's own paths, never a name found in a directory it lists
+    if path.parent != store.directory:
+        path = store.path
+    if isinstance(error, CorruptTextfileError):
+        problem = "it does not parse or disagrees with the catalogue; fraisier textfile check shows why"
+    elif isinstance(error, UnexpectedFileError):
+        problem = "something other than what fraisier writes is there (a symlink, FIFO, device or directory)"
+    else:
+        problem = "it cannot be read"
+    return TextfileError(path, f"cannot serve {path}: {problem}; the server's log has the details")
 
 
 def _split(version: FileVersion | None, document: Document) -> _Snapshot:

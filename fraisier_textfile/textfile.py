@@ -3,27 +3,46 @@
 Every process merges what it recorded since its last flush into ``<directory>/fraisier.prom``, which
 node_exporter's textfile collector (or ``fraisier metrics``) serves:
 
-    lock fraisier.prom.lock -> read fraisier.prom (or reuse what this process wrote last) -> merge
-    -> render -> write .fraisier.prom.tmp.<random> -> fsync -> rename over fraisier.prom -> fsync dir -> unlock
+    lock fraisier.prom.lock -> read fraisier.prom (or reuse what this process wrote last) -> apply the
+    hand-overs waiting in .fraisier-handover/ -> merge -> render -> write .fraisier.prom.tmp.<random> -> fsync
+    -> rename over fraisier.prom -> fsync dir -> unlock -> delete the hand-overs applied
 
 The file holds the true totals over every process that ever ran: counters and histograms are summed, so an
 increment is neither lost nor counted twice whatever number of processes race, and a process killed at any
-moment leaves either the old file or the new one, never a partial one.
+moment leaves either the old file or the new one, never a partial one. A process that cannot get the lock in
+time may hand its changes over (see handover.py) instead of waiting longer.
+
+The store's paths are only ever what it created: fraisier.prom and the lock a regular file, its directories
+directories. Anything else there (a symlink, a FIFO, a device) is refused with UnexpectedFileError, never
+followed and never opened in a way that could block.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import logging
 import os
-from collections.abc import Collection, Mapping
+import signal
+import stat
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-
-import filelock
+from typing import Any
 
 from fraisier_textfile import catalogue as c
-from fraisier_textfile import liveness
-from fraisier_textfile.changes import Changes, Labels, deployment_series
-from fraisier_textfile.errors import CorruptTextfileError, LockTimeoutError, TextfileWriteError
+from fraisier_textfile import handover, liveness
+from fraisier_textfile.changes import Changes, HistogramDelta, Labels, deployment_series
+from fraisier_textfile.errors import (
+    CorruptTextfileError,
+    FraisierTextfileError,
+    InvalidValueError,
+    LockTimeoutError,
+    TextfileWriteError,
+    UnexpectedFileError,
+    write_error,
+)
 from fraisier_textfile.textformat import (
     Block,
     Document,
@@ -42,6 +61,16 @@ TEMPORARY_PREFIX = ".fraisier.prom.tmp."
 DEFAULT_LOCK_TIMEOUT = 10.0
 DIRECTORY_ENVIRONMENT = "FRAISIER_TEXTFILE_DIR"
 LOCK_TIMEOUT_ENVIRONMENT = "FRAISIER_LOCK_TIMEOUT"
+CLOCK_TOLERANCE = 300.0
+"""Seconds. A last-deployment timestamp in the file further ahead of the merging process's clock than this was
+written while some clock was wrong (stepped back since, or a process with a fake time): a merge that touches
+it replaces it with its own value instead of keeping the larger one."""
+# Waiters poll the lock (flock cannot wait with a timeout). They start at 0.1 ms and double up to 1 ms, so
+# that one gets it within about a millisecond of its release, at a cost of at most 1,000 wake-ups a second.
+FIRST_POLL = 0.0001
+LONGEST_POLL = 0.001
+
+log = logging.getLogger(__name__)
 
 
 def default_textfile_directory() -> Path:
@@ -61,18 +90,29 @@ def default_lock_timeout() -> float:
     return c.check_seconds(LOCK_TIMEOUT_ENVIRONMENT, configured)
 
 
-_WRITE_ERROR_FIXES = {
-    errno.ENOSPC: "free space on that filesystem",
-    errno.EDQUOT: "free space or raise the quota",
-    errno.EACCES: "make the directory writable by this user, or choose another --textfile-dir",
-    errno.EPERM: "make the directory writable by this user, or choose another --textfile-dir",
-    errno.EROFS: "the filesystem is read-only: choose another --textfile-dir",
-}
-
-
-def _write_error(path: Path, action: str, error: OSError) -> TextfileWriteError:
-    fix = _WRITE_ERROR_FIXES.get(error.errno or 0, "check the directory and the disk")
-    return TextfileWriteError(path, f"cannot {action} {path}: {error.strerror or error}; {fix}")
+def _unexpected(path: Path, status: os.stat_result | None, wanted: str = "a regular file") -> UnexpectedFileError:
+    """The error for something at ``path`` that fraisier did not put there."""
+    if status is not None and stat.S_ISLNK(status.st_mode):
+        try:
+            target = os.path.realpath(path)
+        except OSError:
+            target = "elsewhere"
+        if path.name == TEXTFILE_NAME:
+            return UnexpectedFileError(
+                path,
+                f"{path} is a symlink (to {target}): fraisier replaces the file by a rename and would replace "
+                f"the link, or write through it; point --textfile-dir (FRAISIER_TEXTFILE_DIR) at the link's "
+                f"real directory, {os.path.dirname(target)}",
+            )
+        return UnexpectedFileError(path, f"{path} is a symlink (to {target}), not {wanted}: remove it")
+    kinds = (
+        (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"),
+    )
+    kind = next((name for test, name in kinds if status is not None and test(status.st_mode)), "not a file")
+    return UnexpectedFileError(
+        path, f"{path} is {kind}, not {wanted}: fraisier never reads or writes it; remove it (it creates its own)"
+    )
 
 
 class FileVersion:
@@ -94,9 +134,9 @@ class FileVersion:
         self.key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
     def is_current(self) -> bool:
-        """Whether the path still names this version, unchanged."""
+        """Whether the path still names this version, unchanged (a symlink put in its place does not)."""
         try:
-            status = os.stat(self.path)
+            status = os.lstat(self.path)
         except OSError:
             return False
         return self._descriptor >= 0 and (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns) == self.key
@@ -110,6 +150,205 @@ class FileVersion:
         self.close()
 
 
+class _Lock:
+    """``fraisier.prom.lock``, held with flock(2) on a descriptor of the file at that path.
+
+    A lock is only as good as its path: if the file is removed or replaced while held (a tmp cleaner, an admin
+    "removing a stale lock"), the next writer creates and locks a new inode while we still hold the old one,
+    and both merge at once. So, once locked, the descriptor's inode must be the one at the path; if not, it
+    is unlocked and the file now at the path is locked instead. Threads of one process take turns first
+    (flock locks belong to a descriptor, not a thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._descriptor = -1
+        # Reentrant: a signal handler run while this thread waits for the lock may itself merge.
+        self._threads = threading.RLock()
+
+    def acquire(self, deadline: float, timeout: float, safe_point: Callable[[], None]) -> None:
+        """Take the lock, waiting until ``deadline`` (time.monotonic) at most; ``timeout`` is the whole wait
+        allowed, for the error's message. ``safe_point`` is called while waiting."""
+        remaining = deadline - time.monotonic()
+        if not self._threads.acquire(timeout=remaining) if remaining > 0 else not self._threads.acquire(False):
+            raise LockTimeoutError(self.path, timeout)
+        try:
+            self._descriptor = self._lock_file(deadline, timeout, safe_point)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def release(self) -> None:
+        descriptor, self._descriptor = self._descriptor, -1
+        try:
+            # Unlocked explicitly: a child forked meanwhile shares the descriptor, and closing ours alone
+            # would leave the lock held by its copy.
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
+            self._threads.release()
+
+    def _lock_file(self, deadline: float, timeout: float, safe_point: Callable[[], None]) -> int:
+        delay = FIRST_POLL
+        attempts = 0
+        while True:
+            attempts += 1
+            descriptor = self._open()
+            try:
+                while not _try_lock(descriptor, self.path):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise LockTimeoutError(self.path, timeout)
+                    time.sleep(min(delay, remaining))
+                    delay = min(delay * 2, LONGEST_POLL)
+                    safe_point()
+                if self._is_at_path(descriptor):
+                    return descriptor
+            except BaseException:
+                os.close(descriptor)
+                raise
+            os.close(descriptor)  # removed or replaced while we waited: lock the file at the path now
+            if attempts >= 3 and time.monotonic() > deadline:
+                raise LockTimeoutError(self.path, timeout)
+
+    def _open(self) -> int:
+        try:
+            status: os.stat_result | None = os.lstat(self.path)
+        except FileNotFoundError:
+            status = None
+        except OSError as error:
+            raise write_error(self.path, "use the lock file", error) from None
+        if status is not None and not stat.S_ISREG(status.st_mode):
+            raise _unexpected(self.path, status)
+        try:
+            descriptor = os.open(
+                self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o664
+            )
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise _unexpected(self.path, _lstat_or_none(self.path)) from None
+            raise write_error(self.path, "create the lock file", error) from None
+        try:
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
+                raise _unexpected(self.path, status)
+            # Group-writable, so that the users of one group (say, a deploy user and root) can share a
+            # directory; not world-writable, so that an unrelated user cannot hold the lock.
+            if stat.S_IMODE(status.st_mode) != 0o664 and status.st_uid == os.geteuid():
+                try:
+                    os.fchmod(descriptor, 0o664)
+                except OSError:
+                    pass
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return descriptor
+
+    def is_held(self) -> bool:
+        """Whether this process holds the lock of the file now at the lock path (see :class:`_Lock`)."""
+        return self._descriptor >= 0 and self._is_at_path(self._descriptor)
+
+    def _is_at_path(self, descriptor: int) -> bool:
+        try:
+            at_path = os.lstat(self.path)
+            locked = os.fstat(descriptor)
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            raise write_error(self.path, "use the lock file", error) from None
+        return (at_path.st_dev, at_path.st_ino) == (locked.st_dev, locked.st_ino)
+
+
+def _try_lock(descriptor: int, path: Path) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        raise write_error(path, "lock", error) from None
+    return True
+
+
+def _lstat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+class _LockLost(Exception):
+    """The lock file was removed or replaced during a merge (never escapes the store)."""
+
+
+class _DeferredSignals:
+    """Signal handlers held back while a merge or a hand-over runs, and run at its safe points or at its end.
+
+    Between "rename the new file into place" and "forget the changes it holds", a KeyboardInterrupt, a SIGTERM
+    handler that raises SystemExit, or an alarm-based timeout would leave the events both in the file and
+    pending, and a later flush (at exit, say) would count them twice. One landing between taking the lock and
+    noting its descriptor would leave it held for the life of the process. So no handler runs in the middle
+    of a merge: only while it waits for the lock (:meth:`deliver`, a safe point, where nothing is held but a
+    descriptor that an exception closes), and after it.
+
+    Python runs signal handlers only in the main thread, between bytecodes, whichever thread the signal was
+    delivered to. Blocking signals in this thread (pthread_sigmask) is therefore not enough in a process with
+    other threads: the kernel delivers the signal to one of them and the main thread runs the handler anyway.
+    So each Python-level handler is swapped for one that notes the signal, and the noted signals are handed
+    to their own handlers later. In another thread nothing can interrupt a merge, and nothing is swapped.
+    """
+
+    def __init__(self) -> None:
+        self._noted: list[int] = []
+        self._replaced: dict[int, Callable[[int, Any], Any]] = {}
+
+    def __enter__(self) -> _DeferredSignals:
+        global _signal_numbers
+        if threading.current_thread() is threading.main_thread():
+            if _signal_numbers is None:
+                _signal_numbers = tuple(map(int, signal.valid_signals()))
+            try:
+                for signum in _signal_numbers:
+                    handler = _raw_signal.getsignal(signum)
+                    if callable(handler):
+                        _raw_signal.signal(signum, self._note)
+                        self._replaced[signum] = handler
+            except BaseException:
+                self._restore()
+                raise
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._noted.append(signum)
+
+    def deliver(self) -> None:
+        """A safe point: run the handlers of the signals noted so far (they may raise)."""
+        while self._noted:
+            signum = self._noted.pop(0)
+            self._replaced[signum](signum, None)
+
+    def __exit__(self, *exception: object) -> None:
+        self._restore()
+        while self._noted:
+            signum = self._noted.pop(0)
+            try:
+                self._replaced[signum](signum, None)
+            except BaseException:
+                for later in self._noted:
+                    signal.raise_signal(later)  # handled at the next chance, as Python itself would
+                raise
+
+    def _restore(self) -> None:
+        for signum, handler in self._replaced.items():
+            _raw_signal.signal(signum, handler)
+
+
+# The C functions under the signal module: its Python wrappers convert every number and handler to an enum,
+# which made holding signals back cost a merge a third of a millisecond.
+_raw_signal: Any = getattr(signal, "_signal", signal)
+_signal_numbers: tuple[int, ...] | None = None
+
+
 class TextfileStore:
     """One textfile directory: merges changes into ``fraisier.prom`` and reads it back."""
 
@@ -118,12 +357,14 @@ class TextfileStore:
         self.path = self.directory / TEXTFILE_NAME
         self.lock_path = self.directory / (TEXTFILE_NAME + LOCK_SUFFIX)
         self.lock_timeout = c.check_seconds("lock timeout", lock_timeout)
-        # Group-writable, so that the users of one group (say, a deploy user and root) can share a directory;
-        # not world-writable, so that an unrelated user cannot hold the lock.
-        self._lock = filelock.FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o664)
+        self._lock = _Lock(self.lock_path)
         # What this process last wrote, and the identity of the file it wrote: while the file on disk is
         # still that one, nobody else has merged since and it need not be read or parsed again.
         self._cached: tuple[FileVersion, Document] | None = None
+        # The histogram families of the document in hand whose buckets were checked against the catalogue.
+        self._checked: set[str] = set()
+        # The hand-overs the last merge found (applied, or set aside): the others arrived since.
+        self._handled_handovers: set[str] = set()
 
     # Reading
 
@@ -139,19 +380,42 @@ class TextfileStore:
         return version, self.parse_text(text, check_histograms)
 
     def read_text(self) -> tuple[FileVersion | None, str]:
-        """The file's text ("" if there is none) and its version, unparsed."""
+        """The file's text ("" if there is none) and its version, unparsed. Anything but a regular file at
+        the path (a symlink, a FIFO, a device, a directory) is refused without being followed or read."""
         try:
-            descriptor = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            status = os.lstat(self.path)
         except FileNotFoundError:
             return None, ""
         except OSError as error:
+            raise write_error(self.path, "read", error) from None
+        if not stat.S_ISREG(status.st_mode):
+            raise _unexpected(self.path, status)
+        try:
+            # O_NOFOLLOW|O_NONBLOCK: what was a regular file a moment ago may have been replaced by a symlink
+            # or a FIFO since; neither is followed or waited on.
+            descriptor = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None, ""
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise _unexpected(self.path, _lstat_or_none(self.path)) from None
             raise TextfileWriteError(
-                self.path, f"cannot read {self.path}: {error.strerror}; check its permissions"
+                self.path, f"cannot read {self.path}: {error.strerror}; check its permissions", error.errno
             ) from None
-        version = FileVersion(self.path, descriptor)
-        chunks = []
-        while chunk := os.read(descriptor, 1 << 20):
-            chunks.append(chunk)
+        try:
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
+                raise _unexpected(self.path, status)
+            chunks = []
+            while chunk := os.read(descriptor, 1 << 20):
+                chunks.append(chunk)
+            version = FileVersion(self.path, descriptor)
+        except OSError as error:
+            os.close(descriptor)
+            raise write_error(self.path, "read", error) from None
+        except BaseException:
+            os.close(descriptor)
+            raise
         try:
             return version, b"".join(chunks).decode("utf-8")
         except UnicodeDecodeError as error:
@@ -168,55 +432,170 @@ class TextfileStore:
         """Deployments running now in live processes, by provider (for a reader serving the file live).
         ``retired_markers`` are those the file already accounts for (``Document.retired_markers``)."""
         counts: dict[str, int] = {}
-        for marker in liveness.read_markers(self.directory):
+        for marker in self._read_markers():
             if marker.id not in retired_markers and liveness.is_alive(marker):
                 counts[marker.provider] = counts.get(marker.provider, 0) + 1
         return counts
 
     # Merging
 
-    def merge(self, changes: Changes) -> None:
-        """Merge ``changes`` into the textfile under the lock. On any error nothing is written, the file is
-        left byte-identical, and ``changes`` is untouched so that it can be merged again later."""
-        self._make_directory()
+    def merge(self, changes: Changes, *, timeout: float | None = None) -> None:
+        """Merge ``changes``, and every hand-over waiting, into the textfile under the lock, waiting for it
+        at most ``timeout`` seconds (None: the store's lock timeout; 0: not at all). On success ``changes``
+        is emptied. On any error nothing is written, the file is left byte-identical, and ``changes`` is
+        untouched so that it can be merged again later. Raises only FraisierTextfileError subclasses
+        (LockTimeoutError when the lock stayed busy)."""
         try:
-            self._lock.acquire()
-        except filelock.Timeout:
-            raise LockTimeoutError(self.lock_path, self.lock_timeout) from None
-        except OSError as error:
-            raise _write_error(self.lock_path, "create the lock file", error) from None
+            self._merge_once(changes, self.lock_timeout if timeout is None else timeout)
+        except LockTimeoutError:
+            raise
+        except FraisierTextfileError:
+            self._merge_late_handovers()
+            raise
+        self._merge_late_handovers()
+
+    def hand_over(self, changes: Changes) -> None:
+        """Write ``changes`` durably for the next merge by any process to apply exactly once, without the
+        lock, and empty ``changes``. Raises TextfileWriteError (``changes`` untouched) if they cannot be
+        written."""
+        if not changes:
+            return
+        with _DeferredSignals():
+            self._make_directory()
+            temporary, final = handover.write(self.directory, changes)
+            handover.publish(temporary, final)
+            changes.clear()
+
+    def merge_or_hand_over(self, changes: Changes, wait: float) -> bool:
+        """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
+        True: merged now. False: handed over; the next merge by any process writes them (this process tries
+        once more at once). Either way ``changes`` is emptied. Raises what :meth:`merge` raises for other
+        problems (a corrupt file, a full disk), with ``changes`` untouched."""
         try:
-            self._merge_locked(changes)
-        finally:
-            self._lock.release()
+            self.merge(changes, timeout=wait)
+            return True
+        except LockTimeoutError:
+            pass
+        self.hand_over(changes)
+        # The hand-over is on disk before this try. If the lock is busy, its holder will look for hand-overs
+        # after releasing it (see _merge_late_handovers), and so sees this one.
+        try:
+            self.merge(Changes(), timeout=0)
+        except FraisierTextfileError as error:
+            log.debug("hand-over left for the next merge: %s", error)
+        return False
+
+    def _merge_once(self, changes: Changes, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with _DeferredSignals() as signals:
+            self._make_directory()
+            while True:
+                self._lock.acquire(deadline, timeout, signals.deliver)
+                try:
+                    self._merge_locked(changes)
+                    return
+                except _LockLost:
+                    log.warning("%s was removed or replaced during a merge: merging again", self.lock_path)
+                finally:
+                    self._lock.release()
+
+    def _merge_late_handovers(self) -> None:
+        """After releasing the lock, merge the hand-overs that arrived while it was held.
+
+        The invariant that makes every hand-over written once, soon: a process that hands over writes its
+        file *before* trying the lock once without waiting, and every holder of the lock looks for
+        hand-overs *after* releasing it. So when the hand-over's own try fails, the lock had a holder that
+        releases it after the file existed, and that holder's look finds it; if its own try fails in turn,
+        the next holder's look does, and so on until one gets the lock. (A holder killed meanwhile leaves the
+        hand-over to the next merge, by any process.) This is also group commit: under contention the waiters
+        hand over and one holder writes them all in one merge."""
+        while self._handovers_waiting():
+            try:
+                self._merge_once(Changes(), timeout=0)
+            except LockTimeoutError:
+                return  # its holder looks again after releasing it
+            except FraisierTextfileError as error:
+                log.warning("hand-overs waiting in %s were not merged: %s", self.directory, error)
+                return
+
+    def _handovers_waiting(self) -> bool:
+        try:
+            names = os.listdir(handover.handover_directory(self.directory))
+        except OSError:
+            return False
+        suffix = handover.SUFFIX
+        return any(
+            name.endswith(suffix) and not name.startswith(handover.TEMPORARY_PREFIX)
+            and name[: -len(suffix)] not in self._handled_handovers
+            for name in names
+        )
 
     def _make_directory(self) -> None:
-        if self.directory.is_dir():
-            return
+        try:
+            if stat.S_ISDIR(os.stat(self.directory).st_mode):
+                return
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise write_error(self.directory, "use the directory", error) from None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             # node_exporter runs as another user: it must be able to enter the directory whatever our umask.
             os.chmod(self.directory, 0o755)
         except OSError as error:
-            raise _write_error(self.directory, "create the directory", error) from None
-        if not self.directory.is_dir():
-            raise TextfileWriteError(self.directory, f"{self.directory} is not a directory: choose a directory")
+            raise write_error(self.directory, "create the directory", error) from None
 
     def _merge_locked(self, changes: Changes) -> None:
         document = self._load()
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         if cached is None or document is not cached[1]:  # read from disk, not what we wrote
-            self._check_histograms(document, changes)
+            self._checked = set()
         if cached is not None:
             cached[0].close()
-        to_remove = self._account_markers(document, changes)
-        _apply(document, changes)
-        version = self._replace(document.render())
+        applied, handed_over = self._collect_handovers(document)
+        combined = _combined([*handed_over, changes]) if handed_over else changes
+        self._check_histograms(document, combined)
+        to_remove = self._account_markers(document, combined)
+        _apply(document, combined, self.path, time.time())
+        if applied:
+            document.meta[handover.APPLIED_KEY] = " ".join(applied)
+        else:
+            document.meta.pop(handover.APPLIED_KEY, None)
+        temporary, descriptor = self._write_temporary(document.render())
+        if not self._lock.is_held():
+            # Someone removed the lock file while we held it: another merger may have locked a new one and
+            # read the file we are about to replace. Start again under the lock now at the path.
+            os.close(descriptor)
+            _unlink_quietly(temporary)
+            raise _LockLost
+        # Signals are held back (see _DeferredSignals): the rename and the clear happen together.
+        version = self._rename(temporary, descriptor)
         self._cached = (version, document)
-        # Nothing below may fail the merge: the file is written. A marker that cannot be removed stays
-        # listed as retired in the file, so it is never counted again.
+        changes.clear()
+        # Nothing below may fail the merge: the file is written. A hand-over or a marker that cannot be
+        # removed stays listed in the file, so it is never counted again.
+        handover.remove(self.directory, applied)
         for marker_id in to_remove:
             liveness.remove_marker(self.directory, marker_id)
+
+    def _collect_handovers(self, document: Document) -> tuple[list[str], list[Changes]]:
+        """The ids of every hand-over now in the directory that the file will account for, and the changes of
+        those it does not hold yet (oldest first)."""
+        ids = handover.pending(self.directory)
+        self._handled_handovers = set(ids)
+        if not ids:
+            return [], []
+        already = set(document.meta.get(handover.APPLIED_KEY, "").split())
+        applied, handed_over = [], []
+        for handover_id in ids:
+            if handover_id not in already:
+                try:
+                    handed_over.append(handover.read(self.directory, handover_id))
+                except handover.UnreadableHandover as error:
+                    handover.set_aside(self.directory, handover_id, str(error))
+                    continue
+            applied.append(handover_id)
+        return applied, handed_over
 
     def _load(self) -> Document:
         if self._cached is not None:
@@ -235,12 +614,15 @@ class TextfileStore:
         """The histograms this merge adds to must have the catalogue's buckets; the others are written
         back as they are (``fraisier textfile check`` checks them all)."""
         for family in {family for family, _ in changes.observed}:
+            if family.name in self._checked:
+                continue
             block = document.blocks.get(family.name)
             if block is not None:
                 try:
                     check_buckets(block, family)
                 except ParseError as error:
                     raise CorruptTextfileError(self.path, error.problem) from None
+            self._checked.add(family.name)
 
     def _account_markers(self, document: Document, changes: Changes) -> set[str]:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
@@ -250,7 +632,7 @@ class TextfileStore:
         active: dict[str, int] = {provider: 0 for provider in changes.active_providers}
         existing = set()
         crashed = Changes()
-        for marker in liveness.read_markers(self.directory):
+        for marker in self._read_markers():
             existing.add(marker.id)
             if marker.id in accounted:
                 continue
@@ -261,10 +643,30 @@ class TextfileStore:
                 deployment_series(crashed, marker.provider, marker.fraise_type)
                 crashed.add(c.DEPLOYMENTS, (marker.provider, "crashed", marker.fraise_type), 1.0)
                 accounted.add(marker.id)
-        _apply(document, crashed)
+        _apply(document, crashed, self.path, time.time())
         _set_active(document, active)
         document.retired_markers = accounted & existing
         return document.retired_markers
+
+    def _read_markers(self) -> list[liveness.Marker]:
+        """The in-flight markers, once the marker directory is known to hold only what fraisier writes there:
+        a directory of regular files (a FIFO in it would block the reader for ever)."""
+        directory = liveness.marker_directory(self.directory)
+        try:
+            status = os.lstat(directory)
+        except FileNotFoundError:
+            return []
+        except OSError as error:
+            raise write_error(directory, "read the marker directory", error) from None
+        if not stat.S_ISDIR(status.st_mode):
+            raise _unexpected(directory, status, "a directory")
+        try:
+            for entry in os.scandir(directory):
+                if not entry.is_file(follow_symlinks=False):
+                    raise _unexpected(Path(entry.path), _lstat_or_none(Path(entry.path)))
+            return liveness.read_markers(self.directory)
+        except OSError as error:
+            raise write_error(directory, "read the marker directory", error) from None
 
     def _remove_stale_temporaries(self) -> None:
         """Temporary files are only made under the lock, which we hold: any left are from killed writers."""
@@ -278,10 +680,14 @@ class TextfileStore:
                     os.unlink(entry.path)
                 except OSError:
                     pass
-        liveness.remove_stale_temporaries(self.directory)
+        try:
+            liveness.remove_stale_temporaries(self.directory)
+        except OSError:
+            pass  # litter only: a later merger tries again
+        handover.remove_stale_temporaries(self.directory)
 
-    def _replace(self, text: str) -> FileVersion:
-        """Write ``text`` as the new file; return its version, held open."""
+    def _write_temporary(self, text: str) -> tuple[Path, int]:
+        """Write ``text`` durably to a new temporary file; return its path and its open descriptor."""
         temporary = self.directory / f"{TEMPORARY_PREFIX}{_random_suffix()}"
         data = text.encode("utf-8")
         try:
@@ -290,7 +696,7 @@ class TextfileStore:
                 temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
             )
         except OSError as error:
-            raise _write_error(self.directory, "create a temporary file in", error) from None
+            raise write_error(self.directory, "create a temporary file in", error) from None
         try:
             try:
                 os.fchmod(descriptor, 0o644)  # readable by node_exporter's user whatever our umask
@@ -301,31 +707,38 @@ class TextfileStore:
                 # Durable content before the rename: after a power loss the name must not point at an
                 # empty file.
                 os.fsync(descriptor)
-                os.replace(temporary, self.path)
             except BaseException:
                 os.close(descriptor)
                 raise
         except OSError as error:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-            raise _write_error(self.path, "write", error) from None
+            _unlink_quietly(temporary)
+            raise write_error(self.path, "write", error) from None
+        except BaseException:
+            _unlink_quietly(temporary)
+            raise
+        return temporary, descriptor
+
+    def _rename(self, temporary: Path, descriptor: int) -> FileVersion:
+        """Rename the written temporary over the textfile; return the new file's version, held open."""
+        try:
+            os.replace(temporary, self.path)
+        except OSError as error:
+            os.close(descriptor)
+            _unlink_quietly(temporary)
+            raise write_error(self.path, "write", error) from None
         self._fsync_directory()
         return FileVersion(self.path, descriptor)
 
     def _fsync_directory(self) -> None:
         """Make the rename itself durable."""
-        try:
-            descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            return
-        try:
-            os.fsync(descriptor)
-        except OSError:
-            pass  # some filesystems do not support fsync on directories; the rename is still atomic
-        finally:
-            os.close(descriptor)
+        handover.fsync_directory(self.directory)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _random_suffix() -> str:
@@ -336,11 +749,13 @@ def _key(family: c.Family, labels: Labels, suffix: str = "") -> str:
     return series_key(family.name + suffix, family.labels, labels)
 
 
-def _apply(document: Document, changes: Changes) -> None:
+def _apply(document: Document, changes: Changes, path: Path, now: float) -> None:
+    """Apply ``changes`` to the document: counters and histograms summed, gauges replaced or maximised.
+    Raises before the file is written when a sum cannot be honest (see :func:`_summed`)."""
     for (family, labels), amount in changes.added.items():
         block = document.block(family)
         key = _key(family, labels)
-        block.set(key, (block.value(key) or 0.0) + amount)
+        block.set(key, _summed(block, key, amount, path))
     for (family, labels), delta in changes.observed.items():
         block = document.block(family)
         pairs = label_text(family.labels, labels)
@@ -349,19 +764,70 @@ def _apply(document: Document, changes: Changes) -> None:
         for bound, count in zip(family.bucket_bounds, delta.buckets):
             cumulative += count
             key = f'{bucket_prefix}le="{bound}"}}'
-            block.set(key, (block.value(key) or 0.0) + cumulative)
+            block.set(key, _summed(block, key, cumulative, path))
         key = _key(family, labels, "_sum")
-        block.set(key, (block.value(key) or 0.0) + delta.sum)
+        block.set(key, _summed(block, key, delta.sum, path))
         key = _key(family, labels, "_count")
-        block.set(key, (block.value(key) or 0.0) + delta.count)
+        block.set(key, _summed(block, key, delta.count, path))
     for (family, labels), value in changes.latest.items():
         document.block(family).set(_key(family, labels), value)
     for (family, labels), value in changes.maximum.items():
         block = document.block(family)
         key = _key(family, labels)
         current = block.value(key)
-        if current is None or value > current:
+        # A stored time too far ahead of our clock was written by a wrong clock: replaced, not kept for ever.
+        # (NaN fails the comparison and is replaced too.)
+        if current is None or value > current or not current <= now + CLOCK_TOLERANCE:
             block.set(key, value)
+
+
+def _summed(block: Block, key: str, amount: float, path: Path) -> float:
+    """The file's value of a counter or histogram sample plus ``amount``. A value already in the file that is
+    not a finite, non-negative number, or a sum that would overflow to +Inf, would poison the total for ever:
+    refused, before anything is written."""
+    current = block.value(key)
+    if current is None:
+        return float(amount)
+    if not 0.0 <= current < _INFINITY:
+        raise CorruptTextfileError(
+            path,
+            f"{key} is {current} in the file; a counter or histogram sample must be a finite number >= 0 to be "
+            "summed: remove that line to restart this series from 0",
+        )
+    total = current + amount
+    if total == _INFINITY:
+        raise InvalidValueError(
+            f"adding {amount:g} to {key} (now {current:g}) in {path} would make it +Inf: a value that large "
+            "cannot be summed; check the value recorded (durations are in seconds)"
+        )
+    return total
+
+
+_INFINITY = float("inf")
+
+
+def _combined(parts: list[Changes]) -> Changes:
+    """One Changes holding ``parts`` in order, each kind combined by its own rule (see changes.Changes):
+    summed, later replaces, larger wins, sets joined."""
+    combined = Changes()
+    for part in parts:
+        for key, amount in part.added.items():
+            combined.added[key] = combined.added.get(key, 0.0) + amount
+        for key, delta in part.observed.items():
+            total = combined.observed.get(key)
+            if total is None:
+                total = combined.observed[key] = HistogramDelta([0] * len(delta.buckets))
+            total.buckets = [mine + theirs for mine, theirs in zip(total.buckets, delta.buckets)]
+            total.sum += delta.sum
+            total.count += delta.count
+        combined.latest.update(part.latest)
+        for key, value in part.maximum.items():
+            current = combined.maximum.get(key)
+            if current is None or value > current:
+                combined.maximum[key] = value
+        combined.active_providers |= part.active_providers
+        combined.retired_markers |= part.retired_markers
+    return combined
 
 
 def _set_active(document: Document, active: dict[str, int]) -> None:

@@ -14,6 +14,7 @@ from fraisier_textfile.catalogue import FAMILIES, FAMILIES_BY_NAME, Family, Kind
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 RETIRED_MARKERS_COMMENT = "# fraisier_textfile retired-markers:"
+META_COMMENT = "# fraisier_textfile "  # then "<key>: <value>": the store's bookkeeping, read into Document.meta
 # Patterns as strings, compiled (and cached by re) on first use: compiling them at import would cost every
 # `fraisier record` run milliseconds for parsing it rarely does.
 _METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z"
@@ -141,6 +142,7 @@ class Document:
     def __init__(self) -> None:
         self.blocks: dict[str, Block] = {}
         self.retired_markers: set[str] = set()
+        self.meta: dict[str, str] = {}
 
     def block(self, family: Family) -> Block:
         """The block of an owned family, created (in catalogue order) if the file had none."""
@@ -157,7 +159,7 @@ class Document:
         return block
 
     def render(self) -> str:
-        parts = []
+        parts = [f"{META_COMMENT}{key}: {self.meta[key]}\n" for key in sorted(self.meta)]
         if self.retired_markers:
             parts.append(f"{RETIRED_MARKERS_COMMENT} {' '.join(sorted(self.retired_markers))}\n")
         parts.extend(block.render() for block in self.blocks.values())
@@ -199,6 +201,11 @@ def parse(text: str, check_histograms: bool = True) -> Document:
             if line.startswith(RETIRED_MARKERS_COMMENT):
                 document.retired_markers.update(line[len(RETIRED_MARKERS_COMMENT) :].split())
                 continue
+            if line.startswith(META_COMMENT):
+                key, colon, value = line[len(META_COMMENT) :].partition(":")
+                if colon and key and " " not in key:
+                    document.meta[key] = value.strip()
+                    continue
             header = _header_name(line, number + 1)
             if header is None:
                 continue  # an ordinary comment; readers ignore it
@@ -282,7 +289,7 @@ def _finish(
     for (block, start), end in zip(starts, ends):
         family = block.owned
         if family is None:
-            kept = [line for line in lines[start:end] if not line.startswith(RETIRED_MARKERS_COMMENT)]
+            kept = [line for line in lines[start:end] if not line.startswith(META_COMMENT)]
             block.raw = "\n".join(kept) + "\n"
             block.lines = []
             continue

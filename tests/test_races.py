@@ -219,3 +219,70 @@ def test_a_marker_already_accounted_for_is_not_counted_again(textfile_dir: Path)
     assert not marker.exists()
     MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "third")
     assert marker.name not in (textfile_dir / "fraisier.prom").read_text()  # the list forgets it once gone
+
+
+STORE_WORKERS = Path(__file__).with_name("store_workers.py")
+
+
+def start_store_worker(name: str, *arguments: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(STORE_WORKERS), name, *arguments],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def errors_of(textfile_dir: Path, error_type: str) -> float:
+    key = f'fraisier_deployment_errors_total{{provider="bare_metal",error_type="{error_type}"}}'
+    return sample_values(textfile_dir / "fraisier.prom").get(key, 0)
+
+
+def test_a_lock_file_removed_while_held_loses_no_event(textfile_dir: Path) -> None:
+    """A merger holds the lock, mid-merge; another waits for it; a cleaner removes the lock file; a third
+    process locks a new one and merges. The first must not then replace the file with its older merge, and the
+    waiter must not merge beside whoever holds the new lock."""
+    MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "seed")
+    holder = start_store_worker("merge_paused_before_rename", str(textfile_dir), "holder")
+    assert holder.stdout is not None and holder.stdout.readline() == "paused\n"
+    waiter = start_store_worker("merge_one", str(textfile_dir), "waiter")
+    assert waiter.stdout is not None and waiter.stdout.readline() == "waiting\n"
+    subprocess.run(["rm", str(textfile_dir / "fraisier.prom.lock")], check=True)
+    later = fraisier("record", "error", "--provider", "bare_metal", "--error-type", "later", textfile_dir=textfile_dir)
+    assert later.returncode == 0, later.stderr
+    assert errors_of(textfile_dir, "later") == 1
+    output, errors = holder.communicate("go on\n", timeout=60)
+    assert output == "merged\n", errors
+    _, errors = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0, errors
+    assert [errors_of(textfile_dir, name) for name in ("seed", "holder", "waiter", "later")] == [1, 1, 1, 1]
+
+
+def test_alarms_raising_inside_flushes_never_count_an_event_twice_or_lose_one(textfile_dir: Path) -> None:
+    """SIGALRM every 0.3 ms, its handler raising wherever it lands in a merge; then a last merge, as at exit.
+    Also with a second thread running, which the kernel may hand the signal to."""
+    total = 0
+    for threaded in ("0", "1"):
+        worker = start_store_worker("flush_under_alarms", str(textfile_dir), "400", threaded)
+        output, errors = worker.communicate(timeout=300)
+        assert worker.returncode == 0, errors
+        recorded, interrupted = map(int, output.split())
+        assert interrupted > 0  # the alarms did land inside merges
+        total += recorded
+        assert errors_of(textfile_dir, "alarmed") == total
+
+
+def test_a_sigterm_handler_raising_inside_a_flush_never_counts_an_event_twice(textfile_dir: Path) -> None:
+    """A SIGTERM handler raises SystemExit wherever it lands in a flush; the exit flush writes what is pending."""
+    rng = random.Random(20261125)
+    total = 0
+    for _ in range(20):
+        worker = start_store_worker("flush_until_terminated", str(textfile_dir))
+        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0, 0.1))
+        worker.send_signal(signal.SIGTERM)
+        output, errors = worker.communicate(timeout=60)
+        assert worker.returncode == 0, errors
+        total += int(output)
+        assert errors_of(textfile_dir, "terminated") == total

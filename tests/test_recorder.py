@@ -1,19 +1,38 @@
 from __future__ import annotations
 
+import enum
 import inspect
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import prometheus_client
 import pytest
 
-from fraisier_textfile import InvalidValueError, MetricsRecorder, get_metrics_recorder
+import fraisier_textfile.metrics as metrics_module
+from fraisier_textfile import (
+    CorruptTextfileError,
+    DeploymentMetrics,
+    FraisierTextfileError,
+    InvalidValueError,
+    MetricsRecorder,
+    TextfileWriteError,
+    get_metrics_recorder,
+)
 from fraisier_textfile import catalogue as c
+from fraisier_textfile.changes import Changes
 from fraisier_textfile.liveness import MARKER_DIRECTORY
+from fraisier_textfile.textfile import TextfileStore
 
-from .processes import lock_held_elsewhere
+from .processes import REPOSITORY, lock_held_elsewhere
 from .values import sample_values
 
-FRAISIER_API = {
+FRAISIER_API = {  # Fraisier 0.84.2's fraisier.metrics.MetricsRecorder, argument names and order
     "record_deployment_start": ["provider", "fraise_type"],
     "record_deployment_complete": ["provider", "fraise_type", "status", "duration"],
     "record_deployment_error": ["provider", "error_type"],
@@ -21,6 +40,33 @@ FRAISIER_API = {
     "record_health_check": ["provider", "check_type", "status", "duration"],
     "set_provider_availability": ["provider", "available"],
     "record_lock_wait": ["service", "provider", "wait_time"],
+    "record_db_query": ["database_type", "operation", "status", "duration_seconds"],
+    "record_db_error": ["database_type", "error_type"],
+    "record_db_transaction": ["database_type", "duration_seconds"],
+    "record_deployment_db_operation": ["database_type", "operation_type"],
+    "update_db_pool_metrics": ["database_type", "active_connections", "idle_connections", "waiting_requests"],
+    "get_metrics_summary": [],
+}
+FRAISIER_DEPLOYMENT_METRICS = {  # Fraisier 0.84.2's DeploymentMetrics attributes
+    "deployments_total": "fraisier_deployments_total",
+    "deployment_errors_total": "fraisier_deployment_errors_total",
+    "rollbacks_total": "fraisier_rollbacks_total",
+    "health_checks_total": "fraisier_health_checks_total",
+    "db_queries_total": "fraisier_db_queries_total",
+    "db_errors_total": "fraisier_db_errors_total",
+    "deployment_db_operations_total": "fraisier_deployment_db_operations_total",
+    "deployment_duration_seconds": "fraisier_deployment_duration_seconds",
+    "health_check_duration_seconds": "fraisier_health_check_duration_seconds",
+    "rollback_duration_seconds": "fraisier_rollback_duration_seconds",
+    "restore_duration_seconds": "fraisier_restore_duration_seconds",
+    "query_latency_seconds": "fraisier_query_latency_seconds",
+    "db_transaction_duration_seconds": "fraisier_db_transaction_duration_seconds",
+    "active_deployments": "fraisier_active_deployments",
+    "deployment_lock_wait_seconds": "fraisier_deployment_lock_wait_seconds",
+    "provider_availability": "fraisier_provider_availability",
+    "active_db_connections": "fraisier_active_db_connections",
+    "idle_db_connections": "fraisier_idle_db_connections",
+    "db_pool_waiting_requests": "fraisier_db_pool_waiting_requests",
 }
 
 
@@ -135,8 +181,27 @@ def test_odd_label_values_round_trip_exactly(textfile_dir: Path, value: str) -> 
     raise AssertionError("the error family is missing")
 
 
-def test_bad_values_raise_and_leave_the_file_byte_identical(textfile_dir: Path) -> None:
+def test_bad_values_are_dropped_logged_and_leave_the_file_byte_identical(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     recorder = MetricsRecorder(textfile_dir)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    before = recorder.textfile_path.read_bytes()
+    recorder.record_deployment_complete("bare_metal", "api", "done", 1.0)
+    recorder.record_rollback("bare_metal", "manual", -3)
+    recorder.record_deployment_start("", "api")
+    assert recorder.textfile_path.read_bytes() == before
+    assert not recorder.pending
+    assert "status='done' is not known" in caplog.text
+    assert "duration=-3 is not a finite number of seconds" in caplog.text
+    assert "provider is empty" in caplog.text
+    summary = recorder.get_metrics_summary()
+    assert summary["dropped_events"] == 3
+    assert "provider is empty" in summary["last_error"]
+
+
+def test_a_strict_recorder_raises_bad_values(textfile_dir: Path) -> None:
+    recorder = MetricsRecorder(textfile_dir, strict=True)
     recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
     before = recorder.textfile_path.read_bytes()
     with pytest.raises(InvalidValueError, match="status='done' is not known"):
@@ -154,14 +219,14 @@ def test_get_metrics_recorder_is_process_wide_and_uses_the_environment(
 ) -> None:
     from fraisier_textfile import recorder as module
 
-    monkeypatch.setattr(module, "_process_recorder", None)
+    monkeypatch.setattr(module, "_metrics_recorder", None)
     monkeypatch.setenv("FRAISIER_TEXTFILE_DIR", str(textfile_dir))
     recorder = get_metrics_recorder()
     assert recorder is get_metrics_recorder()
     assert recorder.textfile_path == textfile_dir / "fraisier.prom"
 
 
-def test_a_tracked_deployment_runs_even_when_the_file_cannot_be_written(
+def test_a_tracked_deployment_runs_and_hands_over_while_another_process_holds_the_lock(
     textfile_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     recorder = MetricsRecorder(textfile_dir, lock_timeout=0.2)
@@ -170,11 +235,606 @@ def test_a_tracked_deployment_runs_even_when_the_file_cannot_be_written(
     with lock_held_elsewhere(recorder.store.lock_path), recorder.track_deployment("bare_metal", "api"):
         ran = True
     assert ran
-    assert "could not record the start of a deployment" in caplog.text
-    assert "could not record the end of a deployment" in caplog.text
-    assert recorder.pending
-    recorder.flush()
+    assert caplog.text.count("another process held") == 1  # one problem, logged once
+    assert not recorder.pending
+    assert recorder.get_metrics_summary()["handed_over_events"] == 2  # the start, then the end
+    TextfileStore(textfile_dir).merge(Changes())  # any later merge writes them
     values = sample_values(recorder.textfile_path)
     assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
     assert values[ACTIVE] == 0
     assert not list((textfile_dir / MARKER_DIRECTORY).iterdir())
+
+
+# Fraisier's API, name for name
+
+
+def test_the_compat_module_has_every_name_of_fraisiers() -> None:
+    for name in ("PROMETHEUS_AVAILABLE", "MetricsRecorder", "DeploymentMetrics", "get_metrics_recorder",
+                 "Counter", "Gauge", "Histogram"):
+        assert hasattr(metrics_module, name), name
+    assert metrics_module.PROMETHEUS_AVAILABLE is True
+    assert metrics_module.MetricsRecorder is MetricsRecorder
+    assert metrics_module.DeploymentMetrics is DeploymentMetrics
+
+
+def test_the_singleton_is_reset_as_in_fraisier_and_shared_with_the_package(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRAISIER_TEXTFILE_DIR", str(textfile_dir))
+    metrics_module._metrics_recorder = None
+    first = metrics_module.get_metrics_recorder()
+    assert first is get_metrics_recorder() is metrics_module._metrics_recorder
+    metrics_module._metrics_recorder = None
+    second = metrics_module.get_metrics_recorder()
+    assert second is not first
+    assert second is get_metrics_recorder()
+    metrics_module._metrics_recorder = None
+
+
+@pytest.mark.parametrize("attribute, family", FRAISIER_DEPLOYMENT_METRICS.items(), ids=FRAISIER_DEPLOYMENT_METRICS)
+def test_deployment_metrics_has_fraisiers_attributes_and_labels(attribute: str, family: str) -> None:
+    handle = getattr(DeploymentMetrics, attribute)
+    assert handle.family.name == family
+    assert handle.family is c.FAMILIES_BY_NAME[family]
+
+
+def test_the_restore_strategys_class_level_observe_lands_in_the_textfile(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fraisier's restore strategy writes ``DeploymentMetrics.restore_duration_seconds.labels(phase=...)
+    .observe(seconds)`` on the class itself: that goes to the process-wide recorder."""
+    monkeypatch.setenv("FRAISIER_TEXTFILE_DIR", str(textfile_dir))
+    monkeypatch.setattr(metrics_module, "_metrics_recorder", None)
+    metrics_module.DeploymentMetrics.restore_duration_seconds.labels(phase="total").observe(42.0)
+    metrics_module.DeploymentMetrics.restore_duration_seconds.labels("migration").observe(3.0)
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_restore_duration_seconds_count{phase="total"}'] == 1
+    assert values['fraisier_restore_duration_seconds_sum{phase="total"}'] == 42
+    assert values['fraisier_restore_duration_seconds_bucket{phase="total",le="60.0"}'] == 1
+    assert values['fraisier_restore_duration_seconds_bucket{phase="migration",le="5.0"}'] == 1
+
+
+def test_writes_through_a_recorders_metrics_attribute_reach_its_file(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.metrics.db_queries_total.labels(database_type="sqlite", operation="select", status="success").inc()
+    recorder.metrics.active_db_connections.labels("postgresql").set(4)
+    recorder.metrics.active_db_connections.labels("postgresql").dec()
+    recorder.metrics.deployments_total.labels("bare_metal", "weird", "api").inc()  # not a status: dropped
+    recorder.metrics.db_errors_total.labels(database="sqlite").inc()  # a wrong label name: dropped
+    recorder.metrics.active_deployments.labels("bare_metal").inc()  # counted from markers: refused
+    recorder.metrics.query_latency_seconds.labels("sqlite", "select").inc()  # a histogram: refused
+    values = sample_values(recorder.textfile_path)
+    assert values['fraisier_db_queries_total{database_type="sqlite",operation="select",status="success"}'] == 1
+    assert values['fraisier_active_db_connections{database_type="postgresql"}'] == 3
+    assert not any(key.startswith(("fraisier_deployments_total", "fraisier_db_errors")) for key in values)
+    assert "status='weird' is not known" in caplog.text
+    assert "takes the labels database_type, error_type" in caplog.text
+    assert "use record_deployment_start" in caplog.text
+    assert "fraisier_query_latency_seconds is a histogram: use observe()" in caplog.text
+    assert "fraisier_query_latency_seconds" not in recorder.textfile_path.read_text()
+    assert recorder.get_metrics_summary()["dropped_events"] == 4
+
+
+def test_the_database_events_record_fraisiers_families(textfile_dir: Path) -> None:
+    recorder = MetricsRecorder(textfile_dir, strict=True)
+    recorder.record_db_query("postgresql", "select", "success", 0.003)
+    recorder.record_db_error("postgresql", "connection")
+    recorder.record_db_transaction("postgresql", 0.7)
+    recorder.record_deployment_db_operation("postgresql", "record_start")
+    recorder.update_db_pool_metrics("postgresql", 5, 3, 1)
+    recorder.update_db_pool_metrics("postgresql", 6, 2, 0)  # the latest report wins
+    values = sample_values(recorder.textfile_path)
+    assert values['fraisier_db_queries_total{database_type="postgresql",operation="select",status="success"}'] == 1
+    latency = 'fraisier_query_latency_seconds_bucket{{database_type="postgresql",operation="select",le="{}"}}'
+    assert values[latency.format("0.005")] == 1
+    assert values[latency.format("0.001")] == 0
+    assert values['fraisier_db_errors_total{database_type="postgresql",error_type="connection"}'] == 1
+    assert values['fraisier_db_transaction_duration_seconds_sum{database_type="postgresql"}'] == 0.7
+    operations = 'fraisier_deployment_db_operations_total{database_type="postgresql",operation_type="record_start"}'
+    assert values[operations] == 1
+    assert values['fraisier_active_db_connections{database_type="postgresql"}'] == 6
+    assert values['fraisier_idle_db_connections{database_type="postgresql"}'] == 2
+    assert values['fraisier_db_pool_waiting_requests{database_type="postgresql"}'] == 0
+
+
+@pytest.mark.parametrize("family, fraisiers", c.FRAISIER_BUCKETS.items(), ids=lambda value: getattr(value, "name", ""))
+def test_every_histogram_has_every_bound_fraisier_uses(family: c.Family, fraisiers: tuple[float, ...]) -> None:
+    assert set(fraisiers) <= set(family.buckets)
+    assert list(family.buckets) == sorted(family.buckets)
+
+
+def test_every_histogram_fraisier_has_is_compared_with_fraisiers_buckets() -> None:
+    histograms = {family for family in c.FAMILIES if family.kind is c.Kind.HISTOGRAM}
+    assert histograms == set(c.FRAISIER_BUCKETS)
+
+
+# What Fraisier passes
+
+
+class DeploymentStatus(enum.Enum):  # as Fraisier's fraisier.deployers.base.DeploymentStatus
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    SUCCESS = "success"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+
+
+DEPLOYMENTS = 'fraisier_deployments_total{{provider="bare_metal",status="{}",fraise_type="api"}}'
+
+
+@pytest.mark.parametrize("status", [DeploymentStatus.SUCCESS, DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK,
+                                    DeploymentStatus.ROLLBACK_FAILED], ids=lambda status: status.value)
+def test_fraisiers_status_enum_records_its_value(textfile_dir: Path, status: DeploymentStatus) -> None:
+    recorder = MetricsRecorder(textfile_dir, strict=True)
+    recorder.record_deployment_start("bare_metal", "api")
+    recorder.record_deployment_complete("bare_metal", "api", status, 3.0)
+    values = sample_values(recorder.textfile_path)
+    assert values[DEPLOYMENTS.format(status.value)] == 1
+    assert values[ACTIVE] == 0
+
+
+def test_interrupted_is_recorded_as_crashed(textfile_dir: Path) -> None:
+    recorder = MetricsRecorder(textfile_dir, strict=True)
+    recorder.record_deployment_start("bare_metal", "api")
+    recorder.record_deployment_complete("bare_metal", "api", "interrupted", 30.0)
+    values = sample_values(recorder.textfile_path)
+    assert values[DEPLOYMENTS.format("crashed")] == 1
+    assert values[ACTIVE] == 0
+
+
+@pytest.mark.parametrize("status", [DeploymentStatus.PENDING, DeploymentStatus.IN_PROGRESS, "in_progress"],
+                         ids=["PENDING", "IN_PROGRESS", "in_progress"])
+def test_an_unfinished_status_is_not_a_completion(
+    textfile_dir: Path, status: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Counting it would count the deployment twice once it really finishes: it is dropped, and the
+    deployment stays in flight."""
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.record_deployment_start("bare_metal", "api")
+    recorder.record_deployment_complete("bare_metal", "api", status, 3.0)
+    assert "is not a finished deployment" in caplog.text
+    values = sample_values(recorder.textfile_path)
+    assert all(values[DEPLOYMENTS.format(final)] == 0 for final in c.DEPLOYMENT_STATUSES)
+    assert values[ACTIVE] == 1
+    recorder.record_deployment_complete("bare_metal", "api", DeploymentStatus.SUCCESS, 5.0)
+    values = sample_values(recorder.textfile_path)
+    assert values[DEPLOYMENTS.format("success")] == 1
+    assert values[ACTIVE] == 0
+    with pytest.raises(InvalidValueError, match="not a finished deployment"):
+        MetricsRecorder(textfile_dir, strict=True).record_deployment_complete("bare_metal", "api", status, 3.0)
+
+
+def run_python(script: str, *arguments: str, **popen: object) -> subprocess.Popen[str]:
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPOSITORY),
+                                                                             os.environ.get("PYTHONPATH")])))
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-c", script, *arguments], text=True, env=environment, **popen
+    )
+
+
+def test_an_error_ends_the_deployment_so_it_is_never_counted_crashed(textfile_dir: Path) -> None:
+    """Fraisier's failure path: start, then error (its recorder decrements the active gauge), then the process
+    exits. No deployment is left in flight, so no later merge counts it crashed."""
+    script = (
+        "import sys\nfrom fraisier_textfile.metrics import MetricsRecorder\n"
+        "recorder = MetricsRecorder(sys.argv[1], strict=True)\n"
+        "recorder.record_deployment_start('bare_metal', 'api')\n"
+        "recorder.record_deployment_start('bare_metal', 'etl')\n"
+        "recorder.record_deployment_error('bare_metal', 'timeout')\n"  # ends the latest: etl
+    )
+    worker = run_python(script, str(textfile_dir))
+    assert worker.wait(timeout=60) == 0
+    TextfileStore(textfile_dir).merge(Changes())
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 1
+    assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="etl"}'] == 0
+    assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 1
+    assert values[ACTIVE] == 0
+
+
+AVAILABILITY = 'fraisier_provider_availability{provider="bare_metal"}'
+
+
+@pytest.mark.parametrize("given, recorded", [
+    (True, 1), (False, 0), (1, 1), (0, 0), ("true", 1), ("false", 0), (" False ", 0), ("up", 1), ("down", 0),
+    ("no", 0), ("0", 0),
+], ids=repr)
+def test_availability_that_is_not_a_bool_is_read_by_a_documented_rule(
+    textfile_dir: Path, given: object, recorded: float
+) -> None:
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.set_provider_availability("bare_metal", not recorded)
+    recorder.set_provider_availability("bare_metal", given)  # type: ignore[arg-type]
+    assert sample_values(recorder.textfile_path)[AVAILABILITY] == recorded
+
+
+@pytest.mark.parametrize("given", ["maybe", None, 2, "", [], 0.5], ids=repr)
+def test_availability_that_cannot_be_read_is_dropped_never_guessed(
+    textfile_dir: Path, given: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.set_provider_availability("bare_metal", False)
+    recorder.set_provider_availability("bare_metal", given)  # type: ignore[arg-type]
+    assert sample_values(recorder.textfile_path)[AVAILABILITY] == 0
+    assert "is not a yes or no: pass True or False" in caplog.text
+
+
+@pytest.mark.parametrize("given", ["false", 0, 1, None], ids=repr)
+def test_a_strict_recorder_takes_only_bools_for_availability(textfile_dir: Path, given: object) -> None:
+    recorder = MetricsRecorder(textfile_dir, strict=True)
+    with pytest.raises(InvalidValueError, match="is not a bool"):
+        recorder.set_provider_availability("bare_metal", given)  # type: ignore[arg-type]
+    assert not recorder.textfile_path.exists()
+
+
+@pytest.mark.parametrize("duration", ["12.5", True, float("nan"), float("inf"), -1, None, b"1"], ids=repr)
+def test_a_duration_that_is_not_a_finite_number_is_dropped_or_raised_in_strict_mode(
+    textfile_dir: Path, duration: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.record_rollback("bare_metal", "manual", duration)  # type: ignore[arg-type]
+    recorder.record_db_query("sqlite", "select", "success", duration)  # type: ignore[arg-type]
+    assert not recorder.textfile_path.exists()
+    assert recorder.get_metrics_summary()["dropped_events"] == 2
+    assert "duration=" in caplog.text and "duration_seconds=" in caplog.text
+    with pytest.raises(InvalidValueError, match="duration="):
+        MetricsRecorder(textfile_dir, strict=True).record_rollback("bare_metal", "manual", duration)  # type: ignore[arg-type]
+    assert not recorder.textfile_path.exists()
+
+
+def test_the_library_installs_no_log_handler() -> None:
+    assert logging.getLogger("fraisier_textfile.recorder").handlers == []
+    assert logging.getLogger("fraisier_textfile").handlers == []
+
+
+# Tracked blocks: the deployment's own exception always wins, and the deployment always ends
+
+
+class StrangeError(Exception):
+    pass
+
+
+StrangeError.__name__ = "strange\nname"
+
+
+def test_an_exception_whose_name_is_no_label_value_is_recorded_under_a_fallback(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = MetricsRecorder(textfile_dir)
+    raised = StrangeError("boom")
+    with pytest.raises(StrangeError) as caught, recorder.track_deployment("bare_metal", "api"):
+        raise raised
+    assert caught.value is raised
+    values = sample_values(recorder.textfile_path)
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="invalid_error_type"}'] == 1
+    assert values[DEPLOYMENTS.format("failed")] == 1
+    assert values[ACTIVE] == 0
+    assert "recorded as error_type=invalid_error_type" in caplog.text
+
+
+@pytest.mark.parametrize("status", ["weird", "", None, "pending", 3], ids=repr)
+def test_an_invalid_outcome_is_recorded_as_failed_and_the_deployment_ends(
+    textfile_dir: Path, status: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = MetricsRecorder(textfile_dir)
+    with recorder.track_deployment("bare_metal", "api") as outcome:
+        outcome.status = status  # type: ignore[assignment]
+    values = sample_values(recorder.textfile_path)
+    assert values[DEPLOYMENTS.format("failed")] == 1
+    assert values[ACTIVE] == 0
+    assert "recorded as failed" in caplog.text
+    assert not list((textfile_dir / MARKER_DIRECTORY).iterdir())
+
+
+def test_an_invalid_health_check_outcome_is_recorded_as_fail(textfile_dir: Path) -> None:
+    recorder = MetricsRecorder(textfile_dir)
+    with recorder.track_health_check("bare_metal", "http") as check:
+        check.status = "flaky"
+    values = sample_values(recorder.textfile_path)
+    assert values['fraisier_health_checks_total{provider="bare_metal",check_type="http",status="fail"}'] == 1
+
+
+def test_a_strict_recorder_never_replaces_the_blocks_own_exception(textfile_dir: Path) -> None:
+    recorder = MetricsRecorder(textfile_dir, strict=True)
+    with pytest.raises(StrangeError), recorder.track_deployment("bare_metal", "api"):
+        raise StrangeError
+    with pytest.raises(KeyError), recorder.track_deployment("", "api"):  # a bad provider too
+        raise KeyError("the deployment's own")
+    # No exception of its own: a strict recorder raises.
+    block = recorder.track_deployment("bare_metal", "api")
+    with pytest.raises(InvalidValueError, match="status='weird'"), block as outcome:
+        outcome.status = "weird"
+    values = sample_values(recorder.textfile_path)
+    assert values[DEPLOYMENTS.format("failed")] == 2
+    assert values[ACTIVE] == 0
+    assert not list((textfile_dir / MARKER_DIRECTORY).iterdir())
+
+
+def test_a_bug_below_the_recorder_is_logged_not_raised(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = MetricsRecorder(textfile_dir)
+
+    def broken(*arguments: object) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(recorder.store, "merge_or_hand_over", broken)
+    recorder.record_deployment_error("bare_metal", "timeout")
+    with pytest.raises(StrangeError), recorder.track_deployment("bare_metal", "api"):
+        raise StrangeError
+    assert "please report this as a bug" in caplog.text
+    assert recorder.pending  # kept for the next write
+    monkeypatch.undo()
+    recorder.flush()
+    values = sample_values(recorder.textfile_path)
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 1
+    assert values[DEPLOYMENTS.format("failed")] == 1
+
+
+# Never raise, never stall: the file's problems, each for real
+
+
+def records_a_bit_of_everything(recorder: MetricsRecorder) -> None:
+    recorder.record_deployment_start("bare_metal", "api")
+    recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)
+    recorder.record_health_check("bare_metal", "http", "pass", 0.2)
+    recorder.set_provider_availability("bare_metal", True)
+    recorder.record_db_query("sqlite", "select", "success", 0.01)
+    with recorder.track_rollback("bare_metal", "manual"):
+        pass
+
+
+def expect_a_bit_of_everything_once(directory: Path) -> None:
+    values = sample_values(directory / "fraisier.prom")
+    assert values[DEPLOYMENTS.format("success")] == 1
+    assert values['fraisier_health_checks_total{provider="bare_metal",check_type="http",status="pass"}'] == 1
+    assert values[AVAILABILITY] == 1
+    assert values['fraisier_db_queries_total{database_type="sqlite",operation="select",status="success"}'] == 1
+    assert values['fraisier_rollbacks_total{provider="bare_metal",reason="manual"}'] == 1
+    assert values[ACTIVE] == 0
+
+
+@pytest.fixture(autouse=True)
+def _no_exit_writes_from_this_process() -> Iterator[None]:
+    """Recorders these tests leave with events they could not write would be written (or logged) when pytest
+    exits; the exit path is tested in subprocesses instead."""
+    yield
+    from fraisier_textfile import recorder
+
+    recorder._unflushed.clear()
+
+
+@pytest.fixture
+def unwritable_directory(tmp_path: Path) -> Iterator[Path]:
+    """A textfile directory that cannot be written: a read-only filesystem for root (root ignores file
+    modes), a directory without write permission for anyone else."""
+    directory = tmp_path / "readonly"
+    directory.mkdir()
+    as_root = os.geteuid() == 0
+    if as_root:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(directory)], check=True)
+    else:
+        directory.chmod(0o555)
+    try:
+        yield directory
+    finally:
+        if as_root:
+            subprocess.run(["umount", "--lazy", str(directory)], check=True)
+        else:
+            directory.chmod(0o755)
+
+
+def test_an_unwritable_directory_raises_nothing_and_is_logged_once(
+    unwritable_directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = MetricsRecorder(unwritable_directory)
+    records_a_bit_of_everything(recorder)
+    summary = recorder.get_metrics_summary()
+    assert summary["pending_events"] == 6
+    assert str(unwritable_directory) in summary["last_error"]
+    assert summary["problems"] and "Metrics are recorded, but" in summary["message"]
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len({record.getMessage() for record in errors}) == len(errors)  # nothing logged twice
+    assert any("make the" in record.getMessage() or "read-only" in record.getMessage() for record in errors)
+    with pytest.raises(TextfileWriteError):
+        MetricsRecorder(unwritable_directory, strict=True).record_deployment_error("bare_metal", "timeout")
+
+
+def test_a_file_where_the_directory_should_be_raises_nothing(tmp_path: Path) -> None:
+    where = tmp_path / "textfile"
+    where.write_text("not a directory")
+    recorder = MetricsRecorder(where)
+    records_a_bit_of_everything(recorder)
+    assert recorder.pending
+    assert recorder.get_metrics_summary()["last_error"]
+    assert where.read_text() == "not a directory"
+
+
+def test_a_corrupt_file_raises_nothing_stays_as_it_was_and_the_events_wait_for_its_fix(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    textfile_dir.mkdir()
+    corrupt = b"fraisier_deployments_total{provider=\"bare_metal\" 1\n"
+    (textfile_dir / "fraisier.prom").write_bytes(corrupt)
+    recorder = MetricsRecorder(textfile_dir)
+    records_a_bit_of_everything(recorder)
+    assert (textfile_dir / "fraisier.prom").read_bytes() == corrupt
+    assert not recorder.pending  # handed over: they outlive this process
+    ours = [record.getMessage() for record in caplog.records if record.name == "fraisier_textfile.recorder"]
+    assert sum("fix or remove the file" in message for message in ours) == 1
+    with pytest.raises(CorruptTextfileError):
+        MetricsRecorder(textfile_dir, strict=True).record_deployment_error("bare_metal", "timeout")
+    (textfile_dir / "fraisier.prom").unlink()  # the operator's fix
+    TextfileStore(textfile_dir).merge(Changes())
+    expect_a_bit_of_everything_once(textfile_dir)
+
+
+def test_a_file_with_the_old_health_check_buckets_gets_a_clear_message(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    [old] = c.FORMER_BUCKETS[c.HEALTH_CHECK_DURATION]
+    bucket = 'fraisier_health_check_duration_seconds_bucket{{provider="p",check_type="http",le="{}"}} 1'
+    lines = [bucket.format(c.format_float(bound)) for bound in old]
+    lines += ['fraisier_health_check_duration_seconds_bucket{provider="p",check_type="http",le="+Inf"} 1',
+              'fraisier_health_check_duration_seconds_sum{provider="p",check_type="http"} 0.2',
+              'fraisier_health_check_duration_seconds_count{provider="p",check_type="http"} 1']
+    text = "# TYPE fraisier_health_check_duration_seconds histogram\n" + "\n".join(lines) + "\n"
+    textfile_dir.mkdir()
+    (textfile_dir / "fraisier.prom").write_text(text)
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.record_health_check("p", "http", "pass", 0.3)
+    assert (textfile_dir / "fraisier.prom").read_text() == text
+    assert 'le="2" was added to fraisier_health_check_duration_seconds' in caplog.text
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB tmpfs, where root may mount one."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs: {mounted.stderr!r}")
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        yield mount_point
+    finally:
+        # Lazily: a recorder of the test may still hold a file open there.
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+def test_a_full_disk_raises_nothing_and_the_events_are_written_once_there_is_room(
+    tiny_filesystem: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = MetricsRecorder(tiny_filesystem)
+    recorder.record_deployment_error("bare_metal", "seed")
+    filler = tiny_filesystem / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(descriptor, b"\0" * 4096):  # fill it to the last block
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+    before = (tiny_filesystem / "fraisier.prom").read_bytes()
+    records_a_bit_of_everything(recorder)
+    assert (tiny_filesystem / "fraisier.prom").read_bytes() == before
+    assert recorder.pending
+    assert "No space left on device" in recorder.get_metrics_summary()["last_error"]
+    ours = [record.getMessage() for record in caplog.records if record.name == "fraisier_textfile.recorder"]
+    assert len(ours) == len(set(ours)) == 2  # the marker, then the file: each problem once
+    assert all("No space left on device; free space on that filesystem" in message for message in ours)
+    filler.unlink()
+    recorder.record_deployment_error("bare_metal", "after")  # the next call writes everything pending
+    assert not recorder.pending
+    assert recorder.get_metrics_summary()["problems"] == {}
+    expect_a_bit_of_everything_once(tiny_filesystem)
+
+
+# A lock held by another process: the budget, the hand-over, exit and SIGKILL
+
+RECORD_UNDER_A_HELD_LOCK = """
+import json, sys
+from fraisier_textfile.metrics import MetricsRecorder
+recorder = MetricsRecorder(sys.argv[1], lock_timeout=60, lock_wait_budget=float(sys.argv[2]),
+                           auto_flush=sys.argv[3] == "auto")
+for number in range(10):
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    recorder.record_db_error("sqlite", "error_%d" % number)
+print(json.dumps(recorder.get_metrics_summary()), flush=True)
+if sys.argv[4] == "wait":
+    sys.stdin.readline()
+"""
+
+
+def test_a_held_lock_costs_a_process_its_budget_in_all_not_a_lock_timeout_per_call(textfile_dir: Path) -> None:
+    """20 calls with a 60 s lock timeout each, the lock held throughout by another process: the calls return
+    while it is still held (had any waited for the lock timeout, the worker would not answer in time), and
+    the summary shows less than one lock timeout spent in all."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    with lock_held_elsewhere(store.lock_path):
+        worker = run_python(RECORD_UNDER_A_HELD_LOCK, str(textfile_dir), "0.5", "auto", "exit",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        output, errors = worker.communicate(timeout=120)
+        assert worker.returncode == 0, errors
+        summary = json.loads(output)
+        assert summary["lock_wait_spent"] < 60
+        assert summary["handed_over_events"] == 20
+        assert summary["pending_events"] == 0
+        assert errors.count("another process held") <= 1  # no handler in the library; at most Python's last resort
+        assert "fraisier_db_errors_total" not in store.path.read_text()
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert values[DEPLOYMENTS.format("success")] == 10
+    assert all(values[f'fraisier_db_errors_total{{database_type="sqlite",error_type="error_{n}"}}'] == 1
+               for n in range(10))
+
+
+@pytest.mark.parametrize("auto_flush", ["auto", "manual"])
+def test_events_survive_a_sigkill_right_after_the_call_returned(textfile_dir: Path, auto_flush: str) -> None:
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    with lock_held_elsewhere(store.lock_path):
+        worker = run_python(RECORD_UNDER_A_HELD_LOCK, str(textfile_dir), "0.2", auto_flush, "wait",
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert worker.stdout is not None
+        summary = json.loads(worker.stdout.readline())
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    store.merge(Changes())
+    values = sample_values(store.path)
+    if auto_flush == "auto":  # every call had handed its events over when it returned
+        assert summary["handed_over_events"] == 20
+        assert values[DEPLOYMENTS.format("success")] == 10
+        assert all(values[f'fraisier_db_errors_total{{database_type="sqlite",error_type="error_{n}"}}'] == 1
+                   for n in range(10))
+    else:  # without auto-flush they were only in memory: a SIGKILL loses them, and nothing is half-written
+        assert summary["pending_events"] == 20
+        assert DEPLOYMENTS.format("success") not in values
+
+
+def test_a_process_exiting_while_the_lock_is_held_hands_its_events_over(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    with lock_held_elsewhere(store.lock_path):
+        worker = run_python(RECORD_UNDER_A_HELD_LOCK, str(textfile_dir), "0.5", "manual", "exit",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        output, errors = worker.communicate(timeout=120)
+        assert worker.returncode == 0, errors
+        assert json.loads(output)["pending_events"] == 20  # until exit
+        assert "fraisier_db_errors_total" not in store.path.read_text()
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert values[DEPLOYMENTS.format("success")] == 10
+    assert values['fraisier_db_errors_total{database_type="sqlite",error_type="error_9"}'] == 1
+
+
+def test_the_summary_says_where_the_metrics_go_and_how_writing_them_goes(textfile_dir: Path) -> None:
+    recorder = MetricsRecorder(textfile_dir, lock_wait_budget=2.5)
+    summary = recorder.get_metrics_summary()
+    assert summary["prometheus_available"] is True
+    assert str(textfile_dir / "fraisier.prom") in summary["message"]
+    assert summary["textfile"] == str(textfile_dir / "fraisier.prom")
+    assert summary["lock_wait_budget"] == 2.5
+    assert (summary["pending_events"], summary["handed_over_events"], summary["dropped_events"]) == (0, 0, 0)
+    assert summary["last_error"] is None and summary["problems"] == {}
+
+
+def test_a_bad_lock_wait_budget_in_the_environment_is_logged_and_the_default_used(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FRAISIER_LOCK_WAIT_BUDGET", "soon")
+    monkeypatch.setenv("FRAISIER_LOCK_TIMEOUT", "-1")
+    recorder = MetricsRecorder(textfile_dir)
+    assert recorder.lock_wait_budget == 1.0
+    assert recorder.store.lock_timeout == 10.0
+    assert "FRAISIER_LOCK_WAIT_BUDGET='soon' is not a number" in caplog.text
+    with pytest.raises(FraisierTextfileError):
+        MetricsRecorder(textfile_dir, strict=True)

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError, Lo
 from fraisier_textfile.textfile import TEMPORARY_PREFIX, TextfileStore
 from fraisier_textfile.textformat import parse
 
-from .processes import lock_held_elsewhere
+from .processes import binary, lock_held_elsewhere
 from .values import sample_values
 
 
@@ -293,3 +296,70 @@ def test_a_warm_store_is_not_fooled_by_a_reused_inode_and_a_coarse_clock(textfil
     merge(first, events.deployment_error, "bare_metal", "timeout")
     values = sample_values(first.path)
     assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 4
+
+
+# Time that steps
+
+STORE_WORKERS = Path(__file__).with_name("store_workers.py")
+LAST_SUCCESS = 'fraisier_last_deployment_timestamp_seconds{provider="bare_metal",fraise_type="api",status="success"}'
+
+
+def record_with_clock(textfile_dir: Path, offset: str | None) -> float:
+    """One deployment recorded by a new process whose clock is ``offset`` from ours (real faketime); returns
+    what that process's clock said when it recorded."""
+    command = [sys.executable, str(STORE_WORKERS), "record_once", str(textfile_dir), "clock"]
+    if offset is not None:
+        command = [binary("faketime"), "-f", offset, *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return float(result.stdout)
+
+
+def test_a_timestamp_from_a_clock_a_year_ahead_is_replaced_by_the_next_deployment(textfile_dir: Path) -> None:
+    ahead = record_with_clock(textfile_dir, "+365d")
+    assert ahead > time.time() + 364 * 86400  # the clock really was a year ahead
+    assert sample_values(textfile_dir / "fraisier.prom")[LAST_SUCCESS] == ahead
+    normal = record_with_clock(textfile_dir, None)
+    assert sample_values(textfile_dir / "fraisier.prom")[LAST_SUCCESS] == normal
+
+
+def test_a_timestamp_ahead_within_the_tolerance_stays_the_maximum(textfile_dir: Path) -> None:
+    from fraisier_textfile.textfile import CLOCK_TOLERANCE
+
+    ahead = record_with_clock(textfile_dir, f"+{CLOCK_TOLERANCE / 3:g}")
+    record_with_clock(textfile_dir, None)
+    assert sample_values(textfile_dir / "fraisier.prom")[LAST_SUCCESS] == ahead
+
+
+# Values that cannot be summed honestly
+
+
+@pytest.mark.parametrize("value", ["NaN", "+Inf", "-Inf", "-1"])
+def test_a_counter_that_cannot_be_summed_is_refused_and_the_file_left_as_it_was(
+    textfile_dir: Path, value: str
+) -> None:
+    textfile_dir.mkdir()
+    key = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'
+    (textfile_dir / "fraisier.prom").write_text(f"# TYPE fraisier_deployment_errors_total counter\n{key} {value}\n")
+    before = (textfile_dir / "fraisier.prom").read_bytes()
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "timeout")
+    with pytest.raises(CorruptTextfileError, match=re.escape(f"{key} is ") + ".*remove that line to restart"):
+        TextfileStore(textfile_dir).merge(changes)
+    assert (textfile_dir / "fraisier.prom").read_bytes() == before
+    assert changes
+    merge(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "other")  # untouched: no matter
+    assert f"{key} {value}\n" in (textfile_dir / "fraisier.prom").read_text()
+
+
+def test_a_sum_that_would_overflow_to_infinity_is_refused(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    merge(store, events.rollback, "bare_metal", "manual", 1.5e308)
+    before = file_state(textfile_dir)
+    changes = Changes()
+    events.rollback(changes, "bare_metal", "manual", 1.5e308)
+    key = f'{c.ROLLBACK_DURATION.name}_sum{{provider="bare_metal"}}'
+    with pytest.raises(InvalidValueError, match=re.escape(f"adding 1.5e+308 to {key} (now 1.5e+308) in ")):
+        store.merge(changes)
+    assert file_state(textfile_dir) == before
+    assert sample_values(store.path)[key] == 1.5e308

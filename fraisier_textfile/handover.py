@@ -1,0 +1,305 @@
+"""Hand-overs: changes a process could not merge because the lock was busy, left for the next merger.
+
+A process that cannot get the textfile's lock in time writes its changes durably into
+``<textfile dir>/.fraisier-handover/<id>.json`` (temporary file, fsync, rename, fsync of the directory) and
+forgets them. Every merge, by any process, applies every hand-over it finds exactly once: it lists their ids
+in the file it writes (``Document.meta["applied-handovers"]``), renames that file into place, and only then
+deletes them. A merger killed before the rename applied nothing; one killed after it left the ids in the
+file, so the next merger skips those files and deletes them. The list keeps only ids whose file still exists.
+
+Nothing here takes the lock or reads the textfile: the store (textfile.py) does both. Names never end in
+``.prom`` and the directory is not read by node_exporter, which does not recurse.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from fraisier_textfile import catalogue as c
+from fraisier_textfile.changes import Changes, HistogramDelta
+from fraisier_textfile.errors import UnexpectedFileError, write_error
+
+HANDOVER_DIRECTORY = ".fraisier-handover"
+APPLIED_KEY = "applied-handovers"
+"""The key of ``Document.meta`` that lists the hand-overs a file already holds."""
+SUFFIX = ".json"
+TEMPORARY_PREFIX = "."
+FORMAT_VERSION = 1
+# A temporary hand-over is written without the lock, so one may be in progress while a merger looks: only
+# one older than this is a killed writer's litter.
+STALE_TEMPORARY_SECONDS = 3600.0
+# Every field of Changes that a merge uses, serialised. A test checks this against Changes itself, so that
+# a field added there cannot be silently dropped here.
+FIELDS = ("added", "observed", "latest", "maximum", "active_providers", "retired_markers")
+
+log = logging.getLogger(__name__)
+
+
+class UnreadableHandover(ValueError):
+    """A hand-over file this version cannot apply (corrupt, or written by a version with other families)."""
+
+
+def handover_directory(textfile_directory: Path) -> Path:
+    return textfile_directory / HANDOVER_DIRECTORY
+
+
+def new_id() -> str:
+    """Time first, so that sorting the ids sorts the hand-overs by when they were written (the latest value of
+    a gauge must win), then what makes it unique."""
+    return f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(6).hex()}"
+
+
+# Encoding
+
+
+def encode(changes: Changes) -> bytes:
+    import json  # here, not at the top: only a process that hands over pays for it
+
+    content: dict[str, Any] = {
+        "version": FORMAT_VERSION,
+        "added": [[family.name, list(labels), amount] for (family, labels), amount in changes.added.items()],
+        "observed": [
+            [family.name, list(labels), delta.buckets, delta.sum, delta.count]
+            for (family, labels), delta in changes.observed.items()
+        ],
+        "latest": [[family.name, list(labels), value] for (family, labels), value in changes.latest.items()],
+        "maximum": [[family.name, list(labels), value] for (family, labels), value in changes.maximum.items()],
+        "active_providers": sorted(changes.active_providers),
+        "retired_markers": sorted(changes.retired_markers),
+    }
+    return json.dumps(content, separators=(",", ":")).encode("utf-8")
+
+
+def decode(data: bytes) -> Changes:
+    """The changes a hand-over holds. Raises UnreadableHandover if they cannot be applied by this version."""
+    import json
+
+    try:
+        content = json.loads(data)
+        if content.get("version") != FORMAT_VERSION:
+            raise UnreadableHandover(f"format version {content.get('version')!r}, not {FORMAT_VERSION}")
+        changes = Changes()
+        for name, labels, amount in content["added"]:
+            changes.added[_series(name, labels)] = float(amount)
+        for name, labels, buckets, total, count in content["observed"]:
+            key = _series(name, labels)
+            if len(buckets) != len(key[0].buckets) + 1:
+                raise UnreadableHandover(f"{name} has {len(buckets)} buckets here, not {len(key[0].buckets) + 1}")
+            delta = HistogramDelta([int(bucket) for bucket in buckets])
+            delta.sum = float(total)
+            delta.count = int(count)
+            changes.observed[key] = delta
+        for name, labels, value in content["latest"]:
+            changes.latest[_series(name, labels)] = float(value)
+        for name, labels, value in content["maximum"]:
+            changes.maximum[_series(name, labels)] = float(value)
+        changes.active_providers.update(str(provider) for provider in content["active_providers"])
+        changes.retired_markers.update(str(marker) for marker in content["retired_markers"])
+    except UnreadableHandover:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UnreadableHandover(f"not a hand-over this version can read ({type(error).__name__}: {error})") from None
+    return changes
+
+
+def _series(name: str, labels: list[str]) -> tuple[c.Family, tuple[str, ...]]:
+    family = c.FAMILIES_BY_NAME.get(name)
+    if family is None:
+        raise UnreadableHandover(f"the family {name} is not in this version's catalogue")
+    if len(labels) != len(family.labels) or not all(isinstance(label, str) for label in labels):
+        raise UnreadableHandover(f"{name} has labels {labels!r}, not values for {', '.join(family.labels)}")
+    return family, tuple(labels)
+
+
+# Files
+
+
+def write(textfile_directory: Path, changes: Changes) -> tuple[Path, Path]:
+    """Write ``changes`` durably under a temporary name; return (temporary, final) paths. The caller renames
+    it (:func:`publish`) at the moment it forgets the changes, so that the two happen together."""
+    directory = handover_directory(textfile_directory)
+    _make_directory(directory)
+    handover_id = new_id()
+    temporary = directory / f"{TEMPORARY_PREFIX}{handover_id}{SUFFIX}"
+    data = encode(changes)
+    try:
+        # O_EXCL|O_NOFOLLOW: never write through a symlink or into a file someone else prepared.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise write_error(directory, "create a hand-over file in", error) from None
+    try:
+        try:
+            os.fchmod(descriptor, 0o644)  # readable by a merger of another user whatever our umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            # The events are forgotten by this process once renamed: they must survive a power loss.
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        _unlink_quietly(temporary)
+        raise write_error(temporary, "write the hand-over file", error) from None
+    return temporary, directory / f"{handover_id}{SUFFIX}"
+
+
+def publish(temporary: Path, final: Path) -> None:
+    """Rename a written hand-over into place: from now on the next merge applies it."""
+    try:
+        os.rename(temporary, final)
+    except OSError as error:
+        _unlink_quietly(temporary)
+        raise write_error(final, "publish the hand-over file", error) from None
+    fsync_directory(final.parent)
+
+
+def pending(textfile_directory: Path) -> list[str]:
+    """The ids of the complete hand-overs in the directory, oldest first (none if it does not exist).
+    Raises UnexpectedFileError for anything in it, or in its place, that the store did not create."""
+    directory = handover_directory(textfile_directory)
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        raise _not_a_directory(directory) from None
+    except OSError as error:
+        raise write_error(directory, "read the hand-over directory", error) from None
+    # scandir follows a symlink to a directory: make sure the directory itself is one.
+    try:
+        is_directory = stat.S_ISDIR(os.lstat(directory).st_mode)
+    except OSError:
+        is_directory = False
+    if not is_directory:
+        raise _not_a_directory(directory)
+    ids = []
+    for entry in entries:
+        if not entry.is_file(follow_symlinks=False):
+            raise UnexpectedFileError(
+                entry.path,
+                f"{entry.path} is not a regular file (a symlink, FIFO, device or directory): fraisier writes "
+                "only regular files there; remove it",
+            )
+        if entry.name.startswith(TEMPORARY_PREFIX) or not entry.name.endswith(SUFFIX):
+            continue
+        ids.append(entry.name[: -len(SUFFIX)])
+    ids.sort()
+    return ids
+
+
+def read(textfile_directory: Path, handover_id: str) -> Changes:
+    """The changes of one hand-over. Raises UnreadableHandover, or UnexpectedFileError for a non-regular file
+    (opened without following a symlink and without blocking on a FIFO)."""
+    path = handover_directory(textfile_directory) / f"{handover_id}{SUFFIX}"
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as error:
+        raise write_error(path, "read the hand-over file", error) from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise UnexpectedFileError(path, f"{path} is not a regular file: remove it")
+        chunks = []
+        while chunk := os.read(descriptor, 1 << 16):
+            chunks.append(chunk)
+    except OSError as error:
+        raise write_error(path, "read the hand-over file", error) from None
+    finally:
+        os.close(descriptor)
+    return decode(b"".join(chunks))
+
+
+def set_aside(textfile_directory: Path, handover_id: str, problem: str) -> None:
+    """Keep a hand-over that can never be applied for inspection, out of the way of every later merge."""
+    path = handover_directory(textfile_directory) / f"{handover_id}{SUFFIX}"
+    aside = path.with_name(f"{handover_id}.unreadable")
+    log.error("the hand-over %s cannot be applied (%s): kept as %s, its events are not counted", path, problem, aside)
+    try:
+        os.rename(path, aside)
+    except OSError as error:
+        log.error("cannot move %s aside: %s", path, error.strerror)
+
+
+def remove(textfile_directory: Path, handover_ids: list[str]) -> None:
+    """Delete applied hand-overs. A failure is only logged: the file lists them as applied, so a later merge
+    skips them and tries again."""
+    directory = handover_directory(textfile_directory)
+    for handover_id in handover_ids:
+        path = directory / f"{handover_id}{SUFFIX}"
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            log.warning("cannot remove the applied hand-over %s: %s", path, error.strerror)
+
+
+def remove_stale_temporaries(textfile_directory: Path) -> None:
+    """Temporary hand-overs of writers killed before their rename: their events were never forgotten by a
+    live process, so they are litter (kept for an hour, since a live writer may be mid-way)."""
+    directory = handover_directory(textfile_directory)
+    try:
+        entries = [entry for entry in os.scandir(directory) if entry.name.startswith(TEMPORARY_PREFIX)]
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_SECONDS:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some filesystems do not support fsync on directories; the rename is still atomic
+    finally:
+        os.close(descriptor)
+
+
+def _make_directory(directory: Path) -> None:
+    try:
+        os.mkdir(directory, 0o775)
+    except FileExistsError:
+        try:
+            is_directory = stat.S_ISDIR(os.lstat(directory).st_mode)
+        except OSError as error:
+            raise write_error(directory, "use the hand-over directory", error) from None
+        if not is_directory:
+            raise _not_a_directory(directory) from None
+        return
+    except OSError as error:
+        raise write_error(directory, "create the hand-over directory", error) from None
+    try:
+        # Group-writable like the lock file, so that a merger of another user of the group can delete
+        # the hand-overs it applied.
+        os.chmod(directory, 0o775)
+    except OSError:
+        pass
+
+
+def _not_a_directory(directory: Path) -> UnexpectedFileError:
+    return UnexpectedFileError(
+        directory,
+        f"{directory} is not a directory (a symlink or another kind of file): fraisier keeps its hand-overs in "
+        "a directory it creates there; remove it",
+    )
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,83 @@
+"""Processes for the liveness tests, run as other users: ``python liveness_workers.py NAME ARGS``.
+
+Only the standard library and fraisier_textfile (with filelock) are imported, so that a copy of them on
+PYTHONPATH is enough for a system Python that another user may run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fraisier_textfile import liveness
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.execution import run_deployment
+from fraisier_textfile.textfile import TextfileStore
+
+
+def deploy(directory: str) -> None:
+    """``fraisier exec`` of a command that says ``deploying <its pid>`` and ends at the next line on stdin."""
+    command = ["sh", "-c", "echo deploying $$; read line"]
+    sys.exit(run_deployment(TextfileStore(directory), "bare_metal", "api", command))
+
+
+def deploy_with_children(directory: str) -> None:
+    """Start a deployment, then fork a Python child and spawn a program that may inherit descriptors
+    (``close_fds=False``); both outlive this process, which hangs until killed."""
+    marker = liveness.create_marker(Path(directory), "bare_metal", "api")
+    forked = os.fork()
+    if forked == 0:
+        sys.stdin.readline()
+        os._exit(0)
+    spawned = subprocess.Popen(["sh", "-c", "read line"], close_fds=False)
+    print("deploying", marker.id, forked, spawned.pid, flush=True)
+    time.sleep(600)
+
+
+def deploy_like_an_older_version(directory: str) -> None:
+    """Write a marker as versions without the lock did, and hang until killed."""
+    pid = os.getpid()
+    start_time = liveness.process_start_time(pid)
+    boot, namespace = liveness._context()
+    marker_id = f"{pid}-{start_time}-0ld0ld00"
+    markers = liveness.marker_directory(Path(directory))
+    markers.mkdir(mode=0o775, exist_ok=True)
+    content = {"provider": "bare_metal", "fraise_type": "api", "boot": boot, "pid_namespace": namespace}
+    (markers / f".{marker_id}").write_text(json.dumps(content))
+    os.chmod(markers / f".{marker_id}", 0o644)
+    os.rename(markers / f".{marker_id}", markers / marker_id)
+    print("deploying", marker_id, flush=True)
+    time.sleep(600)
+
+
+def deploy_then_release(directory: str) -> None:
+    """Start a deployment; at a line on stdin release it, say ``released``, and stay alive until EOF."""
+    marker = liveness.create_marker(Path(directory), "bare_metal", "api")
+    print("deploying", marker.id, flush=True)
+    sys.stdin.readline()
+    marker.release()
+    print("released", flush=True)
+    sys.stdin.readline()
+
+
+def sees(pid: str) -> None:
+    """What /proc tells this process about ``pid``, as JSON."""
+    print(json.dumps({"listed": os.path.exists(f"/proc/{pid}"), "start_time": liveness.process_start_time(int(pid))}))
+
+
+def merge(directory: str) -> None:
+    """A merge with nothing to add: it accounts for the in-flight markers."""
+    TextfileStore(directory).merge(Changes())
+
+
+def alive(directory: str) -> None:
+    """Every marker's id and whether it is alive, as JSON."""
+    print(json.dumps({m.id: liveness.is_alive(m) for m in liveness.read_markers(Path(directory))}))
+
+
+if __name__ == "__main__":
+    globals()[sys.argv[1]](*sys.argv[2:])

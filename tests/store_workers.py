@@ -1,0 +1,196 @@
+"""Worker processes for the store's tests: ``python tests/store_workers.py NAME TEXTFILE_DIR [ARGS]``.
+
+They use the store directly (the recorder is not theirs to test): each event is one ``Changes`` merged or
+handed over, and each acknowledgement is printed only once the call returned.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import time
+
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.errors import LockTimeoutError
+from fraisier_textfile.textfile import TextfileStore
+
+
+def hand_over_then_wait(directory: str, count: str) -> None:
+    """``count`` events through merge_or_hand_over (the lock is held elsewhere); say so; then wait to be killed."""
+    store = TextfileStore(directory)
+    for number in range(int(count)):
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", f"handed_{number}")
+        merged = store.merge_or_hand_over(changes, wait=0.05)
+        assert not changes
+        print("merged" if merged else "handed over", flush=True)
+    time.sleep(600)
+
+
+def exit_with_pending(directory: str) -> None:
+    """Record without flushing; at exit, merge or hand over (the lock is held elsewhere), then exit."""
+    store = TextfileStore(directory)
+    pending = Changes()
+    events.deployment_error(pending, "bare_metal", "at_exit")
+    atexit.register(lambda: store.merge_or_hand_over(pending, wait=0.05))
+
+
+def hold_then_release(directory: str) -> None:
+    """Take the store's lock as a merger does; release it when told, then do what a merger does after."""
+    store = TextfileStore(directory)
+    store._lock.acquire(time.monotonic() + 10, 10, lambda: None)
+    print("held", flush=True)
+    sys.stdin.readline()
+    store._lock.release()
+    store._merge_late_handovers()
+    print("released", flush=True)
+
+
+def race(directory: str, count: str, identity: str, wait: str) -> None:
+    """``count`` events, each its own merge_or_hand_over with a short wait. Prints how many were handed over."""
+    store = TextfileStore(directory)
+    print("ready", flush=True)
+    sys.stdin.readline()  # every worker starts at once
+    handed_over = 0
+    for _ in range(int(count)):
+        changes = Changes()
+        events.deployment_complete(changes, "bare_metal", "api", "success", 1.5, now=1000.0)
+        events.health_check(changes, "bare_metal", "http", "pass", 0.1)
+        if not store.merge_or_hand_over(changes, wait=float(wait)):
+            handed_over += 1
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", f"worker_{identity}")
+    store.merge_or_hand_over(changes, wait=float(wait))
+    print(handed_over, flush=True)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def flush_under_alarms(directory: str, count: str, threaded: str) -> None:
+    """Flush in a tight loop while SIGALRM fires every few hundred microseconds and its handler raises
+    inside the merge, wherever it lands. At the end, one last merge (as at exit). Prints the events recorded.
+
+    With ``threaded`` = "1" another thread runs meanwhile, so that the kernel may deliver the alarm to it."""
+    import threading
+
+    if threaded == "1":
+        stop = threading.Event()
+        threading.Thread(target=stop.wait, daemon=True).start()
+    store = TextfileStore(directory, lock_timeout=60)
+    armed = False
+
+    def alarm(signum: int, frame: object) -> None:
+        nonlocal armed
+        if armed:
+            armed = False
+            raise Interrupted
+
+    signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+    pending = Changes()
+    recorded = interrupted = 0
+    while recorded < int(count):
+        events.deployment_error(pending, "bare_metal", "alarmed")
+        recorded += 1
+        try:
+            armed = True
+            store.merge(pending)
+            armed = False
+        except Interrupted:
+            interrupted += 1
+    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    armed = False
+    store.merge(pending)
+    print(recorded, interrupted, flush=True)
+
+
+def flush_until_terminated(directory: str) -> None:
+    """Flush in a loop until SIGTERM, whose handler raises SystemExit when it lands inside a flush; the
+    events still pending are merged at exit, as a recorder does. Prints the events recorded, at exit."""
+    store = TextfileStore(directory, lock_timeout=60)
+    pending = Changes()
+    recorded = 0
+    requested = armed = False
+
+    def terminate(signum: int, frame: object) -> None:
+        nonlocal requested
+        requested = True
+        if armed:
+            raise SystemExit(0)
+
+    def at_exit() -> None:
+        store.merge(pending)
+        print(recorded, flush=True)
+
+    atexit.register(at_exit)
+    signal.signal(signal.SIGTERM, terminate)
+    print("ready", flush=True)
+    while not requested:
+        events.deployment_error(pending, "bare_metal", "terminated")
+        recorded += 1
+        armed = True
+        store.merge(pending)
+        armed = False
+
+
+def merge_paused_before_rename(directory: str, error_type: str) -> None:
+    """Merge one event, pausing once between writing the new file and renaming it into place (while the
+    lock is held) until a line arrives on stdin."""
+    store = TextfileStore(directory, lock_timeout=30)
+    write_temporary = store._write_temporary
+    paused = False
+
+    def pause(text: str) -> tuple[object, int]:
+        nonlocal paused
+        written = write_temporary(text)
+        if not paused:
+            paused = True
+            print("paused", flush=True)
+            sys.stdin.readline()
+        return written
+
+    store._write_temporary = pause  # type: ignore[method-assign, assignment]
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", error_type)
+    store.merge(changes)
+    print("merged", flush=True)
+
+
+def merge_one(directory: str, error_type: str) -> None:
+    """One event, merged, waiting for the lock as long as it takes."""
+    store = TextfileStore(directory, lock_timeout=60)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", error_type)
+    print("waiting", flush=True)
+    store.merge(changes)
+
+
+def merge_forever(directory: str) -> None:
+    """Merge nothing of its own, over and over (so applying whatever hand-overs wait), until killed."""
+    store = TextfileStore(directory)
+    while True:
+        try:
+            store.merge(Changes(), timeout=1)
+        except LockTimeoutError:
+            pass
+
+
+def record_once(directory: str, error_type: str) -> None:
+    """One deployment completed now (by this process's clock) and one error, merged."""
+    store = TextfileStore(directory)
+    changes = Changes()
+    now = time.time()
+    events.deployment_complete(changes, "bare_metal", "api", "success", 1.0, now=now)
+    events.deployment_error(changes, "bare_metal", error_type)
+    store.merge(changes)
+    print(repr(now), flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    globals()[sys.argv[1]](*sys.argv[2:])

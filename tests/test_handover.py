@@ -1,0 +1,265 @@
+"""Hand-overs: events a process could not merge because the lock was busy are written by the next merge of any
+process, exactly once, whatever is killed when."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile import catalogue as c
+from fraisier_textfile import changes as events
+from fraisier_textfile import handover
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.textfile import TextfileStore
+
+from .processes import fraisier, lock_held_elsewhere
+from .values import sample_values
+
+WORKERS = Path(__file__).with_name("store_workers.py")
+
+
+def start(name: str, *arguments: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKERS), name, *arguments],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def error_count(values: dict[str, float], error_type: str) -> float:
+    return values.get(f'fraisier_deployment_errors_total{{provider="bare_metal",error_type="{error_type}"}}', 0)
+
+
+def every_kind_of_change() -> Changes:
+    changes = Changes()
+    events.deployment_complete(changes, "bare_metal", "api", "success", 42.0, now=1700000000.5)
+    events.deployment_error(changes, "docker_compose", 'quote"and\\backslash')
+    events.health_check(changes, "bare_metal", "http", "fail", 0.25)
+    events.provider_availability(changes, "bare_metal", False)
+    events.lock_wait(changes, "web", "bare_metal", 0.125)
+    changes.active_providers.add("docker_compose")
+    changes.retired_markers.add("123-456-abcdef")
+    return changes
+
+
+def as_plain(changes: Changes) -> dict[str, object]:
+    return {
+        "added": {(f.name, labels): v for (f, labels), v in changes.added.items()},
+        "observed": {(f.name, labels): (d.buckets, d.sum, d.count) for (f, labels), d in changes.observed.items()},
+        "latest": {(f.name, labels): v for (f, labels), v in changes.latest.items()},
+        "maximum": {(f.name, labels): v for (f, labels), v in changes.maximum.items()},
+        "active_providers": changes.active_providers,
+        "retired_markers": changes.retired_markers,
+    }
+
+
+def test_a_hand_over_holds_every_field_of_the_changes() -> None:
+    public = {name for name in vars(Changes()) if not name.startswith("_")}
+    assert public == set(handover.FIELDS), "a field of Changes is not handed over: add it to handover.py"
+    changes = every_kind_of_change()
+    assert as_plain(handover.decode(handover.encode(changes))) == as_plain(changes)
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (b"{not json", "not a hand-over this version can read"),
+        (b'{"version": 99}', "format version 99"),
+        (b'{"version": 1, "added": [["no_such_family", [], 1]], "observed": [], "latest": [], "maximum": [],'
+         b' "active_providers": [], "retired_markers": []}', "no_such_family is not in this version's catalogue"),
+    ],
+    ids=["corrupt", "other-format", "unknown-family"],
+)
+def test_a_hand_over_this_version_cannot_read_is_set_aside_and_the_rest_applied(
+    textfile_dir: Path, data: bytes, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = TextfileStore(textfile_dir)
+    good = Changes()
+    events.deployment_error(good, "bare_metal", "good")
+    store.hand_over(good)
+    bad = handover.handover_directory(textfile_dir) / "00000000000000000001-1-bad.json"
+    bad.write_bytes(data)
+    store.merge(Changes())
+    assert error_count(sample_values(store.path), "good") == 1
+    assert problem in caplog.text
+    assert not bad.exists()
+    assert bad.with_name("00000000000000000001-1-bad.unreadable").read_bytes() == data
+
+
+def test_hand_over_empties_the_changes_and_the_next_merge_writes_them_once(textfile_dir: Path) -> None:
+    from fraisier_textfile import liveness
+
+    store = TextfileStore(textfile_dir)
+    marker = liveness.create_marker(textfile_dir, "docker_compose", "backup")  # ended by the handed-over changes
+    changes = every_kind_of_change()
+    changes.retired_markers.add(marker.id)
+    store.hand_over(changes)
+    assert not changes
+    assert not store.path.exists()
+    [name] = os.listdir(handover.handover_directory(textfile_dir))
+    assert not name.endswith(".prom")
+    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0  # another process
+    values = sample_values(store.path)
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+    escaped = 'error_type="quote\\"and\\\\backslash"'
+    assert values[f'fraisier_deployment_errors_total{{provider="docker_compose",{escaped}}}'] == 1
+    assert values['fraisier_health_check_duration_seconds_sum{provider="bare_metal",check_type="http"}'] == 0.25
+    assert values['fraisier_provider_availability{provider="bare_metal"}'] == 0
+    assert values['fraisier_deployment_lock_wait_seconds{service="web",provider="bare_metal"}'] == 0.125
+    key = 'fraisier_last_deployment_timestamp_seconds{provider="bare_metal",fraise_type="api",status="success"}'
+    assert values[key] == 1700000000.5
+    assert values['fraisier_active_deployments{provider="docker_compose"}'] == 0  # the marker's deployment ended
+    assert liveness.read_markers(textfile_dir) == []
+    assert os.listdir(handover.handover_directory(textfile_dir)) == []
+    assert f"# fraisier_textfile {handover.APPLIED_KEY}: {name[:-5]}\n" in store.path.read_text()
+    store.merge(Changes())
+    assert sample_values(store.path) == values
+    assert handover.APPLIED_KEY not in store.path.read_text()  # the list forgets hand-overs once deleted
+
+
+def test_calls_under_a_held_lock_hand_over_and_the_next_merge_writes_each_once(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    calls = 20
+    with lock_held_elsewhere(store.lock_path):
+        for number in range(calls):
+            changes = Changes()
+            events.deployment_error(changes, "bare_metal", f"held_{number}")
+            assert store.merge_or_hand_over(changes, wait=0.01) is False
+            assert not changes
+        assert len(os.listdir(handover.handover_directory(textfile_dir))) == calls
+    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
+    values = sample_values(store.path)
+    assert [error_count(values, f"held_{number}") for number in range(calls)] == [1] * calls
+    for _ in range(2):
+        TextfileStore(textfile_dir).merge(Changes())
+    assert sample_values(store.path) == values
+
+
+def test_events_handed_over_survive_the_process_killed_after_its_calls_returned(textfile_dir: Path) -> None:
+    TextfileStore(textfile_dir).merge(Changes())
+    with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+        worker = start("hand_over_then_wait", str(textfile_dir), "5")
+        assert worker.stdout is not None
+        assert [worker.stdout.readline() for _ in range(5)] == ["handed over\n"] * 5
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    TextfileStore(textfile_dir).merge(Changes())
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert [error_count(values, f"handed_{number}") for number in range(5)] == [1] * 5
+
+
+def test_events_pending_at_an_exit_under_a_held_lock_are_handed_over(textfile_dir: Path) -> None:
+    TextfileStore(textfile_dir).merge(Changes())
+    with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+        worker = start("exit_with_pending", str(textfile_dir))
+        _, errors = worker.communicate(timeout=60)
+        assert worker.returncode == 0, errors
+        assert error_count(sample_values(textfile_dir / "fraisier.prom"), "at_exit") == 0
+    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
+    assert error_count(sample_values(textfile_dir / "fraisier.prom"), "at_exit") == 1
+
+
+def test_the_holder_writes_a_hand_over_that_arrived_while_it_held_the_lock(textfile_dir: Path) -> None:
+    """The hand-over's own try of the lock fails; the holder looks for hand-overs after releasing it."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    holder = start("hold_then_release", str(textfile_dir))
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "late")
+    assert store.merge_or_hand_over(changes, wait=0.01) is False
+    assert error_count(sample_values(store.path), "late") == 0
+    output, errors = holder.communicate("release\n", timeout=60)
+    assert output == "released\n", errors
+    assert error_count(sample_values(store.path), "late") == 1  # written by the holder, nobody merged since
+    assert os.listdir(handover.handover_directory(textfile_dir)) == []
+
+
+def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textfile_dir: Path) -> None:
+    """Processes hand over events, each with its own series, while mergers are SIGKILLed at random moments:
+    every series is at most 1 after each kill, and exactly 1 once a merger finishes."""
+    rng = random.Random(20261125)
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    handed_over = previously_applied = applied_by_killed_mergers = 0
+    for _ in range(150):
+        for _ in range(rng.randint(0, 3)):
+            changes = Changes()
+            events.deployment_error(changes, "bare_metal", f"event_{handed_over}")
+            store.hand_over(changes)
+            handed_over += 1
+        pid = os.fork()
+        if pid == 0:
+            try:
+                TextfileStore(textfile_dir).merge(Changes())
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0, 0.004))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        values = sample_values(store.path)
+        counts = [error_count(values, f"event_{number}") for number in range(handed_over)]
+        assert set(counts) <= {0, 1}, [n for n, count in enumerate(counts) if count > 1]
+        applied_by_killed_mergers += counts.count(1) > previously_applied
+        previously_applied = counts.count(1)
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert [error_count(values, f"event_{number}") for number in range(handed_over)] == [1] * handed_over
+    assert os.listdir(handover.handover_directory(textfile_dir)) == []
+    store.merge(Changes())
+    assert handover.APPLIED_KEY not in store.path.read_text()
+    assert applied_by_killed_mergers > 0  # the kills did land at every stage, not only before the merges began
+
+
+def test_sixteen_processes_merging_or_handing_over_lose_nothing_and_count_nothing_twice(textfile_dir: Path) -> None:
+    processes, count = 16, 200
+    TextfileStore(textfile_dir).merge(Changes())
+    workers = [start("race", str(textfile_dir), str(count), str(n), "0.01") for n in range(processes)]
+    for worker in workers:
+        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    handed_over = 0
+    for worker in workers:
+        output, errors = worker.communicate(timeout=600)
+        assert worker.returncode == 0, errors  # no lock timeout, no error of any kind
+        handed_over += int(output)
+    TextfileStore(textfile_dir).merge(Changes())  # nothing should be left, but make sure
+    values = sample_values(textfile_dir / "fraisier.prom")
+    total = processes * count
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == total
+    duration = 'fraisier_deployment_duration_seconds_{}{{provider="bare_metal",status="success"}}'
+    assert values[duration.format("count")] == total
+    assert values[duration.format("sum")] == total * 1.5
+    assert values['fraisier_health_checks_total{provider="bare_metal",check_type="http",status="pass"}'] == total
+    assert [error_count(values, f"worker_{n}") for n in range(processes)] == [1] * processes
+    print(f"{handed_over} of {total} calls handed over")
+
+
+def test_changes_are_summed_across_hand_overs_in_order(textfile_dir: Path) -> None:
+    """Gauges: the latest hand-over's value wins; counters and histograms: summed."""
+    store = TextfileStore(textfile_dir)
+    for available, wait in ((True, 3.0), (False, 1.0)):
+        changes = Changes()
+        events.provider_availability(changes, "bare_metal", available)
+        events.lock_wait(changes, "web", "bare_metal", wait)
+        events.rollback(changes, "bare_metal", "manual", 10.0)
+        store.hand_over(changes)
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert values['fraisier_provider_availability{provider="bare_metal"}'] == 0
+    assert values['fraisier_deployment_lock_wait_seconds{service="web",provider="bare_metal"}'] == 1.0
+    assert values['fraisier_rollbacks_total{provider="bare_metal",reason="manual"}'] == 2
+    assert values[f'{c.ROLLBACK_DURATION.name}_sum{{provider="bare_metal"}}'] == 20
