@@ -3,15 +3,15 @@
 Fraisier records through its module ``fraisier.metrics``: the methods of its ``MetricsRecorder`` (reached with
 ``get_metrics_recorder()``) and, in its restore strategy, ``DeploymentMetrics.<family>.labels(...).observe(x)``
 on the class itself. All of that lands in prometheus_client's in-memory default registry, which dies with the
-process. :func:`install` points that module at this package, in the running process:
+process. :func:`install` points that module at ``fraisier_textfile.metrics`` (Fraisier's API on top of our
+recorder), in the running process only:
 
-- ``MetricsRecorder`` and ``get_metrics_recorder`` become ours (``fraisier_textfile.metrics``, the module with
-  Fraisier's whole API on top of our recorder), so that Fraisier's health checks and database observability,
-  which ask ``get_metrics_recorder()`` for a recorder, record into the textfile;
-- each family on Fraisier's ``DeploymentMetrics`` class becomes ours, so that direct uses merge too. A family
-  our module does not (yet) provide is teed: Fraisier's own object still gets every change, and each raw event
-  (a counter increment, one observation, a gauge's new value) also goes to our recorder, which merges it by
-  its family's rule. Raw observations, never bucket counts: Fraisier's histograms have other buckets.
+- ``MetricsRecorder`` and ``get_metrics_recorder`` become ours, so that Fraisier's health checks and database
+  observability, which ask ``get_metrics_recorder()`` for a recorder, record into the textfile;
+- each family on Fraisier's ``DeploymentMetrics`` class becomes ours, so that direct uses on the class (and
+  on instances made before) write raw events too: counter increments and single observations, merged by our
+  families' rules and bucketed by our bounds (Fraisier's histograms have other buckets: nothing of its
+  bucket counts is copied). A family of a later Fraisier that we do not know stays Fraisier's own.
 
 The ``fraisier`` script of this package installs the bridge before Fraisier's CLI is imported, for every
 Fraisier command it runs. Other programs that import Fraisier (its webhook server, an embedding service) call
@@ -20,21 +20,11 @@ Fraisier command it runs. Other programs that import Fraisier (its webhook serve
 
 from __future__ import annotations
 
-import enum
 import importlib
-import logging
 import sys
 from importlib.util import find_spec
-from types import ModuleType
-from typing import Any
-
-from fraisier_textfile import catalogue as c
-from fraisier_textfile.errors import FraisierTextfileError
-
-log = logging.getLogger(__name__)
 
 INSTALLED_MARK = "_fraisier_textfile_bridge"
-COMPATIBLE_MODULE = "fraisier_textfile.metrics"
 
 
 def install() -> bool:
@@ -45,115 +35,17 @@ def install() -> bool:
     theirs = importlib.import_module("fraisier.metrics")
     if getattr(theirs, INSTALLED_MARK, False):
         return True
-    ours = compatible_module()
-    if ours is not None:
-        theirs.MetricsRecorder = ours.MetricsRecorder  # type: ignore[attr-defined]
-        theirs.get_metrics_recorder = ours.get_metrics_recorder  # type: ignore[attr-defined]
+    from fraisier_textfile import metrics as ours
+
+    vars(theirs).update(MetricsRecorder=ours.MetricsRecorder, get_metrics_recorder=ours.get_metrics_recorder)
     their_families: type = theirs.DeploymentMetrics
-    our_families = getattr(ours, "DeploymentMetrics", None)
     for attribute, original in list(vars(their_families).items()):
-        if attribute.startswith("_") or not hasattr(original, "labels"):
-            continue
-        replacement = getattr(our_families, attribute, None) or teed(original)
-        if replacement is not None:
+        # On our class, each family is a descriptor whose class-level value writes to get_metrics_recorder().
+        replacement = getattr(ours.DeploymentMetrics, attribute, None)
+        if not attribute.startswith("_") and hasattr(original, "labels") and replacement is not None:
             setattr(their_families, attribute, replacement)
     setattr(theirs, INSTALLED_MARK, True)
     return True
-
-
-def compatible_module() -> ModuleType | None:
-    """This package's module with Fraisier's metrics API, or None in a version without it."""
-    if find_spec(COMPATIBLE_MODULE) is None:
-        return None
-    return importlib.import_module(COMPATIBLE_MODULE)
-
-
-# The tee for families the compatible module does not provide
-
-
-def teed(original: Any) -> TeedMetric | None:
-    """Fraisier's metric object with its raw events also recorded into the textfile, or None if our catalogue
-    has no family by its name and kind (or none with a rule for a raw gauge value)."""
-    name = getattr(original, "_name", None)
-    kind = getattr(original, "_type", None)
-    family = c.FAMILIES_BY_NAME.get(f"{name}_total" if kind == "counter" else str(name))
-    if family is None or family.kind.value != kind:
-        return None
-    # A raw gauge value can only replace the file's: the gauges with another rule (the live count of active
-    # deployments, the largest last-deployment time) are owned by the recorder's deployment events.
-    if family in (c.ACTIVE_DEPLOYMENTS, c.LAST_DEPLOYMENT):
-        return None
-    return TeedMetric(original, family)
-
-
-class TeedMetric:
-    """One of Fraisier's metric objects: everything still goes to it, and the raw events to our recorder."""
-
-    def __init__(self, original: Any, family: c.Family) -> None:
-        self._original = original
-        self._family = family
-        self._label_names: tuple[str, ...] = tuple(getattr(original, "_labelnames", family.labels))
-
-    def labels(self, *values: object, **named: object) -> TeedChild:
-        child = self._original.labels(*values, **named)
-        by_name = dict(zip(self._label_names, values)) if values else named
-        labels = tuple(label_text(by_name.get(label, "")) for label in self._family.labels)
-        return TeedChild(child, self._family, labels)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._original, name)
-
-
-class TeedChild:
-    """One labelled series of a :class:`TeedMetric`."""
-
-    def __init__(self, original: Any, family: c.Family, labels: tuple[str, ...]) -> None:
-        self._original = original
-        self._family = family
-        self._labels = labels
-
-    def inc(self, amount: float = 1) -> None:
-        self._original.inc(amount)
-        if self._family.kind is c.Kind.COUNTER:
-            record("add", self._family, self._labels, amount)
-
-    def observe(self, value: float) -> None:
-        self._original.observe(value)
-        record("observe", self._family, self._labels, value)
-
-    def set(self, value: float) -> None:
-        self._original.set(value)
-        record("set_latest", self._family, self._labels, value)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._original, name)
-
-
-def label_text(value: object) -> str:
-    # Fraisier passes str-valued enum members (its DeploymentStatus): the label is the member's value.
-    return str(value.value) if isinstance(value, enum.Enum) else str(value)
-
-
-def record(change: str, family: c.Family, labels: tuple[str, ...], value: float) -> None:
-    """One raw event into this process's recorder. A metrics problem is logged, never raised into Fraisier."""
-    try:
-        for label, label_value in zip(family.labels, labels):
-            c.check_label_value(label, label_value)
-        value = c.check_seconds(family.name, value) if family.kind is c.Kind.HISTOGRAM else float(value)
-        from fraisier_textfile.recorder import get_metrics_recorder
-
-        recorder = get_metrics_recorder()
-        getattr(recorder, change)(family, labels, value)
-        if recorder.auto_flush:
-            recorder.flush()
-    except FraisierTextfileError as error:
-        # Once per problem: a health check retried in a loop must not flood the log with the same line.
-        if str(error) not in _logged:
-            _logged.add(str(error))
-            log.error("a metric Fraisier recorded was not written to the textfile: %s", error)
-
-
-_logged: set[str] = set()
 
 
 # python -m fraisier_textfile.bridge SCRIPT [ARGUMENTS...]

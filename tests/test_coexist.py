@@ -325,10 +325,6 @@ def test_fraisiers_metrics_through_the_dispatcher_land_in_the_textfile(fraisier_
     assert checked.returncode == 0, checked.stderr
 
 
-@pytest.mark.xfail(
-    not (REPOSITORY / "fraisier_textfile" / "metrics.py").exists(), strict=True,
-    reason="Fraisier's database and restore families come with fraisier_textfile.metrics (the api branch)",
-)
 def test_fraisiers_restore_and_database_metrics_land_in_the_textfile(fraisier_first: VirtualEnvironment,
                                                                      tmp_path: Path) -> None:
     script = tmp_path / "restore.py"
