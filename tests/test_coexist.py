@@ -382,3 +382,13 @@ def test_route(arguments: list[str], destination: str, passed_on: list[str], env
     decided = route(arguments)
     assert (decided.destination, decided.fraisier_arguments, decided.environment) == (
         destination, passed_on, environment)
+
+
+def test_the_dispatcher_knows_every_command_of_ours() -> None:
+    """The dispatcher decides before importing the CLI, so it keeps its own list: a new top-level command
+    must be added to it, or `fraisier NEW` would go to Fraisier."""
+    from fraisier_textfile.cli import main
+    from fraisier_textfile.dispatch import OUR_COMMANDS as DISPATCHED
+
+    assert set(main.commands) == DISPATCHED
+    assert set(OUR_COMMANDS) == DISPATCHED
