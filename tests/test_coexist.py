@@ -392,3 +392,15 @@ def test_the_dispatcher_knows_every_command_of_ours() -> None:
 
     assert set(main.commands) == DISPATCHED
     assert set(OUR_COMMANDS) == DISPATCHED
+
+
+def test_the_dispatcher_knows_every_group_option_of_ours() -> None:
+    """Likewise for the options before the command: one it does not know would send the line to Fraisier."""
+    import click
+
+    from fraisier_textfile.cli import main
+    from fraisier_textfile.dispatch import OUR_GROUP_OPTIONS
+
+    options = {name for parameter in main.params if isinstance(parameter, click.Option)
+               for name in parameter.opts if name != "--version"}
+    assert options == set(OUR_GROUP_OPTIONS)
