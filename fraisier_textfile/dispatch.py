@@ -27,8 +27,14 @@ if TYPE_CHECKING:
     import click
 
 OUR_COMMANDS = frozenset({"record", "exec", "textfile", "metrics"})
-# Our group options that take a value, and the environment variable each stands for (see cli.main).
-OUR_GROUP_OPTIONS = {"--textfile-dir": "FRAISIER_TEXTFILE_DIR", "--lock-timeout": "FRAISIER_LOCK_TIMEOUT"}
+# Our group options that take a value, and the environment variable each stands for (see cli.main). The log
+# options are the ops branch's: listed ahead of its merge, they are simply refused by a CLI without them.
+OUR_GROUP_OPTIONS = {
+    "--textfile-dir": "FRAISIER_TEXTFILE_DIR",
+    "--lock-timeout": "FRAISIER_LOCK_TIMEOUT",
+    "--log-level": "FRAISIER_LOG_LEVEL",
+    "--log-format": "FRAISIER_LOG_FORMAT",
+}
 # Fraisier 0.84.2's group options that take a value: their value is not a command word.
 FRAISIER_GROUP_OPTIONS_WITH_VALUE = frozenset({"-c", "--config"})
 HELP_OPTIONS = frozenset({"-h", "--help"})
