@@ -445,9 +445,9 @@ def check(settings: Settings) -> None:
 
 
 @main.command()
-@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True,
+@click.option("--port", "-p", type=click.IntRange(0, 65535), default=8001, show_default=True,
               help="TCP port to listen on.")
-@click.option("--address", default="localhost", show_default=True,
+@click.option("--address", "-a", default="localhost", show_default=True,
               help="Address to listen on: localhost (the default) keeps the metrics on this machine; "
               "0.0.0.0 or a host's address exposes them (use --web-config-file then).")
 @click.option("--web-config-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -494,6 +494,7 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     Examples:
       fraisier metrics
       fraisier metrics --address 0.0.0.0 --port 9101 --web-config-file /etc/fraisier/web.yml
+      fraisier metrics -p 8001 -a localhost          # Fraisier's own flags work too
     """
     import signal
     import threading
