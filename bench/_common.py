@@ -255,11 +255,12 @@ class InstalledPackage:
         return str(self.scripts / name)
 
 
-def install_package(directory: Path) -> InstalledPackage:
-    """Build a wheel of this repository from a copy of its sources (the build leaves build/ and egg-info
-    behind) and install it into a new virtual environment under ``directory``, compiled. The dependencies
-    come from this interpreter's site-packages through a path in a .pth file: a plain path line, so that
-    the .pth files there (an editable install of this package among them) are not run."""
+def install_package(directory: Path, tree: Path = REPOSITORY) -> InstalledPackage:
+    """Build a wheel of this repository (or of another tree of it) from a copy of its sources (the build
+    leaves build/ and egg-info behind) and install it into a new virtual environment under ``directory``,
+    compiled. The dependencies come from this interpreter's site-packages through a path in a .pth file: a
+    plain path line, so that the .pth files there (an editable install of this package among them) are not
+    run."""
     import compileall
     import site
     import venv
@@ -267,11 +268,11 @@ def install_package(directory: Path) -> InstalledPackage:
     source = directory / "source"
     source.mkdir(parents=True)
     shutil.copytree(
-        REPOSITORY / "fraisier_textfile", source / "fraisier_textfile", ignore=shutil.ignore_patterns("__pycache__")
+        tree / "fraisier_textfile", source / "fraisier_textfile", ignore=shutil.ignore_patterns("__pycache__")
     )
     for name in ("pyproject.toml", "README.md", "LICENSE"):
-        if (REPOSITORY / name).exists():
-            shutil.copy2(REPOSITORY / name, source / name)
+        if (tree / name).exists():
+            shutil.copy2(tree / name, source / name)
     wheels = directory / "wheels"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), str(source)]
@@ -279,7 +280,7 @@ def install_package(directory: Path) -> InstalledPackage:
     if built.returncode != 0:  # no `wheel` here: let pip fetch the build requirements from the index
         built = subprocess.run(build, **quiet)  # type: ignore[call-overload]
     if built.returncode != 0:
-        raise SystemExit(f"building a wheel of {REPOSITORY} failed: {built.stderr.strip()[-2000:]}")
+        raise SystemExit(f"building a wheel of {tree} failed: {built.stderr.strip()[-2000:]}")
     [wheel] = wheels.glob("*.whl")
     environment_directory = directory / "venv"
     venv.EnvBuilder(with_pip=False).create(environment_directory)
