@@ -60,10 +60,12 @@ def features() -> dict[str, Any]:
     from fraisier_textfile import MetricsRecorder
     from fraisier_textfile.textfile import TextfileStore
 
+    parameters = sorted(inspect.signature(MetricsRecorder.__init__).parameters)[1:]
     return {
         "merge_or_hand_over": callable(getattr(TextfileStore, "merge_or_hand_over", None)),
+        "recorder_budget": [name for name in parameters if "budget" in name],
         "merge_timeout": "timeout" in inspect.signature(TextfileStore.merge).parameters,
-        "recorder_parameters": sorted(inspect.signature(MetricsRecorder.__init__).parameters)[1:],
+        "recorder_parameters": parameters,
         "get_metrics_summary": callable(getattr(MetricsRecorder, "get_metrics_summary", None)),
     }
 

@@ -571,14 +571,13 @@ def render_held(result: dict[str, Any]) -> None:
     rows.append(
         ["process exit after the calls", "did not exit" if exit_seconds is None else format_seconds(exit_seconds), ""]
     )
-    has_budget = result["features"]["merge_or_hand_over"]
+    features = result["features"]
+    budget = features["recorder_budget"]
     notes = [
-        "hand-over API present: "
-        + (
-            "yes (the recorder can bound its wait and hand its events over)"
-            if has_budget
-            else "no: each call waits the whole lock timeout, then raises"
-        ),
+        "lock-wait budget in the recorder: "
+        + (f"yes ({', '.join(budget)})" if budget else "no: each call waits the whole lock timeout, then raises")
+        + "; the store's hand-over: "
+        + ("yes" if features["merge_or_hand_over"] else "no (events the lock kept out stay in the process)"),
         f"events landed after the lock was released and one more merge: {held['landed']:g} of {held['attempted']} "
         + ("(exactly once)" if held["landed"] == held["attempted"] else "(NOT exactly once)"),
         f"delay in all: {format_seconds(held['total_call_seconds'])}, goal ≤ ~{GOALS['held_seconds']:g} s "
