@@ -583,8 +583,10 @@ def render_held(result: dict[str, Any]) -> None:
         f"delay in all: {format_seconds(held['total_call_seconds'])}, goal ≤ ~{GOALS['held_seconds']:g} s "
         + ("met" if held["total_call_seconds"] <= GOALS["held_seconds"] and not held["raised"] else "MISSED"),
     ]
-    if held["summary"]:
-        notes.append(f"get_metrics_summary(): {held['summary']}")
+    shown = ("pending_events", "handed_over_events", "dropped_events", "lock_wait_budget", "lock_wait_spent")
+    figures = [f"{key} {held['summary'][key]}" for key in shown if key in held["summary"]]
+    if figures:
+        notes.append(f"get_metrics_summary() after the calls: {', '.join(figures)}")
     print_table(
         "A record call while another process holds the lock",
         ["", "latency", "raised"],
