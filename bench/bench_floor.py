@@ -561,10 +561,14 @@ def throughput_verdict(ratio: float) -> str:
     return f"throughput ≥ {goal:g}× baseline {'met' if ratio >= goal else 'MISSED'}"
 
 
+def shorten(text: str | None, length: int = 100) -> str | None:
+    return text if text is None or len(text) <= length else text[: length - 1] + "…"
+
+
 def render_held(result: dict[str, Any]) -> None:
     held = result["held_lock"]
     rows = [
-        [f"call {number}", format_seconds(call["seconds"]), call["raised"] or "nothing"]
+        [f"call {number}", format_seconds(call["seconds"]), shorten(call["raised"]) or "nothing"]
         for number, call in enumerate(held["calls"], 1)
     ]
     exit_seconds = held["exit_seconds"]
