@@ -232,6 +232,116 @@ def console_script(name: str) -> str:
     return found
 
 
+# The package as users get it
+
+
+@dataclass(frozen=True)
+class InstalledPackage:
+    """This repository built as a wheel and installed, compiled to bytecode, into a virtual environment of
+    its own: what a user runs after ``pip install``, not the source tree."""
+
+    python: str
+    scripts: Path
+    console_scripts: tuple[str, ...]
+    """The names of the console scripts the wheel installs (``[project.scripts]``)."""
+    environment: dict[str, str]
+    """The environment to run it in: without PYTHONPATH (which would put a source tree first) and without
+    FRAISIER_*/PROMETHEUS_* settings."""
+    cwd: Path
+    """The directory to run it from: not the repository, whose fraisier_textfile/ ``python -c`` and ``-m``
+    would import first (they put the current directory first on sys.path)."""
+
+    def script(self, name: str) -> str:
+        return str(self.scripts / name)
+
+
+def install_package(directory: Path, tree: Path = REPOSITORY) -> InstalledPackage:
+    """Build a wheel of this repository (or of another tree of it) from a copy of its sources (the build
+    leaves build/ and egg-info behind) and install it into a new virtual environment under ``directory``,
+    compiled. The dependencies come from this interpreter's site-packages through a path in a .pth file: a
+    plain path line, so that the .pth files there (an editable install of this package among them) are not
+    run."""
+    import compileall
+    import site
+    import venv
+
+    source = directory / "source"
+    source.mkdir(parents=True)
+    shutil.copytree(
+        tree / "fraisier_textfile", source / "fraisier_textfile", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (tree / name).exists():
+            shutil.copy2(tree / name, source / name)
+    wheels = directory / "wheels"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), str(source)]
+    built = subprocess.run([*build, "--no-build-isolation"], **quiet)  # type: ignore[call-overload]
+    if built.returncode != 0:  # no `wheel` here: let pip fetch the build requirements from the index
+        built = subprocess.run(build, **quiet)  # type: ignore[call-overload]
+    if built.returncode != 0:
+        raise SystemExit(f"building a wheel of {tree} failed: {built.stderr.strip()[-2000:]}")
+    [wheel] = wheels.glob("*.whl")
+    environment_directory = directory / "venv"
+    venv.EnvBuilder(with_pip=False).create(environment_directory)
+    python = environment_directory / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    dependencies = [path for path in site.getsitepackages() if Path(path).is_dir()]
+    (Path(purelib) / "_bench_dependencies.pth").write_text("".join(f"{path}\n" for path in dependencies))
+    installed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--compile",
+            str(wheel),
+        ],
+        **quiet,  # type: ignore[call-overload]
+    )
+    if installed.returncode != 0:
+        raise SystemExit(f"installing {wheel.name} failed: {installed.stderr.strip()[-2000:]}")
+    compileall.compile_dir(str(Path(purelib) / "fraisier_textfile"), quiet=1)
+    run_environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "PYTHONPATH" and not key.startswith(("FRAISIER_", "PROMETHEUS_"))
+    }
+    where = subprocess.run(
+        [str(python), "-c", "import fraisier_textfile; print(fraisier_textfile.__file__)"],
+        capture_output=True,
+        text=True,
+        env=run_environment,
+        cwd=directory,
+    )
+    if where.returncode != 0 or not where.stdout.strip().startswith(purelib):
+        raise SystemExit(f"the installed package is not the one imported: {where.stdout.strip()} {where.stderr}")
+    [entry_points] = Path(purelib).glob("fraisier_textfile-*.dist-info/entry_points.txt")
+    scripts = tuple(sorted(console_scripts(entry_points.read_text())))
+    return InstalledPackage(str(python), environment_directory / "bin", scripts, run_environment, directory)
+
+
+def console_scripts(entry_points: str) -> list[str]:
+    """The names in the ``[console_scripts]`` section of a dist-info's entry_points.txt."""
+    names, inside = [], False
+    for line in entry_points.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            inside = line == "[console_scripts]"
+        elif inside and "=" in line:
+            names.append(line.split("=", 1)[0].strip())
+    return names
+
+
 # The populated recorder
 
 

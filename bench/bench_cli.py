@@ -1,12 +1,15 @@
 """The wall time of one ``fraisier record deployment`` process beside importing what it depends on.
 
-Each command is a real process, started ~20 times, the cases interleaved so that noise hits them alike:
+The package is timed as users run it: this repository is built as a wheel and installed, compiled to
+bytecode, into a virtual environment of its own (its dependencies reached through a path to this
+interpreter's site-packages), never from the source tree. Every command runs with that environment's
+interpreter. Each is a real process, started ~20 times, the cases interleaved so that noise hits them alike:
 
 - ``python -c pass``: the floor, interpreter start-up alone
 - ``python -c "import prometheus_client, click, filelock"``: the peer (1.0×), our dependencies imported
-- ``fraisier record deployment ...``: the installed console script (the one beside this interpreter, not a
-  version manager's shim), and ``python -m fraisier_textfile record deployment ...``, each merging into the
-  file the runs themselves make (small) and into a 10,000-series file (the merge reads and parses it)
+- ``fraisier record deployment ...``: the console script the wheel installed (each one it installs), and
+  ``python -m fraisier_textfile record deployment ...``, each merging into the file the runs themselves make
+  (small) and into a 10,000-series file (the merge reads and parses it)
 
 Then ``python -X importtime -m fraisier_textfile record deployment ...`` shows whether the record path imports
 prometheus_client (it must not) and which imports cost the most.
@@ -14,7 +17,6 @@ prometheus_client (it must not) and which imports cost the most.
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -22,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    InstalledPackage,
     argument_parser,
-    console_script,
     emit,
     environment,
     format_ratio,
     format_seconds,
     goal_text,
+    install_package,
     populate,
     print_environment,
     print_table,
@@ -59,19 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (5 if args.quick else 20)
     importtime_runs = 1 if args.quick else 5
 
-    python = sys.executable
-    script = console_script("fraisier")
-    run_environment = {k: v for k, v in os.environ.items() if not k.startswith(("FRAISIER_", "PROMETHEUS_"))}
-    # Every package runs from bytecode, as after a pip install (which compiles site-packages): with
-    # PYTHONDONTWRITEBYTECODE set and an editable install, our modules would otherwise be compiled from
-    # source on every run while the peer's come precompiled.
-    import compileall
-
-    import fraisier_textfile
-
-    compileall.compile_dir(os.path.dirname(fraisier_textfile.__file__), quiet=1)
-
     with temporary_directory(args) as root:
+        package = install_package(root / "installed")
+        python = package.python
+        if "fraisier" not in package.console_scripts:
+            raise SystemExit(f"the wheel installs no `fraisier` script (it installs {package.console_scripts})")
+        script = package.script("fraisier")
         small, large = root / "small", root / "large"
         make_large_file(large)
         cases = [
@@ -106,17 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, list[float]] = {key: [] for key, _, _ in cases}
         for round_number in range(runs + 2):  # two untimed warm-up rounds (.pyc files, page cache)
             for key, _, command in cases:
-                elapsed = run(command, run_environment)
+                elapsed = run(command, package)
                 if round_number >= 2:
                     samples[key].append(elapsed)
         imports = import_times(
             [python, "-X", "importtime", "-m", "fraisier_textfile", "--textfile-dir", str(small), *RECORD],
-            run_environment,
+            package,
             importtime_runs,
         )
         peer_imports = import_times(
             [python, "-X", "importtime", "-c", "import prometheus_client, click, filelock"],
-            run_environment,
+            package,
             importtime_runs,
         )
         small_count = counter_value(small / "fraisier.prom")
@@ -144,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": info,
         "runs": runs,
         "console_script": script,
+        "console_scripts_installed": list(package.console_scripts),
         "goal": GOAL,
         "results": rows,
         "small_file_counter": small_count,
@@ -164,11 +161,11 @@ def make_large_file(directory: Path) -> None:
     recorder.flush()
 
 
-def run(command: list[str], run_environment: dict[str, str]) -> float:
+def run(command: list[str], package: InstalledPackage) -> float:
     import time
 
     started = time.perf_counter()
-    completed = subprocess.run(command, env=run_environment, capture_output=True, text=True)
+    completed = subprocess.run(command, env=package.environment, cwd=package.cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if completed.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited {completed.returncode}: {completed.stderr.strip()}")
@@ -182,13 +179,13 @@ def counter_value(path: Path) -> float | None:
     return None
 
 
-def import_times(command: list[str], run_environment: dict[str, str], runs: int) -> dict[str, Any]:
+def import_times(command: list[str], package: InstalledPackage, runs: int) -> dict[str, Any]:
     """Median self and cumulative import times per module over ``runs`` runs of ``-X importtime``."""
     self_times: dict[str, list[int]] = {}
     cumulative_times: dict[str, list[int]] = {}
     depth: dict[str, int] = {}
     for _ in range(runs):
-        completed = subprocess.run(command, env=run_environment, capture_output=True, text=True)
+        completed = subprocess.run(command, env=package.environment, cwd=package.cwd, capture_output=True, text=True)
         if completed.returncode != 0:
             raise SystemExit(f"{' '.join(command)} exited {completed.returncode}: {completed.stderr.strip()}")
         for line in completed.stderr.splitlines():
@@ -240,7 +237,10 @@ def import_difference(ours: dict[str, float], peer: dict[str, float]) -> dict[st
 def render(result: dict[str, Any]) -> None:
     print("bench_cli: one `fraisier record deployment` process beside importing its dependencies")
     print_environment(result["environment"])
-    print(f"console script: {result['console_script']}; {result['runs']} timed runs per command, interleaved")
+    print(
+        f"the installed wheel (compiled, in a virtual environment of its own): {result['console_script']}; "
+        f"{result['runs']} timed runs per command, interleaved"
+    )
     rows = []
     for row in result["results"]:
         goal = goal_text(row["ratio"], row["goal"]) if row["goal"] is not None else ""

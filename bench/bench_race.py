@@ -8,15 +8,22 @@ same counter series and is written out at once:
 - write_to_textfile   each process keeps its own registry with the same counter, ``.inc()`` then
                       ``write_to_textfile(path, registry)``: each write replaces what the others wrote
 - Pushgateway         each process keeps its own registry, ``.inc()`` then ``push_to_gateway`` to one job on
-                      a real ``prometheus-pushgateway`` started on a free loopback port
+                      a real ``prometheus-pushgateway`` started on a free loopback port, with its
+                      ``--persistence.file`` in the run's temporary directory (Debian's default file is shared
+                      across runs and left behind)
+- Pushgateway, a      the same, but each process pushes under its own grouping key (``instance=<pid>``): exact,
+  group per process   since no push replaces another's, but every process leaves a group behind, forever
+                      (until someone deletes it), and a scraper must sum over the groups
 
 The final count is read back as a scraper would (prometheus_client's parser, on the file or on the
-gateway's /metrics); events lost = expected − final.
+gateway's /metrics, summed over the groups); events lost = expected − final. For the Pushgateway, the groups
+left behind and the size of the persistence file it wrote at shutdown are reported too.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -45,12 +52,15 @@ JOB = "fraisier_race"
 LABELS = {"provider": "bare_metal", "status": "success", "fraise_type": "api"}
 COUNTER_SAMPLE = "fraisier_deployments_total"
 HISTOGRAM_COUNT_SAMPLE = "fraisier_deployment_duration_seconds_count"
-METHODS = ("ours", "write_to_textfile", "pushgateway")
+METHODS = ("ours", "write_to_textfile", "pushgateway", "pushgateway_per_process")
 TITLES = {
     "ours": "ours: MetricsRecorder (auto_flush), shared file",
     "write_to_textfile": "prometheus_client write_to_textfile",
-    "pushgateway": "Pushgateway push_to_gateway",
+    "pushgateway": "Pushgateway push_to_gateway, one shared group",
+    "pushgateway_per_process": "Pushgateway push_to_gateway, a group per process",
 }
+GROUP_SAMPLE = "push_time_seconds"
+"""The Pushgateway exports one push_time_seconds series per group: counting them counts the groups."""
 
 
 # The workers (run in fresh processes: multiprocessing's spawn start method)
@@ -80,9 +90,11 @@ def event_function(method: str, target: str) -> Callable[[], None]:
 
     from prometheus_client import push_to_gateway
 
+    grouping_key = {"instance": str(os.getpid())} if method == "pushgateway_per_process" else {}
+
     def push() -> None:
         child.inc()
-        push_to_gateway(target, job=JOB, registry=registry)
+        push_to_gateway(target, job=JOB, registry=registry, grouping_key=grouping_key)
 
     return push
 
@@ -138,6 +150,12 @@ def race(method: str, target: str, processes: int, events: int) -> dict[str, Any
     }
 
 
+def sample_count(text: str, name: str) -> int:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(1 for family in text_string_to_metric_families(text) for s in family.samples if s.name == name)
+
+
 def sample_value(text: str, name: str, labels: dict[str, str]) -> float | None:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -155,13 +173,17 @@ def http_get(url: str) -> str:
 
 
 @contextmanager
-def pushgateway() -> Iterator[str]:
-    """A real Pushgateway on a free loopback port (no persistence); yields its host:port, stops it after."""
+def pushgateway(persistence_file: Path) -> Iterator[str]:
+    """A real Pushgateway on a free loopback port, persisting to ``persistence_file`` (its own, in the run's
+    temporary directory: Debian's default file would be shared across runs and left behind); yields its
+    host:port, stops it after (it writes the file at shutdown)."""
     binary = shutil.which(PUSHGATEWAY) or f"/usr/bin/{PUSHGATEWAY}"
     port = free_port()
     address = f"127.0.0.1:{port}"
     process = subprocess.Popen(
-        [binary, f"--web.listen-address={address}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [binary, f"--web.listen-address={address}", f"--persistence.file={persistence_file}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 20
@@ -198,9 +220,14 @@ def run_method(method: str, root: Path, processes: int, events: int) -> dict[str
     else:
         if shutil.which(PUSHGATEWAY) is None and not Path(f"/usr/bin/{PUSHGATEWAY}").exists():
             return {"method": method, "skipped": f"{PUSHGATEWAY} is not installed (apt-get install {PUSHGATEWAY})"}
-        with pushgateway() as address:
+        persistence = root / method / "pushgateway.db"
+        persistence.parent.mkdir()
+        with pushgateway(persistence) as address:
             outcome = race(method, address, processes, events)
-            final = sample_value(http_get(f"http://{address}/metrics"), COUNTER_SAMPLE, {**LABELS, "job": JOB})
+            scraped = http_get(f"http://{address}/metrics")
+            final = sample_value(scraped, COUNTER_SAMPLE, {**LABELS, "job": JOB})
+            outcome["groups_left"] = sample_count(scraped, GROUP_SAMPLE)
+        outcome["persistence_file_bytes"] = persistence.stat().st_size if persistence.exists() else None
     counted = final or 0.0
     return {
         "method": method,
@@ -247,7 +274,7 @@ def render(result: dict[str, Any]) -> None:
     for entry in result["results"]:
         title = TITLES[entry["method"]]
         if "skipped" in entry:
-            rows.append([title, "skipped", "", "", "", "", ""])
+            rows.append([title, "skipped", "", "", "", "", "", ""])
             notes.append(f"{entry['method']}: {entry['skipped']}")
             continue
         final = entry["final_count"]
@@ -260,6 +287,7 @@ def render(result: dict[str, Any]) -> None:
                 format_seconds(entry["wall_seconds"]),
                 f"{entry['events_per_second']:,.0f}",
                 entry["errors"],
+                left_behind(entry),
             ]
         )
         if entry["first_error"]:
@@ -275,14 +303,24 @@ def render(result: dict[str, Any]) -> None:
             )
     print_table(
         "Events counted after the race",
-        ["writer", "final count", "lost", "lost %", "wall", "events/s", "errors"],
+        ["writer", "final count", "lost", "lost %", "wall", "events/s", "errors", "left behind"],
         rows,
         notes=notes
         + [
             "events/s = all events / (last process done − first process released); each event "
-            "is written out before the next"
+            "is written out before the next",
+            "left behind: what stays after the race. A Pushgateway group is kept (and scraped, and persisted) "
+            "until someone deletes it: a group per process grows by one group per run, forever.",
         ],
     )
+
+
+def left_behind(entry: dict[str, Any]) -> str:
+    if "groups_left" not in entry:
+        return "1 file"
+    size = entry["persistence_file_bytes"]
+    persisted = "no persistence file" if size is None else f"{size / 1024:,.1f} KiB persisted"
+    return f"{entry['groups_left']} group{'s' if entry['groups_left'] != 1 else ''}, {persisted}"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 
 from _common import BENCH_DIRECTORY, argument_parser
 
-BENCHMARKS = ("bench_flush", "bench_cli", "bench_race", "bench_record")
+BENCHMARKS = ("bench_flush", "bench_cli", "bench_race", "bench_record", "bench_floor")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,14 @@ def test_the_benchmarks_run_and_our_store_loses_nothing_in_the_race() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    assert set(report) == {"flush", "cli", "race", "record"}
+    assert set(report) == {"flush", "cli", "race", "record", "floor"}
     [ours] = [row for row in report["race"]["results"] if row["method"] == "ours"]
     assert ours["lost"] == 0 and ours["errors"] == 0
     assert ours["final_count"] == report["race"]["expected"]
+    [per_process] = [row for row in report["race"]["results"] if row["method"] == "pushgateway_per_process"]
+    assert per_process["lost"] == 0 and per_process["groups_left"] == report["race"]["processes"]
+    # The recorder as shipped loses nothing in the floor's race either, and each mode raced every event.
+    floor_race = {row["case"]: row for row in report["floor"]["race"]["results"]}
+    assert floor_race["recorder"]["lost"] == 0
+    assert all(row["expected"] == row["counted"] + row["lost"] for row in floor_race.values())
+    assert report["floor"]["held_lock"]["attempted"] >= 1

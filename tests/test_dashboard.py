@@ -39,7 +39,16 @@ REQUIRED_PANELS = [
     "Deployment Lock Wait",
     "Textfile Age",
     "Textfile Scrape Errors",
+    "Database Query Latency (p95)",
+    "Database Errors",
+    "Database Connection Pool",
+    "Restore Duration by Phase",
+    "Database Operations",
 ]
+NOT_ON_THE_DASHBOARD = {
+    # Rollbacks are shown by reason; their durations stay in the file for ad-hoc queries.
+    "fraisier_rollback_duration_seconds",
+}
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 QUERIES = queries(load_dashboard())
 
@@ -190,3 +199,39 @@ def test_the_textfile_panels_read_only_fraisier_prom() -> None:
     for query in QUERIES:
         if "node_textfile_mtime_seconds" in query.expr:
             assert 'file=~".*/fraisier\\\\.prom"' in query.expr, query
+
+
+def test_every_family_of_the_catalogue_has_a_panel() -> None:
+    shown = {re.sub(r"_(bucket|sum|count)$", "", name) for query in QUERIES for name, _ in SELECTOR.findall(query.expr)}
+    missing = {family.name for family in catalogue.FAMILIES} - shown - NOT_ON_THE_DASHBOARD
+    assert not missing, f"no panel shows {sorted(missing)}"
+
+
+WINDOW = re.compile(r"\b(rate|increase)\(\s*[a-z_]+(?:\{[^}]*\})?\[([^\]]+)\]\)")
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=str)
+def test_no_window_is_shorter_than_the_step_can_be(query: Query) -> None:
+    """A fixed window shorter than the step skips the events between two points once the range is zoomed
+    out (a [5m] window at a 10-minute step sees half of them): windows follow the step ($__rate_interval),
+    cover the whole range ($__range) for totals, or are an hour or more for the quantiles and ratios of rare
+    events."""
+    windows = WINDOW.findall(query.expr)
+    for function, window in windows:
+        if window in ("$__rate_interval", "$__range"):
+            continue
+        match = re.fullmatch(r"(\d+)([mhd])", window)
+        assert match is not None, f"{query}: {function}() over [{window}]"
+        minutes = int(match[1]) * {"m": 1, "h": 60, "d": 1440}[match[2]]
+        assert minutes >= 60, f"{query}: {function}() over a fixed [{window}]: use $__rate_interval"
+
+
+def test_rates_follow_the_step_and_totals_cover_the_range() -> None:
+    dashboard = load_dashboard()
+    for panel in panels(dashboard):
+        for target in panel["targets"]:
+            windows = {window for _, window in WINDOW.findall(target["expr"])}
+            if target.get("instant") and "increase" in target["expr"]:
+                assert windows == {"$__range"}, f"{panel['title']}: an instant total over {windows}"
+            if "rate(" in target["expr"] and "histogram_quantile" not in target["expr"]:
+                assert windows == {"$__rate_interval"}, f"{panel['title']}: a rate over {windows}"

@@ -90,10 +90,18 @@ def _regex_escape(value: str) -> str:
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 
 
+GRAFANA_INTERVALS = {"__interval": "1m", "__rate_interval": "4m", "__range": "21600s"}
+"""What Grafana gives its own interval variables on the dashboard's default 6 h range with a Prometheus data
+source whose scrape interval is set to 1 minute: ``$__interval`` is the step (6 h over a panel's width is
+about 20 s, raised to the scrape interval), ``$__rate_interval`` is max($__interval + scrape interval,
+4 × scrape interval), ``$__range`` the whole range."""
+
+
 def substitute(expr: str, values: Mapping[str, str]) -> str:
-    """``expr`` with ``$name``, ``${name}`` and ``[[name]]`` replaced by ``values[name]``; an unknown variable
-    raises KeyError."""
-    return _VARIABLE.sub(lambda match: values[next(group for group in match.groups() if group)], expr)
+    """``expr`` with ``$name``, ``${name}`` and ``[[name]]`` replaced by ``values[name]``, or by Grafana's own
+    value for its interval variables (GRAFANA_INTERVALS); an unknown variable raises KeyError."""
+    every = {**GRAFANA_INTERVALS, **values}
+    return _VARIABLE.sub(lambda match: every[next(group for group in match.groups() if group)], expr)
 
 
 LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")

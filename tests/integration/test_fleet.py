@@ -43,6 +43,7 @@ from .fleet import (
     variables,
     wait_for,
 )
+from .workload import record_database_work
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +103,9 @@ WORKLOAD = {
     HOST_3: [],
     METRICS_HOST: [record("deployment", provider="bare_metal", fraise_type="api", status="failed", duration=20)],
 }
+# Database errors each host records once Prometheus has scraped the seed (which records one): host-1's
+# run of them sets off DatabaseErrors (more than 5 in 10 minutes), the others' single one does not.
+DATABASE_ERRORS = {HOST_1: 7, HOST_2: 1, HOST_3: 1, METRICS_HOST: 1}
 # Hosts where a deployment is still running while the dashboard is queried.
 DEPLOYING = (HOST_1, METRICS_HOST)
 
@@ -119,6 +123,7 @@ EXPECTED_ALERTS = [
     ("FraisierTextfileStale", {"instance": HOST_3}),
     ("HighDeploymentErrorRate", {"provider": "bare_metal"}),
     ("SlowDeployment", {"provider": "docker_compose"}),
+    ("DatabaseErrors", {"instance": HOST_1, "database_type": "postgresql"}),
 ]
 # ... and those it must not.
 UNEXPECTED_ALERTS = [
@@ -132,6 +137,8 @@ UNEXPECTED_ALERTS = [
     ("ManyActiveDeployments", {}),
     ("HighDeploymentErrorRate", {"provider": "docker_compose"}),
     ("SlowDeployment", {"provider": "bare_metal"}),
+    ("DatabaseErrors", {"instance": HOST_2}),
+    ("DatabaseErrors", {"instance": METRICS_HOST}),
 ]
 
 # How each panel's query relates to the same query for single hosts.
@@ -150,6 +157,11 @@ AGGREGATION = {
     "Provider Availability": MEAN,  # the share of hosts that report the provider up
     "Textfile Age": PER_INSTANCE,
     "Textfile Scrape Errors": PER_INSTANCE,
+    "Database Query Latency (p95)": BETWEEN,
+    "Database Errors": SUM,
+    "Database Connection Pool": SUM,
+    "Restore Duration by Phase": BETWEEN,
+    "Database Operations": SUM,
 }
 # Panels with data on some hosts only; the others have data on every host.
 ONLY_ON = {
@@ -166,16 +178,24 @@ class Fleet:
     """A time after the workload is visible, at which every dashboard query is evaluated."""
 
 
-def run_all(host: str, directory: Path, commands: list[tuple[str, ...]]) -> None:
+def run_all(host: str, directory: Path, commands: list[tuple[str, ...]], database_errors: int) -> None:
     for command in commands:
         result = fraisier(*command, textfile_dir=directory)
         expected = 1 if command[-1] == "false" else 0
         assert result.returncode == expected, f"{host}: fraisier {' '.join(command)}: {result.stderr}"
+    record_database_work(directory, errors=database_errors)
 
 
-def run_everywhere(work: dict[str, list[tuple[str, ...]]], directories: dict[str, Path]) -> None:
+def run_everywhere(
+    work: dict[str, list[tuple[str, ...]]], directories: dict[str, Path], database_errors: dict[str, int]
+) -> None:
+    """Each host's CLI commands, then its database work (Fraisier's recorder API), the hosts in parallel."""
     with ThreadPoolExecutor(len(work)) as pool:
-        for future in [pool.submit(run_all, host, directories[host], commands) for host, commands in work.items()]:
+        futures = [
+            pool.submit(run_all, host, directories[host], commands, database_errors[host])
+            for host, commands in work.items()
+        ]
+        for future in futures:
             future.result()
 
 
@@ -206,7 +226,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     # Another writer's broken textfile next to host-3's fraisier.prom (no trailing newline: node_exporter
     # rejects it): node_textfile_scrape_error is 1 there, and it is not fraisier's problem.
     (directories[HOST_3] / "other.prom").write_text("other_writer_metric 1")
-    run_everywhere({host: SEED for host in HOSTS}, directories)
+    run_everywhere({host: SEED for host in HOSTS}, directories, dict.fromkeys(HOSTS, 1))
     # host-2 has the layout docs/monitoring.md gives for Debian: fraisier writes in a directory of its own,
     # and node_exporter's textfile directory holds a symlink to its fraisier.prom.
     read_by_node_exporter = {**directories, HOST_2: root / "host-2-node-exporter"}
@@ -240,7 +260,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             )
             stack.callback(running.wait)
             stack.callback(running.terminate)
-        run_everywhere({host: EVERY_HOST + WORKLOAD[host] for host in HOSTS}, directories)
+        run_everywhere({host: EVERY_HOST + WORKLOAD[host] for host in HOSTS}, directories, DATABASE_ERRORS)
         # host-3 then stays quiet for 8 days.
         eight_days_ago = time.time() - 8 * 24 * 3600
         os.utime(directories[HOST_3] / "fraisier.prom", (eight_days_ago, eight_days_ago))
@@ -391,3 +411,12 @@ def test_every_dashboard_query_returns_data_aggregates_over_hosts_and_narrows_to
             assert close(value, sum(parts) / len(parts)), f"{query} {dict(labels)}: {value} is not the mean of {parts}"
         elif not math.isnan(value):
             assert min(parts) - 1e-9 <= value <= max(parts) + 1e-9, f"{query} {dict(labels)}: {value} not in {parts}"
+
+
+def test_the_success_rate_has_no_value_where_nothing_was_deployed(fleet: Fleet) -> None:
+    """host-3's docker_compose series exist (from its seed) but nothing was deployed through it since: no
+    value, where a rate computed as 100% minus the failed share would read 100%."""
+    [query] = [query for query in queries(load_dashboard()) if query.panel == "Deployment Success Rate"]
+    assert fleet.prometheus.query(f'fraisier_deployments_total{{instance="{HOST_3}", provider="docker_compose"}}')
+    assert {dict(labels)["provider"] for labels in evaluate(fleet, query, HOST_3)} == {"bare_metal"}
+    assert {dict(labels)["provider"] for labels in evaluate(fleet, query, HOST_2)} == {"bare_metal", "docker_compose"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fraisier_textfile import MetricsRecorder
 
@@ -36,3 +37,44 @@ def record_a_bit_of_everything(directory: Path) -> None:
         textfile_dir=directory,
         check=True,
     )
+    record_database_work(directory)
+
+
+DATABASE_METHODS = (
+    "record_db_query",
+    "record_db_error",
+    "record_db_transaction",
+    "record_deployment_db_operation",
+    "update_db_pool_metrics",
+)
+
+
+def record_database_work(directory: Path, errors: int = 1, waiting: int = 0) -> None:
+    """What a Fraisier deployment with a database records, through Fraisier's recorder API (queries,
+    transactions, errors, the pool) and, for a restore, through ``metrics.restore_duration_seconds`` as
+    Fraisier's restore strategy does. Each event is in ``directory``'s fraisier.prom on return."""
+    missing = [name for name in DATABASE_METHODS if not callable(getattr(MetricsRecorder, name, None))]
+    if missing:
+        raise AssertionError(
+            f"MetricsRecorder has no {', '.join(missing)}: the fleet records Fraisier's database metrics through "
+            "Fraisier's recorder API (issue 7, item 1)"
+        )
+    recorder: Any = MetricsRecorder(directory)
+    recorder.record_db_query("postgresql", "select", "success", 0.03)
+    recorder.record_db_query("postgresql", "select", "success", 0.3)
+    recorder.record_db_query("postgresql", "insert", "error", 1.5)
+    recorder.record_db_transaction("postgresql", 0.8)
+    recorder.record_deployment_db_operation("postgresql", "migration")
+    for _ in range(errors):
+        recorder.record_db_error("postgresql", "timeout")
+    recorder.update_db_pool_metrics("postgresql", 3, 2, waiting)
+    restore = recorder.metrics.restore_duration_seconds
+    restore.labels(phase="download").observe(20.0)
+    restore.labels(phase="apply").observe(90.0)
+    recorder.flush()
+    written = (directory / "fraisier.prom").read_text(encoding="utf-8")
+    if 'fraisier_restore_duration_seconds_count{phase="apply"}' not in written:
+        raise AssertionError(
+            "recorder.metrics.restore_duration_seconds.labels(phase=...).observe(...), as Fraisier's restore "
+            f"strategy calls it, did not reach {directory / 'fraisier.prom'} (issue 7, items 1 and 4)"
+        )

@@ -1,0 +1,253 @@
+"""The processes bench_floor.py starts: ``python _floor_workers.py NAME ARGUMENTS...``; each prints one JSON
+line with what it measured (the race workers first print ``ready`` and wait for a line on stdin).
+
+Run by the interpreter of the installed package (see _common.install_package), from a directory that holds
+no source tree, so that what is timed is the package as users run it. Only the standard library is imported
+before the timed parts, apart from the package itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.perf_counter()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+EVENT = ("bare_metal", "api", "success", 42.0)
+
+
+def status_kib(field: str) -> int | None:
+    """A memory figure of this process from /proc/self/status (VmRSS: now; VmHWM: the peak), in KiB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_kib() -> int:
+    """The process's peak resident set size (since the last reset_peak_rss), in KiB."""
+    return status_kib("VmHWM") or int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak RSS to the current RSS (Linux 4.0+), so that the next peak is that of what follows:
+    without it, a peak reached during the imports would hide a smaller one during the merge."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return status_kib("VmHWM") is not None
+
+
+def report(result: dict[str, Any]) -> None:
+    print(json.dumps(result), flush=True)
+
+
+def features() -> dict[str, Any]:
+    """What this version of the package offers, for the parts of the benchmark that depend on it."""
+    import inspect
+
+    from fraisier_textfile import MetricsRecorder
+    from fraisier_textfile.textfile import TextfileStore
+
+    parameters = sorted(inspect.signature(MetricsRecorder.__init__).parameters)[1:]
+    return {
+        "merge_or_hand_over": callable(getattr(TextfileStore, "merge_or_hand_over", None)),
+        "recorder_budget": [name for name in parameters if "budget" in name],
+        "merge_timeout": "timeout" in inspect.signature(TextfileStore.merge).parameters,
+        "recorder_parameters": parameters,
+        "get_metrics_summary": callable(getattr(MetricsRecorder, "get_metrics_summary", None)),
+    }
+
+
+def fresh(directory: str, trace: str = "") -> None:
+    """One event merged by a recorder made in this new process: construction and the first read included."""
+    import fraisier_textfile
+
+    imported = time.perf_counter()
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start()
+    peak_reset = reset_peak_rss()
+    before = status_kib("VmRSS") if peak_reset else peak_rss_kib()
+    started = time.perf_counter()
+    recorder = fraisier_textfile.MetricsRecorder(directory)
+    recorder.record_deployment_complete(*EVENT)
+    merged = time.perf_counter()
+    result = {
+        "start_to_imported_seconds": imported - STARTED,
+        "merge_seconds": merged - started,
+        "rss_before_kib": before,
+        "peak_rss_after_kib": peak_rss_kib(),
+        "peak_reset": peak_reset,
+        "pending_after": bool(getattr(recorder, "pending", False)),
+    }
+    if trace:
+        result["tracemalloc_peak_bytes"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    report(result)
+
+
+def imports() -> None:
+    """Only what ``fresh`` imports: the baseline its memory and start-up are compared with."""
+    import fraisier_textfile  # noqa: F401
+
+    report({"start_to_imported_seconds": time.perf_counter() - STARTED, "peak_rss_kib": peak_rss_kib()})
+
+
+def floor_once(path: str) -> float:
+    """The I/O floor of a merge: read the file, write a temporary beside it, fsync, rename it over the file."""
+    started = time.perf_counter()
+    with open(path, "rb") as file:
+        data = file.read()
+    temporary = path + ".floor.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+    return time.perf_counter() - started
+
+
+def warm(directory: str, floor_path: str, repetitions: str) -> None:
+    """A recorder that keeps merging one event at a time, interleaved with the floor on a copy of the file."""
+    from fraisier_textfile import MetricsRecorder
+
+    recorder = MetricsRecorder(directory)
+    recorder.record_deployment_complete(*EVENT)  # the first merge reads the file; the next ones are warm
+    floor_once(floor_path)
+    warm_samples, floor_samples = [], []
+    for number in range(int(repetitions)):
+        if number % 2:
+            floor_samples.append(floor_once(floor_path))
+        started = time.perf_counter()
+        recorder.record_deployment_complete(*EVENT)
+        warm_samples.append(time.perf_counter() - started)
+        if not number % 2:
+            floor_samples.append(floor_once(floor_path))
+    report({"warm_seconds": warm_samples, "floor_seconds": floor_samples})
+
+
+def floor(path: str, repetitions: str) -> None:
+    report({"floor_seconds": [floor_once(path) for _ in range(int(repetitions))]})
+
+
+def race(directory: str, events: str, mode: str, wait: str) -> None:
+    """Record ``events`` events, each written out before the next, once the parent says go.
+
+    mode ``recorder``: ``MetricsRecorder(directory)`` with auto_flush, as shipped; ``merge``: the store's
+    ``merge`` of each event, waiting for the lock (the seed's way); ``hand_over``: the store's
+    ``merge_or_hand_over(changes, wait)``."""
+    from fraisier_textfile import MetricsRecorder, changes
+    from fraisier_textfile.textfile import TextfileStore
+
+    handed_over = 0
+    if mode == "recorder":
+        recorder = MetricsRecorder(directory)
+
+        def record() -> None:
+            recorder.record_deployment_complete(*EVENT)
+
+    else:
+        store = TextfileStore(directory)
+
+        def record() -> None:
+            nonlocal handed_over
+            pending = changes.Changes()
+            changes.deployment_complete(pending, *EVENT)
+            if mode == "merge":
+                store.merge(pending)
+            elif not store.merge_or_hand_over(pending, float(wait)):  # type: ignore[attr-defined]
+                handed_over += 1
+
+    print("ready", flush=True)
+    sys.stdin.readline()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    timeouts = 0
+    started = time.time()  # wall clock: comparable across processes
+    for _ in range(int(events)):
+        call = time.perf_counter()
+        try:
+            record()
+        except Exception as error:  # counted: the point is what a caller would see
+            errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+            timeouts += isinstance(error, TimeoutError) or type(error).__name__ == "LockTimeoutError"
+        latencies.append(time.perf_counter() - call)
+    finished = time.time()
+    summary = recorder.get_metrics_summary() if mode == "recorder" and hasattr(recorder, "get_metrics_summary") else {}
+    report(
+        {
+            "started": started,
+            "finished": finished,
+            "latencies": latencies,
+            "errors": errors,
+            "lock_timeouts": timeouts,
+            "handed_over": handed_over,
+            "summary": {key: str(value) for key, value in summary.items()},
+        }
+    )
+
+
+def held(directory: str, calls: str) -> None:
+    """Record while another process holds the lock: each call's latency and what it raised. Stops after a
+    call that waited more than 5 s (without a budget every call waits the whole lock timeout)."""
+    from fraisier_textfile import MetricsRecorder
+
+    recorder = MetricsRecorder(directory)
+    results = []
+    for _ in range(int(calls)):
+        started = time.perf_counter()
+        raised = None
+        try:
+            recorder.record_deployment_complete(*EVENT)
+        except Exception as error:  # reported: a recorder with the budget raises nothing
+            raised = f"{type(error).__name__}: {error}"
+        elapsed = time.perf_counter() - started
+        results.append({"seconds": elapsed, "raised": raised})
+        if elapsed > 5:
+            break
+    summary = recorder.get_metrics_summary() if hasattr(recorder, "get_metrics_summary") else {}
+    # The parent times from this report to the exit: an exit flush may wait for the lock too.
+    report({"calls": results, "summary": {key: str(value) for key, value in summary.items()}})
+
+
+def merge(directory: str) -> None:
+    """One merge of nothing: applies whatever was handed over, recounts in-flight deployments."""
+    from fraisier_textfile.changes import Changes
+    from fraisier_textfile.textfile import TextfileStore
+
+    TextfileStore(directory).merge(Changes())
+    report({"merged": True})
+
+
+def hold(lock_path: str) -> None:
+    """Hold the textfile's lock until killed."""
+    import filelock
+
+    with filelock.FileLock(lock_path):
+        print("held", flush=True)
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    name, *arguments = sys.argv[1:]
+    if name == "features":
+        report(features())
+    else:
+        globals()[name](*arguments)

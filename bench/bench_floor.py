@@ -1,0 +1,604 @@
+"""Merges against the speed of the disk: each goal of issue 9 (item 7) and issue 7's held lock, as ratios
+measured side by side in one run.
+
+The package runs as users run it: this repository built as a wheel and installed, compiled, into a virtual
+environment of its own (see bench_cli.py); every process below is started with that interpreter. Cases:
+
+- I/O floor          plain Python on a copy of the N-series file: read it, write a temporary beside it, fsync,
+                     rename over it. The 1.0× of the merge cases (timed in the same process as the warm case,
+                     interleaved with it)
+- fresh merge        a NEW process imports the package (not timed: interpreter start and imports are reported
+                     beside), then ``MetricsRecorder(dir)`` + one ``record_deployment_complete`` of an existing
+                     series, auto-flushed: construction and the first read included, nothing cached.
+                     Goal ≤ 3× the floor, at 10,000 and 100,000 series
+- warm merge         the same event recorded again by a recorder that merged before. Goal ≤ 1.5× the floor
+- whole process      the fresh case as a whole process (start, imports, merge, teardown), beside a process that
+                     only imports the package, and the floor
+- memory             peak RSS of the fresh process after its merge minus its peak before it (after imports),
+                     as a ratio to the file's size (goal ≤ 3×); tracemalloc's peak of one more fresh merge;
+                     the peak RSS of a process that only imported
+- race               16 processes × 200 events (``--quick``: 4 × 25) on a 10,000-series file, each event
+                     written out before the next: lost events, lock timeouts, p50/p99 call latency,
+                     events/s. Goals: 0 lost, 0 timeouts, p99 ≤ 50 ms, ≥ 5× the throughput of the seed's
+                     recorder (``--baseline``, installed from git the same way and raced in the same run).
+                     Modes: the recorder as shipped; the store's ``merge`` (waiting for the lock); the
+                     store's ``merge_or_hand_over`` where it exists; the baseline's recorder
+- held lock          a record call while another process holds the lock: each call's latency, what it
+                     raised, how long the process then takes to exit, and whether the events appear exactly
+                     once after the lock is released. Goal: ≤ ~1 s in all, nothing raised, all events once
+
+A part whose API is missing in this version is skipped with a note, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    BENCH_DIRECTORY,
+    REPOSITORY,
+    InstalledPackage,
+    argument_parser,
+    emit,
+    environment,
+    format_ratio,
+    format_seconds,
+    goal_text,
+    install_package,
+    populate,
+    print_environment,
+    print_table,
+    temporary_directory,
+)
+
+WORKERS = BENCH_DIRECTORY / "_floor_workers.py"
+GOALS = {
+    "fresh": 3.0,
+    "warm": 1.5,
+    "memory": 3.0,
+    "race_p99_seconds": 0.05,
+    "race_throughput": 5.0,
+    "held_seconds": 1.5,
+}
+RACE_SERIES = 10_000
+BASELINE = "bbc41a8"
+"""The commit every branch of this round started from: "today's" code, whose figures the goals compare to."""
+SERIES = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+
+
+# Processes
+
+
+def command(package: InstalledPackage, name: str, *arguments: object) -> list[str]:
+    return [package.python, str(WORKERS), name, *map(str, arguments)]
+
+
+def run_worker(package: InstalledPackage, name: str, *arguments: object, timeout: float = 600) -> tuple[Any, float]:
+    """Run one worker to its end; return its JSON report and the process's wall time."""
+    started = time.perf_counter()
+    completed = subprocess.run(
+        command(package, name, *arguments),
+        capture_output=True,
+        text=True,
+        env=package.environment,
+        cwd=package.cwd,
+        timeout=timeout,
+    )
+    wall = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise SystemExit(f"worker {name} {arguments} exited {completed.returncode}: {completed.stderr.strip()[-2000:]}")
+    return json.loads(completed.stdout.splitlines()[-1]), wall
+
+
+def start_worker(package: InstalledPackage, name: str, *arguments: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command(package, name, *arguments),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=package.environment,
+        cwd=package.cwd,
+    )
+
+
+def process_wall(package: InstalledPackage, arguments: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([package.python, *arguments], check=True, env=package.environment, cwd=package.cwd)
+    return time.perf_counter() - started
+
+
+def install_baseline(directory: Path, revision: str) -> InstalledPackage | str:
+    """The package as it was at ``revision``, installed like this one; or why it cannot be."""
+    if not revision:
+        return "no baseline asked for (--baseline '')"
+    if shutil.which("git") is None:
+        return "git is not installed"
+    source = directory / "tree"
+    source.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPOSITORY), "archive", "--format=tar", revision], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        return f"git archive {revision} failed: {archive.stderr.decode(errors='replace').strip()}"
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    return install_package(directory / "installed", source)
+
+
+# The file
+
+
+def make_file(directory: Path, series: int) -> Path:
+    from fraisier_textfile import MetricsRecorder
+
+    recorder = MetricsRecorder(textfile_dir=directory, auto_flush=False)
+    populate(recorder, series)
+    recorder.flush()
+    return recorder.textfile_path
+
+
+def counter_value(path: Path) -> float:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith(SERIES + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def copy_of(master: Path, directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    shutil.copy2(master, directory / master.name)
+    return directory / master.name
+
+
+def summary(samples: list[float]) -> dict[str, Any]:
+    return {"median_seconds": statistics.median(samples), "min_seconds": min(samples), "repetitions": len(samples)}
+
+
+# The cases
+
+
+def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool) -> dict[str, Any]:
+    master = make_file(root / f"{series}" / "master", series)
+    size = master.stat().st_size
+    repetitions = (5 if quick else 15) if series <= 10_000 else (3 if quick else 9)
+
+    warm_directory = copy_of(master, root / f"{series}" / "warm").parent
+    floor_path = copy_of(master, root / f"{series}" / "floor")
+    warm, _ = run_worker(package, "warm", warm_directory, floor_path, repetitions * 4)
+
+    fresh_directory = copy_of(master, root / f"{series}" / "fresh").parent
+    fresh_runs: list[dict[str, Any]] = []
+    fresh_walls: list[float] = []
+    import_runs: list[dict[str, Any]] = []
+    import_walls: list[float] = []
+    interpreter_walls: list[float] = []
+    for number in range(repetitions + 1):  # the first round warms the page cache and is not kept
+        steps = ["fresh", "imports", "interpreter"]
+        for step in steps if number % 2 else reversed(steps):
+            if step == "fresh":
+                report, wall = run_worker(package, "fresh", fresh_directory)
+                if number:
+                    fresh_runs.append(report)
+                    fresh_walls.append(wall)
+            elif step == "imports":
+                report, wall = run_worker(package, "imports")
+                if number:
+                    import_runs.append(report)
+                    import_walls.append(wall)
+            else:
+                wall = process_wall(package, ["-c", "pass"])
+                if number:
+                    interpreter_walls.append(wall)
+    traced, _ = run_worker(package, "fresh", fresh_directory, "trace")
+
+    floor = summary(warm["floor_seconds"])
+    fresh = summary([run["merge_seconds"] for run in fresh_runs])
+    warm_summary = summary(warm["warm_seconds"])
+    peak_growth = statistics.median([(run["peak_rss_after_kib"] - run["rss_before_kib"]) * 1024 for run in fresh_runs])
+    return {
+        "series": series,
+        "file_bytes": size,
+        "floor": floor,
+        "fresh_merge": {**fresh, "ratio": fresh["median_seconds"] / floor["median_seconds"]},
+        "warm_merge": {**warm_summary, "ratio": warm_summary["median_seconds"] / floor["median_seconds"]},
+        "fresh_start_to_imported": summary([run["start_to_imported_seconds"] for run in fresh_runs]),
+        "whole_fresh_process": summary(fresh_walls),
+        "whole_import_only_process": summary(import_walls),
+        "whole_interpreter_only_process": summary(interpreter_walls),
+        "fresh_left_pending": sum(run["pending_after"] for run in fresh_runs),
+        "memory": {
+            "peak_rss_growth_bytes": peak_growth,
+            "peak_measured_from_merge_start": all(run["peak_reset"] for run in fresh_runs),
+            "ratio": peak_growth / size,
+            "tracemalloc_peak_bytes": traced["tracemalloc_peak_bytes"],
+            "tracemalloc_ratio": traced["tracemalloc_peak_bytes"] / size,
+            "import_only_peak_rss_bytes": statistics.median([run["peak_rss_kib"] * 1024 for run in import_runs]),
+            "fresh_peak_rss_bytes": statistics.median([run["peak_rss_after_kib"] * 1024 for run in fresh_runs]),
+        },
+    }
+
+
+def race(
+    root: Path, master: Path, case: str, package: InstalledPackage, mode: str, processes: int, events: int, wait: float
+) -> dict[str, Any]:
+    path = copy_of(master, root / f"race-{case}")
+    initial = counter_value(path)
+    workers = [start_worker(package, "race", path.parent, events, mode, wait) for _ in range(processes)]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            line = worker.stdout.readline()
+            if line != "ready\n":
+                worker.wait(timeout=60)
+                raise SystemExit(
+                    f"a race worker ({mode}) did not start: {worker.stderr.read() if worker.stderr else ''}"
+                )
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        reports = []
+        for worker in workers:
+            stdout, stderr = worker.communicate(timeout=1800)
+            if worker.returncode != 0:
+                raise SystemExit(f"a race worker ({mode}) exited {worker.returncode}: {stderr.strip()[-2000:]}")
+            reports.append(json.loads(stdout.splitlines()[-1]))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    run_worker(package, "merge", path.parent)  # applies whatever was handed over
+    expected = processes * events
+    counted = counter_value(path) - initial
+    latencies = sorted(latency for report in reports for latency in report["latencies"])
+    wall = max(r["finished"] for r in reports) - min(r["started"] for r in reports)
+    errors: dict[str, int] = {}
+    for report in reports:
+        for name, count in report["errors"].items():
+            errors[name] = errors.get(name, 0) + count
+    return {
+        "mode": mode,
+        "expected": expected,
+        "counted": counted,
+        "lost": expected - counted,
+        "lock_timeouts": sum(r["lock_timeouts"] for r in reports),
+        "errors": errors,
+        "handed_over": sum(r["handed_over"] for r in reports),
+        "p50_seconds": percentile(latencies, 0.50),
+        "p99_seconds": percentile(latencies, 0.99),
+        "max_seconds": latencies[-1],
+        "wall_seconds": wall,
+        "events_per_second": expected / wall,
+    }
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of sorted values."""
+    rank = max(1, round(fraction * len(ordered) + 0.5))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def held_lock(root: Path, package: InstalledPackage, calls: int) -> dict[str, Any]:
+    directory = root / "held"
+    run_worker(package, "fresh", directory)  # the file exists, with the event's series
+    initial = counter_value(directory / "fraisier.prom")
+    holder = start_worker(package, "hold", directory / "fraisier.prom.lock")
+    try:
+        assert holder.stdout is not None
+        if holder.stdout.readline() != "held\n":
+            raise SystemExit(f"the lock holder did not start: {holder.stderr.read() if holder.stderr else ''}")
+        recorder = start_worker(package, "held", directory, calls)
+        assert recorder.stdout is not None
+        try:
+            report = json.loads(recorder.stdout.readline())
+            reported = time.perf_counter()
+            try:
+                recorder.wait(timeout=120)
+                exit_seconds: float | None = time.perf_counter() - reported
+            except subprocess.TimeoutExpired:
+                exit_seconds = None
+        finally:
+            if recorder.poll() is None:
+                recorder.kill()
+            recorder.wait()
+    finally:
+        holder.kill()
+        holder.wait()
+    run_worker(package, "merge", directory)
+    attempted = len(report["calls"])
+    landed = counter_value(directory / "fraisier.prom") - initial
+    return {
+        "calls": report["calls"],
+        "summary": report["summary"],
+        "exit_seconds": exit_seconds,
+        "recorder_exit_code": recorder.returncode,
+        "attempted": attempted,
+        "landed": landed,
+        "total_call_seconds": sum(call["seconds"] for call in report["calls"]),
+        "raised": sum(1 for call in report["calls"] if call["raised"]),
+    }
+
+
+# The run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser(__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", help="series counts (default 10000 100000; 10000 with --quick)")
+    parser.add_argument("--processes", type=int, help="racing processes (default 16; 4 with --quick)")
+    parser.add_argument("--events", type=int, help="events per racing process (default 200; 25 with --quick)")
+    parser.add_argument("--wait", type=float, default=1.0, help="merge_or_hand_over's wait in the race (default 1 s)")
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help=f"git revision raced as today's code (default {BASELINE}, where this round started; '' to skip)",
+    )
+    args = parser.parse_args(argv)
+    sizes = args.sizes or ([10_000] if args.quick else [10_000, 100_000])
+    processes = args.processes or (4 if args.quick else 16)
+    events = args.events or (25 if args.quick else 200)
+
+    with temporary_directory(args) as root:
+        package = install_package(root / "installed")
+        features, _ = run_worker(package, "features")
+        baseline = install_baseline(root / "baseline", args.baseline)
+        results = [measure_size(root, series, package, args.quick) for series in sizes]
+
+        master = make_file(root / "race-master", RACE_SERIES)
+        modes: list[tuple[str, InstalledPackage, str]] = [
+            ("recorder", package, "recorder"),
+            ("merge", package, "merge"),
+        ]
+        notes = []
+        if features["merge_or_hand_over"]:
+            modes.append(("hand_over", package, "hand_over"))
+        else:
+            notes.append("TextfileStore.merge_or_hand_over does not exist in this version: its race is skipped")
+        if isinstance(baseline, InstalledPackage):
+            modes.append(("baseline", baseline, "recorder"))
+        else:
+            notes.append(f"baseline {args.baseline or '-'} not raced: {baseline}")
+        races = []
+        for key, installed, mode in modes:
+            outcome = race(root, master, key, installed, mode, processes, events, args.wait)
+            races.append({**outcome, "case": key})
+        reference = next((r for r in races if r["case"] == "baseline"), None)
+        for outcome in races:
+            outcome["throughput_ratio"] = (
+                outcome["events_per_second"] / reference["events_per_second"] if reference else None
+            )
+
+        held = held_lock(root, package, calls=3)
+        info = environment(root)
+
+    result = {
+        "benchmark": "floor",
+        "environment": info,
+        "features": features,
+        "baseline": args.baseline if isinstance(baseline, InstalledPackage) else None,
+        "goals": GOALS,
+        "sizes": results,
+        "race": {
+            "series": RACE_SERIES,
+            "processes": processes,
+            "events_per_process": events,
+            "wait": args.wait,
+            "results": races,
+            "notes": notes,
+        },
+        "held_lock": held,
+    }
+    emit(args, result, lambda: render(result))
+    return 0
+
+
+# Output
+
+
+def render(result: dict[str, Any]) -> None:
+    print("bench_floor: merges against the I/O floor, memory, a 16-process race and a held lock")
+    print_environment(result["environment"])
+    features = result["features"]
+    print(
+        f"this version: merge_or_hand_over {'yes' if features['merge_or_hand_over'] else 'no'}, "
+        f"merge(timeout=) {'yes' if features['merge_timeout'] else 'no'}, "
+        f"MetricsRecorder({', '.join(features['recorder_parameters'])})"
+    )
+    render_sizes(result)
+    render_memory(result)
+    render_race(result)
+    render_held(result)
+
+
+def render_sizes(result: dict[str, Any]) -> None:
+    rows = []
+    for size in result["sizes"]:
+        floor = size["floor"]["median_seconds"]
+        label = f"{size['series']:,} ({size['file_bytes'] / 1e6:.1f} MB)"
+        cases = [
+            ("I/O floor: read + write + fsync + rename", size["floor"], None),
+            ("fresh recorder in a new process, +1 event", size["fresh_merge"], GOALS["fresh"]),
+            ("warm recorder, +1 event", size["warm_merge"], GOALS["warm"]),
+            ("beside: the imports, in the fresh process", size["fresh_start_to_imported"], None),
+            ("beside: whole fresh process (start, imports, merge, exit)", size["whole_fresh_process"], None),
+            ("beside: whole process that only imports", size["whole_import_only_process"], None),
+            ("beside: python -c pass", size["whole_interpreter_only_process"], None),
+        ]
+        for number, (name, case, goal) in enumerate(cases):
+            ratio = case["median_seconds"] / floor
+            rows.append(
+                [
+                    label if number == 0 else "",
+                    name,
+                    format_seconds(case["median_seconds"]),
+                    format_seconds(case["min_seconds"]),
+                    case["repetitions"],
+                    format_ratio(ratio),
+                    goal_text(ratio, goal) if goal is not None else "",
+                ]
+            )
+    print_table(
+        "One event merged into an N-series file, against the I/O floor of that file (medians)",
+        ["series", "case", "median", "min", "reps", "× floor", "goal"],
+        rows,
+        align="llrrrrl",
+        notes=[
+            "the floor and the warm recorder run interleaved in one process; the fresh, import-only and bare "
+            "interpreter processes alternate",
+            "the fresh merge is timed inside its process: construction, the first read and the merge, not the "
+            "interpreter's start or the imports (shown beside)",
+        ]
+        + [
+            f"{size['series']:,}: {size['fresh_left_pending']} fresh run(s) returned with the event still pending"
+            for size in result["sizes"]
+            if size["fresh_left_pending"]
+        ],
+    )
+
+
+def render_memory(result: dict[str, Any]) -> None:
+    rows = []
+    for size in result["sizes"]:
+        memory = size["memory"]
+        rows.append(
+            [
+                f"{size['series']:,}",
+                f"{size['file_bytes'] / 1e6:.1f} MB",
+                f"{memory['peak_rss_growth_bytes'] / 1e6:.1f} MB",
+                format_ratio(memory["ratio"]),
+                goal_text(memory["ratio"], GOALS["memory"]),
+                f"{memory['tracemalloc_peak_bytes'] / 1e6:.1f} MB",
+                format_ratio(memory["tracemalloc_ratio"]),
+                f"{memory['import_only_peak_rss_bytes'] / 1e6:.1f} / {memory['fresh_peak_rss_bytes'] / 1e6:.1f} MB",
+            ]
+        )
+    print_table(
+        "Peak memory of the fresh merge, above the interpreter's baseline, as a ratio to the file",
+        [
+            "series",
+            "file",
+            "peak RSS growth",
+            "× file",
+            "goal",
+            "tracemalloc peak",
+            "× file",
+            "RSS import-only / fresh",
+        ],
+        rows,
+        align="lrrrlrrr",
+        notes=[
+            "peak RSS growth = the fresh process's peak RSS during its merge (the peak reset through "
+            "/proc/self/clear_refs once imported) minus its RSS then (median); tracemalloc: one more fresh "
+            "merge, traced",
+        ]
+        + [
+            f"{size['series']:,}: the peak RSS could not be reset here: the growth is from the process's peak "
+            "before the merge, which may hide part of it"
+            for size in result["sizes"]
+            if not size["memory"]["peak_measured_from_merge_start"]
+        ],
+    )
+
+
+def render_race(result: dict[str, Any]) -> None:
+    race = result["race"]
+    titles = {
+        "recorder": "recorder as shipped (auto_flush)",
+        "merge": "store.merge, waiting for the lock",
+        "hand_over": f"store.merge_or_hand_over(wait={race['wait']:g})",
+        "baseline": f"baseline {result['baseline']} recorder (today)",
+    }
+    rows = []
+    for outcome in race["results"]:
+        ratio = outcome["throughput_ratio"]
+        errors = ", ".join(f"{name} {count}" for name, count in outcome["errors"].items()) or "0"
+        rows.append(
+            [
+                titles[outcome["case"]],
+                f"{outcome['lost']:g}",
+                outcome["lock_timeouts"],
+                errors,
+                outcome["handed_over"],
+                format_seconds(outcome["p50_seconds"]),
+                format_seconds(outcome["p99_seconds"]),
+                f"{outcome['events_per_second']:,.0f}",
+                "—" if ratio is None else format_ratio(ratio),
+            ]
+        )
+    notes = list(race["notes"])
+    for outcome in race["results"]:
+        if outcome["case"] == "baseline":
+            continue
+        verdicts = [
+            "0 lost " + ("met" if outcome["lost"] == 0 else "MISSED"),
+            "0 timeouts " + ("met" if outcome["lock_timeouts"] == 0 else "MISSED"),
+            f"p99 ≤ {GOALS['race_p99_seconds'] * 1e3:g} ms "
+            + ("met" if outcome["p99_seconds"] <= GOALS["race_p99_seconds"] else "MISSED"),
+        ]
+        if outcome["throughput_ratio"] is not None:
+            verdicts.append(throughput_verdict(outcome["throughput_ratio"]))
+        notes.append(f"{outcome['case']}: " + ", ".join(verdicts))
+    print_table(
+        f"{race['processes']} processes × {race['events_per_process']} events on a {race['series']:,}-series file, "
+        "each event written out before the next",
+        ["writer", "lost", "timeouts", "errors", "handed over", "p50", "p99", "events/s", "× baseline"],
+        rows,
+        align="lrrlrrrrr",
+        notes=notes + ["lost = expected − (counter after the race and one more merge − counter before)"],
+    )
+
+
+def throughput_verdict(ratio: float) -> str:
+    goal = GOALS["race_throughput"]
+    return f"throughput ≥ {goal:g}× baseline {'met' if ratio >= goal else 'MISSED'}"
+
+
+def shorten(text: str | None, length: int = 100) -> str | None:
+    return text if text is None or len(text) <= length else text[: length - 1] + "…"
+
+
+def render_held(result: dict[str, Any]) -> None:
+    held = result["held_lock"]
+    rows = [
+        [f"call {number}", format_seconds(call["seconds"]), shorten(call["raised"]) or "nothing"]
+        for number, call in enumerate(held["calls"], 1)
+    ]
+    exit_seconds = held["exit_seconds"]
+    rows.append(
+        ["process exit after the calls", "did not exit" if exit_seconds is None else format_seconds(exit_seconds), ""]
+    )
+    features = result["features"]
+    budget = features["recorder_budget"]
+    notes = [
+        "lock-wait budget in the recorder: "
+        + (f"yes ({', '.join(budget)})" if budget else "no: each call waits the whole lock timeout, then raises")
+        + "; the store's hand-over: "
+        + ("yes" if features["merge_or_hand_over"] else "no (events the lock kept out stay in the process)"),
+        f"events landed after the lock was released and one more merge: {held['landed']:g} of {held['attempted']} "
+        + ("(exactly once)" if held["landed"] == held["attempted"] else "(NOT exactly once)"),
+        f"delay in all: {format_seconds(held['total_call_seconds'])}, goal ≤ ~{GOALS['held_seconds']:g} s "
+        + ("met" if held["total_call_seconds"] <= GOALS["held_seconds"] and not held["raised"] else "MISSED"),
+    ]
+    shown = ("pending_events", "handed_over_events", "dropped_events", "lock_wait_budget", "lock_wait_spent")
+    figures = [f"{key} {held['summary'][key]}" for key in shown if key in held["summary"]]
+    if figures:
+        notes.append(f"get_metrics_summary() after the calls: {', '.join(figures)}")
+    print_table(
+        "A record call while another process holds the lock",
+        ["", "latency", "raised"],
+        rows,
+        align="lrl",
+        notes=notes,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
