@@ -506,9 +506,10 @@ def _labels(text: str) -> dict[str, str]:
 def _series_count(block: Block | None, family: c.Family) -> int:
     if block is None or block.raw is not None:
         return 0
+    # line_count, not len(lines): a block read lazily is counted without being split into lines.
     if family.kind is c.Kind.HISTOGRAM:  # touched histograms have the catalogue's buckets by now
-        return len(block.lines) // (len(family.bucket_bounds) + 2)
-    return len(block.lines)
+        return block.line_count() // (len(family.bucket_bounds) + 2)
+    return block.line_count()
 
 
 def _count_refused(document: Document, refused: dict[str, int]) -> None:
@@ -565,7 +566,7 @@ def migrate_histograms(
 
 def _first_series_matches(block: Block, family: c.Family) -> bool:
     bounds = family.bucket_bounds
-    head = block.lines[: len(bounds) + 2]
+    head = block.head(len(bounds) + 2)
     if not head:
         return True
     if len(head) < len(bounds) + 2:

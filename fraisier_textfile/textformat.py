@@ -411,6 +411,20 @@ class Block:
         lines.extend(line for line in self._added.values() if line)
         self.lines = lines
 
+    def head(self, count: int) -> list[str]:
+        """The first ``count`` sample lines (fewer if the block has fewer), without splitting the whole block
+        when it is read lazily and unchanged."""
+        body = self._body
+        if body is None or self._edits or self._added:
+            return self.lines[:count]
+        end = 0
+        for _ in range(count):
+            newline = body.find("\n", end)
+            if newline < 0:
+                break
+            end = newline + 1
+        return body[:end].split("\n")[:-1]
+
     def index(self) -> dict[str, int]:
         """Series key -> position in :attr:`lines`."""
         lines = self.lines
@@ -637,6 +651,11 @@ class Document:
         return block
 
     def render(self) -> str:
+        return "".join(self.parts())
+
+    def parts(self) -> list[str]:
+        """The file's text in pieces whose concatenation is :meth:`render`: the text of unchanged families is
+        not copied (a writer encodes and writes it piece by piece)."""
         parts = []
         for key in sorted(self.meta):
             value = self.meta[key]
@@ -646,7 +665,7 @@ class Document:
         parts.append(self.preamble)
         for block in self.blocks.values():
             parts.extend(block.parts())
-        return "".join(parts)
+        return parts
 
 
 # Parsing a whole file
@@ -676,17 +695,13 @@ class _Scan:
         self.current: Block | None = None
         self.pending: list[str] = []  # comment and blank lines not yet given to a block
         self.samples: list[tuple[int, Block, str, list[tuple[str, str]], float]] = []
-        self.file_types: dict[str, tuple[str, int]] = {}  # a family's TYPE and its line
-        self._counted_position, self._counted_number = 0, 1
+        self.file_types: dict[str, tuple[str, int]] = {}  # a family's TYPE and where it is (see fail)
 
-    def line_number(self, position: int) -> int:
-        """The line number at ``position``, counted from the last one asked: the fast read does not count the
-        lines of the runs it skips over."""
-        self._counted_number += self.text.count("\n", self._counted_position, position)
-        self._counted_position = position
-        return self._counted_number
-
-    def fail(self, problem: str, line_number: int) -> None:
+    def fail(self, problem: str, where: int) -> None:
+        """``where`` is the line number when every problem is collected; when reading fast (stop at the first
+        problem), the position of the line's start: the fast read does not count the lines of the runs it
+        skips over, so a line number is counted only for the error."""
+        line_number = where if self.problems is not None else self.text.count("\n", 0, where) + 1
         error = ParseError(problem, line_number)
         if self.problems is None:
             raise error
@@ -750,7 +765,7 @@ class _Scan:
                 if text[position:].strip(" \t"):
                     self.fail(
                         "the file does not end with a newline (it was cut short): unexpected end of input stream",
-                        number if not fast else self.line_number(position),
+                        number if not fast else position,
                     )
                 break
             line = text[position:newline]
@@ -758,14 +773,14 @@ class _Scan:
             if not first:
                 self.pending.append(line + "\n")
             elif first == "#":
-                self.comment(line, number if not fast else self.line_number(position))
+                self.comment(line, number if not fast else position)
             else:
                 if fast:
                     end = self.fast_samples(position, line)
                     if end > position:
                         position = end
                         continue
-                self.sample(line, number if not fast else self.line_number(position))
+                self.sample(line, number if not fast else position)
             position = newline + 1
         if self.pending:
             if self.current is None:
