@@ -66,8 +66,10 @@ CLOCK_TOLERANCE = 300.0
 """Seconds. A last-deployment timestamp in the file further ahead of the merging process's clock than this was
 written while some clock was wrong (stepped back since, or a process with a fake time): a merge that touches
 it replaces it with its own value instead of keeping the larger one."""
-LATE_MERGE_BUDGET = 0.5
-"""Seconds a process may spend, after its own merge, merging hand-overs that arrived while it held the lock."""
+LATE_MERGE_BUDGET = 0.025
+"""Seconds a process may spend, after its own merge, merging hand-overs that arrived while it held the lock:
+one or two merges. Under sustained contention the other writers' own merges take the rest; a holder that kept
+on merging would make its own caller the slowest."""
 # Waiters poll the lock (flock cannot wait with a timeout). They start at 0.1 ms and double up to 1 ms, so
 # that one gets it within about a millisecond of its release, at a cost of at most 1,000 wake-ups a second.
 FIRST_POLL = 0.0001
