@@ -370,6 +370,7 @@ class Block:
         self._added: dict[str, str] = {}  # key -> line of a series not in _body
         self._positions: dict[str, int] = {}  # where a key's line starts in _body, -1 if it is not there
         self._hint = 0
+        self._body_count: tuple[str, int] | None = None  # _body and its number of lines
 
     # Lines, materialised on demand
 
@@ -434,9 +435,13 @@ class Block:
 
     def line_count(self) -> int:
         """How many samples, without materialising the lines."""
-        if self._body is not None:
+        body = self._body
+        if body is not None:
+            # The body never changes once read (edits are kept apart): counted once, not at every merge.
+            if self._body_count is None or self._body_count[0] is not body:
+                self._body_count = (body, body.count("\n"))
             removed = sum(1 for line in self._edits.values() if not line)
-            return self._body.count("\n") - removed + sum(1 for line in self._added.values() if line)
+            return self._body_count[1] - removed + sum(1 for line in self._added.values() if line)
         return len(self.lines)
 
     # Series
