@@ -183,7 +183,8 @@ class SeriesTimes:
                 if text[start:end] != new:
                     spans[start] = end
             if spans or appended:
-                parts, last = [], 0
+                parts: list[str] = []
+                last = 0
                 for start in sorted(spans):
                     parts += (text[last:start], new)
                     last = spans[start]
