@@ -507,12 +507,20 @@ class TextfileStore:
                     raise LockTimeoutError(self.lock_path, timeout)
                 self._lock.acquire(deadline, timeout, signals.deliver)
                 try:
-                    self._merge_locked(changes)
-                    return
+                    applied, to_remove = self._merge_locked(changes)
                 except _LockLost:
                     log.warning("%s was removed or replaced during a merge: merging again", self.lock_path)
+                    continue
                 finally:
                     self._lock.release()
+                # After the release: removing files waits on the filesystem's journal, which under load (other
+                # writers' fsyncs) can take seconds for a few hundred hand-overs, and the lock was held all that
+                # time. Nothing below may fail the merge: the file is written. A hand-over or a marker not
+                # removed yet (or ever) stays listed in the file, so no merger counts it again.
+                handover.remove(self.directory, applied)
+                for marker_id in to_remove:
+                    liveness.remove_marker(self.directory, marker_id)
+                return
 
     def _merge_late_handovers(self) -> None:
         """After releasing the lock, merge the hand-overs that arrived while it was held.
@@ -566,7 +574,9 @@ class TextfileStore:
         except OSError as error:
             raise write_error(self.directory, "create the directory", error) from None
 
-    def _merge_locked(self, changes: Changes) -> None:
+    def _merge_locked(self, changes: Changes) -> tuple[list[str], set[str]]:
+        """Merge under the lock; return the hand-overs applied and the markers retired, which the written file
+        lists as such: the caller removes them once the lock is released."""
         document = self._load()
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         read_from_disk = cached is None or document is not cached[1]  # not what we wrote
@@ -593,11 +603,7 @@ class TextfileStore:
         version = self._rename(temporary, descriptor)
         self._cached = None if version is None else (version, document)
         changes.clear()
-        # Nothing below may fail the merge: the file is written. A hand-over or a marker that cannot be
-        # removed stays listed in the file, so it is never counted again.
-        handover.remove(self.directory, applied)
-        for marker_id in to_remove:
-            liveness.remove_marker(self.directory, marker_id)
+        return applied, to_remove
 
     def _collect_handovers(self, document: Document) -> tuple[list[str], list[Changes]]:
         """The ids of every hand-over now in the directory that the file will account for, and the changes of
