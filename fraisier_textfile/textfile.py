@@ -352,6 +352,8 @@ _raw_signal: Any = getattr(signal, "_signal", signal)
 _signal_numbers: tuple[int, ...] | None = None
 
 
+_reported_late_merge_problems: set[str] = set()
+
 class TextfileStore:
     """One textfile directory: merges changes into ``fraisier.prom`` and reads it back."""
 
@@ -527,7 +529,10 @@ class TextfileStore:
             except LockTimeoutError:
                 return  # its holder looks again after releasing it
             except FraisierTextfileError as error:
-                log.warning("hand-overs waiting in %s were not merged: %s", self.directory, error)
+                # Once per problem and process: with a corrupt file every call of a recorder would repeat it.
+                if str(error) not in _reported_late_merge_problems:
+                    _reported_late_merge_problems.add(str(error))
+                    log.warning("hand-overs waiting in %s were not merged: %s", self.directory, error)
                 return
 
     def _handovers_waiting(self) -> bool:
