@@ -1,0 +1,94 @@
+"""Findings of an adversarial pass over the drop-in, the recorder's never-raise/never-stall contract and the CLI:
+each test reproduces one bug with real processes and files, and stays to keep it fixed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.textfile import TextfileStore
+
+from .processes import fraisier, free_port, http_get, lock_held_elsewhere, running
+from .values import sample_values
+
+DEPLOYMENTS = 'fraisier_deployments_total{{provider="bare_metal",status="{}",fraise_type="api"}}'
+
+
+def test_exec_does_not_wait_the_lock_timeout_to_record_the_end_under_a_held_lock(textfile_dir: Path) -> None:
+    """`fraisier exec` waited the whole lock timeout (10 s by default) after the command had finished, before
+    handing the end over: a stuck lock holder stalled every deploy pipeline. With a lock timeout of 300 s, the
+    wrapper has to return long before it (and before the holder gives up after 60 s); the end is handed over
+    and written exactly once later."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    with lock_held_elsewhere(store.lock_path):
+        result = fraisier(
+            "--lock-timeout", "300", "exec", "--provider", "bare_metal", "--fraise-type", "api", "--",
+            sys.executable, "-c", "print('deployed')", textfile_dir=textfile_dir, timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "deployed\n"
+    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
+    values = sample_values(store.path)
+    assert values[DEPLOYMENTS.format("success")] == 1
+    assert values[DEPLOYMENTS.format("crashed")] == 0
+    assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
+
+
+def test_a_script_whose_interpreter_is_missing_is_not_reported_as_missing(textfile_dir: Path, tmp_path: Path) -> None:
+    """The script is there and executable; its #! interpreter is not. "not found (check the path and PATH)"
+    sent the operator looking for the wrong file; a shell says "bad interpreter" and exits 126."""
+    script = tmp_path / "deploy.sh"
+    script.write_text("#!/nonexistent/interpreter\necho deployed\n")
+    script.chmod(0o755)
+    result = fraisier("exec", "--provider", "bare_metal", "--fraise-type", "api", "--", str(script),
+                      textfile_dir=textfile_dir)
+    assert result.returncode == 126
+    [line] = result.stderr.splitlines()
+    assert str(script) in line
+    assert "#!" in line and "interpreter" in line
+    assert "check the path and PATH" not in line
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[DEPLOYMENTS.format("failed")] == 1
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="command_not_executable"}'] == 1
+
+
+def test_route_sends_our_command_to_us_after_fraisiers_group_options() -> None:
+    """Fraisier's own units always start with `fraisier --config PATH ...`; an operator who wrote
+    `fraisier --config /opt/fraisier/fraises.yaml metrics -p 9101` got Fraisier's in-memory exporter, without
+    one fraisier_* series, and no error. Fraisier's group options configure Fraisier only: before one of our
+    commands they are accepted and left out."""
+    from fraisier_textfile.dispatch import Route, route
+
+    for arguments in (["--config", "/etc/f.yaml", "metrics", "-p", "9101"], ["-c", "f.yaml", "metrics"],
+                      ["-v", "metrics"], ["-vv", "--no-color", "--no-tee", "--json", "textfile", "show"],
+                      ["--config=f.yaml", "--textfile-dir", "/d", "record", "error"]):
+        decided = route(arguments)
+        assert decided.destination == Route.OURS, arguments
+        assert not {"-c", "--config", "-v", "-vv", "--no-color", "--no-tee", "--json", "f.yaml",
+                    "/etc/f.yaml", "--config=f.yaml"} & set(decided.our_arguments), decided.our_arguments
+    assert route(["--config", "f.yaml", "metrics", "-p", "1"]).our_arguments == ["metrics", "-p", "1"]
+    assert route(["--config=f.yaml", "--textfile-dir", "/d", "record"]).our_arguments == [
+        "--textfile-dir", "/d", "record"]
+    # An option neither CLI knows still goes to Fraisier, whose error names it.
+    assert route(["--bogus", "metrics"]).destination == Route.FRAISIER
+
+
+def test_fraisier_config_before_metrics_serves_the_textfile(textfile_dir: Path, tmp_path: Path) -> None:
+    """The same through the real `fraisier` console script with Fraisier installed: `--config X metrics`."""
+    pytest.importorskip("fraisier")
+    assert fraisier("record", "error", "--provider", "bare_metal", "--error-type", "timeout",
+                    textfile_dir=textfile_dir).returncode == 0
+    config = tmp_path / "fraises.yaml"
+    config.write_text("fraises: {}\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    script = "import sys; from fraisier_textfile.dispatch import main; sys.argv[0] = 'fraisier'; main()"
+    command = [sys.executable, "-c", script, "--config", str(config), "--textfile-dir", str(textfile_dir),
+               "metrics", "-p", str(port), "-a", "127.0.0.1"]
+    with running(command, url):
+        body = http_get(url)
+    assert 'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"} 1' in body
