@@ -11,7 +11,7 @@ import pytest
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.textfile import TextfileStore
 
-from .processes import fraisier, free_port, http_get, lock_held_elsewhere, running
+from .processes import REPOSITORY, fraisier, free_port, http_get, lock_held_elsewhere, running
 from .values import sample_values
 
 DEPLOYMENTS = 'fraisier_deployments_total{{provider="bare_metal",status="{}",fraise_type="api"}}'
@@ -92,3 +92,19 @@ def test_fraisier_config_before_metrics_serves_the_textfile(textfile_dir: Path, 
     with running(command, url):
         body = http_get(url)
     assert 'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"} 1' in body
+
+
+def test_the_systemd_units_run_the_script_that_is_always_ours() -> None:
+    """The units ran `/usr/local/bin/fraisier`, which belongs to whichever distribution was installed last:
+    with Fraisier installed (or upgraded) after this package, fraisier-metrics.service silently served
+    Fraisier's in-memory registry (no fraisier_* series) and the refresh timer failed with "No such command
+    'textfile'". `fraisier-textfile` is this package's CLI whatever the install order."""
+    import tomllib
+
+    scripts = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]["scripts"]
+    [always_ours] = [name for name, target in scripts.items() if target == "fraisier_textfile.cli:main"]
+    for unit in sorted((REPOSITORY / "contrib" / "systemd").glob("*.service")):
+        for line in unit.read_text().splitlines():
+            if line.startswith("ExecStart="):
+                program = line.removeprefix("ExecStart=").split()[0]
+                assert Path(program).name == always_ours, f"{unit.name}: {line}"
