@@ -3,6 +3,8 @@ each test reproduces one bug with real processes and files, and stays to keep it
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -108,3 +110,44 @@ def test_the_systemd_units_run_the_script_that_is_always_ours() -> None:
             if line.startswith("ExecStart="):
                 program = line.removeprefix("ExecStart=").split()[0]
                 assert Path(program).name == always_ours, f"{unit.name}: {line}"
+
+
+READ_BYTES_WHILE_RECORDING = """
+import json, sys
+from fraisier_textfile.metrics import MetricsRecorder
+
+def bytes_read():
+    with open("/proc/self/io") as io:
+        return int(dict(line.split(": ") for line in io.read().splitlines())["rchar"])
+
+recorder = MetricsRecorder(sys.argv[1], lock_wait_budget=0.1)
+before = bytes_read()
+for number in range(int(sys.argv[2])):
+    recorder.record_db_error("sqlite", "error_%d" % number)
+print(json.dumps({"read": bytes_read() - before, "summary": recorder.get_metrics_summary()}))
+"""
+
+
+def test_a_big_corrupt_file_is_not_read_again_for_every_recorded_event(textfile_dir: Path) -> None:
+    """With a corrupt 100,000-series textfile every record call read and parsed the whole file twice (the merge,
+    then the merge of the hand-overs waiting), and logged a warning each time: about 4 s per event here, a
+    deployment recording 20 events stalled for well over a minute. The file is read once, until it changes;
+    the events are handed over, and written exactly once when the file is fixed."""
+    textfile_dir.mkdir()
+    lines = ["# TYPE fraisier_db_errors_total counter"]
+    lines += [f'fraisier_db_errors_total{{database_type="db{n}",error_type="e"}} 1' for n in range(100_000)]
+    corrupt = ("\n".join(lines) + "\ngarbage{\n").encode()
+    (textfile_dir / "fraisier.prom").write_bytes(corrupt)
+    worker = subprocess.run([sys.executable, "-c", READ_BYTES_WHILE_RECORDING, str(textfile_dir), "10"],
+                            capture_output=True, text=True, timeout=600)
+    assert worker.returncode == 0, worker.stderr
+    outcome = json.loads(worker.stdout)
+    assert outcome["read"] < 2 * len(corrupt), outcome["read"] / len(corrupt)
+    assert outcome["summary"]["handed_over_events"] == 10
+    assert worker.stderr.count("hand-overs waiting") == 0
+    assert (textfile_dir / "fraisier.prom").read_bytes() == corrupt
+    (textfile_dir / "fraisier.prom").unlink()  # the operator's fix
+    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert all(values[f'fraisier_db_errors_total{{database_type="sqlite",error_type="error_{n}"}}'] == 1
+               for n in range(10))
