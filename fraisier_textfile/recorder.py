@@ -166,6 +166,7 @@ class MetricsRecorder:
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
+        self._failed_write: _FailedWrite | None = None
         self._seen: set[tuple[str, ...]] = set()
         self._in_flight: list[_InFlight] = []
         self._ending: list[liveness.Marker] = []
@@ -564,7 +565,28 @@ class MetricsRecorder:
         wait = min(self.store.lock_timeout, _process_budget.left(self.lock_wait_budget))
         started = time.monotonic()
         try:
+            if self._failed_write is not None and not self.strict and not self._failed_write.may_succeed_now():
+                # The last merge failed (a full disk, say) and nothing suggests this one would not: trying
+                # again would render the whole file per event (seconds for a big one). Hand over only.
+                merged = False
+                self.store.hand_over(self._pending)
+            else:
+                merged = self._merge_or_hand_over(wait)
+        except (FraisierTextfileError, OSError):
+            merged = False  # the hand-over failed too: the events stay pending, the problem is noted already
+        finally:
+            # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
+            # the process in all. A merge that may not wait any more still merges when the lock is free.
+            _process_budget.spend(time.monotonic() - started)
+        if self._pending:
+            _unflushed.add(self)
+        else:
+            self._written(merged)
+
+    def _merge_or_hand_over(self, wait: float) -> bool:
+        try:
             merged = self.store.merge_or_hand_over(self._pending, wait)
+            self._failed_write = None
             if not merged:
                 self._note(
                     "lock busy",
@@ -575,20 +597,14 @@ class MetricsRecorder:
                     LockTimeoutError(self.store.lock_path, wait),
                 )
         except (FraisierTextfileError, OSError) as error:  # OSError: none may reach a deployment, whatever happens
-            merged = False
+            self._failed_write = _FailedWrite(self.store)
             self._note_write_problem(error)
             try:
                 self.store.hand_over(self._pending)
             except (FraisierTextfileError, OSError):
                 pass  # the same problem (an unwritable directory), noted already
-        finally:
-            # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
-            # the process in all. A merge that may not wait any more still merges when the lock is free.
-            _process_budget.spend(time.monotonic() - started)
-        if self._pending:
-            _unflushed.add(self)
-        else:
-            self._written(merged)
+            return False
+        return merged
 
     def _written(self, merged: bool) -> None:
         """The pending events are in the file (merged) or handed over."""
@@ -666,6 +682,7 @@ class MetricsRecorder:
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
+        self._failed_write = None
         self._seen = set()
         self._in_flight = []
         self._ending = []
@@ -814,6 +831,38 @@ class DeploymentMetrics:
         self._handles = {family: FamilyHandle(family, target) for family in catalogue.FAMILIES}
 
 
+class _FailedWrite:
+    """When and in what state of the file and its filesystem a merge failed for another reason than a busy
+    lock. Merging again is worth its cost (reading and rendering the whole file) only once the file changed
+    (the operator's fix), its filesystem has more room, or a minute has passed."""
+
+    RETRY_AFTER = 60.0
+
+    def __init__(self, store: TextfileStore) -> None:
+        self._store = store
+        self._at = time.monotonic()
+        self._state = self._now()
+
+    def _now(self) -> tuple[object, ...]:
+        try:
+            status = os.stat(self._store.path)
+            file: object = (status.st_ino, status.st_size, status.st_mtime_ns)
+        except OSError as error:
+            file = error.errno
+        try:
+            room: object = os.statvfs(self._store.directory).f_bavail
+        except OSError as error:
+            room = error.errno
+        return file, room
+
+    def may_succeed_now(self) -> bool:
+        if time.monotonic() - self._at > self.RETRY_AFTER:
+            return True
+        (file, room), (file_then, room_then) = self._now(), self._state
+        more_room = isinstance(room, int) and (not isinstance(room_then, int) or room > room_then)
+        return file != file_then or more_room
+
+
 class _ProcessBudget:
     """The time this process has spent writing textfiles, shared by all its recorders (Fraisier makes several):
     the budget bounds what metrics cost the process, not each recorder."""
@@ -881,7 +930,7 @@ def _write_at_exit() -> None:
                 recorder._write()
             except Exception as error:
                 log.error("fraisier metrics: writing %s at exit failed: %r", recorder.textfile_path, error)
-            if recorder._handed_over_since_merge:
+            if recorder._handed_over_since_merge and recorder._failed_write is None:
                 # Not needed (the next merge by any process writes them), but if the lock is free by now the
                 # file need not wait for that: one try, no wait.
                 try:
