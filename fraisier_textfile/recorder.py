@@ -230,7 +230,7 @@ class MetricsRecorder:
         true/false, yes/no, on/off, up/down are understood (``catalogue.check_flag``) and any other value is
         dropped and logged: ``"false"`` is never recorded as available."""
         if self.strict and available is not True and available is not False:
-            raise InvalidValueError(f"available={available!r} is not a bool: pass True or False")
+            raise InvalidValueError(f"available={catalogue.shown(available)} is not a bool: pass True or False")
         self._event(changes.provider_availability, provider, available)
 
     @_never_raising
@@ -779,7 +779,7 @@ class FamilyHandle:
             return FamilyChild(self._recorder, self._family, tuple(labels[name] for name in names))
         if values and not labels and len(values) == len(names):
             return FamilyChild(self._recorder, self._family, values)
-        given = ", ".join([repr(value) for value in values] + list(labels))
+        given = ", ".join([catalogue.shown(value) for value in values] + list(labels))
         return FamilyChild(self._recorder, self._family, InvalidValueError(
             f"{self._family.name} takes the labels {', '.join(names)}, by position or by name, not {given}"
         ))

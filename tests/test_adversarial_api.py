@@ -214,3 +214,38 @@ def test_a_full_disk_does_not_cost_a_read_and_render_of_the_whole_file_per_event
     assert all(values[f'fraisier_db_errors_total{{database_type="sqlite",error_type="error_{n}"}}'] == 1
                for n in range(10))
     assert values['fraisier_db_errors_total{database_type="sqlite",error_type="after"}'] == 1
+
+
+class _Unprintable:
+    """An argument whose repr (and str, and float) raise, as a broken model object's might."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    __str__ = __repr__
+
+    def __float__(self) -> float:
+        raise RuntimeError("no float")
+
+
+@pytest.mark.parametrize("method, arguments", [
+    ("record_deployment_complete", ("bare_metal", "api", "success", 10**400)),
+    ("update_db_pool_metrics", ("sqlite", 10**400, 1, 0)),
+    ("record_deployment_error", (_Unprintable(), "timeout")),
+    ("record_rollback", ("bare_metal", "manual", _Unprintable())),
+    ("set_provider_availability", ("bare_metal", _Unprintable())),
+], ids=["huge int duration", "huge int gauge", "unprintable label", "unprintable duration", "unprintable flag"])
+def test_a_value_that_cannot_be_converted_is_a_bad_value_not_a_bug(
+    textfile_dir: Path, method: str, arguments: tuple[object, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An int too big for a float (OverflowError), a list, or an object whose repr raises escaped the value
+    checks: logged with a traceback as "please report this as a bug", and a strict recorder raised
+    OverflowError/TypeError/RuntimeError instead of InvalidValueError."""
+    from fraisier_textfile import InvalidValueError, MetricsRecorder
+
+    with pytest.raises(InvalidValueError):
+        getattr(MetricsRecorder(textfile_dir, strict=True), method)(*arguments)
+    recorder = MetricsRecorder(textfile_dir)
+    getattr(recorder, method)(*arguments)
+    assert recorder.dropped_events == 1
+    assert not any("report this" in record.getMessage() for record in caplog.records)
