@@ -15,7 +15,7 @@ import pytest
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.textfile import TextfileStore
 
-from .processes import REPOSITORY, fraisier, free_port, http_get, lock_held_elsewhere, running
+from .processes import REPOSITORY, fraisier, fraisier_metrics, free_port, http_get, lock_held_elsewhere, running
 from .values import sample_values
 
 DEPLOYMENTS = 'fraisier_deployments_total{{provider="bare_metal",status="{}",fraise_type="api"}}'
@@ -249,3 +249,48 @@ def test_a_value_that_cannot_be_converted_is_a_bad_value_not_a_bug(
     getattr(recorder, method)(*arguments)
     assert recorder.dropped_events == 1
     assert not any("report this" in record.getMessage() for record in caplog.records)
+
+
+ODD_VALUES = """\
+# TYPE fraisier_deployments_total counter
+fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"} NaN
+fraisier_deployments_total{provider="bare_metal",status="failed",fraise_type="api"} +Inf
+fraisier_deployments_total{provider="docker",status="success",fraise_type="api"} 3
+fraisier_deployments_total{provider="huge",status="success",fraise_type="api"} 1e300
+# TYPE fraisier_last_deployment_timestamp_seconds gauge
+fraisier_last_deployment_timestamp_seconds{provider="docker",fraise_type="api",status="success"} +Inf
+"""
+
+
+def _strict_json(text: str) -> object:
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_the_summary_of_a_file_with_nan_and_infinite_values(textfile_dir: Path) -> None:
+    """A counter edited to NaN or +Inf (Go's parser and node_exporter accept both) made `textfile summary` die
+    with a ValueError traceback, `--json` print NaN and Infinity (not JSON: jq and most parsers refuse them),
+    and the landing page say "No summary: cannot convert float NaN to integer"; 1e300 was printed as 301 digits.
+    The values are shown as they are in the table and as null in JSON; the file is left as it was."""
+    textfile_dir.mkdir()
+    (textfile_dir / "fraisier.prom").write_text(ODD_VALUES)
+    table = fraisier("textfile", "summary", textfile_dir=textfile_dir)
+    assert table.returncode == 0, table.stderr
+    assert "Traceback" not in table.stderr
+    [bare_metal] = [line for line in table.stdout.splitlines() if line.startswith("bare_metal") and "all" in line]
+    assert "nan" in bare_metal and "inf" in bare_metal
+    [huge] = [line for line in table.stdout.splitlines() if line.startswith("huge") and "all" in line]
+    assert "1e+300" in huge and "0000000000" not in huge  # not 301 digits that push every column off screen
+    as_json = fraisier("textfile", "summary", "--json", textfile_dir=textfile_dir)
+    assert as_json.returncode == 0, as_json.stderr
+    rows = _strict_json(as_json.stdout)["rows"]  # type: ignore[index]
+    [row] = [row for row in rows if row["provider"] == "bare_metal" and row["fraise_type"] == "api"]
+    assert row["deployments"]["success"] is None and row["deployments"]["failed"] is None
+    [docker] = [row for row in rows if row["provider"] == "docker" and row["fraise_type"] == "api"]
+    assert docker["deployments"]["success"] == 3
+    assert (textfile_dir / "fraisier.prom").read_text() == ODD_VALUES
+    with fraisier_metrics(textfile_dir) as url:
+        page = http_get(url.removesuffix("metrics"))
+    assert '<table id="summary">' in page, page
