@@ -126,7 +126,10 @@ def main(context: click.Context, textfile_dir: Path, lock_timeout: str, log_leve
 
     The options above may also follow the command: fraisier textfile check --textfile-dir DIR.
     """
-    context.obj = Settings(textfile_dir, seconds("--lock-timeout", lock_timeout), log_level, log_format)
+    from_environment = context.get_parameter_source("lock_timeout") is click.core.ParameterSource.ENVIRONMENT
+    # Name what the user wrote: a bad value from the environment is fixed there, not on the command line.
+    name = LOCK_TIMEOUT_ENVIRONMENT if from_environment else "--lock-timeout"
+    context.obj = Settings(textfile_dir, seconds(name, lock_timeout), log_level, log_format)
 
 
 pass_settings = click.pass_obj

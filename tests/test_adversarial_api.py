@@ -294,3 +294,13 @@ def test_the_summary_of_a_file_with_nan_and_infinite_values(textfile_dir: Path) 
     with fraisier_metrics(textfile_dir) as url:
         page = http_get(url.removesuffix("metrics"))
     assert '<table id="summary">' in page, page
+
+
+def test_a_bad_lock_timeout_from_the_environment_is_named_as_such(tmp_path: Path) -> None:
+    """FRAISIER_LOCK_TIMEOUT=abc was reported as "--lock-timeout='abc' is not a number" to an operator who
+    never gave --lock-timeout (a unit's Environment= line, say)."""
+    result = fraisier("textfile", "path", textfile_dir=tmp_path,
+                      env={**os.environ, "FRAISIER_LOCK_TIMEOUT": "abc"})
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "FRAISIER_LOCK_TIMEOUT='abc'" in line
