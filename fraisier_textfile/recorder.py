@@ -32,8 +32,10 @@ from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, LockTimeoutError, write_error
+from fraisier_textfile.lifecycle import DEFAULT_MAX_SERIES, SeriesLifecycle
 from fraisier_textfile.textfile import (
     DEFAULT_LOCK_TIMEOUT,
+    TEXTFILE_NAME,
     TextfileStore,
     default_lock_timeout,
     default_textfile_directory,
@@ -159,7 +161,7 @@ class MetricsRecorder:
         if lock_wait_budget is None:
             lock_wait_budget = self._from_environment(_default_lock_wait_budget, DEFAULT_LOCK_WAIT_BUDGET)
         self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
-        self.store = TextfileStore(directory, lock_timeout)
+        self.store = self._make_store(directory, lock_timeout)
         self.registry = CollectorRegistry()
         self._metrics = {family: _make_metric(family, self.registry) for family in catalogue.FAMILIES}
         self._children: dict[tuple[Family, Labels], Any] = {}
@@ -657,6 +659,18 @@ class MetricsRecorder:
             _logged_problems.discard((directory, kind))
             log.info("fraisier metrics: %s is written again", self.textfile_path)
 
+    def _make_store(self, directory: Path | str, lock_timeout: float) -> TextfileStore:
+        try:
+            return TextfileStore(directory, lock_timeout)
+        except InvalidValueError as error:  # a typo in FRAISIER_EXPIRE_AFTER or FRAISIER_MAX_SERIES_PER_FAMILY
+            if self.strict:
+                raise
+            if str(error) not in _logged_settings:
+                _logged_settings.add(str(error))
+                log.error("fraisier metrics: %s; using the defaults (no expiry, %d series per family)",
+                          error, DEFAULT_MAX_SERIES)
+            return TextfileStore(directory, lock_timeout, lifecycle=SeriesLifecycle(Path(directory) / TEXTFILE_NAME))
+
     def _from_environment(self, read: Callable[[], float], default: float) -> float:
         try:
             return read()
@@ -686,7 +700,7 @@ class MetricsRecorder:
         self._seen = set()
         self._in_flight = []
         self._ending = []
-        self.store = TextfileStore(self.store.directory, self.store.lock_timeout)
+        self.store = TextfileStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)
 
     # Direct writes to a family (DeploymentMetrics)
 
@@ -888,6 +902,9 @@ def _default_lock_wait_budget() -> float:
         return DEFAULT_LOCK_WAIT_BUDGET
     return catalogue.check_seconds(LOCK_WAIT_BUDGET_ENVIRONMENT, configured)
 
+
+# Bad settings in the environment already logged in this process.
+_logged_settings: set[str] = set()
 
 # Problems already logged in this process, by textfile directory and kind.
 _logged_problems: set[tuple[str, str]] = set()

@@ -355,7 +355,10 @@ _signal_numbers: tuple[int, ...] | None = None
 class TextfileStore:
     """One textfile directory: merges changes into ``fraisier.prom`` and reads it back."""
 
-    def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+    def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *,
+                 lifecycle: SeriesLifecycle | None = None) -> None:
+        """``lifecycle``: the settings of expiry and the series bound; by default read from the environment
+        (``SeriesLifecycle.from_environment``, which raises InvalidValueError for a bad value)."""
         self.directory = Path(directory)
         self.path = self.directory / TEXTFILE_NAME
         self.lock_path = self.directory / (TEXTFILE_NAME + LOCK_SUFFIX)
@@ -369,7 +372,7 @@ class TextfileStore:
         # The hand-overs the last merge found (applied, or set aside): the others arrived since.
         self._handled_handovers: set[str] = set()
         # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
-        self.lifecycle = SeriesLifecycle.from_environment(self.path)
+        self.lifecycle = SeriesLifecycle.from_environment(self.path) if lifecycle is None else lifecycle
 
     # Reading
 

@@ -304,3 +304,31 @@ def test_a_bad_lock_timeout_from_the_environment_is_named_as_such(tmp_path: Path
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert "FRAISIER_LOCK_TIMEOUT='abc'" in line
+
+
+BUILD_A_RECORDER_AND_DEPLOY = """
+import sys
+from fraisier_textfile.metrics import get_metrics_recorder
+recorder = get_metrics_recorder()  # what Fraisier's HealthCheckManager() does first
+with recorder.track_deployment("bare_metal", "api"):
+    pass
+print(recorder.get_metrics_summary()["problems"] == {}, flush=True)
+"""
+
+
+@pytest.mark.parametrize("variable, value", [("FRAISIER_MAX_SERIES_PER_FAMILY", "abc"),
+                                             ("FRAISIER_EXPIRE_AFTER", "soon")])
+def test_a_bad_lifecycle_setting_in_the_environment_does_not_fail_the_deployment(
+    textfile_dir: Path, variable: str, value: str
+) -> None:
+    """get_metrics_recorder() raised InvalidValueError when FRAISIER_MAX_SERIES_PER_FAMILY or
+    FRAISIER_EXPIRE_AFTER held a typo: Fraisier calls it in HealthCheckManager() and DatabaseObservability(),
+    so the deployment failed because of a metrics setting. It is logged once and the defaults are used."""
+    environment = {**os.environ, "FRAISIER_TEXTFILE_DIR": str(textfile_dir), variable: value}
+    worker = subprocess.run([sys.executable, "-c", BUILD_A_RECORDER_AND_DEPLOY], env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert worker.returncode == 0, worker.stderr
+    assert variable in worker.stderr and "defaults" in worker.stderr
+    assert worker.stderr.count(variable) == 1
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[DEPLOYMENTS.format("success")] == 1
