@@ -502,7 +502,7 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     import signal
     import threading
 
-    from fraisier_textfile.server import serve_textfile, systemd_listening_socket
+    from fraisier_textfile.server import notify_systemd, serve_textfile, systemd_listening_socket
 
     if not address.strip():
         raise InvalidInput("--address is empty: give localhost, a host's address, or 0.0.0.0 for every interface")
@@ -539,6 +539,8 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
         ) if part
     )
     log.info(f"fraisier metrics: serving {store.path} on {server.url}" + (f" ({details})" if details else ""))
+    # Type=notify: systemd counts the service started, and lets a reload (SIGHUP) through, only from here.
+    notify_systemd("READY=1")
     while True:
         wake.wait()
         wake.clear()

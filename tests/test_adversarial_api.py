@@ -332,3 +332,36 @@ def test_a_bad_lifecycle_setting_in_the_environment_does_not_fail_the_deployment
     assert worker.stderr.count(variable) == 1
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values[DEPLOYMENTS.format("success")] == 1
+
+
+def test_the_server_tells_systemd_it_is_ready_so_a_reload_cannot_kill_it_while_starting(
+    textfile_dir: Path, tmp_path: Path
+) -> None:
+    """fraisier-metrics.service was Type=simple: systemd counts it started at fork, so a `systemctl reload`
+    right after `start` (a configuration run that restarts, then reloads) sent SIGHUP before Python had
+    installed its handler, and the server died of it (exit 129; a clean signal, so Restart=on-failure did not
+    restart it). It now says READY=1 on $NOTIFY_SOCKET once its handlers are in and it serves (Type=notify),
+    and systemd holds a reload until then. Here the test plays systemd."""
+    import signal
+    import socket
+
+    notify_path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(60)
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "metrics",
+             "--address", "127.0.0.1", "--port", str(port)],
+            env={**os.environ, "NOTIFY_SOCKET": str(notify_path)}, stderr=subprocess.PIPE,
+        )
+        try:
+            assert b"READY=1" in notify.recv(4096).split(b"\n")
+            server.send_signal(signal.SIGHUP)  # what systemd's ExecReload does, as soon as it may
+            assert "# TYPE fraisier_deployments_total counter" in http_get(f"http://127.0.0.1:{port}/metrics")
+            assert server.poll() is None
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    unit = (REPOSITORY / "contrib" / "systemd" / "fraisier-metrics.service").read_text()
+    assert "\nType=notify\n" in unit
