@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.errors import FraisierTextfileError
+from fraisier_textfile.errors import FraisierTextfileError, write_error
 from fraisier_textfile.textfile import TextfileStore
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
         marker = liveness.create_marker(store.directory, provider, fraise_type)
         store.merge_or_hand_over(start, budget)
     except (OSError, FraisierTextfileError) as error:
+        if not isinstance(error, FraisierTextfileError):  # the marker: say where, and the fix
+            error = write_error(liveness.marker_directory(store.directory), "write a marker in", error)
         log.warning("the deployment runs, but its start was not recorded: %s", error)
 
     # The handlers go in before the child starts: a signal that arrives while it is being started is kept

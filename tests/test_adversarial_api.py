@@ -365,3 +365,18 @@ def test_the_server_tells_systemd_it_is_ready_so_a_reload_cannot_kill_it_while_s
             server.wait(timeout=60)
     unit = (REPOSITORY / "contrib" / "systemd" / "fraisier-metrics.service").read_text()
     assert "\nType=notify\n" in unit
+
+
+def test_exec_names_the_marker_directory_when_it_cannot_write_there(tmp_path: Path) -> None:
+    """`fraisier exec` logged the raw "[Errno 20] Not a directory: '.../.fraisier-inflight'" (and on a full
+    disk a bare "[Errno 28] No space left on device", without any path) where the recorder says what it could
+    not do, where, and the fix."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = fraisier("exec", "--provider", "bare_metal", "--fraise-type", "api", "--", sys.executable, "-c",
+                      "print('deployed')", textfile_dir=blocker / "textfile")
+    assert result.returncode == 0 and result.stdout == "deployed\n"
+    [start, _end] = result.stderr.splitlines()
+    assert "[Errno" not in start
+    assert f"cannot write a marker in {blocker / 'textfile' / '.fraisier-inflight'}" in start
+    assert "check the directory and the disk" in start
