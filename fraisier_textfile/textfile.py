@@ -352,12 +352,13 @@ _raw_signal: Any = getattr(signal, "_signal", signal)
 _signal_numbers: tuple[int, ...] | None = None
 
 
-_reported_late_merge_problems: set[str] = set()
-
 class TextfileStore:
     """One textfile directory: merges changes into ``fraisier.prom`` and reads it back."""
 
-    def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+    def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *,
+                 lifecycle: SeriesLifecycle | None = None) -> None:
+        """``lifecycle``: the settings of expiry and the series bound; by default read from the environment
+        (``SeriesLifecycle.from_environment``, which raises InvalidValueError for a bad value)."""
         self.directory = Path(directory)
         self.path = self.directory / TEXTFILE_NAME
         self.lock_path = self.directory / (TEXTFILE_NAME + LOCK_SUFFIX)
@@ -366,10 +367,12 @@ class TextfileStore:
         # What this process last wrote, and the identity of the file it wrote: while the file on disk is
         # still that one, nobody else has merged since and it need not be read or parsed again.
         self._cached: tuple[FileVersion, Document] | None = None
+        self._corrupt: tuple[FileVersion, CorruptTextfileError] | None = None
+        """The version of the file that failed to parse, and how: see _load."""
         # The hand-overs the last merge found (applied, or set aside): the others arrived since.
         self._handled_handovers: set[str] = set()
         # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
-        self.lifecycle = SeriesLifecycle.from_environment(self.path)
+        self.lifecycle = SeriesLifecycle.from_environment(self.path) if lifecycle is None else lifecycle
 
     # Reading
 
@@ -456,7 +459,7 @@ class TextfileStore:
         except FraisierTextfileError:
             # Also after a failure: this process may have held the lock (a lock timeout too, when its lock
             # file was replaced mid-merge and the new one stayed busy).
-            self._merge_late_handovers()
+            self._merge_late_handovers(failed=True)
             raise
         self._merge_late_handovers()
 
@@ -507,7 +510,7 @@ class TextfileStore:
                 finally:
                     self._lock.release()
 
-    def _merge_late_handovers(self) -> None:
+    def _merge_late_handovers(self, failed: bool = False) -> None:
         """After releasing the lock, merge the hand-overs that arrived while it was held.
 
         The invariant that makes every hand-over written once, soon: a process that hands over writes its
@@ -529,10 +532,10 @@ class TextfileStore:
             except LockTimeoutError:
                 return  # its holder looks again after releasing it
             except FraisierTextfileError as error:
-                # Once per problem and process: with a corrupt file every call of a recorder would repeat it.
-                if str(error) not in _reported_late_merge_problems:
-                    _reported_late_merge_problems.add(str(error))
-                    log.warning("hand-overs waiting in %s were not merged: %s", self.directory, error)
+                # After a failed merge this is most likely the same problem, which its caller reports: a
+                # recorder hit by a corrupt file would otherwise log it again with every event.
+                log.log(logging.DEBUG if failed else logging.WARNING,
+                        "hand-overs waiting in %s were not merged: %s", self.directory, error)
                 return
 
     def _handovers_waiting(self) -> bool:
@@ -621,11 +624,26 @@ class TextfileStore:
                 return document
             cached_version.close()
             self._cached = None
+        if self._corrupt is not None:
+            corrupt_version, error = self._corrupt
+            if corrupt_version.is_current():
+                raise error.with_traceback(None)
+            corrupt_version.close()
+            self._corrupt = None
         self._remove_stale_temporaries()
         version, text = self.read_text()
+        try:
+            document = self.parse_text(text, check_histograms=False)
+        except CorruptTextfileError as error:
+            # The same bytes fail the same way. Until the file changes (the operator's fix), merges answer
+            # from here rather than read and parse it again: for a big file that costs seconds, and a
+            # recorder hit by it would pay them with every event it records.
+            if version is not None:
+                self._corrupt = (version, error)
+            raise
         if version is not None:
             version.close()
-        return self.parse_text(text, check_histograms=False)
+        return document
 
     def _account_markers(self, document: Document, changes: Changes) -> set[str]:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
