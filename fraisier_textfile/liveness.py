@@ -42,7 +42,8 @@ import stat
 import threading
 from pathlib import Path
 
-from fraisier_textfile.errors import UnexpectedFileError, write_error
+from fraisier_textfile.catalogue import check_label_value
+from fraisier_textfile.errors import InvalidValueError, UnexpectedFileError, write_error
 
 MARKER_DIRECTORY = ".fraisier-inflight"
 LIVENESS_LOCK = "flock"
@@ -354,6 +355,16 @@ def _open_marker(path: str | Path) -> int:
     return descriptor
 
 
+_unusable_markers: set[str] = set()
+"""The markers already logged as unusable by this process (logged once each)."""
+
+
+def _string(value: object) -> str:
+    if value.__class__ is not str:
+        raise InvalidValueError(f"{value!r} is not a string")
+    return str(value)
+
+
 def read_markers(textfile_directory: Path) -> list[Marker]:
     """Every complete marker, in no particular order. Markers that cannot be read are skipped."""
     directory = marker_directory(textfile_directory)
@@ -371,11 +382,23 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
             descriptor = _open_marker(entry.path)
             with os.fdopen(descriptor, "rb") as file:
                 content = json.loads(file.read(65536))
+            # Checked as the recorder checks them: a lone surrogate would make every merge fail, an empty or
+            # non-string value would be counted under a label value no deployment has.
+            provider = check_label_value("provider", _string(content["provider"]))
+            fraise_type = check_label_value("fraise_type", _string(content["fraise_type"]))
+        except InvalidValueError as error:
+            if entry.name not in _unusable_markers:
+                _unusable_markers.add(entry.name)
+                log.warning("the in-flight marker %s is not one this version can use (%s): ignored", entry.path, error)
+            continue
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        try:
             markers.append(
                 Marker(
                     entry.name,
-                    str(content["provider"]),
-                    str(content["fraise_type"]),
+                    provider,
+                    fraise_type,
                     str(content.get("boot", "")),
                     str(content.get("pid_namespace", "")),
                     path=directory / entry.name,

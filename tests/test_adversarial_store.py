@@ -156,3 +156,41 @@ def test_a_hand_over_with_wrong_values_or_types_is_set_aside_and_the_store_goes_
     assert recorded.returncode == 0, recorded.stderr
     text = (textfile_dir / "fraisier.prom").read_text()
     assert 'fraisier_rollbacks_total{provider="p",reason="manual"} 2.0\n' in text
+
+
+# In-flight markers written by another version or another user of the group.
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param({"provider": "p\ud800", "fraise_type": "api"}, id="lone-surrogate"),
+        pytest.param({"provider": "p\n", "fraise_type": "api"}, id="newline"),
+        pytest.param({"provider": "", "fraise_type": "api"}, id="empty-provider"),
+        pytest.param({"provider": 5, "fraise_type": ["api"]}, id="not-strings"),
+    ],
+)
+def test_a_marker_with_values_the_recorder_would_refuse_is_never_counted_under_them(
+    textfile_dir: Path, content: dict[str, object]
+) -> None:
+    """Bugs: a dead marker whose provider held a lone surrogate made every merge fail with a raw
+    UnicodeEncodeError (the store wedged for good, `fraisier metrics` too); one with an empty provider or
+    non-string values was counted crashed under provider="" or fraise_type="['api']"."""
+    import json
+
+    directory = textfile_dir / MARKER_DIRECTORY
+    directory.mkdir(parents=True)
+    marker = directory / "999999999-1-0badc0de"  # no such PID, no lock held: a dead deployment
+    marker.write_bytes(json.dumps({**content, "liveness": "flock"}).encode("utf-8", "surrogatepass"))
+
+    refreshed = fraisier("textfile", "refresh", textfile_dir=textfile_dir)
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert "Traceback" not in refreshed.stderr
+    checked = fraisier("textfile", "check", textfile_dir=textfile_dir)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert 'status="crashed"' not in (textfile_dir / "fraisier.prom").read_text()
+    recorded = fraisier(*EXEC_TRUE, textfile_dir=textfile_dir)
+    assert recorded.returncode == 0 and "Traceback" not in recorded.stderr, recorded.stderr
+    assert 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"} 1.0\n' in (
+        textfile_dir / "fraisier.prom"
+    ).read_text()
