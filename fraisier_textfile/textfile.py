@@ -563,10 +563,15 @@ class TextfileStore:
         read_from_disk = cached is None or document is not cached[1]  # not what we wrote
         if cached is not None:
             cached[0].close()
+        # Markers are probed before the hand-overs are listed. A process whose end could not wait for the lock
+        # hands it over and only then releases its marker: so a marker found released here has its hand-over
+        # in the directory already, and the listing below finds it (listed first, the hand-over could be
+        # missed and the deployment counted crashed as well as ended).
+        markers = self._probe_markers(document.retired_markers)
         applied, handed_over = self._collect_handovers(document)
         combined = _combined([*handed_over, changes]) if handed_over else changes
         to_apply = self.lifecycle.before_merge(document, combined, read_from_disk)
-        to_remove = self._account_markers(document, to_apply)
+        to_remove = self._account_markers(document, to_apply, markers)
         _apply(document, to_apply, self.path, time.time())
         self.lifecycle.after_merge(document, to_apply)
         if applied:
@@ -622,7 +627,15 @@ class TextfileStore:
             version.close()
         return self.parse_text(text, check_histograms=False)
 
-    def _account_markers(self, document: Document, changes: Changes) -> set[str]:
+    def _probe_markers(self, accounted: Collection[str]) -> list[tuple[liveness.Marker, bool]]:
+        """Every in-flight marker, and whether its deployment is alive (not probed for those ``accounted``)."""
+        return [
+            (marker, marker.id not in accounted and liveness.is_alive(marker)) for marker in self._read_markers()
+        ]
+
+    def _account_markers(
+        self, document: Document, changes: Changes, markers: list[tuple[liveness.Marker, bool]]
+    ) -> set[str]:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
         markers it now accounts for. Those are removed only after the file is written, and the list stays in
         the file until they are gone: so a merger killed at any point leaves each deployment counted once."""
@@ -630,12 +643,12 @@ class TextfileStore:
         active: dict[str, int] = {provider: 0 for provider in changes.active_providers}
         existing = set()
         crashed = Changes()
-        for marker in self._read_markers():
+        for marker, alive in markers:
             existing.add(marker.id)
             if marker.id in accounted:
                 continue
             active.setdefault(marker.provider, 0)
-            if liveness.is_alive(marker):
+            if alive:
                 active[marker.provider] += 1
             else:
                 deployment_crashed(crashed, marker.provider, marker.fraise_type, marker.id)

@@ -194,3 +194,80 @@ def test_a_marker_with_values_the_recorder_would_refuse_is_never_counted_under_t
     assert 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"} 1.0\n' in (
         textfile_dir / "fraisier.prom"
     ).read_text()
+
+
+# Signals and races: exactly once.
+
+_SLOW_MERGER = """
+import os, sys
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.textfile import TextfileStore
+store = TextfileStore(sys.argv[1])
+while not os.path.exists(sys.argv[2]):
+    store.merge(Changes())
+"""
+
+_ENDER = """
+import sys
+from fraisier_textfile import changes, liveness
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.textfile import TextfileStore
+store = TextfileStore(sys.argv[1])
+handed_over = deployments = 0
+while handed_over < int(sys.argv[2]) and deployments < 2000:
+    marker = liveness.create_marker(store.directory, "bare_metal", "api")
+    start = Changes()
+    changes.deployment_started(start, "bare_metal", "api")
+    store.merge(start)
+    end = Changes()
+    changes.deployment_complete(end, "bare_metal", "api", "success", 1.0)
+    changes.deployment_ended(end, "bare_metal", marker.id)
+    # As the recorder and `fraisier exec` do: hand the end over when the lock is busy, then release the marker.
+    if not store.merge_or_hand_over(end, 0.0005):
+        handed_over += 1
+    marker.release()
+    deployments += 1
+print(deployments, handed_over)
+"""
+
+
+def test_an_end_handed_over_while_a_merger_probes_the_markers_is_never_also_counted_crashed(
+    textfile_dir: Path,
+) -> None:
+    """Bug: a merger listed the hand-overs, then probed the markers. An end handed over between the two (its
+    process then releasing its marker, as it must once the end is handed over) was counted crashed by that
+    merger and success by the next: one deployment, counted twice."""
+    import json
+    import subprocess
+    import sys
+
+    from fraisier_textfile.changes import Changes
+    from fraisier_textfile.textfile import TextfileStore
+
+    from .values import sample_values
+
+    markers = textfile_dir / MARKER_DIRECTORY
+    markers.mkdir(parents=True)
+    # Deployments of an older version (no lock) by this live process: alive by /proc, and each one probed
+    # costs the merger a read of /proc, which keeps it between the two steps long enough to be caught there.
+    pid, start = os.getpid(), liveness.process_start_time(os.getpid())
+    for number in range(2000):
+        (markers / f"{pid}-{start}-{number:08x}").write_text(json.dumps({"provider": "slow", "fraise_type": "api"}))
+    stop = textfile_dir.parent / "stop"
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    merger = subprocess.Popen([sys.executable, "-c", _SLOW_MERGER, str(textfile_dir), str(stop)], env=environment)
+    try:
+        ender = subprocess.run(
+            [sys.executable, "-c", _ENDER, str(textfile_dir), "5"],
+            env=environment, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        stop.touch()
+        merger.wait(timeout=60)
+    assert ender.returncode == 0, ender.stderr
+    deployments, handed_over = map(int, ender.stdout.split())
+    assert handed_over > 0
+    TextfileStore(textfile_dir).merge(Changes())
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 0
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == deployments
