@@ -144,7 +144,7 @@ def _label_value(label: str, value: object) -> str:
 
 
 def _marker_id(value: object) -> str:
-    if value.__class__ is not str or not value or not value.isprintable() or " " in value:
+    if value.__class__ is not str or not value or not value.isprintable() or " " in value or "/" in value:
         raise UnreadableHandover(f"the marker id {value!r} is not one fraisier writes")
     return str(value)
 

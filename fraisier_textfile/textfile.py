@@ -652,6 +652,14 @@ class TextfileStore:
                 active[marker.provider] += 1
             else:
                 deployment_crashed(crashed, marker.provider, marker.fraise_type, marker.id)
+        # A marker made after the probe whose deployment's start and end were handed over since: this merge
+        # applies its end, so it stays listed (else the next merger would count it crashed) and is removed.
+        directory = liveness.marker_directory(self.directory)
+        for marker_id in changes.retired_markers - existing:
+            if marker_id and "/" not in marker_id and not marker_id.startswith(".") and os.path.lexists(
+                directory / marker_id
+            ):
+                existing.add(marker_id)
         accounted |= crashed.retired_markers
         _apply(document, crashed, self.path, time.time())
         _set_active(document, active)

@@ -271,3 +271,59 @@ def test_an_end_handed_over_while_a_merger_probes_the_markers_is_never_also_coun
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 0
     assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == deployments
+
+
+_WHOLE_DEPLOYMENT_HANDED_OVER = """
+import sys
+from fraisier_textfile import changes, liveness
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.textfile import TextfileStore
+store = TextfileStore(sys.argv[1])
+marker = liveness.create_marker(store.directory, "bare_metal", "api")
+start = Changes()
+changes.deployment_started(start, "bare_metal", "api")
+end = Changes()
+changes.deployment_complete(end, "bare_metal", "api", "success", 1.0)
+changes.deployment_ended(end, "bare_metal", marker.id)
+# As `fraisier exec` does while the lock is busy: start and end handed over, then the marker released.
+merged = [store.merge_or_hand_over(start, 0.001), store.merge_or_hand_over(end, 0.001)]
+marker.release()
+print(merged)
+"""
+
+
+def test_a_whole_deployment_handed_over_during_a_merge_is_counted_once(textfile_dir: Path) -> None:
+    """Bug: a deployment whose marker appeared after a merger had probed the markers, and whose start and end
+    were handed over before that merger listed the hand-overs, had its retired marker dropped from the file
+    (the merger had not seen the marker), so the next merger counted it crashed as well as successful.
+
+    The moment is chosen by running that deployment, a real process, from inside a real merge, just before
+    it lists the hand-overs (the lock is held meanwhile, so both its merges must hand over)."""
+    import subprocess
+    import sys
+
+    from fraisier_textfile.changes import Changes
+    from fraisier_textfile.textfile import TextfileStore
+
+    from .values import sample_values
+
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    outputs: list[str] = []
+
+    class MergerCaughtBetweenItsSteps(TextfileStore):
+        def _collect_handovers(self, document):  # type: ignore[no-untyped-def]
+            if not outputs:
+                outputs.append(subprocess.run(
+                    [sys.executable, "-c", _WHOLE_DEPLOYMENT_HANDED_OVER, str(self.directory)],
+                    env=environment, capture_output=True, text=True, check=True, timeout=60,
+                ).stdout)
+            return super()._collect_handovers(document)
+
+    MergerCaughtBetweenItsSteps(textfile_dir).merge(Changes())
+    assert outputs == ["[False, False]\n"]
+    TextfileStore(textfile_dir).merge(Changes())
+    TextfileStore(textfile_dir).merge(Changes())
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+    assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 0
+    assert os.listdir(textfile_dir / MARKER_DIRECTORY) == []
