@@ -451,10 +451,10 @@ class TextfileStore:
         (LockTimeoutError when the lock stayed busy)."""
         try:
             self._merge_once(changes, self.lock_timeout if timeout is None else timeout)
-        except FraisierTextfileError:
+        except FraisierTextfileError as error:
             # Also after a failure: this process may have held the lock (a lock timeout too, when its lock
             # file was replaced mid-merge and the new one stayed busy).
-            self._merge_late_handovers()
+            self._merge_late_handovers(reported=str(error))
             raise
         self._merge_late_handovers()
 
@@ -505,7 +505,7 @@ class TextfileStore:
                 finally:
                     self._lock.release()
 
-    def _merge_late_handovers(self) -> None:
+    def _merge_late_handovers(self, reported: str = "") -> None:
         """After releasing the lock, merge the hand-overs that arrived while it was held.
 
         The invariant that makes every hand-over written once, soon: a process that hands over writes its
@@ -519,7 +519,8 @@ class TextfileStore:
         Under sustained contention new hand-overs keep arriving, and a holder that looped for ever would hold
         up the deployment it belongs to: it stops after LATE_MERGE_BUDGET seconds, leaving what remains to
         the next merge of any process (under such load, one within milliseconds; otherwise at the latest the
-        next ``fraisier textfile refresh``). Nothing is lost or applied twice either way."""
+        next ``fraisier textfile refresh``). Nothing is lost or applied twice either way. A failure with the
+        ``reported`` message (the caller's own, raised to its caller) is not logged a second time."""
         stop = time.monotonic() + LATE_MERGE_BUDGET
         while time.monotonic() < stop and self._handovers_waiting():
             try:
@@ -527,7 +528,8 @@ class TextfileStore:
             except LockTimeoutError:
                 return  # its holder looks again after releasing it
             except FraisierTextfileError as error:
-                log.warning("hand-overs waiting in %s were not merged: %s", self.directory, error)
+                if str(error) != reported:
+                    log.warning("hand-overs waiting in %s were not merged: %s", self.directory, error)
                 return
 
     def _handovers_waiting(self) -> bool:

@@ -327,3 +327,15 @@ def test_a_whole_deployment_handed_over_during_a_merge_is_counted_once(textfile_
     assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
     assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 0
     assert os.listdir(textfile_dir / MARKER_DIRECTORY) == []
+
+
+def test_a_problem_in_the_hand_over_directory_is_reported_once(textfile_dir: Path) -> None:
+    """Bug: a directory in place of a hand-over made `fraisier record` report the same problem twice, as a
+    warning from the look for late hand-overs that followed the failed merge, then as its error."""
+    from fraisier_textfile.handover import HANDOVER_DIRECTORY
+
+    (textfile_dir / HANDOVER_DIRECTORY / "00000000000000000001-1-0badc0de.json").mkdir(parents=True)
+    result = fraisier("record", "rollback", "--provider", "p", "--reason", "manual", "--duration", "3",
+                      textfile_dir=textfile_dir)
+    assert result.returncode == 1
+    assert result.stderr.count("is not a regular file") == 1, result.stderr
