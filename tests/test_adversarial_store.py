@@ -339,3 +339,24 @@ def test_a_problem_in_the_hand_over_directory_is_reported_once(textfile_dir: Pat
                       textfile_dir=textfile_dir)
     assert result.returncode == 1
     assert result.stderr.count("is not a regular file") == 1, result.stderr
+
+
+def test_a_deployment_run_while_the_file_cannot_be_merged_keeps_its_outcome(textfile_dir: Path) -> None:
+    """Bug: `fraisier exec` dropped the start and end of a deployment it could not merge for another reason than
+    a busy lock (here a file it refuses; likewise a rename refused in a sticky directory) and released its
+    marker: the next merge, once the file was fixed, counted a successful deployment as crashed. Its events
+    are now handed over, as the recorder's are."""
+    from .values import sample_values
+
+    textfile_dir.mkdir()
+    (textfile_dir / "fraisier.prom").write_text("garbage{\n")
+    result = fraisier(*EXEC_TRUE, textfile_dir=textfile_dir)
+    assert result.returncode == 0
+    assert "handed over" in result.stderr, result.stderr
+    (textfile_dir / "fraisier.prom").unlink()  # what the error asks for
+    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+    assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 0
+    assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
+    assert os.listdir(textfile_dir / MARKER_DIRECTORY) == []
