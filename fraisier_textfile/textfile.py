@@ -747,13 +747,38 @@ class TextfileStore:
         except OSError as error:
             os.close(descriptor)
             _unlink_quietly(temporary)
-            raise write_error(self.path, "write", error) from None
+            raise self._replace_error(error) from None
         self._fsync_directory()
         try:
             return FileVersion(self.path, descriptor)
         except OSError:
             os.close(descriptor)
             return None
+
+    def _replace_error(self, error: OSError) -> TextfileWriteError:
+        """The error for a rename over the textfile that failed. In a sticky directory (mode 1777, as /tmp)
+        only the file's owner may replace it, however writable the directory: say so, not "make it writable"."""
+        if error.errno in (errno.EPERM, errno.EACCES):
+            try:
+                directory, target = os.stat(self.directory), os.lstat(self.path)
+            except OSError:
+                pass
+            else:
+                if directory.st_mode & stat.S_ISVTX and target.st_uid != os.geteuid():
+                    import pwd  # here, not at the top: only this error needs it
+
+                    try:
+                        owner = pwd.getpwuid(target.st_uid).pw_name
+                    except KeyError:
+                        owner = f"uid {target.st_uid}"
+                    return TextfileWriteError(
+                        self.path,
+                        f"cannot write {self.path}: {error.strerror}; it belongs to {owner} and its directory is "
+                        f"sticky (chmod +t), so only {owner} can replace it: share a directory without the sticky "
+                        "bit (a group directory, chmod 2775), or choose another --textfile-dir",
+                        error.errno,
+                    )
+        return write_error(self.path, "write", error)
 
     def _fsync_directory(self) -> None:
         """Make the rename itself durable."""

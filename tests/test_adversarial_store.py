@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -360,3 +361,67 @@ def test_a_deployment_run_while_the_file_cannot_be_merged_keeps_its_outcome(text
     assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 0
     assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
     assert os.listdir(textfile_dir / MARKER_DIRECTORY) == []
+
+
+@pytest.fixture
+def world_readable() -> Iterator[Path]:
+    """A directory under /tmp that another user can enter (pytest's tmp_path is under a 0700 directory)."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="fraisier-adversarial-", dir="/tmp"))
+    os.chmod(directory, 0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_rename_refused_in_a_sticky_directory_says_why(world_readable: Path) -> None:
+    """Bug: in a sticky directory (mode 1777, as /tmp) only a file's owner may replace it; another user's merge
+    was refused with "Operation not permitted; make the directory writable by this user", a directory that
+    is writable by that user already. The error now names the owner and the sticky bit."""
+    import shutil
+    import subprocess
+    import sys
+
+    from fraisier_textfile.changes import Changes, deployment_error
+    from fraisier_textfile.textfile import TextfileStore
+
+    from .processes import binary
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run a merge as another user")
+    setpriv = binary("setpriv")
+    python = shutil.which("python3", path="/usr/bin") or sys.executable
+    tmp_path = world_readable
+    package = tmp_path / "package"
+    shutil.copytree(Path(liveness.__file__).parent, package / "fraisier_textfile",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for directory, _, files in os.walk(tmp_path):
+        os.chmod(directory, 0o755)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o644)
+    sticky = tmp_path / "sticky"
+    sticky.mkdir(mode=0o1777)
+    os.chmod(sticky, 0o1777)
+    changes = Changes()
+    deployment_error(changes, "bare_metal", "timeout")
+    TextfileStore(sticky).merge(changes)  # fraisier.prom and its lock now belong to root
+    os.chmod(sticky / "fraisier.prom.lock", 0o666)
+    before = (sticky / "fraisier.prom").read_bytes()
+    script = (
+        "import sys\nfrom fraisier_textfile.changes import Changes, deployment_error\n"
+        "from fraisier_textfile.textfile import TextfileStore\n"
+        "from fraisier_textfile.errors import TextfileWriteError\n"
+        "changes = Changes()\ndeployment_error(changes, 'bare_metal', 'timeout')\n"
+        "try:\n    TextfileStore(sys.argv[1]).merge(changes)\nexcept TextfileWriteError as error:\n    print(error)\n"
+    )
+    result = subprocess.run(
+        [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-c", script, str(sticky)],
+        capture_output=True, text=True, env={"PYTHONPATH": str(package), "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    message = result.stdout.strip()
+    assert message.startswith(f"cannot write {sticky / 'fraisier.prom'}"), message
+    assert "sticky" in message and "root" in message, message
+    assert "make the directory writable" not in message
+    assert (sticky / "fraisier.prom").read_bytes() == before
