@@ -231,6 +231,15 @@ class _Lock:
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
                 raise _unexpected(self.path, _lstat_or_none(self.path)) from None
+            if error.errno in (errno.EACCES, errno.EPERM) and status is not None:
+                # The file's mode, not the directory's, is what refuses: "make the directory writable" misleads.
+                raise TextfileWriteError(
+                    self.path,
+                    f"cannot open the lock file {self.path}: {error.strerror}; it belongs to "
+                    f"{_owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}: make it writable "
+                    "by the group its users share (chgrp, chmod 664), or remove it (fraisier creates it)",
+                    error.errno,
+                ) from None
             raise write_error(self.path, "create the lock file", error) from None
         try:
             status = os.fstat(descriptor)
@@ -271,6 +280,15 @@ def _try_lock(descriptor: int, path: Path) -> bool:
             return False
         raise write_error(path, "lock", error) from None
     return True
+
+
+def _owner_name(uid: int) -> str:
+    import pwd  # here, not at the top: only errors need it
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _lstat_or_none(path: Path) -> os.stat_result | None:
@@ -765,12 +783,7 @@ class TextfileStore:
                 pass
             else:
                 if directory.st_mode & stat.S_ISVTX and target.st_uid != os.geteuid():
-                    import pwd  # here, not at the top: only this error needs it
-
-                    try:
-                        owner = pwd.getpwuid(target.st_uid).pw_name
-                    except KeyError:
-                        owner = f"uid {target.st_uid}"
+                    owner = _owner_name(target.st_uid)
                     return TextfileWriteError(
                         self.path,
                         f"cannot write {self.path}: {error.strerror}; it belongs to {owner} and its directory is "

@@ -425,3 +425,48 @@ def test_a_rename_refused_in_a_sticky_directory_says_why(world_readable: Path) -
     assert "sticky" in message and "root" in message, message
     assert "make the directory writable" not in message
     assert (sticky / "fraisier.prom").read_bytes() == before
+
+
+def test_a_lock_file_another_user_left_unwritable_is_named_with_its_owner_and_mode(world_readable: Path) -> None:
+    """Bug: a lock file that another user created without group write (an older version, or an admin's touch)
+    was reported as "Permission denied; make the directory writable by this user", for a writable directory.
+    The error now names the lock file's owner and mode, and the fix."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .processes import binary
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run a merge as another user")
+    setpriv = binary("setpriv")
+    python = shutil.which("python3", path="/usr/bin") or sys.executable
+    package = world_readable / "package"
+    shutil.copytree(Path(liveness.__file__).parent, package / "fraisier_textfile",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for directory, _, files in os.walk(package):
+        os.chmod(directory, 0o755)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o644)
+    shared = world_readable / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    (shared / "fraisier.prom.lock").touch()
+    os.chmod(shared / "fraisier.prom.lock", 0o644)
+    script = (
+        "import sys\nfrom fraisier_textfile.changes import Changes, deployment_error\n"
+        "from fraisier_textfile.textfile import TextfileStore\n"
+        "from fraisier_textfile.errors import TextfileWriteError\n"
+        "changes = Changes()\ndeployment_error(changes, 'bare_metal', 'timeout')\n"
+        "try:\n    TextfileStore(sys.argv[1]).merge(changes)\nexcept TextfileWriteError as error:\n    print(error)\n"
+    )
+    result = subprocess.run(
+        [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-c", script, str(shared)],
+        capture_output=True, text=True, env={"PYTHONPATH": str(package), "PATH": "/usr/bin:/bin"},
+        cwd=world_readable,
+    )
+    assert result.returncode == 0, result.stderr
+    message = result.stdout.strip()
+    assert message.startswith(f"cannot open the lock file {shared / 'fraisier.prom.lock'}"), message
+    assert "belongs to root" in message and "0644" in message, message
+    assert "make the directory writable" not in message
