@@ -64,6 +64,24 @@ def error_type_of_exit(returncode: int) -> str:
     return f"exit_code_{returncode}"
 
 
+def _record(store: TextfileStore, events: Changes, wait: float, state: str, what: str) -> None:
+    """Merge ``events``, or hand them over: when the lock stays busy, and also when the file cannot be merged
+    now (a file it refuses, a rename refused): the next merge once it is fixed applies them. Dropped, they
+    would leave the marker to be counted crashed."""
+    try:
+        store.merge_or_hand_over(events, wait)
+        return
+    except (OSError, FraisierTextfileError) as error:
+        problem = error
+    try:
+        store.hand_over(events)
+    except (OSError, FraisierTextfileError):
+        log.warning("the deployment %s, but %s was not recorded: %s", state, what, problem)
+        return
+    log.warning("the deployment %s; %s was handed over for the next merge, which cannot happen now: %s",
+                state, what, problem)
+
+
 def run_deployment(store: TextfileStore, provider: str, fraise_type: str, command: Sequence[str]) -> int:
     """Run ``command`` as a deployment of ``fraise_type`` on ``provider`` and return the exit status to exit
     with (128 + N for a death by signal N, 127 when the command is not found, 126 when it cannot run).
@@ -82,11 +100,12 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     waited_from = time.monotonic()
     try:
         marker = liveness.create_marker(store.directory, provider, fraise_type)
-        store.merge_or_hand_over(start, budget)
     except (OSError, FraisierTextfileError) as error:
         if not isinstance(error, FraisierTextfileError):  # the marker: say where, and the fix
             error = write_error(liveness.marker_directory(store.directory), "write a marker in", error)
-        log.warning("the deployment runs, but its start was not recorded: %s", error)
+        log.warning("the deployment runs, but other processes do not see it as active: %s", error)
+    # The command must not wait for metrics: a lock busy for more than the budget gets the start handed over.
+    _record(store, start, budget, "runs", "its start")
 
     # The handlers go in before the child starts: a signal that arrives while it is being started is kept
     # and passed on once it runs, rather than killing this process and orphaning the deployment.
@@ -131,12 +150,9 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     if error_type is not None:
         changes.deployment_error(end, provider, error_type)
     changes.deployment_ended(end, provider, None if marker is None else marker.id)
-    try:
-        # What the start did not use of the budget: a stuck lock holder delays the wrapper's exit no more than
-        # it delayed the command's start.
-        store.merge_or_hand_over(end, max(0.0, budget - (started - waited_from)))
-    except (OSError, FraisierTextfileError) as error:
-        log.warning("the deployment ended, but it was not recorded: %s", error)
+    # What the start did not use of the budget: a stuck lock holder delays the wrapper's exit no more than it
+    # delayed the command's start; past it the end is handed over to the next writer rather than lost.
+    _record(store, end, max(0.0, budget - (started - waited_from)), "ended", "its end")
     if marker is not None:
         # After its end is written (merged or handed over). If that failed, this process exits now anyway.
         marker.release()

@@ -427,8 +427,11 @@ class MetricsRecorder:
         marker: liveness.Marker | None = None
         try:
             marker = liveness.create_marker(self.store.directory, provider, fraise_type)
-        except OSError as error:
-            problem = write_error(liveness.marker_directory(self.store.directory), "write a marker in", error)
+        except (OSError, FraisierTextfileError) as error:
+            problem = (
+                error if isinstance(error, FraisierTextfileError)
+                else write_error(liveness.marker_directory(self.store.directory), "write a marker in", error)
+            )
             self._note("marker", f"{problem} (the deployment is recorded when it ends, but until then other "
                        "processes do not see it as active)", problem)
         deployment = _InFlight(provider, fraise_type, marker)

@@ -231,6 +231,15 @@ class _Lock:
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
                 raise _unexpected(self.path, _lstat_or_none(self.path)) from None
+            if error.errno in (errno.EACCES, errno.EPERM) and status is not None:
+                # The file's mode, not the directory's, is what refuses: "make the directory writable" misleads.
+                raise TextfileWriteError(
+                    self.path,
+                    f"cannot open the lock file {self.path}: {error.strerror}; it belongs to "
+                    f"{_owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}: make it writable "
+                    "by the group its users share (chgrp, chmod 664), or remove it (fraisier creates it)",
+                    error.errno,
+                ) from None
             raise write_error(self.path, "create the lock file", error) from None
         try:
             status = os.fstat(descriptor)
@@ -271,6 +280,15 @@ def _try_lock(descriptor: int, path: Path) -> bool:
             return False
         raise write_error(path, "lock", error) from None
     return True
+
+
+def _owner_name(uid: int) -> str:
+    import pwd  # here, not at the top: only errors need it
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _lstat_or_none(path: Path) -> os.stat_result | None:
@@ -524,7 +542,8 @@ class TextfileStore:
         Under sustained contention new hand-overs keep arriving, and a holder that looped for ever would hold
         up the deployment it belongs to: it stops after LATE_MERGE_BUDGET seconds, leaving what remains to
         the next merge of any process (under such load, one within milliseconds; otherwise at the latest the
-        next ``fraisier textfile refresh``). Nothing is lost or applied twice either way."""
+        next ``fraisier textfile refresh``). Nothing is lost or applied twice either way. A failure with the
+        ``reported`` message (the caller's own, raised to its caller) is not logged a second time."""
         stop = time.monotonic() + LATE_MERGE_BUDGET
         while time.monotonic() < stop and self._handovers_waiting():
             try:
@@ -571,10 +590,15 @@ class TextfileStore:
         read_from_disk = cached is None or document is not cached[1]  # not what we wrote
         if cached is not None:
             cached[0].close()
+        # Markers are probed before the hand-overs are listed. A process whose end could not wait for the lock
+        # hands it over and only then releases its marker: so a marker found released here has its hand-over
+        # in the directory already, and the listing below finds it (listed first, the hand-over could be
+        # missed and the deployment counted crashed as well as ended).
+        markers = self._probe_markers(document.retired_markers)
         applied, handed_over = self._collect_handovers(document)
         combined = _combined([*handed_over, changes]) if handed_over else changes
         to_apply = self.lifecycle.before_merge(document, combined, read_from_disk)
-        to_remove = self._account_markers(document, to_apply)
+        to_remove = self._account_markers(document, to_apply, markers)
         _apply(document, to_apply, self.path, time.time())
         self.lifecycle.after_merge(document, to_apply)
         if applied:
@@ -645,7 +669,15 @@ class TextfileStore:
             version.close()
         return document
 
-    def _account_markers(self, document: Document, changes: Changes) -> set[str]:
+    def _probe_markers(self, accounted: Collection[str]) -> list[tuple[liveness.Marker, bool]]:
+        """Every in-flight marker, and whether its deployment is alive (not probed for those ``accounted``)."""
+        return [
+            (marker, marker.id not in accounted and liveness.is_alive(marker)) for marker in self._read_markers()
+        ]
+
+    def _account_markers(
+        self, document: Document, changes: Changes, markers: list[tuple[liveness.Marker, bool]]
+    ) -> set[str]:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
         markers it now accounts for. Those are removed only after the file is written, and the list stays in
         the file until they are gone: so a merger killed at any point leaves each deployment counted once."""
@@ -653,15 +685,23 @@ class TextfileStore:
         active: dict[str, int] = {provider: 0 for provider in changes.active_providers}
         existing = set()
         crashed = Changes()
-        for marker in self._read_markers():
+        for marker, alive in markers:
             existing.add(marker.id)
             if marker.id in accounted:
                 continue
             active.setdefault(marker.provider, 0)
-            if liveness.is_alive(marker):
+            if alive:
                 active[marker.provider] += 1
             else:
                 deployment_crashed(crashed, marker.provider, marker.fraise_type, marker.id)
+        # A marker made after the probe whose deployment's start and end were handed over since: this merge
+        # applies its end, so it stays listed (else the next merger would count it crashed) and is removed.
+        directory = liveness.marker_directory(self.directory)
+        for marker_id in changes.retired_markers - existing:
+            if marker_id and "/" not in marker_id and not marker_id.startswith(".") and os.path.lexists(
+                directory / marker_id
+            ):
+                existing.add(marker_id)
         accounted |= crashed.retired_markers
         _apply(document, crashed, self.path, time.time())
         _set_active(document, active)
@@ -747,13 +787,33 @@ class TextfileStore:
         except OSError as error:
             os.close(descriptor)
             _unlink_quietly(temporary)
-            raise write_error(self.path, "write", error) from None
+            raise self._replace_error(error) from None
         self._fsync_directory()
         try:
             return FileVersion(self.path, descriptor)
         except OSError:
             os.close(descriptor)
             return None
+
+    def _replace_error(self, error: OSError) -> TextfileWriteError:
+        """The error for a rename over the textfile that failed. In a sticky directory (mode 1777, as /tmp)
+        only the file's owner may replace it, however writable the directory: say so, not "make it writable"."""
+        if error.errno in (errno.EPERM, errno.EACCES):
+            try:
+                directory, target = os.stat(self.directory), os.lstat(self.path)
+            except OSError:
+                pass
+            else:
+                if directory.st_mode & stat.S_ISVTX and target.st_uid != os.geteuid():
+                    owner = _owner_name(target.st_uid)
+                    return TextfileWriteError(
+                        self.path,
+                        f"cannot write {self.path}: {error.strerror}; it belongs to {owner} and its directory is "
+                        f"sticky (chmod +t), so only {owner} can replace it: share a directory without the sticky "
+                        "bit (a group directory, chmod 2775), or choose another --textfile-dir",
+                        error.errno,
+                    )
+        return write_error(self.path, "write", error)
 
     def _fsync_directory(self) -> None:
         """Make the rename itself durable."""
