@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"  # the one place: pyproject reads it, `fraisier --version` prints it
 
 from fraisier_textfile.catalogue import DEPLOYMENT_STATUSES, FAMILIES, HEALTH_CHECK_STATUSES, Family
+from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import (
     CorruptTextfileError,
     FraisierTextfileError,
@@ -20,17 +21,20 @@ from fraisier_textfile.errors import (
     ServerStartError,
     TextfileError,
     TextfileWriteError,
+    UnexpectedFileError,
     WebConfigError,
 )
 from fraisier_textfile.textfile import TextfileStore, default_textfile_directory
 
 if TYPE_CHECKING:
     from fraisier_textfile.recorder import DeploymentMetrics, MetricsRecorder, Outcome, get_metrics_recorder
+    from fraisier_textfile.server import MetricsServer
 
 __all__ = [
     "DEPLOYMENT_STATUSES",
     "FAMILIES",
     "HEALTH_CHECK_STATUSES",
+    "Changes",
     "CorruptTextfileError",
     "DeploymentMetrics",
     "Family",
@@ -38,11 +42,13 @@ __all__ = [
     "InvalidValueError",
     "LockTimeoutError",
     "MetricsRecorder",
+    "MetricsServer",
     "Outcome",
     "ServerStartError",
     "TextfileError",
     "TextfileStore",
     "TextfileWriteError",
+    "UnexpectedFileError",
     "WebConfigError",
     "__version__",
     "default_textfile_directory",
@@ -59,4 +65,8 @@ def __getattr__(name: str) -> Any:
         from fraisier_textfile import recorder
 
         return getattr(recorder, name)
+    if name == "MetricsServer":
+        from fraisier_textfile.server import MetricsServer
+
+        return MetricsServer
     raise AttributeError(f"module 'fraisier_textfile' has no attribute {name!r}")

@@ -252,6 +252,22 @@ LABEL_CHOICES: dict[tuple[Family, str], tuple[str, ...]] = {
 _checked_label_values: set[str] = set()
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, also when that repr raises (a caller's broken object must give
+    a bad-value error, not a crash of the check)."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<a {type(value).__name__} whose repr fails>"
+
+
+def _as_float(what: str, value: object, give: str) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except Exception:  # OverflowError (10**400), or whatever a caller's __float__ raises
+        raise InvalidValueError(f"{what}={shown(value)} cannot be read as a number: give {give}") from None
+
+
 def plain_value(value: object) -> object:
     """An enum member's value (Fraisier passes its ``DeploymentStatus`` members), anything else as it is."""
     if isinstance(value, enum.Enum):
@@ -266,7 +282,7 @@ def check_label_value(label: str, value: object) -> str:
         return value
     value = plain_value(value)
     if not isinstance(value, str):
-        raise InvalidValueError(f"{label}={value!r} is not a string: pass the {label} as text")
+        raise InvalidValueError(f"{label}={shown(value)} is not a string: pass the {label} as text")
     if not value:
         raise InvalidValueError(f"{label} is empty: give a non-empty {label}")
     if len(value) > MAX_LABEL_VALUE_LENGTH:
@@ -276,7 +292,7 @@ def check_label_value(label: str, value: object) -> str:
         )
     if not value.isprintable():
         raise InvalidValueError(
-            f"{label}={value!r} holds a non-printable character: remove control characters and newlines"
+            f"{label}={shown(value)} holds a non-printable character: remove control characters and newlines"
         )
     value = str(value)  # a str subclass (a str-valued enum) is stored as the plain string
     if len(_checked_label_values) < 10_000:  # a bounded memo; label values repeat in practice
@@ -287,7 +303,7 @@ def check_label_value(label: str, value: object) -> str:
 def check_choice(label: str, value: object, allowed: tuple[str, ...]) -> str:
     value = plain_value(value)
     if value not in allowed:
-        raise InvalidValueError(f"{label}={value!r} is not known: use one of {', '.join(allowed)}")
+        raise InvalidValueError(f"{label}={shown(value)} is not known: use one of {', '.join(allowed)}")
     return str(value)
 
 
@@ -302,7 +318,7 @@ def check_deployment_status(value: object) -> str:
         value = STATUS_ALIASES.get(value, value)
         if value in UNFINISHED_STATUSES:
             raise InvalidValueError(
-                f"status={value!r} is not a finished deployment: record the deployment once it has finished, "
+                f"status={shown(value)} is not a finished deployment: record the deployment once it has finished, "
                 f"with one of {', '.join(DEPLOYMENT_STATUSES)}"
             )
     return check_choice("status", value, DEPLOYMENT_STATUSES)
@@ -313,10 +329,10 @@ def check_seconds(what: str, value: object) -> float:
     a finite, non-negative number of seconds."""
     try:
         seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidValueError(f"{what}={value!r} is not a number: give seconds, e.g. 12.5") from None
+    except Exception:  # TypeError, ValueError, OverflowError (10**400), or whatever a caller's __float__ raises
+        raise InvalidValueError(f"{what}={shown(value)} is not a number: give seconds, e.g. 12.5") from None
     if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidValueError(f"{what}={value!r} is not a finite number of seconds >= 0: give e.g. 12.5")
+        raise InvalidValueError(f"{what}={shown(value)} is not a finite number of seconds >= 0: give e.g. 12.5")
     return seconds
 
 
@@ -340,27 +356,27 @@ def check_duration(what: str, value: object) -> float:
     if value.__class__ is float and 0.0 <= value <= _LARGEST_FLOAT:  # the common case, NaN and inf excluded
         return value
     if not _is_number(value):
-        raise InvalidValueError(f"{what}={value!r} is not a number: give seconds as a number, e.g. 12.5")
+        raise InvalidValueError(f"{what}={shown(value)} is not a number: give seconds as a number, e.g. 12.5")
     return check_seconds(what, value)
 
 
 def check_count(what: str, value: object) -> float:
     """Return ``value`` as a float if it is a number (not text, not a bool), finite and >= 0."""
     if not _is_number(value):
-        raise InvalidValueError(f"{what}={value!r} is not a number: give a count, e.g. 3")
-    number = float(value)  # type: ignore[arg-type]
+        raise InvalidValueError(f"{what}={shown(value)} is not a number: give a count, e.g. 3")
+    number = _as_float(what, value, "a count, e.g. 3")
     if not math.isfinite(number) or number < 0:
-        raise InvalidValueError(f"{what}={value!r} is not a finite number >= 0: give a count, e.g. 3")
+        raise InvalidValueError(f"{what}={shown(value)} is not a finite number >= 0: give a count, e.g. 3")
     return number
 
 
 def check_gauge_value(what: str, value: object) -> float:
     """Return ``value`` as a float if it is a finite number (not text, not a bool)."""
     if not _is_number(value):
-        raise InvalidValueError(f"{what}={value!r} is not a number: give a number, e.g. 3")
-    number = float(value)  # type: ignore[arg-type]
+        raise InvalidValueError(f"{what}={shown(value)} is not a number: give a number, e.g. 3")
+    number = _as_float(what, value, "a number, e.g. 3")
     if not math.isfinite(number):
-        raise InvalidValueError(f"{what}={value!r} is not a finite number: give a number, e.g. 3")
+        raise InvalidValueError(f"{what}={shown(value)} is not a finite number: give a number, e.g. 3")
     return number
 
 
@@ -375,8 +391,12 @@ def check_flag(what: str, value: object) -> bool:
     value = plain_value(value)
     if value is True or value is False:
         return value
-    if _is_number(value) and value in (0, 1):
-        return bool(value)
+    if _is_number(value):
+        try:
+            if value in (0, 1):
+                return bool(value)
+        except Exception:  # a number-like whose comparison raises (numpy's arrays): not a yes or no
+            pass
     if isinstance(value, str):
         word = value.strip().lower()
         if word in TRUE_WORDS:
@@ -384,6 +404,6 @@ def check_flag(what: str, value: object) -> bool:
         if word in FALSE_WORDS:
             return False
     raise InvalidValueError(
-        f"{what}={value!r} is not a yes or no: pass True or False "
+        f"{what}={shown(value)} is not a yes or no: pass True or False "
         f"(also understood: 1, 0, {', '.join(sorted(TRUE_WORDS - {'1'}))}, {', '.join(sorted(FALSE_WORDS - {'0'}))})"
     )

@@ -126,7 +126,10 @@ def main(context: click.Context, textfile_dir: Path, lock_timeout: str, log_leve
 
     The options above may also follow the command: fraisier textfile check --textfile-dir DIR.
     """
-    context.obj = Settings(textfile_dir, seconds("--lock-timeout", lock_timeout), log_level, log_format)
+    from_environment = context.get_parameter_source("lock_timeout") is click.core.ParameterSource.ENVIRONMENT
+    # Name what the user wrote: a bad value from the environment is fixed there, not on the command line.
+    name = LOCK_TIMEOUT_ENVIRONMENT if from_environment else "--lock-timeout"
+    context.obj = Settings(textfile_dir, seconds(name, lock_timeout), log_level, log_format)
 
 
 pass_settings = click.pass_obj
@@ -499,7 +502,7 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     import signal
     import threading
 
-    from fraisier_textfile.server import serve_textfile, systemd_listening_socket
+    from fraisier_textfile.server import notify_systemd, serve_textfile, systemd_listening_socket
 
     if not address.strip():
         raise InvalidInput("--address is empty: give localhost, a host's address, or 0.0.0.0 for every interface")
@@ -536,6 +539,8 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
         ) if part
     )
     log.info(f"fraisier metrics: serving {store.path} on {server.url}" + (f" ({details})" if details else ""))
+    # Type=notify: systemd counts the service started, and lets a reload (SIGHUP) through, only from here.
+    notify_systemd("READY=1")
     while True:
         wake.wait()
         wake.clear()

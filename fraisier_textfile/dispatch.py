@@ -5,7 +5,10 @@ last owns it. When ours does, it dispatches on the command word, read from argv 
 
 - ``record``, ``exec``, ``textfile``, ``metrics``: this package's CLI (``fraisier metrics`` serves the merged
   textfile, with Fraisier's ``-p``/``-a`` flags). Nothing of Fraisier is looked for or imported on this path,
-  so ``fraisier record`` starts as fast as ever.
+  so ``fraisier record`` starts as fast as ever. Fraisier's group options before one of these commands
+  (``--config PATH``, ``-v``, ``--json``, ``--no-color``, ``--no-tee``) configure Fraisier only: they are
+  accepted and left out, so that ``fraisier --config PATH metrics`` (as Fraisier's units start it) serves
+  the textfile too.
 - ``fraisier``, ``fraisier --help``, ``fraisier -h``: with Fraisier installed, its help with our commands and
   options listed among its own.
 - anything else (Fraisier's commands, its options, ``--version``): with Fraisier installed, its own CLI with
@@ -37,6 +40,8 @@ OUR_GROUP_OPTIONS = {
 }
 # Fraisier 0.84.2's group options that take a value: their value is not a command word.
 FRAISIER_GROUP_OPTIONS_WITH_VALUE = frozenset({"-c", "--config"})
+# Its group options that are flags (-v counts: -vv, -vvv).
+FRAISIER_GROUP_FLAGS = frozenset({"--no-color", "--verbose", "--json", "--no-tee", "-v", "-vv", "-vvv"})
 HELP_OPTIONS = frozenset({"-h", "--help"})
 
 
@@ -47,17 +52,21 @@ class Route:
     HELP = "help"
     FRAISIER = "fraisier"
 
-    def __init__(self, destination: str, fraisier_arguments: list[str], environment: dict[str, str]) -> None:
+    def __init__(self, destination: str, fraisier_arguments: list[str], environment: dict[str, str],
+                 our_arguments: list[str] | None = None) -> None:
         self.destination = destination
         self.fraisier_arguments = fraisier_arguments
         """The arguments for Fraisier's CLI: ours taken out (they travel in ``environment``)."""
         self.environment = environment
+        self.our_arguments = [] if our_arguments is None else our_arguments
+        """The arguments for our CLI: Fraisier's group options taken out (they configure Fraisier only)."""
 
 
 def route(arguments: list[str]) -> Route:
     """Decide from the arguments (without the program name) which CLI handles them."""
     environment: dict[str, str] = {}
     passed_on: list[str] = []
+    ours: list[str] = []
     foreign_option = help_requested = False
     command: str | None = None
     position = 0
@@ -65,30 +74,39 @@ def route(arguments: list[str]) -> Route:
         argument = arguments[position]
         name, equals, _ = argument.partition("=")
         if name in OUR_GROUP_OPTIONS:
+            ours.append(argument)
             if equals:
                 environment[OUR_GROUP_OPTIONS[name]] = argument.partition("=")[2]
             elif position + 1 < len(arguments):
                 position += 1
                 environment[OUR_GROUP_OPTIONS[name]] = arguments[position]
+                ours.append(arguments[position])
         elif argument in HELP_OPTIONS:
             help_requested = True
             passed_on.append(argument)
+            ours.append(argument)
         elif argument == "--" or not argument.startswith("-"):
             command = None if argument == "--" else argument
             passed_on.extend(arguments[position:])
+            ours.extend(arguments[position:])
             break
         else:
-            foreign_option = foreign_option or argument != "--version"
             passed_on.append(argument)
-            if argument in FRAISIER_GROUP_OPTIONS_WITH_VALUE and position + 1 < len(arguments):
+            if name in FRAISIER_GROUP_OPTIONS_WITH_VALUE and not equals and position + 1 < len(arguments):
                 position += 1
                 passed_on.append(arguments[position])
+            elif name not in FRAISIER_GROUP_OPTIONS_WITH_VALUE and argument not in FRAISIER_GROUP_FLAGS:
+                # Fraisier's own group options (--config, -v, ...) say nothing about whose command follows:
+                # Fraisier's units always start `fraisier --config PATH`, also before `metrics`. Any other
+                # option does: it is Fraisier's to accept or refuse.
+                foreign_option = foreign_option or argument != "--version"
+                ours.append(argument)
         position += 1
     if help_requested or not passed_on:
-        return Route(Route.HELP, passed_on, environment)
+        return Route(Route.HELP, passed_on, environment, ours)
     if command in OUR_COMMANDS and not foreign_option:
-        return Route(Route.OURS, passed_on, environment)
-    return Route(Route.FRAISIER, passed_on, environment)
+        return Route(Route.OURS, passed_on, environment, ours)
+    return Route(Route.FRAISIER, passed_on, environment, ours)
 
 
 def fraisier_installed() -> bool:
@@ -103,6 +121,12 @@ def fraisier_installed() -> bool:
 def main() -> None:
     """The ``fraisier`` console script."""
     decision = route(sys.argv[1:])
+    if decision.destination == Route.OURS and decision.our_arguments != sys.argv[1:] and fraisier_installed():
+        # Fraisier's group options were left out (without Fraisier, our CLI refuses them as it always has).
+        from fraisier_textfile.cli import main as our_main
+
+        our_main(args=decision.our_arguments)
+        return
     if decision.destination == Route.OURS or not fraisier_installed():
         from fraisier_textfile.cli import main as our_main
 

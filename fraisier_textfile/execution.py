@@ -13,14 +13,16 @@ from collections.abc import Callable, Sequence
 
 from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.errors import FraisierTextfileError
+from fraisier_textfile.errors import FraisierTextfileError, write_error
 from fraisier_textfile.textfile import TextfileStore
 
 log = logging.getLogger(__name__)
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-START_WAIT = 1.0
-"""At most how long a deployment command waits for the textfile's lock before it starts."""
+LOCK_WAIT_BUDGET = 1.0
+"""At most how long ``fraisier exec`` waits for the textfile's lock in all, before the command starts and after it
+ends: past that, the start or the end is handed over (the next merge by any process writes it exactly once), so
+a stuck lock holder never holds up a deployment or the pipeline waiting for its wrapper."""
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -45,6 +47,13 @@ def _die_with_parent() -> Callable[[], None] | None:
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
+def _exists(program: str) -> bool:
+    """Whether ``program`` names a file, as exec(2) looks for it (PATH for a bare name)."""
+    import shutil
+
+    return os.path.exists(program) if os.sep in program else shutil.which(program) is not None
+
+
 def error_type_of_exit(returncode: int) -> str:
     """``exit_code_3`` for an exit status, ``signal_SIGKILL`` for a death by signal."""
     if returncode < 0:
@@ -53,6 +62,24 @@ def error_type_of_exit(returncode: int) -> str:
         except ValueError:
             return f"signal_{-returncode}"
     return f"exit_code_{returncode}"
+
+
+def _record(store: TextfileStore, events: Changes, wait: float, state: str, what: str) -> None:
+    """Merge ``events``, or hand them over: when the lock stays busy, and also when the file cannot be merged
+    now (a file it refuses, a rename refused): the next merge once it is fixed applies them. Dropped, they
+    would leave the marker to be counted crashed."""
+    try:
+        store.merge_or_hand_over(events, wait)
+        return
+    except (OSError, FraisierTextfileError) as error:
+        problem = error
+    try:
+        store.hand_over(events)
+    except (OSError, FraisierTextfileError):
+        log.warning("the deployment %s, but %s was not recorded: %s", state, what, problem)
+        return
+    log.warning("the deployment %s; %s was handed over for the next merge, which cannot happen now: %s",
+                state, what, problem)
 
 
 def run_deployment(store: TextfileStore, provider: str, fraise_type: str, command: Sequence[str]) -> int:
@@ -69,12 +96,16 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     start = Changes()
     changes.deployment_started(start, provider, fraise_type)
     marker: liveness.Marker | None = None
+    budget = min(store.lock_timeout, LOCK_WAIT_BUDGET)
+    waited_from = time.monotonic()
     try:
         marker = liveness.create_marker(store.directory, provider, fraise_type)
-        # The command must not wait for metrics: a lock busy for more than a second gets the start handed over.
-        store.merge_or_hand_over(start, min(store.lock_timeout, START_WAIT))
     except (OSError, FraisierTextfileError) as error:
-        log.warning("the deployment runs, but its start was not recorded: %s", error)
+        if not isinstance(error, FraisierTextfileError):  # the marker: say where, and the fix
+            error = write_error(liveness.marker_directory(store.directory), "write a marker in", error)
+        log.warning("the deployment runs, but other processes do not see it as active: %s", error)
+    # The command must not wait for metrics: a lock busy for more than the budget gets the start handed over.
+    _record(store, start, budget, "runs", "its start")
 
     # The handlers go in before the child starts: a signal that arrives while it is being started is kept
     # and passed on once it runs, rather than killing this process and orphaning the deployment.
@@ -95,8 +126,11 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
             child = subprocess.Popen(list(command), preexec_fn=_die_with_parent())
         except OSError as error:
             # As a shell: 127 for a command that is not there, 126 for one that is there but cannot run.
-            if isinstance(error, FileNotFoundError):
+            if isinstance(error, FileNotFoundError) and not _exists(command[0]):
                 returncode, error_type, reason = 127, "command_not_found", "not found (check the path and PATH)"
+            elif isinstance(error, FileNotFoundError):  # the file is there: what is missing is its interpreter
+                returncode, error_type = 126, "command_not_executable"
+                reason = "the interpreter named in its #! line was not found (check that line)"
             else:
                 returncode, error_type = 126, "command_not_executable"
                 reason = f"not executable: {error.strerror or error} (check its mode and its #! line)"
@@ -116,12 +150,9 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     if error_type is not None:
         changes.deployment_error(end, provider, error_type)
     changes.deployment_ended(end, provider, None if marker is None else marker.id)
-    try:
-        # The lock may be held by a stuck process: after the lock timeout the end is handed over to the next
-        # writer rather than lost with this process.
-        store.merge_or_hand_over(end, store.lock_timeout)
-    except (OSError, FraisierTextfileError) as error:
-        log.warning("the deployment ended, but it was not recorded: %s", error)
+    # What the start did not use of the budget: a stuck lock holder delays the wrapper's exit no more than it
+    # delayed the command's start; past it the end is handed over to the next writer rather than lost.
+    _record(store, end, max(0.0, budget - (started - waited_from)), "ended", "its end")
     if marker is not None:
         # After its end is written (merged or handed over). If that failed, this process exits now anyway.
         marker.release()

@@ -22,7 +22,7 @@ from typing import Any
 
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.changes import Changes, HistogramDelta
-from fraisier_textfile.errors import UnexpectedFileError, write_error
+from fraisier_textfile.errors import InvalidValueError, UnexpectedFileError, write_error
 
 HANDOVER_DIRECTORY = ".fraisier-handover"
 APPLIED_KEY = "applied-handovers"
@@ -82,8 +82,9 @@ def decode(data: bytes) -> Changes:
 
     try:
         content = json.loads(data)
-        if content.get("version") != FORMAT_VERSION:
-            raise UnreadableHandover(f"format version {content.get('version')!r}, not {FORMAT_VERSION}")
+        version = content.get("version")
+        if version.__class__ is not int or version != FORMAT_VERSION:  # `true` == 1 in Python: not a version
+            raise UnreadableHandover(f"format version {version!r}, not {FORMAT_VERSION}")
         changes = Changes()
         for name, labels, amount in content["added"]:
             changes.added[_series(name, labels)] = _number(name, amount)
@@ -91,18 +92,22 @@ def decode(data: bytes) -> Changes:
             key = _series(name, labels)
             if len(buckets) != len(key[0].buckets) + 1:
                 raise UnreadableHandover(f"{name} has {len(buckets)} buckets here, not {len(key[0].buckets) + 1}")
-            delta = HistogramDelta([int(_number(name, bucket)) for bucket in buckets])
+            delta = HistogramDelta([_whole_number(name, bucket) for bucket in buckets])
             delta.sum = _number(name, total)
-            delta.count = int(_number(name, count))
+            delta.count = _whole_number(name, count)
+            if delta.count != sum(delta.buckets):  # else the file's +Inf bucket and count would disagree
+                raise UnreadableHandover(f"{name} has the count {count!r}, not the sum of its buckets")
             changes.observed[key] = delta
         for name, labels, value in content["latest"]:
             changes.latest[_series(name, labels)] = _number(name, value)
         for name, labels, value in content["maximum"]:
             changes.maximum[_series(name, labels)] = _number(name, value)
-        changes.active_providers.update(str(provider) for provider in content["active_providers"])
-        changes.retired_markers.update(str(marker) for marker in content["retired_markers"])
+        changes.active_providers.update(_label_value("provider", value) for value in content["active_providers"])
+        changes.retired_markers.update(_marker_id(marker) for marker in content["retired_markers"])
     except UnreadableHandover:
         raise
+    except InvalidValueError as error:
+        raise UnreadableHandover(str(error)) from None
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise UnreadableHandover(f"not a hand-over this version can read ({type(error).__name__}: {error})") from None
     return changes
@@ -115,13 +120,33 @@ def _number(name: str, value: object) -> float:
     return float(value)
 
 
-def _series(name: str, labels: list[str]) -> tuple[c.Family, tuple[str, ...]]:
+def _whole_number(name: str, value: object) -> int:
+    number = _number(name, value)
+    if not number.is_integer():
+        raise UnreadableHandover(f"{name} has the count {value!r}, not a whole number")
+    return int(number)
+
+
+def _series(name: str, labels: object) -> tuple[c.Family, tuple[str, ...]]:
     family = c.FAMILIES_BY_NAME.get(name)
     if family is None:
         raise UnreadableHandover(f"the family {name} is not in this version's catalogue")
-    if len(labels) != len(family.labels) or not all(isinstance(label, str) for label in labels):
+    if not isinstance(labels, list) or len(labels) != len(family.labels):
         raise UnreadableHandover(f"{name} has labels {labels!r}, not values for {', '.join(family.labels)}")
-    return family, tuple(labels)
+    # Checked as the recorder checks them: a newline or a lone surrogate would make every merge fail.
+    return family, tuple(_label_value(label, value) for label, value in zip(family.labels, labels))
+
+
+def _label_value(label: str, value: object) -> str:
+    if value.__class__ is not str:
+        raise UnreadableHandover(f"{label}={value!r} is not a string")
+    return c.check_label_value(label, value)
+
+
+def _marker_id(value: object) -> str:
+    if value.__class__ is not str or not value or not value.isprintable() or " " in value or "/" in value:
+        raise UnreadableHandover(f"the marker id {value!r} is not one fraisier writes")
+    return str(value)
 
 
 # Files

@@ -42,6 +42,9 @@ import stat
 import threading
 from pathlib import Path
 
+from fraisier_textfile.catalogue import check_label_value
+from fraisier_textfile.errors import InvalidValueError, UnexpectedFileError, write_error
+
 MARKER_DIRECTORY = ".fraisier-inflight"
 LIVENESS_LOCK = "flock"
 """The marker's ``liveness`` field when its writer holds a lock on it while the deployment runs."""
@@ -232,11 +235,6 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
     directory = marker_directory(textfile_directory)
     marker = Marker(f"{pid}-{start}-{os.urandom(4).hex()}", provider, fraise_type, boot, namespace, locked=True)
     marker.path = directory / marker.id
-    if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True)
-        # Group-writable like the lock file, so that the users of one group can retire each other's markers;
-        # the setgid bit it inherits from a shared textfile directory (chmod 2775) is kept.
-        os.chmod(directory, 0o775 | (os.stat(directory).st_mode & stat.S_ISGID))
     import json  # here, not at the top: `fraisier record` never needs it
 
     content = {
@@ -247,28 +245,104 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
         "liveness": LIVENESS_LOCK,
     }
     data = json.dumps(content).encode("utf-8")
+    # A tmp cleaner may remove the directory at any moment: made again, a few times, before giving up.
+    for attempt in range(1, _MARKER_ATTEMPTS + 1):
+        directory_descriptor = _open_marker_directory(textfile_directory)
+        try:
+            descriptor = _write_marker(directory_descriptor, marker.id, data)
+            break
+        except FileNotFoundError as error:
+            if attempt == _MARKER_ATTEMPTS:
+                raise write_error(directory, "write a marker in", error) from None
+        except OSError as error:
+            raise write_error(directory, "write a marker in", error) from None
+        finally:
+            os.close(directory_descriptor)
+    marker._descriptor = descriptor
+    _held[marker.id] = marker
+    return marker
+
+
+_MARKER_ATTEMPTS = 5
+
+
+def _open_marker_directory(textfile_directory: Path) -> int:
+    """A descriptor of the marker directory, created if missing. Everything in it is made relative to that
+    descriptor: a symlink put in the directory's place is never followed, and a directory removed meanwhile
+    is not silently recreated elsewhere. Raises UnexpectedFileError for anything but a directory there."""
+    directory = marker_directory(textfile_directory)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    created = False
+    for _ in range(_MARKER_ATTEMPTS):
+        try:
+            descriptor = os.open(directory, flags)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise _not_a_directory(directory) from None
+            raise write_error(directory, "open the marker directory", error) from None
+        else:
+            if created:
+                # Group-writable like the lock file, so that the users of one group can retire each other's
+                # markers; the setgid bit it inherits from a shared textfile directory (chmod 2775) is kept.
+                try:
+                    os.fchmod(descriptor, 0o775 | (os.fstat(descriptor).st_mode & stat.S_ISGID))
+                except OSError:
+                    pass
+            return descriptor
+        try:
+            os.makedirs(textfile_directory, exist_ok=True)
+            os.mkdir(directory, 0o775)
+            created = True
+        except (FileExistsError, FileNotFoundError):
+            pass  # made by another process meanwhile, removed again, or something else is there: the open says
+        except OSError as error:
+            raise write_error(directory, "create the marker directory", error) from None
+    raise write_error(directory, "create the marker directory", OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+
+
+def _not_a_directory(directory: Path) -> UnexpectedFileError:
+    try:
+        status = os.lstat(directory)
+    except OSError:
+        kind = "not a directory"
+    else:
+        if stat.S_ISLNK(status.st_mode):
+            kind = f"a symlink (to {os.readlink(directory)}), not a directory"
+        elif stat.S_ISREG(status.st_mode):
+            kind = "a regular file, not a directory"
+        else:
+            kind = "not a directory"
+    return UnexpectedFileError(
+        directory,
+        f"{directory} is {kind}: fraisier keeps its in-flight markers in a directory it creates there; remove it",
+    )
+
+
+def _write_marker(directory_descriptor: int, name: str, data: bytes) -> int:
+    """Write and lock the marker ``name`` in the directory; return the descriptor holding its lock."""
     # Written under a dot name and renamed, so that a reader never sees half a marker. The lock is taken
     # before the rename and stays with the inode: the marker is locked from the moment it has its name.
     # O_CLOEXEC: no program this process runs inherits the lock (see the module's note on fork and exec).
-    temporary = directory / f".{marker.id}"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    temporary = f".{name}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    descriptor = os.open(temporary, flags, 0o644, dir_fd=directory_descriptor)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file nobody else has opened: never waits
         os.fchmod(descriptor, 0o644)  # readable by a `fraisier metrics` of another user whatever the umask
         view = memoryview(data)
         while view:
             view = view[os.write(descriptor, view) :]
-        os.replace(temporary, marker.path)
+        os.replace(temporary, name, src_dir_fd=directory_descriptor, dst_dir_fd=directory_descriptor)
     except BaseException:
         os.close(descriptor)
         try:
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=directory_descriptor)
         except OSError:
             pass
         raise
-    marker._descriptor = descriptor
-    _held[marker.id] = marker
-    return marker
+    return descriptor
 
 
 def _open_marker(path: str | Path) -> int:
@@ -279,6 +353,16 @@ def _open_marker(path: str | Path) -> int:
         os.close(descriptor)
         raise OSError(errno.EINVAL, "not a regular file", str(path))
     return descriptor
+
+
+_unusable_markers: set[str] = set()
+"""The markers already logged as unusable by this process (logged once each)."""
+
+
+def _string(value: object) -> str:
+    if value.__class__ is not str:
+        raise InvalidValueError(f"{value!r} is not a string")
+    return str(value)
 
 
 def read_markers(textfile_directory: Path) -> list[Marker]:
@@ -298,11 +382,23 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
             descriptor = _open_marker(entry.path)
             with os.fdopen(descriptor, "rb") as file:
                 content = json.loads(file.read(65536))
+            # Checked as the recorder checks them: a lone surrogate would make every merge fail, an empty or
+            # non-string value would be counted under a label value no deployment has.
+            provider = check_label_value("provider", _string(content["provider"]))
+            fraise_type = check_label_value("fraise_type", _string(content["fraise_type"]))
+        except InvalidValueError as error:
+            if entry.name not in _unusable_markers:
+                _unusable_markers.add(entry.name)
+                log.warning("the in-flight marker %s is not one this version can use (%s): ignored", entry.path, error)
+            continue
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        try:
             markers.append(
                 Marker(
                     entry.name,
-                    str(content["provider"]),
-                    str(content["fraise_type"]),
+                    provider,
+                    fraise_type,
                     str(content.get("boot", "")),
                     str(content.get("pid_namespace", "")),
                     path=directory / entry.name,

@@ -32,8 +32,10 @@ from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, LockTimeoutError, write_error
+from fraisier_textfile.lifecycle import DEFAULT_MAX_SERIES, SeriesLifecycle
 from fraisier_textfile.textfile import (
     DEFAULT_LOCK_TIMEOUT,
+    TEXTFILE_NAME,
     TextfileStore,
     default_lock_timeout,
     default_textfile_directory,
@@ -165,13 +167,14 @@ class MetricsRecorder:
         if lock_wait_budget is None:
             lock_wait_budget = self._from_environment(_default_lock_wait_budget, DEFAULT_LOCK_WAIT_BUDGET)
         self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
-        self.store = TextfileStore(directory, lock_timeout)
+        self.store = self._make_store(directory, lock_timeout)
         self.registry = CollectorRegistry()
         self._metrics = {family: _make_metric(family, self.registry) for family in catalogue.FAMILIES}
         self._children: dict[tuple[Family, Labels], Any] = {}
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
+        self._failed_write: _FailedWrite | None = None
         self._seen: set[tuple[str, ...]] = set()
         self._in_flight: list[_InFlight] = []
         self._ending: list[liveness.Marker] = []
@@ -235,7 +238,7 @@ class MetricsRecorder:
         true/false, yes/no, on/off, up/down are understood (``catalogue.check_flag``) and any other value is
         dropped and logged: ``"false"`` is never recorded as available."""
         if self.strict and available is not True and available is not False:
-            raise InvalidValueError(f"available={available!r} is not a bool: pass True or False")
+            raise InvalidValueError(f"available={catalogue.shown(available)} is not a bool: pass True or False")
         self._event(changes.provider_availability, provider, available)
 
     @_never_raising
@@ -430,8 +433,11 @@ class MetricsRecorder:
         marker: liveness.Marker | None = None
         try:
             marker = liveness.create_marker(self.store.directory, provider, fraise_type)
-        except OSError as error:
-            problem = write_error(liveness.marker_directory(self.store.directory), "write a marker in", error)
+        except (OSError, FraisierTextfileError) as error:
+            problem = (
+                error if isinstance(error, FraisierTextfileError)
+                else write_error(liveness.marker_directory(self.store.directory), "write a marker in", error)
+            )
             self._note("marker", f"{problem} (the deployment is recorded when it ends, but until then other "
                        "processes do not see it as active)", problem)
         deployment = _InFlight(provider, fraise_type, marker)
@@ -571,7 +577,28 @@ class MetricsRecorder:
         wait = min(self.store.lock_timeout, _process_budget.left(self.lock_wait_budget), longest_wait)
         started = time.monotonic()
         try:
+            if self._failed_write is not None and not self.strict and not self._failed_write.may_succeed_now():
+                # The last merge failed (a full disk, say) and nothing suggests this one would not: trying
+                # again would render the whole file per event (seconds for a big one). Hand over only.
+                merged = False
+                self.store.hand_over(self._pending)
+            else:
+                merged = self._merge_or_hand_over(wait)
+        except (FraisierTextfileError, OSError):
+            merged = False  # the hand-over failed too: the events stay pending, the problem is noted already
+        finally:
+            # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
+            # the process in all. A merge that may not wait any more still merges when the lock is free.
+            _process_budget.spend(time.monotonic() - started)
+        if self._pending:
+            _unflushed.add(self)
+        else:
+            self._written(merged)
+
+    def _merge_or_hand_over(self, wait: float) -> bool:
+        try:
             merged = self.store.merge_or_hand_over(self._pending, wait)
+            self._failed_write = None
             if not merged:
                 self._note(
                     "lock busy",
@@ -583,20 +610,14 @@ class MetricsRecorder:
                     LockTimeoutError(self.store.lock_path, wait),
                 )
         except (FraisierTextfileError, OSError) as error:  # OSError: none may reach a deployment, whatever happens
-            merged = False
+            self._failed_write = _FailedWrite(self.store)
             self._note_write_problem(error)
             try:
                 self.store.hand_over(self._pending)
             except (FraisierTextfileError, OSError):
                 pass  # the same problem (an unwritable directory), noted already
-        finally:
-            # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
-            # the process in all. A merge that may not wait any more still merges when the lock is free.
-            _process_budget.spend(time.monotonic() - started)
-        if self._pending:
-            _unflushed.add(self)
-        else:
-            self._written(merged)
+            return False
+        return merged
 
     def _written(self, merged: bool) -> None:
         """The pending events are in the file (merged) or handed over."""
@@ -649,6 +670,18 @@ class MetricsRecorder:
             _logged_problems.discard((directory, kind))
             log.info("fraisier metrics: %s is written again", self.textfile_path)
 
+    def _make_store(self, directory: Path | str, lock_timeout: float) -> TextfileStore:
+        try:
+            return TextfileStore(directory, lock_timeout)
+        except InvalidValueError as error:  # a typo in FRAISIER_EXPIRE_AFTER or FRAISIER_MAX_SERIES_PER_FAMILY
+            if self.strict:
+                raise
+            if str(error) not in _logged_settings:
+                _logged_settings.add(str(error))
+                log.error("fraisier metrics: %s; using the defaults (no expiry, %d series per family)",
+                          error, DEFAULT_MAX_SERIES)
+            return TextfileStore(directory, lock_timeout, lifecycle=SeriesLifecycle(Path(directory) / TEXTFILE_NAME))
+
     def _from_environment(self, read: Callable[[], float], default: float) -> float:
         try:
             return read()
@@ -674,10 +707,11 @@ class MetricsRecorder:
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
+        self._failed_write = None
         self._seen = set()
         self._in_flight = []
         self._ending = []
-        self.store = TextfileStore(self.store.directory, self.store.lock_timeout)
+        self.store = TextfileStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)
 
     # Direct writes to a family (DeploymentMetrics)
 
@@ -770,7 +804,7 @@ class FamilyHandle:
             return FamilyChild(self._recorder, self._family, tuple(labels[name] for name in names))
         if values and not labels and len(values) == len(names):
             return FamilyChild(self._recorder, self._family, values)
-        given = ", ".join([repr(value) for value in values] + list(labels))
+        given = ", ".join([catalogue.shown(value) for value in values] + list(labels))
         return FamilyChild(self._recorder, self._family, InvalidValueError(
             f"{self._family.name} takes the labels {', '.join(names)}, by position or by name, not {given}"
         ))
@@ -822,6 +856,38 @@ class DeploymentMetrics:
         self._handles = {family: FamilyHandle(family, target) for family in catalogue.FAMILIES}
 
 
+class _FailedWrite:
+    """When and in what state of the file and its filesystem a merge failed for another reason than a busy
+    lock. Merging again is worth its cost (reading and rendering the whole file) only once the file changed
+    (the operator's fix), its filesystem has more room, or a minute has passed."""
+
+    RETRY_AFTER = 60.0
+
+    def __init__(self, store: TextfileStore) -> None:
+        self._store = store
+        self._at = time.monotonic()
+        self._state = self._now()
+
+    def _now(self) -> tuple[object, ...]:
+        try:
+            status = os.stat(self._store.path)
+            file: object = (status.st_ino, status.st_size, status.st_mtime_ns)
+        except OSError as error:
+            file = error.errno
+        try:
+            room: object = os.statvfs(self._store.directory).f_bavail
+        except OSError as error:
+            room = error.errno
+        return file, room
+
+    def may_succeed_now(self) -> bool:
+        if time.monotonic() - self._at > self.RETRY_AFTER:
+            return True
+        (file, room), (file_then, room_then) = self._now(), self._state
+        more_room = isinstance(room, int) and (not isinstance(room_then, int) or room > room_then)
+        return file != file_then or more_room
+
+
 class _ProcessBudget:
     """The time this process has spent writing textfiles, shared by all its recorders (Fraisier makes several):
     the budget bounds what metrics cost the process, not each recorder."""
@@ -847,6 +913,9 @@ def _default_lock_wait_budget() -> float:
         return DEFAULT_LOCK_WAIT_BUDGET
     return catalogue.check_seconds(LOCK_WAIT_BUDGET_ENVIRONMENT, configured)
 
+
+# Bad settings in the environment already logged in this process.
+_logged_settings: set[str] = set()
 
 # Problems already logged in this process, by textfile directory and kind.
 _logged_problems: set[tuple[str, str]] = set()
@@ -889,7 +958,7 @@ def _write_at_exit() -> None:
                 recorder._write(longest_wait=recorder.store.lock_timeout)
             except Exception as error:
                 log.error("fraisier metrics: writing %s at exit failed: %r", recorder.textfile_path, error)
-            if recorder._handed_over_since_merge:
+            if recorder._handed_over_since_merge and recorder._failed_write is None:
                 # Not needed (the next merge by any process writes them), but if the lock is free by now the
                 # file need not wait for that: one try, no wait.
                 try:

@@ -432,6 +432,23 @@ def systemd_listening_socket() -> socket.socket | None:
     return listening
 
 
+def notify_systemd(state: str = "READY=1") -> bool:
+    """Tell the service manager ``state`` (``READY=1``: started) on ``$NOTIFY_SOCKET``, as sd_notify(3) does,
+    for ``Type=notify`` units. False (and nothing sent) when the variable is not set or the message cannot be
+    sent: a server started by hand has no one to tell."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    address = "\0" + path[1:] if path.startswith("@") else path  # "@name": the abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as notify:
+            notify.sendto(state.encode(), address)
+    except OSError as error:
+        log.warning("cannot tell systemd %s on NOTIFY_SOCKET=%s: %s", state, path, error)
+        return False
+    return True
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 

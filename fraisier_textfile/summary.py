@@ -188,6 +188,8 @@ LEFT_ALIGNED = {"provider", "fraise_type"}
 
 def format_duration(seconds: float) -> str:
     """``0.25s``, ``42.5s``, ``3m10s``, ``2h05m``, ``3d04h``."""
+    if not math.isfinite(seconds):
+        return str(seconds)
     if seconds < 60:
         return f"{seconds:.2f}s" if seconds < 1 else f"{seconds:.1f}s"
     whole = round(seconds)
@@ -210,7 +212,10 @@ def format_age(seconds: float) -> str:
 
 
 def _count(value: float) -> str:
-    return str(int(value)) if value == int(value) else f"{value:g}"
+    if not math.isfinite(value):  # a file edited by hand may say NaN or +Inf: shown as it is
+        return str(value)
+    # Whole numbers as such, up to where a float still counts by ones (beyond, 1e+300 rather than 301 digits).
+    return str(int(value)) if value == int(value) and abs(value) < 2**53 else f"{value:g}"
 
 
 def cell(row: Row, column: str) -> str:
@@ -264,5 +269,16 @@ def html_table(summary: Summary) -> str:
 def as_json_text(summary: Summary) -> str:
     import json
 
-    return json.dumps(summary.as_json(), indent=2, sort_keys=False)
+    # NaN and infinities (from a file edited by hand) are not JSON: jq and most parsers refuse them.
+    return json.dumps(_finite_or_null(summary.as_json()), indent=2, sort_keys=False, allow_nan=False)
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(item) for item in value]
+    return value
 

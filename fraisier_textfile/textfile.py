@@ -233,6 +233,15 @@ class _Lock:
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
                 raise _unexpected(self.path, _lstat_or_none(self.path)) from None
+            if error.errno in (errno.EACCES, errno.EPERM) and status is not None:
+                # The file's mode, not the directory's, is what refuses: "make the directory writable" misleads.
+                raise TextfileWriteError(
+                    self.path,
+                    f"cannot open the lock file {self.path}: {error.strerror}; it belongs to "
+                    f"{_owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}: make it writable "
+                    "by the group its users share (chgrp, chmod 664), or remove it (fraisier creates it)",
+                    error.errno,
+                ) from None
             raise write_error(self.path, "create the lock file", error) from None
         try:
             status = os.fstat(descriptor)
@@ -273,6 +282,15 @@ def _try_lock(descriptor: int, path: Path) -> bool:
             return False
         raise write_error(path, "lock", error) from None
     return True
+
+
+def _owner_name(uid: int) -> str:
+    import pwd  # here, not at the top: only errors need it
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _lstat_or_none(path: Path) -> os.stat_result | None:
@@ -357,7 +375,10 @@ _signal_numbers: tuple[int, ...] | None = None
 class TextfileStore:
     """One textfile directory: merges changes into ``fraisier.prom`` and reads it back."""
 
-    def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+    def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *,
+                 lifecycle: SeriesLifecycle | None = None) -> None:
+        """``lifecycle``: the settings of expiry and the series bound; by default read from the environment
+        (``SeriesLifecycle.from_environment``, which raises InvalidValueError for a bad value)."""
         self.directory = Path(directory)
         self.path = self.directory / TEXTFILE_NAME
         self.lock_path = self.directory / (TEXTFILE_NAME + LOCK_SUFFIX)
@@ -366,10 +387,12 @@ class TextfileStore:
         # What this process last wrote, and the identity of the file it wrote: while the file on disk is
         # still that one, nobody else has merged since and it need not be read or parsed again.
         self._cached: tuple[FileVersion, Document] | None = None
+        self._corrupt: tuple[FileVersion, CorruptTextfileError] | None = None
+        """The version of the file that failed to parse, and how: see _load."""
         # The hand-overs the last merge found (applied, or set aside): the others arrived since.
         self._handled_handovers: set[str] = set()
         # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
-        self.lifecycle = SeriesLifecycle.from_environment(self.path)
+        self.lifecycle = SeriesLifecycle.from_environment(self.path) if lifecycle is None else lifecycle
 
     # Reading
 
@@ -463,7 +486,7 @@ class TextfileStore:
         except FraisierTextfileError:
             # Also after a failure: this process may have held the lock (a lock timeout too, when its lock
             # file was replaced mid-merge and the new one stayed busy).
-            self._merge_late_handovers()
+            self._merge_late_handovers(failed=True)
             raise
         self._merge_late_handovers()
 
@@ -522,7 +545,7 @@ class TextfileStore:
                     liveness.remove_marker(self.directory, marker_id)
                 return
 
-    def _merge_late_handovers(self) -> None:
+    def _merge_late_handovers(self, failed: bool = False) -> None:
         """After releasing the lock, merge the hand-overs that arrived while it was held.
 
         The invariant that makes every hand-over written once, soon: a process that hands over writes its
@@ -536,7 +559,8 @@ class TextfileStore:
         Under sustained contention new hand-overs keep arriving, and a holder that looped for ever would hold
         up the deployment it belongs to: it stops after LATE_MERGE_BUDGET seconds, leaving what remains to
         the next merge of any process (under such load, one within milliseconds; otherwise at the latest the
-        next ``fraisier textfile refresh``). Nothing is lost or applied twice either way."""
+        next ``fraisier textfile refresh``). Nothing is lost or applied twice either way. A failure with the
+        ``reported`` message (the caller's own, raised to its caller) is not logged a second time."""
         stop = time.monotonic() + LATE_MERGE_BUDGET
         while time.monotonic() < stop and self._handovers_waiting():
             try:
@@ -544,7 +568,10 @@ class TextfileStore:
             except LockTimeoutError:
                 return  # its holder looks again after releasing it
             except FraisierTextfileError as error:
-                log.warning("hand-overs waiting in %s were not merged: %s", self.directory, error)
+                # After a failed merge this is most likely the same problem, which its caller reports: a
+                # recorder hit by a corrupt file would otherwise log it again with every event.
+                log.log(logging.DEBUG if failed else logging.WARNING,
+                        "hand-overs waiting in %s were not merged: %s", self.directory, error)
                 return
 
     def _handovers_waiting(self) -> bool:
@@ -582,10 +609,15 @@ class TextfileStore:
         read_from_disk = cached is None or document is not cached[1]  # not what we wrote
         if cached is not None:
             cached[0].close()
+        # Markers are probed before the hand-overs are listed. A process whose end could not wait for the lock
+        # hands it over and only then releases its marker: so a marker found released here has its hand-over
+        # in the directory already, and the listing below finds it (listed first, the hand-over could be
+        # missed and the deployment counted crashed as well as ended).
+        markers = self._probe_markers(document.retired_markers)
         applied, handed_over = self._collect_handovers(document)
         combined = _combined([*handed_over, changes]) if handed_over else changes
         to_apply = self.lifecycle.before_merge(document, combined, read_from_disk)
-        to_remove = self._account_markers(document, to_apply)
+        to_remove = self._account_markers(document, to_apply, markers)
         _apply(document, to_apply, self.path, time.time())
         self.lifecycle.after_merge(document, to_apply)
         if applied:
@@ -631,13 +663,36 @@ class TextfileStore:
                 return document
             cached_version.close()
             self._cached = None
+        if self._corrupt is not None:
+            corrupt_version, error = self._corrupt
+            if corrupt_version.is_current():
+                raise error.with_traceback(None)
+            corrupt_version.close()
+            self._corrupt = None
         self._remove_stale_temporaries()
         version, text = self.read_text()
+        try:
+            document = self.parse_text(text, check_histograms=False)
+        except CorruptTextfileError as error:
+            # The same bytes fail the same way. Until the file changes (the operator's fix), merges answer
+            # from here rather than read and parse it again: for a big file that costs seconds, and a
+            # recorder hit by it would pay them with every event it records.
+            if version is not None:
+                self._corrupt = (version, error)
+            raise
         if version is not None:
             version.close()
-        return self.parse_text(text, check_histograms=False)
+        return document
 
-    def _account_markers(self, document: Document, changes: Changes) -> set[str]:
+    def _probe_markers(self, accounted: Collection[str]) -> list[tuple[liveness.Marker, bool]]:
+        """Every in-flight marker, and whether its deployment is alive (not probed for those ``accounted``)."""
+        return [
+            (marker, marker.id not in accounted and liveness.is_alive(marker)) for marker in self._read_markers()
+        ]
+
+    def _account_markers(
+        self, document: Document, changes: Changes, markers: list[tuple[liveness.Marker, bool]]
+    ) -> set[str]:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
         markers it now accounts for. Those are removed only after the file is written, and the list stays in
         the file until they are gone: so a merger killed at any point leaves each deployment counted once."""
@@ -645,15 +700,23 @@ class TextfileStore:
         active: dict[str, int] = {provider: 0 for provider in changes.active_providers}
         existing = set()
         crashed = Changes()
-        for marker in self._read_markers():
+        for marker, alive in markers:
             existing.add(marker.id)
             if marker.id in accounted:
                 continue
             active.setdefault(marker.provider, 0)
-            if liveness.is_alive(marker):
+            if alive:
                 active[marker.provider] += 1
             else:
                 deployment_crashed(crashed, marker.provider, marker.fraise_type, marker.id)
+        # A marker made after the probe whose deployment's start and end were handed over since: this merge
+        # applies its end, so it stays listed (else the next merger would count it crashed) and is removed.
+        directory = liveness.marker_directory(self.directory)
+        for marker_id in changes.retired_markers - existing:
+            if marker_id and "/" not in marker_id and not marker_id.startswith(".") and os.path.lexists(
+                directory / marker_id
+            ):
+                existing.add(marker_id)
         accounted |= crashed.retired_markers
         _apply(document, crashed, self.path, time.time())
         _set_active(document, active)
@@ -736,13 +799,33 @@ class TextfileStore:
         except OSError as error:
             os.close(descriptor)
             _unlink_quietly(temporary)
-            raise write_error(self.path, "write", error) from None
+            raise self._replace_error(error) from None
         self._fsync_directory()
         try:
             return FileVersion(self.path, descriptor)
         except OSError:
             os.close(descriptor)
             return None
+
+    def _replace_error(self, error: OSError) -> TextfileWriteError:
+        """The error for a rename over the textfile that failed. In a sticky directory (mode 1777, as /tmp)
+        only the file's owner may replace it, however writable the directory: say so, not "make it writable"."""
+        if error.errno in (errno.EPERM, errno.EACCES):
+            try:
+                directory, target = os.stat(self.directory), os.lstat(self.path)
+            except OSError:
+                pass
+            else:
+                if directory.st_mode & stat.S_ISVTX and target.st_uid != os.geteuid():
+                    owner = _owner_name(target.st_uid)
+                    return TextfileWriteError(
+                        self.path,
+                        f"cannot write {self.path}: {error.strerror}; it belongs to {owner} and its directory is "
+                        f"sticky (chmod +t), so only {owner} can replace it: share a directory without the sticky "
+                        "bit (a group directory, chmod 2775), or choose another --textfile-dir",
+                        error.errno,
+                    )
+        return write_error(self.path, "write", error)
 
     def _fsync_directory(self) -> None:
         """Make the rename itself durable."""

@@ -370,7 +370,7 @@ def test_bridge_runs_fraisiers_console_scripts(fraisier_first: VirtualEnvironmen
         (["--version"], "fraisier", ["--version"], {}),
         (["ship", "--json"], "fraisier", ["ship", "--json"], {}),
         (["-c", "metrics", "list"], "fraisier", ["-c", "metrics", "list"], {}),
-        (["-v", "metrics"], "fraisier", ["-v", "metrics"], {}),
+        (["-v", "metrics"], "ours", ["-v", "metrics"], {}),
         (["--textfile-dir=/d", "health"], "fraisier", ["health"], {"FRAISIER_TEXTFILE_DIR": "/d"}),
         (["no-such-command"], "fraisier", ["no-such-command"], {}),
     ],

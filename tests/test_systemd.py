@@ -27,7 +27,7 @@ from .processes import REPOSITORY, binary, free_port, stop, tail
 UNITS = REPOSITORY / "contrib" / "systemd"
 UNIT_NAMES = ["fraisier-metrics.service", "fraisier-metrics.socket", "fraisier-textfile-refresh.service",
               "fraisier-textfile-refresh.timer"]
-INSTALLED_FRAISIER = "/usr/local/bin/fraisier"
+INSTALLED_FRAISIER = "/usr/local/bin/fraisier-textfile"
 TEXTFILE_DIRECTORY = "/var/lib/fraisier/textfile"
 
 
@@ -55,7 +55,7 @@ def value(unit: str, key: str) -> str:
 def fraisier_script(tmp_path: Path) -> Path:
     """An executable ``fraisier`` that runs this checkout's package: what the units' ExecStart point at
     once installed (verify checks that the command exists and is executable)."""
-    script = tmp_path / "bin" / "fraisier"
+    script = tmp_path / "bin" / "fraisier-textfile"
     script.parent.mkdir()
     # exec keeps the PID: LISTEN_PID, set for this script, is still right for the Python process.
     script.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m fraisier_textfile \"$@\"\n")
