@@ -470,3 +470,38 @@ def test_a_lock_file_another_user_left_unwritable_is_named_with_its_owner_and_mo
     assert message.startswith(f"cannot open the lock file {shared / 'fraisier.prom.lock'}"), message
     assert "belongs to root" in message and "0644" in message, message
     assert "make the directory writable" not in message
+
+
+# Clocks that step.
+
+
+def test_a_series_updated_now_by_a_process_whose_clock_is_behind_is_not_expired(textfile_dir: Path) -> None:
+    """Bug: a process whose clock was 60 days behind (a host before its NTP sync, a clock stepped back) wrote
+    its old time as the last update of the series it touched, over the time a correct process had just
+    written; the next `refresh --expire-after 30d` then removed those series with their totals. (It also
+    broke the times line's "oldest" head, which assumes times only move forward.) A series' last-update time
+    now only moves forward."""
+    from .processes import binary
+    from .values import sample_values
+
+    faketime = binary("faketime")
+
+    def record(provider: str, clock: str | None) -> None:
+        command = ["record", "deployment", "--provider", provider, "--fraise-type", "api", "--status", "success",
+                   "--duration", "1", "--textfile-dir", str(textfile_dir)]
+        import subprocess
+        import sys
+
+        prefix = [faketime, "-f", clock] if clock else []
+        result = subprocess.run([*prefix, sys.executable, "-m", "fraisier_textfile", *command],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+
+    record("retired", "-40d")  # a provider really not updated for 40 days
+    record("bare_metal", None)
+    record("bare_metal", "-60d")
+    refreshed = fraisier("textfile", "refresh", "--expire-after", "30d", textfile_dir=textfile_dir)
+    assert refreshed.returncode == 0, refreshed.stderr
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 2
+    assert not any('provider="retired"' in key for key in values)
