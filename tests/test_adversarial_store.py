@@ -505,3 +505,30 @@ def test_a_series_updated_now_by_a_process_whose_clock_is_behind_is_not_expired(
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 2
     assert not any('provider="retired"' in key for key in values)
+
+
+def test_a_process_whose_clock_is_behind_keeps_the_last_deployment_time(textfile_dir: Path) -> None:
+    """Bug: the rule that replaces a stored last-deployment time too far ahead of the merger's clock (written
+    by a clock that was ahead) also fired when the merger's own clock was behind (a host before its NTP sync,
+    faketime): the right time was replaced by a year-old one, and "time since the last success" jumped by a
+    year. The file's mtime, set by the kernel at the last write, tells the two apart: a file last written in
+    this process's future means this process's clock is behind, and the stored time stays the maximum."""
+    import subprocess
+    import sys
+
+    from .processes import binary
+    from .values import sample_values
+
+    faketime = binary("faketime")
+    command = ["record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+               "--duration", "1", "--textfile-dir", str(textfile_dir)]
+    last = 'fraisier_last_deployment_timestamp_seconds{provider="bare_metal",fraise_type="api",status="success"}'
+    assert fraisier(*command).returncode == 0
+    right = sample_values(textfile_dir / "fraisier.prom")[last]
+    behind = subprocess.run([faketime, "-f", "-365d", sys.executable, "-m", "fraisier_textfile", *command],
+                            capture_output=True, text=True, timeout=60)
+    assert behind.returncode == 0, behind.stderr
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 2
+    assert values[last] == right
+    assert "clock is behind" in behind.stderr
