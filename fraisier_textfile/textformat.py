@@ -183,6 +183,11 @@ def _read_sample(line: str, family_name: str = "", go_type: str = "untyped") -> 
     position = _skip_blanks(line, 0)
     match = _re(_METRIC_NAME).match(line, position)
     if match is None:
+        if line.startswith("\ufeff"):  # invisible in an editor: say what it is
+            raise ParseError(
+                "invalid metric name: the file starts with a byte-order mark (U+FEFF), which node_exporter refuses "
+                "too; save it as UTF-8 without a BOM"
+            )
         raise ParseError("invalid metric name")
     name = match.group()
     family_name = family_name or name

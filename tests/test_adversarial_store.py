@@ -532,3 +532,20 @@ def test_a_process_whose_clock_is_behind_keeps_the_last_deployment_time(textfile
     assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 2
     assert values[last] == right
     assert "clock is behind" in behind.stderr
+
+
+# Files other tools wrote.
+
+
+def test_a_file_with_a_byte_order_mark_is_refused_with_the_reason_named(textfile_dir: Path) -> None:
+    """Bug (unclear error): a file saved by an editor with a UTF-8 byte-order mark, which node_exporter refuses
+    too, was refused as "invalid metric name" on line 1, where nothing is visibly wrong."""
+    textfile_dir.mkdir()
+    data = "\ufeff# HELP other_total c\n# TYPE other_total counter\nother_total 1\n".encode()
+    (textfile_dir / "fraisier.prom").write_bytes(data)
+    record = ("record", "rollback", "--provider", "p", "--reason", "manual", "--duration", "3")
+    for command in (("textfile", "check"), record):
+        result = fraisier(*command, textfile_dir=textfile_dir)
+        assert result.returncode == 1
+        assert "byte-order mark" in result.stderr + result.stdout, result.stderr
+    assert (textfile_dir / "fraisier.prom").read_bytes() == data
