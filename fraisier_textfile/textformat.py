@@ -898,7 +898,8 @@ class _Scan:
                 continue
             declared, number = self.file_types.get(family.name, (family.kind.value, 0))
             if declared != family.kind.value:
-                self.fail(f"{family.name} is a {declared} in the file but a {family.kind.value} here", number)
+                article = "an" if declared[0] in "aeiou" else "a"
+                self.fail(f"{family.name} is {article} {declared} in the file but a {family.kind.value} here", number)
             block.type = family.kind.value
             block.help = family.help  # ours replaces the HELP an earlier version wrote
             body = "".join(pieces)

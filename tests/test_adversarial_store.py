@@ -549,3 +549,15 @@ def test_a_file_with_a_byte_order_mark_is_refused_with_the_reason_named(textfile
         assert result.returncode == 1
         assert "byte-order mark" in result.stderr + result.stdout, result.stderr
     assert (textfile_dir / "fraisier.prom").read_bytes() == data
+
+
+def test_a_family_of_ours_the_pushgateway_left_untyped_is_named_in_plain_words(textfile_dir: Path) -> None:
+    """Cosmetic bug: the Pushgateway writes `# TYPE x untyped` for a series pushed without a TYPE; the
+    refusal read "is a untyped in the file"."""
+    textfile_dir.mkdir()
+    (textfile_dir / "fraisier.prom").write_text(
+        '# TYPE fraisier_rollbacks_total untyped\nfraisier_rollbacks_total{provider="p",reason="manual"} 2\n'
+    )
+    result = fraisier("textfile", "check", textfile_dir=textfile_dir)
+    assert result.returncode == 1
+    assert "fraisier_rollbacks_total is an untyped in the file but a counter here" in result.stderr
