@@ -561,3 +561,64 @@ def test_a_family_of_ours_the_pushgateway_left_untyped_is_named_in_plain_words(t
     result = fraisier("textfile", "check", textfile_dir=textfile_dir)
     assert result.returncode == 1
     assert "fraisier_rollbacks_total is an untyped in the file but a counter here" in result.stderr
+
+
+def _written_by_prometheus_client(path: Path) -> None:
+    """Every family of ours as prometheus_client writes it (labels in reverse order, `le` where it puts it,
+    `_created` samples on), and foreign families of each other kind: a summary, an info and an enum."""
+    from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, Summary, write_to_textfile
+
+    from fraisier_textfile import catalogue
+
+    registry = CollectorRegistry(auto_describe=True)
+    for family in catalogue.FAMILIES:
+        labels = list(reversed(family.labels))
+        values = {label: "bare_metal" if label == "provider" else "success" for label in labels}
+        if family.kind is catalogue.Kind.COUNTER:
+            Counter(family.name, "another HELP: ünïcode", labels, registry=registry).labels(**values).inc(3)
+        elif family.kind is catalogue.Kind.HISTOGRAM:
+            histogram = Histogram(family.name, "another HELP", labels, buckets=family.buckets, registry=registry)
+            histogram.labels(**values).observe(0.7)
+        else:
+            Gauge(family.name, "another HELP", labels, registry=registry).labels(**values).set(1)
+    Summary("other_summary_seconds", "a summary", ["x"], registry=registry).labels("é \" \\").observe(2)
+    Info("other_build", "build information", registry=registry).info({"version": "1.2", "note": "😀"})
+    Enum("other_state", "an enum", states=["a", "b"], registry=registry).state("b")
+    write_to_textfile(str(path), registry)
+
+
+@pytest.mark.integration
+def test_a_file_prometheus_client_wrote_is_merged_into_and_node_exporter_serves_the_right_totals(
+    textfile_dir: Path,
+) -> None:
+    """No bug found: kept as the proof that a file first written by prometheus_client's write_to_textfile,
+    with every family of ours in another label order and _created samples, is merged into (not duplicated),
+    its foreign families are kept byte for byte, and node_exporter serves the sums."""
+    from .processes import http_get, node_exporter
+    from .values import canonical_samples
+
+    textfile_dir.mkdir()
+    path = textfile_dir / "fraisier.prom"
+    _written_by_prometheus_client(path)
+    before = canonical_samples(path.read_text())
+    foreign = [line for line in path.read_text().splitlines(keepends=True) if "other_" in line or "_created" in line]
+    result = fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "success",
+                      "--status", "success", "--duration", "42", textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    text = path.read_text()
+    assert all(line in text for line in foreign)
+    after = canonical_samples(text)
+    key = ("fraisier_deployments_total", frozenset({("provider", "bare_metal"), ("status", "success"),
+                                                    ("fraise_type", "success")}))
+    assert (before[key], after[key]) == (3, 4)
+    bucket = ("fraisier_deployment_duration_seconds_bucket",
+              frozenset({("provider", "bare_metal"), ("status", "success"), ("le", "60.0")}))
+    assert (before[bucket], after[bucket]) == (1, 2)
+    with node_exporter(textfile_dir) as url:
+        scraped = http_get(url)
+    assert "node_textfile_scrape_error 0" in scraped
+    served = canonical_samples(scraped, "fraisier_")
+    assert {name: value for name, value in served.items() if not name[0].endswith("_created")} == {
+        name: value for name, value in after.items() if name[0].startswith("fraisier_")
+        and not name[0].endswith("_created")
+    }
