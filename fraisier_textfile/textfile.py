@@ -646,10 +646,16 @@ class TextfileStore:
         for handover_id in ids:
             if handover_id not in already:
                 try:
-                    handed_over.append(handover.read(self.directory, handover_id))
+                    changes = handover.read(self.directory, handover_id)
+                    # One that can never be summed into this file would fail this merge and every later one.
+                    _check_summable(document, changes, self.path)
                 except handover.UnreadableHandover as error:
                     handover.set_aside(self.directory, handover_id, str(error))
                     continue
+                except InvalidValueError as error:
+                    handover.set_aside(self.directory, handover_id, str(error))
+                    continue
+                handed_over.append(changes)
             applied.append(handover_id)
         return applied, handed_over
 
@@ -871,6 +877,27 @@ def _apply(document: Document, changes: Changes, path: Path, now: float, clock_i
             or (not clock_is_behind and not current <= now + CLOCK_TOLERANCE)
         ):
             block.set(key, value)
+
+
+def _check_summable(document: Document, changes: Changes, path: Path) -> None:
+    """Raise InvalidValueError if a sum of ``changes`` into the document would overflow to +Inf (what
+    :func:`_apply` would raise; a value already in the file that cannot be summed is the file's problem, left
+    to the merge)."""
+    for (family, labels), amount in changes.added.items():
+        block = document.blocks.get(family.name)
+        if block is not None:
+            _check_sum(block, _key(family, labels), amount, path)
+    for (family, labels), delta in changes.observed.items():
+        block = document.blocks.get(family.name)
+        if block is not None:
+            _check_sum(block, _key(family, labels, "_sum"), delta.sum, path)
+
+
+def _check_sum(block: Block, key: str, amount: float, path: Path) -> None:
+    try:
+        _summed(block, key, amount, path)
+    except CorruptTextfileError:
+        pass
 
 
 def _summed(block: Block, key: str, amount: float, path: Path) -> float:

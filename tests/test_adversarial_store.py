@@ -622,3 +622,40 @@ def test_a_file_prometheus_client_wrote_is_merged_into_and_node_exporter_serves_
         name: value for name, value in after.items() if name[0].startswith("fraisier_")
         and not name[0].endswith("_created")
     }
+
+
+def test_a_hand_over_that_can_never_be_summed_is_set_aside_instead_of_wedging_every_merge(
+    textfile_dir: Path,
+) -> None:
+    """Bug: a process recorded a duration so large that the file's _sum would overflow to +Inf. Its merge was
+    refused (right), its events were handed over, and from then on every merge by every process applied that
+    hand-over and failed with the same error about someone else's series (`fraisier record` of another
+    provider exited 2): the store was wedged until someone found and deleted the file. Such a hand-over is now
+    set aside, as an unreadable one is, and the rest goes on."""
+    import subprocess
+    import sys
+
+    from fraisier_textfile.handover import HANDOVER_DIRECTORY
+
+    from .values import sample_values
+
+    script = (
+        "import sys\nfrom fraisier_textfile.recorder import MetricsRecorder\n"
+        "recorder = MetricsRecorder(sys.argv[1])\n"
+        "for _ in range(2):\n"
+        "    recorder.record_deployment_complete('bare_metal', 'api', 'success', 1.7e308)\n"
+        "    recorder.flush()\n"
+    )
+    recorder = subprocess.run([sys.executable, "-c", script, str(textfile_dir)], capture_output=True, text=True,
+                              timeout=60, check=True)
+    result = fraisier("record", "rollback", "--provider", "docker_compose", "--reason", "manual", "--duration", "3",
+                      textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    # Set aside by the first merge after the hand-over: the recorder's own at its exit, or this one.
+    logged = recorder.stderr + result.stderr
+    assert "cannot be applied" in logged and "+Inf" in logged, logged
+    [set_aside] = os.listdir(textfile_dir / HANDOVER_DIRECTORY)
+    assert set_aside.endswith(".unreadable")
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_rollbacks_total{provider="docker_compose",reason="manual"}'] == 1
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
