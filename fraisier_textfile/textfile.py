@@ -649,6 +649,15 @@ class TextfileStore:
                     changes = handover.read(self.directory, handover_id)
                     # One that can never be summed into this file would fail this merge and every later one.
                     _check_summable(document, changes, self.path)
+                except handover.NewerHandover as error:
+                    if handover_id not in _newer_handovers_logged:
+                        _newer_handovers_logged.add(handover_id)
+                        log.warning(
+                            "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
+                            "merger of that version; upgrade this one",
+                            handover.handover_directory(self.directory) / f"{handover_id}{handover.SUFFIX}", error,
+                        )
+                    continue
                 except handover.UnreadableHandover as error:
                     handover.set_aside(self.directory, handover_id, str(error))
                     continue
@@ -839,6 +848,7 @@ def _key(family: c.Family, labels: Labels, suffix: str = "") -> str:
 
 
 _warned_clock_behind: list[bool] = []
+_newer_handovers_logged: set[str] = set()
 
 
 def _apply(document: Document, changes: Changes, path: Path, now: float, clock_is_behind: bool = False) -> None:

@@ -659,3 +659,24 @@ def test_a_hand_over_that_can_never_be_summed_is_set_aside_instead_of_wedging_ev
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values['fraisier_rollbacks_total{provider="docker_compose",reason="manual"}'] == 1
     assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+
+
+def test_a_hand_over_from_a_newer_version_is_left_for_it_not_set_aside(textfile_dir: Path) -> None:
+    """Bug (events lost on an upgrade): during an upgrade, a newer version's hand-over (a higher format version)
+    met by an older merger was renamed .unreadable, which no merger ever reads again: its events were lost for
+    the newer version too. It is now left in place, logged, for a merger that can read it."""
+    from fraisier_textfile import handover
+
+    textfile_dir.mkdir()
+    directory = textfile_dir / handover.HANDOVER_DIRECTORY
+    directory.mkdir()
+    newer = directory / f"{handover.new_id()}.json"
+    data = b'{"version": 2, "events": []}'
+    newer.write_bytes(data)
+    result = fraisier("record", "rollback", "--provider", "p", "--reason", "manual", "--duration", "3",
+                      textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    assert "newer version" in result.stderr and str(newer) in result.stderr
+    assert newer.read_bytes() == data
+    assert os.listdir(directory) == [newer.name]
+    assert newer.stem not in (textfile_dir / "fraisier.prom").read_text()  # not listed as applied
