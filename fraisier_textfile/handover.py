@@ -45,6 +45,11 @@ class UnreadableHandover(ValueError):
     store sets such a file aside: this never escapes it."""
 
 
+class NewerHandover(UnreadableHandover):
+    """A hand-over in a newer format than this version's: left in place for a merger of that version (during
+    an upgrade both run), never set aside, which would lose its events for it too."""
+
+
 def handover_directory(textfile_directory: Path) -> Path:
     return textfile_directory / HANDOVER_DIRECTORY
 
@@ -83,6 +88,8 @@ def decode(data: bytes) -> Changes:
     try:
         content = json.loads(data)
         version = content.get("version")
+        if version.__class__ is int and version > FORMAT_VERSION:
+            raise NewerHandover(f"format version {version}, newer than this version's {FORMAT_VERSION}")
         if version.__class__ is not int or version != FORMAT_VERSION:  # `true` == 1 in Python: not a version
             raise UnreadableHandover(f"format version {version!r}, not {FORMAT_VERSION}")
         changes = Changes()
