@@ -491,19 +491,20 @@ class TextfileStore:
             raise
         self._merge_late_handovers()
 
-    def hand_over(self, changes: Changes) -> None:
-        """Write ``changes`` durably for the next merge by any process to apply exactly once, without the
-        lock, and empty ``changes``. Raises TextfileWriteError (``changes`` untouched) if they cannot be
-        written."""
+    def hand_over(self, changes: Changes, *, durable: bool = True) -> None:
+        """Write ``changes`` for the next merge by any process to apply exactly once, without the lock, and
+        empty ``changes``. ``durable``: fsynced (two fsyncs, milliseconds on a disk), so that they survive a
+        power loss; without, they survive this process's death, not the machine's. Raises TextfileWriteError
+        (``changes`` untouched) if they cannot be written."""
         if not changes:
             return
         with _DeferredSignals():
             self._make_directory()
-            temporary, final = handover.write(self.directory, changes)
-            handover.publish(temporary, final)
+            temporary, final = handover.write(self.directory, changes, durable)
+            handover.publish(temporary, final, durable)
             changes.clear()
 
-    def merge_or_hand_over(self, changes: Changes, wait: float) -> bool:
+    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
         True: merged now. False: handed over; the next merge by any process writes them (this process tries
         once more at once). Either way ``changes`` is emptied. Raises what :meth:`merge` raises for other
@@ -513,7 +514,7 @@ class TextfileStore:
             return True
         except LockTimeoutError:
             pass
-        self.hand_over(changes)
+        self.hand_over(changes, durable=durable)
         # The hand-over is on disk before this try. If the lock is busy, its holder will look for hand-overs
         # after releasing it (see _merge_late_handovers), and so sees this one.
         try:
