@@ -927,7 +927,10 @@ class _Scan:
                 block._lines = None
                 continue
             declared, number = self.file_types.get(family.name, (family.kind.value, 0))
-            if declared != family.kind.value:
+            # "untyped" is what the Pushgateway writes for a series pushed without a TYPE, and what a family
+            # without any TYPE line is: node_exporter serves it, so we read it and give it our type. A
+            # histogram declared untyped is not one (its _bucket lines would be families of their own).
+            if declared != family.kind.value and not (declared == "untyped" and family.kind is not Kind.HISTOGRAM):
                 article = "an" if declared[0] in "aeiou" else "a"
                 self.fail(f"{family.name} is {article} {declared} in the file but a {family.kind.value} here", number)
             block.type = family.kind.value

@@ -551,16 +551,26 @@ def test_a_file_with_a_byte_order_mark_is_refused_with_the_reason_named(textfile
     assert (textfile_dir / "fraisier.prom").read_bytes() == data
 
 
-def test_a_family_of_ours_the_pushgateway_left_untyped_is_named_in_plain_words(textfile_dir: Path) -> None:
-    """Cosmetic bug: the Pushgateway writes `# TYPE x untyped` for a series pushed without a TYPE; the
-    refusal read "is a untyped in the file"."""
+def test_a_family_of_ours_the_pushgateway_left_untyped_is_read_and_given_our_type(textfile_dir: Path) -> None:
+    """The Pushgateway writes `# TYPE x untyped` for a series pushed without a TYPE; node_exporter serves it,
+    as it serves the same family with no TYPE line at all: the store reads both and writes our type back. An
+    untyped histogram is not one, and is refused in plain words."""
     textfile_dir.mkdir()
-    (textfile_dir / "fraisier.prom").write_text(
+    path = textfile_dir / "fraisier.prom"
+    path.write_text(
         '# TYPE fraisier_rollbacks_total untyped\nfraisier_rollbacks_total{provider="p",reason="manual"} 2\n'
     )
+    assert fraisier("textfile", "check", textfile_dir=textfile_dir).returncode == 0
+    record = ("record", "rollback", "--provider", "p", "--reason", "manual", "--duration", "3")
+    assert fraisier(*record, textfile_dir=textfile_dir).returncode == 0
+    text = path.read_text()
+    assert "# TYPE fraisier_rollbacks_total counter\n" in text
+    assert 'fraisier_rollbacks_total{provider="p",reason="manual"} 3.0\n' in text
+    path.write_text("# TYPE fraisier_rollback_duration_seconds untyped\n"
+                    'fraisier_rollback_duration_seconds{provider="p"} 2\n')
     result = fraisier("textfile", "check", textfile_dir=textfile_dir)
     assert result.returncode == 1
-    assert "fraisier_rollbacks_total is an untyped in the file but a counter here" in result.stderr
+    assert "fraisier_rollback_duration_seconds is an untyped in the file but a histogram here" in result.stderr
 
 
 def _written_by_prometheus_client(path: Path) -> None:
