@@ -45,6 +45,11 @@ class UnreadableHandover(ValueError):
     store sets such a file aside: this never escapes it."""
 
 
+class NewerHandover(UnreadableHandover):
+    """A hand-over in a newer format than this version's: left in place for a merger of that version (during
+    an upgrade both run), never set aside, which would lose its events for it too."""
+
+
 def handover_directory(textfile_directory: Path) -> Path:
     return textfile_directory / HANDOVER_DIRECTORY
 
@@ -83,6 +88,8 @@ def decode(data: bytes) -> Changes:
     try:
         content = json.loads(data)
         version = content.get("version")
+        if version.__class__ is int and version > FORMAT_VERSION:
+            raise NewerHandover(f"format version {version}, newer than this version's {FORMAT_VERSION}")
         if version.__class__ is not int or version != FORMAT_VERSION:  # `true` == 1 in Python: not a version
             raise UnreadableHandover(f"format version {version!r}, not {FORMAT_VERSION}")
         changes = Changes()
@@ -152,9 +159,10 @@ def _marker_id(value: object) -> str:
 # Files
 
 
-def write(textfile_directory: Path, changes: Changes) -> tuple[Path, Path]:
-    """Write ``changes`` durably under a temporary name; return (temporary, final) paths. The caller renames
-    it (:func:`publish`) at the moment it forgets the changes, so that the two happen together."""
+def write(textfile_directory: Path, changes: Changes, durable: bool = True) -> tuple[Path, Path]:
+    """Write ``changes`` under a temporary name; return (temporary, final) paths. The caller renames it
+    (:func:`publish`) at the moment it forgets the changes, so that the two happen together. ``durable``:
+    fsynced, so that a power loss keeps it; without, it survives the process (a SIGKILL), not the machine."""
     directory = handover_directory(textfile_directory)
     _make_directory(directory)
     handover_id = new_id()
@@ -172,7 +180,8 @@ def write(textfile_directory: Path, changes: Changes) -> tuple[Path, Path]:
             while view:
                 view = view[os.write(descriptor, view) :]
             # The events are forgotten by this process once renamed: they must survive a power loss.
-            os.fsync(descriptor)
+            if durable:
+                os.fsync(descriptor)
         finally:
             os.close(descriptor)
     except OSError as error:
@@ -181,14 +190,15 @@ def write(textfile_directory: Path, changes: Changes) -> tuple[Path, Path]:
     return temporary, directory / f"{handover_id}{SUFFIX}"
 
 
-def publish(temporary: Path, final: Path) -> None:
+def publish(temporary: Path, final: Path, durable: bool = True) -> None:
     """Rename a written hand-over into place: from now on the next merge applies it."""
     try:
         os.rename(temporary, final)
     except OSError as error:
         _unlink_quietly(temporary)
         raise write_error(final, "publish the hand-over file", error) from None
-    fsync_directory(final.parent)
+    if durable:
+        fsync_directory(final.parent)
 
 
 def pending(textfile_directory: Path) -> list[str]:

@@ -19,7 +19,9 @@ The rules (docs/monitoring.md, "Series lifecycle", says the same to users):
   at 0 beside it (the other statuses of its deployment pair or health check), so those expire with the pair
   and not while it is in use; the active-deployments series of a provider, while it has a deployment in
   flight. A series for which the store has no time (a file written before this version, or edited by hand)
-  counts as updated when an expiring merge first sees it.
+  counts as updated when an expiring merge first sees it. A series' time only moves forward: a merge by a
+  process whose clock is behind never makes a series look older than it is (it would expire with its totals);
+  one whose clock was ahead delays that series' expiry by as much.
 - **Cardinality bound**: past ``max_series`` series in a family, changes to *new* series of that family are
   dropped, logged once per family per process, and counted in ``fraisier_textfile_series_refused_total
   {family}``; existing series keep counting. Crashed deployments counted from markers and the
@@ -180,7 +182,8 @@ class SeriesTimes:
                 start += len(key) + 2
                 end = text.find(" ", start)
                 end = len(text) if end < 0 else end
-                if text[start:end] != new:
+                # Update times only move forward: a process whose clock is behind must not make a series look old.
+                if not text[start:end].isdigit() or int(text[start:end]) < minute:
                     spans[start] = end
             if spans or appended:
                 parts: list[str] = []
@@ -193,7 +196,10 @@ class SeriesTimes:
             return
         entries = self.entries()
         for key in keys:
-            entries[key] = minute
+            # Only forward: a process whose clock is behind must not make a series just updated look old (the
+            # next expiry would remove it, totals and all), nor break ``oldest``.
+            if entries.get(key, -1) < minute:
+                entries[key] = minute
 
     def forget(self, keys: Iterable[str]) -> None:
         entries = self.entries()

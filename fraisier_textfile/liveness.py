@@ -306,6 +306,14 @@ def _not_a_directory(directory: Path) -> UnexpectedFileError:
     try:
         status = os.lstat(directory)
     except OSError:
+        # Not there: a file stands where one of its parents should be a directory. Name that one.
+        for ancestor in reversed(directory.parents):
+            if os.path.lexists(ancestor) and not ancestor.is_dir():
+                return UnexpectedFileError(
+                    ancestor,
+                    f"{ancestor} is not a directory, so {directory} cannot be made: "
+                    "choose another --textfile-dir, or remove what is in the way",
+                )
         kind = "not a directory"
     else:
         if stat.S_ISLNK(status.st_mode):

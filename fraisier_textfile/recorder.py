@@ -574,16 +574,20 @@ class MetricsRecorder:
         else kept for the next call and exit."""
         if not self._pending:
             return
-        wait = min(self.store.lock_timeout, _process_budget.left(self.lock_wait_budget), longest_wait)
+        left = _process_budget.left(self.lock_wait_budget)
+        wait = min(self.store.lock_timeout, left, longest_wait)
+        # Once the budget is spent, hand-overs skip their fsyncs: under a lock held for long, two fsyncs per
+        # call would go on delaying the process past its budget. They still survive its death (a SIGKILL).
+        durable = left > 0
         started = time.monotonic()
         try:
             if self._failed_write is not None and not self.strict and not self._failed_write.may_succeed_now():
                 # The last merge failed (a full disk, say) and nothing suggests this one would not: trying
                 # again would render the whole file per event (seconds for a big one). Hand over only.
                 merged = False
-                self.store.hand_over(self._pending)
+                self.store.hand_over(self._pending, durable=durable)
             else:
-                merged = self._merge_or_hand_over(wait)
+                merged = self._merge_or_hand_over(wait, durable)
         except (FraisierTextfileError, OSError):
             merged = False  # the hand-over failed too: the events stay pending, the problem is noted already
         finally:
@@ -595,9 +599,9 @@ class MetricsRecorder:
         else:
             self._written(merged)
 
-    def _merge_or_hand_over(self, wait: float) -> bool:
+    def _merge_or_hand_over(self, wait: float, durable: bool) -> bool:
         try:
-            merged = self.store.merge_or_hand_over(self._pending, wait)
+            merged = self.store.merge_or_hand_over(self._pending, wait, durable=durable)
             self._failed_write = None
             if not merged:
                 self._note(
@@ -613,7 +617,7 @@ class MetricsRecorder:
             self._failed_write = _FailedWrite(self.store)
             self._note_write_problem(error)
             try:
-                self.store.hand_over(self._pending)
+                self.store.hand_over(self._pending, durable=durable)
             except (FraisierTextfileError, OSError):
                 pass  # the same problem (an unwritable directory), noted already
             return False

@@ -65,7 +65,8 @@ LOCK_TIMEOUT_ENVIRONMENT = "FRAISIER_LOCK_TIMEOUT"
 CLOCK_TOLERANCE = 300.0
 """Seconds. A last-deployment timestamp in the file further ahead of the merging process's clock than this was
 written while some clock was wrong (stepped back since, or a process with a fake time): a merge that touches
-it replaces it with its own value instead of keeping the larger one."""
+it replaces it with its own value instead of keeping the larger one, unless the file itself was last written
+further ahead than this of its clock: then its clock is the wrong one, and the stored value stays."""
 LATE_MERGE_BUDGET = 0.025
 """Seconds a process may spend, after its own merge, merging hand-overs that arrived while it held the lock:
 one or two merges. Under sustained contention the other writers' own merges take the rest; a holder that kept
@@ -490,19 +491,20 @@ class TextfileStore:
             raise
         self._merge_late_handovers()
 
-    def hand_over(self, changes: Changes) -> None:
-        """Write ``changes`` durably for the next merge by any process to apply exactly once, without the
-        lock, and empty ``changes``. Raises TextfileWriteError (``changes`` untouched) if they cannot be
-        written."""
+    def hand_over(self, changes: Changes, *, durable: bool = True) -> None:
+        """Write ``changes`` for the next merge by any process to apply exactly once, without the lock, and
+        empty ``changes``. ``durable``: fsynced (two fsyncs, milliseconds on a disk), so that they survive a
+        power loss; without, they survive this process's death, not the machine's. Raises TextfileWriteError
+        (``changes`` untouched) if they cannot be written."""
         if not changes:
             return
         with _DeferredSignals():
             self._make_directory()
-            temporary, final = handover.write(self.directory, changes)
-            handover.publish(temporary, final)
+            temporary, final = handover.write(self.directory, changes, durable)
+            handover.publish(temporary, final, durable)
             changes.clear()
 
-    def merge_or_hand_over(self, changes: Changes, wait: float) -> bool:
+    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
         True: merged now. False: handed over; the next merge by any process writes them (this process tries
         once more at once). Either way ``changes`` is emptied. Raises what :meth:`merge` raises for other
@@ -512,7 +514,7 @@ class TextfileStore:
             return True
         except LockTimeoutError:
             pass
-        self.hand_over(changes)
+        self.hand_over(changes, durable=durable)
         # The hand-over is on disk before this try. If the lock is busy, its holder will look for hand-overs
         # after releasing it (see _merge_late_handovers), and so sees this one.
         try:
@@ -618,7 +620,7 @@ class TextfileStore:
         combined = _combined([*handed_over, changes]) if handed_over else changes
         to_apply = self.lifecycle.before_merge(document, combined, read_from_disk)
         to_remove = self._account_markers(document, to_apply, markers)
-        _apply(document, to_apply, self.path, time.time())
+        _apply(document, to_apply, self.path, time.time(), self._clock_is_behind())
         self.lifecycle.after_merge(document, to_apply)
         if applied:
             document.meta[handover.APPLIED_KEY] = " ".join(applied)
@@ -637,6 +639,24 @@ class TextfileStore:
         changes.clear()
         return applied, to_remove
 
+    def _clock_is_behind(self) -> bool:
+        """Whether the textfile was last written in this process's future (its mtime, which the kernel set
+        then, is ahead of our clock by more than CLOCK_TOLERANCE): then this clock is behind (a host before its
+        NTP sync, a clock stepped back, faketime), and a stored time ahead of it is right, not to be replaced."""
+        status = _lstat_or_none(self.path)
+        if status is None:
+            return False
+        ahead = status.st_mtime - time.time()
+        if ahead <= CLOCK_TOLERANCE:
+            return False
+        if not _warned_clock_behind:
+            _warned_clock_behind.append(True)
+            log.warning(
+                "this process's clock is behind: %s was last written %.0fs in its future; the last-deployment "
+                "times it holds are kept (check the clock: timedatectl, chronyc tracking)", self.path, ahead,
+            )
+        return True
+
     def _collect_handovers(self, document: Document) -> tuple[list[str], list[Changes]]:
         """The ids of every hand-over now in the directory that the file will account for, and the changes of
         those it does not hold yet (oldest first)."""
@@ -649,10 +669,25 @@ class TextfileStore:
         for handover_id in ids:
             if handover_id not in already:
                 try:
-                    handed_over.append(handover.read(self.directory, handover_id))
+                    changes = handover.read(self.directory, handover_id)
+                    # One that can never be summed into this file would fail this merge and every later one.
+                    _check_summable(document, changes, self.path)
+                except handover.NewerHandover as error:
+                    if handover_id not in _newer_handovers_logged:
+                        _newer_handovers_logged.add(handover_id)
+                        log.warning(
+                            "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
+                            "merger of that version; upgrade this one",
+                            handover.handover_directory(self.directory) / f"{handover_id}{handover.SUFFIX}", error,
+                        )
+                    continue
                 except handover.UnreadableHandover as error:
                     handover.set_aside(self.directory, handover_id, str(error))
                     continue
+                except InvalidValueError as error:
+                    handover.set_aside(self.directory, handover_id, str(error))
+                    continue
+                handed_over.append(changes)
             applied.append(handover_id)
         return applied, handed_over
 
@@ -878,8 +913,13 @@ def _key(family: c.Family, labels: Labels, suffix: str = "") -> str:
     return series_key(family.name + suffix, family.labels, labels)
 
 
-def _apply(document: Document, changes: Changes, path: Path, now: float) -> None:
+_warned_clock_behind: list[bool] = []
+_newer_handovers_logged: set[str] = set()
+
+
+def _apply(document: Document, changes: Changes, path: Path, now: float, clock_is_behind: bool = False) -> None:
     """Apply ``changes`` to the document: counters and histograms summed, gauges replaced or maximised.
+    ``clock_is_behind``: ``now`` is known to be behind, so stored times ahead of it are kept as the maximum.
     Raises before the file is written when a sum cannot be honest (see :func:`_summed`)."""
     for (family, labels), amount in changes.added.items():
         block = document.block(family)
@@ -904,10 +944,36 @@ def _apply(document: Document, changes: Changes, path: Path, now: float) -> None
         block = document.block(family)
         key = _key(family, labels)
         current = block.value(key)
-        # A stored time too far ahead of our clock was written by a wrong clock: replaced, not kept for ever.
-        # (NaN fails the comparison and is replaced too.)
-        if current is None or value > current or not current <= now + CLOCK_TOLERANCE:
+        # A stored time too far ahead of our clock was written by a wrong clock: replaced, not kept for ever,
+        # unless our own clock is the wrong one. (NaN is replaced whatever the clocks.)
+        if (
+            current is None
+            or value > current
+            or current != current
+            or (not clock_is_behind and not current <= now + CLOCK_TOLERANCE)
+        ):
             block.set(key, value)
+
+
+def _check_summable(document: Document, changes: Changes, path: Path) -> None:
+    """Raise InvalidValueError if a sum of ``changes`` into the document would overflow to +Inf (what
+    :func:`_apply` would raise; a value already in the file that cannot be summed is the file's problem, left
+    to the merge)."""
+    for (family, labels), amount in changes.added.items():
+        block = document.blocks.get(family.name)
+        if block is not None:
+            _check_sum(block, _key(family, labels), amount, path)
+    for (family, labels), delta in changes.observed.items():
+        block = document.blocks.get(family.name)
+        if block is not None:
+            _check_sum(block, _key(family, labels, "_sum"), delta.sum, path)
+
+
+def _check_sum(block: Block, key: str, amount: float, path: Path) -> None:
+    try:
+        _summed(block, key, amount, path)
+    except CorruptTextfileError:
+        pass
 
 
 def _summed(block: Block, key: str, amount: float, path: Path) -> float:

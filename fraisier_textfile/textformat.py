@@ -186,6 +186,11 @@ def _read_sample(line: str, family_name: str = "", go_type: str = "untyped") -> 
     position = _skip_blanks(line, 0)
     match = _re(_METRIC_NAME).match(line, position)
     if match is None:
+        if line.startswith("\ufeff"):  # invisible in an editor: say what it is
+            raise ParseError(
+                "invalid metric name: the file starts with a byte-order mark (U+FEFF), which node_exporter refuses "
+                "too; save it as UTF-8 without a BOM"
+            )
         raise ParseError("invalid metric name")
     name = match.group()
     family_name = family_name or name
@@ -922,8 +927,12 @@ class _Scan:
                 block._lines = None
                 continue
             declared, number = self.file_types.get(family.name, (family.kind.value, 0))
-            if declared != family.kind.value:
-                self.fail(f"{family.name} is a {declared} in the file but a {family.kind.value} here", number)
+            # "untyped" is what the Pushgateway writes for a series pushed without a TYPE, and what a family
+            # without any TYPE line is: node_exporter serves it, so we read it and give it our type. A
+            # histogram declared untyped is not one (its _bucket lines would be families of their own).
+            if declared != family.kind.value and not (declared == "untyped" and family.kind is not Kind.HISTOGRAM):
+                article = "an" if declared[0] in "aeiou" else "a"
+                self.fail(f"{family.name} is {article} {declared} in the file but a {family.kind.value} here", number)
             block.type = family.kind.value
             block.help = family.help  # ours replaces the HELP an earlier version wrote
             body = "".join(pieces)

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -32,7 +32,7 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.liveness import MARKER_DIRECTORY
 from fraisier_textfile.textfile import TextfileStore
 
-from .processes import REPOSITORY, fraisier, lock_held_elsewhere
+from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere
 from .values import sample_values
 
 FRAISIER_API = {  # Fraisier 0.84.2's fraisier.metrics.MetricsRecorder, argument names and order
@@ -420,11 +420,11 @@ def test_an_unfinished_status_is_not_a_completion(
         MetricsRecorder(textfile_dir, strict=True).record_deployment_complete("bare_metal", "api", status, 3.0)
 
 
-def run_python(script: str, *arguments: str, **popen: object) -> subprocess.Popen[str]:
+def run_python(script: str, *arguments: str, wrapper: Sequence[str] = (), **popen: object) -> subprocess.Popen[str]:
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPOSITORY),
                                                                              os.environ.get("PYTHONPATH")])))
     return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-        [sys.executable, "-c", script, *arguments], text=True, env=environment, **popen
+        [*wrapper, sys.executable, "-c", script, *arguments], text=True, env=environment, **popen
     )
 
 
@@ -819,6 +819,31 @@ def test_a_held_lock_costs_a_process_its_budget_in_all_not_a_lock_timeout_per_ca
     assert values[DEPLOYMENTS.format("success")] == 10
     assert all(values[f'fraisier_db_errors_total{{database_type="sqlite",error_type="error_{n}"}}'] == 1
                for n in range(10))
+
+
+@pytest.mark.parametrize(("budget", "durable"), [("60", True), ("0", False)])
+def test_once_the_budget_is_spent_hand_overs_skip_the_fsyncs(textfile_dir: Path, budget: str, durable: bool) -> None:
+    """Each hand-over costs two fsyncs (milliseconds on a real disk): under a lock held for long, a busy process
+    would pay them per call, far past its budget. Within the budget they are durable (a power loss keeps them);
+    once it is spent they are written without fsync: they still survive the process (a SIGKILL, see below),
+    and the calls cost microseconds. Counted with strace, not timed."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    trace = textfile_dir.parent / "fsyncs"
+    with lock_held_elsewhere(store.lock_path):
+        worker = run_python(RECORD_UNDER_A_HELD_LOCK, str(textfile_dir), budget, "auto", "exit",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            wrapper=[binary("strace"), "-f", "-qq", "-e", "trace=fsync,fdatasync", "-o", str(trace)])
+        output, errors = worker.communicate(timeout=120)
+        assert worker.returncode == 0, errors
+        assert json.loads(output)["handed_over_events"] == 20
+    fsyncs = [line for line in trace.read_text().splitlines() if "fsync(" in line]
+    if durable:
+        assert len(fsyncs) >= 2 * 20  # the file and its directory, for each call's hand-over
+    else:
+        assert fsyncs == []
+    store.merge(Changes())
+    assert sample_values(store.path)[DEPLOYMENTS.format("success")] == 10
 
 
 @pytest.mark.parametrize("auto_flush", ["auto", "manual"])
