@@ -304,6 +304,9 @@ def install_package(directory: Path, tree: Path = REPOSITORY) -> InstalledPackag
             "--no-deps",
             "--no-index",
             "--compile",
+            # The venv sees this interpreter's site-packages (the .pth above), where an editable install of the
+            # same version may stand: without this, pip could call the wheel "already satisfied" and skip it.
+            "--ignore-installed",
             str(wheel),
         ],
         **quiet,  # type: ignore[call-overload]
