@@ -14,6 +14,7 @@ at once.
 from __future__ import annotations
 
 import atexit
+import bisect
 import functools
 import logging
 import os
@@ -26,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.catalogue import Family, Kind
-from fraisier_textfile.changes import Changes, Labels
+from fraisier_textfile.changes import Changes, HistogramDelta, Labels
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, LockTimeoutError, write_error
 from fraisier_textfile.lifecycle import DEFAULT_MAX_SERIES, SeriesLifecycle
 from fraisier_textfile.textfile import (
@@ -70,13 +73,52 @@ def error_type_of(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _make_metric(family: Family, registry: CollectorRegistry) -> Any:
-    if family.kind is Kind.COUNTER:
-        # prometheus_client wants the name without _total; it adds the suffix back.
-        return Counter(family.name.removesuffix("_total"), family.help, family.labels, registry=registry)
-    if family.kind is Kind.HISTOGRAM:
-        return Histogram(family.name, family.help, family.labels, registry=registry, buckets=family.buckets)
-    return Gauge(family.name, family.help, family.labels, registry=registry)
+class _Totals:
+    """This process's values of every series it recorded, as its registry shows them: counter sums, histogram
+    bucket counts, sums and counts, gauge values. Plain dictionaries updated where the pending changes are
+    (a prometheus_client metric per series cost a record call more than the rest of it), served through one
+    collector."""
+
+    def __init__(self) -> None:
+        self.added: dict[tuple[Family, Labels], float] = {}
+        self.observed: dict[tuple[Family, Labels], HistogramDelta] = {}
+        self.gauges: dict[tuple[Family, Labels], float] = {}
+        self._bounds = {
+            family: [floatToGoString(bound) for bound in family.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
+            for family in catalogue.FAMILIES
+            if family.kind is Kind.HISTOGRAM
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        """The families of the catalogue, in its order, each series in the order it was first recorded. Read
+        without the recorder's lock (a scrape must not wait for a flush): copies of the dictionaries are taken
+        at once, which the GIL makes atomic."""
+        values: dict[Family, list[tuple[Labels, float]]] = {family: [] for family in catalogue.FAMILIES}
+        histograms: dict[Family, list[tuple[Labels, list[int], float]]] = {}
+        for (family, labels), value in list(self.added.items()):
+            values[family].append((labels, value))
+        for (family, labels), delta in list(self.observed.items()):
+            histograms.setdefault(family, []).append((labels, list(delta.buckets), delta.sum))
+        for (family, labels), value in list(self.gauges.items()):
+            values[family].append((labels, value))
+        for family in catalogue.FAMILIES:
+            metric: Metric
+            if family.kind is Kind.HISTOGRAM:
+                metric = HistogramMetricFamily(family.name, family.help, labels=family.labels)
+                bounds = self._bounds[family]
+                for labels, counts, total in histograms.get(family, ()):
+                    cumulative = 0.0
+                    buckets = []
+                    for bound, count in zip(bounds, counts):
+                        cumulative += count
+                        buckets.append((bound, cumulative))
+                    metric.add_metric(labels, buckets, total)
+            else:
+                kind = CounterMetricFamily if family.kind is Kind.COUNTER else GaugeMetricFamily
+                metric = kind(family.name, family.help, labels=family.labels)
+                for labels, value in values[family]:
+                    metric.add_metric(labels, value)
+            yield metric
 
 
 class _InFlight:
@@ -168,9 +210,11 @@ class MetricsRecorder:
             lock_wait_budget = self._from_environment(_default_lock_wait_budget, DEFAULT_LOCK_WAIT_BUDGET)
         self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
         self.store = self._make_store(directory, lock_timeout)
-        self.registry = CollectorRegistry()
-        self._metrics = {family: _make_metric(family, self.registry) for family in catalogue.FAMILIES}
-        self._children: dict[tuple[Family, Labels], Any] = {}
+        self._totals = _Totals()
+        self.registry = CollectorRegistry(auto_describe=True)
+        """This process's values, served by ``serve()``: the families of the catalogue as prometheus_client
+        would keep them (without ``_created``)."""
+        self.registry.register(self._totals)
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
@@ -392,24 +436,54 @@ class MetricsRecorder:
 
     # The sink that the event functions write to (see changes.Sink)
 
+    # Each updates this process's totals (its registry) and the pending changes, inlined: the record call's
+    # hot path.
+
     def add(self, family: Family, labels: Labels, amount: float) -> None:
-        self._child(family, labels).inc(amount)
-        self._pending.add(family, labels, amount)
+        key = (family, labels)
+        totals = self._totals.added
+        totals[key] = totals.get(key, 0.0) + amount
+        added = self._pending.added
+        added[key] = added.get(key, 0.0) + amount
 
     def observe(self, family: Family, labels: Labels, value: float) -> None:
-        self._child(family, labels).observe(value)
-        self._pending.observe(family, labels, value)
+        key = (family, labels)
+        index = bisect.bisect_left(family.buckets, value)
+        total = self._totals.observed.get(key)
+        if total is None:
+            total = self._totals.observed[key] = HistogramDelta([0] * (len(family.buckets) + 1))
+        total.buckets[index] += 1
+        total.sum += value
+        total.count += 1
+        delta = self._pending.observed.get(key)
+        if delta is None:
+            delta = self._pending.histogram(family, labels)
+        delta.buckets[index] += 1
+        delta.sum += value
+        delta.count += 1
 
     def set_latest(self, family: Family, labels: Labels, value: float) -> None:
-        self._child(family, labels).set(value)
-        self._pending.set_latest(family, labels, value)
+        key = (family, labels)
+        self._totals.gauges[key] = value
+        self._pending.latest[key] = value
 
     def set_maximum(self, family: Family, labels: Labels, value: float) -> None:
-        self._child(family, labels).set(value)
-        self._pending.set_maximum(family, labels, value)
+        key = (family, labels)
+        self._totals.gauges[key] = value
+        maximum = self._pending.maximum
+        current = maximum.get(key)
+        if current is None or value > current:
+            maximum[key] = value
 
     def touch(self, family: Family, labels: Labels) -> None:
-        self._child(family, labels)
+        key = (family, labels)
+        if family.kind is Kind.HISTOGRAM:
+            if key not in self._totals.observed:
+                self._totals.observed[key] = HistogramDelta([0] * (len(family.buckets) + 1))
+        elif family.kind is Kind.COUNTER:
+            self._totals.added.setdefault(key, 0.0)
+        else:
+            self._totals.gauges.setdefault(key, 0.0)
         self._pending.touch(family, labels)
 
     def first_sight(self, what: tuple[str, ...]) -> bool:
@@ -419,7 +493,8 @@ class MetricsRecorder:
         return True
 
     def count_active(self, provider: str, change: int) -> None:
-        self._child(catalogue.ACTIVE_DEPLOYMENTS, (provider,)).inc(change)
+        key = (catalogue.ACTIVE_DEPLOYMENTS, (provider,))
+        self._totals.gauges[key] = self._totals.gauges.get(key, 0.0) + change
         self._pending.count_active(provider, change)
 
     def retire_marker(self, marker_id: str) -> None:
@@ -697,13 +772,6 @@ class MetricsRecorder:
 
     # Internals
 
-    def _child(self, family: Family, labels: Labels) -> Any:
-        key = (family, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._metrics[family].labels(*labels)
-        return child
-
     def _after_fork(self) -> None:
         self._lock = threading.RLock()
         self._noted = []
@@ -749,7 +817,7 @@ class MetricsRecorder:
             else:
                 value = catalogue.check_gauge_value(f"{family.name} value", amount)
                 if operation != "set":  # inc/dec: from this process's value; the latest report wins in the file
-                    value = self._child(family, labels)._value.get() + (value if operation == "inc" else -value)
+                    value = self._totals.gauges.get((family, labels), 0.0) + (value if operation == "inc" else -value)
                 if family is catalogue.LAST_DEPLOYMENT:
                     self.set_maximum(family, labels, value)
                 else:
