@@ -14,13 +14,13 @@ at once.
 from __future__ import annotations
 
 import atexit
-import bisect
 import functools
 import logging
 import os
 import threading
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,16 +73,79 @@ def error_type_of(error: BaseException) -> str:
     return type(error).__name__
 
 
+class _Counter:
+    """One counter series: this process's total, and what was added since the changes were last gathered."""
+
+    __slots__ = ("dirty", "key", "pending", "total")
+
+    def __init__(self, key: tuple[Family, Labels]) -> None:
+        self.key = key
+        self.total = 0.0
+        self.pending = 0.0
+        self.dirty = False
+
+    def gather(self, changes: Changes) -> None:
+        changes.add(*self.key, self.pending)
+        self.pending = 0.0
+
+
+class _Histogram:
+    """One histogram series: this process's totals, and the observations since the changes were last
+    gathered."""
+
+    __slots__ = ("delta", "dirty", "key", "total")
+
+    def __init__(self, key: tuple[Family, Labels]) -> None:
+        self.key = key
+        self.total = HistogramDelta([0] * (len(key[0].buckets) + 1))
+        self.delta = HistogramDelta([0] * (len(key[0].buckets) + 1))
+        self.dirty = False
+
+    def gather(self, changes: Changes) -> None:
+        target = changes.histogram(*self.key)
+        delta = self.delta
+        if delta.count:
+            buckets = target.buckets
+            for index, count in enumerate(delta.buckets):
+                buckets[index] += count
+            target.sum += delta.sum
+            target.count += delta.count
+            self.delta = HistogramDelta([0] * len(buckets))
+
+
+class _Gauge:
+    """One gauge series: this process's value, and the value to report since the changes were last gathered
+    (the latest one, or the largest one for the last-deployment time)."""
+
+    __slots__ = ("dirty", "key", "latest", "maximum", "value")
+
+    def __init__(self, key: tuple[Family, Labels]) -> None:
+        self.key = key
+        self.value = 0.0
+        self.latest: float | None = None
+        self.maximum: float | None = None
+        self.dirty = False
+
+    def gather(self, changes: Changes) -> None:
+        if self.latest is not None:
+            changes.set_latest(*self.key, self.latest)
+            self.latest = None
+        if self.maximum is not None:
+            changes.set_maximum(*self.key, self.maximum)
+            self.maximum = None
+
+
 class _Totals:
-    """This process's values of every series it recorded, as its registry shows them: counter sums, histogram
-    bucket counts, sums and counts, gauge values. Plain dictionaries updated where the pending changes are
-    (a prometheus_client metric per series cost a record call more than the rest of it), served through one
-    collector."""
+    """This process's series, as its registry shows them: plain objects updated by each event, one dictionary
+    lookup per series (a prometheus_client metric per series, next to the pending changes, cost a record call
+    more than the rest of it), served through one collector. Each series also holds what changed since the
+    recorder last gathered its changes (``MetricsRecorder._gather``) into the ``Changes`` that the store
+    merges."""
 
     def __init__(self) -> None:
-        self.added: dict[tuple[Family, Labels], float] = {}
-        self.observed: dict[tuple[Family, Labels], HistogramDelta] = {}
-        self.gauges: dict[tuple[Family, Labels], float] = {}
+        self.counters: dict[tuple[Family, Labels], _Counter] = {}
+        self.histograms: dict[tuple[Family, Labels], _Histogram] = {}
+        self.gauges: dict[tuple[Family, Labels], _Gauge] = {}
         self._bounds = {
             family: [floatToGoString(bound) for bound in family.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
             for family in catalogue.FAMILIES
@@ -91,28 +154,29 @@ class _Totals:
 
     def collect(self) -> Iterator[Metric]:
         """The families of the catalogue, in its order, each series in the order it was first recorded. Read
-        without the recorder's lock (a scrape must not wait for a flush): copies of the dictionaries are taken
-        at once, which the GIL makes atomic."""
+        without the recorder's lock (a scrape must not wait for a flush): the dictionaries are copied at once,
+        which the GIL makes atomic."""
         values: dict[Family, list[tuple[Labels, float]]] = {family: [] for family in catalogue.FAMILIES}
         histograms: dict[Family, list[tuple[Labels, list[int], float]]] = {}
-        for (family, labels), value in list(self.added.items()):
-            values[family].append((labels, value))
-        for (family, labels), delta in list(self.observed.items()):
-            histograms.setdefault(family, []).append((labels, list(delta.buckets), delta.sum))
-        for (family, labels), value in list(self.gauges.items()):
-            values[family].append((labels, value))
+        for (family, labels), counter in list(self.counters.items()):
+            values[family].append((labels, counter.total))
+        for (family, labels), histogram in list(self.histograms.items()):
+            total = histogram.total
+            histograms.setdefault(family, []).append((labels, list(total.buckets), total.sum))
+        for (family, labels), gauge in list(self.gauges.items()):
+            values[family].append((labels, gauge.value))
         for family in catalogue.FAMILIES:
             metric: Metric
             if family.kind is Kind.HISTOGRAM:
                 metric = HistogramMetricFamily(family.name, family.help, labels=family.labels)
                 bounds = self._bounds[family]
-                for labels, counts, total in histograms.get(family, ()):
+                for labels, counts, total_sum in histograms.get(family, ()):
                     cumulative = 0.0
                     buckets = []
                     for bound, count in zip(bounds, counts):
                         cumulative += count
                         buckets.append((bound, cumulative))
-                    metric.add_metric(labels, buckets, total)
+                    metric.add_metric(labels, buckets, total_sum)
             else:
                 kind = CounterMetricFamily if family.kind is Kind.COUNTER else GaugeMetricFamily
                 metric = kind(family.name, family.help, labels=family.labels)
@@ -145,23 +209,31 @@ def _never_raising(method: _Method) -> _Method:
     def call(self: MetricsRecorder, *arguments: Any, **keywords: Any) -> None:
         # The batch is inlined rather than `with self._batch()`: this is the record call's hot path.
         with self._lock:
-            if self._noted:
-                self._noted.clear()
-            self._batch_depth += 1
+            noted = self._noted
+            if noted:
+                noted.clear()
+            depth = self._batch_depth
+            self._batch_depth = depth + 1
             try:
-                method(self, *arguments, **keywords)
+                if keywords:
+                    method(self, *arguments, **keywords)
+                else:
+                    method(self, *arguments)
             except InvalidValueError as error:
                 self._dropped_value(name, error)
             except Exception as error:  # a bug of ours must not stop a deployment either
                 self._note(f"unexpected {name}", f"{name} failed unexpectedly: {error!r}; please report this "
                            "as a bug of fraisier_textfile (the event was not recorded)", error, exc_info=True)
             finally:
-                self._batch_depth -= 1
-                if not self._batch_depth:
-                    self._settle()
-            if self.strict and self._noted:
-                problem = self._noted[0]
-                self._noted.clear()
+                self._batch_depth = depth
+                if not depth:
+                    if self.auto_flush:
+                        self._settle()
+                    else:  # what _settle does then, without the call
+                        _unflushed.add(self)
+            if noted and self.strict:
+                problem = noted[0]
+                noted.clear()
                 raise problem
 
     return call  # type: ignore[return-value]
@@ -215,6 +287,11 @@ class MetricsRecorder:
         """This process's values, served by ``serve()``: the families of the catalogue as prometheus_client
         would keep them (without ``_created``)."""
         self.registry.register(self._totals)
+        self._counters = self._totals.counters
+        self._histograms = self._totals.histograms
+        self._gauges = self._totals.gauges
+        self._changed: list[_Counter | _Histogram | _Gauge] = []
+        """The series changed since the last ``_gather``, in the order they first changed."""
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
@@ -327,7 +404,7 @@ class MetricsRecorder:
                 "prometheus_available": PROMETHEUS_AVAILABLE,
                 "message": message,
                 "textfile": str(self.textfile_path),
-                "pending_events": self._pending_events if self._pending else 0,
+                "pending_events": self._pending_events if self.pending else 0,
                 "deployments_in_flight": len(self._in_flight),
                 "handed_over_events": self.handed_over_events,
                 "dropped_events": self.dropped_events,
@@ -406,6 +483,7 @@ class MetricsRecorder:
         errors (``LockTimeoutError``, ``TextfileWriteError``, ``CorruptTextfileError``); the events then stay
         pending."""
         with self._lock:
+            self._gather()
             if not self._pending:
                 return
             try:
@@ -418,7 +496,7 @@ class MetricsRecorder:
     @property
     def pending(self) -> bool:
         """Whether events wait to be written."""
-        return bool(self._pending)
+        return bool(self._changed or self._pending)
 
     # Serving
 
@@ -440,51 +518,71 @@ class MetricsRecorder:
     # hot path.
 
     def add(self, family: Family, labels: Labels, amount: float) -> None:
-        key = (family, labels)
-        totals = self._totals.added
-        totals[key] = totals.get(key, 0.0) + amount
-        added = self._pending.added
-        added[key] = added.get(key, 0.0) + amount
+        counter = self._counters.get((family, labels))
+        if counter is None:
+            counter = self._counters[(family, labels)] = _Counter((family, labels))
+        counter.total += amount
+        counter.pending += amount
+        if not counter.dirty:
+            counter.dirty = True
+            self._changed.append(counter)
 
     def observe(self, family: Family, labels: Labels, value: float) -> None:
-        key = (family, labels)
-        index = bisect.bisect_left(family.buckets, value)
-        total = self._totals.observed.get(key)
-        if total is None:
-            total = self._totals.observed[key] = HistogramDelta([0] * (len(family.buckets) + 1))
+        histogram = self._histograms.get((family, labels))
+        if histogram is None:
+            histogram = self._histograms[(family, labels)] = _Histogram((family, labels))
+        index = bisect_left(family.buckets, value)
+        total = histogram.total
         total.buckets[index] += 1
         total.sum += value
         total.count += 1
-        delta = self._pending.observed.get(key)
-        if delta is None:
-            delta = self._pending.histogram(family, labels)
+        delta = histogram.delta
         delta.buckets[index] += 1
         delta.sum += value
         delta.count += 1
+        if not histogram.dirty:
+            histogram.dirty = True
+            self._changed.append(histogram)
 
     def set_latest(self, family: Family, labels: Labels, value: float) -> None:
-        key = (family, labels)
-        self._totals.gauges[key] = value
-        self._pending.latest[key] = value
+        gauge = self._gauge(family, labels)
+        gauge.value = gauge.latest = value
+        if not gauge.dirty:
+            gauge.dirty = True
+            self._changed.append(gauge)
 
     def set_maximum(self, family: Family, labels: Labels, value: float) -> None:
-        key = (family, labels)
-        self._totals.gauges[key] = value
-        maximum = self._pending.maximum
-        current = maximum.get(key)
-        if current is None or value > current:
-            maximum[key] = value
+        gauge = self._gauges.get((family, labels))
+        if gauge is None:
+            gauge = self._gauge(family, labels)
+        gauge.value = value
+        if gauge.maximum is None or value > gauge.maximum:
+            gauge.maximum = value
+        if not gauge.dirty:
+            gauge.dirty = True
+            self._changed.append(gauge)
+
+    def _gauge(self, family: Family, labels: Labels) -> _Gauge:
+        gauge = self._gauges.get((family, labels))
+        if gauge is None:
+            gauge = self._gauges[(family, labels)] = _Gauge((family, labels))
+        return gauge
 
     def touch(self, family: Family, labels: Labels) -> None:
-        key = (family, labels)
-        if family.kind is Kind.HISTOGRAM:
-            if key not in self._totals.observed:
-                self._totals.observed[key] = HistogramDelta([0] * (len(family.buckets) + 1))
-        elif family.kind is Kind.COUNTER:
-            self._totals.added.setdefault(key, 0.0)
+        """The series exists from now on, in this process and in the file."""
+        if family.kind is Kind.COUNTER:
+            self.add(family, labels, 0.0)
+        elif family.kind is Kind.HISTOGRAM:
+            histogram = self._histograms.get((family, labels))
+            if histogram is None:
+                histogram = self._histograms[(family, labels)] = _Histogram((family, labels))
+            if not histogram.dirty:
+                histogram.dirty = True
+                self._changed.append(histogram)
         else:
-            self._totals.gauges.setdefault(key, 0.0)
-        self._pending.touch(family, labels)
+            self._gauge(family, labels)
+            self._gather()  # in order with the changes before it
+            self._pending.touch(family, labels)
 
     def first_sight(self, what: tuple[str, ...]) -> bool:
         if what in self._seen:
@@ -493,8 +591,7 @@ class MetricsRecorder:
         return True
 
     def count_active(self, provider: str, change: int) -> None:
-        key = (catalogue.ACTIVE_DEPLOYMENTS, (provider,))
-        self._totals.gauges[key] = self._totals.gauges.get(key, 0.0) + change
+        self._gauge(catalogue.ACTIVE_DEPLOYMENTS, (provider,)).value += change
         self._pending.count_active(provider, change)
 
     def retire_marker(self, marker_id: str) -> None:
@@ -647,6 +744,7 @@ class MetricsRecorder:
         lock-wait budget: merged, or handed over to the next writer when the lock stays busy. Never raises: a
         problem is noted, and the events are handed over if the merge failed for another reason (a corrupt file),
         else kept for the next call and exit."""
+        self._gather()
         if not self._pending:
             return
         left = _process_budget.left(self.lock_wait_budget)
@@ -772,10 +870,22 @@ class MetricsRecorder:
 
     # Internals
 
+    def _gather(self) -> None:
+        """Move what the series recorded since the last call into the pending changes."""
+        pending = self._pending
+        for series in self._changed:
+            series.dirty = False
+            series.gather(pending)
+        self._changed.clear()
+
     def _after_fork(self) -> None:
         self._lock = threading.RLock()
         self._noted = []
         self._batch_depth = 0
+        for series in self._changed:  # this process keeps the totals, not the parent's pending changes
+            series.dirty = False
+            series.gather(Changes())
+        self._changed.clear()
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
@@ -817,7 +927,7 @@ class MetricsRecorder:
             else:
                 value = catalogue.check_gauge_value(f"{family.name} value", amount)
                 if operation != "set":  # inc/dec: from this process's value; the latest report wins in the file
-                    value = self._totals.gauges.get((family, labels), 0.0) + (value if operation == "inc" else -value)
+                    value = self._gauge(family, labels).value + (value if operation == "inc" else -value)
                 if family is catalogue.LAST_DEPLOYMENT:
                     self.set_maximum(family, labels, value)
                 else:
