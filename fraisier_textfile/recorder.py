@@ -33,7 +33,7 @@ from prometheus_client.utils import floatToGoString
 
 from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.catalogue import Family, Kind
-from fraisier_textfile.changes import Changes, HistogramDelta, Labels
+from fraisier_textfile.changes import Changes, Labels
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, LockTimeoutError, write_error
 from fraisier_textfile.lifecycle import DEFAULT_MAX_SERIES, SeriesLifecycle
 from fraisier_textfile.textfile import (
@@ -90,27 +90,30 @@ class _Counter:
 
 
 class _Histogram:
-    """One histogram series: this process's totals, and the observations since the changes were last
-    gathered."""
+    """One histogram series: this process's bucket counts (not cumulative, ``+Inf`` last) and sum, the counts
+    when the changes were last gathered, and the sum observed since (the count is the buckets' sum)."""
 
-    __slots__ = ("delta", "dirty", "key", "total")
+    __slots__ = ("buckets", "dirty", "gathered", "key", "pending_sum", "sum")
 
     def __init__(self, key: tuple[Family, Labels]) -> None:
         self.key = key
-        self.total = HistogramDelta([0] * (len(key[0].buckets) + 1))
-        self.delta = HistogramDelta([0] * (len(key[0].buckets) + 1))
+        self.buckets = [0] * (len(key[0].buckets) + 1)
+        self.gathered = [0] * len(self.buckets)
+        self.sum = 0.0
+        self.pending_sum = 0.0
         self.dirty = False
 
     def gather(self, changes: Changes) -> None:
         target = changes.histogram(*self.key)
-        delta = self.delta
-        if delta.count:
-            buckets = target.buckets
-            for index, count in enumerate(delta.buckets):
-                buckets[index] += count
-            target.sum += delta.sum
-            target.count += delta.count
-            self.delta = HistogramDelta([0] * len(buckets))
+        observed = 0
+        for index, (now, then) in enumerate(zip(self.buckets, self.gathered)):
+            if now != then:
+                target.buckets[index] += now - then
+                observed += now - then
+        target.sum += self.pending_sum
+        target.count += observed
+        self.pending_sum = 0.0
+        self.gathered = list(self.buckets)
 
 
 class _Gauge:
@@ -161,8 +164,7 @@ class _Totals:
         for (family, labels), counter in list(self.counters.items()):
             values[family].append((labels, counter.total))
         for (family, labels), histogram in list(self.histograms.items()):
-            total = histogram.total
-            histograms.setdefault(family, []).append((labels, list(total.buckets), total.sum))
+            histograms.setdefault(family, []).append((labels, list(histogram.buckets), histogram.sum))
         for (family, labels), gauge in list(self.gauges.items()):
             values[family].append((labels, gauge.value))
         for family in catalogue.FAMILIES:
@@ -531,15 +533,9 @@ class MetricsRecorder:
         histogram = self._histograms.get((family, labels))
         if histogram is None:
             histogram = self._histograms[(family, labels)] = _Histogram((family, labels))
-        index = bisect_left(family.buckets, value)
-        total = histogram.total
-        total.buckets[index] += 1
-        total.sum += value
-        total.count += 1
-        delta = histogram.delta
-        delta.buckets[index] += 1
-        delta.sum += value
-        delta.count += 1
+        histogram.buckets[bisect_left(family.buckets, value)] += 1
+        histogram.sum += value
+        histogram.pending_sum += value
         if not histogram.dirty:
             histogram.dirty = True
             self._changed.append(histogram)
