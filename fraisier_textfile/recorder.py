@@ -53,6 +53,8 @@ PROMETHEUS_AVAILABLE = True
 """Fraisier's flag: whether metrics are recorded. Always true here (prometheus_client is a dependency)."""
 
 DEFAULT_LOCK_WAIT_BUDGET = 1.0
+_LARGEST_DURATION = 1.7976931348623157e308
+"""The largest finite float: a duration up to it is valid (catalogue.check_duration)."""
 RECORD_CALL_WAIT = 0.0
 """Seconds one record call waits for a busy lock (within the budget): none. Under contention a waiter that
 hands its events over costs ~2 ms, one that waits and then merges a file another process wrote costs a read,
@@ -84,6 +86,13 @@ class _Counter:
         self.pending = 0.0
         self.dirty = False
 
+    def add(self, amount: float, changed: list[_Series]) -> None:
+        self.total += amount
+        self.pending += amount
+        if not self.dirty:
+            self.dirty = True
+            changed.append(self)
+
     def gather(self, changes: Changes) -> None:
         changes.add(*self.key, self.pending)
         self.pending = 0.0
@@ -102,6 +111,14 @@ class _Histogram:
         self.sum = 0.0
         self.pending_sum = 0.0
         self.dirty = False
+
+    def observe(self, value: float, changed: list[_Series]) -> None:
+        self.buckets[bisect_left(self.key[0].buckets, value)] += 1
+        self.sum += value
+        self.pending_sum += value
+        if not self.dirty:
+            self.dirty = True
+            changed.append(self)
 
     def gather(self, changes: Changes) -> None:
         target = changes.histogram(*self.key)
@@ -129,6 +146,14 @@ class _Gauge:
         self.maximum: float | None = None
         self.dirty = False
 
+    def set_maximum(self, value: float, changed: list[_Series]) -> None:
+        self.value = value
+        if self.maximum is None or value > self.maximum:
+            self.maximum = value
+        if not self.dirty:
+            self.dirty = True
+            changed.append(self)
+
     def gather(self, changes: Changes) -> None:
         if self.latest is not None:
             changes.set_latest(*self.key, self.latest)
@@ -136,6 +161,9 @@ class _Gauge:
         if self.maximum is not None:
             changes.set_maximum(*self.key, self.maximum)
             self.maximum = None
+
+
+_Series = _Counter | _Histogram | _Gauge
 
 
 class _Totals:
@@ -285,20 +313,23 @@ class MetricsRecorder:
         self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
         self.store = self._make_store(directory, lock_timeout)
         self._totals = _Totals()
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         """This process's values, served by ``serve()``: the families of the catalogue as prometheus_client
         would keep them (without ``_created``)."""
         self.registry.register(self._totals)
         self._counters = self._totals.counters
         self._histograms = self._totals.histograms
         self._gauges = self._totals.gauges
-        self._changed: list[_Counter | _Histogram | _Gauge] = []
+        self._changed: list[_Series] = []
         """The series changed since the last ``_gather``, in the order they first changed."""
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
         self._failed_write: _FailedWrite | None = None
         self._seen: set[tuple[str, ...]] = set()
+        self._completions: dict[tuple[object, object, object], tuple[_Counter, _Histogram, _Gauge]] = {}
+        """The series a ``record_deployment_complete`` with these provider, fraise type and status updates, once
+        the event function accepted them: the hot loop's later calls skip validating them again."""
         self._in_flight: list[_InFlight] = []
         self._ending: list[liveness.Marker] = []
         """Markers of ended deployments, released once their end is written."""
@@ -332,7 +363,17 @@ class MetricsRecorder:
         ``catalogue.DEPLOYMENT_STATUSES`` or an enum member with that value; Fraisier's ``interrupted`` is
         recorded as ``crashed``. ``pending`` and ``in_progress`` are not finished deployments: such a call is
         dropped (and logged), and the deployment stays in flight."""
-        changes.deployment_complete(self, provider, fraise_type, status, duration)
+        series = self._completions.get((provider, fraise_type, status))
+        if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
+            # What changes.deployment_complete records, for arguments it accepted before (and the pair's
+            # series exist since then).
+            deployments, durations, last = series
+            deployments.add(1.0, self._changed)
+            durations.observe(duration, self._changed)
+            last.set_maximum(time.time(), self._changed)
+        else:
+            changes.deployment_complete(self, provider, fraise_type, status, duration)
+            self._remember_completion(provider, fraise_type, status)
         if self._in_flight:
             self._end(self._find_in_flight(provider, fraise_type))
         self._pending_events += 1
@@ -523,22 +564,13 @@ class MetricsRecorder:
         counter = self._counters.get((family, labels))
         if counter is None:
             counter = self._counters[(family, labels)] = _Counter((family, labels))
-        counter.total += amount
-        counter.pending += amount
-        if not counter.dirty:
-            counter.dirty = True
-            self._changed.append(counter)
+        counter.add(amount, self._changed)
 
     def observe(self, family: Family, labels: Labels, value: float) -> None:
         histogram = self._histograms.get((family, labels))
         if histogram is None:
             histogram = self._histograms[(family, labels)] = _Histogram((family, labels))
-        histogram.buckets[bisect_left(family.buckets, value)] += 1
-        histogram.sum += value
-        histogram.pending_sum += value
-        if not histogram.dirty:
-            histogram.dirty = True
-            self._changed.append(histogram)
+        histogram.observe(value, self._changed)
 
     def set_latest(self, family: Family, labels: Labels, value: float) -> None:
         gauge = self._gauge(family, labels)
@@ -548,15 +580,7 @@ class MetricsRecorder:
             self._changed.append(gauge)
 
     def set_maximum(self, family: Family, labels: Labels, value: float) -> None:
-        gauge = self._gauges.get((family, labels))
-        if gauge is None:
-            gauge = self._gauge(family, labels)
-        gauge.value = value
-        if gauge.maximum is None or value > gauge.maximum:
-            gauge.maximum = value
-        if not gauge.dirty:
-            gauge.dirty = True
-            self._changed.append(gauge)
+        self._gauge(family, labels).set_maximum(value, self._changed)
 
     def _gauge(self, family: Family, labels: Labels) -> _Gauge:
         gauge = self._gauges.get((family, labels))
@@ -594,6 +618,17 @@ class MetricsRecorder:
         self._pending.retire_marker(marker_id)
 
     # In-flight deployments
+
+    def _remember_completion(self, provider: object, fraise_type: object, status: object) -> None:
+        """The series that changes.deployment_complete just updated for these arguments (which it accepted)."""
+        plain_provider = catalogue.check_label_value("provider", provider)
+        plain_fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
+        plain_status = catalogue.check_deployment_status(status)
+        self._completions[(provider, fraise_type, status)] = (
+            self._counters[(catalogue.DEPLOYMENTS, (plain_provider, plain_status, plain_fraise_type))],
+            self._histograms[(catalogue.DEPLOYMENT_DURATION, (plain_provider, plain_status))],
+            self._gauges[(catalogue.LAST_DEPLOYMENT, (plain_provider, plain_fraise_type, plain_status))],
+        )
 
     def _start(self, provider: str, fraise_type: str) -> _InFlight:
         provider = catalogue.check_label_value("provider", provider)
@@ -887,6 +922,7 @@ class MetricsRecorder:
         self._handed_over_since_merge = False
         self._failed_write = None
         self._seen = set()
+        self._completions = {}
         self._in_flight = []
         self._ending = []
         self.store = TextfileStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)
