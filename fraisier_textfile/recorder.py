@@ -20,13 +20,16 @@ import os
 import threading
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from fraisier_textfile import catalogue, changes, liveness
 from fraisier_textfile.catalogue import Family, Kind
@@ -50,6 +53,8 @@ PROMETHEUS_AVAILABLE = True
 """Fraisier's flag: whether metrics are recorded. Always true here (prometheus_client is a dependency)."""
 
 DEFAULT_LOCK_WAIT_BUDGET = 1.0
+_LARGEST_DURATION = 1.7976931348623157e308
+"""The largest finite float: a duration up to it is valid (catalogue.check_duration)."""
 RECORD_CALL_WAIT = 0.0
 """Seconds one record call waits for a busy lock (within the budget): none. Under contention a waiter that
 hands its events over costs ~2 ms, one that waits and then merges a file another process wrote costs a read,
@@ -70,13 +75,144 @@ def error_type_of(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _make_metric(family: Family, registry: CollectorRegistry) -> Any:
-    if family.kind is Kind.COUNTER:
-        # prometheus_client wants the name without _total; it adds the suffix back.
-        return Counter(family.name.removesuffix("_total"), family.help, family.labels, registry=registry)
-    if family.kind is Kind.HISTOGRAM:
-        return Histogram(family.name, family.help, family.labels, registry=registry, buckets=family.buckets)
-    return Gauge(family.name, family.help, family.labels, registry=registry)
+class _Counter:
+    """One counter series: this process's total, and what was added since the changes were last gathered."""
+
+    __slots__ = ("dirty", "key", "pending", "total")
+
+    def __init__(self, key: tuple[Family, Labels]) -> None:
+        self.key = key
+        self.total = 0.0
+        self.pending = 0.0
+        self.dirty = False
+
+    def add(self, amount: float, changed: list[_Series]) -> None:
+        self.total += amount
+        self.pending += amount
+        if not self.dirty:
+            self.dirty = True
+            changed.append(self)
+
+    def gather(self, changes: Changes) -> None:
+        changes.add(*self.key, self.pending)
+        self.pending = 0.0
+
+
+class _Histogram:
+    """One histogram series: this process's bucket counts (not cumulative, ``+Inf`` last) and sum, the counts
+    when the changes were last gathered, and the sum observed since (the count is the buckets' sum)."""
+
+    __slots__ = ("buckets", "dirty", "gathered", "key", "pending_sum", "sum")
+
+    def __init__(self, key: tuple[Family, Labels]) -> None:
+        self.key = key
+        self.buckets = [0] * (len(key[0].buckets) + 1)
+        self.gathered = [0] * len(self.buckets)
+        self.sum = 0.0
+        self.pending_sum = 0.0
+        self.dirty = False
+
+    def observe(self, value: float, changed: list[_Series]) -> None:
+        self.buckets[bisect_left(self.key[0].buckets, value)] += 1
+        self.sum += value
+        self.pending_sum += value
+        if not self.dirty:
+            self.dirty = True
+            changed.append(self)
+
+    def gather(self, changes: Changes) -> None:
+        target = changes.histogram(*self.key)
+        observed = 0
+        for index, (now, then) in enumerate(zip(self.buckets, self.gathered)):
+            if now != then:
+                target.buckets[index] += now - then
+                observed += now - then
+        target.sum += self.pending_sum
+        target.count += observed
+        self.pending_sum = 0.0
+        self.gathered = list(self.buckets)
+
+
+class _Gauge:
+    """One gauge series: this process's value, and the value to report since the changes were last gathered
+    (the latest one, or the largest one for the last-deployment time)."""
+
+    __slots__ = ("dirty", "key", "latest", "maximum", "value")
+
+    def __init__(self, key: tuple[Family, Labels]) -> None:
+        self.key = key
+        self.value = 0.0
+        self.latest: float | None = None
+        self.maximum: float | None = None
+        self.dirty = False
+
+    def set_maximum(self, value: float, changed: list[_Series]) -> None:
+        self.value = value
+        if self.maximum is None or value > self.maximum:
+            self.maximum = value
+        if not self.dirty:
+            self.dirty = True
+            changed.append(self)
+
+    def gather(self, changes: Changes) -> None:
+        if self.latest is not None:
+            changes.set_latest(*self.key, self.latest)
+            self.latest = None
+        if self.maximum is not None:
+            changes.set_maximum(*self.key, self.maximum)
+            self.maximum = None
+
+
+_Series = _Counter | _Histogram | _Gauge
+
+
+class _Totals:
+    """This process's series, as its registry shows them: plain objects updated by each event, one dictionary
+    lookup per series (a prometheus_client metric per series, next to the pending changes, cost a record call
+    more than the rest of it), served through one collector. Each series also holds what changed since the
+    recorder last gathered its changes (``MetricsRecorder._gather``) into the ``Changes`` that the store
+    merges."""
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[Family, Labels], _Counter] = {}
+        self.histograms: dict[tuple[Family, Labels], _Histogram] = {}
+        self.gauges: dict[tuple[Family, Labels], _Gauge] = {}
+        self._bounds = {
+            family: [floatToGoString(bound) for bound in family.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
+            for family in catalogue.FAMILIES
+            if family.kind is Kind.HISTOGRAM
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        """The families of the catalogue, in its order, each series in the order it was first recorded. Read
+        without the recorder's lock (a scrape must not wait for a flush): the dictionaries are copied at once,
+        which the GIL makes atomic."""
+        values: dict[Family, list[tuple[Labels, float]]] = {family: [] for family in catalogue.FAMILIES}
+        histograms: dict[Family, list[tuple[Labels, list[int], float]]] = {}
+        for (family, labels), counter in list(self.counters.items()):
+            values[family].append((labels, counter.total))
+        for (family, labels), histogram in list(self.histograms.items()):
+            histograms.setdefault(family, []).append((labels, list(histogram.buckets), histogram.sum))
+        for (family, labels), gauge in list(self.gauges.items()):
+            values[family].append((labels, gauge.value))
+        for family in catalogue.FAMILIES:
+            metric: Metric
+            if family.kind is Kind.HISTOGRAM:
+                metric = HistogramMetricFamily(family.name, family.help, labels=family.labels)
+                bounds = self._bounds[family]
+                for labels, counts, total_sum in histograms.get(family, ()):
+                    cumulative = 0.0
+                    buckets = []
+                    for bound, count in zip(bounds, counts):
+                        cumulative += count
+                        buckets.append((bound, cumulative))
+                    metric.add_metric(labels, buckets, total_sum)
+            else:
+                kind = CounterMetricFamily if family.kind is Kind.COUNTER else GaugeMetricFamily
+                metric = kind(family.name, family.help, labels=family.labels)
+                for labels, value in values[family]:
+                    metric.add_metric(labels, value)
+            yield metric
 
 
 class _InFlight:
@@ -103,23 +239,31 @@ def _never_raising(method: _Method) -> _Method:
     def call(self: MetricsRecorder, *arguments: Any, **keywords: Any) -> None:
         # The batch is inlined rather than `with self._batch()`: this is the record call's hot path.
         with self._lock:
-            if self._noted:
-                self._noted.clear()
-            self._batch_depth += 1
+            noted = self._noted
+            if noted:
+                noted.clear()
+            depth = self._batch_depth
+            self._batch_depth = depth + 1
             try:
-                method(self, *arguments, **keywords)
+                if keywords:
+                    method(self, *arguments, **keywords)
+                else:
+                    method(self, *arguments)
             except InvalidValueError as error:
                 self._dropped_value(name, error)
             except Exception as error:  # a bug of ours must not stop a deployment either
                 self._note(f"unexpected {name}", f"{name} failed unexpectedly: {error!r}; please report this "
                            "as a bug of fraisier_textfile (the event was not recorded)", error, exc_info=True)
             finally:
-                self._batch_depth -= 1
-                if not self._batch_depth:
-                    self._settle()
-            if self.strict and self._noted:
-                problem = self._noted[0]
-                self._noted.clear()
+                self._batch_depth = depth
+                if not depth:
+                    if self.auto_flush:
+                        self._settle()
+                    else:  # what _settle does then, without the call
+                        _unflushed.add(self)
+            if noted and self.strict:
+                problem = noted[0]
+                noted.clear()
                 raise problem
 
     return call  # type: ignore[return-value]
@@ -168,14 +312,24 @@ class MetricsRecorder:
             lock_wait_budget = self._from_environment(_default_lock_wait_budget, DEFAULT_LOCK_WAIT_BUDGET)
         self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
         self.store = self._make_store(directory, lock_timeout)
+        self._totals = _Totals()
         self.registry = CollectorRegistry()
-        self._metrics = {family: _make_metric(family, self.registry) for family in catalogue.FAMILIES}
-        self._children: dict[tuple[Family, Labels], Any] = {}
+        """This process's values, served by ``serve()``: the families of the catalogue as prometheus_client
+        would keep them (without ``_created``)."""
+        self.registry.register(self._totals)
+        self._counters = self._totals.counters
+        self._histograms = self._totals.histograms
+        self._gauges = self._totals.gauges
+        self._changed: list[_Series] = []
+        """The series changed since the last ``_gather``, in the order they first changed."""
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
         self._failed_write: _FailedWrite | None = None
         self._seen: set[tuple[str, ...]] = set()
+        self._completions: dict[tuple[object, object, object], tuple[_Counter, _Histogram, _Gauge]] = {}
+        """The series a ``record_deployment_complete`` with these provider, fraise type and status updates, once
+        the event function accepted them: the hot loop's later calls skip validating them again."""
         self._in_flight: list[_InFlight] = []
         self._ending: list[liveness.Marker] = []
         """Markers of ended deployments, released once their end is written."""
@@ -209,7 +363,17 @@ class MetricsRecorder:
         ``catalogue.DEPLOYMENT_STATUSES`` or an enum member with that value; Fraisier's ``interrupted`` is
         recorded as ``crashed``. ``pending`` and ``in_progress`` are not finished deployments: such a call is
         dropped (and logged), and the deployment stays in flight."""
-        changes.deployment_complete(self, provider, fraise_type, status, duration)
+        series = self._completions.get((provider, fraise_type, status))
+        if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
+            # What changes.deployment_complete records, for arguments it accepted before (and the pair's
+            # series exist since then).
+            deployments, durations, last = series
+            deployments.add(1.0, self._changed)
+            durations.observe(duration, self._changed)
+            last.set_maximum(time.time(), self._changed)
+        else:
+            changes.deployment_complete(self, provider, fraise_type, status, duration)
+            self._remember_completion(provider, fraise_type, status)
         if self._in_flight:
             self._end(self._find_in_flight(provider, fraise_type))
         self._pending_events += 1
@@ -283,7 +447,7 @@ class MetricsRecorder:
                 "prometheus_available": PROMETHEUS_AVAILABLE,
                 "message": message,
                 "textfile": str(self.textfile_path),
-                "pending_events": self._pending_events if self._pending else 0,
+                "pending_events": self._pending_events if self.pending else 0,
                 "deployments_in_flight": len(self._in_flight),
                 "handed_over_events": self.handed_over_events,
                 "dropped_events": self.dropped_events,
@@ -362,6 +526,7 @@ class MetricsRecorder:
         errors (``LockTimeoutError``, ``TextfileWriteError``, ``CorruptTextfileError``); the events then stay
         pending."""
         with self._lock:
+            self._gather()
             if not self._pending:
                 return
             try:
@@ -374,7 +539,7 @@ class MetricsRecorder:
     @property
     def pending(self) -> bool:
         """Whether events wait to be written."""
-        return bool(self._pending)
+        return bool(self._changed or self._pending)
 
     # Serving
 
@@ -392,25 +557,52 @@ class MetricsRecorder:
 
     # The sink that the event functions write to (see changes.Sink)
 
+    # Each updates this process's totals (its registry) and the pending changes, inlined: the record call's
+    # hot path.
+
     def add(self, family: Family, labels: Labels, amount: float) -> None:
-        self._child(family, labels).inc(amount)
-        self._pending.add(family, labels, amount)
+        counter = self._counters.get((family, labels))
+        if counter is None:
+            counter = self._counters[(family, labels)] = _Counter((family, labels))
+        counter.add(amount, self._changed)
 
     def observe(self, family: Family, labels: Labels, value: float) -> None:
-        self._child(family, labels).observe(value)
-        self._pending.observe(family, labels, value)
+        histogram = self._histograms.get((family, labels))
+        if histogram is None:
+            histogram = self._histograms[(family, labels)] = _Histogram((family, labels))
+        histogram.observe(value, self._changed)
 
     def set_latest(self, family: Family, labels: Labels, value: float) -> None:
-        self._child(family, labels).set(value)
-        self._pending.set_latest(family, labels, value)
+        gauge = self._gauge(family, labels)
+        gauge.value = gauge.latest = value
+        if not gauge.dirty:
+            gauge.dirty = True
+            self._changed.append(gauge)
 
     def set_maximum(self, family: Family, labels: Labels, value: float) -> None:
-        self._child(family, labels).set(value)
-        self._pending.set_maximum(family, labels, value)
+        self._gauge(family, labels).set_maximum(value, self._changed)
+
+    def _gauge(self, family: Family, labels: Labels) -> _Gauge:
+        gauge = self._gauges.get((family, labels))
+        if gauge is None:
+            gauge = self._gauges[(family, labels)] = _Gauge((family, labels))
+        return gauge
 
     def touch(self, family: Family, labels: Labels) -> None:
-        self._child(family, labels)
-        self._pending.touch(family, labels)
+        """The series exists from now on, in this process and in the file."""
+        if family.kind is Kind.COUNTER:
+            self.add(family, labels, 0.0)
+        elif family.kind is Kind.HISTOGRAM:
+            histogram = self._histograms.get((family, labels))
+            if histogram is None:
+                histogram = self._histograms[(family, labels)] = _Histogram((family, labels))
+            if not histogram.dirty:
+                histogram.dirty = True
+                self._changed.append(histogram)
+        else:
+            self._gauge(family, labels)
+            self._gather()  # in order with the changes before it
+            self._pending.touch(family, labels)
 
     def first_sight(self, what: tuple[str, ...]) -> bool:
         if what in self._seen:
@@ -419,13 +611,24 @@ class MetricsRecorder:
         return True
 
     def count_active(self, provider: str, change: int) -> None:
-        self._child(catalogue.ACTIVE_DEPLOYMENTS, (provider,)).inc(change)
+        self._gauge(catalogue.ACTIVE_DEPLOYMENTS, (provider,)).value += change
         self._pending.count_active(provider, change)
 
     def retire_marker(self, marker_id: str) -> None:
         self._pending.retire_marker(marker_id)
 
     # In-flight deployments
+
+    def _remember_completion(self, provider: object, fraise_type: object, status: object) -> None:
+        """The series that changes.deployment_complete just updated for these arguments (which it accepted)."""
+        plain_provider = catalogue.check_label_value("provider", provider)
+        plain_fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
+        plain_status = catalogue.check_deployment_status(status)
+        self._completions[(provider, fraise_type, status)] = (
+            self._counters[(catalogue.DEPLOYMENTS, (plain_provider, plain_status, plain_fraise_type))],
+            self._histograms[(catalogue.DEPLOYMENT_DURATION, (plain_provider, plain_status))],
+            self._gauges[(catalogue.LAST_DEPLOYMENT, (plain_provider, plain_fraise_type, plain_status))],
+        )
 
     def _start(self, provider: str, fraise_type: str) -> _InFlight:
         provider = catalogue.check_label_value("provider", provider)
@@ -572,6 +775,7 @@ class MetricsRecorder:
         lock-wait budget: merged, or handed over to the next writer when the lock stays busy. Never raises: a
         problem is noted, and the events are handed over if the merge failed for another reason (a corrupt file),
         else kept for the next call and exit."""
+        self._gather()
         if not self._pending:
             return
         left = _process_budget.left(self.lock_wait_budget)
@@ -697,22 +901,28 @@ class MetricsRecorder:
 
     # Internals
 
-    def _child(self, family: Family, labels: Labels) -> Any:
-        key = (family, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._metrics[family].labels(*labels)
-        return child
+    def _gather(self) -> None:
+        """Move what the series recorded since the last call into the pending changes."""
+        pending = self._pending
+        for series in self._changed:
+            series.dirty = False
+            series.gather(pending)
+        self._changed.clear()
 
     def _after_fork(self) -> None:
         self._lock = threading.RLock()
         self._noted = []
         self._batch_depth = 0
+        for series in self._changed:  # this process keeps the totals, not the parent's pending changes
+            series.dirty = False
+            series.gather(Changes())
+        self._changed.clear()
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
         self._failed_write = None
         self._seen = set()
+        self._completions = {}
         self._in_flight = []
         self._ending = []
         self.store = TextfileStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)
@@ -749,7 +959,7 @@ class MetricsRecorder:
             else:
                 value = catalogue.check_gauge_value(f"{family.name} value", amount)
                 if operation != "set":  # inc/dec: from this process's value; the latest report wins in the file
-                    value = self._child(family, labels)._value.get() + (value if operation == "inc" else -value)
+                    value = self._gauge(family, labels).value + (value if operation == "inc" else -value)
                 if family is catalogue.LAST_DEPLOYMENT:
                     self.set_maximum(family, labels, value)
                 else:

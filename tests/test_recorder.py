@@ -33,7 +33,7 @@ from fraisier_textfile.liveness import MARKER_DIRECTORY
 from fraisier_textfile.textfile import TextfileStore
 
 from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere
-from .values import sample_values
+from .values import canonical_samples, sample_values
 
 FRAISIER_API = {  # Fraisier 0.84.2's fraisier.metrics.MetricsRecorder, argument names and order
     "record_deployment_start": ["provider", "fraise_type"],
@@ -90,6 +90,41 @@ def test_metrics_live_in_a_dedicated_registry(textfile_dir: Path) -> None:
     names = {metric.name for metric in recorder.registry.collect()}
     expected = {family.name.removesuffix("_total") for family in c.FAMILIES}
     assert names == expected
+
+
+class _Status(str, enum.Enum):
+    SUCCESS = "success"
+    INTERRUPTED = "interrupted"
+
+
+def test_the_registry_holds_the_totals_that_the_file_gets(textfile_dir: Path) -> None:
+    """The registry keeps its own totals beside the changes pending for the file (and repeated completions
+    skip validation): whatever the mix of events, repeated or refused, both say the same."""
+    recorder = MetricsRecorder(textfile_dir, auto_flush=False)
+    for round_ in range(3):
+        for status in ("success", _Status.SUCCESS, "failed", "interrupted", _Status.INTERRUPTED, "crashed"):
+            recorder.record_deployment_complete("bare_metal", "api", status, 0.5 + round_ * 7.25)
+            recorder.record_deployment_complete("docker", "worker", status, 4000.0)
+        recorder.record_deployment_complete("bare_metal", "api", "success", float("nan"))  # refused
+        recorder.record_deployment_complete("bare_metal", "api", "pending", 1.0)  # refused
+        recorder.record_deployment_complete("bare_metal", "api", "success", 2)  # an int is a duration too
+        recorder.record_health_check("bare_metal", "http", "pass" if round_ else "fail", 0.25)
+        recorder.record_rollback("docker", "health_check_failed", 12.0)
+        recorder.update_db_pool_metrics("postgresql", 5 - round_, round_, 0)
+        recorder.metrics.active_db_connections.labels("sqlite").inc(2)
+        if round_ == 1:
+            recorder.flush()  # the totals go on across writes
+    recorder.flush()
+    in_file = canonical_samples(recorder.textfile_path.read_text())
+    served = canonical_samples(prometheus_client.generate_latest(recorder.registry).decode())
+    assert recorder.dropped_events == 6
+    api = frozenset({("provider", "bare_metal"), ("fraise_type", "api")})
+    assert in_file[("fraisier_deployments_total", api | {("status", "success")})] == 9
+    assert in_file[("fraisier_deployments_total", api | {("status", "crashed")})] == 9
+    compared = {key for key in served if not key[0].startswith(("fraisier_active", "fraisier_last_deployment"))}
+    # Active deployments are counted from live processes; the file keeps the latest time, the registry its own.
+    assert {key: served[key] for key in compared} == {key: in_file.get(key) for key in compared}
+    assert {key for key in in_file if not key[0].startswith("fraisier_active")} <= set(served)
 
 
 def test_an_event_is_in_the_file_when_the_call_returns(textfile_dir: Path) -> None:
