@@ -173,3 +173,21 @@ def lock_held_elsewhere(lock_path: Path) -> Iterator[None]:
     finally:
         holder.kill()
         holder.wait()
+
+
+@contextmanager
+def small_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (``64k``, ``16m``) at ``mount_point``: a filesystem that fills up, since a full
+    disk cannot be had otherwise. Mounting needs root: elsewhere a skip, and a failure under CI=true."""
+    mount_point.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs: {mounted.stderr!r}")
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        yield mount_point
+    finally:
+        # Lazily: a recorder of the test may still hold a file open there.
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)

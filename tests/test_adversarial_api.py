@@ -15,7 +15,16 @@ import pytest
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.textfile import TextfileStore
 
-from .processes import REPOSITORY, fraisier, fraisier_metrics, free_port, http_get, lock_held_elsewhere, running
+from .processes import (
+    REPOSITORY,
+    fraisier,
+    fraisier_metrics,
+    free_port,
+    http_get,
+    lock_held_elsewhere,
+    running,
+    small_tmpfs,
+)
 from .values import sample_values
 
 DEPLOYMENTS = 'fraisier_deployments_total{{provider="bare_metal",status="{}",fraise_type="api"}}'
@@ -157,19 +166,8 @@ def test_a_big_corrupt_file_is_not_read_again_for_every_recorded_event(textfile_
 
 @pytest.fixture
 def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A real 16 MiB tmpfs, where root may mount one (a full disk cannot be had otherwise)."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a tmpfs: {mounted.stderr!r}")
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "16m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
 RECORD_ON_A_FULL_DISK = READ_BYTES_WHILE_RECORDING + """

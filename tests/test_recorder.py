@@ -32,7 +32,7 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.liveness import MARKER_DIRECTORY
 from fraisier_textfile.textfile import TextfileStore
 
-from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere
+from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere, small_tmpfs
 from .values import canonical_samples, sample_values
 
 FRAISIER_API = {  # Fraisier 0.84.2's fraisier.metrics.MetricsRecorder, argument names and order
@@ -771,20 +771,8 @@ def test_a_file_with_the_old_health_check_buckets_is_migrated_with_its_totals(
 
 @pytest.fixture
 def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A real 64 KiB tmpfs, where root may mount one."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a tmpfs: {mounted.stderr!r}")
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    try:
+    with small_tmpfs(tmp_path / "tiny", "64k") as mount_point:
         yield mount_point
-    finally:
-        # Lazily: a recorder of the test may still hold a file open there.
-        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
 def test_a_full_disk_raises_nothing_and_the_events_are_written_once_there_is_room(

@@ -20,7 +20,7 @@ from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError, Lo
 from fraisier_textfile.textfile import TEMPORARY_PREFIX, TextfileStore
 from fraisier_textfile.textformat import parse
 
-from .processes import binary, lock_held_elsewhere
+from .processes import binary, lock_held_elsewhere, small_tmpfs
 from .values import sample_values
 
 
@@ -197,21 +197,9 @@ def test_an_unwritable_directory_fails_cleanly(unwritable_directory: Path) -> No
 
 @pytest.fixture
 def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A real, nearly full filesystem (a 64 KiB tmpfs) where root may mount one."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    mounted = (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True
-        ).returncode
-        == 0
-    )
-    if not mounted:
-        pytest.skip("cannot mount a tmpfs here; test_a_full_disk_simulated covers the same path")
-    try:
+    """A real, nearly full filesystem (test_a_full_disk_simulated covers the same path without root)."""
+    with small_tmpfs(tmp_path / "tiny", "64k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_a_full_disk_leaves_the_old_file_and_no_temporary(tiny_filesystem: Path) -> None:
