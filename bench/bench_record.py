@@ -1,5 +1,9 @@
 """One in-process ``record_deployment_complete`` (auto_flush off) beside the prometheus_client calls it wraps.
 
+Also the other record calls of a deployment's hot loop with a counter and a histogram, timed against the same
+peer: ``record_health_check``, ``record_rollback`` and ``record_db_query`` (cases ``health_check``,
+``rollback``, ``db_query``; the same goal).
+
 - ours           ``recorder.record_deployment_complete("bare_metal", "api", "success", 42.0)`` on a
                  ``MetricsRecorder(textfile_dir, auto_flush=False)``: validation, its registry, the
                  changes pending for the next flush
@@ -36,6 +40,7 @@ from _common import (
 )
 
 GOAL = 1.5
+_OURS = ("ours", "health_check", "rollback", "db_query")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         gauge = Gauge(c.LAST_DEPLOYMENT.name, c.LAST_DEPLOYMENT.help, c.LAST_DEPLOYMENT.labels, registry=registry)
         namespace = {
             "record": recorder.record_deployment_complete,
+            "record_health_check": recorder.record_health_check,
+            "record_rollback": recorder.record_rollback,
+            "record_db_query": recorder.record_db_query,
             "counter": counter,
             "histogram": histogram,
             "gauge": gauge,
@@ -79,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         bare = "counter_child.inc()\nhistogram_child.observe(duration)"
         cases = [
             ("ours", "ours: record_deployment_complete", "record(provider, fraise_type, status, duration)"),
+            ("health_check", "ours: record_health_check",
+             "record_health_check(provider, 'http', 'pass', duration)"),
+            ("rollback", "ours: record_rollback", "record_rollback(provider, 'health_check_failed', duration)"),
+            ("db_query", "ours: record_db_query", "record_db_query('postgresql', 'select', 'success', duration)"),
             ("bare", "bare child.inc + child.observe (peer)", bare),
             ("bare_gauge", "bare + gauge child.set(time()) (reference)", bare + "\ngauge_child.set(time())"),
             (
@@ -126,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(result: dict[str, Any]) -> None:
-    print("bench_record: one in-process record_deployment_complete beside the prometheus_client calls it wraps")
+    print("bench_record: one in-process record_deployment_complete (and record_health_check, record_rollback, "
+          "record_db_query) beside the prometheus_client calls it wraps")
     print_environment(result["environment"])
     print(
         f"timeit: best of {result['repetitions']} repetitions × {result['calls_per_repetition']:,} calls, the cases "
@@ -134,7 +147,7 @@ def render(result: dict[str, Any]) -> None:
     )
     rows = []
     for row in result["results"]:
-        goal = goal_text(row["ratio"], result["goal"]) if row["case"] == "ours" else ""
+        goal = goal_text(row["ratio"], result["goal"]) if row["case"] in _OURS else ""
         rows.append(
             [
                 row["label"],

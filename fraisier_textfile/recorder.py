@@ -330,6 +330,10 @@ class MetricsRecorder:
         self._completions: dict[tuple[object, object, object], tuple[_Counter, _Histogram, _Gauge]] = {}
         """The series a ``record_deployment_complete`` with these provider, fraise type and status updates, once
         the event function accepted them: the hot loop's later calls skip validating them again."""
+        self._health_checks: dict[tuple[object, object, object], tuple[_Counter, _Histogram]] = {}
+        self._rollbacks: dict[tuple[object, object], tuple[_Counter, _Histogram]] = {}
+        self._db_queries: dict[tuple[object, object, object], tuple[_Counter, _Histogram]] = {}
+        """The same for ``record_health_check``, ``record_rollback`` and ``record_db_query``."""
         self._in_flight: list[_InFlight] = []
         self._ending: list[liveness.Marker] = []
         """Markers of ended deployments, released once their end is written."""
@@ -363,7 +367,10 @@ class MetricsRecorder:
         ``catalogue.DEPLOYMENT_STATUSES`` or an enum member with that value; Fraisier's ``interrupted`` is
         recorded as ``crashed``. ``pending`` and ``in_progress`` are not finished deployments: such a call is
         dropped (and logged), and the deployment stays in flight."""
-        series = self._completions.get((provider, fraise_type, status))
+        try:
+            series = self._completions.get((provider, fraise_type, status))
+        except TypeError:  # an unhashable argument: the event function refuses it
+            series = None
         if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
             # What changes.deployment_complete records, for arguments it accepted before (and the pair's
             # series exist since then).
@@ -390,11 +397,33 @@ class MetricsRecorder:
 
     @_never_raising
     def record_rollback(self, provider: str, reason: str, duration: float) -> None:
-        self._event(changes.rollback, provider, reason, duration)
+        try:
+            series = self._rollbacks.get((provider, reason))
+        except TypeError:  # an unhashable argument: the event function refuses it
+            series = None
+        if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
+            # What changes.rollback records, for arguments it accepted before (as record_deployment_complete).
+            series[0].add(1.0, self._changed)
+            series[1].observe(duration, self._changed)
+        else:
+            changes.rollback(self, provider, reason, duration)
+            self._remember_rollback(provider, reason)
+        self._pending_events += 1
 
     @_never_raising
     def record_health_check(self, provider: str, check_type: str, status: str, duration: float) -> None:
-        self._event(changes.health_check, provider, check_type, status, duration)
+        try:
+            series = self._health_checks.get((provider, check_type, status))
+        except TypeError:  # an unhashable argument: the event function refuses it
+            series = None
+        if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
+            # What changes.health_check records once the pair's series exist, for arguments it accepted before.
+            series[0].add(1.0, self._changed)
+            series[1].observe(duration, self._changed)
+        else:
+            changes.health_check(self, provider, check_type, status, duration)
+            self._remember_health_check(provider, check_type, status)
+        self._pending_events += 1
 
     @_never_raising
     def set_provider_availability(self, provider: str, available: bool) -> None:
@@ -411,7 +440,19 @@ class MetricsRecorder:
 
     @_never_raising
     def record_db_query(self, database_type: str, operation: str, status: str, duration_seconds: float) -> None:
-        self._event(changes.db_query, database_type, operation, status, duration_seconds)
+        try:
+            series = self._db_queries.get((database_type, operation, status))
+        except TypeError:  # an unhashable argument: the event function refuses it
+            series = None
+        if (series is not None and duration_seconds.__class__ is float
+                and 0.0 <= duration_seconds <= _LARGEST_DURATION):
+            # What changes.db_query records, for arguments it accepted before.
+            series[0].add(1.0, self._changed)
+            series[1].observe(duration_seconds, self._changed)
+        else:
+            changes.db_query(self, database_type, operation, status, duration_seconds)
+            self._remember_db_query(database_type, operation, status)
+        self._pending_events += 1
 
     @_never_raising
     def record_db_error(self, database_type: str, error_type: str) -> None:
@@ -628,6 +669,35 @@ class MetricsRecorder:
             self._counters[(catalogue.DEPLOYMENTS, (plain_provider, plain_status, plain_fraise_type))],
             self._histograms[(catalogue.DEPLOYMENT_DURATION, (plain_provider, plain_status))],
             self._gauges[(catalogue.LAST_DEPLOYMENT, (plain_provider, plain_fraise_type, plain_status))],
+        )
+
+    def _remember_rollback(self, provider: object, reason: object) -> None:
+        """The series that changes.rollback just updated for these arguments (which it accepted)."""
+        plain_provider = catalogue.check_label_value("provider", provider)
+        plain_reason = catalogue.check_label_value("reason", reason)
+        self._rollbacks[(provider, reason)] = (
+            self._counters[(catalogue.ROLLBACKS, (plain_provider, plain_reason))],
+            self._histograms[(catalogue.ROLLBACK_DURATION, (plain_provider,))],
+        )
+
+    def _remember_health_check(self, provider: object, check_type: object, status: object) -> None:
+        """The series that changes.health_check just updated for these arguments (which it accepted)."""
+        plain_provider = catalogue.check_label_value("provider", provider)
+        plain_check_type = catalogue.check_label_value("check_type", check_type)
+        plain_status = catalogue.check_choice("status", status, catalogue.HEALTH_CHECK_STATUSES)
+        self._health_checks[(provider, check_type, status)] = (
+            self._counters[(catalogue.HEALTH_CHECKS, (plain_provider, plain_check_type, plain_status))],
+            self._histograms[(catalogue.HEALTH_CHECK_DURATION, (plain_provider, plain_check_type))],
+        )
+
+    def _remember_db_query(self, database_type: object, operation: object, status: object) -> None:
+        """The series that changes.db_query just updated for these arguments (which it accepted)."""
+        plain_database_type = catalogue.check_label_value("database_type", database_type)
+        plain_operation = catalogue.check_label_value("operation", operation)
+        plain_status = catalogue.check_label_value("status", status)
+        self._db_queries[(database_type, operation, status)] = (
+            self._counters[(catalogue.DB_QUERIES, (plain_database_type, plain_operation, plain_status))],
+            self._histograms[(catalogue.QUERY_LATENCY, (plain_database_type, plain_operation))],
         )
 
     def _start(self, provider: str, fraise_type: str) -> _InFlight:
@@ -923,6 +993,9 @@ class MetricsRecorder:
         self._failed_write = None
         self._seen = set()
         self._completions = {}
+        self._health_checks = {}
+        self._rollbacks = {}
+        self._db_queries = {}
         self._in_flight = []
         self._ending = []
         self.store = TextfileStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)

@@ -25,6 +25,7 @@ from fraisier_textfile import (
     LockTimeoutError,
     MetricsRecorder,
     TextfileWriteError,
+    changes,
     get_metrics_recorder,
 )
 from fraisier_textfile import catalogue as c
@@ -97,34 +98,73 @@ class _Status(str, enum.Enum):
     INTERRUPTED = "interrupted"
 
 
-def test_the_registry_holds_the_totals_that_the_file_gets(textfile_dir: Path) -> None:
-    """The registry keeps its own totals beside the changes pending for the file (and repeated completions
-    skip validation): whatever the mix of events, repeated or refused, both say the same."""
+class _HealthStatus(str, enum.Enum):
+    PASS = "pass"
+
+
+def test_the_registry_holds_the_totals_that_the_file_gets(textfile_dir: Path, tmp_path: Path) -> None:
+    """The registry keeps its own totals beside the changes pending for the file (and repeated completions,
+    health checks, rollbacks and queries skip validation): whatever the mix of events, repeated or refused,
+    both say the same, and the file says what the event functions of changes.py record for the same events
+    (a shortcut that drifted from its event function counts the repeats differently)."""
     recorder = MetricsRecorder(textfile_dir, auto_flush=False)
+    replayed = Changes()
+
+    def record(event: str, *arguments: object) -> None:
+        getattr(recorder, f"record_{event}")(*arguments)
+        try:
+            getattr(changes, event)(replayed, *arguments)
+        except InvalidValueError:
+            pass
+
     for round_ in range(3):
         for status in ("success", _Status.SUCCESS, "failed", "interrupted", _Status.INTERRUPTED, "crashed"):
-            recorder.record_deployment_complete("bare_metal", "api", status, 0.5 + round_ * 7.25)
-            recorder.record_deployment_complete("docker", "worker", status, 4000.0)
-        recorder.record_deployment_complete("bare_metal", "api", "success", float("nan"))  # refused
-        recorder.record_deployment_complete("bare_metal", "api", "pending", 1.0)  # refused
-        recorder.record_deployment_complete("bare_metal", "api", "success", 2)  # an int is a duration too
-        recorder.record_health_check("bare_metal", "http", "pass" if round_ else "fail", 0.25)
-        recorder.record_rollback("docker", "health_check_failed", 12.0)
+            record("deployment_complete", "bare_metal", "api", status, 0.5 + round_ * 7.25)
+            record("deployment_complete", "docker", "worker", status, 4000.0)
+        record("deployment_complete", "bare_metal", "api", "success", float("nan"))  # refused
+        record("deployment_complete", "bare_metal", "api", "pending", 1.0)  # refused
+        record("deployment_complete", "bare_metal", "api", "success", 2)  # an int is a duration too
+        for status in ("pass" if round_ else "fail", _HealthStatus.PASS, "pass"):
+            record("health_check", "bare_metal", "http", status, 0.25 + round_)
+        record("health_check", "bare_metal", "http", "pass", -1.0)  # refused
+        record("health_check", "bare_metal", "http", "unknown", 1.0)  # refused
+        record("health_check", "docker", "tcp", "fail", 3)
+        record("rollback", "docker", "health_check_failed", 12.0)
+        record("rollback", "docker", "health_check_failed", 30.0 * round_)
+        record("rollback", "docker", "", 1.0)  # refused
+        record("rollback", "docker", "manual", float("inf"))  # refused
+        record("db_query", "postgresql", "select", "success", 0.002 * (round_ + 1))
+        record("db_query", "postgresql", "select", "error", 0.5)
+        record("db_query", "postgresql", "select", "success", True)  # refused
+        record("db_query", "postgresql", ["select"], "success", 0.1)  # refused
         recorder.update_db_pool_metrics("postgresql", 5 - round_, round_, 0)
+        changes.db_pool(replayed, "postgresql", 5 - round_, round_, 0)
         recorder.metrics.active_db_connections.labels("sqlite").inc(2)
         if round_ == 1:
             recorder.flush()  # the totals go on across writes
     recorder.flush()
     in_file = canonical_samples(recorder.textfile_path.read_text())
     served = canonical_samples(prometheus_client.generate_latest(recorder.registry).decode())
-    assert recorder.dropped_events == 6
+    assert recorder.dropped_events == 6 + 6 + 6 + 6
+    assert not [kind for kind in recorder.problems if kind.startswith("unexpected")], recorder.problems
     api = frozenset({("provider", "bare_metal"), ("fraise_type", "api")})
     assert in_file[("fraisier_deployments_total", api | {("status", "success")})] == 9
     assert in_file[("fraisier_deployments_total", api | {("status", "crashed")})] == 9
+    http = frozenset({("provider", "bare_metal"), ("check_type", "http")})
+    assert in_file[("fraisier_health_checks_total", http | {("status", "pass")})] == 8
     compared = {key for key in served if not key[0].startswith(("fraisier_active", "fraisier_last_deployment"))}
     # Active deployments are counted from live processes; the file keeps the latest time, the registry its own.
     assert {key: served[key] for key in compared} == {key: in_file.get(key) for key in compared}
     assert {key for key in in_file if not key[0].startswith("fraisier_active")} <= set(served)
+    replay_directory = tmp_path / "replayed"
+    replay_directory.mkdir()
+    store = TextfileStore(replay_directory)
+    store.merge(replayed)
+    from_events = canonical_samples(store.path.read_text())
+    assert {key: value for key, value in in_file.items() if key in compared} == {
+        key: value for key, value in from_events.items()
+        if not key[0].startswith(("fraisier_active", "fraisier_last_deployment"))
+    }
 
 
 def test_an_event_is_in_the_file_when_the_call_returns(textfile_dir: Path) -> None:
