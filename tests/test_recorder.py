@@ -124,15 +124,18 @@ def test_the_registry_holds_the_totals_that_the_file_gets(textfile_dir: Path, tm
         record("deployment_complete", "bare_metal", "api", "success", float("nan"))  # refused
         record("deployment_complete", "bare_metal", "api", "pending", 1.0)  # refused
         record("deployment_complete", "bare_metal", "api", "success", 2)  # an int is a duration too
+        record("deployment_complete", ["bare_metal"], "api", "success", 1.0)  # refused (and unhashable)
         for status in ("pass" if round_ else "fail", _HealthStatus.PASS, "pass"):
             record("health_check", "bare_metal", "http", status, 0.25 + round_)
         record("health_check", "bare_metal", "http", "pass", -1.0)  # refused
         record("health_check", "bare_metal", "http", "unknown", 1.0)  # refused
         record("health_check", "docker", "tcp", "fail", 3)
+        record("health_check", "docker", {"tcp": 1}, "fail", 1.0)  # refused
         record("rollback", "docker", "health_check_failed", 12.0)
         record("rollback", "docker", "health_check_failed", 30.0 * round_)
         record("rollback", "docker", "", 1.0)  # refused
         record("rollback", "docker", "manual", float("inf"))  # refused
+        record("rollback", "docker", ["manual"], 1.0)  # refused
         record("db_query", "postgresql", "select", "success", 0.002 * (round_ + 1))
         record("db_query", "postgresql", "select", "error", 0.5)
         record("db_query", "postgresql", "select", "success", True)  # refused
@@ -145,7 +148,7 @@ def test_the_registry_holds_the_totals_that_the_file_gets(textfile_dir: Path, tm
     recorder.flush()
     in_file = canonical_samples(recorder.textfile_path.read_text())
     served = canonical_samples(prometheus_client.generate_latest(recorder.registry).decode())
-    assert recorder.dropped_events == 6 + 6 + 6 + 6
+    assert recorder.dropped_events == 9 + 9 + 9 + 6
     assert not [kind for kind in recorder.problems if kind.startswith("unexpected")], recorder.problems
     api = frozenset({("provider", "bare_metal"), ("fraise_type", "api")})
     assert in_file[("fraisier_deployments_total", api | {("status", "success")})] == 9
