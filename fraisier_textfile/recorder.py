@@ -397,33 +397,13 @@ class MetricsRecorder:
 
     @_never_raising
     def record_rollback(self, provider: str, reason: str, duration: float) -> None:
-        try:
-            series = self._rollbacks.get((provider, reason))
-        except TypeError:  # an unhashable argument: the event function refuses it
-            series = None
-        if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
-            # What changes.rollback records, for arguments it accepted before (as record_deployment_complete).
-            series[0].add(1.0, self._changed)
-            series[1].observe(duration, self._changed)
-        else:
-            changes.rollback(self, provider, reason, duration)
-            self._remember_rollback(provider, reason)
-        self._pending_events += 1
+        self._count_and_observe(self._rollbacks, (provider, reason), duration, changes.rollback,
+                                self._remember_rollback)
 
     @_never_raising
     def record_health_check(self, provider: str, check_type: str, status: str, duration: float) -> None:
-        try:
-            series = self._health_checks.get((provider, check_type, status))
-        except TypeError:  # an unhashable argument: the event function refuses it
-            series = None
-        if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
-            # What changes.health_check records once the pair's series exist, for arguments it accepted before.
-            series[0].add(1.0, self._changed)
-            series[1].observe(duration, self._changed)
-        else:
-            changes.health_check(self, provider, check_type, status, duration)
-            self._remember_health_check(provider, check_type, status)
-        self._pending_events += 1
+        self._count_and_observe(self._health_checks, (provider, check_type, status), duration,
+                                changes.health_check, self._remember_health_check)
 
     @_never_raising
     def set_provider_availability(self, provider: str, available: bool) -> None:
@@ -440,18 +420,30 @@ class MetricsRecorder:
 
     @_never_raising
     def record_db_query(self, database_type: str, operation: str, status: str, duration_seconds: float) -> None:
+        self._count_and_observe(self._db_queries, (database_type, operation, status), duration_seconds,
+                                changes.db_query, self._remember_db_query)
+
+    def _count_and_observe(
+        self,
+        shortcuts: dict[Any, tuple[_Counter, _Histogram]],
+        arguments: tuple[object, ...],
+        duration: object,
+        event: Callable[..., None],
+        remember: Callable[..., None],
+    ) -> None:
+        """A record call that counts one event and observes its duration. A repeat of label arguments that
+        ``event`` (the function in changes.py) accepted before goes straight to the two series it updated
+        then; anything else goes through ``event``, which checks everything, and is remembered."""
         try:
-            series = self._db_queries.get((database_type, operation, status))
+            series = shortcuts.get(arguments)
         except TypeError:  # an unhashable argument: the event function refuses it
             series = None
-        if (series is not None and duration_seconds.__class__ is float
-                and 0.0 <= duration_seconds <= _LARGEST_DURATION):
-            # What changes.db_query records, for arguments it accepted before.
+        if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
             series[0].add(1.0, self._changed)
-            series[1].observe(duration_seconds, self._changed)
+            series[1].observe(duration, self._changed)
         else:
-            changes.db_query(self, database_type, operation, status, duration_seconds)
-            self._remember_db_query(database_type, operation, status)
+            event(self, *arguments, duration)
+            remember(*arguments)
         self._pending_events += 1
 
     @_never_raising
