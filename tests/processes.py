@@ -191,3 +191,17 @@ def small_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
     finally:
         # Lazily: a recorder of the test may still hold a file open there.
         subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+STORE_WORKERS = Path(__file__).with_name("store_workers.py")
+
+
+def start_store_worker(name: str, *arguments: str) -> subprocess.Popen[str]:
+    """A process running ``name`` of tests/store_workers.py, with pipes to talk to it."""
+    return subprocess.Popen(
+        [sys.executable, str(STORE_WORKERS), name, *arguments],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

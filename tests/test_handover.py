@@ -7,8 +7,6 @@ import os
 import random
 import signal
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,20 +18,8 @@ from fraisier_textfile import handover
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.textfile import TextfileStore
 
-from .processes import fraisier, lock_held_elsewhere
+from .processes import fraisier, lock_held_elsewhere, start_store_worker
 from .values import sample_values
-
-WORKERS = Path(__file__).with_name("store_workers.py")
-
-
-def start(name: str, *arguments: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(WORKERS), name, *arguments],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def error_count(values: dict[str, float], error_type: str) -> float:
@@ -151,7 +137,7 @@ def test_calls_under_a_held_lock_hand_over_and_the_next_merge_writes_each_once(t
 def test_events_handed_over_survive_the_process_killed_after_its_calls_returned(textfile_dir: Path) -> None:
     TextfileStore(textfile_dir).merge(Changes())
     with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
-        worker = start("hand_over_then_wait", str(textfile_dir), "5")
+        worker = start_store_worker("hand_over_then_wait", str(textfile_dir), "5")
         assert worker.stdout is not None
         assert [worker.stdout.readline() for _ in range(5)] == ["handed over\n"] * 5
         worker.send_signal(signal.SIGKILL)
@@ -164,7 +150,7 @@ def test_events_handed_over_survive_the_process_killed_after_its_calls_returned(
 def test_events_pending_at_an_exit_under_a_held_lock_are_handed_over(textfile_dir: Path) -> None:
     TextfileStore(textfile_dir).merge(Changes())
     with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
-        worker = start("exit_with_pending", str(textfile_dir))
+        worker = start_store_worker("exit_with_pending", str(textfile_dir))
         _, errors = worker.communicate(timeout=60)
         assert worker.returncode == 0, errors
         assert error_count(sample_values(textfile_dir / "fraisier.prom"), "at_exit") == 0
@@ -176,7 +162,7 @@ def test_the_holder_writes_a_hand_over_that_arrived_while_it_held_the_lock(textf
     """The hand-over's own try of the lock fails; the holder looks for hand-overs after releasing it."""
     store = TextfileStore(textfile_dir)
     store.merge(Changes())
-    holder = start("hold_then_release", str(textfile_dir))
+    holder = start_store_worker("hold_then_release", str(textfile_dir))
     assert holder.stdout is not None and holder.stdout.readline() == "held\n"
     changes = Changes()
     events.deployment_error(changes, "bare_metal", "late")
@@ -235,7 +221,7 @@ def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textf
 def test_sixteen_processes_merging_or_handing_over_lose_nothing_and_count_nothing_twice(textfile_dir: Path) -> None:
     processes, count = 16, 200
     TextfileStore(textfile_dir).merge(Changes())
-    workers = [start("race", str(textfile_dir), str(count), str(n), "0.01") for n in range(processes)]
+    workers = [start_store_worker("race", str(textfile_dir), str(count), str(n), "0.01") for n in range(processes)]
     for worker in workers:
         assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
     for worker in workers:

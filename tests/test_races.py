@@ -14,7 +14,7 @@ from fraisier_textfile import MetricsRecorder, TextfileStore
 from fraisier_textfile.liveness import MARKER_DIRECTORY
 from fraisier_textfile.textfile import TEMPORARY_PREFIX
 
-from .processes import fraisier, lock_held_elsewhere
+from .processes import fraisier, lock_held_elsewhere, start_store_worker
 from .values import sample_values
 
 WORKERS = Path(__file__).with_name("workers.py")
@@ -219,19 +219,6 @@ def test_a_marker_already_accounted_for_is_not_counted_again(textfile_dir: Path)
     assert not marker.exists()
     MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "third")
     assert marker.name not in (textfile_dir / "fraisier.prom").read_text()  # the list forgets it once gone
-
-
-STORE_WORKERS = Path(__file__).with_name("store_workers.py")
-
-
-def start_store_worker(name: str, *arguments: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(STORE_WORKERS), name, *arguments],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def errors_of(textfile_dir: Path, error_type: str) -> float:

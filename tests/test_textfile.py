@@ -20,7 +20,7 @@ from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError, Lo
 from fraisier_textfile.textfile import TEMPORARY_PREFIX, TextfileStore
 from fraisier_textfile.textformat import parse
 
-from .processes import binary, lock_held_elsewhere, small_tmpfs
+from .processes import STORE_WORKERS, binary, lock_held_elsewhere, small_tmpfs
 from .values import sample_values
 
 
@@ -290,7 +290,6 @@ def test_a_warm_store_is_not_fooled_by_a_reused_inode_and_a_coarse_clock(textfil
 
 # Time that steps
 
-STORE_WORKERS = Path(__file__).with_name("store_workers.py")
 LAST_SUCCESS = 'fraisier_last_deployment_timestamp_seconds{provider="bare_metal",fraise_type="api",status="success"}'
 
 
