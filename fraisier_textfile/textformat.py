@@ -991,19 +991,20 @@ def check_buckets(block: Block, family: Family) -> None:
 # Checking
 
 
-def check_text(text: str) -> list[ParseError]:
+def check_text(text: str, other_bounds: bool = False) -> list[ParseError]:
     """Every problem of a file, each with its line number, in file order: what Go's parser refuses (in its
     words), timestamps, and what it lets through that breaks the file for its readers or for our merges:
     a series that appears twice (node_exporter then serves only one of them), a family of ours with another
     type, negative or NaN counters, histograms without the catalogue's buckets, not cumulative, or whose
-    +Inf bucket differs from their count. Empty: the file is sound."""
+    +Inf bucket differs from their count. Empty: the file is sound. ``other_bounds``: histograms whose bounds
+    are not the catalogue's are not a problem (a merge migrates them: lifecycle.migrate_histogram)."""
     problems: list[ParseError] = []
     scan = _Scan(text, problems)
     scan.run()
     samples: list[_Sample] = [
         (number, block.owned, block.name, name, pairs, value) for number, block, name, pairs, value in scan.samples
     ]
-    problems.extend(ParseError(problem, number) for number, problem in _sample_problems(samples))
+    problems.extend(ParseError(problem, number) for number, problem in _sample_problems(samples, other_bounds))
     problems.sort(key=lambda error: error.line_number or 0)
     return problems
 
@@ -1027,7 +1028,7 @@ def check_document(document: Document) -> list[str]:
 _Sample = tuple[int | None, Family | None, str, str, list[tuple[str, str]], float]
 
 
-def _sample_problems(samples: list[_Sample]) -> Iterator[tuple[int | None, str]]:
+def _sample_problems(samples: list[_Sample], other_bounds: bool = False) -> Iterator[tuple[int | None, str]]:
     seen: dict[tuple[str, frozenset[tuple[str, str]]], int | None] = {}
     histograms: dict[tuple[Family, str], dict[str, Any]] = {}
     for number, family, _, name, pairs, value in samples:
@@ -1057,7 +1058,7 @@ def _sample_problems(samples: list[_Sample]) -> Iterator[tuple[int | None, str]]
     for (family, series), state in histograms.items():
         number = state["line"]
         les, values = state["les"], state["values"]
-        if tuple(les) != family.bucket_bounds:
+        if tuple(les) != family.bucket_bounds and not other_bounds:
             yield number, (
                 f"{series} has buckets le={','.join(les)} but the catalogue's are le={','.join(family.bucket_bounds)}"
             )
