@@ -169,11 +169,11 @@ class TextfileSource:
             # A file that cannot be read (permissions, descriptors exhausted) is not cached: the next
             # scrape tries again. One that does not parse is, until it changes.
             try:
-                version, text = self.store.read_text()
+                version, data = self.store.read_data()
             except FraisierTextfileError as error:
                 raise _unservable(self.store, error) from None
             try:
-                snapshot = _split(version, self.store.parse_text(text, check_histograms=False))  # served as written
+                snapshot = _split(version, self.store.parse_data(data, check_histograms=False))  # served as written
             except FraisierTextfileError as error:
                 snapshot = _Snapshot(version, error=_unservable(self.store, error))
             if current is not None and current.version is not None:
@@ -221,8 +221,8 @@ def _split(version: FileVersion | None, document: Document) -> _Snapshot:
     # The retired-markers comment is the store's bookkeeping, not a metric: it is not served.
     return _Snapshot(
         version,
-        before="".join(block.render() for block in blocks[:position]).encode("utf-8"),
-        after="".join(block.render() for block in blocks[position + 1 :]).encode("utf-8"),
+        before=b"".join(part for block in blocks[:position] for part in block.parts()),
+        after=b"".join(part for block in blocks[position + 1 :] for part in block.parts()),
         active_lines=tuple(active.lines),
         retired_markers=frozenset(document.retired_markers),
     )

@@ -51,6 +51,7 @@ from fraisier_textfile.textformat import (
     ParseError,
     label_text,
     parse,
+    parse_bytes,
     parse_series_key,
     series_key,
 )
@@ -406,16 +407,26 @@ class TextfileStore:
     def read_version(self, check_histograms: bool = True) -> tuple[FileVersion | None, Document]:
         """The file as :meth:`read` gives it, and the version of exactly the bytes read (None if there is no
         file): a reader can skip reading again while ``version.is_current()``."""
-        version, text = self.read_text()
-        return version, self.parse_text(text, check_histograms)
+        version, data = self.read_data()
+        return version, self.parse_data(data, check_histograms)
 
     def read_text(self) -> tuple[FileVersion | None, str]:
-        """The file's text ("" if there is none) and its version, unparsed. Anything but a regular file at
+        """The file's text ("" if there is none) and its version, unparsed (see :meth:`read_data`)."""
+        version, data = self.read_data()
+        try:
+            return version, data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            if version is not None:
+                version.close()
+            raise CorruptTextfileError(self.path, f"not UTF-8 text (byte {error.start})") from None
+
+    def read_data(self) -> tuple[FileVersion | None, bytes]:
+        """The file's bytes (empty if there is none) and its version, unparsed. Anything but a regular file at
         the path (a symlink, a FIFO, a device, a directory) is refused without being followed or read."""
         try:
             status = os.lstat(self.path)
         except FileNotFoundError:
-            return None, ""
+            return None, b""
         except OSError as error:
             raise write_error(self.path, "read", error) from None
         if not stat.S_ISREG(status.st_mode):
@@ -425,7 +436,7 @@ class TextfileStore:
             # or a FIFO since; neither is followed or waited on.
             descriptor = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None, ""
+            return None, b""
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise _unexpected(self.path, _lstat_or_none(self.path)) from None
@@ -453,15 +464,19 @@ class TextfileStore:
         except BaseException:
             os.close(descriptor)
             raise
-        try:
-            return version, data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            version.close()
-            raise CorruptTextfileError(self.path, f"not UTF-8 text (byte {error.start})") from None
+        return version, data
 
     def parse_text(self, text: str, check_histograms: bool = True) -> Document:
         try:
             return parse(text, check_histograms)
+        except ParseError as error:
+            raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
+
+    def parse_data(self, data: bytes, check_histograms: bool = True) -> Document:
+        """The document of the file's bytes (see textformat.parse_bytes: one this package wrote is not
+        checked line by line again)."""
+        try:
+            return parse_bytes(data, check_histograms)
         except ParseError as error:
             raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
 
@@ -705,9 +720,9 @@ class TextfileStore:
             corrupt_version.close()
             self._corrupt = None
         self._remove_stale_temporaries()
-        version, text = self.read_text()
+        version, data = self.read_data()
         try:
-            document = self.parse_text(text, check_histograms=False)
+            document = self.parse_data(data, check_histograms=False)
         except CorruptTextfileError as error:
             # The same bytes fail the same way. Until the file changes (the operator's fix), merges answer
             # from here rather than read and parse it again: for a big file that costs seconds, and a
@@ -796,7 +811,7 @@ class TextfileStore:
             pass  # litter only: a later merger tries again
         handover.remove_stale_temporaries(self.directory)
 
-    def _write_temporary(self, parts: Iterable[str]) -> tuple[Path, int]:
+    def _write_temporary(self, parts: Iterable[bytes | memoryview]) -> tuple[Path, int]:
         """Write the text ``parts`` make durably to a new temporary file; return its path and its open
         descriptor."""
         temporary = self.directory / f"{TEMPORARY_PREFIX}{_random_suffix()}"
@@ -867,21 +882,21 @@ class TextfileStore:
         handover.fsync_directory(self.directory)
 
 
-def _write_parts(descriptor: int, parts: Iterable[str]) -> None:
-    """Write ``parts`` encoded one at a time: the file is never held whole as one string and again as its
-    bytes (a merge of a large file would need three times its size). Small parts are joined into one write."""
-    batch: list[bytes] = []
+def _write_parts(descriptor: int, parts: Iterable[bytes | memoryview]) -> None:
+    """Write ``parts`` one at a time: the file is never held whole as one string and again as its bytes (a
+    merge of a large file would need three times its size), and the spans of the file read are written from
+    where they are. Small parts are joined into one write."""
+    batch: list[bytes | memoryview] = []
     size = 0
     for part in parts:
-        data = part.encode("utf-8")
-        if len(data) >= _WRITE_BATCH:
+        if len(part) >= _WRITE_BATCH:
             if batch:
                 _write_all(descriptor, b"".join(batch))
                 batch, size = [], 0
-            _write_all(descriptor, data)
+            _write_all(descriptor, part)
             continue
-        batch.append(data)
-        size += len(data)
+        batch.append(part)
+        size += len(part)
         if size >= _WRITE_BATCH:
             _write_all(descriptor, b"".join(batch))
             batch, size = [], 0
@@ -889,10 +904,10 @@ def _write_parts(descriptor: int, parts: Iterable[str]) -> None:
         _write_all(descriptor, b"".join(batch))
 
 
-_WRITE_BATCH = 1 << 18
+_WRITE_BATCH = 1 << 16
 
 
-def _write_all(descriptor: int, data: bytes) -> None:
+def _write_all(descriptor: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(descriptor, view) :]

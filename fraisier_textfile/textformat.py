@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from fraisier_textfile import layout
 from fraisier_textfile.catalogue import FAMILIES, FAMILIES_BY_NAME, Family, Kind, format_float
+from fraisier_textfile.layout import Segment, crc_of, segments_of
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 META_PREFIX = "# fraisier_textfile "
@@ -359,10 +362,11 @@ def _canonical_run(family: Family) -> re.Pattern[str]:
 class Block:
     """One metric family: its header and its samples.
 
-    A block of ours read from a file in our own format holds its sample lines as one string and finds a
-    series in it only when asked; changed and new lines are kept apart and spliced in by :meth:`render`. Any
-    other access to its lines (``lines``, ``samples()``, ``index()``) turns it into a list of lines, once.
-    A family we do not own keeps its exact text in ``raw``."""
+    A block of ours read from a file in our own format holds its sample lines as a span of the file's bytes
+    and finds a series in it only when asked; changed and new lines are kept apart and spliced in by
+    :meth:`parts`, which hands the unchanged spans to the writer without copying them. Any other access to its
+    lines (``lines``, ``samples()``, ``index()``) turns it into a list of lines, once. A family we do not own
+    keeps its exact text in ``raw``."""
 
     def __init__(
         self, name: str, help: str | None = None, type: str | None = None, owned: Family | None = None
@@ -375,13 +379,35 @@ class Block:
         self.comments: list[str] = []  # stray comment lines of a family of ours, kept before its header
         self._lines: list[str] | None = []
         self._index: dict[str, int] | None = None
-        self._rendered_body: str | None = None
-        self._body: str | None = None  # our canonical sample lines as read, each ending in a newline
-        self._edits: dict[str, str] = {}  # key -> line replacing its line in _body ("" removes it)
-        self._added: dict[str, str] = {}  # key -> line of a series not in _body
-        self._positions: dict[str, int] = {}  # where a key's line starts in _body, -1 if it is not there
+        self._rendered: tuple[bytes, list[Segment] | None] | None = None  # the lines' bytes and segments
+        self._raw_written: tuple[str, bytes] | None = None
+        # The body as read: our canonical sample lines, each ending in a newline, in data[start:end].
+        self._data: bytes | None = None
+        self._start = 0
+        self._end = 0
+        self._segments: list[Segment] | None = None  # of data[start:end] (see layout.py); None: not known yet
+        self._starts: list[int] = []  # where each of those segments starts in data
+        self._edits: dict[str, str] = {}  # key -> line replacing its line in the body ("" removes it)
+        self._added: dict[str, str] = {}  # key -> line of a series not in the body
+        self._positions: dict[str, int] = {}  # where a key's line starts in data, -1 if it is not there
+        self._edited_segments: dict[int, Segment] = {}  # segment number -> its checksum as edited
+        self._added_written: tuple[bytes, list[Segment]] | None = None
         self._hint = 0
-        self._body_count: tuple[str, int] | None = None  # _body and its number of lines
+        self._line_count: int | None = None  # of the body as read
+
+    def set_body(self, data: bytes, start: int, end: int, segments: list[Segment] | None = None) -> None:
+        """Make ``data[start:end]`` (sample lines of ours as we write them) the block's body; ``segments``: its
+        checksums, if known (see layout.py)."""
+        self._lines = None
+        self._index = None
+        self._rendered = None
+        self._data, self._start, self._end = data, start, end
+        self._segments = segments
+        self._starts = []
+        self._edits, self._added, self._positions, self._edited_segments = {}, {}, {}, {}
+        self._added_written = None
+        self._hint = start
+        self._line_count = None
 
     # Lines, materialised on demand
 
@@ -402,40 +428,45 @@ class Block:
     @lines.setter
     def lines(self, lines: list[str]) -> None:
         self._lines = lines
-        self._body = None
-        self._edits, self._added, self._positions = {}, {}, {}
+        self._data = None
+        self._segments = None
+        self._edits, self._added, self._positions, self._edited_segments = {}, {}, {}, {}
+        self._added_written = None
         self._index = None
-        self._rendered_body = None
+        self._rendered = None
+
+    def _body_text(self) -> str:
+        assert self._data is not None
+        return self._data[self._start : self._end].decode("utf-8")
 
     def _materialise(self) -> None:
-        body = self._body or ""
-        lines = []
-        if not self._edits:
-            lines = body.split("\n")
-            lines.pop()
-        else:
-            for line in body.split("\n")[:-1]:
+        lines = self._body_text().split("\n") if self._data is not None else [""]
+        lines.pop()
+        if self._edits:
+            kept = []
+            for line in lines:
                 edited = self._edits.get(line[: line.rindex(" ")])
                 if edited is None:
-                    lines.append(line)
+                    kept.append(line)
                 elif edited:
-                    lines.append(edited)
+                    kept.append(edited)
+            lines = kept
         lines.extend(line for line in self._added.values() if line)
         self.lines = lines
 
     def head(self, count: int) -> list[str]:
         """The first ``count`` sample lines (fewer if the block has fewer), without splitting the whole block
         when it is read lazily and unchanged."""
-        body = self._body
-        if body is None or self._edits or self._added:
+        data = self._data
+        if data is None or self._edits or self._added:
             return self.lines[:count]
-        end = 0
+        end = self._start
         for _ in range(count):
-            newline = body.find("\n", end)
+            newline = data.find(b"\n", end, self._end)
             if newline < 0:
                 break
             end = newline + 1
-        return body[:end].split("\n")[:-1]
+        return data[self._start : end].decode("utf-8").split("\n")[:-1]
 
     def index(self) -> dict[str, int]:
         """Series key -> position in :attr:`lines`."""
@@ -446,42 +477,44 @@ class Block:
 
     def line_count(self) -> int:
         """How many samples, without materialising the lines."""
-        body = self._body
-        if body is not None:
+        data = self._data
+        if data is not None:
             # The body never changes once read (edits are kept apart): counted once, not at every merge.
-            if self._body_count is None or self._body_count[0] is not body:
-                self._body_count = (body, body.count("\n"))
+            if self._line_count is None:
+                self._line_count = data.count(b"\n", self._start, self._end)
             removed = sum(1 for line in self._edits.values() if not line)
-            return self._body_count[1] - removed + sum(1 for line in self._added.values() if line)
+            return self._line_count - removed + sum(1 for line in self._added.values() if line)
         return len(self.lines)
 
     # Series
 
     def _position(self, key: str) -> int:
-        """Where the line of ``key`` starts in ``_body``: a search from the last hit, lines of one series being
-        next to each other, so the few series a merge touches are found without reading the rest."""
+        """Where the line of ``key`` starts in the body's data: a search from the last hit, lines of one series
+        being next to each other, so the few series a merge touches are found without reading the rest."""
         position = self._positions.get(key)
         if position is not None:
             return position
-        body = self._body
-        assert body is not None
+        data = self._data
+        assert data is not None
+        start, end = self._start, self._end
         # A series new to the file: the search for its first bucket answers for all of its buckets.
         stem = key[: key.rindex('le="')] if key.endswith('"}') and 'le="' in key else None
         if stem is not None and self._positions.get(stem) == -1:
             return -1
-        needle = key + " "
-        position = _find_line(body, needle, self._hint, len(body))
-        if position < 0 and self._hint:
-            position = _find_line(body, needle, 0, self._hint + len(needle))
+        needle = (key + " ").encode("utf-8")
+        position = _find_line(data, needle, self._hint, end, start)
+        if position < 0 and self._hint > start:
+            position = _find_line(data, needle, start, min(self._hint + len(needle), end), start)
         self._positions[key] = position
         if position >= 0:
             self._hint = position
-        elif stem is not None and _find_line(body, stem, 0, len(body)) < 0:
+        elif stem is not None and _find_line(data, stem.encode("utf-8"), start, end, start) < 0:
             self._positions[stem] = -1
         return position
 
     def value(self, key: str) -> float | None:
-        if self._body is None:
+        data = self._data
+        if data is None:
             if self.raw is not None:
                 return dict(self.samples()).get(key)
             number = self.index().get(key)
@@ -496,17 +529,19 @@ class Block:
         position = self._position(key)
         if position < 0:
             return None
-        return float(self._body[position + len(key) + 1 : self._body.index("\n", position)])
+        value_start = position + (len(key) if key.isascii() else len(key.encode("utf-8"))) + 1
+        return float(data[value_start : data.index(b"\n", value_start)])
 
     def set(self, key: str, value: float) -> None:
         if self.raw is not None:
             raise ValueError(f"{self.name} is not a family of ours: its text is kept as it is")
         line = f"{key} {format_float(value)}"
-        if self._body is not None:
+        if self._data is not None:
             if key in self._added or self._position(key) < 0:
                 self._added[key] = line
+                self._added_written = None
             else:
-                self._edits[key] = line
+                self._edit(key, line)
             return
         lines = self.lines
         index = self.index()
@@ -516,18 +551,24 @@ class Block:
             lines.append(line)
         else:
             lines[number] = line
-        self._rendered_body = None
+        self._rendered = None
+
+    def _edit(self, key: str, line: str) -> None:
+        self._edits[key] = line
+        if self._segments is not None:  # the checksum of the segment it falls in is computed again
+            self._edited_segments.pop(bisect_right(self._segment_starts(), self._positions[key]) - 1, None)
 
     def remove(self, key: str) -> bool:
         """Drop the series ``key``; False if the block had no such series."""
         if self.raw is not None:
             raise ValueError(f"{self.name} is not a family of ours: its text is kept as it is")
-        if self._body is not None:
+        if self._data is not None:
             if self._added.pop(key, None) is not None:
+                self._added_written = None
                 return True
             if self._position(key) < 0 or self._edits.get(key) == "":
                 return False
-            self._edits[key] = ""
+            self._edit(key, "")
             return True
         number = self.index().get(key)
         if number is None:
@@ -561,38 +602,106 @@ class Block:
             header += f"# TYPE {self.name} {self.type}\n"
         return header
 
-    def parts(self) -> list[str]:
-        """The block's text in pieces whose concatenation is :meth:`render`: unchanged text is not copied."""
+    def _segment_starts(self) -> list[int]:
+        if not self._starts and self._segments:
+            position = self._start
+            for length, _ in self._segments:
+                self._starts.append(position)
+                position += length
+        return self._starts
+
+    def written(self) -> tuple[bytes, list[bytes | memoryview], list[Segment] | None]:
+        """What a writer writes of the block: its header, its body in pieces (unchanged spans of the file
+        read are not copied), and the body's segments for the layout line (None: the block cannot be vouched
+        for, so the file gets no layout line and its next reader checks every line)."""
         if self.raw is not None:
-            return [self.raw]
-        parts = [self._header()]
-        body = self._body
-        if body is None:
-            if self._rendered_body is None:
+            if self._raw_written is None or self._raw_written[0] is not self.raw:
+                self._raw_written = (self.raw, self.raw.encode("utf-8"))
+            raw = self._raw_written[1]
+            return b"", [raw], [crc_of([raw])] if raw else []
+        header = self._header().encode("utf-8")
+        data = self._data
+        if data is None:
+            if self._rendered is None:
                 lines = self.lines
-                self._rendered_body = "\n".join(lines) + "\n" if lines else ""
-            parts.append(self._rendered_body)
-            return parts
-        start = 0
-        for position, key in sorted((self._positions[key], key) for key in self._edits):
-            parts.append(body[start:position])
-            line = self._edits[key]
-            if line:
-                parts.append(line + "\n")
-            start = body.index("\n", position) + 1
-        parts.append(body[start:] if start else body)
-        parts.extend(line + "\n" for line in self._added.values())
-        return parts
+                body = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+                self._rendered = (body, segments_of(body) if self._vouchable() else None)
+            return header, [self._rendered[0]], self._rendered[1]
+        view = memoryview(data)
+        if self._segments is None:
+            self._segments = segments_of(data, self._start, self._end)
+        pieces: list[bytes | memoryview] = []
+        segments: list[Segment] = []
+        edits = sorted((self._positions[key], key) for key in self._edits)
+        unchanged_from = self._start  # the start of the run of unchanged segments not yet added to pieces
+        position = self._start
+        next_edit = 0
+        for number, (length, crc) in enumerate(self._segments):
+            end = position + length
+            if next_edit == len(edits) or edits[next_edit][0] >= end:
+                segments.append((length, crc))
+                position = end
+                continue
+            if unchanged_from < position:
+                pieces.append(view[unchanged_from:position])
+            edited: list[bytes | memoryview] = []
+            cursor = position
+            while next_edit < len(edits) and edits[next_edit][0] < end:
+                at, key = edits[next_edit]
+                edited.append(view[cursor:at])
+                line = self._edits[key]
+                if line:
+                    edited.append(f"{line}\n".encode())
+                cursor = data.index(b"\n", at) + 1
+                next_edit += 1
+            edited.append(view[cursor:end])
+            segment = self._edited_segments.get(number)
+            if segment is None:
+                segment = self._edited_segments[number] = crc_of(edited)
+            if segment[0]:
+                segments.append(segment)
+            pieces.extend(edited)
+            position = unchanged_from = end
+        if unchanged_from < position:
+            pieces.append(view[unchanged_from:position])
+        if self._added:
+            if self._added_written is None:
+                added = "".join(f"{line}\n" for line in self._added.values() if line).encode("utf-8")
+                self._added_written = (added, segments_of(added))
+            pieces.append(self._added_written[0])
+            segments.extend(self._added_written[1])
+        # A family given other bounds than the catalogue's (lifecycle.migrate_histograms): see _vouchable.
+        return header, pieces, segments if self.owned is FAMILIES_BY_NAME.get(self.name) else None
+
+    def _vouchable(self) -> bool:
+        """A body built line by line can be vouched for unless it is a histogram without whole series of the
+        catalogue's buckets (a reader that trusts the layout takes a histogram's runs as whole series)."""
+        if self.owned is not FAMILIES_BY_NAME.get(self.name):
+            return False  # a family given other bounds than the catalogue's (lifecycle.migrate_histograms)
+        if self.owned is None or self.owned.kind is not Kind.HISTOGRAM:
+            return True
+        try:
+            check_buckets(self, self.owned)
+        except ParseError:
+            return False
+        return True
+
+    def parts(self) -> list[bytes | memoryview]:
+        """The block's text in pieces whose concatenation is :meth:`render`, encoded: unchanged text is not
+        copied."""
+        header, pieces, _ = self.written()
+        return [header, *pieces] if header else pieces
 
     def render(self) -> str:
-        return "".join(self.parts())
+        return b"".join(self.parts()).decode("utf-8")
 
 
-def _find_line(body: str, needle: str, start: int, end: int) -> int:
-    """The first line of ``body`` starting with ``needle`` at or after ``start``, within ``end``; -1 if none."""
-    position = body.find(needle, start, end)
-    while position > 0 and body[position - 1] != "\n":
-        position = body.find(needle, position + 1, end)
+def _find_line(data: bytes, needle: bytes, start: int, end: int, body_start: int) -> int:
+    """The first line of ``data`` (whose lines begin at ``body_start``) starting with ``needle`` at or after
+    ``start``, within ``end``; -1 if none."""
+    position = data.find(needle, start, end)
+    while position > body_start and data[position - 1] != 0x0A:
+        position = data.find(needle, position + 1, end)
     return position
 
 
@@ -667,21 +776,105 @@ class Document:
         return block
 
     def render(self) -> str:
-        return "".join(self.parts())
+        return b"".join(self.parts()).decode("utf-8")
 
-    def parts(self) -> list[str]:
-        """The file's text in pieces whose concatenation is :meth:`render`: the text of unchanged families is
-        not copied (a writer encodes and writes it piece by piece)."""
-        parts = []
-        for key in sorted(self.meta):
-            value = self.meta[key]
+    def parts(self) -> list[bytes | memoryview]:
+        """The file's bytes in pieces whose concatenation is :meth:`render`, encoded: the spans of unchanged
+        families are not copied. The meta lines come first, the layout line among them (see layout.py) when
+        the file holds a family of ours and every block can be vouched for."""
+        body: list[bytes | memoryview] = [self.preamble.encode("utf-8")] if self.preamble else []
+        entries: list[tuple[str, Segment | None, list[Segment]]] = []
+        vouched = not self.preamble and any(block.owned is not None for block in self.blocks.values())
+        for block in self.blocks.values():
+            header, pieces, segments = block.written()
+            if header:
+                body.append(header)
+            body.extend(pieces)
+            if segments is None or (block.raw is None and not header):
+                vouched = False
+            elif vouched:
+                entries.append((block.name, None if block.raw is not None else crc_of([header]), segments))
+        meta = {key: value for key, value in self.meta.items() if key != layout.KEY}
+        if vouched:
+            meta[layout.KEY] = layout.render(entries)
+        lines = []
+        for key in sorted(meta):
+            value = meta[key]
             if not _re(r"[^\s:]+").fullmatch(key) or "\n" in value:
                 raise ValueError(f"meta key {key!r} or its value {value!r} cannot be written on one comment line")
-            parts.append(f"{META_PREFIX}{key}: {value}\n" if value else f"{META_PREFIX}{key}:\n")
-        parts.append(self.preamble)
-        for block in self.blocks.values():
-            parts.extend(block.parts())
-        return parts
+            lines.append(f"{META_PREFIX}{key}: {value}\n" if value else f"{META_PREFIX}{key}:\n")
+        return ["".join(lines).encode("utf-8"), *body]
+
+
+def read_vouched(data: bytes) -> Document | None:
+    """The document of a file whose layout line vouches for every byte after the meta lines (see layout.py),
+    read from its checksums and headers without looking at a sample line; None if it does not (the caller
+    then reads it the slow way, :func:`parse`, which checks every line)."""
+    prefix = META_PREFIX.encode("ascii")
+    meta: dict[str, str] = {}
+    position = 0
+    try:
+        while data.startswith(prefix, position):
+            newline = data.find(b"\n", position)
+            if newline < 0:
+                return None
+            key, separator, value = data[position + len(prefix) : newline].decode("utf-8").partition(":")
+            if not separator or not key or _re(r".*\s").match(key):
+                return None
+            meta[key] = value.strip(" \t")
+            position = newline + 1
+        entries = layout.parse(meta.pop(layout.KEY, ""))
+        if not entries:
+            return None
+        document = Document()
+        document.meta = meta
+        for name, header, body in entries:
+            owned = FAMILIES_BY_NAME.get(name)
+            if name in document.blocks or (owned is None) != (header is None):
+                return None
+            if header is None:
+                end = layout.matches(data, position, body)
+                if end < 0:
+                    return None
+                document.blocks[name] = _raw_block(name, data[position:end].decode("utf-8"))
+                position = end
+                continue
+            assert owned is not None
+            header_end = layout.matches(data, position, [header])
+            if header_end < 0:
+                return None
+            comments = data[position:header_end].decode("utf-8").split("\n")
+            if comments.pop() or comments[-2:] != [f"# HELP {name} {owned.help}", f"# TYPE {name} {owned.kind.value}"]:
+                return None
+            end = layout.matches(data, header_end, body)
+            if end < 0:
+                return None
+            block = Block(name, help=owned.help, type=owned.kind.value, owned=owned)
+            block.comments = comments[:-2]
+            block.set_body(data, header_end, end, body)
+            document.blocks[name] = block
+            position = end
+    except UnicodeDecodeError:
+        return None
+    return document if position == len(data) else None
+
+
+def _raw_block(name: str, text: str) -> Block:
+    """A block of a family we do not own, kept as ``text``, with the HELP and TYPE that text gives it."""
+    block = Block(name)
+    block.raw = text
+    block._lines = None
+    for match in _re(r"(?m)^[ \t]*#.*$").finditer(text):
+        try:
+            header = _read_comment(match.group())
+        except ParseError:
+            continue
+        if header is not None and header[1] == name and header[2]:
+            if header[0] == "HELP":
+                block.help = header[2]
+            else:
+                block.type = header[2].lower()
+    return block
 
 
 # Parsing a whole file
@@ -937,8 +1130,8 @@ class _Scan:
             block.help = family.help  # ours replaces the HELP an earlier version wrote
             body = "".join(pieces)
             if self.canonical[block.name]:
-                block._body = body
-                block._lines = None
+                encoded = body.encode("utf-8")
+                block.set_body(encoded, 0, len(encoded))
             else:
                 block.lines = body.split("\n")[:-1]
         return self.document
@@ -954,6 +1147,16 @@ def parse(text: str, check_histograms: bool = True) -> Document:
     What the merge's read does not look for: a series that appears twice, negative counters, buckets that
     are not cumulative (node_exporter serves such files); ``check_text`` finds them."""
     document = _Scan(text, None).run()
+    claimed = layout.parse(document.meta.pop(layout.KEY, ""))  # written anew with every file
+    if claimed:
+        # A family's body that still matches the segments the file lists keeps them: cut where an earlier
+        # writer cut it, so that writing the document back gives the same bytes.
+        bodies = {name: body for name, header, body in claimed if header is not None}
+        for block in document.blocks.values():
+            segments = bodies.get(block.name)
+            data = block._data
+            if segments is not None and data is not None and layout.matches(data, 0, segments) == len(data):
+                block._segments = list(segments)
     if check_histograms:
         for block in document.blocks.values():
             if block.owned is not None and block.owned.kind is Kind.HISTOGRAM:
@@ -961,10 +1164,24 @@ def parse(text: str, check_histograms: bool = True) -> Document:
     return document
 
 
+def parse_bytes(data: bytes, check_histograms: bool = True) -> Document:
+    """:func:`parse` of a file's bytes: a file whose layout line vouches for it (one this package wrote, not
+    changed since) is taken as written, without a look at its sample lines; any other is decoded and checked
+    line by line. Raises ParseError as :func:`parse` does, and for bytes that are not UTF-8."""
+    document = read_vouched(data)
+    if document is not None:
+        return document
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ParseError(f"not UTF-8 text (byte {error.start})") from None
+    return parse(text, check_histograms)
+
+
 def check_buckets(block: Block, family: Family) -> None:
     """Every series of a histogram has exactly the catalogue's buckets."""
     bounds = family.bucket_bounds
-    if block._body is not None:
+    if block._data is not None:
         return  # read as whole series of our format (see _canonical_run), changed only by whole series
     bucket_prefix = family.name + "_bucket"
     seen: dict[str, list[str]] = {}

@@ -1,0 +1,121 @@
+"""The layout line: how a file this package wrote vouches for itself, so that the next reader can take it as
+written instead of checking every line.
+
+Every file the store writes carries one meta line, ``# fraisier_textfile layout: <fingerprint> <block>...``,
+that lists, in file order, each family block after the meta lines and the CRC-32 of its bytes::
+
+    fraisier_deployments_total/58.1c2d3e4f/32768.0a1b2c3d/1204.99aabbcc    a family of ours: header, then body
+    node_cpu_seconds/r/412.5e6f7a8b                                          another family, kept as its text
+
+A family of ours is its header (stray comments, HELP, TYPE) and its body (sample lines) cut into segments of
+about :data:`SEGMENT` bytes at line ends. The fingerprint names this version's catalogue (families, labels,
+bucket bounds) and the format: a file written by a version with other bounds is not vouched for, and is read
+and checked line by line (and migrated, lifecycle.migrate_histogram).
+
+Why segments: a merge that changes three series rewrites only the checksums of the segments they fall in
+(tens of microseconds), not of the whole family (the deployment histogram is most of a big file). Why CRC-32
+and not a hash: zlib computes it at several GB/s, and what it guards against is a file changed by someone else
+(an editor, a script, a half-copied file), not a forger: whoever can write the file can already write any
+value into it. A file whose layout does not match to the byte is simply read the slow way, never refused for
+it: the layout is an accelerator, not a format rule (node_exporter and Go's parser see only a comment).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+
+from fraisier_textfile.catalogue import FAMILIES
+
+KEY = "layout"
+SEGMENT = 1 << 15
+"""The body is cut at the first line end past this many bytes: small enough that re-checksumming the segment
+an edit falls in is cheap, large enough that a 100,000-series file lists a few hundred segments."""
+RAW = "r"
+
+Segment = tuple[int, int]  # (length in bytes, CRC-32)
+
+
+def _catalogue_fingerprint() -> str:
+    described = "\n".join(
+        f"{family.name} {family.kind.value} {','.join(family.labels)} {','.join(family.bucket_bounds)} {family.help}"
+        for family in FAMILIES
+    )
+    # The format's own version first: a change to how blocks or segments are cut must not be read as valid.
+    return f"{zlib.crc32(('1 ' + described).encode('utf-8')):08x}"
+
+
+FINGERPRINT = _catalogue_fingerprint()
+
+
+def segments_of(data: bytes, start: int = 0, end: int | None = None) -> list[Segment]:
+    """``data[start:end]`` (whole lines) cut into segments at the first line end past SEGMENT bytes."""
+    view = memoryview(data)
+    end = len(data) if end is None else end
+    found: list[Segment] = []
+    while start < end:
+        cut = data.find(b"\n", start + SEGMENT, end) + 1 if end - start > SEGMENT else end
+        cut = cut or end
+        found.append((cut - start, zlib.crc32(view[start:cut])))
+        start = cut
+    return found
+
+
+def crc_of(parts: Iterable[bytes | memoryview]) -> Segment:
+    """The segment of the concatenation of ``parts``, checksummed piece by piece (no joined copy)."""
+    crc = 0
+    length = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+        length += len(part)
+    return length, crc
+
+
+def matches(data: bytes, start: int, segments: Sequence[Segment]) -> int:
+    """The end of the segments if ``data`` from ``start`` holds exactly them; -1 if not."""
+    view = memoryview(data)
+    position = start
+    for length, crc in segments:
+        end = position + length
+        if length <= 0 or end > len(data) or zlib.crc32(view[position:end]) != crc:
+            return -1
+        position = end
+    return position
+
+
+def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]]) -> str:
+    """The line's value. Each block: its name, its header's segment (None: a family we do not own, whose whole
+    text is in its segments) and its body's segments."""
+    words = [FINGERPRINT]
+    for name, header, body in blocks:
+        fields = [name, RAW if header is None else _segment_text(header)]
+        fields.extend(_segment_text(segment) for segment in body)
+        words.append("/".join(fields))
+    return " ".join(words)
+
+
+def parse(value: str) -> list[tuple[str, Segment | None, list[Segment]]] | None:
+    """The blocks of a layout line of this version's catalogue; None if it is not one (another version's, or
+    anything else: the file is then read the slow way)."""
+    words = value.split(" ")
+    if words[0] != FINGERPRINT:
+        return None
+    blocks: list[tuple[str, Segment | None, list[Segment]]] = []
+    try:
+        for word in words[1:]:
+            name, header, *body = word.split("/")
+            blocks.append((name, None if header == RAW else _segment(header), [_segment(text) for text in body]))
+    except ValueError:
+        return None
+    return blocks
+
+
+def _segment_text(segment: Segment) -> str:
+    return f"{segment[0]}.{segment[1]:08x}"
+
+
+def _segment(text: str) -> Segment:
+    length, _, crc = text.partition(".")
+    if not length.isdigit() or len(crc) != 8:
+        raise ValueError(text)
+    return int(length), int(crc, 16)

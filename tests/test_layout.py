@@ -1,0 +1,180 @@
+"""The layout line (layout.py): a file the store wrote is read back from its checksums, and is then the same
+document as the line-by-line reading gives; a file changed by anyone else, by even one byte, is read line by
+line, so the layout never makes the store accept what it would refuse."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fraisier_textfile import MetricsRecorder, layout
+from fraisier_textfile import catalogue as c
+from fraisier_textfile.errors import CorruptTextfileError
+from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.textformat import ParseError, parse, parse_bytes, read_vouched
+
+LAYOUT_PREFIX = b"# fraisier_textfile layout: "
+
+
+def written_file(directory: Path, providers: int = 40) -> Path:
+    """A file of several families, written by the store, big enough for several segments per family."""
+    recorder = MetricsRecorder(directory, auto_flush=False)
+    for number in range(providers):
+        for status in ("success", "failed"):
+            recorder.record_deployment_complete(f"provider_{number:03d}", "api", status, 1.5 + number)
+        recorder.record_health_check(f"provider_{number:03d}", "http", "pass", 0.25)
+    recorder.record_rollback("p", "health", 3.0)
+    recorder.flush()
+    return directory / "fraisier.prom"
+
+
+def body_start(data: bytes) -> int:
+    """Where the text after the meta lines starts."""
+    position = 0
+    while data.startswith(b"# fraisier_textfile ", position):
+        position = data.index(b"\n", position) + 1
+    return position
+
+
+def slow(data: bytes) -> str:
+    """The document the line-by-line reading gives, rendered."""
+    return parse(data.decode("utf-8"), check_histograms=False).render()
+
+
+def test_a_file_the_store_wrote_is_vouched_for_and_read_as_the_slow_reading_reads_it(tmp_path: Path) -> None:
+    data = written_file(tmp_path).read_bytes()
+    assert data.count(LAYOUT_PREFIX) == 1
+    document = read_vouched(data)
+    assert document is not None
+    assert document.render() == slow(data) == data.decode()
+    assert all(block._lines is None for block in document.blocks.values() if block.owned)  # nothing split
+    # A big family is cut into segments, each listed.
+    [value] = [line for line in data.decode().splitlines() if line.startswith(LAYOUT_PREFIX.decode())]
+    entries = layout.parse(value[len(LAYOUT_PREFIX) :])
+    assert entries is not None
+    assert max(len(body) for _, _, body in entries) > 1
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_file_changed_by_anyone_else_is_read_line_by_line(tmp_path: Path, data: st.DataObject) -> None:
+    path = tmp_path / "fraisier.prom"
+    if not path.exists():
+        written_file(tmp_path, providers=8)
+    original = path.read_bytes()
+    start = body_start(original)
+    position = data.draw(st.integers(start, len(original) - 1))
+    replacement = data.draw(st.sampled_from([b"", b"x", b"1", b" ", b"\n", b"#", b'"', b"\xff", b"9 9"]))
+    if original[position : position + 1] == replacement:
+        return
+    changed = original[:position] + replacement + original[position + 1 :]
+    assert read_vouched(changed) is None
+    try:
+        expected: str | ParseError = slow(changed)
+    except (ParseError, UnicodeDecodeError) as error:
+        expected = error if isinstance(error, ParseError) else ParseError("not UTF-8")
+    if isinstance(expected, ParseError):
+        with pytest.raises(ParseError):
+            parse_bytes(changed, check_histograms=False)
+    else:
+        assert parse_bytes(changed, check_histograms=False).render() == expected
+
+
+def test_a_garbled_line_is_refused_by_the_store_although_the_layout_line_is_intact(tmp_path: Path) -> None:
+    path = written_file(tmp_path)
+    original = path.read_bytes()
+    garbled = original.replace(b"} 1.0\n", b"} 1.0 junk\n", 1)
+    assert garbled != original and len(garbled) != len(original)
+    path.write_bytes(garbled)
+    with pytest.raises(CorruptTextfileError, match="line"):
+        TextfileStore(tmp_path).merge(_one_event())
+    assert path.read_bytes() == garbled  # refused, left as it was
+
+
+def test_the_same_length_change_of_a_value_is_noticed(tmp_path: Path) -> None:
+    path = written_file(tmp_path)
+    original = path.read_bytes()
+    key = 'fraisier_deployments_total{provider="provider_003",status="success",fraise_type="api"}'
+    changed = original.replace(f"{key} 1.0\n".encode(), f"{key} 7.0\n".encode())
+    assert changed != original and len(changed) == len(original)
+    assert read_vouched(changed) is None
+    document = parse_bytes(changed)
+    assert document.blocks[c.DEPLOYMENTS.name].value(key) == 7.0
+
+
+def test_another_versions_layout_is_not_trusted(tmp_path: Path) -> None:
+    data = written_file(tmp_path).read_bytes()
+    other = data.replace(LAYOUT_PREFIX + layout.FINGERPRINT.encode(), LAYOUT_PREFIX + b"00000000", 1)
+    assert read_vouched(other) is None
+    assert parse_bytes(other).render() == data.decode()  # read the slow way, and vouched for again when written
+
+
+def test_a_layout_line_that_does_not_fit_the_file_is_ignored(tmp_path: Path) -> None:
+    data = written_file(tmp_path).read_bytes()
+    for damaged in (
+        data.replace(b"/", b"//", 1),  # an empty field
+        data.replace(b"fraisier_deployments_total/1", b"fraisier_deployments_total/2", 1),  # a header length
+        data + b"other_metric 1\n",  # text after the blocks it lists
+        data.replace(b"fraisier_deployments_total/", b"fraisier_rollbacks_total/", 1),  # a name twice
+    ):
+        assert read_vouched(damaged) is None
+        parse_bytes(damaged)  # still a valid file, read line by line
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), merges=st.integers(1, 12))
+def test_after_any_merges_the_file_is_vouched_for_and_reads_as_the_slow_reading_does(
+    tmp_path: Path, seed: int, merges: int
+) -> None:
+    """A warm recorder edits, adds and (through forget) removes series merge after merge, re-checksumming only
+    the segments it changed: the file it leaves must still be vouched for, to the byte."""
+    directory = tmp_path / f"case-{seed}-{merges}"
+    written_file(directory, providers=30)
+    chance = random.Random(seed)
+    recorder = MetricsRecorder(directory, auto_flush=False)
+    for _ in range(merges):
+        for _ in range(chance.randint(1, 6)):
+            provider = f"provider_{chance.randint(0, 45):03d}"  # some new, most existing
+            chance.choice([
+                lambda p=provider: recorder.record_deployment_complete(p, "api", "success", chance.random() * 100),
+                lambda p=provider: recorder.record_health_check(p, "http", "fail", chance.random()),
+                lambda p=provider: recorder.record_deployment_error(p, "TimeoutError"),
+            ])()
+        recorder.flush()
+        if chance.random() < 0.2:
+            store = TextfileStore(directory)
+            from fraisier_textfile.lifecycle import Selection, forget
+
+            forget(store, Selection(matchers=[("provider", f"provider_{chance.randint(0, 45):03d}")]))
+        data = (directory / "fraisier.prom").read_bytes()
+        document = read_vouched(data)
+        assert document is not None
+        assert document.render() == slow(data) == data.decode()
+
+
+def test_a_histogram_with_other_bounds_is_not_vouched_for() -> None:
+    from fraisier_textfile.lifecycle import migrate_histograms
+
+    text = (
+        f"# TYPE {c.ROLLBACK_DURATION.name} histogram\n"
+        f'{c.ROLLBACK_DURATION.name}_bucket{{provider="p",le="1.0"}} 1\n'
+        f'{c.ROLLBACK_DURATION.name}_bucket{{provider="p",le="+Inf"}} 1\n'
+        f'{c.ROLLBACK_DURATION.name}_sum{{provider="p"}} 0.5\n{c.ROLLBACK_DURATION.name}_count{{provider="p"}} 1\n'
+    )
+    family = c.ROLLBACK_DURATION
+    other = c.Family(family.name, family.kind, family.labels, family.help, buckets=(1.0,))
+    document = parse(text, check_histograms=False)
+    migrate_histograms(document, targets=[other])
+    assert LAYOUT_PREFIX not in document.render().encode()
+
+
+def _one_event():  # type: ignore[no-untyped-def]
+    from fraisier_textfile.changes import Changes
+
+    changes = Changes()
+    changes.add(c.ROLLBACKS, ("p", "health"), 1.0)
+    return changes
