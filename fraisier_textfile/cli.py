@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from fraisier_textfile import __version__, logs
+from fraisier_textfile import __version__, handover, logs
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
@@ -305,6 +305,7 @@ def refresh(settings: Settings, expire_after: str | None) -> None:
         store.lifecycle.expire_after = retention
     with library_errors():
         store.merge(events.Changes())
+    handover.wait_for_removals()  # a tidy directory after a refresh: the applied hand-overs are gone
     for series in store.lifecycle.forgotten:
         click.echo(f"expired {series}")
 

@@ -557,7 +557,7 @@ class TextfileStore:
                 # writers' fsyncs) can take seconds for a few hundred hand-overs, and the lock was held all that
                 # time. Nothing below may fail the merge: the file is written. A hand-over or a marker not
                 # removed yet (or ever) stays listed in the file, so no merger counts it again.
-                handover.remove(self.directory, applied)
+                handover.remove_soon(self.directory, applied)
                 for marker_id in to_remove:
                     liveness.remove_marker(self.directory, marker_id)
                 return

@@ -212,6 +212,7 @@ def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textf
     store.merge(Changes())
     values = sample_values(store.path)
     assert [error_count(values, f"event_{number}") for number in range(handed_over)] == [1] * handed_over
+    assert handover.wait_for_removals()  # more than INLINE_REMOVALS are deleted by the background thread
     assert os.listdir(handover.handover_directory(textfile_dir)) == []
     store.merge(Changes())
     assert handover.APPLIED_KEY not in store.path.read_text()
@@ -280,3 +281,46 @@ def test_the_hand_over_directory_is_shared_by_the_group_whatever_the_umask(
     assert stat.S_IMODE(directory.stat().st_mode) == 0o775 | (textfile_mode & stat.S_ISGID)
     [handed_over] = directory.iterdir()
     assert stat.S_IMODE(handed_over.stat().st_mode) == 0o644
+
+
+def test_many_applied_hand_overs_are_deleted_in_the_background_and_stay_listed_until_they_are_gone(
+    textfile_dir: Path,
+) -> None:
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    count = handover.INLINE_REMOVALS * 3
+    with lock_held_elsewhere(store.lock_path):
+        for number in range(count):
+            changes = Changes()
+            events.deployment_error(changes, "bare_metal", f"many_{number}")
+            assert store.merge_or_hand_over(changes, wait=0.01) is False
+    store.merge(Changes())
+    # Listed as applied by the file that holds them, whether or not the thread has deleted them yet.
+    listed = store.path.read_text().split(f"# fraisier_textfile {handover.APPLIED_KEY}: ")[1].split("\n")[0]
+    assert len(listed.split()) == count
+    assert handover.wait_for_removals()
+    assert os.listdir(handover.handover_directory(textfile_dir)) == []
+    values = sample_values(store.path)
+    assert [error_count(values, f"many_{number}") for number in range(count)] == [1] * count
+    store.merge(Changes())
+    assert handover.APPLIED_KEY not in store.path.read_text()
+    assert sample_values(store.path) == values
+
+
+def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    for number in range(handover.INLINE_REMOVALS * 2):
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", f"child_{number}")
+        store.hand_over(changes)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            TextfileStore(textfile_dir).merge(Changes())
+            os._exit(0 if handover.wait_for_removals() else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert os.listdir(handover.handover_directory(textfile_dir)) == []
