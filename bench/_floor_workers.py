@@ -147,6 +147,15 @@ def warm(directory: str, floor_path: str, repetitions: str) -> None:
     report({"warm_seconds": warm_samples, "floor_seconds": floor_samples})
 
 
+def fresh_floor(path: str) -> None:
+    """The I/O floor as a new process pays it, after the same imports as ``fresh``: its first read of the file
+    faults in fresh memory, which a process that read it before (``warm``, where the floor is timed) reuses."""
+    import fraisier_textfile  # noqa: F401
+    from fraisier_textfile import MetricsRecorder  # noqa: F401
+
+    report({"floor_seconds": floor_once(path)})
+
+
 def floor(path: str, repetitions: str) -> None:
     report({"floor_seconds": [floor_once(path) for _ in range(int(repetitions))]})
 

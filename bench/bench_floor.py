@@ -179,15 +179,21 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
     warm, _ = run_worker(package, "warm", warm_directory, floor_path, repetitions * 4)
 
     fresh_directory = copy_of(master, root / f"{series}" / "fresh").parent
+    fresh_floor_path = copy_of(master, root / f"{series}" / "fresh-floor")
+    fresh_floors: list[float] = []
     fresh_runs: list[dict[str, Any]] = []
     fresh_walls: list[float] = []
     import_runs: list[dict[str, Any]] = []
     import_walls: list[float] = []
     interpreter_walls: list[float] = []
     for number in range(repetitions + 1):  # the first round warms the page cache and is not kept
-        steps = ["fresh", "imports", "interpreter"]
+        steps = ["fresh", "fresh_floor", "imports", "interpreter"]
         for step in steps if number % 2 else reversed(steps):
-            if step == "fresh":
+            if step == "fresh_floor":
+                report, _ = run_worker(package, "fresh_floor", fresh_floor_path)
+                if number:
+                    fresh_floors.append(report["floor_seconds"])
+            elif step == "fresh":
                 report, wall = run_worker(package, "fresh", fresh_directory)
                 if number:
                     fresh_runs.append(report)
@@ -211,7 +217,12 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
         "series": series,
         "file_bytes": size,
         "floor": floor,
-        "fresh_merge": {**fresh, "ratio": fresh["median_seconds"] / floor["median_seconds"]},
+        "fresh_merge": {
+            **fresh,
+            "ratio": fresh["median_seconds"] / floor["median_seconds"],
+            "ratio_to_fresh_floor": fresh["median_seconds"] / statistics.median(fresh_floors),
+        },
+        "fresh_floor": summary(fresh_floors),
         "warm_merge": {**warm_summary, "ratio": warm_summary["median_seconds"] / floor["median_seconds"]},
         "fresh_start_to_imported": summary([run["start_to_imported_seconds"] for run in fresh_runs]),
         "whole_fresh_process": summary(fresh_walls),
@@ -436,6 +447,7 @@ def render_sizes(result: dict[str, Any]) -> None:
             ("I/O floor: read + write + fsync + rename", size["floor"], None),
             ("fresh recorder in a new process, +1 event", size["fresh_merge"], GOALS["fresh"]),
             ("warm recorder, +1 event", size["warm_merge"], GOALS["warm"]),
+            ("beside: the I/O floor in a new process (its first read)", size["fresh_floor"], None),
             ("beside: the imports, in the fresh process", size["fresh_start_to_imported"], None),
             ("beside: whole fresh process (start, imports, merge, exit)", size["whole_fresh_process"], None),
             ("beside: whole process that only imports", size["whole_import_only_process"], None),
@@ -462,6 +474,14 @@ def render_sizes(result: dict[str, Any]) -> None:
         notes=[
             "the floor and the warm recorder run interleaved in one process; the fresh, import-only and bare "
             "interpreter processes alternate",
+            "the floor in a new process: the same read + write + fsync + rename, once, after the same imports as "
+            "the fresh merge, whose first read of a big file faults in fresh memory as the merge's does: "
+            + ", ".join(
+                f"{size['series']:,}: the fresh merge is {format_ratio(size['fresh_merge']['ratio_to_fresh_floor'])} "
+                "of it"
+                for size in result["sizes"]
+                if "ratio_to_fresh_floor" in size["fresh_merge"]
+            ),
             "the fresh merge is timed inside its process: construction, the first read and the merge, not the "
             "interpreter's start or the imports (shown beside; the recorder's module and prometheus_client, "
             "which fraisier_textfile loads on first use of MetricsRecorder, among them)",

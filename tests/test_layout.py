@@ -178,3 +178,18 @@ def _one_event():  # type: ignore[no-untyped-def]
     changes = Changes()
     changes.add(c.ROLLBACKS, ("p", "health"), 1.0)
     return changes
+
+
+def test_meta_lines_with_non_ascii_values_are_written_back_as_they_were(tmp_path: Path) -> None:
+    recorder = MetricsRecorder(tmp_path)
+    recorder.record_deployment_complete("çà-日本", "api", "success", 1.0)
+    recorder.record_deployment_complete("plain", "api", "success", 1.0)
+    path = tmp_path / "fraisier.prom"
+    data = path.read_bytes()
+    assert "çà-日本".encode() in data.split(b"\n# HELP")[0]  # in a meta line (the series' update times)
+    document = read_vouched(data)
+    assert document is not None
+    assert b"".join(document.parts()) == data
+    MetricsRecorder(tmp_path).record_deployment_complete("plain", "api", "failed", 1.0)
+    again = path.read_bytes()
+    assert read_vouched(again) is not None and again.decode() == slow(again)
