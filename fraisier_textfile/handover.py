@@ -104,7 +104,11 @@ def decode(data: bytes) -> Changes:
             key = _series(name, labels)
             if len(buckets) != len(key[0].buckets) + 1:
                 raise UnreadableHandover(f"{name} has {len(buckets)} buckets here, not {len(key[0].buckets) + 1}")
-            delta = HistogramDelta([_whole_number(name, bucket) for bucket in buckets])
+            # As the recorder writes them, the buckets are ints >= 0: checked in one pass, not one call each.
+            if buckets.__class__ is list and all(bucket.__class__ is int for bucket in buckets) and min(buckets) >= 0:
+                delta = HistogramDelta(buckets)
+            else:
+                delta = HistogramDelta([_whole_number(name, bucket) for bucket in buckets])
             delta.sum = _number(name, total)
             delta.count = _whole_number(name, count)
             if delta.count != sum(delta.buckets):  # else the file's +Inf bucket and count would disagree
@@ -127,6 +131,8 @@ def decode(data: bytes) -> Changes:
 
 def _number(name: str, value: object) -> float:
     """A value as the recorder makes them: a finite number >= 0 (what else would poison every later merge)."""
+    if (value.__class__ is float or value.__class__ is int) and 0 <= value < _INFINITY:
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise UnreadableHandover(f"{name} has the value {value!r}, not a finite number >= 0")
     return float(value)
@@ -139,7 +145,29 @@ def _whole_number(name: str, value: object) -> int:
     return int(number)
 
 
+_INFINITY = float("inf")
+_checked_series: dict[tuple[str, tuple[object, ...]], tuple[c.Family, tuple[str, ...]]] = {}
+"""Series already checked by :func:`_series`: a merge under contention reads a hundred hand-overs of the same
+few series, and checking their label values again cost most of reading them."""
+
+
 def _series(name: str, labels: object) -> tuple[c.Family, tuple[str, ...]]:
+    if labels.__class__ is list:
+        seen = (name, tuple(labels))
+        known = _checked_series.get(seen)
+        if known is not None:
+            return known
+        checked = _check_series(name, labels)
+        if len(_checked_series) >= 10_000:
+            _checked_series.clear()
+        # Only strings are kept: the tuple's items are compared by ==, and 1 == 1.0 == True.
+        if all(value.__class__ is str for value in seen[1]):
+            _checked_series[seen] = checked
+        return checked
+    return _check_series(name, labels)
+
+
+def _check_series(name: str, labels: object) -> tuple[c.Family, tuple[str, ...]]:
     family = c.FAMILIES_BY_NAME.get(name)
     if family is None:
         raise UnreadableHandover(f"the family {name} is not in this version's catalogue")

@@ -68,6 +68,10 @@ CLOCK_TOLERANCE = 300.0
 written while some clock was wrong (stepped back since, or a process with a fake time): a merge that touches
 it replaces it with its own value instead of keeping the larger one, unless the file itself was last written
 further ahead than this of its clock: then its clock is the wrong one, and the stored value stays."""
+LITTER_INTERVAL = 60.0
+"""Seconds between two looks of one store for killed writers' temporary files (textfile, markers, hand-overs).
+They are litter, not data (a hand-over's is kept an hour anyway), and listing directories that 16 writers keep
+changing waited on their locks: 10-20 ms of some merges. A new process looks at its first merge."""
 LATE_MERGE_BUDGET = 0.025
 """Seconds a process may spend, after its own merge, merging hand-overs that arrived while it held the lock:
 one or two merges. Under sustained contention the other writers' own merges take the rest; a holder that kept
@@ -393,6 +397,7 @@ class TextfileStore:
         """The version of the file that failed to parse, and how: see _load."""
         # The hand-overs the last merge found (applied, or set aside): the others arrived since.
         self._handled_handovers: set[str] = set()
+        self._next_litter_check = 0.0  # see LITTER_INTERVAL
         # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
         self.lifecycle = SeriesLifecycle.from_environment(self.path) if lifecycle is None else lifecycle
 
@@ -632,7 +637,7 @@ class TextfileStore:
         # missed and the deployment counted crashed as well as ended).
         markers = self._probe_markers(document.retired_markers)
         applied, handed_over = self._collect_handovers(document)
-        combined = _combined([*handed_over, changes]) if handed_over else changes
+        combined = _combined([handed_over, changes]) if handed_over is not None else changes
         to_apply = self.lifecycle.before_merge(document, combined, read_from_disk)
         to_remove = self._account_markers(document, to_apply, markers)
         _apply(document, to_apply, self.path, time.time(), self._clock_is_behind())
@@ -672,39 +677,46 @@ class TextfileStore:
             )
         return True
 
-    def _collect_handovers(self, document: Document) -> tuple[list[str], list[Changes]]:
+    def _collect_handovers(self, document: Document) -> tuple[list[str], Changes | None]:
         """The ids of every hand-over now in the directory that the file will account for, and the changes of
-        those it does not hold yet (oldest first)."""
+        those it does not hold yet, combined in their order (None if there are none)."""
         ids = handover.pending(self.directory)
         self._handled_handovers = set(ids)
         if not ids:
-            return [], []
+            return [], None
         already = set(document.meta.get(handover.APPLIED_KEY, "").split())
-        applied, handed_over = [], []
+        read: dict[str, Changes] = {}
         for handover_id in ids:
-            if handover_id not in already:
+            if handover_id in already:
+                continue
+            try:
+                read[handover_id] = handover.read(self.directory, handover_id)
+            except handover.NewerHandover as error:
+                if handover_id not in _newer_handovers_logged:
+                    _newer_handovers_logged.add(handover_id)
+                    log.warning(
+                        "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
+                        "merger of that version; upgrade this one",
+                        handover.handover_directory(self.directory) / f"{handover_id}{handover.SUFFIX}", error,
+                    )
+            except handover.UnreadableHandover as error:
+                handover.set_aside(self.directory, handover_id, str(error))
+        # One that can never be summed into this file would fail this merge and every later one: set aside.
+        # Checked for all at once (amounts are >= 0, so if their total can be summed into the file, each can),
+        # and one by one only when that fails, to find the one at fault.
+        combined = _combined(list(read.values()))
+        try:
+            _check_summable(document, combined, self.path)
+        except InvalidValueError:
+            for handover_id, changes in list(read.items()):
                 try:
-                    changes = handover.read(self.directory, handover_id)
-                    # One that can never be summed into this file would fail this merge and every later one.
                     _check_summable(document, changes, self.path)
-                except handover.NewerHandover as error:
-                    if handover_id not in _newer_handovers_logged:
-                        _newer_handovers_logged.add(handover_id)
-                        log.warning(
-                            "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
-                            "merger of that version; upgrade this one",
-                            handover.handover_directory(self.directory) / f"{handover_id}{handover.SUFFIX}", error,
-                        )
-                    continue
-                except handover.UnreadableHandover as error:
-                    handover.set_aside(self.directory, handover_id, str(error))
-                    continue
                 except InvalidValueError as error:
                     handover.set_aside(self.directory, handover_id, str(error))
-                    continue
-                handed_over.append(changes)
-            applied.append(handover_id)
-        return applied, handed_over
+                    del read[handover_id]
+            combined = _combined(list(read.values()))
+        applied = [handover_id for handover_id in ids if handover_id in already or handover_id in read]
+        return applied, combined if read else None
 
     def _load(self) -> Document:
         if self._cached is not None:
@@ -719,7 +731,9 @@ class TextfileStore:
                 raise error.with_traceback(None)
             corrupt_version.close()
             self._corrupt = None
-        self._remove_stale_temporaries()
+        if time.monotonic() >= self._next_litter_check:
+            self._next_litter_check = time.monotonic() + LITTER_INTERVAL
+            self._remove_stale_temporaries()
         version, data = self.read_data()
         try:
             document = self.parse_data(data, check_histograms=False)
