@@ -335,7 +335,7 @@ class _DeferredSignals:
         global _signal_numbers
         if threading.current_thread() is threading.main_thread():
             if _signal_numbers is None:
-                _signal_numbers = tuple(map(int, signal.valid_signals()))
+                _signal_numbers = tuple(map(int, _raw_signal.valid_signals()))  # ints: the wrapper makes enums
             try:
                 for signum in _signal_numbers:
                     handler = _raw_signal.getsignal(signum)

@@ -66,6 +66,11 @@ _GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", 
 _compiled: dict[str, re.Pattern[str]] = {}
 
 
+def _has_blank(text: str) -> bool:
+    """Whether ``text`` holds a character that ``\\s`` matches (no pattern: compiling one cost a fresh merge)."""
+    return any(character.isspace() for character in text)
+
+
 def _re(pattern: str) -> re.Pattern[str]:
     compiled = _compiled.get(pattern)
     if compiled is None:
@@ -818,7 +823,7 @@ class Document:
             if read is not None and read[0] is value:
                 lines.append(read[1])
                 continue
-            if not _re(r"[^\s:]+").fullmatch(key) or "\n" in value:
+            if not key or ":" in key or _has_blank(key) or "\n" in value:
                 raise ValueError(f"meta key {key!r} or its value {value!r} cannot be written on one comment line")
             lines.append((f"{META_PREFIX}{key}: {value}\n" if value else f"{META_PREFIX}{key}:\n").encode())
         return [*lines, *body]
@@ -847,7 +852,7 @@ def read_vouched(data: bytes) -> Document | None:
             newline = text.index("\n", start)
             colon = text.find(":", start + len(META_PREFIX), newline)
             key = text[start + len(META_PREFIX) : colon]
-            if colon < 0 or not key or _re(r".*\s").match(key):
+            if colon < 0 or not key or _has_blank(key):
                 return None
             value = text[colon + (2 if text.startswith(" ", colon + 1) else 1) : newline].strip(" \t")
             meta[key] = value
@@ -1033,7 +1038,7 @@ class _Scan:
     def comment(self, line: str, number: int) -> None:
         if line.startswith(META_PREFIX):
             key, separator, value = line[len(META_PREFIX) :].partition(":")
-            if separator and key and not _re(r".*\s").match(key):
+            if separator and key and not _has_blank(key):
                 self.document.meta[key] = value.strip(" \t")
                 return
         try:
