@@ -61,6 +61,9 @@ hands its events over costs ~2 ms, one that waits and then merges a file another
 a parse and a write (~10 ms at 10,000 series), and the holder merges the hand-overs in one go after its own
 merge (group commit): with 16 processes racing, waiting made the slowest 1% of calls 4-8x slower."""
 LOCK_WAIT_BUDGET_ENVIRONMENT = "FRAISIER_LOCK_WAIT_BUDGET"
+LOCK_BUSY = "lock busy"
+"""The problem kind of a record call that found the lock busy and handed its events over: logged once per
+process and directory, as a warning."""
 
 
 @dataclass
@@ -871,7 +874,7 @@ class MetricsRecorder:
             self._failed_write = None
             if not merged:
                 self._note(
-                    "lock busy",
+                    LOCK_BUSY,
                     f"another process held {self.store.lock_path} (a record call does not wait for it; at exit, "
                     f"within a lock-wait budget of {self.lock_wait_budget:g}s in all, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
                     "the events were handed over, and that process, right after its merge, or the next merge by "
@@ -913,7 +916,9 @@ class MetricsRecorder:
         key = (str(self.store.directory), kind)
         if key not in _logged_problems:
             _logged_problems.add(key)
-            log.error("fraisier metrics: %s", message, exc_info=exc_info)
+            # A busy lock loses nothing (the events were handed over): a warning, not an error.
+            log.log(logging.WARNING if kind == LOCK_BUSY else logging.ERROR, "fraisier metrics: %s", message,
+                    exc_info=exc_info)
         else:
             log.debug("fraisier metrics: %s", message)
         self._noted.append(error if error is not None else FraisierTextfileError(message))
@@ -935,9 +940,12 @@ class MetricsRecorder:
     def _resolved(self) -> None:
         """The textfile was written: problems of writing it are over (and are logged again if they come back)."""
         directory = str(self.store.directory)
-        for kind in [kind for kind in self.problems if kind.startswith(("write ", "lock busy", "marker"))]:
+        for kind in [kind for kind in self.problems if kind.startswith(("write ", LOCK_BUSY, "marker"))]:
             del self.problems[kind]
-            _logged_problems.discard((directory, kind))
+            if kind != LOCK_BUSY:
+                # Logged again if it comes back. A busy lock is not: under contention writers take turns, and
+                # each turn would log the line again (dozens a second with 8 processes racing).
+                _logged_problems.discard((directory, kind))
             log.info("fraisier metrics: %s is written again", self.textfile_path)
 
     def _make_store(self, directory: Path | str, lock_timeout: float) -> TextfileStore:

@@ -326,6 +326,22 @@ def test_a_tracked_deployment_runs_and_hands_over_while_another_process_holds_th
     assert not list((textfile_dir / MARKER_DIRECTORY).iterdir())
 
 
+def test_a_lock_busy_now_and_then_is_one_warning_per_process_not_one_error_per_turn(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under contention writers take turns: busy, merged, busy again. The events are safe each time (handed
+    over), so the line is a warning, and it is not logged again after each merge of the recorder's own."""
+    recorder = MetricsRecorder(textfile_dir, lock_timeout=0.2)
+    for turn in range(3):
+        with lock_held_elsewhere(recorder.store.lock_path):
+            recorder.record_deployment_error("bare_metal", f"busy_{turn}")
+        recorder.record_deployment_error("bare_metal", f"free_{turn}")  # merged: the lock is free
+    busy = [record for record in caplog.records if "another process held" in record.getMessage()]
+    assert [record.levelname for record in busy] == ["WARNING"]
+    assert recorder.get_metrics_summary()["handed_over_events"] == 3
+    assert not recorder.pending
+
+
 def test_a_strict_recorder_raises_a_held_lock_after_handing_the_events_over(textfile_dir: Path) -> None:
     recorder = MetricsRecorder(textfile_dir, strict=True, lock_timeout=0.2)
     with lock_held_elsewhere(recorder.store.lock_path), pytest.raises(LockTimeoutError):
