@@ -131,11 +131,16 @@ def decode(data: bytes) -> Changes:
 
 def _number(name: str, value: object) -> float:
     """A value as the recorder makes them: a finite number >= 0 (what else would poison every later merge)."""
-    if (value.__class__ is float or value.__class__ is int) and 0 <= value < _INFINITY:
-        return float(value)
+    if value.__class__ is float and 0 <= value < _INFINITY:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise UnreadableHandover(f"{name} has the value {value!r}, not a finite number >= 0")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        # A JSON integer has no bound, and every int is < inf: one past the largest float cannot be converted.
+        # Escaping as OverflowError, it would fail this merge and every later one instead of being set aside.
+        raise UnreadableHandover(f"{name} has the value {value!r:.40}..., not a finite number >= 0") from None
 
 
 def _whole_number(name: str, value: object) -> int:

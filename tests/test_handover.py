@@ -65,8 +65,15 @@ def test_a_hand_over_holds_every_field_of_the_changes() -> None:
          b' "active_providers": [], "retired_markers": []}', "no_such_family is not in this version's catalogue"),
         (b'{"version": 1, "added": [["fraisier_deployment_errors_total", ["p", "e"], NaN]], "observed": [],'
          b' "latest": [], "maximum": [], "active_providers": [], "retired_markers": []}', "the value nan"),
+        # JSON integers have no bound: one past the largest float cannot even be converted to one.
+        (b'{"version": 1, "added": [["fraisier_deployment_errors_total", ["p", "e"], 1' + b"0" * 400 + b']],'
+         b' "observed": [], "latest": [], "maximum": [], "active_providers": [], "retired_markers": []}',
+         "not a finite number >= 0"),
+        (b'{"version": 1, "added": [], "observed": [["fraisier_rollback_duration_seconds", ["p"], [1' + b"0" * 400
+         + b', 0, 0, 0, 0, 0, 0, 0, 0], 1.0, 1' + b"0" * 400 + b']], "latest": [], "maximum": [],'
+         b' "active_providers": [], "retired_markers": []}', "not a finite number >= 0"),
     ],
-    ids=["corrupt", "other-format", "unknown-family", "not-a-number"],
+    ids=["corrupt", "other-format", "unknown-family", "not-a-number", "huge-integer", "huge-bucket"],
 )
 def test_a_hand_over_this_version_cannot_read_is_set_aside_and_the_rest_applied(
     textfile_dir: Path, data: bytes, problem: str, caplog: pytest.LogCaptureFixture
