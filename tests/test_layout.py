@@ -15,7 +15,7 @@ from fraisier_textfile import MetricsRecorder, layout
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.textfile import TextfileStore
-from fraisier_textfile.textformat import ParseError, parse, parse_bytes, read_vouched
+from fraisier_textfile.textformat import Document, ParseError, parse, parse_bytes, read_vouched
 
 LAYOUT_PREFIX = b"# fraisier_textfile layout: "
 
@@ -193,3 +193,35 @@ def test_meta_lines_with_non_ascii_values_are_written_back_as_they_were(tmp_path
     MetricsRecorder(tmp_path).record_deployment_complete("plain", "api", "failed", 1.0)
     again = path.read_bytes()
     assert read_vouched(again) is not None and again.decode() == slow(again)
+
+
+def reading(document: Document) -> list[tuple[object, ...]]:
+    """What a reader of the document sees: meta, then each block's name, header, comments, text and lines."""
+    return [
+        (dict(document.meta), document.preamble),
+        *((b.name, b.help, b.type, b.owned, b.raw, list(b.comments), list(b.lines)) for b in document.blocks.values()),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # The comments and blank lines at the end of a file go to the family last read, here a family split in
+        # two places: written back, that family is no longer last, and read line by line they go to the next.
+        'other 1\nfraisier_rollbacks_total{provider="p",reason="r"} 1.0\nother 2\n\n# trailing\n',
+        '# TYPE other gauge\nfraisier_rollbacks_total{provider="p",reason="r"} 1\n# HELP other Some help\n# note\n',
+        'other 1\nfraisier_rollbacks_total{provider="p",reason="r"} 1\nother 2\n# HELP other\n',
+        'fraisier_rollbacks_total{provider="p",reason="r"} 1\na 1\nb 1\na 2\n  \t\n',
+    ],
+    ids=["blank-and-comment", "comment-after-help", "help-without-text", "blank-between-foreign-families"],
+)
+def test_a_family_written_before_comments_that_the_next_family_would_take_is_read_alike(text: str) -> None:
+    data = b"".join(parse(text).parts())
+    vouched = read_vouched(data)
+    if vouched is not None:
+        assert reading(vouched) == reading(parse(data.decode()))
+    # Written once more from either reading, the file is the same, and is vouched for again.
+    again = b"".join(parse_bytes(data).parts())
+    assert again == b"".join(parse(data.decode()).parts())
+    document = read_vouched(again)
+    assert document is not None and reading(document) == reading(parse(again.decode()))
