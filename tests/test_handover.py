@@ -331,3 +331,27 @@ def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert os.listdir(handover.handover_directory(textfile_dir)) == []
+
+
+def test_hand_overs_each_summable_but_not_together_are_applied_up_to_the_one_that_cannot_be(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each hand-over fits the file alone, but their total overflows to +Inf: the one that tips it over is set
+    aside, not every merge of every process failed from then on."""
+    store = TextfileStore(textfile_dir)
+    huge = 1e308
+    for _ in range(2):
+        changes = Changes()
+        changes.observe(c.ROLLBACK_DURATION, ("bare_metal",), huge)
+        store.hand_over(changes)
+    mine = Changes()
+    events.deployment_error(mine, "bare_metal", "mine")
+    store.merge(mine)  # applies the first hand-over, sets the second aside
+    values = sample_values(store.path)
+    assert error_count(values, "mine") == 1
+    assert values['fraisier_rollback_duration_seconds_sum{provider="bare_metal"}'] == huge
+    assert values['fraisier_rollback_duration_seconds_count{provider="bare_metal"}'] == 1
+    assert "would make it +Inf" in caplog.text
+    directory = handover.handover_directory(textfile_dir)
+    assert handover.wait_for_removals()
+    assert [name.endswith(".unreadable") for name in os.listdir(directory)] == [True]
