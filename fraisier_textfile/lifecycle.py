@@ -550,11 +550,10 @@ def _count_refused(document: Document, refused: dict[str, int]) -> None:
     values: dict[str, float] = {}
     block = document.blocks.get(REFUSED_FAMILY)
     if block is not None:
-        text = block.raw if block.raw is not None else "\n".join(block.lines)
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                values[key] = float(value)
+        # Read as the text format reads it: the comments and blank lines at the end of a file belong to the
+        # family read last, often this one (split on spaces, an indented comment raised a bare ValueError).
+        for key, value in block.samples():
+            values[key] = value
     for family, count in refused.items():
         key = series_key(REFUSED_FAMILY, ("family",), (family,))
         values[key] = values.get(key, 0.0) + count

@@ -385,6 +385,25 @@ def test_new_series_past_the_bound_are_refused_logged_and_counted(textfile_dir: 
     assert fraisier("textfile", "check", textfile_dir=textfile_dir).returncode == 0
 
 
+@pytest.mark.parametrize("tail", ["  # an indented note\n", "\t\n", "# HELP other\n"], ids=["comment", "blank", "help"])
+def test_the_refused_counter_is_read_as_the_text_format_reads_it_whatever_follows_it(
+    textfile_dir: Path, tail: str
+) -> None:
+    """Comments and blank lines at the end of the file belong to the family read last, here the refused
+    counter: they are not samples (a merge that counted a refusal failed with a bare ValueError)."""
+    store = TextfileStore(textfile_dir)
+    store.lifecycle.max_series = 1
+    for provider in ("p", "q"):
+        record(store, events.deployment_error, provider, "e")
+    path = textfile_dir / "fraisier.prom"
+    assert path.read_text().rstrip("\n").rsplit("\n", 1)[1].startswith(REFUSED_FAMILY)  # the family read last
+    path.write_text(path.read_text() + tail)
+    store = TextfileStore(textfile_dir)
+    store.lifecycle.max_series = 1
+    record(store, events.deployment_error, "z", "e")
+    assert sample_values(path)[f'{REFUSED_FAMILY}{{family="{c.DEPLOYMENT_ERRORS.name}"}}'] == 2
+
+
 def test_the_bound_logs_once_per_family_per_process(
     textfile_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
