@@ -124,7 +124,8 @@ def decode(data: bytes) -> Changes:
         raise
     except InvalidValueError as error:
         raise UnreadableHandover(str(error)) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    # RecursionError: json's decoder recurses into arrays; a file of nested brackets must be set aside too.
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         raise UnreadableHandover(f"not a hand-over this version can read ({type(error).__name__}: {error})") from None
     return changes
 

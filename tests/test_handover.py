@@ -72,8 +72,9 @@ def test_a_hand_over_holds_every_field_of_the_changes() -> None:
         (b'{"version": 1, "added": [], "observed": [["fraisier_rollback_duration_seconds", ["p"], [1' + b"0" * 400
          + b', 0, 0, 0, 0, 0, 0, 0, 0], 1.0, 1' + b"0" * 400 + b']], "latest": [], "maximum": [],'
          b' "active_providers": [], "retired_markers": []}', "not a finite number >= 0"),
+        (b"[" * 100_000, "RecursionError"),  # json's decoder recurses: a deep enough nesting exhausts the stack
     ],
-    ids=["corrupt", "other-format", "unknown-family", "not-a-number", "huge-integer", "huge-bucket"],
+    ids=["corrupt", "other-format", "unknown-family", "not-a-number", "huge-integer", "huge-bucket", "deep"],
 )
 def test_a_hand_over_this_version_cannot_read_is_set_aside_and_the_rest_applied(
     textfile_dir: Path, data: bytes, problem: str, caplog: pytest.LogCaptureFixture
