@@ -269,7 +269,14 @@ def pending(textfile_directory: Path) -> list[str]:
             )
         if entry.name.startswith(TEMPORARY_PREFIX) or not entry.name.endswith(SUFFIX):
             continue
-        ids.append(entry.name[: -len(SUFFIX)])
+        handover_id = entry.name[: -len(SUFFIX)]
+        if not handover_id.isprintable() or " " in handover_id:
+            # Not a name new_id makes (a copy, a hand-made file): the file lists applied ids space-separated on
+            # one line, so such an id would read back as two (and be applied again while its deletion is
+            # pending), or could not be written at all (a newline), failing every merge.
+            set_aside(textfile_directory, handover_id, "its name is not one fraisier writes")
+            continue
+        ids.append(handover_id)
     ids.sort()
     return ids
 

@@ -356,3 +356,22 @@ def test_hand_overs_each_summable_but_not_together_are_applied_up_to_the_one_tha
     directory = handover.handover_directory(textfile_dir)
     assert handover.wait_for_removals()
     assert [name.endswith(".unreadable") for name in os.listdir(directory)] == [True]
+
+
+@pytest.mark.parametrize("name", ["copy of 1.json", "line\nbreak.json", "tab\there.json"])
+def test_a_hand_over_named_so_that_the_applied_list_cannot_hold_it_is_set_aside(
+    textfile_dir: Path, name: str
+) -> None:
+    """The file lists applied hand-overs by id, space-separated on one line: an id with a blank would be read
+    back as two ids (and applied again if its deletion is late), one with a newline could not be written."""
+    store = TextfileStore(textfile_dir)
+    good = Changes()
+    events.deployment_error(good, "bare_metal", "odd")
+    data = handover.encode(good)
+    directory = handover.handover_directory(textfile_dir)
+    directory.mkdir(parents=True)
+    (directory / name).write_bytes(data)
+    store.merge(Changes())
+    store.merge(Changes())
+    assert error_count(sample_values(store.path), "odd") == 0
+    assert os.listdir(directory) == [name[: -len(".json")] + ".unreadable"]
