@@ -436,8 +436,11 @@ def _times_key(values: Iterable[str]) -> str:
 
 def _encode(value: str) -> str:
     """A label value with no space, comma or '=' (the separators of the times line), reversibly."""
-    if "%" in value or " " in value or "," in value or "=" in value:
-        return value.replace("%", "%25").replace(" ", "%20").replace(",", "%2C").replace("=", "%3D")
+    # A newline too: the text format escapes it in a label value, but the times are one meta line.
+    if "%" in value or " " in value or "," in value or "=" in value or "\n" in value:
+        return (
+            value.replace("%", "%25").replace(" ", "%20").replace(",", "%2C").replace("=", "%3D").replace("\n", "%0A")
+        )
     return value
 
 

@@ -271,6 +271,22 @@ def _environment() -> dict[str, str]:
     return dict(os.environ)
 
 
+def test_a_series_whose_label_value_holds_a_newline_gets_an_update_time_on_one_line(textfile_dir: Path) -> None:
+    """The text format escapes a newline in a label value (node_exporter serves it): its update time must be
+    written on the one meta line too (a merge that scanned its family failed with a bare ValueError)."""
+    path = textfile_dir / "fraisier.prom"
+    textfile_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'{c.ROLLBACKS.name}{{provider="a\\nb",reason="r"}} 1\n')
+    now = time.time()
+    for offset in (0, 2 * 3600, 4 * 3600, 8 * 3600):  # its time is set by the first scan (at 4 h)
+        store = store_at(textfile_dir, now + offset)
+        store.lifecycle.expire_after = 3 * 3600
+        record(store, events.rollback, f"p{offset}", "manual", 1.0)
+    values = sample_values(path)
+    assert f'{c.ROLLBACKS.name}{{provider="a\\nb",reason="r"}}' not in values  # expired with its time
+    assert values[f'{c.ROLLBACKS.name}{{provider="p{8 * 3600}",reason="manual"}}'] == 1
+
+
 def test_an_update_keeps_a_series_from_expiring(textfile_dir: Path) -> None:
     now = time.time()
     record(store_at(textfile_dir, now - 40 * DAY), events.deployment_error, "p", "a")
