@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fraisier_textfile import MetricsRecorder, layout
@@ -225,3 +225,77 @@ def test_a_family_written_before_comments_that_the_next_family_would_take_is_rea
     assert again == b"".join(parse(data.decode()).parts())
     document = read_vouched(again)
     assert document is not None and reading(document) == reading(parse(again.decode()))
+
+
+_D = c.DEPLOYMENT_ERRORS.name
+_R = c.ROLLBACK_DURATION.name
+_LINES = [
+    "# fraisier_textfile foo: bar", "# fraisier_textfile k: été", "# fraisier_textfile a b: x", "# fraisier_textfile",
+    " # stray", "", "\t", "# HELP other_metric Some help", "# TYPE other_metric gauge", "other_metric 1",
+    'other_metric{a="x"} 2', "# TYPE other_summary summary", "other_summary_sum 1", "other_summary_count 2",
+    "other_summary_sum 3", "# HELP other_metric", f'{_D}{{provider="p",error_type="e"}} 1.0',
+    f'{_D}{{error_type="e2",provider="p"}} 2', f'{_D}{{provider="p",error_type="e3",extra="z"}} 3.0',
+    f'{_D} {{ provider = "q" , error_type = "e4" , }} 4e0', f"# HELP {_D} old help", f"# TYPE {_D} untyped",
+    f"{_D}_count 1", f'{_D}{{provider="é",error_type="\\\\n\\""}} 1.0', f"# TYPE {_R} histogram",
+    f'{c.PROVIDER_AVAILABILITY.name}{{provider="q"}} NaN',
+]
+
+
+def _histogram_series(provider: str, sum_first: bool) -> list[str]:
+    buckets = [f'{_R}_bucket{{provider="{provider}",le="{bound}"}} {n}' for n, bound in
+               enumerate(c.ROLLBACK_DURATION.bucket_bounds)]
+    tail = [f'{_R}_sum{{provider="{provider}"}} 1.5', f'{_R}_count{{provider="{provider}"}} {len(buckets) - 1}']
+    return tail + buckets if sum_first else buckets + tail
+
+
+@settings(max_examples=150, deadline=None)
+@example(  # a foreign family split around one of ours, then comments: see textformat._ends_loose
+    chunks=[["other_metric 1"], [f'{_D}{{provider="p",error_type="e"}} 1.0'], ["other_metric{a=\"x\"} 2"], [""],
+            [" # stray"]],
+    operations=[("add", "q")],
+)
+@given(
+    chunks=st.lists(st.one_of(
+        st.sampled_from(_LINES).map(lambda line: [line]),
+        st.builds(_histogram_series, st.sampled_from(["p", "q", "é"]), st.booleans()),
+    ), max_size=14),
+    operations=st.lists(st.tuples(st.sampled_from(["add", "observe", "forget", "lines"]),
+                                  st.sampled_from(["p", "q", "é", "z"])), max_size=6),
+)
+def test_any_file_written_back_after_any_changes_reads_alike_from_its_layout_and_line_by_line(
+    chunks: list[list[str]], operations: list[tuple[str, str]]
+) -> None:
+    from pathlib import Path as _Path
+
+    from fraisier_textfile.changes import Changes
+    from fraisier_textfile.lifecycle import Selection, sweep
+    from fraisier_textfile.textfile import _apply
+
+    try:
+        document = parse("".join(line + "\n" for chunk in chunks for line in chunk))
+    except ParseError:
+        return
+    saved, layout.SEGMENT = layout.SEGMENT, 50  # several segments to a family, a histogram's lines straddling them
+    try:
+        for operation, provider in [*operations, ("", "")]:
+            data = b"".join(document.parts())
+            vouched = read_vouched(data)
+            slow = parse(data.decode())  # never refuses what its writer wrote
+            if vouched is not None:
+                assert b"".join(vouched.parts()) == data
+                again = read_vouched(data)
+                assert again is not None and reading(again) == reading(slow)
+            document = vouched if vouched is not None else slow
+            changes = Changes()
+            if operation == "add":
+                changes.add(c.DEPLOYMENT_ERRORS, (provider, "e"), 1.0)
+            elif operation == "observe":
+                changes.observe(c.ROLLBACK_DURATION, (provider,), 7.0)
+            elif operation == "forget":
+                sweep(document, Selection(matchers=[("provider", provider)]), 0.0, remove=True)
+            elif operation == "lines":
+                for block in document.blocks.values():
+                    block.lines  # noqa: B018 (split into lines: written from them, cut into segments anew)
+            _apply(document, changes, _Path("fraisier.prom"), 0.0)
+    finally:
+        layout.SEGMENT = saved
