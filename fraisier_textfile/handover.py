@@ -124,18 +124,24 @@ def decode(data: bytes) -> Changes:
         raise
     except InvalidValueError as error:
         raise UnreadableHandover(str(error)) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    # RecursionError: json's decoder recurses into arrays; a file of nested brackets must be set aside too.
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         raise UnreadableHandover(f"not a hand-over this version can read ({type(error).__name__}: {error})") from None
     return changes
 
 
 def _number(name: str, value: object) -> float:
     """A value as the recorder makes them: a finite number >= 0 (what else would poison every later merge)."""
-    if (value.__class__ is float or value.__class__ is int) and 0 <= value < _INFINITY:
-        return float(value)
+    if value.__class__ is float and 0 <= value < _INFINITY:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise UnreadableHandover(f"{name} has the value {value!r}, not a finite number >= 0")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        # A JSON integer has no bound, and every int is < inf: one past the largest float cannot be converted.
+        # Escaping as OverflowError, it would fail this merge and every later one instead of being set aside.
+        raise UnreadableHandover(f"{name} has the value {value!r:.40}..., not a finite number >= 0") from None
 
 
 def _whole_number(name: str, value: object) -> int:
@@ -263,7 +269,14 @@ def pending(textfile_directory: Path) -> list[str]:
             )
         if entry.name.startswith(TEMPORARY_PREFIX) or not entry.name.endswith(SUFFIX):
             continue
-        ids.append(entry.name[: -len(SUFFIX)])
+        handover_id = entry.name[: -len(SUFFIX)]
+        if not handover_id.isprintable() or " " in handover_id:
+            # Not a name new_id makes (a copy, a hand-made file): the file lists applied ids space-separated on
+            # one line, so such an id would read back as two (and be applied again while its deletion is
+            # pending), or could not be written at all (a newline), failing every merge.
+            set_aside(textfile_directory, handover_id, "its name is not one fraisier writes")
+            continue
+        ids.append(handover_id)
     ids.sort()
     return ids
 

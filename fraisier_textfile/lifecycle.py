@@ -436,8 +436,11 @@ def _times_key(values: Iterable[str]) -> str:
 
 def _encode(value: str) -> str:
     """A label value with no space, comma or '=' (the separators of the times line), reversibly."""
-    if "%" in value or " " in value or "," in value or "=" in value:
-        return value.replace("%", "%25").replace(" ", "%20").replace(",", "%2C").replace("=", "%3D")
+    # A newline too: the text format escapes it in a label value, but the times are one meta line.
+    if "%" in value or " " in value or "," in value or "=" in value or "\n" in value:
+        return (
+            value.replace("%", "%25").replace(" ", "%20").replace(",", "%2C").replace("=", "%3D").replace("\n", "%0A")
+        )
     return value
 
 
@@ -550,11 +553,10 @@ def _count_refused(document: Document, refused: dict[str, int]) -> None:
     values: dict[str, float] = {}
     block = document.blocks.get(REFUSED_FAMILY)
     if block is not None:
-        text = block.raw if block.raw is not None else "\n".join(block.lines)
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                values[key] = float(value)
+        # Read as the text format reads it: the comments and blank lines at the end of a file belong to the
+        # family read last, often this one (split on spaces, an indented comment raised a bare ValueError).
+        for key, value in block.samples():
+            values[key] = value
     for family, count in refused.items():
         key = series_key(REFUSED_FAMILY, ("family",), (family,))
         values[key] = values.get(key, 0.0) + count

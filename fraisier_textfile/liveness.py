@@ -386,6 +386,14 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
     import json  # here, not at the top: `fraisier record` never needs it
 
     for entry in entries:
+        if not entry.name.isprintable() or " " in entry.name:
+            # Not a name create_marker makes (a copy, a hand-made file): the file lists retired markers by id,
+            # space-separated on one line, so a newline would fail every merge and a blank would read back as two
+            # ids (its crash counted again).
+            if entry.name not in _unusable_markers:
+                _unusable_markers.add(entry.name)
+                log.warning("the in-flight marker %r is not named as fraisier names them: ignored", entry.path)
+            continue
         try:
             descriptor = _open_marker(entry.path)
             with os.fdopen(descriptor, "rb") as file:

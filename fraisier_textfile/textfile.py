@@ -708,13 +708,18 @@ class TextfileStore:
         try:
             _check_summable(document, combined, self.path)
         except InvalidValueError:
+            # Checked in order with those kept before it, not alone: each may fit the file while their total
+            # overflows, and then none would be set aside and this merge and every later one would fail.
+            kept: list[Changes] = []
             for handover_id, changes in list(read.items()):
                 try:
-                    _check_summable(document, changes, self.path)
+                    _check_summable(document, _combined([*kept, changes]), self.path)
                 except InvalidValueError as error:
                     handover.set_aside(self.directory, handover_id, str(error))
                     del read[handover_id]
-            combined = _combined(list(read.values()))
+                else:
+                    kept.append(changes)
+            combined = _combined(kept)
         applied = [handover_id for handover_id in ids if handover_id in already or handover_id in read]
         return applied, combined if read else None
 
@@ -988,14 +993,13 @@ def _check_summable(document: Document, changes: Changes, path: Path) -> None:
     """Raise InvalidValueError if a sum of ``changes`` into the document would overflow to +Inf (what
     :func:`_apply` would raise; a value already in the file that cannot be summed is the file's problem, left
     to the merge)."""
+    # A family not in the file yet is checked too (as empty): its first values may overflow on their own.
     for (family, labels), amount in changes.added.items():
-        block = document.blocks.get(family.name)
-        if block is not None:
-            _check_sum(block, _key(family, labels), amount, path)
+        block = document.blocks.get(family.name) or Block(family.name, owned=family)
+        _check_sum(block, _key(family, labels), amount, path)
     for (family, labels), delta in changes.observed.items():
-        block = document.blocks.get(family.name)
-        if block is not None:
-            _check_sum(block, _key(family, labels, "_sum"), delta.sum, path)
+        block = document.blocks.get(family.name) or Block(family.name, owned=family)
+        _check_sum(block, _key(family, labels, "_sum"), delta.sum, path)
 
 
 def _check_sum(block: Block, key: str, amount: float, path: Path) -> None:
@@ -1011,6 +1015,13 @@ def _summed(block: Block, key: str, amount: float, path: Path) -> float:
     refused, before anything is written."""
     current = block.value(key)
     if current is None:
+        # A new series is checked too: two hand-overs (or two observations in one process) of huge values make a
+        # first value of +Inf, which every later sum of that series would refuse.
+        if not float(amount) < _INFINITY:
+            raise InvalidValueError(
+                f"adding {amount:g} to {key} (a new series) in {path} would make it +Inf: a value that large "
+                "cannot be summed; check the value recorded (durations are in seconds)"
+            )
         return float(amount)
     if not 0.0 <= current < _INFINITY:
         raise CorruptTextfileError(

@@ -804,15 +804,17 @@ class Document:
         body: list[bytes | memoryview] = [self.preamble.encode("utf-8")] if self.preamble else []
         entries: list[tuple[str, Segment | None, list[Segment]]] = []
         vouched = not self.preamble and any(block.owned is not None for block in self.blocks.values())
+        loose = False  # the block written last ends in lines the line-by-line reading gives to the next block
         for block in self.blocks.values():
             header, pieces, segments = block.written()
             if header:
                 body.append(header)
             body.extend(pieces)
-            if segments is None or (block.raw is None and not header):
+            if segments is None or (block.raw is None and not header) or loose:
                 vouched = False
             elif vouched:
                 entries.append((block.name, None if block.raw is not None else crc_of([header]), segments))
+            loose = block.raw is not None and _ends_loose(block.raw)
         meta = {key: value for key, value in self.meta.items() if key != layout.KEY}
         if vouched:
             meta[layout.KEY] = layout.render(entries)
@@ -827,6 +829,24 @@ class Document:
                 raise ValueError(f"meta key {key!r} or its value {value!r} cannot be written on one comment line")
             lines.append((f"{META_PREFIX}{key}: {value}\n" if value else f"{META_PREFIX}{key}:\n").encode())
         return [*lines, *body]
+
+
+def _ends_loose(raw: str) -> bool:
+    """Whether the last line of a foreign family's text is a blank line or a comment that is not its HELP or
+    TYPE. The reading gives such lines to the family read next, or, at the end of the file, to the one read
+    last: so a family split in two places keeps them at the end of its text, and written back before another
+    family, they would belong to that one when read line by line, but to this one when read from the layout
+    line. Such a file is not vouched for; read line by line, it is written back with them in their place."""
+    line = raw[raw.rfind("\n", 0, len(raw) - 1) + 1 :]
+    if not line.strip(" \t\n"):
+        return True
+    if not line.lstrip(" \t").startswith("#"):
+        return False
+    try:
+        header = _read_comment(line.rstrip("\n"))
+    except ParseError:
+        return True
+    return header is None or header[2] is None
 
 
 def read_vouched(data: bytes) -> Document | None:

@@ -65,8 +65,16 @@ def test_a_hand_over_holds_every_field_of_the_changes() -> None:
          b' "active_providers": [], "retired_markers": []}', "no_such_family is not in this version's catalogue"),
         (b'{"version": 1, "added": [["fraisier_deployment_errors_total", ["p", "e"], NaN]], "observed": [],'
          b' "latest": [], "maximum": [], "active_providers": [], "retired_markers": []}', "the value nan"),
+        # JSON integers have no bound: one past the largest float cannot even be converted to one.
+        (b'{"version": 1, "added": [["fraisier_deployment_errors_total", ["p", "e"], 1' + b"0" * 400 + b']],'
+         b' "observed": [], "latest": [], "maximum": [], "active_providers": [], "retired_markers": []}',
+         "not a finite number >= 0"),
+        (b'{"version": 1, "added": [], "observed": [["fraisier_rollback_duration_seconds", ["p"], [1' + b"0" * 400
+         + b', 0, 0, 0, 0, 0, 0, 0, 0], 1.0, 1' + b"0" * 400 + b']], "latest": [], "maximum": [],'
+         b' "active_providers": [], "retired_markers": []}', "not a finite number >= 0"),
+        (b"[" * 100_000, "RecursionError"),  # json's decoder recurses: a deep enough nesting exhausts the stack
     ],
-    ids=["corrupt", "other-format", "unknown-family", "not-a-number"],
+    ids=["corrupt", "other-format", "unknown-family", "not-a-number", "huge-integer", "huge-bucket", "deep"],
 )
 def test_a_hand_over_this_version_cannot_read_is_set_aside_and_the_rest_applied(
     textfile_dir: Path, data: bytes, problem: str, caplog: pytest.LogCaptureFixture
@@ -324,3 +332,46 @@ def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert os.listdir(handover.handover_directory(textfile_dir)) == []
+
+
+def test_hand_overs_each_summable_but_not_together_are_applied_up_to_the_one_that_cannot_be(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each hand-over fits the file alone, but their total overflows to +Inf: the one that tips it over is set
+    aside, not every merge of every process failed from then on."""
+    store = TextfileStore(textfile_dir)
+    huge = 1e308
+    for _ in range(2):
+        changes = Changes()
+        changes.observe(c.ROLLBACK_DURATION, ("bare_metal",), huge)
+        store.hand_over(changes)
+    mine = Changes()
+    events.deployment_error(mine, "bare_metal", "mine")
+    store.merge(mine)  # applies the first hand-over, sets the second aside
+    values = sample_values(store.path)
+    assert error_count(values, "mine") == 1
+    assert values['fraisier_rollback_duration_seconds_sum{provider="bare_metal"}'] == huge
+    assert values['fraisier_rollback_duration_seconds_count{provider="bare_metal"}'] == 1
+    assert "would make it +Inf" in caplog.text
+    directory = handover.handover_directory(textfile_dir)
+    assert handover.wait_for_removals()
+    assert [name.endswith(".unreadable") for name in os.listdir(directory)] == [True]
+
+
+@pytest.mark.parametrize("name", ["copy of 1.json", "line\nbreak.json", "tab\there.json"])
+def test_a_hand_over_named_so_that_the_applied_list_cannot_hold_it_is_set_aside(
+    textfile_dir: Path, name: str
+) -> None:
+    """The file lists applied hand-overs by id, space-separated on one line: an id with a blank would be read
+    back as two ids (and applied again if its deletion is late), one with a newline could not be written."""
+    store = TextfileStore(textfile_dir)
+    good = Changes()
+    events.deployment_error(good, "bare_metal", "odd")
+    data = handover.encode(good)
+    directory = handover.handover_directory(textfile_dir)
+    directory.mkdir(parents=True)
+    (directory / name).write_bytes(data)
+    store.merge(Changes())
+    store.merge(Changes())
+    assert error_count(sample_values(store.path), "odd") == 0
+    assert os.listdir(directory) == [name[: -len(".json")] + ".unreadable"]

@@ -271,6 +271,22 @@ def _environment() -> dict[str, str]:
     return dict(os.environ)
 
 
+def test_a_series_whose_label_value_holds_a_newline_gets_an_update_time_on_one_line(textfile_dir: Path) -> None:
+    """The text format escapes a newline in a label value (node_exporter serves it): its update time must be
+    written on the one meta line too (a merge that scanned its family failed with a bare ValueError)."""
+    path = textfile_dir / "fraisier.prom"
+    textfile_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'{c.ROLLBACKS.name}{{provider="a\\nb",reason="r"}} 1\n')
+    now = time.time()
+    for offset in (0, 2 * 3600, 4 * 3600, 8 * 3600):  # its time is set by the first scan (at 4 h)
+        store = store_at(textfile_dir, now + offset)
+        store.lifecycle.expire_after = 3 * 3600
+        record(store, events.rollback, f"p{offset}", "manual", 1.0)
+    values = sample_values(path)
+    assert f'{c.ROLLBACKS.name}{{provider="a\\nb",reason="r"}}' not in values  # expired with its time
+    assert values[f'{c.ROLLBACKS.name}{{provider="p{8 * 3600}",reason="manual"}}'] == 1
+
+
 def test_an_update_keeps_a_series_from_expiring(textfile_dir: Path) -> None:
     now = time.time()
     record(store_at(textfile_dir, now - 40 * DAY), events.deployment_error, "p", "a")
@@ -383,6 +399,25 @@ def test_new_series_past_the_bound_are_refused_logged_and_counted(textfile_dir: 
     }
     assert values[f'{REFUSED_FAMILY}{{family="{c.DEPLOYMENT_ERRORS.name}"}}'] == 2
     assert fraisier("textfile", "check", textfile_dir=textfile_dir).returncode == 0
+
+
+@pytest.mark.parametrize("tail", ["  # an indented note\n", "\t\n", "# HELP other\n"], ids=["comment", "blank", "help"])
+def test_the_refused_counter_is_read_as_the_text_format_reads_it_whatever_follows_it(
+    textfile_dir: Path, tail: str
+) -> None:
+    """Comments and blank lines at the end of the file belong to the family read last, here the refused
+    counter: they are not samples (a merge that counted a refusal failed with a bare ValueError)."""
+    store = TextfileStore(textfile_dir)
+    store.lifecycle.max_series = 1
+    for provider in ("p", "q"):
+        record(store, events.deployment_error, provider, "e")
+    path = textfile_dir / "fraisier.prom"
+    assert path.read_text().rstrip("\n").rsplit("\n", 1)[1].startswith(REFUSED_FAMILY)  # the family read last
+    path.write_text(path.read_text() + tail)
+    store = TextfileStore(textfile_dir)
+    store.lifecycle.max_series = 1
+    record(store, events.deployment_error, "z", "e")
+    assert sample_values(path)[f'{REFUSED_FAMILY}{{family="{c.DEPLOYMENT_ERRORS.name}"}}'] == 2
 
 
 def test_the_bound_logs_once_per_family_per_process(

@@ -412,3 +412,22 @@ def test_what_is_not_a_regular_file_among_the_markers_is_skipped_never_followed_
         [sys.executable, "-c", script, str(textfile_dir)], capture_output=True, text=True, timeout=60, check=True
     )
     assert listed.stdout == f"{[marker.id]}\n"
+
+
+@pytest.mark.parametrize("name", ["copy\nof", "copy of", "tab\there"], ids=["newline", "space", "tab"])
+def test_a_marker_named_so_that_the_retired_list_cannot_hold_it_is_ignored(textfile_dir: Path, name: str) -> None:
+    """The file lists retired markers by id, space-separated on one line: a copy named with a newline failed
+    every merge (bare ValueError), one with a blank would read back as two ids and count its crash again."""
+    from fraisier_textfile.changes import Changes
+    from fraisier_textfile.textfile import TextfileStore
+
+    marker = liveness.create_marker(textfile_dir, "bare_metal", "api")
+    directory = textfile_dir / MARKER_DIRECTORY
+    shutil.copy(directory / marker.id, directory / name)  # nobody holds the copy's lock: it looks dead
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    store.merge(Changes())
+    assert [m.id for m in liveness.read_markers(textfile_dir)] == [marker.id]
+    crashed = 'fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'
+    assert sample_values(store.path).get(crashed, 0) == 0
+    liveness.remove_marker(textfile_dir, marker.id)

@@ -353,3 +353,18 @@ def test_a_sum_that_would_overflow_to_infinity_is_refused(textfile_dir: Path) ->
         store.merge(changes)
     assert file_state(textfile_dir) == before
     assert sample_values(store.path)[key] == 1.5e308
+
+
+def test_a_first_value_that_overflowed_to_infinity_in_memory_is_refused_not_written(textfile_dir: Path) -> None:
+    """Two huge observations in one process make a sum of +Inf before the file has the series: written, every
+    later sum of it would be refused ("is inf in the file")."""
+    store = TextfileStore(textfile_dir)
+    merge(store, events.deployment_error, "bare_metal", "first")
+    before = file_state(textfile_dir)
+    changes = Changes()
+    events.rollback(changes, "bare_metal", "manual", 1.5e308)
+    events.rollback(changes, "bare_metal", "manual", 1.5e308)
+    key = f'{c.ROLLBACK_DURATION.name}_sum{{provider="bare_metal"}}'
+    with pytest.raises(InvalidValueError, match=re.escape(f"adding inf to {key} (a new series) in ")):
+        store.merge(changes)
+    assert file_state(textfile_dir) == before
