@@ -218,15 +218,16 @@ def test_a_full_disk_leaves_the_old_file_and_no_temporary(tiny_filesystem: Path)
 
 
 def test_a_full_disk_simulated(textfile_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same as above where no filesystem can be mounted: os.write fails with ENOSPC."""
+    """The same as above where no filesystem can be mounted: every write fails with ENOSPC."""
     store = TextfileStore(textfile_dir)
     merge(store, events.deployment_error, "bare_metal", "timeout")
     before = file_state(textfile_dir)
 
-    def full(descriptor: int, data: bytes) -> int:
+    def full(descriptor: int, data: object) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(os, "writev", full)
     with pytest.raises(TextfileWriteError, match="No space left on device"):
         merge(store, events.deployment_error, "bare_metal", "timeout")
     monkeypatch.undo()
@@ -368,3 +369,25 @@ def test_a_first_value_that_overflowed_to_infinity_in_memory_is_refused_not_writ
     with pytest.raises(InvalidValueError, match=re.escape(f"adding inf to {key} (a new series) in ")):
         store.merge(changes)
     assert file_state(textfile_dir) == before
+
+
+def test_parts_are_written_whole_whatever_writev_takes_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """writev(2) may stop mid-part (a signal, a nearly full disk): the rest is written from where it stopped."""
+    from fraisier_textfile import textfile
+
+    real = os.writev
+
+    def a_few_bytes_at_a_time(descriptor: int, buffers: list[memoryview]) -> int:
+        return real(descriptor, [bytes(buffers[0][:7])])
+
+    monkeypatch.setattr(os, "writev", a_few_bytes_at_a_time)
+    parts = [b"abc", memoryview(b"0123456789" * 5)[3:41], b"", b"xyz\n" * 3]
+    path = tmp_path / "out"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        textfile._write_parts(descriptor, parts)
+    finally:
+        os.close(descriptor)
+    assert path.read_bytes() == b"".join(parts)
