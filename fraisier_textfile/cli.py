@@ -425,19 +425,20 @@ def check(settings: Settings) -> None:
         version.close()
     problems = check_text(text, other_bounds=True)
     notes: list[str] = []
+    document = None
     try:
-        notes = migration_notes(parse(text, check_histograms=False))
+        document = parse(text, check_histograms=False)
+        notes = migration_notes(document)
     except ParseError as error:
         if not problems:  # a histogram that cannot be migrated; a file that does not parse is listed already
             problems.append(error)
     for note in notes:
         click.echo(f"{store.path}: note: {note}: the next merge migrates it, keeping its totals")
-    if problems:
+    if problems or document is None:
         for problem in problems:
             where = f"{store.path}:{problem.line_number}" if problem.line_number else str(store.path)
             click.echo(f"Error: {where}: {problem.problem}", err=True)
         raise SystemExit(1)
-    document = parse(text, check_histograms=False)
     samples = sum(block.line_count() for block in document.blocks.values())
     click.echo(f"{store.path}: OK, {len(document.blocks)} families, {samples} samples")
 

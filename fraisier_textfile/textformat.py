@@ -384,7 +384,8 @@ class Block:
         self.comments: list[str] = []  # stray comment lines of a family of ours, kept before its header
         self._lines: list[str] | None = []
         self._index: dict[str, int] | None = None
-        self._rendered: tuple[bytes, list[Segment] | None] | None = None  # the lines' bytes and segments
+        self._rendered: bytes | None = None  # the lines' bytes
+        self._rendered_segments: tuple[list[Segment] | None] | None = None  # theirs, once asked for (see written)
         self._raw_written: tuple[str, bytes] | None = None
         # The body as read: our canonical sample lines, each ending in a newline, in data[start:end].
         self._data: bytes | None = None
@@ -405,7 +406,7 @@ class Block:
         checksums, if known (see layout.py)."""
         self._lines = None
         self._index = None
-        self._rendered = None
+        self._rendered = self._rendered_segments = None
         self._data, self._start, self._end = data, start, end
         self._segments = segments
         self._starts = []
@@ -438,14 +439,11 @@ class Block:
         self._edits, self._added, self._positions, self._edited_segments = {}, {}, {}, {}
         self._added_written = None
         self._index = None
-        self._rendered = None
-
-    def _body_text(self) -> str:
-        assert self._data is not None
-        return self._data[self._start : self._end].decode("utf-8")
+        self._rendered = self._rendered_segments = None
 
     def _materialise(self) -> None:
-        lines = self._body_text().split("\n") if self._data is not None else [""]
+        data = self._data
+        lines = data[self._start : self._end].decode("utf-8").split("\n") if data is not None else [""]
         lines.pop()
         if self._edits:
             kept = []
@@ -566,7 +564,7 @@ class Block:
             lines.append(line)
         else:
             lines[number] = line
-        self._rendered = None
+        self._rendered = self._rendered_segments = None
 
     def _edit(self, key: str, line: str) -> None:
         self._edits[key] = line
@@ -625,33 +623,40 @@ class Block:
                 position += length
         return self._starts
 
-    def written(self) -> tuple[bytes, list[bytes | memoryview], list[Segment] | None]:
+    def written(self, checksums: bool = True) -> tuple[bytes, list[bytes | memoryview], list[Segment] | None]:
         """What a writer writes of the block: its header, its body in pieces (unchanged spans of the file
         read are not copied), and the body's segments for the layout line (None: the block cannot be vouched
-        for, so the file gets no layout line and its next reader checks every line)."""
+        for, so the file gets no layout line and its next reader checks every line). ``checksums=False``, for
+        a reader that only serves the text (:meth:`parts`): no segment is checksummed, and None is returned
+        for them."""
         if self.raw is not None:
             if self._raw_written is None or self._raw_written[0] is not self.raw:
                 self._raw_written = (self.raw, self.raw.encode("utf-8"))
             raw = self._raw_written[1]
-            return b"", [raw], [crc_of([raw])] if raw else []
+            return b"", [raw], ([crc_of([raw])] if raw else []) if checksums else None
         header = self._header().encode("utf-8")
         data = self._data
         if data is None:
             if self._rendered is None:
                 lines = self.lines
-                body = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
-                self._rendered = (body, segments_of(body) if self._vouchable() else None)
-            return header, [self._rendered[0]], self._rendered[1]
+                self._rendered = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+            if not checksums:
+                return header, [self._rendered], None
+            if self._rendered_segments is None:
+                self._rendered_segments = (segments_of(self._rendered) if self._vouchable() else None,)
+            return header, [self._rendered], self._rendered_segments[0]
         view = memoryview(data)
-        if self._segments is None:
+        if checksums and self._segments is None:
             self._segments = segments_of(data, self._start, self._end)
+        # Without checksums, an unknown cut is one span: the pieces are the same, only no segment is summed.
+        spans = self._segments if self._segments is not None else [(self._end - self._start, 0)]
         pieces: list[bytes | memoryview] = []
         segments: list[Segment] = []
         edits = sorted((self._positions[key], key) for key in self._edits)
         unchanged_from = self._start  # the start of the run of unchanged segments not yet added to pieces
         position = self._start
         next_edit = 0
-        for number, (length, crc) in enumerate(self._segments):
+        for number, (length, crc) in enumerate(spans):
             end = position + length
             if next_edit == len(edits) or edits[next_edit][0] >= end:
                 segments.append((length, crc))
@@ -670,11 +675,12 @@ class Block:
                 cursor = data.index(b"\n", at) + 1
                 next_edit += 1
             edited.append(view[cursor:end])
-            segment = self._edited_segments.get(number)
-            if segment is None:
-                segment = self._edited_segments[number] = crc_of(edited)
-            if segment[0]:
-                segments.append(segment)
+            if checksums:
+                segment = self._edited_segments.get(number)
+                if segment is None:
+                    segment = self._edited_segments[number] = crc_of(edited)
+                if segment[0]:
+                    segments.append(segment)
             pieces.extend(edited)
             position = unchanged_from = end
         if unchanged_from < position:
@@ -685,14 +691,15 @@ class Block:
                 self._added_written = (added, segments_of(added))
             pieces.append(self._added_written[0])
             segments.extend(self._added_written[1])
-        # A family given other bounds than the catalogue's (lifecycle.migrate_histograms): see _vouchable.
-        return header, pieces, segments if self.owned is FAMILIES_BY_NAME.get(self.name) else None
+        if not checksums or not self._of_the_catalogue():
+            return header, pieces, None
+        return header, pieces, segments
 
     def _vouchable(self) -> bool:
         """A body built line by line can be vouched for unless it is a histogram without whole series of the
         catalogue's buckets (a reader that trusts the layout takes a histogram's runs as whole series)."""
-        if self.owned is not FAMILIES_BY_NAME.get(self.name):
-            return False  # a family given other bounds than the catalogue's (lifecycle.migrate_histograms)
+        if not self._of_the_catalogue():
+            return False
         if self.owned is None or self.owned.kind is not Kind.HISTOGRAM:
             return True
         try:
@@ -701,10 +708,15 @@ class Block:
             return False
         return True
 
+    def _of_the_catalogue(self) -> bool:
+        """Not a family given other bounds than the catalogue's (lifecycle.migrate_histograms), which a reader
+        trusting the layout line would take with the catalogue's."""
+        return self.owned is FAMILIES_BY_NAME.get(self.name)
+
     def parts(self) -> list[bytes | memoryview]:
         """The block's text in pieces whose concatenation is :meth:`render`, encoded: unchanged text is not
-        copied."""
-        header, pieces, _ = self.written()
+        copied, and no checksum is computed (the server serves blocks this way)."""
+        header, pieces, _ = self.written(checksums=False)
         return [header, *pieces] if header else pieces
 
     def render(self) -> str:
