@@ -21,6 +21,16 @@ from typing import Any  # noqa: E402
 EVENT = ("bare_metal", "api", "success", 42.0)
 
 
+def _store_class() -> type:
+    """TextfileStore where this version keeps it: the race also runs a baseline installed from an older
+    revision, whose modules were flat (fraisier_textfile.textfile)."""
+    try:
+        from fraisier_textfile.store.textfile import TextfileStore
+    except ModuleNotFoundError:
+        from fraisier_textfile.textfile import TextfileStore  # type: ignore[no-redef]
+    return TextfileStore
+
+
 def status_kib(field: str) -> int | None:
     """A memory figure of this process from /proc/self/status (VmRSS: now; VmHWM: the peak), in KiB."""
     try:
@@ -58,7 +68,7 @@ def features() -> dict[str, Any]:
     import inspect
 
     from fraisier_textfile import MetricsRecorder
-    from fraisier_textfile.textfile import TextfileStore
+    TextfileStore = _store_class()
 
     parameters = sorted(inspect.signature(MetricsRecorder.__init__).parameters)[1:]
     return {
@@ -167,7 +177,7 @@ def race(directory: str, events: str, mode: str, wait: str) -> None:
     ``merge`` of each event, waiting for the lock (the seed's way); ``hand_over``: the store's
     ``merge_or_hand_over(changes, wait)``."""
     from fraisier_textfile import MetricsRecorder, changes
-    from fraisier_textfile.textfile import TextfileStore
+    TextfileStore = _store_class()
 
     handed_over = 0
     if mode == "recorder":
@@ -243,7 +253,7 @@ def held(directory: str, calls: str) -> None:
 def merge(directory: str) -> None:
     """One merge of nothing: applies whatever was handed over, recounts in-flight deployments."""
     from fraisier_textfile.changes import Changes
-    from fraisier_textfile.textfile import TextfileStore
+    TextfileStore = _store_class()
 
     TextfileStore(directory).merge(Changes())
     report({"merged": True})

@@ -36,7 +36,7 @@ from _common import stop
 
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.store.textfile import TextfileStore
 
 SERIES = 10_000
 CLIENTS = 8

@@ -24,11 +24,11 @@ from fraisier_textfile.errors import (
     UnexpectedFileError,
     WebConfigError,
 )
-from fraisier_textfile.textfile import TextfileStore, default_textfile_directory
+from fraisier_textfile.store.textfile import TextfileStore, default_textfile_directory
 
 if TYPE_CHECKING:
-    from fraisier_textfile.recorder import DeploymentMetrics, MetricsRecorder, Outcome, get_metrics_recorder
-    from fraisier_textfile.server import MetricsServer
+    from fraisier_textfile.recorder.recorder import DeploymentMetrics, MetricsRecorder, Outcome, get_metrics_recorder
+    from fraisier_textfile.serve.server import MetricsServer
 
 __all__ = [
     "DEPLOYMENT_STATUSES",
@@ -62,11 +62,11 @@ def __getattr__(name: str) -> Any:
     # The recorder imports prometheus_client, which costs a CLI run ~50 ms: it is loaded on first use, so
     # that `fraisier record` (which never needs it) does not pay for it.
     if name in _RECORDER_NAMES:
-        from fraisier_textfile import recorder
+        from fraisier_textfile.recorder import recorder
 
         return getattr(recorder, name)
     if name == "MetricsServer":
-        from fraisier_textfile.server import MetricsServer
+        from fraisier_textfile.serve.server import MetricsServer
 
         return MetricsServer
     raise AttributeError(f"module 'fraisier_textfile' has no attribute {name!r}")

@@ -17,8 +17,8 @@ import types
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from fraisier_textfile import recorder as _recorder
-from fraisier_textfile.recorder import (
+from fraisier_textfile.recorder import recorder as _recorder
+from fraisier_textfile.recorder.recorder import (
     PROMETHEUS_AVAILABLE,
     DeploymentMetrics,
     MetricsRecorder,

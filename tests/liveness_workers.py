@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from fraisier_textfile import liveness
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.execution import run_deployment
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.cli.execution import run_deployment
+from fraisier_textfile.store import inflight
+from fraisier_textfile.store.textfile import TextfileStore
 
 
 def deploy(directory: str) -> None:
@@ -28,7 +28,7 @@ def deploy(directory: str) -> None:
 def deploy_with_children(directory: str) -> None:
     """Start a deployment, then fork a Python child and spawn a program that may inherit descriptors
     (``close_fds=False``); both outlive this process, which hangs until killed."""
-    marker = liveness.create_marker(Path(directory), "bare_metal", "api")
+    marker = inflight.create_marker(Path(directory), "bare_metal", "api")
     forked = os.fork()
     if forked == 0:
         sys.stdin.readline()
@@ -41,10 +41,10 @@ def deploy_with_children(directory: str) -> None:
 def deploy_like_an_older_version(directory: str) -> None:
     """Write a marker as versions without the lock did, and hang until killed."""
     pid = os.getpid()
-    start_time = liveness.process_start_time(pid)
-    boot, namespace = liveness._context()
+    start_time = inflight.process_start_time(pid)
+    boot, namespace = inflight._context()
     marker_id = f"{pid}-{start_time}-0ld0ld00"
-    markers = liveness.marker_directory(Path(directory))
+    markers = inflight.marker_directory(Path(directory))
     markers.mkdir(mode=0o775, exist_ok=True)
     content = {"provider": "bare_metal", "fraise_type": "api", "boot": boot, "pid_namespace": namespace}
     (markers / f".{marker_id}").write_text(json.dumps(content))
@@ -56,7 +56,7 @@ def deploy_like_an_older_version(directory: str) -> None:
 
 def deploy_then_release(directory: str) -> None:
     """Start a deployment; at a line on stdin release it, say ``released``, and stay alive until EOF."""
-    marker = liveness.create_marker(Path(directory), "bare_metal", "api")
+    marker = inflight.create_marker(Path(directory), "bare_metal", "api")
     print("deploying", marker.id, flush=True)
     sys.stdin.readline()
     marker.release()
@@ -66,7 +66,7 @@ def deploy_then_release(directory: str) -> None:
 
 def sees(pid: str) -> None:
     """What /proc tells this process about ``pid``, as JSON."""
-    print(json.dumps({"listed": os.path.exists(f"/proc/{pid}"), "start_time": liveness.process_start_time(int(pid))}))
+    print(json.dumps({"listed": os.path.exists(f"/proc/{pid}"), "start_time": inflight.process_start_time(int(pid))}))
 
 
 def merge(directory: str) -> None:
@@ -76,7 +76,7 @@ def merge(directory: str) -> None:
 
 def alive(directory: str) -> None:
     """Every marker's id and whether it is alive, as JSON."""
-    print(json.dumps({m.id: liveness.is_alive(m) for m in liveness.read_markers(Path(directory))}))
+    print(json.dumps({m.id: inflight.is_alive(m) for m in inflight.read_markers(Path(directory))}))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import LockTimeoutError
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.store.textfile import TextfileStore
 
 
 def hand_over_then_wait(directory: str, count: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import (
     REPOSITORY,
@@ -74,7 +74,7 @@ def test_route_sends_our_command_to_us_after_fraisiers_group_options() -> None:
     `fraisier --config /opt/fraisier/fraises.yaml metrics -p 9101` got Fraisier's in-memory exporter, without
     one fraisier_* series, and no error. Fraisier's group options configure Fraisier only: before one of our
     commands they are accepted and left out."""
-    from fraisier_textfile.dispatch import Route, route
+    from fraisier_textfile.cli.dispatch import Route, route
 
     for arguments in (["--config", "/etc/f.yaml", "metrics", "-p", "9101"], ["-c", "f.yaml", "metrics"],
                       ["-v", "metrics"], ["-vv", "--no-color", "--no-tee", "--json", "textfile", "show"],
@@ -99,7 +99,7 @@ def test_fraisier_config_before_metrics_serves_the_textfile(textfile_dir: Path, 
     config.write_text("fraises: {}\n")
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
-    script = "import sys; from fraisier_textfile.dispatch import main; sys.argv[0] = 'fraisier'; main()"
+    script = "import sys; from fraisier_textfile.cli.dispatch import main; sys.argv[0] = 'fraisier'; main()"
     command = [sys.executable, "-c", script, "--config", str(config), "--textfile-dir", str(textfile_dir),
                "metrics", "-p", str(port), "-a", "127.0.0.1"]
     with running(command, url):

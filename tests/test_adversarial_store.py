@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fraisier_textfile import liveness
 from fraisier_textfile.errors import FraisierTextfileError, UnexpectedFileError
-from fraisier_textfile.liveness import MARKER_DIRECTORY
-from fraisier_textfile.recorder import MetricsRecorder
+from fraisier_textfile.recorder.recorder import MetricsRecorder
+from fraisier_textfile.store import inflight
+from fraisier_textfile.store.inflight import MARKER_DIRECTORY
 
 from .processes import fraisier
 
@@ -41,7 +41,7 @@ def test_a_deployment_never_writes_its_marker_through_a_symlinked_marker_directo
     assert os.listdir(elsewhere) == []
     assert f"{textfile_dir / MARKER_DIRECTORY} is a symlink" in result.stderr
     with pytest.raises(UnexpectedFileError, match="is a symlink"):
-        liveness.create_marker(textfile_dir, "bare_metal", "api")
+        inflight.create_marker(textfile_dir, "bare_metal", "api")
     assert os.listdir(elsewhere) == []
 
 
@@ -83,7 +83,7 @@ def test_a_cleaner_emptying_the_directory_never_makes_a_marker_fail_with_a_raw_e
     try:
         for _ in range(2000):
             try:
-                marker = liveness.create_marker(textfile_dir, "bare_metal", "api")
+                marker = inflight.create_marker(textfile_dir, "bare_metal", "api")
             except FraisierTextfileError as error:
                 assert str(textfile_dir / MARKER_DIRECTORY) in str(error)
                 continue
@@ -134,14 +134,14 @@ def test_a_hand_over_with_wrong_values_or_types_is_set_aside_and_the_store_goes_
     fractional bucket counts, `version: true` and non-string providers were taken as they came."""
     import json
 
-    from fraisier_textfile import handover
+    from fraisier_textfile.store import handovers
 
     textfile_dir.mkdir()
     assert fraisier("record", "rollback", "--provider", "p", "--reason", "manual", "--duration", "3",
                     textfile_dir=textfile_dir).returncode == 0
-    directory = textfile_dir / handover.HANDOVER_DIRECTORY
+    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
     directory.mkdir()
-    handover_id = handover.new_id()
+    handover_id = handovers.new_id()
     data = json.dumps({**HANDOVER_BASE, **content}).encode("utf-8", "surrogatepass")
     (directory / f"{handover_id}.json").write_bytes(data)
 
@@ -202,7 +202,7 @@ def test_a_marker_with_values_the_recorder_would_refuse_is_never_counted_under_t
 _SLOW_MERGER = """
 import os, sys
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.store.textfile import TextfileStore
 store = TextfileStore(sys.argv[1])
 while not os.path.exists(sys.argv[2]):
     store.merge(Changes())
@@ -210,13 +210,14 @@ while not os.path.exists(sys.argv[2]):
 
 _ENDER = """
 import sys
-from fraisier_textfile import changes, liveness
+from fraisier_textfile import changes
+from fraisier_textfile.store import inflight
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.store.textfile import TextfileStore
 store = TextfileStore(sys.argv[1])
 handed_over = deployments = 0
 while handed_over < int(sys.argv[2]) and deployments < 2000:
-    marker = liveness.create_marker(store.directory, "bare_metal", "api")
+    marker = inflight.create_marker(store.directory, "bare_metal", "api")
     start = Changes()
     changes.deployment_started(start, "bare_metal", "api")
     store.merge(start)
@@ -243,7 +244,7 @@ def test_an_end_handed_over_while_a_merger_probes_the_markers_is_never_also_coun
     import sys
 
     from fraisier_textfile.changes import Changes
-    from fraisier_textfile.textfile import TextfileStore
+    from fraisier_textfile.store.textfile import TextfileStore
 
     from .values import sample_values
 
@@ -251,7 +252,7 @@ def test_an_end_handed_over_while_a_merger_probes_the_markers_is_never_also_coun
     markers.mkdir(parents=True)
     # Deployments of an older version (no lock) by this live process: alive by /proc, and each one probed
     # costs the merger a read of /proc, which keeps it between the two steps long enough to be caught there.
-    pid, start = os.getpid(), liveness.process_start_time(os.getpid())
+    pid, start = os.getpid(), inflight.process_start_time(os.getpid())
     for number in range(2000):
         (markers / f"{pid}-{start}-{number:08x}").write_text(json.dumps({"provider": "slow", "fraise_type": "api"}))
     stop = textfile_dir.parent / "stop"
@@ -276,11 +277,12 @@ def test_an_end_handed_over_while_a_merger_probes_the_markers_is_never_also_coun
 
 _WHOLE_DEPLOYMENT_HANDED_OVER = """
 import sys
-from fraisier_textfile import changes, liveness
+from fraisier_textfile import changes
+from fraisier_textfile.store import inflight
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.store.textfile import TextfileStore
 store = TextfileStore(sys.argv[1])
-marker = liveness.create_marker(store.directory, "bare_metal", "api")
+marker = inflight.create_marker(store.directory, "bare_metal", "api")
 start = Changes()
 changes.deployment_started(start, "bare_metal", "api")
 end = Changes()
@@ -304,7 +306,7 @@ def test_a_whole_deployment_handed_over_during_a_merge_is_counted_once(textfile_
     import sys
 
     from fraisier_textfile.changes import Changes
-    from fraisier_textfile.textfile import TextfileStore
+    from fraisier_textfile.store.textfile import TextfileStore
 
     from .values import sample_values
 
@@ -333,7 +335,7 @@ def test_a_whole_deployment_handed_over_during_a_merge_is_counted_once(textfile_
 def test_a_problem_in_the_hand_over_directory_is_reported_once(textfile_dir: Path) -> None:
     """Bug: a directory in place of a hand-over made `fraisier record` report the same problem twice, as a
     warning from the look for late hand-overs that followed the failed merge, then as its error."""
-    from fraisier_textfile.handover import HANDOVER_DIRECTORY
+    from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
 
     (textfile_dir / HANDOVER_DIRECTORY / "00000000000000000001-1-0badc0de.json").mkdir(parents=True)
     result = fraisier("record", "rollback", "--provider", "p", "--reason", "manual", "--duration", "3",
@@ -384,7 +386,7 @@ def test_a_rename_refused_in_a_sticky_directory_says_why(world_readable: Path) -
     import sys
 
     from fraisier_textfile.changes import Changes, deployment_error
-    from fraisier_textfile.textfile import TextfileStore
+    from fraisier_textfile.store.textfile import TextfileStore
 
     from .processes import binary
 
@@ -394,7 +396,7 @@ def test_a_rename_refused_in_a_sticky_directory_says_why(world_readable: Path) -
     python = shutil.which("python3", path="/usr/bin") or sys.executable
     tmp_path = world_readable
     package = tmp_path / "package"
-    shutil.copytree(Path(liveness.__file__).parent, package / "fraisier_textfile",
+    shutil.copytree(Path(inflight.__file__).parent.parent, package / "fraisier_textfile",
                     ignore=shutil.ignore_patterns("__pycache__"))
     for directory, _, files in os.walk(tmp_path):
         os.chmod(directory, 0o755)
@@ -410,7 +412,7 @@ def test_a_rename_refused_in_a_sticky_directory_says_why(world_readable: Path) -
     before = (sticky / "fraisier.prom").read_bytes()
     script = (
         "import sys\nfrom fraisier_textfile.changes import Changes, deployment_error\n"
-        "from fraisier_textfile.textfile import TextfileStore\n"
+        "from fraisier_textfile.store.textfile import TextfileStore\n"
         "from fraisier_textfile.errors import TextfileWriteError\n"
         "changes = Changes()\ndeployment_error(changes, 'bare_metal', 'timeout')\n"
         "try:\n    TextfileStore(sys.argv[1]).merge(changes)\nexcept TextfileWriteError as error:\n    print(error)\n"
@@ -442,7 +444,7 @@ def test_a_lock_file_another_user_left_unwritable_is_named_with_its_owner_and_mo
     setpriv = binary("setpriv")
     python = shutil.which("python3", path="/usr/bin") or sys.executable
     package = world_readable / "package"
-    shutil.copytree(Path(liveness.__file__).parent, package / "fraisier_textfile",
+    shutil.copytree(Path(inflight.__file__).parent.parent, package / "fraisier_textfile",
                     ignore=shutil.ignore_patterns("__pycache__"))
     for directory, _, files in os.walk(package):
         os.chmod(directory, 0o755)
@@ -455,7 +457,7 @@ def test_a_lock_file_another_user_left_unwritable_is_named_with_its_owner_and_mo
     os.chmod(shared / "fraisier.prom.lock", 0o644)
     script = (
         "import sys\nfrom fraisier_textfile.changes import Changes, deployment_error\n"
-        "from fraisier_textfile.textfile import TextfileStore\n"
+        "from fraisier_textfile.store.textfile import TextfileStore\n"
         "from fraisier_textfile.errors import TextfileWriteError\n"
         "changes = Changes()\ndeployment_error(changes, 'bare_metal', 'timeout')\n"
         "try:\n    TextfileStore(sys.argv[1]).merge(changes)\nexcept TextfileWriteError as error:\n    print(error)\n"
@@ -645,12 +647,12 @@ def test_a_hand_over_that_can_never_be_summed_is_set_aside_instead_of_wedging_ev
     import subprocess
     import sys
 
-    from fraisier_textfile.handover import HANDOVER_DIRECTORY
+    from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
 
     from .values import sample_values
 
     script = (
-        "import sys\nfrom fraisier_textfile.recorder import MetricsRecorder\n"
+        "import sys\nfrom fraisier_textfile.recorder.recorder import MetricsRecorder\n"
         "recorder = MetricsRecorder(sys.argv[1])\n"
         "for _ in range(2):\n"
         "    recorder.record_deployment_complete('bare_metal', 'api', 'success', 1.7e308)\n"
@@ -675,12 +677,12 @@ def test_a_hand_over_from_a_newer_version_is_left_for_it_not_set_aside(textfile_
     """Bug (events lost on an upgrade): during an upgrade, a newer version's hand-over (a higher format version)
     met by an older merger was renamed .unreadable, which no merger ever reads again: its events were lost for
     the newer version too. It is now left in place, logged, for a merger that can read it."""
-    from fraisier_textfile import handover
+    from fraisier_textfile.store import handovers
 
     textfile_dir.mkdir()
-    directory = textfile_dir / handover.HANDOVER_DIRECTORY
+    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
     directory.mkdir()
-    newer = directory / f"{handover.new_id()}.json"
+    newer = directory / f"{handovers.new_id()}.json"
     data = b'{"version": 2, "events": []}'
     newer.write_bytes(data)
     result = fraisier("record", "rollback", "--provider", "p", "--reason", "manual", "--duration", "3",

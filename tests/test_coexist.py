@@ -251,7 +251,7 @@ def test_fraisier_record_imports_nothing_of_fraisier(fraisier_first: VirtualEnvi
     assert traced.returncode == 0, traced.stderr
     imported = {line.rsplit("|", 1)[1].strip() for line in traced.stderr.splitlines()
                 if line.startswith("import time:") and "|" in line}
-    assert "fraisier_textfile.cli" in imported
+    assert "fraisier_textfile.cli.commands" in imported
     assert not {name for name in imported if name == "fraisier" or name.startswith("fraisier.")}
     assert not {name for name in imported if name.startswith("prometheus_client")}
 
@@ -265,7 +265,7 @@ PROBE_SCRIPT = textwrap.dedent(
 
     # Fraisier's own command first, through our dispatcher, exactly as `fraisier providers` runs.
     sys.argv = ["fraisier", "providers"]
-    from fraisier_textfile.dispatch import main
+    from fraisier_textfile.cli.dispatch import main
     try:
         main()
     except SystemExit as stop:
@@ -377,7 +377,7 @@ def test_bridge_runs_fraisiers_console_scripts(fraisier_first: VirtualEnvironmen
     ids=lambda value: " ".join(value) if isinstance(value, list) else None,
 )
 def test_route(arguments: list[str], destination: str, passed_on: list[str], environment: dict[str, str]) -> None:
-    from fraisier_textfile.dispatch import route
+    from fraisier_textfile.cli.dispatch import route
 
     decided = route(arguments)
     assert (decided.destination, decided.fraisier_arguments, decided.environment) == (
@@ -387,8 +387,8 @@ def test_route(arguments: list[str], destination: str, passed_on: list[str], env
 def test_the_dispatcher_knows_every_command_of_ours() -> None:
     """The dispatcher decides before importing the CLI, so it keeps its own list: a new top-level command
     must be added to it, or `fraisier NEW` would go to Fraisier."""
-    from fraisier_textfile.cli import main
-    from fraisier_textfile.dispatch import OUR_COMMANDS as DISPATCHED
+    from fraisier_textfile.cli.commands import main
+    from fraisier_textfile.cli.dispatch import OUR_COMMANDS as DISPATCHED
 
     assert set(main.commands) == DISPATCHED
     assert set(OUR_COMMANDS) == DISPATCHED
@@ -398,8 +398,8 @@ def test_the_dispatcher_knows_every_group_option_of_ours() -> None:
     """Likewise for the options before the command: one it does not know would send the line to Fraisier."""
     import click
 
-    from fraisier_textfile.cli import main
-    from fraisier_textfile.dispatch import OUR_GROUP_OPTIONS
+    from fraisier_textfile.cli.commands import main
+    from fraisier_textfile.cli.dispatch import OUR_GROUP_OPTIONS
 
     options = {name for parameter in main.params if isinstance(parameter, click.Option)
                for name in parameter.opts if name != "--version"}

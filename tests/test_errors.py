@@ -23,7 +23,7 @@ from fraisier_textfile.errors import (
     UnexpectedFileError,
     WebConfigError,
 )
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import lock_held_elsewhere
 

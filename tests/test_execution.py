@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.liveness import MARKER_DIRECTORY
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import fraisier, lock_held_elsewhere
 from .values import sample_values

@@ -26,8 +26,8 @@ import pytest
 
 from fraisier_textfile import catalogue
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.textfile import TextfileStore
-from fraisier_textfile.textformat import check_document
+from fraisier_textfile.format.textformat import check_document
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import REPOSITORY
 from .values import sample_values

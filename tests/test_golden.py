@@ -18,8 +18,8 @@ import pytest
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError
-from fraisier_textfile.textfile import TextfileStore
-from fraisier_textfile.textformat import check_text, parse
+from fraisier_textfile.format.textformat import check_text, parse
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import binary, fraisier, http_get, node_exporter
 

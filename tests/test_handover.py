@@ -14,9 +14,9 @@ import pytest
 
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
-from fraisier_textfile import handover
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.store import handovers
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import fraisier, lock_held_elsewhere, start_store_worker
 from .values import sample_values
@@ -51,9 +51,9 @@ def as_plain(changes: Changes) -> dict[str, object]:
 
 def test_a_hand_over_holds_every_field_of_the_changes() -> None:
     public = {name for name in vars(Changes()) if not name.startswith("_")}
-    assert public == set(handover.FIELDS), "a field of Changes is not handed over: add it to handover.py"
+    assert public == set(handovers.FIELDS), "a field of Changes is not handed over: add it to handovers.py"
     changes = every_kind_of_change()
-    assert as_plain(handover.decode(handover.encode(changes))) == as_plain(changes)
+    assert as_plain(handovers.decode(handovers.encode(changes))) == as_plain(changes)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_a_hand_over_this_version_cannot_read_is_set_aside_and_the_rest_applied(
     good = Changes()
     events.deployment_error(good, "bare_metal", "good")
     store.hand_over(good)
-    bad = handover.handover_directory(textfile_dir) / "00000000000000000001-1-bad.json"
+    bad = handovers.handover_directory(textfile_dir) / "00000000000000000001-1-bad.json"
     bad.write_bytes(data)
     store.merge(Changes())
     assert error_count(sample_values(store.path), "good") == 1
@@ -93,16 +93,16 @@ def test_a_hand_over_this_version_cannot_read_is_set_aside_and_the_rest_applied(
 
 
 def test_hand_over_empties_the_changes_and_the_next_merge_writes_them_once(textfile_dir: Path) -> None:
-    from fraisier_textfile import liveness
+    from fraisier_textfile.store import inflight
 
     store = TextfileStore(textfile_dir)
-    marker = liveness.create_marker(textfile_dir, "docker_compose", "backup")  # ended by the handed-over changes
+    marker = inflight.create_marker(textfile_dir, "docker_compose", "backup")  # ended by the handed-over changes
     changes = every_kind_of_change()
     changes.retired_markers.add(marker.id)
     store.hand_over(changes)
     assert not changes
     assert not store.path.exists()
-    [name] = os.listdir(handover.handover_directory(textfile_dir))
+    [name] = os.listdir(handovers.handover_directory(textfile_dir))
     assert not name.endswith(".prom")
     assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0  # another process
     values = sample_values(store.path)
@@ -115,12 +115,12 @@ def test_hand_over_empties_the_changes_and_the_next_merge_writes_them_once(textf
     key = 'fraisier_last_deployment_timestamp_seconds{provider="bare_metal",fraise_type="api",status="success"}'
     assert values[key] == 1700000000.5
     assert values['fraisier_active_deployments{provider="docker_compose"}'] == 0  # the marker's deployment ended
-    assert liveness.read_markers(textfile_dir) == []
-    assert os.listdir(handover.handover_directory(textfile_dir)) == []
-    assert f"# fraisier_textfile {handover.APPLIED_KEY}: {name[:-5]}\n" in store.path.read_text()
+    assert inflight.read_markers(textfile_dir) == []
+    assert os.listdir(handovers.handover_directory(textfile_dir)) == []
+    assert f"# fraisier_textfile {handovers.APPLIED_KEY}: {name[:-5]}\n" in store.path.read_text()
     store.merge(Changes())
     assert sample_values(store.path) == values
-    assert handover.APPLIED_KEY not in store.path.read_text()  # the list forgets hand-overs once deleted
+    assert handovers.APPLIED_KEY not in store.path.read_text()  # the list forgets hand-overs once deleted
 
 
 def test_calls_under_a_held_lock_hand_over_and_the_next_merge_writes_each_once(textfile_dir: Path) -> None:
@@ -133,7 +133,7 @@ def test_calls_under_a_held_lock_hand_over_and_the_next_merge_writes_each_once(t
             events.deployment_error(changes, "bare_metal", f"held_{number}")
             assert store.merge_or_hand_over(changes, wait=0.01) is False
             assert not changes
-        assert len(os.listdir(handover.handover_directory(textfile_dir))) == calls
+        assert len(os.listdir(handovers.handover_directory(textfile_dir))) == calls
     assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
     values = sample_values(store.path)
     assert [error_count(values, f"held_{number}") for number in range(calls)] == [1] * calls
@@ -179,7 +179,7 @@ def test_the_holder_writes_a_hand_over_that_arrived_while_it_held_the_lock(textf
     output, errors = holder.communicate("release\n", timeout=60)
     assert output == "released\n", errors
     assert error_count(sample_values(store.path), "late") == 1  # written by the holder, nobody merged since
-    assert os.listdir(handover.handover_directory(textfile_dir)) == []
+    assert os.listdir(handovers.handover_directory(textfile_dir)) == []
 
 
 def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textfile_dir: Path) -> None:
@@ -220,10 +220,10 @@ def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textf
     store.merge(Changes())
     values = sample_values(store.path)
     assert [error_count(values, f"event_{number}") for number in range(handed_over)] == [1] * handed_over
-    assert handover.wait_for_removals()  # more than INLINE_REMOVALS are deleted by the background thread
-    assert os.listdir(handover.handover_directory(textfile_dir)) == []
+    assert handovers.wait_for_removals()  # more than INLINE_REMOVALS are deleted by the background thread
+    assert os.listdir(handovers.handover_directory(textfile_dir)) == []
     store.merge(Changes())
-    assert handover.APPLIED_KEY not in store.path.read_text()
+    assert handovers.APPLIED_KEY not in store.path.read_text()
     assert applied_by_killed_mergers > 0  # the kills did land at every stage, not only before the merges began
 
 
@@ -285,7 +285,7 @@ def test_the_hand_over_directory_is_shared_by_the_group_whatever_the_umask(
         TextfileStore(textfile_dir).hand_over(changes)
     finally:
         os.umask(previous)
-    directory = handover.handover_directory(textfile_dir)
+    directory = handovers.handover_directory(textfile_dir)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o775 | (textfile_mode & stat.S_ISGID)
     [handed_over] = directory.iterdir()
     assert stat.S_IMODE(handed_over.stat().st_mode) == 0o644
@@ -296,7 +296,7 @@ def test_many_applied_hand_overs_are_deleted_in_the_background_and_stay_listed_u
 ) -> None:
     store = TextfileStore(textfile_dir)
     store.merge(Changes())
-    count = handover.INLINE_REMOVALS * 3
+    count = handovers.INLINE_REMOVALS * 3
     with lock_held_elsewhere(store.lock_path):
         for number in range(count):
             changes = Changes()
@@ -304,21 +304,21 @@ def test_many_applied_hand_overs_are_deleted_in_the_background_and_stay_listed_u
             assert store.merge_or_hand_over(changes, wait=0.01) is False
     store.merge(Changes())
     # Listed as applied by the file that holds them, whether or not the thread has deleted them yet.
-    listed = store.path.read_text().split(f"# fraisier_textfile {handover.APPLIED_KEY}: ")[1].split("\n")[0]
+    listed = store.path.read_text().split(f"# fraisier_textfile {handovers.APPLIED_KEY}: ")[1].split("\n")[0]
     assert len(listed.split()) == count
-    assert handover.wait_for_removals()
-    assert os.listdir(handover.handover_directory(textfile_dir)) == []
+    assert handovers.wait_for_removals()
+    assert os.listdir(handovers.handover_directory(textfile_dir)) == []
     values = sample_values(store.path)
     assert [error_count(values, f"many_{number}") for number in range(count)] == [1] * count
     store.merge(Changes())
-    assert handover.APPLIED_KEY not in store.path.read_text()
+    assert handovers.APPLIED_KEY not in store.path.read_text()
     assert sample_values(store.path) == values
 
 
 def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own(textfile_dir: Path) -> None:
     store = TextfileStore(textfile_dir)
     store.merge(Changes())
-    for number in range(handover.INLINE_REMOVALS * 2):
+    for number in range(handovers.INLINE_REMOVALS * 2):
         changes = Changes()
         events.deployment_error(changes, "bare_metal", f"child_{number}")
         store.hand_over(changes)
@@ -326,12 +326,12 @@ def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own
     if pid == 0:
         try:
             TextfileStore(textfile_dir).merge(Changes())
-            os._exit(0 if handover.wait_for_removals() else 3)
+            os._exit(0 if handovers.wait_for_removals() else 3)
         except BaseException:
             os._exit(4)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert os.listdir(handover.handover_directory(textfile_dir)) == []
+    assert os.listdir(handovers.handover_directory(textfile_dir)) == []
 
 
 def test_hand_overs_each_summable_but_not_together_are_applied_up_to_the_one_that_cannot_be(
@@ -353,8 +353,8 @@ def test_hand_overs_each_summable_but_not_together_are_applied_up_to_the_one_tha
     assert values['fraisier_rollback_duration_seconds_sum{provider="bare_metal"}'] == huge
     assert values['fraisier_rollback_duration_seconds_count{provider="bare_metal"}'] == 1
     assert "would make it +Inf" in caplog.text
-    directory = handover.handover_directory(textfile_dir)
-    assert handover.wait_for_removals()
+    directory = handovers.handover_directory(textfile_dir)
+    assert handovers.wait_for_removals()
     assert [name.endswith(".unreadable") for name in os.listdir(directory)] == [True]
 
 
@@ -367,8 +367,8 @@ def test_a_hand_over_named_so_that_the_applied_list_cannot_hold_it_is_set_aside(
     store = TextfileStore(textfile_dir)
     good = Changes()
     events.deployment_error(good, "bare_metal", "odd")
-    data = handover.encode(good)
-    directory = handover.handover_directory(textfile_dir)
+    data = handovers.encode(good)
+    directory = handovers.handover_directory(textfile_dir)
     directory.mkdir(parents=True)
     (directory / name).write_bytes(data)
     store.merge(Changes())

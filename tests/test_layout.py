@@ -11,11 +11,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fraisier_textfile import MetricsRecorder, layout
+from fraisier_textfile import MetricsRecorder
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.errors import CorruptTextfileError
-from fraisier_textfile.textfile import TextfileStore
-from fraisier_textfile.textformat import Document, ParseError, parse, parse_bytes, read_vouched
+from fraisier_textfile.format import layout
+from fraisier_textfile.format.textformat import Document, ParseError, parse, parse_bytes, read_vouched
+from fraisier_textfile.store.textfile import TextfileStore
 
 LAYOUT_PREFIX = b"# fraisier_textfile layout: "
 
@@ -147,7 +148,7 @@ def test_after_any_merges_the_file_is_vouched_for_and_reads_as_the_slow_reading_
         recorder.flush()
         if chance.random() < 0.2:
             store = TextfileStore(directory)
-            from fraisier_textfile.lifecycle import Selection, forget
+            from fraisier_textfile.store.lifecycle import Selection, forget
 
             forget(store, Selection(matchers=[("provider", f"provider_{chance.randint(0, 45):03d}")]))
         data = (directory / "fraisier.prom").read_bytes()
@@ -157,7 +158,7 @@ def test_after_any_merges_the_file_is_vouched_for_and_reads_as_the_slow_reading_
 
 
 def test_a_histogram_with_other_bounds_is_not_vouched_for() -> None:
-    from fraisier_textfile.lifecycle import migrate_histograms
+    from fraisier_textfile.store.lifecycle import migrate_histograms
 
     text = (
         f"# TYPE {c.ROLLBACK_DURATION.name} histogram\n"
@@ -268,8 +269,8 @@ def test_any_file_written_back_after_any_changes_reads_alike_from_its_layout_and
     from pathlib import Path as _Path
 
     from fraisier_textfile.changes import Changes
-    from fraisier_textfile.lifecycle import Selection, sweep
-    from fraisier_textfile.textfile import _apply
+    from fraisier_textfile.store.lifecycle import Selection, sweep
+    from fraisier_textfile.store.textfile import _apply
 
     try:
         document = parse("".join(line + "\n" for chunk in chunks for line in chunk))

@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from fraisier_textfile import catalogue as c
-from fraisier_textfile import handover, layout
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.lifecycle import Selection, SeriesLifecycle, forget
-from fraisier_textfile.textfile import TextfileStore
-from fraisier_textfile.textformat import Document, parse, read_vouched
+from fraisier_textfile.format import layout
+from fraisier_textfile.format.textformat import Document, parse, read_vouched
+from fraisier_textfile.store import handovers
+from fraisier_textfile.store.lifecycle import Selection, SeriesLifecycle, forget
+from fraisier_textfile.store.textfile import TextfileStore
 
 PROVIDERS = ("p", "q", "été", 'a"b', "c\\d", "x y")
 REASONS = ("r", "s")
@@ -49,7 +50,7 @@ class Merges(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         layout.SEGMENT = self.saved_segment
-        handover.wait_for_removals()
+        handovers.wait_for_removals()
 
     def _changes(self, provider: str, reason: str, amount: int, duration: float) -> Changes:
         changes = Changes()

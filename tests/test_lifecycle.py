@@ -1,4 +1,4 @@
-"""Series lifecycle: forget, expiry, the series bound, bucket migration (fraisier_textfile/lifecycle.py).
+"""Series lifecycle: forget, expiry, the series bound, bucket migration (fraisier_textfile/store/lifecycle.py).
 
 The CLI runs as real subprocesses on real files; times in the past are written by a store whose clock is set
 back, through the same update-time lines every merge writes."""
@@ -19,15 +19,15 @@ from hypothesis import strategies as st
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.lifecycle import (
+from fraisier_textfile.format.textformat import parse
+from fraisier_textfile.recorder.recorder import MetricsRecorder
+from fraisier_textfile.store.lifecycle import (
     REFUSED_FAMILY,
     SeriesTimes,
     migrate_histograms,
     parse_duration,
 )
-from fraisier_textfile.recorder import MetricsRecorder
-from fraisier_textfile.textfile import TextfileStore
-from fraisier_textfile.textformat import parse
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import binary, fraisier, fraisier_metrics, http_get, lock_held_elsewhere, node_exporter
 from .values import canonical_samples, sample_values
@@ -423,12 +423,12 @@ def test_the_refused_counter_is_read_as_the_text_format_reads_it_whatever_follow
 def test_the_bound_logs_once_per_family_per_process(
     textfile_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fraisier_textfile import lifecycle
+    from fraisier_textfile.store import lifecycle
 
     monkeypatch.setattr(lifecycle, "_warned", set())
     store = TextfileStore(textfile_dir)
     store.lifecycle.max_series = 2
-    with caplog.at_level(logging.WARNING, logger="fraisier_textfile.lifecycle"):
+    with caplog.at_level(logging.WARNING, logger="fraisier_textfile.store.lifecycle"):
         for number in range(6):
             record(store, events.rollback, "p", f"reason{number}", 1.0)
             record(store, events.rollback, f"provider{number}", "manual", 1.0)  # 2 families: rollbacks, durations

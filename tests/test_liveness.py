@@ -21,8 +21,8 @@ import filelock
 import pytest
 
 import fraisier_textfile
-from fraisier_textfile import liveness
-from fraisier_textfile.liveness import MARKER_DIRECTORY
+from fraisier_textfile.store import inflight
+from fraisier_textfile.store.inflight import MARKER_DIRECTORY
 
 from .processes import binary
 from .values import sample_values
@@ -287,7 +287,7 @@ def start_worker(*arguments: str, prefix: tuple[str, ...] = ()) -> subprocess.Po
 
 
 def alive(textfile_dir: Path) -> dict[str, bool]:
-    return {marker.id: liveness.is_alive(marker) for marker in liveness.read_markers(textfile_dir)}
+    return {marker.id: inflight.is_alive(marker) for marker in inflight.read_markers(textfile_dir)}
 
 
 def test_a_released_marker_is_dead_while_its_process_runs(
@@ -302,7 +302,7 @@ def test_a_released_marker_is_dead_while_its_process_runs(
     worker.stdin.write("release\n")
     worker.stdin.flush()
     assert worker.stdout.readline() == "released\n"
-    assert liveness.process_start_time(worker.pid) == marker_id.split("-")[1]
+    assert inflight.process_start_time(worker.pid) == marker_id.split("-")[1]
     assert alive(textfile_dir) == {marker_id: False}
 
 
@@ -317,14 +317,14 @@ def test_a_locked_marker_from_another_pid_namespace_is_alive_until_released(
     processes.append(worker)
     assert worker.stdout is not None and worker.stdin is not None
     assert worker.stdout.readline().startswith("deploying ")
-    [marker] = liveness.read_markers(textfile_dir)
+    [marker] = inflight.read_markers(textfile_dir)
     assert marker.pid_namespace != os.readlink("/proc/self/ns/pid")
     assert marker.pid == 1  # the first process of its namespace
-    assert liveness.is_alive(marker)
+    assert inflight.is_alive(marker)
     worker.stdin.write("release\n")
     worker.stdin.flush()
     assert worker.stdout.readline() == "released\n"
-    assert not liveness.is_alive(marker)
+    assert not inflight.is_alive(marker)
 
 
 def test_a_locked_marker_from_another_boot_is_dead(textfile_dir: Path, processes: list[subprocess.Popen[str]]) -> None:
@@ -344,22 +344,22 @@ def test_a_locked_marker_from_another_boot_is_dead(textfile_dir: Path, processes
 
 
 def test_a_marker_this_process_holds_is_alive_until_removed(textfile_dir: Path) -> None:
-    marker = liveness.create_marker(textfile_dir, "bare_metal", "api")
+    marker = inflight.create_marker(textfile_dir, "bare_metal", "api")
     assert marker.held
-    [read] = liveness.read_markers(textfile_dir)
-    assert read.locked and liveness.is_alive(read)
-    liveness.remove_marker(textfile_dir, marker.id)
+    [read] = inflight.read_markers(textfile_dir)
+    assert read.locked and inflight.is_alive(read)
+    inflight.remove_marker(textfile_dir, marker.id)
     assert not marker.held  # removing our own marker released it
     marker.release()  # again: nothing happens
-    assert liveness.read_markers(textfile_dir) == []
-    assert not liveness.is_alive(read)
+    assert inflight.read_markers(textfile_dir) == []
+    assert not inflight.is_alive(read)
 
 
 def test_a_marker_is_locked_from_the_moment_it_has_its_name(textfile_dir: Path) -> None:
     """The lock is taken on the temporary and follows the inode through the rename."""
     import fcntl
 
-    marker = liveness.create_marker(textfile_dir, "bare_metal", "api")
+    marker = inflight.create_marker(textfile_dir, "bare_metal", "api")
     assert marker.path == textfile_dir / MARKER_DIRECTORY / marker.id
     assert [p.name for p in (textfile_dir / MARKER_DIRECTORY).iterdir()] == [marker.id]
     descriptor = os.open(marker.path, os.O_RDONLY)
@@ -377,7 +377,7 @@ def test_a_half_written_marker_is_removed_only_once_its_writer_is_provably_gone(
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # reaped: its PID names no process
-    own_start = liveness.process_start_time(os.getpid())
+    own_start = inflight.process_start_time(os.getpid())
     directory = textfile_dir / MARKER_DIRECTORY
     directory.mkdir(parents=True)
     litter = directory / f".{gone.pid}-1-0000dead"
@@ -388,7 +388,7 @@ def test_a_half_written_marker_is_removed_only_once_its_writer_is_provably_gone(
     descriptor = os.open(locked, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
-        liveness.remove_stale_temporaries(textfile_dir)
+        inflight.remove_stale_temporaries(textfile_dir)
         assert sorted(p.name for p in directory.iterdir()) == sorted([being_written.name, locked.name])
     finally:
         os.close(descriptor)
@@ -397,7 +397,7 @@ def test_a_half_written_marker_is_removed_only_once_its_writer_is_provably_gone(
 def test_what_is_not_a_regular_file_among_the_markers_is_skipped_never_followed_or_waited_on(
     textfile_dir: Path,
 ) -> None:
-    marker = liveness.create_marker(textfile_dir, "bare_metal", "api")
+    marker = inflight.create_marker(textfile_dir, "bare_metal", "api")
     directory = textfile_dir / MARKER_DIRECTORY
     os.mkfifo(directory / f"{os.getpid()}-1-00000f1f")  # opening it for reading would wait for a writer
     (directory / f"{os.getpid()}-1-0000d1e0").mkdir()
@@ -405,8 +405,8 @@ def test_what_is_not_a_regular_file_among_the_markers_is_skipped_never_followed_
     outside.write_text('{"provider": "bare_metal", "fraise_type": "api"}')
     (directory / f"{os.getpid()}-1-00001111").symlink_to(outside)
     script = (
-        "import sys; from pathlib import Path; from fraisier_textfile import liveness; "
-        "print([m.id for m in liveness.read_markers(Path(sys.argv[1]))])"
+        "import sys; from pathlib import Path; from fraisier_textfile.store import inflight; "
+        "print([m.id for m in inflight.read_markers(Path(sys.argv[1]))])"
     )
     listed = subprocess.run(
         [sys.executable, "-c", script, str(textfile_dir)], capture_output=True, text=True, timeout=60, check=True
@@ -419,15 +419,15 @@ def test_a_marker_named_so_that_the_retired_list_cannot_hold_it_is_ignored(textf
     """The file lists retired markers by id, space-separated on one line: a copy named with a newline failed
     every merge (bare ValueError), one with a blank would read back as two ids and count its crash again."""
     from fraisier_textfile.changes import Changes
-    from fraisier_textfile.textfile import TextfileStore
+    from fraisier_textfile.store.textfile import TextfileStore
 
-    marker = liveness.create_marker(textfile_dir, "bare_metal", "api")
+    marker = inflight.create_marker(textfile_dir, "bare_metal", "api")
     directory = textfile_dir / MARKER_DIRECTORY
     shutil.copy(directory / marker.id, directory / name)  # nobody holds the copy's lock: it looks dead
     store = TextfileStore(textfile_dir)
     store.merge(Changes())
     store.merge(Changes())
-    assert [m.id for m in liveness.read_markers(textfile_dir)] == [marker.id]
+    assert [m.id for m in inflight.read_markers(textfile_dir)] == [marker.id]
     crashed = 'fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'
     assert sample_values(store.path).get(crashed, 0) == 0
-    liveness.remove_marker(textfile_dir, marker.id)
+    inflight.remove_marker(textfile_dir, marker.id)

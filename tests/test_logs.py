@@ -23,7 +23,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from fraisier_textfile import logs
+from fraisier_textfile.cli import logs
 
 from .processes import fraisier, free_port, stop, tail
 
@@ -86,8 +86,8 @@ def test_debug_records_appear_only_at_debug_level(log_format: str) -> None:
 
 def test_the_library_installs_no_handler() -> None:
     code = (
-        "import logging, fraisier_textfile, fraisier_textfile.server, fraisier_textfile.execution, "
-        "fraisier_textfile.recorder, fraisier_textfile.webconfig, fraisier_textfile.logs\n"
+        "import logging, fraisier_textfile, fraisier_textfile.serve.server, fraisier_textfile.cli.execution, "
+        "fraisier_textfile.recorder.recorder, fraisier_textfile.serve.webconfig, fraisier_textfile.cli.logs\n"
         "loggers = [logging.getLogger()] + [logging.getLogger(name) for name in logging.root.manager.loggerDict]\n"
         "print(sum(len(logger.handlers) for logger in loggers), logging.getLogger().level)"
     )

@@ -30,8 +30,8 @@ from fraisier_textfile import (
 )
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.liveness import MARKER_DIRECTORY
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere, small_tmpfs
 from .values import canonical_samples, sample_values
@@ -298,7 +298,7 @@ def test_a_strict_recorder_raises_bad_values(textfile_dir: Path) -> None:
 def test_get_metrics_recorder_is_process_wide_and_uses_the_environment(
     textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fraisier_textfile import recorder as module
+    from fraisier_textfile.recorder import recorder as module
 
     monkeypatch.setattr(module, "_metrics_recorder", None)
     monkeypatch.setenv("FRAISIER_TEXTFILE_DIR", str(textfile_dir))
@@ -601,7 +601,7 @@ def test_any_number_is_a_duration(textfile_dir: Path, duration: object) -> None:
 
 
 def test_the_library_installs_no_log_handler() -> None:
-    assert logging.getLogger("fraisier_textfile.recorder").handlers == []
+    assert logging.getLogger("fraisier_textfile.recorder.recorder").handlers == []
     assert logging.getLogger("fraisier_textfile").handlers == []
 
 
@@ -723,7 +723,7 @@ def _no_exit_writes_from_this_process() -> Iterator[None]:
     """Recorders these tests leave with events they could not write would be written (or logged) when pytest
     exits; the exit path is tested in subprocesses instead."""
     yield
-    from fraisier_textfile import recorder
+    from fraisier_textfile.recorder import recorder
 
     recorder._unflushed.clear()
 
@@ -784,7 +784,7 @@ def test_a_corrupt_file_raises_nothing_stays_as_it_was_and_the_events_wait_for_i
     records_a_bit_of_everything(recorder)
     assert (textfile_dir / "fraisier.prom").read_bytes() == corrupt
     assert not recorder.pending  # handed over: they outlive this process
-    ours = [record.getMessage() for record in caplog.records if record.name == "fraisier_textfile.recorder"]
+    ours = [record.getMessage() for record in caplog.records if record.name == "fraisier_textfile.recorder.recorder"]
     assert sum("fix or remove the file" in message for message in ours) == 1
     with pytest.raises(CorruptTextfileError):
         MetricsRecorder(textfile_dir, strict=True).record_deployment_error("bare_metal", "timeout")
@@ -853,7 +853,7 @@ def test_a_full_disk_raises_nothing_and_the_events_are_written_once_there_is_roo
     assert (tiny_filesystem / "fraisier.prom").read_bytes() == before
     assert recorder.pending
     assert "No space left on device" in recorder.get_metrics_summary()["last_error"]
-    ours = [record.getMessage() for record in caplog.records if record.name == "fraisier_textfile.recorder"]
+    ours = [record.getMessage() for record in caplog.records if record.name == "fraisier_textfile.recorder.recorder"]
     assert len(ours) == len(set(ours)) == 2  # the marker, then the file: each problem once
     assert all("No space left on device; free space on that filesystem" in message for message in ours)
     filler.unlink()

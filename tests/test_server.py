@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fraisier_textfile import MetricsRecorder
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.cli import main
+from fraisier_textfile.cli.commands import main
 
 from .processes import fraisier, free_port, lock_held_elsewhere
 from .tls import Certificates, make_certificates
@@ -496,7 +496,7 @@ def test_help_tells_how_to_configure_tls_and_basic_auth() -> None:
 
 
 def test_the_example_web_config_in_the_help_is_valid(tmp_path: Path, certificates: Certificates) -> None:
-    from fraisier_textfile.webconfig import load_web_config, make_ssl_context
+    from fraisier_textfile.serve.webconfig import load_web_config, make_ssl_context
 
     output = CliRunner().invoke(main, ["metrics", "--help"]).output
     example = output.split("Example web config:\n", 1)[1].split("\n\n", 1)[0]

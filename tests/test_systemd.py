@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from fraisier_textfile.errors import ServerStartError
-from fraisier_textfile.server import MetricsServer, TextfileSource, listen_backlog, systemd_listening_socket
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.serve.server import MetricsServer, TextfileSource, listen_backlog, systemd_listening_socket
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import REPOSITORY, binary, free_port, stop, tail
 
@@ -204,7 +204,7 @@ def test_variables_meant_for_another_process_are_ignored_and_removed(monkeypatch
 def test_descriptor_3_must_be_a_listening_stream_socket(tmp_path: Path) -> None:
     code = (
         "import os, socket\n"
-        "from fraisier_textfile.server import systemd_listening_socket\n"
+        "from fraisier_textfile.serve.server import systemd_listening_socket\n"
         "from fraisier_textfile.errors import ServerStartError\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); os.dup2(s.fileno(), 3)\n"
         "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"

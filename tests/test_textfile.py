@@ -17,8 +17,8 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError, LockTimeoutError, TextfileWriteError
-from fraisier_textfile.textfile import TEMPORARY_PREFIX, TextfileStore
-from fraisier_textfile.textformat import parse
+from fraisier_textfile.format.textformat import parse
+from fraisier_textfile.store.textfile import TEMPORARY_PREFIX, TextfileStore
 
 from .processes import STORE_WORKERS, binary, lock_held_elsewhere, small_tmpfs
 from .values import sample_values
@@ -83,7 +83,7 @@ def test_the_file_is_readable_by_others_whatever_the_umask(textfile_dir: Path, u
 
 
 def test_the_marker_directory_is_group_writable_whatever_the_umask(textfile_dir: Path, umask_077: None) -> None:
-    from fraisier_textfile.liveness import MARKER_DIRECTORY, create_marker
+    from fraisier_textfile.store.inflight import MARKER_DIRECTORY, create_marker
 
     create_marker(textfile_dir, "bare_metal", "api")
     assert stat.S_IMODE((textfile_dir / MARKER_DIRECTORY).stat().st_mode) == 0o775
@@ -254,7 +254,7 @@ def test_temporaries_left_by_killed_writers_are_removed(textfile_dir: Path) -> N
 
 def test_never_writes_through_a_symlink(textfile_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A symlink planted at the temporary name makes the write fail rather than follow it."""
-    from fraisier_textfile import textfile
+    from fraisier_textfile.store import textfile
 
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
@@ -314,7 +314,7 @@ def test_a_timestamp_from_a_clock_a_year_ahead_is_replaced_by_the_next_deploymen
 
 
 def test_a_timestamp_ahead_within_the_tolerance_stays_the_maximum(textfile_dir: Path) -> None:
-    from fraisier_textfile.textfile import CLOCK_TOLERANCE
+    from fraisier_textfile.store.textfile import CLOCK_TOLERANCE
 
     ahead = record_with_clock(textfile_dir, f"+{CLOCK_TOLERANCE / 3:g}")
     record_with_clock(textfile_dir, None)
@@ -375,7 +375,7 @@ def test_parts_are_written_whole_whatever_writev_takes_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """writev(2) may stop mid-part (a signal, a nearly full disk): the rest is written from where it stopped."""
-    from fraisier_textfile import textfile
+    from fraisier_textfile.store import textfile
 
     real = os.writev
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.textformat import (
+from fraisier_textfile.format.textformat import (
     ParseError,
     check_buckets,
     check_document,

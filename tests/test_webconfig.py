@@ -12,7 +12,7 @@ import bcrypt
 import pytest
 
 from fraisier_textfile.errors import FraisierTextfileError, WebConfigError
-from fraisier_textfile.webconfig import (
+from fraisier_textfile.serve.webconfig import (
     LiveWebConfig,
     WebConfig,
     load_web_config,
@@ -272,7 +272,7 @@ def test_a_reload_that_would_turn_authentication_off_is_refused_and_logged_at_er
 ) -> None:
     config = write(tmp_path / "web.yml", f"basic_auth_users:\n  prometheus: {hashed('secret')}\n")
     live = LiveWebConfig(config)
-    with caplog.at_level(logging.INFO, logger="fraisier_textfile.webconfig"):
+    with caplog.at_level(logging.INFO, logger="fraisier_textfile.serve.webconfig"):
         write(config, text)
         assert not live.authorized(None)
         assert live.authorized(header("prometheus", "secret"))
@@ -299,7 +299,7 @@ def test_an_invalid_change_is_logged_and_the_last_valid_config_stays(
 ) -> None:
     config = write(tmp_path / "web.yml", f"basic_auth_users:\n  prometheus: {hashed('secret')}\n")
     live = LiveWebConfig(config)
-    with caplog.at_level(logging.ERROR, logger="fraisier_textfile.webconfig"):
+    with caplog.at_level(logging.ERROR, logger="fraisier_textfile.serve.webconfig"):
         for broken in ("basic_auth_users: [\n", "basic_auth_users:\n  prometheus: secret\n", "unknown: 1\n"):
             write(config, broken)
             assert live.authorized(header("prometheus", "secret"))
@@ -319,7 +319,7 @@ def test_tls_cannot_be_turned_off_by_a_reload(tmp_path: Path, certificates: Cert
     live = LiveWebConfig(config)
     context = live.ssl_context()
     assert live.tls and context is not None
-    with caplog.at_level(logging.ERROR, logger="fraisier_textfile.webconfig"):
+    with caplog.at_level(logging.ERROR, logger="fraisier_textfile.serve.webconfig"):
         write(config, "")
         assert live.ssl_context() is context
     assert "now turns TLS off: restart fraisier metrics" in caplog.text
@@ -340,7 +340,7 @@ def test_a_reload_that_changes_the_tls_policy_is_refused(
     context = live.ssl_context()
     assert context is not None and context.verify_mode == ssl.CERT_REQUIRED
     changed = "  " + change.format(ca=certificates.ca) if "client_auth_type" in change else required + "  " + change
-    with caplog.at_level(logging.ERROR, logger="fraisier_textfile.webconfig"):
+    with caplog.at_level(logging.ERROR, logger="fraisier_textfile.serve.webconfig"):
         tls_config(tmp_path, certificates.server.cert, certificates.server.key, changed)
         assert live.ssl_context() is context
         assert not live.reload()
@@ -358,7 +358,7 @@ def test_a_renewed_certificate_gives_a_new_context_and_a_bad_one_keeps_the_old(
     first = live.ssl_context()
     assert live.ssl_context() is first  # unchanged files: the same context
     write(cert, certificates.other_server.cert.read_text())  # the key does not match it yet
-    with caplog.at_level(logging.ERROR, logger="fraisier_textfile.webconfig"):
+    with caplog.at_level(logging.ERROR, logger="fraisier_textfile.serve.webconfig"):
         assert live.ssl_context() is first
     assert "is not the key of cert_file" in caplog.text
     write(key, certificates.other_server.key.read_text())

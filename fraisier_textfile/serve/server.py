@@ -37,9 +37,9 @@ from fraisier_textfile.errors import (
     TextfileError,
     UnexpectedFileError,
 )
-from fraisier_textfile.textfile import FileVersion, TextfileStore, count_active_deployments
-from fraisier_textfile.textformat import Block, Document
-from fraisier_textfile.webconfig import LiveWebConfig
+from fraisier_textfile.format.textformat import Block, Document
+from fraisier_textfile.serve.webconfig import LiveWebConfig
+from fraisier_textfile.store.textfile import FileVersion, TextfileStore, count_active_deployments
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -259,8 +259,8 @@ deployment since the file began.</p>
 
 def landing_page(source: MetricsSource) -> str:
     """The page at ``/``: a link to the metrics and the deployments summary of what a scrape serves now."""
-    from fraisier_textfile.summary import html_table, summarize
-    from fraisier_textfile.textformat import parse
+    from fraisier_textfile.format.textformat import parse
+    from fraisier_textfile.serve.summary import html_table, summarize
 
     try:
         # Only the labels are read: a registry may write them in another order than the textfile does.

@@ -1,6 +1,6 @@
 """Log lines for the ``fraisier`` command, in node_exporter's two formats.
 
-    logfmt:  time=2026-11-25T16:54:08.123Z level=info logger=fraisier_textfile.server msg="request" method=GET
+    logfmt:  time=2026-11-25T16:54:08.123Z level=info logger=fraisier_textfile.serve.server msg="request" method=GET
     json:    {"time": "2026-11-25T16:54:08.123Z", "level": "info", "logger": "...", "msg": "request", "method": "GET"}
 
 One line per record, UTC times with milliseconds, levels named as ``--log-level`` takes them. The library

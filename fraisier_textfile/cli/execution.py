@@ -11,10 +11,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from fraisier_textfile import catalogue, changes, liveness
+from fraisier_textfile import catalogue, changes
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import FraisierTextfileError, write_error
-from fraisier_textfile.textfile import TextfileStore
+from fraisier_textfile.store import inflight
+from fraisier_textfile.store.textfile import TextfileStore
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,14 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
     start = Changes()
     changes.deployment_started(start, provider, fraise_type)
-    marker: liveness.Marker | None = None
+    marker: inflight.Marker | None = None
     budget = min(store.lock_timeout, LOCK_WAIT_BUDGET)
     waited_from = time.monotonic()
     try:
-        marker = liveness.create_marker(store.directory, provider, fraise_type)
+        marker = inflight.create_marker(store.directory, provider, fraise_type)
     except (OSError, FraisierTextfileError) as error:
         if not isinstance(error, FraisierTextfileError):  # the marker: say where, and the fix
-            error = write_error(liveness.marker_directory(store.directory), "write a marker in", error)
+            error = write_error(inflight.marker_directory(store.directory), "write a marker in", error)
         log.warning("the deployment runs, but other processes do not see it as active: %s", error)
     # The command must not wait for metrics: a lock busy for more than the budget gets the start handed over.
     _record(store, start, budget, "runs", "its start")

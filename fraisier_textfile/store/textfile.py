@@ -10,7 +10,7 @@ node_exporter's textfile collector (or ``fraisier metrics``) serves:
 The file holds the true totals over every process that ever ran: counters and histograms are summed, so an
 increment is neither lost nor counted twice whatever number of processes race, and a process killed at any
 moment leaves either the old file or the new one, never a partial one. A process that cannot get the lock in
-time may hand its changes over (see handover.py) instead of waiting longer.
+time may hand its changes over (see handovers.py) instead of waiting longer.
 
 The store's paths are only ever what it created: fraisier.prom and the lock a regular file, its directories
 directories. Anything else there (a symlink, a FIFO, a device) is refused with UnexpectedFileError, never
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from fraisier_textfile import catalogue as c
-from fraisier_textfile import handover, liveness
 from fraisier_textfile.changes import Changes, HistogramDelta, Labels, deployment_crashed
 from fraisier_textfile.errors import (
     CorruptTextfileError,
@@ -44,8 +43,7 @@ from fraisier_textfile.errors import (
     UnexpectedFileError,
     write_error,
 )
-from fraisier_textfile.lifecycle import SeriesLifecycle
-from fraisier_textfile.textformat import (
+from fraisier_textfile.format.textformat import (
     Block,
     Document,
     ParseError,
@@ -55,6 +53,9 @@ from fraisier_textfile.textformat import (
     parse_series_key,
     series_key,
 )
+from fraisier_textfile.store import handovers, inflight
+from fraisier_textfile.store.lifecycle import SeriesLifecycle
+from fraisier_textfile.store.participants import Participant
 
 TEXTFILE_NAME = "fraisier.prom"
 LOCK_SUFFIX = ".lock"
@@ -382,9 +383,10 @@ class TextfileStore:
     """One textfile directory: merges changes into ``fraisier.prom`` and reads it back."""
 
     def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *,
-                 lifecycle: SeriesLifecycle | None = None) -> None:
+                 lifecycle: SeriesLifecycle | None = None, participants: Iterable[Participant] = ()) -> None:
         """``lifecycle``: the settings of expiry and the series bound; by default read from the environment
-        (``SeriesLifecycle.from_environment``, which raises InvalidValueError for a bad value)."""
+        (``SeriesLifecycle.from_environment``, which raises InvalidValueError for a bad value).
+        ``participants``: sources that add their changes to every merge (see store/participants.py)."""
         self.directory = Path(directory)
         self.path = self.directory / TEXTFILE_NAME
         self.lock_path = self.directory / (TEXTFILE_NAME + LOCK_SUFFIX)
@@ -400,6 +402,7 @@ class TextfileStore:
         self._next_litter_check = 0.0  # see LITTER_INTERVAL
         # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
         self.lifecycle = SeriesLifecycle.from_environment(self.path) if lifecycle is None else lifecycle
+        self.participants: list[Participant] = list(participants)
 
     # Reading
 
@@ -490,7 +493,7 @@ class TextfileStore:
         ``retired_markers`` are those the file already accounts for (``Document.retired_markers``)."""
         counts: dict[str, int] = {}
         for marker in self._read_markers():
-            if marker.id not in retired_markers and liveness.is_alive(marker):
+            if marker.id not in retired_markers and inflight.is_alive(marker):
                 counts[marker.provider] = counts.get(marker.provider, 0) + 1
         return counts
 
@@ -520,8 +523,8 @@ class TextfileStore:
             return
         with _DeferredSignals():
             self._make_directory()
-            temporary, final = handover.write(self.directory, changes, durable)
-            handover.publish(temporary, final, durable)
+            temporary, final = handovers.write(self.directory, changes, durable)
+            handovers.publish(temporary, final, durable)
             changes.clear()
 
     def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True) -> bool:
@@ -562,9 +565,11 @@ class TextfileStore:
                 # writers' fsyncs) can take seconds for a few hundred hand-overs, and the lock was held all that
                 # time. Nothing below may fail the merge: the file is written. A hand-over or a marker not
                 # removed yet (or ever) stays listed in the file, so no merger counts it again.
-                handover.remove_soon(self.directory, applied)
+                handovers.remove_soon(self.directory, applied)
                 for marker_id in to_remove:
-                    liveness.remove_marker(self.directory, marker_id)
+                    inflight.remove_marker(self.directory, marker_id)
+                for participant in self.participants:
+                    participant.after_commit()
                 return
 
     def _merge_late_handovers(self, failed: bool = False) -> None:
@@ -598,12 +603,12 @@ class TextfileStore:
 
     def _handovers_waiting(self) -> bool:
         try:
-            names = os.listdir(handover.handover_directory(self.directory))
+            names = os.listdir(handovers.handover_directory(self.directory))
         except OSError:
             return False
-        suffix = handover.SUFFIX
+        suffix = handovers.SUFFIX
         return any(
-            name.endswith(suffix) and not name.startswith(handover.TEMPORARY_PREFIX)
+            name.endswith(suffix) and not name.startswith(handovers.TEMPORARY_PREFIX)
             and name[: -len(suffix)] not in self._handled_handovers
             for name in names
         )
@@ -637,15 +642,19 @@ class TextfileStore:
         # missed and the deployment counted crashed as well as ended).
         markers = self._probe_markers(document.retired_markers)
         applied, handed_over = self._collect_handovers(document)
-        combined = _combined([handed_over, changes]) if handed_over is not None else changes
+        collected = [part for part in (p.collect(document) for p in self.participants) if part]
+        if handed_over is not None or collected:
+            combined = _combined([*([handed_over] if handed_over is not None else []), *collected, changes])
+        else:
+            combined = changes
         to_apply = self.lifecycle.before_merge(document, combined, read_from_disk)
         to_remove = self._account_markers(document, to_apply, markers)
         _apply(document, to_apply, self.path, time.time(), self._clock_is_behind())
         self.lifecycle.after_merge(document, to_apply)
         if applied:
-            document.meta[handover.APPLIED_KEY] = " ".join(applied)
+            document.meta[handovers.APPLIED_KEY] = " ".join(applied)
         else:
-            document.meta.pop(handover.APPLIED_KEY, None)
+            document.meta.pop(handovers.APPLIED_KEY, None)
         temporary, descriptor = self._write_temporary(document.parts())
         if not self._lock.is_held():
             # Someone removed the lock file while we held it: another merger may have locked a new one and
@@ -680,27 +689,27 @@ class TextfileStore:
     def _collect_handovers(self, document: Document) -> tuple[list[str], Changes | None]:
         """The ids of every hand-over now in the directory that the file will account for, and the changes of
         those it does not hold yet, combined in their order (None if there are none)."""
-        ids = handover.pending(self.directory)
+        ids = handovers.pending(self.directory)
         self._handled_handovers = set(ids)
         if not ids:
             return [], None
-        already = set(document.meta.get(handover.APPLIED_KEY, "").split())
+        already = set(document.meta.get(handovers.APPLIED_KEY, "").split())
         read: dict[str, Changes] = {}
         for handover_id in ids:
             if handover_id in already:
                 continue
             try:
-                read[handover_id] = handover.read(self.directory, handover_id)
-            except handover.NewerHandover as error:
+                read[handover_id] = handovers.read(self.directory, handover_id)
+            except handovers.NewerHandover as error:
                 if handover_id not in _newer_handovers_logged:
                     _newer_handovers_logged.add(handover_id)
                     log.warning(
                         "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
                         "merger of that version; upgrade this one",
-                        handover.handover_directory(self.directory) / f"{handover_id}{handover.SUFFIX}", error,
+                        handovers.handover_directory(self.directory) / f"{handover_id}{handovers.SUFFIX}", error,
                     )
-            except handover.UnreadableHandover as error:
-                handover.set_aside(self.directory, handover_id, str(error))
+            except handovers.UnreadableHandover as error:
+                handovers.set_aside(self.directory, handover_id, str(error))
         # One that can never be summed into this file would fail this merge and every later one: set aside.
         # Checked for all at once (amounts are >= 0, so if their total can be summed into the file, each can),
         # and one by one only when that fails, to find the one at fault.
@@ -715,7 +724,7 @@ class TextfileStore:
                 try:
                     _check_summable(document, _combined([*kept, changes]), self.path)
                 except InvalidValueError as error:
-                    handover.set_aside(self.directory, handover_id, str(error))
+                    handovers.set_aside(self.directory, handover_id, str(error))
                     del read[handover_id]
                 else:
                     kept.append(changes)
@@ -753,14 +762,14 @@ class TextfileStore:
             version.close()
         return document
 
-    def _probe_markers(self, accounted: Collection[str]) -> list[tuple[liveness.Marker, bool]]:
+    def _probe_markers(self, accounted: Collection[str]) -> list[tuple[inflight.Marker, bool]]:
         """Every in-flight marker, and whether its deployment is alive (not probed for those ``accounted``)."""
         return [
-            (marker, marker.id not in accounted and liveness.is_alive(marker)) for marker in self._read_markers()
+            (marker, marker.id not in accounted and inflight.is_alive(marker)) for marker in self._read_markers()
         ]
 
     def _account_markers(
-        self, document: Document, changes: Changes, markers: list[tuple[liveness.Marker, bool]]
+        self, document: Document, changes: Changes, markers: list[tuple[inflight.Marker, bool]]
     ) -> set[str]:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
         markers it now accounts for. Those are removed only after the file is written, and the list stays in
@@ -780,7 +789,7 @@ class TextfileStore:
                 deployment_crashed(crashed, marker.provider, marker.fraise_type, marker.id)
         # A marker made after the probe whose deployment's start and end were handed over since: this merge
         # applies its end, so it stays listed (else the next merger would count it crashed) and is removed.
-        directory = liveness.marker_directory(self.directory)
+        directory = inflight.marker_directory(self.directory)
         for marker_id in changes.retired_markers - existing:
             if marker_id and "/" not in marker_id and not marker_id.startswith(".") and os.path.lexists(
                 directory / marker_id
@@ -792,10 +801,10 @@ class TextfileStore:
         document.retired_markers = accounted & existing
         return document.retired_markers
 
-    def _read_markers(self) -> list[liveness.Marker]:
+    def _read_markers(self) -> list[inflight.Marker]:
         """The in-flight markers, once the marker directory is known to hold only what fraisier writes there:
         a directory of regular files (a FIFO in it would block the reader for ever)."""
-        directory = liveness.marker_directory(self.directory)
+        directory = inflight.marker_directory(self.directory)
         try:
             status = os.lstat(directory)
         except FileNotFoundError:
@@ -808,7 +817,7 @@ class TextfileStore:
             for entry in os.scandir(directory):
                 if not entry.is_file(follow_symlinks=False):
                     raise _unexpected(Path(entry.path), _lstat_or_none(Path(entry.path)))
-            return liveness.read_markers(self.directory)
+            return inflight.read_markers(self.directory)
         except OSError as error:
             raise write_error(directory, "read the marker directory", error) from None
 
@@ -825,10 +834,10 @@ class TextfileStore:
                 except OSError:
                     pass
         try:
-            liveness.remove_stale_temporaries(self.directory)
+            inflight.remove_stale_temporaries(self.directory)
         except OSError:
             pass  # litter only: a later merger tries again
-        handover.remove_stale_temporaries(self.directory)
+        handovers.remove_stale_temporaries(self.directory)
 
     def _write_temporary(self, parts: Iterable[bytes | memoryview]) -> tuple[Path, int]:
         """Write the text ``parts`` make durably to a new temporary file; return its path and its open
@@ -898,7 +907,7 @@ class TextfileStore:
 
     def _fsync_directory(self) -> None:
         """Make the rename itself durable."""
-        handover.fsync_directory(self.directory)
+        handovers.fsync_directory(self.directory)
 
 
 def _write_parts(descriptor: int, parts: Iterable[bytes | memoryview]) -> None:

@@ -21,9 +21,9 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from fraisier_textfile import layout
 from fraisier_textfile.catalogue import FAMILIES, FAMILIES_BY_NAME, Family, Kind, format_float
-from fraisier_textfile.layout import Segment, crc_of, segments_of
+from fraisier_textfile.format import layout
+from fraisier_textfile.format.layout import Segment, crc_of, segments_of
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 META_PREFIX = "# fraisier_textfile "

@@ -15,11 +15,13 @@ from typing import Any
 
 import click
 
-from fraisier_textfile import __version__, handover, logs
+from fraisier_textfile import __version__
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
+from fraisier_textfile.cli import logs
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
-from fraisier_textfile.textfile import (
+from fraisier_textfile.store import handovers
+from fraisier_textfile.store.textfile import (
     DEFAULT_LOCK_TIMEOUT,
     DIRECTORY_ENVIRONMENT,
     LOCK_TIMEOUT_ENVIRONMENT,
@@ -251,7 +253,7 @@ def exec_(settings: Settings, provider: str, fraise_type: str, command: tuple[st
     Example:
       fraisier exec --provider bare_metal --fraise-type api -- ./deploy.sh --env prod
     """
-    from fraisier_textfile.execution import run_deployment
+    from fraisier_textfile.cli.execution import run_deployment
 
     with library_errors():
         status = run_deployment(settings.store(), provider, fraise_type, command)
@@ -278,7 +280,7 @@ EXPIRE_AFTER = click.option(
 
 
 def _duration(option: str, text: str | None) -> float | None:
-    from fraisier_textfile.lifecycle import parse_duration
+    from fraisier_textfile.store.lifecycle import parse_duration
 
     if text is None:
         return None
@@ -305,7 +307,7 @@ def refresh(settings: Settings, expire_after: str | None) -> None:
         store.lifecycle.expire_after = retention
     with library_errors():
         store.merge(events.Changes())
-    handover.wait_for_removals()  # a tidy directory after a refresh: the applied hand-overs are gone
+    handovers.wait_for_removals()  # a tidy directory after a refresh: the applied hand-overs are gone
     for series in store.lifecycle.forgotten:
         click.echo(f"expired {series}")
 
@@ -344,7 +346,7 @@ def forget(
       fraisier textfile forget --match error_type=exit_code_137 --family fraisier_deployment_errors_total
       fraisier textfile forget --expire-after 90d
     """
-    from fraisier_textfile import lifecycle
+    from fraisier_textfile.store import lifecycle
 
     with library_errors():
         matchers = [lifecycle.parse_matcher(text) for text in matches]
@@ -371,7 +373,7 @@ def forget(
 @pass_settings
 def show(settings: Settings) -> None:
     """Print each family of the textfile with its samples."""
-    from fraisier_textfile.textformat import describe
+    from fraisier_textfile.format.textformat import describe
 
     store = settings.store()
     with library_errors():
@@ -390,7 +392,7 @@ def summary(settings: Settings, as_json: bool) -> None:
     """How deployments are going, per provider and fraise type: deployments by status, success rate, time since
     the last success and failure; per provider (fraise type "all") also the p50 and p95 duration estimated from
     the histogram buckets, deployments active now, rollbacks and the health-check pass rate."""
-    from fraisier_textfile.summary import as_json_text, summarize, table_lines
+    from fraisier_textfile.serve.summary import as_json_text, summarize, table_lines
 
     store = settings.store()
     with library_errors():
@@ -413,8 +415,8 @@ def check(settings: Settings) -> None:
     cumulative. Prints every problem, one per line with its line number, and exits 1; exits 0 when the file is
     sound. Histograms written with other buckets than ours are noted, not refused: the next merge migrates
     them, keeping their totals."""
-    from fraisier_textfile.lifecycle import migration_notes
-    from fraisier_textfile.textformat import ParseError, check_text, parse
+    from fraisier_textfile.format.textformat import ParseError, check_text, parse
+    from fraisier_textfile.store.lifecycle import migration_notes
 
     store = settings.store()
     if not store.path.exists():
@@ -498,7 +500,7 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     import signal
     import threading
 
-    from fraisier_textfile.server import notify_systemd, serve_textfile, systemd_listening_socket
+    from fraisier_textfile.serve.server import notify_systemd, serve_textfile, systemd_listening_socket
 
     if not address.strip():
         raise InvalidInput("--address is empty: give localhost, a host's address, or 0.0.0.0 for every interface")

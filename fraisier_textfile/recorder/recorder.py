@@ -31,12 +31,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from fraisier_textfile import catalogue, changes, liveness
+from fraisier_textfile import catalogue, changes
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, LockTimeoutError, write_error
-from fraisier_textfile.lifecycle import DEFAULT_MAX_SERIES, SeriesLifecycle
-from fraisier_textfile.textfile import (
+from fraisier_textfile.store import inflight
+from fraisier_textfile.store.lifecycle import DEFAULT_MAX_SERIES, SeriesLifecycle
+from fraisier_textfile.store.textfile import (
     DEFAULT_LOCK_TIMEOUT,
     TEXTFILE_NAME,
     TextfileStore,
@@ -45,7 +46,7 @@ from fraisier_textfile.textfile import (
 )
 
 if TYPE_CHECKING:
-    from fraisier_textfile.server import MetricsServer
+    from fraisier_textfile.serve.server import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ class _InFlight:
 
     __slots__ = ("fraise_type", "marker", "provider")
 
-    def __init__(self, provider: str, fraise_type: str, marker: liveness.Marker | None) -> None:
+    def __init__(self, provider: str, fraise_type: str, marker: inflight.Marker | None) -> None:
         self.provider = provider
         self.fraise_type = fraise_type
         self.marker = marker
@@ -338,7 +339,7 @@ class MetricsRecorder:
         self._db_queries: dict[tuple[object, object, object], tuple[_Counter, _Histogram]] = {}
         """The same for ``record_health_check``, ``record_rollback`` and ``record_db_query``."""
         self._in_flight: list[_InFlight] = []
-        self._ending: list[liveness.Marker] = []
+        self._ending: list[inflight.Marker] = []
         """Markers of ended deployments, released once their end is written."""
         self._batch_depth = 0
         self.metrics = DeploymentMetrics(self)
@@ -586,7 +587,7 @@ class MetricsRecorder:
         free port. More than ``max_requests`` scrapes at once get 503 (0: no limit). Returns the running
         server: ``.url``, ``.port``, ``.shutdown()``. Raises ServerStartError or WebConfigError when it
         cannot start."""
-        from fraisier_textfile.server import serve_registry
+        from fraisier_textfile.serve.server import serve_registry
 
         return serve_registry(self.registry, port=port, address=address, web_config_file=web_config_file,
                               max_requests=max_requests)
@@ -698,13 +699,13 @@ class MetricsRecorder:
     def _start(self, provider: str, fraise_type: str) -> _InFlight:
         provider = catalogue.check_label_value("provider", provider)
         fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
-        marker: liveness.Marker | None = None
+        marker: inflight.Marker | None = None
         try:
-            marker = liveness.create_marker(self.store.directory, provider, fraise_type)
+            marker = inflight.create_marker(self.store.directory, provider, fraise_type)
         except (OSError, FraisierTextfileError) as error:
             problem = (
                 error if isinstance(error, FraisierTextfileError)
-                else write_error(liveness.marker_directory(self.store.directory), "write a marker in", error)
+                else write_error(inflight.marker_directory(self.store.directory), "write a marker in", error)
             )
             self._note("marker", f"{problem} (the deployment is recorded when it ends, but until then other "
                        "processes do not see it as active)", problem)

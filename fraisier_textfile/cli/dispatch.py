@@ -123,12 +123,12 @@ def main() -> None:
     decision = route(sys.argv[1:])
     if decision.destination == Route.OURS and decision.our_arguments != sys.argv[1:] and fraisier_installed():
         # Fraisier's group options were left out (without Fraisier, our CLI refuses them as it always has).
-        from fraisier_textfile.cli import main as our_main
+        from fraisier_textfile.cli.commands import main as our_main
 
         our_main(args=decision.our_arguments)
         return
     if decision.destination == Route.OURS or not fraisier_installed():
-        from fraisier_textfile.cli import main as our_main
+        from fraisier_textfile.cli.commands import main as our_main
 
         our_main()
         return
@@ -158,7 +158,7 @@ def combined_group() -> click.Group:
     import click
     from fraisier.cli import main as fraisier_main
 
-    from fraisier_textfile.cli import main as our_main
+    from fraisier_textfile.cli.commands import main as our_main
 
     commands = dict(fraisier_main.commands)
     commands.update({name: our_main.commands[name] for name in sorted(OUR_COMMANDS)})

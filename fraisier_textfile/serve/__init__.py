@@ -1,0 +1,1 @@
+"""Serving: the HTTP exporter (``fraisier metrics``), its web config, the landing page and summary."""
