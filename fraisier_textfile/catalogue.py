@@ -10,8 +10,6 @@ import math
 
 from fraisier_textfile.errors import InvalidValueError
 
-PREFIX = "fraisier_"
-
 DEPLOYMENT_STATUSES: tuple[str, ...] = ("success", "failed", "rolled_back", "rollback_failed", "crashed")
 """Statuses a finished deployment may have. ``crashed`` is recorded for a process found dead mid-deployment."""
 

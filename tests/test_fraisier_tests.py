@@ -26,7 +26,7 @@ import pytest
 
 from fraisier_textfile import catalogue
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.format.textformat import check_document
+from fraisier_textfile.format.check import check_document
 from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import REPOSITORY

@@ -18,7 +18,8 @@ import pytest
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError
-from fraisier_textfile.format.textformat import check_text, parse
+from fraisier_textfile.format.check import check_text
+from fraisier_textfile.format.reader import parse
 from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import binary, fraisier, http_get, node_exporter
@@ -108,7 +109,7 @@ def _scrape_error(url: str) -> float:
 
 @pytest.mark.integration
 def test_node_exporter_serves_every_golden_file_and_drops_every_refused_input(tmp_path: Path) -> None:
-    from .test_textformat import REFUSED
+    from .test_reader import REFUSED
 
     directory = tmp_path / "collector"
     directory.mkdir()
@@ -128,7 +129,7 @@ def test_node_exporter_serves_every_golden_file_and_drops_every_refused_input(tm
 
 @pytest.mark.integration
 def test_promtool_refuses_what_we_refuse_in_the_same_words() -> None:
-    from .test_textformat import REFUSED
+    from .test_reader import REFUSED
 
     for name, (text, _) in REFUSED.items():
         if name in NOT_GO_RULES | NODE_EXPORTER_ONLY:

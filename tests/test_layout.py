@@ -15,7 +15,9 @@ from fraisier_textfile import MetricsRecorder
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format import layout
-from fraisier_textfile.format.textformat import Document, ParseError, parse, parse_bytes, read_vouched
+from fraisier_textfile.format.model import Document
+from fraisier_textfile.format.reader import parse, parse_bytes, read_vouched
+from fraisier_textfile.format.syntax import ParseError
 from fraisier_textfile.store.textfile import TextfileStore
 
 LAYOUT_PREFIX = b"# fraisier_textfile layout: "
@@ -250,7 +252,7 @@ def _histogram_series(provider: str, sum_first: bool) -> list[str]:
 
 
 @settings(max_examples=150, deadline=None)
-@example(  # a foreign family split around one of ours, then comments: see textformat._ends_loose
+@example(  # a foreign family split around one of ours, then comments: see format.model._ends_loose
     chunks=[["other_metric 1"], [f'{_D}{{provider="p",error_type="e"}} 1.0'], ["other_metric{a=\"x\"} 2"], [""],
             [" # stray"]],
     operations=[("add", "q")],

@@ -14,7 +14,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.format import layout
-from fraisier_textfile.format.textformat import Document, parse, read_vouched
+from fraisier_textfile.format.model import Document
+from fraisier_textfile.format.reader import parse, read_vouched
 from fraisier_textfile.store import handovers
 from fraisier_textfile.store.lifecycle import Selection, SeriesLifecycle, forget
 from fraisier_textfile.store.textfile import TextfileStore
@@ -108,7 +109,7 @@ class Merges(RuleBasedStateMachine):
         self.now += 60 * minutes
 
     @precondition(lambda self: (self.directory / "fraisier.prom").exists())
-    # A family split in two places, comments and blank lines at the end (see textformat._ends_loose).
+    # A family split in two places, comments and blank lines at the end (see format.model._ends_loose).
     @rule(text=st.sampled_from(['other_metric{n="{n}"} 1\n', "# a note\n", "\n", "# TYPE o_{n} gauge\no_{n} 2\n"]))
     def edited_by_someone_else(self, text: str) -> None:
         path = self.directory / "fraisier.prom"

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.format.textformat import parse
+from fraisier_textfile.format.reader import parse
 from fraisier_textfile.recorder.recorder import MetricsRecorder
 from fraisier_textfile.store.lifecycle import (
     REFUSED_FAMILY,

@@ -17,7 +17,7 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError, LockTimeoutError, TextfileWriteError
-from fraisier_textfile.format.textformat import parse
+from fraisier_textfile.format.reader import parse
 from fraisier_textfile.store.textfile import TEMPORARY_PREFIX, TextfileStore
 
 from .processes import STORE_WORKERS, binary, lock_held_elsewhere, small_tmpfs

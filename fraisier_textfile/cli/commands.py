@@ -373,7 +373,7 @@ def forget(
 @pass_settings
 def show(settings: Settings) -> None:
     """Print each family of the textfile with its samples."""
-    from fraisier_textfile.format.textformat import describe
+    from fraisier_textfile.format.check import describe
 
     store = settings.store()
     with library_errors():
@@ -415,7 +415,9 @@ def check(settings: Settings) -> None:
     cumulative. Prints every problem, one per line with its line number, and exits 1; exits 0 when the file is
     sound. Histograms written with other buckets than ours are noted, not refused: the next merge migrates
     them, keeping their totals."""
-    from fraisier_textfile.format.textformat import ParseError, check_text, parse
+    from fraisier_textfile.format.check import check_text
+    from fraisier_textfile.format.reader import parse
+    from fraisier_textfile.format.syntax import ParseError
     from fraisier_textfile.store.lifecycle import migration_notes
 
     store = settings.store()

@@ -37,7 +37,7 @@ from fraisier_textfile.errors import (
     TextfileError,
     UnexpectedFileError,
 )
-from fraisier_textfile.format.textformat import Block, Document
+from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.serve.webconfig import LiveWebConfig
 from fraisier_textfile.store.textfile import FileVersion, TextfileStore, count_active_deployments
 
@@ -259,7 +259,7 @@ deployment since the file began.</p>
 
 def landing_page(source: MetricsSource) -> str:
     """The page at ``/``: a link to the metrics and the deployments summary of what a scrape serves now."""
-    from fraisier_textfile.format.textformat import parse
+    from fraisier_textfile.format.reader import parse
     from fraisier_textfile.serve.summary import html_table, summarize
 
     try:

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.format.textformat import Document, parse_series_key
+from fraisier_textfile.format.model import Document
+from fraisier_textfile.format.syntax import parse_series_key
 
 ALL_FRAISE_TYPES = "all"
 FAILURE_STATUSES = tuple(status for status in c.DEPLOYMENT_STATUSES if status != "success")

@@ -47,7 +47,8 @@ from typing import Protocol
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.changes import Changes, Labels
 from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError
-from fraisier_textfile.format.textformat import Block, Document, ParseError, check_buckets, parse_series_key, series_key
+from fraisier_textfile.format.model import Block, Document, check_buckets
+from fraisier_textfile.format.syntax import ParseError, parse_series_key, series_key
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from fraisier_textfile.changes import Changes
-    from fraisier_textfile.format.textformat import Document
+    from fraisier_textfile.format.model import Document
 
 
 class Participant(Protocol):

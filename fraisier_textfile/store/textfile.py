@@ -43,16 +43,9 @@ from fraisier_textfile.errors import (
     UnexpectedFileError,
     write_error,
 )
-from fraisier_textfile.format.textformat import (
-    Block,
-    Document,
-    ParseError,
-    label_text,
-    parse,
-    parse_bytes,
-    parse_series_key,
-    series_key,
-)
+from fraisier_textfile.format.model import Block, Document
+from fraisier_textfile.format.reader import parse, parse_bytes
+from fraisier_textfile.format.syntax import ParseError, label_text, parse_series_key, series_key
 from fraisier_textfile.store import handovers, inflight
 from fraisier_textfile.store.lifecycle import SeriesLifecycle
 from fraisier_textfile.store.participants import Participant
@@ -481,7 +474,7 @@ class TextfileStore:
             raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
 
     def parse_data(self, data: bytes, check_histograms: bool = True) -> Document:
-        """The document of the file's bytes (see textformat.parse_bytes: one this package wrote is not
+        """The document of the file's bytes (see format.reader.parse_bytes: one this package wrote is not
         checked line by line again)."""
         try:
             return parse_bytes(data, check_histograms)

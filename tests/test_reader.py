@@ -3,16 +3,10 @@ from __future__ import annotations
 import pytest
 
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.format.textformat import (
-    ParseError,
-    check_buckets,
-    check_document,
-    check_text,
-    escape_label_value,
-    parse,
-    parse_series_key,
-    series_key,
-)
+from fraisier_textfile.format.check import check_document, check_text
+from fraisier_textfile.format.model import check_buckets
+from fraisier_textfile.format.reader import parse
+from fraisier_textfile.format.syntax import ParseError, escape_label_value, parse_series_key, series_key
 
 LAYOUT_LINE = "# fraisier_textfile layout: "
 
