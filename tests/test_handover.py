@@ -117,10 +117,10 @@ def test_hand_over_empties_the_changes_and_the_next_merge_writes_them_once(textf
     assert values['fraisier_active_deployments{provider="docker_compose"}'] == 0  # the marker's deployment ended
     assert inflight.read_markers(textfile_dir) == []
     assert os.listdir(handovers.handover_directory(textfile_dir)) == []
-    assert f"# fraisier_textfile {handovers.APPLIED_KEY}: {name[:-5]}\n" in store.path.read_text()
+    assert f"# fraisier_textfile {handovers.APPLIED.key}: {name[:-5]}\n" in store.path.read_text()
     store.merge(Changes())
     assert sample_values(store.path) == values
-    assert handovers.APPLIED_KEY not in store.path.read_text()  # the list forgets hand-overs once deleted
+    assert handovers.APPLIED.key not in store.path.read_text()  # the list forgets hand-overs once deleted
 
 
 def test_calls_under_a_held_lock_hand_over_and_the_next_merge_writes_each_once(textfile_dir: Path) -> None:
@@ -223,7 +223,7 @@ def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textf
     assert handovers.wait_for_removals()  # more than INLINE_REMOVALS are deleted by the background thread
     assert os.listdir(handovers.handover_directory(textfile_dir)) == []
     store.merge(Changes())
-    assert handovers.APPLIED_KEY not in store.path.read_text()
+    assert handovers.APPLIED.key not in store.path.read_text()
     assert applied_by_killed_mergers > 0  # the kills did land at every stage, not only before the merges began
 
 
@@ -304,14 +304,14 @@ def test_many_applied_hand_overs_are_deleted_in_the_background_and_stay_listed_u
             assert store.merge_or_hand_over(changes, wait=0.01) is False
     store.merge(Changes())
     # Listed as applied by the file that holds them, whether or not the thread has deleted them yet.
-    listed = store.path.read_text().split(f"# fraisier_textfile {handovers.APPLIED_KEY}: ")[1].split("\n")[0]
+    listed = store.path.read_text().split(f"# fraisier_textfile {handovers.APPLIED.key}: ")[1].split("\n")[0]
     assert len(listed.split()) == count
     assert handovers.wait_for_removals()
     assert os.listdir(handovers.handover_directory(textfile_dir)) == []
     values = sample_values(store.path)
     assert [error_count(values, f"many_{number}") for number in range(count)] == [1] * count
     store.merge(Changes())
-    assert handovers.APPLIED_KEY not in store.path.read_text()
+    assert handovers.APPLIED.key not in store.path.read_text()
     assert sample_values(store.path) == values
 
 

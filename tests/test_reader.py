@@ -7,6 +7,7 @@ from fraisier_textfile.format.check import check_document, check_text
 from fraisier_textfile.format.model import check_buckets
 from fraisier_textfile.format.reader import parse
 from fraisier_textfile.format.syntax import ParseError, escape_label_value, parse_series_key, series_key
+from fraisier_textfile.store.inflight import RETIRED_MARKERS
 
 LAYOUT_LINE = "# fraisier_textfile layout: "
 
@@ -243,8 +244,8 @@ def test_meta_comments_are_read_wherever_they_are_and_written_on_top_sorted() ->
     text += "# fraisier_textfile a-key: some value\n"
     document = parse(text)
     assert document.meta == {"retired-markers": "m2 m1", "a-key": "some value"}
-    assert document.retired_markers == {"m1", "m2"}
-    document.retired_markers.add("m3")
+    assert RETIRED_MARKERS.get(document) == {"m1", "m2"}
+    RETIRED_MARKERS.add(document, ["m3"])
     document.meta["lifecycle"] = "x"
     rendered = without_layout(document.render())
     assert rendered.startswith(
@@ -252,7 +253,7 @@ def test_meta_comments_are_read_wherever_they_are_and_written_on_top_sorted() ->
         "# fraisier_textfile retired-markers: m1 m2 m3\n# HELP fraisier_rollbacks_total"
     )
     assert rendered.endswith("other 1\n")
-    document.retired_markers = set()
+    RETIRED_MARKERS.put(document, frozenset())
     assert "retired-markers" not in document.render()
 
 

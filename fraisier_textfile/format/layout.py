@@ -26,8 +26,9 @@ import zlib
 from collections.abc import Iterable, Sequence
 
 from fraisier_textfile.catalogue import FAMILIES
+from fraisier_textfile.format import bookkeeping
 
-KEY = "layout"
+KEY = bookkeeping.reserve("layout")
 SEGMENT = 1 << 15
 """The body is cut at the first line end past this many bytes: small enough that re-checksumming the segment
 an edit falls in is cheap, large enough that a 100,000-series file lists a few hundred segments."""

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterator
-from typing import Any
 
 from fraisier_textfile.catalogue import FAMILIES, FAMILIES_BY_NAME, Family, Kind, format_float
 from fraisier_textfile.format import layout
 from fraisier_textfile.format.layout import Segment, crc_of, segments_of
 from fraisier_textfile.format.syntax import (
     META_PREFIX,
-    RETIRED_MARKERS_KEY,
     ParseError,
     _has_blank,
     _read_comment,
@@ -395,46 +393,12 @@ def _find_line(data: bytes, needle: bytes, start: int, end: int, body_start: int
     return position
 
 
-class _MetaWords(set[str]):
-    """The words of one value of ``Document.meta`` (space-separated) as a set: every change is written back."""
-
-    def __init__(self, meta: dict[str, str], key: str) -> None:
-        super().__init__(meta.get(key, "").split())
-        self._meta = meta
-        self._key = key
-
-    def _write_back(self) -> None:
-        if self:
-            self._meta[self._key] = " ".join(sorted(self))
-        else:
-            self._meta.pop(self._key, None)
-
-
-def _writing_back(name: str) -> Any:
-    method = getattr(set, name)
-
-    def changed(self: _MetaWords, *arguments: Any) -> Any:
-        result = method(self, *arguments)
-        self._write_back()
-        return self if name.startswith("__i") else result
-
-    changed.__name__ = name
-    return changed
-
-
-for _name in (
-    "add", "discard", "remove", "pop", "clear", "update", "difference_update", "intersection_update",
-    "symmetric_difference_update", "__ior__", "__iand__", "__isub__", "__ixor__",
-):
-    setattr(_MetaWords, _name, _writing_back(_name))
-
-
 class Document:
     """A parsed textfile.
 
     ``meta`` holds every ``# fraisier_textfile <key>: <value>`` line of the file, wherever it was; they are
-    written at the top of the file, keys sorted. ``retired_markers`` is the key ``retired-markers`` seen as a
-    set of marker ids."""
+    written at the top of the file, keys sorted. Each key is read and written only through the
+    :class:`~fraisier_textfile.format.bookkeeping.Bookkeeping` its protocol declares."""
 
     def __init__(self) -> None:
         self.blocks: dict[str, Block] = {}
@@ -444,16 +408,6 @@ class Document:
         # the same object is written back from those bytes, not encoded again: the series' update times are
         # ~30 bytes a series, a fifth of a big file.
         self.meta_read: dict[str, tuple[str, memoryview]] = {}
-
-    @property
-    def retired_markers(self) -> set[str]:
-        return _MetaWords(self.meta, RETIRED_MARKERS_KEY)
-
-    @retired_markers.setter
-    def retired_markers(self, markers: set[str]) -> None:
-        words = _MetaWords(self.meta, RETIRED_MARKERS_KEY)
-        words.clear()
-        words.update(markers)
 
     def block(self, family: Family) -> Block:
         """The block of an owned family, created (in catalogue order) if the file had none."""

@@ -15,7 +15,6 @@ from fraisier_textfile.catalogue import Family, Kind, format_float
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 META_PREFIX = "# fraisier_textfile "
-RETIRED_MARKERS_KEY = "retired-markers"
 TYPES = ("counter", "gauge", "histogram", "summary", "untyped", "gauge_histogram")
 TIMESTAMP_PROBLEM = (
     "has a timestamp: node_exporter does not support client-side timestamps and skips the entire file; remove it"

@@ -39,6 +39,7 @@ from fraisier_textfile.errors import (
 )
 from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.serve.webconfig import LiveWebConfig
+from fraisier_textfile.store import inflight
 from fraisier_textfile.store.textfile import FileVersion, TextfileStore, count_active_deployments
 
 if TYPE_CHECKING:
@@ -224,7 +225,7 @@ def _split(version: FileVersion | None, document: Document) -> _Snapshot:
         before=b"".join(part for block in blocks[:position] for part in block.parts()),
         after=b"".join(part for block in blocks[position + 1 :] for part in block.parts()),
         active_lines=tuple(active.lines),
-        retired_markers=frozenset(document.retired_markers),
+        retired_markers=inflight.RETIRED_MARKERS.get(document),
     )
 
 

@@ -28,9 +28,11 @@ from typing import Any
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.changes import Changes, HistogramDelta
 from fraisier_textfile.errors import InvalidValueError, UnexpectedFileError, write_error
+from fraisier_textfile.format.bookkeeping import WordList
 
 HANDOVER_DIRECTORY = ".fraisier-handover"
-APPLIED_KEY = "applied-handovers"
+APPLIED = WordList("applied-handovers")
+"""The hand-overs the file already holds, in the order they were applied: listed until their files are gone."""
 """The key of ``Document.meta`` that lists the hand-overs a file already holds."""
 SUFFIX = ".json"
 TEMPORARY_PREFIX = "."

@@ -44,8 +44,12 @@ from pathlib import Path
 
 from fraisier_textfile.catalogue import check_label_value
 from fraisier_textfile.errors import InvalidValueError, UnexpectedFileError, write_error
+from fraisier_textfile.format.bookkeeping import WordSet
 
 MARKER_DIRECTORY = ".fraisier-inflight"
+RETIRED_MARKERS = WordSet("retired-markers")
+"""The markers whose deployments the file already accounts for (ended, or counted crashed): listed until the
+marker files are gone, so that no merger counts one twice."""
 LIVENESS_LOCK = "flock"
 """The marker's ``liveness`` field when its writer holds a lock on it while the deployment runs."""
 

@@ -47,6 +47,7 @@ from typing import Protocol
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.changes import Changes, Labels
 from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError
+from fraisier_textfile.format.bookkeeping import KeyedBookkeeping, text_value
 from fraisier_textfile.format.model import Block, Document, check_buckets
 from fraisier_textfile.format.syntax import ParseError, parse_series_key, series_key
 
@@ -63,8 +64,8 @@ REFUSED_HELP = (
     "Changes to new series refused because their family had reached its series bound "
     f"({MAX_SERIES_ENVIRONMENT}), by family."
 )
-UPDATED_META_PREFIX = "updated-"
-"""``Document.meta`` key prefix: ``updated-<family>`` holds the last-update times of that family's series."""
+UPDATED = KeyedBookkeeping("updated-", text_value, text_value)
+"""``updated-<family>``: the last-update times of that family's series (SeriesTimes' text)."""
 
 _DURATION = r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*\Z"
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -381,8 +382,8 @@ def _sweep_family(
     block = document.blocks.get(family.name)
     if block is None or block.raw is not None:
         return []
-    meta_key = UPDATED_META_PREFIX + family.name
-    times = SeriesTimes(document.meta.get(meta_key))
+    times_line = UPDATED.at(family.name)
+    times = SeriesTimes(times_line.get(document) or None)
     if any(label not in family.labels for label, _ in matchers):
         return []
     if cutoff is not None and not matchers:
@@ -421,10 +422,7 @@ def _sweep_family(
             present = {keys[text] for text in keys if text not in chosen}
             times.forget([key for key in times.entries() if key not in present])
         rendered = times.render()
-        if rendered and family.name in document.blocks:
-            document.meta[meta_key] = rendered
-        else:
-            document.meta.pop(meta_key, None)
+        times_line.put(document, rendered if family.name in document.blocks else "")
     return [f"{family.name}{{{text}}}" for text in _series_texts(block) if text in chosen]
 
 
@@ -483,10 +481,10 @@ def _record_times(document: Document, changes: Changes, minute: int) -> None:
     for family, keys in touched.items():
         if family.name not in document.blocks:
             continue
-        meta_key = UPDATED_META_PREFIX + family.name
-        times = SeriesTimes(document.meta.get(meta_key) or str(minute))
+        times_line = UPDATED.at(family.name)
+        times = SeriesTimes(times_line.get(document) or str(minute))
         times.touch(keys, minute)
-        document.meta[meta_key] = times.render()
+        times_line.put(document, times.render())
 
 
 # Reading series out of an owned block. Keys inside an owned block are canonical (catalogue label order,

@@ -483,7 +483,7 @@ class TextfileStore:
 
     def active_deployments(self, retired_markers: Collection[str]) -> dict[str, int]:
         """Deployments running now in live processes, by provider (for a reader serving the file live).
-        ``retired_markers`` are those the file already accounts for (``Document.retired_markers``)."""
+        ``retired_markers`` are those the file already accounts for (``inflight.RETIRED_MARKERS``)."""
         counts: dict[str, int] = {}
         for marker in self._read_markers():
             if marker.id not in retired_markers and inflight.is_alive(marker):
@@ -633,7 +633,7 @@ class TextfileStore:
         # hands it over and only then releases its marker: so a marker found released here has its hand-over
         # in the directory already, and the listing below finds it (listed first, the hand-over could be
         # missed and the deployment counted crashed as well as ended).
-        markers = self._probe_markers(document.retired_markers)
+        markers = self._probe_markers(inflight.RETIRED_MARKERS.get(document))
         applied, handed_over = self._collect_handovers(document)
         collected = [part for part in (p.collect(document) for p in self.participants) if part]
         if handed_over is not None or collected:
@@ -644,10 +644,7 @@ class TextfileStore:
         to_remove = self._account_markers(document, to_apply, markers)
         _apply(document, to_apply, self.path, time.time(), self._clock_is_behind())
         self.lifecycle.after_merge(document, to_apply)
-        if applied:
-            document.meta[handovers.APPLIED_KEY] = " ".join(applied)
-        else:
-            document.meta.pop(handovers.APPLIED_KEY, None)
+        handovers.APPLIED.put(document, tuple(applied))
         temporary, descriptor = self._write_temporary(document.parts())
         if not self._lock.is_held():
             # Someone removed the lock file while we held it: another merger may have locked a new one and
@@ -686,7 +683,7 @@ class TextfileStore:
         self._handled_handovers = set(ids)
         if not ids:
             return [], None
-        already = set(document.meta.get(handovers.APPLIED_KEY, "").split())
+        already = set(handovers.APPLIED.get(document))
         read: dict[str, Changes] = {}
         for handover_id in ids:
             if handover_id in already:
@@ -767,7 +764,7 @@ class TextfileStore:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
         markers it now accounts for. Those are removed only after the file is written, and the list stays in
         the file until they are gone: so a merger killed at any point leaves each deployment counted once."""
-        accounted = document.retired_markers | changes.retired_markers
+        accounted = inflight.RETIRED_MARKERS.get(document) | changes.retired_markers
         active: dict[str, int] = {provider: 0 for provider in changes.active_providers}
         existing = set()
         crashed = Changes()
@@ -791,8 +788,8 @@ class TextfileStore:
         accounted |= crashed.retired_markers
         _apply(document, crashed, self.path, time.time())
         _set_active(document, active)
-        document.retired_markers = accounted & existing
-        return document.retired_markers
+        inflight.RETIRED_MARKERS.put(document, frozenset(accounted & existing))
+        return set(inflight.RETIRED_MARKERS.get(document))
 
     def _read_markers(self) -> list[inflight.Marker]:
         """The in-flight markers, once the marker directory is known to hold only what fraisier writes there:
