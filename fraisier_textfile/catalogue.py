@@ -1,6 +1,8 @@
-"""The metric families: one table that the recorder, the store, the CLI, the docs and the tests read.
+"""Fraisier's metric families: one table that the recorder, the CLI, the docs and the tests read, and the label
+values and number checks of its events.
 
-Nothing here imports anything else of ours: everything downstream reads this module.
+To the format and the store it is one schema among any (``format/schema.py``): they are handed it, as
+``SCHEMA``, and import nothing of it. It is the default schema, set when this module is imported.
 """
 
 from __future__ import annotations
@@ -9,6 +11,10 @@ import enum
 import math
 
 from fraisier_textfile.errors import InvalidValueError
+from fraisier_textfile.format.schema import Family as Family
+from fraisier_textfile.format.schema import Kind as Kind
+from fraisier_textfile.format.schema import Schema, set_default
+from fraisier_textfile.format.schema import format_float as format_float
 
 DEPLOYMENT_STATUSES: tuple[str, ...] = ("success", "failed", "rolled_back", "rollback_failed", "crashed")
 """Statuses a finished deployment may have. ``crashed`` is recorded for a process found dead mid-deployment."""
@@ -32,54 +38,12 @@ FALLBACK_ERROR_TYPE = "invalid_error_type"
 MAX_LABEL_VALUE_LENGTH = 128
 
 
-def format_float(value: float) -> str:
-    """A value as the Prometheus text format writes it (Go's strconv style for the specials)."""
-    if value == math.inf:
-        return "+Inf"
-    if value == -math.inf:
-        return "-Inf"
-    if value != value:
-        return "NaN"
-    return repr(float(value))
-
-
-class Kind(enum.Enum):
-    COUNTER = "counter"
-    GAUGE = "gauge"
-    HISTOGRAM = "histogram"
-
-
-class Family:
-    """One metric family of the catalogue.
-
-    Compared and hashed by identity: each family is one constant, and a field-by-field hash made every
-    record call several times slower. A plain class, not a dataclass: `fraisier record` imports this
-    module, and dataclasses cost a CLI run milliseconds of start-up."""
-
-    __slots__ = ("bucket_bounds", "buckets", "help", "kind", "labels", "name")
-
-    def __init__(
-        self, name: str, kind: Kind, labels: tuple[str, ...], help: str, buckets: tuple[float, ...] = ()
-    ) -> None:
-        self.name = name
-        self.kind = kind
-        self.labels = labels
-        self.help = help
-        self.buckets = buckets
-        self.bucket_bounds: tuple[str, ...] = (
-            tuple(format_float(b) for b in buckets) + ("+Inf",) if kind is Kind.HISTOGRAM else ()
-        )
-        """The ``le`` label values, as written in the textfile, ``+Inf`` last (histograms only)."""
-
-    def __repr__(self) -> str:
-        return f"Family({self.name!r})"
-
-
 DEPLOYMENTS = Family(
     "fraisier_deployments_total",
     Kind.COUNTER,
     ("provider", "status", "fraise_type"),
     "Deployments finished, by provider, status and fraise type.",
+    zero_series=("status", DEPLOYMENT_STATUSES),
 )
 DEPLOYMENT_ERRORS = Family(
     "fraisier_deployment_errors_total",
@@ -98,6 +62,7 @@ HEALTH_CHECKS = Family(
     Kind.COUNTER,
     ("provider", "check_type", "status"),
     "Health checks run, by provider, check type and status (pass or fail).",
+    zero_series=("status", HEALTH_CHECK_STATUSES),
 )
 DEPLOYMENT_DURATION = Family(
     "fraisier_deployment_duration_seconds",
@@ -105,6 +70,7 @@ DEPLOYMENT_DURATION = Family(
     ("provider", "status"),
     "Duration of finished deployments in seconds, by provider and status.",
     (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+    zero_series=("status", DEPLOYMENT_STATUSES),
 )
 HEALTH_CHECK_DURATION = Family(
     "fraisier_health_check_duration_seconds",
@@ -226,6 +192,8 @@ FAMILIES: tuple[Family, ...] = (
     DB_POOL_WAITING_REQUESTS,
 )
 FAMILIES_BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
+SCHEMA = Schema(FAMILIES)
+set_default(SCHEMA)
 
 FRAISIER_BUCKETS: dict[Family, tuple[float, ...]] = {
     DEPLOYMENT_DURATION: (5, 10, 30, 60, 120, 300, 600),

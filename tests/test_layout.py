@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from fraisier_textfile import MetricsRecorder
 from fraisier_textfile import catalogue as c
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format import layout
 from fraisier_textfile.format.model import Document
@@ -57,7 +58,7 @@ def test_a_file_the_store_wrote_is_vouched_for_and_read_as_the_slow_reading_read
     assert all(block._lines is None for block in document.blocks.values() if block.owned)  # nothing split
     # A big family is cut into segments, each listed.
     [value] = [line for line in data.decode().splitlines() if line.startswith(LAYOUT_PREFIX.decode())]
-    entries = layout.parse(value[len(LAYOUT_PREFIX) :])
+    entries = layout.parse(value[len(LAYOUT_PREFIX) :], SCHEMA.fingerprint)
     assert entries is not None
     assert max(len(body) for _, _, body in entries) > 1
 
@@ -111,7 +112,7 @@ def test_the_same_length_change_of_a_value_is_noticed(tmp_path: Path) -> None:
 
 def test_another_versions_layout_is_not_trusted(tmp_path: Path) -> None:
     data = written_file(tmp_path).read_bytes()
-    other = data.replace(LAYOUT_PREFIX + layout.FINGERPRINT.encode(), LAYOUT_PREFIX + b"00000000", 1)
+    other = data.replace(LAYOUT_PREFIX + SCHEMA.fingerprint.encode(), LAYOUT_PREFIX + b"00000000", 1)
     assert read_vouched(other) is None
     assert parse_bytes(other).render() == data.decode()  # read the slow way, and vouched for again when written
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from fraisier_textfile.catalogue import Family, Kind, format_float
 from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.reader import _Scan
+from fraisier_textfile.format.schema import Family, Kind, Schema, format_float
 from fraisier_textfile.format.syntax import ParseError, _read_sample, canonical_float, canonical_key, series_key
 
 
-def check_text(text: str, other_bounds: bool = False) -> list[ParseError]:
+def check_text(text: str, other_bounds: bool = False, schema: Schema | None = None) -> list[ParseError]:
     """Every problem of a file, each with its line number, in file order: what Go's parser refuses (in its
     words), timestamps, and what it lets through that breaks the file for its readers or for our merges:
     a series that appears twice (node_exporter then serves only one of them), a family of ours with another
@@ -20,7 +20,7 @@ def check_text(text: str, other_bounds: bool = False) -> list[ParseError]:
     +Inf bucket differs from their count. Empty: the file is sound. ``other_bounds``: histograms whose bounds
     are not the catalogue's are not a problem (a merge migrates them: lifecycle.migrate_histogram)."""
     problems: list[ParseError] = []
-    scan = _Scan(text, problems)
+    scan = _Scan(text, problems, schema)
     scan.run()
     samples: list[_Sample] = [
         (number, block.owned, block.name, name, pairs, value) for number, block, name, pairs, value in scan.samples

@@ -8,7 +8,7 @@ that lists, in file order, each family block after the meta lines and the CRC-32
     node_cpu_seconds/r/412.5e6f7a8b                                          another family, kept as its text
 
 A family of ours is its header (stray comments, HELP, TYPE) and its body (sample lines) cut into segments of
-about :data:`SEGMENT` bytes at line ends. The fingerprint names this version's catalogue (families, labels,
+about :data:`SEGMENT` bytes at line ends. The fingerprint names the schema the file was written with (families, labels,
 bucket bounds) and the format: a file written by a version with other bounds is not vouched for, and is read
 and checked line by line (and migrated, lifecycle.migrate_histogram).
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Sequence
 
-from fraisier_textfile.catalogue import FAMILIES
 from fraisier_textfile.format import bookkeeping
 
 KEY = bookkeeping.reserve("layout")
@@ -35,18 +34,6 @@ an edit falls in is cheap, large enough that a 100,000-series file lists a few h
 RAW = "r"
 
 Segment = tuple[int, int]  # (length in bytes, CRC-32)
-
-
-def _catalogue_fingerprint() -> str:
-    described = "\n".join(
-        f"{family.name} {family.kind.value} {','.join(family.labels)} {','.join(family.bucket_bounds)} {family.help}"
-        for family in FAMILIES
-    )
-    # The format's own version first: a change to how blocks or segments are cut must not be read as valid.
-    return f"{zlib.crc32(('1 ' + described).encode('utf-8')):08x}"
-
-
-FINGERPRINT = _catalogue_fingerprint()
 
 
 def segments_of(data: bytes, start: int = 0, end: int | None = None) -> list[Segment]:
@@ -84,10 +71,10 @@ def matches(data: bytes, start: int, segments: Sequence[Segment]) -> int:
     return position
 
 
-def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]]) -> str:
+def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]], fingerprint: str) -> str:
     """The line's value. Each block: its name, its header's segment (None: a family we do not own, whose whole
     text is in its segments) and its body's segments."""
-    words = [FINGERPRINT]
+    words = [fingerprint]
     for name, header, body in blocks:
         fields = [name, RAW if header is None else _segment_text(header)]
         fields.extend(_segment_text(segment) for segment in body)
@@ -95,11 +82,11 @@ def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]]) -> s
     return " ".join(words)
 
 
-def parse(value: str) -> list[tuple[str, Segment | None, list[Segment]]] | None:
-    """The blocks of a layout line of this version's catalogue; None if it is not one (another version's, or
+def parse(value: str, fingerprint: str) -> list[tuple[str, Segment | None, list[Segment]]] | None:
+    """The blocks of a layout line written with the schema of ``fingerprint``; None if it is not one (another schema, or
     anything else: the file is then read the slow way)."""
     words = value.split(" ")
-    if words[0] != FINGERPRINT:
+    if words[0] != fingerprint:
         return None
     blocks: list[tuple[str, Segment | None, list[Segment]]] = []
     try:

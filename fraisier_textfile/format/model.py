@@ -12,9 +12,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterator
 
-from fraisier_textfile.catalogue import FAMILIES, FAMILIES_BY_NAME, Family, Kind, format_float
 from fraisier_textfile.format import layout
 from fraisier_textfile.format.layout import Segment, crc_of, segments_of
+from fraisier_textfile.format.schema import Family, Kind, Schema, default, format_float
 from fraisier_textfile.format.syntax import (
     META_PREFIX,
     ParseError,
@@ -284,12 +284,14 @@ class Block:
                 position += length
         return self._starts
 
-    def written(self, checksums: bool = True) -> tuple[bytes, list[bytes | memoryview], list[Segment] | None]:
+    def written(
+        self, checksums: bool = True, schema: Schema | None = None
+    ) -> tuple[bytes, list[bytes | memoryview], list[Segment] | None]:
         """What a writer writes of the block: its header, its body in pieces (unchanged spans of the file
         read are not copied), and the body's segments for the layout line (None: the block cannot be vouched
         for, so the file gets no layout line and its next reader checks every line). ``checksums=False``, for
         a reader that only serves the text (:meth:`parts`): no segment is checksummed, and None is returned
-        for them."""
+        for them. ``schema``: the document's (the default one if None), whose families a layout vouches for."""
         if self.raw is not None:
             if self._raw_written is None or self._raw_written[0] is not self.raw:
                 self._raw_written = (self.raw, self.raw.encode("utf-8"))
@@ -304,7 +306,7 @@ class Block:
             if not checksums:
                 return header, [self._rendered], None
             if self._rendered_segments is None:
-                self._rendered_segments = (segments_of(self._rendered) if self._vouchable() else None,)
+                self._rendered_segments = (segments_of(self._rendered) if self._vouchable(schema) else None,)
             return header, [self._rendered], self._rendered_segments[0]
         view = memoryview(data)
         if checksums and self._segments is None:
@@ -352,14 +354,14 @@ class Block:
                 self._added_written = (added, segments_of(added))
             pieces.append(self._added_written[0])
             segments.extend(self._added_written[1])
-        if not checksums or not self._of_the_catalogue():
+        if not checksums or not self._of_the_schema(schema):
             return header, pieces, None
         return header, pieces, segments
 
-    def _vouchable(self) -> bool:
+    def _vouchable(self, schema: Schema | None) -> bool:
         """A body built line by line can be vouched for unless it is a histogram without whole series of the
         catalogue's buckets (a reader that trusts the layout takes a histogram's runs as whole series)."""
-        if not self._of_the_catalogue():
+        if not self._of_the_schema(schema):
             return False
         if self.owned is None or self.owned.kind is not Kind.HISTOGRAM:
             return True
@@ -369,10 +371,10 @@ class Block:
             return False
         return True
 
-    def _of_the_catalogue(self) -> bool:
-        """Not a family given other bounds than the catalogue's (lifecycle.migrate_histograms), which a reader
-        trusting the layout line would take with the catalogue's."""
-        return self.owned is FAMILIES_BY_NAME.get(self.name)
+    def _of_the_schema(self, schema: Schema | None) -> bool:
+        """Not a family given other bounds than the schema's (lifecycle.migrate_histograms), which a reader
+        trusting the layout line would take with the schema's."""
+        return self.owned is (schema or default()).by_name.get(self.name)
 
     def parts(self) -> list[bytes | memoryview]:
         """The block's text in pieces whose concatenation is :meth:`render`, encoded: unchanged text is not
@@ -400,7 +402,9 @@ class Document:
     written at the top of the file, keys sorted. Each key is read and written only through the
     :class:`~fraisier_textfile.format.bookkeeping.Bookkeeping` its protocol declares."""
 
-    def __init__(self) -> None:
+    def __init__(self, schema: Schema | None = None) -> None:
+        self.schema = schema or default()
+        """The families this document owns (rewrites in canonical form, in this order)."""
         self.blocks: dict[str, Block] = {}
         self.meta: dict[str, str] = {}
         self.preamble = ""  # the comments of a file that has no family at all
@@ -410,12 +414,12 @@ class Document:
         self.meta_read: dict[str, tuple[str, memoryview]] = {}
 
     def block(self, family: Family) -> Block:
-        """The block of an owned family, created (in catalogue order) if the file had none."""
+        """The block of an owned family, created (in the schema's order) if the file had none."""
         block = self.blocks.get(family.name)
         if block is None:
             block = Block(family.name, help=family.help, type=family.kind.value, owned=family)
             self.blocks[family.name] = block
-            order = {f.name: position for position, f in enumerate(FAMILIES)}
+            order = self.schema.order
             owned_first = sorted(
                 (b for b in self.blocks.values() if b.owned is not None), key=lambda b: order[b.name]
             )
@@ -435,7 +439,7 @@ class Document:
         vouched = not self.preamble and any(block.owned is not None for block in self.blocks.values())
         loose = False  # the block written last ends in lines the line-by-line reading gives to the next block
         for block in self.blocks.values():
-            header, pieces, segments = block.written()
+            header, pieces, segments = block.written(schema=self.schema)
             if header:
                 body.append(header)
             body.extend(pieces)
@@ -446,7 +450,7 @@ class Document:
             loose = block.raw is not None and _ends_loose(block.raw)
         meta = {key: value for key, value in self.meta.items() if key != layout.KEY}
         if vouched:
-            meta[layout.KEY] = layout.render(entries)
+            meta[layout.KEY] = layout.render(entries, self.schema.fingerprint)
         lines: list[bytes | memoryview] = []
         for key in sorted(meta):
             value = meta[key]

@@ -8,9 +8,9 @@ it (see layout.py) is taken as written, without checking a line (:func:`read_vou
 
 from __future__ import annotations
 
-from fraisier_textfile.catalogue import FAMILIES_BY_NAME, Kind
 from fraisier_textfile.format import layout
 from fraisier_textfile.format.model import Block, Document, check_buckets
+from fraisier_textfile.format.schema import Kind, Schema, default
 from fraisier_textfile.format.syntax import (
     _FAST_SAMPLE,
     _LABEL_NAMES_IN_SET,
@@ -32,7 +32,7 @@ from fraisier_textfile.format.syntax import (
 )
 
 
-def read_vouched(data: bytes) -> Document | None:
+def read_vouched(data: bytes, schema: Schema | None = None) -> Document | None:
     """The document of a file whose layout line vouches for every byte after the meta lines (see layout.py),
     read from its checksums and headers without looking at a sample line; None if it does not (the caller
     then reads it the slow way, :func:`parse`, which checks every line)."""
@@ -62,14 +62,16 @@ def read_vouched(data: bytes) -> Document | None:
             if ascii_only:
                 meta_read[key] = (value, view[start : newline + 1])
             start = newline + 1
-        entries = layout.parse(meta.pop(layout.KEY, ""))
+        schema = schema or default()
+        entries = layout.parse(meta.pop(layout.KEY, ""), schema.fingerprint)
         if not entries:
             return None
-        document = Document()
+        document = Document(schema)
         document.meta = meta
         document.meta_read = meta_read
+        owned_families = schema.by_name
         for name, header, body in entries:
-            owned = FAMILIES_BY_NAME.get(name)
+            owned = owned_families.get(name)
             if name in document.blocks or (owned is None) != (header is None):
                 return None
             if header is None:
@@ -134,10 +136,11 @@ class _Scan:
     """One reading of a file. ``problems`` None: stop at the first problem (raise); a list: collect every
     problem, skip the line, read on (``samples`` then receives every sample, for the checks of ``check_text``)."""
 
-    def __init__(self, text: str, problems: list[ParseError] | None) -> None:
+    def __init__(self, text: str, problems: list[ParseError] | None, schema: Schema | None = None) -> None:
         self.text = text
         self.problems = problems
-        self.document = Document()
+        self.document = Document(schema)
+        self.owned = self.document.schema.by_name
         self.go: dict[str, _GoFamily] = {}
         self.pieces: dict[str, list[str]] = {}  # block name -> its text pieces (raw, or canonical runs)
         self.canonical: dict[str, bool] = {}  # block name -> all its sample lines are in our format
@@ -171,15 +174,14 @@ class _Scan:
         family = self.go[name] = _GoFamily()
         return name, family
 
-    @staticmethod
-    def block_name(name: str, go_name: str) -> str:
-        """Our families are grouped by the catalogue (a histogram's three series names are one block, whatever
+    def block_name(self, name: str, go_name: str) -> str:
+        """Our families are grouped by the schema (a histogram's three series names are one block, whatever
         the file declared); the others as Go's parser groups them."""
-        if name in FAMILIES_BY_NAME:
+        if name in self.owned:
             return name
         for suffix in HISTOGRAM_SUFFIXES:
             if name.endswith(suffix):
-                family = FAMILIES_BY_NAME.get(name[: -len(suffix)])
+                family = self.owned.get(name[: -len(suffix)])
                 if family is not None and family.kind is Kind.HISTOGRAM:
                     return family.name
         return go_name
@@ -188,7 +190,7 @@ class _Scan:
         """Make ``name``'s block the current one; comments waiting go to it."""
         block = self.document.blocks.get(name)
         if block is None:
-            block = Block(name, owned=FAMILIES_BY_NAME.get(name))
+            block = Block(name, owned=self.owned.get(name))
             self.document.blocks[name] = block
             self.pieces[name] = []
             self.canonical[name] = True
@@ -294,7 +296,7 @@ class _Scan:
         name = match.group()
         go_name, family = self.go_family(name)
         block_name = self.block_name(name, go_name)
-        owned = FAMILIES_BY_NAME.get(block_name)
+        owned = self.owned.get(block_name)
         if owned is not None:
             # Go must see our lines in our family as we declare it, else the slow way decides.
             if family.type is None and owned.kind is not Kind.HISTOGRAM:
@@ -377,7 +379,7 @@ class _Scan:
         return self.document
 
 
-def parse(text: str, check_histograms: bool = True) -> Document:
+def parse(text: str, check_histograms: bool = True, schema: Schema | None = None) -> Document:
     """Parse a whole textfile. Raises ParseError naming the first problem and its line, in the words of
     Go's parser (promtool's, node_exporter's) where it has them.
 
@@ -386,8 +388,9 @@ def parse(text: str, check_histograms: bool = True) -> Document:
 
     What the merge's read does not look for: a series that appears twice, negative counters, buckets that
     are not cumulative (node_exporter serves such files); ``check_text`` finds them."""
-    document = _Scan(text, None).run()
-    claimed = layout.parse(document.meta.pop(layout.KEY, ""))  # written anew with every file
+    document = _Scan(text, None, schema).run()
+    # The layout line is written anew with every file.
+    claimed = layout.parse(document.meta.pop(layout.KEY, ""), document.schema.fingerprint)
     if claimed:
         # A family's body that still matches the segments the file lists keeps them: cut where an earlier
         # writer cut it, so that writing the document back gives the same bytes.
@@ -404,15 +407,15 @@ def parse(text: str, check_histograms: bool = True) -> Document:
     return document
 
 
-def parse_bytes(data: bytes, check_histograms: bool = True) -> Document:
+def parse_bytes(data: bytes, check_histograms: bool = True, schema: Schema | None = None) -> Document:
     """:func:`parse` of a file's bytes: a file whose layout line vouches for it (one this package wrote, not
     changed since) is taken as written, without a look at its sample lines; any other is decoded and checked
     line by line. Raises ParseError as :func:`parse` does, and for bytes that are not UTF-8."""
-    document = read_vouched(data)
+    document = read_vouched(data, schema)
     if document is not None:
         return document
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ParseError(f"not UTF-8 text (byte {error.start})") from None
-    return parse(text, check_histograms)
+    return parse(text, check_histograms, schema)

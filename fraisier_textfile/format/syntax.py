@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from fraisier_textfile.catalogue import Family, Kind, format_float
+from fraisier_textfile.format.schema import Family, Kind, format_float
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 META_PREFIX = "# fraisier_textfile "

@@ -443,14 +443,9 @@ def _encode(value: str) -> str:
     return value
 
 
-# Series created at 0 beside the one recorded, so that increase() sees their first event (changes.py:
-# deployment_series, health_check): they are updated whenever their sibling is, so that they expire with the
-# deployment pair or health check rather than while it is still in use. Family -> (label position, values).
-_SIBLINGS: dict[c.Family, tuple[int, tuple[str, ...]]] = {
-    c.DEPLOYMENTS: (c.DEPLOYMENTS.labels.index("status"), c.DEPLOYMENT_STATUSES),
-    c.DEPLOYMENT_DURATION: (c.DEPLOYMENT_DURATION.labels.index("status"), c.DEPLOYMENT_STATUSES),
-    c.HEALTH_CHECKS: (c.HEALTH_CHECKS.labels.index("status"), c.HEALTH_CHECK_STATUSES),
-}
+# Series created at 0 beside the one recorded (a family's ``zero_series``: changes.py's deployment_series and
+# health_check write them) are updated whenever their sibling is, so that they expire with the deployment pair or
+# health check rather than while it is still in use.
 
 
 def _record_times(document: Document, changes: Changes, minute: int) -> None:
@@ -459,11 +454,11 @@ def _record_times(document: Document, changes: Changes, minute: int) -> None:
         for family, labels in getattr(changes, kind):
             keys = touched.setdefault(family, [])
             keys.append(_times_key(labels))
-            sibling = _SIBLINGS.get(family)
+            sibling = family.zero_series
             block = document.blocks.get(family.name)
             if sibling is None or block is None:
                 continue
-            position, choices = sibling
+            position, choices = family.labels.index(sibling[0]), sibling[1]
             suffix = "_count" if family.kind is c.Kind.HISTOGRAM else ""
             for choice in choices:
                 if choice != labels[position]:

@@ -45,6 +45,7 @@ from fraisier_textfile.errors import (
 )
 from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.format.reader import parse, parse_bytes
+from fraisier_textfile.format.schema import Schema, default
 from fraisier_textfile.format.syntax import ParseError, label_text, parse_series_key, series_key
 from fraisier_textfile.store import handovers, inflight
 from fraisier_textfile.store.lifecycle import SeriesLifecycle
@@ -376,11 +377,15 @@ class TextfileStore:
     """One textfile directory: merges changes into ``fraisier.prom`` and reads it back."""
 
     def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *,
-                 lifecycle: SeriesLifecycle | None = None, participants: Iterable[Participant] = ()) -> None:
+                 lifecycle: SeriesLifecycle | None = None, participants: Iterable[Participant] = (),
+                 schema: Schema | None = None) -> None:
         """``lifecycle``: the settings of expiry and the series bound; by default read from the environment
         (``SeriesLifecycle.from_environment``, which raises InvalidValueError for a bad value).
-        ``participants``: sources that add their changes to every merge (see store/participants.py)."""
+        ``participants``: sources that add their changes to every merge (see store/participants.py).
+        ``schema``: the families this store's file owns and rewrites (format/schema.py); by default Fraisier's
+        catalogue. Changes merged must name families of this schema."""
         self.directory = Path(directory)
+        self.schema = schema or default()
         self.path = self.directory / TEXTFILE_NAME
         self.lock_path = self.directory / (TEXTFILE_NAME + LOCK_SUFFIX)
         self.lock_timeout = c.check_seconds("lock timeout", lock_timeout)
@@ -469,7 +474,7 @@ class TextfileStore:
 
     def parse_text(self, text: str, check_histograms: bool = True) -> Document:
         try:
-            return parse(text, check_histograms)
+            return parse(text, check_histograms, self.schema)
         except ParseError as error:
             raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
 
@@ -477,7 +482,7 @@ class TextfileStore:
         """The document of the file's bytes (see format.reader.parse_bytes: one this package wrote is not
         checked line by line again)."""
         try:
-            return parse_bytes(data, check_histograms)
+            return parse_bytes(data, check_histograms, self.schema)
         except ParseError as error:
             raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
 

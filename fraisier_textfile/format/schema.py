@@ -1,0 +1,105 @@
+"""What the format and the store know of metric families: data handed to them, not a catalogue they import.
+
+A :class:`Family` says a family's name, type, labels, help and buckets, and which of its series are written at 0
+beside the one recorded (``zero_series``). A :class:`Schema` is the families one writer owns: those it rewrites in
+its canonical form, in its order; every other family in a file is kept as the exact text it came in. How values
+merge is said by the change itself (summed, observed by bucket, latest, largest: ``changes.Changes``), so the
+store needs nothing else to merge a family: Fraisier's catalogue (``catalogue.py``) is one schema among any.
+
+The schema a document is read with is the reader's argument; without one, the default schema, which
+``fraisier_textfile.catalogue`` sets when it is imported (importing any module of the package imports it)."""
+
+from __future__ import annotations
+
+import enum
+import math
+import zlib
+from collections.abc import Iterable
+
+
+def format_float(value: float) -> str:
+    """A value as the Prometheus text format writes it (Go's strconv style for the specials)."""
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    return repr(float(value))
+
+
+class Kind(enum.Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+class Family:
+    """One metric family a schema owns.
+
+    Compared and hashed by identity: each family is one constant, and a field-by-field hash made every
+    record call several times slower. A plain class, not a dataclass: `fraisier record` imports this
+    module, and dataclasses cost a CLI run milliseconds of start-up."""
+
+    __slots__ = ("bucket_bounds", "buckets", "help", "kind", "labels", "name", "zero_series")
+
+    def __init__(
+        self, name: str, kind: Kind, labels: tuple[str, ...], help: str, buckets: tuple[float, ...] = (),
+        zero_series: tuple[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.labels = labels
+        self.help = help
+        self.buckets = buckets
+        self.bucket_bounds: tuple[str, ...] = (
+            tuple(format_float(b) for b in buckets) + ("+Inf",) if kind is Kind.HISTOGRAM else ()
+        )
+        """The ``le`` label values, as written in the textfile, ``+Inf`` last (histograms only)."""
+        if zero_series is not None and zero_series[0] not in labels:
+            raise ValueError(f"{name}: zero_series names the label {zero_series[0]!r}, which it does not have")
+        self.zero_series = zero_series
+        """(label, values): when a series is recorded, its siblings with each of these values of that label exist
+        too (at 0 until recorded), so that ``increase()`` sees their first event; they expire together."""
+
+    def __repr__(self) -> str:
+        return f"Family({self.name!r})"
+
+
+class Schema:
+    """The families one writer owns, in the order it writes them."""
+
+    def __init__(self, families: Iterable[Family]) -> None:
+        self.families: tuple[Family, ...] = tuple(families)
+        self.by_name: dict[str, Family] = {family.name: family for family in self.families}
+        if len(self.by_name) != len(self.families):
+            raise ValueError("a schema names a family twice")
+        self.order: dict[str, int] = {family.name: position for position, family in enumerate(self.families)}
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """A checksum of everything a layout line vouches for (see layout.py): a file written with another schema
+        (another version's catalogue) is never taken as written."""
+        if self._fingerprint is None:
+            described = "\n".join(
+                f"{f.name} {f.kind.value} {','.join(f.labels)} {','.join(f.bucket_bounds)} {f.help}"
+                for f in self.families
+            )
+            # The layout's own version first: a change to how blocks or segments are cut must not be read as valid.
+            self._fingerprint = f"{zlib.crc32(('1 ' + described).encode('utf-8')):08x}"
+        return self._fingerprint
+
+
+_default: list[Schema] = []
+
+
+def set_default(schema: Schema) -> None:
+    """Make ``schema`` the one documents are read with when no schema is given."""
+    _default[:] = [schema]
+
+
+def default() -> Schema:
+    if not _default:  # fraisier_textfile/__init__.py imports the catalogue, which sets it: not reached in practice
+        raise LookupError("no default schema: pass one, or import fraisier_textfile.catalogue first")
+    return _default[0]
