@@ -20,7 +20,6 @@ import os
 import threading
 import time
 import weakref
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,13 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
 
 from fraisier_textfile import catalogue, changes
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, LockTimeoutError, write_error
+from fraisier_textfile.recorder.fraisier import OPERATIONS
+from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
+from fraisier_textfile.recorder.series import Counter, Gauge, Histogram, InFlight, Series, Totals
 from fraisier_textfile.store import inflight
 from fraisier_textfile.store.lifecycle import DEFAULT_MAX_SERIES, SeriesLifecycle
 from fraisier_textfile.store.textfile import (
@@ -77,158 +77,6 @@ class Outcome:
 def error_type_of(error: BaseException) -> str:
     """The ``error_type`` label recorded for an exception: its class name."""
     return type(error).__name__
-
-
-class _Counter:
-    """One counter series: this process's total, and what was added since the changes were last gathered."""
-
-    __slots__ = ("dirty", "key", "pending", "total")
-
-    def __init__(self, key: tuple[Family, Labels]) -> None:
-        self.key = key
-        self.total = 0.0
-        self.pending = 0.0
-        self.dirty = False
-
-    def add(self, amount: float, changed: list[_Series]) -> None:
-        self.total += amount
-        self.pending += amount
-        if not self.dirty:
-            self.dirty = True
-            changed.append(self)
-
-    def gather(self, changes: Changes) -> None:
-        changes.add(*self.key, self.pending)
-        self.pending = 0.0
-
-
-class _Histogram:
-    """One histogram series: this process's bucket counts (not cumulative, ``+Inf`` last) and sum, the counts
-    when the changes were last gathered, and the sum observed since (the count is the buckets' sum)."""
-
-    __slots__ = ("buckets", "dirty", "gathered", "key", "pending_sum", "sum")
-
-    def __init__(self, key: tuple[Family, Labels]) -> None:
-        self.key = key
-        self.buckets = [0] * (len(key[0].buckets) + 1)
-        self.gathered = [0] * len(self.buckets)
-        self.sum = 0.0
-        self.pending_sum = 0.0
-        self.dirty = False
-
-    def observe(self, value: float, changed: list[_Series]) -> None:
-        self.buckets[bisect_left(self.key[0].buckets, value)] += 1
-        self.sum += value
-        self.pending_sum += value
-        if not self.dirty:
-            self.dirty = True
-            changed.append(self)
-
-    def gather(self, changes: Changes) -> None:
-        target = changes.histogram(*self.key)
-        observed = 0
-        for index, (now, then) in enumerate(zip(self.buckets, self.gathered)):
-            if now != then:
-                target.buckets[index] += now - then
-                observed += now - then
-        target.sum += self.pending_sum
-        target.count += observed
-        self.pending_sum = 0.0
-        self.gathered = list(self.buckets)
-
-
-class _Gauge:
-    """One gauge series: this process's value, and the value to report since the changes were last gathered
-    (the latest one, or the largest one for the last-deployment time)."""
-
-    __slots__ = ("dirty", "key", "latest", "maximum", "value")
-
-    def __init__(self, key: tuple[Family, Labels]) -> None:
-        self.key = key
-        self.value = 0.0
-        self.latest: float | None = None
-        self.maximum: float | None = None
-        self.dirty = False
-
-    def set_maximum(self, value: float, changed: list[_Series]) -> None:
-        self.value = value
-        if self.maximum is None or value > self.maximum:
-            self.maximum = value
-        if not self.dirty:
-            self.dirty = True
-            changed.append(self)
-
-    def gather(self, changes: Changes) -> None:
-        if self.latest is not None:
-            changes.set_latest(*self.key, self.latest)
-            self.latest = None
-        if self.maximum is not None:
-            changes.set_maximum(*self.key, self.maximum)
-            self.maximum = None
-
-
-_Series = _Counter | _Histogram | _Gauge
-
-
-class _Totals:
-    """This process's series, as its registry shows them: plain objects updated by each event, one dictionary
-    lookup per series (a prometheus_client metric per series, next to the pending changes, cost a record call
-    more than the rest of it), served through one collector. Each series also holds what changed since the
-    recorder last gathered its changes (``MetricsRecorder._gather``) into the ``Changes`` that the store
-    merges."""
-
-    def __init__(self) -> None:
-        self.counters: dict[tuple[Family, Labels], _Counter] = {}
-        self.histograms: dict[tuple[Family, Labels], _Histogram] = {}
-        self.gauges: dict[tuple[Family, Labels], _Gauge] = {}
-        self._bounds = {
-            family: [floatToGoString(bound) for bound in family.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
-            for family in catalogue.FAMILIES
-            if family.kind is Kind.HISTOGRAM
-        }
-
-    def collect(self) -> Iterator[Metric]:
-        """The families of the catalogue, in its order, each series in the order it was first recorded. Read
-        without the recorder's lock (a scrape must not wait for a flush): the dictionaries are copied at once,
-        which the GIL makes atomic."""
-        values: dict[Family, list[tuple[Labels, float]]] = {family: [] for family in catalogue.FAMILIES}
-        histograms: dict[Family, list[tuple[Labels, list[int], float]]] = {}
-        for (family, labels), counter in list(self.counters.items()):
-            values[family].append((labels, counter.total))
-        for (family, labels), histogram in list(self.histograms.items()):
-            histograms.setdefault(family, []).append((labels, list(histogram.buckets), histogram.sum))
-        for (family, labels), gauge in list(self.gauges.items()):
-            values[family].append((labels, gauge.value))
-        for family in catalogue.FAMILIES:
-            metric: Metric
-            if family.kind is Kind.HISTOGRAM:
-                metric = HistogramMetricFamily(family.name, family.help, labels=family.labels)
-                bounds = self._bounds[family]
-                for labels, counts, total_sum in histograms.get(family, ()):
-                    cumulative = 0.0
-                    buckets = []
-                    for bound, count in zip(bounds, counts):
-                        cumulative += count
-                        buckets.append((bound, cumulative))
-                    metric.add_metric(labels, buckets, total_sum)
-            else:
-                kind = CounterMetricFamily if family.kind is Kind.COUNTER else GaugeMetricFamily
-                metric = kind(family.name, family.help, labels=family.labels)
-                for labels, value in values[family]:
-                    metric.add_metric(labels, value)
-            yield metric
-
-
-class _InFlight:
-    """A deployment started by this process and not yet ended."""
-
-    __slots__ = ("fraise_type", "marker", "provider")
-
-    def __init__(self, provider: str, fraise_type: str, marker: inflight.Marker | None) -> None:
-        self.provider = provider
-        self.fraise_type = fraise_type
-        self.marker = marker
-        """None when the marker could not be written: the deployment is then not visible to other processes."""
 
 
 _Method = TypeVar("_Method", bound=Callable[..., None])
@@ -316,7 +164,7 @@ class MetricsRecorder:
             lock_wait_budget = self._from_environment(_default_lock_wait_budget, DEFAULT_LOCK_WAIT_BUDGET)
         self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
         self.store = self._make_store(directory, lock_timeout)
-        self._totals = _Totals()
+        self._totals = Totals()
         self.registry = CollectorRegistry()
         """This process's values, served by ``serve()``: the families of the catalogue as prometheus_client
         would keep them (without ``_created``)."""
@@ -324,21 +172,21 @@ class MetricsRecorder:
         self._counters = self._totals.counters
         self._histograms = self._totals.histograms
         self._gauges = self._totals.gauges
-        self._changed: list[_Series] = []
+        self._changed: list[Series] = []
         """The series changed since the last ``_gather``, in the order they first changed."""
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
         self._failed_write: _FailedWrite | None = None
         self._seen: set[tuple[str, ...]] = set()
-        self._completions: dict[tuple[object, object, object], tuple[_Counter, _Histogram, _Gauge]] = {}
+        self._completions: dict[tuple[object, object, object], tuple[Counter, Histogram, Gauge]] = {}
         """The series a ``record_deployment_complete`` with these provider, fraise type and status updates, once
         the event function accepted them: the hot loop's later calls skip validating them again."""
-        self._health_checks: dict[tuple[object, object, object], tuple[_Counter, _Histogram]] = {}
-        self._rollbacks: dict[tuple[object, object], tuple[_Counter, _Histogram]] = {}
-        self._db_queries: dict[tuple[object, object, object], tuple[_Counter, _Histogram]] = {}
+        self._health_checks: dict[tuple[object, object, object], tuple[Counter, Histogram]] = {}
+        self._rollbacks: dict[tuple[object, object], tuple[Counter, Histogram]] = {}
+        self._db_queries: dict[tuple[object, object, object], tuple[Counter, Histogram]] = {}
         """The same for ``record_health_check``, ``record_rollback`` and ``record_db_query``."""
-        self._in_flight: list[_InFlight] = []
+        self._in_flight: list[InFlight] = []
         self._ending: list[inflight.Marker] = []
         """Markers of ended deployments, released once their end is written."""
         self._batch_depth = 0
@@ -429,7 +277,7 @@ class MetricsRecorder:
 
     def _count_and_observe(
         self,
-        shortcuts: dict[Any, tuple[_Counter, _Histogram]],
+        shortcuts: dict[Any, tuple[Counter, Histogram]],
         arguments: tuple[object, ...],
         duration: object,
         event: Callable[..., None],
@@ -600,13 +448,13 @@ class MetricsRecorder:
     def add(self, family: Family, labels: Labels, amount: float) -> None:
         counter = self._counters.get((family, labels))
         if counter is None:
-            counter = self._counters[(family, labels)] = _Counter((family, labels))
+            counter = self._counters[(family, labels)] = Counter((family, labels))
         counter.add(amount, self._changed)
 
     def observe(self, family: Family, labels: Labels, value: float) -> None:
         histogram = self._histograms.get((family, labels))
         if histogram is None:
-            histogram = self._histograms[(family, labels)] = _Histogram((family, labels))
+            histogram = self._histograms[(family, labels)] = Histogram((family, labels))
         histogram.observe(value, self._changed)
 
     def set_latest(self, family: Family, labels: Labels, value: float) -> None:
@@ -619,10 +467,10 @@ class MetricsRecorder:
     def set_maximum(self, family: Family, labels: Labels, value: float) -> None:
         self._gauge(family, labels).set_maximum(value, self._changed)
 
-    def _gauge(self, family: Family, labels: Labels) -> _Gauge:
+    def _gauge(self, family: Family, labels: Labels) -> Gauge:
         gauge = self._gauges.get((family, labels))
         if gauge is None:
-            gauge = self._gauges[(family, labels)] = _Gauge((family, labels))
+            gauge = self._gauges[(family, labels)] = Gauge((family, labels))
         return gauge
 
     def touch(self, family: Family, labels: Labels) -> None:
@@ -632,7 +480,7 @@ class MetricsRecorder:
         elif family.kind is Kind.HISTOGRAM:
             histogram = self._histograms.get((family, labels))
             if histogram is None:
-                histogram = self._histograms[(family, labels)] = _Histogram((family, labels))
+                histogram = self._histograms[(family, labels)] = Histogram((family, labels))
             if not histogram.dirty:
                 histogram.dirty = True
                 self._changed.append(histogram)
@@ -696,7 +544,7 @@ class MetricsRecorder:
             self._histograms[(catalogue.QUERY_LATENCY, (plain_database_type, plain_operation))],
         )
 
-    def _start(self, provider: str, fraise_type: str) -> _InFlight:
+    def _start(self, provider: str, fraise_type: str) -> InFlight:
         provider = catalogue.check_label_value("provider", provider)
         fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
         marker: inflight.Marker | None = None
@@ -709,14 +557,14 @@ class MetricsRecorder:
             )
             self._note("marker", f"{problem} (the deployment is recorded when it ends, but until then other "
                        "processes do not see it as active)", problem)
-        deployment = _InFlight(provider, fraise_type, marker)
+        deployment = InFlight(provider, fraise_type, marker)
         with self._batch():
             changes.deployment_started(self, provider, fraise_type)
             self._in_flight.append(deployment)
             self._pending_events += 1
         return deployment
 
-    def _find_in_flight(self, provider: object, fraise_type: object | None) -> _InFlight | None:
+    def _find_in_flight(self, provider: object, fraise_type: object | None) -> InFlight | None:
         """The latest deployment started here for that provider (and fraise type, unless None)."""
         if not self._in_flight:
             return None
@@ -727,7 +575,7 @@ class MetricsRecorder:
                 return deployment
         return None
 
-    def _end(self, deployment: _InFlight | None) -> None:
+    def _end(self, deployment: InFlight | None) -> None:
         if deployment is None or deployment not in self._in_flight:
             return
         self._in_flight.remove(deployment)
@@ -737,7 +585,7 @@ class MetricsRecorder:
             self._ending.append(marker)
 
     def _finish_deployment(
-        self, deployment: _InFlight | None, provider: str, fraise_type: str, status: object, duration: float,
+        self, deployment: InFlight | None, provider: str, fraise_type: str, status: object, duration: float,
         error: BaseException | None, earlier: list[BaseException],
     ) -> None:
         """The end of a tracked deployment: its outcome recorded (with fallbacks for what cannot be a label
@@ -1015,7 +863,7 @@ class MetricsRecorder:
             else catalogue.check_label_value(label, value)
             for label, value in zip(family.labels, labels)
         )
-        allowed = _OPERATIONS[family.kind]
+        allowed = OPERATIONS[family.kind]
         if operation not in allowed:
             raise InvalidValueError(
                 f"{family.name} is a {family.kind.value}: use {' or '.join(name + '()' for name in allowed)}"
@@ -1039,109 +887,6 @@ class MetricsRecorder:
                 else:
                     self.set_latest(family, labels, value)
             self._pending_events += 1
-
-
-_OPERATIONS = {Kind.COUNTER: ("inc",), Kind.GAUGE: ("set", "inc", "dec"), Kind.HISTOGRAM: ("observe",)}
-
-
-class FamilyChild:
-    """One series of a family, as prometheus_client's ``labels(...)`` gives it: ``inc``, ``dec``, ``set``,
-    ``observe``. Writes go to a recorder, so they reach the textfile and never raise."""
-
-    __slots__ = ("_family", "_labels", "_recorder")
-
-    def __init__(
-        self, recorder: Callable[[], MetricsRecorder], family: Family, labels: Labels | InvalidValueError
-    ) -> None:
-        self._recorder = recorder
-        self._family = family
-        self._labels = labels
-
-    def inc(self, amount: float = 1) -> None:
-        self._recorder()._write_family(self._family, self._labels, "inc", amount)
-
-    def dec(self, amount: float = 1) -> None:
-        self._recorder()._write_family(self._family, self._labels, "dec", amount)
-
-    def set(self, value: float) -> None:
-        self._recorder()._write_family(self._family, self._labels, "set", value)
-
-    def observe(self, amount: float) -> None:
-        self._recorder()._write_family(self._family, self._labels, "observe", amount)
-
-
-class FamilyHandle:
-    """A family of the catalogue as Fraisier's ``DeploymentMetrics`` attributes are: call ``labels(...)``
-    with the label values, by position or by name."""
-
-    __slots__ = ("_family", "_recorder")
-
-    def __init__(self, family: Family, recorder: Callable[[], MetricsRecorder]) -> None:
-        self._family = family
-        self._recorder = recorder
-
-    @property
-    def family(self) -> Family:
-        return self._family
-
-    def labels(self, *values: Any, **labels: Any) -> FamilyChild:
-        """The series with these label values. Wrong label names do not raise here (prometheus_client would):
-        the child's writes are dropped and logged, like any other bad value."""
-        names = self._family.labels
-        if labels and not values and set(labels) == set(names):
-            return FamilyChild(self._recorder, self._family, tuple(labels[name] for name in names))
-        if values and not labels and len(values) == len(names):
-            return FamilyChild(self._recorder, self._family, values)
-        given = ", ".join([catalogue.shown(value) for value in values] + list(labels))
-        return FamilyChild(self._recorder, self._family, InvalidValueError(
-            f"{self._family.name} takes the labels {', '.join(names)}, by position or by name, not {given}"
-        ))
-
-
-class _FamilyAttribute:
-    """A ``DeploymentMetrics`` attribute: on an instance, the family written to that instance's recorder; on
-    the class (Fraisier's restore strategy observes ``DeploymentMetrics.restore_duration_seconds``), the
-    family written to the process-wide recorder of ``get_metrics_recorder()``."""
-
-    def __init__(self, family: Family) -> None:
-        self.family = family
-        self.for_class = FamilyHandle(family, lambda: get_metrics_recorder())
-
-    def __get__(self, instance: DeploymentMetrics | None, owner: type) -> FamilyHandle:
-        if instance is None:
-            return self.for_class
-        return instance._handles[self.family]
-
-
-class DeploymentMetrics:
-    """Fraisier's ``DeploymentMetrics``: the families under Fraisier's attribute names."""
-
-    deployments_total = _FamilyAttribute(catalogue.DEPLOYMENTS)
-    deployment_errors_total = _FamilyAttribute(catalogue.DEPLOYMENT_ERRORS)
-    rollbacks_total = _FamilyAttribute(catalogue.ROLLBACKS)
-    health_checks_total = _FamilyAttribute(catalogue.HEALTH_CHECKS)
-    db_queries_total = _FamilyAttribute(catalogue.DB_QUERIES)
-    db_errors_total = _FamilyAttribute(catalogue.DB_ERRORS)
-    deployment_db_operations_total = _FamilyAttribute(catalogue.DEPLOYMENT_DB_OPERATIONS)
-    deployment_duration_seconds = _FamilyAttribute(catalogue.DEPLOYMENT_DURATION)
-    health_check_duration_seconds = _FamilyAttribute(catalogue.HEALTH_CHECK_DURATION)
-    rollback_duration_seconds = _FamilyAttribute(catalogue.ROLLBACK_DURATION)
-    restore_duration_seconds = _FamilyAttribute(catalogue.RESTORE_DURATION)
-    query_latency_seconds = _FamilyAttribute(catalogue.QUERY_LATENCY)
-    db_transaction_duration_seconds = _FamilyAttribute(catalogue.DB_TRANSACTION_DURATION)
-    active_deployments = _FamilyAttribute(catalogue.ACTIVE_DEPLOYMENTS)
-    deployment_lock_wait_seconds = _FamilyAttribute(catalogue.LOCK_WAIT)
-    provider_availability = _FamilyAttribute(catalogue.PROVIDER_AVAILABILITY)
-    active_db_connections = _FamilyAttribute(catalogue.ACTIVE_DB_CONNECTIONS)
-    idle_db_connections = _FamilyAttribute(catalogue.IDLE_DB_CONNECTIONS)
-    db_pool_waiting_requests = _FamilyAttribute(catalogue.DB_POOL_WAITING_REQUESTS)
-    last_deployment_timestamp_seconds = _FamilyAttribute(catalogue.LAST_DEPLOYMENT)
-
-    def __init__(self, recorder: MetricsRecorder | None = None) -> None:
-        """``recorder``: where writes go; by default the process-wide recorder (``DeploymentMetrics()`` as
-        Fraisier makes it)."""
-        target: Callable[[], MetricsRecorder] = get_metrics_recorder if recorder is None else (lambda: recorder)
-        self._handles = {family: FamilyHandle(family, target) for family in catalogue.FAMILIES}
 
 
 class _FailedWrite:

@@ -1,0 +1,125 @@
+"""Fraisier's ``DeploymentMetrics``: the catalogue's families under Fraisier's attribute names, each a handle
+whose ``labels(...)`` child writes through a recorder (so it reaches the textfile and never raises)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fraisier_textfile import catalogue
+from fraisier_textfile.catalogue import Family, Kind
+from fraisier_textfile.changes import Labels
+from fraisier_textfile.errors import InvalidValueError
+
+if TYPE_CHECKING:
+    from fraisier_textfile.recorder.recorder import MetricsRecorder
+
+
+def _process_recorder() -> MetricsRecorder:
+    from fraisier_textfile.recorder.recorder import get_metrics_recorder  # the recorder module imports this one
+
+    return get_metrics_recorder()
+
+
+OPERATIONS = {Kind.COUNTER: ("inc",), Kind.GAUGE: ("set", "inc", "dec"), Kind.HISTOGRAM: ("observe",)}
+"""What a child of each kind of family may do, as prometheus_client's children of that kind can."""
+
+
+class FamilyChild:
+    """One series of a family, as prometheus_client's ``labels(...)`` gives it: ``inc``, ``dec``, ``set``,
+    ``observe``. Writes go to a recorder, so they reach the textfile and never raise."""
+
+    __slots__ = ("_family", "_labels", "_recorder")
+
+    def __init__(
+        self, recorder: Callable[[], MetricsRecorder], family: Family, labels: Labels | InvalidValueError
+    ) -> None:
+        self._recorder = recorder
+        self._family = family
+        self._labels = labels
+
+    def inc(self, amount: float = 1) -> None:
+        self._recorder()._write_family(self._family, self._labels, "inc", amount)
+
+    def dec(self, amount: float = 1) -> None:
+        self._recorder()._write_family(self._family, self._labels, "dec", amount)
+
+    def set(self, value: float) -> None:
+        self._recorder()._write_family(self._family, self._labels, "set", value)
+
+    def observe(self, amount: float) -> None:
+        self._recorder()._write_family(self._family, self._labels, "observe", amount)
+
+
+class FamilyHandle:
+    """A family of the catalogue as Fraisier's ``DeploymentMetrics`` attributes are: call ``labels(...)``
+    with the label values, by position or by name."""
+
+    __slots__ = ("_family", "_recorder")
+
+    def __init__(self, family: Family, recorder: Callable[[], MetricsRecorder]) -> None:
+        self._family = family
+        self._recorder = recorder
+
+    @property
+    def family(self) -> Family:
+        return self._family
+
+    def labels(self, *values: Any, **labels: Any) -> FamilyChild:
+        """The series with these label values. Wrong label names do not raise here (prometheus_client would):
+        the child's writes are dropped and logged, like any other bad value."""
+        names = self._family.labels
+        if labels and not values and set(labels) == set(names):
+            return FamilyChild(self._recorder, self._family, tuple(labels[name] for name in names))
+        if values and not labels and len(values) == len(names):
+            return FamilyChild(self._recorder, self._family, values)
+        given = ", ".join([catalogue.shown(value) for value in values] + list(labels))
+        return FamilyChild(self._recorder, self._family, InvalidValueError(
+            f"{self._family.name} takes the labels {', '.join(names)}, by position or by name, not {given}"
+        ))
+
+
+class _FamilyAttribute:
+    """A ``DeploymentMetrics`` attribute: on an instance, the family written to that instance's recorder; on
+    the class (Fraisier's restore strategy observes ``DeploymentMetrics.restore_duration_seconds``), the
+    family written to the process-wide recorder of ``get_metrics_recorder()``."""
+
+    def __init__(self, family: Family) -> None:
+        self.family = family
+        self.for_class = FamilyHandle(family, _process_recorder)
+
+    def __get__(self, instance: DeploymentMetrics | None, owner: type) -> FamilyHandle:
+        if instance is None:
+            return self.for_class
+        return instance._handles[self.family]
+
+
+class DeploymentMetrics:
+    """Fraisier's ``DeploymentMetrics``: the families under Fraisier's attribute names."""
+
+    deployments_total = _FamilyAttribute(catalogue.DEPLOYMENTS)
+    deployment_errors_total = _FamilyAttribute(catalogue.DEPLOYMENT_ERRORS)
+    rollbacks_total = _FamilyAttribute(catalogue.ROLLBACKS)
+    health_checks_total = _FamilyAttribute(catalogue.HEALTH_CHECKS)
+    db_queries_total = _FamilyAttribute(catalogue.DB_QUERIES)
+    db_errors_total = _FamilyAttribute(catalogue.DB_ERRORS)
+    deployment_db_operations_total = _FamilyAttribute(catalogue.DEPLOYMENT_DB_OPERATIONS)
+    deployment_duration_seconds = _FamilyAttribute(catalogue.DEPLOYMENT_DURATION)
+    health_check_duration_seconds = _FamilyAttribute(catalogue.HEALTH_CHECK_DURATION)
+    rollback_duration_seconds = _FamilyAttribute(catalogue.ROLLBACK_DURATION)
+    restore_duration_seconds = _FamilyAttribute(catalogue.RESTORE_DURATION)
+    query_latency_seconds = _FamilyAttribute(catalogue.QUERY_LATENCY)
+    db_transaction_duration_seconds = _FamilyAttribute(catalogue.DB_TRANSACTION_DURATION)
+    active_deployments = _FamilyAttribute(catalogue.ACTIVE_DEPLOYMENTS)
+    deployment_lock_wait_seconds = _FamilyAttribute(catalogue.LOCK_WAIT)
+    provider_availability = _FamilyAttribute(catalogue.PROVIDER_AVAILABILITY)
+    active_db_connections = _FamilyAttribute(catalogue.ACTIVE_DB_CONNECTIONS)
+    idle_db_connections = _FamilyAttribute(catalogue.IDLE_DB_CONNECTIONS)
+    db_pool_waiting_requests = _FamilyAttribute(catalogue.DB_POOL_WAITING_REQUESTS)
+    last_deployment_timestamp_seconds = _FamilyAttribute(catalogue.LAST_DEPLOYMENT)
+
+    def __init__(self, recorder: MetricsRecorder | None = None) -> None:
+        """``recorder``: where writes go; by default the process-wide recorder (``DeploymentMetrics()`` as
+        Fraisier makes it)."""
+        target: Callable[[], MetricsRecorder] = _process_recorder if recorder is None else (lambda: recorder)
+        self._handles = {family: FamilyHandle(family, target) for family in catalogue.FAMILIES}
