@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
@@ -172,10 +173,23 @@ def merge_one(directory: str, error_type: str) -> None:
 
 def wait_for_the_lock(directory: str) -> None:
     """Merge one event, waiting up to two minutes for a lock held elsewhere."""
+    from fraisier_textfile.store import textfile
+
     store = TextfileStore(directory, lock_timeout=120)
     changes = Changes()
     events.deployment_error(changes, "bare_metal", "interrupted")
-    print("waiting", flush=True)
+    try_lock = textfile._try_lock
+
+    def saying_when_it_waits(descriptor: int, path: Path) -> bool:
+        # Said from inside the wait, after a try found the lock busy: the test signals then, not after a guess.
+        taken = try_lock(descriptor, path)
+        if not taken and not saying_when_it_waits.said:  # type: ignore[attr-defined]
+            saying_when_it_waits.said = True  # type: ignore[attr-defined]
+            print("waiting", flush=True)
+        return taken
+
+    saying_when_it_waits.said = False  # type: ignore[attr-defined]
+    textfile._try_lock = saying_when_it_waits
     store.merge(changes)
 
 

@@ -281,8 +281,8 @@ def test_ctrl_c_still_interrupts_a_wait_for_the_lock(textfile_dir: Path) -> None
     MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "seed")
     with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
         worker = start_store_worker("wait_for_the_lock", str(textfile_dir))
+        # The worker says "waiting" from inside the wait for the lock, once a try found it busy.
         assert worker.stdout is not None and worker.stdout.readline() == "waiting\n"
-        time.sleep(0.2)  # into the wait
         worker.send_signal(signal.SIGINT)
         _, errors = worker.communicate(timeout=30)
     assert worker.returncode == -signal.SIGINT  # how Python exits on an uncaught KeyboardInterrupt
