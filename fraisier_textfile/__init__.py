@@ -3,6 +3,23 @@
 ``get_metrics_recorder()`` / ``MetricsRecorder`` record events into a dedicated registry and merge them
 into ``<textfile dir>/fraisier.prom``, which node_exporter's textfile collector or ``fraisier metrics``
 serve. ``fraisier_textfile.metrics`` is Fraisier's ``fraisier.metrics`` module, name for name.
+
+The layers, data flowing one way: ``recorder/`` (this process's series, Fraisier's API) and ``cli/`` hand changes
+to ``store/`` (one directory shared by processes), which reads and writes the file through ``format/`` (pure:
+bytes in, bytes out); ``serve/`` reads the file back. ``catalogue`` is Fraisier's families, one schema among any.
+
+Glossary. A *merge* adds a process's *changes* to ``fraisier.prom`` under the lock and replaces the file
+atomically: one transaction whose *participants* (the protocols below, and sources such as Fraisier's state
+database) each collect their changes and keep their *bookkeeping line* (``# fraisier_textfile <key>: ...``) in
+the same rename. A *hand-over* is a file of changes a process could not merge (the lock was busy), which the next
+merge of any process *applies* once and lists as *applied* until the file is gone. An in-flight *marker* is the
+file of a deployment under way; its deployment counts as active while its process lives and as ``crashed`` once it
+is dead, after which the marker is *retired* (listed until removed, so that nothing is counted twice). The
+*layout line* lists the file's blocks with checksums: a file whose bytes still match it is *vouched* for and read
+as written, without checking a line. The *lifecycle* forgets, *expires* (drops series not updated for long) and
+*bounds* series, and *migrates* histograms to new buckets. A *schema* is the families a writer owns and rewrites.
+The *dispatcher* is our ``fraisier`` script beside Fraisier's commands; the *bridge* points Fraisier's
+``fraisier.metrics`` at the textfile.
 """
 
 from __future__ import annotations
@@ -12,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"  # the one place: pyproject reads it, `fraisier --version` prints it
 
 from fraisier_textfile.catalogue import DEPLOYMENT_STATUSES, FAMILIES, HEALTH_CHECK_STATUSES, Family
-from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import (
     CorruptTextfileError,
     FraisierTextfileError,
@@ -24,11 +40,12 @@ from fraisier_textfile.errors import (
     UnexpectedFileError,
     WebConfigError,
 )
-from fraisier_textfile.store.textfile import TextfileStore, default_textfile_directory
 
 if TYPE_CHECKING:
+    from fraisier_textfile.changes import Changes
     from fraisier_textfile.recorder.recorder import DeploymentMetrics, MetricsRecorder, Outcome, get_metrics_recorder
     from fraisier_textfile.serve.server import MetricsServer
+    from fraisier_textfile.store.textfile import TextfileStore, default_textfile_directory
 
 __all__ = [
     "DEPLOYMENT_STATUSES",
@@ -65,6 +82,16 @@ def __getattr__(name: str) -> Any:
         from fraisier_textfile.recorder import recorder
 
         return getattr(recorder, name)
+    if name in ("TextfileStore", "default_textfile_directory"):
+        # Loaded on first use, so that importing a lower layer (format/, whose modules import this package
+        # first) does not load the store above it.
+        from fraisier_textfile.store import textfile
+
+        return getattr(textfile, name)
+    if name == "Changes":
+        from fraisier_textfile.changes import Changes
+
+        return Changes
     if name == "MetricsServer":
         from fraisier_textfile.serve.server import MetricsServer
 
