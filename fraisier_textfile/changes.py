@@ -157,11 +157,18 @@ def deployment_ended(sink: Sink, provider: str, marker_id: str | None) -> None:
         sink.retire_marker(marker_id)
 
 
-def deployment_crashed(sink: Sink, provider: str, fraise_type: str, marker_id: str) -> None:
-    """A deployment whose process died in flight: counted ``crashed`` (no duration, no timestamp: nobody
-    knows when it stopped), and its marker retired."""
+def deployment_crashed(
+    sink: Sink, provider: str, fraise_type: str, marker_id: str, now: float | None = None
+) -> None:
+    """A deployment whose process died in flight: counted ``crashed``, and its marker retired. No duration:
+    nobody knows when it stopped. Its last-deployment time is when the crash was found (``now``): the
+    deployment had stopped by then, and like every finished deployment it needs a time, or an alert on
+    that time cannot see a crashed counter that Prometheus first scrapes already at 1."""
     deployment_series(sink, provider, fraise_type)
     sink.add(catalogue.DEPLOYMENTS, (provider, "crashed", fraise_type), 1.0)
+    sink.set_maximum(
+        catalogue.LAST_DEPLOYMENT, (provider, fraise_type, "crashed"), time.time() if now is None else now
+    )
     sink.retire_marker(marker_id)
 
 
