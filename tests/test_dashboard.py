@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from .integration.fleet import (
     unknown_statuses,
     variables,
 )
+from .processes import binary
 
 REQUIRED_PANELS = [
     "Deployment Rate",
@@ -235,3 +238,51 @@ def test_rates_follow_the_step_and_totals_cover_the_range() -> None:
                 assert windows == {"$__range"}, f"{panel['title']}: an instant total over {windows}"
             if "rate(" in target["expr"] and "histogram_quantile" not in target["expr"]:
                 assert windows == {"$__rate_interval"}, f"{panel['title']}: a rate over {windows}"
+
+
+# Counts of events, and the series each panel counts: one born at 1 (absent, then 1 between two scrapes of a
+# host Prometheus was already scraping) must count 1, in a real PromQL engine (promtool's).
+COUNT_PANELS = {
+    "Deployment Rate": 'fraisier_deployments_total{provider="bare_metal",status="failed",fraise_type="backup"}',
+    "Deployment Errors by Type": 'fraisier_deployment_errors_total{provider="bare_metal",error_type="exit_code_3"}',
+    "Health Checks by Type": 'fraisier_health_checks_total{provider="bare_metal",check_type="tcp",status="fail"}',
+    "Rollbacks by Reason": 'fraisier_rollbacks_total{provider="bare_metal",reason="timeout"}',
+    "Database Errors": 'fraisier_db_errors_total{database_type="mysql",error_type="deadlock"}',
+    "Database Operations": 'fraisier_db_queries_total{database_type="mysql",operation="select",status="ok"}',
+}
+HOST = 'instance="host-1:9100",job="node"'
+
+
+def promtool_test(query: Query, born: str, birth: str) -> str:
+    """A promtool unit test (JSON is YAML): the host scraped from 0m, ``born`` absent until 10m, then
+    ``birth``; the panel's query, its variables on All and its range an hour, evaluated at 15m."""
+    expr = substitute(query.expr, {"instance": ".*", "provider": ".*", "fraise_type": ".*", "__range": "1h"})
+    name, labels = born.split("{", 1)
+    return json.dumps({
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": f"up{{{HOST}}}", "values": "1x20"},
+                {"series": f"node_textfile_scrape_error{{{HOST}}}", "values": "0x20"},
+                {"series": f"{name}{{{HOST},{labels}", "values": f"_x10 {birth}"},
+            ],
+            "promql_expr_test": [{"expr": expr, "eval_time": "15m", "exp_samples": []}],
+        }],
+    })
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("panel", sorted(COUNT_PANELS))
+def test_a_series_born_at_its_first_event_counts_on_the_panels_that_count_events(
+    panel: str, tmp_path: Path
+) -> None:
+    """The exp_samples of the test is left empty, so promtool answers with what the query gave."""
+    [query] = [query for query in QUERIES if query.panel == panel and query.ref_id == "A"]
+    test = tmp_path / "test.yml"
+    test.write_text(promtool_test(query, COUNT_PANELS[panel], "1x10"), encoding="utf-8")
+    result = subprocess.run([binary("promtool"), "test", "rules", str(test)], capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert "got:" in output, output
+    got = re.findall(r"\{([^{}]*)\} (\S+)", output.split("got:", 1)[1])
+    assert [float(value) for _, value in got] == [1.0], output
