@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-from ..processes import fraisier, tail
+from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+
+from ..processes import fraisier, lock_held_elsewhere, tail
 from ..values import sample_values
 from .fleet import (
     ALERT_RULES,
@@ -80,6 +82,10 @@ SEED = [
     tracked("true"),
 ]
 
+NEW_ERROR_TYPES = ("disk_full", "image_pull", "migration")
+# host-2's deployment of a pair never seen before, started and crashed between two scrapes.
+CRASHED_PAIR = {"provider": "bare_metal", "fraise_type": "scheduled"}
+
 # What each host records once Prometheus has scraped the seed.
 EVERY_HOST = [
     record("deployment", provider="bare_metal", fraise_type="api", status="success", duration=35),
@@ -99,6 +105,8 @@ WORKLOAD = {
         record("availability", provider="docker_compose", down=True),
         # The first deployment ever of a new pair, and it fails: its counter is born at 1.
         record("deployment", provider="docker_compose", fraise_type="backup", status="failed", duration=5),
+        # Errors of three types never seen before: each series is born at 1.
+        *(record("error", provider="docker_compose", error_type=kind) for kind in NEW_ERROR_TYPES),
     ],
     HOST_3: [],
     METRICS_HOST: [record("deployment", provider="bare_metal", fraise_type="api", status="failed", duration=20)],
@@ -117,6 +125,7 @@ EXPECTED_ALERTS = [
         {"instance": HOST_2, "provider": "docker_compose", "fraise_type": "backup", "status": "failed"},
     ),
     ("DeploymentFailure", {"instance": METRICS_HOST, "job": "fraisier", "status": "failed"}),
+    ("DeploymentFailure", {"instance": HOST_2, **CRASHED_PAIR, "status": "crashed"}),
     ("DeploymentRolledBack", {"instance": HOST_1, "provider": "bare_metal", "reason": "health_check"}),
     ("HealthChecksFailing", {"instance": HOST_1, "provider": "bare_metal", "check_type": "http"}),
     ("ProviderUnavailable", {"instance": HOST_2, "provider": "docker_compose"}),
@@ -199,6 +208,46 @@ def run_everywhere(
             future.result()
 
 
+def crash_between_two_scrapes(directory: Path) -> None:
+    """A deployment of CRASHED_PAIR whose start and crash reach the file in one write, whatever the scrape
+    interval: its start is handed over (the lock is held), its wrapper SIGKILLed, then one refresh applies
+    the start and counts the crash. Prometheus first sees the pair's crashed counter already at 1."""
+    with lock_held_elsewhere(directory / "fraisier.prom.lock"):
+        wrapper = subprocess.Popen(
+            [*fraisier_command(), "--textfile-dir", str(directory), "exec",
+             "--provider", CRASHED_PAIR["provider"], "--fraise-type", CRASHED_PAIR["fraise_type"],
+             "--", "sleep", "300"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            # The command runs once the start is handed over: then the marker is there.
+            wait_for(lambda: any(line.startswith(b"sleep") for line in children_commands(wrapper.pid)),
+                     "fraisier exec running its command")
+        finally:
+            wrapper.kill()
+            wrapper.wait()
+    assert fraisier("textfile", "refresh", textfile_dir=directory).returncode == 0
+    crashed = 'fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="scheduled"}'
+    assert sample_values(directory / "fraisier.prom")[crashed] == 1
+    assert not list((directory / MARKER_DIRECTORY).iterdir())
+
+
+def children_commands(pid: int) -> list[bytes]:
+    """The command lines of ``pid``'s children (Linux's /proc)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    lines = []
+    for child in children:
+        try:
+            lines.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" "))
+        except OSError:
+            continue
+    return lines
+
+
 def file_totals(directory: Path) -> dict[str, float]:
     """Per counter family, the sum of its samples in the host's fraisier.prom."""
     totals: dict[str, float] = {}
@@ -261,6 +310,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             stack.callback(running.wait)
             stack.callback(running.terminate)
         run_everywhere({host: EVERY_HOST + WORKLOAD[host] for host in HOSTS}, directories, DATABASE_ERRORS)
+        crash_between_two_scrapes(directories[HOST_2])
         # host-3 then stays quiet for 8 days.
         eight_days_ago = time.time() - 8 * 24 * 3600
         os.utime(directories[HOST_3] / "fraisier.prom", (eight_days_ago, eight_days_ago))
@@ -356,7 +406,7 @@ def test_the_dashboard_variables_list_the_hosts_and_their_labels(fleet: Fleet) -
     assert options("instance") == set(HOSTS)
     assert options("provider") == {"bare_metal", "docker_compose"}
     assert options("provider", instance=regex_value(HOST_3)) == {"bare_metal", "docker_compose"}
-    assert options("fraise_type") == {"api", "etl", "backup"}
+    assert options("fraise_type") == {"api", "etl", "backup", CRASHED_PAIR["fraise_type"]}
     assert options("fraise_type", instance=regex_value(HOST_3)) == {"api", "etl"}
     assert options("fraise_type", provider=regex_value("docker_compose")) == {"etl", "backup"}
 
@@ -420,3 +470,13 @@ def test_the_success_rate_has_no_value_where_nothing_was_deployed(fleet: Fleet) 
     assert fleet.prometheus.query(f'fraisier_deployments_total{{instance="{HOST_3}", provider="docker_compose"}}')
     assert {dict(labels)["provider"] for labels in evaluate(fleet, query, HOST_3)} == {"bare_metal"}
     assert {dict(labels)["provider"] for labels in evaluate(fleet, query, HOST_2)} == {"bare_metal", "docker_compose"}
+
+
+def test_errors_of_new_types_count_on_the_errors_panel(fleet: Fleet) -> None:
+    """Three errors, each of a type never seen before (each series born at 1), show as 3, not as 3 zeros."""
+    [query] = [query for query in queries(load_dashboard()) if query.panel == "Deployment Errors by Type"]
+    counted = {
+        dict(labels)["error_type"]: value for labels, value in evaluate(fleet, query, HOST_2).items()
+        if dict(labels)["error_type"] in NEW_ERROR_TYPES
+    }
+    assert counted == dict.fromkeys(NEW_ERROR_TYPES, 1.0)
