@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.serve.summary import Row, histogram_quantile, summarize, table_lines
@@ -157,13 +159,17 @@ def test_the_table_is_aligned_with_one_line_per_row(textfile_dir: Path) -> None:
     lines = result.stdout.splitlines()
     assert len(lines) == 6
     header = lines[0]
-    assert header.split()[:3] == ["PROVIDER", "FRAISE", "TYPE"]
-    # Right-aligned numeric columns: every line's DEPLOYMENTS cell ends where the header's does.
-    end = header.index("DEPLOYMENTS") + len("DEPLOYMENTS")
+    assert header.split()[:4] == ["PROVIDER", "/", "TYPE", "AVAILABLE"]
+    # Right-aligned numeric columns: every line's DEPLOYS cell ends where the header's does.
+    end = header.index("DEPLOYS") + len("DEPLOYS")
     assert [line[end - 1] for line in lines[1:]] == ["7", "6", "1", "1", "1"]
+    assert lines[2].startswith("  api ")  # a fraise type, below its provider
     api = lines[2].split()
-    assert api[:3] == ["bare_metal", "api", "6"] and "83.3%" in api
-    assert "37.5s" in lines[1] and "3m57s" in lines[1] and "75.0%" in lines[1]
+    assert api[:3] == ["api", "6", "83.3%"]
+    assert lines[1].startswith("bare_metal ") and "3m57s" in lines[1]
+    wide = fraisier("textfile", "summary", "--wide", textfile_dir=textfile_dir).stdout.splitlines()
+    assert wide[1].split()[:5] == ["bare_metal", "all", "-", "7", "5"]  # availability never reported
+    assert "37.5s" in wide[1] and "3m57s" in wide[1] and "75.0%" in wide[1]
 
 
 def test_json_is_one_object_with_every_number(textfile_dir: Path) -> None:
@@ -192,9 +198,9 @@ def test_the_table_of_the_module_and_the_command_agree(textfile_dir: Path) -> No
     lines = table_lines(summarize(store.read()))
     printed = fraisier("textfile", "summary", textfile_dir=textfile_dir).stdout.splitlines()
     # Ages move on between the two; everything before them is the same.
-    assert [line[:line.index("SUCCESS RATE") + 12] for line in lines[:1]] == \
-        [line[:line.index("SUCCESS RATE") + 12] for line in printed[:1]]
-    assert [line.split()[:9] for line in lines[1:]] == [line.split()[:9] for line in printed[1:]]
+    before_ages = lines[0].index("LAST SUCCESS")
+    assert printed[0] == lines[0]
+    assert [line[:before_ages] for line in lines[1:]] == [line[:before_ages] for line in printed[1:]]
 
 
 # The landing page in a real browser
@@ -258,18 +264,20 @@ def test_the_landing_page_table_in_headless_chromium(tmp_path: Path, textfile_di
     reader = TableReader()
     reader.feed(dom.stdout)
     header, *rows = reader.rows
-    assert header[:3] == ["PROVIDER", "FRAISE TYPE", "DEPLOYMENTS"]
-    by_key = {(row[0], row[1]): row for row in rows}
-    assert by_key[("bare_metal", "all")][2] == "7"
-    assert by_key[("bare_metal", "api")][header.index("SUCCESS RATE")] == "83.3%"
-    assert by_key[("bare_metal", "all")][header.index("P50")] == "37.5s"
-    assert by_key[("<script>alert(1)</script>", "a&b")][2] == "1"  # shown as text, never run as markup
+    assert header[:4] == ["PROVIDER", "FRAISE TYPE", "AVAILABLE", "DEPLOYMENTS"]
+    by_key = {(row[0], row[1]): dict(zip(header, row)) for row in rows}
+    assert by_key[("bare_metal", "all")]["DEPLOYMENTS"] == "7"
+    assert by_key[("bare_metal", "api")]["SUCCESS RATE"] == "83.3%"
+    assert by_key[("bare_metal", "all")]["P50"] == "37.5s"
+    assert by_key[("bare_metal", "all")]["FAILURES"] == "2"
+    # shown as text, never run as markup
+    assert by_key[("<script>alert(1)</script>", "a&b")]["DEPLOYMENTS"] == "1"
     assert "<script>alert" not in dom.stdout
     assert "http://" not in dom.stdout.replace(url, "") and "https://" not in dom.stdout  # no external assets
     assert shot.returncode == 0, shot.stderr
     _, height, pixels = read_png(screenshot)
-    # The header row's background (#f3f3f3) spans the width of a table of 16 columns: it was laid out and painted.
-    header_rows = [y for y in range(height) if longest_run(pixels[y], (243, 243, 243)) > 1000]
+    # The header row's background (#f3f3f3) spans the width of a table of 13 columns: it was laid out and painted.
+    header_rows = [y for y in range(height) if longest_run(pixels[y], HEADER_GREY) > 700]
     assert header_rows, "no table header painted in the screenshot"
     below = pixels[max(header_rows) + 5 : max(header_rows) + 120]
     assert any(min(pixel) < 80 for line in below for pixel in line), "no text painted in the table's rows"
@@ -344,3 +352,116 @@ def test_a_recorder_serving_its_registry_shows_the_table_too(textfile_dir: Path)
     provider = dict(zip(header, rows[0]))
     assert (provider["PROVIDER"], provider["FRAISE TYPE"], provider["DEPLOYMENTS"]) == ("bare_metal", "all", "2")
     assert provider["SUCCESS RATE"] == "50.0%" and provider["P50"] == "5.0s"  # rank 1 of 2 in (1, 5]
+
+
+# At a glance: 100 columns, availability, crashes
+
+
+def build_with_outages(directory: Path) -> TextfileStore:
+    """The events of ``build``, docker_compose reported down and bare_metal up, a deployment of a pair never
+    seen before that crashed (its only deployment), and one of an older file: crashed without a time."""
+    store = build(directory)
+    more = Changes()
+    events.provider_availability(more, "bare_metal", True)
+    events.provider_availability(more, "docker_compose", False)
+    events.deployment_crashed(more, "bare_metal", "scheduled", "no-such-marker", now=NOW - 30)
+    more.add(c.DEPLOYMENTS, ("docker_compose", "crashed", "legacy"), 1.0)  # written before crashes had a time
+    store.merge(more)
+    return store
+
+
+def table(textfile_dir: Path, *options: str) -> list[str]:
+    result = fraisier("textfile", "summary", *options, textfile_dir=textfile_dir)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_the_summary_fits_100_columns_and_wide_shows_every_status(textfile_dir: Path) -> None:
+    build_with_outages(textfile_dir)
+    lines = table(textfile_dir)
+    assert len(lines) == 8  # the header, 2 providers, 5 fraise types
+    assert max(map(len, lines)) <= 100, "\n".join(lines)
+    wide = table(textfile_dir, "--wide")
+    for title in ("SUCCESS", "FAILED", "ROLLED BACK", "ROLLBACK FAILED", "CRASHED", "P50", "ROLLBACKS", "HEALTH PASS"):
+        assert title in wide[0], title
+    assert len(wide) == len(lines)
+
+
+def test_a_long_name_is_shortened_to_fit_but_never_with_wide(textfile_dir: Path) -> None:
+    long_name = "a_provider_with_a_very_long_name_indeed_" * 2
+    store = build(textfile_dir)
+    more = Changes()
+    events.deployment_complete(more, long_name, "api", "success", 3.0)
+    store.merge(more)
+    lines = table(textfile_dir)
+    assert max(map(len, lines)) <= 100
+    assert any("…" in line for line in lines)
+    assert any(long_name in line for line in table(textfile_dir, "--wide"))
+
+
+def cells(lines: list[str]) -> dict[str, dict[str, str]]:
+    """The default table's cells, by row name and column title (columns found from the header's ends: every
+    column but the first is right-aligned)."""
+    header = lines[0]
+    titles = re.findall(r"\S+(?: \S+)*", header)
+    ends = [header.index(title) + len(title) for title in titles]
+    found = {}
+    for line in lines[1:]:
+        row = {titles[0]: line[: ends[0]].rstrip()}
+        for number in range(1, len(titles)):
+            row[titles[number]] = line[ends[number - 1] : ends[number]].strip()
+        found[row[titles[0]].strip()] = row
+    return found
+
+
+def test_provider_availability_is_shown_and_down_stands_out(textfile_dir: Path) -> None:
+    build_with_outages(textfile_dir)
+    rows = cells(table(textfile_dir))
+    assert rows["bare_metal"]["AVAILABLE"] == "up"
+    assert rows["docker_compose"]["AVAILABLE"] == "DOWN"
+    summary = json.loads(fraisier("textfile", "summary", "--json", textfile_dir=textfile_dir).stdout)
+    by_key = {(row["provider"], row["fraise_type"]): row for row in summary["rows"]}
+    assert by_key[("bare_metal", "all")]["available"] is True
+    assert by_key[("docker_compose", "all")]["available"] is False
+
+
+def test_crashed_deployments_are_failures_with_a_last_failure(textfile_dir: Path) -> None:
+    rows = rows_by_key(summarize(build_with_outages(textfile_dir).read(), now=NOW).rows)
+    scheduled = rows[("bare_metal", "scheduled")]
+    assert (scheduled.total, scheduled.failures, scheduled.last_failure) == (1, 1, NOW - 30)
+    assert scheduled.seconds_since_last_failure == 30.0
+    assert rows[("bare_metal", "all")].failures == 3  # failed, rolled back, crashed
+    printed = cells(table(textfile_dir))
+    assert printed["scheduled"]["FAILURES"] == "1" and printed["scheduled"]["LAST FAILURE"].endswith(" ago")
+    # A crash recorded before crashes had a time: a failure whose time is unknown, not "no failure".
+    assert printed["legacy"]["FAILURES"] == "1" and printed["legacy"]["LAST FAILURE"] == "unknown"
+    assert printed["legacy"]["LAST SUCCESS"] == "-"
+
+
+def test_the_landing_page_fits_1280_pixels_and_shows_a_provider_down(tmp_path: Path, textfile_dir: Path) -> None:
+    build_with_outages(textfile_dir)
+    with served(textfile_dir) as url:
+        screenshot = tmp_path / "landing.png"
+        shot = chromium(tmp_path, "--window-size=1280,800", "--hide-scrollbars", f"--screenshot={screenshot}", url)
+        dom = chromium(tmp_path, "--dump-dom", url)
+    assert shot.returncode == 0, shot.stderr
+    width, height, pixels = read_png(screenshot)
+    assert width == 1280
+    header_rows = [y for y in range(height) if longest_run(pixels[y], HEADER_GREY) > 400]
+    assert header_rows, "no table header painted in the screenshot"
+    # The header's background ends before the page's right margin: the table, last column included, fits.
+    for y in header_rows:
+        right = max(x for x, pixel in enumerate(pixels[y]) if pixel == HEADER_GREY)
+        assert right < width - 16, f"the table reaches the window's edge at y={y}: a column is clipped"
+    assert any(pixel == DOWN_RED for line in pixels for pixel in line), "no provider down painted red"
+    reader = TableReader()
+    reader.feed(dom.stdout)
+    header, *rows = reader.rows
+    by_key = {(row[0], row[1]): dict(zip(header, row)) for row in rows}
+    assert by_key[("docker_compose", "all")]["AVAILABLE"] == "DOWN"
+    assert by_key[("bare_metal", "scheduled")]["FAILURES"] == "1"
+    assert by_key[("docker_compose", "legacy")]["LAST FAILURE"] == "unknown"
+
+
+HEADER_GREY = (243, 243, 243)
+DOWN_RED = (198, 40, 40)

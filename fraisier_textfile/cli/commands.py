@@ -387,11 +387,13 @@ def show(settings: Settings) -> None:
 
 @textfile.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (every number, timestamps as Unix time).")
+@click.option("--wide", is_flag=True,
+              help="Every column (deployments by status, p50, rollbacks, health checks), names never shortened.")
 @pass_settings
-def summary(settings: Settings, as_json: bool) -> None:
-    """How deployments are going, per provider and fraise type: deployments by status, success rate, time since
-    the last success and failure; per provider (fraise type "all") also the p50 and p95 duration estimated from
-    the histogram buckets, deployments active now, rollbacks and the health-check pass rate."""
+def summary(settings: Settings, as_json: bool, wide: bool) -> None:
+    """How deployments are going, per provider and its fraise types (indented below it): whether the provider
+    is available (DOWN stands out), deployments, success rate, failures (crashes included), p95 duration, time
+    since the last success and failure, deployments active now. Fits 100 columns; --wide adds the rest."""
     from fraisier_textfile.serve.summary import as_json_text, summarize, table_lines
 
     store = settings.store()
@@ -403,8 +405,8 @@ def summary(settings: Settings, as_json: bool) -> None:
     elif not result.rows:
         click.echo(f"{store.path}: no deployments recorded yet")
     else:
-        for line in table_lines(result):
-            click.echo(line)
+        for line in table_lines(result, wide=wide, emphasize=lambda text: click.style(text, fg="red", bold=True)):
+            click.echo(line)  # click drops the colour where the output is not a terminal
 
 
 @textfile.command()

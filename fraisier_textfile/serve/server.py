@@ -238,10 +238,11 @@ LANDING_PAGE = """<!DOCTYPE html>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #1d1d1d; }}
 table {{ border-collapse: collapse; font-size: 0.9em; }}
-th, td {{ padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; white-space: nowrap; }}
-th {{ text-align: left; background: #f3f3f3; }}
+th, td {{ padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; white-space: nowrap; }}
+th {{ text-align: left; background: #f3f3f3; white-space: normal; vertical-align: bottom; font-size: 0.8em; }}
 th.number, td.number {{ text-align: right; font-variant-numeric: tabular-nums; }}
 tr.provider td {{ font-weight: 600; border-top: 2px solid #bbb; }}
+td.down {{ background: #c62828; color: #fff; font-weight: 700; }}
 .note {{ color: #555; font-size: 0.85em; }}
 </style>
 </head>
@@ -250,9 +251,10 @@ tr.provider td {{ font-weight: 600; border-top: 2px solid #bbb; }}
 <p>Fraisier's deployment metrics, for Prometheus, from {source}.</p>
 <p><a href="metrics">Metrics</a></p>
 <h2>Deployments</h2>
-{summary}<p class="note">Per provider and fraise type; durations, active deployments, rollbacks and health checks
-are kept per provider, on its "all" row. Quantiles are estimated from the histogram buckets, over every
-deployment since the file began.</p>
+{summary}<p class="note">Per provider and fraise type; availability, durations, active deployments, rollbacks and health
+checks are kept per provider, on its "all" row. Failures are every deployment that did not succeed (failed,
+rolled back, rollback failed, crashed: hover for each). Quantiles are estimated from the histogram buckets, over
+every deployment since the file began.</p>
 </body>
 </html>
 """

@@ -3,7 +3,10 @@ landing page of ``fraisier metrics`` shows.
 
 One row per provider and fraise type for what the file keeps by fraise type (deployments by status, success
 rate, the last success and failure), and one row per provider (fraise type ``all``) that adds what the file
-keeps by provider only: duration quantiles, deployments active now, rollbacks, health checks.
+keeps by provider only: its availability, duration quantiles, deployments active now, rollbacks, health checks.
+
+Read at a glance: the default table fits 100 columns (the statuses summed into failures; ``--wide`` shows each),
+the landing page fits a 1,280-pixel window, and a provider reported down stands out in both.
 
 Quantiles are estimated from the histogram buckets as Prometheus' ``histogram_quantile`` does (linear
 interpolation inside the bucket that holds the rank), over every deployment since the file began.
@@ -14,7 +17,7 @@ from __future__ import annotations
 import html
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,7 +42,12 @@ class Row:
     last_success: float | None = None
     """Unix time of the last success; None when there was none."""
     last_failure: float | None = None
-    """Unix time of the last deployment that did not succeed (failed, rolled back, crashed ...)."""
+    """Unix time of the last deployment that did not succeed (failed, rolled back, crashed ...); None when there
+    was none, or when the only failures have no time (crashes recorded by versions that gave them none)."""
+    failures: float = 0.0
+    """Finished deployments that did not succeed: every status but success, crashed included."""
+    available: bool | None = None
+    """The provider's last availability report (provider rows only); None when it never reported."""
     seconds_since_last_success: float | None = None
     seconds_since_last_failure: float | None = None
     duration_p50: float | None = None
@@ -135,6 +143,8 @@ def summarize(document: Document, now: float | None = None) -> Summary:
         target = row(provider, ALL_FRAISE_TYPES)
         target.duration_p50 = histogram_quantile(0.5, bounds.items())
         target.duration_p95 = histogram_quantile(0.95, bounds.items())
+    for _, labels, value in _series(document, c.PROVIDER_AVAILABILITY):
+        row(labels.get("provider", ""), ALL_FRAISE_TYPES).available = value != 0
     for _, labels, value in _series(document, c.ACTIVE_DEPLOYMENTS):
         target = row(labels.get("provider", ""), ALL_FRAISE_TYPES)
         target.active = (target.active or 0.0) + value
@@ -151,6 +161,7 @@ def summarize(document: Document, now: float | None = None) -> Summary:
 
     for target in rows.values():
         target.total = sum(target.deployments.values())
+        target.failures = sum(target.deployments.get(status, 0.0) for status in FAILURE_STATUSES)
         if target.total > 0:
             target.success_rate = target.deployments.get("success", 0.0) / target.total
         if target.last_success is not None:
@@ -170,9 +181,24 @@ def summarize(document: Document, now: float | None = None) -> Summary:
 
 # Presentation
 
+NAME = "name"
+"""The default table's first column: the provider on its own row, each fraise type indented below it."""
 COLUMNS: tuple[tuple[str, str], ...] = (
+    ("PROVIDER / TYPE", NAME),
+    ("AVAILABLE", "available"),
+    ("DEPLOYS", "total"),
+    ("SUCCESS", "success_rate"),
+    ("FAILURES", "failures"),
+    ("P95", "duration_p95"),
+    ("LAST SUCCESS", "seconds_since_last_success"),
+    ("LAST FAILURE", "seconds_since_last_failure"),
+    ("ACTIVE", "active"),
+)
+"""``fraisier textfile summary``: what to read at a glance, in 100 columns."""
+WIDE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("PROVIDER", "provider"),
     ("FRAISE TYPE", "fraise_type"),
+    ("AVAILABLE", "available"),
     ("DEPLOYMENTS", "total"),
     *((status.upper().replace("_", " "), f"status:{status}") for status in c.DEPLOYMENT_STATUSES),
     ("SUCCESS RATE", "success_rate"),
@@ -184,7 +210,27 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("ROLLBACKS", "rollbacks"),
     ("HEALTH PASS", "health_check_pass_rate"),
 )
-LEFT_ALIGNED = {"provider", "fraise_type"}
+"""``fraisier textfile summary --wide``: every number, each status in its own column."""
+PAGE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("PROVIDER", "provider"),
+    ("FRAISE TYPE", "fraise_type"),
+    ("AVAILABLE", "available"),
+    ("DEPLOYMENTS", "total"),
+    ("SUCCESS RATE", "success_rate"),
+    ("FAILURES", "failures"),
+    ("P50", "duration_p50"),
+    ("P95", "duration_p95"),
+    ("LAST SUCCESS", "seconds_since_last_success"),
+    ("LAST FAILURE", "seconds_since_last_failure"),
+    ("ACTIVE", "active"),
+    ("ROLLBACKS", "rollbacks"),
+    ("HEALTH PASS", "health_check_pass_rate"),
+)
+"""The landing page: the failures by status in each FAILURES cell's title."""
+LEFT_ALIGNED = {NAME, "provider", "fraise_type"}
+DEFAULT_WIDTH = 100
+SHORTEST_NAME = 8
+"""How far the default table shortens a long provider or fraise type (with an ellipsis) to fit its width."""
 
 
 def format_duration(seconds: float) -> str:
@@ -219,12 +265,24 @@ def _count(value: float) -> str:
     return str(int(value)) if value == int(value) and abs(value) < 2**53 else f"{value:g}"
 
 
+def is_provider_row(row: Row) -> bool:
+    return row.fraise_type == ALL_FRAISE_TYPES
+
+
 def cell(row: Row, column: str) -> str:
     """One cell's text; ``-`` for what the file does not say."""
     if column.startswith("status:"):
         return _count(row.deployments.get(column[len("status:"):], 0.0))
+    if column == NAME:
+        return row.provider if is_provider_row(row) else f"  {row.fraise_type}"
+    if column == "available":
+        if not is_provider_row(row):
+            return ""  # availability is the provider's: said once, on its row
+        return "-" if row.available is None else ("up" if row.available else "DOWN")
     value: Any = getattr(row, column)
     if value is None:
+        if column == "seconds_since_last_failure" and row.failures > 0:
+            return "unknown"  # failures whose time nobody wrote down (crashes, before they had one)
         return "-"
     if column in LEFT_ALIGNED:
         return str(value)
@@ -237,14 +295,37 @@ def cell(row: Row, column: str) -> str:
     return _count(value)
 
 
-def table_lines(summary: Summary) -> list[str]:
-    """The summary as an aligned text table: a header line, then one line per row."""
-    cells = [[title for title, _ in COLUMNS]] + [[cell(row, column) for _, column in COLUMNS] for row in summary.rows]
-    widths = [max(len(line[number]) for line in cells) for number in range(len(COLUMNS))]
+def is_alarming(row: Row, column: str) -> bool:
+    """Whether a cell says something is wrong now (a provider down): shown so that it stands out."""
+    return column == "available" and is_provider_row(row) and row.available is False
+
+
+def table_lines(
+    summary: Summary, wide: bool = False, width: int = DEFAULT_WIDTH, emphasize: Callable[[str], str] | None = None
+) -> list[str]:
+    """The summary as an aligned text table: a header line, then one line per row. The default columns fit
+    ``width`` (names too long for it are shortened with an ellipsis); ``wide`` gives every column, whole.
+    ``emphasize`` wraps the aligned text of alarming cells (a terminal colour: it takes no columns)."""
+    columns = WIDE_COLUMNS if wide else COLUMNS
+    cells = [[title for title, _ in columns]] + [[cell(row, column) for _, column in columns] for row in summary.rows]
+    widths = [max(len(line[number]) for line in cells) for number in range(len(columns))]
+    if not wide:
+        # Only the name gives way: numbers and ages are what the table is read for.
+        overflow = sum(widths) + 2 * (len(columns) - 1) - width
+        if overflow > 0:
+            widths[0] = max(len(columns[0][0]), SHORTEST_NAME, widths[0] - overflow)
+            for line in cells:
+                if len(line[0]) > widths[0]:
+                    line[0] = line[0][: widths[0] - 1] + "…"
     lines = []
-    for line in cells:
-        parts = [text.ljust(width) if column in LEFT_ALIGNED else text.rjust(width)
-                 for text, width, (_, column) in zip(line, widths, COLUMNS)]
+    for number, line in enumerate(cells):
+        row = summary.rows[number - 1] if number else None
+        parts = []
+        for text, size, (_, column) in zip(line, widths, columns):
+            aligned = text.ljust(size) if column in LEFT_ALIGNED else text.rjust(size)
+            if row is not None and emphasize is not None and is_alarming(row, column):
+                aligned = emphasize(aligned)
+            parts.append(aligned)
         lines.append("  ".join(parts).rstrip())
     return lines
 
@@ -254,17 +335,27 @@ def html_table(summary: Summary) -> str:
     if not summary.rows:
         return '<p id="summary">No deployments recorded yet.</p>\n'
     head = "".join(f'<th class="{"text" if column in LEFT_ALIGNED else "number"}">{html.escape(title)}</th>'
-                   for title, column in COLUMNS)
+                   for title, column in PAGE_COLUMNS)
     body = []
     for row in summary.rows:
-        kind = "provider" if row.fraise_type == ALL_FRAISE_TYPES else "fraise-type"
-        cells = "".join(
-            f'<td class="{"text" if column in LEFT_ALIGNED else "number"}">{html.escape(cell(row, column))}</td>'
-            for _, column in COLUMNS
-        )
+        kind = "provider" if is_provider_row(row) else "fraise-type"
+        cells = "".join(_html_cell(row, column) for _, column in PAGE_COLUMNS)
         body.append(f'<tr class="{kind}">{cells}</tr>')
     rows = "\n".join(body)
     return f'<table id="summary">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>\n'
+
+
+def _html_cell(row: Row, column: str) -> str:
+    classes = ["text" if column in LEFT_ALIGNED else "number"]
+    if is_alarming(row, column):
+        classes.append("down")
+    title = ""
+    if column == "failures" and row.failures:
+        by_status = ", ".join(
+            f"{status.replace('_', ' ')} {_count(row.deployments.get(status, 0.0))}" for status in FAILURE_STATUSES
+        )
+        title = f' title="{html.escape(by_status)}"'
+    return f'<td class="{" ".join(classes)}"{title}>{html.escape(cell(row, column))}</td>'
 
 
 def as_json_text(summary: Summary) -> str:
