@@ -43,6 +43,15 @@ FRAISIER_PROBES = {
     "bad option": ["--no-such-option"],
 }
 
+# Lines this package's CLI answers, whether `fraisier` or `fraisier-textfile` reads them: argv read as click
+# reads it (`--` ends the group options; an option takes the next word as its value).
+ARGV_PROBES = {
+    "double dash": ["--", "record", "error", "--provider", "bare_metal", "--error-type", "timeout"],
+    "value forgotten": ["--lock-timeout", "record", "error", "--provider", "bare_metal", "--error-type", "timeout"],
+    "value missing": ["--textfile-dir"],
+    "fraisier's command": ["list"],
+}
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -73,6 +82,9 @@ class VirtualEnvironment:
         self.stages[stage]["help"] = self.run("fraisier", "--help")
         if Path(self.path("fraisier-textfile")).exists():
             self.stages[stage]["ours --help"] = self.run("fraisier-textfile", "--help")
+            for name, arguments in ARGV_PROBES.items():
+                self.stages[stage][f"fraisier {name}"] = self.run("fraisier", *arguments)
+                self.stages[stage][f"fraisier-textfile {name}"] = self.run("fraisier-textfile", *arguments)
 
 
 def clean_environment() -> dict[str, str]:
@@ -208,6 +220,30 @@ def test_without_fraisier_fraisier_is_our_cli(ours_first: VirtualEnvironment) ->
     assert alone["help"].stdout == alone["ours --help"].stdout.replace("fraisier-textfile", "fraisier")
     assert alone["unknown command"].returncode == 2
     assert "No such command 'no-such-command'" in alone["unknown command"].stderr
+
+
+@pytest.mark.parametrize("probe", ["double dash", "value forgotten", "value missing"])
+@pytest.mark.parametrize(("order", "stage"), [("ours_first", "alone"), ("fraisier_first", "both")],
+                         ids=["without Fraisier", "with Fraisier"])
+def test_the_dispatcher_reads_argv_as_fraisier_textfile_does(
+    environments: dict[str, VirtualEnvironment], order: str, stage: str, probe: str
+) -> None:
+    outcomes = environments[order].stages[stage]
+    ours = outcomes[f"fraisier-textfile {probe}"]
+    dispatched = outcomes[f"fraisier {probe}"]
+    assert (dispatched.returncode, dispatched.stdout, dispatched.stderr) == (
+        ours.returncode, ours.stdout.replace("fraisier-textfile", "fraisier"),
+        ours.stderr.replace("fraisier-textfile", "fraisier"))
+    if probe == "double dash":
+        assert ours.returncode == 0, ours.stderr
+    else:
+        assert ours.returncode == 2 and ("--lock-timeout" in ours.stderr or "--textfile-dir" in ours.stderr)
+
+
+def test_without_fraisier_its_commands_are_named_as_fraisiers(ours_first: VirtualEnvironment) -> None:
+    answer = ours_first.stages["alone"]["fraisier fraisier's command"]
+    assert answer.returncode == 2
+    assert "No such command 'list'. It is one of Fraisier's: pip install fraisier" in answer.stderr
 
 
 # Our commands under their own name, in both orders
@@ -373,6 +409,12 @@ def test_bridge_runs_fraisiers_console_scripts(fraisier_first: VirtualEnvironmen
         (["-v", "metrics"], "ours", ["-v", "metrics"], {}),
         (["--textfile-dir=/d", "health"], "fraisier", ["health"], {"FRAISIER_TEXTFILE_DIR": "/d"}),
         (["no-such-command"], "fraisier", ["no-such-command"], {}),
+        (["--", *RECORD], "ours", ["--", *RECORD], {}),
+        (["--", "list"], "fraisier", ["--", "list"], {}),
+        (["--lock-timeout", "record", "error"], "ours", ["error"], {"FRAISIER_LOCK_TIMEOUT": "record"}),
+        (["--textfile-dir"], "ours", [], {}),
+        (["--json", "textfile", "summary"], "ours", ["--json", "textfile", "summary"], {}),
+        (["-c", "/etc/fraises.yaml", "metrics"], "ours", ["-c", "/etc/fraises.yaml", "metrics"], {}),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else None,
 )

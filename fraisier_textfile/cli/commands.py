@@ -19,6 +19,7 @@ from fraisier_textfile import __version__
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.cli import logs
+from fraisier_textfile.cli.dispatch import HintingGroup
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
 from fraisier_textfile.store import handovers
 from fraisier_textfile.store.textfile import (
@@ -83,7 +84,7 @@ def seconds(name: str, value: str) -> float:
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=HintingGroup, context_settings=CONTEXT)
 @click.option(
     "--textfile-dir",
     envvar=DIRECTORY_ENVIRONMENT,

@@ -4,11 +4,12 @@ Fraisier (``pip install fraisier``) installs a ``fraisier`` script too; whicheve
 last owns it. When ours does, it dispatches on the command word, read from argv before anything is imported:
 
 - ``record``, ``exec``, ``textfile``, ``metrics``: this package's CLI (``fraisier metrics`` serves the merged
-  textfile, with Fraisier's ``-p``/``-a`` flags). Nothing of Fraisier is looked for or imported on this path,
-  so ``fraisier record`` starts as fast as ever. Fraisier's group options before one of these commands
-  (``--config PATH``, ``-v``, ``--json``, ``--no-color``, ``--no-tee``) configure Fraisier only: they are
-  accepted and left out, so that ``fraisier --config PATH metrics`` (as Fraisier's units start it) serves
-  the textfile too.
+  textfile, with Fraisier's ``-p``/``-a`` flags). Nothing of Fraisier is imported on this path, so
+  ``fraisier record`` starts as fast as ever. Fraisier's group options before one of these commands are
+  honoured or refused, never silently dropped: ``--json`` goes to a command that has it (``textfile
+  summary``) and is refused before one that has not; ``-v``/``--verbose`` means ``--log-level debug``;
+  ``--no-color`` turns colour off; ``--config PATH`` and ``--no-tee`` configure Fraisier only, so that
+  ``fraisier --config PATH metrics`` (as Fraisier's units start it) serves the textfile too.
 - ``fraisier``, ``fraisier --help``, ``fraisier -h``: with Fraisier installed, its help with our commands and
   options listed among its own.
 - anything else (Fraisier's commands, its options, ``--version``): with Fraisier installed, its own CLI with
@@ -16,7 +17,13 @@ last owns it. When ours does, it dispatches on the command word, read from argv 
   textfile (see ``bridge``). Our group options before such a command (``--textfile-dir``,
   ``--lock-timeout``) are passed on through their environment variables.
 
-Without Fraisier, ``fraisier`` is exactly this package's CLI. ``fraisier-textfile`` and
+Argv is read as click reads it: ``--`` ends the group options (the command follows it), and a group option takes
+the next word as its value whatever it is. A line our CLI would refuse (one of our options without its value, or
+that swallowed one of our command words as its value) goes to our CLI, so that ``fraisier`` answers exactly as
+``fraisier-textfile`` does.
+
+Without Fraisier, ``fraisier`` is exactly this package's CLI, and names Fraisier's commands as such
+(``fraisier list``: "It is one of Fraisier's: pip install fraisier"). ``fraisier-textfile`` and
 ``python -m fraisier_textfile`` are always exactly this package's CLI, whichever ``fraisier`` script won.
 """
 
@@ -24,10 +31,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    import click
+import click
 
 OUR_COMMANDS = frozenset({"record", "exec", "textfile", "metrics"})
 # Our group options that take a value, and the environment variable each stands for (see cli.main). The log
@@ -43,6 +49,17 @@ FRAISIER_GROUP_OPTIONS_WITH_VALUE = frozenset({"-c", "--config"})
 # Its group options that are flags (-v counts: -vv, -vvv).
 FRAISIER_GROUP_FLAGS = frozenset({"--no-color", "--verbose", "--json", "--no-tee", "-v", "-vv", "-vvv"})
 HELP_OPTIONS = frozenset({"-h", "--help"})
+VERBOSE_FLAGS = frozenset({"--verbose", "-v", "-vv", "-vvv"})
+# Fraisier 0.84.2's own commands (tests/test_dispatch.py compares them with the installed Fraisier's): named as
+# Fraisier's when this package's CLI is asked for one.
+FRAISIER_COMMANDS = frozenset({
+    "backup", "bootstrap", "bootstrap-preflight", "db", "db-check", "deploy-daemon", "deployment-status", "diagnose",
+    "doctor", "env-check", "health", "history", "init", "list", "logs", "metrics", "provider-info", "provider-test",
+    "providers", "repair-remote", "rollback", "scaffold", "scaffold-diff", "scaffold-install", "scheduled-install",
+    "setup", "ship", "stats", "status", "status-all", "sync", "test-database", "test-db", "test-git", "test-health",
+    "test-install", "test-wrapper", "trigger-deploy", "validate", "validate-deployment", "validate-remote",
+    "validate-setup", "version", "webhooks",
+})
 
 
 class Route:
@@ -53,13 +70,15 @@ class Route:
     FRAISIER = "fraisier"
 
     def __init__(self, destination: str, fraisier_arguments: list[str], environment: dict[str, str],
-                 our_arguments: list[str] | None = None) -> None:
+                 our_arguments: list[str] | None = None, fraisier_options: list[str] | None = None) -> None:
         self.destination = destination
         self.fraisier_arguments = fraisier_arguments
         """The arguments for Fraisier's CLI: ours taken out (they travel in ``environment``)."""
         self.environment = environment
         self.our_arguments = [] if our_arguments is None else our_arguments
-        """The arguments for our CLI: Fraisier's group options taken out (they configure Fraisier only)."""
+        """The arguments for our CLI: Fraisier's group options taken out (``fraisier_options`` holds them)."""
+        self.fraisier_options = [] if fraisier_options is None else fraisier_options
+        """Fraisier's group options given before the command, each with its value if it takes one."""
 
 
 def route(arguments: list[str]) -> Route:
@@ -67,7 +86,8 @@ def route(arguments: list[str]) -> Route:
     environment: dict[str, str] = {}
     passed_on: list[str] = []
     ours: list[str] = []
-    foreign_option = help_requested = False
+    fraisier_options: list[str] = []
+    foreign_option = help_requested = refused_by_ours = False
     command: str | None = None
     position = 0
     while position < len(arguments):
@@ -81,12 +101,19 @@ def route(arguments: list[str]) -> Route:
                 position += 1
                 environment[OUR_GROUP_OPTIONS[name]] = arguments[position]
                 ours.append(arguments[position])
+                # As click reads it, the value is that word, whatever it is: `--lock-timeout record error`
+                # was meant as `record error`. Our CLI says so, for `fraisier` as for `fraisier-textfile`.
+                refused_by_ours = refused_by_ours or arguments[position] in OUR_COMMANDS
+            else:
+                refused_by_ours = True  # the option's value is missing: our CLI names the option
         elif argument in HELP_OPTIONS:
             help_requested = True
             passed_on.append(argument)
             ours.append(argument)
         elif argument == "--" or not argument.startswith("-"):
-            command = None if argument == "--" else argument
+            # `--` ends the group options; the command is the word after it, as click reads it.
+            words = arguments[position + 1 :] if argument == "--" else arguments[position:]
+            command = words[0] if words else None
             passed_on.extend(arguments[position:])
             ours.extend(arguments[position:])
             break
@@ -95,18 +122,23 @@ def route(arguments: list[str]) -> Route:
             if name in FRAISIER_GROUP_OPTIONS_WITH_VALUE and not equals and position + 1 < len(arguments):
                 position += 1
                 passed_on.append(arguments[position])
-            elif name not in FRAISIER_GROUP_OPTIONS_WITH_VALUE and argument not in FRAISIER_GROUP_FLAGS:
+                fraisier_options.extend(passed_on[-2:])
+            elif name in FRAISIER_GROUP_OPTIONS_WITH_VALUE or argument in FRAISIER_GROUP_FLAGS:
                 # Fraisier's own group options (--config, -v, ...) say nothing about whose command follows:
-                # Fraisier's units always start `fraisier --config PATH`, also before `metrics`. Any other
-                # option does: it is Fraisier's to accept or refuse.
+                # Fraisier's units always start `fraisier --config PATH`, also before `metrics`.
+                fraisier_options.append(argument)
+            else:
+                # Any other option does: it is Fraisier's to accept or refuse.
                 foreign_option = foreign_option or argument != "--version"
                 ours.append(argument)
         position += 1
+    if refused_by_ours and not help_requested:
+        return Route(Route.OURS, passed_on, environment, ours, fraisier_options)
     if help_requested or not passed_on:
-        return Route(Route.HELP, passed_on, environment, ours)
+        return Route(Route.HELP, passed_on, environment, ours, fraisier_options)
     if command in OUR_COMMANDS and not foreign_option:
-        return Route(Route.OURS, passed_on, environment, ours)
-    return Route(Route.FRAISIER, passed_on, environment, ours)
+        return Route(Route.OURS, passed_on, environment, ours, fraisier_options)
+    return Route(Route.FRAISIER, passed_on, environment, ours, fraisier_options)
 
 
 def fraisier_installed() -> bool:
@@ -121,11 +153,16 @@ def fraisier_installed() -> bool:
 def main() -> None:
     """The ``fraisier`` console script."""
     decision = route(sys.argv[1:])
-    if decision.destination == Route.OURS and decision.our_arguments != sys.argv[1:] and fraisier_installed():
-        # Fraisier's group options were left out (without Fraisier, our CLI refuses them as it always has).
+    if decision.destination == Route.OURS and decision.fraisier_options and fraisier_installed():
+        # Fraisier's group options before our command (without Fraisier, our CLI refuses them as it always has).
         from fraisier_textfile.cli.commands import main as our_main
 
-        our_main(args=decision.our_arguments)
+        try:
+            arguments, settings = honour_fraisier_options(our_main, decision)
+        except click.UsageError as error:
+            error.show()
+            sys.exit(error.exit_code)
+        our_main(args=arguments, **settings)
         return
     if decision.destination == Route.OURS or not fraisier_installed():
         from fraisier_textfile.cli.commands import main as our_main
@@ -140,6 +177,92 @@ def main() -> None:
     from fraisier.cli import main as fraisier_main
 
     sys.exit(fraisier_main(args=decision.fraisier_arguments))
+
+
+def honour_fraisier_options(group: click.Group, decision: Route) -> tuple[list[str], dict[str, Any]]:
+    """Our CLI's arguments and context settings for a line with Fraisier's group options before our command:
+    each is honoured as it can be, or refused (a ``click.UsageError``), never silently dropped."""
+    arguments = list(decision.our_arguments)
+    settings: dict[str, Any] = {}
+    given = set(decision.fraisier_options)
+    if given & VERBOSE_FLAGS and not any(argument.partition("=")[0] == "--log-level" for argument in arguments):
+        arguments[:0] = ["--log-level", "debug"]
+    if "--no-color" in given:
+        settings["color"] = False
+    if "--json" in given:
+        path, end = _command_path(group, arguments)
+        command = path[-1][1] if path else None
+        has_json = command is not None and any(
+            isinstance(parameter, click.Option) and "--json" in parameter.opts for parameter in command.params
+        )
+        if not has_json:
+            words = " ".join(name for name, _ in path)
+            context = click.Context(group, info_name="fraisier", **group.context_settings)
+            raise click.UsageError(
+                f"--json is an option of Fraisier's commands: `fraisier {words}` has no JSON output "
+                f"(`fraisier textfile summary --json` has).", context)
+        arguments.insert(end, "--json")
+    # --config PATH and --no-tee configure Fraisier only: our commands read no Fraisier configuration and
+    # write no failure log.
+    return arguments, settings
+
+
+def _command_path(group: click.Group, arguments: list[str]) -> tuple[list[tuple[str, click.Command]], int]:
+    """The commands named in ``arguments`` (``textfile summary``: the group's, then the subgroup's), and the
+    position just after the last of them. Only words are read: our group options before them take values."""
+    path: list[tuple[str, click.Command]] = []
+    current: click.Command = group
+    position, end = 0, 0
+    while position < len(arguments) and isinstance(current, click.Group):
+        argument = arguments[position]
+        if argument == "--":
+            position += 1
+            continue
+        if argument.startswith("-"):
+            takes_value = argument in OUR_GROUP_OPTIONS and not path
+            position += 2 if takes_value else 1
+            continue
+        found = current.commands.get(argument)
+        if found is None:
+            break
+        path.append((argument, found))
+        current = found
+        position += 1
+        end = position
+    return path, end
+
+
+class HintingGroup(click.Group):
+    """This package's command group: an unknown command that is Fraisier's, or that follows one of our options
+    that took a command word as its value, says so in click's error."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as error:
+            word = args[0] if args else ""
+            hint = command_hint(ctx, word) if self.get_command(ctx, word) is None else None
+            if hint:
+                error.message = f"{error.message} {hint}"
+            raise
+
+
+def command_hint(ctx: click.Context, word: str) -> str | None:
+    for parameter in ("textfile_dir", "lock_timeout"):
+        value = ctx.params.get(parameter)
+        if value is not None and str(value) in OUR_COMMANDS and (
+            ctx.get_parameter_source(parameter) is click.core.ParameterSource.COMMANDLINE
+        ):
+            option = "--" + parameter.replace("_", "-")
+            return (f"{option} took '{value}' as its value: give it one before the command "
+                    f"({option} VALUE {value} {word} ...).")
+    if word in FRAISIER_COMMANDS:
+        if fraisier_installed():
+            return f"It is one of Fraisier's: run it as fraisier {word}"
+        return "It is one of Fraisier's: pip install fraisier"
+    return None
 
 
 def install_bridge() -> None:
