@@ -417,7 +417,8 @@ def check(settings: Settings) -> None:
     that breaks the file: timestamps, series that appear twice, negative counters, histograms that are not
     cumulative. Prints every problem, one per line with its line number, and exits 1; exits 0 when the file is
     sound. Histograms written with other buckets than ours are noted, not refused: the next merge migrates
-    them, keeping their totals."""
+    them, keeping their totals. Warns (exit status unchanged) when node_exporter's user could not read the file:
+    a directory on the way it cannot enter, the directory it cannot list, the file it cannot read, with the fix."""
     from fraisier_textfile.format.check import check_text
     from fraisier_textfile.format.reader import parse
     from fraisier_textfile.format.syntax import ParseError
@@ -441,13 +442,89 @@ def check(settings: Settings) -> None:
             problems.append(error)
     for note in notes:
         click.echo(f"{store.path}: note: {note}: the next merge migrates it, keeping its totals")
+    # After the verdict: whether the file is sound comes first, whether node_exporter can read it second.
+    readable = unreadable_by_node_exporter(store.path)
     if problems or document is None:
         for problem in problems:
             where = f"{store.path}:{problem.line_number}" if problem.line_number else str(store.path)
             click.echo(f"Error: {where}: {problem.problem}", err=True)
+        for warning in readable:
+            click.echo(f"warning: {warning}", err=True)
         raise SystemExit(1)
     samples = sum(block.line_count() for block in document.blocks.values())
     click.echo(f"{store.path}: OK, {len(document.blocks)} families, {samples} samples")
+    for warning in readable:
+        click.echo(f"warning: {warning}", err=True)
+
+
+NODE_EXPORTER_USER = "prometheus"
+"""The user Debian's prometheus-node-exporter runs as; where there is none, any other user stands for it."""
+
+
+class _Reader:
+    """Who reads the file: node_exporter's user if this host has it, else any user but the file's owner."""
+
+    def __init__(self) -> None:
+        import grp
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(NODE_EXPORTER_USER)
+        except KeyError:
+            self.name, self.uid, self.groups = "other users", None, set()
+            return
+        self.name, self.uid = NODE_EXPORTER_USER, entry.pw_uid
+        self.groups = {entry.pw_gid} | {group.gr_gid for group in grp.getgrall() if entry.pw_name in group.gr_mem}
+
+    def may(self, path: Path, permission: int) -> bool:
+        """Whether the mode bits give ``permission`` (4 read, 1 enter/search) on ``path`` to this reader."""
+        if self.uid == 0:
+            return True
+        status = path.stat()
+        if self.uid is not None and status.st_uid == self.uid:
+            bits = status.st_mode >> 6
+        elif self.uid is not None and status.st_gid in self.groups:
+            bits = status.st_mode >> 3
+        else:
+            bits = status.st_mode
+        return bits & permission == permission
+
+
+def unreadable_by_node_exporter(textfile: Path) -> list[str]:
+    """Why node_exporter's user could not read ``textfile``, with the fix; empty when it can (or when this
+    cannot be told: a path that vanished). The first obstacle only: the next shows once it is fixed."""
+    try:
+        reader = _Reader()
+        directory = textfile.parent.resolve()
+        home = Path.home().resolve()
+        for ancestor in reversed(directory.parents):
+            if not reader.may(ancestor, 1):
+                mode = f"{ancestor.stat().st_mode & 0o7777:04o}"
+                if directory.is_relative_to(home):  # the default directory, or one like it
+                    return [
+                        f"{textfile}: {reader.name} cannot enter {ancestor} (mode {mode}), so node_exporter cannot "
+                        f"read the file: the default directory is under your home, which other users cannot "
+                        f"enter. Use a directory of its own that node_exporter reads (--textfile-dir or "
+                        f"FRAISIER_TEXTFILE_DIR, e.g. /var/lib/prometheus/node-exporter on Debian), or let "
+                        f"others through: chmod o+x {ancestor}"
+                    ]
+                return [
+                    f"{textfile}: {reader.name} cannot enter {ancestor} (mode {mode}), so node_exporter cannot read "
+                    f"the file: chmod o+x {ancestor}, or use a directory outside it (--textfile-dir)"
+                ]
+        if not reader.may(directory, 4 | 1):
+            mode = f"{directory.stat().st_mode & 0o7777:04o}"
+            return [
+                f"{directory}: {reader.name} cannot list {directory} (mode {mode}), so node_exporter cannot read "
+                f"fraisier.prom: chmod 755 {directory} (a umask of 077 when it was made leaves it so: writers "
+                f"should run with umask 022, or 002 with a shared group)"
+            ]
+        if not reader.may(textfile, 4):
+            mode = f"{textfile.stat().st_mode & 0o7777:04o}"
+            return [f"{textfile}: {reader.name} cannot read {textfile} (mode {mode}): chmod 644 {textfile}"]
+    except OSError:
+        return []
+    return []
 
 
 @main.command()
