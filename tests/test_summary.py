@@ -465,3 +465,19 @@ def test_the_landing_page_fits_1280_pixels_and_shows_a_provider_down(tmp_path: P
 
 HEADER_GREY = (243, 243, 243)
 DOWN_RED = (198, 40, 40)
+
+
+def test_control_characters_in_label_values_are_shown_escaped_never_sent_to_the_terminal(
+    textfile_dir: Path,
+) -> None:
+    """A file another writer wrote may hold any character in a label value (Go's parser takes them): the table
+    shows them escaped, so a value cannot clear the screen, ring the bell or recolour what follows."""
+    textfile_dir.mkdir()
+    (textfile_dir / "fraisier.prom").write_text(
+        "# HELP fraisier_deployments_total Total deployments\n# TYPE fraisier_deployments_total counter\n"
+        'fraisier_deployments_total{provider="ev\x1b[2Jil",status="success",fraise_type="a\x07pi\x9b"} 3\n'
+    )
+    for options in ((), ("--wide",)):
+        printed = "\n".join(table(textfile_dir, *options))
+        assert not any(ord(character) < 32 or 127 <= ord(character) < 160 for character in printed.replace("\n", ""))
+        assert "ev\\x1b[2Jil" in printed and "a\\x07pi\\x9b" in printed

@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import math
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -265,6 +266,14 @@ def _count(value: float) -> str:
     return str(int(value)) if value == int(value) and abs(value) < 2**53 else f"{value:g}"
 
 
+def printable(text: str) -> str:
+    """``text`` with its control characters escaped (``\\x1b``): a label value from a file anyone may have
+    written must not drive the terminal that shows it (clear it, ring it, recolour what follows)."""
+    return "".join(
+        f"\\x{ord(character):02x}" if unicodedata.category(character) == "Cc" else character for character in text
+    )
+
+
 def is_provider_row(row: Row) -> bool:
     return row.fraise_type == ALL_FRAISE_TYPES
 
@@ -274,7 +283,7 @@ def cell(row: Row, column: str) -> str:
     if column.startswith("status:"):
         return _count(row.deployments.get(column[len("status:"):], 0.0))
     if column == NAME:
-        return row.provider if is_provider_row(row) else f"  {row.fraise_type}"
+        return printable(row.provider) if is_provider_row(row) else f"  {printable(row.fraise_type)}"
     if column == "available":
         if not is_provider_row(row):
             return ""  # availability is the provider's: said once, on its row
@@ -285,7 +294,7 @@ def cell(row: Row, column: str) -> str:
             return "unknown"  # failures whose time nobody wrote down (crashes, before they had one)
         return "-"
     if column in LEFT_ALIGNED:
-        return str(value)
+        return printable(str(value))
     if column.endswith("rate"):
         return f"{value * 100:.1f}%"
     if column.startswith("duration_"):
