@@ -439,7 +439,11 @@ def test_crashed_deployments_are_failures_with_a_last_failure(textfile_dir: Path
 
 
 def test_the_landing_page_fits_1280_pixels_and_shows_a_provider_down(tmp_path: Path, textfile_dir: Path) -> None:
-    build_with_outages(textfile_dir)
+    store = build_with_outages(textfile_dir)
+    long_names = Changes()  # wrapped in their cells rather than widening the table past the window
+    events.deployment_complete(long_names, "a_provider_with_a_name_far_longer_than_any_column_" * 2, "api",
+                               "success", 1.0)
+    store.merge(long_names)
     with served(textfile_dir) as url:
         screenshot = tmp_path / "landing.png"
         shot = chromium(tmp_path, "--window-size=1280,800", "--hide-scrollbars", f"--screenshot={screenshot}", url)

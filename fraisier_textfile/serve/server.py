@@ -242,6 +242,7 @@ th, td {{ padding: 0.3em 0.5em; border-bottom: 1px solid #ddd; white-space: nowr
 th {{ text-align: left; background: #f3f3f3; white-space: normal; vertical-align: bottom; font-size: 0.8em; }}
 th.number, td.number {{ text-align: right; font-variant-numeric: tabular-nums; }}
 tr.provider td {{ font-weight: 600; border-top: 2px solid #bbb; }}
+td.text {{ white-space: normal; overflow-wrap: anywhere; min-width: 6em; }}
 td.down {{ background: #c62828; color: #fff; font-weight: 700; }}
 .note {{ color: #555; font-size: 0.85em; }}
 </style>
