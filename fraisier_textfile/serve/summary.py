@@ -145,7 +145,8 @@ def summarize(document: Document, now: float | None = None) -> Summary:
         target.duration_p50 = histogram_quantile(0.5, bounds.items())
         target.duration_p95 = histogram_quantile(0.95, bounds.items())
     for _, labels, value in _series(document, c.PROVIDER_AVAILABILITY):
-        row(labels.get("provider", ""), ALL_FRAISE_TYPES).available = value != 0
+        # A file edited by hand may say NaN: that reports nothing, neither up nor down.
+        row(labels.get("provider", ""), ALL_FRAISE_TYPES).available = None if math.isnan(value) else value != 0
     for _, labels, value in _series(document, c.ACTIVE_DEPLOYMENTS):
         target = row(labels.get("provider", ""), ALL_FRAISE_TYPES)
         target.active = (target.active or 0.0) + value
