@@ -485,3 +485,15 @@ def test_control_characters_in_label_values_are_shown_escaped_never_sent_to_the_
         printed = "\n".join(table(textfile_dir, *options))
         assert not any(ord(character) < 32 or 127 <= ord(character) < 160 for character in printed.replace("\n", ""))
         assert "ev\\x1b[2Jil" in printed and "a\\x07pi\\x9b" in printed
+
+
+def test_an_availability_of_nan_says_neither_up_nor_down(textfile_dir: Path) -> None:
+    textfile_dir.mkdir()
+    (textfile_dir / "fraisier.prom").write_text(
+        "# HELP fraisier_provider_availability Whether a provider was available at its last check (1 up, 0 down).\n"
+        "# TYPE fraisier_provider_availability gauge\n"
+        'fraisier_provider_availability{provider="bare_metal"} NaN\n'
+    )
+    summary = json.loads(fraisier("textfile", "summary", "--json", textfile_dir=textfile_dir).stdout)
+    assert [(row["provider"], row["available"]) for row in summary["rows"]] == [("bare_metal", None)]
+    assert cells(table(textfile_dir))["bare_metal"]["AVAILABLE"] == "-"
