@@ -299,6 +299,7 @@ def test_a_series_born_at_its_first_event_counts_on_the_panels_that_count_events
     assert evaluated(query, {**FRAISIER_PROM_READ, COUNT_PANELS[panel]: "_x10 1x10"}, tmp_path) == [1.0]
 
 
+@pytest.mark.integration
 def test_another_writers_broken_textfile_does_not_hide_a_first_event(tmp_path: Path) -> None:
     [query] = [query for query in QUERIES if query.panel == "Deployment Errors by Type"]
     series = {**FRAISIER_PROM_READ, "node_textfile_scrape_error{}": "1x20",
@@ -306,6 +307,7 @@ def test_another_writers_broken_textfile_does_not_hide_a_first_event(tmp_path: P
     assert evaluated(query, series, tmp_path) == [1.0]
 
 
+@pytest.mark.integration
 def test_series_back_after_fraisier_prom_could_not_be_parsed_are_not_new(tmp_path: Path) -> None:
     """fraisier.prom unparsable from 5m to 9m: its series vanish with its mtime, then come back, old."""
     [query] = [query for query in QUERIES if query.panel == "Deployment Errors by Type"]
