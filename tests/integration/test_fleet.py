@@ -47,7 +47,7 @@ from .fleet import (
 )
 from .workload import record_database_work
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a real fleet: about 30 s
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NODE_HOSTS = ("host-1.example.net:9100", "host-2.example.net:9100", "host-3.example.net:9100")
 METRICS_HOST = "fraisier-metrics.example.net:8001"
