@@ -496,11 +496,14 @@ def unreadable_by_node_exporter(textfile: Path) -> list[str]:
     try:
         reader = _Reader()
         directory = textfile.parent.resolve()
-        home = Path.home().resolve()
+        try:
+            home: Path | None = Path.home().resolve()
+        except (RuntimeError, KeyError):  # no HOME and no passwd entry (a container's arbitrary uid)
+            home = None
         for ancestor in reversed(directory.parents):
             if not reader.may(ancestor, 1):
                 mode = f"{ancestor.stat().st_mode & 0o7777:04o}"
-                if directory.is_relative_to(home):  # the default directory, or one like it
+                if home is not None and directory.is_relative_to(home):  # the default directory, or one like it
                     return [
                         f"{textfile}: {reader.name} cannot enter {ancestor} (mode {mode}), so node_exporter cannot "
                         f"read the file: the default directory is under your home, which other users cannot "
