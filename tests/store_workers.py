@@ -146,9 +146,9 @@ def merge_paused_before_rename(directory: str, error_type: str) -> None:
     write_temporary = store._write_temporary
     paused = False
 
-    def pause(text: str) -> tuple[object, int]:
+    def pause(text: str, *arguments: object) -> tuple[object, int]:
         nonlocal paused
-        written = write_temporary(text)
+        written = write_temporary(text, *arguments)  # type: ignore[arg-type]
         if not paused:
             paused = True
             print("paused", flush=True)

@@ -7,6 +7,8 @@ import os
 import random
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,11 +17,17 @@ import pytest
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store import handovers
-from fraisier_textfile.store.textfile import TextfileStore
+from fraisier_textfile.errors import CorruptTextfileError, UnexpectedFileError
+from fraisier_textfile.store import fs, handovers
+from fraisier_textfile.store.textfile import HANDOVERS_PER_MERGE, TextfileStore
 
-from .processes import fraisier, lock_held_elsewhere, start_store_worker
+from .processes import binary, fraisier, lock_held_elsewhere, start_store_worker
 from .values import sample_values
+
+
+def handover_files(textfile_dir: Path) -> list[str]:
+    """The files in the hand-over directory but its counter (handovers.SEQUENCE_FILE), which stays."""
+    return sorted(set(os.listdir(handovers.handover_directory(textfile_dir))) - {handovers.SEQUENCE_FILE})
 
 
 def error_count(values: dict[str, float], error_type: str) -> float:
@@ -102,7 +110,7 @@ def test_hand_over_empties_the_changes_and_the_next_merge_writes_them_once(textf
     store.hand_over(changes)
     assert not changes
     assert not store.path.exists()
-    [name] = os.listdir(handovers.handover_directory(textfile_dir))
+    [name] = handover_files(textfile_dir)
     assert not name.endswith(".prom")
     assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0  # another process
     values = sample_values(store.path)
@@ -116,7 +124,7 @@ def test_hand_over_empties_the_changes_and_the_next_merge_writes_them_once(textf
     assert values[key] == 1700000000.5
     assert values['fraisier_active_deployments{provider="docker_compose"}'] == 0  # the marker's deployment ended
     assert inflight.read_markers(textfile_dir) == []
-    assert os.listdir(handovers.handover_directory(textfile_dir)) == []
+    assert handover_files(textfile_dir) == []
     assert f"# fraisier_textfile {handovers.APPLIED.key}: {name[:-5]}\n" in store.path.read_text()
     store.merge(Changes())
     assert sample_values(store.path) == values
@@ -133,7 +141,7 @@ def test_calls_under_a_held_lock_hand_over_and_the_next_merge_writes_each_once(t
             events.deployment_error(changes, "bare_metal", f"held_{number}")
             assert store.merge_or_hand_over(changes, wait=0.01) is False
             assert not changes
-        assert len(os.listdir(handovers.handover_directory(textfile_dir))) == calls
+        assert len(handover_files(textfile_dir)) == calls
     assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
     values = sample_values(store.path)
     assert [error_count(values, f"held_{number}") for number in range(calls)] == [1] * calls
@@ -179,7 +187,7 @@ def test_the_holder_writes_a_hand_over_that_arrived_while_it_held_the_lock(textf
     output, errors = holder.communicate("release\n", timeout=60)
     assert output == "released\n", errors
     assert error_count(sample_values(store.path), "late") == 1  # written by the holder, nobody merged since
-    assert os.listdir(handovers.handover_directory(textfile_dir)) == []
+    assert handover_files(textfile_dir) == []
 
 
 def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textfile_dir: Path) -> None:
@@ -221,7 +229,7 @@ def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textf
     values = sample_values(store.path)
     assert [error_count(values, f"event_{number}") for number in range(handed_over)] == [1] * handed_over
     assert handovers.wait_for_removals()  # more than INLINE_REMOVALS are deleted by the background thread
-    assert os.listdir(handovers.handover_directory(textfile_dir)) == []
+    assert handover_files(textfile_dir) == []
     store.merge(Changes())
     assert handovers.APPLIED.key not in store.path.read_text()
     assert applied_by_killed_mergers > 0  # the kills did land at every stage, not only before the merges began
@@ -287,8 +295,10 @@ def test_the_hand_over_directory_is_shared_by_the_group_whatever_the_umask(
         os.umask(previous)
     directory = handovers.handover_directory(textfile_dir)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o775 | (textfile_mode & stat.S_ISGID)
-    [handed_over] = directory.iterdir()
-    assert stat.S_IMODE(handed_over.stat().st_mode) == 0o644
+    [handed_over] = handover_files(textfile_dir)
+    assert stat.S_IMODE((directory / handed_over).stat().st_mode) == 0o644
+    # The counter that orders hand-overs is shared by the group too.
+    assert stat.S_IMODE((directory / handovers.SEQUENCE_FILE).stat().st_mode) == 0o664
 
 
 def test_many_applied_hand_overs_are_deleted_in_the_background_and_stay_listed_until_they_are_gone(
@@ -307,7 +317,7 @@ def test_many_applied_hand_overs_are_deleted_in_the_background_and_stay_listed_u
     listed = store.path.read_text().split(f"# fraisier_textfile {handovers.APPLIED.key}: ")[1].split("\n")[0]
     assert len(listed.split()) == count
     assert handovers.wait_for_removals()
-    assert os.listdir(handovers.handover_directory(textfile_dir)) == []
+    assert handover_files(textfile_dir) == []
     values = sample_values(store.path)
     assert [error_count(values, f"many_{number}") for number in range(count)] == [1] * count
     store.merge(Changes())
@@ -331,7 +341,7 @@ def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own
             os._exit(4)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert os.listdir(handovers.handover_directory(textfile_dir)) == []
+    assert handover_files(textfile_dir) == []
 
 
 def test_hand_overs_each_summable_but_not_together_are_applied_up_to_the_one_that_cannot_be(
@@ -355,7 +365,8 @@ def test_hand_overs_each_summable_but_not_together_are_applied_up_to_the_one_tha
     assert "would make it +Inf" in caplog.text
     directory = handovers.handover_directory(textfile_dir)
     assert handovers.wait_for_removals()
-    assert [name.endswith(".unreadable") for name in os.listdir(directory)] == [True]
+    assert [name.endswith(".unreadable") for name in handover_files(textfile_dir)] == [True]
+    assert directory.is_dir()
 
 
 @pytest.mark.parametrize("name", ["copy of 1.json", "line\nbreak.json", "tab\there.json"])
@@ -375,3 +386,181 @@ def test_a_hand_over_named_so_that_the_applied_list_cannot_hold_it_is_set_aside(
     store.merge(Changes())
     assert error_count(sample_values(store.path), "odd") == 0
     assert os.listdir(directory) == [name[: -len(".json")] + ".unreadable"]
+
+
+REPORT = """
+import sys
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store.textfile import TextfileStore
+changes = Changes()
+events.provider_availability(changes, "bare_metal", sys.argv[2] == "up")
+events.lock_wait(changes, "web", "bare_metal", float(sys.argv[3]))
+assert TextfileStore(sys.argv[1]).merge_or_hand_over(changes, wait=0.01) is False
+"""
+
+
+def test_after_the_clock_is_stepped_back_the_later_report_still_wins_the_latest_gauges(textfile_dir: Path) -> None:
+    """Bug: hand-overs were applied in the wall-clock order of their ids, so a report handed over after the
+    clock was stepped back (NTP, a restored VM) sorted first and the older one won the latest gauges."""
+    faketime = binary("faketime")
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    with lock_held_elsewhere(store.lock_path):
+        earlier = subprocess.run([sys.executable, "-c", REPORT, str(textfile_dir), "down", "7"],
+                                 capture_output=True, text=True, timeout=60)
+        assert earlier.returncode == 0, earlier.stderr
+        later = subprocess.run([faketime, "-f", "-1d", sys.executable, "-c", REPORT, str(textfile_dir), "up", "2"],
+                               capture_output=True, text=True, timeout=60)
+        assert later.returncode == 0, later.stderr
+        assert len(handover_files(textfile_dir)) == 2
+    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
+    values = sample_values(store.path)
+    assert values['fraisier_provider_availability{provider="bare_metal"}'] == 1
+    assert values['fraisier_deployment_lock_wait_seconds{service="web",provider="bare_metal"}'] == 2
+
+
+def _hand_over_directly(textfile_dir: Path, count: int, last: Changes) -> None:
+    """``count`` hand-overs of one error each, as processes write them while the lock is held; ``last`` is
+    added to the newest."""
+    textfile = fs.open_directory(textfile_dir, create=True)
+    assert textfile is not None
+    with textfile, handovers.open_directory(textfile, create=True) as directory:  # type: ignore[union-attr]
+        for number in range(count):
+            changes = Changes()
+            events.deployment_error(changes, "bare_metal", "held")
+            if number == count - 1:
+                changes.latest.update(last.latest)
+            temporary, final = handovers.write(directory, changes, durable=False)
+            handovers.publish(directory, temporary, final, durable=False)
+
+
+@pytest.mark.slow
+def test_a_record_call_after_a_long_lock_hold_applies_a_bounded_share_of_the_backlog_and_refresh_the_rest(
+    textfile_dir: Path,
+) -> None:
+    """Bug: the first record call after a long lock hold applied the whole backlog inline (15,000 hand-overs:
+    1.35 s with a 0.1 s wait budget). A merge now applies at most HANDOVERS_PER_MERGE, oldest first; the rest
+    waits for the following merges, each applied once."""
+    backlog = 15_000
+    TextfileStore(textfile_dir).merge(Changes())
+    stale = Changes()
+    events.provider_availability(stale, "bare_metal", False)
+    _hand_over_directly(textfile_dir, backlog, stale)
+    mine = Changes()
+    events.deployment_error(mine, "bare_metal", "mine")
+    events.provider_availability(mine, "bare_metal", True)  # reported after every hand-over waiting
+    store = TextfileStore(textfile_dir)
+    store.merge_or_hand_over(mine, wait=0.1)
+    assert not mine
+    values = sample_values(store.path)
+    assert error_count(values, "mine") == 1
+    applied = error_count(values, "held")
+    assert HANDOVERS_PER_MERGE <= applied < backlog / 4, applied
+    assert handovers.wait_for_removals(60)
+    # Neither lost nor doubled so far: what is not in the file is still waiting (with the latest gauge behind).
+    assert len(handover_files(textfile_dir)) == backlog - applied + 1
+    assert values[handovers.PENDING_FAMILY] >= backlog - applied  # the hand-overs the last merge left
+    assert store.handovers_waiting()
+    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir, timeout=600).returncode == 0
+    values = sample_values(store.path)
+    assert error_count(values, "held") == backlog
+    assert error_count(values, "mine") == 1
+    assert values['fraisier_provider_availability{provider="bare_metal"}'] == 1
+    assert values[handovers.PENDING_FAMILY] == 0
+    assert handover_files(textfile_dir) == []
+
+
+def test_hand_overs_pile_up_to_a_bound_while_merges_fail_then_drain_once_they_succeed(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While every merge fails (here a corrupt file), hand-overs pile up to PENDING_LIMIT; past it a hand-over
+    is refused with one line and the caller keeps its events; once merges succeed they drain and it goes on."""
+    monkeypatch.setattr(handovers, "PENDING_LIMIT", 5)
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    good = store.path.read_bytes()
+    store.path.write_text("not the text format\n")
+    for number in range(5):
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", f"held_{number}")
+        store.hand_over(changes)
+        with pytest.raises(CorruptTextfileError):
+            store.merge(Changes())
+    refused = Changes()
+    events.deployment_error(refused, "bare_metal", "refused")
+    with pytest.raises(handovers.TooManyWaiting, match=r"^5 hand-overs wait unapplied in .*\.fraisier-handover"):
+        store.hand_over(refused)
+    assert refused  # kept by its caller
+    assert len(handover_files(textfile_dir)) == 5
+    store.path.write_bytes(good)  # the operator's fix
+    store.merge(Changes())
+    store.hand_over(refused)
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert [error_count(values, f"held_{number}") for number in range(5)] == [1] * 5
+    assert error_count(values, "refused") == 1
+    assert values[handovers.PENDING_FAMILY] == 0
+
+
+def test_hand_overs_set_aside_are_kept_up_to_a_bound_and_counted(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handovers, "SET_ASIDE_LIMIT", 3)
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    directory = handovers.handover_directory(textfile_dir)
+    directory.mkdir()
+    for number in range(5):
+        (directory / f"{handovers.id_for(number + 1)}.json").write_text("{not json")
+    store.merge(Changes())
+    assert handovers.wait_for_removals()
+    assert [name.endswith(".unreadable") for name in handover_files(textfile_dir)] == [True] * 3
+    assert sample_values(store.path)[handovers.SET_ASIDE_FAMILY] == 3
+    assert sample_values(store.path)[handovers.PENDING_FAMILY] == 0
+
+
+@pytest.mark.parametrize("plant", ["garbage", "huge", "symlink", "fifo", "held"])
+def test_a_planted_or_held_counter_never_fails_or_hangs_a_hand_over(
+    textfile_dir: Path, tmp_path: Path, plant: str
+) -> None:
+    """The counter that orders hand-overs is a writer's to spoil (trusted with the metrics, not with stopping
+    a deployment): whatever is there, a hand-over is written, promptly, and applied once."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    directory = handovers.handover_directory(textfile_dir)
+    directory.mkdir()
+    counter = directory / handovers.SEQUENCE_FILE
+    secret = tmp_path / "secret"
+    secret.write_text("root's\n")
+    holder = None
+    if plant == "garbage":
+        counter.write_bytes(b"\xff-12 x\n")
+    elif plant == "huge":
+        counter.write_text("9" * 40 + " 0\n")
+    elif plant == "symlink":
+        counter.symlink_to(secret)
+    elif plant == "fifo":
+        os.mkfifo(counter)
+    else:
+        counter.write_text("7 7\n")
+        holder = subprocess.Popen(["flock", str(counter), "sleep", "600"])
+        while not subprocess.run(["flock", "-n", str(counter), "true"]).returncode:
+            time.sleep(0.01)
+    try:
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "spoiled")
+        store.hand_over(changes)
+        assert not changes
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    if plant in ("symlink", "fifo"):
+        # As anything but a regular file in the store's directories: the merge refuses it in one line.
+        with pytest.raises(UnexpectedFileError, match=f"^{counter} is not a regular file"):
+            store.merge(Changes())
+        counter.unlink()
+    store.merge(Changes())
+    assert error_count(sample_values(store.path), "spoiled") == 1
+    assert secret.read_text() == "root's\n"

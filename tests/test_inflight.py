@@ -431,3 +431,27 @@ def test_a_marker_named_so_that_the_retired_list_cannot_hold_it_is_ignored(textf
     crashed = 'fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'
     assert sample_values(store.path).get(crashed, 0) == 0
     inflight.remove_marker(textfile_dir, marker.id)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("99999999999-1-past", '{"provider": "bare_metal", "fraise_type": "api"}'),
+    ("123-1-nested", "[" * 50_000 + "]" * 50_000),
+    ("124-1-nested-object", '{"provider": ' + "[" * 50_000 + "]" * 50_000 + "}"),
+], ids=["pid-past-pid_t", "nested-array", "nested-in-an-object"])
+def test_a_hand_made_marker_of_any_shape_never_fails_a_merge_or_a_deployment(
+    textfile_dir: Path, name: str, content: str
+) -> None:
+    """Bug: a marker whose PID is past pid_t made the probe raise OverflowError (kill(2)), one of JSON nested
+    50,000 deep RecursionError: both escaped the merge, and `fraisier exec` died before running its command."""
+    markers = textfile_dir / MARKER_DIRECTORY
+    markers.mkdir(parents=True)
+    (markers / name).write_text(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "fraisier_textfile", "exec", "--provider", "bare_metal", "--fraise-type", "api",
+         "--", "sh", "-c", "echo ran"],
+        env=dict(os.environ, FRAISIER_TEXTFILE_DIR=str(textfile_dir)), capture_output=True, text=True, timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, "ran\n"), result.stderr
+    assert "Traceback" not in result.stderr
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1

@@ -262,7 +262,7 @@ def test_never_writes_through_a_symlink(textfile_dir: Path, tmp_path: Path, monk
     monkeypatch.setattr(textfile, "_random_suffix", lambda: "planted")
     (textfile_dir / f"{TEMPORARY_PREFIX}planted").symlink_to(victim)
     store = TextfileStore(textfile_dir)
-    store._remove_stale_temporaries = lambda: None  # type: ignore[method-assign]  # keep the plant in place
+    store._remove_stale_temporaries = lambda textfile: None  # type: ignore[method-assign]  # keep the plant in place
     with pytest.raises(TextfileWriteError, match="cannot create a temporary file"):
         merge(store, events.deployment_error, "bare_metal", "timeout")
     assert victim.read_text() == "precious\n"

@@ -307,7 +307,7 @@ def refresh(settings: Settings, expire_after: str | None) -> None:
     if retention is not None:
         store.lifecycle.expire_after = retention
     with library_errors():
-        store.merge(events.Changes())
+        store.merge_backlog()  # every hand-over waiting, however many: a record call applies only so many
     handovers.wait_for_removals()  # a tidy directory after a refresh: the applied hand-overs are gone
     for series in store.lifecycle.forgotten:
         click.echo(f"expired {series}")

@@ -16,6 +16,8 @@ Nothing here takes the lock or reads the textfile: the store (textfile.py) does 
 from __future__ import annotations
 
 import atexit
+import errno
+import fcntl
 import logging
 import os
 import queue
@@ -23,12 +25,14 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.changes import Changes, HistogramDelta
-from fraisier_textfile.errors import InvalidValueError, UnexpectedFileError, write_error
+from fraisier_textfile.errors import InvalidValueError, TextfileWriteError, UnexpectedFileError, write_error
 from fraisier_textfile.format.bookkeeping import WordList
+from fraisier_textfile.format.model import Block, Document
+from fraisier_textfile.store import fs
 
 HANDOVER_DIRECTORY = ".fraisier-handover"
 APPLIED = WordList("applied-handovers")
@@ -59,12 +63,6 @@ class NewerHandover(UnreadableHandover):
 
 def handover_directory(textfile_directory: Path) -> Path:
     return textfile_directory / HANDOVER_DIRECTORY
-
-
-def new_id() -> str:
-    """Time first, so that sorting the ids sorts the hand-overs by when they were written (the latest value of
-    a gauge must win), then what makes it unique."""
-    return f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(6).hex()}"
 
 
 # Encoding
@@ -198,25 +196,33 @@ def _marker_id(value: object) -> str:
 
 
 # Files
+#
+# Every operation below works relative to the hand-over directory held open (fs.Directory): a writer of the
+# textfile directory may swap .fraisier-handover for a symlink at any moment, and a merger run by root must
+# never read, delete, rename or chmod through it (see fs.py).
 
 
-def write(textfile_directory: Path, changes: Changes, durable: bool = True) -> tuple[Path, Path]:
-    """Write ``changes`` under a temporary name; return (temporary, final) paths. The caller renames it
+def open_directory(textfile: fs.Directory, create: bool = False) -> fs.Directory | None:
+    """The hand-over directory of the textfile directory held by ``textfile``, checked (None if there is none
+    and ``create`` is false). Raises UnexpectedFileError for anything else in its place."""
+    return textfile.subdirectory(HANDOVER_DIRECTORY, create=create)
+
+
+def write(directory: fs.Directory, changes: Changes, durable: bool = True) -> tuple[str, str]:
+    """Write ``changes`` under a temporary name; return (temporary, final) names. The caller renames it
     (:func:`publish`) at the moment it forgets the changes, so that the two happen together. ``durable``:
     fsynced, so that a power loss keeps it; without, it survives the process (a SIGKILL), not the machine."""
-    directory = handover_directory(textfile_directory)
-    _make_directory(directory)
-    handover_id = new_id()
-    temporary = directory / f"{TEMPORARY_PREFIX}{handover_id}{SUFFIX}"
+    handover_id = new_id(directory)
+    temporary = f"{TEMPORARY_PREFIX}{handover_id}{SUFFIX}"
     data = encode(changes)
     try:
-        # O_EXCL|O_NOFOLLOW: never write through a symlink or into a file someone else prepared.
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        # O_EXCL|O_NOFOLLOW, mode 0644 by fchmod: never through a symlink or into a file someone else prepared,
+        # and readable by a merger of another user whatever our umask.
+        descriptor = directory.create(temporary, fs.FILE_MODE)
     except OSError as error:
-        raise write_error(directory, "create a hand-over file in", error) from None
+        raise write_error(directory.path, "create a hand-over file in", error) from None
     try:
         try:
-            os.fchmod(descriptor, 0o644)  # readable by a merger of another user whatever our umask
             view = memoryview(data)
             while view:
                 view = view[os.write(descriptor, view) :]
@@ -226,107 +232,136 @@ def write(textfile_directory: Path, changes: Changes, durable: bool = True) -> t
         finally:
             os.close(descriptor)
     except OSError as error:
-        _unlink_quietly(temporary)
-        raise write_error(temporary, "write the hand-over file", error) from None
-    return temporary, directory / f"{handover_id}{SUFFIX}"
+        _unlink_quietly(directory, temporary)
+        raise write_error(directory.path / temporary, "write the hand-over file", error) from None
+    return temporary, f"{handover_id}{SUFFIX}"
 
 
-def publish(temporary: Path, final: Path, durable: bool = True) -> None:
+def publish(directory: fs.Directory, temporary: str, final: str, durable: bool = True) -> None:
     """Rename a written hand-over into place: from now on the next merge applies it."""
     try:
-        os.rename(temporary, final)
+        directory.rename(temporary, final)
     except OSError as error:
-        _unlink_quietly(temporary)
-        raise write_error(final, "publish the hand-over file", error) from None
+        _unlink_quietly(directory, temporary)
+        raise write_error(directory.path / final, "publish the hand-over file", error) from None
     if durable:
-        fsync_directory(final.parent)
+        directory.fsync()
 
 
-def pending(textfile_directory: Path) -> list[str]:
-    """The ids of the complete hand-overs in the directory, oldest first (none if it does not exist).
-    Raises UnexpectedFileError for anything in it, or in its place, that the store did not create."""
-    directory = handover_directory(textfile_directory)
+class Listing(NamedTuple):
+    ids: list[str]
+    """The complete hand-overs, oldest first (see :func:`order`)."""
+    set_aside: int
+    """How many are kept aside (see :func:`set_aside`)."""
+
+
+def pending(directory: fs.Directory) -> Listing:
+    """The ids of the complete hand-overs in the directory, oldest first (see :func:`new_id`), and how many are
+    set aside. Raises UnexpectedFileError for anything in it that the store did not create."""
     try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return []
-    except NotADirectoryError:
-        raise _not_a_directory(directory) from None
+        entries = list(directory.entries())
     except OSError as error:
-        raise write_error(directory, "read the hand-over directory", error) from None
-    # scandir follows a symlink to a directory: make sure the directory itself is one.
-    try:
-        is_directory = stat.S_ISDIR(os.lstat(directory).st_mode)
-    except OSError:
-        is_directory = False
-    if not is_directory:
-        raise _not_a_directory(directory)
+        raise write_error(directory.path, "read the hand-over directory", error) from None
     ids = []
+    kept_aside = 0
     for entry in entries:
         if not entry.is_file(follow_symlinks=False):
             raise UnexpectedFileError(
-                entry.path,
-                f"{entry.path} is not a regular file (a symlink, FIFO, device or directory): fraisier writes "
-                "only regular files there; remove it",
+                directory.path / entry.name,
+                f"{directory.path / entry.name} is not a regular file (a symlink, FIFO, device or directory): "
+                "fraisier writes only regular files there; remove it",
             )
         if entry.name.startswith(TEMPORARY_PREFIX) or not entry.name.endswith(SUFFIX):
+            kept_aside += entry.name.endswith(SET_ASIDE_SUFFIX)
             continue
         handover_id = entry.name[: -len(SUFFIX)]
         if not handover_id.isprintable() or " " in handover_id:
             # Not a name new_id makes (a copy, a hand-made file): the file lists applied ids space-separated on
             # one line, so such an id would read back as two (and be applied again while its deletion is
             # pending), or could not be written at all (a newline), failing every merge.
-            set_aside(textfile_directory, handover_id, "its name is not one fraisier writes")
+            kept_aside += set_aside(directory, handover_id, "its name is not one fraisier writes")
             continue
         ids.append(handover_id)
-    ids.sort()
-    return ids
+    ids.sort(key=order)
+    return Listing(ids, kept_aside)
 
 
-def read(textfile_directory: Path, handover_id: str) -> Changes:
+PENDING_FAMILY = "fraisier_textfile_handovers_pending"
+PENDING_HELP = (
+    "Hand-overs waiting to be applied after the last merge (left for the next merge, or for a newer version); "
+    "merges apply at most a few hundred each."
+)
+SET_ASIDE_FAMILY = "fraisier_textfile_handovers_set_aside"
+SET_ASIDE_HELP = "Hand-overs that can never be applied, kept aside in the hand-over directory for inspection."
+
+
+def count_in(document: Document, waiting: int, kept_aside: int) -> None:
+    """Write the store's own gauges of the hand-over directory (families the catalogue does not hold, so kept
+    as text, as lifecycle's refused-series counter is)."""
+    for name, help_text, value in (
+        (PENDING_FAMILY, PENDING_HELP, waiting), (SET_ASIDE_FAMILY, SET_ASIDE_HELP, kept_aside)
+    ):
+        block = Block(name, help=help_text, type="gauge")
+        block.raw = f"# HELP {name} {help_text}\n# TYPE {name} gauge\n{name} {value}\n"
+        document.blocks[name] = block
+
+
+def read(directory: fs.Directory, handover_id: str) -> Changes:
     """The changes of one hand-over. Raises UnreadableHandover, or UnexpectedFileError for a non-regular file
     (opened without following a symlink and without blocking on a FIFO)."""
-    path = handover_directory(textfile_directory) / f"{handover_id}{SUFFIX}"
+    name = f"{handover_id}{SUFFIX}"
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        data = directory.read_regular(name)
     except OSError as error:
-        raise write_error(path, "read the hand-over file", error) from None
+        raise write_error(directory.path / name, "read the hand-over file", error) from None
+    return decode(data)
+
+
+def set_aside(directory: fs.Directory, handover_id: str, problem: str) -> bool:
+    """Keep a hand-over that can never be applied for inspection, out of the way of every later merge. At most
+    SET_ASIDE_LIMIT are kept: past that, one is deleted (a writer feeding bad files would fill the disk).
+    Returns whether it was kept."""
+    name = f"{handover_id}{SUFFIX}"
+    aside = f"{handover_id}{SET_ASIDE_SUFFIX}"
     try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise UnexpectedFileError(path, f"{path} is not a regular file: remove it")
-        chunks = []
-        while chunk := os.read(descriptor, 1 << 16):
-            chunks.append(chunk)
-    except OSError as error:
-        raise write_error(path, "read the hand-over file", error) from None
-    finally:
-        os.close(descriptor)
-    return decode(b"".join(chunks))
-
-
-def set_aside(textfile_directory: Path, handover_id: str, problem: str) -> None:
-    """Keep a hand-over that can never be applied for inspection, out of the way of every later merge."""
-    path = handover_directory(textfile_directory) / f"{handover_id}{SUFFIX}"
-    aside = path.with_name(f"{handover_id}.unreadable")
-    log.error("the hand-over %s cannot be applied (%s): kept as %s, its events are not counted", path, problem, aside)
+        kept = count_set_aside(directory)
+    except OSError:
+        kept = 0
     try:
-        os.rename(path, aside)
+        if kept >= SET_ASIDE_LIMIT:
+            log.error(
+                "the hand-over %s cannot be applied (%s): deleted, its events are not counted (%d are kept "
+                "already; inspect and remove them)", directory.path / name, problem, kept,
+            )
+            directory.unlink(name)
+            return False
+        log.error("the hand-over %s cannot be applied (%s): kept as %s, its events are not counted",
+                  directory.path / name, problem, directory.path / aside)
+        directory.rename(name, aside)
+        return True
     except OSError as error:
-        log.error("cannot move %s aside: %s", path, error.strerror)
+        log.error("cannot move %s aside: %s", directory.path / name, error.strerror)
+        return False
 
 
-def remove(textfile_directory: Path, handover_ids: list[str]) -> None:
+SET_ASIDE_SUFFIX = ".unreadable"
+SET_ASIDE_LIMIT = 1000
+"""Hand-overs kept aside for inspection at most; they are counted in the file (SET_ASIDE_FAMILY)."""
+
+
+def count_set_aside(directory: fs.Directory) -> int:
+    return sum(1 for name in directory.names() if name.endswith(SET_ASIDE_SUFFIX))
+
+
+def remove(directory: fs.Directory, handover_ids: list[str]) -> None:
     """Delete applied hand-overs. A failure is only logged: the file lists them as applied, so a later merge
     skips them and tries again."""
-    directory = handover_directory(textfile_directory)
     for handover_id in handover_ids:
-        path = directory / f"{handover_id}{SUFFIX}"
+        name = f"{handover_id}{SUFFIX}"
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+            directory.unlink(name)
         except OSError as error:
-            log.warning("cannot remove the applied hand-over %s: %s", path, error.strerror)
+            log.warning("cannot remove the applied hand-over %s: %s", directory.path / name, error.strerror)
 
 
 INLINE_REMOVALS = 4
@@ -339,29 +374,32 @@ EXIT_WAIT = 0.2
 
 
 class _Remover:
-    """One daemon thread per process that deletes applied hand-overs, in the order they were queued."""
+    """One daemon thread per process that deletes applied hand-overs, in the order they were queued. Each job
+    holds its own descriptor of the directory the ids were listed in: the name is never resolved again."""
 
     def __init__(self) -> None:
-        self.queue: queue.SimpleQueue[tuple[Path, list[str]]] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[tuple[fs.Directory, list[str]]] = queue.SimpleQueue()
         self.idle = threading.Condition()
         self.outstanding = 0
         self.thread: threading.Thread | None = None
 
-    def submit(self, textfile_directory: Path, handover_ids: list[str]) -> None:
+    def submit(self, directory: fs.Directory, handover_ids: list[str]) -> None:
         with self.idle:
             self.outstanding += 1
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="fraisier-handover-removal", daemon=True)
                 self.thread.start()
-        self.queue.put((textfile_directory, handover_ids))
+        self.queue.put((directory, handover_ids))
 
     def _run(self) -> None:
         while True:
-            textfile_directory, handover_ids = self.queue.get()
+            directory, handover_ids = self.queue.get()
             try:
-                remove(textfile_directory, handover_ids)
+                remove(directory, handover_ids)
             except Exception:  # a bug here must not kill the thread: the ids stay listed for a later merge
-                log.exception("deleting applied hand-overs in %s failed", textfile_directory)
+                log.exception("deleting applied hand-overs in %s failed", directory.path)
+            finally:
+                directory.close()
             with self.idle:
                 self.outstanding -= 1
                 self.idle.notify_all()
@@ -383,12 +421,13 @@ def _new_remover_in_child() -> None:
 os.register_at_fork(after_in_child=_new_remover_in_child)
 
 
-def remove_soon(textfile_directory: Path, handover_ids: list[str]) -> None:
-    """Delete applied hand-overs: a few at once, more from the background thread (see INLINE_REMOVALS)."""
+def remove_soon(directory: fs.Directory, handover_ids: list[str]) -> None:
+    """Delete applied hand-overs: a few at once, more from the background thread (see INLINE_REMOVALS), through
+    a descriptor of its own of ``directory`` (the caller closes its own)."""
     if len(handover_ids) <= INLINE_REMOVALS:
-        remove(textfile_directory, handover_ids)
+        remove(directory, handover_ids)
     else:
-        _remover.submit(textfile_directory, list(handover_ids))
+        _remover.submit(directory.copy(), list(handover_ids))
 
 
 def wait_for_removals(timeout: float = 10.0) -> bool:
@@ -400,68 +439,183 @@ def wait_for_removals(timeout: float = 10.0) -> bool:
 atexit.register(lambda: _remover.wait(EXIT_WAIT))
 
 
-def remove_stale_temporaries(textfile_directory: Path) -> None:
+def remove_stale_temporaries(directory: fs.Directory) -> None:
     """Temporary hand-overs of writers killed before their rename: their events were never forgotten by a
     live process, so they are litter (kept for an hour, since a live writer may be mid-way)."""
-    directory = handover_directory(textfile_directory)
     try:
-        entries = [entry for entry in os.scandir(directory) if entry.name.startswith(TEMPORARY_PREFIX)]
+        entries = [entry for entry in directory.entries() if entry.name.startswith(TEMPORARY_PREFIX)]
     except OSError:
         return
     now = time.time()
     for entry in entries:
         try:
-            if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_SECONDS:
-                os.unlink(entry.path)
+            status = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(status.st_mode) and now - status.st_mtime > STALE_TEMPORARY_SECONDS:
+                directory.unlink(entry.name)
         except OSError:
             pass
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
+# Order
+
+
+SEQUENCE_FILE = "sequence"
+"""The counter that orders hand-overs (no dot: names starting with one are temporaries; no .json: not a
+hand-over)."""
+_SEQUENCE_WAIT = 0.05
+"""Seconds a writer waits for the counter's lock. Its holders only read and write a few bytes; a writer of the
+directory holding it for ever must not hang a deployment: past this, the counter is read without the lock
+(two hand-overs may then share a number; both are applied, in an arbitrary order between them)."""
+_SEQUENCE_DIGITS = 20
+
+
+def new_id(directory: fs.Directory) -> str:
+    """A hand-over's id: ``s<sequence>-<pid>-<random>``. Sorting ids by :func:`order` sorts the hand-overs by
+    when they were written, so that the latest value of a gauge wins.
+
+    The sequence is a counter in the hand-over directory (``sequence``), taken and incremented under a flock,
+    not the wall clock: a clock stepped back (NTP, a VM restored, a process under faketime) would make a later
+    report sort first and an older value win. The counter is not fsynced (it would add a journal commit to
+    each hand-over): after a power loss it may go back, and a merger that lists a hand-over numbered at or
+    past it moves it on (:func:`note_merged`), so only hand-overs written between the reboot and the
+    first merge may sort before older ones."""
+    return id_for(_next_sequence(directory))
+
+
+def id_for(sequence: int) -> str:
+    """The id of a hand-over numbered ``sequence`` by this process."""
+    return f"s{sequence:0{_SEQUENCE_DIGITS}d}-{os.getpid()}-{os.urandom(6).hex()}"
+
+
+def order(handover_id: str) -> tuple[int, str]:
+    """The sort key of an id. Ids of earlier versions (wall-clock time first, no ``s``) sort before every
+    numbered one: they were written before this version ran."""
+    if handover_id[:1] == "s":
+        return 1, handover_id
+    return 0, handover_id
+
+
+def sequence_of(handover_id: str) -> int | None:
+    if handover_id[:1] != "s":
+        return None
+    number = handover_id[1 : 1 + _SEQUENCE_DIGITS]
+    return int(number) if len(number) == _SEQUENCE_DIGITS and number.isdigit() and number.isascii() else None
+
+
+def _next_sequence(directory: fs.Directory) -> int:
+    descriptor = _open_sequence(directory)
+    if descriptor is None:
+        return 0
     try:
-        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
+        _lock_sequence(descriptor)
+        last, before_oldest_waiting = _read_sequence(descriptor)
+        if last - before_oldest_waiting >= PENDING_LIMIT:
+            raise TooManyWaiting(
+                directory.path,
+                f"{last - before_oldest_waiting} hand-overs wait unapplied in {directory.path}, the most kept: no "
+                "merge has applied them (each says why in the log; check the textfile and its lock), so these "
+                "events are not handed over",
+                errno.ENOSPC,
+            )
+        value = last + 1
+        try:
+            _write_sequence(descriptor, value, before_oldest_waiting)
+        except OSError:
+            pass  # a counter owned by another user, read-only to us: the number is still past every earlier one
+        return value
+    finally:
+        os.close(descriptor)  # also drops the lock
+
+
+PENDING_LIMIT = 100_000
+"""Hand-overs at most waiting unapplied (while merges keep failing: a corrupt file, a lock held for ever);
+past it a hand-over is refused (TooManyWaiting: the caller keeps its events or says they are lost), so that a
+broken set-up cannot fill the disk with them. Counted in the file as PENDING_FAMILY."""
+
+
+class TooManyWaiting(TextfileWriteError):
+    """PENDING_LIMIT hand-overs wait unapplied: no more is written."""
+
+
+def note_merged(directory: fs.Directory, newest: int, oldest_waiting: int | None) -> None:
+    """After a merge listed the hand-overs numbered up to ``newest`` and left those from ``oldest_waiting`` on
+    (None: none), keep the counter past ``newest`` (never fsynced, it may have gone back in a power loss) and
+    note where the waiting ones start, for PENDING_LIMIT. The counter is not created here: a writer does."""
+    descriptor = _open_sequence(directory, create=False)
+    if descriptor is None:
         return
     try:
-        os.fsync(descriptor)
+        _lock_sequence(descriptor)
+        last, _ = _read_sequence(descriptor)
+        # None waiting of those listed: those written since (numbered past newest) are not applied yet, but with
+        # nothing listed newest is unknown (0), and they are counted as applied: an undercount, never a refusal.
+        before_oldest_waiting = oldest_waiting - 1 if oldest_waiting is not None else newest or last
+        _write_sequence(descriptor, max(last, newest), before_oldest_waiting)
     except OSError:
-        pass  # some filesystems do not support fsync on directories; the rename is still atomic
+        pass
     finally:
         os.close(descriptor)
 
 
-def _make_directory(directory: Path) -> None:
+def _open_sequence(directory: fs.Directory, create: bool = True) -> int | None:
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     try:
-        os.mkdir(directory, 0o775)
-    except FileExistsError:
+        descriptor = os.open(SEQUENCE_FILE, flags, 0o664, dir_fd=directory.descriptor)
+    except PermissionError:
         try:
-            is_directory = stat.S_ISDIR(os.lstat(directory).st_mode)
-        except OSError as error:
-            raise write_error(directory, "use the hand-over directory", error) from None
-        if not is_directory:
-            raise _not_a_directory(directory) from None
-        return
-    except OSError as error:
-        raise write_error(directory, "create the hand-over directory", error) from None
+            descriptor = directory.open_regular(SEQUENCE_FILE)
+        except (OSError, UnexpectedFileError):
+            return None
+    except OSError:
+        return None  # a symlink or a FIFO planted there: refused; the hand-over is numbered 0 (see order)
     try:
-        # Group-writable like the lock file, so that a merger of another user of the group can delete the
-        # hand-overs it applied; the setgid bit it inherits from a shared textfile directory (chmod 2775) is kept.
-        os.chmod(directory, 0o775 | (os.stat(directory).st_mode & stat.S_ISGID))
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            os.close(descriptor)
+            return None
+        if status.st_uid == os.geteuid() and stat.S_IMODE(status.st_mode) != 0o664:
+            os.fchmod(descriptor, 0o664)  # the users of one group share the counter whatever the umask
     except OSError:
         pass
+    return descriptor
 
 
-def _not_a_directory(directory: Path) -> UnexpectedFileError:
-    return UnexpectedFileError(
-        directory,
-        f"{directory} is not a directory (a symlink or another kind of file): fraisier keeps its hand-overs in "
-        "a directory it creates there; remove it",
-    )
+def _lock_sequence(descriptor: int) -> None:
+    deadline = time.monotonic() + _SEQUENCE_WAIT
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.0002)
+        except OSError:
+            return
 
 
-def _unlink_quietly(path: Path) -> None:
+def _read_sequence(descriptor: int) -> tuple[int, int]:
+    """The counter: the last number given, and the number before the oldest hand-over waiting."""
     try:
-        os.unlink(path)
+        fields = os.pread(descriptor, 64, 0).split()[:2]
+    except OSError:
+        return 0, 0
+    # Anything but the numbers we write (a writer of the directory is trusted with the metrics, not with
+    # crashing this process or refusing every hand-over): counted from 0, bounded so that the id keeps its width.
+    if not fields or not all(field.isdigit() and len(field) < _SEQUENCE_DIGITS for field in fields):
+        return 0, 0
+    last = int(fields[0])
+    return last, min(int(fields[1]), last) if len(fields) == 2 else last
+
+
+def _write_sequence(descriptor: int, last: int, before_oldest_waiting: int) -> None:
+    data = f"{last} {before_oldest_waiting}\n".encode()
+    os.pwrite(descriptor, data, 0)
+    os.ftruncate(descriptor, len(data))
+
+
+def _unlink_quietly(directory: fs.Directory, name: str) -> None:
+    try:
+        directory.unlink(name)
     except OSError:
         pass

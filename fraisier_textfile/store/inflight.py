@@ -38,13 +38,13 @@ import errno
 import fcntl
 import logging
 import os
-import stat
 import threading
 from pathlib import Path
 
 from fraisier_textfile.catalogue import check_label_value
-from fraisier_textfile.errors import InvalidValueError, UnexpectedFileError, write_error
+from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, UnexpectedFileError, write_error
 from fraisier_textfile.format.bookkeeping import WordSet
+from fraisier_textfile.store import fs
 
 MARKER_DIRECTORY = ".fraisier-inflight"
 RETIRED_MARKERS = WordSet("retired-markers")
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 class Marker:
     """One in-flight deployment."""
 
-    __slots__ = ("_descriptor", "boot", "fraise_type", "id", "locked", "path", "pid_namespace", "provider")
+    __slots__ = ("_descriptor", "boot", "directory", "fraise_type", "id", "locked", "path", "pid_namespace", "provider")
 
     def __init__(
         self,
@@ -71,6 +71,7 @@ class Marker:
         *,
         path: Path | None = None,
         locked: bool = False,
+        directory: fs.Directory | None = None,
     ) -> None:
         self.id = id
         self.provider = provider
@@ -83,6 +84,8 @@ class Marker:
         """Where the marker is, for a marker written or read here (None for one built by hand)."""
         self.locked = locked
         """Whether the writer holds a lock on the marker while the deployment runs (False: an older version)."""
+        self.directory = directory
+        """The marker directory it was read from, held open: its lock is probed through it, never by path."""
         self._descriptor: int | None = None
 
     @property
@@ -177,7 +180,9 @@ def _start_time_in_stat(data: bytes) -> str | None:
 def _process_state(pid: int, start_time: str) -> bool | None:
     """Whether the process ``pid`` that started at ``start_time`` (in this PID namespace) still runs: True,
     False, or None where nothing here can tell."""
-    if pid <= 0:
+    if not 0 < pid <= _PID_MAX:
+        # Past any PID the kernel hands out (a hand-made marker): kill(2) would raise OverflowError for it,
+        # which must not escape a probe run on a deployment's path.
         return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat_file:
@@ -198,6 +203,8 @@ def _process_state(pid: int, start_time: str) -> bool | None:
     return None
 
 
+_PID_MAX = 1 << 22
+"""Linux's PID_MAX_LIMIT: no process has a larger PID."""
 _own_identity: tuple[int, str] | None = None
 _own_context: tuple[str, str] | None = None
 
@@ -251,9 +258,9 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
     data = json.dumps(content).encode("utf-8")
     # A tmp cleaner may remove the directory at any moment: made again, a few times, before giving up.
     for attempt in range(1, _MARKER_ATTEMPTS + 1):
-        directory_descriptor = _open_marker_directory(textfile_directory)
+        markers = _open_marker_directory(textfile_directory)
         try:
-            descriptor = _write_marker(directory_descriptor, marker.id, data)
+            descriptor = _write_marker(markers.descriptor, marker.id, data)
             break
         except FileNotFoundError as error:
             if attempt == _MARKER_ATTEMPTS:
@@ -261,7 +268,7 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
         except OSError as error:
             raise write_error(directory, "write a marker in", error) from None
         finally:
-            os.close(directory_descriptor)
+            markers.close()
     marker._descriptor = descriptor
     _held[marker.id] = marker
     return marker
@@ -270,66 +277,23 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
 _MARKER_ATTEMPTS = 5
 
 
-def _open_marker_directory(textfile_directory: Path) -> int:
-    """A descriptor of the marker directory, created if missing. Everything in it is made relative to that
-    descriptor: a symlink put in the directory's place is never followed, and a directory removed meanwhile
-    is not silently recreated elsewhere. Raises UnexpectedFileError for anything but a directory there."""
-    directory = marker_directory(textfile_directory)
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    created = False
-    for _ in range(_MARKER_ATTEMPTS):
-        try:
-            descriptor = os.open(directory, flags)
-        except FileNotFoundError:
-            pass
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise _not_a_directory(directory) from None
-            raise write_error(directory, "open the marker directory", error) from None
-        else:
-            if created:
-                # Group-writable like the lock file, so that the users of one group can retire each other's
-                # markers; the setgid bit it inherits from a shared textfile directory (chmod 2775) is kept.
-                try:
-                    os.fchmod(descriptor, 0o775 | (os.fstat(descriptor).st_mode & stat.S_ISGID))
-                except OSError:
-                    pass
-            return descriptor
-        try:
-            os.makedirs(textfile_directory, exist_ok=True)
-            os.mkdir(directory, 0o775)
-            created = True
-        except (FileExistsError, FileNotFoundError):
-            pass  # made by another process meanwhile, removed again, or something else is there: the open says
-        except OSError as error:
-            raise write_error(directory, "create the marker directory", error) from None
-    raise write_error(directory, "create the marker directory", OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+def open_directory(textfile: fs.Directory, create: bool = False) -> fs.Directory | None:
+    """The marker directory of the textfile directory held by ``textfile``, checked (None if there is none and
+    ``create`` is false). Raises UnexpectedFileError for anything else in its place."""
+    return textfile.subdirectory(MARKER_DIRECTORY, create=create)
 
 
-def _not_a_directory(directory: Path) -> UnexpectedFileError:
-    try:
-        status = os.lstat(directory)
-    except OSError:
-        # Not there: a file stands where one of its parents should be a directory. Name that one.
-        for ancestor in reversed(directory.parents):
-            if os.path.lexists(ancestor) and not ancestor.is_dir():
-                return UnexpectedFileError(
-                    ancestor,
-                    f"{ancestor} is not a directory, so {directory} cannot be made: "
-                    "choose another --textfile-dir, or remove what is in the way",
-                )
-        kind = "not a directory"
-    else:
-        if stat.S_ISLNK(status.st_mode):
-            kind = f"a symlink (to {os.readlink(directory)}), not a directory"
-        elif stat.S_ISREG(status.st_mode):
-            kind = "a regular file, not a directory"
-        else:
-            kind = "not a directory"
-    return UnexpectedFileError(
-        directory,
-        f"{directory} is {kind}: fraisier keeps its in-flight markers in a directory it creates there; remove it",
-    )
+def _open_marker_directory(textfile_directory: Path) -> fs.Directory:
+    """The marker directory, created if missing (and the textfile directory with it, with their documented
+    modes whatever the umask: a deployment may be the first to use the directory). Everything in it is made
+    relative to its descriptor: a symlink put in the directory's place is never followed, and a directory
+    removed meanwhile is not silently recreated elsewhere."""
+    textfile = fs.open_directory(textfile_directory, create=True)
+    assert textfile is not None
+    with textfile:
+        markers = open_directory(textfile, create=True)
+    assert markers is not None
+    return markers
 
 
 def _write_marker(directory_descriptor: int, name: str, data: bytes) -> int:
@@ -357,14 +321,13 @@ def _write_marker(directory_descriptor: int, name: str, data: bytes) -> int:
     return descriptor
 
 
-def _open_marker(path: str | Path) -> int:
-    """A read-only descriptor on a regular file at ``path``; OSError for anything else. Never follows a
-    symlink, never blocks on a FIFO someone put there."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
-    return descriptor
+def _open_marker(directory: fs.Directory, name: str) -> int:
+    """A read-only descriptor on the regular file ``name`` in ``directory``; OSError for anything else. Never
+    follows a symlink, never blocks on a FIFO someone put there, never resolves the directory's name again."""
+    try:
+        return directory.open_regular(name)
+    except UnexpectedFileError:
+        raise OSError(errno.EINVAL, "not a regular file", str(directory.path / name)) from None
 
 
 _unusable_markers: set[str] = set()
@@ -378,28 +341,43 @@ def _string(value: object) -> str:
 
 
 def read_markers(textfile_directory: Path) -> list[Marker]:
-    """Every complete marker, in no particular order. Markers that cannot be read are skipped."""
-    directory = marker_directory(textfile_directory)
-    markers = []
-    try:
-        entries = [entry for entry in os.scandir(directory) if not entry.name.startswith(".")]
-    except FileNotFoundError:
+    """Every complete marker, in no particular order. Markers that cannot be read are skipped. Raises
+    UnexpectedFileError for anything but a directory in the marker directory's place."""
+    textfile = fs.open_directory(textfile_directory)
+    if textfile is None:
         return []
+    with textfile:
+        directory = open_directory(textfile)
+    if directory is None:
+        return []
+    try:
+        return read_markers_in(directory)
+    finally:
+        directory.close()
+
+
+def read_markers_in(directory: fs.Directory) -> list[Marker]:
+    """Every complete marker in the marker directory held by ``directory`` (each keeps a hold of its own on
+    it, through which its lock is probed and it is removed)."""
+    markers: list[Marker] = []
+    entries = [entry for entry in directory.entries() if not entry.name.startswith(".")]
     if not entries:
         return []
     import json  # here, not at the top: `fraisier record` never needs it
 
+    held = directory.copy()
     for entry in entries:
+        path = directory.path / entry.name
         if not entry.name.isprintable() or " " in entry.name:
             # Not a name create_marker makes (a copy, a hand-made file): the file lists retired markers by id,
             # space-separated on one line, so a newline would fail every merge and a blank would read back as two
             # ids (its crash counted again).
             if entry.name not in _unusable_markers:
                 _unusable_markers.add(entry.name)
-                log.warning("the in-flight marker %r is not named as fraisier names them: ignored", entry.path)
+                log.warning("the in-flight marker %r is not named as fraisier names them: ignored", str(path))
             continue
         try:
-            descriptor = _open_marker(entry.path)
+            descriptor = _open_marker(directory, entry.name)
             with os.fdopen(descriptor, "rb") as file:
                 content = json.loads(file.read(65536))
             # Checked as the recorder checks them: a lone surrogate would make every merge fail, an empty or
@@ -409,9 +387,11 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
         except InvalidValueError as error:
             if entry.name not in _unusable_markers:
                 _unusable_markers.add(entry.name)
-                log.warning("the in-flight marker %s is not one this version can use (%s): ignored", entry.path, error)
+                log.warning("the in-flight marker %s is not one this version can use (%s): ignored", path, error)
             continue
-        except (OSError, ValueError, KeyError, TypeError):
+        # RecursionError: json's decoder recurses into arrays; a marker of nested brackets is unusable, not a
+        # crash of the deployment that reads it.
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             continue
         try:
             markers.append(
@@ -421,23 +401,26 @@ def read_markers(textfile_directory: Path) -> list[Marker]:
                     fraise_type,
                     str(content.get("boot", "")),
                     str(content.get("pid_namespace", "")),
-                    path=directory / entry.name,
+                    path=path,
                     locked=content.get("liveness") == LIVENESS_LOCK,
+                    directory=held,
                 )
             )
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             continue
     return markers
 
 
-def _lock_held(path: Path) -> bool | None:
-    """Whether some process holds the lock on the marker at ``path``: True, False, or None if it cannot be
-    told (the marker cannot be opened, or its filesystem has no locks). A marker that is gone holds none."""
+def _lock_held(marker: Marker) -> bool | None:
+    """Whether some process holds the lock on the marker: True, False, or None if it cannot be told (the
+    marker cannot be opened, or its filesystem has no locks). A marker that is gone holds none."""
+    if marker.directory is None:
+        return None
     try:
-        descriptor = _open_marker(path)
+        descriptor = _open_marker(marker.directory, marker.id)
     except FileNotFoundError:
         return False
-    except OSError:
+    except (OSError, ValueError):
         return None
     try:
         # Shared, so that two readers probing at once do not take each other's probe for a live writer.
@@ -475,48 +458,70 @@ def is_alive(marker: Marker) -> bool:
         state = _process_state(pid, start_time)
     if state is False:
         return False
-    if marker.locked and marker.path is not None:
-        held = _lock_held(marker.path)
+    if marker.locked and marker.directory is not None:
+        held = _lock_held(marker)
         if held is not None:
             return held
     return True
 
 
-def remove_marker(textfile_directory: Path, marker_id: str) -> None:
-    """Remove a marker the textfile already accounts for, releasing it if this process holds it. A failure
-    is only logged: the marker stays listed as retired in the file, so it is not counted again, and a later
-    merger may remove it."""
-    path = marker_directory(textfile_directory) / marker_id
+def _marker_directory_of(where: Path | fs.Directory) -> fs.Directory | None:
+    """The marker directory held open: ``where`` itself (a merge's, held since it listed the markers), or that
+    of the textfile directory at the path ``where`` (None if there is none)."""
+    if isinstance(where, fs.Directory):
+        return where.copy()
+    textfile = fs.open_directory(where)
+    if textfile is None:
+        return None
+    with textfile:
+        return open_directory(textfile)
+
+
+def remove_marker(where: Path | fs.Directory, marker_id: str) -> None:
+    """Remove a marker the textfile already accounts for, releasing it if this process holds it. ``where``: the
+    marker directory held open (by the merge that listed the marker: it is never resolved by name again), or
+    the textfile directory's path. A failure is only logged: the marker stays listed as retired in the file, so
+    it is not counted again, and a later merger may remove it."""
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        log.warning("cannot remove the finished deployment's marker %s: %s", path, error.strerror)
+        directory = _marker_directory_of(where)
+    except FraisierTextfileError as error:
+        log.warning("cannot remove the finished deployment's marker %s: %s", marker_id, error)
+        directory = None
+    if directory is not None:
+        with directory:
+            try:
+                directory.unlink(marker_id)
+            except (OSError, ValueError) as error:
+                log.warning("cannot remove the finished deployment's marker %s: %s", directory.path / marker_id,
+                            getattr(error, "strerror", error))
     own = _held.get(marker_id)
     if own is not None:
         own.release()
 
 
-def remove_stale_temporaries(textfile_directory: Path) -> None:
+def remove_stale_temporaries(where: Path | fs.Directory) -> None:
     """Dot files in the marker directory are half-written markers; those of dead processes are litter.
     A free lock does not prove a temporary dead (its writer takes the lock just after creating it): only
-    /proc's word that the writer's PID is gone or reused does."""
-    directory = marker_directory(textfile_directory)
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
+    /proc's word that the writer's PID is gone or reused does. ``where``: as for :func:`remove_marker`."""
+    directory = _marker_directory_of(where)
+    if directory is None:
         return
-    for entry in entries:
+    with directory:
+        _remove_stale_temporaries(directory)
+
+
+def _remove_stale_temporaries(directory: fs.Directory) -> None:
+    for entry in list(directory.entries()):
         if not entry.name.startswith("."):
             continue
-        marker = Marker(entry.name[1:], "", "")
+        marker = Marker(entry.name[1:], "", "", directory=directory)
         try:
             pid, start_time = marker.pid, marker.start_time
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, OverflowError):
             continue  # not one of ours
-        if _lock_held(Path(entry.path)) is not True and _process_state(pid, start_time) is False:
+        probe = Marker(entry.name, "", "", directory=directory)
+        if _lock_held(probe) is not True and _process_state(pid, start_time) is False:
             try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
+                directory.unlink(entry.name)
+            except OSError:
                 pass

@@ -47,7 +47,7 @@ from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.format.reader import parse, parse_bytes
 from fraisier_textfile.format.schema import Schema, default
 from fraisier_textfile.format.syntax import ParseError, label_text, parse_series_key, series_key
-from fraisier_textfile.store import handovers, inflight
+from fraisier_textfile.store import fs, handovers, inflight
 from fraisier_textfile.store.lifecycle import SeriesLifecycle
 from fraisier_textfile.store.participants import Participant
 
@@ -67,6 +67,12 @@ LITTER_INTERVAL = 60.0
 """Seconds between two looks of one store for killed writers' temporary files (textfile, markers, hand-overs).
 They are litter, not data (a hand-over's is kept an hour anyway), and listing directories that 16 writers keep
 changing waited on their locks: 10-20 ms of some merges. A new process looks at its first merge."""
+HANDOVERS_PER_MERGE = 256
+"""Hand-overs one merge reads and applies at most, oldest first. Its wait for the lock is bounded by the
+caller's budget; its work must be too: after a long lock hold thousands wait, and applying them all would make
+one record call pay for them (15,000 took 1.35 s). The rest is left for the next merges (this process's late
+merges, other processes' merges, ``fraisier textfile refresh``); under contention one merge applies about a
+hundred (group commit), well under this."""
 LATE_MERGE_BUDGET = 0.025
 """Seconds a process may spend, after its own merge, merging hand-overs that arrived while it held the lock:
 one or two merges. Under sustained contention the other writers' own merges take the rest; a holder that kept
@@ -490,7 +496,14 @@ class TextfileStore:
         """Deployments running now in live processes, by provider (for a reader serving the file live).
         ``retired_markers`` are those the file already accounts for (``inflight.RETIRED_MARKERS``)."""
         counts: dict[str, int] = {}
-        for marker in self._read_markers():
+        textfile = fs.open_directory(self.directory)
+        if textfile is None:
+            return counts
+        with textfile:
+            markers, directory = self._read_markers(textfile)
+        if directory is not None:
+            directory.close()
+        for marker in markers:
             if marker.id not in retired_markers and inflight.is_alive(marker):
                 counts[marker.provider] = counts.get(marker.provider, 0) + 1
         return counts
@@ -519,11 +532,13 @@ class TextfileStore:
         (``changes`` untouched) if they cannot be written."""
         if not changes:
             return
-        with _DeferredSignals():
-            self._make_directory()
-            temporary, final = handovers.write(self.directory, changes, durable)
-            handovers.publish(temporary, final, durable)
-            changes.clear()
+        with _DeferredSignals(), self._open_directory() as textfile:
+            directory = handovers.open_directory(textfile, create=True)
+            assert directory is not None
+            with directory:
+                temporary, final = handovers.write(directory, changes, durable)
+                handovers.publish(directory, temporary, final, durable)
+                changes.clear()
 
     def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
@@ -546,29 +561,40 @@ class TextfileStore:
 
     def _merge_once(self, changes: Changes, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with _DeferredSignals() as signals:
-            self._make_directory()
+        with _DeferredSignals() as signals, self._open_directory() as textfile:
             for attempt in itertools.count(1):
                 if attempt > 3 and time.monotonic() > deadline:  # something removes the lock file over and over
                     raise LockTimeoutError(self.lock_path, timeout)
                 self._lock.acquire(deadline, timeout, signals.deliver)
+                held = _Subdirectories()
                 try:
-                    applied, to_remove = self._merge_locked(changes)
-                except _LockLost:
-                    log.warning("%s was removed or replaced during a merge: merging again", self.lock_path)
-                    continue
+                    try:
+                        applied, to_remove = self._merge_locked(changes, textfile, held)
+                    except _LockLost:
+                        log.warning("%s was removed or replaced during a merge: merging again", self.lock_path)
+                        continue
+                    finally:
+                        self._lock.release()
+                    # After the release: removing files waits on the filesystem's journal, which under load (other
+                    # writers' fsyncs) can take seconds for a few hundred hand-overs, and the lock was held all
+                    # that time. Nothing below may fail the merge: the file is written. A hand-over or a marker
+                    # not removed yet (or ever) stays listed in the file, so no merger counts it again. Both are
+                    # removed through the descriptors of the directories they were listed in, never by name: a
+                    # writer may have swapped a directory for a symlink since the lock was released.
+                    if held.handovers is not None:
+                        if held.noted and held.newest is not None:
+                            handovers.note_merged(held.handovers, held.newest, held.oldest_waiting)
+                        if applied:
+                            handovers.remove_soon(held.handovers, applied)
+                    if held.markers is not None:
+                        for marker_id in to_remove:
+                            inflight.remove_marker(held.markers, marker_id)
                 finally:
-                    self._lock.release()
-                # After the release: removing files waits on the filesystem's journal, which under load (other
-                # writers' fsyncs) can take seconds for a few hundred hand-overs, and the lock was held all that
-                # time. Nothing below may fail the merge: the file is written. A hand-over or a marker not
-                # removed yet (or ever) stays listed in the file, so no merger counts it again.
-                handovers.remove_soon(self.directory, applied)
-                for marker_id in to_remove:
-                    inflight.remove_marker(self.directory, marker_id)
+                    held.close()
                 for participant in self.participants:
                     participant.after_commit()
                 return
+            raise AssertionError("unreachable")
 
     def _merge_late_handovers(self, failed: bool = False) -> None:
         """After releasing the lock, merge the hand-overs that arrived while it was held.
@@ -601,8 +627,16 @@ class TextfileStore:
 
     def _handovers_waiting(self) -> bool:
         try:
-            names = os.listdir(handovers.handover_directory(self.directory))
-        except OSError:
+            textfile = fs.open_directory(self.directory)
+            if textfile is None:
+                return False
+            with textfile:
+                directory = handovers.open_directory(textfile)
+            if directory is None:
+                return False
+            with directory:
+                names = directory.names()
+        except (OSError, FraisierTextfileError):
             return False
         suffix = handovers.SUFFIX
         return any(
@@ -611,25 +645,37 @@ class TextfileStore:
             for name in names
         )
 
-    def _make_directory(self) -> None:
-        try:
-            if stat.S_ISDIR(os.stat(self.directory).st_mode):
-                return
-        except FileNotFoundError:
-            pass
-        except OSError as error:
-            raise write_error(self.directory, "use the directory", error) from None
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            # node_exporter runs as another user: it must be able to enter the directory whatever our umask.
-            os.chmod(self.directory, 0o755)
-        except OSError as error:
-            raise write_error(self.directory, "create the directory", error) from None
+    def handovers_waiting(self) -> bool:
+        """Whether hand-overs wait in the directory that no merge by this store has seen yet."""
+        return self._handovers_waiting()
 
-    def _merge_locked(self, changes: Changes) -> tuple[list[str], set[str]]:
+    def merge_backlog(self, *, timeout: float | None = None) -> None:
+        """Merge until no hand-over is left (each merge applies at most HANDOVERS_PER_MERGE): for a command
+        whose job is a complete file (``fraisier textfile refresh``), not for a record call. Raises what
+        :meth:`merge` raises."""
+        self.merge(Changes(), timeout=timeout)
+        for _ in range(100_000):  # bounded: writers that never stop handing over must not keep it for ever
+            if not self._handovers_waiting():
+                return
+            before = set(self._handled_handovers)
+            self.merge(Changes(), timeout=timeout)
+            if self._handled_handovers == before:
+                return  # only hand-overs left for a newer version, or set aside: nothing more to apply
+
+    def _open_directory(self) -> fs.Directory:
+        """The textfile directory, created with mode 0755 whatever the umask if missing (node_exporter runs as
+        another user: it must be able to enter it)."""
+        directory = fs.open_directory(self.directory, create=True)
+        assert directory is not None
+        return directory
+
+    def _merge_locked(
+        self, changes: Changes, textfile: fs.Directory, held: _Subdirectories
+    ) -> tuple[list[str], set[str]]:
         """Merge under the lock; return the hand-overs applied and the markers retired, which the written file
-        lists as such: the caller removes them once the lock is released."""
-        document = self._load()
+        lists as such: the caller removes them once the lock is released, through the directories ``held``
+        keeps open."""
+        document = self._load(textfile)
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         read_from_disk = cached is None or document is not cached[1]  # not what we wrote
         if cached is not None:
@@ -638,27 +684,37 @@ class TextfileStore:
         # hands it over and only then releases its marker: so a marker found released here has its hand-over
         # in the directory already, and the listing below finds it (listed first, the hand-over could be
         # missed and the deployment counted crashed as well as ended).
-        markers = self._probe_markers(inflight.RETIRED_MARKERS.get(document))
-        applied, handed_over = self._collect_handovers(document)
+        markers = self._probe_markers(inflight.RETIRED_MARKERS.get(document), textfile, held)
+        applied, handed_over, backlog = self._collect_handovers(document, textfile, held)
+        if backlog and changes.latest and held.handovers is not None:
+            # Older hand-overs wait for a later merge (see HANDOVERS_PER_MERGE): applied now, this process's
+            # latest gauges would be overwritten by older reports when those are applied. They are handed over
+            # behind them instead. A gauge set twice is set alike, so if this merge fails after this, the
+            # caller's retry (changes untouched) does no harm.
+            self._hand_over_latest(changes, held.handovers)
         collected = [part for part in (p.collect(document) for p in self.participants) if part]
         if handed_over is not None or collected:
             combined = _combined([*([handed_over] if handed_over is not None else []), *collected, changes])
         else:
             combined = changes
         to_apply = self.lifecycle.before_merge(document, combined, read_from_disk)
-        to_remove = self._account_markers(document, to_apply, markers)
+        if held.markers is None:
+            # Made since the probe, by a deployment whose start and end were both handed over meanwhile: its
+            # marker must be seen, or its retired id would be dropped and the next merger count it crashed.
+            held.markers = inflight.open_directory(textfile)
+        to_remove = self._account_markers(document, to_apply, markers, held.markers)
         _apply(document, to_apply, self.path, time.time(), self._clock_is_behind())
         self.lifecycle.after_merge(document, to_apply)
         handovers.APPLIED.put(document, tuple(applied))
-        temporary, descriptor = self._write_temporary(document.parts())
+        temporary, descriptor = self._write_temporary(document.parts(), textfile)
         if not self._lock.is_held():
             # Someone removed the lock file while we held it: another merger may have locked a new one and
             # read the file we are about to replace. Start again under the lock now at the path.
             os.close(descriptor)
-            _unlink_quietly(temporary)
+            _unlink_quietly(textfile, temporary)
             raise _LockLost
         # Signals are held back (see _DeferredSignals): the rename and the clear happen together.
-        version = self._rename(temporary, descriptor)
+        version = self._rename(temporary, descriptor, textfile)
         self._cached = None if version is None else (version, document)
         changes.clear()
         return applied, to_remove
@@ -681,30 +737,49 @@ class TextfileStore:
             )
         return True
 
-    def _collect_handovers(self, document: Document) -> tuple[list[str], Changes | None]:
-        """The ids of every hand-over now in the directory that the file will account for, and the changes of
-        those it does not hold yet, combined in their order (None if there are none)."""
-        ids = handovers.pending(self.directory)
-        self._handled_handovers = set(ids)
-        if not ids:
-            return [], None
+    def _collect_handovers(
+        self, document: Document, textfile: fs.Directory, held: _Subdirectories
+    ) -> tuple[list[str], Changes | None, bool]:
+        """The ids of the hand-overs now in the directory that the file will account for, the changes of those
+        it does not hold yet, combined in their order (None if there are none), and whether older ones are
+        left for a later merge: at most HANDOVERS_PER_MERGE are read, oldest first. The directory stays open in
+        ``held``, for their removal."""
+        directory = held.handovers = handovers.open_directory(textfile)
+        if directory is None:
+            self._handled_handovers = set()
+            return [], None, False
+        held.noted = True
+        ids, kept_aside = handovers.pending(directory)
+        newest = (handovers.sequence_of(ids[-1]) or 0) if ids else 0
         already = set(handovers.APPLIED.get(document))
         read: dict[str, Changes] = {}
-        for handover_id in ids:
+        handled = set()
+        newer = 0
+        left: list[str] = []
+        for number, handover_id in enumerate(ids):
             if handover_id in already:
+                handled.add(handover_id)
                 continue
+            if len(read) >= HANDOVERS_PER_MERGE:
+                # The work a merge does is bounded like its wait for the lock: the rest waits for the next
+                # merger (the one after this process's own, or `fraisier textfile refresh`). Each is applied
+                # exactly once all the same: only the ids read here are listed as applied.
+                left = [other for other in ids[number:] if other not in already]
+                break
+            handled.add(handover_id)
             try:
-                read[handover_id] = handovers.read(self.directory, handover_id)
+                read[handover_id] = handovers.read(directory, handover_id)
             except handovers.NewerHandover as error:
+                newer += 1
                 if handover_id not in _newer_handovers_logged:
                     _newer_handovers_logged.add(handover_id)
                     log.warning(
                         "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
                         "merger of that version; upgrade this one",
-                        handovers.handover_directory(self.directory) / f"{handover_id}{handovers.SUFFIX}", error,
+                        directory.path / f"{handover_id}{handovers.SUFFIX}", error,
                     )
             except handovers.UnreadableHandover as error:
-                handovers.set_aside(self.directory, handover_id, str(error))
+                kept_aside += handovers.set_aside(directory, handover_id, str(error))
         # One that can never be summed into this file would fail this merge and every later one: set aside.
         # Checked for all at once (amounts are >= 0, so if their total can be summed into the file, each can),
         # and one by one only when that fails, to find the one at fault.
@@ -719,15 +794,31 @@ class TextfileStore:
                 try:
                     _check_summable(document, _combined([*kept, changes]), self.path)
                 except InvalidValueError as error:
-                    handovers.set_aside(self.directory, handover_id, str(error))
+                    kept_aside += handovers.set_aside(directory, handover_id, str(error))
                     del read[handover_id]
                 else:
                     kept.append(changes)
             combined = _combined(kept)
+        self._handled_handovers = handled
         applied = [handover_id for handover_id in ids if handover_id in already or handover_id in read]
-        return applied, combined if read else None
+        handovers.count_in(document, len(left) + newer, kept_aside)
+        held.newest = newest
+        held.oldest_waiting = handovers.sequence_of(left[0]) if left else None
+        return applied, combined if read else None, bool(left)
 
-    def _load(self) -> Document:
+    def _hand_over_latest(self, changes: Changes, directory: fs.Directory) -> None:
+        """Hand over the latest gauges of ``changes`` behind the hand-overs waiting, and take them out of it."""
+        latest = Changes()
+        latest.latest.update(changes.latest)
+        try:
+            temporary, final = handovers.write(directory, latest, durable=False)
+            handovers.publish(directory, temporary, final, durable=False)
+        except FraisierTextfileError as error:
+            log.debug("latest gauges applied now, not behind the hand-overs waiting: %s", error)
+            return
+        changes.latest.clear()
+
+    def _load(self, textfile: fs.Directory) -> Document:
         if self._cached is not None:
             cached_version, document = self._cached
             if cached_version.is_current():
@@ -742,7 +833,7 @@ class TextfileStore:
             self._corrupt = None
         if time.monotonic() >= self._next_litter_check:
             self._next_litter_check = time.monotonic() + LITTER_INTERVAL
-            self._remove_stale_temporaries()
+            self._remove_stale_temporaries(textfile)
         version, data = self.read_data()
         try:
             document = self.parse_data(data, check_histograms=False)
@@ -757,14 +848,19 @@ class TextfileStore:
             version.close()
         return document
 
-    def _probe_markers(self, accounted: Collection[str]) -> list[tuple[inflight.Marker, bool]]:
+    def _probe_markers(
+        self, accounted: Collection[str], textfile: fs.Directory, held: _Subdirectories
+    ) -> list[tuple[inflight.Marker, bool]]:
         """Every in-flight marker, and whether its deployment is alive (not probed for those ``accounted``)."""
-        return [
-            (marker, marker.id not in accounted and inflight.is_alive(marker)) for marker in self._read_markers()
-        ]
+        markers, held.markers = self._read_markers(textfile)
+        return [(marker, marker.id not in accounted and inflight.is_alive(marker)) for marker in markers]
 
     def _account_markers(
-        self, document: Document, changes: Changes, markers: list[tuple[inflight.Marker, bool]]
+        self,
+        document: Document,
+        changes: Changes,
+        markers: list[tuple[inflight.Marker, bool]],
+        directory: fs.Directory | None,
     ) -> set[str]:
         """Count live deployments, turn dead ones into ``crashed`` deployments, and list in the document the
         markers it now accounts for. Those are removed only after the file is written, and the list stays in
@@ -784,10 +880,10 @@ class TextfileStore:
                 deployment_crashed(crashed, marker.provider, marker.fraise_type, marker.id)
         # A marker made after the probe whose deployment's start and end were handed over since: this merge
         # applies its end, so it stays listed (else the next merger would count it crashed) and is removed.
-        directory = inflight.marker_directory(self.directory)
         for marker_id in changes.retired_markers - existing:
-            if marker_id and "/" not in marker_id and not marker_id.startswith(".") and os.path.lexists(
-                directory / marker_id
+            if (
+                directory is not None and marker_id and "/" not in marker_id and not marker_id.startswith(".")
+                and marker_id not in (".", "..") and directory.exists(marker_id)
             ):
                 existing.add(marker_id)
         accounted |= crashed.retired_markers
@@ -796,58 +892,63 @@ class TextfileStore:
         inflight.RETIRED_MARKERS.put(document, frozenset(accounted & existing))
         return set(inflight.RETIRED_MARKERS.get(document))
 
-    def _read_markers(self) -> list[inflight.Marker]:
-        """The in-flight markers, once the marker directory is known to hold only what fraisier writes there:
-        a directory of regular files (a FIFO in it would block the reader for ever)."""
-        directory = inflight.marker_directory(self.directory)
+    def _read_markers(self, textfile: fs.Directory) -> tuple[list[inflight.Marker], fs.Directory | None]:
+        """The in-flight markers and their directory held open (None if there is none), once the directory is
+        known to hold only what fraisier writes there: regular files (a FIFO in it would block the reader for
+        ever)."""
+        directory = inflight.open_directory(textfile)
+        if directory is None:
+            return [], None
         try:
-            status = os.lstat(directory)
-        except FileNotFoundError:
-            return []
-        except OSError as error:
-            raise write_error(directory, "read the marker directory", error) from None
-        if not stat.S_ISDIR(status.st_mode):
-            raise _unexpected(directory, status, "a directory")
-        try:
-            for entry in os.scandir(directory):
+            for entry in directory.entries():
                 if not entry.is_file(follow_symlinks=False):
-                    raise _unexpected(Path(entry.path), _lstat_or_none(Path(entry.path)))
-            return inflight.read_markers(self.directory)
+                    raise directory.unexpected(entry.name)
+            return inflight.read_markers_in(directory), directory
         except OSError as error:
-            raise write_error(directory, "read the marker directory", error) from None
+            directory.close()
+            raise write_error(directory.path, "read the marker directory", error) from None
+        except BaseException:
+            directory.close()
+            raise
 
-    def _remove_stale_temporaries(self) -> None:
-        """Temporary files are only made under the lock, which we hold: any left are from killed writers."""
+    def _remove_stale_temporaries(self, textfile: fs.Directory) -> None:
+        """Temporary files are only made under the lock, which we hold: any left are from killed writers. Each
+        directory is scanned and cleaned through its checked descriptor: one a writer swapped for a symlink is
+        refused (the merge says so), never followed."""
         try:
-            entries = list(os.scandir(self.directory))
+            for entry in list(textfile.entries()):
+                if entry.name.startswith(TEMPORARY_PREFIX) and entry.is_file(follow_symlinks=False):
+                    _unlink_quietly(textfile, entry.name)
         except OSError:
             return
-        for entry in entries:
-            if entry.name.startswith(TEMPORARY_PREFIX):
+        for open_directory, remove in (
+            (inflight.open_directory, inflight.remove_stale_temporaries),
+            (handovers.open_directory, handovers.remove_stale_temporaries),
+        ):
+            try:
+                directory = open_directory(textfile)
+            except FraisierTextfileError:
+                continue  # refused with one clear line by the merge itself
+            if directory is None:
+                continue
+            with directory:
                 try:
-                    os.unlink(entry.path)
+                    remove(directory)
                 except OSError:
-                    pass
-        try:
-            inflight.remove_stale_temporaries(self.directory)
-        except OSError:
-            pass  # litter only: a later merger tries again
-        handovers.remove_stale_temporaries(self.directory)
+                    pass  # litter only: a later merger tries again
 
-    def _write_temporary(self, parts: Iterable[bytes | memoryview]) -> tuple[Path, int]:
-        """Write the text ``parts`` make durably to a new temporary file; return its path and its open
+    def _write_temporary(self, parts: Iterable[bytes | memoryview], textfile: fs.Directory) -> tuple[str, int]:
+        """Write the text ``parts`` make durably to a new temporary file; return its name and its open
         descriptor."""
-        temporary = self.directory / f"{TEMPORARY_PREFIX}{_random_suffix()}"
+        temporary = f"{TEMPORARY_PREFIX}{_random_suffix()}"
         try:
-            # O_EXCL|O_NOFOLLOW: never write through a symlink or into a file someone else prepared.
-            descriptor = os.open(
-                temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
-            )
+            # O_EXCL|O_NOFOLLOW, 0644 by fchmod: never through a symlink or into a file someone else prepared,
+            # and readable by node_exporter's user whatever our umask.
+            descriptor = textfile.create(temporary, fs.FILE_MODE)
         except OSError as error:
             raise write_error(self.directory, "create a temporary file in", error) from None
         try:
             try:
-                os.fchmod(descriptor, 0o644)  # readable by node_exporter's user whatever our umask
                 _write_parts(descriptor, parts)
                 # Durable content before the rename: after a power loss the name must not point at an
                 # empty file.
@@ -856,24 +957,24 @@ class TextfileStore:
                 os.close(descriptor)
                 raise
         except OSError as error:
-            _unlink_quietly(temporary)
+            _unlink_quietly(textfile, temporary)
             raise write_error(self.path, "write", error) from None
         except BaseException:
-            _unlink_quietly(temporary)
+            _unlink_quietly(textfile, temporary)
             raise
         return temporary, descriptor
 
-    def _rename(self, temporary: Path, descriptor: int) -> FileVersion | None:
+    def _rename(self, temporary: str, descriptor: int, textfile: fs.Directory) -> FileVersion | None:
         """Rename the written temporary over the textfile; return the new file's version, held open (None if it
         cannot be had: the next merge reads the file). Once renamed, nothing here raises: the caller must
         forget the changes the file now holds."""
         try:
-            os.replace(temporary, self.path)
+            textfile.replace(temporary, TEXTFILE_NAME)
         except OSError as error:
             os.close(descriptor)
-            _unlink_quietly(temporary)
+            _unlink_quietly(textfile, temporary)
             raise self._replace_error(error) from None
-        self._fsync_directory()
+        textfile.fsync()
         try:
             return FileVersion(self.path, descriptor)
         except OSError:
@@ -900,10 +1001,6 @@ class TextfileStore:
                     )
         return write_error(self.path, "write", error)
 
-    def _fsync_directory(self) -> None:
-        """Make the rename itself durable."""
-        handovers.fsync_directory(self.directory)
-
 
 def _write_parts(descriptor: int, parts: Iterable[bytes | memoryview]) -> None:
     """Write ``parts`` with writev(2), up to IOV_MAX at a time: the spans of the file read go from where they
@@ -929,11 +1026,32 @@ def _write_parts(descriptor: int, parts: Iterable[bytes | memoryview]) -> None:
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(directory: fs.Directory, name: str) -> None:
     try:
-        os.unlink(path)
+        directory.unlink(name)
     except OSError:
         pass
+
+
+class _Subdirectories:
+    """The hand-over and marker directories one merge listed, held open until the files it applied or retired
+    are removed (see fs.py)."""
+
+    __slots__ = ("handovers", "markers", "newest", "noted", "oldest_waiting")
+
+    def __init__(self) -> None:
+        self.handovers: fs.Directory | None = None
+        self.markers: fs.Directory | None = None
+        self.noted = False
+        """Whether the merge listed the hand-overs (then newest and oldest_waiting say what it saw)."""
+        self.newest: int | None = None
+        self.oldest_waiting: int | None = None
+
+    def close(self) -> None:
+        for directory in (self.handovers, self.markers):
+            if directory is not None:
+                directory.close()
+        self.handovers = self.markers = None
 
 
 def _random_suffix() -> str:

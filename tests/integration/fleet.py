@@ -239,11 +239,18 @@ def close(a: float, b: float) -> bool:
 # What the dashboard and the rules may name
 
 
+def store_families() -> set[str]:
+    """The store's own families (not Fraisier's: outside the catalogue)."""
+    from fraisier_textfile.store import handovers, lifecycle
+
+    return {lifecycle.REFUSED_FAMILY, handovers.PENDING_FAMILY, handovers.SET_ASIDE_FAMILY}
+
+
 def series_names() -> set[str]:
     """Every series name the textfile can hold (from the catalogue) and the node_exporter series we use."""
     from fraisier_textfile import catalogue
 
-    names = {"node_textfile_mtime_seconds", "node_textfile_scrape_error", "up"}
+    names = {"node_textfile_mtime_seconds", "node_textfile_scrape_error", "up", *store_families()}
     for family in catalogue.FAMILIES:
         if family.kind is catalogue.Kind.HISTOGRAM:
             names |= {family.name + suffix for suffix in ("_bucket", "_sum", "_count")}

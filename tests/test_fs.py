@@ -1,0 +1,136 @@
+"""store/fs.py: a directory held by a checked descriptor, and nothing in it resolved by path again."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile.errors import UnexpectedFileError
+from fraisier_textfile.store import fs
+
+
+@pytest.fixture
+def parent(tmp_path: Path) -> Iterator[fs.Directory]:
+    directory = fs.open_directory(tmp_path / "textfile", create=True)
+    assert directory is not None
+    with directory:
+        yield directory
+
+
+@pytest.fixture
+def umask_077() -> Iterator[None]:
+    previous = os.umask(0o077)
+    yield
+    os.umask(previous)
+
+
+def test_a_directory_made_with_its_parents_gets_its_mode_whatever_the_umask(tmp_path: Path, umask_077: None) -> None:
+    made = fs.open_directory(tmp_path / "state" / "fraisier" / "textfile", create=True)
+    assert made is not None
+    made.close()
+    for path in (tmp_path / "state", tmp_path / "state" / "fraisier", tmp_path / "state" / "fraisier" / "textfile"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
+
+
+def test_an_existing_group_shared_directory_keeps_its_mode(tmp_path: Path, umask_077: None) -> None:
+    (tmp_path / "shared").mkdir()
+    os.chmod(tmp_path / "shared", 0o2775)
+    opened = fs.open_directory(tmp_path / "shared", create=True)
+    assert opened is not None
+    opened.close()
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o2775
+
+
+def test_a_subdirectory_is_made_group_writable_keeping_the_setgid_bit(tmp_path: Path, umask_077: None) -> None:
+    (tmp_path / "shared").mkdir()
+    os.chmod(tmp_path / "shared", 0o2775)
+    with fs.open_directory(tmp_path / "shared") as parent:  # type: ignore[union-attr]
+        child = parent.subdirectory("child", create=True)
+        assert child is not None
+        child.close()
+    assert stat.S_IMODE((tmp_path / "shared" / "child").stat().st_mode) == 0o2775
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file", "fifo"])
+def test_a_subdirectory_that_is_not_one_is_refused_in_one_line_never_followed(
+    parent: fs.Directory, tmp_path: Path, kind: str
+) -> None:
+    path = parent.path / "child"
+    if kind == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        path.symlink_to(tmp_path / "elsewhere")
+    elif kind == "file":
+        path.write_text("x")
+    else:
+        os.mkfifo(path)
+    with pytest.raises(UnexpectedFileError, match=f"^{path} is .*remove it$"):
+        parent.subdirectory("child", create=True)
+    assert os.path.lexists(path)
+
+
+def test_a_subdirectory_planted_by_a_user_who_may_not_write_the_parent_is_refused(parent: fs.Directory) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a directory to another user")
+    planted = parent.path / "child"
+    planted.mkdir()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(planted, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(UnexpectedFileError, match=f"^{planted} belongs to nobody with mode 0755, not to a user"):
+        parent.subdirectory("child")
+
+
+def test_a_world_writable_subdirectory_is_refused(parent: fs.Directory) -> None:
+    planted = parent.path / "child"
+    planted.mkdir()
+    os.chmod(planted, 0o777)
+    with pytest.raises(UnexpectedFileError, match="with mode 0777"):
+        parent.subdirectory("child")
+
+
+def test_operations_stay_in_the_directory_held_after_its_name_is_swapped(parent: fs.Directory, tmp_path: Path) -> None:
+    child = parent.subdirectory("child", create=True)
+    assert child is not None
+    with child:
+        (parent.path / "child" / "applied").write_text("x")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "applied").write_text("not ours")
+        os.rename(parent.path / "child", parent.path / "moved")
+        (parent.path / "child").symlink_to(elsewhere)
+        assert child.unlink("applied")
+    assert (elsewhere / "applied").read_text() == "not ours"
+    assert not (parent.path / "moved" / "applied").exists()
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", ""])
+def test_a_name_that_is_not_one_entry_is_a_programming_error(parent: fs.Directory, name: str) -> None:
+    with pytest.raises(ValueError, match="not a single directory entry"):
+        parent.unlink(name)
+
+
+def test_a_file_is_created_with_its_mode_whatever_the_umask_and_never_over_a_planted_one(
+    parent: fs.Directory, umask_077: None
+) -> None:
+    descriptor = parent.create("new", 0o644)
+    os.close(descriptor)
+    assert stat.S_IMODE((parent.path / "new").stat().st_mode) == 0o644
+    with pytest.raises(FileExistsError):
+        parent.create("new")
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_reading_refuses_what_is_not_a_regular_file_without_blocking(
+    parent: fs.Directory, tmp_path: Path, kind: str
+) -> None:
+    if kind == "symlink":
+        (tmp_path / "secret").write_text("secret")
+        (parent.path / "entry").symlink_to(tmp_path / "secret")
+    else:
+        os.mkfifo(parent.path / "entry")
+    with pytest.raises(UnexpectedFileError, match=f"^{parent.path / 'entry'} is a (symlink|FIFO)"):
+        parent.read_regular("entry")

@@ -1,0 +1,200 @@
+"""The trust model (docs/monitoring.md, "Who may write the textfile directory"): a writer of the directory is
+trusted with the metrics, never with what root does. Each attack of issue 15 is run for real: a second real
+user (setpriv) owns or shares the directory and plants symlinks, in a loop while root merges; nothing outside
+the directory is ever deleted, chmodded or followed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.errors import FraisierTextfileError, UnexpectedFileError
+from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
+from fraisier_textfile.store.textfile import TextfileStore
+
+from .test_inflight import DEPLOYER, GROUP, Users, shared_dir, users  # noqa: F401  (fixtures)
+
+Snapshot = dict[str, tuple[int, int, bytes]]
+
+
+@pytest.fixture
+def victim() -> Iterator[Path]:
+    """A directory of root's that the deployer may read but not write: what it must never make root touch."""
+    directory = Path(tempfile.mkdtemp(prefix="victim-", dir="/tmp"))
+    os.chmod(directory, 0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def snapshot(directory: Path) -> Snapshot:
+    """Every entry's mode, owner and content."""
+    result = {}
+    for entry in sorted(directory.iterdir()):
+        status = entry.lstat()
+        result[entry.name] = (status.st_mode, status.st_uid, entry.read_bytes() if entry.is_file() else b"")
+    return result
+
+
+def as_deployer(setup: Users, script: str, *arguments: str) -> subprocess.Popen[str]:
+    """Run ``script`` (Python, standard library only) as the deployer, a member of the directory's group."""
+    command = [setup.setpriv, f"--reuid={DEPLOYER}", f"--regid={GROUP}", "--init-groups", setup.python, "-c", script]
+    return subprocess.Popen(
+        [*command, *arguments], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=setup.environment, cwd=setup.root,
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> str:
+    """Close the attacker's stdin (its signal to stop), wait for it, and return what it printed."""
+    stdout, stderr = process.communicate(timeout=60)  # closes its stdin first
+    assert process.returncode == 0, stderr
+    return stdout
+
+
+def one_event() -> Changes:
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "timeout")
+    return changes
+
+
+def test_a_hand_over_directory_swapped_for_a_symlink_never_makes_root_clean_up_its_target(
+    users: Users, shared_dir: Path, victim: Path  # noqa: F811
+) -> None:
+    """Bug: the clean-up of stale temporaries scanned .fraisier-handover by path, following a symlink a writer
+    put there, and root deleted every dot-file older than an hour in its target."""
+    for name in (".bashrc", ".old-secret", ".fraisier-handover-like.json"):
+        (victim / name).write_text("root's\n")
+        os.utime(victim / name, (time.time() - 7200, time.time() - 7200))
+    before = snapshot(victim)
+    plant = "import os, sys; os.symlink(sys.argv[2], os.path.join(sys.argv[1], '.fraisier-handover'))"
+    finish(as_deployer(users, plant, str(shared_dir), str(victim)))
+    changes = one_event()
+    with pytest.raises(UnexpectedFileError, match=f"^{shared_dir / HANDOVER_DIRECTORY} is .*symlink"):
+        TextfileStore(shared_dir, lock_timeout=2).merge(changes)
+    assert changes  # refused: kept for a later merge
+    assert snapshot(victim) == before
+
+
+# The deployer's side of the marker attack: fake markers of dead deployments named like root's files, and the
+# marker directory swapped for a symlink to root's directory and back, as fast as it can, until stdin closes.
+SWAP_MARKER_DIRECTORY = """
+import json, os, select, sys
+textfile, victim, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+markers = os.path.join(textfile, ".fraisier-inflight")
+real = os.path.join(textfile, ".real-inflight")
+os.mkdir(markers, 0o775)
+swaps = 0
+dead = json.dumps({"provider": "bare_metal", "fraise_type": "api"})  # PID 1 with another start time: dead
+number = 0
+while not select.select([sys.stdin], [], [], 0)[0]:
+    if not os.path.lexists(os.path.join(markers, f"1-999999999-v{number % count}")):
+        number += 1
+        try:  # written under a dot name, which a merger may take for a dead writer's litter and remove first
+            with open(os.path.join(markers, f".1-999999999-v{number % count}"), "w") as file:
+                file.write(dead)
+            os.rename(os.path.join(markers, f".1-999999999-v{number % count}"),
+                      os.path.join(markers, f"1-999999999-v{number % count}"))
+        except OSError:
+            pass
+    os.rename(markers, real)
+    os.symlink(victim, markers)
+    for _ in range(20):
+        pass
+    os.unlink(markers)
+    os.rename(real, markers)
+    swaps += 1
+print(swaps)
+"""
+
+
+def test_marker_directory_swapped_for_a_symlink_during_merges_never_makes_root_delete_outside(
+    users: Users, shared_dir: Path, victim: Path  # noqa: F811
+) -> None:
+    """Bug: markers and applied hand-overs were removed by path after the lock was released, the directory
+    resolved again by name: a fake dead marker named like a victim file, and the marker directory swapped for a
+    symlink meanwhile, made root delete that file."""
+    count = 50
+    for number in range(count):
+        (victim / f"1-999999999-v{number}").write_text("root's\n")
+    before = snapshot(victim)
+    attacker = as_deployer(users, SWAP_MARKER_DIRECTORY, str(shared_dir), str(victim), str(count))
+    merged = refused = 0
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and attacker.poll() is None:
+            try:
+                TextfileStore(shared_dir, lock_timeout=2).merge(one_event())
+                merged += 1
+            except FraisierTextfileError:
+                refused += 1  # the symlink was in place when the merge looked: refused, as it must be
+    finally:
+        swaps = int(finish(attacker))
+    assert swaps > 100 and merged > 20, (swaps, merged, refused)
+    assert snapshot(victim) == before
+
+
+# The deployer's side of the mkdir/chmod race: each time root makes .fraisier-handover, the empty directory is
+# removed (rmdir needs no write access to it, only to its parent) and replaced by a symlink to root's file, then
+# that is removed again so that root makes the directory once more.
+SWAP_NEW_HANDOVER_DIRECTORY = """
+import os, select, sys, time
+textfile, target = sys.argv[1], sys.argv[2]
+handovers = os.path.join(textfile, ".fraisier-handover")
+swaps = turns = 0
+while turns % 256 or not select.select([sys.stdin], [], [], 0)[0]:
+    turns += 1
+    try:
+        os.rmdir(handovers)
+    except OSError:
+        try:  # root's hand-overs in it: removed (group-writable once it has its mode), to empty it again
+            for name in os.listdir(handovers):
+                os.unlink(os.path.join(handovers, name))
+        except OSError:
+            pass
+        continue
+    try:
+        os.symlink(target, handovers)
+    except FileExistsError:
+        continue
+    swaps += 1
+    time.sleep(0.001)  # long enough for root's next step, which took the name for its new directory
+    os.unlink(handovers)
+print(swaps)
+"""
+
+
+def test_a_hand_over_directory_swapped_between_its_mkdir_and_its_mode_never_makes_root_chmod_outside(
+    users: Users, shared_dir: Path, victim: Path  # noqa: F811
+) -> None:
+    """Bug: the hand-over directory was made with mkdir, then given its mode with os.chmod on its name, which
+    follows a symlink a writer put there in between: root chmodded 0775 any file."""
+    secret = victim / "secret"
+    secret.write_text("root's\n")
+    secret.chmod(0o600)
+    before = snapshot(victim)
+    attacker = as_deployer(users, SWAP_NEW_HANDOVER_DIRECTORY, str(shared_dir), str(secret))
+    handed_over = 0
+    try:
+        deadline = time.monotonic() + 8
+        store = TextfileStore(shared_dir, lock_timeout=2)
+        while time.monotonic() < deadline and attacker.poll() is None:
+            try:
+                store.hand_over(one_event(), durable=False)
+                handed_over += 1
+            except FraisierTextfileError:
+                pass
+    finally:
+        swaps = int(finish(attacker))
+    assert swaps > 100, (swaps, handed_over)
+    assert snapshot(victim) == before
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
