@@ -2,15 +2,21 @@
 
 A process that cannot get the textfile's lock in time writes its changes durably into
 ``<textfile dir>/.fraisier-handover/<id>.json`` (temporary file, fsync, rename, fsync of the directory) and
-forgets them. Every merge, by any process, applies every hand-over it finds exactly once: it lists their ids
-in the file it writes (``Document.meta["applied-handovers"]``), renames that file into place, and only then
-deletes them. A merger killed before the rename applied nothing; one killed after it left the ids in the
-file, so the next merger skips those files and deletes them. The list keeps only ids whose file still exists.
-So when a deletion happens does not matter to the totals: a merge that applied more than a few hand-overs
-deletes them from a background thread (:func:`remove_soon`), off the record call that merged them.
+forgets them. Every merge, by any process, applies the hand-overs it finds, oldest first and at most
+HANDOVERS_PER_MERGE (textfile.py: its work is bounded like its wait), each exactly once: it lists their ids
+in the file it writes (``applied-handovers``), renames that file into place, and only then deletes them. A
+merger killed before the rename applied nothing; one killed after it left the ids in the file, so the next
+merger skips those files and deletes them. The list keeps only ids whose file still exists. So when a
+deletion happens does not matter to the totals: a merge that applied more than a few hand-overs deletes them
+from a background thread (:func:`remove_soon`), off the record call that merged them.
 
-Nothing here takes the lock or reads the textfile: the store (textfile.py) does both. Names never end in
-``.prom`` and the directory is not read by node_exporter, which does not recurse.
+Order is a counter, not the clock (:func:`new_id`): the latest value of a gauge must win after a clock step.
+Growth is bounded: PENDING_LIMIT waiting, SET_ASIDE_LIMIT kept aside, both counted in the file.
+
+Every file operation goes through the directory held open (store/fs.py): a writer of the textfile directory
+may swap this one for a symlink at any moment. Nothing here takes the lock or reads the textfile: the store
+(textfile.py) does both. Names never end in ``.prom`` and the directory is not read by node_exporter, which
+does not recurse.
 """
 
 from __future__ import annotations
