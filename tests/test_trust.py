@@ -23,6 +23,7 @@ from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
 from fraisier_textfile.store.textfile import TextfileStore
 
 from .test_inflight import DEPLOYER, GROUP, Users, shared_dir, users  # noqa: F401  (fixtures)
+from .values import sample_values
 
 Snapshot = dict[str, tuple[int, int, bytes]]
 
@@ -198,3 +199,41 @@ def test_a_hand_over_directory_swapped_between_its_mkdir_and_its_mode_never_make
     assert swaps > 100, (swaps, handed_over)
     assert snapshot(victim) == before
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+DEPLOYER_RECORDS = """
+import sys
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store.textfile import TextfileStore
+store = TextfileStore(sys.argv[1])
+changes = Changes()
+events.deployment_error(changes, "bare_metal", "deployer")
+store.hand_over(changes)
+if sys.argv[2] == "merge":
+    store.merge(Changes())
+"""
+
+
+def test_root_and_a_deployer_of_the_group_take_turns_in_a_shared_directory_under_umask_077(
+    users: Users, shared_dir: Path  # noqa: F811
+) -> None:
+    """Whoever creates the hand-over directory, its counter or the file first, the other user of the group can
+    hand over, number and merge after it, whatever either's umask."""
+    previous = os.umask(0o077)
+    try:
+        store = TextfileStore(shared_dir, lock_timeout=5)
+        for turn in range(3):
+            store.hand_over(one_event())  # root first: the directory and its counter are root's
+            finish(as_deployer(users, "import os; os.umask(0o077)\n" + DEPLOYER_RECORDS, str(shared_dir), "merge"))
+            store.merge(one_event())
+            finish(as_deployer(users, "import os; os.umask(0o077)\n" + DEPLOYER_RECORDS, str(shared_dir), "hand"))
+    finally:
+        os.umask(previous)
+    store.merge(Changes())
+    values = sample_values(shared_dir / "fraisier.prom")
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 6
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="deployer"}'] == 6
+    counter = shared_dir / HANDOVER_DIRECTORY / "sequence"
+    assert stat.S_IMODE(counter.stat().st_mode) == 0o664
+    assert counter.read_text().split() == ["9", "9"]  # 9 hand-overs numbered in turn by both; none waiting
