@@ -223,7 +223,7 @@ def test_root_and_a_deployer_of_the_group_take_turns_in_a_shared_directory_under
     previous = os.umask(0o077)
     try:
         store = TextfileStore(shared_dir, lock_timeout=5)
-        for turn in range(3):
+        for _turn in range(3):
             store.hand_over(one_event())  # root first: the directory and its counter are root's
             finish(as_deployer(users, "import os; os.umask(0o077)\n" + DEPLOYER_RECORDS, str(shared_dir), "merge"))
             store.merge(one_event())
