@@ -19,6 +19,7 @@ import pytest
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import FraisierTextfileError, UnexpectedFileError
+from fraisier_textfile.store import handovers
 from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
 from fraisier_textfile.store.textfile import TextfileStore
 
@@ -237,3 +238,59 @@ def test_root_and_a_deployer_of_the_group_take_turns_in_a_shared_directory_under
     counter = shared_dir / HANDOVER_DIRECTORY / "sequence"
     assert stat.S_IMODE(counter.stat().st_mode) == 0o664
     assert counter.read_text().split() == ["9", "9"]  # 9 hand-overs numbered in turn by both; none waiting
+
+
+# The same attack on the hand-over directory: empty hand-overs named like root's files, applied by root's
+# merges and removed after the lock is released (by a background thread past four), while the directory is
+# swapped for a symlink to root's directory and back.
+SWAP_HANDOVER_DIRECTORY = """
+import os, select, sys
+textfile, victim, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+handovers = os.path.join(textfile, ".fraisier-handover")
+real = os.path.join(textfile, ".real-handover")
+os.mkdir(handovers, 0o775)
+empty = '{"version":1,"added":[],"observed":[],"latest":[],"maximum":[],"active_providers":[],"retired_markers":[]}'
+swaps = 0
+while not select.select([sys.stdin], [], [], 0)[0]:
+    for number in range(count):
+        name = os.path.join(handovers, f"s{number:020d}-1-victim.json")
+        if not os.path.lexists(name):
+            try:
+                with open(os.path.join(handovers, ".tmp"), "w") as file:
+                    file.write(empty)
+                os.rename(os.path.join(handovers, ".tmp"), name)
+            except OSError:
+                pass
+    os.rename(handovers, real)
+    os.symlink(victim, handovers)
+    for _ in range(20):
+        pass
+    os.unlink(handovers)
+    os.rename(real, handovers)
+    swaps += 1
+print(swaps)
+"""
+
+
+def test_hand_over_directory_swapped_for_a_symlink_during_merges_never_makes_root_delete_outside(
+    users: Users, shared_dir: Path, victim: Path  # noqa: F811
+) -> None:
+    count = 12  # more than INLINE_REMOVALS: most are removed by the background thread, some inline
+    for number in range(count):
+        (victim / f"s{number:020d}-1-victim.json").write_text("root's\n")
+    before = snapshot(victim)
+    attacker = as_deployer(users, SWAP_HANDOVER_DIRECTORY, str(shared_dir), str(victim), str(count))
+    merged = 0
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and attacker.poll() is None:
+            try:
+                TextfileStore(shared_dir, lock_timeout=2).merge(one_event())
+                merged += 1
+            except FraisierTextfileError:
+                pass
+            handovers.wait_for_removals(5)
+    finally:
+        swaps = int(finish(attacker))
+    assert swaps > 100 and merged > 20, (swaps, merged)
+    assert snapshot(victim) == before
