@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 from fraisier_textfile.errors import UnexpectedFileError, write_error
@@ -75,10 +74,11 @@ class Directory:
 
     # Entries
 
-    def entries(self) -> Iterator[os.DirEntry[str]]:
-        """The entries, as os.scandir gives them (``entry.path`` is the bare name here: use ``entry.name``)."""
+    def entries(self) -> list[os.DirEntry[str]]:
+        """The entries, as os.scandir gives them (``entry.path`` is the bare name here: use ``entry.name``).
+        A list, not a generator: a hand-over directory may hold 100,000 entries, each a yield more."""
         with os.scandir(self.descriptor) as scan:
-            yield from scan
+            return list(scan)
 
     def names(self) -> list[str]:
         return os.listdir(self.descriptor)

@@ -256,7 +256,7 @@ def publish(directory: fs.Directory, temporary: str, final: str, durable: bool =
 
 class Listing(NamedTuple):
     ids: list[str]
-    """The complete hand-overs, oldest first (see :func:`order`)."""
+    """The complete hand-overs, oldest first (see :func:`new_id`)."""
     set_aside: int
     """How many are kept aside (see :func:`set_aside`)."""
 
@@ -265,7 +265,7 @@ def pending(directory: fs.Directory) -> Listing:
     """The ids of the complete hand-overs in the directory, oldest first (see :func:`new_id`), and how many are
     set aside. Raises UnexpectedFileError for anything in it that the store did not create."""
     try:
-        entries = list(directory.entries())
+        entries = directory.entries()
     except OSError as error:
         raise write_error(directory.path, "read the hand-over directory", error) from None
     ids = []
@@ -288,7 +288,9 @@ def pending(directory: fs.Directory) -> Listing:
             kept_aside += set_aside(directory, handover_id, "its name is not one fraisier writes")
             continue
         ids.append(handover_id)
-    ids.sort(key=order)
+    # Plain string order is the order written: numbered ids have the same width, and those of earlier versions
+    # (wall-clock time first, digits) sort before every numbered one ("s"): they were written before.
+    ids.sort()
     return Listing(ids, kept_aside)
 
 
@@ -449,15 +451,16 @@ def remove_stale_temporaries(directory: fs.Directory) -> None:
     """Temporary hand-overs of writers killed before their rename: their events were never forgotten by a
     live process, so they are litter (kept for an hour, since a live writer may be mid-way)."""
     try:
-        entries = [entry for entry in directory.entries() if entry.name.startswith(TEMPORARY_PREFIX)]
+        # Names only (listdir, not scandir): the directory may hold 100,000 hand-overs, and few are temporary.
+        names = [name for name in directory.names() if name.startswith(TEMPORARY_PREFIX)]
     except OSError:
         return
     now = time.time()
-    for entry in entries:
+    for name in names:
         try:
-            status = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(status.st_mode) and now - status.st_mtime > STALE_TEMPORARY_SECONDS:
-                directory.unlink(entry.name)
+            status = directory.lstat(name)
+            if status is not None and stat.S_ISREG(status.st_mode) and now - status.st_mtime > STALE_TEMPORARY_SECONDS:
+                directory.unlink(name)
         except OSError:
             pass
 
@@ -476,8 +479,8 @@ _SEQUENCE_DIGITS = 20
 
 
 def new_id(directory: fs.Directory) -> str:
-    """A hand-over's id: ``s<sequence>-<pid>-<random>``. Sorting ids by :func:`order` sorts the hand-overs by
-    when they were written, so that the latest value of a gauge wins.
+    """A hand-over's id: ``s<sequence>-<pid>-<random>``. Sorting ids sorts the hand-overs by when they were
+    written, so that the latest value of a gauge wins.
 
     The sequence is a counter in the hand-over directory (``sequence``), taken and incremented under a flock,
     not the wall clock: a clock stepped back (NTP, a VM restored, a process under faketime) would make a later
@@ -491,14 +494,6 @@ def new_id(directory: fs.Directory) -> str:
 def id_for(sequence: int) -> str:
     """The id of a hand-over numbered ``sequence`` by this process."""
     return f"s{sequence:0{_SEQUENCE_DIGITS}d}-{os.getpid()}-{os.urandom(6).hex()}"
-
-
-def order(handover_id: str) -> tuple[int, str]:
-    """The sort key of an id. Ids of earlier versions (wall-clock time first, no ``s``) sort before every
-    numbered one: they were written before this version ran."""
-    if handover_id[:1] == "s":
-        return 1, handover_id
-    return 0, handover_id
 
 
 def sequence_of(handover_id: str) -> int | None:

@@ -403,6 +403,7 @@ class TextfileStore:
         """The version of the file that failed to parse, and how: see _load."""
         # The hand-overs the last merge found (applied, or set aside): the others arrived since.
         self._handled_handovers: set[str] = set()
+        self._backlog_left = False  # the last merge left older hand-overs for later (HANDOVERS_PER_MERGE)
         self._next_litter_check = 0.0  # see LITTER_INTERVAL
         # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
         self.lifecycle = SeriesLifecycle.from_environment(self.path) if lifecycle is None else lifecycle
@@ -613,7 +614,9 @@ class TextfileStore:
         next ``fraisier textfile refresh``). Nothing is lost or applied twice either way. A failure with the
         ``reported`` message (the caller's own, raised to its caller) is not logged a second time."""
         stop = time.monotonic() + LATE_MERGE_BUDGET
-        while time.monotonic() < stop and self._handovers_waiting():
+        # A merge that left older hand-overs (HANDOVERS_PER_MERGE) has done its share: those that arrived
+        # meanwhile are behind them, for the next merge of any process, as they are.
+        while time.monotonic() < stop and not self._backlog_left and self._handovers_waiting():
             try:
                 self._merge_once(Changes(), timeout=0)
             except LockTimeoutError:
@@ -744,6 +747,7 @@ class TextfileStore:
         it does not hold yet, combined in their order (None if there are none), and whether older ones are
         left for a later merge: at most HANDOVERS_PER_MERGE are read, oldest first. The directory stays open in
         ``held``, for their removal."""
+        self._backlog_left = False
         directory = held.handovers = handovers.open_directory(textfile)
         if directory is None:
             self._handled_handovers = set()
@@ -800,6 +804,7 @@ class TextfileStore:
                     kept.append(changes)
             combined = _combined(kept)
         self._handled_handovers = handled
+        self._backlog_left = bool(left)
         applied = [handover_id for handover_id in ids if handover_id in already or handover_id in read]
         handovers.count_in(document, len(left) + newer, kept_aside)
         held.newest = newest
