@@ -15,7 +15,7 @@ import time
 
 from _common import BENCH_DIRECTORY, argument_parser
 
-BENCHMARKS = ("bench_flush", "bench_cli", "bench_race", "bench_record", "bench_floor")
+BENCHMARKS = ("bench_flush", "bench_cli", "bench_race", "bench_record", "bench_floor", "bench_backlog")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,109 @@
+"""The first record call after a long lock hold: bounded work however many hand-overs wait.
+
+While a process held the lock for long, every other record call handed its events over: thousands of files
+wait in ``.fraisier-handover``. The first record call that then finds the lock free merges its own event and
+applies at most HANDOVERS_PER_MERGE of them, oldest first (the rest is for the following merges); before,
+it applied them all.
+
+- backlog N  ``store.merge_or_hand_over(one event, wait=0.1)`` in a fresh store (a new process's first call),
+             with N hand-overs waiting
+- peer       the same call with no hand-over waiting: what a record call costs when nothing is owed
+
+The figure is the ratio backlog / peer at each N, and how many hand-overs the call applied. What is left of
+it grows with N is the listing of the directory (names only, sorted: the oldest must go first), not the
+reading and applying. The best repetition is the figure.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    argument_parser,
+    emit,
+    environment,
+    format_ratio,
+    format_seconds,
+    measure,
+    print_environment,
+    print_table,
+    temporary_directory,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser(__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="backlogs to time (default 1000 15000)")
+    args = parser.parse_args(argv)
+    sizes = args.sizes or ([2000] if args.quick else [1000, 15000])
+    repeat = 2 if args.quick else 3
+
+    from fraisier_textfile import changes as events
+    from fraisier_textfile.changes import Changes
+    from fraisier_textfile.store import handovers
+    from fraisier_textfile.store.textfile import TextfileStore
+
+    def one(error_type: str) -> Changes:
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", error_type)
+        return changes
+
+    def applied(directory: Path) -> float:
+        for line in (directory / "fraisier.prom").read_text().splitlines():
+            if line.startswith('fraisier_deployment_errors_total{provider="bare_metal",error_type="held"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    rows: list[list[object]] = []
+    result: dict[str, Any] = {"cases": {}}
+    directories: list[Path] = []
+
+    def prepare(root: Path, count: int) -> None:
+        directory = root / f"case-{len(directories)}"
+        directories.append(directory)
+        store = TextfileStore(directory)
+        store.merge(Changes())
+        for _ in range(count):
+            store.hand_over(one("held"), durable=False)
+
+    def first_record_call() -> None:
+        TextfileStore(directories[-1]).merge_or_hand_over(one("mine"), wait=0.1)
+
+    with temporary_directory(args) as root:
+        info = environment(root)
+        for size in sizes:
+            peer = measure(first_record_call, repeat, setup=functools.partial(prepare, root, 0))
+            ours = measure(first_record_call, repeat, setup=functools.partial(prepare, root, size))
+            handovers.wait_for_removals(60)
+            count = applied(directories[-1])
+            ratio = ours.best / peer.best
+            rows.append([f"{size:,}", format_seconds(ours.best), format_seconds(peer.best), format_ratio(ratio),
+                         f"{count:,.0f}"])
+            result["cases"][str(size)] = {"backlog": ours.as_json(), "peer": peer.as_json(), "ratio": ratio,
+                                          "applied_by_the_call": count}
+    result["environment"] = info
+
+    def render() -> None:
+        print_environment(info)
+        print_table(
+            "The first record call after a long lock hold (best of the repetitions)",
+            ["hand-overs waiting", "record call", "with none waiting (peer)", "ratio", "applied by it"],
+            rows,
+            [f"each merge applies at most {handovers_per_merge()} hand-overs; the rest is for the next merges"],
+        )
+
+    emit(args, result, render)
+    return 0
+
+
+def handovers_per_merge() -> int:
+    from fraisier_textfile.store.textfile import HANDOVERS_PER_MERGE
+
+    return HANDOVERS_PER_MERGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
