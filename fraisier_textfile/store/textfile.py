@@ -692,8 +692,8 @@ class TextfileStore:
         if backlog and changes.latest and held.handovers is not None:
             # Older hand-overs wait for a later merge (see HANDOVERS_PER_MERGE): applied now, this process's
             # latest gauges would be overwritten by older reports when those are applied. They are handed over
-            # behind them instead. A gauge set twice is set alike, so if this merge fails after this, the
-            # caller's retry (changes untouched) does no harm.
+            # behind them instead, and taken out of ``changes``: should this merge fail after this, the rest
+            # of ``changes`` is left to its caller as always, and the gauges are in the hand-over.
             self._hand_over_latest(changes, held.handovers)
         collected = [part for part in (p.collect(document) for p in self.participants) if part]
         if handed_over is not None or collected:
