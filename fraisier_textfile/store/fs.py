@@ -241,12 +241,15 @@ class Directory:
         )
 
 
-def open_directory(path: Path, *, create: bool = False, mode: int = DIRECTORY_MODE) -> Directory | None:
+def open_directory(
+    path: Path, *, create: bool = False, mode: int = DIRECTORY_MODE, wanted: Path | None = None
+) -> Directory | None:
     """The textfile directory at ``path`` (links on the way are followed: the path is the operator's), None if
     it does not exist and ``create`` is false. Made with its parents when ``create``: each directory made here
     gets ``mode`` whatever the umask (node_exporter's user must be able to reach the file); one that exists is
     left as it is (a group-shared 2775 keeps its mode). Raises UnexpectedFileError if it is not a directory,
-    TextfileWriteError for an OSError."""
+    TextfileWriteError for an OSError. ``wanted``: what the caller means to make in it, named in the error when
+    something in the way is not a directory."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     for _ in range(5):
         try:
@@ -255,14 +258,14 @@ def open_directory(path: Path, *, create: bool = False, mode: int = DIRECTORY_MO
             if not create:
                 return None
         except NotADirectoryError:
-            raise _not_a_directory(path) from None
+            raise _not_a_directory(path, wanted or path) from None
         except OSError as error:
             raise write_error(path, "use the directory", error) from None
-        _make_with_parents(path, mode)
+        _make_with_parents(path, mode, wanted or path)
     raise write_error(path, "create the directory", OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
 
 
-def _make_with_parents(path: Path, mode: int) -> None:
+def _make_with_parents(path: Path, mode: int, wanted: Path) -> None:
     missing = []
     for candidate in (path, *path.parents):
         if os.path.lexists(candidate):
@@ -276,7 +279,7 @@ def _make_with_parents(path: Path, mode: int) -> None:
         except FileNotFoundError:
             continue  # a parent removed meanwhile: the caller's open says what is there
         except NotADirectoryError:
-            raise _not_a_directory(path) from None
+            raise _not_a_directory(path, wanted) from None
         except OSError as error:
             raise write_error(directory, "create the directory", error) from None
         # The mode through a descriptor of what we made, not through the name (which may have been swapped).
@@ -292,7 +295,7 @@ def _make_with_parents(path: Path, mode: int) -> None:
             os.close(descriptor)
 
 
-def _not_a_directory(path: Path) -> UnexpectedFileError:
+def _not_a_directory(path: Path, wanted: Path) -> UnexpectedFileError:
     for candidate in (path, *path.parents):
         try:
             status = os.stat(candidate)
@@ -304,7 +307,7 @@ def _not_a_directory(path: Path) -> UnexpectedFileError:
                                            "another --textfile-dir (FRAISIER_TEXTFILE_DIR), or remove it")
             return UnexpectedFileError(
                 candidate,
-                f"{candidate} is not a directory, so {path} cannot be made: choose another --textfile-dir "
+                f"{candidate} is not a directory, so {wanted} cannot be made: choose another --textfile-dir "
                 "(FRAISIER_TEXTFILE_DIR), or remove what is in the way",
             )
     return UnexpectedFileError(path, f"{path} is not a directory: choose another --textfile-dir")

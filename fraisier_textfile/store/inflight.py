@@ -288,7 +288,7 @@ def _open_marker_directory(textfile_directory: Path) -> fs.Directory:
     modes whatever the umask: a deployment may be the first to use the directory). Everything in it is made
     relative to its descriptor: a symlink put in the directory's place is never followed, and a directory
     removed meanwhile is not silently recreated elsewhere."""
-    textfile = fs.open_directory(textfile_directory, create=True)
+    textfile = fs.open_directory(textfile_directory, create=True, wanted=marker_directory(textfile_directory))
     assert textfile is not None
     with textfile:
         markers = open_directory(textfile, create=True)
