@@ -26,7 +26,7 @@ import os
 import stat
 from pathlib import Path
 
-from fraisier_textfile.errors import UnexpectedFileError, write_error
+from fraisier_textfile.errors import TextfileError, UnexpectedFileError, write_error
 
 DIRECTORY_MODE = 0o755
 """The textfile directory, when the store creates it: node_exporter's user must enter it and read the file."""
@@ -258,14 +258,14 @@ def open_directory(
             if not create:
                 return None
         except NotADirectoryError:
-            raise _not_a_directory(path, wanted or path) from None
+            raise _in_the_way(path, wanted) from None
         except OSError as error:
             raise write_error(path, "use the directory", error) from None
-        _make_with_parents(path, mode, wanted or path)
+        _make_with_parents(path, mode, wanted)
     raise write_error(path, "create the directory", OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
 
 
-def _make_with_parents(path: Path, mode: int, wanted: Path) -> None:
+def _make_with_parents(path: Path, mode: int, wanted: Path | None) -> None:
     missing = []
     for candidate in (path, *path.parents):
         if os.path.lexists(candidate):
@@ -279,7 +279,7 @@ def _make_with_parents(path: Path, mode: int, wanted: Path) -> None:
         except FileNotFoundError:
             continue  # a parent removed meanwhile: the caller's open says what is there
         except NotADirectoryError:
-            raise _not_a_directory(path, wanted) from None
+            raise _in_the_way(path, wanted) from None
         except OSError as error:
             raise write_error(directory, "create the directory", error) from None
         # The mode through a descriptor of what we made, not through the name (which may have been swapped).
@@ -293,6 +293,16 @@ def _make_with_parents(path: Path, mode: int, wanted: Path) -> None:
             pass
         finally:
             os.close(descriptor)
+
+
+def _in_the_way(path: Path, wanted: Path | None) -> TextfileError:
+    """The error for a file where the directory ``path``, or one of its parents, should be. For the textfile
+    directory itself (``wanted`` None), a TextfileWriteError with the errno mkdir would give (EEXIST for the
+    directory's own place, ENOTDIR for a parent's); for something to be made in it, the one line naming it."""
+    if wanted is not None:
+        return _not_a_directory(path, wanted)
+    code = errno.EEXIST if os.path.lexists(path) else errno.ENOTDIR
+    return write_error(path, "create the directory", OSError(code, os.strerror(code)))
 
 
 def _not_a_directory(path: Path, wanted: Path) -> UnexpectedFileError:
