@@ -119,6 +119,7 @@ print(swaps)
 """
 
 
+@pytest.mark.slow  # 8 s of swaps in a loop
 def test_marker_directory_swapped_for_a_symlink_during_merges_never_makes_root_delete_outside(
     users: Users, shared_dir: Path, victim: Path  # noqa: F811
 ) -> None:
@@ -175,6 +176,7 @@ print(swaps)
 """
 
 
+@pytest.mark.slow  # 8 s of swaps in a loop
 def test_a_hand_over_directory_swapped_between_its_mkdir_and_its_mode_never_makes_root_chmod_outside(
     users: Users, shared_dir: Path, victim: Path  # noqa: F811
 ) -> None:
@@ -272,6 +274,7 @@ print(swaps)
 """
 
 
+@pytest.mark.slow  # 8 s of swaps in a loop
 def test_hand_over_directory_swapped_for_a_symlink_during_merges_never_makes_root_delete_outside(
     users: Users, shared_dir: Path, victim: Path  # noqa: F811
 ) -> None:
