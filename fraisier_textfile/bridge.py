@@ -23,18 +23,26 @@ from __future__ import annotations
 import importlib
 import sys
 from importlib.util import find_spec
+from types import ModuleType
 
 INSTALLED_MARK = "_fraisier_textfile_bridge"
 
 
 def install() -> bool:
     """Point ``fraisier.metrics`` at this package's textfile, in this process. Returns False (and does
-    nothing) when Fraisier is not installed. Installing twice is installing once."""
+    nothing) when Fraisier is not installed. Installing twice is installing once. Where this package is
+    installed, its start-up hook has done it already at the import of ``fraisier.metrics``."""
     if find_spec("fraisier") is None:
         return False
-    theirs = importlib.import_module("fraisier.metrics")
+    install_into(importlib.import_module("fraisier.metrics"))
+    return True
+
+
+def install_into(theirs: ModuleType) -> None:
+    """Point Fraisier's module ``theirs`` (``fraisier.metrics``, just run) at the textfile. The start-up hook
+    calls it on the module it has just run, before any other module took names from it."""
     if getattr(theirs, INSTALLED_MARK, False):
-        return True
+        return
     from fraisier_textfile import metrics as ours
 
     vars(theirs).update(MetricsRecorder=ours.MetricsRecorder, get_metrics_recorder=ours.get_metrics_recorder)
@@ -45,7 +53,6 @@ def install() -> bool:
         if not attribute.startswith("_") and hasattr(original, "labels") and replacement is not None:
             setattr(their_families, attribute, replacement)
     setattr(theirs, INSTALLED_MARK, True)
-    return True
 
 
 # python -m fraisier_textfile.bridge SCRIPT [ARGUMENTS...]
