@@ -270,7 +270,10 @@ def install_package(directory: Path, tree: Path = REPOSITORY) -> InstalledPackag
     shutil.copytree(
         tree / "fraisier_textfile", source / "fraisier_textfile", ignore=shutil.ignore_patterns("__pycache__")
     )
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    # The build step and the start-up hook it ships live beside pyproject.toml (a tree of an older revision may
+    # lack them).
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "build_with_hook.py",
+                 "_fraisier_textfile_hook.py", "fraisier_textfile_hook.pth"):
         if (tree / name).exists():
             shutil.copy2(tree / name, source / name)
     wheels = directory / "wheels"
