@@ -13,9 +13,11 @@ recorder), in the running process only:
   families' rules and bucketed by our bounds (Fraisier's histograms have other buckets: nothing of its
   bucket counts is copied). A family of a later Fraisier that we do not know stays Fraisier's own.
 
-The ``fraisier`` script of this package installs the bridge before Fraisier's CLI is imported, for every
-Fraisier command it runs. Other programs that import Fraisier (its webhook server, an embedding service) call
-:func:`install` first, or are started through ``python -m fraisier_textfile.bridge SCRIPT [ARGUMENTS...]``.
+Who calls it: the start-up hook (``_fraisier_textfile_hook``, run by the .pth file this package installs) calls
+:func:`install_into` in every process of the environment, right after ``fraisier.metrics`` has run; the
+``fraisier`` script of this package calls :func:`install` before Fraisier's CLI is imported. Where the hook is
+off (``FRAISIER_TEXTFILE_HOOK=0``, ``python -S``, an editable install), a program that imports Fraisier calls
+:func:`install` first, or is started through ``python -m fraisier_textfile.bridge SCRIPT [ARGUMENTS...]``.
 """
 
 from __future__ import annotations
