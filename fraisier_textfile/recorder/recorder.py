@@ -980,7 +980,8 @@ class _BackgroundFlush:
     program a fork of a multi-threaded process, which Python 3.12 warns about). Every ``interval`` seconds it
     writes what each such recorder holds, as a record call would, without waiting for a busy lock (it hands
     over). It never waits for a recording thread either: a recorder busy recording is left to the next round.
-    Nothing it does raises."""
+    A record call that comes while it writes waits for that write, which holds the recorder as a record call
+    does (writing outside it could put an older gauge value after a newer one). Nothing it does raises."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
