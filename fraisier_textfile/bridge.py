@@ -48,12 +48,14 @@ def install_into(theirs: ModuleType) -> None:
     from fraisier_textfile import metrics as ours
 
     vars(theirs).update(MetricsRecorder=ours.MetricsRecorder, get_metrics_recorder=ours.get_metrics_recorder)
-    their_families: type = theirs.DeploymentMetrics
-    for attribute, original in list(vars(their_families).items()):
-        # On our class, each family is a descriptor whose class-level value writes to get_metrics_recorder().
-        replacement = getattr(ours.DeploymentMetrics, attribute, None)
-        if not attribute.startswith("_") and hasattr(original, "labels") and replacement is not None:
-            setattr(their_families, attribute, replacement)
+    # A Fraisier without the class (a later one may rename it) still has its recorder pointed at the textfile.
+    their_families = getattr(theirs, "DeploymentMetrics", None)
+    if isinstance(their_families, type):
+        for attribute, original in list(vars(their_families).items()):
+            # On our class, each family is a descriptor whose class-level value writes to get_metrics_recorder().
+            replacement = getattr(ours.DeploymentMetrics, attribute, None)
+            if not attribute.startswith("_") and hasattr(original, "labels") and replacement is not None:
+                setattr(their_families, attribute, replacement)
     setattr(theirs, INSTALLED_MARK, True)
 
 

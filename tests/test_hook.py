@@ -474,3 +474,56 @@ def test_pip_uninstall_removes_the_hook_and_fraisier_runs_as_alone(wheels: Wheel
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.splitlines()[-1]) == {"bridged": False, "fraisier_registry": 1.0}
     assert not (tmp_path / "textfile").exists()
+
+
+def test_a_fraisier_without_the_families_class_is_still_pointed_at_the_textfile(tmp_path: Path) -> None:
+    """A later Fraisier may drop or rename DeploymentMetrics: its recorder still records into the textfile, and
+    no process logs a warning for it."""
+    script = with_site(hook_directory(tmp_path), textwrap.dedent(
+        f"""
+        import logging, pathlib, sys
+        package = pathlib.Path({str(tmp_path / "fake")!r}) / "fraisier"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "metrics.py").write_text("def get_metrics_recorder():\\n    return None\\n")
+        sys.path.insert(0, str(package.parent))
+        logging.basicConfig(level=logging.DEBUG)
+        from fraisier.metrics import get_metrics_recorder
+
+        get_metrics_recorder().record_deployment_complete("bare_metal", "api", "success", 1.0)
+        print(type(get_metrics_recorder()).__module__)
+        """
+    ))
+    run = run_python(script, tmp_path / "textfile")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "fraisier_textfile.recorder.recorder\n"
+    assert "hook failed" not in run.stderr
+    deployments = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+    assert samples(tmp_path / "textfile" / "fraisier.prom")[deployments] == 1
+
+
+def test_threads_importing_fraisiers_metrics_at_once_all_get_it_pointed_at_the_textfile(tmp_path: Path) -> None:
+    fraisier_installed_here()
+    script = with_site(hook_directory(tmp_path), textwrap.dedent(
+        """
+        import importlib, threading
+
+        barrier = threading.Barrier(8)
+        seen = []
+
+        def load():
+            barrier.wait()
+            seen.append(importlib.import_module("fraisier.metrics").get_metrics_recorder.__module__)
+
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print(sorted(set(seen)), len(seen))
+        """
+    ))
+    run = run_python(script, tmp_path / "textfile")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "['fraisier_textfile.recorder.recorder'] 8\n"
+    assert run.stderr == ""
