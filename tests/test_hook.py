@@ -527,3 +527,56 @@ def test_threads_importing_fraisiers_metrics_at_once_all_get_it_pointed_at_the_t
     assert run.returncode == 0, run.stderr
     assert run.stdout == "['fraisier_textfile.recorder.recorder'] 8\n"
     assert run.stderr == ""
+
+
+def wheel_files(wheel: Path) -> set[str]:
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        [record] = [name for name in names if name.endswith(".dist-info/RECORD")]
+        recorded = {line.split(",", 1)[0] for line in archive.read(record).decode().splitlines()}
+    assert names == recorded  # pip uninstall removes what the RECORD lists
+    return names
+
+
+@pytest.mark.slow
+def test_the_sdist_builds_a_wheel_with_the_hook(tmp_path: Path) -> None:
+    """What PyPI users without a wheel for their platform get: the sdist carries the build step and the hook."""
+    source = tmp_path / "source"
+    shutil.copytree(REPOSITORY, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "tests", "bench"))
+    built = subprocess.run([sys.executable, "-c", "from setuptools import build_meta; "
+                            f"print(build_meta.build_sdist({str(tmp_path / 'sdist')!r}))"],
+                           cwd=source, capture_output=True, text=True, timeout=300, env=clean_environment())
+    assert built.returncode == 0, built.stderr
+    unpacked = tmp_path / "unpacked"
+    shutil.unpack_archive(tmp_path / "sdist" / built.stdout.split()[-1], unpacked)
+    [tree] = unpacked.iterdir()
+    pip("wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(tree))
+    [wheel] = (tmp_path / "wheel").glob("*.whl")
+    assert {HOOK_PTH, f"{HOOK_MODULE}.py"} <= wheel_files(wheel)
+    assert "build_with_hook.py" not in wheel_files(wheel)
+
+
+@pytest.mark.slow
+def test_an_isolated_build_without_wheel_in_the_interpreter_ships_the_hook(tmp_path: Path) -> None:
+    """pip's build isolation from an interpreter that has pip but no `wheel`: the setuptools it brings builds
+    the wheel itself, with the hook at the root."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    assert subprocess.run([str(venv / "bin" / "python"), "-c", "import wheel"], capture_output=True).returncode != 0
+    source = tmp_path / "source"
+    shutil.copytree(REPOSITORY, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "tests", "bench"))
+    built = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                            str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=600,
+                           env=clean_environment())
+    if built.returncode != 0 and "Could not find a version" in built.stderr:
+        message = f"pip cannot reach the index for setuptools: {built.stderr[-500:]}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    assert built.returncode == 0, built.stderr
+    [wheel] = (tmp_path / "wheel").glob("*.whl")
+    assert {HOOK_PTH, f"{HOOK_MODULE}.py"} <= wheel_files(wheel)
