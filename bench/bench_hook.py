@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         for key, label, _, _ in cases
     ]
     added = medians["with"] - medians["without"]
+    # Each round ran both one after the other: the median of the per-round differences is the figure least moved
+    # by load that changes between rounds (this machine is shared).
+    paired = statistics.median(a - b for a, b in zip(samples["with"], samples["without"]))
     result: dict[str, Any] = {
         "benchmark": "hook",
         "environment": info,
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_added_seconds": GOAL_SECONDS,
         "added_seconds": added,
         "added_seconds_minimum": min(samples["with"]) - min(samples["without"]),
+        "added_seconds_paired": paired,
         "goal_met": added <= GOAL_SECONDS,
         "hook_module_import_seconds": hook_import,
         "fraisier_installed": fraisier,
@@ -135,6 +139,11 @@ def hook_import_time(python: str, package: InstalledPackage, runs: int) -> float
     return statistics.median(figures)
 
 
+def signed(seconds: float) -> str:
+    """A difference of two timings: noise can make it negative."""
+    return f"-{format_seconds(-seconds)}" if seconds < 0 else format_seconds(seconds)
+
+
 def render(result: dict[str, Any]) -> None:
     print("bench_hook: the start-up hook's cost at every interpreter start")
     print_environment(result["environment"])
@@ -149,8 +158,9 @@ def render(result: dict[str, Any]) -> None:
         ["command", "median", "min", "ratio"],
         rows,
         notes=[
-            f"added by the hook: {format_seconds(result['added_seconds'])} (medians), "
-            f"{format_seconds(result['added_seconds_minimum'])} (minimums); goal ≤ "
+            f"added by the hook: {signed(result['added_seconds'])} (medians), "
+            f"{signed(result['added_seconds_paired'])} (median of the differences within a round), "
+            f"{signed(result['added_seconds_minimum'])} (minimums); goal ≤ "
             f"{format_seconds(result['goal_added_seconds'])} {verdict}",
             f"-X importtime of {HOOK_MODULE}: {format_seconds(result['hook_module_import_seconds'])}",
             "the import rows: the one moment the hook works, when a process imports Fraisier's metrics module"
