@@ -11,8 +11,9 @@ through a path line in a .pth file (no download, and the .pth files there are no
 Fraisier 0.84.2 records in three places only: ``HealthCheckManager.check_and_record_metrics``,
 ``DatabaseObservability`` and the restore strategy's ``DeploymentMetrics.restore_duration_seconds``. None of its
 CLI commands or webhook routes reaches them (a provider's ``check_health`` goes through
-``async_check_with_retries``, which records nothing; the restore needs PostgreSQL), so the probes call them
-as a program embedding Fraisier does, inside the process Fraisier's own script started.
+``async_check_with_retries``, which records nothing; the restore needs PostgreSQL), so the probes call them,
+and a provider's ``check_health``, as a program embedding Fraisier does, inside the process Fraisier's own
+script started.
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ RECORDINGS = textwrap.dedent(
     from fraisier.metrics import DeploymentMetrics
 
     DeploymentMetrics.restore_duration_seconds.labels(phase="total").observe(42.0)
+    # A provider's check_health runs too (it records nothing in 0.84.2: async_check_with_retries does not).
+    import asyncio
+    from fraisier.providers.bare_metal import BareMetalProvider
+    from fraisier.providers.base import HealthCheck
+
+    check = HealthCheck(url=f"http://127.0.0.1:{server.server_address[1]}/", retries=1, retry_delay=0, timeout=5)
+    assert asyncio.run(BareMetalProvider({"host": "127.0.0.1"}).check_health(check))
     from prometheus_client import REGISTRY
 
     print(json.dumps({
