@@ -181,3 +181,39 @@ def test_a_forked_child_flushes_its_own_events_and_never_its_parents(tmp_path: P
     # The child never wrote the parent's pending event as its own: once each.
     assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 1
     assert samples(tmp_path / "fraisier.prom")[etl] == 1
+
+
+def test_stopping_a_process_while_its_background_flush_writes_counts_every_event_once(tmp_path: Path) -> None:
+    """SIGTERM at random moments of a process whose background flush writes every 20 ms: its exit writes
+    what the flush had not, whether or not a background write was under way, and nothing twice."""
+    import random
+    import signal
+
+    script = """
+        import signal, sys
+        from fraisier_textfile.recorder.recorder import MetricsRecorder
+
+        stopping = []
+        signal.signal(signal.SIGTERM, lambda *arguments: stopping.append(True))
+        recorder = MetricsRecorder(auto_flush=False)
+        recorded = 0
+        print("ready", flush=True)
+        while not stopping:
+            recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)
+            recorded += 1
+        print(recorded, flush=True)
+        sys.exit(0)  # normal exit: the rest is written at exit
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "FRAISIER_TEXTFILE_DIR": str(tmp_path),
+           "FRAISIER_FLUSH_INTERVAL": "0.02"}
+    expected = 0
+    for _ in range(8):
+        process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        time.sleep(random.uniform(0.01, 0.3))  # a random moment, not a timing claim
+        process.send_signal(signal.SIGTERM)
+        out, errors = process.communicate(timeout=120)
+        assert process.returncode == 0 and errors == "", errors
+        expected += int(out)
+        assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == expected
