@@ -403,6 +403,7 @@ def test_the_hook_costs_no_import_at_start_and_prints_nothing(
                 if line.startswith("import time:")}
     assert HOOK_MODULE in imported
     assert not {name for name in imported if name.startswith(("fraisier", "prometheus_client", "logging"))}
+    assert not {"typing", "__future__", "importlib.util", "importlib.machinery"} & imported
     fraisiers_own = venv.run(venv.path("fraisier"), "--version", textfile_dir=tmp_path / "textfile")
     assert fraisiers_own.returncode == 0 and fraisiers_own.stderr == ""
 
