@@ -978,14 +978,16 @@ class _BackgroundFlush:
     made with ``auto_flush=False``, events a failed write kept, hand-overs waiting for a merge): a process whose
     record calls all wrote at once never has it (a thread of ours would make every later ``os.fork()`` of the
     program a fork of a multi-threaded process, which Python 3.12 warns about). Every ``interval`` seconds it
-    writes what each such recorder holds, as a record call would, without waiting for a busy lock (it hands
-    over). It never waits for a recording thread either: a recorder busy recording is left to the next round.
-    A record call that comes while it writes waits for that write, which holds the recorder as a record call
-    does (writing outside it could put an older gauge value after a newer one). Nothing it does raises."""
+    writes what each such recorder holds without waiting for a busy lock (it hands over). It never waits for a
+    recording thread either: a recorder busy recording is left to the next round. For an ``auto_flush=False``
+    recorder it holds the recorder only to hand the events over (a small file) and merges outside it, so that
+    the record calls, which only update memory, never wait for a merge; for an auto-flushed one it writes as
+    the next record call would, holding the recorder as that call does. Nothing it does raises."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
+        self._stopping = threading.Event()
         self.interval: float | None = None
         """Seconds between rounds, once started; 0: turned off."""
 
@@ -1002,14 +1004,33 @@ class _BackgroundFlush:
                                       daemon=True)
             thread.start()
             self._thread = thread
+            global _stop_registered
+            if not _stop_registered:
+                # Registered after _write_at_exit, so run before it (atexit runs the last registered first).
+                atexit.register(_stop_background_flush)
+                _stop_registered = True
+
+    def stop(self, timeout: float) -> None:
+        """No more rounds; wait at most ``timeout`` for the one under way (its merge takes no lock wait), so that
+        the exit's write neither races it nor finds its hand-overs half merged by a thread about to be frozen."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def _run(self, interval: float) -> None:
-        while True:
-            time.sleep(interval)
+        while not self._stopping.wait(interval):
             try:
                 _flush_in_background()
             except Exception as error:  # a bug of ours: the next round tries again, the exit writes the rest
                 log.debug("fraisier metrics: the background flush failed: %r", error, exc_info=True)
+
+
+_stop_registered = False
+
+
+def _stop_background_flush() -> None:
+    _background_flush.stop(timeout=max(0.1, _process_budget.left(DEFAULT_LOCK_WAIT_BUDGET)))
 
 
 def _flush_interval() -> float:
@@ -1030,21 +1051,63 @@ def _flush_in_background() -> None:
         if not recorder._lock.acquire(blocking=False):
             continue
         try:
-            if recorder.pending:
-                recorder._write(longest_wait=0.0, spend_budget=False)
-            elif recorder._handed_over_since_merge and recorder._failed_write is None:
-                # Hand-overs are merged by the next merge of any process; when none comes (the lock's holder was
-                # killed, say), this one, if the lock is free, so that they reach the file within seconds.
-                try:
-                    recorder.store.merge(Changes(), timeout=0)
-                except FraisierTextfileError as error:
-                    log.debug("hand-overs left for the next merge: %s", error)
-                else:
-                    recorder._handed_over_since_merge = False
-            if not recorder.pending and not recorder._handed_over_since_merge:
-                _unflushed.discard(recorder)
+            if recorder.auto_flush:
+                # Its record calls write under the recorder too: this is the write the next one would make.
+                if recorder.pending:
+                    recorder._write(longest_wait=0.0, spend_budget=False)
+            else:
+                _hand_over_in_background(recorder)
+            merge_hand_overs = recorder._handed_over_since_merge and recorder._failed_write is None
+            if merge_hand_overs:
+                recorder._handed_over_since_merge = False  # set again below if they stay
         finally:
             recorder._lock.release()
+        if merge_hand_overs and not _merge_hand_overs(recorder):
+            with recorder._lock:
+                recorder._handed_over_since_merge = True
+        if not recorder.pending and not recorder._handed_over_since_merge:
+            _unflushed.discard(recorder)
+
+
+def _hand_over_in_background(recorder: MetricsRecorder) -> None:
+    """Under the recorder's lock: hand the events of an ``auto_flush=False`` recorder over (a small file, not
+    fsynced: like the events in memory, it survives this process's death but not the machine's). The merge of
+    the whole file, the long part, is left to :func:`_merge_hand_overs`, outside the recorder: its record calls,
+    which only update memory, wait for this hand-over at most, never for a merge."""
+    recorder._gather()
+    if not recorder._pending:
+        return
+    try:
+        recorder.store.hand_over(recorder._pending, durable=False)
+    except (FraisierTextfileError, OSError) as error:  # the events stay pending; the next round tries again
+        recorder._note_write_problem(error)
+        return
+    recorder._pending_events = 0
+    recorder._handed_over_since_merge = True
+    ending, recorder._ending = recorder._ending, []
+    for marker in ending:
+        marker.release()  # its end is written (handed over), as after any hand-over
+
+
+def _merge_hand_overs(recorder: MetricsRecorder) -> bool:
+    """Merge what is handed over in the recorder's directory, if the lock is free (else its holder does, once it
+    lets go), with a store of the background flush's own: the recorder's may be merging in another thread.
+    True when merged."""
+    store = _background_stores.get(recorder)
+    if store is None:
+        mine = recorder.store
+        store = TextfileStore(mine.directory, mine.lock_timeout, lifecycle=mine.lifecycle,
+                              participants=mine.participants, schema=mine.schema)
+        _background_stores[recorder] = store
+    try:
+        store.merge(Changes(), timeout=0)
+    except FraisierTextfileError as error:
+        log.debug("hand-overs left for the next merge: %s", error)
+        return False
+    return True
+
+
+_background_stores: weakref.WeakKeyDictionary[MetricsRecorder, TextfileStore] = weakref.WeakKeyDictionary()
 
 
 def _keep_for_later(recorder: MetricsRecorder) -> None:
@@ -1063,6 +1126,7 @@ def _forget_parents_state() -> None:
     _unflushed.clear()
     _process_budget = _ProcessBudget()  # a new process, with its own budget
     _background_flush = _BackgroundFlush()  # the parent's thread does not exist here
+    _background_stores.clear()  # their lock state is the parent's
     for recorder in list(_every_recorder):
         recorder._after_fork()
         if not recorder.auto_flush:
