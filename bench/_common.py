@@ -26,6 +26,11 @@ from typing import Any
 BENCH_DIRECTORY = Path(__file__).resolve().parent
 REPOSITORY = BENCH_DIRECTORY.parent
 
+# The benchmarks time explicit flushes of auto_flush=False recorders: a background flush (every 5 s by default)
+# landing between the record calls and the flush would write part of what is timed outside the timing. Off
+# here, in every benchmark and the processes they start, unless asked for.
+os.environ.setdefault("FRAISIER_FLUSH_INTERVAL", "0")
+
 # The label values Fraisier uses, then made-up ones to reach large series counts.
 PROVIDERS = ("bare_metal", "docker_compose")
 FRAISE_TYPES = ("api", "etl", "scheduled", "backup", "docker_compose")
@@ -270,7 +275,10 @@ def install_package(directory: Path, tree: Path = REPOSITORY) -> InstalledPackag
     shutil.copytree(
         tree / "fraisier_textfile", source / "fraisier_textfile", ignore=shutil.ignore_patterns("__pycache__")
     )
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    # The build step and the start-up hook it ships live beside pyproject.toml (a tree of an older revision may
+    # lack them).
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "build_with_hook.py",
+                 "_fraisier_textfile_hook.py", "fraisier_textfile_hook.pth"):
         if (tree / name).exists():
             shutil.copy2(tree / name, source / name)
     wheels = directory / "wheels"

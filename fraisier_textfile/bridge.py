@@ -13,9 +13,11 @@ recorder), in the running process only:
   families' rules and bucketed by our bounds (Fraisier's histograms have other buckets: nothing of its
   bucket counts is copied). A family of a later Fraisier that we do not know stays Fraisier's own.
 
-The ``fraisier`` script of this package installs the bridge before Fraisier's CLI is imported, for every
-Fraisier command it runs. Other programs that import Fraisier (its webhook server, an embedding service) call
-:func:`install` first, or are started through ``python -m fraisier_textfile.bridge SCRIPT [ARGUMENTS...]``.
+Who calls it: the start-up hook (``_fraisier_textfile_hook``, run by the .pth file this package installs) calls
+:func:`install_into` in every process of the environment, right after ``fraisier.metrics`` has run; the
+``fraisier`` script of this package calls :func:`install` before Fraisier's CLI is imported. Where the hook is
+off (``FRAISIER_TEXTFILE_HOOK=0``, ``python -S``, an editable install), a program that imports Fraisier calls
+:func:`install` first, or is started through ``python -m fraisier_textfile.bridge SCRIPT [ARGUMENTS...]``.
 """
 
 from __future__ import annotations
@@ -23,29 +25,38 @@ from __future__ import annotations
 import importlib
 import sys
 from importlib.util import find_spec
+from types import ModuleType
 
 INSTALLED_MARK = "_fraisier_textfile_bridge"
 
 
 def install() -> bool:
     """Point ``fraisier.metrics`` at this package's textfile, in this process. Returns False (and does
-    nothing) when Fraisier is not installed. Installing twice is installing once."""
+    nothing) when Fraisier is not installed. Installing twice is installing once. Where this package is
+    installed, its start-up hook has done it already at the import of ``fraisier.metrics``."""
     if find_spec("fraisier") is None:
         return False
-    theirs = importlib.import_module("fraisier.metrics")
+    install_into(importlib.import_module("fraisier.metrics"))
+    return True
+
+
+def install_into(theirs: ModuleType) -> None:
+    """Point Fraisier's module ``theirs`` (``fraisier.metrics``, just run) at the textfile. The start-up hook
+    calls it on the module it has just run, before any other module took names from it."""
     if getattr(theirs, INSTALLED_MARK, False):
-        return True
+        return
     from fraisier_textfile import metrics as ours
 
     vars(theirs).update(MetricsRecorder=ours.MetricsRecorder, get_metrics_recorder=ours.get_metrics_recorder)
-    their_families: type = theirs.DeploymentMetrics
-    for attribute, original in list(vars(their_families).items()):
-        # On our class, each family is a descriptor whose class-level value writes to get_metrics_recorder().
-        replacement = getattr(ours.DeploymentMetrics, attribute, None)
-        if not attribute.startswith("_") and hasattr(original, "labels") and replacement is not None:
-            setattr(their_families, attribute, replacement)
+    # A Fraisier without the class (a later one may rename it) still has its recorder pointed at the textfile.
+    their_families = getattr(theirs, "DeploymentMetrics", None)
+    if isinstance(their_families, type):
+        for attribute, original in list(vars(their_families).items()):
+            # On our class, each family is a descriptor whose class-level value writes to get_metrics_recorder().
+            replacement = getattr(ours.DeploymentMetrics, attribute, None)
+            if not attribute.startswith("_") and hasattr(original, "labels") and replacement is not None:
+                setattr(their_families, attribute, replacement)
     setattr(theirs, INSTALLED_MARK, True)
-    return True
 
 
 # python -m fraisier_textfile.bridge SCRIPT [ARGUMENTS...]

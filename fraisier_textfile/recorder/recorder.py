@@ -193,6 +193,8 @@ class MetricsRecorder:
         self.metrics = DeploymentMetrics(self)
         """Fraisier's ``DeploymentMetrics``: the families, for code that writes to them directly."""
         _every_recorder.add(self)
+        if not auto_flush:  # its events wait in memory by design: a long-lived process writes them every interval
+            _background_flush.start()
 
     @property
     def textfile_path(self) -> Path:
@@ -417,7 +419,7 @@ class MetricsRecorder:
             try:
                 self.store.merge(self._pending)
             except BaseException:
-                _unflushed.add(self)  # exit tries once more
+                _keep_for_later(self)  # the background flush and the exit try again
                 raise
             self._written(merged=True)
 
@@ -682,13 +684,14 @@ class MetricsRecorder:
         except Exception as error:  # a bug below us: the events stay pending
             self._note("unexpected write", f"writing {self.textfile_path} failed unexpectedly: {error!r}; please "
                        "report this as a bug of fraisier_textfile (the events are kept)", error, exc_info=True)
-            _unflushed.add(self)
+            _keep_for_later(self)
 
-    def _write(self, longest_wait: float = RECORD_CALL_WAIT) -> None:
+    def _write(self, longest_wait: float = RECORD_CALL_WAIT, *, spend_budget: bool = True) -> None:
         """Write what is pending, waiting for a busy lock at most ``longest_wait`` and what is left of the
         lock-wait budget: merged, or handed over to the next writer when the lock stays busy. Never raises: a
         problem is noted, and the events are handed over if the merge failed for another reason (a corrupt file),
-        else kept for the next call and exit."""
+        else kept for the next call, the background flush and exit. ``spend_budget=False``: the background
+        flush, whose time delays no caller, leaves the budget to the process's own calls and its exit."""
         self._gather()
         if not self._pending:
             return
@@ -711,9 +714,10 @@ class MetricsRecorder:
         finally:
             # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
             # the process in all. A merge that may not wait any more still merges when the lock is free.
-            _process_budget.spend(time.monotonic() - started)
+            if spend_budget:
+                _process_budget.spend(time.monotonic() - started)
         if self._pending:
-            _unflushed.add(self)
+            _keep_for_later(self)
         else:
             self._written(merged)
 
@@ -748,7 +752,7 @@ class MetricsRecorder:
             _unflushed.discard(self)
         else:
             self.handed_over_events += self._pending_events
-            _unflushed.add(self)  # exit tries to merge the hand-overs, if the lock is free by then
+            _keep_for_later(self)  # the background flush and exit merge the hand-overs, if the lock is free by then
         self._handed_over_since_merge = not merged
         self._pending_events = 0
         ending, self._ending = self._ending, []
@@ -961,14 +965,172 @@ _unflushed: set[MetricsRecorder] = set()
 _every_recorder: weakref.WeakSet[MetricsRecorder] = weakref.WeakSet()
 
 
+# The background flush: long-lived processes (Fraisier's webhook server, its deploy daemon) write what they
+# recorded within seconds, not only at exit.
+
+FLUSH_INTERVAL_ENVIRONMENT = "FRAISIER_FLUSH_INTERVAL"
+DEFAULT_FLUSH_INTERVAL = 5.0
+"""Seconds between two rounds of the background flush; ``FRAISIER_FLUSH_INTERVAL=0`` turns it off."""
+
+
+class _BackgroundFlush:
+    """One daemon thread per process, started only once a recorder holds something to write later (a recorder
+    made with ``auto_flush=False``, events a failed write kept, hand-overs waiting for a merge): a process whose
+    record calls all wrote at once never has it (a thread of ours would make every later ``os.fork()`` of the
+    program a fork of a multi-threaded process, which Python 3.12 warns about). Every ``interval`` seconds it
+    writes what each such recorder holds without waiting for a busy lock (it hands over). It never waits for a
+    recording thread either: a recorder busy recording is left to the next round. For an ``auto_flush=False``
+    recorder it holds the recorder only to hand the events over (a small file) and merges outside it, so that
+    the record calls, which only update memory, never wait for a merge; for an auto-flushed one it writes as
+    the next record call would, holding the recorder as that call does. Nothing it does raises."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+        self._stopping = threading.Event()
+        self.interval: float | None = None
+        """Seconds between rounds, once started; 0: turned off."""
+
+    def start(self) -> None:
+        if self._thread is not None or self.interval == 0:
+            return
+        with self._starting:
+            if self._thread is not None or self.interval == 0:
+                return
+            self.interval = _flush_interval()
+            if not self.interval:
+                return
+            thread = threading.Thread(target=self._run, args=(self.interval,), name="fraisier-textfile-flush",
+                                      daemon=True)
+            thread.start()
+            self._thread = thread
+            global _stop_registered
+            if not _stop_registered:
+                # Registered after _write_at_exit, so run before it (atexit runs the last registered first).
+                atexit.register(_stop_background_flush)
+                _stop_registered = True
+
+    def stop(self, timeout: float) -> None:
+        """No more rounds; wait at most ``timeout`` for the one under way (its merge takes no lock wait), so that
+        the exit's write neither races it nor finds its hand-overs half merged by a thread about to be frozen."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            try:
+                _flush_in_background()
+            except Exception as error:  # a bug of ours: the next round tries again, the exit writes the rest
+                log.debug("fraisier metrics: the background flush failed: %r", error, exc_info=True)
+
+
+_stop_registered = False
+
+
+def _stop_background_flush() -> None:
+    _background_flush.stop(timeout=max(0.1, _process_budget.left(DEFAULT_LOCK_WAIT_BUDGET)))
+
+
+def _flush_interval() -> float:
+    configured = os.environ.get(FLUSH_INTERVAL_ENVIRONMENT)
+    if not configured:
+        return DEFAULT_FLUSH_INTERVAL
+    try:
+        return catalogue.check_seconds(FLUSH_INTERVAL_ENVIRONMENT, configured)
+    except InvalidValueError as error:
+        log.error("fraisier metrics: %s; using %gs", error, DEFAULT_FLUSH_INTERVAL)
+        return DEFAULT_FLUSH_INTERVAL
+
+
+def _flush_in_background() -> None:
+    for recorder in list(_unflushed):
+        # Never wait for a recording thread: one that holds the recorder writes itself (auto-flush), or the next
+        # round writes what it recorded.
+        if not recorder._lock.acquire(blocking=False):
+            continue
+        try:
+            if recorder.auto_flush:
+                # Its record calls write under the recorder too: this is the write the next one would make.
+                if recorder.pending:
+                    recorder._write(longest_wait=0.0, spend_budget=False)
+            else:
+                _hand_over_in_background(recorder)
+            merge_hand_overs = recorder._handed_over_since_merge and recorder._failed_write is None
+            if merge_hand_overs:
+                recorder._handed_over_since_merge = False  # set again below if they stay
+        finally:
+            recorder._lock.release()
+        if merge_hand_overs and not _merge_hand_overs(recorder):
+            with recorder._lock:
+                recorder._handed_over_since_merge = True
+        if not recorder.pending and not recorder._handed_over_since_merge:
+            _unflushed.discard(recorder)
+
+
+def _hand_over_in_background(recorder: MetricsRecorder) -> None:
+    """Under the recorder's lock: hand the events of an ``auto_flush=False`` recorder over (a small file, not
+    fsynced: like the events in memory, it survives this process's death but not the machine's). The merge of
+    the whole file, the long part, is left to :func:`_merge_hand_overs`, outside the recorder: its record calls,
+    which only update memory, wait for this hand-over at most, never for a merge."""
+    recorder._gather()
+    if not recorder._pending:
+        return
+    try:
+        recorder.store.hand_over(recorder._pending, durable=False)
+    except (FraisierTextfileError, OSError) as error:  # the events stay pending; the next round tries again
+        recorder._note_write_problem(error)
+        return
+    recorder._pending_events = 0
+    recorder._handed_over_since_merge = True
+    ending, recorder._ending = recorder._ending, []
+    for marker in ending:
+        marker.release()  # its end is written (handed over), as after any hand-over
+
+
+def _merge_hand_overs(recorder: MetricsRecorder) -> bool:
+    """Merge what is handed over in the recorder's directory, if the lock is free (else its holder does, once it
+    lets go), with a store of the background flush's own: the recorder's may be merging in another thread.
+    True when merged."""
+    store = _background_stores.get(recorder)
+    if store is None:
+        mine = recorder.store
+        store = TextfileStore(mine.directory, mine.lock_timeout, lifecycle=mine.lifecycle,
+                              participants=mine.participants, schema=mine.schema)
+        _background_stores[recorder] = store
+    try:
+        store.merge(Changes(), timeout=0)
+    except FraisierTextfileError as error:
+        log.debug("hand-overs left for the next merge: %s", error)
+        return False
+    return True
+
+
+_background_stores: weakref.WeakKeyDictionary[MetricsRecorder, TextfileStore] = weakref.WeakKeyDictionary()
+
+
+def _keep_for_later(recorder: MetricsRecorder) -> None:
+    """``recorder`` holds events (or hand-overs) to write later: by the background flush, at the latest at exit."""
+    _unflushed.add(recorder)
+    _background_flush.start()
+
+
+_background_flush = _BackgroundFlush()
+
+
 def _forget_parents_state() -> None:
     """In a forked child: the parent's pending events and in-flight deployments are the parent's to write
     (writing them here too would count them twice), and its locks may have been held at the fork."""
-    global _process_budget
+    global _process_budget, _background_flush
     _unflushed.clear()
     _process_budget = _ProcessBudget()  # a new process, with its own budget
+    _background_flush = _BackgroundFlush()  # the parent's thread does not exist here
+    _background_stores.clear()  # their lock state is the parent's
     for recorder in list(_every_recorder):
         recorder._after_fork()
+        if not recorder.auto_flush:
+            _background_flush.start()
 
 
 if hasattr(os, "register_at_fork"):

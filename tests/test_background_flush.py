@@ -1,0 +1,219 @@
+"""Long-lived processes write what they recorded within seconds, not only at exit: the background flush.
+
+Each test runs a real recorder in a process of its own that stays alive (it waits for a line on stdin), and
+polls the real textfile while that process runs: what is found there was written by the background flush, since
+the process has not exited. The polls end at a generous deadline, as a failure, never as a timing claim.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.processes import REPOSITORY, lock_held_elsewhere
+
+DEPLOYMENTS = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+DEADLINE = 60.0
+"""Seconds a poll waits before it fails: far past the 0.2 s interval, for a loaded machine."""
+
+
+def samples(path: Path) -> dict[str, float]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {key: float(value) for key, value in pairs}
+
+
+@contextmanager
+def alive(script: str, textfile_dir: Path, **environment: str) -> Iterator[subprocess.Popen[str]]:
+    """Run ``script`` in a process that stays alive until the block ends (then it exits normally)."""
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "FRAISIER_TEXTFILE_DIR": str(textfile_dir),
+           "FRAISIER_FLUSH_INTERVAL": "0.2", **environment}
+    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()
+        assert ready.startswith("ready"), f"{ready!r} {process.stderr.read() if process.stderr else ''}"
+        yield process
+    finally:
+        # Kept for the test: communicate() closes the pipes.
+        process.stderr_text = process.communicate("exit\n" if process.poll() is None else None, timeout=60)[1]  # type: ignore[attr-defined]
+
+
+def wait_for(path: Path, key: str, value: float, process: subprocess.Popen[str]) -> dict[str, float]:
+    """Poll ``path`` until ``key`` has ``value``, asserting that ``process`` is still alive when it does."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        found = samples(path)
+        if found.get(key) == value:
+            assert process.poll() is None, "written at exit, not while the process ran"
+            return found
+        assert process.poll() is None, f"the process exited: {process.stderr.read() if process.stderr else ''}"
+        assert time.monotonic() < deadline, f"{key} never reached {value} in {path}: {found.get(key)}"
+        time.sleep(0.05)
+
+
+RECORD_THEN_WAIT = """
+    import sys
+    from fraisier_textfile.recorder.recorder import MetricsRecorder
+
+    recorder = MetricsRecorder(auto_flush=False)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)  # written at exit
+"""
+
+
+def test_a_recorder_without_auto_flush_writes_within_seconds_while_its_process_runs(tmp_path: Path) -> None:
+    with alive(RECORD_THEN_WAIT, tmp_path) as process:
+        wait_for(tmp_path / "fraisier.prom", DEPLOYMENTS, 1, process)
+    assert process.returncode == 0, process.stderr_text  # type: ignore[attr-defined]
+    assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 2  # the exit wrote the second, the first once
+
+
+def test_an_interval_of_zero_turns_the_background_flush_off(tmp_path: Path) -> None:
+    script = """
+        import sys, threading
+        from fraisier_textfile.recorder.recorder import MetricsRecorder
+
+        recorder = MetricsRecorder(auto_flush=False)
+        recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)
+        print("ready", [thread.name for thread in threading.enumerate()], flush=True)
+        sys.stdin.readline()
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "FRAISIER_TEXTFILE_DIR": str(tmp_path),
+           "FRAISIER_FLUSH_INTERVAL": "0"}
+    completed = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], input="exit\n", text=True,
+                               capture_output=True, env=env, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("ready") and "fraisier-textfile-flush" not in completed.stdout
+    assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 1  # written at exit, as before
+
+
+def test_a_process_whose_record_calls_all_wrote_starts_no_thread(tmp_path: Path) -> None:
+    """Auto-flushed calls write at once: nothing is left for a thread, and a thread of ours would make every
+    later fork of the program a fork of a multi-threaded process."""
+    script = """
+        import threading
+        from fraisier_textfile.metrics import get_metrics_recorder
+
+        get_metrics_recorder().record_deployment_complete("bare_metal", "api", "success", 12.0)
+        print(sorted(thread.name for thread in threading.enumerate()))
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "FRAISIER_TEXTFILE_DIR": str(tmp_path)}
+    completed = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], text=True, capture_output=True,
+                               env=env, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "['MainThread']"
+    assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 1
+
+
+def test_a_bad_interval_is_one_clear_line_and_the_default(tmp_path: Path) -> None:
+    with alive(RECORD_THEN_WAIT, tmp_path, FRAISIER_FLUSH_INTERVAL="soon") as process:
+        pass
+    errors = process.stderr_text  # type: ignore[attr-defined]
+    assert "FRAISIER_FLUSH_INTERVAL='soon' is not a number" in errors and "using 5s" in errors
+    assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 2
+
+
+def test_hand_overs_of_a_busy_lock_reach_the_file_once_the_lock_is_free(tmp_path: Path) -> None:
+    """Another flock client (not our store, which merges hand-overs when it lets go) holds the lock while the
+    record call runs: the call hands its event over. Once the lock is free, the background flush merges it,
+    while the process still runs."""
+    script = """
+        import sys
+        from fraisier_textfile.metrics import get_metrics_recorder
+
+        sys.stdin.readline()
+        get_metrics_recorder().record_deployment_complete("bare_metal", "api", "success", 12.0)
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "FRAISIER_TEXTFILE_DIR": str(tmp_path),
+           "FRAISIER_FLUSH_INTERVAL": "0.2"}
+    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        with lock_held_elsewhere(tmp_path / "fraisier.prom.lock"):
+            process.stdin.write("record\n")
+            process.stdin.flush()
+            assert process.stdout.readline().startswith("ready")
+            assert DEPLOYMENTS not in samples(tmp_path / "fraisier.prom")
+        wait_for(tmp_path / "fraisier.prom", DEPLOYMENTS, 1, process)  # type: ignore[arg-type]
+    finally:
+        process.communicate("exit\n", timeout=60)
+    assert process.returncode == 0
+    assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 1
+
+
+def test_a_forked_child_flushes_its_own_events_and_never_its_parents(tmp_path: Path) -> None:
+    script = """
+        import os, sys
+        from fraisier_textfile.recorder.recorder import MetricsRecorder
+
+        recorder = MetricsRecorder(auto_flush=False)
+        recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)  # the parent's, pending
+        child = os.fork()
+        if child == 0:
+            recorder.record_deployment_complete("bare_metal", "etl", "success", 12.0)
+            print("ready", flush=True)
+            sys.stdin.readline()
+            os._exit(0)  # no exit handlers: what reached the file, a background flush wrote
+        sys.stdin.readline()
+        os.waitpid(child, 0)
+        os._exit(0)
+    """
+    etl = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="etl"}'
+    with alive(script, tmp_path) as process:
+        wait_for(tmp_path / "fraisier.prom", etl, 1, process)  # the child's thread, started at the fork
+        wait_for(tmp_path / "fraisier.prom", DEPLOYMENTS, 1, process)  # the parent's
+    # The child never wrote the parent's pending event as its own: once each.
+    assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 1
+    assert samples(tmp_path / "fraisier.prom")[etl] == 1
+
+
+def test_stopping_a_process_while_its_background_flush_writes_counts_every_event_once(tmp_path: Path) -> None:
+    """SIGTERM at random moments of a process whose background flush writes every 20 ms: its exit writes
+    what the flush had not, whether or not a background write was under way, and nothing twice."""
+    import random
+    import signal
+
+    script = """
+        import signal, sys
+        from fraisier_textfile.recorder.recorder import MetricsRecorder
+
+        stopping = []
+        signal.signal(signal.SIGTERM, lambda *arguments: stopping.append(True))
+        recorder = MetricsRecorder(auto_flush=False)
+        recorded = 0
+        print("ready", flush=True)
+        while not stopping:
+            recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)
+            recorded += 1
+        print(recorded, flush=True)
+        sys.exit(0)  # normal exit: the rest is written at exit
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "FRAISIER_TEXTFILE_DIR": str(tmp_path),
+           "FRAISIER_FLUSH_INTERVAL": "0.02"}
+    expected = 0
+    for _ in range(8):
+        process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        time.sleep(random.uniform(0.01, 0.3))  # a random moment, not a timing claim
+        process.send_signal(signal.SIGTERM)
+        out, errors = process.communicate(timeout=120)
+        assert process.returncode == 0 and errors == "", errors
+        expected += int(out)
+        assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == expected
