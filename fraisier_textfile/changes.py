@@ -158,18 +158,20 @@ def deployment_ended(sink: Sink, provider: str, marker_id: str | None) -> None:
 
 
 def deployment_crashed(
-    sink: Sink, provider: str, fraise_type: str, marker_id: str, now: float | None = None
+    sink: Sink, provider: str, fraise_type: str, marker_id: str | None, now: float | None = None
 ) -> None:
-    """A deployment whose process died in flight: counted ``crashed``, and its marker retired. No duration:
-    nobody knows when it stopped. Its last-deployment time is when the crash was found (``now``): the
-    deployment had stopped by then, and like every finished deployment it needs a time, or an alert on
-    that time cannot see a crashed counter that Prometheus first scrapes already at 1."""
+    """A deployment whose process died in flight: counted ``crashed``, and its marker retired (None: it had
+    none, as a row of Fraisier's database). No duration: nobody knows when it stopped. Its last-deployment
+    time is when the crash was found (``now``): the deployment had stopped by then, and like every finished
+    deployment it needs a time, or an alert on that time cannot see a crashed counter that Prometheus first
+    scrapes already at 1."""
     deployment_series(sink, provider, fraise_type)
     sink.add(catalogue.DEPLOYMENTS, (provider, "crashed", fraise_type), 1.0)
     sink.set_maximum(
         catalogue.LAST_DEPLOYMENT, (provider, fraise_type, "crashed"), time.time() if now is None else now
     )
-    sink.retire_marker(marker_id)
+    if marker_id is not None:
+        sink.retire_marker(marker_id)
 
 
 # Finished work.
@@ -194,12 +196,16 @@ def deployment_error(sink: Sink, provider: str, error_type: str) -> None:
     sink.add(catalogue.DEPLOYMENT_ERRORS, (provider, error_type), 1.0)
 
 
-def rollback(sink: Sink, provider: str, reason: str, duration: float) -> None:
+def rollback(sink: Sink, provider: str, reason: str, duration: float | None) -> None:
+    """``duration`` None: the rollback is counted, its duration unknown (Fraisier's database stores none), so
+    the duration histogram is left alone rather than fed a made-up value."""
     provider = catalogue.check_label_value("provider", provider)
     reason = catalogue.check_label_value("reason", reason)
-    duration = catalogue.check_duration("duration", duration)
+    if duration is not None:
+        duration = catalogue.check_duration("duration", duration)
     sink.add(catalogue.ROLLBACKS, (provider, reason), 1.0)
-    sink.observe(catalogue.ROLLBACK_DURATION, (provider,), duration)
+    if duration is not None:
+        sink.observe(catalogue.ROLLBACK_DURATION, (provider,), duration)
 
 
 def health_check(sink: Sink, provider: str, check_type: str, status: str, duration: float) -> None:

@@ -17,3 +17,6 @@ def _no_ambient_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("FRAISIER_TEXTFILE_DIR", raising=False)
     monkeypatch.delenv("FRAISIER_LOCK_TIMEOUT", raising=False)
+    # Nor read a Fraisier database of this machine's (tests/test_fraisier_state.py turns it on, on its own).
+    monkeypatch.setenv("FRAISIER_TEXTFILE_FRAISIER_STATE", "off")
+    monkeypatch.delenv("FRAISIER_DB_PATH", raising=False)

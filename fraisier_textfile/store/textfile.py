@@ -507,7 +507,17 @@ class TextfileStore:
         for marker in markers:
             if marker.id not in retired_markers and inflight.is_alive(marker):
                 counts[marker.provider] = counts.get(marker.provider, 0) + 1
+        self._add_participants_active(counts)
         return counts
+
+    def _add_participants_active(self, counts: dict[str, int]) -> None:
+        """Deployments a participant knows to be running without an in-flight marker (a row of Fraisier's
+        database, say): a participant with an ``active_deployments()`` method adds its live count."""
+        for participant in self.participants:
+            active = getattr(participant, "active_deployments", None)
+            if active is not None:
+                for provider, count in active().items():
+                    counts[provider] = counts.get(provider, 0) + count
 
     # Merging
 
@@ -893,6 +903,7 @@ class TextfileStore:
                 existing.add(marker_id)
         accounted |= crashed.retired_markers
         _apply(document, crashed, self.path, time.time())
+        self._add_participants_active(active)
         _set_active(document, active)
         inflight.RETIRED_MARKERS.put(document, frozenset(accounted & existing))
         return set(inflight.RETIRED_MARKERS.get(document))

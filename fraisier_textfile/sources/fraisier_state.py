@@ -1,0 +1,724 @@
+"""The deployments Fraisier writes down itself, read from its state database and status files, exactly once.
+
+Fraisier's deployers never call a metrics recorder, but every deployment, from every entry point (CLI,
+webhook, daemon, ``ship``), is a row of ``tb_deployment`` in its SQLite database: ``in_progress``, then
+``success`` or ``failed``, possibly ``rolled_back`` (at once, or later). :class:`FraisierStateSource` is a
+participant of the store's merge (see store/participants.py): under the store's lock it reads what changed
+since the cursor kept in the textfile's meta line ``fraisier_state``, and returns the events for it. The
+cursor is written by the same atomic rename as the counts, so a process killed anywhere leaves both or
+neither: nothing is lost, nothing counted twice.
+
+What a row records (labels: ``provider`` and ``fraise_type`` from fraises.yaml, see :class:`FraiseLabels`):
+
+- first seen finished (``success``, ``failed``, ``rolled_back``, ``rollback_failed``): one deployment with
+  that status, its duration (``duration_seconds``), the last-deployment time (``completed_at``); a failed,
+  rolled-back or rollback-failed one also an error (``error_type`` from its message, :func:`error_type`);
+  a rolled-back one also a rollback (reason from its message; Fraisier stores no rollback duration, so the
+  rollback histogram is not fed);
+- a row counted finished that becomes ``rolled_back`` later: only the rollback;
+- a row in progress: active while its owner lives (:meth:`FraisierStateSource.active_deployments`),
+  ``crashed`` once its owner is provably gone (:func:`_owner_gone`), and nothing more after that.
+
+The cursor: ``1 <uuid of the highest row read> <its pk> <rolled-back rows then> <latest updated_at read>
+<pks in progress>``. Its cost does not grow with the history: new rows are read by primary key (``pk >
+high``), rows in progress by primary key, and late rollbacks are looked for only when the count of
+``rolled_back`` rows (read from Fraisier's ``idx_deployment_status`` alone) moved more than the rows read
+explain. A database replaced or restored from a backup (the row the cursor names is gone or another) is
+logged once and counted from its newest row on: its history was counted already, from the original.
+
+Reading never holds Fraisier up: the database is opened read-only (``mode=ro``) with no busy timeout; a busy
+database is left for the next occasion. A WAL database can be read ``mode=ro`` only by a user who may create
+its ``-shm`` file (the directory's owner: run the reader as Fraisier's user, or as root); for anyone else,
+when no writer is connected (no ``-wal`` file), the file is read ``immutable=1`` and the result kept only if
+the file did not change while it was read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fraisier_textfile import catalogue
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.errors import InvalidValueError
+from fraisier_textfile.format.textformat import Document
+
+log = logging.getLogger(__name__)
+
+META_KEY = "fraisier_state"
+CURSOR_VERSION = "1"
+SWITCH_ENVIRONMENT = "FRAISIER_TEXTFILE_FRAISIER_STATE"
+"""``off`` turns the source off; anything else (or unset) reads Fraisier's state where Fraisier is found."""
+STATUS_DIR_ENVIRONMENT = "FRAISIER_STATUS_DIR"
+DEFAULT_STATUS_DIR = Path("/var/lib/fraisier/status")  # Fraisier's fraisier.status.DEFAULT_STATUS_DIR
+DEFAULT_DB_PATH = Path("/opt/fraisier/fraisier.db")  # Fraisier's fraisier.database.DEFAULT_DB_PATH
+UNKNOWN_FRAISE_TYPE = "unknown"
+"""The ``fraise_type`` of a row whose fraise is not (or no longer) in fraises.yaml."""
+DEFAULT_PROVIDER = "bare_metal"
+
+FINISHED = ("success", "failed", "rolled_back", "rollback_failed")
+FAILED = ("failed", "rolled_back", "rollback_failed")
+IN_PROGRESS = ("in_progress", "pending")
+SETTLING_SECONDS = 2.0
+"""How long a failed row may still become rolled_back by its deployer's next commit (see
+FraisierStateSource._may_be_rolled_back_yet)."""
+REQUIRED_COLUMNS = frozenset({
+    "pk_deployment", "id", "fraise_name", "environment_name", "started_at", "completed_at", "duration_seconds",
+    "status", "error_message", "updated_at",
+})
+ROW_COLUMNS = (
+    "pk_deployment, id, fraise_name, environment_name, started_at, completed_at, duration_seconds, status, "
+    "error_message, updated_at"
+)
+
+# error_type from Fraisier's error_message: the first pattern found wins. Fraisier stores the message only (no
+# class or code), and a label must stay bounded: never the message itself.
+ERROR_TYPES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("health_check", re.compile(r"health.?check", re.IGNORECASE)),
+    ("timeout", re.compile(r"timed? ?out|timeout", re.IGNORECASE)),
+    ("install", re.compile(r"install", re.IGNORECASE)),
+    ("migration", re.compile(r"migrat", re.IGNORECASE)),
+    ("git", re.compile(r"\bgit\b|fetch|checkout|rev-parse|clone", re.IGNORECASE)),
+    ("lock", re.compile(r"\block", re.IGNORECASE)),
+    ("command", re.compile(r"exit (code|status)|non-zero|returned", re.IGNORECASE)),
+)
+UNKNOWN_ERROR = "unknown"
+"""A failure without a message."""
+OTHER_ERROR = "other"
+"""A message none of ERROR_TYPES matches."""
+
+
+def error_type(message: str | None) -> str:
+    """The bounded ``error_type`` of a failed row's ``error_message`` (see ERROR_TYPES)."""
+    if not message:
+        return UNKNOWN_ERROR
+    for name, pattern in ERROR_TYPES:
+        if pattern.search(message):
+            return name
+    return OTHER_ERROR
+
+
+def rollback_reason(message: str | None) -> str:
+    """Why a rolled-back row was rolled back: its error type (``health_check``, ``timeout``, ...)."""
+    return error_type(message)
+
+
+# Where Fraisier keeps things (its own rules, without importing it: a scrape must not pay for Fraisier's import)
+
+
+def fraisier_db_path() -> Path | None:
+    """Fraisier's database, as ``fraisier.database.get_db_path()`` finds it; None without Fraisier (not
+    installed, no FRAISIER_DB_PATH)."""
+    configured = os.environ.get("FRAISIER_DB_PATH")
+    if configured:
+        return Path(configured)
+    if DEFAULT_DB_PATH.parent.exists():
+        return DEFAULT_DB_PATH
+    spec = find_spec("fraisier")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent.parent / "fraisier.db"
+
+
+def fraisier_config_path() -> Path | None:
+    """fraises.yaml, by Fraisier's search order (FRAISIER_CONFIG, then ./fraises.yaml, ./config/fraises.yaml,
+    /opt/fraisier/fraises.yaml)."""
+    configured = os.environ.get("FRAISIER_CONFIG")
+    if configured:
+        return Path(configured)
+    for candidate in (Path.cwd() / "fraises.yaml", Path.cwd() / "config" / "fraises.yaml",
+                      Path("/opt/fraisier/fraises.yaml")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+class FraiseLabels:
+    """``provider`` and ``fraise_type`` of each fraise, from fraises.yaml, re-read when the file changes.
+
+    ``fraise_type`` is the fraise's ``type:``; ``provider`` is ``docker_compose`` for a ``docker_compose``
+    fraise and ``bare_metal`` for any other (Fraisier's own two providers). A fraise not in the file (removed
+    since, or the file unreadable) is ``bare_metal`` / ``unknown``. The file is read with a YAML loader that
+    takes Fraisier's tags (``!envvar``) as empty values, not with Fraisier's loader: that one validates every
+    environment, and a configuration Fraisier refuses for an unrelated reason must not cost the labels."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._types: dict[str, str] = {}
+        self._status_dirs: dict[tuple[str, str], Path] = {}
+
+    def _load(self) -> None:
+        if self.path is None:
+            return
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            self._stamp, self._types, self._status_dirs = None, {}, {}
+            return
+        stamp = (status.st_ino, status.st_size, status.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            data = _load_yaml(self.path)
+        except Exception as error:  # a torn or hand-broken file: labels fall back, the merge goes on
+            log.warning("cannot read fraise types from %s (%s): its fraises count with fraise_type=%s",
+                        self.path, error, UNKNOWN_FRAISE_TYPE)
+            self._types, self._status_dirs = {}, {}
+            return
+        fraises = data.get("fraises") if isinstance(data, dict) else None
+        self._types, self._status_dirs = {}, {}
+        if not isinstance(fraises, dict):
+            return
+        for name, fraise in fraises.items():
+            if not isinstance(fraise, dict):
+                continue
+            kind = fraise.get("type")
+            if isinstance(kind, str) and kind:
+                try:
+                    self._types[str(name)] = catalogue.check_label_value("fraise_type", kind)
+                except InvalidValueError:
+                    pass
+            environments = fraise.get("environments")
+            if isinstance(environments, dict):
+                for environment, settings in environments.items():
+                    if isinstance(settings, dict) and isinstance(settings.get("status_dir"), str):
+                        self._status_dirs[(str(name), str(environment))] = Path(settings["status_dir"])
+
+    def of(self, fraise_name: str) -> tuple[str, str]:
+        """(provider, fraise_type) of a fraise."""
+        self._load()
+        fraise_type = self._types.get(fraise_name, UNKNOWN_FRAISE_TYPE)
+        return ("docker_compose" if fraise_type == "docker_compose" else DEFAULT_PROVIDER), fraise_type
+
+    def status_dir(self, fraise_name: str, environment: str) -> Path | None:
+        self._load()
+        return self._status_dirs.get((fraise_name, environment))
+
+
+def _load_yaml(path: Path) -> Any:
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> None:
+        return None
+
+    _Loader.add_multi_constructor("!", _any_tag)
+    with open(path, encoding="utf-8") as file:
+        return yaml.load(file, Loader=_Loader)
+
+
+# The cursor
+
+
+class Cursor:
+    """What the textfile accounts for of one database (see the module's docstring for its line)."""
+
+    __slots__ = ("high", "high_id", "in_progress", "rolled_back", "updated")
+
+    def __init__(self, high: int = 0, high_id: str = "-", rolled_back: int = 0, updated: str = "-",
+                 in_progress: Iterable[int] = ()) -> None:
+        self.high = high
+        """The highest pk_deployment read: every row up to it is accounted, except ``in_progress``."""
+        self.high_id = high_id
+        """That row's uuid: another (or none) at that pk means another database."""
+        self.rolled_back = rolled_back
+        """How many rows were rolled_back when it was read."""
+        self.updated = updated
+        """The latest updated_at read (Fraisier's local time), from which late rollbacks are looked for."""
+        self.in_progress = set(in_progress)
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor | None:
+        words = text.split()
+        if len(words) < 5 or words[0] != CURSOR_VERSION:
+            return None
+        try:
+            pks = [int(pk) for pk in words[5].split(",")] if len(words) > 5 and words[5] != "-" else []
+            return cls(int(words[2]), words[1], int(words[3]), words[4], pks)
+        except ValueError:
+            return None
+
+    def render(self) -> str:
+        pending = ",".join(str(pk) for pk in sorted(self.in_progress)) or "-"
+        return f"{CURSOR_VERSION} {self.high_id} {self.high} {self.rolled_back} {self.updated} {pending}"
+
+
+class _Unreadable(Exception):
+    """The database cannot be read this time (busy, missing, corrupt, of another schema): the message says
+    which, in one line."""
+
+
+class _Busy(_Unreadable):
+    """Fraisier holds the database at this moment."""
+
+
+class _Absent(Exception):
+    """No database where Fraisier would make one: it has not deployed on this host (yet)."""
+
+
+class _Row:
+    __slots__ = ("completed_at", "duration", "environment", "error_message", "fraise", "id", "pk", "started_at",
+                 "status", "updated_at")
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        (self.pk, self.id, self.fraise, self.environment, self.started_at, self.completed_at, self.duration,
+         self.status, self.error_message, self.updated_at) = values
+
+
+def _timestamp(text: object) -> float | None:
+    """A time Fraisier stored: ``datetime.now().isoformat()``, naive local time, read in this process's local
+    time zone (the host's: run the reader with Fraisier's TZ), or an ISO time with an offset."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _boot_time() -> float | None:
+    try:
+        with open("/proc/stat", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
+            return file.read().strip() or None
+    except OSError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists (another user's)
+        return True
+    return True
+
+
+class FraisierStateSource:
+    """A participant of the store's merges (store/participants.py) that takes what is new in Fraisier's state.
+
+    ``database``: Fraisier's SQLite file (default: as Fraisier finds it). ``status_dir``: its status files
+    (default FRAISIER_STATUS_DIR, else a fraise environment's ``status_dir:``, else /var/lib/fraisier/status).
+    ``config``: fraises.yaml (default: as Fraisier finds it). ``since``: a Unix time; on the first sight of a
+    database (no cursor in the textfile), deployments started before it are taken as already counted."""
+
+    def __init__(self, database: Path | str | None = None, *, status_dir: Path | str | None = None,
+                 config: Path | str | None = None, since: float | None = None) -> None:
+        self.database = fraisier_db_path() if database is None else Path(database)
+        self.explicit = database is not None or bool(os.environ.get("FRAISIER_DB_PATH"))
+        """False: the database is only where Fraisier would put it; until it exists, Fraisier has not
+        deployed here, which is not worth a log line."""
+        self.labels = FraiseLabels(fraisier_config_path() if config is None else Path(config))
+        status_setting = os.environ.get(STATUS_DIR_ENVIRONMENT) if status_dir is None else str(status_dir)
+        self.status_dir = Path(status_setting) if status_setting else None
+        self.since = since
+        self._problem: str | None = None
+        self._fingerprint: tuple[int, ...] | None = None
+        self._committed: tuple[int, ...] | None = None
+        self._tried: tuple[int, ...] | None = None
+        """The database as it was at the last read that failed: not tried again at a scrape until it changes."""
+        self._live: dict[int, tuple[str, str, str]] = {}
+        """Rows in progress whose owner lived at the last read: pk -> (fraise, environment, provider)."""
+        self._started: dict[int, float | None] = {}
+        self._busy_logged = False
+        self._settling = False
+        """The last read left a failed row settling (see _may_be_rolled_back_yet): the next poll reads again."""
+
+    # The participant
+
+    def collect(self, document: Document) -> Changes | None:
+        if self.database is None:
+            return None
+        text = document.meta.get(META_KEY)
+        cursor = Cursor.parse(text) if text is not None else None
+        if text is not None and cursor is None:
+            self._report(f"the {META_KEY} line of the textfile is not one this version writes ({text[:60]!r}): "
+                         "Fraisier's database is not read; remove the line to count its history anew")
+            return None
+        try:
+            fingerprint, new_cursor, live, changes = self._read(cursor)
+        except _Absent:
+            return None
+        except _Busy as error:
+            # Fraisier's connections come and go (each checkpoints and deletes the WAL when it closes): a busy
+            # moment is expected, and the next occasion reads what this one could not. Said once a process.
+            log.log(logging.DEBUG if self._busy_logged else logging.INFO, "%s", error)
+            self._busy_logged = True
+            return None
+        except _Unreadable as error:
+            self._report(str(error))
+            return None
+        if self._problem is not None:
+            log.info("Fraisier's database %s is read again", self.database)
+            self._problem = None
+        self._fingerprint = fingerprint
+        # A live view, not bookkeeping: taken at once, so that this merge's active count includes them.
+        self._live = live
+        rendered = new_cursor.render()
+        if rendered != text:
+            document.meta[META_KEY] = rendered
+        return changes if changes else None
+
+    def after_commit(self) -> None:
+        self._committed = self._fingerprint
+
+    # For readers that poll (a scrape)
+
+    def has_news(self) -> bool:
+        """Cheaply (a few stat calls): whether a merge could take something new, because the database
+        changed since this process's last merge, or a deployment it saw in progress lost its owner."""
+        if self.database is None:
+            return False
+        if self._settling:
+            return True
+        now = _file_fingerprint(self.database)
+        if now != self._committed and now != self._tried:
+            return True
+        return any(self._owner_gone(pk, fraise, environment) for pk, (fraise, environment, _) in self._live.items())
+
+    def active_deployments(self) -> dict[str, int]:
+        """Fraisier's deployments in progress now, by provider: rows read in progress whose owner lives."""
+        counts: dict[str, int] = {}
+        for pk, (fraise, environment, provider) in self._live.items():
+            if not self._owner_gone(pk, fraise, environment):
+                counts[provider] = counts.get(provider, 0) + 1
+        return counts
+
+    # Reading
+
+    def _report(self, problem: str) -> None:
+        """One line per problem, not one per scrape: logged again only when it changes."""
+        if problem != self._problem:
+            log.warning("%s", problem)
+            self._problem = problem
+
+    def _read(self, cursor: Cursor | None) -> tuple[tuple[int, ...], Cursor, dict[int, Any], Changes]:
+        assert self.database is not None
+        path = self.database
+        try:
+            before = _file_fingerprint(path, strict=True)
+        except FileNotFoundError:
+            self._tried = _file_fingerprint(path)
+            if not self.explicit:
+                raise _Absent from None
+            raise _Unreadable(f"Fraisier's database {path} does not exist: no deployment is read from it (set "
+                              "FRAISIER_DB_PATH to where Fraisier keeps it)") from None
+        except OSError as error:
+            raise _Unreadable(f"cannot read Fraisier's database {path}: {error.strerror}") from None
+        self._tried = before
+        immutable = False
+        for attempt in (1, 2):
+            probe = Changes()
+            try:
+                connection = _connect(path, immutable)
+            except sqlite3.Error as error:
+                raise _unreadable(path, error) from None
+            try:
+                new_cursor, live = self._read_rows(connection, cursor, probe)
+            except sqlite3.Error as error:
+                connection.close()
+                if attempt == 1 and _needs_shm(error) and not os.path.exists(f"{path}-wal"):
+                    # This user cannot create the -shm file a WAL reader needs, and no writer is connected:
+                    # the file alone is the database. Read it as such, and keep the result only if nothing
+                    # wrote to it meanwhile.
+                    immutable = True
+                    continue
+                raise _unreadable(path, error) from None
+            finally:
+                connection.close()
+            if immutable and (_file_fingerprint(path) != before or os.path.exists(f"{path}-wal")):
+                raise _Unreadable(f"Fraisier's database {path} changed while it was read: read again next time")
+            return before, new_cursor, live, probe
+        raise AssertionError("unreachable")
+
+    def _read_rows(self, connection: sqlite3.Connection, cursor: Cursor | None,
+                   changes: Changes) -> tuple[Cursor, dict[int, Any]]:
+        connection.execute("BEGIN")  # one snapshot for every query below
+        columns = {row[0] for row in connection.execute("SELECT name FROM pragma_table_info('tb_deployment')")}
+        missing = REQUIRED_COLUMNS - columns
+        if missing:
+            what = "no table tb_deployment" if not columns else f"no column {', '.join(sorted(missing))}"
+            raise _Unreadable(f"Fraisier's database {self.database} has {what}: written by a version of Fraisier "
+                              "this reader does not know (it reads 0.84's schema); upgrade fraisier-textfile")
+        newest = connection.execute("SELECT max(pk_deployment) FROM tb_deployment").fetchone()[0] or 0
+        if cursor is not None and cursor.high > 0:
+            row = connection.execute("SELECT id FROM tb_deployment WHERE pk_deployment = ?", (cursor.high,)).fetchone()
+            if row is None or str(row[0]) != cursor.high_id:
+                log.warning(
+                    "Fraisier's database %s was replaced or restored from a backup (its deployment #%d is %s): "
+                    "its history is not counted again; counting its deployments after #%d",
+                    self.database, cursor.high, "gone" if row is None else "another one", newest)
+                return self._start_at(connection, newest, with_in_progress=False), {}
+        if cursor is None:
+            cursor = self._start_since(connection) if self.since is not None else Cursor()
+        rolled_back_now = connection.execute(
+            "SELECT count(*) FROM tb_deployment WHERE status = 'rolled_back'"
+        ).fetchone()[0]
+        expected_rolled_back = cursor.rolled_back
+        updated = cursor.updated
+        in_progress: set[int] = set()
+        live: dict[int, tuple[str, str, str]] = {}
+        later_rows: list[_Row] = []
+        settling: list[int] = []
+
+        def take(row: _Row) -> None:
+            nonlocal expected_rolled_back, updated
+            if isinstance(row.updated_at, str) and (updated == "-" or row.updated_at > updated):
+                updated = row.updated_at
+            if row.status == "rolled_back":
+                expected_rolled_back += 1
+            provider, fraise_type = self.labels.of(str(row.fraise))
+            changes.count_active(provider, 0)  # the provider's active series exists, at 0 with nothing running
+            if row.status in IN_PROGRESS:
+                in_progress.add(row.pk)
+                later_rows.append(row)
+                return
+            if row.status == "failed" and self._may_be_rolled_back_yet(row):
+                in_progress.add(row.pk)
+                settling.append(row.pk)
+                return
+            self._count_finished(changes, row, provider, fraise_type)
+
+        for values in connection.execute(
+            f"SELECT {ROW_COLUMNS} FROM tb_deployment WHERE pk_deployment > ? ORDER BY pk_deployment",
+            (cursor.high,),
+        ):
+            take(_Row(values))
+        high = max(cursor.high, newest)
+        high_id = cursor.high_id
+        if high != cursor.high:
+            row = connection.execute("SELECT id FROM tb_deployment WHERE pk_deployment = ?", (high,)).fetchone()
+            high_id = str(row[0]) if row is not None else "-"
+        if cursor.in_progress:
+            placeholders = ",".join("?" * len(cursor.in_progress))
+            # A row in progress that was deleted since is not found: nothing more is counted for it.
+            for values in connection.execute(
+                f"SELECT {ROW_COLUMNS} FROM tb_deployment WHERE pk_deployment IN ({placeholders})",
+                sorted(cursor.in_progress),
+            ):
+                take(_Row(values))
+        if rolled_back_now > expected_rolled_back:
+            self._late_rollbacks(connection, cursor, changes)
+        for row in later_rows:
+            provider, fraise_type = self.labels.of(str(row.fraise))
+            if self._crashed(connection, row):
+                events.deployment_crashed(changes, provider, fraise_type, None)
+                in_progress.discard(row.pk)
+            else:
+                live[row.pk] = (str(row.fraise), str(row.environment), provider)
+                events.deployment_series(changes, provider, fraise_type)
+        self._settling = bool(settling)
+        return Cursor(high, high_id, rolled_back_now, updated, in_progress), live
+
+    def _may_be_rolled_back_yet(self, row: _Row) -> bool:
+        """Fraisier's deployer writes its status file ``rolled_back``, completes the row as failed, then marks
+        it rolled_back in a second commit, milliseconds later. A failed row read in between (its status file
+        says rolled_back, its owner lives, it is younger than SETTLING_SECONDS) is left for the next read, so
+        that the deployment is counted with its final status, not failed by chance."""
+        updated = _timestamp(row.updated_at)
+        if updated is None or not 0 <= time.time() - updated < SETTLING_SECONDS:
+            return False
+        status = self._status_file(str(row.fraise), str(row.environment))
+        return (
+            status is not None and status.get("state") == "rolled_back"
+            and status.get("environment") in (None, row.environment)
+            and not self._owner_gone(row.pk, str(row.fraise), str(row.environment))
+        )
+
+    def _count_finished(self, changes: Changes, row: _Row, provider: str, fraise_type: str) -> None:
+        try:
+            status = catalogue.check_deployment_status(row.status)
+        except InvalidValueError:
+            log.debug("Fraisier's deployment #%s has status %r, not a finished one this reader knows: not "
+                      "counted", row.pk, row.status)
+            return
+        duration = row.duration
+        if not isinstance(duration, (int, float)) or not 0 <= duration < float("inf"):
+            started, completed = _timestamp(row.started_at), _timestamp(row.completed_at)
+            duration = max(0.0, completed - started) if started is not None and completed is not None else 0.0
+        finished = _timestamp(row.completed_at) or _timestamp(row.updated_at) or time.time()
+        events.deployment_complete(changes, provider, fraise_type, status, float(duration), now=finished)
+        if status in FAILED:
+            events.deployment_error(changes, provider, error_type(row.error_message))
+        if status == "rolled_back":
+            events.rollback(changes, provider, rollback_reason(row.error_message), None)
+
+    def _late_rollbacks(self, connection: sqlite3.Connection, cursor: Cursor, changes: Changes) -> None:
+        """Rows counted finished before that were marked rolled_back since (Fraisier sets updated_at then)."""
+        skip = cursor.in_progress
+        for values in connection.execute(
+            f"SELECT {ROW_COLUMNS} FROM tb_deployment WHERE status = 'rolled_back' AND pk_deployment <= ? "
+            "AND updated_at > ?",
+            (cursor.high, cursor.updated),
+        ):
+            row = _Row(values)
+            if row.pk in skip:
+                continue
+            provider = self.labels.of(str(row.fraise))[0]
+            events.rollback(changes, provider, rollback_reason(row.error_message), None)
+
+    def _start_at(self, connection: sqlite3.Connection, high: int, with_in_progress: bool) -> Cursor:
+        row = connection.execute("SELECT id FROM tb_deployment WHERE pk_deployment = ?", (high,)).fetchone()
+        rolled_back = connection.execute(
+            "SELECT count(*) FROM tb_deployment WHERE status = 'rolled_back'").fetchone()[0]
+        updated = connection.execute(
+            "SELECT updated_at FROM tb_deployment WHERE pk_deployment = ?", (high,)).fetchone()
+        in_progress: list[int] = []
+        if with_in_progress:
+            in_progress = [pk for (pk,) in connection.execute(
+                "SELECT pk_deployment FROM tb_deployment WHERE status IN ('in_progress', 'pending') "
+                "AND pk_deployment <= ?", (high,))]
+        return Cursor(high, str(row[0]) if row else "-", rolled_back,
+                      str(updated[0]) if updated and updated[0] else "-", in_progress)
+
+    def _start_since(self, connection: sqlite3.Connection) -> Cursor:
+        """The cursor of a first sight with ``since``: rows started before it count as counted (those still
+        in progress stay followed, so that their end counts)."""
+        assert self.since is not None
+        since = datetime.fromtimestamp(self.since).isoformat()
+        high = connection.execute(
+            "SELECT max(pk_deployment) FROM tb_deployment WHERE started_at < ?", (since,)).fetchone()[0] or 0
+        cursor = self._start_at(connection, high, with_in_progress=True)
+        # Rolled-back rows after it are read as new rows and counted then.
+        cursor.rolled_back = connection.execute(
+            "SELECT count(*) FROM tb_deployment WHERE status = 'rolled_back' AND pk_deployment <= ?",
+            (high,)).fetchone()[0]
+        return cursor
+
+    # Whether a deployment in progress still has an owner
+
+    def _crashed(self, connection: sqlite3.Connection, row: _Row) -> bool:
+        """Provably dead: started before this boot; or a later deployment of the same fraise and environment
+        exists (Fraisier's per-fraise lock lets one run at a time); or its status file says ``interrupted``,
+        or names an owner that is gone (another boot id, no such pid)."""
+        started = _timestamp(row.started_at)
+        booted = _boot_time()
+        if started is not None and booted is not None and started < booted:
+            return True
+        later = connection.execute(
+            "SELECT 1 FROM tb_deployment WHERE pk_deployment > ? AND fraise_name = ? AND environment_name = ? "
+            "LIMIT 1", (row.pk, row.fraise, row.environment)).fetchone()
+        if later is not None:
+            return True
+        return self._owner_gone(row.pk, str(row.fraise), str(row.environment))
+
+    def _owner_gone(self, pk: int, fraise: str, environment: str) -> bool:
+        status = self._status_file(fraise, environment)
+        if status is None:
+            return False  # nothing proves it: a deployment is never counted crashed by guesswork
+        if status.get("environment") not in (None, environment):
+            return False
+        if status.get("state") == "interrupted":
+            return True
+        boot, pid = status.get("owner_boot_id"), status.get("owner_pid")
+        current_boot = _boot_id()
+        if isinstance(boot, str) and boot and current_boot and boot != current_boot:
+            return True
+        return isinstance(pid, int) and pid > 0 and not _pid_alive(pid)
+
+    def _status_file(self, fraise: str, environment: str) -> dict[str, Any] | None:
+        import json
+
+        directory = self.status_dir or self.labels.status_dir(fraise, environment) or DEFAULT_STATUS_DIR
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", fraise):
+            return None
+        try:
+            with open(directory / f"{fraise}.status.json", encoding="utf-8") as file:
+                data = json.load(file)
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+
+def _file_fingerprint(path: Path, strict: bool = False) -> tuple[int, ...]:
+    """What changes when Fraisier commits: the database file (a checkpoint, a replacement) and its WAL (every
+    commit appends to it)."""
+    values: list[int] = []
+    for name in (str(path), f"{path}-wal"):
+        try:
+            status = os.stat(name)
+        except FileNotFoundError:
+            if strict and name == str(path):
+                raise
+            values.extend((0, 0, 0, 0))
+            continue
+        except OSError:
+            if strict and name == str(path):
+                raise
+            values.extend((0, 0, 0, 0))
+            continue
+        values.extend((status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns))
+    return tuple(values)
+
+
+def _connect(path: Path, immutable: bool) -> sqlite3.Connection:
+    # Read-only and never waiting: Fraisier's own connections wait up to 5 s for a busy database, and a
+    # reader that held a lock or waited would be the one making them wait.
+    uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+    connection = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA busy_timeout = 0")
+    connection.execute("PRAGMA query_only = 1")
+    return connection
+
+
+def _needs_shm(error: sqlite3.Error) -> bool:
+    text = str(error).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text
+
+
+def _unreadable(path: Path, error: sqlite3.Error) -> _Unreadable:
+    if isinstance(error, sqlite3.OperationalError) and any(
+        word in str(error).lower() for word in ("locked", "busy")
+    ):
+        return _Busy(_describe(path, error))
+    return _Unreadable(_describe(path, error))
+
+
+def _describe(path: Path, error: sqlite3.Error) -> str:
+    text = str(error)
+    lowered = text.lower()
+    if "locked" in lowered or "busy" in lowered:
+        return f"Fraisier's database {path} is busy ({text}): what is new is read at the next occasion"
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        return (f"Fraisier's database {path} is not a readable SQLite database ({text}): no deployment is read "
+                "from it until Fraisier's database is repaired (sqlite3 .recover) or FRAISIER_DB_PATH fixed")
+    if _needs_shm(error):
+        return (f"cannot read Fraisier's database {path} as this user while Fraisier writes it ({text}): a WAL "
+                "database's reader must be able to create its -shm file; run this as Fraisier's user")
+    return f"cannot read Fraisier's database {path}: {text}"
+
+
+def participants(since: float | None = None) -> list[FraisierStateSource]:
+    """The state source where Fraisier is (installed, or FRAISIER_DB_PATH set) unless turned off with
+    FRAISIER_TEXTFILE_FRAISIER_STATE=off: the participants a refresh, a scrape or the dispatcher gives its
+    store."""
+    if os.environ.get(SWITCH_ENVIRONMENT, "").strip().lower() in ("off", "0", "false", "no"):
+        return []
+    if fraisier_db_path() is None:
+        return []
+    return [FraisierStateSource(since=since)]

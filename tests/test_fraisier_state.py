@@ -1,0 +1,414 @@
+"""The Fraisier state source: deployments written by Fraisier 0.84.2's own code (its database API, its status
+files, its reconcile), in processes of their own, read into the textfile exactly once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.sources.fraisier_state import META_KEY, FraisierStateSource, error_type, participants
+from fraisier_textfile.store.textfile import TextfileStore
+
+from .values import sample_values
+
+WORKERS = Path(__file__).with_name("fraisier_state_workers.py")
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+CONFIG = """\
+name: shop
+fraises:
+  api:
+    type: api
+    environments:
+      production: {app_path: /srv/api, health_check: {url: "http://localhost:1/health"}}
+  etl:
+    type: etl
+    environments:
+      production: {app_path: /srv/etl}
+  web:
+    type: docker_compose
+    environments:
+      production: {compose_file: /srv/web/compose.yml}
+  secrets:
+    type: api
+    webhook_secret: !envvar NOT_SET_ANYWHERE
+"""
+
+
+def deployments(provider: str, status: str, fraise_type: str) -> str:
+    return f'fraisier_deployments_total{{provider="{provider}",status="{status}",fraise_type="{fraise_type}"}}'
+
+
+def errors(provider: str, error: str) -> str:
+    return f'fraisier_deployment_errors_total{{provider="{provider}",error_type="{error}"}}'
+
+
+def rollbacks(provider: str, reason: str) -> str:
+    return f'fraisier_rollbacks_total{{provider="{provider}",reason="{reason}"}}'
+
+
+ACTIVE = 'fraisier_active_deployments{provider="bare_metal"}'
+API_SUCCESS = deployments("bare_metal", "success", "api")
+API_FAILED = deployments("bare_metal", "failed", "api")
+API_ROLLED_BACK = deployments("bare_metal", "rolled_back", "api")
+API_CRASHED = deployments("bare_metal", "crashed", "api")
+
+
+class Fraisier:
+    """Fraisier's database API, status files and reconcile, run by Fraisier's code in a process of its own."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.database = root / "fraisier.db"
+        self.config = root / "fraises.yaml"
+        self.status_dir = root / "status"
+        root.mkdir(exist_ok=True)
+        if not self.config.exists():
+            self.config.write_text(CONFIG)
+        self.environment = {**os.environ, "FRAISIER_DB_PATH": str(self.database),
+                            "FRAISIER_CONFIG": str(self.config), "FRAISIER_STATUS_DIR": str(self.status_dir),
+                            "FRAISIER_TEXTFILE_FRAISIER_STATE": "on",
+                            "PYTHONPATH": str(REPOSITORY)}
+        self.process = subprocess.Popen(
+            [sys.executable, str(WORKERS), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=self.environment,
+        )
+
+    def call(self, op: str, **arguments: object) -> object:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, f"Fraisier's worker exited ({self.process.poll()})"
+        return json.loads(line)
+
+    def start(self, fraise: str = "api", environment: str = "production") -> int:
+        pk = self.call("start", fraise=fraise, environment=environment)
+        assert isinstance(pk, int)
+        return pk
+
+    def complete(self, pk: int, success: bool, error: str | None = None) -> None:
+        self.call("complete", pk=pk, success=success, error=error)
+
+    def deploy(self, fraise: str = "api", outcome: str = "success",
+               error: str = "Health check failed after deployment") -> int:
+        """One deployment as Fraisier's deployer writes it (a rolled-back one: completed failed, then marked)."""
+        pk = self.start(fraise)
+        self.complete(pk, outcome == "success", None if outcome == "success" else error)
+        if outcome == "rolled_back":
+            self.call("rolled_back", pk=pk)
+        return pk
+
+    def status(self, fraise: str, state: str, **owner: object) -> None:
+        self.call("status", fraise=fraise, state=state, status_dir=str(self.status_dir), **owner)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def fraisier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fraisier]:
+    state = Fraisier(tmp_path / "fraisier")
+    for name in ("FRAISIER_DB_PATH", "FRAISIER_CONFIG", "FRAISIER_STATUS_DIR", "FRAISIER_TEXTFILE_FRAISIER_STATE"):
+        monkeypatch.setenv(name, state.environment[name])
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+def refresh(textfile_dir: Path, **options: object) -> dict[str, float]:
+    """What one ``fraisier textfile refresh`` does: a new process's store, merging nothing but the sources."""
+    store = TextfileStore(textfile_dir, participants=participants(**options))  # type: ignore[arg-type]
+    store.merge(Changes())
+    return sample_values(store.path)
+
+
+def test_each_deployment_fraisier_finished_is_counted_once_with_its_fraise_type_provider_and_error(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    fraisier.deploy("api", "success")
+    fraisier.deploy("api", "failed", "Install command failed (exit code 3): uv sync")
+    fraisier.deploy("api", "rolled_back")
+    fraisier.deploy("etl", "failed", "Command '['python', 'etl.py']' returned non-zero exit status 1.")
+    fraisier.deploy("web", "success")
+    values = refresh(textfile_dir)
+    assert values[API_SUCCESS] == 1
+    assert values[API_FAILED] == 1
+    assert values[API_ROLLED_BACK] == 1
+    assert values[deployments("bare_metal", "failed", "etl")] == 1
+    assert values[deployments("docker_compose", "success", "docker_compose")] == 1
+    assert values[errors("bare_metal", "install")] == 1
+    assert values[errors("bare_metal", "health_check")] == 1
+    assert values[errors("bare_metal", "command")] == 1
+    assert values[rollbacks("bare_metal", "health_check")] == 1
+    assert values['fraisier_deployment_duration_seconds_count{provider="bare_metal",status="success"}'] == 1
+    # Counted once: the next refreshes find nothing new.
+    assert refresh(textfile_dir) == values
+    assert refresh(textfile_dir) == values
+
+
+def test_the_last_deployment_time_is_fraisiers_completed_at_read_in_local_time(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    before = time.time()
+    fraisier.deploy("api", "success")
+    after = time.time()
+    stamp = refresh(textfile_dir)[
+        'fraisier_last_deployment_timestamp_seconds{provider="bare_metal",fraise_type="api",status="success"}']
+    assert before - 1 <= stamp <= after + 1
+
+
+def test_a_rollback_long_after_the_deployment_adds_only_the_rollback(fraisier: Fraisier, textfile_dir: Path) -> None:
+    pk = fraisier.deploy("api", "failed", "Health check failed after deployment")
+    fraisier.deploy("api", "success")
+    first = refresh(textfile_dir)
+    assert first[API_FAILED] == 1 and first.get(rollbacks("bare_metal", "health_check"), 0) == 0
+    fraisier.deploy("etl", "success")
+    fraisier.call("rolled_back", pk=pk)
+    fraisier.deploy("etl", "success")
+    later = refresh(textfile_dir)
+    assert later[rollbacks("bare_metal", "health_check")] == 1
+    assert later[API_FAILED] == 1 and later.get(API_ROLLED_BACK, 0) == 0  # the deployment is not counted again
+    assert later[deployments("bare_metal", "success", "etl")] == 2
+    assert refresh(textfile_dir) == later
+
+
+def test_a_deployment_in_progress_is_active_while_its_owner_lives_then_counted_when_it_ends(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    fraisier.status("api", "deploying")  # the worker's own pid: alive
+    pk = fraisier.start("api")
+    assert refresh(textfile_dir)[ACTIVE] == 1
+    fraisier.status("api", "success")
+    fraisier.complete(pk, True)
+    values = refresh(textfile_dir)
+    assert values[ACTIVE] == 0
+    assert values[API_SUCCESS] == 1
+    assert values.get(API_CRASHED, 0) == 0
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_deployment_whose_owner_died_is_crashed_once_and_reconcile_interrupted_is_crashed_too(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    fraisier.status("api", "deploying", owner_pid=dead_pid())
+    fraisier.start("api")
+    values = refresh(textfile_dir)
+    assert values[API_CRASHED] == 1 and values[ACTIVE] == 0
+    assert refresh(textfile_dir)[API_CRASHED] == 1
+    # Fraisier's reconcile marks it interrupted: still the same one crash.
+    assert fraisier.call("reconcile", status_dir=str(fraisier.status_dir)) == ["api"]
+    assert refresh(textfile_dir)[API_CRASHED] == 1
+    # The etl fraise: its status file says interrupted (written by reconcile after its owner died).
+    fraisier.status("etl", "deploying", owner_pid=dead_pid())
+    fraisier.start("etl")
+    fraisier.call("reconcile", status_dir=str(fraisier.status_dir))
+    assert refresh(textfile_dir)[deployments("bare_metal", "crashed", "etl")] == 1
+
+
+def test_a_row_left_in_progress_is_crashed_once_a_later_deployment_of_its_fraise_exists(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    fraisier.start("api")  # no status file: nothing proves its owner dead yet
+    assert refresh(textfile_dir)[ACTIVE] == 1
+    fraisier.deploy("api", "success")
+    values = refresh(textfile_dir)
+    assert values[API_CRASHED] == 1 and values[API_SUCCESS] == 1 and values[ACTIVE] == 0
+
+
+def test_a_fraise_removed_from_the_configuration_still_counts_as_unknown(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    fraisier.deploy("api", "success")
+    refresh(textfile_dir)
+    fraisier.config.write_text(CONFIG.replace("  api:\n    type: api\n", "  gone:\n    type: api\n"))
+    fraisier.deploy("api", "success")
+    values = refresh(textfile_dir)
+    assert values[API_SUCCESS] == 1
+    assert values[deployments("bare_metal", "success", "unknown")] == 1
+
+
+def test_a_database_restored_from_an_older_backup_is_noticed_and_never_counted_twice(
+    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fraisier.deploy("api", "success")
+    backup = fraisier.root / "backup.db"
+    with sqlite3.connect(fraisier.database) as source, sqlite3.connect(backup) as target:
+        source.backup(target)
+    fraisier.deploy("api", "success")
+    fraisier.deploy("api", "success")
+    assert refresh(textfile_dir)[API_SUCCESS] == 3
+    fraisier.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{fraisier.database}{suffix}").unlink(missing_ok=True)
+    backup.rename(fraisier.database)  # the operator restores last night's backup
+    with caplog.at_level(logging.WARNING):
+        assert refresh(textfile_dir)[API_SUCCESS] == 3
+    assert sum("replaced or restored" in record.getMessage() for record in caplog.records) == 1
+    # Fraisier goes on from the backup's ids: its new deployments count.
+    again = Fraisier(fraisier.root)
+    try:
+        again.deploy("api", "success")
+        assert refresh(textfile_dir)[API_SUCCESS] == 4
+    finally:
+        again.close()
+
+
+def test_since_skips_the_history_of_a_database_seen_for_the_first_time(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    fraisier.deploy("api", "success")
+    fraisier.deploy("api", "failed")
+    running = fraisier.start("api")
+    fraisier.status("api", "deploying")
+    time.sleep(0.01)
+    since = time.time()
+    fraisier.deploy("etl", "success")
+    values = refresh(textfile_dir, since=since)
+    assert values.get(API_SUCCESS, 0) == 0 and values.get(API_FAILED, 0) == 0
+    assert values[deployments("bare_metal", "success", "etl")] == 1
+    fraisier.complete(running, True)  # started before --since, ended after: its end counts
+    assert refresh(textfile_dir)[API_SUCCESS] == 1
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "newer schema", "locked"])
+def test_a_database_that_cannot_be_read_logs_one_line_and_the_rest_of_the_file_is_written(
+    tmp_path: Path, textfile_dir: Path, problem: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    database = tmp_path / "fraisier.db"
+    holder: sqlite3.Connection | None = None
+    if problem == "corrupt":
+        database.write_bytes(b"this is not a database" * 100)
+    elif problem == "newer schema":
+        with sqlite3.connect(database) as connection:
+            connection.execute("CREATE TABLE tb_deployment_v2 (pk INTEGER PRIMARY KEY)")
+    elif problem == "locked":
+        with sqlite3.connect(database) as connection:
+            connection.execute("CREATE TABLE tb_deployment (pk_deployment INTEGER PRIMARY KEY)")
+        holder = sqlite3.connect(database, isolation_level=None)
+        holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setenv("FRAISIER_DB_PATH", str(database))
+    monkeypatch.setenv("FRAISIER_TEXTFILE_FRAISIER_STATE", "on")
+    store = TextfileStore(textfile_dir, participants=participants())
+    changes = Changes()
+    from fraisier_textfile import changes as events
+
+    events.health_check(changes, "bare_metal", "http", "pass", 0.1)
+    with caplog.at_level(logging.INFO):
+        started = time.monotonic()
+        store.merge(changes)
+        store.merge(Changes())
+        elapsed = time.monotonic() - started
+    if holder is not None:
+        holder.close()
+    lines = [record.getMessage() for record in caplog.records if "Fraisier's database" in record.getMessage()]
+    assert len(lines) == 1, lines
+    assert str(database) in lines[0]
+    health = 'fraisier_health_checks_total{provider="bare_metal",check_type="http",status="pass"}'
+    assert sample_values(store.path)[health] == 1
+    assert elapsed < 60  # never waits for Fraisier's database (a busy one is left for the next occasion)
+
+
+def test_the_cursor_is_one_short_line_whatever_the_history(fraisier: Fraisier, textfile_dir: Path) -> None:
+    for _ in range(30):
+        fraisier.deploy("api", random.choice(["success", "failed", "rolled_back"]))
+    refresh(textfile_dir)
+    line = next(line for line in (textfile_dir / "fraisier.prom").read_text().splitlines() if META_KEY in line)
+    assert len(line) < 200, line
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    (None, "unknown"),
+    ("Health check failed after deployment (3 attempts)", "health_check"),
+    ("Install command failed (exit code 3): uv sync", "install"),
+    ("Command '['python', 'etl.py']' returned non-zero exit status 1.", "command"),
+    ("Deployment timed out after 600s", "timeout"),
+    ("Something nobody foresaw \n with a newline and 10,000 characters" + "x" * 10_000, "other"),
+])
+def test_the_error_type_is_one_of_a_few_words_never_the_message(message: str | None, expected: str) -> None:
+    assert error_type(message) == expected
+
+
+def test_the_source_is_off_when_asked_and_absent_without_fraisier(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAISIER_TEXTFILE_FRAISIER_STATE", "off")
+    monkeypatch.setenv("FRAISIER_DB_PATH", "/nonexistent/fraisier.db")
+    assert participants() == []
+    monkeypatch.setenv("FRAISIER_TEXTFILE_FRAISIER_STATE", "on")
+    assert isinstance(participants()[0], FraisierStateSource)
+
+
+def test_fraisier_writing_while_we_read_in_separate_processes_gives_exact_totals(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    fraisier.deploy("api", "success")  # the database exists before the readers start
+    readers = [subprocess.Popen([sys.executable, str(WORKERS), "refresh", str(textfile_dir)],
+                                stdout=subprocess.PIPE, env=fraisier.environment) for _ in range(2)]
+    try:
+        for reader in readers:
+            assert reader.stdout is not None and reader.stdout.readline()
+        writers = [subprocess.Popen([sys.executable, str(WORKERS), "deploy", "60", fraise, "production"],
+                                    env=fraisier.environment) for fraise in ("api", "etl")]
+        for writer in writers:
+            assert writer.wait(timeout=300) == 0
+    finally:
+        for reader in readers:
+            reader.kill()
+            reader.wait()
+    values = refresh(textfile_dir)
+    # Each deployment with its final status, also those read between Fraisier's two commits of a rollback.
+    assert values[API_SUCCESS] == 1 + 20 and values[API_FAILED] == 20 and values[API_ROLLED_BACK] == 20
+    assert values[deployments("bare_metal", "success", "etl")] == 20
+    assert values[deployments("bare_metal", "failed", "etl")] == 20
+    assert values[deployments("bare_metal", "rolled_back", "etl")] == 20
+    assert values[rollbacks("bare_metal", "health_check")] == 40
+
+
+def test_a_reader_killed_at_random_points_never_loses_or_doubles_a_deployment(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    subprocess.run([sys.executable, str(WORKERS), "deploy", "300", "api", "production"], env=fraisier.environment,
+                   check=True)
+    for run in range(25):
+        reader = subprocess.Popen([sys.executable, str(WORKERS), "refresh", str(textfile_dir)],
+                                  stdout=subprocess.PIPE, env=fraisier.environment)
+        assert reader.stdout is not None and reader.stdout.readline()
+        time.sleep(random.uniform(0, 0.05))
+        reader.send_signal(signal.SIGKILL)
+        reader.wait()
+        if run % 5 == 0:
+            fraisier.deploy("api", "success")
+    values = refresh(textfile_dir)
+    assert values[API_SUCCESS] == 100 + 5
+    assert values[API_FAILED] == 100 and values[API_ROLLED_BACK] == 100
+    assert values[rollbacks("bare_metal", "health_check")] == 100
+
+
+def test_the_source_module_imports_nothing_of_fraisier() -> None:
+    code = ("import sys, fraisier_textfile.sources.fraisier_state as s; "
+            "s.participants(); print(any(m == 'fraisier' or m.startswith('fraisier.') for m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+    assert result.stdout.strip() == "False"
