@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -412,3 +413,118 @@ def test_the_source_module_imports_nothing_of_fraisier() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
     assert result.stdout.strip() == "False"
+
+
+# Picked up with no step: the refresh, the scrape, the dispatcher
+
+
+def cli(fraisier: Fraisier, textfile_dir: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), *arguments],
+        capture_output=True, text=True, env=fraisier.environment, timeout=120,
+    )
+
+
+def test_fraisier_textfile_refresh_takes_what_fraisier_wrote_and_since_skips_history(
+    fraisier: Fraisier, tmp_path: Path
+) -> None:
+    fraisier.deploy("api", "success")
+    fraisier.deploy("api", "failed")
+    counted = tmp_path / "counted"
+    assert cli(fraisier, counted, "textfile", "refresh").returncode == 0
+    values = sample_values(counted / "fraisier.prom")
+    assert values[API_SUCCESS] == 1 and values[API_FAILED] == 1
+    skipped = tmp_path / "skipped"
+    assert cli(fraisier, skipped, "textfile", "refresh", "--since", "now").returncode == 0
+    fraisier.deploy("api", "success")
+    assert cli(fraisier, skipped, "textfile", "refresh").returncode == 0
+    assert sample_values(skipped / "fraisier.prom")[API_SUCCESS] == 1
+    assert sample_values(skipped / "fraisier.prom").get(API_FAILED, 0) == 0
+    bad = cli(fraisier, skipped, "textfile", "refresh", "--since", "yesterday-ish")
+    assert bad.returncode == 2 and "--since='yesterday-ish' is not a time" in bad.stderr
+
+
+def scrape(url: str) -> dict[str, float]:
+    from .processes import http_get
+
+    return sample_values(http_get(url))
+
+
+def test_a_deployment_fraisier_finished_is_in_the_next_scrape_of_fraisier_metrics(
+    fraisier: Fraisier, textfile_dir: Path, tmp_path: Path
+) -> None:
+    from .processes import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    command = [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "metrics",
+               "--address", "127.0.0.1", "--port", str(port)]
+    fraisier.deploy("api", "success")
+    with running_with(command, url, fraisier.environment, tmp_path / "server.log"):
+        assert scrape(url)[API_SUCCESS] == 1
+        fraisier.status("etl", "deploying")
+        pk = fraisier.start("etl")
+        values = scrape(url)
+        assert values[ACTIVE] == 1 and values.get(deployments("bare_metal", "success", "etl"), 0) == 0
+        fraisier.status("etl", "success")
+        fraisier.complete(pk, True)
+        values = scrape(url)
+        assert values[deployments("bare_metal", "success", "etl")] == 1 and values[ACTIVE] == 0
+        fraisier.deploy("api", "rolled_back")
+        assert scrape(url)[API_ROLLED_BACK] == 1
+        assert scrape(url)[API_SUCCESS] == 1
+
+
+def running_with(command: list[str], url: str, environment: dict[str, str], log: Path) -> Any:
+    """tests.processes.running, with the Fraisier environment."""
+    from .processes import running
+
+    saved = dict(os.environ)
+    os.environ.update(environment)
+    try:
+        return running(command, url, log)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_a_refresh_and_scrapes_racing_with_fraisier_writing_give_exact_totals(
+    fraisier: Fraisier, textfile_dir: Path, tmp_path: Path
+) -> None:
+    from .processes import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    command = [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "metrics",
+               "--address", "127.0.0.1", "--port", str(port)]
+    fraisier.deploy("api", "success")
+    with running_with(command, url, fraisier.environment, tmp_path / "server.log"):
+        refresher = subprocess.Popen([sys.executable, str(WORKERS), "refresh", str(textfile_dir)],
+                                     stdout=subprocess.PIPE, env=fraisier.environment)
+        writer = subprocess.Popen([sys.executable, str(WORKERS), "deploy", "45", "api", "production"],
+                                  env=fraisier.environment)
+        try:
+            while writer.poll() is None:
+                scrape(url)
+            assert writer.wait() == 0
+        finally:
+            refresher.kill()
+            refresher.wait()
+        values = scrape(url)
+    assert values[API_SUCCESS] == 16 and values[API_FAILED] == 15 and values[API_ROLLED_BACK] == 15
+    assert values[rollbacks("bare_metal", "health_check")] == 15
+
+
+def test_the_fraisier_dispatcher_takes_what_is_new_after_each_fraisier_command(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    fraisier.deploy("api", "success")
+    script = "import sys; from fraisier_textfile.cli.dispatch import main; sys.argv[0] = 'fraisier'; main()"
+    environment = {**fraisier.environment, "FRAISIER_TEXTFILE_DIR": str(textfile_dir)}
+    theirs = "import sys; from fraisier.cli import main; sys.argv[0] = 'fraisier'; main()"
+    alone = subprocess.run([sys.executable, "-c", theirs, "--version"], capture_output=True, text=True,
+                           env=environment, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script, "--version"], capture_output=True, text=True,
+                            env=environment, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (alone.returncode, alone.stdout, alone.stderr)
+    assert sample_values(textfile_dir / "fraisier.prom")[API_SUCCESS] == 1

@@ -71,9 +71,16 @@ class Settings:
             self.log_format = str(value)
             logs.configure(self.log_level, self.log_format)
 
-    def store(self) -> TextfileStore:
+    def store(self, *, fraisier_state: bool = False, since: float | None = None) -> TextfileStore:
+        """``fraisier_state``: with Fraisier's state database read in each merge (sources/fraisier_state.py);
+        ``since``: what it counts of a database seen for the first time."""
         with library_errors():
-            return TextfileStore(self.textfile_dir, self.lock_timeout)
+            participants: list[Any] = []
+            if fraisier_state:
+                from fraisier_textfile.sources.fraisier_state import participants as state_participants
+
+                participants = list(state_participants(since=since))
+            return TextfileStore(self.textfile_dir, self.lock_timeout, participants=participants)
 
 
 def seconds(name: str, value: str) -> float:
@@ -280,6 +287,26 @@ EXPIRE_AFTER = click.option(
 )
 
 
+def _since(text: str | None) -> float | None:
+    """--since: now, an ISO time (local time unless it has an offset), or Unix seconds."""
+    import time
+    from datetime import datetime
+
+    if text is None:
+        return None
+    if text.strip().lower() == "now":
+        return time.time()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise InvalidInput(f"--since={text!r} is not a time: give now, an ISO time such as 2026-12-01T00:00, or "
+                           "Unix seconds") from None
+
+
 def _duration(option: str, text: str | None) -> float | None:
     from fraisier_textfile.store.lifecycle import parse_duration
 
@@ -291,8 +318,12 @@ def _duration(option: str, text: str | None) -> float | None:
 
 @textfile.command()
 @EXPIRE_AFTER
+@click.option("--since", metavar="TIME", default=None,
+              help="Where Fraisier's state database is read for the first time (no cursor in the textfile yet): "
+              "count only the deployments started from TIME on (now, an ISO time 2026-12-01T00:00, or Unix "
+              "seconds). Without it, its whole history is counted, so that the counters start at the truth.")
 @pass_settings
-def refresh(settings: Settings, expire_after: str | None) -> None:
+def refresh(settings: Settings, expire_after: str | None, since: str | None) -> None:
     """Rewrite the textfile with nothing new: deployments whose process died are counted as crashed, the
     active deployments are recounted, histograms written with other buckets are migrated, and the file's
     modification time becomes now.
@@ -301,9 +332,13 @@ def refresh(settings: Settings, expire_after: str | None) -> None:
     Run it from a timer (every minute, say) on hosts served by node_exporter: the active-deployments gauge
     then drops within a minute of a crash, and the file stays fresh for the stale-file alert on quiet hosts:
       * * * * *  FRAISIER_TEXTFILE_DIR=/var/lib/fraisier/textfile fraisier textfile refresh
+
+    Where Fraisier is installed (or FRAISIER_DB_PATH is set), each refresh also takes the deployments Fraisier
+    wrote in its state database and status files since the last one, exactly once
+    (FRAISIER_TEXTFILE_FRAISIER_STATE=off turns that off).
     """
     retention = _duration("--expire-after", expire_after)
-    store = settings.store()
+    store = settings.store(fraisier_state=True, since=_since(since))
     if retention is not None:
         store.lifecycle.expire_after = retention
     with library_errors():
@@ -606,7 +641,7 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGHUP, request_reload)
-    store = settings.store()
+    store = settings.store(fraisier_state=True)  # each scrape takes what Fraisier's state holds that is new
     with library_errors():
         listening_socket = systemd_listening_socket()
         server = serve_textfile(

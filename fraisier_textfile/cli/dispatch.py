@@ -176,7 +176,40 @@ def main() -> None:
     install_bridge()
     from fraisier.cli import main as fraisier_main
 
-    sys.exit(fraisier_main(args=decision.fraisier_arguments))
+    try:
+        status = fraisier_main(args=decision.fraisier_arguments)
+    finally:
+        take_fraisier_state()  # click exits with SystemExit: this runs after every command, however it ended
+    sys.exit(status)
+
+
+STATE_WAIT = 2.0
+"""How long the dispatcher waits for the textfile's lock after a Fraisier command (then the next refresh or
+scrape takes what is new)."""
+
+
+def take_fraisier_state() -> None:
+    """After a Fraisier command: what it wrote in its state database (a deployment, a rollback) reaches the
+    textfile now. Never fails the command, never adds to its output: a problem is for ``fraisier textfile
+    refresh`` and ``fraisier metrics`` to report, which read the same database."""
+    import logging
+
+    ours = logging.getLogger("fraisier_textfile")
+    level = ours.level
+    ours.setLevel(logging.CRITICAL)
+    try:
+        from fraisier_textfile.changes import Changes
+        from fraisier_textfile.sources.fraisier_state import participants
+        from fraisier_textfile.store.textfile import DIRECTORY_ENVIRONMENT, TextfileStore, default_textfile_directory
+
+        sources = participants()
+        if sources:
+            directory = os.environ.get(DIRECTORY_ENVIRONMENT) or default_textfile_directory()
+            TextfileStore(directory, participants=sources).merge(Changes(), timeout=STATE_WAIT)
+    except Exception:  # the metrics path never changes how a Fraisier command ends
+        pass
+    finally:
+        ours.setLevel(level)
 
 
 def honour_fraisier_options(group: click.Group, decision: Route) -> tuple[list[str], dict[str, Any]]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from fraisier_textfile import catalogue as c
+from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import (
     CorruptTextfileError,
     FraisierTextfileError,
@@ -138,11 +139,14 @@ class TextfileSource:
         self.store = store
         self._snapshot: _Snapshot | None = None
         self._refreshing = threading.Lock()
+        self._taking_news = threading.Lock()
 
     def describe(self) -> str:
         return str(self.store.path)
 
     def scrape(self) -> Payload:
+        if self.store.participants:
+            self._take_news()
         snapshot = self._snapshot
         if snapshot is None or not self._is_current(snapshot):
             snapshot = self._refresh()
@@ -155,6 +159,22 @@ class TextfileSource:
         payload = Payload(snapshot.before + live.encode("utf-8") + snapshot.after)
         snapshot.last = (live, payload)
         return payload
+
+    def _take_news(self) -> None:
+        """Merge what the store's sources (Fraisier's state database) hold that is new, so that a deployment
+        Fraisier finished is in this scrape. A source says cheaply whether anything changed; only then is the
+        file merged, without waiting for its lock (busy: the next scrape, or its holder, takes it). One scrape
+        merges at a time; the others serve the file as it is. Never fails a scrape."""
+        if not any(getattr(source, "has_news", lambda: True)() for source in self.store.participants):
+            return
+        if not self._taking_news.acquire(blocking=False):
+            return
+        try:
+            self.store.merge(Changes(), timeout=0)
+        except FraisierTextfileError as error:
+            log.debug("Fraisier's state not merged at this scrape: %s", error)
+        finally:
+            self._taking_news.release()
 
     def _is_current(self, snapshot: _Snapshot) -> bool:
         if snapshot.version is None:
