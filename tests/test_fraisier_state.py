@@ -528,3 +528,109 @@ def test_the_fraisier_dispatcher_takes_what_is_new_after_each_fraisier_command(
                             env=environment, timeout=120)
     assert (result.returncode, result.stdout, result.stderr) == (alone.returncode, alone.stdout, alone.stderr)
     assert sample_values(textfile_dir / "fraisier.prom")[API_SUCCESS] == 1
+
+
+# Another user reads Fraisier's database (the WAL trap: a reader who cannot create the -shm file)
+
+READER = "fraisier-st-reader"
+READ_AS_READER = """\
+import sys
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.sources.fraisier_state import FraisierStateSource
+from fraisier_textfile.store.textfile import TextfileStore
+source = FraisierStateSource(sys.argv[2], status_dir=sys.argv[3], config=sys.argv[4])
+TextfileStore(sys.argv[1], participants=[source]).merge(Changes())
+"""
+
+
+@pytest.fixture
+def reader_user(tmp_path: Path) -> Iterator[tuple[list[str], str, dict[str, str], Path]]:
+    """A second real user who may read, not write, Fraisier's directory; the package where it can read it."""
+    import shutil
+    import tempfile
+
+    import filelock
+
+    import fraisier_textfile
+
+    from .processes import binary
+
+    if os.geteuid() != 0:
+        message = "this test creates a user: run it as root (CI does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    setpriv = binary("setpriv")
+    created = False
+    try:
+        import pwd
+
+        pwd.getpwnam(READER)
+    except KeyError:
+        subprocess.run([binary("useradd"), "--system", "--no-create-home", "--shell", "/bin/false", READER],
+                       check=True)
+        created = True
+    root = Path(tempfile.mkdtemp(prefix="fraisier-state-", dir="/tmp"))
+    try:
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(Path(fraisier_textfile.__file__).parent, root / "fraisier_textfile", ignore=ignore)
+        shutil.copytree(Path(filelock.__file__).parent, root / "filelock", ignore=ignore)
+        (root / "read.py").write_text(READ_AS_READER)
+        for directory, _, files in os.walk(root):
+            os.chmod(directory, 0o755)
+            for name in files:
+                os.chmod(os.path.join(directory, name), 0o644)
+        environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(root),
+                       "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(root), "LANG": "C.UTF-8"}
+        python = "/usr/bin/python3"
+        command = [setpriv, f"--reuid={READER}", f"--regid={READER}", "--clear-groups", python, str(root / "read.py")]
+        yield command, python, environment, root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if created:
+            subprocess.run([binary("userdel"), READER], check=False)
+
+
+def test_another_user_who_cannot_write_fraisiers_directory_reads_it_exactly_once_and_changes_nothing(
+    reader_user: tuple[list[str], str, dict[str, str], Path]
+) -> None:
+    import hashlib
+    import pwd
+
+    command, _, environment, root = reader_user
+    fraisier = Fraisier(root / "fraisier")  # root's, 0755: the reader may read it, not create files in it
+    textfile_dir = root / "textfile"
+    textfile_dir.mkdir()
+    account = pwd.getpwnam(READER)
+    os.chown(textfile_dir, account.pw_uid, account.pw_gid)
+    try:
+        fraisier.deploy("api", "success")
+        fraisier.deploy("api", "rolled_back")
+    finally:
+        fraisier.close()  # Fraisier's last connection closed: no -wal, no -shm
+    os.chmod(fraisier.root, 0o755)
+    arguments = [str(textfile_dir), str(fraisier.database), str(fraisier.status_dir), str(fraisier.config)]
+
+    def read_as_reader() -> dict[str, float]:
+        result = subprocess.run([*command, *arguments], capture_output=True, text=True, env=environment,
+                                cwd=root, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return sample_values(textfile_dir / "fraisier.prom")
+
+    digest = hashlib.sha256(fraisier.database.read_bytes()).hexdigest()
+    values = read_as_reader()
+    assert values[API_SUCCESS] == 1 and values[API_ROLLED_BACK] == 1
+    assert read_as_reader() == values
+    assert hashlib.sha256(fraisier.database.read_bytes()).hexdigest() == digest
+    assert sorted(path.name for path in fraisier.root.iterdir() if path.name.startswith("fraisier.db")) == [
+        "fraisier.db"]
+    # While Fraisier holds a connection (its -wal and -shm exist), the reader reads or waits for the next
+    # occasion; once Fraisier closes it, the total is exact.
+    again = Fraisier(fraisier.root)
+    try:
+        again.deploy("api", "success")
+        read_as_reader()
+    finally:
+        again.close()
+    values = read_as_reader()
+    assert values[API_SUCCESS] == 2 and values[API_ROLLED_BACK] == 1
