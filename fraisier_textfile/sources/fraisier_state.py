@@ -158,6 +158,10 @@ class FraiseLabels:
         self._types: dict[str, str] = {}
         self._status_dirs: dict[tuple[str, str], Path] = {}
 
+    def refresh(self) -> None:
+        """Re-read the file if it changed (once per merge: not once per row of a big backfill)."""
+        self._load()
+
     def _load(self) -> None:
         if self.path is None:
             return
@@ -197,13 +201,11 @@ class FraiseLabels:
                         self._status_dirs[(str(name), str(environment))] = Path(settings["status_dir"])
 
     def of(self, fraise_name: str) -> tuple[str, str]:
-        """(provider, fraise_type) of a fraise."""
-        self._load()
+        """(provider, fraise_type) of a fraise, as the file was at the last :meth:`refresh`."""
         fraise_type = self._types.get(fraise_name, UNKNOWN_FRAISE_TYPE)
         return ("docker_compose" if fraise_type == "docker_compose" else DEFAULT_PROVIDER), fraise_type
 
     def status_dir(self, fraise_name: str, environment: str) -> Path | None:
-        self._load()
         return self._status_dirs.get((fraise_name, environment))
 
 
@@ -360,6 +362,7 @@ class FraisierStateSource:
             self._report(f"the {META_KEY} line of the textfile is not one this version writes ({text[:60]!r}): "
                          "Fraisier's database is not read; remove the line to count its history anew")
             return None
+        self.labels.refresh()
         try:
             fingerprint, new_cursor, live, changes = self._read(cursor)
         except _Absent:
