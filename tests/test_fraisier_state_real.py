@@ -1,0 +1,133 @@
+"""Real Fraisier 0.84.2 deployments (its ``APIDeployer(...).execute()``, real git, a local bare repository)
+reach the textfile through the state source, exactly once.
+
+Only what needs root on the host is kept off it: Fraisier's lock directory is under ``/run``, so each deployment
+runs in a mount namespace of its own with a tmpfs there (``unshare --mount``). The fraise has no systemd unit
+and no health check URL (nothing to restart), so no systemctl stub is needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.sources.fraisier_state import participants
+from fraisier_textfile.store.textfile import TextfileStore
+
+from .processes import binary
+from .values import sample_values
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+DEPLOY = """\
+import json, sys
+from pathlib import Path
+from fraisier.deployers.api import APIDeployer
+root, install = Path(sys.argv[1]), sys.argv[2]
+config = {
+    "fraise_name": "api", "environment": "production", "app_path": str(root / "app"),
+    "clone_url": str(root / "origin.git"), "branch": "main", "git_repo": str(root / "server.git"),
+    "status_dir": str(root / "status"),
+}
+if install != "-":
+    config["install"] = {"command": ["sh", "-c", install]}
+result = APIDeployer(config).execute()
+print(json.dumps({"status": result.status.value, "error": result.error_message}))
+"""
+CONFIG = "fraises:\n  api:\n    type: api\n    environments:\n      production: {app_path: /srv/api}\n"
+
+
+class Site:
+    """A fraise's origin repository, Fraisier's server-side bare repository, its app directory and state."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        git = binary("git")
+        self.git = git
+        (root / "app").mkdir(parents=True)
+        (root / "status").mkdir()
+        (root / "fraises.yaml").write_text(CONFIG)  # outside the app repository (else a deploy scaffolds it)
+        subprocess.run([git, "init", "-q", "--bare", "-b", "main", str(root / "origin.git")], check=True)
+        subprocess.run([git, "clone", "-q", str(root / "origin.git"), str(root / "work")], check=True,
+                       capture_output=True)
+        # Fraisier fetches into an existing bare repository with an origin remote.
+        subprocess.run([git, "init", "-q", "--bare", str(root / "server.git")], check=True)
+        subprocess.run([git, "-C", str(root / "server.git"), "remote", "add", "origin", str(root / "origin.git")],
+                       check=True)
+        self.environment = {**os.environ, "FRAISIER_DB_PATH": str(root / "fraisier.db"),
+                            "FRAISIER_CONFIG": str(root / "fraises.yaml"),
+                            "FRAISIER_STATUS_DIR": str(root / "status"),
+                            "FRAISIER_TEXTFILE_FRAISIER_STATE": "on", "PYTHONPATH": str(REPOSITORY),
+                            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+                            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+
+    def commit(self, text: str) -> None:
+        work = str(self.root / "work")
+        (self.root / "work" / "app.py").write_text(text)
+        subprocess.run([self.git, "-C", work, "add", "."], check=True, env=self.environment)
+        subprocess.run([self.git, "-C", work, "commit", "-qm", text], check=True, env=self.environment)
+        subprocess.run([self.git, "-C", work, "push", "-q", "origin", "main"], check=True, env=self.environment,
+                       capture_output=True)
+
+    def deploy(self, install: str = "-") -> dict[str, str]:
+        """One real deployment by Fraisier's APIDeployer, its /run private to it."""
+        script = self.root / "deploy.py"
+        script.write_text(DEPLOY)
+        inner = f'mount -t tmpfs tmpfs /run && mkdir -p /run/fraisier && exec "$0" "{script}" "{self.root}" "$1"'
+        result = subprocess.run(
+            [binary("unshare"), "--mount", "--propagation", "private", "sh", "-c", inner, sys.executable, install],
+            capture_output=True, text=True, env=self.environment, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        answer = json.loads(result.stdout.strip().splitlines()[-1])
+        assert isinstance(answer, dict)
+        return answer
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    if os.geteuid() != 0:
+        message = "a real deployment needs a mount namespace: run it as root (CI does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    made = Site(tmp_path / "site")
+    for name in ("FRAISIER_DB_PATH", "FRAISIER_CONFIG", "FRAISIER_STATUS_DIR", "FRAISIER_TEXTFILE_FRAISIER_STATE"):
+        monkeypatch.setenv(name, made.environment[name])
+    yield made
+
+
+def refresh(textfile_dir: Path) -> dict[str, float]:
+    store = TextfileStore(textfile_dir, participants=participants())
+    store.merge(Changes())
+    return sample_values(store.path)
+
+
+SUCCESS = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+ROLLED_BACK = 'fraisier_deployments_total{provider="bare_metal",status="rolled_back",fraise_type="api"}'
+FAILED = 'fraisier_deployments_total{provider="bare_metal",status="failed",fraise_type="api"}'
+INSTALL_ERRORS = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="install"}'
+INSTALL_ROLLBACKS = 'fraisier_rollbacks_total{provider="bare_metal",reason="install"}'
+
+
+def test_real_fraisier_deployments_a_success_then_a_rolled_back_install_are_counted_once(
+    site: Site, textfile_dir: Path
+) -> None:
+    site.commit("print(1)")
+    assert site.deploy()["status"] == "success"
+    values = refresh(textfile_dir)
+    assert values[SUCCESS] == 1
+    assert values['fraisier_deployment_duration_seconds_count{provider="bare_metal",status="success"}'] == 1
+    site.commit("print(2)")
+    answer = site.deploy(install="exit 3")  # a previous version exists: Fraisier reverts to it
+    assert answer["status"] == "rolled_back", answer
+    values = refresh(textfile_dir)
+    assert values[SUCCESS] == 1 and values[ROLLED_BACK] == 1 and values.get(FAILED, 0) == 0
+    assert values[INSTALL_ERRORS] == 1 and values[INSTALL_ROLLBACKS] == 1
+    assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
+    assert refresh(textfile_dir) == values
