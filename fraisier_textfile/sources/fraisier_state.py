@@ -4,7 +4,7 @@ Fraisier's deployers never call a metrics recorder, but every deployment, from e
 webhook, daemon, ``ship``), is a row of ``tb_deployment`` in its SQLite database: ``in_progress``, then
 ``success`` or ``failed``, possibly ``rolled_back`` (at once, or later). :class:`FraisierStateSource` is a
 participant of the store's merge (see store/participants.py): under the store's lock it reads what changed
-since the cursor kept in the textfile's meta line ``fraisier_state``, and returns the events for it. The
+since the cursor kept in the textfile's bookkeeping line ``fraisier-state``, and returns the events for it. The
 cursor is written by the same atomic rename as the counts, so a process killed anywhere leaves both or
 neither: nothing is lost, nothing counted twice.
 
@@ -51,11 +51,14 @@ from fraisier_textfile import catalogue
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import InvalidValueError
-from fraisier_textfile.format.textformat import Document
+from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
+from fraisier_textfile.format.model import Document
 
 log = logging.getLogger(__name__)
 
-META_KEY = "fraisier_state"
+CURSOR = Bookkeeping("fraisier-state", text_value, text_value)
+"""The textfile's line that says how far Fraisier's database was read (see :class:`Cursor`)."""
+META_KEY = CURSOR.key
 CURSOR_VERSION = "1"
 SWITCH_ENVIRONMENT = "FRAISIER_TEXTFILE_FRAISIER_STATE"
 """``off`` turns the source off; anything else (or unset) reads Fraisier's state where Fraisier is found."""
@@ -356,7 +359,7 @@ class FraisierStateSource:
     def collect(self, document: Document) -> Changes | None:
         if self.database is None:
             return None
-        text = document.meta.get(META_KEY)
+        text = CURSOR.get(document) or None
         cursor = Cursor.parse(text) if text is not None else None
         if text is not None and cursor is None:
             self._report(f"the {META_KEY} line of the textfile is not one this version writes ({text[:60]!r}): "
@@ -382,9 +385,7 @@ class FraisierStateSource:
         self._fingerprint = fingerprint
         # A live view, not bookkeeping: taken at once, so that this merge's active count includes them.
         self._live = live
-        rendered = new_cursor.render()
-        if rendered != text:
-            document.meta[META_KEY] = rendered
+        CURSOR.put(document, new_cursor.render())
         return changes if changes else None
 
     def after_commit(self) -> None:
