@@ -634,3 +634,22 @@ def test_another_user_who_cannot_write_fraisiers_directory_reads_it_exactly_once
         again.close()
     values = read_as_reader()
     assert values[API_SUCCESS] == 2 and values[API_ROLLED_BACK] == 1
+
+
+def test_fraisier_exec_wrapping_a_fraisier_command_leaves_the_count_to_the_state_source(
+    fraisier: Fraisier, textfile_dir: Path, tmp_path: Path
+) -> None:
+    fake = tmp_path / "bin" / "fraisier"  # stands for Fraisier's script: it deploys (a row), then exits 3
+    fake.parent.mkdir()
+    fake.write_text(f"#!{sys.executable}\nimport sys\nfrom fraisier.database import get_db\n"
+                    "db = get_db(); pk = db.start_deployment('api', 'production')\n"
+                    "db.complete_deployment(pk, False, error_message='Health check failed'); sys.exit(3)\n")
+    fake.chmod(0o755)
+    result = cli(fraisier, textfile_dir, "exec", "--provider", "bare_metal", "--fraise-type", "api", "--",
+                 str(fake), "deploy-daemon", "--project=api")
+    assert result.returncode == 3, result.stderr
+    assert cli(fraisier, textfile_dir, "textfile", "refresh").returncode == 0
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[API_FAILED] == 1  # once, from Fraisier's row; not a second time from fraisier exec
+    assert values[errors("bare_metal", "health_check")] == 1
+    assert sum(value for key, value in values.items() if key.startswith("fraisier_deployment_errors_total")) == 1

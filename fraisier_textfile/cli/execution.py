@@ -83,6 +83,22 @@ def _record(store: TextfileStore, events: Changes, wait: float, state: str, what
                 state, what, problem)
 
 
+FRAISIER_SCRIPTS = frozenset({"fraisier", "fraisier-webhook"})
+OUR_COMMANDS = frozenset({"record", "exec", "textfile", "metrics"})
+
+
+def counted_from_fraisier_state(command: Sequence[str]) -> bool:
+    """Whether ``command`` is one of Fraisier's own (``fraisier deploy-daemon ...``, ``fraisier-webhook``) and
+    Fraisier's state database is read (sources/fraisier_state.py): then its deployments are counted there."""
+    if not command or os.path.basename(command[0]) not in FRAISIER_SCRIPTS:
+        return False
+    if len(command) > 1 and command[1] in OUR_COMMANDS:
+        return False
+    from fraisier_textfile.sources.fraisier_state import participants
+
+    return bool(participants())
+
+
 def run_deployment(store: TextfileStore, provider: str, fraise_type: str, command: Sequence[str]) -> int:
     """Run ``command`` as a deployment of ``fraise_type`` on ``provider`` and return the exit status to exit
     with (128 + N for a death by signal N, 127 when the command is not found, 126 when it cannot run).
@@ -94,6 +110,15 @@ def run_deployment(store: TextfileStore, provider: str, fraise_type: str, comman
     """
     provider = catalogue.check_label_value("provider", provider)
     fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
+    if counted_from_fraisier_state(command):
+        # Fraisier writes the deployment in its state database, which the state source counts: recorded here
+        # too, it would count twice. The command becomes this process (same exit status, same signals).
+        log.info("%s is Fraisier's own command: its deployments are counted from Fraisier's state database, "
+                 "not by fraisier exec", shlex.join(command))
+        try:
+            os.execvp(command[0], list(command))
+        except OSError:
+            pass  # not found or not executable: run and reported below as any command
     start = Changes()
     changes.deployment_started(start, provider, fraise_type)
     marker: inflight.Marker | None = None
