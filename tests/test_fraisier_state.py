@@ -653,3 +653,71 @@ def test_fraisier_exec_wrapping_a_fraisier_command_leaves_the_count_to_the_state
     assert values[API_FAILED] == 1  # once, from Fraisier's row; not a second time from fraisier exec
     assert values[errors("bare_metal", "health_check")] == 1
     assert sum(value for key, value in values.items() if key.startswith("fraisier_deployment_errors_total")) == 1
+
+
+# Hostile inputs: files that are not what Fraisier writes, values no deployment has
+
+
+@pytest.mark.parametrize("where", ["status file", "fraises.yaml", "database"])
+def test_a_fifo_where_fraisier_keeps_a_file_never_hangs_the_merge(
+    fraisier: Fraisier, textfile_dir: Path, where: str
+) -> None:
+    fraisier.status("api", "deploying")
+    fraisier.start("api")
+    fraisier.deploy("etl", "success")
+    if where == "database":
+        fraisier.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{fraisier.database}{suffix}").unlink(missing_ok=True)
+        target = fraisier.database
+    else:
+        target = fraisier.status_dir / "api.status.json" if where == "status file" else fraisier.config
+        target.unlink()
+    os.mkfifo(target)
+    result = subprocess.run([sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir),
+                             "textfile", "refresh"], capture_output=True, text=True, env=fraisier.environment,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    values = sample_values(textfile_dir / "fraisier.prom")
+    if where == "database":
+        assert "is not a regular file" in result.stderr
+    elif where == "fraises.yaml":
+        assert values[deployments("bare_metal", "success", "unknown")] == 1
+        assert "not a regular file" in result.stderr
+    else:
+        assert values[deployments("bare_metal", "success", "etl")] == 1
+        assert values[ACTIVE] == 1  # nothing proves the owner dead
+
+
+def test_a_duration_no_deployment_takes_never_poisons_the_histogram(fraisier: Fraisier, textfile_dir: Path) -> None:
+    for pk, duration in ((fraisier.deploy("api"), 1e308), (fraisier.deploy("api"), -5.0),
+                         (fraisier.deploy("api"), float("nan"))):
+        with sqlite3.connect(fraisier.database) as connection:
+            connection.execute("UPDATE tb_deployment SET duration_seconds = ? WHERE pk_deployment = ?",
+                               (duration, pk))
+    values = refresh(textfile_dir)
+    assert values[API_SUCCESS] == 3
+    total = values['fraisier_deployment_duration_seconds_sum{provider="bare_metal",status="success"}']
+    assert 0 <= total < 3600
+    fraisier.deploy("api")
+    assert refresh(textfile_dir)[API_SUCCESS] == 4  # later merges still work
+
+
+def test_a_cursor_line_this_version_cannot_read_stops_the_source_with_one_line_not_the_merge(
+    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fraisier.deploy("api")
+    refresh(textfile_dir)
+    path = textfile_dir / "fraisier.prom"
+    text = path.read_text()
+    path.write_text("\n".join(
+        "# fraisier_textfile fraisier-state: 9 from a newer version" if META_KEY in line else line
+        for line in text.splitlines()) + "\n")
+    fraisier.deploy("api")
+    store = TextfileStore(textfile_dir, participants=participants())  # a long-lived process: one line, not one a merge
+    with caplog.at_level(logging.WARNING):
+        store.merge(Changes())
+        store.merge(Changes())
+    # Not counted again from the start, not lost: left for the version that wrote the line.
+    assert sample_values(path)[API_SUCCESS] == 1
+    assert len([r for r in caplog.records if "fraisier-state line" in r.getMessage()]) == 1

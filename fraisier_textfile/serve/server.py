@@ -54,6 +54,9 @@ DEFAULT_ADDRESS = "localhost"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Idle keep-alive connections and stalled TLS handshakes are dropped after this many seconds.
 CONNECTION_TIMEOUT = 30.0
+# After a merge at a scrape failed (the lock busy, a read-only directory), scrapes serve the file as it is for
+# this many seconds before a scrape merges again.
+NEWS_RETRY_SECONDS = 5.0
 # Bodies are gzipped once per version of the file, so the better ratio costs nothing per scrape.
 GZIP_LEVEL = 6
 
@@ -140,6 +143,7 @@ class TextfileSource:
         self._snapshot: _Snapshot | None = None
         self._refreshing = threading.Lock()
         self._taking_news = threading.Lock()
+        self._news_retry_at = 0.0
 
     def describe(self) -> str:
         return str(self.store.path)
@@ -165,6 +169,8 @@ class TextfileSource:
         Fraisier finished is in this scrape. A source says cheaply whether anything changed; only then is the
         file merged, without waiting for its lock (busy: the next scrape, or its holder, takes it). One scrape
         merges at a time; the others serve the file as it is. Never fails a scrape."""
+        if time.monotonic() < self._news_retry_at:
+            return
         if not any(getattr(source, "has_news", lambda: True)() for source in self.store.participants):
             return
         if not self._taking_news.acquire(blocking=False):
@@ -172,6 +178,9 @@ class TextfileSource:
         try:
             self.store.merge(Changes(), timeout=0)
         except FraisierTextfileError as error:
+            # A directory this server may only read (systemd's BindReadOnlyPaths) fails every merge: the
+            # refresh timer takes Fraisier's state there, and scrapes do not try again at once.
+            self._news_retry_at = time.monotonic() + NEWS_RETRY_SECONDS
             log.debug("Fraisier's state not merged at this scrape: %s", error)
         finally:
             self._taking_news.release()

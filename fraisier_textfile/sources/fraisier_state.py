@@ -35,10 +35,12 @@ the file did not change while it was read.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -72,6 +74,8 @@ DEFAULT_PROVIDER = "bare_metal"
 FINISHED = ("success", "failed", "rolled_back", "rollback_failed")
 FAILED = ("failed", "rolled_back", "rollback_failed")
 IN_PROGRESS = ("in_progress", "pending")
+MAX_DURATION = 366 * 24 * 3600.0
+"""The longest duration taken as stored (a year); see _count_finished."""
 SETTLING_SECONDS = 2.0
 """How long a failed row may still become rolled_back by its deployer's next commit (see
 FraisierStateSource._may_be_rolled_back_yet)."""
@@ -212,6 +216,37 @@ class FraiseLabels:
         return self._status_dirs.get((fraise_name, environment))
 
 
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""fraises.yaml and status files are small; anything larger is not read (a merge must not stall on it)."""
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most MAX_FILE_BYTES. Opened without blocking and
+    checked after opening: a FIFO or a device put in its place (by anyone who may write that directory) must
+    not hang the merge, which holds the textfile's lock. Raises OSError otherwise."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if status.st_size > MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes", str(path))
+        chunks = []
+        remaining = MAX_FILE_BYTES + 1
+        while remaining > 0:
+            chunk = os.read(descriptor, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes", str(path))
+        return data
+    finally:
+        os.close(descriptor)
+
+
 def _load_yaml(path: Path) -> Any:
     import yaml
 
@@ -222,8 +257,7 @@ def _load_yaml(path: Path) -> Any:
         return None
 
     _Loader.add_multi_constructor("!", _any_tag)
-    with open(path, encoding="utf-8") as file:
-        return yaml.load(file, Loader=_Loader)
+    return yaml.load(read_regular_file(path).decode("utf-8"), Loader=_Loader)
 
 
 # The cursor
@@ -424,10 +458,13 @@ class FraisierStateSource:
     def _read(self, cursor: Cursor | None) -> tuple[tuple[int, ...], Cursor, dict[int, Any], Changes]:
         assert self.database is not None
         path = self.database
+        self._tried = _file_fingerprint(path)  # a read that fails is not tried again until the file changes
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise _Unreadable(f"Fraisier's database {path} is not a regular file: nothing is read from it "
+                                  "(set FRAISIER_DB_PATH to Fraisier's database file)")
             before = _file_fingerprint(path, strict=True)
         except FileNotFoundError:
-            self._tried = _file_fingerprint(path)
             if not self.explicit:
                 raise _Absent from None
             raise _Unreadable(f"Fraisier's database {path} does not exist: no deployment is read from it (set "
@@ -489,11 +526,15 @@ class FraisierStateSource:
         live: dict[int, tuple[str, str, str]] = {}
         later_rows: list[_Row] = []
         settling: list[int] = []
+        latest_of_pair: dict[tuple[object, object], int] = {}
 
         def take(row: _Row) -> None:
             nonlocal expected_rolled_back, updated
             if isinstance(row.updated_at, str) and (updated == "-" or row.updated_at > updated):
                 updated = row.updated_at
+            key = (row.fraise, row.environment)
+            if row.pk > latest_of_pair.get(key, 0):
+                latest_of_pair[key] = row.pk
             if row.status == "rolled_back":
                 expected_rolled_back += 1
             provider, fraise_type = self.labels.of(str(row.fraise))
@@ -528,9 +569,18 @@ class FraisierStateSource:
                 take(_Row(values))
         if rolled_back_now > expected_rolled_back:
             self._late_rollbacks(connection, cursor, changes)
+        # Fraisier runs one deployment of a fraise and environment at a time: a row in progress with a later
+        # row of the same pair read in this pass has lost its owner. (Those read in earlier passes were
+        # judged then.)
+        newest_of_pair: dict[tuple[object, object], int] = {}
+        for row in later_rows:
+            key = (row.fraise, row.environment)
+            newest_of_pair[key] = max(newest_of_pair.get(key, 0), row.pk)
+        for key, pk in latest_of_pair.items():
+            newest_of_pair[key] = max(newest_of_pair.get(key, 0), pk)
         for row in later_rows:
             provider, fraise_type = self.labels.of(str(row.fraise))
-            if self._crashed(connection, row):
+            if newest_of_pair[(row.fraise, row.environment)] > row.pk or self._crashed(connection, row):
                 events.deployment_crashed(changes, provider, fraise_type, None)
                 in_progress.discard(row.pk)
             else:
@@ -562,9 +612,13 @@ class FraisierStateSource:
                       "counted", row.pk, row.status)
             return
         duration = row.duration
-        if not isinstance(duration, (int, float)) or not 0 <= duration < float("inf"):
+        # A value no deployment takes (negative, NaN, centuries) would poison the histogram's sum for ever (a
+        # sum that reaches +Inf fails every later merge): the times stored say how long it took instead.
+        if not isinstance(duration, (int, float)) or not 0 <= duration <= MAX_DURATION:
             started, completed = _timestamp(row.started_at), _timestamp(row.completed_at)
-            duration = max(0.0, completed - started) if started is not None and completed is not None else 0.0
+            duration = completed - started if started is not None and completed is not None else 0.0
+            if not 0 <= duration <= MAX_DURATION:
+                duration = 0.0
         finished = _timestamp(row.completed_at) or _timestamp(row.updated_at) or time.time()
         events.deployment_complete(changes, provider, fraise_type, status, float(duration), now=finished)
         if status in FAILED:
@@ -618,8 +672,9 @@ class FraisierStateSource:
 
     def _crashed(self, connection: sqlite3.Connection, row: _Row) -> bool:
         """Provably dead: started before this boot; or a later deployment of the same fraise and environment
-        exists (Fraisier's per-fraise lock lets one run at a time); or its status file says ``interrupted``,
-        or names an owner that is gone (another boot id, no such pid)."""
+        exists (Fraisier's per-fraise lock lets one run at a time: asked of the database only for the newest
+        row of each pair, the others are known superseded); or its status file says ``interrupted``, or names
+        an owner that is gone (another boot id, no such pid)."""
         started = _timestamp(row.started_at)
         booted = _boot_time()
         if started is not None and booted is not None and started < booted:
@@ -652,9 +707,8 @@ class FraisierStateSource:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", fraise):
             return None
         try:
-            with open(directory / f"{fraise}.status.json", encoding="utf-8") as file:
-                data = json.load(file)
-        except (OSError, ValueError):
+            data = json.loads(read_regular_file(directory / f"{fraise}.status.json"))
+        except (OSError, ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
 
