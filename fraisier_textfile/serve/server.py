@@ -34,6 +34,7 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import (
     CorruptTextfileError,
     FraisierTextfileError,
+    LockTimeoutError,
     ServerStartError,
     TextfileError,
     UnexpectedFileError,
@@ -54,7 +55,7 @@ DEFAULT_ADDRESS = "localhost"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Idle keep-alive connections and stalled TLS handshakes are dropped after this many seconds.
 CONNECTION_TIMEOUT = 30.0
-# After a merge at a scrape failed (the lock busy, a read-only directory), scrapes serve the file as it is for
+# After a merge at a scrape failed (a read-only directory, a full disk), scrapes serve the file as it is for
 # this many seconds before a scrape merges again.
 NEWS_RETRY_SECONDS = 5.0
 # Bodies are gzipped once per version of the file, so the better ratio costs nothing per scrape.
@@ -177,6 +178,8 @@ class TextfileSource:
             return
         try:
             self.store.merge(Changes(), timeout=0)
+        except LockTimeoutError:
+            pass  # another process is merging: the next scrape tries again
         except FraisierTextfileError as error:
             # A directory this server may only read (systemd's BindReadOnlyPaths) fails every merge: the
             # refresh timer takes Fraisier's state there, and scrapes do not try again at once.
