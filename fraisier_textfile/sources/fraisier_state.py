@@ -591,18 +591,19 @@ class FraisierStateSource:
 
     def _may_be_rolled_back_yet(self, row: _Row) -> bool:
         """Fraisier's deployer writes its status file ``rolled_back``, completes the row as failed, then marks
-        it rolled_back in a second commit, milliseconds later. A failed row read in between (its status file
-        says rolled_back, its owner lives, it is younger than SETTLING_SECONDS) is left for the next read, so
-        that the deployment is counted with its final status, not failed by chance."""
+        it rolled_back in a second commit, milliseconds later. A failed row that may have been read in between
+        (younger than SETTLING_SECONDS, its fraise's status file not ``failed``, its owner alive) is left for
+        the next read, so that the deployment is counted with its final status, not failed by chance."""
         updated = _timestamp(row.updated_at)
         if updated is None or not 0 <= time.time() - updated < SETTLING_SECONDS:
             return False
         status = self._status_file(str(row.fraise), str(row.environment))
-        return (
-            status is not None and status.get("state") == "rolled_back"
-            and status.get("environment") in (None, row.environment)
-            and not self._owner_gone(row.pk, str(row.fraise), str(row.environment))
-        )
+        if status is None or status.get("environment") not in (None, row.environment):
+            return False  # no deployer's record: nothing says a rollback is coming
+        # The status file is read after the database: it may already tell of the next deployment of this
+        # fraise (whose start follows the mark). Only a record that says this one ended ``failed`` settles it.
+        return status.get("state") != "failed" and not self._owner_gone(
+            row.pk, str(row.fraise), str(row.environment))
 
     def _count_finished(self, changes: Changes, row: _Row, provider: str, fraise_type: str) -> None:
         try:
