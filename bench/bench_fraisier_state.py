@@ -9,6 +9,8 @@ rows (success, failed, rolled back). Two cases, each side by side with its peer 
   connection per server, the two servers taking turns. Goal: ≤ 1.2×.
 - **backfill**: the first merge of a textfile that has never seen the database (the whole history counted:
   read, labelled, aggregated, written), vs a plain ``SELECT`` of the same columns of every row, fetched.
+- **one new deployment**: reading one new deployment (the source's part of a merge), with ROWS rows of
+  history vs with 1,000.
 
     python bench/bench_fraisier_state.py [--rows 1000000] [--requests 200] [--json] [--quick]
 """
@@ -91,6 +93,33 @@ def backfill(path: Path, config: Path, directory: Path) -> None:
     TextfileStore(directory, participants=[source]).merge(Changes())
 
 
+SMALL_HISTORY = 1_000
+
+
+def add_deployment(path: Path, number: int) -> None:
+    """One more finished deployment, as Fraisier's two commits write it (start, then completion)."""
+    now = datetime.now().isoformat()
+    with sqlite3.connect(path) as connection:
+        cursor = connection.execute(
+            "INSERT INTO tb_deployment (id, identifier, fraise_name, environment_name, started_at, status, "
+            "updated_at, created_at) VALUES (?, ?, 'fraise_0', 'production', ?, 'in_progress', ?, ?)",
+            (f"new-{number}", f"new-{number}", now, now, now))
+        connection.execute(
+            "UPDATE tb_deployment SET status = 'success', completed_at = ?, duration_seconds = 12.5, updated_at = ? "
+            "WHERE pk_deployment = ?", (now, now, cursor.lastrowid))
+
+
+def one_new_deployment(path: Path, config: Path, directory: Path, repetitions: int) -> Any:
+    """Reading one new deployment from a database whose history is already counted: the source's part of a
+    merge (the rest, writing the file, does not depend on the database and is dominated by fsync)."""
+    source = FraisierStateSource(path, config=config, status_dir=directory.parent / "status")
+    store = TextfileStore(directory, participants=[source])
+    store.merge(Changes())
+    document = store.read()
+    counter = iter(range(10**9))
+    return measure(lambda: source.collect(document), repetitions, setup=lambda: add_deployment(path, next(counter)))
+
+
 def scrape_times(ports: dict[str, int], requests: int) -> dict[str, list[float]]:
     connections = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=30) for name, port in ports.items()}
     times: dict[str, list[float]] = {name: [] for name in ports}
@@ -138,6 +167,10 @@ def run(rows: int, requests: int, tmpdir: Path) -> dict[str, Any]:
     made = time.perf_counter() - started
     select = measure(lambda: plain_select(database), 3)
     fill = measure(lambda: backfill(database, config, tmpdir / "with"), 3)
+    small = tmpdir / "small.db"
+    make_database(small, SMALL_HISTORY)
+    new_small = one_new_deployment(small, config, tmpdir / "new-small", 20)
+    new_big = one_new_deployment(database, config, tmpdir / "new-big", 20)
     shutil.copytree(tmpdir / "with", tmpdir / "without")
     on = {"FRAISIER_DB_PATH": str(database), "FRAISIER_CONFIG": str(config),
           "FRAISIER_STATUS_DIR": str(tmpdir / "status"), "FRAISIER_TEXTFILE_FRAISIER_STATE": "on"}
@@ -161,6 +194,9 @@ def run(rows: int, requests: int, tmpdir: Path) -> dict[str, Any]:
         "backfill": fill.as_json(),
         "plain_select": select.as_json(),
         "backfill_ratio": fill.median / select.median,
+        "one_new_small": new_small.as_json(),
+        "one_new_big": new_big.as_json(),
+        "one_new_ratio": new_big.median / new_small.median,
         "environment": environment(tmpdir),
     }
 
@@ -190,6 +226,16 @@ def main() -> None:
             [["plain SELECT of the rows (peer)", format_seconds(result["plain_select"]["median_seconds"]), "1.000×"],
              ["first merge, whole history counted", format_seconds(result["backfill"]["median_seconds"]),
               format_ratio(result["backfill_ratio"])]],
+        )
+
+        print_table(
+            "Reading one new deployment, the source's part of a merge (median of 20)",
+            ["history", "median", "ratio"],
+            [[f"{SMALL_HISTORY:,} rows (peer)", format_seconds(result["one_new_small"]["median_seconds"]), "1.000×"],
+             [f"{result['rows']:,} rows", format_seconds(result["one_new_big"]["median_seconds"]),
+              format_ratio(result["one_new_ratio"])]],
+            notes=["the rolled-back rows are counted from Fraisier's status index at each read that finds the "
+                   "database changed: the only part that grows with the history"],
         )
 
     emit(args, result, render)
