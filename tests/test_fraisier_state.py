@@ -162,6 +162,8 @@ def test_each_deployment_fraisier_finished_is_counted_once_with_its_fraise_type_
     # Counted once: the next refreshes find nothing new.
     assert refresh(textfile_dir) == values
     assert refresh(textfile_dir) == values
+    # Read-only: with Fraisier's connections closed, reading left nothing in its directory (no -wal, no -shm).
+    assert sorted(p.name for p in fraisier.root.iterdir() if p.name.startswith("fraisier.db")) == ["fraisier.db"]
 
 
 def test_the_last_deployment_time_is_fraisiers_completed_at_read_in_local_time(
@@ -721,3 +723,40 @@ def test_a_cursor_line_this_version_cannot_read_stops_the_source_with_one_line_n
     # Not counted again from the start, not lost: left for the version that wrote the line.
     assert sample_values(path)[API_SUCCESS] == 1
     assert len([r for r in caplog.records if "fraisier-state line" in r.getMessage()]) == 1
+
+
+def test_news_read_while_the_lock_was_busy_are_taken_at_the_next_poll_not_at_the_next_change(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    import fcntl
+
+    fraisier.deploy("api", "success")
+    store = TextfileStore(textfile_dir, participants=participants())
+    store.merge(Changes())
+    (source,) = store.participants
+    assert isinstance(source, FraisierStateSource)
+    fraisier.deploy("api", "success")
+    assert source.has_news()
+    with open(store.lock_path, "a+") as lock:  # another merger holds the lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(Exception, match="lock"):
+            store.merge(Changes(), timeout=0)
+    assert source.has_news()  # nothing changed in Fraisier's database since, yet the news is still to take
+    store.merge(Changes(), timeout=0)
+    assert not source.has_news()
+    assert sample_values(store.path)[API_SUCCESS] == 2
+
+
+def test_times_fraisier_stored_in_its_local_time_zone_are_read_in_that_zone(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    environment = {**fraisier.environment, "TZ": "Asia/Kolkata"}  # UTC+05:30, no daylight saving
+    before = time.time()
+    subprocess.run([sys.executable, str(WORKERS), "deploy", "1", "api", "production"], env=environment, check=True)
+    after = time.time()
+    result = subprocess.run([sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir),
+                             "textfile", "refresh"], capture_output=True, text=True, env=environment, timeout=120)
+    assert result.returncode == 0, result.stderr
+    stamp = sample_values(textfile_dir / "fraisier.prom")[
+        'fraisier_last_deployment_timestamp_seconds{provider="bare_metal",fraise_type="api",status="success"}']
+    assert before - 1 <= stamp <= after + 1

@@ -26,11 +26,11 @@ high``), rows in progress by primary key, and late rollbacks are looked for only
 explain. A database replaced or restored from a backup (the row the cursor names is gone or another) is
 logged once and counted from its newest row on: its history was counted already, from the original.
 
-Reading never holds Fraisier up: the database is opened read-only (``mode=ro``) with no busy timeout; a busy
-database is left for the next occasion. A WAL database can be read ``mode=ro`` only by a user who may create
-its ``-shm`` file (the directory's owner: run the reader as Fraisier's user, or as root); for anyone else,
-when no writer is connected (no ``-wal`` file), the file is read ``immutable=1`` and the result kept only if
-the file did not change while it was read.
+Reading never holds Fraisier up and creates nothing in its directory: while no writer is connected (no
+``-wal`` file: Fraisier opens and closes a connection per operation, so most of the time) the file is read
+``immutable=1`` and the result kept only if the file did not change while it was read; while a writer is
+connected, read-only (``mode=ro``, sharing its ``-shm``) with no busy timeout. A busy database is left for the
+next occasion.
 """
 
 from __future__ import annotations
@@ -458,7 +458,9 @@ class FraisierStateSource:
     def _read(self, cursor: Cursor | None) -> tuple[tuple[int, ...], Cursor, dict[int, Any], Changes]:
         assert self.database is not None
         path = self.database
-        self._tried = _file_fingerprint(path)  # a read that fails is not tried again until the file changes
+        # A read that fails is not tried again (at a scrape) until the file changes; one that succeeds is
+        # tried again until its merge is committed (a busy lock must not leave the news for the next change).
+        self._tried = _file_fingerprint(path)
         try:
             if not stat.S_ISREG(os.stat(path).st_mode):
                 raise _Unreadable(f"Fraisier's database {path} is not a regular file: nothing is read from it "
@@ -472,7 +474,11 @@ class FraisierStateSource:
         except OSError as error:
             raise _Unreadable(f"cannot read Fraisier's database {path}: {error.strerror}") from None
         self._tried = before
-        immutable = False
+        # No -wal file: no writer is connected, and the file alone is the database. Read it as such
+        # (immutable: no -shm or -wal is created in Fraisier's directory, and no lock is taken), and keep the
+        # result only if the file did not change meanwhile. A -wal file: a writer is connected, its -shm
+        # exists, and a read-only WAL reader shares it.
+        immutable = not os.path.exists(f"{path}-wal")
         for attempt in (1, 2):
             probe = Changes()
             try:
@@ -483,17 +489,16 @@ class FraisierStateSource:
                 new_cursor, live = self._read_rows(connection, cursor, probe)
             except sqlite3.Error as error:
                 connection.close()
-                if attempt == 1 and _needs_shm(error) and not os.path.exists(f"{path}-wal"):
-                    # This user cannot create the -shm file a WAL reader needs, and no writer is connected:
-                    # the file alone is the database. Read it as such, and keep the result only if nothing
-                    # wrote to it meanwhile.
+                if attempt == 1 and not immutable and _needs_shm(error) and not os.path.exists(f"{path}-wal"):
+                    # The writer closed its connection meanwhile, with its -shm: now the file alone is it.
                     immutable = True
                     continue
                 raise _unreadable(path, error) from None
             finally:
                 connection.close()
             if immutable and (_file_fingerprint(path) != before or os.path.exists(f"{path}-wal")):
-                raise _Unreadable(f"Fraisier's database {path} changed while it was read: read again next time")
+                raise _Busy(f"Fraisier's database {path} changed while it was read: read again next time")
+            self._tried = None
             return before, new_cursor, live, probe
         raise AssertionError("unreachable")
 
