@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from fraisier_textfile.changes import Changes
+from fraisier_textfile.sources import fraisier_state
 from fraisier_textfile.sources.fraisier_state import META_KEY, FraisierStateSource, error_type, participants
 from fraisier_textfile.store.textfile import TextfileStore
 
@@ -538,6 +539,7 @@ READER = "fraisier-st-reader"
 READ_AS_READER = """\
 import sys
 from fraisier_textfile.changes import Changes
+from fraisier_textfile.sources import fraisier_state
 from fraisier_textfile.sources.fraisier_state import FraisierStateSource
 from fraisier_textfile.store.textfile import TextfileStore
 source = FraisierStateSource(sys.argv[2], status_dir=sys.argv[3], config=sys.argv[4])
@@ -760,3 +762,29 @@ def test_times_fraisier_stored_in_its_local_time_zone_are_read_in_that_zone(
     stamp = sample_values(textfile_dir / "fraisier.prom")[
         'fraisier_last_deployment_timestamp_seconds{provider="bare_metal",fraise_type="api",status="success"}']
     assert before - 1 <= stamp <= after + 1
+
+
+def test_a_long_lived_reader_finds_a_rollback_on_a_recent_row_at_once_and_on_an_old_one_at_its_full_check(
+    fraisier: Fraisier, textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fraisier_state, "FULL_CHECK_SECONDS", 3600.0)
+    old = fraisier.deploy("api", "failed")
+    store = TextfileStore(textfile_dir, participants=participants())  # as fraisier metrics holds it
+    (source,) = store.participants
+    assert isinstance(source, FraisierStateSource)
+    store.merge(Changes())  # the process's first read: a full check
+    recent = fraisier.deploy("api", "failed")
+    store.merge(Changes())
+    fraisier.call("rolled_back", pk=recent)
+    store.merge(Changes())
+    assert sample_values(store.path)[rollbacks("bare_metal", "health_check")] == 1
+    fraisier.call("rolled_back", pk=old)
+    fraisier.deploy("etl", "success")
+    store.merge(Changes())  # an older row: not looked for until the full check
+    assert sample_values(store.path)[rollbacks("bare_metal", "health_check")] == 1
+    source._next_full_check = 0.0
+    store.merge(Changes())
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert values[rollbacks("bare_metal", "health_check")] == 2 and values[API_FAILED] == 2
+    assert refresh(textfile_dir) == values  # a new process's full check finds nothing more

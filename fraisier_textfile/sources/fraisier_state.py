@@ -19,12 +19,14 @@ What a row records (labels: ``provider`` and ``fraise_type`` from fraises.yaml, 
 - a row in progress: active while its owner lives (:meth:`FraisierStateSource.active_deployments`),
   ``crashed`` once its owner is provably gone (:func:`_owner_gone`), and nothing more after that.
 
-The cursor: ``1 <uuid of the highest row read> <its pk> <rolled-back rows then> <latest updated_at read>
-<pks in progress>``. Its cost does not grow with the history: new rows are read by primary key (``pk >
-high``), rows in progress by primary key, and late rollbacks are looked for only when the count of
-``rolled_back`` rows (read from Fraisier's ``idx_deployment_status`` alone) moved more than the rows read
-explain. A database replaced or restored from a backup (the row the cursor names is gone or another) is
-logged once and counted from its newest row on: its history was counted already, from the original.
+The cursor: ``1 <uuid of the highest row read> <its pk> <rolled-back rows at the last full check> <latest
+updated_at read> <that at the last full check> <pks in progress> <pks finished since the last full check>``.
+Its cost does not grow with the history: new rows are read by primary key (``pk > high``), rows in progress
+and rows finished since the last full check by primary key. Only a full check (a process's first read, then
+every FULL_CHECK_SECONDS) counts the ``rolled_back`` rows (from Fraisier's ``idx_deployment_status`` alone) and,
+when more are rolled back than accounted, finds the older rows marked since. A database replaced or restored
+from a backup (the row the cursor names is gone or another) is logged once and counted from its newest row on:
+its history was counted already, from the original.
 
 Reading never holds Fraisier up and creates nothing in its directory: while no writer is connected (no
 ``-wal`` file: Fraisier opens and closes a connection per operation, so most of the time) the file is read
@@ -76,6 +78,9 @@ FAILED = ("failed", "rolled_back", "rollback_failed")
 IN_PROGRESS = ("in_progress", "pending")
 MAX_DURATION = 366 * 24 * 3600.0
 """The longest duration taken as stored (a year); see _count_finished."""
+FULL_CHECK_SECONDS = 60.0
+"""How often a long-lived reader (``fraisier metrics``) counts the rolled-back rows to find rollbacks marked on
+rows finished before its last full check (a new process, a refresh, does it at once)."""
 SETTLING_SECONDS = 2.0
 """How long a failed row may still become rolled_back by its deployer's next commit (see
 FraisierStateSource._may_be_rolled_back_yet)."""
@@ -266,34 +271,47 @@ def _load_yaml(path: Path) -> Any:
 class Cursor:
     """What the textfile accounts for of one database (see the module's docstring for its line)."""
 
-    __slots__ = ("high", "high_id", "in_progress", "rolled_back", "updated")
+    __slots__ = ("checked_updated", "high", "high_id", "in_progress", "recent", "rolled_back", "updated")
 
     def __init__(self, high: int = 0, high_id: str = "-", rolled_back: int = 0, updated: str = "-",
-                 in_progress: Iterable[int] = ()) -> None:
+                 checked_updated: str = "-", in_progress: Iterable[int] = (),
+                 recent: dict[int, bool] | None = None) -> None:
         self.high = high
         """The highest pk_deployment read: every row up to it is accounted, except ``in_progress``."""
         self.high_id = high_id
         """That row's uuid: another (or none) at that pk means another database."""
         self.rolled_back = rolled_back
-        """How many rows were rolled_back when it was read."""
+        """How many rows were rolled_back at the last full check (see FraisierStateSource._read_rows)."""
         self.updated = updated
-        """The latest updated_at read (Fraisier's local time), from which late rollbacks are looked for."""
+        """The latest updated_at read (Fraisier's local time)."""
+        self.checked_updated = checked_updated
+        """``updated`` at the last full check: a rollback marked since has a later updated_at."""
         self.in_progress = set(in_progress)
+        self.recent: dict[int, bool] = {} if recent is None else recent
+        """Rows finished since the last full check, and whether they are accounted rolled back: read again by
+        primary key at each read, so that a rollback marked on them is found without counting anything."""
 
     @classmethod
     def parse(cls, text: str) -> Cursor | None:
         words = text.split()
-        if len(words) < 5 or words[0] != CURSOR_VERSION:
+        if len(words) != 8 or words[0] != CURSOR_VERSION:
             return None
         try:
-            pks = [int(pk) for pk in words[5].split(",")] if len(words) > 5 and words[5] != "-" else []
-            return cls(int(words[2]), words[1], int(words[3]), words[4], pks)
+            pks = [int(pk) for pk in words[6].split(",")] if words[6] != "-" else []
+            recent = {}
+            if words[7] != "-":
+                for word in words[7].split(","):
+                    rolled_back = word.endswith("r")
+                    recent[int(word[:-1] if rolled_back else word)] = rolled_back
+            return cls(int(words[2]), words[1], int(words[3]), words[4], words[5], pks, recent)
         except ValueError:
             return None
 
     def render(self) -> str:
         pending = ",".join(str(pk) for pk in sorted(self.in_progress)) or "-"
-        return f"{CURSOR_VERSION} {self.high_id} {self.high} {self.rolled_back} {self.updated} {pending}"
+        recent = ",".join(f"{pk}r" if flag else str(pk) for pk, flag in sorted(self.recent.items())) or "-"
+        return (f"{CURSOR_VERSION} {self.high_id} {self.high} {self.rolled_back} {self.updated} "
+                f"{self.checked_updated} {pending} {recent}")
 
 
 class _Unreadable(Exception):
@@ -385,6 +403,7 @@ class FraisierStateSource:
         """Rows in progress whose owner lived at the last read: pk -> (fraise, environment, provider)."""
         self._started: dict[int, float | None] = {}
         self._busy_logged = False
+        self._next_full_check = 0.0  # the first read of a process is a full check
         self._settling = False
         """The last read left a failed row settling (see _may_be_rolled_back_yet): the next poll reads again."""
 
@@ -504,6 +523,11 @@ class FraisierStateSource:
 
     def _read_rows(self, connection: sqlite3.Connection, cursor: Cursor | None,
                    changes: Changes) -> tuple[Cursor, dict[int, Any]]:
+        """What changed since ``cursor``, in one snapshot: rows after its highest, rows it has in progress, rows
+        finished since its last full check (a rollback marked on them). A full check, at a process's first read
+        and then every FULL_CHECK_SECONDS, also counts the rolled-back rows (Fraisier's status index alone) and,
+        when more are rolled back than accounted, finds the older rows marked since the last full check: the
+        only part of a read that grows with the history, kept off most scrapes."""
         connection.execute("BEGIN")  # one snapshot for every query below
         columns = {row[0] for row in connection.execute("SELECT name FROM pragma_table_info('tb_deployment')")}
         missing = REQUIRED_COLUMNS - columns
@@ -522,26 +546,30 @@ class FraisierStateSource:
                 return self._start_at(connection, newest, with_in_progress=False), {}
         if cursor is None:
             cursor = self._start_since(connection) if self.since is not None else Cursor()
-        rolled_back_now = connection.execute(
-            "SELECT count(*) FROM tb_deployment WHERE status = 'rolled_back'"
-        ).fetchone()[0]
-        expected_rolled_back = cursor.rolled_back
+        full = time.monotonic() >= self._next_full_check
         updated = cursor.updated
         in_progress: set[int] = set()
+        recent = dict(cursor.recent)
+        rolled_back_read = 0  # rows accounted rolled back in this read, not kept in ``recent``
         live: dict[int, tuple[str, str, str]] = {}
         later_rows: list[_Row] = []
         settling: list[int] = []
         latest_of_pair: dict[tuple[object, object], int] = {}
 
+        def finished(pk: int, rolled_back: bool) -> None:
+            nonlocal rolled_back_read
+            if full:
+                rolled_back_read += rolled_back  # the full check below accounts for it, and forgets ``recent``
+            else:
+                recent[pk] = rolled_back
+
         def take(row: _Row) -> None:
-            nonlocal expected_rolled_back, updated
+            nonlocal updated
             if isinstance(row.updated_at, str) and (updated == "-" or row.updated_at > updated):
                 updated = row.updated_at
             key = (row.fraise, row.environment)
             if row.pk > latest_of_pair.get(key, 0):
                 latest_of_pair[key] = row.pk
-            if row.status == "rolled_back":
-                expected_rolled_back += 1
             provider, fraise_type = self.labels.of(str(row.fraise))
             changes.count_active(provider, 0)  # the provider's active series exists, at 0 with nothing running
             if row.status in IN_PROGRESS:
@@ -553,6 +581,7 @@ class FraisierStateSource:
                 settling.append(row.pk)
                 return
             self._count_finished(changes, row, provider, fraise_type)
+            finished(row.pk, row.status == "rolled_back")
 
         for values in connection.execute(
             f"SELECT {ROW_COLUMNS} FROM tb_deployment WHERE pk_deployment > ? ORDER BY pk_deployment",
@@ -565,34 +594,43 @@ class FraisierStateSource:
             row = connection.execute("SELECT id FROM tb_deployment WHERE pk_deployment = ?", (high,)).fetchone()
             high_id = str(row[0]) if row is not None else "-"
         if cursor.in_progress:
-            placeholders = ",".join("?" * len(cursor.in_progress))
             # A row in progress that was deleted since is not found: nothing more is counted for it.
-            for values in connection.execute(
-                f"SELECT {ROW_COLUMNS} FROM tb_deployment WHERE pk_deployment IN ({placeholders})",
-                sorted(cursor.in_progress),
-            ):
+            for values in _rows_by_pk(connection, cursor.in_progress):
                 take(_Row(values))
-        if rolled_back_now > expected_rolled_back:
-            self._late_rollbacks(connection, cursor, changes)
+        not_rolled_back = [pk for pk, flag in cursor.recent.items() if not flag]
+        if not_rolled_back:
+            for values in _rows_by_pk(connection, not_rolled_back):
+                row = _Row(values)
+                if row.status == "rolled_back":  # counted finished before: only the rollback is new
+                    events.rollback(changes, self.labels.of(str(row.fraise))[0], rollback_reason(row.error_message),
+                                    None)
+                    recent[row.pk] = True
+                    if isinstance(row.updated_at, str) and (updated == "-" or row.updated_at > updated):
+                        updated = row.updated_at
+        rolled_back = cursor.rolled_back
+        checked_updated = cursor.checked_updated
+        if full:
+            rolled_back = connection.execute(
+                "SELECT count(*) FROM tb_deployment WHERE status = 'rolled_back'").fetchone()[0]
+            accounted = cursor.rolled_back + rolled_back_read + sum(recent.values())
+            if rolled_back > accounted:
+                updated = self._late_rollbacks(connection, cursor, set(recent), changes, updated)
+            checked_updated = updated
+            recent = {}
+            self._next_full_check = time.monotonic() + FULL_CHECK_SECONDS
         # Fraisier runs one deployment of a fraise and environment at a time: a row in progress with a later
         # row of the same pair read in this pass has lost its owner. (Those read in earlier passes were
         # judged then.)
-        newest_of_pair: dict[tuple[object, object], int] = {}
-        for row in later_rows:
-            key = (row.fraise, row.environment)
-            newest_of_pair[key] = max(newest_of_pair.get(key, 0), row.pk)
-        for key, pk in latest_of_pair.items():
-            newest_of_pair[key] = max(newest_of_pair.get(key, 0), pk)
         for row in later_rows:
             provider, fraise_type = self.labels.of(str(row.fraise))
-            if newest_of_pair[(row.fraise, row.environment)] > row.pk or self._crashed(connection, row):
+            if latest_of_pair[(row.fraise, row.environment)] > row.pk or self._crashed(connection, row):
                 events.deployment_crashed(changes, provider, fraise_type, None)
                 in_progress.discard(row.pk)
             else:
                 live[row.pk] = (str(row.fraise), str(row.environment), provider)
                 events.deployment_series(changes, provider, fraise_type)
         self._settling = bool(settling)
-        return Cursor(high, high_id, rolled_back_now, updated, in_progress), live
+        return Cursor(high, high_id, rolled_back, updated, checked_updated, in_progress, recent), live
 
     def _may_be_rolled_back_yet(self, row: _Row) -> bool:
         """Fraisier's deployer writes its status file ``rolled_back``, completes the row as failed, then marks
@@ -632,33 +670,39 @@ class FraisierStateSource:
         if status == "rolled_back":
             events.rollback(changes, provider, rollback_reason(row.error_message), None)
 
-    def _late_rollbacks(self, connection: sqlite3.Connection, cursor: Cursor, changes: Changes) -> None:
-        """Rows counted finished before that were marked rolled_back since (Fraisier sets updated_at then)."""
-        skip = cursor.in_progress
+    def _late_rollbacks(self, connection: sqlite3.Connection, cursor: Cursor, recent: set[int],
+                        changes: Changes, updated: str) -> str:
+        """Rows accounted before the last full check and marked rolled_back since (Fraisier sets updated_at
+        then); returns the latest updated_at, theirs included."""
+        skip = cursor.in_progress | recent
         for values in connection.execute(
             f"SELECT {ROW_COLUMNS} FROM tb_deployment WHERE status = 'rolled_back' AND pk_deployment <= ? "
             "AND updated_at > ?",
-            (cursor.high, cursor.updated),
+            (cursor.high, cursor.checked_updated),
         ):
             row = _Row(values)
             if row.pk in skip:
                 continue
-            provider = self.labels.of(str(row.fraise))[0]
-            events.rollback(changes, provider, rollback_reason(row.error_message), None)
+            events.rollback(changes, self.labels.of(str(row.fraise))[0], rollback_reason(row.error_message), None)
+            if isinstance(row.updated_at, str) and row.updated_at > updated:
+                updated = row.updated_at
+        return updated
 
     def _start_at(self, connection: sqlite3.Connection, high: int, with_in_progress: bool) -> Cursor:
+        """A cursor that takes every row up to ``high`` as accounted (a replaced database, ``since``)."""
         row = connection.execute("SELECT id FROM tb_deployment WHERE pk_deployment = ?", (high,)).fetchone()
-        rolled_back = connection.execute(
-            "SELECT count(*) FROM tb_deployment WHERE status = 'rolled_back'").fetchone()[0]
-        updated = connection.execute(
-            "SELECT updated_at FROM tb_deployment WHERE pk_deployment = ?", (high,)).fetchone()
+        rolled_back, updated = connection.execute(
+            "SELECT count(*), max(updated_at) FROM tb_deployment WHERE status = 'rolled_back' AND pk_deployment <= ?",
+            (high,)).fetchone()
+        latest = connection.execute("SELECT updated_at FROM tb_deployment WHERE pk_deployment = ?", (high,)).fetchone()
+        candidates = [value for value in (updated, latest[0] if latest else None) if isinstance(value, str)]
+        updated_text = max(candidates) if candidates else "-"
         in_progress: list[int] = []
         if with_in_progress:
             in_progress = [pk for (pk,) in connection.execute(
                 "SELECT pk_deployment FROM tb_deployment WHERE status IN ('in_progress', 'pending') "
                 "AND pk_deployment <= ?", (high,))]
-        return Cursor(high, str(row[0]) if row else "-", rolled_back,
-                      str(updated[0]) if updated and updated[0] else "-", in_progress)
+        return Cursor(high, str(row[0]) if row else "-", rolled_back, updated_text, updated_text, in_progress)
 
     def _start_since(self, connection: sqlite3.Connection) -> Cursor:
         """The cursor of a first sight with ``since``: rows started before it count as counted (those still
@@ -667,12 +711,7 @@ class FraisierStateSource:
         since = datetime.fromtimestamp(self.since).isoformat()
         high = connection.execute(
             "SELECT max(pk_deployment) FROM tb_deployment WHERE started_at < ?", (since,)).fetchone()[0] or 0
-        cursor = self._start_at(connection, high, with_in_progress=True)
-        # Rolled-back rows after it are read as new rows and counted then.
-        cursor.rolled_back = connection.execute(
-            "SELECT count(*) FROM tb_deployment WHERE status = 'rolled_back' AND pk_deployment <= ?",
-            (high,)).fetchone()[0]
-        return cursor
+        return self._start_at(connection, high, with_in_progress=True)
 
     # Whether a deployment in progress still has an owner
 
@@ -717,6 +756,14 @@ class FraisierStateSource:
         except (OSError, ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
+
+
+def _rows_by_pk(connection: sqlite3.Connection, pks: Iterable[int]) -> Iterable[tuple[Any, ...]]:
+    wanted = sorted(pks)
+    for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters is 999 in older versions
+        chunk = wanted[start:start + 500]
+        yield from connection.execute(
+            f"SELECT {ROW_COLUMNS} FROM tb_deployment WHERE pk_deployment IN ({','.join('?' * len(chunk))})", chunk)
 
 
 def _file_fingerprint(path: Path, strict: bool = False) -> tuple[int, ...]:
