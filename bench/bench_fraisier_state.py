@@ -234,8 +234,8 @@ def main() -> None:
             [[f"{SMALL_HISTORY:,} rows (peer)", format_seconds(result["one_new_small"]["median_seconds"]), "1.000×"],
              [f"{result['rows']:,} rows", format_seconds(result["one_new_big"]["median_seconds"]),
               format_ratio(result["one_new_ratio"])]],
-            notes=["the rolled-back rows are counted from Fraisier's status index at each read that finds the "
-                   "database changed: the only part that grows with the history"],
+            notes=["a long-lived reader's read; a full check (a process's first read, then once a minute) also "
+                   "counts the rolled-back rows in Fraisier's status index, which grows with the history"],
         )
 
     emit(args, result, render)
