@@ -131,3 +131,33 @@ def test_real_fraisier_deployments_a_success_then_a_rolled_back_install_are_coun
     assert values[INSTALL_ERRORS] == 1 and values[INSTALL_ROLLBACKS] == 1
     assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
     assert refresh(textfile_dir) == values
+
+
+DISPATCH = "import sys; from fraisier_textfile.cli.dispatch import main; sys.argv[0] = 'fraisier'; main()"
+
+
+def test_a_real_fraisier_deploy_daemon_run_through_the_fraisier_command_is_in_the_textfile_when_it_exits(
+    site: Site, textfile_dir: Path
+) -> None:
+    """What Fraisier's socket-activated unit runs, through this package's ``fraisier`` dispatcher: no refresh,
+    no scrape, and the deployment is in the textfile when the command has exited."""
+    import time
+
+    root = site.root
+    (root / "fraises.yaml").write_text(
+        "name: shop\nscaffold:\n  deploy_user: root\nfraises:\n  api:\n    type: api\n    environments:\n"
+        f"      production:\n        app_path: {root / 'app'}\n        clone_url: {root / 'origin.git'}\n"
+        f"        git_repo: {root / 'server.git'}\n        branch: main\n        status_dir: {root / 'status'}\n"
+    )
+    site.commit("print(1)")
+    request = json.dumps({"version": 1, "project": "api", "environment": "production", "branch": "main",
+                          "timestamp": int(time.time()), "triggered_by": "test", "options": {"force": True}})
+    inner = 'mount -t tmpfs tmpfs /run && mkdir -p /run/fraisier && exec "$0" -c "$1" deploy-daemon --project=api'
+    result = subprocess.run(
+        [binary("unshare"), "--mount", "--propagation", "private", "sh", "-c", inner, sys.executable, DISPATCH],
+        input=request, capture_output=True, text=True, timeout=300,
+        env={**site.environment, "FRAISIER_TEXTFILE_DIR": str(textfile_dir)},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert '"status": "success"' in result.stdout
+    assert sample_values(textfile_dir / "fraisier.prom")[SUCCESS] == 1
