@@ -390,6 +390,7 @@ def test_fraisier_writing_while_we_read_in_separate_processes_gives_exact_totals
     assert values[rollbacks("bare_metal", "health_check")] == 40
 
 
+@pytest.mark.slow
 def test_a_reader_killed_at_random_points_never_loses_or_doubles_a_deployment(
     fraisier: Fraisier, textfile_dir: Path
 ) -> None:
