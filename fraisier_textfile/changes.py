@@ -196,16 +196,20 @@ def deployment_error(sink: Sink, provider: str, error_type: str) -> None:
     sink.add(catalogue.DEPLOYMENT_ERRORS, (provider, error_type), 1.0)
 
 
-def rollback(sink: Sink, provider: str, reason: str, duration: float | None) -> None:
-    """``duration`` None: the rollback is counted, its duration unknown (Fraisier's database stores none), so
-    the duration histogram is left alone rather than fed a made-up value."""
+def rollback(sink: Sink, provider: str, reason: str, duration: float) -> None:
     provider = catalogue.check_label_value("provider", provider)
     reason = catalogue.check_label_value("reason", reason)
-    if duration is not None:
-        duration = catalogue.check_duration("duration", duration)
+    duration = catalogue.check_duration("duration", duration)
     sink.add(catalogue.ROLLBACKS, (provider, reason), 1.0)
-    if duration is not None:
-        sink.observe(catalogue.ROLLBACK_DURATION, (provider,), duration)
+    sink.observe(catalogue.ROLLBACK_DURATION, (provider,), duration)
+
+
+def rollback_of_unknown_duration(sink: Sink, provider: str, reason: str) -> None:
+    """A rollback whose duration nobody stored (a row of Fraisier's database): counted, and the duration
+    histogram left alone rather than fed a made-up value."""
+    provider = catalogue.check_label_value("provider", provider)
+    reason = catalogue.check_label_value("reason", reason)
+    sink.add(catalogue.ROLLBACKS, (provider, reason), 1.0)
 
 
 def health_check(sink: Sink, provider: str, check_type: str, status: str, duration: float) -> None:

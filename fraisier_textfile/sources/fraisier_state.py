@@ -602,8 +602,8 @@ class FraisierStateSource:
             for values in _rows_by_pk(connection, not_rolled_back):
                 row = _Row(values)
                 if row.status == "rolled_back":  # counted finished before: only the rollback is new
-                    events.rollback(changes, self.labels.of(str(row.fraise))[0], rollback_reason(row.error_message),
-                                    None)
+                    provider = self.labels.of(str(row.fraise))[0]
+                    events.rollback_of_unknown_duration(changes, provider, rollback_reason(row.error_message))
                     recent[row.pk] = True
                     if isinstance(row.updated_at, str) and (updated == "-" or row.updated_at > updated):
                         updated = row.updated_at
@@ -668,7 +668,7 @@ class FraisierStateSource:
         if status in FAILED:
             events.deployment_error(changes, provider, error_type(row.error_message))
         if status == "rolled_back":
-            events.rollback(changes, provider, rollback_reason(row.error_message), None)
+            events.rollback_of_unknown_duration(changes, provider, rollback_reason(row.error_message))
 
     def _late_rollbacks(self, connection: sqlite3.Connection, cursor: Cursor, recent: set[int],
                         changes: Changes, updated: str) -> str:
@@ -683,7 +683,8 @@ class FraisierStateSource:
             row = _Row(values)
             if row.pk in skip:
                 continue
-            events.rollback(changes, self.labels.of(str(row.fraise))[0], rollback_reason(row.error_message), None)
+            provider = self.labels.of(str(row.fraise))[0]
+            events.rollback_of_unknown_duration(changes, provider, rollback_reason(row.error_message))
             if isinstance(row.updated_at, str) and row.updated_at > updated:
                 updated = row.updated_at
         return updated
