@@ -1,4 +1,4 @@
-"""What a process recorded since its last flush, and what each Fraisier event records.
+"""What each Fraisier event records (the pending changes themselves are store/changes.py's).
 
 The recorder, the CLI and ``fraisier exec`` describe events through the same functions here, so a deployment
 recorded from Python and one recorded from a cron job touch exactly the same series; starting and ending a
@@ -8,119 +8,14 @@ Nothing here imports prometheus_client: a ``fraisier record`` process must not p
 
 from __future__ import annotations
 
-import bisect
 import time
-from typing import Protocol
 
 from fraisier_textfile import catalogue
-
-Labels = tuple[str, ...]
-
-
-class HistogramDelta:
-    """Observations since the last flush: per-bucket counts (not cumulative; the last is +Inf), sum, count."""
-
-    __slots__ = ("buckets", "count", "sum")
-
-    def __init__(self, buckets: list[int]) -> None:
-        self.buckets = buckets
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, family: catalogue.Family, value: float) -> None:
-        self.buckets[bisect.bisect_left(family.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-
-
-class Sink(Protocol):
-    """Where events go: a bare Changes (the CLI) or a recorder that also keeps an in-memory registry."""
-
-    def add(self, family: catalogue.Family, labels: Labels, amount: float) -> None: ...
-    def observe(self, family: catalogue.Family, labels: Labels, value: float) -> None: ...
-    def set_latest(self, family: catalogue.Family, labels: Labels, value: float) -> None: ...
-    def set_maximum(self, family: catalogue.Family, labels: Labels, value: float) -> None: ...
-    def touch(self, family: catalogue.Family, labels: Labels) -> None: ...
-    def first_sight(self, what: tuple[str, ...]) -> bool: ...
-    def count_active(self, provider: str, change: int) -> None: ...
-    def retire_marker(self, marker_id: str) -> None: ...
-
-
-class Changes:
-    """Pending changes, keyed by family and label values, merged into the textfile at the next flush."""
-
-    def __init__(self) -> None:
-        # How each kind of change meets the file's value at the merge:
-        self.added: dict[tuple[catalogue.Family, Labels], float] = {}  # counters: summed with it
-        self.observed: dict[tuple[catalogue.Family, Labels], HistogramDelta] = {}  # histograms: summed by bucket
-        self.latest: dict[tuple[catalogue.Family, Labels], float] = {}  # availability, lock wait: replaces it
-        self.maximum: dict[tuple[catalogue.Family, Labels], float] = {}  # last-deployment time: the larger wins
-        self.active_providers: set[str] = set()
-        """Providers whose active-deployment series must exist (at 0 when nothing runs)."""
-        self.retired_markers: set[str] = set()
-        """In-flight markers whose deployment these changes account for; removed once merged."""
-        self._seen: set[tuple[str, ...]] = set()
-
-    def first_sight(self, what: tuple[str, ...]) -> bool:
-        if what in self._seen:
-            return False
-        self._seen.add(what)
-        return True
-
-    def count_active(self, provider: str, change: int) -> None:
-        # The file's count is recounted from the live markers at every merge; the change only says which
-        # provider's series must be there.
-        self.active_providers.add(provider)
-
-    def retire_marker(self, marker_id: str) -> None:
-        self.retired_markers.add(marker_id)
-
-    def touch(self, family: catalogue.Family, labels: Labels) -> None:
-        if family.kind is catalogue.Kind.HISTOGRAM:
-            self.histogram(family, labels)
-        else:
-            self.add(family, labels, 0.0)
-
-    def add(self, family: catalogue.Family, labels: Labels, amount: float) -> None:
-        key = (family, labels)
-        self.added[key] = self.added.get(key, 0.0) + amount
-
-    def observe(self, family: catalogue.Family, labels: Labels, value: float) -> None:
-        delta = self.histogram(family, labels)
-        delta.observe(family, value)
-
-    def histogram(self, family: catalogue.Family, labels: Labels) -> HistogramDelta:
-        key = (family, labels)
-        delta = self.observed.get(key)
-        if delta is None:
-            delta = self.observed[key] = HistogramDelta([0] * (len(family.buckets) + 1))
-        return delta
-
-    def set_latest(self, family: catalogue.Family, labels: Labels, value: float) -> None:
-        self.latest[(family, labels)] = value
-
-    def set_maximum(self, family: catalogue.Family, labels: Labels, value: float) -> None:
-        key = (family, labels)
-        current = self.maximum.get(key)
-        if current is None or value > current:
-            self.maximum[key] = value
-
-    def clear(self) -> None:
-        """Forget every pending change, once merged (or handed over). What ``first_sight`` saw stays seen:
-        the series it created are in the file now."""
-        self.added.clear()
-        self.observed.clear()
-        self.latest.clear()
-        self.maximum.clear()
-        self.active_providers.clear()
-        self.retired_markers.clear()
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.added or self.observed or self.latest or self.maximum or self.active_providers
-            or self.retired_markers
-        )
-
+from fraisier_textfile.store.changes import Changes as Changes  # re-exported: it was defined here
+from fraisier_textfile.store.changes import HistogramDelta as HistogramDelta
+from fraisier_textfile.store.changes import Labels as Labels
+from fraisier_textfile.store.changes import Sink as Sink
+from fraisier_textfile.store.inflight import MarkerRules
 
 # The events. Each validates everything before it records anything, so a bad value records nothing.
 
@@ -280,3 +175,7 @@ def db_pool(
     sink.set_latest(catalogue.ACTIVE_DB_CONNECTIONS, labels, active)
     sink.set_latest(catalogue.IDLE_DB_CONNECTIONS, labels, idle)
     sink.set_latest(catalogue.DB_POOL_WAITING_REQUESTS, labels, waiting)
+
+
+MARKER_RULES = MarkerRules(catalogue.ACTIVE_DEPLOYMENTS, deployment_crashed)
+"""What Fraisier's markers of deployments in flight count in the store: the active gauge, and a crash."""

@@ -173,12 +173,12 @@ def merge_one(directory: str, error_type: str) -> None:
 
 def wait_for_the_lock(directory: str) -> None:
     """Merge one event, waiting up to two minutes for a lock held elsewhere."""
-    from fraisier_textfile.store import textfile
+    from fraisier_textfile.store import lock
 
     store = TextfileStore(directory, lock_timeout=120)
     changes = Changes()
     events.deployment_error(changes, "bare_metal", "interrupted")
-    try_lock = textfile._try_lock
+    try_lock = lock.try_lock
 
     def saying_when_it_waits(descriptor: int, path: Path) -> bool:
         # Said from inside the wait, after a try found the lock busy: the test signals then, not after a guess.
@@ -189,7 +189,7 @@ def wait_for_the_lock(directory: str) -> None:
         return taken
 
     saying_when_it_waits.said = False  # type: ignore[attr-defined]
-    textfile._try_lock = saying_when_it_waits
+    lock.try_lock = saying_when_it_waits
     store.merge(changes)
 
 

@@ -313,16 +313,21 @@ def test_a_whole_deployment_handed_over_during_a_merge_is_counted_once(textfile_
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     outputs: list[str] = []
 
-    class MergerCaughtBetweenItsSteps(TextfileStore):
-        def _collect_handovers(self, document, *arguments):  # type: ignore[no-untyped-def]
-            if not outputs:
-                outputs.append(subprocess.run(
-                    [sys.executable, "-c", _WHOLE_DEPLOYMENT_HANDED_OVER, str(self.directory)],
-                    env=environment, capture_output=True, text=True, check=True, timeout=60,
-                ).stdout)
-            return super()._collect_handovers(document, *arguments)
+    merger = TextfileStore(textfile_dir)
+    collect = merger.handovers.collect
 
-    MergerCaughtBetweenItsSteps(textfile_dir).merge(Changes())
+    def caught_between_its_steps(merge):  # type: ignore[no-untyped-def]
+        # The hand-overs participant collects after the markers' probe (the ordering rule): run the deployment
+        # in between.
+        if not outputs:
+            outputs.append(subprocess.run(
+                [sys.executable, "-c", _WHOLE_DEPLOYMENT_HANDED_OVER, str(textfile_dir)],
+                env=environment, capture_output=True, text=True, check=True, timeout=60,
+            ).stdout)
+        return collect(merge)
+
+    merger.handovers.collect = caught_between_its_steps  # type: ignore[method-assign]
+    merger.merge(Changes())
     assert outputs == ["[False, False]\n"]
     TextfileStore(textfile_dir).merge(Changes())
     TextfileStore(textfile_dir).merge(Changes())

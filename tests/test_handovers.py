@@ -19,7 +19,8 @@ from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError, UnexpectedFileError
 from fraisier_textfile.store import fs, handovers
-from fraisier_textfile.store.textfile import HANDOVERS_PER_MERGE, TextfileStore
+from fraisier_textfile.store.handovers import HANDOVERS_PER_MERGE
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import binary, fraisier, lock_held_elsewhere, start_store_worker
 from .values import sample_values
@@ -70,7 +71,7 @@ def test_a_hand_over_holds_every_field_of_the_changes() -> None:
         (b"{not json", "not a hand-over this version can read"),
         (b'{"version": 0}', "format version 0"),
         (b'{"version": 1, "added": [["no_such_family", [], 1]], "observed": [], "latest": [], "maximum": [],'
-         b' "active_providers": [], "retired_markers": []}', "no_such_family is not in this version's catalogue"),
+         b' "active_providers": [], "retired_markers": []}', "no_such_family is not in this store's schema"),
         (b'{"version": 1, "added": [["fraisier_deployment_errors_total", ["p", "e"], NaN]], "observed": [],'
          b' "latest": [], "maximum": [], "active_providers": [], "retired_markers": []}', "the value nan"),
         # JSON integers have no bound: one past the largest float cannot even be converted to one.

@@ -273,7 +273,7 @@ def test_any_file_written_back_after_any_changes_reads_alike_from_its_layout_and
 
     from fraisier_textfile.changes import Changes
     from fraisier_textfile.store.lifecycle import Selection, sweep
-    from fraisier_textfile.store.textfile import _apply
+    from fraisier_textfile.store.rules import apply_changes as _apply
 
     try:
         document = parse("".join(line + "\n" for chunk in chunks for line in chunk))

@@ -259,7 +259,7 @@ def test_never_writes_through_a_symlink(textfile_dir: Path, tmp_path: Path, monk
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     textfile_dir.mkdir()
-    monkeypatch.setattr(textfile, "_random_suffix", lambda: "planted")
+    monkeypatch.setattr(textfile, "random_suffix", lambda: "planted")
     (textfile_dir / f"{TEMPORARY_PREFIX}planted").symlink_to(victim)
     store = TextfileStore(textfile_dir)
     store._remove_stale_temporaries = lambda textfile: None  # type: ignore[method-assign]  # keep the plant in place
@@ -314,7 +314,7 @@ def test_a_timestamp_from_a_clock_a_year_ahead_is_replaced_by_the_next_deploymen
 
 
 def test_a_timestamp_ahead_within_the_tolerance_stays_the_maximum(textfile_dir: Path) -> None:
-    from fraisier_textfile.store.textfile import CLOCK_TOLERANCE
+    from fraisier_textfile.store.rules import CLOCK_TOLERANCE
 
     ahead = record_with_clock(textfile_dir, f"+{CLOCK_TOLERANCE / 3:g}")
     record_with_clock(textfile_dir, None)
@@ -375,7 +375,7 @@ def test_parts_are_written_whole_whatever_writev_takes_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """writev(2) may stop mid-part (a signal, a nearly full disk): the rest is written from where it stopped."""
-    from fraisier_textfile.store import textfile
+    from fraisier_textfile.store import files
 
     real = os.writev
 
@@ -387,7 +387,7 @@ def test_parts_are_written_whole_whatever_writev_takes_at_a_time(
     path = tmp_path / "out"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
-        textfile._write_parts(descriptor, parts)
+        files.write_parts(descriptor, parts)
     finally:
         os.close(descriptor)
     assert path.read_bytes() == b"".join(parts)

@@ -22,13 +22,9 @@ from fraisier_textfile.cli import logs
 from fraisier_textfile.cli.dispatch import HintingGroup
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
 from fraisier_textfile.store import handovers
-from fraisier_textfile.store.textfile import (
-    DEFAULT_LOCK_TIMEOUT,
-    DIRECTORY_ENVIRONMENT,
-    LOCK_TIMEOUT_ENVIRONMENT,
-    TextfileStore,
-    default_textfile_directory,
-)
+from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT, default_textfile_directory
+from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENVIRONMENT
+from fraisier_textfile.store.textfile import TextfileStore
 
 log = logging.getLogger(__name__)
 

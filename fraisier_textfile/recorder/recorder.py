@@ -36,14 +36,10 @@ from fraisier_textfile.recorder.fraisier import OPERATIONS
 from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
 from fraisier_textfile.recorder.series import Counter, Gauge, Histogram, InFlight, Series, Totals
 from fraisier_textfile.store import inflight
+from fraisier_textfile.store.files import TEXTFILE_NAME, default_textfile_directory
 from fraisier_textfile.store.lifecycle import DEFAULT_MAX_SERIES, SeriesLifecycle
-from fraisier_textfile.store.textfile import (
-    DEFAULT_LOCK_TIMEOUT,
-    TEXTFILE_NAME,
-    TextfileStore,
-    default_lock_timeout,
-    default_textfile_directory,
-)
+from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, default_lock_timeout
+from fraisier_textfile.store.textfile import TextfileStore
 
 if TYPE_CHECKING:
     from fraisier_textfile.serve.server import MetricsServer

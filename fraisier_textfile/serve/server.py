@@ -42,7 +42,9 @@ from fraisier_textfile.errors import (
 from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.serve.webconfig import LiveWebConfig
 from fraisier_textfile.store import inflight
-from fraisier_textfile.store.textfile import FileVersion, TextfileStore, count_active_deployments
+from fraisier_textfile.store.files import FileVersion
+from fraisier_textfile.store.inflight import count_active_deployments
+from fraisier_textfile.store.textfile import TextfileStore
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -150,7 +152,7 @@ class TextfileSource:
         return str(self.store.path)
 
     def scrape(self) -> Payload:
-        if self.store.participants:
+        if self.store.sources:
             self._take_news()
         snapshot = self._snapshot
         if snapshot is None or not self._is_current(snapshot):
@@ -172,7 +174,7 @@ class TextfileSource:
         merges at a time; the others serve the file as it is. Never fails a scrape."""
         if time.monotonic() < self._news_retry_at:
             return
-        if not any(getattr(source, "has_news", lambda: True)() for source in self.store.participants):
+        if not any(getattr(source, "has_news", lambda: True)() for source in self.store.sources):
             return
         if not self._taking_news.acquire(blocking=False):
             return
@@ -222,7 +224,7 @@ class TextfileSource:
             active = self.store.active_deployments(snapshot.retired_markers)
         except FraisierTextfileError as error:
             raise _unservable(self.store, error) from None
-        count_active_deployments(block, active)
+        count_active_deployments(block, active, c.ACTIVE_DEPLOYMENTS)
         return block.render()
 
 

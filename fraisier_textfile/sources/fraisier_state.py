@@ -56,7 +56,7 @@ from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
-from fraisier_textfile.format.model import Document
+from fraisier_textfile.store.transaction import Merge, Participant
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class FraisierStateSource:
+class FraisierStateSource(Participant):
     """A participant of the store's merges (store/participants.py) that takes what is new in Fraisier's state.
 
     ``database``: Fraisier's SQLite file (default: as Fraisier finds it). ``status_dir``: its status files
@@ -409,9 +409,10 @@ class FraisierStateSource:
 
     # The participant
 
-    def collect(self, document: Document) -> Changes | None:
+    def collect(self, merge: Merge) -> Changes | None:
         if self.database is None:
             return None
+        document = merge.document
         text = CURSOR.get(document) or None
         cursor = Cursor.parse(text) if text is not None else None
         if text is not None and cursor is None:
@@ -441,7 +442,7 @@ class FraisierStateSource:
         CURSOR.put(document, new_cursor.render())
         return changes if changes else None
 
-    def after_commit(self) -> None:
+    def after_commit(self, merge: Merge) -> None:
         self._committed = self._fingerprint
 
     # For readers that poll (a scrape)

@@ -33,12 +33,21 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from fraisier_textfile import catalogue as c
-from fraisier_textfile.changes import Changes, HistogramDelta
-from fraisier_textfile.errors import InvalidValueError, TextfileWriteError, UnexpectedFileError, write_error
+from fraisier_textfile.errors import (
+    FraisierTextfileError,
+    InvalidValueError,
+    TextfileWriteError,
+    UnexpectedFileError,
+    write_error,
+)
 from fraisier_textfile.format.bookkeeping import WordList
 from fraisier_textfile.format.model import Block, Document
+from fraisier_textfile.format.schema import Family, Schema, default
 from fraisier_textfile.store import fs
+from fraisier_textfile.store.changes import Changes, HistogramDelta
+from fraisier_textfile.store.rules import check_summable, combine
+from fraisier_textfile.store.transaction import Merge, Participant
+from fraisier_textfile.validate import check_label_value
 
 HANDOVER_DIRECTORY = ".fraisier-handover"
 APPLIED = WordList("applied-handovers")
@@ -92,9 +101,12 @@ def encode(changes: Changes) -> bytes:
     return json.dumps(content, separators=(",", ":")).encode("utf-8")
 
 
-def decode(data: bytes) -> Changes:
-    """The changes a hand-over holds. Raises UnreadableHandover if they cannot be applied by this version."""
+def decode(data: bytes, schema: Schema | None = None) -> Changes:
+    """The changes a hand-over holds, of ``schema``'s families (the default schema's if None). Raises
+    UnreadableHandover if they cannot be applied by this version."""
     import json
+
+    families = (schema or default()).by_name
 
     try:
         content = json.loads(data)
@@ -105,9 +117,9 @@ def decode(data: bytes) -> Changes:
             raise UnreadableHandover(f"format version {version!r}, not {FORMAT_VERSION}")
         changes = Changes()
         for name, labels, amount in content["added"]:
-            changes.added[_series(name, labels)] = _number(name, amount)
+            changes.added[_series(families, name, labels)] = _number(name, amount)
         for name, labels, buckets, total, count in content["observed"]:
-            key = _series(name, labels)
+            key = _series(families, name, labels)
             if len(buckets) != len(key[0].buckets) + 1:
                 raise UnreadableHandover(f"{name} has {len(buckets)} buckets here, not {len(key[0].buckets) + 1}")
             # As the recorder writes them, the buckets are ints >= 0: checked in one pass, not one call each.
@@ -121,9 +133,9 @@ def decode(data: bytes) -> Changes:
                 raise UnreadableHandover(f"{name} has the count {count!r}, not the sum of its buckets")
             changes.observed[key] = delta
         for name, labels, value in content["latest"]:
-            changes.latest[_series(name, labels)] = _number(name, value)
+            changes.latest[_series(families, name, labels)] = _number(name, value)
         for name, labels, value in content["maximum"]:
-            changes.maximum[_series(name, labels)] = _number(name, value)
+            changes.maximum[_series(families, name, labels)] = _number(name, value)
         changes.active_providers.update(_label_value("provider", value) for value in content["active_providers"])
         changes.retired_markers.update(_marker_id(marker) for marker in content["retired_markers"])
     except UnreadableHandover:
@@ -158,31 +170,31 @@ def _whole_number(name: str, value: object) -> int:
 
 
 _INFINITY = float("inf")
-_checked_series: dict[tuple[str, tuple[object, ...]], tuple[c.Family, tuple[str, ...]]] = {}
+_checked_series: dict[tuple[int, str, tuple[object, ...]], tuple[Family, tuple[str, ...]]] = {}
 """Series already checked by :func:`_series`: a merge under contention reads a hundred hand-overs of the same
 few series, and checking their label values again cost most of reading them."""
 
 
-def _series(name: str, labels: object) -> tuple[c.Family, tuple[str, ...]]:
+def _series(families: dict[str, Family], name: str, labels: object) -> tuple[Family, tuple[str, ...]]:
     if labels.__class__ is list:
-        seen = (name, tuple(labels))
+        seen = (id(families), name, tuple(labels))
         known = _checked_series.get(seen)
         if known is not None:
             return known
-        checked = _check_series(name, labels)
+        checked = _check_series(families, name, labels)
         if len(_checked_series) >= 10_000:
             _checked_series.clear()
         # Only strings are kept: the tuple's items are compared by ==, and 1 == 1.0 == True.
-        if all(value.__class__ is str for value in seen[1]):
+        if all(value.__class__ is str for value in seen[2]):
             _checked_series[seen] = checked
         return checked
-    return _check_series(name, labels)
+    return _check_series(families, name, labels)
 
 
-def _check_series(name: str, labels: object) -> tuple[c.Family, tuple[str, ...]]:
-    family = c.FAMILIES_BY_NAME.get(name)
+def _check_series(families: dict[str, Family], name: str, labels: object) -> tuple[Family, tuple[str, ...]]:
+    family = families.get(name)
     if family is None:
-        raise UnreadableHandover(f"the family {name} is not in this version's catalogue")
+        raise UnreadableHandover(f"the family {name} is not in this store's schema (this version's catalogue)")
     if not isinstance(labels, list) or len(labels) != len(family.labels):
         raise UnreadableHandover(f"{name} has labels {labels!r}, not values for {', '.join(family.labels)}")
     # Checked as the recorder checks them: a newline or a lone surrogate would make every merge fail.
@@ -192,7 +204,7 @@ def _check_series(name: str, labels: object) -> tuple[c.Family, tuple[str, ...]]
 def _label_value(label: str, value: object) -> str:
     if value.__class__ is not str:
         raise UnreadableHandover(f"{label}={value!r} is not a string")
-    return c.check_label_value(label, value)
+    return check_label_value(label, value)
 
 
 def _marker_id(value: object) -> str:
@@ -314,7 +326,7 @@ def count_in(document: Document, waiting: int, kept_aside: int) -> None:
         document.blocks[name] = block
 
 
-def read(directory: fs.Directory, handover_id: str) -> Changes:
+def read(directory: fs.Directory, handover_id: str, schema: Schema | None = None) -> Changes:
     """The changes of one hand-over. Raises UnreadableHandover, or UnexpectedFileError for a non-regular file
     (opened without following a symlink and without blocking on a FIFO)."""
     name = f"{handover_id}{SUFFIX}"
@@ -322,7 +334,7 @@ def read(directory: fs.Directory, handover_id: str) -> Changes:
         data = directory.read_regular(name)
     except OSError as error:
         raise write_error(directory.path / name, "read the hand-over file", error) from None
-    return decode(data)
+    return decode(data, schema)
 
 
 def set_aside(directory: fs.Directory, handover_id: str, problem: str) -> bool:
@@ -620,3 +632,159 @@ def _unlink_quietly(directory: fs.Directory, name: str) -> None:
         directory.unlink(name)
     except OSError:
         pass
+
+
+# The hand-overs in a merge
+
+
+HANDOVERS_PER_MERGE = 256
+"""Hand-overs one merge reads and applies at most, oldest first. Its wait for the lock is bounded by the
+caller's budget; its work must be too: after a long lock hold thousands wait, and applying them all would make
+one record call pay for all of them. The rest is left for the next merges (this process's late merges, other
+processes' merges, ``fraisier textfile refresh``); under contention one merge applies about a hundred (group
+commit), well under this."""
+
+LATE_MERGE_BUDGET = 0.025
+"""Seconds a process may spend, after its own merge, merging hand-overs that arrived while it held the lock:
+one or two merges. Under sustained contention the other writers' own merges take the rest; a holder that kept
+on merging would make its own caller the slowest."""
+
+_newer_handovers_logged: set[str] = set()
+
+
+class Handovers(Participant):
+    """The hand-overs waiting in the directory, in every merge: at most HANDOVERS_PER_MERGE, oldest first, are
+    applied and listed (``applied-handovers``) by the same rename as their counts, and removed after the commit
+    (in the background past INLINE_REMOVALS); until removed they stay listed, so no merger applies one twice."""
+
+    def __init__(self) -> None:
+        self.handled: set[str] = set()
+        """The hand-overs the last merge found (applied, or set aside): the others arrived since."""
+        self.backlog_left = False
+        """Whether the last merge left older hand-overs for a later one (HANDOVERS_PER_MERGE)."""
+        self._directory: fs.Directory | None = None
+        self._applied: list[str] = []
+        self._newest: int | None = None
+        self._oldest_waiting: int | None = None
+
+    def collect(self, merge: Merge) -> Changes | None:
+        self.backlog_left = False
+        document = merge.document
+        directory = self._directory = open_directory(merge.textfile)
+        if directory is None:
+            self.handled = set()
+            return None
+        ids, kept_aside = pending(directory)
+        self._newest = (sequence_of(ids[-1]) or 0) if ids else 0
+        already = set(APPLIED.get(document))
+        read_now: dict[str, Changes] = {}
+        handled = set()
+        newer = 0
+        left: list[str] = []
+        for number, handover_id in enumerate(ids):
+            if handover_id in already:
+                handled.add(handover_id)
+                continue
+            if len(read_now) >= HANDOVERS_PER_MERGE:
+                # The work a merge does is bounded like its wait for the lock: the rest waits for the next
+                # merger. Each is applied exactly once all the same: only the ids read here are listed.
+                left = [other for other in ids[number:] if other not in already]
+                break
+            handled.add(handover_id)
+            try:
+                read_now[handover_id] = read(directory, handover_id, document.schema)
+            except NewerHandover as error:
+                newer += 1
+                if handover_id not in _newer_handovers_logged:
+                    _newer_handovers_logged.add(handover_id)
+                    log.warning(
+                        "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
+                        "merger of that version; upgrade this one", directory.path / f"{handover_id}{SUFFIX}", error,
+                    )
+            except UnreadableHandover as error:
+                kept_aside += set_aside(directory, handover_id, str(error))
+        # One that can never be summed into this file would fail this merge and every later one: set aside.
+        # Checked for all at once (amounts are >= 0, so if their total can be summed into the file, each can),
+        # and one by one only when that fails, to find the one at fault.
+        combined = combine(list(read_now.values()))
+        try:
+            check_summable(document, combined, merge.path)
+        except InvalidValueError:
+            # Checked in order with those kept before it, not alone: each may fit the file while their total
+            # overflows, and then none would be set aside and this merge and every later one would fail.
+            kept: list[Changes] = []
+            for handover_id, changes in list(read_now.items()):
+                try:
+                    check_summable(document, combine([*kept, changes]), merge.path)
+                except InvalidValueError as error:
+                    kept_aside += set_aside(directory, handover_id, str(error))
+                    del read_now[handover_id]
+                else:
+                    kept.append(changes)
+            combined = combine(kept)
+        self.handled = handled
+        self.backlog_left = bool(left)
+        self._applied = [handover_id for handover_id in ids if handover_id in already or handover_id in read_now]
+        count_in(document, len(left) + newer, kept_aside)
+        self._oldest_waiting = sequence_of(left[0]) if left else None
+        if left and merge.own.latest:
+            # Older hand-overs wait for a later merge: applied now, this process's latest gauges would be
+            # overwritten by older reports when those are applied. They are handed over behind them instead, and
+            # taken out of the caller's changes: should this merge fail after this, the rest of them is left to
+            # its caller as always, and the gauges are in the hand-over.
+            _hand_over_latest(merge.own, directory)
+        return combined if read_now else None
+
+    def after_apply(self, merge: Merge) -> None:
+        APPLIED.put(merge.document, tuple(self._applied))
+
+    def after_commit(self, merge: Merge) -> None:
+        # After the release: removing files waits on the filesystem's journal, which under load (other writers'
+        # fsyncs) can take seconds for a few hundred hand-overs. Through the descriptor of the directory they
+        # were listed in: a writer may have swapped it for a symlink since the lock was released.
+        directory = self._directory
+        if directory is None:
+            return
+        if self._newest is not None:
+            note_merged(directory, self._newest, self._oldest_waiting)
+        if self._applied:
+            remove_soon(directory, self._applied)
+
+    def close(self) -> None:
+        if self._directory is not None:
+            self._directory.close()
+        self._directory = None
+        self._applied = []
+        self._newest = self._oldest_waiting = None
+
+    def waiting(self, textfile_directory: Path) -> bool:
+        """Whether hand-overs wait that no merge of this participant has seen yet."""
+        try:
+            textfile = fs.open_directory(textfile_directory)
+            if textfile is None:
+                return False
+            with textfile:
+                directory = open_directory(textfile)
+            if directory is None:
+                return False
+            with directory:
+                names = directory.names()
+        except (OSError, FraisierTextfileError):
+            return False
+        return any(
+            name.endswith(SUFFIX) and not name.startswith(TEMPORARY_PREFIX) and name[: -len(SUFFIX)] not in self.handled
+            for name in names
+        )
+
+
+def _hand_over_latest(changes: Changes, directory: fs.Directory) -> None:
+    """Hand over the latest gauges of ``changes`` behind the hand-overs waiting, and take them out of it."""
+    latest = Changes()
+    latest.latest.update(changes.latest)
+    try:
+        temporary, final = write(directory, latest, durable=False)
+        publish(directory, temporary, final, durable=False)
+    except FraisierTextfileError as error:
+        log.debug("latest gauges applied now, not behind the hand-overs waiting: %s", error)
+        return
+    changes.latest.clear()

@@ -39,12 +39,20 @@ import fcntl
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
-from fraisier_textfile.catalogue import check_label_value
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, UnexpectedFileError, write_error
 from fraisier_textfile.format.bookkeeping import WordSet
+from fraisier_textfile.format.model import Block
+from fraisier_textfile.format.schema import Family
+from fraisier_textfile.format.syntax import parse_series_key
 from fraisier_textfile.store import fs
+from fraisier_textfile.store.changes import Changes
+from fraisier_textfile.store.rules import apply_changes, series_key_of
+from fraisier_textfile.store.transaction import Merge, Participant
+from fraisier_textfile.validate import check_label_value
 
 MARKER_DIRECTORY = ".fraisier-inflight"
 RETIRED_MARKERS = WordSet("retired-markers")
@@ -525,3 +533,132 @@ def _remove_stale_temporaries(directory: fs.Directory) -> None:
                 directory.unlink(entry.name)
             except OSError:
                 pass
+
+
+# The markers in a merge
+
+
+class MarkerRules:
+    """What markers count in the file, given by the owner of the schema (changes.MARKER_RULES for Fraisier's):
+    ``active``, the gauge of deployments running by provider; ``crashed(changes, provider, fraise_type,
+    marker_id, now)``, what a deployment whose process died in flight records (it must retire the marker)."""
+
+    __slots__ = ("active", "crashed")
+
+    def __init__(self, active: Family, crashed: Callable[[Changes, str, str, str, float], None]) -> None:
+        self.active = active
+        self.crashed = crashed
+
+
+class InFlightMarkers(Participant):
+    """The markers of deployments in flight, in every merge: live ones are counted active, dead ones are counted
+    crashed once, and each accounted marker is listed (``retired-markers``) until its file is removed after
+    the commit, so that a merger killed at any point leaves each deployment counted once."""
+
+    def __init__(self, rules: MarkerRules) -> None:
+        self.rules = rules
+        self._directory: fs.Directory | None = None
+        self._probed: list[tuple[Marker, bool]] = []
+        self._to_remove: set[str] = set()
+
+    def collect(self, merge: Merge) -> None:
+        # Probed before the hand-overs are listed (see the ordering rule in transaction.py).
+        markers, self._directory = _read_markers(merge.textfile)
+        accounted = RETIRED_MARKERS.get(merge.document)
+        self._probed = [(marker, marker.id not in accounted and is_alive(marker)) for marker in markers]
+        return None
+
+    def before_apply(self, merge: Merge) -> None:
+        if self._directory is None:
+            # Made since the probe, by a deployment whose start and end were both handed over meanwhile: its
+            # marker must be seen, or its retired id would be dropped and the next merger count it crashed.
+            self._directory = open_directory(merge.textfile)
+        document, changes = merge.document, merge.changes
+        accounted = RETIRED_MARKERS.get(document) | changes.retired_markers
+        active: dict[str, int] = {provider: 0 for provider in changes.active_providers}
+        existing = set()
+        crashed = Changes()
+        now = time.time()
+        for marker, alive in self._probed:
+            existing.add(marker.id)
+            if marker.id in accounted:
+                continue
+            active.setdefault(marker.provider, 0)
+            if alive:
+                active[marker.provider] += 1
+            else:
+                self.rules.crashed(crashed, marker.provider, marker.fraise_type, marker.id, now)
+        # A marker made after the probe whose deployment's start and end were handed over since: this merge
+        # applies its end, so it stays listed (else the next merger would count it crashed) and is removed.
+        directory = self._directory
+        for marker_id in changes.retired_markers - existing:
+            if (
+                directory is not None and marker_id and "/" not in marker_id and not marker_id.startswith(".")
+                and marker_id not in (".", "..") and directory.exists(marker_id)
+            ):
+                existing.add(marker_id)
+        accounted |= crashed.retired_markers
+        apply_changes(document, crashed, merge.path, now)
+        for provider, count in merge.running.items():
+            active[provider] = active.get(provider, 0) + count
+        if self.rules.active.name in document.blocks or active:
+            count_active_deployments(document.block(self.rules.active), active, self.rules.active)
+        RETIRED_MARKERS.put(document, frozenset(accounted & existing))
+        self._to_remove = set(RETIRED_MARKERS.get(document))
+
+    def after_commit(self, merge: Merge) -> None:
+        # Through the descriptor of the directory they were listed in, never by name: a writer may have swapped
+        # the directory for a symlink since the lock was released.
+        if self._directory is not None:
+            for marker_id in self._to_remove:
+                remove_marker(self._directory, marker_id)
+
+    def close(self) -> None:
+        if self._directory is not None:
+            self._directory.close()
+        self._directory = None
+        self._probed = []
+        self._to_remove = set()
+
+    def active_deployments(self, textfile: fs.Directory, retired_markers: Collection[str]) -> dict[str, int]:
+        """Deployments running now in live processes, by provider, for a reader serving the file live."""
+        markers, directory = _read_markers(textfile)
+        if directory is not None:
+            directory.close()
+        counts: dict[str, int] = {}
+        for marker in markers:
+            if marker.id not in retired_markers and is_alive(marker):
+                counts[marker.provider] = counts.get(marker.provider, 0) + 1
+        return counts
+
+
+def count_active_deployments(block: Block, counts: Mapping[str, int], family: Family) -> None:
+    """Set the active-deployments block to ``counts``: every provider the block already has keeps its series
+    (0 with nothing running), and providers new to it follow. The store does this at each merge, and
+    ``fraisier metrics`` at each scrape, so both write the same block."""
+    known = [parse_series_key(key)[1].get("provider", "") for key, _ in block.samples()]
+    for provider in known:
+        if provider:
+            block.set(series_key_of(family, (provider,)), float(counts.get(provider, 0)))
+    for provider in sorted(set(counts) - set(known)):
+        block.set(series_key_of(family, (provider,)), float(counts[provider]))
+
+
+def _read_markers(textfile: fs.Directory) -> tuple[list[Marker], fs.Directory | None]:
+    """The in-flight markers and their directory held open (None if there is none), once the directory is
+    known to hold only what fraisier writes there: regular files (a FIFO in it would block the reader for
+    ever)."""
+    directory = open_directory(textfile)
+    if directory is None:
+        return [], None
+    try:
+        for entry in directory.entries():
+            if not entry.is_file(follow_symlinks=False):
+                raise directory.unexpected(entry.name)
+        return read_markers_in(directory), directory
+    except OSError as error:
+        directory.close()
+        raise write_error(directory.path, "read the marker directory", error) from None
+    except BaseException:
+        directory.close()
+        raise

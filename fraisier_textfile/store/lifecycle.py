@@ -44,12 +44,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from fraisier_textfile import catalogue as c
-from fraisier_textfile.changes import Changes, Labels
 from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError
 from fraisier_textfile.format.bookkeeping import KeyedBookkeeping, text_value
 from fraisier_textfile.format.model import Block, Document, check_buckets
+from fraisier_textfile.format.schema import Family, Kind, Schema, default, format_float
 from fraisier_textfile.format.syntax import ParseError, parse_series_key, series_key
+from fraisier_textfile.store.changes import Changes, Labels
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +105,20 @@ class Selection:
         matchers: Sequence[tuple[str, str]] = (),
         families: Sequence[str] = (),
         expire_after: float | None = None,
+        schema: Schema | None = None,
     ) -> None:
+        """``schema``: whose families are meant (the default schema's, Fraisier's, if None)."""
+        schema = schema or default()
         chosen = []
         for name in families:
-            family = c.FAMILIES_BY_NAME.get(name)
+            family = schema.by_name.get(name)
             if family is None:
                 raise InvalidValueError(
                     f"--family {name!r} is not one of fraisier's families: use one of "
-                    + ", ".join(f.name for f in c.FAMILIES)
+                    + ", ".join(f.name for f in schema.families)
                 )
             chosen.append(family)
-        self.families: tuple[c.Family, ...] = tuple(chosen) or c.FAMILIES
+        self.families: tuple[Family, ...] = tuple(chosen) or schema.families
         labels = {label for family in self.families for label in family.labels}
         for label, _ in matchers:
             if label not in labels:
@@ -243,6 +246,9 @@ class SeriesLifecycle:
         self.expire_after = expire_after
         self.max_series = max_series
         self.clock = clock
+        self.active: Family | None = None
+        """The gauge of deployments running (the store's marker rules give it): its series count as updated
+        while a deployment of their provider runs, so that they do not expire under it."""
         self.request: Selection | None = None
         """A forget to do in the next merge (see :func:`forget`)."""
         self.forgotten: list[str] = []
@@ -290,11 +296,12 @@ class SeriesLifecycle:
         expire series, and count refused changes."""
         now = self.clock()
         minute = int(now // 60)
-        _record_times(document, changes, minute)
+        _record_times(document, changes, minute, self.active)
         if self.request is not None:
             self.forgotten += sweep(document, self.request, now, remove=True)
         if self.expire_after is not None:
-            expired = sweep(document, Selection(expire_after=self.expire_after), now, remove=True)
+            everything = Selection(expire_after=self.expire_after, schema=document.schema)
+            expired = sweep(document, everything, now, remove=True)
             if expired:
                 log.info("%s: %d series not updated for %gs expired", self.path, len(expired), self.expire_after)
             self.forgotten += expired
@@ -302,11 +309,11 @@ class SeriesLifecycle:
             _count_refused(document, self._refused)
 
     def _admit(self, document: Document, changes: Changes) -> Changes:
-        touched: dict[c.Family, list[tuple[str, Labels]]] = {}
+        touched: dict[Family, list[tuple[str, Labels]]] = {}
         for kind in _MERGE_KINDS:
             for family, labels in getattr(changes, kind):
                 touched.setdefault(family, []).append((kind, labels))
-        refused: list[tuple[str, c.Family, Labels]] = []
+        refused: list[tuple[str, Family, Labels]] = []
         for family, items in touched.items():
             block = document.blocks.get(family.name)
             if _most_series(block, family) + len(items) <= self.max_series:
@@ -314,7 +321,7 @@ class SeriesLifecycle:
             count = _series_count(block, family)
             if count + len(items) <= self.max_series:
                 continue
-            suffix = "_count" if family.kind is c.Kind.HISTOGRAM else ""
+            suffix = "_count" if family.kind is Kind.HISTOGRAM else ""
             for kind, labels in items:
                 key = series_key(family.name + suffix, family.labels, labels)
                 if block is not None and block.value(key) is not None:
@@ -373,7 +380,7 @@ def sweep(document: Document, selection: Selection, now: float, remove: bool) ->
 
 def _sweep_family(
     document: Document,
-    family: c.Family,
+    family: Family,
     matchers: Sequence[tuple[str, str]],
     cutoff: int | None,
     minute: int,
@@ -448,8 +455,8 @@ def _encode(value: str) -> str:
 # health check rather than while it is still in use.
 
 
-def _record_times(document: Document, changes: Changes, minute: int) -> None:
-    touched: dict[c.Family, list[str]] = {}
+def _record_times(document: Document, changes: Changes, minute: int, active_family: Family | None) -> None:
+    touched: dict[Family, list[str]] = {}
     for kind in _MERGE_KINDS:
         for family, labels in getattr(changes, kind):
             keys = touched.setdefault(family, [])
@@ -459,20 +466,20 @@ def _record_times(document: Document, changes: Changes, minute: int) -> None:
             if sibling is None or block is None:
                 continue
             position, choices = family.labels.index(sibling[0]), sibling[1]
-            suffix = "_count" if family.kind is c.Kind.HISTOGRAM else ""
+            suffix = "_count" if family.kind is Kind.HISTOGRAM else ""
             for choice in choices:
                 if choice != labels[position]:
                     other = (*labels[:position], choice, *labels[position + 1 :])
                     if block.value(series_key(family.name + suffix, family.labels, other)) is not None:
                         keys.append(_times_key(other))
-    active = document.blocks.get(c.ACTIVE_DEPLOYMENTS.name)
-    if active is not None and active.raw is None:
+    active = None if active_family is None else document.blocks.get(active_family.name)
+    if active_family is not None and active is not None and active.raw is None:
         providers = set(changes.active_providers)
         for key, value in active.samples():
             if value:
                 providers.add(_labels(_label_text_of_key(key)).get("provider", ""))
         if providers:
-            touched[c.ACTIVE_DEPLOYMENTS] = [_times_key((provider,)) for provider in sorted(providers) if provider]
+            touched[active_family] = [_times_key((provider,)) for provider in sorted(providers) if provider]
     for family, keys in touched.items():
         if family.name not in document.blocks:
             continue
@@ -521,23 +528,23 @@ def _labels(text: str) -> dict[str, str]:
     return parse_series_key("x{" + text + "}")[1]
 
 
-def _most_series(block: Block | None, family: c.Family) -> int:
+def _most_series(block: Block | None, family: Family) -> int:
     """A bound on the series of a block that costs nothing: its bytes over the shortest line it could hold."""
     if block is None or block.raw is not None:
         return 0
     size = block.body_size()
     if size is None:
         return _series_count(block, family)
-    if family.kind is c.Kind.HISTOGRAM:  # a series is a line per bucket, _sum and _count; the shortest is _sum
+    if family.kind is Kind.HISTOGRAM:  # a series is a line per bucket, _sum and _count; the shortest is _sum
         return size // ((len(family.bucket_bounds) + 2) * (len(family.name) + len("_sum 0\n")))
     return size // len(f"{family.name} 0\n")
 
 
-def _series_count(block: Block | None, family: c.Family) -> int:
+def _series_count(block: Block | None, family: Family) -> int:
     if block is None or block.raw is not None:
         return 0
     # line_count, not len(lines): a block read lazily is counted without being split into lines.
-    if family.kind is c.Kind.HISTOGRAM:  # touched histograms have the catalogue's buckets by now
+    if family.kind is Kind.HISTOGRAM:  # touched histograms have the catalogue's buckets by now
         return block.line_count() // (len(family.bucket_bounds) + 2)
     return block.line_count()
 
@@ -557,7 +564,7 @@ def _count_refused(document: Document, refused: dict[str, int]) -> None:
     rebuilt = Block(REFUSED_FAMILY, help=REFUSED_HELP, type="counter")
     rebuilt.raw = (
         f"# HELP {REFUSED_FAMILY} {REFUSED_HELP}\n# TYPE {REFUSED_FAMILY} counter\n"
-        + "".join(f"{key} {c.format_float(value)}\n" for key, value in values.items())
+        + "".join(f"{key} {format_float(value)}\n" for key, value in values.items())
     )
     document.blocks[REFUSED_FAMILY] = rebuilt
 
@@ -566,7 +573,7 @@ def _count_refused(document: Document, refused: dict[str, int]) -> None:
 
 
 def migrate_histograms(
-    document: Document, touched: Iterable[c.Family] = (), targets: Iterable[c.Family] | None = None
+    document: Document, touched: Iterable[Family] = (), targets: Iterable[Family] | None = None
 ) -> list[str]:
     """Give every owned histogram of ``document`` the catalogue's buckets (or those of ``targets``, for the
     families named there), by the rule in this module's docstring. The histograms in ``touched`` are checked
@@ -578,7 +585,7 @@ def migrate_histograms(
     by_name = None if targets is None else {family.name: family for family in targets}
     for name, block in list(document.blocks.items()):
         family = block.owned if by_name is None else by_name.get(name)
-        if family is None or family.kind is not c.Kind.HISTOGRAM or block.raw is not None:
+        if family is None or family.kind is not Kind.HISTOGRAM or block.raw is not None:
             continue
         if family not in touched and _first_series_matches(block, family):
             continue
@@ -593,7 +600,7 @@ def migrate_histograms(
     return notes
 
 
-def _first_series_matches(block: Block, family: c.Family) -> bool:
+def _first_series_matches(block: Block, family: Family) -> bool:
     bounds = family.bucket_bounds
     head = block.head(len(bounds) + 2)
     if not head:
@@ -607,7 +614,7 @@ def _first_series_matches(block: Block, family: c.Family) -> bool:
     return head[-2].startswith(family.name + "_sum") and head[-1].startswith(family.name + "_count")
 
 
-def migrate_histogram(block: Block, family: c.Family) -> tuple[Block, str]:
+def migrate_histogram(block: Block, family: Family) -> tuple[Block, str]:
     """A copy of ``block`` with ``family``'s buckets (see the module's docstring), and a note saying what
     changed. Raises ParseError if a series cannot be read."""
     series: dict[Labels, dict[str, float]] = {}
@@ -655,9 +662,9 @@ def migrate_histogram(block: Block, family: c.Family) -> tuple[Block, str]:
     removed = sorted(old_bounds - new_bounds)
     note = f"{family.name}: buckets " + "; ".join(
         part for part in (
-            f"le={','.join(c.format_float(b) for b in added)} added (from the count of the bound below)"
+            f"le={','.join(format_float(b) for b in added)} added (from the count of the bound below)"
             if added else "",
-            f"le={','.join(c.format_float(b) for b in removed)} removed" if removed else "",
+            f"le={','.join(format_float(b) for b in removed)} removed" if removed else "",
         ) if part
     ) if added or removed else f"{family.name}: buckets put in the catalogue's order"
     return rebuilt, note
@@ -669,7 +676,7 @@ def migration_notes(document: Document) -> list[str]:
     notes = []
     for block in document.blocks.values():
         family = block.owned
-        if family is None or family.kind is not c.Kind.HISTOGRAM or block.raw is not None:
+        if family is None or family.kind is not Kind.HISTOGRAM or block.raw is not None:
             continue
         try:
             check_buckets(block, family)

@@ -1,0 +1,258 @@
+"""The store's lock, and every policy of waiting for it.
+
+``fraisier.prom.lock`` is held with flock(2) for the whole of a merge; a lock file removed or replaced while
+held is noticed and the merge starts again under the lock now at the path. Signal handlers are held back
+during a merge (:class:`DeferredSignals`) and run at its safe points.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fraisier_textfile import validate
+from fraisier_textfile.errors import LockTimeoutError, TextfileWriteError, write_error
+from fraisier_textfile.store.files import lstat_or_none, unexpected
+
+LOCK_SUFFIX = ".lock"
+
+
+DEFAULT_LOCK_TIMEOUT = 10.0
+
+
+LOCK_TIMEOUT_ENVIRONMENT = "FRAISIER_LOCK_TIMEOUT"
+
+
+# Waiters poll the lock (flock cannot wait with a timeout). They start at 0.1 ms and double up to 1 ms, so
+# that one gets it within about a millisecond of its release, at a cost of at most 1,000 wake-ups a second.
+FIRST_POLL = 0.0001
+
+
+LONGEST_POLL = 0.001
+
+
+def default_lock_timeout() -> float:
+    configured = os.environ.get(LOCK_TIMEOUT_ENVIRONMENT)
+    if not configured:
+        return DEFAULT_LOCK_TIMEOUT
+    return validate.check_seconds(LOCK_TIMEOUT_ENVIRONMENT, configured)
+
+
+class Lock:
+    """``fraisier.prom.lock``, held with flock(2) on a descriptor of the file at that path.
+
+    A lock is only as good as its path: if the file is removed or replaced while held (a tmp cleaner, an admin
+    "removing a stale lock"), the next writer creates and locks a new inode while we still hold the old one,
+    and both merge at once. So, once locked, the descriptor's inode must be the one at the path; if not, it
+    is unlocked and the file now at the path is locked instead. Threads of one process take turns first
+    (flock locks belong to a descriptor, not a thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._descriptor = -1
+        # Reentrant: a signal handler run while this thread waits for the lock may itself merge.
+        self._threads = threading.RLock()
+
+    def acquire(self, deadline: float, timeout: float, safe_point: Callable[[], None]) -> None:
+        """Take the lock, waiting until ``deadline`` (time.monotonic) at most; ``timeout`` is the whole wait
+        allowed, for the error's message. ``safe_point`` is called while waiting."""
+        remaining = deadline - time.monotonic()
+        if not self._threads.acquire(timeout=remaining) if remaining > 0 else not self._threads.acquire(False):
+            raise LockTimeoutError(self.path, timeout)
+        try:
+            self._descriptor = self._lock_file(deadline, timeout, safe_point)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def release(self) -> None:
+        descriptor, self._descriptor = self._descriptor, -1
+        try:
+            # Unlocked explicitly: a child forked meanwhile shares the descriptor, and closing ours alone
+            # would leave the lock held by its copy.
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
+            self._threads.release()
+
+    def _lock_file(self, deadline: float, timeout: float, safe_point: Callable[[], None]) -> int:
+        delay = FIRST_POLL
+        attempts = 0
+        while True:
+            attempts += 1
+            descriptor = self._open()
+            try:
+                while not try_lock(descriptor, self.path):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise LockTimeoutError(self.path, timeout)
+                    time.sleep(min(delay, remaining))
+                    delay = min(delay * 2, LONGEST_POLL)
+                    safe_point()
+                if self._is_at_path(descriptor):
+                    return descriptor
+            except BaseException:
+                os.close(descriptor)
+                raise
+            os.close(descriptor)  # removed or replaced while we waited: lock the file at the path now
+            if attempts >= 3 and time.monotonic() > deadline:
+                raise LockTimeoutError(self.path, timeout)
+
+    def _open(self) -> int:
+        try:
+            status: os.stat_result | None = os.lstat(self.path)
+        except FileNotFoundError:
+            status = None
+        except OSError as error:
+            raise write_error(self.path, "use the lock file", error) from None
+        if status is not None and not stat.S_ISREG(status.st_mode):
+            raise unexpected(self.path, status)
+        try:
+            descriptor = os.open(
+                self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o664
+            )
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise unexpected(self.path, lstat_or_none(self.path)) from None
+            if error.errno in (errno.EACCES, errno.EPERM) and status is not None:
+                # The file's mode, not the directory's, is what refuses: "make the directory writable" misleads.
+                raise TextfileWriteError(
+                    self.path,
+                    f"cannot open the lock file {self.path}: {error.strerror}; it belongs to "
+                    f"{owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}: make it writable "
+                    "by the group its users share (chgrp, chmod 664), or remove it (fraisier creates it)",
+                    error.errno,
+                ) from None
+            raise write_error(self.path, "create the lock file", error) from None
+        try:
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
+                raise unexpected(self.path, status)
+            # Group-writable, so that the users of one group (say, a deploy user and root) can share a
+            # directory; not world-writable, so that an unrelated user cannot hold the lock.
+            if stat.S_IMODE(status.st_mode) != 0o664 and status.st_uid == os.geteuid():
+                try:
+                    os.fchmod(descriptor, 0o664)
+                except OSError:
+                    pass
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return descriptor
+
+    def is_held(self) -> bool:
+        """Whether this process holds the lock of the file now at the lock path (see :class:`Lock`)."""
+        return self._descriptor >= 0 and self._is_at_path(self._descriptor)
+
+    def _is_at_path(self, descriptor: int) -> bool:
+        try:
+            at_path = os.lstat(self.path)
+            locked = os.fstat(descriptor)
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            raise write_error(self.path, "use the lock file", error) from None
+        return (at_path.st_dev, at_path.st_ino) == (locked.st_dev, locked.st_ino)
+
+
+def try_lock(descriptor: int, path: Path) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        raise write_error(path, "lock", error) from None
+    return True
+
+
+def owner_name(uid: int) -> str:
+    import pwd  # here, not at the top: only errors need it
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+class LockLost(Exception):
+    """The lock file was removed or replaced during a merge (never escapes the store)."""
+
+
+class DeferredSignals:
+    """Signal handlers held back while a merge or a hand-over runs, and run at its safe points or at its end.
+
+    Between "rename the new file into place" and "forget the changes it holds", a KeyboardInterrupt, a SIGTERM
+    handler that raises SystemExit, or an alarm-based timeout would leave the events both in the file and
+    pending, and a later flush (at exit, say) would count them twice. One landing between taking the lock and
+    noting its descriptor would leave it held for the life of the process. So no handler runs in the middle
+    of a merge: only while it waits for the lock (:meth:`deliver`, a safe point, where nothing is held but a
+    descriptor that an exception closes), and after it.
+
+    Python runs signal handlers only in the main thread, between bytecodes, whichever thread the signal was
+    delivered to. Blocking signals in this thread (pthread_sigmask) is therefore not enough in a process with
+    other threads: the kernel delivers the signal to one of them and the main thread runs the handler anyway.
+    So each Python-level handler is swapped for one that notes the signal, and the noted signals are handed
+    to their own handlers later. In another thread nothing can interrupt a merge, and nothing is swapped.
+    """
+
+    def __init__(self) -> None:
+        self._noted: list[int] = []
+        self._replaced: dict[int, Callable[[int, Any], Any]] = {}
+
+    def __enter__(self) -> DeferredSignals:
+        global _signal_numbers
+        if threading.current_thread() is threading.main_thread():
+            if _signal_numbers is None:
+                _signal_numbers = tuple(map(int, _raw_signal.valid_signals()))  # ints: the wrapper makes enums
+            try:
+                for signum in _signal_numbers:
+                    handler = _raw_signal.getsignal(signum)
+                    if callable(handler):
+                        _raw_signal.signal(signum, self._note)
+                        self._replaced[signum] = handler
+            except BaseException:
+                self._restore()
+                raise
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._noted.append(signum)
+
+    def deliver(self) -> None:
+        """A safe point: run the handlers of the signals noted so far (they may raise)."""
+        while self._noted:
+            signum = self._noted.pop(0)
+            self._replaced[signum](signum, None)
+
+    def __exit__(self, *exception: object) -> None:
+        self._restore()
+        while self._noted:
+            signum = self._noted.pop(0)
+            try:
+                self._replaced[signum](signum, None)
+            except BaseException:
+                for later in self._noted:
+                    signal.raise_signal(later)  # handled at the next chance, as Python itself would
+                raise
+
+    def _restore(self) -> None:
+        for signum, handler in self._replaced.items():
+            _raw_signal.signal(signum, handler)
+
+
+# The C functions under the signal module: its Python wrappers convert every number and handler to an enum,
+# which made holding signals back cost a merge a third of a millisecond.
+_raw_signal: Any = getattr(signal, "_signal", signal)
+
+
+_signal_numbers: tuple[int, ...] | None = None
