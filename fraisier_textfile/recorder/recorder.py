@@ -1093,7 +1093,7 @@ def _merge_hand_overs(recorder: MetricsRecorder) -> bool:
     if store is None:
         mine = recorder.store
         store = TextfileStore(mine.directory, mine.lock_timeout, lifecycle=mine.lifecycle,
-                              participants=mine.participants, schema=mine.schema)
+                              participants=mine.sources, schema=mine.schema)
         _background_stores[recorder] = store
     try:
         store.merge(Changes(), timeout=0)

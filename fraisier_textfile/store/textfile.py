@@ -99,14 +99,16 @@ class TextfileStore:
         self._next_litter_check = 0.0  # see LITTER_INTERVAL
         # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
         self.lifecycle = SeriesLifecycle.from_environment(self.path) if lifecycle is None else lifecycle
-        if markers is None and schema is None:
+        if markers is None and self.schema is default():  # Fraisier's schema: Fraisier's markers
             markers = _fraisier_marker_rules()
+        self.sources: list[Participant] = list(participants)
+        """The participants given (sources read under the lock), in their order."""
         self.handovers = handovers.Handovers()
         self.markers = None if markers is None else inflight.InFlightMarkers(markers)
         self.lifecycle.active = None if markers is None else markers.active
         # The order is the ordering rule (see transaction.py).
         self._participants: list[Participant] = [
-            *([self.markers] if self.markers is not None else []), self.handovers, *participants,
+            *([self.markers] if self.markers is not None else []), self.handovers, *self.sources,
             LifecycleParticipant(self.lifecycle),
         ]
 
