@@ -736,7 +736,7 @@ def test_news_read_while_the_lock_was_busy_are_taken_at_the_next_poll_not_at_the
     fraisier.deploy("api", "success")
     store = TextfileStore(textfile_dir, participants=participants())
     store.merge(Changes())
-    (source,) = store.participants
+    (source,) = store.sources
     assert isinstance(source, FraisierStateSource)
     fraisier.deploy("api", "success")
     assert source.has_news()
@@ -771,7 +771,7 @@ def test_a_long_lived_reader_finds_a_rollback_on_a_recent_row_at_once_and_on_an_
     monkeypatch.setattr(fraisier_state, "FULL_CHECK_SECONDS", 3600.0)
     old = fraisier.deploy("api", "failed")
     store = TextfileStore(textfile_dir, participants=participants())  # as fraisier metrics holds it
-    (source,) = store.participants
+    (source,) = store.sources
     assert isinstance(source, FraisierStateSource)
     store.merge(Changes())  # the process's first read: a full check
     recent = fraisier.deploy("api", "failed")
