@@ -101,7 +101,9 @@ def test_the_server_unit_is_hardened_and_reloads_with_sighup() -> None:
     for key, expected in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
                           ("PrivateTmp", "yes"), ("ProtectProc", "invisible"), ("Restart", "on-failure"),
                           ("ExecReload", "/bin/kill -HUP $MAINPID"), ("TemporaryFileSystem", "/var/lib:ro"),
-                          ("BindReadOnlyPaths", TEXTFILE_DIRECTORY), ("CapabilityBoundingSet", "")]:
+                          ("BindReadOnlyPaths", TEXTFILE_DIRECTORY), ("CapabilityBoundingSet", ""),
+                          # Room for --max-connections (512) and the descriptors each may need, with room to raise it.
+                          ("LimitNOFILE", "8192")]:
         assert value(service, key) == expected, key
     assert f"--textfile-dir {TEXTFILE_DIRECTORY}" in value(service, "ExecStart")
     assert [k for _, k, _ in directives(service) if k.startswith("ReadWrite")] == []  # it writes nothing
