@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.client
 import os
+import re
 import select
 import signal
 import socket
@@ -976,3 +977,49 @@ def test_it_raises_its_soft_descriptor_limit_to_the_hard_one_and_keeps_within_it
         assert lowered not in errors
     else:  # 1024 descriptors cannot hold 512 connections and what each may need: fewer, and said so
         assert lowered in errors and "LimitNOFILE=" in errors
+
+
+def test_silent_connections_hold_no_thread_and_are_served_once_they_speak(textfile_dir: Path) -> None:
+    """A connection gets a thread only once its request is in: a few hundred silent clients cost the server
+    descriptors, not threads; each is served as soon as it sends its request."""
+    with textfile_server(textfile_dir) as server:
+        threads_before = threading.active_count()
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(200)]
+        try:
+            while server.connections_held < len(silent):
+                time.sleep(0.01)
+            assert threading.active_count() - threads_before < 10
+            for client in silent[:20]:
+                client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            for client in silent[:20]:
+                assert client.recv(12) == b"HTTP/1.1 200"
+        finally:
+            for client in silent:
+                client.close()
+
+
+def test_a_request_in_many_pieces_and_pipelined_requests_are_served(textfile_dir: Path) -> None:
+    with textfile_server(textfile_dir) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        one = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n\r\n"
+        for byte in range(len(one)):  # a byte at a time, well within the deadline
+            client.sendall(one[byte:byte + 1])
+            time.sleep(0.002)
+        client.sendall(one + b"HEAD /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # two at once
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"200", b"404"]
+
+
+@pytest.mark.parametrize("first_line", [b"GARBAGE\r\n", b"GET / HTTP/1.1 extra\r\n"])
+def test_a_first_line_that_is_no_request_is_answered_at_once_not_at_the_deadline(
+    textfile_dir: Path, first_line: bytes
+) -> None:
+    with textfile_server(textfile_dir, request_timeout=60.0) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(first_line)  # and nothing more: the answer must not wait for the 60 s deadline
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        assert b"Bad request" in answer  # http.server's 400 page (no status line: it takes it for HTTP/0.9)

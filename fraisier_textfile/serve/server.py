@@ -15,9 +15,11 @@ from __future__ import annotations
 import errno
 import gzip
 import html
+import io
 import logging
 import os
 import resource
+import selectors
 import socket
 import socketserver
 import ssl
@@ -66,6 +68,10 @@ CONNECTION_TIMEOUT = 30.0
 # Descriptors kept out of the connections' share: the textfile, the markers' directory, the log, Python's own.
 RESERVED_DESCRIPTORS = 32
 EXPIRY_CHECK_INTERVAL = 0.1
+ACCEPTS_PER_WAKE = 64
+READ_SIZE = 65536
+# http.server reads a line of at most 64 KiB; a head beyond this is handed to it to refuse (414, 431).
+MAX_REQUEST_HEAD = 65536 + 1024
 LIMIT_WARNING_INTERVAL = 60.0
 # Bodies are gzipped once per version of the file, so the better ratio costs nothing per scrape.
 GZIP_LEVEL = 6
@@ -307,6 +313,31 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
     return qualities.get("gzip", qualities.get("*", 0.0)) > 0
 
 
+class _AfterHead(io.RawIOBase):
+    """A connection's bytes: the head of its request that the serving loop read, then the rest from the socket
+    (one read at a time, never waiting for more than a read returns: a kept-alive client sends nothing more
+    until it has its response)."""
+
+    def __init__(self, head: bytes, rest: io.BufferedIOBase) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            size = min(len(buffer), len(self._head))
+            buffer[:size] = self._head[:size]
+            self._head = self._head[size:]
+            return size
+        return self._rest.readinto1(buffer)
+
+    def close(self) -> None:
+        self._rest.close()  # the socket's file: the socket closes only once every file made from it is closed
+        super().close()
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection from scrape to scrape
@@ -320,6 +351,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.request.family in (socket.AF_INET, socket.AF_INET6):
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         super().setup()
+        connection = self.server.current_connection()
+        if connection is not None and connection.head:
+            # What the serving loop already read of the request comes first.
+            self.rfile = io.BufferedReader(_AfterHead(bytes(connection.head), self.rfile))
+            connection.head.clear()
 
     def version_string(self) -> str:
         return self.server_version
@@ -530,15 +566,23 @@ def connection_limit(max_connections: int) -> int:
 class _Connection:
     """One accepted connection, as the server's connection table sees it."""
 
-    __slots__ = ("client", "closing", "deadline", "socket")
+    __slots__ = ("client", "client_address", "closing", "deadline", "handshaken", "head", "in_thread", "socket",
+                 "tls")
 
-    def __init__(self, connection: socket.socket, client: str, deadline: float) -> None:
+    def __init__(self, connection: socket.socket, client_address: Any, deadline: float) -> None:
         self.socket = connection
-        """The socket to shut down to end it: the accepted one, then the TLS one that took its descriptor."""
-        self.client = client
+        """Its socket: the accepted one, then the TLS one that took its descriptor."""
+        self.client_address = client_address
+        self.client = str(client_address[0])
         self.deadline = deadline
         """While waiting for a request: when it must have arrived in full (time.monotonic())."""
         self.closing = False
+        self.in_thread = False
+        """False while the serving loop reads its request (no thread yet); True once a thread serves it."""
+        self.tls = False
+        self.handshaken = False
+        self.head = bytearray()
+        """What the loop has read of its first request."""
 
 
 class _ConnectionTable:
@@ -571,8 +615,10 @@ class _ConnectionTable:
         self.refused = 0
         self.expired = 0
         self._warned_at: float | None = None
+        self._for_the_loop: list[_Connection] = []
+        """Connections shut down while the serving loop owns them: it closes them (take_closed)."""
 
-    def admit(self, connection: socket.socket, client: str) -> _Connection | None:
+    def admit(self, connection: socket.socket, client_address: Any) -> _Connection | None:
         """Take a new connection into the table, closing the longest waiting one at the limit. None: it is
         to be closed at once (every connection is being served, or too many are still closing)."""
         with self._lock:
@@ -586,7 +632,7 @@ class _ConnectionTable:
                 self.refused += 1
                 entry = None
             else:
-                entry = _Connection(connection, client, time.monotonic() + self.request_timeout)
+                entry = _Connection(connection, client_address, time.monotonic() + self.request_timeout)
                 self._held.add(entry)
                 self._new[entry] = None
         if made_room or refused:
@@ -597,6 +643,19 @@ class _ConnectionTable:
         """Shut down the connection that has been waiting longest, if any."""
         with self._lock:
             self._make_room()
+
+    def hand_to_thread(self, connection: _Connection) -> None:
+        with self._lock:
+            connection.in_thread = True
+            if connection.closing:  # shut down meanwhile: the thread finds it at end of file
+                self._shut_down(connection)
+
+    def take_closed(self) -> list[_Connection]:
+        """The connections the serving loop owns that were shut down (made room for, expired): the loop
+        unregisters and closes them."""
+        with self._lock:
+            taken, self._for_the_loop = self._for_the_loop, []
+            return taken
 
     def request_arrived(self, connection: _Connection | None) -> None:
         with self._lock:
@@ -615,13 +674,6 @@ class _ConnectionTable:
             self._served.discard(connection)
             connection.deadline = time.monotonic() + CONNECTION_TIMEOUT
             self._kept[connection] = None
-
-    def replace_socket(self, connection: _Connection, replacement: socket.socket) -> None:
-        """The connection's descriptor now belongs to ``replacement`` (a TLS socket wrapped around it)."""
-        with self._lock:
-            connection.socket = replacement
-            if connection.closing:  # shut down while it was being wrapped: the new owner is shut down too
-                self._shut_down(connection)
 
     def forget(self, connection: _Connection) -> None:
         """Call before closing the connection's socket: once forgotten, it is never shut down by the table, so
@@ -668,10 +720,15 @@ class _ConnectionTable:
         return False
 
     def _shut_down(self, connection: _Connection) -> None:
+        if connection.closing and not connection.in_thread:
+            return
+        connection.closing = True
+        if not connection.in_thread:
+            self._for_the_loop.append(connection)  # closed at once by the loop, which alone uses it
+            return
         # shutdown(2), not close: the thread blocked reading from it wakes up (end of file) and closes it
         # itself, so its descriptor is never closed under it and reused. The plain socket's method, even on
         # a TLS socket: SSLSocket.shutdown would also unwrap it under the thread that uses it.
-        connection.closing = True
         try:
             socket.socket.shutdown(connection.socket, socket.SHUT_RDWR)
         except OSError:
@@ -693,6 +750,13 @@ class _ConnectionTable:
 
 
 class _HTTPServer(ThreadingHTTPServer):
+    """The HTTP server: one serving loop, and a thread for each request that has arrived in full.
+
+    The loop accepts connections, does their TLS handshakes and reads their first request without blocking,
+    on all of them at once; only a connection whose request line and headers are all in gets a thread. A
+    silent or trickling client costs a descriptor and a few bytes, not a thread, and making room for a new
+    connection closes it at once. A thread then serves that connection, kept alive, until it closes."""
+
     daemon_threads = True
 
     def __init__(self, address: Any, family: socket.AddressFamily, source: MetricsSource,
@@ -702,13 +766,19 @@ class _HTTPServer(ThreadingHTTPServer):
         self.request_queue_size = listen_backlog()
         self.source = source
         self.web_config = web_config
+        self.tls = web_config is not None and web_config.tls  # a reload never turns it on or off
         # As node_exporter's --web.max-requests: scrapes beyond the limit get 503 at once instead of piling
         # up threads; 0 means no limit.
         self.scrape_slots = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
         self.connections = _ConnectionTable(connection_limit(max_connections), request_timeout)
         self._current = threading.local()
-        self._next_expiry = 0.0
         self._accept_delay = 0.0
+        self._stop_requested = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
         if listening_socket is None:
             super().__init__(address, _Handler)
             return
@@ -724,17 +794,85 @@ class _HTTPServer(ThreadingHTTPServer):
         self.server_name, self.server_port = _name_and_port(socket.AddressFamily(self.address_family),
                                                              self.server_address)
 
-    def get_request(self) -> tuple[Any, Any]:
+    # The serving loop
+
+    def about_to_serve(self) -> None:
+        """Call before serve_forever, from the thread that may later call shutdown: a shutdown from then on
+        waits for the loop to stop, even one that comes before the loop has started."""
+        self._stopped.clear()
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._stopped.clear()
+        selector = selectors.DefaultSelector()
+        self.socket.setblocking(False)
+        selector.register(self.socket, selectors.EVENT_READ)
+        selector.register(self._wake_reader, selectors.EVENT_READ)
+        next_expiry = 0.0
         try:
-            connection, address = self.socket.accept()
-        except OSError as error:
-            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                self._accept_failed(error)
-            raise
-        self._accept_delay = 0.0
-        if connection.family == socket.AF_UNIX:
-            address = (_unix_peer(connection), 0)  # a Unix socket's peer has no address: say who it is
-        return connection, address
+            while not self._stop_requested:
+                for key, _ in selector.select(timeout=min(poll_interval, EXPIRY_CHECK_INTERVAL)):
+                    if key.fileobj is self.socket:
+                        self._accept(selector)
+                    elif key.fileobj is self._wake_reader:
+                        self._drain_wake()
+                    elif not key.data.closing:
+                        self._advance(key.data, selector)
+                    self._close_shut_down(selector)
+                now = time.monotonic()
+                if now >= next_expiry:
+                    next_expiry = now + EXPIRY_CHECK_INTERVAL
+                    self.connections.expire(now)
+                    self._close_shut_down(selector)
+        finally:
+            for key in list(selector.get_map().values()):
+                if isinstance(key.data, _Connection):
+                    self._close_in_loop(key.data, selector)
+            selector.close()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop the serving loop and wait until it has stopped (from another thread)."""
+        self._stop_requested = True
+        try:
+            self._wake_writer.send(b"x")
+        except OSError:
+            pass  # already woken
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_reader.recv(512):
+                pass
+        except OSError:
+            pass
+
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        for _ in range(ACCEPTS_PER_WAKE):  # a burst is taken in one go, and the loop still turns
+            try:
+                connection, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._accept_failed(error)
+                else:
+                    log.debug("cannot accept a connection: %s", error)
+                return
+            self._accept_delay = 0.0
+            if connection.family == socket.AF_UNIX:
+                address = (_unix_peer(connection), 0)  # a Unix socket's peer has no address: say who it is
+            entry = self.connections.admit(connection, address)
+            self._close_shut_down(selector)
+            if entry is None:
+                connection.close()
+                continue
+            connection.setblocking(False)
+            selector.register(connection, selectors.EVENT_READ, entry)
 
     def _accept_failed(self, error: OSError) -> None:
         """Out of descriptors (others than connections hold them: a limit lowered after start, files): make
@@ -747,84 +885,120 @@ class _HTTPServer(ThreadingHTTPServer):
         self.connections.make_room()
         time.sleep(self._accept_delay)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        connection = self.connections.admit(request, str(client_address[0]))
-        if connection is None:
-            self.shutdown_request(request)
+    def _advance(self, entry: _Connection, selector: selectors.BaseSelector) -> None:
+        """Take a waiting connection as far as it goes without blocking: the TLS handshake, then its request.
+        Hands it to a thread once the request's head is in."""
+        try:
+            if self.tls and not entry.tls and not self._start_tls(entry, selector):
+                return
+            if entry.tls and not entry.handshaken:
+                entry.socket.do_handshake()  # type: ignore[attr-defined]
+                entry.handshaken = True
+            while True:
+                data = entry.socket.recv(READ_SIZE)
+                if not data:
+                    self._close_in_loop(entry, selector)  # the client gave up
+                    return
+                entry.head += data
+                if _head_is_complete(entry.head):
+                    break
+        except (BlockingIOError, ssl.SSLWantReadError):
+            selector.modify(entry.socket, selectors.EVENT_READ, entry)
             return
-        thread = threading.Thread(target=self._serve_connection, args=(connection, request, client_address),
-                                  daemon=True)
+        except ssl.SSLWantWriteError:
+            selector.modify(entry.socket, selectors.EVENT_WRITE, entry)
+            return
+        except (ssl.SSLError, OSError) as error:
+            log.debug("connection from %s ended before its request: %s", entry.client, error)
+            self._close_in_loop(entry, selector)
+            return
+        selector.unregister(entry.socket)
+        self._hand_to_thread(entry)
+
+    def _start_tls(self, entry: _Connection, selector: selectors.BaseSelector) -> bool:
+        """Wrap a connection of a TLS server in TLS once its first byte is in. False: no TLS for it (closed:
+        plain HTTP sent to a TLS port is answered 400 first)."""
+        context = self.web_config.ssl_context() if self.web_config is not None else None
+        first = entry.socket.recv(1, socket.MSG_PEEK)
+        if context is None:  # cannot happen: a change of web config that turns TLS off is refused
+            self._close_in_loop(entry, selector)
+            return False
+        if first != b"\x16":  # not a TLS handshake record: most likely plain HTTP sent to this TLS port
+            if first:
+                try:
+                    # Read what it sent first: closing with unread bytes would reset the connection, and the
+                    # client might lose the answer.
+                    entry.socket.recv(READ_SIZE)
+                    entry.socket.send(PLAIN_HTTP_TO_TLS_RESPONSE)
+                    entry.socket.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            self._close_in_loop(entry, selector)
+            return False
+        selector.unregister(entry.socket)  # while it still has its descriptor: the TLS socket takes it over
+        wrapped = context.wrap_socket(entry.socket, server_side=True, do_handshake_on_connect=False)
+        entry.socket = wrapped
+        entry.tls = True
+        selector.register(wrapped, selectors.EVENT_READ, entry)
+        return True
+
+    def _hand_to_thread(self, entry: _Connection) -> None:
+        entry.socket.settimeout(CONNECTION_TIMEOUT)
+        self.connections.hand_to_thread(entry)
+        thread = threading.Thread(target=self._serve_connection, args=(entry,), daemon=True)
         try:
             thread.start()
         except RuntimeError as error:  # no thread can be started now (memory, a tasks limit): drop this one
-            log.warning("cannot serve a connection from %s: %s", client_address[0], error)
-            self.connections.forget(connection)
-            self.shutdown_request(request)
+            log.warning("cannot serve a connection from %s: %s", entry.client, error)
+            self.connections.forget(entry)
+            self.shutdown_request(entry.socket)
 
-    def _serve_connection(self, connection: _Connection, request: Any, client_address: Any) -> None:
-        self._current.connection = connection
+    def _close_shut_down(self, selector: selectors.BaseSelector) -> None:
+        for entry in self.connections.take_closed():
+            self._close_in_loop(entry, selector)
+
+    def _close_in_loop(self, entry: _Connection, selector: selectors.BaseSelector) -> None:
         try:
-            self.finish_request(request, client_address)
+            selector.unregister(entry.socket)
+        except (KeyError, ValueError):
+            pass  # not registered (being wrapped) or already closed
+        self.connections.forget(entry)
+        entry.socket.close()
+
+    # Threads
+
+    def _serve_connection(self, entry: _Connection) -> None:
+        self._current.connection = entry
+        try:
+            _Handler(entry.socket, entry.client_address, self)
         except Exception:
-            self.handle_error(request, client_address)
+            self.handle_error(entry.socket, entry.client_address)
         finally:
-            self.connections.forget(connection)
-            self.shutdown_request(request)
+            self.connections.forget(entry)  # before its descriptor is closed, which a new connection may reuse
+            self.shutdown_request(entry.socket)
 
     def current_connection(self) -> _Connection | None:
         """The connection the calling thread serves."""
         return getattr(self._current, "connection", None)
 
-    def service_actions(self) -> None:
-        # Called by serve_forever between accepts, and at least every poll interval.
-        now = time.monotonic()
-        if now >= self._next_expiry:
-            self._next_expiry = now + EXPIRY_CHECK_INTERVAL
-            self.connections.expire(now)
-
     def close_connections(self) -> None:
         """End the kept-alive connections too: after a shutdown, nothing more is served."""
         self.connections.close_all()
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        context = self.web_config.ssl_context() if self.web_config is not None else None
-        if context is None:
-            super().finish_request(request, client_address)
-            return
-        request.settimeout(CONNECTION_TIMEOUT)
-        try:
-            first = request.recv(1, socket.MSG_PEEK)
-        except OSError:
-            return
-        if first != b"\x16":  # not a TLS handshake record: most likely plain HTTP sent to this TLS port
-            if first:
-                try:
-                    request.sendall(PLAIN_HTTP_TO_TLS_RESPONSE)
-                except OSError:
-                    pass
-            return
-        try:
-            connection = context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
-        except (ssl.SSLError, OSError) as error:
-            log.debug("cannot start TLS with %s: %s", client_address[0], error)
-            return
-        entry = self.current_connection()
-        try:
-            if entry is not None:
-                self.connections.replace_socket(entry, connection)  # it took the accepted socket's descriptor
-            try:
-                connection.do_handshake()  # within the request deadline: the handshake is part of the request
-            except (ssl.SSLError, OSError) as error:
-                log.debug("TLS handshake with %s failed: %s", client_address[0], error)
-                return
-            _Handler(connection, client_address, self)
-        finally:
-            if entry is not None:
-                self.connections.forget(entry)
-            connection.close()
-
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+
+
+def _head_is_complete(head: bytearray) -> bool:
+    """Whether a request's line and headers are all in (a blank line, as http.server reads them), or enough
+    is in for the handler to answer it without more: a first line that is not a request, or more than a
+    request's head may hold."""
+    if b"\n\r\n" in head or b"\n\n" in head or len(head) > MAX_REQUEST_HEAD:
+        return True
+    first_line, newline, _ = head.partition(b"\n")
+    # Not "METHOD PATH VERSION", nor "GET PATH" (HTTP/0.9, after which http.server still reads headers):
+    # answered 400 at once.
+    return bool(newline) and len(first_line.split()) not in (2, 3)
 
 
 def _name_and_port(family: socket.AddressFamily, address: Any) -> tuple[str, int]:
@@ -975,6 +1149,7 @@ class MetricsServer:
             if self._stopped:
                 return
             self._serving = True
+            self._http.about_to_serve()
         self._http.serve_forever(poll_interval=0.2)
 
     def start(self) -> MetricsServer:
