@@ -7,7 +7,12 @@ active-deployments family is the exception: it is recomputed at every scrape fro
 that a deployment whose process died stops counting at once, not at the next flush.
 
 Served: ``/metrics`` (GET and HEAD, gzip when asked), a landing page at ``/``, 404 elsewhere; TLS and basic
-auth from an exporter-toolkit web config (see ``webconfig``).
+auth from an exporter-toolkit web config (see ``webconfig``); over TCP or a Unix socket from systemd.
+
+Clients that hold connections and send nothing cannot lock Prometheus out (see _ConnectionTable): one loop
+accepts, does TLS handshakes and reads first requests for every connection at once, a thread serves a
+connection only once its request is in, at most ``max_connections`` are held, and a request that has not
+arrived in full by its deadline is cut off, however slowly it trickles.
 """
 
 from __future__ import annotations
