@@ -1023,3 +1023,29 @@ def test_a_first_line_that_is_no_request_is_answered_at_once_not_at_the_deadline
         while chunk := client.recv(65536):
             answer += chunk
         assert b"Bad request" in answer  # http.server's 400 page (no status line: it takes it for HTTP/0.9)
+
+
+def test_out_of_descriptors_it_makes_room_and_goes_on_serving(textfile_dir: Path) -> None:
+    """Its open-file limit lowered under it (prlimit) to what it holds: accepting fails with EMFILE. It closes
+    the longest-waiting connection, waits a little (as Go's servers do) instead of spinning on a listening
+    socket that stays readable, says so once, and serves the next scrape."""
+    import resource
+
+    with fraisier_metrics(textfile_dir) as server:
+        assert request(server.url).status == 200
+        descriptors = f"/proc/{server.process.pid}/fd"
+        before = len(os.listdir(descriptors))
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(30)]
+        try:
+            while (held := len(os.listdir(descriptors))) < before + len(silent):  # until it accepted them all
+                time.sleep(0.01)
+            resource.prlimit(server.process.pid, resource.RLIMIT_NOFILE, (held + 1, held + 1))
+            silent += [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(100)]
+            assert request(server.url).status == 200
+            assert server.process.poll() is None
+        finally:
+            for client in silent:
+                client.close()
+        status, errors = server.stop()
+    assert status == 0
+    assert errors.count("cannot accept a connection: Too many open files") == 1, errors

@@ -778,6 +778,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.connections = _ConnectionTable(connection_limit(max_connections), request_timeout)
         self._current = threading.local()
         self._accept_delay = 0.0
+        self._accept_warned_at: float | None = None
         self._stop_requested = False
         self._stopped = threading.Event()
         self._stopped.set()
@@ -816,12 +817,17 @@ class _HTTPServer(ThreadingHTTPServer):
         try:
             while not self._stop_requested:
                 for key, _ in selector.select(timeout=min(poll_interval, EXPIRY_CHECK_INTERVAL)):
-                    if key.fileobj is self.socket:
-                        self._accept(selector)
-                    elif key.fileobj is self._wake_reader:
-                        self._drain_wake()
-                    elif not key.data.closing:
-                        self._advance(key.data, selector)
+                    try:
+                        if key.fileobj is self.socket:
+                            self._accept(selector)
+                        elif key.fileobj is self._wake_reader:
+                            self._drain_wake()
+                        elif not key.data.closing:
+                            self._advance(key.data, selector)
+                    except Exception:  # a bug must cost one connection, never the loop that serves them all
+                        log.error("unexpected error while serving a connection", exc_info=True)
+                        if isinstance(key.data, _Connection):
+                            self._close_in_loop(key.data, selector)
                     self._close_shut_down(selector)
                 now = time.monotonic()
                 if now >= next_expiry:
@@ -876,14 +882,21 @@ class _HTTPServer(ThreadingHTTPServer):
             if entry is None:
                 connection.close()
                 continue
-            connection.setblocking(False)
-            selector.register(connection, selectors.EVENT_READ, entry)
+            try:
+                connection.setblocking(False)
+                selector.register(connection, selectors.EVENT_READ, entry)
+            except (OSError, ValueError) as error:
+                log.debug("cannot watch a connection from %s: %s", entry.client, error)
+                self.connections.forget(entry)
+                connection.close()
 
     def _accept_failed(self, error: OSError) -> None:
         """Out of descriptors (others than connections hold them: a limit lowered after start, files): make
         room, and wait before accepting again as Go's http.Server does (5 ms, doubling up to 1 s), rather than
         spin on a listening socket that stays readable."""
-        if not self._accept_delay:
+        now = time.monotonic()
+        if self._accept_warned_at is None or now - self._accept_warned_at >= LIMIT_WARNING_INTERVAL:
+            self._accept_warned_at = now
             log.warning("cannot accept a connection: %s; the longest-waiting connection is closed to make room",
                         error.strerror or error)
         self._accept_delay = min(max(self._accept_delay * 2, 0.005), 1.0)
@@ -968,7 +981,10 @@ class _HTTPServer(ThreadingHTTPServer):
         except (KeyError, ValueError):
             pass  # not registered (being wrapped) or already closed
         self.connections.forget(entry)
-        entry.socket.close()
+        try:
+            entry.socket.close()
+        except OSError:
+            pass
 
     # Threads
 
