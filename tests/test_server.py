@@ -16,7 +16,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -845,6 +845,15 @@ def closed_by_server(client: socket.socket) -> bool:
         return True
 
 
+def eventually(condition: Callable[[], bool], within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def wait_closed(client: socket.socket, within: float = 20.0) -> bool:
     deadline = time.monotonic() + within
     while not closed_by_server(client):
@@ -897,8 +906,7 @@ def test_at_the_limit_a_new_connection_closes_the_longest_waiting_silent_one_not
         silent = []
         for _ in range(3):
             silent.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
-            while server.connections_held < len(silent) + 1:  # accepted, in this order
-                time.sleep(0.01)
+            assert eventually(lambda: server.connections_held == len(silent) + 1)  # accepted, in this order
         try:
             # The table is full (one kept alive, three silent): a new scrape is served all the same.
             assert request(server.url).status == 200
@@ -986,8 +994,7 @@ def test_silent_connections_hold_no_thread_and_are_served_once_they_speak(textfi
         threads_before = threading.active_count()
         silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(200)]
         try:
-            while server.connections_held < len(silent):
-                time.sleep(0.01)
+            assert eventually(lambda: server.connections_held == len(silent))
             assert threading.active_count() - threads_before < 10
             for client in silent[:20]:
                 client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -1037,7 +1044,9 @@ def test_out_of_descriptors_it_makes_room_and_goes_on_serving(textfile_dir: Path
         before = len(os.listdir(descriptors))
         silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(30)]
         try:
-            while (held := len(os.listdir(descriptors))) < before + len(silent):  # until it accepted them all
+            deadline = time.monotonic() + 10
+            # Until it accepted them (its scrape connection, counted before, may have closed meanwhile).
+            while (held := len(os.listdir(descriptors))) < before + len(silent) - 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
             resource.prlimit(server.process.pid, resource.RLIMIT_NOFILE, (held + 1, held + 1))
             silent += [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(100)]
