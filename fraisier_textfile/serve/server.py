@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -754,15 +754,13 @@ class _ConnectionTable:
         )
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class _HTTPServer(HTTPServer):
     """The HTTP server: one serving loop, and a thread for each request that has arrived in full.
 
     The loop accepts connections, does their TLS handshakes and reads their first request without blocking,
     on all of them at once; only a connection whose request line and headers are all in gets a thread. A
     silent or trickling client costs a descriptor and a few bytes, not a thread, and making room for a new
     connection closes it at once. A thread then serves that connection, kept alive, until it closes."""
-
-    daemon_threads = True
 
     def __init__(self, address: Any, family: socket.AddressFamily, source: MetricsSource,
                  web_config: LiveWebConfig | None, max_requests: int, max_connections: int,
