@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -232,3 +233,47 @@ def test_sighup_without_a_web_config_keeps_serving(tmp_path: Path) -> None:
         wait_for_log(log, "no --web-config-file to reload")
         assert process.poll() is None
         assert get(url) == 200
+
+
+# Control characters: nothing a client or a file name holds reaches an operator's terminal raw
+
+CONTROL_CHARACTERS = "".join(map(chr, [*range(0x20), 0x7F, *range(0x80, 0xA0)]))
+"""C0 (NUL to US, with tab, newline and CR), DEL and C1 (CSI is U+009B): what a terminal may act on."""
+INVISIBLE = "\u2028\u2029\u202e\u200b\ufeff\U000e0041"
+"""Line and paragraph separators, a right-to-left override, a zero-width space, a BOM, a tag: Unicode that
+moves or hides text in a terminal or an editor."""
+
+
+def raw_controls(text: str) -> list[str]:
+    """The control and invisible characters of ``text`` other than the newline that ends each line."""
+    return [character for character in text if character != "\n" and not character.isprintable()
+            and character != " "]
+
+
+@pytest.mark.parametrize("log_format", logs.FORMATS)
+def test_every_control_character_is_escaped_in_messages_and_values(log_format: str) -> None:
+    hostile = f"a{CONTROL_CHARACTERS}b{INVISIBLE}c \x1b[2J\x1b]0;pwned\x07 é"
+    text = emit(log_format, "info", hostile, path=hostile, **{f"key{hostile}": 1})
+    assert raw_controls(text) == []
+    [line] = log_lines(text, log_format)  # one line, however many newlines the values held
+    assert line["msg"] == hostile and line["path"] == hostile  # escaped, not dropped: read back exactly
+    assert "é" in text  # printable text outside ASCII stays readable
+
+
+@pytest.mark.parametrize("log_format", logs.FORMATS)
+def test_a_request_path_with_terminal_escapes_is_logged_escaped(tmp_path: Path, log_format: str) -> None:
+    paths = [b"/\x1b[31mred\x1b[0m\x1b]0;title\x07", b"/nul\x00here", b"/c1\x9b2Jdel\x7f", b"/cr\rnel\x85here"]
+    with metrics_server(tmp_path, "--log-level", "debug", "--log-format", log_format) as (_, url, log):
+        port = int(url.split(":")[2].split("/")[0])
+        for path in paths:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                client.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert client.recv(12) in (b"HTTP/1.1 404", b"HTTP/1.1 400"), path
+        get(url.replace("/metrics", "/last"))
+        text = wait_for_log(log, "/last")
+    assert raw_controls(log.read_bytes().decode("utf-8")) == []
+    logged = {str(line["path"]) for line in log_lines(text, log_format) if line["msg"] == "request"}
+    for path in paths[:3]:  # served (404): logged with the path exactly as sent, escaped
+        assert path.decode("latin-1") in logged
+    # A bare CR or NEL splits the request line (str.split): http.server answers 400 and logs the line.
+    assert any("/cr" in str(line["msg"]) and "400" in str(line["msg"]) for line in log_lines(text, log_format))

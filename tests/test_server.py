@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import http.client
 import os
+import re
+import select
 import signal
 import socket
 import ssl
@@ -14,7 +16,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -29,6 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fraisier_textfile import MetricsRecorder
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.cli.commands import main
+from fraisier_textfile.serve.server import MetricsServer, RegistrySource, TextfileSource
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import fraisier, free_port, lock_held_elsewhere
 from .tls import Certificates, make_certificates
@@ -822,3 +826,235 @@ def test_scrapes_beyond_max_requests_get_503_at_once(textfile_dir: Path) -> None
         first.join(30)
         assert held == [200]
         assert request(server.url).status == 200
+
+
+# Abuse: connections that hold the server and send nothing useful (tests/integration/test_server_under_abuse.py
+# runs 2,000 of them against a real Prometheus)
+
+PLAIN_TRICKLE = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "
+TLS_TRICKLE = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"  # a ClientHello announced, never finished
+
+
+def closed_by_server(client: socket.socket) -> bool:
+    """Whether the server has closed the connection (end of file or reset), without waiting."""
+    if not select.select([client], [], [], 0)[0]:
+        return False
+    try:
+        return client.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def eventually(condition: Callable[[], bool], within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def wait_closed(client: socket.socket, within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while not closed_by_server(client):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def textfile_server(textfile_dir: Path, **options: object) -> MetricsServer:
+    return MetricsServer(TextfileSource(TextfileStore(textfile_dir)), port=0, address="127.0.0.1",
+                         **options).start()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_request_trickled_a_byte_at_a_time_is_cut_off_at_its_deadline(
+    textfile_dir: Path, tmp_path: Path, certificates: Certificates, scheme: str
+) -> None:
+    """The deadline is set once, when the connection is accepted: each byte does not push it back, as it
+    pushes back a socket timeout. A trickle of a byte every 50 ms would outlast any socket timeout above
+    that; here it must be cut off once the request deadline (1 s) has passed."""
+    web_config = tls_config(certificates, tmp_path) if scheme == "https" else None
+    with textfile_server(textfile_dir, request_timeout=1.0, web_config_file=web_config) as server:
+        start = TLS_TRICKLE if scheme == "https" else PLAIN_TRICKLE
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            sent = 0
+            started = time.monotonic()
+            while not closed_by_server(client) and sent < 400:  # 400 bytes: 20 s, far past the deadline
+                try:
+                    client.sendall(start[sent:sent + 1] or b"a")
+                except OSError:
+                    break
+                sent += 1
+                time.sleep(0.05)
+            cut_off_after = time.monotonic() - started
+            assert sent < 400, f"still open after {sent} trickled bytes ({cut_off_after:.1f} s)"
+        # A client that sends its request at once is served as ever.
+        context = client_context(certificates) if scheme == "https" else None
+        assert request(server.url, context=context).status == 200
+
+
+def test_at_the_limit_a_new_connection_closes_the_longest_waiting_silent_one_not_a_kept_alive_one(
+    textfile_dir: Path
+) -> None:
+    with textfile_server(textfile_dir, max_connections=4) as server:
+        scraper = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        scraper.request("GET", "/metrics")
+        assert scraper.getresponse().read() and scraper.sock is not None
+        kept_alive = scraper.sock
+        silent = []
+        for _ in range(3):
+            silent.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+            assert eventually(lambda: server.connections_held == len(silent) + 1)  # accepted, in this order
+        try:
+            # The table is full (one kept alive, three silent): a new scrape is served all the same.
+            assert request(server.url).status == 200
+            assert wait_closed(silent[0]), "the longest-waiting silent connection was not closed"
+            assert not closed_by_server(silent[1]) and not closed_by_server(silent[2])
+            # The kept-alive scraper kept its connection: its next scrape goes over the same socket.
+            assert not closed_by_server(kept_alive)
+            scraper.request("GET", "/metrics")
+            assert scraper.getresponse().status == 200 and scraper.sock is kept_alive
+        finally:
+            scraper.close()
+            for client in silent:
+                client.close()
+
+
+def test_when_every_connection_is_being_served_a_new_one_is_closed_at_once(textfile_dir: Path) -> None:
+    entered, release = threading.Semaphore(0), threading.Event()
+
+    class Slow:
+        def collect(self) -> Iterator[object]:
+            entered.release()
+            release.wait(30)
+            return iter(())
+
+    recorder = MetricsRecorder(textfile_dir, auto_flush=False)
+    recorder.registry.register(Slow())  # type: ignore[arg-type]
+    source = RegistrySource(recorder.registry)
+    with MetricsServer(source, port=0, address="127.0.0.1", max_connections=2).start() as server:
+        statuses: list[int] = []
+        scrapes = [threading.Thread(target=lambda: statuses.append(request(server.url).status)) for _ in range(2)]
+        for scrape in scrapes:
+            scrape.start()
+        assert entered.acquire(timeout=30) and entered.acquire(timeout=30)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as third:
+            third.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert wait_closed(third), "a third connection was kept although both slots were being served"
+        release.set()
+        for scrape in scrapes:
+            scrape.join(30)
+        assert statuses == [200, 200]
+        assert request(server.url).status == 200
+
+
+def soft_and_hard_descriptor_limits(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError(f"no open-files limit in /proc/{pid}/limits")
+
+
+@pytest.mark.parametrize(("soft", "hard"), [(1024, 4096), (1024, 1024)])
+def test_it_raises_its_soft_descriptor_limit_to_the_hard_one_and_keeps_within_it(
+    textfile_dir: Path, soft: int, hard: int
+) -> None:
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    port = free_port()
+    command = [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "metrics",
+               "--address", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=limit)
+    server = Server(process, port)
+    try:
+        wait_for_port(port, process)
+        assert soft_and_hard_descriptor_limits(process.pid) == (hard, hard)
+        assert request(server.url).status == 200
+    finally:
+        status, errors = server.stop()
+    assert status == 0, errors
+    lowered = "--max-connections 512 lowered to"
+    if hard >= 2 * 512 + 64:
+        assert lowered not in errors
+    else:  # 1024 descriptors cannot hold 512 connections and what each may need: fewer, and said so
+        assert lowered in errors and "LimitNOFILE=" in errors
+
+
+def test_silent_connections_hold_no_thread_and_are_served_once_they_speak(textfile_dir: Path) -> None:
+    """A connection gets a thread only once its request is in: a few hundred silent clients cost the server
+    descriptors, not threads; each is served as soon as it sends its request."""
+    with textfile_server(textfile_dir) as server:
+        threads_before = threading.active_count()
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(200)]
+        try:
+            assert eventually(lambda: server.connections_held == len(silent))
+            assert threading.active_count() - threads_before < 10
+            for client in silent[:20]:
+                client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            for client in silent[:20]:
+                assert client.recv(12) == b"HTTP/1.1 200"
+        finally:
+            for client in silent:
+                client.close()
+
+
+def test_a_request_in_many_pieces_and_pipelined_requests_are_served(textfile_dir: Path) -> None:
+    with textfile_server(textfile_dir) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        one = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n\r\n"
+        for byte in range(len(one)):  # a byte at a time, well within the deadline
+            client.sendall(one[byte:byte + 1])
+            time.sleep(0.002)
+        client.sendall(one + b"HEAD /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # two at once
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"200", b"404"]
+
+
+@pytest.mark.parametrize("first_line", [b"GARBAGE\r\n", b"GET / HTTP/1.1 extra\r\n"])
+def test_a_first_line_that_is_no_request_is_answered_at_once_not_at_the_deadline(
+    textfile_dir: Path, first_line: bytes
+) -> None:
+    with textfile_server(textfile_dir, request_timeout=60.0) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(first_line)  # and nothing more: the answer must not wait for the 60 s deadline
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        assert b"Bad request" in answer  # http.server's 400 page (no status line: it takes it for HTTP/0.9)
+
+
+def test_out_of_descriptors_it_makes_room_and_goes_on_serving(textfile_dir: Path) -> None:
+    """Its open-file limit lowered under it (prlimit) to what it holds: accepting fails with EMFILE. It closes
+    the longest-waiting connection, waits a little (as Go's servers do) instead of spinning on a listening
+    socket that stays readable, says so once, and serves the next scrape."""
+    import resource
+
+    with fraisier_metrics(textfile_dir) as server:
+        assert request(server.url).status == 200
+        descriptors = f"/proc/{server.process.pid}/fd"
+        before = len(os.listdir(descriptors))
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(30)]
+        try:
+            deadline = time.monotonic() + 10
+            # Until it accepted them (its scrape connection, counted before, may have closed meanwhile).
+            while (held := len(os.listdir(descriptors))) < before + len(silent) - 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            resource.prlimit(server.process.pid, resource.RLIMIT_NOFILE, (held + 1, held + 1))
+            silent += [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(100)]
+            assert request(server.url).status == 200
+            assert server.process.poll() is None
+        finally:
+            for client in silent:
+                client.close()
+        status, errors = server.stop()
+    assert status == 0
+    assert errors.count("cannot accept a connection: Too many open files") == 1, errors

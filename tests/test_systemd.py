@@ -4,6 +4,7 @@ own: with the system's backlog, so that a burst of connections is queued by the 
 
 from __future__ import annotations
 
+import http.client
 import os
 import select
 import shlex
@@ -100,7 +101,9 @@ def test_the_server_unit_is_hardened_and_reloads_with_sighup() -> None:
     for key, expected in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
                           ("PrivateTmp", "yes"), ("ProtectProc", "invisible"), ("Restart", "on-failure"),
                           ("ExecReload", "/bin/kill -HUP $MAINPID"), ("TemporaryFileSystem", "/var/lib:ro"),
-                          ("BindReadOnlyPaths", TEXTFILE_DIRECTORY), ("CapabilityBoundingSet", "")]:
+                          ("BindReadOnlyPaths", TEXTFILE_DIRECTORY), ("CapabilityBoundingSet", ""),
+                          # Room for --max-connections (512) and the descriptors each may need, with room to raise it.
+                          ("LimitNOFILE", "8192")]:
         assert value(service, key) == expected, key
     assert f"--textfile-dir {TEXTFILE_DIRECTORY}" in value(service, "ExecStart")
     assert [k for _, k, _ in directives(service) if k.startswith("ReadWrite")] == []  # it writes nothing
@@ -271,3 +274,96 @@ def tcp_state(client: socket.socket) -> str:
     """The connection's state as the kernel reports it (struct tcp_info's first byte)."""
     state = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
     return TCP_STATES.get(state, str(state))
+
+
+# Socket activation on a Unix stream socket (ListenStream=/run/fraisier-metrics.sock, or @name: abstract)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix stream socket: what ``curl --unix-socket`` does."""
+
+    def __init__(self, address: str | bytes) -> None:
+        super().__init__("localhost", timeout=20)
+        self.unix_address = address
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_address)
+
+
+def get_over_unix(address: str | bytes, path: str = "/metrics") -> tuple[int, str]:
+    connection = UnixHTTPConnection(address)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+@contextmanager
+def unix_socket_activated(address: str | bytes, command: list[str],
+                          log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(address)
+    listening.listen(128)
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, "-c", ACTIVATE, str(listening.fileno()), *command],
+                                   pass_fds=[listening.fileno()], stdout=output, stderr=subprocess.STDOUT)
+    listening.close()
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
+@pytest.mark.parametrize("kind", ["path", "abstract"])
+def test_fraisier_metrics_serves_a_unix_socket_systemd_passes_and_says_where(
+    tmp_path: Path, fraisier_script: Path, kind: str
+) -> None:
+    textfile_dir = tmp_path / "textfile"
+    assert subprocess.run([str(fraisier_script), "--textfile-dir", str(textfile_dir), "record", "deployment",
+                           "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+                           "--duration", "4"], check=False).returncode == 0
+    if kind == "path":
+        address: str | bytes = str(tmp_path / "fraisier-metrics.sock")
+        shown = f"unix socket {address}"
+    else:
+        name = f"fraisier-metrics-test-{os.getpid()}-{time.monotonic_ns()}"
+        address = b"\0" + name.encode()
+        shown = f"unix socket @{name}"
+    command = [*exec_start("fraisier-metrics.service", fraisier_script, textfile_dir), "--log-level", "debug"]
+    log = tmp_path / "server.log"
+    with unix_socket_activated(address, command, log) as process:
+        status, body = get_over_unix(address)
+        assert status == 200, tail(log)
+        assert 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"} 1' in body
+        assert get_over_unix(address, "/")[0] == 200
+        assert get_over_unix(address, "/nowhere")[0] == 404
+        assert process.poll() is None
+    text = log.read_text()
+    assert f"fraisier metrics: serving {textfile_dir / 'fraisier.prom'} on {shown} (socket from systemd" in text, text
+    assert "Traceback" not in text and process.returncode == 0
+    # Each request is logged with who asked: a Unix socket's peer is a process and a user, not an address.
+    assert 'remote="unix:pid=' in text and f"uid={os.getuid()}" in text, text
+
+
+def test_systemd_socket_activate_on_a_unix_path_starts_it_too(tmp_path: Path, fraisier_script: Path) -> None:
+    activate = binary("systemd-socket-activate")
+    address = str(tmp_path / "metrics.sock")
+    log = tmp_path / "server.log"
+    command = [activate, "--listen", address, str(fraisier_script), "--textfile-dir", str(tmp_path / "textfile"),
+               "metrics"]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while "Listening on" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, tail(log)
+            time.sleep(0.05)
+        status, body = get_over_unix(address)
+        assert status == 200 and "# TYPE fraisier_deployments_total counter" in body
+    finally:
+        stop(process)
+    assert f"on unix socket {address} (socket from systemd" in log.read_text()

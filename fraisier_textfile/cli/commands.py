@@ -572,8 +572,13 @@ def unreadable_by_node_exporter(textfile: Path) -> list[str]:
 @click.option("--max-requests", type=click.IntRange(min=0), default=0, show_default=True,
               help="Scrapes served at once; more get 503 at once, as with node_exporter's --web.max-requests "
               "(say 40, on a host exposed to many clients). 0: no limit.")
+@click.option("--max-connections", type=click.IntRange(min=0), default=512, show_default=True,
+              help="Connections held at once, as Prometheus's --web.max-connections (never more than half the "
+              "open-file limit allows). At the limit a new connection closes the one that has waited longest "
+              "for its request. 0: as many as the open-file limit allows.")
 @pass_settings
-def metrics(settings: Settings, port: int, address: str, web_config_file: Path | None, max_requests: int) -> None:
+def metrics(settings: Settings, port: int, address: str, web_config_file: Path | None, max_requests: int,
+            max_connections: int) -> None:
     """Serve TEXTFILE_DIR/fraisier.prom over HTTP at /metrics, for Prometheus to scrape.
 
     For hosts without node_exporter (with it, point its textfile collector at TEXTFILE_DIR instead). A scrape
@@ -582,9 +587,15 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     landing page at / with a summary of the deployments (as `fraisier textfile summary`). SIGTERM or SIGINT
     stop it (exit 0); SIGHUP re-reads the web config (systemd's ExecReload) and it goes on serving.
 
-    Started by a systemd .socket unit (LISTEN_FDS, LISTEN_PID), it serves the socket it is handed and ignores
-    --address and --port; contrib/systemd/ has the units. Otherwise it listens with the system's backlog
-    (/proc/sys/net/core/somaxconn), as node_exporter does.
+    Started by a systemd .socket unit (LISTEN_FDS, LISTEN_PID), it serves the socket it is handed, TCP or Unix
+    (ListenStream=/run/fraisier-metrics.sock, or @name), and ignores --address and --port; contrib/systemd/ has
+    the units. Otherwise it listens with the system's backlog (/proc/sys/net/core/somaxconn), as node_exporter
+    does.
+
+    Against clients that hold connections and send nothing: it raises its soft open-file limit to the hard
+    one at start (as Go programs do), holds at most --max-connections, and closes a connection whose TLS
+    handshake and request have not arrived in full 10 s after it connected (30 s after the last response on
+    a kept-alive connection), however slowly the bytes trickle in.
 
     --web-config-file takes the web config file of Prometheus exporters (exporter-toolkit): TLS, client
     certificates, basic auth. Paths in it are relative to its directory; it is re-read when it changes. A new
@@ -616,7 +627,12 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     import signal
     import threading
 
-    from fraisier_textfile.serve.server import notify_systemd, serve_textfile, systemd_listening_socket
+    from fraisier_textfile.serve.server import (
+        notify_systemd,
+        raise_descriptor_limit,
+        serve_textfile,
+        systemd_listening_socket,
+    )
 
     if not address.strip():
         raise InvalidInput("--address is empty: give localhost, a host's address, or 0.0.0.0 for every interface")
@@ -638,11 +654,14 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGHUP, request_reload)
     store = settings.store(fraisier_state=True)  # each scrape takes what Fraisier's state holds that is new
+    before, after = raise_descriptor_limit()
+    if after != before:
+        log.debug(f"raised the soft limit on open files from {before} to {after}, the hard limit")
     with library_errors():
         listening_socket = systemd_listening_socket()
         server = serve_textfile(
             store, port=port, address=address, web_config_file=web_config_file, max_requests=max_requests,
-            listening_socket=listening_socket,
+            listening_socket=listening_socket, max_connections=max_connections,
         )
     details = ", ".join(
         part for part in (
@@ -652,7 +671,10 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
             "" if store.path.exists() else "the file does not exist yet: families are served without samples",
         ) if part
     )
-    log.info(f"fraisier metrics: serving {store.path} on {server.url}" + (f" ({details})" if details else ""))
+    log.info(f"fraisier metrics: serving {store.path} on {server.location}" + (f" ({details})" if details else ""))
+    if max_connections and server.connection_limit < max_connections:
+        log.warning(f"--max-connections {max_connections} lowered to {server.connection_limit}: the open-file "
+                    f"limit ({after}) allows no more; raise LimitNOFILE= in the unit")
     # Type=notify: systemd counts the service started, and lets a reload (SIGHUP) through, only from here.
     notify_systemd("READY=1")
     while True:

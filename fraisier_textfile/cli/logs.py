@@ -64,6 +64,35 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+_NAMED_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_character(character: str) -> str:
+    """``\\u001b`` for ESC: JSON's escape, which logfmt readers (go-logfmt) also take. A character beyond the
+    Basic Multilingual Plane becomes a surrogate pair, as JSON spells it."""
+    code = ord(character)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _is_hidden(character: str) -> bool:
+    """Whether a terminal or an editor could act on ``character`` or not show it: C0 and C1 controls (ESC
+    starts a terminal's escape sequences, U+009B is CSI), DEL, line and paragraph separators, format characters
+    (a right-to-left override reorders what follows), lone surrogates (a file name that is not UTF-8),
+    unassigned and private-use code points: whatever str.isprintable refuses."""
+    return not character.isprintable()
+
+
+def _escape_hidden(text: str) -> str:
+    """``text`` with every hidden character (see _is_hidden) written as a JSON escape; printable text outside
+    ASCII (``é``) is kept as it is, to stay readable."""
+    if text.isprintable():
+        return text
+    return "".join(_escape_character(character) if _is_hidden(character) else character for character in text)
+
+
 def _logfmt_value(value: object) -> str:
     if value is None:
         text = "null"
@@ -73,8 +102,12 @@ def _logfmt_value(value: object) -> str:
         text = str(value)
     if text and not any(character in text for character in ' ="\\') and text.isprintable():
         return text
-    escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-               .replace("\t", "\\t"))
+    # Escaped as a JSON string is, so that a value from a client (a request path) or a file name can never
+    # put a raw ESC, CR or NUL on an operator's terminal, nor break the line in two.
+    escaped = "".join(
+        _NAMED_ESCAPES.get(character) or (_escape_character(character) if _is_hidden(character) else character)
+        for character in text
+    )
     return f'"{escaped}"'
 
 
@@ -96,7 +129,9 @@ class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         import json
 
-        return json.dumps(record_fields(record), default=str, ensure_ascii=False)
+        # json.dumps escapes only C0 (below U+0020): DEL, C1 and the other hidden characters go through raw
+        # unless escaped here. They can only be inside strings of its output, where a JSON escape is valid.
+        return _escape_hidden(json.dumps(record_fields(record), default=str, ensure_ascii=False))
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
