@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.cli.execution import run_deployment
-from fraisier_textfile.store import inflight
+from fraisier_textfile.store import inflight, processes
 from fraisier_textfile.store.textfile import TextfileStore
 
 
@@ -42,7 +42,7 @@ def deploy_like_an_older_version(directory: str) -> None:
     """Write a marker as versions without the lock did, and hang until killed."""
     pid = os.getpid()
     start_time = inflight.process_start_time(pid)
-    boot, namespace = inflight._context()
+    boot, namespace = processes.own_context()
     marker_id = f"{pid}-{start_time}-0ld0ld00"
     markers = inflight.marker_directory(Path(directory))
     markers.mkdir(mode=0o775, exist_ok=True)

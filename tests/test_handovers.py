@@ -18,7 +18,7 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError, UnexpectedFileError
-from fraisier_textfile.store import fs, handovers
+from fraisier_textfile.store import fs, handover_order, handovers
 from fraisier_textfile.store.handovers import HANDOVERS_PER_MERGE
 from fraisier_textfile.store.textfile import TextfileStore
 
@@ -477,7 +477,7 @@ def test_hand_overs_pile_up_to_a_bound_while_merges_fail_then_drain_once_they_su
 ) -> None:
     """While every merge fails (here a corrupt file), hand-overs pile up to PENDING_LIMIT; past it a hand-over
     is refused with one line and the caller keeps its events; once merges succeed they drain and it goes on."""
-    monkeypatch.setattr(handovers, "PENDING_LIMIT", 5)
+    monkeypatch.setattr(handover_order, "PENDING_LIMIT", 5)
     store = TextfileStore(textfile_dir)
     store.merge(Changes())
     good = store.path.read_bytes()

@@ -22,8 +22,6 @@ does not recurse.
 from __future__ import annotations
 
 import atexit
-import errno
-import fcntl
 import logging
 import os
 import queue
@@ -31,23 +29,34 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from fraisier_textfile.errors import (
     FraisierTextfileError,
     InvalidValueError,
-    TextfileWriteError,
     UnexpectedFileError,
     write_error,
 )
 from fraisier_textfile.format.bookkeeping import WordList
 from fraisier_textfile.format.model import Block, Document
-from fraisier_textfile.format.schema import Family, Schema, default
+from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.store import fs
-from fraisier_textfile.store.changes import Changes, HistogramDelta
+from fraisier_textfile.store.changes import Changes
+from fraisier_textfile.store.handover_codec import FIELDS as FIELDS
+from fraisier_textfile.store.handover_codec import FORMAT_VERSION as FORMAT_VERSION
+from fraisier_textfile.store.handover_codec import NewerHandover as NewerHandover
+from fraisier_textfile.store.handover_codec import UnreadableHandover as UnreadableHandover
+from fraisier_textfile.store.handover_codec import decode as decode
+from fraisier_textfile.store.handover_codec import encode as encode
+from fraisier_textfile.store.handover_order import PENDING_LIMIT as PENDING_LIMIT
+from fraisier_textfile.store.handover_order import SEQUENCE_FILE as SEQUENCE_FILE
+from fraisier_textfile.store.handover_order import TooManyWaiting as TooManyWaiting
+from fraisier_textfile.store.handover_order import id_for as id_for
+from fraisier_textfile.store.handover_order import new_id as new_id
+from fraisier_textfile.store.handover_order import note_merged as note_merged
+from fraisier_textfile.store.handover_order import sequence_of as sequence_of
 from fraisier_textfile.store.rules import check_summable, combine
 from fraisier_textfile.store.transaction import Merge, Participant
-from fraisier_textfile.validate import check_label_value
 
 HANDOVER_DIRECTORY = ".fraisier-handover"
 APPLIED = WordList("applied-handovers")
@@ -55,162 +64,14 @@ APPLIED = WordList("applied-handovers")
 """The key of ``Document.meta`` that lists the hand-overs a file already holds."""
 SUFFIX = ".json"
 TEMPORARY_PREFIX = "."
-FORMAT_VERSION = 1
 # A temporary hand-over is written without the lock, so one may be in progress while a merger looks: only
 # one older than this is a killed writer's litter.
 STALE_TEMPORARY_SECONDS = 3600.0
-# Every field of Changes that a merge uses, serialised. A test checks this against Changes itself, so that
-# a field added there cannot be silently dropped here.
-FIELDS = ("added", "observed", "latest", "maximum", "active_providers", "retired_markers")
-
 log = logging.getLogger(__name__)
-
-
-class UnreadableHandover(ValueError):
-    """A hand-over file this version cannot apply (corrupt, or written by a version with other families). The
-    store sets such a file aside: this never escapes it."""
-
-
-class NewerHandover(UnreadableHandover):
-    """A hand-over in a newer format than this version's: left in place for a merger of that version (during
-    an upgrade both run), never set aside, which would lose its events for it too."""
 
 
 def handover_directory(textfile_directory: Path) -> Path:
     return textfile_directory / HANDOVER_DIRECTORY
-
-
-# Encoding
-
-
-def encode(changes: Changes) -> bytes:
-    import json  # here, not at the top: only a process that hands over pays for it
-
-    content: dict[str, Any] = {
-        "version": FORMAT_VERSION,
-        "added": [[family.name, list(labels), amount] for (family, labels), amount in changes.added.items()],
-        "observed": [
-            [family.name, list(labels), delta.buckets, delta.sum, delta.count]
-            for (family, labels), delta in changes.observed.items()
-        ],
-        "latest": [[family.name, list(labels), value] for (family, labels), value in changes.latest.items()],
-        "maximum": [[family.name, list(labels), value] for (family, labels), value in changes.maximum.items()],
-        "active_providers": sorted(changes.active_providers),
-        "retired_markers": sorted(changes.retired_markers),
-    }
-    return json.dumps(content, separators=(",", ":")).encode("utf-8")
-
-
-def decode(data: bytes, schema: Schema | None = None) -> Changes:
-    """The changes a hand-over holds, of ``schema``'s families (the default schema's if None). Raises
-    UnreadableHandover if they cannot be applied by this version."""
-    import json
-
-    families = (schema or default()).by_name
-
-    try:
-        content = json.loads(data)
-        version = content.get("version")
-        if version.__class__ is int and version > FORMAT_VERSION:
-            raise NewerHandover(f"format version {version}, newer than this version's {FORMAT_VERSION}")
-        if version.__class__ is not int or version != FORMAT_VERSION:  # `true` == 1 in Python: not a version
-            raise UnreadableHandover(f"format version {version!r}, not {FORMAT_VERSION}")
-        changes = Changes()
-        for name, labels, amount in content["added"]:
-            changes.added[_series(families, name, labels)] = _number(name, amount)
-        for name, labels, buckets, total, count in content["observed"]:
-            key = _series(families, name, labels)
-            if len(buckets) != len(key[0].buckets) + 1:
-                raise UnreadableHandover(f"{name} has {len(buckets)} buckets here, not {len(key[0].buckets) + 1}")
-            # As the recorder writes them, the buckets are ints >= 0: checked in one pass, not one call each.
-            if buckets.__class__ is list and all(bucket.__class__ is int for bucket in buckets) and min(buckets) >= 0:
-                delta = HistogramDelta(buckets)
-            else:
-                delta = HistogramDelta([_whole_number(name, bucket) for bucket in buckets])
-            delta.sum = _number(name, total)
-            delta.count = _whole_number(name, count)
-            if delta.count != sum(delta.buckets):  # else the file's +Inf bucket and count would disagree
-                raise UnreadableHandover(f"{name} has the count {count!r}, not the sum of its buckets")
-            changes.observed[key] = delta
-        for name, labels, value in content["latest"]:
-            changes.latest[_series(families, name, labels)] = _number(name, value)
-        for name, labels, value in content["maximum"]:
-            changes.maximum[_series(families, name, labels)] = _number(name, value)
-        changes.active_providers.update(_label_value("provider", value) for value in content["active_providers"])
-        changes.retired_markers.update(_marker_id(marker) for marker in content["retired_markers"])
-    except UnreadableHandover:
-        raise
-    except InvalidValueError as error:
-        raise UnreadableHandover(str(error)) from None
-    # RecursionError: json's decoder recurses into arrays; a file of nested brackets must be set aside too.
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
-        raise UnreadableHandover(f"not a hand-over this version can read ({type(error).__name__}: {error})") from None
-    return changes
-
-
-def _number(name: str, value: object) -> float:
-    """A value as the recorder makes them: a finite number >= 0 (what else would poison every later merge)."""
-    if value.__class__ is float and 0 <= value < _INFINITY:
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-        raise UnreadableHandover(f"{name} has the value {value!r}, not a finite number >= 0")
-    try:
-        return float(value)
-    except OverflowError:
-        # A JSON integer has no bound, and every int is < inf: one past the largest float cannot be converted.
-        # Escaping as OverflowError, it would fail this merge and every later one instead of being set aside.
-        raise UnreadableHandover(f"{name} has the value {value!r:.40}..., not a finite number >= 0") from None
-
-
-def _whole_number(name: str, value: object) -> int:
-    number = _number(name, value)
-    if not number.is_integer():
-        raise UnreadableHandover(f"{name} has the count {value!r}, not a whole number")
-    return int(number)
-
-
-_INFINITY = float("inf")
-_checked_series: dict[tuple[int, str, tuple[object, ...]], tuple[Family, tuple[str, ...]]] = {}
-"""Series already checked by :func:`_series`: a merge under contention reads a hundred hand-overs of the same
-few series, and checking their label values again cost most of reading them."""
-
-
-def _series(families: dict[str, Family], name: str, labels: object) -> tuple[Family, tuple[str, ...]]:
-    if labels.__class__ is list:
-        seen = (id(families), name, tuple(labels))
-        known = _checked_series.get(seen)
-        if known is not None:
-            return known
-        checked = _check_series(families, name, labels)
-        if len(_checked_series) >= 10_000:
-            _checked_series.clear()
-        # Only strings are kept: the tuple's items are compared by ==, and 1 == 1.0 == True.
-        if all(value.__class__ is str for value in seen[2]):
-            _checked_series[seen] = checked
-        return checked
-    return _check_series(families, name, labels)
-
-
-def _check_series(families: dict[str, Family], name: str, labels: object) -> tuple[Family, tuple[str, ...]]:
-    family = families.get(name)
-    if family is None:
-        raise UnreadableHandover(f"the family {name} is not in this store's schema (this version's catalogue)")
-    if not isinstance(labels, list) or len(labels) != len(family.labels):
-        raise UnreadableHandover(f"{name} has labels {labels!r}, not values for {', '.join(family.labels)}")
-    # Checked as the recorder checks them: a newline or a lone surrogate would make every merge fail.
-    return family, tuple(_label_value(label, value) for label, value in zip(family.labels, labels))
-
-
-def _label_value(label: str, value: object) -> str:
-    if value.__class__ is not str:
-        raise UnreadableHandover(f"{label}={value!r} is not a string")
-    return check_label_value(label, value)
-
-
-def _marker_id(value: object) -> str:
-    if value.__class__ is not str or not value or not value.isprintable() or " " in value or "/" in value:
-        raise UnreadableHandover(f"the marker id {value!r} is not one fraisier writes")
-    return str(value)
 
 
 # Files
@@ -475,156 +336,6 @@ def remove_stale_temporaries(directory: fs.Directory) -> None:
                 directory.unlink(name)
         except OSError:
             pass
-
-
-# Order
-
-
-SEQUENCE_FILE = "sequence"
-"""The counter that orders hand-overs (no dot: names starting with one are temporaries; no .json: not a
-hand-over)."""
-_SEQUENCE_WAIT = 0.05
-"""Seconds a writer waits for the counter's lock. Its holders only read and write a few bytes; a writer of the
-directory holding it for ever must not hang a deployment: past this, the counter is read without the lock
-(two hand-overs may then share a number; both are applied, in an arbitrary order between them)."""
-_SEQUENCE_DIGITS = 20
-
-
-def new_id(directory: fs.Directory) -> str:
-    """A hand-over's id: ``s<sequence>-<pid>-<random>``. Sorting ids sorts the hand-overs by when they were
-    written, so that the latest value of a gauge wins.
-
-    The sequence is a counter in the hand-over directory (``sequence``), taken and incremented under a flock,
-    not the wall clock: a clock stepped back (NTP, a VM restored, a process under faketime) would make a later
-    report sort first and an older value win. The counter is not fsynced (it would add a journal commit to
-    each hand-over): after a power loss it may go back, and a merger that lists a hand-over numbered at or
-    past it moves it on (:func:`note_merged`), so only hand-overs written between the reboot and the
-    first merge may sort before older ones."""
-    return id_for(_next_sequence(directory))
-
-
-def id_for(sequence: int) -> str:
-    """The id of a hand-over numbered ``sequence`` by this process."""
-    return f"s{sequence:0{_SEQUENCE_DIGITS}d}-{os.getpid()}-{os.urandom(6).hex()}"
-
-
-def sequence_of(handover_id: str) -> int | None:
-    if handover_id[:1] != "s":
-        return None
-    number = handover_id[1 : 1 + _SEQUENCE_DIGITS]
-    return int(number) if len(number) == _SEQUENCE_DIGITS and number.isdigit() and number.isascii() else None
-
-
-def _next_sequence(directory: fs.Directory) -> int:
-    descriptor = _open_sequence(directory)
-    if descriptor is None:
-        return 0
-    try:
-        _lock_sequence(descriptor)
-        last, before_oldest_waiting = _read_sequence(descriptor)
-        if last - before_oldest_waiting >= PENDING_LIMIT:
-            raise TooManyWaiting(
-                directory.path,
-                f"{last - before_oldest_waiting} hand-overs wait unapplied in {directory.path}, the most kept: no "
-                "merge has applied them (each says why in the log; check the textfile and its lock), so these "
-                "events are not handed over",
-                errno.ENOSPC,
-            )
-        value = last + 1
-        try:
-            _write_sequence(descriptor, value, before_oldest_waiting)
-        except OSError:
-            pass  # a counter owned by another user, read-only to us: the number is still past every earlier one
-        return value
-    finally:
-        os.close(descriptor)  # also drops the lock
-
-
-PENDING_LIMIT = 100_000
-"""Hand-overs at most waiting unapplied (while merges keep failing: a corrupt file, a lock held for ever);
-past it a hand-over is refused (TooManyWaiting: the caller keeps its events or says they are lost), so that a
-broken set-up cannot fill the disk with them. Counted in the file as PENDING_FAMILY."""
-
-
-class TooManyWaiting(TextfileWriteError):
-    """PENDING_LIMIT hand-overs wait unapplied: no more is written."""
-
-
-def note_merged(directory: fs.Directory, newest: int, oldest_waiting: int | None) -> None:
-    """After a merge listed the hand-overs numbered up to ``newest`` and left those from ``oldest_waiting`` on
-    (None: none), keep the counter past ``newest`` (never fsynced, it may have gone back in a power loss) and
-    note where the waiting ones start, for PENDING_LIMIT. The counter is not created here: a writer does."""
-    descriptor = _open_sequence(directory, create=False)
-    if descriptor is None:
-        return
-    try:
-        _lock_sequence(descriptor)
-        last, _ = _read_sequence(descriptor)
-        # None waiting of those listed: those written since (numbered past newest) are not applied yet, but with
-        # nothing listed newest is unknown (0), and they are counted as applied: an undercount, never a refusal.
-        before_oldest_waiting = oldest_waiting - 1 if oldest_waiting is not None else newest or last
-        _write_sequence(descriptor, max(last, newest), before_oldest_waiting)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def _open_sequence(directory: fs.Directory, create: bool = True) -> int | None:
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-    try:
-        descriptor = os.open(SEQUENCE_FILE, flags, 0o664, dir_fd=directory.descriptor)
-    except PermissionError:
-        try:
-            descriptor = directory.open_regular(SEQUENCE_FILE)
-        except (OSError, UnexpectedFileError):
-            return None
-    except OSError:
-        return None  # a symlink or a FIFO planted there: refused; the hand-over is numbered 0 (see order)
-    try:
-        status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            os.close(descriptor)
-            return None
-        if status.st_uid == os.geteuid() and stat.S_IMODE(status.st_mode) != 0o664:
-            os.fchmod(descriptor, 0o664)  # the users of one group share the counter whatever the umask
-    except OSError:
-        pass
-    return descriptor
-
-
-def _lock_sequence(descriptor: int) -> None:
-    deadline = time.monotonic() + _SEQUENCE_WAIT
-    while True:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.0002)
-        except OSError:
-            return
-
-
-def _read_sequence(descriptor: int) -> tuple[int, int]:
-    """The counter: the last number given, and the number before the oldest hand-over waiting."""
-    try:
-        fields = os.pread(descriptor, 64, 0).split()[:2]
-    except OSError:
-        return 0, 0
-    # Anything but the numbers we write (a writer of the directory is trusted with the metrics, not with
-    # crashing this process or refusing every hand-over): counted from 0, bounded so that the id keeps its width.
-    if not fields or not all(field.isdigit() and len(field) < _SEQUENCE_DIGITS for field in fields):
-        return 0, 0
-    last = int(fields[0])
-    return last, min(int(fields[1]), last) if len(fields) == 2 else last
-
-
-def _write_sequence(descriptor: int, last: int, before_oldest_waiting: int) -> None:
-    data = f"{last} {before_oldest_waiting}\n".encode()
-    os.pwrite(descriptor, data, 0)
-    os.ftruncate(descriptor, len(data))
 
 
 def _unlink_quietly(directory: fs.Directory, name: str) -> None:

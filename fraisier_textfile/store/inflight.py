@@ -50,6 +50,8 @@ from fraisier_textfile.format.schema import Family
 from fraisier_textfile.format.syntax import parse_series_key
 from fraisier_textfile.store import fs
 from fraisier_textfile.store.changes import Changes
+from fraisier_textfile.store.processes import own_context, own_identity, process_state
+from fraisier_textfile.store.processes import process_start_time as process_start_time
 from fraisier_textfile.store.rules import apply_changes, series_key_of
 from fraisier_textfile.store.transaction import Merge, Participant
 from fraisier_textfile.validate import check_label_value
@@ -153,95 +155,6 @@ def _forget_held_markers_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_held_markers_in_child)
 
 
-def process_start_time(pid: int) -> str | None:
-    """The start time of process ``pid`` in clock ticks since boot, or None if there is no such process.
-
-    Where /proc is missing (not Linux) the start time is "0" for any live process: PID reuse then goes
-    unnoticed, which is the best that can be done portably.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            data = stat_file.read()
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "0"
-    except OSError:
-        return None
-    return _start_time_in_stat(data)
-
-
-def _start_time_in_stat(data: bytes) -> str | None:
-    # The command name (field 2) may hold spaces and parentheses: count fields after its last ")".
-    fields = data[data.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):  # a zombie has finished its work; only its exit status is left
-        return None
-    return fields[19].decode()
-
-
-def _process_state(pid: int, start_time: str) -> bool | None:
-    """Whether the process ``pid`` that started at ``start_time`` (in this PID namespace) still runs: True,
-    False, or None where nothing here can tell."""
-    if not 0 < pid <= _PID_MAX:
-        # Past any PID the kernel hands out (a hand-made marker): kill(2) would raise OverflowError for it,
-        # which must not escape a probe run on a deployment's path.
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            data = stat_file.read()
-    except OSError:
-        data = None
-    if data is not None:
-        return _start_time_in_stat(data) == start_time
-    # /proc does not show it: no procfs (not Linux), another user's process under hidepid (missing entry) or
-    # hidepid=1 (unreadable entry), or a /proc mounted for another PID namespace. kill(pid, 0) still tells
-    # whether the PID exists, whoever owns it; whether it is the same process, nothing here can say.
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        pass
-    return None
-
-
-_PID_MAX = 1 << 22
-"""Linux's PID_MAX_LIMIT: no process has a larger PID."""
-_own_identity: tuple[int, str] | None = None
-_own_context: tuple[str, str] | None = None
-
-
-def _context() -> tuple[str, str]:
-    """This machine's boot id and this process's PID namespace ("" where /proc does not tell)."""
-    global _own_context
-    if _own_context is None:
-        try:
-            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
-                boot = file.read().strip()
-        except OSError:
-            boot = ""
-        try:
-            namespace = os.readlink("/proc/self/ns/pid")
-        except OSError:
-            namespace = ""
-        _own_context = (boot, namespace)
-    return _own_context
-
-
-def _identity() -> tuple[int, str]:
-    global _own_identity
-    pid = os.getpid()
-    if _own_identity is None or _own_identity[0] != pid:  # recomputed in a forked child
-        _own_identity = (pid, process_start_time(pid) or "0")
-    return _own_identity
-
-
 def marker_directory(textfile_directory: Path) -> Path:
     return textfile_directory / MARKER_DIRECTORY
 
@@ -249,8 +162,8 @@ def marker_directory(textfile_directory: Path) -> Path:
 def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> Marker:
     """Write the marker of a deployment that starts now in this process, and hold its lock until
     :meth:`Marker.release` (or ``remove_marker``) or the end of the process."""
-    pid, start = _identity()
-    boot, namespace = _context()
+    pid, start = own_identity()
+    boot, namespace = own_context()
     directory = marker_directory(textfile_directory)
     marker = Marker(f"{pid}-{start}-{os.urandom(4).hex()}", provider, fraise_type, boot, namespace, locked=True)
     marker.path = directory / marker.id
@@ -451,7 +364,7 @@ def is_alive(marker: Marker) -> bool:
     (another user's process under hidepid, another PID namespace), the marker counts as alive, so that a
     deployment is never counted crashed while it may still run.
     """
-    boot, namespace = _context()
+    boot, namespace = own_context()
     if marker.boot and boot and marker.boot != boot:
         return False
     own = _held.get(marker.id)
@@ -463,7 +376,7 @@ def is_alive(marker: Marker) -> bool:
         return False
     state = None
     if not (marker.pid_namespace and namespace and marker.pid_namespace != namespace):
-        state = _process_state(pid, start_time)
+        state = process_state(pid, start_time)
     if state is False:
         return False
     if marker.locked and marker.directory is not None:
@@ -528,7 +441,7 @@ def _remove_stale_temporaries(directory: fs.Directory) -> None:
         except (ValueError, IndexError, OverflowError):
             continue  # not one of ours
         probe = Marker(entry.name, "", "", directory=directory)
-        if _lock_held(probe) is not True and _process_state(pid, start_time) is False:
+        if _lock_held(probe) is not True and process_state(pid, start_time) is False:
             try:
                 directory.unlink(entry.name)
             except OSError:

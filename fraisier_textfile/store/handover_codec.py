@@ -1,0 +1,163 @@
+"""A hand-over file's content: the changes it holds, as JSON, and the checks a merge makes before applying it.
+
+What a hand-over holds is written by another process, maybe another version, maybe anyone who can write the
+directory: everything is checked as the recorder checks its own values, and a file that cannot be applied is
+refused with UnreadableHandover (the merge sets it aside) rather than failing this merge and every later one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fraisier_textfile.errors import InvalidValueError
+from fraisier_textfile.format.schema import Family, Schema, default
+from fraisier_textfile.store.changes import Changes, HistogramDelta
+from fraisier_textfile.validate import check_label_value
+
+FORMAT_VERSION = 1
+# Every field of Changes that a merge uses, serialised. A test checks this against Changes itself, so that
+# a field added there cannot be silently dropped here.
+FIELDS = ("added", "observed", "latest", "maximum", "active_providers", "retired_markers")
+
+
+class UnreadableHandover(ValueError):
+    """A hand-over file this version cannot apply (corrupt, or written by a version with other families). The
+    store sets such a file aside: this never escapes it."""
+
+
+class NewerHandover(UnreadableHandover):
+    """A hand-over in a newer format than this version's: left in place for a merger of that version (during
+    an upgrade both run), never set aside, which would lose its events for it too."""
+
+
+# Encoding
+
+
+def encode(changes: Changes) -> bytes:
+    import json  # here, not at the top: only a process that hands over pays for it
+
+    content: dict[str, Any] = {
+        "version": FORMAT_VERSION,
+        "added": [[family.name, list(labels), amount] for (family, labels), amount in changes.added.items()],
+        "observed": [
+            [family.name, list(labels), delta.buckets, delta.sum, delta.count]
+            for (family, labels), delta in changes.observed.items()
+        ],
+        "latest": [[family.name, list(labels), value] for (family, labels), value in changes.latest.items()],
+        "maximum": [[family.name, list(labels), value] for (family, labels), value in changes.maximum.items()],
+        "active_providers": sorted(changes.active_providers),
+        "retired_markers": sorted(changes.retired_markers),
+    }
+    return json.dumps(content, separators=(",", ":")).encode("utf-8")
+
+
+def decode(data: bytes, schema: Schema | None = None) -> Changes:
+    """The changes a hand-over holds, of ``schema``'s families (the default schema's if None). Raises
+    UnreadableHandover if they cannot be applied by this version."""
+    import json
+
+    families = (schema or default()).by_name
+
+    try:
+        content = json.loads(data)
+        version = content.get("version")
+        if version.__class__ is int and version > FORMAT_VERSION:
+            raise NewerHandover(f"format version {version}, newer than this version's {FORMAT_VERSION}")
+        if version.__class__ is not int or version != FORMAT_VERSION:  # `true` == 1 in Python: not a version
+            raise UnreadableHandover(f"format version {version!r}, not {FORMAT_VERSION}")
+        changes = Changes()
+        for name, labels, amount in content["added"]:
+            changes.added[_series(families, name, labels)] = _number(name, amount)
+        for name, labels, buckets, total, count in content["observed"]:
+            key = _series(families, name, labels)
+            if len(buckets) != len(key[0].buckets) + 1:
+                raise UnreadableHandover(f"{name} has {len(buckets)} buckets here, not {len(key[0].buckets) + 1}")
+            # As the recorder writes them, the buckets are ints >= 0: checked in one pass, not one call each.
+            if buckets.__class__ is list and all(bucket.__class__ is int for bucket in buckets) and min(buckets) >= 0:
+                delta = HistogramDelta(buckets)
+            else:
+                delta = HistogramDelta([_whole_number(name, bucket) for bucket in buckets])
+            delta.sum = _number(name, total)
+            delta.count = _whole_number(name, count)
+            if delta.count != sum(delta.buckets):  # else the file's +Inf bucket and count would disagree
+                raise UnreadableHandover(f"{name} has the count {count!r}, not the sum of its buckets")
+            changes.observed[key] = delta
+        for name, labels, value in content["latest"]:
+            changes.latest[_series(families, name, labels)] = _number(name, value)
+        for name, labels, value in content["maximum"]:
+            changes.maximum[_series(families, name, labels)] = _number(name, value)
+        changes.active_providers.update(_label_value("provider", value) for value in content["active_providers"])
+        changes.retired_markers.update(_marker_id(marker) for marker in content["retired_markers"])
+    except UnreadableHandover:
+        raise
+    except InvalidValueError as error:
+        raise UnreadableHandover(str(error)) from None
+    # RecursionError: json's decoder recurses into arrays; a file of nested brackets must be set aside too.
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise UnreadableHandover(f"not a hand-over this version can read ({type(error).__name__}: {error})") from None
+    return changes
+
+
+def _number(name: str, value: object) -> float:
+    """A value as the recorder makes them: a finite number >= 0 (what else would poison every later merge)."""
+    if value.__class__ is float and 0 <= value < _INFINITY:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise UnreadableHandover(f"{name} has the value {value!r}, not a finite number >= 0")
+    try:
+        return float(value)
+    except OverflowError:
+        # A JSON integer has no bound, and every int is < inf: one past the largest float cannot be converted.
+        # Escaping as OverflowError, it would fail this merge and every later one instead of being set aside.
+        raise UnreadableHandover(f"{name} has the value {value!r:.40}..., not a finite number >= 0") from None
+
+
+def _whole_number(name: str, value: object) -> int:
+    number = _number(name, value)
+    if not number.is_integer():
+        raise UnreadableHandover(f"{name} has the count {value!r}, not a whole number")
+    return int(number)
+
+
+_INFINITY = float("inf")
+_checked_series: dict[tuple[int, str, tuple[object, ...]], tuple[Family, tuple[str, ...]]] = {}
+"""Series already checked by :func:`_series`: a merge under contention reads a hundred hand-overs of the same
+few series, and checking their label values again cost most of reading them."""
+
+
+def _series(families: dict[str, Family], name: str, labels: object) -> tuple[Family, tuple[str, ...]]:
+    if labels.__class__ is list:
+        seen = (id(families), name, tuple(labels))
+        known = _checked_series.get(seen)
+        if known is not None:
+            return known
+        checked = _check_series(families, name, labels)
+        if len(_checked_series) >= 10_000:
+            _checked_series.clear()
+        # Only strings are kept: the tuple's items are compared by ==, and 1 == 1.0 == True.
+        if all(value.__class__ is str for value in seen[2]):
+            _checked_series[seen] = checked
+        return checked
+    return _check_series(families, name, labels)
+
+
+def _check_series(families: dict[str, Family], name: str, labels: object) -> tuple[Family, tuple[str, ...]]:
+    family = families.get(name)
+    if family is None:
+        raise UnreadableHandover(f"the family {name} is not in this store's schema (this version's catalogue)")
+    if not isinstance(labels, list) or len(labels) != len(family.labels):
+        raise UnreadableHandover(f"{name} has labels {labels!r}, not values for {', '.join(family.labels)}")
+    # Checked as the recorder checks them: a newline or a lone surrogate would make every merge fail.
+    return family, tuple(_label_value(label, value) for label, value in zip(family.labels, labels))
+
+
+def _label_value(label: str, value: object) -> str:
+    if value.__class__ is not str:
+        raise UnreadableHandover(f"{label}={value!r} is not a string")
+    return check_label_value(label, value)
+
+
+def _marker_id(value: object) -> str:
+    if value.__class__ is not str or not value or not value.isprintable() or " " in value or "/" in value:
+        raise UnreadableHandover(f"the marker id {value!r} is not one fraisier writes")
+    return str(value)
