@@ -269,14 +269,20 @@ def test_exec_forwards_sigterm_and_records_the_signal(textfile_dir: Path) -> Non
     assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
 
 
-def test_exec_with_bad_labels_runs_nothing(textfile_dir: Path, tmp_path: Path) -> None:
+def test_exec_with_bad_labels_runs_the_command_and_says_once_that_it_is_not_recorded(
+    textfile_dir: Path, tmp_path: Path
+) -> None:
+    """The deployment wins: a --provider that cannot be a label value costs its metrics, not the deployment."""
     witness = tmp_path / "ran"
     result = fraisier(
-        "exec", "--provider", "", "--fraise-type", "api", "--", "touch", str(witness), textfile_dir=textfile_dir
+        "exec", "--provider", "", "--fraise-type", "api", "--", "sh", "-c", f"touch {witness}; exit 3",
+        textfile_dir=textfile_dir,
     )
-    assert result.returncode == 2
-    assert result.stderr == "Error: provider is empty: give a non-empty provider\n"
-    assert not witness.exists()
+    assert result.returncode == 3
+    [line] = result.stderr.splitlines()
+    assert "its metrics are not recorded: provider is empty: give a non-empty provider" in line
+    assert witness.exists()
+    assert not (textfile_dir / "fraisier.prom").exists()
 
 
 def test_availability_needs_up_or_down(textfile_dir: Path) -> None:

@@ -3,10 +3,20 @@ handed over, never lost, when another process holds the lock."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
+import subprocess
 import sys
+import termios
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
 from fraisier_textfile.changes import Changes
+from fraisier_textfile.cli.execution import FORWARDED_SIGNALS
 from fraisier_textfile.store.inflight import MARKER_DIRECTORY
 from fraisier_textfile.store.textfile import TextfileStore
 
@@ -32,3 +42,200 @@ def test_exec_under_a_held_lock_runs_the_command_and_hands_its_record_over(textf
     assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 0
     assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
     assert not list((textfile_dir / MARKER_DIRECTORY).iterdir())
+
+
+# Signals: `fraisier exec` passes each on once, as tini and dumb-init do
+
+
+COUNTING_COMMAND = r"""
+import os, signal, sys, time
+log, stop = sys.argv[1], sys.argv[2]
+waited = {getattr(signal, name) for name in sys.argv[3].split(",")}
+signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+with open(log, "a") as out:
+    out.write(f"ready {os.getpid()} {os.getppid()}\n")
+while not os.path.exists(stop):
+    # Each signal is taken off the queue as soon as it comes: a second one sent later is seen as a second.
+    info = signal.sigtimedwait(waited, 0.05)
+    if info is not None:
+        with open(log, "a") as out:
+            out.write(signal.Signals(info.si_signo).name + "\n")
+"""
+"""A deployment that writes down each signal it receives, one line each, until the file ``stop`` exists."""
+
+ROUNDS = 5
+SIGNAL_NAMES = [signal.Signals(number).name for number in FORWARDED_SIGNALS]
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for_line(path: Path, line: str, process: subprocess.Popen[bytes] | None = None) -> list[str]:
+    """The lines of ``path`` once one starts with ``line`` (a guard against a hang, not a timing check)."""
+    deadline = time.monotonic() + 60
+    while not any(found.startswith(line) for found in _lines(path)):
+        assert process is None or process.poll() is None, f"exited {process.returncode}: {_lines(path)}"
+        assert time.monotonic() < deadline, f"no {line!r} in {_lines(path)}"
+        time.sleep(0.01)
+    return _lines(path)
+
+
+class Deployment:
+    """``fraisier exec`` of COUNTING_COMMAND, started by ``launch`` (its arguments: the wrapper's argv)."""
+
+    def __init__(self, tmp_path: Path, launch: Callable[[list[str]], subprocess.Popen[bytes]]) -> None:
+        self.log = tmp_path / "signals.log"
+        self.stop_file = tmp_path / "stop"
+        command = [
+            sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(tmp_path / "textfile"), "exec",
+            "--provider", "bare_metal", "--fraise-type", "api", "--",
+            sys.executable, "-c", COUNTING_COMMAND, str(self.log), str(self.stop_file), ",".join(SIGNAL_NAMES),
+        ]
+        self.process = launch(command)
+        ready = wait_for_line(self.log, "ready", self.process)[0].split()
+        self.command_pid, self.wrapper_pid = int(ready[1]), int(ready[2])
+
+    def signals(self) -> list[str]:
+        return [line for line in _lines(self.log) if not line.startswith("ready")]
+
+    def forget_signals(self) -> None:
+        """Start the list of signals afresh (the ``ready`` line stays)."""
+        self.log.write_text(_lines(self.log)[0] + "\n")
+
+    def barrier(self, unlike: str) -> None:
+        """Send a last signal to the wrapper alone and wait for the command to get it: whatever the wrapper
+        was going to pass on before it has arrived by then."""
+        barrier = "SIGQUIT" if unlike == "SIGHUP" else "SIGHUP"
+        os.kill(self.wrapper_pid, signal.Signals[barrier])
+        wait_for_line(self.log, barrier, self.process)
+
+    def finish(self) -> int:
+        self.stop_file.touch()
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def launched() -> Iterator[list[subprocess.Popen[bytes]]]:
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def as_session_leader(launched: list[subprocess.Popen[bytes]]) -> Callable[[list[str]], subprocess.Popen[bytes]]:
+    """The wrapper as a systemd service or a shell's job starts: leader of its own process group."""
+
+    def launch(command: list[str]) -> subprocess.Popen[bytes]:
+        launched.append(subprocess.Popen(command, start_new_session=True))
+        return launched[-1]
+
+    return launch
+
+
+INSIDE_A_SCRIPT = """
+import signal, subprocess, sys
+signal.signal(signal.SIGINT, lambda *_: None)  # a script that outlives a Ctrl-C, waiting for its command
+sys.exit(subprocess.run(sys.argv[1:]).returncode)
+"""
+
+
+def inside_a_script(launched: list[subprocess.Popen[bytes]]) -> Callable[[list[str]], subprocess.Popen[bytes]]:
+    """The wrapper as a deploy script runs it: inside the script's process group."""
+
+    def launch(command: list[str]) -> subprocess.Popen[bytes]:
+        launched.append(subprocess.Popen([sys.executable, "-c", INSIDE_A_SCRIPT, *command], start_new_session=True))
+        return launched[-1]
+
+    return launch
+
+
+LAUNCHES = {"as a session leader": as_session_leader, "inside a script's group": inside_a_script}
+
+
+@pytest.mark.parametrize("started", LAUNCHES.values(), ids=LAUNCHES.keys())
+@pytest.mark.parametrize("name", SIGNAL_NAMES)
+def test_a_signal_sent_to_the_wrapper_alone_reaches_the_command_once_and_the_wrapper_survives(
+    tmp_path: Path, launched: list[subprocess.Popen[bytes]], name: str,
+    started: Callable[[list[subprocess.Popen[bytes]]], Callable[[list[str]], subprocess.Popen[bytes]]],
+) -> None:
+    deployment = Deployment(tmp_path, started(launched))
+    os.kill(deployment.wrapper_pid, signal.Signals[name])
+    wait_for_line(deployment.log, name, deployment.process)
+    deployment.barrier(unlike=name)
+    assert deployment.finish() == 0
+    assert deployment.signals() == [name, "SIGQUIT" if name == "SIGHUP" else "SIGHUP"]
+
+
+def test_a_kill_of_the_wrappers_whole_process_group_reaches_the_command_once(
+    tmp_path: Path, launched: list[subprocess.Popen[bytes]]
+) -> None:
+    """What systemd's stop (and a shell's kill %1) does: the signal goes to the group the wrapper leads."""
+    deployment = Deployment(tmp_path, as_session_leader(launched))
+    for _ in range(ROUNDS):  # a second SIGTERM may merge into the first while pending: several rounds
+        os.killpg(os.getpgid(deployment.wrapper_pid), signal.SIGTERM)
+        wait_for_line(deployment.log, "SIGTERM", deployment.process)
+        deployment.barrier(unlike="SIGTERM")
+        assert deployment.signals() == ["SIGTERM", "SIGHUP"]
+        deployment.forget_signals()
+    assert deployment.finish() == 0
+
+
+def on_a_terminal(launched: list[subprocess.Popen[bytes]], terminal: int, inside_script: bool
+                  ) -> Callable[[list[str]], subprocess.Popen[bytes]]:
+    """Started in the foreground of a real pseudo-terminal, as from an interactive shell: a new session whose
+    controlling terminal is ``terminal`` (the pty's other side), the wrapper (or its script) its foreground."""
+
+    def take_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    def launch(command: list[str]) -> subprocess.Popen[bytes]:
+        if inside_script:
+            command = [sys.executable, "-c", INSIDE_A_SCRIPT, *command]
+        launched.append(subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=terminal,
+                                         start_new_session=True, preexec_fn=take_terminal))
+        return launched[-1]
+
+    return launch
+
+
+@pytest.mark.parametrize("inside_script", [False, True], ids=["the wrapper leads the job", "inside a script"])
+def test_ctrl_c_at_a_terminal_reaches_the_command_once(
+    tmp_path: Path, launched: list[subprocess.Popen[bytes]], inside_script: bool
+) -> None:
+    main, terminal = os.openpty()
+    try:
+        deployment = Deployment(tmp_path, on_a_terminal(launched, terminal, inside_script))
+        for _ in range(ROUNDS):  # a second SIGINT may merge into the first while pending: several rounds
+            os.write(main, b"\x03")  # Ctrl-C: the terminal sends SIGINT to its foreground process group
+            wait_for_line(deployment.log, "SIGINT", deployment.process)
+            deployment.barrier(unlike="SIGINT")
+            assert deployment.signals() == ["SIGINT", "SIGHUP"]
+            deployment.forget_signals()
+        assert deployment.finish() == 0
+    finally:
+        os.close(main)
+        os.close(terminal)
+
+
+@pytest.mark.parametrize("name", ["SIGHUP", "SIGINT", "SIGTERM", "SIGUSR1", "SIGALRM", "SIGPIPE"])
+def test_a_command_killed_by_a_forwarded_signal_makes_the_wrapper_exit_128_plus_n(
+    textfile_dir: Path, name: str
+) -> None:
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "exec", "--provider",
+         "bare_metal", "--fraise-type", "api", "--", "sh", "-c", "echo ready; exec sleep 600"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        assert wrapper.stdout is not None and wrapper.stdout.readline() == "ready\n"
+        wrapper.send_signal(signal.Signals[name])
+        assert wrapper.wait(timeout=60) == 128 + signal.Signals[name]
+    finally:
+        if wrapper.poll() is None:
+            os.killpg(wrapper.pid, signal.SIGKILL)
+            wrapper.wait()
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[f'fraisier_deployment_errors_total{{provider="bare_metal",error_type="signal_{name}"}}'] == 1
