@@ -204,16 +204,38 @@ pass_settings = click.pass_obj
 def record() -> None:
     """Record one event into the textfile (for cron jobs and deploy hooks).
 
-    The event is in TEXTFILE_DIR/fraisier.prom when the command exits 0. A bad value exits 2 with one line
-    saying what to fix; a problem with the file or directory exits 1. Nothing is written on error.
+    The event is in TEXTFILE_DIR/fraisier.prom when the command exits 0, or, if another process held the lock
+    for longer than the lock-wait budget (FRAISIER_LOCK_WAIT_BUDGET, 1 s; at most --lock-timeout), handed
+    over as the API does: written in .fraisier-handover/ for that process, or the next merge by any fraisier
+    process, to merge exactly once. A bad value exits 2 with one line saying what to fix; a problem with the
+    file or directory exits 1. Nothing is written on error.
     """
 
 
 def _record(settings: Settings, event: Callable[..., None], *arguments: object) -> None:
+    """Merge one event, or hand it over as the API does when another process holds the lock past the lock-wait
+    budget (``$FRAISIER_LOCK_WAIT_BUDGET``, at most --lock-timeout): the next merge by any process writes it."""
+    from fraisier_textfile.settings import default_lock_wait_budget
+
     changes = events.Changes()
     with library_errors():
         event(changes, *arguments)
-        settings.store().merge(changes)
+        store = settings.store()
+        wait = min(store.lock_timeout, default_lock_wait_budget())
+        try:
+            store.merge_or_hand_over(changes, wait)
+        except FraisierTextfileError:
+            raise  # the file or the directory: one line, exit 1, as documented
+        except OSError as error:
+            raise click.ClickException(f"cannot write {store.path}: {error}; check the textfile directory") from None
+        except Exception as error:  # a bug of ours (a probe's exception, say): the event is handed over, not lost
+            try:
+                store.hand_over(changes)
+            except Exception:
+                raise click.ClickException(f"recording into {store.path} failed unexpectedly: {error!r}; please "
+                                           "report this as a bug of fraisier_textfile") from None
+            log.warning("merging into %s failed unexpectedly: %r; please report this as a bug of fraisier_textfile "
+                        "(the event was handed over to the next merge)", store.path, error)
 
 
 def complete(values: tuple[str, ...] | list[str], incomplete: str) -> list[str]:

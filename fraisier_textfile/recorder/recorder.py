@@ -559,6 +559,11 @@ class MetricsRecorder:
             )
             self._note("marker", f"{problem} (the deployment is recorded when it ends, but until then other "
                        "processes do not see it as active)", problem)
+        except Exception as error:  # whatever a probe of the directory raises, the deployment is recorded
+            self._note("marker", f"writing a marker in {inflight.marker_directory(self.store.directory)} failed "
+                       f"unexpectedly: {error!r}; please report this as a bug of fraisier_textfile (the deployment "
+                       "is recorded when it ends, but until then other processes do not see it as active)", error,
+                       exc_info=True)
         deployment = InFlight(provider, fraise_type, marker)
         with self._batch():
             changes.deployment_started(self, provider, fraise_type)
@@ -709,7 +714,7 @@ class MetricsRecorder:
                 self.store.hand_over(self._pending, durable=durable)
             else:
                 merged = self._merge_or_hand_over(wait, durable)
-        except (FraisierTextfileError, OSError):
+        except Exception:
             merged = False  # the hand-over failed too: the events stay pending, the problem is noted already
         finally:
             # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
@@ -735,12 +740,13 @@ class MetricsRecorder:
                     f"If it lasts, find the process that holds the lock (fuser {self.store.lock_path})",
                     LockTimeoutError(self.store.lock_path, wait),
                 )
-        except (FraisierTextfileError, OSError) as error:  # OSError: none may reach a deployment, whatever happens
+        except Exception as error:  # of any type (a probe's OverflowError, a bug of ours): none may reach a deployment
             self._failed_write = _FailedWrite(self.store)
             self._note_write_problem(error)
             try:
+                # The events go to the next merge rather than wait in memory for an exit that may never write them.
                 self.store.hand_over(self._pending, durable=durable)
-            except (FraisierTextfileError, OSError):
+            except Exception:
                 pass  # the same problem (an unwritable directory), noted already
             return False
         return merged
@@ -786,9 +792,13 @@ class MetricsRecorder:
 
     def _note_write_problem(self, error: Exception) -> None:
         message = str(error)
-        if not isinstance(error, FraisierTextfileError):
+        if isinstance(error, OSError):
             message = f"cannot write {self.textfile_path}: {error}; check the textfile directory"
-        self._note(f"write {type(error).__name__}", message, error)
+        elif not isinstance(error, FraisierTextfileError):
+            message = (f"writing {self.textfile_path} failed unexpectedly: {error!r}; please report this as a bug of "
+                       "fraisier_textfile (the events are handed over to the next merge)")
+        self._note(f"write {type(error).__name__}", message, error,
+                   exc_info=not isinstance(error, (OSError, FraisierTextfileError)))
 
     def _resolved(self) -> None:
         """The textfile was written: problems of writing it are over (and are logged again if they come back)."""
