@@ -207,35 +207,43 @@ def record() -> None:
     The event is in TEXTFILE_DIR/fraisier.prom when the command exits 0, or, if another process held the lock
     for longer than the lock-wait budget (FRAISIER_LOCK_WAIT_BUDGET, 1 s; at most --lock-timeout), handed
     over as the API does: written in .fraisier-handover/ for that process, or the next merge by any fraisier
-    process, to merge exactly once. A bad value exits 2 with one line saying what to fix; a problem with the
-    file or directory exits 1. Nothing is written on error.
+    process, to merge exactly once. A merge that fails (a file it refuses) hands the event over too, with one
+    warning line. A bad value exits 2 with one line saying what to fix; an event that cannot be written at all
+    (an unwritable directory, a full disk) exits 1 with one line. Nothing is written on error.
     """
 
 
 def _record(settings: Settings, event: Callable[..., None], *arguments: object) -> None:
-    """Merge one event, or hand it over as the API does when another process holds the lock past the lock-wait
-    budget (``$FRAISIER_LOCK_WAIT_BUDGET``, at most --lock-timeout): the next merge by any process writes it."""
+    """Merge one event, or hand it over as the API does: when another process holds the lock past the lock-wait
+    budget (``$FRAISIER_LOCK_WAIT_BUDGET``, at most --lock-timeout), silently; when the merge fails (a file it
+    refuses, a bug of ours), with one warning line. The next merge by any process writes it. Only an event that
+    cannot be written anywhere (an unwritable directory, a full disk) is an error (exit 1)."""
     from fraisier_textfile.settings import default_lock_wait_budget
 
     changes = events.Changes()
     with library_errors():
         event(changes, *arguments)
         store = settings.store()
-        wait = min(store.lock_timeout, default_lock_wait_budget())
-        try:
-            store.merge_or_hand_over(changes, wait)
-        except FraisierTextfileError:
-            raise  # the file or the directory: one line, exit 1, as documented
-        except OSError as error:
-            raise click.ClickException(f"cannot write {store.path}: {error}; check the textfile directory") from None
-        except Exception as error:  # a bug of ours (a probe's exception, say): the event is handed over, not lost
-            try:
-                store.hand_over(changes)
-            except Exception:
-                raise click.ClickException(f"recording into {store.path} failed unexpectedly: {error!r}; please "
-                                           "report this as a bug of fraisier_textfile") from None
-            log.warning("merging into %s failed unexpectedly: %r; please report this as a bug of fraisier_textfile "
-                        "(the event was handed over to the next merge)", store.path, error)
+    wait = min(store.lock_timeout, default_lock_wait_budget())
+    try:
+        store.merge_or_hand_over(changes, wait)
+        return
+    except Exception as error:  # whatever it is (a probe's exception too), the event is not lost for it
+        problem = error
+    try:
+        store.hand_over(changes)
+    except Exception as error:
+        also = "" if str(error) in str(problem) else f"; handing it over failed too: {_described(error, store.path)}"
+        raise click.ClickException(_described(problem, store.path) + also) from None
+    log.warning("%s; the event was handed over to the next merge", _described(problem, store.path))
+
+
+def _described(error: BaseException, path: Path) -> str:
+    if isinstance(error, FraisierTextfileError):
+        return str(error)
+    if isinstance(error, OSError):
+        return f"cannot write {path}: {error}; check the textfile directory"
+    return f"recording into {path} failed unexpectedly: {error!r}; please report this as a bug of fraisier_textfile"
 
 
 def complete(values: tuple[str, ...] | list[str], incomplete: str) -> list[str]:

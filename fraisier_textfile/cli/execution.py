@@ -106,7 +106,9 @@ class _Metrics:
             log.debug("the deployment goes on; also: %s", message, exc_info=exc_info)
             return
         self._told = True
-        log.warning("%s", message, exc_info=exc_info)
+        log.warning("%s", message)
+        if exc_info:  # one line in the deployment's log; the traceback, for a bug report, at debug level
+            log.debug("where that came from:", exc_info=True)
 
     def start(self) -> None:
         if self.store is None:

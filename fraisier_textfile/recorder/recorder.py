@@ -773,11 +773,19 @@ class MetricsRecorder:
         self.problems[kind] = message
         self.last_error = message
         key = (str(self.store.directory), kind)
+        # One cause, one line: a full disk fails the marker and then the merge; the second says nothing new.
+        cause = getattr(error, "errno", None)
+        cause_key = (str(self.store.directory), f"errno {cause}") if isinstance(cause, int) else None
+        if cause_key is not None and cause_key in _logged_problems:
+            _logged_problems.add(key)
         if key not in _logged_problems:
             _logged_problems.add(key)
+            if cause_key is not None:
+                _logged_problems.add(cause_key)
             # A busy lock loses nothing (the events were handed over): a warning, not an error.
-            log.log(logging.WARNING if kind == LOCK_BUSY else logging.ERROR, "fraisier metrics: %s", message,
-                    exc_info=exc_info)
+            log.log(logging.WARNING if kind == LOCK_BUSY else logging.ERROR, "fraisier metrics: %s", message)
+            if exc_info:  # one line in the deployment's log; the traceback, for a bug report, at debug level
+                log.debug("fraisier metrics: where %s came from", kind, exc_info=True)
         else:
             log.debug("fraisier metrics: %s", message)
         self._noted.append(error if error is not None else FraisierTextfileError(message))
@@ -803,6 +811,9 @@ class MetricsRecorder:
     def _resolved(self) -> None:
         """The textfile was written: problems of writing it are over (and are logged again if they come back)."""
         directory = str(self.store.directory)
+        _logged_problems.difference_update(
+            [key for key in _logged_problems if key[0] == directory and key[1].startswith("errno ")]
+        )
         for kind in [kind for kind in self.problems if kind.startswith(("write ", LOCK_BUSY, "marker"))]:
             del self.problems[kind]
             if kind != LOCK_BUSY:
