@@ -239,3 +239,63 @@ def test_a_command_killed_by_a_forwarded_signal_makes_the_wrapper_exit_128_plus_
             wrapper.wait()
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values[f'fraisier_deployment_errors_total{{provider="bare_metal",error_type="signal_{name}"}}'] == 1
+
+
+def test_ctrl_z_stops_the_job_and_fg_gives_the_command_the_terminal_again(
+    tmp_path: Path, launched: list[subprocess.Popen[bytes]]
+) -> None:
+    """The shell sees only the wrapper's group: a command stopped at the terminal stops the wrapper too, and
+    continuing the wrapper (what ``fg`` does, the terminal already back with it) continues the command in the
+    terminal's foreground, where it can read."""
+    main, terminal = os.openpty()
+    try:
+        command = [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(tmp_path / "textfile"), "exec",
+                   "--provider", "bare_metal", "--fraise-type", "api", "--",
+                   "sh", "-c", "echo ready; read line; echo got $line"]
+        wrapper = on_a_terminal(launched, terminal, inside_script=False)(command)
+        assert _read_until(main, b"ready") is not None
+        os.write(main, b"\x1a")  # Ctrl-Z: SIGTSTP to the terminal's foreground group (the command's)
+        _, status = os.waitpid(wrapper.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), status
+        os.killpg(os.getpgid(wrapper.pid), signal.SIGCONT)  # fg
+        os.write(main, b"hello\n")
+        assert _read_until(main, b"got hello") is not None
+        _, status = os.waitpid(wrapper.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        wrapper.returncode = 0
+    finally:
+        os.close(main)
+        os.close(terminal)
+
+
+def _read_until(terminal: int, wanted: bytes) -> bytes | None:
+    """What the terminal shows, once it shows ``wanted`` (a guard against a hang, not a timing check)."""
+    import select
+
+    seen = b""
+    deadline = time.monotonic() + 60
+    while wanted not in seen:
+        ready, _, _ = select.select([terminal], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {wanted!r} in {seen!r}"
+        seen += os.read(terminal, 4096)
+    return seen
+
+
+def test_the_command_dies_with_a_wrapper_killed_outright(tmp_path: Path, launched: list[subprocess.Popen[bytes]]
+                                                         ) -> None:
+    """SIGKILL cannot be forwarded: the parent-death signal stops the command, so a deployment counted crashed
+    has really stopped, even now that the command has a process group of its own."""
+    deployment = Deployment(tmp_path, as_session_leader(launched))
+    os.kill(deployment.wrapper_pid, signal.SIGKILL)
+    deployment.process.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{deployment.command_pid}") and not _is_zombie(deployment.command_pid):
+        assert time.monotonic() < deadline, "the command outlived its wrapper"
+        time.sleep(0.01)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False

@@ -363,40 +363,41 @@ def _supervise(command: Sequence[str], original_mask: set[int]) -> tuple[int, st
             info = signal.sigwaitinfo(waited)
             signum = info.si_signo
             if signum == signal.SIGCHLD:
-                status = _child_status(child.pid, own_group and take_terminal, terminal)
+                status = _child_status(child.pid, terminal)
                 continue
             if info.si_code == _SI_USER and info.si_pid == os.getpid():
                 continue  # our own (a SIGPIPE from writing a log line to a closed pipe, say)
             if not own_group and info.si_code == _SI_KERNEL:
                 continue  # the terminal sent it to the foreground group, the command included
-            if own_group and signum == signal.SIGCONT and take_terminal and terminal is not None:
-                # `fg` after a Ctrl-Z: the shell gave us the terminal; the command gets it back with SIGCONT.
+            if signum == signal.SIGCONT and terminal is not None:
+                # `fg` after a Ctrl-Z: the shell gave us the terminal; the command gets it back with SIGCONT
+                # (`bg` gives us none, and the command gets none).
                 _give_terminal(terminal, child.pid)
             forward(signum)
     finally:
         if terminal is not None:
-            if take_terminal:
-                _give_terminal(terminal, os.getpgrp())
+            _give_terminal(terminal, os.getpgrp(), only_from=child.pid)
             os.close(terminal)
     returncode = os.waitstatus_to_exitcode(status)
     child.returncode = returncode  # reaped here: Popen must not wait for it again
     return returncode, None if returncode == 0 else error_type_of_exit(returncode)
 
 
-def _give_terminal(terminal: int, group: int) -> None:
-    """Make ``group`` the terminal's foreground group, if the terminal is still ours to give (SIGTTOU is blocked,
-    so a background process may do it)."""
+def _give_terminal(terminal: int, group: int, only_from: int | None = None) -> None:
+    """Make ``group`` the terminal's foreground group, if the terminal is ours or the command's (SIGTTOU is
+    blocked, so a background process may do it): never taken from the shell (after ``bg``, say)."""
     try:
-        if os.tcgetpgrp(terminal) in (os.getpgrp(), group):
+        if os.tcgetpgrp(terminal) in ((only_from,) if only_from is not None else (os.getpgrp(), group)):
             os.tcsetpgrp(terminal, group)
     except OSError as error:
         log.debug("cannot give the terminal to process group %d: %s", group, error)
 
 
-def _child_status(pid: int, job_control: bool, terminal: int | None) -> int | None:
-    """The command's wait status once it has ended; None while it runs. A command stopped (Ctrl-Z, SIGTSTP)
-    under job control stops this process too, after taking the terminal back, so that the shell sees the job
-    stopped; SIGCONT (``fg``, ``bg``) continues us, and is forwarded to the command."""
+def _child_status(pid: int, terminal: int | None) -> int | None:
+    """The command's wait status once it has ended; None while it runs. A command in its own group stopped
+    (Ctrl-Z, SIGTTIN) on a terminal stops this process too, after taking the terminal back, so that the shell,
+    which only sees our group, sees the job stopped; SIGCONT (``fg``, ``bg``) continues us, and is forwarded to
+    the command. Without a terminal (a service) nobody would continue us: we go on waiting."""
     while True:
         try:
             found, status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED)
@@ -405,8 +406,8 @@ def _child_status(pid: int, job_control: bool, terminal: int | None) -> int | No
         if found == 0:
             return None
         if os.WIFSTOPPED(status):
-            if job_control and terminal is not None:
-                _give_terminal(terminal, os.getpgrp())
+            if terminal is not None:
+                _give_terminal(terminal, os.getpgrp(), only_from=pid)
                 os.kill(os.getpid(), signal.SIGSTOP)
             continue
         return status
