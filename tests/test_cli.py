@@ -304,3 +304,26 @@ def test_textfile_refresh_counts_a_dead_deployment_and_touches_the_file(textfile
     assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
     assert values['fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 1
     assert path.stat().st_mtime > 1_000_000_000
+
+
+@pytest.mark.parametrize("options", [
+    ["--lock-timeout", "soon", "exec"], ["--log-level", "warning", "exec"], ["exec", "--log-format", "text"],
+    ["exec", "--lock-timeout", "10²"],
+], ids=lambda options: " ".join(options))
+def test_a_bad_option_value_never_stops_exec_but_is_a_usage_error_elsewhere(
+    textfile_dir: Path, tmp_path: Path, options: list[str]
+) -> None:
+    """The deployment wins: exec says what is wrong in one line, uses the default and runs the command; a command
+    that only does metrics refuses the same value (exit 2), naming it."""
+    exec_at = options.index("exec")
+    before, after = options[:exec_at], options[exec_at + 1:]
+    witness = tmp_path / "ran"
+    result = fraisier(*before, "exec", *after, "--provider", "bare_metal", "--fraise-type", "api", "--",
+                      "touch", str(witness), textfile_dir=textfile_dir)
+    assert result.returncode == 0 and witness.exists()
+    [line] = result.stderr.splitlines()
+    assert f"{(before or after)[0]}={(before or after)[1]!r}" in line and "using the default" in line
+    refused = fraisier(*before, "textfile", "path", *after, textfile_dir=textfile_dir)
+    assert refused.returncode == 2
+    [line] = refused.stderr.splitlines()
+    assert line.startswith(f"Error: {(before or after)[0]}={(before or after)[1]!r}")
