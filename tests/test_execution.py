@@ -299,3 +299,40 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return False
+
+
+def _blocks(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` holds ``signum`` back (its SigBlk mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def test_a_signal_while_the_start_is_being_recorded_reaches_the_command_once_it_runs(
+    tmp_path: Path, launched: list[subprocess.Popen[bytes]]
+) -> None:
+    """The wrapper waits for a held lock before it starts the command: a SIGTERM then neither kills it (the
+    deployment would be orphaned, its end never recorded) nor is lost: the command gets it as soon as it runs and
+    dies of it, and the wrapper exits 128+15 with that recorded."""
+    textfile = tmp_path / "textfile"
+    store = TextfileStore(textfile)
+    store.merge(Changes())
+    witness = tmp_path / "started"
+    command = [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile), "--lock-timeout", "600",
+               "exec", "--provider", "bare_metal", "--fraise-type", "api", "--",
+               "sh", "-c", f"touch {witness}; exec sleep 600"]
+    environment = {**os.environ, "FRAISIER_LOCK_WAIT_BUDGET": "600"}
+    with lock_held_elsewhere(store.lock_path):
+        launched.append(subprocess.Popen(command, start_new_session=True, env=environment))
+        wrapper = launched[-1]
+        deadline = time.monotonic() + 60
+        while not _blocks(wrapper.pid, signal.SIGTERM):  # from then on a signal is kept for the command
+            assert wrapper.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        wrapper.send_signal(signal.SIGTERM)
+        assert wrapper.poll() is None and not witness.exists()  # waiting for the lock, the command not started
+    assert wrapper.wait(timeout=60) == 128 + signal.SIGTERM
+    values = sample_values(textfile / "fraisier.prom")
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="signal_SIGTERM"}'] == 1
+    assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
