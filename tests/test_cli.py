@@ -106,8 +106,8 @@ def test_bad_input_is_one_line_a_nonzero_exit_and_no_change(
 
 
 def test_a_corrupt_file_is_reported_by_record_and_check(textfile_dir: Path) -> None:
-    """check refuses it (exit 1); record says so in one warning line and hands its event over, for the merge
-    that follows the fix: a deploy hook must not fail, nor lose the event, for the metrics' file."""
+    """Both refuse it in one line (exit 1); record also hands its event over, for the merge that follows the fix:
+    the event is not lost for the metrics' file."""
     textfile_dir.mkdir()
     (textfile_dir / "fraisier.prom").write_text('fraisier_deployment_errors_total{provider="p",error_type="x"} 1 99\n')
     before = (textfile_dir / "fraisier.prom").read_bytes()
@@ -118,10 +118,10 @@ def test_a_corrupt_file_is_reported_by_record_and_check(textfile_dir: Path) -> N
     # (check adds a warning when node_exporter's user could not read the file: tmp_path is private.)
     errors = [line for line in check.stderr.splitlines() if not line.startswith("warning: ")]
     assert "timestamp" in errors[0] and len(errors) == 1
-    assert record.returncode == 0
+    assert record.returncode == 1
     [line] = record.stderr.splitlines()
-    assert f"{textfile_dir / 'fraisier.prom'}:1: sample line" in line and "timestamp" in line
-    assert "the event was handed over to the next merge" in line
+    assert line.startswith(f"Error: {textfile_dir / 'fraisier.prom'}:1: sample line") and "timestamp" in line
+    assert line.endswith("(the event was handed over: the next merge, once that is fixed, writes it)")
     assert (textfile_dir / "fraisier.prom").read_bytes() == before
     assert list((textfile_dir / ".fraisier-handover").glob("*.json"))
 

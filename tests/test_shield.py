@@ -302,7 +302,13 @@ def test_nothing_on_the_metrics_path_stops_or_changes_a_deployment(
     if disk_full_record:  # not a deployment: the event cannot be written anywhere, and it says so
         assert result.returncode == 1 and len(lines) == 1 and "No space left" in lines[0], result.stderr
         return
-    assert result.returncode == entry.returncode, result.stderr
+    if entry_name == "fraisier record" and result.returncode == 1:
+        # Its documented answer to a file it refuses (or a bug of ours): one line, the event handed over.
+        [line] = lines
+        assert line.endswith("(the event was handed over: the next merge, once that is fixed, writes it)"), line
+        assert trouble.said is None or trouble.said in line
+    else:
+        assert result.returncode == entry.returncode, result.stderr
     if entry_name != "fraisier record":
         assert "deployed" in result.stdout
     if entry.python_api and not trouble.loses_events:

@@ -21,7 +21,7 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.cli import logs
 from fraisier_textfile.cli.dispatch import HintingGroup
-from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
+from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, UnexpectedFileError
 from fraisier_textfile.store import handovers
 from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT, default_textfile_directory
 from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENVIRONMENT
@@ -207,17 +207,17 @@ def record() -> None:
     The event is in TEXTFILE_DIR/fraisier.prom when the command exits 0, or, if another process held the lock
     for longer than the lock-wait budget (FRAISIER_LOCK_WAIT_BUDGET, 1 s; at most --lock-timeout), handed
     over as the API does: written in .fraisier-handover/ for that process, or the next merge by any fraisier
-    process, to merge exactly once. A merge that fails (a file it refuses) hands the event over too, with one
-    warning line. A bad value exits 2 with one line saying what to fix; an event that cannot be written at all
-    (an unwritable directory, a full disk) exits 1 with one line. Nothing is written on error.
+    process, to merge exactly once. A bad value exits 2 with one line saying what to fix, and nothing is
+    written. A problem with the file or directory exits 1 with one line; the event is then handed over all the
+    same, if the directory takes it, and the next merge once the problem is fixed writes it.
     """
 
 
 def _record(settings: Settings, event: Callable[..., None], *arguments: object) -> None:
     """Merge one event, or hand it over as the API does: when another process holds the lock past the lock-wait
-    budget (``$FRAISIER_LOCK_WAIT_BUDGET``, at most --lock-timeout), silently; when the merge fails (a file it
-    refuses, a bug of ours), with one warning line. The next merge by any process writes it. Only an event that
-    cannot be written anywhere (an unwritable directory, a full disk) is an error (exit 1)."""
+    budget (``$FRAISIER_LOCK_WAIT_BUDGET``, at most --lock-timeout), silently (exit 0); when the merge fails (a
+    file it refuses, a bug of ours), with the problem in one line and exit 1. Either way the next merge by any
+    process writes it: the event is lost only when it cannot be written anywhere (an unwritable directory)."""
     from fraisier_textfile.settings import default_lock_wait_budget
 
     changes = events.Changes()
@@ -225,17 +225,25 @@ def _record(settings: Settings, event: Callable[..., None], *arguments: object) 
         event(changes, *arguments)
         store = settings.store()
     wait = min(store.lock_timeout, default_lock_wait_budget())
+    problem: Exception
     try:
         store.merge_or_hand_over(changes, wait)
         return
-    except Exception as error:  # whatever it is (a probe's exception too), the event is not lost for it
+    except UnexpectedFileError as error:
+        if Path(error.path) in (store.path, store.lock_path):
+            # Something else where the file or its lock should be (a symlink into node_exporter's directory, say):
+            # this is not the directory to keep the event in; the line says where to point instead.
+            raise click.ClickException(str(error)) from None
+        problem = error  # something planted among the markers or hand-overs: the event is kept all the same
+    except Exception as error:  # whatever else (a file it refuses, a probe's exception), the event is not lost
         problem = error
     try:
         store.hand_over(changes)
     except Exception as error:
         also = "" if str(error) in str(problem) else f"; handing it over failed too: {_described(error, store.path)}"
-        raise click.ClickException(_described(problem, store.path) + also) from None
-    log.warning("%s; the event was handed over to the next merge", _described(problem, store.path))
+        raise click.ClickException(_described(problem, store.path) + also + " (the event was not recorded)") from None
+    raise click.ClickException(_described(problem, store.path) + " (the event was handed over: the next merge, once "
+                               "that is fixed, writes it)")
 
 
 def _described(error: BaseException, path: Path) -> str:
