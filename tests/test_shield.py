@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import changes
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers, inflight
 from fraisier_textfile.store.textfile import TextfileStore
@@ -168,26 +169,35 @@ def every_other_corrupt_marker(textfile_dir: Path, tmp_path: Path) -> Iterator[T
     yield Trouble(planted=[*planted, fifo, link])
 
 
-def handover_nested_50000_deep(textfile_dir: Path, tmp_path: Path) -> Iterator[Trouble]:
+def handover_named_as_fraisier_names_them(textfile_dir: Path, content: bytes | str | None) -> Path:
+    """A hand-over written by the store itself (so named and placed as the reader expects, whatever its naming),
+    then its content replaced by ``content`` (None: a directory of that name)."""
+    events = Changes()
+    changes.deployment_error(events, "planted", "planted")
+    TextfileStore(textfile_dir).hand_over(events)
     directory = handovers.handover_directory(textfile_dir)
-    yield Trouble(planted=[plant(directory, handovers.new_id() + handovers.SUFFIX, NESTED_50000_DEEP)])
+    path = max(directory.glob("*" + handovers.SUFFIX), key=lambda found: found.stat().st_mtime_ns)
+    path.unlink()
+    return plant(directory, path.name, content)
+
+
+def handover_nested_50000_deep(textfile_dir: Path, tmp_path: Path) -> Iterator[Trouble]:
+    yield Trouble(planted=[handover_named_as_fraisier_names_them(textfile_dir, NESTED_50000_DEEP)])
 
 
 def every_other_corrupt_handover(textfile_dir: Path, tmp_path: Path) -> Iterator[Trouble]:
-    directory = handovers.handover_directory(textfile_dir)
-    past_pid_t = handovers.new_id().split("-")
-    past_pid_t[1] = "99999999999"
     planted = [
-        plant(directory, handovers.new_id() + handovers.SUFFIX, b""),
-        plant(directory, handovers.new_id() + handovers.SUFFIX, b"\xff\xfe\x00\x80garbage"),
-        plant(directory, handovers.new_id() + handovers.SUFFIX, "[1, 2, 3]"),
-        plant(directory, handovers.new_id() + handovers.SUFFIX, '{"counters": 5, "version": "x"}'),
-        plant(directory, handovers.new_id() + handovers.SUFFIX, '{"counters": [[1e999]]}'),
-        plant(directory, handovers.new_id() + handovers.SUFFIX, "9" * 5000),
-        plant(directory, handovers.new_id() + handovers.SUFFIX, None),
-        plant(directory, "-".join(past_pid_t) + handovers.SUFFIX, "{}"),
+        handover_named_as_fraisier_names_them(textfile_dir, content) for content in (
+            b"", b"\xff\xfe\x00\x80garbage", "[1, 2, 3]", '{"counters": 5, "version": "x"}', '{"counters": [[1e999]]}',
+            "9" * 5000, None,
+        )
     ]
-    fifo = directory / (handovers.new_id() + handovers.SUFFIX)
+    past_pid_t = handover_named_as_fraisier_names_them(textfile_dir, "{}")
+    parts = past_pid_t.name.split("-")
+    parts[1] = "99999999999"
+    planted.append(past_pid_t.rename(past_pid_t.with_name("-".join(parts))))
+    fifo = handover_named_as_fraisier_names_them(textfile_dir, b"")
+    fifo.unlink()
     os.mkfifo(fifo)
     yield Trouble(planted=[*planted, fifo])
 
