@@ -136,6 +136,16 @@ def _choices(values: tuple[str, ...] | list[str]) -> Callable[..., list[str]]:
     return lambda context, parameter, incomplete: complete(values, incomplete)
 
 
+def _not_a_command(context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
+    """A group option whose value is one of our commands was given no value (``--log-level record error``):
+    a usage error naming the option, not "No such command 'error'" two words later. Other bad values are
+    judged once the command is known (exec runs its command all the same)."""
+    group = context.command
+    if value is not None and isinstance(group, click.Group) and value in group.commands:
+        raise click.BadParameter(f"{value!r} is a command: give the option a value before it", context, parameter)
+    return value
+
+
 def seconds(name: str, value: str) -> float:
     with library_errors():
         return c.check_seconds(name, value)
@@ -158,16 +168,17 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.option(
     "--lock-timeout",
     default=None,
+    callback=_not_a_command,
     show_default=str(DEFAULT_LOCK_TIMEOUT),
     metavar="SECONDS",
     help=f"How long to wait for another fraisier process to finish writing the file. "
     f"Env: {LOCK_TIMEOUT_ENVIRONMENT}.",
 )
-@click.option("--log-level", metavar="[" + "|".join(logs.LEVELS) + "]", default=None,
+@click.option("--log-level", metavar="[" + "|".join(logs.LEVELS) + "]", default=None, callback=_not_a_command,
               show_default=logs.DEFAULT_LEVEL, shell_complete=_choices(list(logs.LEVELS)),
               help=f"Log records at this level and above, to stderr (request logs are debug). "
               f"Env: {logs.LEVEL_ENVIRONMENT}.")
-@click.option("--log-format", metavar="[" + "|".join(logs.FORMATS) + "]", default=None,
+@click.option("--log-format", metavar="[" + "|".join(logs.FORMATS) + "]", default=None, callback=_not_a_command,
               show_default=logs.DEFAULT_FORMAT, shell_complete=_choices(logs.FORMATS),
               help=f"logfmt (time=... level=... msg=...) or json (one object a line), as node_exporter's. "
               f"Env: {logs.FORMAT_ENVIRONMENT}.")
