@@ -137,7 +137,8 @@ def as_session_leader(launched: list[subprocess.Popen[bytes]]) -> Callable[[list
 
 INSIDE_A_SCRIPT = """
 import signal, subprocess, sys
-signal.signal(signal.SIGINT, lambda *_: None)  # a script that outlives a Ctrl-C, waiting for its command
+for name in ("SIGINT", "SIGTERM"):  # a script that outlives a Ctrl-C or a kill, waiting for its command
+    signal.signal(getattr(signal, name), lambda *_: None)
 sys.exit(subprocess.run(sys.argv[1:]).returncode)
 """
 
@@ -169,11 +170,14 @@ def test_a_signal_sent_to_the_wrapper_alone_reaches_the_command_once_and_the_wra
     assert deployment.signals() == [name, "SIGQUIT" if name == "SIGHUP" else "SIGHUP"]
 
 
+@pytest.mark.parametrize("started", LAUNCHES.values(), ids=LAUNCHES.keys())
 def test_a_kill_of_the_wrappers_whole_process_group_reaches_the_command_once(
-    tmp_path: Path, launched: list[subprocess.Popen[bytes]]
+    tmp_path: Path, launched: list[subprocess.Popen[bytes]],
+    started: Callable[[list[subprocess.Popen[bytes]]], Callable[[list[str]], subprocess.Popen[bytes]]],
 ) -> None:
-    """What systemd's stop (and a shell's kill %1) does: the signal goes to the group the wrapper leads."""
-    deployment = Deployment(tmp_path, as_session_leader(launched))
+    """What systemd's stop, a shell's kill %1 and timeout(1) do: the signal goes to the wrapper's whole group
+    (the one it leads, or its script's)."""
+    deployment = Deployment(tmp_path, started(launched))
     for _ in range(ROUNDS):  # a second SIGTERM may merge into the first while pending: several rounds
         os.killpg(os.getpgid(deployment.wrapper_pid), signal.SIGTERM)
         wait_for_line(deployment.log, "SIGTERM", deployment.process)

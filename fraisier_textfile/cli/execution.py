@@ -282,23 +282,34 @@ def _supervise(command: Sequence[str], original_mask: set[int]) -> tuple[int, st
       our group (``kill %1``, ``kill -TERM -- -PGID``) or of this process reaches only us, and we forward it to
       the command's group once. A command stopped by Ctrl-Z stops this process too (the shell sees the job
       stopped), and ``fg`` gives it the terminal back and continues it.
-    - Inside another process's group (a deploy script run by a non-interactive shell, make): the command stays
-      in that group, so that Ctrl-C still stops the script as well. A signal the kernel sent to the whole group
-      (a terminal's Ctrl-C: si_code SI_KERNEL) reached the command already and is not forwarded; one a process
-      sent (kill: SI_USER) is forwarded to the command alone.
+    - Inside another process's group in the terminal's foreground (a deploy script run from a prompt): the
+      command stays in that group, so that Ctrl-C still stops the script as well. A signal the kernel sent to
+      the whole group (a terminal's Ctrl-C: si_code SI_KERNEL) reached the command already and is not
+      forwarded; one a process sent (kill: SI_USER) is forwarded to the command alone (a kill of the script's
+      whole group then reaches it twice: the one case left).
+    - Inside another process's group elsewhere (timeout(1), cron, a CI runner): the command gets a group of its
+      own, as for a leader, so a kill of that group reaches it once, through us.
 
     Under systemd, give the unit ``KillMode=mixed``: systemd then stops the main process (this one), which
     forwards SIGTERM once; with the default ``control-group``, systemd signals every process of the unit itself,
     and the command gets SIGTERM from systemd and again from us.
     """
-    own_group = os.getpgrp() == os.getpid()
-    terminal = _controlling_terminal() if own_group else None
-    take_terminal = False
+    leader = os.getpgrp() == os.getpid()
+    terminal = _controlling_terminal()
+    foreground = False
     if terminal is not None:
         try:
-            take_terminal = os.tcgetpgrp(terminal) == os.getpgrp()
+            foreground = os.tcgetpgrp(terminal) == os.getpgrp()
         except OSError:
-            take_terminal = False
+            foreground = False
+    # Inside another process's group, the command stays there only where that matters: in the terminal's
+    # foreground, so that Ctrl-C reaches the whole script. Elsewhere (timeout(1), cron, a CI runner) a kill of
+    # that group must reach the command once, through us.
+    own_group = leader or not foreground
+    take_terminal = leader and foreground
+    if not leader and terminal is not None:
+        os.close(terminal)  # job control is the group leader's: we never stop ourselves for the script
+        terminal = None
     die_with_parent = _die_with_parent()
 
     def prepare_child() -> None:
