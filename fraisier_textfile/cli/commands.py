@@ -369,10 +369,10 @@ def exec_(settings: Settings, provider: str, fraise_type: str, command: tuple[st
     Ctrl-Z stops the job and fg continues it. Started as a process group leader (a shell's job, a systemd
     service), or inside another process's group away from the terminal (timeout, cron, CI), COMMAND runs in a
     process group of its own (and gets the terminal if this process had it); inside a script's group in the
-    terminal's foreground, it stays in that group, so that Ctrl-C reaches the script too. Under systemd use KillMode=mixed (systemd then signals only this
-    process, which passes the signal on once). If this process is killed outright (SIGKILL), the kernel kills
-    COMMAND too (Linux's parent-death signal), so a deployment counted crashed has really stopped (processes
-    that COMMAND starts are its own to stop).
+    terminal's foreground, it stays in that group, so that Ctrl-C reaches the script too. Under systemd use
+    KillMode=mixed (systemd then signals only this process, which passes the signal on once). If this process
+    is killed outright (SIGKILL), the kernel kills COMMAND too (Linux's parent-death signal), so a deployment
+    counted crashed has really stopped (processes that COMMAND starts are its own to stop).
 
     \b
     Example:
