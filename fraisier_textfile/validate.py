@@ -71,7 +71,12 @@ def check_choice(label: str, value: object, allowed: tuple[str, ...]) -> str:
 
 def check_seconds(what: str, value: object) -> float:
     """Return ``value`` (a number or its text, as from the command line or the environment) as a float if it is
-    a finite, non-negative number of seconds."""
+    a finite, non-negative number of seconds. Text is read strictly (ASCII digits, ``settings.seconds_text``):
+    ``float`` would take ``1_000`` or ``٣``."""
+    if isinstance(value, str):
+        from fraisier_textfile.settings import seconds_text
+
+        return seconds_text(what, value)
     try:
         seconds = float(value)  # type: ignore[arg-type]
     except Exception:  # TypeError, ValueError, OverflowError (10**400), or whatever a caller's __float__ raises

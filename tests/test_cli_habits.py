@@ -40,9 +40,14 @@ def test_an_option_after_the_command_wins_over_one_before_it(tmp_path: Path) -> 
 def test_lock_timeout_after_the_command(textfile_dir: Path) -> None:
     textfile_dir.mkdir()
     with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
-        result = fraisier(*RECORD_DEPLOYMENT, "--lock-timeout", "0.3", textfile_dir=textfile_dir)
-    assert result.returncode == 1
-    assert "within 0.3s" in result.stderr and "--lock-timeout" in result.stderr
+        # Past the wait (0.3 s here), the event is handed over as the API does: not lost, not an error.
+        result = fraisier(*RECORD_DEPLOYMENT, "--lock-timeout", "0.3", textfile_dir=textfile_dir,
+                          env={**os.environ, "FRAISIER_LOCK_WAIT_BUDGET": "600"})
+        assert (result.returncode, result.stderr) == (0, "")
+        assert len(list((textfile_dir / ".fraisier-handover").glob("*.json"))) == 1
+    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
     bad = fraisier("textfile", "path", "--lock-timeout", "soon", textfile_dir=textfile_dir)
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "--lock-timeout" in bad.stderr and "soon" in bad.stderr

@@ -7,6 +7,7 @@ Nothing here imports prometheus_client at start-up: a ``fraisier record`` run fr
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,12 +16,12 @@ from typing import Any
 
 import click
 
-from fraisier_textfile import __version__
+from fraisier_textfile import __version__, settings
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.cli import logs
 from fraisier_textfile.cli.dispatch import HintingGroup
-from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
+from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, UnexpectedFileError
 from fraisier_textfile.store import handovers
 from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT, default_textfile_directory
 from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENVIRONMENT
@@ -46,26 +47,70 @@ def library_errors() -> Iterator[None]:
 
 
 class Settings:
-    def __init__(self, textfile_dir: Path, lock_timeout: float, log_level: str = logs.DEFAULT_LEVEL,
-                 log_format: str = logs.DEFAULT_FORMAT) -> None:
+    """The group's settings: the options, else their environment variables, else the defaults.
+
+    A typo in a setting from the environment is reported in one line and replaced by its default (it must not
+    stop a deployment). A typo in an option given on the command line is a usage error (exit 2), except for
+    ``fraisier exec`` (``lenient``): there it is reported, its default used, and the deployment runs."""
+
+    def __init__(self, textfile_dir: Path, lock_timeout: str | None = None, log_level: str | None = None,
+                 log_format: str | None = None, *, lenient: bool = False,
+                 lock_timeout_source: str = "--lock-timeout") -> None:
+        self.lenient = lenient
+        self.problems: list[str] = []
+        """What was wrong with the settings (each reported once, as a warning): for exec's one line."""
         self.textfile_dir = textfile_dir
-        self.lock_timeout = lock_timeout
-        self.log_level = log_level
-        self.log_format = log_format
-        logs.configure(log_level, log_format)
+        deferred: list[tuple[InvalidValueError, object]] = []
+        self.log_level = self._setting("--log-level", log_level, logs.LEVEL_ENVIRONMENT, _level,
+                                       logs.DEFAULT_LEVEL, deferred)
+        self.log_format = self._setting("--log-format", log_format, logs.FORMAT_ENVIRONMENT, _format,
+                                        logs.DEFAULT_FORMAT, deferred)
+        # Logging is set up before the other settings are read, so that their problems are logged in its format.
+        logs.configure(self.log_level, self.log_format)
+        self.lock_timeout = self._setting(lock_timeout_source, lock_timeout, LOCK_TIMEOUT_ENVIRONMENT,
+                                          c.check_seconds, DEFAULT_LOCK_TIMEOUT, deferred)
+        for error, default in deferred:
+            self._report(error, default)
+
+    def _setting(self, option: str, given: str | None, variable: str, parse: Callable[[str, str], Any],
+                 default: Any, deferred: list[tuple[InvalidValueError, object]]) -> Any:
+        if given is not None:
+            try:
+                return parse(option, given)
+            except InvalidValueError as error:
+                if not self.lenient:
+                    raise InvalidInput(str(error)) from None
+                deferred.append((error, default))
+                return default
+        text = os.environ.get(variable)
+        if not text:
+            return default
+        try:
+            return parse(variable, text)
+        except InvalidValueError as error:
+            deferred.append((error, default))
+            return default
+
+    def _report(self, error: InvalidValueError, default: object) -> None:
+        self.problems.append(str(error))
+        settings.report(error, default)
 
     def apply(self, option: str, value: object) -> None:
         """An option given after the command, over the group's value."""
+        deferred: list[tuple[InvalidValueError, object]] = []
         if option == "textfile-dir":
             self.textfile_dir = Path(str(value))
         elif option == "lock-timeout":
-            self.lock_timeout = seconds("--lock-timeout", str(value))
+            self.lock_timeout = self._setting("--lock-timeout", str(value), "", c.check_seconds, self.lock_timeout,
+                                              deferred)
         elif option == "log-level":
-            self.log_level = str(value)
+            self.log_level = self._setting("--log-level", str(value), "", _level, self.log_level, deferred)
             logs.configure(self.log_level, self.log_format)
         elif option == "log-format":
-            self.log_format = str(value)
+            self.log_format = self._setting("--log-format", str(value), "", _format, self.log_format, deferred)
             logs.configure(self.log_level, self.log_format)
+        for error, default in deferred:
+            self._report(error, default)
 
     def store(self, *, fraisier_state: bool = False, since: float | None = None) -> TextfileStore:
         """``fraisier_state``: with Fraisier's state database read in each merge (sources/fraisier_state.py);
@@ -77,6 +122,28 @@ class Settings:
 
                 participants = list(state_participants(since=since))
             return TextfileStore(self.textfile_dir, self.lock_timeout, participants=participants)
+
+
+def _level(what: str, text: str) -> str:
+    return settings.choice_text(what, text, list(logs.LEVELS))
+
+
+def _format(what: str, text: str) -> str:
+    return settings.choice_text(what, text, logs.FORMATS)
+
+
+def _choices(values: tuple[str, ...] | list[str]) -> Callable[..., list[str]]:
+    return lambda context, parameter, incomplete: complete(values, incomplete)
+
+
+def _not_a_command(context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
+    """A group option whose value is one of our commands was given no value (``--log-level record error``):
+    a usage error naming the option, not "No such command 'error'" two words later. Other bad values are
+    judged once the command is known (exec runs its command all the same)."""
+    group = context.command
+    if value is not None and isinstance(group, click.Group) and value in group.commands:
+        raise click.BadParameter(f"{value!r} is a command: give the option a value before it", context, parameter)
+    return value
 
 
 def seconds(name: str, value: str) -> float:
@@ -100,24 +167,25 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 @click.option(
     "--lock-timeout",
-    envvar=LOCK_TIMEOUT_ENVIRONMENT,
-    default=str(DEFAULT_LOCK_TIMEOUT),
-    show_default=True,
+    default=None,
+    callback=_not_a_command,
+    show_default=str(DEFAULT_LOCK_TIMEOUT),
     metavar="SECONDS",
     help=f"How long to wait for another fraisier process to finish writing the file. "
     f"Env: {LOCK_TIMEOUT_ENVIRONMENT}.",
 )
-@click.option("--log-level", envvar=logs.LEVEL_ENVIRONMENT, type=click.Choice(list(logs.LEVELS)),
-              default=logs.DEFAULT_LEVEL, show_default=True,
+@click.option("--log-level", metavar="[" + "|".join(logs.LEVELS) + "]", default=None, callback=_not_a_command,
+              show_default=logs.DEFAULT_LEVEL, shell_complete=_choices(list(logs.LEVELS)),
               help=f"Log records at this level and above, to stderr (request logs are debug). "
               f"Env: {logs.LEVEL_ENVIRONMENT}.")
-@click.option("--log-format", envvar=logs.FORMAT_ENVIRONMENT, type=click.Choice(logs.FORMATS),
-              default=logs.DEFAULT_FORMAT, show_default=True,
+@click.option("--log-format", metavar="[" + "|".join(logs.FORMATS) + "]", default=None, callback=_not_a_command,
+              show_default=logs.DEFAULT_FORMAT, shell_complete=_choices(logs.FORMATS),
               help=f"logfmt (time=... level=... msg=...) or json (one object a line), as node_exporter's. "
               f"Env: {logs.FORMAT_ENVIRONMENT}.")
 @click.version_option(__version__, prog_name="fraisier")
 @click.pass_context
-def main(context: click.Context, textfile_dir: Path, lock_timeout: str, log_level: str, log_format: str) -> None:
+def main(context: click.Context, textfile_dir: Path, lock_timeout: str | None, log_level: str | None,
+         log_format: str | None) -> None:
     """Fraisier's deployment metrics for Prometheus, from short-lived processes.
 
     Every command merges what it records into one file, TEXTFILE_DIR/fraisier.prom, under a lock and with
@@ -131,11 +199,13 @@ def main(context: click.Context, textfile_dir: Path, lock_timeout: str, log_leve
       fraisier textfile show
 
     The options above may also follow the command: fraisier textfile check --textfile-dir DIR.
+
+    The settings other than the directory only tune the metrics: a typo in one of them in the environment is
+    reported in one line and its default used; given on the command line, it is a usage error (exit 2), except
+    for exec, which reports it and runs the deployment all the same.
     """
-    from_environment = context.get_parameter_source("lock_timeout") is click.core.ParameterSource.ENVIRONMENT
-    # Name what the user wrote: a bad value from the environment is fixed there, not on the command line.
-    name = LOCK_TIMEOUT_ENVIRONMENT if from_environment else "--lock-timeout"
-    context.obj = Settings(textfile_dir, seconds(name, lock_timeout), log_level, log_format)
+    context.obj = Settings(textfile_dir, lock_timeout, log_level, log_format,
+                           lenient=context.invoked_subcommand == "exec")
 
 
 pass_settings = click.pass_obj
@@ -145,16 +215,54 @@ pass_settings = click.pass_obj
 def record() -> None:
     """Record one event into the textfile (for cron jobs and deploy hooks).
 
-    The event is in TEXTFILE_DIR/fraisier.prom when the command exits 0. A bad value exits 2 with one line
-    saying what to fix; a problem with the file or directory exits 1. Nothing is written on error.
+    The event is in TEXTFILE_DIR/fraisier.prom when the command exits 0, or, if another process held the lock
+    for longer than the lock-wait budget (FRAISIER_LOCK_WAIT_BUDGET, 1 s; at most --lock-timeout), handed
+    over as the API does: written in .fraisier-handover/ for that process, or the next merge by any fraisier
+    process, to merge exactly once. A bad value exits 2 with one line saying what to fix, and nothing is
+    written. A problem with the file or directory exits 1 with one line; the event is then handed over all the
+    same, if the directory takes it, and the next merge once the problem is fixed writes it.
     """
 
 
 def _record(settings: Settings, event: Callable[..., None], *arguments: object) -> None:
+    """Merge one event, or hand it over as the API does: when another process holds the lock past the lock-wait
+    budget (``$FRAISIER_LOCK_WAIT_BUDGET``, at most --lock-timeout), silently (exit 0); when the merge fails (a
+    file it refuses, a bug of ours), with the problem in one line and exit 1. Either way the next merge by any
+    process writes it: the event is lost only when it cannot be written anywhere (an unwritable directory)."""
+    from fraisier_textfile.settings import default_lock_wait_budget
+
     changes = events.Changes()
     with library_errors():
         event(changes, *arguments)
-        settings.store().merge(changes)
+        store = settings.store()
+    wait = min(store.lock_timeout, default_lock_wait_budget())
+    problem: Exception
+    try:
+        store.merge_or_hand_over(changes, wait)
+        return
+    except UnexpectedFileError as error:
+        if Path(error.path) in (store.path, store.lock_path):
+            # Something else where the file or its lock should be (a symlink into node_exporter's directory, say):
+            # this is not the directory to keep the event in; the line says where to point instead.
+            raise click.ClickException(str(error)) from None
+        problem = error  # something planted among the markers or hand-overs: the event is kept all the same
+    except Exception as error:  # whatever else (a file it refuses, a probe's exception), the event is not lost
+        problem = error
+    try:
+        store.hand_over(changes)
+    except Exception as error:
+        also = "" if str(error) in str(problem) else f"; handing it over failed too: {_described(error, store.path)}"
+        raise click.ClickException(_described(problem, store.path) + also + " (the event was not recorded)") from None
+    raise click.ClickException(_described(problem, store.path) + " (the event was handed over: the next merge, once "
+                               "that is fixed, writes it)")
+
+
+def _described(error: BaseException, path: Path) -> str:
+    if isinstance(error, FraisierTextfileError):
+        return str(error)
+    if isinstance(error, OSError):
+        return f"cannot write {path}: {error}; check the textfile directory"
+    return f"recording into {path} failed unexpectedly: {error!r}; please report this as a bug of fraisier_textfile"
 
 
 def complete(values: tuple[str, ...] | list[str], incomplete: str) -> list[str]:
@@ -245,22 +353,43 @@ def exec_(settings: Settings, provider: str, fraise_type: str, command: tuple[st
     """Run COMMAND as a tracked deployment and exit with its exit status.
 
     The deployment counts as active while COMMAND runs. When it ends, its duration is observed and it is
-    counted as success (exit 0) or failed, with an error of type exit_code_N or signal_NAME. If this
-    process is killed, the deployment is counted as crashed by the next writer. SIGINT, SIGTERM, SIGHUP
-    and SIGQUIT are passed on to COMMAND; if this process is killed outright (SIGKILL), the kernel kills
-    COMMAND too (Linux's parent-death signal), so a deployment counted crashed has really stopped (processes
-    that COMMAND starts are its own to stop). A command that cannot start is named in one error line: exit
-    127 when it is not found (error type command_not_found), 126 when it cannot be executed
-    (command_not_executable). If the textfile cannot be written, a warning is logged and COMMAND runs anyway.
+    counted as success (exit 0) or failed, with an error of type exit_code_N or signal_NAME; killed by signal
+    N, this exits 128+N. If this process is killed, the deployment is counted as crashed by the next writer.
+
+    COMMAND always runs, whatever is wrong with the metrics (a bad --provider or setting, a corrupt file, a
+    full disk, a lock another process holds): one warning line says what, and the exit status is COMMAND's.
+    A bad setting is replaced by its default; a --provider or --fraise-type that cannot be a label value
+    means the deployment is not recorded. A command that cannot start is named in one error line: exit 127
+    when it is not found (error type command_not_found), 126 when it cannot be executed
+    (command_not_executable).
+
+    Signals are passed on as tini and dumb-init do: each signal sent to this process (all that a command may
+    handle: HUP, INT, QUIT, TERM, USR1, USR2, ALRM, PIPE, WINCH, CONT, TSTP, TTIN, TTOU, ...) reaches COMMAND
+    once, and one that already reached it does not again: a Ctrl-C at a terminal goes to COMMAND once, a
+    Ctrl-Z stops the job and fg continues it. Started as a process group leader (a shell's job, a systemd
+    service), or inside another process's group away from the terminal (timeout, cron, CI), COMMAND runs in a
+    process group of its own (and gets the terminal if this process had it); inside a script's group in the
+    terminal's foreground, it stays in that group, so that Ctrl-C reaches the script too. Under systemd use
+    KillMode=mixed (systemd then signals only this process, which passes the signal on once). If this process
+    is killed outright (SIGKILL), the kernel kills COMMAND too (Linux's parent-death signal), so a deployment
+    counted crashed has really stopped (processes that COMMAND starts are its own to stop).
 
     \b
     Example:
       fraisier exec --provider bare_metal --fraise-type api -- ./deploy.sh --env prod
     """
-    from fraisier_textfile.cli.execution import run_deployment
+    from fraisier_textfile.cli.execution import block_forwarded_signals, run_deployment
+    from fraisier_textfile.settings import default_lock_wait_budget
 
-    with library_errors():
-        status = run_deployment(settings.store(), provider, fraise_type, command)
+    block_forwarded_signals()  # before anything else: a signal now is kept for the command, not lost
+    store: TextfileStore | None = None
+    problem: str | None = None
+    try:
+        store = TextfileStore(settings.textfile_dir, settings.lock_timeout)
+    except Exception as error:  # the deployment runs all the same
+        problem = f"the deployment runs, but its metrics cannot be recorded: {error}"
+    status = run_deployment(store, provider, fraise_type, command, lock_wait_budget=default_lock_wait_budget(),
+                            problem=problem)
     sys.exit(status)
 
 
@@ -709,8 +838,10 @@ def _give_group_options_to_every_command(group: click.Group) -> None:
         command.params.extend([
             _shared_option("textfile-dir", type=click.Path(file_okay=False, path_type=Path)),
             _shared_option("lock-timeout", metavar="SECONDS"),
-            _shared_option("log-level", type=click.Choice(list(logs.LEVELS))),
-            _shared_option("log-format", type=click.Choice(logs.FORMATS)),
+            _shared_option("log-level", metavar="[" + "|".join(logs.LEVELS) + "]",
+                           shell_complete=_choices(list(logs.LEVELS))),
+            _shared_option("log-format", metavar="[" + "|".join(logs.FORMATS) + "]",
+                           shell_complete=_choices(logs.FORMATS)),
         ])
         if isinstance(command, click.Group):
             _give_group_options_to_every_command(command)

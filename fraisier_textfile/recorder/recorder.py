@@ -28,17 +28,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from fraisier_textfile import catalogue, changes
+from fraisier_textfile import catalogue, changes, settings
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, LockTimeoutError, write_error
 from fraisier_textfile.recorder.fraisier import OPERATIONS
 from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
 from fraisier_textfile.recorder.series import Counter, Gauge, Histogram, InFlight, Series, Totals
+from fraisier_textfile.settings import (
+    DEFAULT_LOCK_WAIT_BUDGET,
+    LOCK_WAIT_BUDGET_ENVIRONMENT,
+    default_lock_wait_budget,
+)
 from fraisier_textfile.store import inflight
 from fraisier_textfile.store.files import TEXTFILE_NAME, default_textfile_directory
-from fraisier_textfile.store.lifecycle import DEFAULT_MAX_SERIES, SeriesLifecycle
-from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, default_lock_timeout
+from fraisier_textfile.store.lifecycle import SeriesLifecycle
+from fraisier_textfile.store.lock import default_lock_timeout
 from fraisier_textfile.store.textfile import TextfileStore
 
 if TYPE_CHECKING:
@@ -49,7 +54,6 @@ log = logging.getLogger(__name__)
 PROMETHEUS_AVAILABLE = True
 """Fraisier's flag: whether metrics are recorded. Always true here (prometheus_client is a dependency)."""
 
-DEFAULT_LOCK_WAIT_BUDGET = 1.0
 _LARGEST_DURATION = 1.7976931348623157e308
 """The largest finite float: a duration up to it is valid (catalogue.check_duration)."""
 RECORD_CALL_WAIT = 0.0
@@ -57,7 +61,6 @@ RECORD_CALL_WAIT = 0.0
 hands its events over costs ~2 ms, one that waits and then merges a file another process wrote costs a read,
 a parse and a write (~10 ms at 10,000 series), and the holder merges the hand-overs in one go after its own
 merge (group commit): with 16 processes racing, waiting made the slowest 1% of calls 4-8x slower."""
-LOCK_WAIT_BUDGET_ENVIRONMENT = "FRAISIER_LOCK_WAIT_BUDGET"
 LOCK_BUSY = "lock busy"
 """The problem kind of a record call that found the lock busy and handed its events over: logged once per
 process and directory, as a warning."""
@@ -154,10 +157,11 @@ class MetricsRecorder:
         self.dropped_events = 0
         self.handed_over_events = 0
         directory = default_textfile_directory() if textfile_dir is None else textfile_dir
+        # A typo in a setting is logged once and its default used (a strict recorder raises it).
         if lock_timeout is None:
-            lock_timeout = self._from_environment(default_lock_timeout, DEFAULT_LOCK_TIMEOUT)
+            lock_timeout = default_lock_timeout(strict=strict)
         if lock_wait_budget is None:
-            lock_wait_budget = self._from_environment(_default_lock_wait_budget, DEFAULT_LOCK_WAIT_BUDGET)
+            lock_wait_budget = default_lock_wait_budget(strict=strict)
         self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
         self.store = self._make_store(directory, lock_timeout)
         self._totals = Totals()
@@ -555,6 +559,11 @@ class MetricsRecorder:
             )
             self._note("marker", f"{problem} (the deployment is recorded when it ends, but until then other "
                        "processes do not see it as active)", problem)
+        except Exception as error:  # whatever a probe of the directory raises, the deployment is recorded
+            self._note("marker", f"writing a marker in {inflight.marker_directory(self.store.directory)} failed "
+                       f"unexpectedly: {error!r}; please report this as a bug of fraisier_textfile (the deployment "
+                       "is recorded when it ends, but until then other processes do not see it as active)", error,
+                       exc_info=True)
         deployment = InFlight(provider, fraise_type, marker)
         with self._batch():
             changes.deployment_started(self, provider, fraise_type)
@@ -705,7 +714,7 @@ class MetricsRecorder:
                 self.store.hand_over(self._pending, durable=durable)
             else:
                 merged = self._merge_or_hand_over(wait, durable)
-        except (FraisierTextfileError, OSError):
+        except Exception:
             merged = False  # the hand-over failed too: the events stay pending, the problem is noted already
         finally:
             # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
@@ -731,12 +740,13 @@ class MetricsRecorder:
                     f"If it lasts, find the process that holds the lock (fuser {self.store.lock_path})",
                     LockTimeoutError(self.store.lock_path, wait),
                 )
-        except (FraisierTextfileError, OSError) as error:  # OSError: none may reach a deployment, whatever happens
+        except Exception as error:  # of any type (a probe's OverflowError, a bug of ours): none may reach a deployment
             self._failed_write = _FailedWrite(self.store)
             self._note_write_problem(error)
             try:
+                # The events go to the next merge rather than wait in memory for an exit that may never write them.
                 self.store.hand_over(self._pending, durable=durable)
-            except (FraisierTextfileError, OSError):
+            except Exception:
                 pass  # the same problem (an unwritable directory), noted already
             return False
         return merged
@@ -763,11 +773,19 @@ class MetricsRecorder:
         self.problems[kind] = message
         self.last_error = message
         key = (str(self.store.directory), kind)
+        # One cause, one line: a full disk fails the marker and then the merge; the second says nothing new.
+        cause = getattr(error, "errno", None)
+        cause_key = (str(self.store.directory), f"errno {cause}") if isinstance(cause, int) else None
+        if cause_key is not None and cause_key in _logged_problems:
+            _logged_problems.add(key)
         if key not in _logged_problems:
             _logged_problems.add(key)
+            if cause_key is not None:
+                _logged_problems.add(cause_key)
             # A busy lock loses nothing (the events were handed over): a warning, not an error.
-            log.log(logging.WARNING if kind == LOCK_BUSY else logging.ERROR, "fraisier metrics: %s", message,
-                    exc_info=exc_info)
+            log.log(logging.WARNING if kind == LOCK_BUSY else logging.ERROR, "fraisier metrics: %s", message)
+            if exc_info:  # one line in the deployment's log; the traceback, for a bug report, at debug level
+                log.debug("fraisier metrics: where %s came from", kind, exc_info=True)
         else:
             log.debug("fraisier metrics: %s", message)
         self._noted.append(error if error is not None else FraisierTextfileError(message))
@@ -782,13 +800,20 @@ class MetricsRecorder:
 
     def _note_write_problem(self, error: Exception) -> None:
         message = str(error)
-        if not isinstance(error, FraisierTextfileError):
+        if isinstance(error, OSError):
             message = f"cannot write {self.textfile_path}: {error}; check the textfile directory"
-        self._note(f"write {type(error).__name__}", message, error)
+        elif not isinstance(error, FraisierTextfileError):
+            message = (f"writing {self.textfile_path} failed unexpectedly: {error!r}; please report this as a bug of "
+                       "fraisier_textfile (the events are handed over to the next merge)")
+        self._note(f"write {type(error).__name__}", message, error,
+                   exc_info=not isinstance(error, (OSError, FraisierTextfileError)))
 
     def _resolved(self) -> None:
         """The textfile was written: problems of writing it are over (and are logged again if they come back)."""
         directory = str(self.store.directory)
+        _logged_problems.difference_update(
+            [key for key in _logged_problems if key[0] == directory and key[1].startswith("errno ")]
+        )
         for kind in [kind for kind in self.problems if kind.startswith(("write ", LOCK_BUSY, "marker"))]:
             del self.problems[kind]
             if kind != LOCK_BUSY:
@@ -798,25 +823,9 @@ class MetricsRecorder:
             log.info("fraisier metrics: %s is written again", self.textfile_path)
 
     def _make_store(self, directory: Path | str, lock_timeout: float) -> TextfileStore:
-        try:
-            return TextfileStore(directory, lock_timeout)
-        except InvalidValueError as error:  # a typo in FRAISIER_EXPIRE_AFTER or FRAISIER_MAX_SERIES_PER_FAMILY
-            if self.strict:
-                raise
-            if str(error) not in _logged_settings:
-                _logged_settings.add(str(error))
-                log.error("fraisier metrics: %s; using the defaults (no expiry, %d series per family)",
-                          error, DEFAULT_MAX_SERIES)
-            return TextfileStore(directory, lock_timeout, lifecycle=SeriesLifecycle(Path(directory) / TEXTFILE_NAME))
-
-    def _from_environment(self, read: Callable[[], float], default: float) -> float:
-        try:
-            return read()
-        except InvalidValueError as error:
-            if self.strict:
-                raise
-            log.error("fraisier metrics: %s; using %gs", error, default)
-            return default
+        # Strict: a typo in FRAISIER_EXPIRE_AFTER or FRAISIER_MAX_SERIES_PER_FAMILY raises (else logged once).
+        lifecycle = SeriesLifecycle.from_environment(Path(directory) / TEXTFILE_NAME, strict=self.strict)
+        return TextfileStore(directory, lock_timeout, lifecycle=lifecycle)
 
     # Internals
 
@@ -940,15 +949,6 @@ class _ProcessBudget:
 _process_budget = _ProcessBudget()
 
 
-def _default_lock_wait_budget() -> float:
-    configured = os.environ.get(LOCK_WAIT_BUDGET_ENVIRONMENT)
-    if not configured:
-        return DEFAULT_LOCK_WAIT_BUDGET
-    return catalogue.check_seconds(LOCK_WAIT_BUDGET_ENVIRONMENT, configured)
-
-
-# Bad settings in the environment already logged in this process.
-_logged_settings: set[str] = set()
 
 # Problems already logged in this process, by textfile directory and kind.
 _logged_problems: set[tuple[str, str]] = set()
@@ -1030,14 +1030,8 @@ def _stop_background_flush() -> None:
 
 
 def _flush_interval() -> float:
-    configured = os.environ.get(FLUSH_INTERVAL_ENVIRONMENT)
-    if not configured:
-        return DEFAULT_FLUSH_INTERVAL
-    try:
-        return catalogue.check_seconds(FLUSH_INTERVAL_ENVIRONMENT, configured)
-    except InvalidValueError as error:
-        log.error("fraisier metrics: %s; using %gs", error, DEFAULT_FLUSH_INTERVAL)
-        return DEFAULT_FLUSH_INTERVAL
+    # A typo is one warning and the default, as for every setting (read strictly: ASCII digits).
+    return settings.from_environment(FLUSH_INTERVAL_ENVIRONMENT, catalogue.check_seconds, DEFAULT_FLUSH_INTERVAL)
 
 
 def _flush_in_background() -> None:

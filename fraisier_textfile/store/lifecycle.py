@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -67,7 +66,7 @@ REFUSED_HELP = (
 UPDATED = KeyedBookkeeping("updated-", text_value, text_value)
 """``updated-<family>``: the last-update times of that family's series (SeriesTimes' text)."""
 
-_DURATION = r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*\Z"
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*\Z", re.ASCII)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*\Z"
 _MERGE_KINDS = ("added", "observed", "latest", "maximum")
@@ -256,21 +255,19 @@ class SeriesLifecycle:
         self._refused: dict[str, int] = {}
 
     @classmethod
-    def from_environment(cls, path: Path) -> SeriesLifecycle:
-        """``$FRAISIER_EXPIRE_AFTER`` (a duration) and ``$FRAISIER_MAX_SERIES_PER_FAMILY`` (0: no bound)."""
-        expire = os.environ.get(EXPIRE_AFTER_ENVIRONMENT)
-        bound = os.environ.get(MAX_SERIES_ENVIRONMENT)
-        max_series = DEFAULT_MAX_SERIES
-        if bound:
-            if not bound.strip().isdigit():
-                raise InvalidValueError(
-                    f"{MAX_SERIES_ENVIRONMENT}={bound!r} is not a whole number: give e.g. 10000 (0: no bound)"
-                )
-            max_series = int(bound)
+    def from_environment(cls, path: Path, strict: bool = False) -> SeriesLifecycle:
+        """``$FRAISIER_EXPIRE_AFTER`` (a duration) and ``$FRAISIER_MAX_SERIES_PER_FAMILY`` (0: no bound). A typo
+        in either is logged once and its default used (``strict``: raised): it must not stop a deployment."""
+        from fraisier_textfile.settings import from_environment, whole_number_text
+
+        def bound(variable: str, text: str) -> int:
+            return whole_number_text(variable, text, f"{DEFAULT_MAX_SERIES} (0: no bound)")
+
         return cls(
             path,
-            expire_after=parse_duration(EXPIRE_AFTER_ENVIRONMENT, expire) if expire else None,
-            max_series=max_series,
+            expire_after=from_environment(EXPIRE_AFTER_ENVIRONMENT, parse_duration, None, strict=strict,
+                                          default_shown="no expiry"),
+            max_series=from_environment(MAX_SERIES_ENVIRONMENT, bound, DEFAULT_MAX_SERIES, strict=strict),
         )
 
     # The hooks in the store's merge

@@ -39,11 +39,11 @@ FIRST_POLL = 0.0001
 LONGEST_POLL = 0.001
 
 
-def default_lock_timeout() -> float:
-    configured = os.environ.get(LOCK_TIMEOUT_ENVIRONMENT)
-    if not configured:
-        return DEFAULT_LOCK_TIMEOUT
-    return validate.check_seconds(LOCK_TIMEOUT_ENVIRONMENT, configured)
+def default_lock_timeout(strict: bool = False) -> float:
+    """``$FRAISIER_LOCK_TIMEOUT``; a typo there is logged once and the default used (``strict``: raised)."""
+    from fraisier_textfile.settings import from_environment
+
+    return from_environment(LOCK_TIMEOUT_ENVIRONMENT, validate.check_seconds, DEFAULT_LOCK_TIMEOUT, strict=strict)
 
 
 class Lock:

@@ -1,0 +1,91 @@
+"""Settings from the environment and the command line, parsed strictly, and what a typo costs.
+
+Every ``FRAISIER_*`` setting but the directory only tunes the metrics (a wait, a bound, a log format). A typo in
+one of them must never stop a deployment: read from the environment, a bad value is reported in one line (the
+variable, the value, the fix) and replaced by its default, for every entry point (the API, ``fraisier record``,
+``fraisier exec``, ``fraisier metrics``). The same typo given explicitly on the command line is a usage error
+(exit 2) for the commands that only do metrics, but ``fraisier exec`` reports it and runs the deployment.
+
+Numbers are read strictly, as ASCII: ``str.isdigit`` accepts ``²`` (which ``int`` refuses) and ``float`` accepts
+``1_000``, ``٣`` and blanks around the number, none of which an operator means as a setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+from fraisier_textfile.errors import InvalidValueError
+
+log = logging.getLogger(__name__)
+
+_Value = TypeVar("_Value")
+
+_SECONDS = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z", re.ASCII)
+_WHOLE_NUMBER = re.compile(r"[0-9]+\Z", re.ASCII)
+
+DEFAULT_LOCK_WAIT_BUDGET = 1.0
+LOCK_WAIT_BUDGET_ENVIRONMENT = "FRAISIER_LOCK_WAIT_BUDGET"
+
+# Bad settings already reported in this process: each is one line, once, however many recorders read it.
+_reported: set[tuple[str, str]] = set()
+
+
+def seconds_text(what: str, text: str) -> float:
+    """Seconds written as a plain decimal number (``10``, ``2.5``, ``.5``, ``1e3``), finite and not negative."""
+    if not _SECONDS.match(text):
+        raise InvalidValueError(f"{what}={text!r} is not a number: give seconds in ASCII digits, e.g. 12.5")
+    seconds = float(text)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidValueError(f"{what}={text!r} is not a finite number of seconds >= 0: give e.g. 12.5")
+    return seconds
+
+
+def whole_number_text(what: str, text: str, example: str) -> int:
+    """A whole number written in ASCII digits only."""
+    if not _WHOLE_NUMBER.match(text):
+        raise InvalidValueError(f"{what}={text!r} is not a whole number: give ASCII digits only, e.g. {example}")
+    return int(text)
+
+
+def choice_text(what: str, text: str, choices: tuple[str, ...] | list[str]) -> str:
+    if text not in choices:
+        raise InvalidValueError(f"{what}={text!r} is not one of {', '.join(choices)}: give one of them")
+    return text
+
+
+def from_environment(
+    variable: str, parse: Callable[[str, str], _Value], default: _Value, *, strict: bool = False,
+    default_shown: str | None = None,
+) -> _Value:
+    """``$variable`` parsed by ``parse(variable, text)``, or ``default`` when it is unset or empty. A bad value
+    is logged once per process (a warning naming the variable, the value and the fix) and ``default`` is used;
+    ``strict`` raises InvalidValueError instead (a strict recorder, for tests)."""
+    text = os.environ.get(variable)
+    if not text:
+        return default
+    try:
+        return parse(variable, text)
+    except InvalidValueError as error:
+        if strict:
+            raise
+        report(error, default if default_shown is None else default_shown)
+        return default
+
+
+def report(error: InvalidValueError, default: object) -> None:
+    """One warning line for a bad setting replaced by its default, once per process."""
+    key = (str(error), str(default))
+    if key in _reported:
+        return
+    _reported.add(key)
+    log.warning("fraisier metrics: %s; using the default, %s", error, default)
+
+
+def default_lock_wait_budget(strict: bool = False) -> float:
+    """``$FRAISIER_LOCK_WAIT_BUDGET``: how long a process may spend waiting for the textfile's lock in all."""
+    return from_environment(LOCK_WAIT_BUDGET_ENVIRONMENT, seconds_text, DEFAULT_LOCK_WAIT_BUDGET, strict=strict)
