@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"  # the one place: pyproject reads it, `fraisier --version` prints it
+# The one place: pyproject reads it, `fraisier-textfile --version` prints it; CHANGELOG.md's latest release.
+__version__ = "0.2.0"
 
 from fraisier_textfile.catalogue import DEPLOYMENT_STATUSES, FAMILIES, HEALTH_CHECK_STATUSES, Family
 from fraisier_textfile.errors import (

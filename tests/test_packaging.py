@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import venv
 from pathlib import Path
+
+import pytest
 
 import fraisier_textfile
 
+from .installs import build_wheel, install
 from .processes import REPOSITORY
 
 
@@ -29,45 +28,72 @@ def test_the_version_is_written_once() -> None:
     assert 'version = { attr = "fraisier_textfile.__version__" }' in pyproject
 
 
-def test_pip_install_then_both_entry_points_report_the_same_version(tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "build_with_hook.py",
-                 "_fraisier_textfile_hook.py", "fraisier_textfile_hook.pth"):  # what the build reads
-        shutil.copy(REPOSITORY / name, source / name)
-    shutil.copytree(REPOSITORY / "fraisier_textfile", source / "fraisier_textfile",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    environment = tmp_path / "venv"
-    # The dependencies come from this interpreter's site-packages: the test needs no network.
-    venv.create(environment, system_site_packages=True, with_pip=True)
-    python = environment / "bin" / "python"
-    clean = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(source)],
-        capture_output=True, text=True, env=clean, cwd=tmp_path,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
-    expected = f"fraisier, version {fraisier_textfile.__version__}\n"
+def released_versions() -> list[str]:
+    """The changelog's version headings, newest first (``## 0.2.0 - 2026-12-06``)."""
+    text = (REPOSITORY / "CHANGELOG.md").read_text()
+    return re.findall(r"^## (\d+\.\d+\.\d+)(?: - \d{4}-\d{2}-\d{2})?$", text, re.MULTILINE)
 
-    def version(*command: str) -> tuple[int, str]:
-        done = subprocess.run([*command, "--version"], capture_output=True, text=True, env=clean, cwd=tmp_path)
+
+def test_the_version_is_the_changelogs_latest_release() -> None:
+    text = (REPOSITORY / "CHANGELOG.md").read_text()
+    headings = re.findall(r"^## .*$", text, re.MULTILINE)
+    assert headings[0] == "## Unreleased", "the changelog starts with an Unreleased section for what comes next"
+    assert released_versions()[0] == fraisier_textfile.__version__
+    assert headings[1].startswith(f"## {fraisier_textfile.__version__} - ")
+    assert released_versions() == sorted(released_versions(), key=lambda v: tuple(map(int, v.split("."))),
+                                         reverse=True)
+
+
+IDENTITY = f"fraisier-textfile, version {fraisier_textfile.__version__}\n"
+
+
+def test_the_version_option_names_this_package() -> None:
+    from click.testing import CliRunner
+
+    from fraisier_textfile.cli.commands import main
+
+    # Whatever name it was started under: `fraisier, version 0.1.0` read as an old Fraisier.
+    for program in ("fraisier", "fraisier-textfile"):
+        result = CliRunner().invoke(main, ["--version"], prog_name=program)
+        assert (result.exit_code, result.output) == (0, IDENTITY)
+
+
+@pytest.mark.slow
+def test_pip_install_then_every_entry_point_names_this_package_and_its_version(tmp_path: Path) -> None:
+    wheel = build_wheel(tmp_path / "build")
+    # Made from this interpreter, its dependencies from this environment: nothing of the base interpreter
+    # (pyenv's or Debian's, with or without `wheel`) takes part.
+    installation = install(wheel, tmp_path / "venv")
+
+    def version(*command: str | Path) -> tuple[int, str]:
+        done = installation.run(*command, "--version", cwd=tmp_path)
         return done.returncode, done.stdout
 
-    assert version(str(environment / "bin" / "fraisier-textfile")) == (0, expected)
-    assert version(str(python), "-m", "fraisier_textfile") == (0, expected)
-    # `fraisier` is ours too, unless Fraisier is installed beside it (CI installs it, and this venv sees the
-    # system's packages): then `fraisier --version` is Fraisier's own answer, unchanged (tests/test_coexist.py).
+    assert version(installation.script("fraisier-textfile")) == (0, IDENTITY)
+    assert version(installation.python, "-m", "fraisier_textfile") == (0, IDENTITY)
+    # `fraisier` is ours too, unless Fraisier is installed beside it (CI installs it in this environment, which
+    # the venv sees): then `fraisier --version` is Fraisier's own answer, unchanged (tests/test_coexist.py).
     probe = "import importlib.util as u; print(bool(u.find_spec('fraisier')))"
-    fraisier_there = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, env=clean,
-                                    cwd=tmp_path, check=True).stdout.strip()
+    fraisier_there = installation.run(installation.python, "-c", probe, cwd=tmp_path).stdout.strip()
     if fraisier_there == "False":
-        assert version(str(environment / "bin" / "fraisier")) == (0, expected)
+        assert version(installation.script("fraisier")) == (0, IDENTITY)
     else:
-        assert version(str(environment / "bin" / "fraisier"))[1].startswith("fraisier, version ")
-    where = subprocess.run(
-        [str(python), "-c", "import importlib.metadata as m, fraisier_textfile as f; "
-         "print(m.version('fraisier-textfile')); print(f.__file__)"],
-        capture_output=True, text=True, env=clean, cwd=tmp_path, check=True,
+        assert version(installation.script("fraisier"))[1].startswith("fraisier, version ")
+    where = installation.run(
+        installation.python, "-c", "import importlib.metadata as m, fraisier_textfile as f; "
+        "print(m.version('fraisier-textfile')); print(f.__file__)", cwd=tmp_path,
     ).stdout.splitlines()
     assert where[0] == fraisier_textfile.__version__
-    assert where[1].startswith(str(environment))  # the installed copy answered, not this checkout
+    assert where[1].startswith(str(installation.root))  # the installed copy answered, not this checkout
+
+
+@pytest.mark.slow
+def test_without_fraisier_fraisier_version_names_this_package(tmp_path: Path) -> None:
+    """A venv of its own, its dependencies from the index (pip's cache): no Fraisier in sight."""
+    wheel = build_wheel(tmp_path / "build")
+    installation = install(wheel, tmp_path / "venv", running_packages=False)
+    probe = installation.run(installation.python, "-c", "import fraisier", cwd=tmp_path)
+    assert probe.returncode != 0
+    done = installation.run(installation.script("fraisier"), "--version", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, IDENTITY)
+

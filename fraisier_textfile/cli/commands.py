@@ -182,7 +182,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
               show_default=logs.DEFAULT_FORMAT, shell_complete=_choices(logs.FORMATS),
               help=f"logfmt (time=... level=... msg=...) or json (one object a line), as node_exporter's. "
               f"Env: {logs.FORMAT_ENVIRONMENT}.")
-@click.version_option(__version__, prog_name="fraisier")
+# Named for this package whatever script started it: `fraisier, version 0.1.0` read as an old Fraisier.
+@click.version_option(__version__, prog_name="fraisier-textfile", message="%(prog)s, version %(version)s")
 @click.pass_context
 def main(context: click.Context, textfile_dir: Path, lock_timeout: str | None, log_level: str | None,
          log_format: str | None) -> None:
