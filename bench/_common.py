@@ -275,6 +275,8 @@ def install_package(directory: Path, tree: Path = REPOSITORY) -> InstalledPackag
     shutil.copytree(
         tree / "fraisier_textfile", source / "fraisier_textfile", ignore=shutil.ignore_patterns("__pycache__")
     )
+    if (tree / "contrib").is_dir():  # the systemd units, installed as fraisier_textfile.units
+        shutil.copytree(tree / "contrib", source / "contrib")
     # The build step and the start-up hook it ships live beside pyproject.toml (a tree of an older revision may
     # lack them).
     for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "build_with_hook.py",

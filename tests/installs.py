@@ -13,9 +13,14 @@ import site
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import venv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from .processes import REPOSITORY
 
@@ -43,8 +48,8 @@ def build_wheel(directory: Path, tree: Path = REPOSITORY) -> Path:
     for name in SOURCES:
         if (tree / name).exists():
             shutil.copy(tree / name, source / name)
-    shutil.copytree(tree / "fraisier_textfile", source / "fraisier_textfile",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for directory_name in ("fraisier_textfile", "contrib"):
+        shutil.copytree(tree / directory_name, source / directory_name, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = directory / "wheels"
     command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "wheel", "-q", "--no-deps",
                "-w", str(wheels), str(source)]
@@ -102,3 +107,23 @@ def install(wheel: Path, root: Path, base: str | None = None, running_packages: 
                                env=clean_environment(), timeout=600)
     assert installed.returncode == 0, f"installing {wheel.name} failed:\n{installed.stderr[-3000:]}"
     return installation
+
+
+@contextmanager
+def directory_the_units_can_see() -> Iterator[Path]:
+    """A temporary directory that the systemd units' hardening does not hide (pytest's tmp_path is under /tmp,
+    which PrivateTmp hides): under /opt or /srv, where an operator installs. Readable by every user, as a venv
+    under /opt is, so that a service's user can run what is installed there."""
+    for parent in ("/opt", "/srv"):
+        if os.access(parent, os.W_OK):
+            directory = Path(tempfile.mkdtemp(prefix="fraisier-textfile-test-", dir=parent))
+            directory.chmod(0o755)
+            try:
+                yield directory
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+            return
+    message = "no writable /opt or /srv for an installation the units can see: run the tests as root (CI does)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -335,3 +335,26 @@ def test_a_bad_option_value_never_stops_exec_but_is_a_usage_error_elsewhere(
     assert refused.returncode == 2
     [line] = refused.stderr.splitlines()
     assert line.startswith(f"Error: {(before or after)[0]}={(before or after)[1]!r}")
+
+
+def test_install_dispatcher_replaces_only_a_fraisier_script(tmp_path: Path) -> None:
+    from fraisier_textfile.cli.scripts import install_dispatcher
+
+    fraisiers = "#!/usr/bin/python3\nimport sys\nfrom fraisier.cli import main\nsys.exit(main())\n"
+    (tmp_path / "fraisier").write_text(fraisiers)
+    written = install_dispatcher(tmp_path)
+    assert written == tmp_path / "fraisier"
+    text = written.read_text()
+    assert text.startswith(f"#!{sys.executable}\n") and "from fraisier_textfile.cli.dispatch import main" in text
+    assert written.stat().st_mode & 0o777 == 0o755
+    assert [path.name for path in tmp_path.iterdir()] == ["fraisier"]
+    # Run as the script pip would have written: without Fraisier it is our CLI.
+    done = subprocess.run([str(written), "--version"], capture_output=True, text=True)
+    assert done.stdout.startswith("fraisier-textfile, version ") or done.stdout.startswith("fraisier, version ")
+    someone_elses = "#!/bin/sh\necho another fraisier\n"
+    written.write_text(someone_elses)
+    from fraisier_textfile.errors import InvalidValueError
+
+    with pytest.raises(InvalidValueError, match="is neither Fraisier's script nor ours: move it aside"):
+        install_dispatcher(tmp_path)
+    assert written.read_text() == someone_elses

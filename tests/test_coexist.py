@@ -28,7 +28,7 @@ import pytest
 from tests.processes import REPOSITORY, free_port, http_get, running
 
 FRAISIER = "fraisier==0.84.2"
-OUR_COMMANDS = ("exec", "metrics", "record", "textfile")
+OUR_COMMANDS = ("exec", "install-dispatcher", "metrics", "record", "systemd", "textfile")
 RECORD = ["record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
           "--duration", "42"]
 DEPLOYMENTS = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
@@ -244,6 +244,34 @@ def test_without_fraisier_its_commands_are_named_as_fraisiers(ours_first: Virtua
     answer = ours_first.stages["alone"]["fraisier fraisier's command"]
     assert answer.returncode == 2
     assert "No such command 'list'. It is one of Fraisier's: pip install fraisier" in answer.stderr
+
+
+# After an upgrade of Fraisier: its script wins again, and one command of ours puts the dispatcher back
+
+
+def test_after_fraisier_is_reinstalled_install_dispatcher_brings_both_command_sets_back(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
+    venv = build(tmp_path / "venv", wheelhouse, tmp_path / "home", ("fraisier", "ours"))
+    assert command_names(venv.stages["both"]["help"].stdout) >= set(OUR_COMMANDS)
+    # What every upgrade of Fraisier does (offline here: the same version, from the wheelhouse).
+    pip("--python", venv.path("python"), "install", "-q", "--no-index", "--find-links", str(wheelhouse),
+        "--force-reinstall", FRAISIER)
+    upgraded = venv.run("fraisier", "--help")
+    assert command_names(upgraded.stdout) & set(OUR_COMMANDS) == {"metrics"}  # Fraisier's own metrics
+    assert "from fraisier.cli import main" in Path(venv.path("fraisier")).read_text()
+    # The recovery step: from what the user has, no index needed.
+    recovered = venv.run("fraisier-textfile", "install-dispatcher")
+    assert recovered.returncode == 0, recovered.stderr
+    assert recovered.stdout == f"wrote {venv.path('fraisier')}: `fraisier` runs Fraisier's commands and " \
+        "fraisier-textfile's\n"
+    combined = venv.run("fraisier", "--help")
+    assert command_names(combined.stdout) == command_names(upgraded.stdout) | set(OUR_COMMANDS)
+    assert venv.run("fraisier", *RECORD, textfile_dir=tmp_path / "textfile").returncode == 0
+    assert samples((tmp_path / "textfile" / "fraisier.prom").read_text())[DEPLOYMENTS] == 1
+    assert venv.run("fraisier", "providers") == venv.stages["alone"]["providers"]
+    # Run again, it replaces its own script the same way.
+    assert venv.run("fraisier-textfile", "install-dispatcher").returncode == 0
 
 
 # Our commands under their own name, in both orders

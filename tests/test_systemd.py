@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import pwd
 import select
 import shlex
 import socket
@@ -18,18 +19,25 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from fraisier_textfile.errors import ServerStartError
+from fraisier_textfile.cli import systemd as units
+from fraisier_textfile.cli.commands import main
+from fraisier_textfile.errors import InvalidValueError, ServerStartError
 from fraisier_textfile.serve.server import MetricsServer, TextfileSource, listen_backlog, systemd_listening_socket
 from fraisier_textfile.store.textfile import TextfileStore
 
-from .processes import REPOSITORY, binary, free_port, stop, tail
+from .installs import build_wheel, directory_the_units_can_see, install
+from .processes import REPOSITORY, binary, free_port, http_get, stop, tail, wait_until_serving
 
 UNITS = REPOSITORY / "contrib" / "systemd"
 UNIT_NAMES = ["fraisier-metrics.service", "fraisier-metrics.socket", "fraisier-textfile-refresh.service",
               "fraisier-textfile-refresh.timer"]
-INSTALLED_FRAISIER = "/usr/local/bin/fraisier-textfile"
+INSTALLED_FRAISIER = "/opt/fraisier-textfile/bin/fraisier-textfile"
 TEXTFILE_DIRECTORY = "/var/lib/fraisier/textfile"
+# The recommended layout's interpreter: Debian's, outside every directory the units hide (.ci/run installs it).
+DEBIAN_PYTHON = "/usr/bin/python3"
+DEPLOYER = "fraisier-units-test"
 
 
 def directives(unit: str) -> list[tuple[str, str, str]]:
@@ -367,3 +375,194 @@ def test_systemd_socket_activate_on_a_unix_path_starts_it_too(tmp_path: Path, fr
     finally:
         stop(process)
     assert f"on unix socket {address} (socket from systemd" in log.read_text()
+
+
+# `fraisier-textfile systemd`: the units written for this host's installation
+
+
+def test_the_reference_units_hold_every_value_the_command_replaces() -> None:
+    """contrib/systemd is written for the recommended layout; the command replaces those values. A unit edited
+    to name another path would keep it in every host's copy: caught here."""
+    for name in units.UNIT_NAMES:
+        text = (UNITS / name).read_text()
+        if name.endswith(".service"):
+            executable, directory = units.REFERENCE_EXECUTABLE, units.REFERENCE_TEXTFILE_DIRECTORY
+            assert f"ExecStart={executable} --textfile-dir {directory} " in text
+            assert f"\nUser={units.REFERENCE_USER}\n" in text
+    assert f"\nListenStream={units.REFERENCE_ADDRESS}:{units.REFERENCE_PORT}\n" in (UNITS / UNIT_NAMES[1]).read_text()
+    rendered = units.render_units("/srv/x/bin/fraisier-textfile", "builder", "/srv/metrics", "0.0.0.0", 9101)
+    for name, text in rendered.items():
+        for reference in (units.REFERENCE_EXECUTABLE, units.REFERENCE_TEXTFILE_DIRECTORY, "User=deploy", ":8001",
+                          "--port 8001"):
+            assert reference not in text, (name, reference)
+    assert "ListenStream=0.0.0.0:9101" in rendered["fraisier-metrics.socket"]
+    assert "--address 0.0.0.0 --port 9101" in rendered["fraisier-metrics.service"]
+    assert "BindReadOnlyPaths=/srv/metrics\n" in rendered["fraisier-metrics.service"]
+    assert "ReadWritePaths=/srv/metrics\n" in rendered["fraisier-textfile-refresh.service"]
+
+
+def test_the_installed_package_carries_the_units() -> None:
+    assert units.reference_units() == {name: (UNITS / name).read_text() for name in units.UNIT_NAMES}
+
+
+@pytest.mark.parametrize(("directory", "hidden", "directive"), [
+    ("/home/deploy/textfile", "/home", "ProtectHome=yes"),
+    ("/root/.local/state/fraisier/textfile", "/root", "ProtectHome=yes"),
+    ("/tmp/textfile", "/tmp", "PrivateTmp=yes"),
+    ("/var/tmp/textfile", "/var/tmp", "PrivateTmp=yes"),
+])
+def test_a_textfile_directory_the_services_cannot_see_is_refused(directory: str, hidden: str, directive: str) -> None:
+    with pytest.raises(InvalidValueError) as refused:
+        units.check_textfile_directory(Path(directory), "deploy")
+    message = str(refused.value)
+    assert f"--textfile-dir {directory} is under {hidden}, which the units' {directive} hides" in message
+    fix = "use /var/lib/fraisier/textfile (install -d -o deploy -g deploy -m 0755 /var/lib/fraisier/textfile)"
+    assert fix in message
+
+
+def test_a_textfile_directory_with_a_blank_or_a_percent_is_refused(tmp_path: Path) -> None:
+    for name in ("with blank", "with%percent"):
+        with pytest.raises(InvalidValueError, match="cannot be written into a unit as is"):
+            units.check_textfile_directory(Path("/srv") / name, "deploy")
+
+
+@pytest.mark.parametrize("path", ["/home/ci/.venv/bin/python", "/root/.pyenv/versions/3.11.7/bin/python3.11",
+                                  "/tmp/venv/bin/fraisier-textfile", "/var/lib/venv/lib/python3.11/site-packages"])
+def test_an_installation_the_services_cannot_see_is_refused(path: str) -> None:
+    installation = units.Installation(Path("/opt/fraisier-textfile/bin/fraisier-textfile"),
+                                      (Path("/opt/fraisier-textfile/bin/fraisier-textfile"), Path(path)))
+    with pytest.raises(InvalidValueError) as refused:
+        units.check_installation(installation)
+    assert str(refused.value).startswith(f"{path} is under /")
+    assert "Install into a venv under /opt/fraisier-textfile made by the system's python3" in str(refused.value)
+
+
+def test_bad_arguments_are_one_line_and_write_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "units"
+    output.mkdir()
+    for arguments, expected in [
+        (["--user", "no such user"], "--user 'no such user' is not a user name"),
+        (["--user", "nosuchuser-fraisier"], "--user nosuchuser-fraisier: no such user on this host"),
+        (["--user", "nobody"], "--user nobody: systemd refuses to call a service of user nobody safe"),
+    ]:
+        result = CliRunner().invoke(main, ["systemd", *arguments, "--output", str(output)], prog_name="fraisier")
+        assert result.exit_code == 2, result.output
+        assert result.output.splitlines() == [f"Error: {expected}" + result.output.split(expected, 1)[1].rstrip()]
+    assert list(output.iterdir()) == []
+
+
+def test_units_already_there_with_other_content_are_kept_byte_for_byte(tmp_path: Path) -> None:
+    rendered = units.render_units("/opt/v/bin/fraisier-textfile", "deploy", "/var/lib/fraisier/textfile")
+    (tmp_path / "fraisier-metrics.service").write_text("# edited by the operator\n")
+    with pytest.raises(InvalidValueError, match="exists with other content"):
+        units.write_units(tmp_path, rendered, force=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["fraisier-metrics.service"]
+    assert (tmp_path / "fraisier-metrics.service").read_text() == "# edited by the operator\n"
+    written = units.write_units(tmp_path, rendered, force=True)
+    assert {path.name: path.read_text() for path in written} == rendered
+    assert {oct(path.stat().st_mode & 0o777) for path in written} == {"0o644"}
+
+
+@pytest.fixture(scope="module")
+def deployer() -> Iterator[pwd.struct_passwd]:
+    """A deploying user of its own, as on a real host (systemd refuses to call a service of `nobody` safe)."""
+    if os.geteuid() != 0:
+        message = "these tests create a user: run them as root (CI does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    created = False
+    try:
+        pwd.getpwnam(DEPLOYER)
+    except KeyError:
+        subprocess.run([binary("useradd"), "--system", "--no-create-home", "--user-group", "--shell", "/bin/false",
+                        DEPLOYER], check=True)
+        created = True
+    try:
+        yield pwd.getpwnam(DEPLOYER)
+    finally:
+        if created:
+            subprocess.run([binary("userdel"), DEPLOYER], check=False)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.mark.slow
+def test_an_installation_under_tmp_is_refused_with_the_fix(tmp_path: Path, wheel: Path,
+                                                            deployer: pwd.struct_passwd) -> None:
+    installation = install(wheel, tmp_path / "venv", base=DEBIAN_PYTHON, running_packages=False)
+    textfile_dir = tmp_path / "textfile"
+    textfile_dir.mkdir()
+    output = tmp_path / "units"
+    output.mkdir()
+    result = installation.run(installation.script("fraisier-textfile"), "systemd", "--user", DEPLOYER,
+                              "--textfile-dir", str(textfile_dir), "--output", str(output), cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"Error: {tmp_path}/venv/bin/fraisier-textfile is under /tmp, which the units' "
+                           f"PrivateTmp=yes hides from the services")
+    assert "python3 -m venv /opt/fraisier-textfile" in line
+    assert list(output.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_units_written_for_an_installation_under_opt_verify_and_serve(tmp_path: Path, wheel: Path,
+                                                                      deployer: pwd.struct_passwd) -> None:
+    """The recommended layout for real: Debian's python3 makes a venv under /opt, the package is installed in it,
+    its `fraisier-textfile systemd` writes the units; systemd-analyze verifies them (it checks that ExecStart's
+    program exists), and the service's ExecStart runs as the unit runs it (its user, systemd's environment, no
+    PYTHONPATH) and is scraped."""
+    with directory_the_units_can_see() as place:
+        installation = install(wheel, place / "venv", base=DEBIAN_PYTHON, running_packages=False)
+        textfile_dir = place / "textfile"
+        textfile_dir.mkdir()
+        os.chown(textfile_dir, deployer.pw_uid, deployer.pw_gid)
+        output = place / "units"
+        output.mkdir()
+        port = free_port()
+        result = installation.run(installation.script("fraisier-textfile"), "systemd", "--user", DEPLOYER,
+                                  "--textfile-dir", str(textfile_dir), "--output", str(output), "--port", str(port),
+                                  cwd=place)
+        assert result.returncode == 0, result.stderr
+        assert [line.removeprefix("wrote ") for line in result.stdout.splitlines()[:4]] == [
+            str(output / name) for name in units.UNIT_NAMES]
+        for name in units.UNIT_NAMES:
+            checked = verify(output / name)
+            assert (checked.returncode, checked.stderr) == (0, ""), name
+        service = (output / "fraisier-metrics.service").read_text()
+        assert f"ExecStart={installation.script('fraisier-textfile')} --textfile-dir {textfile_dir} " in service
+        assert f"\nUser={DEPLOYER}\n" in service and f"BindReadOnlyPaths={textfile_dir}\n" in service
+
+        def as_the_unit_runs(unit: str) -> list[str]:
+            [line] = [line for line in (output / unit).read_text().splitlines() if line.startswith("ExecStart=")]
+            return [binary("setpriv"), "--reuid", DEPLOYER, "--regid", str(deployer.pw_gid), "--clear-groups",
+                    *shlex.split(line.removeprefix("ExecStart="))]
+
+        # systemd's environment for a system service: no PYTHONPATH, no virtualenv, the user's identity.
+        environment = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                       "USER": DEPLOYER, "LOGNAME": DEPLOYER, "HOME": deployer.pw_dir, "SHELL": deployer.pw_shell}
+        refresh = subprocess.run(as_the_unit_runs("fraisier-textfile-refresh.service"), env=environment, cwd="/",
+                                 capture_output=True, text=True, timeout=120)
+        assert refresh.returncode == 0, refresh.stderr
+        assert (textfile_dir / "fraisier.prom").exists()
+        record = subprocess.run([*as_the_unit_runs("fraisier-textfile-refresh.service")[:6],
+                                 str(installation.script("fraisier-textfile")), "--textfile-dir", str(textfile_dir),
+                                 "record", "deployment", "--provider", "bare_metal", "--fraise-type", "api",
+                                 "--status", "success", "--duration", "3"], env=environment, cwd="/",
+                                capture_output=True, text=True, timeout=120)
+        assert record.returncode == 0, record.stderr
+        log = tmp_path / "server.log"
+        url = f"http://127.0.0.1:{port}/metrics"
+        with open(log, "wb") as server_output:
+            server = subprocess.Popen(as_the_unit_runs("fraisier-metrics.service"), env=environment, cwd="/",
+                                      stdout=server_output, stderr=subprocess.STDOUT)
+        try:
+            wait_until_serving(url, server)
+            assert 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"} 1' in (
+                http_get(url))
+        finally:
+            stop(server)
+        assert f"serving {textfile_dir}/fraisier.prom on http://127.0.0.1:{port}/metrics" in log.read_text()

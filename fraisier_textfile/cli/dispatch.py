@@ -35,7 +35,7 @@ from typing import Any
 
 import click
 
-OUR_COMMANDS = frozenset({"record", "exec", "textfile", "metrics"})
+OUR_COMMANDS = frozenset({"record", "exec", "textfile", "metrics", "systemd", "install-dispatcher"})
 # Our group options that take a value, and the environment variable each stands for (see cli.main). The log
 # options are the ops branch's: listed ahead of its merge, they are simply refused by a CLI without them.
 OUR_GROUP_OPTIONS = {
@@ -327,10 +327,10 @@ def combined_group() -> click.Group:
         params=[*fraisier_main.params, *our_options],
         help=fraisier_main.help,
         epilog=(
-            "exec, metrics, record and textfile are fraisier-textfile's: Fraisier's metrics from short-lived "
-            "processes, merged into TEXTFILE_DIR/fraisier.prom (`fraisier metrics` serves that file, and what "
-            "Fraisier's own commands record is merged into it too). --textfile-dir and --lock-timeout are "
-            "theirs. The same commands alone: fraisier-textfile --help."
+            f"The same commands alone: fraisier-textfile --help. {', '.join(sorted(OUR_COMMANDS))} are "
+            "fraisier-textfile's: Fraisier's metrics from short-lived processes, merged into "
+            "TEXTFILE_DIR/fraisier.prom (`fraisier metrics` serves that file, and what Fraisier's own commands "
+            "record is merged into it too). --textfile-dir and --lock-timeout are theirs."
         ),
         context_settings={**fraisier_main.context_settings, "help_option_names": sorted(HELP_OPTIONS)},
         no_args_is_help=True,
