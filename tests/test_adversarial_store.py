@@ -233,6 +233,7 @@ print(deployments, handed_over)
 """
 
 
+@pytest.mark.slow
 def test_an_end_handed_over_while_a_merger_probes_the_markers_is_never_also_counted_crashed(
     textfile_dir: Path,
 ) -> None:

@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .processes import REPOSITORY, binary
 
 
+@pytest.mark.slow
 def test_the_benchmarks_run_and_our_store_loses_nothing_in_the_race() -> None:
     binary("prometheus-pushgateway")  # the race's peer: missing fails under CI=true
     result = subprocess.run(

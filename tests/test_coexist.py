@@ -175,6 +175,7 @@ def samples(text: str) -> dict[str, float]:
 # Fraisier's CLI intact, in both orders
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probe", FRAISIER_PROBES)
 @pytest.mark.parametrize("order", ["fraisier_first", "ours_first"])
 def test_fraisier_commands_behave_as_with_fraisier_alone(
@@ -190,12 +191,14 @@ def test_fraisier_commands_behave_as_with_fraisier_alone(
     assert both == alone
 
 
+@pytest.mark.slow
 def test_fraisier_installed_last_owns_the_fraisier_script(fraisier_first: VirtualEnvironment,
                                                           ours_first: VirtualEnvironment) -> None:
     assert ours_first.stages["both"]["help"] == fraisier_first.stages["alone"]["help"]
     assert "from fraisier.cli import main" in Path(ours_first.path("fraisier")).read_text()
 
 
+@pytest.mark.slow
 def test_fraisier_help_lists_both_command_sets(fraisier_first: VirtualEnvironment) -> None:
     fraisiers = command_names(fraisier_first.stages["alone"]["help"].stdout)
     assert {"ship", "deploy-daemon", "health", "db", "providers"} <= fraisiers
@@ -206,6 +209,7 @@ def test_fraisier_help_lists_both_command_sets(fraisier_first: VirtualEnvironmen
     assert "fraisier-textfile --help" in combined.stdout
 
 
+@pytest.mark.slow
 def test_help_of_ours_alone_is_unchanged_by_fraisier(fraisier_first: VirtualEnvironment,
                                                      ours_first: VirtualEnvironment) -> None:
     expected = ours_first.stages["alone"]["ours --help"]
@@ -214,6 +218,7 @@ def test_help_of_ours_alone_is_unchanged_by_fraisier(fraisier_first: VirtualEnvi
     assert ours_first.stages["both"]["ours --help"] == expected
 
 
+@pytest.mark.slow
 def test_without_fraisier_fraisier_is_our_cli(ours_first: VirtualEnvironment) -> None:
     alone = ours_first.stages["alone"]
     assert alone["help"].returncode == 0
@@ -249,6 +254,7 @@ def test_without_fraisier_its_commands_are_named_as_fraisiers(ours_first: Virtua
 # After an upgrade of Fraisier: its script wins again, and one command of ours puts the dispatcher back
 
 
+@pytest.mark.slow
 def test_after_fraisier_is_reinstalled_install_dispatcher_brings_both_command_sets_back(
     wheelhouse: Path, tmp_path: Path
 ) -> None:
@@ -277,6 +283,7 @@ def test_after_fraisier_is_reinstalled_install_dispatcher_brings_both_command_se
 # Our commands under their own name, in both orders
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["fraisier_first", "ours_first"])
 def test_our_commands_under_their_own_name(environments: dict[str, VirtualEnvironment], order: str,
                                            tmp_path: Path) -> None:
@@ -294,6 +301,7 @@ def test_our_commands_under_their_own_name(environments: dict[str, VirtualEnviro
 # fraisier metrics serving the textfile, in the documented order (Fraisier first, ours after)
 
 
+@pytest.mark.slow
 def test_fraisier_metrics_serves_the_textfile_with_fraisiers_flags(fraisier_first: VirtualEnvironment,
                                                                    tmp_path: Path) -> None:
     recorded = fraisier_first.run("fraisier", "--textfile-dir", str(tmp_path), *RECORD)
@@ -309,6 +317,7 @@ def test_fraisier_metrics_serves_the_textfile_with_fraisiers_flags(fraisier_firs
     assert samples(scraped)[DEPLOYMENTS] == 1
 
 
+@pytest.mark.slow
 def test_fraisier_record_imports_nothing_of_fraisier(fraisier_first: VirtualEnvironment, tmp_path: Path) -> None:
     traced = fraisier_first.run("python", "-X", "importtime", fraisier_first.path("fraisier"), *RECORD,
                                 textfile_dir=tmp_path)
@@ -371,6 +380,7 @@ RESTORE_AND_DATABASE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fraisiers_metrics_through_the_dispatcher_land_in_the_textfile(fraisier_first: VirtualEnvironment,
                                                                          tmp_path: Path) -> None:
     textfile_dir = tmp_path / "textfile"
@@ -389,6 +399,7 @@ def test_fraisiers_metrics_through_the_dispatcher_land_in_the_textfile(fraisier_
     assert checked.returncode == 0, checked.stderr
 
 
+@pytest.mark.slow
 def test_fraisiers_restore_and_database_metrics_land_in_the_textfile(fraisier_first: VirtualEnvironment,
                                                                      tmp_path: Path) -> None:
     script = tmp_path / "restore.py"
@@ -405,6 +416,7 @@ def test_fraisiers_restore_and_database_metrics_land_in_the_textfile(fraisier_fi
     assert merged['fraisier_active_db_connections{database_type="sqlite"}'] == 3
 
 
+@pytest.mark.slow
 def test_bridge_runs_fraisiers_console_scripts(fraisier_first: VirtualEnvironment, tmp_path: Path) -> None:
     bridged = fraisier_first.run("python", "-m", "fraisier_textfile.bridge", "fraisier", "providers",
                                  textfile_dir=tmp_path)

@@ -236,6 +236,7 @@ def test_mergers_and_hand_overs_killed_at_random_moments_never_count_twice(textf
     assert applied_by_killed_mergers > 0  # the kills did land at every stage, not only before the merges began
 
 
+@pytest.mark.slow
 def test_sixteen_processes_merging_or_handing_over_lose_nothing_and_count_nothing_twice(textfile_dir: Path) -> None:
     processes, count = 16, 200
     TextfileStore(textfile_dir).merge(Changes())

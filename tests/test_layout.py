@@ -129,6 +129,7 @@ def test_a_layout_line_that_does_not_fit_the_file_is_ignored(tmp_path: Path) -> 
         parse_bytes(damaged)  # still a valid file, read line by line
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), merges=st.integers(1, 12))
 def test_after_any_merges_the_file_is_vouched_for_and_reads_as_the_slow_reading_does(
