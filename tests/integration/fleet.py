@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 from .. import processes
 from ..processes import REPOSITORY, binary, free_port, running
 
-DASHBOARD = REPOSITORY / "grafana-dashboard.json"
-ALERT_RULES = REPOSITORY / "alert-rules.yml"
+DASHBOARD = REPOSITORY / "monitoring" / "grafana-dashboard.json"
+ALERT_RULES = REPOSITORY / "monitoring" / "alert-rules.yml"
 ALL = ".*"
 """The value the dashboard's variables take for "All" (their allValue)."""
 

@@ -60,7 +60,8 @@ def test_promtool_unit_tests_fail_when_an_alert_misbehaves(tmp_path: Path) -> No
     rules = ALERT_RULES.read_text(encoding="utf-8")
     branch = 'time() - fraisier_last_deployment_timestamp_seconds{status=~"failed|rollback_failed|crashed"} < 900'
     assert branch in rules
-    (tmp_path / "alert-rules.yml").write_text(rules.replace(branch, "vector(0) > 1"), encoding="utf-8")
+    (tmp_path / "monitoring").mkdir()
+    (tmp_path / "monitoring" / "alert-rules.yml").write_text(rules.replace(branch, "vector(0) > 1"), encoding="utf-8")
     (tmp_path / "tests" / "rules").mkdir(parents=True)
     test = tmp_path / "tests" / "rules" / "deployments.yml"
     test.write_text((REPOSITORY / "tests" / "rules" / "deployments.yml").read_text(encoding="utf-8"), encoding="utf-8")
