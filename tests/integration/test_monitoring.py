@@ -65,8 +65,8 @@ def test_a_prometheus_started_with_the_shipped_config_scrapes_both_exporters_and
     """The shipped file, as is, but for the two target addresses (real exporters on free ports)."""
     textfile_dir = tmp_path / "textfile"
     recorded = subprocess.run([sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir),
-                               "record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
-                               "--duration", "3"], capture_output=True, text=True)
+                               "record", "deployment", "--provider", "bare_metal", "--fraise-type", "api",
+                               "--status", "success", "--duration", "3"], capture_output=True, text=True)
     assert recorded.returncode == 0, recorded.stderr
     with processes.node_exporter(textfile_dir, tmp_path / "node.log") as node_url, \
             processes.fraisier_metrics(textfile_dir, tmp_path / "fraisier.log") as fraisier_url:
