@@ -461,6 +461,22 @@ def test_units_already_there_with_other_content_are_kept_byte_for_byte(tmp_path:
     written = units.write_units(tmp_path, rendered, force=True)
     assert {path.name: path.read_text() for path in written} == rendered
     assert {oct(path.stat().st_mode & 0o777) for path in written} == {"0o644"}
+    assert units.write_units(tmp_path, rendered, force=False) == written  # the same units again: no refusal
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(rendered)  # no temporary file left
+
+
+def test_a_textfile_directory_the_user_cannot_write_is_refused() -> None:
+    with directory_the_units_can_see() as place:
+        directory = place / "textfile"
+        directory.mkdir(mode=0o755)
+        os.chown(directory, 0, 0)
+        with pytest.raises(InvalidValueError) as refused:
+            units.check_textfile_directory(directory, "nobody")
+        assert str(refused.value) == (
+            f"--textfile-dir {directory} belongs to root and nobody cannot write it (the refresh service runs as "
+            f"nobody): chown nobody {directory}, or give the user that owns it")
+        directory.chmod(0o777)
+        assert units.check_textfile_directory(directory, "nobody") == directory
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,12 @@ def install_dispatcher(directory: Path | None = None) -> Path:
             raise InvalidValueError(
                 f"{target} is neither Fraisier's script nor ours: move it aside, then run this again"
             )
+    if not sys.executable or any(character.isspace() for character in sys.executable):
+        # A #! line ends at the first blank: the kernel would run another program.
+        raise InvalidValueError(
+            f"this Python's path ({sys.executable!r}) holds a blank, which a #! line cannot: reinstall the "
+            f"package into a venv whose path has none, or run `python -m fraisier_textfile` instead of `fraisier`"
+        )
     text = TEMPLATE.format(interpreter=sys.executable)
     temporary = directory / f".{SCRIPT}.tmp.{os.getpid()}"
     try:

@@ -12,6 +12,7 @@ journal only. So such an installation is refused here, before anything is writte
 
 from __future__ import annotations
 
+import grp
 import importlib.util
 import os
 import pwd
@@ -147,7 +148,31 @@ def check_textfile_directory(directory: Path, user: str) -> Path:
             f"--textfile-dir {directory} does not exist (the server binds it read-only: it must exist before it "
             f"starts): create it for the deploying user: install -d -o {user} -g {user} -m 0755 {directory}"
         )
+    if not writable_by(directory, user):
+        owner = directory.stat().st_uid
+        try:
+            owner_name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            owner_name = str(owner)
+        raise InvalidValueError(
+            f"--textfile-dir {directory} belongs to {owner_name} and {user} cannot write it (the refresh service "
+            f"runs as {user}): chown {user} {directory}, or give the user that owns it"
+        )
     return directory
+
+
+def writable_by(directory: Path, user: str) -> bool:
+    """Whether ``user`` may create files in ``directory``, by its owner, group and mode (root may)."""
+    entry = pwd.getpwnam(user)
+    if entry.pw_uid == 0:
+        return True
+    status = directory.stat()
+    if status.st_uid == entry.pw_uid:
+        return bool(status.st_mode & 0o300 == 0o300)
+    groups = {entry.pw_gid, *(group.gr_gid for group in grp.getgrall() if user in group.gr_mem)}
+    if status.st_gid in groups:
+        return bool(status.st_mode & 0o030 == 0o030)
+    return bool(status.st_mode & 0o003 == 0o003)
 
 
 def check_user(user: str) -> None:
