@@ -539,6 +539,14 @@ def test_units_written_for_an_installation_under_opt_verify_and_serve(tmp_path: 
         output = place / "units"
         output.mkdir()
         port = free_port()
+        # Run by the deploying user rather than root: one line, nothing written.
+        as_deployer = [binary("setpriv"), "--reuid", DEPLOYER, "--regid", str(deployer.pw_gid), "--clear-groups"]
+        refused = installation.run(*as_deployer, installation.script("fraisier-textfile"), "systemd", "--user",
+                                   DEPLOYER, "--textfile-dir", str(textfile_dir), "--output", str(output), cwd=place)
+        assert refused.returncode == 2
+        assert refused.stderr.startswith(f"Error: cannot write {output}/fraisier-metrics.service: Permission denied "
+                                         "(run as root for /etc/systemd/system, or give --output DIR)")
+        assert len(refused.stderr.splitlines()) == 1 and list(output.iterdir()) == []
         result = installation.run(installation.script("fraisier-textfile"), "systemd", "--user", DEPLOYER,
                                   "--textfile-dir", str(textfile_dir), "--output", str(output), "--port", str(port),
                                   cwd=place)

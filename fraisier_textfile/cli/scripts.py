@@ -12,6 +12,7 @@ import os
 import stat
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 from fraisier_textfile.errors import InvalidValueError
@@ -68,18 +69,27 @@ def install_dispatcher(directory: Path | None = None) -> Path:
             f"package into a venv whose path has none, or run `python -m fraisier_textfile` instead of `fraisier`"
         )
     text = TEMPLATE.format(interpreter=sys.executable)
-    temporary = directory / f".{SCRIPT}.tmp.{os.getpid()}"
     try:
-        with open(temporary, "x", encoding="utf-8") as opened:
-            opened.write(text)
-        os.chmod(temporary, 0o755)
-        os.replace(temporary, target)
+        write_atomically(target, text, 0o755)
     except OSError as error:
-        try:
-            temporary.unlink()
-        except OSError:
-            pass
         raise InvalidValueError(
             f"cannot write {target}: {error.strerror} (run it as the user who installed the package)"
         ) from None
     return target
+
+
+def write_atomically(target: Path, text: str, mode: int) -> None:
+    """``target`` holds ``text`` with ``mode``, or is left as it was: a temporary file of a name no one else
+    holds (mkstemp), renamed over it. Only that file is removed on failure."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as opened:
+            opened.write(text)
+        os.chmod(temporary, mode)  # mkstemp makes it 0600, whatever the umask
+        os.replace(temporary, target)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise

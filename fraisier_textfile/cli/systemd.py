@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from fraisier_textfile.cli.scripts import write_atomically
 from fraisier_textfile.errors import InvalidValueError
 
 # The values contrib/systemd's units are written for; tests/test_systemd.py checks that each unit holds them.
@@ -231,7 +232,8 @@ def render_units(executable: str, user: str, textfile_directory: str, address: s
 
 
 def write_units(output: Path, units: dict[str, str], force: bool) -> list[Path]:
-    """Every unit, or none: a unit already there with other content is refused unless ``force``."""
+    """Every unit, each replaced atomically. A unit already there with other content, or not a regular file,
+    is refused (unless ``force``) before any is written."""
     output = Path(os.path.abspath(output))
     if not output.is_dir():
         raise InvalidValueError(f"--output {output} is not a directory: create it, or give another")
@@ -247,14 +249,9 @@ def write_units(output: Path, units: dict[str, str], force: bool) -> list[Path]:
     written = []
     for name, text in units.items():
         target = output / name
-        temporary = output / f".{name}.tmp.{os.getpid()}"
         try:
-            with open(temporary, "x", encoding="utf-8") as opened:
-                opened.write(text)
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, target)
+            write_atomically(target, text, 0o644)
         except OSError as error:
-            temporary.unlink(missing_ok=True)
             raise InvalidValueError(
                 f"cannot write {target}: {error.strerror} (run as root for /etc/systemd/system, or give --output DIR)"
             ) from None
