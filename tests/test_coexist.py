@@ -110,7 +110,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Built from a copy: setuptools leaves build/ and an egg-info in the tree it builds.
     source = root / "source"
     shutil.copytree(REPOSITORY, source, ignore=shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "tests", "bench"))
+        ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "tests", "bench", ".venv"))
     pip("wheel", "-q", "--no-deps", "-w", str(root / "ours"), str(source))
     (our_wheel,) = (root / "ours").glob("*.whl")
     try:
