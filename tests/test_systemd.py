@@ -590,3 +590,16 @@ def test_units_written_for_an_installation_under_opt_verify_and_serve(tmp_path: 
         finally:
             stop(server)
         assert f"serving {textfile_dir}/fraisier.prom on http://127.0.0.1:{port}/metrics" in log.read_text()
+
+
+@pytest.mark.parametrize("address", ["localhost", "example.net", "127.0.0.1:80", ""])
+def test_an_address_that_is_not_an_ip_address_is_refused(address: str) -> None:
+    with pytest.raises(InvalidValueError, match="is not an IP address \\(a .socket unit listens on one\\)"):
+        units.check_address(address)
+
+
+def test_an_ipv6_address_is_bracketed_in_the_socket_only() -> None:
+    rendered = units.render_units("/opt/v/bin/fraisier-textfile", "deploy", "/var/lib/fraisier/textfile", "::1", 9101)
+    assert "ListenStream=[::1]:9101\n" in rendered["fraisier-metrics.socket"]
+    assert "--address ::1 --port 9101" in rendered["fraisier-metrics.service"]
+    units.check_address("::")

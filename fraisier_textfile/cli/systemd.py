@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import grp
 import importlib.util
+import ipaddress
 import os
 import pwd
 import re
@@ -176,6 +177,17 @@ def writable_by(directory: Path, user: str) -> bool:
     return bool(status.st_mode & 0o003 == 0o003)
 
 
+def check_address(address: str) -> None:
+    try:
+        # ListenStream= takes an address, not a host name ("Failed to parse address value": the socket is refused).
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise InvalidValueError(
+            f"--address {address!r} is not an IP address (a .socket unit listens on one): give 127.0.0.1, "
+            f"0.0.0.0 for every IPv4 address, or :: for every address"
+        ) from None
+
+
 def check_user(user: str) -> None:
     if not USER_NAME.fullmatch(user):
         raise InvalidValueError(f"--user {user!r} is not a user name: give the deploying user, e.g. --user deploy")
@@ -266,7 +278,6 @@ def generate(user: str, textfile_directory: Path, output: Path, address: str, po
     installation = this_installation()
     check_installation(installation)
     directory = check_textfile_directory(textfile_directory, user)
-    if not re.fullmatch(r"[A-Za-z0-9.:-]+", address):
-        raise InvalidValueError(f"--address {address!r}: give an IP address such as 127.0.0.1, or 0.0.0.0")
+    check_address(address)
     units = render_units(str(installation.script), user, str(directory), address, port)
     return write_units(output, units, force)
