@@ -603,3 +603,16 @@ def test_an_ipv6_address_is_bracketed_in_the_socket_only() -> None:
     assert "ListenStream=[::1]:9101\n" in rendered["fraisier-metrics.socket"]
     assert "--address ::1 --port 9101" in rendered["fraisier-metrics.service"]
     units.check_address("::")
+
+
+def test_units_this_hosts_systemd_would_refuse_are_refused_before_any_is_written(fraisier_script: Path) -> None:
+    binary("systemd-analyze")
+    rendered = units.render_units(str(fraisier_script), "root", "/var/lib/fraisier/textfile")
+    assert units.verify_units(rendered) is True
+    rendered["fraisier-metrics.service"] = rendered["fraisier-metrics.service"].replace("NoNewPrivileges=",
+                                                                                        "NoNewPrivilege=")
+    with pytest.raises(InvalidValueError) as refused:
+        units.verify_units(rendered)
+    assert str(refused.value).startswith("systemd-analyze verify finds a problem in the units for this host: "
+                                         "fraisier-metrics.service:")
+    assert "Unknown key 'NoNewPrivilege'" in str(refused.value)

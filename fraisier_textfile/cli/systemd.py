@@ -18,8 +18,11 @@ import ipaddress
 import os
 import pwd
 import re
+import shutil
+import subprocess
 import sys
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -271,6 +274,25 @@ def write_units(output: Path, units: dict[str, str], force: bool) -> list[Path]:
     return written
 
 
+def verify_units(units: dict[str, str]) -> bool:
+    """``systemd-analyze verify`` on the units, in a directory of their own, before any is installed: this
+    host's systemd parses them (a key it does not know, a path it cannot use). False if it has none to ask."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return False
+    with tempfile.TemporaryDirectory(prefix="fraisier-units-") as directory:
+        for name, text in units.items():
+            (Path(directory) / name).write_text(text, encoding="utf-8")
+        done = subprocess.run([analyze, "verify", *sorted(units)], cwd=directory, capture_output=True, text=True,
+                              timeout=120)
+    problems = [line.replace(f"{directory}/", "") for line in done.stderr.splitlines() if line.strip()]
+    if done.returncode != 0 or problems:
+        raise InvalidValueError(
+            f"systemd-analyze verify finds a problem in the units for this host: {'; '.join(problems[:3])}"
+        )
+    return True
+
+
 def generate(user: str, textfile_directory: Path, output: Path, address: str, port: int,
              force: bool) -> list[Path]:
     """Check the host, then write the four units; returns their paths."""
@@ -280,4 +302,5 @@ def generate(user: str, textfile_directory: Path, output: Path, address: str, po
     directory = check_textfile_directory(textfile_directory, user)
     check_address(address)
     units = render_units(str(installation.script), user, str(directory), address, port)
+    verify_units(units)
     return write_units(output, units, force)
