@@ -297,3 +297,11 @@ def fresh_venv_install(root: Path, requirement: str) -> None:
     done = subprocess.run([str(root / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install",
                            "-q", requirement], capture_output=True, text=True, env=clean_environment(), timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_repository_files_a_command_names_are_found_and_checked() -> None:
+    names = named_repository_files("install -m 0644 contrib/systemd/fraisier-* /etc/systemd/system/  # contrib/x\n"
+                                   "promtool check rules 'monitoring/alert-rules.yml' /tmp/monitoring/x\n")
+    assert names == ["contrib/systemd/fraisier-*", "monitoring/alert-rules.yml"]
+    assert all(list(REPOSITORY.glob(name)) for name in names)
+    assert not list(REPOSITORY.glob("contrib/systemd/no-such-unit.service"))
