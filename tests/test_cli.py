@@ -358,3 +358,23 @@ def test_install_dispatcher_replaces_only_a_fraisier_script(tmp_path: Path) -> N
     with pytest.raises(InvalidValueError, match="is neither Fraisier's script nor ours: move it aside"):
         install_dispatcher(tmp_path)
     assert written.read_text() == someone_elses
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
+def test_install_dispatcher_refuses_what_pip_did_not_write_and_leaves_it(tmp_path: Path, kind: str) -> None:
+    from fraisier_textfile.cli.scripts import install_dispatcher
+    from fraisier_textfile.errors import InvalidValueError
+
+    target = tmp_path / "fraisier"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("#!/bin/sh\nfrom fraisier.cli import main\n")
+    if kind == "symlink":
+        target.symlink_to(elsewhere)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+    with pytest.raises(InvalidValueError, match=f"^{target} is .*not a script pip wrote: remove it"):
+        install_dispatcher(tmp_path)
+    assert elsewhere.read_text() == "#!/bin/sh\nfrom fraisier.cli import main\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["elsewhere", "fraisier"]

@@ -55,7 +55,10 @@ def install_dispatcher(directory: Path | None = None) -> Path:
         raise InvalidValueError(f"cannot look at {target}: {error.strerror}") from None
     if found is not None:
         if not stat.S_ISREG(found.st_mode):
-            raise InvalidValueError(f"{target} is not a regular file (a symlink?): remove it, then run this again")
+            kind = "a symlink" if stat.S_ISLNK(found.st_mode) else "a directory" if stat.S_ISDIR(found.st_mode) \
+                else "not a regular file"
+            # Never followed nor opened: a FIFO there would hang the open, a symlink would write elsewhere.
+            raise InvalidValueError(f"{target} is {kind}, not a script pip wrote: remove it, then run this again")
         with open(target, "rb") as opened:
             head = opened.read(4096).decode("utf-8", errors="replace")
         if not any(line in head for line in REPLACEABLE):
