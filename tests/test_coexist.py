@@ -230,6 +230,7 @@ def test_without_fraisier_fraisier_is_our_cli(ours_first: VirtualEnvironment) ->
 @pytest.mark.parametrize("probe", ["double dash", "value forgotten", "value missing"])
 @pytest.mark.parametrize(("order", "stage"), [("ours_first", "alone"), ("fraisier_first", "both")],
                          ids=["without Fraisier", "with Fraisier"])
+@pytest.mark.slow
 def test_the_dispatcher_reads_argv_as_fraisier_textfile_does(
     environments: dict[str, VirtualEnvironment], order: str, stage: str, probe: str
 ) -> None:
@@ -245,6 +246,7 @@ def test_the_dispatcher_reads_argv_as_fraisier_textfile_does(
         assert ours.returncode == 2 and ("--lock-timeout" in ours.stderr or "--textfile-dir" in ours.stderr)
 
 
+@pytest.mark.slow
 def test_without_fraisier_its_commands_are_named_as_fraisiers(ours_first: VirtualEnvironment) -> None:
     answer = ours_first.stages["alone"]["fraisier fraisier's command"]
     assert answer.returncode == 2
