@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from fraisier_textfile.errors import ServerStartError
-from fraisier_textfile.serve.server import MetricsServer, TextfileSource, listen_backlog, systemd_listening_socket
+from fraisier_textfile.serve.activation import listen_backlog, systemd_listening_socket
+from fraisier_textfile.serve.server import MetricsServer
+from fraisier_textfile.serve.sources import TextfileSource
 from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import REPOSITORY, binary, free_port, stop, tail
