@@ -122,7 +122,8 @@ def test_a_bad_interval_is_one_clear_line_and_the_default(tmp_path: Path) -> Non
     with alive(RECORD_THEN_WAIT, tmp_path, FRAISIER_FLUSH_INTERVAL="soon") as process:
         pass
     errors = process.stderr_text  # type: ignore[attr-defined]
-    assert "FRAISIER_FLUSH_INTERVAL='soon' is not a number" in errors and "using 5s" in errors
+    assert "FRAISIER_FLUSH_INTERVAL='soon' is not a number" in errors and "using the default, 5.0" in errors
+    assert len(errors.splitlines()) == 1, errors  # one line, as every setting's typo
     assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 2
 
 

@@ -724,9 +724,9 @@ def _no_exit_writes_from_this_process() -> Iterator[None]:
     """Recorders these tests leave with events they could not write would be written (or logged) when pytest
     exits; the exit path is tested in subprocesses instead."""
     yield
-    from fraisier_textfile.recorder import recorder
+    from fraisier_textfile.recorder import process
 
-    recorder._unflushed.clear()
+    process.unflushed.clear()
 
 
 @pytest.fixture

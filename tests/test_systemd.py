@@ -24,7 +24,9 @@ from click.testing import CliRunner
 from fraisier_textfile.cli import systemd as units
 from fraisier_textfile.cli.commands import main
 from fraisier_textfile.errors import InvalidValueError, ServerStartError
-from fraisier_textfile.serve.server import MetricsServer, TextfileSource, listen_backlog, systemd_listening_socket
+from fraisier_textfile.serve.activation import listen_backlog, systemd_listening_socket
+from fraisier_textfile.serve.server import MetricsServer
+from fraisier_textfile.serve.sources import TextfileSource
 from fraisier_textfile.store.textfile import TextfileStore
 
 from .installs import build_wheel, directory_the_units_can_see, install

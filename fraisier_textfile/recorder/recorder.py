@@ -13,13 +13,10 @@ at once.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,15 +25,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from fraisier_textfile import catalogue, changes, settings
+from fraisier_textfile import catalogue, changes
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, LockTimeoutError, write_error
+from fraisier_textfile.recorder import process
 from fraisier_textfile.recorder.fraisier import OPERATIONS
 from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
 from fraisier_textfile.recorder.series import Counter, Gauge, Histogram, InFlight, Series, Totals
 from fraisier_textfile.settings import (
-    DEFAULT_LOCK_WAIT_BUDGET,
     LOCK_WAIT_BUDGET_ENVIRONMENT,
     default_lock_wait_budget,
 )
@@ -111,7 +108,7 @@ def _never_raising(method: _Method) -> _Method:
                     if self.auto_flush:
                         self._settle()
                     else:  # what _settle does then, without the call
-                        _unflushed.add(self)
+                        process.unflushed.add(self)
             if noted and self.strict:
                 problem = noted[0]
                 noted.clear()
@@ -177,7 +174,7 @@ class MetricsRecorder:
         self._pending = Changes()
         self._pending_events = 0
         self._handed_over_since_merge = False
-        self._failed_write: _FailedWrite | None = None
+        self._failed_write: process.FailedWrite | None = None
         self._seen: set[tuple[str, ...]] = set()
         self._completions: dict[tuple[object, object, object], tuple[Counter, Histogram, Gauge]] = {}
         """The series a ``record_deployment_complete`` with these provider, fraise type and status updates, once
@@ -192,9 +189,9 @@ class MetricsRecorder:
         self._batch_depth = 0
         self.metrics = DeploymentMetrics(self)
         """Fraisier's ``DeploymentMetrics``: the families, for code that writes to them directly."""
-        _every_recorder.add(self)
+        process.every_recorder.add(self)
         if not auto_flush:  # its events wait in memory by design: a long-lived process writes them every interval
-            _background_flush.start()
+            process.background_flush.start()
 
     @property
     def textfile_path(self) -> Path:
@@ -204,7 +201,7 @@ class MetricsRecorder:
     def lock_wait_spent(self) -> float:
         """Seconds this process has spent writing textfiles, by every recorder: what the budget is measured
         against."""
-        return _process_budget.spent
+        return process.process_budget.spent
 
     # Fraisier's recorder API
 
@@ -341,7 +338,7 @@ class MetricsRecorder:
                 "last_error": self.last_error,
                 "problems": dict(self.problems),
                 "lock_wait_budget": self.lock_wait_budget,
-                "lock_wait_spent": round(_process_budget.spent, 6),
+                "lock_wait_spent": round(process.process_budget.spent, 6),
             }
 
     # Timing context managers
@@ -419,7 +416,7 @@ class MetricsRecorder:
             try:
                 self.store.merge(self._pending)
             except BaseException:
-                _keep_for_later(self)  # the background flush and the exit try again
+                process.keep_for_later(self)  # the background flush and the exit try again
                 raise
             self._written(merged=True)
 
@@ -682,14 +679,14 @@ class MetricsRecorder:
     def _settle(self) -> None:
         """The end of a call or a batch: write what is pending (auto-flush), or keep it for later. Never raises."""
         if not self.auto_flush:
-            _unflushed.add(self)  # kept alive until written, at the latest at exit
+            process.unflushed.add(self)  # kept alive until written, at the latest at exit
             return
         try:
             self._write()
         except Exception as error:  # a bug below us: the events stay pending
             self._note("unexpected write", f"writing {self.textfile_path} failed unexpectedly: {error!r}; please "
                        "report this as a bug of fraisier_textfile (the events are kept)", error, exc_info=True)
-            _keep_for_later(self)
+            process.keep_for_later(self)
 
     def _write(self, longest_wait: float = RECORD_CALL_WAIT, *, spend_budget: bool = True) -> None:
         """Write what is pending, waiting for a busy lock at most ``longest_wait`` and what is left of the
@@ -700,7 +697,7 @@ class MetricsRecorder:
         self._gather()
         if not self._pending:
             return
-        left = _process_budget.left(self.lock_wait_budget)
+        left = process.process_budget.left(self.lock_wait_budget)
         wait = min(self.store.lock_timeout, left, longest_wait)
         # Once the budget is spent, hand-overs skip their fsyncs: under a lock held for long, two fsyncs per
         # call would go on delaying the process past its budget. They still survive its death (a SIGKILL).
@@ -720,9 +717,9 @@ class MetricsRecorder:
             # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
             # the process in all. A merge that may not wait any more still merges when the lock is free.
             if spend_budget:
-                _process_budget.spend(time.monotonic() - started)
+                process.process_budget.spend(time.monotonic() - started)
         if self._pending:
-            _keep_for_later(self)
+            process.keep_for_later(self)
         else:
             self._written(merged)
 
@@ -741,7 +738,7 @@ class MetricsRecorder:
                     LockTimeoutError(self.store.lock_path, wait),
                 )
         except Exception as error:  # of any type (a probe's OverflowError, a bug of ours): none may reach a deployment
-            self._failed_write = _FailedWrite(self.store)
+            self._failed_write = process.FailedWrite(self.store)
             self._note_write_problem(error)
             try:
                 # The events go to the next merge rather than wait in memory for an exit that may never write them.
@@ -755,10 +752,11 @@ class MetricsRecorder:
         """The pending events are in the file (merged) or handed over."""
         if merged:
             self._resolved()
-            _unflushed.discard(self)
+            process.unflushed.discard(self)
         else:
             self.handed_over_events += self._pending_events
-            _keep_for_later(self)  # the background flush and exit merge the hand-overs, if the lock is free by then
+            # The background flush and the exit merge the hand-overs, if the lock is free by then.
+            process.keep_for_later(self)
         self._handed_over_since_merge = not merged
         self._pending_events = 0
         ending, self._ending = self._ending, []
@@ -776,12 +774,12 @@ class MetricsRecorder:
         # One cause, one line: a full disk fails the marker and then the merge; the second says nothing new.
         cause = getattr(error, "errno", None)
         cause_key = (str(self.store.directory), f"errno {cause}") if isinstance(cause, int) else None
-        if cause_key is not None and cause_key in _logged_problems:
-            _logged_problems.add(key)
-        if key not in _logged_problems:
-            _logged_problems.add(key)
+        if cause_key is not None and cause_key in process.logged_problems:
+            process.logged_problems.add(key)
+        if key not in process.logged_problems:
+            process.logged_problems.add(key)
             if cause_key is not None:
-                _logged_problems.add(cause_key)
+                process.logged_problems.add(cause_key)
             # A busy lock loses nothing (the events were handed over): a warning, not an error.
             log.log(logging.WARNING if kind == LOCK_BUSY else logging.ERROR, "fraisier metrics: %s", message)
             if exc_info:  # one line in the deployment's log; the traceback, for a bug report, at debug level
@@ -811,15 +809,15 @@ class MetricsRecorder:
     def _resolved(self) -> None:
         """The textfile was written: problems of writing it are over (and are logged again if they come back)."""
         directory = str(self.store.directory)
-        _logged_problems.difference_update(
-            [key for key in _logged_problems if key[0] == directory and key[1].startswith("errno ")]
+        process.logged_problems.difference_update(
+            [key for key in process.logged_problems if key[0] == directory and key[1].startswith("errno ")]
         )
         for kind in [kind for kind in self.problems if kind.startswith(("write ", LOCK_BUSY, "marker"))]:
             del self.problems[kind]
             if kind != LOCK_BUSY:
                 # Logged again if it comes back. A busy lock is not: under contention writers take turns, and
                 # each turn would log the line again (dozens a second with 8 processes racing).
-                _logged_problems.discard((directory, kind))
+                process.logged_problems.discard((directory, kind))
             log.info("fraisier metrics: %s is written again", self.textfile_path)
 
     def _make_store(self, directory: Path | str, lock_timeout: float) -> TextfileStore:
@@ -898,263 +896,6 @@ class MetricsRecorder:
             self._pending_events += 1
 
 
-class _FailedWrite:
-    """When and in what state of the file and its filesystem a merge failed for another reason than a busy
-    lock. Merging again is worth its cost (reading and rendering the whole file) only once the file changed
-    (the operator's fix), its filesystem has more room, or a minute has passed."""
-
-    RETRY_AFTER = 60.0
-
-    def __init__(self, store: TextfileStore) -> None:
-        self._store = store
-        self._at = time.monotonic()
-        self._state = self._now()
-
-    def _now(self) -> tuple[object, ...]:
-        try:
-            status = os.stat(self._store.path)
-            file: object = (status.st_ino, status.st_size, status.st_mtime_ns)
-        except OSError as error:
-            file = error.errno
-        try:
-            room: object = os.statvfs(self._store.directory).f_bavail
-        except OSError as error:
-            room = error.errno
-        return file, room
-
-    def may_succeed_now(self) -> bool:
-        if time.monotonic() - self._at > self.RETRY_AFTER:
-            return True
-        (file, room), (file_then, room_then) = self._now(), self._state
-        more_room = isinstance(room, int) and (not isinstance(room_then, int) or room > room_then)
-        return file != file_then or more_room
-
-
-class _ProcessBudget:
-    """The time this process has spent writing textfiles, shared by all its recorders (Fraisier makes several):
-    the budget bounds what metrics cost the process, not each recorder."""
-
-    def __init__(self) -> None:
-        self.spent = 0.0
-        self._lock = threading.Lock()
-
-    def left(self, budget: float) -> float:
-        return max(0.0, budget - self.spent)
-
-    def spend(self, seconds: float) -> None:
-        with self._lock:
-            self.spent += seconds
-
-
-_process_budget = _ProcessBudget()
-
-
-
-# Problems already logged in this process, by textfile directory and kind.
-_logged_problems: set[tuple[str, str]] = set()
-
-# Recorders holding events not yet written. Normal process exit writes them; a strong reference, so
-# that a recorder dropped with pending events (a hot loop in a function that returned) is not lost.
-_unflushed: set[MetricsRecorder] = set()
-
-
-_every_recorder: weakref.WeakSet[MetricsRecorder] = weakref.WeakSet()
-
-
-# The background flush: long-lived processes (Fraisier's webhook server, its deploy daemon) write what they
-# recorded within seconds, not only at exit.
-
-FLUSH_INTERVAL_ENVIRONMENT = "FRAISIER_FLUSH_INTERVAL"
-DEFAULT_FLUSH_INTERVAL = 5.0
-"""Seconds between two rounds of the background flush; ``FRAISIER_FLUSH_INTERVAL=0`` turns it off."""
-
-
-class _BackgroundFlush:
-    """One daemon thread per process, started only once a recorder holds something to write later (a recorder
-    made with ``auto_flush=False``, events a failed write kept, hand-overs waiting for a merge): a process whose
-    record calls all wrote at once never has it (a thread of ours would make every later ``os.fork()`` of the
-    program a fork of a multi-threaded process, which Python 3.12 warns about). Every ``interval`` seconds it
-    writes what each such recorder holds without waiting for a busy lock (it hands over). It never waits for a
-    recording thread either: a recorder busy recording is left to the next round. For an ``auto_flush=False``
-    recorder it holds the recorder only to hand the events over (a small file) and merges outside it, so that
-    the record calls, which only update memory, never wait for a merge; for an auto-flushed one it writes as
-    the next record call would, holding the recorder as that call does. Nothing it does raises."""
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._starting = threading.Lock()
-        self._stopping = threading.Event()
-        self.interval: float | None = None
-        """Seconds between rounds, once started; 0: turned off."""
-
-    def start(self) -> None:
-        if self._thread is not None or self.interval == 0:
-            return
-        with self._starting:
-            if self._thread is not None or self.interval == 0:
-                return
-            self.interval = _flush_interval()
-            if not self.interval:
-                return
-            thread = threading.Thread(target=self._run, args=(self.interval,), name="fraisier-textfile-flush",
-                                      daemon=True)
-            thread.start()
-            self._thread = thread
-            global _stop_registered
-            if not _stop_registered:
-                # Registered after _write_at_exit, so run before it (atexit runs the last registered first).
-                atexit.register(_stop_background_flush)
-                _stop_registered = True
-
-    def stop(self, timeout: float) -> None:
-        """No more rounds; wait at most ``timeout`` for the one under way (its merge takes no lock wait), so that
-        the exit's write neither races it nor finds its hand-overs half merged by a thread about to be frozen."""
-        self._stopping.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _run(self, interval: float) -> None:
-        while not self._stopping.wait(interval):
-            try:
-                _flush_in_background()
-            except Exception as error:  # a bug of ours: the next round tries again, the exit writes the rest
-                log.debug("fraisier metrics: the background flush failed: %r", error, exc_info=True)
-
-
-_stop_registered = False
-
-
-def _stop_background_flush() -> None:
-    _background_flush.stop(timeout=max(0.1, _process_budget.left(DEFAULT_LOCK_WAIT_BUDGET)))
-
-
-def _flush_interval() -> float:
-    # A typo is one warning and the default, as for every setting (read strictly: ASCII digits).
-    return settings.from_environment(FLUSH_INTERVAL_ENVIRONMENT, catalogue.check_seconds, DEFAULT_FLUSH_INTERVAL)
-
-
-def _flush_in_background() -> None:
-    for recorder in list(_unflushed):
-        # Never wait for a recording thread: one that holds the recorder writes itself (auto-flush), or the next
-        # round writes what it recorded.
-        if not recorder._lock.acquire(blocking=False):
-            continue
-        try:
-            if recorder.auto_flush:
-                # Its record calls write under the recorder too: this is the write the next one would make.
-                if recorder.pending:
-                    recorder._write(longest_wait=0.0, spend_budget=False)
-            else:
-                _hand_over_in_background(recorder)
-            merge_hand_overs = recorder._handed_over_since_merge and recorder._failed_write is None
-            if merge_hand_overs:
-                recorder._handed_over_since_merge = False  # set again below if they stay
-        finally:
-            recorder._lock.release()
-        if merge_hand_overs and not _merge_hand_overs(recorder):
-            with recorder._lock:
-                recorder._handed_over_since_merge = True
-        if not recorder.pending and not recorder._handed_over_since_merge:
-            _unflushed.discard(recorder)
-
-
-def _hand_over_in_background(recorder: MetricsRecorder) -> None:
-    """Under the recorder's lock: hand the events of an ``auto_flush=False`` recorder over (a small file, not
-    fsynced: like the events in memory, it survives this process's death but not the machine's). The merge of
-    the whole file, the long part, is left to :func:`_merge_hand_overs`, outside the recorder: its record calls,
-    which only update memory, wait for this hand-over at most, never for a merge."""
-    recorder._gather()
-    if not recorder._pending:
-        return
-    try:
-        recorder.store.hand_over(recorder._pending, durable=False)
-    except (FraisierTextfileError, OSError) as error:  # the events stay pending; the next round tries again
-        recorder._note_write_problem(error)
-        return
-    recorder._pending_events = 0
-    recorder._handed_over_since_merge = True
-    ending, recorder._ending = recorder._ending, []
-    for marker in ending:
-        marker.release()  # its end is written (handed over), as after any hand-over
-
-
-def _merge_hand_overs(recorder: MetricsRecorder) -> bool:
-    """Merge what is handed over in the recorder's directory, if the lock is free (else its holder does, once it
-    lets go), with a store of the background flush's own: the recorder's may be merging in another thread.
-    True when merged."""
-    store = _background_stores.get(recorder)
-    if store is None:
-        mine = recorder.store
-        store = TextfileStore(mine.directory, mine.lock_timeout, lifecycle=mine.lifecycle,
-                              participants=mine.sources, schema=mine.schema)
-        _background_stores[recorder] = store
-    try:
-        store.merge(Changes(), timeout=0)
-    except FraisierTextfileError as error:
-        log.debug("hand-overs left for the next merge: %s", error)
-        return False
-    return True
-
-
-_background_stores: weakref.WeakKeyDictionary[MetricsRecorder, TextfileStore] = weakref.WeakKeyDictionary()
-
-
-def _keep_for_later(recorder: MetricsRecorder) -> None:
-    """``recorder`` holds events (or hand-overs) to write later: by the background flush, at the latest at exit."""
-    _unflushed.add(recorder)
-    _background_flush.start()
-
-
-_background_flush = _BackgroundFlush()
-
-
-def _forget_parents_state() -> None:
-    """In a forked child: the parent's pending events and in-flight deployments are the parent's to write
-    (writing them here too would count them twice), and its locks may have been held at the fork."""
-    global _process_budget, _background_flush
-    _unflushed.clear()
-    _process_budget = _ProcessBudget()  # a new process, with its own budget
-    _background_flush = _BackgroundFlush()  # the parent's thread does not exist here
-    _background_stores.clear()  # their lock state is the parent's
-    for recorder in list(_every_recorder):
-        recorder._after_fork()
-        if not recorder.auto_flush:
-            _background_flush.start()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_parents_state)
-
-
-@atexit.register
-def _write_at_exit() -> None:
-    """Pending events are merged or handed over within what is left of each recorder's budget, so that a
-    process exiting while another holds the lock loses nothing."""
-    for recorder in list(_unflushed):
-        # A daemon thread may still hold the recorder (it runs during atexit): never hang the exit on it.
-        if not recorder._lock.acquire(timeout=max(0.1, _process_budget.left(recorder.lock_wait_budget))):
-            log.error("fraisier metrics: events recorded in this process were not written to %s: another "
-                      "thread was still recording at exit", recorder.textfile_path)
-            continue
-        try:
-            recorder._noted.clear()
-            try:
-                recorder._write(longest_wait=recorder.store.lock_timeout)
-            except Exception as error:
-                log.error("fraisier metrics: writing %s at exit failed: %r", recorder.textfile_path, error)
-            if recorder._handed_over_since_merge and recorder._failed_write is None:
-                # Not needed (the next merge by any process writes them), but if the lock is free by now the
-                # file need not wait for that: one try, no wait.
-                try:
-                    recorder.store.merge(Changes(), timeout=0)
-                except FraisierTextfileError as error:
-                    log.debug("hand-overs left for the next merge: %s", error)
-            if recorder.pending:
-                log.error("fraisier metrics: %d events recorded in this process were not written to %s: %s",
-                          recorder._pending_events, recorder.textfile_path, recorder.last_error)
-        finally:
-            recorder._lock.release()
 
 
 _metrics_recorder: MetricsRecorder | None = None

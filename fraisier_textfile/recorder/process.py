@@ -1,0 +1,292 @@
+"""The recorder's life in its process: what every recorder of the process shares (the lock-wait budget, the
+recorders with events still to write), the background flush of long-lived processes, and every fork and exit
+hook of the recorder, in one place: a forked child forgets its parent's state, and at exit each recorder writes
+what it still holds, within the budget."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+from fraisier_textfile import catalogue, settings
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.errors import FraisierTextfileError
+from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
+from fraisier_textfile.settings import (
+    DEFAULT_LOCK_WAIT_BUDGET,
+)
+from fraisier_textfile.store.textfile import TextfileStore
+
+if TYPE_CHECKING:
+    from fraisier_textfile.recorder.recorder import MetricsRecorder
+
+
+
+
+log = logging.getLogger("fraisier_textfile.recorder.recorder")
+
+
+class FailedWrite:
+    """When and in what state of the file and its filesystem a merge failed for another reason than a busy
+    lock. Merging again is worth its cost (reading and rendering the whole file) only once the file changed
+    (the operator's fix), its filesystem has more room, or a minute has passed."""
+
+    RETRY_AFTER = 60.0
+
+    def __init__(self, store: TextfileStore) -> None:
+        self._store = store
+        self._at = time.monotonic()
+        self._state = self._now()
+
+    def _now(self) -> tuple[object, ...]:
+        try:
+            status = os.stat(self._store.path)
+            file: object = (status.st_ino, status.st_size, status.st_mtime_ns)
+        except OSError as error:
+            file = error.errno
+        try:
+            room: object = os.statvfs(self._store.directory).f_bavail
+        except OSError as error:
+            room = error.errno
+        return file, room
+
+    def may_succeed_now(self) -> bool:
+        if time.monotonic() - self._at > self.RETRY_AFTER:
+            return True
+        (file, room), (file_then, room_then) = self._now(), self._state
+        more_room = isinstance(room, int) and (not isinstance(room_then, int) or room > room_then)
+        return file != file_then or more_room
+
+
+class _ProcessBudget:
+    """The time this process has spent writing textfiles, shared by all its recorders (Fraisier makes several):
+    the budget bounds what metrics cost the process, not each recorder."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self._lock = threading.Lock()
+
+    def left(self, budget: float) -> float:
+        return max(0.0, budget - self.spent)
+
+    def spend(self, seconds: float) -> None:
+        with self._lock:
+            self.spent += seconds
+
+
+process_budget = _ProcessBudget()
+
+
+# Problems already logged in this process, by textfile directory and kind.
+logged_problems: set[tuple[str, str]] = set()
+
+
+# Recorders holding events not yet written. Normal process exit writes them; a strong reference, so
+# that a recorder dropped with pending events (a hot loop in a function that returned) is not lost.
+unflushed: set[MetricsRecorder] = set()
+
+
+every_recorder: weakref.WeakSet[MetricsRecorder] = weakref.WeakSet()
+
+
+# The background flush: long-lived processes (Fraisier's webhook server, its deploy daemon) write what they
+# recorded within seconds, not only at exit.
+
+FLUSH_INTERVAL_ENVIRONMENT = "FRAISIER_FLUSH_INTERVAL"
+
+
+DEFAULT_FLUSH_INTERVAL = 5.0
+"""Seconds between two rounds of the background flush; ``FRAISIER_FLUSH_INTERVAL=0`` turns it off."""
+
+
+class _BackgroundFlush:
+    """One daemon thread per process, started only once a recorder holds something to write later (a recorder
+    made with ``auto_flush=False``, events a failed write kept, hand-overs waiting for a merge): a process whose
+    record calls all wrote at once never has it (a thread of ours would make every later ``os.fork()`` of the
+    program a fork of a multi-threaded process, which Python 3.12 warns about). Every ``interval`` seconds it
+    writes what each such recorder holds without waiting for a busy lock (it hands over). It never waits for a
+    recording thread either: a recorder busy recording is left to the next round. For an ``auto_flush=False``
+    recorder it holds the recorder only to hand the events over (a small file) and merges outside it, so that
+    the record calls, which only update memory, never wait for a merge; for an auto-flushed one it writes as
+    the next record call would, holding the recorder as that call does. Nothing it does raises."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+        self._stopping = threading.Event()
+        self.interval: float | None = None
+        """Seconds between rounds, once started; 0: turned off."""
+
+    def start(self) -> None:
+        if self._thread is not None or self.interval == 0:
+            return
+        with self._starting:
+            if self._thread is not None or self.interval == 0:
+                return
+            self.interval = _flush_interval()
+            if not self.interval:
+                return
+            thread = threading.Thread(target=self._run, args=(self.interval,), name="fraisier-textfile-flush",
+                                      daemon=True)
+            thread.start()
+            self._thread = thread
+            global _stop_registered
+            if not _stop_registered:
+                # Registered after _write_at_exit, so run before it (atexit runs the last registered first).
+                atexit.register(_stop_background_flush)
+                _stop_registered = True
+
+    def stop(self, timeout: float) -> None:
+        """No more rounds; wait at most ``timeout`` for the one under way (its merge takes no lock wait), so that
+        the exit's write neither races it nor finds its hand-overs half merged by a thread about to be frozen."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            try:
+                _flush_in_background()
+            except Exception as error:  # a bug of ours: the next round tries again, the exit writes the rest
+                log.debug("fraisier metrics: the background flush failed: %r", error, exc_info=True)
+
+
+_stop_registered = False
+
+
+def _stop_background_flush() -> None:
+    background_flush.stop(timeout=max(0.1, process_budget.left(DEFAULT_LOCK_WAIT_BUDGET)))
+
+
+def _flush_interval() -> float:
+    # A typo is one warning and the default, as for every setting (read strictly: ASCII digits).
+    return settings.from_environment(FLUSH_INTERVAL_ENVIRONMENT, catalogue.check_seconds, DEFAULT_FLUSH_INTERVAL)
+
+
+def _flush_in_background() -> None:
+    for recorder in list(unflushed):
+        # Never wait for a recording thread: one that holds the recorder writes itself (auto-flush), or the next
+        # round writes what it recorded.
+        if not recorder._lock.acquire(blocking=False):
+            continue
+        try:
+            if recorder.auto_flush:
+                # Its record calls write under the recorder too: this is the write the next one would make.
+                if recorder.pending:
+                    recorder._write(longest_wait=0.0, spend_budget=False)
+            else:
+                _hand_over_in_background(recorder)
+            merge_hand_overs = recorder._handed_over_since_merge and recorder._failed_write is None
+            if merge_hand_overs:
+                recorder._handed_over_since_merge = False  # set again below if they stay
+        finally:
+            recorder._lock.release()
+        if merge_hand_overs and not _merge_hand_overs(recorder):
+            with recorder._lock:
+                recorder._handed_over_since_merge = True
+        if not recorder.pending and not recorder._handed_over_since_merge:
+            unflushed.discard(recorder)
+
+
+def _hand_over_in_background(recorder: MetricsRecorder) -> None:
+    """Under the recorder's lock: hand the events of an ``auto_flush=False`` recorder over (a small file, not
+    fsynced: like the events in memory, it survives this process's death but not the machine's). The merge of
+    the whole file, the long part, is left to :func:`_merge_hand_overs`, outside the recorder: its record calls,
+    which only update memory, wait for this hand-over at most, never for a merge."""
+    recorder._gather()
+    if not recorder._pending:
+        return
+    try:
+        recorder.store.hand_over(recorder._pending, durable=False)
+    except (FraisierTextfileError, OSError) as error:  # the events stay pending; the next round tries again
+        recorder._note_write_problem(error)
+        return
+    recorder._pending_events = 0
+    recorder._handed_over_since_merge = True
+    ending, recorder._ending = recorder._ending, []
+    for marker in ending:
+        marker.release()  # its end is written (handed over), as after any hand-over
+
+
+def _merge_hand_overs(recorder: MetricsRecorder) -> bool:
+    """Merge what is handed over in the recorder's directory, if the lock is free (else its holder does, once it
+    lets go), with a store of the background flush's own: the recorder's may be merging in another thread.
+    True when merged."""
+    store = _background_stores.get(recorder)
+    if store is None:
+        mine = recorder.store
+        store = TextfileStore(mine.directory, mine.lock_timeout, lifecycle=mine.lifecycle,
+                              participants=mine.sources, schema=mine.schema)
+        _background_stores[recorder] = store
+    try:
+        store.merge(Changes(), timeout=0)
+    except FraisierTextfileError as error:
+        log.debug("hand-overs left for the next merge: %s", error)
+        return False
+    return True
+
+
+_background_stores: weakref.WeakKeyDictionary[MetricsRecorder, TextfileStore] = weakref.WeakKeyDictionary()
+
+
+def keep_for_later(recorder: MetricsRecorder) -> None:
+    """``recorder`` holds events (or hand-overs) to write later: by the background flush, at the latest at exit."""
+    unflushed.add(recorder)
+    background_flush.start()
+
+
+background_flush = _BackgroundFlush()
+
+
+def _forget_parents_state() -> None:
+    """In a forked child: the parent's pending events and in-flight deployments are the parent's to write
+    (writing them here too would count them twice), and its locks may have been held at the fork."""
+    global process_budget, background_flush
+    unflushed.clear()
+    process_budget = _ProcessBudget()  # a new process, with its own budget
+    background_flush = _BackgroundFlush()  # the parent's thread does not exist here
+    _background_stores.clear()  # their lock state is the parent's
+    for recorder in list(every_recorder):
+        recorder._after_fork()
+        if not recorder.auto_flush:
+            background_flush.start()
+
+
+@atexit.register
+def _write_at_exit() -> None:
+    """Pending events are merged or handed over within what is left of each recorder's budget, so that a
+    process exiting while another holds the lock loses nothing."""
+    for recorder in list(unflushed):
+        # A daemon thread may still hold the recorder (it runs during atexit): never hang the exit on it.
+        if not recorder._lock.acquire(timeout=max(0.1, process_budget.left(recorder.lock_wait_budget))):
+            log.error("fraisier metrics: events recorded in this process were not written to %s: another "
+                      "thread was still recording at exit", recorder.textfile_path)
+            continue
+        try:
+            recorder._noted.clear()
+            try:
+                recorder._write(longest_wait=recorder.store.lock_timeout)
+            except Exception as error:
+                log.error("fraisier metrics: writing %s at exit failed: %r", recorder.textfile_path, error)
+            if recorder._handed_over_since_merge and recorder._failed_write is None:
+                # Not needed (the next merge by any process writes them), but if the lock is free by now the
+                # file need not wait for that: one try, no wait.
+                try:
+                    recorder.store.merge(Changes(), timeout=0)
+                except FraisierTextfileError as error:
+                    log.debug("hand-overs left for the next merge: %s", error)
+            if recorder.pending:
+                log.error("fraisier metrics: %d events recorded in this process were not written to %s: %s",
+                          recorder._pending_events, recorder.textfile_path, recorder.last_error)
+        finally:
+            recorder._lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents_state)

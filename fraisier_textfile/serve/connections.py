@@ -1,0 +1,594 @@
+"""Connections: one loop accepts them, does TLS handshakes and reads each first request without blocking; a
+connection gets a thread only once its request is in. A bound on connections held (the one waiting longest without
+a whole request goes first), a deadline for a whole request that trickled bytes do not push back, and the soft
+limit on open files raised to the hard one at start, as Go exporters do."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import selectors
+import socket
+import socketserver
+import ssl
+import struct
+import threading
+import time
+from collections import OrderedDict
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import TYPE_CHECKING, Any
+
+from fraisier_textfile.serve.activation import listen_backlog
+from fraisier_textfile.serve.sources import MetricsSource
+from fraisier_textfile.serve.webconfig import LiveWebConfig
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+
+# The most connections held at once, as Prometheus's own --web.max-connections.
+DEFAULT_MAX_CONNECTIONS = 512
+
+
+# A new connection's TLS handshake, request line and headers must all have arrived this many seconds after
+# it was accepted (Go's ReadHeaderTimeout, with the handshake in it): a scraper sends its request at once.
+REQUEST_TIMEOUT = 10.0
+
+
+# A kept-alive connection's next request must have arrived in full this many seconds after the last response
+# (Prometheus scrapes every 15 s by default and keeps its connection); also the socket timeout of each read
+# and write.
+CONNECTION_TIMEOUT = 30.0
+
+
+# Descriptors kept out of the connections' share: the textfile, the markers' directory, the log, Python's own.
+RESERVED_DESCRIPTORS = 32
+
+
+EXPIRY_CHECK_INTERVAL = 0.1
+
+
+ACCEPTS_PER_WAKE = 64
+
+
+READ_SIZE = 65536
+
+
+# http.server reads a line of at most 64 KiB; a head beyond this is handed to it to refuse (414, 431).
+MAX_REQUEST_HEAD = 65536 + 1024
+
+
+LIMIT_WARNING_INTERVAL = 60.0
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open descriptors (RLIMIT_NOFILE) to its hard limit, as Go's runtime
+    does for every Go program since Go 1.19, node_exporter included (go.dev/issue/46279). systemd gives every
+    service a soft limit of 1024, kept low only for programs that use select(2), and a hard limit of 524288
+    for programs that do not: this one waits with poll(2). Returns the soft limit before and after; never
+    raises (a limit that cannot be raised is left as it was). For ``fraisier metrics``, not for a library
+    call: the limit is the whole process's."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return 0, 0
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft, soft  # Linux refuses an unlimited soft limit for descriptors; nothing to gain otherwise
+    try:
+        # glibc makes this prlimit64(2), which systemd's @system-service filter allows (setrlimit(2) is in
+        # @resources, which the unit denies).
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as error:
+        log.debug("cannot raise the soft limit on open files from %d to %d: %s", soft, hard, error)
+        return soft, soft
+    return soft, hard
+
+
+def connection_limit(max_connections: int) -> int:
+    """How many connections a server keeps at once: ``max_connections`` (0: no limit of its own), but never
+    more than half the descriptors this process has left under its soft limit, with a reserve for the files
+    a scrape opens. Half, because a connection closed to make room for another holds its descriptor until
+    its thread has let go of it: live and closing connections together stay within the budget."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        soft = 1024
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = 16
+    budget = (soft - open_now - RESERVED_DESCRIPTORS) // 2
+    if max_connections > 0:
+        budget = min(budget, max_connections)
+    return max(1, budget)
+
+
+class _Connection:
+    """One accepted connection, as the server's connection table sees it."""
+
+    __slots__ = ("client", "client_address", "closing", "deadline", "handshaken", "head", "in_thread", "socket",
+                 "tls")
+
+    def __init__(self, connection: socket.socket, client_address: Any, deadline: float) -> None:
+        self.socket = connection
+        """Its socket: the accepted one, then the TLS one that took its descriptor."""
+        self.client_address = client_address
+        self.client = str(client_address[0])
+        self.deadline = deadline
+        """While waiting for a request: when it must have arrived in full (time.monotonic())."""
+        self.closing = False
+        self.in_thread = False
+        """False while the serving loop reads its request (no thread yet); True once a thread serves it."""
+        self.tls = False
+        self.handshaken = False
+        self.head = bytearray()
+        """What the loop has read of its first request."""
+
+
+class _ConnectionTable:
+    """The connections a server holds, at most ``limit`` at once: new ones (before their first request has
+    arrived in full, TLS handshake included), kept-alive ones between requests, and those being served.
+
+    A waiting connection (new or kept alive) has a deadline by which its whole request must have arrived; it
+    is fixed when the wait starts and is not moved by each byte the client sends, as Go's SetReadDeadline and
+    unlike a socket timeout (which a client trickling one byte a second re-arms forever).
+
+    At the limit, a new connection closes the new connection that has been waiting longest; only when there
+    is none, the kept-alive one idle longest. A scraper sends its request as soon as it is connected and then
+    keeps its connection: idle and trickling connections, which never complete a request, make room for it
+    and never push out its kept-alive connection. When every connection is being served, the new one is
+    closed at once. Refusing new connections instead (Go's netutil.LimitListener, or leaving them in the
+    backlog) would let a few hundred silent connections lock Prometheus out until their deadlines pass."""
+
+    def __init__(self, limit: int, request_timeout: float) -> None:
+        self.limit = limit
+        self.request_timeout = request_timeout
+        self._lock = threading.Lock()
+        self._held: set[_Connection] = set()
+        """Every connection whose descriptor is open: waiting, served, or shut down and not yet closed."""
+        self._new: OrderedDict[_Connection, None] = OrderedDict()
+        """Live connections waiting for their first request, the longest waiting first."""
+        self._kept: OrderedDict[_Connection, None] = OrderedDict()
+        """Live kept-alive connections waiting for their next request, the longest idle first."""
+        self._served: set[_Connection] = set()
+        self.closed_for_room = 0
+        self.refused = 0
+        self.expired = 0
+        self._warned_at: float | None = None
+        self._for_the_loop: list[_Connection] = []
+        """Connections shut down while the serving loop owns them: it closes them (take_closed)."""
+
+    def admit(self, connection: socket.socket, client_address: Any) -> _Connection | None:
+        """Take a new connection into the table, closing the longest waiting one at the limit. None: it is
+        to be closed at once (every connection is being served, or too many are still closing)."""
+        with self._lock:
+            made_room = refused = False
+            if len(self._held) >= 2 * self.limit:
+                refused = True
+            elif self._live() >= self.limit:
+                made_room = self._make_room()
+                refused = not made_room
+            if refused:
+                self.refused += 1
+                entry = None
+            else:
+                entry = _Connection(connection, client_address, time.monotonic() + self.request_timeout)
+                self._held.add(entry)
+                self._new[entry] = None
+        if made_room or refused:
+            self._warn_at_the_limit()
+        return entry
+
+    def make_room(self) -> None:
+        """Shut down the connection that has been waiting longest, if any."""
+        with self._lock:
+            self._make_room()
+
+    def hand_to_thread(self, connection: _Connection) -> None:
+        with self._lock:
+            connection.in_thread = True
+            if connection.closing:  # shut down meanwhile: the thread finds it at end of file
+                self._shut_down(connection)
+
+    def take_closed(self) -> list[_Connection]:
+        """The connections the serving loop owns that were shut down (made room for, expired): the loop
+        unregisters and closes them."""
+        with self._lock:
+            taken, self._for_the_loop = self._for_the_loop, []
+            return taken
+
+    def request_arrived(self, connection: _Connection | None) -> None:
+        with self._lock:
+            if connection is None or connection.closing:
+                return
+            self._new.pop(connection, None)
+            self._kept.pop(connection, None)
+            self._served.add(connection)
+
+    def waiting_again(self, connection: _Connection | None) -> None:
+        """A response was sent on a kept-alive connection: the next request must arrive in full within
+        CONNECTION_TIMEOUT."""
+        with self._lock:
+            if connection is None or connection.closing:
+                return
+            self._served.discard(connection)
+            connection.deadline = time.monotonic() + CONNECTION_TIMEOUT
+            self._kept[connection] = None
+
+    def forget(self, connection: _Connection) -> None:
+        """Call before closing the connection's socket: once forgotten, it is never shut down by the table, so
+        a descriptor number reused by a newer connection cannot be shut down in its place."""
+        with self._lock:
+            connection.closing = True
+            self._held.discard(connection)
+            self._new.pop(connection, None)
+            self._kept.pop(connection, None)
+            self._served.discard(connection)
+
+    def expire(self, now: float) -> None:
+        """Shut down every waiting connection whose request has not arrived in full by its deadline."""
+        with self._lock:
+            for waiting in (self._new, self._kept):
+                late = [connection for connection in waiting if connection.deadline <= now]
+                for connection in late:
+                    del waiting[connection]
+                    self._shut_down(connection)
+                self.expired += len(late)
+
+    def close_all(self) -> None:
+        with self._lock:
+            for connection in list(self._held):
+                self._new.pop(connection, None)
+                self._kept.pop(connection, None)
+                self._served.discard(connection)
+                self._shut_down(connection)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._live()
+
+    def _live(self) -> int:
+        return len(self._new) + len(self._kept) + len(self._served)
+
+    def _make_room(self) -> bool:
+        for waiting in (self._new, self._kept):
+            if waiting:
+                oldest, _ = waiting.popitem(last=False)
+                self._shut_down(oldest)
+                self.closed_for_room += 1
+                return True
+        return False
+
+    def _shut_down(self, connection: _Connection) -> None:
+        if connection.closing and not connection.in_thread:
+            return
+        connection.closing = True
+        if not connection.in_thread:
+            self._for_the_loop.append(connection)  # closed at once by the loop, which alone uses it
+            return
+        # shutdown(2), not close: the thread blocked reading from it wakes up (end of file) and closes it
+        # itself, so its descriptor is never closed under it and reused. The plain socket's method, even on
+        # a TLS socket: SSLSocket.shutdown would also unwrap it under the thread that uses it.
+        try:
+            socket.socket.shutdown(connection.socket, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by its client
+
+    def _warn_at_the_limit(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._warned_at is not None and now - self._warned_at < LIMIT_WARNING_INTERVAL:
+                return
+            self._warned_at = now
+            closed, refused = self.closed_for_room, self.refused
+        log.warning(
+            "%d connections held, the most this server keeps (--max-connections, and half the descriptors "
+            "left under its limit): the longest-waiting connection is closed for each new one (%d so far), "
+            "or the new one when all are being served (%d so far). Many idle clients: an attack, or too "
+            "low a limit", self.limit, closed, refused,
+        )
+
+
+class LoopServer(HTTPServer):
+    """The HTTP server: one serving loop, and a thread for each request that has arrived in full.
+
+    The loop accepts connections, does their TLS handshakes and reads their first request without blocking,
+    on all of them at once; only a connection whose request line and headers are all in gets a thread. A
+    silent or trickling client costs a descriptor and a few bytes, not a thread, and making room for a new
+    connection closes it at once. A thread then serves that connection, kept alive, until it closes."""
+
+    def __init__(self, address: Any, family: socket.AddressFamily, handler: type[BaseHTTPRequestHandler],
+                 source: MetricsSource, web_config: LiveWebConfig | None, max_requests: int, max_connections: int,
+                 request_timeout: float, listening_socket: socket.socket | None = None) -> None:
+        self.address_family = family
+        self.request_queue_size = listen_backlog()
+        self.source = source
+        self.web_config = web_config
+        self.tls = web_config is not None and web_config.tls  # a reload never turns it on or off
+        # As node_exporter's --web.max-requests: scrapes beyond the limit get 503 at once instead of piling
+        # up threads; 0 means no limit.
+        self.scrape_slots = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
+        self.connections = _ConnectionTable(connection_limit(max_connections), request_timeout)
+        self._current = threading.local()
+        self._accept_delay = 0.0
+        self._accept_warned_at: float | None = None
+        self._stop_requested = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        if listening_socket is None:
+            super().__init__(address, handler)
+            return
+        super().__init__(address, handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = listening_socket  # already bound and listening, with the backlog its owner chose
+        self.server_address = listening_socket.getsockname()
+        self.server_name, self.server_port = _name_and_port(family, self.server_address)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would look up the host's FQDN, which may wait on DNS: not needed here.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = _name_and_port(socket.AddressFamily(self.address_family),
+                                                             self.server_address)
+
+    # The serving loop
+
+    def about_to_serve(self) -> None:
+        """Call before serve_forever, from the thread that may later call shutdown: a shutdown from then on
+        waits for the loop to stop, even one that comes before the loop has started."""
+        self._stopped.clear()
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._stopped.clear()
+        selector = selectors.DefaultSelector()
+        self.socket.setblocking(False)
+        selector.register(self.socket, selectors.EVENT_READ)
+        selector.register(self._wake_reader, selectors.EVENT_READ)
+        next_expiry = 0.0
+        try:
+            while not self._stop_requested:
+                for key, _ in selector.select(timeout=min(poll_interval, EXPIRY_CHECK_INTERVAL)):
+                    try:
+                        if key.fileobj is self.socket:
+                            self._accept(selector)
+                        elif key.fileobj is self._wake_reader:
+                            self._drain_wake()
+                        elif not key.data.closing:
+                            self._advance(key.data, selector)
+                    except Exception:  # a bug must cost one connection, never the loop that serves them all
+                        log.error("unexpected error while serving a connection", exc_info=True)
+                        if isinstance(key.data, _Connection):
+                            self._close_in_loop(key.data, selector)
+                    self._close_shut_down(selector)
+                now = time.monotonic()
+                if now >= next_expiry:
+                    next_expiry = now + EXPIRY_CHECK_INTERVAL
+                    self.connections.expire(now)
+                    self._close_shut_down(selector)
+        finally:
+            for key in list(selector.get_map().values()):
+                if isinstance(key.data, _Connection):
+                    self._close_in_loop(key.data, selector)
+            selector.close()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop the serving loop and wait until it has stopped (from another thread)."""
+        self._stop_requested = True
+        try:
+            self._wake_writer.send(b"x")
+        except OSError:
+            pass  # already woken
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_reader.recv(512):
+                pass
+        except OSError:
+            pass
+
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        for _ in range(ACCEPTS_PER_WAKE):  # a burst is taken in one go, and the loop still turns
+            try:
+                connection, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._accept_failed(error)
+                else:
+                    log.debug("cannot accept a connection: %s", error)
+                return
+            self._accept_delay = 0.0
+            if connection.family == socket.AF_UNIX:
+                address = (_unix_peer(connection), 0)  # a Unix socket's peer has no address: say who it is
+            entry = self.connections.admit(connection, address)
+            self._close_shut_down(selector)
+            if entry is None:
+                connection.close()
+                continue
+            try:
+                connection.setblocking(False)
+                selector.register(connection, selectors.EVENT_READ, entry)
+            except (OSError, ValueError) as error:
+                log.debug("cannot watch a connection from %s: %s", entry.client, error)
+                self.connections.forget(entry)
+                connection.close()
+
+    def _accept_failed(self, error: OSError) -> None:
+        """Out of descriptors (others than connections hold them: a limit lowered after start, files): make
+        room, and wait before accepting again as Go's http.Server does (5 ms, doubling up to 1 s), rather than
+        spin on a listening socket that stays readable."""
+        now = time.monotonic()
+        if self._accept_warned_at is None or now - self._accept_warned_at >= LIMIT_WARNING_INTERVAL:
+            self._accept_warned_at = now
+            log.warning("cannot accept a connection: %s; the longest-waiting connection is closed to make room",
+                        error.strerror or error)
+        self._accept_delay = min(max(self._accept_delay * 2, 0.005), 1.0)
+        self.connections.make_room()
+        time.sleep(self._accept_delay)
+
+    def _advance(self, entry: _Connection, selector: selectors.BaseSelector) -> None:
+        """Take a waiting connection as far as it goes without blocking: the TLS handshake, then its request.
+        Hands it to a thread once the request's head is in."""
+        try:
+            if self.tls and not entry.tls and not self._start_tls(entry, selector):
+                return
+            if entry.tls and not entry.handshaken:
+                entry.socket.do_handshake()  # type: ignore[attr-defined]
+                entry.handshaken = True
+            while True:
+                data = entry.socket.recv(READ_SIZE)
+                if not data:
+                    self._close_in_loop(entry, selector)  # the client gave up
+                    return
+                entry.head += data
+                if _head_is_complete(entry.head):
+                    break
+        except (BlockingIOError, ssl.SSLWantReadError):
+            selector.modify(entry.socket, selectors.EVENT_READ, entry)
+            return
+        except ssl.SSLWantWriteError:
+            selector.modify(entry.socket, selectors.EVENT_WRITE, entry)
+            return
+        except (ssl.SSLError, OSError) as error:
+            log.debug("connection from %s ended before its request: %s", entry.client, error)
+            self._close_in_loop(entry, selector)
+            return
+        selector.unregister(entry.socket)
+        self._hand_to_thread(entry)
+
+    def _start_tls(self, entry: _Connection, selector: selectors.BaseSelector) -> bool:
+        """Wrap a connection of a TLS server in TLS once its first byte is in. False: no TLS for it (closed:
+        plain HTTP sent to a TLS port is answered 400 first)."""
+        context = self.web_config.ssl_context() if self.web_config is not None else None
+        first = entry.socket.recv(1, socket.MSG_PEEK)
+        if context is None:  # cannot happen: a change of web config that turns TLS off is refused
+            self._close_in_loop(entry, selector)
+            return False
+        if first != b"\x16":  # not a TLS handshake record: most likely plain HTTP sent to this TLS port
+            if first:
+                try:
+                    # Read what it sent first: closing with unread bytes would reset the connection, and the
+                    # client might lose the answer.
+                    entry.socket.recv(READ_SIZE)
+                    entry.socket.send(PLAIN_HTTP_TO_TLS_RESPONSE)
+                    entry.socket.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            self._close_in_loop(entry, selector)
+            return False
+        selector.unregister(entry.socket)  # while it still has its descriptor: the TLS socket takes it over
+        wrapped = context.wrap_socket(entry.socket, server_side=True, do_handshake_on_connect=False)
+        entry.socket = wrapped
+        entry.tls = True
+        selector.register(wrapped, selectors.EVENT_READ, entry)
+        return True
+
+    def _hand_to_thread(self, entry: _Connection) -> None:
+        entry.socket.settimeout(CONNECTION_TIMEOUT)
+        self.connections.hand_to_thread(entry)
+        thread = threading.Thread(target=self._serve_connection, args=(entry,), daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as error:  # no thread can be started now (memory, a tasks limit): drop this one
+            log.warning("cannot serve a connection from %s: %s", entry.client, error)
+            self.connections.forget(entry)
+            self.shutdown_request(entry.socket)
+
+    def _close_shut_down(self, selector: selectors.BaseSelector) -> None:
+        for entry in self.connections.take_closed():
+            self._close_in_loop(entry, selector)
+
+    def _close_in_loop(self, entry: _Connection, selector: selectors.BaseSelector) -> None:
+        try:
+            selector.unregister(entry.socket)
+        except (KeyError, ValueError):
+            pass  # not registered (being wrapped) or already closed
+        self.connections.forget(entry)
+        try:
+            entry.socket.close()
+        except OSError:
+            pass
+
+    # Threads
+
+    def _serve_connection(self, entry: _Connection) -> None:
+        self._current.connection = entry
+        try:
+            self.RequestHandlerClass(entry.socket, entry.client_address, self)  # type: ignore[arg-type]
+        except Exception:
+            self.handle_error(entry.socket, entry.client_address)
+        finally:
+            self.connections.forget(entry)  # before its descriptor is closed, which a new connection may reuse
+            self.shutdown_request(entry.socket)
+
+    def current_connection(self) -> _Connection | None:
+        """The connection the calling thread serves."""
+        return getattr(self._current, "connection", None)
+
+    def close_connections(self) -> None:
+        """End the kept-alive connections too: after a shutdown, nothing more is served."""
+        self.connections.close_all()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+
+
+def _head_is_complete(head: bytearray) -> bool:
+    """Whether a request's line and headers are all in (a blank line, as http.server reads them), or enough
+    is in for the handler to answer it without more: a first line that is not a request, or more than a
+    request's head may hold."""
+    if b"\n\r\n" in head or b"\n\n" in head or len(head) > MAX_REQUEST_HEAD:
+        return True
+    first_line, newline, _ = head.partition(b"\n")
+    # Not "METHOD PATH VERSION", nor "GET PATH" (HTTP/0.9, after which http.server still reads headers):
+    # answered 400 at once.
+    return bool(newline) and len(first_line.split()) not in (2, 3)
+
+
+def _name_and_port(family: socket.AddressFamily, address: Any) -> tuple[str, int]:
+    """A listening address as a name and a port: host and port for TCP; for a Unix socket its path, or
+    ``@name`` in the abstract namespace, and port 0."""
+    if family == socket.AF_UNIX:
+        return unix_socket_name(address), 0
+    host, port = address[:2]
+    return str(host), int(port)
+
+
+def unix_socket_name(address: str | bytes) -> str:
+    """How systemd and ss write a Unix socket's address: its path, or ``@name`` for the abstract namespace
+    (which Python gives as bytes starting with NUL)."""
+    if isinstance(address, bytes):
+        if address.startswith(b"\0"):
+            return "@" + address[1:].decode("utf-8", "backslashreplace")
+        return os.fsdecode(address)
+    return address or "(unnamed)"
+
+
+def _unix_peer(connection: socket.socket) -> str:
+    """Who is at the other end of a Unix socket (SO_PEERCRED): its process and user, as the kernel says."""
+    try:
+        credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _ = struct.unpack("3i", credentials)
+    except (OSError, struct.error):
+        return "unix"
+    return f"unix:pid={pid},uid={uid}"
+
+
+PLAIN_HTTP_TO_TLS_RESPONSE = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+    b"Client sent an HTTP request to an HTTPS server.\n"
+)
