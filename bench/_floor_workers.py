@@ -21,13 +21,13 @@ from typing import Any  # noqa: E402
 EVENT = ("bare_metal", "api", "success", 42.0)
 
 
-def _store_class() -> type:
+def _store_class() -> Any:
     """TextfileStore where this version keeps it: the race also runs a baseline installed from an older
     revision, whose modules were flat (fraisier_textfile.textfile)."""
     try:
         from fraisier_textfile.store.textfile import TextfileStore
     except ModuleNotFoundError:
-        from fraisier_textfile.textfile import TextfileStore  # type: ignore[no-redef]
+        from fraisier_textfile.textfile import TextfileStore  # type: ignore[import-not-found,no-redef]
     return TextfileStore
 
 
@@ -195,7 +195,7 @@ def race(directory: str, events: str, mode: str, wait: str) -> None:
             changes.deployment_complete(pending, *EVENT)
             if mode == "merge":
                 store.merge(pending)
-            elif not store.merge_or_hand_over(pending, float(wait)):  # type: ignore[attr-defined]
+            elif not store.merge_or_hand_over(pending, float(wait)):
                 handed_over += 1
 
     print("ready", flush=True)

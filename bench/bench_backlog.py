@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def handovers_per_merge() -> int:
-    from fraisier_textfile.store.textfile import HANDOVERS_PER_MERGE
+    from fraisier_textfile.store.handovers import HANDOVERS_PER_MERGE
 
-    return HANDOVERS_PER_MERGE
+    return int(HANDOVERS_PER_MERGE)
 
 
 if __name__ == "__main__":

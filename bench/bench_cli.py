@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 "goal": GOAL if key.startswith(("script_", "module_")) else None,
             }
         )
-    medians = {row["case"]: row["median_seconds"] for row in rows}
+    medians: dict[str, float] = {str(row["case"]): float(row["median_seconds"]) for row in rows}  # type: ignore[arg-type]
     # The import goals: our own imports and work may add at most a fifth to the CLI framework's (a whole
     # `fraisier record` process against importing click alone), and Fraisier's module name for name at most half
     # again prometheus_client's, which it wraps.

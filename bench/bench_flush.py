@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import prometheus_client
 
     if not args.created:
-        prometheus_client.disable_created_metrics()
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     sizes = args.sizes or ([1_000, 10_000] if args.quick else [1_000, 10_000, 50_000])
 
     with temporary_directory(args) as root:

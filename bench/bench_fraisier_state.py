@@ -46,7 +46,9 @@ from _common import (
 
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.sources.fraisier_state import ROW_COLUMNS, FraisierStateSource
+from fraisier_textfile.store import fs
 from fraisier_textfile.store.textfile import TextfileStore
+from fraisier_textfile.store.transaction import Merge
 
 GOAL = 1.2
 CONFIG = "fraises:\n" + "".join(f"  fraise_{n}:\n    type: {kind}\n" for n, kind in
@@ -115,9 +117,16 @@ def one_new_deployment(path: Path, config: Path, directory: Path, repetitions: i
     source = FraisierStateSource(path, config=config, status_dir=directory.parent / "status")
     store = TextfileStore(directory, participants=[source])
     store.merge(Changes())
-    document = store.read()
     counter = iter(range(10**9))
-    return measure(lambda: source.collect(document), repetitions, setup=lambda: add_deployment(path, next(counter)))
+
+    def collect() -> None:
+        # The source's part of a merge, as the transaction calls it (store/transaction.py), on the file as read.
+        textfile = fs.open_directory(directory)
+        assert textfile is not None
+        with textfile:
+            source.collect(Merge(directory, store.path, textfile, store.read(), Changes(), read_from_disk=True))
+
+    return measure(collect, repetitions, setup=lambda: add_deployment(path, next(counter)))
 
 
 def scrape_times(ports: dict[str, int], requests: int) -> dict[str, list[float]]:

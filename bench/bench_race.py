@@ -76,7 +76,7 @@ def event_function(method: str, target: str) -> Callable[[], None]:
 
     from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     child = Counter("fraisier_deployments", "Deployments finished.", list(LABELS), registry=registry).labels(**LABELS)
     if method == "write_to_textfile":

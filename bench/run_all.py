@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"=== {name} ===", flush=True)
             started = time.perf_counter()
-            completed = subprocess.run(command)
+            completed = subprocess.run(command, text=True)
             print(f"({name} took {time.perf_counter() - started:.1f} s)\n", flush=True)
         if completed.returncode != 0:
             failed.append(name)

@@ -151,7 +151,7 @@ def test_hand_overs_of_a_busy_lock_reach_the_file_once_the_lock_is_free(tmp_path
             process.stdin.flush()
             assert process.stdout.readline().startswith("ready")
             assert DEPLOYMENTS not in samples(tmp_path / "fraisier.prom")
-        wait_for(tmp_path / "fraisier.prom", DEPLOYMENTS, 1, process)  # type: ignore[arg-type]
+        wait_for(tmp_path / "fraisier.prom", DEPLOYMENTS, 1, process)
     finally:
         process.communicate("exit\n", timeout=60)
     assert process.returncode == 0

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,7 +65,7 @@ def state(path: Path) -> tuple[int, str]:
 
 def within(seconds: float, call: Callable[[], object]) -> object:
     """Run ``call``; fail (instead of hanging the suite) if it has not returned after ``seconds``."""
-    outcome: list[object] = []
+    outcome: list[tuple[str, Any]] = []
 
     def run() -> None:
         try:
@@ -76,9 +77,9 @@ def within(seconds: float, call: Callable[[], object]) -> object:
     thread.start()
     thread.join(seconds)
     assert outcome, f"still blocked after {seconds}s"
-    kind, value = outcome[0]  # type: ignore[misc]
+    kind, value = outcome[0]
     if kind == "raised":
-        raise value  # type: ignore[misc]
+        raise value
     return value
 
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from fraisier_textfile import MetricsRecorder
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.catalogue import SCHEMA
+from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format import layout
 from fraisier_textfile.format.model import Document
@@ -144,7 +145,7 @@ def test_after_any_merges_the_file_is_vouched_for_and_reads_as_the_slow_reading_
     for _ in range(merges):
         for _ in range(chance.randint(1, 6)):
             provider = f"provider_{chance.randint(0, 45):03d}"  # some new, most existing
-            chance.choice([
+            chance.choice([  # type: ignore[no-untyped-call]
                 lambda p=provider: recorder.record_deployment_complete(p, "api", "success", chance.random() * 100),
                 lambda p=provider: recorder.record_health_check(p, "http", "fail", chance.random()),
                 lambda p=provider: recorder.record_deployment_error(p, "TimeoutError"),
@@ -177,8 +178,7 @@ def test_a_histogram_with_other_bounds_is_not_vouched_for() -> None:
     assert LAYOUT_PREFIX not in document.render().encode()
 
 
-def _one_event():  # type: ignore[no-untyped-def]
-    from fraisier_textfile.changes import Changes
+def _one_event() -> Changes:
 
     changes = Changes()
     changes.add(c.ROLLBACKS, ("p", "health"), 1.0)

@@ -77,7 +77,7 @@ class Merges(RuleBasedStateMachine):
                 if isinstance(key, tuple):
                     del self.totals[key]
                 else:
-                    del self.observed[key]
+                    del self.observed[key]  # type: ignore[arg-type]
 
     @rule(provider=st.sampled_from(PROVIDERS), reason=st.sampled_from(REASONS), amount=st.integers(1, 3),
           duration=st.sampled_from([0.5, 7.0, 1000.0]), cold=st.booleans())

@@ -496,7 +496,7 @@ def test_a_migration_keeps_totals_and_never_claims_an_observation_it_cannot_plac
     assert values[f'{name}_sum{{provider="p"}}'] == float(c.format_float(sum(observations)))
     counts = [values[f'{name}_bucket{{provider="p",le="{bound}"}}'] for bound in target.bucket_bounds]
     assert counts == sorted(counts)  # still cumulative
-    for bound, count in zip(new, counts):
+    for bound, count in zip(new, counts):  # type: ignore[assignment]
         known = [b for b in old if b <= bound]
         assert count <= sum(1 for value in observations if value <= bound)  # never more than the truth
         assert count == (sum(1 for value in observations if value <= known[-1]) if known else 0)

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from fraisier_textfile import MetricsRecorder, TextfileStore
+from fraisier_textfile.store.files import TEMPORARY_PREFIX
 from fraisier_textfile.store.inflight import MARKER_DIRECTORY
-from fraisier_textfile.store.textfile import TEMPORARY_PREFIX
 
 from .processes import fraisier, lock_held_elsewhere, start_store_worker
 from .values import sample_values

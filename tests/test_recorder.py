@@ -368,14 +368,14 @@ def test_the_singleton_is_reset_as_in_fraisier_and_shared_with_the_package(
     textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FRAISIER_TEXTFILE_DIR", str(textfile_dir))
-    metrics_module._metrics_recorder = None
+    metrics_module._metrics_recorder = None  # type: ignore[attr-defined]
     first = metrics_module.get_metrics_recorder()
-    assert first is get_metrics_recorder() is metrics_module._metrics_recorder
-    metrics_module._metrics_recorder = None
+    assert first is get_metrics_recorder() is metrics_module._metrics_recorder  # type: ignore[attr-defined]
+    metrics_module._metrics_recorder = None  # type: ignore[attr-defined]
     second = metrics_module.get_metrics_recorder()
     assert second is not first
     assert second is get_metrics_recorder()
-    metrics_module._metrics_recorder = None
+    metrics_module._metrics_recorder = None  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("attribute, family", FRAISIER_DEPLOYMENT_METRICS.items(), ids=FRAISIER_DEPLOYMENT_METRICS)
@@ -477,7 +477,7 @@ DEPLOYMENTS = 'fraisier_deployments_total{{provider="bare_metal",status="{}",fra
 def test_fraisiers_status_enum_records_its_value(textfile_dir: Path, status: DeploymentStatus) -> None:
     recorder = MetricsRecorder(textfile_dir, strict=True)
     recorder.record_deployment_start("bare_metal", "api")
-    recorder.record_deployment_complete("bare_metal", "api", status, 3.0)
+    recorder.record_deployment_complete("bare_metal", "api", status, 3.0)  # type: ignore[arg-type]
     values = sample_values(recorder.textfile_path)
     assert values[DEPLOYMENTS.format(status.value)] == 1
     assert values[ACTIVE] == 0
@@ -501,17 +501,17 @@ def test_an_unfinished_status_is_not_a_completion(
     deployment stays in flight."""
     recorder = MetricsRecorder(textfile_dir)
     recorder.record_deployment_start("bare_metal", "api")
-    recorder.record_deployment_complete("bare_metal", "api", status, 3.0)
+    recorder.record_deployment_complete("bare_metal", "api", status, 3.0)  # type: ignore[arg-type]
     assert "is not a finished deployment" in caplog.text
     values = sample_values(recorder.textfile_path)
     assert all(values[DEPLOYMENTS.format(final)] == 0 for final in c.DEPLOYMENT_STATUSES)
     assert values[ACTIVE] == 1
-    recorder.record_deployment_complete("bare_metal", "api", DeploymentStatus.SUCCESS, 5.0)
+    recorder.record_deployment_complete("bare_metal", "api", DeploymentStatus.SUCCESS, 5.0)  # type: ignore[arg-type]
     values = sample_values(recorder.textfile_path)
     assert values[DEPLOYMENTS.format("success")] == 1
     assert values[ACTIVE] == 0
     with pytest.raises(InvalidValueError, match="not a finished deployment"):
-        MetricsRecorder(textfile_dir, strict=True).record_deployment_complete("bare_metal", "api", status, 3.0)
+        MetricsRecorder(textfile_dir, strict=True).record_deployment_complete("bare_metal", "api", status, 3.0)  # type: ignore[arg-type]
 
 
 def run_python(script: str, *arguments: str, wrapper: Sequence[str] = (), **popen: object) -> subprocess.Popen[str]:

@@ -338,7 +338,7 @@ def test_fraisier_metrics_serves_a_unix_socket_systemd_passes_and_says_where(
                            "--duration", "4"], check=False).returncode == 0
     if kind == "path":
         address: str | bytes = str(tmp_path / "fraisier-metrics.sock")
-        shown = f"unix socket {address}"
+        shown = f"unix socket {address}"  # type: ignore[str-bytes-safe]
     else:
         name = f"fraisier-metrics-test-{os.getpid()}-{time.monotonic_ns()}"
         address = b"\0" + name.encode()

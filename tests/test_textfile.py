@@ -18,7 +18,8 @@ from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError, LockTimeoutError, TextfileWriteError
 from fraisier_textfile.format.reader import parse
-from fraisier_textfile.store.textfile import TEMPORARY_PREFIX, TextfileStore
+from fraisier_textfile.store.files import TEMPORARY_PREFIX
+from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import STORE_WORKERS, binary, lock_held_elsewhere, small_tmpfs
 from .values import sample_values
@@ -383,7 +384,7 @@ def test_parts_are_written_whole_whatever_writev_takes_at_a_time(
         return real(descriptor, [bytes(buffers[0][:7])])
 
     monkeypatch.setattr(os, "writev", a_few_bytes_at_a_time)
-    parts = [b"abc", memoryview(b"0123456789" * 5)[3:41], b"", b"xyz\n" * 3]
+    parts: list[bytes | memoryview] = [b"abc", memoryview(b"0123456789" * 5)[3:41], b"", b"xyz\n" * 3]
     path = tmp_path / "out"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:

@@ -345,7 +345,8 @@ def test_a_reload_that_changes_the_tls_policy_is_refused(
         assert live.ssl_context() is context
         assert not live.reload()
     assert "only changes with a restart of fraisier metrics" in caplog.text
-    assert live.current().tls is not None and live.current().tls.client_auth_type == "RequireAndVerifyClientCert"
+    tls = live.current().tls
+    assert tls is not None and tls.client_auth_type == "RequireAndVerifyClientCert"
 
 
 def test_a_renewed_certificate_gives_a_new_context_and_a_bad_one_keeps_the_old(

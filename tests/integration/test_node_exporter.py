@@ -46,7 +46,12 @@ def test_node_exporter_never_sees_an_error_while_writers_race(textfile_dir: Path
             worker.stdin.write("go\n")
             worker.stdin.flush()
         done = threading.Event()
-        waiter = threading.Thread(target=lambda: ([w.wait(timeout=300) for w in workers], done.set()))
+        def wait_for_workers() -> None:
+            for w in workers:
+                w.wait(timeout=300)
+            done.set()
+
+        waiter = threading.Thread(target=wait_for_workers)
         waiter.start()
         while not done.is_set():
             scrapes.append(canonical_samples(http_get(url)))
