@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Set for the whole session, not only per test (the fixture below): fixtures of a wider scope (the fleet of
+# tests/integration/) start their processes before any per-test setting applies, and a Fraisier database that
+# some run left beside Fraisier's package (its default location) must not count in them.
+os.environ["FRAISIER_TEXTFILE_FRAISIER_STATE"] = "off"
+os.environ.pop("FRAISIER_DB_PATH", None)
 
 
 @pytest.fixture
