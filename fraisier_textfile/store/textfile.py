@@ -65,7 +65,8 @@ from fraisier_textfile.store.transaction import Merge, Participant
 LITTER_INTERVAL = 60.0
 """Seconds between two looks of one store for killed writers' temporary files (textfile, markers, hand-overs).
 They are litter, not data (a hand-over's is kept an hour anyway), and listing directories that 16 writers keep
-changing waited on their locks: 10-20 ms of some merges. A new process looks at its first merge."""
+changing waits on their locks, which made some merges of a race several times slower. A new process looks at
+its first merge."""
 
 
 log = logging.getLogger(__name__)
