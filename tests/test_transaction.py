@@ -126,3 +126,24 @@ def test_a_merger_killed_before_its_rename_leaves_neither_the_counts_nor_the_cur
     store.merge(Changes())
     assert sample_values(store.path)[COUNTED] == 2
     assert "# fraisier_textfile test-source-cursor: 2\n" in store.path.read_text()
+
+
+class BrokenSource(Participant):
+    """Moves its cursor, then fails as a bug would."""
+
+    def collect(self, merge: Merge) -> Changes | None:
+        CURSOR.put(merge.document, "moved")
+        raise ZeroDivisionError("a bug of the source's own")
+
+
+def test_a_source_that_fails_unexpectedly_adds_nothing_moves_no_cursor_and_stops_no_other_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = TextfileStore(tmp_path, participants=[BrokenSource()])
+    changes = Changes()
+    changes.add(c.ROLLBACKS, ("bare_metal", "source"), 1.0)
+    store.merge(changes)
+    store.merge(Changes())
+    assert sample_values(store.path)[COUNTED] == 1  # the caller's change is merged
+    assert "test-source-cursor" not in store.path.read_text()  # the failed source's bookkeeping is put back
+    assert caplog.text.count("BrokenSource took no part") == 1  # one warning, not one per merge
