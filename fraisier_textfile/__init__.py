@@ -77,8 +77,8 @@ _RECORDER_NAMES = {"DeploymentMetrics", "MetricsRecorder", "Outcome", "get_metri
 
 
 def __getattr__(name: str) -> Any:
-    # The recorder imports prometheus_client, which costs a CLI run ~50 ms: it is loaded on first use, so
-    # that `fraisier record` (which never needs it) does not pay for it.
+    # The recorder imports prometheus_client, the largest import of all (bench/bench_cli.py shows it): it is loaded
+    # on first use, so that `fraisier record` (which never needs it) does not pay for it.
     if name in _RECORDER_NAMES:
         from fraisier_textfile.recorder import recorder
 

@@ -55,9 +55,9 @@ _LARGEST_DURATION = 1.7976931348623157e308
 """The largest finite float: a duration up to it is valid (catalogue.check_duration)."""
 RECORD_CALL_WAIT = 0.0
 """Seconds one record call waits for a busy lock (within the budget): none. Under contention a waiter that
-hands its events over costs ~2 ms, one that waits and then merges a file another process wrote costs a read,
-a parse and a write (~10 ms at 10,000 series), and the holder merges the hand-overs in one go after its own
-merge (group commit): with 16 processes racing, waiting made the slowest 1% of calls 4-8x slower."""
+hands its events over writes one small file, one that waits and then merges a file another process wrote
+reads, parses and writes the whole file, and the holder merges the hand-overs in one go after its own merge
+(group commit): waiting made the slowest calls of a race several times slower (bench/bench_race.py)."""
 LOCK_BUSY = "lock busy"
 """The problem kind of a record call that found the lock busy and handed its events over: logged once per
 process and directory, as a warning."""

@@ -60,7 +60,7 @@ MAX_SERIES_ENVIRONMENT = "FRAISIER_MAX_SERIES_PER_FAMILY"
 DEFAULT_MAX_SERIES = 10_000
 """Series per family past which new series are refused. Fraisier's real label values (a few providers, fraise
 types, check types) make tens of series per family; 10,000 is far past honest use, and a counter family at the
-bound is already about 1 MB of file and 100 ms of node_exporter's time per scrape."""
+bound is already a file of megabytes that node_exporter parses at every scrape."""
 REFUSED_FAMILY = "fraisier_textfile_series_refused_total"
 REFUSED_HELP = (
     "Changes to new series refused because their family had reached its series bound "

@@ -65,10 +65,12 @@ from fraisier_textfile.store.transaction import Merge, Participant
 LITTER_INTERVAL = 60.0
 """Seconds between two looks of one store for killed writers' temporary files (textfile, markers, hand-overs).
 They are litter, not data (a hand-over's is kept an hour anyway), and listing directories that 16 writers keep
-changing waited on their locks: 10-20 ms of some merges. A new process looks at its first merge."""
+changing waits on their locks, which made some merges of a race several times slower. A new process looks at
+its first merge."""
 
 
 log = logging.getLogger(__name__)
+_failed_sources_logged: set[tuple[str, str]] = set()
 
 
 class TextfileStore:
@@ -358,7 +360,7 @@ class TextfileStore:
         merge = Merge(self.directory, self.path, textfile, document, changes,
                       read_from_disk=cached is None or document is not cached[1])
         participants = self._participants
-        collected = [part for part in (p.collect(merge) for p in participants) if part]
+        collected = [part for part in (self._collect(p, merge) for p in participants) if part]
         if collected:
             merge.changes = combine([*collected, changes])
         self._add_sources_running(merge.running)
@@ -379,6 +381,30 @@ class TextfileStore:
         self._cached = None if version is None else (version, document)
         changes.clear()
         return merge
+
+    def _collect(self, participant: Participant, merge: Merge) -> Changes | None:
+        """A participant's part of the merge. A source given to the store that fails unexpectedly (a bug of its
+        own, a file of its source no check foresaw) must not fail every merge of the others: its bookkeeping is
+        put back as it was, so that its cursor never moves without its counts, it adds nothing this time, and
+        the failure is one warning per kind. The store's own protocols are not caught: their failures are the
+        file's (a corrupt textfile), which must stop the merge."""
+        if participant not in self.sources:
+            return participant.collect(merge)
+        bookkeeping = dict(merge.document.meta)
+        try:
+            return participant.collect(merge)
+        except FraisierTextfileError:
+            raise
+        except Exception as error:
+            merge.document.meta.clear()
+            merge.document.meta.update(bookkeeping)
+            kind = (type(participant).__name__, type(error).__name__)
+            if kind not in _failed_sources_logged:
+                _failed_sources_logged.add(kind)
+                log.warning("%s took no part in this merge of %s: it failed with %r; the other changes are merged, "
+                            "and it is tried again at the next merge (please report this)", kind[0], self.path, error,
+                            exc_info=log.isEnabledFor(logging.DEBUG))
+            return None
 
     def _load(self, textfile: fs.Directory) -> Document:
         if self._cached is not None:

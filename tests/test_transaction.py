@@ -1,0 +1,149 @@
+"""The merge as a transaction over participants (fraisier_textfile/store/transaction.py): the order that is the
+ordering rule, a participant's bookkeeping in the same rename as its counts, and clean-up whatever happens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile import catalogue as c
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.errors import CorruptTextfileError
+from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
+from fraisier_textfile.store.textfile import TextfileStore
+from fraisier_textfile.store.transaction import Merge, Participant
+
+from .values import sample_values
+
+COUNTED = 'fraisier_rollbacks_total{provider="bare_metal",reason="source"}'
+CURSOR = Bookkeeping("test-source-cursor", text_value, text_value)
+
+
+class Recording(Participant):
+    """Notes every hook it is called in, with what it saw."""
+
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name = name
+        self.calls = calls
+
+    def collect(self, merge: Merge) -> Changes | None:
+        self.calls.append(f"{self.name}.collect")
+        return None
+
+    def before_apply(self, merge: Merge) -> None:
+        self.calls.append(f"{self.name}.before_apply")
+
+    def after_apply(self, merge: Merge) -> None:
+        self.calls.append(f"{self.name}.after_apply")
+
+    def after_commit(self, merge: Merge) -> None:
+        # After the rename: the file holds what this merge applied.
+        self.calls.append(f"{self.name}.after_commit:{merge.path.exists()}")
+
+    def close(self) -> None:
+        self.calls.append(f"{self.name}.close")
+
+
+class CountingSource(Participant):
+    """A source that adds one rollback per merge and keeps how many it has given in its own bookkeeping line."""
+
+    def collect(self, merge: Merge) -> Changes | None:
+        given = int(CURSOR.get(merge.document) or 0)
+        changes = Changes()
+        changes.add(c.ROLLBACKS, ("bare_metal", "source"), 1.0)
+        CURSOR.put(merge.document, str(given + 1))
+        return changes
+
+
+def test_sources_run_between_the_stores_protocols_and_each_phase_goes_in_the_ruled_direction(tmp_path: Path) -> None:
+    calls: list[str] = []
+    store = TextfileStore(tmp_path, participants=[Recording("first", calls), Recording("second", calls)])
+    store.merge(Changes())
+    assert calls == [
+        "first.collect", "second.collect",  # forwards, after the markers and the hand-overs
+        "second.before_apply", "first.before_apply",  # backwards, like leaving nested blocks
+        "first.after_apply", "second.after_apply",
+        "first.after_commit:True", "second.after_commit:True",
+        "first.close", "second.close",
+    ]
+    order = [type(participant).__name__ for participant in store._participants]
+    assert order == ["InFlightMarkers", "Handovers", "Recording", "Recording", "LifecycleParticipant"]
+
+
+def test_a_failed_merge_commits_nothing_and_still_closes_every_participant(tmp_path: Path) -> None:
+    calls: list[str] = []
+    (tmp_path / "fraisier.prom").write_text("not a textfile\n")
+    store = TextfileStore(tmp_path, participants=[Recording("source", calls)])
+    with pytest.raises(CorruptTextfileError):
+        store.merge(Changes())
+    assert calls == ["source.close"]  # the file could not be loaded: nothing collected, nothing committed
+    assert (tmp_path / "fraisier.prom").read_text() == "not a textfile\n"
+
+
+def test_a_participants_bookkeeping_and_its_counts_land_in_the_same_rename(tmp_path: Path) -> None:
+    store = TextfileStore(tmp_path, participants=[CountingSource()])
+    for _ in range(3):
+        store.merge(Changes())
+    assert sample_values(store.path)[COUNTED] == 3
+    assert "# fraisier_textfile test-source-cursor: 3\n" in store.path.read_text()
+
+
+KILLED_BETWEEN_WRITE_AND_RENAME = textwrap.dedent('''
+    import os, signal, sys
+    sys.path[:0] = [sys.argv[2]]
+    from tests.test_transaction import CountingSource
+    from fraisier_textfile.changes import Changes
+    from fraisier_textfile.store import textfile
+
+    store = textfile.TextfileStore(sys.argv[1], participants=[CountingSource()])
+    rename = store._rename
+
+    def killed_before_rename(*arguments):
+        os.kill(os.getpid(), signal.SIGKILL)  # the temporary file is written; the rename never happens
+
+    store._rename = killed_before_rename
+    store.merge(Changes())
+''')
+
+
+def test_a_merger_killed_before_its_rename_leaves_neither_the_counts_nor_the_cursor(tmp_path: Path) -> None:
+    """The source's cursor moves only with the counts it produced: a process killed after collecting and
+    writing, before renaming, leaves the old file, whose cursor still says the source's events are to come."""
+    store = TextfileStore(tmp_path, participants=[CountingSource()])
+    store.merge(Changes())
+    before = store.path.read_bytes()
+    repository = str(Path(__file__).resolve().parents[1])
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_WRITE_AND_RENAME, str(tmp_path), repository],
+                            env=dict(os.environ, PYTHONPATH=repository), timeout=60, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert store.path.read_bytes() == before
+    store.merge(Changes())
+    assert sample_values(store.path)[COUNTED] == 2
+    assert "# fraisier_textfile test-source-cursor: 2\n" in store.path.read_text()
+
+
+class BrokenSource(Participant):
+    """Moves its cursor, then fails as a bug would."""
+
+    def collect(self, merge: Merge) -> Changes | None:
+        CURSOR.put(merge.document, "moved")
+        raise ZeroDivisionError("a bug of the source's own")
+
+
+def test_a_source_that_fails_unexpectedly_adds_nothing_moves_no_cursor_and_stops_no_other_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = TextfileStore(tmp_path, participants=[BrokenSource()])
+    changes = Changes()
+    changes.add(c.ROLLBACKS, ("bare_metal", "source"), 1.0)
+    store.merge(changes)
+    store.merge(Changes())
+    assert sample_values(store.path)[COUNTED] == 1  # the caller's change is merged
+    assert "test-source-cursor" not in store.path.read_text()  # the failed source's bookkeeping is put back
+    assert caplog.text.count("BrokenSource took no part") == 1  # one warning, not one per merge
