@@ -231,6 +231,24 @@ def test_a_deployment_whose_owner_died_is_crashed_once_and_reconcile_interrupted
     assert refresh(textfile_dir)[deployments("bare_metal", "crashed", "etl")] == 1
 
 
+@pytest.mark.parametrize("pid", [2**31, 2**63, 2**64, 10**40])
+def test_a_status_file_naming_a_pid_no_process_can_have_counts_a_crash_and_never_fails_the_merge(
+    fraisier: Fraisier, textfile_dir: Path, pid: int
+) -> None:
+    # Fraisier writes its own pid; anyone who may write the status directory can write any JSON number, and
+    # os.kill refuses one beyond a C long (OverflowError) where a smaller unused one is ESRCH.
+    fraisier.status("api", "deploying", owner_pid=pid)
+    fraisier.start("api")
+    source = FraisierStateSource()
+    store = TextfileStore(textfile_dir, participants=[source])
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert values[API_CRASHED] == 1 and values[ACTIVE] == 0
+    # The scrape's questions too (a server asks them before every merge).
+    assert source.has_news() in (True, False)
+    assert source.active_deployments() == {}
+
+
 def test_a_row_left_in_progress_is_crashed_once_a_later_deployment_of_its_fraise_exists(
     fraisier: Fraisier, textfile_dir: Path
 ) -> None:

@@ -371,6 +371,10 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except OverflowError:
+        # Beyond a pid_t (a status file's owner_pid is any JSON number its writer chose): no process has it,
+        # as ESRCH says of an unused smaller one. Raised, it would fail the whole merge and every scrape.
+        return False
     except OSError:  # it exists (another user's)
         return True
     return True
