@@ -466,6 +466,27 @@ def test_fraisier_textfile_refresh_takes_what_fraisier_wrote_and_since_skips_his
     assert bad.returncode == 2 and "--since='yesterday-ish' is not a time" in bad.stderr
 
 
+@pytest.mark.parametrize("since", ["nan", "inf", "-inf", "1e20", "-1e20", "0001-01-01T00:00"])
+def test_a_since_no_clock_can_show_is_refused_in_one_line_and_changes_nothing(
+    fraisier: Fraisier, tmp_path: Path, since: str
+) -> None:
+    fraisier.deploy("api", "success")
+    directory = tmp_path / "textfile"
+    assert cli(fraisier, directory, "textfile", "refresh").returncode == 0
+    fraisier.deploy("api", "success")
+    before = (directory / "fraisier.prom").read_bytes()
+    # Ahead of UTC: the year 1's midnight is in the year 0 in UTC.
+    fraisier.environment["TZ"] = "Asia/Tokyo"
+    result = cli(fraisier, directory, "textfile", "refresh", "--since", since)
+    assert result.returncode == 2, result.stderr
+    assert f"--since={since!r} is not a time" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (directory / "fraisier.prom").read_bytes() == before
+    if "T" not in since:  # the library refuses the number too, when it is given, not at the first merge
+        with pytest.raises(ValueError, match="since"):
+            FraisierStateSource(since=float(since))
+
+
 def scrape(url: str) -> dict[str, float]:
     from .processes import http_get
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -265,6 +266,20 @@ def _load_yaml(path: Path) -> Any:
     return yaml.load(read_regular_file(path).decode("utf-8"), Loader=_Loader)
 
 
+def checked_since(since: float) -> float:
+    """``since`` if it is a time this host's clock can show (its local date is within the years 1 to 9999);
+    else InvalidValueError. NaN, infinities and 1e20 would otherwise fail the first merge that reads a new
+    database, and be ignored silently by every other."""
+    try:
+        if not math.isfinite(since):
+            raise ValueError(since)
+        datetime.fromtimestamp(since)
+    except (ValueError, OverflowError, OSError, TypeError):
+        raise InvalidValueError(f"since={since!r} is not a time this host's clock can show: give Unix seconds "
+                                "within the years 1 to 9999") from None
+    return float(since)
+
+
 # The cursor
 
 
@@ -397,7 +412,7 @@ class FraisierStateSource(Participant):
         self.labels = FraiseLabels(fraisier_config_path() if config is None else Path(config))
         status_setting = os.environ.get(STATUS_DIR_ENVIRONMENT) if status_dir is None else str(status_dir)
         self.status_dir = Path(status_setting) if status_setting else None
-        self.since = since
+        self.since = None if since is None else checked_since(since)
         self._problem: str | None = None
         self._fingerprint: tuple[int, ...] | None = None
         self._committed: tuple[int, ...] | None = None
