@@ -733,6 +733,21 @@ def test_a_fifo_where_fraisier_keeps_a_file_never_hangs_the_merge(
         assert values[ACTIVE] == 1  # nothing proves the owner dead
 
 
+@pytest.mark.parametrize("message", [b"Health check failed \xff", b"", 12345])
+def test_an_error_message_stored_as_a_blob_or_a_number_still_counts_the_failure(
+    fraisier: Fraisier, textfile_dir: Path, message: object
+) -> None:
+    # SQLite keeps any value in any column: a BLOB (a tool that wrote bytes) reaches the reader as bytes.
+    pk = fraisier.deploy("api", "failed")
+    fraisier.status("api", "failed")
+    with sqlite3.connect(fraisier.database) as connection:
+        connection.execute("UPDATE tb_deployment SET error_message = ? WHERE pk_deployment = ?", (message, pk))
+    values = refresh(textfile_dir)
+    assert values[API_FAILED] == 1
+    expected = {b"Health check failed \xff": "health_check", b"": "unknown", 12345: "other"}[message]  # type: ignore[index]
+    assert values[errors("bare_metal", expected)] == 1
+
+
 def test_a_duration_no_deployment_takes_never_poisons_the_histogram(fraisier: Fraisier, textfile_dir: Path) -> None:
     for pk, duration in ((fraisier.deploy("api"), 1e308), (fraisier.deploy("api"), -5.0),
                          (fraisier.deploy("api"), float("nan"))):

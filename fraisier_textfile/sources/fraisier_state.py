@@ -111,17 +111,21 @@ OTHER_ERROR = "other"
 """A message none of ERROR_TYPES matches."""
 
 
-def error_type(message: str | None) -> str:
+def error_type(message: object) -> str:
     """The bounded ``error_type`` of a failed row's ``error_message`` (see ERROR_TYPES)."""
+    if isinstance(message, bytes):
+        # SQLite keeps any value in a TEXT column: a BLOB comes back as bytes, which a str pattern refuses.
+        message = message.decode("utf-8", "replace")
     if not message:
         return UNKNOWN_ERROR
+    message = str(message)
     for name, pattern in ERROR_TYPES:
         if pattern.search(message):
             return name
     return OTHER_ERROR
 
 
-def rollback_reason(message: str | None) -> str:
+def rollback_reason(message: object) -> str:
     """Why a rolled-back row was rolled back: its error type (``health_check``, ``timeout``, ...)."""
     return error_type(message)
 
