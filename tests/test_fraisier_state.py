@@ -762,15 +762,34 @@ def test_a_duration_no_deployment_takes_never_poisons_the_histogram(fraisier: Fr
     assert refresh(textfile_dir)[API_SUCCESS] == 4  # later merges still work
 
 
+@pytest.mark.parametrize("word,value", [
+    (None, "9 from a newer version"),
+    # Numbers SQLite cannot bind (beyond its 64-bit integers), or no pk has: a torn or hand-edited line.
+    (2, "99999999999999999999"),
+    (2, "-1"),
+    (6, "18446744073709551616"),
+    (7, "18446744073709551616"),
+    (3, "-5"),
+])
 def test_a_cursor_line_this_version_cannot_read_stops_the_source_with_one_line_not_the_merge(
-    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture
+    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture, word: int | None, value: str
 ) -> None:
     fraisier.deploy("api")
     refresh(textfile_dir)
     path = textfile_dir / "fraisier.prom"
     text = path.read_text()
+
+    def edited(line: str) -> str:
+        prefix, _, cursor = line.partition(": ")
+        words = cursor.split()
+        if word is None:
+            words = [value]
+        else:
+            words[word] = value
+        return f"{prefix}: {' '.join(words)}"
+
     path.write_text("\n".join(
-        "# fraisier_textfile fraisier-state: 9 from a newer version" if META_KEY in line else line
+        edited(line) if META_KEY in line else line
         for line in text.splitlines()) + "\n")
     fraisier.deploy("api")
     store = TextfileStore(textfile_dir, participants=participants())  # a long-lived process: one line, not one a merge

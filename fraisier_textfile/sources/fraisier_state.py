@@ -316,13 +316,13 @@ class Cursor:
         if len(words) != 8 or words[0] != CURSOR_VERSION:
             return None
         try:
-            pks = [int(pk) for pk in words[6].split(",")] if words[6] != "-" else []
+            pks = [_count(pk) for pk in words[6].split(",")] if words[6] != "-" else []
             recent = {}
             if words[7] != "-":
                 for word in words[7].split(","):
                     rolled_back = word.endswith("r")
-                    recent[int(word[:-1] if rolled_back else word)] = rolled_back
-            return cls(int(words[2]), words[1], int(words[3]), words[4], words[5], pks, recent)
+                    recent[_count(word[:-1] if rolled_back else word)] = rolled_back
+            return cls(_count(words[2]), words[1], _count(words[3]), words[4], words[5], pks, recent)
         except ValueError:
             return None
 
@@ -331,6 +331,16 @@ class Cursor:
         recent = ",".join(f"{pk}r" if flag else str(pk) for pk, flag in sorted(self.recent.items())) or "-"
         return (f"{CURSOR_VERSION} {self.high_id} {self.high} {self.rolled_back} {self.updated} "
                 f"{self.checked_updated} {pending} {recent}")
+
+
+def _count(word: str) -> int:
+    """A pk or a count of the cursor: what SQLite can bind and a pk can be (0 to 2**63 - 1). A torn or hand-edited
+    line's 2**64 would fail every merge (OverflowError at the bind), and a negative pk would count the history
+    again."""
+    value = int(word)
+    if not 0 <= value < 2**63:
+        raise ValueError(word)
+    return value
 
 
 class _Unreadable(Exception):
