@@ -354,6 +354,31 @@ def test_a_database_that_cannot_be_read_logs_one_line_and_the_rest_of_the_file_i
     assert elapsed < 60  # never waits for Fraisier's database (a busy one is left for the next occasion)
 
 
+@pytest.mark.parametrize("state", ["empty file", "journal mode set, no table yet"])
+def test_a_database_fraisier_has_created_but_not_yet_filled_is_nothing_to_report_then_counts(
+    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture, state: str
+) -> None:
+    # Fraisier's get_connection() creates the file (and sets WAL) before its init creates the tables: a reader
+    # in between, or one given a file truncated to nothing, has no deployment to read and no fix to name.
+    fraisier.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{fraisier.database}{suffix}").unlink(missing_ok=True)
+    if state == "empty file":
+        fraisier.database.write_bytes(b"")
+    else:
+        with sqlite3.connect(fraisier.database) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    with caplog.at_level(logging.INFO):
+        refresh(textfile_dir)
+    assert [r.getMessage() for r in caplog.records if "Fraisier's database" in r.getMessage()] == []
+    fraisier = Fraisier(fraisier.root)
+    try:
+        fraisier.deploy("api", "success")
+    finally:
+        fraisier.close()
+    assert refresh(textfile_dir)[API_SUCCESS] == 1
+
+
 def test_the_cursor_is_one_short_line_whatever_the_history(fraisier: Fraisier, textfile_dir: Path) -> None:
     for _ in range(30):
         fraisier.deploy("api", random.choice(["success", "failed", "rolled_back"]))

@@ -564,11 +564,22 @@ class FraisierStateSource(Participant):
         only part of a read that grows with the history, kept off most scrapes."""
         connection.execute("BEGIN")  # one snapshot for every query below
         columns = {row[0] for row in connection.execute("SELECT name FROM pragma_table_info('tb_deployment')")}
+        if not columns and connection.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] == 0:
+            # No table at all: Fraisier's connection made the file and has not created its tables yet (or the
+            # file was truncated to nothing, which Fraisier fills again). Nothing deployed, nothing to fix.
+            raise _Absent
         missing = REQUIRED_COLUMNS - columns
         if missing:
-            what = "no table tb_deployment" if not columns else f"no column {', '.join(sorted(missing))}"
-            raise _Unreadable(f"Fraisier's database {self.database} has {what}: written by a version of Fraisier "
-                              "this reader does not know (it reads 0.84's schema); upgrade fraisier-textfile")
+            if not columns:
+                # Tables, but not Fraisier's: FRAISIER_DB_PATH names another application's file, or a
+                # Fraisier renamed its table.
+                raise _Unreadable(f"Fraisier's database {self.database} has no table tb_deployment: another "
+                                  "application's database, or a Fraisier this reader does not know (it reads 0.84's "
+                                  "schema); set FRAISIER_DB_PATH to Fraisier's database, or upgrade fraisier-textfile")
+            raise _Unreadable(f"Fraisier's database {self.database} has no column {', '.join(sorted(missing))}: "
+                              "written by a version of Fraisier this reader does not know (it reads 0.84's schema); "
+                              "upgrade fraisier-textfile")
         newest = connection.execute("SELECT max(pk_deployment) FROM tb_deployment").fetchone()[0] or 0
         if cursor is not None and cursor.high > 0:
             row = connection.execute("SELECT id FROM tb_deployment WHERE pk_deployment = ?", (cursor.high,)).fetchone()
