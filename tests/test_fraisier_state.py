@@ -705,6 +705,55 @@ def test_another_user_who_cannot_write_fraisiers_directory_reads_it_exactly_once
     assert values[API_SUCCESS] == 2 and values[API_ROLLED_BACK] == 1
 
 
+DISPATCHER = "import sys; from fraisier_textfile.cli.dispatch import main; sys.argv[0] = 'fraisier'; main()"
+
+
+def test_a_fraisier_command_run_as_root_leaves_the_deploying_users_textfile_directory_to_its_writers(
+    reader_user: tuple[list[str], str, dict[str, str], Path]
+) -> None:
+    # `sudo fraisier status` (or --version, setup, ...): root's merge after it would create fraisier.prom.lock
+    # (and the store's subdirectories) as root's, 0664 of group root, in a directory the deploying user owns;
+    # from then on every writer of that user fails to open the lock.
+    import pwd
+
+    command, _, environment, root = reader_user
+    fraisier = Fraisier(root / "fraisier")
+    textfile_dir = root / "textfile"
+    textfile_dir.mkdir()
+    account = pwd.getpwnam(READER)
+    os.chown(textfile_dir, account.pw_uid, account.pw_gid)
+    try:
+        fraisier.deploy("api", "success")
+    finally:
+        fraisier.close()
+    os.chmod(fraisier.root, 0o755)
+    as_root = {**fraisier.environment, "FRAISIER_TEXTFILE_DIR": str(textfile_dir)}
+    theirs = DISPATCHER.replace("fraisier_textfile.cli.dispatch", "fraisier.cli")
+    alone = subprocess.run([sys.executable, "-c", theirs, "--version"], capture_output=True, text=True, env=as_root,
+                           timeout=120)
+    result = subprocess.run([sys.executable, "-c", DISPATCHER, "--version"], capture_output=True, text=True,
+                            env=as_root, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (alone.returncode, alone.stdout, alone.stderr)
+    assert [path.name for path in textfile_dir.iterdir() if path.stat().st_uid != account.pw_uid] == []
+    # The directory's user still merges (the deployment is counted by its reader, as by the refresh timer).
+    arguments = [str(textfile_dir), str(fraisier.database), str(fraisier.status_dir), str(fraisier.config)]
+    result = subprocess.run([*command, *arguments], capture_output=True, text=True, env=environment, cwd=root,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sample_values(textfile_dir / "fraisier.prom")[API_SUCCESS] == 1
+    # A directory the group shares (chmod 2775): what root creates is the group's, so root's merge is welcome.
+    shared = root / "shared"
+    shared.mkdir()
+    os.chown(shared, account.pw_uid, account.pw_gid)
+    os.chmod(shared, 0o2775)
+    as_root["FRAISIER_TEXTFILE_DIR"] = str(shared)
+    subprocess.run([sys.executable, "-c", DISPATCHER, "--version"], capture_output=True, env=as_root, timeout=120,
+                   check=True)
+    assert sample_values(shared / "fraisier.prom")[API_SUCCESS] == 1
+    lock = (shared / "fraisier.prom.lock").stat()
+    assert lock.st_gid == account.pw_gid and lock.st_mode & 0o020
+
+
 def test_fraisier_exec_wrapping_a_fraisier_command_leaves_the_count_to_the_state_source(
     fraisier: Fraisier, textfile_dir: Path, tmp_path: Path
 ) -> None:
