@@ -822,6 +822,23 @@ def test_an_error_message_stored_as_a_blob_or_a_number_still_counts_the_failure(
     assert values[errors("bare_metal", expected)] == 1
 
 
+def test_a_fraises_yaml_too_big_to_parse_within_a_scrape_is_refused_in_one_line_and_the_merge_goes_on(
+    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # YAML is parsed under the textfile's lock (at a scrape, in the dispatcher after each Fraisier command):
+    # a 4 MB one took seconds there. Well-formed, with the api fraise's type in it: refused for its size alone.
+    fraisier.deploy("api", "success")
+    padding = "".join(f"  f{index}:\n    type: etl\n    environments: {{production: {{app_path: /srv/f{index}}}}}\n"
+                      for index in range(17_000))
+    fraisier.config.write_text(CONFIG.replace("fraises:\n", "fraises:\n" + padding, 1))
+    assert fraisier.config.stat().st_size > fraisier_state.MAX_CONFIG_BYTES
+    with caplog.at_level(logging.WARNING):
+        values = refresh(textfile_dir)
+    assert values[deployments("bare_metal", "success", "unknown")] == 1
+    lines = [r.getMessage() for r in caplog.records if str(fraisier.config) in r.getMessage()]
+    assert len(lines) == 1 and "larger than" in lines[0], lines
+
+
 def test_a_duration_no_deployment_takes_never_poisons_the_histogram(fraisier: Fraisier, textfile_dir: Path) -> None:
     for pk, duration in ((fraisier.deploy("api"), 1e308), (fraisier.deploy("api"), -5.0),
                          (fraisier.deploy("api"), float("nan"))):
