@@ -119,7 +119,9 @@ def route(arguments: list[str]) -> Route:
             break
         else:
             passed_on.append(argument)
-            if name in FRAISIER_GROUP_OPTIONS_WITH_VALUE and not equals and position + 1 < len(arguments):
+            if _attached_short_value(argument):
+                fraisier_options.append(argument)  # -cPATH: click's -c PATH, its value attached
+            elif name in FRAISIER_GROUP_OPTIONS_WITH_VALUE and not equals and position + 1 < len(arguments):
                 position += 1
                 passed_on.append(arguments[position])
                 fraisier_options.extend(passed_on[-2:])
@@ -139,6 +141,14 @@ def route(arguments: list[str]) -> Route:
     if command in OUR_COMMANDS and not foreign_option:
         return Route(Route.OURS, passed_on, environment, ours, fraisier_options)
     return Route(Route.FRAISIER, passed_on, environment, ours, fraisier_options)
+
+
+def _attached_short_value(argument: str) -> bool:
+    """``-cPATH``: one of Fraisier's short group options with its value attached, as click reads it."""
+    return any(
+        len(option) == 2 and argument.startswith(option) and len(argument) > 2
+        for option in FRAISIER_GROUP_OPTIONS_WITH_VALUE
+    )
 
 
 def fraisier_installed() -> bool:
