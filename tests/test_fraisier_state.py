@@ -379,6 +379,34 @@ def test_a_database_fraisier_has_created_but_not_yet_filled_is_nothing_to_report
     assert refresh(textfile_dir)[API_SUCCESS] == 1
 
 
+def test_a_deployment_in_the_wal_of_an_open_connection_is_read_through_a_symlinked_database_path(
+    fraisier: Fraisier, tmp_path: Path, textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FRAISIER_DB_PATH=/opt/fraisier/fraisier.db, a link to the data disk: SQLite resolves the link and keeps
+    # the -wal and -shm beside the target, where a reader looking beside the link finds none, takes the main
+    # file alone for the database (immutable) and misses what the WAL holds.
+    fraisier.deploy("api", "success")
+    link = tmp_path / "link" / "fraisier.db"
+    link.parent.mkdir()
+    link.symlink_to(fraisier.database)
+    monkeypatch.setenv("FRAISIER_DB_PATH", str(link))
+    assert refresh(textfile_dir)[API_SUCCESS] == 1
+    # Fraisier's connection, still open: its commit is in the WAL, not yet in the main file.
+    writer = sqlite3.connect(link, isolation_level=None)
+    try:
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.execute(
+            "INSERT INTO tb_deployment (id, identifier, fraise_name, environment_name, started_at, completed_at, "
+            "duration_seconds, status, created_at, updated_at) SELECT 'in-wal', 'api:production:wal', "
+            "fraise_name, environment_name, started_at, completed_at, duration_seconds, status, created_at, "
+            "updated_at FROM tb_deployment ORDER BY pk_deployment DESC LIMIT 1")
+        assert Path(f"{fraisier.database}-wal").stat().st_size > 0
+        assert refresh(textfile_dir)[API_SUCCESS] == 2
+    finally:
+        writer.close()
+    assert refresh(textfile_dir)[API_SUCCESS] == 2
+
+
 def test_the_cursor_is_one_short_line_whatever_the_history(fraisier: Fraisier, textfile_dir: Path) -> None:
     for _ in range(30):
         fraisier.deploy("api", random.choice(["success", "failed", "rolled_back"]))

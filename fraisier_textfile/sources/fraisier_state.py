@@ -491,7 +491,7 @@ class FraisierStateSource(Participant):
             return False
         if self._settling:
             return True
-        now = _file_fingerprint(self.database)
+        now = _file_fingerprint(_resolved(self.database))
         if now != self._committed and now != self._tried:
             return True
         return any(self._owner_gone(pk, fraise, environment) for pk, (fraise, environment, _) in self._live.items())
@@ -514,7 +514,9 @@ class FraisierStateSource(Participant):
 
     def _read(self, cursor: Cursor | None) -> tuple[tuple[int, ...], Cursor, dict[int, Any], Changes]:
         assert self.database is not None
-        path = self.database
+        # SQLite follows a symlinked path and keeps the -wal and -shm beside the file it leads to: so must we, or
+        # a database with a writer connected would look like the file alone (and its WAL be ignored).
+        path = _resolved(self.database)
         # A read that fails is not tried again (at a scrape) until the file changes; one that succeeds is
         # tried again until its merge is committed (a busy lock must not leave the news for the next change).
         self._tried = _file_fingerprint(path)
@@ -814,6 +816,14 @@ def _rows_by_pk(connection: sqlite3.Connection, pks: Iterable[int]) -> Iterable[
         chunk = wanted[start:start + 500]
         yield from connection.execute(
             f"SELECT {ROW_COLUMNS} FROM tb_deployment WHERE pk_deployment IN ({','.join('?' * len(chunk))})", chunk)
+
+
+def _resolved(path: Path) -> Path:
+    """The database file as SQLite opens it: symlinks followed (where its -wal and -shm files are)."""
+    try:
+        return Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return path
 
 
 def _file_fingerprint(path: Path, strict: bool = False) -> tuple[int, ...]:
