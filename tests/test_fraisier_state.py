@@ -297,6 +297,36 @@ def test_a_database_restored_from_an_older_backup_is_noticed_and_never_counted_t
         again.close()
 
 
+@pytest.mark.parametrize("deployments_after", [1, 3, 5])
+def test_a_database_deleted_and_made_anew_by_fraisier_has_its_deployments_counted(
+    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture, deployments_after: int
+) -> None:
+    # An operator deletes fraisier.db (to start afresh, or lost with a disk); Fraisier makes a new one at its
+    # next deployment. Its ids start again (the cursor's row is gone or another one), but none of its
+    # deployments was ever counted: unlike a restored backup's, they are all later than what was read.
+    for _ in range(3):
+        fraisier.deploy("api", "success")
+    fraisier.deploy("api", "failed")
+    fraisier.status("api", "failed")
+    values = refresh(textfile_dir)
+    assert values[API_SUCCESS] == 3 and values[API_FAILED] == 1
+    fraisier.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{fraisier.database}{suffix}").unlink(missing_ok=True)
+    time.sleep(0.01)  # Fraisier's times have microseconds: the new database's first row is later than the last read
+    again = Fraisier(fraisier.root)
+    try:
+        for _ in range(deployments_after):
+            again.deploy("api", "success")
+        with caplog.at_level(logging.WARNING):
+            assert refresh(textfile_dir)[API_SUCCESS] == 3 + deployments_after
+        assert sum("replaced or restored" in record.getMessage() for record in caplog.records) == 1
+        again.deploy("api", "success")
+        assert refresh(textfile_dir)[API_SUCCESS] == 4 + deployments_after
+    finally:
+        again.close()
+
+
 def test_since_skips_the_history_of_a_database_seen_for_the_first_time(
     fraisier: Fraisier, textfile_dir: Path
 ) -> None:

@@ -25,8 +25,9 @@ Its cost does not grow with the history: new rows are read by primary key (``pk 
 and rows finished since the last full check by primary key. Only a full check (a process's first read, then
 every FULL_CHECK_SECONDS) counts the ``rolled_back`` rows (from Fraisier's ``idx_deployment_status`` alone) and,
 when more are rolled back than accounted, finds the older rows marked since. A database replaced or restored
-from a backup (the row the cursor names is gone or another) is logged once and counted from its newest row on:
-its history was counted already, from the original.
+from a backup (the row the cursor names is gone or another) is logged once and counted from its first row updated
+after the latest one read: a backup's history was counted already, from the original; a database made anew
+(the old one deleted) holds nothing that was.
 
 Reading never holds Fraisier up and creates nothing in its directory: while no writer is connected (no
 ``-wal`` file: Fraisier opens and closes a connection per operation, so most of the time) the file is read
@@ -590,11 +591,18 @@ class FraisierStateSource(Participant):
         if cursor is not None and cursor.high > 0:
             row = connection.execute("SELECT id FROM tb_deployment WHERE pk_deployment = ?", (cursor.high,)).fetchone()
             if row is None or str(row[0]) != cursor.high_id:
+                # A restored backup's rows were counted from the original; a database made anew (the old one
+                # deleted) holds none of those. What tells them apart is time: a row updated after the latest
+                # one read was never counted, whichever database it is in.
+                first_unread = connection.execute(
+                    "SELECT min(pk_deployment) FROM tb_deployment WHERE updated_at > ?", (cursor.updated,)
+                ).fetchone()[0] if cursor.updated != "-" else None
+                boundary = newest if first_unread is None else first_unread - 1
                 log.warning(
                     "Fraisier's database %s was replaced or restored from a backup (its deployment #%d is %s): "
-                    "its history is not counted again; counting its deployments after #%d",
-                    self.database, cursor.high, "gone" if row is None else "another one", newest)
-                return self._start_at(connection, newest, with_in_progress=False), {}
+                    "what it holds of the history already counted is not counted again; counting its deployments "
+                    "after #%d", self.database, cursor.high, "gone" if row is None else "another one", boundary)
+                cursor = self._start_at(connection, boundary, with_in_progress=False)
         if cursor is None:
             cursor = self._start_since(connection) if self.since is not None else Cursor()
         full = time.monotonic() >= self._next_full_check
