@@ -876,7 +876,7 @@ def test_an_error_message_stored_as_a_blob_or_a_number_still_counts_the_failure(
         connection.execute("UPDATE tb_deployment SET error_message = ? WHERE pk_deployment = ?", (message, pk))
     values = refresh(textfile_dir)
     assert values[API_FAILED] == 1
-    expected = {b"Health check failed \xff": "health_check", b"": "unknown", 12345: "other"}[message]  # type: ignore[index]
+    expected = {b"Health check failed \xff": "health_check", b"": "unknown", 12345: "other"}[message]
     assert values[errors("bare_metal", expected)] == 1
 
 
