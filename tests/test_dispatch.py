@@ -126,11 +126,14 @@ def test_verbose_before_our_command_means_debug_logs(verbose: str, tmp_path: Pat
     assert "level=debug" in log.read_text()
 
 
-def test_fraisiers_config_before_our_command_still_configures_only_fraisier(tmp_path: Path) -> None:
-    """Fraisier's units start `fraisier --config PATH metrics`: accepted, as before."""
+@pytest.mark.parametrize("form", ["--config PATH", "--config=PATH", "-c PATH", "-cPATH"])
+def test_fraisiers_config_before_our_command_still_configures_only_fraisier(tmp_path: Path, form: str) -> None:
+    """Fraisier's units start `fraisier --config PATH metrics`: accepted, as before, in each of click's spellings
+    (`-cPATH` too: click takes a short option's value attached; read as another option, it sent `fraisier
+    -c/etc/fraisier/fraises.yaml metrics` to Fraisier's own exporter instead of ours)."""
     config = tmp_path / "fraises.yaml"
     config.write_text("fraises: {}\n")
-    result = run("fraisier", "--config", str(config), *RECORD_ERROR, textfile_dir=tmp_path)
+    result = run("fraisier", *form.replace("PATH", str(config)).split(), *RECORD_ERROR, textfile_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sample_values(tmp_path / "fraisier.prom")[ERROR] == 1
 

@@ -231,6 +231,24 @@ def test_a_deployment_whose_owner_died_is_crashed_once_and_reconcile_interrupted
     assert refresh(textfile_dir)[deployments("bare_metal", "crashed", "etl")] == 1
 
 
+@pytest.mark.parametrize("pid", [2**31, 2**63, 2**64, 10**40])
+def test_a_status_file_naming_a_pid_no_process_can_have_counts_a_crash_and_never_fails_the_merge(
+    fraisier: Fraisier, textfile_dir: Path, pid: int
+) -> None:
+    # Fraisier writes its own pid; anyone who may write the status directory can write any JSON number, and
+    # os.kill refuses one beyond a C long (OverflowError) where a smaller unused one is ESRCH.
+    fraisier.status("api", "deploying", owner_pid=pid)
+    fraisier.start("api")
+    source = FraisierStateSource()
+    store = TextfileStore(textfile_dir, participants=[source])
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert values[API_CRASHED] == 1 and values[ACTIVE] == 0
+    # The scrape's questions too (a server asks them before every merge).
+    assert source.has_news() in (True, False)
+    assert source.active_deployments() == {}
+
+
 def test_a_row_left_in_progress_is_crashed_once_a_later_deployment_of_its_fraise_exists(
     fraisier: Fraisier, textfile_dir: Path
 ) -> None:
@@ -275,6 +293,36 @@ def test_a_database_restored_from_an_older_backup_is_noticed_and_never_counted_t
     try:
         again.deploy("api", "success")
         assert refresh(textfile_dir)[API_SUCCESS] == 4
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("deployments_after", [1, 3, 5])
+def test_a_database_deleted_and_made_anew_by_fraisier_has_its_deployments_counted(
+    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture, deployments_after: int
+) -> None:
+    # An operator deletes fraisier.db (to start afresh, or lost with a disk); Fraisier makes a new one at its
+    # next deployment. Its ids start again (the cursor's row is gone or another one), but none of its
+    # deployments was ever counted: unlike a restored backup's, they are all later than what was read.
+    for _ in range(3):
+        fraisier.deploy("api", "success")
+    fraisier.deploy("api", "failed")
+    fraisier.status("api", "failed")
+    values = refresh(textfile_dir)
+    assert values[API_SUCCESS] == 3 and values[API_FAILED] == 1
+    fraisier.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{fraisier.database}{suffix}").unlink(missing_ok=True)
+    time.sleep(0.01)  # Fraisier's times have microseconds: the new database's first row is later than the last read
+    again = Fraisier(fraisier.root)
+    try:
+        for _ in range(deployments_after):
+            again.deploy("api", "success")
+        with caplog.at_level(logging.WARNING):
+            assert refresh(textfile_dir)[API_SUCCESS] == 3 + deployments_after
+        assert sum("replaced or restored" in record.getMessage() for record in caplog.records) == 1
+        again.deploy("api", "success")
+        assert refresh(textfile_dir)[API_SUCCESS] == 4 + deployments_after
     finally:
         again.close()
 
@@ -334,6 +382,59 @@ def test_a_database_that_cannot_be_read_logs_one_line_and_the_rest_of_the_file_i
     health = 'fraisier_health_checks_total{provider="bare_metal",check_type="http",status="pass"}'
     assert sample_values(store.path)[health] == 1
     assert elapsed < 60  # never waits for Fraisier's database (a busy one is left for the next occasion)
+
+
+@pytest.mark.parametrize("state", ["empty file", "journal mode set, no table yet"])
+def test_a_database_fraisier_has_created_but_not_yet_filled_is_nothing_to_report_then_counts(
+    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture, state: str
+) -> None:
+    # Fraisier's get_connection() creates the file (and sets WAL) before its init creates the tables: a reader
+    # in between, or one given a file truncated to nothing, has no deployment to read and no fix to name.
+    fraisier.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{fraisier.database}{suffix}").unlink(missing_ok=True)
+    if state == "empty file":
+        fraisier.database.write_bytes(b"")
+    else:
+        with sqlite3.connect(fraisier.database) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    with caplog.at_level(logging.INFO):
+        refresh(textfile_dir)
+    assert [r.getMessage() for r in caplog.records if "Fraisier's database" in r.getMessage()] == []
+    fraisier = Fraisier(fraisier.root)
+    try:
+        fraisier.deploy("api", "success")
+    finally:
+        fraisier.close()
+    assert refresh(textfile_dir)[API_SUCCESS] == 1
+
+
+def test_a_deployment_in_the_wal_of_an_open_connection_is_read_through_a_symlinked_database_path(
+    fraisier: Fraisier, tmp_path: Path, textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FRAISIER_DB_PATH=/opt/fraisier/fraisier.db, a link to the data disk: SQLite resolves the link and keeps
+    # the -wal and -shm beside the target, where a reader looking beside the link finds none, takes the main
+    # file alone for the database (immutable) and misses what the WAL holds.
+    fraisier.deploy("api", "success")
+    link = tmp_path / "link" / "fraisier.db"
+    link.parent.mkdir()
+    link.symlink_to(fraisier.database)
+    monkeypatch.setenv("FRAISIER_DB_PATH", str(link))
+    assert refresh(textfile_dir)[API_SUCCESS] == 1
+    # Fraisier's connection, still open: its commit is in the WAL, not yet in the main file.
+    writer = sqlite3.connect(link, isolation_level=None)
+    try:
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.execute(
+            "INSERT INTO tb_deployment (id, identifier, fraise_name, environment_name, started_at, completed_at, "
+            "duration_seconds, status, created_at, updated_at) SELECT 'in-wal', 'api:production:wal', "
+            "fraise_name, environment_name, started_at, completed_at, duration_seconds, status, created_at, "
+            "updated_at FROM tb_deployment ORDER BY pk_deployment DESC LIMIT 1")
+        assert Path(f"{fraisier.database}-wal").stat().st_size > 0
+        assert refresh(textfile_dir)[API_SUCCESS] == 2
+    finally:
+        writer.close()
+    assert refresh(textfile_dir)[API_SUCCESS] == 2
 
 
 def test_the_cursor_is_one_short_line_whatever_the_history(fraisier: Fraisier, textfile_dir: Path) -> None:
@@ -446,6 +547,27 @@ def test_fraisier_textfile_refresh_takes_what_fraisier_wrote_and_since_skips_his
     assert sample_values(skipped / "fraisier.prom").get(API_FAILED, 0) == 0
     bad = cli(fraisier, skipped, "textfile", "refresh", "--since", "yesterday-ish")
     assert bad.returncode == 2 and "--since='yesterday-ish' is not a time" in bad.stderr
+
+
+@pytest.mark.parametrize("since", ["nan", "inf", "-inf", "1e20", "-1e20", "0001-01-01T00:00"])
+def test_a_since_no_clock_can_show_is_refused_in_one_line_and_changes_nothing(
+    fraisier: Fraisier, tmp_path: Path, since: str
+) -> None:
+    fraisier.deploy("api", "success")
+    directory = tmp_path / "textfile"
+    assert cli(fraisier, directory, "textfile", "refresh").returncode == 0
+    fraisier.deploy("api", "success")
+    before = (directory / "fraisier.prom").read_bytes()
+    # Ahead of UTC: the year 1's midnight is in the year 0 in UTC.
+    fraisier.environment["TZ"] = "Asia/Tokyo"
+    result = cli(fraisier, directory, "textfile", "refresh", "--since", since)
+    assert result.returncode == 2, result.stderr
+    assert f"--since={since!r} is not a time" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (directory / "fraisier.prom").read_bytes() == before
+    if "T" not in since:  # the library refuses the number too, when it is given, not at the first merge
+        with pytest.raises(ValueError, match="since"):
+            FraisierStateSource(since=float(since))
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -641,6 +763,55 @@ def test_another_user_who_cannot_write_fraisiers_directory_reads_it_exactly_once
     assert values[API_SUCCESS] == 2 and values[API_ROLLED_BACK] == 1
 
 
+DISPATCHER = "import sys; from fraisier_textfile.cli.dispatch import main; sys.argv[0] = 'fraisier'; main()"
+
+
+def test_a_fraisier_command_run_as_root_leaves_the_deploying_users_textfile_directory_to_its_writers(
+    reader_user: tuple[list[str], str, dict[str, str], Path]
+) -> None:
+    # `sudo fraisier status` (or --version, setup, ...): root's merge after it would create fraisier.prom.lock
+    # (and the store's subdirectories) as root's, 0664 of group root, in a directory the deploying user owns;
+    # from then on every writer of that user fails to open the lock.
+    import pwd
+
+    command, _, environment, root = reader_user
+    fraisier = Fraisier(root / "fraisier")
+    textfile_dir = root / "textfile"
+    textfile_dir.mkdir()
+    account = pwd.getpwnam(READER)
+    os.chown(textfile_dir, account.pw_uid, account.pw_gid)
+    try:
+        fraisier.deploy("api", "success")
+    finally:
+        fraisier.close()
+    os.chmod(fraisier.root, 0o755)
+    as_root = {**fraisier.environment, "FRAISIER_TEXTFILE_DIR": str(textfile_dir)}
+    theirs = DISPATCHER.replace("fraisier_textfile.cli.dispatch", "fraisier.cli")
+    alone = subprocess.run([sys.executable, "-c", theirs, "--version"], capture_output=True, text=True, env=as_root,
+                           timeout=120)
+    result = subprocess.run([sys.executable, "-c", DISPATCHER, "--version"], capture_output=True, text=True,
+                            env=as_root, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (alone.returncode, alone.stdout, alone.stderr)
+    assert [path.name for path in textfile_dir.iterdir() if path.stat().st_uid != account.pw_uid] == []
+    # The directory's user still merges (the deployment is counted by its reader, as by the refresh timer).
+    arguments = [str(textfile_dir), str(fraisier.database), str(fraisier.status_dir), str(fraisier.config)]
+    result = subprocess.run([*command, *arguments], capture_output=True, text=True, env=environment, cwd=root,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sample_values(textfile_dir / "fraisier.prom")[API_SUCCESS] == 1
+    # A directory the group shares (chmod 2775): what root creates is the group's, so root's merge is welcome.
+    shared = root / "shared"
+    shared.mkdir()
+    os.chown(shared, account.pw_uid, account.pw_gid)
+    os.chmod(shared, 0o2775)
+    as_root["FRAISIER_TEXTFILE_DIR"] = str(shared)
+    subprocess.run([sys.executable, "-c", DISPATCHER, "--version"], capture_output=True, env=as_root, timeout=120,
+                   check=True)
+    assert sample_values(shared / "fraisier.prom")[API_SUCCESS] == 1
+    lock = (shared / "fraisier.prom.lock").stat()
+    assert lock.st_gid == account.pw_gid and lock.st_mode & 0o020
+
+
 def test_fraisier_exec_wrapping_a_fraisier_command_leaves_the_count_to_the_state_source(
     fraisier: Fraisier, textfile_dir: Path, tmp_path: Path
 ) -> None:
@@ -694,6 +865,38 @@ def test_a_fifo_where_fraisier_keeps_a_file_never_hangs_the_merge(
         assert values[ACTIVE] == 1  # nothing proves the owner dead
 
 
+@pytest.mark.parametrize("message", [b"Health check failed \xff", b"", 12345])
+def test_an_error_message_stored_as_a_blob_or_a_number_still_counts_the_failure(
+    fraisier: Fraisier, textfile_dir: Path, message: object
+) -> None:
+    # SQLite keeps any value in any column: a BLOB (a tool that wrote bytes) reaches the reader as bytes.
+    pk = fraisier.deploy("api", "failed")
+    fraisier.status("api", "failed")
+    with sqlite3.connect(fraisier.database) as connection:
+        connection.execute("UPDATE tb_deployment SET error_message = ? WHERE pk_deployment = ?", (message, pk))
+    values = refresh(textfile_dir)
+    assert values[API_FAILED] == 1
+    expected = {b"Health check failed \xff": "health_check", b"": "unknown", 12345: "other"}[message]
+    assert values[errors("bare_metal", expected)] == 1
+
+
+def test_a_fraises_yaml_too_big_to_parse_within_a_scrape_is_refused_in_one_line_and_the_merge_goes_on(
+    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # YAML is parsed under the textfile's lock (at a scrape, in the dispatcher after each Fraisier command):
+    # a 4 MB one took seconds there. Well-formed, with the api fraise's type in it: refused for its size alone.
+    fraisier.deploy("api", "success")
+    padding = "".join(f"  f{index}:\n    type: etl\n    environments: {{production: {{app_path: /srv/f{index}}}}}\n"
+                      for index in range(17_000))
+    fraisier.config.write_text(CONFIG.replace("fraises:\n", "fraises:\n" + padding, 1))
+    assert fraisier.config.stat().st_size > fraisier_state.MAX_CONFIG_BYTES
+    with caplog.at_level(logging.WARNING):
+        values = refresh(textfile_dir)
+    assert values[deployments("bare_metal", "success", "unknown")] == 1
+    lines = [r.getMessage() for r in caplog.records if str(fraisier.config) in r.getMessage()]
+    assert len(lines) == 1 and "larger than" in lines[0], lines
+
+
 def test_a_duration_no_deployment_takes_never_poisons_the_histogram(fraisier: Fraisier, textfile_dir: Path) -> None:
     for pk, duration in ((fraisier.deploy("api"), 1e308), (fraisier.deploy("api"), -5.0),
                          (fraisier.deploy("api"), float("nan"))):
@@ -708,15 +911,34 @@ def test_a_duration_no_deployment_takes_never_poisons_the_histogram(fraisier: Fr
     assert refresh(textfile_dir)[API_SUCCESS] == 4  # later merges still work
 
 
+@pytest.mark.parametrize("word,value", [
+    (None, "9 from a newer version"),
+    # Numbers SQLite cannot bind (beyond its 64-bit integers), or no pk has: a torn or hand-edited line.
+    (2, "99999999999999999999"),
+    (2, "-1"),
+    (6, "18446744073709551616"),
+    (7, "18446744073709551616"),
+    (3, "-5"),
+])
 def test_a_cursor_line_this_version_cannot_read_stops_the_source_with_one_line_not_the_merge(
-    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture
+    fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture, word: int | None, value: str
 ) -> None:
     fraisier.deploy("api")
     refresh(textfile_dir)
     path = textfile_dir / "fraisier.prom"
     text = path.read_text()
+
+    def edited(line: str) -> str:
+        prefix, _, cursor = line.partition(": ")
+        words = cursor.split()
+        if word is None:
+            words = [value]
+        else:
+            words[word] = value
+        return f"{prefix}: {' '.join(words)}"
+
     path.write_text("\n".join(
-        "# fraisier_textfile fraisier-state: 9 from a newer version" if META_KEY in line else line
+        edited(line) if META_KEY in line else line
         for line in text.splitlines()) + "\n")
     fraisier.deploy("api")
     store = TextfileStore(textfile_dir, participants=participants())  # a long-lived process: one line, not one a merge

@@ -420,15 +420,18 @@ def _since(text: str | None) -> float | None:
 
     if text is None:
         return None
+    from fraisier_textfile.sources.fraisier_state import checked_since
+
     if text.strip().lower() == "now":
         return time.time()
     try:
-        return float(text)
+        # nan, inf and 1e20 are floats, but no time: refused here, not at the merge that would read them.
+        return checked_since(float(text))
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(text.strip()).timestamp()
-    except ValueError:
+        return checked_since(datetime.fromisoformat(text.strip()).timestamp())
+    except (ValueError, OverflowError):
         raise InvalidInput(f"--since={text!r} is not a time: give now, an ISO time such as 2026-12-01T00:00, or "
                            "Unix seconds") from None
 

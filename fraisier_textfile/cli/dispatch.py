@@ -119,7 +119,9 @@ def route(arguments: list[str]) -> Route:
             break
         else:
             passed_on.append(argument)
-            if name in FRAISIER_GROUP_OPTIONS_WITH_VALUE and not equals and position + 1 < len(arguments):
+            if _attached_short_value(argument):
+                fraisier_options.append(argument)  # -cPATH: click's -c PATH, its value attached
+            elif name in FRAISIER_GROUP_OPTIONS_WITH_VALUE and not equals and position + 1 < len(arguments):
                 position += 1
                 passed_on.append(arguments[position])
                 fraisier_options.extend(passed_on[-2:])
@@ -139,6 +141,14 @@ def route(arguments: list[str]) -> Route:
     if command in OUR_COMMANDS and not foreign_option:
         return Route(Route.OURS, passed_on, environment, ours, fraisier_options)
     return Route(Route.FRAISIER, passed_on, environment, ours, fraisier_options)
+
+
+def _attached_short_value(argument: str) -> bool:
+    """``-cPATH``: one of Fraisier's short group options with its value attached, as click reads it."""
+    return any(
+        len(option) == 2 and argument.startswith(option) and len(argument) > 2
+        for option in FRAISIER_GROUP_OPTIONS_WITH_VALUE
+    )
 
 
 def fraisier_installed() -> bool:
@@ -205,11 +215,33 @@ def take_fraisier_state() -> None:
         sources = participants()
         if sources:
             directory = os.environ.get(DIRECTORY_ENVIRONMENT) or default_textfile_directory()
-            TextfileStore(directory, participants=sources).merge(Changes(), timeout=STATE_WAIT)
+            if leaves_the_directory_to_its_writers(directory):
+                TextfileStore(directory, participants=sources).merge(Changes(), timeout=STATE_WAIT)
     except Exception:  # the metrics path never changes how a Fraisier command ends
         pass
     finally:
         ours.setLevel(level)
+
+
+def leaves_the_directory_to_its_writers(directory: str | os.PathLike[str]) -> bool:
+    """Whether what this process's merge may create in ``directory`` (the lock file, the store's
+    subdirectories) stays usable by the directory's writers: it is this user's, or a group's shared directory
+    (group-writable and setgid, so that what is created belongs to that group), or not there yet (created as
+    every writer creates it). Not so for ``sudo fraisier status`` in the deploying user's own directory: root's
+    ``fraisier.prom.lock`` (0664, group root) would lock that user's writers out for good. There, the refresh
+    timer and ``fraisier metrics``, run as that user, take the news instead."""
+    import stat
+
+    try:
+        status = os.stat(directory)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if status.st_uid == os.geteuid():
+        return True
+    shared = stat.S_ISGID | stat.S_IWGRP
+    return stat.S_ISDIR(status.st_mode) and status.st_mode & shared == shared
 
 
 def honour_fraisier_options(group: click.Group, decision: Route) -> tuple[list[str], dict[str, Any]]:

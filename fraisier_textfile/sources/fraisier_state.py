@@ -25,8 +25,9 @@ Its cost does not grow with the history: new rows are read by primary key (``pk 
 and rows finished since the last full check by primary key. Only a full check (a process's first read, then
 every FULL_CHECK_SECONDS) counts the ``rolled_back`` rows (from Fraisier's ``idx_deployment_status`` alone) and,
 when more are rolled back than accounted, finds the older rows marked since. A database replaced or restored
-from a backup (the row the cursor names is gone or another) is logged once and counted from its newest row on:
-its history was counted already, from the original.
+from a backup (the row the cursor names is gone or another) is logged once and counted from its first row updated
+after the latest one read: a backup's history was counted already, from the original; a database made anew
+(the old one deleted) holds nothing that was.
 
 Reading never holds Fraisier up and creates nothing in its directory: while no writer is connected (no
 ``-wal`` file: Fraisier opens and closes a connection per operation, so most of the time) the file is read
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -110,17 +112,21 @@ OTHER_ERROR = "other"
 """A message none of ERROR_TYPES matches."""
 
 
-def error_type(message: str | None) -> str:
+def error_type(message: object) -> str:
     """The bounded ``error_type`` of a failed row's ``error_message`` (see ERROR_TYPES)."""
+    if isinstance(message, bytes):
+        # SQLite keeps any value in a TEXT column: a BLOB comes back as bytes, which a str pattern refuses.
+        message = message.decode("utf-8", "replace")
     if not message:
         return UNKNOWN_ERROR
+    message = str(message)
     for name, pattern in ERROR_TYPES:
         if pattern.search(message):
             return name
     return OTHER_ERROR
 
 
-def rollback_reason(message: str | None) -> str:
+def rollback_reason(message: object) -> str:
     """Why a rolled-back row was rolled back: its error type (``health_check``, ``timeout``, ...)."""
     return error_type(message)
 
@@ -222,11 +228,14 @@ class FraiseLabels:
 
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
-"""fraises.yaml and status files are small; anything larger is not read (a merge must not stall on it)."""
+"""Status files are small; anything larger is not read (a merge must not stall on it)."""
+MAX_CONFIG_BYTES = 1024 * 1024
+"""fraises.yaml is parsed under the textfile's lock, at a scrape too: YAML costs about a second a megabyte
+with libyaml (ten without), JSON a hundredth. A megabyte is thousands of fraises."""
 
 
-def read_regular_file(path: Path) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most MAX_FILE_BYTES. Opened without blocking and
+def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes. Opened without blocking and
     checked after opening: a FIFO or a device put in its place (by anyone who may write that directory) must
     not hang the merge, which holds the textfile's lock. Raises OSError otherwise."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
@@ -234,10 +243,10 @@ def read_regular_file(path: Path) -> bytes:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if status.st_size > MAX_FILE_BYTES:
-            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes", str(path))
+        if status.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
         chunks = []
-        remaining = MAX_FILE_BYTES + 1
+        remaining = limit + 1
         while remaining > 0:
             chunk = os.read(descriptor, min(remaining, 1 << 16))
             if not chunk:
@@ -245,8 +254,8 @@ def read_regular_file(path: Path) -> bytes:
             chunks.append(chunk)
             remaining -= len(chunk)
         data = b"".join(chunks)
-        if len(data) > MAX_FILE_BYTES:
-            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes", str(path))
+        if len(data) > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
         return data
     finally:
         os.close(descriptor)
@@ -255,14 +264,29 @@ def read_regular_file(path: Path) -> bytes:
 def _load_yaml(path: Path) -> Any:
     import yaml
 
-    class _Loader(yaml.SafeLoader):
+    # libyaml's parser when PyYAML has it: the same documents, several times faster (the lock is held).
+    class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
         pass
 
     def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> None:
         return None
 
     _Loader.add_multi_constructor("!", _any_tag)
-    return yaml.load(read_regular_file(path).decode("utf-8"), Loader=_Loader)
+    return yaml.load(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8"), Loader=_Loader)
+
+
+def checked_since(since: float) -> float:
+    """``since`` if it is a time this host's clock can show (its local date is within the years 1 to 9999);
+    else InvalidValueError. NaN, infinities and 1e20 would otherwise fail the first merge that reads a new
+    database, and be ignored silently by every other."""
+    try:
+        if not math.isfinite(since):
+            raise ValueError(since)
+        datetime.fromtimestamp(since)
+    except (ValueError, OverflowError, OSError, TypeError):
+        raise InvalidValueError(f"since={since!r} is not a time this host's clock can show: give Unix seconds "
+                                "within the years 1 to 9999") from None
+    return float(since)
 
 
 # The cursor
@@ -297,13 +321,13 @@ class Cursor:
         if len(words) != 8 or words[0] != CURSOR_VERSION:
             return None
         try:
-            pks = [int(pk) for pk in words[6].split(",")] if words[6] != "-" else []
+            pks = [_count(pk) for pk in words[6].split(",")] if words[6] != "-" else []
             recent = {}
             if words[7] != "-":
                 for word in words[7].split(","):
                     rolled_back = word.endswith("r")
-                    recent[int(word[:-1] if rolled_back else word)] = rolled_back
-            return cls(int(words[2]), words[1], int(words[3]), words[4], words[5], pks, recent)
+                    recent[_count(word[:-1] if rolled_back else word)] = rolled_back
+            return cls(_count(words[2]), words[1], _count(words[3]), words[4], words[5], pks, recent)
         except ValueError:
             return None
 
@@ -312,6 +336,16 @@ class Cursor:
         recent = ",".join(f"{pk}r" if flag else str(pk) for pk, flag in sorted(self.recent.items())) or "-"
         return (f"{CURSOR_VERSION} {self.high_id} {self.high} {self.rolled_back} {self.updated} "
                 f"{self.checked_updated} {pending} {recent}")
+
+
+def _count(word: str) -> int:
+    """A pk or a count of the cursor: what SQLite can bind and a pk can be (0 to 2**63 - 1). A torn or hand-edited
+    line's 2**64 would fail every merge (OverflowError at the bind), and a negative pk would count the history
+    again."""
+    value = int(word)
+    if not 0 <= value < 2**63:
+        raise ValueError(word)
+    return value
 
 
 class _Unreadable(Exception):
@@ -371,6 +405,10 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except OverflowError:
+        # Beyond a pid_t (a status file's owner_pid is any JSON number its writer chose): no process has it,
+        # as ESRCH says of an unused smaller one. Raised, it would fail the whole merge and every scrape.
+        return False
     except OSError:  # it exists (another user's)
         return True
     return True
@@ -393,7 +431,7 @@ class FraisierStateSource(Participant):
         self.labels = FraiseLabels(fraisier_config_path() if config is None else Path(config))
         status_setting = os.environ.get(STATUS_DIR_ENVIRONMENT) if status_dir is None else str(status_dir)
         self.status_dir = Path(status_setting) if status_setting else None
-        self.since = since
+        self.since = None if since is None else checked_since(since)
         self._problem: str | None = None
         self._fingerprint: tuple[int, ...] | None = None
         self._committed: tuple[int, ...] | None = None
@@ -454,7 +492,7 @@ class FraisierStateSource(Participant):
             return False
         if self._settling:
             return True
-        now = _file_fingerprint(self.database)
+        now = _file_fingerprint(_resolved(self.database))
         if now != self._committed and now != self._tried:
             return True
         return any(self._owner_gone(pk, fraise, environment) for pk, (fraise, environment, _) in self._live.items())
@@ -477,7 +515,9 @@ class FraisierStateSource(Participant):
 
     def _read(self, cursor: Cursor | None) -> tuple[tuple[int, ...], Cursor, dict[int, Any], Changes]:
         assert self.database is not None
-        path = self.database
+        # SQLite follows a symlinked path and keeps the -wal and -shm beside the file it leads to: so must we, or
+        # a database with a writer connected would look like the file alone (and its WAL be ignored).
+        path = _resolved(self.database)
         # A read that fails is not tried again (at a scrape) until the file changes; one that succeeds is
         # tried again until its merge is committed (a busy lock must not leave the news for the next change).
         self._tried = _file_fingerprint(path)
@@ -531,20 +571,38 @@ class FraisierStateSource(Participant):
         only part of a read that grows with the history, kept off most scrapes."""
         connection.execute("BEGIN")  # one snapshot for every query below
         columns = {row[0] for row in connection.execute("SELECT name FROM pragma_table_info('tb_deployment')")}
+        if not columns and connection.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] == 0:
+            # No table at all: Fraisier's connection made the file and has not created its tables yet (or the
+            # file was truncated to nothing, which Fraisier fills again). Nothing deployed, nothing to fix.
+            raise _Absent
         missing = REQUIRED_COLUMNS - columns
         if missing:
-            what = "no table tb_deployment" if not columns else f"no column {', '.join(sorted(missing))}"
-            raise _Unreadable(f"Fraisier's database {self.database} has {what}: written by a version of Fraisier "
-                              "this reader does not know (it reads 0.84's schema); upgrade fraisier-textfile")
+            if not columns:
+                # Tables, but not Fraisier's: FRAISIER_DB_PATH names another application's file, or a
+                # Fraisier renamed its table.
+                raise _Unreadable(f"Fraisier's database {self.database} has no table tb_deployment: another "
+                                  "application's database, or a Fraisier this reader does not know (it reads 0.84's "
+                                  "schema); set FRAISIER_DB_PATH to Fraisier's database, or upgrade fraisier-textfile")
+            raise _Unreadable(f"Fraisier's database {self.database} has no column {', '.join(sorted(missing))}: "
+                              "written by a version of Fraisier this reader does not know (it reads 0.84's schema); "
+                              "upgrade fraisier-textfile")
         newest = connection.execute("SELECT max(pk_deployment) FROM tb_deployment").fetchone()[0] or 0
         if cursor is not None and cursor.high > 0:
             row = connection.execute("SELECT id FROM tb_deployment WHERE pk_deployment = ?", (cursor.high,)).fetchone()
             if row is None or str(row[0]) != cursor.high_id:
+                # A restored backup's rows were counted from the original; a database made anew (the old one
+                # deleted) holds none of those. What tells them apart is time: a row updated after the latest
+                # one read was never counted, whichever database it is in.
+                first_unread = connection.execute(
+                    "SELECT min(pk_deployment) FROM tb_deployment WHERE updated_at > ?", (cursor.updated,)
+                ).fetchone()[0] if cursor.updated != "-" else None
+                boundary = newest if first_unread is None else first_unread - 1
                 log.warning(
                     "Fraisier's database %s was replaced or restored from a backup (its deployment #%d is %s): "
-                    "its history is not counted again; counting its deployments after #%d",
-                    self.database, cursor.high, "gone" if row is None else "another one", newest)
-                return self._start_at(connection, newest, with_in_progress=False), {}
+                    "what it holds of the history already counted is not counted again; counting its deployments "
+                    "after #%d", self.database, cursor.high, "gone" if row is None else "another one", boundary)
+                cursor = self._start_at(connection, boundary, with_in_progress=False)
         if cursor is None:
             cursor = self._start_since(connection) if self.since is not None else Cursor()
         full = time.monotonic() >= self._next_full_check
@@ -766,6 +824,14 @@ def _rows_by_pk(connection: sqlite3.Connection, pks: Iterable[int]) -> Iterable[
         chunk = wanted[start:start + 500]
         yield from connection.execute(
             f"SELECT {ROW_COLUMNS} FROM tb_deployment WHERE pk_deployment IN ({','.join('?' * len(chunk))})", chunk)
+
+
+def _resolved(path: Path) -> Path:
+    """The database file as SQLite opens it: symlinks followed (where its -wal and -shm files are)."""
+    try:
+        return Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return path
 
 
 def _file_fingerprint(path: Path, strict: bool = False) -> tuple[int, ...]:
