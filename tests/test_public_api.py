@@ -74,8 +74,8 @@ LOWER_LAYERS = {
 def lower_layer_modules() -> list[str]:
     package = Path(fraisier_textfile.__file__).parent
     return [
-        f"fraisier_textfile.{layer}.{path.stem}" for layer in LOWER_LAYERS for path in sorted((package / layer).glob("*.py"))
-        if path.stem != "__init__"
+        f"fraisier_textfile.{layer}.{path.stem}"
+        for layer in LOWER_LAYERS for path in sorted((package / layer).glob("*.py")) if path.stem != "__init__"
     ]
 
 
@@ -111,7 +111,8 @@ def imports_at_import(module: str) -> set[str]:
 def test_every_format_and_store_module_has_its_test_module() -> None:
     """Tests mirror modules: store/x.py and format/x.py are tested in tests/test_x.py."""
     tests = Path(__file__).parent
-    missing = [module for module in lower_layer_modules() if not (tests / f"test_{module.rsplit('.', 1)[1]}.py").exists()]
+    missing = [module for module in lower_layer_modules()
+               if not (tests / f"test_{module.rsplit('.', 1)[1]}.py").exists()]
     assert not missing, f"no test module for {missing}"
 
 

@@ -5,7 +5,9 @@ the directory is ever deleted, chmodded or followed."""
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -297,3 +299,67 @@ def test_hand_over_directory_swapped_for_a_symlink_during_merges_never_makes_roo
         swaps = int(finish(attacker))
     assert swaps > 100 and merged > 20, (swaps, merged)
     assert snapshot(victim) == before
+
+
+# The deployer owns the directory the textfile directory is in (its home, say): it swaps the textfile directory
+# for a symlink to root's directory and back, as fast as it can, until stdin closes.
+SWAP_TEXTFILE_DIRECTORY = """
+import os, select, sys
+parent, victim = sys.argv[1], sys.argv[2]
+textfile, real = os.path.join(parent, "metrics"), os.path.join(parent, "metrics.real")
+swaps = 0
+print("ready", flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:
+    os.rename(textfile, real)
+    os.symlink(victim, textfile)
+    for _ in range(200):
+        pass
+    os.unlink(textfile)
+    os.rename(real, textfile)
+    swaps += 1
+print(swaps)
+"""
+
+
+@pytest.fixture
+def deployers_parent(users: Users) -> Iterator[Path]:  # noqa: F811
+    """A directory of the deployer's own (its home, say) holding the textfile directory ``metrics``."""
+    parent = Path(tempfile.mkdtemp(prefix="deployer-home-", dir=users.root))
+    os.chmod(parent, 0o755)
+    (parent / "metrics").mkdir(mode=0o755)
+    for directory in (parent, parent / "metrics"):
+        os.chown(directory, pwd.getpwnam(DEPLOYER).pw_uid, grp.getgrnam(GROUP).gr_gid)
+    yield parent
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_root_never_writes_through_a_textfile_directory_another_user_can_swap_for_a_symlink(
+    users: Users, deployers_parent: Path, victim: Path  # noqa: F811
+) -> None:
+    """Bug: the textfile directory is the one path resolved by name, and root followed it wherever the user
+    owning its parent pointed it: root created fraisier.prom, its lock and the store's directories in any
+    directory of root's. Root now refuses such a textfile directory in one line, swapped or not (sshd's
+    StrictModes: a check at the moment of use could be raced)."""
+    textfile = deployers_parent / "metrics"
+    before = snapshot(victim)
+    changes = one_event()
+    with pytest.raises(FraisierTextfileError, match=f"^{textfile}: .*{deployers_parent}.*{DEPLOYER}") as refused:
+        TextfileStore(textfile, lock_timeout=2).merge(changes)
+    assert "\n" not in str(refused.value)
+    assert changes  # refused: kept for a later merge
+    attacker = as_deployer(users, SWAP_TEXTFILE_DIRECTORY, str(deployers_parent), str(victim))
+    assert attacker.stdout is not None and attacker.stdout.readline() == "ready\n"
+    try:
+        refusals = 0
+        for _ in range(300):
+            store = TextfileStore(textfile, lock_timeout=2)
+            for attempt in (store.merge, store.hand_over):
+                try:
+                    attempt(one_event())
+                except FraisierTextfileError:
+                    refusals += 1
+    finally:
+        assert int(finish(attacker)) > 0
+    assert refusals == 600
+    assert snapshot(victim) == before
+    assert not os.listdir(textfile)

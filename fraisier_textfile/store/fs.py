@@ -16,7 +16,8 @@ operation on those directories and on the files in them goes through a :class:`D
   a symlink swapped in meanwhile is never seen.
 
 The textfile directory itself is the one place a path is resolved: it is the operator's choice (it may be
-reached through a symlink), and its parent is not writable by the writers it trusts.
+reached through a symlink), and its parent must not be writable by the writers it trusts: root checks it
+(:func:`check_path_for_root`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import stat
 from pathlib import Path
 
-from fraisier_textfile.errors import TextfileError, UnexpectedFileError, write_error
+from fraisier_textfile.errors import TextfileError, TextfileWriteError, UnexpectedFileError, write_error
 
 DIRECTORY_MODE = 0o755
 """The textfile directory, when the store creates it: node_exporter's user must enter it and read the file."""
@@ -251,6 +252,8 @@ def open_directory(
     TextfileWriteError for an OSError. ``wanted``: what the caller means to make in it, named in the error when
     something in the way is not a directory."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    if os.geteuid() == 0:
+        check_path_for_root(path)
     for _ in range(5):
         try:
             return Directory(os.open(path, flags), path)
@@ -263,6 +266,80 @@ def open_directory(
             raise write_error(path, "use the directory", error) from None
         _make_with_parents(path, mode, wanted)
     raise write_error(path, "create the directory", OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+
+
+def check_path_for_root(path: Path) -> None:
+    """Refuse a textfile directory that a user other than root could point elsewhere: one in (or reached
+    through) a directory that user may write. Its path is resolved by name at every merge, and root would
+    follow a symlink put in its place to any directory of root's, and create fraisier.prom, its lock and the
+    store's directories there. Checked whether or not it is swapped now, as sshd's StrictModes does: a check
+    of what is there at the moment of use could be raced. Raises TextfileWriteError."""
+    absolute = Path(os.path.abspath(path))
+    for resolve in (False, True):
+        try:
+            chain = Path(os.path.realpath(absolute)) if resolve else absolute
+        except OSError:
+            return  # changing under us: the open says what is there (the path as given was checked first)
+        parent = Path("/")
+        try:
+            parent_status = os.stat(parent)
+        except OSError:
+            return
+        for name in chain.parts[1:]:
+            entry = parent / name
+            try:
+                status: os.stat_result | None = os.lstat(entry)
+            except FileNotFoundError:
+                status = None  # made by root below: who may write its parent decides, as for one that exists
+            except OSError:
+                return  # the open says what is wrong, in its own words
+            writer = _other_writer(parent_status, status)
+            if writer is not None:
+                raise TextfileWriteError(
+                    path,
+                    f"{path}: root does not use this textfile directory: {parent} may be written by {writer}, who "
+                    f"could replace {name} by a symlink to any directory of root's; keep it in a directory only "
+                    "root may write (/var/lib/node_exporter/textfile_collector), or run this as that user",
+                    errno.EPERM,
+                )
+            if status is None:
+                break
+            try:
+                parent_status = os.stat(entry)
+            except OSError:
+                return
+            parent = entry
+
+
+def _other_writer(parent: os.stat_result, entry: os.stat_result | None) -> str | None:
+    """Who, other than root, may replace ``entry`` in the directory ``parent`` (None: nobody)."""
+    if parent.st_uid != 0:
+        return f"its owner {_user_name(parent.st_uid)}"
+    if not parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return None
+    if parent.st_mode & stat.S_ISVTX and entry is not None and entry.st_uid == 0:
+        return None  # sticky: only an entry's owner may rename it, and this one is root's
+    if parent.st_mode & stat.S_ISVTX and entry is not None:
+        return f"{_user_name(entry.st_uid)} (this sticky directory lets an entry's owner replace it)"
+    return "everyone" if parent.st_mode & stat.S_IWOTH else f"the group {_group_name(parent.st_gid)}"
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return f"gid {gid}"
 
 
 def _make_with_parents(path: Path, mode: int, wanted: Path | None) -> None:
