@@ -83,3 +83,35 @@ def test_a_signal_during_the_deferred_section_runs_its_handler_after_it_once() -
         assert signal.getsignal(signal.SIGUSR1) is handler
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+REMOVE_IN_A_LOOP = """
+import os, select, sys
+print("removing", flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:
+    try:
+        os.unlink(sys.argv[1])
+    except FileNotFoundError:
+        pass
+"""
+
+
+def test_a_lock_file_removed_in_a_loop_is_locked_again_never_refused(tmp_path: Path) -> None:
+    """A lock file removed between its open and its check (no name left: not a hard link) is locked anew at the
+    path, never refused as a file fraisier did not make."""
+    path = tmp_path / "fraisier.prom.lock"
+    remover = subprocess.Popen([sys.executable, "-c", REMOVE_IN_A_LOOP, str(path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert remover.stdout is not None and remover.stdout.readline() == "removing\n"
+        lock = Lock(path)
+        for _ in range(3000):
+            try:
+                lock.acquire(time.monotonic() + 5, 5, lambda: None)
+            except LockTimeoutError:
+                continue  # removed three times in a row while we locked: what a merge retries
+            lock.release()
+    finally:
+        assert remover.stdin is not None
+        remover.stdin.close()
+        remover.wait(timeout=30)

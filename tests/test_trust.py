@@ -363,3 +363,40 @@ def test_root_never_writes_through_a_textfile_directory_another_user_can_swap_fo
     assert refusals == 600
     assert snapshot(victim) == before
     assert not os.listdir(textfile)
+
+
+def test_root_never_writes_or_chmods_a_file_hard_linked_into_the_directory(
+    users: Users, shared_dir: Path, victim: Path  # noqa: F811
+) -> None:
+    """Bug: the lock file and the hand-over counter are opened for writing by name, and root gave them mode
+    0664 when it owned them: a deployer hard-linking there a file of root's it may write (its group's) made root
+    chmod it world-readable and truncate it to the counter's few bytes. Even with fs.protected_hardlinks=0, where
+    any file may be linked, root never writes or chmods a file with another name elsewhere."""
+    store = TextfileStore(shared_dir, lock_timeout=2)
+    store.hand_over(one_event())  # the hand-over directory and its counter, as root makes them
+    store.merge(Changes())
+    secrets = {}
+    for name in ("group-secret", "group-lock"):
+        (victim / name).write_text(f"{name}: root's, the group may read and write it\n")
+        os.chown(victim / name, 0, grp.getgrnam(GROUP).gr_gid)
+        os.chmod(victim / name, 0o660)
+        secrets[name] = victim / name
+    before = snapshot(victim)
+    plant = (
+        "import os, sys\n"
+        "textfile, secret, lock = sys.argv[1:]\n"
+        "sequence = os.path.join(textfile, '.fraisier-handover', 'sequence')\n"
+        "os.unlink(sequence)\n"
+        "os.link(secret, sequence)\n"
+        "os.unlink(os.path.join(textfile, 'fraisier.prom.lock'))\n"
+        "os.link(lock, os.path.join(textfile, 'fraisier.prom.lock'))\n"
+    )
+    finish(as_deployer(users, plant, str(shared_dir), str(secrets["group-secret"]), str(secrets["group-lock"])))
+    for attempt in (store.hand_over, store.merge, store.merge_or_hand_over):
+        try:
+            attempt(one_event(), **({"wait": 0.1} if attempt == store.merge_or_hand_over else {}))
+        except FraisierTextfileError:
+            pass
+    with pytest.raises(UnexpectedFileError, match=f"^{shared_dir / 'fraisier.prom.lock'} is a hard link .*remove it"):
+        store.merge(one_event())
+    assert snapshot(victim) == before
