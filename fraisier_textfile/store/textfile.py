@@ -246,7 +246,7 @@ class TextfileStore:
             directory = handovers.open_directory(textfile, create=True)
             assert directory is not None
             with directory:
-                temporary, final = handovers.write(directory, changes, durable)
+                temporary, final = handovers.write(directory, changes, durable, self.schema)
                 handovers.publish(directory, temporary, final, durable)
                 changes.clear()
 
