@@ -25,7 +25,7 @@ from fraisier_textfile.store import handovers
 from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
 from fraisier_textfile.store.textfile import TextfileStore
 
-from .test_inflight import DEPLOYER, GROUP, Users, shared_dir, users  # noqa: F401  (fixtures)
+from .test_inflight import DEPLOYER, GROUP, OBSERVER, Users, shared_dir, users  # noqa: F401  (fixtures)
 from .values import sample_values
 
 Snapshot = dict[str, tuple[int, int, bytes]]
@@ -400,3 +400,16 @@ def test_root_never_writes_or_chmods_a_file_hard_linked_into_the_directory(
     with pytest.raises(UnexpectedFileError, match=f"^{shared_dir / 'fraisier.prom.lock'} is a hard link .*remove it"):
         store.merge(one_event())
     assert snapshot(victim) == before
+
+
+def test_root_writes_a_textfile_directory_whose_parent_belongs_to_another_account_than_its_writers(
+    users: Users, deployers_parent: Path  # noqa: F811
+) -> None:
+    """Debian's layout: /var/lib/prometheus belongs to prometheus, its node-exporter directory to the deploying
+    user (the guide's option 2), and root's timers write there. The parent's owner is the system's account, not a
+    writer of the directory: root merges."""
+    os.chown(deployers_parent, pwd.getpwnam(OBSERVER).pw_uid, grp.getgrnam(GROUP).gr_gid)
+    textfile = deployers_parent / "metrics"
+    TextfileStore(textfile, lock_timeout=2).merge(one_event())
+    assert sample_values(textfile / "fraisier.prom")[
+        'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 1
