@@ -11,7 +11,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
@@ -248,8 +250,8 @@ def merge_killed_at(directory: str, step: str) -> None:
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def then_die(function):  # type: ignore[no-untyped-def]
-        def wrapped(*arguments, **keywords):  # type: ignore[no-untyped-def]
+    def then_die(function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*arguments: Any, **keywords: Any) -> Any:
             result = function(*arguments, **keywords)
             die()
             return result
@@ -269,8 +271,8 @@ def merge_killed_at(directory: str, step: str) -> None:
         unlink = fs.Directory.unlink
         removed: list[str] = []
 
-        def unlink_then_die(self, name, *arguments, **keywords):  # type: ignore[no-untyped-def]
-            gone = unlink(self, name, *arguments, **keywords)
+        def unlink_then_die(self: fs.Directory, name: str) -> bool:
+            gone = unlink(self, name)
             if name.endswith(handovers.SUFFIX):
                 removed.append(name)
                 if len(removed) == 2:

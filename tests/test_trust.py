@@ -392,9 +392,9 @@ def test_root_never_writes_or_chmods_a_file_hard_linked_into_the_directory(
         "os.link(lock, os.path.join(textfile, 'fraisier.prom.lock'))\n"
     )
     finish(as_deployer(users, plant, str(shared_dir), str(secrets["group-secret"]), str(secrets["group-lock"])))
-    for attempt in (store.hand_over, store.merge, store.merge_or_hand_over):
+    for attempt in (store.hand_over, store.merge, lambda changes: store.merge_or_hand_over(changes, wait=0.1)):
         try:
-            attempt(one_event(), **({"wait": 0.1} if attempt == store.merge_or_hand_over else {}))
+            attempt(one_event())
         except FraisierTextfileError:
             pass
     with pytest.raises(UnexpectedFileError, match=f"^{shared_dir / 'fraisier.prom.lock'} is a hard link .*remove it"):
