@@ -413,3 +413,24 @@ def test_root_writes_a_textfile_directory_whose_parent_belongs_to_another_accoun
     TextfileStore(textfile, lock_timeout=2).merge(one_event())
     assert sample_values(textfile / "fraisier.prom")[
         'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 1
+
+
+def test_a_textfile_hard_linked_to_another_file_is_refused_without_showing_its_content(
+    users: Users, shared_dir: Path, victim: Path  # noqa: F811
+) -> None:
+    """Bug: a hard link in place of fraisier.prom was read as the textfile, and the parse error quoted its first
+    line: with fs.protected_hardlinks=0, a deployer linking /etc/shadow there had root print a password hash in
+    its log (and the exporter's error). A file with another name elsewhere is refused, unread, in one line."""
+    secret = victim / "group-file"
+    secret.write_text("root:$6$NOT-FOR-THE-DEPLOYER:19000:0:99999:7:::\n")
+    os.chown(secret, 0, grp.getgrnam(GROUP).gr_gid)
+    os.chmod(secret, 0o660)
+    before = snapshot(victim)
+    plant = "import os, sys; os.link(sys.argv[1], os.path.join(sys.argv[2], 'fraisier.prom'))"
+    finish(as_deployer(users, plant, str(secret), str(shared_dir)))
+    store = TextfileStore(shared_dir, lock_timeout=2)
+    for attempt in (lambda: store.merge(one_event()), store.read):
+        with pytest.raises(UnexpectedFileError, match=f"^{shared_dir / 'fraisier.prom'} is a hard link") as refused:
+            attempt()
+        assert "NOT-FOR-THE-DEPLOYER" not in str(refused.value) and "\n" not in str(refused.value)
+    assert snapshot(victim) == before
