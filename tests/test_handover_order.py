@@ -89,3 +89,28 @@ def test_too_many_waiting_refuses_a_new_hand_over_in_one_line(directory: fs.Dire
     os.close(counter)
     with pytest.raises(handover_order.TooManyWaiting, match="hand-overs wait unapplied"):
         new_id(directory)
+
+
+HOLD_THE_COUNTER = """
+import fcntl, os, sys
+descriptor = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(descriptor, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_counter_whose_lock_a_writer_holds_for_ever_still_numbers(directory: fs.Directory, tmp_path: Path) -> None:
+    """The writer holding it cannot hang a deployment's hand-over: past a short wait the counter is read and
+    written without its lock."""
+    first = sequence_of(new_id(directory))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_COUNTER, str(tmp_path / SEQUENCE_FILE)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        numbers = [sequence_of(new_id(directory)) for _ in range(3)]
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert first is not None and numbers == [first + 1, first + 2, first + 3]
