@@ -11,7 +11,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
@@ -212,6 +214,81 @@ def record_once(directory: str, error_type: str) -> None:
     events.deployment_error(changes, "bare_metal", error_type)
     store.merge(changes)
     print(repr(now), flush=True)
+
+
+def deploy_and_hand_over_end(directory: str, fraise_type: str) -> None:
+    """A deployment that starts (its marker), ends, and hands its end over with the marker retired, then exits
+    with the marker still on disk (the lock it held goes with the process)."""
+    from fraisier_textfile.store import inflight
+
+    store = TextfileStore(directory)
+    marker = inflight.create_marker(Path(directory), "docker_compose", fraise_type)
+    changes = Changes()
+    events.deployment_complete(changes, "docker_compose", fraise_type, "success", 1.0)
+    changes.retire_marker(marker.id)
+    store.hand_over(changes)
+    os._exit(0)
+
+
+def deploy_and_die(directory: str, fraise_type: str) -> None:
+    """A deployment whose process dies after writing its marker: a crash, for the next merger to count."""
+    from fraisier_textfile.store import inflight
+
+    inflight.create_marker(Path(directory), "docker_compose", fraise_type)
+    os._exit(0)
+
+
+def merge_killed_at(directory: str, step: str) -> None:
+    """One merge with every participant (markers, hand-overs, Fraisier's state, the lifecycle) and an event of
+    its own, this process SIGKILLed at ``step`` of the transaction (store/transaction.py)."""
+    from fraisier_textfile.sources.fraisier_state import participants
+    from fraisier_textfile.store import fs, handovers
+
+    store = TextfileStore(directory, participants=participants())
+    assert store.sources, "the Fraisier state source is not active"
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def then_die(function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*arguments: Any, **keywords: Any) -> Any:
+            result = function(*arguments, **keywords)
+            die()
+            return result
+        return wrapped
+
+    lifecycle = store._participants[-1]
+    if step == "collected":
+        lifecycle.collect = then_die(lifecycle.collect)  # type: ignore[method-assign]
+    elif step == "written":
+        store._rename = lambda *arguments: die()  # type: ignore[method-assign]
+    elif step == "renamed":
+        store._rename = then_die(store._rename)  # type: ignore[method-assign]
+    elif step == "markers-removed":
+        assert store.markers is not None
+        store.markers.after_commit = then_die(store.markers.after_commit)  # type: ignore[method-assign]
+    elif step == "hand-overs-being-removed":
+        unlink = fs.Directory.unlink
+        removed: list[str] = []
+
+        def unlink_then_die(self: fs.Directory, name: str) -> bool:
+            gone = unlink(self, name)
+            if name.endswith(handovers.SUFFIX):
+                removed.append(name)
+                if len(removed) == 2:
+                    die()
+            return gone
+
+        fs.Directory.unlink = unlink_then_die  # type: ignore[method-assign]
+    elif step == "committed":
+        lifecycle.after_commit = then_die(lifecycle.after_commit)  # type: ignore[method-assign]
+    else:
+        raise SystemExit(f"no step {step}")
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "merger_own")
+    store.merge(changes)
+    handovers.wait_for_removals()
+    sys.exit(3)  # the step was never reached: the parent sees this process was not killed
 
 
 if __name__ == "__main__":

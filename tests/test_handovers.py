@@ -3,6 +3,7 @@ process, exactly once, whatever is killed when."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError, UnexpectedFileError
+from fraisier_textfile.format.schema import Family, Kind, Schema
 from fraisier_textfile.store import fs, handover_order, handovers
 from fraisier_textfile.store.handovers import HANDOVERS_PER_MERGE
 from fraisier_textfile.store.textfile import TextfileStore
@@ -566,3 +568,31 @@ def test_a_planted_or_held_counter_never_fails_or_hangs_a_hand_over(
     store.merge(Changes())
     assert error_count(sample_values(store.path), "spoiled") == 1
     assert secret.read_text() == "root's\n"
+
+
+def test_two_stores_of_different_schemas_on_one_directory_leave_each_other_their_hand_overs(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bug: a store of another schema (an application's families beside Fraisier's) merging the directory set
+    the Fraisier store's hand-overs aside as unreadable, and the Fraisier store set aside the application's:
+    their events were never counted. Each now leaves the other's for it."""
+    jobs = Family("app_jobs_total", Kind.COUNTER, ("kind",), "Jobs run.")
+    application = TextfileStore(textfile_dir, schema=Schema([jobs]))
+    fraisier = TextfileStore(textfile_dir)
+    for _ in range(2):
+        ours = Changes()
+        events.deployment_error(ours, "bare_metal", "handed")
+        fraisier.hand_over(ours)
+        theirs = Changes()
+        theirs.add(jobs, ("backup",), 1)
+        application.hand_over(theirs)
+        with caplog.at_level(logging.INFO):
+            application.merge(Changes())
+            fraisier.merge(Changes())
+            application.merge(Changes())
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert error_count(values, "handed") == 2
+    assert values['app_jobs_total{kind="backup"}'] == 2
+    assert values.get("fraisier_textfile_handovers_set_aside", 0) == 0
+    assert not [p.name for p in handovers.handover_directory(textfile_dir).iterdir() if p.name != "sequence"]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

@@ -3,15 +3,26 @@ changes from several processes combine before they do."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from fraisier_textfile import catalogue as c
+from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.errors import InvalidValueError
+from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError
+from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.reader import parse
-from fraisier_textfile.store.rules import CLOCK_TOLERANCE, apply_changes, check_summable, combine
+from fraisier_textfile.store.rules import (
+    CLOCK_TOLERANCE,
+    apply_changes,
+    check_summable,
+    clock_is_behind,
+    combine,
+    series_key_of,
+)
 
 PATH = Path("fraisier.prom")
 DEPLOYED = 'fraisier_deployments_total{provider="p",status="success",fraise_type="api"}'
@@ -81,3 +92,47 @@ def test_a_sum_that_would_overflow_is_refused_before_anything_is_written() -> No
     with pytest.raises(InvalidValueError):
         check_summable(document, changes, PATH)
     assert document.render() == before
+
+
+ERROR = series_key_of(c.DEPLOYMENT_ERRORS, ("bare_metal", "timeout"))
+MY_PATH = Path("/nonexistent/fraisier.prom")
+
+
+def errors(count: int) -> Changes:
+    changes = Changes()
+    for _ in range(count):
+        events.deployment_error(changes, "bare_metal", "timeout")
+    return changes
+
+
+def test_combined_changes_apply_as_their_parts_one_after_the_other() -> None:
+    parts = []
+    for number, now in enumerate((1_700_000_300.0, 1_700_000_100.0, 1_700_000_200.0)):
+        changes = errors(number + 1)
+        events.deployment_complete(changes, "bare_metal", "api", "success", 10.0 * (number + 1), now=now)
+        parts.append(changes)
+    one_by_one, at_once = Document(), Document()
+    for part in parts:
+        apply_changes(one_by_one, part, MY_PATH, 1_700_000_400.0)
+    apply_changes(at_once, combine(parts), MY_PATH, 1_700_000_400.0)
+    assert at_once.render() == one_by_one.render()
+    assert at_once.block(c.DEPLOYMENT_ERRORS).value(ERROR) == 6
+    last = series_key_of(c.LAST_DEPLOYMENT, ("bare_metal", "api", "success"))
+    assert at_once.block(c.LAST_DEPLOYMENT).value(last) == 1_700_000_300.0  # the latest time, not the last given
+
+
+def test_a_counter_the_file_holds_as_nan_is_named_not_summed_into() -> None:
+    document = Document()
+    document.block(c.DEPLOYMENT_ERRORS).set(ERROR, float("nan"))
+    with pytest.raises(CorruptTextfileError, match="remove that line"):
+        apply_changes(document, errors(1), MY_PATH, 1.0)
+
+
+def test_a_file_written_in_this_clocks_future_says_the_clock_is_behind(tmp_path: Path) -> None:
+    path = tmp_path / "fraisier.prom"
+    path.write_text("")
+    assert not clock_is_behind(path)
+    ahead = time.time() + 3600
+    os.utime(path, (ahead, ahead))
+    assert clock_is_behind(path)
+    assert not clock_is_behind(tmp_path / "missing")

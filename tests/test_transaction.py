@@ -8,17 +8,23 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fraisier_textfile import catalogue as c
+from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
+from fraisier_textfile.sources.fraisier_state import participants
+from fraisier_textfile.store import handovers, inflight
 from fraisier_textfile.store.textfile import TextfileStore
 from fraisier_textfile.store.transaction import Merge, Participant
 
+from .processes import start_store_worker
+from .test_fraisier_state import Fraisier
 from .values import sample_values
 
 COUNTED = 'fraisier_rollbacks_total{provider="bare_metal",reason="source"}'
@@ -147,3 +153,77 @@ def test_a_source_that_fails_unexpectedly_adds_nothing_moves_no_cursor_and_stops
     assert sample_values(store.path)[COUNTED] == 1  # the caller's change is merged
     assert "test-source-cursor" not in store.path.read_text()  # the failed source's bookkeeping is put back
     assert caplog.text.count("BrokenSource took no part") == 1  # one warning, not one per merge
+
+
+# A merger SIGKILLed at each step, with every participant's files waiting at once.
+
+FRAISIER_SUCCESS = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+ENDED = 'fraisier_deployments_total{provider="docker_compose",status="success",fraise_type="handed_over_end"}'
+CRASHED = 'fraisier_deployments_total{provider="docker_compose",status="crashed",fraise_type="died"}'
+ENDED_CRASHED = 'fraisier_deployments_total{provider="docker_compose",status="crashed",fraise_type="handed_over_end"}'
+MERGER_OWN = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="merger_own"}'
+HANDED_OVER = 6  # past handovers.INLINE_REMOVALS: they are removed by the background thread
+
+
+def handed(number: int) -> str:
+    return f'fraisier_deployment_errors_total{{provider="bare_metal",error_type="handed_{number}"}}'
+
+
+@pytest.fixture
+def fraisier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fraisier]:
+    state = Fraisier(tmp_path / "fraisier")
+    for name in ("FRAISIER_DB_PATH", "FRAISIER_CONFIG", "FRAISIER_STATUS_DIR", "FRAISIER_TEXTFILE_FRAISIER_STATE"):
+        monkeypatch.setenv(name, state.environment[name])
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+def run(name: str, *arguments: str) -> int:
+    worker = start_store_worker(name, *arguments)
+    _, error = worker.communicate(timeout=120)
+    return worker.returncode if worker.returncode <= 0 else pytest.fail(f"{name} failed: {error}")
+
+
+def expected() -> dict[str, float]:
+    return {FRAISIER_SUCCESS: 3, ENDED: 1, CRASHED: 1, **{handed(number): 1 for number in range(HANDED_OVER)}}
+
+
+@pytest.mark.parametrize(
+    "step", ["collected", "written", "renamed", "markers-removed", "hand-overs-being-removed", "committed"]
+)
+def test_a_merger_killed_at_any_step_leaves_every_participants_events_counted_exactly_once(
+    fraisier: Fraisier, textfile_dir: Path, step: str
+) -> None:
+    """Fraisier's rows, hand-overs, a deployment whose end was handed over with its marker retired, and a
+    crashed deployment's marker, all waiting at once; a merger of them all is SIGKILLed at ``step``. Nothing is
+    counted twice by then, and the next merges (of other processes) count each exactly once and clean up."""
+    store = TextfileStore(textfile_dir)
+    for number in range(HANDED_OVER):
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", f"handed_{number}")
+        store.hand_over(changes)
+    assert run("deploy_and_hand_over_end", str(textfile_dir), "handed_over_end") == 0
+    assert run("deploy_and_die", str(textfile_dir), "died") == 0
+    for _ in range(3):
+        fraisier.deploy("api", "success")
+
+    assert run("merge_killed_at", str(textfile_dir), step) == -signal.SIGKILL
+    if (textfile_dir / "fraisier.prom").exists():
+        killed = sample_values(textfile_dir / "fraisier.prom")
+        limits = {**expected(), ENDED_CRASHED: 0, MERGER_OWN: 1}
+        over = {key: killed[key] for key, limit in limits.items() if killed.get(key, 0) > limit}
+        assert not over, f"counted twice after a merger killed at {step}: {over}"
+
+    for _ in range(2):  # later processes: each count exactly once, every file accounted for removed
+        later = TextfileStore(textfile_dir, participants=participants())
+        later.merge(Changes())
+        handovers.wait_for_removals()
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert {key: values.get(key, 0) for key in expected()} == expected()
+    assert values.get(ENDED_CRASHED, 0) == 0
+    assert values.get(MERGER_OWN, 0) == (0 if step in ("collected", "written") else 1)
+    assert not os.listdir(inflight.marker_directory(textfile_dir))
+    assert not [name for name in os.listdir(handovers.handover_directory(textfile_dir))
+                if name.endswith(handovers.SUFFIX)]

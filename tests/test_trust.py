@@ -5,7 +5,9 @@ the directory is ever deleted, chmodded or followed."""
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -23,7 +25,7 @@ from fraisier_textfile.store import handovers
 from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
 from fraisier_textfile.store.textfile import TextfileStore
 
-from .test_inflight import DEPLOYER, GROUP, Users, shared_dir, users  # noqa: F401  (fixtures)
+from .test_inflight import DEPLOYER, GROUP, OBSERVER, Users, shared_dir, users  # noqa: F401  (fixtures)
 from .values import sample_values
 
 Snapshot = dict[str, tuple[int, int, bytes]]
@@ -296,4 +298,139 @@ def test_hand_over_directory_swapped_for_a_symlink_during_merges_never_makes_roo
     finally:
         swaps = int(finish(attacker))
     assert swaps > 100 and merged > 20, (swaps, merged)
+    assert snapshot(victim) == before
+
+
+# The deployer owns the directory the textfile directory is in (its home, say): it swaps the textfile directory
+# for a symlink to root's directory and back, as fast as it can, until stdin closes.
+SWAP_TEXTFILE_DIRECTORY = """
+import os, select, sys
+parent, victim = sys.argv[1], sys.argv[2]
+textfile, real = os.path.join(parent, "metrics"), os.path.join(parent, "metrics.real")
+swaps = 0
+print("ready", flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:
+    os.rename(textfile, real)
+    os.symlink(victim, textfile)
+    for _ in range(200):
+        pass
+    os.unlink(textfile)
+    os.rename(real, textfile)
+    swaps += 1
+print(swaps)
+"""
+
+
+@pytest.fixture
+def deployers_parent(users: Users) -> Iterator[Path]:  # noqa: F811
+    """A directory of the deployer's own (its home, say) holding the textfile directory ``metrics``."""
+    parent = Path(tempfile.mkdtemp(prefix="deployer-home-", dir=users.root))
+    os.chmod(parent, 0o755)
+    (parent / "metrics").mkdir(mode=0o755)
+    for directory in (parent, parent / "metrics"):
+        os.chown(directory, pwd.getpwnam(DEPLOYER).pw_uid, grp.getgrnam(GROUP).gr_gid)
+    yield parent
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_root_never_writes_through_a_textfile_directory_another_user_can_swap_for_a_symlink(
+    users: Users, deployers_parent: Path, victim: Path  # noqa: F811
+) -> None:
+    """Bug: the textfile directory is the one path resolved by name, and root followed it wherever the user
+    owning its parent pointed it: root created fraisier.prom, its lock and the store's directories in any
+    directory of root's. Root now refuses such a textfile directory in one line, swapped or not (sshd's
+    StrictModes: a check at the moment of use could be raced)."""
+    textfile = deployers_parent / "metrics"
+    before = snapshot(victim)
+    changes = one_event()
+    with pytest.raises(FraisierTextfileError, match=f"^{textfile}: .*{deployers_parent}.*{DEPLOYER}") as refused:
+        TextfileStore(textfile, lock_timeout=2).merge(changes)
+    assert "\n" not in str(refused.value)
+    assert changes  # refused: kept for a later merge
+    attacker = as_deployer(users, SWAP_TEXTFILE_DIRECTORY, str(deployers_parent), str(victim))
+    assert attacker.stdout is not None and attacker.stdout.readline() == "ready\n"
+    try:
+        refusals = 0
+        for _ in range(300):
+            store = TextfileStore(textfile, lock_timeout=2)
+            for attempt in (store.merge, store.hand_over):
+                try:
+                    attempt(one_event())
+                except FraisierTextfileError:
+                    refusals += 1
+    finally:
+        assert int(finish(attacker)) > 0
+    assert refusals == 600
+    assert snapshot(victim) == before
+    assert not os.listdir(textfile)
+
+
+def test_root_never_writes_or_chmods_a_file_hard_linked_into_the_directory(
+    users: Users, shared_dir: Path, victim: Path  # noqa: F811
+) -> None:
+    """Bug: the lock file and the hand-over counter are opened for writing by name, and root gave them mode
+    0664 when it owned them: a deployer hard-linking there a file of root's it may write (its group's) made root
+    chmod it world-readable and truncate it to the counter's few bytes. Even with fs.protected_hardlinks=0, where
+    any file may be linked, root never writes or chmods a file with another name elsewhere."""
+    store = TextfileStore(shared_dir, lock_timeout=2)
+    store.hand_over(one_event())  # the hand-over directory and its counter, as root makes them
+    store.merge(Changes())
+    secrets = {}
+    for name in ("group-secret", "group-lock"):
+        (victim / name).write_text(f"{name}: root's, the group may read and write it\n")
+        os.chown(victim / name, 0, grp.getgrnam(GROUP).gr_gid)
+        os.chmod(victim / name, 0o660)
+        secrets[name] = victim / name
+    before = snapshot(victim)
+    plant = (
+        "import os, sys\n"
+        "textfile, secret, lock = sys.argv[1:]\n"
+        "sequence = os.path.join(textfile, '.fraisier-handover', 'sequence')\n"
+        "os.unlink(sequence)\n"
+        "os.link(secret, sequence)\n"
+        "os.unlink(os.path.join(textfile, 'fraisier.prom.lock'))\n"
+        "os.link(lock, os.path.join(textfile, 'fraisier.prom.lock'))\n"
+    )
+    finish(as_deployer(users, plant, str(shared_dir), str(secrets["group-secret"]), str(secrets["group-lock"])))
+    for attempt in (store.hand_over, store.merge, lambda changes: store.merge_or_hand_over(changes, wait=0.1)):
+        try:
+            attempt(one_event())
+        except FraisierTextfileError:
+            pass
+    with pytest.raises(UnexpectedFileError, match=f"^{shared_dir / 'fraisier.prom.lock'} is a hard link .*remove it"):
+        store.merge(one_event())
+    assert snapshot(victim) == before
+
+
+def test_root_writes_a_textfile_directory_whose_parent_belongs_to_another_account_than_its_writers(
+    users: Users, deployers_parent: Path  # noqa: F811
+) -> None:
+    """Debian's layout: /var/lib/prometheus belongs to prometheus, its node-exporter directory to the deploying
+    user (the guide's option 2), and root's timers write there. The parent's owner is the system's account, not a
+    writer of the directory: root merges."""
+    os.chown(deployers_parent, pwd.getpwnam(OBSERVER).pw_uid, grp.getgrnam(GROUP).gr_gid)
+    textfile = deployers_parent / "metrics"
+    TextfileStore(textfile, lock_timeout=2).merge(one_event())
+    assert sample_values(textfile / "fraisier.prom")[
+        'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 1
+
+
+def test_a_textfile_hard_linked_to_another_file_is_refused_without_showing_its_content(
+    users: Users, shared_dir: Path, victim: Path  # noqa: F811
+) -> None:
+    """Bug: a hard link in place of fraisier.prom was read as the textfile, and the parse error quoted its first
+    line: with fs.protected_hardlinks=0, a deployer linking /etc/shadow there had root print a password hash in
+    its log (and the exporter's error). A file with another name elsewhere is refused, unread, in one line."""
+    secret = victim / "group-file"
+    secret.write_text("root:$6$NOT-FOR-THE-DEPLOYER:19000:0:99999:7:::\n")
+    os.chown(secret, 0, grp.getgrnam(GROUP).gr_gid)
+    os.chmod(secret, 0o660)
+    before = snapshot(victim)
+    plant = "import os, sys; os.link(sys.argv[1], os.path.join(sys.argv[2], 'fraisier.prom'))"
+    finish(as_deployer(users, plant, str(secret), str(shared_dir)))
+    store = TextfileStore(shared_dir, lock_timeout=2)
+    for attempt in (lambda: store.merge(one_event()), store.read):
+        with pytest.raises(UnexpectedFileError, match=f"^{shared_dir / 'fraisier.prom'} is a hard link") as refused:
+            attempt()
+        assert "NOT-FOR-THE-DEPLOYER" not in str(refused.value) and "\n" not in str(refused.value)
     assert snapshot(victim) == before

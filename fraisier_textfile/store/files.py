@@ -53,6 +53,13 @@ def unexpected(path: Path, status: os.stat_result | None, wanted: str = "a regul
                 f"real directory, {os.path.dirname(target)}",
             )
         return UnexpectedFileError(path, f"{path} is a symlink (to {target}), not {wanted}: remove it")
+    if status is not None and stat.S_ISREG(status.st_mode) and status.st_nlink > 1:
+        return UnexpectedFileError(
+            path,
+            f"{path} is a hard link (the file has {status.st_nlink} names, the others elsewhere), not {wanted}: "
+            "fraisier never makes one, and would write through it to the other names; remove it (it creates "
+            "its own)",
+        )
     kinds = (
         (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"),

@@ -16,7 +16,8 @@ operation on those directories and on the files in them goes through a :class:`D
   a symlink swapped in meanwhile is never seen.
 
 The textfile directory itself is the one place a path is resolved: it is the operator's choice (it may be
-reached through a symlink), and its parent is not writable by the writers it trusts.
+reached through a symlink), and its parents must not be writable by the writers it trusts: root checks it
+(:func:`check_path_for_root`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import stat
 from pathlib import Path
 
-from fraisier_textfile.errors import TextfileError, UnexpectedFileError, write_error
+from fraisier_textfile.errors import TextfileError, TextfileWriteError, UnexpectedFileError, write_error
 
 DIRECTORY_MODE = 0o755
 """The textfile directory, when the store creates it: node_exporter's user must enter it and read the file."""
@@ -251,6 +252,8 @@ def open_directory(
     TextfileWriteError for an OSError. ``wanted``: what the caller means to make in it, named in the error when
     something in the way is not a directory."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    if os.geteuid() == 0:
+        check_path_for_root(path)
     for _ in range(5):
         try:
             return Directory(os.open(path, flags), path)
@@ -263,6 +266,150 @@ def open_directory(
             raise write_error(path, "use the directory", error) from None
         _make_with_parents(path, mode, wanted)
     raise write_error(path, "create the directory", OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+
+
+def check_path_for_root(path: Path) -> None:
+    """Refuse a textfile directory whose own writers could point its path elsewhere: one in (or reached through)
+    a directory that a writer of it may write, or through a symlink or a directory to be made where anyone but
+    root may write. Its path is resolved by name at every merge, and root would follow a symlink such a writer
+    put in its place to any directory of root's, and create fraisier.prom, its lock and the store's directories
+    there: the writers are trusted with the metrics, not with that. Checked whether or not it is swapped now, as
+    sshd's StrictModes does (whatever the moment shows, real directory, symlink or nothing, is refused). Other
+    accounts owning a parent are the system's (Debian's /var/lib/prometheus belongs to prometheus). Raises
+    TextfileWriteError."""
+    absolute = Path(os.path.abspath(path))
+    walks = [_walk(absolute)]
+    try:
+        walks.append(_walk(Path(os.path.realpath(absolute))))
+    except OSError:
+        pass  # changing under us (a symlink on the way removed): the path as given is walked all the same
+    # The writers of what each walk found at the end, together: one walk may have met a symlink swapped in (to a
+    # directory only root writes) and the other the writer's own directory.
+    writers = _Writers()
+    for walk in walks:
+        if walk and walk[-1][3] is not None and stat.S_ISDIR(walk[-1][3].st_mode):
+            writers.add(walk[-1][3])
+    for walk in walks:
+        for parent, parent_status, name, status in walk:
+            replacer = writers.replacer(parent_status, status)
+            if replacer is not None:
+                raise TextfileWriteError(
+                    path,
+                    f"{path}: root does not use this textfile directory: {parent} may be written by {replacer}, "
+                    f"who could replace {name} by a symlink to any directory of root's; keep it in a directory "
+                    "its writers cannot write (/var/lib/prometheus/node-exporter), or run this as its writer",
+                    errno.EPERM,
+                )
+
+
+_Step = tuple[Path, os.stat_result, str, "os.stat_result | None"]
+
+
+def _walk(chain: Path) -> list[_Step]:
+    """Each component of ``chain``: its parent, the parent's status, its name, its own status (not following a
+    symlink). The walk ends at the first that is missing or cannot be looked at (None: swapped meanwhile, say),
+    which is then judged as a directory root would make there: a failure must never let a path through."""
+    steps: list[_Step] = []
+    parent = Path("/")
+    parent_status = os.stat(parent)
+    for name in chain.parts[1:]:
+        entry = parent / name
+        try:
+            status: os.stat_result | None = os.lstat(entry)
+            next_status = os.stat(entry)
+        except OSError:
+            steps.append((parent, parent_status, name, None))
+            break
+        steps.append((parent, parent_status, name, status))
+        parent, parent_status = entry, next_status
+    return steps
+
+
+class _Writers:
+    """Who may write the textfile directory (root aside): its owner, its group if group-writable, anyone if
+    world-writable."""
+
+    def __init__(self) -> None:
+        self.owners: set[int] = set()
+        self.groups: set[int] = set()
+        self.anyone = False
+
+    def add(self, status: os.stat_result) -> None:
+        if status.st_uid != 0:
+            self.owners.add(status.st_uid)
+        if status.st_mode & stat.S_IWGRP:
+            self.groups.add(status.st_gid)
+        self.anyone = self.anyone or bool(status.st_mode & stat.S_IWOTH)
+
+    def replacer(self, parent: os.stat_result, entry: os.stat_result | None) -> str | None:
+        """Who, among the writers or anyone, may replace ``entry`` in the directory ``parent`` (None: none)."""
+        sticky = bool(parent.st_mode & stat.S_ISVTX)
+        if entry is None or stat.S_ISLNK(entry.st_mode):
+            # A directory root is about to make, or a symlink it would follow: whoever else may write the
+            # parent chooses where root writes (the writers cannot be told from the target: a symlink swapped in
+            # points at a directory only root writes), so only root may.
+            if entry is not None and entry.st_uid != 0:
+                return f"{_user_name(entry.st_uid)} (the owner of the symlink)"
+            if parent.st_uid != 0:
+                return f"its owner {_user_name(parent.st_uid)}"
+            if parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (sticky and entry is not None):
+                return "everyone" if parent.st_mode & stat.S_IWOTH else f"the group {_group_name(parent.st_gid)}"
+            return None
+        if parent.st_uid != 0 and self.includes_user(parent.st_uid):
+            return f"its owner {_user_name(parent.st_uid)}, a writer of the textfile directory"
+        if sticky:  # only the entry's owner may rename it
+            if entry.st_uid != 0 and self.includes_user(entry.st_uid):
+                return f"{_user_name(entry.st_uid)} (the owner of the entry in this sticky directory)"
+            return None
+        if parent.st_mode & stat.S_IWOTH:
+            return "everyone"
+        if parent.st_mode & stat.S_IWGRP and self.includes_group(parent.st_gid):
+            return f"the group {_group_name(parent.st_gid)}, writers of the textfile directory among them"
+        return None
+
+    def includes_user(self, uid: int) -> bool:
+        if self.anyone or uid in self.owners:
+            return True
+        return any(_member(uid, group) for group in self.groups)
+
+    def includes_group(self, gid: int) -> bool:
+        if self.anyone or gid in self.groups:
+            return True
+        return any(_member(owner, gid) for owner in self.owners)
+
+
+def _member(uid: int, gid: int) -> bool:
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    if user.pw_gid == gid:
+        return True
+    try:
+        return user.pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return f"gid {gid}"
 
 
 def _make_with_parents(path: Path, mode: int, wanted: Path | None) -> None:

@@ -30,14 +30,22 @@ class NewerHandover(UnreadableHandover):
     an upgrade both run), never set aside, which would lose its events for it too."""
 
 
+class ForeignHandover(UnreadableHandover):
+    """A hand-over written by a store of another schema sharing the directory (an application's families beside
+    Fraisier's): left in place for a merger of that schema, never set aside, which would lose its events."""
+
+
 # Encoding
 
 
-def encode(changes: Changes) -> bytes:
+def encode(changes: Changes, schema: Schema | None = None) -> bytes:
+    """``schema``: the writing store's (the default schema's if None), whose fingerprint the hand-over carries
+    so that a store of another schema on the same directory leaves it for its own (see :func:`decode`)."""
     import json  # here, not at the top: only a process that hands over pays for it
 
     content: dict[str, Any] = {
         "version": FORMAT_VERSION,
+        "schema": (schema or default()).fingerprint,
         "added": [[family.name, list(labels), amount] for (family, labels), amount in changes.added.items()],
         "observed": [
             [family.name, list(labels), delta.buckets, delta.sum, delta.count]
@@ -56,7 +64,8 @@ def decode(data: bytes, schema: Schema | None = None) -> Changes:
     UnreadableHandover if they cannot be applied by this version."""
     import json
 
-    families = (schema or default()).by_name
+    schema = schema or default()
+    families = schema.by_name
 
     try:
         content = json.loads(data)
@@ -65,6 +74,13 @@ def decode(data: bytes, schema: Schema | None = None) -> Changes:
             raise NewerHandover(f"format version {version}, newer than this version's {FORMAT_VERSION}")
         if version.__class__ is not int or version != FORMAT_VERSION:  # `true` == 1 in Python: not a version
             raise UnreadableHandover(f"format version {version!r}, not {FORMAT_VERSION}")
+        theirs = content.get("schema")
+        # Another schema's fingerprint alone is no reason: another version's catalogue (an upgrade) differs too,
+        # and its hand-overs are applied as long as this schema has their families.
+        if theirs.__class__ is str and theirs != schema.fingerprint and any(
+            entry[0] not in families for field in ("added", "observed", "latest", "maximum") for entry in content[field]
+        ):
+            raise ForeignHandover(f"written by a store of another schema ({theirs[:16]!r}, not {schema.fingerprint})")
         changes = Changes()
         for name, labels, amount in content["added"]:
             changes.added[_series(families, name, labels)] = _number(name, amount)

@@ -120,7 +120,9 @@ def _open_sequence(directory: fs.Directory, create: bool = True) -> int | None:
         return None  # a symlink or a FIFO planted there: refused; the hand-over is numbered 0 (see order)
     try:
         status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
+        # A hard link has other names elsewhere (a writer's link to a file of root's it may write): writing the
+        # counter and its mode would change that file. Refused as a symlink is.
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
             os.close(descriptor)
             return None
         if status.st_uid == os.geteuid() and stat.S_IMODE(status.st_mode) != 0o664:

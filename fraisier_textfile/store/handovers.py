@@ -44,6 +44,7 @@ from fraisier_textfile.store import fs
 from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.handover_codec import FIELDS as FIELDS
 from fraisier_textfile.store.handover_codec import FORMAT_VERSION as FORMAT_VERSION
+from fraisier_textfile.store.handover_codec import ForeignHandover as ForeignHandover
 from fraisier_textfile.store.handover_codec import NewerHandover as NewerHandover
 from fraisier_textfile.store.handover_codec import UnreadableHandover as UnreadableHandover
 from fraisier_textfile.store.handover_codec import decode as decode
@@ -87,13 +88,14 @@ def open_directory(textfile: fs.Directory, create: bool = False) -> fs.Directory
     return textfile.subdirectory(HANDOVER_DIRECTORY, create=create)
 
 
-def write(directory: fs.Directory, changes: Changes, durable: bool = True) -> tuple[str, str]:
+def write(directory: fs.Directory, changes: Changes, durable: bool = True, schema: Schema | None = None
+          ) -> tuple[str, str]:
     """Write ``changes`` under a temporary name; return (temporary, final) names. The caller renames it
     (:func:`publish`) at the moment it forgets the changes, so that the two happen together. ``durable``:
     fsynced, so that a power loss keeps it; without, it survives the process (a SIGKILL), not the machine."""
     handover_id = new_id(directory)
     temporary = f"{TEMPORARY_PREFIX}{handover_id}{SUFFIX}"
-    data = encode(changes)
+    data = encode(changes, schema)
     try:
         # O_EXCL|O_NOFOLLOW, mode 0644 by fchmod: never through a symlink or into a file someone else prepared,
         # and readable by a merger of another user whatever our umask.
@@ -404,6 +406,12 @@ class Handovers(Participant):
             handled.add(handover_id)
             try:
                 read_now[handover_id] = read(directory, handover_id, document.schema)
+            except ForeignHandover as error:
+                newer += 1
+                if handover_id not in _newer_handovers_logged:
+                    _newer_handovers_logged.add(handover_id)
+                    log.info("the hand-over %s was %s: left for a merger of that schema",
+                             directory.path / f"{handover_id}{SUFFIX}", error)
             except NewerHandover as error:
                 newer += 1
                 if handover_id not in _newer_handovers_logged:
@@ -443,7 +451,7 @@ class Handovers(Participant):
             # overwritten by older reports when those are applied. They are handed over behind them instead, and
             # taken out of the caller's changes: should this merge fail after this, the rest of them is left to
             # its caller as always, and the gauges are in the hand-over.
-            _hand_over_latest(merge.own, directory)
+            _hand_over_latest(merge.own, directory, document.schema)
         return combined if read_now else None
 
     def after_apply(self, merge: Merge) -> None:
@@ -488,12 +496,12 @@ class Handovers(Participant):
         )
 
 
-def _hand_over_latest(changes: Changes, directory: fs.Directory) -> None:
+def _hand_over_latest(changes: Changes, directory: fs.Directory, schema: Schema) -> None:
     """Hand over the latest gauges of ``changes`` behind the hand-overs waiting, and take them out of it."""
     latest = Changes()
     latest.latest.update(changes.latest)
     try:
-        temporary, final = write(directory, latest, durable=False)
+        temporary, final = write(directory, latest, durable=False, schema=schema)
         publish(directory, temporary, final, durable=False)
     except FraisierTextfileError as error:
         log.debug("latest gauges applied now, not behind the hand-overs waiting: %s", error)

@@ -136,7 +136,10 @@ class Lock:
             raise write_error(self.path, "create the lock file", error) from None
         try:
             status = os.fstat(descriptor)
-            if not stat.S_ISREG(status.st_mode):
+            # A hard link is a file with other names elsewhere (another user's link to a file of root's): the
+            # fchmod below would change that file too. (No name at all: removed since the open, which the
+            # check that it is still at the path sees.)
+            if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
                 raise unexpected(self.path, status)
             # Group-writable, so that the users of one group (say, a deploy user and root) can share a
             # directory; not world-writable, so that an unrelated user cannot hold the lock.

@@ -147,7 +147,9 @@ class TextfileStore:
             return None, b""
         except OSError as error:
             raise write_error(self.path, "read", error) from None
-        if not stat.S_ISREG(status.st_mode):
+        # A hard link is a file with other names elsewhere (a writer's link to a file it may not read, where
+        # fs.protected_hardlinks is off): read as the textfile, its lines would be quoted in parse errors.
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
             raise unexpected(self.path, status)
         try:
             # O_NOFOLLOW|O_NONBLOCK: what was a regular file a moment ago may have been replaced by a symlink
@@ -163,7 +165,7 @@ class TextfileStore:
             ) from None
         try:
             status = os.fstat(descriptor)
-            if not stat.S_ISREG(status.st_mode):
+            if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
                 raise unexpected(self.path, status)
             # One read of the size fstat gives, into one buffer: no list of chunks to join, so the bytes are
             # copied once, by the kernel, and decoded once. (Only a file that changed meanwhile, which the
@@ -246,7 +248,7 @@ class TextfileStore:
             directory = handovers.open_directory(textfile, create=True)
             assert directory is not None
             with directory:
-                temporary, final = handovers.write(directory, changes, durable)
+                temporary, final = handovers.write(directory, changes, durable, self.schema)
                 handovers.publish(directory, temporary, final, durable)
                 changes.clear()
 

@@ -1,0 +1,74 @@
+"""store/files.py: the textfile on disk: its default place, its versions held open, and writing it in parts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile.errors import UnexpectedFileError
+from fraisier_textfile.store import files
+from fraisier_textfile.store.files import FileVersion, default_textfile_directory, unexpected, write_parts
+
+
+def test_the_default_directory_is_the_setting_else_the_users_state_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FRAISIER_TEXTFILE_DIR", str(tmp_path / "configured"))
+    assert default_textfile_directory() == tmp_path / "configured"
+    monkeypatch.delenv("FRAISIER_TEXTFILE_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert default_textfile_directory() == tmp_path / "state" / "fraisier" / "textfile"
+
+
+def test_a_version_is_current_until_the_file_is_replaced_even_by_the_same_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "fraisier.prom"
+    path.write_bytes(b"# one\n")
+    version = FileVersion(path, os.open(path, os.O_RDONLY))
+    assert version.is_current()
+    replacement = tmp_path / ".new"
+    replacement.write_bytes(b"# one\n")
+    os.utime(replacement, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))  # same size and mtime
+    os.rename(replacement, path)
+    assert not version.is_current()
+    version.close()
+    fresh = FileVersion(path, os.open(path, os.O_RDONLY))
+    assert fresh.is_current()
+    fresh.close()
+    assert not fresh.is_current()  # closed: its inode may be reused, it can no longer vouch for the file
+
+
+def test_a_symlink_in_place_of_the_file_is_not_its_version(tmp_path: Path) -> None:
+    path = tmp_path / "fraisier.prom"
+    path.write_bytes(b"# one\n")
+    version = FileVersion(path, os.open(path, os.O_RDONLY))
+    os.rename(path, tmp_path / "real")
+    path.symlink_to(tmp_path / "real")
+    assert not version.is_current()
+    version.close()
+
+
+def test_more_parts_than_one_writev_takes_are_all_written_in_order(tmp_path: Path) -> None:
+    parts: list[bytes | memoryview] = [f"{number}\n".encode() for number in range(files._IOV_MAX * 2 + 7)]
+    parts[5] = memoryview(b"a view\n")
+    path = tmp_path / "out"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        write_parts(descriptor, parts)
+    finally:
+        os.close(descriptor)
+    assert path.read_bytes() == b"".join(bytes(part) for part in parts)
+
+
+def test_a_symlinked_textfile_is_refused_naming_the_real_directory_to_use(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "fraisier.prom").write_text("")
+    path = tmp_path / "fraisier.prom"
+    path.symlink_to(tmp_path / "real" / "fraisier.prom")
+    error = unexpected(path, path.lstat())
+    assert isinstance(error, UnexpectedFileError)
+    assert str(error).endswith(f"real directory, {tmp_path / 'real'}")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "is a FIFO, not a regular file" in str(unexpected(fifo, fifo.lstat()))

@@ -1,0 +1,116 @@
+"""store/handover_order.py: the counter that numbers hand-overs, shared by processes and users, whatever a writer
+of the directory leaves in its place."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile.store import fs, handover_order
+from fraisier_textfile.store.handover_order import SEQUENCE_FILE, new_id, note_merged, sequence_of
+
+NUMBER = """
+import sys
+from pathlib import Path
+from fraisier_textfile.store import fs, handover_order
+directory = fs.open_directory(Path(sys.argv[1]))
+print(" ".join(str(handover_order.sequence_of(handover_order.new_id(directory))) for _ in range(int(sys.argv[2]))))
+"""
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Iterator[fs.Directory]:
+    opened = fs.open_directory(tmp_path)
+    assert opened is not None
+    yield opened
+    opened.close()
+
+
+def test_processes_numbering_at_once_never_share_a_number(tmp_path: Path) -> None:
+    workers = [subprocess.Popen([sys.executable, "-c", NUMBER, str(tmp_path), "50"], stdout=subprocess.PIPE,
+                                text=True) for _ in range(8)]
+    numbers = []
+    for worker in workers:
+        out, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0
+        numbers += [int(number) for number in out.split()]
+    assert sorted(numbers) == list(range(1, 401))
+
+
+def test_ids_sort_in_the_order_they_were_numbered(directory: fs.Directory) -> None:
+    ids = [new_id(directory) for _ in range(12)]  # 9 -> 10: string order must still be numeric order
+    assert sorted(ids) == ids
+    assert [sequence_of(handover_id) for handover_id in ids] == list(range(1, 13))
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "directory", "garbage", "huge", "hard link"])
+def test_a_counter_a_writer_replaced_numbers_without_hanging_raising_or_writing_through(
+    directory: fs.Directory, tmp_path: Path, planted: str
+) -> None:
+    path = tmp_path / SEQUENCE_FILE
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.write_bytes(b"7 3\n")
+    if planted == "symlink":
+        path.symlink_to(elsewhere)
+    elif planted == "fifo":
+        os.mkfifo(path)
+    elif planted == "directory":
+        path.mkdir()
+    elif planted == "garbage":
+        path.write_bytes(b"\xff\x00 not a number -12\n")
+    elif planted == "huge":
+        path.write_bytes(b"9" * (1 << 20))
+    else:
+        os.link(elsewhere, path)
+    number = sequence_of(new_id(directory))
+    assert number is not None and number >= 0
+    note_merged(directory, 5, None)
+    assert elsewhere.read_bytes() == b"7 3\n"
+    elsewhere.unlink()
+
+
+def test_the_counter_moves_past_hand_overs_numbered_after_a_power_loss(directory: fs.Directory) -> None:
+    """Not fsynced, the counter may go back; a merger that listed later numbers moves it on."""
+    for _ in range(3):
+        new_id(directory)
+    note_merged(directory, 40, None)
+    assert sequence_of(new_id(directory)) == 41
+
+
+def test_too_many_waiting_refuses_a_new_hand_over_in_one_line(directory: fs.Directory) -> None:
+    note_merged(directory, 0, None)
+    counter = os.open(SEQUENCE_FILE, os.O_WRONLY | os.O_CREAT, 0o664, dir_fd=directory.descriptor)
+    os.pwrite(counter, f"{handover_order.PENDING_LIMIT} 0\n".encode(), 0)
+    os.close(counter)
+    with pytest.raises(handover_order.TooManyWaiting, match="hand-overs wait unapplied"):
+        new_id(directory)
+
+
+HOLD_THE_COUNTER = """
+import fcntl, os, sys
+descriptor = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(descriptor, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_counter_whose_lock_a_writer_holds_for_ever_still_numbers(directory: fs.Directory, tmp_path: Path) -> None:
+    """The writer holding it cannot hang a deployment's hand-over: past a short wait the counter is read and
+    written without its lock."""
+    first = sequence_of(new_id(directory))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_COUNTER, str(tmp_path / SEQUENCE_FILE)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        numbers = [sequence_of(new_id(directory)) for _ in range(3)]
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert first is not None and numbers == [first + 1, first + 2, first + 3]

@@ -1,0 +1,117 @@
+"""store/lock.py: fraisier.prom.lock, held with flock by one process at a time, and signals held back meanwhile."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from fraisier_textfile.errors import LockTimeoutError, UnexpectedFileError
+from fraisier_textfile.store.lock import DeferredSignals, Lock, try_lock
+
+HOLD = """
+import fcntl, os, sys
+descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o664)
+fcntl.flock(descriptor, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_lock_another_process_holds_times_out_and_is_taken_once_it_lets_go(tmp_path: Path) -> None:
+    path = tmp_path / "fraisier.prom.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        lock = Lock(path)
+        with pytest.raises(LockTimeoutError):
+            lock.acquire(time.monotonic() + 0.2, 0.2, lambda: None)
+        descriptor = os.open(path, os.O_RDWR)
+        assert not try_lock(descriptor, path)
+        os.close(descriptor)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    lock.acquire(time.monotonic() + 30, 30, lambda: None)
+    assert lock.is_held()
+    lock.release()
+    assert not lock.is_held()
+
+
+def test_a_lock_file_removed_or_replaced_while_held_is_no_longer_held(tmp_path: Path) -> None:
+    path = tmp_path / "fraisier.prom.lock"
+    lock = Lock(path)
+    lock.acquire(time.monotonic() + 5, 5, lambda: None)
+    path.unlink()
+    assert not lock.is_held()  # a merger now would lock a new file: ours must not rename over it
+    path.write_text("")
+    assert not lock.is_held()
+    lock.release()
+
+
+def test_a_symlink_at_the_lock_is_refused_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("root's\n")
+    (tmp_path / "fraisier.prom.lock").symlink_to(target)
+    with pytest.raises(UnexpectedFileError, match="is a symlink"):
+        Lock(tmp_path / "fraisier.prom.lock").acquire(time.monotonic() + 1, 1, lambda: None)
+    assert target.read_text() == "root's\n"
+
+
+def test_a_signal_during_the_deferred_section_runs_its_handler_after_it_once() -> None:
+    seen: list[str] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        seen.append("handled")
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        with DeferredSignals():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            for _ in range(1000):  # Python runs handlers between bytecodes: give it many chances
+                pass
+            seen.append("inside")
+        assert seen == ["inside", "handled"]
+        assert signal.getsignal(signal.SIGUSR1) is handler
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+REMOVE_IN_A_LOOP = """
+import os, select, sys
+print("removing", flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:
+    try:
+        os.unlink(sys.argv[1])
+    except FileNotFoundError:
+        pass
+"""
+
+
+def test_a_lock_file_removed_in_a_loop_is_locked_again_never_refused(tmp_path: Path) -> None:
+    """A lock file removed between its open and its check (no name left: not a hard link) is locked anew at the
+    path, never refused as a file fraisier did not make."""
+    path = tmp_path / "fraisier.prom.lock"
+    remover = subprocess.Popen([sys.executable, "-c", REMOVE_IN_A_LOOP, str(path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert remover.stdout is not None and remover.stdout.readline() == "removing\n"
+        lock = Lock(path)
+        for _ in range(3000):
+            try:
+                lock.acquire(time.monotonic() + 5, 5, lambda: None)
+            except LockTimeoutError:
+                continue  # removed three times in a row while we locked: what a merge retries
+            lock.release()
+    finally:
+        assert remover.stdin is not None
+        remover.stdin.close()
+        remover.wait(timeout=30)
