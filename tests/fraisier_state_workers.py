@@ -19,6 +19,9 @@ def serve() -> None:
     from fraisier.status import DeploymentStatusFile, current_owner, reconcile_orphaned_deploys, write_status
 
     database = get_db()
+    # Said once Fraisier has made its database: two processes that both make it at once (PRAGMA journal_mode=WAL)
+    # can make one of them fail with "database is locked", a race of Fraisier's own start-up, not a deployment's.
+    print("ready", flush=True)
     for line in sys.stdin:
         command = json.loads(line)
         operation = command.pop("op")

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,17 +84,29 @@ class Fraisier:
                             "FRAISIER_CONFIG": str(self.config), "FRAISIER_STATUS_DIR": str(self.status_dir),
                             "FRAISIER_TEXTFILE_FRAISIER_STATE": "on",
                             "PYTHONPATH": str(REPOSITORY)}
+        # Its errors go to a file, so that a worker that died says why in the failure of the next call.
+        self.errors = tempfile.TemporaryFile("w+")  # noqa: SIM115  (closed in close(), with the worker)
         self.process = subprocess.Popen(
             [sys.executable, str(WORKERS), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env=self.environment,
+            env=self.environment, stderr=self.errors,
         )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline() != "ready\n":
+            self.errors.seek(0)
+            raise AssertionError(f"Fraisier's worker did not start: {self.errors.read()}")
 
     def call(self, op: str, **arguments: object) -> object:
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        assert line, f"Fraisier's worker exited ({self.process.poll()})"
+        try:
+            self.process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            line = ""
+        else:
+            line = self.process.stdout.readline()
+        if not line:
+            self.errors.seek(0)
+            raise AssertionError(f"Fraisier's worker exited ({self.process.wait(timeout=10)}): {self.errors.read()}")
         return json.loads(line)
 
     def start(self, fraise: str = "api", environment: str = "production") -> int:
@@ -121,6 +134,7 @@ class Fraisier:
             assert self.process.stdin is not None
             self.process.stdin.close()
             self.process.wait(timeout=30)
+        self.errors.close()
 
 
 @pytest.fixture

@@ -310,7 +310,8 @@ class HintingGroup(click.Group):
             word = args[0] if args else ""
             hint = command_hint(ctx, word) if self.get_command(ctx, word) is None else None
             if hint:
-                error.message = f"{error.message} {hint}"
+                # A new error, not the message changed: newer click declares it final.
+                raise click.UsageError(f"{error.message} {hint}", ctx=error.ctx) from None
             raise
 
 
