@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile.serve.connections import DEFAULT_MAX_CONNECTIONS, RESERVED_DESCRIPTORS
+
 from ..processes import REPOSITORY, binary, free_port, running, tail
 from ..tls import Certificates, make_certificates
 from .fleet import Prometheus
@@ -159,10 +161,13 @@ def test_prometheus_keeps_scraping_through_2000_idle_and_trickling_connections(
         sampling.set()
         assert attacker.returncode == 0, errors
         report = json.loads(remaining.splitlines()[-1])["report"]
-        # The attack was real: each server was held at the attackers' full count, well beyond what it keeps.
+        # The attack was real: each server was sent the attackers' full count, and held more connections at once
+        # than it keeps (half its descriptors under its limit, at most its --max-connections: connection_limit).
+        # How many more depends on how fast this machine lets the attackers reconnect, not on the server.
         for target in report:
+            kept = min(DEFAULT_MAX_CONNECTIONS, (limits[target["kind"]] - RESERVED_DESCRIPTORS) // 2)
             assert target["opened"] >= ATTACKERS, report
-            assert target["most_established"] >= ATTACKERS // 2, report
+            assert target["most_established"] > kept, (kept, report)
 
         # Every scrape while the attack ran succeeded, on both ports.
         window = f"{int(attack_end - scraping_since) - 1}s"
