@@ -1,9 +1,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .test_fraisier_state import Fraisier
 
 # Set for the whole session, not only per test (the fixture below): fixtures of a wider scope (the fleet of
 # tests/integration/) start their processes before any per-test setting applies, and a Fraisier database that
@@ -27,3 +32,18 @@ def _no_ambient_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     # Nor read a Fraisier database of this machine's (tests/test_fraisier_state.py turns it on, on its own).
     monkeypatch.setenv("FRAISIER_TEXTFILE_FRAISIER_STATE", "off")
     monkeypatch.delenv("FRAISIER_DB_PATH", raising=False)
+
+
+@pytest.fixture
+def fraisier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fraisier]:
+    """Fraisier 0.84.2's own code writing its state (database, status files, fraises.yaml) in ``tmp_path``, through
+    a worker process; the environment points Fraisier and our state source at it."""
+    from .test_fraisier_state import Fraisier
+
+    state = Fraisier(tmp_path / "fraisier")
+    for name in ("FRAISIER_DB_PATH", "FRAISIER_CONFIG", "FRAISIER_STATUS_DIR", "FRAISIER_TEXTFILE_FRAISIER_STATE"):
+        monkeypatch.setenv(name, state.environment[name])
+    try:
+        yield state
+    finally:
+        state.close()

@@ -17,19 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.processes import REPOSITORY, lock_held_elsewhere
+from tests.values import samples_in as samples
 
 DEPLOYMENTS = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
 DEADLINE = 60.0
 """Seconds a poll waits before it fails: far past the 0.2 s interval, for a loaded machine."""
-
-
-def samples(path: Path) -> dict[str, float]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    return {key: float(value) for key, value in pairs}
 
 
 @contextmanager

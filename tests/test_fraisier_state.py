@@ -137,17 +137,6 @@ class Fraisier:
         self.errors.close()
 
 
-@pytest.fixture
-def fraisier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fraisier]:
-    state = Fraisier(tmp_path / "fraisier")
-    for name in ("FRAISIER_DB_PATH", "FRAISIER_CONFIG", "FRAISIER_STATUS_DIR", "FRAISIER_TEXTFILE_FRAISIER_STATE"):
-        monkeypatch.setenv(name, state.environment[name])
-    try:
-        yield state
-    finally:
-        state.close()
-
-
 def refresh(textfile_dir: Path, **options: object) -> dict[str, float]:
     """What one ``fraisier textfile refresh`` does: a new process's store, merging nothing but the sources."""
     store = TextfileStore(textfile_dir, participants=participants(**options))  # type: ignore[arg-type]
@@ -593,12 +582,7 @@ def scrape(url: str) -> dict[str, float]:
 def test_a_deployment_fraisier_finished_is_in_the_next_scrape_of_fraisier_metrics(
     fraisier: Fraisier, textfile_dir: Path, tmp_path: Path
 ) -> None:
-    from .processes import free_port
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    command = [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "metrics",
-               "--address", "127.0.0.1", "--port", str(port)]
+    command, url = metrics_server(textfile_dir)
     fraisier.deploy("api", "success")
     with running_with(command, url, fraisier.environment, tmp_path / "server.log"):
         assert scrape(url)[API_SUCCESS] == 1
@@ -613,6 +597,16 @@ def test_a_deployment_fraisier_finished_is_in_the_next_scrape_of_fraisier_metric
         fraisier.deploy("api", "rolled_back")
         assert scrape(url)[API_ROLLED_BACK] == 1
         assert scrape(url)[API_SUCCESS] == 1
+
+
+def metrics_server(textfile_dir: Path) -> tuple[list[str], str]:
+    """The command of a `fraisier metrics` serving ``textfile_dir`` on a free loopback port, and its URL."""
+    from .processes import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "metrics",
+               "--address", "127.0.0.1", "--port", str(port)]
+    return command, f"http://127.0.0.1:{port}/metrics"
 
 
 def running_with(command: list[str], url: str, environment: dict[str, str], log: Path) -> Any:
@@ -631,12 +625,7 @@ def running_with(command: list[str], url: str, environment: dict[str, str], log:
 def test_a_refresh_and_scrapes_racing_with_fraisier_writing_give_exact_totals(
     fraisier: Fraisier, textfile_dir: Path, tmp_path: Path
 ) -> None:
-    from .processes import free_port
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    command = [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "metrics",
-               "--address", "127.0.0.1", "--port", str(port)]
+    command, url = metrics_server(textfile_dir)
     fraisier.deploy("api", "success")
     with running_with(command, url, fraisier.environment, tmp_path / "server.log"):
         refresher = subprocess.Popen([sys.executable, str(WORKERS), "refresh", str(textfile_dir)],

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import REPOSITORY, free_port, http_get, stop
+from tests.values import samples_in as samples
 
 FRAISIER = "fraisier==0.84.2"
 HOOK_PTH = "fraisier_textfile_hook.pth"
@@ -42,15 +43,6 @@ POOL = 'fraisier_active_db_connections{database_type="sqlite"}'
 RESTORES = 'fraisier_restore_duration_seconds_count{phase="total"}'
 DEADLINE = 120.0
 """Seconds a poll of the textfile waits before it fails (a loaded machine; never a timing claim)."""
-
-
-def samples(path: Path) -> dict[str, float]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    return {key: float(value) for key, value in pairs}
 
 
 def clean_environment(**extra: str) -> dict[str, str]:

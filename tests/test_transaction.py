@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -167,17 +166,6 @@ HANDED_OVER = 6  # past handovers.INLINE_REMOVALS: they are removed by the backg
 
 def handed(number: int) -> str:
     return f'fraisier_deployment_errors_total{{provider="bare_metal",error_type="handed_{number}"}}'
-
-
-@pytest.fixture
-def fraisier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fraisier]:
-    state = Fraisier(tmp_path / "fraisier")
-    for name in ("FRAISIER_DB_PATH", "FRAISIER_CONFIG", "FRAISIER_STATUS_DIR", "FRAISIER_TEXTFILE_FRAISIER_STATE"):
-        monkeypatch.setenv(name, state.environment[name])
-    try:
-        yield state
-    finally:
-        state.close()
 
 
 def run(name: str, *arguments: str) -> int:

@@ -35,3 +35,14 @@ def canonical_samples(text: str, prefix: str = "") -> dict[tuple[str, frozenset[
                 labels["le"] = repr(float(labels["le"]))
             values[(sample.name, frozenset(labels.items()))] = sample.value
     return values
+
+
+def samples_in(path: Path) -> dict[str, float]:
+    """Every sample line of a file this package wrote, as written (``{}`` while the file does not exist yet): for
+    polling a file that another process is about to write."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {key: float(value) for key, value in pairs}
