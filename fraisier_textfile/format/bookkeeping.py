@@ -69,12 +69,6 @@ class Bookkeeping(Generic[T]):
             # copies back from the bytes read instead of encoding it again (Document.meta_read).
             document.meta[self.key] = text
 
-    def remove(self, document: Document) -> None:
-        document.meta.pop(self.key, None)
-
-    def present(self, document: Document) -> bool:
-        return self.key in document.meta
-
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
@@ -130,10 +124,6 @@ class KeyedBookkeeping(Generic[T]):
         if line is None:
             line = self._lines[name] = Bookkeeping(self.prefix + name, self._decode, self._encode, declare=False)
         return line
-
-    def names(self, document: Document) -> list[str]:
-        prefix = self.prefix
-        return [key[len(prefix) :] for key in document.meta if key.startswith(prefix)]
 
 
 def reserve(key: str) -> str:
