@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,3 +48,20 @@ def fraisier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fraisi
         yield state
     finally:
         state.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Workers started by a test; their stdin is closed (their children end on EOF) and they are reaped."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

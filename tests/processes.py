@@ -207,3 +207,11 @@ def start_store_worker(name: str, *arguments: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def require(condition: bool, message: str) -> None:
+    """Like ``binary()``: a skip on a developer's machine, a failure under CI=true."""
+    if not condition:
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)

@@ -23,7 +23,7 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.serve.summary import Row, histogram_quantile, summarize, table_lines
-from fraisier_textfile.store import inflight
+from fraisier_textfile.store import markers
 from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import binary, fraisier, free_port, running
@@ -140,13 +140,13 @@ def test_quantiles_agree_with_prometheus(tmp_path: Path, textfile_dir: Path) -> 
 
 def test_active_deployments_come_from_live_markers(textfile_dir: Path) -> None:
     store = build(textfile_dir)
-    marker = inflight.create_marker(textfile_dir, "bare_metal", "api")  # this process: alive
+    marker = markers.create_marker(textfile_dir, "bare_metal", "api")  # this process: alive
     start = Changes()
     start.active_providers.add("bare_metal")
     events.deployment_series(start, "bare_metal", "api")
     store.merge(start)
     assert rows_by_key(summarize(store.read()).rows)[("bare_metal", "all")].active == 1
-    inflight.remove_marker(textfile_dir, marker.id)
+    markers.remove_marker(textfile_dir, marker.id)
 
 
 # The command

@@ -41,6 +41,7 @@ from fraisier_textfile.format.reader import parse, parse_bytes
 from fraisier_textfile.format.schema import Schema, default
 from fraisier_textfile.format.syntax import ParseError
 from fraisier_textfile.store import fs, handovers, inflight
+from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.files import (
     DIRECTORY_ENVIRONMENT as DIRECTORY_ENVIRONMENT,
@@ -449,7 +450,7 @@ class TextfileStore:
         except OSError:
             return
         for open_directory, remove in (
-            (inflight.open_directory, inflight.remove_stale_temporaries),
+            (marker_files.open_directory, marker_files.remove_stale_temporaries),
             (handovers.open_directory, handovers.remove_stale_temporaries),
         ):
             try:
