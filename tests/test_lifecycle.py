@@ -1,4 +1,5 @@
-"""Series lifecycle: forget, expiry, the series bound, bucket migration (fraisier_textfile/store/lifecycle.py).
+"""The series lifecycle in every merge (fraisier_textfile/store/lifecycle.py): expiry, the series bound, bucket
+migration.
 
 The CLI runs as real subprocesses on real files; times in the past are written by a store whose clock is set
 back, through the same update-time lines every merge writes."""
@@ -8,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,207 +20,21 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.format.reader import parse
-from fraisier_textfile.recorder.recorder import MetricsRecorder
 from fraisier_textfile.store.lifecycle import (
     REFUSED_FAMILY,
-    SeriesTimes,
     migrate_histograms,
-    parse_duration,
 )
 from fraisier_textfile.store.textfile import TextfileStore
 
-from .processes import binary, fraisier, fraisier_metrics, http_get, lock_held_elsewhere, node_exporter
+from .processes import binary, fraisier, fraisier_metrics, http_get, node_exporter
+from .series_history import DAY, record, series_with, store_at, two_providers
 from .values import canonical_samples, sample_values
 
 FIXTURES = Path(__file__).parent / "fixtures"
-WORKERS = Path(__file__).parent / "workers.py"
-DAY = 86400.0
 HEALTH = c.HEALTH_CHECK_DURATION.name
 
 
-def record(store: TextfileStore, event: object, *arguments: object) -> None:
-    changes = Changes()
-    event(changes, *arguments)  # type: ignore[operator]
-    store.merge(changes)
-
-
-def store_at(directory: Path, now: float) -> TextfileStore:
-    store = TextfileStore(directory)
-    store.lifecycle.clock = lambda: now
-    return store
-
-
-def directory_state(directory: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
-
-
-def two_providers(directory: Path) -> None:
-    """bare_metal/api recorded now, docker_compose/old_etl 40 days ago; errors and a health check for both."""
-    old = store_at(directory, time.time() - 40 * DAY)
-    record(old, events.deployment_complete, "docker_compose", "old_etl", "success", 12.0)
-    record(old, events.deployment_error, "docker_compose", "timeout")
-    record(old, events.health_check, "docker_compose", "tcp", "pass", 0.3)
-    new = TextfileStore(directory)
-    record(new, events.deployment_complete, "bare_metal", "api", "failed", 30.0)
-    record(new, events.deployment_error, "bare_metal", "timeout")
-    record(new, events.health_check, "bare_metal", "http", "fail", 2.0)
-
-
-def series_with(path: Path, text: str) -> list[str]:
-    return [line for line in path.read_text().splitlines() if text in line and not line.startswith("#")]
-
-
-# Forget
-
-
-def test_forget_dry_run_lists_what_would_go_and_writes_nothing(textfile_dir: Path) -> None:
-    two_providers(textfile_dir)
-    before = directory_state(textfile_dir)
-    result = fraisier("textfile", "forget", "--fraise-type", "old_etl", "--dry-run", textfile_dir=textfile_dir)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    series = f'{c.DEPLOYMENTS.name}{{provider="docker_compose",status="success",fraise_type="old_etl"}}'
-    assert f"would forget {series}" in lines
-    assert lines[-1] == f"{textfile_dir / 'fraisier.prom'}: would forget 6 series (dry run: nothing written)"
-    assert directory_state(textfile_dir) == before
-
-
-def test_forget_a_provider_removes_every_series_of_it_and_nothing_else(textfile_dir: Path) -> None:
-    two_providers(textfile_dir)
-    path = textfile_dir / "fraisier.prom"
-    kept_before = {key: value for key, value in sample_values(path).items() if "docker_compose" not in key}
-    result = fraisier("textfile", "forget", "--provider", "docker_compose", textfile_dir=textfile_dir)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    # A histogram series is listed once and goes whole: buckets, _sum and _count.
-    assert f'forgot {HEALTH}{{provider="docker_compose",check_type="tcp"}}' in result.stdout.splitlines()
-    assert series_with(path, "docker_compose") == []
-    assert "docker_compose" not in path.read_text()  # its update times went too
-    assert sample_values(path) == kept_before
-    assert fraisier("textfile", "check", textfile_dir=textfile_dir).returncode == 0
-
-
-def test_matchers_and_together_and_family_narrows(textfile_dir: Path) -> None:
-    two_providers(textfile_dir)
-    path = textfile_dir / "fraisier.prom"
-    result = fraisier(
-        "textfile", "forget", "--provider", "bare_metal", "--match", "error_type=timeout",
-        "--family", c.DEPLOYMENT_ERRORS.name, textfile_dir=textfile_dir,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        f'forgot {c.DEPLOYMENT_ERRORS.name}{{provider="bare_metal",error_type="timeout"}}',
-        f"{path}: forgot 1 series",
-    ]
-    assert len(series_with(path, 'provider="bare_metal"')) > 10
-    assert series_with(path, 'error_type="timeout"') == [
-        f'{c.DEPLOYMENT_ERRORS.name}{{provider="docker_compose",error_type="timeout"}} 1.0'
-    ]
-
-
-@pytest.mark.parametrize(
-    ("arguments", "message"),
-    [
-        (["--match", "fraise_type"], "Error: --match 'fraise_type' is not LABEL=VALUE: write e.g."),
-        (["--match", "=old"], "Error: --match '=old' is not LABEL=VALUE"),
-        (["--match", "fraise_type="], "Error: --match 'fraise_type=' is not LABEL=VALUE"),
-        (["--match", "fraisetype=old"], "Error: no family has a label 'fraisetype', so --match fraisetype=... matches"),
-        (["--family", "fraisier_nope", "--provider", "x"], "Error: --family 'fraisier_nope' is not one of fraisier's"),
-        ([], "Error: say which series to forget: give --provider, --fraise-type, --match"),
-        (["--expire-after", "30"], "Error: --expire-after='30' is not a duration: give a positive number and a unit"),
-        (["--expire-after", "-3d"], "Error: --expire-after='-3d' is not a duration"),
-    ],
-    ids=["no-equals", "no-label", "no-value", "unknown-label", "unknown-family", "nothing", "no-unit", "negative"],
-)
-def test_bad_input_is_one_line_exit_2_and_the_file_untouched(
-    textfile_dir: Path, arguments: list[str], message: str
-) -> None:
-    two_providers(textfile_dir)
-    before = directory_state(textfile_dir)
-    result = fraisier("textfile", "forget", *arguments, textfile_dir=textfile_dir)
-    assert result.returncode == 2
-    assert result.stderr.startswith(message)
-    assert len(result.stderr.splitlines()) == 1
-    assert result.stdout == ""
-    assert directory_state(textfile_dir) == before
-
-
-def test_forget_in_a_directory_without_a_file_creates_nothing(tmp_path: Path) -> None:
-    result = fraisier("textfile", "forget", "--provider", "x", textfile_dir=tmp_path / "typo")
-    assert result.returncode == 1
-    assert result.stderr == f"Error: {tmp_path / 'typo' / 'fraisier.prom'} does not exist: check --textfile-dir\n"
-    assert not (tmp_path / "typo").exists()
-
-
-def test_forget_waits_for_the_lock_like_a_merge(textfile_dir: Path) -> None:
-    two_providers(textfile_dir)
-    before = directory_state(textfile_dir)
-    with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
-        result = fraisier("--lock-timeout", "0.2", "textfile", "forget", "--provider", "docker_compose",
-                          textfile_dir=textfile_dir)
-    assert result.returncode == 1
-    assert "could not lock" in result.stderr
-    assert directory_state(textfile_dir) == before
-
-
-def test_a_deployment_in_flight_brings_its_forgotten_series_back(textfile_dir: Path) -> None:
-    """The documented rule: markers are kept; the active gauge is recounted from them at each merge, and the
-    deployment is counted when it ends, its series created again from 0."""
-    recorder = MetricsRecorder(textfile_dir)
-    recorder.record_deployment_complete("old", "api", "success", 5.0)
-    recorder.record_deployment_start("old", "api")
-    path = textfile_dir / "fraisier.prom"
-    active = f'{c.ACTIVE_DEPLOYMENTS.name}{{provider="old"}}'
-    success = f'{c.DEPLOYMENTS.name}{{provider="old",status="success",fraise_type="api"}}'
-    assert sample_values(path)[active] == 1
-    result = fraisier("textfile", "forget", "--provider", "old", textfile_dir=textfile_dir)
-    assert result.returncode == 0, result.stderr
-    assert active not in sample_values(path)
-    assert success not in sample_values(path)
-    assert fraisier("textfile", "refresh", textfile_dir=textfile_dir).returncode == 0
-    assert sample_values(path)[active] == 1  # recounted from the live marker
-    assert success not in sample_values(path)
-    recorder.record_deployment_complete("old", "api", "success", 5.0)
-    assert sample_values(path)[success] == 1  # counted from 0 again, not 2
-    assert sample_values(path)[active] == 0
-
-
-def test_forget_racing_writers_loses_none_of_their_events(textfile_dir: Path) -> None:
-    recorder = MetricsRecorder(textfile_dir)
-    recorder.record_deployment_complete("docker_compose", "old_etl", "success", 5.0)
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(WORKERS), "flush_many", str(textfile_dir), "60", str(n)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        for n in range(3)
-    ]
-    for worker in workers:
-        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-    forgotten = 0
-    while any(worker.poll() is None for worker in workers) or forgotten == 0:
-        recorder.record_deployment_error("docker_compose", "timeout")
-        result = fraisier("textfile", "forget", "--provider", "docker_compose", textfile_dir=textfile_dir)
-        assert result.returncode == 0, result.stderr
-        forgotten += 1
-    assert all(worker.wait() == 0 for worker in workers)
-    values = sample_values(textfile_dir / "fraisier.prom")
-    assert values[f'{c.DEPLOYMENTS.name}{{provider="bare_metal",status="success",fraise_type="api"}}'] == 180
-    assert values[f'{c.HEALTH_CHECKS.name}{{provider="bare_metal",check_type="http",status="pass"}}'] == 90
-    assert not any("docker_compose" in key for key in values)
-
-
 # Retention
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"), [("30d", 30 * DAY), ("12h", 43200), ("90m", 5400), ("3600s", 3600), ("1.5d", 1.5 * DAY)]
-)
-def test_durations(text: str, seconds: float) -> None:
-    assert parse_duration("--expire-after", text) == seconds
 
 
 def test_refresh_expires_series_not_updated_for_that_long(textfile_dir: Path) -> None:
@@ -244,17 +58,6 @@ def test_refresh_expires_series_not_updated_for_that_long(textfile_dir: Path) ->
     assert sample_values(path) == fresh
 
 
-def test_forget_with_expire_after_only_takes_the_old_series_that_match(textfile_dir: Path) -> None:
-    two_providers(textfile_dir)
-    path = textfile_dir / "fraisier.prom"
-    result = fraisier("textfile", "forget", "--expire-after", "30d", "--match", "check_type=tcp",
-                      textfile_dir=textfile_dir)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == f"{path}: forgot 3 series"  # 2 counters, 1 histogram
-    assert series_with(path, "tcp") == []
-    assert len(series_with(path, "docker_compose")) > 0
-
-
 def test_every_writer_expires_with_the_environment_variable(textfile_dir: Path) -> None:
     two_providers(textfile_dir)
     path = textfile_dir / "fraisier.prom"
@@ -269,22 +72,6 @@ def _environment() -> dict[str, str]:
     import os
 
     return dict(os.environ)
-
-
-def test_a_series_whose_label_value_holds_a_newline_gets_an_update_time_on_one_line(textfile_dir: Path) -> None:
-    """The text format escapes a newline in a label value (node_exporter serves it): its update time must be
-    written on the one meta line too (a merge that scanned its family failed with a bare ValueError)."""
-    path = textfile_dir / "fraisier.prom"
-    textfile_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'{c.ROLLBACKS.name}{{provider="a\\nb",reason="r"}} 1\n')
-    now = time.time()
-    for offset in (0, 2 * 3600, 4 * 3600, 8 * 3600):  # its time is set by the first scan (at 4 h)
-        store = store_at(textfile_dir, now + offset)
-        store.lifecycle.expire_after = 3 * 3600
-        record(store, events.rollback, f"p{offset}", "manual", 1.0)
-    values = sample_values(path)
-    assert f'{c.ROLLBACKS.name}{{provider="a\\nb",reason="r"}}' not in values  # expired with its time
-    assert values[f'{c.ROLLBACKS.name}{{provider="p{8 * 3600}",reason="manual"}}'] == 1
 
 
 def test_an_update_keeps_a_series_from_expiring(textfile_dir: Path) -> None:
@@ -354,18 +141,6 @@ def test_a_series_without_a_time_counts_as_updated_when_first_seen(textfile_dir:
     later.lifecycle.expire_after = DAY
     later.merge(Changes())
     assert later.lifecycle.forgotten == [f'{name}{{provider="p",error_type="legacy"}}']
-
-
-def test_update_times_in_place_and_in_bulk_agree() -> None:
-    times = SeriesTimes("100 a=100 b=105 c%2Cd=110")
-    times.touch(["b", "e", "c%2Cd"], 120)
-    in_place = times.render()
-    assert in_place == "100 a=100 b=120 c%2Cd=120 e=120"
-    bulk = SeriesTimes("100 a=100 b=105 c%2Cd=110")
-    bulk.entries()
-    bulk.touch(["b", "e", "c%2Cd"], 120)
-    assert bulk.render() == in_place
-    assert SeriesTimes(in_place).entries() == {"a": 100, "b": 120, "c%2Cd": 120, "e": 120}
 
 
 # The series bound

@@ -57,6 +57,7 @@ from fraisier_textfile.store.files import (
     write_parts,
 )
 from fraisier_textfile.store.files import default_textfile_directory as default_textfile_directory
+from fraisier_textfile.store.lifecycle import LifecycleParticipant as LifecycleParticipant
 from fraisier_textfile.store.lifecycle import SeriesLifecycle
 from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_SUFFIX, DeferredSignals, Lock, LockLost, owner_name
 from fraisier_textfile.store.lock import default_lock_timeout as default_lock_timeout
@@ -528,20 +529,6 @@ class TextfileStore:
                         error.errno,
                     )
         return write_error(self.path, "write", error)
-
-
-class LifecycleParticipant(Participant):
-    """The series lifecycle in every merge (lifecycle.py): first of all before applying (it migrates histograms
-    and refuses series over the bound), last after applying (update times, forgetting, expiry)."""
-
-    def __init__(self, lifecycle: SeriesLifecycle) -> None:
-        self.lifecycle = lifecycle
-
-    def before_apply(self, merge: Merge) -> None:
-        merge.changes = self.lifecycle.before_merge(merge.document, merge.changes, merge.read_from_disk)
-
-    def after_apply(self, merge: Merge) -> None:
-        self.lifecycle.after_merge(merge.document, merge.changes)
 
 
 def _fraisier_marker_rules() -> inflight.MarkerRules:

@@ -1,0 +1,46 @@
+"""Files with a history: events recorded through stores whose clock is set back, so that series carry update
+times in the past (through the same update-time lines every merge writes). For the tests of forgetting, expiry
+and update times."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store.textfile import TextfileStore
+
+DAY = 86400.0
+
+
+def record(store: TextfileStore, event: object, *arguments: object) -> None:
+    changes = Changes()
+    event(changes, *arguments)  # type: ignore[operator]
+    store.merge(changes)
+
+
+def store_at(directory: Path, now: float) -> TextfileStore:
+    store = TextfileStore(directory)
+    store.lifecycle.clock = lambda: now
+    return store
+
+
+def directory_state(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+
+
+def two_providers(directory: Path) -> None:
+    """bare_metal/api recorded now, docker_compose/old_etl 40 days ago; errors and a health check for both."""
+    old = store_at(directory, time.time() - 40 * DAY)
+    record(old, events.deployment_complete, "docker_compose", "old_etl", "success", 12.0)
+    record(old, events.deployment_error, "docker_compose", "timeout")
+    record(old, events.health_check, "docker_compose", "tcp", "pass", 0.3)
+    new = TextfileStore(directory)
+    record(new, events.deployment_complete, "bare_metal", "api", "failed", 30.0)
+    record(new, events.deployment_error, "bare_metal", "timeout")
+    record(new, events.health_check, "bare_metal", "http", "fail", 2.0)
+
+
+def series_with(path: Path, text: str) -> list[str]:
+    return [line for line in path.read_text().splitlines() if text in line and not line.startswith("#")]

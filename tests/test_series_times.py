@@ -1,0 +1,42 @@
+"""The last-update times of series (fraisier_textfile/store/series_times.py): one meta line per family, edited
+in place or in bulk alike, whatever a label value holds."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fraisier_textfile import catalogue as c
+from fraisier_textfile import changes as events
+from fraisier_textfile.store.series_times import SeriesTimes
+
+from .series_history import record, store_at
+from .values import sample_values
+
+
+def test_a_series_whose_label_value_holds_a_newline_gets_an_update_time_on_one_line(textfile_dir: Path) -> None:
+    """The text format escapes a newline in a label value (node_exporter serves it): its update time must be
+    written on the one meta line too (a merge that scanned its family failed with a bare ValueError)."""
+    path = textfile_dir / "fraisier.prom"
+    textfile_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'{c.ROLLBACKS.name}{{provider="a\\nb",reason="r"}} 1\n')
+    now = time.time()
+    for offset in (0, 2 * 3600, 4 * 3600, 8 * 3600):  # its time is set by the first scan (at 4 h)
+        store = store_at(textfile_dir, now + offset)
+        store.lifecycle.expire_after = 3 * 3600
+        record(store, events.rollback, f"p{offset}", "manual", 1.0)
+    values = sample_values(path)
+    assert f'{c.ROLLBACKS.name}{{provider="a\\nb",reason="r"}}' not in values  # expired with its time
+    assert values[f'{c.ROLLBACKS.name}{{provider="p{8 * 3600}",reason="manual"}}'] == 1
+
+
+def test_update_times_in_place_and_in_bulk_agree() -> None:
+    times = SeriesTimes("100 a=100 b=105 c%2Cd=110")
+    times.touch(["b", "e", "c%2Cd"], 120)
+    in_place = times.render()
+    assert in_place == "100 a=100 b=120 c%2Cd=120 e=120"
+    bulk = SeriesTimes("100 a=100 b=105 c%2Cd=110")
+    bulk.entries()
+    bulk.touch(["b", "e", "c%2Cd"], 120)
+    assert bulk.render() == in_place
+    assert SeriesTimes(in_place).entries() == {"a": 100, "b": 120, "c%2Cd": 120, "e": 120}
