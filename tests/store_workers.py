@@ -44,10 +44,10 @@ def exit_with_pending(directory: str) -> None:
 def hold_then_release(directory: str) -> None:
     """Take the store's lock as a merger does; release it when told, then do what a merger does after."""
     store = TextfileStore(directory)
-    store._lock.acquire(time.monotonic() + 10, 10, lambda: None)
+    store.transaction.lock.acquire(time.monotonic() + 10, 10, lambda: None)
     print("held", flush=True)
     sys.stdin.readline()
-    store._lock.release()
+    store.transaction.lock.release()
     store._merge_late_handovers()
     print("released", flush=True)
 
@@ -145,7 +145,7 @@ def merge_paused_before_rename(directory: str, error_type: str) -> None:
     """Merge one event, pausing once between writing the new file and renaming it into place (while the
     lock is held) until a line arrives on stdin."""
     store = TextfileStore(directory, lock_timeout=30)
-    write_temporary = store._write_temporary
+    write_temporary = store.file.write_temporary
     paused = False
 
     def pause(text: str, *arguments: object) -> tuple[object, int]:
@@ -157,7 +157,7 @@ def merge_paused_before_rename(directory: str, error_type: str) -> None:
             sys.stdin.readline()
         return written
 
-    store._write_temporary = pause  # type: ignore[method-assign, assignment]
+    store.file.write_temporary = pause  # type: ignore[method-assign, assignment]
     changes = Changes()
     events.deployment_error(changes, "bare_metal", error_type)
     store.merge(changes)
@@ -257,13 +257,13 @@ def merge_killed_at(directory: str, step: str) -> None:
             return result
         return wrapped
 
-    lifecycle = store._participants[-1]
+    lifecycle = store.transaction.participants[-1]
     if step == "collected":
         lifecycle.collect = then_die(lifecycle.collect)  # type: ignore[method-assign]
     elif step == "written":
-        store._rename = lambda *arguments: die()  # type: ignore[method-assign]
+        store.file.rename = lambda *arguments: die()  # type: ignore[method-assign]
     elif step == "renamed":
-        store._rename = then_die(store._rename)  # type: ignore[method-assign]
+        store.file.rename = then_die(store.file.rename)  # type: ignore[method-assign]
     elif step == "markers-removed":
         assert store.markers is not None
         store.markers.after_commit = then_die(store.markers.after_commit)  # type: ignore[method-assign]

@@ -1,4 +1,5 @@
-"""store/files.py: the textfile on disk: its default place, its versions held open, and writing it in parts."""
+"""store/files.py: the textfile on disk: its default place, its versions held open, and writing it in parts, never
+through a symlink."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from fraisier_textfile.errors import UnexpectedFileError
+from fraisier_textfile import changes as events
+from fraisier_textfile.errors import TextfileWriteError, UnexpectedFileError
 from fraisier_textfile.store import files
-from fraisier_textfile.store.files import FileVersion, default_textfile_directory, unexpected, write_parts
+from fraisier_textfile.store.files import (
+    TEMPORARY_PREFIX,
+    FileVersion,
+    default_textfile_directory,
+    unexpected,
+    write_parts,
+)
+from fraisier_textfile.store.textfile import TextfileStore
+
+from .stores import record
 
 
 def test_the_default_directory_is_the_setting_else_the_users_state_directory(
@@ -72,3 +83,37 @@ def test_a_symlinked_textfile_is_refused_naming_the_real_directory_to_use(tmp_pa
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     assert "is a FIFO, not a regular file" in str(unexpected(fifo, fifo.lstat()))
+
+
+def test_never_writes_through_a_symlink(textfile_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A symlink planted at the temporary name makes the write fail rather than follow it."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    textfile_dir.mkdir()
+    monkeypatch.setattr(files, "random_suffix", lambda: "planted")
+    (textfile_dir / f"{TEMPORARY_PREFIX}planted").symlink_to(victim)
+    store = TextfileStore(textfile_dir)
+    store.transaction.remove_litter = lambda textfile: None  # type: ignore[method-assign]  # keep the plant in place
+    with pytest.raises(TextfileWriteError, match="cannot create a temporary file"):
+        record(store, events.deployment_error, "bare_metal", "timeout")
+    assert victim.read_text() == "precious\n"
+
+
+def test_parts_are_written_whole_whatever_writev_takes_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """writev(2) may stop mid-part (a signal, a nearly full disk): the rest is written from where it stopped."""
+    real = os.writev
+
+    def a_few_bytes_at_a_time(descriptor: int, buffers: list[memoryview]) -> int:
+        return real(descriptor, [bytes(buffers[0][:7])])
+
+    monkeypatch.setattr(os, "writev", a_few_bytes_at_a_time)
+    parts: list[bytes | memoryview] = [b"abc", memoryview(b"0123456789" * 5)[3:41], b"", b"xyz\n" * 3]
+    path = tmp_path / "out"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        files.write_parts(descriptor, parts)
+    finally:
+        os.close(descriptor)
+    assert path.read_bytes() == b"".join(parts)

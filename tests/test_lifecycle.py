@@ -27,7 +27,7 @@ from fraisier_textfile.store.lifecycle import (
 from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import binary, fraisier, fraisier_metrics, http_get, node_exporter
-from .series_history import DAY, record, series_with, store_at, two_providers
+from .stores import DAY, record, series_with, store_at, two_providers
 from .values import canonical_samples, sample_values
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -14,7 +14,7 @@ from fraisier_textfile.recorder.recorder import MetricsRecorder
 from fraisier_textfile.store.selection import parse_duration
 
 from .processes import fraisier, lock_held_elsewhere
-from .series_history import DAY, directory_state, series_with, two_providers
+from .stores import DAY, directory_state, series_with, two_providers
 from .values import sample_values
 
 WORKERS = Path(__file__).parent / "workers.py"

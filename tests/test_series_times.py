@@ -10,7 +10,7 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.store.series_times import SeriesTimes
 
-from .series_history import record, store_at
+from .stores import record, store_at
 from .values import sample_values
 
 

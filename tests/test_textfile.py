@@ -245,49 +245,10 @@ def test_the_lock_times_out_with_a_clear_error(textfile_dir: Path) -> None:
     assert file_state(textfile_dir) == before
 
 
-def test_temporaries_left_by_killed_writers_are_removed(textfile_dir: Path) -> None:
-    textfile_dir.mkdir()
-    litter = textfile_dir / f"{TEMPORARY_PREFIX}deadbeef"
-    litter.write_text("half a file")
-    merge(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
-    assert not litter.exists()
-
-
-def test_never_writes_through_a_symlink(textfile_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A symlink planted at the temporary name makes the write fail rather than follow it."""
-    from fraisier_textfile.store import textfile
-
-    victim = tmp_path / "victim"
-    victim.write_text("precious\n")
-    textfile_dir.mkdir()
-    monkeypatch.setattr(textfile, "random_suffix", lambda: "planted")
-    (textfile_dir / f"{TEMPORARY_PREFIX}planted").symlink_to(victim)
-    store = TextfileStore(textfile_dir)
-    store._remove_stale_temporaries = lambda textfile: None  # type: ignore[method-assign]  # keep the plant in place
-    with pytest.raises(TextfileWriteError, match="cannot create a temporary file"):
-        merge(store, events.deployment_error, "bare_metal", "timeout")
-    assert victim.read_text() == "precious\n"
-
-
 def test_a_missing_directory_is_created(tmp_path: Path) -> None:
     store = TextfileStore(tmp_path / "a" / "b" / "c")
     merge(store, events.deployment_error, "bare_metal", "timeout")
     assert parse(store.path.read_text()).blocks
-
-
-def test_a_warm_store_is_not_fooled_by_a_reused_inode_and_a_coarse_clock(textfile_dir: Path) -> None:
-    """Two other writers replace the file within one tick of a coarse mtime clock (older kernels): the
-    newest file may get the first file's freed inode, its size and its mtime. The warm store must still
-    notice the file changed, or the others' increments are lost."""
-    first = TextfileStore(textfile_dir)
-    merge(first, events.deployment_error, "bare_metal", "timeout")
-    written = first.path.stat()
-    for _ in range(2):
-        merge(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
-    os.utime(first.path, ns=(written.st_atime_ns, written.st_mtime_ns))
-    merge(first, events.deployment_error, "bare_metal", "timeout")
-    values = sample_values(first.path)
-    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 4
 
 
 # Time that steps
@@ -370,25 +331,3 @@ def test_a_first_value_that_overflowed_to_infinity_in_memory_is_refused_not_writ
     with pytest.raises(InvalidValueError, match=re.escape(f"adding inf to {key} (a new series) in ")):
         store.merge(changes)
     assert file_state(textfile_dir) == before
-
-
-def test_parts_are_written_whole_whatever_writev_takes_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """writev(2) may stop mid-part (a signal, a nearly full disk): the rest is written from where it stopped."""
-    from fraisier_textfile.store import files
-
-    real = os.writev
-
-    def a_few_bytes_at_a_time(descriptor: int, buffers: list[memoryview]) -> int:
-        return real(descriptor, [bytes(buffers[0][:7])])
-
-    monkeypatch.setattr(os, "writev", a_few_bytes_at_a_time)
-    parts: list[bytes | memoryview] = [b"abc", memoryview(b"0123456789" * 5)[3:41], b"", b"xyz\n" * 3]
-    path = tmp_path / "out"
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        files.write_parts(descriptor, parts)
-    finally:
-        os.close(descriptor)
-    assert path.read_bytes() == b"".join(parts)

@@ -19,10 +19,12 @@ from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
 from fraisier_textfile.sources.fraisier_state import participants
 from fraisier_textfile.store import handovers, inflight
+from fraisier_textfile.store.files import TEMPORARY_PREFIX
 from fraisier_textfile.store.textfile import TextfileStore
 from fraisier_textfile.store.transaction import Merge, Participant
 
 from .processes import start_store_worker
+from .stores import record
 from .test_fraisier_state import Fraisier
 from .values import sample_values
 
@@ -77,7 +79,7 @@ def test_sources_run_between_the_stores_protocols_and_each_phase_goes_in_the_rul
         "first.after_commit:True", "second.after_commit:True",
         "first.close", "second.close",
     ]
-    order = [type(participant).__name__ for participant in store._participants]
+    order = [type(participant).__name__ for participant in store.transaction.participants]
     assert order == ["InFlightMarkers", "Handovers", "Recording", "Recording", "LifecycleParticipant"]
 
 
@@ -107,12 +109,12 @@ KILLED_BETWEEN_WRITE_AND_RENAME = textwrap.dedent('''
     from fraisier_textfile.store import textfile
 
     store = textfile.TextfileStore(sys.argv[1], participants=[CountingSource()])
-    rename = store._rename
+    rename = store.file.rename
 
     def killed_before_rename(*arguments):
         os.kill(os.getpid(), signal.SIGKILL)  # the temporary file is written; the rename never happens
 
-    store._rename = killed_before_rename
+    store.file.rename = killed_before_rename
     store.merge(Changes())
 ''')
 
@@ -215,3 +217,26 @@ def test_a_merger_killed_at_any_step_leaves_every_participants_events_counted_ex
     assert not os.listdir(inflight.marker_directory(textfile_dir))
     assert not [name for name in os.listdir(handovers.handover_directory(textfile_dir))
                 if name.endswith(handovers.SUFFIX)]
+
+
+def test_temporaries_left_by_killed_writers_are_removed(textfile_dir: Path) -> None:
+    textfile_dir.mkdir()
+    litter = textfile_dir / f"{TEMPORARY_PREFIX}deadbeef"
+    litter.write_text("half a file")
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    assert not litter.exists()
+
+
+def test_a_warm_store_is_not_fooled_by_a_reused_inode_and_a_coarse_clock(textfile_dir: Path) -> None:
+    """Two other writers replace the file within one tick of a coarse mtime clock (older kernels): the
+    newest file may get the first file's freed inode, its size and its mtime. The warm store must still
+    notice the file changed, or the others' increments are lost."""
+    first = TextfileStore(textfile_dir)
+    record(first, events.deployment_error, "bare_metal", "timeout")
+    written = first.path.stat()
+    for _ in range(2):
+        record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    os.utime(first.path, ns=(written.st_atime_ns, written.st_mtime_ns))
+    record(first, events.deployment_error, "bare_metal", "timeout")
+    values = sample_values(first.path)
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 4

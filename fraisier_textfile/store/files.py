@@ -15,7 +15,11 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from fraisier_textfile.errors import UnexpectedFileError
+from fraisier_textfile.errors import CorruptTextfileError, TextfileWriteError, UnexpectedFileError, write_error
+from fraisier_textfile.format.model import Document
+from fraisier_textfile.format.reader import parse, parse_bytes
+from fraisier_textfile.format.schema import Schema
+from fraisier_textfile.format.syntax import ParseError
 from fraisier_textfile.store import fs
 
 TEXTFILE_NAME = "fraisier.prom"
@@ -144,3 +148,156 @@ def unlink_quietly(directory: fs.Directory, name: str) -> None:
 
 def random_suffix() -> str:
     return os.urandom(8).hex()
+
+
+class Textfile:
+    """The textfile of one directory on disk: reading and parsing it, and writing a new version of it in its place
+    (see the module's note)."""
+
+    def __init__(self, directory: Path, schema: Schema) -> None:
+        self.directory = directory
+        self.path = directory / TEXTFILE_NAME
+        self.schema = schema
+        """The families the file owns: how its bytes are parsed."""
+
+    def read_data(self) -> tuple[FileVersion | None, bytes]:
+        """The file's bytes (empty if there is none) and its version, unparsed. Anything but a regular file at
+        the path (a symlink, a FIFO, a device, a directory) is refused without being followed or read."""
+        try:
+            status = os.lstat(self.path)
+        except FileNotFoundError:
+            return None, b""
+        except OSError as error:
+            raise write_error(self.path, "read", error) from None
+        # A hard link is a file with other names elsewhere (a writer's link to a file it may not read, where
+        # fs.protected_hardlinks is off): read as the textfile, its lines would be quoted in parse errors.
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
+            raise unexpected(self.path, status)
+        try:
+            # O_NOFOLLOW|O_NONBLOCK: what was a regular file a moment ago may have been replaced by a symlink
+            # or a FIFO since; neither is followed or waited on.
+            descriptor = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None, b""
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise unexpected(self.path, lstat_or_none(self.path)) from None
+            raise TextfileWriteError(
+                self.path, f"cannot read {self.path}: {error.strerror}; check its permissions", error.errno
+            ) from None
+        try:
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
+                raise unexpected(self.path, status)
+            # One read of the size fstat gives, into one buffer: no list of chunks to join, so the bytes are
+            # copied once, by the kernel, and decoded once. (Only a file that changed meanwhile, which the
+            # lock rules out for a merge, needs more reads.)
+            data = os.read(descriptor, status.st_size + 1)
+            more = os.read(descriptor, 1 << 20) if data else b""
+            if more:
+                chunks = [data, more]
+                while chunk := os.read(descriptor, 1 << 20):
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+            version = FileVersion(self.path, descriptor)
+        except OSError as error:
+            os.close(descriptor)
+            raise write_error(self.path, "read", error) from None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return version, data
+
+    def parse_text(self, text: str, check_histograms: bool = True) -> Document:
+        try:
+            return parse(text, check_histograms, self.schema)
+        except ParseError as error:
+            raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
+
+    def parse_data(self, data: bytes, check_histograms: bool = True) -> Document:
+        """The document of the file's bytes (see format.reader.parse_bytes: one this package wrote is not
+        checked line by line again)."""
+        try:
+            return parse_bytes(data, check_histograms, self.schema)
+        except ParseError as error:
+            raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
+
+    def open_directory(self) -> fs.Directory:
+        """The textfile directory, created with mode 0755 whatever the umask if missing (node_exporter runs as
+        another user: it must be able to enter it)."""
+        directory = fs.open_directory(self.directory, create=True)
+        assert directory is not None
+        return directory
+
+    def remove_stale_temporaries(self, textfile: fs.Directory) -> None:
+        """Temporary files are only made under the lock, which the caller holds: any left are from killed
+        writers. Raises OSError if ``textfile`` cannot be listed."""
+        for entry in list(textfile.entries()):
+            if entry.name.startswith(TEMPORARY_PREFIX) and entry.is_file(follow_symlinks=False):
+                unlink_quietly(textfile, entry.name)
+
+    def write_temporary(self, parts: Iterable[bytes | memoryview], textfile: fs.Directory) -> tuple[str, int]:
+        """Write the text ``parts`` make durably to a new temporary file; return its name and its open
+        descriptor."""
+        temporary = f"{TEMPORARY_PREFIX}{random_suffix()}"
+        try:
+            # O_EXCL|O_NOFOLLOW, 0644 by fchmod: never through a symlink or into a file someone else prepared,
+            # and readable by node_exporter's user whatever our umask.
+            descriptor = textfile.create(temporary, fs.FILE_MODE)
+        except OSError as error:
+            raise write_error(self.directory, "create a temporary file in", error) from None
+        try:
+            try:
+                write_parts(descriptor, parts)
+                # Durable content before the rename: after a power loss the name must not point at an
+                # empty file.
+                os.fsync(descriptor)
+            except BaseException:
+                os.close(descriptor)
+                raise
+        except OSError as error:
+            unlink_quietly(textfile, temporary)
+            raise write_error(self.path, "write", error) from None
+        except BaseException:
+            unlink_quietly(textfile, temporary)
+            raise
+        return temporary, descriptor
+
+    def rename(self, temporary: str, descriptor: int, textfile: fs.Directory) -> FileVersion | None:
+        """Rename the written temporary over the textfile; return the new file's version, held open (None if it
+        cannot be had: the next merge reads the file). Once renamed, nothing here raises: the caller must
+        forget the changes the file now holds."""
+        try:
+            textfile.replace(temporary, TEXTFILE_NAME)
+        except OSError as error:
+            os.close(descriptor)
+            unlink_quietly(textfile, temporary)
+            raise self.replace_error(error) from None
+        textfile.fsync()
+        try:
+            return FileVersion(self.path, descriptor)
+        except OSError:
+            os.close(descriptor)
+            return None
+
+    def replace_error(self, error: OSError) -> TextfileWriteError:
+        """The error for a rename over the textfile that failed. In a sticky directory (mode 1777, as /tmp)
+        only the file's owner may replace it, however writable the directory: say so, not "make it writable"."""
+        if error.errno in (errno.EPERM, errno.EACCES):
+            try:
+                directory, target = os.stat(self.directory), os.lstat(self.path)
+            except OSError:
+                pass
+            else:
+                if directory.st_mode & stat.S_ISVTX and target.st_uid != os.geteuid():
+                    from fraisier_textfile.store.lock import owner_name  # here: lock.py imports this module
+
+                    owner = owner_name(target.st_uid)
+                    return TextfileWriteError(
+                        self.path,
+                        f"cannot write {self.path}: {error.strerror}; it belongs to {owner} and its directory is "
+                        f"sticky (chmod +t), so only {owner} can replace it: share a directory without the sticky "
+                        "bit (a group directory, chmod 2775), or choose another --textfile-dir",
+                        error.errno,
+                    )
+        return write_error(self.path, "write", error)

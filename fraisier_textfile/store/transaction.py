@@ -1,4 +1,5 @@
-"""A merge is one transaction over the file, run by the store with its participants, one per protocol.
+"""A merge is one transaction over the file, run for the store by :class:`Transaction` over its participants, one
+per protocol.
 
 The steps, under the lock:
 
@@ -28,8 +29,18 @@ merge (the file itself cannot be read).
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
+from fraisier_textfile.store.files import FileVersion, Textfile, unlink_quietly
+from fraisier_textfile.store.lock import DeferredSignals, Lock, LockLost
+from fraisier_textfile.store.rules import apply_changes, clock_is_behind, combine
 
 if TYPE_CHECKING:
     from fraisier_textfile.format.model import Document
@@ -87,3 +98,183 @@ class Participant:
 
     def close(self) -> None:
         """After every merge, committed or not: let go of what ``collect`` held open. Never raises."""
+
+
+LITTER_INTERVAL = 60.0
+"""Seconds between two looks of one store for killed writers' temporary files (textfile, markers, hand-overs).
+They are litter, not data (a hand-over's is kept an hour anyway), and listing directories that 16 writers keep
+changing waits on their locks, which made some merges of a race several times slower. A new process looks at
+its first merge."""
+
+Litter = tuple[Callable[["fs.Directory"], "fs.Directory | None"], Callable[["fs.Directory"], None]]
+"""How to open a protocol's directory in the textfile directory, and how to remove its killed writers'
+temporaries."""
+
+log = logging.getLogger(__name__)
+_failed_sources_logged: set[tuple[str, str]] = set()
+
+
+class Transaction:
+    """The merges of one store: the lock, the file, the participants in their order, and what this process
+    keeps between two merges (the document it wrote last; the version of the file that failed to parse)."""
+
+    def __init__(self, file: Textfile, lock: Lock, participants: Sequence[Participant],
+                 sources: Sequence[Participant], litter: Sequence[Litter] = ()) -> None:
+        """``participants``: every participant in the order that is the ordering rule; ``sources``: those of
+        them given by the store's user, whose unexpected failures are contained (see :meth:`_collect`);
+        ``litter``: the protocols' directories to clean of killed writers' temporaries now and then."""
+        self.file = file
+        self.lock = lock
+        self.participants = list(participants)
+        self.sources = list(sources)
+        self.litter = list(litter)
+        # What this process last wrote, and the identity of the file it wrote: while the file on disk is
+        # still that one, nobody else has merged since and it need not be read or parsed again.
+        self._cached: tuple[FileVersion, Document] | None = None
+        self._corrupt: tuple[FileVersion, CorruptTextfileError] | None = None
+        """The version of the file that failed to parse, and how: see _load."""
+        self._next_litter_check = 0.0  # see LITTER_INTERVAL
+
+    def run(self, changes: Changes, timeout: float) -> None:
+        """One merge of ``changes``, waiting at most ``timeout`` seconds for the lock (see the module's note)."""
+        deadline = time.monotonic() + timeout
+        participants = self.participants
+        with DeferredSignals() as signals, self.file.open_directory() as textfile:
+            for attempt in itertools.count(1):
+                if attempt > 3 and time.monotonic() > deadline:  # something removes the lock file over and over
+                    raise LockTimeoutError(self.lock.path, timeout)
+                self.lock.acquire(deadline, timeout, signals.deliver)
+                try:
+                    try:
+                        merge = self._locked(changes, textfile)
+                    except LockLost:
+                        log.warning("%s was removed or replaced during a merge: merging again", self.lock.path)
+                        continue
+                    finally:
+                        self.lock.release()
+                    # After the release (see the module's note): nothing here may fail the merge, the file is written.
+                    for participant in participants:
+                        participant.after_commit(merge)
+                finally:
+                    for participant in participants:
+                        participant.close()
+                return
+            raise AssertionError("unreachable")
+
+    def _locked(self, changes: Changes, textfile: fs.Directory) -> Merge:
+        """The transaction's steps under the lock (see the module's note), up to the rename; returns the merge for
+        the steps after the release."""
+        document = self._load(textfile)
+        cached, self._cached = self._cached, None  # the document is about to change; cached again once written
+        if cached is not None:
+            cached[0].close()
+        # Not what we wrote: then it needs the checks a file from elsewhere needs (histogram buckets).
+        merge = Merge(self.file.directory, self.file.path, textfile, document, changes,
+                      read_from_disk=cached is None or document is not cached[1])
+        participants = self.participants
+        collected = [part for part in (self._collect(p, merge) for p in participants) if part]
+        if collected:
+            merge.changes = combine([*collected, changes])
+        count_running(self.sources, merge.running)
+        for participant in reversed(participants):
+            participant.before_apply(merge)
+        apply_changes(document, merge.changes, self.file.path, time.time(), clock_is_behind(self.file.path))
+        for participant in participants:
+            participant.after_apply(merge)
+        temporary, descriptor = self.file.write_temporary(document.parts(), textfile)
+        if not self.lock.is_held():
+            # Someone removed the lock file while we held it: another merger may have locked a new one and
+            # read the file we are about to replace. Start again under the lock now at the path.
+            os.close(descriptor)
+            unlink_quietly(textfile, temporary)
+            raise LockLost
+        # Signals are held back (see DeferredSignals): the rename and the clear happen together.
+        version = self.file.rename(temporary, descriptor, textfile)
+        self._cached = None if version is None else (version, document)
+        changes.clear()
+        return merge
+
+    def _collect(self, participant: Participant, merge: Merge) -> Changes | None:
+        """A participant's part of the merge. A source given to the store that fails unexpectedly (a bug of its
+        own, a file of its source no check foresaw) must not fail every merge of the others: its bookkeeping is
+        put back as it was, so that its cursor never moves without its counts, it adds nothing this time, and
+        the failure is one warning per kind. The store's own protocols are not caught: their failures are the
+        file's (a corrupt textfile), which must stop the merge."""
+        if participant not in self.sources:
+            return participant.collect(merge)
+        bookkeeping = dict(merge.document.meta)
+        try:
+            return participant.collect(merge)
+        except FraisierTextfileError:
+            raise
+        except Exception as error:
+            merge.document.meta.clear()
+            merge.document.meta.update(bookkeeping)
+            kind = (type(participant).__name__, type(error).__name__)
+            if kind not in _failed_sources_logged:
+                _failed_sources_logged.add(kind)
+                log.warning("%s took no part in this merge of %s: it failed with %r; the other changes are merged, "
+                            "and it is tried again at the next merge (please report this)", kind[0], self.file.path,
+                            error, exc_info=log.isEnabledFor(logging.DEBUG))
+            return None
+
+    def _load(self, textfile: fs.Directory) -> Document:
+        if self._cached is not None:
+            cached_version, document = self._cached
+            if cached_version.is_current():
+                return document
+            cached_version.close()
+            self._cached = None
+        if self._corrupt is not None:
+            corrupt_version, error = self._corrupt
+            if corrupt_version.is_current():
+                raise error.with_traceback(None)
+            corrupt_version.close()
+            self._corrupt = None
+        if time.monotonic() >= self._next_litter_check:
+            self._next_litter_check = time.monotonic() + LITTER_INTERVAL
+            self.remove_litter(textfile)
+        version, data = self.file.read_data()
+        try:
+            document = self.file.parse_data(data, check_histograms=False)
+        except CorruptTextfileError as error:
+            # The same bytes fail the same way. Until the file changes (the operator's fix), merges answer
+            # from here rather than read and parse it again: for a big file that costs seconds, and a
+            # recorder hit by it would pay them with every event it records.
+            if version is not None:
+                self._corrupt = (version, error)
+            raise
+        if version is not None:
+            version.close()
+        return document
+
+    def remove_litter(self, textfile: fs.Directory) -> None:
+        """Temporary files are only made under the lock, which we hold: any left are from killed writers. Each
+        directory is scanned and cleaned through its checked descriptor: one a writer swapped for a symlink is
+        refused (the merge says so), never followed."""
+        try:
+            self.file.remove_stale_temporaries(textfile)
+        except OSError:
+            return
+        for open_directory, remove in self.litter:
+            try:
+                directory = open_directory(textfile)
+            except FraisierTextfileError:
+                continue  # refused with one clear line by the merge itself
+            if directory is None:
+                continue
+            with directory:
+                try:
+                    remove(directory)
+                except OSError:
+                    pass  # litter only: a later merger tries again
+
+
+def count_running(sources: Iterable[Participant], counts: dict[str, int]) -> None:
+    """Add to ``counts`` the deployments a source knows to be running without an in-flight marker (a row of
+    Fraisier's database, say): a source with an ``active_deployments()`` method adds its live count."""
+    for source in sources:
+        active = getattr(source, "active_deployments", None)
+        if active is not None:
+            for provider, count in active().items():
+                counts[provider] = counts.get(provider, 0) + count

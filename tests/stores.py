@@ -1,6 +1,5 @@
-"""Files with a history: events recorded through stores whose clock is set back, so that series carry update
-times in the past (through the same update-time lines every merge writes). For the tests of forgetting, expiry
-and update times."""
+"""Stores for the tests: merging one event, and stores whose clock is set back, so that files carry series with
+update times in the past (through the same update-time lines every merge writes)."""
 
 from __future__ import annotations
 
