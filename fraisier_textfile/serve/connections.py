@@ -1,14 +1,13 @@
 """Connections: one loop accepts them, does TLS handshakes and reads each first request without blocking; a
 connection gets a thread only once its request is in. A bound on connections held (the one waiting longest without
-a whole request goes first), a deadline for a whole request that trickled bytes do not push back, and the soft
-limit on open files raised to the hard one at start, as Go exporters do."""
+a whole request goes first), and a deadline for a whole request that trickled bytes do not push back. ``descriptors``
+says how many connections the descriptor limit leaves room for."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import os
-import resource
 import selectors
 import socket
 import socketserver
@@ -18,14 +17,12 @@ import threading
 import time
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fraisier_textfile.serve.activation import listen_backlog
+from fraisier_textfile.serve.descriptors import connection_limit
 from fraisier_textfile.serve.sources import MetricsSource
 from fraisier_textfile.serve.webconfig import LiveWebConfig
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +42,6 @@ REQUEST_TIMEOUT = 10.0
 CONNECTION_TIMEOUT = 30.0
 
 
-# Descriptors kept out of the connections' share: the textfile, the markers' directory, the log, Python's own.
-RESERVED_DESCRIPTORS = 32
-
-
 EXPIRY_CHECK_INTERVAL = 0.1
 
 
@@ -63,48 +56,6 @@ MAX_REQUEST_HEAD = 65536 + 1024
 
 
 LIMIT_WARNING_INTERVAL = 60.0
-
-
-def raise_descriptor_limit() -> tuple[int, int]:
-    """Raise this process's soft limit on open descriptors (RLIMIT_NOFILE) to its hard limit, as Go's runtime
-    does for every Go program since Go 1.19, node_exporter included (go.dev/issue/46279). systemd gives every
-    service a soft limit of 1024, kept low only for programs that use select(2), and a hard limit of 524288
-    for programs that do not: this one waits with poll(2). Returns the soft limit before and after; never
-    raises (a limit that cannot be raised is left as it was). For ``fraisier metrics``, not for a library
-    call: the limit is the whole process's."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):
-        return 0, 0
-    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
-        return soft, soft  # Linux refuses an unlimited soft limit for descriptors; nothing to gain otherwise
-    try:
-        # glibc makes this prlimit64(2), which systemd's @system-service filter allows (setrlimit(2) is in
-        # @resources, which the unit denies).
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (OSError, ValueError) as error:
-        log.debug("cannot raise the soft limit on open files from %d to %d: %s", soft, hard, error)
-        return soft, soft
-    return soft, hard
-
-
-def connection_limit(max_connections: int) -> int:
-    """How many connections a server keeps at once: ``max_connections`` (0: no limit of its own), but never
-    more than half the descriptors this process has left under its soft limit, with a reserve for the files
-    a scrape opens. Half, because a connection closed to make room for another holds its descriptor until
-    its thread has let go of it: live and closing connections together stay within the budget."""
-    try:
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):
-        soft = 1024
-    try:
-        open_now = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        open_now = 16
-    budget = (soft - open_now - RESERVED_DESCRIPTORS) // 2
-    if max_connections > 0:
-        budget = min(budget, max_connections)
-    return max(1, budget)
 
 
 class _Connection:

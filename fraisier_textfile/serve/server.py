@@ -42,7 +42,7 @@ from fraisier_textfile.serve.connections import (
     REQUEST_TIMEOUT,
     LoopServer,
 )
-from fraisier_textfile.serve.connections import raise_descriptor_limit as raise_descriptor_limit
+from fraisier_textfile.serve.descriptors import raise_descriptor_limit as raise_descriptor_limit
 from fraisier_textfile.serve.sources import MetricsSource, RegistrySource, TextfileSource
 from fraisier_textfile.serve.webconfig import LiveWebConfig
 from fraisier_textfile.store.textfile import TextfileStore
