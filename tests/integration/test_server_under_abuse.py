@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fraisier_textfile.serve.connections import DEFAULT_MAX_CONNECTIONS
+from fraisier_textfile.serve.connection_table import DEFAULT_MAX_CONNECTIONS
 from fraisier_textfile.serve.descriptors import RESERVED_DESCRIPTORS
 
 from ..processes import REPOSITORY, binary, free_port, running, tail
