@@ -26,8 +26,8 @@ from fraisier_textfile.serve.connection_table import (
     ConnectionTable,
 )
 from fraisier_textfile.serve.descriptors import connection_limit
+from fraisier_textfile.serve.live_config import LiveWebConfig
 from fraisier_textfile.serve.sources import MetricsSource
-from fraisier_textfile.serve.webconfig import LiveWebConfig
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from fraisier_textfile.serve.connection_table import DEFAULT_MAX_CONNECTIONS
 from fraisier_textfile.serve.descriptors import RESERVED_DESCRIPTORS
 
 from ..processes import REPOSITORY, binary, free_port, running, tail
-from ..tls import Certificates, make_certificates
+from ..tls import Certificates
 from .fleet import Prometheus
 
 SYSTEMD_SOFT_LIMIT = 1024
@@ -99,11 +99,6 @@ def soft_descriptor_limit(pid: int) -> int:
         if line.startswith("Max open files"):
             return int(line.split()[3])
     raise AssertionError(f"no open-files limit in /proc/{pid}/limits")
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("certificates"))
 
 
 @pytest.mark.slow
