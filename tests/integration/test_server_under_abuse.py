@@ -21,7 +21,7 @@ import pytest
 from fraisier_textfile.serve.connection_table import DEFAULT_MAX_CONNECTIONS
 from fraisier_textfile.serve.descriptors import RESERVED_DESCRIPTORS
 
-from ..processes import REPOSITORY, binary, free_port, running, tail
+from ..processes import REPOSITORY, binary, free_port, running, stop, tail
 from ..tls import Certificates
 from .fleet import Prometheus
 
@@ -60,12 +60,7 @@ def limited_fraisier_metrics(directory: Path, log: Path, hard: int | None, *opti
             time.sleep(0.05)
         yield process, port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         output.close()
 
 
