@@ -10,6 +10,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .test_fraisier_state import Fraisier
+    from .tls import Certificates
 
 # Set for the whole session, not only per test (the fixture below): fixtures of a wider scope (the fleet of
 # tests/integration/) start their processes before any per-test setting applies, and a Fraisier database that
@@ -22,6 +23,14 @@ os.environ.pop("FRAISIER_DB_PATH", None)
 def textfile_dir(tmp_path: Path) -> Path:
     """A fresh textfile directory, not yet created (the store creates it)."""
     return tmp_path / "textfile"
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A CA, server and client certificates with their keys, made once per test module."""
+    from .tls import make_certificates  # cryptography is imported only by the modules that use TLS
+
+    return make_certificates(tmp_path_factory.mktemp("certificates"))
 
 
 @pytest.fixture(autouse=True)

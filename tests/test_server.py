@@ -36,16 +36,11 @@ from fraisier_textfile.serve.sources import RegistrySource, TextfileSource
 from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import fraisier, free_port, lock_held_elsewhere
-from .tls import Certificates, make_certificates
+from .tls import Certificates
 from .values import sample_values
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ACTIVE = 'fraisier_active_deployments{provider="docker_compose"}'
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("certificates"))
 
 
 # Clients and servers
@@ -501,7 +496,8 @@ def test_help_tells_how_to_configure_tls_and_basic_auth() -> None:
 
 
 def test_the_example_web_config_in_the_help_is_valid(tmp_path: Path, certificates: Certificates) -> None:
-    from fraisier_textfile.serve.webconfig import load_web_config, make_ssl_context
+    from fraisier_textfile.serve.tls_context import make_ssl_context
+    from fraisier_textfile.serve.webconfig import load_web_config
 
     output = CliRunner().invoke(main, ["metrics", "--help"]).output
     example = output.split("Example web config:\n", 1)[1].split("\n\n", 1)[0]

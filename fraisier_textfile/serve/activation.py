@@ -5,14 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING
 
-from fraisier_textfile.errors import (
-    ServerStartError,
-)
-
-if TYPE_CHECKING:
-    pass
+from fraisier_textfile.errors import ServerStartError
 
 log = logging.getLogger(__name__)
 

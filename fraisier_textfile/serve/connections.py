@@ -1,14 +1,13 @@
-"""Connections: one loop accepts them, does TLS handshakes and reads each first request without blocking; a
-connection gets a thread only once its request is in. A bound on connections held (the one waiting longest without
-a whole request goes first), a deadline for a whole request that trickled bytes do not push back, and the soft
-limit on open files raised to the hard one at start, as Go exporters do."""
+"""The serving loop: one loop accepts connections, does their TLS handshakes and reads each first request without
+blocking; a connection gets a thread only once its request is in. Which connections are held and which is closed
+when (the bound and the deadlines) is the connection table's (``connection_table``); how many the descriptor
+limit leaves room for, ``descriptors``."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import os
-import resource
 import selectors
 import socket
 import socketserver
@@ -16,37 +15,21 @@ import ssl
 import struct
 import threading
 import time
-from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fraisier_textfile.serve.activation import listen_backlog
+from fraisier_textfile.serve.connection_table import (
+    CONNECTION_TIMEOUT,
+    LIMIT_WARNING_INTERVAL,
+    Connection,
+    ConnectionTable,
+)
+from fraisier_textfile.serve.descriptors import connection_limit
+from fraisier_textfile.serve.live_config import LiveWebConfig
 from fraisier_textfile.serve.sources import MetricsSource
-from fraisier_textfile.serve.webconfig import LiveWebConfig
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
-
-
-# The most connections held at once, as Prometheus's own --web.max-connections.
-DEFAULT_MAX_CONNECTIONS = 512
-
-
-# A new connection's TLS handshake, request line and headers must all have arrived this many seconds after
-# it was accepted (Go's ReadHeaderTimeout, with the handshake in it): a scraper sends its request at once.
-REQUEST_TIMEOUT = 10.0
-
-
-# A kept-alive connection's next request must have arrived in full this many seconds after the last response
-# (Prometheus scrapes every 15 s by default and keeps its connection); also the socket timeout of each read
-# and write.
-CONNECTION_TIMEOUT = 30.0
-
-
-# Descriptors kept out of the connections' share: the textfile, the markers' directory, the log, Python's own.
-RESERVED_DESCRIPTORS = 32
 
 
 EXPIRY_CHECK_INTERVAL = 0.1
@@ -60,237 +43,6 @@ READ_SIZE = 65536
 
 # http.server reads a line of at most 64 KiB; a head beyond this is handed to it to refuse (414, 431).
 MAX_REQUEST_HEAD = 65536 + 1024
-
-
-LIMIT_WARNING_INTERVAL = 60.0
-
-
-def raise_descriptor_limit() -> tuple[int, int]:
-    """Raise this process's soft limit on open descriptors (RLIMIT_NOFILE) to its hard limit, as Go's runtime
-    does for every Go program since Go 1.19, node_exporter included (go.dev/issue/46279). systemd gives every
-    service a soft limit of 1024, kept low only for programs that use select(2), and a hard limit of 524288
-    for programs that do not: this one waits with poll(2). Returns the soft limit before and after; never
-    raises (a limit that cannot be raised is left as it was). For ``fraisier metrics``, not for a library
-    call: the limit is the whole process's."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):
-        return 0, 0
-    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
-        return soft, soft  # Linux refuses an unlimited soft limit for descriptors; nothing to gain otherwise
-    try:
-        # glibc makes this prlimit64(2), which systemd's @system-service filter allows (setrlimit(2) is in
-        # @resources, which the unit denies).
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (OSError, ValueError) as error:
-        log.debug("cannot raise the soft limit on open files from %d to %d: %s", soft, hard, error)
-        return soft, soft
-    return soft, hard
-
-
-def connection_limit(max_connections: int) -> int:
-    """How many connections a server keeps at once: ``max_connections`` (0: no limit of its own), but never
-    more than half the descriptors this process has left under its soft limit, with a reserve for the files
-    a scrape opens. Half, because a connection closed to make room for another holds its descriptor until
-    its thread has let go of it: live and closing connections together stay within the budget."""
-    try:
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):
-        soft = 1024
-    try:
-        open_now = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        open_now = 16
-    budget = (soft - open_now - RESERVED_DESCRIPTORS) // 2
-    if max_connections > 0:
-        budget = min(budget, max_connections)
-    return max(1, budget)
-
-
-class _Connection:
-    """One accepted connection, as the server's connection table sees it."""
-
-    __slots__ = ("client", "client_address", "closing", "deadline", "handshaken", "head", "in_thread", "socket",
-                 "tls")
-
-    def __init__(self, connection: socket.socket, client_address: Any, deadline: float) -> None:
-        self.socket = connection
-        """Its socket: the accepted one, then the TLS one that took its descriptor."""
-        self.client_address = client_address
-        self.client = str(client_address[0])
-        self.deadline = deadline
-        """While waiting for a request: when it must have arrived in full (time.monotonic())."""
-        self.closing = False
-        self.in_thread = False
-        """False while the serving loop reads its request (no thread yet); True once a thread serves it."""
-        self.tls = False
-        self.handshaken = False
-        self.head = bytearray()
-        """What the loop has read of its first request."""
-
-
-class _ConnectionTable:
-    """The connections a server holds, at most ``limit`` at once: new ones (before their first request has
-    arrived in full, TLS handshake included), kept-alive ones between requests, and those being served.
-
-    A waiting connection (new or kept alive) has a deadline by which its whole request must have arrived; it
-    is fixed when the wait starts and is not moved by each byte the client sends, as Go's SetReadDeadline and
-    unlike a socket timeout (which a client trickling one byte a second re-arms forever).
-
-    At the limit, a new connection closes the new connection that has been waiting longest; only when there
-    is none, the kept-alive one idle longest. A scraper sends its request as soon as it is connected and then
-    keeps its connection: idle and trickling connections, which never complete a request, make room for it
-    and never push out its kept-alive connection. When every connection is being served, the new one is
-    closed at once. Refusing new connections instead (Go's netutil.LimitListener, or leaving them in the
-    backlog) would let a few hundred silent connections lock Prometheus out until their deadlines pass."""
-
-    def __init__(self, limit: int, request_timeout: float) -> None:
-        self.limit = limit
-        self.request_timeout = request_timeout
-        self._lock = threading.Lock()
-        self._held: set[_Connection] = set()
-        """Every connection whose descriptor is open: waiting, served, or shut down and not yet closed."""
-        self._new: OrderedDict[_Connection, None] = OrderedDict()
-        """Live connections waiting for their first request, the longest waiting first."""
-        self._kept: OrderedDict[_Connection, None] = OrderedDict()
-        """Live kept-alive connections waiting for their next request, the longest idle first."""
-        self._served: set[_Connection] = set()
-        self.closed_for_room = 0
-        self.refused = 0
-        self.expired = 0
-        self._warned_at: float | None = None
-        self._for_the_loop: list[_Connection] = []
-        """Connections shut down while the serving loop owns them: it closes them (take_closed)."""
-
-    def admit(self, connection: socket.socket, client_address: Any) -> _Connection | None:
-        """Take a new connection into the table, closing the longest waiting one at the limit. None: it is
-        to be closed at once (every connection is being served, or too many are still closing)."""
-        with self._lock:
-            made_room = refused = False
-            if len(self._held) >= 2 * self.limit:
-                refused = True
-            elif self._live() >= self.limit:
-                made_room = self._make_room()
-                refused = not made_room
-            if refused:
-                self.refused += 1
-                entry = None
-            else:
-                entry = _Connection(connection, client_address, time.monotonic() + self.request_timeout)
-                self._held.add(entry)
-                self._new[entry] = None
-        if made_room or refused:
-            self._warn_at_the_limit()
-        return entry
-
-    def make_room(self) -> None:
-        """Shut down the connection that has been waiting longest, if any."""
-        with self._lock:
-            self._make_room()
-
-    def hand_to_thread(self, connection: _Connection) -> None:
-        with self._lock:
-            connection.in_thread = True
-            if connection.closing:  # shut down meanwhile: the thread finds it at end of file
-                self._shut_down(connection)
-
-    def take_closed(self) -> list[_Connection]:
-        """The connections the serving loop owns that were shut down (made room for, expired): the loop
-        unregisters and closes them."""
-        with self._lock:
-            taken, self._for_the_loop = self._for_the_loop, []
-            return taken
-
-    def request_arrived(self, connection: _Connection | None) -> None:
-        with self._lock:
-            if connection is None or connection.closing:
-                return
-            self._new.pop(connection, None)
-            self._kept.pop(connection, None)
-            self._served.add(connection)
-
-    def waiting_again(self, connection: _Connection | None) -> None:
-        """A response was sent on a kept-alive connection: the next request must arrive in full within
-        CONNECTION_TIMEOUT."""
-        with self._lock:
-            if connection is None or connection.closing:
-                return
-            self._served.discard(connection)
-            connection.deadline = time.monotonic() + CONNECTION_TIMEOUT
-            self._kept[connection] = None
-
-    def forget(self, connection: _Connection) -> None:
-        """Call before closing the connection's socket: once forgotten, it is never shut down by the table, so
-        a descriptor number reused by a newer connection cannot be shut down in its place."""
-        with self._lock:
-            connection.closing = True
-            self._held.discard(connection)
-            self._new.pop(connection, None)
-            self._kept.pop(connection, None)
-            self._served.discard(connection)
-
-    def expire(self, now: float) -> None:
-        """Shut down every waiting connection whose request has not arrived in full by its deadline."""
-        with self._lock:
-            for waiting in (self._new, self._kept):
-                late = [connection for connection in waiting if connection.deadline <= now]
-                for connection in late:
-                    del waiting[connection]
-                    self._shut_down(connection)
-                self.expired += len(late)
-
-    def close_all(self) -> None:
-        with self._lock:
-            for connection in list(self._held):
-                self._new.pop(connection, None)
-                self._kept.pop(connection, None)
-                self._served.discard(connection)
-                self._shut_down(connection)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._live()
-
-    def _live(self) -> int:
-        return len(self._new) + len(self._kept) + len(self._served)
-
-    def _make_room(self) -> bool:
-        for waiting in (self._new, self._kept):
-            if waiting:
-                oldest, _ = waiting.popitem(last=False)
-                self._shut_down(oldest)
-                self.closed_for_room += 1
-                return True
-        return False
-
-    def _shut_down(self, connection: _Connection) -> None:
-        if connection.closing and not connection.in_thread:
-            return
-        connection.closing = True
-        if not connection.in_thread:
-            self._for_the_loop.append(connection)  # closed at once by the loop, which alone uses it
-            return
-        # shutdown(2), not close: the thread blocked reading from it wakes up (end of file) and closes it
-        # itself, so its descriptor is never closed under it and reused. The plain socket's method, even on
-        # a TLS socket: SSLSocket.shutdown would also unwrap it under the thread that uses it.
-        try:
-            socket.socket.shutdown(connection.socket, socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed by its client
-
-    def _warn_at_the_limit(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if self._warned_at is not None and now - self._warned_at < LIMIT_WARNING_INTERVAL:
-                return
-            self._warned_at = now
-            closed, refused = self.closed_for_room, self.refused
-        log.warning(
-            "%d connections held, the most this server keeps (--max-connections, and half the descriptors "
-            "left under its limit): the longest-waiting connection is closed for each new one (%d so far), "
-            "or the new one when all are being served (%d so far). Many idle clients: an attack, or too "
-            "low a limit", self.limit, closed, refused,
-        )
 
 
 class LoopServer(HTTPServer):
@@ -312,7 +64,7 @@ class LoopServer(HTTPServer):
         # As node_exporter's --web.max-requests: scrapes beyond the limit get 503 at once instead of piling
         # up threads; 0 means no limit.
         self.scrape_slots = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
-        self.connections = _ConnectionTable(connection_limit(max_connections), request_timeout)
+        self.connections = ConnectionTable(connection_limit(max_connections), request_timeout)
         self._current = threading.local()
         self._accept_delay = 0.0
         self._accept_warned_at: float | None = None
@@ -363,7 +115,7 @@ class LoopServer(HTTPServer):
                             self._advance(key.data, selector)
                     except Exception:  # a bug must cost one connection, never the loop that serves them all
                         log.error("unexpected error while serving a connection", exc_info=True)
-                        if isinstance(key.data, _Connection):
+                        if isinstance(key.data, Connection):
                             self._close_in_loop(key.data, selector)
                     self._close_shut_down(selector)
                 now = time.monotonic()
@@ -373,7 +125,7 @@ class LoopServer(HTTPServer):
                     self._close_shut_down(selector)
         finally:
             for key in list(selector.get_map().values()):
-                if isinstance(key.data, _Connection):
+                if isinstance(key.data, Connection):
                     self._close_in_loop(key.data, selector)
             selector.close()
             self._stopped.set()
@@ -440,7 +192,7 @@ class LoopServer(HTTPServer):
         self.connections.make_room()
         time.sleep(self._accept_delay)
 
-    def _advance(self, entry: _Connection, selector: selectors.BaseSelector) -> None:
+    def _advance(self, entry: Connection, selector: selectors.BaseSelector) -> None:
         """Take a waiting connection as far as it goes without blocking: the TLS handshake, then its request.
         Hands it to a thread once the request's head is in."""
         try:
@@ -470,7 +222,7 @@ class LoopServer(HTTPServer):
         selector.unregister(entry.socket)
         self._hand_to_thread(entry)
 
-    def _start_tls(self, entry: _Connection, selector: selectors.BaseSelector) -> bool:
+    def _start_tls(self, entry: Connection, selector: selectors.BaseSelector) -> bool:
         """Wrap a connection of a TLS server in TLS once its first byte is in. False: no TLS for it (closed:
         plain HTTP sent to a TLS port is answered 400 first)."""
         context = self.web_config.ssl_context() if self.web_config is not None else None
@@ -497,7 +249,7 @@ class LoopServer(HTTPServer):
         selector.register(wrapped, selectors.EVENT_READ, entry)
         return True
 
-    def _hand_to_thread(self, entry: _Connection) -> None:
+    def _hand_to_thread(self, entry: Connection) -> None:
         entry.socket.settimeout(CONNECTION_TIMEOUT)
         self.connections.hand_to_thread(entry)
         thread = threading.Thread(target=self._serve_connection, args=(entry,), daemon=True)
@@ -512,7 +264,7 @@ class LoopServer(HTTPServer):
         for entry in self.connections.take_closed():
             self._close_in_loop(entry, selector)
 
-    def _close_in_loop(self, entry: _Connection, selector: selectors.BaseSelector) -> None:
+    def _close_in_loop(self, entry: Connection, selector: selectors.BaseSelector) -> None:
         try:
             selector.unregister(entry.socket)
         except (KeyError, ValueError):
@@ -525,7 +277,7 @@ class LoopServer(HTTPServer):
 
     # Threads
 
-    def _serve_connection(self, entry: _Connection) -> None:
+    def _serve_connection(self, entry: Connection) -> None:
         self._current.connection = entry
         try:
             self.RequestHandlerClass(entry.socket, entry.client_address, self)  # type: ignore[arg-type]
@@ -535,7 +287,7 @@ class LoopServer(HTTPServer):
             self.connections.forget(entry)  # before its descriptor is closed, which a new connection may reuse
             self.shutdown_request(entry.socket)
 
-    def current_connection(self) -> _Connection | None:
+    def current_connection(self) -> Connection | None:
         """The connection the calling thread serves."""
         return getattr(self._current, "connection", None)
 

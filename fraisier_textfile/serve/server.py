@@ -9,7 +9,7 @@ that a deployment whose process died stops counting at once, not at the next flu
 Served: ``/metrics`` (GET and HEAD, gzip when asked), a landing page at ``/``, 404 elsewhere; TLS and basic
 auth from an exporter-toolkit web config (see ``webconfig``); over TCP or a Unix socket from systemd.
 
-Clients that hold connections and send nothing cannot lock Prometheus out (see _ConnectionTable): one loop
+Clients that hold connections and send nothing cannot lock Prometheus out (see connection_table): one loop
 accepts, does TLS handshakes and reads first requests for every connection at once, a thread serves a
 connection only once its request is in, at most ``max_connections`` are held, and a request that has not
 arrived in full by its deadline is cut off, however slowly it trickles.
@@ -36,15 +36,11 @@ from fraisier_textfile.errors import (
 from fraisier_textfile.serve.activation import listen_backlog as listen_backlog
 from fraisier_textfile.serve.activation import notify_systemd as notify_systemd
 from fraisier_textfile.serve.activation import systemd_listening_socket as systemd_listening_socket
-from fraisier_textfile.serve.connections import (
-    CONNECTION_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    REQUEST_TIMEOUT,
-    LoopServer,
-)
-from fraisier_textfile.serve.connections import raise_descriptor_limit as raise_descriptor_limit
+from fraisier_textfile.serve.connection_table import CONNECTION_TIMEOUT, DEFAULT_MAX_CONNECTIONS, REQUEST_TIMEOUT
+from fraisier_textfile.serve.connections import LoopServer
+from fraisier_textfile.serve.descriptors import raise_descriptor_limit as raise_descriptor_limit
+from fraisier_textfile.serve.live_config import LiveWebConfig
 from fraisier_textfile.serve.sources import MetricsSource, RegistrySource, TextfileSource
-from fraisier_textfile.serve.webconfig import LiveWebConfig
 from fraisier_textfile.store.textfile import TextfileStore
 
 if TYPE_CHECKING:

@@ -197,13 +197,13 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("ACTIVE", "active"),
 )
 """``fraisier textfile summary``: what to read at a glance, in 100 columns."""
-WIDE_COLUMNS: tuple[tuple[str, str], ...] = (
+_EACH_ROW: tuple[tuple[str, str], ...] = (
     ("PROVIDER", "provider"),
     ("FRAISE TYPE", "fraise_type"),
     ("AVAILABLE", "available"),
     ("DEPLOYMENTS", "total"),
-    *((status.upper().replace("_", " "), f"status:{status}") for status in c.DEPLOYMENT_STATUSES),
-    ("SUCCESS RATE", "success_rate"),
+)
+_DURATIONS_AND_SINCE: tuple[tuple[str, str], ...] = (
     ("P50", "duration_p50"),
     ("P95", "duration_p95"),
     ("LAST SUCCESS", "seconds_since_last_success"),
@@ -212,21 +212,18 @@ WIDE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("ROLLBACKS", "rollbacks"),
     ("HEALTH PASS", "health_check_pass_rate"),
 )
+WIDE_COLUMNS: tuple[tuple[str, str], ...] = (
+    *_EACH_ROW,
+    *((status.upper().replace("_", " "), f"status:{status}") for status in c.DEPLOYMENT_STATUSES),
+    ("SUCCESS RATE", "success_rate"),
+    *_DURATIONS_AND_SINCE,
+)
 """``fraisier textfile summary --wide``: every number, each status in its own column."""
 PAGE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("PROVIDER", "provider"),
-    ("FRAISE TYPE", "fraise_type"),
-    ("AVAILABLE", "available"),
-    ("DEPLOYMENTS", "total"),
+    *_EACH_ROW,
     ("SUCCESS RATE", "success_rate"),
     ("FAILURES", "failures"),
-    ("P50", "duration_p50"),
-    ("P95", "duration_p95"),
-    ("LAST SUCCESS", "seconds_since_last_success"),
-    ("LAST FAILURE", "seconds_since_last_failure"),
-    ("ACTIVE", "active"),
-    ("ROLLBACKS", "rollbacks"),
-    ("HEALTH PASS", "health_check_pass_rate"),
+    *_DURATIONS_AND_SINCE,
 )
 """The landing page: the failures by status in each FAILURES cell's title."""
 LEFT_ALIGNED = {NAME, "provider", "fraise_type"}

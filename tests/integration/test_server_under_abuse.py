@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from fraisier_textfile.serve.connections import DEFAULT_MAX_CONNECTIONS, RESERVED_DESCRIPTORS
+from fraisier_textfile.serve.connection_table import DEFAULT_MAX_CONNECTIONS
+from fraisier_textfile.serve.descriptors import RESERVED_DESCRIPTORS
 
-from ..processes import REPOSITORY, binary, free_port, running, tail
-from ..tls import Certificates, make_certificates
+from ..processes import REPOSITORY, binary, free_port, running, stop, tail
+from ..tls import Certificates
 from .fleet import Prometheus
 
 SYSTEMD_SOFT_LIMIT = 1024
@@ -59,12 +60,7 @@ def limited_fraisier_metrics(directory: Path, log: Path, hard: int | None, *opti
             time.sleep(0.05)
         yield process, port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         output.close()
 
 
@@ -98,11 +94,6 @@ def soft_descriptor_limit(pid: int) -> int:
         if line.startswith("Max open files"):
             return int(line.split()[3])
     raise AssertionError(f"no open-files limit in /proc/{pid}/limits")
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("certificates"))
 
 
 @pytest.mark.slow
