@@ -1,3 +1,3 @@
-from fraisier_textfile.cli.commands import main
+from fraisier_textfile.cli.group import main
 
 main()

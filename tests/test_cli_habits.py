@@ -171,3 +171,40 @@ def test_the_completion_script_is_what_the_guide_says() -> None:
         in result.stdout
     guide = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert 'eval "$(_FRAISIER_COMPLETE=bash_source fraisier)"' in guide
+
+
+# What one command loads
+
+
+LOADED_MODULES = """
+import atexit, os, sys
+atexit.register(lambda: open(os.environ["MODULES_LISTING"], "w").write("\\n".join(sorted(sys.modules))))
+from fraisier_textfile.cli.dispatch import main
+sys.argv[0] = "fraisier"
+main()
+"""
+
+
+def modules_loaded_by(arguments: list[str], tmp_path: Path) -> set[str]:
+    """Every module in ``sys.modules`` when ``fraisier ARGUMENTS`` (the dispatcher, in a process of its own)
+    exits."""
+    listing = tmp_path / "modules.txt"
+    result = subprocess.run([sys.executable, "-c", LOADED_MODULES, *arguments], capture_output=True, text=True,
+                            env=dict(os.environ, MODULES_LISTING=str(listing)))
+    assert result.returncode == 0, result.stderr
+    return set(listing.read_text().split())
+
+
+def test_a_record_run_loads_no_other_command_nor_the_server(tmp_path: Path) -> None:
+    """A `fraisier record` from cron or a hook pays for recording only: not for the server, its web config,
+    the summary, the systemd units, the other commands, prometheus_client or Fraisier."""
+    loaded = modules_loaded_by(["--textfile-dir", str(tmp_path / "textfile"), *RECORD_DEPLOYMENT], tmp_path)
+    assert "fraisier_textfile.cli.record" in loaded  # the command ran from its own module
+    unwanted = {
+        name for name in loaded
+        if name.startswith(("fraisier_textfile.serve", "prometheus_client", "fraisier.", "yaml"))
+        or name in {"fraisier", "fraisier_textfile.cli.textfile", "fraisier_textfile.cli.serve",
+                    "fraisier_textfile.cli.install", "fraisier_textfile.cli.systemd", "fraisier_textfile.cli.scripts",
+                    "fraisier_textfile.cli.execution", "fraisier_textfile.sources.fraisier_state"}
+    }
+    assert not unwanted

@@ -326,7 +326,7 @@ def test_fraisier_record_imports_nothing_of_fraisier(fraisier_first: VirtualEnvi
     assert traced.returncode == 0, traced.stderr
     imported = {line.rsplit("|", 1)[1].strip() for line in traced.stderr.splitlines()
                 if line.startswith("import time:") and "|" in line}
-    assert "fraisier_textfile.cli.commands" in imported
+    assert "fraisier_textfile.cli.record" in imported
     assert not {name for name in imported if name == "fraisier" or name.startswith("fraisier.")}
     assert not {name for name in imported if name.startswith("prometheus_client")}
 

@@ -165,7 +165,7 @@ def main() -> None:
     decision = route(sys.argv[1:])
     if decision.destination == Route.OURS and decision.fraisier_options and fraisier_installed():
         # Fraisier's group options before our command (without Fraisier, our CLI refuses them as it always has).
-        from fraisier_textfile.cli.commands import main as our_main
+        from fraisier_textfile.cli.group import main as our_main
 
         try:
             arguments, settings = honour_fraisier_options(our_main, decision)
@@ -175,7 +175,7 @@ def main() -> None:
         our_main(args=arguments, **settings)
         return
     if decision.destination == Route.OURS or not fraisier_installed():
-        from fraisier_textfile.cli.commands import main as our_main
+        from fraisier_textfile.cli.group import main as our_main
 
         our_main()
         return
@@ -347,7 +347,7 @@ def combined_group() -> click.Group:
     import click
     from fraisier.cli import main as fraisier_main
 
-    from fraisier_textfile.cli.commands import main as our_main
+    from fraisier_textfile.cli.group import main as our_main
 
     commands = dict(fraisier_main.commands)
     commands.update({name: our_main.commands[name] for name in sorted(OUR_COMMANDS)})

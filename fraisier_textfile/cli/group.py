@@ -1,0 +1,300 @@
+"""The ``fraisier-textfile`` command group: its options (also accepted after any command), the settings they
+make (``Settings``), the translation of library errors into click's, and where each command lives.
+
+The commands are loaded when they run (``LazyCommands``): ``fraisier record`` loads the recording commands and
+nothing of the server, the web config, the summary or the systemd units. Nothing here imports
+prometheus_client: a ``fraisier record`` run from cron must not pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fraisier_textfile import __version__, settings
+from fraisier_textfile import catalogue as c
+from fraisier_textfile.cli import logs
+from fraisier_textfile.cli.dispatch import HintingGroup
+from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
+from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT, default_textfile_directory
+from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENVIRONMENT
+from fraisier_textfile.store.textfile import TextfileStore
+
+
+class InvalidInput(click.ClickException):
+    """A bad value: one line, exit 2 like any other misuse."""
+
+    exit_code = 2
+
+
+@contextmanager
+def library_errors() -> Iterator[None]:
+    try:
+        yield
+    except InvalidValueError as error:
+        raise InvalidInput(str(error)) from None
+    except FraisierTextfileError as error:
+        raise click.ClickException(str(error)) from None
+
+
+class Settings:
+    """The group's settings: the options, else their environment variables, else the defaults.
+
+    A typo in a setting from the environment is reported in one line and replaced by its default (it must not
+    stop a deployment). A typo in an option given on the command line is a usage error (exit 2), except for
+    ``fraisier exec`` (``lenient``): there it is reported, its default used, and the deployment runs."""
+
+    def __init__(self, textfile_dir: Path, lock_timeout: str | None = None, log_level: str | None = None,
+                 log_format: str | None = None, *, lenient: bool = False,
+                 lock_timeout_source: str = "--lock-timeout") -> None:
+        self.lenient = lenient
+        self.problems: list[str] = []
+        """What was wrong with the settings (each reported once, as a warning): for exec's one line."""
+        self.textfile_dir = textfile_dir
+        deferred: list[tuple[InvalidValueError, object]] = []
+        self.log_level = self._setting("--log-level", log_level, logs.LEVEL_ENVIRONMENT, _level,
+                                       logs.DEFAULT_LEVEL, deferred)
+        self.log_format = self._setting("--log-format", log_format, logs.FORMAT_ENVIRONMENT, _format,
+                                        logs.DEFAULT_FORMAT, deferred)
+        # Logging is set up before the other settings are read, so that their problems are logged in its format.
+        logs.configure(self.log_level, self.log_format)
+        self.lock_timeout = self._setting(lock_timeout_source, lock_timeout, LOCK_TIMEOUT_ENVIRONMENT,
+                                          c.check_seconds, DEFAULT_LOCK_TIMEOUT, deferred)
+        for error, default in deferred:
+            self._report(error, default)
+
+    def _setting(self, option: str, given: str | None, variable: str, parse: Callable[[str, str], Any],
+                 default: Any, deferred: list[tuple[InvalidValueError, object]]) -> Any:
+        if given is not None:
+            try:
+                return parse(option, given)
+            except InvalidValueError as error:
+                if not self.lenient:
+                    raise InvalidInput(str(error)) from None
+                deferred.append((error, default))
+                return default
+        text = os.environ.get(variable)
+        if not text:
+            return default
+        try:
+            return parse(variable, text)
+        except InvalidValueError as error:
+            deferred.append((error, default))
+            return default
+
+    def _report(self, error: InvalidValueError, default: object) -> None:
+        self.problems.append(str(error))
+        settings.report(error, default)
+
+    def apply(self, option: str, value: object) -> None:
+        """An option given after the command, over the group's value."""
+        deferred: list[tuple[InvalidValueError, object]] = []
+        if option == "textfile-dir":
+            self.textfile_dir = Path(str(value))
+        elif option == "lock-timeout":
+            self.lock_timeout = self._setting("--lock-timeout", str(value), "", c.check_seconds, self.lock_timeout,
+                                              deferred)
+        elif option == "log-level":
+            self.log_level = self._setting("--log-level", str(value), "", _level, self.log_level, deferred)
+            logs.configure(self.log_level, self.log_format)
+        elif option == "log-format":
+            self.log_format = self._setting("--log-format", str(value), "", _format, self.log_format, deferred)
+            logs.configure(self.log_level, self.log_format)
+        for error, default in deferred:
+            self._report(error, default)
+
+    def store(self, *, fraisier_state: bool = False, since: float | None = None) -> TextfileStore:
+        """``fraisier_state``: with Fraisier's state database read in each merge (sources/fraisier_state.py);
+        ``since``: what it counts of a database seen for the first time."""
+        with library_errors():
+            participants: list[Any] = []
+            if fraisier_state:
+                from fraisier_textfile.sources.fraisier_state import participants as state_participants
+
+                participants = list(state_participants(since=since))
+            return TextfileStore(self.textfile_dir, self.lock_timeout, participants=participants)
+
+
+def _level(what: str, text: str) -> str:
+    return settings.choice_text(what, text, list(logs.LEVELS))
+
+
+def _format(what: str, text: str) -> str:
+    return settings.choice_text(what, text, logs.FORMATS)
+
+
+def _choices(values: tuple[str, ...] | list[str]) -> Callable[..., list[str]]:
+    return lambda context, parameter, incomplete: complete(values, incomplete)
+
+
+def _not_a_command(context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
+    """A group option whose value is one of our commands was given no value (``--log-level record error``):
+    a usage error naming the option, not "No such command 'error'" two words later. Other bad values are
+    judged once the command is known (exec runs its command all the same)."""
+    group = context.command
+    if value is not None and isinstance(group, click.Group) and value in group.commands:
+        raise click.BadParameter(f"{value!r} is a command: give the option a value before it", context, parameter)
+    return value
+
+
+def seconds(name: str, value: str) -> float:
+    with library_errors():
+        return c.check_seconds(name, value)
+
+
+
+def complete(values: tuple[str, ...] | list[str], incomplete: str) -> list[str]:
+    """Shell completion of a value among ``values``."""
+    return [value for value in values if value.startswith(incomplete)]
+
+
+
+COMMANDS = {
+    "record": "fraisier_textfile.cli.record:record",
+    "exec": "fraisier_textfile.cli.record:exec_",
+    "textfile": "fraisier_textfile.cli.textfile:textfile",
+    "metrics": "fraisier_textfile.cli.serve:metrics",
+    "systemd": "fraisier_textfile.cli.install:systemd",
+    "install-dispatcher": "fraisier_textfile.cli.install:install_dispatcher",
+}
+"""Each command of the group, as ``module:attribute``: imported when the command is first looked up."""
+
+
+class LazyCommands(MutableMapping[str, click.Command]):
+    """The group's commands, each imported from its module when first looked up (click's lazy-loading group,
+    as a mapping). A mapping rather than overriding ``get_command`` and ``list_commands``: click also reads
+    ``Group.commands`` itself (the "Did you mean" of an unknown command), and so do the dispatcher's combined
+    help and the tests; each gets every name, and loads only the commands it looks at."""
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        self._paths = dict(paths)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        command = self._loaded.get(name)
+        if command is None:
+            module, _, attribute = self._paths[name].partition(":")
+            # __import__, not importlib.import_module: only the import statement's machinery reports to
+            # `python -X importtime`, which bench/bench_cli.py reads to account for the record path.
+            command = getattr(__import__(module, fromlist=[attribute]), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self._paths[name]} is not a click command")
+            _give_group_options(command)
+            self._loaded[name] = command
+        return command
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._paths.pop(name, None)
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self._paths and name not in self._loaded:
+            raise KeyError(name)
+        self._paths.pop(name, None)
+        self._loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._loaded
+        yield from (name for name in self._paths if name not in self._loaded)
+
+    def __len__(self) -> int:
+        return len(self._loaded.keys() | self._paths.keys())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._loaded or name in self._paths
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=HintingGroup, context_settings=CONTEXT, commands=LazyCommands(COMMANDS))
+@click.option(
+    "--textfile-dir",
+    envvar=DIRECTORY_ENVIRONMENT,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_textfile_directory,
+    show_default=str(default_textfile_directory()),
+    help=f"Directory of fraisier.prom; created if missing. Point node_exporter's "
+    f"--collector.textfile.directory at it (Debian: /var/lib/prometheus/node-exporter). "
+    f"Env: {DIRECTORY_ENVIRONMENT}.",
+)
+@click.option(
+    "--lock-timeout",
+    default=None,
+    callback=_not_a_command,
+    show_default=str(DEFAULT_LOCK_TIMEOUT),
+    metavar="SECONDS",
+    help=f"How long to wait for another fraisier process to finish writing the file. "
+    f"Env: {LOCK_TIMEOUT_ENVIRONMENT}.",
+)
+@click.option("--log-level", metavar="[" + "|".join(logs.LEVELS) + "]", default=None, callback=_not_a_command,
+              show_default=logs.DEFAULT_LEVEL, shell_complete=_choices(list(logs.LEVELS)),
+              help=f"Log records at this level and above, to stderr (request logs are debug). "
+              f"Env: {logs.LEVEL_ENVIRONMENT}.")
+@click.option("--log-format", metavar="[" + "|".join(logs.FORMATS) + "]", default=None, callback=_not_a_command,
+              show_default=logs.DEFAULT_FORMAT, shell_complete=_choices(logs.FORMATS),
+              help=f"logfmt (time=... level=... msg=...) or json (one object a line), as node_exporter's. "
+              f"Env: {logs.FORMAT_ENVIRONMENT}.")
+# Named for this package whatever script started it: `fraisier, version 0.1.0` read as an old Fraisier.
+@click.version_option(__version__, prog_name="fraisier-textfile", message="%(prog)s, version %(version)s")
+@click.pass_context
+def main(context: click.Context, textfile_dir: Path, lock_timeout: str | None, log_level: str | None,
+         log_format: str | None) -> None:
+    """Fraisier's deployment metrics for Prometheus, from short-lived processes.
+
+    Every command merges what it records into one file, TEXTFILE_DIR/fraisier.prom, under a lock and with
+    an atomic replace, so the file always holds the totals over every process that ever ran. Serve it with
+    node_exporter's textfile collector or with `fraisier metrics`.
+
+    \b
+    Examples:
+      fraisier record deployment --provider bare_metal --fraise-type api --status success --duration 42
+      fraisier exec --provider bare_metal --fraise-type api -- ./deploy.sh
+      fraisier textfile show
+
+    The options above may also follow the command: fraisier textfile check --textfile-dir DIR.
+
+    The settings other than the directory only tune the metrics: a typo in one of them in the environment is
+    reported in one line and its default used; given on the command line, it is a usage error (exit 2), except
+    for exec, which reports it and runs the deployment all the same.
+    """
+    context.obj = Settings(textfile_dir, lock_timeout, log_level, log_format,
+                           lenient=context.invoked_subcommand == "exec")
+
+
+pass_settings = click.pass_obj
+
+
+def _shared_option(name: str, **attributes: Any) -> click.Option:
+    def apply(context: click.Context, parameter: click.Parameter, value: object) -> object:
+        if value is not None:
+            settings = context.find_object(Settings)
+            if settings is not None:
+                settings.apply(name, value)
+        return value
+
+    return click.Option([f"--{name}"], default=None, expose_value=False, callback=apply,
+                        help=f"As `fraisier --{name}`, given after the command.", **attributes)
+
+
+def _give_group_options(command: click.Command) -> None:
+    """``fraisier textfile check --textfile-dir X`` as well as ``fraisier --textfile-dir X textfile check``.
+    A value given after the command wins over one given before it."""
+    command.params.extend([
+        _shared_option("textfile-dir", type=click.Path(file_okay=False, path_type=Path)),
+        _shared_option("lock-timeout", metavar="SECONDS"),
+        _shared_option("log-level", metavar="[" + "|".join(logs.LEVELS) + "]",
+                       shell_complete=_choices(list(logs.LEVELS))),
+        _shared_option("log-format", metavar="[" + "|".join(logs.FORMATS) + "]",
+                       shell_complete=_choices(logs.FORMATS)),
+    ])
+    if isinstance(command, click.Group):
+        for subcommand in command.commands.values():
+            _give_group_options(subcommand)
+
+

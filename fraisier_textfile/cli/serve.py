@@ -1,0 +1,141 @@
+"""``fraisier metrics``: the textfile served over HTTP for Prometheus (the server itself is ``serve/``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from fraisier_textfile.cli.group import InvalidInput, Settings, library_errors, pass_settings
+
+log = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option("--port", "-p", type=click.IntRange(0, 65535), default=8001, show_default=True,
+              help="TCP port to listen on.")
+@click.option("--address", "-a", default="localhost", show_default=True,
+              help="Address to listen on: localhost (the default) keeps the metrics on this machine; "
+              "0.0.0.0 or a host's address exposes them (use --web-config-file then).")
+@click.option("--web-config-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Web config (TLS, basic auth) in the format of Prometheus exporters; see above.")
+@click.option("--max-requests", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Scrapes served at once; more get 503 at once, as with node_exporter's --web.max-requests "
+              "(say 40, on a host exposed to many clients). 0: no limit.")
+@click.option("--max-connections", type=click.IntRange(min=0), default=512, show_default=True,
+              help="Connections held at once, as Prometheus's --web.max-connections (never more than half the "
+              "open-file limit allows). At the limit a new connection closes the one that has waited longest "
+              "for its request. 0: as many as the open-file limit allows.")
+@pass_settings
+def metrics(settings: Settings, port: int, address: str, web_config_file: Path | None, max_requests: int,
+            max_connections: int) -> None:
+    """Serve TEXTFILE_DIR/fraisier.prom over HTTP at /metrics, for Prometheus to scrape.
+
+    For hosts without node_exporter (with it, point its textfile collector at TEXTFILE_DIR instead). A scrape
+    shows what the file holds, with the deployments in progress counted live; the file is re-read only when
+    it changed. Until a fraisier process writes the file, every family is served without samples. There is a
+    landing page at / with a summary of the deployments (as `fraisier textfile summary`). SIGTERM or SIGINT
+    stop it (exit 0); SIGHUP re-reads the web config (systemd's ExecReload) and it goes on serving.
+
+    Started by a systemd .socket unit (LISTEN_FDS, LISTEN_PID), it serves the socket it is handed, TCP or Unix
+    (ListenStream=/run/fraisier-metrics.sock, or @name), and ignores --address and --port; contrib/systemd/ has
+    the units. Otherwise it listens with the system's backlog (/proc/sys/net/core/somaxconn), as node_exporter
+    does.
+
+    Against clients that hold connections and send nothing: it raises its soft open-file limit to the hard
+    one at start (as Go programs do), holds at most --max-connections, and closes a connection whose TLS
+    handshake and request have not arrived in full 10 s after it connected (30 s after the last response on
+    a kept-alive connection), however slowly the bytes trickle in.
+
+    --web-config-file takes the web config file of Prometheus exporters (exporter-toolkit): TLS, client
+    certificates, basic auth. Paths in it are relative to its directory; it is re-read when it changes. A new
+    config that would turn authentication off (an empty or half-written file, every user removed), turn TLS on
+    or off, or change its client_auth_type, client_ca_file, min_version or max_version is refused and logged
+    at error level: the last good config stays in force until a restart.
+
+    \b
+    Example web config:
+      tls_server_config:
+        cert_file: server.crt
+        key_file: server.key
+        min_version: TLS12                            # optional
+        client_auth_type: RequireAndVerifyClientCert  # optional: client certificates ...
+        client_ca_file: clients-ca.crt                # ... signed by this CA
+      basic_auth_users:                               # optional: user name: bcrypt hash of the password
+        prometheus: $2b$12$...                        # the whole hash made as below
+
+    \b
+    A hash for a password:
+      python3 -c 'import bcrypt; print(bcrypt.hashpw(b"PASSWORD", bcrypt.gensalt()).decode())'
+
+    \b
+    Examples:
+      fraisier metrics
+      fraisier metrics --address 0.0.0.0 --port 9101 --web-config-file /etc/fraisier/web.yml
+      fraisier metrics -p 8001 -a localhost          # Fraisier's own flags work too
+    """
+    import signal
+    import threading
+
+    from fraisier_textfile.serve.server import (
+        notify_systemd,
+        raise_descriptor_limit,
+        serve_textfile,
+        systemd_listening_socket,
+    )
+
+    if not address.strip():
+        raise InvalidInput("--address is empty: give localhost, a host's address, or 0.0.0.0 for every interface")
+    stop = threading.Event()
+    wake = threading.Event()
+    reloads: list[int] = []
+
+    def request_stop(signal_number: int, frame: object) -> None:
+        stop.set()
+        wake.set()
+
+    def request_reload(signal_number: int, frame: object) -> None:
+        reloads.append(signal_number)
+        wake.set()
+
+    # Before the server starts: a SIGTERM during start-up is a clean stop too, and a SIGHUP (systemd's
+    # ExecReload) never kills it.
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
+    store = settings.store(fraisier_state=True)  # each scrape takes what Fraisier's state holds that is new
+    before, after = raise_descriptor_limit()
+    if after != before:
+        log.debug(f"raised the soft limit on open files from {before} to {after}, the hard limit")
+    with library_errors():
+        listening_socket = systemd_listening_socket()
+        server = serve_textfile(
+            store, port=port, address=address, web_config_file=web_config_file, max_requests=max_requests,
+            listening_socket=listening_socket, max_connections=max_connections,
+        )
+    details = ", ".join(
+        part for part in (
+            "socket from systemd" if listening_socket is not None else "",
+            "TLS" if server.tls else "",
+            "basic auth" if server.web_config is not None and server.web_config.current().basic_auth_users else "",
+            "" if store.path.exists() else "the file does not exist yet: families are served without samples",
+        ) if part
+    )
+    log.info(f"fraisier metrics: serving {store.path} on {server.location}" + (f" ({details})" if details else ""))
+    if max_connections and server.connection_limit < max_connections:
+        log.warning(f"--max-connections {max_connections} lowered to {server.connection_limit}: the open-file "
+                    f"limit ({after}) allows no more; raise LimitNOFILE= in the unit")
+    # Type=notify: systemd counts the service started, and lets a reload (SIGHUP) through, only from here.
+    notify_systemd("READY=1")
+    while True:
+        wake.wait()
+        wake.clear()
+        if stop.is_set():
+            break
+        while reloads:
+            reloads.pop()
+            log.info("SIGHUP: reloading the web config")
+            server.reload_web_config()
+    server.shutdown()
+    log.info("fraisier metrics: stopped")
