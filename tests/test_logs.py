@@ -181,8 +181,15 @@ def test_requests_are_logged_at_debug_with_method_path_status_duration_and_remot
     with metrics_server(tmp_path, "--log-level", "debug", "--log-format", log_format) as (_, url, log):
         assert get(url) == 200
         assert get(url.replace("/metrics", "/nowhere")) == 404
-        text = wait_for_log(log, "/nowhere")
-    requests = [line for line in log_lines(text, log_format) if line["msg"] == "request"]
+        # Each request is logged once its response is sent, by the connection's own thread: the second's line
+        # may be written before the first's, so both are waited for.
+        deadline = time.monotonic() + 20
+        while True:
+            text = wait_for_log(log, "/nowhere")
+            requests = [line for line in log_lines(text, log_format) if line["msg"] == "request"]
+            if {"/metrics", "/nowhere"} <= {line["path"] for line in requests} or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     assert all(line["level"] == "debug" for line in requests)
     scrape = next(line for line in requests if line["path"] == "/metrics")
     missing = next(line for line in requests if line["path"] == "/nowhere")
