@@ -3,6 +3,7 @@ of the directory leaves in its place."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -114,3 +115,32 @@ def test_a_counter_whose_lock_a_writer_holds_for_ever_still_numbers(directory: f
         holder.stdin.close()
         holder.wait(timeout=30)
     assert first is not None and numbers == [first + 1, first + 2, first + 3]
+
+
+def test_a_process_waits_for_a_counter_held_for_ever_only_once(
+    directory: fs.Directory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment recording many events while a writer holds the counter's lock waits for it at the first
+    hand-over only: the later ones try the lock once and number without it. Counted by the tries, not timed."""
+    monkeypatch.setattr(handover_order, "_waited_in_vain", False, raising=False)
+    sequence_of(new_id(directory))  # the counter exists before the holder opens it
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_COUNTER, str(tmp_path / SEQUENCE_FILE)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    tries: list[int] = []
+    real_flock = fcntl.flock
+
+    def counted_flock(descriptor: int, operation: int) -> None:
+        tries[-1] += 1
+        real_flock(descriptor, operation)
+
+    monkeypatch.setattr(fcntl, "flock", counted_flock)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        for _ in range(3):
+            tries.append(0)
+            new_id(directory)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert tries[0] > 1 and tries[1:] == [1, 1]

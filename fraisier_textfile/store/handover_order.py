@@ -20,10 +20,17 @@ from fraisier_textfile.store import fs
 SEQUENCE_FILE = "sequence"
 """The counter that orders hand-overs (no dot: names starting with one are temporaries; no .json: not a
 hand-over)."""
-_SEQUENCE_WAIT = 0.05
-"""Seconds a writer waits for the counter's lock. Its holders only read and write a few bytes; a writer of the
-directory holding it for ever must not hang a deployment: past this, the counter is read without the lock
-(two hand-overs may then share a number; both are applied, in an arbitrary order between them)."""
+_SEQUENCE_WAIT = 1.0
+"""Seconds a writer waits for the counter's lock, once per process. Its holders only read and write a few bytes,
+but on a loaded machine a holder can be descheduled for tens of milliseconds between taking the lock and
+dropping it, and a shorter wait then gives two racing writers the same number. A writer of the directory holding
+the lock for ever must not delay a deployment more than once: past this wait the counter is read without the
+lock (two hand-overs may then share a number; both are applied, in an arbitrary order between them, as two
+concurrent ones would be), and this process never waits for the counter's lock again (:data:`_waited_in_vain`)."""
+_waited_in_vain = False
+"""Whether this process once waited :data:`_SEQUENCE_WAIT` for the counter's lock in vain: a lock held that
+long is held on purpose, and a process recording many events must not pay the wait at each. Inherited by a
+forked child, which is right: the holder is the same."""
 _SEQUENCE_DIGITS = 20
 
 
@@ -133,15 +140,19 @@ def _open_sequence(directory: fs.Directory, create: bool = True) -> int | None:
 
 
 def _lock_sequence(descriptor: int) -> None:
-    deadline = time.monotonic() + _SEQUENCE_WAIT
+    global _waited_in_vain
+    deadline = time.monotonic() + (0.0 if _waited_in_vain else _SEQUENCE_WAIT)
+    pause = 0.0002
     while True:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             if time.monotonic() > deadline:
+                _waited_in_vain = True
                 return
-            time.sleep(0.0002)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)  # a holder that got the CPU back releases at once; later tries can be sparser
         except OSError:
             return
 
