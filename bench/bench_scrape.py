@@ -4,7 +4,9 @@ Both serve the same directory, holding one 10,000-series ``fraisier.prom`` writt
 sequential scrapes on one keep-alive connection per server, the two servers taking turns so that the machine's
 noise falls on both alike; once without and once with ``Accept-Encoding: gzip`` (what Prometheus sends).
 Throughput: 8 client processes scraping one server at a time for a fixed time. Also: the first scrape of
-``fraisier metrics`` after a flush changed the file (it parses and encodes the file once per change).
+``fraisier metrics`` after a flush changed the file (it parses and encodes the file once per change), and
+scrapes while 4 client processes request the landing page (``/``) in a loop, one server at a time: anyone who
+can reach the port can do that, and it must not delay Prometheus.
 
     python bench/bench_scrape.py [--requests 100] [--seconds 3] [--json]
 
@@ -41,6 +43,10 @@ from fraisier_textfile.store.textfile import TextfileStore
 SERIES = 10_000
 CLIENTS = 8
 GOAL = 1 / 20
+PAGE_CLIENTS = 4
+PAGE_LOAD_GOAL = 2.0
+"""The landing-page load may slow our scrapes (median, gzip: loaded / unloaded) at most twice as much as it slows
+node_exporter's. Compared to node_exporter's own scrape time, ours would pass however slow the page made it."""
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 
 
@@ -174,6 +180,48 @@ def throughput(url: str, compressed: bool, seconds: float) -> float:
     return float(total / window)
 
 
+def _landing_page_worker(port: int, stop: Any, served: Any) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    pages = 0
+    while not stop.is_set():
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"port {port} answered {response.status} for /")
+        pages += 1
+    served.put(pages)
+    connection.close()
+
+
+def under_landing_page_load(urls: dict[str, str], requests: int) -> dict[str, dict[str, float]]:
+    """Sequential scrapes of each server in turn while PAGE_CLIENTS processes request its landing page."""
+    context = multiprocessing.get_context("fork")
+    result = {}
+    for name, url in urls.items():
+        client = Client(url, compressed=True)
+        stop, served = context.Event(), context.Queue()
+        workers = [context.Process(target=_landing_page_worker, args=(client.port, stop, served))
+                   for _ in range(PAGE_CLIENTS)]
+        for worker in workers:
+            worker.start()
+        time.sleep(0.5)  # the load under way before the first timed scrape
+        started = time.monotonic()
+        timings = [client.scrape() for _ in range(requests)]
+        elapsed = time.monotonic() - started
+        stop.set()
+        pages = sum(served.get(timeout=300) for _ in workers)
+        for worker in workers:
+            worker.join()
+        client.close()
+        result[name] = {
+            "median_ms": statistics.median(timings) * 1000,
+            "p99_ms": percentile(timings, 0.99) * 1000,
+            "landing_pages_per_second": pages / (elapsed + 0.5),
+        }
+    return result
+
+
 def first_scrape_after_a_flush(directory: Path, url: str, flushes: int = 10) -> float:
     """Median milliseconds of the first scrape after a flush changed the file (parse + encode once)."""
     store = TextfileStore(directory)
@@ -223,6 +271,7 @@ def run(requests: int, seconds: float) -> dict[str, Any]:
                 for name, url in urls.items():
                     measured[name]["scrapes_per_second"] = throughput(url, compressed, seconds)
                 modes[mode] = measured
+            page_load = under_landing_page_load(urls, requests)
             after_flush = first_scrape_after_a_flush(directory, ours)
     result: dict[str, Any] = {
         "series": series,
@@ -235,6 +284,12 @@ def run(requests: int, seconds: float) -> dict[str, Any]:
         "modes": modes,
         "fraisier_first_scrape_after_flush_median_ms": after_flush,
         "goal_median_ratio": GOAL,
+        "landing_page_clients": PAGE_CLIENTS,
+        "under_landing_page_load": page_load,
+        "slowdown_under_landing_page_load": {
+            name: page_load[name]["median_ms"] / modes["gzip"][name]["median_ms"] for name in page_load
+        },
+        "goal_under_landing_page_load": PAGE_LOAD_GOAL,
     }
     for measured in modes.values():
         ours_figures, theirs_figures = measured["fraisier metrics"], measured["node_exporter"]
@@ -269,6 +324,17 @@ def table(result: dict[str, Any]) -> str:
                  f"{result['fraisier_first_scrape_after_flush_median_ms']:.1f} ms (median)")
     verdict = "met" if result["goal_met"] else "NOT met"
     lines.append(f"Goal: our median at most {result['goal_median_ratio']:.2f} of node_exporter's: {verdict}")
+    lines += ["", f"Scrapes (gzip) while {result['landing_page_clients']} client processes request / in a loop:",
+              f"{'server':<18} {'median ms':>10} {'p99 ms':>10} {'pages/s':>10}"]
+    for name, figures in result["under_landing_page_load"].items():
+        lines.append(f"{name:<18} {figures['median_ms']:>10.2f} {figures['p99_ms']:>10.2f} "
+                     f"{figures['landing_pages_per_second']:>10.1f}")
+    slowdown = result["slowdown_under_landing_page_load"]
+    ratio = slowdown["fraisier metrics"] / slowdown["node_exporter"]
+    goal = result["goal_under_landing_page_load"]
+    lines.append(f"Slowed by the load (median, loaded / unloaded): ours {slowdown['fraisier metrics']:.2f}x, "
+                 f"node_exporter's {slowdown['node_exporter']:.2f}x; ours / theirs {ratio:.2f}, goal ≤ {goal:g}: "
+                 + ("met" if ratio <= goal else "MISSED"))
     return "\n".join(lines)
 
 
