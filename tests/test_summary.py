@@ -72,6 +72,17 @@ def rows_by_key(rows: list[Row]) -> dict[tuple[str, str], Row]:
     return {(row.provider, row.fraise_type): row for row in rows}
 
 
+def test_a_summary_brought_to_a_later_time_is_the_summary_made_then(textfile_dir: Path) -> None:
+    """The landing page summarizes a file once and brings the ages to each request's time: the same as
+    summarizing it again then."""
+    document = build(textfile_dir).read()
+    earlier = summarize(document, now=NOW)
+    later = earlier.at(NOW + 3600)
+    assert later == summarize(document, now=NOW + 3600)
+    assert rows_by_key(later.rows)[("bare_metal", "api")].seconds_since_last_success == NOW + 3600 - LAST_SUCCESS_API
+    assert rows_by_key(earlier.rows)[("bare_metal", "api")].seconds_since_last_success == NOW - LAST_SUCCESS_API
+
+
 def test_the_numbers_match_the_events(textfile_dir: Path) -> None:
     rows = rows_by_key(summarize(build(textfile_dir).read(), now=NOW).rows)
     assert list(rows) == [("bare_metal", "all"), ("bare_metal", "api"), ("bare_metal", "etl"),

@@ -26,6 +26,7 @@ from fraisier_textfile.serve.connection_table import (
     ConnectionTable,
 )
 from fraisier_textfile.serve.descriptors import connection_limit
+from fraisier_textfile.serve.landing import LandingPage
 from fraisier_textfile.serve.live_config import LiveWebConfig
 from fraisier_textfile.serve.sources import MetricsSource
 
@@ -59,6 +60,7 @@ class LoopServer(HTTPServer):
         self.address_family = family
         self.request_queue_size = listen_backlog()
         self.source = source
+        self.landing_page = LandingPage(source)  # what the handler serves at /
         self.web_config = web_config
         self.tls = web_config is not None and web_config.tls  # a reload never turns it on or off
         # As node_exporter's --web.max-requests: scrapes beyond the limit get 503 at once instead of piling

@@ -38,7 +38,6 @@ from fraisier_textfile.serve.activation import systemd_listening_socket as syste
 from fraisier_textfile.serve.connection_table import CONNECTION_TIMEOUT, DEFAULT_MAX_CONNECTIONS, REQUEST_TIMEOUT
 from fraisier_textfile.serve.connections import LoopServer
 from fraisier_textfile.serve.descriptors import raise_descriptor_limit as raise_descriptor_limit
-from fraisier_textfile.serve.landing import landing_page
 from fraisier_textfile.serve.live_config import LiveWebConfig
 from fraisier_textfile.serve.sources import MetricsSource, RegistrySource, TextfileSource
 from fraisier_textfile.store.textfile import TextfileStore
@@ -164,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._metrics(send_body)
         elif path == "/":
-            page = landing_page(self.server.source)
+            page = self.server.landing_page.render()
             self._send(200, page.encode("utf-8"), "text/html; charset=utf-8", send_body)
         else:
             self._send(404, b"Not found: the metrics are at /metrics\n", "text/plain; charset=utf-8", send_body)

@@ -19,7 +19,7 @@ import math
 import time
 import unicodedata
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fraisier_textfile import catalogue as c
@@ -66,6 +66,13 @@ class Summary:
     now: float
     rows: list[Row]
 
+    def at(self, now: float) -> Summary:
+        """The same summary as of ``now``: only the ages since the last success and failure depend on the time."""
+        rows = [replace(row) for row in self.rows]
+        for row in rows:
+            _age(row, now)
+        return Summary(now, rows)
+
     def as_json(self) -> dict[str, Any]:
         return {"generated_at": self.now, "rows": [asdict(row) for row in self.rows]}
 
@@ -96,6 +103,11 @@ def histogram_quantile(quantile: float, buckets: Iterable[tuple[float, float]]) 
     if in_bucket <= 0:
         return upper
     return lower + (upper - lower) * (rank - below) / in_bucket
+
+
+def _age(row: Row, now: float) -> None:
+    row.seconds_since_last_success = None if row.last_success is None else now - row.last_success
+    row.seconds_since_last_failure = None if row.last_failure is None else now - row.last_failure
 
 
 def _series(document: Document, family: c.Family) -> Iterable[tuple[str, dict[str, str], float]]:
@@ -166,10 +178,7 @@ def summarize(document: Document, now: float | None = None) -> Summary:
         target.failures = sum(target.deployments.get(status, 0.0) for status in FAILURE_STATUSES)
         if target.total > 0:
             target.success_rate = target.deployments.get("success", 0.0) / target.total
-        if target.last_success is not None:
-            target.seconds_since_last_success = now - target.last_success
-        if target.last_failure is not None:
-            target.seconds_since_last_failure = now - target.last_failure
+        _age(target, now)
         if target.fraise_type == ALL_FRAISE_TYPES:
             if target.health_checks:
                 target.health_check_pass_rate = passed.get(target.provider, 0.0) / target.health_checks
