@@ -12,7 +12,6 @@ Numbers are read strictly, as ASCII: ``str.isdigit`` accepts ``²`` (which ``int
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -20,8 +19,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from fraisier_textfile.errors import InvalidValueError
+from fraisier_textfile.logger import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _Value = TypeVar("_Value")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -185,12 +186,12 @@ main()
 """
 
 
-def modules_loaded_by(arguments: list[str], tmp_path: Path) -> set[str]:
+def modules_loaded_by(arguments: list[str], tmp_path: Path, **environment: str) -> set[str]:
     """Every module in ``sys.modules`` when ``fraisier ARGUMENTS`` (the dispatcher, in a process of its own)
     exits."""
     listing = tmp_path / "modules.txt"
     result = subprocess.run([sys.executable, "-c", LOADED_MODULES, *arguments], capture_output=True, text=True,
-                            env=dict(os.environ, MODULES_LISTING=str(listing)))
+                            env=dict(os.environ, MODULES_LISTING=str(listing), **environment))
     assert result.returncode == 0, result.stderr
     return set(listing.read_text().split())
 
@@ -208,3 +209,32 @@ def test_a_record_run_loads_no_other_command_nor_the_server(tmp_path: Path) -> N
                     "fraisier_textfile.cli.execution", "fraisier_textfile.sources.fraisier_state"}
     }
     assert not unwanted
+
+
+def test_a_record_run_that_logs_nothing_imports_no_logging(tmp_path: Path) -> None:
+    """Its loggers fetch logging at their first record (fraisier_textfile.logger), and its log lines are set up
+    then: a run that has nothing to say does not pay for importing logging."""
+    loaded = modules_loaded_by(["--textfile-dir", str(tmp_path / "textfile"), *RECORD_DEPLOYMENT], tmp_path)
+    assert "fraisier_textfile.cli.record" in loaded
+    assert "logging" not in loaded
+
+
+@pytest.mark.parametrize("log_format", ["logfmt", "json"])
+def test_a_record_run_logs_a_bad_setting_in_the_chosen_format(textfile_dir: Path, log_format: str) -> None:
+    """With its logging set up at the first record, a record run still logs in the format chosen, in the
+    environment or by the option."""
+    bad_setting = {**os.environ, "FRAISIER_LOCK_TIMEOUT": "soon"}
+    for arguments, environment in (
+        (RECORD_DEPLOYMENT, {**bad_setting, "FRAISIER_LOG_FORMAT": log_format}),
+        (["--log-format", log_format, *RECORD_DEPLOYMENT], bad_setting),
+    ):
+        result = fraisier(*arguments, textfile_dir=textfile_dir, env=dict(environment))
+        assert result.returncode == 0, result.stderr
+        [line] = result.stderr.splitlines()
+        assert "FRAISIER_LOCK_TIMEOUT" in line and "soon" in line
+        if log_format == "json":
+            assert json.loads(line)["level"] == "warn"
+        else:
+            assert line.startswith("time=") and " level=warn " in line
+    assert sample_values(textfile_dir / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 2

@@ -51,8 +51,9 @@ class Settings:
 
     def __init__(self, textfile_dir: Path, lock_timeout: str | None = None, log_level: str | None = None,
                  log_format: str | None = None, *, lenient: bool = False,
-                 lock_timeout_source: str = "--lock-timeout") -> None:
+                 lock_timeout_source: str = "--lock-timeout", logs_at_first_record: bool = False) -> None:
         self.lenient = lenient
+        self._configure_logs = logs.configure_at_first_record if logs_at_first_record else logs.configure
         self.problems: list[str] = []
         """What was wrong with the settings (each reported once, as a warning): for exec's one line."""
         self.textfile_dir = textfile_dir
@@ -62,7 +63,7 @@ class Settings:
         self.log_format = self._setting("--log-format", log_format, logs.FORMAT_ENVIRONMENT, _format,
                                         logs.DEFAULT_FORMAT, deferred)
         # Logging is set up before the other settings are read, so that their problems are logged in its format.
-        logs.configure(self.log_level, self.log_format)
+        self._configure_logs(self.log_level, self.log_format)
         self.lock_timeout = self._setting(lock_timeout_source, lock_timeout, LOCK_TIMEOUT_ENVIRONMENT,
                                           c.check_seconds, DEFAULT_LOCK_TIMEOUT, deferred)
         for error, default in deferred:
@@ -101,10 +102,10 @@ class Settings:
                                               deferred)
         elif option == "log-level":
             self.log_level = self._setting("--log-level", str(value), "", _level, self.log_level, deferred)
-            logs.configure(self.log_level, self.log_format)
+            self._configure_logs(self.log_level, self.log_format)
         elif option == "log-format":
             self.log_format = self._setting("--log-format", str(value), "", _format, self.log_format, deferred)
-            logs.configure(self.log_level, self.log_format)
+            self._configure_logs(self.log_level, self.log_format)
         for error, default in deferred:
             self._report(error, default)
 
@@ -263,8 +264,11 @@ def main(context: click.Context, textfile_dir: Path, lock_timeout: str | None, l
     reported in one line and its default used; given on the command line, it is a usage error (exit 2), except
     for exec, which reports it and runs the deployment all the same.
     """
+    # record's modules all log through fraisier_textfile.logger: a run with nothing to say imports no logging.
+    # The other commands load modules that log through logging itself: their handler is set up now.
     context.obj = Settings(textfile_dir, lock_timeout, log_level, log_format,
-                           lenient=context.invoked_subcommand == "exec")
+                           lenient=context.invoked_subcommand == "exec",
+                           logs_at_first_record=context.invoked_subcommand == "record")
 
 
 pass_settings = click.pass_obj

@@ -22,7 +22,6 @@ does not recurse.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import queue
 import stat
@@ -40,6 +39,7 @@ from fraisier_textfile.errors import (
 from fraisier_textfile.format.bookkeeping import WordList
 from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.format.schema import Schema
+from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs
 from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.handover_codec import FIELDS as FIELDS
@@ -68,7 +68,7 @@ TEMPORARY_PREFIX = "."
 # A temporary hand-over is written without the lock, so one may be in progress while a merger looks: only
 # one older than this is a killed writer's litter.
 STALE_TEMPORARY_SECONDS = 3600.0
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def handover_directory(textfile_directory: Path) -> Path:

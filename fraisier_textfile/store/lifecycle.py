@@ -38,7 +38,6 @@ The rules (docs/monitoring.md, "Series lifecycle", says the same to users):
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +46,7 @@ from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.format.schema import Family, Kind, format_float
 from fraisier_textfile.format.syntax import ParseError, series_key
+from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store.changes import Changes, Labels
 from fraisier_textfile.store.migration import migrate_histogram as migrate_histogram
 from fraisier_textfile.store.migration import migrate_histograms as migrate_histograms
@@ -62,7 +62,7 @@ from fraisier_textfile.store.series_times import SeriesTimes as SeriesTimes
 from fraisier_textfile.store.series_times import label_text_of_key, labels_of, times_key
 from fraisier_textfile.store.transaction import Merge, Participant
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 EXPIRE_AFTER_ENVIRONMENT = "FRAISIER_EXPIRE_AFTER"
 MAX_SERIES_ENVIRONMENT = "FRAISIER_MAX_SERIES_PER_FAMILY"

@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import threading
 from pathlib import Path
 
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, UnexpectedFileError, write_error
+from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs
 from fraisier_textfile.store.processes import own_context, own_identity, process_state
 from fraisier_textfile.store.processes import process_start_time as process_start_time
@@ -52,7 +52,7 @@ MARKER_DIRECTORY = ".fraisier-inflight"
 LIVENESS_LOCK = "flock"
 """The marker's ``liveness`` field when its writer holds a lock on it while the deployment runs."""
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Marker:

@@ -7,7 +7,6 @@ nothing here knows which families exist: the changes name them.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
@@ -16,9 +15,10 @@ from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError
 from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.format.schema import Family
 from fraisier_textfile.format.syntax import label_text, series_key
+from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store.changes import Changes, HistogramDelta, Labels
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CLOCK_TOLERANCE = 300.0
 """Seconds. A last-deployment timestamp in the file further ahead of the merging process's clock than this was

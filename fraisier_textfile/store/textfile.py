@@ -23,12 +23,11 @@ followed and never opened in a way that could block.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from fraisier_textfile import validate
+from fraisier_textfile import logger, validate
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.schema import Schema, default
@@ -44,7 +43,7 @@ from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_SUFFIX, Defe
 from fraisier_textfile.store.lock import default_lock_timeout as default_lock_timeout
 from fraisier_textfile.store.transaction import Participant, Transaction, count_running
 
-log = logging.getLogger(__name__)
+log = logger.get_logger(__name__)
 
 
 class TextfileStore:
@@ -213,7 +212,7 @@ class TextfileStore:
             except FraisierTextfileError as error:
                 # After a failed merge this is most likely the same problem, which its caller reports: a
                 # recorder hit by a corrupt file would otherwise log it again with every event.
-                log.log(logging.DEBUG if failed else logging.WARNING,
+                log.log(logger.DEBUG if failed else logger.WARNING,
                         "hand-overs waiting in %s were not merged: %s", self.directory, error)
                 return
 

@@ -30,13 +30,13 @@ merge (the file itself cannot be read).
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fraisier_textfile import logger
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.store.files import FileVersion, Textfile, unlink_quietly
 from fraisier_textfile.store.lock import DeferredSignals, Lock, LockLost
@@ -110,7 +110,7 @@ Litter = tuple[Callable[["fs.Directory"], "fs.Directory | None"], Callable[["fs.
 """How to open a protocol's directory in the textfile directory, and how to remove its killed writers'
 temporaries."""
 
-log = logging.getLogger(__name__)
+log = logger.get_logger(__name__)
 _failed_sources_logged: set[tuple[str, str]] = set()
 
 
@@ -215,7 +215,7 @@ class Transaction:
                 _failed_sources_logged.add(kind)
                 log.warning("%s took no part in this merge of %s: it failed with %r; the other changes are merged, "
                             "and it is tried again at the next merge (please report this)", kind[0], self.file.path,
-                            error, exc_info=log.isEnabledFor(logging.DEBUG))
+                            error, exc_info=log.isEnabledFor(logger.DEBUG))
             return None
 
     def _load(self, textfile: fs.Directory) -> Document:
