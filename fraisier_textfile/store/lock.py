@@ -10,13 +10,19 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
 import stat
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# The C functions under the signal module, used without it: its Python wrappers convert every number and handler
+# to an enum at each call, and importing it builds those enums in every process that records.
+try:
+    import _signal as _raw_signal  # type: ignore[import-not-found, unused-ignore]
+except ImportError:  # an interpreter without the C module
+    import signal as _raw_signal
 
 from fraisier_textfile import validate
 from fraisier_textfile.errors import LockTimeoutError, TextfileWriteError, write_error
@@ -245,17 +251,12 @@ class DeferredSignals:
                 self._replaced[signum](signum, None)
             except BaseException:
                 for later in self._noted:
-                    signal.raise_signal(later)  # handled at the next chance, as Python itself would
+                    _raw_signal.raise_signal(later)  # handled at the next chance, as Python itself would
                 raise
 
     def _restore(self) -> None:
         for signum, handler in self._replaced.items():
             _raw_signal.signal(signum, handler)
-
-
-# The C functions under the signal module: its Python wrappers convert every number and handler to an enum,
-# which made holding signals back cost a merge a third of a millisecond.
-_raw_signal: Any = getattr(signal, "_signal", signal)
 
 
 _signal_numbers: tuple[int, ...] | None = None
