@@ -9,7 +9,7 @@ prometheus_client: a ``fraisier record`` run from cron must not pay for it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -167,47 +167,46 @@ COMMANDS = {
 
 
 class LazyCommands(MutableMapping[str, click.Command]):
-    """The group's commands, each imported from its module when first looked up (click's lazy-loading group,
-    as a mapping). A mapping rather than overriding ``get_command`` and ``list_commands``: click also reads
-    ``Group.commands`` itself (the "Did you mean" of an unknown command), and so do the dispatcher's combined
-    help and the tests; each gets every name, and loads only the commands it looks at."""
+    """A group's commands, each made ready when first looked up: imported from its module if it is given as
+    ``module:attribute`` (click's lazy-loading group, as a mapping), and given the group options of the
+    command line (``_give_group_options``). A mapping rather than overriding ``get_command`` and
+    ``list_commands``: click also reads ``Group.commands`` itself (the "Did you mean" of an unknown command), and
+    so do the dispatcher's combined help and the tests; each gets every name, and readies only the commands it
+    looks at."""
 
-    def __init__(self, paths: dict[str, str]) -> None:
-        self._paths = dict(paths)
-        self._loaded: dict[str, click.Command] = {}
+    def __init__(self, commands: Mapping[str, str | click.Command]) -> None:
+        self._commands: dict[str, str | click.Command] = dict(commands)
+        self._ready: set[str] = set()
 
     def __getitem__(self, name: str) -> click.Command:
-        command = self._loaded.get(name)
-        if command is None:
-            module, _, attribute = self._paths[name].partition(":")
-            # __import__, not importlib.import_module: only the import statement's machinery reports to
-            # `python -X importtime`, which bench/bench_cli.py reads to account for the record path.
-            command = getattr(__import__(module, fromlist=[attribute]), attribute)
-            if not isinstance(command, click.Command):
-                raise TypeError(f"{self._paths[name]} is not a click command")
+        command = self._commands[name]
+        if name not in self._ready:
+            if isinstance(command, str):
+                module, _, attribute = command.partition(":")
+                # __import__, not importlib.import_module: only the import statement's machinery reports to
+                # `python -X importtime`, which bench/bench_cli.py reads to account for the record path.
+                command = getattr(__import__(module, fromlist=[attribute]), attribute)
+                if not isinstance(command, click.Command):
+                    raise TypeError(f"{self._commands[name]} is not a click command")
             _give_group_options(command)
-            self._loaded[name] = command
+            self._commands[name] = command
+            self._ready.add(name)
+        assert isinstance(command, click.Command)
         return command
 
     def __setitem__(self, name: str, command: click.Command) -> None:
-        self._paths.pop(name, None)
-        self._loaded[name] = command
+        self._commands[name] = command
+        self._ready.add(name)
 
     def __delitem__(self, name: str) -> None:
-        if name not in self._paths and name not in self._loaded:
-            raise KeyError(name)
-        self._paths.pop(name, None)
-        self._loaded.pop(name, None)
+        del self._commands[name]
+        self._ready.discard(name)
 
     def __iter__(self) -> Iterator[str]:
-        yield from self._loaded
-        yield from (name for name in self._paths if name not in self._loaded)
+        return iter(self._commands)
 
     def __len__(self) -> int:
-        return len(self._loaded.keys() | self._paths.keys())
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._loaded or name in self._paths
+        return len(self._commands)
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -298,7 +297,7 @@ def _give_group_options(command: click.Command) -> None:
                        shell_complete=_choices(logs.FORMATS)),
     ])
     if isinstance(command, click.Group):
-        for subcommand in command.commands.values():
-            _give_group_options(subcommand)
+        # Each subcommand gets them when first looked up: a run builds the options of the one it runs.
+        command.commands = LazyCommands(command.commands)
 
 
