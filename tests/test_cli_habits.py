@@ -211,14 +211,14 @@ def test_a_record_run_loads_no_other_command_nor_the_server(tmp_path: Path) -> N
     assert not unwanted
 
 
-def test_a_record_run_that_logs_nothing_imports_no_logging(tmp_path: Path) -> None:
-    """Its loggers fetch logging at their first record (fraisier_textfile.logger), and its log lines are set up
-    then: a run that has nothing to say does not pay for importing logging. Nor for the signal module, whose
-    enums the lock's deferral of signal handlers has no use for (it uses the C functions under it)."""
+def test_a_record_run_imports_no_module_it_has_no_use_for(tmp_path: Path) -> None:
+    """What a plain record run would import only to leave unused: logging (its loggers fetch it at their first
+    record, fraisier_textfile.logger, and its log lines are set up then), signal (the lock's deferral of signal
+    handlers uses the C functions under it, not its enums), queue (made with the thread that removes applied
+    hand-overs)."""
     loaded = modules_loaded_by(["--textfile-dir", str(tmp_path / "textfile"), *RECORD_DEPLOYMENT], tmp_path)
     assert "fraisier_textfile.cli.record" in loaded
-    assert "logging" not in loaded
-    assert "signal" not in loaded
+    assert not {"logging", "signal", "queue"} & loaded
 
 
 @pytest.mark.parametrize("log_format", ["logfmt", "json"])

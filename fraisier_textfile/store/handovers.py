@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import atexit
 import os
-import queue
 import stat
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from fraisier_textfile.errors import (
     FraisierTextfileError,
@@ -58,6 +57,9 @@ from fraisier_textfile.store.handover_order import note_merged as note_merged
 from fraisier_textfile.store.handover_order import sequence_of as sequence_of
 from fraisier_textfile.store.rules import check_summable, combine
 from fraisier_textfile.store.transaction import Merge, Participant
+
+if TYPE_CHECKING:
+    import queue
 
 HANDOVER_DIRECTORY = ".fraisier-handover"
 APPLIED = WordList("applied-handovers")
@@ -261,7 +263,7 @@ class _Remover:
     holds its own descriptor of the directory the ids were listed in: the name is never resolved again."""
 
     def __init__(self) -> None:
-        self.queue: queue.SimpleQueue[tuple[fs.Directory, list[str]]] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[tuple[fs.Directory, list[str]]] | None = None
         self.idle = threading.Condition()
         self.outstanding = 0
         self.thread: threading.Thread | None = None
@@ -270,13 +272,20 @@ class _Remover:
         with self.idle:
             self.outstanding += 1
             if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="fraisier-handover-removal", daemon=True)
-                self.thread.start()
-        self.queue.put((directory, handover_ids))
+                # Made with the thread: a process that never applies a hand-over does not import queue.
+                import queue
 
-    def _run(self) -> None:
+                self.queue = queue.SimpleQueue()
+                self.thread = threading.Thread(target=self._run, args=(self.queue,), name="fraisier-handover-removal",
+                                               daemon=True)
+                self.thread.start()
+            jobs = self.queue
+        assert jobs is not None
+        jobs.put((directory, handover_ids))
+
+    def _run(self, jobs: queue.SimpleQueue[tuple[fs.Directory, list[str]]]) -> None:
         while True:
-            directory, handover_ids = self.queue.get()
+            directory, handover_ids = jobs.get()
             try:
                 remove(directory, handover_ids)
             except Exception:  # a bug here must not kill the thread: the ids stay listed for a later merge
