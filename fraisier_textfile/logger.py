@@ -10,6 +10,7 @@ one of its methods is first called. Records, levels, handlers and ``caplog`` are
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 """logging's levels (the same numbers), for callers that must not import it to name one."""
 
 _setups: list[Callable[[], None]] = []
+_setting_up = threading.RLock()  # reentrant: a setup may itself log
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -37,8 +39,14 @@ def at_first_use(setup: Callable[[], None]) -> None:
 
 
 def _run_setups() -> None:
-    while _setups:
-        _setups.pop(0)()
+    # Held while a setup runs: a record from another thread meanwhile waits for the handler being set up.
+    with _setting_up:
+        while _setups:
+            setup = _setups.pop(0)
+            try:
+                setup()
+            except Exception:  # logging is on the metrics path: the records go to logging's last resort instead
+                pass
 
 
 class _DeferredLogger:

@@ -87,3 +87,38 @@ def test_the_store_and_settings_import_no_logging() -> None:
         import fraisier_textfile.settings, fraisier_textfile.store.textfile
         print("logging" in sys.modules)
     """) == ["False"]
+
+
+def test_a_record_made_while_another_thread_runs_the_setup_waits_for_it() -> None:
+    """The CLI's handler is set up once; a record from another thread meanwhile goes through it too, not to
+    logging's last resort."""
+    assert run("""
+        import sys, threading, time
+        from fraisier_textfile import logger
+        started = threading.Event()
+        def setup():
+            import logging
+            started.set()
+            time.sleep(0.3)  # widens the window in which the other thread logs
+            logging.basicConfig(stream=sys.stdout, format="handled %(message)s")
+        logger.at_first_use(setup)
+        log = logger.get_logger("fraisier_textfile.x")
+        first = threading.Thread(target=lambda: log.warning("a"))  # looked up in that thread
+        first.start()
+        started.wait()
+        log.warning("b")
+        first.join()
+    """) == ["handled a", "handled b"]
+
+
+def test_a_setup_that_fails_never_fails_the_record() -> None:
+    """Logging is on the metrics path: a broken setup leaves the records to logging's last resort."""
+    assert run("""
+        import sys
+        from fraisier_textfile import logger
+        def setup():
+            raise OSError("no stderr")
+        logger.at_first_use(setup)
+        logger.get_logger("fraisier_textfile.x").warning("still recorded")
+        print("went on")
+    """) == ["went on"]
