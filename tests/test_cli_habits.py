@@ -240,3 +240,13 @@ def test_a_record_run_logs_a_bad_setting_in_the_chosen_format(textfile_dir: Path
             assert line.startswith("time=") and " level=warn " in line
     assert sample_values(textfile_dir / "fraisier.prom")[
         'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 2
+
+
+def test_whether_a_word_is_a_command_is_told_without_loading_it() -> None:
+    """`fraisier --log-level metrics record ...` is refused for naming a command as a value: telling so must not
+    import the server's module (nor fail where a command's module cannot be imported)."""
+    from fraisier_textfile.cli.group import LazyCommands
+
+    commands = LazyCommands({"metrics": "fraisier_textfile.no_such_module:metrics"})
+    assert "metrics" in commands and "record" not in commands
+    assert list(commands) == ["metrics"]

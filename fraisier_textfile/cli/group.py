@@ -208,6 +208,9 @@ class LazyCommands(MutableMapping[str, click.Command]):
     def __len__(self) -> int:
         return len(self._commands)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._commands  # a name known is enough: Mapping's default would load the command
+
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
