@@ -205,7 +205,7 @@ def _hand_over_in_background(recorder: MetricsRecorder) -> None:
     try:
         recorder.store.hand_over(recorder._pending, durable=False)
     except (FraisierTextfileError, OSError) as error:  # the events stay pending; the next round tries again
-        recorder._note_write_problem(error)
+        recorder._problems.write_problem(error)
         return
     recorder._pending_events = 0
     recorder._handed_over_since_merge = True
@@ -269,7 +269,7 @@ def _write_at_exit() -> None:
                       "thread was still recording at exit", recorder.textfile_path)
             continue
         try:
-            recorder._noted.clear()
+            recorder._problems.noted.clear()
             try:
                 recorder._write(longest_wait=recorder.store.lock_timeout)
             except Exception as error:

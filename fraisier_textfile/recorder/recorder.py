@@ -13,7 +13,6 @@ at once.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -21,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -32,6 +31,7 @@ from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, L
 from fraisier_textfile.recorder import process
 from fraisier_textfile.recorder.fraisier import OPERATIONS
 from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
+from fraisier_textfile.recorder.policy import LOCK_BUSY, Problems, never_raising
 from fraisier_textfile.recorder.series import Counter, Gauge, Histogram, InFlight, Series, Totals
 from fraisier_textfile.settings import (
     LOCK_WAIT_BUDGET_ENVIRONMENT,
@@ -58,11 +58,6 @@ RECORD_CALL_WAIT = 0.0
 hands its events over writes one small file, one that waits and then merges a file another process wrote
 reads, parses and writes the whole file, and the holder merges the hand-overs in one go after its own merge
 (group commit): waiting made the slowest calls of a race several times slower (bench/bench_race.py)."""
-LOCK_BUSY = "lock busy"
-"""The problem kind of a record call that found the lock busy and handed its events over: logged once per
-process and directory, as a warning."""
-
-
 @dataclass
 class Outcome:
     """What a tracked block reports: set ``status`` inside the block to record another status."""
@@ -73,48 +68,6 @@ class Outcome:
 def error_type_of(error: BaseException) -> str:
     """The ``error_type`` label recorded for an exception: its class name."""
     return type(error).__name__
-
-
-_Method = TypeVar("_Method", bound=Callable[..., None])
-
-
-def _never_raising(method: _Method) -> _Method:
-    """A public recording method: a metrics problem is noted (logged once, kept for the summary) instead of
-    raised, except by a strict recorder, which raises the first problem of the call once the call is done."""
-    name = "a DeploymentMetrics write" if method.__name__ == "_write_family" else method.__name__
-
-    @functools.wraps(method)
-    def call(self: MetricsRecorder, *arguments: Any, **keywords: Any) -> None:
-        # The batch is inlined rather than `with self._batch()`: this is the record call's hot path.
-        with self._lock:
-            noted = self._noted
-            if noted:
-                noted.clear()
-            depth = self._batch_depth
-            self._batch_depth = depth + 1
-            try:
-                if keywords:
-                    method(self, *arguments, **keywords)
-                else:
-                    method(self, *arguments)
-            except InvalidValueError as error:
-                self._dropped_value(name, error)
-            except Exception as error:  # a bug of ours must not stop a deployment either
-                self._note(f"unexpected {name}", f"{name} failed unexpectedly: {error!r}; please report this "
-                           "as a bug of fraisier_textfile (the event was not recorded)", error, exc_info=True)
-            finally:
-                self._batch_depth = depth
-                if not depth:
-                    if self.auto_flush:
-                        self._settle()
-                    else:  # what _settle does then, without the call
-                        process.unflushed.add(self)
-            if noted and self.strict:
-                problem = noted[0]
-                noted.clear()
-                raise problem
-
-    return call  # type: ignore[return-value]
 
 
 class MetricsRecorder:
@@ -144,14 +97,8 @@ class MetricsRecorder:
         strict: bool = False,
         lock_wait_budget: float | None = None,
     ) -> None:
-        self.strict = strict
         self.auto_flush = auto_flush
         self._lock = threading.RLock()
-        self._noted: list[BaseException] = []
-        self.problems: dict[str, str] = {}
-        """Problems not yet resolved, by kind: what went wrong and how to fix it."""
-        self.last_error: str | None = None
-        self.dropped_events = 0
         self.handed_over_events = 0
         directory = default_textfile_directory() if textfile_dir is None else textfile_dir
         # A typo in a setting is logged once and its default used (a strict recorder raises it).
@@ -160,7 +107,8 @@ class MetricsRecorder:
         if lock_wait_budget is None:
             lock_wait_budget = default_lock_wait_budget(strict=strict)
         self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
-        self.store = self._make_store(directory, lock_timeout)
+        self.store = self._make_store(directory, lock_timeout, strict)
+        self._problems = Problems(self.store.directory, self.store.path, strict=strict)
         self._totals = Totals()
         self.registry = CollectorRegistry()
         """This process's values, served by ``serve()``: the families of the catalogue as prometheus_client
@@ -198,6 +146,25 @@ class MetricsRecorder:
         return self.store.path
 
     @property
+    def strict(self) -> bool:
+        """Whether every problem is raised (at the end of the call) instead of logged: for tests."""
+        return self._problems.strict
+
+    @property
+    def problems(self) -> dict[str, str]:
+        """Problems not yet resolved, by kind: what went wrong and how to fix it."""
+        return self._problems.unresolved
+
+    @property
+    def last_error(self) -> str | None:
+        return self._problems.last_error
+
+    @property
+    def dropped_events(self) -> int:
+        """Events dropped for a bad value."""
+        return self._problems.dropped_events
+
+    @property
     def lock_wait_spent(self) -> float:
         """Seconds this process has spent writing textfiles, by every recorder: what the budget is measured
         against."""
@@ -205,13 +172,13 @@ class MetricsRecorder:
 
     # Fraisier's recorder API
 
-    @_never_raising
+    @never_raising
     def record_deployment_start(self, provider: str, fraise_type: str) -> None:
         """A deployment starts in this process: it counts as active until it completes, an error ends it, or
         the process dies (then the next writer counts it ``crashed``)."""
         self._start(provider, fraise_type)
 
-    @_never_raising
+    @never_raising
     def record_deployment_complete(self, provider: str, fraise_type: str, status: str, duration: float) -> None:
         """A deployment finished: counted by status, its duration observed. It ends the latest deployment of
         this provider and fraise type that this process started. ``status`` is one of
@@ -236,7 +203,7 @@ class MetricsRecorder:
             self._end(self._find_in_flight(provider, fraise_type))
         self._pending_events += 1
 
-    @_never_raising
+    @never_raising
     def record_deployment_error(self, provider: str, error_type: str) -> None:
         """A deployment error. Like Fraisier's recorder, it ends the latest deployment of this provider that
         this process started (so it is never counted ``crashed`` later); that deployment is counted in
@@ -246,17 +213,17 @@ class MetricsRecorder:
             self._end(self._find_in_flight(provider, None))
         self._pending_events += 1
 
-    @_never_raising
+    @never_raising
     def record_rollback(self, provider: str, reason: str, duration: float) -> None:
         self._count_and_observe(self._rollbacks, (provider, reason), duration, changes.rollback,
                                 self._remember_rollback)
 
-    @_never_raising
+    @never_raising
     def record_health_check(self, provider: str, check_type: str, status: str, duration: float) -> None:
         self._count_and_observe(self._health_checks, (provider, check_type, status), duration,
                                 changes.health_check, self._remember_health_check)
 
-    @_never_raising
+    @never_raising
     def set_provider_availability(self, provider: str, available: bool) -> None:
         """``available`` should be a bool. A strict recorder refuses anything else; otherwise 1/0 and the words
         true/false, yes/no, on/off, up/down are understood (``catalogue.check_flag``) and any other value is
@@ -265,11 +232,11 @@ class MetricsRecorder:
             raise InvalidValueError(f"available={catalogue.shown(available)} is not a bool: pass True or False")
         self._event(changes.provider_availability, provider, available)
 
-    @_never_raising
+    @never_raising
     def record_lock_wait(self, service: str, provider: str, wait_time: float) -> None:
         self._event(changes.lock_wait, service, provider, wait_time)
 
-    @_never_raising
+    @never_raising
     def record_db_query(self, database_type: str, operation: str, status: str, duration_seconds: float) -> None:
         self._count_and_observe(self._db_queries, (database_type, operation, status), duration_seconds,
                                 changes.db_query, self._remember_db_query)
@@ -297,19 +264,19 @@ class MetricsRecorder:
             remember(*arguments)
         self._pending_events += 1
 
-    @_never_raising
+    @never_raising
     def record_db_error(self, database_type: str, error_type: str) -> None:
         self._event(changes.db_error, database_type, error_type)
 
-    @_never_raising
+    @never_raising
     def record_db_transaction(self, database_type: str, duration_seconds: float) -> None:
         self._event(changes.db_transaction, database_type, duration_seconds)
 
-    @_never_raising
+    @never_raising
     def record_deployment_db_operation(self, database_type: str, operation_type: str) -> None:
         self._event(changes.deployment_db_operation, database_type, operation_type)
 
-    @_never_raising
+    @never_raising
     def update_db_pool_metrics(
         self, database_type: str, active_connections: int, idle_connections: int, waiting_requests: int
     ) -> None:
@@ -351,9 +318,9 @@ class MetricsRecorder:
         recorded as ``failed`` and logged. The deployment always ends with the block, and no metrics problem
         ever replaces the block's own exception."""
         with self._lock:
-            self._noted.clear()
-            deployment = self._guarded("track_deployment", self._start, provider, fraise_type)
-            earlier = list(self._noted)  # a strict recorder raises them once the block is over, not before
+            self._problems.noted.clear()
+            deployment = self._problems.guarded("track_deployment", self._start, provider, fraise_type)
+            earlier = list(self._problems.noted)  # a strict recorder raises them once the block is over, not before
         outcome = Outcome("success")
         started = time.monotonic()
         try:
@@ -554,13 +521,14 @@ class MetricsRecorder:
                 error if isinstance(error, FraisierTextfileError)
                 else write_error(inflight.marker_directory(self.store.directory), "write a marker in", error)
             )
-            self._note("marker", f"{problem} (the deployment is recorded when it ends, but until then other "
-                       "processes do not see it as active)", problem)
+            self._problems.note("marker", f"{problem} (the deployment is recorded when it ends, but until then "
+                                "other processes do not see it as active)", problem)
         except Exception as error:  # whatever a probe of the directory raises, the deployment is recorded
-            self._note("marker", f"writing a marker in {inflight.marker_directory(self.store.directory)} failed "
-                       f"unexpectedly: {error!r}; please report this as a bug of fraisier_textfile (the deployment "
-                       "is recorded when it ends, but until then other processes do not see it as active)", error,
-                       exc_info=True)
+            self._problems.note("marker", "writing a marker in "
+                                f"{inflight.marker_directory(self.store.directory)} failed unexpectedly: {error!r}; "
+                                "please report this as a bug of fraisier_textfile (the deployment is recorded when "
+                                "it ends, but until then other processes do not see it as active)", error,
+                                exc_info=True)
         deployment = InFlight(provider, fraise_type, marker)
         with self._batch():
             changes.deployment_started(self, provider, fraise_type)
@@ -613,7 +581,8 @@ class MetricsRecorder:
         try:
             return catalogue.check_label_value("error_type", name)
         except InvalidValueError as problem:
-            self._note("error_type", f"{problem}; recorded as error_type={catalogue.FALLBACK_ERROR_TYPE}", problem)
+            self._problems.note("error_type", f"{problem}; recorded as error_type={catalogue.FALLBACK_ERROR_TYPE}",
+                                problem)
             return catalogue.FALLBACK_ERROR_TYPE
 
     def _checked_deployment_status(self, status: object) -> str:
@@ -621,14 +590,15 @@ class MetricsRecorder:
             return catalogue.check_deployment_status(status)
         except InvalidValueError as problem:
             fallback = catalogue.FALLBACK_DEPLOYMENT_STATUS
-            self._note("outcome", f"a tracked deployment's outcome: {problem}; recorded as {fallback}", problem)
+            self._problems.note("outcome", f"a tracked deployment's outcome: {problem}; recorded as {fallback}",
+                                problem)
             return fallback
 
     def _checked_outcome(self, status: object, allowed: tuple[str, ...], fallback: str) -> str:
         try:
             return catalogue.check_choice("status", status, allowed)
         except InvalidValueError as problem:
-            self._note("outcome", f"a tracked block's outcome: {problem}; recorded as {fallback}", problem)
+            self._problems.note("outcome", f"a tracked block's outcome: {problem}; recorded as {fallback}", problem)
             return fallback
 
     def _finish(
@@ -638,23 +608,11 @@ class MetricsRecorder:
         """Record the end of a tracked block. While the block's own exception propagates nothing may replace
         it, so even a strict recorder only raises a problem when the block ended normally."""
         with self._lock:
-            self._noted[:] = earlier or []
+            self._problems.noted[:] = earlier or []
             with self._batch():
-                self._guarded(what, function, *arguments)
-            if self.strict and self._noted and not block_raised:
-                problem = self._noted[0]
-                self._noted.clear()
-                raise problem
-
-    def _guarded(self, what: str, function: Callable[..., Any], *arguments: object) -> Any:
-        try:
-            return function(*arguments)
-        except InvalidValueError as error:
-            self._dropped_value(what, error)
-        except Exception as error:
-            self._note(f"unexpected {what}", f"{what} failed unexpectedly: {error!r}; please report this as a "
-                       "bug of fraisier_textfile", error, exc_info=True)
-        return None
+                self._problems.guarded(what, function, *arguments)
+            if self.strict and self._problems.noted and not block_raised:
+                self._problems.raise_first()
 
     # Recording and writing
 
@@ -684,8 +642,9 @@ class MetricsRecorder:
         try:
             self._write()
         except Exception as error:  # a bug below us: the events stay pending
-            self._note("unexpected write", f"writing {self.textfile_path} failed unexpectedly: {error!r}; please "
-                       "report this as a bug of fraisier_textfile (the events are kept)", error, exc_info=True)
+            self._problems.note("unexpected write", f"writing {self.textfile_path} failed unexpectedly: {error!r}; "
+                                "please report this as a bug of fraisier_textfile (the events are kept)", error,
+                                exc_info=True)
             process.keep_for_later(self)
 
     def _write(self, longest_wait: float = RECORD_CALL_WAIT, *, spend_budget: bool = True) -> None:
@@ -728,7 +687,7 @@ class MetricsRecorder:
             merged = self.store.merge_or_hand_over(self._pending, wait, durable=durable)
             self._failed_write = None
             if not merged:
-                self._note(
+                self._problems.note(
                     LOCK_BUSY,
                     f"another process held {self.store.lock_path} (a record call does not wait for it; at exit, "
                     f"within a lock-wait budget of {self.lock_wait_budget:g}s in all, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
@@ -739,7 +698,7 @@ class MetricsRecorder:
                 )
         except Exception as error:  # of any type (a probe's OverflowError, a bug of ours): none may reach a deployment
             self._failed_write = process.FailedWrite(self.store)
-            self._note_write_problem(error)
+            self._problems.write_problem(error)
             try:
                 # The events go to the next merge rather than wait in memory for an exit that may never write them.
                 self.store.hand_over(self._pending, durable=durable)
@@ -751,7 +710,7 @@ class MetricsRecorder:
     def _written(self, merged: bool) -> None:
         """The pending events are in the file (merged) or handed over."""
         if merged:
-            self._resolved()
+            self._problems.resolved()
             process.unflushed.discard(self)
         else:
             self.handed_over_events += self._pending_events
@@ -763,66 +722,10 @@ class MetricsRecorder:
         for marker in ending:
             marker.release()  # only now: released before its end is written, it would look crashed
 
-    # Problems
-
-    def _note(self, kind: str, message: str, error: BaseException | None, exc_info: bool = False) -> None:
-        """A problem: logged once per kind and process (and again only after it was resolved), kept for the
-        summary, and raised at the end of the call by a strict recorder."""
-        self.problems[kind] = message
-        self.last_error = message
-        key = (str(self.store.directory), kind)
-        # One cause, one line: a full disk fails the marker and then the merge; the second says nothing new.
-        cause = getattr(error, "errno", None)
-        cause_key = (str(self.store.directory), f"errno {cause}") if isinstance(cause, int) else None
-        if cause_key is not None and cause_key in process.logged_problems:
-            process.logged_problems.add(key)
-        if key not in process.logged_problems:
-            process.logged_problems.add(key)
-            if cause_key is not None:
-                process.logged_problems.add(cause_key)
-            # A busy lock loses nothing (the events were handed over): a warning, not an error.
-            log.log(logging.WARNING if kind == LOCK_BUSY else logging.ERROR, "fraisier metrics: %s", message)
-            if exc_info:  # one line in the deployment's log; the traceback, for a bug report, at debug level
-                log.debug("fraisier metrics: where %s came from", kind, exc_info=True)
-        else:
-            log.debug("fraisier metrics: %s", message)
-        self._noted.append(error if error is not None else FraisierTextfileError(message))
-
-    def _dropped_value(self, what: str, error: InvalidValueError) -> None:
-        self.dropped_events += 1
-        # One kind per call and argument: `status` and `duration` problems of one method are logged apart.
-        argument = str(error).split("=", 1)[0].split(" ", 1)[0]
-        kind = f"value {what} {argument}"
-        self._note(kind, f"{what}: {error}; the event was not recorded", error)
-        self.problems.pop(kind)  # a dropped value is reported, but it is not a lasting state
-
-    def _note_write_problem(self, error: Exception) -> None:
-        message = str(error)
-        if isinstance(error, OSError):
-            message = f"cannot write {self.textfile_path}: {error}; check the textfile directory"
-        elif not isinstance(error, FraisierTextfileError):
-            message = (f"writing {self.textfile_path} failed unexpectedly: {error!r}; please report this as a bug of "
-                       "fraisier_textfile (the events are handed over to the next merge)")
-        self._note(f"write {type(error).__name__}", message, error,
-                   exc_info=not isinstance(error, (OSError, FraisierTextfileError)))
-
-    def _resolved(self) -> None:
-        """The textfile was written: problems of writing it are over (and are logged again if they come back)."""
-        directory = str(self.store.directory)
-        process.logged_problems.difference_update(
-            [key for key in process.logged_problems if key[0] == directory and key[1].startswith("errno ")]
-        )
-        for kind in [kind for kind in self.problems if kind.startswith(("write ", LOCK_BUSY, "marker"))]:
-            del self.problems[kind]
-            if kind != LOCK_BUSY:
-                # Logged again if it comes back. A busy lock is not: under contention writers take turns, and
-                # each turn would log the line again (dozens a second with 8 processes racing).
-                process.logged_problems.discard((directory, kind))
-            log.info("fraisier metrics: %s is written again", self.textfile_path)
-
-    def _make_store(self, directory: Path | str, lock_timeout: float) -> TextfileStore:
+    @staticmethod
+    def _make_store(directory: Path | str, lock_timeout: float, strict: bool) -> TextfileStore:
         # Strict: a typo in FRAISIER_EXPIRE_AFTER or FRAISIER_MAX_SERIES_PER_FAMILY raises (else logged once).
-        lifecycle = SeriesLifecycle.from_environment(Path(directory) / TEXTFILE_NAME, strict=self.strict)
+        lifecycle = SeriesLifecycle.from_environment(Path(directory) / TEXTFILE_NAME, strict=strict)
         return TextfileStore(directory, lock_timeout, lifecycle=lifecycle)
 
     # Internals
@@ -837,7 +740,7 @@ class MetricsRecorder:
 
     def _after_fork(self) -> None:
         self._lock = threading.RLock()
-        self._noted = []
+        self._problems.after_fork()
         self._batch_depth = 0
         for series in self._changed:  # this process keeps the totals, not the parent's pending changes
             series.dirty = False
@@ -858,7 +761,7 @@ class MetricsRecorder:
 
     # Direct writes to a family (DeploymentMetrics)
 
-    @_never_raising
+    @never_raising
     def _write_family(
         self, family: Family, labels: Labels | InvalidValueError, operation: str, amount: object
     ) -> None:
