@@ -199,15 +199,15 @@ def _hand_over_in_background(recorder: MetricsRecorder) -> None:
     fsynced: like the events in memory, it survives this process's death but not the machine's). The merge of
     the whole file, the long part, is left to :func:`_merge_hand_overs`, outside the recorder: its record calls,
     which only update memory, wait for this hand-over at most, never for a merge."""
-    recorder._gather()
-    if not recorder._pending:
+    pending = recorder._series.gather()
+    if not pending:
         return
     try:
-        recorder.store.hand_over(recorder._pending, durable=False)
+        recorder.store.hand_over(pending, durable=False)
     except (FraisierTextfileError, OSError) as error:  # the events stay pending; the next round tries again
         recorder._problems.write_problem(error)
         return
-    recorder._pending_events = 0
+    recorder._series.events = 0
     recorder._handed_over_since_merge = True
     ending, recorder._ending = recorder._ending, []
     for marker in ending:
@@ -283,7 +283,7 @@ def _write_at_exit() -> None:
                     log.debug("hand-overs left for the next merge: %s", error)
             if recorder.pending:
                 log.error("fraisier metrics: %d events recorded in this process were not written to %s: %s",
-                          recorder._pending_events, recorder.textfile_path, recorder.last_error)
+                          recorder._series.events, recorder.textfile_path, recorder.last_error)
         finally:
             recorder._lock.release()
 

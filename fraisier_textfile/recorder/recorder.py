@@ -32,7 +32,7 @@ from fraisier_textfile.recorder import process
 from fraisier_textfile.recorder.fraisier import OPERATIONS
 from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
 from fraisier_textfile.recorder.policy import LOCK_BUSY, Problems, never_raising
-from fraisier_textfile.recorder.series import Counter, Gauge, Histogram, InFlight, Series, Totals
+from fraisier_textfile.recorder.series import InFlight, ProcessSeries
 from fraisier_textfile.settings import (
     LOCK_WAIT_BUDGET_ENVIRONMENT,
     default_lock_wait_budget,
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 PROMETHEUS_AVAILABLE = True
 """Fraisier's flag: whether metrics are recorded. Always true here (prometheus_client is a dependency)."""
 
-_LARGEST_DURATION = 1.7976931348623157e308
-"""The largest finite float: a duration up to it is valid (catalogue.check_duration)."""
 RECORD_CALL_WAIT = 0.0
 """Seconds one record call waits for a busy lock (within the budget): none. Under contention a waiter that
 hands its events over writes one small file, one that waits and then merges a file another process wrote
@@ -109,28 +107,13 @@ class MetricsRecorder:
         self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
         self.store = self._make_store(directory, lock_timeout, strict)
         self._problems = Problems(self.store.directory, self.store.path, strict=strict)
-        self._totals = Totals()
+        self._series = ProcessSeries()
         self.registry = CollectorRegistry()
         """This process's values, served by ``serve()``: the families of the catalogue as prometheus_client
         would keep them (without ``_created``)."""
-        self.registry.register(self._totals)
-        self._counters = self._totals.counters
-        self._histograms = self._totals.histograms
-        self._gauges = self._totals.gauges
-        self._changed: list[Series] = []
-        """The series changed since the last ``_gather``, in the order they first changed."""
-        self._pending = Changes()
-        self._pending_events = 0
+        self.registry.register(self._series.totals)
         self._handed_over_since_merge = False
         self._failed_write: process.FailedWrite | None = None
-        self._seen: set[tuple[str, ...]] = set()
-        self._completions: dict[tuple[object, object, object], tuple[Counter, Histogram, Gauge]] = {}
-        """The series a ``record_deployment_complete`` with these provider, fraise type and status updates, once
-        the event function accepted them: the hot loop's later calls skip validating them again."""
-        self._health_checks: dict[tuple[object, object, object], tuple[Counter, Histogram]] = {}
-        self._rollbacks: dict[tuple[object, object], tuple[Counter, Histogram]] = {}
-        self._db_queries: dict[tuple[object, object, object], tuple[Counter, Histogram]] = {}
-        """The same for ``record_health_check``, ``record_rollback`` and ``record_db_query``."""
         self._in_flight: list[InFlight] = []
         self._ending: list[inflight.Marker] = []
         """Markers of ended deployments, released once their end is written."""
@@ -185,43 +168,29 @@ class MetricsRecorder:
         ``catalogue.DEPLOYMENT_STATUSES`` or an enum member with that value; Fraisier's ``interrupted`` is
         recorded as ``crashed``. ``pending`` and ``in_progress`` are not finished deployments: such a call is
         dropped (and logged), and the deployment stays in flight."""
-        try:
-            series = self._completions.get((provider, fraise_type, status))
-        except TypeError:  # an unhashable argument: the event function refuses it
-            series = None
-        if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
-            # What changes.deployment_complete records, for arguments it accepted before (and the pair's
-            # series exist since then).
-            deployments, durations, last = series
-            deployments.add(1.0, self._changed)
-            durations.observe(duration, self._changed)
-            last.set_maximum(time.time(), self._changed)
-        else:
-            changes.deployment_complete(self, provider, fraise_type, status, duration)
-            self._remember_completion(provider, fraise_type, status)
+        series = self._series
+        series.deployment_complete(provider, fraise_type, status, duration)
         if self._in_flight:
             self._end(self._find_in_flight(provider, fraise_type))
-        self._pending_events += 1
+        series.events += 1
 
     @never_raising
     def record_deployment_error(self, provider: str, error_type: str) -> None:
         """A deployment error. Like Fraisier's recorder, it ends the latest deployment of this provider that
         this process started (so it is never counted ``crashed`` later); that deployment is counted in
         ``fraisier_deployments_total`` only if ``record_deployment_complete`` is called too."""
-        changes.deployment_error(self, provider, error_type)
+        changes.deployment_error(self._series, provider, error_type)
         if self._in_flight:
             self._end(self._find_in_flight(provider, None))
-        self._pending_events += 1
+        self._series.events += 1
 
     @never_raising
     def record_rollback(self, provider: str, reason: str, duration: float) -> None:
-        self._count_and_observe(self._rollbacks, (provider, reason), duration, changes.rollback,
-                                self._remember_rollback)
+        self._series.rollback(provider, reason, duration)
 
     @never_raising
     def record_health_check(self, provider: str, check_type: str, status: str, duration: float) -> None:
-        self._count_and_observe(self._health_checks, (provider, check_type, status), duration,
-                                changes.health_check, self._remember_health_check)
+        self._series.health_check(provider, check_type, status, duration)
 
     @never_raising
     def set_provider_availability(self, provider: str, available: bool) -> None:
@@ -230,57 +199,33 @@ class MetricsRecorder:
         dropped and logged: ``"false"`` is never recorded as available."""
         if self.strict and available is not True and available is not False:
             raise InvalidValueError(f"available={catalogue.shown(available)} is not a bool: pass True or False")
-        self._event(changes.provider_availability, provider, available)
+        self._series.record(changes.provider_availability, provider, available)
 
     @never_raising
     def record_lock_wait(self, service: str, provider: str, wait_time: float) -> None:
-        self._event(changes.lock_wait, service, provider, wait_time)
+        self._series.record(changes.lock_wait, service, provider, wait_time)
 
     @never_raising
     def record_db_query(self, database_type: str, operation: str, status: str, duration_seconds: float) -> None:
-        self._count_and_observe(self._db_queries, (database_type, operation, status), duration_seconds,
-                                changes.db_query, self._remember_db_query)
-
-    def _count_and_observe(
-        self,
-        shortcuts: dict[Any, tuple[Counter, Histogram]],
-        arguments: tuple[object, ...],
-        duration: object,
-        event: Callable[..., None],
-        remember: Callable[..., None],
-    ) -> None:
-        """A record call that counts one event and observes its duration. A repeat of label arguments that
-        ``event`` (the function in changes.py) accepted before goes straight to the two series it updated
-        then; anything else goes through ``event``, which checks everything, and is remembered."""
-        try:
-            series = shortcuts.get(arguments)
-        except TypeError:  # an unhashable argument: the event function refuses it
-            series = None
-        if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
-            series[0].add(1.0, self._changed)
-            series[1].observe(duration, self._changed)
-        else:
-            event(self, *arguments, duration)
-            remember(*arguments)
-        self._pending_events += 1
+        self._series.db_query(database_type, operation, status, duration_seconds)
 
     @never_raising
     def record_db_error(self, database_type: str, error_type: str) -> None:
-        self._event(changes.db_error, database_type, error_type)
+        self._series.record(changes.db_error, database_type, error_type)
 
     @never_raising
     def record_db_transaction(self, database_type: str, duration_seconds: float) -> None:
-        self._event(changes.db_transaction, database_type, duration_seconds)
+        self._series.record(changes.db_transaction, database_type, duration_seconds)
 
     @never_raising
     def record_deployment_db_operation(self, database_type: str, operation_type: str) -> None:
-        self._event(changes.deployment_db_operation, database_type, operation_type)
+        self._series.record(changes.deployment_db_operation, database_type, operation_type)
 
     @never_raising
     def update_db_pool_metrics(
         self, database_type: str, active_connections: int, idle_connections: int, waiting_requests: int
     ) -> None:
-        self._event(changes.db_pool, database_type, active_connections, idle_connections, waiting_requests)
+        self._series.record(changes.db_pool, database_type, active_connections, idle_connections, waiting_requests)
 
     def get_metrics_summary(self) -> dict[str, Any]:
         """Fraisier's summary (``prometheus_available``, ``message``), plus where the metrics go and how
@@ -298,7 +243,7 @@ class MetricsRecorder:
                 "prometheus_available": PROMETHEUS_AVAILABLE,
                 "message": message,
                 "textfile": str(self.textfile_path),
-                "pending_events": self._pending_events if self.pending else 0,
+                "pending_events": self._series.events if self.pending else 0,
                 "deployments_in_flight": len(self._in_flight),
                 "handed_over_events": self.handed_over_events,
                 "dropped_events": self.dropped_events,
@@ -341,10 +286,10 @@ class MetricsRecorder:
         try:
             yield
         except BaseException:
-            self._finish(True, "track_rollback", self._event, changes.rollback, provider, reason,
+            self._finish(True, "track_rollback", self._series.record, changes.rollback, provider, reason,
                          time.monotonic() - started)
             raise
-        self._finish(False, "track_rollback", self._event, changes.rollback, provider, reason,
+        self._finish(False, "track_rollback", self._series.record, changes.rollback, provider, reason,
                      time.monotonic() - started)
 
     @contextmanager
@@ -356,7 +301,7 @@ class MetricsRecorder:
         try:
             yield outcome
         except BaseException:
-            self._finish(True, "track_health_check", self._event, changes.health_check, provider, check_type,
+            self._finish(True, "track_health_check", self._series.record, changes.health_check, provider, check_type,
                          "fail", time.monotonic() - started)
             raise
         duration = time.monotonic() - started
@@ -365,7 +310,7 @@ class MetricsRecorder:
             status = self._checked_outcome(
                 outcome.status, catalogue.HEALTH_CHECK_STATUSES, catalogue.FALLBACK_HEALTH_CHECK_STATUS
             )
-            self._event(changes.health_check, provider, check_type, status, duration)
+            self._series.record(changes.health_check, provider, check_type, status, duration)
 
         self._finish(False, "track_health_check", finish)
 
@@ -377,11 +322,11 @@ class MetricsRecorder:
         errors (``LockTimeoutError``, ``TextfileWriteError``, ``CorruptTextfileError``); the events then stay
         pending."""
         with self._lock:
-            self._gather()
-            if not self._pending:
+            pending = self._series.gather()
+            if not pending:
                 return
             try:
-                self.store.merge(self._pending)
+                self.store.merge(pending)
             except BaseException:
                 process.keep_for_later(self)  # the background flush and the exit try again
                 raise
@@ -390,7 +335,7 @@ class MetricsRecorder:
     @property
     def pending(self) -> bool:
         """Whether events wait to be written."""
-        return bool(self._changed or self._pending)
+        return self._series.pending
 
     # Serving
 
@@ -406,109 +351,7 @@ class MetricsRecorder:
         return serve_registry(self.registry, port=port, address=address, web_config_file=web_config_file,
                               max_requests=max_requests)
 
-    # The sink that the event functions write to (see changes.Sink)
-
-    # Each updates this process's totals (its registry) and the pending changes, inlined: the record call's
-    # hot path.
-
-    def add(self, family: Family, labels: Labels, amount: float) -> None:
-        counter = self._counters.get((family, labels))
-        if counter is None:
-            counter = self._counters[(family, labels)] = Counter((family, labels))
-        counter.add(amount, self._changed)
-
-    def observe(self, family: Family, labels: Labels, value: float) -> None:
-        histogram = self._histograms.get((family, labels))
-        if histogram is None:
-            histogram = self._histograms[(family, labels)] = Histogram((family, labels))
-        histogram.observe(value, self._changed)
-
-    def set_latest(self, family: Family, labels: Labels, value: float) -> None:
-        gauge = self._gauge(family, labels)
-        gauge.value = gauge.latest = value
-        if not gauge.dirty:
-            gauge.dirty = True
-            self._changed.append(gauge)
-
-    def set_maximum(self, family: Family, labels: Labels, value: float) -> None:
-        self._gauge(family, labels).set_maximum(value, self._changed)
-
-    def _gauge(self, family: Family, labels: Labels) -> Gauge:
-        gauge = self._gauges.get((family, labels))
-        if gauge is None:
-            gauge = self._gauges[(family, labels)] = Gauge((family, labels))
-        return gauge
-
-    def touch(self, family: Family, labels: Labels) -> None:
-        """The series exists from now on, in this process and in the file."""
-        if family.kind is Kind.COUNTER:
-            self.add(family, labels, 0.0)
-        elif family.kind is Kind.HISTOGRAM:
-            histogram = self._histograms.get((family, labels))
-            if histogram is None:
-                histogram = self._histograms[(family, labels)] = Histogram((family, labels))
-            if not histogram.dirty:
-                histogram.dirty = True
-                self._changed.append(histogram)
-        else:
-            self._gauge(family, labels)
-            self._gather()  # in order with the changes before it
-            self._pending.touch(family, labels)
-
-    def first_sight(self, what: tuple[str, ...]) -> bool:
-        if what in self._seen:
-            return False
-        self._seen.add(what)
-        return True
-
-    def count_active(self, provider: str, change: int) -> None:
-        self._gauge(catalogue.ACTIVE_DEPLOYMENTS, (provider,)).value += change
-        self._pending.count_active(provider, change)
-
-    def retire_marker(self, marker_id: str) -> None:
-        self._pending.retire_marker(marker_id)
-
     # In-flight deployments
-
-    def _remember_completion(self, provider: object, fraise_type: object, status: object) -> None:
-        """The series that changes.deployment_complete just updated for these arguments (which it accepted)."""
-        plain_provider = catalogue.check_label_value("provider", provider)
-        plain_fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
-        plain_status = catalogue.check_deployment_status(status)
-        self._completions[(provider, fraise_type, status)] = (
-            self._counters[(catalogue.DEPLOYMENTS, (plain_provider, plain_status, plain_fraise_type))],
-            self._histograms[(catalogue.DEPLOYMENT_DURATION, (plain_provider, plain_status))],
-            self._gauges[(catalogue.LAST_DEPLOYMENT, (plain_provider, plain_fraise_type, plain_status))],
-        )
-
-    def _remember_rollback(self, provider: object, reason: object) -> None:
-        """The series that changes.rollback just updated for these arguments (which it accepted)."""
-        plain_provider = catalogue.check_label_value("provider", provider)
-        plain_reason = catalogue.check_label_value("reason", reason)
-        self._rollbacks[(provider, reason)] = (
-            self._counters[(catalogue.ROLLBACKS, (plain_provider, plain_reason))],
-            self._histograms[(catalogue.ROLLBACK_DURATION, (plain_provider,))],
-        )
-
-    def _remember_health_check(self, provider: object, check_type: object, status: object) -> None:
-        """The series that changes.health_check just updated for these arguments (which it accepted)."""
-        plain_provider = catalogue.check_label_value("provider", provider)
-        plain_check_type = catalogue.check_label_value("check_type", check_type)
-        plain_status = catalogue.check_choice("status", status, catalogue.HEALTH_CHECK_STATUSES)
-        self._health_checks[(provider, check_type, status)] = (
-            self._counters[(catalogue.HEALTH_CHECKS, (plain_provider, plain_check_type, plain_status))],
-            self._histograms[(catalogue.HEALTH_CHECK_DURATION, (plain_provider, plain_check_type))],
-        )
-
-    def _remember_db_query(self, database_type: object, operation: object, status: object) -> None:
-        """The series that changes.db_query just updated for these arguments (which it accepted)."""
-        plain_database_type = catalogue.check_label_value("database_type", database_type)
-        plain_operation = catalogue.check_label_value("operation", operation)
-        plain_status = catalogue.check_label_value("status", status)
-        self._db_queries[(database_type, operation, status)] = (
-            self._counters[(catalogue.DB_QUERIES, (plain_database_type, plain_operation, plain_status))],
-            self._histograms[(catalogue.QUERY_LATENCY, (plain_database_type, plain_operation))],
-        )
 
     def _start(self, provider: str, fraise_type: str) -> InFlight:
         provider = catalogue.check_label_value("provider", provider)
@@ -531,9 +374,9 @@ class MetricsRecorder:
                                 exc_info=True)
         deployment = InFlight(provider, fraise_type, marker)
         with self._batch():
-            changes.deployment_started(self, provider, fraise_type)
+            changes.deployment_started(self._series, provider, fraise_type)
             self._in_flight.append(deployment)
-            self._pending_events += 1
+            self._series.events += 1
         return deployment
 
     def _find_in_flight(self, provider: object, fraise_type: object | None) -> InFlight | None:
@@ -552,7 +395,7 @@ class MetricsRecorder:
             return
         self._in_flight.remove(deployment)
         marker = deployment.marker
-        changes.deployment_ended(self, deployment.provider, None if marker is None else marker.id)
+        changes.deployment_ended(self._series, deployment.provider, None if marker is None else marker.id)
         if marker is not None:
             self._ending.append(marker)
 
@@ -567,10 +410,10 @@ class MetricsRecorder:
             with self._batch():
                 try:
                     if error is not None:
-                        changes.deployment_error(self, provider, self._error_type(error))
+                        changes.deployment_error(self._series, provider, self._error_type(error))
                     final = self._checked_deployment_status(status)
-                    changes.deployment_complete(self, provider, fraise_type, final, duration)
-                    self._pending_events += 1
+                    changes.deployment_complete(self._series, provider, fraise_type, final, duration)
+                    self._series.events += 1
                 finally:
                     self._end(deployment)
 
@@ -616,11 +459,6 @@ class MetricsRecorder:
 
     # Recording and writing
 
-    def _event(self, event: Callable[..., None], *arguments: object) -> None:
-        """Record one event; the caller (a public method, or a tracked block's batch) writes it."""
-        event(self, *arguments)
-        self._pending_events += 1
-
     @contextmanager
     def _batch(self) -> Iterator[None]:
         """Record several events with one write at the end."""
@@ -653,8 +491,8 @@ class MetricsRecorder:
         problem is noted, and the events are handed over if the merge failed for another reason (a corrupt file),
         else kept for the next call, the background flush and exit. ``spend_budget=False``: the background
         flush, whose time delays no caller, leaves the budget to the process's own calls and its exit."""
-        self._gather()
-        if not self._pending:
+        pending = self._series.gather()
+        if not pending:
             return
         left = process.process_budget.left(self.lock_wait_budget)
         wait = min(self.store.lock_timeout, left, longest_wait)
@@ -667,9 +505,9 @@ class MetricsRecorder:
                 # The last merge failed (a full disk, say) and nothing suggests this one would not: trying
                 # again would render the whole file per event (seconds for a big one). Hand over only.
                 merged = False
-                self.store.hand_over(self._pending, durable=durable)
+                self.store.hand_over(pending, durable=durable)
             else:
-                merged = self._merge_or_hand_over(wait, durable)
+                merged = self._merge_or_hand_over(pending, wait, durable)
         except Exception:
             merged = False  # the hand-over failed too: the events stay pending, the problem is noted already
         finally:
@@ -677,14 +515,14 @@ class MetricsRecorder:
             # the process in all. A merge that may not wait any more still merges when the lock is free.
             if spend_budget:
                 process.process_budget.spend(time.monotonic() - started)
-        if self._pending:
+        if pending:
             process.keep_for_later(self)
         else:
             self._written(merged)
 
-    def _merge_or_hand_over(self, wait: float, durable: bool) -> bool:
+    def _merge_or_hand_over(self, pending: Changes, wait: float, durable: bool) -> bool:
         try:
-            merged = self.store.merge_or_hand_over(self._pending, wait, durable=durable)
+            merged = self.store.merge_or_hand_over(pending, wait, durable=durable)
             self._failed_write = None
             if not merged:
                 self._problems.note(
@@ -701,7 +539,7 @@ class MetricsRecorder:
             self._problems.write_problem(error)
             try:
                 # The events go to the next merge rather than wait in memory for an exit that may never write them.
-                self.store.hand_over(self._pending, durable=durable)
+                self.store.hand_over(pending, durable=durable)
             except Exception:
                 pass  # the same problem (an unwritable directory), noted already
             return False
@@ -713,11 +551,11 @@ class MetricsRecorder:
             self._problems.resolved()
             process.unflushed.discard(self)
         else:
-            self.handed_over_events += self._pending_events
+            self.handed_over_events += self._series.events
             # The background flush and the exit merge the hand-overs, if the lock is free by then.
             process.keep_for_later(self)
         self._handed_over_since_merge = not merged
-        self._pending_events = 0
+        self._series.events = 0
         ending, self._ending = self._ending, []
         for marker in ending:
             marker.release()  # only now: released before its end is written, it would look crashed
@@ -730,31 +568,13 @@ class MetricsRecorder:
 
     # Internals
 
-    def _gather(self) -> None:
-        """Move what the series recorded since the last call into the pending changes."""
-        pending = self._pending
-        for series in self._changed:
-            series.dirty = False
-            series.gather(pending)
-        self._changed.clear()
-
     def _after_fork(self) -> None:
         self._lock = threading.RLock()
         self._problems.after_fork()
         self._batch_depth = 0
-        for series in self._changed:  # this process keeps the totals, not the parent's pending changes
-            series.dirty = False
-            series.gather(Changes())
-        self._changed.clear()
-        self._pending = Changes()
-        self._pending_events = 0
+        self._series.after_fork()
         self._handed_over_since_merge = False
         self._failed_write = None
-        self._seen = set()
-        self._completions = {}
-        self._health_checks = {}
-        self._rollbacks = {}
-        self._db_queries = {}
         self._in_flight = []
         self._ending = []
         self.store = TextfileStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)
@@ -785,18 +605,18 @@ class MetricsRecorder:
                     "use record_deployment_start and record_deployment_complete"
                 )
             if family.kind is Kind.HISTOGRAM:
-                self.observe(family, labels, catalogue.check_duration(f"{family.name} value", amount))
+                self._series.observe(family, labels, catalogue.check_duration(f"{family.name} value", amount))
             elif family.kind is Kind.COUNTER:
-                self.add(family, labels, catalogue.check_count(f"{family.name} increment", amount))
+                self._series.add(family, labels, catalogue.check_count(f"{family.name} increment", amount))
             else:
                 value = catalogue.check_gauge_value(f"{family.name} value", amount)
                 if operation != "set":  # inc/dec: from this process's value; the latest report wins in the file
-                    value = self._gauge(family, labels).value + (value if operation == "inc" else -value)
+                    value = self._series.gauge(family, labels).value + (value if operation == "inc" else -value)
                 if family is catalogue.LAST_DEPLOYMENT:
-                    self.set_maximum(family, labels, value)
+                    self._series.set_maximum(family, labels, value)
                 else:
-                    self.set_latest(family, labels, value)
-            self._pending_events += 1
+                    self._series.set_latest(family, labels, value)
+            self._series.events += 1
 
 
 
