@@ -130,13 +130,14 @@ def never_raising(method: _Method) -> _Method:
     @functools.wraps(method)
     def call(self: MetricsRecorder, *arguments: Any, **keywords: Any) -> None:
         problems = self._problems
-        # The batch is inlined rather than `with self._batch()`: this is the record call's hot path.
-        with self._lock:
+        writer = self._writer
+        # The batch is inlined rather than `with writer.batch()`: this is the record call's hot path.
+        with writer.lock:
             noted = problems.noted
             if noted:
                 noted.clear()
-            depth = self._batch_depth
-            self._batch_depth = depth + 1
+            depth = writer.depth
+            writer.depth = depth + 1
             try:
                 if keywords:
                     method(self, *arguments, **keywords)
@@ -148,12 +149,12 @@ def never_raising(method: _Method) -> _Method:
                 problems.note(f"unexpected {name}", f"{name} failed unexpectedly: {error!r}; please report this "
                               "as a bug of fraisier_textfile (the event was not recorded)", error, exc_info=True)
             finally:
-                self._batch_depth = depth
+                writer.depth = depth
                 if not depth:
-                    if self.auto_flush:
-                        self._settle()
-                    else:  # what _settle does then, without the call
-                        process.unflushed.add(self)
+                    if writer.auto_flush:
+                        writer.settle()
+                    else:  # what settle does then, without the call
+                        process.unflushed.add(writer)
             if noted and problems.strict:
                 problems.raise_first()
 

@@ -26,20 +26,19 @@ from prometheus_client import CollectorRegistry
 
 from fraisier_textfile import catalogue, changes
 from fraisier_textfile.catalogue import Family, Kind
-from fraisier_textfile.changes import Changes, Labels
-from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, LockTimeoutError, write_error
+from fraisier_textfile.changes import Labels
+from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, write_error
 from fraisier_textfile.recorder import process
 from fraisier_textfile.recorder.fraisier import OPERATIONS
 from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
-from fraisier_textfile.recorder.policy import LOCK_BUSY, Problems, never_raising
+from fraisier_textfile.recorder.policy import Problems, never_raising
 from fraisier_textfile.recorder.series import InFlight, ProcessSeries
+from fraisier_textfile.recorder.writer import Writer, make_store
 from fraisier_textfile.settings import (
-    LOCK_WAIT_BUDGET_ENVIRONMENT,
     default_lock_wait_budget,
 )
 from fraisier_textfile.store import inflight
-from fraisier_textfile.store.files import TEXTFILE_NAME, default_textfile_directory
-from fraisier_textfile.store.lifecycle import SeriesLifecycle
+from fraisier_textfile.store.files import default_textfile_directory
 from fraisier_textfile.store.lock import default_lock_timeout
 from fraisier_textfile.store.textfile import TextfileStore
 
@@ -51,11 +50,6 @@ log = logging.getLogger(__name__)
 PROMETHEUS_AVAILABLE = True
 """Fraisier's flag: whether metrics are recorded. Always true here (prometheus_client is a dependency)."""
 
-RECORD_CALL_WAIT = 0.0
-"""Seconds one record call waits for a busy lock (within the budget): none. Under contention a waiter that
-hands its events over writes one small file, one that waits and then merges a file another process wrote
-reads, parses and writes the whole file, and the holder merges the hand-overs in one go after its own merge
-(group commit): waiting made the slowest calls of a race several times slower (bench/bench_race.py)."""
 @dataclass
 class Outcome:
     """What a tracked block reports: set ``status`` inside the block to record another status."""
@@ -95,29 +89,23 @@ class MetricsRecorder:
         strict: bool = False,
         lock_wait_budget: float | None = None,
     ) -> None:
-        self.auto_flush = auto_flush
-        self._lock = threading.RLock()
-        self.handed_over_events = 0
         directory = default_textfile_directory() if textfile_dir is None else textfile_dir
         # A typo in a setting is logged once and its default used (a strict recorder raises it).
         if lock_timeout is None:
             lock_timeout = default_lock_timeout(strict=strict)
         if lock_wait_budget is None:
             lock_wait_budget = default_lock_wait_budget(strict=strict)
-        self.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
-        self.store = self._make_store(directory, lock_timeout, strict)
-        self._problems = Problems(self.store.directory, self.store.path, strict=strict)
+        lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
+        store = make_store(directory, lock_timeout, strict=strict)
+        self._problems = Problems(store.directory, store.path, strict=strict)
         self._series = ProcessSeries()
+        self._writer = Writer(store, self._series, self._problems, auto_flush=auto_flush,
+                              lock_wait_budget=lock_wait_budget)
         self.registry = CollectorRegistry()
         """This process's values, served by ``serve()``: the families of the catalogue as prometheus_client
         would keep them (without ``_created``)."""
         self.registry.register(self._series.totals)
-        self._handed_over_since_merge = False
-        self._failed_write: process.FailedWrite | None = None
         self._in_flight: list[InFlight] = []
-        self._ending: list[inflight.Marker] = []
-        """Markers of ended deployments, released once their end is written."""
-        self._batch_depth = 0
         self.metrics = DeploymentMetrics(self)
         """Fraisier's ``DeploymentMetrics``: the families, for code that writes to them directly."""
         process.every_recorder.add(self)
@@ -126,7 +114,28 @@ class MetricsRecorder:
 
     @property
     def textfile_path(self) -> Path:
-        return self.store.path
+        return self._writer.store.path
+
+    @property
+    def store(self) -> TextfileStore:
+        """The store of the textfile directory, through which this recorder writes."""
+        return self._writer.store
+
+    @property
+    def auto_flush(self) -> bool:
+        """Whether each record call writes its events when it returns (else ``flush()``, the background flush
+        or the exit does)."""
+        return self._writer.auto_flush
+
+    @property
+    def lock_wait_budget(self) -> float:
+        """Seconds the process may spend writing textfiles, by all its recorders, over its whole life."""
+        return self._writer.lock_wait_budget
+
+    @property
+    def handed_over_events(self) -> int:
+        """Events handed over to the next writer because the lock was busy (or a merge failed)."""
+        return self._writer.handed_over_events
 
     @property
     def strict(self) -> bool:
@@ -233,7 +242,7 @@ class MetricsRecorder:
         (started by this recorder, not yet ended), ``handed_over_events``,
         ``dropped_events`` (bad values), ``last_error``, ``problems`` (unresolved, by kind) and the lock-wait
         budget."""
-        with self._lock:
+        with self._writer.lock:
             if self.problems:
                 message = "Metrics are recorded, but: " + " | ".join(self.problems.values())
             else:
@@ -262,7 +271,7 @@ class MetricsRecorder:
         exception goes on. Set ``outcome.status`` to record another status; one that is not a status is
         recorded as ``failed`` and logged. The deployment always ends with the block, and no metrics problem
         ever replaces the block's own exception."""
-        with self._lock:
+        with self._writer.lock:
             self._problems.noted.clear()
             deployment = self._problems.guarded("track_deployment", self._start, provider, fraise_type)
             earlier = list(self._problems.noted)  # a strict recorder raises them once the block is over, not before
@@ -321,16 +330,7 @@ class MetricsRecorder:
         budget does not apply: the caller asked to wait). Unlike the record calls, this raises the store's
         errors (``LockTimeoutError``, ``TextfileWriteError``, ``CorruptTextfileError``); the events then stay
         pending."""
-        with self._lock:
-            pending = self._series.gather()
-            if not pending:
-                return
-            try:
-                self.store.merge(pending)
-            except BaseException:
-                process.keep_for_later(self)  # the background flush and the exit try again
-                raise
-            self._written(merged=True)
+        self._writer.flush()
 
     @property
     def pending(self) -> bool:
@@ -373,7 +373,7 @@ class MetricsRecorder:
                                 "it ends, but until then other processes do not see it as active)", error,
                                 exc_info=True)
         deployment = InFlight(provider, fraise_type, marker)
-        with self._batch():
+        with self._writer.batch():
             changes.deployment_started(self._series, provider, fraise_type)
             self._in_flight.append(deployment)
             self._series.events += 1
@@ -397,7 +397,7 @@ class MetricsRecorder:
         marker = deployment.marker
         changes.deployment_ended(self._series, deployment.provider, None if marker is None else marker.id)
         if marker is not None:
-            self._ending.append(marker)
+            self._writer.release_once_written(marker)
 
     def _finish_deployment(
         self, deployment: InFlight | None, provider: str, fraise_type: str, status: object, duration: float,
@@ -407,7 +407,7 @@ class MetricsRecorder:
         value) and, whatever happens, the deployment ended."""
 
         def finish() -> None:
-            with self._batch():
+            with self._writer.batch():
                 try:
                     if error is not None:
                         changes.deployment_error(self._series, provider, self._error_type(error))
@@ -450,134 +450,22 @@ class MetricsRecorder:
     ) -> None:
         """Record the end of a tracked block. While the block's own exception propagates nothing may replace
         it, so even a strict recorder only raises a problem when the block ended normally."""
-        with self._lock:
+        with self._writer.lock:
             self._problems.noted[:] = earlier or []
-            with self._batch():
+            with self._writer.batch():
                 self._problems.guarded(what, function, *arguments)
             if self.strict and self._problems.noted and not block_raised:
                 self._problems.raise_first()
 
     # Recording and writing
 
-    @contextmanager
-    def _batch(self) -> Iterator[None]:
-        """Record several events with one write at the end."""
-        with self._lock:
-            self._batch_depth += 1
-            try:
-                yield
-            finally:
-                # Also when an event of the batch was refused: the events before it are recorded.
-                self._batch_depth -= 1
-                if not self._batch_depth:
-                    self._settle()
-
-    def _settle(self) -> None:
-        """The end of a call or a batch: write what is pending (auto-flush), or keep it for later. Never raises."""
-        if not self.auto_flush:
-            process.unflushed.add(self)  # kept alive until written, at the latest at exit
-            return
-        try:
-            self._write()
-        except Exception as error:  # a bug below us: the events stay pending
-            self._problems.note("unexpected write", f"writing {self.textfile_path} failed unexpectedly: {error!r}; "
-                                "please report this as a bug of fraisier_textfile (the events are kept)", error,
-                                exc_info=True)
-            process.keep_for_later(self)
-
-    def _write(self, longest_wait: float = RECORD_CALL_WAIT, *, spend_budget: bool = True) -> None:
-        """Write what is pending, waiting for a busy lock at most ``longest_wait`` and what is left of the
-        lock-wait budget: merged, or handed over to the next writer when the lock stays busy. Never raises: a
-        problem is noted, and the events are handed over if the merge failed for another reason (a corrupt file),
-        else kept for the next call, the background flush and exit. ``spend_budget=False``: the background
-        flush, whose time delays no caller, leaves the budget to the process's own calls and its exit."""
-        pending = self._series.gather()
-        if not pending:
-            return
-        left = process.process_budget.left(self.lock_wait_budget)
-        wait = min(self.store.lock_timeout, left, longest_wait)
-        # Once the budget is spent, hand-overs skip their fsyncs: under a lock held for long, two fsyncs per
-        # call would go on delaying the process past its budget. They still survive its death (a SIGKILL).
-        durable = left > 0
-        started = time.monotonic()
-        try:
-            if self._failed_write is not None and not self.strict and not self._failed_write.may_succeed_now():
-                # The last merge failed (a full disk, say) and nothing suggests this one would not: trying
-                # again would render the whole file per event (seconds for a big one). Hand over only.
-                merged = False
-                self.store.hand_over(pending, durable=durable)
-            else:
-                merged = self._merge_or_hand_over(pending, wait, durable)
-        except Exception:
-            merged = False  # the hand-over failed too: the events stay pending, the problem is noted already
-        finally:
-            # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
-            # the process in all. A merge that may not wait any more still merges when the lock is free.
-            if spend_budget:
-                process.process_budget.spend(time.monotonic() - started)
-        if pending:
-            process.keep_for_later(self)
-        else:
-            self._written(merged)
-
-    def _merge_or_hand_over(self, pending: Changes, wait: float, durable: bool) -> bool:
-        try:
-            merged = self.store.merge_or_hand_over(pending, wait, durable=durable)
-            self._failed_write = None
-            if not merged:
-                self._problems.note(
-                    LOCK_BUSY,
-                    f"another process held {self.store.lock_path} (a record call does not wait for it; at exit, "
-                    f"within a lock-wait budget of {self.lock_wait_budget:g}s in all, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
-                    "the events were handed over, and that process, right after its merge, or the next merge by "
-                    "any fraisier process writes them. "
-                    f"If it lasts, find the process that holds the lock (fuser {self.store.lock_path})",
-                    LockTimeoutError(self.store.lock_path, wait),
-                )
-        except Exception as error:  # of any type (a probe's OverflowError, a bug of ours): none may reach a deployment
-            self._failed_write = process.FailedWrite(self.store)
-            self._problems.write_problem(error)
-            try:
-                # The events go to the next merge rather than wait in memory for an exit that may never write them.
-                self.store.hand_over(pending, durable=durable)
-            except Exception:
-                pass  # the same problem (an unwritable directory), noted already
-            return False
-        return merged
-
-    def _written(self, merged: bool) -> None:
-        """The pending events are in the file (merged) or handed over."""
-        if merged:
-            self._problems.resolved()
-            process.unflushed.discard(self)
-        else:
-            self.handed_over_events += self._series.events
-            # The background flush and the exit merge the hand-overs, if the lock is free by then.
-            process.keep_for_later(self)
-        self._handed_over_since_merge = not merged
-        self._series.events = 0
-        ending, self._ending = self._ending, []
-        for marker in ending:
-            marker.release()  # only now: released before its end is written, it would look crashed
-
-    @staticmethod
-    def _make_store(directory: Path | str, lock_timeout: float, strict: bool) -> TextfileStore:
-        # Strict: a typo in FRAISIER_EXPIRE_AFTER or FRAISIER_MAX_SERIES_PER_FAMILY raises (else logged once).
-        lifecycle = SeriesLifecycle.from_environment(Path(directory) / TEXTFILE_NAME, strict=strict)
-        return TextfileStore(directory, lock_timeout, lifecycle=lifecycle)
-
     # Internals
 
     def _after_fork(self) -> None:
-        self._lock = threading.RLock()
+        self._writer.after_fork()
         self._problems.after_fork()
-        self._batch_depth = 0
         self._series.after_fork()
-        self._handed_over_since_merge = False
-        self._failed_write = None
         self._in_flight = []
-        self._ending = []
-        self.store = TextfileStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)
 
     # Direct writes to a family (DeploymentMetrics)
 
@@ -598,7 +486,7 @@ class MetricsRecorder:
             raise InvalidValueError(
                 f"{family.name} is a {family.kind.value}: use {' or '.join(name + '()' for name in allowed)}"
             )
-        with self._batch():
+        with self._writer.batch():
             if family is catalogue.ACTIVE_DEPLOYMENTS:
                 raise InvalidValueError(
                     "fraisier_active_deployments is counted from the deployments in flight in live processes: "
