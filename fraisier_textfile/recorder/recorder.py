@@ -27,17 +27,17 @@ from prometheus_client import CollectorRegistry
 from fraisier_textfile import catalogue, changes
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Labels
-from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, write_error
+from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.recorder import process
+from fraisier_textfile.recorder.deployments import Deployments, InFlight
 from fraisier_textfile.recorder.fraisier import OPERATIONS
 from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
 from fraisier_textfile.recorder.policy import Problems, never_raising
-from fraisier_textfile.recorder.series import InFlight, ProcessSeries
+from fraisier_textfile.recorder.series import ProcessSeries
 from fraisier_textfile.recorder.writer import Writer, make_store
 from fraisier_textfile.settings import (
     default_lock_wait_budget,
 )
-from fraisier_textfile.store import inflight
 from fraisier_textfile.store.files import default_textfile_directory
 from fraisier_textfile.store.lock import default_lock_timeout
 from fraisier_textfile.store.textfile import TextfileStore
@@ -105,7 +105,7 @@ class MetricsRecorder:
         """This process's values, served by ``serve()``: the families of the catalogue as prometheus_client
         would keep them (without ``_created``)."""
         self.registry.register(self._series.totals)
-        self._in_flight: list[InFlight] = []
+        self._deployments = Deployments(self._series, self._problems, self._writer)
         self.metrics = DeploymentMetrics(self)
         """Fraisier's ``DeploymentMetrics``: the families, for code that writes to them directly."""
         process.every_recorder.add(self)
@@ -168,7 +168,7 @@ class MetricsRecorder:
     def record_deployment_start(self, provider: str, fraise_type: str) -> None:
         """A deployment starts in this process: it counts as active until it completes, an error ends it, or
         the process dies (then the next writer counts it ``crashed``)."""
-        self._start(provider, fraise_type)
+        self._deployments.start(provider, fraise_type)
 
     @never_raising
     def record_deployment_complete(self, provider: str, fraise_type: str, status: str, duration: float) -> None:
@@ -179,8 +179,9 @@ class MetricsRecorder:
         dropped (and logged), and the deployment stays in flight."""
         series = self._series
         series.deployment_complete(provider, fraise_type, status, duration)
-        if self._in_flight:
-            self._end(self._find_in_flight(provider, fraise_type))
+        deployments = self._deployments
+        if deployments.running:
+            deployments.end(deployments.latest(provider, fraise_type))
         series.events += 1
 
     @never_raising
@@ -189,8 +190,9 @@ class MetricsRecorder:
         this process started (so it is never counted ``crashed`` later); that deployment is counted in
         ``fraisier_deployments_total`` only if ``record_deployment_complete`` is called too."""
         changes.deployment_error(self._series, provider, error_type)
-        if self._in_flight:
-            self._end(self._find_in_flight(provider, None))
+        deployments = self._deployments
+        if deployments.running:
+            deployments.end(deployments.latest(provider, None))
         self._series.events += 1
 
     @never_raising
@@ -253,7 +255,7 @@ class MetricsRecorder:
                 "message": message,
                 "textfile": str(self.textfile_path),
                 "pending_events": self._series.events if self.pending else 0,
-                "deployments_in_flight": len(self._in_flight),
+                "deployments_in_flight": len(self._deployments.running),
                 "handed_over_events": self.handed_over_events,
                 "dropped_events": self.dropped_events,
                 "last_error": self.last_error,
@@ -273,7 +275,7 @@ class MetricsRecorder:
         ever replaces the block's own exception."""
         with self._writer.lock:
             self._problems.noted.clear()
-            deployment = self._problems.guarded("track_deployment", self._start, provider, fraise_type)
+            deployment = self._problems.guarded("track_deployment", self._deployments.start, provider, fraise_type)
             earlier = list(self._problems.noted)  # a strict recorder raises them once the block is over, not before
         outcome = Outcome("success")
         started = time.monotonic()
@@ -351,53 +353,7 @@ class MetricsRecorder:
         return serve_registry(self.registry, port=port, address=address, web_config_file=web_config_file,
                               max_requests=max_requests)
 
-    # In-flight deployments
-
-    def _start(self, provider: str, fraise_type: str) -> InFlight:
-        provider = catalogue.check_label_value("provider", provider)
-        fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
-        marker: inflight.Marker | None = None
-        try:
-            marker = inflight.create_marker(self.store.directory, provider, fraise_type)
-        except (OSError, FraisierTextfileError) as error:
-            problem = (
-                error if isinstance(error, FraisierTextfileError)
-                else write_error(inflight.marker_directory(self.store.directory), "write a marker in", error)
-            )
-            self._problems.note("marker", f"{problem} (the deployment is recorded when it ends, but until then "
-                                "other processes do not see it as active)", problem)
-        except Exception as error:  # whatever a probe of the directory raises, the deployment is recorded
-            self._problems.note("marker", "writing a marker in "
-                                f"{inflight.marker_directory(self.store.directory)} failed unexpectedly: {error!r}; "
-                                "please report this as a bug of fraisier_textfile (the deployment is recorded when "
-                                "it ends, but until then other processes do not see it as active)", error,
-                                exc_info=True)
-        deployment = InFlight(provider, fraise_type, marker)
-        with self._writer.batch():
-            changes.deployment_started(self._series, provider, fraise_type)
-            self._in_flight.append(deployment)
-            self._series.events += 1
-        return deployment
-
-    def _find_in_flight(self, provider: object, fraise_type: object | None) -> InFlight | None:
-        """The latest deployment started here for that provider (and fraise type, unless None)."""
-        if not self._in_flight:
-            return None
-        provider = catalogue.plain_value(provider)
-        fraise_type = catalogue.plain_value(fraise_type)
-        for deployment in reversed(self._in_flight):
-            if deployment.provider == provider and fraise_type in (None, deployment.fraise_type):
-                return deployment
-        return None
-
-    def _end(self, deployment: InFlight | None) -> None:
-        if deployment is None or deployment not in self._in_flight:
-            return
-        self._in_flight.remove(deployment)
-        marker = deployment.marker
-        changes.deployment_ended(self._series, deployment.provider, None if marker is None else marker.id)
-        if marker is not None:
-            self._writer.release_once_written(marker)
+    # Tracked blocks
 
     def _finish_deployment(
         self, deployment: InFlight | None, provider: str, fraise_type: str, status: object, duration: float,
@@ -415,7 +371,7 @@ class MetricsRecorder:
                     changes.deployment_complete(self._series, provider, fraise_type, final, duration)
                     self._series.events += 1
                 finally:
-                    self._end(deployment)
+                    self._deployments.end(deployment)
 
         self._finish(error is not None, "track_deployment", finish, earlier=earlier)
 
@@ -465,7 +421,7 @@ class MetricsRecorder:
         self._writer.after_fork()
         self._problems.after_fork()
         self._series.after_fork()
-        self._in_flight = []
+        self._deployments.after_fork()
 
     # Direct writes to a family (DeploymentMetrics)
 

@@ -19,7 +19,6 @@ from prometheus_client.utils import floatToGoString
 from fraisier_textfile import catalogue, changes
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
-from fraisier_textfile.store import inflight
 
 
 class Counter:
@@ -373,15 +372,3 @@ class ProcessSeries:
             self._counters[(catalogue.DB_QUERIES, (plain_database_type, plain_operation, plain_status))],
             self._histograms[(catalogue.QUERY_LATENCY, (plain_database_type, plain_operation))],
         )
-
-
-class InFlight:
-    """A deployment started by this process and not yet ended."""
-
-    __slots__ = ("fraise_type", "marker", "provider")
-
-    def __init__(self, provider: str, fraise_type: str, marker: inflight.Marker | None) -> None:
-        self.provider = provider
-        self.fraise_type = fraise_type
-        self.marker = marker
-        """None when the marker could not be written: the deployment is then not visible to other processes."""
