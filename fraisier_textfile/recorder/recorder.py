@@ -13,12 +13,8 @@ at once.
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +25,14 @@ from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Labels
 from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.recorder import process
-from fraisier_textfile.recorder.deployments import Deployments, InFlight
+from fraisier_textfile.recorder.deployments import Deployments
 from fraisier_textfile.recorder.fraisier import OPERATIONS
 from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
 from fraisier_textfile.recorder.policy import Problems, never_raising
 from fraisier_textfile.recorder.series import ProcessSeries
+from fraisier_textfile.recorder.tracking import Outcome as Outcome  # its public name here
+from fraisier_textfile.recorder.tracking import Tracking
+from fraisier_textfile.recorder.tracking import error_type_of as error_type_of  # its public name here
 from fraisier_textfile.recorder.writer import Writer, make_store
 from fraisier_textfile.settings import (
     default_lock_wait_budget,
@@ -45,21 +44,8 @@ from fraisier_textfile.store.textfile import TextfileStore
 if TYPE_CHECKING:
     from fraisier_textfile.serve.server import MetricsServer
 
-log = logging.getLogger(__name__)
-
 PROMETHEUS_AVAILABLE = True
 """Fraisier's flag: whether metrics are recorded. Always true here (prometheus_client is a dependency)."""
-
-@dataclass
-class Outcome:
-    """What a tracked block reports: set ``status`` inside the block to record another status."""
-
-    status: str
-
-
-def error_type_of(error: BaseException) -> str:
-    """The ``error_type`` label recorded for an exception: its class name."""
-    return type(error).__name__
 
 
 class MetricsRecorder:
@@ -106,6 +92,7 @@ class MetricsRecorder:
         would keep them (without ``_created``)."""
         self.registry.register(self._series.totals)
         self._deployments = Deployments(self._series, self._problems, self._writer)
+        self._tracking = Tracking(self._series, self._problems, self._writer, self._deployments)
         self.metrics = DeploymentMetrics(self)
         """Fraisier's ``DeploymentMetrics``: the families, for code that writes to them directly."""
         process.every_recorder.add(self)
@@ -266,64 +253,22 @@ class MetricsRecorder:
 
     # Timing context managers
 
-    @contextmanager
-    def track_deployment(self, provider: str, fraise_type: str) -> Iterator[Outcome]:
+    def track_deployment(self, provider: str, fraise_type: str) -> AbstractContextManager[Outcome]:
         """Time a deployment, active while inside. On an exception: ``failed`` plus an error whose type is
         the exception's class name (``invalid_error_type`` if that name cannot be a label value), then the
         exception goes on. Set ``outcome.status`` to record another status; one that is not a status is
         recorded as ``failed`` and logged. The deployment always ends with the block, and no metrics problem
         ever replaces the block's own exception."""
-        with self._writer.lock:
-            self._problems.noted.clear()
-            deployment = self._problems.guarded("track_deployment", self._deployments.start, provider, fraise_type)
-            earlier = list(self._problems.noted)  # a strict recorder raises them once the block is over, not before
-        outcome = Outcome("success")
-        started = time.monotonic()
-        try:
-            yield outcome
-        except BaseException as error:
-            self._finish_deployment(
-                deployment, provider, fraise_type, "failed", time.monotonic() - started, error, earlier
-            )
-            raise
-        self._finish_deployment(
-            deployment, provider, fraise_type, outcome.status, time.monotonic() - started, None, earlier
-        )
+        return self._tracking.deployment(provider, fraise_type)
 
-    @contextmanager
-    def track_rollback(self, provider: str, reason: str) -> Iterator[None]:
+    def track_rollback(self, provider: str, reason: str) -> AbstractContextManager[None]:
         """Time a rollback. It is recorded whether or not the block raises."""
-        started = time.monotonic()
-        try:
-            yield
-        except BaseException:
-            self._finish(True, "track_rollback", self._series.record, changes.rollback, provider, reason,
-                         time.monotonic() - started)
-            raise
-        self._finish(False, "track_rollback", self._series.record, changes.rollback, provider, reason,
-                     time.monotonic() - started)
+        return self._tracking.rollback(provider, reason)
 
-    @contextmanager
-    def track_health_check(self, provider: str, check_type: str) -> Iterator[Outcome]:
+    def track_health_check(self, provider: str, check_type: str) -> AbstractContextManager[Outcome]:
         """Time a health check: ``pass`` unless the block raises or sets ``outcome.status = "fail"``; a status
         that is neither is recorded as ``fail`` and logged."""
-        outcome = Outcome("pass")
-        started = time.monotonic()
-        try:
-            yield outcome
-        except BaseException:
-            self._finish(True, "track_health_check", self._series.record, changes.health_check, provider, check_type,
-                         "fail", time.monotonic() - started)
-            raise
-        duration = time.monotonic() - started
-
-        def finish() -> None:
-            status = self._checked_outcome(
-                outcome.status, catalogue.HEALTH_CHECK_STATUSES, catalogue.FALLBACK_HEALTH_CHECK_STATUS
-            )
-            self._series.record(changes.health_check, provider, check_type, status, duration)
-
-        self._finish(False, "track_health_check", finish)
+        return self._tracking.health_check(provider, check_type)
 
     # Writing
 
@@ -352,68 +297,6 @@ class MetricsRecorder:
 
         return serve_registry(self.registry, port=port, address=address, web_config_file=web_config_file,
                               max_requests=max_requests)
-
-    # Tracked blocks
-
-    def _finish_deployment(
-        self, deployment: InFlight | None, provider: str, fraise_type: str, status: object, duration: float,
-        error: BaseException | None, earlier: list[BaseException],
-    ) -> None:
-        """The end of a tracked deployment: its outcome recorded (with fallbacks for what cannot be a label
-        value) and, whatever happens, the deployment ended."""
-
-        def finish() -> None:
-            with self._writer.batch():
-                try:
-                    if error is not None:
-                        changes.deployment_error(self._series, provider, self._error_type(error))
-                    final = self._checked_deployment_status(status)
-                    changes.deployment_complete(self._series, provider, fraise_type, final, duration)
-                    self._series.events += 1
-                finally:
-                    self._deployments.end(deployment)
-
-        self._finish(error is not None, "track_deployment", finish, earlier=earlier)
-
-    def _error_type(self, error: BaseException) -> str:
-        name = error_type_of(error)
-        try:
-            return catalogue.check_label_value("error_type", name)
-        except InvalidValueError as problem:
-            self._problems.note("error_type", f"{problem}; recorded as error_type={catalogue.FALLBACK_ERROR_TYPE}",
-                                problem)
-            return catalogue.FALLBACK_ERROR_TYPE
-
-    def _checked_deployment_status(self, status: object) -> str:
-        try:
-            return catalogue.check_deployment_status(status)
-        except InvalidValueError as problem:
-            fallback = catalogue.FALLBACK_DEPLOYMENT_STATUS
-            self._problems.note("outcome", f"a tracked deployment's outcome: {problem}; recorded as {fallback}",
-                                problem)
-            return fallback
-
-    def _checked_outcome(self, status: object, allowed: tuple[str, ...], fallback: str) -> str:
-        try:
-            return catalogue.check_choice("status", status, allowed)
-        except InvalidValueError as problem:
-            self._problems.note("outcome", f"a tracked block's outcome: {problem}; recorded as {fallback}", problem)
-            return fallback
-
-    def _finish(
-        self, block_raised: bool, what: str, function: Callable[..., object], *arguments: object,
-        earlier: list[BaseException] | None = None,
-    ) -> None:
-        """Record the end of a tracked block. While the block's own exception propagates nothing may replace
-        it, so even a strict recorder only raises a problem when the block ended normally."""
-        with self._writer.lock:
-            self._problems.noted[:] = earlier or []
-            with self._writer.batch():
-                self._problems.guarded(what, function, *arguments)
-            if self.strict and self._problems.noted and not block_raised:
-                self._problems.raise_first()
-
-    # Recording and writing
 
     # Internals
 
