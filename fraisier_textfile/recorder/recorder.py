@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from fraisier_textfile import catalogue, changes
-from fraisier_textfile.catalogue import Family, Kind
+from fraisier_textfile.catalogue import Family
 from fraisier_textfile.changes import Labels
 from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.recorder import process
 from fraisier_textfile.recorder.deployments import Deployments
-from fraisier_textfile.recorder.fraisier import OPERATIONS
 from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
+from fraisier_textfile.recorder.fraisier import write_family
 from fraisier_textfile.recorder.policy import Problems, never_raising
 from fraisier_textfile.recorder.series import ProcessSeries
 from fraisier_textfile.recorder.tracking import Outcome as Outcome  # its public name here
@@ -312,40 +312,7 @@ class MetricsRecorder:
     def _write_family(
         self, family: Family, labels: Labels | InvalidValueError, operation: str, amount: object
     ) -> None:
-        if isinstance(labels, InvalidValueError):
-            raise labels
-        labels = tuple(
-            catalogue.check_choice(label, value, catalogue.LABEL_CHOICES[(family, label)])
-            if (family, label) in catalogue.LABEL_CHOICES
-            else catalogue.check_label_value(label, value)
-            for label, value in zip(family.labels, labels)
-        )
-        allowed = OPERATIONS[family.kind]
-        if operation not in allowed:
-            raise InvalidValueError(
-                f"{family.name} is a {family.kind.value}: use {' or '.join(name + '()' for name in allowed)}"
-            )
-        with self._writer.batch():
-            if family is catalogue.ACTIVE_DEPLOYMENTS:
-                raise InvalidValueError(
-                    "fraisier_active_deployments is counted from the deployments in flight in live processes: "
-                    "use record_deployment_start and record_deployment_complete"
-                )
-            if family.kind is Kind.HISTOGRAM:
-                self._series.observe(family, labels, catalogue.check_duration(f"{family.name} value", amount))
-            elif family.kind is Kind.COUNTER:
-                self._series.add(family, labels, catalogue.check_count(f"{family.name} increment", amount))
-            else:
-                value = catalogue.check_gauge_value(f"{family.name} value", amount)
-                if operation != "set":  # inc/dec: from this process's value; the latest report wins in the file
-                    value = self._series.gauge(family, labels).value + (value if operation == "inc" else -value)
-                if family is catalogue.LAST_DEPLOYMENT:
-                    self._series.set_maximum(family, labels, value)
-                else:
-                    self._series.set_latest(family, labels, value)
-            self._series.events += 1
-
-
+        write_family(self._series, family, labels, operation, amount)
 
 
 _metrics_recorder: MetricsRecorder | None = None
