@@ -75,6 +75,11 @@ class Deployments:
                 return deployment
         return None
 
+    def end_latest(self, provider: object, fraise_type: object | None) -> None:
+        """End the latest deployment started here for that provider (and fraise type, unless None), if any."""
+        if self.running:
+            self.end(self.latest(provider, fraise_type))
+
     def end(self, deployment: InFlight | None) -> None:
         if deployment is None or deployment not in self.running:
             return

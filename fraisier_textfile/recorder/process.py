@@ -1,7 +1,7 @@
 """The recorder's life in its process: what every recorder of the process shares (the lock-wait budget, the
-recorders with events still to write), the background flush of long-lived processes, and every fork and exit
-hook of the recorder, in one place: a forked child forgets its parent's state, and at exit each recorder writes
-what it still holds, within the budget."""
+problems logged, the writers with events still to write), the background flush of long-lived processes, and
+every fork and exit hook of the recorder, in one place: a forked child forgets its parent's state, and at exit
+each recorder's writer writes what it still holds, within the budget."""
 
 from __future__ import annotations
 
@@ -15,19 +15,14 @@ from typing import TYPE_CHECKING
 from fraisier_textfile import catalogue, settings
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import FraisierTextfileError
-from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
-from fraisier_textfile.settings import (
-    DEFAULT_LOCK_WAIT_BUDGET,
-)
+from fraisier_textfile.settings import DEFAULT_LOCK_WAIT_BUDGET
 from fraisier_textfile.store.textfile import TextfileStore
 
 if TYPE_CHECKING:
     from fraisier_textfile.recorder.recorder import MetricsRecorder
     from fraisier_textfile.recorder.writer import Writer
 
-
-
-
+# The recorder's logger (policy.py): one name for every line of the recorder's.
 log = logging.getLogger("fraisier_textfile.recorder.recorder")
 
 

@@ -9,6 +9,13 @@ be written keeps its events pending (or hands them over to the next writer), and
 once through ``logging`` with its fix and shown by ``get_metrics_summary()``. Waiting for a lock that another
 process holds costs a process at most ``lock_wait_budget`` seconds in all; past that, events are handed over
 at once.
+
+``MetricsRecorder`` is Fraisier's API and nothing more: each method hands the work to the collaborator that
+owns it, one module each. series.py holds what the events change (``ProcessSeries``, the sink of changes.py's
+event functions), policy.py what happens to a problem (``Problems``, ``never_raising``), writer.py when and how
+the changes reach the store (``Writer``), deployments.py the deployments in flight and their markers,
+tracking.py the ``track_*`` blocks, fraisier.py Fraisier's ``DeploymentMetrics``; process.py is what the
+process's recorders share, with its fork and exit hooks.
 """
 
 from __future__ import annotations
@@ -34,9 +41,7 @@ from fraisier_textfile.recorder.tracking import Outcome as Outcome  # its public
 from fraisier_textfile.recorder.tracking import Tracking
 from fraisier_textfile.recorder.tracking import error_type_of as error_type_of  # its public name here
 from fraisier_textfile.recorder.writer import Writer, make_store
-from fraisier_textfile.settings import (
-    default_lock_wait_budget,
-)
+from fraisier_textfile.settings import default_lock_wait_budget
 from fraisier_textfile.store.files import default_textfile_directory
 from fraisier_textfile.store.lock import default_lock_timeout
 from fraisier_textfile.store.textfile import TextfileStore
@@ -54,7 +59,7 @@ class MetricsRecorder:
     The method names and arguments are those of Fraisier 0.84.2's ``fraisier.metrics.MetricsRecorder``.
 
     With ``auto_flush`` (the default) every record call has written its event when it returns: merged into the
-    textfile, or, when another process holds the lock, handed over at once (no wait: ``RECORD_CALL_WAIT``) so
+    textfile, or, when another process holds the lock, handed over at once (no wait: ``writer.RECORD_CALL_WAIT``) so
     that the holder, right after its own merge, or the next merge by any process writes it exactly once. With
     ``auto_flush=False`` (hot loops) events wait for ``flush()`` or for the process's exit.
 
@@ -62,8 +67,7 @@ class MetricsRecorder:
     ``lock_wait_budget`` (default ``$FRAISIER_LOCK_WAIT_BUDGET`` or 1 s) bounds the time the process spends
     writing textfiles, by all its recorders, over its whole life, and so what the exit's write of events still
     pending may wait for a busy lock; once it is spent, a busy lock is not waited for at all (a free one is
-    still taken). ``strict=True`` raises every problem instead of
-    logging it (for tests).
+    still taken). ``strict=True`` raises every problem instead of logging it (for tests).
     """
 
     def __init__(
@@ -166,9 +170,7 @@ class MetricsRecorder:
         dropped (and logged), and the deployment stays in flight."""
         series = self._series
         series.deployment_complete(provider, fraise_type, status, duration)
-        deployments = self._deployments
-        if deployments.running:
-            deployments.end(deployments.latest(provider, fraise_type))
+        self._deployments.end_latest(provider, fraise_type)
         series.events += 1
 
     @never_raising
@@ -177,9 +179,7 @@ class MetricsRecorder:
         this process started (so it is never counted ``crashed`` later); that deployment is counted in
         ``fraisier_deployments_total`` only if ``record_deployment_complete`` is called too."""
         changes.deployment_error(self._series, provider, error_type)
-        deployments = self._deployments
-        if deployments.running:
-            deployments.end(deployments.latest(provider, None))
+        self._deployments.end_latest(provider, None)
         self._series.events += 1
 
     @never_raising
@@ -298,14 +298,6 @@ class MetricsRecorder:
         return serve_registry(self.registry, port=port, address=address, web_config_file=web_config_file,
                               max_requests=max_requests)
 
-    # Internals
-
-    def _after_fork(self) -> None:
-        self._writer.after_fork()
-        self._problems.after_fork()
-        self._series.after_fork()
-        self._deployments.after_fork()
-
     # Direct writes to a family (DeploymentMetrics)
 
     @never_raising
@@ -313,6 +305,15 @@ class MetricsRecorder:
         self, family: Family, labels: Labels | InvalidValueError, operation: str, amount: object
     ) -> None:
         write_family(self._series, family, labels, operation, amount)
+
+    # The process's hooks (process.py)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's pending events, deployments and locks are the parent's."""
+        self._writer.after_fork()
+        self._problems.after_fork()
+        self._series.after_fork()
+        self._deployments.after_fork()
 
 
 _metrics_recorder: MetricsRecorder | None = None
