@@ -183,7 +183,6 @@ class ProcessSeries:
         self._pending = Changes()
         self.events = 0
         """Events recorded and not yet written (merged or handed over)."""
-        self._seen: set[tuple[str, ...]] = set()
         self._completions: dict[tuple[object, object, object], tuple[Counter, Histogram, Gauge]] = {}
         """The series a ``record_deployment_complete`` with these provider, fraise type and status updates, once
         the event function accepted them: the hot loop's later calls skip validating them again."""
@@ -319,10 +318,8 @@ class ProcessSeries:
             self._pending.touch(family, labels)
 
     def first_sight(self, what: tuple[str, ...]) -> bool:
-        if what in self._seen:
-            return False
-        self._seen.add(what)
-        return True
+        # The pending changes remember what they saw across their merges, for as long as this object lives.
+        return self._pending.first_sight(what)
 
     def count_active(self, provider: str, change: int) -> None:
         self.gauge(catalogue.ACTIVE_DEPLOYMENTS, (provider,)).value += change
