@@ -100,8 +100,7 @@ class MetricsRecorder:
         self.metrics = DeploymentMetrics(self)
         """Fraisier's ``DeploymentMetrics``: the families, for code that writes to them directly."""
         process.every_recorder.add(self)
-        if not auto_flush:  # its events wait in memory by design: a long-lived process writes them every interval
-            process.background_flush.start()
+        self.auto_flush = auto_flush
 
     @property
     def textfile_path(self) -> Path:
@@ -115,13 +114,24 @@ class MetricsRecorder:
     @property
     def auto_flush(self) -> bool:
         """Whether each record call writes its events when it returns (else ``flush()``, the background flush
-        or the exit does)."""
+        or the exit does). May be changed; it applies from the next call."""
         return self._writer.auto_flush
+
+    @auto_flush.setter
+    def auto_flush(self, auto_flush: bool) -> None:
+        self._writer.auto_flush = auto_flush
+        if not auto_flush:  # its events wait in memory by design: a long-lived process writes them every interval
+            process.background_flush.start()
 
     @property
     def lock_wait_budget(self) -> float:
-        """Seconds the process may spend writing textfiles, by all its recorders, over its whole life."""
+        """Seconds the process may spend writing textfiles, by all its recorders, over its whole life. May be
+        changed (InvalidValueError for a value that is not a number of seconds); it applies from the next write."""
         return self._writer.lock_wait_budget
+
+    @lock_wait_budget.setter
+    def lock_wait_budget(self, seconds: float) -> None:
+        self._writer.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", seconds)
 
     @property
     def handed_over_events(self) -> int:
@@ -130,8 +140,13 @@ class MetricsRecorder:
 
     @property
     def strict(self) -> bool:
-        """Whether every problem is raised (at the end of the call) instead of logged: for tests."""
+        """Whether every problem is raised (at the end of the call) instead of logged: for tests. May be
+        changed; it applies from the next call."""
         return self._problems.strict
+
+    @strict.setter
+    def strict(self, strict: bool) -> None:
+        self._problems.strict = strict
 
     @property
     def problems(self) -> dict[str, str]:
