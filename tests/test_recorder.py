@@ -204,6 +204,27 @@ def test_without_auto_flush_events_wait_for_flush(textfile_dir: Path) -> None:
     )
 
 
+def test_a_recorders_settings_can_be_changed_on_it_and_apply_from_the_next_call(textfile_dir: Path) -> None:
+    """auto_flush, strict and lock_wait_budget are the recorder's attributes, as its constructor's arguments:
+    a caller turns auto_flush off around a hot loop, a test makes a recorder strict."""
+    errors = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.auto_flush = False
+    recorder.record_deployment_error("bare_metal", "timeout")
+    assert not recorder.textfile_path.exists() and recorder.pending and not recorder.auto_flush
+    recorder.auto_flush = True
+    recorder.record_deployment_error("bare_metal", "timeout")
+    assert sample_values(recorder.textfile_path)[errors] == 2 and not recorder.pending
+    recorder.strict = True
+    with pytest.raises(InvalidValueError, match="duration=-3"):
+        recorder.record_rollback("bare_metal", "manual", -3)
+    recorder.lock_wait_budget = 0.25
+    assert recorder.get_metrics_summary()["lock_wait_budget"] == 0.25
+    with pytest.raises(InvalidValueError, match="lock_wait_budget"):
+        recorder.lock_wait_budget = -1.0
+    assert recorder.lock_wait_budget == 0.25
+
+
 ACTIVE = 'fraisier_active_deployments{provider="bare_metal"}'
 
 

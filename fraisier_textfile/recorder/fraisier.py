@@ -1,5 +1,6 @@
 """Fraisier's ``DeploymentMetrics``: the catalogue's families under Fraisier's attribute names, each a handle
-whose ``labels(...)`` child writes through a recorder (so it reaches the textfile and never raises)."""
+whose ``labels(...)`` child writes through a recorder (so it reaches the textfile and never raises), and what
+such a write checks and records (``write_family``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fraisier_textfile.errors import InvalidValueError
 
 if TYPE_CHECKING:
     from fraisier_textfile.recorder.recorder import MetricsRecorder
+    from fraisier_textfile.recorder.series import ProcessSeries
 
 
 def _process_recorder() -> MetricsRecorder:
@@ -23,6 +25,45 @@ def _process_recorder() -> MetricsRecorder:
 
 OPERATIONS = {Kind.COUNTER: ("inc",), Kind.GAUGE: ("set", "inc", "dec"), Kind.HISTOGRAM: ("observe",)}
 """What a child of each kind of family may do, as prometheus_client's children of that kind can."""
+
+
+def write_family(
+    series: ProcessSeries, family: Family, labels: Labels | InvalidValueError, operation: str, amount: object
+) -> None:
+    """A child's ``operation`` (``inc``, ``dec``, ``set``, ``observe``) on ``family``, checked as the catalogue
+    checks an event (a label with choices takes only those) and recorded in ``series``; InvalidValueError
+    when anything is wrong, before anything is recorded."""
+    if isinstance(labels, InvalidValueError):
+        raise labels
+    labels = tuple(
+        catalogue.check_choice(label, value, catalogue.LABEL_CHOICES[(family, label)])
+        if (family, label) in catalogue.LABEL_CHOICES
+        else catalogue.check_label_value(label, value)
+        for label, value in zip(family.labels, labels)
+    )
+    allowed = OPERATIONS[family.kind]
+    if operation not in allowed:
+        raise InvalidValueError(
+            f"{family.name} is a {family.kind.value}: use {' or '.join(name + '()' for name in allowed)}"
+        )
+    if family is catalogue.ACTIVE_DEPLOYMENTS:
+        raise InvalidValueError(
+            "fraisier_active_deployments is counted from the deployments in flight in live processes: "
+            "use record_deployment_start and record_deployment_complete"
+        )
+    if family.kind is Kind.HISTOGRAM:
+        series.observe(family, labels, catalogue.check_duration(f"{family.name} value", amount))
+    elif family.kind is Kind.COUNTER:
+        series.add(family, labels, catalogue.check_count(f"{family.name} increment", amount))
+    else:
+        value = catalogue.check_gauge_value(f"{family.name} value", amount)
+        if operation != "set":  # inc/dec: from this process's value; the latest report wins in the file
+            value = series.gauge(family, labels).value + (value if operation == "inc" else -value)
+        if family is catalogue.LAST_DEPLOYMENT:
+            series.set_maximum(family, labels, value)
+        else:
+            series.set_latest(family, labels, value)
+    series.events += 1
 
 
 class FamilyChild:

@@ -1,7 +1,7 @@
 """The recorder's life in its process: what every recorder of the process shares (the lock-wait budget, the
-recorders with events still to write), the background flush of long-lived processes, and every fork and exit
-hook of the recorder, in one place: a forked child forgets its parent's state, and at exit each recorder writes
-what it still holds, within the budget."""
+problems logged, the writers with events still to write), the background flush of long-lived processes, and
+every fork and exit hook of the recorder, in one place: a forked child forgets its parent's state, and at exit
+each recorder's writer writes what it still holds, within the budget."""
 
 from __future__ import annotations
 
@@ -9,58 +9,21 @@ import atexit
 import logging
 import os
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING
 
 from fraisier_textfile import catalogue, settings
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import FraisierTextfileError
-from fraisier_textfile.recorder.fraisier import DeploymentMetrics as DeploymentMetrics  # its public name here
-from fraisier_textfile.settings import (
-    DEFAULT_LOCK_WAIT_BUDGET,
-)
+from fraisier_textfile.settings import DEFAULT_LOCK_WAIT_BUDGET
 from fraisier_textfile.store.textfile import TextfileStore
 
 if TYPE_CHECKING:
     from fraisier_textfile.recorder.recorder import MetricsRecorder
+    from fraisier_textfile.recorder.writer import Writer
 
-
-
-
+# The recorder's logger (policy.py): one name for every line of the recorder's.
 log = logging.getLogger("fraisier_textfile.recorder.recorder")
-
-
-class FailedWrite:
-    """When and in what state of the file and its filesystem a merge failed for another reason than a busy
-    lock. Merging again is worth its cost (reading and rendering the whole file) only once the file changed
-    (the operator's fix), its filesystem has more room, or a minute has passed."""
-
-    RETRY_AFTER = 60.0
-
-    def __init__(self, store: TextfileStore) -> None:
-        self._store = store
-        self._at = time.monotonic()
-        self._state = self._now()
-
-    def _now(self) -> tuple[object, ...]:
-        try:
-            status = os.stat(self._store.path)
-            file: object = (status.st_ino, status.st_size, status.st_mtime_ns)
-        except OSError as error:
-            file = error.errno
-        try:
-            room: object = os.statvfs(self._store.directory).f_bavail
-        except OSError as error:
-            room = error.errno
-        return file, room
-
-    def may_succeed_now(self) -> bool:
-        if time.monotonic() - self._at > self.RETRY_AFTER:
-            return True
-        (file, room), (file_then, room_then) = self._now(), self._state
-        more_room = isinstance(room, int) and (not isinstance(room_then, int) or room > room_then)
-        return file != file_then or more_room
 
 
 class _ProcessBudget:
@@ -86,9 +49,9 @@ process_budget = _ProcessBudget()
 logged_problems: set[tuple[str, str]] = set()
 
 
-# Recorders holding events not yet written. Normal process exit writes them; a strong reference, so
-# that a recorder dropped with pending events (a hot loop in a function that returned) is not lost.
-unflushed: set[MetricsRecorder] = set()
+# The writers of recorders holding events not yet written. Normal process exit writes them; a strong reference,
+# so that a recorder dropped with pending events (a hot loop in a function that returned) is not lost.
+unflushed: set[Writer] = set()
 
 
 every_recorder: weakref.WeakSet[MetricsRecorder] = weakref.WeakSet()
@@ -170,60 +133,40 @@ def _flush_interval() -> float:
 
 
 def _flush_in_background() -> None:
-    for recorder in list(unflushed):
+    for writer in list(unflushed):
         # Never wait for a recording thread: one that holds the recorder writes itself (auto-flush), or the next
         # round writes what it recorded.
-        if not recorder._lock.acquire(blocking=False):
+        if not writer.lock.acquire(blocking=False):
             continue
         try:
-            if recorder.auto_flush:
+            if writer.auto_flush:
                 # Its record calls write under the recorder too: this is the write the next one would make.
-                if recorder.pending:
-                    recorder._write(longest_wait=0.0, spend_budget=False)
+                if writer.pending:
+                    writer.write(longest_wait=0.0, spend_budget=False)
             else:
-                _hand_over_in_background(recorder)
-            merge_hand_overs = recorder._handed_over_since_merge and recorder._failed_write is None
+                writer.hand_over()  # and the merge, the long part, outside the recorder's lock
+            merge_hand_overs = writer.handed_over_since_merge and writer.failed_write is None
             if merge_hand_overs:
-                recorder._handed_over_since_merge = False  # set again below if they stay
+                writer.handed_over_since_merge = False  # set again below if they stay
         finally:
-            recorder._lock.release()
-        if merge_hand_overs and not _merge_hand_overs(recorder):
-            with recorder._lock:
-                recorder._handed_over_since_merge = True
-        if not recorder.pending and not recorder._handed_over_since_merge:
-            unflushed.discard(recorder)
+            writer.lock.release()
+        if merge_hand_overs and not _merge_hand_overs(writer):
+            with writer.lock:
+                writer.handed_over_since_merge = True
+        if not writer.pending and not writer.handed_over_since_merge:
+            unflushed.discard(writer)
 
 
-def _hand_over_in_background(recorder: MetricsRecorder) -> None:
-    """Under the recorder's lock: hand the events of an ``auto_flush=False`` recorder over (a small file, not
-    fsynced: like the events in memory, it survives this process's death but not the machine's). The merge of
-    the whole file, the long part, is left to :func:`_merge_hand_overs`, outside the recorder: its record calls,
-    which only update memory, wait for this hand-over at most, never for a merge."""
-    recorder._gather()
-    if not recorder._pending:
-        return
-    try:
-        recorder.store.hand_over(recorder._pending, durable=False)
-    except (FraisierTextfileError, OSError) as error:  # the events stay pending; the next round tries again
-        recorder._note_write_problem(error)
-        return
-    recorder._pending_events = 0
-    recorder._handed_over_since_merge = True
-    ending, recorder._ending = recorder._ending, []
-    for marker in ending:
-        marker.release()  # its end is written (handed over), as after any hand-over
-
-
-def _merge_hand_overs(recorder: MetricsRecorder) -> bool:
+def _merge_hand_overs(writer: Writer) -> bool:
     """Merge what is handed over in the recorder's directory, if the lock is free (else its holder does, once it
     lets go), with a store of the background flush's own: the recorder's may be merging in another thread.
     True when merged."""
-    store = _background_stores.get(recorder)
+    store = _background_stores.get(writer)
     if store is None:
-        mine = recorder.store
+        mine = writer.store
         store = TextfileStore(mine.directory, mine.lock_timeout, lifecycle=mine.lifecycle,
                               participants=mine.sources, schema=mine.schema)
-        _background_stores[recorder] = store
+        _background_stores[writer] = store
     try:
         store.merge(Changes(), timeout=0)
     except FraisierTextfileError as error:
@@ -232,12 +175,12 @@ def _merge_hand_overs(recorder: MetricsRecorder) -> bool:
     return True
 
 
-_background_stores: weakref.WeakKeyDictionary[MetricsRecorder, TextfileStore] = weakref.WeakKeyDictionary()
+_background_stores: weakref.WeakKeyDictionary[Writer, TextfileStore] = weakref.WeakKeyDictionary()
 
 
-def keep_for_later(recorder: MetricsRecorder) -> None:
-    """``recorder`` holds events (or hand-overs) to write later: by the background flush, at the latest at exit."""
-    unflushed.add(recorder)
+def keep_for_later(writer: Writer) -> None:
+    """``writer`` holds events (or hand-overs) to write later: by the background flush, at the latest at exit."""
+    unflushed.add(writer)
     background_flush.start()
 
 
@@ -262,30 +205,30 @@ def _forget_parents_state() -> None:
 def _write_at_exit() -> None:
     """Pending events are merged or handed over within what is left of each recorder's budget, so that a
     process exiting while another holds the lock loses nothing."""
-    for recorder in list(unflushed):
+    for writer in list(unflushed):
         # A daemon thread may still hold the recorder (it runs during atexit): never hang the exit on it.
-        if not recorder._lock.acquire(timeout=max(0.1, process_budget.left(recorder.lock_wait_budget))):
+        if not writer.lock.acquire(timeout=max(0.1, process_budget.left(writer.lock_wait_budget))):
             log.error("fraisier metrics: events recorded in this process were not written to %s: another "
-                      "thread was still recording at exit", recorder.textfile_path)
+                      "thread was still recording at exit", writer.textfile_path)
             continue
         try:
-            recorder._noted.clear()
+            writer.problems.noted.clear()
             try:
-                recorder._write(longest_wait=recorder.store.lock_timeout)
+                writer.write(longest_wait=writer.store.lock_timeout)
             except Exception as error:
-                log.error("fraisier metrics: writing %s at exit failed: %r", recorder.textfile_path, error)
-            if recorder._handed_over_since_merge and recorder._failed_write is None:
+                log.error("fraisier metrics: writing %s at exit failed: %r", writer.textfile_path, error)
+            if writer.handed_over_since_merge and writer.failed_write is None:
                 # Not needed (the next merge by any process writes them), but if the lock is free by now the
                 # file need not wait for that: one try, no wait.
                 try:
-                    recorder.store.merge(Changes(), timeout=0)
+                    writer.store.merge(Changes(), timeout=0)
                 except FraisierTextfileError as error:
                     log.debug("hand-overs left for the next merge: %s", error)
-            if recorder.pending:
+            if writer.pending:
                 log.error("fraisier metrics: %d events recorded in this process were not written to %s: %s",
-                          recorder._pending_events, recorder.textfile_path, recorder.last_error)
+                          writer.series.events, writer.textfile_path, writer.problems.last_error)
         finally:
-            recorder._lock.release()
+            writer.lock.release()
 
 
 if hasattr(os, "register_at_fork"):

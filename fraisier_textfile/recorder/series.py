@@ -2,20 +2,23 @@
 
 Plain objects updated by each event, one dictionary lookup per series: a prometheus_client metric per series,
 next to the pending changes, cost a record call more than the rest of it. Each also holds what changed since
-the recorder last gathered its changes into the ``Changes`` the store merges."""
+the recorder last gathered its changes into the ``Changes`` the store merges. ``ProcessSeries`` is where the
+event functions (changes.py) write a recorder's events: its series, its pending changes, and the shortcuts
+that let a hot loop's repeated calls skip validating what was accepted before."""
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from fraisier_textfile import catalogue
+from fraisier_textfile import catalogue, changes
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
-from fraisier_textfile.store import inflight
 
 
 class Counter:
@@ -113,7 +116,7 @@ class Totals:
     """This process's series, as its registry shows them: plain objects updated by each event, one dictionary
     lookup per series (a prometheus_client metric per series, next to the pending changes, cost a record call
     more than the rest of it), served through one collector. Each series also holds what changed since the
-    recorder last gathered its changes (``MetricsRecorder._gather``) into the ``Changes`` that the store
+    recorder last gathered its changes (``ProcessSeries.gather``) into the ``Changes`` that the store
     merges."""
 
     def __init__(self) -> None:
@@ -158,13 +161,211 @@ class Totals:
             yield metric
 
 
-class InFlight:
-    """A deployment started by this process and not yet ended."""
+_LARGEST_DURATION = 1.7976931348623157e308
+"""The largest finite float: a duration up to it is valid (catalogue.check_duration)."""
 
-    __slots__ = ("fraise_type", "marker", "provider")
 
-    def __init__(self, provider: str, fraise_type: str, marker: inflight.Marker | None) -> None:
-        self.provider = provider
-        self.fraise_type = fraise_type
-        self.marker = marker
-        """None when the marker could not be written: the deployment is then not visible to other processes."""
+class ProcessSeries:
+    """A recorder's series and its events not yet written: the sink the event functions write to (see
+    changes.Sink). Each sink method updates this process's totals (its registry) and the pending changes,
+    inlined: the record call's hot path. The caller holds the recorder's lock."""
+
+    def __init__(self) -> None:
+        self.totals = Totals()
+        self._counters = self.totals.counters
+        self._histograms = self.totals.histograms
+        self._gauges = self.totals.gauges
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        self._changed: list[Series] = []
+        """The series changed since the last ``gather``, in the order they first changed."""
+        self._pending = Changes()
+        self.events = 0
+        """Events recorded and not yet written (merged or handed over)."""
+        self._completions: dict[tuple[object, object, object], tuple[Counter, Histogram, Gauge]] = {}
+        """The series a ``record_deployment_complete`` with these provider, fraise type and status updates, once
+        the event function accepted them: the hot loop's later calls skip validating them again."""
+        self._health_checks: dict[tuple[object, object, object], tuple[Counter, Histogram]] = {}
+        self._rollbacks: dict[tuple[object, object], tuple[Counter, Histogram]] = {}
+        self._db_queries: dict[tuple[object, object, object], tuple[Counter, Histogram]] = {}
+        """The same for ``record_health_check``, ``record_rollback`` and ``record_db_query``."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether events wait to be written."""
+        return bool(self._changed or self._pending)
+
+    def gather(self) -> Changes:
+        """What the series recorded since the last call, moved into the pending changes; those changes (the
+        store empties them once merged or handed over)."""
+        pending = self._pending
+        for series in self._changed:
+            series.dirty = False
+            series.gather(pending)
+        self._changed.clear()
+        return pending
+
+    def after_fork(self) -> None:
+        """In a forked child: this process keeps the totals, not the parent's pending changes."""
+        for series in self._changed:
+            series.dirty = False
+            series.gather(Changes())
+        self._start_afresh()
+
+    # Events
+
+    def record(self, event: Callable[..., None], *arguments: object) -> None:
+        """Record one event through its function in changes.py."""
+        event(self, *arguments)
+        self.events += 1
+
+    def deployment_complete(self, provider: str, fraise_type: str, status: str, duration: float) -> None:
+        """``changes.deployment_complete``, straight to its series for arguments it accepted before (their series
+        exist since then). Not counted as an event: the caller counts it once the deployment ended."""
+        try:
+            series = self._completions.get((provider, fraise_type, status))
+        except TypeError:  # an unhashable argument: the event function refuses it
+            series = None
+        if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
+            deployments, durations, last = series
+            deployments.add(1.0, self._changed)
+            durations.observe(duration, self._changed)
+            last.set_maximum(time.time(), self._changed)
+        else:
+            changes.deployment_complete(self, provider, fraise_type, status, duration)
+            self._remember_completion(provider, fraise_type, status)
+
+    def rollback(self, provider: str, reason: str, duration: float) -> None:
+        self._count_and_observe(self._rollbacks, (provider, reason), duration, changes.rollback,
+                                self._remember_rollback)
+
+    def health_check(self, provider: str, check_type: str, status: str, duration: float) -> None:
+        self._count_and_observe(self._health_checks, (provider, check_type, status), duration,
+                                changes.health_check, self._remember_health_check)
+
+    def db_query(self, database_type: str, operation: str, status: str, duration: float) -> None:
+        self._count_and_observe(self._db_queries, (database_type, operation, status), duration,
+                                changes.db_query, self._remember_db_query)
+
+    def _count_and_observe(
+        self,
+        shortcuts: dict[Any, tuple[Counter, Histogram]],
+        arguments: tuple[object, ...],
+        duration: object,
+        event: Callable[..., None],
+        remember: Callable[..., None],
+    ) -> None:
+        """An event that counts once and observes its duration. A repeat of label arguments that ``event``
+        (the function in changes.py) accepted before goes straight to the two series it updated then; anything
+        else goes through ``event``, which checks everything, and is remembered."""
+        try:
+            series = shortcuts.get(arguments)
+        except TypeError:  # an unhashable argument: the event function refuses it
+            series = None
+        if series is not None and duration.__class__ is float and 0.0 <= duration <= _LARGEST_DURATION:
+            series[0].add(1.0, self._changed)
+            series[1].observe(duration, self._changed)
+        else:
+            event(self, *arguments, duration)
+            remember(*arguments)
+        self.events += 1
+
+    # The sink that the event functions write to (see changes.Sink)
+
+    def add(self, family: Family, labels: Labels, amount: float) -> None:
+        counter = self._counters.get((family, labels))
+        if counter is None:
+            counter = self._counters[(family, labels)] = Counter((family, labels))
+        counter.add(amount, self._changed)
+
+    def observe(self, family: Family, labels: Labels, value: float) -> None:
+        histogram = self._histograms.get((family, labels))
+        if histogram is None:
+            histogram = self._histograms[(family, labels)] = Histogram((family, labels))
+        histogram.observe(value, self._changed)
+
+    def set_latest(self, family: Family, labels: Labels, value: float) -> None:
+        gauge = self.gauge(family, labels)
+        gauge.value = gauge.latest = value
+        if not gauge.dirty:
+            gauge.dirty = True
+            self._changed.append(gauge)
+
+    def set_maximum(self, family: Family, labels: Labels, value: float) -> None:
+        self.gauge(family, labels).set_maximum(value, self._changed)
+
+    def gauge(self, family: Family, labels: Labels) -> Gauge:
+        gauge = self._gauges.get((family, labels))
+        if gauge is None:
+            gauge = self._gauges[(family, labels)] = Gauge((family, labels))
+        return gauge
+
+    def touch(self, family: Family, labels: Labels) -> None:
+        """The series exists from now on, in this process and in the file."""
+        if family.kind is Kind.COUNTER:
+            self.add(family, labels, 0.0)
+        elif family.kind is Kind.HISTOGRAM:
+            histogram = self._histograms.get((family, labels))
+            if histogram is None:
+                histogram = self._histograms[(family, labels)] = Histogram((family, labels))
+            if not histogram.dirty:
+                histogram.dirty = True
+                self._changed.append(histogram)
+        else:
+            self.gauge(family, labels)
+            self.gather()  # in order with the changes before it
+            self._pending.touch(family, labels)
+
+    def first_sight(self, what: tuple[str, ...]) -> bool:
+        # The pending changes remember what they saw across their merges, for as long as this object lives.
+        return self._pending.first_sight(what)
+
+    def count_active(self, provider: str, change: int) -> None:
+        self.gauge(catalogue.ACTIVE_DEPLOYMENTS, (provider,)).value += change
+        self._pending.count_active(provider, change)
+
+    def retire_marker(self, marker_id: str) -> None:
+        self._pending.retire_marker(marker_id)
+
+    # The shortcuts
+
+    def _remember_completion(self, provider: object, fraise_type: object, status: object) -> None:
+        """The series that changes.deployment_complete just updated for these arguments (which it accepted)."""
+        plain_provider = catalogue.check_label_value("provider", provider)
+        plain_fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
+        plain_status = catalogue.check_deployment_status(status)
+        self._completions[(provider, fraise_type, status)] = (
+            self._counters[(catalogue.DEPLOYMENTS, (plain_provider, plain_status, plain_fraise_type))],
+            self._histograms[(catalogue.DEPLOYMENT_DURATION, (plain_provider, plain_status))],
+            self._gauges[(catalogue.LAST_DEPLOYMENT, (plain_provider, plain_fraise_type, plain_status))],
+        )
+
+    def _remember_rollback(self, provider: object, reason: object) -> None:
+        """The series that changes.rollback just updated for these arguments (which it accepted)."""
+        plain_provider = catalogue.check_label_value("provider", provider)
+        plain_reason = catalogue.check_label_value("reason", reason)
+        self._rollbacks[(provider, reason)] = (
+            self._counters[(catalogue.ROLLBACKS, (plain_provider, plain_reason))],
+            self._histograms[(catalogue.ROLLBACK_DURATION, (plain_provider,))],
+        )
+
+    def _remember_health_check(self, provider: object, check_type: object, status: object) -> None:
+        """The series that changes.health_check just updated for these arguments (which it accepted)."""
+        plain_provider = catalogue.check_label_value("provider", provider)
+        plain_check_type = catalogue.check_label_value("check_type", check_type)
+        plain_status = catalogue.check_choice("status", status, catalogue.HEALTH_CHECK_STATUSES)
+        self._health_checks[(provider, check_type, status)] = (
+            self._counters[(catalogue.HEALTH_CHECKS, (plain_provider, plain_check_type, plain_status))],
+            self._histograms[(catalogue.HEALTH_CHECK_DURATION, (plain_provider, plain_check_type))],
+        )
+
+    def _remember_db_query(self, database_type: object, operation: object, status: object) -> None:
+        """The series that changes.db_query just updated for these arguments (which it accepted)."""
+        plain_database_type = catalogue.check_label_value("database_type", database_type)
+        plain_operation = catalogue.check_label_value("operation", operation)
+        plain_status = catalogue.check_label_value("status", status)
+        self._db_queries[(database_type, operation, status)] = (
+            self._counters[(catalogue.DB_QUERIES, (plain_database_type, plain_operation, plain_status))],
+            self._histograms[(catalogue.QUERY_LATENCY, (plain_database_type, plain_operation))],
+        )

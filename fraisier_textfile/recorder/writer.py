@@ -1,0 +1,260 @@
+"""The write policy: when and how a recorder's events reach the textfile.
+
+The events of a call (or of a batch of calls, such as a tracked block) are written once, at its end, under the
+recorder's lock: merged when the lock on the file is free; handed over at once when another process holds it,
+so that the holder, right after its own merge, or the next merge by any process writes them exactly once (a
+record call does not wait: ``RECORD_CALL_WAIT``). The whole process spends at most its lock-wait budget on
+writing; after a merge failed for another reason (a full disk) it hands over until a merge may succeed again
+(``FailedWrite``). The markers of ended deployments are released only once their end is written. What cannot
+be written now is kept for the background flush and the process's exit (process.py).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.errors import FraisierTextfileError, LockTimeoutError
+from fraisier_textfile.recorder import process
+from fraisier_textfile.recorder.policy import LOCK_BUSY, Problems
+from fraisier_textfile.recorder.series import ProcessSeries
+from fraisier_textfile.settings import LOCK_WAIT_BUDGET_ENVIRONMENT
+from fraisier_textfile.store import inflight
+from fraisier_textfile.store.files import TEXTFILE_NAME
+from fraisier_textfile.store.lifecycle import SeriesLifecycle
+from fraisier_textfile.store.textfile import TextfileStore
+
+RECORD_CALL_WAIT = 0.0
+"""Seconds one record call waits for a busy lock (within the budget): none. Under contention a waiter that
+hands its events over writes one small file, one that waits and then merges a file another process wrote
+reads, parses and writes the whole file, and the holder merges the hand-overs in one go after its own merge
+(group commit): waiting made the slowest calls of a race several times slower (bench/bench_race.py)."""
+
+
+def make_store(directory: Path | str, lock_timeout: float, *, strict: bool) -> TextfileStore:
+    # Strict: a typo in FRAISIER_EXPIRE_AFTER or FRAISIER_MAX_SERIES_PER_FAMILY raises (else logged once).
+    lifecycle = SeriesLifecycle.from_environment(Path(directory) / TEXTFILE_NAME, strict=strict)
+    return TextfileStore(directory, lock_timeout, lifecycle=lifecycle)
+
+
+class FailedWrite:
+    """When and in what state of the file and its filesystem a merge failed for another reason than a busy
+    lock. Merging again is worth its cost (reading and rendering the whole file) only once the file changed
+    (the operator's fix), its filesystem has more room, or a minute has passed."""
+
+    RETRY_AFTER = 60.0
+
+    def __init__(self, store: TextfileStore) -> None:
+        self._store = store
+        self._at = time.monotonic()
+        self._state = self._now()
+
+    def _now(self) -> tuple[object, ...]:
+        try:
+            status = os.stat(self._store.path)
+            file: object = (status.st_ino, status.st_size, status.st_mtime_ns)
+        except OSError as error:
+            file = error.errno
+        try:
+            room: object = os.statvfs(self._store.directory).f_bavail
+        except OSError as error:
+            room = error.errno
+        return file, room
+
+    def may_succeed_now(self) -> bool:
+        if time.monotonic() - self._at > self.RETRY_AFTER:
+            return True
+        (file, room), (file_then, room_then) = self._now(), self._state
+        more_room = isinstance(room, int) and (not isinstance(room_then, int) or room > room_then)
+        return file != file_then or more_room
+
+
+class Writer:
+    """Writes a recorder's events (its ``ProcessSeries``) into its store, noting problems in its ``Problems``.
+
+    ``lock`` is the recorder's: one thread records or writes at a time, and a batch holds it from its first event
+    to its write. ``depth`` counts the calls and batches under way; the outermost one's end writes
+    (``settle``)."""
+
+    def __init__(
+        self, store: TextfileStore, series: ProcessSeries, problems: Problems, *, auto_flush: bool,
+        lock_wait_budget: float,
+    ) -> None:
+        self.store = store
+        self.series = series
+        self.problems = problems
+        self.auto_flush = auto_flush
+        self.lock_wait_budget = lock_wait_budget
+        self.lock = threading.RLock()
+        self.depth = 0
+        self.handed_over_events = 0
+        self.handed_over_since_merge = False
+        """Events of this recorder were handed over since its last merge: a merge without a wait (the background
+        flush's, the exit's) may write them sooner than the next merge by another process."""
+        self.failed_write: FailedWrite | None = None
+        self._ending: list[inflight.Marker] = []
+        """Markers of ended deployments, released once their end is written."""
+
+    @property
+    def textfile_path(self) -> Path:
+        return self.store.path
+
+    @property
+    def pending(self) -> bool:
+        """Whether events wait to be written."""
+        return self.series.pending
+
+    def release_once_written(self, marker: inflight.Marker) -> None:
+        """``marker``'s deployment ended: released only once its end is written (before, it would look
+        crashed)."""
+        self._ending.append(marker)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Record several events with one write at the end."""
+        with self.lock:
+            self.depth += 1
+            try:
+                yield
+            finally:
+                # Also when an event of the batch was refused: the events before it are recorded.
+                self.depth -= 1
+                if not self.depth:
+                    self.settle()
+
+    def settle(self) -> None:
+        """The end of a call or a batch: write what is pending (auto-flush), or keep it for later. Never raises."""
+        if not self.auto_flush:
+            process.unflushed.add(self)  # kept alive until written, at the latest at exit
+            return
+        try:
+            self.write()
+        except Exception as error:  # a bug below us: the events stay pending
+            self.problems.note("unexpected write", f"writing {self.textfile_path} failed unexpectedly: {error!r}; "
+                               "please report this as a bug of fraisier_textfile (the events are kept)", error,
+                               exc_info=True)
+            process.keep_for_later(self)
+
+    def write(self, longest_wait: float = RECORD_CALL_WAIT, *, spend_budget: bool = True) -> None:
+        """Write what is pending, waiting for a busy lock at most ``longest_wait`` and what is left of the
+        lock-wait budget: merged, or handed over to the next writer when the lock stays busy. Never raises: a
+        problem is noted, and the events are handed over if the merge failed for another reason (a corrupt file),
+        else kept for the next call, the background flush and exit. ``spend_budget=False``: the background
+        flush, whose time delays no caller, leaves the budget to the process's own calls and its exit."""
+        pending = self.series.gather()
+        if not pending:
+            return
+        left = process.process_budget.left(self.lock_wait_budget)
+        wait = min(self.store.lock_timeout, left, longest_wait)
+        # Once the budget is spent, hand-overs skip their fsyncs: under a lock held for long, two fsyncs per
+        # call would go on delaying the process past its budget. They still survive its death (a SIGKILL).
+        durable = left > 0
+        started = time.monotonic()
+        try:
+            if self.failed_write is not None and not self.problems.strict and not self.failed_write.may_succeed_now():
+                # The last merge failed (a full disk, say) and nothing suggests this one would not: trying
+                # again would render the whole file per event (seconds for a big one). Hand over only.
+                merged = False
+                self.store.hand_over(pending, durable=durable)
+            else:
+                merged = self._merge_or_hand_over(pending, wait, durable)
+        except Exception:
+            merged = False  # the hand-over failed too: the events stay pending, the problem is noted already
+        finally:
+            # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
+            # the process in all. A merge that may not wait any more still merges when the lock is free.
+            if spend_budget:
+                process.process_budget.spend(time.monotonic() - started)
+        if pending:
+            process.keep_for_later(self)
+        else:
+            self._written(merged)
+
+    def _merge_or_hand_over(self, pending: Changes, wait: float, durable: bool) -> bool:
+        try:
+            merged = self.store.merge_or_hand_over(pending, wait, durable=durable)
+            self.failed_write = None
+            if not merged:
+                self.problems.note(
+                    LOCK_BUSY,
+                    f"another process held {self.store.lock_path} (a record call does not wait for it; at exit, "
+                    f"within a lock-wait budget of {self.lock_wait_budget:g}s in all, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
+                    "the events were handed over, and that process, right after its merge, or the next merge by "
+                    "any fraisier process writes them. "
+                    f"If it lasts, find the process that holds the lock (fuser {self.store.lock_path})",
+                    LockTimeoutError(self.store.lock_path, wait),
+                )
+        except Exception as error:  # of any type (a probe's OverflowError, a bug of ours): none may reach a deployment
+            self.failed_write = FailedWrite(self.store)
+            self.problems.write_problem(error)
+            try:
+                # The events go to the next merge rather than wait in memory for an exit that may never write them.
+                self.store.hand_over(pending, durable=durable)
+            except Exception:
+                pass  # the same problem (an unwritable directory), noted already
+            return False
+        return merged
+
+    def _written(self, merged: bool) -> None:
+        """The pending events are in the file (merged) or handed over."""
+        if merged:
+            self.problems.resolved()
+            process.unflushed.discard(self)
+        else:
+            self.handed_over_events += self.series.events
+            # The background flush and the exit merge the hand-overs, if the lock is free by then.
+            process.keep_for_later(self)
+        self.handed_over_since_merge = not merged
+        self.series.events = 0
+        self._release_ended()
+
+    def _release_ended(self) -> None:
+        ending, self._ending = self._ending, []
+        for marker in ending:
+            marker.release()  # only now: released before its end is written, it would look crashed
+
+    def flush(self) -> None:
+        """Merge every pending event now, waiting up to the store's lock timeout; raises the store's errors (the
+        events then stay pending)."""
+        with self.lock:
+            pending = self.series.gather()
+            if not pending:
+                return
+            try:
+                self.store.merge(pending)
+            except BaseException:
+                process.keep_for_later(self)  # the background flush and the exit try again
+                raise
+            self._written(merged=True)
+
+    def hand_over(self) -> None:
+        """Under the lock: hand the events of an ``auto_flush=False`` recorder over (a small file, not fsynced:
+        like the events in memory, it survives this process's death but not the machine's), without merging. The
+        background flush merges the whole file, the long part, outside the lock: the record calls, which only
+        update memory, wait for this hand-over at most, never for a merge."""
+        pending = self.series.gather()
+        if not pending:
+            return
+        try:
+            self.store.hand_over(pending, durable=False)
+        except (FraisierTextfileError, OSError) as error:  # the events stay pending; the next round tries again
+            self.problems.write_problem(error)
+            return
+        self.series.events = 0
+        self.handed_over_since_merge = True
+        self._release_ended()  # its end is written (handed over), as after any hand-over
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (the parent's may have been held at the fork), no write under way, and
+        a store of its own (its lock state is the parent's)."""
+        self.lock = threading.RLock()
+        self.depth = 0
+        self.handed_over_since_merge = False
+        self.failed_write = None
+        self._ending = []
+        self.store = TextfileStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)
