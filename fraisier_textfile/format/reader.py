@@ -397,9 +397,9 @@ def parse(text: str, check_histograms: bool = True, schema: Schema | None = None
         bodies = {name: body for name, header, body in claimed if header is not None}
         for block in document.blocks.values():
             segments = bodies.get(block.name)
-            data = block._data
-            if segments is not None and data is not None and layout.matches(data, 0, segments) == len(data):
-                block._segments = list(segments)
+            span = block.span
+            if segments is not None and span is not None and layout.matches(span.data, 0, segments) == len(span.data):
+                span.segments = list(segments)
     if check_histograms:
         for block in document.blocks.values():
             if block.owned is not None and block.owned.kind is Kind.HISTOGRAM:
