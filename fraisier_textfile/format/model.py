@@ -295,7 +295,12 @@ class Document:
                 continue
             if not key or ":" in key or _has_blank(key) or "\n" in value:
                 raise ValueError(f"meta key {key!r} or its value {value!r} cannot be written on one comment line")
-            lines.append((f"{META_PREFIX}{key}: {value}\n" if value else f"{META_PREFIX}{key}:\n").encode())
+            if value:
+                # The value apart: a long one (a family's update times) is encoded once, not copied into the line
+                # first.
+                lines += (f"{META_PREFIX}{key}: ".encode(), value.encode(), b"\n")
+            else:
+                lines.append(f"{META_PREFIX}{key}:\n".encode())
         return [*lines, *body]
 
 
