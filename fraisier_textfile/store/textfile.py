@@ -5,7 +5,7 @@ node_exporter's textfile collector (or ``fraisier metrics``) serves:
 
     lock fraisier.prom.lock -> read fraisier.prom (or reuse what this process wrote last) -> apply the
     hand-overs waiting in .fraisier-handover/ -> merge -> render -> write .fraisier.prom.tmp.<random> -> fsync
-    -> rename over fraisier.prom -> fsync dir -> unlock -> delete the hand-overs applied
+    -> rename over fraisier.prom -> unlock -> fsync dir -> delete the hand-overs applied
 
 The file holds the true totals over every process that ever ran: counters and histograms are summed, so an
 increment is neither lost nor counted twice whatever number of processes race, and a process killed at any

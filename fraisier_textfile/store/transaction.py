@@ -6,7 +6,7 @@ The steps, under the lock:
     load the file -> collect (each participant, in order) -> combine with the caller's changes
     -> before apply (in reverse order) -> apply -> after apply (in order) -> write a temporary file
     -> check the lock is still ours -> rename it over the file -> [release the lock]
-    -> after commit (in order) -> close (in order, always)
+    -> fsync the directory (the rename is durable) -> after commit (in order) -> close (in order, always)
 
 A participant owns one protocol of the directory: its files, its bookkeeping line in the document (declared in
 format/bookkeeping.py), its place in the order and its clean-up. What it collects and the bookkeeping it writes
@@ -152,6 +152,11 @@ class Transaction:
                         continue
                     finally:
                         self.lock.release()
+                    # The rename is made durable once the lock is free: the next writer need not wait for the
+                    # journal's commit, and it reads the new file either way. Before after_commit: nothing the
+                    # file accounts for (hand-overs, markers) is removed before the rename that accounts for it
+                    # is durable.
+                    textfile.fsync()
                     # After the release (see the module's note): nothing here may fail the merge, the file is written.
                     for participant in participants:
                         participant.after_commit(merge)
