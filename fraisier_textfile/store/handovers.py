@@ -480,10 +480,17 @@ class Handovers(Participant):
         """Whether hand-overs wait that no merge of this participant has seen yet."""
         try:
             textfile = fs.open_directory(textfile_directory)
-            if textfile is None:
-                return False
-            with textfile:
-                directory = open_directory(textfile)
+        except (OSError, FraisierTextfileError):
+            return False
+        if textfile is None:
+            return False
+        with textfile:
+            return self.waiting_in(textfile)
+
+    def waiting_in(self, textfile: fs.Directory) -> bool:
+        """:meth:`waiting`, in the textfile directory held open."""
+        try:
+            directory = open_directory(textfile)
             if directory is None:
                 return False
             with directory:

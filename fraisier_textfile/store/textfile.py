@@ -143,14 +143,17 @@ class TextfileStore:
         is emptied. On any error nothing is written, the file is left byte-identical, and ``changes`` is
         untouched so that it can be merged again later. Raises only FraisierTextfileError subclasses
         (LockTimeoutError when the lock stayed busy)."""
-        try:
-            self.transaction.run(changes, self.lock_timeout if timeout is None else timeout)
-        except FraisierTextfileError:
-            # Also after a failure: this process may have held the lock (a lock timeout too, when its lock
-            # file was replaced mid-merge and the new one stayed busy).
-            self._merge_late_handovers(failed=True)
-            raise
-        self._merge_late_handovers()
+        # Opened and checked once for the merge and for the look for late hand-overs after it: for root, the
+        # check looks at every directory on the path.
+        with self.file.open_directory() as textfile:
+            try:
+                self.transaction.run(changes, self.lock_timeout if timeout is None else timeout, textfile)
+            except FraisierTextfileError:
+                # Also after a failure: this process may have held the lock (a lock timeout too, when its lock
+                # file was replaced mid-merge and the new one stayed busy).
+                self._merge_late_handovers(textfile, failed=True)
+                raise
+            self._merge_late_handovers(textfile)
 
     def hand_over(self, changes: Changes, *, durable: bool = True) -> None:
         """Write ``changes`` for the next merge by any process to apply exactly once, without the lock, and
@@ -186,7 +189,7 @@ class TextfileStore:
             log.debug("hand-over left for the next merge: %s", error)
         return False
 
-    def _merge_late_handovers(self, failed: bool = False) -> None:
+    def _merge_late_handovers(self, textfile: fs.Directory, failed: bool = False) -> None:
         """After releasing the lock, merge the hand-overs that arrived while it was held.
 
         The invariant that makes every hand-over written once, soon: a process that hands over writes its
@@ -205,9 +208,9 @@ class TextfileStore:
         stop = time.monotonic() + handovers.LATE_MERGE_BUDGET
         # A merge that left older hand-overs (HANDOVERS_PER_MERGE) has done its share: those that arrived
         # meanwhile are behind them, for the next merge of any process, as they are.
-        while time.monotonic() < stop and not self.handovers.backlog_left and self.handovers_waiting():
+        while time.monotonic() < stop and not self.handovers.backlog_left and self.handovers.waiting_in(textfile):
             try:
-                self.transaction.run(Changes(), timeout=0)
+                self.transaction.run(Changes(), 0, textfile)
             except LockTimeoutError:
                 return  # its holder looks again after releasing it
             except FraisierTextfileError as error:

@@ -135,11 +135,12 @@ class Transaction:
         """The version of the file that failed to parse, and how: see _load."""
         self._next_litter_check = 0.0  # see LITTER_INTERVAL
 
-    def run(self, changes: Changes, timeout: float) -> None:
-        """One merge of ``changes``, waiting at most ``timeout`` seconds for the lock (see the module's note)."""
+    def run(self, changes: Changes, timeout: float, textfile: fs.Directory) -> None:
+        """One merge of ``changes`` into the textfile directory held by ``textfile`` (open and checked), waiting
+        at most ``timeout`` seconds for the lock (see the module's note)."""
         deadline = time.monotonic() + timeout
         participants = self.participants
-        with DeferredSignals() as signals, self.file.open_directory() as textfile:
+        with DeferredSignals() as signals:
             for attempt in itertools.count(1):
                 if attempt > 3 and time.monotonic() > deadline:  # something removes the lock file over and over
                     raise LockTimeoutError(self.lock.path, timeout)
