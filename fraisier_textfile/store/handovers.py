@@ -358,9 +358,10 @@ processes' merges, ``fraisier textfile refresh``); under contention one merge ap
 commit), well under this."""
 
 LATE_MERGE_BUDGET = 0.025
-"""Seconds a process may spend, after its own merge, merging hand-overs that arrived while it held the lock:
-one or two merges. Under sustained contention the other writers' own merges take the rest; a holder that kept
-on merging would make its own caller the slowest."""
+"""Seconds a merge call may take in all, its own merge and those of the hand-overs that arrived while it held the
+lock, beyond the first of those (always merged: the hand-over invariant, textfile.py): one or two merges. Under
+sustained contention the other writers' own merges take the rest; a holder that kept on merging would make its
+own caller the slowest."""
 
 _newer_handovers_logged: set[str] = set()
 
