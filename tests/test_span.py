@@ -49,3 +49,19 @@ def test_the_spliced_pieces_are_the_edited_lines_and_their_segments_the_checksum
         assert segments_of(written, position, position + length) == [(length, crc)]
         position += length
     assert position == len(written)
+
+
+def test_a_series_set_to_the_line_it_has_is_not_an_edit() -> None:
+    """A merge adds 0 to the series created at 0 beside the one recorded (a deployment's other statuses): their
+    lines stay as read, spliced around nothing and checksummed again nowhere."""
+    lines = [f'fraisier_rollbacks_total{{provider="p{n}",reason="r"}} {n}.0' for n in range(100)]
+    data = ("\n".join(lines) + "\n").encode()
+    span = BodySpan(data, 0, len(data), segments_of(data))
+    span.set('fraisier_rollbacks_total{provider="p7",reason="r"}', lines[7])
+    assert not span.edited
+    pieces, segments = span.pieces(checksums=True)
+    assert b"".join(pieces) == data and segments == segments_of(data)
+    key = 'fraisier_rollbacks_total{provider="p7",reason="r"}'
+    span.set(key, f"{key} 8.0")
+    span.set(key, lines[7])  # back to what the file has
+    assert b"".join(span.pieces(checksums=True)[0]) == data

@@ -130,8 +130,15 @@ class BodySpan:
         if key in self._added or self._position(key) < 0:
             self._added[key] = line
             self._added_written = None
-        else:
+        elif key in self._edits or not self._reads(self._positions[key], line):
             self._edit(key, line)
+        # else the line is as read (a series created at 0 beside the one recorded, 0 added): nothing to splice
+
+    def _reads(self, position: int, line: str) -> bool:
+        """Whether the line at ``position`` in data is ``line``."""
+        encoded = line.encode("utf-8")
+        end = position + len(encoded)
+        return end < self.end and self.data[end] == 0x0A and self.data.startswith(encoded, position)
 
     def remove(self, key: str) -> bool:
         """Drop the series ``key``; False if there was no such series."""
