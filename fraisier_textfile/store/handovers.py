@@ -477,19 +477,9 @@ class Handovers(Participant):
         self._applied = []
         self._newest = self._oldest_waiting = None
 
-    def waiting(self, textfile_directory: Path) -> bool:
-        """Whether hand-overs wait that no merge of this participant has seen yet."""
-        try:
-            textfile = fs.open_directory(textfile_directory)
-        except (OSError, FraisierTextfileError):
-            return False
-        if textfile is None:
-            return False
-        with textfile:
-            return self.waiting_in(textfile)
-
     def waiting_in(self, textfile: fs.Directory) -> bool:
-        """:meth:`waiting`, in the textfile directory held open."""
+        """Whether hand-overs wait in the textfile directory held open that no merge of this participant has
+        seen yet."""
         try:
             directory = open_directory(textfile)
             if directory is None:

@@ -232,7 +232,14 @@ class TextfileStore:
 
     def handovers_waiting(self) -> bool:
         """Whether hand-overs wait in the directory that no merge by this store has seen yet."""
-        return self.handovers.waiting(self.directory)
+        try:
+            textfile = fs.open_directory(self.directory)
+        except (OSError, FraisierTextfileError):
+            return False
+        if textfile is None:
+            return False
+        with textfile:
+            return self.handovers.waiting_in(textfile)
 
     def merge_backlog(self, *, timeout: float | None = None) -> None:
         """Merge until no hand-over is left (each merge applies at most handovers.HANDOVERS_PER_MERGE): for a command
