@@ -159,11 +159,20 @@ def warm(directory: str, floor_path: str, repetitions: str) -> None:
 
 def fresh_floor(path: str) -> None:
     """The I/O floor as a new process pays it, after the same imports as ``fresh``: its first read of the file
-    faults in fresh memory, which a process that read it before (``warm``, where the floor is timed) reuses."""
+    faults in fresh memory, which a process that read it before (``warm``, where the floor is timed) reuses.
+    Then, timed apart, an fsync of the directory, which the store does after its rename and the floor does
+    not: shown beside, never added to the floor."""
     import fraisier_textfile  # noqa: F401
     from fraisier_textfile import MetricsRecorder  # noqa: F401
 
-    report({"floor_seconds": floor_once(path)})
+    floor_seconds = floor_once(path)
+    started = time.perf_counter()
+    descriptor = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    report({"floor_seconds": floor_seconds, "directory_fsync_seconds": time.perf_counter() - started})
 
 
 def floor(path: str, repetitions: str) -> None:

@@ -1,17 +1,22 @@
-"""Merges against the speed of the disk: each goal of issue 9 (item 7) and issue 7's held lock, as ratios
+"""Merges against the speed of the disk: the hot paths' goals (issue 14) and issue 7's held lock, as ratios
 measured side by side in one run.
 
 The package runs as users run it: this repository built as a wheel and installed, compiled, into a virtual
 environment of its own (see bench_cli.py); every process below is started with that interpreter. Cases:
 
 - I/O floor          plain Python on a copy of the N-series file: read it, write a temporary beside it, fsync,
-                     rename over it. The 1.0× of the merge cases (timed in the same process as the warm case,
+                     rename over it. The 1.0× of the warm merge (timed in the same process as the warm case,
                      interleaved with it)
+- new-process floor  the same read + write + fsync + rename, once, in a NEW process after the same imports as the
+                     fresh merge: the 1.0× of the fresh merge (its first read of a big file faults in fresh memory,
+                     as the merge's does). Beside it, what an fsync of the directory then costs in that process
+                     (the store fsyncs the directory after its rename, so that the rename survives a power loss;
+                     the floor does not)
 - fresh merge        a NEW process imports the package (not timed: interpreter start and imports are reported
                      beside), then ``MetricsRecorder(dir)`` + one ``record_deployment_complete`` of an existing
                      series, auto-flushed: construction and the first read included, nothing cached.
-                     Goal ≤ 3× the floor, at 10,000 and 100,000 series
-- warm merge         the same event recorded again by a recorder that merged before. Goal ≤ 1.5× the floor
+                     Goal ≤ 1.25× the new-process floor, at 10,000 and 100,000 series
+- warm merge         the same event recorded again by a recorder that merged before. Goal ≤ 1.2× the floor
 - whole process      the fresh case as a whole process (start, imports, merge, teardown), beside a process that
                      only imports the package, and the floor
 - memory             peak RSS of the fresh process after its merge minus its peak before it (after imports),
@@ -19,7 +24,7 @@ environment of its own (see bench_cli.py); every process below is started with t
                      the peak RSS of a process that only imported
 - race               16 processes × 200 events (``--quick``: 4 × 25) on a 10,000-series file, each event
                      written out before the next: lost events, lock timeouts, p50/p99 call latency,
-                     events/s. Goals: 0 lost, 0 timeouts, p99 ≤ 50 ms, ≥ 5× the throughput of the seed's
+                     events/s. Goals: 0 lost, 0 timeouts, p99 ≤ 25 ms, ≥ 5× the throughput of the seed's
                      recorder (``--baseline``, installed from git the same way and raced in the same run).
                      Modes: the recorder as shipped; the store's ``merge`` (waiting for the lock); the
                      store's ``merge_or_hand_over`` where it exists; the baseline's recorder
@@ -61,10 +66,10 @@ from _common import (
 
 WORKERS = BENCH_DIRECTORY / "_floor_workers.py"
 GOALS = {
-    "fresh": 3.0,
-    "warm": 1.5,
+    "fresh": 1.25,
+    "warm": 1.2,
     "memory": 3.0,
-    "race_p99_seconds": 0.05,
+    "race_p99_seconds": 0.025,
     "race_throughput": 5.0,
     "held_seconds": 1.5,
 }
@@ -181,6 +186,7 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
     fresh_directory = copy_of(master, root / f"{series}" / "fresh").parent
     fresh_floor_path = copy_of(master, root / f"{series}" / "fresh-floor")
     fresh_floors: list[float] = []
+    directory_fsyncs: list[float] = []
     fresh_runs: list[dict[str, Any]] = []
     fresh_walls: list[float] = []
     import_runs: list[dict[str, Any]] = []
@@ -193,6 +199,7 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
                 report, _ = run_worker(package, "fresh_floor", fresh_floor_path)
                 if number:
                     fresh_floors.append(report["floor_seconds"])
+                    directory_fsyncs.append(report["directory_fsync_seconds"])
             elif step == "fresh":
                 report, wall = run_worker(package, "fresh", fresh_directory)
                 if number:
@@ -211,6 +218,7 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
 
     floor = summary(warm["floor_seconds"])
     fresh = summary([run["merge_seconds"] for run in fresh_runs])
+    fresh_floor = summary(fresh_floors)
     warm_summary = summary(warm["warm_seconds"])
     peak_growth = statistics.median([(run["peak_rss_after_kib"] - run["rss_before_kib"]) * 1024 for run in fresh_runs])
     return {
@@ -219,10 +227,12 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
         "floor": floor,
         "fresh_merge": {
             **fresh,
-            "ratio": fresh["median_seconds"] / floor["median_seconds"],
-            "ratio_to_fresh_floor": fresh["median_seconds"] / statistics.median(fresh_floors),
+            # The goal's ratio: against the same I/O done by a new process after the same imports.
+            "ratio": fresh["median_seconds"] / fresh_floor["median_seconds"],
+            "ratio_to_warm_floor": fresh["median_seconds"] / floor["median_seconds"],
         },
-        "fresh_floor": summary(fresh_floors),
+        "fresh_floor": fresh_floor,
+        "fresh_floor_directory_fsync": summary(directory_fsyncs),
         "warm_merge": {**warm_summary, "ratio": warm_summary["median_seconds"] / floor["median_seconds"]},
         "fresh_start_to_imported": summary([run["start_to_imported_seconds"] for run in fresh_runs]),
         "whole_fresh_process": summary(fresh_walls),
@@ -442,19 +452,24 @@ def render_sizes(result: dict[str, Any]) -> None:
     rows = []
     for size in result["sizes"]:
         floor = size["floor"]["median_seconds"]
+        fresh_floor = size["fresh_floor"]["median_seconds"]
         label = f"{size['series']:,} ({size['file_bytes'] / 1e6:.1f} MB)"
+        # (name, case, the floor it is a ratio of, goal)
         cases = [
-            ("I/O floor: read + write + fsync + rename", size["floor"], None),
-            ("fresh recorder in a new process, +1 event", size["fresh_merge"], GOALS["fresh"]),
-            ("warm recorder, +1 event", size["warm_merge"], GOALS["warm"]),
-            ("beside: the I/O floor in a new process (its first read)", size["fresh_floor"], None),
-            ("beside: the imports, in the fresh process", size["fresh_start_to_imported"], None),
-            ("beside: whole fresh process (start, imports, merge, exit)", size["whole_fresh_process"], None),
-            ("beside: whole process that only imports", size["whole_import_only_process"], None),
-            ("beside: python -c pass", size["whole_interpreter_only_process"], None),
+            ("I/O floor: read + write + fsync + rename", size["floor"], floor, None),
+            ("warm recorder, +1 event", size["warm_merge"], floor, GOALS["warm"]),
+            ("new-process floor: the same I/O, first read, after the imports", size["fresh_floor"], fresh_floor, None),
+            ("fresh recorder in a new process, +1 event", size["fresh_merge"], fresh_floor, GOALS["fresh"]),
+            ("beside: a directory fsync after the new-process floor", size["fresh_floor_directory_fsync"],
+             fresh_floor, None),
+            ("beside: the imports, in the fresh process", size["fresh_start_to_imported"], fresh_floor, None),
+            ("beside: whole fresh process (start, imports, merge, exit)", size["whole_fresh_process"], fresh_floor,
+             None),
+            ("beside: whole process that only imports", size["whole_import_only_process"], fresh_floor, None),
+            ("beside: python -c pass", size["whole_interpreter_only_process"], fresh_floor, None),
         ]
-        for number, (name, case, goal) in enumerate(cases):
-            ratio = case["median_seconds"] / floor
+        for number, (name, case, reference, goal) in enumerate(cases):
+            ratio = case["median_seconds"] / reference
             rows.append(
                 [
                     label if number == 0 else "",
@@ -472,19 +487,21 @@ def render_sizes(result: dict[str, Any]) -> None:
         rows,
         align="llrrrrl",
         notes=[
-            "the floor and the warm recorder run interleaved in one process; the fresh, import-only and bare "
-            "interpreter processes alternate",
-            "the floor in a new process: the same read + write + fsync + rename, once, after the same imports as "
-            "the fresh merge, whose first read of a big file faults in fresh memory as the merge's does: "
-            + ", ".join(
-                f"{size['series']:,}: the fresh merge is {format_ratio(size['fresh_merge']['ratio_to_fresh_floor'])} "
-                "of it"
-                for size in result["sizes"]
-                if "ratio_to_fresh_floor" in size["fresh_merge"]
-            ),
+            "× floor: the first two rows against the I/O floor, timed in one process interleaved with the warm "
+            "recorder; the others against the new-process floor (the same read + write + fsync + rename, once, in "
+            "a new process after the same imports as the fresh merge, whose first read of a big file faults in "
+            "fresh memory as the merge's does); the fresh, new-process floor, import-only and bare interpreter "
+            "processes alternate",
+            "the floors fsync the file, not its directory; the store also fsyncs the directory after the rename "
+            "(what that costs is shown beside): its share of the fresh merge's time is the disk's, not the code's",
             "the fresh merge is timed inside its process: construction, the first read and the merge, not the "
             "interpreter's start or the imports (shown beside; the recorder's module and prometheus_client, "
-            "which fraisier_textfile loads on first use of MetricsRecorder, among them)",
+            "which fraisier_textfile loads on first use of MetricsRecorder, among them); against the I/O floor "
+            "of the warm process it is "
+            + ", ".join(
+                f"{format_ratio(size['fresh_merge']['ratio_to_warm_floor'])} ({size['series']:,})"
+                for size in result["sizes"]
+            ),
             f"every process runs with FRAISIER_MAX_SERIES_PER_FAMILY={SERIES_BOUND}: the 100,000-series file "
             "has up to ~28,000 series in one family, past the default bound (10,000)",
         ]

@@ -48,7 +48,8 @@ def hold_then_release(directory: str) -> None:
     print("held", flush=True)
     sys.stdin.readline()
     store.transaction.lock.release()
-    store._merge_late_handovers()
+    with store.file.open_directory() as textfile:
+        store._merge_late_handovers(textfile, time.monotonic())
     print("released", flush=True)
 
 

@@ -596,3 +596,41 @@ def test_two_stores_of_different_schemas_on_one_directory_leave_each_other_their
     assert values.get("fraisier_textfile_handovers_set_aside", 0) == 0
     assert not [p.name for p in handovers.handover_directory(textfile_dir).iterdir() if p.name != "sequence"]
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_a_merge_call_with_hand_overs_arriving_all_along_merges_them_within_its_budget_and_at_least_once(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under contention hand-overs keep arriving: the call that holds the lock looks for them after releasing it
+    and merges them at least once (the hand-over invariant), then only while the merge it would start, as long
+    as the last one took, ends within LATE_MERGE_BUDGET of the call's start. Each merge here takes 10 ms of a
+    clock of the test's and brings a new hand-over."""
+    from fraisier_textfile.store import textfile as store_module
+
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    now = [0.0]
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return now[0]
+
+    monkeypatch.setattr(store_module, "time", Clock)
+    monkeypatch.setattr(handovers, "LATE_MERGE_BUDGET", 0.025)
+    run = store.transaction.run
+    merges = []
+
+    def slow_run(changes: Changes, timeout: float, textfile: fs.Directory) -> None:
+        run(changes, timeout, textfile)
+        merges.append(now[0])
+        now[0] += 0.010
+        arriving = Changes()
+        events.deployment_error(arriving, "bare_metal", f"late_{len(merges)}")
+        TextfileStore(textfile_dir).hand_over(arriving, durable=False)
+
+    monkeypatch.setattr(store.transaction, "run", slow_run)
+    store.merge(Changes())
+    # The call's own merge (0-10 ms) and the late ones at 10-20 ms: one more (20-30 ms) would end past 25 ms.
+    assert merges == [0.0, 0.010]
+    assert store.handovers_waiting()  # left for the next merge of any process

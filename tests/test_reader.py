@@ -257,25 +257,6 @@ def test_meta_comments_are_read_wherever_they_are_and_written_on_top_sorted() ->
     assert "retired-markers" not in document.render()
 
 
-def test_an_untouched_block_of_ours_is_copied_not_parsed() -> None:
-    lines = [f'fraisier_rollbacks_total{{provider="p{n}",reason="r"}} {n}.0' for n in range(1000)]
-    text = "# HELP fraisier_rollbacks_total x\n# TYPE fraisier_rollbacks_total counter\n" + "\n".join(lines) + "\n"
-    document = parse(text)
-    block = document.blocks[c.ROLLBACKS.name]
-    assert block._lines is None  # nothing split into lines yet
-    key = 'fraisier_rollbacks_total{provider="p500",reason="r"}'
-    assert block.value(key) == 500.0
-    block.set(key, 501.0)
-    block.set('fraisier_rollbacks_total{provider="new",reason="r"}', 1.0)
-    assert block.remove('fraisier_rollbacks_total{provider="p3",reason="r"}')
-    assert block._lines is None
-    rendered = document.render()
-    assert f"{key} 501.0\n" in rendered and 'p3"' not in rendered
-    assert rendered.endswith('fraisier_rollbacks_total{provider="new",reason="r"} 1.0\n')
-    assert block.line_count() == 1000 == len(block.lines)
-    assert parse(rendered).blocks[c.ROLLBACKS.name].value(key) == 501.0
-
-
 def test_our_writes_are_unchanged_by_the_lazy_reading() -> None:
     text = _histogram_text(list(c.ROLLBACK_DURATION.bucket_bounds))
     canonical = parse(text).render()

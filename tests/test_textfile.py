@@ -331,3 +331,26 @@ def test_a_first_value_that_overflowed_to_infinity_in_memory_is_refused_not_writ
     with pytest.raises(InvalidValueError, match=re.escape(f"adding inf to {key} (a new series) in ")):
         store.merge(changes)
     assert file_state(textfile_dir) == before
+
+
+def test_a_merge_and_its_look_for_late_hand_overs_open_and_check_the_directory_once(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path is resolved and checked (for root: every directory on the way) once per merge call: the look
+    for hand-overs that arrived while the lock was held goes through the directory already open."""
+    from fraisier_textfile.store import fs
+
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    opened: list[Path] = []
+    open_directory = fs.open_directory
+
+    def counting(path: Path, **options: object) -> fs.Directory | None:
+        opened.append(Path(path))
+        return open_directory(path, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs, "open_directory", counting)
+    changes = Changes()
+    events.deployment_complete(changes, "bare_metal", "api", "success", 1.0)
+    store.merge(changes)
+    assert opened == [textfile_dir]

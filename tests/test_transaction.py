@@ -240,3 +240,48 @@ def test_a_warm_store_is_not_fooled_by_a_reused_inode_and_a_coarse_clock(textfil
     record(first, events.deployment_error, "bare_metal", "timeout")
     values = sample_values(first.path)
     assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 4
+
+
+def test_the_rename_is_made_durable_after_the_lock_is_released_and_before_what_it_accounts_for_is_removed(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other writers do not wait for the disk's journal: the directory's fsync (which makes the rename durable)
+    runs once the lock is free; the hand-overs the new file accounts for are removed only after it."""
+    from fraisier_textfile.store import fs
+
+    store = TextfileStore(textfile_dir)
+    handed = Changes()
+    events.deployment_error(handed, "bare_metal", "timeout")
+    store.hand_over(handed)
+    handover_directory = textfile_dir / ".fraisier-handover"
+    [handover] = [path for path in handover_directory.iterdir() if path.suffix == ".json"]
+    seen: list[tuple[bool, bool]] = []
+    fsync = fs.Directory.fsync
+
+    def noting_fsync(directory: fs.Directory) -> None:
+        if directory.path == textfile_dir:
+            seen.append((lock_is_free(store.lock_path), handover.exists()))
+        fsync(directory)
+
+    monkeypatch.setattr(fs.Directory, "fsync", noting_fsync)
+    changes = Changes()
+    events.deployment_complete(changes, "bare_metal", "api", "success", 1.0)
+    store.merge(changes)
+    assert seen and seen[0] == (True, True)  # lock free, hand-over not yet removed
+    assert sample_values(store.path.read_text())['fraisier_deployment_errors_total{provider="bare_metal",'
+                                                 'error_type="timeout"}'] == 1
+
+
+def lock_is_free(lock_path: Path) -> bool:
+    """Whether flock(2) on a descriptor of its own gets the lock now (a merge's lock, held on another
+    descriptor, refuses it even within the same process)."""
+    import fcntl
+
+    descriptor = os.open(lock_path, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+    return True

@@ -45,23 +45,28 @@ def read_vouched(data: bytes, schema: Schema | None = None) -> Document | None:
     view = memoryview(data)
     meta: dict[str, str] = {}
     meta_read: dict[str, tuple[str, memoryview]] = {}
+    ascii_only = True  # then every line is written back from its bytes while its value is unchanged
     try:
-        # Decoded once, and each value sliced once (a value the merge does not change is written back from
-        # the bytes read: see Document.meta_read).
-        text = data[:position].decode("utf-8")
-        ascii_only = len(text) == position  # then a character's index is its byte's
+        # Each key and value is decoded straight from the file's bytes, once: no decoded copy of all the meta
+        # lines to slice them from (the series' update times are a fifth of a big file, and in a new process
+        # every copy of them is fresh memory to fault in). A value the merge does not change is written back
+        # from the bytes read: see Document.meta_read.
         start = 0
-        while start < len(text):
-            newline = text.index("\n", start)
-            colon = text.find(":", start + len(META_PREFIX), newline)
-            key = text[start + len(META_PREFIX) : colon]
-            if colon < 0 or not key or _has_blank(key):
+        while start < position:
+            newline = data.index(b"\n", start)
+            colon = data.find(b":", start + len(prefix), newline)
+            if colon < 0:
                 return None
-            value = text[colon + (2 if text.startswith(" ", colon + 1) else 1) : newline].strip(" \t")
+            key = str(view[start + len(prefix) : colon], "utf-8")
+            if not key or _has_blank(key):
+                return None
+            value = str(view[colon + (2 if data.startswith(b" ", colon + 1) else 1) : newline], "utf-8").strip(" \t")
             meta[key] = value
-            if ascii_only:
-                meta_read[key] = (value, view[start : newline + 1])
+            ascii_only = ascii_only and key.isascii() and value.isascii()
+            meta_read[key] = (value, view[start : newline + 1])
             start = newline + 1
+        if not ascii_only:
+            meta_read = {}
         schema = schema or default()
         entries = layout.parse(meta.pop(layout.KEY, ""), schema.fingerprint)
         if not entries:
@@ -397,9 +402,9 @@ def parse(text: str, check_histograms: bool = True, schema: Schema | None = None
         bodies = {name: body for name, header, body in claimed if header is not None}
         for block in document.blocks.values():
             segments = bodies.get(block.name)
-            data = block._data
-            if segments is not None and data is not None and layout.matches(data, 0, segments) == len(data):
-                block._segments = list(segments)
+            span = block.span
+            if segments is not None and span is not None and layout.matches(span.data, 0, segments) == len(span.data):
+                span.segments = list(segments)
     if check_histograms:
         for block in document.blocks.values():
             if block.owned is not None and block.owned.kind is Kind.HISTOGRAM:

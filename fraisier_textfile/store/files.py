@@ -266,14 +266,13 @@ class Textfile:
     def rename(self, temporary: str, descriptor: int, textfile: fs.Directory) -> FileVersion | None:
         """Rename the written temporary over the textfile; return the new file's version, held open (None if it
         cannot be had: the next merge reads the file). Once renamed, nothing here raises: the caller must
-        forget the changes the file now holds."""
+        forget the changes the file now holds, and fsync the directory (transaction.py: once the lock is free)."""
         try:
             textfile.replace(temporary, TEXTFILE_NAME)
         except OSError as error:
             os.close(descriptor)
             unlink_quietly(textfile, temporary)
             raise self.replace_error(error) from None
-        textfile.fsync()
         try:
             return FileVersion(self.path, descriptor)
         except OSError:

@@ -367,9 +367,10 @@ processes' merges, ``fraisier textfile refresh``); under contention one merge ap
 commit), well under this."""
 
 LATE_MERGE_BUDGET = 0.025
-"""Seconds a process may spend, after its own merge, merging hand-overs that arrived while it held the lock:
-one or two merges. Under sustained contention the other writers' own merges take the rest; a holder that kept
-on merging would make its own caller the slowest."""
+"""Seconds a merge call may take in all, its own merge and those of the hand-overs that arrived while it held the
+lock, beyond the first of those (always merged: the hand-over invariant, textfile.py): one or two merges. Under
+sustained contention the other writers' own merges take the rest; a holder that kept on merging would make its
+own caller the slowest."""
 
 _newer_handovers_logged: set[str] = set()
 
@@ -485,14 +486,11 @@ class Handovers(Participant):
         self._applied = []
         self._newest = self._oldest_waiting = None
 
-    def waiting(self, textfile_directory: Path) -> bool:
-        """Whether hand-overs wait that no merge of this participant has seen yet."""
+    def waiting_in(self, textfile: fs.Directory) -> bool:
+        """Whether hand-overs wait in the textfile directory held open that no merge of this participant has
+        seen yet."""
         try:
-            textfile = fs.open_directory(textfile_directory)
-            if textfile is None:
-                return False
-            with textfile:
-                directory = open_directory(textfile)
+            directory = open_directory(textfile)
             if directory is None:
                 return False
             with directory:

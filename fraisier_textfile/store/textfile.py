@@ -5,7 +5,7 @@ node_exporter's textfile collector (or ``fraisier metrics``) serves:
 
     lock fraisier.prom.lock -> read fraisier.prom (or reuse what this process wrote last) -> apply the
     hand-overs waiting in .fraisier-handover/ -> merge -> render -> write .fraisier.prom.tmp.<random> -> fsync
-    -> rename over fraisier.prom -> fsync dir -> unlock -> delete the hand-overs applied
+    -> rename over fraisier.prom -> unlock -> fsync dir -> delete the hand-overs applied
 
 The file holds the true totals over every process that ever ran: counters and histograms are summed, so an
 increment is neither lost nor counted twice whatever number of processes race, and a process killed at any
@@ -142,14 +142,18 @@ class TextfileStore:
         is emptied. On any error nothing is written, the file is left byte-identical, and ``changes`` is
         untouched so that it can be merged again later. Raises only FraisierTextfileError subclasses
         (LockTimeoutError when the lock stayed busy)."""
-        try:
-            self.transaction.run(changes, self.lock_timeout if timeout is None else timeout)
-        except FraisierTextfileError:
-            # Also after a failure: this process may have held the lock (a lock timeout too, when its lock
-            # file was replaced mid-merge and the new one stayed busy).
-            self._merge_late_handovers(failed=True)
-            raise
-        self._merge_late_handovers()
+        started = time.monotonic()
+        # Opened and checked once for the merge and for the look for late hand-overs after it: for root, the
+        # check looks at every directory on the path.
+        with self.file.open_directory() as textfile:
+            try:
+                self.transaction.run(changes, self.lock_timeout if timeout is None else timeout, textfile)
+            except FraisierTextfileError:
+                # Also after a failure: this process may have held the lock (a lock timeout too, when its lock
+                # file was replaced mid-merge and the new one stayed busy).
+                self._merge_late_handovers(textfile, started, failed=True)
+                raise
+            self._merge_late_handovers(textfile, started)
 
     def hand_over(self, changes: Changes, *, durable: bool = True) -> None:
         """Write ``changes`` for the next merge by any process to apply exactly once, without the lock, and
@@ -185,28 +189,36 @@ class TextfileStore:
             log.debug("hand-over left for the next merge: %s", error)
         return False
 
-    def _merge_late_handovers(self, failed: bool = False) -> None:
-        """After releasing the lock, merge the hand-overs that arrived while it was held.
+    def _merge_late_handovers(self, textfile: fs.Directory, started: float, failed: bool = False) -> None:
+        """After releasing the lock, merge the hand-overs that arrived while it was held (``started``: when the
+        call began, time.monotonic).
 
         The invariant that makes every hand-over written once, soon: a process that hands over writes its
         file *before* trying the lock once without waiting, and every holder of the lock looks for
         hand-overs *after* releasing it. So when the hand-over's own try fails, the lock had a holder that
-        releases it after the file existed, and that holder's look finds it; if its own try fails in turn,
-        the next holder's look does, and so on until one gets the lock. (A holder killed meanwhile leaves the
-        hand-over to the next merge, by any process.) This is also group commit: under contention the waiters
-        hand over and one holder writes them all in one merge.
+        releases it after the file existed, and that holder's look finds it and merges it; if its own try fails
+        in turn, the next holder's look does, and so on until one gets the lock. (A holder killed meanwhile
+        leaves the hand-over to the next merge, by any process.) This is also group commit: under contention
+        the waiters hand over and one holder writes them all in one merge.
 
         Under sustained contention new hand-overs keep arriving, and a holder that looped for ever would hold
-        up the deployment it belongs to: it stops after handovers.LATE_MERGE_BUDGET seconds, leaving what remains to
-        the next merge of any process (under such load, one within milliseconds; otherwise at the latest the
-        next ``fraisier textfile refresh``). Nothing is lost or applied twice either way. A failure with the
-        ``reported`` message (the caller's own, raised to its caller) is not logged a second time."""
-        stop = time.monotonic() + handovers.LATE_MERGE_BUDGET
+        up the deployment it belongs to: after the first late merge, it starts another only if that one, taking
+        as long as the one before, ends within handovers.LATE_MERGE_BUDGET of the call's start, and leaves what
+        remains to the next merge of any process (under such load, one within milliseconds; otherwise at the
+        latest the next ``fraisier textfile refresh``). Nothing is lost or applied twice either way. A failure
+        with the ``reported`` message (the caller's own, raised to its caller) is not logged a second time."""
+        stop = started + handovers.LATE_MERGE_BUDGET
+        last: float | None = None  # how long the late merge before took
         # A merge that left older hand-overs (HANDOVERS_PER_MERGE) has done its share: those that arrived
         # meanwhile are behind them, for the next merge of any process, as they are.
-        while time.monotonic() < stop and not self.handovers.backlog_left and self.handovers_waiting():
+        while not self.handovers.backlog_left:
+            begun = time.monotonic()
+            if last is not None and begun + last > stop:
+                return
+            if not self.handovers.waiting_in(textfile):
+                return
             try:
-                self.transaction.run(Changes(), timeout=0)
+                self.transaction.run(Changes(), 0, textfile)
             except LockTimeoutError:
                 return  # its holder looks again after releasing it
             except FraisierTextfileError as error:
@@ -215,10 +227,18 @@ class TextfileStore:
                 log.log(logger.DEBUG if failed else logger.WARNING,
                         "hand-overs waiting in %s were not merged: %s", self.directory, error)
                 return
+            last = time.monotonic() - begun
 
     def handovers_waiting(self) -> bool:
         """Whether hand-overs wait in the directory that no merge by this store has seen yet."""
-        return self.handovers.waiting(self.directory)
+        try:
+            textfile = fs.open_directory(self.directory)
+        except (OSError, FraisierTextfileError):
+            return False
+        if textfile is None:
+            return False
+        with textfile:
+            return self.handovers.waiting_in(textfile)
 
     def merge_backlog(self, *, timeout: float | None = None) -> None:
         """Merge until no hand-over is left (each merge applies at most handovers.HANDOVERS_PER_MERGE): for a command

@@ -6,7 +6,7 @@ The steps, under the lock:
     load the file -> collect (each participant, in order) -> combine with the caller's changes
     -> before apply (in reverse order) -> apply -> after apply (in order) -> write a temporary file
     -> check the lock is still ours -> rename it over the file -> [release the lock]
-    -> after commit (in order) -> close (in order, always)
+    -> fsync the directory (the rename is durable) -> after commit (in order) -> close (in order, always)
 
 A participant owns one protocol of the directory: its files, its bookkeeping line in the document (declared in
 format/bookkeeping.py), its place in the order and its clean-up. What it collects and the bookkeeping it writes
@@ -135,11 +135,12 @@ class Transaction:
         """The version of the file that failed to parse, and how: see _load."""
         self._next_litter_check = 0.0  # see LITTER_INTERVAL
 
-    def run(self, changes: Changes, timeout: float) -> None:
-        """One merge of ``changes``, waiting at most ``timeout`` seconds for the lock (see the module's note)."""
+    def run(self, changes: Changes, timeout: float, textfile: fs.Directory) -> None:
+        """One merge of ``changes`` into the textfile directory held by ``textfile`` (open and checked), waiting
+        at most ``timeout`` seconds for the lock (see the module's note)."""
         deadline = time.monotonic() + timeout
         participants = self.participants
-        with DeferredSignals() as signals, self.file.open_directory() as textfile:
+        with DeferredSignals() as signals:
             for attempt in itertools.count(1):
                 if attempt > 3 and time.monotonic() > deadline:  # something removes the lock file over and over
                     raise LockTimeoutError(self.lock.path, timeout)
@@ -152,6 +153,11 @@ class Transaction:
                         continue
                     finally:
                         self.lock.release()
+                    # The rename is made durable once the lock is free: the next writer need not wait for the
+                    # journal's commit, and it reads the new file either way. Before after_commit: nothing the
+                    # file accounts for (hand-overs, markers) is removed before the rename that accounts for it
+                    # is durable.
+                    textfile.fsync()
                     # After the release (see the module's note): nothing here may fail the merge, the file is written.
                     for participant in participants:
                         participant.after_commit(merge)
