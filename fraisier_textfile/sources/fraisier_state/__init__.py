@@ -60,6 +60,14 @@ from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
 from fraisier_textfile.store.transaction import Merge, Participant
 
+from .vocabulary import FAILED, IN_PROGRESS, error_type, rollback_reason, timestamp
+
+__all__ = [
+    "CURSOR", "FULL_CHECK_SECONDS", "MAX_CONFIG_BYTES", "META_KEY", "ROW_COLUMNS", "STATUS_DIR_ENVIRONMENT",
+    "SWITCH_ENVIRONMENT", "Cursor", "FraiseLabels", "FraisierStateSource", "checked_since", "error_type",
+    "fraisier_config_path", "fraisier_db_path", "participants", "rollback_reason",
+]
+
 log = logging.getLogger(__name__)
 
 CURSOR = Bookkeeping("fraisier-state", text_value, text_value)
@@ -75,9 +83,6 @@ UNKNOWN_FRAISE_TYPE = "unknown"
 """The ``fraise_type`` of a row whose fraise is not (or no longer) in fraises.yaml."""
 DEFAULT_PROVIDER = "bare_metal"
 
-FINISHED = ("success", "failed", "rolled_back", "rollback_failed")
-FAILED = ("failed", "rolled_back", "rollback_failed")
-IN_PROGRESS = ("in_progress", "pending")
 MAX_DURATION = 366 * 24 * 3600.0
 """The longest duration taken as stored (a year); see _count_finished."""
 FULL_CHECK_SECONDS = 60.0
@@ -94,42 +99,6 @@ ROW_COLUMNS = (
     "pk_deployment, id, fraise_name, environment_name, started_at, completed_at, duration_seconds, status, "
     "error_message, updated_at"
 )
-
-# error_type from Fraisier's error_message: the first pattern found wins. Fraisier stores the message only (no
-# class or code), and a label must stay bounded: never the message itself.
-ERROR_TYPES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("health_check", re.compile(r"health.?check", re.IGNORECASE)),
-    ("timeout", re.compile(r"timed? ?out|timeout", re.IGNORECASE)),
-    ("install", re.compile(r"install", re.IGNORECASE)),
-    ("migration", re.compile(r"migrat", re.IGNORECASE)),
-    ("git", re.compile(r"\bgit\b|fetch|checkout|rev-parse|clone", re.IGNORECASE)),
-    ("lock", re.compile(r"\block", re.IGNORECASE)),
-    ("command", re.compile(r"exit (code|status)|non-zero|returned", re.IGNORECASE)),
-)
-UNKNOWN_ERROR = "unknown"
-"""A failure without a message."""
-OTHER_ERROR = "other"
-"""A message none of ERROR_TYPES matches."""
-
-
-def error_type(message: object) -> str:
-    """The bounded ``error_type`` of a failed row's ``error_message`` (see ERROR_TYPES)."""
-    if isinstance(message, bytes):
-        # SQLite keeps any value in a TEXT column: a BLOB comes back as bytes, which a str pattern refuses.
-        message = message.decode("utf-8", "replace")
-    if not message:
-        return UNKNOWN_ERROR
-    message = str(message)
-    for name, pattern in ERROR_TYPES:
-        if pattern.search(message):
-            return name
-    return OTHER_ERROR
-
-
-def rollback_reason(message: object) -> str:
-    """Why a rolled-back row was rolled back: its error type (``health_check``, ``timeout``, ...)."""
-    return error_type(message)
-
 
 # Where Fraisier keeps things (its own rules, without importing it: a scrape must not pay for Fraisier's import)
 
@@ -368,17 +337,6 @@ class _Row:
     def __init__(self, values: tuple[Any, ...]) -> None:
         (self.pk, self.id, self.fraise, self.environment, self.started_at, self.completed_at, self.duration,
          self.status, self.error_message, self.updated_at) = values
-
-
-def _timestamp(text: object) -> float | None:
-    """A time Fraisier stored: ``datetime.now().isoformat()``, naive local time, read in this process's local
-    time zone (the host's: run the reader with Fraisier's TZ), or an ISO time with an offset."""
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except (ValueError, OverflowError, OSError):
-        return None
 
 
 def _boot_time() -> float | None:
@@ -696,7 +654,7 @@ class FraisierStateSource(Participant):
         it rolled_back in a second commit, milliseconds later. A failed row that may have been read in between
         (younger than SETTLING_SECONDS, its fraise's status file not ``failed``, its owner alive) is left for
         the next read, so that the deployment is counted with its final status, not failed by chance."""
-        updated = _timestamp(row.updated_at)
+        updated = timestamp(row.updated_at)
         if updated is None or not 0 <= time.time() - updated < SETTLING_SECONDS:
             return False
         status = self._status_file(str(row.fraise), str(row.environment))
@@ -718,11 +676,11 @@ class FraisierStateSource(Participant):
         # A value no deployment takes (negative, NaN, centuries) would poison the histogram's sum for ever (a
         # sum that reaches +Inf fails every later merge): the times stored say how long it took instead.
         if not isinstance(duration, (int, float)) or not 0 <= duration <= MAX_DURATION:
-            started, completed = _timestamp(row.started_at), _timestamp(row.completed_at)
+            started, completed = timestamp(row.started_at), timestamp(row.completed_at)
             duration = completed - started if started is not None and completed is not None else 0.0
             if not 0 <= duration <= MAX_DURATION:
                 duration = 0.0
-        finished = _timestamp(row.completed_at) or _timestamp(row.updated_at) or time.time()
+        finished = timestamp(row.completed_at) or timestamp(row.updated_at) or time.time()
         events.deployment_complete(changes, provider, fraise_type, status, float(duration), now=finished)
         if status in FAILED:
             events.deployment_error(changes, provider, error_type(row.error_message))
@@ -780,7 +738,7 @@ class FraisierStateSource(Participant):
         exists (Fraisier's per-fraise lock lets one run at a time: asked of the database only for the newest
         row of each pair, the others are known superseded); or its status file says ``interrupted``, or names
         an owner that is gone (another boot id, no such pid)."""
-        started = _timestamp(row.started_at)
+        started = timestamp(row.started_at)
         booted = _boot_time()
         if started is not None and booted is not None and started < booted:
             return True
