@@ -38,7 +38,6 @@ next occasion.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -60,6 +59,7 @@ from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
 from fraisier_textfile.store.transaction import Merge, Participant
 
+from .files import read_regular_file
 from .vocabulary import FAILED, IN_PROGRESS, error_type, rollback_reason, timestamp
 
 __all__ = [
@@ -196,38 +196,9 @@ class FraiseLabels:
         return self._status_dirs.get((fraise_name, environment))
 
 
-MAX_FILE_BYTES = 4 * 1024 * 1024
-"""Status files are small; anything larger is not read (a merge must not stall on it)."""
 MAX_CONFIG_BYTES = 1024 * 1024
 """fraises.yaml is parsed under the textfile's lock, at a scrape too: YAML costs about a second a megabyte
 with libyaml (ten without), JSON a hundredth. A megabyte is thousands of fraises."""
-
-
-def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes. Opened without blocking and
-    checked after opening: a FIFO or a device put in its place (by anyone who may write that directory) must
-    not hang the merge, which holds the textfile's lock. Raises OSError otherwise."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    try:
-        status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if status.st_size > limit:
-            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
-        chunks = []
-        remaining = limit + 1
-        while remaining > 0:
-            chunk = os.read(descriptor, min(remaining, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > limit:
-            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
-        return data
-    finally:
-        os.close(descriptor)
 
 
 def _load_yaml(path: Path) -> Any:
