@@ -17,7 +17,7 @@ What a row records (labels: ``provider`` and ``fraise_type`` from fraises.yaml, 
   rollback histogram is not fed);
 - a row counted finished that becomes ``rolled_back`` later: only the rollback;
 - a row in progress: active while its owner lives (:meth:`FraisierStateSource.active_deployments`),
-  ``crashed`` once its owner is provably gone (:func:`_owner_gone`), and nothing more after that.
+  ``crashed`` once its owner is provably gone (owners.py), and nothing more after that.
 
 The cursor: ``1 <uuid of the highest row read> <its pk> <rolled-back rows at the last full check> <latest
 updated_at read> <that at the last full check> <pks in progress> <pks finished since the last full check>``.
@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import sqlite3
 import stat
 import time
@@ -59,8 +58,8 @@ from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.store.transaction import Merge, Participant
 
 from .cursor import CURSOR, META_KEY, Cursor
-from .files import read_regular_file
 from .labels import MAX_CONFIG_BYTES, FraiseLabels, fraisier_config_path
+from .owners import STATUS_DIR_ENVIRONMENT, Owners
 from .vocabulary import FAILED, IN_PROGRESS, error_type, rollback_reason, timestamp
 
 __all__ = [
@@ -73,8 +72,6 @@ log = logging.getLogger(__name__)
 
 SWITCH_ENVIRONMENT = "FRAISIER_TEXTFILE_FRAISIER_STATE"
 """``off`` turns the source off; anything else (or unset) reads Fraisier's state where Fraisier is found."""
-STATUS_DIR_ENVIRONMENT = "FRAISIER_STATUS_DIR"
-DEFAULT_STATUS_DIR = Path("/var/lib/fraisier/status")  # Fraisier's fraisier.status.DEFAULT_STATUS_DIR
 DEFAULT_DB_PATH = Path("/opt/fraisier/fraisier.db")  # Fraisier's fraisier.database.DEFAULT_DB_PATH
 MAX_DURATION = 366 * 24 * 3600.0
 """The longest duration taken as stored (a year); see _count_finished."""
@@ -146,39 +143,6 @@ class _Row:
          self.status, self.error_message, self.updated_at) = values
 
 
-def _boot_time() -> float | None:
-    try:
-        with open("/proc/stat", encoding="ascii") as file:
-            for line in file:
-                if line.startswith("btime "):
-                    return float(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _boot_id() -> str | None:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
-            return file.read().strip() or None
-    except OSError:
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OverflowError:
-        # Beyond a pid_t (a status file's owner_pid is any JSON number its writer chose): no process has it,
-        # as ESRCH says of an unused smaller one. Raised, it would fail the whole merge and every scrape.
-        return False
-    except OSError:  # it exists (another user's)
-        return True
-    return True
-
-
 class FraisierStateSource(Participant):
     """A participant of the store's merges (store/participants.py) that takes what is new in Fraisier's state.
 
@@ -194,8 +158,7 @@ class FraisierStateSource(Participant):
         """False: the database is only where Fraisier would put it; until it exists, Fraisier has not
         deployed here, which is not worth a log line."""
         self.labels = FraiseLabels(fraisier_config_path() if config is None else Path(config))
-        status_setting = os.environ.get(STATUS_DIR_ENVIRONMENT) if status_dir is None else str(status_dir)
-        self.status_dir = Path(status_setting) if status_setting else None
+        self.owners = Owners(status_dir, self.labels)
         self.since = None if since is None else checked_since(since)
         self._problem: str | None = None
         self._fingerprint: tuple[int, ...] | None = None
@@ -260,13 +223,13 @@ class FraisierStateSource(Participant):
         now = _file_fingerprint(_resolved(self.database))
         if now != self._committed and now != self._tried:
             return True
-        return any(self._owner_gone(pk, fraise, environment) for pk, (fraise, environment, _) in self._live.items())
+        return any(self.owners.gone(fraise, environment) for fraise, environment, _ in self._live.values())
 
     def active_deployments(self) -> dict[str, int]:
         """Fraisier's deployments in progress now, by provider: rows read in progress whose owner lives."""
         counts: dict[str, int] = {}
-        for pk, (fraise, environment, provider) in self._live.items():
-            if not self._owner_gone(pk, fraise, environment):
+        for fraise, environment, provider in self._live.values():
+            if not self.owners.gone(fraise, environment):
                 counts[provider] = counts.get(provider, 0) + 1
         return counts
 
@@ -447,7 +410,8 @@ class FraisierStateSource(Participant):
         # judged then.)
         for row in later_rows:
             provider, fraise_type = self.labels.of(str(row.fraise))
-            if latest_of_pair[(row.fraise, row.environment)] > row.pk or self._crashed(connection, row):
+            if latest_of_pair[(row.fraise, row.environment)] > row.pk or self.owners.crashed(
+                    connection, row.pk, row.fraise, row.environment, row.started_at):
                 events.deployment_crashed(changes, provider, fraise_type, None)
                 in_progress.discard(row.pk)
             else:
@@ -464,13 +428,12 @@ class FraisierStateSource(Participant):
         updated = timestamp(row.updated_at)
         if updated is None or not 0 <= time.time() - updated < SETTLING_SECONDS:
             return False
-        status = self._status_file(str(row.fraise), str(row.environment))
+        status = self.owners.status_file(str(row.fraise), str(row.environment))
         if status is None or status.get("environment") not in (None, row.environment):
             return False  # no deployer's record: nothing says a rollback is coming
         # The status file is read after the database: it may already tell of the next deployment of this
         # fraise (whose start follows the mark). Only a record that says this one ended ``failed`` settles it.
-        return status.get("state") != "failed" and not self._owner_gone(
-            row.pk, str(row.fraise), str(row.environment))
+        return status.get("state") != "failed" and not self.owners.gone(str(row.fraise), str(row.environment))
 
     def _count_finished(self, changes: Changes, row: _Row, provider: str, fraise_type: str) -> None:
         try:
@@ -537,51 +500,6 @@ class FraisierStateSource(Participant):
         high = connection.execute(
             "SELECT max(pk_deployment) FROM tb_deployment WHERE started_at < ?", (since,)).fetchone()[0] or 0
         return self._start_at(connection, high, with_in_progress=True)
-
-    # Whether a deployment in progress still has an owner
-
-    def _crashed(self, connection: sqlite3.Connection, row: _Row) -> bool:
-        """Provably dead: started before this boot; or a later deployment of the same fraise and environment
-        exists (Fraisier's per-fraise lock lets one run at a time: asked of the database only for the newest
-        row of each pair, the others are known superseded); or its status file says ``interrupted``, or names
-        an owner that is gone (another boot id, no such pid)."""
-        started = timestamp(row.started_at)
-        booted = _boot_time()
-        if started is not None and booted is not None and started < booted:
-            return True
-        later = connection.execute(
-            "SELECT 1 FROM tb_deployment WHERE pk_deployment > ? AND fraise_name = ? AND environment_name = ? "
-            "LIMIT 1", (row.pk, row.fraise, row.environment)).fetchone()
-        if later is not None:
-            return True
-        return self._owner_gone(row.pk, str(row.fraise), str(row.environment))
-
-    def _owner_gone(self, pk: int, fraise: str, environment: str) -> bool:
-        status = self._status_file(fraise, environment)
-        if status is None:
-            return False  # nothing proves it: a deployment is never counted crashed by guesswork
-        if status.get("environment") not in (None, environment):
-            return False
-        if status.get("state") == "interrupted":
-            return True
-        boot, pid = status.get("owner_boot_id"), status.get("owner_pid")
-        current_boot = _boot_id()
-        if isinstance(boot, str) and boot and current_boot and boot != current_boot:
-            return True
-        return isinstance(pid, int) and pid > 0 and not _pid_alive(pid)
-
-    def _status_file(self, fraise: str, environment: str) -> dict[str, Any] | None:
-        import json
-
-        directory = self.status_dir or self.labels.status_dir(fraise, environment) or DEFAULT_STATUS_DIR
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", fraise):
-            return None
-        try:
-            data = json.loads(read_regular_file(directory / f"{fraise}.status.json"))
-        except (OSError, ValueError, RecursionError):
-            return None
-        return data if isinstance(data, dict) else None
-
 
 def _rows_by_pk(connection: sqlite3.Connection, pks: Iterable[int]) -> Iterable[tuple[Any, ...]]:
     wanted = sorted(pks)
