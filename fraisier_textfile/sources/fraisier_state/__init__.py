@@ -42,14 +42,11 @@ import logging
 import math
 import os
 import sqlite3
-import stat
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from fraisier_textfile import catalogue
 from fraisier_textfile import changes as events
@@ -58,6 +55,7 @@ from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.store.transaction import Merge, Participant
 
 from .cursor import CURSOR, META_KEY, Cursor
+from .database import Absent, Busy, Database, Unreadable, fraisier_db_path
 from .labels import MAX_CONFIG_BYTES, FraiseLabels, fraisier_config_path
 from .owners import STATUS_DIR_ENVIRONMENT, Owners
 from .vocabulary import FAILED, IN_PROGRESS, error_type, rollback_reason, timestamp
@@ -72,7 +70,6 @@ log = logging.getLogger(__name__)
 
 SWITCH_ENVIRONMENT = "FRAISIER_TEXTFILE_FRAISIER_STATE"
 """``off`` turns the source off; anything else (or unset) reads Fraisier's state where Fraisier is found."""
-DEFAULT_DB_PATH = Path("/opt/fraisier/fraisier.db")  # Fraisier's fraisier.database.DEFAULT_DB_PATH
 MAX_DURATION = 366 * 24 * 3600.0
 """The longest duration taken as stored (a year); see _count_finished."""
 FULL_CHECK_SECONDS = 60.0
@@ -90,23 +87,6 @@ ROW_COLUMNS = (
     "error_message, updated_at"
 )
 
-# Where Fraisier keeps things (its own rules, without importing it: a scrape must not pay for Fraisier's import)
-
-
-def fraisier_db_path() -> Path | None:
-    """Fraisier's database, as ``fraisier.database.get_db_path()`` finds it; None without Fraisier (not
-    installed, no FRAISIER_DB_PATH)."""
-    configured = os.environ.get("FRAISIER_DB_PATH")
-    if configured:
-        return Path(configured)
-    if DEFAULT_DB_PATH.parent.exists():
-        return DEFAULT_DB_PATH
-    spec = find_spec("fraisier")
-    if spec is None or spec.origin is None:
-        return None
-    return Path(spec.origin).parent.parent / "fraisier.db"
-
-
 def checked_since(since: float) -> float:
     """``since`` if it is a time this host's clock can show (its local date is within the years 1 to 9999);
     else InvalidValueError. NaN, infinities and 1e20 would otherwise fail the first merge that reads a new
@@ -119,19 +99,6 @@ def checked_since(since: float) -> float:
         raise InvalidValueError(f"since={since!r} is not a time this host's clock can show: give Unix seconds "
                                 "within the years 1 to 9999") from None
     return float(since)
-
-
-class _Unreadable(Exception):
-    """The database cannot be read this time (busy, missing, corrupt, of another schema): the message says
-    which, in one line."""
-
-
-class _Busy(_Unreadable):
-    """Fraisier holds the database at this moment."""
-
-
-class _Absent(Exception):
-    """No database where Fraisier would make one: it has not deployed on this host (yet)."""
 
 
 class _Row:
@@ -153,18 +120,15 @@ class FraisierStateSource(Participant):
 
     def __init__(self, database: Path | str | None = None, *, status_dir: Path | str | None = None,
                  config: Path | str | None = None, since: float | None = None) -> None:
-        self.database = fraisier_db_path() if database is None else Path(database)
-        self.explicit = database is not None or bool(os.environ.get("FRAISIER_DB_PATH"))
-        """False: the database is only where Fraisier would put it; until it exists, Fraisier has not
-        deployed here, which is not worth a log line."""
+        path = fraisier_db_path() if database is None else Path(database)
+        explicit = database is not None or bool(os.environ.get("FRAISIER_DB_PATH"))
+        self.database = None if path is None else Database(path, explicit=explicit)
         self.labels = FraiseLabels(fraisier_config_path() if config is None else Path(config))
         self.owners = Owners(status_dir, self.labels)
         self.since = None if since is None else checked_since(since)
         self._problem: str | None = None
         self._fingerprint: tuple[int, ...] | None = None
         self._committed: tuple[int, ...] | None = None
-        self._tried: tuple[int, ...] | None = None
-        """The database as it was at the last read that failed: not tried again at a scrape until it changes."""
         self._live: dict[int, tuple[str, str, str]] = {}
         """Rows in progress whose owner lived at the last read: pk -> (fraise, environment, provider)."""
         self._started: dict[int, float | None] = {}
@@ -187,20 +151,21 @@ class FraisierStateSource(Participant):
             return None
         self.labels.refresh()
         try:
-            fingerprint, new_cursor, live, changes = self._read(cursor)
-        except _Absent:
+            fingerprint, (new_cursor, live, changes) = self.database.read(
+                lambda connection: self._read_rows(connection, cursor))
+        except Absent:
             return None
-        except _Busy as error:
+        except Busy as error:
             # Fraisier's connections come and go (each checkpoints and deletes the WAL when it closes): a busy
             # moment is expected, and the next occasion reads what this one could not. Said once a process.
             log.log(logging.DEBUG if self._busy_logged else logging.INFO, "%s", error)
             self._busy_logged = True
             return None
-        except _Unreadable as error:
+        except Unreadable as error:
             self._report(str(error))
             return None
         if self._problem is not None:
-            log.info("Fraisier's database %s is read again", self.database)
+            log.info("Fraisier's database %s is read again", self.database.path)
             self._problem = None
         self._fingerprint = fingerprint
         # A live view, not bookkeeping: taken at once, so that this merge's active count includes them.
@@ -220,8 +185,8 @@ class FraisierStateSource(Participant):
             return False
         if self._settling:
             return True
-        now = _file_fingerprint(_resolved(self.database))
-        if now != self._committed and now != self._tried:
+        now = self.database.fingerprint()
+        if now != self._committed and now != self.database.tried:
             return True
         return any(self.owners.gone(fraise, environment) for fraise, environment, _ in self._live.values())
 
@@ -241,78 +206,31 @@ class FraisierStateSource(Participant):
             log.warning("%s", problem)
             self._problem = problem
 
-    def _read(self, cursor: Cursor | None) -> tuple[tuple[int, ...], Cursor, dict[int, Any], Changes]:
-        assert self.database is not None
-        # SQLite follows a symlinked path and keeps the -wal and -shm beside the file it leads to: so must we, or
-        # a database with a writer connected would look like the file alone (and its WAL be ignored).
-        path = _resolved(self.database)
-        # A read that fails is not tried again (at a scrape) until the file changes; one that succeeds is
-        # tried again until its merge is committed (a busy lock must not leave the news for the next change).
-        self._tried = _file_fingerprint(path)
-        try:
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                raise _Unreadable(f"Fraisier's database {path} is not a regular file: nothing is read from it "
-                                  "(set FRAISIER_DB_PATH to Fraisier's database file)")
-            before = _file_fingerprint(path, strict=True)
-        except FileNotFoundError:
-            if not self.explicit:
-                raise _Absent from None
-            raise _Unreadable(f"Fraisier's database {path} does not exist: no deployment is read from it (set "
-                              "FRAISIER_DB_PATH to where Fraisier keeps it)") from None
-        except OSError as error:
-            raise _Unreadable(f"cannot read Fraisier's database {path}: {error.strerror}") from None
-        self._tried = before
-        # No -wal file: no writer is connected, and the file alone is the database. Read it as such
-        # (immutable: no -shm or -wal is created in Fraisier's directory, and no lock is taken), and keep the
-        # result only if the file did not change meanwhile. A -wal file: a writer is connected, its -shm
-        # exists, and a read-only WAL reader shares it.
-        immutable = not os.path.exists(f"{path}-wal")
-        for attempt in (1, 2):
-            probe = Changes()
-            try:
-                connection = _connect(path, immutable)
-            except sqlite3.Error as error:
-                raise _unreadable(path, error) from None
-            try:
-                new_cursor, live = self._read_rows(connection, cursor, probe)
-            except sqlite3.Error as error:
-                connection.close()
-                if attempt == 1 and not immutable and _needs_shm(error) and not os.path.exists(f"{path}-wal"):
-                    # The writer closed its connection meanwhile, with its -shm: now the file alone is it.
-                    immutable = True
-                    continue
-                raise _unreadable(path, error) from None
-            finally:
-                connection.close()
-            if immutable and (_file_fingerprint(path) != before or os.path.exists(f"{path}-wal")):
-                raise _Busy(f"Fraisier's database {path} changed while it was read: read again next time")
-            self._tried = None
-            return before, new_cursor, live, probe
-        raise AssertionError("unreachable")
-
-    def _read_rows(self, connection: sqlite3.Connection, cursor: Cursor | None,
-                   changes: Changes) -> tuple[Cursor, dict[int, Any]]:
+    def _read_rows(self, connection: sqlite3.Connection,
+                   cursor: Cursor | None) -> tuple[Cursor, dict[int, tuple[str, str, str]], Changes]:
         """What changed since ``cursor``, in one snapshot: rows after its highest, rows it has in progress, rows
         finished since its last full check (a rollback marked on them). A full check, at a process's first read
         and then every FULL_CHECK_SECONDS, also counts the rolled-back rows (Fraisier's status index alone) and,
         when more are rolled back than accounted, finds the older rows marked since the last full check: the
         only part of a read that grows with the history, kept off most scrapes."""
+        assert self.database is not None
+        changes = Changes()
         connection.execute("BEGIN")  # one snapshot for every query below
         columns = {row[0] for row in connection.execute("SELECT name FROM pragma_table_info('tb_deployment')")}
         if not columns and connection.execute(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] == 0:
             # No table at all: Fraisier's connection made the file and has not created its tables yet (or the
             # file was truncated to nothing, which Fraisier fills again). Nothing deployed, nothing to fix.
-            raise _Absent
+            raise Absent
         missing = REQUIRED_COLUMNS - columns
         if missing:
             if not columns:
                 # Tables, but not Fraisier's: FRAISIER_DB_PATH names another application's file, or a
                 # Fraisier renamed its table.
-                raise _Unreadable(f"Fraisier's database {self.database} has no table tb_deployment: another "
+                raise Unreadable(f"Fraisier's database {self.database.path} has no table tb_deployment: another "
                                   "application's database, or a Fraisier this reader does not know (it reads 0.84's "
                                   "schema); set FRAISIER_DB_PATH to Fraisier's database, or upgrade fraisier-textfile")
-            raise _Unreadable(f"Fraisier's database {self.database} has no column {', '.join(sorted(missing))}: "
+            raise Unreadable(f"Fraisier's database {self.database.path} has no column {', '.join(sorted(missing))}: "
                               "written by a version of Fraisier this reader does not know (it reads 0.84's schema); "
                               "upgrade fraisier-textfile")
         newest = connection.execute("SELECT max(pk_deployment) FROM tb_deployment").fetchone()[0] or 0
@@ -329,7 +247,7 @@ class FraisierStateSource(Participant):
                 log.warning(
                     "Fraisier's database %s was replaced or restored from a backup (its deployment #%d is %s): "
                     "what it holds of the history already counted is not counted again; counting its deployments "
-                    "after #%d", self.database, cursor.high, "gone" if row is None else "another one", boundary)
+                    "after #%d", self.database.path, cursor.high, "gone" if row is None else "another one", boundary)
                 cursor = self._start_at(connection, boundary, with_in_progress=False)
         if cursor is None:
             cursor = self._start_since(connection) if self.since is not None else Cursor()
@@ -418,7 +336,7 @@ class FraisierStateSource(Participant):
                 live[row.pk] = (str(row.fraise), str(row.environment), provider)
                 events.deployment_series(changes, provider, fraise_type)
         self._settling = bool(settling)
-        return Cursor(high, high_id, rolled_back, updated, checked_updated, in_progress, recent), live
+        return Cursor(high, high_id, rolled_back, updated, checked_updated, in_progress, recent), live, changes
 
     def _may_be_rolled_back_yet(self, row: _Row) -> bool:
         """Fraisier's deployer writes its status file ``rolled_back``, completes the row as failed, then marks
@@ -507,72 +425,6 @@ def _rows_by_pk(connection: sqlite3.Connection, pks: Iterable[int]) -> Iterable[
         chunk = wanted[start:start + 500]
         yield from connection.execute(
             f"SELECT {ROW_COLUMNS} FROM tb_deployment WHERE pk_deployment IN ({','.join('?' * len(chunk))})", chunk)
-
-
-def _resolved(path: Path) -> Path:
-    """The database file as SQLite opens it: symlinks followed (where its -wal and -shm files are)."""
-    try:
-        return Path(os.path.realpath(path))
-    except (OSError, ValueError):
-        return path
-
-
-def _file_fingerprint(path: Path, strict: bool = False) -> tuple[int, ...]:
-    """What changes when Fraisier commits: the database file (a checkpoint, a replacement) and its WAL (every
-    commit appends to it)."""
-    values: list[int] = []
-    for name in (str(path), f"{path}-wal"):
-        try:
-            status = os.stat(name)
-        except FileNotFoundError:
-            if strict and name == str(path):
-                raise
-            values.extend((0, 0, 0, 0))
-            continue
-        except OSError:
-            if strict and name == str(path):
-                raise
-            values.extend((0, 0, 0, 0))
-            continue
-        values.extend((status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns))
-    return tuple(values)
-
-
-def _connect(path: Path, immutable: bool) -> sqlite3.Connection:
-    # Read-only and never waiting: Fraisier's own connections wait up to 5 s for a busy database, and a
-    # reader that held a lock or waited would be the one making them wait.
-    uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
-    connection = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA busy_timeout = 0")
-    connection.execute("PRAGMA query_only = 1")
-    return connection
-
-
-def _needs_shm(error: sqlite3.Error) -> bool:
-    text = str(error).lower()
-    return "readonly" in text or "read-only" in text or "unable to open" in text
-
-
-def _unreadable(path: Path, error: sqlite3.Error) -> _Unreadable:
-    if isinstance(error, sqlite3.OperationalError) and any(
-        word in str(error).lower() for word in ("locked", "busy")
-    ):
-        return _Busy(_describe(path, error))
-    return _Unreadable(_describe(path, error))
-
-
-def _describe(path: Path, error: sqlite3.Error) -> str:
-    text = str(error)
-    lowered = text.lower()
-    if "locked" in lowered or "busy" in lowered:
-        return f"Fraisier's database {path} is busy ({text}): what is new is read at the next occasion"
-    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
-        return (f"Fraisier's database {path} is not a readable SQLite database ({text}): no deployment is read "
-                "from it until Fraisier's database is repaired (sqlite3 .recover) or FRAISIER_DB_PATH fixed")
-    if _needs_shm(error):
-        return (f"cannot read Fraisier's database {path} as this user while Fraisier writes it ({text}): a WAL "
-                "database's reader must be able to create its -shm file; run this as Fraisier's user")
-    return f"cannot read Fraisier's database {path}: {text}"
 
 
 def participants(since: float | None = None) -> list[FraisierStateSource]:
