@@ -993,7 +993,7 @@ def test_times_fraisier_stored_in_its_local_time_zone_are_read_in_that_zone(
 def test_a_long_lived_reader_finds_a_rollback_on_a_recent_row_at_once_and_on_an_old_one_at_its_full_check(
     fraisier: Fraisier, textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fraisier_state, "FULL_CHECK_SECONDS", 3600.0)
+    monkeypatch.setattr(fraisier_state.reader, "FULL_CHECK_SECONDS", 3600.0)
     old = fraisier.deploy("api", "failed")
     store = TextfileStore(textfile_dir, participants=participants())  # as fraisier metrics holds it
     (source,) = store.sources
@@ -1008,7 +1008,7 @@ def test_a_long_lived_reader_finds_a_rollback_on_a_recent_row_at_once_and_on_an_
     fraisier.deploy("etl", "success")
     store.merge(Changes())  # an older row: not looked for until the full check
     assert sample_values(store.path)[rollbacks("bare_metal", "health_check")] == 1
-    source._next_full_check = 0.0
+    source.reader.next_full_check = 0.0
     store.merge(Changes())
     store.merge(Changes())
     values = sample_values(store.path)
