@@ -192,7 +192,7 @@ OUR_COMMANDS = frozenset({"record", "exec", "textfile", "metrics"})
 
 def counted_from_fraisier_state(command: Sequence[str]) -> bool:
     """Whether ``command`` is one of Fraisier's own (``fraisier deploy-daemon ...``, ``fraisier-webhook``) and
-    Fraisier's state database is read (sources/fraisier_state.py): then its deployments are counted there."""
+    Fraisier's state database is read (sources/fraisier_state/): then its deployments are counted there."""
     if not command or os.path.basename(command[0]) not in FRAISIER_SCRIPTS:
         return False
     if len(command) > 1 and command[1] in OUR_COMMANDS:

@@ -110,7 +110,7 @@ class Settings:
             self._report(error, default)
 
     def store(self, *, fraisier_state: bool = False, since: float | None = None) -> TextfileStore:
-        """``fraisier_state``: with Fraisier's state database read in each merge (sources/fraisier_state.py);
+        """``fraisier_state``: with Fraisier's state database read in each merge (sources/fraisier_state/);
         ``since``: what it counts of a database seen for the first time."""
         with library_errors():
             participants: list[Any] = []

@@ -3,53 +3,31 @@
 Fraisier's deployers never call a metrics recorder, but every deployment, from every entry point (CLI,
 webhook, daemon, ``ship``), is a row of ``tb_deployment`` in its SQLite database: ``in_progress``, then
 ``success`` or ``failed``, possibly ``rolled_back`` (at once, or later). :class:`FraisierStateSource` is a
-participant of the store's merge (see store/participants.py): under the store's lock it reads what changed
+participant of the store's merge (see store/transaction.py): under the store's lock it reads what changed
 since the cursor kept in the textfile's bookkeeping line ``fraisier-state``, and returns the events for it. The
 cursor is written by the same atomic rename as the counts, so a process killed anywhere leaves both or
 neither: nothing is lost, nothing counted twice.
 
-What a row records (labels: ``provider`` and ``fraise_type`` from fraises.yaml, see :class:`FraiseLabels`):
+One module a responsibility:
 
-- first seen finished (``success``, ``failed``, ``rolled_back``, ``rollback_failed``): one deployment with
-  that status, its duration (``duration_seconds``), the last-deployment time (``completed_at``); a failed,
-  rolled-back or rollback-failed one also an error (``error_type`` from its message, :func:`error_type`);
-  a rolled-back one also a rollback (reason from its message; Fraisier stores no rollback duration, so the
-  rollback histogram is not fed);
-- a row counted finished that becomes ``rolled_back`` later: only the rollback;
-- a row in progress: active while its owner lives (:meth:`FraisierStateSource.active_deployments`),
-  ``crashed`` once its owner is provably gone (owners.py), and nothing more after that.
-
-The cursor: ``1 <uuid of the highest row read> <its pk> <rolled-back rows at the last full check> <latest
-updated_at read> <that at the last full check> <pks in progress> <pks finished since the last full check>``.
-Its cost does not grow with the history: new rows are read by primary key (``pk > high``), rows in progress
-and rows finished since the last full check by primary key. Only a full check (a process's first read, then
-every FULL_CHECK_SECONDS) counts the ``rolled_back`` rows (from Fraisier's ``idx_deployment_status`` alone) and,
-when more are rolled back than accounted, finds the older rows marked since. A database replaced or restored
-from a backup (the row the cursor names is gone or another) is logged once and counted from its first row updated
-after the latest one read: a backup's history was counted already, from the original; a database made anew
-(the old one deleted) holds nothing that was.
-
-Reading never holds Fraisier up and creates nothing in its directory: while no writer is connected (no
-``-wal`` file: Fraisier opens and closes a connection per operation, so most of the time) the file is read
-``immutable=1`` and the result kept only if the file did not change while it was read; while a writer is
-connected, read-only (``mode=ro``, sharing its ``-shm``) with no busy timeout. A busy database is left for the
-next occasion.
+- ``source.py``: the participant (collect, after_commit, has_news, active_deployments) and :func:`participants`;
+- ``reader.py``: what a row counts, read since the cursor (the counting rules, late rollbacks, full checks);
+- ``cursor.py``: the cursor and its bookkeeping line;
+- ``database.py``: where Fraisier's database is, and opening it read-only without holding Fraisier up;
+- ``owners.py``: whether a deployment in progress still has an owner (boot, pid, status files);
+- ``labels.py``: ``provider`` and ``fraise_type`` of each fraise, from fraises.yaml;
+- ``vocabulary.py``: Fraisier's statuses, its error messages as a bounded ``error_type``, its stored times;
+- ``files.py``: reading a small file anyone who may write its directory may replace.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from pathlib import Path
-
-from fraisier_textfile.changes import Changes
-from fraisier_textfile.store.transaction import Merge, Participant
-
 from .cursor import CURSOR, META_KEY, Cursor
-from .database import Absent, Busy, Database, Unreadable, fraisier_db_path
+from .database import fraisier_db_path
 from .labels import MAX_CONFIG_BYTES, FraiseLabels, fraisier_config_path
-from .owners import STATUS_DIR_ENVIRONMENT, Owners
-from .reader import FULL_CHECK_SECONDS, ROW_COLUMNS, RowReader, checked_since
+from .owners import STATUS_DIR_ENVIRONMENT
+from .reader import FULL_CHECK_SECONDS, ROW_COLUMNS, checked_since
+from .source import SWITCH_ENVIRONMENT, FraisierStateSource, participants
 from .vocabulary import error_type, rollback_reason
 
 __all__ = [
@@ -57,113 +35,3 @@ __all__ = [
     "SWITCH_ENVIRONMENT", "Cursor", "FraiseLabels", "FraisierStateSource", "checked_since", "error_type",
     "fraisier_config_path", "fraisier_db_path", "participants", "rollback_reason",
 ]
-
-log = logging.getLogger(__name__)
-
-SWITCH_ENVIRONMENT = "FRAISIER_TEXTFILE_FRAISIER_STATE"
-"""``off`` turns the source off; anything else (or unset) reads Fraisier's state where Fraisier is found."""
-
-
-class FraisierStateSource(Participant):
-    """A participant of the store's merges (store/participants.py) that takes what is new in Fraisier's state.
-
-    ``database``: Fraisier's SQLite file (default: as Fraisier finds it). ``status_dir``: its status files
-    (default FRAISIER_STATUS_DIR, else a fraise environment's ``status_dir:``, else /var/lib/fraisier/status).
-    ``config``: fraises.yaml (default: as Fraisier finds it). ``since``: a Unix time; on the first sight of a
-    database (no cursor in the textfile), deployments started before it are taken as already counted."""
-
-    def __init__(self, database: Path | str | None = None, *, status_dir: Path | str | None = None,
-                 config: Path | str | None = None, since: float | None = None) -> None:
-        path = fraisier_db_path() if database is None else Path(database)
-        explicit = database is not None or bool(os.environ.get("FRAISIER_DB_PATH"))
-        self.database = None if path is None else Database(path, explicit=explicit)
-        self.labels = FraiseLabels(fraisier_config_path() if config is None else Path(config))
-        self.owners = Owners(status_dir, self.labels)
-        self.reader = RowReader(self.labels, self.owners, None if since is None else checked_since(since))
-        self._problem: str | None = None
-        self._fingerprint: tuple[int, ...] | None = None
-        self._committed: tuple[int, ...] | None = None
-        self._live: dict[int, tuple[str, str, str]] = {}
-        """Rows in progress whose owner lived at the last read: pk -> (fraise, environment, provider)."""
-        self._busy_logged = False
-
-    # The participant
-
-    def collect(self, merge: Merge) -> Changes | None:
-        database = self.database
-        if database is None:
-            return None
-        document = merge.document
-        text = CURSOR.get(document) or None
-        cursor = Cursor.parse(text) if text is not None else None
-        if text is not None and cursor is None:
-            self._report(f"the {META_KEY} line of the textfile is not one this version writes ({text[:60]!r}): "
-                         "Fraisier's database is not read; remove the line to count its history anew")
-            return None
-        self.labels.refresh()
-        try:
-            fingerprint, (new_cursor, live, changes) = database.read(
-                lambda connection: self.reader.read(connection, cursor, database.path))
-        except Absent:
-            return None
-        except Busy as error:
-            # Fraisier's connections come and go (each checkpoints and deletes the WAL when it closes): a busy
-            # moment is expected, and the next occasion reads what this one could not. Said once a process.
-            log.log(logging.DEBUG if self._busy_logged else logging.INFO, "%s", error)
-            self._busy_logged = True
-            return None
-        except Unreadable as error:
-            self._report(str(error))
-            return None
-        if self._problem is not None:
-            log.info("Fraisier's database %s is read again", database.path)
-            self._problem = None
-        self._fingerprint = fingerprint
-        # A live view, not bookkeeping: taken at once, so that this merge's active count includes them.
-        self._live = live
-        CURSOR.put(document, new_cursor.render())
-        return changes if changes else None
-
-    def after_commit(self, merge: Merge) -> None:
-        self._committed = self._fingerprint
-
-    # For readers that poll (a scrape)
-
-    def has_news(self) -> bool:
-        """Cheaply (a few stat calls): whether a merge could take something new, because the database
-        changed since this process's last merge, or a deployment it saw in progress lost its owner."""
-        if self.database is None:
-            return False
-        if self.reader.settling:
-            return True
-        now = self.database.fingerprint()
-        if now != self._committed and now != self.database.tried:
-            return True
-        return any(self.owners.gone(fraise, environment) for fraise, environment, _ in self._live.values())
-
-    def active_deployments(self) -> dict[str, int]:
-        """Fraisier's deployments in progress now, by provider: rows read in progress whose owner lives."""
-        counts: dict[str, int] = {}
-        for fraise, environment, provider in self._live.values():
-            if not self.owners.gone(fraise, environment):
-                counts[provider] = counts.get(provider, 0) + 1
-        return counts
-
-    # Reading
-
-    def _report(self, problem: str) -> None:
-        """One line per problem, not one per scrape: logged again only when it changes."""
-        if problem != self._problem:
-            log.warning("%s", problem)
-            self._problem = problem
-
-
-def participants(since: float | None = None) -> list[FraisierStateSource]:
-    """The state source where Fraisier is (installed, or FRAISIER_DB_PATH set) unless turned off with
-    FRAISIER_TEXTFILE_FRAISIER_STATE=off: the participants a refresh, a scrape or the dispatcher gives its
-    store."""
-    if os.environ.get(SWITCH_ENVIRONMENT, "").strip().lower() in ("off", "0", "false", "no"):
-        return []
-    if fraisier_db_path() is None:
-        return []
-    return [FraisierStateSource(since=since)]
