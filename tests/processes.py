@@ -11,7 +11,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -215,3 +215,39 @@ def require(condition: bool, message: str) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+@contextmanager
+def opens_of(path: Path) -> Iterator[Callable[[], int]]:
+    """Counts the opens of ``path``'s inode (a FIFO, a device, a file) by anyone, through any link, while the block
+    runs: inotify's IN_OPEN, queued by the kernel at each open (O_PATH, which runs no driver, is not one)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    descriptor = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if descriptor < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1")
+    in_open = 0x20
+    if libc.inotify_add_watch(descriptor, os.fsencode(path), in_open) < 0:
+        os.close(descriptor)
+        raise OSError(ctypes.get_errno(), "inotify_add_watch", str(path))
+    seen = 0
+
+    def count() -> int:
+        nonlocal seen
+        while True:
+            try:
+                data = os.read(descriptor, 4096)
+            except BlockingIOError:
+                return seen
+            offset = 0
+            while offset < len(data):  # struct inotify_event: wd, mask, cookie, len, then len bytes of name
+                mask, length = int.from_bytes(data[offset + 4:offset + 8], sys.byteorder), int.from_bytes(
+                    data[offset + 12:offset + 16], sys.byteorder)
+                seen += bool(mask & in_open)
+                offset += 16 + length
+
+    try:
+        yield count
+    finally:
+        os.close(descriptor)

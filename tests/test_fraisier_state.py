@@ -24,6 +24,7 @@ from fraisier_textfile.sources import fraisier_state
 from fraisier_textfile.sources.fraisier_state import META_KEY, FraisierStateSource, error_type, participants
 from fraisier_textfile.store.textfile import TextfileStore
 
+from .processes import opens_of
 from .values import sample_values
 
 WORKERS = Path(__file__).with_name("fraisier_state_workers.py")
@@ -866,6 +867,31 @@ def test_a_fifo_where_fraisier_keeps_a_file_never_hangs_the_merge(
     else:
         assert values[deployments("bare_metal", "success", "etl")] == 1
         assert values[ACTIVE] == 1  # nothing proves the owner dead
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["in its place", "a symlink to it"])
+@pytest.mark.parametrize("where", ["status file", "fraises.yaml"])
+def test_a_fifo_or_device_where_fraisier_keeps_a_file_is_never_opened(
+    fraisier: Fraisier, textfile_dir: Path, tmp_path: Path, where: str, link: bool
+) -> None:
+    # Opening a device runs its driver: /dev/watchdog arms the host's watchdog (a reboot once nobody pings it), a
+    # tape rewinds, a serial line raises DTR. Whoever may write Fraisier's status directory or fraises.yaml's (the
+    # deploying user) may put a symlink to any device there, read by a root merge at every scrape. A FIFO shows
+    # whether the reader opens what is not a regular file: the kernel reports every open of it.
+    fraisier.status("api", "deploying")
+    fraisier.start("api")
+    fraisier.deploy("etl", "success")
+    target = fraisier.status_dir / "api.status.json" if where == "status file" else fraisier.config
+    target.unlink()
+    fifo = tmp_path / "elsewhere.fifo" if link else target
+    os.mkfifo(fifo)
+    if link:
+        target.symlink_to(fifo)
+    with opens_of(fifo) as opens:
+        values = refresh(textfile_dir)
+        assert opens() == 0
+    assert values[deployments("bare_metal", "success", "unknown" if where == "fraises.yaml" else "etl")] == 1
+    assert values[ACTIVE] == 1  # nothing proves the owner dead
 
 
 @pytest.mark.parametrize("message", [b"Health check failed \xff", b"", 12345])

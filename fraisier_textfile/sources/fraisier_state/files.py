@@ -1,7 +1,7 @@
 """Reading the small files Fraisier and its operators write (status files, fraises.yaml), under the textfile's lock.
 
 Anyone who may write their directories may put anything in their place: only a regular file of a bounded size is
-read, opened without blocking, so that a FIFO, a device or a huge file costs a merge nothing but a log line.
+opened and read, without blocking, so that a FIFO, a device or a huge file costs a merge nothing but a log line.
 """
 
 from __future__ import annotations
@@ -16,16 +16,32 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes. Opened without blocking and
-    checked after opening: a FIFO or a device put in its place (by anyone who may write that directory) must
-    not hang the merge, which holds the textfile's lock. Raises OSError otherwise."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes; raises OSError otherwise.
+
+    What is not a regular file is never opened: opening a device runs its driver (/dev/watchdog arms the host's
+    watchdog, a tape rewinds), and anyone who may write the directory may put a symlink to one there, read by
+    root at every scrape. So the path is first resolved to an O_PATH descriptor, which opens nothing, and only a
+    regular file is then opened, through /proc/self/fd: that very inode, whatever is swapped in meanwhile.
+    Without blocking: the merge holds the textfile's lock."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    path_only = getattr(os, "O_PATH", 0)
+    if not path_only:  # not Linux: the file's type is checked once it is open
+        descriptor = os.open(path, flags)
+    else:
+        handle = os.open(path, path_only | os.O_CLOEXEC)
+        try:
+            _check(os.fstat(handle), path, limit)
+            try:
+                descriptor = os.open(f"/proc/self/fd/{handle}", flags)
+            except FileNotFoundError:  # no /proc: by its name again, then checked to be the same file
+                descriptor = os.open(path, flags)
+                if not os.path.samestat(os.fstat(descriptor), os.fstat(handle)):
+                    os.close(descriptor)
+                    raise OSError(errno.EAGAIN, "replaced while it was opened", str(path)) from None
+        finally:
+            os.close(handle)
     try:
-        status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if status.st_size > limit:
-            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        _check(os.fstat(descriptor), path, limit)
         chunks = []
         remaining = limit + 1
         while remaining > 0:
@@ -40,3 +56,10 @@ def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
         return data
     finally:
         os.close(descriptor)
+
+
+def _check(status: os.stat_result, path: Path, limit: int) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    if status.st_size > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
