@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -386,6 +387,44 @@ def test_a_database_that_cannot_be_read_logs_one_line_and_the_rest_of_the_file_i
     health = 'fraisier_health_checks_total{provider="bare_metal",check_type="http",status="pass"}'
     assert sample_values(store.path)[health] == 1
     assert elapsed < 60  # never waits for Fraisier's database (a busy one is left for the next occasion)
+
+
+COPIER = """\
+import shutil, sys
+print("copying", flush=True)
+for _ in range(int(sys.argv[3])):
+    shutil.copyfile(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_a_database_rewritten_in_place_while_scrapes_read_it_is_read_again_not_reported_corrupt(
+    fraisier: Fraisier, textfile_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A restore by `cp backup.db fraisier.db` truncates and rewrites the file a reader may be reading (read as
+    # immutable: no writer is connected). A read torn that way is the file changing, not a corrupt database:
+    # "not a readable SQLite database ... until it is repaired" would send the operator repairing a sound one.
+    for number in range(30):
+        fraisier.deploy("api", ("success", "failed", "rolled_back")[number % 3])
+    fraisier.close()
+    backup = tmp_path / "backup.db"
+    shutil.copyfile(fraisier.database, backup)
+    store = TextfileStore(textfile_dir, participants=participants())
+    store.merge(Changes())
+    counted = sample_values(store.path)
+    assert counted[API_SUCCESS] == counted[API_FAILED] == counted[API_ROLLED_BACK] == 10
+    copier = subprocess.Popen([sys.executable, "-c", COPIER, str(backup), str(fraisier.database), "3000"],
+                              stdout=subprocess.PIPE, text=True)
+    assert copier.stdout is not None and copier.stdout.readline() == "copying\n"
+    merges = 0
+    with caplog.at_level(logging.WARNING):
+        while copier.poll() is None:
+            store.merge(Changes())
+            merges += 1
+        assert copier.wait() == 0
+        store.merge(Changes())
+    assert merges > 0
+    assert [r.getMessage() for r in caplog.records if "Fraisier's database" in r.getMessage()] == []
+    assert sample_values(store.path) == counted
 
 
 @pytest.mark.parametrize("state", ["empty file", "journal mode set, no table yet"])

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
+from .files import read_head
+
 DEFAULT_DB_PATH = Path("/opt/fraisier/fraisier.db")  # Fraisier's fraisier.database.DEFAULT_DB_PATH
 
 Fingerprint = tuple[int, ...]
@@ -102,6 +104,8 @@ class Database:
             try:
                 connection = _connect(path, immutable)
             except sqlite3.Error as error:
+                if immutable and _changed(path, before):
+                    raise _changed_while_read(path) from None
                 raise _unreadable(path, error) from None
             try:
                 result = read(connection)
@@ -111,14 +115,46 @@ class Database:
                     # The writer closed its connection meanwhile, with its -shm: now the file alone is it.
                     immutable = True
                     continue
+                # A file rewritten under an immutable read (a restore by cp, a checkpoint) reads as malformed, or
+                # as no database: that is the file changing, not a database to repair.
+                if immutable and _changed(path, before):
+                    raise _changed_while_read(path) from None
                 raise _unreadable(path, error) from None
+            except Unreadable:
+                if immutable and _changed(path, before):
+                    raise _changed_while_read(path) from None
+                raise
             finally:
                 connection.close()
-            if immutable and (_file_fingerprint(path) != before or os.path.exists(f"{path}-wal")):
-                raise Busy(f"Fraisier's database {path} changed while it was read: read again next time")
+            if immutable and _changed(path, before):
+                raise _changed_while_read(path)
             self.tried = None
             return before, result
         raise AssertionError("unreachable")
+
+
+def _changed(path: Path, before: Fingerprint) -> bool:
+    """Whether the database read as immutable changed since ``before`` (or a writer connected meanwhile), or is
+    being written: shorter than its header says (a copy, a restore by ``cp``, stopped half-way for now)."""
+    if _file_fingerprint(path) != before or os.path.exists(f"{path}-wal"):
+        return True
+    try:
+        header = read_head(path, 100)
+        size = os.stat(path).st_size
+    except OSError:
+        return True  # gone or replaced by what is not a file: not the database that was read
+    magic = b"SQLite format 3\0"
+    if len(header) < 100:  # its header not written whole yet (truncated by cp, not yet written back)
+        return magic.startswith(header[:len(magic)])
+    if not header.startswith(magic):
+        return False  # another file altogether: unreadable, as it says
+    page_size = int.from_bytes(header[16:18], "big")
+    pages = int.from_bytes(header[28:32], "big")
+    return size < (65536 if page_size == 1 else page_size) * pages
+
+
+def _changed_while_read(path: Path) -> Busy:
+    return Busy(f"Fraisier's database {path} changed while it was read: read again next time")
 
 
 def _resolved(path: Path) -> Path:

@@ -16,7 +16,36 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes; raises OSError otherwise.
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes; raises OSError otherwise."""
+    descriptor = _open_regular_file(path, limit)
+    try:
+        chunks = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(descriptor, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        return data
+    finally:
+        os.close(descriptor)
+
+
+def read_head(path: Path, count: int) -> bytes:
+    """The first ``count`` bytes (or fewer) of ``path``, if it is a regular file of any size; else OSError."""
+    descriptor = _open_regular_file(path, None)
+    try:
+        return os.read(descriptor, count)
+    finally:
+        os.close(descriptor)
+
+
+def _open_regular_file(path: Path, limit: int | None) -> int:
+    """A descriptor open for reading on ``path`` if it is a regular file (of at most ``limit`` bytes).
 
     What is not a regular file is never opened: opening a device runs its driver (/dev/watchdog arms the host's
     watchdog, a tape rewinds), and anyone who may write the directory may put a symlink to one there, read by
@@ -42,24 +71,14 @@ def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
             os.close(handle)
     try:
         _check(os.fstat(descriptor), path, limit)
-        chunks = []
-        remaining = limit + 1
-        while remaining > 0:
-            chunk = os.read(descriptor, min(remaining, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > limit:
-            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
-        return data
-    finally:
+    except OSError:
         os.close(descriptor)
+        raise
+    return descriptor
 
 
-def _check(status: os.stat_result, path: Path, limit: int) -> None:
+def _check(status: os.stat_result, path: Path, limit: int | None) -> None:
     if not stat.S_ISREG(status.st_mode):
         raise OSError(errno.EINVAL, "not a regular file", str(path))
-    if status.st_size > limit:
+    if limit is not None and status.st_size > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
