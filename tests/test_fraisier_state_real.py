@@ -21,6 +21,7 @@ from fraisier_textfile.sources.fraisier_state import participants
 from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import binary
+from .test_fraisier_state import READER, reader_user  # noqa: F401  (a fixture)
 from .values import sample_values
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -88,6 +89,28 @@ class Site:
         assert isinstance(answer, dict)
         return answer
 
+    def deploy_daemon(self, textfile_dir: Path) -> None:
+        """One real deployment as Fraisier's socket-activated unit runs it (``fraisier deploy-daemon``, a request
+        on stdin), through this package's ``fraisier`` dispatcher, as root, its /run private to it."""
+        import time
+
+        root = self.root
+        (root / "fraises.yaml").write_text(
+            "name: shop\nscaffold:\n  deploy_user: root\nfraises:\n  api:\n    type: api\n    environments:\n"
+            f"      production:\n        app_path: {root / 'app'}\n        clone_url: {root / 'origin.git'}\n"
+            f"        git_repo: {root / 'server.git'}\n        branch: main\n        status_dir: {root / 'status'}\n"
+        )
+        request = json.dumps({"version": 1, "project": "api", "environment": "production", "branch": "main",
+                              "timestamp": int(time.time()), "triggered_by": "test", "options": {"force": True}})
+        inner = 'mount -t tmpfs tmpfs /run && mkdir -p /run/fraisier && exec "$0" -c "$1" deploy-daemon --project=api'
+        result = subprocess.run(
+            [binary("unshare"), "--mount", "--propagation", "private", "sh", "-c", inner, sys.executable, DISPATCH],
+            input=request, capture_output=True, text=True, timeout=300,
+            env={**self.environment, "FRAISIER_TEXTFILE_DIR": str(textfile_dir)},
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert '"status": "success"' in result.stdout
+
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
@@ -141,23 +164,36 @@ def test_a_real_fraisier_deploy_daemon_run_through_the_fraisier_command_is_in_th
 ) -> None:
     """What Fraisier's socket-activated unit runs, through this package's ``fraisier`` dispatcher: no refresh,
     no scrape, and the deployment is in the textfile when the command has exited."""
-    import time
-
-    root = site.root
-    (root / "fraises.yaml").write_text(
-        "name: shop\nscaffold:\n  deploy_user: root\nfraises:\n  api:\n    type: api\n    environments:\n"
-        f"      production:\n        app_path: {root / 'app'}\n        clone_url: {root / 'origin.git'}\n"
-        f"        git_repo: {root / 'server.git'}\n        branch: main\n        status_dir: {root / 'status'}\n"
-    )
     site.commit("print(1)")
-    request = json.dumps({"version": 1, "project": "api", "environment": "production", "branch": "main",
-                          "timestamp": int(time.time()), "triggered_by": "test", "options": {"force": True}})
-    inner = 'mount -t tmpfs tmpfs /run && mkdir -p /run/fraisier && exec "$0" -c "$1" deploy-daemon --project=api'
-    result = subprocess.run(
-        [binary("unshare"), "--mount", "--propagation", "private", "sh", "-c", inner, sys.executable, DISPATCH],
-        input=request, capture_output=True, text=True, timeout=300,
-        env={**site.environment, "FRAISIER_TEXTFILE_DIR": str(textfile_dir)},
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert '"status": "success"' in result.stdout
+    site.deploy_daemon(textfile_dir)
     assert sample_values(textfile_dir / "fraisier.prom")[SUCCESS] == 1
+
+
+def test_a_real_fraisier_deploy_run_as_root_beside_the_deploying_users_textfile_directory_is_counted_once_by_it(
+    reader_user: tuple[list[str], str, dict[str, str], Path]  # noqa: F811  (the fixture imported above)
+) -> None:
+    """Fraisier's socket unit runs as root; the textfile directory is the deploying user's. Root's ``fraisier``
+    leaves that directory to its writers (creates nothing there), and the user's own reader counts the deployment
+    root's Fraisier wrote, once."""
+    import pwd
+
+    command, _, environment, root = reader_user
+    site = Site(root / "site")
+    textfile_dir = root / "textfile"
+    textfile_dir.mkdir()
+    account = pwd.getpwnam(READER)
+    os.chown(textfile_dir, account.pw_uid, account.pw_gid)
+    site.commit("print(1)")
+    site.deploy_daemon(textfile_dir)
+    assert [path.name for path in textfile_dir.iterdir() if path.stat().st_uid != account.pw_uid] == []
+    arguments = [str(textfile_dir), str(site.root / "fraisier.db"), str(site.root / "status"),
+                 str(site.root / "fraises.yaml")]
+    read = subprocess.run([*command, *arguments], capture_output=True, text=True, env=environment, cwd=root,
+                          timeout=120)
+    assert read.returncode == 0, read.stderr
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[SUCCESS] == 1
+    again = subprocess.run([*command, *arguments], capture_output=True, text=True, env=environment, cwd=root,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert sample_values(textfile_dir / "fraisier.prom") == values
