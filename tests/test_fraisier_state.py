@@ -276,13 +276,23 @@ def test_a_fraise_removed_from_the_configuration_still_counts_as_unknown(
     assert values[deployments("bare_metal", "success", "unknown")] == 1
 
 
+def backup_of(database: Path, backup: Path) -> Path:
+    """``backup``: ``database`` as it is now, by SQLite's online backup, whole in its one file (its connections
+    closed: no -wal beside it)."""
+    source, target = sqlite3.connect(database), sqlite3.connect(backup)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+    return backup
+
+
 def test_a_database_restored_from_an_older_backup_is_noticed_and_never_counted_twice(
     fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fraisier.deploy("api", "success")
-    backup = fraisier.root / "backup.db"
-    with sqlite3.connect(fraisier.database) as source, sqlite3.connect(backup) as target:
-        source.backup(target)
+    backup = backup_of(fraisier.database, fraisier.root / "backup.db")
     fraisier.deploy("api", "success")
     fraisier.deploy("api", "success")
     assert refresh(textfile_dir)[API_SUCCESS] == 3
@@ -298,6 +308,42 @@ def test_a_database_restored_from_an_older_backup_is_noticed_and_never_counted_t
     try:
         again.deploy("api", "success")
         assert refresh(textfile_dir)[API_SUCCESS] == 4
+    finally:
+        again.close()
+
+
+def test_a_database_restored_from_a_backup_then_put_back_counts_nothing_twice(
+    fraisier: Fraisier, textfile_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The operator restores last night's backup, sees it is the wrong one and puts the current database back: its
+    # deployments after the backup were counted before the restore, and are not deployments again.
+    fraisier.deploy("api", "success")
+    backup = backup_of(fraisier.database, tmp_path / "backup.db")
+    fraisier.deploy("api", "success")
+    fraisier.deploy("api", "failed")
+    values = refresh(textfile_dir)
+    assert values[API_SUCCESS] == 2 and values[API_FAILED] == 1
+    fraisier.close()
+    current = tmp_path / "current.db"
+    shutil.copyfile(fraisier.database, current)
+
+    def put_in_place(database: Path) -> None:
+        shutil.copyfile(database, tmp_path / "copy.db")
+        os.replace(tmp_path / "copy.db", fraisier.database)
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            put_in_place(backup)
+            assert refresh(textfile_dir) == values
+            put_in_place(current)
+            assert refresh(textfile_dir) == values
+    assert sum("replaced or restored" in record.getMessage() for record in caplog.records) == 2
+    assert sum("is again the one read before" in record.getMessage() for record in caplog.records) == 2
+    # Fraisier goes on from the current database: its next deployment counts, once.
+    again = Fraisier(fraisier.root)
+    try:
+        again.deploy("api", "success")
+        assert refresh(textfile_dir)[API_SUCCESS] == 3
     finally:
         again.close()
 

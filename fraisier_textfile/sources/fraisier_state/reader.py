@@ -17,7 +17,8 @@ read, then every FULL_CHECK_SECONDS) counts the ``rolled_back`` rows (from Frais
 alone) and, when more are rolled back than accounted, finds the older rows marked since. A database replaced or
 restored from a backup (the row the cursor names is gone or another) is logged once and counted from its first
 row updated after the latest one read: a backup's history was counted already, from the original; a database
-made anew (the old one deleted) holds nothing that was.
+made anew (the old one deleted) holds nothing that was. The database replaced, put back before any newer row was
+read (its last row read is there again, same uuid), is recognised and counted from that row on.
 """
 
 from __future__ import annotations
@@ -127,6 +128,15 @@ class RowReader:
                               "written by a version of Fraisier this reader does not know (it reads 0.84's schema); "
                               "upgrade fraisier-textfile")
         newest = connection.execute("SELECT max(pk_deployment) FROM tb_deployment").fetchone()[0] or 0
+        if cursor is not None and cursor.replaced is not None and cursor.replaced[0] > cursor.high:
+            pk, identity = cursor.replaced
+            row = connection.execute("SELECT id FROM tb_deployment WHERE pk_deployment = ?", (pk,)).fetchone()
+            if row is not None and str(row[0]) == identity:
+                # The database it replaced is back (put back after a restore): its rows up to that one were counted
+                # from it, before.
+                log.warning("Fraisier's database %s is again the one read before it was replaced (its deployment "
+                            "#%d is back): its deployments up to #%d were counted already", database, pk, pk)
+                cursor = self._start_at(connection, pk, with_in_progress=False)
         if cursor is not None and cursor.high > 0:
             row = connection.execute("SELECT id FROM tb_deployment WHERE pk_deployment = ?", (cursor.high,)).fetchone()
             if row is None or str(row[0]) != cursor.high_id:
@@ -141,7 +151,12 @@ class RowReader:
                     "Fraisier's database %s was replaced or restored from a backup (its deployment #%d is %s): "
                     "what it holds of the history already counted is not counted again; counting its deployments "
                     "after #%d", database, cursor.high, "gone" if row is None else "another one", boundary)
+                left = (cursor.high, cursor.high_id)
+                earlier = cursor.replaced
                 cursor = self._start_at(connection, boundary, with_in_progress=False)
+                cursor.replaced = earlier if earlier is not None and earlier[0] > left[0] else left
+                if cursor.replaced[0] <= cursor.high:
+                    cursor.replaced = None  # counting resumes past it: its coming back would change nothing
         if cursor is None:
             cursor = self._start_since(connection) if self.since is not None else Cursor()
         full = time.monotonic() >= self.next_full_check
@@ -229,7 +244,11 @@ class RowReader:
                 live[row.pk] = (str(row.fraise), str(row.environment), provider)
                 events.deployment_series(changes, provider, fraise_type)
         self.settling = bool(settling)
-        return Cursor(high, high_id, rolled_back, updated, checked_updated, in_progress, recent), live, changes
+        # Once a newer row is read, the database read before the replacement is known not to be back: should it
+        # come back, the row the cursor names is another one (see above).
+        still_replaced = cursor.replaced if high == cursor.high else None
+        return (Cursor(high, high_id, rolled_back, updated, checked_updated, in_progress, recent, still_replaced),
+                live, changes)
 
     def _may_be_rolled_back_yet(self, row: _Row) -> bool:
         """Fraisier's deployer writes its status file ``rolled_back``, completes the row as failed, then marks
