@@ -994,6 +994,31 @@ def test_an_error_message_stored_as_a_blob_or_a_number_still_counts_the_failure(
     assert values[errors("bare_metal", expected)] == 1
 
 
+@pytest.mark.parametrize("libyaml", [True, False], ids=["libyaml", "PyYAML alone"])
+def test_a_fraises_yaml_yaml_refuses_is_one_line_that_quotes_nothing_of_the_file(
+    fraisier: Fraisier, textfile_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, libyaml: bool,
+) -> None:
+    # Whoever may write fraises.yaml's directory may make it a symlink to a file only root may read; root's merge
+    # reads it, and its log must not show that file's lines (PyYAML without libyaml quotes the line it stopped at).
+    import yaml
+
+    if not libyaml:
+        monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
+    secret = tmp_path / "secret.yaml"
+    secret.write_text('fraises:\n  api:\n    type: api\n    password: "hunter2-only-root-reads-this\n')
+    secret.chmod(0o600)
+    fraisier.config.unlink()
+    fraisier.config.symlink_to(secret)
+    fraisier.deploy("api", "success")
+    with caplog.at_level(logging.WARNING):
+        values = refresh(textfile_dir)
+    assert values[deployments("bare_metal", "success", "unknown")] == 1
+    lines = [r.getMessage() for r in caplog.records if str(fraisier.config) in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "hunter2" not in lines[0] and "line 5, column 1" in lines[0], lines
+
+
 def test_a_fraises_yaml_too_big_to_parse_within_a_scrape_is_refused_in_one_line_and_the_merge_goes_on(
     fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

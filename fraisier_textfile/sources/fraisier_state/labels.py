@@ -75,7 +75,7 @@ class FraiseLabels:
             data = _load_yaml(self.path)
         except Exception as error:  # a torn or hand-broken file: labels fall back, the merge goes on
             log.warning("cannot read fraise types from %s (%s): its fraises count with fraise_type=%s",
-                        self.path, error, UNKNOWN_FRAISE_TYPE)
+                        self.path, _quoting_nothing(error), UNKNOWN_FRAISE_TYPE)
             self._types, self._status_dirs = {}, {}
             return
         fraises = data.get("fraises") if isinstance(data, dict) else None
@@ -118,3 +118,15 @@ def _load_yaml(path: Path) -> Any:
 
     _Loader.add_multi_constructor("!", _any_tag)
     return yaml.load(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8"), Loader=_Loader)
+
+
+def _quoting_nothing(error: Exception) -> str:
+    """Why the file was not read, in one line that quotes nothing of it: PyYAML without libyaml shows the line it
+    stopped at (and some of its problems a word of it), and fraises.yaml may be a symlink to a file only the
+    reader may read. Where it stopped is enough to find the fault."""
+    if isinstance(error, OSError | UnicodeDecodeError):
+        return str(error)  # the reason and the path (the byte's offset), nothing of the content
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    if mark is not None:
+        return f"not YAML that can be read, at line {mark.line + 1}, column {mark.column + 1}"
+    return f"not YAML that can be read ({type(error).__name__})"
