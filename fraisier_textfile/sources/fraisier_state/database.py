@@ -104,8 +104,8 @@ class Database:
             try:
                 connection = _connect(path, immutable)
             except sqlite3.Error as error:
-                if immutable and _changed(path, before):
-                    raise _changed_while_read(path) from None
+                if immutable and (changed := _changed(path, before)) is not None:
+                    raise changed from None
                 raise _unreadable(path, error) from None
             try:
                 result = read(connection)
@@ -117,44 +117,63 @@ class Database:
                     continue
                 # A file rewritten under an immutable read (a restore by cp, a checkpoint) reads as malformed, or
                 # as no database: that is the file changing, not a database to repair.
-                if immutable and _changed(path, before):
-                    raise _changed_while_read(path) from None
+                if immutable and (changed := _changed(path, before)) is not None:
+                    raise changed from None
+                if attempt == 1 and immutable and _says_corrupt(error):
+                    # Rewritten in place twice within the clock tick of its timestamps, the file looks unchanged:
+                    # a second read tells a file being rewritten from a corrupt one.
+                    continue
                 raise _unreadable(path, error) from None
             except Unreadable:
-                if immutable and _changed(path, before):
-                    raise _changed_while_read(path) from None
+                if immutable and (changed := _changed(path, before)) is not None:
+                    raise changed from None
                 raise
             finally:
                 connection.close()
-            if immutable and _changed(path, before):
-                raise _changed_while_read(path)
+            if immutable and (changed := _changed_since(path, before)) is not None:
+                raise changed
             self.tried = None
             return before, result
         raise AssertionError("unreachable")
 
 
-def _changed(path: Path, before: Fingerprint) -> bool:
-    """Whether the database read as immutable changed since ``before`` (or a writer connected meanwhile), or is
-    being written: shorter than its header says (a copy, a restore by ``cp``, stopped half-way for now)."""
+def _changed_since(path: Path, before: Fingerprint) -> Busy | None:
+    """Why a read of the database as immutable is not to be kept, if it is not: the file changed since ``before``
+    (a commit, a checkpoint, a replacement), or a writer connected meanwhile."""
     if _file_fingerprint(path) != before or os.path.exists(f"{path}-wal"):
-        return True
+        return Busy(f"Fraisier's database {path} changed while it was read: read again next time")
+    return None
+
+
+def _changed(path: Path, before: Fingerprint) -> Busy | None:
+    """Why a read of the database as immutable that failed is to be tried again, if it is: it changed since
+    ``before`` (see _changed_since), or it is being written, shorter than its header says (a copy, a restore by
+    ``cp``, stopped half-way for now). Asked only of a read that failed: it opens the file."""
+    changed = _changed_since(path, before)
+    if changed is not None:
+        return changed
     try:
         header = read_head(path, 100)
         size = os.stat(path).st_size
-    except OSError:
-        return True  # gone or replaced by what is not a file: not the database that was read
+    except OSError:  # gone, or replaced by what is not a file: not the database that was read
+        return Busy(f"Fraisier's database {path} changed while it was read: read again next time")
     magic = b"SQLite format 3\0"
     if len(header) < 100:  # its header not written whole yet (truncated by cp, not yet written back)
-        return magic.startswith(header[:len(magic)])
-    if not header.startswith(magic):
-        return False  # another file altogether: unreadable, as it says
-    page_size = int.from_bytes(header[16:18], "big")
-    pages = int.from_bytes(header[28:32], "big")
-    return size < (65536 if page_size == 1 else page_size) * pages
+        short = magic.startswith(header[:len(magic)])
+    elif not header.startswith(magic):
+        return None  # another file altogether: unreadable, as it says
+    else:
+        page_size = int.from_bytes(header[16:18], "big")
+        short = size < (65536 if page_size == 1 else page_size) * int.from_bytes(header[28:32], "big")
+    if not short:
+        return None
+    return Busy(f"Fraisier's database {path} is shorter than its header says (being written, by a copy or a "
+                "restore, or cut short): read again when it changes")
 
 
-def _changed_while_read(path: Path) -> Busy:
-    return Busy(f"Fraisier's database {path} changed while it was read: read again next time")
+def _says_corrupt(error: sqlite3.Error) -> bool:
+    text = str(error).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
 
 
 def _resolved(path: Path) -> Path:
@@ -214,7 +233,7 @@ def _describe(path: Path, error: sqlite3.Error) -> str:
     lowered = text.lower()
     if "locked" in lowered or "busy" in lowered:
         return f"Fraisier's database {path} is busy ({text}): what is new is read at the next occasion"
-    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+    if _says_corrupt(error):
         return (f"Fraisier's database {path} is not a readable SQLite database ({text}): no deployment is read "
                 "from it until Fraisier's database is repaired (sqlite3 .recover) or FRAISIER_DB_PATH fixed")
     if _needs_shm(error):
