@@ -1,0 +1,75 @@
+"""The store's life in its process (fraisier_textfile/store/process.py): every fork and exit hook of the store in
+one place, a forked child that never keeps its parent's deployments alive, and a child that deletes the hand-overs
+it applied with a background thread of its own."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import fraisier_textfile
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import handovers, markers
+from fraisier_textfile.store.textfile import TextfileStore
+
+LIVENESS_WORKERS = Path(__file__).with_name("liveness_workers.py")
+HOOK = re.compile(r"\b(register_at_fork|atexit)\b")
+
+
+def test_every_fork_and_exit_hook_is_in_a_process_module() -> None:
+    """One place each for the store and the recorder: a newcomer asking what a fork or an exit does reads one
+    module, and a hook cannot be added elsewhere unnoticed."""
+    package = Path(fraisier_textfile.__file__).parent
+    hooked = sorted(
+        str(path.relative_to(package)) for path in package.rglob("*.py") if HOOK.search(path.read_text())
+    )
+    assert hooked == ["recorder/process.py", "store/process.py"]
+
+
+def test_a_forked_child_never_keeps_its_parents_deployment_alive(textfile_dir: Path) -> None:
+    """The deployer forks a child and spawns a program that may inherit descriptors; once the deployer is
+    killed its deployment is dead, while both still run."""
+    deployer = subprocess.Popen([sys.executable, str(LIVENESS_WORKERS), "deploy_with_children", str(textfile_dir)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert deployer.stdout is not None and deployer.stdin is not None
+        _, marker_id, forked, spawned = deployer.stdout.readline().split()
+        [marker] = markers.read_markers(textfile_dir)
+        assert marker.id == marker_id and markers.is_alive(marker)
+        deployer.send_signal(signal.SIGKILL)
+        deployer.wait(timeout=60)
+        for child in (forked, spawned):
+            os.kill(int(child), 0)  # still running: they wait for the end of the stdin they share with it
+        [marker] = markers.read_markers(textfile_dir)
+        assert not markers.is_alive(marker)
+    finally:
+        deployer.kill()
+        deployer.wait()
+        if deployer.stdin is not None:
+            deployer.stdin.close()  # the children end on EOF
+        if deployer.stdout is not None:
+            deployer.stdout.close()
+
+
+def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    for number in range(handovers.INLINE_REMOVALS * 2):
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", f"child_{number}")
+        store.hand_over(changes)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            TextfileStore(textfile_dir).merge(Changes())
+            os._exit(0 if handovers.wait_for_removals() else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sorted(set(os.listdir(handovers.handover_directory(textfile_dir))) - {handovers.SEQUENCE_FILE}) == []
