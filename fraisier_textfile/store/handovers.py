@@ -318,9 +318,6 @@ lock, beyond the first of those (always merged: the hand-over invariant, textfil
 sustained contention the other writers' own merges take the rest; a holder that kept on merging would make its
 own caller the slowest."""
 
-_newer_handovers_logged: set[str] = set()
-
-
 class Handovers(Participant):
     """The hand-overs waiting in the directory, in every merge: at most HANDOVERS_PER_MERGE, oldest first, are
     applied and listed (``applied-handovers``) by the same rename as their counts, and removed after the commit
@@ -364,14 +361,12 @@ class Handovers(Participant):
                 read_now[handover_id] = read(directory, handover_id, document.schema)
             except ForeignHandover as error:
                 newer += 1
-                if handover_id not in _newer_handovers_logged:
-                    _newer_handovers_logged.add(handover_id)
+                if process.first_time("hand-over left for another merger", handover_id):
                     log.info("the hand-over %s was %s: left for a merger of that schema",
                              directory.path / f"{handover_id}{SUFFIX}", error)
             except NewerHandover as error:
                 newer += 1
-                if handover_id not in _newer_handovers_logged:
-                    _newer_handovers_logged.add(handover_id)
+                if process.first_time("hand-over left for another merger", handover_id):
                     log.warning(
                         "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
                         "merger of that version; upgrade this one", directory.path / f"{handover_id}{SUFFIX}", error,

@@ -227,10 +227,6 @@ def _open_marker(directory: fs.Directory, name: str) -> int:
         raise OSError(errno.EINVAL, "not a regular file", str(directory.path / name)) from None
 
 
-_unusable_markers: set[str] = set()
-"""The markers already logged as unusable by this process (logged once each)."""
-
-
 def _string(value: object) -> str:
     if value.__class__ is not str:
         raise InvalidValueError(f"{value!r} is not a string")
@@ -269,8 +265,7 @@ def read_markers_in(directory: fs.Directory) -> list[Marker]:
             # Not a name create_marker makes (a copy, a hand-made file): the file lists retired markers by id,
             # space-separated on one line, so a newline would fail every merge and a blank would read back as two
             # ids (its crash counted again).
-            if entry.name not in _unusable_markers:
-                _unusable_markers.add(entry.name)
+            if process.first_time("unusable marker", entry.name):
                 log.warning("the in-flight marker %r is not named as fraisier names them: ignored", str(path))
             continue
         try:
@@ -282,8 +277,7 @@ def read_markers_in(directory: fs.Directory) -> list[Marker]:
             provider = check_label_value("provider", _string(content["provider"]))
             fraise_type = check_label_value("fraise_type", _string(content["fraise_type"]))
         except InvalidValueError as error:
-            if entry.name not in _unusable_markers:
-                _unusable_markers.add(entry.name)
+            if process.first_time("unusable marker", entry.name):
                 log.warning("the in-flight marker %s is not one this version can use (%s): ignored", path, error)
             continue
         # RecursionError: json's decoder recurses into arrays; a marker of nested brackets is unusable, not a

@@ -5,7 +5,12 @@ What a process keeps:
 
 - the in-flight markers it holds (markers.py), by id, and the lock under which one is released;
 - the background thread that deletes the hand-overs a merge applied when there are more than a few
-  (handovers.py), off the record call that merged them.
+  (handovers.py), off the record call that merged them;
+- what it has already said (:func:`first_time`): a problem that every merge meets again (an unusable marker, a
+  family at its series bound, a clock behind the file's) is logged once per process, not with every event.
+
+Caches of facts about the process stay beside what computes them (processes.own_identity, which a child
+recomputes from its own PID; lock.py's signal numbers): they hold as well in a child.
 
 A fork makes another process. The child does not carry its parent's deployments: it closes its copies of their
 lock descriptors at once, and only closes them (unlocking would release the lock the parent holds through the
@@ -23,7 +28,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from fraisier_textfile.logger import get_logger
@@ -87,6 +92,16 @@ releasing = threading.Lock()
 another file that got the number meanwhile)."""
 background = BackgroundWork("fraisier-handover-removal")
 """The thread that deletes applied hand-overs (handovers.remove_soon)."""
+_said: set[tuple[Hashable, ...]] = set()
+
+
+def first_time(*what: Hashable) -> bool:
+    """Whether this process meets ``what`` (a kind of problem and what it is about) for the first time; it is
+    remembered from now on. A child remembers what its parent said: it is the same log."""
+    if what in _said:
+        return False
+    _said.add(what)
+    return True
 
 
 def _in_child() -> None:
