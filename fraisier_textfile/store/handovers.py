@@ -247,8 +247,8 @@ def remove(directory: fs.Directory, handover_ids: list[str]) -> None:
 INLINE_REMOVALS = 4
 """Applied hand-overs a merge deletes itself; past that many, a background thread deletes them. Under
 contention one merge applies a hundred hand-overs (group commit), and deleting them waits on the filesystem's
-journal, which other writers' fsyncs keep busy: 40-80 ms measured with 16 processes racing on 2 cores, most of
-the slowest record calls' time, for files that no reader needs gone."""
+journal, which other writers' fsyncs keep busy: most of the slowest record calls' time under a race
+(bench/README.md), for files that no reader needs gone."""
 
 
 def remove_soon(directory: fs.Directory, handover_ids: list[str]) -> None:
