@@ -202,7 +202,7 @@ def test_the_bound_logs_once_per_family_per_process(
 ) -> None:
     from fraisier_textfile.store import process
 
-    monkeypatch.setattr(process, "_said", set())
+    monkeypatch.setattr(process, "_met", set())
     store = TextfileStore(textfile_dir)
     store.lifecycle.max_series = 2
     with caplog.at_level(logging.WARNING, logger="fraisier_textfile.store.lifecycle"):

@@ -6,8 +6,10 @@ What a process keeps:
 - the in-flight markers it holds (markers.py), by id, and the lock under which one is released;
 - the background thread that deletes the hand-overs a merge applied when there are more than a few
   (handovers.py), off the record call that merged them;
-- what it has already said (:func:`first_time`): a problem that every merge meets again (an unusable marker, a
-  family at its series bound, a clock behind the file's) is logged once per process, not with every event.
+- what it has already met (:func:`first_time`, :func:`remember`, :func:`met`): a problem that every merge meets
+  again (an unusable marker, a family at its series bound, a clock behind the file's) is logged once per
+  process, not with every event, and a wait that was once in vain (the hand-over counter's lock held for ever)
+  is not waited again. A child remembers what its parent met: the log is the same, and so is the holder.
 
 Caches of facts about the process stay beside what computes them (processes.own_identity, which a child
 recomputes from its own PID; lock.py's signal numbers): they hold as well in a child.
@@ -92,16 +94,25 @@ releasing = threading.Lock()
 another file that got the number meanwhile)."""
 background = BackgroundWork("fraisier-handover-removal")
 """The thread that deletes applied hand-overs (handovers.remove_soon)."""
-_said: set[tuple[Hashable, ...]] = set()
+_met: set[tuple[Hashable, ...]] = set()
 
 
 def first_time(*what: Hashable) -> bool:
-    """Whether this process meets ``what`` (a kind of problem and what it is about) for the first time; it is
-    remembered from now on. A child remembers what its parent said: it is the same log."""
-    if what in _said:
+    """Whether this process meets ``what`` (a kind of problem, and what it is about) for the first time; it is
+    remembered from now on."""
+    if what in _met:
         return False
-    _said.add(what)
+    _met.add(what)
     return True
+
+
+def remember(*what: Hashable) -> None:
+    _met.add(what)
+
+
+def met(*what: Hashable) -> bool:
+    """Whether this process has met ``what`` before (without remembering it now)."""
+    return what in _met
 
 
 def _in_child() -> None:
