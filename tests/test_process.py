@@ -1,9 +1,10 @@
-"""The store's life in its process (fraisier_textfile/store/process.py): every fork and exit hook of the store in
-one place, a forked child that never keeps its parent's deployments alive, and a child that deletes the hand-overs
-it applied with a background thread of its own."""
+"""The store's life in its process (fraisier_textfile/store/process.py): every fork and exit hook and all the
+per-process state of the store in one place, a forked child that never keeps its parent's deployments alive, and a
+child that deletes the hand-overs it applied with a background thread of its own."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import signal
@@ -73,3 +74,40 @@ def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert sorted(set(os.listdir(handovers.handover_directory(textfile_dir))) - {handovers.SEQUENCE_FILE}) == []
+
+
+# Caches of facts that hold in a child as well (see process.py's note), kept beside what computes them.
+CACHES = {
+    "handover_codec.py": {"_checked_series"},
+    "lock.py": {"_signal_numbers"},
+    "processes.py": {"_own_identity", "_own_context"},
+}
+MUTABLE = (ast.Set, ast.Dict, ast.List, ast.SetComp, ast.DictComp, ast.ListComp)
+
+
+def per_process_state(path: Path) -> set[str]:
+    """The module-level names a store module rebinds (``global``) or binds to a mutable container (but constant
+    tables, named in capitals)."""
+    tree = ast.parse(path.read_text())
+    names = {name for node in ast.walk(tree) if isinstance(node, ast.Global) for name in node.names}
+    for statement in tree.body:
+        value = statement.value if isinstance(statement, (ast.Assign, ast.AnnAssign)) else None
+        mutable = isinstance(value, MUTABLE) or (
+            isinstance(value, ast.Call) and ast.unparse(value.func) in {"set", "dict", "list", "threading.Lock"}
+        )
+        if mutable and isinstance(statement, ast.Assign):
+            names |= {target.id for target in statement.targets if isinstance(target, ast.Name)}
+        elif mutable and isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+            names.add(statement.target.id)
+    return {name for name in names if not name.lstrip("_").isupper()}
+
+
+def test_the_stores_per_process_state_is_in_process_py() -> None:
+    """What a process keeps beyond its objects (held markers, what it has met, its background thread) is in one
+    module, whose fork hook sees all of it: state kept anywhere else is a fork or an exit nobody thought about."""
+    store = Path(fraisier_textfile.__file__).parent / "store"
+    elsewhere = {
+        path.name: sorted(per_process_state(path) - CACHES.get(path.name, set()))
+        for path in sorted(store.glob("*.py")) if path.name != "process.py"
+    }
+    assert {name: state for name, state in elsewhere.items() if state} == {}
