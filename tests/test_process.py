@@ -5,6 +5,7 @@ child that deletes the hand-overs it applied with a background thread of its own
 from __future__ import annotations
 
 import ast
+import fcntl
 import os
 import re
 import signal
@@ -32,22 +33,33 @@ def test_every_fork_and_exit_hook_is_in_a_process_module() -> None:
     assert hooked == ["recorder/process.py", "store/process.py"]
 
 
+def nobody_holds_the_lock_of(marker: Path) -> bool:
+    """Probed as a reader of another user or PID namespace must (where /proc cannot say the writer is gone)."""
+    descriptor = os.open(marker, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
 def test_a_forked_child_never_keeps_its_parents_deployment_alive(textfile_dir: Path) -> None:
     """The deployer forks a child and spawns a program that may inherit descriptors; once the deployer is
-    killed its deployment is dead, while both still run."""
+    killed nobody holds its marker's lock, while both still run."""
     deployer = subprocess.Popen([sys.executable, str(LIVENESS_WORKERS), "deploy_with_children", str(textfile_dir)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert deployer.stdout is not None and deployer.stdin is not None
         _, marker_id, forked, spawned = deployer.stdout.readline().split()
-        [marker] = markers.read_markers(textfile_dir)
-        assert marker.id == marker_id and markers.is_alive(marker)
+        marker = markers.marker_directory(textfile_dir) / marker_id
+        assert not nobody_holds_the_lock_of(marker)
         deployer.send_signal(signal.SIGKILL)
         deployer.wait(timeout=60)
         for child in (forked, spawned):
             os.kill(int(child), 0)  # still running: they wait for the end of the stdin they share with it
-        [marker] = markers.read_markers(textfile_dir)
-        assert not markers.is_alive(marker)
+        assert nobody_holds_the_lock_of(marker)
     finally:
         deployer.kill()
         deployer.wait()
