@@ -13,13 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import fraisier_textfile
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers, markers
 from fraisier_textfile.store.textfile import TextfileStore
 
-LIVENESS_WORKERS = Path(__file__).with_name("liveness_workers.py")
 HOOK = re.compile(r"\b(register_at_fork|atexit)\b")
 
 
@@ -31,6 +32,53 @@ def test_every_fork_and_exit_hook_is_in_a_process_module() -> None:
         str(path.relative_to(package)) for path in package.rglob("*.py") if HOOK.search(path.read_text())
     )
     assert hooked == ["recorder/process.py", "store/process.py"]
+
+
+DEPLOYER_WITH_CHILDREN = """
+import os, subprocess, sys, threading, time
+from pathlib import Path
+from fraisier_textfile.store import markers
+
+directory, when = Path(sys.argv[1]), sys.argv[2]
+ready_to_read, ready = os.pipe()
+written, forked = threading.Event(), threading.Event()
+children = []
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os.write(ready, b"x")  # the fork hooks have run
+        sys.stdin.readline()  # the child lives until the test closes stdin
+        os._exit(0)
+    os.read(ready_to_read, 1)
+    children.append(pid)
+
+if when == "while-made":  # another thread forks between the marker's lock and its being noted as held
+    write_marker = markers._write_marker
+
+    def write_then_wait(*arguments):
+        descriptor = write_marker(*arguments)
+        written.set()
+        forked.wait(5)  # the fork happens now if it may; it must wait for the marker to be noted instead
+        return descriptor
+
+    def fork_when_written():
+        written.wait()
+        fork()
+        forked.set()
+
+    markers._write_marker = write_then_wait
+    forker = threading.Thread(target=fork_when_written)
+    forker.start()
+    marker = markers.create_marker(directory, "bare_metal", "api")
+    forker.join()
+else:  # the deployment forks once under way, and spawns a program that may inherit descriptors
+    marker = markers.create_marker(directory, "bare_metal", "api")
+    fork()
+    children.append(subprocess.Popen(["sh", "-c", "read line"], close_fds=False).pid)
+print(marker.id, *children, flush=True)
+time.sleep(600)
+"""
 
 
 def nobody_holds_the_lock_of(marker: Path) -> bool:
@@ -45,19 +93,21 @@ def nobody_holds_the_lock_of(marker: Path) -> bool:
         os.close(descriptor)
 
 
-def test_a_forked_child_never_keeps_its_parents_deployment_alive(textfile_dir: Path) -> None:
-    """The deployer forks a child and spawns a program that may inherit descriptors; once the deployer is
-    killed nobody holds its marker's lock, while both still run."""
-    deployer = subprocess.Popen([sys.executable, str(LIVENESS_WORKERS), "deploy_with_children", str(textfile_dir)],
+@pytest.mark.parametrize("when", ["under-way", "while-made"])
+def test_a_forked_child_never_keeps_its_parents_deployment_alive(textfile_dir: Path, when: str) -> None:
+    """Once the deployer is killed nobody holds its marker's lock, while its children still run: a child forked
+    while the deployment runs, a program it spawned, and a child forked by another thread between the marker's
+    lock being taken and the marker being noted as held (that fork waits for the marker instead)."""
+    deployer = subprocess.Popen([sys.executable, "-c", DEPLOYER_WITH_CHILDREN, str(textfile_dir), when],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert deployer.stdout is not None and deployer.stdin is not None
-        _, marker_id, forked, spawned = deployer.stdout.readline().split()
+        assert deployer.stdout is not None
+        marker_id, *children = deployer.stdout.readline().split()
         marker = markers.marker_directory(textfile_dir) / marker_id
         assert not nobody_holds_the_lock_of(marker)
         deployer.send_signal(signal.SIGKILL)
         deployer.wait(timeout=60)
-        for child in (forked, spawned):
+        for child in children:
             os.kill(int(child), 0)  # still running: they wait for the end of the stdin they share with it
         assert nobody_holds_the_lock_of(marker)
     finally:

@@ -157,8 +157,11 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
     for attempt in range(1, _MARKER_ATTEMPTS + 1):
         markers = _open_marker_directory(textfile_directory)
         try:
-            descriptor = _write_marker(markers.descriptor, marker.id, data)
-            break
+            # No fork meanwhile: its child would inherit the lock before it is noted as held (see process.py).
+            with process.creating:
+                marker._descriptor = _write_marker(markers.descriptor, marker.id, data)
+                process.held_markers[marker.id] = marker
+            return marker
         except FileNotFoundError as error:
             if attempt == _MARKER_ATTEMPTS:
                 raise write_error(directory, "write a marker in", error) from None
@@ -166,9 +169,7 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
             raise write_error(directory, "write a marker in", error) from None
         finally:
             markers.close()
-    marker._descriptor = descriptor
-    process.held_markers[marker.id] = marker
-    return marker
+    raise AssertionError("unreachable")
 
 
 _MARKER_ATTEMPTS = 5

@@ -3,7 +3,8 @@ in one place (recorder/process.py is the recorder's).
 
 What a process keeps:
 
-- the in-flight markers it holds (markers.py), by id, and the lock under which one is released;
+- the in-flight markers it holds (markers.py), by id, the lock under which one is made and noted as held, and
+  the lock under which one is released;
 - the background thread that deletes the hand-overs a merge applied when there are more than a few
   (handovers.py), off the record call that merged them;
 - what it has already met (:func:`first_time`, :func:`remember`, :func:`met`): a problem that every merge meets
@@ -18,7 +19,9 @@ A fork makes another process. The child does not carry its parent's deployments:
 lock descriptors at once, and only closes them (unlocking would release the lock the parent holds through the
 open file description they share), so that a child outliving its parent never keeps the parent's deployment
 alive. Threads do not survive a fork, and another thread of the parent may have held one of these locks at that
-moment: the child starts with a new release lock and a background thread of its own (started at its first job).
+moment: the child starts with new locks and a background thread of its own (started at its first job). A fork
+waits while another thread makes a marker (:data:`creating`): between taking the marker's lock and noting it as
+held, a child would inherit a lock this hook does not know of, and keep the deployment alive after its process.
 
 At exit a process waits for its background deletions at most EXIT_WAIT seconds; what is left, a later merge
 deletes (the file lists those hand-overs as applied). The recorder's exit hook registers after this one, so it
@@ -89,6 +92,9 @@ class BackgroundWork:
 
 held_markers: dict[str, Marker] = {}
 """The markers this process holds, by id."""
+creating = threading.RLock()
+"""Held while a marker is made and noted in :data:`held_markers`, and by a fork (see the module's note).
+Reentrant: a signal handler that forks while its own thread makes a marker must not wait for itself."""
 releasing = threading.Lock()
 """Held while a marker is released: two threads must not both close its descriptor (the second could close
 another file that got the number meanwhile)."""
@@ -115,8 +121,17 @@ def met(*what: Hashable) -> bool:
     return what in _met
 
 
+def _before_fork() -> None:
+    creating.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    creating.release()
+
+
 def _in_child() -> None:
-    global releasing, background
+    global creating, releasing, background
+    creating = threading.RLock()
     releasing = threading.Lock()
     for marker in list(held_markers.values()):
         marker.forget_in_child()
@@ -124,5 +139,5 @@ def _in_child() -> None:
     background = BackgroundWork(background.name)
 
 
-os.register_at_fork(after_in_child=_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)
 atexit.register(lambda: background.wait(EXIT_WAIT))
