@@ -29,10 +29,13 @@ def deploy_with_children(directory: str) -> None:
     """Start a deployment, then fork a Python child and spawn a program that may inherit descriptors
     (``close_fds=False``); both outlive this process, which hangs until killed."""
     marker = inflight.create_marker(Path(directory), "bare_metal", "api")
+    ready_to_read, ready = os.pipe()
     forked = os.fork()
     if forked == 0:
+        os.write(ready, b"x")  # its fork hooks have run: the test may probe the lock they release
         sys.stdin.readline()
         os._exit(0)
+    os.read(ready_to_read, 1)
     spawned = subprocess.Popen(["sh", "-c", "read line"], close_fds=False)
     print("deploying", marker.id, forked, spawned.pid, flush=True)
     time.sleep(600)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fraisier_textfile.store import fs, handover_order
+from fraisier_textfile.store import fs, handover_order, process
 from fraisier_textfile.store.handover_order import SEQUENCE_FILE, new_id, note_merged, sequence_of
 
 NUMBER = """
@@ -122,7 +122,7 @@ def test_a_process_waits_for_a_counter_held_for_ever_only_once(
 ) -> None:
     """A deployment recording many events while a writer holds the counter's lock waits for it at the first
     hand-over only: the later ones try the lock once and number without it. Counted by the tries, not timed."""
-    monkeypatch.setattr(handover_order, "_waited_in_vain", False, raising=False)
+    monkeypatch.setattr(process, "_met", set())
     sequence_of(new_id(directory))  # the counter exists before the holder opens it
     holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_COUNTER, str(tmp_path / SEQUENCE_FILE)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

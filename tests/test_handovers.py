@@ -329,25 +329,6 @@ def test_many_applied_hand_overs_are_deleted_in_the_background_and_stay_listed_u
     assert sample_values(store.path) == values
 
 
-def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own(textfile_dir: Path) -> None:
-    store = TextfileStore(textfile_dir)
-    store.merge(Changes())
-    for number in range(handovers.INLINE_REMOVALS * 2):
-        changes = Changes()
-        events.deployment_error(changes, "bare_metal", f"child_{number}")
-        store.hand_over(changes)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            TextfileStore(textfile_dir).merge(Changes())
-            os._exit(0 if handovers.wait_for_removals() else 3)
-        except BaseException:
-            os._exit(4)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert handover_files(textfile_dir) == []
-
-
 def test_hand_overs_each_summable_but_not_together_are_applied_up_to_the_one_that_cannot_be(
     textfile_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -200,9 +200,9 @@ def test_the_refused_counter_is_read_as_the_text_format_reads_it_whatever_follow
 def test_the_bound_logs_once_per_family_per_process(
     textfile_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fraisier_textfile.store import lifecycle
+    from fraisier_textfile.store import process
 
-    monkeypatch.setattr(lifecycle, "_warned", set())
+    monkeypatch.setattr(process, "_met", set())
     store = TextfileStore(textfile_dir)
     store.lifecycle.max_series = 2
     with caplog.at_level(logging.WARNING, logger="fraisier_textfile.store.lifecycle"):

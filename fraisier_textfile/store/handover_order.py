@@ -12,7 +12,7 @@ import stat
 import time
 
 from fraisier_textfile.errors import TextfileWriteError, UnexpectedFileError
-from fraisier_textfile.store import fs
+from fraisier_textfile.store import fs, process
 
 # Order
 
@@ -26,11 +26,11 @@ but on a loaded machine a holder can be descheduled for tens of milliseconds bet
 dropping it, and a shorter wait then gives two racing writers the same number. A writer of the directory holding
 the lock for ever must not delay a deployment more than once: past this wait the counter is read without the
 lock (two hand-overs may then share a number; both are applied, in an arbitrary order between them, as two
-concurrent ones would be), and this process never waits for the counter's lock again (:data:`_waited_in_vain`)."""
-_waited_in_vain = False
-"""Whether this process once waited :data:`_SEQUENCE_WAIT` for the counter's lock in vain: a lock held that
-long is held on purpose, and a process recording many events must not pay the wait at each. Inherited by a
-forked child, which is right: the holder is the same."""
+concurrent ones would be), and this process never waits for the counter's lock again (:data:`_HELD_FOR_EVER`)."""
+_HELD_FOR_EVER = ("hand-over counter's lock held for ever",)
+"""What this process remembers (process.py) once it waited :data:`_SEQUENCE_WAIT` for the counter's lock in
+vain: a lock held that long is held on purpose, and a process recording many events must not pay the wait at
+each. Inherited by a forked child, which is right: the holder is the same."""
 _SEQUENCE_DIGITS = 20
 
 
@@ -140,8 +140,7 @@ def _open_sequence(directory: fs.Directory, create: bool = True) -> int | None:
 
 
 def _lock_sequence(descriptor: int) -> None:
-    global _waited_in_vain
-    deadline = time.monotonic() + (0.0 if _waited_in_vain else _SEQUENCE_WAIT)
+    deadline = time.monotonic() + (0.0 if process.met(*_HELD_FOR_EVER) else _SEQUENCE_WAIT)
     pause = 0.0002
     while True:
         try:
@@ -149,7 +148,7 @@ def _lock_sequence(descriptor: int) -> None:
             return
         except BlockingIOError:
             if time.monotonic() > deadline:
-                _waited_in_vain = True
+                process.remember(*_HELD_FOR_EVER)
                 return
             time.sleep(pause)
             pause = min(pause * 2, 0.005)  # a holder that got the CPU back releases at once; later tries can be sparser

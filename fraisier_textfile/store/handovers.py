@@ -21,13 +21,11 @@ does not recurse.
 
 from __future__ import annotations
 
-import atexit
 import os
 import stat
-import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from fraisier_textfile.errors import (
     FraisierTextfileError,
@@ -39,7 +37,7 @@ from fraisier_textfile.format.bookkeeping import WordList
 from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.logger import get_logger
-from fraisier_textfile.store import fs
+from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.handover_codec import FIELDS as FIELDS
 from fraisier_textfile.store.handover_codec import FORMAT_VERSION as FORMAT_VERSION
@@ -57,9 +55,6 @@ from fraisier_textfile.store.handover_order import note_merged as note_merged
 from fraisier_textfile.store.handover_order import sequence_of as sequence_of
 from fraisier_textfile.store.rules import check_summable, combine
 from fraisier_textfile.store.transaction import Merge, Participant
-
-if TYPE_CHECKING:
-    import queue
 
 HANDOVER_DIRECTORY = ".fraisier-handover"
 APPLIED = WordList("applied-handovers")
@@ -252,83 +247,34 @@ def remove(directory: fs.Directory, handover_ids: list[str]) -> None:
 INLINE_REMOVALS = 4
 """Applied hand-overs a merge deletes itself; past that many, a background thread deletes them. Under
 contention one merge applies a hundred hand-overs (group commit), and deleting them waits on the filesystem's
-journal, which other writers' fsyncs keep busy: 40-80 ms measured with 16 processes racing on 2 cores, most of
-the slowest record calls' time, for files that no reader needs gone."""
-EXIT_WAIT = 0.2
-"""Seconds a process waits at exit for its background deletions; what is left, a later merge deletes."""
-
-
-class _Remover:
-    """One daemon thread per process that deletes applied hand-overs, in the order they were queued. Each job
-    holds its own descriptor of the directory the ids were listed in: the name is never resolved again."""
-
-    def __init__(self) -> None:
-        self.queue: queue.SimpleQueue[tuple[fs.Directory, list[str]]] | None = None
-        self.idle = threading.Condition()
-        self.outstanding = 0
-        self.thread: threading.Thread | None = None
-
-    def submit(self, directory: fs.Directory, handover_ids: list[str]) -> None:
-        with self.idle:
-            self.outstanding += 1
-            if self.thread is None:
-                # Made with the thread: a process that never applies a hand-over does not import queue.
-                import queue
-
-                self.queue = queue.SimpleQueue()
-                self.thread = threading.Thread(target=self._run, args=(self.queue,), name="fraisier-handover-removal",
-                                               daemon=True)
-                self.thread.start()
-            jobs = self.queue
-        assert jobs is not None
-        jobs.put((directory, handover_ids))
-
-    def _run(self, jobs: queue.SimpleQueue[tuple[fs.Directory, list[str]]]) -> None:
-        while True:
-            directory, handover_ids = jobs.get()
-            try:
-                remove(directory, handover_ids)
-            except Exception:  # a bug here must not kill the thread: the ids stay listed for a later merge
-                log.exception("deleting applied hand-overs in %s failed", directory.path)
-            finally:
-                directory.close()
-            with self.idle:
-                self.outstanding -= 1
-                self.idle.notify_all()
-
-    def wait(self, timeout: float) -> bool:
-        with self.idle:
-            return self.idle.wait_for(lambda: self.outstanding == 0, timeout)
-
-
-_remover = _Remover()
-
-
-def _new_remover_in_child() -> None:
-    # A forked child has no remover thread, and the parent's condition may have been held at the fork.
-    global _remover
-    _remover = _Remover()
-
-
-os.register_at_fork(after_in_child=_new_remover_in_child)
+journal, which other writers' fsyncs keep busy: most of the slowest record calls' time under a race
+(bench/README.md), for files that no reader needs gone."""
 
 
 def remove_soon(directory: fs.Directory, handover_ids: list[str]) -> None:
-    """Delete applied hand-overs: a few at once, more from the background thread (see INLINE_REMOVALS), through
-    a descriptor of its own of ``directory`` (the caller closes its own)."""
+    """Delete applied hand-overs: a few at once, more from the process's background thread (see INLINE_REMOVALS
+    and process.py), through a descriptor of its own of ``directory`` (the caller closes its own): the name is
+    never resolved again."""
     if len(handover_ids) <= INLINE_REMOVALS:
         remove(directory, handover_ids)
     else:
-        _remover.submit(directory.copy(), list(handover_ids))
+        held, ids = directory.copy(), list(handover_ids)
+
+        def job() -> None:
+            try:
+                remove(held, ids)
+            except Exception:  # a bug here must not stop the thread: the ids stay listed for a later merge
+                log.exception("deleting applied hand-overs in %s failed", held.path)
+            finally:
+                held.close()
+
+        process.background.submit(job)
 
 
 def wait_for_removals(timeout: float = 10.0) -> bool:
     """Wait until the background deletions queued so far are done (at most ``timeout`` seconds); True if they
     are. A command that should leave a tidy directory (``fraisier textfile refresh``) calls it."""
-    return _remover.wait(timeout)
-
-
-atexit.register(lambda: _remover.wait(EXIT_WAIT))
+    return process.background.wait(timeout)
 
 
 def remove_stale_temporaries(directory: fs.Directory) -> None:
@@ -371,9 +317,6 @@ LATE_MERGE_BUDGET = 0.025
 lock, beyond the first of those (always merged: the hand-over invariant, textfile.py): one or two merges. Under
 sustained contention the other writers' own merges take the rest; a holder that kept on merging would make its
 own caller the slowest."""
-
-_newer_handovers_logged: set[str] = set()
-
 
 class Handovers(Participant):
     """The hand-overs waiting in the directory, in every merge: at most HANDOVERS_PER_MERGE, oldest first, are
@@ -418,14 +361,12 @@ class Handovers(Participant):
                 read_now[handover_id] = read(directory, handover_id, document.schema)
             except ForeignHandover as error:
                 newer += 1
-                if handover_id not in _newer_handovers_logged:
-                    _newer_handovers_logged.add(handover_id)
+                if process.first_time("hand-over left for another merger", handover_id):
                     log.info("the hand-over %s was %s: left for a merger of that schema",
                              directory.path / f"{handover_id}{SUFFIX}", error)
             except NewerHandover as error:
                 newer += 1
-                if handover_id not in _newer_handovers_logged:
-                    _newer_handovers_logged.add(handover_id)
+                if process.first_time("hand-over left for another merger", handover_id):
                     log.warning(
                         "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
                         "merger of that version; upgrade this one", directory.path / f"{handover_id}{SUFFIX}", error,

@@ -47,6 +47,7 @@ from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.format.schema import Family, Kind, format_float
 from fraisier_textfile.format.syntax import ParseError, series_key
 from fraisier_textfile.logger import get_logger
+from fraisier_textfile.store import process
 from fraisier_textfile.store.changes import Changes, Labels
 from fraisier_textfile.store.migration import migrate_histogram as migrate_histogram
 from fraisier_textfile.store.migration import migrate_histograms as migrate_histograms
@@ -189,17 +190,13 @@ class SeriesLifecycle:
             del getattr(admitted, kind)[(family, labels)]
             self._refused[family.name] = self._refused.get(family.name, 0) + 1
         for name in self._refused:
-            if name not in _warned:
-                _warned.add(name)
+            if process.first_time("series bound", name):
                 log.warning(
                     "%s: %s has reached its bound of %d series: changes to new series of it are refused and "
                     "counted in %s; forget unused series (fraisier textfile forget) or raise %s",
                     self.path, name, self.max_series, REFUSED_FAMILY, MAX_SERIES_ENVIRONMENT,
                 )
         return admitted
-
-
-_warned: set[str] = set()
 
 
 

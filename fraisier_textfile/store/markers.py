@@ -25,7 +25,7 @@ never counted crashed by guesswork. /proc is also consulted for locked markers, 
 death the lock cannot see (a descendant that inherited the descriptor outside Python's fork hooks).
 
 What a fork means: a forked child does not carry its parent's deployments (the recorder empties its
-in-flight list in the child too), so the child closes its copies of the lock descriptors at once: a child
+in-flight list in the child too), so the child closes its copies of the lock descriptors at once (process.py): a child
 that outlives its parent never keeps the parent's deployment alive. The descriptors are also close-on-exec,
 so no program started by the deployment (``fraisier exec``'s command included) inherits them: the
 deployment lives exactly as long as the process that will record its end. If that process dies while the
@@ -38,12 +38,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import threading
 from pathlib import Path
 
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, UnexpectedFileError, write_error
 from fraisier_textfile.logger import get_logger
-from fraisier_textfile.store import fs
+from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.processes import own_context, own_identity, process_state
 from fraisier_textfile.store.processes import process_start_time as process_start_time
 from fraisier_textfile.validate import check_label_value
@@ -108,10 +107,10 @@ class Marker:
         deployment to the next merger, and the end recorded later would count it a second time. Removing
         the marker (``remove_marker``, which a merge does) releases it. Calling it again does nothing.
         """
-        with _releasing:  # two threads must not both close the descriptor: the second could close another file
+        with process.releasing:
             descriptor, self._descriptor = self._descriptor, None
-            if _held.get(self.id) is self:
-                del _held[self.id]
+            if process.held_markers.get(self.id) is self:
+                del process.held_markers[self.id]
         if descriptor is None:
             return
         # Unlock explicitly rather than only close: should a child have inherited the descriptor without our
@@ -121,27 +120,15 @@ class Marker:
         finally:
             os.close(descriptor)
 
-
-_held: dict[str, Marker] = {}
-"""The markers this process holds, by id."""
-_releasing = threading.Lock()
-
-
-def _forget_held_markers_in_child() -> None:
-    # Only close: unlocking would release the lock the parent holds through the same open file description.
-    global _releasing
-    _releasing = threading.Lock()  # another thread of the parent may have held it at the fork
-    for marker in list(_held.values()):
-        descriptor, marker._descriptor = marker._descriptor, None
+    def forget_in_child(self) -> None:
+        """In a forked child (process.py's fork hook): close this copy of the lock's descriptor, and only close it
+        (unlocking would release the lock the parent holds through the same open file description)."""
+        descriptor, self._descriptor = self._descriptor, None
         if descriptor is not None:
             try:
                 os.close(descriptor)
             except OSError:
                 pass
-    _held.clear()
-
-
-os.register_at_fork(after_in_child=_forget_held_markers_in_child)
 
 
 def marker_directory(textfile_directory: Path) -> Path:
@@ -170,8 +157,11 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
     for attempt in range(1, _MARKER_ATTEMPTS + 1):
         markers = _open_marker_directory(textfile_directory)
         try:
-            descriptor = _write_marker(markers.descriptor, marker.id, data)
-            break
+            # No fork meanwhile: its child would inherit the lock before it is noted as held (see process.py).
+            with process.creating:
+                marker._descriptor = _write_marker(markers.descriptor, marker.id, data)
+                process.held_markers[marker.id] = marker
+            return marker
         except FileNotFoundError as error:
             if attempt == _MARKER_ATTEMPTS:
                 raise write_error(directory, "write a marker in", error) from None
@@ -179,9 +169,7 @@ def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> 
             raise write_error(directory, "write a marker in", error) from None
         finally:
             markers.close()
-    marker._descriptor = descriptor
-    _held[marker.id] = marker
-    return marker
+    raise AssertionError("unreachable")
 
 
 _MARKER_ATTEMPTS = 5
@@ -240,10 +228,6 @@ def _open_marker(directory: fs.Directory, name: str) -> int:
         raise OSError(errno.EINVAL, "not a regular file", str(directory.path / name)) from None
 
 
-_unusable_markers: set[str] = set()
-"""The markers already logged as unusable by this process (logged once each)."""
-
-
 def _string(value: object) -> str:
     if value.__class__ is not str:
         raise InvalidValueError(f"{value!r} is not a string")
@@ -282,8 +266,7 @@ def read_markers_in(directory: fs.Directory) -> list[Marker]:
             # Not a name create_marker makes (a copy, a hand-made file): the file lists retired markers by id,
             # space-separated on one line, so a newline would fail every merge and a blank would read back as two
             # ids (its crash counted again).
-            if entry.name not in _unusable_markers:
-                _unusable_markers.add(entry.name)
+            if process.first_time("unusable marker", entry.name):
                 log.warning("the in-flight marker %r is not named as fraisier names them: ignored", str(path))
             continue
         try:
@@ -295,8 +278,7 @@ def read_markers_in(directory: fs.Directory) -> list[Marker]:
             provider = check_label_value("provider", _string(content["provider"]))
             fraise_type = check_label_value("fraise_type", _string(content["fraise_type"]))
         except InvalidValueError as error:
-            if entry.name not in _unusable_markers:
-                _unusable_markers.add(entry.name)
+            if process.first_time("unusable marker", entry.name):
                 log.warning("the in-flight marker %s is not one this version can use (%s): ignored", path, error)
             continue
         # RecursionError: json's decoder recurses into arrays; a marker of nested brackets is unusable, not a
@@ -356,7 +338,7 @@ def is_alive(marker: Marker) -> bool:
     boot, namespace = own_context()
     if marker.boot and boot and marker.boot != boot:
         return False
-    own = _held.get(marker.id)
+    own = process.held_markers.get(marker.id)
     if own is not None and own.held:
         return True
     try:
@@ -404,7 +386,7 @@ def remove_marker(where: Path | fs.Directory, marker_id: str) -> None:
             except (OSError, ValueError) as error:
                 log.warning("cannot remove the finished deployment's marker %s: %s", directory.path / marker_id,
                             getattr(error, "strerror", error))
-    own = _held.get(marker_id)
+    own = process.held_markers.get(marker_id)
     if own is not None:
         own.release()
 

@@ -16,6 +16,7 @@ from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.format.schema import Family
 from fraisier_textfile.format.syntax import label_text, series_key
 from fraisier_textfile.logger import get_logger
+from fraisier_textfile.store import process
 from fraisier_textfile.store.changes import Changes, HistogramDelta, Labels
 
 log = get_logger(__name__)
@@ -29,9 +30,6 @@ further ahead than this of its clock: then its clock is the wrong one, and the s
 
 def series_key_of(family: Family, labels: Labels, suffix: str = "") -> str:
     return series_key(family.name + suffix, family.labels, labels)
-
-
-_warned_clock_behind: list[bool] = []
 
 
 def apply_changes(document: Document, changes: Changes, path: Path, now: float, clock_is_behind: bool = False) -> None:
@@ -158,8 +156,7 @@ def clock_is_behind(path: Path) -> bool:
     ahead = status.st_mtime - time.time()
     if ahead <= CLOCK_TOLERANCE:
         return False
-    if not _warned_clock_behind:
-        _warned_clock_behind.append(True)
+    if process.first_time("clock behind"):
         log.warning(
             "this process's clock is behind: %s was last written %.0fs in its future; the last-deployment "
             "times it holds are kept (check the clock: timedatectl, chronyc tracking)", path, ahead,

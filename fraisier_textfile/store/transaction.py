@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from fraisier_textfile import logger
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
+from fraisier_textfile.store import process
 from fraisier_textfile.store.files import FileVersion, Textfile, unlink_quietly
 from fraisier_textfile.store.lock import DeferredSignals, Lock, LockLost
 from fraisier_textfile.store.rules import apply_changes, clock_is_behind, combine
@@ -111,7 +112,6 @@ Litter = tuple[Callable[["fs.Directory"], "fs.Directory | None"], Callable[["fs.
 temporaries."""
 
 log = logger.get_logger(__name__)
-_failed_sources_logged: set[tuple[str, str]] = set()
 
 
 class Transaction:
@@ -217,8 +217,7 @@ class Transaction:
             merge.document.meta.clear()
             merge.document.meta.update(bookkeeping)
             kind = (type(participant).__name__, type(error).__name__)
-            if kind not in _failed_sources_logged:
-                _failed_sources_logged.add(kind)
+            if process.first_time("source failed", *kind):
                 log.warning("%s took no part in this merge of %s: it failed with %r; the other changes are merged, "
                             "and it is tried again at the next merge (please report this)", kind[0], self.file.path,
                             error, exc_info=log.isEnabledFor(logger.DEBUG))

@@ -1,0 +1,143 @@
+"""The store's life in its process: what the store keeps per process, and every fork and exit hook of the store,
+in one place (recorder/process.py is the recorder's).
+
+What a process keeps:
+
+- the in-flight markers it holds (markers.py), by id, the lock under which one is made and noted as held, and
+  the lock under which one is released;
+- the background thread that deletes the hand-overs a merge applied when there are more than a few
+  (handovers.py), off the record call that merged them;
+- what it has already met (:func:`first_time`, :func:`remember`, :func:`met`): a problem that every merge meets
+  again (an unusable marker, a family at its series bound, a clock behind the file's) is logged once per
+  process, not with every event, and a wait that was once in vain (the hand-over counter's lock held for ever)
+  is not waited again. A child remembers what its parent met: the log is the same, and so is the holder.
+
+Caches of facts about the process stay beside what computes them (processes.own_identity, which a child
+recomputes from its own PID; lock.py's signal numbers): they hold as well in a child.
+
+A fork makes another process. The child does not carry its parent's deployments: it closes its copies of their
+lock descriptors at once, and only closes them (unlocking would release the lock the parent holds through the
+open file description they share), so that a child outliving its parent never keeps the parent's deployment
+alive. Threads do not survive a fork, and another thread of the parent may have held one of these locks at that
+moment: the child starts with new locks and a background thread of its own (started at its first job). A fork
+waits while another thread makes a marker (:data:`creating`): between taking the marker's lock and noting it as
+held, a child would inherit a lock this hook does not know of, and keep the deployment alive after its process.
+
+At exit a process waits for its background deletions at most EXIT_WAIT seconds; what is left, a later merge
+deletes (the file lists those hand-overs as applied). The recorder's exit hook registers after this one, so it
+runs first (atexit runs the last registered first): the hand-overs a last merge applies are deleted too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
+
+from fraisier_textfile.logger import get_logger
+
+if TYPE_CHECKING:
+    import queue
+
+    from fraisier_textfile.store.markers import Marker
+
+log = get_logger(__name__)
+
+EXIT_WAIT = 0.2
+"""Seconds a process waits at exit for its background deletions; what is left, a later merge deletes."""
+
+
+class BackgroundWork:
+    """One daemon thread per process that runs jobs in the order they were queued, started at the first one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queue: queue.SimpleQueue[Callable[[], None]] | None = None
+        self.idle = threading.Condition()
+        self.outstanding = 0
+        self.thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self.idle:
+            self.outstanding += 1
+            if self.thread is None:
+                # Made with the thread: a process that never has a job does not import queue.
+                import queue
+
+                self.queue = queue.SimpleQueue()
+                self.thread = threading.Thread(target=self._run, args=(self.queue,), name=self.name, daemon=True)
+                self.thread.start()
+            jobs = self.queue
+        assert jobs is not None
+        jobs.put(job)
+
+    def _run(self, jobs: queue.SimpleQueue[Callable[[], None]]) -> None:
+        while True:
+            job = jobs.get()
+            try:
+                job()
+            except Exception:  # a bug in one job must not kill the thread: the jobs queued after it still run
+                log.exception("a background job of the store failed")
+            with self.idle:
+                self.outstanding -= 1
+                self.idle.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the jobs queued so far are done (at most ``timeout`` seconds); True if they are."""
+        with self.idle:
+            return self.idle.wait_for(lambda: self.outstanding == 0, timeout)
+
+
+held_markers: dict[str, Marker] = {}
+"""The markers this process holds, by id."""
+creating = threading.RLock()
+"""Held while a marker is made and noted in :data:`held_markers`, and by a fork (see the module's note).
+Reentrant: a signal handler that forks while its own thread makes a marker must not wait for itself."""
+releasing = threading.Lock()
+"""Held while a marker is released: two threads must not both close its descriptor (the second could close
+another file that got the number meanwhile)."""
+background = BackgroundWork("fraisier-handover-removal")
+"""The thread that deletes applied hand-overs (handovers.remove_soon)."""
+_met: set[tuple[Hashable, ...]] = set()
+
+
+def first_time(*what: Hashable) -> bool:
+    """Whether this process meets ``what`` (a kind of problem, and what it is about) for the first time; it is
+    remembered from now on."""
+    if what in _met:
+        return False
+    _met.add(what)
+    return True
+
+
+def remember(*what: Hashable) -> None:
+    _met.add(what)
+
+
+def met(*what: Hashable) -> bool:
+    """Whether this process has met ``what`` before (without remembering it now)."""
+    return what in _met
+
+
+def _before_fork() -> None:
+    creating.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    creating.release()
+
+
+def _in_child() -> None:
+    global creating, releasing, background
+    creating = threading.RLock()
+    releasing = threading.Lock()
+    for marker in list(held_markers.values()):
+        marker.forget_in_child()
+    held_markers.clear()
+    background = BackgroundWork(background.name)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)
+atexit.register(lambda: background.wait(EXIT_WAIT))

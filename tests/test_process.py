@@ -1,0 +1,175 @@
+"""The store's life in its process (fraisier_textfile/store/process.py): every fork and exit hook and all the
+per-process state of the store in one place, a forked child that never keeps its parent's deployments alive, and a
+child that deletes the hand-overs it applied with a background thread of its own."""
+
+from __future__ import annotations
+
+import ast
+import fcntl
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fraisier_textfile
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import handovers, markers
+from fraisier_textfile.store.textfile import TextfileStore
+
+HOOK = re.compile(r"\b(register_at_fork|atexit)\b")
+
+
+def test_every_fork_and_exit_hook_is_in_a_process_module() -> None:
+    """One place each for the store and the recorder: a newcomer asking what a fork or an exit does reads one
+    module, and a hook cannot be added elsewhere unnoticed."""
+    package = Path(fraisier_textfile.__file__).parent
+    hooked = sorted(
+        str(path.relative_to(package)) for path in package.rglob("*.py") if HOOK.search(path.read_text())
+    )
+    assert hooked == ["recorder/process.py", "store/process.py"]
+
+
+DEPLOYER_WITH_CHILDREN = """
+import os, subprocess, sys, threading, time
+from pathlib import Path
+from fraisier_textfile.store import markers
+
+directory, when = Path(sys.argv[1]), sys.argv[2]
+ready_to_read, ready = os.pipe()
+written, forked = threading.Event(), threading.Event()
+children = []
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os.write(ready, b"x")  # the fork hooks have run
+        sys.stdin.readline()  # the child lives until the test closes stdin
+        os._exit(0)
+    os.read(ready_to_read, 1)
+    children.append(pid)
+
+if when == "while-made":  # another thread forks between the marker's lock and its being noted as held
+    write_marker = markers._write_marker
+
+    def write_then_wait(*arguments):
+        descriptor = write_marker(*arguments)
+        written.set()
+        forked.wait(5)  # the fork happens now if it may; it must wait for the marker to be noted instead
+        return descriptor
+
+    def fork_when_written():
+        written.wait()
+        fork()
+        forked.set()
+
+    markers._write_marker = write_then_wait
+    forker = threading.Thread(target=fork_when_written)
+    forker.start()
+    marker = markers.create_marker(directory, "bare_metal", "api")
+    forker.join()
+else:  # the deployment forks once under way, and spawns a program that may inherit descriptors
+    marker = markers.create_marker(directory, "bare_metal", "api")
+    fork()
+    children.append(subprocess.Popen(["sh", "-c", "read line"], close_fds=False).pid)
+print(marker.id, *children, flush=True)
+time.sleep(600)
+"""
+
+
+def nobody_holds_the_lock_of(marker: Path) -> bool:
+    """Probed as a reader of another user or PID namespace must (where /proc cannot say the writer is gone)."""
+    descriptor = os.open(marker, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
+@pytest.mark.parametrize("when", ["under-way", "while-made"])
+def test_a_forked_child_never_keeps_its_parents_deployment_alive(textfile_dir: Path, when: str) -> None:
+    """Once the deployer is killed nobody holds its marker's lock, while its children still run: a child forked
+    while the deployment runs, a program it spawned, and a child forked by another thread between the marker's
+    lock being taken and the marker being noted as held (that fork waits for the marker instead)."""
+    deployer = subprocess.Popen([sys.executable, "-c", DEPLOYER_WITH_CHILDREN, str(textfile_dir), when],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert deployer.stdout is not None
+        marker_id, *children = deployer.stdout.readline().split()
+        marker = markers.marker_directory(textfile_dir) / marker_id
+        assert not nobody_holds_the_lock_of(marker)
+        deployer.send_signal(signal.SIGKILL)
+        deployer.wait(timeout=60)
+        for child in children:
+            os.kill(int(child), 0)  # still running: they wait for the end of the stdin they share with it
+        assert nobody_holds_the_lock_of(marker)
+    finally:
+        deployer.kill()
+        deployer.wait()
+        if deployer.stdin is not None:
+            deployer.stdin.close()  # the children end on EOF
+        if deployer.stdout is not None:
+            deployer.stdout.close()
+
+
+def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    for number in range(handovers.INLINE_REMOVALS * 2):
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", f"child_{number}")
+        store.hand_over(changes)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            TextfileStore(textfile_dir).merge(Changes())
+            os._exit(0 if handovers.wait_for_removals() else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sorted(set(os.listdir(handovers.handover_directory(textfile_dir))) - {handovers.SEQUENCE_FILE}) == []
+
+
+# Caches of facts that hold in a child as well (see process.py's note), kept beside what computes them.
+CACHES = {
+    "handover_codec.py": {"_checked_series"},
+    "lock.py": {"_signal_numbers"},
+    "processes.py": {"_own_identity", "_own_context"},
+}
+MUTABLE = (ast.Set, ast.Dict, ast.List, ast.SetComp, ast.DictComp, ast.ListComp)
+
+
+def per_process_state(path: Path) -> set[str]:
+    """The module-level names a store module rebinds (``global``) or binds to a mutable container (but constant
+    tables, named in capitals)."""
+    tree = ast.parse(path.read_text())
+    names = {name for node in ast.walk(tree) if isinstance(node, ast.Global) for name in node.names}
+    for statement in tree.body:
+        value = statement.value if isinstance(statement, (ast.Assign, ast.AnnAssign)) else None
+        mutable = isinstance(value, MUTABLE) or (
+            isinstance(value, ast.Call) and ast.unparse(value.func) in {"set", "dict", "list", "threading.Lock"}
+        )
+        if mutable and isinstance(statement, ast.Assign):
+            names |= {target.id for target in statement.targets if isinstance(target, ast.Name)}
+        elif mutable and isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+            names.add(statement.target.id)
+    return {name for name in names if not name.lstrip("_").isupper()}
+
+
+def test_the_stores_per_process_state_is_in_process_py() -> None:
+    """What a process keeps beyond its objects (held markers, what it has met, its background thread) is in one
+    module, whose fork hook sees all of it: state kept anywhere else is a fork or an exit nobody thought about."""
+    store = Path(fraisier_textfile.__file__).parent / "store"
+    elsewhere = {
+        path.name: sorted(per_process_state(path) - CACHES.get(path.name, set()))
+        for path in sorted(store.glob("*.py")) if path.name != "process.py"
+    }
+    assert {name: state for name, state in elsewhere.items() if state} == {}
