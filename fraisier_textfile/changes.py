@@ -9,6 +9,7 @@ Nothing here imports prometheus_client: a ``fraisier record`` process must not p
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from fraisier_textfile import catalogue
 from fraisier_textfile.store.changes import Changes as Changes  # re-exported: it was defined here
@@ -16,6 +17,9 @@ from fraisier_textfile.store.changes import HistogramDelta as HistogramDelta
 from fraisier_textfile.store.changes import Labels as Labels
 from fraisier_textfile.store.changes import Sink as Sink
 from fraisier_textfile.store.inflight import MarkerRules
+
+if TYPE_CHECKING:
+    from fraisier_textfile.store.deployments import Deployment
 
 # The events. Each validates everything before it records anything, so a bad value records nothing.
 
@@ -31,12 +35,12 @@ def deployment_series(sink: Sink, provider: str, fraise_type: str) -> None:
 
 # In-flight deployments. These three functions are the one place that says what starting and ending a
 # deployment records; the recorder, `fraisier exec` and the store's reaping of dead markers all use them.
-# The marker itself (a file in the textfile directory, see liveness.py) is made and released by the caller:
-# writing files is not an event's business.
+# The marker itself (a file in the textfile directory) is the store's: TextfileStore.start_deployment writes it,
+# and the store releases it once the changes of deployment_ended are written (store/deployments.py).
 
 
 def deployment_started(sink: Sink, provider: str, fraise_type: str) -> None:
-    """A deployment started: it counts as active (its marker, written by the caller, says so across
+    """A deployment started: it counts as active (its marker, written by the store, says so across
     processes), and the pair's series exist from now on."""
     provider = catalogue.check_label_value("provider", provider)
     fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
@@ -44,12 +48,13 @@ def deployment_started(sink: Sink, provider: str, fraise_type: str) -> None:
     deployment_series(sink, provider, fraise_type)
 
 
-def deployment_ended(sink: Sink, provider: str, marker_id: str | None) -> None:
-    """A deployment is no longer in flight (it completed, or an error ended it): its marker, if it had one, is
-    retired once these changes are merged, so it is never counted as crashed."""
+def deployment_ended(sink: Sink, provider: str, deployment: Deployment | None) -> None:
+    """A deployment is no longer in flight (it completed, or an error ended it). ``deployment``: the store's handle
+    of one this process started (``TextfileStore.start_deployment``; None for one it did not), ended by these
+    changes: its marker is retired by them, so it is never counted as crashed, and released once they are written."""
     sink.count_active(provider, -1)
-    if marker_id is not None:
-        sink.retire_marker(marker_id)
+    if deployment is not None:
+        sink.end_deployment(deployment)
 
 
 def deployment_crashed(

@@ -231,6 +231,44 @@ def deploy_and_hand_over_end(directory: str, fraise_type: str) -> None:
     os._exit(0)
 
 
+def deployment_step_by_step(directory: str) -> None:
+    """One deployment through the store's API, a step per line on stdin, each acknowledged once done: ``start``
+    (prints its marker id), ``end`` (its end put in changes, not written), ``write`` (merged or handed over, with
+    no wait for a busy lock: prints ``merged``, ``handed over`` or ``failed``), ``write then die`` (SIGKILLed
+    once the end is written, before the marker is released). Then waits to be killed or for EOF."""
+    from fraisier_textfile.errors import FraisierTextfileError
+    from fraisier_textfile.store import deployments
+
+    store = TextfileStore(directory)
+    deployment: deployments.Deployment | None = None
+    end = Changes()
+    for step in sys.stdin:
+        step = step.strip()
+        if step == "start":
+            deployment = store.start_deployment(
+                "bare_metal", "api", lambda error, where: print(f"no marker in {where}: {error}", file=sys.stderr)
+            )
+            start = Changes()
+            events.deployment_started(start, "bare_metal", "api")
+            store.merge(start)
+            print(deployment.marker_id, flush=True)
+        elif step == "end":
+            events.deployment_complete(end, "bare_metal", "api", "success", 1.0)
+            events.deployment_ended(end, "bare_metal", deployment)
+            print("ended", flush=True)
+        elif step in ("write", "write then die"):
+            if step == "write then die":
+                deployments.Deployment.written = lambda self: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[method-assign]
+            try:
+                merged = store.merge_or_hand_over(end, 0.0)
+            except FraisierTextfileError:
+                print("failed", flush=True)
+            else:
+                print("merged" if merged else "handed over", flush=True)
+        else:
+            raise SystemExit(f"no step {step}")
+
+
 def deploy_and_die(directory: str, fraise_type: str) -> None:
     """A deployment whose process dies after writing its marker: a crash, for the next merger to count."""
     from fraisier_textfile.store import inflight

@@ -211,23 +211,24 @@ while not os.path.exists(sys.argv[2]):
 _ENDER = """
 import sys
 from fraisier_textfile import changes
-from fraisier_textfile.store import inflight
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store.textfile import TextfileStore
 store = TextfileStore(sys.argv[1])
 handed_over = deployments = 0
+def unmarked(error, where):
+    raise error
 while handed_over < int(sys.argv[2]) and deployments < 2000:
-    marker = inflight.create_marker(store.directory, "bare_metal", "api")
+    deployment = store.start_deployment("bare_metal", "api", unmarked)
     start = Changes()
     changes.deployment_started(start, "bare_metal", "api")
     store.merge(start)
     end = Changes()
     changes.deployment_complete(end, "bare_metal", "api", "success", 1.0)
-    changes.deployment_ended(end, "bare_metal", marker.id)
-    # As the recorder and `fraisier exec` do: hand the end over when the lock is busy, then release the marker.
+    changes.deployment_ended(end, "bare_metal", deployment)
+    # As the recorder and `fraisier exec` do: hand the end over when the lock is busy (the store then releases
+    # the marker).
     if not store.merge_or_hand_over(end, 0.0005):
         handed_over += 1
-    marker.release()
     deployments += 1
 print(deployments, handed_over)
 """
@@ -279,19 +280,19 @@ def test_an_end_handed_over_while_a_merger_probes_the_markers_is_never_also_coun
 _WHOLE_DEPLOYMENT_HANDED_OVER = """
 import sys
 from fraisier_textfile import changes
-from fraisier_textfile.store import inflight
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store.textfile import TextfileStore
 store = TextfileStore(sys.argv[1])
-marker = inflight.create_marker(store.directory, "bare_metal", "api")
+def unmarked(error, where):
+    raise error
+deployment = store.start_deployment("bare_metal", "api", unmarked)
 start = Changes()
 changes.deployment_started(start, "bare_metal", "api")
 end = Changes()
 changes.deployment_complete(end, "bare_metal", "api", "success", 1.0)
-changes.deployment_ended(end, "bare_metal", marker.id)
-# As `fraisier exec` does while the lock is busy: start and end handed over, then the marker released.
+changes.deployment_ended(end, "bare_metal", deployment)
+# As `fraisier exec` does while the lock is busy: start and end handed over (the store then releases the marker).
 merged = [store.merge_or_hand_over(start, 0.001), store.merge_or_hand_over(end, 0.001)]
-marker.release()
 print(merged)
 """
 

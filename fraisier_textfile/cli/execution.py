@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from fraisier_textfile import catalogue, changes
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, write_error
-from fraisier_textfile.store import inflight
+from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
+from fraisier_textfile.store.deployments import Deployment
 from fraisier_textfile.store.textfile import TextfileStore
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class _Metrics:
         self.store = store
         self.provider = provider
         self.fraise_type = fraise_type
-        self.marker: inflight.Marker | None = None
+        self.deployment: Deployment | None = None
         self.budget = budget if store is None else min(store.lock_timeout, budget)
         self._spent = 0.0
         self._told = False
@@ -120,15 +121,7 @@ class _Metrics:
             self._problem(f"the deployment runs, but its metrics are not recorded: {error}")
             self.store = None
             return
-        try:
-            self.marker = inflight.create_marker(self.store.directory, self.provider, self.fraise_type)
-        except (OSError, FraisierTextfileError) as error:
-            if not isinstance(error, FraisierTextfileError):  # the marker: say where, and the fix
-                error = write_error(inflight.marker_directory(self.store.directory), "write a marker in", error)
-            self._problem(f"the deployment runs, but other processes do not see it as active: {error}")
-        except Exception as error:  # a bug of ours must not stop the deployment
-            self._problem(f"the deployment runs, but other processes do not see it as active: {error!r} "
-                          "(please report this as a bug of fraisier_textfile)", exc_info=True)
+        self.deployment = self.store.start_deployment(self.provider, self.fraise_type, self._unmarked)
         start = Changes()
         changes.deployment_started(start, self.provider, self.fraise_type)
         # The command must not wait for metrics: a lock busy for more than the budget gets the start handed over.
@@ -143,16 +136,17 @@ class _Metrics:
             changes.deployment_complete(end, self.provider, self.fraise_type, status, duration)
             if error_type is not None:
                 changes.deployment_error(end, self.provider, error_type)
-            changes.deployment_ended(end, self.provider, None if self.marker is None else self.marker.id)
+            changes.deployment_ended(end, self.provider, self.deployment)
         except Exception as error:  # an error type that is no label value, say: the end is still recorded
             self._problem(f"the deployment ended, but its outcome was not recorded: {error!r}")
         self._record(end, "ended", "its end")
-        if self.marker is not None:
-            # After its end is written (merged or handed over). If that failed, this process exits now anyway.
-            try:
-                self.marker.release()
-            except Exception as error:
-                log.debug("releasing the marker failed: %r", error)
+
+    def _unmarked(self, error: BaseException, where: Path) -> None:
+        if isinstance(error, FraisierTextfileError):  # says where, and the fix
+            self._problem(f"the deployment runs, but other processes do not see it as active: {error}")
+        else:  # a bug of ours must not stop the deployment
+            self._problem(f"the deployment runs, but other processes do not see it as active: {error!r} "
+                          "(please report this as a bug of fraisier_textfile)", exc_info=True)
 
     def _record(self, events: Changes, state: str, what: str) -> None:
         """Merge ``events``, or hand them over: when the lock stays busy, and also when the file cannot be merged

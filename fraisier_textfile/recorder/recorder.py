@@ -13,7 +13,7 @@ at once.
 ``MetricsRecorder`` is Fraisier's API and nothing more: each method hands the work to the collaborator that
 owns it, one module each. series.py holds what the events change (``ProcessSeries``, the sink of changes.py's
 event functions), policy.py what happens to a problem (``Problems``, ``never_raising``), writer.py when and how
-the changes reach the store (``Writer``), deployments.py the deployments in flight and their markers,
+the changes reach the store (``Writer``), deployments.py the deployments in flight (the store's handles),
 tracking.py the ``track_*`` blocks, fraisier.py Fraisier's ``DeploymentMetrics``; process.py is what the
 process's recorders share, with its fork and exit hooks.
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
@@ -19,6 +19,9 @@ from prometheus_client.utils import floatToGoString
 from fraisier_textfile import catalogue, changes
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
+
+if TYPE_CHECKING:
+    from fraisier_textfile.store.deployments import Deployment
 
 
 class Counter:
@@ -327,6 +330,9 @@ class ProcessSeries:
 
     def retire_marker(self, marker_id: str) -> None:
         self._pending.retire_marker(marker_id)
+
+    def end_deployment(self, deployment: Deployment) -> None:
+        self._pending.end_deployment(deployment)
 
     # The shortcuts
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from fraisier_textfile import catalogue, changes
 from fraisier_textfile.errors import InvalidValueError
-from fraisier_textfile.recorder.deployments import Deployments, InFlight
+from fraisier_textfile.recorder.deployments import Deployments
 from fraisier_textfile.recorder.policy import Problems
 from fraisier_textfile.recorder.series import ProcessSeries
 from fraisier_textfile.recorder.writer import Writer
+from fraisier_textfile.store.deployments import Deployment
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Tracking:
         self._finish(False, "track_health_check", finish)
 
     def _finish_deployment(
-        self, deployment: InFlight | None, provider: str, fraise_type: str, status: object, duration: float,
+        self, deployment: Deployment | None, provider: str, fraise_type: str, status: object, duration: float,
         error: BaseException | None, earlier: list[BaseException],
     ) -> None:
         """The end of a tracked deployment: its outcome recorded (with fallbacks for what cannot be a label

@@ -5,8 +5,8 @@ recorder's lock: merged when the lock on the file is free; handed over at once w
 so that the holder, right after its own merge, or the next merge by any process writes them exactly once (a
 record call does not wait: ``RECORD_CALL_WAIT``). The whole process spends at most its lock-wait budget on
 writing; after a merge failed for another reason (a full disk) it hands over until a merge may succeed again
-(``FailedWrite``). The markers of ended deployments are released only once their end is written. What cannot
-be written now is kept for the background flush and the process's exit (process.py).
+(``FailedWrite``). What cannot be written now is kept for the background flush and the process's exit
+(process.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from fraisier_textfile.recorder import process
 from fraisier_textfile.recorder.policy import LOCK_BUSY, Problems
 from fraisier_textfile.recorder.series import ProcessSeries
 from fraisier_textfile.settings import LOCK_WAIT_BUDGET_ENVIRONMENT
-from fraisier_textfile.store import inflight
 from fraisier_textfile.store.files import TEXTFILE_NAME
 from fraisier_textfile.store.lifecycle import SeriesLifecycle
 from fraisier_textfile.store.textfile import TextfileStore
@@ -97,8 +96,6 @@ class Writer:
         """Events of this recorder were handed over since its last merge: a merge without a wait (the background
         flush's, the exit's) may write them sooner than the next merge by another process."""
         self.failed_write: FailedWrite | None = None
-        self._ending: list[inflight.Marker] = []
-        """Markers of ended deployments, released once their end is written."""
 
     @property
     def textfile_path(self) -> Path:
@@ -108,11 +105,6 @@ class Writer:
     def pending(self) -> bool:
         """Whether events wait to be written."""
         return self.series.pending
-
-    def release_once_written(self, marker: inflight.Marker) -> None:
-        """``marker``'s deployment ended: released only once its end is written (before, it would look
-        crashed)."""
-        self._ending.append(marker)
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -211,12 +203,6 @@ class Writer:
             process.keep_for_later(self)
         self.handed_over_since_merge = not merged
         self.series.events = 0
-        self._release_ended()
-
-    def _release_ended(self) -> None:
-        ending, self._ending = self._ending, []
-        for marker in ending:
-            marker.release()  # only now: released before its end is written, it would look crashed
 
     def flush(self) -> None:
         """Merge every pending event now, waiting up to the store's lock timeout; raises the store's errors (the
@@ -247,7 +233,6 @@ class Writer:
             return
         self.series.events = 0
         self.handed_over_since_merge = True
-        self._release_ended()  # its end is written (handed over), as after any hand-over
 
     def after_fork(self) -> None:
         """In a forked child: a new lock (the parent's may have been held at the fork), no write under way, and
@@ -256,5 +241,4 @@ class Writer:
         self.depth = 0
         self.handed_over_since_merge = False
         self.failed_write = None
-        self._ending = []
         self.store = TextfileStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)

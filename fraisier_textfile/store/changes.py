@@ -5,9 +5,12 @@ they account for. Families are the changes' own data: nothing here knows which e
 from __future__ import annotations
 
 import bisect
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fraisier_textfile.format.schema import Family, Kind
+
+if TYPE_CHECKING:
+    from fraisier_textfile.store.deployments import Deployment
 
 Labels = tuple[str, ...]
 
@@ -39,6 +42,7 @@ class Sink(Protocol):
     def first_sight(self, what: tuple[str, ...]) -> bool: ...
     def count_active(self, provider: str, change: int) -> None: ...
     def retire_marker(self, marker_id: str) -> None: ...
+    def end_deployment(self, deployment: Deployment) -> None: ...
 
 
 class Changes:
@@ -54,6 +58,7 @@ class Changes:
         """Providers whose active-deployment series must exist (at 0 when nothing runs)."""
         self.retired_markers: set[str] = set()
         """In-flight markers whose deployment these changes account for; removed once merged."""
+        self._ended: list[Deployment] = []
         self._seen: set[tuple[str, ...]] = set()
 
     def first_sight(self, what: tuple[str, ...]) -> bool:
@@ -69,6 +74,20 @@ class Changes:
 
     def retire_marker(self, marker_id: str) -> None:
         self.retired_markers.add(marker_id)
+
+    def end_deployment(self, deployment: Deployment) -> None:
+        """``deployment``, started by this process (store/deployments.py), ends with these changes: its marker is
+        retired by them, and released once they are merged or handed over, never before."""
+        marker_id = deployment.marker_id
+        if marker_id is not None:
+            self.retired_markers.add(marker_id)
+            self._ended.append(deployment)
+
+    @property
+    def ended(self) -> tuple[Deployment, ...]:
+        """The deployments of this process that these changes end: the store releases their markers once it wrote
+        the changes. Never handed over: a marker's hold belongs to the process that holds it."""
+        return tuple(self._ended)
 
     def touch(self, family: Family, labels: Labels) -> None:
         if family.kind is Kind.HISTOGRAM:
@@ -109,6 +128,7 @@ class Changes:
         self.maximum.clear()
         self.active_providers.clear()
         self.retired_markers.clear()
+        self._ended.clear()
 
     def __bool__(self) -> bool:
         return bool(

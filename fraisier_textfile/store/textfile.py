@@ -31,7 +31,7 @@ from fraisier_textfile import logger, validate
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.schema import Schema, default
-from fraisier_textfile.store import fs, handovers, inflight
+from fraisier_textfile.store import deployments, fs, handovers, inflight
 from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT as DIRECTORY_ENVIRONMENT
@@ -134,15 +134,28 @@ class TextfileStore:
         count_running(self.sources, counts)
         return counts
 
+    # Deployments in flight
+
+    def start_deployment(
+        self, provider: str, fraise_type: str, problem: deployments.MarkerProblem
+    ) -> deployments.Deployment:
+        """A deployment of ``fraise_type`` on ``provider`` starts in this process: its in-flight marker is written
+        and held, so that every process counts it active, and the first merge after this process's death counts it
+        crashed. Its end goes into the changes that record it (``changes.end_deployment(deployment)``); the marker
+        is released once this store merged or handed them over (store/deployments.py). Never raises: a marker that
+        cannot be written is told to ``problem`` and the deployment goes on without it."""
+        return deployments.start(self.directory, provider, fraise_type, problem)
+
     # Merging
 
     def merge(self, changes: Changes, *, timeout: float | None = None) -> None:
         """Merge ``changes``, and every hand-over waiting, into the textfile under the lock, waiting for it
         at most ``timeout`` seconds (None: the store's lock timeout; 0: not at all). On success ``changes``
-        is emptied. On any error nothing is written, the file is left byte-identical, and ``changes`` is
-        untouched so that it can be merged again later. Raises only FraisierTextfileError subclasses
-        (LockTimeoutError when the lock stayed busy)."""
+        is emptied, and the markers of the deployments it ends are released. On any error nothing is written,
+        the file is left byte-identical, and ``changes`` is untouched so that it can be merged again later.
+        Raises only FraisierTextfileError subclasses (LockTimeoutError when the lock stayed busy)."""
         started = time.monotonic()
+        ending = changes.ended
         # Opened and checked once for the merge and for the look for late hand-overs after it: for root, the
         # check looks at every directory on the path.
         with self.file.open_directory() as textfile:
@@ -153,15 +166,18 @@ class TextfileStore:
                 # file was replaced mid-merge and the new one stayed busy).
                 self._merge_late_handovers(textfile, started, failed=True)
                 raise
+            deployments.release_written(ending)
             self._merge_late_handovers(textfile, started)
 
     def hand_over(self, changes: Changes, *, durable: bool = True) -> None:
         """Write ``changes`` for the next merge by any process to apply exactly once, without the lock, and
         empty ``changes``. ``durable``: fsynced (two fsyncs, milliseconds on a disk), so that they survive a
-        power loss; without, they survive this process's death, not the machine's. Raises TextfileWriteError
-        (``changes`` untouched) if they cannot be written."""
+        power loss; without, they survive this process's death, not the machine's. Once written, the markers of
+        the deployments they end are released. Raises TextfileWriteError (``changes`` untouched) if they cannot be
+        written."""
         if not changes:
             return
+        ending = changes.ended
         with DeferredSignals(), self.file.open_directory() as textfile:
             directory = handovers.open_directory(textfile, create=True)
             assert directory is not None
@@ -169,6 +185,7 @@ class TextfileStore:
                 temporary, final = handovers.write(directory, changes, durable, self.schema)
                 handovers.publish(directory, temporary, final, durable)
                 changes.clear()
+        deployments.release_written(ending)
 
     def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
