@@ -235,9 +235,12 @@ def deployment_step_by_step(directory: str) -> None:
     """One deployment through the store's API, a step per line on stdin, each acknowledged once done: ``start``
     (prints its marker id), ``end`` (its end put in changes, not written), ``write`` (merged or handed over, with
     no wait for a busy lock: prints ``merged``, ``handed over`` or ``failed``), ``write then die`` (SIGKILLed
-    once the end is written, before the marker is released). Then waits to be killed or for EOF."""
+    once the end is written, before the marker is released), ``write interrupted`` (a SIGINT arrives as the end's
+    file is renamed into place: prints ``interrupted`` once the KeyboardInterrupt is caught, this process going
+    on). Then waits to be killed or for EOF."""
     from fraisier_textfile.errors import FraisierTextfileError
-    from fraisier_textfile.store import deployments
+    from fraisier_textfile.store import deployments, handovers
+    from fraisier_textfile.store.files import Textfile
 
     store = TextfileStore(directory)
     deployment: deployments.Deployment | None = None
@@ -256,17 +259,32 @@ def deployment_step_by_step(directory: str) -> None:
             events.deployment_complete(end, "bare_metal", "api", "success", 1.0)
             events.deployment_ended(end, "bare_metal", deployment)
             print("ended", flush=True)
-        elif step in ("write", "write then die"):
+        elif step in ("write", "write then die", "write interrupted"):
             if step == "write then die":
                 deployments.Deployment.written = lambda self: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[method-assign]
+            if step == "write interrupted":
+                Textfile.rename = interrupted(Textfile.rename)  # type: ignore[method-assign]
+                handovers.publish = interrupted(handovers.publish)
             try:
                 merged = store.merge_or_hand_over(end, 0.0)
             except FraisierTextfileError:
                 print("failed", flush=True)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
             else:
                 print("merged" if merged else "handed over", flush=True)
         else:
             raise SystemExit(f"no step {step}")
+
+
+def interrupted(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function``, with a SIGINT sent to this process just before it runs."""
+
+    def sigint_then(*arguments: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGINT)
+        return function(*arguments)
+
+    return sigint_then
 
 
 def deploy_and_die(directory: str, fraise_type: str) -> None:

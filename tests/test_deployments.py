@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from contextlib import nullcontext
 from pathlib import Path
+
+import pytest
 
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
@@ -123,6 +126,22 @@ def test_a_sigkill_after_the_end_is_handed_over_and_before_the_release_counts_th
     assert counted(textfile_dir) == (0, 1, 0)
     assert counted(textfile_dir) == (0, 1, 0)
     assert alive(textfile_dir) == {}
+
+
+@pytest.mark.parametrize("lock", ["free", "busy"])
+def test_a_sigint_whose_handler_raises_as_the_end_is_written_still_releases_the_marker(
+    textfile_dir: Path, processes: list[subprocess.Popen[str]], lock: str
+) -> None:
+    """The merge and the hand-over hold signal handlers back until they end: a KeyboardInterrupt raised then
+    comes after the end is written, and the process goes on (it caught it): its marker must not stay held."""
+    worker, marker_id = deployment(textfile_dir, processes)
+    assert step(worker, "end") == "ended"
+    with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock") if lock == "busy" else nullcontext():
+        assert step(worker, "write interrupted") == "interrupted"
+        assert worker.poll() is None
+        assert alive(textfile_dir).get(marker_id) in (None, False)  # a merge of its own removed it
+    assert counted(textfile_dir) == (0, 1, 0)
+    assert counted(textfile_dir) == (0, 1, 0)
 
 
 def test_a_marker_that_cannot_be_written_is_told_and_the_deployment_goes_on_unmarked(textfile_dir: Path) -> None:

@@ -166,7 +166,11 @@ class TextfileStore:
                 # file was replaced mid-merge and the new one stayed busy).
                 self._merge_late_handovers(textfile, started, failed=True)
                 raise
-            deployments.release_written(ending)
+            finally:
+                # Only the commit empties the changes: written, even if a signal's handler held back until the end
+                # of the merge raised since (the process may catch it and go on).
+                if ending and not changes.ended:
+                    deployments.release_written(ending)
             self._merge_late_handovers(textfile, started)
 
     def hand_over(self, changes: Changes, *, durable: bool = True) -> None:
@@ -185,7 +189,8 @@ class TextfileStore:
                 temporary, final = handovers.write(directory, changes, durable, self.schema)
                 handovers.publish(directory, temporary, final, durable)
                 changes.clear()
-        deployments.release_written(ending)
+                # Before the signal handlers held back run: one may raise, and the process go on.
+                deployments.release_written(ending)
 
     def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
