@@ -45,6 +45,18 @@ def counted(textfile_dir: Path) -> tuple[float, float, float]:
     return values[ACTIVE], values[SUCCESS], values[CRASHED]
 
 
+def counted_once(textfile_dir: Path, expected: tuple[float, float, float]) -> None:
+    """Merge after merge, the deployment counts ``expected`` (active, success, crashed), and no marker is left."""
+    assert counted(textfile_dir) == expected
+    assert counted(textfile_dir) == expected
+    assert alive(textfile_dir) == {}
+
+
+def killed(worker: subprocess.Popen[str]) -> None:
+    worker.send_signal(signal.SIGKILL)
+    assert worker.wait(timeout=60) == -signal.SIGKILL
+
+
 def deployment(textfile_dir: Path, processes: list[subprocess.Popen[str]]) -> tuple[subprocess.Popen[str], str]:
     """A worker whose deployment has started (its start merged), and its marker's id."""
     worker = start_store_worker("deployment_step_by_step", str(textfile_dir))
@@ -63,8 +75,7 @@ def test_an_end_merged_releases_the_marker_and_counts_the_deployment_once(
     assert alive(textfile_dir) == {marker_id: True}  # its end is not written: still in flight
     assert step(worker, "write") == "merged"
     assert alive(textfile_dir) == {}  # accounted for in the file, and removed by the merge that wrote its end
-    assert counted(textfile_dir) == (0, 1, 0)
-    assert counted(textfile_dir) == (0, 1, 0)
+    counted_once(textfile_dir, (0, 1, 0))
 
 
 def test_an_end_handed_over_releases_the_marker_while_its_process_lives(
@@ -76,9 +87,7 @@ def test_an_end_handed_over_releases_the_marker_while_its_process_lives(
         assert step(worker, "write") == "handed over"
         assert alive(textfile_dir) == {marker_id: False}
         assert worker.poll() is None
-    assert counted(textfile_dir) == (0, 1, 0)
-    assert counted(textfile_dir) == (0, 1, 0)
-    assert alive(textfile_dir) == {}
+    counted_once(textfile_dir, (0, 1, 0))
 
 
 def test_an_end_that_could_not_be_written_keeps_the_marker_held_and_a_sigkill_then_counts_one_crash(
@@ -93,13 +102,10 @@ def test_an_end_that_could_not_be_written_keeps_the_marker_held_and_a_sigkill_th
         in_the_way.write_text("not a directory")
         assert step(worker, "write") == "failed"
         assert alive(textfile_dir) == {marker_id: True}
-        worker.send_signal(signal.SIGKILL)
-        assert worker.wait(timeout=60) == -signal.SIGKILL
+        killed(worker)
         assert alive(textfile_dir) == {marker_id: False}
     in_the_way.unlink()
-    assert counted(textfile_dir) == (0, 0, 1)
-    assert counted(textfile_dir) == (0, 0, 1)
-    assert alive(textfile_dir) == {}
+    counted_once(textfile_dir, (0, 0, 1))
 
 
 def test_a_sigkill_before_the_end_is_written_counts_one_crash_and_no_end(
@@ -107,11 +113,8 @@ def test_a_sigkill_before_the_end_is_written_counts_one_crash_and_no_end(
 ) -> None:
     worker, _ = deployment(textfile_dir, processes)
     assert step(worker, "end") == "ended"
-    worker.send_signal(signal.SIGKILL)
-    assert worker.wait(timeout=60) == -signal.SIGKILL
-    assert counted(textfile_dir) == (0, 0, 1)
-    assert counted(textfile_dir) == (0, 0, 1)
-    assert alive(textfile_dir) == {}
+    killed(worker)
+    counted_once(textfile_dir, (0, 0, 1))
 
 
 def test_a_sigkill_after_the_end_is_handed_over_and_before_the_release_counts_the_end_once(
@@ -123,9 +126,7 @@ def test_a_sigkill_after_the_end_is_handed_over_and_before_the_release_counts_th
         assert step(worker, "write then die") == ""  # killed before it could say what the write did
         assert worker.wait(timeout=60) == -signal.SIGKILL
         assert alive(textfile_dir) == {marker_id: False}
-    assert counted(textfile_dir) == (0, 1, 0)
-    assert counted(textfile_dir) == (0, 1, 0)
-    assert alive(textfile_dir) == {}
+    counted_once(textfile_dir, (0, 1, 0))
 
 
 @pytest.mark.parametrize("lock", ["free", "busy"])
@@ -140,8 +141,7 @@ def test_a_sigint_whose_handler_raises_as_the_end_is_written_still_releases_the_
         assert step(worker, "write interrupted") == "interrupted"
         assert worker.poll() is None
         assert alive(textfile_dir).get(marker_id) in (None, False)  # a merge of its own removed it
-    assert counted(textfile_dir) == (0, 1, 0)
-    assert counted(textfile_dir) == (0, 1, 0)
+    counted_once(textfile_dir, (0, 1, 0))
 
 
 def test_a_marker_that_cannot_be_written_is_told_and_the_deployment_goes_on_unmarked(textfile_dir: Path) -> None:
