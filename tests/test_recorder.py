@@ -563,6 +563,42 @@ def test_an_error_ends_the_deployment_so_it_is_never_counted_crashed(textfile_di
     assert values[ACTIVE] == 0
 
 
+def test_a_deployment_whose_end_was_handed_over_is_no_longer_alive_while_its_recorder_goes_on(
+    textfile_dir: Path,
+) -> None:
+    """Its end waits for no busy lock: handed over, it is written, so its marker is released at once (a merger
+    then sees an ended deployment, not a running one), and counted once when merged."""
+    from fraisier_textfile.store import markers
+
+    script = (
+        "import sys\nfrom fraisier_textfile.metrics import MetricsRecorder\n"
+        "recorder = MetricsRecorder(sys.argv[1])\n"
+        "recorder.record_deployment_start('bare_metal', 'api')\n"
+        "print('started', flush=True)\nsys.stdin.readline()\n"
+        "recorder.record_deployment_complete('bare_metal', 'api', 'success', 1.0)\n"
+        "print('ended', flush=True)\nsys.stdin.readline()\n"
+    )
+    worker = run_python(script, str(textfile_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert worker.stdin is not None and worker.stdout is not None
+    try:
+        assert worker.stdout.readline() == "started\n"
+        assert [markers.is_alive(marker) for marker in markers.read_markers(textfile_dir)] == [True]
+        with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+            worker.stdin.write("\n")
+            worker.stdin.flush()
+            assert worker.stdout.readline() == "ended\n"
+            assert [markers.is_alive(marker) for marker in markers.read_markers(textfile_dir)] == [False]
+            assert worker.poll() is None
+    finally:
+        worker.stdin.close()
+        assert worker.wait(timeout=60) == 0
+    TextfileStore(textfile_dir).merge(Changes())
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values[DEPLOYMENTS.format("success")] == 1
+    assert values[DEPLOYMENTS.format("crashed")] == 0
+    assert values[ACTIVE] == 0
+
+
 AVAILABILITY = 'fraisier_provider_availability{provider="bare_metal"}'
 
 
