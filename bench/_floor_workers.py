@@ -22,13 +22,11 @@ EVENT = ("bare_metal", "api", "success", 42.0)
 
 
 def _store_class() -> Any:
-    """TextfileStore where this version keeps it: the race also runs a baseline installed from an older
-    revision, whose modules were flat (fraisier_textfile.textfile)."""
-    try:
-        from fraisier_textfile.store.textfile import TextfileStore
-    except ModuleNotFoundError:
-        from fraisier_textfile.textfile import TextfileStore  # type: ignore[import-not-found,no-redef]
-    return TextfileStore
+    """Fraisier's TextfileStore, from the package's face: the race also runs a baseline installed from an older
+    revision, whose modules were laid out otherwise."""
+    import fraisier_textfile
+
+    return fraisier_textfile.TextfileStore
 
 
 def status_kib(field: str) -> int | None:

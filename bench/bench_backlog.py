@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.sizes or ([2000] if args.quick else [1000, 15000])
     repeat = 2 if args.quick else 3
 
+    from fraisier_textfile import TextfileStore
     from fraisier_textfile import changes as events
     from fraisier_textfile.changes import Changes
     from fraisier_textfile.store import handovers
-    from fraisier_textfile.store.textfile import TextfileStore
 
     def one(error_type: str) -> Changes:
         changes = Changes()

@@ -44,10 +44,10 @@ from _common import (
     temporary_directory,
 )
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.sources.fraisier_state import ROW_COLUMNS, FraisierStateSource
 from fraisier_textfile.store import fs
-from fraisier_textfile.store.textfile import TextfileStore
 from fraisier_textfile.store.transaction import Merge
 
 GOAL = 1.2

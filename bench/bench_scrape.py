@@ -36,9 +36,9 @@ from typing import Any
 
 from _common import stop
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store.textfile import TextfileStore
 
 SERIES = 10_000
 CLIENTS = 8

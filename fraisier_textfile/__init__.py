@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 # The one place: pyproject reads it, `fraisier-textfile --version` prints it; CHANGELOG.md's latest release.
 __version__ = "0.2.0"
 
-from fraisier_textfile.catalogue import DEPLOYMENT_STATUSES, FAMILIES, HEALTH_CHECK_STATUSES, Family
 from fraisier_textfile.errors import (
     CorruptTextfileError,
     FraisierTextfileError,
@@ -43,10 +42,12 @@ from fraisier_textfile.errors import (
 )
 
 if TYPE_CHECKING:
+    from fraisier_textfile.catalogue import DEPLOYMENT_STATUSES, FAMILIES, HEALTH_CHECK_STATUSES, Family
     from fraisier_textfile.changes import Changes
+    from fraisier_textfile.fraisier_store import FraisierStore as TextfileStore
     from fraisier_textfile.recorder.recorder import DeploymentMetrics, MetricsRecorder, Outcome, get_metrics_recorder
     from fraisier_textfile.serve.server import MetricsServer
-    from fraisier_textfile.store.textfile import TextfileStore, default_textfile_directory
+    from fraisier_textfile.store.files import default_textfile_directory
 
 __all__ = [
     "DEPLOYMENT_STATUSES",
@@ -74,6 +75,7 @@ __all__ = [
 ]
 
 _RECORDER_NAMES = {"DeploymentMetrics", "MetricsRecorder", "Outcome", "get_metrics_recorder"}
+_CATALOGUE_NAMES = {"DEPLOYMENT_STATUSES", "FAMILIES", "HEALTH_CHECK_STATUSES", "Family"}
 
 
 def __getattr__(name: str) -> Any:
@@ -83,12 +85,20 @@ def __getattr__(name: str) -> Any:
         from fraisier_textfile.recorder import recorder
 
         return getattr(recorder, name)
-    if name in ("TextfileStore", "default_textfile_directory"):
-        # Loaded on first use, so that importing a lower layer (format/, whose modules import this package
-        # first) does not load the store above it.
-        from fraisier_textfile.store import textfile
+    # Loaded on first use, so that importing a lower layer (format/ and store/, whose modules import this package
+    # first) loads neither the layers above it nor Fraisier's catalogue: the store knows merge rules, not Fraisier.
+    if name in _CATALOGUE_NAMES:
+        from fraisier_textfile import catalogue
 
-        return getattr(textfile, name)
+        return getattr(catalogue, name)
+    if name == "TextfileStore":  # Fraisier's: the store with Fraisier's families and markers' rules
+        from fraisier_textfile.fraisier_store import FraisierStore
+
+        return FraisierStore
+    if name == "default_textfile_directory":
+        from fraisier_textfile.store.files import default_textfile_directory
+
+        return default_textfile_directory
     if name == "Changes":
         from fraisier_textfile.changes import Changes
 

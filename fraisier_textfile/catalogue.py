@@ -2,7 +2,7 @@
 values and number checks of its events.
 
 To the format and the store it is one schema among any (``format/schema.py``): they are handed it, as
-``SCHEMA``, and import nothing of it. It is the default schema, set when this module is imported.
+``SCHEMA``, and import nothing of it (fraisier_store.py opens the store with it).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.format.schema import Family as Family
 from fraisier_textfile.format.schema import Kind as Kind
-from fraisier_textfile.format.schema import Schema, set_default
+from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.format.schema import format_float as format_float
 from fraisier_textfile.validate import (  # re-exported: the checks lived here, and callers still find them here
     FALSE_WORDS as FALSE_WORDS,
@@ -203,7 +203,6 @@ FAMILIES: tuple[Family, ...] = (
 )
 FAMILIES_BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
 SCHEMA = Schema(FAMILIES)
-set_default(SCHEMA)
 
 FRAISIER_BUCKETS: dict[Family, tuple[float, ...]] = {
     DEPLOYMENT_DURATION: (5, 10, 30, 60, 120, 300, 600),

@@ -67,10 +67,10 @@ def deploy(count: int, fraise: str, environment: str) -> None:
 
 
 def refresh(directory: str) -> None:
+    from fraisier_textfile import TextfileStore
     from fraisier_textfile.changes import Changes
     from fraisier_textfile.errors import FraisierTextfileError
     from fraisier_textfile.sources.fraisier_state import participants
-    from fraisier_textfile.store.textfile import TextfileStore
 
     store = TextfileStore(directory, participants=participants())
     print("ready", flush=True)

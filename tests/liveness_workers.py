@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.cli.execution import run_deployment
 from fraisier_textfile.store import inflight, processes
-from fraisier_textfile.store.textfile import TextfileStore
 
 
 def deploy(directory: str) -> None:

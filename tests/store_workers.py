@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import LockTimeoutError
-from fraisier_textfile.store.textfile import TextfileStore
 
 
 def hand_over_then_wait(directory: str, count: str) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import (
     REPOSITORY,

@@ -202,7 +202,7 @@ def test_a_marker_with_values_the_recorder_would_refuse_is_never_counted_under_t
 _SLOW_MERGER = """
 import os, sys
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store.textfile import TextfileStore
+from fraisier_textfile import TextfileStore
 store = TextfileStore(sys.argv[1])
 while not os.path.exists(sys.argv[2]):
     store.merge(Changes())
@@ -212,7 +212,7 @@ _ENDER = """
 import sys
 from fraisier_textfile import changes
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store.textfile import TextfileStore
+from fraisier_textfile import TextfileStore
 store = TextfileStore(sys.argv[1])
 handed_over = deployments = 0
 def unmarked(error, where):
@@ -245,8 +245,8 @@ def test_an_end_handed_over_while_a_merger_probes_the_markers_is_never_also_coun
     import subprocess
     import sys
 
+    from fraisier_textfile import TextfileStore
     from fraisier_textfile.changes import Changes
-    from fraisier_textfile.store.textfile import TextfileStore
 
     from .values import sample_values
 
@@ -281,7 +281,7 @@ _WHOLE_DEPLOYMENT_HANDED_OVER = """
 import sys
 from fraisier_textfile import changes
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store.textfile import TextfileStore
+from fraisier_textfile import TextfileStore
 store = TextfileStore(sys.argv[1])
 def unmarked(error, where):
     raise error
@@ -307,8 +307,8 @@ def test_a_whole_deployment_handed_over_during_a_merge_is_counted_once(textfile_
     import subprocess
     import sys
 
+    from fraisier_textfile import TextfileStore
     from fraisier_textfile.changes import Changes
-    from fraisier_textfile.store.textfile import TextfileStore
 
     from .values import sample_values
 
@@ -392,8 +392,8 @@ def test_a_rename_refused_in_a_sticky_directory_says_why(world_readable: Path) -
     import subprocess
     import sys
 
+    from fraisier_textfile import TextfileStore
     from fraisier_textfile.changes import Changes, deployment_error
-    from fraisier_textfile.store.textfile import TextfileStore
 
     from .processes import binary
 
@@ -419,7 +419,7 @@ def test_a_rename_refused_in_a_sticky_directory_says_why(world_readable: Path) -
     before = (sticky / "fraisier.prom").read_bytes()
     script = (
         "import sys\nfrom fraisier_textfile.changes import Changes, deployment_error\n"
-        "from fraisier_textfile.store.textfile import TextfileStore\n"
+        "from fraisier_textfile import TextfileStore\n"
         "from fraisier_textfile.errors import TextfileWriteError\n"
         "changes = Changes()\ndeployment_error(changes, 'bare_metal', 'timeout')\n"
         "try:\n    TextfileStore(sys.argv[1]).merge(changes)\nexcept TextfileWriteError as error:\n    print(error)\n"
@@ -464,7 +464,7 @@ def test_a_lock_file_another_user_left_unwritable_is_named_with_its_owner_and_mo
     os.chmod(shared / "fraisier.prom.lock", 0o644)
     script = (
         "import sys\nfrom fraisier_textfile.changes import Changes, deployment_error\n"
-        "from fraisier_textfile.store.textfile import TextfileStore\n"
+        "from fraisier_textfile import TextfileStore\n"
         "from fraisier_textfile.errors import TextfileWriteError\n"
         "changes = Changes()\ndeployment_error(changes, 'bare_metal', 'timeout')\n"
         "try:\n    TextfileStore(sys.argv[1]).merge(changes)\nexcept TextfileWriteError as error:\n    print(error)\n"

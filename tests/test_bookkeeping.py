@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.format import bookkeeping
 from fraisier_textfile.format.bookkeeping import Bookkeeping, KeyedBookkeeping, WordList, WordSet
 from fraisier_textfile.format.reader import parse
@@ -28,7 +29,7 @@ def test_a_key_that_cannot_stand_on_one_comment_line_is_refused(key: str) -> Non
 
 def test_a_word_set_is_written_sorted_and_an_empty_one_removes_its_line() -> None:
     line = WordSet("test-word-set", declare=False)
-    document = parse("# fraisier_textfile test-word-set: b a\n")
+    document = parse("# fraisier_textfile test-word-set: b a\n", SCHEMA)
     assert line.get(document) == {"a", "b"}
     line.add(document, ["c"])
     assert document.meta["test-word-set"] == "a b c"
@@ -40,7 +41,7 @@ def test_a_word_set_is_written_sorted_and_an_empty_one_removes_its_line() -> Non
 @pytest.mark.parametrize("word", ["a b", "a\nb", ""])
 def test_a_word_that_would_split_or_break_the_line_is_refused_when_put(word: str) -> None:
     line = WordSet("test-bad-word", declare=False)
-    document = parse("")
+    document = parse("", SCHEMA)
     with pytest.raises(ValueError):
         line.put(document, frozenset({word}))
     assert document.meta == {}
@@ -49,14 +50,14 @@ def test_a_word_that_would_split_or_break_the_line_is_refused_when_put(word: str
 def test_a_word_list_keeps_the_order_it_was_given() -> None:
     line = WordList.__new__(WordList)
     Bookkeeping.__init__(line, "test-word-list", lambda t: tuple(t.split()), " ".join, declare=False)
-    document = parse("")
+    document = parse("", SCHEMA)
     line.put(document, ("z", "a", "m"))
     assert document.meta["test-word-list"] == "z a m"
     assert line.get(document) == ("z", "a", "m")
 
 
 def test_an_unchanged_value_stays_the_string_read_so_the_writer_copies_its_bytes() -> None:
-    document = parse("# fraisier_textfile retired-markers: m1 m2\n")
+    document = parse("# fraisier_textfile retired-markers: m1 m2\n", SCHEMA)
     before = document.meta["retired-markers"]
     inflight.RETIRED_MARKERS.put(document, frozenset({"m2", "m1"}))
     assert document.meta["retired-markers"] is before
@@ -65,4 +66,4 @@ def test_an_unchanged_value_stays_the_string_read_so_the_writer_copies_its_bytes
 def test_a_value_of_more_than_one_line_is_refused() -> None:
     line = Bookkeeping("test-text", str, str, declare=False)
     with pytest.raises(ValueError, match="not one line"):
-        line.put(parse(""), "a\nb")
+        line.put(parse("", SCHEMA), "a\nb")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.format.check import check_document, check_text, describe
 from fraisier_textfile.format.reader import parse
-from fraisier_textfile.store.textfile import TextfileStore
 
 ERRORS = "fraisier_deployment_errors_total"
 HEADER = f"# HELP {ERRORS} Deployment errors.\n# TYPE {ERRORS} counter\n"
@@ -21,13 +22,13 @@ def test_a_file_a_merge_wrote_has_no_problem(textfile_dir: Path) -> None:
     store = TextfileStore(textfile_dir)
     store.merge(changes)
     text = store.path.read_text()
-    assert check_text(text) == []
-    assert check_document(parse(text)) == []
+    assert check_text(text, SCHEMA) == []
+    assert check_document(parse(text, SCHEMA)) == []
 
 
 def test_a_series_written_twice_is_found_on_its_line_naming_the_first() -> None:
     line = f'{ERRORS}{{provider="bare_metal",error_type="timeout"}} 1\n'
-    problems = check_text(HEADER + line + line)
+    problems = check_text(HEADER + line + line, SCHEMA)
     assert [(problem.line_number, "appears" in problem.problem and "line 3" in problem.problem)
             for problem in problems] == [(4, True)]
 
@@ -42,10 +43,10 @@ def test_a_negative_counter_and_a_histogram_that_is_not_cumulative_are_found_in_
         text += f'{name}_bucket{{provider="bare_metal",status="success",le="{bound}"}} {count}\n'
     text += f'{name}_sum{{provider="bare_metal",status="success"}} 3\n'
     text += f'{name}_count{{provider="bare_metal",status="success"}} 1\n'
-    from_text = [problem.problem for problem in check_text(text)]
+    from_text = [problem.problem for problem in check_text(text, SCHEMA)]
     assert any("-1" in problem or "negative" in problem for problem in from_text), from_text
     assert any("cumulative" in problem for problem in from_text), from_text
-    from_document = check_document(parse(text, check_histograms=False))
+    from_document = check_document(parse(text, SCHEMA, check_histograms=False))
     assert len(from_document) == len(from_text), (from_document, from_text)
 
 

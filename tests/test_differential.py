@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.catalogue import format_float
+from fraisier_textfile.catalogue import SCHEMA, format_float
 from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.reader import parse
 from fraisier_textfile.format.syntax import canonical_key, parse_series_key
@@ -139,15 +139,15 @@ EXAMPLES = settings(
 @EXAMPLES
 @given(exposition())
 def test_we_read_the_samples_prometheus_client_reads(text: str) -> None:
-    assert ours(parse(text)) == theirs(text)
+    assert ours(parse(text, SCHEMA)) == theirs(text)
 
 
 @EXAMPLES
 @given(exposition())
 def test_a_rendered_document_reads_the_same_and_ours_come_out_canonical(text: str) -> None:
-    document = parse(text)
+    document = parse(text, SCHEMA)
     rendered = document.render()
-    again = parse(rendered)
+    again = parse(rendered, SCHEMA)
     assert ours(again) == ours(document)
     assert again.render() == rendered
     for block in again.blocks.values():

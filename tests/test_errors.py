@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fraisier_textfile import errors
+from fraisier_textfile import TextfileStore, errors
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import (
     CorruptTextfileError,
@@ -23,7 +23,6 @@ from fraisier_textfile.errors import (
     UnexpectedFileError,
     WebConfigError,
 )
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import lock_held_elsewhere
 

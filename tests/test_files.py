@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.errors import TextfileWriteError, UnexpectedFileError
 from fraisier_textfile.store import files
@@ -18,7 +19,6 @@ from fraisier_textfile.store.files import (
     unexpected,
     write_parts,
 )
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .stores import record
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.sources import fraisier_state
 from fraisier_textfile.sources.fraisier_state import META_KEY, FraisierStateSource, error_type, participants
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import opens_of
 from .values import sample_values
@@ -753,7 +753,7 @@ import sys
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.sources import fraisier_state
 from fraisier_textfile.sources.fraisier_state import FraisierStateSource
-from fraisier_textfile.store.textfile import TextfileStore
+from fraisier_textfile import TextfileStore
 source = FraisierStateSource(sys.argv[2], status_dir=sys.argv[3], config=sys.argv[4])
 TextfileStore(sys.argv[1], participants=[source]).merge(Changes())
 """

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.sources.fraisier_state import participants
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import binary
 from .test_fraisier_state import READER, reader_user  # noqa: F401  (a fixture)

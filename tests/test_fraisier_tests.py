@@ -24,10 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from fraisier_textfile import catalogue
+from fraisier_textfile import TextfileStore, catalogue
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.format.check import check_document
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import REPOSITORY
 from .values import sample_values

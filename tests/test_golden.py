@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format.check import check_text
 from fraisier_textfile.format.reader import parse
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import binary, fraisier, http_get, node_exporter
 
@@ -62,10 +63,10 @@ def test_events_merged_into_another_writers_file_give_the_golden_file(case: str,
 @pytest.mark.parametrize("case", ACCEPTED)
 def test_a_golden_file_is_sound_canonical_and_stable(case: str) -> None:
     after = (FIXTURES / case / "after.prom").read_text()
-    assert check_text(after) == []
-    assert parse(after).render() == after
+    assert check_text(after, SCHEMA) == []
+    assert parse(after, SCHEMA).render() == after
     # Merging nothing into it again changes nothing: the file is already in our format.
-    assert parse(after).render().encode() == (FIXTURES / case / "after.prom").read_bytes()
+    assert parse(after, SCHEMA).render().encode() == (FIXTURES / case / "after.prom").read_bytes()
 
 
 @pytest.mark.parametrize("case", REFUSED_CASES)
@@ -136,7 +137,7 @@ def test_promtool_refuses_what_we_refuse_in_the_same_words() -> None:
     for name, (text, _) in REFUSED.items():
         if name in NOT_GO_RULES | NODE_EXPORTER_ONLY:
             continue
-        ours = check_text(text)[0]
+        ours = check_text(text, SCHEMA)[0]
         result = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
         assert result.returncode == 1, name
         prefix = "error while linting: text format parsing error in line "

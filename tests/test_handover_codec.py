@@ -8,8 +8,9 @@ import json
 import pytest
 
 from fraisier_textfile import catalogue as c
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.format.schema import Family, Kind, Schema, default
+from fraisier_textfile.format.schema import Family, Kind, Schema
 from fraisier_textfile.store.handover_codec import (
     ForeignHandover,
     NewerHandover,
@@ -32,49 +33,49 @@ def application_changes() -> Changes:
 
 def test_a_hand_over_reads_back_as_it_was_written() -> None:
     changes = every_kind_of_change()
-    assert as_plain(decode(encode(changes))) == as_plain(changes)
+    assert as_plain(decode(encode(changes, SCHEMA), SCHEMA)) == as_plain(changes)
     assert as_plain(decode(encode(application_changes(), APPLICATION), APPLICATION)) == as_plain(
         application_changes())
 
 
 def test_another_schemas_hand_over_is_left_for_it_not_set_aside() -> None:
     with pytest.raises(ForeignHandover, match="another schema"):
-        decode(encode(application_changes(), APPLICATION))
+        decode(encode(application_changes(), APPLICATION), SCHEMA)
     with pytest.raises(ForeignHandover):
-        decode(encode(every_kind_of_change()), APPLICATION)
+        decode(encode(every_kind_of_change(), SCHEMA), APPLICATION)
 
 
 def test_another_catalogues_hand_over_is_applied_when_this_one_has_its_families() -> None:
     """An upgrade: the other version's catalogue has another fingerprint, and the same families."""
-    content = json.loads(encode(every_kind_of_change()))
+    content = json.loads(encode(every_kind_of_change(), SCHEMA))
     content["schema"] = "0123abcd"
-    assert as_plain(decode(json.dumps(content).encode())) == as_plain(every_kind_of_change())
+    assert as_plain(decode(json.dumps(content).encode(), SCHEMA)) == as_plain(every_kind_of_change())
 
 
 def test_a_family_unknown_to_the_very_schema_that_wrote_it_is_unreadable_not_foreign() -> None:
     """Only a hand-over naming another schema is left: a hand-made one under ours is set aside as ever."""
-    content = json.loads(encode(every_kind_of_change()))
+    content = json.loads(encode(every_kind_of_change(), SCHEMA))
     content["added"].append(["made_up_total", ["x"], 1])
     with pytest.raises(UnreadableHandover) as refused:
-        decode(json.dumps(content).encode())
+        decode(json.dumps(content).encode(), SCHEMA)
     assert not isinstance(refused.value, ForeignHandover)
     del content["schema"]  # a hand-over of the version before: read as it was
     with pytest.raises(UnreadableHandover) as refused:
-        decode(json.dumps(content).encode())
+        decode(json.dumps(content).encode(), SCHEMA)
     assert not isinstance(refused.value, ForeignHandover)
 
 
 def test_a_newer_format_is_left_for_its_version() -> None:
-    content = json.loads(encode(every_kind_of_change()))
+    content = json.loads(encode(every_kind_of_change(), SCHEMA))
     content["version"] = 2
     with pytest.raises(NewerHandover):
-        decode(json.dumps(content).encode())
+        decode(json.dumps(content).encode(), SCHEMA)
 
 
 @pytest.mark.parametrize("value", ["10" * 200, "1e400", "-1", "NaN", "true", '"1"', "[[[[[[[[1]]]]]]]]"])
 def test_a_value_no_recorder_writes_is_unreadable_never_another_error(value: str) -> None:
-    data = (f'{{"version":1,"schema":"{default().fingerprint}","added":[["{c.DEPLOYMENT_ERRORS.name}",'
+    data = (f'{{"version":1,"schema":"{c.SCHEMA.fingerprint}","added":[["{c.DEPLOYMENT_ERRORS.name}",'
             f'["bare_metal","x"],{value}]],"observed":[],"latest":[],"maximum":[],"active_providers":[],'
             '"retired_markers":[]}').encode()
     with pytest.raises(UnreadableHandover):
-        decode(data)
+        decode(data, SCHEMA)

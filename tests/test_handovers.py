@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError, UnexpectedFileError
 from fraisier_textfile.format.schema import Family, Kind, Schema
 from fraisier_textfile.store import fs, handover_order, handovers
 from fraisier_textfile.store.handovers import HANDOVERS_PER_MERGE
-from fraisier_textfile.store.textfile import TextfileStore
+from fraisier_textfile.store.textfile import TextfileStore as StoreOfASchema
 
 from .processes import binary, fraisier, lock_held_elsewhere, start_store_worker
 from .values import sample_values
@@ -64,7 +66,7 @@ def test_a_hand_over_holds_every_field_of_the_changes() -> None:
     public = {name for name in vars(Changes()) if not name.startswith("_")}
     assert public == set(handovers.FIELDS), "a field of Changes is not handed over: add it to handovers.py"
     changes = every_kind_of_change()
-    assert as_plain(handovers.decode(handovers.encode(changes))) == as_plain(changes)
+    assert as_plain(handovers.decode(handovers.encode(changes, SCHEMA), SCHEMA)) == as_plain(changes)
 
 
 @pytest.mark.parametrize(
@@ -363,7 +365,7 @@ def test_a_hand_over_named_so_that_the_applied_list_cannot_hold_it_is_set_aside(
     store = TextfileStore(textfile_dir)
     good = Changes()
     events.deployment_error(good, "bare_metal", "odd")
-    data = handovers.encode(good)
+    data = handovers.encode(good, SCHEMA)
     directory = handovers.handover_directory(textfile_dir)
     directory.mkdir(parents=True)
     (directory / name).write_bytes(data)
@@ -377,7 +379,7 @@ REPORT = """
 import sys
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store.textfile import TextfileStore
+from fraisier_textfile import TextfileStore
 changes = Changes()
 events.provider_availability(changes, "bare_metal", sys.argv[2] == "up")
 events.lock_wait(changes, "web", "bare_metal", float(sys.argv[3]))
@@ -416,7 +418,7 @@ def _hand_over_directly(textfile_dir: Path, count: int, last: Changes) -> None:
             events.deployment_error(changes, "bare_metal", "held")
             if number == count - 1:
                 changes.latest.update(last.latest)
-            temporary, final = handovers.write(directory, changes, durable=False)
+            temporary, final = handovers.write(directory, changes, SCHEMA, durable=False)
             handovers.publish(directory, temporary, final, durable=False)
 
 
@@ -558,7 +560,7 @@ def test_two_stores_of_different_schemas_on_one_directory_leave_each_other_their
     the Fraisier store's hand-overs aside as unreadable, and the Fraisier store set aside the application's:
     their events were never counted. Each now leaves the other's for it."""
     jobs = Family("app_jobs_total", Kind.COUNTER, ("kind",), "Jobs run.")
-    application = TextfileStore(textfile_dir, schema=Schema([jobs]))
+    application = StoreOfASchema(textfile_dir, schema=Schema([jobs]))
     fraisier = TextfileStore(textfile_dir)
     for _ in range(2):
         ours = Changes()

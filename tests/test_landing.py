@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.serve.landing import LandingPage
 from fraisier_textfile.serve.sources import TextfileSource
 from fraisier_textfile.serve.summary import html_table, summarize
-from fraisier_textfile.store.textfile import TextfileStore
 
 LAST_SUCCESS = 1_790_000_000.0
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fraisier_textfile import MetricsRecorder
+from fraisier_textfile import MetricsRecorder, TextfileStore
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
@@ -20,7 +20,6 @@ from fraisier_textfile.format import layout
 from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.reader import parse, parse_bytes, read_vouched
 from fraisier_textfile.format.syntax import ParseError
-from fraisier_textfile.store.textfile import TextfileStore
 
 LAYOUT_PREFIX = b"# fraisier_textfile layout: "
 
@@ -47,13 +46,13 @@ def body_start(data: bytes) -> int:
 
 def slow(data: bytes) -> str:
     """The document the line-by-line reading gives, rendered."""
-    return parse(data.decode("utf-8"), check_histograms=False).render()
+    return parse(data.decode("utf-8"), SCHEMA, check_histograms=False).render()
 
 
 def test_a_file_the_store_wrote_is_vouched_for_and_read_as_the_slow_reading_reads_it(tmp_path: Path) -> None:
     data = written_file(tmp_path).read_bytes()
     assert data.count(LAYOUT_PREFIX) == 1
-    document = read_vouched(data)
+    document = read_vouched(data, SCHEMA)
     assert document is not None
     assert document.render() == slow(data) == data.decode()
     assert all(block._lines is None for block in document.blocks.values() if block.owned)  # nothing split
@@ -77,16 +76,16 @@ def test_a_file_changed_by_anyone_else_is_read_line_by_line(tmp_path: Path, data
     if original[position : position + 1] == replacement:
         return
     changed = original[:position] + replacement + original[position + 1 :]
-    assert read_vouched(changed) is None
+    assert read_vouched(changed, SCHEMA) is None
     try:
         expected: str | ParseError = slow(changed)
     except (ParseError, UnicodeDecodeError) as error:
         expected = error if isinstance(error, ParseError) else ParseError("not UTF-8")
     if isinstance(expected, ParseError):
         with pytest.raises(ParseError):
-            parse_bytes(changed, check_histograms=False)
+            parse_bytes(changed, SCHEMA, check_histograms=False)
     else:
-        assert parse_bytes(changed, check_histograms=False).render() == expected
+        assert parse_bytes(changed, SCHEMA, check_histograms=False).render() == expected
 
 
 def test_a_garbled_line_is_refused_by_the_store_although_the_layout_line_is_intact(tmp_path: Path) -> None:
@@ -106,16 +105,16 @@ def test_the_same_length_change_of_a_value_is_noticed(tmp_path: Path) -> None:
     key = 'fraisier_deployments_total{provider="provider_003",status="success",fraise_type="api"}'
     changed = original.replace(f"{key} 1.0\n".encode(), f"{key} 7.0\n".encode())
     assert changed != original and len(changed) == len(original)
-    assert read_vouched(changed) is None
-    document = parse_bytes(changed)
+    assert read_vouched(changed, SCHEMA) is None
+    document = parse_bytes(changed, SCHEMA)
     assert document.blocks[c.DEPLOYMENTS.name].value(key) == 7.0
 
 
 def test_another_versions_layout_is_not_trusted(tmp_path: Path) -> None:
     data = written_file(tmp_path).read_bytes()
     other = data.replace(LAYOUT_PREFIX + SCHEMA.fingerprint.encode(), LAYOUT_PREFIX + b"00000000", 1)
-    assert read_vouched(other) is None
-    assert parse_bytes(other).render() == data.decode()  # read the slow way, and vouched for again when written
+    assert read_vouched(other, SCHEMA) is None
+    assert parse_bytes(other, SCHEMA).render() == data.decode()  # read the slow way, and vouched for again when written
 
 
 def test_a_layout_line_that_does_not_fit_the_file_is_ignored(tmp_path: Path) -> None:
@@ -126,8 +125,8 @@ def test_a_layout_line_that_does_not_fit_the_file_is_ignored(tmp_path: Path) -> 
         data + b"other_metric 1\n",  # text after the blocks it lists
         data.replace(b"fraisier_deployments_total/", b"fraisier_rollbacks_total/", 1),  # a name twice
     ):
-        assert read_vouched(damaged) is None
-        parse_bytes(damaged)  # still a valid file, read line by line
+        assert read_vouched(damaged, SCHEMA) is None
+        parse_bytes(damaged, SCHEMA)  # still a valid file, read line by line
 
 
 @pytest.mark.slow
@@ -155,9 +154,9 @@ def test_after_any_merges_the_file_is_vouched_for_and_reads_as_the_slow_reading_
             store = TextfileStore(directory)
             from fraisier_textfile.store.lifecycle import Selection, forget
 
-            forget(store, Selection(matchers=[("provider", f"provider_{chance.randint(0, 45):03d}")]))
+            forget(store, Selection(matchers=[("provider", f"provider_{chance.randint(0, 45):03d}")], schema=SCHEMA))
         data = (directory / "fraisier.prom").read_bytes()
-        document = read_vouched(data)
+        document = read_vouched(data, SCHEMA)
         assert document is not None
         assert document.render() == slow(data) == data.decode()
 
@@ -173,7 +172,7 @@ def test_a_histogram_with_other_bounds_is_not_vouched_for() -> None:
     )
     family = c.ROLLBACK_DURATION
     other = c.Family(family.name, family.kind, family.labels, family.help, buckets=(1.0,))
-    document = parse(text, check_histograms=False)
+    document = parse(text, SCHEMA, check_histograms=False)
     migrate_histograms(document, targets=[other])
     assert LAYOUT_PREFIX not in document.render().encode()
 
@@ -192,12 +191,12 @@ def test_meta_lines_with_non_ascii_values_are_written_back_as_they_were(tmp_path
     path = tmp_path / "fraisier.prom"
     data = path.read_bytes()
     assert "çà-日本".encode() in data.split(b"\n# HELP")[0]  # in a meta line (the series' update times)
-    document = read_vouched(data)
+    document = read_vouched(data, SCHEMA)
     assert document is not None
     assert b"".join(document.parts()) == data
     MetricsRecorder(tmp_path).record_deployment_complete("plain", "api", "failed", 1.0)
     again = path.read_bytes()
-    assert read_vouched(again) is not None and again.decode() == slow(again)
+    assert read_vouched(again, SCHEMA) is not None and again.decode() == slow(again)
 
 
 def reading(document: Document) -> list[tuple[object, ...]]:
@@ -221,15 +220,15 @@ def reading(document: Document) -> list[tuple[object, ...]]:
     ids=["blank-and-comment", "comment-after-help", "help-without-text", "blank-between-foreign-families"],
 )
 def test_a_family_written_before_comments_that_the_next_family_would_take_is_read_alike(text: str) -> None:
-    data = b"".join(parse(text).parts())
-    vouched = read_vouched(data)
+    data = b"".join(parse(text, SCHEMA).parts())
+    vouched = read_vouched(data, SCHEMA)
     if vouched is not None:
-        assert reading(vouched) == reading(parse(data.decode()))
+        assert reading(vouched) == reading(parse(data.decode(), SCHEMA))
     # Written once more from either reading, the file is the same, and is vouched for again.
-    again = b"".join(parse_bytes(data).parts())
-    assert again == b"".join(parse(data.decode()).parts())
-    document = read_vouched(again)
-    assert document is not None and reading(document) == reading(parse(again.decode()))
+    again = b"".join(parse_bytes(data, SCHEMA).parts())
+    assert again == b"".join(parse(data.decode(), SCHEMA).parts())
+    document = read_vouched(again, SCHEMA)
+    assert document is not None and reading(document) == reading(parse(again.decode(), SCHEMA))
 
 
 _D = c.DEPLOYMENT_ERRORS.name
@@ -277,18 +276,18 @@ def test_any_file_written_back_after_any_changes_reads_alike_from_its_layout_and
     from fraisier_textfile.store.rules import apply_changes as _apply
 
     try:
-        document = parse("".join(line + "\n" for chunk in chunks for line in chunk))
+        document = parse("".join(line + "\n" for chunk in chunks for line in chunk), SCHEMA)
     except ParseError:
         return
     saved, layout.SEGMENT = layout.SEGMENT, 50  # several segments to a family, a histogram's lines straddling them
     try:
         for operation, provider in [*operations, ("", "")]:
             data = b"".join(document.parts())
-            vouched = read_vouched(data)
-            slow = parse(data.decode())  # never refuses what its writer wrote
+            vouched = read_vouched(data, SCHEMA)
+            slow = parse(data.decode(), SCHEMA)  # never refuses what its writer wrote
             if vouched is not None:
                 assert b"".join(vouched.parts()) == data
-                again = read_vouched(data)
+                again = read_vouched(data, SCHEMA)
                 assert again is not None and reading(again) == reading(slow)
             document = vouched if vouched is not None else slow
             changes = Changes()
@@ -297,7 +296,7 @@ def test_any_file_written_back_after_any_changes_reads_alike_from_its_layout_and
             elif operation == "observe":
                 changes.observe(c.ROLLBACK_DURATION, (provider,), 7.0)
             elif operation == "forget":
-                sweep(document, Selection(matchers=[("provider", provider)]), 0.0, remove=True)
+                sweep(document, Selection(matchers=[("provider", provider)], schema=SCHEMA), 0.0, remove=True)
             elif operation == "lines":
                 for block in document.blocks.values():
                     block.lines  # noqa: B018 (split into lines: written from them, cut into segments anew)

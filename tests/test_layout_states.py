@@ -11,14 +11,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import catalogue as c
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.format import layout
 from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.reader import parse, read_vouched
 from fraisier_textfile.store import handovers
 from fraisier_textfile.store.lifecycle import Selection, SeriesLifecycle, forget
-from fraisier_textfile.store.textfile import TextfileStore
 
 PROVIDERS = ("p", "q", "été", 'a"b', "c\\d", "x y")
 REASONS = ("r", "s")
@@ -95,7 +96,7 @@ class Merges(RuleBasedStateMachine):
 
     @rule(provider=st.sampled_from(PROVIDERS))
     def forget(self, provider: str) -> None:
-        forget(self.store, Selection(matchers=[("provider", provider)]))
+        forget(self.store, Selection(matchers=[("provider", provider)], schema=SCHEMA))
         self._merged()  # the hand-overs are applied before the series are forgotten
         for key in list(self.totals):
             if key[0] == provider:
@@ -122,11 +123,11 @@ class Merges(RuleBasedStateMachine):
         if not path.exists():
             return
         data = path.read_bytes()
-        slow = parse(data.decode())
-        vouched = read_vouched(data)
+        slow = parse(data.decode(), SCHEMA)
+        vouched = read_vouched(data, SCHEMA)
         if vouched is not None:
             assert b"".join(vouched.parts()) == data
-            again = read_vouched(data)  # read again: reading() splits the blocks into lines
+            again = read_vouched(data, SCHEMA)  # read again: reading() splits the blocks into lines
             assert again is not None and reading(again) == reading(slow)
         block = slow.blocks.get(c.ROLLBACKS.name)
         found = {} if block is None else dict(block.samples())

@@ -16,15 +16,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.format.reader import parse
 from fraisier_textfile.store.lifecycle import (
     REFUSED_FAMILY,
     migrate_histograms,
 )
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import binary, fraisier, fraisier_metrics, http_get, node_exporter
 from .stores import DAY, record, series_with, store_at, two_providers
@@ -236,7 +237,7 @@ TODAY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
     ],
 )
 def test_migration_golden(case: str, target: c.Family) -> None:
-    document = parse((FIXTURES / case / "before.prom").read_text(), check_histograms=False)
+    document = parse((FIXTURES / case / "before.prom").read_text(), SCHEMA, check_histograms=False)
     notes = migrate_histograms(document, targets=[target])
     assert document.render() == (FIXTURES / case / "after.prom").read_text()
     assert len(notes) == 1 and notes[0].startswith(f"{HEALTH}: buckets le=2.0 added")
@@ -262,7 +263,7 @@ def test_a_migration_keeps_totals_and_never_claims_an_observation_it_cannot_plac
         lines.append(f'{name}_bucket{{provider="p",le="{c.format_float(bound)}"}} {float(count)}')
     lines.append(f'{name}_sum{{provider="p"}} {c.format_float(sum(observations))}')
     lines.append(f'{name}_count{{provider="p"}} {float(len(observations))}')
-    document = parse("\n".join(lines) + "\n", check_histograms=False)
+    document = parse("\n".join(lines) + "\n", SCHEMA, check_histograms=False)
     target = c.Family(name, c.Kind.HISTOGRAM, ("provider",), c.ROLLBACK_DURATION.help, tuple(new))
     migrate_histograms(document, targets=[target])
     values = dict(document.blocks[name].samples())

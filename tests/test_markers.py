@@ -160,8 +160,8 @@ def test_what_is_not_a_regular_file_among_the_markers_is_skipped_never_followed_
 def test_a_marker_named_so_that_the_retired_list_cannot_hold_it_is_ignored(textfile_dir: Path, name: str) -> None:
     """The file lists retired markers by id, space-separated on one line: a copy named with a newline failed
     every merge (bare ValueError), one with a blank would read back as two ids and count its crash again."""
+    from fraisier_textfile import TextfileStore
     from fraisier_textfile.changes import Changes
-    from fraisier_textfile.store.textfile import TextfileStore
 
     marker = markers.create_marker(textfile_dir, "bare_metal", "api")
     directory = textfile_dir / MARKER_DIRECTORY

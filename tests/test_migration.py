@@ -7,13 +7,14 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.format.check import check_text
 from fraisier_textfile.format.reader import parse
 from fraisier_textfile.store.migration import migrate_histograms, migration_notes
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .values import sample_values
 
@@ -35,12 +36,12 @@ def bucket(values: dict[str, float], le: str) -> float:
 
 
 def test_a_histogram_with_other_buckets_gets_the_catalogues_and_keeps_its_totals() -> None:
-    document = parse(written_by_prometheus_client(), check_histograms=False)
+    document = parse(written_by_prometheus_client(), SCHEMA, check_histograms=False)
     assert len(migration_notes(document)) == 1
     notes = migrate_histograms(document)
     assert len(notes) == 1 and NAME in notes[0]
     text = document.render()
-    assert check_text(text) == []
+    assert check_text(text, SCHEMA) == []
     values = sample_values(text)
     assert bucket(values, "+Inf") == values[f"{NAME}_count{{{SERIES}}}"] == 5
     assert values[f"{NAME}_sum{{{SERIES}}}"] == 4211.2
@@ -58,7 +59,7 @@ def test_a_merge_migrates_the_file_and_counts_on_in_the_catalogues_buckets(textf
     events.deployment_complete(changes, "bare_metal", "api", "success", 20.0, now=1_700_000_000.0)
     TextfileStore(textfile_dir).merge(changes)
     text = (textfile_dir / "fraisier.prom").read_text()
-    assert check_text(text) == []
+    assert check_text(text, SCHEMA) == []
     values = sample_values(text)
     assert bucket(values, "+Inf") == 6
     assert bucket(values, "30.0") == 4

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.format.model import Block, Document, check_buckets
 from fraisier_textfile.format.reader import parse, parse_bytes
 from fraisier_textfile.format.syntax import ParseError
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .values import sample_values
 
@@ -25,7 +26,7 @@ def test_a_file_written_by_a_merge_is_written_back_unchanged_byte_for_byte(textf
     store = TextfileStore(textfile_dir)
     store.merge(changes)
     data = store.path.read_bytes()
-    assert b"".join(parse_bytes(data).parts()) == data
+    assert b"".join(parse_bytes(data, SCHEMA).parts()) == data
 
 
 def test_families_we_do_not_own_keep_their_exact_text_after_ours() -> None:
@@ -34,7 +35,7 @@ def test_families_we_do_not_own_keep_their_exact_text_after_ours() -> None:
     Counter("other_jobs", "Jobs of another exporter.", ["kind"], registry=registry).labels("a\\b").inc(3)
     Gauge("other_temperature", "Someone else's gauge.", registry=registry).set(21.5)
     theirs = generate_latest(registry).decode()
-    document = parse(theirs)
+    document = parse(theirs, SCHEMA)
     document.block(c.DEPLOYMENT_ERRORS).set('fraisier_deployment_errors_total{provider="bare_metal",'
                                             'error_type="timeout"}', 1.0)
     written = document.render()
@@ -56,7 +57,7 @@ def test_a_block_sets_reads_and_removes_series() -> None:
 
 
 def test_a_histogram_without_the_catalogues_buckets_is_named_with_both_sets() -> None:
-    document = Document()
+    document = Document(SCHEMA)
     block = document.block(c.DEPLOYMENT_DURATION)
     block.set('fraisier_deployment_duration_seconds_bucket{provider="bare_metal",status="success",le="7.0"}', 1)
     block.set('fraisier_deployment_duration_seconds_bucket{provider="bare_metal",status="success",le="+Inf"}', 1)

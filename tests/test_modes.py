@@ -32,7 +32,7 @@ HAND_OVER = """
 import os
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store.textfile import TextfileStore
+from fraisier_textfile import TextfileStore
 changes = Changes()
 events.deployment_error(changes, "bare_metal", "timeout")
 TextfileStore(os.environ["FRAISIER_TEXTFILE_DIR"]).hand_over(changes)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from fraisier_textfile import catalogue as c
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.format.check import check_document, check_text
 from fraisier_textfile.format.model import check_buckets
 from fraisier_textfile.format.reader import parse
@@ -49,7 +50,7 @@ other_metric { y = "2" ,x="2",}\t4
 def test_families_we_do_not_own_are_written_back_exactly() -> None:
     ours = "# HELP fraisier_rollbacks_total Old help.\n# TYPE fraisier_rollbacks_total counter\n"
     ours += 'fraisier_rollbacks_total{provider="p",reason="r"} 2.0\n'
-    document = parse(ours + FOREIGN)
+    document = parse(ours + FOREIGN, SCHEMA)
     rendered = document.render()
     assert rendered.endswith(FOREIGN)
     assert f"# HELP fraisier_rollbacks_total {c.ROLLBACKS.help}\n" in rendered
@@ -69,7 +70,7 @@ SPELLINGS = {
 
 @pytest.mark.parametrize("text", SPELLINGS.values(), ids=SPELLINGS.keys())
 def test_series_of_ours_are_found_whatever_their_spelling(text: str) -> None:
-    block = parse(text).blocks[c.ROLLBACKS.name]
+    block = parse(text, SCHEMA).blocks[c.ROLLBACKS.name]
     assert block.value(ROLLBACK) == 2.0
     block.set(ROLLBACK, 3.0)
     assert block.render().endswith(f"{ROLLBACK} 3.0\n")
@@ -89,20 +90,20 @@ def _histogram_text(bounds: list[str], le_first: bool = False) -> str:
 def test_le_is_read_in_any_spelling_and_position() -> None:
     go_style = ["1", "5", "10", "30", "60", "120", "300", "600", "+Inf"]
     exponents = ["1e0", "5e0", "1e1", "3e1", "6e1", "1.2e2", "3e2", "6e2", "+inf"]
-    canonical = parse(_histogram_text(list(c.ROLLBACK_DURATION.bucket_bounds))).render()
+    canonical = parse(_histogram_text(list(c.ROLLBACK_DURATION.bucket_bounds)), SCHEMA).render()
     for bounds in (go_style, exponents):
-        assert parse(_histogram_text(bounds)).render() == canonical
-    assert parse(_histogram_text(list(c.ROLLBACK_DURATION.bucket_bounds), le_first=True)).render() == canonical
+        assert parse(_histogram_text(bounds), SCHEMA).render() == canonical
+    assert parse(_histogram_text(list(c.ROLLBACK_DURATION.bucket_bounds), le_first=True), SCHEMA).render() == canonical
 
 
 def test_histogram_buckets_must_be_the_catalogues() -> None:
-    parse(_histogram_text(list(c.ROLLBACK_DURATION.bucket_bounds)))
+    parse(_histogram_text(list(c.ROLLBACK_DURATION.bucket_bounds)), SCHEMA)
     with pytest.raises(ParseError, match="buckets le=1.0,2.0,\\+Inf but the catalogue's"):
-        parse(_histogram_text(["1.0", "2.0", "+Inf"]))
+        parse(_histogram_text(["1.0", "2.0", "+Inf"]), SCHEMA)
 
 
 def test_a_merge_checks_only_the_histograms_it_asks_for() -> None:
-    document = parse(_histogram_text(["1.0", "2.0", "+Inf"]), check_histograms=False)
+    document = parse(_histogram_text(["1.0", "2.0", "+Inf"]), SCHEMA, check_histograms=False)
     block = document.blocks[c.ROLLBACK_DURATION.name]
     with pytest.raises(ParseError, match="but the catalogue's are"):
         check_buckets(block, c.ROLLBACK_DURATION)
@@ -145,9 +146,9 @@ REFUSED = {
 @pytest.mark.parametrize("text, problem", REFUSED.values(), ids=REFUSED.keys())
 def test_what_node_exporter_refuses_is_refused_in_its_words(text: str, problem: str) -> None:
     with pytest.raises(ParseError) as raised:
-        parse(text)
+        parse(text, SCHEMA)
     assert problem in raised.value.problem
-    assert [error.problem for error in check_text(text)] == [raised.value.problem]
+    assert [error.problem for error in check_text(text, SCHEMA)] == [raised.value.problem]
 
 
 ACCEPTED = {
@@ -168,14 +169,14 @@ ACCEPTED = {
 
 @pytest.mark.parametrize("text", ACCEPTED.values(), ids=ACCEPTED.keys())
 def test_what_node_exporter_accepts_is_read(text: str) -> None:
-    document = parse(text)
-    assert check_text(text) == []
+    document = parse(text, SCHEMA)
+    assert check_text(text, SCHEMA) == []
     assert document.blocks
-    assert parse(document.render()).render() == document.render()
+    assert parse(document.render(), SCHEMA).render() == document.render()
 
 
 def test_a_family_in_two_places_is_kept_whole() -> None:
-    document = parse('a{x="1"} 1\nb 2\na{x="2"} 3\n')
+    document = parse('a{x="1"} 1\nb 2\na{x="2"} 3\n', SCHEMA)
     assert document.render() == 'a{x="1"} 1\na{x="2"} 3\nb 2\n'
 
 
@@ -190,7 +191,7 @@ def test_check_lists_every_problem_with_its_line() -> None:
         'other{b="2",a="1"} 1\n'
         'other{a="1",b="2"} 1\n'  # line 8
     )
-    problems = [(error.line_number, error.problem) for error in check_text(text)]
+    problems = [(error.line_number, error.problem) for error in check_text(text, SCHEMA)]
     assert problems == [
         (2, 'unexpected end of label value "1"'),
         (4, "sample line 'a 2 17' has a timestamp: node_exporter does not support client-side timestamps "
@@ -204,27 +205,27 @@ def test_check_lists_every_problem_with_its_line() -> None:
 def test_check_finds_buckets_that_are_not_cumulative_and_counts_that_differ() -> None:
     text = _histogram_text(list(c.ROLLBACK_DURATION.bucket_bounds)).replace('le="5.0"} 1.0', 'le="5.0"} 0.0')
     series = 'fraisier_rollback_duration_seconds{provider="p"}'
-    assert [error.problem for error in check_text(text)] == [f"the buckets of {series} are not cumulative"]
-    assert check_document(parse(text)) == [f"the buckets of {series} are not cumulative"]
+    assert [error.problem for error in check_text(text, SCHEMA)] == [f"the buckets of {series} are not cumulative"]
+    assert check_document(parse(text, SCHEMA)) == [f"the buckets of {series} are not cumulative"]
     text = text.replace('_count{provider="p"} 1.0', '_count{provider="p"} 2.0')
-    assert f"the +Inf bucket of {series} is 1.0 but its count is 2.0" in [e.problem for e in check_text(text)]
+    assert f"the +Inf bucket of {series} is 1.0 but its count is 2.0" in [e.problem for e in check_text(text, SCHEMA)]
 
 
 def test_empty_and_comment_only_files_parse_and_keep_their_comments() -> None:
-    assert parse("").blocks == {}
-    document = parse("# just a comment\n\n")
+    assert parse("", SCHEMA).blocks == {}
+    document = parse("# just a comment\n\n", SCHEMA)
     assert document.blocks == {}
     assert document.render() == "# just a comment\n\n"
 
 
 def test_comments_in_our_families_are_kept_before_their_header() -> None:
     text = f"# written by hand\n# TYPE fraisier_rollbacks_total counter\n{ROLLBACK} 1.0\n# a note\n"
-    rendered = parse(text).render()
+    rendered = parse(text, SCHEMA).render()
     assert without_layout(rendered) == (
         f"# written by hand\n# a note\n# HELP fraisier_rollbacks_total {c.ROLLBACKS.help}\n"
         f"# TYPE fraisier_rollbacks_total counter\n{ROLLBACK} 1.0\n"
     )
-    assert parse(rendered).render() == rendered
+    assert parse(rendered, SCHEMA).render() == rendered
 
 
 def test_a_comment_in_a_family_of_ours_without_samples_stays_with_it() -> None:
@@ -233,8 +234,8 @@ def test_a_comment_in_a_family_of_ours_without_samples_stays_with_it() -> None:
         "# HELP fraisier_rollbacks_total x\n# a comment\n# TYPE fraisier_rollbacks_total counter\n"
         "# TYPE fraisier_deployment_lock_wait_seconds gauge\n"
     )
-    document = parse(text)
-    again = parse(document.render())
+    document = parse(text, SCHEMA)
+    again = parse(document.render(), SCHEMA)
     assert again.blocks["fraisier_rollbacks_total"].comments == ["# a comment"]
     assert again.blocks["fraisier_deployment_lock_wait_seconds"].comments == []
 
@@ -242,7 +243,7 @@ def test_a_comment_in_a_family_of_ours_without_samples_stays_with_it() -> None:
 def test_meta_comments_are_read_wherever_they_are_and_written_on_top_sorted() -> None:
     text = f"# fraisier_textfile retired-markers: m2 m1\n{ROLLBACK} 1.0\nother 1\n"
     text += "# fraisier_textfile a-key: some value\n"
-    document = parse(text)
+    document = parse(text, SCHEMA)
     assert document.meta == {"retired-markers": "m2 m1", "a-key": "some value"}
     assert RETIRED_MARKERS.get(document) == {"m1", "m2"}
     RETIRED_MARKERS.add(document, ["m3"])
@@ -259,8 +260,8 @@ def test_meta_comments_are_read_wherever_they_are_and_written_on_top_sorted() ->
 
 def test_our_writes_are_unchanged_by_the_lazy_reading() -> None:
     text = _histogram_text(list(c.ROLLBACK_DURATION.bucket_bounds))
-    canonical = parse(text).render()
-    assert parse(canonical).render() == canonical
+    canonical = parse(text, SCHEMA).render()
+    assert parse(canonical, SCHEMA).render() == canonical
     assert without_layout(canonical).startswith(f"# HELP {c.ROLLBACK_DURATION.name} {c.ROLLBACK_DURATION.help}\n# TYPE")
 
 
@@ -268,6 +269,6 @@ def test_the_line_of_a_problem_after_lines_read_fast_is_right() -> None:
     ours = "".join(f'fraisier_rollbacks_total{{provider="p{n}",reason="r"}} 1.0\n' for n in range(50))
     text = f"# TYPE fraisier_rollbacks_total counter\n{ours}\nother 1\n{ours.replace('p', 'q')}other 2 3 4\n"
     with pytest.raises(ParseError) as raised:
-        parse(text)
+        parse(text, SCHEMA)
     assert raised.value.line_number == 104
-    assert [error.line_number for error in check_text(text)] == [104]
+    assert [error.line_number for error in check_text(text, SCHEMA)] == [104]

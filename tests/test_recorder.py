@@ -24,6 +24,7 @@ from fraisier_textfile import (
     InvalidValueError,
     LockTimeoutError,
     MetricsRecorder,
+    TextfileStore,
     TextfileWriteError,
     changes,
     get_metrics_recorder,
@@ -31,7 +32,6 @@ from fraisier_textfile import (
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store.inflight import MARKER_DIRECTORY
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere, small_tmpfs
 from .values import canonical_samples, sample_values

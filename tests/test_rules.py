@@ -11,6 +11,7 @@ import pytest
 
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError
 from fraisier_textfile.format.model import Document
@@ -31,9 +32,9 @@ LAST = 'fraisier_last_deployment_timestamp_seconds{provider="p",fraise_type="api
 
 
 def values(changes: Changes, text: str = "", now: float = 1_000_000.0, behind: bool = False) -> dict[str, float]:
-    document = parse(text)
+    document = parse(text, SCHEMA)
     apply_changes(document, changes, PATH, now, behind)
-    return dict(sample for block in parse(document.render()).blocks.values() for sample in block.samples())
+    return dict(sample for block in parse(document.render(), SCHEMA).blocks.values() for sample in block.samples())
 
 
 def test_counters_are_summed_with_the_file_gauges_replace_it_and_a_maximum_keeps_the_larger() -> None:
@@ -87,7 +88,7 @@ def test_a_stored_time_far_ahead_of_the_clock_is_replaced_unless_this_clock_is_t
 def test_a_sum_that_would_overflow_is_refused_before_anything_is_written() -> None:
     changes = Changes()
     changes.add(c.DEPLOYMENTS, ("p", "success", "api"), 1.7e308)
-    document = parse(f"{DEPLOYED} 1.7e308\n")
+    document = parse(f"{DEPLOYED} 1.7e308\n", SCHEMA)
     before = document.render()
     with pytest.raises(InvalidValueError):
         check_summable(document, changes, PATH)
@@ -111,7 +112,7 @@ def test_combined_changes_apply_as_their_parts_one_after_the_other() -> None:
         changes = errors(number + 1)
         events.deployment_complete(changes, "bare_metal", "api", "success", 10.0 * (number + 1), now=now)
         parts.append(changes)
-    one_by_one, at_once = Document(), Document()
+    one_by_one, at_once = Document(SCHEMA), Document(SCHEMA)
     for part in parts:
         apply_changes(one_by_one, part, MY_PATH, 1_700_000_400.0)
     apply_changes(at_once, combine(parts), MY_PATH, 1_700_000_400.0)
@@ -122,7 +123,7 @@ def test_combined_changes_apply_as_their_parts_one_after_the_other() -> None:
 
 
 def test_a_counter_the_file_holds_as_nan_is_named_not_summed_into() -> None:
-    document = Document()
+    document = Document(SCHEMA)
     document.block(c.DEPLOYMENT_ERRORS).set(ERROR, float("nan"))
     with pytest.raises(CorruptTextfileError, match="remove that line"):
         apply_changes(document, errors(1), MY_PATH, 1.0)

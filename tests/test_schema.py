@@ -13,7 +13,7 @@ from fraisier_textfile.format.reader import parse, read_vouched
 from fraisier_textfile.format.schema import Family, Kind, Schema
 from fraisier_textfile.store.textfile import TextfileStore
 
-from .processes import binary
+from .processes import binary, http_get, node_exporter
 from .values import sample_values
 
 JOBS = Family("app_jobs_total", Kind.COUNTER, ("job", "result"), "Jobs run, by job and result.",
@@ -23,27 +23,51 @@ QUEUE = Family("app_queue_depth", Kind.GAUGE, ("queue",), "Items waiting, as las
 DURATION = Family("app_job_duration_seconds", Kind.HISTOGRAM, ("job",), "Job durations.", (1, 10, 100))
 APP = Schema([JOBS, LAST_RUN, QUEUE, DURATION])
 
+# A process that cannot load Fraisier's knowledge at all: the catalogue, its events, its store are refused.
 WORKER = """
-import sys
-from fraisier_textfile.changes import Changes
+import importlib.abc, sys
+
+REFUSED = {"fraisier_textfile.catalogue", "fraisier_textfile.changes", "fraisier_textfile.fraisier_store"}
+
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name in REFUSED:
+            raise ImportError(f"{name} is refused in this process")
+        return None
+
+
+sys.meta_path.insert(0, Refuse())
+
 from fraisier_textfile.format.schema import Family, Kind, Schema
+from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.textfile import TextfileStore
+
 jobs = Family("app_jobs_total", Kind.COUNTER, ("job", "result"), "Jobs run, by job and result.",
               zero_series=("result", ("ok", "failed")))
 last = Family("app_last_run_timestamp_seconds", Kind.GAUGE, ("job",), "When each job last ran.")
 queue = Family("app_queue_depth", Kind.GAUGE, ("queue",), "Items waiting, as last reported.")
 duration = Family("app_job_duration_seconds", Kind.HISTOGRAM, ("job",), "Job durations.", (1, 10, 100))
 store = TextfileStore(sys.argv[1], schema=Schema([jobs, last, queue, duration]))
-for _ in range(int(sys.argv[2])):
+for number in range(int(sys.argv[2])):
     changes = Changes()
     changes.add(jobs, ("backup", "ok"), 1)
     changes.observe(duration, ("backup",), 5.0)
-    changes.set_maximum(last, ("backup",), 1700000000.0)
-    store.merge(changes)
+    changes.set_maximum(last, ("backup",), 1700000000.0 + number)
+    changes.set_latest(queue, ("mail",), number)
+    store.merge_or_hand_over(changes, wait=0.05)
+store.merge_backlog()
+print(" ".join(sorted(name for name in sys.modules if name.startswith("fraisier_textfile"))))
 """
 
 
-def test_families_the_catalogue_does_not_know_merge_by_their_rules_across_processes(tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_families_the_catalogue_does_not_know_merge_by_their_rules_across_processes_that_cannot_load_it(
+    tmp_path: Path,
+) -> None:
+    """The store knows merge rules, not Fraisier: processes that cannot import Fraisier's catalogue, events or
+    store merge an application's counter, gauges and histogram into one file, racing, and node_exporter serves
+    the sums."""
     directory = tmp_path / "textfile"
     store = TextfileStore(directory, schema=APP)
     directory.mkdir()
@@ -56,24 +80,35 @@ def test_families_the_catalogue_does_not_know_merge_by_their_rules_across_proces
     changes.observe(DURATION, ("backup",), 50.0)
     store.merge(changes)
     workers = [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(directory), "25"]) for _ in range(3)
+        subprocess.Popen([sys.executable, "-c", WORKER, str(directory), "25"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
     ]
-    assert [worker.wait(timeout=120) for worker in workers] == [0, 0, 0]
+    outputs = [worker.communicate(timeout=120) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], [error for _, error in outputs]
+    for loaded, _ in outputs:
+        assert "fraisier_textfile.store.textfile" in loaded.split()
+        assert not {"fraisier_textfile.catalogue", "fraisier_textfile.changes"} & set(loaded.split())
     later = Changes()
     later.set_latest(QUEUE, ("mail",), 3)
     store.merge(later)
 
-    values = sample_values(store.path)
-    assert values['app_jobs_total{job="backup",result="ok"}'] == 75  # summed over 3 processes
+    text = store.path.read_text()
+    # None of Fraisier's families appear (the store's own, fraisier_textfile_*, count its hand-overs).
+    assert "fraisier_" not in text.replace("fraisier_textfile", "")
+    with node_exporter(directory) as url:
+        values = sample_values(http_get(url))
+    assert values["node_textfile_scrape_error"] == 0
+    assert values['app_jobs_total{job="backup",result="ok"}'] == 50  # summed over 2 processes
     assert values['app_jobs_total{job="backup",result="failed"}'] == 2
     assert values['app_queue_depth{queue="mail"}'] == 3  # the latest report
-    assert values['app_last_run_timestamp_seconds{job="backup"}'] == 1700000000.0
-    assert values['app_job_duration_seconds_bucket{job="backup",le="10.0"}'] == 75
-    assert values['app_job_duration_seconds_bucket{job="backup",le="100.0"}'] == 76
-    assert values['app_job_duration_seconds_count{job="backup"}'] == 76
+    assert values['app_last_run_timestamp_seconds{job="backup"}'] == 1700000024.0  # the largest
+    assert values['app_job_duration_seconds_bucket{job="backup",le="1"}'] == 0
+    assert values['app_job_duration_seconds_bucket{job="backup",le="10"}'] == 50
+    assert values['app_job_duration_seconds_bucket{job="backup",le="100"}'] == 51
+    assert values['app_job_duration_seconds_count{job="backup"}'] == 51
+    assert values['app_job_duration_seconds_sum{job="backup"}'] == 300
     assert values["other_metric"] == 7  # a family the schema does not own is kept as it came
-    text = store.path.read_text()
-    assert "fraisier_" not in text.replace("# fraisier_textfile ", "")  # none of Fraisier's families appear
     # What node_exporter's parser accepts, promtool accepts too.
     linted = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
     assert linted.returncode == 0, linted.stdout + linted.stderr

@@ -28,12 +28,11 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from fraisier_textfile import MetricsRecorder
+from fraisier_textfile import MetricsRecorder, TextfileStore
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.cli.commands import main
 from fraisier_textfile.serve.server import MetricsServer
 from fraisier_textfile.serve.sources import RegistrySource, TextfileSource
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import fraisier, free_port, lock_held_elsewhere
 from .tls import Certificates

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from fraisier_textfile import changes
+from fraisier_textfile import TextfileStore, changes
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers, inflight
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import fraisier, lock_held_elsewhere, small_tmpfs
 from .values import sample_values

@@ -4,6 +4,7 @@ adds series in it without splitting it into lines, and the spliced text is what 
 from __future__ import annotations
 
 from fraisier_textfile import catalogue as c
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.format.layout import segments_of
 from fraisier_textfile.format.reader import parse
 from fraisier_textfile.format.span import BodySpan
@@ -12,7 +13,7 @@ from fraisier_textfile.format.span import BodySpan
 def test_an_untouched_block_of_ours_is_copied_not_parsed() -> None:
     lines = [f'fraisier_rollbacks_total{{provider="p{n}",reason="r"}} {n}.0' for n in range(1000)]
     text = "# HELP fraisier_rollbacks_total x\n# TYPE fraisier_rollbacks_total counter\n" + "\n".join(lines) + "\n"
-    document = parse(text)
+    document = parse(text, SCHEMA)
     block = document.blocks[c.ROLLBACKS.name]
     assert block._lines is None  # nothing split into lines yet
     key = 'fraisier_rollbacks_total{provider="p500",reason="r"}'
@@ -25,7 +26,7 @@ def test_an_untouched_block_of_ours_is_copied_not_parsed() -> None:
     assert f"{key} 501.0\n" in rendered and 'p3"' not in rendered
     assert rendered.endswith('fraisier_rollbacks_total{provider="new",reason="r"} 1.0\n')
     assert block.line_count() == 1000 == len(block.lines)
-    assert parse(rendered).blocks[c.ROLLBACKS.name].value(key) == 501.0
+    assert parse(rendered, SCHEMA).blocks[c.ROLLBACKS.name].value(key) == 501.0
 
 
 def test_the_spliced_pieces_are_the_edited_lines_and_their_segments_the_checksums_of_those_bytes() -> None:

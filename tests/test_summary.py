@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.serve.summary import Row, histogram_quantile, summarize, table_lines
 from fraisier_textfile.store import markers
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import binary, fraisier, free_port, running
 

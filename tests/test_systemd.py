@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile.cli import systemd as units
 from fraisier_textfile.cli.commands import main
 from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.serve.server import MetricsServer
 from fraisier_textfile.serve.sources import TextfileSource
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .installs import build_wheel, directory_the_units_can_see, install
 from .processes import REPOSITORY, binary, free_port, http_get, stop, tail, wait_until_serving

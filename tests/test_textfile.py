@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError, LockTimeoutError, TextfileWriteError
 from fraisier_textfile.format.reader import parse
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import STORE_WORKERS, binary, lock_held_elsewhere, small_tmpfs
 from .values import sample_values
@@ -248,7 +249,7 @@ def test_the_lock_times_out_with_a_clear_error(textfile_dir: Path) -> None:
 def test_a_missing_directory_is_created(tmp_path: Path) -> None:
     store = TextfileStore(tmp_path / "a" / "b" / "c")
     merge(store, events.deployment_error, "bare_metal", "timeout")
-    assert parse(store.path.read_text()).blocks
+    assert parse(store.path.read_text(), SCHEMA).blocks
 
 
 # Time that steps

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
@@ -20,7 +21,6 @@ from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
 from fraisier_textfile.sources.fraisier_state import participants
 from fraisier_textfile.store import handovers, inflight
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
-from fraisier_textfile.store.textfile import TextfileStore
 from fraisier_textfile.store.transaction import Merge, Participant
 
 from .processes import start_store_worker
@@ -106,9 +106,9 @@ KILLED_BETWEEN_WRITE_AND_RENAME = textwrap.dedent('''
     sys.path[:0] = [sys.argv[2]]
     from tests.test_transaction import CountingSource
     from fraisier_textfile.changes import Changes
-    from fraisier_textfile.store import textfile
+    from fraisier_textfile.fraisier_store import FraisierStore
 
-    store = textfile.TextfileStore(sys.argv[1], participants=[CountingSource()])
+    store = FraisierStore(sys.argv[1], participants=[CountingSource()])
     rename = store.file.rename
 
     def killed_before_rename(*arguments):

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import FraisierTextfileError, UnexpectedFileError
 from fraisier_textfile.store import handovers
 from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .test_inflight import DEPLOYER, GROUP, OBSERVER, Users, shared_dir, users  # noqa: F401  (fixtures)
 from .values import sample_values
@@ -210,7 +210,7 @@ DEPLOYER_RECORDS = """
 import sys
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store.textfile import TextfileStore
+from fraisier_textfile import TextfileStore
 store = TextfileStore(sys.argv[1])
 changes = Changes()
 events.deployment_error(changes, "bare_metal", "deployer")

@@ -209,14 +209,15 @@ def take_fraisier_state() -> None:
     ours.setLevel(logging.CRITICAL)
     try:
         from fraisier_textfile.changes import Changes
+        from fraisier_textfile.fraisier_store import FraisierStore
         from fraisier_textfile.sources.fraisier_state import participants
-        from fraisier_textfile.store.textfile import DIRECTORY_ENVIRONMENT, TextfileStore, default_textfile_directory
+        from fraisier_textfile.store.textfile import DIRECTORY_ENVIRONMENT, default_textfile_directory
 
         sources = participants()
         if sources:
             directory = os.environ.get(DIRECTORY_ENVIRONMENT) or default_textfile_directory()
             if leaves_the_directory_to_its_writers(directory):
-                TextfileStore(directory, participants=sources).merge(Changes(), timeout=STATE_WAIT)
+                FraisierStore(directory, participants=sources).merge(Changes(), timeout=STATE_WAIT)
     except Exception:  # the metrics path never changes how a Fraisier command ends
         pass
     finally:

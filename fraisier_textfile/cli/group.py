@@ -21,6 +21,7 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile.cli import logs
 from fraisier_textfile.cli.dispatch import HintingGroup
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
+from fraisier_textfile.fraisier_store import FraisierStore
 from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT, default_textfile_directory
 from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENVIRONMENT
 from fraisier_textfile.store.textfile import TextfileStore
@@ -118,7 +119,7 @@ class Settings:
                 from fraisier_textfile.sources.fraisier_state import participants as state_participants
 
                 participants = list(state_participants(since=since))
-            return TextfileStore(self.textfile_dir, self.lock_timeout, participants=participants)
+            return FraisierStore(self.textfile_dir, self.lock_timeout, participants=participants)
 
 
 def _level(what: str, text: str) -> str:

@@ -16,6 +16,7 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.cli.group import InvalidInput, Settings, complete, library_errors, pass_settings, seconds
 from fraisier_textfile.errors import FraisierTextfileError, UnexpectedFileError
+from fraisier_textfile.fraisier_store import FraisierStore
 from fraisier_textfile.store.textfile import TextfileStore
 
 
@@ -189,7 +190,7 @@ def exec_(settings: Settings, provider: str, fraise_type: str, command: tuple[st
     store: TextfileStore | None = None
     problem: str | None = None
     try:
-        store = TextfileStore(settings.textfile_dir, settings.lock_timeout)
+        store = FraisierStore(settings.textfile_dir, settings.lock_timeout)
     except Exception as error:  # the deployment runs all the same
         problem = f"the deployment runs, but its metrics cannot be recorded: {error}"
     status = run_deployment(store, provider, fraise_type, command, lock_wait_budget=default_lock_wait_budget(),

@@ -137,8 +137,9 @@ def forget(
             matchers.insert(0, lifecycle.parse_matcher(f"provider={provider}"))
         if fraise_type is not None:
             matchers.insert(1 if provider is not None else 0, lifecycle.parse_matcher(f"fraise_type={fraise_type}"))
-        selection = lifecycle.Selection(matchers, families, _duration("--expire-after", expire_after))
         store = settings.store()
+        selection = lifecycle.Selection(matchers, families, _duration("--expire-after", expire_after),
+                                        schema=store.schema)
         if not store.path.exists():  # nothing to forget; a mistyped --textfile-dir must not create a file
             raise click.ClickException(f"{store.path} does not exist: check --textfile-dir")
         if dry_run:
@@ -213,11 +214,11 @@ def check(settings: Settings) -> None:
         version, text = store.read_text()
     if version is not None:
         version.close()
-    problems = check_text(text, other_bounds=True)
+    problems = check_text(text, store.schema, other_bounds=True)
     notes: list[str] = []
     document = None
     try:
-        document = parse(text, check_histograms=False)
+        document = parse(text, store.schema, check_histograms=False)
         notes = migration_notes(document)
     except ParseError as error:
         if not problems:  # a histogram that cannot be migrated; a file that does not parse is listed already

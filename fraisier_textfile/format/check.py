@@ -12,7 +12,7 @@ from fraisier_textfile.format.schema import Family, Kind, Schema, format_float
 from fraisier_textfile.format.syntax import ParseError, _read_sample, canonical_float, canonical_key, series_key
 
 
-def check_text(text: str, other_bounds: bool = False, schema: Schema | None = None) -> list[ParseError]:
+def check_text(text: str, schema: Schema, other_bounds: bool = False) -> list[ParseError]:
     """Every problem of a file, each with its line number, in file order: what Go's parser refuses (in its
     words), timestamps, and what it lets through that breaks the file for its readers or for our merges:
     a series that appears twice (node_exporter then serves only one of them), a family of ours with another

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from fraisier_textfile.format import layout
 from fraisier_textfile.format.layout import Segment, crc_of, segments_of
-from fraisier_textfile.format.schema import Family, Kind, Schema, default, format_float
+from fraisier_textfile.format.schema import Family, Kind, Schema, format_float
 from fraisier_textfile.format.span import BodySpan
 from fraisier_textfile.format.syntax import (
     META_PREFIX,
@@ -181,7 +181,8 @@ class Block:
         read are not copied), and the body's segments for the layout line (None: the block cannot be vouched
         for, so the file gets no layout line and its next reader checks every line). ``checksums=False``, for
         a reader that only serves the text (:meth:`parts`): no segment is checksummed, and None is returned
-        for them. ``schema``: the document's (the default one if None), whose families a layout vouches for."""
+        for them. ``schema``: the document's, whose families a layout vouches for (None: no segments, as without
+        checksums)."""
         if self.raw is not None:
             if self._raw_written is None or self._raw_written[0] is not self.raw:
                 self._raw_written = (self.raw, self.raw.encode("utf-8"))
@@ -218,7 +219,7 @@ class Block:
     def _of_the_schema(self, schema: Schema | None) -> bool:
         """Not a family given other bounds than the schema's (lifecycle.migrate_histograms), which a reader
         trusting the layout line would take with the schema's."""
-        return self.owned is (schema or default()).by_name.get(self.name)
+        return schema is not None and self.owned is schema.by_name.get(self.name)
 
     def parts(self) -> list[bytes | memoryview]:
         """The block's text in pieces whose concatenation is :meth:`render`, encoded: unchanged text is not
@@ -237,8 +238,8 @@ class Document:
     written at the top of the file, keys sorted. Each key is read and written only through the
     :class:`~fraisier_textfile.format.bookkeeping.Bookkeeping` its protocol declares."""
 
-    def __init__(self, schema: Schema | None = None) -> None:
-        self.schema = schema or default()
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
         """The families this document owns (rewrites in canonical form, in this order)."""
         self.blocks: dict[str, Block] = {}
         self.meta: dict[str, str] = {}

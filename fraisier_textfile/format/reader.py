@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fraisier_textfile.format import layout
 from fraisier_textfile.format.model import Block, Document, check_buckets
-from fraisier_textfile.format.schema import Kind, Schema, default
+from fraisier_textfile.format.schema import Kind, Schema
 from fraisier_textfile.format.syntax import (
     _FAST_SAMPLE,
     _LABEL_NAMES_IN_SET,
@@ -32,7 +32,7 @@ from fraisier_textfile.format.syntax import (
 )
 
 
-def read_vouched(data: bytes, schema: Schema | None = None) -> Document | None:
+def read_vouched(data: bytes, schema: Schema) -> Document | None:
     """The document of a file whose layout line vouches for every byte after the meta lines (see layout.py),
     read from its checksums and headers without looking at a sample line; None if it does not (the caller
     then reads it the slow way, :func:`parse`, which checks every line)."""
@@ -67,7 +67,6 @@ def read_vouched(data: bytes, schema: Schema | None = None) -> Document | None:
             start = newline + 1
         if not ascii_only:
             meta_read = {}
-        schema = schema or default()
         entries = layout.parse(meta.pop(layout.KEY, ""), schema.fingerprint)
         if not entries:
             return None
@@ -141,7 +140,7 @@ class _Scan:
     """One reading of a file. ``problems`` None: stop at the first problem (raise); a list: collect every
     problem, skip the line, read on (``samples`` then receives every sample, for the checks of ``check_text``)."""
 
-    def __init__(self, text: str, problems: list[ParseError] | None, schema: Schema | None = None) -> None:
+    def __init__(self, text: str, problems: list[ParseError] | None, schema: Schema) -> None:
         self.text = text
         self.problems = problems
         self.document = Document(schema)
@@ -384,7 +383,7 @@ class _Scan:
         return self.document
 
 
-def parse(text: str, check_histograms: bool = True, schema: Schema | None = None) -> Document:
+def parse(text: str, schema: Schema, check_histograms: bool = True) -> Document:
     """Parse a whole textfile. Raises ParseError naming the first problem and its line, in the words of
     Go's parser (promtool's, node_exporter's) where it has them.
 
@@ -412,7 +411,7 @@ def parse(text: str, check_histograms: bool = True, schema: Schema | None = None
     return document
 
 
-def parse_bytes(data: bytes, check_histograms: bool = True, schema: Schema | None = None) -> Document:
+def parse_bytes(data: bytes, schema: Schema, check_histograms: bool = True) -> Document:
     """:func:`parse` of a file's bytes: a file whose layout line vouches for it (one this package wrote, not
     changed since) is taken as written, without a look at its sample lines; any other is decoded and checked
     line by line. Raises ParseError as :func:`parse` does, and for bytes that are not UTF-8."""
@@ -423,4 +422,4 @@ def parse_bytes(data: bytes, check_histograms: bool = True, schema: Schema | Non
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ParseError(f"not UTF-8 text (byte {error.start})") from None
-    return parse(text, check_histograms, schema)
+    return parse(text, schema, check_histograms)

@@ -5,9 +5,8 @@ beside the one recorded (``zero_series``). A :class:`Schema` is the families one
 its canonical form, in its order; every other family in a file is kept as the exact text it came in. How values
 merge is said by the change itself (summed, observed by bucket, latest, largest: ``changes.Changes``), so the
 store needs nothing else to merge a family: Fraisier's catalogue (``catalogue.py``) is one schema among any.
-
-The schema a document is read with is the reader's argument; without one, the default schema, which
-``fraisier_textfile.catalogue`` sets when it is imported (importing any module of the package imports it)."""
+There is no default schema: every reader, document and store is handed the one it works with, so that nothing
+below the catalogue depends on having imported it."""
 
 from __future__ import annotations
 
@@ -90,16 +89,3 @@ class Schema:
             self._fingerprint = f"{zlib.crc32(('1 ' + described).encode('utf-8')):08x}"
         return self._fingerprint
 
-
-_default: list[Schema] = []
-
-
-def set_default(schema: Schema) -> None:
-    """Make ``schema`` the one documents are read with when no schema is given."""
-    _default[:] = [schema]
-
-
-def default() -> Schema:
-    if not _default:  # fraisier_textfile/__init__.py imports the catalogue, which sets it: not reached in practice
-        raise LookupError("no default schema: pass one, or import fraisier_textfile.catalogue first")
-    return _default[0]

@@ -165,7 +165,7 @@ def _merge_hand_overs(writer: Writer) -> bool:
     if store is None:
         mine = writer.store
         store = TextfileStore(mine.directory, mine.lock_timeout, lifecycle=mine.lifecycle,
-                              participants=mine.sources, schema=mine.schema)
+                              participants=mine.sources, schema=mine.schema, markers=mine.marker_rules)
         _background_stores[writer] = store
     try:
         store.merge(Changes(), timeout=0)

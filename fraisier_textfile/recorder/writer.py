@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import FraisierTextfileError, LockTimeoutError
+from fraisier_textfile.fraisier_store import FraisierStore
 from fraisier_textfile.recorder import process
 from fraisier_textfile.recorder.policy import LOCK_BUSY, Problems
 from fraisier_textfile.recorder.series import ProcessSeries
@@ -38,7 +39,7 @@ reads, parses and writes the whole file, and the holder merges the hand-overs in
 def make_store(directory: Path | str, lock_timeout: float, *, strict: bool) -> TextfileStore:
     # Strict: a typo in FRAISIER_EXPIRE_AFTER or FRAISIER_MAX_SERIES_PER_FAMILY raises (else logged once).
     lifecycle = SeriesLifecycle.from_environment(Path(directory) / TEXTFILE_NAME, strict=strict)
-    return TextfileStore(directory, lock_timeout, lifecycle=lifecycle)
+    return FraisierStore(directory, lock_timeout, lifecycle=lifecycle)
 
 
 class FailedWrite:
@@ -241,4 +242,4 @@ class Writer:
         self.depth = 0
         self.handed_over_since_merge = False
         self.failed_write = None
-        self.store = TextfileStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)
+        self.store = FraisierStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)

@@ -8,6 +8,7 @@ import math
 import threading
 import time
 
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.errors import FraisierTextfileError
 from fraisier_textfile.format.reader import parse
 from fraisier_textfile.serve.sources import MetricsSource, Payload
@@ -85,7 +86,7 @@ class LandingPage:
 def _summarize(payload: Payload) -> Summary | str:
     try:
         # Only the labels are read: a registry may write them in another order than the textfile does.
-        return summarize(parse(payload.plain.decode("utf-8"), check_histograms=False))
+        return summarize(parse(payload.plain.decode("utf-8"), SCHEMA, check_histograms=False))
     except (FraisierTextfileError, ValueError) as error:  # ParseError and UnicodeDecodeError are ValueErrors
         return _no_summary(error)
 

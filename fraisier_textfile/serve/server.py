@@ -32,6 +32,7 @@ from fraisier_textfile.errors import (
     FraisierTextfileError,
     ServerStartError,
 )
+from fraisier_textfile.fraisier_store import FraisierStore
 from fraisier_textfile.serve.activation import listen_backlog as listen_backlog
 from fraisier_textfile.serve.activation import notify_systemd as notify_systemd
 from fraisier_textfile.serve.activation import systemd_listening_socket as systemd_listening_socket
@@ -366,7 +367,7 @@ def serve_textfile(store: TextfileStore | Path | str, *, port: int = DEFAULT_POR
     thread. Returns the running server. ``listening_socket``: serve from this socket, already listening (as
     ``systemd_listening_socket()`` gives), instead of binding ``address:port``."""
     if not isinstance(store, TextfileStore):
-        store = TextfileStore(store)
+        store = FraisierStore(store)
     return MetricsServer(TextfileSource(store), port=port, address=address, web_config_file=web_config_file,
                          max_requests=max_requests, listening_socket=listening_socket,
                          max_connections=max_connections).start()

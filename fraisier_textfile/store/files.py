@@ -210,7 +210,7 @@ class Textfile:
 
     def parse_text(self, text: str, check_histograms: bool = True) -> Document:
         try:
-            return parse(text, check_histograms, self.schema)
+            return parse(text, self.schema, check_histograms)
         except ParseError as error:
             raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
 
@@ -218,7 +218,7 @@ class Textfile:
         """The document of the file's bytes (see format.reader.parse_bytes: one this package wrote is not
         checked line by line again)."""
         try:
-            return parse_bytes(data, check_histograms, self.schema)
+            return parse_bytes(data, self.schema, check_histograms)
         except ParseError as error:
             raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fraisier_textfile.errors import InvalidValueError
-from fraisier_textfile.format.schema import Family, Schema, default
+from fraisier_textfile.format.schema import Family, Schema
 from fraisier_textfile.store.changes import Changes, HistogramDelta
 from fraisier_textfile.validate import check_label_value
 
@@ -38,14 +38,14 @@ class ForeignHandover(UnreadableHandover):
 # Encoding
 
 
-def encode(changes: Changes, schema: Schema | None = None) -> bytes:
-    """``schema``: the writing store's (the default schema's if None), whose fingerprint the hand-over carries
+def encode(changes: Changes, schema: Schema) -> bytes:
+    """``schema``: the writing store's, whose fingerprint the hand-over carries
     so that a store of another schema on the same directory leaves it for its own (see :func:`decode`)."""
     import json  # here, not at the top: only a process that hands over pays for it
 
     content: dict[str, Any] = {
         "version": FORMAT_VERSION,
-        "schema": (schema or default()).fingerprint,
+        "schema": schema.fingerprint,
         "added": [[family.name, list(labels), amount] for (family, labels), amount in changes.added.items()],
         "observed": [
             [family.name, list(labels), delta.buckets, delta.sum, delta.count]
@@ -59,12 +59,11 @@ def encode(changes: Changes, schema: Schema | None = None) -> bytes:
     return json.dumps(content, separators=(",", ":")).encode("utf-8")
 
 
-def decode(data: bytes, schema: Schema | None = None) -> Changes:
-    """The changes a hand-over holds, of ``schema``'s families (the default schema's if None). Raises
+def decode(data: bytes, schema: Schema) -> Changes:
+    """The changes a hand-over holds, of ``schema``'s families. Raises
     UnreadableHandover if they cannot be applied by this version."""
     import json
 
-    schema = schema or default()
     families = schema.by_name
 
     try:

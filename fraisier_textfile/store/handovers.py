@@ -85,7 +85,7 @@ def open_directory(textfile: fs.Directory, create: bool = False) -> fs.Directory
     return textfile.subdirectory(HANDOVER_DIRECTORY, create=create)
 
 
-def write(directory: fs.Directory, changes: Changes, durable: bool = True, schema: Schema | None = None
+def write(directory: fs.Directory, changes: Changes, schema: Schema, durable: bool = True
           ) -> tuple[str, str]:
     """Write ``changes`` under a temporary name; return (temporary, final) names. The caller renames it
     (:func:`publish`) at the moment it forgets the changes, so that the two happen together. ``durable``:
@@ -186,7 +186,7 @@ def count_in(document: Document, waiting: int, kept_aside: int) -> None:
         document.blocks[name] = block
 
 
-def read(directory: fs.Directory, handover_id: str, schema: Schema | None = None) -> Changes:
+def read(directory: fs.Directory, handover_id: str, schema: Schema) -> Changes:
     """The changes of one hand-over. Raises UnreadableHandover, or UnexpectedFileError for a non-regular file
     (opened without following a symlink and without blocking on a FIFO)."""
     name = f"{handover_id}{SUFFIX}"
@@ -449,7 +449,7 @@ def _hand_over_latest(changes: Changes, directory: fs.Directory, schema: Schema)
     latest = Changes()
     latest.latest.update(changes.latest)
     try:
-        temporary, final = write(directory, latest, durable=False, schema=schema)
+        temporary, final = write(directory, latest, schema, durable=False)
         publish(directory, temporary, final, durable=False)
     except FraisierTextfileError as error:
         log.debug("latest gauges applied now, not behind the hand-overs waiting: %s", error)

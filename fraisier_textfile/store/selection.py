@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.format.model import Block, Document
-from fraisier_textfile.format.schema import Family, Schema, default
+from fraisier_textfile.format.schema import Family, Schema
 from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.series_times import UPDATED, SeriesTimes, label_text, labels_of, series_texts, times_key
 
@@ -59,10 +59,10 @@ class Selection:
         matchers: Sequence[tuple[str, str]] = (),
         families: Sequence[str] = (),
         expire_after: float | None = None,
-        schema: Schema | None = None,
+        *,
+        schema: Schema,
     ) -> None:
-        """``schema``: whose families are meant (the default schema's, Fraisier's, if None)."""
-        schema = schema or default()
+        """``schema``: whose families are meant (the store's)."""
         chosen = []
         for name in families:
             family = schema.by_name.get(name)

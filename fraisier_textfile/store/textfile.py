@@ -30,7 +30,7 @@ from pathlib import Path
 from fraisier_textfile import logger, validate
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.format.model import Document
-from fraisier_textfile.format.schema import Schema, default
+from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.store import deployments, fs, handovers, inflight
 from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.changes import Changes
@@ -49,19 +49,20 @@ log = logger.get_logger(__name__)
 class TextfileStore:
     """One textfile directory: merges changes into ``fraisier.prom`` and reads it back."""
 
-    def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *,
-                 lifecycle: SeriesLifecycle | None = None, participants: Iterable[Participant] = (),
-                 schema: Schema | None = None, markers: inflight.MarkerRules | None = None) -> None:
-        """``lifecycle``: the settings of expiry and the series bound; by default read from the environment
+    def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *, schema: Schema,
+                 markers: inflight.MarkerRules | None = None, lifecycle: SeriesLifecycle | None = None,
+                 participants: Iterable[Participant] = ()) -> None:
+        """``schema``: the families this store's file owns and rewrites, with their merge rules (format/schema.py);
+        changes merged must name families of it. ``markers``: what markers of deployments in flight count
+        (inflight.MarkerRules); None, none (a store whose writers mark no deployments). The store knows no
+        schema of its own: Fraisier's store (fraisier_store.py) hands it Fraisier's families and rules.
+        ``lifecycle``: the settings of expiry and the series bound; by default read from the environment
         (``SeriesLifecycle.from_environment``, which raises InvalidValueError for a bad value).
         ``participants``: sources that take part in every merge (see store/transaction.py), after the markers
-        and the hand-overs and before the lifecycle.
-        ``schema``: the families this store's file owns and rewrites (format/schema.py); by default Fraisier's
-        catalogue. Changes merged must name families of this schema. ``markers``: what markers of deployments
-        in flight count (inflight.MarkerRules); by default Fraisier's with Fraisier's schema, none with another
-        (a store of another schema counts no deployments)."""
+        and the hand-overs and before the lifecycle."""
         self.directory = Path(directory)
-        self.schema = schema or default()
+        self.schema = schema
+        self.marker_rules = markers
         self.path = self.directory / TEXTFILE_NAME
         self.lock_path = self.directory / (TEXTFILE_NAME + LOCK_SUFFIX)
         self.lock_timeout = validate.check_seconds("lock timeout", lock_timeout)
@@ -69,8 +70,6 @@ class TextfileStore:
         """The file on disk: reading it, writing its new versions (files.py)."""
         # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
         self.lifecycle = SeriesLifecycle.from_environment(self.path) if lifecycle is None else lifecycle
-        if markers is None and self.schema is default():  # Fraisier's schema: Fraisier's markers
-            markers = _fraisier_marker_rules()
         self.sources: list[Participant] = list(participants)
         """The participants given (sources read under the lock), in their order."""
         self.handovers = handovers.Handovers()
@@ -186,7 +185,7 @@ class TextfileStore:
             directory = handovers.open_directory(textfile, create=True)
             assert directory is not None
             with directory:
-                temporary, final = handovers.write(directory, changes, durable, self.schema)
+                temporary, final = handovers.write(directory, changes, self.schema, durable)
                 handovers.publish(directory, temporary, final, durable)
                 changes.clear()
                 # Before the signal handlers held back run: one may raise, and the process go on.
@@ -274,19 +273,3 @@ class TextfileStore:
             self.merge(Changes(), timeout=timeout)
             if self.handovers.handled == before:
                 return  # only hand-overs left for a newer version, or set aside: nothing more to apply
-
-
-
-
-
-
-
-
-
-
-def _fraisier_marker_rules() -> inflight.MarkerRules:
-    # The one place the store reaches above itself, for its default only: what Fraisier's deployments in flight
-    # count is said by its events (changes.py). A store given a schema (or its rules) does not come here.
-    from fraisier_textfile.changes import MARKER_RULES
-
-    return MARKER_RULES
