@@ -1054,3 +1054,24 @@ def test_out_of_descriptors_it_makes_room_and_goes_on_serving(textfile_dir: Path
         status, errors = server.stop()
     assert status == 0
     assert errors.count("cannot accept a connection: Too many open files") == 1, errors
+
+
+def test_a_store_of_another_schema_is_served_with_its_families_and_none_of_fraisiers(tmp_path: Path) -> None:
+    """The server serves what the store says of its schema and its deployments in flight: a store of an
+    application's families, which counts no markers, is served as its file, without Fraisier's empty families
+    nor a live active-deployments block."""
+    from urllib.request import urlopen
+
+    from fraisier_textfile.changes import Changes
+    from fraisier_textfile.format.schema import Family, Kind, Schema
+    from fraisier_textfile.store.textfile import TextfileStore as StoreOfASchema
+
+    jobs = Family("app_jobs_total", Kind.COUNTER, ("job",), "Jobs run.")
+    store = StoreOfASchema(tmp_path, schema=Schema([jobs]))
+    changes = Changes()
+    changes.add(jobs, ("backup",), 3)
+    store.merge(changes)
+    with MetricsServer(TextfileSource(store), port=0, address="127.0.0.1").start() as server:
+        served = urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10).read().decode()
+    assert sample_values(served) == {'app_jobs_total{job="backup"}': 3}
+    assert "fraisier_" not in served

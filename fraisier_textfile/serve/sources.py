@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fraisier_textfile import catalogue as c
-from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import (
     CorruptTextfileError,
     FraisierTextfileError,
@@ -21,10 +19,10 @@ from fraisier_textfile.errors import (
     TextfileError,
     UnexpectedFileError,
 )
-from fraisier_textfile.format.model import Block, Document
-from fraisier_textfile.store import inflight
+from fraisier_textfile.format.model import Document
+from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.files import FileVersion
-from fraisier_textfile.store.inflight import count_active_deployments
+from fraisier_textfile.store.inflight import ServedActive
 from fraisier_textfile.store.textfile import TextfileStore
 
 if TYPE_CHECKING:
@@ -105,9 +103,8 @@ class _Snapshot:
     """The file version it was made from, held open; None: there was no file."""
     before: bytes = b""
     after: bytes = b""
-    active_lines: tuple[str, ...] = ()
-    """The file's active-deployments samples: which providers it knows, in its order."""
-    retired_markers: frozenset[str] = frozenset()
+    in_flight: ServedActive | None = None
+    """The active-deployments block, between ``before`` and ``after``, counted live (None: the store counts none)."""
     error: FraisierTextfileError | None = None
     last: tuple[str, Payload] | None = None
     """The last body served from this version, with the live block it holds."""
@@ -185,7 +182,8 @@ class TextfileSource:
             except FraisierTextfileError as error:
                 raise _unservable(self.store, error) from None
             try:
-                snapshot = _split(version, self.store.parse_data(data, check_histograms=False))  # served as written
+                document = self.store.parse_data(data, check_histograms=False)  # served as written
+                snapshot = _split(version, document, self.store)
             except FraisierTextfileError as error:
                 snapshot = _Snapshot(version, error=_unservable(self.store, error))
             if current is not None and current.version is not None:
@@ -194,15 +192,12 @@ class TextfileSource:
             return snapshot
 
     def _live_block(self, snapshot: _Snapshot) -> str:
-        family = c.ACTIVE_DEPLOYMENTS
-        block = Block(family.name, help=family.help, type=family.kind.value, owned=family)
-        block.lines = list(snapshot.active_lines)
+        if snapshot.in_flight is None:
+            return ""
         try:
-            active = self.store.active_deployments(snapshot.retired_markers)
+            return snapshot.in_flight.render()
         except FraisierTextfileError as error:
             raise _unservable(self.store, error) from None
-        count_active_deployments(block, active, c.ACTIVE_DEPLOYMENTS)
-        return block.render()
 
 
 def _unservable(store: TextfileStore, error: FraisierTextfileError) -> TextfileError:
@@ -224,17 +219,18 @@ def _unservable(store: TextfileStore, error: FraisierTextfileError) -> TextfileE
     return TextfileError(path, f"cannot serve {path}: {problem}; the server's log has the details")
 
 
-def _split(version: FileVersion | None, document: Document) -> _Snapshot:
-    for family in c.FAMILIES:
+def _split(version: FileVersion | None, document: Document, store: TextfileStore) -> _Snapshot:
+    for family in store.schema.families:
         document.block(family)
+    in_flight = store.served_in_flight(document)
     blocks = list(document.blocks.values())
-    position = next(n for n, block in enumerate(blocks) if block.name == c.ACTIVE_DEPLOYMENTS.name)
-    active = blocks[position]
+    if in_flight is None:
+        return _Snapshot(version, before=b"".join(part for block in blocks for part in block.parts()))
+    position = next(n for n, block in enumerate(blocks) if block.name == in_flight.family.name)
     # The retired-markers comment is the store's bookkeeping, not a metric: it is not served.
     return _Snapshot(
         version,
         before=b"".join(part for block in blocks[:position] for part in block.parts()),
         after=b"".join(part for block in blocks[position + 1 :] for part in block.parts()),
-        active_lines=tuple(active.lines),
-        retired_markers=inflight.RETIRED_MARKERS.get(document),
+        in_flight=in_flight,
     )

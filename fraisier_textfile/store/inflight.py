@@ -127,6 +127,31 @@ class InFlightMarkers(Participant):
         return counts
 
 
+class ServedActive:
+    """What a reader serving the file live (``fraisier metrics``) shows of the deployments in flight: the active
+    gauge's block as the file has it (its providers keep their series, in their order), counted again from the
+    markers at each :meth:`render`, so that a deployment started, ended or dead since the last merge shows at
+    once. ``count(retired)``: the deployments running now by provider, the markers ``retired`` already
+    accounted for by the file."""
+
+    __slots__ = ("_count", "family", "lines", "retired")
+
+    def __init__(self, family: Family, lines: tuple[str, ...], retired: frozenset[str],
+                 count: Callable[[Collection[str]], Mapping[str, int]]) -> None:
+        self.family = family
+        self.lines = lines
+        self.retired = retired
+        self._count = count
+
+    def render(self) -> str:
+        """The block's text now. Raises what reading the marker directory raises (FraisierTextfileError)."""
+        family = self.family
+        block = Block(family.name, help=family.help, type=family.kind.value, owned=family)
+        block.lines = list(self.lines)
+        count_active_deployments(block, self._count(self.retired), family)
+        return block.render()
+
+
 def count_active_deployments(block: Block, counts: Mapping[str, int], family: Family) -> None:
     """Set the active-deployments block to ``counts``: every provider the block already has keeps its series
     (0 with nothing running), and providers new to it follow. The store does this at each merge, and

@@ -133,6 +133,17 @@ class TextfileStore:
         count_running(self.sources, counts)
         return counts
 
+    def served_in_flight(self, document: Document) -> inflight.ServedActive | None:
+        """What a reader serving ``document`` live shows of the deployments in flight (see
+        inflight.ServedActive): taken from the document now, counted from the markers at each render. None: this
+        store counts no deployments in flight (no marker rules)."""
+        if self.marker_rules is None:
+            return None
+        family = self.marker_rules.active
+        block = document.block(family)
+        return inflight.ServedActive(family, tuple(block.lines), inflight.RETIRED_MARKERS.get(document),
+                                     self.active_deployments)
+
     # Deployments in flight
 
     def start_deployment(
