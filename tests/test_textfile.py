@@ -355,3 +355,33 @@ def test_a_merge_and_its_look_for_late_hand_overs_open_and_check_the_directory_o
     events.deployment_complete(changes, "bare_metal", "api", "success", 1.0)
     store.merge(changes)
     assert opened == [textfile_dir]
+
+
+BACKLOG_THEN_EXIT = """
+import os, sys
+from fraisier_textfile import TextfileStore
+TextfileStore(sys.argv[1]).merge_backlog()
+os._exit(0)  # no exit hook: what merge_backlog left to a background thread is not done
+"""
+
+
+def test_merging_the_backlog_applies_every_hand_over_and_leaves_none_of_their_files(textfile_dir: Path) -> None:
+    """``fraisier textfile refresh``'s merge: every hand-over waiting is applied, however many merges that takes,
+    and their files are gone when it returns (those past a few are deleted by a background thread, which it
+    waits for), so that the directory a refresh leaves is tidy without its caller knowing of hand-overs."""
+    from fraisier_textfile.store import handovers
+
+    store = TextfileStore(textfile_dir)
+    count = handovers.HANDOVERS_PER_MERGE + 100
+    for number in range(count):
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", f"event_{number}")
+        store.hand_over(changes, durable=False)
+    merged = subprocess.run([sys.executable, "-c", BACKLOG_THEN_EXIT, str(textfile_dir)], capture_output=True,
+                            text=True, timeout=120)
+    assert merged.returncode == 0, merged.stderr
+    left = sorted(set(os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)) - {handovers.SEQUENCE_FILE})
+    assert left == []
+    values = sample_values(store.path)
+    assert sum(values[f'{c.DEPLOYMENT_ERRORS.name}{{provider="bare_metal",error_type="event_{number}"}}']
+               for number in range(count)) == count

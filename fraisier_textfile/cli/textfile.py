@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from fraisier_textfile.cli.group import InvalidInput, Settings, library_errors, pass_settings
-from fraisier_textfile.store import handovers
 
 
 @click.group()
@@ -90,7 +89,6 @@ def refresh(settings: Settings, expire_after: str | None, since: str | None) -> 
         store.lifecycle.expire_after = retention
     with library_errors():
         store.merge_backlog()  # every hand-over waiting, however many: a record call applies only so many
-    handovers.wait_for_removals()  # a tidy directory after a refresh: the applied hand-overs are gone
     for series in store.lifecycle.forgotten:
         click.echo(f"expired {series}")
 

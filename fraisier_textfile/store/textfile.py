@@ -273,14 +273,17 @@ class TextfileStore:
             return self.handovers.waiting_in(textfile)
 
     def merge_backlog(self, *, timeout: float | None = None) -> None:
-        """Merge until no hand-over is left (each merge applies at most handovers.HANDOVERS_PER_MERGE): for a command
-        whose job is a complete file (``fraisier textfile refresh``), not for a record call. Raises what
-        :meth:`merge` raises."""
-        self.merge(Changes(), timeout=timeout)
-        for _ in range(100_000):  # bounded: writers that never stop handing over must not keep it for ever
-            if not self.handovers_waiting():
-                return
-            before = set(self.handovers.handled)
+        """Merge until no hand-over is left (each merge applies at most handovers.HANDOVERS_PER_MERGE), and return
+        once the files of those applied are deleted: for a command whose job is a complete file and a tidy
+        directory (``fraisier textfile refresh``), not for a record call. Raises what :meth:`merge` raises."""
+        try:
             self.merge(Changes(), timeout=timeout)
-            if self.handovers.handled == before:
-                return  # only hand-overs left for a newer version, or set aside: nothing more to apply
+            for _ in range(100_000):  # bounded: writers that never stop handing over must not keep it for ever
+                if not self.handovers_waiting():
+                    return
+                before = set(self.handovers.handled)
+                self.merge(Changes(), timeout=timeout)
+                if self.handovers.handled == before:
+                    return  # only hand-overs left for a newer version, or set aside: nothing more to apply
+        finally:
+            handovers.wait_for_removals()  # those past a few are deleted by a background thread
