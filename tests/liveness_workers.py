@@ -16,7 +16,7 @@ from pathlib import Path
 from fraisier_textfile import TextfileStore
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.cli.execution import run_deployment
-from fraisier_textfile.store import inflight, processes
+from fraisier_textfile.store import fs, inflight, markers, processes
 
 
 def deploy(directory: str) -> None:
@@ -79,7 +79,14 @@ def merge(directory: str) -> None:
 
 def alive(directory: str) -> None:
     """Every marker's id and whether it is alive, as JSON."""
-    print(json.dumps({m.id: inflight.is_alive(m) for m in inflight.read_markers(Path(directory))}))
+    textfile = fs.open_directory(Path(directory))
+    found: list[markers.Marker] = []
+    if textfile is not None:
+        with textfile:
+            found, marker_directory = markers.list_markers(textfile)
+        if marker_directory is not None:
+            marker_directory.close()
+    print(json.dumps({m.id: markers.is_alive(m) for m in found}))
 
 
 if __name__ == "__main__":

@@ -27,12 +27,13 @@ from fraisier_textfile.store.handovers import HANDOVERS_PER_MERGE
 from fraisier_textfile.store.textfile import TextfileStore as StoreOfASchema
 
 from .processes import binary, fraisier, lock_held_elsewhere, start_store_worker
+from .test_markers import markers_in
 from .values import sample_values
 
 
 def handover_files(textfile_dir: Path) -> list[str]:
     """The files in the hand-over directory but its counter (handovers.SEQUENCE_FILE), which stays."""
-    return sorted(set(os.listdir(handovers.handover_directory(textfile_dir))) - {handovers.SEQUENCE_FILE})
+    return sorted(set(os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)) - {handovers.SEQUENCE_FILE})
 
 
 def error_count(values: dict[str, float], error_type: str) -> float:
@@ -96,7 +97,7 @@ def test_a_hand_over_this_version_cannot_read_is_set_aside_and_the_rest_applied(
     good = Changes()
     events.deployment_error(good, "bare_metal", "good")
     store.hand_over(good)
-    bad = handovers.handover_directory(textfile_dir) / "00000000000000000001-1-bad.json"
+    bad = textfile_dir / handovers.HANDOVER_DIRECTORY / "00000000000000000001-1-bad.json"
     bad.write_bytes(data)
     store.merge(Changes())
     assert error_count(sample_values(store.path), "good") == 1
@@ -128,7 +129,7 @@ def test_hand_over_empties_the_changes_and_the_next_merge_writes_them_once(textf
     key = 'fraisier_last_deployment_timestamp_seconds{provider="bare_metal",fraise_type="api",status="success"}'
     assert values[key] == 1700000000.5
     assert values['fraisier_active_deployments{provider="docker_compose"}'] == 0  # the marker's deployment ended
-    assert inflight.read_markers(textfile_dir) == []
+    assert markers_in(textfile_dir) == []
     assert handover_files(textfile_dir) == []
     assert f"# fraisier_textfile {handovers.APPLIED.key}: {name[:-5]}\n" in store.path.read_text()
     store.merge(Changes())
@@ -299,7 +300,7 @@ def test_the_hand_over_directory_is_shared_by_the_group_whatever_the_umask(
         TextfileStore(textfile_dir).hand_over(changes)
     finally:
         os.umask(previous)
-    directory = handovers.handover_directory(textfile_dir)
+    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
     assert stat.S_IMODE(directory.stat().st_mode) == 0o775 | (textfile_mode & stat.S_ISGID)
     [handed_over] = handover_files(textfile_dir)
     assert stat.S_IMODE((directory / handed_over).stat().st_mode) == 0o644
@@ -350,7 +351,7 @@ def test_hand_overs_each_summable_but_not_together_are_applied_up_to_the_one_tha
     assert values['fraisier_rollback_duration_seconds_sum{provider="bare_metal"}'] == huge
     assert values['fraisier_rollback_duration_seconds_count{provider="bare_metal"}'] == 1
     assert "would make it +Inf" in caplog.text
-    directory = handovers.handover_directory(textfile_dir)
+    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
     assert handovers.wait_for_removals()
     assert [name.endswith(".unreadable") for name in handover_files(textfile_dir)] == [True]
     assert directory.is_dir()
@@ -366,7 +367,7 @@ def test_a_hand_over_named_so_that_the_applied_list_cannot_hold_it_is_set_aside(
     good = Changes()
     events.deployment_error(good, "bare_metal", "odd")
     data = handovers.encode(good, SCHEMA)
-    directory = handovers.handover_directory(textfile_dir)
+    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
     directory.mkdir(parents=True)
     (directory / name).write_bytes(data)
     store.merge(Changes())
@@ -496,7 +497,7 @@ def test_hand_overs_set_aside_are_kept_up_to_a_bound_and_counted(
     monkeypatch.setattr(handovers, "SET_ASIDE_LIMIT", 3)
     store = TextfileStore(textfile_dir)
     store.merge(Changes())
-    directory = handovers.handover_directory(textfile_dir)
+    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
     directory.mkdir()
     for number in range(5):
         (directory / f"{handovers.id_for(number + 1)}.json").write_text("{not json")
@@ -515,7 +516,7 @@ def test_a_planted_or_held_counter_never_fails_or_hangs_a_hand_over(
     a deployment): whatever is there, a hand-over is written, promptly, and applied once."""
     store = TextfileStore(textfile_dir)
     store.merge(Changes())
-    directory = handovers.handover_directory(textfile_dir)
+    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
     directory.mkdir()
     counter = directory / handovers.SEQUENCE_FILE
     secret = tmp_path / "secret"
@@ -577,7 +578,7 @@ def test_two_stores_of_different_schemas_on_one_directory_leave_each_other_their
     assert error_count(values, "handed") == 2
     assert values['app_jobs_total{kind="backup"}'] == 2
     assert values.get("fraisier_textfile_handovers_set_aside", 0) == 0
-    assert not [p.name for p in handovers.handover_directory(textfile_dir).iterdir() if p.name != "sequence"]
+    assert not [p.name for p in (textfile_dir / handovers.HANDOVER_DIRECTORY).iterdir() if p.name != "sequence"]
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fraisier_textfile.store import markers
+from fraisier_textfile.store import fs, markers
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import binary, require
@@ -28,8 +28,20 @@ def start_worker(*arguments: str, prefix: tuple[str, ...] = ()) -> subprocess.Po
     )
 
 
+def markers_in(textfile_dir: Path) -> list[markers.Marker]:
+    """The markers in the directory, as a merge lists them."""
+    textfile = fs.open_directory(textfile_dir)
+    if textfile is None:
+        return []
+    with textfile:
+        found, directory = markers.list_markers(textfile)
+    if directory is not None:
+        directory.close()  # each marker holds the directory on its own
+    return found
+
+
 def alive(textfile_dir: Path) -> dict[str, bool]:
-    return {marker.id: markers.is_alive(marker) for marker in markers.read_markers(textfile_dir)}
+    return {marker.id: markers.is_alive(marker) for marker in markers_in(textfile_dir)}
 
 
 def test_a_released_marker_is_dead_while_its_process_runs(
@@ -59,7 +71,7 @@ def test_a_locked_marker_from_another_pid_namespace_is_alive_until_released(
     processes.append(worker)
     assert worker.stdout is not None and worker.stdin is not None
     assert worker.stdout.readline().startswith("deploying ")
-    [marker] = markers.read_markers(textfile_dir)
+    [marker] = markers_in(textfile_dir)
     assert marker.pid_namespace != os.readlink("/proc/self/ns/pid")
     assert marker.pid == 1  # the first process of its namespace
     assert markers.is_alive(marker)
@@ -88,12 +100,12 @@ def test_a_locked_marker_from_another_boot_is_dead(textfile_dir: Path, processes
 def test_a_marker_this_process_holds_is_alive_until_removed(textfile_dir: Path) -> None:
     marker = markers.create_marker(textfile_dir, "bare_metal", "api")
     assert marker.held
-    [read] = markers.read_markers(textfile_dir)
+    [read] = markers_in(textfile_dir)
     assert read.locked and markers.is_alive(read)
     markers.remove_marker(textfile_dir, marker.id)
     assert not marker.held  # removing our own marker released it
     marker.release()  # again: nothing happens
-    assert markers.read_markers(textfile_dir) == []
+    assert markers_in(textfile_dir) == []
     assert not markers.is_alive(read)
 
 
@@ -147,8 +159,9 @@ def test_what_is_not_a_regular_file_among_the_markers_is_skipped_never_followed_
     outside.write_text('{"provider": "bare_metal", "fraise_type": "api"}')
     (directory / f"{os.getpid()}-1-00001111").symlink_to(outside)
     script = (
-        "import sys; from pathlib import Path; from fraisier_textfile.store import markers; "
-        "print([m.id for m in markers.read_markers(Path(sys.argv[1]))])"
+        "import sys; from pathlib import Path; from fraisier_textfile.store import fs, markers; "
+        "directory = markers.open_directory(fs.open_directory(Path(sys.argv[1]))); "
+        "print([m.id for m in markers.read_markers_in(directory)])"
     )
     listed = subprocess.run(
         [sys.executable, "-c", script, str(textfile_dir)], capture_output=True, text=True, timeout=60, check=True
@@ -169,7 +182,7 @@ def test_a_marker_named_so_that_the_retired_list_cannot_hold_it_is_ignored(textf
     store = TextfileStore(textfile_dir)
     store.merge(Changes())
     store.merge(Changes())
-    assert [m.id for m in markers.read_markers(textfile_dir)] == [marker.id]
+    assert [m.id for m in markers_in(textfile_dir)] == [marker.id]
     crashed = 'fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'
     assert sample_values(store.path).get(crashed, 0) == 0
     markers.remove_marker(textfile_dir, marker.id)

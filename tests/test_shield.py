@@ -174,7 +174,7 @@ def handover_named_as_fraisier_names_them(textfile_dir: Path, content: bytes | s
     events = Changes()
     changes.deployment_error(events, "planted", "planted")
     TextfileStore(textfile_dir).hand_over(events)
-    directory = handovers.handover_directory(textfile_dir)
+    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
     path = max(directory.glob("*" + handovers.SUFFIX), key=lambda found: found.stat().st_mtime_ns)
     path.unlink()
     return plant(directory, path.name, content)
@@ -305,7 +305,7 @@ def test_nothing_on_the_metrics_path_stops_or_changes_a_deployment(
             assert trouble.probe_witness.exists(), "the broken probe was never called: the test tests nothing"
         disk_full_record = trouble.loses_events and entry_name == "fraisier record"
         if trouble.hands_over:  # while the holder still holds the lock: handed over, not waited for
-            assert list(handovers.handover_directory(textfile_dir).glob("*" + handovers.SUFFIX)), result.stderr
+            assert list((textfile_dir / handovers.HANDOVER_DIRECTORY).glob("*" + handovers.SUFFIX)), result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.splitlines()
     if disk_full_record:  # not a deployment: the event cannot be written anywhere, and it says so

@@ -215,7 +215,7 @@ def test_a_merger_killed_at_any_step_leaves_every_participants_events_counted_ex
     assert values.get(ENDED_CRASHED, 0) == 0
     assert values.get(MERGER_OWN, 0) == (0 if step in ("collected", "written") else 1)
     assert not os.listdir(inflight.marker_directory(textfile_dir))
-    assert not [name for name in os.listdir(handovers.handover_directory(textfile_dir))
+    assert not [name for name in os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)
                 if name.endswith(handovers.SUFFIX)]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.reader import _Scan
 from fraisier_textfile.format.schema import Family, Kind, Schema, format_float
-from fraisier_textfile.format.syntax import ParseError, _read_sample, canonical_float, canonical_key, series_key
+from fraisier_textfile.format.syntax import ParseError, canonical_float, canonical_key, series_key
 
 
 def check_text(text: str, schema: Schema, other_bounds: bool = False) -> list[ParseError]:
@@ -28,22 +28,6 @@ def check_text(text: str, schema: Schema, other_bounds: bool = False) -> list[Pa
     problems.extend(ParseError(problem, number) for number, problem in _sample_problems(samples, other_bounds))
     problems.sort(key=lambda error: error.line_number or 0)
     return problems
-
-
-def check_document(document: Document) -> list[str]:
-    """The problems :func:`check_text` finds beyond parsing, in a parsed document (without line numbers).
-    Empty: the document is sound."""
-    problems = []
-    samples: list[_Sample] = []
-    for block in document.blocks.values():
-        for line in block.lines:
-            try:
-                name, pairs, value = _read_sample(line, block.name, block.type or "untyped")
-            except ParseError as error:
-                problems.append(error.problem)
-                continue
-            samples.append((None, block.owned, block.name, name, pairs, float(value)))
-    return problems + [problem for _, problem in _sample_problems(samples)]
 
 
 _Sample = tuple[int | None, Family | None, str, str, list[tuple[str, str]], float]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fraisier_textfile.errors import CorruptTextfileError, TextfileWriteError, UnexpectedFileError, write_error
 from fraisier_textfile.format.model import Document
-from fraisier_textfile.format.reader import parse, parse_bytes
+from fraisier_textfile.format.reader import parse_bytes
 from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.format.syntax import ParseError
 from fraisier_textfile.store import fs
@@ -207,12 +207,6 @@ class Textfile:
             os.close(descriptor)
             raise
         return version, data
-
-    def parse_text(self, text: str, check_histograms: bool = True) -> Document:
-        try:
-            return parse(text, self.schema, check_histograms)
-        except ParseError as error:
-            raise CorruptTextfileError(self.path, error.problem, error.line_number) from None
 
     def parse_data(self, data: bytes, check_histograms: bool = True) -> Document:
         """The document of the file's bytes (see format.reader.parse_bytes: one this package wrote is not

@@ -68,10 +68,6 @@ STALE_TEMPORARY_SECONDS = 3600.0
 log = get_logger(__name__)
 
 
-def handover_directory(textfile_directory: Path) -> Path:
-    return textfile_directory / HANDOVER_DIRECTORY
-
-
 # Files
 #
 # Every operation below works relative to the hand-over directory held open (fs.Directory): a writer of the

@@ -24,7 +24,6 @@ from fraisier_textfile.store.markers import is_alive as is_alive
 from fraisier_textfile.store.markers import list_markers, open_directory, remove_marker
 from fraisier_textfile.store.markers import marker_directory as marker_directory
 from fraisier_textfile.store.markers import process_start_time as process_start_time
-from fraisier_textfile.store.markers import read_markers as read_markers
 from fraisier_textfile.store.rules import apply_changes, series_key_of
 from fraisier_textfile.store.transaction import Merge, Participant
 

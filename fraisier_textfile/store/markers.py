@@ -234,22 +234,6 @@ def _string(value: object) -> str:
     return str(value)
 
 
-def read_markers(textfile_directory: Path) -> list[Marker]:
-    """Every complete marker, in no particular order. Markers that cannot be read are skipped. Raises
-    UnexpectedFileError for anything but a directory in the marker directory's place."""
-    textfile = fs.open_directory(textfile_directory)
-    if textfile is None:
-        return []
-    with textfile:
-        directory = open_directory(textfile)
-    if directory is None:
-        return []
-    try:
-        return read_markers_in(directory)
-    finally:
-        directory.close()
-
-
 def read_markers_in(directory: fs.Directory) -> list[Marker]:
     """Every complete marker in the marker directory held by ``directory`` (each keeps a hold of its own on
     it, through which its lock is probed and it is removed)."""

@@ -114,9 +114,6 @@ class TextfileStore:
         the path (a symlink, a FIFO, a device, a directory) is refused without being followed or read."""
         return self.file.read_data()
 
-    def parse_text(self, text: str, check_histograms: bool = True) -> Document:
-        return self.file.parse_text(text, check_histograms)
-
     def parse_data(self, data: bytes, check_histograms: bool = True) -> Document:
         """The document of the file's bytes (see format.reader.parse_bytes: one this package wrote is not
         checked line by line again)."""
