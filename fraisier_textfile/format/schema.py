@@ -36,9 +36,10 @@ class Kind(enum.Enum):
 class Family:
     """One metric family a schema owns.
 
-    Compared and hashed by identity: each family is one constant, and a field-by-field hash made every
-    record call several times slower. A plain class, not a dataclass: `fraisier record` imports this
-    module, and dataclasses cost a CLI run milliseconds of start-up."""
+    Compared and hashed by identity: each family is one constant, and every record call hashes the families it
+    touches (a field-by-field hash would hash every label name and bucket each time). A plain class, not a
+    dataclass: `fraisier record` imports this module, and importing dataclasses is start-up a CLI run would
+    otherwise not pay (bench/README.md, bench_cli.py)."""
 
     __slots__ = ("bucket_bounds", "buckets", "help", "kind", "labels", "name", "zero_series")
 
