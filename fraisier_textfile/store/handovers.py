@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import stat
 import time
-from pathlib import Path
 from typing import NamedTuple
 
 from fraisier_textfile.errors import (
