@@ -423,8 +423,6 @@ def test_bridge_runs_fraisiers_console_scripts(fraisier_first: VirtualEnvironmen
     bridged = fraisier_first.run("python", "-m", "fraisier_textfile.bridge", "fraisier", "providers",
                                  textfile_dir=tmp_path)
     assert bridged == fraisier_first.stages["alone"]["providers"]
-    missing = fraisier_first.run("python", "-m", "fraisier_textfile.bridge", "no-such-script")
-    assert missing.returncode == 2 and "no console script 'no-such-script'" in missing.stderr
 
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import enum
-import inspect
 import json
 import logging
 import os
@@ -16,10 +15,8 @@ from pathlib import Path
 import prometheus_client
 import pytest
 
-import fraisier_textfile.metrics as metrics_module
 from fraisier_textfile import (
     CorruptTextfileError,
-    DeploymentMetrics,
     FraisierTextfileError,
     InvalidValueError,
     LockTimeoutError,
@@ -35,48 +32,6 @@ from fraisier_textfile.store.inflight import MARKER_DIRECTORY
 
 from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere, small_tmpfs
 from .values import canonical_samples, sample_values
-
-FRAISIER_API = {  # Fraisier 0.84.2's fraisier.metrics.MetricsRecorder, argument names and order
-    "record_deployment_start": ["provider", "fraise_type"],
-    "record_deployment_complete": ["provider", "fraise_type", "status", "duration"],
-    "record_deployment_error": ["provider", "error_type"],
-    "record_rollback": ["provider", "reason", "duration"],
-    "record_health_check": ["provider", "check_type", "status", "duration"],
-    "set_provider_availability": ["provider", "available"],
-    "record_lock_wait": ["service", "provider", "wait_time"],
-    "record_db_query": ["database_type", "operation", "status", "duration_seconds"],
-    "record_db_error": ["database_type", "error_type"],
-    "record_db_transaction": ["database_type", "duration_seconds"],
-    "record_deployment_db_operation": ["database_type", "operation_type"],
-    "update_db_pool_metrics": ["database_type", "active_connections", "idle_connections", "waiting_requests"],
-    "get_metrics_summary": [],
-}
-FRAISIER_DEPLOYMENT_METRICS = {  # Fraisier 0.84.2's DeploymentMetrics attributes
-    "deployments_total": "fraisier_deployments_total",
-    "deployment_errors_total": "fraisier_deployment_errors_total",
-    "rollbacks_total": "fraisier_rollbacks_total",
-    "health_checks_total": "fraisier_health_checks_total",
-    "db_queries_total": "fraisier_db_queries_total",
-    "db_errors_total": "fraisier_db_errors_total",
-    "deployment_db_operations_total": "fraisier_deployment_db_operations_total",
-    "deployment_duration_seconds": "fraisier_deployment_duration_seconds",
-    "health_check_duration_seconds": "fraisier_health_check_duration_seconds",
-    "rollback_duration_seconds": "fraisier_rollback_duration_seconds",
-    "restore_duration_seconds": "fraisier_restore_duration_seconds",
-    "query_latency_seconds": "fraisier_query_latency_seconds",
-    "db_transaction_duration_seconds": "fraisier_db_transaction_duration_seconds",
-    "active_deployments": "fraisier_active_deployments",
-    "deployment_lock_wait_seconds": "fraisier_deployment_lock_wait_seconds",
-    "provider_availability": "fraisier_provider_availability",
-    "active_db_connections": "fraisier_active_db_connections",
-    "idle_db_connections": "fraisier_idle_db_connections",
-    "db_pool_waiting_requests": "fraisier_db_pool_waiting_requests",
-}
-
-
-@pytest.mark.parametrize("method, arguments", FRAISIER_API.items(), ids=FRAISIER_API.keys())
-def test_the_method_names_and_arguments_are_fraisiers(method: str, arguments: list[str]) -> None:
-    assert list(inspect.signature(getattr(MetricsRecorder, method)).parameters)[1:] == arguments
 
 
 def test_metrics_live_in_a_dedicated_registry(textfile_dir: Path) -> None:
@@ -376,52 +331,6 @@ def test_a_strict_recorder_raises_a_held_lock_after_handing_the_events_over(text
 # Fraisier's API, name for name
 
 
-def test_the_compat_module_has_every_name_of_fraisiers() -> None:
-    for name in ("PROMETHEUS_AVAILABLE", "MetricsRecorder", "DeploymentMetrics", "get_metrics_recorder",
-                 "Counter", "Gauge", "Histogram"):
-        assert hasattr(metrics_module, name), name
-    assert metrics_module.PROMETHEUS_AVAILABLE is True
-    assert metrics_module.MetricsRecorder is MetricsRecorder
-    assert metrics_module.DeploymentMetrics is DeploymentMetrics
-
-
-def test_the_singleton_is_reset_as_in_fraisier_and_shared_with_the_package(
-    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FRAISIER_TEXTFILE_DIR", str(textfile_dir))
-    metrics_module._metrics_recorder = None  # type: ignore[attr-defined]
-    first = metrics_module.get_metrics_recorder()
-    assert first is get_metrics_recorder() is metrics_module._metrics_recorder  # type: ignore[attr-defined]
-    metrics_module._metrics_recorder = None  # type: ignore[attr-defined]
-    second = metrics_module.get_metrics_recorder()
-    assert second is not first
-    assert second is get_metrics_recorder()
-    metrics_module._metrics_recorder = None  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("attribute, family", FRAISIER_DEPLOYMENT_METRICS.items(), ids=FRAISIER_DEPLOYMENT_METRICS)
-def test_deployment_metrics_has_fraisiers_attributes_and_labels(attribute: str, family: str) -> None:
-    handle = getattr(DeploymentMetrics, attribute)
-    assert handle.family.name == family
-    assert handle.family is c.FAMILIES_BY_NAME[family]
-
-
-def test_the_restore_strategys_class_level_observe_lands_in_the_textfile(
-    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Fraisier's restore strategy writes ``DeploymentMetrics.restore_duration_seconds.labels(phase=...)
-    .observe(seconds)`` on the class itself: that goes to the process-wide recorder."""
-    monkeypatch.setenv("FRAISIER_TEXTFILE_DIR", str(textfile_dir))
-    monkeypatch.setattr(metrics_module, "_metrics_recorder", None)
-    metrics_module.DeploymentMetrics.restore_duration_seconds.labels(phase="total").observe(42.0)
-    metrics_module.DeploymentMetrics.restore_duration_seconds.labels("migration").observe(3.0)
-    values = sample_values(textfile_dir / "fraisier.prom")
-    assert values['fraisier_restore_duration_seconds_count{phase="total"}'] == 1
-    assert values['fraisier_restore_duration_seconds_sum{phase="total"}'] == 42
-    assert values['fraisier_restore_duration_seconds_bucket{phase="total",le="60.0"}'] == 1
-    assert values['fraisier_restore_duration_seconds_bucket{phase="migration",le="5.0"}'] == 1
-
-
 def test_writes_through_a_recorders_metrics_attribute_reach_its_file(
     textfile_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -465,17 +374,6 @@ def test_the_database_events_record_fraisiers_families(textfile_dir: Path) -> No
     assert values['fraisier_active_db_connections{database_type="postgresql"}'] == 6
     assert values['fraisier_idle_db_connections{database_type="postgresql"}'] == 2
     assert values['fraisier_db_pool_waiting_requests{database_type="postgresql"}'] == 0
-
-
-@pytest.mark.parametrize("family, fraisiers", c.FRAISIER_BUCKETS.items(), ids=lambda value: getattr(value, "name", ""))
-def test_every_histogram_has_every_bound_fraisier_uses(family: c.Family, fraisiers: tuple[float, ...]) -> None:
-    assert set(fraisiers) <= set(family.buckets)
-    assert list(family.buckets) == sorted(family.buckets)
-
-
-def test_every_histogram_fraisier_has_is_compared_with_fraisiers_buckets() -> None:
-    histograms = {family for family in c.FAMILIES if family.kind is c.Kind.HISTOGRAM}
-    assert histograms == set(c.FRAISIER_BUCKETS)
 
 
 # What Fraisier passes
