@@ -65,16 +65,21 @@ def from_environment(
     """``$variable`` parsed by ``parse(variable, text)``, or ``default`` when it is unset or empty. A bad value
     is logged once per process (a warning naming the variable, the value and the fix) and ``default`` is used;
     ``strict`` raises InvalidValueError instead (a strict recorder, for tests)."""
-    text = os.environ.get(variable)
-    if not text:
-        return default
     try:
-        return parse(variable, text)
+        value = environment_value(variable, parse)
     except InvalidValueError as error:
         if strict:
             raise
         report(error, default if default_shown is None else default_shown)
         return default
+    return default if value is None else value
+
+
+def environment_value(variable: str, parse: Callable[[str, str], _Value]) -> _Value | None:
+    """``$variable`` parsed by ``parse(variable, text)``; None when it is unset or empty. Raises the parser's
+    InvalidValueError for a bad value: the caller says what happens then (the default, logged or reported)."""
+    text = os.environ.get(variable)
+    return parse(variable, text) if text else None
 
 
 def report(error: InvalidValueError, default: object) -> None:

@@ -198,6 +198,17 @@ def small_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
 STORE_WORKERS = Path(__file__).with_name("store_workers.py")
 
 
+def start_together(workers: Sequence[subprocess.Popen[str]]) -> None:
+    """Wait until every worker has said ``ready`` (its imports and set-up done), then tell them all ``go``, so
+    that they race from the same moment rather than in the order they were started."""
+    for worker in workers:
+        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+
+
 def start_store_worker(name: str, *arguments: str) -> subprocess.Popen[str]:
     """A process running ``name`` of tests/store_workers.py, with pipes to talk to it."""
     return subprocess.Popen(

@@ -26,7 +26,7 @@ from fraisier_textfile.store import fs, handover_order, handovers
 from fraisier_textfile.store.handovers import HANDOVERS_PER_MERGE
 from fraisier_textfile.store.textfile import TextfileStore as StoreOfASchema
 
-from .processes import binary, fraisier, lock_held_elsewhere, start_store_worker
+from .processes import binary, fraisier, lock_held_elsewhere, start_store_worker, start_together
 from .test_markers import markers_in
 from .values import sample_values
 
@@ -246,12 +246,7 @@ def test_sixteen_processes_merging_or_handing_over_lose_nothing_and_count_nothin
     processes, count = 16, 200
     TextfileStore(textfile_dir).merge(Changes())
     workers = [start_store_worker("race", str(textfile_dir), str(count), str(n), "0.01") for n in range(processes)]
-    for worker in workers:
-        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
-    for worker in workers:
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
+    start_together(workers)
     handed_over = 0
     for worker in workers:
         output, errors = worker.communicate(timeout=600)

@@ -14,7 +14,7 @@ from fraisier_textfile import MetricsRecorder, TextfileStore
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
 from fraisier_textfile.store.inflight import MARKER_DIRECTORY
 
-from .processes import fraisier, lock_held_elsewhere, start_store_worker
+from .processes import fraisier, lock_held_elsewhere, start_store_worker, start_together
 from .values import sample_values
 
 WORKERS = Path(__file__).with_name("workers.py")
@@ -36,12 +36,7 @@ def start(name: str, *arguments: str) -> subprocess.Popen[str]:
 def test_parallel_writers_lose_nothing_and_count_nothing_twice(textfile_dir: Path) -> None:
     processes, events = 8, 150
     workers = [start("flush_many", str(textfile_dir), str(events), str(n)) for n in range(processes)]
-    for worker in workers:
-        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
-    for worker in workers:
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
+    start_together(workers)
     for worker in workers:
         _, errors = worker.communicate(timeout=300)
         assert worker.returncode == 0, errors

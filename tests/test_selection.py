@@ -13,7 +13,7 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile.recorder.recorder import MetricsRecorder
 from fraisier_textfile.store.selection import parse_duration
 
-from .processes import fraisier, lock_held_elsewhere
+from .processes import fraisier, lock_held_elsewhere, start_together
 from .stores import DAY, directory_state, series_with, two_providers
 from .values import sample_values
 
@@ -143,11 +143,7 @@ def test_forget_racing_writers_loses_none_of_their_events(textfile_dir: Path) ->
         )
         for n in range(3)
     ]
-    for worker in workers:
-        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
+    start_together(workers)
     forgotten = 0
     while any(worker.poll() is None for worker in workers) or forgotten == 0:
         recorder.record_deployment_error("docker_compose", "timeout")

@@ -13,7 +13,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -89,18 +89,39 @@ def test_a_hand_over_directory_swapped_for_a_symlink_never_makes_root_clean_up_i
     assert snapshot(victim) == before
 
 
-# The deployer's side of the marker attack: fake markers of dead deployments named like root's files, and the
-# marker directory swapped for a symlink to root's directory and back, as fast as it can, until stdin closes.
-SWAP_MARKER_DIRECTORY = """
-import json, os, select, sys
+# The deployer's side of the symlink-swap attacks: swap ``directory`` for a symlink to root's ``victim`` and back,
+# as fast as it can, until stdin closes (each turn first ``refill``s it with files named like root's, for root's
+# merges to remove); print the number of swaps.
+SWAPPING = """
+import os, select, sys
+
+
+def swap_until_stdin_closes(directory, real, victim, refill=lambda: None, spin=20):
+    swaps = 0
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        refill()
+        os.rename(directory, real)
+        os.symlink(victim, directory)
+        for _ in range(spin):
+            pass
+        os.unlink(directory)
+        os.rename(real, directory)
+        swaps += 1
+    print(swaps)
+"""
+
+# The marker attack: fake markers of dead deployments named like root's files.
+SWAP_MARKER_DIRECTORY = SWAPPING + """
+import json
 textfile, victim, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 markers = os.path.join(textfile, ".fraisier-inflight")
-real = os.path.join(textfile, ".real-inflight")
 os.mkdir(markers, 0o775)
-swaps = 0
 dead = json.dumps({"provider": "bare_metal", "fraise_type": "api"})  # PID 1 with another start time: dead
 number = 0
-while not select.select([sys.stdin], [], [], 0)[0]:
+
+
+def refill():
+    global number
     if not os.path.lexists(os.path.join(markers, f"1-999999999-v{number % count}")):
         number += 1
         try:  # written under a dot name, which a merger may take for a dead writer's litter and remove first
@@ -110,15 +131,28 @@ while not select.select([sys.stdin], [], [], 0)[0]:
                       os.path.join(markers, f"1-999999999-v{number % count}"))
         except OSError:
             pass
-    os.rename(markers, real)
-    os.symlink(victim, markers)
-    for _ in range(20):
-        pass
-    os.unlink(markers)
-    os.rename(real, markers)
-    swaps += 1
-print(swaps)
+
+
+swap_until_stdin_closes(markers, os.path.join(textfile, ".real-inflight"), victim, refill)
 """
+
+
+def merged_while_swapping(attacker: subprocess.Popen[str], directory: Path,
+                          after_each: Callable[[], object] = lambda: None) -> tuple[int, int, int]:
+    """Root merges one event at a time for 8 s while ``attacker`` swaps; (swaps, merges, merges refused)."""
+    merged = refused = 0
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and attacker.poll() is None:
+            try:
+                TextfileStore(directory, lock_timeout=2).merge(one_event())
+                merged += 1
+            except FraisierTextfileError:
+                refused += 1  # the symlink was in place when the merge looked: refused, as it must be
+            after_each()
+    finally:
+        swaps = int(finish(attacker))
+    return swaps, merged, refused
 
 
 @pytest.mark.slow  # 8 s of swaps in a loop
@@ -133,17 +167,7 @@ def test_marker_directory_swapped_for_a_symlink_during_merges_never_makes_root_d
         (victim / f"1-999999999-v{number}").write_text("root's\n")
     before = snapshot(victim)
     attacker = as_deployer(users, SWAP_MARKER_DIRECTORY, str(shared_dir), str(victim), str(count))
-    merged = refused = 0
-    try:
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline and attacker.poll() is None:
-            try:
-                TextfileStore(shared_dir, lock_timeout=2).merge(one_event())
-                merged += 1
-            except FraisierTextfileError:
-                refused += 1  # the symlink was in place when the merge looked: refused, as it must be
-    finally:
-        swaps = int(finish(attacker))
+    swaps, merged, refused = merged_while_swapping(attacker, shared_dir)
     assert swaps > 100 and merged > 20, (swaps, merged, refused)
     assert snapshot(victim) == before
 
@@ -247,15 +271,14 @@ def test_root_and_a_deployer_of_the_group_take_turns_in_a_shared_directory_under
 # The same attack on the hand-over directory: empty hand-overs named like root's files, applied by root's
 # merges and removed after the lock is released (by a background thread past four), while the directory is
 # swapped for a symlink to root's directory and back.
-SWAP_HANDOVER_DIRECTORY = """
-import os, select, sys
+SWAP_HANDOVER_DIRECTORY = SWAPPING + """
 textfile, victim, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 handovers = os.path.join(textfile, ".fraisier-handover")
-real = os.path.join(textfile, ".real-handover")
 os.mkdir(handovers, 0o775)
 empty = '{"version":1,"added":[],"observed":[],"latest":[],"maximum":[],"active_providers":[],"retired_markers":[]}'
-swaps = 0
-while not select.select([sys.stdin], [], [], 0)[0]:
+
+
+def refill():
     for number in range(count):
         name = os.path.join(handovers, f"s{number:020d}-1-victim.json")
         if not os.path.lexists(name):
@@ -265,14 +288,9 @@ while not select.select([sys.stdin], [], [], 0)[0]:
                 os.rename(os.path.join(handovers, ".tmp"), name)
             except OSError:
                 pass
-    os.rename(handovers, real)
-    os.symlink(victim, handovers)
-    for _ in range(20):
-        pass
-    os.unlink(handovers)
-    os.rename(real, handovers)
-    swaps += 1
-print(swaps)
+
+
+swap_until_stdin_closes(handovers, os.path.join(textfile, ".real-handover"), victim, refill)
 """
 
 
@@ -285,39 +303,17 @@ def test_hand_over_directory_swapped_for_a_symlink_during_merges_never_makes_roo
         (victim / f"s{number:020d}-1-victim.json").write_text("root's\n")
     before = snapshot(victim)
     attacker = as_deployer(users, SWAP_HANDOVER_DIRECTORY, str(shared_dir), str(victim), str(count))
-    merged = 0
-    try:
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline and attacker.poll() is None:
-            try:
-                TextfileStore(shared_dir, lock_timeout=2).merge(one_event())
-                merged += 1
-            except FraisierTextfileError:
-                pass
-            handovers.wait_for_removals(5)
-    finally:
-        swaps = int(finish(attacker))
-    assert swaps > 100 and merged > 20, (swaps, merged)
+    swaps, merged, refused = merged_while_swapping(attacker, shared_dir, lambda: handovers.wait_for_removals(5))
+    assert swaps > 100 and merged > 20, (swaps, merged, refused)
     assert snapshot(victim) == before
 
 
 # The deployer owns the directory the textfile directory is in (its home, say): it swaps the textfile directory
 # for a symlink to root's directory and back, as fast as it can, until stdin closes.
-SWAP_TEXTFILE_DIRECTORY = """
-import os, select, sys
+SWAP_TEXTFILE_DIRECTORY = SWAPPING + """
 parent, victim = sys.argv[1], sys.argv[2]
-textfile, real = os.path.join(parent, "metrics"), os.path.join(parent, "metrics.real")
-swaps = 0
 print("ready", flush=True)
-while not select.select([sys.stdin], [], [], 0)[0]:
-    os.rename(textfile, real)
-    os.symlink(victim, textfile)
-    for _ in range(200):
-        pass
-    os.unlink(textfile)
-    os.rename(real, textfile)
-    swaps += 1
-print(swaps)
+swap_until_stdin_closes(os.path.join(parent, "metrics"), os.path.join(parent, "metrics.real"), victim, spin=200)
 """
 
 

@@ -8,7 +8,6 @@ prometheus_client: a ``fraisier record`` run from cron must not pay for it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,14 +79,12 @@ class Settings:
                     raise InvalidInput(str(error)) from None
                 deferred.append((error, default))
                 return default
-        text = os.environ.get(variable)
-        if not text:
-            return default
         try:
-            return parse(variable, text)
+            value = settings.environment_value(variable, parse)
         except InvalidValueError as error:
             deferred.append((error, default))
             return default
+        return default if value is None else value
 
     def _report(self, error: InvalidValueError, default: object) -> None:
         self.problems.append(str(error))
