@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 import fraisier_textfile
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers, markers
-from fraisier_textfile.store.textfile import TextfileStore
 
 HOOK = re.compile(r"\b(register_at_fork|atexit)\b")
 
@@ -135,7 +135,7 @@ def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own
             os._exit(4)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert sorted(set(os.listdir(handovers.handover_directory(textfile_dir))) - {handovers.SEQUENCE_FILE}) == []
+    assert sorted(set(os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)) - {handovers.SEQUENCE_FILE}) == []
 
 
 # Caches of facts that hold in a child as well (see process.py's note), kept beside what computes them.
