@@ -109,7 +109,8 @@ class FraiseLabels:
 def _load_yaml(path: Path) -> Any:
     import yaml
 
-    # libyaml's parser when PyYAML has it: the same documents, several times faster (the lock is held).
+    # libyaml's parser when PyYAML has it: the same documents, read in a fraction of the time, which matters because
+    # the textfile's lock is held meanwhile (bench/README.md, bench_fraise_labels.py, has the figures).
     class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
         pass
 
