@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-FINISHED = ("success", "failed", "rolled_back", "rollback_failed")
 FAILED = ("failed", "rolled_back", "rollback_failed")
 IN_PROGRESS = ("in_progress", "pending")
 
