@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import markers
 from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
-from fraisier_textfile.store.textfile import TextfileStore
 
 from .processes import lock_held_elsewhere, start_store_worker
+from .test_markers import markers_in
 from .values import sample_values
 
 ACTIVE = 'fraisier_active_deployments{provider="bare_metal"}'
@@ -28,7 +29,7 @@ CRASHED = 'fraisier_deployments_total{provider="bare_metal",status="crashed",fra
 
 def alive(textfile_dir: Path) -> dict[str, bool]:
     """Every marker on disk and whether its deployment is alive, as another process sees it (by its lock)."""
-    return {marker.id: markers.is_alive(marker) for marker in markers.read_markers(textfile_dir)}
+    return {marker.id: markers.is_alive(marker) for marker in markers_in(textfile_dir)}
 
 
 def step(worker: subprocess.Popen[str], line: str) -> str:

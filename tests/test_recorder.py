@@ -31,6 +31,7 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.store.inflight import MARKER_DIRECTORY
 
 from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere, small_tmpfs
+from .test_markers import markers_in
 from .values import canonical_samples, sample_values
 
 
@@ -480,12 +481,12 @@ def test_a_deployment_whose_end_was_handed_over_is_no_longer_alive_while_its_rec
     assert worker.stdin is not None and worker.stdout is not None
     try:
         assert worker.stdout.readline() == "started\n"
-        assert [markers.is_alive(marker) for marker in markers.read_markers(textfile_dir)] == [True]
+        assert [markers.is_alive(marker) for marker in markers_in(textfile_dir)] == [True]
         with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
             worker.stdin.write("\n")
             worker.stdin.flush()
             assert worker.stdout.readline() == "ended\n"
-            assert [markers.is_alive(marker) for marker in markers.read_markers(textfile_dir)] == [False]
+            assert [markers.is_alive(marker) for marker in markers_in(textfile_dir)] == [False]
             assert worker.poll() is None
     finally:
         worker.stdin.close()
