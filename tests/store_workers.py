@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -339,6 +340,23 @@ def merge_killed_at(directory: str, step: str) -> None:
         fs.Directory.unlink = unlink_then_die  # type: ignore[method-assign]
     elif step == "committed":
         lifecycle.after_commit = then_die(lifecycle.after_commit)  # type: ignore[method-assign]
+    elif step in ("released", "released-then-merged-by-another"):
+        # The lock is free and the directory not yet fsynced (the rename not yet durable): another process may
+        # merge in that window, and remove what our file and its own both account for, before we die.
+        release = store.transaction.lock.release
+
+        def release_then_die() -> None:
+            release()
+            if step == "released-then-merged-by-another":
+                subprocess.run([sys.executable, __file__, "merge_with_every_participant", directory], check=True,
+                               timeout=120)
+            die()
+
+        store.transaction.lock.release = release_then_die  # type: ignore[method-assign]
+    elif step == "fsynced":
+        # The rename is durable, nothing it accounts for removed yet: before the first participant's after-commit.
+        first = store.transaction.participants[0]
+        first.after_commit = lambda merge: die()  # type: ignore[method-assign]
     else:
         raise SystemExit(f"no step {step}")
     changes = Changes()
@@ -346,6 +364,15 @@ def merge_killed_at(directory: str, step: str) -> None:
     store.merge(changes)
     handovers.wait_for_removals()
     sys.exit(3)  # the step was never reached: the parent sees this process was not killed
+
+
+def merge_with_every_participant(directory: str) -> None:
+    """One merge of nothing of its own, with every participant: it applies and removes what is waiting."""
+    from fraisier_textfile.sources.fraisier_state import participants
+    from fraisier_textfile.store import handovers
+
+    TextfileStore(directory, participants=participants()).merge(Changes())
+    handovers.wait_for_removals()
 
 
 if __name__ == "__main__":

@@ -181,7 +181,8 @@ def expected() -> dict[str, float]:
 
 
 @pytest.mark.parametrize(
-    "step", ["collected", "written", "renamed", "markers-removed", "hand-overs-being-removed", "committed"]
+    "step", ["collected", "written", "renamed", "released", "released-then-merged-by-another", "fsynced",
+             "markers-removed", "hand-overs-being-removed", "committed"]
 )
 def test_a_merger_killed_at_any_step_leaves_every_participants_events_counted_exactly_once(
     fraisier: Fraisier, textfile_dir: Path, step: str
