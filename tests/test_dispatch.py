@@ -151,3 +151,16 @@ def test_the_dispatcher_knows_fraisiers_commands() -> None:
     from fraisier_textfile.cli.dispatch import FRAISIER_COMMANDS
 
     assert set(fraisiers.commands) == FRAISIER_COMMANDS
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("recrod", "record"), ("textfil", "textfile"), ("lsit", "list")])
+def test_a_mistyped_command_is_told_the_closest_of_fraisiers_commands_and_ours(
+    typed: str, meant: str, tmp_path: Path
+) -> None:
+    """``fraisier --help`` lists both CLIs' commands: a typo of either gets click's suggestion, as under
+    fraisier-textfile, and nothing else happens."""
+    result = run("fraisier", typed, textfile_dir=tmp_path)
+    assert result.returncode == 2
+    assert f"Error: No such command '{typed}'. Did you mean '{meant}'?" in result.stderr, result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "fraisier.prom").exists()

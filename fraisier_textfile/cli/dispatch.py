@@ -15,7 +15,8 @@ last owns it. When ours does, it dispatches on the command word, read from argv 
 - anything else (Fraisier's commands, its options, ``--version``): with Fraisier installed, its own CLI with
   the same arguments, output and exit status, after the bridge has pointed ``fraisier.metrics`` at the
   textfile (see ``bridge``). Our group options before such a command (``--textfile-dir``,
-  ``--lock-timeout``) are passed on through their environment variables.
+  ``--lock-timeout``) are passed on through their environment variables. A command word neither CLI has gets
+  click's error from the help's group, which suggests the closest of both CLIs' commands.
 
 Argv is read as click reads it: ``--`` ends the group options (the command follows it), and a group option takes
 the next word as its value whatever it is. A line our CLI would refuse (one of our options without its value, or
@@ -70,8 +71,11 @@ class Route:
     FRAISIER = "fraisier"
 
     def __init__(self, destination: str, fraisier_arguments: list[str], environment: dict[str, str],
-                 our_arguments: list[str] | None = None, fraisier_options: list[str] | None = None) -> None:
+                 our_arguments: list[str] | None = None, fraisier_options: list[str] | None = None,
+                 command: str | None = None) -> None:
         self.destination = destination
+        self.command = command
+        """The command word, as click reads it (None: none given)."""
         self.fraisier_arguments = fraisier_arguments
         """The arguments for Fraisier's CLI: ours taken out (they travel in ``environment``)."""
         self.environment = environment
@@ -135,12 +139,12 @@ def route(arguments: list[str]) -> Route:
                 ours.append(argument)
         position += 1
     if refused_by_ours and not help_requested:
-        return Route(Route.OURS, passed_on, environment, ours, fraisier_options)
+        return Route(Route.OURS, passed_on, environment, ours, fraisier_options, command)
     if help_requested or not passed_on:
-        return Route(Route.HELP, passed_on, environment, ours, fraisier_options)
+        return Route(Route.HELP, passed_on, environment, ours, fraisier_options, command)
     if command in OUR_COMMANDS and not foreign_option:
-        return Route(Route.OURS, passed_on, environment, ours, fraisier_options)
-    return Route(Route.FRAISIER, passed_on, environment, ours, fraisier_options)
+        return Route(Route.OURS, passed_on, environment, ours, fraisier_options, command)
+    return Route(Route.FRAISIER, passed_on, environment, ours, fraisier_options, command)
 
 
 def _attached_short_value(argument: str) -> bool:
@@ -182,10 +186,15 @@ def main() -> None:
     if decision.destination == Route.HELP:
         combined_group().main(args=decision.fraisier_arguments, prog_name="fraisier")
         return
-    os.environ.update(decision.environment)
-    install_bridge()
     from fraisier.cli import main as fraisier_main
 
+    if decision.command is not None and decision.command not in fraisier_main.commands:
+        # Neither CLI's command: click's error names the closest of both CLIs' commands, as the help lists them
+        # (Fraisier's own would suggest only its own: `fraisier recrod`, no 'record').
+        combined_group().main(args=decision.fraisier_arguments, prog_name="fraisier")
+        return
+    os.environ.update(decision.environment)
+    install_bridge()
     try:
         status = fraisier_main(args=decision.fraisier_arguments)
     finally:
@@ -343,8 +352,9 @@ def install_bridge() -> None:
 
 
 def combined_group() -> click.Group:
-    """Fraisier's command group with ours among its commands and options, for its help only (never invoked
-    with a command: those go to one CLI or the other). Fraisier's own group is left untouched."""
+    """Fraisier's command group with ours among its commands and options, for its help and for the error of a
+    command word neither CLI has (never invoked with a command: those go to one CLI or the other). Fraisier's own
+    group is left untouched."""
     import click
     from fraisier.cli import main as fraisier_main
 
