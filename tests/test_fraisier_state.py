@@ -348,6 +348,39 @@ def test_a_database_restored_from_a_backup_then_put_back_counts_nothing_twice(
         again.close()
 
 
+def test_after_a_restore_the_cursor_stays_a_line_the_released_version_reads(
+    fraisier: Fraisier, textfile_dir: Path, tmp_path: Path
+) -> None:
+    """0.2.0 reads a fraisier-state line of version 1 (eight words) and no other: a line it cannot read stops its
+    reading of Fraisier's database, with the advice to remove the line (which counts the history again). A
+    restore must not leave such a line for a downgrade to 0.2.0: what the put-back check needs is a line of its
+    own, which 0.2.0 keeps as it keeps every bookkeeping line it does not know."""
+    fraisier.deploy("api", "success")
+    backup = backup_of(fraisier.database, tmp_path / "backup.db")
+    fraisier.deploy("api", "success")
+    refresh(textfile_dir)
+    fraisier.close()
+    os.replace(backup, fraisier.database)
+    refresh(textfile_dir)
+    [cursor] = [line.partition(": ")[2] for line in (textfile_dir / "fraisier.prom").read_text().splitlines()
+                if f"fraisier_textfile {META_KEY}: " in line]
+    words = cursor.split()
+    assert (words[0], len(words)) == ("1", 8), cursor  # 0.2.0's Cursor.parse: len(words) == 8 and words[0] == "1"
+
+
+def test_the_line_of_a_replaced_database_holds_only_for_the_cursor_it_was_written_with() -> None:
+    """A version that does not know the line (0.2.0, after a downgrade) keeps it while it moves the cursor on:
+    the line is then stale, and read as no replaced database at all."""
+    from fraisier_textfile.sources.fraisier_state.cursor import Cursor
+
+    cursor = Cursor(3, "uuid-3", replaced=(7, "uuid-7"))
+    line, replaced = cursor.render()
+    assert Cursor.parse(line, replaced).replaced == (7, "uuid-7")  # type: ignore[union-attr]
+    moved_on = Cursor(4, "uuid-4").render()[0]
+    assert Cursor.parse(moved_on, replaced).replaced is None  # type: ignore[union-attr]
+    assert Cursor(3, "uuid-3").render()[1] == ""  # no line without a replaced database
+
+
 @pytest.mark.parametrize("deployments_after", [1, 3, 5])
 def test_a_database_deleted_and_made_anew_by_fraisier_has_its_deployments_counted(
     fraisier: Fraisier, textfile_dir: Path, caplog: pytest.LogCaptureFixture, deployments_after: int

@@ -7,9 +7,13 @@ by the same atomic rename as the counts, so a process killed anywhere leaves bot
 nothing counted twice. Its size does not grow with the history: only rows in progress and rows finished since
 the last full check are listed. A line of another version (the first word) is not read.
 
-After a database was replaced (a backup restored over it), and until a newer row is read, the line is of version
-``2``, with a ninth word: ``<pk>:<uuid>`` of the highest row read of the database it replaced. Should that row come
-back (the operator puts the database back), every row up to it was counted already.
+After a database was replaced (a backup restored over it), and until a newer row is read, a line of its own,
+``fraisier-state-replaced``, says ``<pk>:<uuid>`` of the cursor's row, then ``<pk>:<uuid>`` of the highest row read of
+the database it replaced. Should that row come back (the operator puts the database back), every row up to it was
+counted already. It is a line of its own, not a word more of the cursor's, because 0.2.0 reads no cursor line but
+version 1's (a downgrade would stop reading the database), and keeps a bookkeeping line it does not know: the
+cursor's row it names makes it stale, and ignored, once such a version moved the cursor on. Version ``2`` of the
+cursor line (those nine words in one line) was written by an unreleased version only; it is still read.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
 CURSOR = Bookkeeping("fraisier-state", text_value, text_value)
 """The textfile's line that says how far Fraisier's database was read (see :class:`Cursor`)."""
 META_KEY = CURSOR.key
+REPLACED = Bookkeeping("fraisier-state-replaced", text_value, text_value)
+"""The line that names the last row read of a database replaced, for the cursor it was written with."""
 CURSOR_VERSION = "1"
 REPLACED_VERSION = "2"
 
@@ -51,7 +57,16 @@ class Cursor:
         """(pk, uuid) of the highest row read of the database this one replaced, until a newer row is read here."""
 
     @classmethod
-    def parse(cls, text: str) -> Cursor | None:
+    def parse(cls, text: str, replaced_text: str | None = None) -> Cursor | None:
+        """The cursor of its line, with the replaced database of its own line (``replaced_text``) if that line
+        was written with this cursor; None if the cursor line is not one this version reads."""
+        cursor = cls._parse(text)
+        if cursor is not None and cursor.replaced is None and replaced_text:
+            cursor.replaced = _replaced(replaced_text, cursor)
+        return cursor
+
+    @classmethod
+    def _parse(cls, text: str) -> Cursor | None:
         words = text.split()
         if (words[:1], len(words)) not in (([CURSOR_VERSION], 8), ([REPLACED_VERSION], 9)):
             return None
@@ -72,14 +87,27 @@ class Cursor:
         except ValueError:
             return None
 
-    def render(self) -> str:
+    def render(self) -> tuple[str, str]:
+        """The cursor's line (version 1), and the replaced database's line ("" when there is none: no line)."""
         pending = ",".join(str(pk) for pk in sorted(self.in_progress)) or "-"
         recent = ",".join(f"{pk}r" if flag else str(pk) for pk, flag in sorted(self.recent.items())) or "-"
-        words = (f"{self.high_id} {self.high} {self.rolled_back} {self.updated} {self.checked_updated} {pending} "
-                 f"{recent}")
+        line = (f"{CURSOR_VERSION} {self.high_id} {self.high} {self.rolled_back} {self.updated} {self.checked_updated} "
+                f"{pending} {recent}")
         if self.replaced is None:
-            return f"{CURSOR_VERSION} {words}"
-        return f"{REPLACED_VERSION} {words} {self.replaced[0]}:{self.replaced[1]}"
+            return line, ""
+        return line, f"{self.high}:{self.high_id} {self.replaced[0]}:{self.replaced[1]}"
+
+
+def _replaced(text: str, cursor: Cursor) -> tuple[int, str] | None:
+    """(pk, uuid) of the replaced database's line, if it was written with ``cursor``."""
+    words = text.split()
+    if len(words) != 2 or words[0] != f"{cursor.high}:{cursor.high_id}":
+        return None
+    pk, _, identity = words[1].partition(":")
+    try:
+        return (_count(pk), identity) if identity else None
+    except ValueError:
+        return None
 
 
 def _count(word: str) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store.transaction import Merge, Participant
 
-from .cursor import CURSOR, META_KEY, Cursor
+from .cursor import CURSOR, META_KEY, REPLACED, Cursor
 from .database import Absent, Busy, Database, Fingerprint, Unreadable, fraisier_db_path
 from .labels import FraiseLabels, fraisier_config_path
 from .owners import Owners
@@ -58,7 +58,7 @@ class FraisierStateSource(Participant):
             return None
         document = merge.document
         text = CURSOR.get(document) or None
-        cursor = Cursor.parse(text) if text is not None else None
+        cursor = Cursor.parse(text, REPLACED.get(document)) if text is not None else None
         if text is not None and cursor is None:
             self._report(f"the {META_KEY} line of the textfile is not one this version writes ({text[:60]!r}): "
                          "Fraisier's database is not read; remove the line to count its history anew")
@@ -84,7 +84,9 @@ class FraisierStateSource(Participant):
         self._fingerprint = fingerprint
         # A live view, not bookkeeping: taken at once, so that this merge's active count includes them.
         self._live = live
-        CURSOR.put(document, new_cursor.render())
+        line, replaced = new_cursor.render()
+        CURSOR.put(document, line)
+        REPLACED.put(document, replaced)
         return changes if changes else None
 
     def after_commit(self, merge: Merge) -> None:
