@@ -987,25 +987,31 @@ def test_a_fifo_where_fraisier_keeps_a_file_never_hangs_the_merge(
         assert values[ACTIVE] == 1  # nothing proves the owner dead
 
 
+@pytest.mark.parametrize("kind", ["fifo", "empty"], ids=["a FIFO", "an empty file"])
 @pytest.mark.parametrize("link", [False, True], ids=["in its place", "a symlink to it"])
 @pytest.mark.parametrize("where", ["status file", "fraises.yaml"])
-def test_a_fifo_or_device_where_fraisier_keeps_a_file_is_never_opened(
-    fraisier: Fraisier, textfile_dir: Path, tmp_path: Path, where: str, link: bool
+def test_a_fifo_device_or_empty_file_where_fraisier_keeps_a_file_is_never_opened(
+    fraisier: Fraisier, textfile_dir: Path, tmp_path: Path, where: str, link: bool, kind: str
 ) -> None:
     # Opening a device runs its driver: /dev/watchdog arms the host's watchdog (a reboot once nobody pings it), a
     # tape rewinds, a serial line raises DTR. Whoever may write Fraisier's status directory or fraises.yaml's (the
     # deploying user) may put a symlink to any device there, read by a root merge at every scrape. A FIFO shows
-    # whether the reader opens what is not a regular file: the kernel reports every open of it.
+    # whether the reader opens what is not a regular file: the kernel reports every open of it. The files of /proc
+    # are regular files that say they are empty, and some are consumed by being read (/proc/kmsg hands the kernel's
+    # messages to one reader, a syslog's): an empty file holds nothing to read, and is not opened either.
     fraisier.status("api", "deploying")
     fraisier.start("api")
     fraisier.deploy("etl", "success")
     target = fraisier.status_dir / "api.status.json" if where == "status file" else fraisier.config
     target.unlink()
-    fifo = tmp_path / "elsewhere.fifo" if link else target
-    os.mkfifo(fifo)
+    made = tmp_path / f"elsewhere.{kind}" if link else target
+    if kind == "fifo":
+        os.mkfifo(made)
+    else:
+        made.touch()
     if link:
-        target.symlink_to(fifo)
-    with opens_of(fifo) as opens:
+        target.symlink_to(made)
+    with opens_of(made) as opens:
         values = refresh(textfile_dir)
         assert opens() == 0
     assert values[deployments("bare_metal", "success", "unknown" if where == "fraises.yaml" else "etl")] == 1

@@ -1,7 +1,8 @@
 """Reading the small files Fraisier and its operators write (status files, fraises.yaml), under the textfile's lock.
 
-Anyone who may write their directories may put anything in their place: only a regular file of a bounded size is
-opened and read, without blocking, so that a FIFO, a device or a huge file costs a merge nothing but a log line.
+Anyone who may write their directories may put anything in their place: only a regular file of a bounded size, not
+empty, is opened and read, without blocking, so that a FIFO, a device, a file of /proc or a huge file costs a merge
+nothing but a log line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes; raises OSError otherwise."""
     descriptor = _open_regular_file(path, limit)
+    if descriptor is None:
+        return b""
     try:
         chunks = []
         remaining = limit + 1
@@ -38,14 +41,18 @@ def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
 def read_head(path: Path, count: int) -> bytes:
     """The first ``count`` bytes (or fewer) of ``path``, if it is a regular file of any size; else OSError."""
     descriptor = _open_regular_file(path, None)
+    if descriptor is None:
+        return b""
     try:
         return os.read(descriptor, count)
     finally:
         os.close(descriptor)
 
 
-def _open_regular_file(path: Path, limit: int | None) -> int:
-    """A descriptor open for reading on ``path`` if it is a regular file (of at most ``limit`` bytes).
+def _open_regular_file(path: Path, limit: int | None) -> int | None:
+    """A descriptor open for reading on ``path`` if it is a regular file (of at most ``limit`` bytes); None if it
+    is an empty one, which is not opened: the files of /proc say they are empty, and some are consumed by being
+    read (/proc/kmsg hands the kernel's messages to one reader, a syslog's, which would lose them).
 
     What is not a regular file is never opened: opening a device runs its driver (/dev/watchdog arms the host's
     watchdog, a tape rewinds), and anyone who may write the directory may put a symlink to one there, read by
@@ -59,7 +66,10 @@ def _open_regular_file(path: Path, limit: int | None) -> int:
     else:
         handle = os.open(path, path_only | os.O_CLOEXEC)
         try:
-            _check(os.fstat(handle), path, limit)
+            status = os.fstat(handle)
+            _check(status, path, limit)
+            if status.st_size == 0:
+                return None
             try:
                 descriptor = os.open(f"/proc/self/fd/{handle}", flags)
             except FileNotFoundError:  # no /proc: by its name again, then checked to be the same file
