@@ -1018,6 +1018,23 @@ def test_a_fifo_device_or_empty_file_where_fraisier_keeps_a_file_is_never_opened
     assert values[ACTIVE] == 1  # nothing proves the owner dead
 
 
+def test_a_database_file_that_says_it_is_empty_is_never_opened(
+    fraisier: Fraisier, textfile_dir: Path, tmp_path: Path
+) -> None:
+    # As a status file (above): whoever owns Fraisier's database may make it a symlink to /proc/kmsg, which root's
+    # merge would consume at every scrape. An empty file alone is an empty database: nothing to count, nor to report.
+    fraisier.deploy("api", "success")
+    fraisier.close()
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    fraisier.database.unlink()
+    fraisier.database.symlink_to(empty)
+    with opens_of(empty) as opens:
+        values = refresh(textfile_dir)
+        assert opens() == 0
+    assert API_SUCCESS not in values
+
+
 @pytest.mark.parametrize("message", [b"Health check failed \xff", b"", 12345])
 def test_an_error_message_stored_as_a_blob_or_a_number_still_counts_the_failure(
     fraisier: Fraisier, textfile_dir: Path, message: object

@@ -100,9 +100,13 @@ class Database:
         # result only if the file did not change meanwhile. A -wal file: a writer is connected, its -shm
         # exists, and a read-only WAL reader shares it.
         immutable = not os.path.exists(f"{path}-wal")
+        # An empty file alone is an empty database, read as such without opening it: the files of /proc say they
+        # are empty, and /proc/kmsg is consumed by being read (the syslog reading it would lose the kernel's
+        # messages). Whoever owns the database may make it a symlink to it, read by root's merge at every scrape.
+        empty = immutable and before[2] == 0  # its size when ``before`` was taken: a change since is seen after
         for attempt in (1, 2):
             try:
-                connection = _connect(path, immutable)
+                connection = _connect(path, immutable, empty)
             except sqlite3.Error as error:
                 if immutable and (changed := _changed(path, before)) is not None:
                     raise changed from None
@@ -205,11 +209,12 @@ def _file_fingerprint(path: Path, strict: bool = False) -> Fingerprint:
     return tuple(values)
 
 
-def _connect(path: Path, immutable: bool) -> sqlite3.Connection:
+def _connect(path: Path, immutable: bool, empty: bool = False) -> sqlite3.Connection:
     # Read-only and never waiting: Fraisier's own connections wait up to 5 s for a busy database, and a
-    # reader that held a lock or waited would be the one making them wait.
-    uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
-    connection = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False)
+    # reader that held a lock or waited would be the one making them wait. ``empty``: an empty database in
+    # memory, as the empty file alone reads.
+    uri = ":memory:" if empty else f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+    connection = sqlite3.connect(uri, uri=not empty, timeout=0, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA busy_timeout = 0")
     connection.execute("PRAGMA query_only = 1")
     return connection
