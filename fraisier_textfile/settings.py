@@ -34,6 +34,11 @@ LOCK_WAIT_BUDGET_ENVIRONMENT = "FRAISIER_LOCK_WAIT_BUDGET"
 # Bad settings already reported in this process: each is one line, once, however many recorders read it.
 _reported: set[tuple[str, str]] = set()
 
+# Who says it, at the start of each report: in a program that records through the API (Fraisier's), the
+# package's name as every recorder message gives it; in a command of ours, that command (report_as), whichever
+# layer reads the setting: "fraisier metrics:" in a `fraisier record` run sent operators looking for a server.
+_speaker = "fraisier metrics"
+
 
 def seconds_text(what: str, text: str) -> float:
     """Seconds written as a plain decimal number (``10``, ``2.5``, ``.5``, ``1e3``), finite and not negative."""
@@ -82,13 +87,21 @@ def environment_value(variable: str, parse: Callable[[str, str], _Value]) -> _Va
     return parse(variable, text) if text else None
 
 
+def report_as(command: str) -> str:
+    """Reports begin with ``command`` (``fraisier record``) while it runs; returns whom they named before, to be
+    given back when the command ends (a program may run several, as the tests' CliRunner does)."""
+    global _speaker
+    previous, _speaker = _speaker, command
+    return previous
+
+
 def report(error: InvalidValueError, default: object) -> None:
     """One warning line for a bad setting replaced by its default, once per process."""
     key = (str(error), str(default))
     if key in _reported:
         return
     _reported.add(key)
-    log.warning("fraisier metrics: %s; using the default, %s", error, default)
+    log.warning("%s: %s; using the default, %s", _speaker, error, default)
 
 
 def default_lock_wait_budget(strict: bool = False) -> float:

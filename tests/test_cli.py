@@ -337,6 +337,26 @@ def test_a_bad_option_value_never_stops_exec_but_is_a_usage_error_elsewhere(
     assert line.startswith(f"Error: {(before or after)[0]}={(before or after)[1]!r}")
 
 
+@pytest.mark.parametrize("command", [
+    ["record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+     "--duration", "1"],
+    ["exec", "--provider", "bare_metal", "--fraise-type", "api", "--", "true"],
+    ["textfile", "path"],
+], ids=lambda command: command[0])
+def test_a_bad_setting_is_reported_by_the_command_that_read_it(textfile_dir: Path, command: list[str]) -> None:
+    """Every warning about a setting began "fraisier metrics:", which names another command: an operator whose
+    cron job runs `fraisier record` looked for a server. Each line names the command run, whichever layer read
+    the setting (the group its log level, the store its lock-wait budget)."""
+    environment = {**os.environ, "FRAISIER_LOG_LEVEL": "loud", "FRAISIER_LOCK_WAIT_BUDGET": "soon"}
+    result = fraisier(*command, textfile_dir=textfile_dir, env=environment)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "using the default" in line]
+    assert any("FRAISIER_LOG_LEVEL='loud'" in line for line in lines), result.stderr
+    if command[0] != "textfile":  # the commands that record read the lock-wait budget
+        assert any("FRAISIER_LOCK_WAIT_BUDGET='soon'" in line for line in lines), result.stderr
+    assert all(f'msg="fraisier {command[0]}: FRAISIER_' in line for line in lines), result.stderr
+
+
 def test_install_dispatcher_replaces_only_a_fraisier_script(tmp_path: Path) -> None:
     from fraisier_textfile.cli.scripts import install_dispatcher
 

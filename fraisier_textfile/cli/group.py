@@ -266,6 +266,8 @@ def main(context: click.Context, textfile_dir: Path, lock_timeout: str | None, l
     """
     # record's modules all log through fraisier_textfile.logger: a run with nothing to say imports no logging.
     # The other commands load modules that log through logging itself: their handler is set up now.
+    speaker = settings.report_as(f"fraisier {context.invoked_subcommand}")
+    context.call_on_close(lambda: settings.report_as(speaker))
     context.obj = Settings(textfile_dir, lock_timeout, log_level, log_format,
                            lenient=context.invoked_subcommand == "exec",
                            logs_at_first_record=context.invoked_subcommand == "record")
