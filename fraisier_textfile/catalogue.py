@@ -12,12 +12,7 @@ from fraisier_textfile.format.schema import Family as Family
 from fraisier_textfile.format.schema import Kind as Kind
 from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.format.schema import format_float as format_float
-from fraisier_textfile.validate import (  # re-exported: the checks lived here, and callers still find them here
-    FALSE_WORDS as FALSE_WORDS,
-)
-from fraisier_textfile.validate import MAX_LABEL_VALUE_LENGTH as MAX_LABEL_VALUE_LENGTH
-from fraisier_textfile.validate import TRUE_WORDS as TRUE_WORDS
-from fraisier_textfile.validate import check_choice as check_choice
+from fraisier_textfile.validate import check_choice as check_choice  # re-exported: the checks lived here
 from fraisier_textfile.validate import check_count as check_count
 from fraisier_textfile.validate import check_duration as check_duration
 from fraisier_textfile.validate import check_flag as check_flag

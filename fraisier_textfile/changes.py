@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from fraisier_textfile import catalogue
 from fraisier_textfile.store.changes import Changes as Changes  # re-exported: it was defined here
-from fraisier_textfile.store.changes import HistogramDelta as HistogramDelta
 from fraisier_textfile.store.changes import Labels as Labels
 from fraisier_textfile.store.changes import Sink as Sink
 from fraisier_textfile.store.inflight import MarkerRules

@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from fraisier_textfile.cli.commands import main
+from fraisier_textfile.cli.group import main
 
 from .processes import fraisier, lock_held_elsewhere
 from .values import sample_values

@@ -144,7 +144,7 @@ def complete(*words: str) -> list[str]:
     environment = dict(os.environ, _FRAISIER_COMPLETE="bash_complete", COMP_WORDS=" ".join(("fraisier", *words)),
                        COMP_CWORD=str(len(words)))
     result = subprocess.run(
-        [sys.executable, "-c", "from fraisier_textfile.cli.commands import main; main(prog_name='fraisier')"],
+        [sys.executable, "-c", "from fraisier_textfile.cli.group import main; main(prog_name='fraisier')"],
         env=environment, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
@@ -164,7 +164,7 @@ def test_completion_offers_commands_and_log_levels() -> None:
 
 def test_the_completion_script_is_what_the_guide_says() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "from fraisier_textfile.cli.commands import main; main(prog_name='fraisier')"],
+        [sys.executable, "-c", "from fraisier_textfile.cli.group import main; main(prog_name='fraisier')"],
         env=dict(os.environ, _FRAISIER_COMPLETE="bash_source"), capture_output=True, text=True,
     )
     assert result.returncode == 0

@@ -469,8 +469,8 @@ def test_route(arguments: list[str], destination: str, passed_on: list[str], env
 def test_the_dispatcher_knows_every_command_of_ours() -> None:
     """The dispatcher decides before importing the CLI, so it keeps its own list: a new top-level command
     must be added to it, or `fraisier NEW` would go to Fraisier."""
-    from fraisier_textfile.cli.commands import main
     from fraisier_textfile.cli.dispatch import OUR_COMMANDS as DISPATCHED
+    from fraisier_textfile.cli.group import main
 
     assert set(main.commands) == DISPATCHED
     assert set(OUR_COMMANDS) == DISPATCHED
@@ -480,8 +480,8 @@ def test_the_dispatcher_knows_every_group_option_of_ours() -> None:
     """Likewise for the options before the command: one it does not know would send the line to Fraisier."""
     import click
 
-    from fraisier_textfile.cli.commands import main
     from fraisier_textfile.cli.dispatch import OUR_GROUP_OPTIONS
+    from fraisier_textfile.cli.group import main
 
     options = {name for parameter in main.params if isinstance(parameter, click.Option)
                for name in parameter.opts if name != "--version"}

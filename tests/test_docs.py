@@ -305,3 +305,37 @@ def test_the_repository_files_a_command_names_are_found_and_checked() -> None:
     assert names == ["contrib/systemd/fraisier-*", "monitoring/alert-rules.yml"]
     assert all(list(REPOSITORY.glob(name)) for name in names)
     assert not list(REPOSITORY.glob("contrib/systemd/no-such-unit.service"))
+
+
+def layout_sections() -> dict[str, str]:
+    """The README's Layout block, by its folder: ``""`` for the package's top level, ``format``, ``store``..."""
+    readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Layout\n", 1)[1].split("```\n", 2)[1]
+    sections: dict[str, str] = {}
+    folder = None
+    for line in block.splitlines():
+        head = re.match(r"(fraisier_textfile/|  ([a-z_]+)/)\s", line)
+        if head:
+            folder = head.group(2) or ""
+        elif not line.startswith(" "):
+            folder = None  # the repository's other entries
+        if folder is not None:
+            sections[folder] = sections.get(folder, "") + line + "\n"
+    return sections
+
+
+def test_the_layout_names_every_module_once_under_its_folder_and_nothing_else() -> None:
+    """The README's Layout is how a newcomer finds a module: one that is missing, listed twice, listed under
+    another folder, or gone, sends them looking in the wrong place."""
+    package = REPOSITORY / "fraisier_textfile"
+    sections = layout_sections()
+    wanted: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(package).parts
+        if path.name == "__init__.py" and len(relative) > 1:
+            continue  # a folder's own face, named by the folder
+        wanted.setdefault(relative[0] if len(relative) > 1 else "", set()).add(path.name)
+    assert set(sections) == set(wanted)
+    for folder, text in sections.items():
+        listed = re.findall(r"(?<![\w/.])([a-z_]+\.py)\b", text)
+        assert sorted(listed) == sorted(wanted[folder]), folder or "fraisier_textfile/"

@@ -27,7 +27,7 @@ from fraisier_textfile.store.inflight import MARKER_DIRECTORY
 from .processes import binary, require
 from .values import sample_values
 
-WORKERS = Path(__file__).with_name("liveness_workers.py")
+WORKERS = Path(__file__).with_name("marker_workers.py")
 ACTIVE = 'fraisier_active_deployments{provider="bare_metal"}'
 SUCCESS = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
 CRASHED = 'fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'
@@ -218,7 +218,7 @@ def test_children_that_outlive_the_deployer_do_not_keep_its_deployment_alive(
     users: Users, shared_dir: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     """A forked child and a program spawned without closing descriptors both run on: the deployment ended
-    with the process that started it (see liveness's note on fork and exec)."""
+    with the process that started it (see store/markers.py's note on fork and exec)."""
     deployer = users.start(DEPLOYER, "deploy_with_children", str(shared_dir))
     processes.append(deployer)
     assert deployer.stdout is not None

@@ -19,7 +19,7 @@ from fraisier_textfile.store.markers import MARKER_DIRECTORY
 from .processes import binary, require
 from .values import sample_values
 
-WORKERS = Path(__file__).with_name("liveness_workers.py")
+WORKERS = Path(__file__).with_name("marker_workers.py")
 
 
 def start_worker(*arguments: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:

@@ -50,7 +50,7 @@ IDENTITY = f"fraisier-textfile, version {fraisier_textfile.__version__}\n"
 def test_the_version_option_names_this_package() -> None:
     from click.testing import CliRunner
 
-    from fraisier_textfile.cli.commands import main
+    from fraisier_textfile.cli.group import main
 
     # Whatever name it was started under: `fraisier, version 0.1.0` read as an old Fraisier.
     for program in ("fraisier", "fraisier-textfile"):

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fraisier_textfile import MetricsRecorder, TextfileStore
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.cli.commands import main
+from fraisier_textfile.cli.group import main
 from fraisier_textfile.serve.server import MetricsServer
 from fraisier_textfile.serve.sources import RegistrySource, TextfileSource
 

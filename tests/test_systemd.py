@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from fraisier_textfile import TextfileStore
 from fraisier_textfile.cli import systemd as units
-from fraisier_textfile.cli.commands import main
+from fraisier_textfile.cli.group import main
 from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.serve.server import MetricsServer
 from fraisier_textfile.serve.sources import TextfileSource

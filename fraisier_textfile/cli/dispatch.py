@@ -37,8 +37,7 @@ from typing import Any
 import click
 
 OUR_COMMANDS = frozenset({"record", "exec", "textfile", "metrics", "systemd", "install-dispatcher"})
-# Our group options that take a value, and the environment variable each stands for (see cli.main). The log
-# options are the ops branch's: listed ahead of its merge, they are simply refused by a CLI without them.
+# Our group options that take a value, and the environment variable each stands for (see cli/group.py's main).
 OUR_GROUP_OPTIONS = {
     "--textfile-dir": "FRAISIER_TEXTFILE_DIR",
     "--lock-timeout": "FRAISIER_LOCK_TIMEOUT",
@@ -220,7 +219,7 @@ def take_fraisier_state() -> None:
         from fraisier_textfile.changes import Changes
         from fraisier_textfile.fraisier_store import FraisierStore
         from fraisier_textfile.sources.fraisier_state import participants
-        from fraisier_textfile.store.textfile import DIRECTORY_ENVIRONMENT, default_textfile_directory
+        from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT, default_textfile_directory
 
         sources = participants()
         if sources:
@@ -371,10 +370,10 @@ def combined_group() -> click.Group:
         params=[*fraisier_main.params, *our_options],
         help=fraisier_main.help,
         epilog=(
-            f"The same commands alone: fraisier-textfile --help. {', '.join(sorted(OUR_COMMANDS))} are "
-            "fraisier-textfile's: Fraisier's metrics from short-lived processes, merged into "
-            "TEXTFILE_DIR/fraisier.prom (`fraisier metrics` serves that file, and what Fraisier's own commands "
-            "record is merged into it too). --textfile-dir and --lock-timeout are theirs."
+            f"{', '.join(sorted(OUR_COMMANDS))} are fraisier-textfile's (`fraisier-textfile --help` lists them "
+            "alone): Fraisier's metrics from short-lived processes, merged into TEXTFILE_DIR/fraisier.prom "
+            "(`fraisier metrics` serves that file, and what Fraisier's own commands record is merged into it "
+            f"too). {', '.join(OUR_GROUP_OPTIONS)} are their options."
         ),
         context_settings={**fraisier_main.context_settings, "help_option_names": sorted(HELP_OPTIONS)},
         no_args_is_help=True,

@@ -78,12 +78,9 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     import signal
     import threading
 
-    from fraisier_textfile.serve.server import (
-        notify_systemd,
-        raise_descriptor_limit,
-        serve_textfile,
-        systemd_listening_socket,
-    )
+    from fraisier_textfile.serve.activation import notify_systemd, systemd_listening_socket
+    from fraisier_textfile.serve.descriptors import raise_descriptor_limit
+    from fraisier_textfile.serve.server import serve_textfile
 
     if not address.strip():
         raise InvalidInput("--address is empty: give localhost, a host's address, or 0.0.0.0 for every interface")

@@ -39,7 +39,6 @@ from fraisier_textfile.recorder.policy import Problems, never_raising
 from fraisier_textfile.recorder.series import ProcessSeries
 from fraisier_textfile.recorder.tracking import Outcome as Outcome  # its public name here
 from fraisier_textfile.recorder.tracking import Tracking
-from fraisier_textfile.recorder.tracking import error_type_of as error_type_of  # its public name here
 from fraisier_textfile.recorder.writer import Writer, make_store
 from fraisier_textfile.settings import default_lock_wait_budget
 from fraisier_textfile.store.files import default_textfile_directory

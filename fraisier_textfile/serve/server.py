@@ -33,12 +33,8 @@ from fraisier_textfile.errors import (
     ServerStartError,
 )
 from fraisier_textfile.fraisier_store import FraisierStore
-from fraisier_textfile.serve.activation import listen_backlog as listen_backlog
-from fraisier_textfile.serve.activation import notify_systemd as notify_systemd
-from fraisier_textfile.serve.activation import systemd_listening_socket as systemd_listening_socket
 from fraisier_textfile.serve.connection_table import CONNECTION_TIMEOUT, DEFAULT_MAX_CONNECTIONS, REQUEST_TIMEOUT
 from fraisier_textfile.serve.connections import LoopServer
-from fraisier_textfile.serve.descriptors import raise_descriptor_limit as raise_descriptor_limit
 from fraisier_textfile.serve.live_config import LiveWebConfig
 from fraisier_textfile.serve.sources import MetricsSource, RegistrySource, TextfileSource
 from fraisier_textfile.store.textfile import TextfileStore

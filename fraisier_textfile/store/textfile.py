@@ -34,13 +34,9 @@ from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.store import deployments, fs, handovers, inflight
 from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.changes import Changes
-from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT as DIRECTORY_ENVIRONMENT
 from fraisier_textfile.store.files import TEXTFILE_NAME, FileVersion, Textfile
-from fraisier_textfile.store.files import default_textfile_directory as default_textfile_directory
-from fraisier_textfile.store.lifecycle import LifecycleParticipant as LifecycleParticipant
-from fraisier_textfile.store.lifecycle import SeriesLifecycle
+from fraisier_textfile.store.lifecycle import LifecycleParticipant, SeriesLifecycle
 from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_SUFFIX, DeferredSignals, Lock
-from fraisier_textfile.store.lock import default_lock_timeout as default_lock_timeout
 from fraisier_textfile.store.transaction import Participant, Transaction, count_running
 
 log = logger.get_logger(__name__)

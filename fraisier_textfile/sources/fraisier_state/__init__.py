@@ -22,16 +22,13 @@ One module a responsibility:
 
 from __future__ import annotations
 
-from .cursor import CURSOR, META_KEY, Cursor
-from .database import fraisier_db_path
-from .labels import MAX_CONFIG_BYTES, FraiseLabels, fraisier_config_path
-from .owners import STATUS_DIR_ENVIRONMENT
-from .reader import FULL_CHECK_SECONDS, ROW_COLUMNS, checked_since
-from .source import SWITCH_ENVIRONMENT, FraisierStateSource, participants
-from .vocabulary import error_type, rollback_reason
+from .cursor import META_KEY
+from .labels import MAX_CONFIG_BYTES, FraiseLabels
+from .reader import ROW_COLUMNS, checked_since
+from .source import FraisierStateSource, participants
+from .vocabulary import error_type
 
 __all__ = [
-    "CURSOR", "FULL_CHECK_SECONDS", "MAX_CONFIG_BYTES", "META_KEY", "ROW_COLUMNS", "STATUS_DIR_ENVIRONMENT",
-    "SWITCH_ENVIRONMENT", "Cursor", "FraiseLabels", "FraisierStateSource", "checked_since", "error_type",
-    "fraisier_config_path", "fraisier_db_path", "participants", "rollback_reason",
+    "MAX_CONFIG_BYTES", "META_KEY", "ROW_COLUMNS", "FraiseLabels", "FraisierStateSource", "checked_since", "error_type",
+    "participants",
 ]

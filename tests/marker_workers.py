@@ -1,4 +1,5 @@
-"""Processes for the liveness tests, run as other users: ``python liveness_workers.py NAME ARGS``.
+"""Processes that hold in-flight markers, run as other users for the marker tests:
+``python marker_workers.py NAME ARGS``.
 
 Only the standard library and fraisier_textfile (with filelock) are imported, so that a copy of them on
 PYTHONPATH is enough for a system Python that another user may run.
