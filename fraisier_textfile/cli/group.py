@@ -230,7 +230,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
     callback=_not_a_command,
     show_default=str(DEFAULT_LOCK_TIMEOUT),
     metavar="SECONDS",
-    help=f"How long to wait for another fraisier process to finish writing the file. "
+    help=f"How long to wait for another fraisier process to finish writing the file (record and exec wait at "
+    f"most {settings.LOCK_WAIT_BUDGET_ENVIRONMENT}, {settings.DEFAULT_LOCK_WAIT_BUDGET:g} s, then hand what they "
+    f"record over to the next writer). "
     f"Env: {LOCK_TIMEOUT_ENVIRONMENT}.",
 )
 @click.option("--log-level", metavar="[" + "|".join(logs.LEVELS) + "]", default=None, callback=_not_a_command,
@@ -248,9 +250,10 @@ def main(context: click.Context, textfile_dir: Path, lock_timeout: str | None, l
          log_format: str | None) -> None:
     """Fraisier's deployment metrics for Prometheus, from short-lived processes.
 
-    Every command merges what it records into one file, TEXTFILE_DIR/fraisier.prom, under a lock and with
-    an atomic replace, so the file always holds the totals over every process that ever ran. Serve it with
-    node_exporter's textfile collector or with `fraisier metrics`.
+    The commands that record (record, exec) merge what they record into one file, TEXTFILE_DIR/fraisier.prom,
+    under a lock and with an atomic replace, so the file always holds the totals over every process that ever
+    ran. Serve it with node_exporter's textfile collector or with `fraisier metrics`; the textfile commands
+    inspect and maintain it.
 
     \b
     Examples:

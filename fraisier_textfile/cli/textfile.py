@@ -13,7 +13,7 @@ from fraisier_textfile.cli.group import InvalidInput, Settings, library_errors, 
 
 @click.group()
 def textfile() -> None:
-    """Inspect the textfile: where it is, what it holds, whether it is valid."""
+    """Inspect and maintain the textfile: where it is, what it holds, whether it is valid; refresh it, forget series."""
 
 
 @textfile.command()
@@ -74,9 +74,11 @@ def refresh(settings: Settings, expire_after: str | None, since: str | None) -> 
     active deployments are recounted, histograms written with other buckets are migrated, and the file's
     modification time becomes now.
 
-    \b
     Run it from a timer (every minute, say) on hosts served by node_exporter: the active-deployments gauge
-    then drops within a minute of a crash, and the file stays fresh for the stale-file alert on quiet hosts:
+    then drops within a minute of a crash, and the file stays fresh for the stale-file alert on quiet hosts.
+    As a cron line:
+
+    \b
       * * * * *  FRAISIER_TEXTFILE_DIR=/var/lib/fraisier/textfile fraisier textfile refresh
 
     Where Fraisier is installed (or FRAISIER_DB_PATH is set), each refresh also takes the deployments Fraisier
