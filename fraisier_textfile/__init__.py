@@ -8,18 +8,25 @@ The layers, data flowing one way: ``recorder/`` (this process's series, Fraisier
 to ``store/`` (one directory shared by processes), which reads and writes the file through ``format/`` (pure:
 bytes in, bytes out); ``serve/`` reads the file back. ``catalogue`` is Fraisier's families, one schema among any.
 
-Glossary. A *merge* adds a process's *changes* to ``fraisier.prom`` under the lock and replaces the file
-atomically: one transaction whose *participants* (the protocols below, and sources such as Fraisier's state
-database) each collect their changes and keep their *bookkeeping line* (``# fraisier_textfile <key>: ...``) in
-the same rename. A *hand-over* is a file of changes a process could not merge (the lock was busy), which the next
-merge of any process *applies* once and lists as *applied* until the file is gone. An in-flight *marker* is the
-file of a deployment under way; its deployment counts as active while its process lives and as ``crashed`` once it
-is dead, after which the marker is *retired* (listed until removed, so that nothing is counted twice). The
-*layout line* lists the file's blocks with checksums: a file whose bytes still match it is *vouched* for and read
-as written, without checking a line. The *lifecycle* forgets, *expires* (drops series not updated for long) and
-*bounds* series, and *migrates* histograms to new buckets. A *schema* is the families a writer owns and rewrites.
-The *dispatcher* is our ``fraisier`` script beside Fraisier's commands; the *bridge* points Fraisier's
-``fraisier.metrics`` at the textfile.
+Glossary. A *merge* adds a process's *changes* (what its events add to which series) to ``fraisier.prom`` as one
+*transaction* (store/transaction.py): under the lock, the file is loaded, each *participant* (one per protocol:
+the in-flight markers, the hand-overs, *sources* such as Fraisier's state database, the lifecycle) *collects* its
+part, the changes are *applied* (each family by its merge rule), and the new file is written and renamed over the
+old one; every participant keeps its *bookkeeping line* (``# fraisier_textfile <key>: ...``, format/bookkeeping.py)
+in that same rename, so a process killed at any point leaves all of it or none. A *hand-over* is a file of changes
+a process could not merge because the lock stayed busy: the next merge of any process applies it once and lists
+it as *applied* until the file is gone. A *deployment in flight* is one a process runs (store/deployments.py): its
+*marker* is a file held (locked) while it runs, so every merge counts it active; once its end is written the
+marker is *released*, and a marker whose process died unreleased counts the deployment ``crashed``. A marker whose
+deployment the file accounts for (ended, or counted crashed) is *retired*: listed until its file is removed, so
+that nothing is counted twice. The *layout line* lists the file's blocks with checksums: a file whose bytes still
+match it is *vouched* for and read as written, without checking a line, and each of our blocks is then a *span*
+of the file's bytes, edited where an event changes it without being split into lines (format/span.py). The
+*lifecycle* forgets, *expires* (drops series not updated for long) and *bounds* series, and *migrates* histograms
+to new buckets. A *schema* is the families a writer owns and rewrites, handed to the store as data; the *Fraisier
+store* (``fraisier_store.py``, the public ``TextfileStore``) is the store opened with Fraisier's schema and its
+markers' rules. The *dispatcher* is our ``fraisier`` script beside Fraisier's commands; the *bridge* points
+Fraisier's ``fraisier.metrics`` at the textfile.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ inflight.py accounts for them in every merge). Its one rule is an order: a deplo
 the deployment runs, and released only once the changes recording its end (which list the marker's id in
 ``Changes.retired_markers``) are merged or handed over. Released before, the marker of a live deployment whose
 end is not in the file yet would be counted crashed by the next merger, and its end counted again later; never
-released, it is alive until this process exits. So the end goes into the changes through :meth:`Changes.end`
+released, it is alive until this process exits. So the end goes into the changes through :meth:`Changes.end_deployment`
 (store/changes.py), and the store releases the markers of the deployments those changes end once it wrote them
 (``TextfileStore.merge`` and ``hand_over``): a process killed in between leaves its marker to the kernel, which
 drops its lock, and to the next merge, which counts the deployment once (crashed if its end was not written,
