@@ -338,4 +338,6 @@ def test_the_layout_names_every_module_once_under_its_folder_and_nothing_else() 
     assert set(sections) == set(wanted)
     for folder, text in sections.items():
         listed = re.findall(r"(?<![\w/.])([a-z_]+\.py)\b", text)
+        if folder:  # a folder's __init__.py may be named too, when it holds more than the folder's docstring
+            listed = [name for name in listed if name != "__init__.py"]
         assert sorted(listed) == sorted(wanted[folder]), folder or "fraisier_textfile/"

@@ -39,11 +39,13 @@ from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.handover_codec import FIELDS as FIELDS
+from fraisier_textfile.store.handover_codec import FORMAT_VERSION as FORMAT_VERSION
 from fraisier_textfile.store.handover_codec import ForeignHandover as ForeignHandover
 from fraisier_textfile.store.handover_codec import NewerHandover as NewerHandover
 from fraisier_textfile.store.handover_codec import UnreadableHandover as UnreadableHandover
 from fraisier_textfile.store.handover_codec import decode as decode
 from fraisier_textfile.store.handover_codec import encode as encode
+from fraisier_textfile.store.handover_order import PENDING_LIMIT as PENDING_LIMIT
 from fraisier_textfile.store.handover_order import SEQUENCE_FILE as SEQUENCE_FILE
 from fraisier_textfile.store.handover_order import TooManyWaiting as TooManyWaiting
 from fraisier_textfile.store.handover_order import id_for as id_for

@@ -49,9 +49,11 @@ from fraisier_textfile.format.syntax import ParseError, series_key
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import process
 from fraisier_textfile.store.changes import Changes, Labels
+from fraisier_textfile.store.migration import migrate_histogram as migrate_histogram
 from fraisier_textfile.store.migration import migrate_histograms as migrate_histograms
 from fraisier_textfile.store.migration import migration_notes as migration_notes
 from fraisier_textfile.store.selection import Selection as Selection
+from fraisier_textfile.store.selection import SupportsLifecycle as SupportsLifecycle
 from fraisier_textfile.store.selection import forget as forget
 from fraisier_textfile.store.selection import parse_duration as parse_duration
 from fraisier_textfile.store.selection import parse_matcher as parse_matcher
