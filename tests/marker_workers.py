@@ -17,7 +17,7 @@ from pathlib import Path
 from fraisier_textfile import TextfileStore
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.cli.execution import run_deployment
-from fraisier_textfile.store import fs, inflight, markers, processes
+from fraisier_textfile.store import fs, markers, processes
 
 
 def deploy(directory: str) -> None:
@@ -29,7 +29,7 @@ def deploy(directory: str) -> None:
 def deploy_with_children(directory: str) -> None:
     """Start a deployment, then fork a Python child and spawn a program that may inherit descriptors
     (``close_fds=False``); both outlive this process, which hangs until killed."""
-    marker = inflight.create_marker(Path(directory), "bare_metal", "api")
+    marker = markers.create_marker(Path(directory), "bare_metal", "api")
     ready_to_read, ready = os.pipe()
     forked = os.fork()
     if forked == 0:
@@ -45,22 +45,22 @@ def deploy_with_children(directory: str) -> None:
 def deploy_like_an_older_version(directory: str) -> None:
     """Write a marker as versions without the lock did, and hang until killed."""
     pid = os.getpid()
-    start_time = inflight.process_start_time(pid)
+    start_time = processes.process_start_time(pid)
     boot, namespace = processes.own_context()
     marker_id = f"{pid}-{start_time}-0ld0ld00"
-    markers = inflight.marker_directory(Path(directory))
-    markers.mkdir(mode=0o775, exist_ok=True)
+    directory_of_markers = markers.marker_directory(Path(directory))
+    directory_of_markers.mkdir(mode=0o775, exist_ok=True)
     content = {"provider": "bare_metal", "fraise_type": "api", "boot": boot, "pid_namespace": namespace}
-    (markers / f".{marker_id}").write_text(json.dumps(content))
-    os.chmod(markers / f".{marker_id}", 0o644)
-    os.rename(markers / f".{marker_id}", markers / marker_id)
+    (directory_of_markers / f".{marker_id}").write_text(json.dumps(content))
+    os.chmod(directory_of_markers / f".{marker_id}", 0o644)
+    os.rename(directory_of_markers / f".{marker_id}", directory_of_markers / marker_id)
     print("deploying", marker_id, flush=True)
     time.sleep(600)
 
 
 def deploy_then_release(directory: str) -> None:
     """Start a deployment; at a line on stdin release it, say ``released``, and stay alive until EOF."""
-    marker = inflight.create_marker(Path(directory), "bare_metal", "api")
+    marker = markers.create_marker(Path(directory), "bare_metal", "api")
     print("deploying", marker.id, flush=True)
     sys.stdin.readline()
     marker.release()
@@ -70,7 +70,7 @@ def deploy_then_release(directory: str) -> None:
 
 def sees(pid: str) -> None:
     """What /proc tells this process about ``pid``, as JSON."""
-    print(json.dumps({"listed": os.path.exists(f"/proc/{pid}"), "start_time": inflight.process_start_time(int(pid))}))
+    print(json.dumps({"listed": os.path.exists(f"/proc/{pid}"), "start_time": processes.process_start_time(int(pid))}))
 
 
 def merge(directory: str) -> None:

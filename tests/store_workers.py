@@ -221,10 +221,10 @@ def record_once(directory: str, error_type: str) -> None:
 def deploy_and_hand_over_end(directory: str, fraise_type: str) -> None:
     """A deployment that starts (its marker), ends, and hands its end over with the marker retired, then exits
     with the marker still on disk (the lock it held goes with the process)."""
-    from fraisier_textfile.store import inflight
+    from fraisier_textfile.store import markers as marker_files
 
     store = TextfileStore(directory)
-    marker = inflight.create_marker(Path(directory), "docker_compose", fraise_type)
+    marker = marker_files.create_marker(Path(directory), "docker_compose", fraise_type)
     changes = Changes()
     events.deployment_complete(changes, "docker_compose", fraise_type, "success", 1.0)
     changes.retire_marker(marker.id)
@@ -290,9 +290,9 @@ def interrupted(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def deploy_and_die(directory: str, fraise_type: str) -> None:
     """A deployment whose process dies after writing its marker: a crash, for the next merger to count."""
-    from fraisier_textfile.store import inflight
+    from fraisier_textfile.store import markers as marker_files
 
-    inflight.create_marker(Path(directory), "docker_compose", fraise_type)
+    marker_files.create_marker(Path(directory), "docker_compose", fraise_type)
     os._exit(0)
 
 

@@ -13,7 +13,9 @@ import pytest
 from fraisier_textfile.errors import FraisierTextfileError, UnexpectedFileError
 from fraisier_textfile.recorder.recorder import MetricsRecorder
 from fraisier_textfile.store import inflight
-from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+from fraisier_textfile.store import markers as marker_files
+from fraisier_textfile.store.markers import MARKER_DIRECTORY
+from fraisier_textfile.store.processes import process_start_time
 
 from .processes import fraisier
 
@@ -41,7 +43,7 @@ def test_a_deployment_never_writes_its_marker_through_a_symlinked_marker_directo
     assert os.listdir(elsewhere) == []
     assert f"{textfile_dir / MARKER_DIRECTORY} is a symlink" in result.stderr
     with pytest.raises(UnexpectedFileError, match="is a symlink"):
-        inflight.create_marker(textfile_dir, "bare_metal", "api")
+        marker_files.create_marker(textfile_dir, "bare_metal", "api")
     assert os.listdir(elsewhere) == []
 
 
@@ -83,7 +85,7 @@ def test_a_cleaner_emptying_the_directory_never_makes_a_marker_fail_with_a_raw_e
     try:
         for _ in range(2000):
             try:
-                marker = inflight.create_marker(textfile_dir, "bare_metal", "api")
+                marker = marker_files.create_marker(textfile_dir, "bare_metal", "api")
             except FraisierTextfileError as error:
                 assert str(textfile_dir / MARKER_DIRECTORY) in str(error)
                 continue
@@ -254,7 +256,7 @@ def test_an_end_handed_over_while_a_merger_probes_the_markers_is_never_also_coun
     markers.mkdir(parents=True)
     # Deployments of an older version (no lock) by this live process: alive by /proc, and each one probed
     # costs the merger a read of /proc, which keeps it between the two steps long enough to be caught there.
-    pid, start = os.getpid(), inflight.process_start_time(os.getpid())
+    pid, start = os.getpid(), process_start_time(os.getpid())
     for number in range(2000):
         (markers / f"{pid}-{start}-{number:08x}").write_text(json.dumps({"provider": "slow", "fraise_type": "api"}))
     stop = textfile_dir.parent / "stop"

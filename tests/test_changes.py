@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import fraisier
 from .values import sample_values

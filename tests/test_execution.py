@@ -18,7 +18,7 @@ import pytest
 from fraisier_textfile import TextfileStore
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.cli.execution import FORWARDED_SIGNALS
-from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import fraisier, lock_held_elsewhere
 from .values import sample_values

@@ -107,10 +107,10 @@ def test_a_hand_over_this_version_cannot_read_is_set_aside_and_the_rest_applied(
 
 
 def test_hand_over_empties_the_changes_and_the_next_merge_writes_them_once(textfile_dir: Path) -> None:
-    from fraisier_textfile.store import inflight
+    from fraisier_textfile.store import markers as marker_files
 
     store = TextfileStore(textfile_dir)
-    marker = inflight.create_marker(textfile_dir, "docker_compose", "backup")  # ended by the handed-over changes
+    marker = marker_files.create_marker(textfile_dir, "docker_compose", "backup")  # ended by the handed-over changes
     changes = every_kind_of_change()
     changes.retired_markers.add(marker.id)
     store.hand_over(changes)

@@ -22,7 +22,7 @@ from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import UnexpectedFileError
 from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
-from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import fraisier, free_port, running
 

@@ -22,7 +22,7 @@ import filelock
 import pytest
 
 import fraisier_textfile
-from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import binary, require
 from .values import sample_values

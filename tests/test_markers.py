@@ -15,6 +15,7 @@ import pytest
 
 from fraisier_textfile.store import fs, markers
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
+from fraisier_textfile.store.processes import process_start_time
 
 from .processes import binary, require
 from .values import sample_values
@@ -56,7 +57,7 @@ def test_a_released_marker_is_dead_while_its_process_runs(
     worker.stdin.write("release\n")
     worker.stdin.flush()
     assert worker.stdout.readline() == "released\n"
-    assert markers.process_start_time(worker.pid) == marker_id.split("-")[1]
+    assert process_start_time(worker.pid) == marker_id.split("-")[1]
     assert alive(textfile_dir) == {marker_id: False}
 
 
@@ -131,7 +132,7 @@ def test_a_half_written_marker_is_removed_only_once_its_writer_is_provably_gone(
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # reaped: its PID names no process
-    own_start = markers.process_start_time(os.getpid())
+    own_start = process_start_time(os.getpid())
     directory = textfile_dir / MARKER_DIRECTORY
     directory.mkdir(parents=True)
     litter = directory / f".{gone.pid}-1-0000dead"

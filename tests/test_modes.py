@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY, SEQUENCE_FILE
-from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import binary
 
@@ -40,8 +40,8 @@ TextfileStore(os.environ["FRAISIER_TEXTFILE_DIR"]).hand_over(changes)
 MARKER_FIRST = """
 import os
 from pathlib import Path
-from fraisier_textfile.store import inflight
-inflight.create_marker(Path(os.environ["FRAISIER_TEXTFILE_DIR"]), "bare_metal", "api")
+from fraisier_textfile.store import markers as marker_files
+marker_files.create_marker(Path(os.environ["FRAISIER_TEXTFILE_DIR"]), "bare_metal", "api")
 os._exit(0)  # a deployment that dies before anything else: only its marker was written
 """
 ENTRY_POINTS = {

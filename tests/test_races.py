@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fraisier_textfile import MetricsRecorder, TextfileStore
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
-from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import fraisier, lock_held_elsewhere, start_store_worker, start_together
 from .values import sample_values
@@ -125,9 +125,9 @@ def test_a_deployment_killed_midway_is_counted_crashed_exactly_once(textfile_dir
 
 def test_a_reused_pid_does_not_keep_a_dead_deployment_alive(textfile_dir: Path) -> None:
     """A marker naming a live PID but another start time is a dead process whose PID was reused."""
-    from fraisier_textfile.store import inflight
+    from fraisier_textfile.store import markers as marker_files
 
-    marker = inflight.create_marker(textfile_dir, "docker_compose", "backup")
+    marker = marker_files.create_marker(textfile_dir, "docker_compose", "backup")
     pid, start_time = marker.id.split("-")[:2]
     reused = f"{pid}-{int(start_time) - 1}-feedface"
     os.rename(textfile_dir / MARKER_DIRECTORY / marker.id, textfile_dir / MARKER_DIRECTORY / reused)
@@ -171,9 +171,9 @@ def _plant_marker(textfile_dir: Path, marker_id: str, **context: str) -> None:
 
 def test_a_marker_from_before_a_reboot_is_a_crash(textfile_dir: Path) -> None:
     """Same PID and start time as a live process, but written under another boot id: that process is gone."""
-    from fraisier_textfile.store import inflight
+    from fraisier_textfile.store import markers as marker_files
 
-    live = inflight.create_marker(textfile_dir, "docker_compose", "backup")
+    live = marker_files.create_marker(textfile_dir, "docker_compose", "backup")
     (textfile_dir / MARKER_DIRECTORY / live.id).unlink()
     _plant_marker(textfile_dir, live.id, boot="another-boot", pid_namespace=live.pid_namespace)
     MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "unrelated")
@@ -184,9 +184,9 @@ def test_a_marker_from_before_a_reboot_is_a_crash(textfile_dir: Path) -> None:
 
 def test_a_marker_from_another_pid_namespace_is_never_counted_crashed(textfile_dir: Path) -> None:
     """A PID from another namespace (a container) cannot be checked from here: it stays active."""
-    from fraisier_textfile.store import inflight
+    from fraisier_textfile.store import markers as marker_files
 
-    own = inflight.create_marker(textfile_dir, "docker_compose", "backup")
+    own = marker_files.create_marker(textfile_dir, "docker_compose", "backup")
     (textfile_dir / MARKER_DIRECTORY / own.id).unlink()
     _plant_marker(textfile_dir, "999999999-1-feedface", boot=own.boot, pid_namespace="pid:[1]")
     MetricsRecorder(textfile_dir).record_deployment_error("bare_metal", "unrelated")

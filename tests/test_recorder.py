@@ -28,7 +28,7 @@ from fraisier_textfile import (
 )
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere, small_tmpfs
 from .test_markers import markers_in

@@ -23,7 +23,9 @@ import pytest
 
 from fraisier_textfile import TextfileStore, changes
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store import handovers, inflight
+from fraisier_textfile.store import handovers
+from fraisier_textfile.store import markers as marker_files
+from fraisier_textfile.store.processes import process_start_time
 
 from .processes import fraisier, lock_held_elsewhere, small_tmpfs
 from .values import sample_values
@@ -118,7 +120,7 @@ PLANTED_JSON = {"provider": "planted", "fraise_type": "api"}
 
 def a_live_marker_name() -> str:
     """A marker name whose PID and start time are a live process's (this one): its probe must run."""
-    return f"{os.getpid()}-{inflight.process_start_time(os.getpid())}-planted"
+    return f"{os.getpid()}-{process_start_time(os.getpid())}-planted"
 
 
 def plant(directory: Path, name: str, content: bytes | str | None) -> Path:
@@ -136,16 +138,16 @@ NESTED_50000_DEEP = "[" * 50_000 + "]" * 50_000
 
 
 def marker_past_pid_t(textfile_dir: Path, tmp_path: Path) -> Iterator[Trouble]:
-    path = plant(inflight.marker_directory(textfile_dir), "99999999999-1-x", json.dumps(PLANTED_JSON))
+    path = plant(marker_files.marker_directory(textfile_dir), "99999999999-1-x", json.dumps(PLANTED_JSON))
     yield Trouble(planted=[path])
 
 
 def marker_nested_50000_deep(textfile_dir: Path, tmp_path: Path) -> Iterator[Trouble]:
-    yield Trouble(planted=[plant(inflight.marker_directory(textfile_dir), a_live_marker_name(), NESTED_50000_DEEP)])
+    yield Trouble(planted=[plant(marker_files.marker_directory(textfile_dir), a_live_marker_name(), NESTED_50000_DEEP)])
 
 
 def every_other_corrupt_marker(textfile_dir: Path, tmp_path: Path) -> Iterator[Trouble]:
-    directory = inflight.marker_directory(textfile_dir)
+    directory = marker_files.marker_directory(textfile_dir)
     live = a_live_marker_name()
     planted = [
         plant(directory, f"{live}-empty", b""),
@@ -218,7 +220,7 @@ inflight.is_alive = is_alive
 
 def a_probe_raises(textfile_dir: Path, tmp_path: Path) -> Iterator[Trouble]:
     """A probe of a (live) marker raises an exception of a type nothing expects; a sitecustomize installs it."""
-    marker = plant(inflight.marker_directory(textfile_dir), a_live_marker_name(), json.dumps(PLANTED_JSON))
+    marker = plant(marker_files.marker_directory(textfile_dir), a_live_marker_name(), json.dumps(PLANTED_JSON))
     site = tmp_path / "site"
     site.mkdir()
     witness = tmp_path / "probed"

@@ -85,7 +85,7 @@ def test_the_file_is_readable_by_others_whatever_the_umask(textfile_dir: Path, u
 
 
 def test_the_marker_directory_is_group_writable_whatever_the_umask(textfile_dir: Path, umask_077: None) -> None:
-    from fraisier_textfile.store.inflight import MARKER_DIRECTORY, create_marker
+    from fraisier_textfile.store.markers import MARKER_DIRECTORY, create_marker
 
     create_marker(textfile_dir, "bare_metal", "api")
     assert stat.S_IMODE((textfile_dir / MARKER_DIRECTORY).stat().st_mode) == 0o775

@@ -19,7 +19,8 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
 from fraisier_textfile.sources.fraisier_state import participants
-from fraisier_textfile.store import handovers, inflight
+from fraisier_textfile.store import handovers
+from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
 from fraisier_textfile.store.transaction import Merge, Participant
 
@@ -215,7 +216,7 @@ def test_a_merger_killed_at_any_step_leaves_every_participants_events_counted_ex
     assert {key: values.get(key, 0) for key in expected()} == expected()
     assert values.get(ENDED_CRASHED, 0) == 0
     assert values.get(MERGER_OWN, 0) == (0 if step in ("collected", "written") else 1)
-    assert not os.listdir(inflight.marker_directory(textfile_dir))
+    assert not os.listdir(marker_files.marker_directory(textfile_dir))
     assert not [name for name in os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)
                 if name.endswith(handovers.SUFFIX)]
 

@@ -17,13 +17,7 @@ from fraisier_textfile.format.schema import Family
 from fraisier_textfile.format.syntax import parse_series_key
 from fraisier_textfile.store import fs
 from fraisier_textfile.store.changes import Changes
-from fraisier_textfile.store.markers import MARKER_DIRECTORY as MARKER_DIRECTORY
-from fraisier_textfile.store.markers import Marker as Marker
-from fraisier_textfile.store.markers import create_marker as create_marker
-from fraisier_textfile.store.markers import is_alive as is_alive
-from fraisier_textfile.store.markers import list_markers, open_directory, remove_marker
-from fraisier_textfile.store.markers import marker_directory as marker_directory
-from fraisier_textfile.store.markers import process_start_time as process_start_time
+from fraisier_textfile.store.markers import Marker, is_alive, list_markers, open_directory, remove_marker
 from fraisier_textfile.store.rules import apply_changes, series_key_of
 from fraisier_textfile.store.transaction import Merge, Participant
 

@@ -44,7 +44,6 @@ from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, U
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.processes import own_context, own_identity, process_state
-from fraisier_textfile.store.processes import process_start_time as process_start_time
 from fraisier_textfile.validate import check_label_value
 
 MARKER_DIRECTORY = ".fraisier-inflight"

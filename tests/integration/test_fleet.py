@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fraisier_textfile.store.inflight import MARKER_DIRECTORY
+from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from ..processes import fraisier, lock_held_elsewhere, tail
 from ..values import sample_values
