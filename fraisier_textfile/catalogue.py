@@ -1,5 +1,5 @@
 """Fraisier's metric families: one table that the recorder, the CLI, the docs and the tests read, and the label
-values and number checks of its events.
+values its events may take (the checks of values themselves are validate.py's).
 
 To the format and the store it is one schema among any (``format/schema.py``): they are handed it, as
 ``SCHEMA``, and import nothing of it (fraisier_store.py opens the store with it).
@@ -11,16 +11,8 @@ from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.format.schema import Family as Family
 from fraisier_textfile.format.schema import Kind as Kind
 from fraisier_textfile.format.schema import Schema
-from fraisier_textfile.format.schema import format_float as format_float
-from fraisier_textfile.validate import check_choice as check_choice  # re-exported: the checks lived here
-from fraisier_textfile.validate import check_count as check_count
-from fraisier_textfile.validate import check_duration as check_duration
-from fraisier_textfile.validate import check_flag as check_flag
-from fraisier_textfile.validate import check_gauge_value as check_gauge_value
-from fraisier_textfile.validate import check_label_value as check_label_value
-from fraisier_textfile.validate import check_seconds as check_seconds
-from fraisier_textfile.validate import plain_value as plain_value
-from fraisier_textfile.validate import shown as shown
+from fraisier_textfile.validate import check_choice, plain_value, shown
+from fraisier_textfile.validate import check_label_value as check_label_value  # public here (test_public_api)
 
 DEPLOYMENT_STATUSES: tuple[str, ...] = ("success", "failed", "rolled_back", "rollback_failed", "crashed")
 """Statuses a finished deployment may have. ``crashed`` is recorded for a process found dead mid-deployment."""

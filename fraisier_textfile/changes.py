@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from fraisier_textfile import catalogue
+from fraisier_textfile import catalogue, validate
 from fraisier_textfile.store.changes import Changes as Changes  # re-exported: it was defined here
 from fraisier_textfile.store.changes import Labels as Labels
 from fraisier_textfile.store.changes import Sink as Sink
@@ -41,8 +41,8 @@ def deployment_series(sink: Sink, provider: str, fraise_type: str) -> None:
 def deployment_started(sink: Sink, provider: str, fraise_type: str) -> None:
     """A deployment started: it counts as active (its marker, written by the store, says so across
     processes), and the pair's series exist from now on."""
-    provider = catalogue.check_label_value("provider", provider)
-    fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
+    provider = validate.check_label_value("provider", provider)
+    fraise_type = validate.check_label_value("fraise_type", fraise_type)
     sink.count_active(provider, 1)
     deployment_series(sink, provider, fraise_type)
 
@@ -79,10 +79,10 @@ def deployment_crashed(
 def deployment_complete(
     sink: Sink, provider: str, fraise_type: str, status: str, duration: float, now: float | None = None
 ) -> None:
-    provider = catalogue.check_label_value("provider", provider)
-    fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
+    provider = validate.check_label_value("provider", provider)
+    fraise_type = validate.check_label_value("fraise_type", fraise_type)
     status = catalogue.check_deployment_status(status)
-    duration = catalogue.check_duration("duration", duration)
+    duration = validate.check_duration("duration", duration)
     deployment_series(sink, provider, fraise_type)
     sink.add(catalogue.DEPLOYMENTS, (provider, status, fraise_type), 1.0)
     sink.observe(catalogue.DEPLOYMENT_DURATION, (provider, status), duration)
@@ -90,15 +90,15 @@ def deployment_complete(
 
 
 def deployment_error(sink: Sink, provider: str, error_type: str) -> None:
-    provider = catalogue.check_label_value("provider", provider)
-    error_type = catalogue.check_label_value("error_type", error_type)
+    provider = validate.check_label_value("provider", provider)
+    error_type = validate.check_label_value("error_type", error_type)
     sink.add(catalogue.DEPLOYMENT_ERRORS, (provider, error_type), 1.0)
 
 
 def rollback(sink: Sink, provider: str, reason: str, duration: float) -> None:
-    provider = catalogue.check_label_value("provider", provider)
-    reason = catalogue.check_label_value("reason", reason)
-    duration = catalogue.check_duration("duration", duration)
+    provider = validate.check_label_value("provider", provider)
+    reason = validate.check_label_value("reason", reason)
+    duration = validate.check_duration("duration", duration)
     sink.add(catalogue.ROLLBACKS, (provider, reason), 1.0)
     sink.observe(catalogue.ROLLBACK_DURATION, (provider,), duration)
 
@@ -106,16 +106,16 @@ def rollback(sink: Sink, provider: str, reason: str, duration: float) -> None:
 def rollback_of_unknown_duration(sink: Sink, provider: str, reason: str) -> None:
     """A rollback whose duration nobody stored (a row of Fraisier's database): counted, and the duration
     histogram left alone rather than fed a made-up value."""
-    provider = catalogue.check_label_value("provider", provider)
-    reason = catalogue.check_label_value("reason", reason)
+    provider = validate.check_label_value("provider", provider)
+    reason = validate.check_label_value("reason", reason)
     sink.add(catalogue.ROLLBACKS, (provider, reason), 1.0)
 
 
 def health_check(sink: Sink, provider: str, check_type: str, status: str, duration: float) -> None:
-    provider = catalogue.check_label_value("provider", provider)
-    check_type = catalogue.check_label_value("check_type", check_type)
-    status = catalogue.check_choice("status", status, catalogue.HEALTH_CHECK_STATUSES)
-    duration = catalogue.check_duration("duration", duration)
+    provider = validate.check_label_value("provider", provider)
+    check_type = validate.check_label_value("check_type", check_type)
+    status = validate.check_choice("status", status, catalogue.HEALTH_CHECK_STATUSES)
+    duration = validate.check_duration("duration", duration)
     if sink.first_sight(("health_check", provider, check_type)):  # both statuses exist from the first on
         for other in catalogue.HEALTH_CHECK_STATUSES:
             sink.touch(catalogue.HEALTH_CHECKS, (provider, check_type, other))
@@ -124,16 +124,16 @@ def health_check(sink: Sink, provider: str, check_type: str, status: str, durati
 
 
 def provider_availability(sink: Sink, provider: str, available: bool) -> None:
-    """``available`` is read by ``catalogue.check_flag``: a value it does not understand records nothing."""
-    provider = catalogue.check_label_value("provider", provider)
-    up = catalogue.check_flag("available", available)
+    """``available`` is read by ``validate.check_flag``: a value it does not understand records nothing."""
+    provider = validate.check_label_value("provider", provider)
+    up = validate.check_flag("available", available)
     sink.set_latest(catalogue.PROVIDER_AVAILABILITY, (provider,), 1.0 if up else 0.0)
 
 
 def lock_wait(sink: Sink, service: str, provider: str, wait_time: float) -> None:
-    service = catalogue.check_label_value("service", service)
-    provider = catalogue.check_label_value("provider", provider)
-    wait_time = catalogue.check_duration("wait_time", wait_time)
+    service = validate.check_label_value("service", service)
+    provider = validate.check_label_value("provider", provider)
+    wait_time = validate.check_duration("wait_time", wait_time)
     sink.set_latest(catalogue.LOCK_WAIT, (service, provider), wait_time)
 
 
@@ -141,29 +141,29 @@ def lock_wait(sink: Sink, service: str, provider: str, wait_time: float) -> None
 
 
 def db_query(sink: Sink, database_type: str, operation: str, status: str, duration_seconds: float) -> None:
-    database_type = catalogue.check_label_value("database_type", database_type)
-    operation = catalogue.check_label_value("operation", operation)
-    status = catalogue.check_label_value("status", status)
-    duration_seconds = catalogue.check_duration("duration_seconds", duration_seconds)
+    database_type = validate.check_label_value("database_type", database_type)
+    operation = validate.check_label_value("operation", operation)
+    status = validate.check_label_value("status", status)
+    duration_seconds = validate.check_duration("duration_seconds", duration_seconds)
     sink.add(catalogue.DB_QUERIES, (database_type, operation, status), 1.0)
     sink.observe(catalogue.QUERY_LATENCY, (database_type, operation), duration_seconds)
 
 
 def db_error(sink: Sink, database_type: str, error_type: str) -> None:
-    database_type = catalogue.check_label_value("database_type", database_type)
-    error_type = catalogue.check_label_value("error_type", error_type)
+    database_type = validate.check_label_value("database_type", database_type)
+    error_type = validate.check_label_value("error_type", error_type)
     sink.add(catalogue.DB_ERRORS, (database_type, error_type), 1.0)
 
 
 def db_transaction(sink: Sink, database_type: str, duration_seconds: float) -> None:
-    database_type = catalogue.check_label_value("database_type", database_type)
-    duration_seconds = catalogue.check_duration("duration_seconds", duration_seconds)
+    database_type = validate.check_label_value("database_type", database_type)
+    duration_seconds = validate.check_duration("duration_seconds", duration_seconds)
     sink.observe(catalogue.DB_TRANSACTION_DURATION, (database_type,), duration_seconds)
 
 
 def deployment_db_operation(sink: Sink, database_type: str, operation_type: str) -> None:
-    database_type = catalogue.check_label_value("database_type", database_type)
-    operation_type = catalogue.check_label_value("operation_type", operation_type)
+    database_type = validate.check_label_value("database_type", database_type)
+    operation_type = validate.check_label_value("operation_type", operation_type)
     sink.add(catalogue.DEPLOYMENT_DB_OPERATIONS, (database_type, operation_type), 1.0)
 
 
@@ -171,10 +171,10 @@ def db_pool(
     sink: Sink, database_type: str, active_connections: int, idle_connections: int, waiting_requests: int
 ) -> None:
     """A connection pool's state now (the latest report wins)."""
-    database_type = catalogue.check_label_value("database_type", database_type)
-    active = catalogue.check_count("active_connections", active_connections)
-    idle = catalogue.check_count("idle_connections", idle_connections)
-    waiting = catalogue.check_count("waiting_requests", waiting_requests)
+    database_type = validate.check_label_value("database_type", database_type)
+    active = validate.check_count("active_connections", active_connections)
+    idle = validate.check_count("idle_connections", idle_connections)
+    waiting = validate.check_count("waiting_requests", waiting_requests)
     labels = (database_type,)
     sink.set_latest(catalogue.ACTIVE_DB_CONNECTIONS, labels, active)
     sink.set_latest(catalogue.IDLE_DB_CONNECTIONS, labels, idle)

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from fraisier_textfile import catalogue as c
+from fraisier_textfile import validate
 from fraisier_textfile.errors import InvalidValueError
 
 
@@ -69,4 +70,4 @@ def test_an_unknown_status_is_refused_naming_the_statuses() -> None:
 def test_the_fallbacks_are_values_their_families_accept() -> None:
     assert c.FALLBACK_DEPLOYMENT_STATUS in c.DEPLOYMENT_STATUSES
     assert c.FALLBACK_HEALTH_CHECK_STATUS in c.HEALTH_CHECK_STATUSES
-    assert c.check_label_value("error_type", c.FALLBACK_ERROR_TYPE) == c.FALLBACK_ERROR_TYPE
+    assert validate.check_label_value("error_type", c.FALLBACK_ERROR_TYPE) == c.FALLBACK_ERROR_TYPE

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.catalogue import SCHEMA, format_float
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.reader import parse
+from fraisier_textfile.format.schema import format_float
 from fraisier_textfile.format.syntax import canonical_key, parse_series_key
 
 LABEL_VALUES = st.text(alphabet='ab "\\\n{},=é日 \t', min_size=0, max_size=6)

@@ -22,6 +22,7 @@ from fraisier_textfile import changes as events
 from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.format.reader import parse
+from fraisier_textfile.format.schema import format_float
 from fraisier_textfile.store.lifecycle import (
     REFUSED_FAMILY,
     migrate_histograms,
@@ -260,8 +261,8 @@ def test_a_migration_keeps_totals_and_never_claims_an_observation_it_cannot_plac
     lines = [f"# TYPE {name} histogram"]
     for bound in [*old, math.inf]:
         count = sum(1 for value in observations if value <= bound)
-        lines.append(f'{name}_bucket{{provider="p",le="{c.format_float(bound)}"}} {float(count)}')
-    lines.append(f'{name}_sum{{provider="p"}} {c.format_float(sum(observations))}')
+        lines.append(f'{name}_bucket{{provider="p",le="{format_float(bound)}"}} {float(count)}')
+    lines.append(f'{name}_sum{{provider="p"}} {format_float(sum(observations))}')
     lines.append(f'{name}_count{{provider="p"}} {float(len(observations))}')
     document = parse("\n".join(lines) + "\n", SCHEMA, check_histograms=False)
     target = c.Family(name, c.Kind.HISTOGRAM, ("provider",), c.ROLLBACK_DURATION.help, tuple(new))
@@ -269,7 +270,7 @@ def test_a_migration_keeps_totals_and_never_claims_an_observation_it_cannot_plac
     values = dict(document.blocks[name].samples())
     assert values[f'{name}_count{{provider="p"}}'] == len(observations)
     assert values[f'{name}_bucket{{provider="p",le="+Inf"}}'] == len(observations)
-    assert values[f'{name}_sum{{provider="p"}}'] == float(c.format_float(sum(observations)))
+    assert values[f'{name}_sum{{provider="p"}}'] == float(format_float(sum(observations)))
     counts = [values[f'{name}_bucket{{provider="p",le="{bound}"}}'] for bound in target.bucket_bounds]
     assert counts == sorted(counts)  # still cumulative
     for bound, count in zip(new, counts):  # type: ignore[assignment]

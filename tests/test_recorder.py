@@ -28,6 +28,7 @@ from fraisier_textfile import (
 )
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.changes import Changes
+from fraisier_textfile.format.schema import format_float
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere, small_tmpfs
@@ -762,7 +763,7 @@ def test_a_file_with_the_old_health_check_buckets_is_migrated_with_its_totals(
     def bucket(le: str) -> str:
         return f'fraisier_health_check_duration_seconds_bucket{{{series},le="{le}"}}'
 
-    lines = [f"{bucket(c.format_float(bound))} {1 if bound >= 1 else 0}" for bound in OLD_HEALTH_CHECK_BUCKETS]
+    lines = [f"{bucket(format_float(bound))} {1 if bound >= 1 else 0}" for bound in OLD_HEALTH_CHECK_BUCKETS]
     lines += [f"{bucket('+Inf')} 1", f"fraisier_health_check_duration_seconds_sum{{{series}}} 0.7",
               f"fraisier_health_check_duration_seconds_count{{{series}}} 1"]
     textfile_dir.mkdir()

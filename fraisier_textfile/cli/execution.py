@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fraisier_textfile import catalogue, changes
+from fraisier_textfile import changes, validate
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
 from fraisier_textfile.store.deployments import Deployment
@@ -115,8 +115,8 @@ class _Metrics:
         if self.store is None:
             return
         try:
-            self.provider = catalogue.check_label_value("provider", self.provider)
-            self.fraise_type = catalogue.check_label_value("fraise_type", self.fraise_type)
+            self.provider = validate.check_label_value("provider", self.provider)
+            self.fraise_type = validate.check_label_value("fraise_type", self.fraise_type)
         except InvalidValueError as error:
             self._problem(f"the deployment runs, but its metrics are not recorded: {error}")
             self.store = None

@@ -15,8 +15,7 @@ from typing import Any
 
 import click
 
-from fraisier_textfile import __version__, settings
-from fraisier_textfile import catalogue as c
+from fraisier_textfile import __version__, settings, validate
 from fraisier_textfile.cli import logs
 from fraisier_textfile.cli.dispatch import HintingGroup
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
@@ -65,7 +64,7 @@ class Settings:
         # Logging is set up before the other settings are read, so that their problems are logged in its format.
         self._configure_logs(self.log_level, self.log_format)
         self.lock_timeout = self._setting(lock_timeout_source, lock_timeout, LOCK_TIMEOUT_ENVIRONMENT,
-                                          c.check_seconds, DEFAULT_LOCK_TIMEOUT, deferred)
+                                          validate.check_seconds, DEFAULT_LOCK_TIMEOUT, deferred)
         for error, default in deferred:
             self._report(error, default)
 
@@ -96,8 +95,8 @@ class Settings:
         if option == "textfile-dir":
             self.textfile_dir = Path(str(value))
         elif option == "lock-timeout":
-            self.lock_timeout = self._setting("--lock-timeout", str(value), "", c.check_seconds, self.lock_timeout,
-                                              deferred)
+            self.lock_timeout = self._setting("--lock-timeout", str(value), "", validate.check_seconds,
+                                              self.lock_timeout, deferred)
         elif option == "log-level":
             self.log_level = self._setting("--log-level", str(value), "", _level, self.log_level, deferred)
             self._configure_logs(self.log_level, self.log_format)
@@ -143,7 +142,7 @@ def _not_a_command(context: click.Context, parameter: click.Parameter, value: st
 
 def seconds(name: str, value: str) -> float:
     with library_errors():
-        return c.check_seconds(name, value)
+        return validate.check_seconds(name, value)
 
 
 

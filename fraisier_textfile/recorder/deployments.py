@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fraisier_textfile import catalogue, changes
+from fraisier_textfile import changes, validate
 from fraisier_textfile.errors import FraisierTextfileError
 from fraisier_textfile.recorder.policy import Problems
 from fraisier_textfile.recorder.series import ProcessSeries
@@ -30,8 +30,8 @@ class Deployments:
         self.running: list[Deployment] = []
 
     def start(self, provider: str, fraise_type: str) -> Deployment:
-        provider = catalogue.check_label_value("provider", provider)
-        fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
+        provider = validate.check_label_value("provider", provider)
+        fraise_type = validate.check_label_value("fraise_type", fraise_type)
         deployment = self._writer.store.start_deployment(provider, fraise_type, self._unmarked)
         with self._writer.batch():
             changes.deployment_started(self._series, provider, fraise_type)
@@ -43,8 +43,8 @@ class Deployments:
         """The latest deployment started here for that provider (and fraise type, unless None)."""
         if not self.running:
             return None
-        provider = catalogue.plain_value(provider)
-        fraise_type = catalogue.plain_value(fraise_type)
+        provider = validate.plain_value(provider)
+        fraise_type = validate.plain_value(fraise_type)
         for deployment in reversed(self.running):
             if deployment.provider == provider and fraise_type in (None, deployment.fraise_type):
                 return deployment

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fraisier_textfile import catalogue
+from fraisier_textfile import catalogue, validate
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Labels
 from fraisier_textfile.errors import InvalidValueError
@@ -36,9 +36,9 @@ def write_family(
     if isinstance(labels, InvalidValueError):
         raise labels
     labels = tuple(
-        catalogue.check_choice(label, value, catalogue.LABEL_CHOICES[(family, label)])
+        validate.check_choice(label, value, catalogue.LABEL_CHOICES[(family, label)])
         if (family, label) in catalogue.LABEL_CHOICES
-        else catalogue.check_label_value(label, value)
+        else validate.check_label_value(label, value)
         for label, value in zip(family.labels, labels)
     )
     allowed = OPERATIONS[family.kind]
@@ -52,11 +52,11 @@ def write_family(
             "use record_deployment_start and record_deployment_complete"
         )
     if family.kind is Kind.HISTOGRAM:
-        series.observe(family, labels, catalogue.check_duration(f"{family.name} value", amount))
+        series.observe(family, labels, validate.check_duration(f"{family.name} value", amount))
     elif family.kind is Kind.COUNTER:
-        series.add(family, labels, catalogue.check_count(f"{family.name} increment", amount))
+        series.add(family, labels, validate.check_count(f"{family.name} increment", amount))
     else:
-        value = catalogue.check_gauge_value(f"{family.name} value", amount)
+        value = validate.check_gauge_value(f"{family.name} value", amount)
         if operation != "set":  # inc/dec: from this process's value; the latest report wins in the file
             value = series.gauge(family, labels).value + (value if operation == "inc" else -value)
         if family is catalogue.LAST_DEPLOYMENT:
@@ -114,7 +114,7 @@ class FamilyHandle:
             return FamilyChild(self._recorder, self._family, tuple(labels[name] for name in names))
         if values and not labels and len(values) == len(names):
             return FamilyChild(self._recorder, self._family, values)
-        given = ", ".join([catalogue.shown(value) for value in values] + list(labels))
+        given = ", ".join([validate.shown(value) for value in values] + list(labels))
         return FamilyChild(self._recorder, self._family, InvalidValueError(
             f"{self._family.name} takes the labels {', '.join(names)}, by position or by name, not {given}"
         ))

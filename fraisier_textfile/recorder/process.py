@@ -12,7 +12,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
-from fraisier_textfile import catalogue, settings
+from fraisier_textfile import settings, validate
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import FraisierTextfileError
 from fraisier_textfile.settings import DEFAULT_LOCK_WAIT_BUDGET
@@ -129,7 +129,7 @@ def _stop_background_flush() -> None:
 
 def _flush_interval() -> float:
     # A typo is one warning and the default, as for every setting (read strictly: ASCII digits).
-    return settings.from_environment(FLUSH_INTERVAL_ENVIRONMENT, catalogue.check_seconds, DEFAULT_FLUSH_INTERVAL)
+    return settings.from_environment(FLUSH_INTERVAL_ENVIRONMENT, validate.check_seconds, DEFAULT_FLUSH_INTERVAL)
 
 
 def _flush_in_background() -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from fraisier_textfile import catalogue, changes
+from fraisier_textfile import changes, validate
 from fraisier_textfile.catalogue import Family
 from fraisier_textfile.changes import Labels
 from fraisier_textfile.errors import InvalidValueError
@@ -84,7 +84,7 @@ class MetricsRecorder:
             lock_timeout = default_lock_timeout(strict=strict)
         if lock_wait_budget is None:
             lock_wait_budget = default_lock_wait_budget(strict=strict)
-        lock_wait_budget = catalogue.check_seconds("lock_wait_budget", lock_wait_budget)
+        lock_wait_budget = validate.check_seconds("lock_wait_budget", lock_wait_budget)
         store = make_store(directory, lock_timeout, strict=strict)
         self._problems = Problems(store.directory, store.path, strict=strict)
         self._series = ProcessSeries()
@@ -130,7 +130,7 @@ class MetricsRecorder:
 
     @lock_wait_budget.setter
     def lock_wait_budget(self, seconds: float) -> None:
-        self._writer.lock_wait_budget = catalogue.check_seconds("lock_wait_budget", seconds)
+        self._writer.lock_wait_budget = validate.check_seconds("lock_wait_budget", seconds)
 
     @property
     def handed_over_events(self) -> int:
@@ -207,10 +207,10 @@ class MetricsRecorder:
     @never_raising
     def set_provider_availability(self, provider: str, available: bool) -> None:
         """``available`` should be a bool. A strict recorder refuses anything else; otherwise 1/0 and the words
-        true/false, yes/no, on/off, up/down are understood (``catalogue.check_flag``) and any other value is
+        true/false, yes/no, on/off, up/down are understood (``validate.check_flag``) and any other value is
         dropped and logged: ``"false"`` is never recorded as available."""
         if self.strict and available is not True and available is not False:
-            raise InvalidValueError(f"available={catalogue.shown(available)} is not a bool: pass True or False")
+            raise InvalidValueError(f"available={validate.shown(available)} is not a bool: pass True or False")
         self._series.record(changes.provider_availability, provider, available)
 
     @never_raising

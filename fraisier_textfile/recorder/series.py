@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from fraisier_textfile import catalogue, changes
+from fraisier_textfile import catalogue, changes, validate
 from fraisier_textfile.catalogue import Family, Kind
 from fraisier_textfile.changes import Changes, Labels
 
@@ -165,7 +165,7 @@ class Totals:
 
 
 _LARGEST_DURATION = 1.7976931348623157e308
-"""The largest finite float: a duration up to it is valid (catalogue.check_duration)."""
+"""The largest finite float: a duration up to it is valid (validate.check_duration)."""
 
 
 class ProcessSeries:
@@ -338,8 +338,8 @@ class ProcessSeries:
 
     def _remember_completion(self, provider: object, fraise_type: object, status: object) -> None:
         """The series that changes.deployment_complete just updated for these arguments (which it accepted)."""
-        plain_provider = catalogue.check_label_value("provider", provider)
-        plain_fraise_type = catalogue.check_label_value("fraise_type", fraise_type)
+        plain_provider = validate.check_label_value("provider", provider)
+        plain_fraise_type = validate.check_label_value("fraise_type", fraise_type)
         plain_status = catalogue.check_deployment_status(status)
         self._completions[(provider, fraise_type, status)] = (
             self._counters[(catalogue.DEPLOYMENTS, (plain_provider, plain_status, plain_fraise_type))],
@@ -349,8 +349,8 @@ class ProcessSeries:
 
     def _remember_rollback(self, provider: object, reason: object) -> None:
         """The series that changes.rollback just updated for these arguments (which it accepted)."""
-        plain_provider = catalogue.check_label_value("provider", provider)
-        plain_reason = catalogue.check_label_value("reason", reason)
+        plain_provider = validate.check_label_value("provider", provider)
+        plain_reason = validate.check_label_value("reason", reason)
         self._rollbacks[(provider, reason)] = (
             self._counters[(catalogue.ROLLBACKS, (plain_provider, plain_reason))],
             self._histograms[(catalogue.ROLLBACK_DURATION, (plain_provider,))],
@@ -358,9 +358,9 @@ class ProcessSeries:
 
     def _remember_health_check(self, provider: object, check_type: object, status: object) -> None:
         """The series that changes.health_check just updated for these arguments (which it accepted)."""
-        plain_provider = catalogue.check_label_value("provider", provider)
-        plain_check_type = catalogue.check_label_value("check_type", check_type)
-        plain_status = catalogue.check_choice("status", status, catalogue.HEALTH_CHECK_STATUSES)
+        plain_provider = validate.check_label_value("provider", provider)
+        plain_check_type = validate.check_label_value("check_type", check_type)
+        plain_status = validate.check_choice("status", status, catalogue.HEALTH_CHECK_STATUSES)
         self._health_checks[(provider, check_type, status)] = (
             self._counters[(catalogue.HEALTH_CHECKS, (plain_provider, plain_check_type, plain_status))],
             self._histograms[(catalogue.HEALTH_CHECK_DURATION, (plain_provider, plain_check_type))],
@@ -368,9 +368,9 @@ class ProcessSeries:
 
     def _remember_db_query(self, database_type: object, operation: object, status: object) -> None:
         """The series that changes.db_query just updated for these arguments (which it accepted)."""
-        plain_database_type = catalogue.check_label_value("database_type", database_type)
-        plain_operation = catalogue.check_label_value("operation", operation)
-        plain_status = catalogue.check_label_value("status", status)
+        plain_database_type = validate.check_label_value("database_type", database_type)
+        plain_operation = validate.check_label_value("operation", operation)
+        plain_status = validate.check_label_value("status", status)
         self._db_queries[(database_type, operation, status)] = (
             self._counters[(catalogue.DB_QUERIES, (plain_database_type, plain_operation, plain_status))],
             self._histograms[(catalogue.QUERY_LATENCY, (plain_database_type, plain_operation))],

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from fraisier_textfile import catalogue, changes
+from fraisier_textfile import catalogue, changes, validate
 from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.recorder.deployments import Deployments
 from fraisier_textfile.recorder.policy import Problems
@@ -118,7 +118,7 @@ class Tracking:
     def _error_type(self, error: BaseException) -> str:
         name = error_type_of(error)
         try:
-            return catalogue.check_label_value("error_type", name)
+            return validate.check_label_value("error_type", name)
         except InvalidValueError as problem:
             self._problems.note("error_type", f"{problem}; recorded as error_type={catalogue.FALLBACK_ERROR_TYPE}",
                                 problem)
@@ -135,7 +135,7 @@ class Tracking:
 
     def _checked_outcome(self, status: object, allowed: tuple[str, ...], fallback: str) -> str:
         try:
-            return catalogue.check_choice("status", status, allowed)
+            return validate.check_choice("status", status, allowed)
         except InvalidValueError as problem:
             self._problems.note("outcome", f"a tracked block's outcome: {problem}; recorded as {fallback}", problem)
             return fallback

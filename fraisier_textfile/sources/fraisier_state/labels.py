@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fraisier_textfile import catalogue
+from fraisier_textfile import validate
 from fraisier_textfile.errors import InvalidValueError
 
 from .files import read_regular_file
@@ -88,7 +88,7 @@ class FraiseLabels:
             kind = fraise.get("type")
             if isinstance(kind, str) and kind:
                 try:
-                    self._types[str(name)] = catalogue.check_label_value("fraise_type", kind)
+                    self._types[str(name)] = validate.check_label_value("fraise_type", kind)
                 except InvalidValueError:
                     pass
             environments = fraise.get("environments")
