@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 
 from fraisier_textfile import catalogue, validate
 from fraisier_textfile.store.changes import Changes as Changes  # re-exported: it was defined here
-from fraisier_textfile.store.changes import Labels as Labels
-from fraisier_textfile.store.changes import Sink as Sink
+from fraisier_textfile.store.changes import Sink
 from fraisier_textfile.store.inflight import MarkerRules
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from fraisier_textfile import catalogue, validate
 from fraisier_textfile.catalogue import Family, Kind
-from fraisier_textfile.changes import Labels
 from fraisier_textfile.errors import InvalidValueError
+from fraisier_textfile.store.changes import Labels
 
 if TYPE_CHECKING:
     from fraisier_textfile.recorder.recorder import MetricsRecorder

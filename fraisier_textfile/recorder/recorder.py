@@ -29,7 +29,6 @@ from prometheus_client import CollectorRegistry
 
 from fraisier_textfile import changes, validate
 from fraisier_textfile.catalogue import Family
-from fraisier_textfile.changes import Labels
 from fraisier_textfile.errors import InvalidValueError
 from fraisier_textfile.recorder import process
 from fraisier_textfile.recorder.deployments import Deployments
@@ -41,6 +40,7 @@ from fraisier_textfile.recorder.tracking import Outcome as Outcome  # its public
 from fraisier_textfile.recorder.tracking import Tracking
 from fraisier_textfile.recorder.writer import Writer, make_store
 from fraisier_textfile.settings import default_lock_wait_budget
+from fraisier_textfile.store.changes import Labels
 from fraisier_textfile.store.files import default_textfile_directory
 from fraisier_textfile.store.lock import default_lock_timeout
 from fraisier_textfile.store.textfile import TextfileStore

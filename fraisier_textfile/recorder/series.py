@@ -18,7 +18,7 @@ from prometheus_client.utils import floatToGoString
 
 from fraisier_textfile import catalogue, changes, validate
 from fraisier_textfile.catalogue import Family, Kind
-from fraisier_textfile.changes import Changes, Labels
+from fraisier_textfile.store.changes import Changes, Labels
 
 if TYPE_CHECKING:
     from fraisier_textfile.store.deployments import Deployment
