@@ -19,6 +19,7 @@ A new block is picked up without any change here. Several directives: one commen
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -341,3 +342,17 @@ def test_the_layout_names_every_module_once_under_its_folder_and_nothing_else() 
         if folder:  # a folder's __init__.py may be named too, when it holds more than the folder's docstring
             listed = [name for name in listed if name != "__init__.py"]
         assert sorted(listed) == sorted(wanted[folder]), folder or "fraisier_textfile/"
+
+
+def test_how_one_event_travels_names_every_module_the_recorders_event_crosses() -> None:
+    """The README's trace is for the next maintainer to follow: a module the event crosses that it does not name
+    is a step they cannot find. The modules are those bench/trace_event.py records in a real run."""
+    result = subprocess.run([sys.executable, str(REPOSITORY / "bench" / "trace_event.py"), "--json"],
+                            capture_output=True, text=True, timeout=120, check=True)
+    crossed = json.loads(result.stdout)["api"]["order"]
+    readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## How one event travels\n", 1)[1].split("\n## ", 1)[0]
+    first_path = section.split("```", 2)[1]
+    named = set(re.findall(r"(?<![\w.])([a-z_]+\.py)\b", first_path))
+    missing = [module for module in crossed if module.rsplit(".", 1)[1] + ".py" not in named]
+    assert not missing, f"the README's trace of record_deployment_complete does not name {missing}"
