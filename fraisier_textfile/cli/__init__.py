@@ -1,7 +1,7 @@
 """The command line: the ``fraisier-textfile`` group and its settings (``group``), its commands (``record``,
 ``textfile``, ``serve``, ``install``; each loaded when it runs), ``fraisier exec``'s run of a deployment
-(``execution``), the ``fraisier`` dispatcher beside Fraisier's own commands (``dispatch``), and the log lines
-(``logs``)."""
+(``execution``), the units and the script ``install`` writes (``systemd``, ``scripts``), the ``fraisier``
+dispatcher beside Fraisier's own commands (``dispatch``), and the log lines (``logs``, ``log_lines``)."""
 
 from __future__ import annotations
 
