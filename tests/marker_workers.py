@@ -17,7 +17,7 @@ from pathlib import Path
 from fraisier_textfile import TextfileStore
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.cli.execution import run_deployment
-from fraisier_textfile.store import fs, markers, processes
+from fraisier_textfile.store import fs, markers, process_identity
 
 
 def deploy(directory: str) -> None:
@@ -45,8 +45,8 @@ def deploy_with_children(directory: str) -> None:
 def deploy_like_an_older_version(directory: str) -> None:
     """Write a marker as versions without the lock did, and hang until killed."""
     pid = os.getpid()
-    start_time = processes.process_start_time(pid)
-    boot, namespace = processes.own_context()
+    start_time = process_identity.process_start_time(pid)
+    boot, namespace = process_identity.own_context()
     marker_id = f"{pid}-{start_time}-0ld0ld00"
     directory_of_markers = markers.marker_directory(Path(directory))
     directory_of_markers.mkdir(mode=0o775, exist_ok=True)
@@ -70,7 +70,8 @@ def deploy_then_release(directory: str) -> None:
 
 def sees(pid: str) -> None:
     """What /proc tells this process about ``pid``, as JSON."""
-    print(json.dumps({"listed": os.path.exists(f"/proc/{pid}"), "start_time": processes.process_start_time(int(pid))}))
+    start_time = process_identity.process_start_time(int(pid))
+    print(json.dumps({"listed": os.path.exists(f"/proc/{pid}"), "start_time": start_time}))
 
 
 def merge(directory: str) -> None:

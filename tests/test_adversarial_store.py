@@ -15,7 +15,7 @@ from fraisier_textfile.recorder.recorder import MetricsRecorder
 from fraisier_textfile.store import inflight
 from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
-from fraisier_textfile.store.processes import process_start_time
+from fraisier_textfile.store.process_identity import process_start_time
 
 from .processes import fraisier
 

@@ -15,7 +15,7 @@ import pytest
 
 from fraisier_textfile.store import fs, markers
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
-from fraisier_textfile.store.processes import process_start_time
+from fraisier_textfile.store.process_identity import process_start_time
 
 from .processes import binary, require
 from .values import sample_values

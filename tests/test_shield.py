@@ -25,7 +25,7 @@ from fraisier_textfile import TextfileStore, changes
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers
 from fraisier_textfile.store import markers as marker_files
-from fraisier_textfile.store.processes import process_start_time
+from fraisier_textfile.store.process_identity import process_start_time
 
 from .processes import fraisier, lock_held_elsewhere, small_tmpfs
 from .values import sample_values

@@ -43,7 +43,7 @@ from pathlib import Path
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, UnexpectedFileError, write_error
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs, process
-from fraisier_textfile.store.processes import own_context, own_identity, process_state
+from fraisier_textfile.store.process_identity import own_context, own_identity, process_state
 from fraisier_textfile.validate import check_label_value
 
 MARKER_DIRECTORY = ".fraisier-inflight"

@@ -12,7 +12,7 @@ What a process keeps:
   process, not with every event, and a wait that was once in vain (the hand-over counter's lock held for ever)
   is not waited again. A child remembers what its parent met: the log is the same, and so is the holder.
 
-Caches of facts about the process stay beside what computes them (processes.own_identity, which a child
+Caches of facts about the process stay beside what computes them (process_identity.own_identity, which a child
 recomputes from its own PID; lock.py's signal numbers): they hold as well in a child.
 
 A fork makes another process. The child does not carry its parent's deployments: it closes its copies of their

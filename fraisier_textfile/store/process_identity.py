@@ -1,4 +1,5 @@
-"""Processes, as a marker names them: is the process that wrote it still the one running under its PID?
+"""A process's identity, as a marker names it: is the process that wrote it still the one running under its PID?
+(process.py is another matter: what the store keeps per process, and its fork and exit hooks.)
 
 A PID alone is not a process: PIDs are reused, and a deployment must never be counted crashed while it runs,
 nor alive once its process died and another took its PID. A process is its PID with its start time (clock

@@ -1,4 +1,4 @@
-"""store/processes.py: a process is its PID with its start time, in one boot and one PID namespace."""
+"""store/process_identity.py: a process is its PID with its start time, in one boot and one PID namespace."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from fraisier_textfile.store.processes import own_context, own_identity, process_start_time, process_state
+from fraisier_textfile.store.process_identity import own_context, own_identity, process_start_time, process_state
 
 
 def test_a_live_process_is_running_under_its_start_time_and_gone_once_reaped() -> None:
