@@ -92,13 +92,14 @@ def fresh(directory: str, trace: str = "") -> None:
         tracemalloc.start()
     peak_reset = reset_peak_rss()
     before = status_kib("VmRSS") if peak_reset else peak_rss_kib()
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     recorder = fraisier_textfile.MetricsRecorder(directory)
     recorder.record_deployment_complete(*EVENT)
-    merged = time.perf_counter()
+    merged, merged_cpu = time.perf_counter(), time.process_time()
     result = {
         "start_to_imported_seconds": imported - STARTED,
         "merge_seconds": merged - started,
+        "merge_cpu_seconds": merged_cpu - started_cpu,
         "rss_before_kib": before,
         "peak_rss_after_kib": peak_rss_kib(),
         "peak_reset": peak_reset,
@@ -118,9 +119,10 @@ def imports() -> None:
     report({"start_to_imported_seconds": time.perf_counter() - STARTED, "peak_rss_kib": peak_rss_kib()})
 
 
-def floor_once(path: str) -> float:
-    """The I/O floor of a merge: read the file, write a temporary beside it, fsync, rename it over the file."""
-    started = time.perf_counter()
+def floor_once(path: str) -> tuple[float, float]:
+    """The I/O floor of a merge: read the file, write a temporary beside it, fsync, rename it over the file. Its
+    wall time and the CPU time this process spent on it."""
+    started, started_cpu = time.perf_counter(), time.process_time()
     with open(path, "rb") as file:
         data = file.read()
     temporary = path + ".floor.tmp"
@@ -133,7 +135,7 @@ def floor_once(path: str) -> float:
     finally:
         os.close(descriptor)
     os.replace(temporary, path)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - started_cpu
 
 
 def warm(directory: str, floor_path: str, repetitions: str) -> None:
@@ -143,16 +145,19 @@ def warm(directory: str, floor_path: str, repetitions: str) -> None:
     recorder = MetricsRecorder(directory)
     recorder.record_deployment_complete(*EVENT)  # the first merge reads the file; the next ones are warm
     floor_once(floor_path)
-    warm_samples, floor_samples = [], []
+    warm_samples: list[tuple[float, float]] = []
+    floor_samples: list[tuple[float, float]] = []
     for number in range(int(repetitions)):
         if number % 2:
             floor_samples.append(floor_once(floor_path))
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         recorder.record_deployment_complete(*EVENT)
-        warm_samples.append(time.perf_counter() - started)
+        warm_samples.append((time.perf_counter() - started, time.process_time() - started_cpu))
         if not number % 2:
             floor_samples.append(floor_once(floor_path))
-    report({"warm_seconds": warm_samples, "floor_seconds": floor_samples})
+    report({"warm_seconds": [wall for wall, _ in warm_samples], "warm_cpu_seconds": [cpu for _, cpu in warm_samples],
+            "floor_seconds": [wall for wall, _ in floor_samples],
+            "floor_cpu_seconds": [cpu for _, cpu in floor_samples]})
 
 
 def fresh_floor(path: str) -> None:
@@ -163,18 +168,19 @@ def fresh_floor(path: str) -> None:
     import fraisier_textfile  # noqa: F401
     from fraisier_textfile import MetricsRecorder  # noqa: F401
 
-    floor_seconds = floor_once(path)
+    floor_seconds, floor_cpu_seconds = floor_once(path)
     started = time.perf_counter()
     descriptor = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-    report({"floor_seconds": floor_seconds, "directory_fsync_seconds": time.perf_counter() - started})
+    report({"floor_seconds": floor_seconds, "floor_cpu_seconds": floor_cpu_seconds,
+            "directory_fsync_seconds": time.perf_counter() - started})
 
 
 def floor(path: str, repetitions: str) -> None:
-    report({"floor_seconds": [floor_once(path) for _ in range(int(repetitions))]})
+    report({"floor_seconds": [floor_once(path)[0] for _ in range(int(repetitions))]})
 
 
 def race(directory: str, events: str, mode: str, wait: str) -> None:

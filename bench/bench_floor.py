@@ -186,6 +186,7 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
     fresh_directory = copy_of(master, root / f"{series}" / "fresh").parent
     fresh_floor_path = copy_of(master, root / f"{series}" / "fresh-floor")
     fresh_floors: list[float] = []
+    fresh_floor_cpus: list[float] = []
     directory_fsyncs: list[float] = []
     fresh_runs: list[dict[str, Any]] = []
     fresh_walls: list[float] = []
@@ -199,6 +200,7 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
                 report, _ = run_worker(package, "fresh_floor", fresh_floor_path)
                 if number:
                     fresh_floors.append(report["floor_seconds"])
+                    fresh_floor_cpus.append(report["floor_cpu_seconds"])
                     directory_fsyncs.append(report["directory_fsync_seconds"])
             elif step == "fresh":
                 report, wall = run_worker(package, "fresh", fresh_directory)
@@ -216,10 +218,16 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
                     interpreter_walls.append(wall)
     traced, _ = run_worker(package, "fresh", fresh_directory, "trace")
 
-    floor = summary(warm["floor_seconds"])
+    floor = {**summary(warm["floor_seconds"]), "cpu_median_seconds": statistics.median(warm["floor_cpu_seconds"])}
     fresh = summary([run["merge_seconds"] for run in fresh_runs])
     fresh_floor = summary(fresh_floors)
     warm_summary = summary(warm["warm_seconds"])
+    # CPU time (this process's user + system, time.process_time) disturbs far less than wall time on a loaded
+    # machine, and leaves out the fsyncs' wait for the disk: the ratio of the code's own work to the floor's.
+    floor_cpu = statistics.median(warm["floor_cpu_seconds"])
+    fresh_cpu = statistics.median([run["merge_cpu_seconds"] for run in fresh_runs])
+    fresh_floor_cpu = statistics.median(fresh_floor_cpus)
+    warm_cpu = statistics.median(warm["warm_cpu_seconds"])
     peak_growth = statistics.median([(run["peak_rss_after_kib"] - run["rss_before_kib"]) * 1024 for run in fresh_runs])
     return {
         "series": series,
@@ -230,10 +238,13 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
             # The goal's ratio: against the same I/O done by a new process after the same imports.
             "ratio": fresh["median_seconds"] / fresh_floor["median_seconds"],
             "ratio_to_warm_floor": fresh["median_seconds"] / floor["median_seconds"],
+            "cpu_median_seconds": fresh_cpu,
+            "cpu_ratio": fresh_cpu / fresh_floor_cpu,
         },
-        "fresh_floor": fresh_floor,
+        "fresh_floor": {**fresh_floor, "cpu_median_seconds": fresh_floor_cpu},
         "fresh_floor_directory_fsync": summary(directory_fsyncs),
-        "warm_merge": {**warm_summary, "ratio": warm_summary["median_seconds"] / floor["median_seconds"]},
+        "warm_merge": {**warm_summary, "ratio": warm_summary["median_seconds"] / floor["median_seconds"],
+                       "cpu_median_seconds": warm_cpu, "cpu_ratio": warm_cpu / floor_cpu},
         "fresh_start_to_imported": summary([run["start_to_imported_seconds"] for run in fresh_runs]),
         "whole_fresh_process": summary(fresh_walls),
         "whole_import_only_process": summary(import_walls),
@@ -451,14 +462,13 @@ def render(result: dict[str, Any]) -> None:
 def render_sizes(result: dict[str, Any]) -> None:
     rows = []
     for size in result["sizes"]:
-        floor = size["floor"]["median_seconds"]
-        fresh_floor = size["fresh_floor"]["median_seconds"]
+        floor, fresh_floor = size["floor"], size["fresh_floor"]
         label = f"{size['series']:,} ({size['file_bytes'] / 1e6:.1f} MB)"
         # (name, case, the floor it is a ratio of, goal)
         cases = [
-            ("I/O floor: read + write + fsync + rename", size["floor"], floor, None),
+            ("I/O floor: read + write + fsync + rename", floor, floor, None),
             ("warm recorder, +1 event", size["warm_merge"], floor, GOALS["warm"]),
-            ("new-process floor: the same I/O, first read, after the imports", size["fresh_floor"], fresh_floor, None),
+            ("new-process floor: the same I/O, first read, after the imports", fresh_floor, fresh_floor, None),
             ("fresh recorder in a new process, +1 event", size["fresh_merge"], fresh_floor, GOALS["fresh"]),
             ("beside: a directory fsync after the new-process floor", size["fresh_floor_directory_fsync"],
              fresh_floor, None),
@@ -469,7 +479,8 @@ def render_sizes(result: dict[str, Any]) -> None:
             ("beside: python -c pass", size["whole_interpreter_only_process"], fresh_floor, None),
         ]
         for number, (name, case, reference, goal) in enumerate(cases):
-            ratio = case["median_seconds"] / reference
+            ratio = case["median_seconds"] / reference["median_seconds"]
+            cpu = case.get("cpu_median_seconds")
             rows.append(
                 [
                     label if number == 0 else "",
@@ -479,13 +490,15 @@ def render_sizes(result: dict[str, Any]) -> None:
                     case["repetitions"],
                     format_ratio(ratio),
                     goal_text(ratio, goal) if goal is not None else "",
+                    "" if cpu is None else format_seconds(cpu),
+                    "" if cpu is None else format_ratio(cpu / reference["cpu_median_seconds"]),
                 ]
             )
     print_table(
         "One event merged into an N-series file, against the I/O floor of that file (medians)",
-        ["series", "case", "median", "min", "reps", "× floor", "goal"],
+        ["series", "case", "median", "min", "reps", "× floor", "goal", "CPU", "CPU × floor"],
         rows,
-        align="llrrrrl",
+        align="llrrrrlrr",
         notes=[
             "× floor: the first two rows against the I/O floor, timed in one process interleaved with the warm "
             "recorder; the others against the new-process floor (the same read + write + fsync + rename, once, in "
@@ -502,6 +515,9 @@ def render_sizes(result: dict[str, Any]) -> None:
                 f"{format_ratio(size['fresh_merge']['ratio_to_warm_floor'])} ({size['series']:,})"
                 for size in result["sizes"]
             ),
+            "CPU: the median of the process's own CPU time (user + system) over the same span, and its ratio to the "
+            "floor's CPU time (the goals are on wall time; CPU time is far less disturbed by other jobs on the "
+            "machine, and leaves out the time the fsyncs wait for the disk)",
             f"every process runs with FRAISIER_MAX_SERIES_PER_FAMILY={SERIES_BOUND}: the 100,000-series file "
             "has up to ~28,000 series in one family, past the default bound (10,000)",
         ]
