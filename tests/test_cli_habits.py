@@ -221,6 +221,16 @@ def test_a_record_run_imports_no_module_it_has_no_use_for(tmp_path: Path) -> Non
     assert not {"logging", "signal", "queue"} & loaded
 
 
+def test_a_record_run_that_meets_no_hand_over_loads_none_of_their_code(tmp_path: Path) -> None:
+    """A record run into a directory that never saw a hand-over, nor a forget or an expiry, imports neither how a
+    hand-over is encoded and ordered (store/handover_codec.py, store/handover_order.py) nor how series are selected
+    for forgetting (store/selection.py): each is loaded by the first merge that meets one."""
+    loaded = modules_loaded_by(["--textfile-dir", str(tmp_path / "textfile"), *RECORD_DEPLOYMENT], tmp_path)
+    assert "fraisier_textfile.store.handovers" in loaded  # the merge looked for hand-overs
+    assert not {"fraisier_textfile.store.handover_codec", "fraisier_textfile.store.handover_order",
+                "fraisier_textfile.store.selection"} & loaded
+
+
 @pytest.mark.parametrize("log_format", ["logfmt", "json"])
 def test_a_record_run_logs_a_bad_setting_in_the_chosen_format(textfile_dir: Path, log_format: str) -> None:
     """With its logging set up at the first record, a record run still logs in the format chosen, in the

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fraisier_textfile.errors import (
     FraisierTextfileError,
@@ -38,22 +38,44 @@ from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.changes import Changes
-from fraisier_textfile.store.handover_codec import FIELDS as FIELDS
-from fraisier_textfile.store.handover_codec import FORMAT_VERSION as FORMAT_VERSION
-from fraisier_textfile.store.handover_codec import ForeignHandover as ForeignHandover
-from fraisier_textfile.store.handover_codec import NewerHandover as NewerHandover
-from fraisier_textfile.store.handover_codec import UnreadableHandover as UnreadableHandover
-from fraisier_textfile.store.handover_codec import decode as decode
-from fraisier_textfile.store.handover_codec import encode as encode
-from fraisier_textfile.store.handover_order import PENDING_LIMIT as PENDING_LIMIT
-from fraisier_textfile.store.handover_order import SEQUENCE_FILE as SEQUENCE_FILE
-from fraisier_textfile.store.handover_order import TooManyWaiting as TooManyWaiting
-from fraisier_textfile.store.handover_order import id_for as id_for
-from fraisier_textfile.store.handover_order import new_id as new_id
-from fraisier_textfile.store.handover_order import note_merged as note_merged
-from fraisier_textfile.store.handover_order import sequence_of as sequence_of
 from fraisier_textfile.store.rules import check_summable, combine
 from fraisier_textfile.store.transaction import Merge, Participant
+
+if TYPE_CHECKING:
+    from fraisier_textfile.store.handover_codec import FIELDS as FIELDS
+    from fraisier_textfile.store.handover_codec import FORMAT_VERSION as FORMAT_VERSION
+    from fraisier_textfile.store.handover_codec import ForeignHandover as ForeignHandover
+    from fraisier_textfile.store.handover_codec import NewerHandover as NewerHandover
+    from fraisier_textfile.store.handover_codec import UnreadableHandover as UnreadableHandover
+    from fraisier_textfile.store.handover_codec import decode as decode
+    from fraisier_textfile.store.handover_codec import encode as encode
+    from fraisier_textfile.store.handover_order import PENDING_LIMIT as PENDING_LIMIT
+    from fraisier_textfile.store.handover_order import SEQUENCE_FILE as SEQUENCE_FILE
+    from fraisier_textfile.store.handover_order import TooManyWaiting as TooManyWaiting
+    from fraisier_textfile.store.handover_order import id_for as id_for
+    from fraisier_textfile.store.handover_order import new_id as new_id
+    from fraisier_textfile.store.handover_order import note_merged as note_merged
+    from fraisier_textfile.store.handover_order import sequence_of as sequence_of
+
+# How a hand-over is encoded (handover_codec.py) and ordered (handover_order.py) is loaded by the first hand-over
+# written, or the first merge that finds the hand-over directory: a record run into a directory that never saw a
+# hand-over has no use for either. Their names stay reachable from here.
+_LOADED_WHEN_USED = {
+    **dict.fromkeys(("FIELDS", "FORMAT_VERSION", "ForeignHandover", "NewerHandover", "UnreadableHandover", "decode",
+                     "encode"), "handover_codec"),
+    **dict.fromkeys(("PENDING_LIMIT", "SEQUENCE_FILE", "TooManyWaiting", "id_for", "new_id", "note_merged",
+                     "sequence_of"), "handover_order"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LOADED_WHEN_USED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"fraisier_textfile.store.{module}"), name)
+
 
 HANDOVER_DIRECTORY = ".fraisier-handover"
 APPLIED = WordList("applied-handovers")
@@ -85,9 +107,11 @@ def write(directory: fs.Directory, changes: Changes, schema: Schema, durable: bo
     """Write ``changes`` under a temporary name; return (temporary, final) names. The caller renames it
     (:func:`publish`) at the moment it forgets the changes, so that the two happen together. ``durable``:
     fsynced, so that a power loss keeps it; without, it survives the process (a SIGKILL), not the machine."""
-    handover_id = new_id(directory)
+    from fraisier_textfile.store import handover_codec, handover_order
+
+    handover_id = handover_order.new_id(directory)
     temporary = f"{TEMPORARY_PREFIX}{handover_id}{SUFFIX}"
-    data = encode(changes, schema)
+    data = handover_codec.encode(changes, schema)
     try:
         # O_EXCL|O_NOFOLLOW, mode 0644 by fchmod: never through a symlink or into a file someone else prepared,
         # and readable by a merger of another user whatever our umask.
@@ -189,7 +213,9 @@ def read(directory: fs.Directory, handover_id: str, schema: Schema) -> Changes:
         data = directory.read_regular(name)
     except OSError as error:
         raise write_error(directory.path / name, "read the hand-over file", error) from None
-    return decode(data, schema)
+    from fraisier_textfile.store import handover_codec
+
+    return handover_codec.decode(data, schema)
 
 
 def set_aside(directory: fs.Directory, handover_id: str, problem: str) -> bool:
@@ -335,6 +361,9 @@ class Handovers(Participant):
         if directory is None:
             self.handled = set()
             return None
+        from fraisier_textfile.store.handover_codec import ForeignHandover, NewerHandover, UnreadableHandover
+        from fraisier_textfile.store.handover_order import sequence_of
+
         ids, kept_aside = pending(directory)
         self._newest = (sequence_of(ids[-1]) or 0) if ids else 0
         already = set(APPLIED.get(document))
@@ -411,6 +440,8 @@ class Handovers(Participant):
         if directory is None:
             return
         if self._newest is not None:
+            from fraisier_textfile.store.handover_order import note_merged
+
             note_merged(directory, self._newest, self._oldest_waiting)
         if self._applied:
             remove_soon(directory, self._applied)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format.model import Block, Document
@@ -52,16 +53,30 @@ from fraisier_textfile.store.changes import Changes, Labels
 from fraisier_textfile.store.migration import migrate_histogram as migrate_histogram
 from fraisier_textfile.store.migration import migrate_histograms as migrate_histograms
 from fraisier_textfile.store.migration import migration_notes as migration_notes
-from fraisier_textfile.store.selection import Selection as Selection
-from fraisier_textfile.store.selection import SupportsLifecycle as SupportsLifecycle
-from fraisier_textfile.store.selection import forget as forget
-from fraisier_textfile.store.selection import parse_duration as parse_duration
-from fraisier_textfile.store.selection import parse_matcher as parse_matcher
-from fraisier_textfile.store.selection import sweep as sweep
 from fraisier_textfile.store.series_times import UPDATED as UPDATED
 from fraisier_textfile.store.series_times import SeriesTimes as SeriesTimes
 from fraisier_textfile.store.series_times import label_text_of_key, labels_of, times_key
 from fraisier_textfile.store.transaction import Merge, Participant
+
+if TYPE_CHECKING:
+    from fraisier_textfile.store.selection import Selection as Selection
+    from fraisier_textfile.store.selection import SupportsLifecycle as SupportsLifecycle
+    from fraisier_textfile.store.selection import forget as forget
+    from fraisier_textfile.store.selection import parse_duration as parse_duration
+    from fraisier_textfile.store.selection import parse_matcher as parse_matcher
+    from fraisier_textfile.store.selection import sweep as sweep
+
+_SELECTION_NAMES = frozenset({"Selection", "SupportsLifecycle", "forget", "parse_duration", "parse_matcher", "sweep"})
+
+
+def __getattr__(name: str) -> Any:
+    # What a forget or an expiry selects (selection.py) is loaded by the first that runs: a merge of a store without
+    # either has no use for it. Its names stay reachable from here.
+    if name not in _SELECTION_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from fraisier_textfile.store import selection
+
+    return getattr(selection, name)
 
 log = get_logger(__name__)
 
@@ -77,6 +92,12 @@ REFUSED_HELP = (
     f"({MAX_SERIES_ENVIRONMENT}), by family."
 )
 _MERGE_KINDS = ("added", "observed", "latest", "maximum")
+
+
+def _parse_duration(variable: str, text: str) -> float:
+    from fraisier_textfile.store.selection import parse_duration
+
+    return parse_duration(variable, text)
 
 
 class SeriesLifecycle:
@@ -117,7 +138,7 @@ class SeriesLifecycle:
 
         return cls(
             path,
-            expire_after=from_environment(EXPIRE_AFTER_ENVIRONMENT, parse_duration, None, strict=strict,
+            expire_after=from_environment(EXPIRE_AFTER_ENVIRONMENT, _parse_duration, None, strict=strict,
                                           default_shown="no expiry"),
             max_series=from_environment(MAX_SERIES_ENVIRONMENT, bound, DEFAULT_MAX_SERIES, strict=strict),
         )
@@ -146,6 +167,15 @@ class SeriesLifecycle:
         now = self.clock()
         minute = int(now // 60)
         _record_times(document, changes, minute, self.active)
+        if self.request is not None or self.expire_after is not None:
+            self._sweep(document, now)
+        if self._refused:
+            _count_refused(document, self._refused)
+
+    def _sweep(self, document: Document, now: float) -> None:
+        """Do the forget requested and expire the series not updated for ``expire_after``."""
+        from fraisier_textfile.store.selection import Selection, sweep
+
         if self.request is not None:
             self.forgotten += sweep(document, self.request, now, remove=True)
         if self.expire_after is not None:
@@ -154,8 +184,6 @@ class SeriesLifecycle:
             if expired:
                 log.info("%s: %d series not updated for %gs expired", self.path, len(expired), self.expire_after)
             self.forgotten += expired
-        if self._refused:
-            _count_refused(document, self._refused)
 
     def _admit(self, document: Document, changes: Changes) -> Changes:
         touched: dict[Family, list[tuple[str, Labels]]] = {}
