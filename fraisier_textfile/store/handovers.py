@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from fraisier_textfile.errors import (
     FraisierTextfileError,
@@ -145,16 +145,9 @@ def publish(directory: fs.Directory, temporary: str, final: str, durable: bool =
         directory.fsync()
 
 
-class Listing(NamedTuple):
-    ids: list[str]
-    """The complete hand-overs, oldest first (see :func:`new_id`)."""
-    set_aside: int
-    """How many are kept aside (see :func:`set_aside`)."""
-
-
-def pending(directory: fs.Directory) -> Listing:
+def pending(directory: fs.Directory) -> tuple[list[str], int]:
     """The ids of the complete hand-overs in the directory, oldest first (see :func:`new_id`), and how many are
-    set aside. Raises UnexpectedFileError for anything in it that the store did not create."""
+    set aside (see :func:`set_aside`). Raises UnexpectedFileError for anything in it that the store did not create."""
     try:
         entries = directory.entries()
     except OSError as error:
@@ -182,7 +175,7 @@ def pending(directory: fs.Directory) -> Listing:
     # Plain string order is the order written: numbered ids have the same width, and those of earlier versions
     # (wall-clock time first, digits) sort before every numbered one ("s"): they were written before.
     ids.sort()
-    return Listing(ids, kept_aside)
+    return ids, kept_aside
 
 
 PENDING_FAMILY = "fraisier_textfile_handovers_pending"
