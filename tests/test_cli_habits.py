@@ -231,6 +231,37 @@ def test_a_record_run_that_meets_no_hand_over_loads_none_of_their_code(tmp_path:
                 "fraisier_textfile.store.selection"} & loaded
 
 
+COLLECTIONS_SEEN = """
+import atexit, gc, json, sys
+seen = []
+gc.callbacks.append(lambda phase, info: phase == "start" and seen.append(
+    sorted(name for name in sys.modules if name.startswith("fraisier_textfile"))))
+atexit.register(lambda: print(json.dumps({"enabled": gc.isenabled(), "seen": seen,
+    "loaded": sorted(name for name in sys.modules if name.startswith("fraisier_textfile"))})))
+from fraisier_textfile.cli.dispatch import main
+print(json.dumps(sorted(name for name in sys.modules if name.startswith("fraisier_textfile"))))
+sys.argv[0] = "fraisier"
+main()
+"""
+
+
+def test_a_record_run_collects_no_garbage_while_it_imports_and_leaves_the_collector_on(tmp_path: Path) -> None:
+    """The objects a command's imports make (modules, functions, classes) live as long as the process: the cyclic
+    garbage collector's passes over them while they are made find nothing to free, and so would every later pass
+    (the one at exit among them). No collection runs between the dispatcher's start and the command's module
+    loaded; the collector is on again when the command runs."""
+    result = subprocess.run([sys.executable, "-c", COLLECTIONS_SEEN, "--textfile-dir", str(tmp_path / "textfile"),
+                             *RECORD_DEPLOYMENT], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    first, last = result.stdout.splitlines()
+    before, after = json.loads(first), json.loads(last)
+    assert "fraisier_textfile.cli.record" in after["loaded"] and "fraisier_textfile.store.textfile" in after["loaded"]
+    assert after["enabled"]
+    # Those whose modules are more than the dispatcher's own and fewer than all: run during main()'s imports.
+    while_importing = [modules for modules in after["seen"] if set(before) < set(modules) < set(after["loaded"])]
+    assert not while_importing, f"{len(while_importing)} collections ran while the CLI's modules were imported"
+
+
 @pytest.mark.parametrize("log_format", ["logfmt", "json"])
 def test_a_record_run_logs_a_bad_setting_in_the_chosen_format(textfile_dir: Path, log_format: str) -> None:
     """With its logging set up at the first record, a record run still logs in the format chosen, in the

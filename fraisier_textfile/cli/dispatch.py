@@ -36,6 +36,8 @@ from typing import Any
 
 import click
 
+from fraisier_textfile.cli import LastingImports
+
 OUR_COMMANDS = frozenset({"record", "exec", "textfile", "metrics", "systemd", "install-dispatcher"})
 # Our group options that take a value, and the environment variable each stands for (see cli/group.py's main).
 OUR_GROUP_OPTIONS = {
@@ -168,7 +170,8 @@ def main() -> None:
     decision = route(sys.argv[1:])
     if decision.destination == Route.OURS and decision.fraisier_options and fraisier_installed():
         # Fraisier's group options before our command (without Fraisier, our CLI refuses them as it always has).
-        from fraisier_textfile.cli.group import main as our_main
+        with LastingImports():
+            from fraisier_textfile.cli.group import main as our_main
 
         try:
             arguments, settings = honour_fraisier_options(our_main, decision)
@@ -178,7 +181,8 @@ def main() -> None:
         our_main(args=arguments, **settings)
         return
     if decision.destination == Route.OURS or not fraisier_installed():
-        from fraisier_textfile.cli.group import main as our_main
+        with LastingImports():
+            from fraisier_textfile.cli.group import main as our_main
 
         our_main()
         return

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from fraisier_textfile import __version__, settings, validate
-from fraisier_textfile.cli import logs
+from fraisier_textfile.cli import LastingImports, logs
 from fraisier_textfile.cli.dispatch import HintingGroup
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
 from fraisier_textfile.fraisier_store import FraisierStore
@@ -182,7 +182,8 @@ class LazyCommands(MutableMapping[str, click.Command]):
                 module, _, attribute = command.partition(":")
                 # __import__, not importlib.import_module: only the import statement's machinery reports to
                 # `python -X importtime`, which bench/bench_cli.py reads to account for the record path.
-                command = getattr(__import__(module, fromlist=[attribute]), attribute)
+                with LastingImports():
+                    command = getattr(__import__(module, fromlist=[attribute]), attribute)
                 if not isinstance(command, click.Command):
                     raise TypeError(f"{self._commands[name]} is not a click command")
             _give_group_options(command)
