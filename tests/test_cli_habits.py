@@ -262,6 +262,16 @@ def test_a_record_run_collects_no_garbage_while_it_imports_and_leaves_the_collec
     assert not while_importing, f"{len(while_importing)} collections ran while the CLI's modules were imported"
 
 
+def test_the_dispatcher_decides_where_a_line_goes_before_importing_the_cli_framework() -> None:
+    """The ``fraisier`` script routes its command line with nothing but the standard library: click, and the CLI
+    that needs it, are imported by main() once the line is known to be ours, with the collector paused
+    (cli.LastingImports), not by the import of the script's module."""
+    script = "import sys; import fraisier_textfile.cli.dispatch; print('click' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]
+
+
 @pytest.mark.parametrize("log_format", ["logfmt", "json"])
 def test_a_record_run_logs_a_bad_setting_in_the_chosen_format(textfile_dir: Path, log_format: str) -> None:
     """With its logging set up at the first record, a record run still logs in the format chosen, in the

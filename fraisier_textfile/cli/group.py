@@ -17,7 +17,7 @@ import click
 
 from fraisier_textfile import __version__, settings, validate
 from fraisier_textfile.cli import LastingImports, logs
-from fraisier_textfile.cli.dispatch import HintingGroup
+from fraisier_textfile.cli.combined import HintingGroup
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
 from fraisier_textfile.fraisier_store import FraisierStore
 from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT, default_textfile_directory
