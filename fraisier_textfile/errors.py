@@ -9,8 +9,19 @@ calling its class with ``args``, which here hold only the message.
 from __future__ import annotations
 
 import errno as errnos
-from pathlib import Path
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _as_path(path: Path | str | os.PathLike[str]) -> Path:
+    # pathlib is loaded by the first error that names a path: a record run that meets none does without it (with
+    # urllib.parse and ipaddress, which it imports, it is a few of our modules' worth of start-up).
+    from pathlib import Path
+
+    return Path(path)
 
 
 class FraisierTextfileError(Exception):
@@ -30,8 +41,8 @@ class InvalidValueError(FraisierTextfileError, ValueError):
 class TextfileError(FraisierTextfileError):
     """Something about the textfile or its directory. ``path`` names it."""
 
-    def __init__(self, path: Path | str, message: str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | str | os.PathLike[str], message: str) -> None:
+        self.path = _as_path(path)
         super().__init__(message)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -50,7 +61,7 @@ class UnexpectedFileError(TextfileError):
 class CorruptTextfileError(TextfileError):
     """The textfile cannot be parsed, or disagrees with the catalogue. It was left as it was."""
 
-    def __init__(self, path: Path | str, problem: str, line_number: int | None = None) -> None:
+    def __init__(self, path: Path | str | os.PathLike[str], problem: str, line_number: int | None = None) -> None:
         self.problem = problem
         self.line_number = line_number
         where = f"{path}:{line_number}" if line_number is not None else f"{path}"
@@ -68,7 +79,7 @@ class TextfileWriteError(TextfileError):
     """The textfile could not be read or written (permissions, full disk, ...). The old file is unchanged.
     ``errno`` is the operating system's error number when one caused it (``errno.ENOSPC``, ...)."""
 
-    def __init__(self, path: Path | str, message: str, errno: int | None = None) -> None:
+    def __init__(self, path: Path | str | os.PathLike[str], message: str, errno: int | None = None) -> None:
         self.errno = errno
         super().__init__(path, message)
 
@@ -80,7 +91,7 @@ class LockTimeoutError(TextfileError, TimeoutError):
     """The textfile's lock was not acquired in time. Nothing was written; the events are still pending.
     Also a ``TimeoutError``, for callers that catch timeouts of any kind."""
 
-    def __init__(self, lock_path: Path | str, timeout: float) -> None:
+    def __init__(self, lock_path: Path | str | os.PathLike[str], timeout: float) -> None:
         self.timeout = timeout
         super().__init__(
             lock_path,
@@ -96,8 +107,8 @@ class WebConfigError(FraisierTextfileError):
     """The web config file (``--web-config-file``) is malformed, or names a certificate or key that cannot be
     used. ``path`` names the web config file."""
 
-    def __init__(self, path: Path | str, message: str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | str | os.PathLike[str], message: str) -> None:
+        self.path = _as_path(path)
         super().__init__(message)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -125,7 +136,7 @@ _WRITE_ERROR_FIXES = {
 }
 
 
-def write_error(path: Path | str, action: str, error: OSError) -> TextfileWriteError:
+def write_error(path: Path | str | os.PathLike[str], action: str, error: OSError) -> TextfileWriteError:
     """The TextfileWriteError for an OSError met while doing ``action`` ("write", "create the lock file", ...)
     to ``path``: one line with the system's reason and the fix, the errno kept."""
     fix = _WRITE_ERROR_FIXES.get(error.errno or 0, "check the directory and the disk")

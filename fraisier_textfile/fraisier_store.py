@@ -10,7 +10,7 @@ given its own schema.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import MARKER_RULES
@@ -19,11 +19,14 @@ from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT
 from fraisier_textfile.store.textfile import TextfileStore
 from fraisier_textfile.store.transaction import Participant
 
+if TYPE_CHECKING:
+    from fraisier_textfile.store import fs
+
 
 class FraisierStore(TextfileStore):
     """A textfile directory of Fraisier's families, its deployments in flight counted by their markers."""
 
-    def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *,
+    def __init__(self, directory: fs.PathName, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *,
                  lifecycle: SeriesLifecycle | None = None, participants: Iterable[Participant] = ()) -> None:
         """As :class:`TextfileStore`'s, with Fraisier's schema and its markers' rules."""
         super().__init__(directory, lock_timeout, schema=SCHEMA, markers=MARKER_RULES, lifecycle=lifecycle,

@@ -48,7 +48,7 @@ def deploy_like_an_older_version(directory: str) -> None:
     start_time = process_identity.process_start_time(pid)
     boot, namespace = process_identity.own_context()
     marker_id = f"{pid}-{start_time}-0ld0ld00"
-    directory_of_markers = markers.marker_directory(Path(directory))
+    directory_of_markers = Path(markers.marker_directory(directory))
     directory_of_markers.mkdir(mode=0o775, exist_ok=True)
     content = {"provider": "bare_metal", "fraise_type": "api", "boot": boot, "pid_namespace": namespace}
     (directory_of_markers / f".{marker_id}").write_text(json.dumps(content))

@@ -184,7 +184,7 @@ def wait_for_the_lock(directory: str) -> None:
     events.deployment_error(changes, "bare_metal", "interrupted")
     try_lock = lock.try_lock
 
-    def saying_when_it_waits(descriptor: int, path: Path) -> bool:
+    def saying_when_it_waits(descriptor: int, path: str | os.PathLike[str]) -> bool:
         # Said from inside the wait, after a try found the lock busy: the test signals then, not after a guess.
         taken = try_lock(descriptor, path)
         if not taken and not saying_when_it_waits.said:  # type: ignore[attr-defined]

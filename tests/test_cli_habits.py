@@ -221,6 +221,21 @@ def test_a_record_run_imports_no_module_it_has_no_use_for(tmp_path: Path) -> Non
     assert not {"logging", "signal", "queue"} & loaded
 
 
+def test_a_record_run_imports_no_pathlib(tmp_path: Path) -> None:
+    """pathlib (with the urllib.parse and ipaddress it imports) is a few of our modules' worth of start-up: the store
+    works with strings, and makes a Path only for whoever asks for one (an error's path, the store's public
+    attributes). Run with pathlib made unimportable (an editable install's finder may have loaded it already), a
+    record run records its event."""
+    script = "import sys\nsys.modules['pathlib'] = None\n" + LOADED_MODULES
+    listing = tmp_path / "modules.txt"
+    textfile_dir = tmp_path / "textfile"
+    result = subprocess.run([sys.executable, "-c", script, "--textfile-dir", str(textfile_dir), *RECORD_DEPLOYMENT],
+                            capture_output=True, text=True, env=dict(os.environ, MODULES_LISTING=str(listing)))
+    assert result.returncode == 0, result.stderr
+    assert sample_values(textfile_dir / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+
+
 def test_a_record_run_that_meets_no_hand_over_loads_none_of_their_code(tmp_path: Path) -> None:
     """A record run into a directory that never saw a hand-over, nor a forget or an expiry, imports neither how a
     hand-over is encoded and ordered (store/handover_codec.py, store/handover_order.py) nor how series are selected

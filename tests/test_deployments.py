@@ -149,11 +149,11 @@ def test_a_marker_that_cannot_be_written_is_told_and_the_deployment_goes_on_unma
     textfile_dir.mkdir()
     in_the_way = textfile_dir / markers.MARKER_DIRECTORY
     in_the_way.write_text("not a directory")
-    told: list[tuple[BaseException, Path]] = []
+    told: list[tuple[BaseException, str]] = []
     store = TextfileStore(textfile_dir)
     started = store.start_deployment("bare_metal", "api", lambda error, where: told.append((error, where)))
     assert started.marker_id is None
-    assert [where for _, where in told] == [textfile_dir / markers.MARKER_DIRECTORY]
+    assert [where for _, where in told] == [str(textfile_dir / markers.MARKER_DIRECTORY)]
     assert str(textfile_dir / markers.MARKER_DIRECTORY) in str(told[0][0])
     end = Changes()
     events.deployment_complete(end, "bare_metal", "api", "success", 1.0)

@@ -60,7 +60,7 @@ def test_a_subdirectory_is_made_group_writable_keeping_the_setgid_bit(tmp_path: 
 def test_a_subdirectory_that_is_not_one_is_refused_in_one_line_never_followed(
     parent: fs.Directory, tmp_path: Path, kind: str
 ) -> None:
-    path = parent.path / "child"
+    path = Path(parent.path) / "child"
     if kind == "symlink":
         (tmp_path / "elsewhere").mkdir()
         path.symlink_to(tmp_path / "elsewhere")
@@ -76,7 +76,7 @@ def test_a_subdirectory_that_is_not_one_is_refused_in_one_line_never_followed(
 def test_a_subdirectory_planted_by_a_user_who_may_not_write_the_parent_is_refused(parent: fs.Directory) -> None:
     if os.geteuid() != 0:
         pytest.skip("only root can give a directory to another user")
-    planted = parent.path / "child"
+    planted = Path(parent.path) / "child"
     planted.mkdir()
     nobody = pwd.getpwnam("nobody")
     os.chown(planted, nobody.pw_uid, nobody.pw_gid)
@@ -85,7 +85,7 @@ def test_a_subdirectory_planted_by_a_user_who_may_not_write_the_parent_is_refuse
 
 
 def test_a_world_writable_subdirectory_is_refused(parent: fs.Directory) -> None:
-    planted = parent.path / "child"
+    planted = Path(parent.path) / "child"
     planted.mkdir()
     os.chmod(planted, 0o777)
     with pytest.raises(UnexpectedFileError, match="with mode 0777"):
@@ -96,15 +96,15 @@ def test_operations_stay_in_the_directory_held_after_its_name_is_swapped(parent:
     child = parent.subdirectory("child", create=True)
     assert child is not None
     with child:
-        (parent.path / "child" / "applied").write_text("x")
+        (Path(parent.path) / "child" / "applied").write_text("x")
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         (elsewhere / "applied").write_text("not ours")
-        os.rename(parent.path / "child", parent.path / "moved")
-        (parent.path / "child").symlink_to(elsewhere)
+        os.rename(Path(parent.path) / "child", Path(parent.path) / "moved")
+        (Path(parent.path) / "child").symlink_to(elsewhere)
         assert child.unlink("applied")
     assert (elsewhere / "applied").read_text() == "not ours"
-    assert not (parent.path / "moved" / "applied").exists()
+    assert not (Path(parent.path) / "moved" / "applied").exists()
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", ".", ""])
@@ -118,7 +118,7 @@ def test_a_file_is_created_with_its_mode_whatever_the_umask_and_never_over_a_pla
 ) -> None:
     descriptor = parent.create("new", 0o644)
     os.close(descriptor)
-    assert stat.S_IMODE((parent.path / "new").stat().st_mode) == 0o644
+    assert stat.S_IMODE((Path(parent.path) / "new").stat().st_mode) == 0o644
     with pytest.raises(FileExistsError):
         parent.create("new")
 
@@ -129,8 +129,8 @@ def test_reading_refuses_what_is_not_a_regular_file_without_blocking(
 ) -> None:
     if kind == "symlink":
         (tmp_path / "secret").write_text("secret")
-        (parent.path / "entry").symlink_to(tmp_path / "secret")
+        (Path(parent.path) / "entry").symlink_to(tmp_path / "secret")
     else:
-        os.mkfifo(parent.path / "entry")
-    with pytest.raises(UnexpectedFileError, match=f"^{parent.path / 'entry'} is a (symlink|FIFO)"):
+        os.mkfifo(Path(parent.path) / "entry")
+    with pytest.raises(UnexpectedFileError, match=f"^{Path(parent.path) / 'entry'} is a (symlink|FIFO)"):
         parent.read_regular("entry")

@@ -115,9 +115,9 @@ def test_a_marker_is_locked_from_the_moment_it_has_its_name(textfile_dir: Path) 
     import fcntl
 
     marker = markers.create_marker(textfile_dir, "bare_metal", "api")
-    assert marker.path == textfile_dir / MARKER_DIRECTORY / marker.id
+    assert marker.path == str(textfile_dir / MARKER_DIRECTORY / marker.id)
     assert [p.name for p in (textfile_dir / MARKER_DIRECTORY).iterdir()] == [marker.id]
-    descriptor = os.open(marker.path, os.O_RDONLY)
+    descriptor = os.open(str(marker.path), os.O_RDONLY)
     try:
         with pytest.raises(BlockingIOError):
             fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)

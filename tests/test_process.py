@@ -103,7 +103,7 @@ def test_a_forked_child_never_keeps_its_parents_deployment_alive(textfile_dir: P
     try:
         assert deployer.stdout is not None
         marker_id, *children = deployer.stdout.readline().split()
-        marker = markers.marker_directory(textfile_dir) / marker_id
+        marker = Path(markers.marker_directory(textfile_dir)) / marker_id
         assert not nobody_holds_the_lock_of(marker)
         deployer.send_signal(signal.SIGKILL)
         deployer.wait(timeout=60)

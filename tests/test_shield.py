@@ -138,16 +138,17 @@ NESTED_50000_DEEP = "[" * 50_000 + "]" * 50_000
 
 
 def marker_past_pid_t(textfile_dir: Path, tmp_path: Path) -> Iterator[Trouble]:
-    path = plant(marker_files.marker_directory(textfile_dir), "99999999999-1-x", json.dumps(PLANTED_JSON))
+    path = plant(Path(marker_files.marker_directory(textfile_dir)), "99999999999-1-x", json.dumps(PLANTED_JSON))
     yield Trouble(planted=[path])
 
 
 def marker_nested_50000_deep(textfile_dir: Path, tmp_path: Path) -> Iterator[Trouble]:
-    yield Trouble(planted=[plant(marker_files.marker_directory(textfile_dir), a_live_marker_name(), NESTED_50000_DEEP)])
+    directory = Path(marker_files.marker_directory(textfile_dir))
+    yield Trouble(planted=[plant(directory, a_live_marker_name(), NESTED_50000_DEEP)])
 
 
 def every_other_corrupt_marker(textfile_dir: Path, tmp_path: Path) -> Iterator[Trouble]:
-    directory = marker_files.marker_directory(textfile_dir)
+    directory = Path(marker_files.marker_directory(textfile_dir))
     live = a_live_marker_name()
     planted = [
         plant(directory, f"{live}-empty", b""),
@@ -220,7 +221,7 @@ inflight.is_alive = is_alive
 
 def a_probe_raises(textfile_dir: Path, tmp_path: Path) -> Iterator[Trouble]:
     """A probe of a (live) marker raises an exception of a type nothing expects; a sitecustomize installs it."""
-    marker = plant(marker_files.marker_directory(textfile_dir), a_live_marker_name(), json.dumps(PLANTED_JSON))
+    marker = plant(Path(marker_files.marker_directory(textfile_dir)), a_live_marker_name(), json.dumps(PLANTED_JSON))
     site = tmp_path / "site"
     site.mkdir()
     witness = tmp_path / "probed"

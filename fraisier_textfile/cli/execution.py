@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from fraisier_textfile import changes, validate
 from fraisier_textfile.changes import Changes
@@ -141,7 +140,7 @@ class _Metrics:
             self._problem(f"the deployment ended, but its outcome was not recorded: {error!r}")
         self._record(end, "ended", "its end")
 
-    def _unmarked(self, error: BaseException, where: Path) -> None:
+    def _unmarked(self, error: BaseException, where: str) -> None:
         if isinstance(error, FraisierTextfileError):  # says where, and the fix
             self._problem(f"the deployment runs, but other processes do not see it as active: {error}")
         else:  # a bug of ours must not stop the deployment

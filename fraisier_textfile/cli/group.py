@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
@@ -20,7 +19,7 @@ from fraisier_textfile.cli import LastingImports, logs
 from fraisier_textfile.cli.combined import HintingGroup
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
 from fraisier_textfile.fraisier_store import FraisierStore
-from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT, default_textfile_directory
+from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT, default_directory_name
 from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENVIRONMENT
 from fraisier_textfile.store.textfile import TextfileStore
 
@@ -48,7 +47,7 @@ class Settings:
     stop a deployment). A typo in an option given on the command line is a usage error (exit 2), except for
     ``fraisier exec`` (``lenient``): there it is reported, its default used, and the deployment runs."""
 
-    def __init__(self, textfile_dir: Path, lock_timeout: str | None = None, log_level: str | None = None,
+    def __init__(self, textfile_dir: str, lock_timeout: str | None = None, log_level: str | None = None,
                  log_format: str | None = None, *, lenient: bool = False,
                  lock_timeout_source: str = "--lock-timeout", logs_at_first_record: bool = False) -> None:
         self.lenient = lenient
@@ -93,7 +92,7 @@ class Settings:
         """An option given after the command, over the group's value."""
         deferred: list[tuple[InvalidValueError, object]] = []
         if option == "textfile-dir":
-            self.textfile_dir = Path(str(value))
+            self.textfile_dir = str(value)
         elif option == "lock-timeout":
             self.lock_timeout = self._setting("--lock-timeout", str(value), "", validate.check_seconds,
                                               self.lock_timeout, deferred)
@@ -217,9 +216,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.option(
     "--textfile-dir",
     envvar=DIRECTORY_ENVIRONMENT,
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_textfile_directory,
-    show_default=str(default_textfile_directory()),
+    type=click.Path(file_okay=False),  # a string: the store works with strings (store/files.py)
+    default=default_directory_name,
+    show_default=default_directory_name(),
     help=f"Directory of fraisier.prom; created if missing. Point node_exporter's "
     f"--collector.textfile.directory at it (Debian: /var/lib/prometheus/node-exporter). "
     f"Env: {DIRECTORY_ENVIRONMENT}.",
@@ -246,7 +245,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # Named for this package whatever script started it: `fraisier, version 0.1.0` read as an old Fraisier.
 @click.version_option(__version__, prog_name="fraisier-textfile", message="%(prog)s, version %(version)s")
 @click.pass_context
-def main(context: click.Context, textfile_dir: Path, lock_timeout: str | None, log_level: str | None,
+def main(context: click.Context, textfile_dir: str, lock_timeout: str | None, log_level: str | None,
          log_format: str | None) -> None:
     """Fraisier's deployment metrics for Prometheus, from short-lived processes.
 
@@ -295,7 +294,7 @@ def _give_group_options(command: click.Command) -> None:
     """``fraisier textfile check --textfile-dir X`` as well as ``fraisier --textfile-dir X textfile check``.
     A value given after the command wins over one given before it."""
     command.params.extend([
-        _shared_option("textfile-dir", type=click.Path(file_okay=False, path_type=Path)),
+        _shared_option("textfile-dir", type=click.Path(file_okay=False)),
         _shared_option("lock-timeout", metavar="SECONDS"),
         _shared_option("log-level", metavar="[" + "|".join(logs.LEVELS) + "]",
                        shell_complete=_choices(list(logs.LEVELS))),

@@ -39,7 +39,7 @@ def systemd(settings: Settings, user: str, output: Path, address: str, port: int
     from fraisier_textfile.cli import systemd as units
 
     with library_errors():
-        written = units.generate(user, settings.textfile_dir, output, address, port, force)
+        written = units.generate(user, Path(settings.textfile_dir), output, address, port, force)
     for path in written:
         click.echo(f"wrote {path}")
     click.echo("then: systemctl daemon-reload; systemctl enable --now fraisier-textfile-refresh.timer "

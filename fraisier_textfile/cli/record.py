@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 
@@ -50,7 +49,7 @@ def _record(settings: Settings, event: Callable[..., None], *arguments: object) 
         store.merge_or_hand_over(changes, wait)
         return
     except UnexpectedFileError as error:
-        if Path(error.path) in (store.path, store.lock_path):
+        if error.path in (store.path, store.lock_path):
             # Something else where the file or its lock should be (a symlink into node_exporter's directory, say):
             # this is not the directory to keep the event in; the line says where to point instead.
             raise click.ClickException(str(error)) from None
@@ -66,7 +65,7 @@ def _record(settings: Settings, event: Callable[..., None], *arguments: object) 
                                "that is fixed, writes it)")
 
 
-def _described(error: BaseException, path: Path) -> str:
+def _described(error: BaseException, path: object) -> str:
     if isinstance(error, FraisierTextfileError):
         return str(error)
     if isinstance(error, OSError):

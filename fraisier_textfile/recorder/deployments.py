@@ -10,8 +10,6 @@ deployment is still recorded when it ends.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fraisier_textfile import changes, validate
 from fraisier_textfile.errors import FraisierTextfileError
 from fraisier_textfile.recorder.policy import Problems
@@ -61,7 +59,7 @@ class Deployments:
         self.running.remove(deployment)
         changes.deployment_ended(self._series, deployment.provider, deployment)
 
-    def _unmarked(self, error: BaseException, where: Path) -> None:
+    def _unmarked(self, error: BaseException, where: str) -> None:
         if isinstance(error, FraisierTextfileError):
             self._problems.note("marker", f"{error} (the deployment is recorded when it ends, but until then other "
                                 "processes do not see it as active)", error)

@@ -19,7 +19,6 @@ do not see it in flight meanwhile.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from fraisier_textfile.errors import FraisierTextfileError, write_error
 from fraisier_textfile.logger import get_logger
@@ -27,7 +26,8 @@ from fraisier_textfile.store.markers import Marker, create_marker, marker_direct
 
 log = get_logger(__name__)
 
-MarkerProblem = Callable[[BaseException, Path], None]
+MarkerProblem = Callable[[BaseException, str], None]
+"""Told a marker that could not be written: the error, and the marker directory (for messages)."""
 """Told why a deployment's marker could not be written, and where (the marker directory), from inside the except
 clause (a traceback can be logged): a FraisierTextfileError (TextfileWriteError for the system's errors), or any
 other exception (a bug)."""
@@ -58,7 +58,7 @@ class Deployment:
             log.debug("releasing the marker %s failed: %r", self._marker.id, error)
 
 
-def start(directory: Path, provider: str, fraise_type: str, problem: MarkerProblem) -> Deployment:
+def start(directory: str, provider: str, fraise_type: str, problem: MarkerProblem) -> Deployment:
     """A deployment of ``fraise_type`` on ``provider`` starts now in this process: its marker is written in the
     textfile directory ``directory`` and held. Never raises: a marker that cannot be written is told to ``problem``,
     and the deployment goes on without it. The label values are the caller's to check."""

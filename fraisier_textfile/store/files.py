@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fraisier_textfile.errors import CorruptTextfileError, TextfileWriteError, UnexpectedFileError, write_error
 from fraisier_textfile.format.model import Document
@@ -21,6 +21,9 @@ from fraisier_textfile.format.reader import parse_bytes
 from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.format.syntax import ParseError
 from fraisier_textfile.store import fs
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 TEXTFILE_NAME = "fraisier.prom"
 
@@ -35,21 +38,29 @@ DIRECTORY_ENVIRONMENT = "FRAISIER_TEXTFILE_DIR"
 def default_textfile_directory() -> Path:
     """``$FRAISIER_TEXTFILE_DIR``, else a directory any user can write with no set-up:
     ``$XDG_STATE_HOME/fraisier/textfile`` (``~/.local/state/fraisier/textfile``)."""
+    from pathlib import Path
+
+    return Path(default_directory_name())
+
+
+def default_directory_name() -> str:
+    """:func:`default_textfile_directory` as a string, for the store and the CLI, which work with strings: a
+    record run has no use for pathlib (see errors.py)."""
     configured = os.environ.get(DIRECTORY_ENVIRONMENT)
     if configured:
-        return Path(configured)
+        return configured
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "fraisier" / "textfile"
+    return os.path.join(state, "fraisier", "textfile")
 
 
-def unexpected(path: Path, status: os.stat_result | None, wanted: str = "a regular file") -> UnexpectedFileError:
+def unexpected(path: fs.PathName, status: os.stat_result | None, wanted: str = "a regular file") -> UnexpectedFileError:
     """The error for something at ``path`` that fraisier did not put there."""
     if status is not None and stat.S_ISLNK(status.st_mode):
         try:
             target = os.path.realpath(path)
         except OSError:
             target = "elsewhere"
-        if path.name == TEXTFILE_NAME:
+        if os.path.basename(path) == TEXTFILE_NAME:
             return UnexpectedFileError(
                 path,
                 f"{path} is a symlink (to {target}): fraisier replaces the file by a rename and would replace "
@@ -86,8 +97,8 @@ class FileVersion:
 
     __slots__ = ("_descriptor", "key", "path")
 
-    def __init__(self, path: Path, descriptor: int) -> None:
-        self.path = path
+    def __init__(self, path: fs.PathName, descriptor: int) -> None:
+        self.path = os.fspath(path)
         self._descriptor = descriptor
         status = os.fstat(descriptor)
         self.key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
@@ -109,7 +120,7 @@ class FileVersion:
         self.close()
 
 
-def lstat_or_none(path: Path) -> os.stat_result | None:
+def lstat_or_none(path: fs.PathName) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except OSError:
@@ -154,9 +165,9 @@ class Textfile:
     """The textfile of one directory on disk: reading and parsing it, and writing a new version of it in its place
     (see the module's note)."""
 
-    def __init__(self, directory: Path, schema: Schema) -> None:
-        self.directory = directory
-        self.path = directory / TEXTFILE_NAME
+    def __init__(self, directory: fs.PathName, schema: Schema) -> None:
+        self.directory = directory = os.fspath(directory)
+        self.path = os.path.join(directory, TEXTFILE_NAME)
         self.schema = schema
         """The families the file owns: how its bytes are parsed."""
 

@@ -25,9 +25,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 from fraisier_textfile.errors import TextfileError, TextfileWriteError, UnexpectedFileError, write_error
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+PathName = Union[str, "os.PathLike[str]"]
+"""A path as the store takes it: it works with strings (a record run has no use for pathlib: see errors.py), and
+takes a Path too."""
 
 DIRECTORY_MODE = 0o755
 """The textfile directory, when the store creates it: node_exporter's user must enter it and read the file."""
@@ -47,10 +54,14 @@ class Directory:
 
     __slots__ = ("descriptor", "path")
 
-    def __init__(self, descriptor: int, path: Path) -> None:
+    def __init__(self, descriptor: int, path: str) -> None:
         self.descriptor = descriptor
         self.path = path
         """What the directory was called when opened: for messages only, never opened again."""
+
+    def path_of(self, name: str) -> str:
+        """What the entry ``name`` is called, for messages."""
+        return os.path.join(self.path, name)
 
     def __enter__(self) -> Directory:
         return self
@@ -170,7 +181,7 @@ class Directory:
         ``mode`` (fchmod on its descriptor, never a chmod of the name, which a writer may have swapped for a
         symlink since the mkdir). Raises UnexpectedFileError for anything else there, TextfileWriteError for
         an OSError."""
-        path = self.path / name
+        path = self.path_of(name)
         made = False
         for _ in range(5):  # made and removed again by someone else between the mkdir and the open: retried
             try:
@@ -214,7 +225,7 @@ class Directory:
             parent.st_mode & stat.S_IWGRP and status.st_gid == parent.st_gid
         )
         if not trusted or status.st_mode & stat.S_IWOTH:
-            path = self.path / name
+            path = self.path_of(name)
             raise UnexpectedFileError(
                 path,
                 f"{path} belongs to {_owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, "
@@ -224,7 +235,7 @@ class Directory:
 
     def unexpected(self, name: str, wanted: str = "a regular file") -> UnexpectedFileError:
         """The error for an entry that is not what the store creates there."""
-        path = self.path / name
+        path = self.path_of(name)
         status = self.lstat(name)
         if status is None:
             kind = "gone"
@@ -243,7 +254,7 @@ class Directory:
 
 
 def open_directory(
-    path: Path, *, create: bool = False, mode: int = DIRECTORY_MODE, wanted: Path | None = None
+    path: PathName, *, create: bool = False, mode: int = DIRECTORY_MODE, wanted: str | None = None
 ) -> Directory | None:
     """The textfile directory at ``path`` (links on the way are followed: the path is the operator's), None if
     it does not exist and ``create`` is false. Made with its parents when ``create``: each directory made here
@@ -252,6 +263,7 @@ def open_directory(
     TextfileWriteError for an OSError. ``wanted``: what the caller means to make in it, named in the error when
     something in the way is not a directory."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    path = os.fspath(path)
     if os.geteuid() == 0:
         check_path_for_root(path)
     for _ in range(5):
@@ -268,7 +280,7 @@ def open_directory(
     raise write_error(path, "create the directory", OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
 
 
-def check_path_for_root(path: Path) -> None:
+def check_path_for_root(path: str) -> None:
     """Refuse a textfile directory whose own writers could point its path elsewhere: one in (or reached through)
     a directory that a writer of it may write, or through a symlink or a directory to be made where anyone but
     root may write. Its path is resolved by name at every merge, and root would follow a symlink such a writer
@@ -277,10 +289,10 @@ def check_path_for_root(path: Path) -> None:
     sshd's StrictModes does (whatever the moment shows, real directory, symlink or nothing, is refused). Other
     accounts owning a parent are the system's (Debian's /var/lib/prometheus belongs to prometheus). Raises
     TextfileWriteError."""
-    absolute = Path(os.path.abspath(path))
+    absolute = os.path.abspath(path)
     walks = [_walk(absolute)]
     try:
-        walks.append(_walk(Path(os.path.realpath(absolute))))
+        walks.append(_walk(os.path.realpath(absolute)))
     except OSError:
         pass  # changing under us (a symlink on the way removed): the path as given is walked all the same
     # The writers of what each walk found at the end, together: one walk may have met a symlink swapped in (to a
@@ -302,18 +314,18 @@ def check_path_for_root(path: Path) -> None:
                 )
 
 
-_Step = tuple[Path, os.stat_result, str, "os.stat_result | None"]
+_Step = tuple[str, os.stat_result, str, "os.stat_result | None"]
 
 
-def _walk(chain: Path) -> list[_Step]:
+def _walk(chain: str) -> list[_Step]:
     """Each component of ``chain``: its parent, the parent's status, its name, its own status (not following a
     symlink). The walk ends at the first that is missing or cannot be looked at (None: swapped meanwhile, say),
     which is then judged as a directory root would make there: a failure must never let a path through."""
     steps: list[_Step] = []
-    parent = Path("/")
+    parent = "/"
     parent_status = os.stat(parent)
-    for name in chain.parts[1:]:
-        entry = parent / name
+    for name in [part for part in chain.split("/") if part]:  # an absolute path: its components after /
+        entry = os.path.join(parent, name)
         try:
             status: os.stat_result | None = os.lstat(entry)
             next_status = os.stat(entry)
@@ -412,12 +424,13 @@ def _group_name(gid: int) -> str:
         return f"gid {gid}"
 
 
-def _make_with_parents(path: Path, mode: int, wanted: Path | None) -> None:
+def _make_with_parents(path: str, mode: int, wanted: str | None) -> None:
     missing = []
-    for candidate in (path, *path.parents):
-        if os.path.lexists(candidate):
-            break
+    candidate = path.rstrip("/") or "/"
+    while candidate and not os.path.lexists(candidate):
         missing.append(candidate)
+        parent = os.path.dirname(candidate)
+        candidate = "" if parent == candidate else parent
     for directory in reversed(missing):
         try:
             os.mkdir(directory, 0o700)
@@ -442,7 +455,7 @@ def _make_with_parents(path: Path, mode: int, wanted: Path | None) -> None:
             os.close(descriptor)
 
 
-def _in_the_way(path: Path, wanted: Path | None) -> TextfileError:
+def _in_the_way(path: str | Path, wanted: str | None) -> TextfileError:
     """The error for a file where the directory ``path``, or one of its parents, should be. For the textfile
     directory itself (``wanted`` None), a TextfileWriteError with the errno mkdir would give (EEXIST for the
     directory's own place, ENOTDIR for a parent's); for something to be made in it, the one line naming it."""
@@ -452,7 +465,10 @@ def _in_the_way(path: Path, wanted: Path | None) -> TextfileError:
     return write_error(path, "create the directory", OSError(code, os.strerror(code)))
 
 
-def _not_a_directory(path: Path, wanted: Path) -> UnexpectedFileError:
+def _not_a_directory(name: str | Path, wanted: str) -> UnexpectedFileError:
+    from pathlib import Path  # only for the error: the store works with strings
+
+    path = Path(name)
     for candidate in (path, *path.parents):
         try:
             status = os.stat(candidate)

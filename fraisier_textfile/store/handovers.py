@@ -130,7 +130,7 @@ def write(directory: fs.Directory, changes: Changes, schema: Schema, durable: bo
             os.close(descriptor)
     except OSError as error:
         _unlink_quietly(directory, temporary)
-        raise write_error(directory.path / temporary, "write the hand-over file", error) from None
+        raise write_error(directory.path_of(temporary), "write the hand-over file", error) from None
     return temporary, f"{handover_id}{SUFFIX}"
 
 
@@ -140,7 +140,7 @@ def publish(directory: fs.Directory, temporary: str, final: str, durable: bool =
         directory.rename(temporary, final)
     except OSError as error:
         _unlink_quietly(directory, temporary)
-        raise write_error(directory.path / final, "publish the hand-over file", error) from None
+        raise write_error(directory.path_of(final), "publish the hand-over file", error) from None
     if durable:
         directory.fsync()
 
@@ -157,8 +157,8 @@ def pending(directory: fs.Directory) -> tuple[list[str], int]:
     for entry in entries:
         if not entry.is_file(follow_symlinks=False):
             raise UnexpectedFileError(
-                directory.path / entry.name,
-                f"{directory.path / entry.name} is not a regular file (a symlink, FIFO, device or directory): "
+                directory.path_of(entry.name),
+                f"{directory.path_of(entry.name)} is not a regular file (a symlink, FIFO, device or directory): "
                 "fraisier writes only regular files there; remove it",
             )
         if entry.name.startswith(TEMPORARY_PREFIX) or not entry.name.endswith(SUFFIX):
@@ -205,7 +205,7 @@ def read(directory: fs.Directory, handover_id: str, schema: Schema) -> Changes:
     try:
         data = directory.read_regular(name)
     except OSError as error:
-        raise write_error(directory.path / name, "read the hand-over file", error) from None
+        raise write_error(directory.path_of(name), "read the hand-over file", error) from None
     from fraisier_textfile.store import handover_codec
 
     return handover_codec.decode(data, schema)
@@ -225,16 +225,16 @@ def set_aside(directory: fs.Directory, handover_id: str, problem: str) -> bool:
         if kept >= SET_ASIDE_LIMIT:
             log.error(
                 "the hand-over %s cannot be applied (%s): deleted, its events are not counted (%d are kept "
-                "already; inspect and remove them)", directory.path / name, problem, kept,
+                "already; inspect and remove them)", directory.path_of(name), problem, kept,
             )
             directory.unlink(name)
             return False
         log.error("the hand-over %s cannot be applied (%s): kept as %s, its events are not counted",
-                  directory.path / name, problem, directory.path / aside)
+                  directory.path_of(name), problem, directory.path_of(aside))
         directory.rename(name, aside)
         return True
     except OSError as error:
-        log.error("cannot move %s aside: %s", directory.path / name, error.strerror)
+        log.error("cannot move %s aside: %s", directory.path_of(name), error.strerror)
         return False
 
 
@@ -255,7 +255,7 @@ def remove(directory: fs.Directory, handover_ids: list[str]) -> None:
         try:
             directory.unlink(name)
         except OSError as error:
-            log.warning("cannot remove the applied hand-over %s: %s", directory.path / name, error.strerror)
+            log.warning("cannot remove the applied hand-over %s: %s", directory.path_of(name), error.strerror)
 
 
 INLINE_REMOVALS = 4
@@ -380,13 +380,13 @@ class Handovers(Participant):
                 newer += 1
                 if process.first_time("hand-over left for another merger", handover_id):
                     log.info("the hand-over %s was %s: left for a merger of that schema",
-                             directory.path / f"{handover_id}{SUFFIX}", error)
+                             directory.path_of(f"{handover_id}{SUFFIX}"), error)
             except NewerHandover as error:
                 newer += 1
                 if process.first_time("hand-over left for another merger", handover_id):
                     log.warning(
                         "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
-                        "merger of that version; upgrade this one", directory.path / f"{handover_id}{SUFFIX}", error,
+                        "merger of that version; upgrade this one", directory.path_of(f"{handover_id}{SUFFIX}"), error,
                     )
             except UnreadableHandover as error:
                 kept_aside += set_aside(directory, handover_id, str(error))

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fraisier_textfile.errors import CorruptTextfileError
@@ -59,6 +58,7 @@ from fraisier_textfile.store.series_times import label_text_of_key, labels_of, t
 from fraisier_textfile.store.transaction import Merge, Participant
 
 if TYPE_CHECKING:
+    from fraisier_textfile.store import fs
     from fraisier_textfile.store.selection import Selection as Selection
     from fraisier_textfile.store.selection import SupportsLifecycle as SupportsLifecycle
     from fraisier_textfile.store.selection import forget as forget
@@ -108,7 +108,7 @@ class SeriesLifecycle:
 
     def __init__(
         self,
-        path: Path,
+        path: fs.PathName,
         *,
         expire_after: float | None = None,
         max_series: int = DEFAULT_MAX_SERIES,
@@ -128,7 +128,7 @@ class SeriesLifecycle:
         self._refused: dict[str, int] = {}
 
     @classmethod
-    def from_environment(cls, path: Path, strict: bool = False) -> SeriesLifecycle:
+    def from_environment(cls, path: fs.PathName, strict: bool = False) -> SeriesLifecycle:
         """``$FRAISIER_EXPIRE_AFTER`` (a duration) and ``$FRAISIER_MAX_SERIES_PER_FAMILY`` (0: no bound). A typo
         in either is logged once and its default used (``strict``: raised): it must not stop a deployment."""
         from fraisier_textfile.settings import from_environment, whole_number_text

@@ -14,8 +14,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # The C functions under the signal module, used without it: its Python wrappers convert every number and handler
 # to an enum at each call, and importing it builds those enums in every process that records.
@@ -27,6 +26,9 @@ except ImportError:  # an interpreter without the C module
 from fraisier_textfile import validate
 from fraisier_textfile.errors import LockTimeoutError, TextfileWriteError, write_error
 from fraisier_textfile.store.files import lstat_or_none, unexpected
+
+if TYPE_CHECKING:
+    from fraisier_textfile.store import fs
 
 LOCK_SUFFIX = ".lock"
 
@@ -61,8 +63,8 @@ class Lock:
     is unlocked and the file now at the path is locked instead. Threads of one process take turns first
     (flock locks belong to a descriptor, not a thread)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: fs.PathName) -> None:
+        self.path = os.fspath(path)
         self._descriptor = -1
         # Reentrant: a signal handler run while this thread waits for the lock may itself merge.
         self._threads = threading.RLock()
@@ -174,7 +176,7 @@ class Lock:
         return (at_path.st_dev, at_path.st_ino) == (locked.st_dev, locked.st_ino)
 
 
-def try_lock(descriptor: int, path: Path) -> bool:
+def try_lock(descriptor: int, path: fs.PathName) -> bool:
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from pathlib import Path
 
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, UnexpectedFileError, write_error
 from fraisier_textfile.logger import get_logger
@@ -66,7 +65,7 @@ class Marker:
         boot: str = "",
         pid_namespace: str = "",
         *,
-        path: Path | None = None,
+        path: str | None = None,
         locked: bool = False,
         directory: fs.Directory | None = None,
     ) -> None:
@@ -130,18 +129,18 @@ class Marker:
                 pass
 
 
-def marker_directory(textfile_directory: Path) -> Path:
-    return textfile_directory / MARKER_DIRECTORY
+def marker_directory(textfile_directory: fs.PathName) -> str:
+    return os.path.join(textfile_directory, MARKER_DIRECTORY)
 
 
-def create_marker(textfile_directory: Path, provider: str, fraise_type: str) -> Marker:
+def create_marker(textfile_directory: fs.PathName, provider: str, fraise_type: str) -> Marker:
     """Write the marker of a deployment that starts now in this process, and hold its lock until
     :meth:`Marker.release` (or ``remove_marker``) or the end of the process."""
     pid, start = own_identity()
     boot, namespace = own_context()
     directory = marker_directory(textfile_directory)
     marker = Marker(f"{pid}-{start}-{os.urandom(4).hex()}", provider, fraise_type, boot, namespace, locked=True)
-    marker.path = directory / marker.id
+    marker.path = os.path.join(directory, marker.id)
     import json  # here, not at the top: `fraisier record` never needs it
 
     content = {
@@ -180,7 +179,7 @@ def open_directory(textfile: fs.Directory, create: bool = False) -> fs.Directory
     return textfile.subdirectory(MARKER_DIRECTORY, create=create)
 
 
-def _open_marker_directory(textfile_directory: Path) -> fs.Directory:
+def _open_marker_directory(textfile_directory: fs.PathName) -> fs.Directory:
     """The marker directory, created if missing (and the textfile directory with it, with their documented
     modes whatever the umask: a deployment may be the first to use the directory). Everything in it is made
     relative to its descriptor: a symlink put in the directory's place is never followed, and a directory
@@ -224,7 +223,7 @@ def _open_marker(directory: fs.Directory, name: str) -> int:
     try:
         return directory.open_regular(name)
     except UnexpectedFileError:
-        raise OSError(errno.EINVAL, "not a regular file", str(directory.path / name)) from None
+        raise OSError(errno.EINVAL, "not a regular file", directory.path_of(name)) from None
 
 
 def _string(value: object) -> str:
@@ -244,7 +243,7 @@ def read_markers_in(directory: fs.Directory) -> list[Marker]:
 
     held = directory.copy()
     for entry in entries:
-        path = directory.path / entry.name
+        path = directory.path_of(entry.name)
         if not entry.name.isprintable() or " " in entry.name:
             # Not a name create_marker makes (a copy, a hand-made file): the file lists retired markers by id,
             # space-separated on one line, so a newline would fail every merge and a blank would read back as two
@@ -340,7 +339,7 @@ def is_alive(marker: Marker) -> bool:
     return True
 
 
-def _marker_directory_of(where: Path | fs.Directory) -> fs.Directory | None:
+def _marker_directory_of(where: fs.PathName | fs.Directory) -> fs.Directory | None:
     """The marker directory held open: ``where`` itself (a merge's, held since it listed the markers), or that
     of the textfile directory at the path ``where`` (None if there is none)."""
     if isinstance(where, fs.Directory):
@@ -352,7 +351,7 @@ def _marker_directory_of(where: Path | fs.Directory) -> fs.Directory | None:
         return open_directory(textfile)
 
 
-def remove_marker(where: Path | fs.Directory, marker_id: str) -> None:
+def remove_marker(where: fs.PathName | fs.Directory, marker_id: str) -> None:
     """Remove a marker the textfile already accounts for, releasing it if this process holds it. ``where``: the
     marker directory held open (by the merge that listed the marker: it is never resolved by name again), or
     the textfile directory's path. A failure is only logged: the marker stays listed as retired in the file, so
@@ -367,14 +366,14 @@ def remove_marker(where: Path | fs.Directory, marker_id: str) -> None:
             try:
                 directory.unlink(marker_id)
             except (OSError, ValueError) as error:
-                log.warning("cannot remove the finished deployment's marker %s: %s", directory.path / marker_id,
+                log.warning("cannot remove the finished deployment's marker %s: %s", directory.path_of(marker_id),
                             getattr(error, "strerror", error))
     own = process.held_markers.get(marker_id)
     if own is not None:
         own.release()
 
 
-def remove_stale_temporaries(where: Path | fs.Directory) -> None:
+def remove_stale_temporaries(where: fs.PathName | fs.Directory) -> None:
     """Dot files in the marker directory are half-written markers; those of dead processes are litter.
     A free lock does not prove a temporary dead (its writer takes the lock just after creating it): only
     /proc's word that the writer's PID is gone or reused does. ``where``: as for :func:`remove_marker`."""

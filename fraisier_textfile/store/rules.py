@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fraisier_textfile.errors import CorruptTextfileError, InvalidValueError
 from fraisier_textfile.format.model import Block, Document
@@ -18,6 +18,9 @@ from fraisier_textfile.format.syntax import label_text, series_key
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import process
 from fraisier_textfile.store.changes import Changes, HistogramDelta, Labels
+
+if TYPE_CHECKING:
+    from fraisier_textfile.store import fs
 
 log = get_logger(__name__)
 
@@ -32,7 +35,9 @@ def series_key_of(family: Family, labels: Labels, suffix: str = "") -> str:
     return series_key(family.name + suffix, family.labels, labels)
 
 
-def apply_changes(document: Document, changes: Changes, path: Path, now: float, clock_is_behind: bool = False) -> None:
+def apply_changes(
+    document: Document, changes: Changes, path: fs.PathName, now: float, clock_is_behind: bool = False
+) -> None:
     """Apply ``changes`` to the document: counters and histograms summed, gauges replaced or maximised.
     ``clock_is_behind``: ``now`` is known to be behind, so stored times ahead of it are kept as the maximum.
     Raises before the file is written when a sum cannot be honest (see :func:`_summed`)."""
@@ -70,7 +75,7 @@ def apply_changes(document: Document, changes: Changes, path: Path, now: float, 
             block.set(key, value)
 
 
-def check_summable(document: Document, changes: Changes, path: Path) -> None:
+def check_summable(document: Document, changes: Changes, path: fs.PathName) -> None:
     """Raise InvalidValueError if a sum of ``changes`` into the document would overflow to +Inf (what
     :func:`apply_changes` would raise; a value already in the file that cannot be summed is the file's problem, left
     to the merge)."""
@@ -83,14 +88,14 @@ def check_summable(document: Document, changes: Changes, path: Path) -> None:
         _check_sum(block, series_key_of(family, labels, "_sum"), delta.sum, path)
 
 
-def _check_sum(block: Block, key: str, amount: float, path: Path) -> None:
+def _check_sum(block: Block, key: str, amount: float, path: fs.PathName) -> None:
     try:
         _summed(block, key, amount, path)
     except CorruptTextfileError:
         pass
 
 
-def _summed(block: Block, key: str, amount: float, path: Path) -> float:
+def _summed(block: Block, key: str, amount: float, path: fs.PathName) -> float:
     """The file's value of a counter or histogram sample plus ``amount``. A value already in the file that is
     not a finite, non-negative number, or a sum that would overflow to +Inf, would poison the total for ever:
     refused, before anything is written."""
@@ -146,7 +151,7 @@ def combine(parts: list[Changes]) -> Changes:
     return combined
 
 
-def clock_is_behind(path: Path) -> bool:
+def clock_is_behind(path: fs.PathName) -> bool:
     """Whether the textfile was last written in this process's future (its mtime, which the kernel set
     then, is ahead of our clock by more than CLOCK_TOLERANCE): then this clock is behind (a host before its
     NTP sync, a clock stepped back, faketime), and a stored time ahead of it is right, not to be replaced."""
@@ -164,7 +169,7 @@ def clock_is_behind(path: Path) -> bool:
     return True
 
 
-def _lstat(path: Path) -> os.stat_result | None:
+def _lstat(path: fs.PathName) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except OSError:

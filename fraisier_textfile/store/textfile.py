@@ -23,9 +23,10 @@ followed and never opened in a way that could block.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Collection, Iterable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fraisier_textfile import logger, validate
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
@@ -39,13 +40,16 @@ from fraisier_textfile.store.lifecycle import LifecycleParticipant, SeriesLifecy
 from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_SUFFIX, DeferredSignals, Lock
 from fraisier_textfile.store.transaction import Participant, Transaction, count_running
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 log = logger.get_logger(__name__)
 
 
 class TextfileStore:
     """One textfile directory: merges changes into ``fraisier.prom`` and reads it back."""
 
-    def __init__(self, directory: Path | str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *, schema: Schema,
+    def __init__(self, directory: fs.PathName, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *, schema: Schema,
                  markers: inflight.MarkerRules | None = None, lifecycle: SeriesLifecycle | None = None,
                  participants: Iterable[Participant] = ()) -> None:
         """``schema``: the families this store's file owns and rewrites, with their merge rules (format/schema.py);
@@ -56,16 +60,17 @@ class TextfileStore:
         (``SeriesLifecycle.from_environment``, which raises InvalidValueError for a bad value).
         ``participants``: sources that take part in every merge (see store/transaction.py), after the markers
         and the hand-overs and before the lifecycle."""
-        self.directory = Path(directory)
+        # The store works with strings: pathlib is loaded only by those who ask for the Path attributes below.
+        self._directory = os.fspath(directory)
         self.schema = schema
         self.marker_rules = markers
-        self.path = self.directory / TEXTFILE_NAME
-        self.lock_path = self.directory / (TEXTFILE_NAME + LOCK_SUFFIX)
+        self._path = os.path.join(self._directory, TEXTFILE_NAME)
+        self._lock_path = os.path.join(self._directory, TEXTFILE_NAME + LOCK_SUFFIX)
         self.lock_timeout = validate.check_seconds("lock timeout", lock_timeout)
-        self.file = Textfile(self.directory, self.schema)
+        self.file = Textfile(self._directory, self.schema)
         """The file on disk: reading it, writing its new versions (files.py)."""
         # Expiry, the series bound, bucket migration and forgetting, run inside each merge (lifecycle.py).
-        self.lifecycle = SeriesLifecycle.from_environment(self.path) if lifecycle is None else lifecycle
+        self.lifecycle = SeriesLifecycle.from_environment(self._path) if lifecycle is None else lifecycle
         self.sources: list[Participant] = list(participants)
         """The participants given (sources read under the lock), in their order."""
         self.handovers = handovers.Handovers()
@@ -78,8 +83,29 @@ class TextfileStore:
         ]
         litter = [(marker_files.open_directory, marker_files.remove_stale_temporaries),
                   (handovers.open_directory, handovers.remove_stale_temporaries)]
-        self.transaction = Transaction(self.file, Lock(self.lock_path), order, self.sources, litter)
+        self.transaction = Transaction(self.file, Lock(self._lock_path), order, self.sources, litter)
         """Each merge, from the lock to the clean-up after the rename, over the participants (transaction.py)."""
+
+    @property
+    def directory(self) -> Path:
+        """The textfile directory."""
+        from pathlib import Path
+
+        return Path(self._directory)
+
+    @property
+    def path(self) -> Path:
+        """``fraisier.prom`` in it."""
+        from pathlib import Path
+
+        return Path(self._path)
+
+    @property
+    def lock_path(self) -> Path:
+        """Its lock, ``fraisier.prom.lock``."""
+        from pathlib import Path
+
+        return Path(self._lock_path)
 
     # Reading
 
@@ -103,7 +129,7 @@ class TextfileStore:
         except UnicodeDecodeError as error:
             if version is not None:
                 version.close()
-            raise CorruptTextfileError(self.path, f"not UTF-8 text (byte {error.start})") from None
+            raise CorruptTextfileError(self._path, f"not UTF-8 text (byte {error.start})") from None
 
     def read_data(self) -> tuple[FileVersion | None, bytes]:
         """The file's bytes (empty if there is none) and its version, unparsed. Anything but a regular file at
@@ -119,7 +145,7 @@ class TextfileStore:
         """Deployments running now in live processes, by provider (for a reader serving the file live).
         ``retired_markers`` are those the file already accounts for (``inflight.RETIRED_MARKERS``)."""
         counts: dict[str, int] = {}
-        textfile = fs.open_directory(self.directory)
+        textfile = fs.open_directory(self._directory)
         if textfile is not None and self.markers is not None:
             with textfile:
                 counts = self.markers.active_deployments(textfile, retired_markers)
@@ -147,7 +173,7 @@ class TextfileStore:
         crashed. Its end goes into the changes that record it (``changes.end_deployment(deployment)``); the marker
         is released once this store merged or handed them over (store/deployments.py). Never raises: a marker that
         cannot be written is told to ``problem`` and the deployment goes on without it."""
-        return deployments.start(self.directory, provider, fraise_type, problem)
+        return deployments.start(self._directory, provider, fraise_type, problem)
 
     # Merging
 
@@ -250,14 +276,14 @@ class TextfileStore:
                 # After a failed merge this is most likely the same problem, which its caller reports: a
                 # recorder hit by a corrupt file would otherwise log it again with every event.
                 log.log(logger.DEBUG if failed else logger.WARNING,
-                        "hand-overs waiting in %s were not merged: %s", self.directory, error)
+                        "hand-overs waiting in %s were not merged: %s", self._directory, error)
                 return
             last = time.monotonic() - begun
 
     def handovers_waiting(self) -> bool:
         """Whether hand-overs wait in the directory that no merge by this store has seen yet."""
         try:
-            textfile = fs.open_directory(self.directory)
+            textfile = fs.open_directory(self._directory)
         except (OSError, FraisierTextfileError):
             return False
         if textfile is None:

@@ -33,7 +33,6 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fraisier_textfile import logger
@@ -55,7 +54,7 @@ class Merge:
     __slots__ = ("changes", "directory", "document", "own", "path", "read_from_disk", "running", "textfile")
 
     def __init__(
-        self, directory: Path, path: Path, textfile: fs.Directory, document: Document, own: Changes,
+        self, directory: fs.PathName, path: fs.PathName, textfile: fs.Directory, document: Document, own: Changes,
         read_from_disk: bool,
     ) -> None:
         self.directory = directory
