@@ -214,17 +214,22 @@ def race(directory: str, events: str, mode: str, wait: str) -> None:
     print("ready", flush=True)
     sys.stdin.readline()
     latencies: list[float] = []
+    cpu: list[float] = []
+    queued: list[float | None] = []
     errors: dict[str, int] = {}
     timeouts = 0
     started = time.time()  # wall clock: comparable across processes
     for _ in range(int(events)):
-        call = time.perf_counter()
+        call, call_cpu, call_queued = time.perf_counter(), time.process_time(), run_queue_wait()
         try:
             record()
         except Exception as error:  # counted: the point is what a caller would see
             errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
             timeouts += isinstance(error, TimeoutError) or type(error).__name__ == "LockTimeoutError"
         latencies.append(time.perf_counter() - call)
+        cpu.append(time.process_time() - call_cpu)
+        now_queued = run_queue_wait()
+        queued.append(None if now_queued is None or call_queued is None else now_queued - call_queued)
     finished = time.time()
     summary = recorder.get_metrics_summary() if mode == "recorder" and hasattr(recorder, "get_metrics_summary") else {}
     report(
@@ -232,12 +237,24 @@ def race(directory: str, events: str, mode: str, wait: str) -> None:
             "started": started,
             "finished": finished,
             "latencies": latencies,
+            "cpu_seconds": cpu,
+            "run_queue_seconds": queued,
             "errors": errors,
             "lock_timeouts": timeouts,
             "handed_over": handed_over,
             "summary": {key: str(value) for key, value in summary.items()},
         }
     )
+
+
+def run_queue_wait() -> float | None:
+    """Seconds this thread has spent runnable but not running, waiting for a CPU (Linux's schedstat; None where
+    there is none)."""
+    try:
+        with open("/proc/thread-self/schedstat") as file:
+            return int(file.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def held(directory: str, calls: str) -> None:

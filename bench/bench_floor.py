@@ -296,6 +296,12 @@ def race(
     expected = processes * events
     counted = counter_value(path) - initial
     latencies = sorted(latency for report in reports for latency in report["latencies"])
+    calls = [
+        (latency, cpu, queued)
+        for report in reports
+        for latency, cpu, queued in zip(report["latencies"], report.get("cpu_seconds", []),
+                                        report.get("run_queue_seconds", []))
+    ]
     wall = max(r["finished"] for r in reports) - min(r["started"] for r in reports)
     errors: dict[str, int] = {}
     for report in reports:
@@ -312,9 +318,24 @@ def race(
         "p50_seconds": percentile(latencies, 0.50),
         "p99_seconds": percentile(latencies, 0.99),
         "max_seconds": latencies[-1],
+        "where_the_time_went": {"all": time_spent(calls), "slowest_1_percent": time_spent(calls, 0.99)},
         "wall_seconds": wall,
         "events_per_second": expected / wall,
     }
+
+
+def time_spent(calls: list[tuple[float, float, float | None]], above: float = 0.0) -> dict[str, float] | None:
+    """Where the calls slower than the ``above`` fraction of them spent their time, on average: their own CPU time,
+    waiting for a CPU (runnable, the run queue), and the rest, blocked (the lock, fsyncs, the disk)."""
+    timed = sorted(call for call in calls if call[2] is not None)
+    if not timed:
+        return None
+    chosen = timed[int(above * len(timed)):] or timed[-1:]
+    wall = statistics.mean(call[0] for call in chosen)
+    cpu = statistics.mean(call[1] for call in chosen)
+    queued = statistics.mean(call[2] or 0.0 for call in chosen)
+    return {"wall_seconds": wall, "cpu_seconds": cpu, "run_queue_seconds": queued,
+            "blocked_seconds": wall - cpu - queued}
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
@@ -611,13 +632,26 @@ def render_race(result: dict[str, Any]) -> None:
         if outcome["throughput_ratio"] is not None:
             verdicts.append(throughput_verdict(outcome["throughput_ratio"]))
         notes.append(f"{outcome['case']}: " + ", ".join(verdicts))
+    for outcome in race["results"]:
+        spent = outcome.get("where_the_time_went") or {}
+        parts = [
+            f"{name} {format_seconds(times['wall_seconds'])} = own CPU {format_seconds(times['cpu_seconds'])} + "
+            f"waiting for a CPU {format_seconds(times['run_queue_seconds'])} + blocked "
+            f"{format_seconds(times['blocked_seconds'])}"
+            for name, times in (("all calls", spent.get("all")), ("the slowest 1%", spent.get("slowest_1_percent")))
+            if times
+        ]
+        if parts:
+            notes.append(f"{outcome['case']}, mean per call: " + "; ".join(parts))
     print_table(
         f"{race['processes']} processes × {race['events_per_process']} events on a {race['series']:,}-series file, "
         "each event written out before the next",
         ["writer", "lost", "timeouts", "errors", "handed over", "p50", "p99", "events/s", "× baseline"],
         rows,
         align="lrrlrrrrr",
-        notes=notes + ["lost = expected − (counter after the race and one more merge − counter before)"],
+        notes=notes + ["lost = expected − (counter after the race and one more merge − counter before)",
+                       "waiting for a CPU: runnable but not running (/proc/thread-self/schedstat); blocked: the rest "
+                       "(the lock, fsyncs, the disk)"],
     )
 
 
