@@ -1,7 +1,8 @@
 """The command line: the ``fraisier-textfile`` group and its settings (``group``), its commands (``record``,
 ``textfile``, ``serve``, ``install``; each loaded when it runs), ``fraisier exec``'s run of a deployment
 (``execution``), the units and the script ``install`` writes (``systemd``, ``scripts``), the ``fraisier``
-dispatcher beside Fraisier's own commands (``dispatch``), and the log lines (``logs``, ``log_lines``)."""
+dispatcher beside Fraisier's own commands (``dispatch``) and our group among Fraisier's (``combined``), and the log
+lines (``logs``, ``log_lines``). Here: :class:`LastingImports`, how the CLI imports what it keeps."""
 
 from __future__ import annotations
 
