@@ -211,6 +211,14 @@ def race(directory: str, events: str, mode: str, wait: str) -> None:
             elif not store.merge_or_hand_over(pending, float(wait)):
                 handed_over += 1
 
+    summary_of = getattr(recorder, "get_metrics_summary", None) if mode == "recorder" else None
+    report_race(record, int(events), {"handed_over": lambda: handed_over}, summary_of)
+
+
+def report_race(
+    record: Any, events: int, counts: dict[str, Any], summary_of: Any = None) -> None:
+    """Say ready, wait for go, then call ``record`` ``events`` times, each call timed (wall, own CPU, waiting
+    for a CPU), and report: the same loop for our writers and the floors, so that their figures compare."""
     print("ready", flush=True)
     sys.stdin.readline()
     latencies: list[float] = []
@@ -219,7 +227,7 @@ def race(directory: str, events: str, mode: str, wait: str) -> None:
     errors: dict[str, int] = {}
     timeouts = 0
     started = time.time()  # wall clock: comparable across processes
-    for _ in range(int(events)):
+    for _ in range(events):
         call, call_cpu, call_queued = time.perf_counter(), time.process_time(), run_queue_wait()
         try:
             record()
@@ -231,7 +239,7 @@ def race(directory: str, events: str, mode: str, wait: str) -> None:
         now_queued = run_queue_wait()
         queued.append(None if now_queued is None or call_queued is None else now_queued - call_queued)
     finished = time.time()
-    summary = recorder.get_metrics_summary() if mode == "recorder" and hasattr(recorder, "get_metrics_summary") else {}
+    summary = summary_of() if summary_of is not None else {}
     report(
         {
             "started": started,
@@ -241,10 +249,93 @@ def race(directory: str, events: str, mode: str, wait: str) -> None:
             "run_queue_seconds": queued,
             "errors": errors,
             "lock_timeouts": timeouts,
-            "handed_over": handed_over,
+            **{name: count() for name, count in counts.items()},
             "summary": {key: str(value) for key, value in summary.items()},
         }
     )
+
+
+def race_floor(path: str, events: str, series: str) -> None:
+    """The physical floor of one racing event, in plain Python (no package imported): what a store must at
+    least do to count one event durably in the shared file. Under an exclusive flock of the lock file: one open
+    and one read of the whole file, the one number found and raised by one, the file written as a temporary
+    beside it in one write (the unchanged parts are not copied: writev of views), fsync, renamed over the
+    file, the directory fsynced (so that the rename survives a power loss), the lock released. The lock file
+    and the directory are opened once per process, as a long-lived store keeps them."""
+    import fcntl
+
+    key = series.encode() + b" "
+    temporary = path + ".floor.tmp"
+    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+
+    def record() -> None:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                data = os.read(descriptor, os.fstat(descriptor).st_size)
+            finally:
+                os.close(descriptor)
+            start = data.index(key) + len(key)
+            end = data.index(b"\n", start)
+            value = float(data[start:end]) + 1
+            number = b"%d" % value if value.is_integer() else repr(value).encode()
+            view = memoryview(data)
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                parts: list[bytes | memoryview] = [view[:start], number, view[end:]]
+                left = len(data) - (end - start) + len(number)
+                while left:  # one writev but for a short write
+                    written = os.writev(descriptor, parts)
+                    left -= written
+                    parts = drop(parts, written)
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            os.rename(temporary, path)
+            os.fsync(directory)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    report_race(record, int(events), {"handed_over": lambda: 0})
+
+
+def drop(parts: list[bytes | memoryview], count: int) -> list[bytes | memoryview]:
+    """The buffers left of ``parts`` once its first ``count`` bytes were written."""
+    while count and parts:
+        if count >= len(parts[0]):
+            count -= len(parts[0])
+            parts = parts[1:]
+        else:
+            parts = [memoryview(parts[0])[count:], *parts[1:]]
+            count = 0
+    return parts
+
+
+def race_handover_floor(directory: str, events: str) -> None:
+    """The floor of a hand-over, in plain Python: each event a small file of this writer's own in a shared
+    directory, with no lock and no read: written as a temporary, fsynced, renamed to its name, the directory
+    fsynced. What a writer that hands its event over instead of merging pays at least."""
+    prefix = os.path.join(directory, f"{os.getpid()}-")
+    payload = b'{"deployments": [["bare_metal", "api", "success", 42.0]]}\n'
+    handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    sequence = 0
+
+    def record() -> None:
+        nonlocal sequence
+        sequence += 1
+        temporary = f"{prefix}{sequence}.tmp"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(descriptor, payload)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.rename(temporary, f"{prefix}{sequence}.json")
+        os.fsync(handle)
+
+    report_race(record, int(events), {"handed_over": lambda: sequence})
 
 
 def run_queue_wait() -> float | None:

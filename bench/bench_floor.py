@@ -74,6 +74,7 @@ GOALS = {
     "held_seconds": 1.5,
 }
 RACE_SERIES = 10_000
+PARTS = ("sizes", "race", "held")
 BASELINE = "bbc41a8"
 """The commit every branch of this round started from: "today's" code, whose figures the goals compare to."""
 SERIES_BOUND = "1000000"
@@ -267,7 +268,14 @@ def race(
 ) -> dict[str, Any]:
     path = copy_of(master, root / f"race-{case}")
     initial = counter_value(path)
-    workers = [start_worker(package, "race", path.parent, events, mode, wait) for _ in range(processes)]
+    arguments: tuple[object, ...]
+    if mode == "floor":
+        name, arguments = "race_floor", (path, events, SERIES)
+    elif mode == "handover_floor":
+        name, arguments = "race_handover_floor", (path.parent, events)
+    else:
+        name, arguments = "race", (path.parent, events, mode, wait)
+    workers = [start_worker(package, name, *arguments) for _ in range(processes)]
     try:
         for worker in workers:
             assert worker.stdout is not None
@@ -292,9 +300,13 @@ def race(
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
-    run_worker(package, "merge", path.parent)  # applies whatever was handed over
     expected = processes * events
-    counted = counter_value(path) - initial
+    if mode == "handover_floor":  # each event is a file of its own
+        counted = float(sum(name.endswith(".json") for name in os.listdir(path.parent)))
+    else:
+        if mode != "floor":  # the floor hands nothing over; the store would also rewrite its bookkeeping
+            run_worker(package, "merge", path.parent)  # applies whatever was handed over
+        counted = counter_value(path) - initial
     latencies = sorted(latency for report in reports for latency in report["latencies"])
     calls = [
         (latency, cpu, queued)
@@ -399,6 +411,14 @@ def main(argv: list[str] | None = None) -> int:
         default=BASELINE,
         help=f"git revision raced as today's code (default {BASELINE}, where this round started; '' to skip)",
     )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="the parts to run (default all): the merges against their floors and memory (sizes), the race, "
+        "the held lock",
+    )
     args = parser.parse_args(argv)
     sizes = args.sizes or ([10_000] if args.quick else [10_000, 100_000])
     processes = args.processes or (4 if args.quick else 16)
@@ -412,12 +432,15 @@ def main(argv: list[str] | None = None) -> int:
         baseline = install_baseline(root / "baseline", args.baseline)
         if isinstance(baseline, InstalledPackage):
             baseline.environment["FRAISIER_MAX_SERIES_PER_FAMILY"] = SERIES_BOUND
-        results = [measure_size(root, series, package, args.quick) for series in sizes]
+        results = [measure_size(root, series, package, args.quick) for series in sizes] if "sizes" in args.parts else []
 
         master = make_file(root / "race-master", RACE_SERIES)
+        # The floors run between our modes, in the same run, on copies of the same file.
         modes: list[tuple[str, InstalledPackage, str]] = [
             ("recorder", package, "recorder"),
+            ("floor", package, "floor"),
             ("merge", package, "merge"),
+            ("handover_floor", package, "handover_floor"),
         ]
         notes = []
         if features["merge_or_hand_over"]:
@@ -429,16 +452,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             notes.append(f"baseline {args.baseline or '-'} not raced: {baseline}")
         races = []
-        for key, installed, mode in modes:
+        for key, installed, mode in modes if "race" in args.parts else []:
             outcome = race(root, master, key, installed, mode, processes, events, args.wait)
             races.append({**outcome, "case": key})
         reference = next((r for r in races if r["case"] == "baseline"), None)
+        floor = next((r for r in races if r["case"] == "floor"), None)
         for outcome in races:
             outcome["throughput_ratio"] = (
                 outcome["events_per_second"] / reference["events_per_second"] if reference else None
             )
+            outcome["floor_ratios"] = None if floor is None else {
+                "p99": outcome["p99_seconds"] / floor["p99_seconds"],
+                "events_per_second": outcome["events_per_second"] / floor["events_per_second"],
+            }
 
-        held = held_lock(root, package, calls=3)
+        held = held_lock(root, package, calls=3) if "held" in args.parts else None
         info = environment(root)
 
     result = {
@@ -474,10 +502,13 @@ def render(result: dict[str, Any]) -> None:
         f"merge(timeout=) {'yes' if features['merge_timeout'] else 'no'}, "
         f"MetricsRecorder({', '.join(features['recorder_parameters'])})"
     )
-    render_sizes(result)
-    render_memory(result)
-    render_race(result)
-    render_held(result)
+    if result["sizes"]:
+        render_sizes(result)
+        render_memory(result)
+    if result["race"]["results"]:
+        render_race(result)
+    if result["held_lock"] is not None:
+        render_held(result)
 
 
 def render_sizes(result: dict[str, Any]) -> None:
@@ -601,10 +632,13 @@ def render_race(result: dict[str, Any]) -> None:
         "merge": "store.merge, waiting for the lock",
         "hand_over": f"store.merge_or_hand_over(wait={race['wait']:g})",
         "baseline": f"baseline {result['baseline']} recorder (today)",
+        "floor": "floor: flock, read, +1, write, fsync, rename, fsync dir",
+        "handover_floor": "floor of a hand-over: own small file, fsync, rename, fsync dir",
     }
     rows = []
     for outcome in race["results"]:
         ratio = outcome["throughput_ratio"]
+        to_floor = outcome.get("floor_ratios")
         errors = ", ".join(f"{name} {count}" for name, count in outcome["errors"].items()) or "0"
         rows.append(
             [
@@ -617,11 +651,13 @@ def render_race(result: dict[str, Any]) -> None:
                 format_seconds(outcome["p99_seconds"]),
                 f"{outcome['events_per_second']:,.0f}",
                 "—" if ratio is None else format_ratio(ratio),
+                "—" if to_floor is None else format_ratio(to_floor["p99"]),
+                "—" if to_floor is None else format_ratio(to_floor["events_per_second"]),
             ]
         )
     notes = list(race["notes"])
     for outcome in race["results"]:
-        if outcome["case"] == "baseline":
+        if outcome["case"] in ("baseline", "handover_floor"):
             continue
         verdicts = [
             "0 lost " + ("met" if outcome["lost"] == 0 else "MISSED"),
@@ -629,7 +665,11 @@ def render_race(result: dict[str, Any]) -> None:
             f"p99 ≤ {GOALS['race_p99_seconds'] * 1e3:g} ms "
             + ("met" if outcome["p99_seconds"] <= GOALS["race_p99_seconds"] else "MISSED"),
         ]
-        if outcome["throughput_ratio"] is not None:
+        to_floor = outcome.get("floor_ratios")
+        if to_floor is not None and outcome["case"] != "floor":
+            verdicts.append(f"p99 {format_ratio(to_floor['p99'])} the floor's, events/s "
+                            f"{format_ratio(to_floor['events_per_second'])} the floor's")
+        if outcome["throughput_ratio"] is not None and outcome["case"] != "floor":
             verdicts.append(throughput_verdict(outcome["throughput_ratio"]))
         notes.append(f"{outcome['case']}: " + ", ".join(verdicts))
     for outcome in race["results"]:
@@ -646,10 +686,16 @@ def render_race(result: dict[str, Any]) -> None:
     print_table(
         f"{race['processes']} processes × {race['events_per_process']} events on a {race['series']:,}-series file, "
         "each event written out before the next",
-        ["writer", "lost", "timeouts", "errors", "handed over", "p50", "p99", "events/s", "× baseline"],
+        ["writer", "lost", "timeouts", "errors", "handed over", "p50", "p99", "events/s", "× baseline",
+         "p99 × floor", "events/s × floor"],
         rows,
-        align="lrrlrrrrr",
+        align="lrrlrrrrrrr",
         notes=notes + ["lost = expected − (counter after the race and one more merge − counter before)",
+                       "floor: plain Python, no package imported, the same processes × events started together "
+                       "on a copy of the same file: under an exclusive flock, one read of the file, the one "
+                       "counter raised by one, one write of a temporary beside it, fsync, rename over the file, "
+                       "fsync of the directory; the least a store must do to count an event durably in the shared "
+                       "file. Its hand-over row: each event a small file of the writer's own (no lock, no read)",
                        "waiting for a CPU: runnable but not running (/proc/thread-self/schedstat); blocked: the rest "
                        "(the lock, fsyncs, the disk)"],
     )
