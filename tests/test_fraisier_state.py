@@ -138,6 +138,12 @@ class Fraisier:
             self.process.wait(timeout=30)
         self.errors.close()
 
+    def __enter__(self) -> Fraisier:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.close()
+
 
 def refresh(textfile_dir: Path, **options: object) -> dict[str, float]:
     """What one ``fraisier textfile refresh`` does: a new process's store, merging nothing but the sources."""
@@ -304,12 +310,9 @@ def test_a_database_restored_from_an_older_backup_is_noticed_and_never_counted_t
         assert refresh(textfile_dir)[API_SUCCESS] == 3
     assert sum("replaced or restored" in record.getMessage() for record in caplog.records) == 1
     # Fraisier goes on from the backup's ids: its new deployments count.
-    again = Fraisier(fraisier.root)
-    try:
+    with Fraisier(fraisier.root) as again:
         again.deploy("api", "success")
         assert refresh(textfile_dir)[API_SUCCESS] == 4
-    finally:
-        again.close()
 
 
 def test_a_database_restored_from_a_backup_then_put_back_counts_nothing_twice(
@@ -340,12 +343,9 @@ def test_a_database_restored_from_a_backup_then_put_back_counts_nothing_twice(
     assert sum("replaced or restored" in record.getMessage() for record in caplog.records) == 2
     assert sum("is again the one read before" in record.getMessage() for record in caplog.records) == 2
     # Fraisier goes on from the current database: its next deployment counts, once.
-    again = Fraisier(fraisier.root)
-    try:
+    with Fraisier(fraisier.root) as again:
         again.deploy("api", "success")
         assert refresh(textfile_dir)[API_SUCCESS] == 3
-    finally:
-        again.close()
 
 
 def test_after_a_restore_the_cursor_stays_a_line_the_released_version_reads(
@@ -398,8 +398,7 @@ def test_a_database_deleted_and_made_anew_by_fraisier_has_its_deployments_counte
     for suffix in ("", "-wal", "-shm"):
         Path(f"{fraisier.database}{suffix}").unlink(missing_ok=True)
     time.sleep(0.01)  # Fraisier's times have microseconds: the new database's first row is later than the last read
-    again = Fraisier(fraisier.root)
-    try:
+    with Fraisier(fraisier.root) as again:
         for _ in range(deployments_after):
             again.deploy("api", "success")
         with caplog.at_level(logging.WARNING):
@@ -407,8 +406,6 @@ def test_a_database_deleted_and_made_anew_by_fraisier_has_its_deployments_counte
         assert sum("replaced or restored" in record.getMessage() for record in caplog.records) == 1
         again.deploy("api", "success")
         assert refresh(textfile_dir)[API_SUCCESS] == 4 + deployments_after
-    finally:
-        again.close()
 
 
 def test_since_skips_the_history_of_a_database_seen_for_the_first_time(
@@ -875,12 +872,9 @@ def test_another_user_who_cannot_write_fraisiers_directory_reads_it_exactly_once
         "fraisier.db"]
     # While Fraisier holds a connection (its -wal and -shm exist), the reader reads or waits for the next
     # occasion; once Fraisier closes it, the total is exact.
-    again = Fraisier(fraisier.root)
-    try:
+    with Fraisier(fraisier.root) as again:
         again.deploy("api", "success")
         read_as_reader()
-    finally:
-        again.close()
     values = read_as_reader()
     assert values[API_SUCCESS] == 2 and values[API_ROLLED_BACK] == 1
 
