@@ -125,8 +125,9 @@ def _format(what: str, text: str) -> str:
     return settings.choice_text(what, text, logs.FORMATS)
 
 
-def _choices(values: tuple[str, ...] | list[str]) -> Callable[..., list[str]]:
-    return lambda context, parameter, incomplete: complete(values, incomplete)
+def choices(values: tuple[str, ...] | list[str]) -> Callable[..., list[str]]:
+    """An option's shell completion: the ``values`` that begin with what was typed."""
+    return lambda context, parameter, incomplete: [value for value in values if value.startswith(incomplete)]
 
 
 def _not_a_command(context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
@@ -142,13 +143,6 @@ def _not_a_command(context: click.Context, parameter: click.Parameter, value: st
 def seconds(name: str, value: str) -> float:
     with library_errors():
         return validate.check_seconds(name, value)
-
-
-
-def complete(values: tuple[str, ...] | list[str], incomplete: str) -> list[str]:
-    """Shell completion of a value among ``values``."""
-    return [value for value in values if value.startswith(incomplete)]
-
 
 
 COMMANDS = {
@@ -235,11 +229,11 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
     f"Env: {LOCK_TIMEOUT_ENVIRONMENT}.",
 )
 @click.option("--log-level", metavar="[" + "|".join(logs.LEVELS) + "]", default=None, callback=_not_a_command,
-              show_default=logs.DEFAULT_LEVEL, shell_complete=_choices(list(logs.LEVELS)),
+              show_default=logs.DEFAULT_LEVEL, shell_complete=choices(list(logs.LEVELS)),
               help=f"Log records at this level and above, to stderr (request logs are debug). "
               f"Env: {logs.LEVEL_ENVIRONMENT}.")
 @click.option("--log-format", metavar="[" + "|".join(logs.FORMATS) + "]", default=None, callback=_not_a_command,
-              show_default=logs.DEFAULT_FORMAT, shell_complete=_choices(logs.FORMATS),
+              show_default=logs.DEFAULT_FORMAT, shell_complete=choices(logs.FORMATS),
               help=f"logfmt (time=... level=... msg=...) or json (one object a line), as node_exporter's. "
               f"Env: {logs.FORMAT_ENVIRONMENT}.")
 # Named for this package whatever script started it: `fraisier, version 0.1.0` read as an old Fraisier.
@@ -297,9 +291,9 @@ def _give_group_options(command: click.Command) -> None:
         _shared_option("textfile-dir", type=click.Path(file_okay=False)),
         _shared_option("lock-timeout", metavar="SECONDS"),
         _shared_option("log-level", metavar="[" + "|".join(logs.LEVELS) + "]",
-                       shell_complete=_choices(list(logs.LEVELS))),
+                       shell_complete=choices(list(logs.LEVELS))),
         _shared_option("log-format", metavar="[" + "|".join(logs.FORMATS) + "]",
-                       shell_complete=_choices(logs.FORMATS)),
+                       shell_complete=choices(logs.FORMATS)),
     ])
     if isinstance(command, click.Group):
         # Each subcommand gets them when first looked up: a run builds the options of the one it runs.

@@ -13,7 +13,7 @@ import click
 
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
-from fraisier_textfile.cli.group import InvalidInput, Settings, complete, library_errors, pass_settings, seconds
+from fraisier_textfile.cli.group import InvalidInput, Settings, choices, library_errors, pass_settings, seconds
 from fraisier_textfile.errors import FraisierTextfileError, UnexpectedFileError
 from fraisier_textfile.fraisier_store import FraisierStore
 from fraisier_textfile.store.textfile import TextfileStore
@@ -83,7 +83,7 @@ DURATION_HELP = "Duration in seconds (a finite number >= 0)."
 @click.option("--fraise-type", required=True, help="Fraise type, e.g. api, etl, scheduled, backup.")
 @click.option("--status", required=True,
               help=f"One of: {', '.join(c.DEPLOYMENT_STATUSES)} (Fraisier's interrupted is recorded as crashed).",
-              shell_complete=lambda context, parameter, incomplete: complete(c.DEPLOYMENT_STATUSES, incomplete))
+              shell_complete=choices(c.DEPLOYMENT_STATUSES))
 @click.option("--duration", required=True, metavar="SECONDS", help=DURATION_HELP)
 @pass_settings
 def deployment(settings: Settings, provider: str, fraise_type: str, status: str, duration: str) -> None:
@@ -114,7 +114,7 @@ def rollback(settings: Settings, provider: str, reason: str, duration: str) -> N
 @PROVIDER
 @click.option("--check-type", required=True, help="e.g. http, tcp, exec, systemd.")
 @click.option("--status", required=True, help=f"One of: {', '.join(c.HEALTH_CHECK_STATUSES)}.",
-              shell_complete=lambda context, parameter, incomplete: complete(c.HEALTH_CHECK_STATUSES, incomplete))
+              shell_complete=choices(c.HEALTH_CHECK_STATUSES))
 @click.option("--duration", required=True, metavar="SECONDS", help=DURATION_HELP)
 @pass_settings
 def health_check(settings: Settings, provider: str, check_type: str, status: str, duration: str) -> None:
