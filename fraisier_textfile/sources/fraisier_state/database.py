@@ -24,7 +24,7 @@ from .files import read_head
 DEFAULT_DB_PATH = Path("/opt/fraisier/fraisier.db")  # Fraisier's fraisier.database.DEFAULT_DB_PATH
 
 Fingerprint = tuple[int, ...]
-"""What changes when Fraisier commits (see _file_fingerprint)."""
+"""What changes when Fraisier commits (see _fingerprint)."""
 Result = TypeVar("Result")
 
 
@@ -79,27 +79,25 @@ class Database:
         # SQLite follows a symlinked path and keeps the -wal and -shm beside the file it leads to: so must we, or
         # a database with a writer connected would look like the file alone (and its WAL be ignored).
         path = _resolved(self.path)
+        database, wal = _stat(str(path)), _stat(f"{path}-wal")
         # A read that fails is not tried again (at a scrape) until the file changes; one that succeeds is
         # tried again until its merge is committed (a busy lock must not leave the news for the next change).
-        self.tried = _file_fingerprint(path)
-        try:
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                raise Unreadable(f"Fraisier's database {path} is not a regular file: nothing is read from it "
-                                 "(set FRAISIER_DB_PATH to Fraisier's database file)")
-            before = _file_fingerprint(path, strict=True)
-        except FileNotFoundError:
+        self.tried = before = _fingerprint(database, wal)
+        if isinstance(database, FileNotFoundError):
             if not self.explicit:
-                raise Absent from None
+                raise Absent
             raise Unreadable(f"Fraisier's database {path} does not exist: no deployment is read from it (set "
-                             "FRAISIER_DB_PATH to where Fraisier keeps it)") from None
-        except OSError as error:
-            raise Unreadable(f"cannot read Fraisier's database {path}: {error.strerror}") from None
-        self.tried = before
+                             "FRAISIER_DB_PATH to where Fraisier keeps it)")
+        if isinstance(database, OSError):
+            raise Unreadable(f"cannot read Fraisier's database {path}: {database.strerror}")
+        if not stat.S_ISREG(database.st_mode):
+            raise Unreadable(f"Fraisier's database {path} is not a regular file: nothing is read from it "
+                             "(set FRAISIER_DB_PATH to Fraisier's database file)")
         # No -wal file: no writer is connected, and the file alone is the database. Read it as such
         # (immutable: no -shm or -wal is created in Fraisier's directory, and no lock is taken), and keep the
         # result only if the file did not change meanwhile. A -wal file: a writer is connected, its -shm
         # exists, and a read-only WAL reader shares it.
-        immutable = not os.path.exists(f"{path}-wal")
+        immutable = isinstance(wal, OSError)
         # An empty file alone is an empty database, read as such without opening it: the files of /proc say they
         # are empty, and /proc/kmsg is consumed by being read (the syslog reading it would lose the kernel's
         # messages). Whoever owns the database may make it a symlink to it, read by root's merge at every scrape.
@@ -188,24 +186,26 @@ def _resolved(path: Path) -> Path:
         return path
 
 
-def _file_fingerprint(path: Path, strict: bool = False) -> Fingerprint:
+def _file_fingerprint(path: Path) -> Fingerprint:
+    return _fingerprint(_stat(str(path)), _stat(f"{path}-wal"))
+
+
+def _stat(name: str) -> os.stat_result | OSError:
+    try:
+        return os.stat(name)
+    except OSError as error:
+        return error
+
+
+def _fingerprint(database: os.stat_result | OSError, wal: os.stat_result | OSError) -> Fingerprint:
     """What changes when Fraisier commits: the database file (a checkpoint, a replacement) and its WAL (every
-    commit appends to it)."""
+    commit appends to it); zeros for a file that cannot be stat'ed (absent)."""
     values: list[int] = []
-    for name in (str(path), f"{path}-wal"):
-        try:
-            status = os.stat(name)
-        except FileNotFoundError:
-            if strict and name == str(path):
-                raise
+    for status in (database, wal):
+        if isinstance(status, OSError):
             values.extend((0, 0, 0, 0))
-            continue
-        except OSError:
-            if strict and name == str(path):
-                raise
-            values.extend((0, 0, 0, 0))
-            continue
-        values.extend((status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns))
+        else:
+            values.extend((status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns))
     return tuple(values)
 
 
