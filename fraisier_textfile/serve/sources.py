@@ -19,7 +19,7 @@ from fraisier_textfile.errors import (
     TextfileError,
     UnexpectedFileError,
 )
-from fraisier_textfile.format.model import Document
+from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.files import FileVersion
 from fraisier_textfile.store.inflight import ServedActive
@@ -225,12 +225,17 @@ def _split(version: FileVersion | None, document: Document, store: TextfileStore
     in_flight = store.served_in_flight(document)
     blocks = list(document.blocks.values())
     if in_flight is None:
-        return _Snapshot(version, before=b"".join(part for block in blocks for part in block.parts()))
+        return _Snapshot(version, before=_served(blocks))
     position = next(n for n, block in enumerate(blocks) if block.name == in_flight.family.name)
     # The retired-markers comment is the store's bookkeeping, not a metric: it is not served.
     return _Snapshot(
         version,
-        before=b"".join(part for block in blocks[:position] for part in block.parts()),
-        after=b"".join(part for block in blocks[position + 1 :] for part in block.parts()),
+        before=_served(blocks[:position]),
+        after=_served(blocks[position + 1 :]),
         in_flight=in_flight,
     )
+
+
+def _served(blocks: list[Block]) -> bytes:
+    """The blocks as served: their bytes, without the file's meta lines (the store's bookkeeping, not metrics)."""
+    return b"".join(part for block in blocks for part in block.parts())
