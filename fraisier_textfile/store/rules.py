@@ -7,7 +7,6 @@ nothing here knows which families exist: the changes name them.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from fraisier_textfile.format.syntax import label_text, series_key
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import process
 from fraisier_textfile.store.changes import Changes, HistogramDelta, Labels
+from fraisier_textfile.store.files import lstat_or_none
 
 if TYPE_CHECKING:
     from fraisier_textfile.store import fs
@@ -155,7 +155,7 @@ def clock_is_behind(path: fs.PathName) -> bool:
     """Whether the textfile was last written in this process's future (its mtime, which the kernel set
     then, is ahead of our clock by more than CLOCK_TOLERANCE): then this clock is behind (a host before its
     NTP sync, a clock stepped back, faketime), and a stored time ahead of it is right, not to be replaced."""
-    status = _lstat(path)
+    status = lstat_or_none(path)
     if status is None:
         return False
     ahead = status.st_mtime - time.time()
@@ -167,10 +167,3 @@ def clock_is_behind(path: fs.PathName) -> bool:
             "times it holds are kept (check the clock: timedatectl, chronyc tracking)", path, ahead,
         )
     return True
-
-
-def _lstat(path: fs.PathName) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except OSError:
-        return None
