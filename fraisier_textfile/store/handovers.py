@@ -38,6 +38,7 @@ from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.changes import Changes
+from fraisier_textfile.store.files import unlink_quietly
 from fraisier_textfile.store.rules import check_summable, combine
 from fraisier_textfile.store.transaction import Merge, Participant
 
@@ -129,7 +130,7 @@ def write(directory: fs.Directory, changes: Changes, schema: Schema, durable: bo
         finally:
             os.close(descriptor)
     except OSError as error:
-        _unlink_quietly(directory, temporary)
+        unlink_quietly(directory, temporary)
         raise write_error(directory.path_of(temporary), "write the hand-over file", error) from None
     return temporary, f"{handover_id}{SUFFIX}"
 
@@ -139,7 +140,7 @@ def publish(directory: fs.Directory, temporary: str, final: str, durable: bool =
     try:
         directory.rename(temporary, final)
     except OSError as error:
-        _unlink_quietly(directory, temporary)
+        unlink_quietly(directory, temporary)
         raise write_error(directory.path_of(final), "publish the hand-over file", error) from None
     if durable:
         directory.fsync()
@@ -307,13 +308,6 @@ def remove_stale_temporaries(directory: fs.Directory) -> None:
                 directory.unlink(name)
         except OSError:
             pass
-
-
-def _unlink_quietly(directory: fs.Directory, name: str) -> None:
-    try:
-        directory.unlink(name)
-    except OSError:
-        pass
 
 
 # The hand-overs in a merge
