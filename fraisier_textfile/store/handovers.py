@@ -38,7 +38,7 @@ from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.changes import Changes
-from fraisier_textfile.store.files import unlink_quietly
+from fraisier_textfile.store.files import unlink_quietly, write_parts
 from fraisier_textfile.store.rules import check_summable, combine
 from fraisier_textfile.store.transaction import Merge, Participant
 
@@ -121,9 +121,7 @@ def write(directory: fs.Directory, changes: Changes, schema: Schema, durable: bo
         raise write_error(directory.path, "create a hand-over file in", error) from None
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view) :]
+            write_parts(descriptor, (data,))
             # The events are forgotten by this process once renamed: they must survive a power loss.
             if durable:
                 os.fsync(descriptor)
