@@ -97,10 +97,12 @@ class FileVersion:
 
     __slots__ = ("_descriptor", "key", "path")
 
-    def __init__(self, path: fs.PathName, descriptor: int) -> None:
+    def __init__(self, path: fs.PathName, descriptor: int, status: os.stat_result | None = None) -> None:
+        """``status``: the descriptor's fstat, when the caller has just taken it."""
         self.path = os.fspath(path)
         self._descriptor = descriptor
-        status = os.fstat(descriptor)
+        if status is None:
+            status = os.fstat(descriptor)
         self.key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
     def is_current(self) -> bool:
@@ -210,7 +212,8 @@ class Textfile:
                 while chunk := os.read(descriptor, 1 << 20):
                     chunks.append(chunk)
                 data = b"".join(chunks)
-            version = FileVersion(self.path, descriptor)
+            # Its identity as fstat gave it before the read: a change during the read makes it out of date.
+            version = FileVersion(self.path, descriptor, status)
         except OSError as error:
             os.close(descriptor)
             raise write_error(self.path, "read", error) from None
