@@ -27,7 +27,6 @@ from fraisier_textfile.store.markers import Marker, create_marker, marker_direct
 log = get_logger(__name__)
 
 MarkerProblem = Callable[[BaseException, str], None]
-"""Told a marker that could not be written: the error, and the marker directory (for messages)."""
 """Told why a deployment's marker could not be written, and where (the marker directory), from inside the except
 clause (a traceback can be logged): a FraisierTextfileError (TextfileWriteError for the system's errors), or any
 other exception (a bug)."""
