@@ -18,7 +18,7 @@ def check_text(text: str, schema: Schema, other_bounds: bool = False) -> list[Pa
     a series that appears twice (node_exporter then serves only one of them), a family of ours with another
     type, negative or NaN counters, histograms without the catalogue's buckets, not cumulative, or whose
     +Inf bucket differs from their count. Empty: the file is sound. ``other_bounds``: histograms whose bounds
-    are not the catalogue's are not a problem (a merge migrates them: lifecycle.migrate_histogram)."""
+    are not the catalogue's are not a problem (a merge migrates them: migration.migrate_histogram)."""
     problems: list[ParseError] = []
     scan = _Scan(text, problems, schema)
     scan.run()

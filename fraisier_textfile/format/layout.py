@@ -10,7 +10,7 @@ that lists, in file order, each family block after the meta lines and the CRC-32
 A family of ours is its header (stray comments, HELP, TYPE) and its body (sample lines) cut into segments of
 about :data:`SEGMENT` bytes at line ends. The fingerprint names the schema the file was written with (families, labels,
 bucket bounds) and the format: a file written by a version with other bounds is not vouched for, and is read
-and checked line by line (and migrated, lifecycle.migrate_histogram).
+and checked line by line (and migrated, migration.migrate_histogram).
 
 Why segments: a merge that changes three series rewrites only the checksums of the segments they fall in
 (tens of microseconds), not of the whole family (the deployment histogram is most of a big file). Why CRC-32

@@ -49,7 +49,6 @@ from fraisier_textfile.format.syntax import ParseError, series_key
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import process
 from fraisier_textfile.store.changes import Changes, Labels
-from fraisier_textfile.store.migration import migrate_histogram as migrate_histogram
 from fraisier_textfile.store.migration import migrate_histograms as migrate_histograms
 from fraisier_textfile.store.migration import migration_notes as migration_notes
 from fraisier_textfile.store.series_times import UPDATED as UPDATED
@@ -60,13 +59,12 @@ from fraisier_textfile.store.transaction import Merge, Participant
 if TYPE_CHECKING:
     from fraisier_textfile.store import fs
     from fraisier_textfile.store.selection import Selection as Selection
-    from fraisier_textfile.store.selection import SupportsLifecycle as SupportsLifecycle
     from fraisier_textfile.store.selection import forget as forget
     from fraisier_textfile.store.selection import parse_duration as parse_duration
     from fraisier_textfile.store.selection import parse_matcher as parse_matcher
     from fraisier_textfile.store.selection import sweep as sweep
 
-_SELECTION_NAMES = frozenset({"Selection", "SupportsLifecycle", "forget", "parse_duration", "parse_matcher", "sweep"})
+_SELECTION_NAMES = frozenset({"Selection", "forget", "parse_duration", "parse_matcher", "sweep"})
 
 
 def __getattr__(name: str) -> Any:

@@ -112,7 +112,7 @@ class TextfileStore:
     def read(self) -> Document:
         """The file as it is now, without taking the lock: it is only ever replaced whole, so a reader sees
         the old file or the new one. A missing file is an empty document. Histograms with other bounds than
-        the catalogue's are read as they are: the next merge migrates them (lifecycle.migrate_histogram)."""
+        the catalogue's are read as they are: the next merge migrates them (migration.migrate_histogram)."""
         return self.read_version(check_histograms=False)[1]
 
     def read_version(self, check_histograms: bool = True) -> tuple[FileVersion | None, Document]:
