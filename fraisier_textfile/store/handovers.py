@@ -71,7 +71,6 @@ def __getattr__(name: str) -> Any:
 HANDOVER_DIRECTORY = ".fraisier-handover"
 APPLIED = WordList("applied-handovers")
 """The hand-overs the file already holds, in the order they were applied: listed until their files are gone."""
-"""The key of ``Document.meta`` that lists the hand-overs a file already holds."""
 SUFFIX = ".json"
 TEMPORARY_PREFIX = "."
 # A temporary hand-over is written without the lock, so one may be in progress while a merger looks: only
