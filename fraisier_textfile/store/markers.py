@@ -232,11 +232,12 @@ def _string(value: object) -> str:
     return str(value)
 
 
-def read_markers_in(directory: fs.Directory) -> list[Marker]:
+def read_markers_in(directory: fs.Directory, listed: list[os.DirEntry[str]] | None = None) -> list[Marker]:
     """Every complete marker in the marker directory held by ``directory`` (each keeps a hold of its own on
-    it, through which its lock is probed and it is removed)."""
+    it, through which its lock is probed and it is removed). ``listed``: its entries, when the caller has just
+    listed it."""
     markers: list[Marker] = []
-    entries = [entry for entry in directory.entries() if not entry.name.startswith(".")]
+    entries = [entry for entry in (directory.entries() if listed is None else listed) if not entry.name.startswith(".")]
     if not entries:
         return []
     import json  # here, not at the top: `fraisier record` never needs it
@@ -409,10 +410,11 @@ def list_markers(textfile: fs.Directory) -> tuple[list[Marker], fs.Directory | N
     if directory is None:
         return [], None
     try:
-        for entry in directory.entries():
+        listed = directory.entries()
+        for entry in listed:
             if not entry.is_file(follow_symlinks=False):
                 raise directory.unexpected(entry.name)
-        return read_markers_in(directory), directory
+        return read_markers_in(directory, listed), directory
     except OSError as error:
         directory.close()
         raise write_error(directory.path, "read the marker directory", error) from None
