@@ -42,6 +42,7 @@ import os
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, UnexpectedFileError, write_error
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs, process
+from fraisier_textfile.store.files import write_parts
 from fraisier_textfile.store.process_identity import own_context, own_identity, process_state
 from fraisier_textfile.validate import check_label_value
 
@@ -203,9 +204,7 @@ def _write_marker(directory_descriptor: int, name: str, data: bytes) -> int:
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file nobody else has opened: never waits
         os.fchmod(descriptor, 0o644)  # readable by a `fraisier metrics` of another user whatever the umask
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
+        write_parts(descriptor, (data,))
         os.replace(temporary, name, src_dir_fd=directory_descriptor, dst_dir_fd=directory_descriptor)
     except BaseException:
         os.close(descriptor)
