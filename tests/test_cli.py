@@ -208,6 +208,25 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
             assert parameter.help, f"{' '.join(path)} {parameter.opts} has no help"
 
 
+@pytest.mark.parametrize(("path", "offered"), [
+    (("install-dispatcher",), ()),
+    (("systemd",), ("--textfile-dir",)),
+    (("record", "deployment"), ("--textfile-dir", "--lock-timeout", "--log-level", "--log-format")),
+], ids=lambda value: " ".join(value) if isinstance(value, tuple) else value)
+def test_a_command_offers_only_the_group_options_it_uses(path: tuple[str, ...], offered: tuple[str, ...]) -> None:
+    """Bug: every command listed --textfile-dir, --lock-timeout, --log-level and --log-format, also those that
+    write no metrics (install-dispatcher) or only name the directory (systemd): a user tuning the lock of the
+    units' command saw it accepted and ignored. A command offers the group options it uses; any other is a usage
+    error naming it, as click's for any unknown option."""
+    shared = ("--textfile-dir", "--lock-timeout", "--log-level", "--log-format")
+    help_text = CliRunner().invoke(main, [*path, "--help"], prog_name="fraisier").output
+    assert [option for option in shared if f"  {option} " in help_text] == list(offered)
+    for option in set(shared) - set(offered):
+        refused = CliRunner().invoke(main, [*path, option, "1", "--help"], prog_name="fraisier")
+        assert refused.exit_code == 2
+        assert "No such option" in refused.output and option in refused.output
+
+
 # fraisier exec: real child processes
 
 

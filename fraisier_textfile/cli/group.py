@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -284,17 +284,41 @@ def _shared_option(name: str, **attributes: Any) -> click.Option:
                         help=f"As `fraisier --{name}`, given after the command.", **attributes)
 
 
+C = TypeVar("C", bound=click.Command)
+
+GROUP_OPTIONS = ("textfile-dir", "lock-timeout", "log-level", "log-format")
+
+_USES = "fraisier_group_options"  # the attribute uses_group_options sets on a command
+
+
+def uses_group_options(*names: str) -> Callable[[C], C]:
+    """Decorate a command that uses only these of the group's options (GROUP_OPTIONS): only they may follow it,
+    and its --help lists only them. Without it a command takes them all. An option that would be accepted and
+    then ignored (``fraisier systemd --lock-timeout 5``: the units do not take it) misleads more than a usage
+    error naming it."""
+    unknown = set(names) - set(GROUP_OPTIONS)
+    if unknown:
+        raise ValueError(f"not group options: {sorted(unknown)}")
+
+    def mark(command: C) -> C:
+        setattr(command, _USES, names)
+        return command
+
+    return mark
+
+
 def _give_group_options(command: click.Command) -> None:
     """``fraisier textfile check --textfile-dir X`` as well as ``fraisier --textfile-dir X textfile check``.
     A value given after the command wins over one given before it."""
-    command.params.extend([
-        _shared_option("textfile-dir", type=click.Path(file_okay=False)),
-        _shared_option("lock-timeout", metavar="SECONDS"),
-        _shared_option("log-level", metavar="[" + "|".join(logs.LEVELS) + "]",
-                       shell_complete=choices(list(logs.LEVELS))),
-        _shared_option("log-format", metavar="[" + "|".join(logs.FORMATS) + "]",
-                       shell_complete=choices(logs.FORMATS)),
-    ])
+    options = {
+        "textfile-dir": lambda: _shared_option("textfile-dir", type=click.Path(file_okay=False)),
+        "lock-timeout": lambda: _shared_option("lock-timeout", metavar="SECONDS"),
+        "log-level": lambda: _shared_option("log-level", metavar="[" + "|".join(logs.LEVELS) + "]",
+                                            shell_complete=choices(list(logs.LEVELS))),
+        "log-format": lambda: _shared_option("log-format", metavar="[" + "|".join(logs.FORMATS) + "]",
+                                             shell_complete=choices(logs.FORMATS)),
+    }
+    command.params.extend(options[name]() for name in getattr(command, _USES, GROUP_OPTIONS))
     if isinstance(command, click.Group):
         # Each subcommand gets them when first looked up: a run builds the options of the one it runs.
         command.commands = LazyCommands(command.commands)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from fraisier_textfile.cli.group import Settings, library_errors, pass_settings
+from fraisier_textfile.cli.group import Settings, library_errors, pass_settings, uses_group_options
 
 
+@uses_group_options("textfile-dir")  # the units' directory; the rest would be ignored
 @click.command(short_help="Write the systemd units (server, socket, refresh timer) for this installation.")
 @click.option("--user", required=True,
               help="The deploying user, who owns the textfile directory (User= of the services).")
@@ -46,6 +47,7 @@ def systemd(settings: Settings, user: str, output: Path, address: str, port: int
                "(every host); systemctl enable --now fraisier-metrics.socket (hosts without node_exporter)")
 
 
+@uses_group_options()  # writes a script: no metrics, nothing logged
 @click.command("install-dispatcher", short_help="Put the `fraisier` dispatcher back after an upgrade of Fraisier.")
 def install_dispatcher() -> None:
     """Put this package's `fraisier` script back beside fraisier-textfile, after an upgrade of Fraisier.
