@@ -143,7 +143,7 @@ class Transaction:
             for attempt in itertools.count(1):
                 if attempt > 3 and time.monotonic() > deadline:  # something removes the lock file over and over
                     raise LockTimeoutError(self.lock.path, timeout)
-                self.lock.acquire(deadline, timeout, signals.deliver)
+                self.lock.acquire(deadline, timeout, signals.deliver, textfile)
                 try:
                     try:
                         merge = self._locked(changes, textfile)
