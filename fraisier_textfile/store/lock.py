@@ -25,7 +25,7 @@ except ImportError:  # an interpreter without the C module
 from fraisier_textfile import validate
 from fraisier_textfile.errors import LockTimeoutError, TextfileWriteError, write_error
 from fraisier_textfile.store import fs
-from fraisier_textfile.store.files import unexpected
+from fraisier_textfile.store.files import lstat_in, unexpected
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -155,7 +155,7 @@ class Lock:
             )
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                raise unexpected(self.path, _lstat_or_none(directory, self.name)) from None
+                raise unexpected(self.path, lstat_in(directory, self.name)) from None
             if error.errno in (errno.EACCES, errno.EPERM) and status is not None:
                 # The file's mode, not the directory's, is what refuses: "make the directory writable" misleads.
                 raise TextfileWriteError(
@@ -197,13 +197,6 @@ class Lock:
         except OSError as error:
             raise write_error(self.path, "use the lock file", error) from None
         return at_path is not None and (at_path.st_dev, at_path.st_ino) == (locked.st_dev, locked.st_ino)
-
-
-def _lstat_or_none(directory: fs.Directory, name: str) -> os.stat_result | None:
-    try:
-        return directory.lstat(name)
-    except OSError:
-        return None
 
 
 def try_lock(descriptor: int, path: fs.PathName) -> bool:
