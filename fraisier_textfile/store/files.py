@@ -196,14 +196,11 @@ class Textfile:
         ``textfile``: the textfile directory held open (a merge's), where the file is opened by its name; None:
         it is opened here (see fs.open_directory)."""
         if textfile is None:
-            try:
-                # O_PATH: a reader needs only to search the directory, as it did to open the file by its path.
-                descriptor = os.open(self.directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            except FileNotFoundError:
+            # Search permission is enough for a reader, as it was to open the file by its path.
+            directory = fs.open_directory(self.directory, search_only=True)
+            if directory is None:
                 return None, b""
-            except OSError as error:
-                raise write_error(self.path, "read", error) from None
-            with fs.Directory(descriptor, self.directory) as directory:
+            with directory:
                 return self._read_in(directory)
         return self._read_in(textfile)
 

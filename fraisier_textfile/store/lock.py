@@ -149,10 +149,7 @@ class Lock:
         if status is not None and not stat.S_ISREG(status.st_mode):
             raise unexpected(self.path, status)
         try:
-            descriptor = os.open(
-                self.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o664,
-                dir_fd=directory.descriptor,
-            )
+            descriptor, created = self._open_or_make(directory)
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
                 raise unexpected(self.path, lstat_in(directory, self.name)) from None
@@ -168,22 +165,39 @@ class Lock:
             raise write_error(self.path, "create the lock file", error) from None
         try:
             status = os.fstat(descriptor)
-            # A hard link is a file with other names elsewhere (another user's link to a file of root's): the
-            # fchmod below would change that file too. (No name at all: removed since the open, which the
-            # check that it is still at the path sees.)
+            # A hard link is a file with other names elsewhere (another user's link to a file of root's).
+            # (No name at all: removed since the open, which the check that it is still at the path sees.)
             if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
                 raise unexpected(self.path, status)
-            # Group-writable, so that the users of one group (say, a deploy user and root) can share a
-            # directory; not world-writable, so that an unrelated user cannot hold the lock.
-            if stat.S_IMODE(status.st_mode) != 0o664 and status.st_uid == os.geteuid():
+            if created:
+                # Group-writable whatever the umask, so that the users of one group (say, a deploy user and root)
+                # can share a directory; not world-writable, so that an unrelated user cannot hold the lock. Made
+                # by root in another user's directory, it is that user's (fs.give): root's would lock them out.
+                # A lock file found there is never chmodded: a writer of the directory may have moved any file
+                # of ours there under that name.
                 try:
                     os.fchmod(descriptor, 0o664)
+                    fs.give(descriptor, directory.status())
                 except OSError:
                     pass
         except BaseException:
             os.close(descriptor)
             raise
         return descriptor
+
+    def _open_or_make(self, directory: fs.Directory) -> tuple[int, bool]:
+        """The lock file opened, and whether this process made it (O_EXCL: what it made, and only that, gets its
+        mode and owner)."""
+        for _ in range(5):  # made or removed by another writer between two tries: looked at again
+            try:
+                return os.open(self.name, _OPEN_LOCK, dir_fd=directory.descriptor), False
+            except FileNotFoundError:
+                pass
+            try:
+                return os.open(self.name, _OPEN_LOCK | os.O_CREAT | os.O_EXCL, 0o664, dir_fd=directory.descriptor), True
+            except FileExistsError:
+                pass
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
     def is_held(self) -> bool:
         """Whether this process holds the lock of the file now of the lock's name (see :class:`Lock`)."""
@@ -197,6 +211,9 @@ class Lock:
         except OSError as error:
             raise write_error(self.path, "use the lock file", error) from None
         return at_path is not None and (at_path.st_dev, at_path.st_ino) == (locked.st_dev, locked.st_ino)
+
+
+_OPEN_LOCK = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def try_lock(descriptor: int, path: fs.PathName) -> bool:
