@@ -108,3 +108,23 @@ def test_a_directory_another_user_made_first_in_a_shared_directory_is_refused(tm
     with pytest.raises(UnexpectedFileError, match=f"^{sticky / 'metrics'}: .* belongs to nobody, in {sticky}, which "
                        "everyone may write"):
         fs.open_directory(sticky / "metrics")
+
+
+def test_in_a_sticky_directory_a_symlink_only_its_owner_may_replace_is_followed_another_users_refused(
+    tmp_path: Path,
+) -> None:
+    """/tmp: everyone may write it, but only an entry's owner (or root) may replace that entry."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a symlink to another user")
+    sticky = tmp_path / "sticky"
+    (tmp_path / "real").mkdir()
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    (sticky / "mine").symlink_to(tmp_path / "real")
+    (sticky / "theirs").symlink_to(tmp_path / "real")
+    nobody = pwd.getpwnam("nobody")
+    os.lchown(sticky / "theirs", nobody.pw_uid, nobody.pw_gid)
+    with fs.open_directory(sticky / "mine") as directory:  # type: ignore[union-attr]
+        assert os.path.samestat(directory.status(), (tmp_path / "real").stat())
+    with pytest.raises(UnexpectedFileError, match=f"^{sticky / 'theirs'}: {sticky / 'theirs'} is a symlink"):
+        fs.open_directory(sticky / "theirs")

@@ -66,12 +66,16 @@ def open_directory(
     try:
         if path.startswith("/"):  # a relative path names another directory once the process changes its own
             _vetted[path] = _identity(os.fstat(walked))
-        descriptor = walked if search_only else os.open(".", flags, dir_fd=walked)
+        if search_only:
+            return Directory(walked, path)
+        descriptor = os.open(".", flags, dir_fd=walked)
     except OSError as error:
         os.close(walked)
         raise write_error(path, "use the directory", error) from None
-    if descriptor != walked:
+    except BaseException:
         os.close(walked)
+        raise
+    os.close(walked)
     return Directory(descriptor, path)
 
 
@@ -111,7 +115,8 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
       there is theirs, the operator's, and is followed (its target's components walked in turn, as the
       kernel would).
     - A component in a directory another user may write is opened only if it is a directory itself: a symlink
-      there is refused in one line naming it. Where that directory is shared (group- or world-writable, as
+      there is refused in one line naming it (but one of root's or this user's in a sticky directory of theirs,
+      /tmp, which nobody else may replace). Where that directory is shared (group- or world-writable, as
       /tmp), the component must also belong to root, this process's user or the directory's owner (or to its
       group, the directory being group-writable): another writer may have made it first. (A directory one user
       owns and alone may write holds only what that user or root put there.)
@@ -166,7 +171,8 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
                         raise error from None
                     names.append(name)
                     continue
-                if not trusted:
+                assert entry is not None  # a symlink's target was read
+                if not trusted and not _only_trusted_may_replace(status, entry):
                     raise _symlink_refused(path, os.path.join(where, name), target, status) from None
                 followed += 1
                 if followed > _MOST_SYMLINKS:
@@ -203,6 +209,13 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
 def _only_trusted_may_write(status: os.stat_result) -> bool:
     """Whether only root or this process's user may change the entries of the directory of ``status``."""
     return status.st_uid in (0, os.geteuid()) and not status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _only_trusted_may_replace(parent: os.stat_result, entry: os.stat_result) -> bool:
+    """Whether only root or this process's user may replace the entry of status ``entry`` in the directory of
+    status ``parent``: in a sticky directory (/tmp), only the entry's owner or the directory's may."""
+    trusted = (0, os.geteuid())
+    return bool(parent.st_mode & stat.S_ISVTX) and parent.st_uid in trusted and entry.st_uid in trusted
 
 
 def _check_placed_by_a_writer(path: str, component: str, parent: os.stat_result, status: os.stat_result) -> None:
