@@ -260,9 +260,13 @@ def give(descriptor: int, directory: os.stat_result) -> None:
     the directory's owner and group, when this process is root and the directory another user's: the deploying
     user's processes must be able to lock, number and make entries in what root made in its directory, as in
     what they made themselves. Only ever called with a descriptor of a new file or directory (O_EXCL or
-    mkdir), never of something found there, which another user may have moved in."""
+    mkdir), never of something found there, which another user may have moved in. A filesystem that refuses
+    (NFS's root squash) leaves it root's: root's event is written all the same."""
     if os.geteuid() == 0 and directory.st_uid != 0:
-        os.fchown(descriptor, directory.st_uid, directory.st_gid)
+        try:
+            os.fchown(descriptor, directory.st_uid, directory.st_gid)
+        except OSError:
+            pass
 
 
 def _entry(name: str) -> str:
