@@ -128,3 +128,23 @@ def test_in_a_sticky_directory_a_symlink_only_its_owner_may_replace_is_followed_
         assert os.path.samestat(directory.status(), (tmp_path / "real").stat())
     with pytest.raises(UnexpectedFileError, match=f"^{sticky / 'theirs'}: {sticky / 'theirs'} is a symlink"):
         fs.open_directory(sticky / "theirs")
+
+
+def test_what_root_makes_in_another_users_directory_gets_that_users_group_as_that_user_would_give_it(
+    tmp_path: Path,
+) -> None:
+    """Not the directory's group (another group's members would write the lock file and the hand-overs): the
+    user's own, or the directory's where it is setgid, as the kernel gives it to what the user makes."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a directory to another user")
+    nobody = pwd.getpwnam("nobody")
+    for setgid, group in ((False, nobody.pw_gid), (True, 0)):
+        parent = tmp_path / f"setgid-{setgid}"
+        parent.mkdir()
+        os.chown(parent, nobody.pw_uid, 0)
+        os.chmod(parent, 0o2755 if setgid else 0o755)
+        made = fs.open_directory(parent / "metrics", create=True)
+        assert made is not None
+        made.close()
+        status = (parent / "metrics").lstat()
+        assert (status.st_uid, status.st_gid) == (nobody.pw_uid, group), setgid

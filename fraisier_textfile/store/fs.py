@@ -260,13 +260,25 @@ def give(descriptor: int, directory: os.stat_result) -> None:
     the directory's owner and group, when this process is root and the directory another user's: the deploying
     user's processes must be able to lock, number and make entries in what root made in its directory, as in
     what they made themselves. Only ever called with a descriptor of a new file or directory (O_EXCL or
-    mkdir), never of something found there, which another user may have moved in. A filesystem that refuses
-    (NFS's root squash) leaves it root's: root's event is written all the same."""
+    mkdir), never of something found there, which another user may have moved in. Its group is the one the
+    kernel gives what that user makes there: the directory's where it is setgid, else the user's own (not the
+    directory's, whose other members that user never let in). A filesystem that refuses (NFS's root squash)
+    leaves it root's: root's event is written all the same."""
     if os.geteuid() == 0 and directory.st_uid != 0:
+        group = directory.st_gid if directory.st_mode & stat.S_ISGID else _primary_group(directory.st_uid)
         try:
-            os.fchown(descriptor, directory.st_uid, directory.st_gid)
+            os.fchown(descriptor, directory.st_uid, directory.st_gid if group is None else group)
         except OSError:
             pass
+
+
+def _primary_group(uid: int) -> int | None:
+    import pwd  # here, not at the top: only root making something in another user's directory needs it
+
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return None
 
 
 def _entry(name: str) -> str:
