@@ -18,9 +18,9 @@ and on the files in them goes through a :class:`Directory`:
   a symlink swapped in meanwhile is never seen.
 
 The textfile directory itself is opened by a walk of its path (:func:`open_directory`), one component at a time
-from ``/``: symlinks where only root or this process's user may write are the operator's and followed, any other
-is refused; from the first directory another user may write, each component is opened with ``O_NOFOLLOW``
-relative to its parent's descriptor and checked. Whatever its user, a process then uses such a directory safely
+from ``/``, each relative to its parent's descriptor: symlinks where only root or this process's user may write
+are the operator's and followed; in a directory another user may write, the next component is opened with
+``O_NOFOLLOW`` and checked, so that a symlink there is refused. Whatever its user, a process then uses such a directory safely
 rather than refusing it. What root makes there is given to the directory's owner (:func:`give`).
 """
 
