@@ -20,6 +20,14 @@ os.environ.pop("FRAISIER_DB_PATH", None)
 
 
 @pytest.fixture
+def umask_077() -> Iterator[None]:
+    """The strictest umask a user may have: what the store creates must get its documented mode all the same."""
+    previous = os.umask(0o077)
+    yield
+    os.umask(previous)
+
+
+@pytest.fixture
 def textfile_dir(tmp_path: Path) -> Path:
     """A fresh textfile directory, not yet created (the store creates it)."""
     return tmp_path / "textfile"

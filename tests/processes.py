@@ -180,8 +180,7 @@ def small_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
     """A real tmpfs of ``size`` (``64k``, ``16m``) at ``mount_point``: a filesystem that fills up, since a full
     disk cannot be had otherwise. Mounting needs root: elsewhere a skip, and a failure under CI=true."""
     mount_point.mkdir(exist_ok=True)
-    # mode=755: a tmpfs is 1777 by default, and root refuses a textfile directory its writers' parent would let
-    # anyone swap (store/fs.py); a full disk is the point here, not a shared /tmp.
+    # mode=755: a tmpfs is 1777 by default; a full disk is the point here, not a shared /tmp (store/walk.py).
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", str(mount_point)],
                              capture_output=True)
     if mounted.returncode != 0:

@@ -22,30 +22,6 @@ def parent(tmp_path: Path) -> Iterator[fs.Directory]:
         yield directory
 
 
-@pytest.fixture
-def umask_077() -> Iterator[None]:
-    previous = os.umask(0o077)
-    yield
-    os.umask(previous)
-
-
-def test_a_directory_made_with_its_parents_gets_its_mode_whatever_the_umask(tmp_path: Path, umask_077: None) -> None:
-    made = fs.open_directory(tmp_path / "state" / "fraisier" / "textfile", create=True)
-    assert made is not None
-    made.close()
-    for path in (tmp_path / "state", tmp_path / "state" / "fraisier", tmp_path / "state" / "fraisier" / "textfile"):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
-
-
-def test_an_existing_group_shared_directory_keeps_its_mode(tmp_path: Path, umask_077: None) -> None:
-    (tmp_path / "shared").mkdir()
-    os.chmod(tmp_path / "shared", 0o2775)
-    opened = fs.open_directory(tmp_path / "shared", create=True)
-    assert opened is not None
-    opened.close()
-    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o2775
-
-
 def test_a_subdirectory_is_made_group_writable_keeping_the_setgid_bit(tmp_path: Path, umask_077: None) -> None:
     (tmp_path / "shared").mkdir()
     os.chmod(tmp_path / "shared", 0o2775)

@@ -141,6 +141,7 @@ def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own
 # Caches of facts that hold in a child as well (see process.py's note), kept beside what computes them.
 CACHES = {
     "handover_codec.py": {"_checked_series"},
+    "walk.py": {"_vetted"},
     "lock.py": {"_signal_numbers"},
     "process_identity.py": {"_own_identity", "_own_context"},
 }

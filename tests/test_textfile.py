@@ -70,13 +70,6 @@ def test_gauges_take_the_latest_or_the_maximum(textfile_dir: Path) -> None:
     assert values[key] == 2000
 
 
-@pytest.fixture
-def umask_077() -> Iterator[None]:
-    previous = os.umask(0o077)
-    yield
-    os.umask(previous)
-
-
 def test_the_file_is_readable_by_others_whatever_the_umask(textfile_dir: Path, umask_077: None) -> None:
     store = TextfileStore(textfile_dir)
     merge(store, events.deployment_error, "bare_metal", "timeout")

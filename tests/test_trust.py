@@ -25,6 +25,7 @@ from fraisier_textfile.errors import FraisierTextfileError, UnexpectedFileError
 from fraisier_textfile.store import handovers
 from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
 
+from .processes import http_get, node_exporter
 from .test_inflight import DEPLOYER, GROUP, OBSERVER, Users, shared_dir, users  # noqa: F401  (fixtures)
 from .values import sample_values
 
@@ -308,57 +309,255 @@ def test_hand_over_directory_swapped_for_a_symlink_during_merges_never_makes_roo
     assert snapshot(victim) == before
 
 
-# The deployer owns the directory the textfile directory is in (its home, say): it swaps the textfile directory
-# for a symlink to root's directory and back, as fast as it can, until stdin closes.
-SWAP_TEXTFILE_DIRECTORY = SWAPPING + """
-parent, victim = sys.argv[1], sys.argv[2]
+# The deployer owns the directory the textfile directory is in (Fraisier's /var/lib/fraisier): it swaps a directory
+# on the textfile directory's path (``metrics`` itself, or the ``middle`` one above it) for a symlink to root's
+# ``victim`` and back, as fast as it can, until stdin closes, and prints the number of swaps. Each swap is atomic
+# (renameat2's RENAME_EXCHANGE, through ctypes): the name is always the directory or the symlink, never missing, so
+# that every merge of root's is either refused or counted in the real directory.
+EXCHANGE = """
+import ctypes, os, select, sys
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def exchange(first, second):
+    if libc.renameat2(-100, first.encode(), -100, second.encode(), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), first)
+
+
+directory, victim = sys.argv[1], sys.argv[2]
+link = directory + ".link"
+os.symlink(victim, link)
 print("ready", flush=True)
-swap_until_stdin_closes(os.path.join(parent, "metrics"), os.path.join(parent, "metrics.real"), victim, spin=200)
+swaps = 0
+while not select.select([sys.stdin], [], [], 0)[0]:
+    exchange(directory, link)  # the symlink in place
+    for _ in range(200):
+        pass
+    exchange(directory, link)  # the directory back
+    swaps += 1
+os.unlink(link)
+print(swaps)
 """
 
 
 @pytest.fixture
 def deployers_parent(users: Users) -> Iterator[Path]:  # noqa: F811
-    """A directory of the deployer's own (its home, say) holding the textfile directory ``metrics``."""
+    """A directory of the deployer's own (Fraisier's /var/lib/fraisier) holding the textfile directory ``metrics``,
+    and ``middle/metrics``."""
     parent = Path(tempfile.mkdtemp(prefix="deployer-home-", dir=users.root))
     os.chmod(parent, 0o755)
-    (parent / "metrics").mkdir(mode=0o755)
-    for directory in (parent, parent / "metrics"):
+    for directory in (parent / "metrics", parent / "middle", parent / "middle" / "metrics"):
+        directory.mkdir(mode=0o755)
+    for directory in (parent, parent / "metrics", parent / "middle", parent / "middle" / "metrics"):
         os.chown(directory, pwd.getpwnam(DEPLOYER).pw_uid, grp.getgrnam(GROUP).gr_gid)
     yield parent
     shutil.rmtree(parent, ignore_errors=True)
 
 
-def test_root_never_writes_through_a_textfile_directory_another_user_can_swap_for_a_symlink(
-    users: Users, deployers_parent: Path, victim: Path  # noqa: F811
+TIMEOUT = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'
+BY_THE_DEPLOYER = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="deployer"}'
+# node_exporter orders the labels by name
+SERVED_TIMEOUT = 'fraisier_deployment_errors_total{error_type="timeout",provider="bare_metal"}'
+SERVED_BY_THE_DEPLOYER = 'fraisier_deployment_errors_total{error_type="deployer",provider="bare_metal"}'
+
+
+def test_root_merges_into_the_deploying_users_directory_and_leaves_it_to_that_user(
+    users: Users, deployers_parent: Path  # noqa: F811
 ) -> None:
-    """Bug: the textfile directory is the one path resolved by name, and root followed it wherever the user
-    owning its parent pointed it: root created fraisier.prom, its lock and the store's directories in any
-    directory of root's. Root now refuses such a textfile directory in one line, swapped or not (sshd's
-    StrictModes: a check at the moment of use could be raced)."""
-    textfile = deployers_parent / "metrics"
-    before = snapshot(victim)
-    changes = one_event()
-    with pytest.raises(FraisierTextfileError, match=f"^{textfile}: .*{deployers_parent}.*{DEPLOYER}") as refused:
-        TextfileStore(textfile, lock_timeout=2).merge(changes)
-    assert "\n" not in str(refused.value)
-    assert changes  # refused: kept for a later merge
-    attacker = as_deployer(users, SWAP_TEXTFILE_DIRECTORY, str(deployers_parent), str(victim))
+    """Bug: root refused a textfile directory whose parent the deploying user owns, Fraisier's own set-up
+    (/var/lib/fraisier/textfile): root's events were lost, one warning each. Root now merges and hands over
+    there; what it makes there (the lock file, the hand-over directory and its counter, a missing textfile
+    directory) is the deployer's, as if the deployer had made it, so that the deployer's next merge works."""
+    deployer = pwd.getpwnam(DEPLOYER).pw_uid
+    for textfile in (deployers_parent / "metrics", deployers_parent / "made" / "by" / "root"):
+        store = TextfileStore(textfile, lock_timeout=2)
+        store.merge(one_event())
+        store.hand_over(one_event())
+        made = [textfile, *textfile.parents][:-len(deployers_parent.parts)]  # the textfile directory, those above
+        for path in (*made, textfile / "fraisier.prom.lock", textfile / HANDOVER_DIRECTORY,
+                     textfile / HANDOVER_DIRECTORY / "sequence"):
+            assert path.stat().st_uid == deployer, path
+        assert stat.S_IMODE(textfile.stat().st_mode) == 0o755
+        finish(as_deployer(users, DEPLOYER_RECORDS, str(textfile), "merge"))
+        values = sample_values(textfile / "fraisier.prom")
+        assert (values[TIMEOUT], values[BY_THE_DEPLOYER]) == (2, 1)
+
+
+def exchanged_while_merging(users: Users, swapped: Path, textfile: Path, victim: Path,  # noqa: F811
+                            rounds: int) -> tuple[int, list[str]]:
+    """Root merges and hands over one event at a time while the deployer swaps ``swapped`` for a symlink to
+    ``victim``; (events written, refusals)."""
+    attacker = as_deployer(users, EXCHANGE, str(swapped), str(victim))
     assert attacker.stdout is not None and attacker.stdout.readline() == "ready\n"
+    written, refusals = 0, []
     try:
-        refusals = 0
-        for _ in range(300):
+        for _ in range(rounds):
             store = TextfileStore(textfile, lock_timeout=2)
             for attempt in (store.merge, store.hand_over):
+                changes = one_event()
                 try:
-                    attempt(one_event())
-                except FraisierTextfileError:
-                    refusals += 1
+                    attempt(changes)
+                    written += 1
+                except FraisierTextfileError as error:
+                    assert changes  # refused: kept for a later merge
+                    refusals.append(str(error))
     finally:
         assert int(finish(attacker)) > 0
-    assert refusals == 600
+    return written, refusals
+
+
+@pytest.mark.parametrize("swapped", ["metrics", "middle"])
+def test_root_never_writes_through_a_textfile_directory_another_user_can_swap_for_a_symlink(
+    users: Users, deployers_parent: Path, victim: Path, swapped: str  # noqa: F811
+) -> None:
+    """Bug: the textfile directory was the one path resolved by name, and root would follow it wherever the
+    user owning a parent pointed it (so root refused such a directory). Root now walks the path a component at a
+    time: a symlink where the deployer may write is refused in one line, never followed, while the directory
+    itself is used; every event root wrote is in the real directory, exactly once."""
+    textfile = deployers_parent / "metrics" if swapped == "metrics" else deployers_parent / "middle" / "metrics"
+    (victim / "metrics").mkdir()  # what the middle symlink would lead root to
+    (victim / "metrics" / "fraisier.prom").write_text("root's\n")
+    before = snapshot(victim), snapshot(victim / "metrics")
+    written, refusals = exchanged_while_merging(users, deployers_parent / swapped, textfile, victim, 300)
+    assert (snapshot(victim), snapshot(victim / "metrics")) == before
+    assert written > 0 and refusals, (written, refusals[:3])
+    link = deployers_parent / swapped
+    for refusal in refusals:
+        assert refusal.startswith(f"{textfile}: {link} is a symlink (to {victim}) in {deployers_parent}, which "
+                                  f"{DEPLOYER} may write"), refusal
+        assert "\n" not in refusal
+    TextfileStore(textfile, lock_timeout=2).merge_backlog()
+    assert sample_values(textfile / "fraisier.prom")[TIMEOUT] == written
+    with node_exporter(textfile) as url:
+        values = sample_values(http_get(url))
+    assert (values["node_textfile_scrape_error"], values[SERVED_TIMEOUT]) == (0, written)
+
+
+# The deployer's side of a race in its own directory: ``count`` events, each merged or handed over.
+DEPLOYER_RACES = """
+import sys
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile import TextfileStore
+store = TextfileStore(sys.argv[1], lock_timeout=5)
+for _ in range(int(sys.argv[2])):
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "deployer")
+    store.merge_or_hand_over(changes, wait=0.05)
+store.merge_backlog()
+"""
+
+
+def test_root_and_the_deploying_user_racing_in_that_users_directory_lose_and_double_count_nothing(
+    users: Users, deployers_parent: Path  # noqa: F811
+) -> None:
+    """Root first (its lock file, hand-over directory and counter in the deployer's directory), then both race:
+    neither is locked out, and every event of each is counted once, as node_exporter serves it."""
+    textfile = deployers_parent / "metrics"
+    count = 150
+    store = TextfileStore(textfile, lock_timeout=5)
+    store.hand_over(one_event())
+    racer = as_deployer(users, DEPLOYER_RACES, str(textfile), str(count))
+    for _ in range(count - 1):
+        store.merge_or_hand_over(one_event(), wait=0.05)
+    finish(racer)
+    store.merge_backlog()
+    with node_exporter(textfile) as url:
+        values = sample_values(http_get(url))
+    assert (values["node_textfile_scrape_error"], values[SERVED_TIMEOUT], values[SERVED_BY_THE_DEPLOYER]) == (
+        0, count, count)
+
+
+# The deployer's side of the lock file and textfile attack, in its own directory: each turn, fraisier.prom.lock and
+# fraisier.prom are replaced by symlinks to root's files, then by hard links to them, then removed (root makes
+# them again).
+PLANT_FILES = """
+import os, select, sys
+textfile, secret, lock = sys.argv[1:]
+print("ready", flush=True)
+turns = 0
+while not select.select([sys.stdin], [], [], 0)[0]:
+    for make in (os.symlink, os.link):
+        for target, name in ((lock, "fraisier.prom.lock"), (secret, "fraisier.prom")):
+            path = os.path.join(textfile, name)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            try:
+                make(target, path)
+            except FileExistsError:
+                pass
+    for name in ("fraisier.prom.lock", "fraisier.prom"):
+        try:
+            os.unlink(os.path.join(textfile, name))
+        except FileNotFoundError:
+            pass
+    turns += 1
+print(turns)
+"""
+
+
+def test_root_never_writes_reads_or_chmods_through_a_lock_file_or_textfile_the_deployer_swaps_in_its_directory(
+    users: Users, deployers_parent: Path, victim: Path  # noqa: F811
+) -> None:
+    """Root merges, hands over and reads in the deployer's own directory while the deployer replaces the lock file
+    and the textfile by symlinks and hard links to root's files: each is refused in one line, unread, and root's
+    files stay as they were."""
+    textfile = deployers_parent / "metrics"
+    secrets = []
+    for name in ("group-secret", "group-lock"):
+        (victim / name).write_text(f"{name}: NOT-FOR-THE-DEPLOYER, the group may read and write it\n")
+        os.chown(victim / name, 0, grp.getgrnam(GROUP).gr_gid)
+        os.chmod(victim / name, 0o660)
+        secrets.append(str(victim / name))
+    before = snapshot(victim)
+    attacker = as_deployer(users, PLANT_FILES, str(textfile), *secrets)
+    assert attacker.stdout is not None and attacker.stdout.readline() == "ready\n"
+    refusals, done = [], 0
+    try:
+        for _ in range(300):
+            store = TextfileStore(textfile, lock_timeout=2)
+            for attempt in (store.merge, store.hand_over, store.read):
+                try:
+                    attempt(*([] if attempt == store.read else [one_event()]))
+                    done += 1
+                except FraisierTextfileError as error:
+                    refusals.append(str(error))
+    finally:
+        assert int(finish(attacker)) > 0
     assert snapshot(victim) == before
-    assert not os.listdir(textfile)
+    assert done and refusals
+    assert all("\n" not in refusal and "NOT-FOR-THE-DEPLOYER" not in refusal for refusal in refusals)
+
+
+def test_root_never_chmods_a_file_of_its_own_a_writer_moved_into_the_place_of_the_lock_file_or_the_counter(
+    users: Users, shared_dir: Path  # noqa: F811
+) -> None:
+    """Bug: root gave mode 0664 to a lock file or hand-over counter of its own it found in place, so that the group
+    could share one an older version made under a strict umask. But a writer of the directory may move there any
+    file of root's from a directory it may write (one Fraisier run as root left in the directory, say): root made
+    it readable by that writer. Only what the store has just made (O_EXCL) gets a mode now."""
+    store = TextfileStore(shared_dir, lock_timeout=2)
+    store.hand_over(one_event())  # the hand-over directory and its counter
+    for name in ("lock-secret", "counter-secret"):
+        (shared_dir / name).write_text(f"{name}: root's\n")
+        os.chmod(shared_dir / name, 0o600)
+    plant = (
+        "import os, sys\n"
+        "textfile = sys.argv[1]\n"
+        "moves = (('lock-secret', 'fraisier.prom.lock'), ('counter-secret', '.fraisier-handover/sequence'))\n"
+        "for secret, name in moves:\n"
+        "    if os.path.lexists(os.path.join(textfile, name)):\n"
+        "        os.unlink(os.path.join(textfile, name))\n"
+        "    os.rename(os.path.join(textfile, secret), os.path.join(textfile, name))\n"
+    )
+    finish(as_deployer(users, plant, str(shared_dir)))
+    store.merge(one_event())
+    store.hand_over(one_event())
+    for path in (shared_dir / "fraisier.prom.lock", shared_dir / HANDOVER_DIRECTORY / "sequence"):
+        status = path.stat()
+        assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (0, 0o600), path
 
 
 def test_root_never_writes_or_chmods_a_file_hard_linked_into_the_directory(

@@ -244,9 +244,10 @@ def leaves_the_directory_to_its_writers(directory: str | os.PathLike[str]) -> bo
     """Whether what this process's merge may create in ``directory`` (the lock file, the store's
     subdirectories) stays usable by the directory's writers: it is this user's, or a group's shared directory
     (group-writable and setgid, so that what is created belongs to that group), or not there yet (created as
-    every writer creates it). Not so for ``sudo fraisier status`` in the deploying user's own directory: root's
-    ``fraisier.prom.lock`` (0664, group root) would lock that user's writers out for good. There, the refresh
-    timer and ``fraisier metrics``, run as that user, take the news instead."""
+    every writer creates it). Not so for ``sudo fraisier status`` in the deploying user's own directory: taking
+    Fraisier's news is the job of the refresh timer and ``fraisier metrics`` run as that user, and a Fraisier
+    command as root leaves no file of root's there (the store would give what it makes to that user, but not
+    the textfile it renames into place)."""
     import stat
 
     try:

@@ -105,13 +105,19 @@ class FileVersion:
             status = os.fstat(descriptor)
         self.key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
-    def is_current(self) -> bool:
-        """Whether the path still names this version, unchanged (a symlink put in its place does not)."""
+    def is_current(self, directory: fs.Directory | None = None) -> bool:
+        """Whether the path still names this version, unchanged (a symlink put in its place does not).
+        ``directory``: the file's directory held open, where its name is looked up (a merge's); None: by the
+        path (a reader's look, which only decides whether to read again)."""
         try:
-            status = os.lstat(self.path)
+            if directory is None:
+                status: os.stat_result | None = os.lstat(self.path)
+            else:
+                status = directory.lstat(os.path.basename(self.path))
         except OSError:
             return False
-        return self._descriptor >= 0 and (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns) == self.key
+        return (self._descriptor >= 0 and status is not None
+                and (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns) == self.key)
 
     def close(self) -> None:
         if self._descriptor >= 0:
@@ -125,6 +131,17 @@ class FileVersion:
 def lstat_or_none(path: fs.PathName) -> os.stat_result | None:
     try:
         return os.lstat(path)
+    except OSError:
+        return None
+
+
+_READ_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def lstat_in(directory: fs.Directory, name: str) -> os.stat_result | None:
+    """``name``'s own status in ``directory`` (held open), None if it cannot be had."""
+    try:
+        return directory.lstat(name)
     except OSError:
         return None
 
@@ -173,15 +190,27 @@ class Textfile:
         self.schema = schema
         """The families the file owns: how its bytes are parsed."""
 
-    def read_data(self) -> tuple[FileVersion | None, bytes]:
+    def read_data(self, textfile: fs.Directory | None = None) -> tuple[FileVersion | None, bytes]:
         """The file's bytes (empty if there is none) and its version, unparsed. Anything but a regular file at
-        the path (a symlink, a FIFO, a device, a directory) is refused without being followed or read."""
+        the path (a symlink, a FIFO, a device, a directory) is refused without being followed or read.
+        ``textfile``: the textfile directory held open (a merge's), where the file is opened by its name; None:
+        it is opened here (see fs.open_directory)."""
+        if textfile is None:
+            # Search permission is enough for a reader, as it was to open the file by its path.
+            directory = fs.open_directory(self.directory, search_only=True)
+            if directory is None:
+                return None, b""
+            with directory:
+                return self._read_in(directory)
+        return self._read_in(textfile)
+
+    def _read_in(self, textfile: fs.Directory) -> tuple[FileVersion | None, bytes]:
         try:
-            status = os.lstat(self.path)
-        except FileNotFoundError:
-            return None, b""
+            status = textfile.lstat(TEXTFILE_NAME)
         except OSError as error:
             raise write_error(self.path, "read", error) from None
+        if status is None:
+            return None, b""
         # A hard link is a file with other names elsewhere (a writer's link to a file it may not read, where
         # fs.protected_hardlinks is off): read as the textfile, its lines would be quoted in parse errors.
         if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
@@ -189,12 +218,12 @@ class Textfile:
         try:
             # O_NOFOLLOW|O_NONBLOCK: what was a regular file a moment ago may have been replaced by a symlink
             # or a FIFO since; neither is followed or waited on.
-            descriptor = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            descriptor = os.open(TEXTFILE_NAME, _READ_FILE, dir_fd=textfile.descriptor)
         except FileNotFoundError:
             return None, b""
         except OSError as error:
             if error.errno == errno.ELOOP:
-                raise unexpected(self.path, lstat_or_none(self.path)) from None
+                raise unexpected(self.path, lstat_in(textfile, TEXTFILE_NAME)) from None
             raise TextfileWriteError(
                 self.path, f"cannot read {self.path}: {error.strerror}; check its permissions", error.errno
             ) from None
@@ -280,23 +309,24 @@ class Textfile:
         except OSError as error:
             os.close(descriptor)
             unlink_quietly(textfile, temporary)
-            raise self.replace_error(error) from None
+            raise self.replace_error(error, textfile) from None
         try:
             return FileVersion(self.path, descriptor)
         except OSError:
             os.close(descriptor)
             return None
 
-    def replace_error(self, error: OSError) -> TextfileWriteError:
-        """The error for a rename over the textfile that failed. In a sticky directory (mode 1777, as /tmp)
-        only the file's owner may replace it, however writable the directory: say so, not "make it writable"."""
+    def replace_error(self, error: OSError, textfile: fs.Directory) -> TextfileWriteError:
+        """The error for a rename over the textfile in ``textfile`` (held open) that failed. In a sticky directory
+        (mode 1777, as /tmp) only the file's owner may replace it, however writable the directory: say so, not
+        "make it writable"."""
         if error.errno in (errno.EPERM, errno.EACCES):
             try:
-                directory, target = os.stat(self.directory), os.lstat(self.path)
+                directory, target = textfile.status(), textfile.lstat(TEXTFILE_NAME)
             except OSError:
                 pass
             else:
-                if directory.st_mode & stat.S_ISVTX and target.st_uid != os.geteuid():
+                if directory.st_mode & stat.S_ISVTX and target is not None and target.st_uid != os.geteuid():
                     from fraisier_textfile.store.lock import owner_name  # here: lock.py imports this module
 
                     owner = owner_name(target.st_uid)

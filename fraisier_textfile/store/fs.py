@@ -1,9 +1,11 @@
 """The store's file operations, relative to a directory held open and checked, never to a path resolved again.
 
 Who may write the textfile directory is trusted with the metrics, nothing more (see "Who may write the
-textfile directory" in docs/monitoring.md). Such a writer can replace ``.fraisier-handover`` or
-``.fraisier-inflight`` by a symlink at any moment, also between two steps of a merge run by root. So every
-operation on those directories and on the files in them goes through a :class:`Directory`:
+textfile directory" in docs/monitoring.md). Such a writer can replace ``.fraisier-handover``,
+``.fraisier-inflight``, the lock file or the textfile by a symlink at any moment, also between two steps of a
+merge run by root; one who may write a parent of the textfile directory (the deploying user owns Fraisier's
+``/var/lib/fraisier``) can do as much to the textfile directory itself. So every operation on those directories
+and on the files in them goes through a :class:`Directory`:
 
 - it is opened once, with ``O_DIRECTORY|O_NOFOLLOW`` relative to its parent's descriptor, and checked with
   fstat (a directory, owned by a writer of the textfile directory);
@@ -15,9 +17,11 @@ operation on those directories and on the files in them goes through a :class:`D
   lock is released) keeps the descriptor of the directory its names were listed in (:meth:`Directory.copy`):
   a symlink swapped in meanwhile is never seen.
 
-The textfile directory itself is the one place a path is resolved: it is the operator's choice (it may be
-reached through a symlink), and its parents must not be writable by the writers it trusts: root checks it
-(:func:`check_path_for_root`).
+The textfile directory itself is opened by a walk of its path (:func:`open_directory`), one component at a time
+from ``/``, each relative to its parent's descriptor: symlinks where only root or this process's user may write
+are the operator's and followed; in a directory another user may write, the next component is opened with
+``O_NOFOLLOW`` and checked, so that a symlink there is refused. Whatever its user, a process then uses such a directory safely
+rather than refusing it. What root makes there is given to the directory's owner (:func:`give`).
 """
 
 from __future__ import annotations
@@ -25,12 +29,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
-from fraisier_textfile.errors import TextfileError, TextfileWriteError, UnexpectedFileError, write_error
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from fraisier_textfile.errors import UnexpectedFileError, write_error
 
 PathName = Union[str, "os.PathLike[str]"]
 """A path as the store takes it: it works with strings (a record run has no use for pathlib: see errors.py), and
@@ -200,6 +201,7 @@ class Directory:
                     self._check_owner(name, status)
                     if made and status.st_uid == os.geteuid():
                         os.fchmod(descriptor, mode | (status.st_mode & stat.S_ISGID))
+                        give(descriptor, os.fstat(self.descriptor))
                 except OSError as error:
                     directory.close()
                     raise write_error(path, "use the directory", error) from None
@@ -253,237 +255,30 @@ class Directory:
         )
 
 
-def open_directory(
-    path: PathName, *, create: bool = False, mode: int = DIRECTORY_MODE, wanted: str | None = None
-) -> Directory | None:
-    """The textfile directory at ``path`` (links on the way are followed: the path is the operator's), None if
-    it does not exist and ``create`` is false. Made with its parents when ``create``: each directory made here
-    gets ``mode`` whatever the umask (node_exporter's user must be able to reach the file); one that exists is
-    left as it is (a group-shared 2775 keeps its mode). Raises UnexpectedFileError if it is not a directory,
-    TextfileWriteError for an OSError. ``wanted``: what the caller means to make in it, named in the error when
-    something in the way is not a directory."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-    path = os.fspath(path)
-    if os.geteuid() == 0:
-        check_path_for_root(path)
-    for _ in range(5):
+def give(descriptor: int, directory: os.stat_result) -> None:
+    """Give what this process has just made in the directory of status ``directory`` (held by ``descriptor``) to
+    the directory's owner and group, when this process is root and the directory another user's: the deploying
+    user's processes must be able to lock, number and make entries in what root made in its directory, as in
+    what they made themselves. Only ever called with a descriptor of a new file or directory (O_EXCL or
+    mkdir), never of something found there, which another user may have moved in. Its group is the one the
+    kernel gives what that user makes there: the directory's where it is setgid, else the user's own (not the
+    directory's, whose other members that user never let in). A filesystem that refuses (NFS's root squash)
+    leaves it root's: root's event is written all the same."""
+    if os.geteuid() == 0 and directory.st_uid != 0:
+        group = directory.st_gid if directory.st_mode & stat.S_ISGID else _primary_group(directory.st_uid)
         try:
-            return Directory(os.open(path, flags), path)
-        except FileNotFoundError:
-            if not create:
-                return None
-        except NotADirectoryError:
-            raise _in_the_way(path, wanted) from None
-        except OSError as error:
-            raise write_error(path, "use the directory", error) from None
-        _make_with_parents(path, mode, wanted)
-    raise write_error(path, "create the directory", OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
-
-
-def check_path_for_root(path: str) -> None:
-    """Refuse a textfile directory whose own writers could point its path elsewhere: one in (or reached through)
-    a directory that a writer of it may write, or through a symlink or a directory to be made where anyone but
-    root may write. Its path is resolved by name at every merge, and root would follow a symlink such a writer
-    put in its place to any directory of root's, and create fraisier.prom, its lock and the store's directories
-    there: the writers are trusted with the metrics, not with that. Checked whether or not it is swapped now, as
-    sshd's StrictModes does (whatever the moment shows, real directory, symlink or nothing, is refused). Other
-    accounts owning a parent are the system's (Debian's /var/lib/prometheus belongs to prometheus). Raises
-    TextfileWriteError."""
-    absolute = os.path.abspath(path)
-    walks = [_walk(absolute)]
-    try:
-        walks.append(_walk(os.path.realpath(absolute)))
-    except OSError:
-        pass  # changing under us (a symlink on the way removed): the path as given is walked all the same
-    # The writers of what each walk found at the end, together: one walk may have met a symlink swapped in (to a
-    # directory only root writes) and the other the writer's own directory.
-    writers = _Writers()
-    for walk in walks:
-        if walk and walk[-1][3] is not None and stat.S_ISDIR(walk[-1][3].st_mode):
-            writers.add(walk[-1][3])
-    for walk in walks:
-        for parent, parent_status, name, status in walk:
-            replacer = writers.replacer(parent_status, status)
-            if replacer is not None:
-                raise TextfileWriteError(
-                    path,
-                    f"{path}: root does not use this textfile directory: {parent} may be written by {replacer}, "
-                    f"who could replace {name} by a symlink to any directory of root's; keep it in a directory "
-                    "its writers cannot write (/var/lib/prometheus/node-exporter), or run this as its writer",
-                    errno.EPERM,
-                )
-
-
-_Step = tuple[str, os.stat_result, str, "os.stat_result | None"]
-
-
-def _walk(chain: str) -> list[_Step]:
-    """Each component of ``chain``: its parent, the parent's status, its name, its own status (not following a
-    symlink). The walk ends at the first that is missing or cannot be looked at (None: swapped meanwhile, say),
-    which is then judged as a directory root would make there: a failure must never let a path through."""
-    steps: list[_Step] = []
-    parent = "/"
-    parent_status = os.stat(parent)
-    for name in [part for part in chain.split("/") if part]:  # an absolute path: its components after /
-        entry = os.path.join(parent, name)
-        try:
-            status: os.stat_result | None = os.lstat(entry)
-            next_status = os.stat(entry)
-        except OSError:
-            steps.append((parent, parent_status, name, None))
-            break
-        steps.append((parent, parent_status, name, status))
-        parent, parent_status = entry, next_status
-    return steps
-
-
-class _Writers:
-    """Who may write the textfile directory (root aside): its owner, its group if group-writable, anyone if
-    world-writable."""
-
-    def __init__(self) -> None:
-        self.owners: set[int] = set()
-        self.groups: set[int] = set()
-        self.anyone = False
-
-    def add(self, status: os.stat_result) -> None:
-        if status.st_uid != 0:
-            self.owners.add(status.st_uid)
-        if status.st_mode & stat.S_IWGRP:
-            self.groups.add(status.st_gid)
-        self.anyone = self.anyone or bool(status.st_mode & stat.S_IWOTH)
-
-    def replacer(self, parent: os.stat_result, entry: os.stat_result | None) -> str | None:
-        """Who, among the writers or anyone, may replace ``entry`` in the directory ``parent`` (None: none)."""
-        sticky = bool(parent.st_mode & stat.S_ISVTX)
-        if entry is None or stat.S_ISLNK(entry.st_mode):
-            # A directory root is about to make, or a symlink it would follow: whoever else may write the
-            # parent chooses where root writes (the writers cannot be told from the target: a symlink swapped in
-            # points at a directory only root writes), so only root may.
-            if entry is not None and entry.st_uid != 0:
-                return f"{_user_name(entry.st_uid)} (the owner of the symlink)"
-            if parent.st_uid != 0:
-                return f"its owner {_user_name(parent.st_uid)}"
-            if parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (sticky and entry is not None):
-                return "everyone" if parent.st_mode & stat.S_IWOTH else f"the group {_group_name(parent.st_gid)}"
-            return None
-        if parent.st_uid != 0 and self.includes_user(parent.st_uid):
-            return f"its owner {_user_name(parent.st_uid)}, a writer of the textfile directory"
-        if sticky:  # only the entry's owner may rename it
-            if entry.st_uid != 0 and self.includes_user(entry.st_uid):
-                return f"{_user_name(entry.st_uid)} (the owner of the entry in this sticky directory)"
-            return None
-        if parent.st_mode & stat.S_IWOTH:
-            return "everyone"
-        if parent.st_mode & stat.S_IWGRP and self.includes_group(parent.st_gid):
-            return f"the group {_group_name(parent.st_gid)}, writers of the textfile directory among them"
-        return None
-
-    def includes_user(self, uid: int) -> bool:
-        if self.anyone or uid in self.owners:
-            return True
-        return any(_member(uid, group) for group in self.groups)
-
-    def includes_group(self, gid: int) -> bool:
-        if self.anyone or gid in self.groups:
-            return True
-        return any(_member(owner, gid) for owner in self.owners)
-
-
-def _member(uid: int, gid: int) -> bool:
-    import grp
-    import pwd
-
-    try:
-        user = pwd.getpwuid(uid)
-    except KeyError:
-        return False
-    if user.pw_gid == gid:
-        return True
-    try:
-        return user.pw_name in grp.getgrgid(gid).gr_mem
-    except KeyError:
-        return False
-
-
-def _user_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _group_name(gid: int) -> str:
-    import grp
-
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return f"gid {gid}"
-
-
-def _make_with_parents(path: str, mode: int, wanted: str | None) -> None:
-    missing = []
-    candidate = path.rstrip("/") or "/"
-    while candidate and not os.path.lexists(candidate):
-        missing.append(candidate)
-        parent = os.path.dirname(candidate)
-        candidate = "" if parent == candidate else parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            continue  # made by another process meanwhile: theirs, with the mode they gave it
-        except FileNotFoundError:
-            continue  # a parent removed meanwhile: the caller's open says what is there
-        except NotADirectoryError:
-            raise _in_the_way(path, wanted) from None
-        except OSError as error:
-            raise write_error(directory, "create the directory", error) from None
-        # The mode through a descriptor of what we made, not through the name (which may have been swapped).
-        try:
-            descriptor = os.open(directory, _OPEN_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            os.fchmod(descriptor, mode)
+            os.fchown(descriptor, directory.st_uid, directory.st_gid if group is None else group)
         except OSError:
             pass
-        finally:
-            os.close(descriptor)
 
 
-def _in_the_way(path: str | Path, wanted: str | None) -> TextfileError:
-    """The error for a file where the directory ``path``, or one of its parents, should be. For the textfile
-    directory itself (``wanted`` None), a TextfileWriteError with the errno mkdir would give (EEXIST for the
-    directory's own place, ENOTDIR for a parent's); for something to be made in it, the one line naming it."""
-    if wanted is not None:
-        return _not_a_directory(path, wanted)
-    code = errno.EEXIST if os.path.lexists(path) else errno.ENOTDIR
-    return write_error(path, "create the directory", OSError(code, os.strerror(code)))
+def _primary_group(uid: int) -> int | None:
+    import pwd  # here, not at the top: only root making something in another user's directory needs it
 
-
-def _not_a_directory(name: str | Path, wanted: str) -> UnexpectedFileError:
-    from pathlib import Path  # only for the error: the store works with strings
-
-    path = Path(name)
-    for candidate in (path, *path.parents):
-        try:
-            status = os.stat(candidate)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(status.st_mode):
-            if candidate == path:
-                return UnexpectedFileError(path, f"{path} is {_kind(status.st_mode)}, not a directory: choose "
-                                           "another --textfile-dir (FRAISIER_TEXTFILE_DIR), or remove it")
-            return UnexpectedFileError(
-                candidate,
-                f"{candidate} is not a directory, so {wanted} cannot be made: choose another --textfile-dir "
-                "(FRAISIER_TEXTFILE_DIR), or remove what is in the way",
-            )
-    return UnexpectedFileError(path, f"{path} is not a directory: choose another --textfile-dir")
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return None
 
 
 def _entry(name: str) -> str:
@@ -509,3 +304,15 @@ def _owner_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
+
+
+
+def open_directory(
+    path: PathName, *, create: bool = False, mode: int = DIRECTORY_MODE, wanted: str | None = None,
+    search_only: bool = False,
+) -> Directory | None:
+    """The textfile directory at ``path``, opened by a checked walk of its path: see walk.open_directory (walk.py
+    builds on Directory, so it is loaded here, at the first call)."""
+    from fraisier_textfile.store import walk
+
+    return walk.open_directory(path, create=create, mode=mode, wanted=wanted, search_only=search_only)

@@ -115,9 +115,18 @@ def note_merged(directory: fs.Directory, newest: int, oldest_waiting: int | None
 
 
 def _open_sequence(directory: fs.Directory, create: bool = True) -> int | None:
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    created = False
     try:
-        descriptor = os.open(SEQUENCE_FILE, flags, 0o664, dir_fd=directory.descriptor)
+        try:
+            descriptor = os.open(SEQUENCE_FILE, flags, dir_fd=directory.descriptor)
+        except FileNotFoundError:
+            if not create:
+                return None
+            # O_EXCL: what this process made, and only that, gets its mode and owner below (made by another
+            # writer meanwhile: numbered 0 this once, see order).
+            descriptor = os.open(SEQUENCE_FILE, flags | os.O_CREAT | os.O_EXCL, 0o664, dir_fd=directory.descriptor)
+            created = True
     except PermissionError:
         try:
             descriptor = directory.open_regular(SEQUENCE_FILE)
@@ -128,12 +137,16 @@ def _open_sequence(directory: fs.Directory, create: bool = True) -> int | None:
     try:
         status = os.fstat(descriptor)
         # A hard link has other names elsewhere (a writer's link to a file of root's it may write): writing the
-        # counter and its mode would change that file. Refused as a symlink is.
+        # counter would change that file. Refused as a symlink is.
         if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
             os.close(descriptor)
             return None
-        if status.st_uid == os.geteuid() and stat.S_IMODE(status.st_mode) != 0o664:
-            os.fchmod(descriptor, 0o664)  # the users of one group share the counter whatever the umask
+        if created:
+            # The users of one group share the counter whatever the umask; made by root in another user's
+            # directory, it is that user's (fs.give). One found there is never chmodded: a writer of the directory
+            # may have moved any file of ours there under that name.
+            os.fchmod(descriptor, 0o664)
+            fs.give(descriptor, directory.status())
     except OSError:
         pass
     return descriptor

@@ -13,7 +13,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 # The C functions under the signal module, used without it: its Python wrappers convert every number and handler
@@ -25,10 +24,11 @@ except ImportError:  # an interpreter without the C module
 
 from fraisier_textfile import validate
 from fraisier_textfile.errors import LockTimeoutError, TextfileWriteError, write_error
-from fraisier_textfile.store.files import lstat_or_none, unexpected
+from fraisier_textfile.store import fs
+from fraisier_textfile.store.files import lstat_in, unexpected
 
 if TYPE_CHECKING:
-    from fraisier_textfile.store import fs
+    from collections.abc import Callable
 
 LOCK_SUFFIX = ".lock"
 
@@ -55,29 +55,46 @@ def default_lock_timeout(strict: bool = False) -> float:
 
 
 class Lock:
-    """``fraisier.prom.lock``, held with flock(2) on a descriptor of the file at that path.
+    """``fraisier.prom.lock``, held with flock(2) on a descriptor of the file of that name in the textfile
+    directory, which is held open (fs.Directory): the lock file is opened, and checked while held, relative to
+    it, never by resolving the directory's path again.
 
-    A lock is only as good as its path: if the file is removed or replaced while held (a tmp cleaner, an admin
+    A lock is only as good as its name: if the file is removed or replaced while held (a tmp cleaner, an admin
     "removing a stale lock"), the next writer creates and locks a new inode while we still hold the old one,
-    and both merge at once. So, once locked, the descriptor's inode must be the one at the path; if not, it
-    is unlocked and the file now at the path is locked instead. Threads of one process take turns first
+    and both merge at once. So, once locked, the descriptor's inode must be the one of that name; if not, it
+    is unlocked and the file now of that name is locked instead. Threads of one process take turns first
     (flock locks belong to a descriptor, not a thread)."""
 
     def __init__(self, path: fs.PathName) -> None:
         self.path = os.fspath(path)
+        """For messages: the file is opened by its name in the directory held (see :meth:`acquire`)."""
+        self.name = os.path.basename(self.path)
         self._descriptor = -1
+        self._directory: fs.Directory | None = None
+        self._own_directory = False
         # Reentrant: a signal handler run while this thread waits for the lock may itself merge.
         self._threads = threading.RLock()
 
-    def acquire(self, deadline: float, timeout: float, safe_point: Callable[[], None]) -> None:
+    def acquire(self, deadline: float, timeout: float, safe_point: Callable[[], None],
+                directory: fs.Directory | None = None) -> None:
         """Take the lock, waiting until ``deadline`` (time.monotonic) at most; ``timeout`` is the whole wait
-        allowed, for the error's message. ``safe_point`` is called while waiting."""
+        allowed, for the error's message. ``safe_point`` is called while waiting. ``directory``: the textfile
+        directory held open, which the lock file is opened in and checked against until :meth:`release` (the
+        caller keeps it open meanwhile); None: the directory of the lock's path, opened here."""
         remaining = deadline - time.monotonic()
         if not self._threads.acquire(timeout=remaining) if remaining > 0 else not self._threads.acquire(False):
             raise LockTimeoutError(self.path, timeout)
         try:
-            self._descriptor = self._lock_file(deadline, timeout, safe_point)
+            if directory is None:
+                directory = fs.open_directory(os.path.dirname(self.path) or ".")
+                if directory is None:
+                    raise write_error(self.path, "create the lock file",
+                                      OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+                self._own_directory = True
+            self._directory = directory
+            self._descriptor = self._lock_file(directory, deadline, timeout, safe_point)
         except BaseException:
+            self._let_go_of_directory()
             self._threads.release()
             raise
 
@@ -91,14 +108,22 @@ class Lock:
             pass
         finally:
             os.close(descriptor)
+            self._let_go_of_directory()
             self._threads.release()
 
-    def _lock_file(self, deadline: float, timeout: float, safe_point: Callable[[], None]) -> int:
+    def _let_go_of_directory(self) -> None:
+        directory, self._directory = self._directory, None
+        if self._own_directory and directory is not None:
+            directory.close()
+        self._own_directory = False
+
+    def _lock_file(self, directory: fs.Directory, deadline: float, timeout: float,
+                   safe_point: Callable[[], None]) -> int:
         delay = FIRST_POLL
         attempts = 0
         while True:
             attempts += 1
-            descriptor = self._open()
+            descriptor = self._open(directory)
             try:
                 while not try_lock(descriptor, self.path):
                     remaining = deadline - time.monotonic()
@@ -107,31 +132,27 @@ class Lock:
                     time.sleep(min(delay, remaining))
                     delay = min(delay * 2, LONGEST_POLL)
                     safe_point()
-                if self._is_at_path(descriptor):
+                if self._is_at_path(directory, descriptor):
                     return descriptor
             except BaseException:
                 os.close(descriptor)
                 raise
-            os.close(descriptor)  # removed or replaced while we waited: lock the file at the path now
+            os.close(descriptor)  # removed or replaced while we waited: lock the file of that name now
             if attempts >= 3 and time.monotonic() > deadline:
                 raise LockTimeoutError(self.path, timeout)
 
-    def _open(self) -> int:
+    def _open(self, directory: fs.Directory) -> int:
         try:
-            status: os.stat_result | None = os.lstat(self.path)
-        except FileNotFoundError:
-            status = None
+            status = directory.lstat(self.name)
         except OSError as error:
             raise write_error(self.path, "use the lock file", error) from None
         if status is not None and not stat.S_ISREG(status.st_mode):
             raise unexpected(self.path, status)
         try:
-            descriptor = os.open(
-                self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o664
-            )
+            descriptor, created = self._open_or_make(directory)
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                raise unexpected(self.path, lstat_or_none(self.path)) from None
+                raise unexpected(self.path, lstat_in(directory, self.name)) from None
             if error.errno in (errno.EACCES, errno.EPERM) and status is not None:
                 # The file's mode, not the directory's, is what refuses: "make the directory writable" misleads.
                 raise TextfileWriteError(
@@ -144,16 +165,19 @@ class Lock:
             raise write_error(self.path, "create the lock file", error) from None
         try:
             status = os.fstat(descriptor)
-            # A hard link is a file with other names elsewhere (another user's link to a file of root's): the
-            # fchmod below would change that file too. (No name at all: removed since the open, which the
-            # check that it is still at the path sees.)
+            # A hard link is a file with other names elsewhere (another user's link to a file of root's).
+            # (No name at all: removed since the open, which the check that it is still at the path sees.)
             if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
                 raise unexpected(self.path, status)
-            # Group-writable, so that the users of one group (say, a deploy user and root) can share a
-            # directory; not world-writable, so that an unrelated user cannot hold the lock.
-            if stat.S_IMODE(status.st_mode) != 0o664 and status.st_uid == os.geteuid():
+            if created:
+                # Group-writable whatever the umask, so that the users of one group (say, a deploy user and root)
+                # can share a directory; not world-writable, so that an unrelated user cannot hold the lock. Made
+                # by root in another user's directory, it is that user's (fs.give): root's would lock them out.
+                # A lock file found there is never chmodded: a writer of the directory may have moved any file
+                # of ours there under that name.
                 try:
                     os.fchmod(descriptor, 0o664)
+                    fs.give(descriptor, directory.status())
                 except OSError:
                     pass
         except BaseException:
@@ -161,19 +185,35 @@ class Lock:
             raise
         return descriptor
 
-    def is_held(self) -> bool:
-        """Whether this process holds the lock of the file now at the lock path (see :class:`Lock`)."""
-        return self._descriptor >= 0 and self._is_at_path(self._descriptor)
+    def _open_or_make(self, directory: fs.Directory) -> tuple[int, bool]:
+        """The lock file opened, and whether this process made it (O_EXCL: what it made, and only that, gets its
+        mode and owner)."""
+        for _ in range(5):  # made or removed by another writer between two tries: looked at again
+            try:
+                return os.open(self.name, _OPEN_LOCK, dir_fd=directory.descriptor), False
+            except FileNotFoundError:
+                pass
+            try:
+                return os.open(self.name, _OPEN_LOCK | os.O_CREAT | os.O_EXCL, 0o664, dir_fd=directory.descriptor), True
+            except FileExistsError:
+                pass
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
-    def _is_at_path(self, descriptor: int) -> bool:
+    def is_held(self) -> bool:
+        """Whether this process holds the lock of the file now of the lock's name (see :class:`Lock`)."""
+        directory = self._directory
+        return self._descriptor >= 0 and directory is not None and self._is_at_path(directory, self._descriptor)
+
+    def _is_at_path(self, directory: fs.Directory, descriptor: int) -> bool:
         try:
-            at_path = os.lstat(self.path)
+            at_path = directory.lstat(self.name)
             locked = os.fstat(descriptor)
-        except FileNotFoundError:
-            return False
         except OSError as error:
             raise write_error(self.path, "use the lock file", error) from None
-        return (at_path.st_dev, at_path.st_ino) == (locked.st_dev, locked.st_ino)
+        return at_path is not None and (at_path.st_dev, at_path.st_ino) == (locked.st_dev, locked.st_ino)
+
+
+_OPEN_LOCK = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def try_lock(descriptor: int, path: fs.PathName) -> bool:

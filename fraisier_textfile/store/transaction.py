@@ -143,7 +143,7 @@ class Transaction:
             for attempt in itertools.count(1):
                 if attempt > 3 and time.monotonic() > deadline:  # something removes the lock file over and over
                     raise LockTimeoutError(self.lock.path, timeout)
-                self.lock.acquire(deadline, timeout, signals.deliver)
+                self.lock.acquire(deadline, timeout, signals.deliver, textfile)
                 try:
                     try:
                         merge = self._locked(changes, textfile)
@@ -183,7 +183,7 @@ class Transaction:
         count_running(self.sources, merge.running)
         for participant in reversed(participants):
             participant.before_apply(merge)
-        apply_changes(document, merge.changes, self.file.path, time.time(), clock_is_behind(self.file.path))
+        apply_changes(document, merge.changes, self.file.path, time.time(), clock_is_behind(self.file.path, textfile))
         for participant in participants:
             participant.after_apply(merge)
         temporary, descriptor = self.file.write_temporary(document.parts(), textfile)
@@ -225,20 +225,20 @@ class Transaction:
     def _load(self, textfile: fs.Directory) -> Document:
         if self._cached is not None:
             cached_version, document = self._cached
-            if cached_version.is_current():
+            if cached_version.is_current(textfile):
                 return document
             cached_version.close()
             self._cached = None
         if self._corrupt is not None:
             corrupt_version, error = self._corrupt
-            if corrupt_version.is_current():
+            if corrupt_version.is_current(textfile):
                 raise error.with_traceback(None)
             corrupt_version.close()
             self._corrupt = None
         if time.monotonic() >= self._next_litter_check:
             self._next_litter_check = time.monotonic() + LITTER_INTERVAL
             self.remove_litter(textfile)
-        version, data = self.file.read_data()
+        version, data = self.file.read_data(textfile)
         try:
             document = self.file.parse_data(data, check_histograms=False)
         except CorruptTextfileError as error:

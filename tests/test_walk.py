@@ -1,0 +1,150 @@
+"""store/walk.py: the textfile directory opened by a walk of its path, symlinks followed where only root or this
+user may write, refused where another user may; what root makes in another user's directory is that user's."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile.errors import UnexpectedFileError
+from fraisier_textfile.store import fs
+
+
+def test_a_directory_made_with_its_parents_gets_its_mode_whatever_the_umask(tmp_path: Path, umask_077: None) -> None:
+    made = fs.open_directory(tmp_path / "state" / "fraisier" / "textfile", create=True)
+    assert made is not None
+    made.close()
+    for path in (tmp_path / "state", tmp_path / "state" / "fraisier", tmp_path / "state" / "fraisier" / "textfile"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
+
+
+def test_an_existing_group_shared_directory_keeps_its_mode(tmp_path: Path, umask_077: None) -> None:
+    (tmp_path / "shared").mkdir()
+    os.chmod(tmp_path / "shared", 0o2775)
+    opened = fs.open_directory(tmp_path / "shared", create=True)
+    assert opened is not None
+    opened.close()
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o2775
+
+
+@pytest.fixture
+def nobodys(tmp_path: Path) -> Path:
+    """A directory of another user's (nobody's) on the textfile directory's path, holding ``metrics``."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a directory to another user")
+    nobody = pwd.getpwnam("nobody")
+    parent = tmp_path / "nobodys"
+    (parent / "metrics").mkdir(parents=True)
+    for path in (parent, parent / "metrics"):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    return parent
+
+
+def test_a_textfile_directory_reached_through_a_symlink_only_this_user_may_write_is_followed(tmp_path: Path) -> None:
+    (tmp_path / "real" / "metrics").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("real")  # relative: walked from the link's directory
+    (tmp_path / "absolute").symlink_to(tmp_path / "link" / "metrics")
+    for path in (tmp_path / "link" / "metrics", tmp_path / "absolute", tmp_path / "real" / ".." / "link" / "metrics"):
+        with fs.open_directory(path) as directory:  # type: ignore[union-attr]
+            assert os.path.samestat(directory.status(), (tmp_path / "real" / "metrics").stat())
+            assert directory.path == str(path)
+
+
+def test_a_symlink_in_a_directory_another_user_may_write_is_refused_in_one_line(nobodys: Path, tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (nobodys / "link").symlink_to(tmp_path / "elsewhere")
+    for path in (nobodys / "link", nobodys / "link" / "deeper"):
+        with pytest.raises(UnexpectedFileError, match=f"^{path}: {nobodys / 'link'} is a symlink \\(to "
+                           f"{tmp_path / 'elsewhere'}\\) in {nobodys}, which nobody may write: .*--textfile-dir"):
+            fs.open_directory(path, create=True)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_directory_swapped_for_a_symlink_after_its_walk_is_walked_again_and_refused(
+    nobodys: Path, tmp_path: Path
+) -> None:
+    """The walk is made once per path; later opens follow the path and use the directory only if it is the one
+    walked: a symlink swapped in since leads elsewhere, which is walked, and refused."""
+    path = nobodys / "metrics"
+    with fs.open_directory(path) as directory:  # type: ignore[union-attr]
+        walked = directory.status()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.rename(path, nobodys / "metrics.real")
+    path.symlink_to(elsewhere)
+    with pytest.raises(UnexpectedFileError, match="is a symlink"):
+        fs.open_directory(path, create=True)
+    os.unlink(path)
+    os.rename(nobodys / "metrics.real", path)
+    with fs.open_directory(path) as directory:  # type: ignore[union-attr]
+        assert os.path.samestat(directory.status(), walked)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_what_root_makes_in_another_users_directory_is_that_users(nobodys: Path, umask_077: None) -> None:
+    """As `install -d -o USER`: the user's own processes use it next as if they had made it."""
+    made = fs.open_directory(nobodys / "new" / "metrics", create=True)
+    assert made is not None
+    made.close()
+    nobody = pwd.getpwnam("nobody")
+    for path in (nobodys / "new", nobodys / "new" / "metrics"):
+        status = path.lstat()
+        assert (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (nobody.pw_uid, nobody.pw_gid, 0o755)
+
+
+def test_a_directory_another_user_made_first_in_a_shared_directory_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a directory to another user")
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    (sticky / "metrics").mkdir()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(sticky / "metrics", nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(UnexpectedFileError, match=f"^{sticky / 'metrics'}: .* belongs to nobody, in {sticky}, which "
+                       "everyone may write"):
+        fs.open_directory(sticky / "metrics")
+
+
+def test_in_a_sticky_directory_a_symlink_only_its_owner_may_replace_is_followed_another_users_refused(
+    tmp_path: Path,
+) -> None:
+    """/tmp: everyone may write it, but only an entry's owner (or root) may replace that entry."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a symlink to another user")
+    sticky = tmp_path / "sticky"
+    (tmp_path / "real").mkdir()
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    (sticky / "mine").symlink_to(tmp_path / "real")
+    (sticky / "theirs").symlink_to(tmp_path / "real")
+    nobody = pwd.getpwnam("nobody")
+    os.lchown(sticky / "theirs", nobody.pw_uid, nobody.pw_gid)
+    with fs.open_directory(sticky / "mine") as directory:  # type: ignore[union-attr]
+        assert os.path.samestat(directory.status(), (tmp_path / "real").stat())
+    with pytest.raises(UnexpectedFileError, match=f"^{sticky / 'theirs'}: {sticky / 'theirs'} is a symlink"):
+        fs.open_directory(sticky / "theirs")
+
+
+def test_what_root_makes_in_another_users_directory_gets_that_users_group_as_that_user_would_give_it(
+    tmp_path: Path,
+) -> None:
+    """Not the directory's group (another group's members would write the lock file and the hand-overs): the
+    user's own, or the directory's where it is setgid, as the kernel gives it to what the user makes."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a directory to another user")
+    nobody = pwd.getpwnam("nobody")
+    for setgid, group in ((False, nobody.pw_gid), (True, 0)):
+        parent = tmp_path / f"setgid-{setgid}"
+        parent.mkdir()
+        os.chown(parent, nobody.pw_uid, 0)
+        os.chmod(parent, 0o2755 if setgid else 0o755)
+        made = fs.open_directory(parent / "metrics", create=True)
+        assert made is not None
+        made.close()
+        status = (parent / "metrics").lstat()
+        assert (status.st_uid, status.st_gid) == (nobody.pw_uid, group), setgid
