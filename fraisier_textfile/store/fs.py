@@ -20,8 +20,8 @@ and on the files in them goes through a :class:`Directory`:
 The textfile directory itself is opened by a walk of its path (:func:`open_directory`), one component at a time
 from ``/``, each relative to its parent's descriptor: symlinks where only root or this process's user may write
 are the operator's and followed; in a directory another user may write, the next component is opened with
-``O_NOFOLLOW`` and checked, so that a symlink there is refused. Whatever its user, a process then uses such a directory safely
-rather than refusing it. What root makes there is given to the directory's owner (:func:`give`).
+``O_NOFOLLOW`` and checked, so that a symlink there is refused. Whatever its user, a process then uses such a
+directory safely rather than refusing it. What root makes there is given to the directory's owner (:func:`give`).
 """
 
 from __future__ import annotations
