@@ -232,21 +232,27 @@ class SeriesLifecycle:
 
 
 def _record_times(document: Document, changes: Changes, minute: int, active_family: Family | None) -> None:
-    touched: dict[Family, list[str]] = {}
+    changed: dict[Family, dict[Labels, None]] = {}
     for kind in _MERGE_KINDS:
         for family, labels in getattr(changes, kind):
-            keys = touched.setdefault(family, [])
+            changed.setdefault(family, {})[labels] = None
+    touched: dict[Family, list[str]] = {}
+    for family, series in changed.items():
+        keys = touched[family] = []
+        sibling = family.zero_series
+        block = document.blocks.get(family.name)
+        if sibling is None or block is None:
+            keys.extend(times_key(labels) for labels in series)
+            continue
+        position, choices = family.labels.index(sibling[0]), sibling[1]
+        name = family.name + ("_count" if family.kind is Kind.HISTOGRAM else "")
+        for labels in series:
             keys.append(times_key(labels))
-            sibling = family.zero_series
-            block = document.blocks.get(family.name)
-            if sibling is None or block is None:
-                continue
-            position, choices = family.labels.index(sibling[0]), sibling[1]
-            suffix = "_count" if family.kind is Kind.HISTOGRAM else ""
             for choice in choices:
                 if choice != labels[position]:
                     other = (*labels[:position], choice, *labels[position + 1 :])
-                    if block.value(series_key(family.name + suffix, family.labels, other)) is not None:
+                    # A sibling the changes hold is in the file now (just applied): no need to look.
+                    if other in series or block.value(series_key(name, family.labels, other)) is not None:
                         keys.append(times_key(other))
     active = None if active_family is None else document.blocks.get(active_family.name)
     if active_family is not None and active is not None and active.raw is None:
