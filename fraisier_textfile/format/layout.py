@@ -71,6 +71,36 @@ def matches(data: bytes, start: int, segments: Sequence[Segment]) -> int:
     return position
 
 
+class Claims:
+    """What a layout line claims of a file's bytes, its segments at their places, for a reader that takes the file
+    as laid out before it checks the checksums (:meth:`hold`): a merge checks them while the disk writes
+    (store/vouching.py). Nothing read under claims may be trusted, nor written, until they hold."""
+
+    __slots__ = ("_runs", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._runs: list[tuple[int, Sequence[Segment]]] = []
+
+    def claim(self, start: int, segments: Sequence[Segment]) -> int:
+        """The end of ``segments`` laid from ``start`` in the data, their checksums claimed (not checked yet);
+        -1 if they do not fit in it."""
+        end = start
+        for length, _ in segments:
+            if length <= 0:
+                return -1
+            end += length
+        if end > len(self.data):
+            return -1
+        self._runs.append((start, segments))
+        return end
+
+    def hold(self) -> bool:
+        """Whether every segment claimed has its checksum (zlib lets other threads run meanwhile)."""
+        data = self.data
+        return all(matches(data, start, segments) >= 0 for start, segments in self._runs)
+
+
 def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]], fingerprint: str) -> str:
     """The line's value. Each block: its name, its header's segment (None: a family we do not own, whose whole
     text is in its segments) and its body's segments."""

@@ -36,6 +36,17 @@ def read_vouched(data: bytes, schema: Schema) -> Document | None:
     """The document of a file whose layout line vouches for every byte after the meta lines (see layout.py),
     read from its checksums and headers without looking at a sample line; None if it does not (the caller
     then reads it the slow way, :func:`parse`, which checks every line)."""
+    claimed = read_claimed(data, schema)
+    if claimed is None or not claimed[1].hold():
+        return None
+    return claimed[0]
+
+
+def read_claimed(data: bytes, schema: Schema) -> tuple[Document, layout.Claims] | None:
+    """:func:`read_vouched` but for the checksums: the document as the file's layout line lays it out, and the
+    claims of that line, not checked yet. None if the file is not laid out as its layout line says (then it is
+    read the slow way). The caller must see the claims hold before it trusts or writes anything of the document:
+    until then its values may be anything, and reading them may raise anything."""
     prefix = META_PREFIX.encode("ascii")
     position = 0
     while data.startswith(prefix, position):
@@ -73,26 +84,27 @@ def read_vouched(data: bytes, schema: Schema) -> Document | None:
         document = Document(schema)
         document.meta = meta
         document.meta_read = meta_read
+        claims = layout.Claims(data)
         owned_families = schema.by_name
         for name, header, body in entries:
             owned = owned_families.get(name)
             if name in document.blocks or (owned is None) != (header is None):
                 return None
             if header is None:
-                end = layout.matches(data, position, body)
+                end = claims.claim(position, body)
                 if end < 0:
                     return None
                 document.blocks[name] = _raw_block(name, data[position:end].decode("utf-8"))
                 position = end
                 continue
             assert owned is not None
-            header_end = layout.matches(data, position, [header])
+            header_end = claims.claim(position, [header])
             if header_end < 0:
                 return None
             comments = data[position:header_end].decode("utf-8").split("\n")
             if comments.pop() or comments[-2:] != [f"# HELP {name} {owned.help}", f"# TYPE {name} {owned.kind.value}"]:
                 return None
-            end = layout.matches(data, header_end, body)
+            end = claims.claim(header_end, body)
             if end < 0:
                 return None
             block = Block(name, help=owned.help, type=owned.kind.value, owned=owned)
@@ -102,7 +114,7 @@ def read_vouched(data: bytes, schema: Schema) -> Document | None:
             position = end
     except UnicodeDecodeError:
         return None
-    return document if position == len(data) else None
+    return (document, claims) if position == len(data) else None
 
 
 def _raw_block(name: str, text: str) -> Block:
@@ -418,6 +430,12 @@ def parse_bytes(data: bytes, schema: Schema, check_histograms: bool = True) -> D
     document = read_vouched(data, schema)
     if document is not None:
         return document
+    return parse_unvouched(data, schema, check_histograms)
+
+
+def parse_unvouched(data: bytes, schema: Schema, check_histograms: bool = True) -> Document:
+    """:func:`parse` of a file's bytes, its layout line not trusted: every line checked (only the segments
+    of bodies that still match it are kept, so that the same document is written back as the same bytes)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
