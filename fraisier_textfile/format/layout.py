@@ -76,11 +76,12 @@ class Claims:
     as laid out before it checks the checksums (:meth:`hold`): a merge checks them while the disk writes
     (store/vouching.py). Nothing read under claims may be trusted, nor written, until they hold."""
 
-    __slots__ = ("_runs", "data")
+    __slots__ = ("_runs", "_texts", "data")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self._runs: list[tuple[int, Sequence[Segment]]] = []
+        self._texts: list[tuple[int, int]] = []
 
     def claim(self, start: int, segments: Sequence[Segment]) -> int:
         """The end of ``segments`` laid from ``start`` in the data, their checksums claimed (not checked yet);
@@ -95,10 +96,24 @@ class Claims:
         self._runs.append((start, segments))
         return end
 
+    def claim_text(self, start: int, end: int) -> None:
+        """Claim that ``data[start:end]``, taken as bytes without being decoded (a bookkeeping line held as bytes),
+        is UTF-8 text, as the line-by-line reading requires."""
+        self._texts.append((start, end))
+
     def hold(self) -> bool:
-        """Whether every segment claimed has its checksum (zlib lets other threads run meanwhile)."""
+        """Whether every segment claimed has its checksum (zlib lets other threads run meanwhile), and every text
+        claimed is UTF-8."""
         data = self.data
-        return all(matches(data, start, segments) >= 0 for start, segments in self._runs)
+        if not all(matches(data, start, segments) >= 0 for start, segments in self._runs):
+            return False
+        view = memoryview(data)
+        try:
+            for start, end in self._texts:
+                str(view[start:end], "utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
 
 
 def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]], fingerprint: str) -> str:

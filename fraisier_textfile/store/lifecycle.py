@@ -266,9 +266,10 @@ def _record_times(document: Document, changes: Changes, minute: int, active_fami
         if family.name not in document.blocks:
             continue
         times_line = UPDATED.at(family.name)
-        times = SeriesTimes(times_line.get(document) or str(minute))
+        line = times_line.get_raw(document)
+        times = SeriesTimes(line if line else str(minute))
         times.touch(keys, minute)
-        times_line.put(document, times.render())
+        times_line.put_raw(document, times.render())
 
 
 
