@@ -246,14 +246,16 @@ def _record_times(document: Document, changes: Changes, minute: int, active_fami
             continue
         position, choices = family.labels.index(sibling[0]), sibling[1]
         name = family.name + ("_count" if family.kind is Kind.HISTOGRAM else "")
+        found: dict[Labels, None] = {}  # in the order first found, each once
         for labels in series:
-            keys.append(times_key(labels))
+            found[labels] = None
             for choice in choices:
                 if choice != labels[position]:
                     other = (*labels[:position], choice, *labels[position + 1 :])
                     # A sibling the changes hold is in the file now (just applied): no need to look.
                     if other in series or block.value(series_key(name, family.labels, other)) is not None:
-                        keys.append(times_key(other))
+                        found[other] = None
+        keys.extend(times_key(labels) for labels in found)
     active = None if active_family is None else document.blocks.get(active_family.name)
     if active_family is not None and active is not None and active.raw is None:
         providers = set(changes.active_providers)
