@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 from fraisier_textfile.format import bookkeeping
 
@@ -137,7 +138,10 @@ def parse(value: str, fingerprint: str) -> list[tuple[str, Segment | None, list[
     try:
         for word in words[1:]:
             name, header, *body = word.split("/")
-            blocks.append((name, None if header == RAW else _segment(header), [_segment(text) for text in body]))
+            # Read leniently (int() takes a sign or blanks): a segment read wrong does not fit the bytes, and the
+            # file is then read the slow way. A file is never taken on a layout line alone, only on its checksums.
+            segments = [(int(length), int(crc, 16)) for length, _, crc in map(str.partition, body, repeat("."))]
+            blocks.append((name, None if header == RAW else _segment(header), segments))
     except ValueError:
         return None
     return blocks
