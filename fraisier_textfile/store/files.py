@@ -237,7 +237,9 @@ class Textfile:
             # copied once, by the kernel, and decoded once. (Only a file that changed meanwhile, which the
             # lock rules out for a merge, needs more reads.)
             data = os.read(descriptor, status.st_size + 1)
-            more = os.read(descriptor, 1 << 20) if data else b""
+            # A small buffer to find the end: os.read allocates what it is asked for, and a megabyte is an mmap
+            # and a munmap for the nothing a file read whole gives.
+            more = os.read(descriptor, 1 << 16) if data else b""
             if more:
                 chunks = [data, more]
                 while chunk := os.read(descriptor, 1 << 20):
