@@ -143,13 +143,13 @@ class SeriesLifecycle:
 
     # The hooks in the store's merge
 
-    def before_merge(self, document: Document, changes: Changes, read_from_disk: bool) -> Changes:
-        """Migrate histograms with other buckets (a document this store wrote itself needs none), then drop
+    def before_merge(self, document: Document, changes: Changes, as_written: bool) -> Changes:
+        """Migrate histograms with other buckets (a document as this store writes it needs none), then drop
         changes to new series of families at their bound. Returns the changes to apply: ``changes`` itself,
         or a copy without the refused ones."""
         self.forgotten = []
         self._refused = {}
-        if read_from_disk:
+        if not as_written:
             touched = {family for family, _ in changes.observed}
             try:
                 migrate_histograms(document, touched)
@@ -324,7 +324,7 @@ class LifecycleParticipant(Participant):
         self.lifecycle = lifecycle
 
     def before_apply(self, merge: Merge) -> None:
-        merge.changes = self.lifecycle.before_merge(merge.document, merge.changes, merge.read_from_disk)
+        merge.changes = self.lifecycle.before_merge(merge.document, merge.changes, merge.as_written)
 
     def after_apply(self, merge: Merge) -> None:
         self.lifecycle.after_merge(merge.document, merge.changes)

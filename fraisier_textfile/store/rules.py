@@ -54,7 +54,7 @@ def apply_changes(
     for (family, labels), delta in changes.observed.items():
         block = document.block(family)
         # Its _count stands for the whole series: a histogram this merge touches has every bucket of each of its
-        # series by now (the lifecycle's migration checks, or rebuilds, those of a file read from disk).
+        # series by now (the lifecycle's migration checks, or rebuilds, those of a file not as the store writes it).
         if (
             not delta.count and delta.sum == 0 and not any(delta.buckets)
             and block.value(series_key_of(family, labels, "_count")) is not None
