@@ -24,6 +24,13 @@ SWAPPED = 'status="success",provider="provider_003",fraise_type="api"'  # the sa
 KEY = f"fraisier_deployments_total{{{LABELS}}}"
 
 
+@pytest.fixture(params=["in a thread", "in the merge's thread"])
+def where_checked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The files here are small: checked in a thread only when the bound is lowered (a big file's case)."""
+    monkeypatch.setattr(vouching, "THREAD_FROM", 0 if request.param == "in a thread" else 1 << 40)
+    return str(request.param)
+
+
 def written_file(directory: Path) -> Path:
     """A file the store wrote, several segments long, vouched for by its layout line."""
     store = TextfileStore(directory)
@@ -53,7 +60,7 @@ def lines_of(path: Path, labels: str) -> list[str]:
             and all(pair in line for pair in labels.split(","))]
 
 
-def test_a_file_changed_since_it_was_written_is_merged_as_its_lines_say(tmp_path: Path) -> None:
+def test_a_file_changed_since_it_was_written_is_merged_as_its_lines_say(tmp_path: Path, where_checked: str) -> None:
     """Its labels in another order, the recorded series looks absent to a reader that trusts the layout, which
     would add it a second time; the merge reads the file line by line and sums into it."""
     path = written_file(tmp_path)
@@ -64,7 +71,9 @@ def test_a_file_changed_since_it_was_written_is_merged_as_its_lines_say(tmp_path
     assert read_vouched(path.read_bytes(), SCHEMA) is not None  # written in our form, vouched for again
 
 
-def test_a_value_changed_into_no_number_is_refused_as_the_line_by_line_reading_refuses_it(tmp_path: Path) -> None:
+def test_a_value_changed_into_no_number_is_refused_as_the_line_by_line_reading_refuses_it(
+    tmp_path: Path, where_checked: str
+) -> None:
     """The merge trusting the layout fails on the value (no float); that failure is the file's: read line by
     line, the file is refused with its line, left as it was, and no temporary file stays."""
     path = written_file(tmp_path)
@@ -79,6 +88,7 @@ def test_where_no_thread_can_start_the_claims_are_checked_in_the_merges_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An interpreter shutting down refuses new threads (RuntimeError): the exit's merge still checks."""
+    monkeypatch.setattr(vouching, "THREAD_FROM", 0)  # a thread is asked for
     path = written_file(tmp_path)
     edited(path, f"{KEY} 1.0\n", f"fraisier_deployments_total{{{SWAPPED}}} 1.0\n")
 
@@ -90,7 +100,7 @@ def test_where_no_thread_can_start_the_claims_are_checked_in_the_merges_own(
     assert lines_of(path, LABELS) == [f"{KEY} 2.0"]
 
 
-def test_a_check_gives_one_verdict_started_or_not(tmp_path: Path) -> None:
+def test_a_check_gives_one_verdict_started_or_not(tmp_path: Path, where_checked: str) -> None:
     from fraisier_textfile.format.reader import read_claimed
 
     path = written_file(tmp_path)

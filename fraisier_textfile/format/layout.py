@@ -77,12 +77,14 @@ class Claims:
     as laid out before it checks the checksums (:meth:`hold`): a merge checks them while the disk writes
     (store/vouching.py). Nothing read under claims may be trusted, nor written, until they hold."""
 
-    __slots__ = ("_runs", "_texts", "data")
+    __slots__ = ("_runs", "_texts", "data", "size")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self._runs: list[tuple[int, Sequence[Segment]]] = []
         self._texts: list[tuple[int, int]] = []
+        self.size = 0
+        """The bytes claimed: what checking the claims reads."""
 
     def claim(self, start: int, segments: Sequence[Segment]) -> int:
         """The end of ``segments`` laid from ``start`` in the data, their checksums claimed (not checked yet);
@@ -95,12 +97,14 @@ class Claims:
         if end > len(self.data):
             return -1
         self._runs.append((start, segments))
+        self.size += end - start
         return end
 
     def claim_text(self, start: int, end: int) -> None:
         """Claim that ``data[start:end]``, taken as bytes without being decoded (a bookkeeping line held as bytes),
         is UTF-8 text, as the line-by-line reading requires."""
         self._texts.append((start, end))
+        self.size += end - start
 
     def hold(self) -> bool:
         """Whether every segment claimed has its checksum (zlib lets other threads run meanwhile), and every text
