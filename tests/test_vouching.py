@@ -115,3 +115,17 @@ def test_a_check_gives_one_verdict_started_or_not(tmp_path: Path, where_checked:
     started = vouching.Check(bad[1])
     started.start()
     assert not started.holds() and not started.holds()
+
+
+def test_a_bookkeeping_line_held_as_bytes_that_is_not_utf8_is_refused_as_the_line_by_line_reading_refuses_it(
+    tmp_path: Path, where_checked: str
+) -> None:
+    """The series' update times are taken as bytes, not decoded: that they are UTF-8 is one of the claims."""
+    path = written_file(tmp_path)
+    original = path.read_bytes()
+    changed = original.replace(b" provider_003,success,api=", b" provider_\xff03,success,api=", 1)
+    assert changed != original
+    path.write_bytes(changed)
+    with pytest.raises(CorruptTextfileError, match="not UTF-8"):
+        record(TextfileStore(tmp_path), events.deployment_complete, "provider_003", "api", "success", 2.0)
+    assert path.read_bytes() == changed
