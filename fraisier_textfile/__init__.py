@@ -20,14 +20,14 @@ it as *applied* until the file is gone. A *deployment in flight* is one a proces
 marker is *released*, and a marker whose process died unreleased counts the deployment ``crashed``. A marker whose
 deployment the file accounts for (ended, or counted crashed) is *retired*: listed until its file is removed, so
 that nothing is counted twice. The *layout line* lists the file's blocks with checksums: a file whose bytes still
-match it is *vouched* for and read as written, without checking a line. A block of ours in our canonical form is
-held as a *span* of the file's bytes, edited where an event changes it without being split into lines
-(format/span.py). The
-*lifecycle* forgets, *expires* (drops series not updated for long) and *bounds* series, and *migrates* histograms
-to new buckets. A *schema* is the families a writer owns and rewrites, handed to the store as data; the *Fraisier
-store* (``fraisier_store.py``, the public ``TextfileStore``) is the store opened with Fraisier's schema and its
-markers' rules. The *dispatcher* is our ``fraisier`` script beside Fraisier's commands; the *bridge* points
-Fraisier's ``fraisier.metrics`` at the textfile.
+match it is *vouched* for and read as written, without checking a line (a merge takes what the line *claims* and
+checks the checksums while it writes, renaming nothing before they hold: store/vouching.py). A block of ours in
+our canonical form is held as a *span* of the file's bytes, edited where an event changes it without being split
+into lines (format/span.py). The *lifecycle* forgets, *expires* (drops series not updated for long) and *bounds*
+series, and *migrates* histograms to new buckets. A *schema* is the families a writer owns and rewrites, handed to
+the store as data; the *Fraisier store* (``fraisier_store.py``, the public ``TextfileStore``) is the store opened
+with Fraisier's schema and its markers' rules. The *dispatcher* is our ``fraisier`` script beside Fraisier's
+commands; the *bridge* points Fraisier's ``fraisier.metrics`` at the textfile.
 """
 
 from __future__ import annotations

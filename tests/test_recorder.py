@@ -951,3 +951,25 @@ def test_a_bad_lock_wait_budget_in_the_environment_is_logged_and_the_default_use
     assert "FRAISIER_LOCK_WAIT_BUDGET='soon' is not a number" in caplog.text
     with pytest.raises(FraisierTextfileError):
         MetricsRecorder(textfile_dir, strict=True)
+
+
+FIRST_MERGE = """
+import json, sys
+import fraisier_textfile
+from fraisier_textfile import MetricsRecorder
+before = set(sys.modules)
+recorder = MetricsRecorder(sys.argv[1])
+recorder.record_deployment_complete("bare_metal", "api", "success", 42.0)
+recorder.record_deployment_complete("bare_metal", "api", "failed", 42.0)
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_a_new_process_imports_nothing_while_it_merges(textfile_dir: Path) -> None:
+    """What a record process needs is imported with the package: a module loaded by the first merge is paid for
+    inside the merge, where a deployment waits for it (a checked walk of the directory once was), and where
+    bench_floor's fresh case times it. Asserted on a file written before, so the merge reads and checks it."""
+    MetricsRecorder(textfile_dir).record_deployment_complete("bare_metal", "api", "success", 1.0)
+    result = subprocess.run([sys.executable, "-c", FIRST_MERGE, str(textfile_dir)], capture_output=True, text=True,
+                            timeout=60, check=True, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+    assert json.loads(result.stdout) == []

@@ -3,6 +3,7 @@ changes from several processes combine before they do."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -137,3 +138,22 @@ def test_a_file_written_in_this_clocks_future_says_the_clock_is_behind(tmp_path:
     os.utime(path, (ahead, ahead))
     assert clock_is_behind(path)
     assert not clock_is_behind(tmp_path / "missing")
+
+
+def test_a_series_created_at_0_beside_the_one_recorded_is_left_as_the_file_has_it() -> None:
+    """A zero change (a sibling status created at 0 so that ``increase()`` sees its first event) adds nothing
+    to a series the file already holds: its lines stay as they are, even a value no sum could go into (only a
+    sum into it is refused, as above), and a series the file lacks is still created at 0."""
+    failed = series_key_of(c.DEPLOYMENT_DURATION, ("p", "failed"), "_sum")
+    text = (
+        f'{DEPLOYED.replace("success", "failed")} NaN\n'
+        + "".join(f'fraisier_deployment_duration_seconds_bucket{{provider="p",status="failed",le="{bound}"}} 1\n'
+                  for bound in c.DEPLOYMENT_DURATION.bucket_bounds)
+        + f"{failed} -3\n" + series_key_of(c.DEPLOYMENT_DURATION, ("p", "failed"), "_count") + " 1\n"
+    )
+    changes = Changes()
+    events.deployment_complete(changes, "p", "api", "success", 4.0, now=1_000_000.0)
+    merged = values(changes, text)
+    assert math.isnan(merged[DEPLOYED.replace("success", "failed")]) and merged[failed] == -3
+    assert merged[DEPLOYED] == 1 and merged[DEPLOYED.replace("success", "rolled_back")] == 0
+    assert merged[series_key_of(c.DEPLOYMENT_DURATION, ("p", "rolled_back"), "_count")] == 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 from fraisier_textfile.format import bookkeeping
 
@@ -71,6 +72,55 @@ def matches(data: bytes, start: int, segments: Sequence[Segment]) -> int:
     return position
 
 
+class Claims:
+    """What a layout line claims of a file's bytes, its segments at their places, for a reader that takes the file
+    as laid out before it checks the checksums (:meth:`hold`): a merge checks them while the disk writes
+    (store/vouching.py). Nothing read under claims may be trusted, nor written, until they hold."""
+
+    __slots__ = ("_runs", "_texts", "data", "size")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._runs: list[tuple[int, Sequence[Segment]]] = []
+        self._texts: list[tuple[int, int]] = []
+        self.size = 0
+        """The bytes claimed: what checking the claims reads."""
+
+    def claim(self, start: int, segments: Sequence[Segment]) -> int:
+        """The end of ``segments`` laid from ``start`` in the data, their checksums claimed (not checked yet);
+        -1 if they do not fit in it."""
+        end = start
+        for length, _ in segments:
+            if length <= 0:
+                return -1
+            end += length
+        if end > len(self.data):
+            return -1
+        self._runs.append((start, segments))
+        self.size += end - start
+        return end
+
+    def claim_text(self, start: int, end: int) -> None:
+        """Claim that ``data[start:end]``, taken as bytes without being decoded (a bookkeeping line held as bytes),
+        is UTF-8 text, as the line-by-line reading requires."""
+        self._texts.append((start, end))
+        self.size += end - start
+
+    def hold(self) -> bool:
+        """Whether every segment claimed has its checksum (zlib lets other threads run meanwhile), and every text
+        claimed is UTF-8."""
+        data = self.data
+        if not all(matches(data, start, segments) >= 0 for start, segments in self._runs):
+            return False
+        view = memoryview(data)
+        try:
+            for start, end in self._texts:
+                str(view[start:end], "utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+
+
 def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]], fingerprint: str) -> str:
     """The line's value. Each block: its name, its header's segment (None: a family we do not own, whose whole
     text is in its segments) and its body's segments."""
@@ -92,7 +142,10 @@ def parse(value: str, fingerprint: str) -> list[tuple[str, Segment | None, list[
     try:
         for word in words[1:]:
             name, header, *body = word.split("/")
-            blocks.append((name, None if header == RAW else _segment(header), [_segment(text) for text in body]))
+            # Read leniently (int() takes a sign or blanks): a segment read wrong does not fit the bytes, and the
+            # file is then read the slow way. A file is never taken on a layout line alone, only on its checksums.
+            segments = [(int(length), int(crc, 16)) for length, _, crc in map(str.partition, body, repeat("."))]
+            blocks.append((name, None if header == RAW else _segment(header), segments))
     except ValueError:
         return None
     return blocks

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from fraisier_textfile.format import layout
+from fraisier_textfile.format.bookkeeping import MetaValue, RawValue
 from fraisier_textfile.format.layout import Segment, crc_of, segments_of
 from fraisier_textfile.format.schema import Family, Kind, Schema, format_float
 from fraisier_textfile.format.span import BodySpan
@@ -242,7 +243,7 @@ class Document:
         self.schema = schema
         """The families this document owns (rewrites in canonical form, in this order)."""
         self.blocks: dict[str, Block] = {}
-        self.meta: dict[str, str] = {}
+        self.meta: dict[str, MetaValue] = {}
         self.preamble = ""  # the comments of a file that has no family at all
         # The meta lines as read (see read_vouched): key -> (its value then, the line's bytes). A value still
         # the same object is written back from those bytes, not encoded again: the series' update times are
@@ -293,6 +294,15 @@ class Document:
             read = self.meta_read.get(key)
             if read is not None and read[0] is value:
                 lines.append(read[1])
+                continue
+            if isinstance(value, RawValue):
+                # Spans of the line read and the bytes edited between them (bookkeeping.RawValue), as they are.
+                if not key or ":" in key or _has_blank(key):
+                    raise ValueError(f"meta key {key!r} cannot be written on one comment line")
+                if value:
+                    lines += (f"{META_PREFIX}{key}: ".encode(), *value.views(), b"\n")
+                else:
+                    lines.append(f"{META_PREFIX}{key}:\n".encode())
                 continue
             if not key or ":" in key or _has_blank(key) or "\n" in value:
                 raise ValueError(f"meta key {key!r} or its value {value!r} cannot be written on one comment line")

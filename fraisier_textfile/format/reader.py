@@ -9,6 +9,7 @@ it (see layout.py) is taken as written, without checking a line (:func:`read_vou
 from __future__ import annotations
 
 from fraisier_textfile.format import layout
+from fraisier_textfile.format.bookkeeping import MetaValue, RawValue, held_as_bytes
 from fraisier_textfile.format.model import Block, Document, check_buckets
 from fraisier_textfile.format.schema import Kind, Schema
 from fraisier_textfile.format.syntax import (
@@ -36,6 +37,17 @@ def read_vouched(data: bytes, schema: Schema) -> Document | None:
     """The document of a file whose layout line vouches for every byte after the meta lines (see layout.py),
     read from its checksums and headers without looking at a sample line; None if it does not (the caller
     then reads it the slow way, :func:`parse`, which checks every line)."""
+    claimed = read_claimed(data, schema)
+    if claimed is None or not claimed[1].hold():
+        return None
+    return claimed[0]
+
+
+def read_claimed(data: bytes, schema: Schema) -> tuple[Document, layout.Claims] | None:
+    """:func:`read_vouched` but for the checksums: the document as the file's layout line lays it out, and the
+    claims of that line, not checked yet. None if the file is not laid out as its layout line says (then it is
+    read the slow way). The caller must see the claims hold before it trusts or writes anything of the document:
+    until then its values may be anything, and reading them may raise anything."""
     prefix = META_PREFIX.encode("ascii")
     position = 0
     while data.startswith(prefix, position):
@@ -43,14 +55,16 @@ def read_vouched(data: bytes, schema: Schema) -> Document | None:
         if not position:
             return None
     view = memoryview(data)
-    meta: dict[str, str] = {}
+    meta: dict[str, MetaValue] = {}
     meta_read: dict[str, tuple[str, memoryview]] = {}
     ascii_only = True  # then every line is written back from its bytes while its value is unchanged
+    claims = layout.Claims(data)
     try:
         # Each key and value is decoded straight from the file's bytes, once: no decoded copy of all the meta
-        # lines to slice them from (the series' update times are a fifth of a big file, and in a new process
-        # every copy of them is fresh memory to fault in). A value the merge does not change is written back
-        # from the bytes read: see Document.meta_read.
+        # lines to slice them from. A value the merge does not change is written back from the bytes read: see
+        # Document.meta_read. The lines held as bytes (the series' update times, a fifth of a big file, which
+        # in a new process would be fresh memory to fault in) are not decoded at all: that they are UTF-8 is
+        # one more claim to check.
         start = 0
         while start < position:
             newline = data.index(b"\n", start)
@@ -60,14 +74,26 @@ def read_vouched(data: bytes, schema: Schema) -> Document | None:
             key = str(view[start + len(prefix) : colon], "utf-8")
             if not key or _has_blank(key):
                 return None
-            value = str(view[colon + (2 if data.startswith(b" ", colon + 1) else 1) : newline], "utf-8").strip(" \t")
+            value_start = colon + (2 if data.startswith(b" ", colon + 1) else 1)
+            if held_as_bytes(key):
+                value_end = newline
+                while value_start < value_end and data[value_start] in _BLANKS:
+                    value_start += 1
+                while value_end > value_start and data[value_end - 1] in _BLANKS:
+                    value_end -= 1
+                meta[key] = RawValue([(data, value_start, value_end)])
+                claims.claim_text(value_start, value_end)
+                start = newline + 1
+                continue
+            value = str(view[value_start:newline], "utf-8").strip(" \t")
             meta[key] = value
             ascii_only = ascii_only and key.isascii() and value.isascii()
             meta_read[key] = (value, view[start : newline + 1])
             start = newline + 1
         if not ascii_only:
             meta_read = {}
-        entries = layout.parse(meta.pop(layout.KEY, ""), schema.fingerprint)
+        line = meta.pop(layout.KEY, "")
+        entries = layout.parse(line, schema.fingerprint) if isinstance(line, str) else None
         if not entries:
             return None
         document = Document(schema)
@@ -79,20 +105,20 @@ def read_vouched(data: bytes, schema: Schema) -> Document | None:
             if name in document.blocks or (owned is None) != (header is None):
                 return None
             if header is None:
-                end = layout.matches(data, position, body)
+                end = claims.claim(position, body)
                 if end < 0:
                     return None
                 document.blocks[name] = _raw_block(name, data[position:end].decode("utf-8"))
                 position = end
                 continue
             assert owned is not None
-            header_end = layout.matches(data, position, [header])
+            header_end = claims.claim(position, [header])
             if header_end < 0:
                 return None
             comments = data[position:header_end].decode("utf-8").split("\n")
             if comments.pop() or comments[-2:] != [f"# HELP {name} {owned.help}", f"# TYPE {name} {owned.kind.value}"]:
                 return None
-            end = layout.matches(data, header_end, body)
+            end = claims.claim(header_end, body)
             if end < 0:
                 return None
             block = Block(name, help=owned.help, type=owned.kind.value, owned=owned)
@@ -102,7 +128,10 @@ def read_vouched(data: bytes, schema: Schema) -> Document | None:
             position = end
     except UnicodeDecodeError:
         return None
-    return document if position == len(data) else None
+    return (document, claims) if position == len(data) else None
+
+
+_BLANKS = b" \t"
 
 
 def _raw_block(name: str, text: str) -> Block:
@@ -248,7 +277,8 @@ class _Scan:
         if line.startswith(META_PREFIX):
             key, separator, value = line[len(META_PREFIX) :].partition(":")
             if separator and key and not _has_blank(key):
-                self.document.meta[key] = value.strip(" \t")
+                value = value.strip(" \t")
+                self.document.meta[key] = RawValue.of(value.encode("utf-8")) if held_as_bytes(key) else value
                 return
         try:
             header = _read_comment(line)
@@ -394,7 +424,8 @@ def parse(text: str, schema: Schema, check_histograms: bool = True) -> Document:
     are not cumulative (node_exporter serves such files); ``check_text`` finds them."""
     document = _Scan(text, None, schema).run()
     # The layout line is written anew with every file.
-    claimed = layout.parse(document.meta.pop(layout.KEY, ""), document.schema.fingerprint)
+    line = document.meta.pop(layout.KEY, "")
+    claimed = layout.parse(line, document.schema.fingerprint) if isinstance(line, str) else None
     if claimed:
         # A family's body that still matches the segments the file lists keeps them: cut where an earlier
         # writer cut it, so that writing the document back gives the same bytes.
@@ -418,6 +449,12 @@ def parse_bytes(data: bytes, schema: Schema, check_histograms: bool = True) -> D
     document = read_vouched(data, schema)
     if document is not None:
         return document
+    return parse_unvouched(data, schema, check_histograms)
+
+
+def parse_unvouched(data: bytes, schema: Schema, check_histograms: bool = True) -> Document:
+    """:func:`parse` of a file's bytes, its layout line not trusted: every line checked (only the segments
+    of bodies that still match it are kept, so that the same document is written back as the same bytes)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

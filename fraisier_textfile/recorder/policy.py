@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
@@ -32,9 +31,9 @@ process and directory, as a warning."""
 class Problems:
     """A recorder's problems: noted, logged once, shown by the summary until resolved, raised only if strict."""
 
-    def __init__(self, directory: Path, textfile: Path, *, strict: bool) -> None:
+    def __init__(self, directory: str, textfile: str, *, strict: bool) -> None:
         self.strict = strict
-        self._directory = str(directory)
+        self._directory = directory
         self._textfile = textfile
         self.unresolved: dict[str, str] = {}
         """Problems not yet resolved, by kind: what went wrong and how to fix it."""

@@ -86,7 +86,7 @@ class MetricsRecorder:
             lock_wait_budget = default_lock_wait_budget(strict=strict)
         lock_wait_budget = validate.check_seconds("lock_wait_budget", lock_wait_budget)
         store = make_store(directory, lock_timeout, strict=strict)
-        self._problems = Problems(store.directory, store.path, strict=strict)
+        self._problems = Problems(store.file.directory, store.file.path, strict=strict)
         self._series = ProcessSeries()
         self._writer = Writer(store, self._series, self._problems, auto_flush=auto_flush,
                               lock_wait_budget=lock_wait_budget)

@@ -126,11 +126,9 @@ class Totals:
         self.counters: dict[tuple[Family, Labels], Counter] = {}
         self.histograms: dict[tuple[Family, Labels], Histogram] = {}
         self.gauges: dict[tuple[Family, Labels], Gauge] = {}
-        self._bounds = {
-            family: [floatToGoString(bound) for bound in family.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
-            for family in catalogue.FAMILIES
-            if family.kind is Kind.HISTOGRAM
-        }
+        self._bounds: dict[Family, list[str]] = {}
+        """Each histogram's ``le`` values as prometheus_client writes them, made when it is first collected: most
+        processes record and merge, and are never collected."""
 
     def collect(self) -> Iterator[Metric]:
         """The families of the catalogue, in its order, each series in the order it was first recorded. Read
@@ -148,7 +146,9 @@ class Totals:
             metric: Metric
             if family.kind is Kind.HISTOGRAM:
                 metric = HistogramMetricFamily(family.name, family.help, labels=family.labels)
-                bounds = self._bounds[family]
+                bounds = self._bounds.get(family) or self._bounds.setdefault(
+                    family, [floatToGoString(bound) for bound in family.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
+                )
                 for labels, counts, total_sum in histograms.get(family, ()):
                     cumulative = 0.0
                     buckets = []

@@ -38,7 +38,7 @@ reads, parses and writes the whole file, and the holder merges the hand-overs in
 
 def make_store(directory: Path | str, lock_timeout: float, *, strict: bool) -> TextfileStore:
     # Strict: a typo in FRAISIER_EXPIRE_AFTER or FRAISIER_MAX_SERIES_PER_FAMILY raises (else logged once).
-    lifecycle = SeriesLifecycle.from_environment(Path(directory) / TEXTFILE_NAME, strict=strict)
+    lifecycle = SeriesLifecycle.from_environment(os.path.join(os.fspath(directory), TEXTFILE_NAME), strict=strict)
     return FraisierStore(directory, lock_timeout, lifecycle=lifecycle)
 
 

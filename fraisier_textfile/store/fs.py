@@ -311,8 +311,10 @@ def open_directory(
     path: PathName, *, create: bool = False, mode: int = DIRECTORY_MODE, wanted: str | None = None,
     search_only: bool = False,
 ) -> Directory | None:
-    """The textfile directory at ``path``, opened by a checked walk of its path: see walk.open_directory (walk.py
-    builds on Directory, so it is loaded here, at the first call)."""
-    from fraisier_textfile.store import walk
-
+    """The textfile directory at ``path``, opened by a checked walk of its path: see walk.open_directory."""
     return walk.open_directory(path, create=create, mode=mode, wanted=wanted, search_only=search_only)
+
+
+# walk.py builds on Directory, so it is imported once this module is complete; with it, not by the first merge of a
+# process (which would then pay for loading it), as every process that opens a store directory needs it.
+from fraisier_textfile.store import walk  # noqa: E402

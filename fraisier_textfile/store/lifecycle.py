@@ -143,13 +143,13 @@ class SeriesLifecycle:
 
     # The hooks in the store's merge
 
-    def before_merge(self, document: Document, changes: Changes, read_from_disk: bool) -> Changes:
-        """Migrate histograms with other buckets (a document this store wrote itself needs none), then drop
+    def before_merge(self, document: Document, changes: Changes, as_written: bool) -> Changes:
+        """Migrate histograms with other buckets (a document as this store writes it needs none), then drop
         changes to new series of families at their bound. Returns the changes to apply: ``changes`` itself,
         or a copy without the refused ones."""
         self.forgotten = []
         self._refused = {}
-        if read_from_disk:
+        if not as_written:
             touched = {family for family, _ in changes.observed}
             try:
                 migrate_histograms(document, touched)
@@ -232,22 +232,30 @@ class SeriesLifecycle:
 
 
 def _record_times(document: Document, changes: Changes, minute: int, active_family: Family | None) -> None:
-    touched: dict[Family, list[str]] = {}
+    changed: dict[Family, dict[Labels, None]] = {}
     for kind in _MERGE_KINDS:
         for family, labels in getattr(changes, kind):
-            keys = touched.setdefault(family, [])
-            keys.append(times_key(labels))
-            sibling = family.zero_series
-            block = document.blocks.get(family.name)
-            if sibling is None or block is None:
-                continue
-            position, choices = family.labels.index(sibling[0]), sibling[1]
-            suffix = "_count" if family.kind is Kind.HISTOGRAM else ""
+            changed.setdefault(family, {})[labels] = None
+    touched: dict[Family, list[str]] = {}
+    for family, series in changed.items():
+        keys = touched[family] = []
+        sibling = family.zero_series
+        block = document.blocks.get(family.name)
+        if sibling is None or block is None:
+            keys.extend(times_key(labels) for labels in series)
+            continue
+        position, choices = family.labels.index(sibling[0]), sibling[1]
+        name = family.name + ("_count" if family.kind is Kind.HISTOGRAM else "")
+        found: dict[Labels, None] = {}  # in the order first found, each once
+        for labels in series:
+            found[labels] = None
             for choice in choices:
                 if choice != labels[position]:
                     other = (*labels[:position], choice, *labels[position + 1 :])
-                    if block.value(series_key(family.name + suffix, family.labels, other)) is not None:
-                        keys.append(times_key(other))
+                    # A sibling the changes hold is in the file now (just applied): no need to look.
+                    if other in series or block.value(series_key(name, family.labels, other)) is not None:
+                        found[other] = None
+        keys.extend(times_key(labels) for labels in found)
     active = None if active_family is None else document.blocks.get(active_family.name)
     if active_family is not None and active is not None and active.raw is None:
         providers = set(changes.active_providers)
@@ -260,9 +268,10 @@ def _record_times(document: Document, changes: Changes, minute: int, active_fami
         if family.name not in document.blocks:
             continue
         times_line = UPDATED.at(family.name)
-        times = SeriesTimes(times_line.get(document) or str(minute))
+        line = times_line.get_raw(document)
+        times = SeriesTimes(line if line else str(minute))
         times.touch(keys, minute)
-        times_line.put(document, times.render())
+        times_line.put_raw(document, times.render())
 
 
 
@@ -315,7 +324,7 @@ class LifecycleParticipant(Participant):
         self.lifecycle = lifecycle
 
     def before_apply(self, merge: Merge) -> None:
-        merge.changes = self.lifecycle.before_merge(merge.document, merge.changes, merge.read_from_disk)
+        merge.changes = self.lifecycle.before_merge(merge.document, merge.changes, merge.as_written)
 
     def after_apply(self, merge: Merge) -> None:
         self.lifecycle.after_merge(merge.document, merge.changes)

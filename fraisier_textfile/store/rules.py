@@ -42,12 +42,24 @@ def apply_changes(
     """Apply ``changes`` to the document: counters and histograms summed, gauges replaced or maximised.
     ``clock_is_behind``: ``now`` is known to be behind, so stored times ahead of it are kept as the maximum.
     Raises before the file is written when a sum cannot be honest (see :func:`_summed`)."""
+    # A zero change only makes sure its series exists (a sibling created at 0 beside the one recorded: see
+    # Family.zero_series): one the file holds is left as it is, not looked up line by line, summed with 0 and
+    # written back the same. A fresh process's first event carries 70 such lines for the one it records.
     for (family, labels), amount in changes.added.items():
         block = document.block(family)
         key = series_key_of(family, labels)
+        if amount == 0 and block.value(key) is not None:
+            continue
         block.set(key, _summed(block, key, amount, path))
     for (family, labels), delta in changes.observed.items():
         block = document.block(family)
+        # Its _count stands for the whole series: a histogram this merge touches has every bucket of each of its
+        # series by now (the lifecycle's migration checks, or rebuilds, those of a file not as the store writes it).
+        if (
+            not delta.count and delta.sum == 0 and not any(delta.buckets)
+            and block.value(series_key_of(family, labels, "_count")) is not None
+        ):
+            continue
         pairs = label_text(family.labels, labels)
         bucket_prefix = f"{family.name}_bucket{{{pairs}," if pairs else f"{family.name}_bucket{{"
         cumulative = 0

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from fraisier_textfile.errors import InvalidValueError
+from fraisier_textfile.format.bookkeeping import RawValue
 from fraisier_textfile.format.model import Block, Document
 from fraisier_textfile.format.schema import Family, Schema
 from fraisier_textfile.store.changes import Changes
@@ -133,7 +134,7 @@ def _sweep_family(
     if block is None or block.raw is not None:
         return []
     times_line = UPDATED.at(family.name)
-    times = SeriesTimes(times_line.get(document) or None)
+    times = SeriesTimes(times_line.get_raw(document))
     if any(label not in family.labels for label, _ in matchers):
         return []
     if cutoff is not None and not matchers:
@@ -171,6 +172,5 @@ def _sweep_family(
             # A full scan: keep only the times of series still there (the others were forgotten by hand).
             present = {keys[text] for text in keys if text not in chosen}
             times.forget([key for key in times.entries() if key not in present])
-        rendered = times.render()
-        times_line.put(document, rendered if family.name in document.blocks else "")
+        times_line.put_raw(document, times.render() if family.name in document.blocks else RawValue())
     return [f"{family.name}{{{text}}}" for text in series_texts(block) if text in chosen]

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from fraisier_textfile.format.bookkeeping import KeyedBookkeeping, text_value
+from fraisier_textfile.format.bookkeeping import KeyedBookkeeping, RawValue, Span, text_value
 from fraisier_textfile.format.model import Block
 from fraisier_textfile.format.syntax import parse_series_key
 
-UPDATED = KeyedBookkeeping("updated-", text_value, text_value)
-"""``updated-<family>``: the last-update times of that family's series (SeriesTimes' text)."""
+UPDATED = KeyedBookkeeping("updated-", text_value, text_value, as_bytes=True)
+"""``updated-<family>``: the last-update times of that family's series (SeriesTimes' text), held as bytes."""
 
 # A merge touching more series than this rewrites a family's times through a dict instead of in place.
 _IN_PLACE_LIMIT = 32
+# Edits in place leave the line in pieces (spans of the line read, the minutes put between them); past this many,
+# it is joined into one again before the next edit.
+_MOST_SPANS = 64
 
 
 class SeriesTimes:
@@ -29,28 +32,34 @@ class SeriesTimes:
     file carries its own times; and a merge rewrites only the lines of the families it touched. Why this form:
     ``<oldest> <key>=<minute> <key>=<minute> ...``, the key being the label values (percent-encoded, comma
     separated), the time in whole minutes since the epoch. About 30 bytes a series (a counter line is 80-100),
-    and a merge that touches a few series edits the line in place (no split of 100k entries) and, within the
-    same minute, does not change it at all. ``oldest`` is never later than the oldest entry (it may be earlier
-    after an update), so an expiring merge skips every family whose ``oldest`` is recent, and rescans (and
-    corrects it) only when something may really be due."""
+    and a merge that touches a few series edits the line's bytes in place (no decoding, no split of 100k entries,
+    the rest written back from where it was read) and, within the same minute, does not change it at all.
+    ``oldest`` is never later than the oldest entry (it may be earlier after an update), so an expiring merge
+    skips every family whose ``oldest`` is recent, and rescans (and corrects it) only when something may really be
+    due."""
 
-    __slots__ = ("_entries", "_text")
+    __slots__ = ("_entries", "_value")
 
-    def __init__(self, text: str | None) -> None:
-        self._text = text or ""
+    def __init__(self, value: RawValue | str | None) -> None:
+        """``value``: the line's value (text, for tests and the first time of a family)."""
+        self._value = RawValue.of(value.encode("utf-8")) if isinstance(value, str) else value or RawValue()
         self._entries: dict[str, int] | None = None
 
     @property
     def oldest(self) -> int | None:
         if self._entries is not None:
             return min(self._entries.values(), default=None)
-        head = self._text.partition(" ")[0]
+        if not self._value:
+            return None
+        data, start, end = self._value.spans[0]  # an edit never reaches the head: it stays in the first span
+        space = data.find(b" ", start, end)
+        head = data[start : end if space < 0 else space]
         return int(head) if head.isdigit() else None
 
     def entries(self) -> dict[str, int]:
         if self._entries is None:
             entries: dict[str, int] = {}
-            for token in self._text.split(" ")[1:]:
+            for token in self._value.text().split(" ")[1:]:
                 key, _, minute = token.rpartition("=")
                 if minute.isdigit():  # anything else was not written by us: that series' time is unknown
                     entries[key] = int(minute)
@@ -59,32 +68,7 @@ class SeriesTimes:
 
     def touch(self, keys: Sequence[str], minute: int) -> None:
         if self._entries is None and len(keys) <= _IN_PLACE_LIMIT and self.oldest is not None:
-            # The line is rebuilt once, from the spans between the minutes that change (a copy of the whole
-            # line per key cost a merge milliseconds at 100,000 series).
-            text = self._text
-            new = str(minute)
-            spans: dict[int, int] = {}
-            appended: list[str] = []
-            for key in keys:
-                start = text.find(f" {key}=")
-                if start < 0:
-                    if f" {key}={new}" not in appended:
-                        appended.append(f" {key}={new}")
-                    continue
-                start += len(key) + 2
-                end = text.find(" ", start)
-                end = len(text) if end < 0 else end
-                # Update times only move forward: a process whose clock is behind must not make a series look old.
-                if not text[start:end].isdigit() or int(text[start:end]) < minute:
-                    spans[start] = end
-            if spans or appended:
-                parts: list[str] = []
-                last = 0
-                for start in sorted(spans):
-                    parts += (text[last:start], new)
-                    last = spans[start]
-                parts.append(text[last:])
-                self._text = "".join(parts + appended)
+            self._touch_in_place(keys, minute)
             return
         entries = self.entries()
         for key in keys:
@@ -93,18 +77,69 @@ class SeriesTimes:
             if entries.get(key, -1) < minute:
                 entries[key] = minute
 
+    def _touch_in_place(self, keys: Sequence[str], minute: int) -> None:
+        """The minutes that change replaced in the line's bytes, new keys added at its end: the line is never
+        decoded, and what does not change is written back from where it was read."""
+        spans = self._value.spans
+        if len(spans) > 1 and len(spans) + 2 * len(keys) > _MOST_SPANS:
+            joined = bytes(self._value)
+            spans = [(joined, 0, len(joined))]
+        new = str(minute).encode()
+        edits: dict[tuple[int, int], int] = {}  # (span, start of a minute) -> its end
+        appended: list[bytes] = []
+        for key in keys:
+            needle = f" {key}=".encode()
+            number, found = _find(spans, needle)
+            if found < 0:
+                if "\n" in key or "\r" in key:
+                    raise ValueError(f"a series' key {key!r} cannot be written on the one line of its family's times")
+                if needle + new not in appended:
+                    appended.append(needle + new)
+                continue
+            data, _, end = spans[number]
+            at = found + len(needle)
+            stop = data.find(b" ", at, end)
+            stop = end if stop < 0 else stop
+            if at == stop and number + 1 < len(spans):  # the minute was put there before: the next span is it
+                number, (data, at, stop) = number + 1, spans[number + 1]
+            # Update times only move forward: a process whose clock is behind must not make a series look old.
+            if not data[at:stop].isdigit() or int(data[at:stop]) < minute:
+                edits[(number, at)] = stop
+        if not edits and not appended:
+            return
+        edited: list[Span] = []
+        for number, (data, start, end) in enumerate(spans):
+            for at in sorted(position for span, position in edits if span == number):
+                edited += ((data, start, at), (new, 0, len(new)))
+                start = edits[(number, at)]
+            edited.append((data, start, end))
+        edited.extend((line, 0, len(line)) for line in appended)
+        self._value = RawValue(edited)
+
     def forget(self, keys: Iterable[str]) -> None:
         entries = self.entries()
         for key in keys:
             entries.pop(key, None)
 
-    def render(self) -> str:
+    def render(self) -> RawValue:
         if self._entries is not None:
             oldest = self.oldest
             if oldest is None:
-                return ""
-            return f"{oldest} " + " ".join(f"{key}={minute}" for key, minute in self._entries.items())
-        return self._text
+                return RawValue()
+            text = f"{oldest} " + " ".join(f"{key}={minute}" for key, minute in self._entries.items())
+            if "\n" in text or "\r" in text:
+                raise ValueError(f"the times {text[:80]!r}... cannot be written on one line")
+            return RawValue.of(text.encode("utf-8"))
+        return self._value
+
+
+def _find(spans: Sequence[Span], needle: bytes) -> tuple[int, int]:
+    """The first span holding ``needle`` and where in its data; (-1, -1) if none does."""
+    for number, (data, start, end) in enumerate(spans):
+        found = data.find(needle, start, end)
+        if found >= 0:
+            return number, found
+    return -1, -1
 
 
 def times_key(values: Iterable[str]) -> str:

@@ -5,7 +5,8 @@ The steps, under the lock:
 
     load the file -> collect (each participant, in order) -> combine with the caller's changes
     -> before apply (in reverse order) -> apply -> after apply (in order) -> write a temporary file
-    -> check the lock is still ours -> rename it over the file -> [release the lock]
+    -> check the file read was as its layout claimed -> check the lock is still ours -> rename it over the file
+    -> [release the lock]
     -> fsync the directory (the rename is durable) -> after commit (in order) -> close (in order, always)
 
 A participant owns one protocol of the directory: its files, its bookkeeping line in the document (declared in
@@ -41,6 +42,7 @@ from fraisier_textfile.store import process
 from fraisier_textfile.store.files import FileVersion, Textfile, unlink_quietly
 from fraisier_textfile.store.lock import DeferredSignals, Lock, LockLost
 from fraisier_textfile.store.rules import apply_changes, clock_is_behind, combine
+from fraisier_textfile.store.vouching import Check
 
 if TYPE_CHECKING:
     from fraisier_textfile.format.model import Document
@@ -51,11 +53,12 @@ if TYPE_CHECKING:
 class Merge:
     """One merge under way: what every participant sees, and where it adds its part."""
 
-    __slots__ = ("changes", "directory", "document", "own", "path", "read_from_disk", "running", "textfile")
+    __slots__ = ("as_written", "changes", "directory", "document", "own", "path", "read_from_disk", "running",
+                 "textfile")
 
     def __init__(
         self, directory: fs.PathName, path: fs.PathName, textfile: fs.Directory, document: Document, own: Changes,
-        read_from_disk: bool,
+        read_from_disk: bool, as_written: bool = False,
     ) -> None:
         self.directory = directory
         """The textfile directory, for messages (never opened again by path: see ``textfile``)."""
@@ -73,6 +76,10 @@ class Merge:
         self.read_from_disk = read_from_disk
         """Whether the document was read from the file now, rather than kept from this process's last merge
         (then nobody merged since, and nothing in it needs migrating)."""
+        self.as_written = as_written or not read_from_disk
+        """Whether the document is as this package writes it for the store's schema: kept from this process's
+        last merge, or a file read as its layout line lays it out (whose claims are checked before the rename:
+        see vouching.py). Its histograms have the schema's buckets, whole series each."""
         self.running: dict[str, int] = {}
         """Deployments running by provider that sources know of without an in-flight marker (rows of
         Fraisier's database): the markers' accounting adds them to the active gauge."""
@@ -113,6 +120,11 @@ temporaries."""
 log = logger.get_logger(__name__)
 
 
+class NotVouched(Exception):
+    """The file a merge read is not what its layout line claims (someone changed it since it was written): the
+    merge starts again, reading it line by line (see vouching.py)."""
+
+
 class Transaction:
     """The merges of one store: the lock, the file, the participants in their order, and what this process
     keeps between two merges (the document it wrote last; the version of the file that failed to parse)."""
@@ -133,6 +145,9 @@ class Transaction:
         self._corrupt: tuple[FileVersion, CorruptTextfileError] | None = None
         """The version of the file that failed to parse, and how: see _load."""
         self._next_litter_check = 0.0  # see LITTER_INTERVAL
+        self._check_claims_first = False
+        """The last merge found the file not as its layout line claimed: the next read checks the claims before
+        it takes anything from the file."""
 
     def run(self, changes: Changes, timeout: float, textfile: fs.Directory) -> None:
         """One merge of ``changes`` into the textfile directory held by ``textfile`` (open and checked), waiting
@@ -149,6 +164,9 @@ class Transaction:
                         merge = self._locked(changes, textfile)
                     except LockLost:
                         log.warning("%s was removed or replaced during a merge: merging again", self.lock.path)
+                        continue
+                    except NotVouched:
+                        self._check_claims_first = True
                         continue
                     finally:
                         self.lock.release()
@@ -169,24 +187,38 @@ class Transaction:
     def _locked(self, changes: Changes, textfile: fs.Directory) -> Merge:
         """The transaction's steps under the lock (see the module's note), up to the rename; returns the merge for
         the steps after the release."""
-        document = self._load(textfile)
+        document, check = self._load(textfile)
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         if cached is not None:
             cached[0].close()
         # Not what we wrote: then it needs the checks a file from elsewhere needs (histogram buckets).
         merge = Merge(self.file.directory, self.file.path, textfile, document, changes,
-                      read_from_disk=cached is None or document is not cached[1])
-        participants = self.participants
-        collected = [part for part in (self._collect(p, merge) for p in participants) if part]
-        if collected:
-            merge.changes = combine([*collected, changes])
-        count_running(self.sources, merge.running)
-        for participant in reversed(participants):
-            participant.before_apply(merge)
-        apply_changes(document, merge.changes, self.file.path, time.time(), clock_is_behind(self.file.path, textfile))
-        for participant in participants:
-            participant.after_apply(merge)
-        temporary, descriptor = self.file.write_temporary(document.parts(), textfile)
+                      read_from_disk=cached is None or document is not cached[1], as_written=check is not None)
+        try:
+            participants = self.participants
+            collected = [part for part in (self._collect(p, merge) for p in participants) if part]
+            if collected:
+                merge.changes = combine([*collected, changes])
+            count_running(self.sources, merge.running)
+            for participant in reversed(participants):
+                participant.before_apply(merge)
+            behind = clock_is_behind(self.file.path, textfile)
+            apply_changes(document, merge.changes, self.file.path, time.time(), behind)
+            for participant in participants:
+                participant.after_apply(merge)
+            parts = document.parts()
+            if check is not None:
+                check.start()  # while the new version is written and fsynced
+            temporary, descriptor = self.file.write_temporary(parts, textfile)
+        except Exception:
+            # Whatever a file taken on trust made go wrong (a value that is no number) is the file's: read it again.
+            if check is not None and not check.holds():
+                raise NotVouched from None
+            raise
+        if check is not None and not check.holds():
+            os.close(descriptor)
+            unlink_quietly(textfile, temporary)
+            raise NotVouched
         if not self.lock.is_held():
             # Someone removed the lock file while we held it: another merger may have locked a new one and
             # read the file we are about to replace. Start again under the lock now at the path.
@@ -222,11 +254,12 @@ class Transaction:
                             error, exc_info=log.isEnabledFor(logger.DEBUG))
             return None
 
-    def _load(self, textfile: fs.Directory) -> Document:
+    def _load(self, textfile: fs.Directory) -> tuple[Document, Check | None]:
+        """The document to merge into, and the check of its claims still to be made (None: nothing to check)."""
         if self._cached is not None:
             cached_version, document = self._cached
             if cached_version.is_current(textfile):
-                return document
+                return document, None
             cached_version.close()
             self._cached = None
         if self._corrupt is not None:
@@ -239,8 +272,14 @@ class Transaction:
             self._next_litter_check = time.monotonic() + LITTER_INTERVAL
             self.remove_litter(textfile)
         version, data = self.file.read_data(textfile)
+        check = None
         try:
-            document = self.file.parse_data(data, check_histograms=False)
+            if self._check_claims_first:
+                self._check_claims_first = False
+                document = self.file.parse_data(data, check_histograms=False)
+            else:
+                document, claims = self.file.parse_claimed(data)
+                check = None if claims is None else Check(claims)
         except CorruptTextfileError as error:
             # The same bytes fail the same way. Until the file changes (the operator's fix), merges answer
             # from here rather than read and parse it again: for a big file that costs seconds, and a
@@ -250,7 +289,7 @@ class Transaction:
             raise
         if version is not None:
             version.close()
-        return document
+        return document, check
 
     def remove_litter(self, textfile: fs.Directory) -> None:
         """Temporary files are only made under the lock, which we hold: any left are from killed writers. Each

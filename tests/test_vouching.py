@@ -1,0 +1,131 @@
+"""Checking a file's layout claims while the merge writes (fraisier_textfile/store/vouching.py): a merge takes the
+file it reads as its layout line lays it out, checks the checksums while its new version is written, and renames
+nothing taken on trust from a file someone changed since: that file is merged again, read line by line."""
+
+from __future__ import annotations
+
+import _thread
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.catalogue import SCHEMA
+from fraisier_textfile.errors import CorruptTextfileError
+from fraisier_textfile.format.reader import parse, read_vouched
+from fraisier_textfile.store import vouching
+from fraisier_textfile.store.files import TEMPORARY_PREFIX
+
+from .stores import record
+
+LABELS = 'provider="provider_003",status="success",fraise_type="api"'
+SWAPPED = 'status="success",provider="provider_003",fraise_type="api"'  # the same bytes, in another order
+KEY = f"fraisier_deployments_total{{{LABELS}}}"
+
+
+@pytest.fixture(params=["in a thread", "in the merge's thread"])
+def where_checked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The files here are small: checked in a thread only when the bound is lowered (a big file's case)."""
+    monkeypatch.setattr(vouching, "THREAD_FROM", 0 if request.param == "in a thread" else 1 << 40)
+    return str(request.param)
+
+
+def written_file(directory: Path) -> Path:
+    """A file the store wrote, several segments long, vouched for by its layout line."""
+    store = TextfileStore(directory)
+    for number in range(60):
+        record(store, events.deployment_complete, f"provider_{number:03d}", "api", "success", 1.5 + number)
+    path = directory / "fraisier.prom"
+    assert read_vouched(path.read_bytes(), SCHEMA) is not None
+    return path
+
+
+def edited(path: Path, old: str, new: str) -> bytes:
+    """The file changed in place by someone else, keeping its length: only the checksums can tell."""
+    original = path.read_bytes()
+    changed = original.replace(old.encode(), new.encode(), 1)
+    assert changed != original and len(changed) == len(original)
+    path.write_bytes(changed)
+    return changed
+
+
+def values(path: Path) -> dict[str, float]:
+    document = parse(path.read_text(), SCHEMA)
+    return dict(sample for block in document.blocks.values() for sample in block.samples())
+
+
+def lines_of(path: Path, labels: str) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.startswith("fraisier_deployments_total{")
+            and all(pair in line for pair in labels.split(","))]
+
+
+def test_a_file_changed_since_it_was_written_is_merged_as_its_lines_say(tmp_path: Path, where_checked: str) -> None:
+    """Its labels in another order, the recorded series looks absent to a reader that trusts the layout, which
+    would add it a second time; the merge reads the file line by line and sums into it."""
+    path = written_file(tmp_path)
+    edited(path, f"{KEY} 1.0\n", f"fraisier_deployments_total{{{SWAPPED}}} 1.0\n")
+    record(TextfileStore(tmp_path), events.deployment_complete, "provider_003", "api", "success", 2.0)
+    assert lines_of(path, LABELS) == [f"{KEY} 2.0"]
+    assert values(path)[KEY] == 2.0
+    assert read_vouched(path.read_bytes(), SCHEMA) is not None  # written in our form, vouched for again
+
+
+def test_a_value_changed_into_no_number_is_refused_as_the_line_by_line_reading_refuses_it(
+    tmp_path: Path, where_checked: str
+) -> None:
+    """The merge trusting the layout fails on the value (no float); that failure is the file's: read line by
+    line, the file is refused with its line, left as it was, and no temporary file stays."""
+    path = written_file(tmp_path)
+    changed = edited(path, f"{KEY} 1.0\n", f"{KEY} x.0\n")
+    with pytest.raises(CorruptTextfileError, match=r'fraisier.prom:\d+: expected float as value, got "x.0"'):
+        record(TextfileStore(tmp_path), events.deployment_complete, "provider_003", "api", "success", 2.0)
+    assert path.read_bytes() == changed
+    assert not [name.name for name in tmp_path.iterdir() if name.name.startswith(TEMPORARY_PREFIX)]
+
+
+def test_where_no_thread_can_start_the_claims_are_checked_in_the_merges_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interpreter shutting down refuses new threads (RuntimeError): the exit's merge still checks."""
+    monkeypatch.setattr(vouching, "THREAD_FROM", 0)  # a thread is asked for
+    path = written_file(tmp_path)
+    edited(path, f"{KEY} 1.0\n", f"fraisier_deployments_total{{{SWAPPED}}} 1.0\n")
+
+    def refuse(*arguments: object) -> int:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(_thread, "start_new_thread", refuse)
+    record(TextfileStore(tmp_path), events.deployment_complete, "provider_003", "api", "success", 2.0)
+    assert lines_of(path, LABELS) == [f"{KEY} 2.0"]
+
+
+def test_a_check_gives_one_verdict_started_or_not(tmp_path: Path, where_checked: str) -> None:
+    from fraisier_textfile.format.reader import read_claimed
+
+    path = written_file(tmp_path)
+    good = read_claimed(path.read_bytes(), SCHEMA)
+    assert good is not None
+    started = vouching.Check(good[1])
+    started.start()
+    assert started.holds() and started.holds()
+    bad = read_claimed(edited(path, f"{KEY} 1.0\n", f"{KEY} 9.0\n"), SCHEMA)
+    assert bad is not None  # laid out as the layout line says: only the checksums tell
+    assert not vouching.Check(bad[1]).holds()
+    started = vouching.Check(bad[1])
+    started.start()
+    assert not started.holds() and not started.holds()
+
+
+def test_a_bookkeeping_line_held_as_bytes_that_is_not_utf8_is_refused_as_the_line_by_line_reading_refuses_it(
+    tmp_path: Path, where_checked: str
+) -> None:
+    """The series' update times are taken as bytes, not decoded: that they are UTF-8 is one of the claims."""
+    path = written_file(tmp_path)
+    original = path.read_bytes()
+    changed = original.replace(b" provider_003,success,api=", b" provider_\xff03,success,api=", 1)
+    assert changed != original
+    path.write_bytes(changed)
+    with pytest.raises(CorruptTextfileError, match="not UTF-8"):
+        record(TextfileStore(tmp_path), events.deployment_complete, "provider_003", "api", "success", 2.0)
+    assert path.read_bytes() == changed
