@@ -199,7 +199,7 @@ class Directory:
                 try:
                     status = os.fstat(descriptor)
                     self._check_owner(name, status)
-                    if made and status.st_uid == os.geteuid():
+                    if made and just_made(descriptor, status):
                         os.fchmod(descriptor, mode | (status.st_mode & stat.S_ISGID))
                         give(descriptor, os.fstat(self.descriptor))
                 except OSError as error:
@@ -270,6 +270,20 @@ def give(descriptor: int, directory: os.stat_result) -> None:
             os.fchown(descriptor, directory.st_uid, directory.st_gid if group is None else group)
         except OSError:
             pass
+
+
+def just_made(descriptor: int, status: os.stat_result) -> bool:
+    """Whether the directory held by ``descriptor`` (of status ``status``), opened by its name just after this
+    process's mkdir of it with mode 0700, may be what that mkdir made: this process's user's, with no permission
+    beyond 0700 (a setgid bit is inherited), empty. A writer of its parent may have renamed the new directory
+    away and moved another directory of this user's (root's) in its place in between: that one must keep its
+    mode and owner, or root would give the writer a directory of root's with what is in it. (An empty directory
+    of root's with mode 0700 or less, given instead, holds nothing, and that writer could have made its own.)"""
+    if status.st_uid != os.geteuid() or stat.S_IMODE(status.st_mode) & ~(0o700 | stat.S_ISGID):
+        return False
+    if status.st_nlink != 2:
+        return False  # a subdirectory in it
+    return not os.listdir(descriptor)
 
 
 def _primary_group(uid: int) -> int | None:

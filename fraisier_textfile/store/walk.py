@@ -18,7 +18,16 @@ import stat
 from typing import TYPE_CHECKING
 
 from fraisier_textfile.errors import TextfileError, UnexpectedFileError, write_error
-from fraisier_textfile.store.fs import _OPEN_DIRECTORY, DIRECTORY_MODE, Directory, PathName, _kind, _owner_name, give
+from fraisier_textfile.store.fs import (
+    _OPEN_DIRECTORY,
+    DIRECTORY_MODE,
+    Directory,
+    PathName,
+    _kind,
+    _owner_name,
+    give,
+    just_made,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -271,14 +280,15 @@ def _make(descriptor: int, parent: os.stat_result, name: str, mode: int, compone
     except OSError as error:
         raise write_error(component, "create the directory", error) from None
     # The mode and the owner through a descriptor of what we made, not through the name (which may have been
-    # swapped since the mkdir: then what is there is opened, and judged, by the walk).
+    # swapped since the mkdir: a symlink is not followed, another directory moved there keeps its mode and owner
+    # (fs.just_made), and what is there is opened, and judged, by the walk).
     try:
         made = os.open(name, _OPEN_DIRECTORY, dir_fd=descriptor)
     except OSError:
         return
     try:
         status = os.fstat(made)
-        if status.st_uid == os.geteuid():
+        if just_made(made, status):
             os.fchmod(made, mode | (status.st_mode & stat.S_ISGID))
             give(made, parent)
     except OSError as error:
