@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -148,3 +152,44 @@ def test_what_root_makes_in_another_users_directory_gets_that_users_group_as_tha
         made.close()
         status = (parent / "metrics").lstat()
         assert (status.st_uid, status.st_gid) == (nobody.pw_uid, group), setgid
+
+
+SWITCHES_USER = """
+import os, sys
+from fraisier_textfile.errors import UnexpectedFileError
+from fraisier_textfile.store import fs
+path, user = sys.argv[1], int(sys.argv[2])
+os.seteuid(user)
+fs.open_directory(path).close()  # the user's own symlink, in its own directory: followed
+os.seteuid(0)
+try:
+    fs.open_directory(path, create=True)
+except UnexpectedFileError as error:
+    print(error)
+"""
+
+
+def test_a_walk_made_as_another_user_is_not_taken_for_roots(tmp_path: Path) -> None:
+    """Bug: the walk was remembered per path, whatever the user it was made as. A root process that switches
+    its effective user (seteuid) to the deploying user and back walked the path as that user, who may follow
+    its own symlinks: root then used the directory that walk found, a directory of root's the symlink leads to,
+    without walking again. A walk is remembered per path and user now: root's walk refuses the symlink."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can switch users")
+    nobody = pwd.getpwnam("nobody")
+    parent = Path(tempfile.mkdtemp(prefix="switches-", dir="/tmp"))  # nobody must be able to search it
+    try:
+        os.chmod(parent, 0o755)
+        (parent / "roots").mkdir(mode=0o755)
+        (parent / "nobodys").mkdir(mode=0o755)
+        os.chown(parent / "nobodys", nobody.pw_uid, nobody.pw_gid)
+        (parent / "nobodys" / "metrics").symlink_to(parent / "roots")
+        os.lchown(parent / "nobodys" / "metrics", nobody.pw_uid, nobody.pw_gid)
+        run = subprocess.run([sys.executable, "-c", SWITCHES_USER, str(parent / "nobodys" / "metrics"),
+                              str(nobody.pw_uid)], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.startswith(f"{parent / 'nobodys' / 'metrics'}: {parent / 'nobodys' / 'metrics'} is a "
+                                     f"symlink (to {parent / 'roots'}) in {parent / 'nobodys'}, which nobody may"), (
+            run.stdout)
+    finally:
+        shutil.rmtree(parent)

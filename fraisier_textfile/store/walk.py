@@ -66,7 +66,7 @@ def open_directory(
         except BaseException:
             os.close(descriptor)
             raise
-        if _identity(status) == _vetted.get(path):
+        if _identity(status) == _vetted.get((path, os.geteuid())):
             return Directory(descriptor, path)
         os.close(descriptor)
     walked = _walk(path, create, mode, wanted)
@@ -74,7 +74,7 @@ def open_directory(
         return None
     try:
         if path.startswith("/"):  # a relative path names another directory once the process changes its own
-            _vetted[path] = _identity(os.fstat(walked))
+            _vetted[path, os.geteuid()] = _identity(os.fstat(walked))
         if search_only:
             return Directory(walked, path)
         descriptor = os.open(".", flags, dir_fd=walked)
@@ -88,13 +88,14 @@ def open_directory(
     return Directory(descriptor, path)
 
 
-_vetted: dict[str, tuple[int, ...]] = {}
-"""What :func:`_walk` found at each path this process opened: the directory's device, inode, owner, group and
-mode. A directory with all five is the one the walk checked, or one that took its inode number since (the
-walk's directory removed) with the same owner, group and mode: a directory the same users may write, which root
-writing the store's files in harms nobody. Not a descriptor held open: that would keep a removed directory's
-inode, and its filesystem mounted, for the life of the process. A cache of facts that hold in a forked child
-as well."""
+_vetted: dict[tuple[str, int], tuple[int, ...]] = {}
+"""What :func:`_walk` found at each path this process opened, and as which effective user (what it trusts
+depends on who it is: a root process switched to the deploying user by seteuid follows that user's symlinks,
+which root must not): the directory's device, inode, owner, group and mode. A directory with all five is the
+one the walk checked, or one that took its inode number since (the walk's directory removed) with the same owner,
+group and mode: a directory the same users may write, which root writing the store's files in harms nobody. Not
+a descriptor held open: that would keep a removed directory's inode, and its filesystem mounted, for the life of
+the process. A cache of facts that hold in a forked child as well."""
 
 
 def _identity(status: os.stat_result) -> tuple[int, ...]:
