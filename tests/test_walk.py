@@ -193,3 +193,14 @@ def test_a_walk_made_as_another_user_is_not_taken_for_roots(tmp_path: Path) -> N
             run.stdout)
     finally:
         shutil.rmtree(parent)
+
+
+def test_a_directory_missing_with_many_parents_is_made_at_the_first_merge(tmp_path: Path) -> None:
+    """Bug: the walk allowed itself five makes per component still to walk, counted over the whole path (against
+    a writer removing what it makes, over and over): from eleven missing directories on, the first merge failed
+    with "No such file or directory", and made some of them. Each component may now be made again five times."""
+    path = tmp_path.joinpath(*(f"level{number}" for number in range(40)))
+    made = fs.open_directory(path, create=True)
+    assert made is not None
+    with made:
+        assert os.path.samestat(made.status(), path.stat())

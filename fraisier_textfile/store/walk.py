@@ -157,8 +157,8 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
                 if not create:
                     os.close(descriptor)
                     return None
-                made += 1
-                if made > 5 * (len(names) + 1) + 5:  # made and removed again by someone else, over and over
+                made += 1  # made since the walk last went down a directory
+                if made > 5:  # made and removed again by someone else, over and over
                     raise OSError(errno.ENOENT, os.strerror(errno.ENOENT)) from None
                 _make(descriptor, status, name, mode, os.path.join(where, name), path, wanted)
                 names.append(name)  # opened, and checked, as if it were there before
@@ -205,6 +205,7 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
             os.close(descriptor)
             descriptor, status = child, child_status
             where = os.path.normpath(os.path.join(where, name))
+            made = 0
         return descriptor
     except OSError as error:
         if descriptor >= 0:
