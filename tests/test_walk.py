@@ -204,3 +204,53 @@ def test_a_directory_missing_with_many_parents_is_made_at_the_first_merge(tmp_pa
     assert made is not None
     with made:
         assert os.path.samestat(made.status(), path.stat())
+
+
+# Root's merge or start of a deployment, interrupted (SIGINT, as Ctrl-C) just after its mkdir of ``name``.
+INTERRUPTED_AFTER_MKDIR = """
+import os, signal, sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+what, textfile, name = sys.argv[1:]
+made = False
+
+
+def interrupt_after_mkdir(event, arguments):
+    global made
+    if event == "os.mkdir" and arguments[0] == name:
+        made = True
+    elif made and event == "open":
+        made = False
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+sys.addaudithook(interrupt_after_mkdir)
+changes = Changes()
+events.deployment_error(changes, "bare_metal", "timeout")
+store = TextfileStore(textfile, lock_timeout=2)
+try:
+    if what == "merge":
+        store.merge(changes)
+    else:
+        store.start_deployment("bare_metal", "api", lambda *problem: None)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize(("what", "made"), [("merge", "new"), ("start_deployment", "metrics/.fraisier-inflight")])
+def test_an_interrupt_just_after_root_makes_a_directory_in_another_users_leaves_it_to_that_user(
+    nobodys: Path, what: str, made: str
+) -> None:
+    """Bug: root made a missing directory in the deploying user's directory with mode 0700, then gave it its mode
+    and that user: a Ctrl-C (a handler that raises) in between, outside a merge's held signals, left it root's with
+    mode 0700. That user's processes could not write there any more, nor node_exporter read it, and root's next
+    merge filled it, so that the user could not even remove it. The handlers are held back until it is given."""
+    textfile = nobodys / made.split("/")[0]
+    run = subprocess.run([sys.executable, "-c", INTERRUPTED_AFTER_MKDIR, what, str(textfile), made.split("/")[-1]],
+                         capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (0, "interrupted\n"), run.stderr
+    status = (nobodys / made).stat()
+    nobody = pwd.getpwnam("nobody")
+    assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (nobody.pw_uid, 0o755 if what == "merge" else 0o775)

@@ -183,7 +183,6 @@ class Directory:
         symlink since the mkdir). Raises UnexpectedFileError for anything else there, TextfileWriteError for
         an OSError."""
         path = self.path_of(name)
-        made = False
         for _ in range(5):  # made and removed again by someone else between the mkdir and the open: retried
             try:
                 descriptor = os.open(_entry(name), _OPEN_DIRECTORY, dir_fd=self.descriptor)
@@ -197,11 +196,7 @@ class Directory:
             else:
                 directory = Directory(descriptor, path)
                 try:
-                    status = os.fstat(descriptor)
-                    self._check_owner(name, status)
-                    if made and just_made(descriptor, status):
-                        os.fchmod(descriptor, mode | (status.st_mode & stat.S_ISGID))
-                        give(descriptor, os.fstat(self.descriptor))
+                    self._check_owner(name, os.fstat(descriptor))
                 except OSError as error:
                     directory.close()
                     raise write_error(path, "use the directory", error) from None
@@ -210,8 +205,7 @@ class Directory:
                     raise
                 return directory
             try:
-                os.mkdir(_entry(name), 0o700, dir_fd=self.descriptor)  # 0700 until fchmod gives it its mode
-                made = True
+                make_directory(self.descriptor, name, mode)
             except FileExistsError:
                 pass
             except OSError as error:
@@ -253,6 +247,34 @@ class Directory:
             path,
             f"{path} is {kind}, not {wanted}: fraisier never follows or opens what it did not create; remove it",
         )
+
+
+def make_directory(parent: int, name: str, mode: int) -> None:
+    """Make the directory ``name`` in the directory held by ``parent`` with ``mode`` whatever the umask, and, made
+    by root in another user's directory, give it to that user (:func:`give`). Raises the mkdir's OSError
+    (FileExistsError: made by someone else first, left as it is) and fchmod's.
+
+    Made with mode 0700 until fchmod gives it its mode, through a descriptor of what was made, not through the
+    name: a writer of the directory may have swapped it since the mkdir, for a symlink (not followed) or another
+    directory (which keeps its mode and owner: :func:`just_made`); what is there is then opened, and judged, by
+    the caller. Signal handlers are held back from the mkdir until then: one that raises in between (a Ctrl-C)
+    would leave a directory of root's with mode 0700 in that user's directory, which its processes could not
+    write, nor node_exporter read."""
+    from fraisier_textfile.store.lock import DeferredSignals  # here: lock builds on this module
+
+    with DeferredSignals():
+        os.mkdir(_entry(name), 0o700, dir_fd=parent)
+        try:
+            made = os.open(name, _OPEN_DIRECTORY, dir_fd=parent)
+        except OSError:
+            return
+        try:
+            status = os.fstat(made)
+            if just_made(made, status):
+                os.fchmod(made, mode | (status.st_mode & stat.S_ISGID))
+                give(made, os.fstat(parent))
+        finally:
+            os.close(made)
 
 
 def give(descriptor: int, directory: os.stat_result) -> None:

@@ -18,16 +18,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from fraisier_textfile.errors import TextfileError, UnexpectedFileError, write_error
-from fraisier_textfile.store.fs import (
-    _OPEN_DIRECTORY,
-    DIRECTORY_MODE,
-    Directory,
-    PathName,
-    _kind,
-    _owner_name,
-    give,
-    just_made,
-)
+from fraisier_textfile.store.fs import DIRECTORY_MODE, Directory, PathName, _kind, _owner_name, make_directory
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -160,7 +151,7 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
                 made += 1  # made since the walk last went down a directory
                 if made > 5:  # made and removed again by someone else, over and over
                     raise OSError(errno.ENOENT, os.strerror(errno.ENOENT)) from None
-                _make(descriptor, status, name, mode, os.path.join(where, name), path, wanted)
+                _make(descriptor, name, mode, os.path.join(where, name), path, wanted)
                 names.append(name)  # opened, and checked, as if it were there before
                 continue
             except OSError as error:
@@ -269,34 +260,17 @@ def _writers(status: os.stat_result) -> str:
     return who
 
 
-def _make(descriptor: int, parent: os.stat_result, name: str, mode: int, component: str, path: str,
-          wanted: str | None) -> None:
-    """Make the directory ``name`` in the directory held by ``descriptor`` (of status ``parent``) with ``mode``
-    whatever the umask, and root's in another user's directory given to that user (see :func:`_walk`)."""
+def _make(descriptor: int, name: str, mode: int, component: str, path: str, wanted: str | None) -> None:
+    """Make the directory ``name`` in the directory held by ``descriptor`` with ``mode`` whatever the umask, and
+    root's in another user's directory given to that user (see :func:`_walk` and fs.make_directory)."""
     try:
-        os.mkdir(name, 0o700, dir_fd=descriptor)  # 0700 until fchmod gives it its mode
+        make_directory(descriptor, name, mode)
     except FileExistsError:
         return  # made by another process meanwhile: theirs, with the mode they gave it
     except NotADirectoryError:
         raise _in_the_way(path, wanted) from None
     except OSError as error:
         raise write_error(component, "create the directory", error) from None
-    # The mode and the owner through a descriptor of what we made, not through the name (which may have been
-    # swapped since the mkdir: a symlink is not followed, another directory moved there keeps its mode and owner
-    # (fs.just_made), and what is there is opened, and judged, by the walk).
-    try:
-        made = os.open(name, _OPEN_DIRECTORY, dir_fd=descriptor)
-    except OSError:
-        return
-    try:
-        status = os.fstat(made)
-        if just_made(made, status):
-            os.fchmod(made, mode | (status.st_mode & stat.S_ISGID))
-            give(made, parent)
-    except OSError as error:
-        raise write_error(component, "create the directory", error) from None
-    finally:
-        os.close(made)
 
 
 def _in_the_way(path: str | Path, wanted: str | None) -> TextfileError:
