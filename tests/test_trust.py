@@ -702,3 +702,26 @@ def test_root_never_gives_the_deployer_a_directory_of_its_own_moved_into_the_pla
     assert (moved.st_uid, stat.S_IMODE(moved.st_mode)) == (0, 0o700), stderr
     assert ((parent / name / "secret").stat().st_uid, (parent / name / "secret").read_text()) == (0, "root's\n")
     assert (root.returncode, stdout) == (0, "handed over\n"), stderr
+
+
+def test_root_never_reads_a_file_of_its_own_the_deployer_moved_into_place_as_the_textfile(
+    users: Users, deployers_parent: Path  # noqa: F811
+) -> None:
+    """Bug: the deployer, owning the directory, may move there any file of root's from elsewhere in its tree (a
+    rename needs no permission on the file): moved into the place of fraisier.prom, root read it as the textfile
+    and its parse error quoted it (`sudo fraisier deploy` printed part of a file only root may read to a
+    deployer whom sudo allows only Fraisier's commands). As root, a file there that the directory's writers may
+    not read is refused, unread, in one line."""
+    secret = deployers_parent / "roots-secret"
+    secret.write_text("root:$6$NOT-FOR-THE-DEPLOYER:19000:0:99999:7:::\n")
+    secret.chmod(0o600)
+    textfile = deployers_parent / "metrics"
+    move = "import os, sys; os.rename(sys.argv[1], sys.argv[2])"
+    finish(as_deployer(users, move, str(secret), str(textfile / "fraisier.prom")))
+    store = TextfileStore(textfile, lock_timeout=2)
+    for attempt in (lambda: store.merge(one_event()), store.read):
+        with pytest.raises(UnexpectedFileError, match=f"^{textfile / 'fraisier.prom'} belongs to root with mode "
+                           f"0600, in {textfile}, which {DEPLOYER} may write: .*remove it") as refused:
+            attempt()
+        assert "NOT-FOR-THE-DEPLOYER" not in str(refused.value) and "\n" not in str(refused.value)
+    assert (textfile / "fraisier.prom").read_text() == "root:$6$NOT-FOR-THE-DEPLOYER:19000:0:99999:7:::\n"

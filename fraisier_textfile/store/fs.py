@@ -116,8 +116,11 @@ class Directory:
                 raise self.unexpected(name) from None
             raise
         try:
-            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
                 raise self.unexpected(name)
+            if hidden_from_its_writers(self.status(), status):
+                raise hidden_file(self.path_of(name), self.status(), status)
         except BaseException:
             os.close(descriptor)
             raise
@@ -308,6 +311,29 @@ def just_made(descriptor: int, status: os.stat_result) -> bool:
     return not os.listdir(descriptor)
 
 
+def hidden_from_its_writers(directory: os.stat_result, status: os.stat_result) -> bool:
+    """Whether the file of ``status``, in the directory of ``directory``, must not be read by this process: it is
+    root, another user may write the directory, and that user may not read the file (it is not world-readable,
+    nor that user's own). Such a user may move there any file of root's from elsewhere in their tree (a rename
+    needs no permission on the file), and what root reads may be quoted back in a parse error, to a user whom
+    sudo allows Fraisier's commands. What the store writes there is world-readable (FILE_MODE)."""
+    if os.geteuid() != 0 or status.st_mode & stat.S_IROTH:
+        return False
+    if directory.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return True
+    return directory.st_uid not in (0, status.st_uid)
+
+
+def hidden_file(path: str, directory: os.stat_result, status: os.stat_result) -> UnexpectedFileError:
+    """The refusal of a file :func:`hidden_from_its_writers` keeps root from reading."""
+    return UnexpectedFileError(
+        path,
+        f"{path} belongs to {_owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, in "
+        f"{os.path.dirname(path)}, which {_writers(directory)} may write: as root, fraisier reads no file there "
+        "that its writers may not read (one of them may have moved a file of root's there); remove it",
+    )
+
+
 def _primary_group(uid: int) -> int | None:
     import pwd  # here, not at the top: only root making something in another user's directory needs it
 
@@ -341,6 +367,24 @@ def _owner_name(uid: int) -> str:
     except KeyError:
         return f"uid {uid}"
 
+
+def _writers(status: os.stat_result) -> str:
+    """Who besides root may write the directory of ``status``, for messages."""
+    if status.st_mode & stat.S_IWOTH:
+        return "everyone"
+    who = _owner_name(status.st_uid) if status.st_uid != 0 else "root"
+    if status.st_mode & stat.S_IWGRP:
+        who += f" and the group {_group_name(status.st_gid)}"
+    return who
+
+
+def _group_name(gid: int) -> str:
+    import grp  # here, not at the top: only errors need it
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return f"gid {gid}"
 
 
 def open_directory(

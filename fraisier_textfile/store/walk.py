@@ -18,7 +18,15 @@ import stat
 from typing import TYPE_CHECKING
 
 from fraisier_textfile.errors import TextfileError, UnexpectedFileError, write_error
-from fraisier_textfile.store.fs import DIRECTORY_MODE, Directory, PathName, _kind, _owner_name, make_directory
+from fraisier_textfile.store.fs import (
+    DIRECTORY_MODE,
+    Directory,
+    PathName,
+    _kind,
+    _owner_name,
+    _writers,
+    make_directory,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -250,16 +258,6 @@ def _symlink_refused(path: str, link: str, target: str, parent: os.stat_result) 
     )
 
 
-def _writers(status: os.stat_result) -> str:
-    """Who besides root may write the directory of ``status``, for messages."""
-    if status.st_mode & stat.S_IWOTH:
-        return "everyone"
-    who = _owner_name(status.st_uid) if status.st_uid != 0 else "root"
-    if status.st_mode & stat.S_IWGRP:
-        who += f" and the group {_group_name(status.st_gid)}"
-    return who
-
-
 def _make(descriptor: int, name: str, mode: int, component: str, path: str, wanted: str | None) -> None:
     """Make the directory ``name`` in the directory held by ``descriptor`` with ``mode`` whatever the umask, and
     root's in another user's directory given to that user (see :func:`_walk` and fs.make_directory)."""
@@ -302,12 +300,3 @@ def _not_a_directory(name: str | Path, wanted: str) -> UnexpectedFileError:
                 "(FRAISIER_TEXTFILE_DIR), or remove what is in the way",
             )
     return UnexpectedFileError(path, f"{path} is not a directory: choose another --textfile-dir")
-
-
-def _group_name(gid: int) -> str:
-    import grp  # here, not at the top: only errors need it
-
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return f"gid {gid}"
