@@ -254,3 +254,53 @@ def test_an_interrupt_just_after_root_makes_a_directory_in_another_users_leaves_
     status = (nobodys / made).stat()
     nobody = pwd.getpwnam("nobody")
     assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (nobody.pw_uid, 0o755 if what == "merge" else 0o775)
+
+
+# Root makes the textfile directory; just after its mkdir, another root process merges into it.
+MADE_WHILE_ANOTHER_MERGES = """
+import os, subprocess, sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+textfile, name, merge = sys.argv[1:]
+made = False
+
+
+def another_merges_after_mkdir(event, arguments):
+    global made
+    if event == "os.mkdir" and arguments[0] == name:
+        made = True
+    elif made and event == "open":
+        made = False
+        subprocess.run([sys.executable, "-c", merge, textfile], check=True)
+
+
+sys.addaudithook(another_merges_after_mkdir)
+changes = Changes()
+events.deployment_error(changes, "bare_metal", "timeout")
+TextfileStore(textfile, lock_timeout=2).merge(changes)
+"""
+
+MERGES = """
+import sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+changes = Changes()
+events.deployment_error(changes, "bare_metal", "timeout")
+TextfileStore(sys.argv[1], lock_timeout=2).merge(changes)
+"""
+
+
+def test_a_directory_root_makes_while_another_root_process_fills_it_is_given_all_the_same(nobodys: Path) -> None:
+    """Two root processes make the missing textfile directory in the deploying user's directory at once: the
+    second finds it made and merges into it before the first gives it its mode and owner. It is given all the
+    same, by the mode its mkdir gave it (which no directory moved there by that user has), not by its being
+    empty."""
+    textfile = nobodys / "new"
+    run = subprocess.run([sys.executable, "-c", MADE_WHILE_ANOTHER_MERGES, str(textfile), "new", MERGES],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    status = textfile.stat()
+    assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (pwd.getpwnam("nobody").pw_uid, 0o755)
+    assert "fraisier_deployment_errors_total" in (textfile / "fraisier.prom").read_text()

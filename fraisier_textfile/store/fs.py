@@ -257,27 +257,44 @@ def make_directory(parent: int, name: str, mode: int) -> None:
     by root in another user's directory, give it to that user (:func:`give`). Raises the mkdir's OSError
     (FileExistsError: made by someone else first, left as it is) and fchmod's.
 
-    Made with mode 0700 until fchmod gives it its mode, through a descriptor of what was made, not through the
-    name: a writer of the directory may have swapped it since the mkdir, for a symlink (not followed) or another
-    directory (which keeps its mode and owner: :func:`just_made`); what is there is then opened, and judged, by
-    the caller. Signal handlers are held back from the mkdir until then: one that raises in between (a Ctrl-C)
-    would leave a directory of root's with mode 0700 in that user's directory, which its processes could not
-    write, nor node_exporter read."""
+    Made with :data:`MADE_MODE` until fchmod gives it its mode, through a descriptor of what was made, not
+    through the name: a writer of the directory may have swapped it since the mkdir, for a symlink (not followed)
+    or another directory (which keeps its mode and owner: :func:`just_made`); what is there is then opened, and
+    judged, by the caller. Signal handlers are held back from the mkdir until then: one that raises in between
+    (a Ctrl-C) would leave a directory of root's in that user's directory, which its processes could not write,
+    nor node_exporter read."""
     from fraisier_textfile.store.lock import DeferredSignals  # here: lock builds on this module
 
     with DeferredSignals():
-        os.mkdir(_entry(name), 0o700, dir_fd=parent)
+        os.mkdir(_entry(name), MADE_MODE, dir_fd=parent)
         try:
             made = os.open(name, _OPEN_DIRECTORY, dir_fd=parent)
         except OSError:
             return
         try:
             status = os.fstat(made)
-            if just_made(made, status):
+            if just_made(status):
                 os.fchmod(made, mode | (status.st_mode & stat.S_ISGID))
                 give(made, os.fstat(parent))
         finally:
             os.close(made)
+
+
+MADE_MODE = 0o1700
+"""A directory's mode from its mkdir to its fchmod: its owner's alone, and sticky, which nobody gives a private
+directory (the sticky bit is for directories others may write), so that it tells the directory just made from
+one of this user's moved into its place meanwhile (:func:`just_made`). The umask never takes the sticky bit."""
+
+
+def just_made(status: os.stat_result) -> bool:
+    """Whether the directory of ``status``, opened by its name just after this process's mkdir of it, may be what
+    that mkdir made: this process's user's, sticky, with no permission beyond :data:`MADE_MODE`'s (the umask may
+    take some; a setgid bit is inherited). A writer of its parent may have renamed the new directory away and moved
+    another directory of this user's (root's) in its place in between: that one must keep its mode and owner, or
+    root would give the writer a directory of root's with what is in it. (Not "empty": another process of this
+    user's may already have made entries in the one made, having found it there.)"""
+    mode = stat.S_IMODE(status.st_mode)
+    return status.st_uid == os.geteuid() and bool(mode & stat.S_ISVTX) and not mode & ~(MADE_MODE | stat.S_ISGID)
 
 
 def give(descriptor: int, directory: os.stat_result) -> None:
@@ -295,20 +312,6 @@ def give(descriptor: int, directory: os.stat_result) -> None:
             os.fchown(descriptor, directory.st_uid, directory.st_gid if group is None else group)
         except OSError:
             pass
-
-
-def just_made(descriptor: int, status: os.stat_result) -> bool:
-    """Whether the directory held by ``descriptor`` (of status ``status``), opened by its name just after this
-    process's mkdir of it with mode 0700, may be what that mkdir made: this process's user's, with no permission
-    beyond 0700 (a setgid bit is inherited), empty. A writer of its parent may have renamed the new directory
-    away and moved another directory of this user's (root's) in its place in between: that one must keep its
-    mode and owner, or root would give the writer a directory of root's with what is in it. (An empty directory
-    of root's with mode 0700 or less, given instead, holds nothing, and that writer could have made its own.)"""
-    if status.st_uid != os.geteuid() or stat.S_IMODE(status.st_mode) & ~(0o700 | stat.S_ISGID):
-        return False
-    if status.st_nlink != 2:
-        return False  # a subdirectory in it
-    return not os.listdir(descriptor)
 
 
 def hidden_from_its_writers(directory: os.stat_result, status: os.stat_result) -> bool:
