@@ -206,26 +206,30 @@ def test_a_directory_missing_with_many_parents_is_made_at_the_first_merge(tmp_pa
         assert os.path.samestat(made.status(), path.stat())
 
 
-# Root's merge or start of a deployment, interrupted (SIGINT, as Ctrl-C) just after its mkdir of ``name``.
-INTERRUPTED_AFTER_MKDIR = """
-import os, signal, sys
+# Root's merge or start of a deployment into ``textfile``; just after its mkdir of ``name``, either a SIGINT (as a
+# Ctrl-C) or another root process's merge into the same directory (``merge``, a script).
+AFTER_MKDIR = """
+import os, signal, subprocess, sys
 from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
-what, textfile, name = sys.argv[1:]
+what, textfile, name, then = sys.argv[1:]
 made = False
 
 
-def interrupt_after_mkdir(event, arguments):
+def after_mkdir(event, arguments):
     global made
     if event == "os.mkdir" and arguments[0] == name:
         made = True
     elif made and event == "open":
         made = False
-        os.kill(os.getpid(), signal.SIGINT)
+        if then == "interrupt":
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            subprocess.run([sys.executable, "-c", then, textfile], check=True)
 
 
-sys.addaudithook(interrupt_after_mkdir)
+sys.addaudithook(after_mkdir)
 changes = Changes()
 events.deployment_error(changes, "bare_metal", "timeout")
 store = TextfileStore(textfile, lock_timeout=2)
@@ -248,7 +252,7 @@ def test_an_interrupt_just_after_root_makes_a_directory_in_another_users_leaves_
     mode 0700. That user's processes could not write there any more, nor node_exporter read it, and root's next
     merge filled it, so that the user could not even remove it. The handlers are held back until it is given."""
     textfile = nobodys / made.split("/")[0]
-    run = subprocess.run([sys.executable, "-c", INTERRUPTED_AFTER_MKDIR, what, str(textfile), made.split("/")[-1]],
+    run = subprocess.run([sys.executable, "-c", AFTER_MKDIR, what, str(textfile), made.split("/")[-1], "interrupt"],
                          capture_output=True, text=True, timeout=60)
     assert (run.returncode, run.stdout) == (0, "interrupted\n"), run.stderr
     status = (nobodys / made).stat()
@@ -256,8 +260,7 @@ def test_an_interrupt_just_after_root_makes_a_directory_in_another_users_leaves_
     assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (nobody.pw_uid, 0o755 if what == "merge" else 0o775)
 
 
-# Root makes the textfile directory; just after its mkdir, another root process merges into it.
-MADE_WHILE_ANOTHER_MERGES = """
+MERGES = """
 import os, subprocess, sys
 from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
@@ -298,7 +301,7 @@ def test_a_directory_root_makes_while_another_root_process_fills_it_is_given_all
     same, by the mode its mkdir gave it (which no directory moved there by that user has), not by its being
     empty."""
     textfile = nobodys / "new"
-    run = subprocess.run([sys.executable, "-c", MADE_WHILE_ANOTHER_MERGES, str(textfile), "new", MERGES],
+    run = subprocess.run([sys.executable, "-c", AFTER_MKDIR, "merge", str(textfile), "new", MERGES],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     status = textfile.stat()
