@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -223,8 +224,8 @@ def after_mkdir(event, arguments):
         made = True
     elif made and event == "open":
         made = False
-        if then == "interrupt":
-            os.kill(os.getpid(), signal.SIGINT)
+        if then in ("interrupt", "kill"):
+            os.kill(os.getpid(), signal.SIGINT if then == "interrupt" else signal.SIGKILL)
         else:
             subprocess.run([sys.executable, "-c", then, textfile], check=True)
 
@@ -295,15 +296,23 @@ TextfileStore(sys.argv[1], lock_timeout=2).merge(changes)
 """
 
 
-def test_a_directory_root_makes_while_another_root_process_fills_it_is_given_all_the_same(nobodys: Path) -> None:
-    """Two root processes make the missing textfile directory in the deploying user's directory at once: the
-    second finds it made and merges into it before the first gives it its mode and owner. It is given all the
-    same, by the mode its mkdir gave it (which no directory moved there by that user has), not by its being
-    empty."""
+@pytest.mark.parametrize("then", ["kill", "merge"])
+def test_a_directory_root_made_and_has_not_given_yet_is_given_by_the_next_root_process(
+    nobodys: Path, then: str
+) -> None:
+    """Root's process making the missing textfile directory in the deploying user's directory is SIGKILLed just
+    after its mkdir, or another root process merges into that directory before the first gives it its mode and
+    owner: the directory stayed root's with mode 0700, the lock file and what else the second made in it root's
+    too (the directory was root's when they were made), and that user's processes could not use it. The next
+    process to walk into a directory in the state a mkdir leaves it (fs.MADE_MODE) finishes the job."""
     textfile = nobodys / "new"
-    run = subprocess.run([sys.executable, "-c", AFTER_MKDIR, "merge", str(textfile), "new", MERGES],
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    status = textfile.stat()
-    assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (pwd.getpwnam("nobody").pw_uid, 0o755)
+    run = subprocess.run([sys.executable, "-c", AFTER_MKDIR, "merge", str(textfile), "new",
+                          "kill" if then == "kill" else MERGES], capture_output=True, text=True, timeout=60)
+    assert run.returncode == (-signal.SIGKILL if then == "kill" else 0), run.stderr
+    if then == "kill":
+        subprocess.run([sys.executable, "-c", MERGES, str(textfile)], check=True, timeout=60)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for path, mode in ((textfile, 0o755), (textfile / "fraisier.prom.lock", 0o664)):
+        status = path.stat()
+        assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (nobody, mode), path
     assert "fraisier_deployment_errors_total" in (textfile / "fraisier.prom").read_text()

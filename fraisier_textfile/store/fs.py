@@ -199,7 +199,10 @@ class Directory:
             else:
                 directory = Directory(descriptor, path)
                 try:
-                    self._check_owner(name, os.fstat(descriptor))
+                    status = os.fstat(descriptor)
+                    self._check_owner(name, status)
+                    if create:
+                        finish(descriptor, status, os.fstat(self.descriptor), mode)
                 except OSError as error:
                     directory.close()
                     raise write_error(path, "use the directory", error) from None
@@ -272,12 +275,20 @@ def make_directory(parent: int, name: str, mode: int) -> None:
         except OSError:
             return
         try:
-            status = os.fstat(made)
-            if just_made(status):
-                os.fchmod(made, mode | (status.st_mode & stat.S_ISGID))
-                give(made, os.fstat(parent))
+            finish(made, os.fstat(made), os.fstat(parent), mode)
         finally:
             os.close(made)
+
+
+def finish(descriptor: int, status: os.stat_result, parent: os.stat_result, mode: int) -> None:
+    """Give the directory held by ``descriptor`` (of status ``status``, in the directory of status ``parent``) its
+    ``mode``, and root's in another user's directory to that user, if it is as a mkdir of :func:`make_directory`
+    leaves it (:func:`just_made`): made by this process, or by another of its user's that was killed before it
+    did, or has not done it yet while this one makes entries in it (which would be root's too, the directory
+    being root's when they are made)."""
+    if just_made(status):
+        os.fchmod(descriptor, mode | (status.st_mode & stat.S_ISGID))
+        give(descriptor, parent)
 
 
 MADE_MODE = 0o1700

@@ -25,6 +25,8 @@ from fraisier_textfile.store.fs import (
     _kind,
     _owner_name,
     _writers,
+    finish,
+    just_made,
     make_directory,
 )
 
@@ -198,6 +200,13 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
                 child_status = os.fstat(child)
                 if not trusted and name != "..":
                     _check_placed_by_a_writer(path, os.path.join(where, name), status, child_status)
+                if create and just_made(child_status):  # another process's mkdir, not finished (killed, or not yet)
+                    finished = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=child)
+                    try:
+                        finish(finished, child_status, status, mode)
+                    finally:
+                        os.close(finished)
+                    child_status = os.fstat(child)
             except BaseException:
                 os.close(child)
                 raise
