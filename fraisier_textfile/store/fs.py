@@ -119,12 +119,19 @@ class Directory:
             status = os.fstat(descriptor)
             if not stat.S_ISREG(status.st_mode):
                 raise self.unexpected(name)
-            if hidden_from_its_writers(self.status(), status):
-                raise hidden_file(self.path_of(name), self.status(), status)
+            self.refuse_hidden(name, status)
         except BaseException:
             os.close(descriptor)
             raise
         return descriptor
+
+    def refuse_hidden(self, name: str, status: os.stat_result) -> None:
+        """Raise UnexpectedFileError if the file ``name`` (of ``status``) must not be read by this process: see
+        :func:`hidden_from_its_writers`."""
+        if os.geteuid() == 0 and not status.st_mode & stat.S_IROTH:  # the cheap part first: a look at the directory
+            directory = self.status()
+            if hidden_from_its_writers(directory, status):
+                raise hidden_file(self.path_of(name), directory, status)
 
     def read_regular(self, name: str, limit: int | None = None) -> bytes:
         """The bytes of the regular file ``name`` (at most ``limit``), as :meth:`open_regular` opens it."""
@@ -201,7 +208,7 @@ class Directory:
                 try:
                     status = os.fstat(descriptor)
                     self._check_owner(name, status)
-                    if create:
+                    if create and just_made(status):  # another process's mkdir, not finished (killed, or not yet)
                         finish(descriptor, status, os.fstat(self.descriptor), mode)
                 except OSError as error:
                     directory.close()
