@@ -21,7 +21,6 @@ from fraisier_textfile.errors import TextfileError, UnexpectedFileError, write_e
 from fraisier_textfile.store.fs import (
     DIRECTORY_MODE,
     Directory,
-    PathName,
     _kind,
     _owner_name,
     _writers,
@@ -32,6 +31,8 @@ from fraisier_textfile.store.fs import (
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from fraisier_textfile.store.fs import PathName  # named by annotations only, as fs.py itself may define it
 
 
 def open_directory(
