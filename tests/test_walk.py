@@ -316,3 +316,18 @@ def test_a_directory_root_made_and_has_not_given_yet_is_given_by_the_next_root_p
         status = path.stat()
         assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (nobody, mode), path
     assert "fraisier_deployment_errors_total" in (textfile / "fraisier.prom").read_text()
+
+
+def test_a_directory_of_roots_on_the_way_in_the_mode_of_one_just_made_is_left_as_it_is(tmp_path: Path) -> None:
+    """The walk finishes a directory left in the mode of one just made (fs.MADE_MODE) only where it may be the
+    store's: in a directory another user may write (where root gives what it makes), or the textfile directory
+    itself. A directory of root's on the way, in a directory only root may write, is the operator's whatever its
+    mode."""
+    on_the_way = tmp_path / "sticky-private"
+    on_the_way.mkdir()
+    os.chmod(on_the_way, fs.MADE_MODE)
+    made = fs.open_directory(on_the_way / "metrics", create=True)
+    assert made is not None
+    made.close()
+    assert stat.S_IMODE(on_the_way.stat().st_mode) == fs.MADE_MODE
+    assert stat.S_IMODE((on_the_way / "metrics").stat().st_mode) == 0o755

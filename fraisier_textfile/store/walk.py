@@ -201,7 +201,9 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
                 child_status = os.fstat(child)
                 if not trusted and name != "..":
                     _check_placed_by_a_writer(path, os.path.join(where, name), status, child_status)
-                if create and just_made(child_status):  # another process's mkdir, not finished (killed, or not yet)
+                # Another process's mkdir, not finished (killed, or not yet): in a directory another user may write,
+                # or the textfile directory itself. One of root's elsewhere on the way is the operator's.
+                if create and (not trusted or not names) and just_made(child_status):
                     finished = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=child)
                     try:
                         finish(finished, child_status, status, mode)
