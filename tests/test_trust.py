@@ -725,3 +725,25 @@ def test_root_never_reads_a_file_of_its_own_the_deployer_moved_into_place_as_the
             attempt()
         assert "NOT-FOR-THE-DEPLOYER" not in str(refused.value) and "\n" not in str(refused.value)
     assert (textfile / "fraisier.prom").read_text() == "root:$6$NOT-FOR-THE-DEPLOYER:19000:0:99999:7:::\n"
+
+
+def test_root_never_reads_or_writes_a_file_of_its_own_the_deployer_moved_into_place_as_the_counter(
+    users: Users, deployers_parent: Path  # noqa: F811
+) -> None:
+    """Bug: a file of root's only root may read, moved by the deployer into the place of the hand-over counter,
+    was read (its first two numbers became the next hand-overs' numbers, names the deployer lists) and overwritten
+    with the counter. It is refused as a planted counter is: the hand-over is numbered 0, and handed over."""
+    textfile = deployers_parent / "metrics"
+    store = TextfileStore(textfile, lock_timeout=2)
+    store.hand_over(one_event())  # the hand-over directory and its counter, the deployer's
+    secret = deployers_parent / "roots-secret"
+    secret.write_text("4242 1717 root's\n")
+    secret.chmod(0o600)
+    sequence = textfile / HANDOVER_DIRECTORY / "sequence"
+    move = "import os, sys; os.unlink(sys.argv[2]); os.rename(sys.argv[1], sys.argv[2])"
+    finish(as_deployer(users, move, str(secret), str(sequence)))
+    store.hand_over(one_event())
+    assert sequence.read_text() == "4242 1717 root's\n"
+    assert not [name for name in os.listdir(textfile / HANDOVER_DIRECTORY) if "4243" in name]
+    store.merge_backlog()
+    assert sample_values(textfile / "fraisier.prom")[TIMEOUT] == 2

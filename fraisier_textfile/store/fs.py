@@ -125,13 +125,18 @@ class Directory:
             raise
         return descriptor
 
-    def refuse_hidden(self, name: str, status: os.stat_result) -> None:
-        """Raise UnexpectedFileError if the file ``name`` (of ``status``) must not be read by this process: see
+    def hides(self, status: os.stat_result) -> bool:
+        """Whether the file of ``status`` in this directory must not be read by this process: see
         :func:`hidden_from_its_writers`."""
-        if os.geteuid() == 0 and not status.st_mode & stat.S_IROTH:  # the cheap part first: a look at the directory
-            directory = self.status()
-            if hidden_from_its_writers(directory, status):
-                raise hidden_file(self.path_of(name), directory, status)
+        # The cheap part first: the directory is looked at only by root, for a file not world-readable.
+        if os.geteuid() != 0 or status.st_mode & stat.S_IROTH:
+            return False
+        return hidden_from_its_writers(self.status(), status)
+
+    def refuse_hidden(self, name: str, status: os.stat_result) -> None:
+        """Raise UnexpectedFileError if the file ``name`` (of ``status``) must not be read by this process."""
+        if self.hides(status):
+            raise hidden_file(self.path_of(name), self.status(), status)
 
     def read_regular(self, name: str, limit: int | None = None) -> bytes:
         """The bytes of the regular file ``name`` (at most ``limit``), as :meth:`open_regular` opens it."""
