@@ -64,7 +64,7 @@ def main() -> None:
                 fs.open_directory(path).close()  # type: ignore[union-attr]
 
             def first(path: str = path) -> None:
-                walk._vetted.pop(path, None)
+                walk._vetted.pop((path, os.geteuid()), None)
                 fs.open_directory(path).close()  # type: ignore[union-attr]
 
             samples: dict[str, list[float]] = {"peer": [], "vetted": [], "first": []}

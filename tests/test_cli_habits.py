@@ -316,3 +316,15 @@ def test_whether_a_word_is_a_command_is_told_without_loading_it() -> None:
     commands = LazyCommands({"metrics": "fraisier_textfile.no_such_module:metrics"})
     assert "metrics" in commands and "record" not in commands
     assert list(commands) == ["metrics"]
+
+
+@pytest.mark.parametrize("arguments", [("exec",), ("record", "deployment"), ("textfile", "forget", "--bogus")])
+def test_a_usage_error_says_how_to_get_the_commands_help(textfile_dir: Path, arguments: tuple[str, ...]) -> None:
+    """click's usage error: the usage line, where to find help, the error, exit 2 (STYLE.md's anchor). Giving
+    the commands a -h/--help of our own (add_help_option=False) loses the middle line: click prints it only for a
+    command whose help option it knows."""
+    result = fraisier(*arguments, textfile_dir=textfile_dir)
+    command = " ".join(["python -m fraisier_textfile", *[word for word in arguments if not word.startswith("-")]])
+    usage, hint = result.stderr.splitlines()[:2]
+    assert (result.returncode, usage.startswith(f"Usage: {command} [OPTIONS]"), hint) == (
+        2, True, f"Try '{command} --help' for help."), result.stderr

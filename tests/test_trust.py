@@ -629,3 +629,121 @@ def test_a_textfile_hard_linked_to_another_file_is_refused_without_showing_its_c
             attempt()
         assert "NOT-FOR-THE-DEPLOYER" not in str(refused.value) and "\n" not in str(refused.value)
     assert snapshot(victim) == before
+
+
+# Root's side of the race between its mkdir and its open of what it made: at the open, it asks for the swap and
+# waits until it is done, so that the deployer's renames fall exactly in between.
+ROOT_MAKES = """
+import sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+textfile, name = sys.argv[1:]
+made = False
+
+
+def between_mkdir_and_open(event, arguments):
+    global made
+    if event == "os.mkdir" and arguments[0] == name:
+        made = True
+    elif event == "open" and made and arguments[0] == name:
+        made = False
+        print("swap", flush=True)
+        assert sys.stdin.readline() == "swapped\\n"
+
+
+sys.addaudithook(between_mkdir_and_open)
+changes = Changes()
+events.deployment_error(changes, "bare_metal", "timeout")
+TextfileStore(textfile, lock_timeout=2).hand_over(changes)
+print("handed over", flush=True)
+"""
+
+# The deployer moves the directory root just made away and a directory of root's in its place, both in a
+# directory it owns (a rename within one directory needs no write permission on the directory moved).
+MOVE_ROOTS_INTO_PLACE = """
+import os, sys
+parent, name, roots = sys.argv[1:]
+os.rename(os.path.join(parent, name), os.path.join(parent, name + ".made-by-root"))
+os.rename(os.path.join(parent, roots), os.path.join(parent, name))
+"""
+
+
+@pytest.mark.parametrize("made", ["textfile directory", "hand-over directory"])
+def test_root_never_gives_the_deployer_a_directory_of_its_own_moved_into_the_place_of_one_it_just_made(
+    users: Users, deployers_parent: Path, made: str  # noqa: F811
+) -> None:
+    """Bug: what root made in the deploying user's directory (a missing textfile directory, the hand-over and
+    marker directories) was opened by its name after the mkdir, and whatever directory of root's was there got
+    its mode and was given to the deployer. The deployer, owning the directory, could rename root's new
+    directory away and another directory of root's in that directory into its place in between: root gave it
+    that directory, with what is in it. Only an empty directory of root's, as mkdir makes it, is given now."""
+    if made == "textfile directory":
+        textfile, parent, name = deployers_parent / "new", deployers_parent, "new"
+    else:
+        textfile, parent, name = deployers_parent / "metrics", deployers_parent / "metrics", HANDOVER_DIRECTORY
+    roots = parent / "roots"
+    roots.mkdir(mode=0o700)
+    (roots / "secret").write_text("root's\n")
+    root = subprocess.Popen([users.python, "-c", ROOT_MAKES, str(textfile), name], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=users.environment,
+                            cwd=users.root)
+    assert root.stdin is not None and root.stdout is not None
+    try:
+        assert root.stdout.readline() == "swap\n"
+        finish(as_deployer(users, MOVE_ROOTS_INTO_PLACE, str(parent), name, "roots"))
+        root.stdin.write("swapped\n")
+        root.stdin.flush()
+        root.wait(timeout=60)
+    finally:
+        root.kill()
+        stdout, stderr = root.communicate()
+    moved = (parent / name).stat()
+    assert (moved.st_uid, stat.S_IMODE(moved.st_mode)) == (0, 0o700), stderr
+    assert ((parent / name / "secret").stat().st_uid, (parent / name / "secret").read_text()) == (0, "root's\n")
+    assert (root.returncode, stdout) == (0, "handed over\n"), stderr
+
+
+def test_root_never_reads_a_file_of_its_own_the_deployer_moved_into_place_as_the_textfile(
+    users: Users, deployers_parent: Path  # noqa: F811
+) -> None:
+    """Bug: the deployer, owning the directory, may move there any file of root's from elsewhere in its tree (a
+    rename needs no permission on the file): moved into the place of fraisier.prom, root read it as the textfile
+    and its parse error quoted it (`sudo fraisier deploy` printed part of a file only root may read to a
+    deployer whom sudo allows only Fraisier's commands). As root, a file there that the directory's writers may
+    not read is refused, unread, in one line."""
+    secret = deployers_parent / "roots-secret"
+    secret.write_text("root:$6$NOT-FOR-THE-DEPLOYER:19000:0:99999:7:::\n")
+    secret.chmod(0o600)
+    textfile = deployers_parent / "metrics"
+    move = "import os, sys; os.rename(sys.argv[1], sys.argv[2])"
+    finish(as_deployer(users, move, str(secret), str(textfile / "fraisier.prom")))
+    store = TextfileStore(textfile, lock_timeout=2)
+    for attempt in (lambda: store.merge(one_event()), store.read):
+        with pytest.raises(UnexpectedFileError, match=f"^{textfile / 'fraisier.prom'} belongs to root with mode "
+                           f"0600, in {textfile}, which {DEPLOYER} may write: .*remove it") as refused:
+            attempt()
+        assert "NOT-FOR-THE-DEPLOYER" not in str(refused.value) and "\n" not in str(refused.value)
+    assert (textfile / "fraisier.prom").read_text() == "root:$6$NOT-FOR-THE-DEPLOYER:19000:0:99999:7:::\n"
+
+
+def test_root_never_reads_or_writes_a_file_of_its_own_the_deployer_moved_into_place_as_the_counter(
+    users: Users, deployers_parent: Path  # noqa: F811
+) -> None:
+    """Bug: a file of root's only root may read, moved by the deployer into the place of the hand-over counter,
+    was read (its first two numbers became the next hand-overs' numbers, names the deployer lists) and overwritten
+    with the counter. It is refused as a planted counter is: the hand-over is numbered 0, and handed over."""
+    textfile = deployers_parent / "metrics"
+    store = TextfileStore(textfile, lock_timeout=2)
+    store.hand_over(one_event())  # the hand-over directory and its counter, the deployer's
+    secret = deployers_parent / "roots-secret"
+    secret.write_text("4242 1717 root's\n")
+    secret.chmod(0o600)
+    sequence = textfile / HANDOVER_DIRECTORY / "sequence"
+    move = "import os, sys; os.unlink(sys.argv[2]); os.rename(sys.argv[1], sys.argv[2])"
+    finish(as_deployer(users, move, str(secret), str(sequence)))
+    store.hand_over(one_event())
+    assert sequence.read_text() == "4242 1717 root's\n"
+    assert not [name for name in os.listdir(textfile / HANDOVER_DIRECTORY) if "4243" in name]
+    store.merge_backlog()
+    assert sample_values(textfile / "fraisier.prom")[TIMEOUT] == 2

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import signal
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -148,3 +153,181 @@ def test_what_root_makes_in_another_users_directory_gets_that_users_group_as_tha
         made.close()
         status = (parent / "metrics").lstat()
         assert (status.st_uid, status.st_gid) == (nobody.pw_uid, group), setgid
+
+
+SWITCHES_USER = """
+import os, sys
+from fraisier_textfile.errors import UnexpectedFileError
+from fraisier_textfile.store import fs
+path, user = sys.argv[1], int(sys.argv[2])
+os.seteuid(user)
+fs.open_directory(path).close()  # the user's own symlink, in its own directory: followed
+os.seteuid(0)
+try:
+    fs.open_directory(path, create=True)
+except UnexpectedFileError as error:
+    print(error)
+"""
+
+
+def test_a_walk_made_as_another_user_is_not_taken_for_roots(tmp_path: Path) -> None:
+    """Bug: the walk was remembered per path, whatever the user it was made as. A root process that switches
+    its effective user (seteuid) to the deploying user and back walked the path as that user, who may follow
+    its own symlinks: root then used the directory that walk found, a directory of root's the symlink leads to,
+    without walking again. A walk is remembered per path and user now: root's walk refuses the symlink."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can switch users")
+    nobody = pwd.getpwnam("nobody")
+    parent = Path(tempfile.mkdtemp(prefix="switches-", dir="/tmp"))  # nobody must be able to search it
+    try:
+        os.chmod(parent, 0o755)
+        (parent / "roots").mkdir(mode=0o755)
+        (parent / "nobodys").mkdir(mode=0o755)
+        os.chown(parent / "nobodys", nobody.pw_uid, nobody.pw_gid)
+        (parent / "nobodys" / "metrics").symlink_to(parent / "roots")
+        os.lchown(parent / "nobodys" / "metrics", nobody.pw_uid, nobody.pw_gid)
+        run = subprocess.run([sys.executable, "-c", SWITCHES_USER, str(parent / "nobodys" / "metrics"),
+                              str(nobody.pw_uid)], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.startswith(f"{parent / 'nobodys' / 'metrics'}: {parent / 'nobodys' / 'metrics'} is a "
+                                     f"symlink (to {parent / 'roots'}) in {parent / 'nobodys'}, which nobody may"), (
+            run.stdout)
+    finally:
+        shutil.rmtree(parent)
+
+
+def test_a_directory_missing_with_many_parents_is_made_at_the_first_merge(tmp_path: Path) -> None:
+    """Bug: the walk allowed itself five makes per component still to walk, counted over the whole path (against
+    a writer removing what it makes, over and over): from eleven missing directories on, the first merge failed
+    with "No such file or directory", and made some of them. Each component may now be made again five times."""
+    path = tmp_path.joinpath(*(f"level{number}" for number in range(40)))
+    made = fs.open_directory(path, create=True)
+    assert made is not None
+    with made:
+        assert os.path.samestat(made.status(), path.stat())
+
+
+# Root's merge or start of a deployment into ``textfile``; just after its mkdir of ``name``, either a SIGINT (as a
+# Ctrl-C) or another root process's merge into the same directory (``merge``, a script).
+AFTER_MKDIR = """
+import os, signal, subprocess, sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+what, textfile, name, then = sys.argv[1:]
+made = False
+
+
+def after_mkdir(event, arguments):
+    global made
+    if event == "os.mkdir" and arguments[0] == name:
+        made = True
+    elif made and event == "open":
+        made = False
+        if then in ("interrupt", "kill"):
+            os.kill(os.getpid(), signal.SIGINT if then == "interrupt" else signal.SIGKILL)
+        else:
+            subprocess.run([sys.executable, "-c", then, textfile], check=True)
+
+
+sys.addaudithook(after_mkdir)
+changes = Changes()
+events.deployment_error(changes, "bare_metal", "timeout")
+store = TextfileStore(textfile, lock_timeout=2)
+try:
+    if what == "merge":
+        store.merge(changes)
+    else:
+        store.start_deployment("bare_metal", "api", lambda *problem: None)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize(("what", "made"), [("merge", "new"), ("start_deployment", "metrics/.fraisier-inflight")])
+def test_an_interrupt_just_after_root_makes_a_directory_in_another_users_leaves_it_to_that_user(
+    nobodys: Path, what: str, made: str
+) -> None:
+    """Bug: root made a missing directory in the deploying user's directory with mode 0700, then gave it its mode
+    and that user: a Ctrl-C (a handler that raises) in between, outside a merge's held signals, left it root's with
+    mode 0700. That user's processes could not write there any more, nor node_exporter read it, and root's next
+    merge filled it, so that the user could not even remove it. The handlers are held back until it is given."""
+    textfile = nobodys / made.split("/")[0]
+    run = subprocess.run([sys.executable, "-c", AFTER_MKDIR, what, str(textfile), made.split("/")[-1], "interrupt"],
+                         capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (0, "interrupted\n"), run.stderr
+    status = (nobodys / made).stat()
+    nobody = pwd.getpwnam("nobody")
+    assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (nobody.pw_uid, 0o755 if what == "merge" else 0o775)
+
+
+MERGES = """
+import os, subprocess, sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+textfile, name, merge = sys.argv[1:]
+made = False
+
+
+def another_merges_after_mkdir(event, arguments):
+    global made
+    if event == "os.mkdir" and arguments[0] == name:
+        made = True
+    elif made and event == "open":
+        made = False
+        subprocess.run([sys.executable, "-c", merge, textfile], check=True)
+
+
+sys.addaudithook(another_merges_after_mkdir)
+changes = Changes()
+events.deployment_error(changes, "bare_metal", "timeout")
+TextfileStore(textfile, lock_timeout=2).merge(changes)
+"""
+
+MERGES = """
+import sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+changes = Changes()
+events.deployment_error(changes, "bare_metal", "timeout")
+TextfileStore(sys.argv[1], lock_timeout=2).merge(changes)
+"""
+
+
+@pytest.mark.parametrize("then", ["kill", "merge"])
+def test_a_directory_root_made_and_has_not_given_yet_is_given_by_the_next_root_process(
+    nobodys: Path, then: str
+) -> None:
+    """Root's process making the missing textfile directory in the deploying user's directory is SIGKILLed just
+    after its mkdir, or another root process merges into that directory before the first gives it its mode and
+    owner: the directory stayed root's with mode 0700, the lock file and what else the second made in it root's
+    too (the directory was root's when they were made), and that user's processes could not use it. The next
+    process to walk into a directory in the state a mkdir leaves it (fs.MADE_MODE) finishes the job."""
+    textfile = nobodys / "new"
+    run = subprocess.run([sys.executable, "-c", AFTER_MKDIR, "merge", str(textfile), "new",
+                          "kill" if then == "kill" else MERGES], capture_output=True, text=True, timeout=60)
+    assert run.returncode == (-signal.SIGKILL if then == "kill" else 0), run.stderr
+    if then == "kill":
+        subprocess.run([sys.executable, "-c", MERGES, str(textfile)], check=True, timeout=60)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for path, mode in ((textfile, 0o755), (textfile / "fraisier.prom.lock", 0o664)):
+        status = path.stat()
+        assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (nobody, mode), path
+    assert "fraisier_deployment_errors_total" in (textfile / "fraisier.prom").read_text()
+
+
+def test_a_directory_of_roots_on_the_way_in_the_mode_of_one_just_made_is_left_as_it_is(tmp_path: Path) -> None:
+    """The walk finishes a directory left in the mode of one just made (fs.MADE_MODE) only where it may be the
+    store's: in a directory another user may write (where root gives what it makes), or the textfile directory
+    itself. A directory of root's on the way, in a directory only root may write, is the operator's whatever its
+    mode."""
+    on_the_way = tmp_path / "sticky-private"
+    on_the_way.mkdir()
+    os.chmod(on_the_way, fs.MADE_MODE)
+    made = fs.open_directory(on_the_way / "metrics", create=True)
+    assert made is not None
+    made.close()
+    assert stat.S_IMODE(on_the_way.stat().st_mode) == fs.MADE_MODE
+    assert stat.S_IMODE((on_the_way / "metrics").stat().st_mode) == 0o755

@@ -233,6 +233,7 @@ class Textfile:
             status = os.fstat(descriptor)
             if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
                 raise unexpected(self.path, status)
+            textfile.refuse_hidden(TEXTFILE_NAME, status)
             # One read of the size fstat gives, into one buffer: no list of chunks to join, so the bytes are
             # copied once, by the kernel, and decoded once. (Only a file that changed meanwhile, which the
             # lock rules out for a merge, needs more reads.)

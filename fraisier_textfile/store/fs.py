@@ -116,12 +116,27 @@ class Directory:
                 raise self.unexpected(name) from None
             raise
         try:
-            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
                 raise self.unexpected(name)
+            self.refuse_hidden(name, status)
         except BaseException:
             os.close(descriptor)
             raise
         return descriptor
+
+    def hides(self, status: os.stat_result) -> bool:
+        """Whether the file of ``status`` in this directory must not be read by this process: see
+        :func:`hidden_from_its_writers`."""
+        # The cheap part first: the directory is looked at only by root, for a file not world-readable.
+        if os.geteuid() != 0 or status.st_mode & stat.S_IROTH:
+            return False
+        return hidden_from_its_writers(self.status(), status)
+
+    def refuse_hidden(self, name: str, status: os.stat_result) -> None:
+        """Raise UnexpectedFileError if the file ``name`` (of ``status``) must not be read by this process."""
+        if self.hides(status):
+            raise hidden_file(self.path_of(name), self.status(), status)
 
     def read_regular(self, name: str, limit: int | None = None) -> bytes:
         """The bytes of the regular file ``name`` (at most ``limit``), as :meth:`open_regular` opens it."""
@@ -183,7 +198,6 @@ class Directory:
         symlink since the mkdir). Raises UnexpectedFileError for anything else there, TextfileWriteError for
         an OSError."""
         path = self.path_of(name)
-        made = False
         for _ in range(5):  # made and removed again by someone else between the mkdir and the open: retried
             try:
                 descriptor = os.open(_entry(name), _OPEN_DIRECTORY, dir_fd=self.descriptor)
@@ -199,9 +213,8 @@ class Directory:
                 try:
                     status = os.fstat(descriptor)
                     self._check_owner(name, status)
-                    if made and status.st_uid == os.geteuid():
-                        os.fchmod(descriptor, mode | (status.st_mode & stat.S_ISGID))
-                        give(descriptor, os.fstat(self.descriptor))
+                    if create and just_made(status):  # another process's mkdir, not finished (killed, or not yet)
+                        finish(descriptor, status, os.fstat(self.descriptor), mode)
                 except OSError as error:
                     directory.close()
                     raise write_error(path, "use the directory", error) from None
@@ -210,8 +223,7 @@ class Directory:
                     raise
                 return directory
             try:
-                os.mkdir(_entry(name), 0o700, dir_fd=self.descriptor)  # 0700 until fchmod gives it its mode
-                made = True
+                make_directory(self.descriptor, name, mode)
             except FileExistsError:
                 pass
             except OSError as error:
@@ -255,6 +267,59 @@ class Directory:
         )
 
 
+def make_directory(parent: int, name: str, mode: int) -> None:
+    """Make the directory ``name`` in the directory held by ``parent`` with ``mode`` whatever the umask, and, made
+    by root in another user's directory, give it to that user (:func:`give`). Raises the mkdir's OSError
+    (FileExistsError: made by someone else first, left as it is) and fchmod's.
+
+    Made with :data:`MADE_MODE` until fchmod gives it its mode, through a descriptor of what was made, not
+    through the name: a writer of the directory may have swapped it since the mkdir, for a symlink (not followed)
+    or another directory (which keeps its mode and owner: :func:`just_made`); what is there is then opened, and
+    judged, by the caller. Signal handlers are held back from the mkdir until then: one that raises in between
+    (a Ctrl-C) would leave a directory of root's in that user's directory, which its processes could not write,
+    nor node_exporter read."""
+    from fraisier_textfile.store.lock import DeferredSignals  # here: lock builds on this module
+
+    with DeferredSignals():
+        os.mkdir(_entry(name), MADE_MODE, dir_fd=parent)
+        try:
+            made = os.open(name, _OPEN_DIRECTORY, dir_fd=parent)
+        except OSError:
+            return
+        try:
+            finish(made, os.fstat(made), os.fstat(parent), mode)
+        finally:
+            os.close(made)
+
+
+def finish(descriptor: int, status: os.stat_result, parent: os.stat_result, mode: int) -> None:
+    """Give the directory held by ``descriptor`` (of status ``status``, in the directory of status ``parent``) its
+    ``mode``, and root's in another user's directory to that user, if it is as a mkdir of :func:`make_directory`
+    leaves it (:func:`just_made`): made by this process, or by another of its user's that was killed before it
+    did, or has not done it yet while this one makes entries in it (which would be root's too, the directory
+    being root's when they are made)."""
+    if just_made(status):
+        os.fchmod(descriptor, mode | (status.st_mode & stat.S_ISGID))
+        give(descriptor, parent)
+
+
+MADE_MODE = 0o1700
+"""A directory's mode from its mkdir to its fchmod: its owner's alone, and sticky, which nobody gives a private
+directory (the sticky bit is for directories others may write), so that it tells the directory just made from
+one of this user's moved into its place meanwhile (:func:`just_made`). The umask never takes the sticky bit."""
+
+
+def just_made(status: os.stat_result) -> bool:
+    """Whether the directory of ``status``, opened by its name just after this process's mkdir of it, may be what
+    that mkdir made: this process's user's, sticky, with no permission beyond :data:`MADE_MODE`'s (the umask may
+    take some; a setgid bit is inherited). A writer of its parent may have renamed the new directory away and moved
+    another directory of this user's (root's) in its place in between: that one must keep its mode and owner, or
+    root would give the writer a directory of root's with what is in it. (Not "empty": another process of this
+    user's may already have made entries in the one made, having found it there.)"""
+    mode = stat.S_IMODE(status.st_mode)
+    return status.st_uid == os.geteuid() and bool(mode & stat.S_ISVTX) and not mode & ~(MADE_MODE | stat.S_ISGID)
+
+
 def give(descriptor: int, directory: os.stat_result) -> None:
     """Give what this process has just made in the directory of status ``directory`` (held by ``descriptor``) to
     the directory's owner and group, when this process is root and the directory another user's: the deploying
@@ -270,6 +335,29 @@ def give(descriptor: int, directory: os.stat_result) -> None:
             os.fchown(descriptor, directory.st_uid, directory.st_gid if group is None else group)
         except OSError:
             pass
+
+
+def hidden_from_its_writers(directory: os.stat_result, status: os.stat_result) -> bool:
+    """Whether the file of ``status``, in the directory of ``directory``, must not be read by this process: it is
+    root, another user may write the directory, and that user may not read the file (it is not world-readable,
+    nor that user's own). Such a user may move there any file of root's from elsewhere in their tree (a rename
+    needs no permission on the file), and what root reads may be quoted back in a parse error, to a user whom
+    sudo allows Fraisier's commands. What the store writes there is world-readable (FILE_MODE)."""
+    if os.geteuid() != 0 or status.st_mode & stat.S_IROTH:
+        return False
+    if directory.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return True
+    return directory.st_uid not in (0, status.st_uid)
+
+
+def hidden_file(path: str, directory: os.stat_result, status: os.stat_result) -> UnexpectedFileError:
+    """The refusal of a file :func:`hidden_from_its_writers` keeps root from reading."""
+    return UnexpectedFileError(
+        path,
+        f"{path} belongs to {_owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, in "
+        f"{os.path.dirname(path)}, which {_writers(directory)} may write: as root, fraisier reads no file there "
+        "that its writers may not read (one of them may have moved a file of root's there); remove it",
+    )
 
 
 def _primary_group(uid: int) -> int | None:
@@ -305,6 +393,24 @@ def _owner_name(uid: int) -> str:
     except KeyError:
         return f"uid {uid}"
 
+
+def _writers(status: os.stat_result) -> str:
+    """Who besides root may write the directory of ``status``, for messages."""
+    if status.st_mode & stat.S_IWOTH:
+        return "everyone"
+    who = _owner_name(status.st_uid) if status.st_uid != 0 else "root"
+    if status.st_mode & stat.S_IWGRP:
+        who += f" and the group {_group_name(status.st_gid)}"
+    return who
+
+
+def _group_name(gid: int) -> str:
+    import grp  # here, not at the top: only errors need it
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return f"gid {gid}"
 
 
 def open_directory(

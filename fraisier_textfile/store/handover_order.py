@@ -138,7 +138,9 @@ def _open_sequence(directory: fs.Directory, create: bool = True) -> int | None:
         status = os.fstat(descriptor)
         # A hard link has other names elsewhere (a writer's link to a file of root's it may write): writing the
         # counter would change that file. Refused as a symlink is.
-        if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
+        # One found there that its writers may not read (a file of root's one of them moved there): as root,
+        # neither read nor written.
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1 or (not created and directory.hides(status)):
             os.close(descriptor)
             return None
         if created:

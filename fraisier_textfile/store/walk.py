@@ -18,10 +18,21 @@ import stat
 from typing import TYPE_CHECKING
 
 from fraisier_textfile.errors import TextfileError, UnexpectedFileError, write_error
-from fraisier_textfile.store.fs import _OPEN_DIRECTORY, DIRECTORY_MODE, Directory, PathName, _kind, _owner_name, give
+from fraisier_textfile.store.fs import (
+    DIRECTORY_MODE,
+    Directory,
+    _kind,
+    _owner_name,
+    _writers,
+    finish,
+    just_made,
+    make_directory,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from fraisier_textfile.store.fs import PathName  # named by annotations only, as fs.py itself may define it
 
 
 def open_directory(
@@ -57,7 +68,7 @@ def open_directory(
         except BaseException:
             os.close(descriptor)
             raise
-        if _identity(status) == _vetted.get(path):
+        if _identity(status) == _vetted.get((path, os.geteuid())):
             return Directory(descriptor, path)
         os.close(descriptor)
     walked = _walk(path, create, mode, wanted)
@@ -65,7 +76,7 @@ def open_directory(
         return None
     try:
         if path.startswith("/"):  # a relative path names another directory once the process changes its own
-            _vetted[path] = _identity(os.fstat(walked))
+            _vetted[path, os.geteuid()] = _identity(os.fstat(walked))
         if search_only:
             return Directory(walked, path)
         descriptor = os.open(".", flags, dir_fd=walked)
@@ -79,13 +90,14 @@ def open_directory(
     return Directory(descriptor, path)
 
 
-_vetted: dict[str, tuple[int, ...]] = {}
-"""What :func:`_walk` found at each path this process opened: the directory's device, inode, owner, group and
-mode. A directory with all five is the one the walk checked, or one that took its inode number since (the
-walk's directory removed) with the same owner, group and mode: a directory the same users may write, which root
-writing the store's files in harms nobody. Not a descriptor held open: that would keep a removed directory's
-inode, and its filesystem mounted, for the life of the process. A cache of facts that hold in a forked child
-as well."""
+_vetted: dict[tuple[str, int], tuple[int, ...]] = {}
+"""What :func:`_walk` found at each path this process opened, and as which effective user (what it trusts
+depends on who it is: a root process switched to the deploying user by seteuid follows that user's symlinks,
+which root must not): the directory's device, inode, owner, group and mode. A directory with all five is the
+one the walk checked, or one that took its inode number since (the walk's directory removed) with the same owner,
+group and mode: a directory the same users may write, which root writing the store's files in harms nobody. Not
+a descriptor held open: that would keep a removed directory's inode, and its filesystem mounted, for the life of
+the process. A cache of facts that hold in a forked child as well."""
 
 
 def _identity(status: os.stat_result) -> tuple[int, ...]:
@@ -147,10 +159,10 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
                 if not create:
                     os.close(descriptor)
                     return None
-                made += 1
-                if made > 5 * (len(names) + 1) + 5:  # made and removed again by someone else, over and over
+                made += 1  # made since the walk last went down a directory
+                if made > 5:  # made and removed again by someone else, over and over
                     raise OSError(errno.ENOENT, os.strerror(errno.ENOENT)) from None
-                _make(descriptor, status, name, mode, os.path.join(where, name), path, wanted)
+                _make(descriptor, name, mode, os.path.join(where, name), path, wanted)
                 names.append(name)  # opened, and checked, as if it were there before
                 continue
             except OSError as error:
@@ -189,12 +201,22 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
                 child_status = os.fstat(child)
                 if not trusted and name != "..":
                     _check_placed_by_a_writer(path, os.path.join(where, name), status, child_status)
+                # Another process's mkdir, not finished (killed, or not yet): in a directory another user may write,
+                # or the textfile directory itself. One of root's elsewhere on the way is the operator's.
+                if create and (not trusted or not names) and just_made(child_status):
+                    finished = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=child)
+                    try:
+                        finish(finished, child_status, status, mode)
+                    finally:
+                        os.close(finished)
+                    child_status = os.fstat(child)
             except BaseException:
                 os.close(child)
                 raise
             os.close(descriptor)
             descriptor, status = child, child_status
             where = os.path.normpath(os.path.join(where, name))
+            made = 0
         return descriptor
     except OSError as error:
         if descriptor >= 0:
@@ -248,43 +270,17 @@ def _symlink_refused(path: str, link: str, target: str, parent: os.stat_result) 
     )
 
 
-def _writers(status: os.stat_result) -> str:
-    """Who besides root may write the directory of ``status``, for messages."""
-    if status.st_mode & stat.S_IWOTH:
-        return "everyone"
-    who = _owner_name(status.st_uid) if status.st_uid != 0 else "root"
-    if status.st_mode & stat.S_IWGRP:
-        who += f" and the group {_group_name(status.st_gid)}"
-    return who
-
-
-def _make(descriptor: int, parent: os.stat_result, name: str, mode: int, component: str, path: str,
-          wanted: str | None) -> None:
-    """Make the directory ``name`` in the directory held by ``descriptor`` (of status ``parent``) with ``mode``
-    whatever the umask, and root's in another user's directory given to that user (see :func:`_walk`)."""
+def _make(descriptor: int, name: str, mode: int, component: str, path: str, wanted: str | None) -> None:
+    """Make the directory ``name`` in the directory held by ``descriptor`` with ``mode`` whatever the umask, and
+    root's in another user's directory given to that user (see :func:`_walk` and fs.make_directory)."""
     try:
-        os.mkdir(name, 0o700, dir_fd=descriptor)  # 0700 until fchmod gives it its mode
+        make_directory(descriptor, name, mode)
     except FileExistsError:
         return  # made by another process meanwhile: theirs, with the mode they gave it
     except NotADirectoryError:
         raise _in_the_way(path, wanted) from None
     except OSError as error:
         raise write_error(component, "create the directory", error) from None
-    # The mode and the owner through a descriptor of what we made, not through the name (which may have been
-    # swapped since the mkdir: then what is there is opened, and judged, by the walk).
-    try:
-        made = os.open(name, _OPEN_DIRECTORY, dir_fd=descriptor)
-    except OSError:
-        return
-    try:
-        status = os.fstat(made)
-        if status.st_uid == os.geteuid():
-            os.fchmod(made, mode | (status.st_mode & stat.S_ISGID))
-            give(made, parent)
-    except OSError as error:
-        raise write_error(component, "create the directory", error) from None
-    finally:
-        os.close(made)
 
 
 def _in_the_way(path: str | Path, wanted: str | None) -> TextfileError:
@@ -316,12 +312,3 @@ def _not_a_directory(name: str | Path, wanted: str) -> UnexpectedFileError:
                 "(FRAISIER_TEXTFILE_DIR), or remove what is in the way",
             )
     return UnexpectedFileError(path, f"{path} is not a directory: choose another --textfile-dir")
-
-
-def _group_name(gid: int) -> str:
-    import grp  # here, not at the top: only errors need it
-
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return f"gid {gid}"
