@@ -613,3 +613,32 @@ def test_a_merge_call_with_hand_overs_arriving_all_along_merges_them_within_its_
     # The call's own merge (0-10 ms) and the late ones at 10-20 ms: one more (20-30 ms) would end past 25 ms.
     assert merges == [0.0, 0.010]
     assert store.handovers_waiting()  # left for the next merge of any process
+
+
+def test_a_call_that_never_held_the_lock_leaves_the_look_for_late_hand_overs_to_the_holder(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug: a call that found the lock busy and handed over listed the hand-over directory twice (after its
+    failed try, and after its try once more), looking for hand-overs that arrived "while it held the lock",
+    which it never held: under a 16-writer race, the slowest calls' largest share, waiting on the directory that
+    every writer changes. The look is the holder's (the invariant in TextfileStore._merge_late_handovers): the
+    lock's holder, here another process, looks after releasing it, and the hand-over is merged once."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    looks = []
+    waiting_in = store.handovers.waiting_in
+
+    def counted(textfile: fs.Directory) -> bool:
+        looks.append(textfile)
+        return waiting_in(textfile)
+
+    monkeypatch.setattr(store.handovers, "waiting_in", counted)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "handed")
+    with lock_held_elsewhere(store.lock_path):
+        assert store.merge_or_hand_over(changes, wait=0) is False
+    assert looks == []
+    assert not changes
+    store.merge(Changes())  # a holder: it looks after releasing the lock, and finds nothing left
+    assert len(looks) == 1
+    assert error_count(sample_values(store.path), "handed") == 1

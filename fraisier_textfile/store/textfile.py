@@ -191,9 +191,12 @@ class TextfileStore:
             try:
                 self.transaction.run(changes, self.lock_timeout if timeout is None else timeout, textfile)
             except FraisierTextfileError:
-                # Also after a failure: this process may have held the lock (a lock timeout too, when its lock
-                # file was replaced mid-merge and the new one stayed busy).
-                self._merge_late_handovers(textfile, started, failed=True)
+                # Also after a failure, if this call held the lock (a corrupt file; a lock timeout too, when its
+                # lock file was replaced mid-merge and the new one stayed busy). A call that never held it owes no
+                # look: the holder looks after releasing it, and listing the directory all writers change is most
+                # of what a busy lock would otherwise cost each of them.
+                if self.transaction.held_lock:
+                    self._merge_late_handovers(textfile, started, failed=True)
                 raise
             finally:
                 # Only the commit empties the changes: written, even if a signal's handler held back until the end
