@@ -642,3 +642,28 @@ def test_a_call_that_never_held_the_lock_leaves_the_look_for_late_hand_overs_to_
     store.merge(Changes())  # a holder: it looks after releasing the lock, and finds nothing left
     assert len(looks) == 1
     assert error_count(sample_values(store.path), "handed") == 1
+
+
+def test_a_call_that_hands_over_opens_and_checks_the_textfile_directory_once(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """merge_or_hand_over opened and checked the textfile directory three times (its try, its hand-over, its try
+    once more): for root, each check walks every directory of the path. One descriptor, checked once, serves the
+    whole call, as it already served a merge and the late merges after it."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    opened = []
+    open_directory = fs.open_directory
+
+    def counted(*arguments: object, **keywords: object) -> fs.Directory | None:
+        opened.append(arguments)
+        return open_directory(*arguments, **keywords)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs, "open_directory", counted)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "handed")
+    with lock_held_elsewhere(store.lock_path):
+        assert store.merge_or_hand_over(changes, wait=0) is False
+    assert len(opened) == 1
+    store.merge(Changes())
+    assert error_count(sample_values(store.path), "handed") == 1

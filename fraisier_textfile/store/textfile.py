@@ -183,27 +183,31 @@ class TextfileStore:
         is emptied, and the markers of the deployments it ends are released. On any error nothing is written,
         the file is left byte-identical, and ``changes`` is untouched so that it can be merged again later.
         Raises only FraisierTextfileError subclasses (LockTimeoutError when the lock stayed busy)."""
-        started = time.monotonic()
-        ending = changes.ended
         # Opened and checked once for the merge and for the look for late hand-overs after it: for root, the
         # check looks at every directory on the path.
         with self.file.open_directory() as textfile:
-            try:
-                self.transaction.run(changes, self.lock_timeout if timeout is None else timeout, textfile)
-            except FraisierTextfileError:
-                # Also after a failure, if this call held the lock (a corrupt file; a lock timeout too, when its
-                # lock file was replaced mid-merge and the new one stayed busy). A call that never held it owes no
-                # look: the holder looks after releasing it, and listing the directory all writers change is most
-                # of what a busy lock would otherwise cost each of them.
-                if self.transaction.held_lock:
-                    self._merge_late_handovers(textfile, started, failed=True)
-                raise
-            finally:
-                # Only the commit empties the changes: written, even if a signal's handler held back until the end
-                # of the merge raised since (the process may catch it and go on).
-                if ending and not changes.ended:
-                    deployments.release_written(ending)
-            self._merge_late_handovers(textfile, started)
+            self._merge_in(textfile, changes, self.lock_timeout if timeout is None else timeout)
+
+    def _merge_in(self, textfile: fs.Directory, changes: Changes, timeout: float) -> None:
+        """:meth:`merge`, in the textfile directory held open by ``textfile``."""
+        started = time.monotonic()
+        ending = changes.ended
+        try:
+            self.transaction.run(changes, timeout, textfile)
+        except FraisierTextfileError:
+            # Also after a failure, if this call held the lock (a corrupt file; a lock timeout too, when its
+            # lock file was replaced mid-merge and the new one stayed busy). A call that never held it owes no
+            # look: the holder looks after releasing it, and listing the directory all writers change is most
+            # of what a busy lock would otherwise cost each of them.
+            if self.transaction.held_lock:
+                self._merge_late_handovers(textfile, started, failed=True)
+            raise
+        finally:
+            # Only the commit empties the changes: written, even if a signal's handler held back until the end
+            # of the merge raised since (the process may catch it and go on).
+            if ending and not changes.ended:
+                deployments.release_written(ending)
+        self._merge_late_handovers(textfile, started)
 
     def hand_over(self, changes: Changes, *, durable: bool = True) -> None:
         """Write ``changes`` for the next merge by any process to apply exactly once, without the lock, and
@@ -213,8 +217,15 @@ class TextfileStore:
         written."""
         if not changes:
             return
+        with self.file.open_directory() as textfile:
+            self._hand_over_in(textfile, changes, durable)
+
+    def _hand_over_in(self, textfile: fs.Directory, changes: Changes, durable: bool) -> None:
+        """:meth:`hand_over`, in the textfile directory held open by ``textfile``."""
+        if not changes:
+            return
         ending = changes.ended
-        with DeferredSignals(), self.file.open_directory() as textfile:
+        with DeferredSignals():
             directory = handovers.open_directory(textfile, create=True)
             assert directory is not None
             with directory:
@@ -229,18 +240,21 @@ class TextfileStore:
         True: merged now. False: handed over; the next merge by any process writes them (this process tries
         once more at once). Either way ``changes`` is emptied. Raises what :meth:`merge` raises for other
         problems (a corrupt file, a full disk), with ``changes`` untouched."""
-        try:
-            self.merge(changes, timeout=wait)
-            return True
-        except LockTimeoutError:
-            pass
-        self.hand_over(changes, durable=durable)
-        # The hand-over is on disk before this try. If the lock is busy, its holder will look for hand-overs
-        # after releasing it (see _merge_late_handovers), and so sees this one.
-        try:
-            self.merge(Changes(), timeout=0)
-        except FraisierTextfileError as error:
-            log.debug("hand-over left for the next merge: %s", error)
+        # One descriptor of the directory, checked once (for root, every directory of the path), for the try, the
+        # hand-over and the try once more.
+        with self.file.open_directory() as textfile:
+            try:
+                self._merge_in(textfile, changes, wait)
+                return True
+            except LockTimeoutError:
+                pass
+            self._hand_over_in(textfile, changes, durable)
+            # The hand-over is on disk before this try. If the lock is busy, its holder will look for hand-overs
+            # after releasing it (see _merge_late_handovers), and so sees this one.
+            try:
+                self._merge_in(textfile, Changes(), 0)
+            except FraisierTextfileError as error:
+                log.debug("hand-over left for the next merge: %s", error)
         return False
 
     def _merge_late_handovers(self, textfile: fs.Directory, started: float, failed: bool = False) -> None:
