@@ -210,3 +210,72 @@ def test_stopping_a_process_while_its_background_flush_writes_counts_every_event
         assert process.returncode == 0 and errors == "", errors
         expected += int(out)
         assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == expected
+
+
+HOLD_UNTIL_TOLD = """
+    import fcntl, os, sys
+    descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o664)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    print("held", flush=True)
+    sys.stdin.readline()
+    fcntl.flock(descriptor, fcntl.LOCK_UN)
+    print("released", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_record_call_that_hands_over_leaves_the_merge_to_its_background_thread(tmp_path: Path) -> None:
+    """Bug: a record call that found the lock busy handed its events over, then tried the lock once more and, when
+    it was free by then, merged the whole file and every hand-over waiting itself: under a 16-writer race most of
+    the slowest calls paid a hand-over and a merge. The try once more (which the hand-over invariant needs: the
+    holder may have looked before the hand-over was there) is the process's background thread's now, woken at
+    once, not after its flush interval: the call returns once its events are durably handed over.
+
+    Here the holder, another process, lets the lock go right after the hand-over is published (the call is held
+    there by the test), so that the call's own try once more would get it; the flush interval is an hour, so only
+    the woken thread can be what merges while the process runs."""
+    script = """
+        import sys, threading
+        from fraisier_textfile.metrics import get_metrics_recorder
+        from fraisier_textfile.store import handovers, transaction
+
+        publish, locked, merges = handovers.publish, transaction.Transaction._locked, []
+
+        def published(*arguments, **keywords):
+            publish(*arguments, **keywords)
+            print("published", flush=True)
+            sys.stdin.readline()  # the holder has let the lock go
+
+        def counted(self, *arguments, **keywords):
+            merges.append(threading.current_thread() is threading.main_thread())
+            return locked(self, *arguments, **keywords)
+
+        handovers.publish, transaction.Transaction._locked = published, counted
+        recorder = get_metrics_recorder()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)
+        print("returned", merges.count(True), flush=True)
+        sys.stdin.readline()
+    """
+    lock = tmp_path / "fraisier.prom.lock"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_UNTIL_TOLD), str(lock)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL="3600") as process:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write("record\n")
+            process.stdin.flush()
+            assert process.stdout.readline() == "published\n"
+            holder.stdin.write("release\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline() == "released\n"
+            process.stdin.write("go on\n")
+            process.stdin.flush()
+            assert process.stdout.readline() == "returned 0\n"  # no merge by the call itself
+            wait_for(tmp_path / "fraisier.prom", DEPLOYMENTS, 1, process)
+    finally:
+        holder.communicate("exit\n", timeout=60)
+    assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 1

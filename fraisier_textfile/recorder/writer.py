@@ -170,8 +170,12 @@ class Writer:
 
     def _merge_or_hand_over(self, pending: Changes, wait: float, durable: bool) -> bool:
         try:
-            merged = self.store.merge_or_hand_over(pending, wait, durable=durable)
+            # Handed over, the events are durable once the store returns: the try once more for the lock, which
+            # merges every hand-over waiting when it gets it, is the background thread's, not the caller's.
+            merged = self.store.merge_or_hand_over(pending, wait, durable=durable, try_again=False)
             self.failed_write = None
+            if not merged and not process.merge_soon(self):
+                self.store.merge_waiting()  # no background thread here (FRAISIER_FLUSH_INTERVAL=0): now
             if not merged:
                 self.problems.note(
                     LOCK_BUSY,

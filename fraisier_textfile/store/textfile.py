@@ -235,11 +235,17 @@ class TextfileStore:
                 # Before the signal handlers held back run: one may raise, and the process go on.
                 deployments.release_written(ending)
 
-    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True) -> bool:
+    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True, try_again: bool = True
+                           ) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
         True: merged now. False: handed over; the next merge by any process writes them (this process tries
         once more at once). Either way ``changes`` is emptied. Raises what :meth:`merge` raises for other
-        problems (a corrupt file, a full disk), with ``changes`` untouched."""
+        problems (a corrupt file, a full disk), with ``changes`` untouched.
+
+        ``try_again=False`` leaves that try once more to the caller, who must make it (:meth:`merge_waiting`)
+        after this call returned, from a thread of its own say: the lock's holder may have looked for hand-overs
+        before this one was there (see _merge_late_handovers), and a try that gets the lock merges every
+        hand-over waiting, a whole merge that the caller of a record call need not wait for."""
         # One descriptor of the directory, checked once (for root, every directory of the path), for the try, the
         # hand-over and the try once more.
         with self.file.open_directory() as textfile:
@@ -249,13 +255,29 @@ class TextfileStore:
             except LockTimeoutError:
                 pass
             self._hand_over_in(textfile, changes, durable)
-            # The hand-over is on disk before this try. If the lock is busy, its holder will look for hand-overs
-            # after releasing it (see _merge_late_handovers), and so sees this one.
-            try:
-                self._merge_in(textfile, Changes(), 0)
-            except FraisierTextfileError as error:
-                log.debug("hand-over left for the next merge: %s", error)
+            if try_again:
+                # The hand-over is on disk before this try. If the lock is busy, its holder will look for
+                # hand-overs after releasing it (see _merge_late_handovers), and so sees this one.
+                try:
+                    self._merge_in(textfile, Changes(), 0)
+                except FraisierTextfileError as error:
+                    log.debug("hand-over left for the next merge: %s", error)
         return False
+
+    def merge_waiting(self) -> bool:
+        """Merge the hand-overs waiting that no merge by this store has seen, if there are any and the lock is
+        free, without waiting for it: the try once more that a process which handed over owes (see
+        :meth:`merge_or_hand_over`), or a later one. True: none is left waiting by this try (merged, or there
+        were none); False: the lock was busy (its holder merges them once it lets go) or the merge failed
+        (logged at debug level: the next merge by any process says why). Never raises FraisierTextfileError."""
+        try:
+            with self.file.open_directory() as textfile:
+                if self.handovers.waiting_in(textfile):
+                    self._merge_in(textfile, Changes(), 0)
+        except FraisierTextfileError as error:
+            log.debug("hand-overs left for the next merge: %s", error)
+            return False
+        return True
 
     def _merge_late_handovers(self, textfile: fs.Directory, started: float, failed: bool = False) -> None:
         """After releasing the lock, merge the hand-overs that arrived while it was held (``started``: when the
