@@ -229,7 +229,7 @@ class TextfileStore:
             directory = handovers.open_directory(textfile, create=True)
             assert directory is not None
             with directory:
-                temporary, final = handovers.write(directory, changes, self.schema, durable)
+                temporary, final = handovers.write(directory, changes, self.schema)
                 handovers.publish(directory, temporary, final, durable)
                 changes.clear()
                 # Before the signal handlers held back run: one may raise, and the process go on.
