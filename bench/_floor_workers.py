@@ -335,8 +335,9 @@ def drop(parts: list[bytes | memoryview], count: int) -> list[bytes | memoryview
 
 def race_handover_floor(directory: str, events: str) -> None:
     """The floor of a hand-over, in plain Python: each event a small file of this writer's own in a shared
-    directory, with no lock and no read: written as a temporary, fsynced, renamed to its name, the directory
-    fsynced. What a writer that hands its event over instead of merging pays at least."""
+    directory, with no lock and no read: written as a temporary, renamed to its name, fsynced, the directory
+    fsynced (after the rename, as the store does: on ext4 the file's fsync commits the rename too). What a writer
+    that hands its event over instead of merging pays at least."""
     prefix = os.path.join(directory, f"{os.getpid()}-")
     payload = b'{"deployments": [["bare_metal", "api", "success", 42.0]]}\n'
     handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -349,10 +350,10 @@ def race_handover_floor(directory: str, events: str) -> None:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(descriptor, payload)
+            os.rename(temporary, f"{prefix}{sequence}.json")
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        os.rename(temporary, f"{prefix}{sequence}.json")
         os.fsync(handle)
         return True
 
@@ -371,8 +372,8 @@ def race_group_floor(path: str, events: str, series: str) -> None:
     directory, read each new hand-over, one read of the file, the counter raised by its event and theirs, one
     writev of a temporary, fsync, rename, the ids applied listed in the file; after the release: fsync of the
     directory, one look for hand-overs that arrived meanwhile and one more merge if so, their files deleted by
-    a thread of its own); a writer that finds it busy hands its event over (a file of its own: write, fsync,
-    rename, fsync of the directory) and tries the lock once more, merging if it gets it. What a store that
+    a thread of its own); a writer that finds it busy hands its event over (a file of its own: write, rename,
+    fsync, fsync of the directory) and tries the lock once more, merging if it gets it. What a store that
     counts every event durably and exactly once, and never waits for the lock, must at least do."""
     import fcntl
     import queue
@@ -461,10 +462,10 @@ def race_group_floor(path: str, events: str, series: str) -> None:
         descriptor = os.open(f".{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=handover_directory)
         try:
             os.write(descriptor, b"1")
+            os.rename(f".{name}", name, src_dir_fd=handover_directory, dst_dir_fd=handover_directory)
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        os.rename(f".{name}", name, src_dir_fd=handover_directory, dst_dir_fd=handover_directory)
         os.fsync(handover_directory)
         if try_lock():  # the holder may have looked before this hand-over was there
             merge_and_look(0)

@@ -26,15 +26,19 @@ environment of its own (see bench_cli.py); every process below is started with t
                      written out before the next: lost events, lock timeouts, p50/p99 call latency,
                      events/s. Goals: 0 lost, 0 timeouts, p99 ≤ 25 ms, ≥ 5× the throughput of the seed's
                      recorder (``--baseline``, installed from git the same way and raced in the same run).
-                     Modes: the recorder as shipped; the store's ``merge`` (waiting for the lock); the
-                     store's ``merge_or_hand_over`` where it exists; the baseline's recorder. Beside them, in
-                     the same run, the race's floor: the same processes × events, started together, in plain
-                     Python with no package imported, each event what a store must at least do to count it
-                     durably in the shared file (under an flock: read the file, raise the one counter, write
-                     a temporary, fsync, rename, fsync the directory); ours ÷ it for p99 and events/s. And the
-                     floor of a hand-over: each event a small file of the writer's own, fsync, rename, fsync
-                     of the directory. Each row with where its calls' time went: own CPU, waiting for a CPU,
-                     blocked
+                     Modes: the recorder as shipped; the recorder with every hand-over fsynced (as shipped,
+                     a process that has spent its 1 s lock-wait budget hands over without fsyncs); the
+                     store's ``merge`` (waiting for the lock); the store's ``merge_or_hand_over`` where it
+                     exists; the baseline's recorder. Beside them, in the same run, the race's floor: the
+                     same processes × events, started together, in plain Python with no package imported,
+                     each event what a store must at least do to count it durably in the shared file (under
+                     an flock: read the file, raise the one counter, write a temporary, fsync, rename, fsync
+                     the directory); ours ÷ it for p99 and events/s. The floor of a hand-over: each event a
+                     small file of the writer's own, renamed, fsynced, the directory fsynced. The floor of
+                     group commit, the store's own design in plain Python: merge when the lock is free (the
+                     hand-overs waiting with it), else hand over and try once more; ours ÷ it for p99. Each
+                     row with where its calls' time went (own CPU, waiting for a CPU, blocked) and its calls
+                     by what they did (handed over, merged)
 - held lock          a record call while another process holds the lock: each call's latency, what it
                      raised, how long the process then takes to exit, and whether the events appear exactly
                      once after the lock is released. Goal: ≤ ~1 s in all, nothing raised, all events once
@@ -672,7 +676,7 @@ def render_race(result: dict[str, Any]) -> None:
         "hand_over": f"store.merge_or_hand_over(wait={race['wait']:g})",
         "baseline": f"baseline {result['baseline']} recorder (today)",
         "floor": "floor: flock, read, +1, write, fsync, rename, fsync dir",
-        "handover_floor": "floor of a hand-over: own small file, fsync, rename, fsync dir",
+        "handover_floor": "floor of a hand-over: own small file, rename, fsync, fsync dir",
     }
     rows = []
     for outcome in race["results"]:
