@@ -452,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the parts to run (default all): the merges against their floors and memory (sizes), the race, "
         "the held lock",
     )
+    parser.add_argument("--race-modes", nargs="+", metavar="MODE",
+                        help="the race's rows to run (default all): recorder, floor, recorder_durable, group_floor, "
+                        "merge, handover_floor, hand_over, baseline")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([10_000] if args.quick else [10_000, 100_000])
     processes = args.processes or (4 if args.quick else 16)
@@ -486,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             modes.append(("baseline", baseline, "recorder"))
         else:
             notes.append(f"baseline {args.baseline or '-'} not raced: {baseline}")
+        if args.race_modes:
+            modes = [mode for mode in modes if mode[0] in args.race_modes]
         races = []
         for key, installed, mode in modes if "race" in args.parts else []:
             outcome = race(root, master, key, installed, mode, processes, events, args.wait)
