@@ -212,6 +212,17 @@ def test_stopping_a_process_while_its_background_flush_writes_counts_every_event
         assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == expected
 
 
+RECORD_ONCE_COUNTING_MERGES = """
+        recorder = get_metrics_recorder()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)
+        print("returned", merges.count(True), flush=True)  # the merges the call made itself
+        sys.stdin.readline()
+"""
+"""The end of a script whose ``merges`` lists, for each merge, whether the main thread made it."""
+
+
 HOLD_UNTIL_TOLD = """
     import fcntl, os, sys
     descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o664)
@@ -251,13 +262,7 @@ def test_a_record_call_that_hands_over_leaves_the_merge_to_its_background_thread
             return locked(self, *arguments, **keywords)
 
         handovers.publish, transaction.Transaction._locked = published, counted
-        recorder = get_metrics_recorder()
-        print("ready", flush=True)
-        sys.stdin.readline()
-        recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)
-        print("returned", merges.count(True), flush=True)
-        sys.stdin.readline()
-    """
+    """ + RECORD_ONCE_COUNTING_MERGES
     lock = tmp_path / "fraisier.prom.lock"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_UNTIL_TOLD), str(lock)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -279,3 +284,53 @@ def test_a_record_call_that_hands_over_leaves_the_merge_to_its_background_thread
     finally:
         holder.communicate("exit\n", timeout=60)
     assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 1
+
+
+def test_a_record_call_that_merges_leaves_the_hand_overs_that_arrived_meanwhile_to_its_background_thread(
+    tmp_path: Path,
+) -> None:
+    """Bug: the call whose merge held the lock looked, once it let go, for the hand-overs that arrived meanwhile and
+    merged them itself, a second whole merge paid by one record call. It still looks (the hand-over invariant: the
+    writers of those found the lock held by it), and leaves the merge to its process's background thread, woken at
+    once. Here another process hands over while the call holds the lock (the test holds the call there); the flush
+    interval is an hour, so only the woken thread can be what merges it while the process runs."""
+    script = """
+        import sys, threading
+        from fraisier_textfile.metrics import get_metrics_recorder
+        from fraisier_textfile.store import transaction
+
+        locked, merges = transaction.Transaction._locked, []
+
+        def held(self, *arguments, **keywords):
+            merges.append(threading.current_thread() is threading.main_thread())
+            merge = locked(self, *arguments, **keywords)
+            if len(merges) == 1:  # written, the lock not yet let go
+                print("locked", flush=True)
+                sys.stdin.readline()  # another process hands over meanwhile
+            return merge
+
+        transaction.Transaction._locked = held
+    """ + RECORD_ONCE_COUNTING_MERGES
+    hand_over = textwrap.dedent("""
+        import sys
+        from fraisier_textfile import TextfileStore
+        from fraisier_textfile import changes as events
+        from fraisier_textfile.changes import Changes
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "meanwhile")
+        TextfileStore(sys.argv[1]).hand_over(changes)
+    """)
+    meanwhile = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="meanwhile"}'
+    with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL="3600") as process:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write("record\n")
+        process.stdin.flush()
+        assert process.stdout.readline() == "locked\n"
+        handed = subprocess.run([sys.executable, "-c", hand_over, str(tmp_path)], capture_output=True, text=True,
+                                timeout=60, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+        assert handed.returncode == 0, handed.stderr
+        process.stdin.write("go on\n")
+        process.stdin.flush()
+        assert process.stdout.readline() == "returned 1\n"  # its own merge only
+        values = wait_for(tmp_path / "fraisier.prom", meanwhile, 1, process)
+    assert values[DEPLOYMENTS] == 1

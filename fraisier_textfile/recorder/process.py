@@ -11,6 +11,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from fraisier_textfile import settings, validate
@@ -175,32 +176,35 @@ def _flush_in_background() -> None:
             unflushed.discard(writer)
 
 
-def _merge_hand_overs(writer: Writer) -> bool:
+def _merge_hand_overs(writer: Writer, seen: Collection[str] = ()) -> bool:
     """Merge what is handed over in the recorder's directory, if the lock is free (else its holder does, once it
     lets go), with a store of the background flush's own: the recorder's may be merging in another thread.
-    True when none is left waiting by it."""
+    ``seen``: hand-overs the recorder's own store has seen (applied or left). True when none is left waiting by
+    it."""
     store = _background_stores.get(writer)
     if store is None:
         mine = writer.store
         store = TextfileStore(mine.directory, mine.lock_timeout, lifecycle=mine.lifecycle,
                               participants=mine.sources, schema=mine.schema, markers=mine.marker_rules)
         _background_stores[writer] = store
-    return store.merge_waiting()
+    return store.merge_waiting(seen)
 
 
-_merge_soon: set[Writer] = set()
-"""Writers whose record call has just handed events over: the try once more for the lock that the hand-over
-owes (TextfileStore.merge_or_hand_over), made by the background thread at once, so that the call that handed
-over never pays for a whole merge of everyone's hand-overs."""
+_merge_soon: dict[Writer, Collection[str]] = {}
+"""Writers whose record call owes the hand-over invariant a try for the lock (TextfileStore.merge_or_hand_over:
+after a hand-over, the try once more; after a merge, the merge of the hand-overs that arrived meanwhile), with the
+hand-overs their store has seen: made by the background thread at once, so that no record call pays for a whole
+merge of everyone's hand-overs."""
 
 
-def merge_soon(writer: Writer) -> bool:
-    """Have the background thread try the lock for ``writer``'s hand-overs now (see :data:`_merge_soon`). False
-    when there is no background thread (``FRAISIER_FLUSH_INTERVAL=0``): the caller tries itself."""
+def merge_soon(writer: Writer, seen: Collection[str]) -> bool:
+    """Have the background thread try the lock for the hand-overs waiting in ``writer``'s directory now (see
+    :data:`_merge_soon`). False when there is no background thread (``FRAISIER_FLUSH_INTERVAL=0``): the caller
+    tries itself."""
     background_flush.start()
     if not background_flush.running:
         return False
-    _merge_soon.add(writer)
+    _merge_soon[writer] = seen
     background_flush.wake()
     return True
 
@@ -208,10 +212,10 @@ def merge_soon(writer: Writer) -> bool:
 def _merge_soon_in_background() -> None:
     while _merge_soon:
         try:
-            writer = _merge_soon.pop()
+            writer, seen = _merge_soon.popitem()
         except KeyError:
             return
-        _merge_hand_overs(writer)
+        _merge_hand_overs(writer, seen)
 
 
 _background_stores: weakref.WeakKeyDictionary[Writer, TextfileStore] = weakref.WeakKeyDictionary()

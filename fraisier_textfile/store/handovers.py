@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from fraisier_textfile.errors import (
@@ -462,9 +463,9 @@ class Handovers(Participant):
         self._applied = []
         self._newest = self._oldest_waiting = None
 
-    def waiting_in(self, textfile: fs.Directory) -> bool:
+    def waiting_in(self, textfile: fs.Directory, seen: Collection[str] = ()) -> bool:
         """Whether hand-overs wait in the textfile directory held open that no merge of this participant has
-        seen yet."""
+        seen yet, nor are in ``seen`` (those another store's merge saw)."""
         try:
             directory = open_directory(textfile)
             if directory is None:
@@ -474,7 +475,8 @@ class Handovers(Participant):
         except (OSError, FraisierTextfileError):
             return False
         return any(
-            name.endswith(SUFFIX) and not name.startswith(TEMPORARY_PREFIX) and name[: -len(SUFFIX)] not in self.handled
+            name.endswith(SUFFIX) and not name.startswith(TEMPORARY_PREFIX)
+            and name[: -len(SUFFIX)] not in self.handled and name[: -len(SUFFIX)] not in seen
             for name in names
         )
 

@@ -188,8 +188,9 @@ class TextfileStore:
         with self.file.open_directory() as textfile:
             self._merge_in(textfile, changes, self.lock_timeout if timeout is None else timeout)
 
-    def _merge_in(self, textfile: fs.Directory, changes: Changes, timeout: float) -> None:
-        """:meth:`merge`, in the textfile directory held open by ``textfile``."""
+    def _merge_in(self, textfile: fs.Directory, changes: Changes, timeout: float, look: bool = True) -> None:
+        """:meth:`merge`, in the textfile directory held open by ``textfile``. ``look=False``: the look for late
+        hand-overs after a successful merge is left to the caller (see :meth:`merge_or_hand_over`)."""
         started = time.monotonic()
         ending = changes.ended
         try:
@@ -207,7 +208,8 @@ class TextfileStore:
             # of the merge raised since (the process may catch it and go on).
             if ending and not changes.ended:
                 deployments.release_written(ending)
-        self._merge_late_handovers(textfile, started)
+        if look:
+            self._merge_late_handovers(textfile, started)
 
     def hand_over(self, changes: Changes, *, durable: bool = True) -> None:
         """Write ``changes`` for the next merge by any process to apply exactly once, without the lock, and
@@ -235,27 +237,29 @@ class TextfileStore:
                 # Before the signal handlers held back run: one may raise, and the process go on.
                 deployments.release_written(ending)
 
-    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True, try_again: bool = True
+    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True, follow_up: bool = True
                            ) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
         True: merged now. False: handed over; the next merge by any process writes them (this process tries
         once more at once). Either way ``changes`` is emptied. Raises what :meth:`merge` raises for other
         problems (a corrupt file, a full disk), with ``changes`` untouched.
 
-        ``try_again=False`` leaves that try once more to the caller, who must make it (:meth:`merge_waiting`)
-        after this call returned, from a thread of its own say: the lock's holder may have looked for hand-overs
-        before this one was there (see _merge_late_handovers), and a try that gets the lock merges every
-        hand-over waiting, a whole merge that the caller of a record call need not wait for."""
+        ``follow_up=False`` leaves to the caller what a call owes the hand-over invariant (see
+        _merge_late_handovers) once its own part is done: after a hand-over, the try once more (the lock's holder
+        may have looked before this one was there); after a merge, the look for hand-overs that arrived while it
+        held the lock. The caller must make it after this call returned (:meth:`merge_waiting`; after a merge,
+        with the hand-overs this store saw, ``handovers.handled``), from a thread of its own say: either may
+        merge every hand-over waiting, a whole merge that the caller of a record call need not wait for."""
         # One descriptor of the directory, checked once (for root, every directory of the path), for the try, the
         # hand-over and the try once more.
         with self.file.open_directory() as textfile:
             try:
-                self._merge_in(textfile, changes, wait)
+                self._merge_in(textfile, changes, wait, look=follow_up)
                 return True
             except LockTimeoutError:
                 pass
             self._hand_over_in(textfile, changes, durable)
-            if try_again:
+            if follow_up:
                 # The hand-over is on disk before this try. If the lock is busy, its holder will look for
                 # hand-overs after releasing it (see _merge_late_handovers), and so sees this one.
                 try:
@@ -264,15 +268,15 @@ class TextfileStore:
                     log.debug("hand-over left for the next merge: %s", error)
         return False
 
-    def merge_waiting(self) -> bool:
-        """Merge the hand-overs waiting that no merge by this store has seen, if there are any and the lock is
-        free, without waiting for it: the try once more that a process which handed over owes (see
-        :meth:`merge_or_hand_over`), or a later one. True: none is left waiting by this try (merged, or there
+    def merge_waiting(self, seen: Collection[str] = ()) -> bool:
+        """Merge the hand-overs waiting that no merge by this store has seen (nor are in ``seen``), if there are
+        any and the lock is free, without waiting for it: what a call of :meth:`merge_or_hand_over` owes the
+        hand-over invariant (see there), or a later try. True: none is left waiting by this try (merged, or there
         were none); False: the lock was busy (its holder merges them once it lets go) or the merge failed
         (logged at debug level: the next merge by any process says why). Never raises FraisierTextfileError."""
         try:
             with self.file.open_directory() as textfile:
-                if self.handovers.waiting_in(textfile):
+                if self.handovers.waiting_in(textfile, seen):
                     self._merge_in(textfile, Changes(), 0)
         except FraisierTextfileError as error:
             log.debug("hand-overs left for the next merge: %s", error)
