@@ -286,17 +286,10 @@ def test_a_record_call_that_hands_over_leaves_the_merge_to_its_background_thread
     assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 1
 
 
-def test_a_record_call_that_merges_leaves_the_hand_overs_that_arrived_meanwhile_to_its_background_thread(
-    tmp_path: Path,
-) -> None:
-    """Bug: the call whose merge held the lock looked, once it let go, for the hand-overs that arrived meanwhile and
-    merged them itself, a second whole merge paid by one record call. It still looks (the hand-over invariant: the
-    writers of those found the lock held by it), and leaves the merge to its process's background thread, woken at
-    once. Here another process hands over while the call holds the lock (the test holds the call there); the flush
-    interval is an hour, so only the woken thread can be what merges it while the process runs."""
-    script = """
+HELD_AFTER_ITS_FIRST_MERGE = """
         import sys, threading
         from fraisier_textfile.metrics import get_metrics_recorder
+        from fraisier_textfile.recorder import process
         from fraisier_textfile.store import transaction
 
         locked, merges = transaction.Transaction._locked, []
@@ -310,27 +303,64 @@ def test_a_record_call_that_merges_leaves_the_hand_overs_that_arrived_meanwhile_
             return merge
 
         transaction.Transaction._locked = held
-    """ + RECORD_ONCE_COUNTING_MERGES
-    hand_over = textwrap.dedent("""
+"""
+"""The start of a script whose first merge waits, holding the lock, for a line on stdin."""
+MEANWHILE = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="meanwhile"}'
+
+
+def record_while_another_hands_over(process: subprocess.Popen[str], textfile_dir: Path) -> str:
+    """Make ``process`` record once; while its merge holds the lock, another process hands over; return what
+    ``process`` says once its call returned."""
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write("record\n")
+    process.stdin.flush()
+    assert process.stdout.readline() == "locked\n"
+    hand_over_elsewhere(textfile_dir, "meanwhile")
+    process.stdin.write("go on\n")
+    process.stdin.flush()
+    return process.stdout.readline()
+
+
+def test_a_record_call_that_merges_leaves_the_hand_overs_that_arrived_meanwhile_to_its_background_thread(
+    tmp_path: Path,
+) -> None:
+    """Bug: the call whose merge held the lock looked, once it let go, for the hand-overs that arrived meanwhile and
+    merged them itself, a second whole merge paid by one record call. It still looks (the hand-over invariant: the
+    writers of those found the lock held by it), and leaves the merge to its process's background thread, woken at
+    once. Here another process hands over while the call holds the lock (the test holds the call there); the flush
+    interval is an hour, so only the woken thread can be what merges it while the process runs."""
+    script = HELD_AFTER_ITS_FIRST_MERGE + RECORD_ONCE_COUNTING_MERGES
+    with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL="3600") as process:
+        assert record_while_another_hands_over(process, tmp_path) == "returned 1\n"  # its own merge only
+        values = wait_for(tmp_path / "fraisier.prom", MEANWHILE, 1, process)
+    assert values[DEPLOYMENTS] == 1
+
+
+def test_hand_overs_left_to_the_background_thread_are_merged_at_exit_if_it_has_not_run(tmp_path: Path) -> None:
+    """What a record call left to its background thread (here the merge of a hand-over that arrived while the call
+    held the lock) is made at exit if the thread has not made it yet: the hand-overs' writers found the lock held
+    by this process and left them to it. The thread is kept from waking, so only the exit can merge it."""
+    script = HELD_AFTER_ITS_FIRST_MERGE + """
+        process.background_flush.wake = lambda: None
+""" + RECORD_ONCE_COUNTING_MERGES
+    with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL="3600") as process:
+        assert record_while_another_hands_over(process, tmp_path) == "returned 1\n"
+    assert process.returncode == 0
+    values = samples(tmp_path / "fraisier.prom")
+    assert values[DEPLOYMENTS] == 1 and values[MEANWHILE] == 1
+
+
+def hand_over_elsewhere(textfile_dir: Path, error_type: str) -> None:
+    """One deployment error handed over by another process, through the store."""
+    script = textwrap.dedent("""
         import sys
         from fraisier_textfile import TextfileStore
         from fraisier_textfile import changes as events
         from fraisier_textfile.changes import Changes
         changes = Changes()
-        events.deployment_error(changes, "bare_metal", "meanwhile")
+        events.deployment_error(changes, "bare_metal", sys.argv[2])
         TextfileStore(sys.argv[1]).hand_over(changes)
     """)
-    meanwhile = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="meanwhile"}'
-    with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL="3600") as process:
-        assert process.stdin is not None and process.stdout is not None
-        process.stdin.write("record\n")
-        process.stdin.flush()
-        assert process.stdout.readline() == "locked\n"
-        handed = subprocess.run([sys.executable, "-c", hand_over, str(tmp_path)], capture_output=True, text=True,
-                                timeout=60, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
-        assert handed.returncode == 0, handed.stderr
-        process.stdin.write("go on\n")
-        process.stdin.flush()
-        assert process.stdout.readline() == "returned 1\n"  # its own merge only
-        values = wait_for(tmp_path / "fraisier.prom", meanwhile, 1, process)
-    assert values[DEPLOYMENTS] == 1
+    handed = subprocess.run([sys.executable, "-c", script, str(textfile_dir), error_type], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+    assert handed.returncode == 0, handed.stderr

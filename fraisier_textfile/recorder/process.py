@@ -270,6 +270,9 @@ def _write_at_exit() -> None:
                           writer.series.events, writer.textfile_path, writer.problems.last_error)
         finally:
             writer.lock.release()
+    # What record calls left to the background thread and it has not made (stopped, or not yet woken): their
+    # hand-overs' writers found the lock held by this process and left them to it. A try each, no wait.
+    _merge_soon_in_background()
 
 
 if hasattr(os, "register_at_fork"):
