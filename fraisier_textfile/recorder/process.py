@@ -176,35 +176,37 @@ def _flush_in_background() -> None:
             unflushed.discard(writer)
 
 
-def _merge_hand_overs(writer: Writer, seen: Collection[str] = ()) -> bool:
+def _merge_hand_overs(writer: Writer, seen: Collection[str] = (), look: bool = True) -> bool:
     """Merge what is handed over in the recorder's directory, if the lock is free (else its holder does, once it
     lets go), with a store of the background flush's own: the recorder's may be merging in another thread.
-    ``seen``: hand-overs the recorder's own store has seen (applied or left). True when none is left waiting by
-    it."""
+    ``seen``: hand-overs the recorder's own store has seen (applied or left); ``look=False``: one is known to
+    wait (TextfileStore.merge_waiting). True when none is left waiting by it."""
     store = _background_stores.get(writer)
     if store is None:
         mine = writer.store
         store = TextfileStore(mine.directory, mine.lock_timeout, lifecycle=mine.lifecycle,
                               participants=mine.sources, schema=mine.schema, markers=mine.marker_rules)
         _background_stores[writer] = store
-    return store.merge_waiting(seen)
+    return store.merge_waiting(seen, look=look)
 
 
-_merge_soon: dict[Writer, Collection[str]] = {}
+_merge_soon: dict[Writer, tuple[Collection[str], bool]] = {}
 """Writers whose record call owes the hand-over invariant a try for the lock (TextfileStore.merge_or_hand_over:
 after a hand-over, the try once more; after a merge, the merge of the hand-overs that arrived meanwhile), with the
-hand-overs their store has seen: made by the background thread at once, so that no record call pays for a whole
-merge of everyone's hand-overs."""
+hand-overs their store has seen and whether the directory needs a look first (not after a hand-over of their
+own): made by the background thread at once, so that no record call pays for a whole merge of everyone's
+hand-overs."""
 
 
-def merge_soon(writer: Writer, seen: Collection[str]) -> bool:
+def merge_soon(writer: Writer, seen: Collection[str], look: bool = True) -> bool:
     """Have the background thread try the lock for the hand-overs waiting in ``writer``'s directory now (see
     :data:`_merge_soon`). False when there is no background thread (``FRAISIER_FLUSH_INTERVAL=0``): the caller
     tries itself."""
     background_flush.start()
     if not background_flush.running:
         return False
-    _merge_soon[writer] = seen
+    before = _merge_soon.get(writer)
+    _merge_soon[writer] = (seen, look and (before is None or before[1]))
     background_flush.wake()
     return True
 
@@ -212,10 +214,10 @@ def merge_soon(writer: Writer, seen: Collection[str]) -> bool:
 def _merge_soon_in_background() -> None:
     while _merge_soon:
         try:
-            writer, seen = _merge_soon.popitem()
+            writer, (seen, look) = _merge_soon.popitem()
         except KeyError:
             return
-        _merge_hand_overs(writer, seen)
+        _merge_hand_overs(writer, seen, look)
 
 
 _background_stores: weakref.WeakKeyDictionary[Writer, TextfileStore] = weakref.WeakKeyDictionary()

@@ -204,8 +204,9 @@ class Writer:
         (FRAISIER_FLUSH_INTERVAL=0), the call makes the try itself."""
         if merged and not self.store.handovers_waiting():
             return
-        if not process.merge_soon(self, self.store.handovers.handled):
-            self.store.merge_waiting()
+        # After a hand-over its own waits: the try needs no look at the directory first.
+        if not process.merge_soon(self, self.store.handovers.handled, look=merged):
+            self.store.merge_waiting(look=merged)
 
     def _written(self, merged: bool) -> None:
         """The pending events are in the file (merged) or handed over."""

@@ -268,15 +268,17 @@ class TextfileStore:
                     log.debug("hand-over left for the next merge: %s", error)
         return False
 
-    def merge_waiting(self, seen: Collection[str] = ()) -> bool:
+    def merge_waiting(self, seen: Collection[str] = (), *, look: bool = True) -> bool:
         """Merge the hand-overs waiting that no merge by this store has seen (nor are in ``seen``), if there are
         any and the lock is free, without waiting for it: what a call of :meth:`merge_or_hand_over` owes the
-        hand-over invariant (see there), or a later try. True: none is left waiting by this try (merged, or there
-        were none); False: the lock was busy (its holder merges them once it lets go) or the merge failed
-        (logged at debug level: the next merge by any process says why). Never raises FraisierTextfileError."""
+        hand-over invariant (see there), or a later try. ``look=False``: the caller knows that one waits (its
+        own, just handed over): the lock is tried without listing the directory first. True: none is left
+        waiting by this try (merged, or there were none); False: the lock was busy (its holder merges them once
+        it lets go) or the merge failed (logged at debug level: the next merge by any process says why). Never
+        raises FraisierTextfileError."""
         try:
             with self.file.open_directory() as textfile:
-                if self.handovers.waiting_in(textfile, seen):
+                if not look or self.handovers.waiting_in(textfile, seen):
                     self._merge_in(textfile, Changes(), 0)
         except FraisierTextfileError as error:
             log.debug("hand-overs left for the next merge: %s", error)
