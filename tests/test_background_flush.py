@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.processes import REPOSITORY, lock_held_elsewhere
 from tests.values import samples_in as samples
 
@@ -235,7 +237,10 @@ HOLD_UNTIL_TOLD = """
 """
 
 
-def test_a_record_call_that_hands_over_leaves_the_merge_to_its_background_thread(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("interval", "merged_by_the_call"), [("3600", 0), ("0", 1)], ids=["thread", "no-thread"])
+def test_a_record_call_that_hands_over_leaves_the_merge_to_its_background_thread(
+    tmp_path: Path, interval: str, merged_by_the_call: int
+) -> None:
     """Bug: a record call that found the lock busy handed its events over, then tried the lock once more and, when
     it was free by then, merged the whole file and every hand-over waiting itself: under a 16-writer race most of
     the slowest calls paid a hand-over and a merge. The try once more (which the hand-over invariant needs: the
@@ -244,7 +249,8 @@ def test_a_record_call_that_hands_over_leaves_the_merge_to_its_background_thread
 
     Here the holder, another process, lets the lock go right after the hand-over is published (the call is held
     there by the test), so that the call's own try once more would get it; the flush interval is an hour, so only
-    the woken thread can be what merges while the process runs."""
+    the woken thread can be what merges while the process runs. With no background thread
+    (FRAISIER_FLUSH_INTERVAL=0) the call makes the try itself, as before."""
     script = """
         import sys, threading
         from fraisier_textfile.metrics import get_metrics_recorder
@@ -269,7 +275,7 @@ def test_a_record_call_that_hands_over_leaves_the_merge_to_its_background_thread
     try:
         assert holder.stdin is not None and holder.stdout is not None
         assert holder.stdout.readline() == "held\n"
-        with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL="3600") as process:
+        with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL=interval) as process:
             assert process.stdin is not None and process.stdout is not None
             process.stdin.write("record\n")
             process.stdin.flush()
@@ -279,7 +285,7 @@ def test_a_record_call_that_hands_over_leaves_the_merge_to_its_background_thread
             assert holder.stdout.readline() == "released\n"
             process.stdin.write("go on\n")
             process.stdin.flush()
-            assert process.stdout.readline() == "returned 0\n"  # no merge by the call itself
+            assert process.stdout.readline() == f"returned {merged_by_the_call}\n"
             wait_for(tmp_path / "fraisier.prom", DEPLOYMENTS, 1, process)
     finally:
         holder.communicate("exit\n", timeout=60)
