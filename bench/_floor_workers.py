@@ -186,56 +186,70 @@ def floor(path: str, repetitions: str) -> None:
 def race(directory: str, events: str, mode: str, wait: str) -> None:
     """Record ``events`` events, each written out before the next, once the parent says go.
 
-    mode ``recorder``: ``MetricsRecorder(directory)`` with auto_flush, as shipped; ``merge``: the store's
-    ``merge`` of each event, waiting for the lock (the seed's way); ``hand_over``: the store's
+    mode ``recorder``: ``MetricsRecorder(directory)`` with auto_flush, as shipped; ``recorder_durable``: the
+    same with a lock-wait budget that is never spent, so that every hand-over is fsynced (once a process has
+    spent its budget, 1 s by default, its hand-overs skip their fsyncs); ``merge``: the store's ``merge`` of
+    each event, waiting for the lock (the seed's way); ``hand_over``: the store's
     ``merge_or_hand_over(changes, wait)``."""
     from fraisier_textfile import MetricsRecorder, changes
     TextfileStore = _store_class()
 
     handed_over = 0
-    if mode == "recorder":
+    if mode in ("recorder", "recorder_durable"):
         recorder = MetricsRecorder(directory)
+        if mode == "recorder_durable":
+            recorder.lock_wait_budget = 1e9
+        counted = getattr(recorder, "get_metrics_summary", None)
 
-        def record() -> None:
+        def record() -> bool | None:
+            before = counted()["handed_over_events"] if counted else None
             recorder.record_deployment_complete(*EVENT)
+            return None if before is None else counted()["handed_over_events"] != before  # type: ignore[misc]
 
     else:
         store = TextfileStore(directory)
 
-        def record() -> None:
+        def record() -> bool | None:
             nonlocal handed_over
             pending = changes.Changes()
             changes.deployment_complete(pending, *EVENT)
             if mode == "merge":
                 store.merge(pending)
-            elif not store.merge_or_hand_over(pending, float(wait)):
+                return False
+            if not store.merge_or_hand_over(pending, float(wait)):
                 handed_over += 1
+                return True
+            return False
 
-    summary_of = getattr(recorder, "get_metrics_summary", None) if mode == "recorder" else None
+    summary_of = getattr(recorder, "get_metrics_summary", None) if mode.startswith("recorder") else None
     report_race(record, int(events), {"handed_over": lambda: handed_over}, summary_of)
 
 
 def report_race(
     record: Any, events: int, counts: dict[str, Any], summary_of: Any = None) -> None:
     """Say ready, wait for go, then call ``record`` ``events`` times, each call timed (wall, own CPU, waiting
-    for a CPU), and report: the same loop for our writers and the floors, so that their figures compare."""
+    for a CPU), and report: the same loop for our writers and the floors, so that their figures compare.
+    ``record`` may return whether the call handed its event over (True) or merged (False)."""
     print("ready", flush=True)
     sys.stdin.readline()
     latencies: list[float] = []
     cpu: list[float] = []
     queued: list[float | None] = []
+    handed: list[bool | None] = []
     errors: dict[str, int] = {}
     timeouts = 0
     started = time.time()  # wall clock: comparable across processes
     for _ in range(events):
         call, call_cpu, call_queued = time.perf_counter(), time.process_time(), run_queue_wait()
+        outcome = None
         try:
-            record()
+            outcome = record()
         except Exception as error:  # counted: the point is what a caller would see
             errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
             timeouts += isinstance(error, TimeoutError) or type(error).__name__ == "LockTimeoutError"
         latencies.append(time.perf_counter() - call)
         cpu.append(time.process_time() - call_cpu)
+        handed.append(outcome)
         now_queued = run_queue_wait()
         queued.append(None if now_queued is None or call_queued is None else now_queued - call_queued)
     finished = time.time()
@@ -247,6 +261,7 @@ def report_race(
             "latencies": latencies,
             "cpu_seconds": cpu,
             "run_queue_seconds": queued,
+            "handed_over_calls": handed,
             "errors": errors,
             "lock_timeouts": timeouts,
             **{name: count() for name, count in counts.items()},
@@ -269,7 +284,7 @@ def race_floor(path: str, events: str, series: str) -> None:
     lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
 
-    def record() -> None:
+    def record() -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             descriptor = os.open(path, os.O_RDONLY)
@@ -282,23 +297,28 @@ def race_floor(path: str, events: str, series: str) -> None:
             value = float(data[start:end]) + 1
             number = b"%d" % value if value.is_integer() else repr(value).encode()
             view = memoryview(data)
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                parts: list[bytes | memoryview] = [view[:start], number, view[end:]]
-                left = len(data) - (end - start) + len(number)
-                while left:  # one writev but for a short write
-                    written = os.writev(descriptor, parts)
-                    left -= written
-                    parts = drop(parts, written)
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+            write_durably(temporary, [view[:start], number, view[end:]])
             os.rename(temporary, path)
             os.fsync(directory)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
 
     report_race(record, int(events), {"handed_over": lambda: 0})
+
+
+def write_durably(temporary: str, parts: list[bytes | memoryview]) -> None:
+    """``parts`` written to ``temporary`` in one writev (but for a short write), then fsynced."""
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        left = sum(len(part) for part in parts)
+        while left:
+            written = os.writev(descriptor, parts)
+            left -= written
+            parts = drop(parts, written)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def drop(parts: list[bytes | memoryview], count: int) -> list[bytes | memoryview]:
@@ -315,27 +335,153 @@ def drop(parts: list[bytes | memoryview], count: int) -> list[bytes | memoryview
 
 def race_handover_floor(directory: str, events: str) -> None:
     """The floor of a hand-over, in plain Python: each event a small file of this writer's own in a shared
-    directory, with no lock and no read: written as a temporary, fsynced, renamed to its name, the directory
-    fsynced. What a writer that hands its event over instead of merging pays at least."""
+    directory, with no lock and no read: written as a temporary, renamed to its name, fsynced, the directory
+    fsynced (after the rename, as the store does: on ext4 the file's fsync commits the rename too). What a writer
+    that hands its event over instead of merging pays at least."""
     prefix = os.path.join(directory, f"{os.getpid()}-")
     payload = b'{"deployments": [["bare_metal", "api", "success", 42.0]]}\n'
     handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     sequence = 0
 
-    def record() -> None:
+    def record() -> bool:
         nonlocal sequence
         sequence += 1
         temporary = f"{prefix}{sequence}.tmp"
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(descriptor, payload)
+            os.rename(temporary, f"{prefix}{sequence}.json")
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        os.rename(temporary, f"{prefix}{sequence}.json")
         os.fsync(handle)
+        return True
 
     report_race(record, int(events), {"handed_over": lambda: sequence})
+
+
+GROUP_APPLIED = b"# group-floor-applied:"
+"""The group-commit floor's bookkeeping line, last in its copy of the file: the hand-overs it holds, listed until
+their files are gone (as the store's ``applied-handovers``), so that none is counted twice."""
+GROUP_HANDOVERS = ".group-floor-handover"
+
+
+def race_group_floor(path: str, events: str, series: str) -> None:
+    """The floor of the store's own design, group commit, in plain Python (no package imported): each event
+    tries the lock without waiting; a writer that gets it merges (under the flock: list the hand-over
+    directory, read each new hand-over, one read of the file, the counter raised by its event and theirs, one
+    writev of a temporary, fsync, rename, the ids applied listed in the file; after the release: fsync of the
+    directory, one look for hand-overs that arrived meanwhile and one more merge if so, their files deleted by
+    a thread of its own); a writer that finds it busy hands its event over (a file of its own: write, rename,
+    fsync, fsync of the directory) and tries the lock once more, merging if it gets it. What a store that
+    counts every event durably and exactly once, and never waits for the lock, must at least do."""
+    import fcntl
+    import queue
+    import threading
+
+    key = series.encode() + b" "
+    directory = os.path.dirname(path)
+    handovers = os.path.join(directory, GROUP_HANDOVERS)
+    os.makedirs(handovers, exist_ok=True)
+    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    textfile_directory = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    handover_directory = os.open(handovers, os.O_RDONLY | os.O_DIRECTORY)
+    temporary = f"{path}.group.{os.getpid()}.tmp"
+    prefix = f"{os.getpid()}-"
+    removals: queue.Queue[list[str]] = queue.Queue()
+    handed_over = 0
+
+    def remove() -> None:
+        while True:
+            for name in removals.get():
+                try:
+                    os.unlink(name, dir_fd=handover_directory)
+                except FileNotFoundError:
+                    pass
+            removals.task_done()
+
+    threading.Thread(target=remove, daemon=True).start()
+
+    def try_lock() -> bool:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def merge(own: int) -> set[str]:
+        """Under the lock, taken by the caller: merge ``own`` and the hand-overs waiting; release it; return the
+        hand-overs the file now lists."""
+        try:
+            names = [name for name in os.listdir(handover_directory) if not name.startswith(".")]
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                data = os.read(descriptor, os.fstat(descriptor).st_size)
+            finally:
+                os.close(descriptor)
+            cut = data.rfind(b"\n" + GROUP_APPLIED)
+            applied = set(data[cut + 1 + len(GROUP_APPLIED):].decode().split()) if cut >= 0 else set()
+            body = memoryview(data)[: cut + 1] if cut >= 0 else memoryview(data)
+            amount = own
+            listed = []
+            for name in names:
+                if name not in applied:
+                    descriptor = os.open(name, os.O_RDONLY, dir_fd=handover_directory)
+                    try:
+                        amount += int(os.read(descriptor, 64))
+                    finally:
+                        os.close(descriptor)
+                listed.append(name)
+            start = data.index(key) + len(key)
+            end = data.index(b"\n", start)
+            value = float(data[start:end]) + amount
+            number = b"%d" % value if value.is_integer() else repr(value).encode()
+            parts: list[bytes | memoryview] = [body[:start], number, body[end:],
+                                               GROUP_APPLIED + b" " + " ".join(listed).encode() + b"\n"]
+            write_durably(temporary, parts)
+            os.rename(temporary, path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        os.fsync(textfile_directory)
+        removals.put(listed)
+        return set(listed)
+
+    def merge_and_look(own: int) -> None:
+        listed = merge(own)
+        arrived = any(not name.startswith(".") and name not in listed for name in os.listdir(handover_directory))
+        if arrived and try_lock():
+            merge(0)
+
+    def record() -> bool:
+        nonlocal handed_over
+        if try_lock():
+            merge_and_look(1)
+            return False
+        handed_over += 1
+        name = f"{prefix}{handed_over}"
+        descriptor = os.open(f".{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=handover_directory)
+        try:
+            os.write(descriptor, b"1")
+            os.rename(f".{name}", name, src_dir_fd=handover_directory, dst_dir_fd=handover_directory)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.fsync(handover_directory)
+        if try_lock():  # the holder may have looked before this hand-over was there
+            merge_and_look(0)
+        return True
+
+    report_race(record, int(events), {"handed_over": lambda: handed_over})
+
+
+def group_floor_counted(path: str) -> int:
+    """The events the group-commit floor counted in ``path`` beyond its counter: hand-overs no merge applied."""
+    with open(path, "rb") as file:
+        data = file.read()
+    cut = data.rfind(b"\n" + GROUP_APPLIED)
+    applied = set(data[cut + 1 + len(GROUP_APPLIED):].decode().split()) if cut >= 0 else set()
+    handovers = os.path.join(os.path.dirname(path), GROUP_HANDOVERS)
+    return sum(1 for name in os.listdir(handovers) if not name.startswith(".") and name not in applied)
 
 
 def run_queue_wait() -> float | None:

@@ -26,15 +26,19 @@ environment of its own (see bench_cli.py); every process below is started with t
                      written out before the next: lost events, lock timeouts, p50/p99 call latency,
                      events/s. Goals: 0 lost, 0 timeouts, p99 ≤ 25 ms, ≥ 5× the throughput of the seed's
                      recorder (``--baseline``, installed from git the same way and raced in the same run).
-                     Modes: the recorder as shipped; the store's ``merge`` (waiting for the lock); the
-                     store's ``merge_or_hand_over`` where it exists; the baseline's recorder. Beside them, in
-                     the same run, the race's floor: the same processes × events, started together, in plain
-                     Python with no package imported, each event what a store must at least do to count it
-                     durably in the shared file (under an flock: read the file, raise the one counter, write
-                     a temporary, fsync, rename, fsync the directory); ours ÷ it for p99 and events/s. And the
-                     floor of a hand-over: each event a small file of the writer's own, fsync, rename, fsync
-                     of the directory. Each row with where its calls' time went: own CPU, waiting for a CPU,
-                     blocked
+                     Modes: the recorder as shipped; the recorder with every hand-over fsynced (as shipped,
+                     a process that has spent its 1 s lock-wait budget hands over without fsyncs); the
+                     store's ``merge`` (waiting for the lock); the store's ``merge_or_hand_over`` where it
+                     exists; the baseline's recorder. Beside them, in the same run, the race's floor: the
+                     same processes × events, started together, in plain Python with no package imported,
+                     each event what a store must at least do to count it durably in the shared file (under
+                     an flock: read the file, raise the one counter, write a temporary, fsync, rename, fsync
+                     the directory); ours ÷ it for p99 and events/s. The floor of a hand-over: each event a
+                     small file of the writer's own, renamed, fsynced, the directory fsynced. The floor of
+                     group commit, the store's own design in plain Python: merge when the lock is free (the
+                     hand-overs waiting with it), else hand over and try once more; ours ÷ it for p99. Each
+                     row with where its calls' time went (own CPU, waiting for a CPU, blocked) and its calls
+                     by what they did (handed over, merged)
 - held lock          a record call while another process holds the lock: each call's latency, what it
                      raised, how long the process then takes to exit, and whether the events appear exactly
                      once after the lock is released. Goal: ≤ ~1 s in all, nothing raised, all events once
@@ -281,6 +285,8 @@ def race(
         name, arguments = "race_floor", (path, events, SERIES)
     elif mode == "handover_floor":
         name, arguments = "race_handover_floor", (path.parent, events)
+    elif mode == "group_floor":
+        name, arguments = "race_group_floor", (path, events, SERIES)
     else:
         name, arguments = "race", (path.parent, events, mode, wait)
     workers = [start_worker(package, name, *arguments) for _ in range(processes)]
@@ -311,6 +317,10 @@ def race(
     expected = processes * events
     if mode == "handover_floor":  # each event is a file of its own
         counted = float(sum(name.endswith(".json") for name in os.listdir(path.parent)))
+    elif mode == "group_floor":  # the counter, and the hand-overs no merge applied
+        from _floor_workers import group_floor_counted
+
+        counted = counter_value(path) - initial + group_floor_counted(str(path))
     else:
         if mode != "floor":  # the floor hands nothing over; the store would also rewrite its bookkeeping
             run_worker(package, "merge", path.parent)  # applies whatever was handed over
@@ -327,6 +337,19 @@ def race(
     for report in reports:
         for name, count in report["errors"].items():
             errors[name] = errors.get(name, 0) + count
+    # The calls by what they did, where the writer says: handed their event over, or merged it (then also every
+    # hand-over waiting: group commit).
+    by_kind: dict[str, Any] = {}
+    for kind, handed in (("handed_over", True), ("merged", False)):
+        chosen = sorted(
+            latency for report in reports
+            for latency, outcome in zip(report["latencies"], report.get("handed_over_calls", []))
+            if outcome is handed
+        )
+        if chosen:
+            by_kind[kind] = {"calls": len(chosen), "p50_seconds": percentile(chosen, 0.50),
+                             "p99_seconds": percentile(chosen, 0.99), "max_seconds": chosen[-1],
+                             "in_slowest_1_percent": sum(latency >= percentile(latencies, 0.99) for latency in chosen)}
     return {
         "mode": mode,
         "expected": expected,
@@ -340,6 +363,7 @@ def race(
         "p99_seconds": percentile(latencies, 0.99),
         "max_seconds": latencies[-1],
         "where_the_time_went": {"all": time_spent(calls), "slowest_1_percent": time_spent(calls, 0.99)},
+        "by_kind": by_kind,
         "wall_seconds": wall,
         "events_per_second": expected / wall,
     }
@@ -428,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the parts to run (default all): the merges against their floors and memory (sizes), the race, "
         "the held lock",
     )
+    parser.add_argument("--race-modes", nargs="+", metavar="MODE",
+                        help="the race's rows to run (default all): recorder, floor, recorder_durable, group_floor, "
+                        "merge, handover_floor, hand_over, baseline")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([10_000] if args.quick else [10_000, 100_000])
     processes = args.processes or (4 if args.quick else 16)
@@ -448,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         modes: list[tuple[str, InstalledPackage, str]] = [
             ("recorder", package, "recorder"),
             ("floor", package, "floor"),
+            ("recorder_durable", package, "recorder_durable"),
+            ("group_floor", package, "group_floor"),
             ("merge", package, "merge"),
             ("handover_floor", package, "handover_floor"),
         ]
@@ -460,12 +489,15 @@ def main(argv: list[str] | None = None) -> int:
             modes.append(("baseline", baseline, "recorder"))
         else:
             notes.append(f"baseline {args.baseline or '-'} not raced: {baseline}")
+        if args.race_modes:
+            modes = [mode for mode in modes if mode[0] in args.race_modes]
         races = []
         for key, installed, mode in modes if "race" in args.parts else []:
             outcome = race(root, master, key, installed, mode, processes, events, args.wait)
             races.append({**outcome, "case": key})
         reference = next((r for r in races if r["case"] == "baseline"), None)
         floor = next((r for r in races if r["case"] == "floor"), None)
+        group_floor = next((r for r in races if r["case"] == "group_floor"), None)
         for outcome in races:
             outcome["throughput_ratio"] = (
                 outcome["events_per_second"] / reference["events_per_second"] if reference else None
@@ -473,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
             outcome["floor_ratios"] = None if floor is None else {
                 "p99": outcome["p99_seconds"] / floor["p99_seconds"],
                 "events_per_second": outcome["events_per_second"] / floor["events_per_second"],
+            }
+            outcome["group_floor_ratios"] = None if group_floor is None else {
+                "p50": outcome["p50_seconds"] / group_floor["p50_seconds"],
+                "p99": outcome["p99_seconds"] / group_floor["p99_seconds"],
+                "events_per_second": outcome["events_per_second"] / group_floor["events_per_second"],
             }
 
         held = held_lock(root, package, calls=3) if "held" in args.parts else None
@@ -638,16 +675,19 @@ def render_race(result: dict[str, Any]) -> None:
     race = result["race"]
     titles = {
         "recorder": "recorder as shipped (auto_flush)",
+        "recorder_durable": "recorder, every hand-over fsynced (budget never spent)",
+        "group_floor": "floor of group commit: merge if the lock is free, else hand over",
         "merge": "store.merge, waiting for the lock",
         "hand_over": f"store.merge_or_hand_over(wait={race['wait']:g})",
         "baseline": f"baseline {result['baseline']} recorder (today)",
         "floor": "floor: flock, read, +1, write, fsync, rename, fsync dir",
-        "handover_floor": "floor of a hand-over: own small file, fsync, rename, fsync dir",
+        "handover_floor": "floor of a hand-over: own small file, rename, fsync, fsync dir",
     }
     rows = []
     for outcome in race["results"]:
         ratio = outcome["throughput_ratio"]
         to_floor = outcome.get("floor_ratios")
+        to_group = outcome.get("group_floor_ratios")
         errors = ", ".join(f"{name} {count}" for name, count in outcome["errors"].items()) or "0"
         rows.append(
             [
@@ -662,11 +702,12 @@ def render_race(result: dict[str, Any]) -> None:
                 "—" if ratio is None else format_ratio(ratio),
                 "—" if to_floor is None else format_ratio(to_floor["p99"]),
                 "—" if to_floor is None else format_ratio(to_floor["events_per_second"]),
+                "—" if to_group is None else format_ratio(to_group["p99"]),
             ]
         )
     notes = list(race["notes"])
     for outcome in race["results"]:
-        if outcome["case"] in ("baseline", "handover_floor"):
+        if outcome["case"] in ("baseline", "handover_floor", "group_floor"):
             continue
         verdicts = [
             "0 lost " + ("met" if outcome["lost"] == 0 else "MISSED"),
@@ -692,13 +733,20 @@ def render_race(result: dict[str, Any]) -> None:
         ]
         if parts:
             notes.append(f"{outcome['case']}, mean per call: " + "; ".join(parts))
+    for outcome in race["results"]:
+        kinds = outcome.get("by_kind") or {}
+        if len(kinds) == 2:
+            notes.append(f"{outcome['case']}, by what the call did: " + "; ".join(
+                f"{kind.replace('_', ' ')} {figures['calls']:,} calls, p50 {format_seconds(figures['p50_seconds'])}, "
+                f"p99 {format_seconds(figures['p99_seconds'])}, {figures['in_slowest_1_percent']} of the slowest 1%"
+                for kind, figures in kinds.items()))
     print_table(
         f"{race['processes']} processes × {race['events_per_process']} events on a {race['series']:,}-series file, "
         "each event written out before the next",
         ["writer", "lost", "timeouts", "errors", "handed over", "p50", "p99", "events/s", "× baseline",
-         "p99 × floor", "events/s × floor"],
+         "p99 × floor", "events/s × floor", "p99 × group floor"],
         rows,
-        align="lrrlrrrrrrr",
+        align="lrrlrrrrrrrr",
         notes=notes + ["lost = expected − (counter after the race and one more merge − counter before); for the floor, "
                        "without the merge; for the hand-over floor, expected − the files written",
                        "floor: plain Python, no package imported, the same processes × events started together "
@@ -706,6 +754,15 @@ def render_race(result: dict[str, Any]) -> None:
                        "counter raised by one, one write of a temporary beside it, fsync, rename over the file, "
                        "fsync of the directory; the least a store must do to count an event durably in the shared "
                        "file. Its hand-over row: each event a small file of the writer's own (no lock, no read)",
+                       "group floor: the store's own design in plain Python, the least it must do: a writer that "
+                       "gets the lock without waiting merges its event and every hand-over waiting (list them, read "
+                       "each, one read of the file, one writev, fsync, rename, the ids applied listed in the file; "
+                       "after the release: fsync of the directory, one look for late hand-overs, their files "
+                       "deleted by a thread); one that finds it busy hands its event over (as the hand-over floor) "
+                       "and tries the lock once more. The recorder's own work beyond it is the p99 × group floor",
+                       "recorder, every hand-over fsynced: as shipped, a process that has spent its lock-wait "
+                       "budget (1 s in all, every second spent writing counted) hands over without fsyncs, which "
+                       "survives a SIGKILL, not a power loss; this row never spends it, so every event is durable",
                        "waiting for a CPU: runnable but not running (/proc/thread-self/schedstat); blocked: the rest "
                        "(the lock, fsyncs, the disk)"],
     )

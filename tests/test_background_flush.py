@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.processes import REPOSITORY, lock_held_elsewhere
 from tests.values import samples_in as samples
 
@@ -210,3 +212,161 @@ def test_stopping_a_process_while_its_background_flush_writes_counts_every_event
         assert process.returncode == 0 and errors == "", errors
         expected += int(out)
         assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == expected
+
+
+RECORD_ONCE_COUNTING_MERGES = """
+        recorder = get_metrics_recorder()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)
+        print("returned", merges.count(True), flush=True)  # the merges the call made itself
+        sys.stdin.readline()
+"""
+"""The end of a script whose ``merges`` lists, for each merge, whether the main thread made it."""
+
+
+HOLD_UNTIL_TOLD = """
+    import fcntl, os, sys
+    descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o664)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    print("held", flush=True)
+    sys.stdin.readline()
+    fcntl.flock(descriptor, fcntl.LOCK_UN)
+    print("released", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize(("interval", "merged_by_the_call"), [("3600", 0), ("0", 1)], ids=["thread", "no-thread"])
+def test_a_record_call_that_hands_over_leaves_the_merge_to_its_background_thread(
+    tmp_path: Path, interval: str, merged_by_the_call: int
+) -> None:
+    """Bug: a record call that found the lock busy handed its events over, then tried the lock once more and, when
+    it was free by then, merged the whole file and every hand-over waiting itself: under a 16-writer race most of
+    the slowest calls paid a hand-over and a merge. The try once more (which the hand-over invariant needs: the
+    holder may have looked before the hand-over was there) is the process's background thread's now, woken at
+    once, not after its flush interval: the call returns once its events are durably handed over.
+
+    Here the holder, another process, lets the lock go right after the hand-over is published (the call is held
+    there by the test), so that the call's own try once more would get it; the flush interval is an hour, so only
+    the woken thread can be what merges while the process runs. With no background thread
+    (FRAISIER_FLUSH_INTERVAL=0) the call makes the try itself, as before."""
+    script = """
+        import sys, threading
+        from fraisier_textfile.metrics import get_metrics_recorder
+        from fraisier_textfile.store import handovers, transaction
+
+        publish, locked, merges = handovers.publish, transaction.Transaction._locked, []
+
+        def published(*arguments, **keywords):
+            publish(*arguments, **keywords)
+            print("published", flush=True)
+            sys.stdin.readline()  # the holder has let the lock go
+
+        def counted(self, *arguments, **keywords):
+            merges.append(threading.current_thread() is threading.main_thread())
+            return locked(self, *arguments, **keywords)
+
+        handovers.publish, transaction.Transaction._locked = published, counted
+    """ + RECORD_ONCE_COUNTING_MERGES
+    lock = tmp_path / "fraisier.prom.lock"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_UNTIL_TOLD), str(lock)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL=interval) as process:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write("record\n")
+            process.stdin.flush()
+            assert process.stdout.readline() == "published\n"
+            holder.stdin.write("release\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline() == "released\n"
+            process.stdin.write("go on\n")
+            process.stdin.flush()
+            assert process.stdout.readline() == f"returned {merged_by_the_call}\n"
+            wait_for(tmp_path / "fraisier.prom", DEPLOYMENTS, 1, process)
+    finally:
+        holder.communicate("exit\n", timeout=60)
+    assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 1
+
+
+HELD_AFTER_ITS_FIRST_MERGE = """
+        import sys, threading
+        from fraisier_textfile.metrics import get_metrics_recorder
+        from fraisier_textfile.recorder import process
+        from fraisier_textfile.store import transaction
+
+        locked, merges = transaction.Transaction._locked, []
+
+        def held(self, *arguments, **keywords):
+            merges.append(threading.current_thread() is threading.main_thread())
+            merge = locked(self, *arguments, **keywords)
+            if len(merges) == 1:  # written, the lock not yet let go
+                print("locked", flush=True)
+                sys.stdin.readline()  # another process hands over meanwhile
+            return merge
+
+        transaction.Transaction._locked = held
+"""
+"""The start of a script whose first merge waits, holding the lock, for a line on stdin."""
+MEANWHILE = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="meanwhile"}'
+
+
+def record_while_another_hands_over(process: subprocess.Popen[str], textfile_dir: Path) -> str:
+    """Make ``process`` record once; while its merge holds the lock, another process hands over; return what
+    ``process`` says once its call returned."""
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write("record\n")
+    process.stdin.flush()
+    assert process.stdout.readline() == "locked\n"
+    hand_over_elsewhere(textfile_dir, "meanwhile")
+    process.stdin.write("go on\n")
+    process.stdin.flush()
+    return process.stdout.readline()
+
+
+def test_a_record_call_that_merges_leaves_the_hand_overs_that_arrived_meanwhile_to_its_background_thread(
+    tmp_path: Path,
+) -> None:
+    """Bug: the call whose merge held the lock looked, once it let go, for the hand-overs that arrived meanwhile and
+    merged them itself, a second whole merge paid by one record call. It still looks (the hand-over invariant: the
+    writers of those found the lock held by it), and leaves the merge to its process's background thread, woken at
+    once. Here another process hands over while the call holds the lock (the test holds the call there); the flush
+    interval is an hour, so only the woken thread can be what merges it while the process runs."""
+    script = HELD_AFTER_ITS_FIRST_MERGE + RECORD_ONCE_COUNTING_MERGES
+    with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL="3600") as process:
+        assert record_while_another_hands_over(process, tmp_path) == "returned 1\n"  # its own merge only
+        values = wait_for(tmp_path / "fraisier.prom", MEANWHILE, 1, process)
+    assert values[DEPLOYMENTS] == 1
+
+
+def test_hand_overs_left_to_the_background_thread_are_merged_at_exit_if_it_has_not_run(tmp_path: Path) -> None:
+    """What a record call left to its background thread (here the merge of a hand-over that arrived while the call
+    held the lock) is made at exit if the thread has not made it yet: the hand-overs' writers found the lock held
+    by this process and left them to it. The thread is kept from waking, so only the exit can merge it."""
+    script = HELD_AFTER_ITS_FIRST_MERGE + """
+        process.background_flush.wake = lambda: None
+""" + RECORD_ONCE_COUNTING_MERGES
+    with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL="3600") as process:
+        assert record_while_another_hands_over(process, tmp_path) == "returned 1\n"
+    assert process.returncode == 0
+    values = samples(tmp_path / "fraisier.prom")
+    assert values[DEPLOYMENTS] == 1 and values[MEANWHILE] == 1
+
+
+def hand_over_elsewhere(textfile_dir: Path, error_type: str) -> None:
+    """One deployment error handed over by another process, through the store."""
+    script = textwrap.dedent("""
+        import sys
+        from fraisier_textfile import TextfileStore
+        from fraisier_textfile import changes as events
+        from fraisier_textfile.changes import Changes
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", sys.argv[2])
+        TextfileStore(sys.argv[1]).hand_over(changes)
+    """)
+    handed = subprocess.run([sys.executable, "-c", script, str(textfile_dir), error_type], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+    assert handed.returncode == 0, handed.stderr

@@ -414,7 +414,7 @@ def _hand_over_directly(textfile_dir: Path, count: int, last: Changes) -> None:
             events.deployment_error(changes, "bare_metal", "held")
             if number == count - 1:
                 changes.latest.update(last.latest)
-            temporary, final = handovers.write(directory, changes, SCHEMA, durable=False)
+            temporary, final = handovers.write(directory, changes, SCHEMA)
             handovers.publish(directory, temporary, final, durable=False)
 
 
@@ -613,3 +613,114 @@ def test_a_merge_call_with_hand_overs_arriving_all_along_merges_them_within_its_
     # The call's own merge (0-10 ms) and the late ones at 10-20 ms: one more (20-30 ms) would end past 25 ms.
     assert merges == [0.0, 0.010]
     assert store.handovers_waiting()  # left for the next merge of any process
+
+
+def test_a_call_that_never_held_the_lock_leaves_the_look_for_late_hand_overs_to_the_holder(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug: a call that found the lock busy and handed over listed the hand-over directory twice (after its
+    failed try, and after its try once more), looking for hand-overs that arrived "while it held the lock",
+    which it never held: under a 16-writer race, the slowest calls' largest share, waiting on the directory that
+    every writer changes. The look is the holder's (the invariant in TextfileStore._merge_late_handovers): the
+    lock's holder, here another process, looks after releasing it, and the hand-over is merged once."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    looks = []
+    waiting_in = store.handovers.waiting_in
+
+    def counted(textfile: fs.Directory) -> bool:
+        looks.append(textfile)
+        return waiting_in(textfile)
+
+    monkeypatch.setattr(store.handovers, "waiting_in", counted)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "handed")
+    with lock_held_elsewhere(store.lock_path):
+        assert store.merge_or_hand_over(changes, wait=0) is False
+    assert looks == []
+    assert not changes
+    store.merge(Changes())  # a holder: it looks after releasing the lock, and finds nothing left
+    assert len(looks) == 1
+    assert error_count(sample_values(store.path), "handed") == 1
+
+
+def test_a_call_that_hands_over_opens_and_checks_the_textfile_directory_once(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """merge_or_hand_over opened and checked the textfile directory three times (its try, its hand-over, its try
+    once more): for root, each check walks every directory of the path. One descriptor, checked once, serves the
+    whole call, as it already served a merge and the late merges after it."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    opened = []
+    open_directory = fs.open_directory
+
+    def counted(*arguments: object, **keywords: object) -> fs.Directory | None:
+        opened.append(arguments)
+        return open_directory(*arguments, **keywords)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs, "open_directory", counted)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "handed")
+    with lock_held_elsewhere(store.lock_path):
+        assert store.merge_or_hand_over(changes, wait=0) is False
+    assert len(opened) == 1
+    store.merge(Changes())
+    assert error_count(sample_values(store.path), "handed") == 1
+
+
+def test_an_empty_hand_over_is_the_litter_of_a_power_loss_and_goes_without_an_error(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hand-over is renamed into place whole (written before the rename) and fsynced after it: only a power loss
+    before that fsync, whose call never returned, can leave its name with no bytes. Such a file holds no events:
+    it is removed, not set aside with an error as a corrupt one would be."""
+    store = TextfileStore(textfile_dir)
+    good = Changes()
+    events.deployment_error(good, "bare_metal", "good")
+    store.hand_over(good)
+    empty = textfile_dir / handovers.HANDOVER_DIRECTORY / f"{handovers.id_for(7)}.json"
+    empty.write_bytes(b"")
+    with caplog.at_level(logging.INFO):
+        store.merge(Changes())
+    assert handovers.wait_for_removals()
+    assert error_count(sample_values(store.path), "good") == 1
+    assert handover_files(textfile_dir) == []
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert sample_values(store.path).get(handovers.SET_ASIDE_FAMILY, 0) == 0
+
+
+KILLED_AT_ITS_FSYNC = """
+import os, signal, sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+
+fsync = os.fsync
+
+def killed(descriptor):
+    if os.path.basename(os.readlink(f"/proc/self/fd/{descriptor}")).endswith(".json"):
+        os.kill(os.getpid(), signal.SIGKILL)  # the hand-over's own fsync: after its rename, before the return
+    fsync(descriptor)
+
+os.fsync = killed
+changes = Changes()
+events.deployment_error(changes, "bare_metal", "killed")
+TextfileStore(sys.argv[1]).hand_over(changes)
+print("returned", flush=True)
+"""
+
+
+def test_a_writer_killed_at_its_hand_overs_fsync_has_handed_over_whole(textfile_dir: Path) -> None:
+    """The hand-over is renamed into place before its fsyncs (on ext4 the file's fsync then commits the rename
+    too, and the directory's has nothing left to wait for): a writer SIGKILLed at that fsync, its call not
+    returned, leaves a whole hand-over, applied once by the next merge."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_ITS_FSYNC, str(textfile_dir)], capture_output=True,
+                            text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert killed.stdout == ""
+    store.merge(Changes())
+    store.merge(Changes())
+    assert error_count(sample_values(store.path), "killed") == 1

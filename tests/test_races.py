@@ -83,12 +83,7 @@ def test_writers_killed_at_random_moments_never_corrupt_the_file(textfile_dir: P
                 os._exit(1)
         os.close(acknowledge)
         time.sleep(rng.uniform(0, 0.03))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        acknowledged = 0
-        while chunk := os.read(acknowledgements, 65536):
-            acknowledged += len(chunk)
-        os.close(acknowledgements)
+        acknowledged = kill_and_count(pid, acknowledgements)
         document = store.read()  # raises if the file does not parse
         block = document.blocks.get("fraisier_rollbacks_total")
         total = (block.value(key) if block else None) or 0.0
@@ -283,3 +278,55 @@ def test_ctrl_c_still_interrupts_a_wait_for_the_lock(textfile_dir: Path) -> None
     assert worker.returncode == -signal.SIGINT  # how Python exits on an uncaught KeyboardInterrupt
     assert errors.splitlines()[-1] == "KeyboardInterrupt"
     assert errors_of(textfile_dir, "interrupted") == 0
+
+
+def test_racing_writers_killed_while_their_background_threads_merge_hand_overs_count_each_event_once(
+    textfile_dir: Path,
+) -> None:
+    """A record call that hands over returns once its events are durably handed over; its process's background
+    thread then tries the lock and merges every hand-over waiting. Writers racing (so that most calls hand over)
+    are SIGKILLed at random moments: between a call's return and its thread's try, during that thread's merge, in
+    the middle of a hand-over. After one more merge, each writer's events are counted exactly as many times as
+    its calls returned, or once more for the one under way when it was killed."""
+    rng = random.Random(20261206)
+    writers: dict[str, int] = {}
+    for round_ in range(12):
+        running = []
+        for number in range(4):
+            name = f"w{round_}_{number}"
+            acknowledgements, acknowledge = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # one byte down the pipe each time a record call has returned
+                try:
+                    os.close(acknowledgements)
+                    recorder = MetricsRecorder(textfile_dir)
+                    while True:
+                        recorder.record_deployment_error("bare_metal", name)
+                        os.write(acknowledge, b".")
+                finally:
+                    os._exit(1)
+            os.close(acknowledge)
+            running.append((name, pid, acknowledgements))
+        time.sleep(rng.uniform(0.05, 0.4))
+        for name, pid, acknowledgements in running:
+            writers[name] = kill_and_count(pid, acknowledgements)
+    TextfileStore(textfile_dir).merge_backlog()
+    values = sample_values(textfile_dir / "fraisier.prom")
+    counted = {name: values.get(f'fraisier_deployment_errors_total{{provider="bare_metal",error_type="{name}"}}', 0)
+               for name in writers}
+    assert all(counted[name] - acknowledged in (0, 1) for name, acknowledged in writers.items()), (counted, writers)
+    assert sum(writers.values()) > 100
+    # The writers raced: calls handed over (the counter numbers every hand-over written).
+    assert int((textfile_dir / ".fraisier-handover" / "sequence").read_text().split()[0]) > 10
+
+
+def kill_and_count(pid: int, acknowledgements: int) -> int:
+    """SIGKILL the writer ``pid``; return how many of its record calls returned (the bytes it wrote down the pipe
+    whose reading end is ``acknowledgements``, closed here)."""
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    acknowledged = 0
+    while chunk := os.read(acknowledgements, 65536):
+        acknowledged += len(chunk)
+    os.close(acknowledgements)
+    return acknowledged

@@ -308,16 +308,22 @@ def test_a_lock_busy_now_and_then_is_one_warning_per_process_not_one_error_per_t
     textfile_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Under contention writers take turns: busy, merged, busy again. The events are safe each time (handed
-    over), so the line is a warning, and it is not logged again after each merge of the recorder's own."""
+    over), so the line is a warning, and it is not logged again after each merge of the recorder's own. (A
+    "free" call may hand over too: the process's background thread, trying the lock for the hand-over before it,
+    may hold it for a merge at that moment.)"""
     recorder = MetricsRecorder(textfile_dir, lock_timeout=0.2)
     for turn in range(3):
         with lock_held_elsewhere(recorder.store.lock_path):
             recorder.record_deployment_error("bare_metal", f"busy_{turn}")
-        recorder.record_deployment_error("bare_metal", f"free_{turn}")  # merged: the lock is free
+        recorder.record_deployment_error("bare_metal", f"free_{turn}")
     busy = [record for record in caplog.records if "another process held" in record.getMessage()]
     assert [record.levelname for record in busy] == ["WARNING"]
-    assert recorder.get_metrics_summary()["handed_over_events"] == 3
+    assert 3 <= recorder.get_metrics_summary()["handed_over_events"] <= 6
     assert not recorder.pending
+    TextfileStore(textfile_dir).merge_backlog()
+    values = sample_values(recorder.textfile_path)
+    assert [values[f'fraisier_deployment_errors_total{{provider="bare_metal",error_type="{kind}_{turn}"}}']
+            for turn in range(3) for kind in ("busy", "free")] == [1] * 6
 
 
 def test_a_strict_recorder_raises_a_held_lock_after_handing_the_events_over(textfile_dir: Path) -> None:

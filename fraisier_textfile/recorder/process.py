@@ -9,12 +9,12 @@ import atexit
 import logging
 import os
 import threading
+import time
 import weakref
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from fraisier_textfile import settings, validate
-from fraisier_textfile.changes import Changes
-from fraisier_textfile.errors import FraisierTextfileError
 from fraisier_textfile.settings import DEFAULT_LOCK_WAIT_BUDGET
 from fraisier_textfile.store.textfile import TextfileStore
 
@@ -82,6 +82,8 @@ class _BackgroundFlush:
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
         self._stopping = threading.Event()
+        self._woken = threading.Event()
+        """Set by :func:`merge_soon`: a round of merges of hand-overs now, not at the next interval."""
         self.interval: float | None = None
         """Seconds between rounds, once started; 0: turned off."""
 
@@ -104,18 +106,35 @@ class _BackgroundFlush:
                 atexit.register(_stop_background_flush)
                 _stop_registered = True
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def wake(self) -> None:
+        self._woken.set()
+
     def stop(self, timeout: float) -> None:
         """No more rounds; wait at most ``timeout`` for the one under way (its merge takes no lock wait), so that
         the exit's write neither races it nor finds its hand-overs half merged by a thread about to be frozen."""
         self._stopping.set()
+        self._woken.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
     def _run(self, interval: float) -> None:
-        while not self._stopping.wait(interval):
+        next_round = time.monotonic() + interval
+        while True:
+            woken = self._woken.wait(max(0.0, next_round - time.monotonic()))
+            if self._stopping.is_set():
+                return
             try:
-                _flush_in_background()
+                if woken:
+                    self._woken.clear()
+                    _merge_soon_in_background()
+                else:
+                    next_round = time.monotonic() + interval
+                    _flush_in_background()
             except Exception as error:  # a bug of ours: the next round tries again, the exit writes the rest
                 log.debug("fraisier metrics: the background flush failed: %r", error, exc_info=True)
 
@@ -157,22 +176,48 @@ def _flush_in_background() -> None:
             unflushed.discard(writer)
 
 
-def _merge_hand_overs(writer: Writer) -> bool:
+def _merge_hand_overs(writer: Writer, seen: Collection[str] = (), look: bool = True) -> bool:
     """Merge what is handed over in the recorder's directory, if the lock is free (else its holder does, once it
     lets go), with a store of the background flush's own: the recorder's may be merging in another thread.
-    True when merged."""
+    ``seen``: hand-overs the recorder's own store has seen (applied or left); ``look=False``: one is known to
+    wait (TextfileStore.merge_waiting). True when none is left waiting by it."""
     store = _background_stores.get(writer)
     if store is None:
         mine = writer.store
         store = TextfileStore(mine.directory, mine.lock_timeout, lifecycle=mine.lifecycle,
                               participants=mine.sources, schema=mine.schema, markers=mine.marker_rules)
         _background_stores[writer] = store
-    try:
-        store.merge(Changes(), timeout=0)
-    except FraisierTextfileError as error:
-        log.debug("hand-overs left for the next merge: %s", error)
+    return store.merge_waiting(seen, look=look)
+
+
+_merge_soon: dict[Writer, tuple[Collection[str], bool]] = {}
+"""Writers whose record call owes the hand-over invariant a try for the lock (TextfileStore.merge_or_hand_over:
+after a hand-over, the try once more; after a merge, the merge of the hand-overs that arrived meanwhile), with the
+hand-overs their store has seen and whether the directory needs a look first (not after a hand-over of their
+own): made by the background thread at once, so that no record call pays for a whole merge of everyone's
+hand-overs."""
+
+
+def merge_soon(writer: Writer, seen: Collection[str], look: bool = True) -> bool:
+    """Have the background thread try the lock for the hand-overs waiting in ``writer``'s directory now (see
+    :data:`_merge_soon`). False when there is no background thread (``FRAISIER_FLUSH_INTERVAL=0``): the caller
+    tries itself."""
+    background_flush.start()
+    if not background_flush.running:
         return False
+    before = _merge_soon.get(writer)
+    _merge_soon[writer] = (seen, look and (before is None or before[1]))
+    background_flush.wake()
     return True
+
+
+def _merge_soon_in_background() -> None:
+    while _merge_soon:
+        try:
+            writer, (seen, look) = _merge_soon.popitem()
+        except KeyError:
+            return
+        _merge_hand_overs(writer, seen, look)
 
 
 _background_stores: weakref.WeakKeyDictionary[Writer, TextfileStore] = weakref.WeakKeyDictionary()
@@ -192,6 +237,7 @@ def _forget_parents_state() -> None:
     (writing them here too would count them twice), and its locks may have been held at the fork."""
     global process_budget, background_flush
     unflushed.clear()
+    _merge_soon.clear()
     process_budget = _ProcessBudget()  # a new process, with its own budget
     background_flush = _BackgroundFlush()  # the parent's thread does not exist here
     _background_stores.clear()  # their lock state is the parent's
@@ -220,15 +266,15 @@ def _write_at_exit() -> None:
             if writer.handed_over_since_merge and writer.failed_write is None:
                 # Not needed (the next merge by any process writes them), but if the lock is free by now the
                 # file need not wait for that: one try, no wait.
-                try:
-                    writer.store.merge(Changes(), timeout=0)
-                except FraisierTextfileError as error:
-                    log.debug("hand-overs left for the next merge: %s", error)
+                writer.store.merge_waiting()
             if writer.pending:
                 log.error("fraisier metrics: %d events recorded in this process were not written to %s: %s",
                           writer.series.events, writer.textfile_path, writer.problems.last_error)
         finally:
             writer.lock.release()
+    # What record calls left to the background thread and it has not made (stopped, or not yet woken): their
+    # hand-overs' writers found the lock held by this process and left them to it. A try each, no wait.
+    _merge_soon_in_background()
 
 
 if hasattr(os, "register_at_fork"):

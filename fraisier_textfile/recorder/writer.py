@@ -3,7 +3,8 @@
 The events of a call (or of a batch of calls, such as a tracked block) are written once, at its end, under the
 recorder's lock: merged when the lock on the file is free; handed over at once when another process holds it,
 so that the holder, right after its own merge, or the next merge by any process writes them exactly once (a
-record call does not wait: ``RECORD_CALL_WAIT``). The whole process spends at most its lock-wait budget on
+record call does not wait: ``RECORD_CALL_WAIT``; the try once more for the lock that a hand-over owes is the
+background thread's, process.merge_soon). The whole process spends at most its lock-wait budget on
 writing; after a merge failed for another reason (a full disk) it hands over until a merge may succeed again
 (``FailedWrite``). What cannot be written now is kept for the background flush and the process's exit
 (process.py).
@@ -170,8 +171,9 @@ class Writer:
 
     def _merge_or_hand_over(self, pending: Changes, wait: float, durable: bool) -> bool:
         try:
-            merged = self.store.merge_or_hand_over(pending, wait, durable=durable)
+            merged = self.store.merge_or_hand_over(pending, wait, durable=durable, follow_up=False)
             self.failed_write = None
+            self._follow_up(merged)
             if not merged:
                 self.problems.note(
                     LOCK_BUSY,
@@ -192,6 +194,19 @@ class Writer:
                 pass  # the same problem (an unwritable directory), noted already
             return False
         return merged
+
+    def _follow_up(self, merged: bool) -> None:
+        """What the call owes the hand-over invariant once its events are merged or durably handed over (see
+        TextfileStore.merge_or_hand_over), left to the background thread: after a hand-over, the try once more for
+        the lock; after a merge, the merge of the hand-overs that arrived while it held the lock. Either may be a
+        whole merge of everyone's hand-overs, which the caller need not wait for. After a merge the look is made
+        here (a process whose calls all merge alone starts no thread); with no background thread
+        (FRAISIER_FLUSH_INTERVAL=0), the call makes the try itself."""
+        if merged and not self.store.handovers_waiting():
+            return
+        # After a hand-over its own waits: the try needs no look at the directory first.
+        if not process.merge_soon(self, self.store.handovers.handled, look=merged):
+            self.store.merge_waiting(look=merged)
 
     def _written(self, merged: bool) -> None:
         """The pending events are in the file (merged) or handed over."""

@@ -1,12 +1,12 @@
 """Hand-overs: changes a process could not merge because the lock was busy, left for the next merger.
 
 A process that cannot get the textfile's lock in time writes its changes durably into
-``<textfile dir>/.fraisier-handover/<id>.json`` (temporary file, fsync, rename, fsync of the directory) and
-forgets them. Every merge, by any process, applies the hand-overs it finds, oldest first and at most
-HANDOVERS_PER_MERGE (textfile.py: its work is bounded like its wait), each exactly once: it lists their ids
-in the file it writes (``applied-handovers``), renames that file into place, and only then deletes them. A
-merger killed before the rename applied nothing; one killed after it left the ids in the file, so the next
-merger skips those files and deletes them. The list keeps only ids whose file still exists. So when a
+``<textfile dir>/.fraisier-handover/<id>.json`` (temporary file, rename, fsync of the file, fsync of the
+directory: see :func:`publish`) and forgets them. Every merge, by any process, applies the hand-overs it finds,
+oldest first and at most HANDOVERS_PER_MERGE (textfile.py: its work is bounded like its wait), each exactly once:
+it lists their ids in the file it writes (``applied-handovers``), renames that file into place, and only then
+deletes them. A merger killed before the rename applied nothing; one killed after it left the ids in the file, so
+the next merger skips those files and deletes them. The list keeps only ids whose file still exists. So when a
 deletion happens does not matter to the totals: a merge that applied more than a few hand-overs deletes them
 from a background thread (:func:`remove_soon`), off the record call that merged them.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from fraisier_textfile.errors import (
@@ -92,11 +93,10 @@ def open_directory(textfile: fs.Directory, create: bool = False) -> fs.Directory
     return textfile.subdirectory(HANDOVER_DIRECTORY, create=create)
 
 
-def write(directory: fs.Directory, changes: Changes, schema: Schema, durable: bool = True
-          ) -> tuple[str, str]:
+def write(directory: fs.Directory, changes: Changes, schema: Schema) -> tuple[str, str]:
     """Write ``changes`` under a temporary name; return (temporary, final) names. The caller renames it
-    (:func:`publish`) at the moment it forgets the changes, so that the two happen together. ``durable``:
-    fsynced, so that a power loss keeps it; without, it survives the process (a SIGKILL), not the machine."""
+    (:func:`publish`, which makes it durable) at the moment it forgets the changes, so that the two happen
+    together."""
     from fraisier_textfile.store import handover_codec, handover_order
 
     handover_id = handover_order.new_id(directory)
@@ -111,9 +111,6 @@ def write(directory: fs.Directory, changes: Changes, schema: Schema, durable: bo
     try:
         try:
             write_parts(descriptor, (data,))
-            # The events are forgotten by this process once renamed: they must survive a power loss.
-            if durable:
-                os.fsync(descriptor)
         finally:
             os.close(descriptor)
     except OSError as error:
@@ -123,14 +120,42 @@ def write(directory: fs.Directory, changes: Changes, schema: Schema, durable: bo
 
 
 def publish(directory: fs.Directory, temporary: str, final: str, durable: bool = True) -> None:
-    """Rename a written hand-over into place: from now on the next merge applies it."""
+    """Rename a written hand-over into place: from now on the next merge applies it. ``durable``: then its file
+    and the directory are fsynced, so that a power loss keeps it; without, it survives the process (a SIGKILL),
+    not the machine.
+
+    The fsyncs come after the rename: a merger may apply the hand-over at once, since its bytes were all written
+    before the rename (whole in the page cache, whatever happens to this process), and the call that forgets the
+    events returns only after both. On ext4 the file's fsync commits the rename in the same journal commit, so
+    the directory's has nothing left to wait for: one commit per hand-over, not two, which under many writers
+    halves the time they queue on the journal (bench/README.md). A power loss before the fsyncs, the call not
+    returned, may leave the name with no bytes: a merger removes such a file (:func:`read`)."""
     try:
         directory.rename(temporary, final)
     except OSError as error:
         unlink_quietly(directory, temporary)
         raise write_error(directory.path_of(final), "publish the hand-over file", error) from None
     if durable:
+        _fsync(directory, final)
         directory.fsync()
+
+
+def _fsync(directory: fs.Directory, name: str) -> None:
+    """fsync a published hand-over. Past the rename a failure cannot take it back (a merger may have applied it
+    already): it stays handed over, and the failure is logged."""
+    try:
+        descriptor = directory.open_regular(name)
+    except FileNotFoundError:
+        return  # applied and removed already: by a merge whose own commit was durable before the removal
+    except (OSError, UnexpectedFileError) as error:
+        log.warning("cannot make the hand-over %s durable: %s", directory.path_of(name), error)
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        log.warning("cannot make the hand-over %s durable: %s", directory.path_of(name), error.strerror)
+    finally:
+        os.close(descriptor)
 
 
 def pending(directory: fs.Directory) -> tuple[list[str], int]:
@@ -186,14 +211,21 @@ def count_in(document: Document, waiting: int, kept_aside: int) -> None:
         document.blocks[name] = block
 
 
+class EmptyHandover(Exception):
+    """A hand-over with no bytes: the name of one whose writer lost power before its fsync (see :func:`publish`),
+    whose call never returned. It holds no events: removed, never set aside (this never escapes the module)."""
+
+
 def read(directory: fs.Directory, handover_id: str, schema: Schema) -> Changes:
-    """The changes of one hand-over. Raises UnreadableHandover, or UnexpectedFileError for a non-regular file
-    (opened without following a symlink and without blocking on a FIFO)."""
+    """The changes of one hand-over. Raises UnreadableHandover, EmptyHandover, or UnexpectedFileError for a
+    non-regular file (opened without following a symlink and without blocking on a FIFO)."""
     name = f"{handover_id}{SUFFIX}"
     try:
         data = directory.read_regular(name)
     except OSError as error:
         raise write_error(directory.path_of(name), "read the hand-over file", error) from None
+    if not data:
+        raise EmptyHandover(handover_id)
     from fraisier_textfile.store import handover_codec
 
     return handover_codec.decode(data, schema)
@@ -371,6 +403,10 @@ class Handovers(Participant):
                     )
             except UnreadableHandover as error:
                 kept_aside += set_aside(directory, handover_id, str(error))
+            except EmptyHandover:
+                log.info("the hand-over %s is empty, the litter of a writer stopped before its fsync: removed",
+                         directory.path_of(f"{handover_id}{SUFFIX}"))
+                unlink_quietly(directory, f"{handover_id}{SUFFIX}")
         # One that can never be summed into this file would fail this merge and every later one: set aside.
         # Checked for all at once (amounts are >= 0, so if their total can be summed into the file, each can),
         # and one by one only when that fails, to find the one at fault.
@@ -427,9 +463,9 @@ class Handovers(Participant):
         self._applied = []
         self._newest = self._oldest_waiting = None
 
-    def waiting_in(self, textfile: fs.Directory) -> bool:
+    def waiting_in(self, textfile: fs.Directory, seen: Collection[str] = ()) -> bool:
         """Whether hand-overs wait in the textfile directory held open that no merge of this participant has
-        seen yet."""
+        seen yet, nor are in ``seen`` (those another store's merge saw)."""
         try:
             directory = open_directory(textfile)
             if directory is None:
@@ -439,7 +475,8 @@ class Handovers(Participant):
         except (OSError, FraisierTextfileError):
             return False
         return any(
-            name.endswith(SUFFIX) and not name.startswith(TEMPORARY_PREFIX) and name[: -len(SUFFIX)] not in self.handled
+            name.endswith(SUFFIX) and not name.startswith(TEMPORARY_PREFIX)
+            and name[: -len(SUFFIX)] not in self.handled and name[: -len(SUFFIX)] not in seen
             for name in names
         )
 
@@ -449,7 +486,7 @@ def _hand_over_latest(changes: Changes, directory: fs.Directory, schema: Schema)
     latest = Changes()
     latest.latest.update(changes.latest)
     try:
-        temporary, final = write(directory, latest, schema, durable=False)
+        temporary, final = write(directory, latest, schema)
         publish(directory, temporary, final, durable=False)
     except FraisierTextfileError as error:
         log.debug("latest gauges applied now, not behind the hand-overs waiting: %s", error)

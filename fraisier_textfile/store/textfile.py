@@ -183,23 +183,32 @@ class TextfileStore:
         is emptied, and the markers of the deployments it ends are released. On any error nothing is written,
         the file is left byte-identical, and ``changes`` is untouched so that it can be merged again later.
         Raises only FraisierTextfileError subclasses (LockTimeoutError when the lock stayed busy)."""
-        started = time.monotonic()
-        ending = changes.ended
         # Opened and checked once for the merge and for the look for late hand-overs after it: for root, the
         # check looks at every directory on the path.
         with self.file.open_directory() as textfile:
-            try:
-                self.transaction.run(changes, self.lock_timeout if timeout is None else timeout, textfile)
-            except FraisierTextfileError:
-                # Also after a failure: this process may have held the lock (a lock timeout too, when its lock
-                # file was replaced mid-merge and the new one stayed busy).
+            self._merge_in(textfile, changes, self.lock_timeout if timeout is None else timeout)
+
+    def _merge_in(self, textfile: fs.Directory, changes: Changes, timeout: float, look: bool = True) -> None:
+        """:meth:`merge`, in the textfile directory held open by ``textfile``. ``look=False``: the look for late
+        hand-overs after a successful merge is left to the caller (see :meth:`merge_or_hand_over`)."""
+        started = time.monotonic()
+        ending = changes.ended
+        try:
+            self.transaction.run(changes, timeout, textfile)
+        except FraisierTextfileError:
+            # Also after a failure, if this call held the lock (a corrupt file; a lock timeout too, when its
+            # lock file was replaced mid-merge and the new one stayed busy). A call that never held it owes no
+            # look: the holder looks after releasing it, and listing the directory all writers change is most
+            # of what a busy lock would otherwise cost each of them.
+            if self.transaction.held_lock:
                 self._merge_late_handovers(textfile, started, failed=True)
-                raise
-            finally:
-                # Only the commit empties the changes: written, even if a signal's handler held back until the end
-                # of the merge raised since (the process may catch it and go on).
-                if ending and not changes.ended:
-                    deployments.release_written(ending)
+            raise
+        finally:
+            # Only the commit empties the changes: written, even if a signal's handler held back until the end
+            # of the merge raised since (the process may catch it and go on).
+            if ending and not changes.ended:
+                deployments.release_written(ending)
+        if look:
             self._merge_late_handovers(textfile, started)
 
     def hand_over(self, changes: Changes, *, durable: bool = True) -> None:
@@ -210,35 +219,71 @@ class TextfileStore:
         written."""
         if not changes:
             return
+        with self.file.open_directory() as textfile:
+            self._hand_over_in(textfile, changes, durable)
+
+    def _hand_over_in(self, textfile: fs.Directory, changes: Changes, durable: bool) -> None:
+        """:meth:`hand_over`, in the textfile directory held open by ``textfile``."""
+        if not changes:
+            return
         ending = changes.ended
-        with DeferredSignals(), self.file.open_directory() as textfile:
+        with DeferredSignals():
             directory = handovers.open_directory(textfile, create=True)
             assert directory is not None
             with directory:
-                temporary, final = handovers.write(directory, changes, self.schema, durable)
+                temporary, final = handovers.write(directory, changes, self.schema)
                 handovers.publish(directory, temporary, final, durable)
                 changes.clear()
                 # Before the signal handlers held back run: one may raise, and the process go on.
                 deployments.release_written(ending)
 
-    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True) -> bool:
+    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True, follow_up: bool = True
+                           ) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
         True: merged now. False: handed over; the next merge by any process writes them (this process tries
         once more at once). Either way ``changes`` is emptied. Raises what :meth:`merge` raises for other
-        problems (a corrupt file, a full disk), with ``changes`` untouched."""
-        try:
-            self.merge(changes, timeout=wait)
-            return True
-        except LockTimeoutError:
-            pass
-        self.hand_over(changes, durable=durable)
-        # The hand-over is on disk before this try. If the lock is busy, its holder will look for hand-overs
-        # after releasing it (see _merge_late_handovers), and so sees this one.
-        try:
-            self.merge(Changes(), timeout=0)
-        except FraisierTextfileError as error:
-            log.debug("hand-over left for the next merge: %s", error)
+        problems (a corrupt file, a full disk), with ``changes`` untouched.
+
+        ``follow_up=False`` leaves to the caller what a call owes the hand-over invariant (see
+        _merge_late_handovers) once its own part is done: after a hand-over, the try once more (the lock's holder
+        may have looked before this one was there); after a merge, the look for hand-overs that arrived while it
+        held the lock. The caller must make it after this call returned (:meth:`merge_waiting`; after a merge,
+        with the hand-overs this store saw, ``handovers.handled``), from a thread of its own say: either may
+        merge every hand-over waiting, a whole merge that the caller of a record call need not wait for."""
+        # One descriptor of the directory, checked once (for root, every directory of the path), for the try, the
+        # hand-over and the try once more.
+        with self.file.open_directory() as textfile:
+            try:
+                self._merge_in(textfile, changes, wait, look=follow_up)
+                return True
+            except LockTimeoutError:
+                pass
+            self._hand_over_in(textfile, changes, durable)
+            if follow_up:
+                # The hand-over is on disk before this try. If the lock is busy, its holder will look for
+                # hand-overs after releasing it (see _merge_late_handovers), and so sees this one.
+                try:
+                    self._merge_in(textfile, Changes(), 0)
+                except FraisierTextfileError as error:
+                    log.debug("hand-over left for the next merge: %s", error)
         return False
+
+    def merge_waiting(self, seen: Collection[str] = (), *, look: bool = True) -> bool:
+        """Merge the hand-overs waiting that no merge by this store has seen (nor are in ``seen``), if there are
+        any and the lock is free, without waiting for it: what a call of :meth:`merge_or_hand_over` owes the
+        hand-over invariant (see there), or a later try. ``look=False``: the caller knows that one waits (its
+        own, just handed over): the lock is tried without listing the directory first. True: none is left
+        waiting by this try (merged, or there were none); False: the lock was busy (its holder merges them once
+        it lets go) or the merge failed (logged at debug level: the next merge by any process says why). Never
+        raises FraisierTextfileError."""
+        try:
+            with self.file.open_directory() as textfile:
+                if not look or self.handovers.waiting_in(textfile, seen):
+                    self._merge_in(textfile, Changes(), 0)
+        except FraisierTextfileError as error:
+            log.debug("hand-overs left for the next merge: %s", error)
+            return False
+        return True
 
     def _merge_late_handovers(self, textfile: fs.Directory, started: float, failed: bool = False) -> None:
         """After releasing the lock, merge the hand-overs that arrived while it was held (``started``: when the

@@ -148,17 +148,22 @@ class Transaction:
         self._check_claims_first = False
         """The last merge found the file not as its layout line claimed: the next read checks the claims before
         it takes anything from the file."""
+        self.held_lock = False
+        """Whether the last :meth:`run` took the lock, even if it then failed: only a holder owes the look for
+        hand-overs that arrived while it held it (textfile.py)."""
 
     def run(self, changes: Changes, timeout: float, textfile: fs.Directory) -> None:
         """One merge of ``changes`` into the textfile directory held by ``textfile`` (open and checked), waiting
         at most ``timeout`` seconds for the lock (see the module's note)."""
         deadline = time.monotonic() + timeout
         participants = self.participants
+        self.held_lock = False
         with DeferredSignals() as signals:
             for attempt in itertools.count(1):
                 if attempt > 3 and time.monotonic() > deadline:  # something removes the lock file over and over
                     raise LockTimeoutError(self.lock.path, timeout)
                 self.lock.acquire(deadline, timeout, signals.deliver, textfile)
+                self.held_lock = True
                 try:
                     try:
                         merge = self._locked(changes, textfile)
