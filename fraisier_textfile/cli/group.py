@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -22,6 +22,9 @@ from fraisier_textfile.fraisier_store import FraisierStore
 from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT, default_directory_name
 from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENVIRONMENT
 from fraisier_textfile.store.textfile import TextfileStore
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 
 class InvalidInput(click.ClickException):
@@ -206,11 +209,63 @@ class LazyCommands(MutableMapping[str, click.Command]):
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(cls=HintingGroup, context_settings=CONTEXT, commands=LazyCommands(COMMANDS))
+# click's own help and version options and its path type look their words up through gettext when they are built,
+# and gettext's first lookup imports locale (its table of aliases: a sixth of what our modules cost a record run;
+# bench/README.md). Ours say the same words and build nothing that looks one up: a record run asks gettext for
+# nothing (click still translates the words of its errors, where the time does not matter).
+
+
+class Directory(click.ParamType):  # type: ignore[type-arg, unused-ignore]  # generic in newer click only
+    """``click.Path(file_okay=False)``: a directory's name, kept as the string given (the store works with
+    strings), refused if it names a file or one this user may not read; completed as directories."""
+
+    name = "directory"
+
+    def convert(self, value: Any, parameter: click.Parameter | None, context: click.Context | None) -> Any:
+        import os
+        import stat
+
+        try:
+            status = os.stat(value)
+        except OSError:
+            return value  # made by the store, which says what is wrong if it cannot
+        if stat.S_ISREG(status.st_mode):
+            self.fail(f"Directory {click.format_filename(value)!r} is a file.", parameter, context)
+        if not os.access(value, os.R_OK):
+            self.fail(f"Directory {click.format_filename(value)!r} is not readable.", parameter, context)
+        return value
+
+    def shell_complete(self, context: click.Context, parameter: click.Parameter,
+                       incomplete: str) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(incomplete, type="dir")]
+
+
+def _show_help(context: click.Context, parameter: click.Parameter, value: bool) -> None:
+    if value and not context.resilient_parsing:
+        click.echo(context.get_help(), color=context.color)
+        context.exit()
+
+
+def help_option() -> click.Option:
+    """A command's -h/--help, as click's (which each command then goes without: ``add_help_option``)."""
+    return click.Option(["-h", "--help"], is_flag=True, expose_value=False, is_eager=True,
+                        callback=_show_help, help="Show this message and exit.")
+
+
+def _show_version(context: click.Context, parameter: click.Parameter, value: bool) -> None:
+    # Named for this package whatever script started it: `fraisier, version 0.1.0` read as an old Fraisier.
+    if value and not context.resilient_parsing:
+        click.echo(f"fraisier-textfile, version {__version__}", color=context.color)
+        context.exit()
+
+
+@click.group(cls=HintingGroup, context_settings=CONTEXT, commands=LazyCommands(COMMANDS), add_help_option=False)
 @click.option(
     "--textfile-dir",
     envvar=DIRECTORY_ENVIRONMENT,
-    type=click.Path(file_okay=False),  # a string: the store works with strings (store/files.py)
+    type=Directory(),
     default=default_directory_name,
     show_default=default_directory_name(),
     help=f"Directory of fraisier.prom; created if missing. Point node_exporter's "
@@ -236,8 +291,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
               show_default=logs.DEFAULT_FORMAT, shell_complete=choices(logs.FORMATS),
               help=f"logfmt (time=... level=... msg=...) or json (one object a line), as node_exporter's. "
               f"Env: {logs.FORMAT_ENVIRONMENT}.")
-# Named for this package whatever script started it: `fraisier, version 0.1.0` read as an old Fraisier.
-@click.version_option(__version__, prog_name="fraisier-textfile", message="%(prog)s, version %(version)s")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show the version and exit.")
 @click.pass_context
 def main(context: click.Context, textfile_dir: str, lock_timeout: str | None, log_level: str | None,
          log_format: str | None) -> None:
@@ -269,6 +324,7 @@ def main(context: click.Context, textfile_dir: str, lock_timeout: str | None, lo
                            logs_at_first_record=context.invoked_subcommand == "record")
 
 
+main.params.append(help_option())  # last, as click lists its own
 pass_settings = click.pass_obj
 
 
@@ -311,7 +367,7 @@ def _give_group_options(command: click.Command) -> None:
     """``fraisier textfile check --textfile-dir X`` as well as ``fraisier --textfile-dir X textfile check``.
     A value given after the command wins over one given before it."""
     options = {
-        "textfile-dir": lambda: _shared_option("textfile-dir", type=click.Path(file_okay=False)),
+        "textfile-dir": lambda: _shared_option("textfile-dir", type=Directory()),
         "lock-timeout": lambda: _shared_option("lock-timeout", metavar="SECONDS"),
         "log-level": lambda: _shared_option("log-level", metavar="[" + "|".join(logs.LEVELS) + "]",
                                             shell_complete=choices(list(logs.LEVELS))),
@@ -319,6 +375,9 @@ def _give_group_options(command: click.Command) -> None:
                                              shell_complete=choices(logs.FORMATS)),
     }
     command.params.extend(options[name]() for name in getattr(command, _USES, GROUP_OPTIONS))
+    if command.add_help_option:
+        command.params.append(help_option())
+        command.add_help_option = False
     if isinstance(command, click.Group):
         # Each subcommand gets them when first looked up: a run builds the options of the one it runs.
         command.commands = LazyCommands(command.commands)
