@@ -326,6 +326,49 @@ def test_a_record_run_collects_no_garbage_while_it_imports_and_leaves_the_collec
     assert not while_importing, f"{len(while_importing)} collections ran while the CLI's modules were imported"
 
 
+EXIT_HOOK_SEEN = """
+import atexit, sys
+atexit.register(lambda: print("exit hook", flush=False))  # printed, not flushed: the CLI's end flushes it
+sys.argv[0] = "fraisier"
+from fraisier_textfile.cli.dispatch import main
+main()
+"""
+
+
+@pytest.mark.parametrize(("arguments", "status"), [
+    (["--textfile-dir", "{directory}", *RECORD_DEPLOYMENT], 0),
+    (["--textfile-dir", "{directory}", "textfile", "path"], 0),
+    (["--textfile-dir", "{directory}", "record", "deployment", "--provider", "bare_metal"], 2),
+])
+def test_a_command_ends_once_its_exit_hooks_ran_without_tearing_the_interpreter_down(
+        tmp_path: Path, arguments: list[str], status: int) -> None:
+    """Tearing the interpreter down (``python -v`` prints a "# cleanup" or "# destroy" line for each step) is
+    about a twentieth of a record run's CPU, spent on a process about to end. Once its command is done, the CLI
+    runs the exit hooks, flushes its output and ends the process with the command's status: what was printed,
+    also by an exit hook, is all there; the status is the command's."""
+    directory = str(tmp_path / "textfile")
+    result = subprocess.run(
+        [sys.executable, "-v", "-c", EXIT_HOOK_SEEN, *(a.format(directory=directory) for a in arguments)],
+        capture_output=True, text=True)
+    assert result.returncode == status, result.stderr
+    assert result.stdout.endswith("exit hook\n")
+    assert not [line for line in result.stderr.splitlines() if line.startswith(("# cleanup", "# destroy"))]
+    if arguments[2:4] == ["textfile", "path"]:
+        assert result.stdout == f"{tmp_path / 'textfile' / 'fraisier.prom'}\nexit hook\n"
+
+
+def test_a_command_leaves_a_thread_that_is_not_a_daemon_to_finish(tmp_path: Path) -> None:
+    """A thread the process must wait for (one that is not a daemon) is waited for, as the interpreter does."""
+    script = ("import sys, threading, time\n"
+              "threading.Thread(target=lambda: (time.sleep(0.5), print('finished', flush=True))).start()\n"
+              "sys.argv[0] = 'fraisier'\n"
+              "from fraisier_textfile.cli.dispatch import main\n"
+              "main()\n")
+    result = subprocess.run([sys.executable, "-c", script, "--textfile-dir", str(tmp_path), "textfile", "path"],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stdout.splitlines()[-1]) == (0, "finished"), result.stderr
+
+
 def test_the_dispatcher_decides_where_a_line_goes_before_importing_the_cli_framework() -> None:
     """The ``fraisier`` script routes its command line with nothing but the standard library: click, and the CLI
     that needs it, are imported by main() once the line is known to be ours, with the collector paused

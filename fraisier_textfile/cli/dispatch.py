@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import sys
 
-from fraisier_textfile.cli import LastingImports
+from fraisier_textfile.cli import LastingImports, run_to_the_end
 
 OUR_COMMANDS = frozenset({"record", "exec", "textfile", "metrics", "systemd", "install-dispatcher"})
 # Our group options that take a value, and the environment variable each stands for (see cli/group.py's main).
@@ -178,13 +178,13 @@ def main() -> None:
         except click.UsageError as error:
             error.show()
             sys.exit(error.exit_code)
-        our_main(args=arguments, **settings)
+        run_to_the_end(lambda: our_main(args=arguments, **settings))
         return
     if decision.destination == Route.OURS or not fraisier_installed():
         with LastingImports():
             from fraisier_textfile.cli.group import main as our_main
 
-        our_main()
+        run_to_the_end(our_main)
         return
     if decision.destination == Route.HELP:
         from fraisier_textfile.cli.combined import combined_group
