@@ -270,6 +270,23 @@ def test_a_record_run_asks_gettext_for_nothing(tmp_path: Path) -> None:
     assert "locale" not in loaded
 
 
+def test_a_record_run_loads_no_extension_module_for_a_search_over_a_few_bounds(tmp_path: Path) -> None:
+    """Loading a C extension (a shared object) costs a process about 0.3 ms: the bisect module's, for finding the
+    bucket of a duration among a dozen bounds and the segment of an edited line, is more than the searches
+    themselves will ever cost (format/schema.py's Family.bucket_of, format/span.py). Run with bisect made
+    unimportable (an editable install's finder loads it at start-up), a record run records its event, twice: the
+    second edits the lines the first wrote."""
+    script = "import sys\nsys.modules['bisect'] = sys.modules['_bisect'] = None\n" + LOADED_MODULES
+    textfile_dir = tmp_path / "textfile"
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", script, "--textfile-dir", str(textfile_dir),
+                                 *RECORD_DEPLOYMENT], capture_output=True, text=True,
+                                env=dict(os.environ, MODULES_LISTING=str(tmp_path / "modules.txt")))
+        assert result.returncode == 0, result.stderr
+    assert sample_values(textfile_dir / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 2
+
+
 def test_a_record_run_imports_no_pathlib(tmp_path: Path) -> None:
     """pathlib (with the urllib.parse and ipaddress it imports) is a few of our modules' worth of start-up: the store
     works with strings, and makes a Path only for whoever asks for one (an error's path, the store's public

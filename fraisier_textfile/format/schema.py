@@ -62,6 +62,18 @@ class Family:
         """(label, values): when a series is recorded, its siblings with each of these values of that label exist
         too (at 0 until recorded), so that ``increase()`` sees their first event; they expire together."""
 
+    def bucket_of(self, value: float) -> int:
+        """The index of the bucket ``value`` falls in: that of the first bound not below it (``le`` is inclusive),
+        the last (+Inf's) above every bound; NaN in the first, as ``bisect.bisect_left`` places it. A walk over a
+        few bounds: the bisect module is a C extension whose loading costs a CLI run more than every search it
+        would make (bench/README.md)."""
+        index = 0
+        for bound in self.buckets:
+            if not bound < value:
+                break
+            index += 1
+        return index
+
     def __repr__(self) -> str:
         return f"Family({self.name!r})"
 

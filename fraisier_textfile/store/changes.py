@@ -4,7 +4,6 @@ they account for. Families are the changes' own data: nothing here knows which e
 
 from __future__ import annotations
 
-import bisect
 from typing import TYPE_CHECKING, Protocol
 
 from fraisier_textfile.format.schema import Family, Kind
@@ -26,7 +25,7 @@ class HistogramDelta:
         self.count = 0
 
     def observe(self, family: Family, value: float) -> None:
-        self.buckets[bisect.bisect_left(family.buckets, value)] += 1
+        self.buckets[family.bucket_of(value)] += 1
         self.sum += value
         self.count += 1
 
