@@ -371,31 +371,54 @@ EXIT_HOOK_SEEN = """
 import atexit, sys
 atexit.register(lambda: print("exit hook", flush=False))  # printed, not flushed: the CLI's end flushes it
 sys.argv[0] = "fraisier"
-from fraisier_textfile.cli.dispatch import main
-main()
+from {module} import script
+script()
 """
+PROGRAMS = {
+    "fraisier": ["-c", EXIT_HOOK_SEEN.format(module="fraisier_textfile.cli.dispatch")],
+    "fraisier-textfile": ["-c", EXIT_HOOK_SEEN.format(module="fraisier_textfile.cli")],
+    "python -m": ["-m", "fraisier_textfile"],
+}
 
 
+@pytest.mark.parametrize("program", PROGRAMS)
 @pytest.mark.parametrize(("arguments", "status"), [
     (["--textfile-dir", "{directory}", *RECORD_DEPLOYMENT], 0),
     (["--textfile-dir", "{directory}", "textfile", "path"], 0),
     (["--textfile-dir", "{directory}", "record", "deployment", "--provider", "bare_metal"], 2),
 ])
 def test_a_command_ends_once_its_exit_hooks_ran_without_tearing_the_interpreter_down(
-        tmp_path: Path, arguments: list[str], status: int) -> None:
+        tmp_path: Path, program: str, arguments: list[str], status: int) -> None:
     """Tearing the interpreter down (``python -v`` prints a "# cleanup" or "# destroy" line for each step) is
     about a twentieth of a record run's CPU, spent on a process about to end. Once its command is done, the CLI
     runs the exit hooks, flushes its output and ends the process with the command's status: what was printed,
-    also by an exit hook, is all there; the status is the command's."""
+    also by an exit hook, is all there; the status is the command's. The console scripts do (dispatch.script,
+    cli.script), and ``python -m fraisier_textfile``."""
     directory = str(tmp_path / "textfile")
     result = subprocess.run(
-        [sys.executable, "-v", "-c", EXIT_HOOK_SEEN, *(a.format(directory=directory) for a in arguments)],
+        [sys.executable, "-v", *PROGRAMS[program], *(a.format(directory=directory) for a in arguments)],
         capture_output=True, text=True)
     assert result.returncode == status, result.stderr
-    assert result.stdout.endswith("exit hook\n")
     assert not [line for line in result.stderr.splitlines() if line.startswith(("# cleanup", "# destroy"))]
+    hook = "" if program == "python -m" else "exit hook\n"
+    assert result.stdout.endswith(hook)
     if arguments[2:4] == ["textfile", "path"]:
-        assert result.stdout == f"{tmp_path / 'textfile' / 'fraisier.prom'}\nexit hook\n"
+        assert result.stdout == f"{tmp_path / 'textfile' / 'fraisier.prom'}\n{hook}"
+
+
+def test_main_called_from_python_ends_with_system_exit_and_its_caller_goes_on(tmp_path: Path) -> None:
+    """Only the programs end the process: a caller of ``main()`` (bench/trace_event.py, a test) gets SystemExit, as
+    from any click command, and goes on, also after a record command of ours."""
+    script = ("import sys\n"
+              "from fraisier_textfile.cli.dispatch import main\n"
+              "sys.argv[0] = 'fraisier'\n"
+              "try:\n"
+              "    main()\n"
+              "except SystemExit as stop:\n"
+              "    print('went on after', stop.code)\n")
+    result = subprocess.run([sys.executable, "-c", script, "--textfile-dir", str(tmp_path), *RECORD_DEPLOYMENT],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, "went on after 0\n"), result.stderr
 
 
 def test_a_command_leaves_a_thread_that_is_not_a_daemon_to_finish(tmp_path: Path) -> None:
@@ -403,8 +426,8 @@ def test_a_command_leaves_a_thread_that_is_not_a_daemon_to_finish(tmp_path: Path
     script = ("import sys, threading, time\n"
               "threading.Thread(target=lambda: (time.sleep(0.5), print('finished', flush=True))).start()\n"
               "sys.argv[0] = 'fraisier'\n"
-              "from fraisier_textfile.cli.dispatch import main\n"
-              "main()\n")
+              "from fraisier_textfile.cli.dispatch import script\n"
+              "script()\n")
     result = subprocess.run([sys.executable, "-c", script, "--textfile-dir", str(tmp_path), "textfile", "path"],
                             capture_output=True, text=True)
     assert (result.returncode, result.stdout.splitlines()[-1]) == (0, "finished"), result.stderr

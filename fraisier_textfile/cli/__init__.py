@@ -59,8 +59,9 @@ def end_now(stop: SystemExit) -> None:
 
 
 def run_to_the_end(command: Callable[[], object]) -> None:
-    """Run one of the CLI's commands as the program (a console script, ``python -m``), then end the process
-    (:func:`end_now`)."""
+    """Run one of the CLI's command lines as the program (a console script, ``python -m``), then end the process
+    (:func:`end_now`). Only the programs do: ``main()`` called from Python ends with SystemExit as click's
+    commands do, and the caller goes on."""
     try:
         command()
     except SystemExit as stop:
@@ -70,8 +71,14 @@ def run_to_the_end(command: Callable[[], object]) -> None:
 
 
 def main() -> None:
-    """``fraisier-textfile``: imported on call, so that the dispatcher loads no command it does not run."""
+    """``fraisier-textfile``'s command line, in this process: imported on call, so that the dispatcher loads no
+    command it does not run."""
     with LastingImports():
         from fraisier_textfile.cli.group import main as run
 
-    run_to_the_end(run)
+    run()
+
+
+def script() -> None:
+    """The ``fraisier-textfile`` console script: :func:`main`, then the process ends (:func:`run_to_the_end`)."""
+    run_to_the_end(main)
