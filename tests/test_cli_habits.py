@@ -366,6 +366,25 @@ def test_a_record_run_that_meets_no_hand_over_loads_none_of_their_code(tmp_path:
                 "fraisier_textfile.store.selection"} & loaded
 
 
+
+def test_a_record_run_that_meets_no_marker_loads_neither_deployments_nor_process_identities(tmp_path: Path) -> None:
+    """A record run into a directory where no deployment in flight left a marker imports neither the handle of a
+    deployment this process runs (store/deployments.py: `fraisier exec` and the recorder start them) nor how a
+    marker's writer is told alive (store/process_identity.py): each is loaded by the first merge that needs it.
+    With a marker there, the same run loads the identities and counts the dead writer's deployment crashed."""
+    loaded = modules_loaded_by(["--textfile-dir", str(tmp_path / "textfile"), *RECORD_DEPLOYMENT], tmp_path)
+    assert "fraisier_textfile.store.markers" in loaded  # the merge looked for markers
+    assert not {"fraisier_textfile.store.deployments", "fraisier_textfile.store.process_identity"} & loaded
+    dead = subprocess.run(
+        [sys.executable, "-c", "import sys; from fraisier_textfile.store import markers; "
+         "markers.create_marker(sys.argv[1], 'bare_metal', 'api')", str(tmp_path / "textfile")],
+        capture_output=True, text=True)
+    assert dead.returncode == 0, dead.stderr
+    loaded = modules_loaded_by(["--textfile-dir", str(tmp_path / "textfile"), *RECORD_DEPLOYMENT], tmp_path)
+    assert "fraisier_textfile.store.process_identity" in loaded
+    assert sample_values(tmp_path / "textfile" / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 1
+
 COLLECTIONS_SEEN = """
 import atexit, gc, json, sys
 seen = []
