@@ -8,6 +8,8 @@ prometheus_client: a ``fraisier record`` run from cron must not pay for it.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -222,9 +224,6 @@ class Directory(click.ParamType):  # type: ignore[type-arg, unused-ignore]  # ge
     name = "directory"
 
     def convert(self, value: Any, parameter: click.Parameter | None, context: click.Context | None) -> Any:
-        import os
-        import stat
-
         try:
             status = os.stat(value)
         except OSError:
