@@ -49,7 +49,7 @@ from fraisier_textfile.errors import (
 
 # typing is not imported here: the `fraisier` script imports this module before anything else, outside the
 # CLI's paused collector (cli.LastingImports), and typing with re, enum and the rest it imports made the
-# collector run about eight times there. mypy reads any TYPE_CHECKING as true.
+# collector run over them there (bench/README.md). mypy reads any TYPE_CHECKING as true.
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:

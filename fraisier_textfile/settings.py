@@ -26,7 +26,7 @@ _Value = TypeVar("_Value")
 
 # What a plain decimal number is written with: of the texts float() reads, those made of these characters only are
 # exactly [-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)? (no blank, underscore, inf, nan or other script's
-# digit), told without compiling that pattern in every process that records a duration (about 0.2 ms).
+# digit), told without compiling that pattern in every process that records a duration (bench/README.md).
 _DECIMAL_CHARACTERS = frozenset("0123456789+-.eE")
 
 DEFAULT_LOCK_WAIT_BUDGET = 1.0

@@ -212,9 +212,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 # click's own help and version options and its path type look their words up through gettext when they are built,
-# and gettext's first lookup imports locale (its table of aliases: a sixth of what our modules cost a record run;
-# bench/README.md). Ours say the same words and build nothing that looks one up: a record run asks gettext for
-# nothing (click still translates the words of its errors, where the time does not matter).
+# and gettext's first lookup imports locale (its table of aliases; bench/README.md). Ours say the same words and
+# build nothing that looks one up: a record run asks gettext for nothing (click still translates the words of its
+# errors, where the time does not matter).
 
 
 class Directory(click.ParamType):  # type: ignore[type-arg, unused-ignore]  # generic in newer click only

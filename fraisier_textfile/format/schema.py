@@ -32,8 +32,8 @@ def format_float(value: float) -> str:
 
 class Kind:
     """A family's type: ``Kind.COUNTER``, ``Kind.GAUGE`` or ``Kind.HISTOGRAM``, compared by identity; ``value`` is
-    its name in the text format. Three constants of a plain class, not an enum: making an enum class costs every
-    `fraisier record` run about 0.1 ms at import (bench/README.md)."""
+    its name in the text format. Three constants of a plain class, not an enum: making an enum class is start-up
+    every `fraisier record` run would pay (bench/README.md)."""
 
     __slots__ = ("value",)
 
