@@ -263,7 +263,7 @@ def test_a_record_run_imports_no_module_it_has_no_use_for(tmp_path: Path) -> Non
 
 def test_a_record_run_asks_gettext_for_nothing(tmp_path: Path) -> None:
     """click translates its own words through gettext, and gettext's first lookup imports locale (its table of
-    aliases: about 0.7 ms, a sixth of what our own modules cost a record run). A record run builds none of click's
+    aliases: a sixth of what our own modules cost a record run; bench/README.md). A record run builds none of click's
     options that look a word up (its help and version options, its path type): ours say the same words."""
     loaded = modules_loaded_by(["--textfile-dir", str(tmp_path / "textfile"), *RECORD_DEPLOYMENT], tmp_path)
     assert "fraisier_textfile.cli.record" in loaded
@@ -271,11 +271,11 @@ def test_a_record_run_asks_gettext_for_nothing(tmp_path: Path) -> None:
 
 
 def test_a_record_run_loads_no_extension_module_for_a_search_over_a_few_bounds(tmp_path: Path) -> None:
-    """Loading a C extension (a shared object) costs a process about 0.3 ms: the bisect module's, for finding the
-    bucket of a duration among a dozen bounds and the segment of an edited line, is more than the searches
-    themselves will ever cost (format/schema.py's Family.bucket_of, format/span.py). Run with bisect made
-    unimportable (an editable install's finder loads it at start-up), a record run records its event, twice: the
-    second edits the lines the first wrote."""
+    """Loading a C extension (a shared object) is start-up a process pays (bench/README.md): the bisect
+    module's, for finding the bucket of a duration among a dozen bounds and the segment of an edited line, is more
+    than the searches themselves will ever cost (format/schema.py's Family.bucket_of, format/span.py). Run with
+    bisect made unimportable (an editable install's finder loads it at start-up), a record run records its event,
+    twice: the second edits the lines the first wrote."""
     script = "import sys\nsys.modules['bisect'] = sys.modules['_bisect'] = None\n" + LOADED_MODULES
     textfile_dir = tmp_path / "textfile"
     for _ in range(2):
@@ -302,7 +302,7 @@ atexit.register(lambda: compiled and os.write(2, ("compiled: " + repr(compiled))
 
 
 def test_a_record_run_compiles_no_regular_expression(tmp_path: Path) -> None:
-    """Compiling a pattern costs a process 0.02-0.2 ms, more than matching what a record run reads with it (its
+    """Compiling a pattern costs a process more than matching what a record run reads with it (its
     seconds, a setting): none of ours is compiled at import, and a record run's values are read without one."""
     result = subprocess.run([sys.executable, "-c", COMPILED, "--textfile-dir", str(tmp_path / "textfile"),
                              *RECORD_DEPLOYMENT, "--lock-timeout", "2"], capture_output=True, text=True,
@@ -332,8 +332,8 @@ atexit.register(report)
 
 
 def test_a_record_run_builds_no_enum_protocol_or_typing_alias(tmp_path: Path) -> None:
-    """Making an enum class costs about 0.1 ms at import, a Protocol or a typing alias (Union[...]) a few tens of
-    microseconds: three constants for a family's kind are a plain class, and what only the type checker reads
+    """Making an enum class, a Protocol or a typing alias (Union[...]) is start-up a record run pays at import
+    (bench/README.md): three constants for a family's kind are a plain class, and what only the type checker reads
     (a Protocol, an alias) is defined for it alone (``if TYPE_CHECKING``)."""
     result = subprocess.run([sys.executable, "-c", TYPING_MACHINERY, "--textfile-dir", str(tmp_path / "textfile"),
                              *RECORD_DEPLOYMENT], capture_output=True, text=True,
@@ -439,10 +439,10 @@ PROGRAMS = {
 def test_a_command_ends_once_its_exit_hooks_ran_without_tearing_the_interpreter_down(
         tmp_path: Path, program: str, arguments: list[str], status: int) -> None:
     """Tearing the interpreter down (``python -v`` prints a "# cleanup" or "# destroy" line for each step) is
-    about a twentieth of a record run's CPU, spent on a process about to end. Once its command is done, the CLI
-    runs the exit hooks, flushes its output and ends the process with the command's status: what was printed,
-    also by an exit hook, is all there; the status is the command's. The console scripts do (dispatch.script,
-    cli.script), and ``python -m fraisier_textfile``."""
+    a twentieth of a record run's CPU (bench/README.md), spent on a process about to end. Once its command is
+    done, the CLI runs the exit hooks, flushes its output and ends the process with the command's status: what
+    was printed, also by an exit hook, is all there; the status is the command's. The console scripts do
+    (dispatch.script, cli.script), and ``python -m fraisier_textfile``."""
     directory = str(tmp_path / "textfile")
     result = subprocess.run(
         [sys.executable, "-v", *PROGRAMS[program], *(a.format(directory=directory) for a in arguments)],
@@ -485,7 +485,7 @@ def test_a_command_leaves_a_thread_that_is_not_a_daemon_to_finish(tmp_path: Path
 def test_the_script_imports_typing_and_its_kin_only_under_the_paused_collector() -> None:
     """As the console script starts, importing the dispatcher imports the package first, outside the CLI's paused
     collector (cli.LastingImports): typing there, with re, enum and the rest it imports, made the collector run
-    about eight times (a millisecond of a record run) over objects that are not garbage. Those modules are click's
+    about eight times over objects that are not garbage (bench/README.md). Those modules are click's
     to import, under the pause. Run without site (an editable install's finder imports typing at start-up)."""
     repository = str(Path(__file__).resolve().parent.parent)
     script = (f"import sys; sys.path.insert(0, {repository!r}); import fraisier_textfile.cli.dispatch; "
