@@ -29,15 +29,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import TYPE_CHECKING
 
 from fraisier_textfile.errors import UnexpectedFileError, write_error
 
-if TYPE_CHECKING:
-    # For the type checker alone, as every annotation that names it (a typing alias costs a record run's import).
-    PathName = str | os.PathLike[str]
-    """A path as the store takes it: it works with strings (a record run has no use for pathlib: see errors.py),
-    and takes a Path too."""
+# A union of the builtin kind (types.UnionType), not typing's Union: typing's aliases cost a record run's import.
+PathName = str | os.PathLike[str]
+"""A path as the store takes it: it works with strings (a record run has no use for pathlib: see errors.py), and
+takes a Path too."""
 
 DIRECTORY_MODE = 0o755
 """The textfile directory, when the store creates it: node_exporter's user must enter it and read the file."""
