@@ -480,12 +480,11 @@ def test_the_dispatcher_knows_every_group_option_of_ours() -> None:
     """Likewise for the options before the command: one it does not know would send the line to Fraisier."""
     import click
 
-    from fraisier_textfile.cli.dispatch import HELP_OPTIONS, OUR_GROUP_OPTIONS
+    from fraisier_textfile.cli.dispatch import OUR_GROUP_OPTIONS
     from fraisier_textfile.cli.group import main
 
-    # --version goes to Fraisier when it is installed; -h/--help (a parameter of the group, as ours) to the help.
     options = {name for parameter in main.params if isinstance(parameter, click.Option)
-               for name in parameter.opts if name != "--version" and name not in HELP_OPTIONS}
+               for name in parameter.opts if name != "--version"}
     assert options <= set(OUR_GROUP_OPTIONS)
     for parameter in main.params:
         if isinstance(parameter, click.Option) and parameter.envvar:

@@ -247,10 +247,46 @@ def _show_help(context: click.Context, parameter: click.Parameter, value: bool) 
         context.exit()
 
 
-def help_option() -> click.Option:
-    """A command's -h/--help, as click's (which each command then goes without: ``add_help_option``)."""
-    return click.Option(["-h", "--help"], is_flag=True, expose_value=False, is_eager=True,
-                        callback=_show_help, help="Show this message and exit.")
+def own_help_option(command: click.Command, context: click.Context) -> click.Option | None:
+    """What click's ``Command.get_help_option`` gives, in the same words, built once per command (click tells its
+    options apart by identity) and looking no word up. click asks for it to parse, to list the options and to say
+    "Try '... --help' for help." after a usage error."""
+    names = command.get_help_option_names(context)
+    if not names or not command.add_help_option:
+        return None
+    option: click.Option | None = getattr(command, "_own_help_option", None)
+    if option is None:
+        option = click.Option(names, is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
+                              help="Show this message and exit.")
+        command._own_help_option = option  # type: ignore[attr-defined]
+    return option
+
+
+class Command(click.Command):
+    """Our commands: click's, with :func:`own_help_option`."""
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return own_help_option(self, ctx)
+
+
+class Group(click.Group):
+    """Our command groups: click's, with :func:`own_help_option`; their commands and subgroups are ours too."""
+
+    command_class = Command
+    group_class = type  # click's convention: a subgroup of this same class
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return own_help_option(self, ctx)
+
+
+class MainGroup(HintingGroup):
+    """The ``fraisier-textfile`` group (combined.HintingGroup's hints), with :func:`own_help_option`."""
+
+    command_class = Command
+    group_class = Group
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return own_help_option(self, ctx)
 
 
 def _show_version(context: click.Context, parameter: click.Parameter, value: bool) -> None:
@@ -260,7 +296,7 @@ def _show_version(context: click.Context, parameter: click.Parameter, value: boo
         context.exit()
 
 
-@click.group(cls=HintingGroup, context_settings=CONTEXT, commands=LazyCommands(COMMANDS), add_help_option=False)
+@click.group(cls=MainGroup, context_settings=CONTEXT, commands=LazyCommands(COMMANDS))
 @click.option(
     "--textfile-dir",
     envvar=DIRECTORY_ENVIRONMENT,
@@ -323,7 +359,6 @@ def main(context: click.Context, textfile_dir: str, lock_timeout: str | None, lo
                            logs_at_first_record=context.invoked_subcommand == "record")
 
 
-main.params.append(help_option())  # last, as click lists its own
 pass_settings = click.pass_obj
 
 
@@ -374,9 +409,6 @@ def _give_group_options(command: click.Command) -> None:
                                              shell_complete=choices(logs.FORMATS)),
     }
     command.params.extend(options[name]() for name in getattr(command, _USES, GROUP_OPTIONS))
-    if command.add_help_option:
-        command.params.append(help_option())
-        command.add_help_option = False
     if isinstance(command, click.Group):
         # Each subcommand gets them when first looked up: a run builds the options of the one it runs.
         command.commands = LazyCommands(command.commands)
