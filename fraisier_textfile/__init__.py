@@ -32,8 +32,6 @@ commands; the *bridge* points Fraisier's ``fraisier.metrics`` at the textfile.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 # The one place: pyproject reads it, `fraisier-textfile --version` prints it; CHANGELOG.md's latest release.
 __version__ = "0.2.0"
 
@@ -49,7 +47,14 @@ from fraisier_textfile.errors import (
     WebConfigError,
 )
 
+# typing is not imported here: the `fraisier` script imports this module before anything else, outside the
+# CLI's paused collector (cli.LastingImports), and typing with re, enum and the rest it imports made the
+# collector run over them there (bench/README.md). mypy reads any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+
 if TYPE_CHECKING:
+    from typing import Any
+
     from fraisier_textfile.catalogue import DEPLOYMENT_STATUSES, FAMILIES, HEALTH_CHECK_STATUSES, Family
     from fraisier_textfile.changes import Changes
     from fraisier_textfile.fraisier_store import FraisierStore as TextfileStore

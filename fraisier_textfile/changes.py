@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 from fraisier_textfile import catalogue, validate
 from fraisier_textfile.store.changes import Changes as Changes  # re-exported: it was defined here
-from fraisier_textfile.store.changes import Sink
 from fraisier_textfile.store.inflight import MarkerRules
 
 if TYPE_CHECKING:
+    from fraisier_textfile.store.changes import Sink
     from fraisier_textfile.store.deployments import Deployment
 
 # The events. Each validates everything before it records anything, so a bad value records nothing.

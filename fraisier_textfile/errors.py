@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import errno as errnos
 import os
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing is not imported here: see fraisier_textfile/__init__.py
 
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
 
 def _as_path(path: Path | str | os.PathLike[str]) -> Path:

@@ -116,7 +116,7 @@ def test_the_systemd_units_run_the_script_that_is_always_ours() -> None:
     import tomllib  # type: ignore[import-not-found]
 
     scripts = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]["scripts"]
-    [always_ours] = [name for name, target in scripts.items() if target == "fraisier_textfile.cli:main"]
+    [always_ours] = [name for name, target in scripts.items() if target == "fraisier_textfile.cli:script"]
     for unit in sorted((REPOSITORY / "contrib" / "systemd").glob("*.service")):
         for line in unit.read_text().splitlines():
             if line.startswith("ExecStart="):

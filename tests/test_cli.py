@@ -384,7 +384,7 @@ def test_install_dispatcher_replaces_only_a_fraisier_script(tmp_path: Path) -> N
     written = install_dispatcher(tmp_path)
     assert written == tmp_path / "fraisier"
     text = written.read_text()
-    assert text.startswith(f"#!{sys.executable}\n") and "from fraisier_textfile.cli.dispatch import main" in text
+    assert text.startswith(f"#!{sys.executable}\n") and "from fraisier_textfile.cli.dispatch import script" in text
     assert written.stat().st_mode & 0o777 == 0o755
     assert [path.name for path in tmp_path.iterdir()] == ["fraisier"]
     # Run as the script pip would have written: without Fraisier it is our CLI.
@@ -397,6 +397,16 @@ def test_install_dispatcher_replaces_only_a_fraisier_script(tmp_path: Path) -> N
     with pytest.raises(InvalidValueError, match="is neither Fraisier's script nor ours: move it aside"):
         install_dispatcher(tmp_path)
     assert written.read_text() == someone_elses
+
+
+def test_install_dispatcher_replaces_the_script_an_earlier_version_of_ours_wrote(tmp_path: Path) -> None:
+    """0.2.0's console script called dispatch.main (now dispatch.script, which ends the process at once)."""
+    from fraisier_textfile.cli.scripts import install_dispatcher
+
+    ours_before = ("#!/usr/bin/python3\nimport re\nimport sys\nfrom fraisier_textfile.cli.dispatch import main\n"
+                   "if __name__ == '__main__':\n    sys.exit(main())\n")
+    (tmp_path / "fraisier").write_text(ours_before)
+    assert "from fraisier_textfile.cli.dispatch import script\n" in install_dispatcher(tmp_path).read_text()
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +175,45 @@ def test_the_completion_script_is_what_the_guide_says() -> None:
     assert 'eval "$(_FRAISIER_COMPLETE=bash_source fraisier)"' in guide
 
 
+def test_every_command_lists_its_help_option_last_and_the_group_its_version(tmp_path: Path) -> None:
+    """-h and --help at every level, listed last, and --version on the group, as click's own options say them."""
+    for words in ([], ["record"], ["record", "deployment"], ["textfile", "check"]):
+        for option in ("-h", "--help"):
+            result = fraisier(*words, option)
+            assert result.returncode == 0, result.stderr
+            lines = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("-")]
+            assert re.fullmatch(r"-h, --help +Show this message and exit\.", lines[-1]), lines
+    listed = fraisier("--help").stdout
+    assert re.search(r"^  --version +Show the version and exit\.$", listed, re.MULTILINE), listed
+    assert fraisier("record", "--version").returncode == 2  # the group's option, not its commands'
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_textfile_dir_that_is_a_file_is_a_usage_error(tmp_path: Path, where: str) -> None:
+    """--textfile-dir names a directory: a file there is refused before anything is recorded, as click's
+    directory type says it, whether the option comes before or after the command."""
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    option = ["--textfile-dir", str(plain)]
+    words = [*option, *RECORD_DEPLOYMENT] if where == "before" else [*RECORD_DEPLOYMENT, *option]
+    result = subprocess.run([sys.executable, "-m", "fraisier_textfile", *words], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"Invalid value for '--textfile-dir': Directory '{plain}' is a file." in result.stderr
+    assert plain.read_text() == ""
+
+
+def test_completion_of_the_textfile_dir_offers_directories() -> None:
+    environment = dict(os.environ, _FRAISIER_COMPLETE="bash_complete",
+                       COMP_WORDS="fraisier record deployment --textfile-dir ", COMP_CWORD="4")
+    for words in ("fraisier --textfile-dir ", "fraisier record deployment --textfile-dir "):
+        environment.update(COMP_WORDS=words, COMP_CWORD=str(len(words.split())))
+        result = subprocess.run(
+            [sys.executable, "-c", "from fraisier_textfile.cli.group import main; main(prog_name='fraisier')"],
+            env=environment, capture_output=True, text=True,
+        )
+        assert (result.returncode, result.stdout) == (0, "dir,\n"), result.stderr
+
+
 # What one command loads
 
 
@@ -221,6 +261,86 @@ def test_a_record_run_imports_no_module_it_has_no_use_for(tmp_path: Path) -> Non
     assert not {"logging", "signal", "queue"} & loaded
 
 
+def test_a_record_run_asks_gettext_for_nothing(tmp_path: Path) -> None:
+    """click translates its own words through gettext, and gettext's first lookup imports locale (its table of
+    aliases: a sixth of what our own modules cost a record run; bench/README.md). A record run builds none of click's
+    options that look a word up (its help and version options, its path type): ours say the same words."""
+    loaded = modules_loaded_by(["--textfile-dir", str(tmp_path / "textfile"), *RECORD_DEPLOYMENT], tmp_path)
+    assert "fraisier_textfile.cli.record" in loaded
+    assert "locale" not in loaded
+
+
+def test_a_record_run_loads_no_extension_module_for_a_search_over_a_few_bounds(tmp_path: Path) -> None:
+    """Loading a C extension (a shared object) is start-up a process pays (bench/README.md): the bisect
+    module's, for finding the bucket of a duration among a dozen bounds and the segment of an edited line, is more
+    than the searches themselves will ever cost (format/schema.py's Family.bucket_of, format/span.py). Run with
+    bisect made unimportable (an editable install's finder loads it at start-up), a record run records its event,
+    twice: the second edits the lines the first wrote."""
+    script = "import sys\nsys.modules['bisect'] = sys.modules['_bisect'] = None\n" + LOADED_MODULES
+    textfile_dir = tmp_path / "textfile"
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", script, "--textfile-dir", str(textfile_dir),
+                                 *RECORD_DEPLOYMENT], capture_output=True, text=True,
+                                env=dict(os.environ, MODULES_LISTING=str(tmp_path / "modules.txt")))
+        assert result.returncode == 0, result.stderr
+    assert sample_values(textfile_dir / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 2
+
+
+COMPILED = """
+import re, sys
+compiled = []
+compile = re.compile
+def ours(pattern, flags=0):
+    if "fraisier_textfile" in sys._getframe(1).f_code.co_filename:
+        compiled.append(pattern)
+    return compile(pattern, flags)
+re.compile = ours
+import atexit, os
+atexit.register(lambda: compiled and os.write(2, ("compiled: " + repr(compiled)).encode()))
+""" + LOADED_MODULES
+
+
+def test_a_record_run_compiles_no_regular_expression(tmp_path: Path) -> None:
+    """Compiling a pattern costs a process more than matching what a record run reads with it (its
+    seconds, a setting): none of ours is compiled at import, and a record run's values are read without one."""
+    result = subprocess.run([sys.executable, "-c", COMPILED, "--textfile-dir", str(tmp_path / "textfile"),
+                             *RECORD_DEPLOYMENT, "--lock-timeout", "2"], capture_output=True, text=True,
+                            env=dict(os.environ, MODULES_LISTING=str(tmp_path / "modules.txt"),
+                                     FRAISIER_LOCK_WAIT_BUDGET="0.5", FRAISIER_MAX_SERIES_PER_FAMILY="5000"))
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+TYPING_MACHINERY = """
+import atexit, enum, sys, typing
+
+def report():
+    built = []
+    for name, module in list(sys.modules.items()):
+        if name.startswith("fraisier_textfile"):
+            for attribute, value in vars(module).items():
+                if isinstance(value, type) and value.__module__ == name and (
+                        issubclass(value, enum.Enum) or getattr(value, "_is_protocol", False)):
+                    built.append(f"{name}.{attribute}")
+                elif type(value).__module__ == "typing" and not isinstance(value, typing.TypeVar) and not any(
+                        value is own for own in vars(typing).values()):  # made here, not typing's own (Any)
+                    built.append(f"{name}.{attribute}")
+    print(sorted(built))
+
+atexit.register(report)
+""" + LOADED_MODULES
+
+
+def test_a_record_run_builds_no_enum_protocol_or_typing_alias(tmp_path: Path) -> None:
+    """Making an enum class, a Protocol or a typing alias (Union[...]) is start-up a record run pays at import
+    (bench/README.md): three constants for a family's kind are a plain class, and what only the type checker reads
+    (a Protocol, an alias) is defined for it alone (``if TYPE_CHECKING``)."""
+    result = subprocess.run([sys.executable, "-c", TYPING_MACHINERY, "--textfile-dir", str(tmp_path / "textfile"),
+                             *RECORD_DEPLOYMENT], capture_output=True, text=True,
+                            env=dict(os.environ, MODULES_LISTING=str(tmp_path / "modules.txt")))
+    assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr
+
+
 def test_a_record_run_imports_no_pathlib(tmp_path: Path) -> None:
     """pathlib (with the urllib.parse and ipaddress it imports) is a few of our modules' worth of start-up: the store
     works with strings, and makes a Path only for whoever asks for one (an error's path, the store's public
@@ -245,6 +365,25 @@ def test_a_record_run_that_meets_no_hand_over_loads_none_of_their_code(tmp_path:
     assert not {"fraisier_textfile.store.handover_codec", "fraisier_textfile.store.handover_order",
                 "fraisier_textfile.store.selection"} & loaded
 
+
+
+def test_a_record_run_that_meets_no_marker_loads_neither_deployments_nor_process_identities(tmp_path: Path) -> None:
+    """A record run into a directory where no deployment in flight left a marker imports neither the handle of a
+    deployment this process runs (store/deployments.py: `fraisier exec` and the recorder start them) nor how a
+    marker's writer is told alive (store/process_identity.py): each is loaded by the first merge that needs it.
+    With a marker there, the same run loads the identities and counts the dead writer's deployment crashed."""
+    loaded = modules_loaded_by(["--textfile-dir", str(tmp_path / "textfile"), *RECORD_DEPLOYMENT], tmp_path)
+    assert "fraisier_textfile.store.markers" in loaded  # the merge looked for markers
+    assert not {"fraisier_textfile.store.deployments", "fraisier_textfile.store.process_identity"} & loaded
+    dead = subprocess.run(
+        [sys.executable, "-c", "import sys; from fraisier_textfile.store import markers; "
+         "markers.create_marker(sys.argv[1], 'bare_metal', 'api')", str(tmp_path / "textfile")],
+        capture_output=True, text=True)
+    assert dead.returncode == 0, dead.stderr
+    loaded = modules_loaded_by(["--textfile-dir", str(tmp_path / "textfile"), *RECORD_DEPLOYMENT], tmp_path)
+    assert "fraisier_textfile.store.process_identity" in loaded
+    assert sample_values(tmp_path / "textfile" / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}'] == 1
 
 COLLECTIONS_SEEN = """
 import atexit, gc, json, sys
@@ -275,6 +414,96 @@ def test_a_record_run_collects_no_garbage_while_it_imports_and_leaves_the_collec
     # Those whose modules are more than the dispatcher's own and fewer than all: run during main()'s imports.
     while_importing = [modules for modules in after["seen"] if set(before) < set(modules) < set(after["loaded"])]
     assert not while_importing, f"{len(while_importing)} collections ran while the CLI's modules were imported"
+
+
+EXIT_HOOK_SEEN = """
+import atexit, sys
+atexit.register(lambda: print("exit hook", flush=False))  # printed, not flushed: the CLI's end flushes it
+sys.argv[0] = "fraisier"
+from {module} import script
+script()
+"""
+PROGRAMS = {
+    "fraisier": ["-c", EXIT_HOOK_SEEN.format(module="fraisier_textfile.cli.dispatch")],
+    "fraisier-textfile": ["-c", EXIT_HOOK_SEEN.format(module="fraisier_textfile.cli")],
+    "python -m": ["-m", "fraisier_textfile"],
+}
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+@pytest.mark.parametrize(("arguments", "status"), [
+    (["--textfile-dir", "{directory}", *RECORD_DEPLOYMENT], 0),
+    (["--textfile-dir", "{directory}", "textfile", "path"], 0),
+    (["--textfile-dir", "{directory}", "record", "deployment", "--provider", "bare_metal"], 2),
+])
+def test_a_command_ends_once_its_exit_hooks_ran_without_tearing_the_interpreter_down(
+        tmp_path: Path, program: str, arguments: list[str], status: int) -> None:
+    """Tearing the interpreter down (``python -v`` prints a "# cleanup" or "# destroy" line for each step) is
+    a twentieth of a record run's CPU (bench/README.md), spent on a process about to end. Once its command is
+    done, the CLI runs the exit hooks, flushes its output and ends the process with the command's status: what
+    was printed, also by an exit hook, is all there; the status is the command's. The console scripts do
+    (dispatch.script, cli.script), and ``python -m fraisier_textfile``."""
+    directory = str(tmp_path / "textfile")
+    result = subprocess.run(
+        [sys.executable, "-v", *PROGRAMS[program], *(a.format(directory=directory) for a in arguments)],
+        capture_output=True, text=True)
+    assert result.returncode == status, result.stderr
+    assert not [line for line in result.stderr.splitlines() if line.startswith(("# cleanup", "# destroy"))]
+    hook = "" if program == "python -m" else "exit hook\n"
+    assert result.stdout.endswith(hook)
+    if arguments[2:4] == ["textfile", "path"]:
+        assert result.stdout == f"{tmp_path / 'textfile' / 'fraisier.prom'}\n{hook}"
+
+
+def test_main_called_from_python_ends_with_system_exit_and_its_caller_goes_on(tmp_path: Path) -> None:
+    """Only the programs end the process: a caller of ``main()`` (bench/trace_event.py, a test) gets SystemExit, as
+    from any click command, and goes on, also after a record command of ours."""
+    script = ("import sys\n"
+              "from fraisier_textfile.cli.dispatch import main\n"
+              "sys.argv[0] = 'fraisier'\n"
+              "try:\n"
+              "    main()\n"
+              "except SystemExit as stop:\n"
+              "    print('went on after', stop.code)\n")
+    result = subprocess.run([sys.executable, "-c", script, "--textfile-dir", str(tmp_path), *RECORD_DEPLOYMENT],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, "went on after 0\n"), result.stderr
+
+
+def test_a_command_leaves_a_thread_that_is_not_a_daemon_to_finish(tmp_path: Path) -> None:
+    """A thread the process must wait for (one that is not a daemon) is waited for, as the interpreter does."""
+    script = ("import sys, threading, time\n"
+              "threading.Thread(target=lambda: (time.sleep(0.5), print('finished', flush=True))).start()\n"
+              "sys.argv[0] = 'fraisier'\n"
+              "from fraisier_textfile.cli.dispatch import script\n"
+              "script()\n")
+    result = subprocess.run([sys.executable, "-c", script, "--textfile-dir", str(tmp_path), "textfile", "path"],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stdout.splitlines()[-1]) == (0, "finished"), result.stderr
+
+
+def test_the_script_imports_typing_and_its_kin_only_under_the_paused_collector() -> None:
+    """As the console script starts, importing the dispatcher imports the package first, outside the CLI's paused
+    collector (cli.LastingImports): typing there, with re, enum and the rest it imports, made the collector run
+    about eight times over objects that are not garbage (bench/README.md). Those modules are click's
+    to import, under the pause. Run without site (an editable install's finder imports typing at start-up)."""
+    repository = str(Path(__file__).resolve().parent.parent)
+    script = (f"import sys; sys.path.insert(0, {repository!r}); import fraisier_textfile.cli.dispatch; "
+              "print(sorted({'typing', 're', 'enum', 'functools', 'contextlib'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr
+
+
+def test_importing_the_package_leaves_the_collector_as_it_found_it() -> None:
+    """A program that imports the library (Fraisier, through the bridge) keeps its collector: on if it was on,
+    nothing frozen; off if it was off."""
+    script = ("import gc, sys\n"
+              "if sys.argv[1] == 'off': gc.disable()\n"
+              "import fraisier_textfile, fraisier_textfile.metrics\n"
+              "print(gc.isenabled(), gc.get_freeze_count())\n")
+    for state, expected in (("on", "True 0\n"), ("off", "False 0\n")):
+        result = subprocess.run([sys.executable, "-c", script, state], capture_output=True, text=True)
+        assert (result.returncode, result.stdout) == (0, expected), result.stderr
 
 
 def test_the_dispatcher_decides_where_a_line_goes_before_importing_the_cli_framework() -> None:

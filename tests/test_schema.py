@@ -134,3 +134,15 @@ def test_a_schema_that_names_a_family_twice_or_a_zero_series_label_it_lacks_is_r
         Schema([JOBS, JOBS])
     with pytest.raises(ValueError, match="does not have"):
         Family("x_total", Kind.COUNTER, ("job",), "x", zero_series=("result", ("ok",)))
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.0, 0.05, 0.1, 0.2, 1.0, 9.99, 10.0, 10.5, 1e300, float("inf"),
+                                   float("-inf"), float("nan")])
+def test_the_bucket_a_value_falls_in_is_the_first_bound_not_below_it(value: float) -> None:
+    """``le`` is inclusive: a value on a bound counts in that bound's bucket; above every bound, in +Inf's (the
+    last); NaN in the first, as bisect.bisect_left places it (the order the recorder's registry, prometheus_client,
+    never gets to: it is said here once for the store and the recorder)."""
+    import bisect
+
+    family = Family("h", Kind.HISTOGRAM, ("provider",), "A histogram.", buckets=(0.1, 0.5, 1.0, 10.0))
+    assert family.bucket_of(value) == bisect.bisect_left(family.buckets, value)

@@ -21,7 +21,20 @@ def test_anything_else_is_not_seconds(text: str) -> None:
         settings.seconds_text("FRAISIER_LOCK_TIMEOUT", text)
 
 
-@pytest.mark.parametrize("text", ["1_000", "10²", "١٢", "+5", "-5", "5.0", " 5", "1e3"])
+@pytest.mark.parametrize("text, seconds", [("1.", 1.0), ("+.5e-3", 0.0005), ("1E5", 1e5), ("-0", 0.0), ("+1", 1.0),
+                                           ("007", 7.0), ("1e+2", 100.0), ("0.0e0", 0.0)])
+def test_seconds_are_a_plain_decimal_with_a_sign_a_point_or_an_exponent(text: str, seconds: float) -> None:
+    assert settings.seconds_text("FRAISIER_LOCK_TIMEOUT", text) == seconds
+
+
+@pytest.mark.parametrize("text", [".", "e5", "1e", "1e+", "+", "-", "1.5.2", "--1", "+-1", "1e5.5", "1\n", "\n1",
+                                  "1..", "..5", "1e_5", "1_0.5", ".e1", "1.e", "Infinity", "1e5e5", "5-"])
+def test_what_is_not_one_decimal_number_is_not_seconds(text: str) -> None:
+    with pytest.raises(InvalidValueError, match="is not a number"):
+        settings.seconds_text("FRAISIER_LOCK_TIMEOUT", text)
+
+
+@pytest.mark.parametrize("text", ["1_000", "10²", "١٢", "+5", "-5", "5.0", " 5", "1e3", "", "5\n"])
 def test_a_whole_number_is_ascii_digits_only(text: str) -> None:
     """str.isdigit accepts '²' and '١', which int refuses or reads: neither is what an operator typed for 10."""
     with pytest.raises(InvalidValueError, match="not a whole number"):

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
-from fraisier_textfile.cli import LastingImports
+from fraisier_textfile.cli import LastingImports, run_to_the_end
 
 OUR_COMMANDS = frozenset({"record", "exec", "textfile", "metrics", "systemd", "install-dispatcher"})
 # Our group options that take a value, and the environment variable each stands for (see cli/group.py's main).
@@ -162,8 +163,16 @@ def fraisier_installed() -> bool:
     return find_spec("fraisier") is not None
 
 
-def main() -> None:
-    """The ``fraisier`` console script."""
+def script() -> None:
+    """The ``fraisier`` console script: :func:`main`, and once one of our commands is done the process ends at once
+    (cli.run_to_the_end); Fraisier's commands end as the interpreter ends them (their objects may hold what only
+    their finalizers write)."""
+    main(end_process=True)
+
+
+def main(*, end_process: bool = False) -> None:
+    """The ``fraisier`` command line, in this process (``end_process``: see :func:`script`)."""
+    run = run_to_the_end if end_process else _call
     decision = route(sys.argv[1:])
     if decision.destination == Route.OURS and decision.fraisier_options and fraisier_installed():
         # Fraisier's group options before our command (without Fraisier, our CLI refuses them as it always has).
@@ -178,13 +187,13 @@ def main() -> None:
         except click.UsageError as error:
             error.show()
             sys.exit(error.exit_code)
-        our_main(args=arguments, **settings)
+        run(lambda: our_main(args=arguments, **settings))
         return
     if decision.destination == Route.OURS or not fraisier_installed():
         with LastingImports():
             from fraisier_textfile.cli.group import main as our_main
 
-        our_main()
+        run(our_main)
         return
     if decision.destination == Route.HELP:
         from fraisier_textfile.cli.combined import combined_group
@@ -207,6 +216,10 @@ def main() -> None:
     finally:
         take_fraisier_state()  # click exits with SystemExit: this runs after every command, however it ended
     sys.exit(status)
+
+
+def _call(command: Callable[[], object]) -> None:
+    command()
 
 
 STATE_WAIT = 2.0

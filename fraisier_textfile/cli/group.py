@@ -8,9 +8,11 @@ prometheus_client: a ``fraisier record`` run from cron must not pay for it.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -22,6 +24,9 @@ from fraisier_textfile.fraisier_store import FraisierStore
 from fraisier_textfile.store.files import DIRECTORY_ENVIRONMENT, default_directory_name
 from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENVIRONMENT
 from fraisier_textfile.store.textfile import TextfileStore
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 
 class InvalidInput(click.ClickException):
@@ -206,11 +211,96 @@ class LazyCommands(MutableMapping[str, click.Command]):
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(cls=HintingGroup, context_settings=CONTEXT, commands=LazyCommands(COMMANDS))
+# click's own help and version options and its path type look their words up through gettext when they are built,
+# and gettext's first lookup imports locale (its table of aliases; bench/README.md). Ours say the same words and
+# build nothing that looks one up: a record run asks gettext for nothing (click still translates the words of its
+# errors, where the time does not matter).
+
+
+class Directory(click.ParamType):  # type: ignore[type-arg, unused-ignore]  # generic in newer click only
+    """``click.Path(file_okay=False)``: a directory's name, kept as the string given (the store works with
+    strings), refused if it names a file or one this user may not read; completed as directories."""
+
+    name = "directory"
+
+    def convert(self, value: Any, parameter: click.Parameter | None, context: click.Context | None) -> Any:
+        try:
+            status = os.stat(value)
+        except OSError:
+            return value  # made by the store, which says what is wrong if it cannot
+        if stat.S_ISREG(status.st_mode):
+            self.fail(f"Directory {click.format_filename(value)!r} is a file.", parameter, context)
+        if not os.access(value, os.R_OK):
+            self.fail(f"Directory {click.format_filename(value)!r} is not readable.", parameter, context)
+        return value
+
+    def shell_complete(self, context: click.Context, parameter: click.Parameter,
+                       incomplete: str) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(incomplete, type="dir")]
+
+
+def _show_help(context: click.Context, parameter: click.Parameter, value: bool) -> None:
+    if value and not context.resilient_parsing:
+        click.echo(context.get_help(), color=context.color)
+        context.exit()
+
+
+def own_help_option(command: click.Command, context: click.Context) -> click.Option | None:
+    """What click's ``Command.get_help_option`` gives, in the same words, built once per command (click tells its
+    options apart by identity) and looking no word up. click asks for it to parse, to list the options and to say
+    "Try '... --help' for help." after a usage error."""
+    names = command.get_help_option_names(context)
+    if not names or not command.add_help_option:
+        return None
+    option: click.Option | None = getattr(command, "_own_help_option", None)
+    if option is None:
+        option = click.Option(names, is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
+                              help="Show this message and exit.")
+        command._own_help_option = option  # type: ignore[attr-defined]
+    return option
+
+
+class Command(click.Command):
+    """Our commands: click's, with :func:`own_help_option`."""
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return own_help_option(self, ctx)
+
+
+class Group(click.Group):
+    """Our command groups: click's, with :func:`own_help_option`; their commands and subgroups are ours too."""
+
+    command_class = Command
+    group_class = type  # click's convention: a subgroup of this same class
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return own_help_option(self, ctx)
+
+
+class MainGroup(HintingGroup):
+    """The ``fraisier-textfile`` group (combined.HintingGroup's hints), with :func:`own_help_option`."""
+
+    command_class = Command
+    group_class = Group
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return own_help_option(self, ctx)
+
+
+def _show_version(context: click.Context, parameter: click.Parameter, value: bool) -> None:
+    # Named for this package whatever script started it: `fraisier, version 0.1.0` read as an old Fraisier.
+    if value and not context.resilient_parsing:
+        click.echo(f"fraisier-textfile, version {__version__}", color=context.color)
+        context.exit()
+
+
+@click.group(cls=MainGroup, context_settings=CONTEXT, commands=LazyCommands(COMMANDS))
 @click.option(
     "--textfile-dir",
     envvar=DIRECTORY_ENVIRONMENT,
-    type=click.Path(file_okay=False),  # a string: the store works with strings (store/files.py)
+    type=Directory(),
     default=default_directory_name,
     show_default=default_directory_name(),
     help=f"Directory of fraisier.prom; created if missing. Point node_exporter's "
@@ -236,8 +326,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
               show_default=logs.DEFAULT_FORMAT, shell_complete=choices(logs.FORMATS),
               help=f"logfmt (time=... level=... msg=...) or json (one object a line), as node_exporter's. "
               f"Env: {logs.FORMAT_ENVIRONMENT}.")
-# Named for this package whatever script started it: `fraisier, version 0.1.0` read as an old Fraisier.
-@click.version_option(__version__, prog_name="fraisier-textfile", message="%(prog)s, version %(version)s")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show the version and exit.")
 @click.pass_context
 def main(context: click.Context, textfile_dir: str, lock_timeout: str | None, log_level: str | None,
          log_format: str | None) -> None:
@@ -311,7 +401,7 @@ def _give_group_options(command: click.Command) -> None:
     """``fraisier textfile check --textfile-dir X`` as well as ``fraisier --textfile-dir X textfile check``.
     A value given after the command wins over one given before it."""
     options = {
-        "textfile-dir": lambda: _shared_option("textfile-dir", type=click.Path(file_okay=False)),
+        "textfile-dir": lambda: _shared_option("textfile-dir", type=Directory()),
         "lock-timeout": lambda: _shared_option("lock-timeout", metavar="SECONDS"),
         "log-level": lambda: _shared_option("log-level", metavar="[" + "|".join(logs.LEVELS) + "]",
                                             shell_complete=choices(list(logs.LEVELS))),

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from fraisier_textfile.cli.group import Settings, library_errors, pass_settings, uses_group_options
+from fraisier_textfile.cli.group import Command, Settings, library_errors, pass_settings, uses_group_options
 
 
 @uses_group_options("textfile-dir")  # the units' directory; the rest would be ignored
-@click.command(short_help="Write the systemd units (server, socket, refresh timer) for this installation.")
+@click.command(cls=Command, short_help="Write the systemd units (server, socket, refresh timer) for this installation.")
 @click.option("--user", required=True,
               help="The deploying user, who owns the textfile directory (User= of the services).")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("/etc/systemd/system"),
@@ -48,7 +48,8 @@ def systemd(settings: Settings, user: str, output: Path, address: str, port: int
 
 
 @uses_group_options()  # writes a script: no metrics, nothing logged
-@click.command("install-dispatcher", short_help="Put the `fraisier` dispatcher back after an upgrade of Fraisier.")
+@click.command("install-dispatcher", cls=Command,
+               short_help="Put the `fraisier` dispatcher back after an upgrade of Fraisier.")
 def install_dispatcher() -> None:
     """Put this package's `fraisier` script back beside fraisier-textfile, after an upgrade of Fraisier.
 

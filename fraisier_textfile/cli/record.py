@@ -13,13 +13,22 @@ import click
 
 from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
-from fraisier_textfile.cli.group import InvalidInput, Settings, choices, library_errors, pass_settings, seconds
+from fraisier_textfile.cli.group import (
+    Command,
+    Group,
+    InvalidInput,
+    Settings,
+    choices,
+    library_errors,
+    pass_settings,
+    seconds,
+)
 from fraisier_textfile.errors import FraisierTextfileError, UnexpectedFileError
 from fraisier_textfile.fraisier_store import FraisierStore
 from fraisier_textfile.store.textfile import TextfileStore
 
 
-@click.group()
+@click.group(cls=Group)
 def record() -> None:
     """Record one event into the textfile (for cron jobs and deploy hooks).
 
@@ -147,7 +156,7 @@ def lock_wait(settings: Settings, service: str, provider: str, wait_time: str) -
 
 
 @click.command(
-    "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+    "exec", cls=Command, context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
 )
 @PROVIDER
 @click.option("--fraise-type", required=True, help="Fraise type, e.g. api, etl, scheduled, backup.")

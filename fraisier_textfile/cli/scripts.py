@@ -19,18 +19,20 @@ from fraisier_textfile.errors import InvalidValueError
 
 SCRIPT = "fraisier"
 OUR_SCRIPT = "fraisier-textfile"
-# What pip writes for `fraisier = "fraisier_textfile.cli.dispatch:main"` (pyproject's [project.scripts]).
+# What pip writes for `fraisier = "fraisier_textfile.cli.dispatch:script"` (pyproject's [project.scripts]).
 TEMPLATE = """#!{interpreter}
 # -*- coding: utf-8 -*-
 import re
 import sys
-from fraisier_textfile.cli.dispatch import main
+from fraisier_textfile.cli.dispatch import script
 if __name__ == "__main__":
     sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
-    sys.exit(main())
+    sys.exit(script())
 """
-# A `fraisier` this may replace: a console script of Fraisier's or of ours, as pip writes them.
-REPLACEABLE = ("from fraisier.cli import main", "from fraisier_textfile.cli.dispatch import main")
+# A `fraisier` this may replace: a console script of Fraisier's or of ours, as pip writes them (0.2.0's
+# called dispatch.main).
+REPLACEABLE = ("from fraisier.cli import main", "from fraisier_textfile.cli.dispatch import script",
+               "from fraisier_textfile.cli.dispatch import main")
 
 
 def scripts_directory() -> Path:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from fraisier_textfile.cli.group import InvalidInput, Settings, library_errors, pass_settings
+from fraisier_textfile.cli.group import Command, InvalidInput, Settings, library_errors, pass_settings
 
 log = logging.getLogger(__name__)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--port", "-p", type=click.IntRange(0, 65535), default=8001, show_default=True,
               help="TCP port to listen on.")
 @click.option("--address", "-a", default="localhost", show_default=True,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from fraisier_textfile.cli.group import InvalidInput, Settings, library_errors, pass_settings
+from fraisier_textfile.cli.group import Group, InvalidInput, Settings, library_errors, pass_settings
 
 
-@click.group()
+@click.group(cls=Group)
 def textfile() -> None:
     """Inspect and maintain the textfile: where it is, what it holds, whether it is valid; refresh it, forget series."""
 

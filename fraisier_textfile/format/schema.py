@@ -10,10 +10,13 @@ below the catalogue depends on having imported it."""
 
 from __future__ import annotations
 
-import enum
 import math
 import zlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 def format_float(value: float) -> str:
@@ -27,10 +30,25 @@ def format_float(value: float) -> str:
     return repr(float(value))
 
 
-class Kind(enum.Enum):
-    COUNTER = "counter"
-    GAUGE = "gauge"
-    HISTOGRAM = "histogram"
+class Kind:
+    """A family's type: ``Kind.COUNTER``, ``Kind.GAUGE`` or ``Kind.HISTOGRAM``, compared by identity; ``value`` is
+    its name in the text format. Three constants of a plain class, not an enum: making an enum class is start-up
+    every `fraisier record` run would pay (bench/README.md)."""
+
+    __slots__ = ("value",)
+
+    COUNTER: ClassVar[Kind]
+    GAUGE: ClassVar[Kind]
+    HISTOGRAM: ClassVar[Kind]
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Kind.{self.value.upper()}"
+
+
+Kind.COUNTER, Kind.GAUGE, Kind.HISTOGRAM = Kind("counter"), Kind("gauge"), Kind("histogram")
 
 
 class Family:
@@ -61,6 +79,18 @@ class Family:
         self.zero_series = zero_series
         """(label, values): when a series is recorded, its siblings with each of these values of that label exist
         too (at 0 until recorded), so that ``increase()`` sees their first event; they expire together."""
+
+    def bucket_of(self, value: float) -> int:
+        """The index of the bucket ``value`` falls in: that of the first bound not below it (``le`` is inclusive),
+        the last (+Inf's) above every bound; NaN in the first, as ``bisect.bisect_left`` places it. A walk over a
+        few bounds: the bisect module is a C extension whose loading costs a CLI run more than every search it
+        would make (bench/README.md)."""
+        index = 0
+        for bound in self.buckets:
+            if not bound < value:
+                break
+            index += 1
+        return index
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"

@@ -11,8 +11,6 @@ it (:meth:`BodySpan.lines`)."""
 
 from __future__ import annotations
 
-from bisect import bisect_right
-
 from fraisier_textfile.format.layout import Segment, crc_of, segments_of
 
 
@@ -153,7 +151,20 @@ class BodySpan:
     def _edit(self, key: str, line: str) -> None:
         self._edits[key] = line
         if self.segments is not None:  # the checksum of the segment it falls in is computed again
-            self._edited_segments.pop(bisect_right(self._segment_starts(), self._positions[key]) - 1, None)
+            self._edited_segments.pop(self._segment_at(self._positions[key]), None)
+
+    def _segment_at(self, position: int) -> int:
+        """The index of the segment holding ``position``: the last that starts at or before it. A binary search
+        in Python, not the bisect module's: its C extension costs a CLI run more to load than these searches."""
+        starts = self._segment_starts()
+        low, high = 0, len(starts)
+        while low < high:
+            middle = (low + high) // 2
+            if position < starts[middle]:
+                high = middle
+            else:
+                low = middle + 1
+        return low - 1
 
     def _segment_starts(self) -> list[int]:
         if not self._starts and self.segments:

@@ -9,7 +9,6 @@ that let a hot loop's repeated calls skip validating what was accepted before.""
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +61,7 @@ class Histogram:
         self.dirty = False
 
     def observe(self, value: float, changed: list[Series]) -> None:
-        self.buckets[bisect_left(self.key[0].buckets, value)] += 1
+        self.buckets[self.key[0].bucket_of(value)] += 1
         self.sum += value
         self.pending_sum += value
         if not self.dirty:

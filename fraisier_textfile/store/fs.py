@@ -29,11 +29,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Union
 
 from fraisier_textfile.errors import UnexpectedFileError, write_error
 
-PathName = Union[str, "os.PathLike[str]"]
+# A union of the builtin kind (types.UnionType), not typing's Union: typing's aliases cost a record run's import.
+PathName = str | os.PathLike[str]
 """A path as the store takes it: it works with strings (a record run has no use for pathlib: see errors.py), and
 takes a Path too."""
 

@@ -43,7 +43,6 @@ from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError, U
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.files import write_parts
-from fraisier_textfile.store.process_identity import own_context, own_identity, process_state
 from fraisier_textfile.validate import check_label_value
 
 MARKER_DIRECTORY = ".fraisier-inflight"
@@ -137,6 +136,8 @@ def marker_directory(textfile_directory: fs.PathName) -> str:
 def create_marker(textfile_directory: fs.PathName, provider: str, fraise_type: str) -> Marker:
     """Write the marker of a deployment that starts now in this process, and hold its lock until
     :meth:`Marker.release` (or ``remove_marker``) or the end of the process."""
+    from fraisier_textfile.store.process_identity import own_context, own_identity
+
     pid, start = own_identity()
     boot, namespace = own_context()
     directory = marker_directory(textfile_directory)
@@ -317,6 +318,9 @@ def is_alive(marker: Marker) -> bool:
     (another user's process under hidepid, another PID namespace), the marker counts as alive, so that a
     deployment is never counted crashed while it may still run.
     """
+    # Loaded by the first marker probed: a merge into a directory without markers has no process to tell alive.
+    from fraisier_textfile.store.process_identity import own_context, process_state
+
     boot, namespace = own_context()
     if marker.boot and boot and marker.boot != boot:
         return False
@@ -394,6 +398,8 @@ def _remove_stale_temporaries(directory: fs.Directory) -> None:
         except (ValueError, IndexError, OverflowError):
             continue  # not one of ours
         probe = Marker(entry.name, "", "", directory=directory)
+        from fraisier_textfile.store.process_identity import process_state
+
         if _lock_held(probe) is not True and process_state(pid, start_time) is False:
             try:
                 directory.unlink(entry.name)

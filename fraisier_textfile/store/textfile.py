@@ -32,7 +32,7 @@ from fraisier_textfile import logger, validate
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.schema import Schema
-from fraisier_textfile.store import deployments, fs, handovers, inflight
+from fraisier_textfile.store import fs, handovers, inflight
 from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.files import TEXTFILE_NAME, FileVersion, Textfile
@@ -42,6 +42,8 @@ from fraisier_textfile.store.transaction import Participant, Transaction, count_
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from fraisier_textfile.store import deployments
 
 log = logger.get_logger(__name__)
 
@@ -173,6 +175,8 @@ class TextfileStore:
         crashed. Its end goes into the changes that record it (``changes.end_deployment(deployment)``); the marker
         is released once this store merged or handed them over (store/deployments.py). Never raises: a marker that
         cannot be written is told to ``problem`` and the deployment goes on without it."""
+        from fraisier_textfile.store import deployments
+
         return deployments.start(self._directory, provider, fraise_type, problem)
 
     # Merging
@@ -207,7 +211,7 @@ class TextfileStore:
             # Only the commit empties the changes: written, even if a signal's handler held back until the end
             # of the merge raised since (the process may catch it and go on).
             if ending and not changes.ended:
-                deployments.release_written(ending)
+                _release_written(ending)
         if look:
             self._merge_late_handovers(textfile, started)
 
@@ -235,7 +239,8 @@ class TextfileStore:
                 handovers.publish(directory, temporary, final, durable)
                 changes.clear()
                 # Before the signal handlers held back run: one may raise, and the process go on.
-                deployments.release_written(ending)
+                if ending:
+                    _release_written(ending)
 
     def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True, follow_up: bool = True
                            ) -> bool:
@@ -351,3 +356,11 @@ class TextfileStore:
                     return  # only hand-overs left for a newer version, or set aside: nothing more to apply
         finally:
             handovers.wait_for_removals()  # those past a few are deleted by a background thread
+
+
+def _release_written(ending: Iterable[deployments.Deployment]) -> None:
+    """Release the markers of the deployments whose end was just written (store/deployments.py, loaded by the
+    first merge that ends one: a record run that starts none has no use for it)."""
+    from fraisier_textfile.store import deployments
+
+    deployments.release_written(ending)
