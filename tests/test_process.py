@@ -69,7 +69,9 @@ if when == "while-made":  # another thread forks between the marker's lock and i
         forked.set()
 
     markers._write_marker = write_then_wait
-    forker = threading.Thread(target=fork_when_written)
+    # A daemon: should the marker's making fail, the deployer ends (the test then fails) instead of waiting for
+    # a fork that never comes.
+    forker = threading.Thread(target=fork_when_written, daemon=True)
     forker.start()
     marker = markers.create_marker(directory, "bare_metal", "api")
     forker.join()
