@@ -77,11 +77,7 @@ def unexpected(path: fs.PathName, status: os.stat_result | None, wanted: str = "
             "fraisier never makes one, and would write through it to the other names; remove it (it creates "
             "its own)",
         )
-    kinds = (
-        (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"),
-    )
-    kind = next((name for test, name in kinds if status is not None and test(status.st_mode)), "not a file")
+    kind = "not a file" if status is None else fs.kind_of(status.st_mode)
     return UnexpectedFileError(
         path, f"{path} is {kind}, not {wanted}: fraisier never reads or writes it; remove it (it creates its own)"
     )
@@ -344,9 +340,7 @@ class Textfile:
                 pass
             else:
                 if directory.st_mode & stat.S_ISVTX and target is not None and target.st_uid != os.geteuid():
-                    from fraisier_textfile.store.lock import owner_name  # here: lock.py imports this module
-
-                    owner = owner_name(target.st_uid)
+                    owner = fs.owner_name(target.st_uid)
                     return TextfileWriteError(
                         self.path,
                         f"cannot write {self.path}: {error.strerror}; it belongs to {owner} and its directory is "

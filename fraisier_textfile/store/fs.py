@@ -242,7 +242,7 @@ class Directory:
             path = self.path_of(name)
             raise UnexpectedFileError(
                 path,
-                f"{path} belongs to {_owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, "
+                f"{path} belongs to {owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, "
                 f"not to a user who may write {self.path}: fraisier does not use a directory another user "
                 "planted there; remove it",
             )
@@ -260,7 +260,7 @@ class Directory:
                 target = "elsewhere"
             kind = f"a symlink (to {target})"
         else:
-            kind = _kind(status.st_mode)
+            kind = kind_of(status.st_mode)
         return UnexpectedFileError(
             path,
             f"{path} is {kind}, not {wanted}: fraisier never follows or opens what it did not create; remove it",
@@ -354,8 +354,8 @@ def hidden_file(path: str, directory: os.stat_result, status: os.stat_result) ->
     """The refusal of a file :func:`hidden_from_its_writers` keeps root from reading."""
     return UnexpectedFileError(
         path,
-        f"{path} belongs to {_owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, in "
-        f"{os.path.dirname(path)}, which {_writers(directory)} may write: as root, fraisier reads no file there "
+        f"{path} belongs to {owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, in "
+        f"{os.path.dirname(path)}, which {writers_of(directory)} may write: as root, fraisier reads no file there "
         "that its writers may not read (one of them may have moved a file of root's there); remove it",
     )
 
@@ -376,7 +376,7 @@ def _entry(name: str) -> str:
     return name
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
     kinds = (
         (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"),
@@ -385,7 +385,7 @@ def _kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a file")
 
 
-def _owner_name(uid: int) -> str:
+def owner_name(uid: int) -> str:
     import pwd  # here, not at the top: only errors need it
 
     try:
@@ -394,11 +394,11 @@ def _owner_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _writers(status: os.stat_result) -> str:
+def writers_of(status: os.stat_result) -> str:
     """Who besides root may write the directory of ``status``, for messages."""
     if status.st_mode & stat.S_IWOTH:
         return "everyone"
-    who = _owner_name(status.st_uid) if status.st_uid != 0 else "root"
+    who = owner_name(status.st_uid) if status.st_uid != 0 else "root"
     if status.st_mode & stat.S_IWGRP:
         who += f" and the group {_group_name(status.st_gid)}"
     return who

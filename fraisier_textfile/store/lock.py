@@ -158,7 +158,7 @@ class Lock:
                 raise TextfileWriteError(
                     self.path,
                     f"cannot open the lock file {self.path}: {error.strerror}; it belongs to "
-                    f"{owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}: make it writable "
+                    f"{fs.owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}: make it writable "
                     "by the group its users share (chgrp, chmod 664), or remove it (fraisier creates it)",
                     error.errno,
                 ) from None
@@ -224,15 +224,6 @@ def try_lock(descriptor: int, path: fs.PathName) -> bool:
             return False
         raise write_error(path, "lock", error) from None
     return True
-
-
-def owner_name(uid: int) -> str:
-    import pwd  # here, not at the top: only errors need it
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 class LockLost(Exception):
