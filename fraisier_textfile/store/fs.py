@@ -126,17 +126,31 @@ class Directory:
         return descriptor
 
     def hides(self, status: os.stat_result) -> bool:
-        """Whether the file of ``status`` in this directory must not be read by this process: see
-        :func:`hidden_from_its_writers`."""
+        """Whether the file of ``status`` in this directory must not be read by this process: it is root, another
+        user may write the directory, and that user may not read the file (it is not world-readable, nor that
+        user's own). Such a user may move there any file of root's from elsewhere in their tree (a rename needs no
+        permission on the file), and what root reads may be quoted back in a parse error, to a user whom sudo
+        allows Fraisier's commands. What the store writes there is world-readable (FILE_MODE)."""
         # The cheap part first: the directory is looked at only by root, for a file not world-readable.
         if os.geteuid() != 0 or status.st_mode & stat.S_IROTH:
             return False
-        return hidden_from_its_writers(self.status(), status)
+        directory = self.status()
+        if directory.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return True
+        return directory.st_uid not in (0, status.st_uid)
 
     def refuse_hidden(self, name: str, status: os.stat_result) -> None:
-        """Raise UnexpectedFileError if the file ``name`` (of ``status``) must not be read by this process."""
+        """Raise UnexpectedFileError if the file ``name`` (of ``status``) must not be read by this process
+        (:meth:`hides`)."""
         if self.hides(status):
-            raise hidden_file(self.path_of(name), self.status(), status)
+            path = self.path_of(name)
+            raise UnexpectedFileError(
+                path,
+                f"{path} belongs to {owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, in "
+                f"{os.path.dirname(path)}, which {writers_of(self.status())} may write: as root, fraisier reads no "
+                "file there that its writers may not read (one of them may have moved a file of root's there); "
+                "remove it",
+            )
 
     def read_regular(self, name: str, limit: int | None = None) -> bytes:
         """The bytes of the regular file ``name`` (at most ``limit``), as :meth:`open_regular` opens it."""
@@ -335,29 +349,6 @@ def give(descriptor: int, directory: os.stat_result) -> None:
             os.fchown(descriptor, directory.st_uid, directory.st_gid if group is None else group)
         except OSError:
             pass
-
-
-def hidden_from_its_writers(directory: os.stat_result, status: os.stat_result) -> bool:
-    """Whether the file of ``status``, in the directory of ``directory``, must not be read by this process: it is
-    root, another user may write the directory, and that user may not read the file (it is not world-readable,
-    nor that user's own). Such a user may move there any file of root's from elsewhere in their tree (a rename
-    needs no permission on the file), and what root reads may be quoted back in a parse error, to a user whom
-    sudo allows Fraisier's commands. What the store writes there is world-readable (FILE_MODE)."""
-    if os.geteuid() != 0 or status.st_mode & stat.S_IROTH:
-        return False
-    if directory.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return True
-    return directory.st_uid not in (0, status.st_uid)
-
-
-def hidden_file(path: str, directory: os.stat_result, status: os.stat_result) -> UnexpectedFileError:
-    """The refusal of a file :func:`hidden_from_its_writers` keeps root from reading."""
-    return UnexpectedFileError(
-        path,
-        f"{path} belongs to {owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, in "
-        f"{os.path.dirname(path)}, which {writers_of(directory)} may write: as root, fraisier reads no file there "
-        "that its writers may not read (one of them may have moved a file of root's there); remove it",
-    )
 
 
 def _primary_group(uid: int) -> int | None:
