@@ -180,6 +180,14 @@ class Directory:
             raise
         return descriptor
 
+    def settle_new(self, descriptor: int, mode: int) -> None:
+        """Give a file this process has just made in this directory (``O_EXCL``) ``mode`` whatever the umask, and,
+        made by root in another user's directory, to that user (:func:`give`): root's would lock that user's
+        processes out. Never one found there: a writer of the directory may have moved any file of this user's
+        there under that name, and would have it made group-writable, or be given it. Raises fchmod's OSError."""
+        os.fchmod(descriptor, mode)
+        give(descriptor, self.status())
+
     def rename(self, source: str, destination: str) -> None:
         """Rename an entry within the directory (a symlink is renamed, not followed)."""
         os.rename(_entry(source), _entry(destination), src_dir_fd=self.descriptor, dst_dir_fd=self.descriptor)

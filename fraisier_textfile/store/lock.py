@@ -170,14 +170,10 @@ class Lock:
             if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
                 raise unexpected(self.path, status)
             if created:
-                # Group-writable whatever the umask, so that the users of one group (say, a deploy user and root)
-                # can share a directory; not world-writable, so that an unrelated user cannot hold the lock. Made
-                # by root in another user's directory, it is that user's (fs.give): root's would lock them out.
-                # A lock file found there is never chmodded: a writer of the directory may have moved any file
-                # of ours there under that name.
+                # Group-writable, so that the users of one group (say, a deploy user and root) can share a
+                # directory; not world-writable, so that an unrelated user cannot hold the lock.
                 try:
-                    os.fchmod(descriptor, 0o664)
-                    fs.give(descriptor, directory.status())
+                    directory.settle_new(descriptor, 0o664)
                 except OSError:
                     pass
         except BaseException:
