@@ -126,13 +126,6 @@ class FileVersion:
         self.close()
 
 
-def lstat_or_none(path: fs.PathName) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except OSError:
-        return None
-
-
 _READ_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
