@@ -187,7 +187,7 @@ class Textfile:
         ``textfile``: the textfile directory held open (a merge's), where the file is opened by its name; None:
         it is opened here (see fs.open_directory)."""
         if textfile is None:
-            # Search permission is enough for a reader, as it was to open the file by its path.
+            # Search permission is all a reader needs: it opens one file in the directory and lists nothing.
             directory = fs.open_directory(self.directory, search_only=True)
             if directory is None:
                 return None, b""

@@ -32,7 +32,7 @@ from fraisier_textfile.store.fs import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from fraisier_textfile.store.fs import PathName  # named by annotations only, as fs.py itself may define it
+    from fraisier_textfile.store.fs import PathName  # named by annotations only
 
 
 def open_directory(
