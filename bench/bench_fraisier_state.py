@@ -124,7 +124,7 @@ def one_new_deployment(path: Path, config: Path, directory: Path, repetitions: i
         textfile = fs.open_directory(directory)
         assert textfile is not None
         with textfile:
-            source.collect(Merge(directory, store.path, textfile, store.read(), Changes(), read_from_disk=True))
+            source.collect(Merge(directory, store.path, textfile, store.read(), Changes(), as_written=False))
 
     return measure(collect, repetitions, setup=lambda: add_deployment(path, next(counter)))
 

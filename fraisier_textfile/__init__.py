@@ -9,25 +9,31 @@ to ``store/`` (one directory shared by processes), which reads and writes the fi
 bytes in, bytes out); ``serve/`` reads the file back. ``catalogue`` is Fraisier's families, one schema among any.
 
 Glossary. A *merge* adds a process's *changes* (what its events add to which series) to ``fraisier.prom`` as one
-*transaction* (store/transaction.py): under the lock, the file is loaded, each *participant* (one per protocol:
-the in-flight markers, the hand-overs, *sources* such as Fraisier's state database, the lifecycle) *collects* its
-part, the changes are *applied* (each family by its merge rule), and the new file is written and renamed over the
-old one; every participant keeps its *bookkeeping line* (``# fraisier_textfile <key>: ...``, format/bookkeeping.py)
-in that same rename, so a process killed at any point leaves all of it or none. A *hand-over* is a file of changes
-a process could not merge because the lock stayed busy: the next merge of any process applies it once and lists
-it as *applied* until the file is gone. A *deployment in flight* is one a process runs (store/deployments.py): its
-*marker* is a file held (locked) while it runs, so every merge counts it active; once its end is written the
-marker is *released*, and a marker whose process died unreleased counts the deployment ``crashed``. A marker whose
-deployment the file accounts for (ended, or counted crashed) is *retired*: listed until its file is removed, so
-that nothing is counted twice. The *layout line* lists the file's blocks with checksums: a file whose bytes still
-match it is *vouched* for and read as written, without checking a line (a merge takes what the line *claims* and
-checks the checksums while it writes, renaming nothing before they hold: store/vouching.py). A block of ours in
-our canonical form is held as a *span* of the file's bytes, edited where an event changes it without being split
-into lines (format/span.py). The *lifecycle* forgets, *expires* (drops series not updated for long) and *bounds*
-series, and *migrates* histograms to new buckets. A *schema* is the families a writer owns and rewrites, handed to
-the store as data; the *Fraisier store* (``fraisier_store.py``, the public ``TextfileStore``) is the store opened
-with Fraisier's schema and its markers' rules. The *dispatcher* is our ``fraisier`` script beside Fraisier's
-commands; the *bridge* points Fraisier's ``fraisier.metrics`` at the textfile.
+*transaction* (store/transaction.py): under the lock, the file is loaded, each *participant* (one per protocol: the
+in-flight markers, the hand-overs, *sources* such as Fraisier's state database, the lifecycle) *collects* its part,
+the changes are *applied* (each family by its merge rule), and the new file is written and renamed over the old one;
+every participant keeps its *bookkeeping line* (``# fraisier_textfile <key>: ...``, format/bookkeeping.py) in that
+same rename, so a process killed at any point leaves all of it or none. A *hand-over* is a file of changes a process
+could not merge because the lock stayed busy: the next merge of any process applies it once and lists it as
+*applied* until the file is gone; every holder of the lock looks for *late* hand-overs after releasing it, and a
+call's *follow-up* (the try once more after its hand-over, the look after its merge) is a recorder's background
+thread's (recorder/process.py), the caller's own elsewhere (the CLI). A *deployment in flight* is one a process runs
+(store/deployments.py): its *marker* is a file held (locked) while it runs, so every merge counts it active; once
+its end is written the marker is *released*, and a marker whose process died unreleased counts the deployment
+``crashed``. A marker whose deployment the file accounts for (ended, or counted crashed) is *retired*: listed until
+its file is removed, so that nothing is counted twice. The *layout line* lists the file's blocks with checksums: a
+file whose bytes still match it is *vouched* for and read as written, without checking a line (a merge takes what
+the line *claims* and checks the checksums while it writes, renaming nothing before they hold: store/vouching.py).
+The series' update times are *held as bytes* (bookkeeping.RawValue), edited in place, decoded only by a merge that
+needs every entry (an expiry). A block of ours in our canonical form is held as a *span* of the file's bytes, edited
+where an event changes it without being split into lines (format/span.py). The *lifecycle* forgets, *expires* (drops
+series not updated for long) and *bounds* series, and *migrates* histograms to new buckets. A *schema* is the
+families a writer owns and rewrites, handed to the store as data; the *Fraisier store* (``fraisier_store.py``, the
+public ``TextfileStore``) is the store opened with Fraisier's schema and its markers' rules. The textfile directory
+is opened by a *walk* of its path, one directory at a time, following only symlinks where root or the process's own
+user may write (store/walk.py); what root makes in another user's directory is *given* to that user (fs.give), and
+only what it has *just made* (fs.just_made, ``O_EXCL``). The *dispatcher* is our ``fraisier`` script beside
+Fraisier's commands; the *bridge* points Fraisier's ``fraisier.metrics`` at the textfile.
 """
 
 from __future__ import annotations

@@ -262,30 +262,6 @@ def test_an_interrupt_just_after_root_makes_a_directory_in_another_users_leaves_
 
 
 MERGES = """
-import os, subprocess, sys
-from fraisier_textfile import TextfileStore
-from fraisier_textfile import changes as events
-from fraisier_textfile.changes import Changes
-textfile, name, merge = sys.argv[1:]
-made = False
-
-
-def another_merges_after_mkdir(event, arguments):
-    global made
-    if event == "os.mkdir" and arguments[0] == name:
-        made = True
-    elif made and event == "open":
-        made = False
-        subprocess.run([sys.executable, "-c", merge, textfile], check=True)
-
-
-sys.addaudithook(another_merges_after_mkdir)
-changes = Changes()
-events.deployment_error(changes, "bare_metal", "timeout")
-TextfileStore(textfile, lock_timeout=2).merge(changes)
-"""
-
-MERGES = """
 import sys
 from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events

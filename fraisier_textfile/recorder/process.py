@@ -1,7 +1,8 @@
 """The recorder's life in its process: what every recorder of the process shares (the lock-wait budget, the
-problems logged, the writers with events still to write), the background flush of long-lived processes, and
-every fork and exit hook of the recorder, in one place: a forked child forgets its parent's state, and at exit
-each recorder's writer writes what it still holds, within the budget."""
+problems logged, the writers with events still to write), the background thread (the flush of long-lived
+processes, and the follow-ups record calls leave it: :func:`merge_soon`), and every fork and exit hook of the
+recorder, in one place: a forked child forgets its parent's state, and at exit each recorder's writer writes what
+it still holds, within the budget."""
 
 from __future__ import annotations
 
@@ -68,15 +69,16 @@ DEFAULT_FLUSH_INTERVAL = 5.0
 
 
 class _BackgroundFlush:
-    """One daemon thread per process, started only once a recorder holds something to write later (a recorder
-    made with ``auto_flush=False``, events a failed write kept, hand-overs waiting for a merge): a process whose
-    record calls all wrote at once never has it (a thread of ours would make every later ``os.fork()`` of the
-    program a fork of a multi-threaded process, which Python 3.12 warns about). Every ``interval`` seconds it
-    writes what each such recorder holds without waiting for a busy lock (it hands over). It never waits for a
-    recording thread either: a recorder busy recording is left to the next round. For an ``auto_flush=False``
-    recorder it holds the recorder only to hand the events over (a small file) and merges outside it, so that
-    the record calls, which only update memory, never wait for a merge; for an auto-flushed one it writes as
-    the next record call would, holding the recorder as that call does. Nothing it does raises."""
+    """One daemon thread per process, started only once a recorder holds something to write later (a recorder made
+    with ``auto_flush=False``, events a failed write kept, hand-overs waiting for a merge) or a record call leaves
+    it a follow-up (:func:`merge_soon`): a process whose record calls all merged alone never has it (a thread of
+    ours would make every later ``os.fork()`` of the program a fork of a multi-threaded process, which Python 3.12
+    warns about). Every ``interval`` seconds it writes what each such recorder holds without waiting for a busy lock
+    (it hands over). It never waits for a recording thread either: a recorder busy recording is left to the next
+    round. For an ``auto_flush=False`` recorder it holds the recorder only to hand the events over (a small file)
+    and merges outside it, so that the record calls, which only update memory, never wait for a merge; for an
+    auto-flushed one it writes as the next record call would, holding the recorder as that call does. Nothing it
+    does raises."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None

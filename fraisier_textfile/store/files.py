@@ -77,11 +77,7 @@ def unexpected(path: fs.PathName, status: os.stat_result | None, wanted: str = "
             "fraisier never makes one, and would write through it to the other names; remove it (it creates "
             "its own)",
         )
-    kinds = (
-        (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"),
-    )
-    kind = next((name for test, name in kinds if status is not None and test(status.st_mode)), "not a file")
+    kind = "not a file" if status is None else fs.kind_of(status.st_mode)
     return UnexpectedFileError(
         path, f"{path} is {kind}, not {wanted}: fraisier never reads or writes it; remove it (it creates its own)"
     )
@@ -128,13 +124,6 @@ class FileVersion:
 
     def __del__(self) -> None:
         self.close()
-
-
-def lstat_or_none(path: fs.PathName) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except OSError:
-        return None
 
 
 _READ_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -198,7 +187,7 @@ class Textfile:
         ``textfile``: the textfile directory held open (a merge's), where the file is opened by its name; None:
         it is opened here (see fs.open_directory)."""
         if textfile is None:
-            # Search permission is enough for a reader, as it was to open the file by its path.
+            # Search permission is all a reader needs: it opens one file in the directory and lists nothing.
             directory = fs.open_directory(self.directory, search_only=True)
             if directory is None:
                 return None, b""
@@ -344,9 +333,7 @@ class Textfile:
                 pass
             else:
                 if directory.st_mode & stat.S_ISVTX and target is not None and target.st_uid != os.geteuid():
-                    from fraisier_textfile.store.lock import owner_name  # here: lock.py imports this module
-
-                    owner = owner_name(target.st_uid)
+                    owner = fs.owner_name(target.st_uid)
                     return TextfileWriteError(
                         self.path,
                         f"cannot write {self.path}: {error.strerror}; it belongs to {owner} and its directory is "

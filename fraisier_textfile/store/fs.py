@@ -126,17 +126,31 @@ class Directory:
         return descriptor
 
     def hides(self, status: os.stat_result) -> bool:
-        """Whether the file of ``status`` in this directory must not be read by this process: see
-        :func:`hidden_from_its_writers`."""
+        """Whether the file of ``status`` in this directory must not be read by this process: it is root, another
+        user may write the directory, and that user may not read the file (it is not world-readable, nor that
+        user's own). Such a user may move there any file of root's from elsewhere in their tree (a rename needs no
+        permission on the file), and what root reads may be quoted back in a parse error, to a user whom sudo
+        allows Fraisier's commands. What the store writes there is world-readable (FILE_MODE)."""
         # The cheap part first: the directory is looked at only by root, for a file not world-readable.
         if os.geteuid() != 0 or status.st_mode & stat.S_IROTH:
             return False
-        return hidden_from_its_writers(self.status(), status)
+        directory = self.status()
+        if directory.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return True
+        return directory.st_uid not in (0, status.st_uid)
 
     def refuse_hidden(self, name: str, status: os.stat_result) -> None:
-        """Raise UnexpectedFileError if the file ``name`` (of ``status``) must not be read by this process."""
+        """Raise UnexpectedFileError if the file ``name`` (of ``status``) must not be read by this process
+        (:meth:`hides`)."""
         if self.hides(status):
-            raise hidden_file(self.path_of(name), self.status(), status)
+            path = self.path_of(name)
+            raise UnexpectedFileError(
+                path,
+                f"{path} belongs to {owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, in "
+                f"{os.path.dirname(path)}, which {writers_of(self.status())} may write: as root, fraisier reads no "
+                "file there that its writers may not read (one of them may have moved a file of root's there); "
+                "remove it",
+            )
 
     def read_regular(self, name: str, limit: int | None = None) -> bytes:
         """The bytes of the regular file ``name`` (at most ``limit``), as :meth:`open_regular` opens it."""
@@ -165,6 +179,14 @@ class Directory:
             self.unlink(name)
             raise
         return descriptor
+
+    def settle_new(self, descriptor: int, mode: int) -> None:
+        """Give a file this process has just made in this directory (``O_EXCL``) ``mode`` whatever the umask, and,
+        made by root in another user's directory, to that user (:func:`give`): root's would lock that user's
+        processes out. Never one found there: a writer of the directory may have moved any file of this user's
+        there under that name, and would have it made group-writable, or be given it. Raises fchmod's OSError."""
+        os.fchmod(descriptor, mode)
+        give(descriptor, self.status())
 
     def rename(self, source: str, destination: str) -> None:
         """Rename an entry within the directory (a symlink is renamed, not followed)."""
@@ -242,7 +264,7 @@ class Directory:
             path = self.path_of(name)
             raise UnexpectedFileError(
                 path,
-                f"{path} belongs to {_owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, "
+                f"{path} belongs to {owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, "
                 f"not to a user who may write {self.path}: fraisier does not use a directory another user "
                 "planted there; remove it",
             )
@@ -260,7 +282,7 @@ class Directory:
                 target = "elsewhere"
             kind = f"a symlink (to {target})"
         else:
-            kind = _kind(status.st_mode)
+            kind = kind_of(status.st_mode)
         return UnexpectedFileError(
             path,
             f"{path} is {kind}, not {wanted}: fraisier never follows or opens what it did not create; remove it",
@@ -337,29 +359,6 @@ def give(descriptor: int, directory: os.stat_result) -> None:
             pass
 
 
-def hidden_from_its_writers(directory: os.stat_result, status: os.stat_result) -> bool:
-    """Whether the file of ``status``, in the directory of ``directory``, must not be read by this process: it is
-    root, another user may write the directory, and that user may not read the file (it is not world-readable,
-    nor that user's own). Such a user may move there any file of root's from elsewhere in their tree (a rename
-    needs no permission on the file), and what root reads may be quoted back in a parse error, to a user whom
-    sudo allows Fraisier's commands. What the store writes there is world-readable (FILE_MODE)."""
-    if os.geteuid() != 0 or status.st_mode & stat.S_IROTH:
-        return False
-    if directory.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return True
-    return directory.st_uid not in (0, status.st_uid)
-
-
-def hidden_file(path: str, directory: os.stat_result, status: os.stat_result) -> UnexpectedFileError:
-    """The refusal of a file :func:`hidden_from_its_writers` keeps root from reading."""
-    return UnexpectedFileError(
-        path,
-        f"{path} belongs to {_owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, in "
-        f"{os.path.dirname(path)}, which {_writers(directory)} may write: as root, fraisier reads no file there "
-        "that its writers may not read (one of them may have moved a file of root's there); remove it",
-    )
-
-
 def _primary_group(uid: int) -> int | None:
     import pwd  # here, not at the top: only root making something in another user's directory needs it
 
@@ -376,7 +375,7 @@ def _entry(name: str) -> str:
     return name
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
     kinds = (
         (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"),
@@ -385,7 +384,7 @@ def _kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a file")
 
 
-def _owner_name(uid: int) -> str:
+def owner_name(uid: int) -> str:
     import pwd  # here, not at the top: only errors need it
 
     try:
@@ -394,11 +393,11 @@ def _owner_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _writers(status: os.stat_result) -> str:
+def writers_of(status: os.stat_result) -> str:
     """Who besides root may write the directory of ``status``, for messages."""
     if status.st_mode & stat.S_IWOTH:
         return "everyone"
-    who = _owner_name(status.st_uid) if status.st_uid != 0 else "root"
+    who = owner_name(status.st_uid) if status.st_uid != 0 else "root"
     if status.st_mode & stat.S_IWGRP:
         who += f" and the group {_group_name(status.st_gid)}"
     return who

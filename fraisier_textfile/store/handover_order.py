@@ -144,11 +144,7 @@ def _open_sequence(directory: fs.Directory, create: bool = True) -> int | None:
             os.close(descriptor)
             return None
         if created:
-            # The users of one group share the counter whatever the umask; made by root in another user's
-            # directory, it is that user's (fs.give). One found there is never chmodded: a writer of the directory
-            # may have moved any file of ours there under that name.
-            os.fchmod(descriptor, 0o664)
-            fs.give(descriptor, directory.status())
+            directory.settle_new(descriptor, 0o664)  # the users of one group share the counter
     except OSError:
         pass
     return descriptor

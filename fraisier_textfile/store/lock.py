@@ -158,7 +158,7 @@ class Lock:
                 raise TextfileWriteError(
                     self.path,
                     f"cannot open the lock file {self.path}: {error.strerror}; it belongs to "
-                    f"{owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}: make it writable "
+                    f"{fs.owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}: make it writable "
                     "by the group its users share (chgrp, chmod 664), or remove it (fraisier creates it)",
                     error.errno,
                 ) from None
@@ -170,14 +170,10 @@ class Lock:
             if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
                 raise unexpected(self.path, status)
             if created:
-                # Group-writable whatever the umask, so that the users of one group (say, a deploy user and root)
-                # can share a directory; not world-writable, so that an unrelated user cannot hold the lock. Made
-                # by root in another user's directory, it is that user's (fs.give): root's would lock them out.
-                # A lock file found there is never chmodded: a writer of the directory may have moved any file
-                # of ours there under that name.
+                # Group-writable, so that the users of one group (say, a deploy user and root) can share a
+                # directory; not world-writable, so that an unrelated user cannot hold the lock.
                 try:
-                    os.fchmod(descriptor, 0o664)
-                    fs.give(descriptor, directory.status())
+                    directory.settle_new(descriptor, 0o664)
                 except OSError:
                     pass
         except BaseException:
@@ -224,15 +220,6 @@ def try_lock(descriptor: int, path: fs.PathName) -> bool:
             return False
         raise write_error(path, "lock", error) from None
     return True
-
-
-def owner_name(uid: int) -> str:
-    import pwd  # here, not at the top: only errors need it
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 class LockLost(Exception):

@@ -18,7 +18,7 @@ from fraisier_textfile.format.syntax import label_text, series_key
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import process
 from fraisier_textfile.store.changes import Changes, HistogramDelta, Labels
-from fraisier_textfile.store.files import lstat_in, lstat_or_none
+from fraisier_textfile.store.files import lstat_in
 
 if TYPE_CHECKING:
     from fraisier_textfile.store import fs
@@ -164,12 +164,13 @@ def combine(parts: list[Changes]) -> Changes:
     return combined
 
 
-def clock_is_behind(path: fs.PathName, directory: fs.Directory | None = None) -> bool:
+def clock_is_behind(path: fs.PathName, directory: fs.Directory) -> bool:
     """Whether the textfile was last written in this process's future (its mtime, which the kernel set
     then, is ahead of our clock by more than CLOCK_TOLERANCE): then this clock is behind (a host before its
     NTP sync, a clock stepped back, faketime), and a stored time ahead of it is right, not to be replaced.
-    ``directory``: the textfile directory held open (a merge's), where the file is looked up by its name."""
-    status = lstat_or_none(path) if directory is None else lstat_in(directory, os.path.basename(path))
+    ``directory``: the textfile directory held open (a merge's), where the file is looked up by its name
+    (``path``: what it is called, for the message)."""
+    status = lstat_in(directory, os.path.basename(path))
     if status is None:
         return False
     ahead = status.st_mtime - time.time()

@@ -53,12 +53,11 @@ if TYPE_CHECKING:
 class Merge:
     """One merge under way: what every participant sees, and where it adds its part."""
 
-    __slots__ = ("as_written", "changes", "directory", "document", "own", "path", "read_from_disk", "running",
-                 "textfile")
+    __slots__ = ("as_written", "changes", "directory", "document", "own", "path", "running", "textfile")
 
     def __init__(
         self, directory: fs.PathName, path: fs.PathName, textfile: fs.Directory, document: Document, own: Changes,
-        read_from_disk: bool, as_written: bool = False,
+        as_written: bool,
     ) -> None:
         self.directory = directory
         """The textfile directory, for messages (never opened again by path: see ``textfile``)."""
@@ -73,13 +72,11 @@ class Merge:
         self.changes = own
         """What the merge applies: after collecting, the caller's changes combined with every participant's;
         a participant's ``before_apply`` may replace it (the lifecycle drops refused series)."""
-        self.read_from_disk = read_from_disk
-        """Whether the document was read from the file now, rather than kept from this process's last merge
-        (then nobody merged since, and nothing in it needs migrating)."""
-        self.as_written = as_written or not read_from_disk
+        self.as_written = as_written
         """Whether the document is as this package writes it for the store's schema: kept from this process's
-        last merge, or a file read as its layout line lays it out (whose claims are checked before the rename:
-        see vouching.py). Its histograms have the schema's buckets, whole series each."""
+        last merge (nobody merged since), or a file read as its layout line lays it out (whose claims are checked
+        before the rename: see vouching.py). Its histograms have the schema's buckets, whole series each: nothing
+        in it needs migrating."""
         self.running: dict[str, int] = {}
         """Deployments running by provider that sources know of without an in-flight marker (rows of
         Fraisier's database): the markers' accounting adds them to the active gauge."""
@@ -196,9 +193,9 @@ class Transaction:
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         if cached is not None:
             cached[0].close()
-        # Not what we wrote: then it needs the checks a file from elsewhere needs (histogram buckets).
-        merge = Merge(self.file.directory, self.file.path, textfile, document, changes,
-                      read_from_disk=cached is None or document is not cached[1], as_written=check is not None)
+        # Not as we write it: then it needs the checks a file from elsewhere needs (histogram buckets).
+        as_written = check is not None or (cached is not None and document is cached[1])
+        merge = Merge(self.file.directory, self.file.path, textfile, document, changes, as_written)
         try:
             participants = self.participants
             collected = [part for part in (self._collect(p, merge) for p in participants) if part]

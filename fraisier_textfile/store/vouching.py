@@ -3,11 +3,11 @@
 A merge of a file read from disk takes it as its layout line lays it out (format/reader.py, ``read_claimed``) and
 checks the CRC-32s that vouch for it (format/layout.py) here, in a thread started when the new version is about to
 be written: zlib lets the merge's own thread write and fsync meanwhile, so on a disk the check costs no wall time
-(a file of 100,000 series is about 14 MB of checksums). The merge renames nothing before the check is done: a file
-whose claims do not hold (someone changed it since we wrote it) is merged again from the start, read line by
-line (transaction.py), and nothing taken from it on trust is ever written.
+(bench/README.md has the figures). The merge renames nothing before the check is done: a file whose claims do not
+hold (someone changed it since we wrote it) is merged again from the start, read line by line (transaction.py),
+and nothing taken from it on trust is ever written.
 
-A file too small for a thread to pay (starting one costs about what checking a few hundred kilobytes does) is
+A file too small for a thread to pay (starting one costs about what checking :data:`THREAD_FROM` bytes does) is
 checked in the merge's own thread, as is any where no thread can be started (the interpreter shutting down, no
 resources), as a reader that is not merging checks them.
 """
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from fraisier_textfile.format.layout import Claims
 
 THREAD_FROM = 1 << 19
-"""Bytes claimed from which the check gets a thread of its own: below, it is done in the merge's thread (at several
-GB/s, tens of microseconds, less than a thread's start)."""
+"""Bytes claimed from which the check gets a thread of its own: below, checking them in the merge's thread costs
+less than a thread's start (measured: bench/README.md)."""
 
 
 class Check:

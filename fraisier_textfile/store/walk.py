@@ -21,18 +21,18 @@ from fraisier_textfile.errors import TextfileError, UnexpectedFileError, write_e
 from fraisier_textfile.store.fs import (
     DIRECTORY_MODE,
     Directory,
-    _kind,
-    _owner_name,
-    _writers,
     finish,
     just_made,
+    kind_of,
     make_directory,
+    owner_name,
+    writers_of,
 )
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from fraisier_textfile.store.fs import PathName  # named by annotations only, as fs.py itself may define it
+    from fraisier_textfile.store.fs import PathName  # named by annotations only
 
 
 def open_directory(
@@ -253,9 +253,9 @@ def _check_placed_by_a_writer(path: str, component: str, parent: os.stat_result,
         return
     raise UnexpectedFileError(
         path,
-        f"{path}: {component} belongs to {_owner_name(status.st_uid)}, in {os.path.dirname(component) or '/'}, "
-        f"which {_writers(parent)} may write: fraisier does not use a directory another user may have made "
-        f"there; make it as {_owner_name(parent.st_uid)} (sudo -u {_owner_name(parent.st_uid)} install -d "
+        f"{path}: {component} belongs to {owner_name(status.st_uid)}, in {os.path.dirname(component) or '/'}, "
+        f"which {writers_of(parent)} may write: fraisier does not use a directory another user may have made "
+        f"there; make it as {owner_name(parent.st_uid)} (sudo -u {owner_name(parent.st_uid)} install -d "
         f"{component}), or choose another --textfile-dir (FRAISIER_TEXTFILE_DIR)",
     )
 
@@ -264,7 +264,7 @@ def _symlink_refused(path: str, link: str, target: str, parent: os.stat_result) 
     where = os.path.dirname(link) or "/"
     return UnexpectedFileError(
         path,
-        f"{path}: {link} is a symlink (to {target}) in {where}, which {_writers(parent)} may write: fraisier "
+        f"{path}: {link} is a symlink (to {target}) in {where}, which {writers_of(parent)} may write: fraisier "
         "follows no symlink another user could have put there or re-point; use the real directory as "
         "--textfile-dir (FRAISIER_TEXTFILE_DIR), or put the symlink where only root may write",
     )
@@ -304,7 +304,7 @@ def _not_a_directory(name: str | Path, wanted: str) -> UnexpectedFileError:
             continue
         if not stat.S_ISDIR(status.st_mode):
             if candidate == path:
-                return UnexpectedFileError(path, f"{path} is {_kind(status.st_mode)}, not a directory: choose "
+                return UnexpectedFileError(path, f"{path} is {kind_of(status.st_mode)}, not a directory: choose "
                                            "another --textfile-dir (FRAISIER_TEXTFILE_DIR), or remove it")
             return UnexpectedFileError(
                 candidate,
