@@ -47,6 +47,13 @@ FIRST_POLL = 0.0001
 LONGEST_POLL = 0.001
 
 
+def waitable(seconds: float) -> float:
+    """``seconds`` as a thread can wait them (for a lock, an event, another thread): at most threading.TIMEOUT_MAX,
+    about 292 years, past which Python raises OverflowError. A setting in seconds may be any finite number, and a
+    huge one (1e10) is how people say "never give up": that is the longest wait there is."""
+    return min(seconds, threading.TIMEOUT_MAX)
+
+
 def default_lock_timeout(strict: bool = False) -> float:
     """``$FRAISIER_LOCK_TIMEOUT``; a typo there is logged once and the default used (``strict``: raised)."""
     from fraisier_textfile.settings import from_environment
@@ -82,7 +89,8 @@ class Lock:
         directory held open, which the lock file is opened in and checked against until :meth:`release` (the
         caller keeps it open meanwhile); None: the directory of the lock's path, opened here."""
         remaining = deadline - time.monotonic()
-        if not self._threads.acquire(timeout=remaining) if remaining > 0 else not self._threads.acquire(False):
+        took = self._threads.acquire(timeout=waitable(remaining)) if remaining > 0 else self._threads.acquire(False)
+        if not took:
             raise LockTimeoutError(self.path, timeout)
         try:
             if directory is None:
