@@ -342,6 +342,34 @@ def test_a_record_call_that_merges_leaves_the_hand_overs_that_arrived_meanwhile_
     assert values[DEPLOYMENTS] == 1
 
 
+NEVER_IN_PRACTICE = "1e10"
+"""Seconds (about 317 years) that a setting may say, meaning "never" in practice, but past the longest wait a
+thread can make (threading.TIMEOUT_MAX, about 292 years): a wait asked for that long raised OverflowError."""
+
+
+def test_an_interval_longer_than_a_thread_can_wait_still_leaves_a_thread_that_merges_when_woken(
+    tmp_path: Path,
+) -> None:
+    """Bug: with FRAISIER_FLUSH_INTERVAL past threading.TIMEOUT_MAX the background thread died at its first wait
+    (a traceback on the program's stderr) and was still taken for running: every hand-over a record call left to
+    it (the try once more, the hand-overs that arrived while the call held the lock) waited for the process's
+    exit. Such an interval means no rounds in practice; the thread still merges when woken."""
+    script = HELD_AFTER_ITS_FIRST_MERGE + RECORD_ONCE_COUNTING_MERGES
+    with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL=NEVER_IN_PRACTICE) as process:
+        assert record_while_another_hands_over(process, tmp_path) == "returned 1\n"
+        wait_for(tmp_path / "fraisier.prom", MEANWHILE, 1, process)
+    assert process.returncode == 0 and not process.stderr_text, process.stderr_text  # type: ignore[attr-defined]
+
+
+def test_a_lock_wait_budget_longer_than_a_thread_can_wait_still_writes_at_exit(tmp_path: Path) -> None:
+    """Bug: with FRAISIER_LOCK_WAIT_BUDGET past threading.TIMEOUT_MAX the exit hook's wait for the recorder raised
+    OverflowError, and what the recorder held was never written: events lost, and two tracebacks."""
+    with alive(RECORD_THEN_WAIT, tmp_path, FRAISIER_LOCK_WAIT_BUDGET=NEVER_IN_PRACTICE) as process:
+        pass
+    assert process.returncode == 0 and not process.stderr_text, process.stderr_text  # type: ignore[attr-defined]
+    assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 2
+
+
 def test_hand_overs_left_to_the_background_thread_are_merged_at_exit_if_it_has_not_run(tmp_path: Path) -> None:
     """What a record call left to its background thread (here the merge of a hand-over that arrived while the call
     held the lock) is made at exit if the thread has not made it yet: the hand-overs' writers found the lock held
