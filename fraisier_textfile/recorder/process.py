@@ -101,7 +101,13 @@ class _BackgroundFlush:
                 return
             thread = threading.Thread(target=self._run, args=(self.interval,), name="fraisier-textfile-flush",
                                       daemon=True)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:
+                # No thread to be had now (the user's task limit reached: a container's pids.max, systemd's
+                # TasksMax): the record calls make their tries themselves, as with no thread, and the next one
+                # that needs the thread asks again.
+                return
             self._thread = thread
             global _stop_registered
             if not _stop_registered:
