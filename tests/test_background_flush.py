@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import REPOSITORY, lock_held_elsewhere
+from tests.processes import REPOSITORY, THREADLESS_USER, Threadless, lock_held_elsewhere, threadless_user
 from tests.values import samples_in as samples
 
 DEPLOYMENTS = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
@@ -400,51 +400,14 @@ def hand_over_elsewhere(textfile_dir: Path, error_type: str) -> None:
     assert handed.returncode == 0, handed.stderr
 
 
-THREADLESS_USER = 61234
-"""A user id no account has: the processes run as it are the test's alone, which a limit on them needs."""
-
-
 @pytest.fixture
-def without_threads() -> Iterator[tuple[list[str], dict[str, str], Path]]:
-    """How to run a Python script as a user who may not start one more thread (RLIMIT_NPROC reached, as a
-    container's pids.max or systemd's TasksMax do): the command's start, its environment, and a textfile
-    directory that user can write, in a directory another user can enter (pytest's tmp_path is under a 0700
-    one). The package and prometheus_client are copied there: that user cannot read root's interpreter."""
-    import shutil
-    import tempfile
-
-    import prometheus_client
-
-    from tests.processes import binary
-
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to run a process as another user with a limit on its tasks")
-    setpriv, prlimit = binary("setpriv"), binary("prlimit")
-    python = shutil.which("python3", path="/usr/bin")
-    if python is None:
-        pytest.fail("the test needs Debian's /usr/bin/python3, which another user can run")
-    root = Path(tempfile.mkdtemp(prefix="fraisier-threadless-", dir="/tmp"))
-    try:
-        site = root / "site"
-        for package in (REPOSITORY / "fraisier_textfile", Path(prometheus_client.__file__).parent):
-            shutil.copytree(package, site / package.name, ignore=shutil.ignore_patterns("__pycache__"))
-        textfile_dir = root / "textfile"
-        textfile_dir.mkdir()
-        for directory, _, files in os.walk(root):
-            os.chmod(directory, 0o755)
-            for name in files:
-                os.chmod(os.path.join(directory, name), 0o644)
-        os.chown(textfile_dir, THREADLESS_USER, THREADLESS_USER)  # that user's own directory
-        command = [setpriv, f"--reuid={THREADLESS_USER}", f"--regid={THREADLESS_USER}", "--clear-groups",
-                   prlimit, "--nproc=1", python, "-c"]
-        environment = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "FRAISIER_TEXTFILE_DIR": str(textfile_dir)}
-        yield command, environment, textfile_dir
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+def without_threads() -> Iterator[Threadless]:
+    with threadless_user() as threadless:
+        yield threadless
 
 
 def test_a_process_that_cannot_start_a_thread_hands_over_without_raising(
-    without_threads: tuple[list[str], dict[str, str], Path],
+    without_threads: Threadless,
 ) -> None:
     """Bug: a record call that handed over (the lock busy) starts the process's background thread, and where no
     thread could be started (the user's task limit reached: a container's pids.max, systemd's TasksMax) the

@@ -11,6 +11,8 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers, markers
+from tests.processes import Threadless, threadless_user
+from tests.values import samples_in
 
 HOOK = re.compile(r"\b(register_at_fork|atexit)\b")
 
@@ -234,3 +238,43 @@ def test_a_child_forked_while_another_thread_merges_does_not_keep_the_lock_once_
     finally:
         os.killpg(parent.pid, signal.SIGKILL)  # the child too
         parent.wait(timeout=60)
+
+
+HANDED_OVER = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="handed_over"}'
+
+
+@pytest.fixture
+def without_threads() -> Iterator[Threadless]:
+    with threadless_user() as threadless:
+        yield threadless
+
+
+def test_a_process_that_cannot_start_a_thread_deletes_the_hand_overs_it_applied_itself(
+    without_threads: Threadless,
+) -> None:
+    """Bug: a merge that applied more than a few hand-overs leaves their deletion to the process's background
+    thread, and where none could be started (the user's task limit reached: a container's pids.max, systemd's
+    TasksMax) the RuntimeError failed the merge after its rename, and the thread was taken for started: every
+    later deletion was queued for nobody, and a wait for them (``fraisier textfile refresh``) waited its
+    whole timeout. They are deleted in the merge's own thread then."""
+    command, environment, textfile_dir = without_threads
+    script = textwrap.dedent("""
+        import os
+        from fraisier_textfile import TextfileStore
+        from fraisier_textfile import changes as events
+        from fraisier_textfile.changes import Changes
+        from fraisier_textfile.store import handovers
+
+        store = TextfileStore(os.environ["FRAISIER_TEXTFILE_DIR"])
+        for round in range(2):
+            for _ in range(handovers.INLINE_REMOVALS + 1):
+                changes = Changes()
+                events.deployment_error(changes, "bare_metal", "handed_over")
+                store.hand_over(changes)
+            store.merge(Changes())
+        print(handovers.wait_for_removals(timeout=60), flush=True)
+    """)
+    merged = subprocess.run([*command, script], capture_output=True, text=True, env=environment, timeout=120)
+    assert merged.returncode == 0 and merged.stdout == "True\n" and not merged.stderr, merged
+    assert sorted(set(os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)) - {handovers.SEQUENCE_FILE}) == []
+    assert samples_in(textfile_dir / "fraisier.prom")[HANDED_OVER] == 2 * (handovers.INLINE_REMOVALS + 1)

@@ -63,18 +63,29 @@ class BackgroundWork:
         self.thread: threading.Thread | None = None
 
     def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` for the thread; run it now, in the caller's thread, where no thread can be started."""
         with self.idle:
-            self.outstanding += 1
-            if self.thread is None:
-                # Made with the thread: a process that never has a job does not import queue.
-                import queue
+            jobs = self.queue if self.thread is not None else self._start()
+            if jobs is not None:
+                self.outstanding += 1
+        if jobs is None:
+            job()
+        else:
+            jobs.put(job)
 
-                self.queue = queue.SimpleQueue()
-                self.thread = threading.Thread(target=self._run, args=(self.queue,), name=self.name, daemon=True)
-                self.thread.start()
-            jobs = self.queue
-        assert jobs is not None
-        jobs.put(job)
+    def _start(self) -> queue.SimpleQueue[Callable[[], None]] | None:
+        """Start the thread (under :attr:`idle`); None if none can be had now (the user's task limit reached: a
+        container's pids.max, systemd's TasksMax), and a later job asks again."""
+        import queue  # with the thread: a process that never has a job does not import it
+
+        jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        thread = threading.Thread(target=self._run, args=(jobs,), name=self.name, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            return None
+        self.queue, self.thread = jobs, thread
+        return jobs
 
     def _run(self, jobs: queue.SimpleQueue[Callable[[], None]]) -> None:
         while True:
