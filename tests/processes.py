@@ -261,3 +261,46 @@ def opens_of(path: Path) -> Iterator[Callable[[], int]]:
         yield count
     finally:
         os.close(descriptor)
+
+
+THREADLESS_USER = 61234
+"""A user id no account has: the processes run as it are the test's alone, which a limit on them needs."""
+
+
+Threadless = tuple[list[str], dict[str, str], Path]
+"""A command's start that runs a Python script (``-c``) as :data:`THREADLESS_USER`, its environment, and a
+textfile directory of that user's."""
+
+
+@contextmanager
+def threadless_user() -> Iterator[Threadless]:
+    """How to run a Python script as a user who may not start one more thread (RLIMIT_NPROC reached, as a
+    container's pids.max or systemd's TasksMax do): see :data:`Threadless`. All of it is in a directory another
+    user can enter (pytest's tmp_path is under a 0700 one), with copies of the package and prometheus_client:
+    that user cannot read root's interpreter, so the script runs in Debian's /usr/bin/python3."""
+    import prometheus_client
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run a process as another user with a limit on its tasks")
+    setpriv, prlimit = binary("setpriv"), binary("prlimit")
+    python = shutil.which("python3", path="/usr/bin")
+    if python is None:
+        pytest.fail("the test needs Debian's /usr/bin/python3, which another user can run")
+    root = Path(tempfile.mkdtemp(prefix="fraisier-threadless-", dir="/tmp"))
+    try:
+        site = root / "site"
+        for package in (REPOSITORY / "fraisier_textfile", Path(prometheus_client.__file__).parent):
+            shutil.copytree(package, site / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+        textfile_dir = root / "textfile"
+        textfile_dir.mkdir()
+        for directory, _, files in os.walk(root):
+            os.chmod(directory, 0o755)
+            for name in files:
+                os.chmod(os.path.join(directory, name), 0o644)
+        os.chown(textfile_dir, THREADLESS_USER, THREADLESS_USER)  # that user's own directory
+        command = [setpriv, f"--reuid={THREADLESS_USER}", f"--regid={THREADLESS_USER}", "--clear-groups",
+                   prlimit, "--nproc=1", python, "-c"]
+        environment = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "FRAISIER_TEXTFILE_DIR": str(textfile_dir)}
+        yield command, environment, textfile_dir
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import REPOSITORY, lock_held_elsewhere
+from tests.processes import REPOSITORY, THREADLESS_USER, Threadless, lock_held_elsewhere, threadless_user
 from tests.values import samples_in as samples
 
 DEPLOYMENTS = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
@@ -342,6 +342,34 @@ def test_a_record_call_that_merges_leaves_the_hand_overs_that_arrived_meanwhile_
     assert values[DEPLOYMENTS] == 1
 
 
+NEVER_IN_PRACTICE = "1e10"
+"""Seconds (about 317 years) that a setting may say, meaning "never" in practice, but past the longest wait a
+thread can make (threading.TIMEOUT_MAX, about 292 years): a wait asked for that long raised OverflowError."""
+
+
+def test_an_interval_longer_than_a_thread_can_wait_still_leaves_a_thread_that_merges_when_woken(
+    tmp_path: Path,
+) -> None:
+    """Bug: with FRAISIER_FLUSH_INTERVAL past threading.TIMEOUT_MAX the background thread died at its first wait
+    (a traceback on the program's stderr) and was still taken for running: every hand-over a record call left to
+    it (the try once more, the hand-overs that arrived while the call held the lock) waited for the process's
+    exit. Such an interval means no rounds in practice; the thread still merges when woken."""
+    script = HELD_AFTER_ITS_FIRST_MERGE + RECORD_ONCE_COUNTING_MERGES
+    with alive(script, tmp_path, FRAISIER_FLUSH_INTERVAL=NEVER_IN_PRACTICE) as process:
+        assert record_while_another_hands_over(process, tmp_path) == "returned 1\n"
+        wait_for(tmp_path / "fraisier.prom", MEANWHILE, 1, process)
+    assert process.returncode == 0 and not process.stderr_text, process.stderr_text  # type: ignore[attr-defined]
+
+
+def test_a_lock_wait_budget_longer_than_a_thread_can_wait_still_writes_at_exit(tmp_path: Path) -> None:
+    """Bug: with FRAISIER_LOCK_WAIT_BUDGET past threading.TIMEOUT_MAX the exit hook's wait for the recorder raised
+    OverflowError, and what the recorder held was never written: events lost, and two tracebacks."""
+    with alive(RECORD_THEN_WAIT, tmp_path, FRAISIER_LOCK_WAIT_BUDGET=NEVER_IN_PRACTICE) as process:
+        pass
+    assert process.returncode == 0 and not process.stderr_text, process.stderr_text  # type: ignore[attr-defined]
+    assert samples(tmp_path / "fraisier.prom")[DEPLOYMENTS] == 2
+
+
 def test_hand_overs_left_to_the_background_thread_are_merged_at_exit_if_it_has_not_run(tmp_path: Path) -> None:
     """What a record call left to its background thread (here the merge of a hand-over that arrived while the call
     held the lock) is made at exit if the thread has not made it yet: the hand-overs' writers found the lock held
@@ -370,3 +398,48 @@ def hand_over_elsewhere(textfile_dir: Path, error_type: str) -> None:
     handed = subprocess.run([sys.executable, "-c", script, str(textfile_dir), error_type], capture_output=True,
                             text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
     assert handed.returncode == 0, handed.stderr
+
+
+@pytest.fixture
+def without_threads() -> Iterator[Threadless]:
+    with threadless_user() as threadless:
+        yield threadless
+
+
+def test_a_process_that_cannot_start_a_thread_hands_over_without_raising(
+    without_threads: Threadless,
+) -> None:
+    """Bug: a record call that handed over (the lock busy) starts the process's background thread, and where no
+    thread could be started (the user's task limit reached: a container's pids.max, systemd's TasksMax) the
+    RuntimeError reached the deployment, after a line calling it a bug of ours. The call makes the try once
+    more itself, as with FRAISIER_FLUSH_INTERVAL=0, and a later call tries to start the thread again."""
+    command, environment, textfile_dir = without_threads
+    script = textwrap.dedent("""
+        import threading
+        from fraisier_textfile.recorder.recorder import MetricsRecorder
+
+        recorder = MetricsRecorder()
+        recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)
+        recorder.record_deployment_complete("bare_metal", "api", "success", 12.0)
+        print(threading.active_count(), flush=True)
+    """)
+    lock = textfile_dir / "fraisier.prom.lock"
+    lock.touch()
+    os.chown(lock, THREADLESS_USER, THREADLESS_USER)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_UNTIL_TOLD), str(lock)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        recorded = subprocess.run([*command, script], capture_output=True, text=True, env=environment, timeout=120)
+    finally:
+        holder.communicate("release\nexit\n", timeout=60)
+    assert recorded.returncode == 0 and recorded.stdout == "1\n", recorded
+    # The busy lock's notice, as anywhere, and nothing else.
+    assert [line.split(" (")[0] for line in recorded.stderr.splitlines()] == [
+        f"fraisier metrics: another process held {lock}"], recorded.stderr
+    from fraisier_textfile import TextfileStore
+    from fraisier_textfile.changes import Changes
+
+    TextfileStore(textfile_dir).merge(Changes())  # the next merge of any process
+    assert samples(textfile_dir / "fraisier.prom")[DEPLOYMENTS] == 2

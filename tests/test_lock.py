@@ -46,6 +46,30 @@ def test_a_lock_another_process_holds_times_out_and_is_taken_once_it_lets_go(tmp
     assert not lock.is_held()
 
 
+def test_a_timeout_longer_than_a_thread_can_wait_waits_for_a_holder_that_lets_go(tmp_path: Path) -> None:
+    """Bug: a lock timeout past threading.TIMEOUT_MAX (about 292 years: "never give up" in practice, as
+    FRAISIER_LOCK_TIMEOUT=1e10 or --lock-timeout 1e10 say) raised OverflowError from the wait for the process's
+    other threads, before any lock was tried: ``fraisier-textfile textfile refresh`` ended with a traceback."""
+    path = tmp_path / "fraisier.prom.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        lock = Lock(path)
+
+        def let_go() -> None:  # the wait's first safe point: the holder lets go while the lock is waited for
+            if holder.stdin is not None and not holder.stdin.closed:
+                holder.stdin.close()
+
+        lock.acquire(time.monotonic() + 1e10, 1e10, let_go)
+    finally:
+        if holder.stdin is not None and not holder.stdin.closed:
+            holder.stdin.close()
+        holder.wait(timeout=30)
+    assert lock.is_held()
+    lock.release()
+
+
 def test_a_lock_file_removed_or_replaced_while_held_is_no_longer_held(tmp_path: Path) -> None:
     path = tmp_path / "fraisier.prom.lock"
     lock = Lock(path)

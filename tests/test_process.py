@@ -11,6 +11,8 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers, markers
+from tests.processes import Threadless, threadless_user
+from tests.values import samples_in
 
 HOOK = re.compile(r"\b(register_at_fork|atexit)\b")
 
@@ -177,3 +181,100 @@ def test_the_stores_per_process_state_is_in_process_py() -> None:
         for path in sorted(store.glob("*.py")) if path.name != "process.py"
     }
     assert {name: state for name, state in elsewhere.items() if state} == {}
+
+
+MERGING_THREAD_THEN_FORK = """
+import os, sys, threading, time
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import transaction
+
+locked = transaction.Transaction._locked
+holding = threading.Event()
+
+def held(self, *arguments, **keywords):
+    holding.set()
+    time.sleep(3600)  # the merge holds the lock until the test kills this process
+    return locked(self, *arguments, **keywords)
+
+transaction.Transaction._locked = held
+changes = Changes()
+events.deployment_error(changes, "bare_metal", "merging")
+threading.Thread(target=TextfileStore(sys.argv[1]).merge, args=(changes,), daemon=True).start()
+holding.wait()
+started, running = os.pipe()
+if os.fork() == 0:
+    os.write(running, b"!")  # past the fork hooks
+    time.sleep(3600)  # a child that outlives its parent (a worker, a daemon)
+    os._exit(0)
+os.read(started, 1)
+print("forked", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_child_forked_while_another_thread_merges_does_not_keep_the_lock_once_its_parent_dies(
+    tmp_path: Path,
+) -> None:
+    """Bug: a process forked while another of its threads held the textfile's lock (the recorder's background thread
+    merges hand-overs, a server's threads record) and its child shared the lock's open file description: if the
+    parent died before letting go (a SIGKILL, the OOM killer), the lock stayed held for as long as the child
+    lived, and every writer of every process timed out or handed over, with nobody to merge. The child closes
+    its copy at once (without unlocking: the parent may still be merging), as it does a deployment's marker."""
+    parent = subprocess.Popen([sys.executable, "-c", MERGING_THREAD_THEN_FORK, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "forked\n"
+        descriptor = os.open(tmp_path / "fraisier.prom.lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # the parent's merge holds it
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            parent.kill()
+            parent.wait(timeout=60)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the child, still alive, holds nothing
+        finally:
+            os.close(descriptor)
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)  # the child too
+        parent.wait(timeout=60)
+
+
+HANDED_OVER = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="handed_over"}'
+
+
+@pytest.fixture
+def without_threads() -> Iterator[Threadless]:
+    with threadless_user() as threadless:
+        yield threadless
+
+
+def test_a_process_that_cannot_start_a_thread_deletes_the_hand_overs_it_applied_itself(
+    without_threads: Threadless,
+) -> None:
+    """Bug: a merge that applied more than a few hand-overs leaves their deletion to the process's background
+    thread, and where none could be started (the user's task limit reached: a container's pids.max, systemd's
+    TasksMax) the RuntimeError failed the merge after its rename, and the thread was taken for started: every
+    later deletion was queued for nobody, and a wait for them (``fraisier textfile refresh``) waited its
+    whole timeout. They are deleted in the merge's own thread then."""
+    command, environment, textfile_dir = without_threads
+    script = textwrap.dedent("""
+        import os
+        from fraisier_textfile import TextfileStore
+        from fraisier_textfile import changes as events
+        from fraisier_textfile.changes import Changes
+        from fraisier_textfile.store import handovers
+
+        store = TextfileStore(os.environ["FRAISIER_TEXTFILE_DIR"])
+        for round in range(2):
+            for _ in range(handovers.INLINE_REMOVALS + 1):
+                changes = Changes()
+                events.deployment_error(changes, "bare_metal", "handed_over")
+                store.hand_over(changes)
+            store.merge(Changes())
+        print(handovers.wait_for_removals(timeout=60), flush=True)
+    """)
+    merged = subprocess.run([*command, script], capture_output=True, text=True, env=environment, timeout=120)
+    assert merged.returncode == 0 and merged.stdout == "True\n" and not merged.stderr, merged
+    assert sorted(set(os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)) - {handovers.SEQUENCE_FILE}) == []
+    assert samples_in(textfile_dir / "fraisier.prom")[HANDED_OVER] == 2 * (handovers.INLINE_REMOVALS + 1)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from fraisier_textfile import settings, validate
 from fraisier_textfile.settings import DEFAULT_LOCK_WAIT_BUDGET
+from fraisier_textfile.store.lock import waitable
 from fraisier_textfile.store.textfile import TextfileStore
 
 if TYPE_CHECKING:
@@ -100,7 +101,13 @@ class _BackgroundFlush:
                 return
             thread = threading.Thread(target=self._run, args=(self.interval,), name="fraisier-textfile-flush",
                                       daemon=True)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:
+                # No thread to be had now (the user's task limit reached: a container's pids.max, systemd's
+                # TasksMax): the record calls make their tries themselves, as with no thread, and the next one
+                # that needs the thread asks again.
+                return
             self._thread = thread
             global _stop_registered
             if not _stop_registered:
@@ -122,12 +129,12 @@ class _BackgroundFlush:
         self._woken.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            thread.join(waitable(timeout))
 
     def _run(self, interval: float) -> None:
         next_round = time.monotonic() + interval
         while True:
-            woken = self._woken.wait(max(0.0, next_round - time.monotonic()))
+            woken = self._woken.wait(waitable(max(0.0, next_round - time.monotonic())))
             if self._stopping.is_set():
                 return
             try:
@@ -255,7 +262,7 @@ def _write_at_exit() -> None:
     process exiting while another holds the lock loses nothing."""
     for writer in list(unflushed):
         # A daemon thread may still hold the recorder (it runs during atexit): never hang the exit on it.
-        if not writer.lock.acquire(timeout=max(0.1, process_budget.left(writer.lock_wait_budget))):
+        if not writer.lock.acquire(timeout=waitable(max(0.1, process_budget.left(writer.lock_wait_budget)))):
             log.error("fraisier metrics: events recorded in this process were not written to %s: another "
                       "thread was still recording at exit", writer.textfile_path)
             continue

@@ -24,7 +24,7 @@ except ImportError:  # an interpreter without the C module
 
 from fraisier_textfile import validate
 from fraisier_textfile.errors import LockTimeoutError, TextfileWriteError, write_error
-from fraisier_textfile.store import fs
+from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.files import lstat_in, unexpected
 
 if TYPE_CHECKING:
@@ -45,6 +45,13 @@ FIRST_POLL = 0.0001
 
 
 LONGEST_POLL = 0.001
+
+
+def waitable(seconds: float) -> float:
+    """``seconds`` as a thread can wait them (for a lock, an event, another thread): at most threading.TIMEOUT_MAX,
+    about 292 years, past which Python raises OverflowError. A setting in seconds may be any finite number, and a
+    huge one (1e10) is how people say "never give up": that is the longest wait there is."""
+    return min(seconds, threading.TIMEOUT_MAX)
 
 
 def default_lock_timeout(strict: bool = False) -> float:
@@ -82,7 +89,8 @@ class Lock:
         directory held open, which the lock file is opened in and checked against until :meth:`release` (the
         caller keeps it open meanwhile); None: the directory of the lock's path, opened here."""
         remaining = deadline - time.monotonic()
-        if not self._threads.acquire(timeout=remaining) if remaining > 0 else not self._threads.acquire(False):
+        took = self._threads.acquire(timeout=waitable(remaining)) if remaining > 0 else self._threads.acquire(False)
+        if not took:
             raise LockTimeoutError(self.path, timeout)
         try:
             if directory is None:
@@ -92,13 +100,19 @@ class Lock:
                                       OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
                 self._own_directory = True
             self._directory = directory
+            # Noted before the flock, each descriptor as soon as it is open (_lock_file): a child forked by another
+            # thread at any moment from here on closes its copy (store/process.py).
+            process.held_locks[self] = holder = threading.get_ident()
             self._descriptor = self._lock_file(directory, deadline, timeout, safe_point)
+            process.held_locks[self] = holder  # again: a merge by a signal handler while we waited let go of it
         except BaseException:
+            process.held_locks.pop(self, None)
             self._let_go_of_directory()
             self._threads.release()
             raise
 
     def release(self) -> None:
+        process.held_locks.pop(self, None)
         descriptor, self._descriptor = self._descriptor, -1
         try:
             # Unlocked explicitly: a child forked meanwhile shares the descriptor, and closing ours alone
@@ -110,6 +124,17 @@ class Lock:
             os.close(descriptor)
             self._let_go_of_directory()
             self._threads.release()
+
+    def forget_in_child(self) -> None:
+        """In a forked child, for a lock another thread of the parent held at the fork (store/process.py): close
+        the child's copy of the descriptor, never unlock it (the lock is the parent's, through the open file
+        description they share), so that the child never holds the lock once its parent is gone. The thread that
+        held it does not exist here: nobody will release it."""
+        descriptor, self._descriptor = self._descriptor, -1
+        if descriptor >= 0:
+            os.close(descriptor)
+        self._let_go_of_directory()
+        self._threads = threading.RLock()
 
     def _let_go_of_directory(self) -> None:
         directory, self._directory = self._directory, None
@@ -123,7 +148,7 @@ class Lock:
         attempts = 0
         while True:
             attempts += 1
-            descriptor = self._open(directory)
+            self._descriptor = descriptor = self._open(directory)
             try:
                 while not try_lock(descriptor, self.path):
                     remaining = deadline - time.monotonic()
@@ -135,8 +160,10 @@ class Lock:
                 if self._is_at_path(directory, descriptor):
                     return descriptor
             except BaseException:
+                self._descriptor = -1
                 os.close(descriptor)
                 raise
+            self._descriptor = -1
             os.close(descriptor)  # removed or replaced while we waited: lock the file of that name now
             if attempts >= 3 and time.monotonic() > deadline:
                 raise LockTimeoutError(self.path, timeout)

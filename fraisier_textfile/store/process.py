@@ -18,7 +18,9 @@ recomputes from its own PID; lock.py's signal numbers): they hold as well in a c
 A fork makes another process. The child does not carry its parent's deployments: it closes its copies of their
 lock descriptors at once, and only closes them (unlocking would release the lock the parent holds through the
 open file description they share), so that a child outliving its parent never keeps the parent's deployment
-alive. Threads do not survive a fork, and another thread of the parent may have held one of these locks at that
+alive. So it does with the textfile's lock when another thread of the parent held it at the fork (a merge of the
+recorder's background thread): a parent killed mid-merge must not leave the lock held by a child that lives on.
+Threads do not survive a fork, and another thread of the parent may have held the store's thread locks at that
 moment: the child starts with new locks and a background thread of its own (started at its first job). A fork
 waits while another thread makes a marker (:data:`creating`): between taking the marker's lock and noting it as
 held, a child would inherit a lock this hook does not know of, and keep the deployment alive after its process.
@@ -41,6 +43,7 @@ from fraisier_textfile.logger import get_logger
 if TYPE_CHECKING:
     import queue
 
+    from fraisier_textfile.store.lock import Lock
     from fraisier_textfile.store.markers import Marker
 
 log = get_logger(__name__)
@@ -60,18 +63,29 @@ class BackgroundWork:
         self.thread: threading.Thread | None = None
 
     def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` for the thread; run it now, in the caller's thread, where no thread can be started."""
         with self.idle:
-            self.outstanding += 1
-            if self.thread is None:
-                # Made with the thread: a process that never has a job does not import queue.
-                import queue
+            jobs = self.queue if self.thread is not None else self._start()
+            if jobs is not None:
+                self.outstanding += 1
+        if jobs is None:
+            job()
+        else:
+            jobs.put(job)
 
-                self.queue = queue.SimpleQueue()
-                self.thread = threading.Thread(target=self._run, args=(self.queue,), name=self.name, daemon=True)
-                self.thread.start()
-            jobs = self.queue
-        assert jobs is not None
-        jobs.put(job)
+    def _start(self) -> queue.SimpleQueue[Callable[[], None]] | None:
+        """Start the thread (under :attr:`idle`); None if none can be had now (the user's task limit reached: a
+        container's pids.max, systemd's TasksMax), and a later job asks again."""
+        import queue  # with the thread: a process that never has a job does not import it
+
+        jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        thread = threading.Thread(target=self._run, args=(jobs,), name=self.name, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            return None
+        self.queue, self.thread = jobs, thread
+        return jobs
 
     def _run(self, jobs: queue.SimpleQueue[Callable[[], None]]) -> None:
         while True:
@@ -92,6 +106,8 @@ class BackgroundWork:
 
 held_markers: dict[str, Marker] = {}
 """The markers this process holds, by id."""
+held_locks: dict[Lock, int] = {}
+"""The textfile locks this process holds (lock.py), each with the thread holding it (threading.get_ident)."""
 creating = threading.RLock()
 """Held while a marker is made and noted in :data:`held_markers`, and by a fork (see the module's note).
 Reentrant: a signal handler that forks while its own thread makes a marker must not wait for itself."""
@@ -136,6 +152,11 @@ def _in_child() -> None:
     for marker in list(held_markers.values()):
         marker.forget_in_child()
     held_markers.clear()
+    forking_thread = threading.get_ident()
+    for lock, holder in list(held_locks.items()):
+        if holder != forking_thread:  # the forking thread's own lock is its to release, here too
+            lock.forget_in_child()
+            del held_locks[lock]
     background = BackgroundWork(background.name)
 
 
