@@ -24,12 +24,18 @@ sys.stdin.readline()
 """
 
 
-def test_a_lock_another_process_holds_times_out_and_is_taken_once_it_lets_go(tmp_path: Path) -> None:
-    path = tmp_path / "fraisier.prom.lock"
+def start_holder(path: Path) -> subprocess.Popen[str]:
+    """Another process holding ``path``'s flock until its stdin is closed."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_lock_another_process_holds_times_out_and_is_taken_once_it_lets_go(tmp_path: Path) -> None:
+    path = tmp_path / "fraisier.prom.lock"
+    holder = start_holder(path)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         lock = Lock(path)
         with pytest.raises(LockTimeoutError):
             lock.acquire(time.monotonic() + 0.2, 0.2, lambda: None)
@@ -51,10 +57,8 @@ def test_a_timeout_longer_than_a_thread_can_wait_waits_for_a_holder_that_lets_go
     FRAISIER_LOCK_TIMEOUT=1e10 or --lock-timeout 1e10 say) raised OverflowError from the wait for the process's
     other threads, before any lock was tried: ``fraisier-textfile textfile refresh`` ended with a traceback."""
     path = tmp_path / "fraisier.prom.lock"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    holder = start_holder(path)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         lock = Lock(path)
 
         def let_go() -> None:  # the wait's first safe point: the holder lets go while the lock is waited for
