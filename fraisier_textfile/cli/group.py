@@ -262,31 +262,30 @@ def own_help_option(command: click.Command, context: click.Context) -> click.Opt
     return option
 
 
-class Command(click.Command):
-    """Our commands: click's, with :func:`own_help_option`."""
+class _OwnHelp:
+    """Gives a click command :func:`own_help_option` in place of click's."""
 
     def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        assert isinstance(self, click.Command)
         return own_help_option(self, ctx)
 
 
-class Group(click.Group):
+class Command(_OwnHelp, click.Command):
+    """Our commands: click's, with :func:`own_help_option`."""
+
+
+class Group(_OwnHelp, click.Group):
     """Our command groups: click's, with :func:`own_help_option`; their commands and subgroups are ours too."""
 
     command_class = Command
     group_class = type  # click's convention: a subgroup of this same class
 
-    def get_help_option(self, ctx: click.Context) -> click.Option | None:
-        return own_help_option(self, ctx)
 
-
-class MainGroup(HintingGroup):
+class MainGroup(_OwnHelp, HintingGroup):
     """The ``fraisier-textfile`` group (combined.HintingGroup's hints), with :func:`own_help_option`."""
 
     command_class = Command
     group_class = Group
-
-    def get_help_option(self, ctx: click.Context) -> click.Option | None:
-        return own_help_option(self, ctx)
 
 
 def _show_version(context: click.Context, parameter: click.Parameter, value: bool) -> None:
