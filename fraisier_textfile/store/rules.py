@@ -7,7 +7,6 @@ nothing here knows which families exist: the changes name them.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,6 @@ from fraisier_textfile.format.syntax import label_text, series_key
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import process
 from fraisier_textfile.store.changes import Changes, HistogramDelta, Labels
-from fraisier_textfile.store.files import lstat_in
 
 if TYPE_CHECKING:
     from fraisier_textfile.store import fs
@@ -164,16 +162,15 @@ def combine(parts: list[Changes]) -> Changes:
     return combined
 
 
-def clock_is_behind(path: fs.PathName, directory: fs.Directory) -> bool:
+def clock_is_behind(path: fs.PathName, written_ns: int | None) -> bool:
     """Whether the textfile was last written in this process's future (its mtime, which the kernel set
     then, is ahead of our clock by more than CLOCK_TOLERANCE): then this clock is behind (a host before its
     NTP sync, a clock stepped back, faketime), and a stored time ahead of it is right, not to be replaced.
-    ``directory``: the textfile directory held open (a merge's), where the file is looked up by its name
-    (``path``: what it is called, for the message)."""
-    status = lstat_in(directory, os.path.basename(path))
-    if status is None:
+    ``written_ns``: the file's mtime as the merge found it under the lock (the version it read or kept; None:
+    there is no file); ``path``: what it is called, for the message."""
+    if written_ns is None:
         return False
-    ahead = status.st_mtime - time.time()
+    ahead = written_ns / 1e9 - time.time()
     if ahead <= CLOCK_TOLERANCE:
         return False
     if process.first_time("clock behind"):

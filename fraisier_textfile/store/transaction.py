@@ -189,7 +189,7 @@ class Transaction:
     def _locked(self, changes: Changes, textfile: fs.Directory) -> Merge:
         """The transaction's steps under the lock (see the module's note), up to the rename; returns the merge for
         the steps after the release."""
-        document, check = self._load(textfile)
+        document, check, written_ns = self._load(textfile)
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         if cached is not None:
             cached[0].close()
@@ -204,7 +204,7 @@ class Transaction:
             count_running(self.sources, merge.running)
             for participant in reversed(participants):
                 participant.before_apply(merge)
-            behind = clock_is_behind(self.file.path, textfile)
+            behind = clock_is_behind(self.file.path, written_ns)
             apply_changes(document, merge.changes, self.file.path, time.time(), behind)
             for participant in participants:
                 participant.after_apply(merge)
@@ -256,12 +256,14 @@ class Transaction:
                             error, exc_info=log.isEnabledFor(logger.DEBUG))
             return None
 
-    def _load(self, textfile: fs.Directory) -> tuple[Document, Check | None]:
-        """The document to merge into, and the check of its claims still to be made (None: nothing to check)."""
+    def _load(self, textfile: fs.Directory) -> tuple[Document, Check | None, int | None]:
+        """The document to merge into, the check of its claims still to be made (None: nothing to check), and the
+        file's mtime in nanoseconds as found (None: no file; rules.clock_is_behind judges it, with no look of its
+        own at the file)."""
         if self._cached is not None:
             cached_version, document = self._cached
             if cached_version.is_current(textfile):
-                return document, None
+                return document, None, cached_version.key[3]
             cached_version.close()
             self._cached = None
         if self._corrupt is not None:
@@ -289,9 +291,10 @@ class Transaction:
             if version is not None:
                 self._corrupt = (version, error)
             raise
-        if version is not None:
-            version.close()
-        return document, check
+        if version is None:
+            return document, check, None
+        version.close()
+        return document, check, version.key[3]
 
     def remove_litter(self, textfile: fs.Directory) -> None:
         """Temporary files are only made under the lock, which we hold: any left are from killed writers. Each
