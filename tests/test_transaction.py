@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,71 @@ def lock_is_free(lock_path: Path) -> bool:
     finally:
         os.close(descriptor)
     return True
+
+
+def open_textfiles(path: Path) -> list[tuple[int, bool]]:
+    """The inodes of every version of ``path`` this process holds open, each with whether it is still the file at
+    the path."""
+    current = path.stat().st_ino if path.exists() else None
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+            status = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.removesuffix(" (deleted)") == str(path):
+            found.append((status.st_ino, status.st_ino == current))
+    return found
+
+
+def replaced_versions_closed(path: Path) -> bool:
+    """Wait until no version of ``path`` that a rename replaced is held open by this process (they are closed off
+    the merge's path, by another thread): False if one still is after 10 s."""
+    deadline = time.monotonic() + 10
+    while any(not current for _, current in open_textfiles(path)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["read from disk", "kept from the last merge"])
+def test_the_version_a_merge_replaces_is_open_during_its_rename_and_closed_after(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, kept: bool
+) -> None:
+    """The last descriptor of a file a rename unlinked frees its blocks: held open until after the rename, the
+    rename costs no freeing, and the merge closes it afterwards, off its caller's path, never leaking it."""
+    from fraisier_textfile.store import fs
+
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    store = TextfileStore(textfile_dir)
+    if kept:
+        record(store, events.deployment_error, "bare_metal", "timeout")
+    assert replaced_versions_closed(store.path)
+    before = store.path.stat().st_ino
+    held_at_rename: list[bool] = []
+    replace = fs.Directory.replace
+
+    def noting_replace(directory: fs.Directory, source: str, target: str) -> None:
+        if target == store.path.name:
+            held_at_rename.append(any(inode == before for inode, _ in open_textfiles(store.path)))
+        replace(directory, source, target)
+
+    monkeypatch.setattr(fs.Directory, "replace", noting_replace)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    assert held_at_rename == [True]
+    assert store.path.stat().st_ino != before
+    assert replaced_versions_closed(store.path)
+
+
+def test_a_kept_version_another_merger_replaced_is_closed_at_the_next_merge(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    for _ in range(3):
+        record(store, events.deployment_error, "bare_metal", "timeout")  # kept
+        record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")  # replaces it
+    record(store, events.deployment_error, "bare_metal", "timeout")  # finds the one it kept replaced
+    assert replaced_versions_closed(store.path)
+    assert [current for _, current in open_textfiles(store.path)] == [True]  # only the version just written
+    values = sample_values(store.path)
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 7

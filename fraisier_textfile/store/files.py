@@ -9,6 +9,7 @@ never opened in a way that could block.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import stat
@@ -20,7 +21,7 @@ from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.reader import parse_bytes, parse_unvouched, read_claimed
 from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.format.syntax import ParseError
-from fraisier_textfile.store import fs
+from fraisier_textfile.store import fs, process
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -122,8 +123,42 @@ class FileVersion:
             os.close(self._descriptor)
             self._descriptor = -1
 
+    def detach(self) -> int:
+        """Give up the descriptor, which the caller now closes (-1 if already closed)."""
+        descriptor, self._descriptor = self._descriptor, -1
+        return descriptor
+
     def __del__(self) -> None:
         self.close()
+
+
+def close_off_path(versions: list[FileVersion]) -> None:
+    """Close the versions a merge replaced, and empty ``versions``, without making the caller wait for it.
+
+    The last descriptor of a file that a rename unlinked frees its blocks, and that costs about as much as
+    writing a few hundred kilobytes (bench/README.md). A merge holds the version it replaces open until after its
+    rename, so the rename itself only moves a name, and closes it here: in the store's background thread if this
+    process has one running, else in a thread started for it, and in the caller's own thread only where no thread
+    can be had (the task limit reached)."""
+    descriptors = [descriptor for descriptor in (version.detach() for version in versions) if descriptor >= 0]
+    versions.clear()
+    if not descriptors:
+        return
+    if process.background.thread is not None:
+        process.background.submit(lambda: _close_all(descriptors))
+        return
+    try:
+        _thread.start_new_thread(_close_all, (descriptors,))
+    except RuntimeError:
+        _close_all(descriptors)
+
+
+def _close_all(descriptors: list[int]) -> None:
+    for descriptor in descriptors:
+        try:
+            os.close(descriptor)
+        except OSError:
+            pass
 
 
 _READ_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

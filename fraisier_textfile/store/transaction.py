@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from fraisier_textfile import logger
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.store import process
-from fraisier_textfile.store.files import FileVersion, Textfile, unlink_quietly
+from fraisier_textfile.store.files import FileVersion, Textfile, close_off_path, unlink_quietly
 from fraisier_textfile.store.lock import DeferredSignals, Lock, LockLost
 from fraisier_textfile.store.rules import apply_changes, clock_is_behind, combine
 from fraisier_textfile.store.vouching import Check
@@ -145,6 +145,10 @@ class Transaction:
         self._check_claims_first = False
         """The last merge found the file not as its layout line claimed: the next read checks the claims before
         it takes anything from the file."""
+        self._replaced: list[FileVersion] = []
+        """The versions of the file this merge read or kept and is about to replace: held open until the rename
+        is made, so that the rename does not free their blocks, then closed off the caller's path
+        (files.close_off_path)."""
         self.held_lock = False
         """Whether the last :meth:`run` took the lock, even if it then failed: only a holder owes the look for
         hand-overs that arrived while it held it (textfile.py)."""
@@ -181,6 +185,7 @@ class Transaction:
                     for participant in participants:
                         participant.after_commit(merge)
                 finally:
+                    close_off_path(self._replaced)
                     for participant in participants:
                         participant.close()
                 return
@@ -192,7 +197,7 @@ class Transaction:
         document, check, written_ns = self._load(textfile)
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         if cached is not None:
-            cached[0].close()
+            self._replaced.append(cached[0])
         # Not as we write it: then it needs the checks a file from elsewhere needs (histogram buckets).
         as_written = check is not None or (cached is not None and document is cached[1])
         merge = Merge(self.file.directory, self.file.path, textfile, document, changes, as_written)
@@ -264,7 +269,7 @@ class Transaction:
             cached_version, document = self._cached
             if cached_version.is_current(textfile):
                 return document, None, cached_version.key[3]
-            cached_version.close()
+            self._replaced.append(cached_version)  # another merger's rename unlinked it: its blocks are ours to free
             self._cached = None
         if self._corrupt is not None:
             corrupt_version, error = self._corrupt
@@ -293,7 +298,7 @@ class Transaction:
             raise
         if version is None:
             return document, check, None
-        version.close()
+        self._replaced.append(version)
         return document, check, version.key[3]
 
     def remove_litter(self, textfile: fs.Directory) -> None:
