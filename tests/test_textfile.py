@@ -327,15 +327,10 @@ def test_a_first_value_that_overflowed_to_infinity_in_memory_is_refused_not_writ
     assert file_state(textfile_dir) == before
 
 
-def test_a_merge_and_its_look_for_late_hand_overs_open_and_check_the_directory_once(
-    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The path is resolved and checked (for root: every directory on the way) once per merge call: the look
-    for hand-overs that arrived while the lock was held goes through the directory already open."""
+def directories_opened(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths the store opens and checks from now on (fs.open_directory), in order."""
     from fraisier_textfile.store import fs
 
-    store = TextfileStore(textfile_dir)
-    store.merge(Changes())
     opened: list[Path] = []
     open_directory = fs.open_directory
 
@@ -344,10 +339,37 @@ def test_a_merge_and_its_look_for_late_hand_overs_open_and_check_the_directory_o
         return open_directory(path, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(fs, "open_directory", counting)
+    return opened
+
+
+def test_a_merge_and_its_look_for_late_hand_overs_open_and_check_the_directory_once(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path is resolved and checked (for root: every directory on the way) once per merge call: the look
+    for hand-overs that arrived while the lock was held goes through the directory already open."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    opened = directories_opened(monkeypatch)
     changes = Changes()
     events.deployment_complete(changes, "bare_metal", "api", "success", 1.0)
     store.merge(changes)
     assert opened == [textfile_dir]
+
+
+def test_a_record_call_that_merges_opens_and_checks_the_directory_once_its_look_included(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recorder's call leaves the merge of late hand-overs to its background thread, but not the look for them:
+    the call makes it through the directory its merge opened, not by opening and checking the path again."""
+    from fraisier_textfile import MetricsRecorder
+
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    opened = directories_opened(monkeypatch)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    assert opened == [textfile_dir]
+    assert sample_values(textfile_dir / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 2
 
 
 BACKLOG_THEN_EXIT = """

@@ -202,7 +202,7 @@ class Writer:
         whole merge of everyone's hand-overs, which the caller need not wait for. After a merge the look is made
         here (a process whose calls all merge alone starts no thread); with no background thread
         (FRAISIER_FLUSH_INTERVAL=0), the call makes the try itself."""
-        if merged and not self.store.handovers_waiting():
+        if merged and not self.store.late_handovers:
             return
         # After a hand-over its own waits: the try needs no look at the directory first.
         if not process.merge_soon(self, self.store.handovers.handled, look=merged):

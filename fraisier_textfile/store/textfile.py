@@ -76,6 +76,9 @@ class TextfileStore:
         self.sources: list[Participant] = list(participants)
         """The participants given (sources read under the lock), in their order."""
         self.handovers = handovers.Handovers()
+        self.late_handovers = False
+        """After :meth:`merge_or_hand_over` merged with ``follow_up=False``: whether hand-overs that no merge of
+        this store has seen were waiting once it released the lock."""
         self.markers = None if markers is None else inflight.InFlightMarkers(markers)
         self.lifecycle.active = None if markers is None else markers.active
         # The order is the ordering rule (see transaction.py).
@@ -252,17 +255,22 @@ class TextfileStore:
         ``follow_up=False`` leaves to the caller what a call owes the hand-over invariant (see
         _merge_late_handovers) once its own part is done: after a hand-over, the try once more (the lock's holder
         may have looked before this one was there); after a merge, the look for hand-overs that arrived while it
-        held the lock. The caller must make it after this call returned (:meth:`merge_waiting`; after a merge,
-        with the hand-overs this store saw, ``handovers.handled``), from a thread of its own say: either may
-        merge every hand-over waiting, a whole merge that the caller of a record call need not wait for."""
+        held the lock. After a merge the call still looks, once the lock is released, and leaves what it found in
+        :attr:`late_handovers`. The caller must make the rest after this call returned (:meth:`merge_waiting`;
+        after a merge, if ``late_handovers``, with the hand-overs this store saw, ``handovers.handled``), from a
+        thread of its own say: either may merge every hand-over waiting, a whole merge that the caller of a record
+        call need not wait for."""
         # One descriptor of the directory, checked once (for root, every directory of the path), for the try, the
         # hand-over and the try once more.
         with self.file.open_directory() as textfile:
             try:
                 self._merge_in(textfile, changes, wait, look=follow_up)
-                return True
             except LockTimeoutError:
                 pass
+            else:
+                if not follow_up:
+                    self.late_handovers = self.handovers.waiting_in(textfile)
+                return True
             self._hand_over_in(textfile, changes, durable)
             if follow_up:
                 # The hand-over is on disk before this try. If the lock is busy, its holder will look for
