@@ -119,23 +119,34 @@ def imports() -> None:
     report({"start_to_imported_seconds": time.perf_counter() - STARTED, "peak_rss_kib": peak_rss_kib()})
 
 
-def floor_once(path: str) -> tuple[float, float]:
+def floor_once(path: str, keep_replaced: bool = False) -> tuple[float, float]:
     """The I/O floor of a merge: read the file, write a temporary beside it, fsync, rename it over the file. Its
-    wall time and the CPU time this process spent on it."""
+    wall time and the CPU time this process spent on it.
+
+    ``keep_replaced``: the floor at its best, as the store does it. The last descriptor of a file a rename unlinks
+    frees its blocks; here the file read stays open until after the rename, so that the rename only moves a name,
+    and is closed once the time is taken (the store closes it in another thread, after its caller has its
+    answer)."""
     started, started_cpu = time.perf_counter(), time.process_time()
-    with open(path, "rb") as file:
-        data = file.read()
-    temporary = path + ".floor.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    file = open(path, "rb")  # noqa: SIM115 (closed below, after the rename or before it)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
-        os.fsync(descriptor)
+        data = file.read()
+        if not keep_replaced:
+            file.close()
+        temporary = path + ".floor.tmp"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
+        timed = time.perf_counter() - started, time.process_time() - started_cpu
     finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
-    return time.perf_counter() - started, time.process_time() - started_cpu
+        file.close()
+    return timed
 
 
 def warm(directory: str, floor_path: str, repetitions: str) -> None:
@@ -147,28 +158,33 @@ def warm(directory: str, floor_path: str, repetitions: str) -> None:
     floor_once(floor_path)
     warm_samples: list[tuple[float, float]] = []
     floor_samples: list[tuple[float, float]] = []
+    kept_samples: list[tuple[float, float]] = []
     for number in range(int(repetitions)):
         if number % 2:
             floor_samples.append(floor_once(floor_path))
+            kept_samples.append(floor_once(floor_path, keep_replaced=True))
         started, started_cpu = time.perf_counter(), time.process_time()
         recorder.record_deployment_complete(*EVENT)
         warm_samples.append((time.perf_counter() - started, time.process_time() - started_cpu))
         if not number % 2:
+            kept_samples.append(floor_once(floor_path, keep_replaced=True))
             floor_samples.append(floor_once(floor_path))
     report({"warm_seconds": [wall for wall, _ in warm_samples], "warm_cpu_seconds": [cpu for _, cpu in warm_samples],
             "floor_seconds": [wall for wall, _ in floor_samples],
-            "floor_cpu_seconds": [cpu for _, cpu in floor_samples]})
+            "floor_cpu_seconds": [cpu for _, cpu in floor_samples],
+            "floor_kept_seconds": [wall for wall, _ in kept_samples],
+            "floor_kept_cpu_seconds": [cpu for _, cpu in kept_samples]})
 
 
-def fresh_floor(path: str) -> None:
+def fresh_floor(path: str, keep_replaced: str = "") -> None:
     """The I/O floor as a new process pays it, after the same imports as ``fresh``: its first read of the file
     faults in fresh memory, which a process that read it before (``warm``, where the floor is timed) reuses.
     Then, timed apart, an fsync of the directory, which the store does after its rename and the floor does
-    not: shown beside, never added to the floor."""
+    not: shown beside, never added to the floor. ``keep_replaced`` (non-empty): see floor_once."""
     import fraisier_textfile  # noqa: F401
     from fraisier_textfile import MetricsRecorder  # noqa: F401
 
-    floor_seconds, floor_cpu_seconds = floor_once(path)
+    floor_seconds, floor_cpu_seconds = floor_once(path, keep_replaced=bool(keep_replaced))
     started = time.perf_counter()
     descriptor = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
     try:

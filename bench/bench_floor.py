@@ -200,6 +200,8 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
     fresh_floor_path = copy_of(master, root / f"{series}" / "fresh-floor")
     fresh_floors: list[float] = []
     fresh_floor_cpus: list[float] = []
+    kept_floors: list[float] = []
+    kept_floor_cpus: list[float] = []
     directory_fsyncs: list[float] = []
     fresh_runs: list[dict[str, Any]] = []
     fresh_walls: list[float] = []
@@ -207,9 +209,14 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
     import_walls: list[float] = []
     interpreter_walls: list[float] = []
     for number in range(repetitions + 1):  # the first round warms the page cache and is not kept
-        steps = ["fresh", "fresh_floor", "imports", "interpreter"]
+        steps = ["fresh", "fresh_floor", "fresh_floor_kept", "imports", "interpreter"]
         for step in steps if number % 2 else reversed(steps):
-            if step == "fresh_floor":
+            if step == "fresh_floor_kept":
+                report, _ = run_worker(package, "fresh_floor", fresh_floor_path, "keep")
+                if number:
+                    kept_floors.append(report["floor_seconds"])
+                    kept_floor_cpus.append(report["floor_cpu_seconds"])
+            elif step == "fresh_floor":
                 report, _ = run_worker(package, "fresh_floor", fresh_floor_path)
                 if number:
                     fresh_floors.append(report["floor_seconds"])
@@ -255,6 +262,10 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
             "cpu_ratio": fresh_cpu / fresh_floor_cpu,
         },
         "fresh_floor": {**fresh_floor, "cpu_median_seconds": fresh_floor_cpu},
+        # The floors at their best, freeing the replaced file after the timed span as the store does (beside).
+        "floor_kept": {**summary(warm["floor_kept_seconds"]),
+                       "cpu_median_seconds": statistics.median(warm["floor_kept_cpu_seconds"])},
+        "fresh_floor_kept": {**summary(kept_floors), "cpu_median_seconds": statistics.median(kept_floor_cpus)},
         "fresh_floor_directory_fsync": summary(directory_fsyncs),
         "warm_merge": {**warm_summary, "ratio": warm_summary["median_seconds"] / floor["median_seconds"],
                        "cpu_median_seconds": warm_cpu, "cpu_ratio": warm_cpu / floor_cpu},
@@ -570,6 +581,11 @@ def render_sizes(result: dict[str, Any]) -> None:
             ("fresh recorder in a new process, +1 event", size["fresh_merge"], fresh_floor, GOALS["fresh"]),
             ("beside: a directory fsync after the new-process floor", size["fresh_floor_directory_fsync"],
              fresh_floor, None),
+            ("beside: I/O floor, the replaced file freed after the timed span", size["floor_kept"], floor, None),
+            ("  warm recorder against it", size["warm_merge"], size["floor_kept"], None),
+            ("beside: new-process floor, the replaced file freed after", size["fresh_floor_kept"], fresh_floor,
+             None),
+            ("  fresh recorder against it", size["fresh_merge"], size["fresh_floor_kept"], None),
             ("beside: the imports, in the fresh process", size["fresh_start_to_imported"], fresh_floor, None),
             ("beside: whole fresh process (start, imports, merge, exit)", size["whole_fresh_process"], fresh_floor,
              None),
@@ -605,6 +621,11 @@ def render_sizes(result: dict[str, Any]) -> None:
             "processes alternate",
             "the floors fsync the file, not its directory; the store also fsyncs the directory after the rename "
             "(what that costs is shown beside): its share of the fresh merge's time is the disk's, not the code's",
+            "the replaced file freed after: the last descriptor of a file a rename unlinks frees its blocks; the "
+            "store holds the file it replaces open until after its rename and closes it in another thread once "
+            "the caller has its answer, so the floors are shown beside done that way too (the file read kept "
+            "open until the time is taken), with the recorder's ratio to them; the goals are judged against the "
+            "floors as the issue defines them, the first and third rows",
             "the fresh merge is timed inside its process: construction, the first read and the merge, not the "
             "interpreter's start or the imports (shown beside; the recorder's module and prometheus_client, "
             "which fraisier_textfile loads on first use of MetricsRecorder, among them); against the I/O floor "
