@@ -277,3 +277,26 @@ def test_a_hand_made_marker_of_any_shape_never_fails_a_merge_or_a_deployment(
     assert "Traceback" not in result.stderr
     values = sample_values(textfile_dir / "fraisier.prom")
     assert values['fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+
+
+def test_a_merge_with_no_marker_directory_looks_for_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most merges have no deployment in flight: the markers' directory, missing, is looked for by the probe, and
+    looked for again only when the changes retire a marker that may have been made since."""
+    from fraisier_textfile.store import fs
+
+    recorder = fraisier_textfile.MetricsRecorder(tmp_path)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    looked: list[str] = []
+    subdirectory = fs.Directory.subdirectory
+
+    def noting(directory: fs.Directory, name: str, *arguments: object, **options: object) -> fs.Directory | None:
+        looked.append(name)
+        return subdirectory(directory, name, *arguments, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs.Directory, "subdirectory", noting)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    assert looked.count(MARKER_DIRECTORY) == 1
+    with recorder.track_deployment("bare_metal", "api"):  # started and ended: its end retires its marker
+        pass
+    assert sample_values(tmp_path / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 3

@@ -137,9 +137,11 @@ def close_off_path(versions: list[FileVersion]) -> None:
 
     The last descriptor of a file that a rename unlinked frees its blocks, and that costs about as much as
     writing a few hundred kilobytes (bench/README.md). A merge holds the version it replaces open until after its
-    rename, so the rename itself only moves a name, and closes it here: in the store's background thread if this
-    process has one running, else in a thread started for it, and in the caller's own thread only where no thread
-    can be had (the task limit reached)."""
+    rename, so the rename itself only moves a name, and closes it here, in another thread: the store's background
+    thread if it runs (process.py), else a bare thread that ends with the close. Not the background thread started
+    for it: a thread that lives on would make every later fork of the program a fork of a multi-threaded process,
+    and a bare thread's start costs a tenth of it. In the caller's own thread where no thread can be had (the task
+    limit reached)."""
     descriptors = [descriptor for descriptor in (version.detach() for version in versions) if descriptor >= 0]
     versions.clear()
     if not descriptors:

@@ -57,9 +57,10 @@ class InFlightMarkers(Participant):
         return None
 
     def before_apply(self, merge: Merge) -> None:
-        if self._directory is None:
+        if self._directory is None and merge.changes.retired_markers:
             # Made since the probe, by a deployment whose start and end were both handed over meanwhile: its
             # marker must be seen, or its retired id would be dropped and the next merger count it crashed.
+            # (Only a marker the changes retire is looked for below: without one, nothing is to be seen there.)
             self._directory = open_directory(merge.textfile)
         document, changes = merge.document, merge.changes
         accounted = RETIRED_MARKERS.get(document) | changes.retired_markers

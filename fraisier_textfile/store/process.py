@@ -6,7 +6,8 @@ What a process keeps:
 - the in-flight markers it holds (markers.py), by id, the lock under which one is made and noted as held, and
   the lock under which one is released;
 - the background thread that deletes the hand-overs a merge applied when there are more than a few
-  (handovers.py), off the record call that merged them;
+  (handovers.py), off the record call that merged them; while it runs, it also closes the versions of the file
+  that merges replaced (files.py: the last close of a replaced file frees its blocks);
 - what it has already met (:func:`first_time`, :func:`remember`, :func:`met`): a problem that every merge meets
   again (an unusable marker, a family at its series bound, a clock behind the file's) is logged once per
   process, not with every event, and a wait that was once in vain (the hand-over counter's lock held for ever)
@@ -114,8 +115,9 @@ Reentrant: a signal handler that forks while its own thread makes a marker must 
 releasing = threading.Lock()
 """Held while a marker is released: two threads must not both close its descriptor (the second could close
 another file that got the number meanwhile)."""
-background = BackgroundWork("fraisier-handover-removal")
-"""The thread that deletes applied hand-overs (handovers.remove_soon)."""
+background = BackgroundWork("fraisier-store")
+"""The thread that deletes applied hand-overs (handovers.remove_soon) and, while it runs, closes the versions of
+the file that merges replaced (files.close_off_path)."""
 _met: set[tuple[Hashable, ...]] = set()
 
 
