@@ -213,10 +213,10 @@ class Transaction:
             apply_changes(document, merge.changes, self.file.path, time.time(), behind)
             for participant in participants:
                 participant.after_apply(merge)
-            parts = document.parts()
-            if check is not None:
-                check.start()  # while the new version is written and fsynced
-            temporary, descriptor = self.file.write_temporary(parts, textfile)
+            # The claims are checked while the device writes the new version back (vouching.py).
+            temporary, descriptor = self.file.write_temporary(
+                document.parts(), textfile, meanwhile=None if check is None else check.holds
+            )
         except Exception:
             # Whatever a file taken on trust made go wrong (a value that is no number) is the file's: read it again.
             if check is not None and not check.holds():
