@@ -323,18 +323,18 @@ class Textfile:
         assert directory is not None
         return directory
 
-    def remove_stale_temporaries(self, textfile: fs.Directory) -> None:
+    def remove_stale_temporaries(self, textfile: fs.Directory, keep: str = "") -> None:
         """Temporary files are only made under the lock, which the caller holds: any left are from killed
-        writers. Raises OSError if ``textfile`` cannot be listed."""
+        writers (but ``keep``, the caller's own). Raises OSError if ``textfile`` cannot be listed."""
         for entry in list(textfile.entries()):
-            if entry.name.startswith(TEMPORARY_PREFIX) and entry.is_file(follow_symlinks=False):
+            if entry.name.startswith(TEMPORARY_PREFIX) and entry.name != keep and entry.is_file(follow_symlinks=False):
                 unlink_quietly(textfile, entry.name)
 
     def write_temporary(self, parts: Iterable[bytes | memoryview], textfile: fs.Directory,
-                        meanwhile: Callable[[], object] | None = None) -> tuple[str, int]:
+                        meanwhile: Callable[[str], object] | None = None) -> tuple[str, int]:
         """Write the text ``parts`` make durably to a new temporary file; return its name and its open
         descriptor. ``meanwhile``: work done once the bytes are written, while the device writes them back (see
-        :func:`start_writeback`), before the fsync waits for it."""
+        :func:`start_writeback`), before the fsync waits for it; it is given the temporary's name."""
         temporary = f"{TEMPORARY_PREFIX}{random_suffix()}"
         try:
             # O_EXCL|O_NOFOLLOW, 0644 by fchmod: never through a symlink or into a file someone else prepared,
@@ -347,7 +347,7 @@ class Textfile:
                 write_parts(descriptor, parts)
                 if meanwhile is not None:
                     start_writeback(descriptor)
-                    meanwhile()
+                    meanwhile(temporary)
                 # Durable content before the rename: after a power loss the name must not point at an
                 # empty file.
                 os.fsync(descriptor)

@@ -142,6 +142,8 @@ class Transaction:
         self._corrupt: tuple[FileVersion, CorruptTextfileError] | None = None
         """The version of the file that failed to parse, and how: see _load."""
         self._next_litter_check = 0.0  # see LITTER_INTERVAL
+        self._litter_due = False
+        """The merge under way looks for killed writers' temporaries (see _while_written)."""
         self._check_claims_first = False
         """The last merge found the file not as its layout line claimed: the next read checks the claims before
         it takes anything from the file."""
@@ -194,6 +196,7 @@ class Transaction:
     def _locked(self, changes: Changes, textfile: fs.Directory) -> Merge:
         """The transaction's steps under the lock (see the module's note), up to the rename; returns the merge for
         the steps after the release."""
+        self._litter_due = False
         document, check, written_ns = self._load(textfile)
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         if cached is not None:
@@ -213,9 +216,8 @@ class Transaction:
             apply_changes(document, merge.changes, self.file.path, time.time(), behind)
             for participant in participants:
                 participant.after_apply(merge)
-            # The claims are checked while the device writes the new version back (vouching.py).
             temporary, descriptor = self.file.write_temporary(
-                document.parts(), textfile, meanwhile=None if check is None else check.holds
+                document.parts(), textfile, self._while_written(check, textfile)
             )
         except Exception:
             # Whatever a file taken on trust made go wrong (a value that is no number) is the file's: read it again.
@@ -237,6 +239,24 @@ class Transaction:
         self._cached = None if version is None else (version, document)
         changes.clear()
         return merge
+
+    def _while_written(self, check: Check | None, textfile: fs.Directory) -> Callable[[str], None] | None:
+        """What the merge does while the device writes its new version back, before the fsync waits for it
+        (files.start_writeback), given the temporary's name; None: nothing. The check of the claims the file was
+        read on (vouching.py); and, when due, the look for killed writers' temporaries, all but the one being
+        written (under the lock still, where no live writer has one)."""
+        litter = self._litter_due
+        if check is None and not litter:
+            return None
+
+        def work(temporary: str) -> None:
+            if check is not None and not check.holds():
+                return  # the file is merged again from the start
+            if litter:
+                self._next_litter_check = time.monotonic() + LITTER_INTERVAL
+                self.remove_litter(textfile, keep=temporary)
+
+        return work
 
     def _collect(self, participant: Participant, merge: Merge) -> Changes | None:
         """A participant's part of the merge. A source given to the store that fails unexpectedly (a bug of its
@@ -277,9 +297,8 @@ class Transaction:
                 raise error.with_traceback(None)
             corrupt_version.close()
             self._corrupt = None
-        if time.monotonic() >= self._next_litter_check:
-            self._next_litter_check = time.monotonic() + LITTER_INTERVAL
-            self.remove_litter(textfile)
+        # Looked for while the new version is written back (see _while_written), where it costs no wall time.
+        self._litter_due = time.monotonic() >= self._next_litter_check
         version, data = self.file.read_data(textfile)
         check = None
         try:
@@ -301,12 +320,12 @@ class Transaction:
         self._replaced.append(version)
         return document, check, version.key[3]
 
-    def remove_litter(self, textfile: fs.Directory) -> None:
-        """Temporary files are only made under the lock, which we hold: any left are from killed writers. Each
-        directory is scanned and cleaned through its checked descriptor: one a writer swapped for a symlink is
-        refused (the merge says so), never followed."""
+    def remove_litter(self, textfile: fs.Directory, keep: str = "") -> None:
+        """Temporary files are only made under the lock, which we hold: any left are from killed writers (but
+        ``keep``, this merge's own). Each directory is scanned and cleaned through its checked descriptor: one a
+        writer swapped for a symlink is refused (the merge says so), never followed."""
         try:
-            self.file.remove_stale_temporaries(textfile)
+            self.file.remove_stale_temporaries(textfile, keep)
         except OSError:
             return
         for open_directory, remove in self.litter:
