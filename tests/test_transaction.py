@@ -356,3 +356,38 @@ def test_a_kept_version_another_merger_replaced_is_closed_at_the_next_merge(text
     assert [current for _, current in open_textfiles(store.path)] == [True]  # only the version just written
     values = sample_values(store.path)
     assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 7
+
+
+def test_a_merge_that_starts_over_after_writing_leaves_no_thread_waiting_and_no_version_open(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread that closes the version a merge replaces is started while the new version is written back
+    (files.Closer); a merge that then starts over (its lock file replaced meanwhile) hands it the version it read
+    all the same, and the thread ends: none is left waiting, no version open."""
+    import _thread
+
+    from fraisier_textfile.store.lock import Lock
+
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    path = textfile_dir / "fraisier.prom"
+    assert replaced_versions_closed(path)
+    threads = _thread._count()
+    lost = [True]
+    is_held = Lock.is_held
+
+    def lost_once(lock: Lock) -> bool:
+        if lost:
+            lost.pop()
+            return False
+        return is_held(lock)
+
+    monkeypatch.setattr(Lock, "is_held", lost_once)
+    store = TextfileStore(textfile_dir)  # its first merge reads the file: checked, and litter looked for, meanwhile
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    assert not lost
+    assert replaced_versions_closed(path)
+    deadline = time.monotonic() + 10
+    while _thread._count() > threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _thread._count() == threads
+    assert sample_values(path)['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 2

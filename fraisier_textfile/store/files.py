@@ -132,7 +132,7 @@ class FileVersion:
         self.close()
 
 
-def close_off_path(versions: list[FileVersion]) -> None:
+def close_off_path(versions: list[FileVersion], closer: Closer | None = None) -> None:
     """Close the versions a merge replaced, and empty ``versions``, without making the caller wait for it.
 
     The last descriptor of a file that a rename unlinked frees its blocks, and that costs about as much as
@@ -141,9 +141,13 @@ def close_off_path(versions: list[FileVersion]) -> None:
     thread if it runs (process.py), else a bare thread that ends with the close. Not the background thread started
     for it: a thread that lives on would make every later fork of the program a fork of a multi-threaded process,
     and a bare thread's start costs a tenth of it. In the caller's own thread where no thread can be had (the task
-    limit reached)."""
+    limit reached). ``closer``: a thread started for it ahead of time (:class:`Closer`), which is handed them (none
+    too: it then ends)."""
     descriptors = [descriptor for descriptor in (version.detach() for version in versions) if descriptor >= 0]
     versions.clear()
+    if closer is not None:
+        closer.hand(descriptors)
+        return
     if not descriptors:
         return
     if process.background.thread is not None:
@@ -153,6 +157,29 @@ def close_off_path(versions: list[FileVersion]) -> None:
         _thread.start_new_thread(_close_all, (descriptors,))
     except RuntimeError:
         _close_all(descriptors)
+
+
+class Closer:
+    """The bare thread of :func:`close_off_path`, started before the rename and waiting to be handed the descriptors:
+    a merge starts it while the device writes its new version back (transaction.py), where its start costs no wall
+    time, rather than after the rename, on its caller's path. Raises RuntimeError where no thread can be had."""
+
+    __slots__ = ("_descriptors", "_handed")
+
+    def __init__(self) -> None:
+        self._descriptors: list[int] = []
+        self._handed = _thread.allocate_lock()
+        self._handed.acquire()
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        self._handed.acquire()
+        _close_all(self._descriptors)
+
+    def hand(self, descriptors: list[int]) -> None:
+        """Close ``descriptors`` in the thread, which then ends. Once only."""
+        self._descriptors = descriptors
+        self._handed.release()
 
 
 def _close_all(descriptors: list[int]) -> None:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from fraisier_textfile import logger
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.store import process
-from fraisier_textfile.store.files import FileVersion, Textfile, close_off_path, unlink_quietly
+from fraisier_textfile.store.files import Closer, FileVersion, Textfile, close_off_path, unlink_quietly
 from fraisier_textfile.store.lock import DeferredSignals, Lock, LockLost
 from fraisier_textfile.store.rules import apply_changes, clock_is_behind, combine
 from fraisier_textfile.store.vouching import Check
@@ -151,6 +151,9 @@ class Transaction:
         """The versions of the file this merge read or kept and is about to replace: held open until the rename
         is made, so that the rename does not free their blocks, then closed off the caller's path
         (files.close_off_path)."""
+        self._closer: Closer | None = None
+        """The thread that closes ``_replaced`` once this merge's rename is made, if started ahead (see
+        _while_written)."""
         self.held_lock = False
         """Whether the last :meth:`run` took the lock, even if it then failed: only a holder owes the look for
         hand-overs that arrived while it held it (textfile.py)."""
@@ -187,7 +190,8 @@ class Transaction:
                     for participant in participants:
                         participant.after_commit(merge)
                 finally:
-                    close_off_path(self._replaced)
+                    closer, self._closer = self._closer, None
+                    close_off_path(self._replaced, closer)
                     for participant in participants:
                         participant.close()
                 return
@@ -244,7 +248,8 @@ class Transaction:
         """What the merge does while the device writes its new version back, before the fsync waits for it
         (files.start_writeback), given the temporary's name; None: nothing. The check of the claims the file was
         read on (vouching.py); and, when due, the look for killed writers' temporaries, all but the one being
-        written (under the lock still, where no live writer has one)."""
+        written (under the lock still, where no live writer has one); and the start of the thread that closes the
+        version it replaces after the rename (files.close_off_path), where the store has no thread running."""
         litter = self._litter_due
         if check is None and not litter:
             return None
@@ -252,6 +257,11 @@ class Transaction:
         def work(temporary: str) -> None:
             if check is not None and not check.holds():
                 return  # the file is merged again from the start
+            if self._replaced and self._closer is None and process.background.thread is None:
+                try:
+                    self._closer = Closer()
+                except RuntimeError:
+                    pass  # closed as close_off_path does where no thread can be had
             if litter:
                 self._next_litter_check = time.monotonic() + LITTER_INTERVAL
                 self.remove_litter(textfile, keep=temporary)
