@@ -144,7 +144,7 @@ def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]], fing
     words = [fingerprint]
     for name, header, body in blocks:
         fields = [name, RAW if header is None else _segment_text(header)]
-        fields.extend(_segment_text(segment) for segment in body)
+        fields += [f"{length}.{crc:08x}" for length, crc in body]  # _segment_text's, without a call a segment
         words.append("/".join(fields))
     return " ".join(words)
 

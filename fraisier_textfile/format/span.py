@@ -163,6 +163,8 @@ class BodySpan:
             self.segments = segments_of(data, self.start, self.end)
         # Without checksums, an unknown cut is one span: the pieces are the same, only no segment is summed.
         spans = self.segments if self.segments is not None else [(self.end - self.start, 0)]
+        if not self._edits and not self._added:  # as read: one piece, its segments as they were
+            return ([view[self.start : self.end]] if self.end > self.start else []), list(spans)
         pieces: list[bytes | memoryview] = []
         segments: list[Segment] = []
         edits = sorted((self._positions[key], key) for key in self._edits)
