@@ -8,9 +8,9 @@ renames nothing before the check is done: a file whose claims do not hold (someo
 merged again from the start, read line by line (transaction.py), and nothing taken from it on trust is ever
 written.
 
-Why not a thread of its own, as the check had first: starting one costs a new process about half of what
-checking a 10,000-series file does, and ours are mostly new processes; the writeback runs on the device without
-one.
+Why no thread of its own, as the check had at first: starting one was paid on the merge's path by every new process
+(most merges are a new process's), where the device's writeback overlaps the check without one (bench/README.md,
+"The `merge4` round").
 """
 
 from __future__ import annotations
