@@ -391,3 +391,22 @@ def test_a_merge_that_starts_over_after_writing_leaves_no_thread_waiting_and_no_
         time.sleep(0.01)
     assert _thread._count() == threads
     assert sample_values(path)['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 2
+
+
+def test_a_closer_left_by_a_merge_interrupted_by_a_fork_is_not_handed_anything(textfile_dir: Path) -> None:
+    """A child forked by another thread while a merge waited for the device has a copy of that merge's state, its
+    closing thread among it, but not the thread: its own next merge starts a closer of its own, never hands the
+    versions it replaces to the one that is not there (they would stay open for the child's life)."""
+
+    handed: list[list[int]] = []
+
+    class NotThere:
+        def hand(self, descriptors: list[int]) -> None:
+            handed.append(descriptors)
+
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    store = TextfileStore(textfile_dir)
+    store.transaction._closer = NotThere()  # type: ignore[assignment]  # as a fork in that merge's wait leaves it
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    assert handed == []
+    assert replaced_versions_closed(store.path)

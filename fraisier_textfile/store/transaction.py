@@ -201,6 +201,8 @@ class Transaction:
         """The transaction's steps under the lock (see the module's note), up to the rename; returns the merge for
         the steps after the release."""
         self._litter_due = False
+        # A closer left here by a merge a fork interrupted (the child has its state, not its thread) is not ours.
+        self._closer = None
         document, check, written_ns = self._load(textfile)
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         if cached is not None:
@@ -257,7 +259,7 @@ class Transaction:
         def work(temporary: str) -> None:
             if check is not None and not check.holds():
                 return  # the file is merged again from the start
-            if self._replaced and self._closer is None and process.background.thread is None:
+            if self._replaced and process.background.thread is None:
                 try:
                     self._closer = Closer()
                 except RuntimeError:
