@@ -93,7 +93,7 @@ def test_never_writes_through_a_symlink(textfile_dir: Path, tmp_path: Path, monk
     monkeypatch.setattr(files, "random_suffix", lambda: "planted")
     (textfile_dir / f"{TEMPORARY_PREFIX}planted").symlink_to(victim)
     store = TextfileStore(textfile_dir)
-    store.transaction.remove_litter = lambda textfile: None  # type: ignore[method-assign]  # keep the plant in place
+    store.transaction.remove_litter = lambda textfile, keep="": None  # type: ignore[method-assign]  # keep the plant in place
     with pytest.raises(TextfileWriteError, match="cannot create a temporary file"):
         record(store, events.deployment_error, "bare_metal", "timeout")
     assert victim.read_text() == "precious\n"

@@ -303,3 +303,20 @@ def test_any_file_written_back_after_any_changes_reads_alike_from_its_layout_and
             _apply(document, changes, _Path("fraisier.prom"), 0.0)
     finally:
         layout.SEGMENT = saved
+
+
+@pytest.mark.parametrize("character", ["é", "€", "😀"], ids=["2 bytes", "3 bytes", "4 bytes"])
+def test_a_text_claimed_is_utf8_wherever_its_characters_fall_against_the_pieces_checked(character: str) -> None:
+    """A line held as bytes (the update times) is checked a piece at a time: a character cut by a piece's end is
+    still one character, and a broken one is refused wherever it falls."""
+    encoded = character.encode("utf-8")
+    for shift in range(len(encoded) + 1):
+        text = b"a" * (layout._UTF8_PIECE - shift) + encoded * 3 + b" tail"
+        claims = layout.Claims(text)
+        claims.claim_text(0, len(text))
+        assert claims.hold(), shift
+        for broken in (text[: layout._UTF8_PIECE] + text[layout._UTF8_PIECE + 1 :],  # a byte of it lost
+                       text[: layout._UTF8_PIECE] + b"\x80" + text[layout._UTF8_PIECE :]):  # a stray continuation
+            claims = layout.Claims(broken)
+            claims.claim_text(0, len(broken))
+            assert not claims.hold(), (shift, broken[layout._UTF8_PIECE - 4 : layout._UTF8_PIECE + 4])

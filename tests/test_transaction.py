@@ -356,3 +356,57 @@ def test_a_kept_version_another_merger_replaced_is_closed_at_the_next_merge(text
     assert [current for _, current in open_textfiles(store.path)] == [True]  # only the version just written
     values = sample_values(store.path)
     assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 7
+
+
+def test_a_merge_that_starts_over_after_writing_leaves_no_thread_waiting_and_no_version_open(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread that closes the version a merge replaces is started while the new version is written back
+    (files.Closer); a merge that then starts over (its lock file replaced meanwhile) hands it the version it read
+    all the same, and the thread ends: none is left waiting, no version open."""
+    import _thread
+
+    from fraisier_textfile.store.lock import Lock
+
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    path = textfile_dir / "fraisier.prom"
+    assert replaced_versions_closed(path)
+    threads = _thread._count()
+    lost = [True]
+    is_held = Lock.is_held
+
+    def lost_once(lock: Lock) -> bool:
+        if lost:
+            lost.pop()
+            return False
+        return is_held(lock)
+
+    monkeypatch.setattr(Lock, "is_held", lost_once)
+    store = TextfileStore(textfile_dir)  # its first merge reads the file: checked, and litter looked for, meanwhile
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    assert not lost
+    assert replaced_versions_closed(path)
+    deadline = time.monotonic() + 10
+    while _thread._count() > threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _thread._count() == threads
+    assert sample_values(path)['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 2
+
+
+def test_a_closer_left_by_a_merge_interrupted_by_a_fork_is_not_handed_anything(textfile_dir: Path) -> None:
+    """A child forked by another thread while a merge waited for the device has a copy of that merge's state, its
+    closing thread among it, but not the thread: its own next merge starts a closer of its own, never hands the
+    versions it replaces to the one that is not there (they would stay open for the child's life)."""
+
+    handed: list[list[int]] = []
+
+    class NotThere:
+        def hand(self, descriptors: list[int]) -> None:
+            handed.append(descriptors)
+
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    store = TextfileStore(textfile_dir)
+    store.transaction._closer = NotThere()  # type: ignore[assignment]  # as a fork in that merge's wait leaves it
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    assert handed == []
+    assert replaced_versions_closed(store.path)

@@ -24,13 +24,6 @@ SWAPPED = 'status="success",provider="provider_003",fraise_type="api"'  # the sa
 KEY = f"fraisier_deployments_total{{{LABELS}}}"
 
 
-@pytest.fixture(params=["in a thread", "in the merge's thread"])
-def where_checked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The files here are small: checked in a thread only when the bound is lowered (a big file's case)."""
-    monkeypatch.setattr(vouching, "THREAD_FROM", 0 if request.param == "in a thread" else 1 << 40)
-    return str(request.param)
-
-
 def written_file(directory: Path) -> Path:
     """A file the store wrote, several segments long, vouched for by its layout line."""
     store = TextfileStore(directory)
@@ -60,7 +53,7 @@ def lines_of(path: Path, labels: str) -> list[str]:
             and all(pair in line for pair in labels.split(","))]
 
 
-def test_a_file_changed_since_it_was_written_is_merged_as_its_lines_say(tmp_path: Path, where_checked: str) -> None:
+def test_a_file_changed_since_it_was_written_is_merged_as_its_lines_say(tmp_path: Path) -> None:
     """Its labels in another order, the recorded series looks absent to a reader that trusts the layout, which
     would add it a second time; the merge reads the file line by line and sums into it."""
     path = written_file(tmp_path)
@@ -72,7 +65,7 @@ def test_a_file_changed_since_it_was_written_is_merged_as_its_lines_say(tmp_path
 
 
 def test_a_value_changed_into_no_number_is_refused_as_the_line_by_line_reading_refuses_it(
-    tmp_path: Path, where_checked: str
+    tmp_path: Path
 ) -> None:
     """The merge trusting the layout fails on the value (no float); that failure is the file's: read line by
     line, the file is refused with its line, left as it was, and no temporary file stays."""
@@ -84,11 +77,10 @@ def test_a_value_changed_into_no_number_is_refused_as_the_line_by_line_reading_r
     assert not [name.name for name in tmp_path.iterdir() if name.name.startswith(TEMPORARY_PREFIX)]
 
 
-def test_where_no_thread_can_start_the_claims_are_checked_in_the_merges_own(
+def test_where_no_thread_can_start_the_claims_are_still_checked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An interpreter shutting down refuses new threads (RuntimeError): the exit's merge still checks."""
-    monkeypatch.setattr(vouching, "THREAD_FROM", 0)  # a thread is asked for
     path = written_file(tmp_path)
     edited(path, f"{KEY} 1.0\n", f"fraisier_deployments_total{{{SWAPPED}}} 1.0\n")
 
@@ -100,25 +92,22 @@ def test_where_no_thread_can_start_the_claims_are_checked_in_the_merges_own(
     assert lines_of(path, LABELS) == [f"{KEY} 2.0"]
 
 
-def test_a_check_gives_one_verdict_started_or_not(tmp_path: Path, where_checked: str) -> None:
+def test_a_check_gives_one_verdict(tmp_path: Path) -> None:
     from fraisier_textfile.format.reader import read_claimed
 
     path = written_file(tmp_path)
     good = read_claimed(path.read_bytes(), SCHEMA)
     assert good is not None
-    started = vouching.Check(good[1])
-    started.start()
-    assert started.holds() and started.holds()
+    check = vouching.Check(good[1])
+    assert check.holds() and check.holds()
     bad = read_claimed(edited(path, f"{KEY} 1.0\n", f"{KEY} 9.0\n"), SCHEMA)
     assert bad is not None  # laid out as the layout line says: only the checksums tell
-    assert not vouching.Check(bad[1]).holds()
-    started = vouching.Check(bad[1])
-    started.start()
-    assert not started.holds() and not started.holds()
+    check = vouching.Check(bad[1])
+    assert not check.holds() and not check.holds()
 
 
 def test_a_bookkeeping_line_held_as_bytes_that_is_not_utf8_is_refused_as_the_line_by_line_reading_refuses_it(
-    tmp_path: Path, where_checked: str
+    tmp_path: Path
 ) -> None:
     """The series' update times are taken as bytes, not decoded: that they are UTF-8 is one of the claims."""
     path = written_file(tmp_path)

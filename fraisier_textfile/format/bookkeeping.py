@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from fraisier_textfile.format.syntax import _has_blank
+
 if TYPE_CHECKING:
     from fraisier_textfile.format.model import Document
 
@@ -84,7 +86,7 @@ def text_of(value: MetaValue) -> str:
 
 
 def _check_key(key: str) -> None:
-    if not key or ":" in key or any(character.isspace() for character in key):
+    if not key or ":" in key or _has_blank(key):
         raise ValueError(f"bookkeeping key {key!r}: it must be non-empty, without ':' or blanks")
 
 
@@ -152,7 +154,7 @@ def _words(text: str) -> frozenset[str]:
 def _joined(words: Iterable[str]) -> str:
     listed = sorted(words)
     for word in listed:
-        if not word or any(character.isspace() for character in word):
+        if not word or _has_blank(word):
             raise ValueError(f"{word!r} cannot be one word of a bookkeeping line")
     return " ".join(listed)
 

@@ -115,10 +115,27 @@ class Claims:
         view = memoryview(data)
         try:
             for start, end in self._texts:
-                str(view[start:end], "utf-8")
+                _check_utf8(view, start, end)
         except UnicodeDecodeError:
             return False
         return True
+
+
+_UTF8_PIECE = 1 << 14
+
+
+def _check_utf8(view: memoryview, start: int, end: int) -> None:
+    """Raise UnicodeDecodeError unless ``view[start:end]`` is UTF-8, decoded a piece at a time: one str of a whole
+    line held as bytes (a family's update times, hundreds of kilobytes) would be fresh memory for a new process to
+    fault in, where pieces reuse the memory of the one before. A piece never ends inside a character: it is
+    stretched over the continuation bytes (10xxxxxx) that follow it, so the pieces are valid if and only if the
+    whole is."""
+    while start < end:
+        stop = min(start + _UTF8_PIECE, end)
+        while stop < end and view[stop] & 0xC0 == 0x80:
+            stop += 1
+        str(view[start:stop], "utf-8")
+        start = stop
 
 
 def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]], fingerprint: str) -> str:
@@ -127,7 +144,7 @@ def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]], fing
     words = [fingerprint]
     for name, header, body in blocks:
         fields = [name, RAW if header is None else _segment_text(header)]
-        fields.extend(_segment_text(segment) for segment in body)
+        fields += [f"{length}.{crc:08x}" for length, crc in body]  # _segment_text's, without a call a segment
         words.append("/".join(fields))
     return " ".join(words)
 

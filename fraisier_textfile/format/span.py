@@ -19,8 +19,8 @@ class BodySpan:
     to them since they were read."""
 
     __slots__ = (
-        "_added", "_added_written", "_edited_segments", "_edits", "_hint", "_line_count", "_positions", "_starts",
-        "data", "end", "segments", "start",
+        "_added", "_added_written", "_edited_segments", "_edits", "_hint", "_line_count", "_positions", "data", "end",
+        "segments", "start",
     )
 
     def __init__(self, data: bytes, start: int, end: int, segments: list[Segment] | None = None) -> None:
@@ -29,11 +29,12 @@ class BodySpan:
         self.end = end
         self.segments = segments
         """The checksums of data[start:end] as read (see layout.py); None: not known yet."""
-        self._starts: list[int] = []  # where each of those segments starts in data
         self._edits: dict[str, str] = {}  # key -> line replacing its line in the span ("" removes it)
         self._added: dict[str, str] = {}  # key -> line of a series not in the span
         self._positions: dict[str, int] = {}  # where a key's line starts in data, -1 if it is not there
-        self._edited_segments: dict[int, Segment] = {}  # segment number -> its checksum as edited
+        # Segment number -> the edits in it (position, line) and its checksum with them: a warm merge checksums
+        # again only the segments whose edits changed.
+        self._edited_segments: dict[int, tuple[tuple[tuple[int, str], ...], Segment]] = {}
         self._added_written: tuple[bytes, list[Segment]] | None = None
         self._hint = start
         self._line_count: int | None = None  # of the span as read
@@ -150,29 +151,6 @@ class BodySpan:
 
     def _edit(self, key: str, line: str) -> None:
         self._edits[key] = line
-        if self.segments is not None:  # the checksum of the segment it falls in is computed again
-            self._edited_segments.pop(self._segment_at(self._positions[key]), None)
-
-    def _segment_at(self, position: int) -> int:
-        """The index of the segment holding ``position``: the last that starts at or before it. A binary search
-        in Python, not the bisect module's: its C extension costs a CLI run more to load than these searches."""
-        starts = self._segment_starts()
-        low, high = 0, len(starts)
-        while low < high:
-            middle = (low + high) // 2
-            if position < starts[middle]:
-                high = middle
-            else:
-                low = middle + 1
-        return low - 1
-
-    def _segment_starts(self) -> list[int]:
-        if not self._starts and self.segments:
-            position = self.start
-            for length, _ in self.segments:
-                self._starts.append(position)
-                position += length
-        return self._starts
 
     # Writing
 
@@ -185,6 +163,8 @@ class BodySpan:
             self.segments = segments_of(data, self.start, self.end)
         # Without checksums, an unknown cut is one span: the pieces are the same, only no segment is summed.
         spans = self.segments if self.segments is not None else [(self.end - self.start, 0)]
+        if not self._edits and not self._added:  # as read: one piece, its segments as they were
+            return ([view[self.start : self.end]] if self.end > self.start else []), list(spans)
         pieces: list[bytes | memoryview] = []
         segments: list[Segment] = []
         edits = sorted((self._positions[key], key) for key in self._edits)
@@ -200,20 +180,23 @@ class BodySpan:
             if unchanged_from < position:
                 pieces.append(view[unchanged_from:position])
             edited: list[bytes | memoryview] = []
+            its_edits: list[tuple[int, str]] = []
             cursor = position
             while next_edit < len(edits) and edits[next_edit][0] < end:
                 at, key = edits[next_edit]
                 edited.append(view[cursor:at])
                 line = self._edits[key]
+                its_edits.append((at, line))
                 if line:
                     edited.append(f"{line}\n".encode())
                 cursor = data.index(b"\n", at) + 1
                 next_edit += 1
             edited.append(view[cursor:end])
             if checksums:
-                segment = self._edited_segments.get(number)
-                if segment is None:
-                    segment = self._edited_segments[number] = crc_of(edited)
+                known = self._edited_segments.get(number)
+                if known is None or known[0] != tuple(its_edits):
+                    known = self._edited_segments[number] = (tuple(its_edits), crc_of(edited))
+                segment = known[1]
                 if segment[0]:
                     segments.append(segment)
             pieces.extend(edited)

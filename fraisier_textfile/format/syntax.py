@@ -85,7 +85,16 @@ def escape_label_value(value: str) -> str:
 
 def label_text(labels: Iterable[str], values: Iterable[str]) -> str:
     """``a="x",b="y"``: labels in the order given, values escaped."""
-    return ",".join(f'{label}="{escape_label_value(value)}"' for label, value in zip(labels, values))
+    if not isinstance(values, (tuple, list)):
+        values = tuple(values)
+    joined = "".join(values)
+    if "\\" in joined or '"' in joined or "\n" in joined:
+        values = [escape_label_value(value) for value in values]
+    # map() over the pairs: no Python call a label (a merge builds a key for every series it touches).
+    return ",".join(map(_LABEL_PAIR.format, labels, values))
+
+
+_LABEL_PAIR = '{}="{}"'
 
 
 def series_key(name: str, labels: Iterable[str], values: Iterable[str]) -> str:

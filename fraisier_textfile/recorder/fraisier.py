@@ -132,7 +132,7 @@ class _FamilyAttribute:
     def __get__(self, instance: DeploymentMetrics | None, owner: type) -> FamilyHandle:
         if instance is None:
             return self.for_class
-        return instance._handles[self.family]
+        return instance.handle(self.family)
 
 
 class DeploymentMetrics:
@@ -162,5 +162,13 @@ class DeploymentMetrics:
     def __init__(self, recorder: MetricsRecorder | None = None) -> None:
         """``recorder``: where writes go; by default the process-wide recorder (``DeploymentMetrics()`` as
         Fraisier makes it)."""
-        target: Callable[[], MetricsRecorder] = _process_recorder if recorder is None else (lambda: recorder)
-        self._handles = {family: FamilyHandle(family, target) for family in catalogue.FAMILIES}
+        self._target: Callable[[], MetricsRecorder] = _process_recorder if recorder is None else (lambda: recorder)
+        # Made at first use: a recorder is made in every process that records, few of them touch these.
+        self._handles: dict[Family, FamilyHandle] = {}
+
+    def handle(self, family: Family) -> FamilyHandle:
+        """The attribute of ``family`` (one object per family and instance)."""
+        handle = self._handles.get(family)
+        if handle is None:
+            handle = self._handles[family] = FamilyHandle(family, self._target)
+        return handle

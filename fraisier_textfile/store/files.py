@@ -13,7 +13,7 @@ import _thread
 import errno
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from fraisier_textfile.errors import CorruptTextfileError, TextfileWriteError, UnexpectedFileError, write_error
@@ -132,7 +132,7 @@ class FileVersion:
         self.close()
 
 
-def close_off_path(versions: list[FileVersion]) -> None:
+def close_off_path(versions: list[FileVersion], closer: Closer | None = None) -> None:
     """Close the versions a merge replaced, and empty ``versions``, without making the caller wait for it.
 
     The last descriptor of a file that a rename unlinked frees its blocks, and that costs about as much as
@@ -141,9 +141,13 @@ def close_off_path(versions: list[FileVersion]) -> None:
     thread if it runs (process.py), else a bare thread that ends with the close. Not the background thread started
     for it: a thread that lives on would make every later fork of the program a fork of a multi-threaded process,
     and a bare thread's start costs a tenth of it. In the caller's own thread where no thread can be had (the task
-    limit reached)."""
+    limit reached). ``closer``: a thread started for it ahead of time (:class:`Closer`), which is handed them (none
+    too: it then ends)."""
     descriptors = [descriptor for descriptor in (version.detach() for version in versions) if descriptor >= 0]
     versions.clear()
+    if closer is not None:
+        closer.hand(descriptors)
+        return
     if not descriptors:
         return
     if process.background.thread is not None:
@@ -153,6 +157,29 @@ def close_off_path(versions: list[FileVersion]) -> None:
         _thread.start_new_thread(_close_all, (descriptors,))
     except RuntimeError:
         _close_all(descriptors)
+
+
+class Closer:
+    """The bare thread of :func:`close_off_path`, started before the rename and waiting to be handed the descriptors:
+    a merge starts it while the device writes its new version back (transaction.py), where its start costs no wall
+    time, rather than after the rename, on its caller's path. Raises RuntimeError where no thread can be had."""
+
+    __slots__ = ("_descriptors", "_handed")
+
+    def __init__(self) -> None:
+        self._descriptors: list[int] = []
+        self._handed = _thread.allocate_lock()
+        self._handed.acquire()
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        self._handed.acquire()
+        _close_all(self._descriptors)
+
+    def hand(self, descriptors: list[int]) -> None:
+        """Close ``descriptors`` in the thread, which then ends. Once only."""
+        self._descriptors = descriptors
+        self._handed.release()
 
 
 def _close_all(descriptors: list[int]) -> None:
@@ -178,12 +205,15 @@ def write_parts(descriptor: int, parts: Iterable[bytes | memoryview]) -> None:
     """Write ``parts`` with writev(2), up to IOV_MAX at a time: the spans of the file read go from where they
     are, never joined into one copy of the file (a merge of a large file would need twice its size), and a
     fresh merge of a large file makes one system call instead of one per part."""
-    pending = [memoryview(part) for part in parts if len(part)]
+    pending = [memoryview(part) for part in parts if part]
     while pending:
         batch = pending[:_IOV_MAX]
         written = os.writev(descriptor, batch)
         if not written:  # not for a regular file (a full disk raises ENOSPC): never loop on it
             raise OSError(errno.EIO, "write(2) wrote nothing")
+        if written == sum(map(len, batch)):  # all of it, as a regular file takes it: no part to look at
+            pending = pending[len(batch) :]
+            continue
         # A regular file takes it all unless the disk is full or a signal lands: then go on from where it ended.
         for number, part in enumerate(batch):
             if written < len(part):
@@ -195,6 +225,20 @@ def write_parts(descriptor: int, parts: Iterable[bytes | memoryview]) -> None:
 
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+
+
+def start_writeback(descriptor: int) -> None:
+    """Have the kernel start writing the file's dirty pages to the device now, without waiting for it: the fsync
+    after then waits only for what is left, and the caller's work meanwhile overlaps the device's.
+
+    Python's os has no sync_file_range(2); posix_fadvise(POSIX_FADV_DONTNEED) starts that writeback too (Linux
+    writes the range's dirty pages back, WB_SYNC_NONE, as PostgreSQL's pg_flush_data relies on where it lacks
+    sync_file_range), then drops only its clean pages: those just written are dirty or being written, and stay
+    cached for the next reader. Where it is missing or refused, the fsync does all the writing, as before."""
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (AttributeError, OSError):
+        pass
 
 
 def unlink_quietly(directory: fs.Directory, name: str) -> None:
@@ -309,16 +353,18 @@ class Textfile:
         assert directory is not None
         return directory
 
-    def remove_stale_temporaries(self, textfile: fs.Directory) -> None:
+    def remove_stale_temporaries(self, textfile: fs.Directory, keep: str = "") -> None:
         """Temporary files are only made under the lock, which the caller holds: any left are from killed
-        writers. Raises OSError if ``textfile`` cannot be listed."""
+        writers (but ``keep``, the caller's own). Raises OSError if ``textfile`` cannot be listed."""
         for entry in list(textfile.entries()):
-            if entry.name.startswith(TEMPORARY_PREFIX) and entry.is_file(follow_symlinks=False):
+            if entry.name.startswith(TEMPORARY_PREFIX) and entry.name != keep and entry.is_file(follow_symlinks=False):
                 unlink_quietly(textfile, entry.name)
 
-    def write_temporary(self, parts: Iterable[bytes | memoryview], textfile: fs.Directory) -> tuple[str, int]:
+    def write_temporary(self, parts: Iterable[bytes | memoryview], textfile: fs.Directory,
+                        meanwhile: Callable[[str], object] | None = None) -> tuple[str, int]:
         """Write the text ``parts`` make durably to a new temporary file; return its name and its open
-        descriptor."""
+        descriptor. ``meanwhile``: work done once the bytes are written, while the device writes them back (see
+        :func:`start_writeback`), before the fsync waits for it; it is given the temporary's name."""
         temporary = f"{TEMPORARY_PREFIX}{random_suffix()}"
         try:
             # O_EXCL|O_NOFOLLOW, 0644 by fchmod: never through a symlink or into a file someone else prepared,
@@ -329,6 +375,9 @@ class Textfile:
         try:
             try:
                 write_parts(descriptor, parts)
+                if meanwhile is not None:
+                    start_writeback(descriptor)
+                    meanwhile(temporary)
                 # Durable content before the rename: after a power loss the name must not point at an
                 # empty file.
                 os.fsync(descriptor)

@@ -248,6 +248,8 @@ def _record_times(document: Document, changes: Changes, minute: int, active_fami
         name = family.name + ("_count" if family.kind is Kind.HISTOGRAM else "")
         found: dict[Labels, None] = {}  # in the order first found, each once
         for labels in series:
+            if labels in found:
+                continue  # a sibling of series looked at before: its own siblings were looked at with them
             found[labels] = None
             for choice in choices:
                 if choice != labels[position]:

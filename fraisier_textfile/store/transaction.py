@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from fraisier_textfile import logger
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.store import process
-from fraisier_textfile.store.files import FileVersion, Textfile, close_off_path, unlink_quietly
+from fraisier_textfile.store.files import Closer, FileVersion, Textfile, close_off_path, unlink_quietly
 from fraisier_textfile.store.lock import DeferredSignals, Lock, LockLost
 from fraisier_textfile.store.rules import apply_changes, clock_is_behind, combine
 from fraisier_textfile.store.vouching import Check
@@ -142,6 +142,8 @@ class Transaction:
         self._corrupt: tuple[FileVersion, CorruptTextfileError] | None = None
         """The version of the file that failed to parse, and how: see _load."""
         self._next_litter_check = 0.0  # see LITTER_INTERVAL
+        self._litter_due = False
+        """The merge under way looks for killed writers' temporaries (see _while_written)."""
         self._check_claims_first = False
         """The last merge found the file not as its layout line claimed: the next read checks the claims before
         it takes anything from the file."""
@@ -149,6 +151,9 @@ class Transaction:
         """The versions of the file this merge read or kept and is about to replace: held open until the rename
         is made, so that the rename does not free their blocks, then closed off the caller's path
         (files.close_off_path)."""
+        self._closer: Closer | None = None
+        """The thread that closes ``_replaced`` once this merge's rename is made, if started ahead (see
+        _while_written)."""
         self.held_lock = False
         """Whether the last :meth:`run` took the lock, even if it then failed: only a holder owes the look for
         hand-overs that arrived while it held it (textfile.py)."""
@@ -185,7 +190,8 @@ class Transaction:
                     for participant in participants:
                         participant.after_commit(merge)
                 finally:
-                    close_off_path(self._replaced)
+                    closer, self._closer = self._closer, None
+                    close_off_path(self._replaced, closer)
                     for participant in participants:
                         participant.close()
                 return
@@ -194,6 +200,9 @@ class Transaction:
     def _locked(self, changes: Changes, textfile: fs.Directory) -> Merge:
         """The transaction's steps under the lock (see the module's note), up to the rename; returns the merge for
         the steps after the release."""
+        self._litter_due = False
+        # A closer left here by a merge a fork interrupted (the child has its state, not its thread) is not ours.
+        self._closer = None
         document, check, written_ns = self._load(textfile)
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         if cached is not None:
@@ -213,10 +222,9 @@ class Transaction:
             apply_changes(document, merge.changes, self.file.path, time.time(), behind)
             for participant in participants:
                 participant.after_apply(merge)
-            parts = document.parts()
-            if check is not None:
-                check.start()  # while the new version is written and fsynced
-            temporary, descriptor = self.file.write_temporary(parts, textfile)
+            temporary, descriptor = self.file.write_temporary(
+                document.parts(), textfile, self._while_written(check, textfile)
+            )
         except Exception:
             # Whatever a file taken on trust made go wrong (a value that is no number) is the file's: read it again.
             if check is not None and not check.holds():
@@ -237,6 +245,30 @@ class Transaction:
         self._cached = None if version is None else (version, document)
         changes.clear()
         return merge
+
+    def _while_written(self, check: Check | None, textfile: fs.Directory) -> Callable[[str], None] | None:
+        """What the merge does while the device writes its new version back, before the fsync waits for it
+        (files.start_writeback), given the temporary's name; None: nothing. The check of the claims the file was
+        read on (vouching.py); and, when due, the look for killed writers' temporaries, all but the one being
+        written (under the lock still, where no live writer has one); and the start of the thread that closes the
+        version it replaces after the rename (files.close_off_path), where the store has no thread running."""
+        litter = self._litter_due
+        if check is None and not litter:
+            return None
+
+        def work(temporary: str) -> None:
+            if check is not None and not check.holds():
+                return  # the file is merged again from the start
+            if self._replaced and process.background.thread is None:
+                try:
+                    self._closer = Closer()
+                except RuntimeError:
+                    pass  # closed as close_off_path does where no thread can be had
+            if litter:
+                self._next_litter_check = time.monotonic() + LITTER_INTERVAL
+                self.remove_litter(textfile, keep=temporary)
+
+        return work
 
     def _collect(self, participant: Participant, merge: Merge) -> Changes | None:
         """A participant's part of the merge. A source given to the store that fails unexpectedly (a bug of its
@@ -277,9 +309,8 @@ class Transaction:
                 raise error.with_traceback(None)
             corrupt_version.close()
             self._corrupt = None
-        if time.monotonic() >= self._next_litter_check:
-            self._next_litter_check = time.monotonic() + LITTER_INTERVAL
-            self.remove_litter(textfile)
+        # Looked for while the new version is written back (see _while_written), where it costs no wall time.
+        self._litter_due = time.monotonic() >= self._next_litter_check
         version, data = self.file.read_data(textfile)
         check = None
         try:
@@ -301,12 +332,12 @@ class Transaction:
         self._replaced.append(version)
         return document, check, version.key[3]
 
-    def remove_litter(self, textfile: fs.Directory) -> None:
-        """Temporary files are only made under the lock, which we hold: any left are from killed writers. Each
-        directory is scanned and cleaned through its checked descriptor: one a writer swapped for a symlink is
-        refused (the merge says so), never followed."""
+    def remove_litter(self, textfile: fs.Directory, keep: str = "") -> None:
+        """Temporary files are only made under the lock, which we hold: any left are from killed writers (but
+        ``keep``, this merge's own). Each directory is scanned and cleaned through its checked descriptor: one a
+        writer swapped for a symlink is refused (the merge says so), never followed."""
         try:
-            self.file.remove_stale_temporaries(textfile)
+            self.file.remove_stale_temporaries(textfile, keep)
         except OSError:
             return
         for open_directory, remove in self.litter:

@@ -52,25 +52,27 @@ def open_directory(
     The path is first opened as it is (one open, following links), and used if it is the very directory a walk
     found before in this process (see :data:`_vetted`); anything else there (a first look, a symlink swapped in, a
     directory re-pointed, the walk's directory replaced) is walked. Nothing there at all is None without a walk,
-    unless it is to be made."""
+    unless it is to be made. A first look that makes what is missing (a merge's) walks at once."""
     path = os.fspath(path)
     flags = (os.O_PATH if search_only else os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
-    try:
-        descriptor = os.open(path, flags)
-    except FileNotFoundError:
-        if not create:
-            return None  # nothing there by any way: nothing to walk (a reader's look at a directory to come)
-    except OSError:
-        pass  # the walk says what is there
-    else:
+    vetted = _vetted.get((path, os.geteuid()))
+    if vetted is not None or not create:  # else a first look that makes what is missing: the walk is all of it
         try:
-            status = os.fstat(descriptor)
-        except BaseException:
+            descriptor = os.open(path, flags)
+        except FileNotFoundError:
+            if not create:
+                return None  # nothing there by any way: nothing to walk (a reader's look at a directory to come)
+        except OSError:
+            pass  # the walk says what is there
+        else:
+            try:
+                status = os.fstat(descriptor)
+            except BaseException:
+                os.close(descriptor)
+                raise
+            if _identity(status) == vetted:
+                return Directory(descriptor, path)
             os.close(descriptor)
-            raise
-        if _identity(status) == _vetted.get((path, os.geteuid())):
-            return Directory(descriptor, path)
-        os.close(descriptor)
     walked = _walk(path, create, mode, wanted)
     if walked is None:
         return None
