@@ -892,6 +892,73 @@ def test_once_the_budget_is_spent_hand_overs_skip_the_fsyncs(textfile_dir: Path,
     assert sample_values(store.path)[DEPLOYMENTS.format("success")] == 10
 
 
+RECORD_WITH_A_REFILLING_BUDGET = """
+import os, sys, time
+from fraisier_textfile.recorder import process
+process.BUDGET_REFILL_SECONDS = float(sys.argv[2])  # the default, a minute, would make this test wait one
+from fraisier_textfile.metrics import MetricsRecorder
+recorder = MetricsRecorder(sys.argv[1], lock_timeout=60, lock_wait_budget=float(sys.argv[3]))
+def record():
+    started = time.monotonic()
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    return time.monotonic() - started
+if sys.argv[4] == "spend":
+    # Spend twice the budget in a burst (it refills meanwhile, by a tenth of what the burst spends), make one call
+    # with none left, then wait for the refill.
+    while recorder.lock_wait_spent < 2 * recorder.lock_wait_budget:
+        record()
+    os.getppid()  # a mark in the trace: the call after it has no budget
+    record()
+    time.sleep(float(sys.argv[2]))
+else:
+    # A long-lived process: 1000 calls, each followed by a pause four times its length, so that metrics take a
+    # fifth of its time, under the refill rate; over its life they take far more than the budget.
+    for _ in range(999):
+        time.sleep(4 * record())
+    assert recorder.lock_wait_spent > recorder.lock_wait_budget, recorder.lock_wait_spent
+os.getppid()  # a mark in the trace: the call after it has its budget back
+record()
+print(recorder.handed_over_events, flush=True)
+"""
+
+
+def fsyncs_after_each_mark(trace: Path) -> list[int]:
+    """The fsyncs traced between one getppid() mark and the next (or the end), for each mark."""
+    counts: list[int] = []
+    for line in trace.read_text().splitlines():
+        if "getppid(" in line:
+            counts.append(0)
+        elif "fsync(" in line and counts:
+            counts[-1] += 1
+    return counts
+
+
+@pytest.mark.parametrize("how", ["spend", "long-lived"])
+def test_a_spent_budget_refills_over_time_and_hand_overs_are_fsynced_again(textfile_dir: Path, how: str) -> None:
+    """The budget bounds how much of its time a process spends on metrics, not how much over its whole life:
+    it refills at the budget per BUDGET_REFILL_SECONDS. A process that spent it all in a burst gets it back once
+    that time has passed, and a long-lived process whose metrics take less than that rate keeps it: its 1000th
+    hand-over is fsynced, so it survives a power loss. Counted with strace, not timed."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    trace = textfile_dir.parent / "fsyncs"
+    refill, budget = ("0.5", "0.05") if how == "spend" else ("0.25", "0.1")
+    with lock_held_elsewhere(store.lock_path):
+        worker = run_python(RECORD_WITH_A_REFILLING_BUDGET, str(textfile_dir), refill, budget, how,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            wrapper=[binary("strace"), "-f", "-qq", "--seccomp-bpf", "-e",
+                                     "trace=fsync,fdatasync,getppid", "-o", str(trace)])
+        output, errors = worker.communicate(timeout=300)
+        assert worker.returncode == 0, errors
+        handed_over = int(output)
+    marks = fsyncs_after_each_mark(trace)
+    if how == "spend":
+        assert marks[0] == 0  # spent: that hand-over was not fsynced
+    assert marks[-1] >= 2  # the last hand-over, and its directory
+    store.merge_backlog()
+    assert sample_values(store.path)[DEPLOYMENTS.format("success")] == handed_over
+
+
 @pytest.mark.parametrize("auto_flush", ["auto", "manual"])
 def test_events_survive_a_sigkill_right_after_the_call_returned(textfile_dir: Path, auto_flush: str) -> None:
     store = TextfileStore(textfile_dir)

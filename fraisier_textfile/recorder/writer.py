@@ -163,7 +163,7 @@ class Writer:
             # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
             # the process in all. A merge that may not wait any more still merges when the lock is free.
             if spend_budget:
-                process.process_budget.spend(time.monotonic() - started)
+                process.process_budget.spend(time.monotonic() - started, self.lock_wait_budget)
         if pending:
             process.keep_for_later(self)
         else:
