@@ -175,14 +175,15 @@ class Writer:
             self.failed_write = None
             self._follow_up(merged)
             if not merged:
+                lock_path = self.store.transaction.lock.path  # a string: no Path built per hand-over
                 self.problems.note(
                     LOCK_BUSY,
-                    f"another process held {self.store.lock_path} (a record call does not wait for it; at exit, "
+                    f"another process held {lock_path} (a record call does not wait for it; at exit, "
                     f"within a lock-wait budget of {self.lock_wait_budget:g}s in all, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
                     "the events were handed over, and that process, right after its merge, or the next merge by "
                     "any fraisier process writes them. "
-                    f"If it lasts, find the process that holds the lock (fuser {self.store.lock_path})",
-                    LockTimeoutError(self.store.lock_path, wait),
+                    f"If it lasts, find the process that holds the lock (fuser {lock_path})",
+                    LockTimeoutError(lock_path, wait),
                 )
         except Exception as error:  # of any type (a probe's OverflowError, a bug of ours): none may reach a deployment
             self.failed_write = FailedWrite(self.store)
@@ -200,9 +201,14 @@ class Writer:
         TextfileStore.merge_or_hand_over), left to the background thread: after a hand-over, the try once more for
         the lock; after a merge, the merge of the hand-overs that arrived while it held the lock. Either may be a
         whole merge of everyone's hand-overs, which the caller need not wait for. After a merge the look is made
-        here (a process whose calls all merge alone starts no thread); with no background thread
-        (FRAISIER_FLUSH_INTERVAL=0), the call makes the try itself."""
-        if merged and not self.store.late_handovers:
+        here (a process whose calls all merge alone starts no thread); after a hand-over the lock is probed here,
+        and the thread is woken only if it is free (under contention it almost never is, and the holder then
+        writes this hand-over: waking a thread per call to find the lock busy cost more CPU than the probe). With
+        no background thread (FRAISIER_FLUSH_INTERVAL=0), the call makes the try itself."""
+        if merged:
+            if not self.store.late_handovers:
+                return
+        elif self.store.lock_busy():
             return
         # After a hand-over its own waits: the try needs no look at the directory first.
         if not process.merge_soon(self, self.store.handovers.handled, look=merged):
