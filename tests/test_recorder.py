@@ -27,7 +27,7 @@ from fraisier_textfile import (
     get_metrics_recorder,
 )
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.changes import Changes
+from fraisier_textfile.changes import Changes, deployment_complete
 from fraisier_textfile.format.schema import format_float
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
@@ -957,6 +957,59 @@ def test_a_spent_budget_refills_over_time_and_hand_overs_are_fsynced_again(textf
     assert marks[-1] >= 2  # the last hand-over, and its directory
     store.merge_backlog()
     assert sample_values(store.path)[DEPLOYMENTS.format("success")] == handed_over
+
+
+RECORD_ON_A_LINE = """
+import json, sys
+from fraisier_textfile.metrics import MetricsRecorder
+recorder = MetricsRecorder(sys.argv[1])
+for line in sys.stdin:
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    print(json.dumps(recorder.get_metrics_summary()), flush=True)
+"""
+
+
+def test_a_racing_call_that_finds_hand_overs_waiting_hands_over_behind_them_and_survives_a_sigkill(
+    textfile_dir: Path,
+) -> None:
+    """Writers race: each finds the lock busy and hands over, and hand-overs wait. The call that then finds the
+    lock free would pay for a whole merge of the file and of all of them (a race's slowest calls): a process that
+    handed over within the last second hands its events over behind them instead, and its background thread
+    merges them all (group commit, off the call). Killed right after the call returned, whether that merge was
+    made or not, nothing is lost or counted twice."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    worker = run_python(RECORD_ON_A_LINE, str(textfile_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert worker.stdin is not None and worker.stdout is not None
+    with lock_held_elsewhere(store.lock_path):
+        worker.stdin.write("record\n")
+        worker.stdin.flush()
+        assert json.loads(worker.stdout.readline())["handed_over_events"] == 1
+    waiting = Changes()
+    deployment_complete(waiting, "bare_metal", "api", "success", 1.0)
+    store.hand_over(waiting)  # another racing process's
+    worker.stdin.write("record\n")  # the lock is free now
+    worker.stdin.flush()
+    summary = json.loads(worker.stdout.readline())
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert summary["handed_over_events"] == 2
+    store.merge_backlog()
+    assert sample_values(store.path)[DEPLOYMENTS.format("success")] == 3
+
+
+def test_a_first_call_merges_even_with_hand_overs_waiting(textfile_dir: Path) -> None:
+    """Hand-overs may wait because merges fail (a corrupt file) or from long ago: a process that has not handed
+    over lately tries the lock, so that it merges them, or says what stops every merge."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    waiting = Changes()
+    deployment_complete(waiting, "bare_metal", "api", "success", 1.0)
+    store.hand_over(waiting)
+    recorder = MetricsRecorder(textfile_dir, strict=True)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    assert recorder.handed_over_events == 0
+    assert sample_values(store.path)[DEPLOYMENTS.format("success")] == 2
 
 
 @pytest.mark.parametrize("auto_flush", ["auto", "manual"])

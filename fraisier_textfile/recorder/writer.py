@@ -3,8 +3,9 @@
 The events of a call (or of a batch of calls, such as a tracked block) are written once, at its end, under the
 recorder's lock: merged when the lock on the file is free; handed over at once when another process holds it,
 so that the holder, right after its own merge, or the next merge by any process writes them exactly once (a
-record call does not wait: ``RECORD_CALL_WAIT``; the try once more for the lock that a hand-over owes is the
-background thread's, process.merge_soon). The whole process spends at most its lock-wait budget on
+record call does not wait: ``RECORD_CALL_WAIT``; after a hand-over it probes the lock once more, and a merge of
+what waits is the background thread's, process.merge_soon). While writers race, a call joins the hand-overs
+waiting rather than merging them all (``JOIN_WITHIN``). The whole process spends at most its lock-wait budget on
 writing; after a merge failed for another reason (a full disk) it hands over until a merge may succeed again
 (``FailedWrite``). What cannot be written now is kept for the background flush and the process's exit
 (process.py).
@@ -35,6 +36,15 @@ RECORD_CALL_WAIT = 0.0
 hands its events over writes one small file, one that waits and then merges a file another process wrote
 reads, parses and writes the whole file, and the holder merges the hand-overs in one go after its own merge
 (group commit): waiting made the slowest calls of a race several times slower (bench/bench_race.py)."""
+
+
+JOIN_WITHIN = 1.0
+"""Seconds after one of its writes was handed over during which a record call that finds hand-overs waiting
+hands its events over behind them, without trying the lock. Writers race then, each finding the lock busy; the
+call that finds it free would pay for a whole merge of the file and of all of them, the slowest calls of a race.
+Its follow-up (the background thread's) merges them all instead: group commit, off the call. Past that time (a
+first call, hand-overs left long ago, merges that fail on a corrupt file), the call tries the lock as usual, so
+that it merges them or says what stops every merge."""
 
 
 def make_store(directory: Path | str, lock_timeout: float, *, strict: bool) -> TextfileStore:
@@ -98,6 +108,8 @@ class Writer:
         """Events of this recorder were handed over since its last merge: a merge without a wait (the background
         flush's, the exit's) may write them sooner than the next merge by another process."""
         self.failed_write: FailedWrite | None = None
+        self.handed_over_at: float | None = None
+        """When this recorder's last write ended handed over (time.monotonic), for :data:`JOIN_WITHIN`."""
 
     @property
     def textfile_path(self) -> Path:
@@ -127,19 +139,22 @@ class Writer:
             process.unflushed.add(self)  # kept alive until written, at the latest at exit
             return
         try:
-            self.write()
+            self.write(join_waiting=True)
         except Exception as error:  # a bug below us: the events stay pending
             self.problems.note("unexpected write", f"writing {self.textfile_path} failed unexpectedly: {error!r}; "
                                "please report this as a bug of fraisier_textfile (the events are kept)", error,
                                exc_info=True)
             process.keep_for_later(self)
 
-    def write(self, longest_wait: float = RECORD_CALL_WAIT, *, spend_budget: bool = True) -> None:
+    def write(self, longest_wait: float = RECORD_CALL_WAIT, *, spend_budget: bool = True, join_waiting: bool = False
+              ) -> None:
         """Write what is pending, waiting for a busy lock at most ``longest_wait`` and what is left of the
         lock-wait budget: merged, or handed over to the next writer when the lock stays busy. Never raises: a
         problem is noted, and the events are handed over if the merge failed for another reason (a corrupt file),
         else kept for the next call, the background flush and exit. ``spend_budget=False``: the background
-        flush, whose time delays no caller, leaves the budget to the process's own calls and its exit."""
+        flush, whose time delays no caller, leaves the budget to the process's own calls and its exit.
+
+        ``join_waiting`` (a record call): see :data:`JOIN_WITHIN`."""
         pending = self.series.gather()
         if not pending:
             return
@@ -156,7 +171,7 @@ class Writer:
                 merged = False
                 self.store.hand_over(pending, durable=durable)
             else:
-                merged = self._merge_or_hand_over(pending, wait, durable)
+                merged = self._merge_or_hand_over(pending, wait, durable, join_waiting)
         except Exception:
             merged = False  # the hand-over failed too: the events stay pending, the problem is noted already
         finally:
@@ -169,17 +184,22 @@ class Writer:
         else:
             self._written(merged)
 
-    def _merge_or_hand_over(self, pending: Changes, wait: float, durable: bool) -> bool:
+    def _merge_or_hand_over(self, pending: Changes, wait: float, durable: bool, join_waiting: bool) -> bool:
         try:
-            merged = self.store.merge_or_hand_over(pending, wait, durable=durable, follow_up=False)
-            self.failed_write = None
+            joined = join_waiting and self._racing() and self.store.handovers_numbered()
+            if joined:
+                self.store.hand_over(pending, durable=durable)
+                merged = False
+            else:
+                merged = self.store.merge_or_hand_over(pending, wait, durable=durable, follow_up=False)
+                self.failed_write = None
             self._follow_up(merged)
-            if not merged:
+            if not merged and not joined:  # joining others' hand-overs is no problem: it is how writers race
                 lock_path = self.store.transaction.lock.path  # a string: no Path built per hand-over
                 self.problems.note(
                     LOCK_BUSY,
-                    f"another process held {lock_path} (a record call does not wait for it; at exit, "
-                    f"within a lock-wait budget of {self.lock_wait_budget:g}s in all, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
+                    f"another process held {lock_path} (a record call does not wait for it; at exit, within a "
+                    f"lock-wait budget of {self.lock_wait_budget:g}s a minute, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
                     "the events were handed over, and that process, right after its merge, or the next merge by "
                     "any fraisier process writes them. "
                     f"If it lasts, find the process that holds the lock (fuser {lock_path})",
@@ -195,6 +215,13 @@ class Writer:
                 pass  # the same problem (an unwritable directory), noted already
             return False
         return merged
+
+    def _racing(self) -> bool:
+        """Whether this recorder's last write was handed over within :data:`JOIN_WITHIN`, and merges did not fail
+        since."""
+        handed_over_at = self.handed_over_at
+        return (self.failed_write is None and handed_over_at is not None
+                and time.monotonic() - handed_over_at < JOIN_WITHIN)
 
     def _follow_up(self, merged: bool) -> None:
         """What the call owes the hand-over invariant once its events are merged or durably handed over (see
@@ -220,6 +247,7 @@ class Writer:
             self.problems.resolved()
             process.unflushed.discard(self)
         else:
+            self.handed_over_at = time.monotonic()
             self.handed_over_events += self.series.events
             # The background flush and the exit merge the hand-overs, if the lock is free by then.
             process.keep_for_later(self)
@@ -262,5 +290,6 @@ class Writer:
         self.lock = threading.RLock()
         self.depth = 0
         self.handed_over_since_merge = False
+        self.handed_over_at = None
         self.failed_write = None
         self.store = FraisierStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)

@@ -86,6 +86,20 @@ def _next_sequence(directory: fs.Directory) -> int:
         os.close(descriptor)  # also drops the lock
 
 
+def numbered_since_merge(directory: fs.Directory) -> bool:
+    """Whether hand-overs were numbered since the last merge noted where the waiting ones start
+    (:func:`note_merged`): some wait, unless that merge could not note it. A hint, read without the counter's lock
+    (a read racing a write may see either; garbage reads as none waiting)."""
+    descriptor = _open_sequence(directory, create=False)
+    if descriptor is None:
+        return False
+    try:
+        last, before_oldest_waiting = _read_sequence(descriptor)
+    finally:
+        os.close(descriptor)
+    return last > before_oldest_waiting
+
+
 PENDING_LIMIT = 100_000
 """Hand-overs at most waiting unapplied (while merges keep failing: a corrupt file, a lock held for ever);
 past it a hand-over is refused (TooManyWaiting: the caller keeps its events or says they are lost), so that a

@@ -281,6 +281,16 @@ class TextfileStore:
                     log.debug("hand-over left for the next merge: %s", error)
         return False
 
+    def handovers_numbered(self) -> bool:
+        """Whether hand-overs were written since the last merge noted them, as their counter says
+        (handovers.numbered_since_merge): a hint that some wait, and so that writers race, got without listing the
+        directory they keep changing. False when there is no counter, or it cannot be read (a merge says why)."""
+        try:
+            with self.file.open_directory() as textfile:
+                return handovers.numbered_since_merge(textfile)
+        except (OSError, FraisierTextfileError):
+            return False
+
     def merge_waiting(self, seen: Collection[str] = (), *, look: bool = True) -> bool:
         """Merge the hand-overs waiting that no merge by this store has seen (nor are in ``seen``), if there are
         any and the lock is free, without waiting for it: what a call of :meth:`merge_or_hand_over` owes the
