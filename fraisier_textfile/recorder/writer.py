@@ -187,11 +187,9 @@ class Writer:
     def _merge_or_hand_over(self, pending: Changes, wait: float, durable: bool, join_waiting: bool) -> bool:
         try:
             joined = join_waiting and self._racing() and self.store.handovers_numbered()
-            if joined:
-                self.store.hand_over(pending, durable=durable)
-                merged = False
-            else:
-                merged = self.store.merge_or_hand_over(pending, wait, durable=durable, follow_up=False)
+            merged = self.store.merge_or_hand_over(pending, wait, durable=durable, follow_up=False,
+                                                   try_lock=not joined)
+            if not joined:
                 self.failed_write = None
             self._follow_up(merged)
             if not merged and not joined:  # joining others' hand-overs is no problem: it is how writers race
@@ -232,10 +230,7 @@ class Writer:
         and the thread is woken only if it is free (under contention it almost never is, and the holder then
         writes this hand-over: waking a thread per call to find the lock busy cost more CPU than the probe). With
         no background thread (FRAISIER_FLUSH_INTERVAL=0), the call makes the try itself."""
-        if merged:
-            if not self.store.late_handovers:
-                return
-        elif self.store.lock_busy():
+        if not self.store.late_handovers:
             return
         # After a hand-over its own waits: the try needs no look at the directory first.
         if not process.merge_soon(self, self.store.handovers.handled, look=merged):

@@ -224,8 +224,8 @@ class Lock:
 
     def busy(self, directory: fs.Directory) -> bool:
         """Whether another holder has the lock now: one try without waiting, let go of at once if it succeeds
-        (a probe, for a hand-over's try once more: see TextfileStore.lock_busy). A holder in this process counts
-        (its descriptor is another open file: flock makes them conflict)."""
+        (a probe, for a hand-over's try once more: see TextfileStore.merge_or_hand_over). A holder in this process
+        counts (its descriptor is another open file: flock makes them conflict)."""
         descriptor = self._open(directory)
         try:
             if not try_lock(descriptor, self.path):

@@ -77,8 +77,9 @@ class TextfileStore:
         """The participants given (sources read under the lock), in their order."""
         self.handovers = handovers.Handovers()
         self.late_handovers = False
-        """After :meth:`merge_or_hand_over` merged with ``follow_up=False``: whether hand-overs that no merge of
-        this store has seen were waiting once it released the lock."""
+        """After :meth:`merge_or_hand_over` with ``follow_up=False``: whether the caller owes a merge of the
+        hand-overs waiting. After a merge: hand-overs that no merge of this store has seen were waiting once it
+        released the lock; after a hand-over: the lock was free when probed, once the hand-over was written."""
         self.markers = None if markers is None else inflight.InFlightMarkers(markers)
         self.lifecycle.active = None if markers is None else markers.active
         # The order is the ordering rule (see transaction.py).
@@ -245,8 +246,8 @@ class TextfileStore:
                 if ending:
                     _release_written(ending)
 
-    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True, follow_up: bool = True
-                           ) -> bool:
+    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True, follow_up: bool = True,
+                           try_lock: bool = True) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
         True: merged now. False: handed over; the next merge by any process writes them (this process tries
         once more at once). Either way ``changes`` is emptied. Raises what :meth:`merge` raises for other
@@ -255,30 +256,39 @@ class TextfileStore:
         ``follow_up=False`` leaves to the caller what a call owes the hand-over invariant (see
         _merge_late_handovers) once its own part is done: after a hand-over, the try once more (the lock's holder
         may have looked before this one was there); after a merge, the look for hand-overs that arrived while it
-        held the lock. After a merge the call still looks, once the lock is released, and leaves what it found in
-        :attr:`late_handovers`. The caller must make the rest after this call returned (:meth:`merge_waiting`;
-        after a merge, if ``late_handovers``, with the hand-overs this store saw, ``handovers.handled``), from a
+        held the lock. After a merge the call still looks, once the lock is released; after a hand-over it probes
+        the lock (a busy lock's holder looks for hand-overs after releasing it, and finds this one); either leaves
+        in :attr:`late_handovers` whether a merge is still owed. The caller must make it after this call returned
+        (:meth:`merge_waiting`; after a merge, with the hand-overs this store saw, ``handovers.handled``), from a
         thread of its own say: either may merge every hand-over waiting, a whole merge that the caller of a record
-        call need not wait for."""
+        call need not wait for.
+
+        ``try_lock=False``: hand over without trying the lock, as if it were busy (the caller knows that writers
+        race, and leaves the merge of everyone's hand-overs to its follow-up)."""
         # One descriptor of the directory, checked once (for root, every directory of the path), for the try, the
         # hand-over and the try once more.
         with self.file.open_directory() as textfile:
-            try:
-                self._merge_in(textfile, changes, wait, look=follow_up)
-            except LockTimeoutError:
-                pass
-            else:
-                if not follow_up:
-                    self.late_handovers = self.handovers.waiting_in(textfile)
-                return True
+            if try_lock:
+                try:
+                    self._merge_in(textfile, changes, wait, look=follow_up)
+                except LockTimeoutError:
+                    pass
+                else:
+                    if not follow_up:
+                        self.late_handovers = self.handovers.waiting_in(textfile)
+                    return True
             self._hand_over_in(textfile, changes, durable)
+            # The hand-over is on disk before this try. If the lock is busy, its holder will look for hand-overs
+            # after releasing it (see _merge_late_handovers), and so sees this one.
             if follow_up:
-                # The hand-over is on disk before this try. If the lock is busy, its holder will look for
-                # hand-overs after releasing it (see _merge_late_handovers), and so sees this one.
                 try:
                     self._merge_in(textfile, Changes(), 0)
                 except FraisierTextfileError as error:
                     log.debug("hand-over left for the next merge: %s", error)
+            else:
+                # A probe, for a fraction of what a try that would merge costs: under contention the lock is
+                # almost always busy, and then nothing more is owed.
+                self.late_handovers = not self._lock_busy(textfile)
         return False
 
     def handovers_numbered(self) -> bool:
@@ -348,15 +358,11 @@ class TextfileStore:
                 return
             last = time.monotonic() - begun
 
-    def lock_busy(self) -> bool:
-        """Whether another holder has the lock now, probed without waiting and without merging: after a hand-over,
-        the try once more that the hand-over invariant asks for (see _merge_late_handovers) when it finds the lock
-        busy, for a fraction of what a try that would merge costs: the holder looks for hand-overs after
-        releasing it, and finds this one. False when the lock is free, or the probe failed: then the caller makes
-        the whole try (:meth:`merge_waiting`), which says why."""
+    def _lock_busy(self, textfile: fs.Directory) -> bool:
+        """Whether another holder has the lock now, probed without waiting and without merging. False when the
+        lock is free, or the probe failed: then the caller makes the whole try, which says why."""
         try:
-            with self.file.open_directory() as textfile:
-                return self.transaction.lock.busy(textfile)
+            return self.transaction.lock.busy(textfile)
         except (OSError, FraisierTextfileError):
             return False
 
