@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from fractions import Fraction
@@ -29,6 +30,7 @@ from fraisier_textfile import (
 from fraisier_textfile import catalogue as c
 from fraisier_textfile.changes import Changes, deployment_complete
 from fraisier_textfile.format.schema import format_float
+from fraisier_textfile.recorder.writer import JOIN_WITHIN
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere, small_tmpfs
@@ -974,7 +976,7 @@ def test_a_racing_call_that_finds_hand_overs_waiting_hands_over_behind_them_and_
 ) -> None:
     """Writers race: each finds the lock busy and hands over, and hand-overs wait. The call that then finds the
     lock free would pay for a whole merge of the file and of all of them (a race's slowest calls): a process that
-    handed over within the last second hands its events over behind them instead, and its background thread
+    found the lock busy within the last second hands its events over behind them instead, and its background thread
     merges them all (group commit, off the call). Killed right after the call returned, whether that merge was
     made or not, nothing is lost or counted twice."""
     store = TextfileStore(textfile_dir)
@@ -996,6 +998,38 @@ def test_a_racing_call_that_finds_hand_overs_waiting_hands_over_behind_them_and_
     assert summary["handed_over_events"] == 2
     store.merge_backlog()
     assert sample_values(store.path)[DEPLOYMENTS.format("success")] == 3
+
+
+def test_joining_the_hand_overs_waiting_lasts_a_second_after_the_lock_was_last_found_busy(textfile_dir: Path) -> None:
+    """Joining does not renew itself: hand-overs that keep waiting without anyone finding the lock busy (a counter
+    that merges cannot update, say) must not keep a process from merging for ever. Each call here finds a new one
+    waiting, and the lock free: within a few seconds one of them merges."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    worker = run_python(RECORD_ON_A_LINE, str(textfile_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    stdin, stdout = worker.stdin, worker.stdout
+    assert stdin is not None and stdout is not None
+
+    def record() -> int:
+        stdin.write("record\n")
+        stdin.flush()
+        return int(json.loads(stdout.readline())["handed_over_events"])
+
+    with lock_held_elsewhere(store.lock_path):
+        handed_over = record()
+    assert handed_over == 1
+    merged = False
+    deadline = time.monotonic() + 3 * JOIN_WITHIN
+    while not merged and time.monotonic() < deadline:
+        waiting = Changes()
+        deployment_complete(waiting, "bare_metal", "api", "success", 1.0)
+        store.hand_over(waiting)
+        now = record()
+        merged, handed_over = now == handed_over, now
+        time.sleep(0.05)
+    stdin.close()
+    worker.wait()
+    assert merged
 
 
 def test_a_first_call_merges_even_with_hand_overs_waiting(textfile_dir: Path) -> None:

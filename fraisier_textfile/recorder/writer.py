@@ -39,7 +39,7 @@ reads, parses and writes the whole file, and the holder merges the hand-overs in
 
 
 JOIN_WITHIN = 1.0
-"""Seconds after one of its writes was handed over during which a record call that finds hand-overs waiting
+"""Seconds after one of its writes found the lock busy during which a record call that finds hand-overs waiting
 hands its events over behind them, without trying the lock. Writers race then, each finding the lock busy; the
 call that finds it free would pay for a whole merge of the file and of all of them, the slowest calls of a race.
 Its follow-up (the background thread's) merges them all instead: group commit, off the call. Past that time (a
@@ -108,8 +108,8 @@ class Writer:
         """Events of this recorder were handed over since its last merge: a merge without a wait (the background
         flush's, the exit's) may write them sooner than the next merge by another process."""
         self.failed_write: FailedWrite | None = None
-        self.handed_over_at: float | None = None
-        """When this recorder's last write ended handed over (time.monotonic), for :data:`JOIN_WITHIN`."""
+        self.found_busy_at: float | None = None
+        """When a write of this recorder last found the lock busy (time.monotonic), for :data:`JOIN_WITHIN`."""
 
     @property
     def textfile_path(self) -> Path:
@@ -191,6 +191,8 @@ class Writer:
                                                    try_lock=not joined)
             if not joined:
                 self.failed_write = None
+                if not merged:
+                    self.found_busy_at = time.monotonic()
             self._follow_up(merged)
             if not merged and not joined:  # joining others' hand-overs is no problem: it is how writers race
                 lock_path = self.store.transaction.lock.path  # a string: no Path built per hand-over
@@ -215,11 +217,12 @@ class Writer:
         return merged
 
     def _racing(self) -> bool:
-        """Whether this recorder's last write was handed over within :data:`JOIN_WITHIN`, and merges did not fail
-        since."""
-        handed_over_at = self.handed_over_at
-        return (self.failed_write is None and handed_over_at is not None
-                and time.monotonic() - handed_over_at < JOIN_WITHIN)
+        """Whether a write of this recorder found the lock busy within :data:`JOIN_WITHIN`, and merges did not fail
+        since. Joining does not renew it: a counter that says hand-overs wait when none do (one this process may
+        not write, so that merges cannot note they took them) costs at most a second of joining."""
+        found_busy_at = self.found_busy_at
+        return (self.failed_write is None and found_busy_at is not None
+                and time.monotonic() - found_busy_at < JOIN_WITHIN)
 
     def _follow_up(self, merged: bool) -> None:
         """What the call owes the hand-over invariant once its events are merged or durably handed over (see
@@ -242,7 +245,6 @@ class Writer:
             self.problems.resolved()
             process.unflushed.discard(self)
         else:
-            self.handed_over_at = time.monotonic()
             self.handed_over_events += self.series.events
             # The background flush and the exit merge the hand-overs, if the lock is free by then.
             process.keep_for_later(self)
@@ -285,6 +287,6 @@ class Writer:
         self.lock = threading.RLock()
         self.depth = 0
         self.handed_over_since_merge = False
-        self.handed_over_at = None
+        self.found_busy_at = None
         self.failed_write = None
         self.store = FraisierStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)
