@@ -287,7 +287,9 @@ class TextfileStore:
                     log.debug("hand-over left for the next merge: %s", error)
             else:
                 # A probe, for a fraction of what a try that would merge costs: under contention the lock is
-                # almost always busy, and then nothing more is owed.
+                # almost always busy, and then nothing more is owed. A probe that got the lock owes what every
+                # holder owes, the look after letting go (a writer that found it busy meanwhile counts on it):
+                # the caller's follow-up merges.
                 self.late_handovers = not self._lock_busy(textfile)
         return False
 
