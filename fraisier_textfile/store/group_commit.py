@@ -150,11 +150,17 @@ class GroupCommit:
 
     def handovers_numbered(self) -> bool:
         """Whether hand-overs were written since the last merge noted them, as their counter says
-        (handovers.numbered_since_merge): a hint that some wait, and so that writers race, got without listing the
-        directory they keep changing. False when there is no counter, or it cannot be read (a merge says why)."""
+        (handover_order.numbered_since_merge): a hint that some wait, and so that writers race, got without listing
+        the directory they keep changing. False when there is no counter, or it cannot be read (a merge says why)."""
         try:
             with self.file.open_directory() as textfile:
-                return handovers.numbered_since_merge(textfile)
+                directory = handovers.open_directory(textfile)
+                if directory is None:
+                    return False
+                with directory:
+                    from fraisier_textfile.store.handover_order import numbered_since_merge
+
+                    return numbered_since_merge(directory)
         except (OSError, FraisierTextfileError):
             return False
 

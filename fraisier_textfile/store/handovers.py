@@ -93,18 +93,6 @@ def open_directory(textfile: fs.Directory, create: bool = False) -> fs.Directory
     return textfile.subdirectory(HANDOVER_DIRECTORY, create=create)
 
 
-def numbered_since_merge(textfile: fs.Directory) -> bool:
-    """Whether hand-overs wait in the textfile directory held by ``textfile``, as the counter says (see
-    handover_order.numbered_since_merge): a hint, without listing the directory that racing writers keep changing."""
-    directory = open_directory(textfile)
-    if directory is None:
-        return False
-    with directory:
-        from fraisier_textfile.store.handover_order import numbered_since_merge
-
-        return numbered_since_merge(directory)
-
-
 def write(directory: fs.Directory, changes: Changes, schema: Schema) -> tuple[str, str]:
     """Write ``changes`` under a temporary name; return (temporary, final) names. The caller renames it
     (:func:`publish`, which makes it durable) at the moment it forgets the changes, so that the two happen
