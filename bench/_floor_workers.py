@@ -204,23 +204,34 @@ def race(directory: str, events: str, mode: str, wait: str) -> None:
 
     mode ``recorder``: ``MetricsRecorder(directory)`` with auto_flush, as shipped; ``recorder_durable``: the
     same with a lock-wait budget that is never spent, so that every hand-over is fsynced (once a process has
-    spent its budget, 1 s by default, its hand-overs skip their fsyncs); ``merge``: the store's ``merge`` of
+    spent its budget, 1 s by default, refilled at 1 s a minute, its hand-overs skip their fsyncs until it refills:
+    the recorder's rows count those, ``unfsynced``); ``merge``: the store's ``merge`` of
     each event, waiting for the lock (the seed's way); ``hand_over``: the store's
     ``merge_or_hand_over(changes, wait)``."""
     from fraisier_textfile import MetricsRecorder, changes
     TextfileStore = _store_class()
 
-    handed_over = 0
+    handed_over = unfsynced = 0
     if mode in ("recorder", "recorder_durable"):
         recorder = MetricsRecorder(directory)
         if mode == "recorder_durable":
             recorder.lock_wait_budget = 1e9
         counted = getattr(recorder, "get_metrics_summary", None)
+        try:  # what is left of the process's budget, where this version has one that refills
+            from fraisier_textfile.recorder import process as recorder_process
+
+            budget_left = recorder_process.process_budget.left
+        except (ImportError, AttributeError):
+            budget_left = None
 
         def record() -> bool | None:
+            nonlocal unfsynced
+            spent = budget_left is not None and budget_left(recorder.lock_wait_budget) <= 0
             before = counted()["handed_over_events"] if counted else None
             recorder.record_deployment_complete(*EVENT)
-            return None if before is None else counted()["handed_over_events"] != before  # type: ignore[misc]
+            handed = None if before is None else counted()["handed_over_events"] != before  # type: ignore[misc]
+            unfsynced += bool(handed and spent)
+            return handed
 
     else:
         store = TextfileStore(directory)
@@ -238,7 +249,8 @@ def race(directory: str, events: str, mode: str, wait: str) -> None:
             return False
 
     summary_of = getattr(recorder, "get_metrics_summary", None) if mode.startswith("recorder") else None
-    report_race(record, int(events), {"handed_over": lambda: handed_over}, summary_of)
+    report_race(record, int(events), {"handed_over": lambda: handed_over, "unfsynced": lambda: unfsynced},
+                summary_of)
 
 
 def report_race(

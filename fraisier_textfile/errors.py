@@ -44,8 +44,17 @@ class TextfileError(FraisierTextfileError):
     """Something about the textfile or its directory. ``path`` names it."""
 
     def __init__(self, path: Path | str | os.PathLike[str], message: str) -> None:
-        self.path = _as_path(path)
+        self._given = path
+        self._path: Path | None = None
         super().__init__(message)
+
+    @property
+    def path(self) -> Path:
+        # Made when first asked for: a busy lock is an error the store raises and catches in every hand-over,
+        # and nobody asks for its path.
+        if self._path is None:
+            self._path = _as_path(self._given)
+        return self._path
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, str(self)), self.__dict__)

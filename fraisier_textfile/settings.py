@@ -109,5 +109,6 @@ def report(error: InvalidValueError, default: object) -> None:
 
 
 def default_lock_wait_budget(strict: bool = False) -> float:
-    """``$FRAISIER_LOCK_WAIT_BUDGET``: how long a process may spend waiting for the textfile's lock in all."""
+    """``$FRAISIER_LOCK_WAIT_BUDGET``: how long a process may spend writing the textfile in a burst (it
+    refills at that many seconds a minute)."""
     return from_environment(LOCK_WAIT_BUDGET_ENVIRONMENT, seconds_text, DEFAULT_LOCK_WAIT_BUDGET, strict=strict)

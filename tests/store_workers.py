@@ -50,7 +50,7 @@ def hold_then_release(directory: str) -> None:
     sys.stdin.readline()
     store.transaction.lock.release()
     with store.file.open_directory() as textfile:
-        store._merge_late_handovers(textfile, time.monotonic())
+        store.group_commit.merge_late_handovers(textfile, time.monotonic())
     print("released", flush=True)
 
 

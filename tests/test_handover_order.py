@@ -144,3 +144,30 @@ def test_a_process_waits_for_a_counter_held_for_ever_only_once(
         holder.stdin.close()
         holder.wait(timeout=30)
     assert tries[0] > 1 and tries[1:] == [1, 1]
+
+
+def test_the_counter_says_whether_hand_overs_were_numbered_since_the_last_merge(directory: fs.Directory) -> None:
+    """What a racing record call reads, without the counter's lock, to join the hand-overs waiting: none before the
+    first hand-over, some once one is numbered, none once a merge noted it took them, and none for a counter
+    holding garbage (a writer of the directory is trusted with the metrics, not with this process's choices)."""
+    assert not handover_order.numbered_since_merge(directory)
+    newest = sequence_of(new_id(directory))
+    assert newest is not None
+    assert handover_order.numbered_since_merge(directory)
+    note_merged(directory, newest, None)
+    assert not handover_order.numbered_since_merge(directory)
+    (Path(directory.path) / SEQUENCE_FILE).write_text("12 x\n")
+    assert not handover_order.numbered_since_merge(directory)
+
+
+def test_the_counter_is_written_at_one_width_that_earlier_versions_read(directory: fs.Directory) -> None:
+    """Every write covers the one before (no ftruncate under the counter's lock); a counter an earlier version
+    wrote shorter, or that it shortens again after us, reads back as the two numbers it holds."""
+    for _ in range(3):
+        new_id(directory)
+    data = (Path(directory.path) / SEQUENCE_FILE).read_bytes()
+    assert data.split() == [b"3", b"0"]
+    assert len(data) == 2 * 20 + 1
+    (Path(directory.path) / SEQUENCE_FILE).write_bytes(b"7 2\n")  # an earlier version's, shortened
+    assert sequence_of(new_id(directory)) == 8
+    assert (Path(directory.path) / SEQUENCE_FILE).read_bytes().split() == [b"8", b"2"]

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from fractions import Fraction
@@ -27,8 +28,9 @@ from fraisier_textfile import (
     get_metrics_recorder,
 )
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.changes import Changes
+from fraisier_textfile.changes import Changes, deployment_complete
 from fraisier_textfile.format.schema import format_float
+from fraisier_textfile.recorder.writer import JOIN_WITHIN
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere, small_tmpfs
@@ -890,6 +892,158 @@ def test_once_the_budget_is_spent_hand_overs_skip_the_fsyncs(textfile_dir: Path,
         assert fsyncs == []
     store.merge(Changes())
     assert sample_values(store.path)[DEPLOYMENTS.format("success")] == 10
+
+
+RECORD_WITH_A_REFILLING_BUDGET = """
+import os, sys, time
+from fraisier_textfile.recorder import process
+process.BUDGET_REFILL_SECONDS = float(sys.argv[2])  # the default, a minute, would make this test wait one
+from fraisier_textfile.metrics import MetricsRecorder
+recorder = MetricsRecorder(sys.argv[1], lock_timeout=60, lock_wait_budget=float(sys.argv[3]))
+def record():
+    started = time.monotonic()
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    return time.monotonic() - started
+if sys.argv[4] == "spend":
+    # Spend twice the budget in a burst (it refills meanwhile, by a tenth of what the burst spends), make one call
+    # with none left, then wait for the refill.
+    while recorder.lock_wait_spent < 2 * recorder.lock_wait_budget:
+        record()
+    os.getppid()  # a mark in the trace: the call after it has no budget
+    record()
+    time.sleep(float(sys.argv[2]))
+else:
+    # A long-lived process: 1000 calls, each followed by a pause four times its length, so that metrics take a
+    # fifth of its time, under the refill rate; over its life they take far more than the budget.
+    for _ in range(999):
+        time.sleep(4 * record())
+    assert recorder.lock_wait_spent > recorder.lock_wait_budget, recorder.lock_wait_spent
+os.getppid()  # a mark in the trace: the call after it has its budget back
+record()
+print(recorder.handed_over_events, flush=True)
+"""
+
+
+def fsyncs_after_each_mark(trace: Path) -> list[int]:
+    """The fsyncs traced between one getppid() mark and the next (or the end), for each mark."""
+    counts: list[int] = []
+    for line in trace.read_text().splitlines():
+        if "getppid(" in line:
+            counts.append(0)
+        elif "fsync(" in line and counts:
+            counts[-1] += 1
+    return counts
+
+
+@pytest.mark.parametrize("how", ["spend", "long-lived"])
+def test_a_spent_budget_refills_over_time_and_hand_overs_are_fsynced_again(textfile_dir: Path, how: str) -> None:
+    """The budget bounds how much of its time a process spends on metrics, not how much over its whole life:
+    it refills at the budget per BUDGET_REFILL_SECONDS. A process that spent it all in a burst gets it back once
+    that time has passed, and a long-lived process whose metrics take less than that rate keeps it: its 1000th
+    hand-over is fsynced, so it survives a power loss. Counted with strace, not timed."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    trace = textfile_dir.parent / "fsyncs"
+    refill, budget = ("0.5", "0.05") if how == "spend" else ("0.25", "0.1")
+    with lock_held_elsewhere(store.lock_path):
+        worker = run_python(RECORD_WITH_A_REFILLING_BUDGET, str(textfile_dir), refill, budget, how,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            wrapper=[binary("strace"), "-f", "-qq", "--seccomp-bpf", "-e",
+                                     "trace=fsync,fdatasync,getppid", "-o", str(trace)])
+        output, errors = worker.communicate(timeout=300)
+        assert worker.returncode == 0, errors
+        handed_over = int(output)
+    marks = fsyncs_after_each_mark(trace)
+    if how == "spend":
+        assert marks[0] == 0  # spent: that hand-over was not fsynced
+    assert marks[-1] >= 2  # the last hand-over, and its directory
+    store.merge_backlog()
+    assert sample_values(store.path)[DEPLOYMENTS.format("success")] == handed_over
+
+
+RECORD_ON_A_LINE = """
+import json, sys
+from fraisier_textfile.metrics import MetricsRecorder
+recorder = MetricsRecorder(sys.argv[1])
+for line in sys.stdin:
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    print(json.dumps(recorder.get_metrics_summary()), flush=True)
+"""
+
+
+def test_a_racing_call_that_finds_hand_overs_waiting_hands_over_behind_them_and_survives_a_sigkill(
+    textfile_dir: Path,
+) -> None:
+    """Writers race: each finds the lock busy and hands over, and hand-overs wait. The call that then finds the
+    lock free would pay for a whole merge of the file and of all of them (a race's slowest calls): a process that
+    found the lock busy within the last second hands its events over behind them instead, and its background thread
+    merges them all (group commit, off the call). Killed right after the call returned, whether that merge was
+    made or not, nothing is lost or counted twice."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    worker = run_python(RECORD_ON_A_LINE, str(textfile_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert worker.stdin is not None and worker.stdout is not None
+    with lock_held_elsewhere(store.lock_path):
+        worker.stdin.write("record\n")
+        worker.stdin.flush()
+        assert json.loads(worker.stdout.readline())["handed_over_events"] == 1
+    waiting = Changes()
+    deployment_complete(waiting, "bare_metal", "api", "success", 1.0)
+    store.hand_over(waiting)  # another racing process's
+    worker.stdin.write("record\n")  # the lock is free now
+    worker.stdin.flush()
+    summary = json.loads(worker.stdout.readline())
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert summary["handed_over_events"] == 2
+    store.merge_backlog()
+    assert sample_values(store.path)[DEPLOYMENTS.format("success")] == 3
+
+
+def test_joining_the_hand_overs_waiting_lasts_a_second_after_the_lock_was_last_found_busy(textfile_dir: Path) -> None:
+    """Joining does not renew itself: hand-overs that keep waiting without anyone finding the lock busy (a counter
+    that merges cannot update, say) must not keep a process from merging for ever. Each call here finds a new one
+    waiting, and the lock free: within a few seconds one of them merges."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    worker = run_python(RECORD_ON_A_LINE, str(textfile_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    stdin, stdout = worker.stdin, worker.stdout
+    assert stdin is not None and stdout is not None
+
+    def record() -> int:
+        stdin.write("record\n")
+        stdin.flush()
+        return int(json.loads(stdout.readline())["handed_over_events"])
+
+    with lock_held_elsewhere(store.lock_path):
+        handed_over = record()
+    assert handed_over == 1
+    merged = False
+    deadline = time.monotonic() + 3 * JOIN_WITHIN
+    while not merged and time.monotonic() < deadline:
+        waiting = Changes()
+        deployment_complete(waiting, "bare_metal", "api", "success", 1.0)
+        store.hand_over(waiting)
+        now = record()
+        merged, handed_over = now == handed_over, now
+        time.sleep(0.05)
+    stdin.close()
+    worker.wait()
+    assert merged
+
+
+def test_a_first_call_merges_even_with_hand_overs_waiting(textfile_dir: Path) -> None:
+    """Hand-overs may wait because merges fail (a corrupt file) or from long ago: a process that has not handed
+    over lately tries the lock, so that it merges them, or says what stops every merge."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    waiting = Changes()
+    deployment_complete(waiting, "bare_metal", "api", "success", 1.0)
+    store.hand_over(waiting)
+    recorder = MetricsRecorder(textfile_dir, strict=True)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    assert recorder.handed_over_events == 0
+    assert sample_values(store.path)[DEPLOYMENTS.format("success")] == 2
 
 
 @pytest.mark.parametrize("auto_flush", ["auto", "manual"])

@@ -28,19 +28,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("fraisier_textfile.recorder.recorder")
 
 
+BUDGET_REFILL_SECONDS = 60.0
+"""Seconds in which a spent lock-wait budget comes back whole: it refills at the budget per this many seconds (a
+token bucket). So a process spends at most about the budget on writing in any minute, in bursts of at most the
+budget: a long-lived one (Fraisier's webhook server, its deploy daemon) is bounded like a short one in each
+minute, rather than spending its budget once in its life and then handing over without fsyncs for ever."""
+
+
 class _ProcessBudget:
-    """The time this process has spent writing textfiles, shared by all its recorders (Fraisier makes several):
-    the budget bounds what metrics cost the process, not each recorder."""
+    """The time this process spends writing textfiles, shared by all its recorders (Fraisier makes several):
+    the budget bounds what metrics cost the process, not each recorder. What is spent is owed back to the budget,
+    and the debt is paid off over time (see :data:`BUDGET_REFILL_SECONDS`)."""
 
     def __init__(self) -> None:
         self.spent = 0.0
+        """Seconds spent in all, over the life of the process (what the summary shows)."""
+        self._owed = 0.0
+        self._owed_at = time.monotonic()
         self._lock = threading.Lock()
 
-    def left(self, budget: float) -> float:
-        return max(0.0, budget - self.spent)
+    def _owed_now(self, budget: float, now: float) -> float:
+        # Paid off at the budget per refill time. A budget of 0 never refills: nothing is ever left of it.
+        return max(0.0, self._owed - (now - self._owed_at) * budget / BUDGET_REFILL_SECONDS)
 
-    def spend(self, seconds: float) -> None:
+    def left(self, budget: float) -> float:
+        return max(0.0, budget - self._owed_now(budget, time.monotonic()))
+
+    def spend(self, seconds: float, budget: float) -> None:
         with self._lock:
+            now = time.monotonic()
+            self._owed = self._owed_now(budget, now) + seconds
+            self._owed_at = now
             self.spent += seconds
 
 

@@ -7,8 +7,8 @@ Metrics never fail or stall a deployment. No ``record_*``, ``set_*``, ``update_*
 for a metrics problem (unless the recorder is ``strict``, for tests): a bad value is dropped, a file that cannot
 be written keeps its events pending (or hands them over to the next writer), and each kind of problem is logged
 once through ``logging`` with its fix and shown by ``get_metrics_summary()``. Waiting for a lock that another
-process holds costs a process at most ``lock_wait_budget`` seconds in all; past that, events are handed over
-at once.
+process holds costs a process at most about ``lock_wait_budget`` seconds a minute (the budget refills: see
+process.BUDGET_REFILL_SECONDS); past that, events are handed over at once.
 
 ``MetricsRecorder`` is Fraisier's API and nothing more: each method hands the work to the collaborator that
 owns it, one module each. series.py holds what the events change (``ProcessSeries``, the sink of changes.py's
@@ -64,9 +64,11 @@ class MetricsRecorder:
 
     ``lock_timeout`` (default ``$FRAISIER_LOCK_TIMEOUT`` or 10 s) bounds one wait for the lock;
     ``lock_wait_budget`` (default ``$FRAISIER_LOCK_WAIT_BUDGET`` or 1 s) bounds the time the process spends
-    writing textfiles, by all its recorders, over its whole life, and so what the exit's write of events still
-    pending may wait for a busy lock; once it is spent, a busy lock is not waited for at all (a free one is
-    still taken). ``strict=True`` raises every problem instead of logging it (for tests).
+    writing textfiles, by all its recorders, and so what the exit's write of events still pending may wait for a
+    busy lock; once it is spent, a busy lock is not waited for at all (a free one is still taken) and hand-overs
+    skip their fsyncs. It refills at the budget per minute (a token bucket): a long-lived process spends at
+    most about the budget in any minute, not once in its life. ``strict=True`` raises every problem instead of
+    logging it (for tests).
     """
 
     def __init__(
@@ -124,8 +126,9 @@ class MetricsRecorder:
 
     @property
     def lock_wait_budget(self) -> float:
-        """Seconds the process may spend writing textfiles, by all its recorders, over its whole life. May be
-        changed (InvalidValueError for a value that is not a number of seconds); it applies from the next write."""
+        """Seconds the process may spend writing textfiles, by all its recorders, in a burst; it refills at this
+        many seconds per minute (process.BUDGET_REFILL_SECONDS). May be changed (InvalidValueError for a value
+        that is not a number of seconds); it applies from the next write."""
         return self._writer.lock_wait_budget
 
     @lock_wait_budget.setter
@@ -163,8 +166,8 @@ class MetricsRecorder:
 
     @property
     def lock_wait_spent(self) -> float:
-        """Seconds this process has spent writing textfiles, by every recorder: what the budget is measured
-        against."""
+        """Seconds this process has spent writing textfiles, by every recorder, over its life (the budget is
+        measured against what was spent lately: it refills over time)."""
         return process.process_budget.spent
 
     # Fraisier's recorder API

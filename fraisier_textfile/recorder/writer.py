@@ -3,8 +3,9 @@
 The events of a call (or of a batch of calls, such as a tracked block) are written once, at its end, under the
 recorder's lock: merged when the lock on the file is free; handed over at once when another process holds it,
 so that the holder, right after its own merge, or the next merge by any process writes them exactly once (a
-record call does not wait: ``RECORD_CALL_WAIT``; the try once more for the lock that a hand-over owes is the
-background thread's, process.merge_soon). The whole process spends at most its lock-wait budget on
+record call does not wait: ``RECORD_CALL_WAIT``; after a hand-over it probes the lock once more, and a merge of
+what waits is the background thread's, process.merge_soon). While writers race, a call joins the hand-overs
+waiting rather than merging them all (``JOIN_WITHIN``). The whole process spends at most its lock-wait budget on
 writing; after a merge failed for another reason (a full disk) it hands over until a merge may succeed again
 (``FailedWrite``). What cannot be written now is kept for the background flush and the process's exit
 (process.py).
@@ -35,6 +36,15 @@ RECORD_CALL_WAIT = 0.0
 hands its events over writes one small file, one that waits and then merges a file another process wrote
 reads, parses and writes the whole file, and the holder merges the hand-overs in one go after its own merge
 (group commit): waiting made the slowest calls of a race several times slower (bench/bench_race.py)."""
+
+
+JOIN_WITHIN = 1.0
+"""Seconds after one of its writes found the lock busy during which a record call that finds hand-overs waiting
+hands its events over behind them, without trying the lock. Writers race then, each finding the lock busy; the
+call that finds it free would pay for a whole merge of the file and of all of them, the slowest calls of a race.
+Its follow-up (the background thread's) merges them all instead: group commit, off the call. Past that time (a
+first call, hand-overs left long ago, merges that fail on a corrupt file), the call tries the lock as usual, so
+that it merges them or says what stops every merge."""
 
 
 def make_store(directory: Path | str, lock_timeout: float, *, strict: bool) -> TextfileStore:
@@ -98,6 +108,8 @@ class Writer:
         """Events of this recorder were handed over since its last merge: a merge without a wait (the background
         flush's, the exit's) may write them sooner than the next merge by another process."""
         self.failed_write: FailedWrite | None = None
+        self.found_busy_at: float | None = None
+        """When a write of this recorder last found the lock busy (time.monotonic), for :data:`JOIN_WITHIN`."""
 
     @property
     def textfile_path(self) -> Path:
@@ -127,19 +139,22 @@ class Writer:
             process.unflushed.add(self)  # kept alive until written, at the latest at exit
             return
         try:
-            self.write()
+            self.write(join_waiting=True)
         except Exception as error:  # a bug below us: the events stay pending
             self.problems.note("unexpected write", f"writing {self.textfile_path} failed unexpectedly: {error!r}; "
                                "please report this as a bug of fraisier_textfile (the events are kept)", error,
                                exc_info=True)
             process.keep_for_later(self)
 
-    def write(self, longest_wait: float = RECORD_CALL_WAIT, *, spend_budget: bool = True) -> None:
+    def write(self, longest_wait: float = RECORD_CALL_WAIT, *, spend_budget: bool = True, join_waiting: bool = False
+              ) -> None:
         """Write what is pending, waiting for a busy lock at most ``longest_wait`` and what is left of the
         lock-wait budget: merged, or handed over to the next writer when the lock stays busy. Never raises: a
         problem is noted, and the events are handed over if the merge failed for another reason (a corrupt file),
         else kept for the next call, the background flush and exit. ``spend_budget=False``: the background
-        flush, whose time delays no caller, leaves the budget to the process's own calls and its exit."""
+        flush, whose time delays no caller, leaves the budget to the process's own calls and its exit.
+
+        ``join_waiting`` (a record call): see :data:`JOIN_WITHIN`."""
         pending = self.series.gather()
         if not pending:
             return
@@ -156,33 +171,39 @@ class Writer:
                 merged = False
                 self.store.hand_over(pending, durable=durable)
             else:
-                merged = self._merge_or_hand_over(pending, wait, durable)
+                merged = self._merge_or_hand_over(pending, wait, durable, join_waiting)
         except Exception:
             merged = False  # the hand-over failed too: the events stay pending, the problem is noted already
         finally:
             # Every second spent here counts, not only the lock wait: the budget bounds how long metrics delay
             # the process in all. A merge that may not wait any more still merges when the lock is free.
             if spend_budget:
-                process.process_budget.spend(time.monotonic() - started)
+                process.process_budget.spend(time.monotonic() - started, self.lock_wait_budget)
         if pending:
             process.keep_for_later(self)
         else:
             self._written(merged)
 
-    def _merge_or_hand_over(self, pending: Changes, wait: float, durable: bool) -> bool:
+    def _merge_or_hand_over(self, pending: Changes, wait: float, durable: bool, join_waiting: bool) -> bool:
         try:
-            merged = self.store.merge_or_hand_over(pending, wait, durable=durable, follow_up=False)
-            self.failed_write = None
+            joined = join_waiting and self._racing() and self.store.handovers_numbered()
+            merged = self.store.merge_or_hand_over(pending, wait, durable=durable, follow_up=False,
+                                                   try_lock=not joined)
+            if not joined:
+                self.failed_write = None
+                if not merged:
+                    self.found_busy_at = time.monotonic()
             self._follow_up(merged)
-            if not merged:
+            if not merged and not joined:  # joining others' hand-overs is no problem: it is how writers race
+                lock_path = self.store.transaction.lock.path  # a string: no Path built per hand-over
                 self.problems.note(
                     LOCK_BUSY,
-                    f"another process held {self.store.lock_path} (a record call does not wait for it; at exit, "
-                    f"within a lock-wait budget of {self.lock_wait_budget:g}s in all, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
+                    f"another process held {lock_path} (a record call does not wait for it; at exit, within a "
+                    f"lock-wait budget of {self.lock_wait_budget:g}s a minute, {LOCK_WAIT_BUDGET_ENVIRONMENT}): "
                     "the events were handed over, and that process, right after its merge, or the next merge by "
                     "any fraisier process writes them. "
-                    f"If it lasts, find the process that holds the lock (fuser {self.store.lock_path})",
-                    LockTimeoutError(self.store.lock_path, wait),
+                    f"If it lasts, find the process that holds the lock (fuser {lock_path})",
+                    LockTimeoutError(lock_path, wait),
                 )
         except Exception as error:  # of any type (a probe's OverflowError, a bug of ours): none may reach a deployment
             self.failed_write = FailedWrite(self.store)
@@ -195,14 +216,24 @@ class Writer:
             return False
         return merged
 
+    def _racing(self) -> bool:
+        """Whether a write of this recorder found the lock busy within :data:`JOIN_WITHIN`, and merges did not fail
+        since. Joining does not renew it: a counter that says hand-overs wait when none do (one this process may
+        not write, so that merges cannot note they took them) costs at most a second of joining."""
+        found_busy_at = self.found_busy_at
+        return (self.failed_write is None and found_busy_at is not None
+                and time.monotonic() - found_busy_at < JOIN_WITHIN)
+
     def _follow_up(self, merged: bool) -> None:
         """What the call owes the hand-over invariant once its events are merged or durably handed over (see
         TextfileStore.merge_or_hand_over), left to the background thread: after a hand-over, the try once more for
         the lock; after a merge, the merge of the hand-overs that arrived while it held the lock. Either may be a
         whole merge of everyone's hand-overs, which the caller need not wait for. After a merge the look is made
-        here (a process whose calls all merge alone starts no thread); with no background thread
-        (FRAISIER_FLUSH_INTERVAL=0), the call makes the try itself."""
-        if merged and not self.store.late_handovers:
+        here (a process whose calls all merge alone starts no thread); after a hand-over the lock is probed here,
+        and the thread is woken only if it is free (under contention it almost never is, and the holder then
+        writes this hand-over: waking a thread per call to find the lock busy cost more CPU than the probe). With
+        no background thread (FRAISIER_FLUSH_INTERVAL=0), the call makes the try itself."""
+        if not self.store.late_handovers:
             return
         # After a hand-over its own waits: the try needs no look at the directory first.
         if not process.merge_soon(self, self.store.handovers.handled, look=merged):
@@ -256,5 +287,6 @@ class Writer:
         self.lock = threading.RLock()
         self.depth = 0
         self.handed_over_since_merge = False
+        self.found_busy_at = None
         self.failed_write = None
         self.store = FraisierStore(self.store.directory, self.store.lock_timeout, lifecycle=self.store.lifecycle)

@@ -32,6 +32,8 @@ _HELD_FOR_EVER = ("hand-over counter's lock held for ever",)
 vain: a lock held that long is held on purpose, and a process recording many events must not pay the wait at
 each. Inherited by a forked child, which is right: the holder is the same."""
 _SEQUENCE_DIGITS = 20
+_LONGEST_PAUSE = 0.001
+"""Seconds between two tries for the counter's lock at most (see _lock_sequence)."""
 
 
 def new_id(directory: fs.Directory) -> str:
@@ -82,6 +84,20 @@ def _next_sequence(directory: fs.Directory) -> int:
         return value
     finally:
         os.close(descriptor)  # also drops the lock
+
+
+def numbered_since_merge(directory: fs.Directory) -> bool:
+    """Whether hand-overs were numbered since the last merge noted where the waiting ones start
+    (:func:`note_merged`): some wait, unless that merge could not note it. A hint, read without the counter's lock
+    (a read racing a write may see either; garbage reads as none waiting)."""
+    descriptor = _open_sequence(directory, create=False)
+    if descriptor is None:
+        return False
+    try:
+        last, before_oldest_waiting = _read_sequence(descriptor)
+    finally:
+        os.close(descriptor)
+    return last > before_oldest_waiting
 
 
 PENDING_LIMIT = 100_000
@@ -162,7 +178,9 @@ def _lock_sequence(descriptor: int) -> None:
                 process.remember(*_HELD_FOR_EVER)
                 return
             time.sleep(pause)
-            pause = min(pause * 2, 0.005)  # a holder that got the CPU back releases at once; later tries can be sparser
+            # A holder that got the CPU back releases at once: a pause longer than the textfile lock's longest
+            # poll would keep the waiter asleep well after that, which racing writers pay in their slowest calls.
+            pause = min(pause * 2, _LONGEST_PAUSE)
         except OSError:
             return
 
@@ -181,7 +199,12 @@ def _read_sequence(descriptor: int) -> tuple[int, int]:
     return last, min(int(fields[1]), last) if len(fields) == 2 else last
 
 
+_SEQUENCE_WIDTH = 2 * _SEQUENCE_DIGITS
+"""Bytes the counter's two numbers take at most, padded with blanks to that width: every write covers the one
+before, so no ftruncate is needed (one system call less while the counter is locked, and no change of the file's
+size to journal at each hand-over). Earlier versions read it as it is (two numbers split by blanks)."""
+
+
 def _write_sequence(descriptor: int, last: int, before_oldest_waiting: int) -> None:
-    data = f"{last} {before_oldest_waiting}\n".encode()
+    data = f"{last} {before_oldest_waiting}".ljust(_SEQUENCE_WIDTH).encode() + b"\n"
     os.pwrite(descriptor, data, 0)
-    os.ftruncate(descriptor, len(data))

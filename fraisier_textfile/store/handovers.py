@@ -341,7 +341,7 @@ commit), well under this."""
 
 LATE_MERGE_BUDGET = 0.025
 """Seconds a merge call may take in all, its own merge and those of the hand-overs that arrived while it held the
-lock, beyond the first of those (always merged: the hand-over invariant, textfile.py): one or two merges. Under
+lock, beyond the first of those (always merged: the hand-over invariant, group_commit.py): one or two merges. Under
 sustained contention the other writers' own merges take the rest; a holder that kept on merging would make its
 own caller the slowest."""
 

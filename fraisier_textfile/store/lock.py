@@ -222,6 +222,19 @@ class Lock:
                 pass
         raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
+    def busy(self, directory: fs.Directory) -> bool:
+        """Whether another holder has the lock now: one try without waiting, let go of at once if it succeeds
+        (a probe, for a hand-over's try once more: see TextfileStore.merge_or_hand_over). A holder in this process
+        counts (its descriptor is another open file: flock makes them conflict)."""
+        descriptor = self._open(directory)
+        try:
+            if not try_lock(descriptor, self.path):
+                return True
+            fcntl.flock(descriptor, fcntl.LOCK_UN)  # explicitly: a child forked meanwhile shares the descriptor
+            return False
+        finally:
+            os.close(descriptor)
+
     def is_held(self) -> bool:
         """Whether this process holds the lock of the file now of the lock's name (see :class:`Lock`)."""
         directory = self._directory

@@ -12,9 +12,9 @@ increment is neither lost nor counted twice whatever number of processes race, a
 moment leaves either the old file or the new one, never a partial one. A process that cannot get the lock in
 time may hand its changes over (see handovers.py) instead of waiting longer.
 
-Who does what: :class:`TextfileStore` builds the participants in their order and keeps the public methods and the
-hand-over policy around a merge (merge or hand over, the hand-overs that arrived during one); transaction.py runs
-each merge; files.py reads the file and writes its new versions.
+Who does what: :class:`TextfileStore` builds the participants in their order and keeps the public methods;
+group_commit.py holds the hand-over policy around a merge (merge or hand over, the hand-overs that arrived during
+one); transaction.py runs each merge; files.py reads the file and writes its new versions.
 
 The store's paths are only ever what it created: fraisier.prom and the lock a regular file, its directories
 directories. Anything else there (a symlink, a FIFO, a device) is refused with UnexpectedFileError, never
@@ -24,20 +24,20 @@ followed and never opened in a way that could block.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from fraisier_textfile import logger, validate
-from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
+from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.store import fs, handovers, inflight
 from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.changes import Changes
 from fraisier_textfile.store.files import TEXTFILE_NAME, FileVersion, Textfile
+from fraisier_textfile.store.group_commit import GroupCommit
 from fraisier_textfile.store.lifecycle import LifecycleParticipant, SeriesLifecycle
-from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_SUFFIX, DeferredSignals, Lock
+from fraisier_textfile.store.lock import DEFAULT_LOCK_TIMEOUT, LOCK_SUFFIX, Lock
 from fraisier_textfile.store.transaction import Participant, Transaction, count_running
 
 if TYPE_CHECKING:
@@ -76,9 +76,6 @@ class TextfileStore:
         self.sources: list[Participant] = list(participants)
         """The participants given (sources read under the lock), in their order."""
         self.handovers = handovers.Handovers()
-        self.late_handovers = False
-        """After :meth:`merge_or_hand_over` merged with ``follow_up=False``: whether hand-overs that no merge of
-        this store has seen were waiting once it released the lock."""
         self.markers = None if markers is None else inflight.InFlightMarkers(markers)
         self.lifecycle.active = None if markers is None else markers.active
         # The order is the ordering rule (see transaction.py).
@@ -90,6 +87,9 @@ class TextfileStore:
                   (handovers.open_directory, handovers.remove_stale_temporaries)]
         self.transaction = Transaction(self.file, Lock(self._lock_path), order, self.sources, litter)
         """Each merge, from the lock to the clean-up after the rename, over the participants (transaction.py)."""
+        self.group_commit = GroupCommit(self._directory, self.file, self.transaction, self.handovers, self.schema)
+        """The hand-over policy around each merge: merge or hand over, and what each owes the others' hand-overs
+        (group_commit.py)."""
 
     @property
     def directory(self) -> Path:
@@ -190,33 +190,7 @@ class TextfileStore:
         is emptied, and the markers of the deployments it ends are released. On any error nothing is written,
         the file is left byte-identical, and ``changes`` is untouched so that it can be merged again later.
         Raises only FraisierTextfileError subclasses (LockTimeoutError when the lock stayed busy)."""
-        # Opened and checked once for the merge and for the look for late hand-overs after it: for root, the
-        # check looks at every directory on the path.
-        with self.file.open_directory() as textfile:
-            self._merge_in(textfile, changes, self.lock_timeout if timeout is None else timeout)
-
-    def _merge_in(self, textfile: fs.Directory, changes: Changes, timeout: float, look: bool = True) -> None:
-        """:meth:`merge`, in the textfile directory held open by ``textfile``. ``look=False``: the look for late
-        hand-overs after a successful merge is left to the caller (see :meth:`merge_or_hand_over`)."""
-        started = time.monotonic()
-        ending = changes.ended
-        try:
-            self.transaction.run(changes, timeout, textfile)
-        except FraisierTextfileError:
-            # Also after a failure, if this call held the lock (a corrupt file; a lock timeout too, when its
-            # lock file was replaced mid-merge and the new one stayed busy). A call that never held it owes no
-            # look: the holder looks after releasing it, and listing the directory all writers change is most
-            # of what a busy lock would otherwise cost each of them.
-            if self.transaction.held_lock:
-                self._merge_late_handovers(textfile, started, failed=True)
-            raise
-        finally:
-            # Only the commit empties the changes: written, even if a signal's handler held back until the end
-            # of the merge raised since (the process may catch it and go on).
-            if ending and not changes.ended:
-                _release_written(ending)
-        if look:
-            self._merge_late_handovers(textfile, started)
+        self.group_commit.merge(changes, self.lock_timeout if timeout is None else timeout)
 
     def hand_over(self, changes: Changes, *, durable: bool = True) -> None:
         """Write ``changes`` for the next merge by any process to apply exactly once, without the lock, and
@@ -224,151 +198,44 @@ class TextfileStore:
         power loss; without, they survive this process's death, not the machine's. Once written, the markers of
         the deployments they end are released. Raises TextfileWriteError (``changes`` untouched) if they cannot be
         written."""
-        if not changes:
-            return
-        with self.file.open_directory() as textfile:
-            self._hand_over_in(textfile, changes, durable)
+        self.group_commit.hand_over(changes, durable=durable)
 
-    def _hand_over_in(self, textfile: fs.Directory, changes: Changes, durable: bool) -> None:
-        """:meth:`hand_over`, in the textfile directory held open by ``textfile``."""
-        if not changes:
-            return
-        ending = changes.ended
-        with DeferredSignals():
-            directory = handovers.open_directory(textfile, create=True)
-            assert directory is not None
-            with directory:
-                temporary, final = handovers.write(directory, changes, self.schema)
-                handovers.publish(directory, temporary, final, durable)
-                changes.clear()
-                # Before the signal handlers held back run: one may raise, and the process go on.
-                if ending:
-                    _release_written(ending)
-
-    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True, follow_up: bool = True
-                           ) -> bool:
+    def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True, follow_up: bool = True,
+                           try_lock: bool = True) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
         True: merged now. False: handed over; the next merge by any process writes them (this process tries
         once more at once). Either way ``changes`` is emptied. Raises what :meth:`merge` raises for other
-        problems (a corrupt file, a full disk), with ``changes`` untouched.
+        problems (a corrupt file, a full disk), with ``changes`` untouched. ``follow_up=False`` leaves to the
+        caller what the call owes the hand-over invariant once its own part is done (:attr:`late_handovers` says
+        whether a merge is, :meth:`merge_waiting` makes it); ``try_lock=False`` hands over without trying the
+        lock (see GroupCommit.merge_or_hand_over)."""
+        return self.group_commit.merge_or_hand_over(changes, wait, durable=durable, follow_up=follow_up,
+                                                    try_lock=try_lock)
 
-        ``follow_up=False`` leaves to the caller what a call owes the hand-over invariant (see
-        _merge_late_handovers) once its own part is done: after a hand-over, the try once more (the lock's holder
-        may have looked before this one was there); after a merge, the look for hand-overs that arrived while it
-        held the lock. After a merge the call still looks, once the lock is released, and leaves what it found in
-        :attr:`late_handovers`. The caller must make the rest after this call returned (:meth:`merge_waiting`;
-        after a merge, if ``late_handovers``, with the hand-overs this store saw, ``handovers.handled``), from a
-        thread of its own say: either may merge every hand-over waiting, a whole merge that the caller of a record
-        call need not wait for."""
-        # One descriptor of the directory, checked once (for root, every directory of the path), for the try, the
-        # hand-over and the try once more.
-        with self.file.open_directory() as textfile:
-            try:
-                self._merge_in(textfile, changes, wait, look=follow_up)
-            except LockTimeoutError:
-                pass
-            else:
-                if not follow_up:
-                    self.late_handovers = self.handovers.waiting_in(textfile)
-                return True
-            self._hand_over_in(textfile, changes, durable)
-            if follow_up:
-                # The hand-over is on disk before this try. If the lock is busy, its holder will look for
-                # hand-overs after releasing it (see _merge_late_handovers), and so sees this one.
-                try:
-                    self._merge_in(textfile, Changes(), 0)
-                except FraisierTextfileError as error:
-                    log.debug("hand-over left for the next merge: %s", error)
-        return False
+    @property
+    def late_handovers(self) -> bool:
+        """After :meth:`merge_or_hand_over` with ``follow_up=False``: whether the caller owes a merge of the
+        hand-overs waiting (see GroupCommit.late_handovers)."""
+        return self.group_commit.late_handovers
+
+    def handovers_numbered(self) -> bool:
+        """Whether hand-overs were written since the last merge noted them, as their counter says: a hint that
+        some wait, and so that writers race, got without listing the directory they keep changing."""
+        return self.group_commit.handovers_numbered()
 
     def merge_waiting(self, seen: Collection[str] = (), *, look: bool = True) -> bool:
         """Merge the hand-overs waiting that no merge by this store has seen (nor are in ``seen``), if there are
-        any and the lock is free, without waiting for it: what a call of :meth:`merge_or_hand_over` owes the
-        hand-over invariant (see there), or a later try. ``look=False``: the caller knows that one waits (its
-        own, just handed over): the lock is tried without listing the directory first. True: none is left
-        waiting by this try (merged, or there were none); False: the lock was busy (its holder merges them once
-        it lets go) or the merge failed (logged at debug level: the next merge by any process says why). Never
-        raises FraisierTextfileError."""
-        try:
-            with self.file.open_directory() as textfile:
-                if not look or self.handovers.waiting_in(textfile, seen):
-                    self._merge_in(textfile, Changes(), 0)
-        except FraisierTextfileError as error:
-            log.debug("hand-overs left for the next merge: %s", error)
-            return False
-        return True
-
-    def _merge_late_handovers(self, textfile: fs.Directory, started: float, failed: bool = False) -> None:
-        """After releasing the lock, merge the hand-overs that arrived while it was held (``started``: when the
-        call began, time.monotonic).
-
-        The invariant that makes every hand-over written once, soon: a process that hands over writes its
-        file *before* trying the lock once without waiting, and every holder of the lock looks for
-        hand-overs *after* releasing it. So when the hand-over's own try fails, the lock had a holder that
-        releases it after the file existed, and that holder's look finds it and merges it; if its own try fails
-        in turn, the next holder's look does, and so on until one gets the lock. (A holder killed meanwhile
-        leaves the hand-over to the next merge, by any process.) This is also group commit: under contention
-        the waiters hand over and one holder writes them all in one merge.
-
-        Under sustained contention new hand-overs keep arriving, and a holder that looped for ever would hold
-        up the deployment it belongs to: after the first late merge, it starts another only if that one, taking
-        as long as the one before, ends within handovers.LATE_MERGE_BUDGET of the call's start, and leaves what
-        remains to the next merge of any process (under such load, one within milliseconds; otherwise at the
-        latest the next ``fraisier textfile refresh``). Nothing is lost or applied twice either way. A failure
-        with the ``reported`` message (the caller's own, raised to its caller) is not logged a second time."""
-        stop = started + handovers.LATE_MERGE_BUDGET
-        last: float | None = None  # how long the late merge before took
-        # A merge that left older hand-overs (HANDOVERS_PER_MERGE) has done its share: those that arrived
-        # meanwhile are behind them, for the next merge of any process, as they are.
-        while not self.handovers.backlog_left:
-            begun = time.monotonic()
-            if last is not None and begun + last > stop:
-                return
-            if not self.handovers.waiting_in(textfile):
-                return
-            try:
-                self.transaction.run(Changes(), 0, textfile)
-            except LockTimeoutError:
-                return  # its holder looks again after releasing it
-            except FraisierTextfileError as error:
-                # After a failed merge this is most likely the same problem, which its caller reports: a
-                # recorder hit by a corrupt file would otherwise log it again with every event.
-                log.log(logger.DEBUG if failed else logger.WARNING,
-                        "hand-overs waiting in %s were not merged: %s", self._directory, error)
-                return
-            last = time.monotonic() - begun
+        any and the lock is free, without waiting for it (``look=False``: without listing them first). True:
+        none is left waiting by this try; False: the lock was busy or the merge failed. Never raises
+        FraisierTextfileError (see GroupCommit.merge_waiting)."""
+        return self.group_commit.merge_waiting(seen, look=look)
 
     def handovers_waiting(self) -> bool:
         """Whether hand-overs wait in the directory that no merge by this store has seen yet."""
-        try:
-            textfile = fs.open_directory(self._directory)
-        except (OSError, FraisierTextfileError):
-            return False
-        if textfile is None:
-            return False
-        with textfile:
-            return self.handovers.waiting_in(textfile)
+        return self.group_commit.handovers_waiting()
 
     def merge_backlog(self, *, timeout: float | None = None) -> None:
         """Merge until no hand-over is left (each merge applies at most handovers.HANDOVERS_PER_MERGE), and return
         once the files of those applied are deleted: for a command whose job is a complete file and a tidy
         directory (``fraisier textfile refresh``), not for a record call. Raises what :meth:`merge` raises."""
-        try:
-            self.merge(Changes(), timeout=timeout)
-            for _ in range(100_000):  # bounded: writers that never stop handing over must not keep it for ever
-                if not self.handovers_waiting():
-                    return
-                before = set(self.handovers.handled)
-                self.merge(Changes(), timeout=timeout)
-                if self.handovers.handled == before:
-                    return  # only hand-overs left for a newer version, or set aside: nothing more to apply
-        finally:
-            handovers.wait_for_removals()  # those past a few are deleted by a background thread
-
-
-def _release_written(ending: Iterable[deployments.Deployment]) -> None:
-    """Release the markers of the deployments whose end was just written (store/deployments.py, loaded by the
-    first merge that ends one: a record run that starts none has no use for it)."""
-    from fraisier_textfile.store import deployments
-
-    deployments.release_written(ending)
+        self.group_commit.merge_backlog(self.lock_timeout if timeout is None else timeout)

@@ -156,7 +156,7 @@ class Transaction:
         _while_written)."""
         self.held_lock = False
         """Whether the last :meth:`run` took the lock, even if it then failed: only a holder owes the look for
-        hand-overs that arrived while it held it (textfile.py)."""
+        hand-overs that arrived while it held it (group_commit.py)."""
 
     def run(self, changes: Changes, timeout: float, textfile: fs.Directory) -> None:
         """One merge of ``changes`` into the textfile directory held by ``textfile`` (open and checked), waiting

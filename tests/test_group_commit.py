@@ -1,0 +1,186 @@
+"""Group commit (store/group_commit.py): a merge or a hand-over, and what each owes the others' hand-overs: the
+holder's look after it lets go, its late merges within their budget, the backlog, the directory opened once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import catalogue as c
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import fs, handovers
+
+from .processes import lock_held_elsewhere
+from .test_handovers import error_count
+from .values import sample_values
+
+
+def directories_opened(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths the store opens and checks from now on (fs.open_directory), in order."""
+    from fraisier_textfile.store import fs
+
+    opened: list[Path] = []
+    open_directory = fs.open_directory
+
+    def counting(path: Path, **options: object) -> fs.Directory | None:
+        opened.append(Path(path))
+        return open_directory(path, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs, "open_directory", counting)
+    return opened
+
+
+def test_a_merge_and_its_look_for_late_hand_overs_open_and_check_the_directory_once(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path is resolved and checked (for root: every directory on the way) once per merge call: the look
+    for hand-overs that arrived while the lock was held goes through the directory already open."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    opened = directories_opened(monkeypatch)
+    changes = Changes()
+    events.deployment_complete(changes, "bare_metal", "api", "success", 1.0)
+    store.merge(changes)
+    assert opened == [textfile_dir]
+
+
+def test_a_record_call_that_merges_opens_and_checks_the_directory_once_its_look_included(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recorder's call leaves the merge of late hand-overs to its background thread, but not the look for them:
+    the call makes it through the directory its merge opened, not by opening and checking the path again."""
+    from fraisier_textfile import MetricsRecorder
+
+    recorder = MetricsRecorder(textfile_dir)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    opened = directories_opened(monkeypatch)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    assert opened == [textfile_dir]
+    assert sample_values(textfile_dir / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 2
+
+
+BACKLOG_THEN_EXIT = """
+import os, sys
+from fraisier_textfile import TextfileStore
+TextfileStore(sys.argv[1]).merge_backlog()
+os._exit(0)  # no exit hook: what merge_backlog left to a background thread is not done
+"""
+
+
+def test_merging_the_backlog_applies_every_hand_over_and_leaves_none_of_their_files(textfile_dir: Path) -> None:
+    """``fraisier textfile refresh``'s merge: every hand-over waiting is applied, however many merges that takes,
+    and their files are gone when it returns (those past a few are deleted by a background thread, which it
+    waits for), so that the directory a refresh leaves is tidy without its caller knowing of hand-overs."""
+    from fraisier_textfile.store import handovers
+
+    store = TextfileStore(textfile_dir)
+    count = handovers.HANDOVERS_PER_MERGE + 100
+    for number in range(count):
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", f"event_{number}")
+        store.hand_over(changes, durable=False)
+    merged = subprocess.run([sys.executable, "-c", BACKLOG_THEN_EXIT, str(textfile_dir)], capture_output=True,
+                            text=True, timeout=120)
+    assert merged.returncode == 0, merged.stderr
+    left = sorted(set(os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)) - {handovers.SEQUENCE_FILE})
+    assert left == []
+    values = sample_values(store.path)
+    assert sum(values[f'{c.DEPLOYMENT_ERRORS.name}{{provider="bare_metal",error_type="event_{number}"}}']
+               for number in range(count)) == count
+def test_a_merge_call_with_hand_overs_arriving_all_along_merges_them_within_its_budget_and_at_least_once(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under contention hand-overs keep arriving: the call that holds the lock looks for them after releasing it
+    and merges them at least once (the hand-over invariant), then only while the merge it would start, as long
+    as the last one took, ends within LATE_MERGE_BUDGET of the call's start. Each merge here takes 10 ms of a
+    clock of the test's and brings a new hand-over."""
+    from fraisier_textfile.store import group_commit as store_module
+
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    now = [0.0]
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return now[0]
+
+    monkeypatch.setattr(store_module, "time", Clock)
+    monkeypatch.setattr(handovers, "LATE_MERGE_BUDGET", 0.025)
+    run = store.transaction.run
+    merges = []
+
+    def slow_run(changes: Changes, timeout: float, textfile: fs.Directory) -> None:
+        run(changes, timeout, textfile)
+        merges.append(now[0])
+        now[0] += 0.010
+        arriving = Changes()
+        events.deployment_error(arriving, "bare_metal", f"late_{len(merges)}")
+        TextfileStore(textfile_dir).hand_over(arriving, durable=False)
+
+    monkeypatch.setattr(store.transaction, "run", slow_run)
+    store.merge(Changes())
+    # The call's own merge (0-10 ms) and the late ones at 10-20 ms: one more (20-30 ms) would end past 25 ms.
+    assert merges == [0.0, 0.010]
+    assert store.handovers_waiting()  # left for the next merge of any process
+
+
+def test_a_call_that_never_held_the_lock_leaves_the_look_for_late_hand_overs_to_the_holder(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug: a call that found the lock busy and handed over listed the hand-over directory twice (after its
+    failed try, and after its try once more), looking for hand-overs that arrived "while it held the lock",
+    which it never held: under a 16-writer race, the slowest calls' largest share, waiting on the directory that
+    every writer changes. The look is the holder's (the invariant in GroupCommit.merge_late_handovers): the
+    lock's holder, here another process, looks after releasing it, and the hand-over is merged once."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    looks = []
+    waiting_in = store.handovers.waiting_in
+
+    def counted(textfile: fs.Directory) -> bool:
+        looks.append(textfile)
+        return waiting_in(textfile)
+
+    monkeypatch.setattr(store.handovers, "waiting_in", counted)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "handed")
+    with lock_held_elsewhere(store.lock_path):
+        assert store.merge_or_hand_over(changes, wait=0) is False
+    assert looks == []
+    assert not changes
+    store.merge(Changes())  # a holder: it looks after releasing the lock, and finds nothing left
+    assert len(looks) == 1
+    assert error_count(sample_values(store.path), "handed") == 1
+
+
+def test_a_call_that_hands_over_opens_and_checks_the_textfile_directory_once(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """merge_or_hand_over opened and checked the textfile directory three times (its try, its hand-over, its try
+    once more): for root, each check walks every directory of the path. One descriptor, checked once, serves the
+    whole call, as it already served a merge and the late merges after it."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    opened = []
+    open_directory = fs.open_directory
+
+    def counted(*arguments: object, **keywords: object) -> fs.Directory | None:
+        opened.append(arguments)
+        return open_directory(*arguments, **keywords)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs, "open_directory", counted)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "handed")
+    with lock_held_elsewhere(store.lock_path):
+        assert store.merge_or_hand_over(changes, wait=0) is False
+    assert len(opened) == 1
+    store.merge(Changes())
+    assert error_count(sample_values(store.path), "handed") == 1
