@@ -410,3 +410,44 @@ def test_a_closer_left_by_a_merge_interrupted_by_a_fork_is_not_handed_anything(t
     record(store, events.deployment_error, "bare_metal", "timeout")
     assert handed == []
     assert replaced_versions_closed(store.path)
+
+
+CLOSE_SLOWLY_THEN_EXIT = """
+import os, sys, time
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import files
+
+directory, noted = sys.argv[1], sys.argv[2]
+store = TextfileStore(directory)
+store.merge(Changes())  # the file exists; the next merge reads it and replaces it
+replaced = os.stat(os.path.join(directory, "fraisier.prom")).st_ino
+close = os.close
+
+def slow_close(descriptor):
+    # The replaced version's close, slowed down (on a busy disk, freeing a big file's blocks takes that long):
+    # noted once it is done, which only a closing thread that ran to its end can do.
+    inode = os.fstat(descriptor).st_ino
+    close(descriptor)
+    if inode == replaced:
+        time.sleep(0.05)
+        with open(noted, "w") as file:
+            file.write("closed")
+
+files.os.close = slow_close  # the store's closing threads call it through files.py's os
+store.merge(Changes())
+# The interpreter ends here, the closing thread still in its close.
+"""
+
+
+def test_a_process_that_exits_right_after_a_merge_lets_its_closing_thread_end_first(textfile_dir: Path) -> None:
+    """A thread still running Python when the interpreter finalizes is ended by pthread_exit the moment it wants the
+    GIL back, which can crash the process (CPython gh-87135: a SIGSEGV or an abort, a deployment whose command
+    died after it succeeded). So the exit waits for the threads that close replaced versions, however slow their
+    close, within the store's exit wait."""
+    textfile_dir.mkdir()
+    noted = textfile_dir.parent / "noted"
+    result = subprocess.run([sys.executable, "-c", CLOSE_SLOWLY_THEN_EXIT, str(textfile_dir), str(noted)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert noted.read_text() == "closed"

@@ -153,9 +153,11 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None) ->
     if process.background.thread is not None:
         process.background.submit(lambda: _close_all(descriptors))
         return
+    done = process.closing_started()  # waited for at exit (process.closing)
     try:
-        _thread.start_new_thread(_close_all, (descriptors,))
+        _thread.start_new_thread(_close_then_end, (descriptors, done))
     except RuntimeError:
+        process.closing_ended(done)
         _close_all(descriptors)
 
 
@@ -170,16 +172,28 @@ class Closer:
         self._descriptors: list[int] = []
         self._handed = _thread.allocate_lock()
         self._handed.acquire()
-        _thread.start_new_thread(self._run, ())
+        done = process.closing_started()  # waited for at exit (process.closing)
+        try:
+            _thread.start_new_thread(self._run, (done,))
+        except BaseException:
+            process.closing_ended(done)
+            raise
 
-    def _run(self) -> None:
+    def _run(self, done: _thread.LockType) -> None:
         self._handed.acquire()
-        _close_all(self._descriptors)
+        _close_then_end(self._descriptors, done)
 
     def hand(self, descriptors: list[int]) -> None:
         """Close ``descriptors`` in the thread, which then ends. Once only."""
         self._descriptors = descriptors
         self._handed.release()
+
+
+def _close_then_end(descriptors: list[int], done: _thread.LockType) -> None:
+    try:
+        _close_all(descriptors)
+    finally:
+        process.closing_ended(done)
 
 
 def _close_all(descriptors: list[int]) -> None:

@@ -27,15 +27,19 @@ waits while another thread makes a marker (:data:`creating`): between taking the
 held, a child would inherit a lock this hook does not know of, and keep the deployment alive after its process.
 
 At exit a process waits for its background deletions at most EXIT_WAIT seconds; what is left, a later merge
-deletes (the file lists those hand-overs as applied). The recorder's exit hook registers after this one, so it
-runs first (atexit runs the last registered first): the hand-overs a last merge applies are deleted too.
+deletes (the file lists those hand-overs as applied). Then, as long again at most, for the threads closing the
+versions its last merges replaced (:data:`closing`): one still running when the interpreter finalizes can crash
+the process. The recorder's exit hook registers after this one, so it runs first (atexit runs the last
+registered first): the hand-overs a last merge applies are deleted too, and its closes waited for.
 """
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import os
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
@@ -118,7 +122,35 @@ another file that got the number meanwhile)."""
 background = BackgroundWork("fraisier-store")
 """The thread that deletes applied hand-overs (handovers.remove_soon) and, while it runs, closes the versions of
 the file that merges replaced (files.close_off_path)."""
+closing: set[_thread.LockType] = set()
+"""One lock per bare thread closing replaced versions of the file (files.py), held until its close is done. The
+exit waits for them (at most EXIT_WAIT): a thread still running Python when the interpreter finalizes is ended by
+pthread_exit as soon as it wants the GIL back, which can crash the process (CPython gh-87135)."""
 _met: set[tuple[Hashable, ...]] = set()
+
+
+def closing_started() -> _thread.LockType:
+    """A closing thread is about to start: the lock it releases when done (:func:`closing_ended`)."""
+    done = _thread.allocate_lock()
+    done.acquire()
+    closing.add(done)
+    return done
+
+
+def closing_ended(done: _thread.LockType) -> None:
+    closing.discard(done)
+    done.release()
+
+
+def wait_for_closes(timeout: float) -> bool:
+    """Wait until the closing threads started so far are done (at most ``timeout`` seconds); True if they are."""
+    deadline = time.monotonic() + timeout
+    for done in list(closing):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not done.acquire(timeout=remaining):
+            return False
+        done.release()
+    return True
 
 
 def first_time(*what: Hashable) -> bool:
@@ -148,7 +180,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _in_child() -> None:
-    global creating, releasing, background
+    global creating, releasing, background, closing
+    closing = set()  # the parent's closing threads are not here: nothing to wait for
     creating = threading.RLock()
     releasing = threading.Lock()
     for marker in list(held_markers.values()):
@@ -163,4 +196,9 @@ def _in_child() -> None:
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)
-atexit.register(lambda: background.wait(EXIT_WAIT))
+def _at_exit() -> None:
+    background.wait(EXIT_WAIT)
+    wait_for_closes(EXIT_WAIT)
+
+
+atexit.register(_at_exit)
