@@ -31,6 +31,7 @@ from .test_fraisier_state import Fraisier
 from .values import sample_values
 
 COUNTED = 'fraisier_rollbacks_total{provider="bare_metal",reason="source"}'
+TIMEOUTS = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'
 CURSOR = Bookkeeping("test-source-cursor", text_value, text_value)
 
 
@@ -317,6 +318,19 @@ def replaced_versions_closed(path: Path) -> bool:
     return True
 
 
+def threads_back_to(threads: int) -> bool:
+    """Wait until this process runs no more than ``threads`` threads (_thread._count: those of the threading module
+    and bare ones alike): False if it still runs more after 10 s."""
+    import _thread
+
+    deadline = time.monotonic() + 10
+    while _thread._count() > threads:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 @pytest.mark.parametrize("kept", [False, True], ids=["read from disk", "kept from the last merge"])
 def test_the_version_a_merge_replaces_is_open_during_its_rename_and_closed_after(
     textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, kept: bool
@@ -386,10 +400,7 @@ def test_a_merge_that_starts_over_after_writing_leaves_no_thread_waiting_and_no_
     record(store, events.deployment_error, "bare_metal", "timeout")
     assert not lost
     assert replaced_versions_closed(path)
-    deadline = time.monotonic() + 10
-    while _thread._count() > threads and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _thread._count() == threads
+    assert threads_back_to(threads)
     assert sample_values(path)['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 2
 
 
@@ -451,3 +462,42 @@ def test_a_process_that_exits_right_after_a_merge_lets_its_closing_thread_end_fi
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert noted.read_text() == "closed"
+
+
+def test_a_merge_by_another_thread_of_the_process_with_the_same_store_takes_no_part_of_this_ones_closing(
+    textfile_dir: Path
+) -> None:
+    """Threads of one process take turns for the lock, and a merge closes what it replaced after it let go of the
+    lock (after its directory's fsync and its participants' clean-up): a merge of the same store by another thread
+    can run meanwhile. It must neither drop the closing thread this merge started (left waiting for the life of the
+    process: one more thread per such overlap), nor have its own versions closed by this one."""
+    import _thread
+    import threading
+
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    threads = _thread._count()
+    other_collected = threading.Event()
+    others: list[threading.Thread] = []
+
+    class Overlapping(Participant):
+        """Once this merge has let go of the lock, another thread merges with the same store, up to its collect."""
+
+        def collect(self, merge: Merge) -> Changes | None:
+            if threading.current_thread() is not threading.main_thread():
+                other_collected.set()
+            return None
+
+        def after_commit(self, merge: Merge) -> None:
+            if threading.current_thread() is threading.main_thread() and not others:
+                others.append(threading.Thread(target=record, args=(store, events.deployment_error, "bare_metal",
+                                                                   "timeout")))
+                others[0].start()
+                assert other_collected.wait(10)
+
+    store = TextfileStore(textfile_dir, participants=[Overlapping()])
+    # Its first merge reads the file: its closer is started while the device writes the new version back.
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    others[0].join(10)
+    assert replaced_versions_closed(store.path)
+    assert threads_back_to(threads)
+    assert sample_values(store.path)[TIMEOUTS] == 3

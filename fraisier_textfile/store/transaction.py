@@ -170,6 +170,8 @@ class Transaction:
                     raise LockTimeoutError(self.lock.path, timeout)
                 self.lock.acquire(deadline, timeout, signals.deliver, textfile)
                 self.held_lock = True
+                replaced: list[FileVersion] = []
+                closer: Closer | None = None
                 try:
                     try:
                         merge = self._locked(changes, textfile)
@@ -180,6 +182,10 @@ class Transaction:
                         self._check_claims_first = True
                         continue
                     finally:
+                        # Taken while the lock is held: once it is released, another thread of this process may
+                        # merge with this store, and its versions and closer are its own.
+                        replaced, self._replaced = self._replaced, []
+                        closer, self._closer = self._closer, None
                         self.lock.release()
                     # The rename is made durable once the lock is free: the next writer need not wait for the
                     # journal's commit, and it reads the new file either way. Before after_commit: nothing the
@@ -190,8 +196,7 @@ class Transaction:
                     for participant in participants:
                         participant.after_commit(merge)
                 finally:
-                    closer, self._closer = self._closer, None
-                    close_off_path(self._replaced, closer)
+                    close_off_path(replaced, closer)
                     for participant in participants:
                         participant.close()
                 return
