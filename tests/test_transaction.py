@@ -501,3 +501,93 @@ def test_a_merge_by_another_thread_of_the_process_with_the_same_store_takes_no_p
     assert replaced_versions_closed(store.path)
     assert threads_back_to(threads)
     assert sample_values(store.path)[TIMEOUTS] == 3
+
+
+def holds_version(inode: int, unlinked: bool) -> bool:
+    """Whether this process holds a descriptor of the file ``inode`` (``unlinked``: once a rename unlinked it; ext4
+    gives a freed inode's number to the next new file, which may be one of this process's)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            status = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if status.st_ino == inode and not (unlinked and status.st_nlink):
+            return True
+    return False
+
+
+def let_go_of(inode: int, unlinked: bool = True) -> bool:
+    """Wait until this process holds no descriptor of the file ``inode`` (closed off the merge's path, by another
+    thread): False if it still does after 10 s."""
+    deadline = time.monotonic() + 10
+    while holds_version(inode, unlinked):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("moment", ["while the device writes back", "between the rename and the close",
+                                    "while the closing thread closes"])
+def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_replaced(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """A fork by one thread while another merges gives the child copies of the descriptors of the versions that merge
+    replaces, but not the thread that closes them: the child must close its copies itself, or it keeps the blocks of
+    a file nobody can see for as long as it lives (a worker forked by a long-lived program). Its own merges with the
+    store go on as before."""
+    import threading
+
+    from fraisier_textfile.store import files
+
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    replaced = (textfile_dir / "fraisier.prom").stat().st_ino
+    at_moment, forked = threading.Event(), threading.Event()
+
+    def fork_here() -> None:
+        if at_moment.is_set():
+            return  # the child's own merge
+        at_moment.set()
+        assert forked.wait(10)
+
+    class AfterCommit(Participant):
+        def after_commit(self, merge: Merge) -> None:
+            if moment == "between the rename and the close":
+                fork_here()
+
+    store = TextfileStore(textfile_dir, participants=[AfterCommit()])
+    if moment == "while the device writes back":
+        store.transaction.litter.append((lambda directory: fork_here(), lambda directory: None))
+    elif moment == "while the closing thread closes":
+        close_all = files._close_all
+
+        def close_after_the_fork(versions: list[files.FileVersion]) -> None:
+            if threading.current_thread() is not threading.main_thread():
+                fork_here()
+            close_all(versions)
+
+        monkeypatch.setattr(files, "_close_all", close_after_the_fork)
+    # The store's first merge reads the file (checked while the device writes back, litter looked for there, the
+    # closing thread started there).
+    merging = threading.Thread(target=record, args=(store, events.deployment_error, "bare_metal", "timeout"))
+    merging.start()
+    assert at_moment.wait(10)
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's verdict is its exit status)
+        status = 1
+        try:
+            held = not let_go_of(replaced, unlinked=False)  # unlinked or not yet: the child has made no file
+            record(store, events.deployment_error, "bare_metal", "timeout")
+            status = 2 * held + 4 * (not let_go_of(replaced))
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    forked.set()
+    merging.join(10)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child held the replaced version (2: at the fork, 4: after)"
+    assert let_go_of(replaced)
+    assert sample_values(store.path)[TIMEOUTS] == 3

@@ -142,34 +142,42 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None) ->
     for it: a thread that lives on would make every later fork of the program a fork of a multi-threaded process,
     and a bare thread's start costs a tenth of it. In the caller's own thread where no thread can be had (the task
     limit reached). ``closer``: a thread started for it ahead of time (:class:`Closer`), which is handed them (none
-    too: it then ends)."""
-    descriptors = [descriptor for descriptor in (version.detach() for version in versions) if descriptor >= 0]
+    too: it then ends). Each version stays in :func:`replacing`'s set until closed: a child forked before that
+    closes its copy at once (process.py), since the thread that would close it is not in the child."""
+    handed = versions[:]
     versions.clear()
     if closer is not None:
-        closer.hand(descriptors)
+        closer.hand(handed)
         return
-    if not descriptors:
+    if not handed:
         return
     if process.background.thread is not None:
-        process.background.submit(lambda: _close_all(descriptors))
+        process.background.submit(lambda: _close_all(handed))
         return
     done = process.closing_started()  # waited for at exit (process.closing)
     try:
-        _thread.start_new_thread(_close_then_end, (descriptors, done))
+        _thread.start_new_thread(_close_then_end, (handed, done))
     except RuntimeError:
         process.closing_ended(done)
-        _close_all(descriptors)
+        _close_all(handed)
+
+
+def replacing(version: FileVersion, versions: list[FileVersion]) -> None:
+    """Add ``version``, which a merge is about to replace, to ``versions`` (the merge's, closed by
+    :func:`close_off_path`), and to the process's versions not yet closed (process.replaced_versions)."""
+    process.replaced_versions.add(version)
+    versions.append(version)
 
 
 class Closer:
-    """The bare thread of :func:`close_off_path`, started before the rename and waiting to be handed the descriptors:
+    """The bare thread of :func:`close_off_path`, started before the rename and waiting to be handed the versions:
     a merge starts it while the device writes its new version back (transaction.py), where its start costs no wall
     time, rather than after the rename, on its caller's path. Raises RuntimeError where no thread can be had."""
 
-    __slots__ = ("_descriptors", "_handed")
+    __slots__ = ("_handed", "_versions")
 
     def __init__(self) -> None:
-        self._descriptors: list[int] = []
+        self._versions: list[FileVersion] = []
         self._handed = _thread.allocate_lock()
         self._handed.acquire()
         done = process.closing_started()  # waited for at exit (process.closing)
@@ -181,25 +189,28 @@ class Closer:
 
     def _run(self, done: _thread.LockType) -> None:
         self._handed.acquire()
-        _close_then_end(self._descriptors, done)
+        _close_then_end(self._versions, done)
 
-    def hand(self, descriptors: list[int]) -> None:
-        """Close ``descriptors`` in the thread, which then ends. Once only."""
-        self._descriptors = descriptors
+    def hand(self, versions: list[FileVersion]) -> None:
+        """Close ``versions`` in the thread, which then ends. Once only."""
+        self._versions = versions
         self._handed.release()
 
 
-def _close_then_end(descriptors: list[int], done: _thread.LockType) -> None:
+def _close_then_end(versions: list[FileVersion], done: _thread.LockType) -> None:
     try:
-        _close_all(descriptors)
+        _close_all(versions)
     finally:
         process.closing_ended(done)
 
 
-def _close_all(descriptors: list[int]) -> None:
-    for descriptor in descriptors:
+def _close_all(versions: list[FileVersion]) -> None:
+    for version in versions:
+        # Out of the process's set first: a child forked between the two keeps a copy (it ends with the child),
+        # where the other order could have it close a number the parent had reused meanwhile.
+        process.replaced_versions.discard(version)
         try:
-            os.close(descriptor)
+            version.close()
         except OSError:
             pass
 

@@ -8,6 +8,8 @@ What a process keeps:
 - the background thread that deletes the hand-overs a merge applied when there are more than a few
   (handovers.py), off the record call that merged them; while it runs, it also closes the versions of the file
   that merges replaced (files.py: the last close of a replaced file frees its blocks);
+- the versions of the file that its merges replaced and has not closed yet (files.close_off_path closes them
+  in another thread, after the rename);
 - what it has already met (:func:`first_time`, :func:`remember`, :func:`met`): a problem that every merge meets
   again (an unusable marker, a family at its series bound, a clock behind the file's) is logged once per
   process, not with every event, and a wait that was once in vain (the hand-over counter's lock held for ever)
@@ -22,7 +24,8 @@ open file description they share), so that a child outliving its parent never ke
 alive. So it does with the textfile's lock when another thread of the parent held it at the fork (a merge of the
 recorder's background thread): a parent killed mid-merge must not leave the lock held by a child that lives on.
 Threads do not survive a fork, and another thread of the parent may have held the store's thread locks at that
-moment: the child starts with new locks and a background thread of its own (started at its first job). A fork
+moment: the child starts with new locks and a background thread of its own (started at its first job), and closes
+its copies of the versions of the file another thread's merge was replacing (none of its threads would). A fork
 waits while another thread makes a marker (:data:`creating`): between taking the marker's lock and noting it as
 held, a child would inherit a lock this hook does not know of, and keep the deployment alive after its process.
 
@@ -48,6 +51,7 @@ from fraisier_textfile.logger import get_logger
 if TYPE_CHECKING:
     import queue
 
+    from fraisier_textfile.store.files import FileVersion
     from fraisier_textfile.store.lock import Lock
     from fraisier_textfile.store.markers import Marker
 
@@ -126,6 +130,10 @@ closing: set[_thread.LockType] = set()
 """One lock per bare thread closing replaced versions of the file (files.py), held until its close is done. The
 exit waits for them (at most EXIT_WAIT): a thread still running Python when the interpreter finalizes is ended by
 pthread_exit as soon as it wants the GIL back, which can crash the process (CPython gh-87135)."""
+replaced_versions: set[FileVersion] = set()
+"""The versions of the file that merges replaced (or are about to), from the merge's load until they are closed
+(files.close_off_path): a child forked meanwhile closes its copies at once, since the thread that would is not in
+the child, and each holds the blocks of a file nobody can see for as long as the child lives."""
 _met: set[tuple[Hashable, ...]] = set()
 
 
@@ -193,6 +201,12 @@ def _in_child() -> None:
             lock.forget_in_child()
             del held_locks[lock]
     background = BackgroundWork(background.name)
+    for version in list(replaced_versions):
+        try:
+            version.close()  # its merge, if the child goes on with it, finds it closed and closes nothing
+        except OSError:
+            pass
+    replaced_versions.clear()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)

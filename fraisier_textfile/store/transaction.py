@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from fraisier_textfile import logger
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.store import process
-from fraisier_textfile.store.files import Closer, FileVersion, Textfile, close_off_path, unlink_quietly
+from fraisier_textfile.store.files import Closer, FileVersion, Textfile, close_off_path, replacing, unlink_quietly
 from fraisier_textfile.store.lock import DeferredSignals, Lock, LockLost
 from fraisier_textfile.store.rules import apply_changes, clock_is_behind, combine
 from fraisier_textfile.store.vouching import Check
@@ -211,7 +211,7 @@ class Transaction:
         document, check, written_ns = self._load(textfile)
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         if cached is not None:
-            self._replaced.append(cached[0])
+            replacing(cached[0], self._replaced)
         # Not as we write it: then it needs the checks a file from elsewhere needs (histogram buckets).
         as_written = check is not None or (cached is not None and document is cached[1])
         merge = Merge(self.file.directory, self.file.path, textfile, document, changes, as_written)
@@ -306,7 +306,8 @@ class Transaction:
             cached_version, document = self._cached
             if cached_version.is_current(textfile):
                 return document, None, cached_version.key[3]
-            self._replaced.append(cached_version)  # another merger's rename unlinked it: its blocks are ours to free
+            # Another merger's rename unlinked it: its blocks are ours to free.
+            replacing(cached_version, self._replaced)
             self._cached = None
         if self._corrupt is not None:
             corrupt_version, error = self._corrupt
@@ -334,7 +335,7 @@ class Transaction:
             raise
         if version is None:
             return document, check, None
-        self._replaced.append(version)
+        replacing(version, self._replaced)
         return document, check, version.key[3]
 
     def remove_litter(self, textfile: fs.Directory, keep: str = "") -> None:
