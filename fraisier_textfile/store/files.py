@@ -119,9 +119,9 @@ class FileVersion:
                 and (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns) == self.key)
 
     def close(self) -> None:
-        if self._descriptor >= 0:
-            os.close(self._descriptor)
-            self._descriptor = -1
+        descriptor, self._descriptor = self._descriptor, -1  # before the close: see fs.Directory.close
+        if descriptor >= 0:
+            os.close(descriptor)
 
     def detach(self) -> int:
         """Give up the descriptor, which the caller now closes (-1 if already closed)."""
