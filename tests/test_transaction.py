@@ -25,7 +25,7 @@ from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
 from fraisier_textfile.store.transaction import Merge, Participant
 
-from .processes import start_store_worker
+from .processes import opens_of, start_store_worker
 from .stores import record
 from .test_fraisier_state import Fraisier
 from .values import sample_values
@@ -591,3 +591,47 @@ def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_
     assert os.waitstatus_to_exitcode(status) == 0, "the child held the replaced version (2: at the fork, 4: after)"
     assert let_go_of(replaced)
     assert sample_values(store.path)[TIMEOUTS] == 3
+
+
+def test_the_look_for_litter_during_the_writeback_removes_killed_writers_temporaries_and_follows_no_plant(
+    textfile_dir: Path, tmp_path: Path
+) -> None:
+    """A merge that reads the file looks for killed writers' temporaries while the device writes its new version
+    back: those of the textfile, of markers (their writer gone) and of hand-overs (an hour old) go; what a writer of
+    the directory planted under a temporary's name (a symlink to a file elsewhere, a FIFO, a directory) is neither
+    followed, opened, waited on nor removed; a regular file of another user's under that name is litter like any;
+    the merge's own temporary is renamed into place."""
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    planted = {"link": textfile_dir / f"{TEMPORARY_PREFIX}link", "fifo": textfile_dir / f"{TEMPORARY_PREFIX}fifo",
+               "directory": textfile_dir / f"{TEMPORARY_PREFIX}directory"}
+    planted["link"].symlink_to(victim)
+    os.mkfifo(planted["fifo"])
+    planted["directory"].mkdir()
+    others = textfile_dir / f"{TEMPORARY_PREFIX}others"
+    others.write_text("half a file")
+    os.chown(others, 65534, 65534)
+    killed = textfile_dir / f"{TEMPORARY_PREFIX}deadbeef"
+    killed.write_text("half a file")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its PID names no process
+    (textfile_dir / marker_files.MARKER_DIRECTORY).mkdir()
+    half_marker = textfile_dir / marker_files.MARKER_DIRECTORY / f".{gone.pid}-1-0000dead"
+    half_marker.write_text("{")
+    (textfile_dir / handovers.HANDOVER_DIRECTORY).mkdir(exist_ok=True)
+    half_handover = textfile_dir / handovers.HANDOVER_DIRECTORY / f"{handovers.TEMPORARY_PREFIX}deadbeef"
+    half_handover.write_text("{")
+    hour_ago = time.time() - handovers.STALE_TEMPORARY_SECONDS - 60
+    os.utime(half_handover, (hour_ago, hour_ago))
+    before = (textfile_dir / "fraisier.prom").stat().st_ino
+    with opens_of(planted["fifo"]) as fifo_opens, opens_of(victim) as victim_opens:
+        record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")  # reads: checks meanwhile
+        assert fifo_opens() == 0 and victim_opens() == 0
+    assert (textfile_dir / "fraisier.prom").stat().st_ino != before
+    assert sample_values(textfile_dir / "fraisier.prom")[TIMEOUTS] == 2
+    assert all(os.path.lexists(path) for path in planted.values())
+    assert victim.read_text() == "precious\n"
+    assert not any(os.path.lexists(path) for path in (others, killed, half_marker, half_handover))
+    assert sorted(name for name in os.listdir(textfile_dir) if name.startswith(TEMPORARY_PREFIX)) == sorted(
+        path.name for path in planted.values())
