@@ -579,6 +579,8 @@ def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_
             held = not let_go_of(replaced, unlinked=False)  # unlinked or not yet: the child has made no file
             record(store, events.deployment_error, "bare_metal", "timeout")
             status = 2 * held + 4 * (not let_go_of(replaced))
+            # Nor the version that merge was writing (the child's merge replaced it): the child's own is current.
+            status += 8 * (not replaced_versions_closed(store.path))
         except BaseException:
             import traceback
 
@@ -588,7 +590,8 @@ def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_
     forked.set()
     merging.join(10)
     _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child held the replaced version (2: at the fork, 4: after)"
+    assert os.waitstatus_to_exitcode(status) == 0, (
+        "the child held the replaced version (2: at the fork, 4: after), or the one written then (8)")
     assert let_go_of(replaced)
     assert sample_values(store.path)[TIMEOUTS] == 3
 

@@ -266,6 +266,12 @@ def start_writeback(descriptor: int) -> None:
         pass
 
 
+def close_written(descriptor: int) -> None:
+    """Close the descriptor of a temporary :meth:`Textfile.write_temporary` returned, which is not renamed."""
+    process.writing.pop(descriptor, None)  # before the close: see _close_all
+    os.close(descriptor)
+
+
 def unlink_quietly(directory: fs.Directory, name: str) -> None:
     try:
         directory.unlink(name)
@@ -388,8 +394,9 @@ class Textfile:
     def write_temporary(self, parts: Iterable[bytes | memoryview], textfile: fs.Directory,
                         meanwhile: Callable[[str], object] | None = None) -> tuple[str, int]:
         """Write the text ``parts`` make durably to a new temporary file; return its name and its open
-        descriptor. ``meanwhile``: work done once the bytes are written, while the device writes them back (see
-        :func:`start_writeback`), before the fsync waits for it; it is given the temporary's name."""
+        descriptor (noted in process.writing until :meth:`rename` or :func:`close_written`). ``meanwhile``: work
+        done once the bytes are written, while the device writes them back (see :func:`start_writeback`), before
+        the fsync waits for it; it is given the temporary's name."""
         temporary = f"{TEMPORARY_PREFIX}{random_suffix()}"
         try:
             # O_EXCL|O_NOFOLLOW, 0644 by fchmod: never through a symlink or into a file someone else prepared,
@@ -397,6 +404,7 @@ class Textfile:
             descriptor = textfile.create(temporary, fs.FILE_MODE)
         except OSError as error:
             raise write_error(self.directory, "create a temporary file in", error) from None
+        process.writing[descriptor] = _thread.get_ident()
         try:
             try:
                 write_parts(descriptor, parts)
@@ -407,7 +415,7 @@ class Textfile:
                 # empty file.
                 os.fsync(descriptor)
             except BaseException:
-                os.close(descriptor)
+                close_written(descriptor)
                 raise
         except OSError as error:
             unlink_quietly(textfile, temporary)
@@ -424,9 +432,10 @@ class Textfile:
         try:
             textfile.replace(temporary, TEXTFILE_NAME)
         except OSError as error:
-            os.close(descriptor)
+            close_written(descriptor)
             unlink_quietly(textfile, temporary)
             raise self.replace_error(error, textfile) from None
+        process.writing.pop(descriptor, None)  # the caller's version from here on (a merge's, kept)
         try:
             return FileVersion(self.path, descriptor)
         except OSError:

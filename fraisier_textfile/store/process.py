@@ -9,7 +9,7 @@ What a process keeps:
   (handovers.py), off the record call that merged them; while it runs, it also closes the versions of the file
   that merges replaced (files.py: the last close of a replaced file frees its blocks);
 - the versions of the file that its merges replaced and has not closed yet (files.close_off_path closes them
-  in another thread, after the rename);
+  in another thread, after the rename), and those they are writing;
 - what it has already met (:func:`first_time`, :func:`remember`, :func:`met`): a problem that every merge meets
   again (an unusable marker, a family at its series bound, a clock behind the file's) is logged once per
   process, not with every event, and a wait that was once in vain (the hand-over counter's lock held for ever)
@@ -25,7 +25,8 @@ alive. So it does with the textfile's lock when another thread of the parent hel
 recorder's background thread): a parent killed mid-merge must not leave the lock held by a child that lives on.
 Threads do not survive a fork, and another thread of the parent may have held the store's thread locks at that
 moment: the child starts with new locks and a background thread of its own (started at its first job), and closes
-its copies of the versions of the file another thread's merge was replacing (none of its threads would). A fork
+its copies of the versions of the file another thread's merge was replacing or writing (none of its threads
+would). A fork
 waits while another thread makes a marker (:data:`creating`): between taking the marker's lock and noting it as
 held, a child would inherit a lock this hook does not know of, and keep the deployment alive after its process.
 
@@ -134,6 +135,10 @@ replaced_versions: set[FileVersion] = set()
 """The versions of the file that merges replaced (or are about to), from the merge's load until they are closed
 (files.close_off_path): a child forked meanwhile closes its copies at once, since the thread that would is not in
 the child, and each holds the blocks of a file nobody can see for as long as the child lives."""
+writing: dict[int, int] = {}
+"""The descriptors of the new versions of the file that merges are writing (files.Textfile.write_temporary), each
+with the thread writing it, until renamed into place or closed: a child forked meanwhile by another thread closes
+its copies (that merge's thread is not in the child, and the version it wrote would be the child's to the end)."""
 _met: set[tuple[Hashable, ...]] = set()
 
 
@@ -207,6 +212,13 @@ def _in_child() -> None:
         except OSError:
             pass
     replaced_versions.clear()
+    for descriptor, thread in list(writing.items()):
+        if thread != forking_thread:  # the forking thread's own merge goes on in the child
+            del writing[descriptor]
+            try:
+                os.close(descriptor)
+            except OSError:
+                pass
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)

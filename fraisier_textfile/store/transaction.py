@@ -31,7 +31,6 @@ merge (the file itself cannot be read).
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -39,7 +38,15 @@ from typing import TYPE_CHECKING
 from fraisier_textfile import logger
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.store import process
-from fraisier_textfile.store.files import Closer, FileVersion, Textfile, close_off_path, replacing, unlink_quietly
+from fraisier_textfile.store.files import (
+    Closer,
+    FileVersion,
+    Textfile,
+    close_off_path,
+    close_written,
+    replacing,
+    unlink_quietly,
+)
 from fraisier_textfile.store.lock import DeferredSignals, Lock, LockLost
 from fraisier_textfile.store.rules import apply_changes, clock_is_behind, combine
 from fraisier_textfile.store.vouching import Check
@@ -236,13 +243,13 @@ class Transaction:
                 raise NotVouched from None
             raise
         if check is not None and not check.holds():
-            os.close(descriptor)
+            close_written(descriptor)
             unlink_quietly(textfile, temporary)
             raise NotVouched
         if not self.lock.is_held():
             # Someone removed the lock file while we held it: another merger may have locked a new one and
             # read the file we are about to replace. Start again under the lock now at the path.
-            os.close(descriptor)
+            close_written(descriptor)
             unlink_quietly(textfile, temporary)
             raise LockLost
         # Signals are held back (see DeferredSignals): the rename and the clear happen together.
