@@ -44,6 +44,7 @@ import atexit
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
@@ -118,6 +119,9 @@ held_markers: dict[str, Marker] = {}
 """The markers this process holds, by id."""
 held_locks: dict[Lock, int] = {}
 """The textfile locks this process holds (lock.py), each with the thread holding it (threading.get_ident)."""
+every_lock: weakref.WeakSet[Lock] = weakref.WeakSet()
+"""Every textfile lock of this process (lock.py), for the fork hook: a child makes anew the thread lock of each
+that another thread of the parent held at the fork."""
 creating = threading.RLock()
 """Held while a marker is made and noted in :data:`held_markers`, and by a fork (see the module's note).
 Reentrant: a signal handler that forks while its own thread makes a marker must not wait for itself."""
@@ -205,6 +209,8 @@ def _in_child() -> None:
         if holder != forking_thread:  # the forking thread's own lock is its to release, here too
             lock.forget_in_child()
             del held_locks[lock]
+    for lock in list(every_lock):
+        lock.renew_in_child()
     background = BackgroundWork(background.name)
     for version in list(replaced_versions):
         try:
