@@ -527,8 +527,8 @@ def let_go_of(inode: int, unlinked: bool = True) -> bool:
     return True
 
 
-@pytest.mark.parametrize("moment", ["while the device writes back", "between the rename and the close",
-                                    "while the closing thread closes"])
+@pytest.mark.parametrize("moment", ["while it parses what it read", "while the device writes back",
+                                    "between the rename and the close", "while the closing thread closes"])
 def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_replaced(
     textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, moment: str
 ) -> None:
@@ -556,7 +556,15 @@ def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_
                 fork_here()
 
     store = TextfileStore(textfile_dir, participants=[AfterCommit()])
-    if moment == "while the device writes back":
+    if moment == "while it parses what it read":
+        parse_claimed = store.file.parse_claimed
+
+        def parse_after_the_fork(data: bytes) -> object:
+            fork_here()
+            return parse_claimed(data)
+
+        monkeypatch.setattr(store.file, "parse_claimed", parse_after_the_fork)
+    elif moment == "while the device writes back":
         store.transaction.litter.append((lambda directory: fork_here(), lambda directory: None))
     elif moment == "while the closing thread closes":
         close_all = files._close_all

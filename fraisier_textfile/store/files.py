@@ -169,6 +169,13 @@ def replacing(version: FileVersion, versions: list[FileVersion]) -> None:
     versions.append(version)
 
 
+def kept(version: FileVersion, versions: list[FileVersion]) -> None:
+    """Take ``version`` back out of ``versions`` and the process's versions not yet closed (see :func:`replacing`):
+    the caller keeps it open."""
+    versions.remove(version)
+    process.replaced_versions.discard(version)
+
+
 class Closer:
     """The bare thread of :func:`close_off_path`, started before the rename and waiting to be handed the versions:
     a merge starts it while the device writes its new version back (transaction.py), where its start costs no wall

@@ -44,6 +44,7 @@ from fraisier_textfile.store.files import (
     Textfile,
     close_off_path,
     close_written,
+    kept,
     replacing,
     unlink_quietly,
 )
@@ -325,6 +326,9 @@ class Transaction:
         # Looked for while the new version is written back (see _while_written), where it costs no wall time.
         self._litter_due = time.monotonic() >= self._next_litter_check
         version, data = self.file.read_data(textfile)
+        if version is not None:
+            # Noted at once, not after the parse: a child forked by another thread meanwhile closes its copy.
+            replacing(version, self._replaced)
         check = None
         try:
             if self._check_claims_first:
@@ -338,12 +342,10 @@ class Transaction:
             # from here rather than read and parse it again: for a big file that costs seconds, and a
             # recorder hit by it would pay them with every event it records.
             if version is not None:
+                kept(version, self._replaced)
                 self._corrupt = (version, error)
             raise
-        if version is None:
-            return document, check, None
-        replacing(version, self._replaced)
-        return document, check, version.key[3]
+        return document, check, None if version is None else version.key[3]
 
     def remove_litter(self, textfile: fs.Directory, keep: str = "") -> None:
         """Temporary files are only made under the lock, which we hold: any left are from killed writers (but
