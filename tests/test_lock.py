@@ -15,6 +15,8 @@ import pytest
 from fraisier_textfile.errors import LockTimeoutError, UnexpectedFileError
 from fraisier_textfile.store.lock import DeferredSignals, Lock, try_lock
 
+from .processes import exit_with
+
 HOLD = """
 import fcntl, os, sys
 descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o664)
@@ -194,17 +196,13 @@ def test_a_child_forked_while_another_thread_takes_or_lets_go_of_the_lock_can_ta
     assert at_moment.wait(10)
     child = os.fork()
     if child == 0:  # pragma: no cover (the child's verdict is its exit status)
-        status = 1
-        try:
+
+        def takes_it() -> int:
             lock.acquire(time.monotonic() + 2, 2, lambda: None)
             lock.release()
-            status = 0
-        except BaseException:
-            import traceback
+            return 0
 
-            traceback.print_exc()
-        finally:
-            os._exit(status)
+        exit_with(takes_it)
     forked.set()
     thread.join(10)
     _, status = os.waitpid(child, 0)

@@ -25,7 +25,7 @@ from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
 from fraisier_textfile.store.transaction import Merge, Participant
 
-from .processes import opens_of, start_store_worker
+from .processes import exit_with, opens_of, start_store_worker
 from .stores import record
 from .test_fraisier_state import Fraisier
 from .values import sample_values
@@ -582,19 +582,14 @@ def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_
     assert at_moment.wait(10)
     child = os.fork()
     if child == 0:  # pragma: no cover (the child's verdict is its exit status)
-        status = 1
-        try:
+
+        def verdict() -> int:
             held = not let_go_of(replaced, unlinked=False)  # unlinked or not yet: the child has made no file
             record(store, events.deployment_error, "bare_metal", "timeout")
-            status = 2 * held + 4 * (not let_go_of(replaced))
             # Nor the version that merge was writing (the child's merge replaced it): the child's own is current.
-            status += 8 * (not replaced_versions_closed(store.path))
-        except BaseException:
-            import traceback
+            return 2 * held + 4 * (not let_go_of(replaced)) + 8 * (not replaced_versions_closed(store.path))
 
-            traceback.print_exc()
-        finally:
-            os._exit(status)
+        exit_with(verdict)
     forked.set()
     merging.join(10)
     _, status = os.waitpid(child, 0)
