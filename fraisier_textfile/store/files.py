@@ -123,11 +123,6 @@ class FileVersion:
         if descriptor >= 0:
             os.close(descriptor)
 
-    def detach(self) -> int:
-        """Give up the descriptor, which the caller now closes (-1 if already closed)."""
-        descriptor, self._descriptor = self._descriptor, -1
-        return descriptor
-
     def __del__(self) -> None:
         self.close()
 
