@@ -641,3 +641,37 @@ def test_the_look_for_litter_during_the_writeback_removes_killed_writers_tempora
     assert not any(os.path.lexists(path) for path in (others, killed, half_marker, half_handover))
     assert sorted(name for name in os.listdir(textfile_dir) if name.startswith(TEMPORARY_PREFIX)) == sorted(
         path.name for path in planted.values())
+
+
+def test_a_merge_whose_look_at_its_lock_fails_after_writing_leaves_no_temporary_open_or_on_disk(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look that the lock is still ours, made once the new version is written, may fail itself (the lock file's
+    lstat: EIO, ENOMEM; no way to have it fail for real here): the merge fails with it, the file as it was, and the
+    temporary it wrote is neither left open for the life of the process nor left on disk for the next litter look."""
+    from fraisier_textfile.errors import TextfileWriteError, write_error
+    from fraisier_textfile.store import process
+    from fraisier_textfile.store.lock import Lock
+
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    before = (textfile_dir / "fraisier.prom").read_bytes()
+
+    def failing(lock: Lock) -> bool:
+        raise write_error(lock.path, "use the lock file", OSError(5, "Input/output error"))
+
+    monkeypatch.setattr(Lock, "is_held", failing)
+    with pytest.raises(TextfileWriteError, match="Input/output error"):
+        record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    assert (textfile_dir / "fraisier.prom").read_bytes() == before
+    assert not [name for name in os.listdir(textfile_dir) if name.startswith(TEMPORARY_PREFIX)]
+    assert not process.writing
+    assert replaced_versions_closed(textfile_dir / "fraisier.prom")
+    open_temporaries = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if TEMPORARY_PREFIX in target:
+            open_temporaries.append(target)
+    assert open_temporaries == []

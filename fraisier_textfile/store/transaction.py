@@ -247,12 +247,15 @@ class Transaction:
             close_written(descriptor)
             unlink_quietly(textfile, temporary)
             raise NotVouched
-        if not self.lock.is_held():
-            # Someone removed the lock file while we held it: another merger may have locked a new one and
-            # read the file we are about to replace. Start again under the lock now at the path.
+        try:
+            if not self.lock.is_held():
+                # Someone removed the lock file while we held it: another merger may have locked a new one and
+                # read the file we are about to replace. Start again under the lock now at the path.
+                raise LockLost
+        except BaseException:  # that, or the look itself failed (the lock file's lstat): the temporary goes
             close_written(descriptor)
             unlink_quietly(textfile, temporary)
-            raise LockLost
+            raise
         # Signals are held back (see DeferredSignals): the rename and the clear happen together.
         version = self.file.rename(temporary, descriptor, textfile)
         self._cached = None if version is None else (version, document)
