@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 import pytest
 
@@ -217,6 +217,20 @@ def start_store_worker(name: str, *arguments: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def exit_with(status: Callable[[], int]) -> NoReturn:
+    """In a forked child: end with ``status()`` as its exit status (1 if it raised, its traceback on stderr), without
+    the parent's exit hooks or pytest's teardown."""
+    code = 1
+    try:
+        code = status()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
 
 
 def require(condition: bool, message: str) -> None:

@@ -21,6 +21,7 @@ from fraisier_textfile.store.files import (
 )
 
 from .stores import record
+from .test_fs import closed_once
 
 
 def test_the_default_directory_is_the_setting_else_the_users_state_directory(
@@ -117,3 +118,11 @@ def test_parts_are_written_whole_whatever_writev_takes_at_a_time(
     finally:
         os.close(descriptor)
     assert path.read_bytes() == b"".join(parts)
+
+
+def test_a_handler_that_raises_as_a_version_is_closed_never_has_it_closed_twice(textfile_dir: Path) -> None:
+    """As test_fs's for a directory: a version of the file (which a reader holds, and closes where handlers run)."""
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    path = textfile_dir / "fraisier.prom"
+    number = os.open(path, os.O_RDONLY)
+    closed_once(FileVersion(path, number).close, number, textfile_dir)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import pwd
 import stat
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,53 @@ def test_reading_refuses_what_is_not_a_regular_file_without_blocking(
         os.mkfifo(Path(parent.path) / "entry")
     with pytest.raises(UnexpectedFileError, match=f"^{Path(parent.path) / 'entry'} is a (symlink|FIFO)"):
         parent.read_regular("entry")
+
+
+@contextmanager
+def interrupted_after(function: Callable[..., object], call: int = 1) -> Iterator[None]:
+    """A KeyboardInterrupt raised in this thread as soon as the C function ``function`` returns from its ``call``-th
+    call: where a SIGINT's handler runs, or any handler that raises, between two bytecodes (a profile function is
+    called there)."""
+    fired: list[bool] = []
+    calls = 0
+
+    def interrupt(frame: object, event: str, argument: object) -> None:
+        nonlocal calls
+        if event == "c_return" and argument is function and not fired:
+            calls += 1
+            if calls == call:
+                fired.append(True)
+                raise KeyboardInterrupt
+
+    sys.setprofile(interrupt)
+    try:
+        yield
+    finally:
+        sys.setprofile(None)
+    assert fired
+
+
+def closed_once(close: Callable[[], None], number: int, where: Path) -> None:
+    """``close`` closes descriptor ``number``: interrupted right after the close by a handler that raises, then made
+    to close again once the number is another file's (as another thread's next open would make it), it must leave
+    that file open."""
+    with interrupted_after(os.close), pytest.raises(KeyboardInterrupt):
+        close()
+    other = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+    if other != number:  # the lowest free number, as it often is; else put there
+        os.dup2(other, number)
+        os.close(other)
+    try:
+        close()
+        os.fstat(number)  # still open
+    finally:
+        os.close(number)
+
+
+def test_a_handler_that_raises_as_a_directory_is_closed_never_has_it_closed_twice(tmp_path: Path) -> None:
+    """A signal handler that raises right after the close (a merge's directory is closed after the merge, where
+    handlers run) must not leave the number noted as open: closed again later (at the object's end), it would close
+    whatever file another thread opened meanwhile under that number (the lock's, say, releasing the lock)."""
+    directory = fs.open_directory(tmp_path)
+    assert directory is not None
+    closed_once(directory.close, directory.descriptor, tmp_path)

@@ -300,3 +300,51 @@ def test_a_merge_with_no_marker_directory_looks_for_it_once(tmp_path: Path, monk
         pass
     assert sample_values(tmp_path / "fraisier.prom")[
         'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 3
+
+
+def test_a_deployment_started_and_ended_while_a_merge_runs_its_marker_made_after_the_probe_counts_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge finds no marker (no directory for them yet); then, before it lists the hand-overs, a deployment in
+    another process makes its marker, hands over its start and its end (the lock is the merge's) and is killed
+    before it releases its marker. The merge applies both and must list the marker as retired, which it looks for
+    only because its changes retire one: else the next merger finds a dead marker and counts a crash as well."""
+    from fraisier_textfile import TextfileStore
+    from fraisier_textfile.changes import Changes
+
+    script = f"""
+import os, signal
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import deployments
+
+store = TextfileStore({str(tmp_path)!r})
+deployment = store.start_deployment("bare_metal", "api", lambda error, where: print(error))
+changes = Changes()
+events.deployment_started(changes, "bare_metal", "api")
+events.deployment_complete(changes, "bare_metal", "api", "success", 1.0)
+events.deployment_ended(changes, "bare_metal", deployment)
+deployments.Deployment.written = lambda self: os.kill(os.getpid(), signal.SIGKILL)
+store.hand_over(changes)
+"""
+    store = TextfileStore(tmp_path)
+    store.merge(Changes())
+    assert store.markers is not None
+    probe = store.markers.collect
+    deployed: list[int] = []
+
+    def probe_then_deploy(merge: object) -> object:
+        collected = probe(merge)  # type: ignore[arg-type]
+        if not deployed:
+            deployed.append(subprocess.run([sys.executable, "-c", script], timeout=60).returncode)
+        return collected
+
+    monkeypatch.setattr(store.markers, "collect", probe_then_deploy)
+    store.merge(Changes())
+    assert deployed == [-signal.SIGKILL]
+    for _ in range(2):
+        TextfileStore(tmp_path).merge(Changes())
+        values = sample_values(tmp_path / "fraisier.prom")
+        assert (values[ACTIVE], values[SUCCESS], values.get(CRASHED, 0.0)) == (0, 1, 0)
+    assert os.listdir(tmp_path / MARKER_DIRECTORY) == []

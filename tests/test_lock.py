@@ -15,6 +15,8 @@ import pytest
 from fraisier_textfile.errors import LockTimeoutError, UnexpectedFileError
 from fraisier_textfile.store.lock import DeferredSignals, Lock, try_lock
 
+from .processes import exit_with
+
 HOLD = """
 import fcntl, os, sys
 descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o664)
@@ -143,3 +145,65 @@ def test_a_lock_file_removed_in_a_loop_is_locked_again_never_refused(tmp_path: P
         assert remover.stdin is not None
         remover.stdin.close()
         remover.wait(timeout=30)
+
+
+@pytest.mark.parametrize("moment", ["taking it", "letting go of it"])
+def test_a_child_forked_while_another_thread_takes_or_lets_go_of_the_lock_can_take_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """Threads of one process take turns for the lock through a thread lock, taken before the lock is noted as held
+    (process.held_locks, which the fork hook looks at) and let go of after it is no longer noted. A child forked by
+    another thread in between inherits the thread lock held by a thread it does not have: with the store's own lock
+    free, every wait of the child for it timed out (a child reusing its parent's store could never merge)."""
+    import fcntl
+    import threading
+
+    from fraisier_textfile.store import fs
+
+    path = tmp_path / "fraisier.prom.lock"
+    lock = Lock(path)
+    at_moment, forked = threading.Event(), threading.Event()
+
+    def pause_there() -> None:
+        if threading.current_thread() is not threading.main_thread() and not at_moment.is_set():
+            at_moment.set()
+            assert forked.wait(10)
+
+    if moment == "taking it":
+        open_directory = fs.open_directory
+
+        def pausing_open(*arguments: object, **options: object) -> fs.Directory | None:
+            pause_there()  # the thread lock is taken, the lock not yet noted as held
+            return open_directory(*arguments, **options)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(fs, "open_directory", pausing_open)
+    else:
+        flock = fcntl.flock
+
+        def pausing_flock(descriptor: int, operation: int) -> None:
+            if operation == fcntl.LOCK_UN:
+                pause_there()  # no longer noted as held, the thread lock not yet let go of
+            flock(descriptor, operation)
+
+        monkeypatch.setattr(fcntl, "flock", pausing_flock)
+
+    def take_and_let_go() -> None:
+        lock.acquire(time.monotonic() + 10, 10, lambda: None)
+        lock.release()
+
+    thread = threading.Thread(target=take_and_let_go)
+    thread.start()
+    assert at_moment.wait(10)
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's verdict is its exit status)
+
+        def takes_it() -> int:
+            lock.acquire(time.monotonic() + 2, 2, lambda: None)
+            lock.release()
+            return 0
+
+        exit_with(takes_it)
+    forked.set()
+    thread.join(10)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -25,12 +25,13 @@ from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
 from fraisier_textfile.store.transaction import Merge, Participant
 
-from .processes import start_store_worker
+from .processes import exit_with, opens_of, start_store_worker
 from .stores import record
 from .test_fraisier_state import Fraisier
 from .values import sample_values
 
 COUNTED = 'fraisier_rollbacks_total{provider="bare_metal",reason="source"}'
+TIMEOUTS = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'
 CURSOR = Bookkeeping("test-source-cursor", text_value, text_value)
 
 
@@ -317,6 +318,19 @@ def replaced_versions_closed(path: Path) -> bool:
     return True
 
 
+def threads_back_to(threads: int) -> bool:
+    """Wait until this process runs no more than ``threads`` threads (_thread._count: those of the threading module
+    and bare ones alike): False if it still runs more after 10 s."""
+    import _thread
+
+    deadline = time.monotonic() + 10
+    while _thread._count() > threads:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 @pytest.mark.parametrize("kept", [False, True], ids=["read from disk", "kept from the last merge"])
 def test_the_version_a_merge_replaces_is_open_during_its_rename_and_closed_after(
     textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, kept: bool
@@ -386,10 +400,7 @@ def test_a_merge_that_starts_over_after_writing_leaves_no_thread_waiting_and_no_
     record(store, events.deployment_error, "bare_metal", "timeout")
     assert not lost
     assert replaced_versions_closed(path)
-    deadline = time.monotonic() + 10
-    while _thread._count() > threads and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _thread._count() == threads
+    assert threads_back_to(threads)
     assert sample_values(path)['fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 2
 
 
@@ -451,3 +462,216 @@ def test_a_process_that_exits_right_after_a_merge_lets_its_closing_thread_end_fi
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert noted.read_text() == "closed"
+
+
+def test_a_merge_by_another_thread_of_the_process_with_the_same_store_takes_no_part_of_this_ones_closing(
+    textfile_dir: Path
+) -> None:
+    """Threads of one process take turns for the lock, and a merge closes what it replaced after it let go of the
+    lock (after its directory's fsync and its participants' clean-up): a merge of the same store by another thread
+    can run meanwhile. It must neither drop the closing thread this merge started (left waiting for the life of the
+    process: one more thread per such overlap), nor have its own versions closed by this one."""
+    import _thread
+    import threading
+
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    threads = _thread._count()
+    other_collected = threading.Event()
+    others: list[threading.Thread] = []
+
+    class Overlapping(Participant):
+        """Once this merge has let go of the lock, another thread merges with the same store, up to its collect."""
+
+        def collect(self, merge: Merge) -> Changes | None:
+            if threading.current_thread() is not threading.main_thread():
+                other_collected.set()
+            return None
+
+        def after_commit(self, merge: Merge) -> None:
+            if threading.current_thread() is threading.main_thread() and not others:
+                others.append(threading.Thread(target=record, args=(store, events.deployment_error, "bare_metal",
+                                                                   "timeout")))
+                others[0].start()
+                assert other_collected.wait(10)
+
+    store = TextfileStore(textfile_dir, participants=[Overlapping()])
+    # Its first merge reads the file: its closer is started while the device writes the new version back.
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    others[0].join(10)
+    assert replaced_versions_closed(store.path)
+    assert threads_back_to(threads)
+    assert sample_values(store.path)[TIMEOUTS] == 3
+
+
+def holds_version(inode: int, unlinked: bool) -> bool:
+    """Whether this process holds a descriptor of the file ``inode`` (``unlinked``: once a rename unlinked it; ext4
+    gives a freed inode's number to the next new file, which may be one of this process's)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            status = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if status.st_ino == inode and not (unlinked and status.st_nlink):
+            return True
+    return False
+
+
+def let_go_of(inode: int, unlinked: bool = True) -> bool:
+    """Wait until this process holds no descriptor of the file ``inode`` (closed off the merge's path, by another
+    thread): False if it still does after 10 s."""
+    deadline = time.monotonic() + 10
+    while holds_version(inode, unlinked):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("moment", ["while it parses what it read", "while the device writes back",
+                                    "between the rename and the close", "while the closing thread closes"])
+def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_replaced(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """A fork by one thread while another merges gives the child copies of the descriptors of the versions that merge
+    replaces, but not the thread that closes them: the child must close its copies itself, or it keeps the blocks of
+    a file nobody can see for as long as it lives (a worker forked by a long-lived program). Its own merges with the
+    store go on as before."""
+    import threading
+
+    from fraisier_textfile.store import files
+
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    replaced = (textfile_dir / "fraisier.prom").stat().st_ino
+    at_moment, forked = threading.Event(), threading.Event()
+
+    def fork_here() -> None:
+        if at_moment.is_set():
+            return  # the child's own merge
+        at_moment.set()
+        assert forked.wait(10)
+
+    class AfterCommit(Participant):
+        def after_commit(self, merge: Merge) -> None:
+            if moment == "between the rename and the close":
+                fork_here()
+
+    store = TextfileStore(textfile_dir, participants=[AfterCommit()])
+    if moment == "while it parses what it read":
+        parse_claimed = store.file.parse_claimed
+
+        def parse_after_the_fork(data: bytes) -> object:
+            fork_here()
+            return parse_claimed(data)
+
+        monkeypatch.setattr(store.file, "parse_claimed", parse_after_the_fork)
+    elif moment == "while the device writes back":
+        store.transaction.litter.append((lambda directory: fork_here(), lambda directory: None))
+    elif moment == "while the closing thread closes":
+        close_all = files._close_all
+
+        def close_after_the_fork(versions: list[files.FileVersion]) -> None:
+            if threading.current_thread() is not threading.main_thread():
+                fork_here()
+            close_all(versions)
+
+        monkeypatch.setattr(files, "_close_all", close_after_the_fork)
+    # The store's first merge reads the file (checked while the device writes back, litter looked for there, the
+    # closing thread started there).
+    merging = threading.Thread(target=record, args=(store, events.deployment_error, "bare_metal", "timeout"))
+    merging.start()
+    assert at_moment.wait(10)
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's verdict is its exit status)
+
+        def verdict() -> int:
+            held = not let_go_of(replaced, unlinked=False)  # unlinked or not yet: the child has made no file
+            record(store, events.deployment_error, "bare_metal", "timeout")
+            # Nor the version that merge was writing (the child's merge replaced it): the child's own is current.
+            return 2 * held + 4 * (not let_go_of(replaced)) + 8 * (not replaced_versions_closed(store.path))
+
+        exit_with(verdict)
+    forked.set()
+    merging.join(10)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, (
+        "the child held the replaced version (2: at the fork, 4: after), or the one written then (8)")
+    assert let_go_of(replaced)
+    assert sample_values(store.path)[TIMEOUTS] == 3
+
+
+def test_the_look_for_litter_during_the_writeback_removes_killed_writers_temporaries_and_follows_no_plant(
+    textfile_dir: Path, tmp_path: Path
+) -> None:
+    """A merge that reads the file looks for killed writers' temporaries while the device writes its new version
+    back: those of the textfile, of markers (their writer gone) and of hand-overs (an hour old) go; what a writer of
+    the directory planted under a temporary's name (a symlink to a file elsewhere, a FIFO, a directory) is neither
+    followed, opened, waited on nor removed; a regular file of another user's under that name is litter like any;
+    the merge's own temporary is renamed into place."""
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    planted = {"link": textfile_dir / f"{TEMPORARY_PREFIX}link", "fifo": textfile_dir / f"{TEMPORARY_PREFIX}fifo",
+               "directory": textfile_dir / f"{TEMPORARY_PREFIX}directory"}
+    planted["link"].symlink_to(victim)
+    os.mkfifo(planted["fifo"])
+    planted["directory"].mkdir()
+    others = textfile_dir / f"{TEMPORARY_PREFIX}others"
+    others.write_text("half a file")
+    os.chown(others, 65534, 65534)
+    killed = textfile_dir / f"{TEMPORARY_PREFIX}deadbeef"
+    killed.write_text("half a file")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its PID names no process
+    (textfile_dir / marker_files.MARKER_DIRECTORY).mkdir()
+    half_marker = textfile_dir / marker_files.MARKER_DIRECTORY / f".{gone.pid}-1-0000dead"
+    half_marker.write_text("{")
+    (textfile_dir / handovers.HANDOVER_DIRECTORY).mkdir(exist_ok=True)
+    half_handover = textfile_dir / handovers.HANDOVER_DIRECTORY / f"{handovers.TEMPORARY_PREFIX}deadbeef"
+    half_handover.write_text("{")
+    hour_ago = time.time() - handovers.STALE_TEMPORARY_SECONDS - 60
+    os.utime(half_handover, (hour_ago, hour_ago))
+    before = (textfile_dir / "fraisier.prom").stat().st_ino
+    with opens_of(planted["fifo"]) as fifo_opens, opens_of(victim) as victim_opens:
+        record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")  # reads: checks meanwhile
+        assert fifo_opens() == 0 and victim_opens() == 0
+    assert (textfile_dir / "fraisier.prom").stat().st_ino != before
+    assert sample_values(textfile_dir / "fraisier.prom")[TIMEOUTS] == 2
+    assert all(os.path.lexists(path) for path in planted.values())
+    assert victim.read_text() == "precious\n"
+    assert not any(os.path.lexists(path) for path in (others, killed, half_marker, half_handover))
+    assert sorted(name for name in os.listdir(textfile_dir) if name.startswith(TEMPORARY_PREFIX)) == sorted(
+        path.name for path in planted.values())
+
+
+def test_a_merge_whose_look_at_its_lock_fails_after_writing_leaves_no_temporary_open_or_on_disk(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look that the lock is still ours, made once the new version is written, may fail itself (the lock file's
+    lstat: EIO, ENOMEM; no way to have it fail for real here): the merge fails with it, the file as it was, and the
+    temporary it wrote is neither left open for the life of the process nor left on disk for the next litter look."""
+    from fraisier_textfile.errors import TextfileWriteError, write_error
+    from fraisier_textfile.store import process
+    from fraisier_textfile.store.lock import Lock
+
+    record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    before = (textfile_dir / "fraisier.prom").read_bytes()
+
+    def failing(lock: Lock) -> bool:
+        raise write_error(lock.path, "use the lock file", OSError(5, "Input/output error"))
+
+    monkeypatch.setattr(Lock, "is_held", failing)
+    with pytest.raises(TextfileWriteError, match="Input/output error"):
+        record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    assert (textfile_dir / "fraisier.prom").read_bytes() == before
+    assert not [name for name in os.listdir(textfile_dir) if name.startswith(TEMPORARY_PREFIX)]
+    assert not process.writing
+    assert replaced_versions_closed(textfile_dir / "fraisier.prom")
+    open_temporaries = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if TEMPORARY_PREFIX in target:
+            open_temporaries.append(target)
+    assert open_temporaries == []

@@ -307,3 +307,20 @@ def test_a_directory_of_roots_on_the_way_in_the_mode_of_one_just_made_is_left_as
     made.close()
     assert stat.S_IMODE(on_the_way.stat().st_mode) == fs.MADE_MODE
     assert stat.S_IMODE((on_the_way / "metrics").stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("close", range(1, 9))
+def test_a_handler_that_raises_after_any_close_of_a_walk_closes_nothing_twice_and_leaks_nothing(
+    tmp_path: Path, close: int
+) -> None:
+    """The walk closes each directory's descriptor once it holds the next (and where a symlink sends it back to /):
+    a signal's handler that raises right after one of those closes must come out as raised, with every descriptor
+    closed once: not the walk's clean-up closing the number again (another thread's file by then; here, an EBADF in
+    the handler's place) nor the next directory's descriptor left open."""
+    from .test_fs import interrupted_after
+
+    path = tmp_path / "a" / "b" / "c" / "d"
+    before = set(os.listdir("/proc/self/fd"))
+    with interrupted_after(os.close, close), pytest.raises(KeyboardInterrupt):
+        fs.open_directory(path, create=True)
+    assert set(os.listdir("/proc/self/fd")) == before

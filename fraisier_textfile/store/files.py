@@ -119,14 +119,9 @@ class FileVersion:
                 and (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns) == self.key)
 
     def close(self) -> None:
-        if self._descriptor >= 0:
-            os.close(self._descriptor)
-            self._descriptor = -1
-
-    def detach(self) -> int:
-        """Give up the descriptor, which the caller now closes (-1 if already closed)."""
-        descriptor, self._descriptor = self._descriptor, -1
-        return descriptor
+        descriptor, self._descriptor = self._descriptor, -1  # before the close: see fs.Directory.close
+        if descriptor >= 0:
+            os.close(descriptor)
 
     def __del__(self) -> None:
         self.close()
@@ -142,34 +137,49 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None) ->
     for it: a thread that lives on would make every later fork of the program a fork of a multi-threaded process,
     and a bare thread's start costs a tenth of it. In the caller's own thread where no thread can be had (the task
     limit reached). ``closer``: a thread started for it ahead of time (:class:`Closer`), which is handed them (none
-    too: it then ends)."""
-    descriptors = [descriptor for descriptor in (version.detach() for version in versions) if descriptor >= 0]
+    too: it then ends). Each version stays in :func:`replacing`'s set until closed: a child forked before that
+    closes its copy at once (process.py), since the thread that would close it is not in the child."""
+    handed = versions[:]
     versions.clear()
     if closer is not None:
-        closer.hand(descriptors)
+        closer.hand(handed)
         return
-    if not descriptors:
+    if not handed:
         return
     if process.background.thread is not None:
-        process.background.submit(lambda: _close_all(descriptors))
+        process.background.submit(lambda: _close_all(handed))
         return
     done = process.closing_started()  # waited for at exit (process.closing)
     try:
-        _thread.start_new_thread(_close_then_end, (descriptors, done))
+        _thread.start_new_thread(_close_then_end, (handed, done))
     except RuntimeError:
         process.closing_ended(done)
-        _close_all(descriptors)
+        _close_all(handed)
+
+
+def replacing(version: FileVersion, versions: list[FileVersion]) -> None:
+    """Add ``version``, which a merge is about to replace, to ``versions`` (the merge's, closed by
+    :func:`close_off_path`), and to the process's versions not yet closed (process.replaced_versions)."""
+    process.replaced_versions.add(version)
+    versions.append(version)
+
+
+def kept(version: FileVersion, versions: list[FileVersion]) -> None:
+    """Take ``version`` back out of ``versions`` and the process's versions not yet closed (see :func:`replacing`):
+    the caller keeps it open."""
+    versions.remove(version)
+    process.replaced_versions.discard(version)
 
 
 class Closer:
-    """The bare thread of :func:`close_off_path`, started before the rename and waiting to be handed the descriptors:
+    """The bare thread of :func:`close_off_path`, started before the rename and waiting to be handed the versions:
     a merge starts it while the device writes its new version back (transaction.py), where its start costs no wall
     time, rather than after the rename, on its caller's path. Raises RuntimeError where no thread can be had."""
 
-    __slots__ = ("_descriptors", "_handed")
+    __slots__ = ("_handed", "_versions")
 
     def __init__(self) -> None:
-        self._descriptors: list[int] = []
+        self._versions: list[FileVersion] = []
         self._handed = _thread.allocate_lock()
         self._handed.acquire()
         done = process.closing_started()  # waited for at exit (process.closing)
@@ -181,25 +191,28 @@ class Closer:
 
     def _run(self, done: _thread.LockType) -> None:
         self._handed.acquire()
-        _close_then_end(self._descriptors, done)
+        _close_then_end(self._versions, done)
 
-    def hand(self, descriptors: list[int]) -> None:
-        """Close ``descriptors`` in the thread, which then ends. Once only."""
-        self._descriptors = descriptors
+    def hand(self, versions: list[FileVersion]) -> None:
+        """Close ``versions`` in the thread, which then ends. Once only."""
+        self._versions = versions
         self._handed.release()
 
 
-def _close_then_end(descriptors: list[int], done: _thread.LockType) -> None:
+def _close_then_end(versions: list[FileVersion], done: _thread.LockType) -> None:
     try:
-        _close_all(descriptors)
+        _close_all(versions)
     finally:
         process.closing_ended(done)
 
 
-def _close_all(descriptors: list[int]) -> None:
-    for descriptor in descriptors:
+def _close_all(versions: list[FileVersion]) -> None:
+    for version in versions:
+        # Out of the process's set first: a child forked between the two keeps a copy (it ends with the child),
+        # where the other order could have it close a number the parent had reused meanwhile.
+        process.replaced_versions.discard(version)
         try:
-            os.close(descriptor)
+            version.close()
         except OSError:
             pass
 
@@ -253,6 +266,12 @@ def start_writeback(descriptor: int) -> None:
         os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
     except (AttributeError, OSError):
         pass
+
+
+def close_written(descriptor: int) -> None:
+    """Close the descriptor of a temporary :meth:`Textfile.write_temporary` returned, which is not renamed."""
+    process.writing.pop(descriptor, None)  # before the close: see _close_all
+    os.close(descriptor)
 
 
 def unlink_quietly(directory: fs.Directory, name: str) -> None:
@@ -377,8 +396,9 @@ class Textfile:
     def write_temporary(self, parts: Iterable[bytes | memoryview], textfile: fs.Directory,
                         meanwhile: Callable[[str], object] | None = None) -> tuple[str, int]:
         """Write the text ``parts`` make durably to a new temporary file; return its name and its open
-        descriptor. ``meanwhile``: work done once the bytes are written, while the device writes them back (see
-        :func:`start_writeback`), before the fsync waits for it; it is given the temporary's name."""
+        descriptor (noted in process.writing until :meth:`rename` or :func:`close_written`). ``meanwhile``: work
+        done once the bytes are written, while the device writes them back (see :func:`start_writeback`), before
+        the fsync waits for it; it is given the temporary's name."""
         temporary = f"{TEMPORARY_PREFIX}{random_suffix()}"
         try:
             # O_EXCL|O_NOFOLLOW, 0644 by fchmod: never through a symlink or into a file someone else prepared,
@@ -386,6 +406,7 @@ class Textfile:
             descriptor = textfile.create(temporary, fs.FILE_MODE)
         except OSError as error:
             raise write_error(self.directory, "create a temporary file in", error) from None
+        process.writing[descriptor] = _thread.get_ident()
         try:
             try:
                 write_parts(descriptor, parts)
@@ -396,7 +417,7 @@ class Textfile:
                 # empty file.
                 os.fsync(descriptor)
             except BaseException:
-                os.close(descriptor)
+                close_written(descriptor)
                 raise
         except OSError as error:
             unlink_quietly(textfile, temporary)
@@ -413,9 +434,10 @@ class Textfile:
         try:
             textfile.replace(temporary, TEXTFILE_NAME)
         except OSError as error:
-            os.close(descriptor)
+            close_written(descriptor)
             unlink_quietly(textfile, temporary)
             raise self.replace_error(error, textfile) from None
+        process.writing.pop(descriptor, None)  # the caller's version from here on (a merge's, kept)
         try:
             return FileVersion(self.path, descriptor)
         except OSError:

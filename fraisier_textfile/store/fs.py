@@ -71,9 +71,11 @@ class Directory:
         self.close()
 
     def close(self) -> None:
-        if self.descriptor >= 0:
-            os.close(self.descriptor)
-            self.descriptor = -1
+        # Noted as closed before the close: a signal's handler that raises right after it (a merge's directory is
+        # closed where handlers run) must not leave the number to be closed again, by then another thread's file.
+        descriptor, self.descriptor = self.descriptor, -1
+        if descriptor >= 0:
+            os.close(descriptor)
 
     def __del__(self) -> None:
         self.close()

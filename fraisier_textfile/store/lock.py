@@ -81,6 +81,7 @@ class Lock:
         self._own_directory = False
         # Reentrant: a signal handler run while this thread waits for the lock may itself merge.
         self._threads = threading.RLock()
+        process.every_lock.add(self)  # for the fork hook: see renew_in_child
 
     def acquire(self, deadline: float, timeout: float, safe_point: Callable[[], None],
                 directory: fs.Directory | None = None) -> None:
@@ -135,6 +136,14 @@ class Lock:
             os.close(descriptor)
         self._let_go_of_directory()
         self._threads = threading.RLock()
+
+    def renew_in_child(self) -> None:
+        """In a forked child (store/process.py), for every lock: a thread lock that the forking thread does not hold
+        is made anew. Held, it was by a thread the child does not have: one between taking it and noting the lock as
+        held, or between no longer noting it and letting go of it (a lock noted as held is forgotten apart, see
+        :meth:`forget_in_child`); every wait of the child for it would time out."""
+        if not self._threads._is_owned():  # type: ignore[attr-defined]
+            self._threads = threading.RLock()
 
     def _let_go_of_directory(self) -> None:
         directory, self._directory = self._directory, None

@@ -8,6 +8,8 @@ What a process keeps:
 - the background thread that deletes the hand-overs a merge applied when there are more than a few
   (handovers.py), off the record call that merged them; while it runs, it also closes the versions of the file
   that merges replaced (files.py: the last close of a replaced file frees its blocks);
+- the versions of the file that its merges replaced and has not closed yet (files.close_off_path closes them
+  in another thread, after the rename), and those they are writing;
 - what it has already met (:func:`first_time`, :func:`remember`, :func:`met`): a problem that every merge meets
   again (an unusable marker, a family at its series bound, a clock behind the file's) is logged once per
   process, not with every event, and a wait that was once in vain (the hand-over counter's lock held for ever)
@@ -22,7 +24,9 @@ open file description they share), so that a child outliving its parent never ke
 alive. So it does with the textfile's lock when another thread of the parent held it at the fork (a merge of the
 recorder's background thread): a parent killed mid-merge must not leave the lock held by a child that lives on.
 Threads do not survive a fork, and another thread of the parent may have held the store's thread locks at that
-moment: the child starts with new locks and a background thread of its own (started at its first job). A fork
+moment: the child starts with new locks and a background thread of its own (started at its first job), and closes
+its copies of the versions of the file another thread's merge was replacing or writing (none of its threads
+would). A fork
 waits while another thread makes a marker (:data:`creating`): between taking the marker's lock and noting it as
 held, a child would inherit a lock this hook does not know of, and keep the deployment alive after its process.
 
@@ -40,6 +44,7 @@ import atexit
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
@@ -48,6 +53,7 @@ from fraisier_textfile.logger import get_logger
 if TYPE_CHECKING:
     import queue
 
+    from fraisier_textfile.store.files import FileVersion
     from fraisier_textfile.store.lock import Lock
     from fraisier_textfile.store.markers import Marker
 
@@ -113,6 +119,9 @@ held_markers: dict[str, Marker] = {}
 """The markers this process holds, by id."""
 held_locks: dict[Lock, int] = {}
 """The textfile locks this process holds (lock.py), each with the thread holding it (threading.get_ident)."""
+every_lock: weakref.WeakSet[Lock] = weakref.WeakSet()
+"""Every textfile lock of this process (lock.py), for the fork hook: a child makes anew the thread lock of each
+that another thread of the parent held at the fork."""
 creating = threading.RLock()
 """Held while a marker is made and noted in :data:`held_markers`, and by a fork (see the module's note).
 Reentrant: a signal handler that forks while its own thread makes a marker must not wait for itself."""
@@ -126,6 +135,14 @@ closing: set[_thread.LockType] = set()
 """One lock per bare thread closing replaced versions of the file (files.py), held until its close is done. The
 exit waits for them (at most EXIT_WAIT): a thread still running Python when the interpreter finalizes is ended by
 pthread_exit as soon as it wants the GIL back, which can crash the process (CPython gh-87135)."""
+replaced_versions: set[FileVersion] = set()
+"""The versions of the file that merges replaced (or are about to), from the merge's load until they are closed
+(files.close_off_path): a child forked meanwhile closes its copies at once, since the thread that would is not in
+the child, and each holds the blocks of a file nobody can see for as long as the child lives."""
+writing: dict[int, int] = {}
+"""The descriptors of the new versions of the file that merges are writing (files.Textfile.write_temporary), each
+with the thread writing it, until renamed into place or closed: a child forked meanwhile by another thread closes
+its copies (that merge's thread is not in the child, and the version it wrote would be the child's to the end)."""
 _met: set[tuple[Hashable, ...]] = set()
 
 
@@ -192,7 +209,22 @@ def _in_child() -> None:
         if holder != forking_thread:  # the forking thread's own lock is its to release, here too
             lock.forget_in_child()
             del held_locks[lock]
+    for lock in list(every_lock):
+        lock.renew_in_child()
     background = BackgroundWork(background.name)
+    for version in list(replaced_versions):
+        try:
+            version.close()  # its merge, if the child goes on with it, finds it closed and closes nothing
+        except OSError:
+            pass
+    replaced_versions.clear()
+    for descriptor, thread in list(writing.items()):
+        if thread != forking_thread:  # the forking thread's own merge goes on in the child
+            del writing[descriptor]
+            try:
+                os.close(descriptor)
+            except OSError:
+                pass
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)

@@ -31,7 +31,6 @@ merge (the file itself cannot be read).
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -39,7 +38,16 @@ from typing import TYPE_CHECKING
 from fraisier_textfile import logger
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.store import process
-from fraisier_textfile.store.files import Closer, FileVersion, Textfile, close_off_path, unlink_quietly
+from fraisier_textfile.store.files import (
+    Closer,
+    FileVersion,
+    Textfile,
+    close_off_path,
+    close_written,
+    kept,
+    replacing,
+    unlink_quietly,
+)
 from fraisier_textfile.store.lock import DeferredSignals, Lock, LockLost
 from fraisier_textfile.store.rules import apply_changes, clock_is_behind, combine
 from fraisier_textfile.store.vouching import Check
@@ -170,6 +178,8 @@ class Transaction:
                     raise LockTimeoutError(self.lock.path, timeout)
                 self.lock.acquire(deadline, timeout, signals.deliver, textfile)
                 self.held_lock = True
+                replaced: list[FileVersion] = []
+                closer: Closer | None = None
                 try:
                     try:
                         merge = self._locked(changes, textfile)
@@ -180,6 +190,10 @@ class Transaction:
                         self._check_claims_first = True
                         continue
                     finally:
+                        # Taken while the lock is held: once it is released, another thread of this process may
+                        # merge with this store, and its versions and closer are its own.
+                        replaced, self._replaced = self._replaced, []
+                        closer, self._closer = self._closer, None
                         self.lock.release()
                     # The rename is made durable once the lock is free: the next writer need not wait for the
                     # journal's commit, and it reads the new file either way. Before after_commit: nothing the
@@ -190,8 +204,7 @@ class Transaction:
                     for participant in participants:
                         participant.after_commit(merge)
                 finally:
-                    closer, self._closer = self._closer, None
-                    close_off_path(self._replaced, closer)
+                    close_off_path(replaced, closer)
                     for participant in participants:
                         participant.close()
                 return
@@ -206,7 +219,7 @@ class Transaction:
         document, check, written_ns = self._load(textfile)
         cached, self._cached = self._cached, None  # the document is about to change; cached again once written
         if cached is not None:
-            self._replaced.append(cached[0])
+            replacing(cached[0], self._replaced)
         # Not as we write it: then it needs the checks a file from elsewhere needs (histogram buckets).
         as_written = check is not None or (cached is not None and document is cached[1])
         merge = Merge(self.file.directory, self.file.path, textfile, document, changes, as_written)
@@ -231,15 +244,18 @@ class Transaction:
                 raise NotVouched from None
             raise
         if check is not None and not check.holds():
-            os.close(descriptor)
+            close_written(descriptor)
             unlink_quietly(textfile, temporary)
             raise NotVouched
-        if not self.lock.is_held():
-            # Someone removed the lock file while we held it: another merger may have locked a new one and
-            # read the file we are about to replace. Start again under the lock now at the path.
-            os.close(descriptor)
+        try:
+            if not self.lock.is_held():
+                # Someone removed the lock file while we held it: another merger may have locked a new one and
+                # read the file we are about to replace. Start again under the lock now at the path.
+                raise LockLost
+        except BaseException:  # that, or the look itself failed (the lock file's lstat): the temporary goes
+            close_written(descriptor)
             unlink_quietly(textfile, temporary)
-            raise LockLost
+            raise
         # Signals are held back (see DeferredSignals): the rename and the clear happen together.
         version = self.file.rename(temporary, descriptor, textfile)
         self._cached = None if version is None else (version, document)
@@ -301,7 +317,8 @@ class Transaction:
             cached_version, document = self._cached
             if cached_version.is_current(textfile):
                 return document, None, cached_version.key[3]
-            self._replaced.append(cached_version)  # another merger's rename unlinked it: its blocks are ours to free
+            # Another merger's rename unlinked it: its blocks are ours to free.
+            replacing(cached_version, self._replaced)
             self._cached = None
         if self._corrupt is not None:
             corrupt_version, error = self._corrupt
@@ -312,6 +329,9 @@ class Transaction:
         # Looked for while the new version is written back (see _while_written), where it costs no wall time.
         self._litter_due = time.monotonic() >= self._next_litter_check
         version, data = self.file.read_data(textfile)
+        if version is not None:
+            # Noted at once, not after the parse: a child forked by another thread meanwhile closes its copy.
+            replacing(version, self._replaced)
         check = None
         try:
             if self._check_claims_first:
@@ -325,12 +345,10 @@ class Transaction:
             # from here rather than read and parse it again: for a big file that costs seconds, and a
             # recorder hit by it would pay them with every event it records.
             if version is not None:
+                kept(version, self._replaced)
                 self._corrupt = (version, error)
             raise
-        if version is None:
-            return document, check, None
-        self._replaced.append(version)
-        return document, check, version.key[3]
+        return document, check, None if version is None else version.key[3]
 
     def remove_litter(self, textfile: fs.Directory, keep: str = "") -> None:
         """Temporary files are only made under the lock, which we hold: any left are from killed writers (but

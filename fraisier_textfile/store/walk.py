@@ -88,8 +88,9 @@ def open_directory(
     except BaseException:
         os.close(walked)
         raise
+    directory = Directory(descriptor, path)
     os.close(walked)
-    return Directory(descriptor, path)
+    return directory
 
 
 _vetted: dict[tuple[str, int], tuple[int, ...]] = {}
@@ -159,7 +160,10 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
                 child = os.open(name, _PATH_DIRECTORY, dir_fd=descriptor)
             except FileNotFoundError:
                 if not create:
-                    os.close(descriptor)
+                    # Noted as closed before the close, here and below: a signal's handler that raises right after
+                    # it must not have the except below close the number again (another thread's file by then).
+                    closing, descriptor = descriptor, -1
+                    os.close(closing)
                     return None
                 made += 1  # made since the walk last went down a directory
                 if made > 5:  # made and removed again by someone else, over and over
@@ -192,8 +196,8 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
                 if followed > _MOST_SYMLINKS:
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from None
                 if target.startswith("/"):
-                    os.close(descriptor)
-                    descriptor = -1
+                    closing, descriptor = descriptor, -1
+                    os.close(closing)
                     where = "/"
                     descriptor = os.open(where, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                     status = os.fstat(descriptor)
@@ -215,8 +219,8 @@ def _walk(path: str, create: bool, mode: int, wanted: str | None) -> int | None:
             except BaseException:
                 os.close(child)
                 raise
-            os.close(descriptor)
-            descriptor, status = child, child_status
+            parent, descriptor, status = descriptor, child, child_status
+            os.close(parent)
             where = os.path.normpath(os.path.join(where, name))
             made = 0
         return descriptor
