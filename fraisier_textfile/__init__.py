@@ -17,7 +17,12 @@ same rename, so a process killed at any point leaves all of it or none. A *hand-
 could not merge because the lock stayed busy: the next merge of any process applies it once and lists it as
 *applied* until the file is gone; every holder of the lock looks for *late* hand-overs after releasing it, and a
 call's *follow-up* (the try once more after its hand-over, the look after its merge) is a recorder's background
-thread's (recorder/process.py), the caller's own elsewhere (the CLI). A *deployment in flight* is one a process runs
+thread's (recorder/process.py), the caller's own elsewhere (the CLI). While writers race, a record call *joins* the
+hand-overs waiting (hands over behind them without trying the lock) and leaves their merge to that thread
+(store/group_commit.py). The *lock-wait budget* bounds what a process spends writing and *refills* at that much a
+minute. A merge holds the *replaced version* (the file its rename unlinks) open until after the rename and has a
+*closer* thread close it, off the call, so that freeing it costs the call nothing (store/files.py); the exit waits
+for closers. A *deployment in flight* is one a process runs
 (store/deployments.py): its *marker* is a file held (locked) while it runs, so every merge counts it active; once
 its end is written the marker is *released*, and a marker whose process died unreleased counts the deployment
 ``crashed``. A marker whose deployment the file accounts for (ended, or counted crashed) is *retired*: listed until
