@@ -171,3 +171,24 @@ def test_the_counter_is_written_at_one_width_that_earlier_versions_read(director
     (Path(directory.path) / SEQUENCE_FILE).write_bytes(b"7 2\n")  # an earlier version's, shortened
     assert sequence_of(new_id(directory)) == 8
     assert (Path(directory.path) / SEQUENCE_FILE).read_bytes().split() == [b"8", b"2"]
+
+
+def test_a_counter_another_writer_makes_between_our_two_looks_is_used_not_skipped(
+    directory: fs.Directory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers number their first hand-overs at once: both find no counter, one makes it, the other's O_EXCL
+    make fails. That one must open the counter just made, not number its hand-over 0 (a number shared with other
+    such writers, and the test of 8 processes numbering at once then failed now and then)."""
+    real_open = os.open
+    made_by_another: list[bool] = []
+
+    def open_after_another_made_it(path: str, flags: int, *arguments: object, **options: object) -> int:
+        if path == SEQUENCE_FILE and not flags & os.O_CREAT and not made_by_another:
+            made_by_another.append(True)
+            os.close(real_open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o664, **options))  # type: ignore[arg-type]
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_open(path, flags, *arguments, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", open_after_another_made_it)
+    assert sequence_of(new_id(directory)) == 1
+    assert made_by_another

@@ -134,15 +134,23 @@ def _open_sequence(directory: fs.Directory, create: bool = True) -> int | None:
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     created = False
     try:
-        try:
-            descriptor = os.open(SEQUENCE_FILE, flags, dir_fd=directory.descriptor)
-        except FileNotFoundError:
-            if not create:
-                return None
-            # O_EXCL: what this process made, and only that, gets its mode and owner below (made by another
-            # writer meanwhile: numbered 0 this once, see order).
-            descriptor = os.open(SEQUENCE_FILE, flags | os.O_CREAT | os.O_EXCL, 0o664, dir_fd=directory.descriptor)
-            created = True
+        for _ in range(5):  # made or removed by another writer between two looks: looked at again
+            try:
+                descriptor = os.open(SEQUENCE_FILE, flags, dir_fd=directory.descriptor)
+                break
+            except FileNotFoundError:
+                if not create:
+                    return None
+            try:
+                # O_EXCL: what this process made, and only that, gets its mode and owner below.
+                descriptor = os.open(SEQUENCE_FILE, flags | os.O_CREAT | os.O_EXCL, 0o664,
+                                     dir_fd=directory.descriptor)
+                created = True
+                break
+            except FileExistsError:
+                pass  # another writer made it since our look: open that one
+        else:
+            return None  # made and removed over and over: numbered 0 this once (see order)
     except PermissionError:
         try:
             descriptor = directory.open_regular(SEQUENCE_FILE)
