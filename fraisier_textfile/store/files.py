@@ -149,12 +149,12 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None) ->
     if process.background.thread is not None:
         process.background.submit(lambda: _close_all(handed))
         return
-    done = process.closing_started()  # waited for at exit (process.closing)
     try:
-        _thread.start_new_thread(_close_then_end, (handed, done))
+        closer = Closer()
     except RuntimeError:
-        process.closing_ended(done)
         _close_all(handed)
+        return
+    closer.hand(handed)
 
 
 def replacing(version: FileVersion, versions: list[FileVersion]) -> None:
@@ -172,9 +172,10 @@ def kept(version: FileVersion, versions: list[FileVersion]) -> None:
 
 
 class Closer:
-    """The bare thread of :func:`close_off_path`, started before the rename and waiting to be handed the versions:
-    a merge starts it while the device writes its new version back (transaction.py), where its start costs no wall
-    time, rather than after the rename, on its caller's path. Raises RuntimeError where no thread can be had."""
+    """The bare thread of :func:`close_off_path`, waiting to be handed the versions, then closing them. A merge
+    that can starts it while the device writes its new version back (transaction.py), where its start costs no wall
+    time, rather than after the rename, on its caller's path. Its end is waited for at exit (process.closing).
+    Raises RuntimeError where no thread can be had."""
 
     __slots__ = ("_handed", "_versions")
 
@@ -191,19 +192,15 @@ class Closer:
 
     def _run(self, done: _thread.LockType) -> None:
         self._handed.acquire()
-        _close_then_end(self._versions, done)
+        try:
+            _close_all(self._versions)
+        finally:
+            process.closing_ended(done)
 
     def hand(self, versions: list[FileVersion]) -> None:
         """Close ``versions`` in the thread, which then ends. Once only."""
         self._versions = versions
         self._handed.release()
-
-
-def _close_then_end(versions: list[FileVersion], done: _thread.LockType) -> None:
-    try:
-        _close_all(versions)
-    finally:
-        process.closing_ended(done)
 
 
 def _close_all(versions: list[FileVersion]) -> None:
