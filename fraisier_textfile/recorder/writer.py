@@ -186,9 +186,9 @@ class Writer:
 
     def _merge_or_hand_over(self, pending: Changes, wait: float, durable: bool, join_waiting: bool) -> bool:
         try:
-            joined = join_waiting and self._racing() and self.store.handovers_numbered()
             merged = self.store.merge_or_hand_over(pending, wait, durable=durable, follow_up=False,
-                                                   try_lock=not joined)
+                                                   join=join_waiting and self._racing())
+            joined = self.store.joined
             if not joined:
                 self.failed_write = None
                 if not merged:

@@ -39,6 +39,8 @@ class GroupCommit:
         self.transaction = transaction
         self.handovers = participant
         self.schema = schema
+        self.joined = False
+        """After :meth:`merge_or_hand_over`: whether it joined the hand-overs waiting (``join=True``)."""
         self.late_handovers = False
         """After :meth:`merge_or_hand_over` with ``follow_up=False``: whether the caller owes a merge of the
         hand-overs waiting. After a merge: hand-overs that no merge of this store has seen were waiting once it
@@ -102,7 +104,7 @@ class GroupCommit:
                     _release_written(ending)
 
     def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True, follow_up: bool = True,
-                           try_lock: bool = True) -> bool:
+                           join: bool = False) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
         True: merged now. False: handed over; the next merge by any process writes them (this process tries
         once more at once). Either way ``changes`` is emptied. Raises what :meth:`merge` raises for other
@@ -118,12 +120,14 @@ class GroupCommit:
         thread of its own say: either may merge every hand-over waiting, a whole merge that the caller of a record
         call need not wait for.
 
-        ``try_lock=False``: hand over without trying the lock, as if it were busy (the caller knows that writers
-        race, and leaves the merge of everyone's hand-overs to its follow-up)."""
-        # One descriptor of the directory, checked once (for root, every directory of the path), for the try, the
-        # hand-over and the try once more.
+        ``join=True``: if the hand-overs' counter says some wait, hand over behind them without trying the lock, as
+        if it were busy (the caller knows that writers race, and leaves the merge of everyone's hand-overs to its
+        follow-up); :attr:`joined` says whether it did."""
+        # One descriptor of the directory, checked once (for root, every directory of the path), for the look at the
+        # counter, the try, the hand-over and the try once more.
         with self.file.open_directory() as textfile:
-            if try_lock:
+            self.joined = join and self._numbered_in(textfile)
+            if not self.joined:
                 try:
                     self.merge_in(textfile, changes, wait, look=follow_up)
                 except LockTimeoutError:
@@ -148,19 +152,20 @@ class GroupCommit:
                 self.late_handovers = not self.lock_busy(textfile)
         return False
 
-    def handovers_numbered(self) -> bool:
-        """Whether hand-overs were written since the last merge noted them, as their counter says
-        (handover_order.numbered_since_merge): a hint that some wait, and so that writers race, got without listing
-        the directory they keep changing. False when there is no counter, or it cannot be read (a merge says why)."""
+    @staticmethod
+    def _numbered_in(textfile: fs.Directory) -> bool:
+        """Whether hand-overs were written since the last merge noted them, as their counter in the textfile
+        directory held open says (handover_order.numbered_since_merge): a hint that some wait, and so that writers
+        race, got without listing the directory they keep changing. False when there is no counter, or it cannot be
+        read (a merge says why)."""
         try:
-            with self.file.open_directory() as textfile:
-                directory = handovers.open_directory(textfile)
-                if directory is None:
-                    return False
-                with directory:
-                    from fraisier_textfile.store.handover_order import numbered_since_merge
+            directory = handovers.open_directory(textfile)
+            if directory is None:
+                return False
+            with directory:
+                from fraisier_textfile.store.handover_order import numbered_since_merge
 
-                    return numbered_since_merge(directory)
+                return numbered_since_merge(directory)
         except (OSError, FraisierTextfileError):
             return False
 

@@ -201,16 +201,16 @@ class TextfileStore:
         self.group_commit.hand_over(changes, durable=durable)
 
     def merge_or_hand_over(self, changes: Changes, wait: float, *, durable: bool = True, follow_up: bool = True,
-                           try_lock: bool = True) -> bool:
+                           join: bool = False) -> bool:
         """Merge ``changes``, waiting at most ``wait`` seconds for the lock; if it stays busy, hand them over.
         True: merged now. False: handed over; the next merge by any process writes them (this process tries
         once more at once). Either way ``changes`` is emptied. Raises what :meth:`merge` raises for other
         problems (a corrupt file, a full disk), with ``changes`` untouched. ``follow_up=False`` leaves to the
         caller what the call owes the hand-over invariant once its own part is done (:attr:`late_handovers` says
-        whether a merge is, :meth:`merge_waiting` makes it); ``try_lock=False`` hands over without trying the
-        lock (see GroupCommit.merge_or_hand_over)."""
-        return self.group_commit.merge_or_hand_over(changes, wait, durable=durable, follow_up=follow_up,
-                                                    try_lock=try_lock)
+        whether a merge is, :meth:`merge_waiting` makes it); ``join=True`` hands over behind the hand-overs
+        waiting without trying the lock, if their counter says some wait (:attr:`joined`; see
+        GroupCommit.merge_or_hand_over)."""
+        return self.group_commit.merge_or_hand_over(changes, wait, durable=durable, follow_up=follow_up, join=join)
 
     @property
     def late_handovers(self) -> bool:
@@ -218,10 +218,10 @@ class TextfileStore:
         hand-overs waiting (see GroupCommit.late_handovers)."""
         return self.group_commit.late_handovers
 
-    def handovers_numbered(self) -> bool:
-        """Whether hand-overs were written since the last merge noted them, as their counter says: a hint that
-        some wait, and so that writers race, got without listing the directory they keep changing."""
-        return self.group_commit.handovers_numbered()
+    @property
+    def joined(self) -> bool:
+        """After :meth:`merge_or_hand_over`: whether it joined the hand-overs waiting (``join=True``)."""
+        return self.group_commit.joined
 
     def merge_waiting(self, seen: Collection[str] = (), *, look: bool = True) -> bool:
         """Merge the hand-overs waiting that no merge by this store has seen (nor are in ``seen``), if there are
