@@ -149,12 +149,29 @@ def floor_once(path: str, keep_replaced: bool = False) -> tuple[float, float]:
     return timed
 
 
+def settle() -> None:
+    """Wait, outside any timed span, for what the store does in other threads once its caller has its answer (the
+    versions its merges replaced closed, their blocks freed): left running, it would overlap the floor timed next
+    and slow the peer, not us. Versions of the package without that work have nothing to wait for."""
+    try:
+        from fraisier_textfile.store import process
+    except ImportError:
+        return
+    wait = getattr(process, "wait_for_closes", None)
+    if wait is not None:
+        wait(5.0)
+    background = getattr(process, "background", None)
+    if background is not None and hasattr(background, "wait"):
+        background.wait(5.0)
+
+
 def warm(directory: str, floor_path: str, repetitions: str) -> None:
     """A recorder that keeps merging one event at a time, interleaved with the floor on a copy of the file."""
     from fraisier_textfile import MetricsRecorder
 
     recorder = MetricsRecorder(directory)
     recorder.record_deployment_complete(*EVENT)  # the first merge reads the file; the next ones are warm
+    settle()
     floor_once(floor_path)
     warm_samples: list[tuple[float, float]] = []
     floor_samples: list[tuple[float, float]] = []
@@ -166,6 +183,7 @@ def warm(directory: str, floor_path: str, repetitions: str) -> None:
         started, started_cpu = time.perf_counter(), time.process_time()
         recorder.record_deployment_complete(*EVENT)
         warm_samples.append((time.perf_counter() - started, time.process_time() - started_cpu))
+        settle()
         if not number % 2:
             kept_samples.append(floor_once(floor_path, keep_replaced=True))
             floor_samples.append(floor_once(floor_path))
