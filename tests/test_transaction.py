@@ -276,6 +276,101 @@ def test_the_rename_is_made_durable_after_the_lock_is_released_and_before_what_i
                                                  'error_type="timeout"}'] == 1
 
 
+def test_a_merge_that_removes_nothing_returns_before_its_rename_is_durable_and_another_thread_makes_it(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing to remove after the commit, the caller has its answer once the rename is made (a reader sees the
+    new file): the directory's fsync is made by another thread, through a descriptor of its own. A child forked
+    before that fsync is made holds no copy of that descriptor (the thread that would close it is not in the child)."""
+    import stat
+    import threading
+
+    from fraisier_textfile.store import process
+
+    store = TextfileStore(textfile_dir)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    process.wait_for_syncs(10)
+    let_the_fsync_go = threading.Event()
+    synced_by: list[int] = []
+    fsync = os.fsync
+
+    def held_fsync(descriptor: int) -> None:
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode) and threading.current_thread() is not threading.main_thread():
+            let_the_fsync_go.wait(10)
+            synced_by.append(threading.get_ident())
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    record(store, events.deployment_error, "bare_metal", "timeout")  # returns while the fsync is held
+    assert sample_values(store.path)['fraisier_deployment_errors_total{provider="bare_metal",'
+                                     'error_type="timeout"}'] == 2
+    owed = list(process.syncing)
+    assert len(owed) == 1 and os.path.samestat(os.fstat(owed[0]), os.stat(textfile_dir))
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's verdict is its exit status)
+
+        def verdict() -> int:
+            try:
+                os.fstat(owed[0])
+            except OSError:
+                return 2 * bool(process.syncing)
+            return 1
+
+        exit_with(verdict)
+    _, status = os.waitpid(child, 0)
+    let_the_fsync_go.set()
+    assert process.wait_for_syncs(10)
+    assert synced_by and synced_by[0] != threading.get_ident()
+    assert not process.syncing
+    assert os.waitstatus_to_exitcode(status) == 0  # 1: the child held the descriptor; 2: still noted as owed
+
+
+SYNC_SLOWLY_THEN_EXIT = """
+import os, stat, sys, time
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import process
+
+directory, noted = sys.argv[1], sys.argv[2]
+store = TextfileStore(directory)
+store.merge(Changes())
+process.wait_for_syncs(10)
+fsync = os.fsync
+
+def slow_fsync(descriptor):
+    # The directory's fsync, slowed down past the exit's wait for closes (a busy disk's journal commit), then
+    # noted: only a thread whose fsync the exit waited for writes the note.
+    directory_synced = stat.S_ISDIR(os.fstat(descriptor).st_mode)
+    if directory_synced:
+        time.sleep(4 * process.EXIT_WAIT)
+    fsync(descriptor)
+    if directory_synced:
+        with open(noted, "w") as file:
+            file.write("synced")
+
+process.os.fsync = slow_fsync  # the thread left the fsync calls it through process.py's os
+store.merge(Changes())
+# The interpreter ends here, the directory's fsync still under way.
+"""
+
+
+def test_a_process_that_exits_right_after_a_merge_waits_until_its_rename_is_durable(textfile_dir: Path) -> None:
+    """The exit waits for a directory's fsync left to another thread, longer than for the closes of replaced
+    versions: a process that recorded and ended leaves its rename durable, as when its caller waited for it."""
+    assert note_of_a_process_running(SYNC_SLOWLY_THEN_EXIT, textfile_dir) == "synced"
+
+
+def note_of_a_process_running(script: str, textfile_dir: Path) -> str:
+    """Run ``script`` (given the textfile directory and a note's path) in a new interpreter, which must exit 0: what
+    it noted by its end."""
+    textfile_dir.mkdir()
+    noted = textfile_dir.parent / "noted"
+    result = subprocess.run([sys.executable, "-c", script, str(textfile_dir), str(noted)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return noted.read_text()
+
+
 def lock_is_free(lock_path: Path) -> bool:
     """Whether flock(2) on a descriptor of its own gets the lock now (a merge's lock, held on another
     descriptor, refuses it even within the same process)."""
@@ -456,12 +551,7 @@ def test_a_process_that_exits_right_after_a_merge_lets_its_closing_thread_end_fi
     GIL back, which can crash the process (CPython gh-87135: a SIGSEGV or an abort, a deployment whose command
     died after it succeeded). So the exit waits for the threads that close replaced versions, however slow their
     close, within the store's exit wait."""
-    textfile_dir.mkdir()
-    noted = textfile_dir.parent / "noted"
-    result = subprocess.run([sys.executable, "-c", CLOSE_SLOWLY_THEN_EXIT, str(textfile_dir), str(noted)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert noted.read_text() == "closed"
+    assert note_of_a_process_running(CLOSE_SLOWLY_THEN_EXIT, textfile_dir) == "closed"
 
 
 def test_a_merge_by_another_thread_of_the_process_with_the_same_store_takes_no_part_of_this_ones_closing(
@@ -569,10 +659,10 @@ def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_
     elif moment == "while the closing thread closes":
         close_all = files._close_all
 
-        def close_after_the_fork(versions: list[files.FileVersion]) -> None:
+        def close_after_the_fork(versions: list[files.FileVersion], synced: int = -1) -> None:
             if threading.current_thread() is not threading.main_thread():
                 fork_here()
-            close_all(versions)
+            close_all(versions, synced)
 
         monkeypatch.setattr(files, "_close_all", close_after_the_fork)
     # The store's first merge reads the file (checked while the device writes back, litter looked for there, the

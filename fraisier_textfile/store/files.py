@@ -127,8 +127,10 @@ class FileVersion:
         self.close()
 
 
-def close_off_path(versions: list[FileVersion], closer: Closer | None = None) -> None:
-    """Close the versions a merge replaced, and empty ``versions``, without making the caller wait for it.
+def close_off_path(versions: list[FileVersion], closer: Closer | None = None,
+                   durable: fs.Directory | None = None) -> None:
+    """Close the versions a merge replaced, and empty ``versions``, without making the caller wait for it; first,
+    with ``durable`` (the textfile directory, held open), make the merge's rename durable (its fsync).
 
     The last descriptor of a file that a rename unlinked frees its blocks, and that costs about as much as
     writing a few hundred kilobytes (bench/README.md). A merge holds the version it replaces open until after its
@@ -138,23 +140,35 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None) ->
     and a bare thread's start costs a tenth of it. In the caller's own thread where no thread can be had (the task
     limit reached). ``closer``: a thread started for it ahead of time (:class:`Closer`), which is handed them (none
     too: it then ends). Each version stays in :func:`replacing`'s set until closed: a child forked before that
-    closes its copy at once (process.py), since the thread that would close it is not in the child."""
+    closes its copy at once (process.py), since the thread that would close it is not in the child.
+
+    The directory's fsync goes the same way when the merge left nothing that must wait for it (transaction.py
+    decides): the caller has its answer once the rename is made, as a reader sees it, and the rename is durable
+    a journal commit later. The fsync comes before the closes, which only free blocks. The exit waits for it
+    (process.syncing), so a process that recorded and ended left its rename durable, as before; what a power loss
+    within that commit can take is the last merge, whole, never a part of one."""
     handed = versions[:]
     versions.clear()
+    synced = -1
+    if durable is not None:
+        try:
+            synced = process.syncing_started(os.dup(durable.descriptor))
+        except OSError:  # no descriptor to be had: made durable here, as the caller's wait
+            durable.fsync()
     if closer is not None:
-        closer.hand(handed)
+        closer.hand(handed, synced)
         return
-    if not handed:
+    if not handed and synced < 0:
         return
     if process.background.thread is not None:
-        process.background.submit(lambda: _close_all(handed))
+        process.background.submit(lambda: _close_all(handed, synced))
         return
     try:
         closer = Closer()
     except RuntimeError:
-        _close_all(handed)
+        _close_all(handed, synced)
         return
-    closer.hand(handed)
+    closer.hand(handed, synced)
 
 
 def replacing(version: FileVersion, versions: list[FileVersion]) -> None:
@@ -177,10 +191,11 @@ class Closer:
     time, rather than after the rename, on its caller's path. Its end is waited for at exit (process.closing).
     Raises RuntimeError where no thread can be had."""
 
-    __slots__ = ("_handed", "_versions")
+    __slots__ = ("_handed", "_synced", "_versions")
 
     def __init__(self) -> None:
         self._versions: list[FileVersion] = []
+        self._synced = -1
         self._handed = _thread.allocate_lock()
         self._handed.acquire()
         done = process.closing_started()  # waited for at exit (process.closing)
@@ -193,17 +208,21 @@ class Closer:
     def _run(self, done: _thread.LockType) -> None:
         self._handed.acquire()
         try:
-            _close_all(self._versions)
+            _close_all(self._versions, self._synced)
         finally:
             process.closing_ended(done)
 
-    def hand(self, versions: list[FileVersion]) -> None:
-        """Close ``versions`` in the thread, which then ends. Once only."""
+    def hand(self, versions: list[FileVersion], synced: int = -1) -> None:
+        """Close ``versions`` in the thread, which then ends, after the fsync of ``synced`` (a directory's
+        descriptor noted in process.syncing; -1: none). Once only."""
         self._versions = versions
+        self._synced = synced
         self._handed.release()
 
 
-def _close_all(versions: list[FileVersion]) -> None:
+def _close_all(versions: list[FileVersion], synced: int = -1) -> None:
+    if synced >= 0:
+        process.sync_and_close(synced)
     for version in versions:
         # Out of the process's set first: a child forked between the two keeps a copy (it ends with the child),
         # where the other order could have it close a number the parent had reused meanwhile.

@@ -442,6 +442,9 @@ class Handovers(Participant):
     def after_apply(self, merge: Merge) -> None:
         APPLIED.put(merge.document, tuple(self._applied))
 
+    def removes_after_commit(self, merge: Merge) -> bool:
+        return self._directory is not None and (self._newest is not None or bool(self._applied))
+
     def after_commit(self, merge: Merge) -> None:
         # After the release: removing files waits on the filesystem's journal, which under load (other writers'
         # fsyncs) can take seconds for a few hundred hand-overs. Through the descriptor of the directory they

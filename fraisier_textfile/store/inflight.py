@@ -95,6 +95,9 @@ class InFlightMarkers(Participant):
         RETIRED_MARKERS.put(document, frozenset(accounted & existing))
         self._to_remove = set(RETIRED_MARKERS.get(document))
 
+    def removes_after_commit(self, merge: Merge) -> bool:
+        return self._directory is not None and bool(self._to_remove)
+
     def after_commit(self, merge: Merge) -> None:
         # Through the descriptor of the directory they were listed in, never by name: a writer may have swapped
         # the directory for a symlink since the lock was released.

@@ -159,6 +159,51 @@ def closing_ended(done: _thread.LockType) -> None:
     done.release()
 
 
+syncing: dict[int, _thread.LockType] = {}
+"""The duplicated descriptors of textfile directories whose fsync (the durability of a merge's rename) was left to
+another thread (files.close_off_path), each with the lock released once it is done. The exit waits for them up to
+SYNC_EXIT_WAIT, far longer than for closes: a merge's caller waited for that fsync before the thread took it. A
+child forked meanwhile closes its copies (the thread is not in the child)."""
+
+SYNC_EXIT_WAIT = 30.0
+"""Seconds an exit waits for the fsyncs left to other threads: a disk that takes longer has a problem the
+journal's own commit (seconds) will meet first; an exit never hangs on a directory that cannot be synced."""
+
+
+def syncing_started(descriptor: int) -> int:
+    """Note ``descriptor`` (a directory's, duplicated for another thread to fsync) as owed an fsync; returns it."""
+    done = _thread.allocate_lock()
+    done.acquire()
+    syncing[descriptor] = done
+    return descriptor
+
+
+def sync_and_close(descriptor: int) -> None:
+    """The fsync owed to ``descriptor`` (see :data:`syncing`), then its close; the exit's wait for it ends."""
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the rename is atomic all the same
+    done = syncing.pop(descriptor, None)  # out of the set before the close: see files._close_all
+    try:
+        os.close(descriptor)
+    except OSError:
+        pass
+    if done is not None:
+        done.release()
+
+
+def wait_for_syncs(timeout: float) -> bool:
+    """Wait until the fsyncs left to other threads so far are done (at most ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    for done in list(syncing.values()):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not done.acquire(timeout=remaining):
+            return False
+        done.release()
+    return True
+
+
 def wait_for_closes(timeout: float) -> bool:
     """Wait until the closing threads started so far are done (at most ``timeout`` seconds); True if they are."""
     deadline = time.monotonic() + timeout
@@ -218,6 +263,12 @@ def _in_child() -> None:
         except OSError:
             pass
     replaced_versions.clear()
+    for descriptor in list(syncing):
+        del syncing[descriptor]
+        try:
+            os.close(descriptor)  # the parent's thread makes the rename durable
+        except OSError:
+            pass
     for descriptor, thread in list(writing.items()):
         if thread != forking_thread:  # the forking thread's own merge goes on in the child
             del writing[descriptor]
@@ -229,6 +280,7 @@ def _in_child() -> None:
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)
 def _at_exit() -> None:
+    wait_for_syncs(SYNC_EXIT_WAIT)
     background.wait(EXIT_WAIT)
     wait_for_closes(EXIT_WAIT)
 

@@ -9,6 +9,10 @@ The steps, under the lock:
     -> [release the lock]
     -> fsync the directory (the rename is durable) -> after commit (in order) -> close (in order, always)
 
+The directory's fsync is the caller's only when a participant's after commit removes files the rename accounts
+for (removes_after_commit); else another thread makes it, with the closes of the replaced versions, and the exit
+waits for it (files.close_off_path).
+
 A participant owns one protocol of the directory: its files, its bookkeeping line in the document (declared in
 format/bookkeeping.py), its place in the order and its clean-up. What it collects and the bookkeeping it writes
 land in the same rename as the caller's changes, so a process killed at any point leaves all of them or none:
@@ -104,6 +108,11 @@ class Participant:
     def after_apply(self, merge: Merge) -> None:
         """Once ``merge.changes`` is applied, before the file is written (in order)."""
 
+    def removes_after_commit(self, merge: Merge) -> bool:
+        """Whether :meth:`after_commit` will remove (or mark as merged) files the written file accounts for: then
+        the rename is made durable before it, in the caller's thread, else in another (files.close_off_path)."""
+        return False
+
     def after_commit(self, merge: Merge) -> None:
         """Once the file is renamed into place and the lock released: clean-up that may wait (removing the
         files the written file already accounts for). Never raises."""
@@ -180,6 +189,7 @@ class Transaction:
                 self.held_lock = True
                 replaced: list[FileVersion] = []
                 closer: Closer | None = None
+                durable_later: fs.Directory | None = None
                 try:
                     try:
                         merge = self._locked(changes, textfile)
@@ -198,13 +208,16 @@ class Transaction:
                     # The rename is made durable once the lock is free: the next writer need not wait for the
                     # journal's commit, and it reads the new file either way. Before after_commit: nothing the
                     # file accounts for (hand-overs, markers) is removed before the rename that accounts for it
-                    # is durable.
-                    textfile.fsync()
+                    # is durable. A merge that removes nothing leaves it to another thread (close_off_path).
+                    if any(participant.removes_after_commit(merge) for participant in participants):
+                        textfile.fsync()
+                    else:
+                        durable_later = textfile
                     # After the release (see the module's note): nothing here may fail the merge, the file is written.
                     for participant in participants:
                         participant.after_commit(merge)
                 finally:
-                    close_off_path(replaced, closer)
+                    close_off_path(replaced, closer, durable_later)
                     for participant in participants:
                         participant.close()
                 return
@@ -269,7 +282,7 @@ class Transaction:
         written (under the lock still, where no live writer has one); and the start of the thread that closes the
         version it replaces after the rename (files.close_off_path), where the store has no thread running."""
         litter = self._litter_due
-        if check is None and not litter:
+        if check is None and not litter and (not self._replaced or process.background.thread is not None):
             return None
 
         def work(temporary: str) -> None:
