@@ -325,6 +325,32 @@ def test_a_merge_that_removes_nothing_returns_before_its_rename_is_durable_and_a
     assert os.waitstatus_to_exitcode(status) == 0  # 1: the child held the descriptor; 2: still noted as owed
 
 
+def test_a_rename_left_to_another_thread_is_made_durable_without_waiting_behind_the_stores_background_work(
+    textfile_dir: Path
+) -> None:
+    """The store's background thread removes applied hand-overs, which on a busy disk can take seconds: the fsync of
+    a later merge's directory is not queued behind them."""
+    import threading
+
+    from fraisier_textfile.store import process
+
+    store = TextfileStore(textfile_dir)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    removals_done = threading.Event()
+
+    def removals_that_take_their_time() -> None:
+        removals_done.wait(20)
+
+    process.background.submit(removals_that_take_their_time)
+    try:
+        record(store, events.deployment_error, "bare_metal", "timeout")
+        assert process.wait_for_syncs(5)
+        assert not process.syncing
+    finally:
+        removals_done.set()
+        process.background.wait(10)
+
+
 SYNC_SLOWLY_THEN_EXIT = """
 import os, stat, sys, time
 from fraisier_textfile import TextfileStore

@@ -134,17 +134,18 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None,
 
     The last descriptor of a file that a rename unlinked frees its blocks, and that costs about as much as
     writing a few hundred kilobytes (bench/README.md). A merge holds the version it replaces open until after its
-    rename, so the rename itself only moves a name, and closes it here, in another thread: the store's background
-    thread if it runs (process.py), else a bare thread that ends with the close. Not the background thread started
-    for it: a thread that lives on would make every later fork of the program a fork of a multi-threaded process,
-    and a bare thread's start costs a tenth of it. In the caller's own thread where no thread can be had (the task
-    limit reached). ``closer``: a thread started for it ahead of time (:class:`Closer`), which is handed them (none
-    too: it then ends). Each version stays in :func:`replacing`'s set until closed: a child forked before that
-    closes its copy at once (process.py), since the thread that would close it is not in the child.
+    rename, so the rename itself only moves a name, and closes it here, in another thread: a bare thread that ends
+    with the close. Not a thread that lives on, which would make every later fork of the program a fork of a
+    multi-threaded process; nor the store's background thread where it runs (process.py), whose queue may hold
+    seconds of hand-overs' removals on a busy disk, which the directory's fsync must not wait behind. In the
+    caller's own thread where no thread can be had (the task limit reached). ``closer``: a thread started for it
+    ahead of time (:class:`Closer`), which is handed them (none too: it then ends). Each version stays in
+    :func:`replacing`'s set until closed: a child forked before that closes its copy at once (process.py), since the
+    thread that would close it is not in the child.
 
     The directory's fsync goes the same way when the merge left nothing that must wait for it (transaction.py
-    decides): the caller has its answer once the rename is made, as a reader sees it, and the rename is durable
-    a journal commit later. The fsync comes before the closes, which only free blocks. The exit waits for it
+    decides): the caller has its answer once the rename is made, as a reader sees it, and the rename is durable a
+    journal commit later. The fsync comes before the closes, which only free blocks. The exit waits for it
     (process.syncing), so a process that recorded and ended left its rename durable, as before; what a power loss
     within that commit can take is the last merge, whole, never a part of one."""
     handed = versions[:]
@@ -159,9 +160,6 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None,
         closer.hand(handed, synced)
         return
     if not handed and synced < 0:
-        return
-    if process.background.thread is not None:
-        process.background.submit(lambda: _close_all(handed, synced))
         return
     try:
         closer = Closer()

@@ -280,15 +280,16 @@ class Transaction:
         (files.start_writeback), given the temporary's name; None: nothing. The check of the claims the file was
         read on (vouching.py); and, when due, the look for killed writers' temporaries, all but the one being
         written (under the lock still, where no live writer has one); and the start of the thread that closes the
-        version it replaces after the rename (files.close_off_path), where the store has no thread running."""
+        version it replaces after the rename, and makes that rename durable when nothing else waits for it
+        (files.close_off_path)."""
         litter = self._litter_due
-        if check is None and not litter and (not self._replaced or process.background.thread is not None):
+        if check is None and not litter and not self._replaced:
             return None
 
         def work(temporary: str) -> None:
             if check is not None and not check.holds():
                 return  # the file is merged again from the start
-            if self._replaced and process.background.thread is None:
+            if self._replaced:
                 try:
                     self._closer = Closer()
                 except RuntimeError:
