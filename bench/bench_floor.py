@@ -11,7 +11,9 @@ environment of its own (see bench_cli.py); every process below is started with t
                      fresh merge: the 1.0× of the fresh merge (its first read of a big file faults in fresh memory,
                      as the merge's does). Beside it, what an fsync of the directory then costs in that process
                      (the store fsyncs the directory after its rename, so that the rename survives a power loss;
-                     the floor does not)
+                     the floor does not. A merge that removes nothing after it, as here, leaves that fsync to
+                     the thread that closes the replaced file, after its caller has its answer; the warm loop
+                     waits for that thread outside its timed spans)
 - fresh merge        a NEW process imports the package (not timed: interpreter start and imports are reported
                      beside), then ``MetricsRecorder(dir)`` + one ``record_deployment_complete`` of an existing
                      series, auto-flushed: construction and the first read included, nothing cached.
@@ -639,7 +641,9 @@ def render_sizes(result: dict[str, Any]) -> None:
             "fresh memory as the merge's does); the fresh, new-process floor, import-only and bare interpreter "
             "processes alternate",
             "the floors fsync the file, not its directory; the store also fsyncs the directory after the rename "
-            "(what that costs is shown beside): its share of the fresh merge's time is the disk's, not the code's",
+            "(what that costs is shown beside), in the thread that closes the replaced file, once its caller has its "
+            "answer, when the merge removes no hand-over or marker after it (as here); the warm loop waits for that "
+            "thread outside its timed spans, so that it slows neither the floor nor the next merge",
             "the replaced file freed after: the last descriptor of a file a rename unlinks frees its blocks; the "
             "store holds the file it replaces open until after its rename and closes it in another thread once "
             "the caller has its answer, so the floors are shown beside done that way too (the file read kept "
