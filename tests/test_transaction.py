@@ -656,7 +656,11 @@ def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_
 
     from fraisier_textfile.store import files
 
+    from fraisier_textfile.store import process
+
     record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
+    # That merge's thread (its rename's fsync) is done before the closes are patched: else it could be the one to fork.
+    assert process.wait_for_closes(10)
     replaced = (textfile_dir / "fraisier.prom").stat().st_ino
     at_moment, forked = threading.Event(), threading.Event()
 
