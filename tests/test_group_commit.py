@@ -184,3 +184,51 @@ def test_a_call_that_hands_over_opens_and_checks_the_textfile_directory_once(
     assert len(opened) == 1
     store.merge(Changes())
     assert error_count(sample_values(store.path), "handed") == 1
+
+
+def test_threads_sharing_a_store_each_read_what_their_own_call_left(textfile_dir: Path) -> None:
+    """Bug: what merge_or_hand_over leaves for its caller (``joined``, ``late_handovers``), and whether a merge held
+    the lock (``Transaction.held_lock``, which decides the look for late hand-overs after a failed merge), were
+    attributes of the store, shared by its threads: a thread reading them after its call could get the last call
+    of another thread (a joined call taken for a busy lock; a merge owed for the hand-overs waiting, not made).
+    Each thread reads its own."""
+    import threading
+
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    waiting = Changes()
+    events.deployment_error(waiting, "bare_metal", "waiting")
+    store.hand_over(waiting)  # the hand-overs' counter says some wait: a call with join=True joins them
+    read: dict[str, tuple[bool, bool, bool]] = {}
+    first_called, second_called = threading.Event(), threading.Event()
+
+    def call(name: str, join: bool) -> None:
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", name)
+        store.merge_or_hand_over(changes, wait=0, join=join, follow_up=False)
+
+    def outcome() -> tuple[bool, bool, bool]:
+        return store.joined, store.late_handovers, store.transaction.held_lock
+
+    def first() -> None:
+        call("first", join=True)  # joins: hands over without trying the lock, which it then finds free
+        first_called.set()
+        second_called.wait(10)
+        read["first"] = outcome()
+
+    def second() -> None:
+        call("second", join=False)  # merges everything waiting, the lock free
+        read["second"] = outcome()
+        second_called.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert first_called.wait(10)
+    threads[1].start()
+    for thread in threads:
+        thread.join(20)
+    assert read["first"] == (True, True, False)  # joined; a merge owed (the lock was free); never held it
+    assert read["second"] == (False, False, True)  # merged, nothing left waiting; held the lock
+    store.merge_waiting()
+    values = sample_values(store.path)
+    assert [error_count(values, name) for name in ("waiting", "first", "second")] == [1, 1, 1]

@@ -10,6 +10,7 @@ over, the try once more (a probe of the lock), the look and the merges after a r
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
@@ -29,6 +30,14 @@ if TYPE_CHECKING:
 log = logger.get_logger("fraisier_textfile.store.textfile")  # the store's lines, under the name users know
 
 
+class CallOutcome(threading.local):
+    """What a thread's last call of :meth:`GroupCommit.merge_or_hand_over` leaves for its caller to read, one per
+    thread: threads that share a store never read each other's."""
+
+    joined = False
+    late_handovers = False
+
+
 class GroupCommit:
     """The hand-over policy around the merges of one store (see the module's note)."""
 
@@ -39,12 +48,21 @@ class GroupCommit:
         self.transaction = transaction
         self.handovers = participant
         self.schema = schema
-        self.joined = False
-        """After :meth:`merge_or_hand_over`: whether it joined the hand-overs waiting (``join=True``)."""
-        self.late_handovers = False
-        """After :meth:`merge_or_hand_over` with ``follow_up=False``: whether the caller owes a merge of the
-        hand-overs waiting. After a merge: hand-overs that no merge of this store has seen were waiting once it
-        released the lock; after a hand-over: the lock was free when probed, once the hand-over was written."""
+        self._calls = CallOutcome()
+
+    @property
+    def joined(self) -> bool:
+        """After :meth:`merge_or_hand_over` (this thread's last): whether it joined the hand-overs waiting
+        (``join=True``)."""
+        return self._calls.joined
+
+    @property
+    def late_handovers(self) -> bool:
+        """After :meth:`merge_or_hand_over` with ``follow_up=False`` (this thread's last): whether the caller owes a
+        merge of the hand-overs waiting. After a merge: hand-overs that no merge of this store has seen were waiting
+        once it released the lock; after a hand-over: the lock was free when probed, once the hand-over was
+        written."""
+        return self._calls.late_handovers
 
     def merge(self, changes: Changes, timeout: float) -> None:
         """TextfileStore.merge."""
@@ -126,15 +144,16 @@ class GroupCommit:
         # One descriptor of the directory, checked once (for root, every directory of the path), for the look at the
         # counter, the try, the hand-over and the try once more.
         with self.file.open_directory() as textfile:
-            self.joined = join and self._numbered_in(textfile)
-            if not self.joined:
+            calls = self._calls
+            calls.joined = join and self._numbered_in(textfile)
+            if not calls.joined:
                 try:
                     self.merge_in(textfile, changes, wait, look=follow_up)
                 except LockTimeoutError:
                     pass
                 else:
                     if not follow_up:
-                        self.late_handovers = self.handovers.waiting_in(textfile)
+                        calls.late_handovers = self.handovers.waiting_in(textfile)
                     return True
             self.hand_over_in(textfile, changes, durable)
             # The hand-over is on disk before this try. If the lock is busy, its holder will look for hand-overs
@@ -149,7 +168,7 @@ class GroupCommit:
                 # almost always busy, and then nothing more is owed. A probe that got the lock owes what every
                 # holder owes, the look after letting go (a writer that found it busy meanwhile counts on it):
                 # the caller's follow-up merges.
-                self.late_handovers = not self.lock_busy(textfile)
+                calls.late_handovers = not self.lock_busy(textfile)
         return False
 
     @staticmethod

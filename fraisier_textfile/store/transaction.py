@@ -35,6 +35,7 @@ merge (the file itself cannot be read).
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -139,6 +140,13 @@ class NotVouched(Exception):
     merge starts again, reading it line by line (see vouching.py)."""
 
 
+class RunOutcome(threading.local):
+    """What a thread's last :meth:`Transaction.run` leaves for its caller, one per thread: threads that share a store
+    never read each other's."""
+
+    held_lock = False
+
+
 class Transaction:
     """The merges of one store: the lock, the file, the participants in their order, and what this process
     keeps between two merges (the document it wrote last; the version of the file that failed to parse)."""
@@ -171,22 +179,27 @@ class Transaction:
         self._closer: Closer | None = None
         """The thread that closes ``_replaced`` once this merge's rename is made, if started ahead (see
         _while_written)."""
-        self.held_lock = False
-        """Whether the last :meth:`run` took the lock, even if it then failed: only a holder owes the look for
-        hand-overs that arrived while it held it (group_commit.py)."""
+        self._runs = RunOutcome()
+
+    @property
+    def held_lock(self) -> bool:
+        """Whether this thread's last :meth:`run` took the lock, even if it then failed: only a holder owes the look
+        for hand-overs that arrived while it held it (group_commit.py)."""
+        return self._runs.held_lock
 
     def run(self, changes: Changes, timeout: float, textfile: fs.Directory) -> None:
         """One merge of ``changes`` into the textfile directory held by ``textfile`` (open and checked), waiting
         at most ``timeout`` seconds for the lock (see the module's note)."""
         deadline = time.monotonic() + timeout
         participants = self.participants
-        self.held_lock = False
+        runs = self._runs
+        runs.held_lock = False
         with DeferredSignals() as signals:
             for attempt in itertools.count(1):
                 if attempt > 3 and time.monotonic() > deadline:  # something removes the lock file over and over
                     raise LockTimeoutError(self.lock.path, timeout)
                 self.lock.acquire(deadline, timeout, signals.deliver, textfile)
-                self.held_lock = True
+                runs.held_lock = True
                 replaced: list[FileVersion] = []
                 closer: Closer | None = None
                 durable_later: fs.Directory | None = None
