@@ -654,9 +654,7 @@ def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_
     store go on as before."""
     import threading
 
-    from fraisier_textfile.store import files
-
-    from fraisier_textfile.store import process
+    from fraisier_textfile.store import files, process
 
     record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
     # That merge's thread (its rename's fsync) is done before the closes are patched: else it could be the one to fork.
