@@ -351,21 +351,17 @@ def test_a_rename_left_to_another_thread_is_made_durable_without_waiting_behind_
         process.background.wait(10)
 
 
-SYNC_SLOWLY_THEN_EXIT = """
+SLOW_DIRECTORY_FSYNC = """
 import os, stat, sys, time
-from fraisier_textfile import TextfileStore
-from fraisier_textfile.changes import Changes
-from fraisier_textfile.store import process
 
 directory, noted = sys.argv[1], sys.argv[2]
-store = TextfileStore(directory)
-store.merge(Changes())
-process.wait_for_syncs(10)
 fsync = os.fsync
 
 def slow_fsync(descriptor):
     # The directory's fsync, slowed down past the exit's wait for closes (a busy disk's journal commit), then
     # noted: only a thread whose fsync the exit waited for writes the note.
+    from fraisier_textfile.store import process
+
     directory_synced = stat.S_ISDIR(os.fstat(descriptor).st_mode)
     if directory_synced:
         time.sleep(4 * process.EXIT_WAIT)
@@ -373,7 +369,16 @@ def slow_fsync(descriptor):
     if directory_synced:
         with open(noted, "w") as file:
             file.write("synced")
+"""
 
+SYNC_SLOWLY_THEN_EXIT = SLOW_DIRECTORY_FSYNC + """
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import process
+
+store = TextfileStore(directory)
+store.merge(Changes())
+process.wait_for_syncs(10)
 process.os.fsync = slow_fsync  # the thread left the fsync calls it through process.py's os
 store.merge(Changes())
 # The interpreter ends here, the directory's fsync still under way.
@@ -386,6 +391,34 @@ def test_a_process_that_exits_right_after_a_merge_waits_until_its_rename_is_dura
     assert note_of_a_process_running(SYNC_SLOWLY_THEN_EXIT, textfile_dir) == "synced"
 
 
+MERGE_IN_AN_EXIT_HOOK_REGISTERED_FIRST = SLOW_DIRECTORY_FSYNC + """
+import atexit
+
+def record_at_exit():
+    os.fsync = slow_fsync
+    store.merge(Changes())
+
+# Registered before the package is imported: run after the store's own exit hook (the last registered runs first).
+atexit.register(record_at_exit)
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import process
+
+store = TextfileStore(directory)
+store.merge(Changes())
+process.wait_for_syncs(10)
+"""
+
+
+def test_a_merge_made_by_an_exit_hook_that_runs_after_the_stores_makes_its_rename_durable_before_the_end(
+    textfile_dir: Path
+) -> None:
+    """A program's own exit hook, registered before it imported the package, runs after the store's, which waited
+    for the fsyncs owed then: a merge made there has nothing left to wait for it, so it makes its rename durable
+    itself, as a merge's caller did, rather than leave it to a thread the interpreter's end may cut short."""
+    assert note_of_a_process_running(MERGE_IN_AN_EXIT_HOOK_REGISTERED_FIRST, textfile_dir) == "synced"
+
+
 def note_of_a_process_running(script: str, textfile_dir: Path) -> str:
     """Run ``script`` (given the textfile directory and a note's path) in a new interpreter, which must exit 0: what
     it noted by its end."""
@@ -394,7 +427,7 @@ def note_of_a_process_running(script: str, textfile_dir: Path) -> str:
     result = subprocess.run([sys.executable, "-c", script, str(textfile_dir), str(noted)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    return noted.read_text()
+    return noted.read_text() if noted.exists() else "(nothing noted)"
 
 
 def lock_is_free(lock_path: Path) -> bool:

@@ -151,7 +151,9 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None,
     handed = versions[:]
     versions.clear()
     synced = -1
-    if durable is not None:
+    if durable is not None and process.exiting:
+        durable.fsync()  # past the exit's wait for other threads (process.exiting)
+    elif durable is not None:
         try:
             synced = process.syncing_started(os.dup(durable.descriptor))
         except OSError:  # no descriptor to be had: made durable here, as the caller's wait
@@ -187,11 +189,13 @@ class Closer:
     """The bare thread of :func:`close_off_path`, waiting to be handed the versions, then closing them. A merge
     that can starts it while the device writes its new version back (transaction.py), where its start costs no wall
     time, rather than after the rename, on its caller's path. Its end is waited for at exit (process.closing).
-    Raises RuntimeError where no thread can be had."""
+    Raises RuntimeError where no thread can be had, or none would be waited for (process.exiting)."""
 
     __slots__ = ("_handed", "_synced", "_versions")
 
     def __init__(self) -> None:
+        if process.exiting:
+            raise RuntimeError("the process is exiting: a thread started now would not be waited for")
         self._versions: list[FileVersion] = []
         self._synced = -1
         self._handed = _thread.allocate_lock()

@@ -34,7 +34,9 @@ At exit a process waits for its background deletions at most EXIT_WAIT seconds; 
 deletes (the file lists those hand-overs as applied). Then, as long again at most, for the threads closing the
 versions its last merges replaced (:data:`closing`): one still running when the interpreter finalizes can crash
 the process. The recorder's exit hook registers after this one, so it runs first (atexit runs the last
-registered first): the hand-overs a last merge applies are deleted too, and its closes waited for.
+registered first): the hand-overs a last merge applies are deleted too, and its closes waited for. A merge made
+after this hook (by a program's own exit hook registered before the package was imported) has nothing left to wait
+for another thread: it makes its rename durable and closes what it replaced itself (:data:`exiting`).
 """
 
 from __future__ import annotations
@@ -279,7 +281,15 @@ def _in_child() -> None:
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)
+exiting = False
+"""Set once the store's exit hook has begun: nothing waits for another thread after it, so a merge made later (by a
+program's own exit hook, registered before it imported the package) makes its rename durable and closes what it
+replaced in its own thread (files.Closer refuses to start)."""
+
+
 def _at_exit() -> None:
+    global exiting
+    exiting = True
     wait_for_syncs(SYNC_EXIT_WAIT)
     background.wait(EXIT_WAIT)
     wait_for_closes(EXIT_WAIT)
