@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,129 @@ def test_the_rename_is_made_durable_after_the_lock_is_released_and_before_what_i
     assert seen and seen[0] == (True, True)  # lock free, hand-over not yet removed
     assert sample_values(store.path.read_text())['fraisier_deployment_errors_total{provider="bare_metal",'
                                                  'error_type="timeout"}'] == 1
+
+
+class RemovesTheLockFileOnce(Participant):
+    """Removes the lock file under the first merge that collects (as a cleaner would): that merge is lost and made
+    again under a new lock (LockLost)."""
+
+    def __init__(self, lock_path: Path) -> None:
+        self.lock_path = lock_path
+        self.removed = False
+
+    def collect(self, merge: Merge) -> Changes | None:
+        if not self.removed:
+            self.removed = True
+            self.lock_path.unlink()
+        return None
+
+
+class DurabilityOrder:
+    """What this process does to the textfile directory, in order, from every thread: ``rename`` (a new
+    fraisier.prom put in place), ``fsync`` (the directory's), ``remove <name>`` (a hand-over or a marker deleted).
+    Recorded by wrapping os's functions, which still do what they do."""
+
+    def __init__(self, textfile_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        import threading
+
+        self.textfile = os.stat(textfile_dir)
+        self.accounting = {os.stat(textfile_dir / handovers.HANDOVER_DIRECTORY).st_ino
+                           if (textfile_dir / handovers.HANDOVER_DIRECTORY).exists() else -1,
+                           os.stat(marker_files.marker_directory(textfile_dir)).st_ino
+                           if os.path.exists(marker_files.marker_directory(textfile_dir)) else -1}
+        self.steps: list[str] = []
+        self._lock = threading.Lock()
+        fsync, unlink, replace, rename = os.fsync, os.unlink, os.replace, os.rename
+
+        def is_textfile_directory(descriptor: int | None) -> bool:
+            return descriptor is not None and os.path.samestat(os.fstat(descriptor), self.textfile)
+
+        def noted(step: str) -> None:
+            with self._lock:
+                self.steps.append(step)
+
+        def noting_fsync(descriptor: int) -> None:
+            synced = is_textfile_directory(descriptor)
+            fsync(descriptor)
+            if synced:
+                noted("fsync")
+
+        def noting_unlink(path: str, *, dir_fd: int | None = None) -> None:
+            accounted = (dir_fd is not None and os.fstat(dir_fd).st_ino in self.accounting
+                         and not path.startswith(".") and not path.startswith("sequence"))
+            if accounted:
+                noted(f"remove {path}")  # before: what matters is that the fsync came first
+            unlink(path, dir_fd=dir_fd)
+
+        def noting_move(move: Callable[..., None]) -> Callable[..., None]:
+            def moved(source: str, destination: str, *, src_dir_fd: int | None = None,
+                      dst_dir_fd: int | None = None) -> None:
+                move(source, destination, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+                if destination == "fraisier.prom" and is_textfile_directory(dst_dir_fd):
+                    noted("rename")
+
+            return moved
+
+        monkeypatch.setattr(os, "fsync", noting_fsync)
+        monkeypatch.setattr(os, "unlink", noting_unlink)
+        monkeypatch.setattr(os, "replace", noting_move(replace))
+        monkeypatch.setattr(os, "rename", noting_move(rename))
+
+    def removals_before_their_rename_is_durable(self) -> list[str]:
+        early = []
+        durable = True  # what the file accounted for before this process renamed anything was made durable
+        for step in self.steps:
+            if step in ("rename", "fsync"):
+                durable = step == "fsync"
+            elif not durable:
+                early.append(step)
+        return early
+
+
+@pytest.mark.parametrize("waiting", [
+    "hand-overs removed by the merge", "hand-overs removed in the background", "its own deployment's end",
+    "a dead process's deployment", "an end handed over with its marker", "all of them and Fraisier's state",
+    "all of them, the lock lost and merged again",
+])
+def test_nothing_a_merge_accounts_for_is_removed_before_its_rename_is_durable(
+    fraisier: Fraisier, textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, waiting: str
+) -> None:
+    """The ordering rule, in every path that removes files after a commit: each hand-over and marker the new file
+    accounts for is deleted only once the directory's fsync has made the rename durable (a power loss in between
+    would bring back the old file and lose, or count again, what the deleted files held)."""
+    from fraisier_textfile.store import process
+
+    store = TextfileStore(textfile_dir, participants=participants() if waiting.startswith("all") else ())
+    everything = waiting.startswith("all")
+    if everything or waiting.startswith("hand-overs"):
+        for number in range(2 if waiting == "hand-overs removed by the merge" else HANDED_OVER):
+            changes = Changes()
+            events.deployment_error(changes, "bare_metal", f"handed_{number}")
+            store.hand_over(changes)
+    if everything or waiting == "a dead process's deployment":
+        assert run("deploy_and_die", str(textfile_dir), "died") == 0
+    if everything or waiting == "an end handed over with its marker":
+        assert run("deploy_and_hand_over_end", str(textfile_dir), "handed_over_end") == 0
+    if everything:
+        fraisier.deploy("api", "success")
+    end = Changes()
+    if everything or waiting == "its own deployment's end":
+        deployment = store.start_deployment("bare_metal", "api", lambda error, where: pytest.fail(str(error)))
+        events.deployment_complete(end, "bare_metal", "api", "success", 1.0)
+        events.deployment_ended(end, "bare_metal", deployment)
+    if waiting.endswith("the lock lost and merged again"):
+        store.transaction.participants.append(RemovesTheLockFileOnce(Path(store.lock_path)))
+    process.wait_for_syncs(10)
+    order = DurabilityOrder(textfile_dir, monkeypatch)
+    store.merge(end)
+    handovers.wait_for_removals()
+    assert process.wait_for_syncs(10)
+    assert any(step.startswith("remove") for step in order.steps), order.steps  # the path was taken
+    assert not order.removals_before_their_rename_is_durable(), order.steps
+    left = [path.name for folder in (marker_files.marker_directory(textfile_dir), handovers.HANDOVER_DIRECTORY)
+            if (textfile_dir / folder).exists() for path in (textfile_dir / folder).iterdir()
+            if path.suffix == handovers.SUFFIX or folder != handovers.HANDOVER_DIRECTORY]
+    assert not left  # each was accounted for, then removed
 
 
 def test_a_merge_that_removes_nothing_returns_before_its_rename_is_durable_and_another_thread_makes_it(
