@@ -543,6 +543,52 @@ def test_a_merge_made_by_an_exit_hook_that_runs_after_the_stores_makes_its_renam
     assert note_of_a_process_running(MERGE_IN_AN_EXIT_HOOK_REGISTERED_FIRST, textfile_dir) == "synced"
 
 
+MERGES_FASTER_THAN_THE_DIRECTORYS_FSYNC = """
+import os, resource, stat, sys, time
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import process
+
+directory, noted = sys.argv[1], sys.argv[2]
+fsync = os.fsync
+
+def slow_fsync(descriptor):
+    if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+        time.sleep(0.05)  # a directory's fsync slower than a merge (a journal busy with other writers' commits)
+    fsync(descriptor)
+
+os.fsync = slow_fsync
+store = TextfileStore(directory)
+store.merge(Changes())
+process.wait_for_syncs(10)
+# Room for a merge's own descriptors, a few times over: not for one more per merge made.
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 32,) * 2)
+failed = 0
+for _ in range(MERGES):
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "timeout")
+    try:
+        store.merge(changes)
+    except Exception as error:
+        failed += 1
+        print(error, file=sys.stderr)
+with open(noted, "w") as file:
+    file.write(f"{failed} failed")
+""".replace("MERGES", "60")
+
+
+def test_a_process_that_merges_faster_than_its_directory_is_synced_never_fails_a_merge_for_it(
+    textfile_dir: Path
+) -> None:
+    """The fsync left to another thread holds a thread, a directory's descriptor and the versions the merge
+    replaced until it is made: merges made faster than the disk syncs the directory must not pile them up until
+    the process runs out of descriptors and its merges fail. Every merge is counted, none failed."""
+    assert note_of_a_process_running(MERGES_FASTER_THAN_THE_DIRECTORYS_FSYNC, textfile_dir) == "0 failed"
+    assert sample_values(textfile_dir / "fraisier.prom")['fraisier_deployment_errors_total{provider="bare_metal",'
+                                                         'error_type="timeout"}'] == 60
+
+
 def note_of_a_process_running(script: str, textfile_dir: Path) -> str:
     """Run ``script`` (given the textfile directory and a note's path) in a new interpreter, which must exit 0: what
     it noted by its end."""

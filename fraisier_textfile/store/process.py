@@ -165,7 +165,8 @@ syncing: dict[int, _thread.LockType] = {}
 """The duplicated descriptors of textfile directories whose fsync (the durability of a merge's rename) was left to
 another thread (files.close_off_path), each with the lock released once it is done. The exit waits for them up to
 SYNC_EXIT_WAIT, far longer than for closes: a merge's caller waited for that fsync before the thread took it. A
-child forked meanwhile closes its copies (the thread is not in the child)."""
+child forked meanwhile closes its copies (the thread is not in the child). A merge that finds one owed makes its
+own fsync itself (files.close_off_path): one is owed at a time, bar threads racing."""
 
 SYNC_EXIT_WAIT = 30.0
 """Seconds an exit waits for the fsyncs left to other threads: a disk that takes longer has a problem the
