@@ -543,6 +543,55 @@ def test_a_merge_made_by_an_exit_hook_that_runs_after_the_stores_makes_its_renam
     assert note_of_a_process_running(MERGE_IN_AN_EXIT_HOOK_REGISTERED_FIRST, textfile_dir) == "synced"
 
 
+@pytest.mark.parametrize("child", ["os.fork, ended with os._exit", "a multiprocessing worker"])
+def test_a_forked_child_that_merges_then_ends_without_exit_hooks_leaves_its_rename_durable(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, child: str
+) -> None:
+    """A forked child is mostly ended with os._exit (the idiom, and how multiprocessing ends its workers), which
+    runs no exit hook: no wait for an fsync left to another thread would come, and the thread dies with the
+    process. A child makes its rename durable before its merge returns, as every merge did."""
+    import multiprocessing
+    import stat
+    import time
+
+    store = TextfileStore(textfile_dir)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    noted = textfile_dir.parent / "noted"
+
+    def merge_then_end() -> None:
+        fsync = os.fsync
+
+        def slow_fsync(descriptor: int) -> None:  # a busy disk's journal commit, noted once made
+            directory_synced = stat.S_ISDIR(os.fstat(descriptor).st_mode)
+            if directory_synced:
+                time.sleep(0.5)
+            fsync(descriptor)
+            if directory_synced:
+                noted.write_text("synced")
+
+        monkeypatch.setattr(os, "fsync", slow_fsync)  # in the child: the test's process is not touched
+        record(store, events.deployment_error, "bare_metal", "timeout")
+
+    if child == "a multiprocessing worker":
+        worker = multiprocessing.get_context("fork").Process(target=merge_then_end)
+        worker.start()
+        worker.join(60)
+        assert worker.exitcode == 0
+    else:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child's verdict is its exit status)
+
+            def merged() -> int:
+                merge_then_end()
+                return 0
+
+            exit_with(merged)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert noted.exists() and noted.read_text() == "synced"
+    assert sample_values(store.path)['fraisier_deployment_errors_total{provider="bare_metal",'
+                                     'error_type="timeout"}'] == 2
+
+
 MERGES_FASTER_THAN_THE_DIRECTORYS_FSYNC = """
 import os, resource, stat, sys, time
 from fraisier_textfile import TextfileStore

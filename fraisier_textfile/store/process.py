@@ -161,6 +161,9 @@ def closing_ended(done: _thread.LockType) -> None:
     done.release()
 
 
+forked = False
+"""Whether this process is a forked child. One is mostly ended with os._exit (the idiom; multiprocessing ends its
+workers so), which runs no exit hook: what it merges it makes durable in its own thread (files.close_off_path)."""
 syncing: dict[int, _thread.LockType] = {}
 """The duplicated descriptors of textfile directories whose fsync (the durability of a merge's rename) was left to
 another thread (files.close_off_path), each with the lock released once it is done. The exit waits for them up to
@@ -245,7 +248,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _in_child() -> None:
-    global creating, releasing, background, closing
+    global creating, releasing, background, closing, forked
+    forked = True
     closing = set()  # the parent's closing threads are not here: nothing to wait for
     creating = threading.RLock()
     releasing = threading.Lock()
