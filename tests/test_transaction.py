@@ -449,6 +449,58 @@ def test_a_merge_that_removes_nothing_returns_before_its_rename_is_durable_and_a
     assert os.waitstatus_to_exitcode(status) == 0  # 1: the child held the descriptor; 2: still noted as owed
 
 
+def test_a_child_forked_by_another_thread_as_a_merge_leaves_its_fsync_to_a_thread_holds_no_copy_of_its_descriptor(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The descriptor duplicated for the thread that makes the rename durable is noted as owed (a child closes the
+    ones noted) in the same step that makes it: a fork by another thread between the two would leave the child a
+    copy nobody closes, a directory held open for the child's whole life."""
+    import threading
+
+    from fraisier_textfile.store import process
+
+    store = TextfileStore(textfile_dir)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    process.wait_for_syncs(10)
+    fork_now, forked = threading.Event(), threading.Event()
+    children: list[tuple[int, int]] = []
+    dup = os.dup
+
+    def forking_dup(descriptor: int) -> int:
+        duplicate = dup(descriptor)
+        if threading.current_thread() is threading.main_thread() and not fork_now.is_set():
+            children.append((duplicate, -1))
+            fork_now.set()
+            forked.wait(0.5)  # the fork, if it can be made before the duplicate is noted
+        return duplicate
+
+    def forker() -> None:
+        fork_now.wait(10)
+        duplicate = children[0][0]
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's verdict is its exit status)
+            exit_with(lambda: int(holds(duplicate, textfile_dir)))
+        children[0] = (duplicate, child)
+        forked.set()
+
+    thread = threading.Thread(target=forker)
+    thread.start()
+    monkeypatch.setattr(os, "dup", forking_dup)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    thread.join(10)
+    assert process.wait_for_syncs(10)
+    [(_, child)] = children
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0  # 1: the child holds a copy
+
+
+def holds(descriptor: int, directory: Path) -> bool:
+    """Whether ``descriptor`` is open on ``directory``."""
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(directory))
+    except OSError:
+        return False
+
+
 def test_a_rename_left_to_another_thread_is_made_durable_without_waiting_behind_the_stores_background_work(
     textfile_dir: Path
 ) -> None:

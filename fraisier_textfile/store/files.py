@@ -161,7 +161,8 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None,
         durable.fsync()
     elif durable is not None:
         try:
-            synced = process.syncing_started(os.dup(durable.descriptor))
+            with process.creating:  # a fork waits: a child closes the duplicates noted, and only those
+                synced = process.syncing_started(os.dup(durable.descriptor))
         except OSError:  # no descriptor to be had: made durable here, as the caller's wait
             durable.fsync()
     if closer is not None:

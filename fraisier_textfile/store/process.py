@@ -125,7 +125,8 @@ every_lock: weakref.WeakSet[Lock] = weakref.WeakSet()
 """Every textfile lock of this process (lock.py), for the fork hook: a child makes anew the thread lock of each
 that another thread of the parent held at the fork."""
 creating = threading.RLock()
-"""Held while a marker is made and noted in :data:`held_markers`, and by a fork (see the module's note).
+"""Held while a marker is made and noted in :data:`held_markers`, while a directory's descriptor is duplicated and
+noted in :data:`syncing`, and by a fork (see the module's note): a child closes what is noted, and only that.
 Reentrant: a signal handler that forks while its own thread makes a marker must not wait for itself."""
 releasing = threading.Lock()
 """Held while a marker is released: two threads must not both close its descriptor (the second could close
