@@ -493,6 +493,55 @@ def test_a_child_forked_by_another_thread_as_a_merge_leaves_its_fsync_to_a_threa
     assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0  # 1: the child holds a copy
 
 
+def test_a_merge_that_can_have_no_descriptor_for_the_thread_makes_its_rename_durable_itself(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The descriptor table full just as the merge duplicates the directory's descriptor for the thread that would
+    make the rename durable (a real EMFILE: the limit lowered to the lowest free number for that one call): the
+    merge makes the fsync itself, before it returns, and nothing is owed."""
+    import errno
+    import resource
+    import stat
+    import threading
+
+    from fraisier_textfile.store import process
+
+    store = TextfileStore(textfile_dir)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    process.wait_for_syncs(10)
+    dup, fsync = os.dup, os.fsync
+    refused: list[int] = []
+    synced_by: list[bool] = []
+
+    def dup_with_a_full_table(descriptor: int) -> int:
+        lowest_free = dup(descriptor)  # the number the dup would get
+        os.close(lowest_free)
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, limits[1]))
+        try:
+            return dup(descriptor)
+        except OSError as error:
+            refused.append(error.errno or 0)
+            raise
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+    def noting_fsync(descriptor: int) -> None:
+        fsync(descriptor)
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            synced_by.append(threading.current_thread() is threading.main_thread())
+
+    monkeypatch.setattr(os, "dup", dup_with_a_full_table)
+    monkeypatch.setattr(os, "fsync", noting_fsync)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    owed = len(process.syncing)
+    monkeypatch.undo()
+    assert refused == [errno.EMFILE]
+    assert synced_by == [True] and owed == 0
+    assert sample_values(store.path)['fraisier_deployment_errors_total{provider="bare_metal",'
+                                     'error_type="timeout"}'] == 2
+
+
 def holds(descriptor: int, directory: Path) -> bool:
     """Whether ``descriptor`` is open on ``directory``."""
     try:
