@@ -693,6 +693,45 @@ def test_a_forked_child_that_merges_then_ends_without_exit_hooks_leaves_its_rena
                                      'error_type="timeout"}'] == 2
 
 
+FORKSERVER_WORKER = SLOW_DIRECTORY_FSYNC + """
+import multiprocessing
+
+
+def merge_then_end():
+    os.fsync = slow_fsync
+    from fraisier_textfile import TextfileStore
+    from fraisier_textfile import changes as events
+    from fraisier_textfile.changes import Changes
+
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "timeout")
+    TextfileStore(directory).merge(changes)
+
+
+if __name__ == "__main__":
+    worker = multiprocessing.get_context("forkserver").Process(target=merge_then_end)
+    worker.start()
+    worker.join(60)
+    sys.exit(worker.exitcode)
+"""
+
+
+def test_a_multiprocessing_worker_that_imports_the_package_itself_leaves_its_rename_durable(
+    textfile_dir: Path
+) -> None:
+    """A worker of multiprocessing's forkserver (Python 3.14's default on Linux) is forked before it imports the
+    package, and multiprocessing ends it with os._exit, running no exit hook: as in any forked child, its merges
+    make their renames durable before they return."""
+    textfile_dir.mkdir()
+    noted = textfile_dir.parent / "noted"
+    worker = textfile_dir.parent / "forkserver_worker.py"  # forkserver imports the program's main module: a file
+    worker.write_text(FORKSERVER_WORKER)
+    result = subprocess.run([sys.executable, str(worker), str(textfile_dir), str(noted)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert noted.exists() and noted.read_text() == "synced"
+
+
 MERGES_FASTER_THAN_THE_DIRECTORYS_FSYNC = """
 import os, resource, stat, sys, time
 from fraisier_textfile import TextfileStore

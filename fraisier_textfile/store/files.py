@@ -147,15 +147,16 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None,
     decides): the caller has its answer once the rename is made, as a reader sees it, and the rename is durable a
     journal commit later. The fsync comes before the closes, which only free blocks. The exit waits for it
     (process.syncing), so a process that recorded and ended left its rename durable, as before; what a power loss
-    within that commit can take is the last merge, whole, never a part of one. Not in a forked child, whose end
-    (os._exit) may run no exit hook, nor past the store's exit hook (process.py). One fsync at most is owed at a time:
-    a merge that finds one still owed makes its own, as its caller's wait, so a disk slower than the merges throttles
-    them as it did, rather than pile up threads and descriptors until merges fail for want of one."""
+    within that commit can take is the last merge, whole, never a part of one. Not in a forked child or a
+    multiprocessing worker, whose end (os._exit) runs no exit hook, nor past the store's exit hook (process.py).
+    One fsync at most is owed at a time: a merge that finds one still owed makes its own, as its caller's wait, so
+    a disk slower than the merges throttles them as it did, rather than pile up threads and descriptors until
+    merges fail for want of one."""
     handed = versions[:]
     versions.clear()
     synced = -1
-    if durable is not None and (process.exiting or process.forked or process.syncing):
-        # Where no exit hook may wait for another thread (past the store's, or a forked child's end: os._exit); or
+    if durable is not None and (process.exiting or process.syncing or process.may_end_without_exit_hooks()):
+        # Where no exit hook may wait for another thread (past the store's, or an end by os._exit); or
         # behind an fsync still owed: the disk syncs slower than the process merges, and each fsync owed holds a
         # thread, a descriptor and the versions replaced.
         durable.fsync()

@@ -44,6 +44,7 @@ from __future__ import annotations
 import _thread
 import atexit
 import os
+import sys
 import threading
 import time
 import weakref
@@ -163,8 +164,20 @@ def closing_ended(done: _thread.LockType) -> None:
 
 
 forked = False
-"""Whether this process is a forked child. One is mostly ended with os._exit (the idiom; multiprocessing ends its
-workers so), which runs no exit hook: what it merges it makes durable in its own thread (files.close_off_path)."""
+"""Whether this process is a forked child (of a parent that had imported the package): see
+:func:`may_end_without_exit_hooks`."""
+
+
+def may_end_without_exit_hooks() -> bool:
+    """Whether this process may well end with os._exit, which runs no exit hook (so no wait for another thread):
+    a forked child (the idiom), or a worker of multiprocessing however started (it ends its workers so; forkserver's,
+    Python 3.14's default on Linux, are forked before they import the package). What such a process merges it makes
+    durable in its own thread (files.close_off_path)."""
+    if forked:
+        return True
+    workers = sys.modules.get("multiprocessing.process")  # looked up, never imported: a worker has it
+    parent = getattr(workers, "parent_process", None)
+    return parent is not None and parent() is not None
 syncing: dict[int, _thread.LockType] = {}
 """The duplicated descriptors of textfile directories whose fsync (the durability of a merge's rename) was left to
 another thread (files.close_off_path), each with the lock released once it is done. The exit waits for them up to
