@@ -459,38 +459,21 @@ def test_a_child_forked_by_another_thread_as_a_merge_leaves_its_fsync_to_a_threa
 
     from fraisier_textfile.store import process
 
-    store = TextfileStore(textfile_dir)
-    record(store, events.deployment_error, "bare_metal", "timeout")
-    process.wait_for_syncs(10)
-    fork_now, forked = threading.Event(), threading.Event()
-    children: list[tuple[int, int]] = []
+    store = store_after_one_merge(textfile_dir)
+    forker = ForkFromAnotherThread(textfile_dir)
     dup = os.dup
 
     def forking_dup(descriptor: int) -> int:
         duplicate = dup(descriptor)
-        if threading.current_thread() is threading.main_thread() and not fork_now.is_set():
-            children.append((duplicate, -1))
-            fork_now.set()
-            forked.wait(0.5)  # the fork, if it can be made before the duplicate is noted
+        if threading.current_thread() is threading.main_thread():
+            forker.fork_now(duplicate)
         return duplicate
 
-    def forker() -> None:
-        fork_now.wait(10)
-        duplicate = children[0][0]
-        child = os.fork()
-        if child == 0:  # pragma: no cover (the child's verdict is its exit status)
-            exit_with(lambda: int(holds(duplicate, textfile_dir)))
-        children[0] = (duplicate, child)
-        forked.set()
-
-    thread = threading.Thread(target=forker)
-    thread.start()
     monkeypatch.setattr(os, "dup", forking_dup)
     record(store, events.deployment_error, "bare_metal", "timeout")
-    thread.join(10)
+    monkeypatch.undo()
     assert process.wait_for_syncs(10)
-    [(_, child)] = children
-    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0  # 1: the child holds a copy
+    assert not forker.child_held_a_copy()
 
 
 def test_a_merge_that_can_have_no_descriptor_for_the_thread_makes_its_rename_durable_itself(
@@ -540,6 +523,77 @@ def test_a_merge_that_can_have_no_descriptor_for_the_thread_makes_its_rename_dur
     assert synced_by == [True] and owed == 0
     assert sample_values(store.path)['fraisier_deployment_errors_total{provider="bare_metal",'
                                      'error_type="timeout"}'] == 2
+
+
+def test_a_child_forked_by_another_thread_as_the_owed_fsync_is_done_holds_no_copy_of_its_descriptor(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread that made the rename durable takes the descriptor out of the owed ones and closes it in one step
+    for a fork: a child forked by another thread between the two would keep a copy nobody closes."""
+    import threading
+
+    from fraisier_textfile.store import process
+
+    store = store_after_one_merge(textfile_dir)
+    forker = ForkFromAnotherThread(textfile_dir)
+    close = os.close
+
+    def forking_close(descriptor: int) -> None:
+        if (threading.current_thread() is not threading.main_thread() and holds(descriptor, textfile_dir)
+                and descriptor not in process.syncing):
+            forker.fork_now(descriptor)
+        close(descriptor)
+
+    monkeypatch.setattr(os, "close", forking_close)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    assert process.wait_for_syncs(10)
+    monkeypatch.undo()
+    assert not forker.child_held_a_copy()
+
+
+def store_after_one_merge(textfile_dir: Path) -> TextfileStore:
+    """A store that merged once, its rename made durable since: the next merge replaces a version, nothing owed."""
+    from fraisier_textfile.store import process
+
+    store = TextfileStore(textfile_dir)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    assert process.wait_for_syncs(10)
+    return store
+
+
+class ForkFromAnotherThread:
+    """A thread that forks once, when the thread under test asks it to (:meth:`fork_now`, from a wrapped os call)
+    and waits a moment for it: the child's exit status says whether it holds a copy of the descriptor named."""
+
+    def __init__(self, directory: Path) -> None:
+        import threading
+
+        self.directory = directory
+        self.descriptor = -1
+        self.child = -1
+        self.asked, self.forked = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._fork)
+        self.thread.start()
+
+    def fork_now(self, descriptor: int) -> None:
+        if not self.asked.is_set():
+            self.descriptor = descriptor
+            self.asked.set()
+            self.forked.wait(0.5)  # the fork, if one can be made at this moment
+
+    def _fork(self) -> None:
+        if not self.asked.wait(10):
+            return
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's verdict is its exit status)
+            exit_with(lambda: int(holds(self.descriptor, self.directory)))
+        self.child = child
+        self.forked.set()
+
+    def child_held_a_copy(self) -> bool:
+        self.thread.join(10)
+        assert self.child > 0, "the moment under test never came"
+        return os.waitstatus_to_exitcode(os.waitpid(self.child, 0)[1]) != 0
 
 
 def holds(descriptor: int, directory: Path) -> bool:

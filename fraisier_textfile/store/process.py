@@ -127,8 +127,9 @@ every_lock: weakref.WeakSet[Lock] = weakref.WeakSet()
 that another thread of the parent held at the fork."""
 creating = threading.RLock()
 """Held while a marker is made and noted in :data:`held_markers`, while a directory's descriptor is duplicated and
-noted in :data:`syncing`, and by a fork (see the module's note): a child closes what is noted, and only that.
-Reentrant: a signal handler that forks while its own thread makes a marker must not wait for itself."""
+noted in :data:`syncing` and while it is taken out and closed, and by a fork (see the module's note): a child
+closes what is noted, and only that. Reentrant: a signal handler that forks while its own thread makes a marker must
+not wait for itself."""
 releasing = threading.Lock()
 """Held while a marker is released: two threads must not both close its descriptor (the second could close
 another file that got the number meanwhile)."""
@@ -204,11 +205,12 @@ def sync_and_close(descriptor: int) -> None:
         os.fsync(descriptor)
     except OSError:
         pass  # some filesystems cannot fsync a directory; the rename is atomic all the same
-    done = syncing.pop(descriptor, None)  # out of the set before the close: see files._close_all
-    try:
-        os.close(descriptor)
-    except OSError:
-        pass
+    with creating:  # out of the set and closed as one step for a fork: a child closes only those in the set
+        done = syncing.pop(descriptor, None)
+        try:
+            os.close(descriptor)
+        except OSError:
+            pass
     if done is not None:
         done.release()
 
