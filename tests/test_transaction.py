@@ -21,7 +21,7 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
 from fraisier_textfile.sources.fraisier_state import participants
-from fraisier_textfile.store import handovers
+from fraisier_textfile.store import fs, handovers
 from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
 from fraisier_textfile.store.transaction import Merge, Participant
@@ -29,6 +29,8 @@ from fraisier_textfile.store.transaction import Merge, Participant
 from .processes import exit_with, opens_of, start_store_worker
 from .stores import record
 from .test_fraisier_state import Fraisier
+from .test_vouching import KEY as VOUCHED_KEY
+from .test_vouching import SWAPPED, edited, written_file
 from .values import sample_values
 
 COUNTED = 'fraisier_rollbacks_total{provider="bare_metal",reason="source"}'
@@ -357,7 +359,7 @@ class DurabilityOrder:
 @pytest.mark.parametrize("waiting", [
     "hand-overs removed by the merge", "hand-overs removed in the background", "its own deployment's end",
     "a dead process's deployment", "an end handed over with its marker", "all of them and Fraisier's state",
-    "all of them, the lock lost and merged again",
+    "all of them, the lock lost and merged again", "hand-overs, the file changed in place and merged again",
 ])
 def test_nothing_a_merge_accounts_for_is_removed_before_its_rename_is_durable(
     fraisier: Fraisier, textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, waiting: str
@@ -367,6 +369,9 @@ def test_nothing_a_merge_accounts_for_is_removed_before_its_rename_is_durable(
     would bring back the old file and lose, or count again, what the deleted files held)."""
     from fraisier_textfile.store import process
 
+    changed_in_place = waiting == "hand-overs, the file changed in place and merged again"
+    if changed_in_place:  # a file vouched for by its layout line, then changed where only its checksums tell
+        edited(written_file(textfile_dir), f"{VOUCHED_KEY} 1.0\n", f"fraisier_deployments_total{{{SWAPPED}}} 1.0\n")
     store = TextfileStore(textfile_dir, participants=participants() if waiting.startswith("all") else ())
     everything = waiting.startswith("all")
     if everything or waiting.startswith("hand-overs"):
@@ -388,6 +393,14 @@ def test_nothing_a_merge_accounts_for_is_removed_before_its_rename_is_durable(
     if waiting.endswith("the lock lost and merged again"):
         store.transaction.participants.append(RemovesTheLockFileOnce(Path(store.lock_path)))
     process.wait_for_syncs(10)
+    attempts: list[int] = []
+    locked = store.transaction._locked
+
+    def counted_attempt(changes: Changes, textfile: fs.Directory) -> Merge:
+        attempts.append(1)
+        return locked(changes, textfile)
+
+    monkeypatch.setattr(store.transaction, "_locked", counted_attempt)
     order = DurabilityOrder(textfile_dir, monkeypatch)
     store.merge(end)
     handovers.wait_for_removals()
@@ -398,6 +411,10 @@ def test_nothing_a_merge_accounts_for_is_removed_before_its_rename_is_durable(
             if (textfile_dir / folder).exists() for path in (textfile_dir / folder).iterdir()
             if path.suffix == handovers.SUFFIX or folder != handovers.HANDOVER_DIRECTORY]
     assert not left  # each was accounted for, then removed
+    if changed_in_place or waiting.endswith("merged again"):
+        assert len(attempts) == 2  # the first attempt found the file changed (NotVouched) or the lock gone
+    if changed_in_place:
+        assert sample_values(store.path)[VOUCHED_KEY] == 1.0
 
 
 def test_a_merge_that_removes_nothing_returns_before_its_rename_is_durable_and_another_thread_makes_it(
