@@ -915,6 +915,54 @@ def threads_back_to(threads: int) -> bool:
     return True
 
 
+@pytest.mark.parametrize("stores", [1, 2], ids=["one store", "a store each"])
+def test_threads_merging_at_once_beside_a_forking_thread_leave_nothing_owed_open_or_running(
+    tmp_path: Path, stores: int
+) -> None:
+    """Two threads merge 300 times each, with one store or a store each (two directories), while a third forks
+    children: every event is counted, each child starts with nothing owed (the parent's thread makes the renames
+    durable), and once the threads are done no fsync is owed, no thread runs, and no descriptor is left open but
+    the version each store keeps."""
+    import _thread
+    import threading
+
+    from fraisier_textfile.store import process
+
+    directories = [tmp_path / f"textfile{number}" for number in range(stores)]
+    shared = [TextfileStore(directory) for directory in directories]
+    threads, descriptors = _thread._count(), set(os.listdir("/proc/self/fd"))
+    done = threading.Event()
+    children: list[int] = []
+
+    def merging(store: TextfileStore) -> None:
+        for _ in range(300):
+            record(store, events.deployment_error, "bare_metal", "timeout")
+
+    def forking() -> None:
+        while not done.wait(0.005):
+            child = os.fork()
+            if child == 0:  # pragma: no cover (the child's verdict is its exit status)
+                exit_with(lambda: int(bool(process.syncing)))
+            children.append(child)
+
+    workers = [threading.Thread(target=merging, args=(shared[number % stores],)) for number in range(2)]
+    forker = threading.Thread(target=forking)
+    for thread in [forker, *workers]:
+        thread.start()
+    for thread in workers:
+        thread.join(120)
+    done.set()
+    forker.join(10)
+    assert [os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) for child in children] == [0] * len(children)
+    assert process.wait_for_syncs(10) and not process.syncing
+    assert threads_back_to(threads)
+    assert all(replaced_versions_closed(directory / "fraisier.prom") for directory in directories)
+    assert len(set(os.listdir("/proc/self/fd")) - descriptors) == stores  # the version each store keeps
+    assert [sample_values(directory / "fraisier.prom")['fraisier_deployment_errors_total{provider="bare_metal",'
+                                                       'error_type="timeout"}'] for directory in directories] == (
+        [600.0] if stores == 1 else [300.0, 300.0])
+
+
 @pytest.mark.parametrize("kept", [False, True], ids=["read from disk", "kept from the last merge"])
 def test_the_version_a_merge_replaces_is_open_during_its_rename_and_closed_after(
     textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, kept: bool
