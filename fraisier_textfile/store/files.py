@@ -407,8 +407,15 @@ class Textfile:
 
     def open_directory(self) -> fs.Directory:
         """The textfile directory, created with mode 0755 whatever the umask if missing (node_exporter runs as
-        another user: it must be able to enter it)."""
-        directory = fs.open_directory(self.directory, create=True)
+        another user: it must be able to enter it).
+
+        Signal handlers are held back until it is held (or the walk failed): one that raises right after an open of
+        the walk returns, before the number is kept anywhere (a Ctrl-C, an alarm-based timeout), would leave that
+        directory open for the life of the process, one more at each such merge."""
+        from fraisier_textfile.store.lock import DeferredSignals  # here: lock builds on this module
+
+        with DeferredSignals():
+            directory = fs.open_directory(self.directory, create=True)
         assert directory is not None
         return directory
 
