@@ -179,6 +179,8 @@ def may_end_without_exit_hooks() -> bool:
     workers = sys.modules.get("multiprocessing.process")  # looked up, never imported: a worker has it
     parent = getattr(workers, "parent_process", None)
     return parent is not None and parent() is not None
+
+
 syncing: dict[int, _thread.LockType] = {}
 """The duplicated descriptors of textfile directories whose fsync (the durability of a merge's rename) was left to
 another thread (files.close_off_path), each with the lock released once it is done. The exit waits for them up to
@@ -302,6 +304,8 @@ def _in_child() -> None:
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)
+
+
 exiting = False
 """Set once the store's exit hook has begun: nothing waits for another thread after it, so a merge made later (by a
 program's own exit hook, registered before it imported the package) makes its rename durable and closes what it
