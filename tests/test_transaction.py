@@ -687,6 +687,24 @@ def test_a_process_that_exits_right_after_a_merge_waits_until_its_rename_is_dura
     assert note_of_a_process_running(SYNC_SLOWLY_THEN_EXIT, textfile_dir) == "synced"
 
 
+RECORD_BY_THE_CLI = SLOW_DIRECTORY_FSYNC + """
+os.fsync = slow_fsync
+sys.argv = ["fraisier", "--textfile-dir", directory, "record", "deployment", "--provider", "bare_metal",
+            "--fraise-type", "api", "--status", "success", "--duration", "1"]
+from fraisier_textfile.cli.dispatch import script
+
+script()  # ends the process with os._exit once the exit hooks ran (cli.end_now)
+"""
+
+
+def test_fraisier_record_ending_with_os_exit_leaves_its_rename_durable(textfile_dir: Path) -> None:
+    """The console script ends the process with os._exit after running the exit hooks, not by the interpreter's
+    end: the store's hook among them waits for the fsync left to another thread, which os._exit would cut short."""
+    assert note_of_a_process_running(RECORD_BY_THE_CLI, textfile_dir) == "synced"
+    assert sample_values(textfile_dir / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+
+
 MERGE_IN_AN_EXIT_HOOK_REGISTERED_FIRST = SLOW_DIRECTORY_FSYNC + """
 import atexit
 
