@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator
@@ -136,6 +137,35 @@ def interrupted_after(function: Callable[..., object], call: int = 1) -> Iterato
     finally:
         sys.setprofile(None)
     assert fired
+
+
+class Interrupted(Exception):
+    """What the handler of a real signal raises (as a Ctrl-C's or an alarm-based timeout's would)."""
+
+
+@contextmanager
+def signalled_after(function: Callable[..., object], call: int) -> Iterator[None]:
+    """A real SIGUSR1 raised in this thread as soon as the C function ``function`` returns from its ``call``-th call,
+    its handler raising :class:`Interrupted` wherever Python runs it (at once, unless handlers are held back)."""
+    calls = 0
+
+    def interrupt(frame: object, event: str, argument: object) -> None:
+        nonlocal calls
+        if event == "c_return" and argument is function:
+            calls += 1
+            if calls == call:
+                signal.raise_signal(signal.SIGUSR1)
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    sys.setprofile(interrupt)
+    try:
+        yield
+    finally:
+        sys.setprofile(None)
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def closed_once(close: Callable[[], None], number: int, where: Path) -> None:

@@ -632,3 +632,41 @@ def test_a_writer_killed_at_its_hand_overs_fsync_has_handed_over_whole(textfile_
     store.merge(Changes())
     store.merge(Changes())
     assert error_count(sample_values(store.path), "killed") == 1
+
+
+def test_a_merge_that_finds_no_hand_over_leaves_its_directorys_fsync_to_another_thread_as_without_hand_overs(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-over directory stays once made (one busy lock makes it): a merge that finds no hand-over in it
+    removes nothing after its commit, so its caller does not wait for the directory's fsync, as on a host that never
+    handed over. Moving the hand-over counter on after it (note_merged) needs no durable rename: the counter is a
+    hint, never fsynced, and the hand-overs stay until a merge applies them."""
+    import threading
+
+    from fraisier_textfile.store import process
+
+    store = TextfileStore(textfile_dir)
+    handed = Changes()
+    events.deployment_error(handed, "bare_metal", "timeout")
+    store.hand_over(handed)
+    store.merge(Changes())  # applies it, then removes it
+    assert process.wait_for_syncs(10) and handover_files(textfile_dir) == []
+    let_the_fsync_go = threading.Event()
+    fsync = os.fsync
+
+    def held_fsync(descriptor: int) -> None:
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            let_the_fsync_go.wait(10 if threading.current_thread() is not threading.main_thread() else 0)
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "timeout")
+    try:
+        store.merge(changes)
+        owed = len(process.syncing)
+    finally:
+        let_the_fsync_go.set()
+    assert process.wait_for_syncs(10)
+    assert owed == 1  # 0: the caller made the fsync, and waited for it
+    assert error_count(sample_values(store.path), "timeout") == 2

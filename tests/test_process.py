@@ -278,3 +278,40 @@ def test_a_process_that_cannot_start_a_thread_deletes_the_hand_overs_it_applied_
     assert merged.returncode == 0 and merged.stdout == "True\n" and not merged.stderr, merged
     assert sorted(set(os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)) - {handovers.SEQUENCE_FILE}) == []
     assert samples_in(textfile_dir / "fraisier.prom")[HANDED_OVER] == 2 * (handovers.INLINE_REMOVALS + 1)
+
+
+def test_a_process_that_cannot_start_a_thread_makes_each_rename_durable_before_its_merge_returns(
+    without_threads: Threadless,
+) -> None:
+    """Where no thread can be had (the task limit), the directory's fsync that a merge would leave to another
+    thread is made in the merge's own thread, before it returns: never skipped, never left owed."""
+    command, environment, textfile_dir = without_threads
+    script = textwrap.dedent("""
+        import os, stat
+        from fraisier_textfile import TextfileStore
+        from fraisier_textfile import changes as events
+        from fraisier_textfile.changes import Changes
+        from fraisier_textfile.store import process
+
+        synced = []
+        fsync = os.fsync
+
+        def noting_fsync(descriptor):
+            fsync(descriptor)
+            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+                synced.append(descriptor)
+
+        os.fsync = noting_fsync
+        store = TextfileStore(os.environ["FRAISIER_TEXTFILE_DIR"])
+        for _ in range(3):  # the first merge reads no file; the others replace the version written before
+            synced.clear()
+            changes = Changes()
+            events.deployment_error(changes, "bare_metal", "timeout")
+            store.merge(changes)
+            print(len(synced), len(process.syncing), flush=True)
+    """)
+    merged = subprocess.run([*command, script], capture_output=True, text=True, env=environment, timeout=120)
+    assert merged.returncode == 0 and not merged.stderr, merged
+    assert merged.stdout.split("\n")[:3] == ["1 0"] * 3  # each merge synced the directory once, nothing owed
+    assert samples_in(textfile_dir / "fraisier.prom")[
+        'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 3

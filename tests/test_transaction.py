@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
 from fraisier_textfile.sources.fraisier_state import participants
-from fraisier_textfile.store import handovers
+from fraisier_textfile.store import fs, handovers
 from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
 from fraisier_textfile.store.transaction import Merge, Participant
@@ -28,6 +29,8 @@ from fraisier_textfile.store.transaction import Merge, Participant
 from .processes import exit_with, opens_of, start_store_worker
 from .stores import record
 from .test_fraisier_state import Fraisier
+from .test_vouching import KEY as VOUCHED_KEY
+from .test_vouching import SWAPPED, edited, written_file
 from .values import sample_values
 
 COUNTED = 'fraisier_rollbacks_total{provider="bare_metal",reason="source"}'
@@ -276,6 +279,144 @@ def test_the_rename_is_made_durable_after_the_lock_is_released_and_before_what_i
                                                  'error_type="timeout"}'] == 1
 
 
+class RemovesTheLockFileOnce(Participant):
+    """Removes the lock file under the first merge that collects (as a cleaner would): that merge is lost and made
+    again under a new lock (LockLost)."""
+
+    def __init__(self, lock_path: Path) -> None:
+        self.lock_path = lock_path
+        self.removed = False
+
+    def collect(self, merge: Merge) -> Changes | None:
+        if not self.removed:
+            self.removed = True
+            self.lock_path.unlink()
+        return None
+
+
+class DurabilityOrder:
+    """What this process does to the textfile directory, in order, from every thread: ``rename`` (a new
+    fraisier.prom put in place), ``fsync`` (the directory's), ``remove <name>`` (a hand-over or a marker deleted).
+    Recorded by wrapping os's functions, which still do what they do."""
+
+    def __init__(self, textfile_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        import threading
+
+        self.textfile = os.stat(textfile_dir)
+        self.accounting = {os.stat(textfile_dir / handovers.HANDOVER_DIRECTORY).st_ino
+                           if (textfile_dir / handovers.HANDOVER_DIRECTORY).exists() else -1,
+                           os.stat(marker_files.marker_directory(textfile_dir)).st_ino
+                           if os.path.exists(marker_files.marker_directory(textfile_dir)) else -1}
+        self.steps: list[str] = []
+        self._lock = threading.Lock()
+        fsync, unlink, replace, rename = os.fsync, os.unlink, os.replace, os.rename
+
+        def is_textfile_directory(descriptor: int | None) -> bool:
+            return descriptor is not None and os.path.samestat(os.fstat(descriptor), self.textfile)
+
+        def noted(step: str) -> None:
+            with self._lock:
+                self.steps.append(step)
+
+        def noting_fsync(descriptor: int) -> None:
+            synced = is_textfile_directory(descriptor)
+            fsync(descriptor)
+            if synced:
+                noted("fsync")
+
+        def noting_unlink(path: str, *, dir_fd: int | None = None) -> None:
+            accounted = (dir_fd is not None and os.fstat(dir_fd).st_ino in self.accounting
+                         and not path.startswith(".") and not path.startswith("sequence"))
+            if accounted:
+                noted(f"remove {path}")  # before: what matters is that the fsync came first
+            unlink(path, dir_fd=dir_fd)
+
+        def noting_move(move: Callable[..., None]) -> Callable[..., None]:
+            def moved(source: str, destination: str, *, src_dir_fd: int | None = None,
+                      dst_dir_fd: int | None = None) -> None:
+                move(source, destination, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+                if destination == "fraisier.prom" and is_textfile_directory(dst_dir_fd):
+                    noted("rename")
+
+            return moved
+
+        monkeypatch.setattr(os, "fsync", noting_fsync)
+        monkeypatch.setattr(os, "unlink", noting_unlink)
+        monkeypatch.setattr(os, "replace", noting_move(replace))
+        monkeypatch.setattr(os, "rename", noting_move(rename))
+
+    def removals_before_their_rename_is_durable(self) -> list[str]:
+        early = []
+        durable = True  # what the file accounted for before this process renamed anything was made durable
+        for step in self.steps:
+            if step in ("rename", "fsync"):
+                durable = step == "fsync"
+            elif not durable:
+                early.append(step)
+        return early
+
+
+@pytest.mark.parametrize("waiting", [
+    "hand-overs removed by the merge", "hand-overs removed in the background", "its own deployment's end",
+    "a dead process's deployment", "an end handed over with its marker", "all of them and Fraisier's state",
+    "all of them, the lock lost and merged again", "hand-overs, the file changed in place and merged again",
+])
+def test_nothing_a_merge_accounts_for_is_removed_before_its_rename_is_durable(
+    fraisier: Fraisier, textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, waiting: str
+) -> None:
+    """The ordering rule, in every path that removes files after a commit: each hand-over and marker the new file
+    accounts for is deleted only once the directory's fsync has made the rename durable (a power loss in between
+    would bring back the old file and lose, or count again, what the deleted files held)."""
+    from fraisier_textfile.store import process
+
+    changed_in_place = waiting == "hand-overs, the file changed in place and merged again"
+    if changed_in_place:  # a file vouched for by its layout line, then changed where only its checksums tell
+        edited(written_file(textfile_dir), f"{VOUCHED_KEY} 1.0\n", f"fraisier_deployments_total{{{SWAPPED}}} 1.0\n")
+    store = TextfileStore(textfile_dir, participants=participants() if waiting.startswith("all") else ())
+    everything = waiting.startswith("all")
+    if everything or waiting.startswith("hand-overs"):
+        for number in range(2 if waiting == "hand-overs removed by the merge" else HANDED_OVER):
+            changes = Changes()
+            events.deployment_error(changes, "bare_metal", f"handed_{number}")
+            store.hand_over(changes)
+    if everything or waiting == "a dead process's deployment":
+        assert run("deploy_and_die", str(textfile_dir), "died") == 0
+    if everything or waiting == "an end handed over with its marker":
+        assert run("deploy_and_hand_over_end", str(textfile_dir), "handed_over_end") == 0
+    if everything:
+        fraisier.deploy("api", "success")
+    end = Changes()
+    if everything or waiting == "its own deployment's end":
+        deployment = store.start_deployment("bare_metal", "api", lambda error, where: pytest.fail(str(error)))
+        events.deployment_complete(end, "bare_metal", "api", "success", 1.0)
+        events.deployment_ended(end, "bare_metal", deployment)
+    if waiting.endswith("the lock lost and merged again"):
+        store.transaction.participants.append(RemovesTheLockFileOnce(Path(store.lock_path)))
+    process.wait_for_syncs(10)
+    attempts: list[int] = []
+    locked = store.transaction._locked
+
+    def counted_attempt(changes: Changes, textfile: fs.Directory) -> Merge:
+        attempts.append(1)
+        return locked(changes, textfile)
+
+    monkeypatch.setattr(store.transaction, "_locked", counted_attempt)
+    order = DurabilityOrder(textfile_dir, monkeypatch)
+    store.merge(end)
+    handovers.wait_for_removals()
+    assert process.wait_for_syncs(10)
+    assert any(step.startswith("remove") for step in order.steps), order.steps  # the path was taken
+    assert not order.removals_before_their_rename_is_durable(), order.steps
+    left = [path.name for folder in (marker_files.marker_directory(textfile_dir), handovers.HANDOVER_DIRECTORY)
+            if (textfile_dir / folder).exists() for path in (textfile_dir / folder).iterdir()
+            if path.suffix == handovers.SUFFIX or folder != handovers.HANDOVER_DIRECTORY]
+    assert not left  # each was accounted for, then removed
+    if changed_in_place or waiting.endswith("merged again"):
+        assert len(attempts) == 2  # the first attempt found the file changed (NotVouched) or the lock gone
+    if changed_in_place:
+        assert sample_values(store.path)[VOUCHED_KEY] == 1.0
+
+
 def test_a_merge_that_removes_nothing_returns_before_its_rename_is_durable_and_another_thread_makes_it(
     textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -325,6 +466,161 @@ def test_a_merge_that_removes_nothing_returns_before_its_rename_is_durable_and_a
     assert os.waitstatus_to_exitcode(status) == 0  # 1: the child held the descriptor; 2: still noted as owed
 
 
+def test_a_child_forked_by_another_thread_as_a_merge_leaves_its_fsync_to_a_thread_holds_no_copy_of_its_descriptor(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The descriptor duplicated for the thread that makes the rename durable is noted as owed (a child closes the
+    ones noted) in the same step that makes it: a fork by another thread between the two would leave the child a
+    copy nobody closes, a directory held open for the child's whole life."""
+    import threading
+
+    from fraisier_textfile.store import process
+
+    store = store_after_one_merge(textfile_dir)
+    forker = ForkFromAnotherThread(textfile_dir)
+    dup = os.dup
+
+    def forking_dup(descriptor: int) -> int:
+        duplicate = dup(descriptor)
+        if threading.current_thread() is threading.main_thread():
+            forker.fork_now(duplicate)
+        return duplicate
+
+    monkeypatch.setattr(os, "dup", forking_dup)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    monkeypatch.undo()
+    assert process.wait_for_syncs(10)
+    assert not forker.child_held_a_copy()
+
+
+def test_a_merge_that_can_have_no_descriptor_for_the_thread_makes_its_rename_durable_itself(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The descriptor table full just as the merge duplicates the directory's descriptor for the thread that would
+    make the rename durable (a real EMFILE: the limit lowered to the lowest free number for that one call): the
+    merge makes the fsync itself, before it returns, and nothing is owed."""
+    import errno
+    import resource
+    import stat
+    import threading
+
+    from fraisier_textfile.store import process
+
+    store = TextfileStore(textfile_dir)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    process.wait_for_syncs(10)
+    dup, fsync = os.dup, os.fsync
+    refused: list[int] = []
+    synced_by: list[bool] = []
+
+    def dup_with_a_full_table(descriptor: int) -> int:
+        lowest_free = dup(descriptor)  # the number the dup would get
+        os.close(lowest_free)
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, limits[1]))
+        try:
+            return dup(descriptor)
+        except OSError as error:
+            refused.append(error.errno or 0)
+            raise
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+    def noting_fsync(descriptor: int) -> None:
+        fsync(descriptor)
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            synced_by.append(threading.current_thread() is threading.main_thread())
+
+    monkeypatch.setattr(os, "dup", dup_with_a_full_table)
+    monkeypatch.setattr(os, "fsync", noting_fsync)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    owed = len(process.syncing)
+    monkeypatch.undo()
+    assert refused == [errno.EMFILE]
+    assert synced_by == [True] and owed == 0
+    assert sample_values(store.path)['fraisier_deployment_errors_total{provider="bare_metal",'
+                                     'error_type="timeout"}'] == 2
+
+
+def test_a_child_forked_by_another_thread_as_the_owed_fsync_is_done_holds_no_copy_of_its_descriptor(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread that made the rename durable takes the descriptor out of the owed ones and closes it in one step
+    for a fork: a child forked by another thread between the two would keep a copy nobody closes."""
+    import threading
+
+    from fraisier_textfile.store import process
+
+    store = store_after_one_merge(textfile_dir)
+    forker = ForkFromAnotherThread(textfile_dir)
+    close = os.close
+
+    def forking_close(descriptor: int) -> None:
+        if (threading.current_thread() is not threading.main_thread() and holds(descriptor, textfile_dir)
+                and descriptor not in process.syncing):
+            forker.fork_now(descriptor)
+        close(descriptor)
+
+    monkeypatch.setattr(os, "close", forking_close)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    assert process.wait_for_syncs(10)
+    monkeypatch.undo()
+    assert not forker.child_held_a_copy()
+
+
+def store_after_one_merge(textfile_dir: Path) -> TextfileStore:
+    """A store that merged once, its rename made durable since: the next merge replaces a version, nothing owed."""
+    from fraisier_textfile.store import process
+
+    store = TextfileStore(textfile_dir)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    assert process.wait_for_syncs(10)
+    return store
+
+
+class ForkFromAnotherThread:
+    """A thread that forks once, when the thread under test asks it to (:meth:`fork_now`, from a wrapped os call)
+    and waits a moment for it: the child's exit status says whether it holds a copy of the descriptor named."""
+
+    def __init__(self, directory: Path) -> None:
+        import threading
+
+        self.directory = directory
+        self.descriptor = -1
+        self.child = -1
+        self.asked, self.forked = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._fork)
+        self.thread.start()
+
+    def fork_now(self, descriptor: int) -> None:
+        if not self.asked.is_set():
+            self.descriptor = descriptor
+            self.asked.set()
+            self.forked.wait(0.5)  # the fork, if one can be made at this moment
+
+    def _fork(self) -> None:
+        if not self.asked.wait(10):
+            return
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's verdict is its exit status)
+            exit_with(lambda: int(holds(self.descriptor, self.directory)))
+        self.child = child
+        self.forked.set()
+
+    def child_held_a_copy(self) -> bool:
+        self.thread.join(10)
+        assert self.child > 0, "the moment under test never came"
+        return os.waitstatus_to_exitcode(os.waitpid(self.child, 0)[1]) != 0
+
+
+def holds(descriptor: int, directory: Path) -> bool:
+    """Whether ``descriptor`` is open on ``directory``."""
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(directory))
+    except OSError:
+        return False
+
+
 def test_a_rename_left_to_another_thread_is_made_durable_without_waiting_behind_the_stores_background_work(
     textfile_dir: Path
 ) -> None:
@@ -351,21 +647,17 @@ def test_a_rename_left_to_another_thread_is_made_durable_without_waiting_behind_
         process.background.wait(10)
 
 
-SYNC_SLOWLY_THEN_EXIT = """
+SLOW_DIRECTORY_FSYNC = """
 import os, stat, sys, time
-from fraisier_textfile import TextfileStore
-from fraisier_textfile.changes import Changes
-from fraisier_textfile.store import process
 
 directory, noted = sys.argv[1], sys.argv[2]
-store = TextfileStore(directory)
-store.merge(Changes())
-process.wait_for_syncs(10)
 fsync = os.fsync
 
 def slow_fsync(descriptor):
     # The directory's fsync, slowed down past the exit's wait for closes (a busy disk's journal commit), then
     # noted: only a thread whose fsync the exit waited for writes the note.
+    from fraisier_textfile.store import process
+
     directory_synced = stat.S_ISDIR(os.fstat(descriptor).st_mode)
     if directory_synced:
         time.sleep(4 * process.EXIT_WAIT)
@@ -373,7 +665,16 @@ def slow_fsync(descriptor):
     if directory_synced:
         with open(noted, "w") as file:
             file.write("synced")
+"""
 
+SYNC_SLOWLY_THEN_EXIT = SLOW_DIRECTORY_FSYNC + """
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import process
+
+store = TextfileStore(directory)
+store.merge(Changes())
+process.wait_for_syncs(10)
 process.os.fsync = slow_fsync  # the thread left the fsync calls it through process.py's os
 store.merge(Changes())
 # The interpreter ends here, the directory's fsync still under way.
@@ -386,6 +687,186 @@ def test_a_process_that_exits_right_after_a_merge_waits_until_its_rename_is_dura
     assert note_of_a_process_running(SYNC_SLOWLY_THEN_EXIT, textfile_dir) == "synced"
 
 
+RECORD_BY_THE_CLI = SLOW_DIRECTORY_FSYNC + """
+os.fsync = slow_fsync
+sys.argv = ["fraisier", "--textfile-dir", directory, "record", "deployment", "--provider", "bare_metal",
+            "--fraise-type", "api", "--status", "success", "--duration", "1"]
+from fraisier_textfile.cli.dispatch import script
+
+script()  # ends the process with os._exit once the exit hooks ran (cli.end_now)
+"""
+
+
+def test_fraisier_record_ending_with_os_exit_leaves_its_rename_durable(textfile_dir: Path) -> None:
+    """The console script ends the process with os._exit after running the exit hooks, not by the interpreter's
+    end: the store's hook among them waits for the fsync left to another thread, which os._exit would cut short."""
+    assert note_of_a_process_running(RECORD_BY_THE_CLI, textfile_dir) == "synced"
+    assert sample_values(textfile_dir / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+
+
+MERGE_IN_AN_EXIT_HOOK_REGISTERED_FIRST = SLOW_DIRECTORY_FSYNC + """
+import atexit
+
+def record_at_exit():
+    os.fsync = slow_fsync
+    store.merge(Changes())
+
+# Registered before the package is imported: run after the store's own exit hook (the last registered runs first).
+atexit.register(record_at_exit)
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import process
+
+store = TextfileStore(directory)
+store.merge(Changes())
+process.wait_for_syncs(10)
+"""
+
+
+def test_a_merge_made_by_an_exit_hook_that_runs_after_the_stores_makes_its_rename_durable_before_the_end(
+    textfile_dir: Path
+) -> None:
+    """A program's own exit hook, registered before it imported the package, runs after the store's, which waited
+    for the fsyncs owed then: a merge made there has nothing left to wait for it, so it makes its rename durable
+    itself, as a merge's caller did, rather than leave it to a thread the interpreter's end may cut short."""
+    assert note_of_a_process_running(MERGE_IN_AN_EXIT_HOOK_REGISTERED_FIRST, textfile_dir) == "synced"
+
+
+@pytest.mark.parametrize("child", ["os.fork, ended with os._exit", "a multiprocessing worker"])
+def test_a_forked_child_that_merges_then_ends_without_exit_hooks_leaves_its_rename_durable(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, child: str
+) -> None:
+    """A forked child is mostly ended with os._exit (the idiom, and how multiprocessing ends its workers), which
+    runs no exit hook: no wait for an fsync left to another thread would come, and the thread dies with the
+    process. A child makes its rename durable before its merge returns, as every merge did."""
+    import multiprocessing
+    import stat
+    import time
+
+    store = TextfileStore(textfile_dir)
+    record(store, events.deployment_error, "bare_metal", "timeout")
+    noted = textfile_dir.parent / "noted"
+
+    def merge_then_end() -> None:
+        fsync = os.fsync
+
+        def slow_fsync(descriptor: int) -> None:  # a busy disk's journal commit, noted once made
+            directory_synced = stat.S_ISDIR(os.fstat(descriptor).st_mode)
+            if directory_synced:
+                time.sleep(0.5)
+            fsync(descriptor)
+            if directory_synced:
+                noted.write_text("synced")
+
+        monkeypatch.setattr(os, "fsync", slow_fsync)  # in the child: the test's process is not touched
+        record(store, events.deployment_error, "bare_metal", "timeout")
+
+    if child == "a multiprocessing worker":
+        worker = multiprocessing.get_context("fork").Process(target=merge_then_end)
+        worker.start()
+        worker.join(60)
+        assert worker.exitcode == 0
+    else:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child's verdict is its exit status)
+
+            def merged() -> int:
+                merge_then_end()
+                return 0
+
+            exit_with(merged)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert noted.exists() and noted.read_text() == "synced"
+    assert sample_values(store.path)['fraisier_deployment_errors_total{provider="bare_metal",'
+                                     'error_type="timeout"}'] == 2
+
+
+FORKSERVER_WORKER = SLOW_DIRECTORY_FSYNC + """
+import multiprocessing
+
+
+def merge_then_end():
+    os.fsync = slow_fsync
+    from fraisier_textfile import TextfileStore
+    from fraisier_textfile import changes as events
+    from fraisier_textfile.changes import Changes
+
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "timeout")
+    TextfileStore(directory).merge(changes)
+
+
+if __name__ == "__main__":
+    worker = multiprocessing.get_context("forkserver").Process(target=merge_then_end)
+    worker.start()
+    worker.join(60)
+    sys.exit(worker.exitcode)
+"""
+
+
+def test_a_multiprocessing_worker_that_imports_the_package_itself_leaves_its_rename_durable(
+    textfile_dir: Path
+) -> None:
+    """A worker of multiprocessing's forkserver (Python 3.14's default on Linux) is forked before it imports the
+    package, and multiprocessing ends it with os._exit, running no exit hook: as in any forked child, its merges
+    make their renames durable before they return."""
+    textfile_dir.mkdir()
+    noted = textfile_dir.parent / "noted"
+    worker = textfile_dir.parent / "forkserver_worker.py"  # forkserver imports the program's main module: a file
+    worker.write_text(FORKSERVER_WORKER)
+    result = subprocess.run([sys.executable, str(worker), str(textfile_dir), str(noted)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert noted.exists() and noted.read_text() == "synced"
+
+
+MERGES_FASTER_THAN_THE_DIRECTORYS_FSYNC = """
+import os, resource, stat, sys, time
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import process
+
+directory, noted = sys.argv[1], sys.argv[2]
+fsync = os.fsync
+
+def slow_fsync(descriptor):
+    if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+        time.sleep(0.05)  # a directory's fsync slower than a merge (a journal busy with other writers' commits)
+    fsync(descriptor)
+
+os.fsync = slow_fsync
+store = TextfileStore(directory)
+store.merge(Changes())
+process.wait_for_syncs(10)
+# Room for a merge's own descriptors, a few times over: not for one more per merge made.
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 32,) * 2)
+failed = 0
+for _ in range(MERGES):
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "timeout")
+    try:
+        store.merge(changes)
+    except Exception as error:
+        failed += 1
+        print(error, file=sys.stderr)
+with open(noted, "w") as file:
+    file.write(f"{failed} failed")
+""".replace("MERGES", "60")
+
+
+def test_a_process_that_merges_faster_than_its_directory_is_synced_never_fails_a_merge_for_it(
+    textfile_dir: Path
+) -> None:
+    """The fsync left to another thread holds a thread, a directory's descriptor and the versions the merge
+    replaced until it is made: merges made faster than the disk syncs the directory must not pile them up until
+    the process runs out of descriptors and its merges fail. Every merge is counted, none failed."""
+    assert note_of_a_process_running(MERGES_FASTER_THAN_THE_DIRECTORYS_FSYNC, textfile_dir) == "0 failed"
+    assert sample_values(textfile_dir / "fraisier.prom")['fraisier_deployment_errors_total{provider="bare_metal",'
+                                                         'error_type="timeout"}'] == 60
+
+
 def note_of_a_process_running(script: str, textfile_dir: Path) -> str:
     """Run ``script`` (given the textfile directory and a note's path) in a new interpreter, which must exit 0: what
     it noted by its end."""
@@ -394,7 +875,7 @@ def note_of_a_process_running(script: str, textfile_dir: Path) -> str:
     result = subprocess.run([sys.executable, "-c", script, str(textfile_dir), str(noted)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    return noted.read_text()
+    return noted.read_text() if noted.exists() else "(nothing noted)"
 
 
 def lock_is_free(lock_path: Path) -> bool:
@@ -450,6 +931,54 @@ def threads_back_to(threads: int) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+@pytest.mark.parametrize("stores", [1, 2], ids=["one store", "a store each"])
+def test_threads_merging_at_once_beside_a_forking_thread_leave_nothing_owed_open_or_running(
+    tmp_path: Path, stores: int
+) -> None:
+    """Two threads merge 300 times each, with one store or a store each (two directories), while a third forks
+    children: every event is counted, each child starts with nothing owed (the parent's thread makes the renames
+    durable), and once the threads are done no fsync is owed, no thread runs, and no descriptor is left open but
+    the version each store keeps."""
+    import _thread
+    import threading
+
+    from fraisier_textfile.store import process
+
+    directories = [tmp_path / f"textfile{number}" for number in range(stores)]
+    shared = [TextfileStore(directory) for directory in directories]
+    threads, descriptors = _thread._count(), set(os.listdir("/proc/self/fd"))
+    done = threading.Event()
+    children: list[int] = []
+
+    def merging(store: TextfileStore) -> None:
+        for _ in range(300):
+            record(store, events.deployment_error, "bare_metal", "timeout")
+
+    def forking() -> None:
+        while not done.wait(0.005):
+            child = os.fork()
+            if child == 0:  # pragma: no cover (the child's verdict is its exit status)
+                exit_with(lambda: int(bool(process.syncing)))
+            children.append(child)
+
+    workers = [threading.Thread(target=merging, args=(shared[number % stores],)) for number in range(2)]
+    forker = threading.Thread(target=forking)
+    for thread in [forker, *workers]:
+        thread.start()
+    for thread in workers:
+        thread.join(120)
+    done.set()
+    forker.join(10)
+    assert [os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) for child in children] == [0] * len(children)
+    assert process.wait_for_syncs(10) and not process.syncing
+    assert threads_back_to(threads)
+    assert all(replaced_versions_closed(directory / "fraisier.prom") for directory in directories)
+    assert len(set(os.listdir("/proc/self/fd")) - descriptors) == stores  # the version each store keeps
+    assert [sample_values(directory / "fraisier.prom")['fraisier_deployment_errors_total{provider="bare_metal",'
+                                                       'error_type="timeout"}'] for directory in directories] == (
+        [600.0] if stores == 1 else [300.0, 300.0])
 
 
 @pytest.mark.parametrize("kept", [False, True], ids=["read from disk", "kept from the last merge"])

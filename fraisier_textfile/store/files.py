@@ -147,13 +147,23 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None,
     decides): the caller has its answer once the rename is made, as a reader sees it, and the rename is durable a
     journal commit later. The fsync comes before the closes, which only free blocks. The exit waits for it
     (process.syncing), so a process that recorded and ended left its rename durable, as before; what a power loss
-    within that commit can take is the last merge, whole, never a part of one."""
+    within that commit can take is the last merge, whole, never a part of one. Not in a forked child or a
+    multiprocessing worker, whose end (os._exit) runs no exit hook, nor past the store's exit hook (process.py).
+    One fsync at most is owed at a time: a merge that finds one still owed makes its own, as its caller's wait, so
+    a disk slower than the merges throttles them as it did, rather than pile up threads and descriptors until
+    merges fail for want of one."""
     handed = versions[:]
     versions.clear()
     synced = -1
-    if durable is not None:
+    if durable is not None and (process.exiting or process.syncing or process.may_end_without_exit_hooks()):
+        # Where no exit hook may wait for another thread (past the store's, or an end by os._exit); or
+        # behind an fsync still owed: the disk syncs slower than the process merges, and each fsync owed holds a
+        # thread, a descriptor and the versions replaced.
+        durable.fsync()
+    elif durable is not None:
         try:
-            synced = process.syncing_started(os.dup(durable.descriptor))
+            with process.creating:  # a fork waits: a child closes the duplicates noted, and only those
+                synced = process.syncing_started(os.dup(durable.descriptor))
         except OSError:  # no descriptor to be had: made durable here, as the caller's wait
             durable.fsync()
     if closer is not None:
@@ -187,11 +197,13 @@ class Closer:
     """The bare thread of :func:`close_off_path`, waiting to be handed the versions, then closing them. A merge
     that can starts it while the device writes its new version back (transaction.py), where its start costs no wall
     time, rather than after the rename, on its caller's path. Its end is waited for at exit (process.closing).
-    Raises RuntimeError where no thread can be had."""
+    Raises RuntimeError where no thread can be had, or none would be waited for (process.exiting)."""
 
     __slots__ = ("_handed", "_synced", "_versions")
 
     def __init__(self) -> None:
+        if process.exiting:
+            raise RuntimeError("the process is exiting: a thread started now would not be waited for")
         self._versions: list[FileVersion] = []
         self._synced = -1
         self._handed = _thread.allocate_lock()
@@ -395,8 +407,15 @@ class Textfile:
 
     def open_directory(self) -> fs.Directory:
         """The textfile directory, created with mode 0755 whatever the umask if missing (node_exporter runs as
-        another user: it must be able to enter it)."""
-        directory = fs.open_directory(self.directory, create=True)
+        another user: it must be able to enter it).
+
+        Signal handlers are held back until it is held (or the walk failed): one that raises right after an open of
+        the walk returns, before the number is kept anywhere (a Ctrl-C, an alarm-based timeout), would leave that
+        directory open for the life of the process, one more at each such merge."""
+        from fraisier_textfile.store.lock import DeferredSignals  # here: lock builds on this module
+
+        with DeferredSignals():
+            directory = fs.open_directory(self.directory, create=True)
         assert directory is not None
         return directory
 

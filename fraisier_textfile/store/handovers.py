@@ -443,7 +443,9 @@ class Handovers(Participant):
         APPLIED.put(merge.document, tuple(self._applied))
 
     def removes_after_commit(self, merge: Merge) -> bool:
-        return self._directory is not None and (self._newest is not None or bool(self._applied))
+        # The applied ones only: moving the counter on (note_merged) needs no durable rename, the counter is a hint
+        # never fsynced, and the hand-overs it passes stay until a merge applies them.
+        return self._directory is not None and bool(self._applied)
 
     def after_commit(self, merge: Merge) -> None:
         # After the release: removing files waits on the filesystem's journal, which under load (other writers'

@@ -34,7 +34,9 @@ At exit a process waits for its background deletions at most EXIT_WAIT seconds; 
 deletes (the file lists those hand-overs as applied). Then, as long again at most, for the threads closing the
 versions its last merges replaced (:data:`closing`): one still running when the interpreter finalizes can crash
 the process. The recorder's exit hook registers after this one, so it runs first (atexit runs the last
-registered first): the hand-overs a last merge applies are deleted too, and its closes waited for.
+registered first): the hand-overs a last merge applies are deleted too, and its closes waited for. A merge made
+after this hook (by a program's own exit hook registered before the package was imported) has nothing left to wait
+for another thread: it makes its rename durable and closes what it replaced itself (:data:`exiting`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from __future__ import annotations
 import _thread
 import atexit
 import os
+import sys
 import threading
 import time
 import weakref
@@ -123,8 +126,10 @@ every_lock: weakref.WeakSet[Lock] = weakref.WeakSet()
 """Every textfile lock of this process (lock.py), for the fork hook: a child makes anew the thread lock of each
 that another thread of the parent held at the fork."""
 creating = threading.RLock()
-"""Held while a marker is made and noted in :data:`held_markers`, and by a fork (see the module's note).
-Reentrant: a signal handler that forks while its own thread makes a marker must not wait for itself."""
+"""Held while a marker is made and noted in :data:`held_markers`, while a directory's descriptor is duplicated and
+noted in :data:`syncing` and while it is taken out and closed, and by a fork (see the module's note): a child
+closes what is noted, and only that. Reentrant: a signal handler that forks while its own thread makes a marker must
+not wait for itself."""
 releasing = threading.Lock()
 """Held while a marker is released: two threads must not both close its descriptor (the second could close
 another file that got the number meanwhile)."""
@@ -159,11 +164,29 @@ def closing_ended(done: _thread.LockType) -> None:
     done.release()
 
 
+forked = False
+"""Whether this process is a forked child (of a parent that had imported the package): see
+:func:`may_end_without_exit_hooks`."""
+
+
+def may_end_without_exit_hooks() -> bool:
+    """Whether this process may well end with os._exit, which runs no exit hook (so no wait for another thread):
+    a forked child (the idiom), or a worker of multiprocessing however started (it ends its workers so; forkserver's,
+    Python 3.14's default on Linux, are forked before they import the package). What such a process merges it makes
+    durable in its own thread (files.close_off_path)."""
+    if forked:
+        return True
+    workers = sys.modules.get("multiprocessing.process")  # looked up, never imported: a worker has it
+    parent = getattr(workers, "parent_process", None)
+    return parent is not None and parent() is not None
+
+
 syncing: dict[int, _thread.LockType] = {}
 """The duplicated descriptors of textfile directories whose fsync (the durability of a merge's rename) was left to
 another thread (files.close_off_path), each with the lock released once it is done. The exit waits for them up to
 SYNC_EXIT_WAIT, far longer than for closes: a merge's caller waited for that fsync before the thread took it. A
-child forked meanwhile closes its copies (the thread is not in the child)."""
+child forked meanwhile closes its copies (the thread is not in the child). A merge that finds one owed makes its
+own fsync itself (files.close_off_path): one is owed at a time, bar threads racing."""
 
 SYNC_EXIT_WAIT = 30.0
 """Seconds an exit waits for the fsyncs left to other threads: a disk that takes longer has a problem the
@@ -184,11 +207,12 @@ def sync_and_close(descriptor: int) -> None:
         os.fsync(descriptor)
     except OSError:
         pass  # some filesystems cannot fsync a directory; the rename is atomic all the same
-    done = syncing.pop(descriptor, None)  # out of the set before the close: see files._close_all
-    try:
-        os.close(descriptor)
-    except OSError:
-        pass
+    with creating:  # out of the set and closed as one step for a fork: a child closes only those in the set
+        done = syncing.pop(descriptor, None)
+        try:
+            os.close(descriptor)
+        except OSError:
+            pass
     if done is not None:
         done.release()
 
@@ -242,7 +266,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _in_child() -> None:
-    global creating, releasing, background, closing
+    global creating, releasing, background, closing, forked
+    forked = True
     closing = set()  # the parent's closing threads are not here: nothing to wait for
     creating = threading.RLock()
     releasing = threading.Lock()
@@ -279,7 +304,17 @@ def _in_child() -> None:
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)
+
+
+exiting = False
+"""Set once the store's exit hook has begun: nothing waits for another thread after it, so a merge made later (by a
+program's own exit hook, registered before it imported the package) makes its rename durable and closes what it
+replaced in its own thread (files.Closer refuses to start)."""
+
+
 def _at_exit() -> None:
+    global exiting
+    exiting = True
     wait_for_syncs(SYNC_EXIT_WAIT)
     background.wait(EXIT_WAIT)
     wait_for_closes(EXIT_WAIT)

@@ -110,8 +110,8 @@ class Participant:
         """Once ``merge.changes`` is applied, before the file is written (in order)."""
 
     def removes_after_commit(self, merge: Merge) -> bool:
-        """Whether :meth:`after_commit` will remove (or mark as merged) files the written file accounts for: then
-        the rename is made durable before it, in the caller's thread, else in another (files.close_off_path)."""
+        """Whether :meth:`after_commit` will remove files the written file accounts for: then the rename is made
+        durable before it, in the caller's thread, else in another (files.close_off_path)."""
         return False
 
     def after_commit(self, merge: Merge) -> None:
