@@ -21,12 +21,16 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
+from fraisier_textfile.format.bookkeeping import text_of
 from fraisier_textfile.format.reader import parse
 from fraisier_textfile.format.schema import format_float
 from fraisier_textfile.store.lifecycle import (
     REFUSED_FAMILY,
+    UPDATED,
+    SeriesTimes,
     migrate_histograms,
 )
+from fraisier_textfile.store.selection import Selection, forget
 
 from .processes import binary, fraisier, fraisier_metrics, http_get, node_exporter
 from .stores import DAY, record, series_with, store_at, two_providers
@@ -106,6 +110,51 @@ def test_the_zero_series_of_a_pair_in_use_do_not_expire(textfile_dir: Path) -> N
     crashed = f'{c.DEPLOYMENTS.name}{{provider="p",status="crashed",fraise_type="api"}}'
     assert sample_values(store.path)[crashed] == 0
     assert sample_values(store.path)[f'{c.DEPLOYMENT_DURATION.name}_count{{provider="p",status="crashed"}}'] == 0
+
+
+def _update_times(path: Path, family: c.Family) -> dict[str, int]:
+    meta = parse(path.read_text(), SCHEMA).meta
+    return SeriesTimes(text_of(meta[UPDATED.at(family.name).key])).entries()
+
+
+def _errors_a_and_b_recorded(textfile_dir: Path, now: float) -> TextfileStore:
+    """A store at ``now`` that recorded errors ``a`` and ``b`` of provider ``p``, each in a merge of its own."""
+    store = store_at(textfile_dir, now)
+    record(store, events.deployment_error, "p", "a")
+    record(store, events.deployment_error, "p", "b")
+    return store
+
+
+def test_one_store_merging_within_a_minute_notes_the_times_of_series_it_had_not_touched(
+    textfile_dir: Path,
+) -> None:
+    """A long-lived store leaves the times of series it noted this minute alone: not those of series new to it."""
+    now = time.time()
+    store = _errors_a_and_b_recorded(textfile_dir, now)
+    record(store, events.deployment_error, "p", "a")
+    assert _update_times(store.path, c.DEPLOYMENT_ERRORS) == {"p,a": int(now // 60), "p,b": int(now // 60)}
+
+
+def test_one_store_merging_a_minute_later_moves_the_times_on(textfile_dir: Path) -> None:
+    now = time.time()
+    store = _errors_a_and_b_recorded(textfile_dir, now)
+    store.lifecycle.clock = lambda: now + 60
+    record(store, events.deployment_error, "p", "a")
+    minute = int(now // 60)
+    assert _update_times(store.path, c.DEPLOYMENT_ERRORS) == {"p,a": minute + 1, "p,b": minute}
+
+
+def test_a_series_forgotten_and_recorded_again_within_the_minute_by_one_store_gets_its_time_back(
+    textfile_dir: Path,
+) -> None:
+    now = time.time()
+    store = _errors_a_and_b_recorded(textfile_dir, now)
+    assert forget(store, Selection([("error_type", "a")], schema=SCHEMA)) == [
+        f'{c.DEPLOYMENT_ERRORS.name}{{provider="p",error_type="a"}}'
+    ]
+    record(store, events.deployment_error, "p", "a")
+    assert _update_times(store.path, c.DEPLOYMENT_ERRORS) == {"p,b": int(now // 60), "p,a": int(now // 60)}
+    assert sample_values(store.path)[f'{c.DEPLOYMENT_ERRORS.name}{{provider="p",error_type="a"}}'] == 1
 
 
 @pytest.mark.parametrize(
