@@ -157,6 +157,21 @@ def test_a_series_forgotten_and_recorded_again_within_the_minute_by_one_store_ge
     assert sample_values(store.path)[f'{c.DEPLOYMENT_ERRORS.name}{{provider="p",error_type="a"}}'] == 1
 
 
+def test_a_store_keeps_nothing_of_a_document_another_process_replaced(textfile_dir: Path) -> None:
+    """What a long-lived store notes of its last merge of a family (its update-time line, spans of the file read)
+    must not keep a file that another process's merge replaced alive, whichever families it merges next."""
+    now = time.time()
+    store = _errors_a_and_b_recorded(textfile_dir, now)
+    record(store, events.rollback, "p", "health", 1.0)
+    record(store_at(textfile_dir, now), events.deployment_error, "q", "a")  # another process's merge
+    record(store, events.deployment_error, "p", "a")
+    cached = store.transaction._cached
+    assert cached is not None
+    lines = list(cached[1].meta.values())
+    noted = store.lifecycle._times_noted
+    assert noted and all(any(line is kept for kept in lines) for line, _, _ in noted.values())
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [

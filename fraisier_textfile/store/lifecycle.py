@@ -127,7 +127,9 @@ class SeriesLifecycle:
         self._refused: dict[str, int] = {}
         self._times_noted: dict[str, tuple[RawValue, int, frozenset[Labels]]] = {}
         """Family name -> its update-time line as this store's last merge of it left it (that very object), the
-        minute, and the series whose times that line holds at that minute or later (their zero siblings' too)."""
+        minute, and the series whose times that line holds at that minute or later (their zero siblings' too). Only
+        of the document merged last: a line is spans of the file read, which must not outlive the document."""
+        self._times_noted_in: Document | None = None
 
     @classmethod
     def from_environment(cls, path: fs.PathName, strict: bool = False) -> SeriesLifecycle:
@@ -168,6 +170,9 @@ class SeriesLifecycle:
         expire series, and count refused changes."""
         now = self.clock()
         minute = int(now // 60)
+        if document is not self._times_noted_in:
+            self._times_noted.clear()
+            self._times_noted_in = document
         _record_times(document, changes, minute, self.active, self._times_noted)
         if self.request is not None or self.expire_after is not None:
             self._sweep(document, now)
