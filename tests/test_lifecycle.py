@@ -6,6 +6,7 @@ back, through the same update-time lines every merge writes."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import subprocess
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fraisier_textfile import TextfileStore
@@ -170,6 +171,57 @@ def test_a_store_keeps_nothing_of_a_document_another_process_replaced(textfile_d
     lines = list(cached[1].meta.values())
     noted = store.lifecycle._times_noted
     assert noted and all(any(line is kept for kept in lines) for line, _, _ in noted.values())
+
+
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["complete", "error", "health", "forget", "elsewhere"]),
+        st.sampled_from(["p", "q"]),
+        st.sampled_from(["success", "failed"]),  # a status, or an error type
+        st.integers(-1, 2),  # minutes the clock moves before the step (back too)
+    ),
+    min_size=1, max_size=12,
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_STEPS)
+@example(steps=[("complete", "p", "success", 0), ("forget", "p", "success", 0), ("complete", "p", "success", 0)])
+def test_a_long_lived_store_notes_the_times_a_new_store_at_each_merge_notes(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, str, str, int]]
+) -> None:
+    """The update times a store skips noting again within a minute (what its last merge noted) must be the times
+    that a store made afresh for each merge, which notes them all, writes: whatever the events, forgets, merges
+    of other processes and clock steps (back too)."""
+    warm_dir, fresh_dir = tmp_path_factory.mktemp("warm"), tmp_path_factory.mktemp("fresh")
+    now = 1_700_000_000.0
+    warm = store_at(warm_dir, now)
+    for action, provider, word, minutes in steps:
+        now += 60 * minutes
+        warm.lifecycle.clock = functools.partial(float, now)
+        for directory in (warm_dir, fresh_dir):
+            store = warm if directory == warm_dir else store_at(directory, now)
+            if action == "complete":
+                record(store, events.deployment_complete, provider, "api", word, 1.0)
+            elif action == "error":
+                record(store, events.deployment_error, provider, word)
+            elif action == "health":
+                record(store, events.health_check, provider, "http", "pass", 0.5)
+            elif action == "forget":
+                forget(store, Selection([("provider", provider)], schema=SCHEMA))
+            else:  # another process's merge, of the same series
+                record(store_at(directory, now), events.deployment_error, provider, "elsewhere")
+        for family in (c.DEPLOYMENTS, c.DEPLOYMENT_DURATION, c.LAST_DEPLOYMENT, c.DEPLOYMENT_ERRORS,
+                       c.HEALTH_CHECKS):
+            assert _times_or_none(warm_dir, family) == _times_or_none(fresh_dir, family), (family.name, steps)
+
+
+def _times_or_none(directory: Path, family: c.Family) -> dict[str, int] | None:
+    path = directory / "fraisier.prom"
+    if not path.exists() or UPDATED.at(family.name).key not in parse(path.read_text(), SCHEMA).meta:
+        return None
+    return _update_times(path, family)
 
 
 @pytest.mark.parametrize(
