@@ -161,6 +161,29 @@ def test_after_any_merges_the_file_is_vouched_for_and_reads_as_the_slow_reading_
         assert document.render() == slow(data) == data.decode()
 
 
+def test_one_document_written_again_after_each_change_is_vouched_for_each_time() -> None:
+    """A warm merge writes the same document again and again: the words of the layout line and the headers kept
+    from the last write must follow every change (a value, a new series, a block's header, a block added)."""
+    document = Document(SCHEMA)
+    errors = document.block(c.DEPLOYMENT_ERRORS)
+    errors.set('fraisier_deployment_errors_total{provider="p",error_type="e"}', 1.0)
+    saved, layout.SEGMENT = layout.SEGMENT, 60  # several segments to the block: one of them changes at a time
+    try:
+        for number in range(1, 40):
+            errors.set(f'fraisier_deployment_errors_total{{provider="p{number % 7}",error_type="e"}}', number)
+            if number % 10 == 0:
+                errors.comments.append(f"# note {number}")
+            if number == 20:
+                document.block(c.ROLLBACKS).set('fraisier_rollbacks_total{provider="p",reason="r"}', 1.0)
+            data = b"".join(document.parts())
+            vouched = read_vouched(data, SCHEMA)
+            assert vouched is not None, number
+            assert b"".join(vouched.parts()) == data == parse(data.decode(), SCHEMA).render().encode()
+            assert vouched.blocks[c.DEPLOYMENT_ERRORS.name].comments == errors.comments
+    finally:
+        layout.SEGMENT = saved
+
+
 def test_a_histogram_with_other_bounds_is_not_vouched_for() -> None:
     from fraisier_textfile.store.lifecycle import migrate_histograms
 

@@ -6,6 +6,7 @@ back, through the same update-time lines every merge writes."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import subprocess
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fraisier_textfile import TextfileStore
@@ -21,12 +22,16 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
+from fraisier_textfile.format.bookkeeping import text_of
 from fraisier_textfile.format.reader import parse
 from fraisier_textfile.format.schema import format_float
 from fraisier_textfile.store.lifecycle import (
     REFUSED_FAMILY,
+    UPDATED,
+    SeriesTimes,
     migrate_histograms,
 )
+from fraisier_textfile.store.selection import Selection, forget
 
 from .processes import binary, fraisier, fraisier_metrics, http_get, node_exporter
 from .stores import DAY, record, series_with, store_at, two_providers
@@ -106,6 +111,117 @@ def test_the_zero_series_of_a_pair_in_use_do_not_expire(textfile_dir: Path) -> N
     crashed = f'{c.DEPLOYMENTS.name}{{provider="p",status="crashed",fraise_type="api"}}'
     assert sample_values(store.path)[crashed] == 0
     assert sample_values(store.path)[f'{c.DEPLOYMENT_DURATION.name}_count{{provider="p",status="crashed"}}'] == 0
+
+
+def _update_times(path: Path, family: c.Family) -> dict[str, int]:
+    meta = parse(path.read_text(), SCHEMA).meta
+    return SeriesTimes(text_of(meta[UPDATED.at(family.name).key])).entries()
+
+
+def _errors_a_and_b_recorded(textfile_dir: Path, now: float) -> TextfileStore:
+    """A store at ``now`` that recorded errors ``a`` and ``b`` of provider ``p``, each in a merge of its own."""
+    store = store_at(textfile_dir, now)
+    record(store, events.deployment_error, "p", "a")
+    record(store, events.deployment_error, "p", "b")
+    return store
+
+
+def test_one_store_merging_within_a_minute_notes_the_times_of_series_it_had_not_touched(
+    textfile_dir: Path,
+) -> None:
+    """A long-lived store leaves the times of series it noted this minute alone: not those of series new to it."""
+    now = time.time()
+    store = _errors_a_and_b_recorded(textfile_dir, now)
+    record(store, events.deployment_error, "p", "a")
+    assert _update_times(store.path, c.DEPLOYMENT_ERRORS) == {"p,a": int(now // 60), "p,b": int(now // 60)}
+
+
+def test_one_store_merging_a_minute_later_moves_the_times_on(textfile_dir: Path) -> None:
+    now = time.time()
+    store = _errors_a_and_b_recorded(textfile_dir, now)
+    store.lifecycle.clock = lambda: now + 60
+    record(store, events.deployment_error, "p", "a")
+    minute = int(now // 60)
+    assert _update_times(store.path, c.DEPLOYMENT_ERRORS) == {"p,a": minute + 1, "p,b": minute}
+
+
+def test_a_series_forgotten_and_recorded_again_within_the_minute_by_one_store_gets_its_time_back(
+    textfile_dir: Path,
+) -> None:
+    now = time.time()
+    store = _errors_a_and_b_recorded(textfile_dir, now)
+    assert forget(store, Selection([("error_type", "a")], schema=SCHEMA)) == [
+        f'{c.DEPLOYMENT_ERRORS.name}{{provider="p",error_type="a"}}'
+    ]
+    record(store, events.deployment_error, "p", "a")
+    assert _update_times(store.path, c.DEPLOYMENT_ERRORS) == {"p,b": int(now // 60), "p,a": int(now // 60)}
+    assert sample_values(store.path)[f'{c.DEPLOYMENT_ERRORS.name}{{provider="p",error_type="a"}}'] == 1
+
+
+def test_a_store_keeps_nothing_of_a_document_another_process_replaced(textfile_dir: Path) -> None:
+    """What a long-lived store notes of its last merge of a family (its update-time line, spans of the file read)
+    must not keep a file that another process's merge replaced alive, whichever families it merges next."""
+    now = time.time()
+    store = _errors_a_and_b_recorded(textfile_dir, now)
+    record(store, events.rollback, "p", "health", 1.0)
+    record(store_at(textfile_dir, now), events.deployment_error, "q", "a")  # another process's merge
+    record(store, events.deployment_error, "p", "a")
+    cached = store.transaction._cached
+    assert cached is not None
+    lines = list(cached[1].meta.values())
+    noted = store.lifecycle._times_noted
+    assert noted and all(any(line is kept for kept in lines) for line, _, _ in noted.values())
+
+
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["complete", "error", "health", "forget", "elsewhere"]),
+        st.sampled_from(["p", "q"]),
+        st.sampled_from(["success", "failed"]),  # a status, or an error type
+        st.integers(-1, 2),  # minutes the clock moves before the step (back too)
+    ),
+    min_size=1, max_size=12,
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_STEPS)
+@example(steps=[("complete", "p", "success", 0), ("forget", "p", "success", 0), ("complete", "p", "success", 0)])
+def test_a_long_lived_store_notes_the_times_a_new_store_at_each_merge_notes(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, str, str, int]]
+) -> None:
+    """The update times a store skips noting again within a minute (what its last merge noted) must be the times
+    that a store made afresh for each merge, which notes them all, writes: whatever the events, forgets, merges
+    of other processes and clock steps (back too)."""
+    warm_dir, fresh_dir = tmp_path_factory.mktemp("warm"), tmp_path_factory.mktemp("fresh")
+    now = 1_700_000_000.0
+    warm = store_at(warm_dir, now)
+    for action, provider, word, minutes in steps:
+        now += 60 * minutes
+        warm.lifecycle.clock = functools.partial(float, now)
+        for directory in (warm_dir, fresh_dir):
+            store = warm if directory == warm_dir else store_at(directory, now)
+            if action == "complete":
+                record(store, events.deployment_complete, provider, "api", word, 1.0)
+            elif action == "error":
+                record(store, events.deployment_error, provider, word)
+            elif action == "health":
+                record(store, events.health_check, provider, "http", "pass", 0.5)
+            elif action == "forget":
+                forget(store, Selection([("provider", provider)], schema=SCHEMA))
+            else:  # another process's merge, of the same series
+                record(store_at(directory, now), events.deployment_error, provider, "elsewhere")
+        for family in (c.DEPLOYMENTS, c.DEPLOYMENT_DURATION, c.LAST_DEPLOYMENT, c.DEPLOYMENT_ERRORS,
+                       c.HEALTH_CHECKS):
+            assert _times_or_none(warm_dir, family) == _times_or_none(fresh_dir, family), (family.name, steps)
+
+
+def _times_or_none(directory: Path, family: c.Family) -> dict[str, int] | None:
+    path = directory / "fraisier.prom"
+    if not path.exists() or UPDATED.at(family.name).key not in parse(path.read_text(), SCHEMA).meta:
+        return None
+    return _update_times(path, family)
 
 
 @pytest.mark.parametrize(

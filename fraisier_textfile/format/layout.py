@@ -141,12 +141,39 @@ def _check_utf8(view: memoryview, start: int, end: int) -> None:
 def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]], fingerprint: str) -> str:
     """The line's value. Each block: its name, its header's segment (None: a family we do not own, whose whole
     text is in its segments) and its body's segments."""
-    words = [fingerprint]
-    for name, header, body in blocks:
-        fields = [name, RAW if header is None else _segment_text(header)]
-        fields += [f"{length}.{crc:08x}" for length, crc in body]  # _segment_text's, without a call a segment
-        words.append("/".join(fields))
-    return " ".join(words)
+    return " ".join([fingerprint, *(word(name, header, body) for name, header, body in blocks)])
+
+
+def word(name: str, header: Segment | None, body: Sequence[Segment]) -> str:
+    """One block's word of the line (see :func:`render`)."""
+    fields = [name, RAW if header is None else _segment_text(header)]
+    fields += [f"{length}.{crc:08x}" for length, crc in body]  # _segment_text's, without a call a segment
+    return "/".join(fields)
+
+
+class Words:
+    """The words of the blocks written last, by name: a merge changes a few segments of a few blocks, and the
+    words of the others are the same text again."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[Segment | None, tuple[Segment, ...], str]] = {}
+
+    def render(self, blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]], fingerprint: str) -> str:
+        """:func:`render`, each block's word made again only if its segments changed."""
+        last = self._last
+        current: dict[str, tuple[Segment | None, tuple[Segment, ...], str]] = {}
+        words = [fingerprint]
+        for name, header, body in blocks:
+            segments = tuple(body)
+            known = last.get(name)
+            if known is None or known[0] != header or known[1] != segments:
+                known = (header, segments, word(name, header, segments))
+            current[name] = known
+            words.append(known[2])
+        self._last = current
+        return " ".join(words)
 
 
 def parse(value: str, fingerprint: str) -> list[tuple[str, Segment | None, list[Segment]]] | None:

@@ -48,6 +48,9 @@ class Block:
         self._rendered: bytes | None = None  # the lines' bytes
         self._rendered_segments: tuple[list[Segment] | None] | None = None  # theirs, once asked for (see written)
         self._raw_written: tuple[str, bytes] | None = None
+        # The header's bytes and their segment, and what they were made of: a merge writes every block's header,
+        # unchanged but for a block it creates.
+        self._header_written: tuple[tuple[str, str | None, str | None, tuple[str, ...]], bytes, Segment] | None = None
         self.span: BodySpan | None = None
         """The body as read, while it is held as a span of the file's bytes (None: held as lines, or raw)."""
 
@@ -175,6 +178,19 @@ class Block:
             header += f"# TYPE {self.name} {self.type}\n"
         return header
 
+    def _header_bytes(self) -> bytes:
+        made_of = (self.name, self.help, self.type, tuple(self.comments))
+        written = self._header_written
+        if written is None or written[0] != made_of:
+            header = self._header().encode("utf-8")
+            written = self._header_written = (made_of, header, crc_of([header]))
+        return written[1]
+
+    def header_segment(self, header: bytes) -> Segment:
+        """The segment of ``header``, the header :meth:`written` returned."""
+        written = self._header_written
+        return written[2] if written is not None and written[1] is header else crc_of([header])
+
     def written(
         self, checksums: bool = True, schema: Schema | None = None
     ) -> tuple[bytes, list[bytes | memoryview], list[Segment] | None]:
@@ -189,7 +205,7 @@ class Block:
                 self._raw_written = (self.raw, self.raw.encode("utf-8"))
             raw = self._raw_written[1]
             return b"", [raw], ([crc_of([raw])] if raw else []) if checksums else None
-        header = self._header().encode("utf-8")
+        header = self._header_bytes()
         if self.span is not None:
             pieces, segments = self.span.pieces(checksums)
             if not checksums or not self._of_the_schema(schema):
@@ -249,6 +265,7 @@ class Document:
         # the same object is written back from those bytes, not encoded again: the series' update times are
         # ~30 bytes a series, a fifth of a big file.
         self.meta_read: dict[str, tuple[str, memoryview]] = {}
+        self._layout_words = layout.Words()
 
     def block(self, family: Family) -> Block:
         """The block of an owned family, created (in the schema's order) if the file had none."""
@@ -283,11 +300,11 @@ class Document:
             if segments is None or (block.raw is None and not header) or loose:
                 vouched = False
             elif vouched:
-                entries.append((block.name, None if block.raw is not None else crc_of([header]), segments))
+                entries.append((block.name, None if block.raw is not None else block.header_segment(header), segments))
             loose = block.raw is not None and _ends_loose(block.raw)
         meta = {key: value for key, value in self.meta.items() if key != layout.KEY}
         if vouched:
-            meta[layout.KEY] = layout.render(entries, self.schema.fingerprint)
+            meta[layout.KEY] = self._layout_words.render(entries, self.schema.fingerprint)
         lines: list[bytes | memoryview] = []
         for key in sorted(meta):
             value = meta[key]

@@ -57,6 +57,7 @@ from fraisier_textfile.store.series_times import label_text_of_key, labels_of, t
 from fraisier_textfile.store.transaction import Merge, Participant
 
 if TYPE_CHECKING:
+    from fraisier_textfile.format.bookkeeping import RawValue
     from fraisier_textfile.store import fs
     from fraisier_textfile.store.selection import Selection as Selection
     from fraisier_textfile.store.selection import forget as forget
@@ -124,6 +125,11 @@ class SeriesLifecycle:
         self.forgotten: list[str] = []
         """The series the last merge removed (forgotten or expired), one line each."""
         self._refused: dict[str, int] = {}
+        self._times_noted: dict[str, tuple[RawValue, int, frozenset[Labels]]] = {}
+        """Family name -> its update-time line as this store's last merge of it left it (that very object), the
+        minute, and the series whose times that line holds at that minute or later (their zero siblings' too). Only
+        of the document merged last: a line is spans of the file read, which must not outlive the document."""
+        self._times_noted_in: Document | None = None
 
     @classmethod
     def from_environment(cls, path: fs.PathName, strict: bool = False) -> SeriesLifecycle:
@@ -164,7 +170,10 @@ class SeriesLifecycle:
         expire series, and count refused changes."""
         now = self.clock()
         minute = int(now // 60)
-        _record_times(document, changes, minute, self.active)
+        if document is not self._times_noted_in:
+            self._times_noted.clear()
+            self._times_noted_in = document
+        _record_times(document, changes, minute, self.active, self._times_noted)
         if self.request is not None or self.expire_after is not None:
             self._sweep(document, now)
         if self._refused:
@@ -231,13 +240,30 @@ class SeriesLifecycle:
 # health check rather than while it is still in use.
 
 
-def _record_times(document: Document, changes: Changes, minute: int, active_family: Family | None) -> None:
+def _record_times(
+    document: Document, changes: Changes, minute: int, active_family: Family | None,
+    noted: dict[str, tuple[RawValue, int, frozenset[Labels]]],
+) -> None:
+    """Note ``minute`` as the update time of every series ``changes`` touch (and of their zero siblings), and of
+    the active gauge's providers. ``noted``: what the previous merges noted (see SeriesLifecycle._times_noted),
+    updated here. A family whose line is still the object noted, in the same minute, for series already noted is
+    left alone: a series added since (a sibling, say) got its time in the merge that added it, the line is
+    unchanged since, so its time is this minute already; a forget or an expiry puts a new line, and another
+    process's merge means a new document. A long-lived recorder's warm merges then skip the lookups of every
+    sibling and the search of the line, which change nothing within a minute."""
     changed: dict[Family, dict[Labels, None]] = {}
     for kind in _MERGE_KINDS:
         for family, labels in getattr(changes, kind):
             changed.setdefault(family, {})[labels] = None
+    meta = document.meta
     touched: dict[Family, list[str]] = {}
     for family, series in changed.items():
+        last = noted.get(family.name)
+        if (
+            last is not None and last[1] == minute and family is not active_family
+            and meta.get(UPDATED.at(family.name).key) is last[0] and last[2].issuperset(series)
+        ):
+            continue
         keys = touched[family] = []
         sibling = family.zero_series
         block = document.blocks.get(family.name)
@@ -273,7 +299,16 @@ def _record_times(document: Document, changes: Changes, minute: int, active_fami
         line = times_line.get_raw(document)
         times = SeriesTimes(line if line else str(minute))
         times.touch(keys, minute)
-        times_line.put_raw(document, times.render())
+        rendered = times.render()
+        times_line.put_raw(document, rendered)
+        noted_series = changed.get(family)
+        if noted_series is None or family is active_family or not rendered:
+            continue
+        last = noted.get(family.name)
+        if last is not None and last[1] == minute and last[0] is line:
+            noted[family.name] = (rendered, minute, last[2].union(noted_series))  # the line noted, edited since
+        else:
+            noted[family.name] = (rendered, minute, frozenset(noted_series))
 
 
 
