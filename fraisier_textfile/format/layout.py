@@ -138,14 +138,8 @@ def _check_utf8(view: memoryview, start: int, end: int) -> None:
         start = stop
 
 
-def render(blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]], fingerprint: str) -> str:
-    """The line's value. Each block: its name, its header's segment (None: a family we do not own, whose whole
-    text is in its segments) and its body's segments."""
-    return " ".join([fingerprint, *(word(name, header, body) for name, header, body in blocks)])
-
-
 def word(name: str, header: Segment | None, body: Sequence[Segment]) -> str:
-    """One block's word of the line (see :func:`render`)."""
+    """One block's word of the line (see :meth:`Words.render`)."""
     fields = [name, RAW if header is None else _segment_text(header)]
     fields += [f"{length}.{crc:08x}" for length, crc in body]  # _segment_text's, without a call a segment
     return "/".join(fields)
@@ -161,7 +155,9 @@ class Words:
         self._last: dict[str, tuple[Segment | None, tuple[Segment, ...], str]] = {}
 
     def render(self, blocks: Iterable[tuple[str, Segment | None, Sequence[Segment]]], fingerprint: str) -> str:
-        """:func:`render`, each block's word made again only if its segments changed."""
+        """The line's value: the schema's fingerprint, then a word per block. Each block: its name, its header's
+        segment (None: a family we do not own, whose whole text is in its segments) and its body's segments. Each
+        block's word is made again only if its segments changed."""
         last = self._last
         current: dict[str, tuple[Segment | None, tuple[Segment, ...], str]] = {}
         words = [fingerprint]
