@@ -6,10 +6,10 @@ What a process keeps:
 - the in-flight markers it holds (markers.py), by id, the lock under which one is made and noted as held, and
   the lock under which one is released;
 - the background thread that deletes the hand-overs a merge applied when there are more than a few
-  (handovers.py), off the record call that merged them; while it runs, it also closes the versions of the file
-  that merges replaced (files.py: the last close of a replaced file frees its blocks);
+  (handovers.py), off the record call that merged them;
 - the versions of the file that its merges replaced and has not closed yet (files.close_off_path closes them
-  in another thread, after the rename), and those they are writing;
+  in another thread, after the rename: the last close of a replaced file frees its blocks), those they are
+  writing, and the directories whose fsync that thread owes;
 - what it has already met (:func:`first_time`, :func:`remember`, :func:`met`): a problem that every merge meets
   again (an unusable marker, a family at its series bound, a clock behind the file's) is logged once per
   process, not with every event, and a wait that was once in vain (the hand-over counter's lock held for ever)
@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING
 
 from fraisier_textfile.logger import get_logger
@@ -134,8 +134,7 @@ releasing = threading.Lock()
 """Held while a marker is released: two threads must not both close its descriptor (the second could close
 another file that got the number meanwhile)."""
 background = BackgroundWork("fraisier-store")
-"""The thread that deletes applied hand-overs (handovers.remove_soon) and, while it runs, closes the versions of
-the file that merges replaced (files.close_off_path)."""
+"""The thread that deletes applied hand-overs (handovers.remove_soon)."""
 closing: set[_thread.LockType] = set()
 """One lock per bare thread closing replaced versions of the file (files.py), held until its close is done. The
 exit waits for them (at most EXIT_WAIT): a thread still running Python when the interpreter finalizes is ended by
@@ -151,10 +150,27 @@ its copies (that merge's thread is not in the child, and the version it wrote wo
 _met: set[tuple[Hashable, ...]] = set()
 
 
-def closing_started() -> _thread.LockType:
-    """A closing thread is about to start: the lock it releases when done (:func:`closing_ended`)."""
+def _held_lock() -> _thread.LockType:
+    """A lock taken now, released when what it stands for is done (see :func:`_all_done`)."""
     done = _thread.allocate_lock()
     done.acquire()
+    return done
+
+
+def _all_done(dones: Iterable[_thread.LockType], timeout: float) -> bool:
+    """Wait until each of ``dones`` is released (at most ``timeout`` seconds in all); True if they are."""
+    deadline = time.monotonic() + timeout
+    for done in dones:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not done.acquire(timeout=remaining):
+            return False
+        done.release()
+    return True
+
+
+def closing_started() -> _thread.LockType:
+    """A closing thread is about to start: the lock it releases when done (:func:`closing_ended`)."""
+    done = _held_lock()
     closing.add(done)
     return done
 
@@ -195,9 +211,7 @@ journal's own commit (seconds) will meet first; an exit never hangs on a directo
 
 def syncing_started(descriptor: int) -> int:
     """Note ``descriptor`` (a directory's, duplicated for another thread to fsync) as owed an fsync; returns it."""
-    done = _thread.allocate_lock()
-    done.acquire()
-    syncing[descriptor] = done
+    syncing[descriptor] = _held_lock()
     return descriptor
 
 
@@ -218,25 +232,13 @@ def sync_and_close(descriptor: int) -> None:
 
 
 def wait_for_syncs(timeout: float) -> bool:
-    """Wait until the fsyncs left to other threads so far are done (at most ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    for done in list(syncing.values()):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not done.acquire(timeout=remaining):
-            return False
-        done.release()
-    return True
+    """Wait until the fsyncs left to other threads so far are done (at most ``timeout`` seconds); True if they are."""
+    return _all_done(list(syncing.values()), timeout)
 
 
 def wait_for_closes(timeout: float) -> bool:
     """Wait until the closing threads started so far are done (at most ``timeout`` seconds); True if they are."""
-    deadline = time.monotonic() + timeout
-    for done in list(closing):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not done.acquire(timeout=remaining):
-            return False
-        done.release()
-    return True
+    return _all_done(list(closing), timeout)
 
 
 def first_time(*what: Hashable) -> bool:
