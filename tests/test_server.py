@@ -323,6 +323,28 @@ def test_scrapes_do_not_wait_for_a_writer_holding_the_lock(textfile_dir: Path) -
             assert sample_values(request(server.url).text)[key] == 1
 
 
+def test_events_handed_over_by_processes_gone_since_are_in_the_next_scrape_once_the_lock_is_free(
+        textfile_dir: Path) -> None:
+    """A burst of writers can end with hand-overs that no merge applied (their writers exited while the lock was
+    busy, and a merge applies only so many). On a quiet host no record call comes to merge them: the scrape does,
+    without waiting for the lock."""
+    key = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+    event = ("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+             "--duration", "3")
+    fraisier(*event, textfile_dir=textfile_dir, check=True)
+    with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+        fraisier(*event, textfile_dir=textfile_dir, check=True)  # handed over: the lock stays busy past its exit
+    assert [name for name in os.listdir(textfile_dir / ".fraisier-handover") if name.endswith(".json")]
+    assert sample_values(textfile_dir / "fraisier.prom")[key] == 1
+    with fraisier_metrics(textfile_dir) as server:
+        assert sample_values(request(server.url).text)[key] == 2
+        assert sample_values(textfile_dir / "fraisier.prom")[key] == 2
+        # Merged once: later scrapes serve the file as it is.
+        merged = (textfile_dir / "fraisier.prom").stat().st_ino
+        assert sample_values(request(server.url).text)[key] == 2
+        assert (textfile_dir / "fraisier.prom").stat().st_ino == merged
+
+
 def test_a_corrupt_file_is_an_error_naming_it_until_a_valid_one_replaces_it(textfile_dir: Path) -> None:
     textfile_dir.mkdir()
     path = textfile_dir / "fraisier.prom"

@@ -34,7 +34,9 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
 
     For hosts without node_exporter (with it, point its textfile collector at TEXTFILE_DIR instead). A scrape
     shows what the file holds, with the deployments in progress counted live; the file is re-read only when
-    it changed. Until a fraisier process writes the file, every family is served without samples. There is a
+    it changed. What Fraisier's state database holds that is new, and events that writers handed over and no
+    merge has applied yet (writers that exited while the lock was busy), are merged at the scrape first, if the
+    lock is free. Until a fraisier process writes the file, every family is served without samples. There is a
     landing page at / with a summary of the deployments (as `fraisier textfile summary`). SIGTERM or SIGINT
     stop it (exit 0); SIGHUP re-reads the web config (systemd's ExecReload) and it goes on serving.
 

@@ -126,8 +126,7 @@ class TextfileSource:
         return str(self.store.path)
 
     def scrape(self) -> Payload:
-        if self.store.sources:
-            self._take_news()
+        self._take_news()
         snapshot = self._snapshot
         if snapshot is None or not self._is_current(snapshot):
             snapshot = self._refresh()
@@ -142,13 +141,17 @@ class TextfileSource:
         return payload
 
     def _take_news(self) -> None:
-        """Merge what the store's sources (Fraisier's state database) hold that is new, so that a deployment
-        Fraisier finished is in this scrape. A source says cheaply whether anything changed; only then is the
-        file merged, without waiting for its lock (busy: the next scrape, or its holder, takes it). One scrape
-        merges at a time; the others serve the file as it is. Never fails a scrape."""
+        """Merge what is new for the file, so that this scrape shows it: what the store's sources (Fraisier's
+        state database) hold, a deployment Fraisier finished, and the hand-overs that no merge of this server
+        saw. Writers that raced and exited while the lock was busy can leave their last hand-overs waiting (a
+        merge applies only so many), and on a quiet host no record call comes to merge them. A source says
+        cheaply whether anything changed, the hand-over directory by a listing; only then is the file merged,
+        without waiting for its lock (busy: the next scrape, or its holder, takes it). One scrape merges at a
+        time; the others serve the file as it is. Never fails a scrape."""
         if time.monotonic() < self._news_retry_at:
             return
-        if not any(getattr(source, "has_news", lambda: True)() for source in self.store.sources):
+        if not any(getattr(source, "has_news", lambda: True)() for source in self.store.sources) \
+                and not self.store.handovers_waiting():
             return
         if not self._taking_news.acquire(blocking=False):
             return
@@ -158,9 +161,9 @@ class TextfileSource:
             pass  # another process is merging: the next scrape tries again
         except FraisierTextfileError as error:
             # A directory this server may only read (systemd's BindReadOnlyPaths) fails every merge: the
-            # refresh timer takes Fraisier's state there, and scrapes do not try again at once.
+            # refresh timer takes Fraisier's state and the hand-overs there, and scrapes do not try again at once.
             self._news_retry_at = time.monotonic() + NEWS_RETRY_SECONDS
-            log.debug("Fraisier's state not merged at this scrape: %s", error)
+            log.debug("Fraisier's state or hand-overs not merged at this scrape: %s", error)
         finally:
             self._taking_news.release()
 
