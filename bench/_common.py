@@ -96,7 +96,7 @@ def filesystem_type(path: Path) -> str:
     except OSError:
         return "unknown"
     resolved = str(path.resolve())
-    best, kind = "", "unknown"
+    best, kind, device = "", "unknown", ""
     for line in mounts:
         fields = line.split()
         if len(fields) < 3:
@@ -104,8 +104,22 @@ def filesystem_type(path: Path) -> str:
         mount_point = fields[1].replace("\\040", " ")
         inside = resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")
         if inside and len(mount_point) >= len(best):
-            best, kind = mount_point, fields[2]
+            best, kind, device = mount_point, fields[2], fields[0]
+    if kind == "ext4":
+        kind += _ext4_journal(device)
     return kind
+
+
+def _ext4_journal(device: str) -> str:
+    """Whether an ext4 has a journal, from /sys/fs/ext4/<device>/journal_task ("<none>" without one): without, every
+    new file's inode is found by skipping the inodes freed in the last 30 s (the kernel's recently_deleted check,
+    made only then), so a file made after thousands were removed costs far more CPU (bench/README.md)."""
+    try:
+        name = os.path.basename(os.path.realpath(device))  # /dev/mapper/x is a link to /dev/dm-N
+        task = Path("/sys/fs/ext4", name, "journal_task").read_text().strip()
+    except OSError:
+        return ""
+    return " (no journal)" if task == "<none>" else " (journaled)"
 
 
 def print_environment(info: dict[str, Any]) -> None:
