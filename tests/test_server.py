@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import json
 import os
 import re
 import select
@@ -342,6 +343,25 @@ def test_events_handed_over_by_processes_gone_since_are_in_the_next_scrape_once_
         # Merged once: later scrapes serve the file as it is.
         merged = (textfile_dir / "fraisier.prom").stat().st_ino
         assert sample_values(request(server.url).text)[key] == 2
+        assert (textfile_dir / "fraisier.prom").stat().st_ino == merged
+
+
+def test_a_hand_over_left_for_a_newer_version_is_merged_at_one_scrape_not_at_each(textfile_dir: Path) -> None:
+    """A hand-over this version cannot apply stays in the directory for a newer one: the scrape that finds it
+    merges once (its count is in the file), and later scrapes do not rewrite the file for it again."""
+    fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+             "--duration", "3", textfile_dir=textfile_dir, check=True)
+    handovers = textfile_dir / ".fraisier-handover"
+    handovers.mkdir(exist_ok=True)
+    newer = {"version": 99, "schema": c.SCHEMA.fingerprint, "added": [], "observed": [], "latest": [],
+             "maximum": [], "active_providers": [], "retired_markers": []}
+    (handovers / "s00000000000000000001-1-000000000000.json").write_text(json.dumps(newer))
+    with fraisier_metrics(textfile_dir) as server:
+        first = sample_values(request(server.url).text)
+        assert first["fraisier_textfile_handovers_pending"] == 1
+        merged = (textfile_dir / "fraisier.prom").stat().st_ino
+        for _ in range(3):
+            assert sample_values(request(server.url).text) == first
         assert (textfile_dir / "fraisier.prom").stat().st_ino == merged
 
 
