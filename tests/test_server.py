@@ -365,6 +365,73 @@ def test_a_hand_over_left_for_a_newer_version_is_merged_at_one_scrape_not_at_eac
         assert (textfile_dir / "fraisier.prom").stat().st_ino == merged
 
 
+def _newer_handover(handovers: Path) -> None:
+    """A hand-over this version leaves for a newer one: found by every look, applied by no merge."""
+    handovers.mkdir(exist_ok=True)
+    newer = {"version": 99, "schema": c.SCHEMA.fingerprint, "added": [], "observed": [], "latest": [],
+             "maximum": [], "active_providers": [], "retired_markers": []}
+    (handovers / "s00000000000000000001-1-000000000000.json").write_text(json.dumps(newer))
+
+
+def _listed_since(directory: Path, reset: float) -> bool:
+    """Whether ``directory`` was listed since its access time was set back to ``reset``: a listing makes the
+    access time now (with relatime too, since ``reset`` is days old and older than the last change)."""
+    return os.stat(directory).st_atime != reset
+
+
+def test_scrapes_list_the_hand_over_directory_only_when_it_changed(textfile_dir: Path) -> None:
+    """Bug: each scrape listed the hand-over directory to look for hand-overs no merge of the server saw. It
+    holds up to 100,000 of them while merges fail (handovers.PENDING_LIMIT), plus those left for a newer version
+    and those set aside: a listing of 100,000 names made each scrape tens of milliseconds instead of tens of
+    microseconds, for every client at once. A look that found none is not made again until the directory
+    changes (its modification time, which every hand-over written, applied or set aside changes)."""
+    key = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+    fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+             "--duration", "3", textfile_dir=textfile_dir, check=True)
+    handovers = textfile_dir / ".fraisier-handover"
+    _newer_handover(handovers)
+    changed = time.time() - 3600
+    old = time.time() - 3 * 86400
+    os.utime(handovers, (old, changed))
+    os.listdir(handovers)
+    assert _listed_since(handovers, old), "this filesystem does not note listings (noatime): the test cannot see them"
+    with fraisier_metrics(textfile_dir) as server:
+        first = sample_values(request(server.url).text)  # merges once: the hand-over is counted as pending
+        assert first["fraisier_textfile_handovers_pending"] == 1
+        assert sample_values(request(server.url).text) == first  # the look after that merge
+        for _ in range(3):
+            os.utime(handovers, (old, changed))
+            assert sample_values(request(server.url).text) == first
+            assert not _listed_since(handovers, old)
+        # A hand-over written since changes the directory: the next scrape merges it.
+        with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+            fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status",
+                     "success", "--duration", "3", textfile_dir=textfile_dir, check=True)
+        assert sample_values(request(server.url).text)[key] == 2
+
+
+def test_a_hand_over_written_in_the_same_clock_tick_as_the_last_look_is_in_the_next_scrape(
+        textfile_dir: Path) -> None:
+    """A directory's modification time has the granularity of the kernel's clock tick (or a second): a hand-over
+    written in the tick of the listing that found none leaves the time as it was. So a look is trusted to stand
+    only for a directory that last changed well before it; here the directory's time is put back after the
+    hand-over, as a change in the same tick would leave it."""
+    key = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+    fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+             "--duration", "3", textfile_dir=textfile_dir, check=True)
+    handovers = textfile_dir / ".fraisier-handover"
+    _newer_handover(handovers)
+    with fraisier_metrics(textfile_dir) as server:
+        request(server.url)
+        request(server.url)  # the look after the merge: none unseen
+        before = os.stat(handovers)
+        with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+            fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status",
+                     "success", "--duration", "3", textfile_dir=textfile_dir, check=True)
+        os.utime(handovers, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert sample_values(request(server.url).text)[key] == 2
+
+
 def test_a_corrupt_file_is_an_error_naming_it_until_a_valid_one_replaces_it(textfile_dir: Path) -> None:
     textfile_dir.mkdir()
     path = textfile_dir / "fraisier.prom"
