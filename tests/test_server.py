@@ -432,6 +432,40 @@ def test_a_hand_over_written_in_the_same_clock_tick_as_the_last_look_is_in_the_n
         assert sample_values(request(server.url).text)[key] == 2
 
 
+def test_one_scrape_at_a_time_looks_for_news_the_others_serve_the_file_as_it_is(
+        textfile_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: every scrape looked for news (the hand-over directory listed, Fraisier's database checked) before it
+    found another scrape merging already, and then served the file as it is: fifty clients at once made fifty
+    listings of a directory that racing writers keep changing, for one merge. The scrape that may merge looks;
+    while it does, the others serve the file as it is. Here the first scrape's look is held until the others
+    are served."""
+    MetricsRecorder(textfile_dir).record_deployment_complete("bare_metal", "api", "success", 1.0)
+    store = TextfileStore(textfile_dir)
+    source = TextfileSource(store)
+    looking, go_on = threading.Event(), threading.Event()
+    looks: list[str] = []
+    look = store.handovers_waiting
+
+    def held_look() -> bool:
+        looks.append(threading.current_thread().name)
+        looking.set()
+        go_on.wait(30)
+        return look()
+
+    monkeypatch.setattr(store, "handovers_waiting", held_look)
+    first = threading.Thread(target=source.scrape, name="first")
+    first.start()
+    try:
+        assert looking.wait(30)
+        served = [sample_values(source.scrape().plain.decode()) for _ in range(3)]
+    finally:
+        go_on.set()
+        first.join(30)
+    assert looks == ["first"]
+    assert all(values[c.DEPLOYMENTS.name + '{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+               for values in served)
+
+
 def test_a_corrupt_file_is_an_error_naming_it_until_a_valid_one_replaces_it(textfile_dir: Path) -> None:
     textfile_dir.mkdir()
     path = textfile_dir / "fraisier.prom"
