@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import bcrypt
@@ -35,7 +36,7 @@ from fraisier_textfile.cli.group import main
 from fraisier_textfile.serve.server import MetricsServer
 from fraisier_textfile.serve.sources import RegistrySource, TextfileSource
 
-from .processes import fraisier, free_port, lock_held_elsewhere
+from .processes import fraisier, free_port, lock_held_elsewhere, small_tmpfs
 from .tls import Certificates
 from .values import sample_values
 
@@ -464,6 +465,43 @@ def test_one_scrape_at_a_time_looks_for_news_the_others_serve_the_file_as_it_is(
     assert looks == ["first"]
     assert all(values[c.DEPLOYMENTS.name + '{provider="bare_metal",status="success",fraise_type="api"}'] == 1
                for values in served)
+
+
+def test_on_a_read_only_directory_hand_overs_waiting_make_one_merge_attempt_per_retry_period_not_per_scrape(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd's BindReadOnlyPaths: the server may only read the directory, and hand-overs wait there for the
+    refresh timer. Every merge fails; a scrape that tried one leaves the next to NEWS_RETRY_SECONDS later, and
+    every scrape is served meanwhile. (A real read-only filesystem: root writes through file permissions.)"""
+    from fraisier_textfile.serve import sources
+
+    with small_tmpfs(tmp_path / "textfile", "4m") as textfile_dir:
+        fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+                 "--duration", "3", textfile_dir=textfile_dir, check=True)
+        with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+            fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status",
+                     "success", "--duration", "3", textfile_dir=textfile_dir, check=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(textfile_dir)], check=True)
+        monkeypatch.setattr(sources, "NEWS_RETRY_SECONDS", 3600.0)
+        store = TextfileStore(textfile_dir)
+        attempts: list[BaseException] = []
+        merge = store.merge
+
+        def counted(*arguments: Any, **options: Any) -> None:
+            try:
+                merge(*arguments, **options)
+            except BaseException as error:
+                attempts.append(error)
+                raise
+
+        monkeypatch.setattr(store, "merge", counted)
+        source = TextfileSource(store)
+        key = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+        for _ in range(5):
+            assert sample_values(source.scrape().plain.decode())[key] == 1
+        assert len(attempts) == 1 and "read-only" in str(attempts[0])
+        monkeypatch.setattr(source, "_news_retry_at", 0.0)  # the period over
+        source.scrape()
+        assert len(attempts) == 2
 
 
 def test_a_corrupt_file_is_an_error_naming_it_until_a_valid_one_replaces_it(textfile_dir: Path) -> None:
