@@ -638,6 +638,28 @@ def test_a_signal_stops_it_cleanly_after_it_said_where_it_listens(textfile_dir: 
     assert "Traceback" not in errors
 
 
+def test_a_sigterm_the_kernel_gives_to_another_thread_than_the_main_one_stops_it(textfile_dir: Path) -> None:
+    """Bug: a SIGTERM went unheeded until a SIGKILL. Python runs a handler only in the main thread, which waited
+    on a threading.Event: a signal that reached the process while that thread was not in the wait's system call
+    (on its way into it, handing the interpreter to a thread serving a scrape) or that the kernel gave to
+    another thread (here, sent to one) set the handler's flag, but nothing woke the main thread to run it. Now
+    the main thread waits on the signal wake-up descriptor, which the signal writes to whatever thread it
+    reaches (SIGHUP's reload goes the same way)."""
+    with fraisier_metrics(textfile_dir) as server:
+        assert request(server.url).status == 200
+        pid = server.process.pid
+        others = sorted(int(task) for task in os.listdir(f"/proc/{pid}/task") if int(task) != pid)
+        assert others, "the server has threads besides the main one"
+        os.kill(others[0], signal.SIGTERM)  # a thread's id: the kernel gives the signal to that thread
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("fraisier metrics did not act on a SIGTERM within 20 s")
+        status, errors = server.stop()
+    assert status == 0
+    assert "fraisier metrics: stopped" in errors
+
+
 def test_it_listens_on_loopback_by_default(textfile_dir: Path) -> None:
     with fraisier_metrics(textfile_dir, address=None) as server:
         assert request(server.url).status == 200
