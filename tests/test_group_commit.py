@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,8 @@ def test_a_merge_call_with_hand_overs_arriving_all_along_merges_them_within_its_
         @staticmethod
         def monotonic() -> float:
             return now[0]
+
+        time = staticmethod(time.time)  # handovers_waiting's: the hand-over directory's times are the wall clock's
 
     monkeypatch.setattr(store_module, "time", Clock)
     monkeypatch.setattr(handovers, "LATE_MERGE_BUDGET", 0.025)

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import bcrypt
@@ -35,7 +36,7 @@ from fraisier_textfile.cli.group import main
 from fraisier_textfile.serve.server import MetricsServer
 from fraisier_textfile.serve.sources import RegistrySource, TextfileSource
 
-from .processes import fraisier, free_port, lock_held_elsewhere
+from .processes import fraisier, free_port, lock_held_elsewhere, small_tmpfs
 from .tls import Certificates
 from .values import sample_values
 
@@ -365,6 +366,144 @@ def test_a_hand_over_left_for_a_newer_version_is_merged_at_one_scrape_not_at_eac
         assert (textfile_dir / "fraisier.prom").stat().st_ino == merged
 
 
+def _newer_handover(handovers: Path) -> None:
+    """A hand-over this version leaves for a newer one: found by every look, applied by no merge."""
+    handovers.mkdir(exist_ok=True)
+    newer = {"version": 99, "schema": c.SCHEMA.fingerprint, "added": [], "observed": [], "latest": [],
+             "maximum": [], "active_providers": [], "retired_markers": []}
+    (handovers / "s00000000000000000001-1-000000000000.json").write_text(json.dumps(newer))
+
+
+def _listed_since(directory: Path, reset: float) -> bool:
+    """Whether ``directory`` was listed since its access time was set back to ``reset``: a listing makes the
+    access time now (with relatime too, since ``reset`` is days old and older than the last change)."""
+    return os.stat(directory).st_atime != reset
+
+
+def test_scrapes_list_the_hand_over_directory_only_when_it_changed(textfile_dir: Path) -> None:
+    """Bug: each scrape listed the hand-over directory to look for hand-overs no merge of the server saw. It
+    holds up to 100,000 of them while merges fail (handovers.PENDING_LIMIT), plus those left for a newer version
+    and those set aside: a listing of 100,000 names made each scrape tens of milliseconds instead of tens of
+    microseconds, for every client at once. A look that found none is not made again until the directory
+    changes (its modification time, which every hand-over written, applied or set aside changes)."""
+    key = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+    fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+             "--duration", "3", textfile_dir=textfile_dir, check=True)
+    handovers = textfile_dir / ".fraisier-handover"
+    _newer_handover(handovers)
+    changed = time.time() - 3600
+    old = time.time() - 3 * 86400
+    os.utime(handovers, (old, changed))
+    os.listdir(handovers)
+    assert _listed_since(handovers, old), "this filesystem does not note listings (noatime): the test cannot see them"
+    with fraisier_metrics(textfile_dir) as server:
+        first = sample_values(request(server.url).text)  # merges once: the hand-over is counted as pending
+        assert first["fraisier_textfile_handovers_pending"] == 1
+        assert sample_values(request(server.url).text) == first  # the look after that merge
+        for _ in range(3):
+            os.utime(handovers, (old, changed))
+            assert sample_values(request(server.url).text) == first
+            assert not _listed_since(handovers, old)
+        # A hand-over written since changes the directory: the next scrape merges it.
+        with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+            fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status",
+                     "success", "--duration", "3", textfile_dir=textfile_dir, check=True)
+        assert sample_values(request(server.url).text)[key] == 2
+
+
+def test_a_hand_over_written_in_the_same_clock_tick_as_the_last_look_is_in_the_next_scrape(
+        textfile_dir: Path) -> None:
+    """A directory's modification time has the granularity of the kernel's clock tick (or a second): a hand-over
+    written in the tick of the listing that found none leaves the time as it was. So a look is trusted to stand
+    only for a directory that last changed well before it; here the directory's time is put back after the
+    hand-over, as a change in the same tick would leave it."""
+    key = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+    fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+             "--duration", "3", textfile_dir=textfile_dir, check=True)
+    handovers = textfile_dir / ".fraisier-handover"
+    _newer_handover(handovers)
+    with fraisier_metrics(textfile_dir) as server:
+        request(server.url)
+        request(server.url)  # the look after the merge: none unseen
+        before = os.stat(handovers)
+        with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+            fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status",
+                     "success", "--duration", "3", textfile_dir=textfile_dir, check=True)
+        os.utime(handovers, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert sample_values(request(server.url).text)[key] == 2
+
+
+def test_one_scrape_at_a_time_looks_for_news_the_others_serve_the_file_as_it_is(
+        textfile_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: every scrape looked for news (the hand-over directory listed, Fraisier's database checked) before it
+    found another scrape merging already, and then served the file as it is: fifty clients at once made fifty
+    listings of a directory that racing writers keep changing, for one merge. The scrape that may merge looks;
+    while it does, the others serve the file as it is. Here the first scrape's look is held until the others
+    are served."""
+    MetricsRecorder(textfile_dir).record_deployment_complete("bare_metal", "api", "success", 1.0)
+    store = TextfileStore(textfile_dir)
+    source = TextfileSource(store)
+    looking, go_on = threading.Event(), threading.Event()
+    looks: list[str] = []
+    look = store.handovers_waiting
+
+    def held_look() -> bool:
+        looks.append(threading.current_thread().name)
+        looking.set()
+        go_on.wait(30)
+        return look()
+
+    monkeypatch.setattr(store, "handovers_waiting", held_look)
+    first = threading.Thread(target=source.scrape, name="first")
+    first.start()
+    try:
+        assert looking.wait(30)
+        served = [sample_values(source.scrape().plain.decode()) for _ in range(3)]
+    finally:
+        go_on.set()
+        first.join(30)
+    assert looks == ["first"]
+    assert all(values[c.DEPLOYMENTS.name + '{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+               for values in served)
+
+
+def test_on_a_read_only_directory_hand_overs_waiting_make_one_merge_attempt_per_retry_period_not_per_scrape(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd's BindReadOnlyPaths: the server may only read the directory, and hand-overs wait there for the
+    refresh timer. Every merge fails; a scrape that tried one leaves the next to NEWS_RETRY_SECONDS later, and
+    every scrape is served meanwhile. (A real read-only filesystem: root writes through file permissions.)"""
+    from fraisier_textfile.serve import sources
+
+    with small_tmpfs(tmp_path / "textfile", "4m") as textfile_dir:
+        fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status", "success",
+                 "--duration", "3", textfile_dir=textfile_dir, check=True)
+        with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):
+            fraisier("record", "deployment", "--provider", "bare_metal", "--fraise-type", "api", "--status",
+                     "success", "--duration", "3", textfile_dir=textfile_dir, check=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(textfile_dir)], check=True)
+        monkeypatch.setattr(sources, "NEWS_RETRY_SECONDS", 3600.0)
+        store = TextfileStore(textfile_dir)
+        attempts: list[BaseException] = []
+        merge = store.merge
+
+        def counted(*arguments: Any, **options: Any) -> None:
+            try:
+                merge(*arguments, **options)
+            except BaseException as error:
+                attempts.append(error)
+                raise
+
+        monkeypatch.setattr(store, "merge", counted)
+        source = TextfileSource(store)
+        key = 'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'
+        for _ in range(5):
+            assert sample_values(source.scrape().plain.decode())[key] == 1
+        assert len(attempts) == 1 and "read-only" in str(attempts[0])
+        monkeypatch.setattr(source, "_news_retry_at", 0.0)  # the period over
+        source.scrape()
+        assert len(attempts) == 2
+
+
 def test_a_corrupt_file_is_an_error_naming_it_until_a_valid_one_replaces_it(textfile_dir: Path) -> None:
     textfile_dir.mkdir()
     path = textfile_dir / "fraisier.prom"
@@ -497,6 +636,28 @@ def test_a_signal_stops_it_cleanly_after_it_said_where_it_listens(textfile_dir: 
     assert f"fraisier metrics: serving {path} on http://127.0.0.1:{server.port}/metrics" in errors
     assert "does not exist yet" in errors
     assert "Traceback" not in errors
+
+
+def test_a_sigterm_the_kernel_gives_to_another_thread_than_the_main_one_stops_it(textfile_dir: Path) -> None:
+    """Bug: a SIGTERM went unheeded until a SIGKILL. Python runs a handler only in the main thread, which waited
+    on a threading.Event: a signal that reached the process while that thread was not in the wait's system call
+    (on its way into it, handing the interpreter to a thread serving a scrape) or that the kernel gave to
+    another thread (here, sent to one) set the handler's flag, but nothing woke the main thread to run it. Now
+    the main thread waits on the signal wake-up descriptor, which the signal writes to whatever thread it
+    reaches (SIGHUP's reload goes the same way)."""
+    with fraisier_metrics(textfile_dir) as server:
+        assert request(server.url).status == 200
+        pid = server.process.pid
+        others = sorted(int(task) for task in os.listdir(f"/proc/{pid}/task") if int(task) != pid)
+        assert others, "the server has threads besides the main one"
+        os.kill(others[0], signal.SIGTERM)  # a thread's id: the kernel gives the signal to that thread
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("fraisier metrics did not act on a SIGTERM within 20 s")
+        status, errors = server.stop()
+    assert status == 0
+    assert "fraisier metrics: stopped" in errors
 
 
 def test_it_listens_on_loopback_by_default(textfile_dir: Path) -> None:

@@ -77,8 +77,8 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
       fraisier metrics --address 0.0.0.0 --port 9101 --web-config-file /etc/fraisier/web.yml
       fraisier metrics -p 8001 -a localhost          # Fraisier's own flags work too
     """
+    import os
     import signal
-    import threading
 
     from fraisier_textfile.serve.activation import notify_systemd, systemd_listening_socket
     from fraisier_textfile.serve.descriptors import raise_descriptor_limit
@@ -86,23 +86,22 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
 
     if not address.strip():
         raise InvalidInput("--address is empty: give localhost, a host's address, or 0.0.0.0 for every interface")
-    stop = threading.Event()
-    wake = threading.Event()
-    reloads: list[int] = []
+    # The main thread waits on the signal wake-up descriptor, and acts on the signal numbers written there, not
+    # on what a handler did: Python runs a handler only in the main thread, so a signal that reaches another
+    # thread (the kernel may give it to any), or reaches this one just before it blocks, would leave the handler
+    # waiting until something woke this thread, and a SIGTERM unheeded until systemd's SIGKILL. The signal
+    # writes its number to the descriptor itself, in whichever thread it lands.
+    wake_reader, wake_writer = os.pipe()
+    os.set_blocking(wake_writer, False)
+    signal.set_wakeup_fd(wake_writer, warn_on_full_buffer=False)
 
-    def request_stop(signal_number: int, frame: object) -> None:
-        stop.set()
-        wake.set()
-
-    def request_reload(signal_number: int, frame: object) -> None:
-        reloads.append(signal_number)
-        wake.set()
+    def noted(signal_number: int, frame: object) -> None:
+        """Acted on by the loop below, from the wake-up descriptor."""
 
     # Before the server starts: a SIGTERM during start-up is a clean stop too, and a SIGHUP (systemd's
     # ExecReload) never kills it.
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGHUP, request_reload)
+    for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signal_number, noted)
     store = settings.store(fraisier_state=True)  # each scrape takes what Fraisier's state holds that is new
     before, after = raise_descriptor_limit()
     if after != before:
@@ -128,13 +127,14 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     # Type=notify: systemd counts the service started, and lets a reload (SIGHUP) through, only from here.
     notify_systemd("READY=1")
     while True:
-        wake.wait()
-        wake.clear()
-        if stop.is_set():
+        received = os.read(wake_reader, 512)
+        if signal.SIGTERM in received or signal.SIGINT in received:
             break
-        while reloads:
-            reloads.pop()
+        if signal.SIGHUP in received:
             log.info("SIGHUP: reloading the web config")
             server.reload_web_config()
+    signal.set_wakeup_fd(-1)
+    os.close(wake_writer)
+    os.close(wake_reader)
     server.shutdown()
     log.info("fraisier metrics: stopped")

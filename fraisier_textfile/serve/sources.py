@@ -145,17 +145,17 @@ class TextfileSource:
         state database) hold, a deployment Fraisier finished, and the hand-overs that no merge of this server
         saw. Writers that raced and exited while the lock was busy can leave their last hand-overs waiting (a
         merge applies only so many), and on a quiet host no record call comes to merge them. A source says
-        cheaply whether anything changed, the hand-over directory by a listing; only then is the file merged,
-        without waiting for its lock (busy: the next scrape, or its holder, takes it). One scrape merges at a
-        time; the others serve the file as it is. Never fails a scrape."""
+        cheaply whether anything changed, the hand-over directory by its time and then a listing; only then is
+        the file merged, without waiting for its lock (busy: the next scrape, or its holder, takes it). One scrape
+        looks and merges at a time; the others serve the file as it is. Never fails a scrape."""
         if time.monotonic() < self._news_retry_at:
-            return
-        if not any(getattr(source, "has_news", lambda: True)() for source in self.store.sources) \
-                and not self.store.handovers_waiting():
             return
         if not self._taking_news.acquire(blocking=False):
             return
         try:
+            if not any(getattr(source, "has_news", lambda: True)() for source in self.store.sources) \
+                    and not self.store.handovers_waiting():
+                return
             self.store.merge(Changes(), timeout=0)
         except LockTimeoutError:
             pass  # another process is merging: the next scrape tries again

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 log = logger.get_logger("fraisier_textfile.store.textfile")  # the store's lines, under the name users know
 
 
+QUIET_SECONDS = 1.0
+"""How long before a look the hand-over directory must have last changed for a look that found none to stand
+until it changes again (see GroupCommit.handovers_waiting): well past the granularity of its modification time."""
+
+
 class CallOutcome(threading.local):
     """What a thread's last call of :meth:`GroupCommit.merge_or_hand_over` leaves for its caller to read, one per
     thread: threads that share a store never read each other's."""
@@ -49,6 +54,10 @@ class GroupCommit:
         self.handovers = participant
         self.schema = schema
         self._calls = CallOutcome()
+        self._none_waiting: tuple[tuple[int, int, int], Collection[str]] | None = None
+        """The hand-over directory (device, inode, modification time) at the last look of handovers_waiting that
+        found none waiting, and the hand-overs the store's last merge had seen then: a merge since that saw
+        others makes the look again."""
 
     @property
     def joined(self) -> bool:
@@ -254,7 +263,10 @@ class GroupCommit:
             return False
 
     def handovers_waiting(self) -> bool:
-        """Whether hand-overs wait in the directory that no merge by this store has seen yet."""
+        """Whether hand-overs wait in the directory that no merge by this store has seen yet. Asked again and
+        again (a server asks at each scrape), it lists the hand-over directory only when the directory changed
+        since the last look that found none, or a merge of this store saw others since: it may hold 100,000
+        names (handovers.PENDING_LIMIT), a listing of tens of milliseconds."""
         try:
             textfile = fs.open_directory(self._directory)
         except (OSError, FraisierTextfileError):
@@ -262,7 +274,24 @@ class GroupCommit:
         if textfile is None:
             return False
         with textfile:
-            return self.handovers.waiting_in(textfile)
+            now = time.time()
+            try:
+                status = textfile.lstat(handovers.HANDOVER_DIRECTORY)
+            except OSError:
+                status = None
+            if status is None:
+                return self.handovers.waiting_in(textfile)
+            found = (status.st_dev, status.st_ino, status.st_mtime_ns)
+            if self._none_waiting is not None and self._none_waiting == (found, self.handovers.handled):
+                return False
+            waiting = self.handovers.waiting_in(textfile)
+            # The directory's time has the granularity of a clock tick (or of a second): a hand-over written in
+            # the tick of this listing, after it, would leave the time as found. So the look stands only for a
+            # directory that had last changed well before it. A time that lies (another host's clock, over NFS)
+            # costs no event: the hand-overs wait for the next change, merge or refresh, as before scrapes looked.
+            if not waiting and status.st_mtime_ns < (now - QUIET_SECONDS) * 1e9:
+                self._none_waiting = (found, self.handovers.handled)
+            return waiting
 
     def merge_backlog(self, timeout: float) -> None:
         """Merge until no hand-over is left (each merge applies at most handovers.HANDOVERS_PER_MERGE), and return

@@ -166,7 +166,7 @@ def pending(directory: fs.Directory) -> tuple[list[str], int]:
     except OSError as error:
         raise write_error(directory.path, "read the hand-over directory", error) from None
     ids = []
-    kept_aside = 0
+    kept_aside = sum(1 for entry in entries if entry.name.endswith(SET_ASIDE_SUFFIX))
     for entry in entries:
         if not entry.is_file(follow_symlinks=False):
             raise UnexpectedFileError(
@@ -175,14 +175,13 @@ def pending(directory: fs.Directory) -> tuple[list[str], int]:
                 "fraisier writes only regular files there; remove it",
             )
         if entry.name.startswith(TEMPORARY_PREFIX) or not entry.name.endswith(SUFFIX):
-            kept_aside += entry.name.endswith(SET_ASIDE_SUFFIX)
             continue
         handover_id = entry.name[: -len(SUFFIX)]
         if not handover_id.isprintable() or " " in handover_id:
             # Not a name new_id makes (a copy, a hand-made file): the file lists applied ids space-separated on
             # one line, so such an id would read back as two (and be applied again while its deletion is
             # pending), or could not be written at all (a newline), failing every merge.
-            kept_aside += set_aside(directory, handover_id, "its name is not one fraisier writes")
+            kept_aside += set_aside(directory, handover_id, "its name is not one fraisier writes", kept_aside)
             continue
         ids.append(handover_id)
     # Plain string order is the order written: numbered ids have the same width, and those of earlier versions
@@ -231,16 +230,13 @@ def read(directory: fs.Directory, handover_id: str, schema: Schema) -> Changes:
     return handover_codec.decode(data, schema)
 
 
-def set_aside(directory: fs.Directory, handover_id: str, problem: str) -> bool:
+def set_aside(directory: fs.Directory, handover_id: str, problem: str, kept: int) -> bool:
     """Keep a hand-over that can never be applied for inspection, out of the way of every later merge. At most
     SET_ASIDE_LIMIT are kept: past that, one is deleted (a writer feeding bad files would fill the disk).
-    Returns whether it was kept."""
+    ``kept``: how many are kept already, counted from the merge's listing (a listing for each would make a merge
+    over many bad ones quadratic). Returns whether it was kept."""
     name = f"{handover_id}{SUFFIX}"
     aside = f"{handover_id}{SET_ASIDE_SUFFIX}"
-    try:
-        kept = count_set_aside(directory)
-    except OSError:
-        kept = 0
     try:
         if kept >= SET_ASIDE_LIMIT:
             log.error(
@@ -261,10 +257,6 @@ def set_aside(directory: fs.Directory, handover_id: str, problem: str) -> bool:
 SET_ASIDE_SUFFIX = ".unreadable"
 SET_ASIDE_LIMIT = 1000
 """Hand-overs kept aside for inspection at most; they are counted in the file (SET_ASIDE_FAMILY)."""
-
-
-def count_set_aside(directory: fs.Directory) -> int:
-    return sum(1 for name in directory.names() if name.endswith(SET_ASIDE_SUFFIX))
 
 
 def remove(directory: fs.Directory, handover_ids: list[str]) -> None:
@@ -402,7 +394,7 @@ class Handovers(Participant):
                         "merger of that version; upgrade this one", directory.path_of(f"{handover_id}{SUFFIX}"), error,
                     )
             except UnreadableHandover as error:
-                kept_aside += set_aside(directory, handover_id, str(error))
+                kept_aside += set_aside(directory, handover_id, str(error), kept_aside)
             except EmptyHandover:
                 log.info("the hand-over %s is empty, the litter of a writer stopped before its fsync: removed",
                          directory.path_of(f"{handover_id}{SUFFIX}"))
@@ -421,7 +413,7 @@ class Handovers(Participant):
                 try:
                     check_summable(document, combine([*kept, changes]), merge.path)
                 except InvalidValueError as error:
-                    kept_aside += set_aside(directory, handover_id, str(error))
+                    kept_aside += set_aside(directory, handover_id, str(error), kept_aside)
                     del read_now[handover_id]
                 else:
                     kept.append(changes)
