@@ -660,6 +660,26 @@ def test_a_sigterm_the_kernel_gives_to_another_thread_than_the_main_one_stops_it
     assert "fraisier metrics: stopped" in errors
 
 
+def test_a_sighup_the_kernel_gives_to_another_thread_reloads_and_it_goes_on_serving(textfile_dir: Path) -> None:
+    """SIGHUP (systemd's ExecReload) goes the way of SIGTERM above: given to a thread other than the main one, it
+    reloads the web config at once, and the server goes on serving."""
+    with fraisier_metrics(textfile_dir) as server:
+        assert request(server.url).status == 200
+        pid = server.process.pid
+        others = sorted(int(task) for task in os.listdir(f"/proc/{pid}/task") if int(task) != pid)
+        os.kill(others[0], signal.SIGHUP)
+        assert server.process.stderr is not None
+        descriptor, said, deadline = server.process.stderr.fileno(), b"", time.monotonic() + 20
+        while b"SIGHUP: reloading the web config" not in said:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([descriptor], [], [], left)[0]:
+                pytest.fail(f"fraisier metrics did not act on a SIGHUP within 20 s; it said {said!r}")
+            said += os.read(descriptor, 65536)
+        assert request(server.url).status == 200
+        status, _ = server.stop()
+    assert status == 0
+
+
 def test_it_listens_on_loopback_by_default(textfile_dir: Path) -> None:
     with fraisier_metrics(textfile_dir, address=None) as server:
         assert request(server.url).status == 200
