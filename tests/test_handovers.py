@@ -414,8 +414,8 @@ def _hand_over_directly(textfile_dir: Path, count: int, last: Changes) -> None:
             events.deployment_error(changes, "bare_metal", "held")
             if number == count - 1:
                 changes.latest.update(last.latest)
-            temporary, final = handovers.write(directory, changes, SCHEMA)
-            handovers.publish(directory, temporary, final, durable=False)
+            temporary, final, descriptor = handovers.write(directory, changes, SCHEMA)
+            handovers.publish(directory, temporary, final, descriptor, durable=False)
 
 
 @pytest.mark.slow
@@ -704,3 +704,37 @@ def test_a_merge_that_finds_no_hand_over_leaves_its_directorys_fsync_to_another_
     assert process.wait_for_syncs(10)
     assert owed == 1  # 0: the caller made the fsync, and waited for it
     assert error_count(sample_values(store.path), "timeout") == 2
+
+
+def test_a_durable_hand_over_fsyncs_the_file_it_wrote_even_if_its_name_is_taken_over_at_once(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bug: a hand-over was closed once written and opened again by its name after the rename, to fsync it. A
+    writer of the shared directory that put something else at that name in between (here a FIFO) made the call
+    fsync nothing of its own, and log that it could not; the look by name also cost four system calls per
+    hand-over. The descriptor it wrote with is now kept for the fsync."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    written: list[int] = []
+    synced: list[int] = []
+    real_rename, real_fsync = fs.Directory.rename, os.fsync
+
+    def rename_then_taken_over(self: fs.Directory, source: str, target: str) -> None:
+        written.append(self.lstat(source).st_ino)  # type: ignore[union-attr]
+        real_rename(self, source, target)
+        if target.endswith(handovers.SUFFIX):  # another writer of the directory takes the name over
+            os.unlink(target, dir_fd=self.descriptor)
+            os.mkfifo(target, dir_fd=self.descriptor)
+
+    def noted_fsync(descriptor: int) -> None:
+        synced.append(os.fstat(descriptor).st_ino)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(fs.Directory, "rename", rename_then_taken_over)
+    monkeypatch.setattr(os, "fsync", noted_fsync)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "timeout")
+    with lock_held_elsewhere(store.lock_path):
+        assert store.merge_or_hand_over(changes, 0.0, follow_up=False) is False
+    assert written and written[-1] in synced
+    assert "durable" not in caplog.text

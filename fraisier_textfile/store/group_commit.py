@@ -123,8 +123,8 @@ class GroupCommit:
             directory = handovers.open_directory(textfile, create=True)
             assert directory is not None
             with directory:
-                temporary, final = handovers.write(directory, changes, self.schema)
-                handovers.publish(directory, temporary, final, durable)
+                temporary, final, descriptor = handovers.write(directory, changes, self.schema)
+                handovers.publish(directory, temporary, final, descriptor, durable)
                 changes.clear()
                 # Before the signal handlers held back run: one may raise, and the process go on.
                 if ending:

@@ -93,10 +93,10 @@ def open_directory(textfile: fs.Directory, create: bool = False) -> fs.Directory
     return textfile.subdirectory(HANDOVER_DIRECTORY, create=create)
 
 
-def write(directory: fs.Directory, changes: Changes, schema: Schema) -> tuple[str, str]:
-    """Write ``changes`` under a temporary name; return (temporary, final) names. The caller renames it
-    (:func:`publish`, which makes it durable) at the moment it forgets the changes, so that the two happen
-    together."""
+def write(directory: fs.Directory, changes: Changes, schema: Schema) -> tuple[str, str, int]:
+    """Write ``changes`` under a temporary name; return (temporary, final) names and the file's descriptor, still
+    open. The caller renames it (:func:`publish`, which makes it durable through that descriptor and closes it) at
+    the moment it forgets the changes, so that the two happen together."""
     from fraisier_textfile.store import handover_codec, handover_order
 
     handover_id = handover_order.new_id(directory)
@@ -109,20 +109,21 @@ def write(directory: fs.Directory, changes: Changes, schema: Schema) -> tuple[st
     except OSError as error:
         raise write_error(directory.path, "create a hand-over file in", error) from None
     try:
-        try:
-            write_parts(descriptor, (data,))
-        finally:
-            os.close(descriptor)
-    except OSError as error:
+        write_parts(descriptor, (data,))
+    except BaseException as error:
+        os.close(descriptor)
         unlink_quietly(directory, temporary)
-        raise write_error(directory.path_of(temporary), "write the hand-over file", error) from None
-    return temporary, f"{handover_id}{SUFFIX}"
+        if isinstance(error, OSError):
+            raise write_error(directory.path_of(temporary), "write the hand-over file", error) from None
+        raise
+    return temporary, f"{handover_id}{SUFFIX}", descriptor
 
 
-def publish(directory: fs.Directory, temporary: str, final: str, durable: bool = True) -> None:
-    """Rename a written hand-over into place: from now on the next merge applies it. ``durable``: then its file
-    and the directory are fsynced, so that a power loss keeps it; without, it survives the process (a SIGKILL),
-    not the machine.
+def publish(directory: fs.Directory, temporary: str, final: str, descriptor: int, durable: bool = True) -> None:
+    """Rename a written hand-over into place: from now on the next merge applies it. ``descriptor``: the file's,
+    as :func:`write` left it open; closed here whatever happens. ``durable``: then the file (through that
+    descriptor: the inode written, whatever its name holds by then) and the directory are fsynced, so that a power
+    loss keeps it; without, it survives the process (a SIGKILL), not the machine.
 
     The fsyncs come after the rename: a merger may apply the hand-over at once, since its bytes were all written
     before the rename (whole in the page cache, whatever happens to this process), and the call that forgets the
@@ -131,31 +132,23 @@ def publish(directory: fs.Directory, temporary: str, final: str, durable: bool =
     halves the time they queue on the journal (bench/README.md). A power loss before the fsyncs, the call not
     returned, may leave the name with no bytes: a merger removes such a file (:func:`read`)."""
     try:
-        directory.rename(temporary, final)
-    except OSError as error:
-        unlink_quietly(directory, temporary)
-        raise write_error(directory.path_of(final), "publish the hand-over file", error) from None
-    if durable:
-        _fsync(directory, final)
-        directory.fsync()
-
-
-def _fsync(directory: fs.Directory, name: str) -> None:
-    """fsync a published hand-over. Past the rename a failure cannot take it back (a merger may have applied it
-    already): it stays handed over, and the failure is logged."""
-    try:
-        descriptor = directory.open_regular(name)
-    except FileNotFoundError:
-        return  # applied and removed already: by a merge whose own commit was durable before the removal
-    except (OSError, UnexpectedFileError) as error:
-        log.warning("cannot make the hand-over %s durable: %s", directory.path_of(name), error)
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError as error:
-        log.warning("cannot make the hand-over %s durable: %s", directory.path_of(name), error.strerror)
+        try:
+            directory.rename(temporary, final)
+        except OSError as error:
+            unlink_quietly(directory, temporary)
+            raise write_error(directory.path_of(final), "publish the hand-over file", error) from None
+        if durable:
+            # Past the rename a failure cannot take it back (a merger may have applied it already): it stays
+            # handed over, and the failure is logged. A merger that applied and removed it meanwhile made its
+            # own commit durable first; the fsync of an unlinked file still succeeds.
+            try:
+                os.fsync(descriptor)
+            except OSError as error:
+                log.warning("cannot make the hand-over %s durable: %s", directory.path_of(final), error.strerror)
     finally:
         os.close(descriptor)
+    if durable:
+        directory.fsync()
 
 
 def pending(directory: fs.Directory) -> tuple[list[str], int]:
@@ -483,8 +476,8 @@ def _hand_over_latest(changes: Changes, directory: fs.Directory, schema: Schema)
     latest = Changes()
     latest.latest.update(changes.latest)
     try:
-        temporary, final = write(directory, latest, schema)
-        publish(directory, temporary, final, durable=False)
+        temporary, final, descriptor = write(directory, latest, schema)
+        publish(directory, temporary, final, descriptor, durable=False)
     except FraisierTextfileError as error:
         log.debug("latest gauges applied now, not behind the hand-overs waiting: %s", error)
         return
