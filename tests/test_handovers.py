@@ -3,7 +3,6 @@ process, exactly once, whatever is killed when."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
@@ -21,7 +20,7 @@ from fraisier_textfile import catalogue as c
 from fraisier_textfile import changes as events
 from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.errors import CorruptTextfileError, TextfileWriteError, UnexpectedFileError
+from fraisier_textfile.errors import CorruptTextfileError, UnexpectedFileError
 from fraisier_textfile.format.schema import Family, Kind, Schema
 from fraisier_textfile.store import fs, handover_order, handovers
 from fraisier_textfile.store.handovers import HANDOVERS_PER_MERGE
@@ -485,148 +484,6 @@ def test_hand_overs_pile_up_to_a_bound_while_merges_fail_then_drain_once_they_su
     assert [error_count(values, f"held_{number}") for number in range(5)] == [1] * 5
     assert error_count(values, "refused") == 1
     assert values[handovers.PENDING_FAMILY] == 0
-
-
-def store_with_unreadable_hand_overs(textfile_dir: Path, count: int) -> tuple[TextfileStore, Path]:
-    """A store whose file exists, and ``count`` hand-overs no merge can read in its hand-over directory."""
-    store = TextfileStore(textfile_dir)
-    store.merge(Changes())
-    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
-    directory.mkdir()
-    for number in range(count):
-        (directory / f"{handovers.id_for(number + 1)}.json").write_text("{not json")
-    return store, directory
-
-
-def test_hand_overs_set_aside_are_kept_up_to_a_bound_and_counted(
-    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(handovers, "SET_ASIDE_LIMIT", 3)
-    store, _ = store_with_unreadable_hand_overs(textfile_dir, 5)
-    store.merge(Changes())
-    assert handovers.wait_for_removals()
-    assert [name.endswith(".unreadable") for name in handover_files(textfile_dir)] == [True] * 3
-    assert sample_values(store.path)[handovers.SET_ASIDE_FAMILY] == 3
-    assert sample_values(store.path)[handovers.PENDING_FAMILY] == 0
-
-
-def test_a_merge_that_sets_many_hand_overs_aside_lists_their_directory_once(
-    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Bug: each hand-over set aside listed the directory again to count those kept (SET_ASIDE_LIMIT), so a merge
-    that met N unreadable hand-overs made N listings of a directory that held them all: quadratic, 8.7 s for one
-    merge over 5,000 of them, which a record call or a scrape paid. The count comes from the merge's one listing."""
-    store, directory = store_with_unreadable_hand_overs(textfile_dir, 20)
-    (directory / "bad name.json").write_text("{not json")
-    listings: list[str] = []
-    names, entries = fs.Directory.names, fs.Directory.entries
-
-    def counted_names(self: fs.Directory) -> list[str]:
-        listings.append(str(self.path))
-        return names(self)
-
-    def counted_entries(self: fs.Directory) -> list[os.DirEntry[str]]:
-        listings.append(str(self.path))
-        return entries(self)
-
-    monkeypatch.setattr(fs.Directory, "names", counted_names)
-    monkeypatch.setattr(fs.Directory, "entries", counted_entries)
-    store.merge(Changes())
-    handover_listings = [path for path in listings if path == str(directory)]
-    assert len(handover_listings) <= 2  # the merge's, and the look for late hand-overs after it
-    assert [name.endswith(".unreadable") for name in handover_files(textfile_dir)] == [True] * 21
-    assert sample_values(store.path)[handovers.SET_ASIDE_FAMILY] == 21
-
-
-def one(error_type: str) -> Changes:
-    changes = Changes()
-    events.deployment_error(changes, "bare_metal", error_type)
-    return changes
-
-
-def test_a_hand_over_swapped_for_a_fifo_after_the_listing_is_set_aside_unopened(
-    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The listing saw a regular file; a writer of the directory swapped it for a FIFO before the merge read it.
-    Opened without blocking and found not a regular file, it is set aside as one seen so at the listing is, and
-    the merge goes on."""
-    from .test_hostile_entries import within
-
-    store = TextfileStore(textfile_dir)
-    store.hand_over(one("swapped"))
-    [swapped] = (textfile_dir / handovers.HANDOVER_DIRECTORY).glob("*.json")
-    store.hand_over(one("kept"))
-    listed = handovers.pending
-
-    def then_swapped(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
-        found = listed(directory)
-        swapped.unlink()
-        os.mkfifo(swapped)
-        return found
-
-    monkeypatch.setattr(handovers, "pending", then_swapped)
-    within(30, lambda: store.merge(one("merged")))
-    values = sample_values(store.path)
-    assert (error_count(values, "kept"), error_count(values, "merged"), error_count(values, "swapped")) == (1, 1, 0)
-    assert stat.S_ISFIFO(os.lstat(swapped.with_suffix(handovers.SET_ASIDE_SUFFIX)).st_mode)
-    assert values[handovers.SET_ASIDE_FAMILY] == 1
-    assert f"the hand-over {swapped} cannot be applied (it is a FIFO, not a regular file" in caplog.text
-
-
-@pytest.mark.parametrize("number", [errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM])
-def test_a_transient_error_reading_a_hand_over_fails_that_merge_and_the_next_applies_it(
-    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, number: int
-) -> None:
-    """Only what can never succeed is set aside. An I/O error, or no descriptor or memory left for the moment (a
-    mock: none of them can be had for real at that one read), fails the merge as before: its caller keeps its
-    events, and the hand-over waits for the next merge."""
-    store = TextfileStore(textfile_dir)
-    store.hand_over(one("handed"))
-    read_regular = fs.Directory.read_regular
-
-    def failing(self: fs.Directory, name: str, limit: int | None = None) -> bytes:
-        if name.endswith(handovers.SUFFIX):
-            raise OSError(number, os.strerror(number))
-        return read_regular(self, name, limit)
-
-    monkeypatch.setattr(fs.Directory, "read_regular", failing)
-    changes = one("merged")
-    with pytest.raises(TextfileWriteError, match=os.strerror(number)):
-        store.merge(changes)
-    assert changes
-    assert [name.endswith(handovers.SUFFIX) for name in handover_files(textfile_dir)] == [True]
-    monkeypatch.undo()
-    store.merge(changes)
-    values = sample_values(store.path)
-    assert (error_count(values, "handed"), error_count(values, "merged")) == (1, 1)
-    assert values[handovers.SET_ASIDE_FAMILY] == 0
-
-
-def test_past_the_bound_an_entry_named_as_a_hand_over_is_deleted_unopened_or_left_and_logged_once(
-    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Past SET_ASIDE_LIMIT what cannot be applied is deleted: a FIFO by its name, never opened. A directory
-    cannot be: it is left with what it holds, logged once (not at every merge), and no merge fails on it, nor is
-    started again and again for it (a look for hand-overs waiting ignores it)."""
-    from .test_hostile_entries import within
-
-    monkeypatch.setattr(handovers, "SET_ASIDE_LIMIT", 0)
-    store = TextfileStore(textfile_dir)
-    store.hand_over(one("handed"))
-    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
-    fifo = directory / f"{handovers.id_for(100)}.json"
-    os.mkfifo(fifo)
-    planted = directory / f"{handovers.id_for(101)}.json"
-    planted.mkdir()
-    (planted / "inside").write_text("kept\n")
-    for _ in range(3):
-        within(30, lambda: store.merge(Changes()))
-    assert not os.path.lexists(fifo)
-    assert (planted / "inside").read_text() == "kept\n"
-    assert error_count(sample_values(store.path), "handed") == 1
-    [line] = [line for line in caplog.text.splitlines() if str(planted) in line]
-    assert "is a directory, not a regular file" in line and "left in place" in line, line
-    assert not store.handovers_waiting()
 
 
 @pytest.mark.parametrize("plant", ["garbage", "huge", "symlink", "fifo", "held"])

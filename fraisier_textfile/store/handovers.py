@@ -44,6 +44,9 @@ from fraisier_textfile.store.rules import check_summable, combine
 from fraisier_textfile.store.transaction import Merge, Participant
 
 if TYPE_CHECKING:
+    from fraisier_textfile.store.handover_aside import SET_ASIDE_LIMIT as SET_ASIDE_LIMIT
+    from fraisier_textfile.store.handover_aside import SET_ASIDE_SUFFIX as SET_ASIDE_SUFFIX
+    from fraisier_textfile.store.handover_aside import set_aside as set_aside
     from fraisier_textfile.store.handover_codec import FIELDS as FIELDS
     from fraisier_textfile.store.handover_codec import decode as decode
     from fraisier_textfile.store.handover_codec import encode as encode
@@ -51,10 +54,12 @@ if TYPE_CHECKING:
     from fraisier_textfile.store.handover_order import TooManyWaiting as TooManyWaiting
     from fraisier_textfile.store.handover_order import id_for as id_for
 
-# How a hand-over is encoded (handover_codec.py) and ordered (handover_order.py) is loaded by the first hand-over
-# written, or the first merge that finds the hand-over directory: a record run into a directory that never saw a
-# hand-over has no use for either. The names used from here (by the tests) stay reachable from here.
+# How a hand-over is encoded (handover_codec.py) and ordered (handover_order.py), and what is set aside
+# (handover_aside.py), is loaded by the first hand-over written, or the first merge that finds the hand-over
+# directory: a record run into a directory that never saw a hand-over has no use for any. The names used from here
+# (by the tests) stay reachable from here.
 _LOADED_WHEN_USED = {
+    **dict.fromkeys(("SET_ASIDE_LIMIT", "SET_ASIDE_SUFFIX", "set_aside"), "handover_aside"),
     **dict.fromkeys(("FIELDS", "decode", "encode"), "handover_codec"),
     **dict.fromkeys(("SEQUENCE_FILE", "TooManyWaiting", "id_for"), "handover_order"),
 }
@@ -153,7 +158,7 @@ def publish(directory: fs.Directory, temporary: str, final: str, descriptor: int
 
 def pending(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
     """The ids of the complete hand-overs in the directory, oldest first (see :func:`new_id`), how many are set
-    aside (see :func:`set_aside`), and the ids of the entries named as hand-overs that can never be applied
+    aside (see handover_aside.py), and the ids of the entries named as hand-overs that can never be applied
     whatever they hold (set aside now, or left where they are if that failed).
 
     The directory is shared by a group (SHARED_DIRECTORY_MODE): one entry a member made there by mistake or on
@@ -161,6 +166,7 @@ def pending(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
     directory, a symlink to anything, a device, a socket), it is set aside by its name, never opened or followed;
     any other name is not ours and is left alone, whatever it is. Only the hand-overs' counter is refused when it
     is not a regular file (handover_order.py): UnexpectedFileError."""
+    from fraisier_textfile.store.handover_aside import SET_ASIDE_SUFFIX, not_regular, set_aside
     from fraisier_textfile.store.handover_order import SEQUENCE_FILE
 
     try:
@@ -188,7 +194,7 @@ def pending(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
             # pending), or could not be written at all (a newline), failing every merge.
             problem = "its name is not one fraisier writes"
         elif not entry.is_file(follow_symlinks=False):
-            problem = _not_regular(directory, name)
+            problem = not_regular(directory, name)
             if problem is None:
                 continue  # gone since the listing
         else:
@@ -227,23 +233,17 @@ class EmptyHandover(Exception):
     whose call never returned. It holds no events: removed, never set aside (this never escapes the module)."""
 
 
-class NeverReadable(Exception):
-    """A hand-over this process can never read, whatever it holds: not a regular file (swapped in since the
-    listing), one it may not read, or, as root, one the directory's writers may not read (fs.Directory.hides). Set
-    aside as an unreadable one is (this never escapes the module)."""
-
-
 def read(directory: fs.Directory, handover_id: str, schema: Schema) -> Changes:
     """The changes of one hand-over (opened without following a symlink and without blocking on a FIFO). Raises
-    UnreadableHandover, EmptyHandover, NeverReadable, or TextfileWriteError for an error that may pass (EIO,
-    EMFILE, ENOMEM...: this merge fails, the next tries again)."""
+    UnreadableHandover, EmptyHandover, NeverReadable (handover_aside.py), or TextfileWriteError for an error that
+    may pass (EIO, EMFILE, ENOMEM...: this merge fails, the next tries again)."""
     name = f"{handover_id}{SUFFIX}"
     try:
         data = directory.read_regular(name)
-    except UnexpectedFileError:
-        raise NeverReadable(_why_never_readable(directory, name)) from None
-    except PermissionError as error:
-        raise NeverReadable(f"this process may not read it ({error.strerror})") from None
+    except (UnexpectedFileError, PermissionError) as error:
+        from fraisier_textfile.store.handover_aside import NeverReadable
+
+        raise NeverReadable.of(directory, name, error) from None
     except OSError as error:
         raise write_error(directory.path_of(name), "read the hand-over file", error) from None
     if not data:
@@ -251,66 +251,6 @@ def read(directory: fs.Directory, handover_id: str, schema: Schema) -> Changes:
     from fraisier_textfile.store import handover_codec
 
     return handover_codec.decode(data, schema)
-
-
-def _why_never_readable(directory: fs.Directory, name: str) -> str:
-    """What fs refused in the hand-over ``name`` (UnexpectedFileError), said from its own status, for the log."""
-    try:
-        status = directory.lstat(name)
-        if status is not None and stat.S_ISREG(status.st_mode) and directory.hides(status):
-            return f"it {directory.why_hidden(status)}"
-    except OSError:
-        pass
-    return _not_regular(directory, name) or "it is gone"
-
-
-def _not_regular(directory: fs.Directory, name: str) -> str | None:
-    """Why the entry ``name``, not a regular file, cannot be a hand-over, for the log (None: it is gone)."""
-    try:
-        what = directory.describe(name)
-    except OSError as error:
-        what = f"something this process cannot look at ({error.strerror})"
-    return None if what == "gone" else f"it is {what}, not a regular file"
-
-
-def set_aside(directory: fs.Directory, handover_id: str, problem: str, kept: int) -> bool:
-    """Keep a hand-over that can never be applied for inspection, out of the way of every later merge: renamed
-    (through the directory held open, so whatever it is, it is never opened or followed). At most SET_ASIDE_LIMIT
-    are kept: past that, one is deleted (a writer feeding bad files would fill the disk). ``kept``: how many are
-    kept already, counted from the merge's listing (a listing for each would make a merge over many bad ones
-    quadratic). Returns whether it was kept."""
-    name = f"{handover_id}{SUFFIX}"
-    aside = f"{handover_id}{SET_ASIDE_SUFFIX}"
-    past_bound = kept >= SET_ASIDE_LIMIT
-    try:
-        if past_bound:
-            directory.unlink(name)
-        else:
-            directory.rename(name, aside)
-    except OSError as error:
-        # Left where it is (a directory past the bound, which unlink cannot remove; a rename the directory refuses):
-        # every merge meets it again and goes on without it, so each process says so once, not at every merge.
-        if process.first_time("hand-over not set aside", directory.path_of(name)):
-            log.error(
-                "the hand-over %s cannot be applied (%s), nor %s: %s; left in place, its events are not counted; "
-                "remove it", directory.path_of(name), problem, "deleted" if past_bound else "moved aside",
-                error.strerror,
-            )
-        return False
-    if past_bound:
-        log.error(
-            "the hand-over %s cannot be applied (%s): deleted, its events are not counted (%d are kept "
-            "already; inspect and remove them)", directory.path_of(name), problem, kept,
-        )
-        return False
-    log.error("the hand-over %s cannot be applied (%s): kept as %s, its events are not counted",
-              directory.path_of(name), problem, directory.path_of(aside))
-    return True
-
-
-SET_ASIDE_SUFFIX = ".unreadable"
-SET_ASIDE_LIMIT = 1000
-"""Hand-overs kept aside for inspection at most; they are counted in the file (SET_ASIDE_FAMILY)."""
 
 
 def remove(directory: fs.Directory, handover_ids: list[str]) -> None:
@@ -413,6 +353,7 @@ class Handovers(Participant):
         if directory is None:
             self.handled = set()
             return None
+        from fraisier_textfile.store.handover_aside import NeverReadable, set_aside
         from fraisier_textfile.store.handover_codec import ForeignHandover, NewerHandover, UnreadableHandover
         from fraisier_textfile.store.handover_order import sequence_of
 
