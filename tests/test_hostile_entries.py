@@ -358,3 +358,25 @@ def test_the_server_refuses_a_fifo_in_the_marker_directory(textfile_dir: Path, e
             status, body = scrape(url)
             assert status == 500
             assert body.startswith(f"cannot serve {textfile_dir / MARKER_DIRECTORY}: something other than what ")
+
+
+def test_the_server_sets_aside_a_fifo_named_as_a_hand_over_and_serves_every_other_event(
+    textfile_dir: Path, elsewhere: Path
+) -> None:
+    """A scrape merges the hand-overs waiting (serve/sources.py): a FIFO among them, named as a hand-over, failed
+    that merge and every later one, and what was handed over was never served. It is set aside, unopened, at the
+    first scrape; every scrape answers 200 with the other events."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    path = planted_as_a_hand_over(store, elsewhere, "fifo")
+    store.hand_over(an_event("handed"))
+    log = elsewhere / "server.log"
+    with never_opened(path, "fifo"), serving(textfile_dir, log) as url:
+        for _ in range(3):
+            status, body = scrape(url)
+            assert status == 200, body
+            values = sample_values(body)
+            assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="handed"}'] == 1
+            assert values[SET_ASIDE_FAMILY] == 1
+    assert stat.S_ISFIFO(os.lstat(path.with_suffix(handovers.SET_ASIDE_SUFFIX)).st_mode)
+    assert log.read_text().count(f"{path} cannot be applied (it is a FIFO, not a regular file)") == 1
