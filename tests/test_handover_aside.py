@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import TextfileWriteError
 from fraisier_textfile.store import fs, handover_aside, handovers
 
+from .processes import binary
 from .test_handovers import error_count, handover_files
 from .values import sample_values
 
@@ -118,10 +121,10 @@ def test_a_transient_error_reading_a_hand_over_fails_that_merge_and_the_next_app
     store.hand_over(one("handed"))
     read_regular = fs.Directory.read_regular
 
-    def failing(self: fs.Directory, name: str, limit: int | None = None) -> bytes:
+    def failing(self: fs.Directory, name: str, limit: int | None = None, largest: int | None = None) -> bytes:
         if name.endswith(handovers.SUFFIX):
             raise OSError(number, os.strerror(number))
-        return read_regular(self, name, limit)
+        return read_regular(self, name, limit, largest)
 
     monkeypatch.setattr(fs.Directory, "read_regular", failing)
     changes = one("merged")
@@ -161,3 +164,44 @@ def test_past_the_bound_an_entry_named_as_a_hand_over_is_deleted_unopened_or_lef
     [line] = [line for line in caplog.text.splitlines() if str(planted) in line]
     assert "is a directory, not a regular file" in line and "left in place" in line, line
     assert not store.handovers_waiting()
+
+
+def test_a_hand_over_larger_than_any_fraisier_writes_is_set_aside_unread(textfile_dir: Path) -> None:
+    """Bug: a hand-over was read whole, whatever its size. A sparse file of 64 GiB named as one (a member of the
+    group's `truncate -s 64G`; no disk taken) made every merge read until its memory ran out: every record call
+    failed, or was killed by the OOM killer, until a human removed it. Past handover_codec.LARGEST it is set aside
+    by its size, before a byte is read. Run with its address space bounded (1 GiB), so that the old read fails fast
+    rather than take the machine's memory."""
+    store = TextfileStore(textfile_dir)
+    store.hand_over(one("handed"))
+    huge = textfile_dir / handovers.HANDOVER_DIRECTORY / f"{handovers.id_for(99)}.json"
+    with open(huge, "wb") as file:
+        file.truncate(64 << 30)
+    command = [binary("prlimit"), f"--as={1 << 30}", sys.executable, "-m", "fraisier_textfile", "record", "error",
+               "--provider", "bare_metal", "--error-type", "recorded"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, FRAISIER_TEXTFILE_DIR=str(textfile_dir)))
+    assert result.returncode == 0, result.stderr
+    values = sample_values(store.path)
+    assert (error_count(values, "handed"), error_count(values, "recorded")) == (1, 1)
+    assert values[handovers.SET_ASIDE_FAMILY] == 1
+    assert huge.with_suffix(handover_aside.SET_ASIDE_SUFFIX).stat().st_size == 64 << 30
+    [line] = [line for line in result.stderr.splitlines() if str(huge) in line]
+    assert f"{64 << 30} bytes" in line and "not read" in line, line
+
+
+def test_a_hand_over_of_the_largest_size_is_read(textfile_dir: Path) -> None:
+    """The bound is on what is read, not one byte less: a hand-over of exactly handover_codec.LARGEST bytes (its
+    JSON padded with blanks) is applied."""
+    from fraisier_textfile.catalogue import SCHEMA
+    from fraisier_textfile.store import handover_codec
+
+    store = TextfileStore(textfile_dir)
+    store.hand_over(one("handed"))
+    data = handover_codec.encode(one("largest"), SCHEMA)
+    largest = textfile_dir / handovers.HANDOVER_DIRECTORY / f"{handovers.id_for(99)}.json"
+    largest.write_bytes(data + b" " * (handover_codec.LARGEST - len(data)))
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert (error_count(values, "handed"), error_count(values, "largest")) == (1, 1)
+    assert values[handovers.SET_ASIDE_FAMILY] == 0

@@ -156,10 +156,13 @@ class Directory:
             "may not read (one of them may have moved a file of root's there)"
         )
 
-    def read_regular(self, name: str, limit: int | None = None) -> bytes:
-        """The bytes of the regular file ``name`` (at most ``limit``), as :meth:`open_regular` opens it."""
+    def read_regular(self, name: str, limit: int | None = None, largest: int | None = None) -> bytes:
+        """The bytes of the regular file ``name`` (at most ``limit``), as :meth:`open_regular` opens it. One larger
+        than ``largest`` bytes is refused before a byte is read: OSError EFBIG, whose strerror says its size."""
         descriptor = self.open_regular(name)
         try:
+            if largest is not None and (size := os.fstat(descriptor).st_size) > largest:
+                raise OSError(errno.EFBIG, f"{size} bytes, more than {largest}")
             chunks = []
             size = 0
             while limit is None or size < limit:

@@ -5,19 +5,20 @@ One hand-over that cannot be applied must not fail this merge and every later on
 (handovers.SET_ASIDE_FAMILY), its problem logged. The problem is its content (handover_codec.UnreadableHandover),
 its name (handovers.pending), or what the entry is: the hand-over directory is shared by a group, and a member may
 leave there under a hand-over's name a FIFO, a directory, a symlink to anything, a device or a socket, or a file
-this process may not read (or, as root, must not: fs.Directory.hides). Such an entry is described from its own
-status and renamed by its name, through the directory held open: never opened, followed or waited on. Only what
-can never succeed is set aside: an error that may pass (EIO, EMFILE, ENOMEM...) fails the merge, and the next
-tries again (handovers.read).
+this process may not read (or, as root, must not: fs.Directory.hides), or one larger than any hand-over
+(handover_codec.LARGEST: a sparse file of any size takes no disk), which is set aside unread. One that is not a
+regular file is described from its own status and renamed by its name, through the directory held open: never
+opened, followed or waited on. Only what can never succeed is set aside: an error that may pass (EIO, EMFILE,
+ENOMEM...) fails the merge, and the next tries again (handovers.read).
 
 Loaded by the first merge that finds the hand-over directory, as handover_codec.py and handover_order.py are.
 """
 
 from __future__ import annotations
 
+import errno
 import stat
 
-from fraisier_textfile.errors import UnexpectedFileError
 from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.handovers import SUFFIX, log
 
@@ -32,11 +33,19 @@ class NeverReadable(Exception):
     aside as an unreadable one is (this never escapes the store)."""
 
     @classmethod
-    def of(cls, directory: fs.Directory, name: str, error: UnexpectedFileError | PermissionError) -> NeverReadable:
-        """The reason ``error`` (raised reading the hand-over ``name``) gives, for the log."""
+    def refused(cls, directory: fs.Directory, name: str) -> NeverReadable:
+        """For the hand-over ``name`` that fs refused to read (UnexpectedFileError): why, for the log."""
+        return cls(_why_refused(directory, name))
+
+    @classmethod
+    def of(cls, error: OSError) -> NeverReadable | None:
+        """For ``error``, raised reading a hand-over: why it can never be read, for the log; None for an error
+        that may pass."""
         if isinstance(error, PermissionError):
             return cls(f"this process may not read it ({error.strerror})")
-        return cls(_why_refused(directory, name))
+        if error.errno == errno.EFBIG:
+            return cls(f"it holds {error.strerror}, the most a hand-over may: not read")
+        return None
 
 
 def _why_refused(directory: fs.Directory, name: str) -> str:

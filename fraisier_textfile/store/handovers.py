@@ -235,21 +235,27 @@ class EmptyHandover(Exception):
 
 def read(directory: fs.Directory, handover_id: str, schema: Schema) -> Changes:
     """The changes of one hand-over (opened without following a symlink and without blocking on a FIFO). Raises
-    UnreadableHandover, EmptyHandover, NeverReadable (handover_aside.py), or TextfileWriteError for an error that
-    may pass (EIO, EMFILE, ENOMEM...: this merge fails, the next tries again)."""
-    name = f"{handover_id}{SUFFIX}"
-    try:
-        data = directory.read_regular(name)
-    except (UnexpectedFileError, PermissionError) as error:
-        from fraisier_textfile.store.handover_aside import NeverReadable
-
-        raise NeverReadable.of(directory, name, error) from None
-    except OSError as error:
-        raise write_error(directory.path_of(name), "read the hand-over file", error) from None
-    if not data:
-        raise EmptyHandover(handover_id)
+    UnreadableHandover, EmptyHandover, NeverReadable (handover_aside.py: also for one larger than
+    handover_codec.LARGEST, unread), or TextfileWriteError for an error that may pass (EIO, EMFILE, ENOMEM...: this
+    merge fails, the next tries again)."""
     from fraisier_textfile.store import handover_codec
 
+    name = f"{handover_id}{SUFFIX}"
+    try:
+        data = directory.read_regular(name, largest=handover_codec.LARGEST)
+    except UnexpectedFileError:
+        from fraisier_textfile.store.handover_aside import NeverReadable
+
+        raise NeverReadable.refused(directory, name) from None
+    except OSError as error:
+        from fraisier_textfile.store.handover_aside import NeverReadable
+
+        never = NeverReadable.of(error)
+        if never is None:
+            raise write_error(directory.path_of(name), "read the hand-over file", error) from None
+        raise never from None
+    if not data:
+        raise EmptyHandover(handover_id)
     return handover_codec.decode(data, schema)
 
 
