@@ -205,3 +205,27 @@ def test_a_hand_over_of_the_largest_size_is_read(textfile_dir: Path) -> None:
     values = sample_values(store.path)
     assert (error_count(values, "handed"), error_count(values, "largest")) == (1, 1)
     assert values[handovers.SET_ASIDE_FAMILY] == 0
+
+
+def test_an_entry_removed_while_it_is_set_aside_is_not_said_to_be_left_in_place(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The member of the group who planted a FIFO may remove it while a merge sets it aside: the rename then finds
+    nothing (a real ENOENT). Nothing is left in place, so no line may tell the operator to remove it."""
+    store = TextfileStore(textfile_dir)
+    store.hand_over(one("handed"))
+    planted = textfile_dir / handovers.HANDOVER_DIRECTORY / f"{handovers.id_for(99)}.json"
+    os.mkfifo(planted)
+    rename = fs.Directory.rename
+
+    def removed_just_before(self: fs.Directory, source: str, destination: str) -> None:
+        if source == planted.name:
+            planted.unlink()
+        rename(self, source, destination)
+
+    monkeypatch.setattr(fs.Directory, "rename", removed_just_before)
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert error_count(values, "handed") == 1
+    assert values[handovers.SET_ASIDE_FAMILY] == 0
+    assert str(planted) not in caplog.text

@@ -82,6 +82,8 @@ def set_aside(directory: fs.Directory, handover_id: str, problem: str, kept: int
             directory.unlink(name)
         else:
             directory.rename(name, aside)
+    except FileNotFoundError:
+        return False  # removed meanwhile (by whoever put it there): nothing left to set aside, nor to say
     except OSError as error:
         # Left where it is (a directory past the bound, which unlink cannot remove; a rename the directory refuses):
         # every merge meets it again and goes on without it, so each process says so once, not at every merge.
