@@ -15,9 +15,10 @@ import pytest
 
 from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import TextfileWriteError
-from fraisier_textfile.store import fs, handover_aside, handovers
+from fraisier_textfile.store import fs, handover_aside, handover_codec, handovers
 
 from .processes import binary
 from .test_handovers import error_count, handover_files
@@ -187,15 +188,12 @@ def test_a_hand_over_larger_than_any_fraisier_writes_is_set_aside_unread(textfil
     assert values[handovers.SET_ASIDE_FAMILY] == 1
     assert huge.with_suffix(handover_aside.SET_ASIDE_SUFFIX).stat().st_size == 64 << 30
     [line] = [line for line in result.stderr.splitlines() if str(huge) in line]
-    assert f"{64 << 30} bytes" in line and "not read" in line, line
+    assert f"too large for a hand-over: {64 << 30} bytes, more than {handover_codec.LARGEST}" in line, line
 
 
 def test_a_hand_over_of_the_largest_size_is_read(textfile_dir: Path) -> None:
     """The bound is on what is read, not one byte less: a hand-over of exactly handover_codec.LARGEST bytes (its
     JSON padded with blanks) is applied."""
-    from fraisier_textfile.catalogue import SCHEMA
-    from fraisier_textfile.store import handover_codec
-
     store = TextfileStore(textfile_dir)
     store.hand_over(one("handed"))
     data = handover_codec.encode(one("largest"), SCHEMA)
@@ -229,3 +227,36 @@ def test_an_entry_removed_while_it_is_set_aside_is_not_said_to_be_left_in_place(
     assert error_count(values, "handed") == 1
     assert values[handovers.SET_ASIDE_FAMILY] == 0
     assert str(planted) not in caplog.text
+
+
+GROWN_AFTER_ITS_SIZE_WAS_READ = """
+import sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import handover_codec
+handover_codec.LARGEST = 1000  # past this test's own hand-over, short of /proc/cpuinfo
+TextfileStore(sys.argv[1]).merge(Changes())
+"""
+
+
+def test_a_hand_over_that_holds_more_than_its_size_said_is_read_no_further_than_the_bound(textfile_dir: Path) -> None:
+    """Bug: the bound was checked on the size fstat gave, and the read went on to the end of the file. A writer of the
+    directory who grows the file between the two (truncate to 64 GiB, back, in a loop) made the merge read it all.
+    The read stops past the bound too. Here a file that says it holds 0 bytes and holds more (a /proc file
+    bind-mounted in its place, in a mount namespace of the test's own; the bound lowered to 1,000 bytes): refused as
+    too large, not read as a hand-over."""
+    store = TextfileStore(textfile_dir)
+    store.hand_over(one("handed"))
+    planted = textfile_dir / handovers.HANDOVER_DIRECTORY / f"{handovers.id_for(99)}.json"
+    planted.write_bytes(b"")
+    assert os.stat("/proc/cpuinfo").st_size == 0 and len(Path("/proc/cpuinfo").read_bytes()) > 1000
+    inner = 'mount --bind /proc/cpuinfo "$1" && shift && exec "$@"'
+    result = subprocess.run(
+        [binary("unshare"), "--mount", "--propagation", "private", "sh", "-c", inner, "sh", str(planted),
+         sys.executable, "-c", GROWN_AFTER_ITS_SIZE_WAS_READ, str(textfile_dir)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if str(planted) in line]
+    assert "too large for a hand-over: 1001 bytes read so far, more than 1000" in line, line
+    assert error_count(sample_values(store.path), "handed") == 1

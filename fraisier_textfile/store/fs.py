@@ -158,11 +158,16 @@ class Directory:
 
     def read_regular(self, name: str, limit: int | None = None, largest: int | None = None) -> bytes:
         """The bytes of the regular file ``name`` (at most ``limit``), as :meth:`open_regular` opens it. One larger
-        than ``largest`` bytes is refused before a byte is read: OSError EFBIG, whose strerror says its size."""
+        than ``largest`` bytes is refused (OSError EFBIG, whose strerror says its size): before a byte is read if its
+        size says so, else once the read passes it."""
         descriptor = self.open_regular(name)
         try:
-            if largest is not None and (size := os.fstat(descriptor).st_size) > largest:
-                raise OSError(errno.EFBIG, f"{size} bytes, more than {largest}")
+            if largest is not None:
+                if (size := os.fstat(descriptor).st_size) > largest:
+                    raise OSError(errno.EFBIG, f"{size} bytes, more than {largest}")
+                # The size may change after the fstat (a writer of the directory growing the file), or lie (a file of
+                # /proc says 0): the read stops past the bound too.
+                limit = largest + 1 if limit is None else min(limit, largest + 1)
             chunks = []
             size = 0
             while limit is None or size < limit:
@@ -171,6 +176,8 @@ class Directory:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
+            if largest is not None and size > largest:
+                raise OSError(errno.EFBIG, f"{size} bytes read so far, more than {largest}")
             return b"".join(chunks)
         finally:
             os.close(descriptor)

@@ -44,7 +44,7 @@ class NeverReadable(Exception):
         if isinstance(error, PermissionError):
             return cls(f"this process may not read it ({error.strerror})")
         if error.errno == errno.EFBIG:
-            return cls(f"it holds {error.strerror}, the most a hand-over may: not read")
+            return cls(f"it is too large for a hand-over: {error.strerror}")
         return None
 
 
