@@ -163,8 +163,8 @@ class Directory:
         descriptor = self.open_regular(name)
         try:
             if largest is not None:
-                if (size := os.fstat(descriptor).st_size) > largest:
-                    raise OSError(errno.EFBIG, f"{size} bytes, more than {largest}")
+                if (stated := os.fstat(descriptor).st_size) > largest:
+                    raise OSError(errno.EFBIG, f"{stated} bytes, more than {largest}")
                 # The size may change after the fstat (a writer of the directory growing the file), or lie (a file of
                 # /proc says 0): the read stops past the bound too.
                 limit = largest + 1 if limit is None else min(limit, largest + 1)
