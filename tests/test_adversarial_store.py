@@ -343,14 +343,22 @@ def test_a_whole_deployment_handed_over_during_a_merge_is_counted_once(textfile_
 
 def test_a_problem_in_the_hand_over_directory_is_reported_once(textfile_dir: Path) -> None:
     """Bug: a directory in place of a hand-over made `fraisier record` report the same problem twice, as a
-    warning from the look for late hand-overs that followed the failed merge, then as its error."""
+    warning from the look for late hand-overs that followed the failed merge, then as its error. Such a directory
+    is now set aside (and the record merged): still one report, not two."""
     from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
 
-    (textfile_dir / HANDOVER_DIRECTORY / "00000000000000000001-1-0badc0de.json").mkdir(parents=True)
+    from .values import sample_values
+
+    planted = textfile_dir / HANDOVER_DIRECTORY / "00000000000000000001-1-0badc0de.json"
+    planted.mkdir(parents=True)
     result = fraisier("record", "rollback", "--provider", "p", "--reason", "manual", "--duration", "3",
                       textfile_dir=textfile_dir)
-    assert result.returncode == 1
-    assert result.stderr.count("is not a regular file") == 1, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(str(planted)) == 1, result.stderr
+    assert "is a directory, not a regular file" in result.stderr
+    assert planted.with_suffix(".unreadable").is_dir()
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_rollbacks_total{provider="p",reason="manual"}'] == 1
 
 
 def test_a_deployment_run_while_the_file_cannot_be_merged_keeps_its_outcome(textfile_dir: Path) -> None:

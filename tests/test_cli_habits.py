@@ -358,12 +358,13 @@ def test_a_record_run_imports_no_pathlib(tmp_path: Path) -> None:
 
 def test_a_record_run_that_meets_no_hand_over_loads_none_of_their_code(tmp_path: Path) -> None:
     """A record run into a directory that never saw a hand-over, nor a forget or an expiry, imports neither how a
-    hand-over is encoded and ordered (store/handover_codec.py, store/handover_order.py) nor how series are selected
-    for forgetting (store/selection.py): each is loaded by the first merge that meets one."""
+    hand-over is encoded, ordered and set aside (store/handover_codec.py, store/handover_order.py,
+    store/handover_aside.py) nor how series are selected for forgetting (store/selection.py): each is loaded by the
+    first merge that meets one."""
     loaded = modules_loaded_by(["--textfile-dir", str(tmp_path / "textfile"), *RECORD_DEPLOYMENT], tmp_path)
     assert "fraisier_textfile.store.handovers" in loaded  # the merge looked for hand-overs
     assert not {"fraisier_textfile.store.handover_codec", "fraisier_textfile.store.handover_order",
-                "fraisier_textfile.store.selection"} & loaded
+                "fraisier_textfile.store.handover_aside", "fraisier_textfile.store.selection"} & loaded
 
 
 

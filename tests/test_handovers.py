@@ -486,57 +486,6 @@ def test_hand_overs_pile_up_to_a_bound_while_merges_fail_then_drain_once_they_su
     assert values[handovers.PENDING_FAMILY] == 0
 
 
-def store_with_unreadable_hand_overs(textfile_dir: Path, count: int) -> tuple[TextfileStore, Path]:
-    """A store whose file exists, and ``count`` hand-overs no merge can read in its hand-over directory."""
-    store = TextfileStore(textfile_dir)
-    store.merge(Changes())
-    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
-    directory.mkdir()
-    for number in range(count):
-        (directory / f"{handovers.id_for(number + 1)}.json").write_text("{not json")
-    return store, directory
-
-
-def test_hand_overs_set_aside_are_kept_up_to_a_bound_and_counted(
-    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(handovers, "SET_ASIDE_LIMIT", 3)
-    store, _ = store_with_unreadable_hand_overs(textfile_dir, 5)
-    store.merge(Changes())
-    assert handovers.wait_for_removals()
-    assert [name.endswith(".unreadable") for name in handover_files(textfile_dir)] == [True] * 3
-    assert sample_values(store.path)[handovers.SET_ASIDE_FAMILY] == 3
-    assert sample_values(store.path)[handovers.PENDING_FAMILY] == 0
-
-
-def test_a_merge_that_sets_many_hand_overs_aside_lists_their_directory_once(
-    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Bug: each hand-over set aside listed the directory again to count those kept (SET_ASIDE_LIMIT), so a merge
-    that met N unreadable hand-overs made N listings of a directory that held them all: quadratic, 8.7 s for one
-    merge over 5,000 of them, which a record call or a scrape paid. The count comes from the merge's one listing."""
-    store, directory = store_with_unreadable_hand_overs(textfile_dir, 20)
-    (directory / "bad name.json").write_text("{not json")
-    listings: list[str] = []
-    names, entries = fs.Directory.names, fs.Directory.entries
-
-    def counted_names(self: fs.Directory) -> list[str]:
-        listings.append(str(self.path))
-        return names(self)
-
-    def counted_entries(self: fs.Directory) -> list[os.DirEntry[str]]:
-        listings.append(str(self.path))
-        return entries(self)
-
-    monkeypatch.setattr(fs.Directory, "names", counted_names)
-    monkeypatch.setattr(fs.Directory, "entries", counted_entries)
-    store.merge(Changes())
-    handover_listings = [path for path in listings if path == str(directory)]
-    assert len(handover_listings) <= 2  # the merge's, and the look for late hand-overs after it
-    assert [name.endswith(".unreadable") for name in handover_files(textfile_dir)] == [True] * 21
-    assert sample_values(store.path)[handovers.SET_ASIDE_FAMILY] == 21
-
-
 @pytest.mark.parametrize("plant", ["garbage", "huge", "symlink", "fifo", "held"])
 def test_a_planted_or_held_counter_never_fails_or_hangs_a_hand_over(
     textfile_dir: Path, tmp_path: Path, plant: str

@@ -1,5 +1,7 @@
 """The store's paths hold only what it created. Real FIFOs, symlinks, directories and devices in their place are
-refused with one clear error, never followed, never waited on, and never quoted to an HTTP client."""
+refused with one clear error, never followed, never waited on, and never quoted to an HTTP client. In the shared
+hand-over directory one such entry must not stop every merge: named as a hand-over it is set aside, unopened, and
+otherwise left alone."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import socket
 import stat
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -19,12 +22,15 @@ import pytest
 
 from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
+from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import UnexpectedFileError
-from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY
+from fraisier_textfile.store import handovers
+from fraisier_textfile.store.handovers import HANDOVER_DIRECTORY, SET_ASIDE_FAMILY
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
-from .processes import fraisier, free_port, running
+from .processes import fraisier, free_port, opens_of, running
+from .values import sample_values
 
 SECRET = "TOP-SECRET-do-not-serve\n"
 
@@ -49,8 +55,12 @@ def plant(path: Path, kind: str, elsewhere: Path) -> None:
         except PermissionError:
             pytest.skip("only root can make a device node")
     elif kind == "socket":
+        # Bound under a short name, then moved into place: a socket's path is limited to 107 bytes.
+        short = Path(tempfile.mkdtemp(prefix="socket-", dir="/tmp"))
         with socket.socket(socket.AF_UNIX) as listener:
-            listener.bind(str(path))
+            listener.bind(str(short / "s"))
+        os.rename(short / "s", path)
+        short.rmdir()
     elif kind == "regular-file":
         path.write_text("not a directory\n")
     else:
@@ -189,12 +199,11 @@ def test_a_merge_refuses_anything_but_a_directory_at_its_directories(
     assert list(elsewhere.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", [MARKER_DIRECTORY, HANDOVER_DIRECTORY])
 @pytest.mark.parametrize("kind", ["fifo", "directory", "symlink-to-a-file", "device"])
-def test_a_merge_refuses_anything_but_regular_files_inside_its_directories(
-    store: TextfileStore, elsewhere: Path, name: str, kind: str
+def test_a_merge_refuses_anything_but_regular_files_inside_the_marker_directory(
+    store: TextfileStore, elsewhere: Path, kind: str
 ) -> None:
-    directory = store.directory / name
+    directory = store.directory / MARKER_DIRECTORY
     directory.mkdir()
     plant(directory / "123-456-planted", kind, elsewhere)
     changes = one_event()
@@ -202,6 +211,104 @@ def test_a_merge_refuses_anything_but_regular_files_inside_its_directories(
         within(30, lambda: store.merge(changes))
     assert changes
     assert not store.path.exists()
+
+
+def an_event(error_type: str) -> Changes:
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", error_type)
+    return changes
+
+
+def errors_of(store: TextfileStore) -> dict[str, float]:
+    """The deployment errors in the file, by error type."""
+    prefix = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="'
+    return {key[len(prefix):-2]: value for key, value in sample_values(store.path).items() if key.startswith(prefix)}
+
+
+@contextmanager
+def never_opened(path: Path, kind: str) -> Iterator[None]:
+    """Fail if the entry planted at ``path`` (a symlink's target) is opened while the block runs (processes.opens_of,
+    which follows a symlink). Not for what has no inode of its own (a dangling symlink), whose opens are anyone's
+    (/dev/null), or that open cannot open (a socket)."""
+    if kind not in ("fifo", "directory", "device", "symlink-to-a-file", "symlink-to-a-valid-hand-over"):
+        yield
+        return
+    with opens_of(path) as opens:
+        yield
+        assert opens() == 0
+
+
+NOT_REGULAR = ["fifo", "directory", "symlink-to-a-file", "symlink-to-dev-null", "dangling-symlink", "device", "socket"]
+
+
+@pytest.mark.parametrize("name", ["123-456-planted", ".s00000000000000000001-1-0badc0de.json", "notes.txt"])
+@pytest.mark.parametrize("kind", NOT_REGULAR)
+def test_an_entry_of_any_kind_not_named_as_a_hand_over_is_left_alone_and_fails_no_merge(
+    store: TextfileStore, elsewhere: Path, name: str, kind: str
+) -> None:
+    """Not a hand-over's name (``.*`` is a writer's temporary, removed after an hour only if a regular file): never
+    opened, renamed or deleted, not counted, and every merge goes on."""
+    directory = store.directory / HANDOVER_DIRECTORY
+    directory.mkdir()
+    path = directory / name
+    plant(path, kind, elsewhere)
+    os.utime(path, (1, 1), follow_symlinks=False)  # older than any writer's temporary: litter, if it were a file
+    before = state(path)
+    store.hand_over(an_event("handed"))
+    with never_opened(path, kind):
+        within(30, lambda: store.merge(an_event("merged")))
+        within(30, lambda: store.merge(Changes()))
+    assert errors_of(store) == {"handed": 1, "merged": 1}
+    assert state(path) == before
+    assert sample_values(store.path)[SET_ASIDE_FAMILY] == 0
+    assert not store.handovers_waiting()
+
+
+HANDOVER_KINDS = ["fifo", "directory", "symlink-to-a-valid-hand-over", "symlink-to-dev-null", "dangling-symlink",
+                  "device", "socket"]
+WHAT_IT_IS = {"fifo": "a FIFO", "directory": "a directory", "device": "a character device", "socket": "a socket"}
+
+
+def planted_as_a_hand_over(store: TextfileStore, elsewhere: Path, kind: str) -> Path:
+    """A hand-over written by the store (so named as it names them), then replaced by ``kind`` of entry."""
+    store.hand_over(an_event("planted"))
+    [path] = (store.directory / HANDOVER_DIRECTORY).glob("*.json")
+    path.unlink()
+    if kind == "symlink-to-a-valid-hand-over":
+        valid = elsewhere / path.name
+        valid.write_bytes(handovers.encode(an_event("elsewhere"), SCHEMA))
+        path.symlink_to(valid)
+    else:
+        plant(path, kind, elsewhere)
+    return path
+
+
+@pytest.mark.parametrize("kind", HANDOVER_KINDS)
+def test_an_entry_named_as_a_hand_over_that_is_not_a_regular_file_is_set_aside_and_every_other_event_merged(
+    store: TextfileStore, elsewhere: Path, kind: str
+) -> None:
+    """Bug: one FIFO, directory or symlink named as a hand-over in the shared hand-over directory (a group member's
+    mistake or malice) failed every merge of every process until a human removed it: each record call handed its
+    events over, and none reached the file. It is now set aside as an unreadable hand-over is: renamed (never
+    opened, followed or waited on), logged once naming what it is, counted; the merge applies everything else."""
+    path = planted_as_a_hand_over(store, elsewhere, kind)
+    store.hand_over(an_event("handed"))
+    before = state(path)
+    with never_opened(path, kind):
+        result = fraisier("record", "error", "--provider", "bare_metal", "--error-type", "recorded",
+                          textfile_dir=store.directory, timeout=60)  # fails, not hangs, if a FIFO is opened
+    assert result.returncode == 0, result.stderr
+    assert errors_of(store) == {"handed": 1, "recorded": 1}  # the symlink's valid hand-over is not counted
+    assert sample_values(store.path)[SET_ASIDE_FAMILY] == 1
+    aside = path.with_suffix(handovers.SET_ASIDE_SUFFIX)
+    assert not os.path.lexists(path)
+    assert state(aside) == before
+    [line] = [line for line in result.stderr.splitlines() if str(path) in line]
+    what = WHAT_IT_IS.get(kind, "a symlink (to ")
+    assert f"is {what}" in line and "not a regular file" in line and str(aside) in line, line
+    result = fraisier("textfile", "refresh", textfile_dir=store.directory, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")  # reported once: it is out of the way
+    assert state(aside) == before
 
 
 @contextmanager
@@ -251,3 +358,25 @@ def test_the_server_refuses_a_fifo_in_the_marker_directory(textfile_dir: Path, e
             status, body = scrape(url)
             assert status == 500
             assert body.startswith(f"cannot serve {textfile_dir / MARKER_DIRECTORY}: something other than what ")
+
+
+def test_the_server_sets_aside_a_fifo_named_as_a_hand_over_and_serves_every_other_event(
+    textfile_dir: Path, elsewhere: Path
+) -> None:
+    """A scrape merges the hand-overs waiting (serve/sources.py): a FIFO among them, named as a hand-over, failed
+    that merge and every later one, and what was handed over was never served. It is set aside, unopened, at the
+    first scrape; every scrape answers 200 with the other events."""
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    path = planted_as_a_hand_over(store, elsewhere, "fifo")
+    store.hand_over(an_event("handed"))
+    log = elsewhere / "server.log"
+    with never_opened(path, "fifo"), serving(textfile_dir, log) as url:
+        for _ in range(3):
+            status, body = scrape(url)
+            assert status == 200, body
+            values = sample_values(body)
+            assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="handed"}'] == 1
+            assert values[SET_ASIDE_FAMILY] == 1
+    assert stat.S_ISFIFO(os.lstat(path.with_suffix(handovers.SET_ASIDE_SUFFIX)).st_mode)
+    assert log.read_text().count(f"{path} cannot be applied (it is a FIFO, not a regular file)") == 1

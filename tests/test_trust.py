@@ -747,3 +747,80 @@ def test_root_never_reads_or_writes_a_file_of_its_own_the_deployer_moved_into_pl
     assert not [name for name in os.listdir(textfile / HANDOVER_DIRECTORY) if "4243" in name]
     store.merge_backlog()
     assert sample_values(textfile / "fraisier.prom")[TIMEOUT] == 2
+
+
+def test_root_sets_aside_unread_a_file_of_its_own_the_deployer_moved_into_place_as_a_hand_over(
+    users: Users, deployers_parent: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    """Bug: a file of root's only root may read, moved by the deployer into its hand-over directory under a
+    hand-over's name, was refused unread as it must be (what root reads may be quoted back), but the refusal failed
+    root's merge and every later one of root's. It is now set aside unread (renamed, kept root's with its mode),
+    logged once, and root's merge applies everything else."""
+    from fraisier_textfile.catalogue import SCHEMA
+
+    textfile = deployers_parent / "metrics"
+    store = TextfileStore(textfile, lock_timeout=2)
+    store.hand_over(one_event())
+    secret = deployers_parent / "roots-secret"
+    unread = Changes()
+    events.deployment_error(unread, "bare_metal", "NOT-FOR-THE-DEPLOYER")  # counted if root read it
+    secret.write_bytes(handovers.encode(unread, SCHEMA))
+    secret.chmod(0o600)
+    content = secret.read_bytes()
+    planted = textfile / HANDOVER_DIRECTORY / f"{handovers.id_for(99)}.json"
+    move = "import os, sys; os.rename(sys.argv[1], sys.argv[2])"
+    finish(as_deployer(users, move, str(secret), str(planted)))
+    store.merge(one_event())
+    store.merge(one_event())
+    aside = planted.with_suffix(handovers.SET_ASIDE_SUFFIX)
+    status = aside.stat()
+    assert (status.st_uid, stat.S_IMODE(status.st_mode), aside.read_bytes()) == (0, 0o600, content)
+    values = sample_values(textfile / "fraisier.prom")
+    assert values[TIMEOUT] == 3
+    assert values[handovers.SET_ASIDE_FAMILY] == 1
+    assert "NOT-FOR-THE-DEPLOYER" not in (textfile / "fraisier.prom").read_text() + caplog.text
+    [line] = [line for line in caplog.text.splitlines() if str(planted) in line]
+    assert f"belongs to root with mode 0600, in {planted.parent}, which {DEPLOYER}" in line, line
+
+
+SET_ASIDE_BY_THE_DEPLOYER = """
+import sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes, deployment_error
+changes = Changes()
+deployment_error(changes, "bare_metal", "timeout")
+TextfileStore(sys.argv[1], lock_timeout=2).merge(changes)
+print("merged")
+"""
+
+
+def test_a_hand_over_another_member_of_the_group_left_unreadable_is_set_aside_by_the_deployers_merge(
+    users: Users, shared_dir: Path  # noqa: F811
+) -> None:
+    """Bug: a file named as a hand-over that the merging user may not read (another member of the group made it
+    mode 0600: a mistake, or on purpose) failed every merge of that user with "Permission denied" until a human
+    removed it. Reading it can never succeed: it is set aside as an unreadable hand-over is, the merge goes on."""
+    from fraisier_textfile.catalogue import SCHEMA
+
+    finish(as_deployer(users, SET_ASIDE_BY_THE_DEPLOYER, str(shared_dir)))  # the file and the hand-over directory
+    theirs = Changes()
+    events.deployment_error(theirs, "bare_metal", "NOT-FOR-THE-DEPLOYER")
+    planted = shared_dir / HANDOVER_DIRECTORY / f"{handovers.id_for(99)}.json"
+    (shared_dir / HANDOVER_DIRECTORY).mkdir(exist_ok=True)
+    os.chown(shared_dir / HANDOVER_DIRECTORY, pwd.getpwnam(DEPLOYER).pw_uid, grp.getgrnam(GROUP).gr_gid)
+    os.chmod(shared_dir / HANDOVER_DIRECTORY, 0o2775)
+    planted.write_bytes(handovers.encode(theirs, SCHEMA))
+    os.chown(planted, pwd.getpwnam(OBSERVER).pw_uid, grp.getgrnam(GROUP).gr_gid)  # as the other member made it
+    planted.chmod(0o600)
+    merge = as_deployer(users, SET_ASIDE_BY_THE_DEPLOYER, str(shared_dir))
+    stdout, stderr = merge.communicate(timeout=60)
+    assert (merge.returncode, stdout) == (0, "merged\n"), stderr
+    aside = planted.with_suffix(handovers.SET_ASIDE_SUFFIX)
+    assert (aside.stat().st_uid, stat.S_IMODE(aside.stat().st_mode)) == (pwd.getpwnam(OBSERVER).pw_uid, 0o600)
+    assert not planted.exists()
+    [line] = [line for line in stderr.splitlines() if str(planted) in line]
+    assert "may not read it (Permission denied)" in line and str(aside) in line, line
+    values = sample_values(shared_dir / "fraisier.prom")
+    assert values[TIMEOUT] == 2
+    assert values[handovers.SET_ASIDE_FAMILY] == 1
+    assert "NOT-FOR-THE-DEPLOYER" not in (shared_dir / "fraisier.prom").read_text()

@@ -146,18 +146,28 @@ class Directory:
         (:meth:`hides`)."""
         if self.hides(status):
             path = self.path_of(name)
-            raise UnexpectedFileError(
-                path,
-                f"{path} belongs to {owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, in "
-                f"{os.path.dirname(path)}, which {writers_of(self.status())} may write: as root, fraisier reads no "
-                "file there that its writers may not read (one of them may have moved a file of root's there); "
-                "remove it",
-            )
+            raise UnexpectedFileError(path, f"{path} {self.why_hidden(status)}; remove it")
 
-    def read_regular(self, name: str, limit: int | None = None) -> bytes:
-        """The bytes of the regular file ``name`` (at most ``limit``), as :meth:`open_regular` opens it."""
+    def why_hidden(self, status: os.stat_result) -> str:
+        """Why a file of ``status`` that :meth:`hides` is not read, for messages (after its name)."""
+        return (
+            f"belongs to {owner_name(status.st_uid)} with mode {stat.S_IMODE(status.st_mode):04o}, in {self.path}, "
+            f"which {writers_of(self.status())} may write: as root, fraisier reads no file there that its writers "
+            "may not read (one of them may have moved a file of root's there)"
+        )
+
+    def read_regular(self, name: str, limit: int | None = None, largest: int | None = None) -> bytes:
+        """The bytes of the regular file ``name`` (at most ``limit``), as :meth:`open_regular` opens it. One larger
+        than ``largest`` bytes is refused (OSError EFBIG, whose strerror says its size): before a byte is read if its
+        size says so, else once the read passes it."""
         descriptor = self.open_regular(name)
         try:
+            if largest is not None:
+                if (stated := os.fstat(descriptor).st_size) > largest:
+                    raise OSError(errno.EFBIG, f"{stated} bytes, more than {largest}")
+                # The size may change after the fstat (a writer of the directory growing the file), or lie (a file of
+                # /proc says 0): the read stops past the bound too.
+                limit = largest + 1 if limit is None else min(limit, largest + 1)
             chunks = []
             size = 0
             while limit is None or size < limit:
@@ -166,6 +176,8 @@ class Directory:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
+            if largest is not None and size > largest:
+                raise OSError(errno.EFBIG, f"{size} bytes read so far, more than {largest}")
             return b"".join(chunks)
         finally:
             os.close(descriptor)
@@ -274,21 +286,25 @@ class Directory:
     def unexpected(self, name: str, wanted: str = "a regular file") -> UnexpectedFileError:
         """The error for an entry that is not what the store creates there."""
         path = self.path_of(name)
+        return UnexpectedFileError(
+            path,
+            f"{path} is {self.describe(name)}, not {wanted}: fraisier never follows or opens what it did not "
+            "create; remove it",
+        )
+
+    def describe(self, name: str) -> str:
+        """What the entry ``name`` is, for messages ("a FIFO", "a symlink (to ...)", "gone"), from its own status:
+        never opened or followed. Raises lstat's OSError."""
         status = self.lstat(name)
         if status is None:
-            kind = "gone"
-        elif stat.S_ISLNK(status.st_mode):
+            return "gone"
+        if stat.S_ISLNK(status.st_mode):
             try:
                 target = os.readlink(_entry(name), dir_fd=self.descriptor)
             except OSError:
                 target = "elsewhere"
-            kind = f"a symlink (to {target})"
-        else:
-            kind = kind_of(status.st_mode)
-        return UnexpectedFileError(
-            path,
-            f"{path} is {kind}, not {wanted}: fraisier never follows or opens what it did not create; remove it",
-        )
+            return f"a symlink (to {target})"
+        return kind_of(status.st_mode)
 
 
 def make_directory(parent: int, name: str, mode: int) -> None:

@@ -15,6 +15,11 @@ from fraisier_textfile.store.changes import Changes, HistogramDelta
 from fraisier_textfile.validate import check_label_value
 
 FORMAT_VERSION = 1
+LARGEST = 64 * 1024 * 1024
+"""Bytes a hand-over may hold at most; a larger one is set aside unread (handovers.read). A hand-over holds one
+process's changes since its last merge: one touching 10,000 series in each of Fraisier's families (the default
+series bound) is about 17 MiB. A file of any size may be planted there (a sparse one takes no disk), and reading
+it whole would take the merging process's memory, at every merge."""
 # Every field of Changes that a merge uses, serialised. A test checks this against Changes itself, so that
 # a field added there cannot be silently dropped here.
 FIELDS = ("added", "observed", "latest", "maximum", "active_providers", "retired_markers")

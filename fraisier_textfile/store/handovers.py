@@ -44,6 +44,9 @@ from fraisier_textfile.store.rules import check_summable, combine
 from fraisier_textfile.store.transaction import Merge, Participant
 
 if TYPE_CHECKING:
+    from fraisier_textfile.store.handover_aside import SET_ASIDE_LIMIT as SET_ASIDE_LIMIT
+    from fraisier_textfile.store.handover_aside import SET_ASIDE_SUFFIX as SET_ASIDE_SUFFIX
+    from fraisier_textfile.store.handover_aside import set_aside as set_aside
     from fraisier_textfile.store.handover_codec import FIELDS as FIELDS
     from fraisier_textfile.store.handover_codec import decode as decode
     from fraisier_textfile.store.handover_codec import encode as encode
@@ -51,10 +54,12 @@ if TYPE_CHECKING:
     from fraisier_textfile.store.handover_order import TooManyWaiting as TooManyWaiting
     from fraisier_textfile.store.handover_order import id_for as id_for
 
-# How a hand-over is encoded (handover_codec.py) and ordered (handover_order.py) is loaded by the first hand-over
-# written, or the first merge that finds the hand-over directory: a record run into a directory that never saw a
-# hand-over has no use for either. The names used from here (by the tests) stay reachable from here.
+# How a hand-over is encoded (handover_codec.py) and ordered (handover_order.py), and what is set aside
+# (handover_aside.py), is loaded by the first hand-over written, or the first merge that finds the hand-over
+# directory: a record run into a directory that never saw a hand-over has no use for any. The names used from here
+# (by the tests) stay reachable from here.
 _LOADED_WHEN_USED = {
+    **dict.fromkeys(("SET_ASIDE_LIMIT", "SET_ASIDE_SUFFIX", "set_aside"), "handover_aside"),
     **dict.fromkeys(("FIELDS", "decode", "encode"), "handover_codec"),
     **dict.fromkeys(("SEQUENCE_FILE", "TooManyWaiting", "id_for"), "handover_order"),
 }
@@ -151,36 +156,56 @@ def publish(directory: fs.Directory, temporary: str, final: str, descriptor: int
         directory.fsync()
 
 
-def pending(directory: fs.Directory) -> tuple[list[str], int]:
-    """The ids of the complete hand-overs in the directory, oldest first (see :func:`new_id`), and how many are
-    set aside (see :func:`set_aside`). Raises UnexpectedFileError for anything in it that the store did not create."""
+def pending(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
+    """The ids of the complete hand-overs in the directory, oldest first (see :func:`new_id`), how many are set
+    aside (see handover_aside.py), and the ids of the entries named as hand-overs that can never be applied
+    whatever they hold (set aside now, or left where they are if that failed).
+
+    The directory is shared by a group (SHARED_DIRECTORY_MODE): one entry a member made there by mistake or on
+    purpose must not stop every merge of every process. Named as a hand-over but not a regular file (a FIFO, a
+    directory, a symlink to anything, a device, a socket), it is set aside by its name, never opened or followed;
+    any other name is not ours and is left alone, whatever it is. Only the hand-overs' counter is refused when it
+    is not a regular file (handover_order.py): UnexpectedFileError."""
+    from fraisier_textfile.store.handover_aside import SET_ASIDE_SUFFIX, not_regular, set_aside
+    from fraisier_textfile.store.handover_order import SEQUENCE_FILE
+
     try:
         entries = directory.entries()
     except OSError as error:
         raise write_error(directory.path, "read the hand-over directory", error) from None
     ids = []
+    refused = []
     kept_aside = sum(1 for entry in entries if entry.name.endswith(SET_ASIDE_SUFFIX))
     for entry in entries:
-        if not entry.is_file(follow_symlinks=False):
-            raise UnexpectedFileError(
-                directory.path_of(entry.name),
-                f"{directory.path_of(entry.name)} is not a regular file (a symlink, FIFO, device or directory): "
-                "fraisier writes only regular files there; remove it",
-            )
-        if entry.name.startswith(TEMPORARY_PREFIX) or not entry.name.endswith(SUFFIX):
+        name = entry.name
+        if name.startswith(TEMPORARY_PREFIX) or not name.endswith(SUFFIX):
+            if name == SEQUENCE_FILE and not entry.is_file(follow_symlinks=False):
+                raise UnexpectedFileError(
+                    directory.path_of(name),
+                    f"{directory.path_of(name)} is not a regular file (a symlink, FIFO, device or directory): "
+                    "fraisier writes only regular files there; remove it",
+                )
             continue
-        handover_id = entry.name[: -len(SUFFIX)]
+        handover_id = name[: -len(SUFFIX)]
+        problem: str | None
         if not handover_id.isprintable() or " " in handover_id:
             # Not a name new_id makes (a copy, a hand-made file): the file lists applied ids space-separated on
             # one line, so such an id would read back as two (and be applied again while its deletion is
             # pending), or could not be written at all (a newline), failing every merge.
-            kept_aside += set_aside(directory, handover_id, "its name is not one fraisier writes", kept_aside)
+            problem = "its name is not one fraisier writes"
+        elif not entry.is_file(follow_symlinks=False):
+            problem = not_regular(directory, name)
+            if problem is None:
+                continue  # gone since the listing
+        else:
+            ids.append(handover_id)
             continue
-        ids.append(handover_id)
+        kept_aside += set_aside(directory, handover_id, problem, kept_aside)
+        refused.append(handover_id)
     # Plain string order is the order written: numbered ids have the same width, and those of earlier versions
     # (wall-clock time first, digits) sort before every numbered one ("s"): they were written before.
     ids.sort()
-    return ids, kept_aside
+    return ids, kept_aside, refused
 
 
 PENDING_FAMILY = "fraisier_textfile_handovers_pending"
@@ -209,47 +234,29 @@ class EmptyHandover(Exception):
 
 
 def read(directory: fs.Directory, handover_id: str, schema: Schema) -> Changes:
-    """The changes of one hand-over. Raises UnreadableHandover, EmptyHandover, or UnexpectedFileError for a
-    non-regular file (opened without following a symlink and without blocking on a FIFO)."""
-    name = f"{handover_id}{SUFFIX}"
-    try:
-        data = directory.read_regular(name)
-    except OSError as error:
-        raise write_error(directory.path_of(name), "read the hand-over file", error) from None
-    if not data:
-        raise EmptyHandover(handover_id)
+    """The changes of one hand-over (opened without following a symlink and without blocking on a FIFO). Raises
+    UnreadableHandover, EmptyHandover, NeverReadable (handover_aside.py: also for one larger than
+    handover_codec.LARGEST, unread), or TextfileWriteError for an error that may pass (EIO, EMFILE, ENOMEM...: this
+    merge fails, the next tries again)."""
     from fraisier_textfile.store import handover_codec
 
-    return handover_codec.decode(data, schema)
-
-
-def set_aside(directory: fs.Directory, handover_id: str, problem: str, kept: int) -> bool:
-    """Keep a hand-over that can never be applied for inspection, out of the way of every later merge. At most
-    SET_ASIDE_LIMIT are kept: past that, one is deleted (a writer feeding bad files would fill the disk).
-    ``kept``: how many are kept already, counted from the merge's listing (a listing for each would make a merge
-    over many bad ones quadratic). Returns whether it was kept."""
     name = f"{handover_id}{SUFFIX}"
-    aside = f"{handover_id}{SET_ASIDE_SUFFIX}"
     try:
-        if kept >= SET_ASIDE_LIMIT:
-            log.error(
-                "the hand-over %s cannot be applied (%s): deleted, its events are not counted (%d are kept "
-                "already; inspect and remove them)", directory.path_of(name), problem, kept,
-            )
-            directory.unlink(name)
-            return False
-        log.error("the hand-over %s cannot be applied (%s): kept as %s, its events are not counted",
-                  directory.path_of(name), problem, directory.path_of(aside))
-        directory.rename(name, aside)
-        return True
+        data = directory.read_regular(name, largest=handover_codec.LARGEST)
+    except UnexpectedFileError:
+        from fraisier_textfile.store.handover_aside import NeverReadable
+
+        raise NeverReadable.refused(directory, name) from None
     except OSError as error:
-        log.error("cannot move %s aside: %s", directory.path_of(name), error.strerror)
-        return False
+        from fraisier_textfile.store.handover_aside import NeverReadable
 
-
-SET_ASIDE_SUFFIX = ".unreadable"
-SET_ASIDE_LIMIT = 1000
-"""Hand-overs kept aside for inspection at most; they are counted in the file (SET_ASIDE_FAMILY)."""
+        never = NeverReadable.of(error)
+        if never is None:
+            raise write_error(directory.path_of(name), "read the hand-over file", error) from None
+        raise never from None
+    if not data:
+        raise EmptyHandover(handover_id)
+    return handover_codec.decode(data, schema)
 
 
 def remove(directory: fs.Directory, handover_ids: list[str]) -> None:
@@ -352,14 +359,15 @@ class Handovers(Participant):
         if directory is None:
             self.handled = set()
             return None
+        from fraisier_textfile.store.handover_aside import NeverReadable, set_aside
         from fraisier_textfile.store.handover_codec import ForeignHandover, NewerHandover, UnreadableHandover
         from fraisier_textfile.store.handover_order import sequence_of
 
-        ids, kept_aside = pending(directory)
+        ids, kept_aside, refused = pending(directory)
         self._newest = (sequence_of(ids[-1]) or 0) if ids else 0
         already = set(APPLIED.get(document))
         read_now: dict[str, Changes] = {}
-        handled = set()
+        handled = set(refused)  # one left in place (not set aside) starts no merge after each: none can apply it
         newer = 0
         left: list[str] = []
         for number, handover_id in enumerate(ids):
@@ -386,7 +394,7 @@ class Handovers(Participant):
                         "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
                         "merger of that version; upgrade this one", directory.path_of(f"{handover_id}{SUFFIX}"), error,
                     )
-            except UnreadableHandover as error:
+            except (UnreadableHandover, NeverReadable) as error:
                 kept_aside += set_aside(directory, handover_id, str(error), kept_aside)
             except EmptyHandover:
                 log.info("the hand-over %s is empty, the litter of a writer stopped before its fsync: removed",

@@ -1,0 +1,105 @@
+"""Hand-overs that can never be applied, set aside: why each one cannot be, and moving it out of the way.
+
+One hand-over that cannot be applied must not fail this merge and every later one: it is renamed
+``<id>.unreadable`` (:func:`set_aside`), kept for inspection up to SET_ASIDE_LIMIT and counted in the file
+(handovers.SET_ASIDE_FAMILY), its problem logged. The problem is its content (handover_codec.UnreadableHandover),
+its name (handovers.pending), or what the entry is: the hand-over directory is shared by a group, and a member may
+leave there under a hand-over's name a FIFO, a directory, a symlink to anything, a device or a socket, or a file
+this process may not read (or, as root, must not: fs.Directory.hides), or one larger than any hand-over
+(handover_codec.LARGEST: a sparse file of any size takes no disk), which is set aside unread. One that is not a
+regular file is described from its own status and renamed by its name, through the directory held open: never
+opened, followed or waited on. Only what can never succeed is set aside: an error that may pass (EIO, EMFILE,
+ENOMEM...) fails the merge, and the next tries again (handovers.read).
+
+Loaded by the first merge that finds the hand-over directory, as handover_codec.py and handover_order.py are.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+
+from fraisier_textfile.store import fs, process
+from fraisier_textfile.store.handovers import SUFFIX, log
+
+SET_ASIDE_SUFFIX = ".unreadable"
+SET_ASIDE_LIMIT = 1000
+"""Hand-overs kept aside for inspection at most; they are counted in the file (SET_ASIDE_FAMILY)."""
+
+
+class NeverReadable(Exception):
+    """A hand-over this process can never read, whatever it holds: not a regular file (swapped in since the
+    listing), one it may not read, or, as root, one the directory's writers may not read (fs.Directory.hides). Set
+    aside as an unreadable one is (this never escapes the store)."""
+
+    @classmethod
+    def refused(cls, directory: fs.Directory, name: str) -> NeverReadable:
+        """For the hand-over ``name`` that fs refused to read (UnexpectedFileError): why, for the log."""
+        return cls(_why_refused(directory, name))
+
+    @classmethod
+    def of(cls, error: OSError) -> NeverReadable | None:
+        """For ``error``, raised reading a hand-over: why it can never be read, for the log; None for an error
+        that may pass."""
+        if isinstance(error, PermissionError):
+            return cls(f"this process may not read it ({error.strerror})")
+        if error.errno == errno.EFBIG:
+            return cls(f"it is too large for a hand-over: {error.strerror}")
+        return None
+
+
+def _why_refused(directory: fs.Directory, name: str) -> str:
+    """What fs refused in the hand-over ``name`` (UnexpectedFileError), said from its own status, for the log."""
+    try:
+        status = directory.lstat(name)
+        if status is not None and stat.S_ISREG(status.st_mode) and directory.hides(status):
+            return f"it {directory.why_hidden(status)}"
+    except OSError:
+        pass
+    return not_regular(directory, name) or "it is gone"
+
+
+def not_regular(directory: fs.Directory, name: str) -> str | None:
+    """Why the entry ``name``, not a regular file, cannot be a hand-over, for the log (None: it is gone)."""
+    try:
+        what = directory.describe(name)
+    except OSError as error:
+        what = f"something this process cannot look at ({error.strerror})"
+    return None if what == "gone" else f"it is {what}, not a regular file"
+
+
+def set_aside(directory: fs.Directory, handover_id: str, problem: str, kept: int) -> bool:
+    """Keep a hand-over that can never be applied for inspection, out of the way of every later merge: renamed
+    (through the directory held open, so whatever it is, it is never opened or followed). At most SET_ASIDE_LIMIT
+    are kept: past that, one is deleted (a writer feeding bad files would fill the disk). ``kept``: how many are
+    kept already, counted from the merge's listing (a listing for each would make a merge over many bad ones
+    quadratic). Returns whether it was kept."""
+    name = f"{handover_id}{SUFFIX}"
+    aside = f"{handover_id}{SET_ASIDE_SUFFIX}"
+    past_bound = kept >= SET_ASIDE_LIMIT
+    try:
+        if past_bound:
+            directory.unlink(name)
+        else:
+            directory.rename(name, aside)
+    except FileNotFoundError:
+        return False  # removed meanwhile (by whoever put it there): nothing left to set aside, nor to say
+    except OSError as error:
+        # Left where it is (a directory past the bound, which unlink cannot remove; a rename the directory refuses):
+        # every merge meets it again and goes on without it, so each process says so once, not at every merge.
+        if process.first_time("hand-over not set aside", directory.path_of(name)):
+            log.error(
+                "the hand-over %s cannot be applied (%s), nor %s: %s; left in place, its events are not counted; "
+                "remove it", directory.path_of(name), problem, "deleted" if past_bound else "moved aside",
+                error.strerror,
+            )
+        return False
+    if past_bound:
+        log.error(
+            "the hand-over %s cannot be applied (%s): deleted, its events are not counted (%d are kept "
+            "already; inspect and remove them)", directory.path_of(name), problem, kept,
+        )
+        return False
+    log.error("the hand-over %s cannot be applied (%s): kept as %s, its events are not counted",
+              directory.path_of(name), problem, directory.path_of(aside))
+    return True
