@@ -109,6 +109,23 @@ def install(wheel: Path, root: Path, base: str | None = None, running_packages: 
     return installation
 
 
+def install_revision(revision: str, directory: Path) -> Installation:
+    """This package as it was at ``revision`` of this repository (a release: 0.2.0 is ``87d4bd1``), built and
+    installed as :func:`install` installs this checkout, in ``directory``. Skipped where the revision is not in
+    the clone (a shallow one), failed under CI=true."""
+    archive = subprocess.run(["git", "-C", str(REPOSITORY), "archive", "--format=tar", revision],
+                             capture_output=True, timeout=300)
+    if archive.returncode != 0:
+        message = f"git archive {revision} failed (a shallow clone?): {archive.stderr.decode(errors='replace')}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    tree = directory / "tree"
+    tree.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, timeout=300)
+    return install(build_wheel(directory / "build", tree), directory / "venv")
+
+
 @contextmanager
 def directory_the_units_can_see() -> Iterator[Path]:
     """A temporary directory that the systemd units' hardening does not hide (pytest's tmp_path is under /tmp,

@@ -67,5 +67,44 @@ def fail_then_exit(directory: str) -> None:
     sys.stdin.readline()
 
 
+# Writers for the races between versions (tests/test_upgrade.py): each runs under any version of the package (its
+# public API only) until SIGKILLed, and writes one byte on stdout each time a record call has returned.
+
+
+def acknowledge_errors(directory: str, name: str) -> None:
+    """Deployment errors of type ``name``, each a record call."""
+    import os
+
+    recorder = MetricsRecorder(directory)
+    while True:
+        recorder.record_deployment_error("bare_metal", name)
+        os.write(1, b".")
+
+
+def acknowledge_deployments(directory: str, name: str) -> None:
+    """Tracked deployments of fraise type ``name``: a marker each, made and released (killed in one: crashed)."""
+    import os
+
+    recorder = MetricsRecorder(directory)
+    while True:
+        with recorder.track_deployment("bare_metal", name):
+            pass
+        os.write(1, b".")
+
+
+def acknowledge_commands(directory: str, name: str, *command: str) -> None:
+    """``command record deployment`` (the CLI of some version) of fraise type ``name``, one process after the
+    other; one byte for each that exited 0. Killed with its process group, so that at most one is under way."""
+    import os
+    import subprocess
+
+    while True:
+        recorded = subprocess.run([*command, "--textfile-dir", directory, "record", "deployment", "--provider",
+                                   "bare_metal", "--fraise-type", name, "--status", "success", "--duration", "1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if recorded.returncode == 0:
+            os.write(1, b".")
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])
