@@ -12,6 +12,7 @@ from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.format.schema import Family, Kind, Schema
 from fraisier_textfile.store.handover_codec import (
+    FIRST_FORMAT_SCHEMA,
     ForeignHandover,
     NewerHandover,
     UnreadableHandover,
@@ -79,3 +80,15 @@ def test_a_value_no_recorder_writes_is_unreadable_never_another_error(value: str
             '"retired_markers":[]}').encode()
     with pytest.raises(UnreadableHandover):
         decode(data, SCHEMA)
+
+
+def test_a_hand_over_without_a_fingerprint_is_of_the_schema_the_first_format_knew() -> None:
+    """0.2.0 wrote no fingerprint: its hand-overs are of the one schema it had, Fraisier's catalogue as released
+    (which this catalogue still is). A store of another schema leaves them for a store of that one."""
+    assert SCHEMA.fingerprint == FIRST_FORMAT_SCHEMA
+    content = json.loads(encode(every_kind_of_change(), SCHEMA))
+    del content["schema"]
+    released = json.dumps(content).encode()
+    assert as_plain(decode(released, SCHEMA)) == as_plain(every_kind_of_change())
+    with pytest.raises(ForeignHandover):
+        decode(released, APPLICATION)

@@ -25,9 +25,15 @@ from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.format.schema import Family, Kind, Schema
+from fraisier_textfile.store.handovers import SET_ASIDE_FAMILY
+from fraisier_textfile.store.textfile import TextfileStore as StoreOfASchema
+
 from .installs import Installation, clean_environment, install_revision
-from .processes import binary, free_port, http_get, node_exporter, running
-from .test_fraisier_state import ACTIVE, API_FAILED, API_ROLLED_BACK, API_SUCCESS, Fraisier, deployments
+from .processes import binary, free_port, http_get, lock_held_elsewhere, node_exporter, running
+from .test_fraisier_state import ACTIVE, API_FAILED, API_ROLLED_BACK, API_SUCCESS, Fraisier, deployments, errors
 from .values import canonical_samples, sample_values
 
 RELEASE = "87d4bd1"
@@ -293,6 +299,59 @@ def markers(directory: Path) -> list[str]:
         return [name for name in os.listdir(directory / ".fraisier-inflight") if not name.startswith(".")]
     except FileNotFoundError:
         return []
+
+
+# A store of other families (an application's) beside Fraisier's, on one directory
+
+JOBS = Family("app_jobs_total", Kind.COUNTER, ("kind",), "Jobs run.")
+
+
+class Application:
+    """An application merging its own families into Fraisier's textfile directory with this version's store (as
+    the store allows: each store leaves the other's hand-overs for it), while Fraisier's processes still run
+    0.2.0, which knows only Fraisier's families."""
+
+    def __init__(self, directory: Path, release: Version) -> None:
+        self.directory = directory
+        self.release = release
+        self.store = StoreOfASchema(directory, schema=Schema([JOBS]))
+        release.refresh(directory)
+
+    def hand_over_both(self, error_type: str) -> None:
+        """One hand-over of the application's, one of 0.2.0's (`fraisier record error` while the lock is held)."""
+        jobs = Changes()
+        jobs.add(JOBS, ("backup",), 1)
+        self.store.hand_over(jobs)
+        with lock_held_elsewhere(self.directory / "fraisier.prom.lock"):
+            handed = self.release.run("record", "error", "--provider", "bare_metal", "--error-type", error_type,
+                                      "--lock-timeout", "0.1", directory=self.directory)
+        assert handed.returncode == 0, handed.stderr
+        assert len(handovers_in(self.directory)) == 2
+
+    def assert_each_counted_once(self, error_type: str) -> None:
+        TextfileStore(self.directory).merge(Changes())
+        self.store.merge(Changes())
+        values = sample_values(self.directory / "fraisier.prom")
+        assert values.get(SET_ASIDE_FAMILY, 0) == 0
+        assert (values['app_jobs_total{kind="backup"}'], values[errors("bare_metal", error_type)]) == (1, 1)
+        assert handovers_in(self.directory) == []
+
+
+def test_an_application_s_store_leaves_0_2_0_s_hand_overs_for_fraisier_s(tmp_path: Path, release: Version) -> None:
+    """Bug (events lost): the application's store set a hand-over of 0.2.0's aside as unreadable (Fraisier's
+    families, none of its own): it carries no schema's fingerprint, as a store of another schema's would. A
+    hand-over without one is 0.2.0's, of the one schema 0.2.0 has: left for a store of that schema."""
+    application = Application(tmp_path / "textfile", release)
+    application.hand_over_both("handed")
+    application.store.merge(Changes())
+    assert not [name for name in handovers_in(application.directory) if not name.endswith(".json")]
+    application.assert_each_counted_once("handed")
+
+
+def handovers_in(directory: Path) -> list[str]:
+    """The hand-overs in ``directory`` and those set aside, their counter and temporaries left out."""
+    return [name for name in os.listdir(directory / ".fraisier-handover")
+            if name != "sequence" and not name.startswith(".")]
 
 
 # Fraisier's state database, read by either version

@@ -20,6 +20,10 @@ LARGEST = 64 * 1024 * 1024
 process's changes since its last merge: one touching 10,000 series in each of Fraisier's families (the default
 series bound) is about 17 MiB. A file of any size may be planted there (a sparse one takes no disk), and reading
 it whole would take the merging process's memory, at every merge."""
+FIRST_FORMAT_SCHEMA = "29ff05db"
+"""The fingerprint (Schema.fingerprint) of the one schema that readers of the first format know: 0.2.0 reads a
+hand-over against its catalogue, Fraisier's families as released, and wrote no fingerprint in its own. A hand-over
+without one is of that schema (a store of another schema leaves it for a store of that one)."""
 # Every field of Changes that a merge uses, serialised. A test checks this against Changes itself, so that
 # a field added there cannot be silently dropped here.
 FIELDS = ("added", "observed", "latest", "maximum", "active_providers", "retired_markers")
@@ -78,7 +82,7 @@ def decode(data: bytes, schema: Schema) -> Changes:
             raise NewerHandover(f"format version {version}, newer than this version's {FORMAT_VERSION}")
         if version.__class__ is not int or version != FORMAT_VERSION:  # `true` == 1 in Python: not a version
             raise UnreadableHandover(f"format version {version!r}, not {FORMAT_VERSION}")
-        theirs = content.get("schema")
+        theirs = content.get("schema", FIRST_FORMAT_SCHEMA)
         # Another schema's fingerprint alone is no reason: another version's catalogue (an upgrade) differs too,
         # and its hand-overs are applied as long as this schema has their families.
         if theirs.__class__ is str and theirs != schema.fingerprint and any(
