@@ -337,6 +337,17 @@ class Application:
         assert handovers_in(self.directory) == []
 
 
+def test_0_2_0_leaves_the_hand_overs_of_an_application_s_store_for_it(tmp_path: Path, release: Version) -> None:
+    """Bug (events lost): 0.2.0 set the application's hand-over aside as unreadable (a family it does not know).
+    This version's store writes the hand-overs of a schema other than the one 0.2.0 knows in a format 0.2.0 leaves
+    in place, for a newer version."""
+    application = Application(tmp_path / "textfile", release)
+    application.hand_over_both("handed")
+    release.refresh(application.directory)
+    assert not [name for name in handovers_in(application.directory) if not name.endswith(".json")]
+    application.assert_each_counted_once("handed")
+
+
 def test_an_application_s_store_leaves_0_2_0_s_hand_overs_for_fraisier_s(tmp_path: Path, release: Version) -> None:
     """Bug (events lost): the application's store set a hand-over of 0.2.0's aside as unreadable (Fraisier's
     families, none of its own): it carries no schema's fingerprint, as a store of another schema's would. A
