@@ -31,7 +31,7 @@ from fraisier_textfile.format.schema import Family, Kind, Schema
 from fraisier_textfile.store.handovers import SET_ASIDE_FAMILY
 from fraisier_textfile.store.textfile import TextfileStore as StoreOfASchema
 
-from .installs import Installation, clean_environment, install_revision
+from .installs import Installation, build_revision, build_wheel, clean_environment, install, reinstall
 from .processes import binary, free_port, http_get, lock_held_elsewhere, node_exporter, running
 from .test_fraisier_state import ACTIVE, API_FAILED, API_ROLLED_BACK, API_SUCCESS, Fraisier, deployments, errors
 from .values import canonical_samples, sample_values
@@ -76,12 +76,22 @@ class Version:
 
 
 @pytest.fixture(scope="session")
-def release_installation(tmp_path_factory: pytest.TempPathFactory) -> Installation:
-    installation = install_revision(RELEASE, tmp_path_factory.mktemp("release"))
+def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_revision(RELEASE, tmp_path_factory.mktemp("release"))
+
+
+@pytest.fixture(scope="session")
+def release_installation(tmp_path_factory: pytest.TempPathFactory, release_wheel: Path) -> Installation:
+    installation = install(release_wheel, tmp_path_factory.mktemp("release-venv") / "venv")
     said = subprocess.run([installation.script("fraisier-textfile"), "--version"], capture_output=True, text=True,
                           env=clean_environment(), cwd=installation.root, timeout=120)
     assert said.stdout.strip() == "fraisier-textfile, version 0.2.0", said
     return installation
+
+
+@pytest.fixture(scope="session")
+def current_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("current"))
 
 
 @pytest.fixture
@@ -299,6 +309,52 @@ def markers(directory: Path) -> list[str]:
         return [name for name in os.listdir(directory / ".fraisier-inflight") if not name.startswith(".")]
     except FileNotFoundError:
         return []
+
+
+# A process that outlives its installation
+
+
+@pytest.mark.slow
+def test_a_long_lived_recorder_records_on_once_its_installation_is_replaced_under_it(
+    tmp_path: Path, current_wheel: Path, release_wheel: Path, current: Version
+) -> None:
+    """Bug (events lost): a program recording for days (Fraisier's deploy daemon, through the start-up hook) still
+    runs when `pip install` replaces the package's files under it (an upgrade, or here a downgrade to 0.2.0). A
+    module it imported only later, at its first hand-over or its first deployment tracked, was the other version's,
+    mixed with its own: each such call failed "unexpectedly" (an ImportError), and the events were lost at exit.
+    A recorder's process now loads, after its first merge, every module a later one may need."""
+    installation = install(current_wheel, tmp_path / "venv")
+    directory = tmp_path / "textfile"
+    program = subprocess.Popen(
+        [str(installation.python), str(WORKERS), "recorder_outliving_its_installation", str(directory)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env=clean_environment(FRAISIER_TEXTFILE_FRAISIER_STATE="off"))
+    assert program.stdin is not None and program.stdout is not None and program.stderr is not None
+    assert program.stdout.readline() == "recorded\n"
+
+    def record(name: str) -> str:
+        assert program.stdin is not None and program.stdout is not None
+        program.stdin.write(f"{name}\n")
+        program.stdin.flush()
+        return program.stdout.readline()
+
+    assert record("lived on") == "lived on\n"
+    reinstall(release_wheel, installation)
+
+    with lock_held_elsewhere(directory / "fraisier.prom.lock"):
+        answers = [record("handed"), record("deployment_handed")]
+    answers += [record("after"), record("deployment_after")]
+    program.stdin.close()
+    assert program.wait(timeout=60) == 0
+    stderr = program.stderr.read()
+    assert not [answer for answer in answers if "unexpectedly" in answer], answers
+    assert "unexpectedly" not in stderr, stderr
+    current.refresh(directory)
+    values = sample_values(directory / "fraisier.prom")
+    assert [values.get(errors("bare_metal", name)) for name in ("before", "handed", "after")] == [1, 1, 1]
+    assert [values.get(deployments("bare_metal", status, name)) for name in ("deployment_handed", "deployment_after")
+            for status in ("success", "crashed")] == [1, 0, 1, 0]
+
 
 
 # A store of other families (an application's) beside Fraisier's, on one directory

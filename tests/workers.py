@@ -106,5 +106,44 @@ def acknowledge_commands(directory: str, name: str, *command: str) -> None:
             os.write(1, b".")
 
 
+def recorder_outliving_its_installation(directory: str) -> None:
+    """A long-lived program recording (Fraisier's deploy daemon): one event at its start, then one for each line
+    read (a tracked deployment for a line starting with "deployment", else an error of that type), each answered
+    with what its summary says last went wrong; "lived on" is answered once it has loaded every module of the
+    store's and recorder's layers, as a process that lives on does (within a minute, or says it has not)."""
+    recorder = MetricsRecorder(directory)
+    recorder.record_deployment_error("bare_metal", "before")
+    print("recorded", flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        if name == "lived on":
+            print(lived_on(), flush=True)
+            continue
+        if name.startswith("deployment"):
+            with recorder.track_deployment("bare_metal", name):
+                pass
+        else:
+            recorder.record_deployment_error("bare_metal", name)
+        print(recorder.get_metrics_summary()["last_error"], flush=True)
+
+
+def lived_on() -> str:
+    import importlib
+    import pkgutil
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        missing = [
+            module.name for layer in ("format", "store", "recorder")
+            for module in pkgutil.walk_packages(importlib.import_module(f"fraisier_textfile.{layer}").__path__,
+                                                f"fraisier_textfile.{layer}.")
+            if module.name not in sys.modules
+        ]
+        if not missing:
+            return "lived on"
+        time.sleep(0.05)
+    return f"not loaded: {missing}"
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])
