@@ -357,6 +357,38 @@ def test_a_long_lived_recorder_records_on_once_its_installation_is_replaced_unde
 
 
 
+@pytest.mark.slow
+def test_fraisier_exec_records_the_end_of_a_deployment_that_outlived_its_installation(
+    tmp_path: Path, current_wheel: Path, release_wheel: Path, current: Version
+) -> None:
+    """Bug (a deployment's end lost): the package replaced under a `fraisier exec` while its command runs (an
+    hour-long deployment, an upgrade meanwhile), the end was handed over through the other version's modules."""
+    installation = install(current_wheel, tmp_path / "venv")
+    directory = tmp_path / "textfile"
+    # The command reads one line: the test ends the deployment when it wants.
+    deployment = subprocess.Popen(
+        [str(installation.script("fraisier-textfile")), "--textfile-dir", str(directory), "exec", "--provider",
+         "bare_metal", "--fraise-type", "long", "--", sys.executable, "-c", "import sys; print(sys.stdin.readline())"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env=clean_environment(FRAISIER_TEXTFILE_FRAISIER_STATE="off"))
+    assert deployment.stdin is not None and deployment.stdout is not None and deployment.stderr is not None
+    deadline = time.monotonic() + 60
+    while not markers(directory):
+        assert time.monotonic() < deadline and deployment.poll() is None, "no marker"
+        time.sleep(0.05)
+    reinstall(release_wheel, installation)
+    with lock_held_elsewhere(directory / "fraisier.prom.lock"):
+        deployment.stdin.write("done\n")
+        deployment.stdin.close()
+        assert deployment.stdout.readline() == "done\n"  # the command ran, and ended
+        assert deployment.wait(timeout=60) == 0
+    stderr = deployment.stderr.read()
+    assert "unexpectedly" not in stderr and "Traceback" not in stderr, stderr
+    current.refresh(directory)
+    values = sample_values(directory / "fraisier.prom")
+    assert [values.get(deployments("bare_metal", status, "long")) for status in ("success", "crashed")] == [1, 0]
+
+
 # A store of other families (an application's) beside Fraisier's, on one directory
 
 JOBS = Family("app_jobs_total", Kind.COUNTER, ("kind",), "Jobs run.")
