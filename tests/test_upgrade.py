@@ -389,6 +389,29 @@ def test_fraisier_exec_records_the_end_of_a_deployment_that_outlived_its_install
     assert [values.get(deployments("bare_metal", status, "long")) for status in ("success", "crashed")] == [1, 0]
 
 
+@pytest.mark.slow
+def test_fraisier_metrics_merges_on_once_its_installation_is_replaced_under_it(
+    tmp_path: Path, current_wheel: Path, release_wheel: Path, current: Version
+) -> None:
+    """Bug (a server wedged until restarted): the package replaced under a running `fraisier metrics`, its
+    scrapes merged the hand-overs waiting through the other version's modules."""
+    installation = install(current_wheel, tmp_path / "venv")
+    directory = tmp_path / "textfile"
+    current.refresh(directory)
+    installed = Version("installed", str(installation.python), (str(installation.script("fraisier-textfile")),),
+                        clean_environment(FRAISIER_TEXTFILE_FRAISIER_STATE="off"))
+    with installed.server(directory) as url:
+        reinstall(release_wheel, installation)
+        with lock_held_elsewhere(directory / "fraisier.prom.lock"):
+            handed = current.run("record", "error", "--provider", "bare_metal", "--error-type", "handed",
+                                 "--lock-timeout", "0.1", directory=directory)
+        assert handed.returncode == 0, handed.stderr
+        assert handovers_in(directory)
+        served = sample_values(http_get(url))
+    assert served.get(errors("bare_metal", "handed")) == 1
+    assert handovers_in(directory) == []
+
+
 # A store of other families (an application's) beside Fraisier's, on one directory
 
 JOBS = Family("app_jobs_total", Kind.COUNTER, ("kind",), "Jobs run.")
