@@ -33,7 +33,16 @@ from fraisier_textfile.store.textfile import TextfileStore as StoreOfASchema
 
 from .installs import Installation, build_revision, build_wheel, clean_environment, install, reinstall
 from .processes import binary, free_port, http_get, lock_held_elsewhere, node_exporter, running
-from .test_fraisier_state import ACTIVE, API_FAILED, API_ROLLED_BACK, API_SUCCESS, Fraisier, deployments, errors
+from .test_fraisier_state import (
+    ACTIVE,
+    API_FAILED,
+    API_ROLLED_BACK,
+    API_SUCCESS,
+    Fraisier,
+    backup_of,
+    deployments,
+    errors,
+)
 from .values import canonical_samples, sample_values
 
 RELEASE = "87d4bd1"
@@ -520,3 +529,36 @@ def test_fraisier_s_deployments_are_counted_once_whichever_version_reads_its_dat
     assert (counts[API_SUCCESS], counts[API_FAILED], counts[API_ROLLED_BACK]) == (3, 2, 1), counts
     assert sum(value for key, value in counts.items() if key.startswith("fraisier_rollbacks_total")) == 2, counts
     assert fraisier_counts(directory) == counts
+
+
+def test_a_database_restored_then_put_back_while_0_2_0_reads_is_counted_as_0_2_0_alone_counts_it_then_once(
+    fraisier: Fraisier, tmp_path: Path, release: Version, current: Version
+) -> None:
+    """0.2.0's own, which this version cannot change (the changelog's "Upgrading" note): Fraisier's database is
+    restored from a backup, read by the new version, then the database it replaced is put back and read by 0.2.0,
+    which counts again its deployments past the backup's last, as it does reading alone. Once 0.2.0 is gone, the
+    new version counts nothing more of them, and each later deployment once."""
+    directory, alone = tmp_path / "textfile", tmp_path / "alone"  # alone: 0.2.0 reads, at every step
+    fraisier.deploy("api", "success")
+    backup = backup_of(fraisier.database, tmp_path / "backup.db")
+    fraisier.deploy("api", "success")
+    for version, read in ((current, directory), (release, alone)):
+        version.refresh(read)
+    fraisier.close()
+    replaced = tmp_path / "replaced.db"
+    os.replace(fraisier.database, replaced)
+    os.replace(backup, fraisier.database)
+    current.refresh(directory)
+    release.refresh(alone)
+    assert fraisier_counts(directory)[API_SUCCESS] == fraisier_counts(alone)[API_SUCCESS] == 2
+    os.replace(replaced, fraisier.database)
+    release.refresh(directory)
+    release.refresh(alone)
+    assert fraisier_counts(directory)[API_SUCCESS] == fraisier_counts(alone)[API_SUCCESS] == 3
+    current.refresh(directory)
+    assert fraisier_counts(directory)[API_SUCCESS] == 3
+    with Fraisier(fraisier.root) as again:
+        again.deploy("api", "success")
+        current.refresh(directory)
+        current.refresh(directory)
+    assert fraisier_counts(directory)[API_SUCCESS] == 4
