@@ -8,8 +8,10 @@ them: a Fraisier deploy daemon recording for days, ``fraisier metrics``, a ``fra
 deployment. A module such a process imports after that is the other version's, mixed with its own: an
 ImportError at each merge, or worse, and its events lost. So a process that lives on loads the rest ahead:
 
-- a recorder, :data:`DELAY` seconds after its first write, in a thread of its own (:func:`soon`): a process that
-  ends sooner (a cron job's) never pays for it, and neither the record call nor the exit waits for it;
+- a recorder, :data:`DELAY` seconds after its first write, in the thread that closes what that write's merge
+  replaced (:func:`ask`), or a second after Fraisier's metrics module is pointed at the textfile (bridge.py,
+  :func:`soon`): a process that ends sooner (a cron job's) never pays for it, and neither the record call nor the
+  exit waits for it;
 - ``fraisier metrics`` and ``fraisier exec``, which live on by design, at once (:func:`load`), off any request's
   path (once listening; once the command runs).
 
@@ -26,18 +28,19 @@ import sys
 from collections.abc import Iterable
 
 DELAY = 1.0
-"""Seconds after a recorder's first write that its process loads the rest (see :func:`soon`)."""
+"""Seconds a process waits, once loading ahead is asked for, before it loads (see :func:`ask`, :func:`soon`)."""
 EXIT_WAIT = 1.0
 """Seconds the exit waits at most for a load under way (a thread importing as the interpreter finalizes can
 crash the process); one not begun is called off at once."""
 
-asked = False
-"""Whether :func:`soon` was called in this process: the record path checks it before calling."""
+requested: tuple[str, ...] | None = None
+"""The packages to load ahead, once asked for (:func:`ask`); the record path checks it before asking."""
+_begun = False
 _call_off = _thread.allocate_lock()
-"""Held until the exit: the thread waits :data:`DELAY` on it, and the exit's release calls the load off."""
+"""Held until the exit: the loading thread waits :data:`DELAY` on it, and the exit's release calls the load off."""
 _call_off.acquire()
 _running = _thread.allocate_lock()
-"""Held by the thread until it is done, so that the exit can wait for it."""
+"""Held by the thread that loads until it is done, so that the exit can wait for it."""
 
 
 def load(packages: Iterable[str]) -> None:
@@ -60,28 +63,35 @@ def load(packages: Iterable[str]) -> None:
                     continue
 
 
+def ask(packages: Iterable[str]) -> None:
+    """Have ``packages`` loaded (see :func:`load`) :data:`DELAY` seconds from now, by a thread of ours that would
+    end then anyway (:func:`take_over`: the one that closes the file a merge replaced, store/files.py), so that no
+    call pays for a thread's start. Costs the caller nothing more than noting them; once per process."""
+    global requested
+    if requested is None:
+        requested = tuple(packages)
+
+
 def soon(packages: Iterable[str]) -> None:
-    """Load ``packages`` (see :func:`load`) :data:`DELAY` seconds from now in a thread of its own, once per
-    process; called off if the process exits first. Never raises, never waits."""
-    global asked
-    if asked:
-        return
-    asked = True
-    listed = tuple(packages)
-    if not _running.acquire(blocking=False):
-        return
+    """As :func:`ask`, in a thread started now for it: for a process that may not merge for long (one that
+    imports Fraisier's metrics module at its start, and records hours later). Never raises, never waits."""
+    ask(packages)
     try:
-        _thread.start_new_thread(_load_later, (listed,))
+        _thread.start_new_thread(take_over, ())
     except RuntimeError:  # no thread to be had (a task limit): the modules load when needed, as before
-        _running.release()
+        pass
+
+
+def take_over() -> None:
+    """Run by a thread of ours about to end: if loading ahead was asked for and no thread has taken it yet, this
+    one waits :data:`DELAY` (called off by the exit), then loads. Never raises."""
+    global _begun
+    if requested is None or _begun or not _running.acquire(blocking=False):
         return
-    atexit.register(_at_exit)
-
-
-def _load_later(packages: tuple[str, ...]) -> None:
+    _begun = True
     try:
         if not _call_off.acquire(timeout=DELAY):
-            load(packages)
+            load(requested)
     except BaseException:  # never into the program: at worst the modules load when needed, as before
         pass
     finally:
@@ -96,12 +106,14 @@ def _at_exit() -> None:
 
 
 def _in_child() -> None:
-    """A forked child has no thread of its parent's: it starts afresh, and loads the rest if it records on."""
-    global asked, _call_off, _running
-    asked = False
+    """A forked child has no thread of its parent's: it starts afresh, and loads ahead if it records on."""
+    global requested, _begun, _call_off, _running
+    requested = None
+    _begun = False
     _call_off = _thread.allocate_lock()
     _call_off.acquire()
     _running = _thread.allocate_lock()
 
 
+atexit.register(_at_exit)
 os.register_at_fork(after_in_child=_in_child)

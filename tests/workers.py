@@ -106,13 +106,20 @@ def acknowledge_commands(directory: str, name: str, *command: str) -> None:
             os.write(1, b".")
 
 
-def recorder_outliving_its_installation(directory: str) -> None:
-    """A long-lived program recording (Fraisier's deploy daemon): one event at its start, then one for each line
-    read (a tracked deployment for a line starting with "deployment", else an error of that type), each answered
-    with what its summary says last went wrong; "lived on" is answered once it has loaded every module of the
-    store's and recorder's layers, as a process that lives on does (within a minute, or says it has not)."""
-    recorder = MetricsRecorder(directory)
-    recorder.record_deployment_error("bare_metal", "before")
+def recorder_outliving_its_installation(directory: str, through: str = "our API") -> None:
+    """A long-lived program recording (Fraisier's deploy daemon): then one event for each line read (a tracked
+    deployment for a line starting with "deployment", else an error of that type), each answered with what its
+    summary says last went wrong; "lived on" is answered once it has loaded every module of the store's and
+    recorder's layers, as a process that lives on does (within a minute, or says it has not). ``through`` "our
+    API": it records one event at its start; "Fraisier": it imports Fraisier's metrics module at its start (the
+    start-up hook points it at the textfile) and records nothing before the first line."""
+    if through == "Fraisier":
+        from fraisier import metrics
+
+        recorder = metrics.get_metrics_recorder()
+    else:
+        recorder = MetricsRecorder(directory)
+        recorder.record_deployment_error("bare_metal", "before")
     print("recorded", flush=True)
     for line in sys.stdin:
         name = line.strip()

@@ -164,8 +164,8 @@ class Writer:
         pending = self.series.gather()
         if not pending:
             return
-        if not preload.asked:
-            preload.soon(LOADED_AHEAD)
+        if preload.requested is None:
+            preload.ask(LOADED_AHEAD)
         left = process.process_budget.left(self.lock_wait_budget)
         wait = min(self.store.lock_timeout, left, longest_wait)
         # Once the budget is spent, hand-overs skip their fsyncs: under a lock held for long, two fsyncs per
