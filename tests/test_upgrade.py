@@ -4,8 +4,9 @@ After ``pip install -U fraisier-textfile`` a long-running ``fraisier metrics`` a
 version for minutes or days, while new ``fraisier record`` and cron processes run the new one; some hosts go back
 (a downgrade). Both versions' processes race here on one directory and are SIGKILLed at random moments: whichever
 version merges, every event is counted once, nothing is lost, the file stays one node_exporter and promtool read,
-and neither version wedges the other. 0.2.0 is installed from this repository's history (its commit), once per
-session.
+and neither version wedges the other; and a process of this version whose installation `pip` replaces under it
+(by 0.2.0's: a downgrade) records on. 0.2.0 is built from this repository's history (its commit), and this checkout
+as a wheel, once per session.
 """
 
 from __future__ import annotations
