@@ -564,3 +564,25 @@ def test_a_database_restored_then_put_back_while_0_2_0_reads_is_counted_as_0_2_0
         current.refresh(directory)
         current.refresh(directory)
     assert fraisier_counts(directory)[API_SUCCESS] == 4
+
+
+def test_both_versions_servers_count_each_of_fraisier_s_deployments_once_while_it_deploys(
+    fraisier: Fraisier, tmp_path: Path, release: Version, current: Version
+) -> None:
+    """Each version's `fraisier metrics` reads Fraisier's database at its scrapes (and merges what is new), each
+    version's refresh too, while Fraisier deploys: each deployment is counted once, and no scrape fails."""
+    directory = tmp_path / "textfile"
+    current.refresh(directory)
+    with ExitStack() as stack:
+        urls = [stack.enter_context(version.server(directory)) for version in (release, current)]
+        with Scrapes(urls) as scrapes:
+            for number in range(12):
+                fraisier.deploy("api", "success" if number % 3 else "failed")
+                (release if number % 2 else current).refresh(directory)
+        served = [sample_values(http_get(url)) for url in urls]
+    assert not scrapes.failures, scrapes.failures[:5]
+    assert all(len(answers) > 3 for answers in scrapes.answers.values())
+    current.refresh(directory)
+    counts = fraisier_counts(directory)
+    assert (counts[API_SUCCESS], counts[API_FAILED]) == (8, 4), counts
+    assert [(values[API_SUCCESS], values[API_FAILED]) for values in served] == [(8, 4), (8, 4)]
