@@ -12,8 +12,8 @@ ImportError at each merge, or worse, and its events lost. So a process that live
   replaced (:func:`ask`), or a second after Fraisier's metrics module is pointed at the textfile (bridge.py,
   :func:`soon`): a process that ends sooner (a cron job's) never pays for it, and neither the record call nor the
   exit waits for it;
-- ``fraisier metrics`` and ``fraisier exec``, which live on by design, at once (:func:`load`), off any request's
-  path (once listening; once the command runs).
+- ``fraisier metrics`` and ``fraisier exec``, which live on by design, at their start (:func:`load`): before the
+  server listens, before the command runs (a few milliseconds, once).
 
 Stdlib modules are not at stake (the interpreter is not replaced under a process), nor the CLI's (a command's are
 loaded when it starts).
