@@ -57,6 +57,12 @@ def install_into(theirs: ModuleType) -> None:
             if not attribute.startswith("_") and hasattr(original, "labels") and replacement is not None:
                 setattr(their_families, attribute, replacement)
     setattr(theirs, INSTALLED_MARK, True)
+    # Fraisier's daemon imports its metrics module at its start and may first record hours later, after an
+    # upgrade replaced our files under it: what a write needs is loaded a second from now (preload.py).
+    from fraisier_textfile import preload
+    from fraisier_textfile.recorder.writer import LOADED_AHEAD
+
+    preload.soon(LOADED_AHEAD)
 
 
 # python -m fraisier_textfile.bridge SCRIPT [ARGUMENTS...]

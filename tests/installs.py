@@ -109,6 +109,32 @@ def install(wheel: Path, root: Path, base: str | None = None, running_packages: 
     return installation
 
 
+def build_revision(revision: str, directory: Path) -> Path:
+    """A wheel of this package as it was at ``revision`` of this repository (a release: 0.2.0 is ``87d4bd1``),
+    built as :func:`build_wheel` builds this checkout, in ``directory``. Skipped where the revision is not in the
+    clone (a shallow one), failed under CI=true."""
+    archive = subprocess.run(["git", "-C", str(REPOSITORY), "archive", "--format=tar", revision],
+                             capture_output=True, timeout=300)
+    if archive.returncode != 0:
+        message = f"git archive {revision} failed (a shallow clone?): {archive.stderr.decode(errors='replace')}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    tree = directory / "tree"
+    tree.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, timeout=300)
+    return build_wheel(directory / "build", tree)
+
+
+def reinstall(wheel: Path, installation: Installation) -> None:
+    """Replace the package in ``installation`` by ``wheel``'s, in place, as ``pip install -U`` (or a downgrade)
+    does under the processes still running from it."""
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--python", str(installation.python),
+           "install", "-q", "--no-deps", "--no-index", "--force-reinstall", str(wheel)]
+    replaced = subprocess.run(pip, capture_output=True, text=True, env=clean_environment(), timeout=600)
+    assert replaced.returncode == 0, f"installing {wheel.name} failed:\n{replaced.stderr[-3000:]}"
+
+
 @contextmanager
 def directory_the_units_can_see() -> Iterator[Path]:
     """A temporary directory that the systemd units' hardening does not hide (pytest's tmp_path is under /tmp,

@@ -68,14 +68,16 @@ def stop(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def running(command: Sequence[str], ready_url: str, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server, wait until ``ready_url`` answers, and stop it (SIGTERM, then SIGKILL) afterwards.
+def running(command: Sequence[str], ready_url: str, log: Path | None = None, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server (in ``env`` and ``cwd``, this process's by default), wait until ``ready_url`` answers, and stop
+    it (SIGTERM, then SIGKILL) afterwards.
 
     Its output goes to ``log`` (or an anonymous file), never to a pipe: a pipe nobody reads would stall a
     server that logs on every scrape. If it does not come up, the error shows the end of that output."""
     output = open(log, "w+b") if log is not None else tempfile.TemporaryFile()  # noqa: SIM115
     try:
-        process = subprocess.Popen(list(command), stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(list(command), stdout=output, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         try:
             try:
                 wait_until_serving(ready_url, process)

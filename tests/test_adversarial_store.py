@@ -700,7 +700,7 @@ def test_a_hand_over_from_a_newer_version_is_left_for_it_not_set_aside(textfile_
     directory = textfile_dir / handovers.HANDOVER_DIRECTORY
     directory.mkdir()
     newer = directory / f"{handovers.id_for(1)}.json"
-    data = b'{"version": 2, "events": []}'
+    data = b'{"version": 3, "events": []}'
     newer.write_bytes(data)
     result = fraisier("record", "rollback", "--provider", "p", "--reason", "manual", "--duration", "3",
                       textfile_dir=textfile_dir)

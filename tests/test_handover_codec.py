@@ -12,6 +12,9 @@ from fraisier_textfile.catalogue import SCHEMA
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.format.schema import Family, Kind, Schema
 from fraisier_textfile.store.handover_codec import (
+    FIRST_FORMAT,
+    FIRST_FORMAT_SCHEMA,
+    FORMAT_VERSION,
     ForeignHandover,
     NewerHandover,
     UnreadableHandover,
@@ -67,7 +70,7 @@ def test_a_family_unknown_to_the_very_schema_that_wrote_it_is_unreadable_not_for
 
 def test_a_newer_format_is_left_for_its_version() -> None:
     content = json.loads(encode(every_kind_of_change(), SCHEMA))
-    content["version"] = 2
+    content["version"] = FORMAT_VERSION + 1
     with pytest.raises(NewerHandover):
         decode(json.dumps(content).encode(), SCHEMA)
 
@@ -79,3 +82,25 @@ def test_a_value_no_recorder_writes_is_unreadable_never_another_error(value: str
             '"retired_markers":[]}').encode()
     with pytest.raises(UnreadableHandover):
         decode(data, SCHEMA)
+
+
+def test_a_hand_over_without_a_fingerprint_is_of_the_schema_the_first_format_knew() -> None:
+    """0.2.0 wrote no fingerprint: its hand-overs are of the one schema it had, Fraisier's catalogue as released
+    (which this catalogue still is). A store of another schema leaves them for a store of that one."""
+    assert SCHEMA.fingerprint == FIRST_FORMAT_SCHEMA
+    content = json.loads(encode(every_kind_of_change(), SCHEMA))
+    del content["schema"]
+    released = json.dumps(content).encode()
+    assert as_plain(decode(released, SCHEMA)) == as_plain(every_kind_of_change())
+    with pytest.raises(ForeignHandover):
+        decode(released, APPLICATION)
+
+
+def test_the_hand_overs_of_fraisier_s_schema_are_of_the_first_format_those_of_another_of_the_second() -> None:
+    """0.2.0 reads the first format only, against Fraisier's catalogue, and leaves one of a newer format in place:
+    Fraisier's hand-overs stay of the first (0.2.0 applies them after a downgrade), another schema's are of the
+    second (0.2.0 would set them aside as naming a family it does not have). This version reads both."""
+    assert json.loads(encode(every_kind_of_change(), SCHEMA))["version"] == FIRST_FORMAT
+    theirs = encode(application_changes(), APPLICATION)
+    assert json.loads(theirs)["version"] == FORMAT_VERSION > FIRST_FORMAT
+    assert as_plain(decode(theirs, APPLICATION)) == as_plain(application_changes())

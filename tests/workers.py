@@ -67,5 +67,90 @@ def fail_then_exit(directory: str) -> None:
     sys.stdin.readline()
 
 
+# Writers for the races between versions (tests/test_upgrade.py): each runs under any version of the package (its
+# public API only) until SIGKILLed, and writes one byte on stdout each time a record call has returned.
+
+
+def acknowledge_errors(directory: str, name: str) -> None:
+    """Deployment errors of type ``name``, each a record call."""
+    import os
+
+    recorder = MetricsRecorder(directory)
+    while True:
+        recorder.record_deployment_error("bare_metal", name)
+        os.write(1, b".")
+
+
+def acknowledge_deployments(directory: str, name: str) -> None:
+    """Tracked deployments of fraise type ``name``: a marker each, made and released (killed in one: crashed)."""
+    import os
+
+    recorder = MetricsRecorder(directory)
+    while True:
+        with recorder.track_deployment("bare_metal", name):
+            pass
+        os.write(1, b".")
+
+
+def acknowledge_commands(directory: str, name: str, *command: str) -> None:
+    """``command record deployment`` (the CLI of some version) of fraise type ``name``, one process after the
+    other; one byte for each that exited 0. Killed with its process group, so that at most one is under way."""
+    import os
+    import subprocess
+
+    while True:
+        recorded = subprocess.run([*command, "--textfile-dir", directory, "record", "deployment", "--provider",
+                                   "bare_metal", "--fraise-type", name, "--status", "success", "--duration", "1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if recorded.returncode == 0:
+            os.write(1, b".")
+
+
+def recorder_outliving_its_installation(directory: str, through: str = "our API") -> None:
+    """A long-lived program recording (Fraisier's deploy daemon): then one event for each line read (a tracked
+    deployment for a line starting with "deployment", else an error of that type), each answered with what its
+    summary says last went wrong; "lived on" is answered once it has loaded every module of the store's and
+    recorder's layers, as a process that lives on does (within a minute, or says it has not). ``through`` "our
+    API": it records one event at its start; "Fraisier": it imports Fraisier's metrics module at its start (the
+    start-up hook points it at the textfile) and records nothing before the first line."""
+    if through == "Fraisier":
+        from fraisier import metrics
+
+        recorder = metrics.get_metrics_recorder()
+    else:
+        recorder = MetricsRecorder(directory)
+        recorder.record_deployment_error("bare_metal", "before")
+    print("recorded", flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        if name == "lived on":
+            print(lived_on(), flush=True)
+            continue
+        if name.startswith("deployment"):
+            with recorder.track_deployment("bare_metal", name):
+                pass
+        else:
+            recorder.record_deployment_error("bare_metal", name)
+        print(recorder.get_metrics_summary()["last_error"], flush=True)
+
+
+def lived_on() -> str:
+    import importlib
+    import pkgutil
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        missing = [
+            module.name for layer in ("format", "store", "recorder")
+            for module in pkgutil.walk_packages(importlib.import_module(f"fraisier_textfile.{layer}").__path__,
+                                                f"fraisier_textfile.{layer}.")
+            if module.name not in sys.modules
+        ]
+        if not missing:
+            return "lived on"
+        time.sleep(0.05)
+    return f"not loaded: {missing}"
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])

@@ -17,11 +17,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from fraisier_textfile import changes, validate
+from fraisier_textfile import changes, preload, validate
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import FraisierTextfileError, InvalidValueError
 from fraisier_textfile.store.deployments import Deployment
 from fraisier_textfile.store.textfile import TextfileStore
+
+LOADED_AHEAD = ("fraisier_textfile.format", "fraisier_textfile.store")
+"""What `fraisier exec` loads before it starts the command (preload.py): every module the deployment's end may
+import, such as a hand-over's codec."""
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +318,8 @@ def _supervise(command: Sequence[str], original_mask: set[int]) -> tuple[int, st
             die_with_parent()
         signal.pthread_sigmask(signal.SIG_SETMASK, original_mask)
 
+    # The deployment may outlast the installation (an upgrade while it runs): what its end needs is loaded now.
+    preload.load(LOADED_AHEAD)
     # Signals that arrived before the command exists were not delivered to it, whoever sent them: passed on.
     early: list[int] = []
     while True:

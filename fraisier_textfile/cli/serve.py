@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
+from fraisier_textfile import preload
 from fraisier_textfile.cli.group import Command, InvalidInput, Settings, library_errors, pass_settings
+
+LOADED_AHEAD = ("fraisier_textfile.format", "fraisier_textfile.store", "fraisier_textfile.sources",
+                "fraisier_textfile.serve")
+"""What `fraisier metrics` loads before it serves (preload.py): every module a scrape may import."""
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +108,8 @@ def metrics(settings: Settings, port: int, address: str, web_config_file: Path |
     for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signal_number, noted)
     store = settings.store(fraisier_state=True)  # each scrape takes what Fraisier's state holds that is new
+    # A server outlasts installations (`pip install -U` under it): what a scrape may import is loaded now.
+    preload.load(LOADED_AHEAD)
     before, after = raise_descriptor_limit()
     if after != before:
         log.debug(f"raised the soft limit on open files from {before} to {after}, the hard limit")

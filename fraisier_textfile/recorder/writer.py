@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fraisier_textfile import preload
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.fraisier_store import FraisierStore
@@ -45,6 +46,11 @@ call that finds it free would pay for a whole merge of the file and of all of th
 Its follow-up (the background thread's) merges them all instead: group commit, off the call. Past that time (a
 first call, hand-overs left long ago, merges that fail on a corrupt file), the call tries the lock as usual, so
 that it merges them or says what stops every merge."""
+
+
+LOADED_AHEAD = ("fraisier_textfile.format", "fraisier_textfile.store", "fraisier_textfile.recorder")
+"""What a recorder's process loads once it lives on after its first write (preload.py): every module a later write
+may import, such as a hand-over's codec, while the installation is still the one the process started from."""
 
 
 def make_store(directory: Path | str, lock_timeout: float, *, strict: bool) -> TextfileStore:
@@ -158,6 +164,8 @@ class Writer:
         pending = self.series.gather()
         if not pending:
             return
+        if preload.requested is None:
+            preload.ask(LOADED_AHEAD)
         left = process.process_budget.left(self.lock_wait_budget)
         wait = min(self.store.lock_timeout, left, longest_wait)
         # Once the budget is spent, hand-overs skip their fsyncs: under a lock held for long, two fsyncs per

@@ -13,6 +13,7 @@ import _thread
 import errno
 import os
 import stat
+import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -221,6 +222,11 @@ class Closer:
             _close_all(self._versions, self._synced)
         finally:
             process.closing_ended(done)
+        # A thread that ends now: it loads ahead, if that was asked for (preload.py). Looked up, not imported: only
+        # a process that asked has the module (a recorder's), and a `fraisier record` pays nothing for it.
+        loading = sys.modules.get("fraisier_textfile.preload")
+        if loading is not None:
+            loading.take_over()
 
     def hand(self, versions: list[FileVersion], synced: int = -1) -> None:
         """Close ``versions`` in the thread, which then ends, after the fsync of ``synced`` (a directory's

@@ -14,12 +14,23 @@ from fraisier_textfile.format.schema import Family, Schema
 from fraisier_textfile.store.changes import Changes, HistogramDelta
 from fraisier_textfile.validate import check_label_value
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format this version reads, and the one it writes the hand-overs of any schema but
+FIRST_FORMAT_SCHEMA's in. It is the first format (1) with the writer's fingerprint always in it. It exists for
+0.2.0, which reads only the first, against its own catalogue, sets aside (loses) one naming a family that catalogue
+lacks, and leaves in place one of a newer format: so a store of another schema (an application's families beside
+Fraisier's) sharing the directory with a 0.2.0 still running has its hand-overs left for it."""
+FIRST_FORMAT = 1
 LARGEST = 64 * 1024 * 1024
 """Bytes a hand-over may hold at most; a larger one is set aside unread (handovers.read). A hand-over holds one
 process's changes since its last merge: one touching 10,000 series in each of Fraisier's families (the default
 series bound) is about 17 MiB. A file of any size may be planted there (a sparse one takes no disk), and reading
 it whole would take the merging process's memory, at every merge."""
+FIRST_FORMAT_SCHEMA = "29ff05db"
+"""The fingerprint (Schema.fingerprint) of the one schema that readers of the first format know: 0.2.0 reads a
+hand-over against its catalogue, Fraisier's families as released, and wrote no fingerprint in its own. A hand-over
+without one is of that schema (a store of another schema leaves it for a store of that one), and the hand-overs
+of that schema are still written in the first format, which 0.2.0 applies (a downgrade loses none)."""
 # Every field of Changes that a merge uses, serialised. A test checks this against Changes itself, so that
 # a field added there cannot be silently dropped here.
 FIELDS = ("added", "observed", "latest", "maximum", "active_providers", "retired_markers")
@@ -49,7 +60,7 @@ def encode(changes: Changes, schema: Schema) -> bytes:
     import json  # here, not at the top: only a process that hands over pays for it
 
     content: dict[str, Any] = {
-        "version": FORMAT_VERSION,
+        "version": FIRST_FORMAT if schema.fingerprint == FIRST_FORMAT_SCHEMA else FORMAT_VERSION,
         "schema": schema.fingerprint,
         "added": [[family.name, list(labels), amount] for (family, labels), amount in changes.added.items()],
         "observed": [
@@ -76,9 +87,9 @@ def decode(data: bytes, schema: Schema) -> Changes:
         version = content.get("version")
         if version.__class__ is int and version > FORMAT_VERSION:
             raise NewerHandover(f"format version {version}, newer than this version's {FORMAT_VERSION}")
-        if version.__class__ is not int or version != FORMAT_VERSION:  # `true` == 1 in Python: not a version
-            raise UnreadableHandover(f"format version {version!r}, not {FORMAT_VERSION}")
-        theirs = content.get("schema")
+        if version.__class__ is not int or version not in (FIRST_FORMAT, FORMAT_VERSION):  # `true` == 1: no version
+            raise UnreadableHandover(f"format version {version!r}, not {FIRST_FORMAT} or {FORMAT_VERSION}")
+        theirs = content.get("schema", FIRST_FORMAT_SCHEMA)
         # Another schema's fingerprint alone is no reason: another version's catalogue (an upgrade) differs too,
         # and its hand-overs are applied as long as this schema has their families.
         if theirs.__class__ is str and theirs != schema.fingerprint and any(
