@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.error
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -85,9 +86,31 @@ class Version:
             yield url
 
 
+RELEASE_WHEEL = Path(__file__).parent / "releases" / "fraisier_textfile-0.2.0-py3-none-any.whl"
+"""0.2.0's wheel, built from RELEASE's tree as build_wheel builds this checkout, and kept here: CI clones main
+without its history maybe (a shallow clone has no RELEASE), and the upgrade tests must run there all the same.
+test_the_kept_release_wheel_is_the_release_built_from_its_commit checks it against RELEASE where the history is."""
+
+
 @pytest.fixture(scope="session")
-def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_revision(RELEASE, tmp_path_factory.mktemp("release"))
+def release_wheel() -> Path:
+    return RELEASE_WHEEL
+
+
+def test_the_kept_release_wheel_is_the_release_built_from_its_commit(tmp_path: Path) -> None:
+    """Every file the kept wheel installs is, byte for byte, RELEASE's (its metadata aside: a build stamps it)."""
+    present = subprocess.run(["git", "-C", str(Path(__file__).parent), "cat-file", "-e", f"{RELEASE}^{{commit}}"],
+                             capture_output=True, timeout=60)
+    if present.returncode != 0:
+        pytest.skip(f"{RELEASE} is not in this clone (a shallow one): nothing to check the kept wheel against")
+    built = build_revision(RELEASE, tmp_path)
+
+    def installed_files(wheel: Path) -> dict[str, bytes]:
+        with zipfile.ZipFile(wheel) as archive:
+            return {name: archive.read(name) for name in archive.namelist() if ".dist-info/" not in name}
+
+    kept = installed_files(RELEASE_WHEEL)
+    assert kept and kept == installed_files(built)
 
 
 @pytest.fixture(scope="session")
