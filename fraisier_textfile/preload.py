@@ -22,8 +22,6 @@ loaded when it starts).
 from __future__ import annotations
 
 import _thread
-import atexit
-import os
 import sys
 from collections.abc import Iterable
 
@@ -98,22 +96,21 @@ def take_over() -> None:
         _running.release()
 
 
-def _at_exit() -> None:
+def call_off() -> None:
+    """At the exit (store/process.py, which holds every exit hook of the store's threads): a load not begun is
+    called off at once, one under way is waited for at most :data:`EXIT_WAIT`."""
     if _call_off.locked():
         _call_off.release()
     if _running.acquire(timeout=EXIT_WAIT):
         _running.release()
 
 
-def _in_child() -> None:
-    """A forked child has no thread of its parent's: it starts afresh, and loads ahead if it records on."""
+def forget() -> None:
+    """In a forked child (store/process.py's fork hook), which has no thread of its parent's: it starts afresh, and
+    loads ahead if it records on."""
     global requested, _begun, _call_off, _running
     requested = None
     _begun = False
     _call_off = _thread.allocate_lock()
     _call_off.acquire()
     _running = _thread.allocate_lock()
-
-
-atexit.register(_at_exit)
-os.register_at_fork(after_in_child=_in_child)

@@ -110,9 +110,9 @@ def install(wheel: Path, root: Path, base: str | None = None, running_packages: 
 
 
 def build_revision(revision: str, directory: Path) -> Path:
-    """A wheel of this package as it was at ``revision`` of this repository (a release: 0.2.0 is ``87d4bd1``; its wheel is kept in tests/releases, test_upgrade.py),
-    built as :func:`build_wheel` builds this checkout, in ``directory``. Skipped where the revision is not in the
-    clone (a shallow one), failed under CI=true."""
+    """A wheel of this package as it was at ``revision`` of this repository (a release: 0.2.0 is ``87d4bd1``, whose
+    wheel is kept in tests/releases: test_upgrade.py), built as :func:`build_wheel` builds this checkout, in
+    ``directory``. Skipped where the revision is not in the clone (a shallow one), failed under CI=true."""
     archive = subprocess.run(["git", "-C", str(REPOSITORY), "archive", "--format=tar", revision],
                              capture_output=True, timeout=300)
     if archive.returncode != 0:

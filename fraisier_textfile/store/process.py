@@ -303,6 +303,9 @@ def _in_child() -> None:
                 os.close(descriptor)
             except OSError:
                 pass
+    loading = sys.modules.get("fraisier_textfile.preload")  # loading ahead (preload.py): the parent's thread's
+    if loading is not None:
+        loading.forget()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)
@@ -317,6 +320,11 @@ replaced in its own thread (files.Closer refuses to start)."""
 def _at_exit() -> None:
     global exiting
     exiting = True
+    # Loading ahead (preload.py) is a store thread's last work (files.Closer): called off first, so that a thread
+    # waiting to load ends now. Looked up, not imported: a process that never asked for it has nothing to call off.
+    loading = sys.modules.get("fraisier_textfile.preload")
+    if loading is not None:
+        loading.call_off()
     wait_for_syncs(SYNC_EXIT_WAIT)
     background.wait(EXIT_WAIT)
     wait_for_closes(EXIT_WAIT)

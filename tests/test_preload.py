@@ -1,0 +1,87 @@
+"""Loading ahead (fraisier_textfile/preload.py): a process that lives on after its first write loads the package's
+modules it has not imported yet, off every call; one that ends sooner never pays for it; a forked child starts
+afresh. What it protects (an upgrade under a running process) is tested in test_upgrade.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.processes import REPOSITORY
+
+# Loaded only by a hand-over (the lock busy), never by a merge: whether it is in sys.modules says whether the
+# process loaded ahead.
+WITNESS = "fraisier_textfile.store.handover_codec"
+
+SCRIPT = textwrap.dedent("""
+    import atexit, json, os, sys, time
+    witness, mode, directory = sys.argv[1:4]
+
+    def at_the_very_end():
+        # Registered before the package is imported, so run after every exit hook of its own. The loading thread,
+        # had the exit not called it off, would load during this wait.
+        time.sleep(1.5)
+        print(json.dumps({"end": witness in sys.modules}), flush=True)
+
+    if mode == "exits at once":
+        atexit.register(at_the_very_end)
+    from fraisier_textfile import MetricsRecorder
+    recorder = MetricsRecorder(directory)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    print(json.dumps({"after the call": witness in sys.modules}), flush=True)
+    if mode == "lives on":
+        deadline = time.monotonic() + 30
+        while witness not in sys.modules and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(json.dumps({"later": witness in sys.modules}), flush=True)
+    elif mode == "forks":
+        # Forked once the parent's loading thread waits (its state then says a load is under way): the case where
+        # a child that kept that state would never load.
+        loading = sys.modules["fraisier_textfile.preload"]
+        deadline = time.monotonic() + 30
+        while not loading._begun and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pid = os.fork()
+        if pid == 0:
+            # The child: no thread of its parent's; its own first write asks afresh, and it loads on its own.
+            recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+            deadline = time.monotonic() + 30
+            while witness not in sys.modules and time.monotonic() < deadline:
+                time.sleep(0.05)
+            print(json.dumps({"child": witness in sys.modules}), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+""")
+
+
+def run(mode: str, textfile_dir: Path) -> dict[str, bool]:
+    result = subprocess.run([sys.executable, "-c", SCRIPT, WITNESS, mode, str(textfile_dir)], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    said: dict[str, bool] = {}
+    for line in result.stdout.splitlines():
+        said.update(json.loads(line))
+    return said
+
+
+def test_a_recorder_that_lives_on_loads_ahead_after_its_first_write_and_not_in_it(textfile_dir: Path) -> None:
+    said = run("lives on", textfile_dir)
+    assert said == {"after the call": False, "later": True}
+
+
+def test_a_process_that_ends_right_after_its_write_never_loads_ahead(textfile_dir: Path) -> None:
+    """The exit calls the load off (store/process.py's exit hook): a cron job's `record` pays nothing for it, even
+    when the interpreter then lives on past the load's delay."""
+    said = run("exits at once", textfile_dir)
+    assert said == {"after the call": False, "end": False}
+
+
+def test_a_forked_child_loads_ahead_on_its_own(textfile_dir: Path) -> None:
+    """The parent's loading thread is not in the child (fork keeps one thread): the child's state starts afresh, and
+    its own write has it load, rather than wait for a thread that is not there."""
+    said = run("forks", textfile_dir)
+    assert said["child"] is True
