@@ -17,6 +17,7 @@ Loaded by the first merge that finds the hand-over directory, as handover_codec.
 from __future__ import annotations
 
 import errno
+import os
 import stat
 
 from fraisier_textfile.store import fs, process
@@ -74,8 +75,28 @@ def set_aside(directory: fs.Directory, handover_id: str, problem: str, kept: int
     are kept: past that, one is deleted (a writer feeding bad files would fill the disk). ``kept``: how many are
     kept already, counted from the merge's listing (a listing for each would make a merge over many bad ones
     quadratic). Returns whether it was kept."""
-    name = f"{handover_id}{SUFFIX}"
-    aside = f"{handover_id}{SET_ASIDE_SUFFIX}"
+    return _move_aside(directory, f"{handover_id}{SUFFIX}", f"{handover_id}{SET_ASIDE_SUFFIX}", problem, kept,
+                       "the hand-over {path} cannot be applied ({problem})", "its events are not counted")
+
+
+def set_counter_aside(directory: fs.Directory, problem: str, kept: int) -> bool:
+    """Move the hand-overs' counter (handover_order.SEQUENCE_FILE) out of the way when it is not a regular file (a
+    FIFO, a directory, a symlink a writer of the directory put there), as :func:`set_aside` moves a hand-over: a
+    writer numbers its hand-overs 0 while it is there (handover_order.py refuses to use it), and the next one
+    makes a new counter, which the next merge moves past every hand-over it lists (handover_order.note_merged),
+    as after a power loss. Returns whether it was kept."""
+    from fraisier_textfile.store.handover_order import SEQUENCE_FILE
+
+    aside = f"{SEQUENCE_FILE}-{os.urandom(6).hex()}{SET_ASIDE_SUFFIX}"
+    return _move_aside(directory, SEQUENCE_FILE, aside, problem, kept,
+                       "the hand-overs' counter {path} cannot be used ({problem})",
+                       "the next hand-over makes a new one")
+
+
+def _move_aside(directory: fs.Directory, name: str, aside: str, problem: str, kept: int, what: str,
+                then: str) -> bool:
+    path = directory.path_of(name)
+    said = what.format(path=path, problem=problem)
     past_bound = kept >= SET_ASIDE_LIMIT
     try:
         if past_bound:
@@ -87,19 +108,12 @@ def set_aside(directory: fs.Directory, handover_id: str, problem: str, kept: int
     except OSError as error:
         # Left where it is (a directory past the bound, which unlink cannot remove; a rename the directory refuses):
         # every merge meets it again and goes on without it, so each process says so once, not at every merge.
-        if process.first_time("hand-over not set aside", directory.path_of(name)):
-            log.error(
-                "the hand-over %s cannot be applied (%s), nor %s: %s; left in place, its events are not counted; "
-                "remove it", directory.path_of(name), problem, "deleted" if past_bound else "moved aside",
-                error.strerror,
-            )
+        if process.first_time("hand-over not set aside", path):
+            log.error("%s, nor %s: %s; left in place; remove it", said, "deleted" if past_bound else "moved aside",
+                      error.strerror)
         return False
     if past_bound:
-        log.error(
-            "the hand-over %s cannot be applied (%s): deleted, its events are not counted (%d are kept "
-            "already; inspect and remove them)", directory.path_of(name), problem, kept,
-        )
+        log.error("%s: deleted, %s (%d are kept already; inspect and remove them)", said, then, kept)
         return False
-    log.error("the hand-over %s cannot be applied (%s): kept as %s, its events are not counted",
-              directory.path_of(name), problem, directory.path_of(aside))
+    log.error("%s: kept as %s, %s", said, directory.path_of(aside), then)
     return True

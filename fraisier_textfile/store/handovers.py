@@ -164,9 +164,9 @@ def pending(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
     The directory is shared by a group (SHARED_DIRECTORY_MODE): one entry a member made there by mistake or on
     purpose must not stop every merge of every process. Named as a hand-over but not a regular file (a FIFO, a
     directory, a symlink to anything, a device, a socket), it is set aside by its name, never opened or followed;
-    any other name is not ours and is left alone, whatever it is. Only the hand-overs' counter is refused when it
-    is not a regular file (handover_order.py): UnexpectedFileError."""
-    from fraisier_textfile.store.handover_aside import SET_ASIDE_SUFFIX, not_regular, set_aside
+    any other name is not ours and is left alone, whatever it is, but the hand-overs' counter: one that is not a
+    regular file is moved aside too (handover_aside.set_counter_aside), and the next hand-over makes a new one."""
+    from fraisier_textfile.store.handover_aside import SET_ASIDE_SUFFIX, not_regular, set_aside, set_counter_aside
     from fraisier_textfile.store.handover_order import SEQUENCE_FILE
 
     try:
@@ -180,11 +180,9 @@ def pending(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
         name = entry.name
         if name.startswith(TEMPORARY_PREFIX) or not name.endswith(SUFFIX):
             if name == SEQUENCE_FILE and not entry.is_file(follow_symlinks=False):
-                raise UnexpectedFileError(
-                    directory.path_of(name),
-                    f"{directory.path_of(name)} is not a regular file (a symlink, FIFO, device or directory): "
-                    "fraisier writes only regular files there; remove it",
-                )
+                counter_problem = not_regular(directory, name)
+                if counter_problem is not None:
+                    kept_aside += set_counter_aside(directory, counter_problem, kept_aside)
             continue
         handover_id = name[: -len(SUFFIX)]
         problem: str | None
