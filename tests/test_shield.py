@@ -170,7 +170,9 @@ def every_other_corrupt_marker(textfile_dir: Path, tmp_path: Path) -> Iterator[T
     os.mkfifo(fifo)  # opened without O_NONBLOCK, it would hang the merge
     link = directory / f"{live}-link"
     link.symlink_to("/dev/zero")
-    yield Trouble(planted=[*planted, fifo, link])
+    # Each unusable one said once at most; none stops the merge (a FIFO, a directory or a symlink among them failed
+    # every merge once).
+    yield Trouble(planted=[*planted, fifo, link], lines_allowed=len(planted) + 2, merges=True)
 
 
 def handover_named_as_fraisier_names_them(textfile_dir: Path, content: bytes | str | None) -> Path:

@@ -408,17 +408,23 @@ def _remove_stale_temporaries(directory: fs.Directory) -> None:
 
 
 def list_markers(textfile: fs.Directory) -> tuple[list[Marker], fs.Directory | None]:
-    """The in-flight markers and their directory held open (None if there is none), once the directory is
-    known to hold only what fraisier writes there: regular files (a FIFO in it would block the reader for
-    ever)."""
+    """The in-flight markers and their directory held open (None if there is none). Only regular files are
+    markers: the directory is shared by the deploying users' group, and one entry a member left there (a FIFO, a
+    directory, a symlink to anything, a device, a socket) must not stop every merge of every process. Such an
+    entry is left where it is, never opened, followed or waited on, and said once per process: what no merge
+    reads is no deployment in flight."""
     directory = open_directory(textfile)
     if directory is None:
         return [], None
     try:
-        listed = directory.entries()
-        for entry in listed:
-            if not entry.is_file(follow_symlinks=False):
-                raise directory.unexpected(entry.name)
+        listed = []
+        for entry in directory.entries():
+            if entry.is_file(follow_symlinks=False):
+                listed.append(entry)
+            elif entry.name.startswith("."):
+                continue  # dot names are half-written markers, whose litter _remove_stale_temporaries handles
+            elif process.first_time("marker not a regular file", directory.path_of(entry.name)):
+                log.warning("%s; it is no in-flight marker and is left alone", directory.unexpected(entry.name))
         return read_markers_in(directory, listed), directory
     except OSError as error:
         directory.close()
