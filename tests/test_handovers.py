@@ -542,6 +542,43 @@ def test_a_planted_or_held_counter_never_fails_or_hangs_a_hand_over(
     assert secret.read_text() == "root's\n"
 
 
+def test_a_hard_linked_counter_is_moved_aside_and_hand_overs_are_numbered_again(
+    textfile_dir: Path, tmp_path: Path
+) -> None:
+    """Bug: a snapshot of the textfile directory by hard links (``cp -al``, rsnapshot) gave the hand-overs' counter a
+    second name, which writers rightly refuse to write (it would change the snapshot), and the merge left it there:
+    every later hand-over was numbered 0, for ever, and their order (which report of a gauge is the latest) was
+    lost. The merge moves it aside as it moves a counter that is not a regular file; the snapshot is untouched."""
+    store = TextfileStore(textfile_dir)
+    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
+
+    def hand_over(label: str) -> int | None:
+        before = set(directory.glob(f"*{handovers.SUFFIX}"))
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", label)
+        with lock_held_elsewhere(store.lock_path):
+            store.hand_over(changes)
+        [written] = set(directory.glob(f"*{handovers.SUFFIX}")) - before
+        return handover_order.sequence_of(written.name[: -len(handovers.SUFFIX)])
+
+    assert hand_over("first") == 1
+    counter = directory / handovers.SEQUENCE_FILE
+    snapshot = tmp_path / "snapshot-sequence"
+    os.link(counter, snapshot)
+    kept = snapshot.read_bytes()
+    assert hand_over("linked") == 0  # refused by the writer, as before: writing it would change the snapshot
+    store.merge(Changes())
+    [aside] = directory.glob(f"{handovers.SEQUENCE_FILE}-*{handovers.SET_ASIDE_SUFFIX}")
+    assert aside.samefile(snapshot)
+    later = hand_over("later")
+    assert later is not None and later > 0  # numbered again by a new counter (those before it are all applied)
+    assert hand_over("latest") == later + 1
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert [error_count(values, label) for label in ("first", "linked", "later", "latest")] == [1, 1, 1, 1]
+    assert snapshot.read_bytes() == kept
+
+
 def test_two_stores_of_different_schemas_on_one_directory_leave_each_other_their_hand_overs(
     textfile_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
