@@ -39,6 +39,13 @@ _call_off = _thread.allocate_lock()
 _call_off.acquire()
 _running = _thread.allocate_lock()
 """Held by the thread that loads until it is done, so that the exit can wait for it."""
+_importing = _thread.allocate_lock()
+"""Held while one module is imported by :func:`load`, and by a fork (:func:`before_fork`): a child forked in the
+middle of an import would inherit the module's import lock held by a thread it does not have, and its first import
+of that module (a hand-over's codec, in a record call) would wait for ever."""
+FORK_WAIT = 1.0
+"""Seconds a fork waits at most for the import under way (one module's; milliseconds, but a cold disk may take
+longer): a fork in the middle of an import of ours (which never forks) would wait for ever, so it goes on."""
 
 
 def load(packages: Iterable[str]) -> None:
@@ -50,13 +57,17 @@ def load(packages: Iterable[str]) -> None:
 
     for name in packages:
         try:
-            package = importlib.import_module(name)
+            with _importing:  # walk_packages imports the subpackages it walks into
+                package = importlib.import_module(name)
+                modules = list(pkgutil.walk_packages(getattr(package, "__path__", []), f"{name}.",
+                                                     onerror=lambda _: None))
         except Exception:
             continue
-        for module in pkgutil.walk_packages(getattr(package, "__path__", []), f"{name}.", onerror=lambda _: None):
+        for module in modules:
             if module.name not in sys.modules and not module.name.endswith(".__main__"):
                 try:
-                    importlib.import_module(module.name)
+                    with _importing:
+                        importlib.import_module(module.name)
                 except Exception:
                     continue
 
@@ -105,12 +116,23 @@ def call_off() -> None:
         _running.release()
 
 
+def before_fork() -> bool:
+    """Before a fork (store/process.py's fork hook): wait for the import under way, if any, and hold off the next
+    until :func:`after_fork_in_parent` (in the child, :func:`forget` starts afresh). Returns whether it holds."""
+    return _importing.acquire(timeout=FORK_WAIT)
+
+
+def after_fork_in_parent() -> None:
+    _importing.release()
+
+
 def forget() -> None:
     """In a forked child (store/process.py's fork hook), which has no thread of its parent's: it starts afresh, and
     loads ahead if it records on."""
-    global requested, _begun, _call_off, _running
+    global requested, _begun, _call_off, _running, _importing
     requested = None
     _begun = False
+    _importing = _thread.allocate_lock()
     _call_off = _thread.allocate_lock()
     _call_off.acquire()
     _running = _thread.allocate_lock()
