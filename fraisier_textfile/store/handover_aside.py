@@ -74,9 +74,8 @@ def unusable_counter(directory: fs.Directory, entry: os.DirEntry[str]) -> str | 
     Writers refuse (handover_order._open_sequence) what is not a regular file, a file with other names (a hard link:
     a snapshot of the directory by ``cp -al`` or rsnapshot, or a writer's link to a file of root's), since writing
     it would change those, and, as root, a file its writers may not read; left there, every hand-over after would be
-    numbered 0, for ever, its order lost. Only the entry's own status is looked at: it is never opened."""
-    if not entry.is_file(follow_symlinks=False):
-        return not_regular(directory, entry.name)
+    numbered 0, for ever, its order lost. Only the entry's own status is looked at, now, not the listing's type: a
+    writer's new counter, made since the listing where the FIFO was, is not moved aside. It is never opened."""
     try:
         status = directory.lstat(entry.name)
     except OSError:
@@ -84,7 +83,7 @@ def unusable_counter(directory: fs.Directory, entry: os.DirEntry[str]) -> str | 
     if status is None:
         return None
     if not stat.S_ISREG(status.st_mode):
-        return not_regular(directory, entry.name)  # swapped in since the listing
+        return not_regular(directory, entry.name)
     if status.st_nlink > 1:
         return f"it has {status.st_nlink - 1} other name(s) (hard links), which writing it would change"
     if directory.hides(status):
