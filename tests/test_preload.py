@@ -27,6 +27,24 @@ SCRIPT = textwrap.dedent("""
         time.sleep(1.5)
         print(json.dumps({"end": witness in sys.modules}), flush=True)
 
+    def loaded_later():
+        deadline = time.monotonic() + 30
+        while witness not in sys.modules and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return witness in sys.modules
+
+    if mode == "bridged, forks":
+        # Fraisier's metrics module bridged (the start-up hook), nothing recorded, then a fork at once: a
+        # pre-forking server, whose workers live on and may first record hours later, after an upgrade.
+        import types
+        from fraisier_textfile import bridge
+        bridge.install_into(types.ModuleType("fraisier.metrics"))
+        pid = os.fork()
+        if pid == 0:
+            print(json.dumps({"child": loaded_later()}), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        sys.exit(0)
     if mode == "exits at once":
         atexit.register(at_the_very_end)
     from fraisier_textfile import MetricsRecorder
@@ -34,10 +52,7 @@ SCRIPT = textwrap.dedent("""
     recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
     print(json.dumps({"after the call": witness in sys.modules}), flush=True)
     if mode == "lives on":
-        deadline = time.monotonic() + 30
-        while witness not in sys.modules and time.monotonic() < deadline:
-            time.sleep(0.05)
-        print(json.dumps({"later": witness in sys.modules}), flush=True)
+        print(json.dumps({"later": loaded_later()}), flush=True)
     elif mode == "forks":
         # Forked once the parent's loading thread waits (its state then says a load is under way): the case where
         # a child that kept that state would never load.
@@ -49,10 +64,7 @@ SCRIPT = textwrap.dedent("""
         if pid == 0:
             # The child: no thread of its parent's; its own first write asks afresh, and it loads on its own.
             recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
-            deadline = time.monotonic() + 30
-            while witness not in sys.modules and time.monotonic() < deadline:
-                time.sleep(0.05)
-            print(json.dumps({"child": witness in sys.modules}), flush=True)
+            print(json.dumps({"child": loaded_later()}), flush=True)
             os._exit(0)
         os.waitpid(pid, 0)
 """)
@@ -145,3 +157,11 @@ def test_a_child_forked_while_its_parent_loads_ahead_records(textfile_dir: Path)
     under way (one module's)."""
     said = run("forks while loading", textfile_dir, FORKS_WHILE_LOADING)
     assert said == {"child recorded": True}
+
+
+def test_a_child_forked_right_after_fraisiers_metrics_module_was_bridged_loads_ahead(textfile_dir: Path) -> None:
+    """Bug: the bridge has a process load ahead a second after Fraisier's metrics module is imported, since it may
+    first record hours later; a child forked within that second forgot it (its parent's loading thread is not in
+    it), and, recording nothing, never loaded: a pre-forking server's workers were the processes at risk."""
+    said = run("bridged, forks", textfile_dir)
+    assert said == {"child": True}
