@@ -545,7 +545,7 @@ def test_a_planted_or_held_counter_never_fails_or_hangs_a_hand_over(
 def test_a_hard_linked_counter_is_moved_aside_and_hand_overs_are_numbered_again(
     textfile_dir: Path, tmp_path: Path
 ) -> None:
-    """Bug: a snapshot of the textfile directory by hard links (``cp -al``, rsnapshot) gave the hand-overs' counter a
+    """Bug: a snapshot of the textfile directory by hard links (``cp -al``) gave the hand-overs' counter a
     second name, which writers rightly refuse to write (it would change the snapshot), and the merge left it there:
     every later hand-over was numbered 0, for ever, and their order (which report of a gauge is the latest) was
     lost. The merge moves it aside as it moves a counter that is not a regular file; the snapshot is untouched."""

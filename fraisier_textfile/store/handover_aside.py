@@ -72,7 +72,7 @@ def not_regular(directory: fs.Directory, name: str) -> str | None:
 def unusable_counter(directory: fs.Directory, entry: os.DirEntry[str]) -> str | None:
     """Why the hand-overs' counter ``entry`` is one no writer will use, for the log (None: it is usable, or gone).
     Writers refuse (handover_order._open_sequence) what is not a regular file, a file with other names (a hard link:
-    a snapshot of the directory by ``cp -al`` or rsnapshot, or a writer's link to a file of root's), since writing
+    a snapshot of the directory by ``cp -al``, or a writer's link to a file of root's), since writing
     it would change those, and, as root, a file its writers may not read; left there, every hand-over after would be
     numbered 0, for ever, its order lost. Only the entry's own status is looked at, now, not the listing's type: a
     writer's new counter, made since the listing where the FIFO was, is not moved aside. It is never opened."""
