@@ -34,11 +34,22 @@ crash the process); one not begun is called off at once."""
 requested: tuple[str, ...] | None = None
 """The packages to load ahead, once asked for (:func:`ask`); the record path checks it before asking."""
 _begun = False
+_loaded = False
+_soon = False
+"""Whether loading ahead was asked for by :func:`soon` (a process that may not write for long): a child forked
+before the load asks again for itself (:func:`forget`)."""
 _call_off = _thread.allocate_lock()
 """Held until the exit: the loading thread waits :data:`DELAY` on it, and the exit's release calls the load off."""
 _call_off.acquire()
 _running = _thread.allocate_lock()
 """Held by the thread that loads until it is done, so that the exit can wait for it."""
+_importing = _thread.allocate_lock()
+"""Held while one module is imported by :func:`load`, and by a fork (:func:`before_fork`): a child forked in the
+middle of an import would inherit the module's import lock held by a thread it does not have, and its first import
+of that module (a hand-over's codec, in a record call) would wait for ever."""
+FORK_WAIT = 1.0
+"""Seconds a fork waits at most for the import under way (one module's; milliseconds, but a cold disk may take
+longer): a fork in the middle of an import of ours (which never forks) would wait for ever, so it goes on."""
 
 
 def load(packages: Iterable[str]) -> None:
@@ -50,13 +61,17 @@ def load(packages: Iterable[str]) -> None:
 
     for name in packages:
         try:
-            package = importlib.import_module(name)
+            with _importing:  # walk_packages imports the subpackages it walks into
+                package = importlib.import_module(name)
+                modules = list(pkgutil.walk_packages(getattr(package, "__path__", []), f"{name}.",
+                                                     onerror=lambda _: None))
         except Exception:
             continue
-        for module in pkgutil.walk_packages(getattr(package, "__path__", []), f"{name}.", onerror=lambda _: None):
+        for module in modules:
             if module.name not in sys.modules and not module.name.endswith(".__main__"):
                 try:
-                    importlib.import_module(module.name)
+                    with _importing:
+                        importlib.import_module(module.name)
                 except Exception:
                     continue
 
@@ -73,7 +88,9 @@ def ask(packages: Iterable[str]) -> None:
 def soon(packages: Iterable[str]) -> None:
     """As :func:`ask`, in a thread started now for it: for a process that may not merge for long (one that
     imports Fraisier's metrics module at its start, and records hours later). Never raises, never waits."""
+    global _soon
     ask(packages)
+    _soon = True
     try:
         _thread.start_new_thread(take_over, ())
     except RuntimeError:  # no thread to be had (a task limit): the modules load when needed, as before
@@ -83,13 +100,14 @@ def soon(packages: Iterable[str]) -> None:
 def take_over() -> None:
     """Run by a thread of ours about to end: if loading ahead was asked for and no thread has taken it yet, this
     one waits :data:`DELAY` (called off by the exit), then loads. Never raises."""
-    global _begun
+    global _begun, _loaded
     if requested is None or _begun or not _running.acquire(blocking=False):
         return
     _begun = True
     try:
         if not _call_off.acquire(timeout=DELAY):
             load(requested)
+            _loaded = True
     except BaseException:  # never into the program: at worst the modules load when needed, as before
         pass
     finally:
@@ -105,12 +123,28 @@ def call_off() -> None:
         _running.release()
 
 
+def before_fork() -> bool:
+    """Before a fork (store/process.py's fork hook): wait for the import under way, if any, and hold off the next
+    until :func:`after_fork_in_parent` (in the child, :func:`forget` starts afresh). Returns whether it holds."""
+    return _importing.acquire(timeout=FORK_WAIT)
+
+
+def after_fork_in_parent() -> None:
+    _importing.release()
+
+
 def forget() -> None:
     """In a forked child (store/process.py's fork hook), which has no thread of its parent's: it starts afresh, and
-    loads ahead if it records on."""
-    global requested, _begun, _call_off, _running
+    loads ahead if it records on, or, if its parent was to load soon (:func:`soon`) and had not yet, soon too: the
+    child may be the one that lives on without writing (a pre-forking server's worker)."""
+    global requested, _begun, _call_off, _running, _importing, _soon
+    again = requested if _soon and not _loaded else None
     requested = None
     _begun = False
+    _soon = False
+    _importing = _thread.allocate_lock()
     _call_off = _thread.allocate_lock()
     _call_off.acquire()
     _running = _thread.allocate_lock()
+    if again is not None:
+        soon(again)

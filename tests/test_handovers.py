@@ -26,7 +26,7 @@ from fraisier_textfile.store import fs, handover_order, handovers
 from fraisier_textfile.store.handovers import HANDOVERS_PER_MERGE
 from fraisier_textfile.store.textfile import TextfileStore as StoreOfASchema
 
-from .processes import binary, fraisier, lock_held_elsewhere, start_store_worker, start_together
+from .processes import binary, fraisier, lock_held_elsewhere, require, start_store_worker, start_together
 from .test_markers import markers_in
 from .values import sample_values
 
@@ -540,6 +540,52 @@ def test_a_planted_or_held_counter_never_fails_or_hangs_a_hand_over(
         store.merge(Changes())
         assert error_count(sample_values(store.path), "later") == 1
     assert secret.read_text() == "root's\n"
+
+
+@pytest.mark.parametrize("spoil", ["hard link", "root's, unreadable to its writers"])
+def test_a_counter_writers_refuse_is_moved_aside_and_hand_overs_are_numbered_again(
+    textfile_dir: Path, tmp_path: Path, spoil: str
+) -> None:
+    """Bug: a snapshot of the textfile directory by hard links (``cp -al``) gave the hand-overs' counter a
+    second name, which writers rightly refuse to write (it would change the snapshot), and the merge left it there:
+    every later hand-over was numbered 0, for ever, and their order (which report of a gauge is the latest) was
+    lost. The same for root's writers and a counter of root's that the directory's other writers may not read (one
+    of them may have moved it there). The merge moves it aside as it moves a counter that is not a regular file;
+    the snapshot is untouched."""
+    if spoil != "hard link":
+        require(os.geteuid() == 0, "a counter of root's refused by root's writers: run it as root (CI does)")
+    store = TextfileStore(textfile_dir)
+    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
+
+    def hand_over(label: str) -> int | None:
+        before = set(directory.glob(f"*{handovers.SUFFIX}"))
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", label)
+        with lock_held_elsewhere(store.lock_path):
+            store.hand_over(changes)
+        [written] = set(directory.glob(f"*{handovers.SUFFIX}")) - before
+        return handover_order.sequence_of(written.name[: -len(handovers.SUFFIX)])
+
+    assert hand_over("first") == 1
+    counter = directory / handovers.SEQUENCE_FILE
+    snapshot = tmp_path / "snapshot-sequence"
+    if spoil == "hard link":
+        os.link(counter, snapshot)
+    else:
+        assert directory.stat().st_mode & stat.S_IWGRP  # shared by a group, as the store makes it
+        counter.chmod(0o600)
+    kept = counter.read_bytes()
+    assert hand_over("linked") == 0  # refused by the writer, as before
+    store.merge(Changes())
+    [aside] = directory.glob(f"{handovers.SEQUENCE_FILE}-*{handovers.SET_ASIDE_SUFFIX}")
+    assert aside.samefile(snapshot) if spoil == "hard link" else stat.S_IMODE(aside.stat().st_mode) == 0o600
+    later = hand_over("later")
+    assert later is not None and later > 0  # numbered again by a new counter (those before it are all applied)
+    assert hand_over("latest") == later + 1
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert [error_count(values, label) for label in ("first", "linked", "later", "latest")] == [1, 1, 1, 1]
+    assert aside.read_bytes() == kept  # moved aside whole, never written (the snapshot's bytes, for a hard link)
 
 
 def test_two_stores_of_different_schemas_on_one_directory_leave_each_other_their_hand_overs(

@@ -27,6 +27,24 @@ SCRIPT = textwrap.dedent("""
         time.sleep(1.5)
         print(json.dumps({"end": witness in sys.modules}), flush=True)
 
+    def loaded_later():
+        deadline = time.monotonic() + 30
+        while witness not in sys.modules and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return witness in sys.modules
+
+    if mode == "bridged, forks":
+        # Fraisier's metrics module bridged (the start-up hook), nothing recorded, then a fork at once: a
+        # pre-forking server, whose workers live on and may first record hours later, after an upgrade.
+        import types
+        from fraisier_textfile import bridge
+        bridge.install_into(types.ModuleType("fraisier.metrics"))
+        pid = os.fork()
+        if pid == 0:
+            print(json.dumps({"child": loaded_later()}), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        sys.exit(0)
     if mode == "exits at once":
         atexit.register(at_the_very_end)
     from fraisier_textfile import MetricsRecorder
@@ -34,10 +52,7 @@ SCRIPT = textwrap.dedent("""
     recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
     print(json.dumps({"after the call": witness in sys.modules}), flush=True)
     if mode == "lives on":
-        deadline = time.monotonic() + 30
-        while witness not in sys.modules and time.monotonic() < deadline:
-            time.sleep(0.05)
-        print(json.dumps({"later": witness in sys.modules}), flush=True)
+        print(json.dumps({"later": loaded_later()}), flush=True)
     elif mode == "forks":
         # Forked once the parent's loading thread waits (its state then says a load is under way): the case where
         # a child that kept that state would never load.
@@ -49,17 +64,14 @@ SCRIPT = textwrap.dedent("""
         if pid == 0:
             # The child: no thread of its parent's; its own first write asks afresh, and it loads on its own.
             recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
-            deadline = time.monotonic() + 30
-            while witness not in sys.modules and time.monotonic() < deadline:
-                time.sleep(0.05)
-            print(json.dumps({"child": witness in sys.modules}), flush=True)
+            print(json.dumps({"child": loaded_later()}), flush=True)
             os._exit(0)
         os.waitpid(pid, 0)
 """)
 
 
-def run(mode: str, textfile_dir: Path) -> dict[str, bool]:
-    result = subprocess.run([sys.executable, "-c", SCRIPT, WITNESS, mode, str(textfile_dir)], capture_output=True,
+def run(mode: str, textfile_dir: Path, script: str = SCRIPT) -> dict[str, bool]:
+    result = subprocess.run([sys.executable, "-c", script, WITNESS, mode, str(textfile_dir)], capture_output=True,
                             text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     said: dict[str, bool] = {}
@@ -85,3 +97,71 @@ def test_a_forked_child_loads_ahead_on_its_own(textfile_dir: Path) -> None:
     its own write has it load, rather than wait for a thread that is not there."""
     said = run("forks", textfile_dir)
     assert said["child"] is True
+
+
+FORKS_WHILE_LOADING = textwrap.dedent("""
+    import importlib.util, os, signal, subprocess, sys, threading, time
+    witness, _, directory = sys.argv[1:4]
+    importing = threading.Event()
+
+    class SlowDisk:
+        # The witness's file read slowly by any thread but the main one (the loading thread): a cold page cache after
+        # an upgrade, a virtual environment on a network filesystem. The fork lands inside that import.
+        def find_spec(self, name, path, target=None):
+            if name != witness or threading.current_thread() is threading.main_thread():
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            load = spec.loader.exec_module
+
+            def exec_module(module):
+                importing.set()
+                time.sleep(1.0)
+                load(module)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, SlowDisk())
+    from fraisier_textfile import MetricsRecorder
+    recorder = MetricsRecorder(directory)
+    recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    assert importing.wait(30)
+    # The lock held by another process: the child's write hands its event over, which imports the witness.
+    hold = (f"import fcntl, time; lock = open({os.path.join(directory, 'fraisier.prom.lock')!r}, 'a'); "
+            "fcntl.flock(lock, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\\n"
+    pid = os.fork()
+    if pid == 0:
+        recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+        os._exit(0)
+    deadline = time.monotonic() + 20
+    done = False
+    while not done and time.monotonic() < deadline:
+        done = os.waitpid(pid, os.WNOHANG) != (0, 0)
+        time.sleep(0.05)
+    if not done:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    holder.kill()
+    holder.wait()
+    print('{"child recorded": %s}' % ("true" if done else "false"), flush=True)
+""")
+
+
+def test_a_child_forked_while_its_parent_loads_ahead_records(textfile_dir: Path) -> None:
+    """Bug: a fork while the parent's loading thread was importing a module (a slow disk makes that last) gave the
+    child the module's import lock, held by a thread the child does not have: the child's first write that needed
+    the module (a hand-over's codec) waited for ever, and so did its deployment. The fork waits for the import
+    under way (one module's)."""
+    said = run("forks while loading", textfile_dir, FORKS_WHILE_LOADING)
+    assert said == {"child recorded": True}
+
+
+def test_a_child_forked_right_after_fraisiers_metrics_module_was_bridged_loads_ahead(textfile_dir: Path) -> None:
+    """Bug: the bridge has a process load ahead a second after Fraisier's metrics module is imported, since it may
+    first record hours later; a child forked within that second forgot it (its parent's loading thread is not in
+    it), and, recording nothing, never loaded: a pre-forking server's workers were the processes at risk."""
+    said = run("bridged, forks", textfile_dir)
+    assert said == {"child": True}

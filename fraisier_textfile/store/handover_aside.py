@@ -69,6 +69,28 @@ def not_regular(directory: fs.Directory, name: str) -> str | None:
     return None if what == "gone" else f"it is {what}, not a regular file"
 
 
+def unusable_counter(directory: fs.Directory, entry: os.DirEntry[str]) -> str | None:
+    """Why the hand-overs' counter ``entry`` is one no writer will use, for the log (None: it is usable, or gone).
+    Writers refuse (handover_order._open_sequence) what is not a regular file, a file with other names (a hard link:
+    a snapshot of the directory by ``cp -al``, or a writer's link to a file of root's), since writing
+    it would change those, and, as root, a file its writers may not read; left there, every hand-over after would be
+    numbered 0, for ever, its order lost. Only the entry's own status is looked at, now, not the listing's type: a
+    writer's new counter, made since the listing where the FIFO was, is not moved aside. It is never opened."""
+    try:
+        status = directory.lstat(entry.name)
+    except OSError:
+        return None  # looked at again by the next merge
+    if status is None:
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        return not_regular(directory, entry.name)
+    if status.st_nlink > 1:
+        return f"it has {status.st_nlink - 1} other name(s) (hard links), which writing it would change"
+    if directory.hides(status):
+        return f"it {directory.why_hidden(status)}"
+    return None
+
+
 def set_aside(directory: fs.Directory, handover_id: str, problem: str, kept: int) -> bool:
     """Keep a hand-over that can never be applied for inspection, out of the way of every later merge: renamed
     (through the directory held open, so whatever it is, it is never opened or followed). At most SET_ASIDE_LIMIT
@@ -80,11 +102,11 @@ def set_aside(directory: fs.Directory, handover_id: str, problem: str, kept: int
 
 
 def set_counter_aside(directory: fs.Directory, problem: str, kept: int) -> bool:
-    """Move the hand-overs' counter (handover_order.SEQUENCE_FILE) out of the way when it is not a regular file (a
-    FIFO, a directory, a symlink a writer of the directory put there), as :func:`set_aside` moves a hand-over: a
-    writer numbers its hand-overs 0 while it is there (handover_order.py refuses to use it), and the next one
-    makes a new counter, which the next merge moves past every hand-over it lists (handover_order.note_merged),
-    as after a power loss. Returns whether it was kept."""
+    """Move the hand-overs' counter (handover_order.SEQUENCE_FILE) out of the way when no writer will use it
+    (:func:`unusable_counter`: a FIFO, a directory, a symlink a writer of the directory put there, a hard link), as
+    :func:`set_aside` moves a hand-over: a writer numbers its hand-overs 0 while it is there (handover_order.py
+    refuses to use it), and the next one makes a new counter, which the next merge moves past every hand-over it
+    lists (handover_order.note_merged), as after a power loss. Returns whether it was kept."""
     from fraisier_textfile.store.handover_order import SEQUENCE_FILE
 
     aside = f"{SEQUENCE_FILE}-{os.urandom(6).hex()}{SET_ASIDE_SUFFIX}"

@@ -165,8 +165,15 @@ def pending(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
     purpose must not stop every merge of every process. Named as a hand-over but not a regular file (a FIFO, a
     directory, a symlink to anything, a device, a socket), it is set aside by its name, never opened or followed;
     any other name is not ours and is left alone, whatever it is, but the hand-overs' counter: one that is not a
-    regular file is moved aside too (handover_aside.set_counter_aside), and the next hand-over makes a new one."""
-    from fraisier_textfile.store.handover_aside import SET_ASIDE_SUFFIX, not_regular, set_aside, set_counter_aside
+    regular file, or that writers refuse (handover_aside.unusable_counter), is moved aside too
+    (handover_aside.set_counter_aside), and the next hand-over makes a new one."""
+    from fraisier_textfile.store.handover_aside import (
+        SET_ASIDE_SUFFIX,
+        not_regular,
+        set_aside,
+        set_counter_aside,
+        unusable_counter,
+    )
     from fraisier_textfile.store.handover_order import SEQUENCE_FILE
 
     try:
@@ -179,8 +186,8 @@ def pending(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
     for entry in entries:
         name = entry.name
         if name.startswith(TEMPORARY_PREFIX) or not name.endswith(SUFFIX):
-            if name == SEQUENCE_FILE and not entry.is_file(follow_symlinks=False):
-                counter_problem = not_regular(directory, name)
+            if name == SEQUENCE_FILE:
+                counter_problem = unusable_counter(directory, entry)
                 if counter_problem is not None:
                     kept_aside += set_counter_aside(directory, counter_problem, kept_aside)
             continue
