@@ -47,6 +47,8 @@ _importing = _thread.allocate_lock()
 """Held while one module is imported by :func:`load`, and by a fork (:func:`before_fork`): a child forked in the
 middle of an import would inherit the module's import lock held by a thread it does not have, and its first import
 of that module (a hand-over's codec, in a record call) would wait for ever."""
+_fork_held = False
+"""Whether the fork under way holds :data:`_importing` (:func:`before_fork`; it gave up past FORK_WAIT)."""
 FORK_WAIT = 1.0
 """Seconds a fork waits at most for the import under way (one module's; milliseconds, but a cold disk may take
 longer): a fork in the middle of an import of ours (which never forks) would wait for ever, so it goes on."""
@@ -123,25 +125,30 @@ def call_off() -> None:
         _running.release()
 
 
-def before_fork() -> bool:
+def before_fork() -> None:
     """Before a fork (store/process.py's fork hook): wait for the import under way, if any, and hold off the next
-    until :func:`after_fork_in_parent` (in the child, :func:`forget` starts afresh). Returns whether it holds."""
-    return _importing.acquire(timeout=FORK_WAIT)
+    until :func:`after_fork_in_parent` (in the child, :func:`forget` starts afresh)."""
+    global _fork_held
+    _fork_held = _importing.acquire(timeout=FORK_WAIT)
 
 
 def after_fork_in_parent() -> None:
-    _importing.release()
+    global _fork_held
+    if _fork_held:
+        _fork_held = False
+        _importing.release()
 
 
 def forget() -> None:
     """In a forked child (store/process.py's fork hook), which has no thread of its parent's: it starts afresh, and
     loads ahead if it records on, or, if its parent was to load soon (:func:`soon`) and had not yet, soon too: the
     child may be the one that lives on without writing (a pre-forking server's worker)."""
-    global requested, _begun, _call_off, _running, _importing, _soon
+    global requested, _begun, _call_off, _running, _importing, _soon, _fork_held
     again = requested if _soon and not _loaded else None
     requested = None
     _begun = False
     _soon = False
+    _fork_held = False
     _importing = _thread.allocate_lock()
     _call_off = _thread.allocate_lock()
     _call_off.acquire()

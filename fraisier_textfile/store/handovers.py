@@ -244,17 +244,14 @@ def read(directory: fs.Directory, handover_id: str, schema: Schema) -> Changes:
     handover_codec.LARGEST, unread), or TextfileWriteError for an error that may pass (EIO, EMFILE, ENOMEM...: this
     merge fails, the next tries again)."""
     from fraisier_textfile.store import handover_codec
+    from fraisier_textfile.store.handover_aside import NeverReadable
 
     name = f"{handover_id}{SUFFIX}"
     try:
         data = directory.read_regular(name, largest=handover_codec.LARGEST)
     except UnexpectedFileError:
-        from fraisier_textfile.store.handover_aside import NeverReadable
-
         raise NeverReadable.refused(directory, name) from None
     except OSError as error:
-        from fraisier_textfile.store.handover_aside import NeverReadable
-
         never = NeverReadable.of(error)
         if never is None:
             raise write_error(directory.path_of(name), "read the hand-over file", error) from None

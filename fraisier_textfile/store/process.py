@@ -259,31 +259,25 @@ def met(*what: Hashable) -> bool:
     return what in _met
 
 
-_loading_held = False
-"""Whether this fork holds off loading ahead's imports (preload.before_fork)."""
-
-
 def _before_fork() -> None:
-    global _loading_held
     creating.acquire()
     # Loading ahead (preload.py) imports in a thread of its own: a fork in the middle of one of its imports would
     # leave the child that module's import lock, held for ever. Looked up, not imported, as at exit.
     loading = sys.modules.get("fraisier_textfile.preload")
-    _loading_held = loading is not None and loading.before_fork()
+    if loading is not None:
+        loading.before_fork()
 
 
 def _after_fork_in_parent() -> None:
-    global _loading_held
-    if _loading_held:
-        _loading_held = False
-        sys.modules["fraisier_textfile.preload"].after_fork_in_parent()
+    loading = sys.modules.get("fraisier_textfile.preload")
+    if loading is not None:
+        loading.after_fork_in_parent()
     creating.release()
 
 
 def _in_child() -> None:
-    global creating, releasing, background, closing, forked, _loading_held
+    global creating, releasing, background, closing, forked
     forked = True
-    _loading_held = False  # preload.forget, below, makes the child's lock afresh
     closing = set()  # the parent's closing threads are not here: nothing to wait for
     creating = threading.RLock()
     releasing = threading.Lock()
