@@ -37,7 +37,6 @@ from collections.abc import Iterable
 
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs
-from fraisier_textfile.store.files import unlink_quietly
 
 SUFFIX = ".spent"
 HANDOVER_SUFFIX = ".json"  # handovers.SUFFIX (not imported: handovers imports this module)
@@ -91,54 +90,65 @@ def claim(directory: fs.Directory, temporary: str) -> int | None:
             return None
         oldest = ids[0]
         try:
-            if directory.lstat(oldest + SUFFIX) is None:
-                if directory.lstat(oldest + HANDOVER_SUFFIX) is not None:
-                    return None  # not applied yet, nor are the newer ones (merges apply the oldest first)
-                ids.popleft()  # deleted: by an earlier version, past SPENT_LIMIT, or set aside
-                continue
-            ids.popleft()
-            directory.rename(oldest + SUFFIX, temporary)
+            found = directory.lstat(oldest + SUFFIX)
+            if found is None and directory.lstat(oldest + HANDOVER_SUFFIX) is not None:
+                return None  # not applied yet, nor are the newer ones (merges apply the oldest first)
         except OSError:
-            return None  # taken by another process since (a forked sibling), or the directory fails: a new file
-        return _checked(directory, temporary, oldest)
+            return None
+        ids.popleft()
+        if found is None:
+            continue  # deleted: by an earlier version, past SPENT_LIMIT, or set aside
+        return _take(directory, oldest, found, temporary)
     return None
 
 
-def _checked(directory: fs.Directory, temporary: str, handover_id: str) -> int | None:
-    """The descriptor of the file just renamed to ``temporary`` if it is still the spent hand-over ``handover_id``
-    of this user's; else None, and the entry is removed (it is under this process's own temporary name)."""
+def _take(directory: fs.Directory, handover_id: str, found: os.stat_result, temporary: str) -> int | None:
+    """Open the spent hand-over ``handover_id`` (``found``: its lstat), check that it is one of this user's, and
+    rename it to ``temporary``; its descriptor, or None and the entry left as it was. Only a regular file is opened
+    (a device, a FIFO or a symlink a writer of the directory put there never is), never followed."""
+    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+        return None
+    name = handover_id + SUFFIX
     try:
-        descriptor = os.open(temporary, _TAKEN, dir_fd=directory.descriptor)
+        descriptor = os.open(name, _TAKEN, dir_fd=directory.descriptor)
     except OSError:
-        unlink_quietly(directory, temporary)
         return None
     try:
         status = os.fstat(descriptor)
         expected = header(handover_id)
         if (
-            stat.S_ISREG(status.st_mode) and status.st_uid == os.geteuid() and status.st_nlink == 1
+            (status.st_dev, status.st_ino) == (found.st_dev, found.st_ino) and stat.S_ISREG(status.st_mode)
+            and status.st_uid == os.geteuid() and status.st_nlink == 1
             and stat.S_IMODE(status.st_mode) == fs.FILE_MODE and os.pread(descriptor, len(expected), 0) == expected
         ):
-            return descriptor
+            directory.rename(name, temporary)
+            moved = directory.lstat(temporary)
+            if moved is not None and (moved.st_dev, moved.st_ino) == (status.st_dev, status.st_ino):
+                return descriptor
+            # Swapped between the open and the rename by a writer of the directory: what was moved goes back.
+            directory.rename(temporary, name)
     except OSError:
         pass
     os.close(descriptor)
-    unlink_quietly(directory, temporary)
     return None
 
 
 def retire(directory: fs.Directory, handover_ids: list[str], room: int) -> list[str]:
-    """Rename up to ``room`` of the applied hand-overs ``handover_ids`` (the newest: their writers are the likeliest
-    to hand over again) to spent files; return the ids left to delete."""
-    kept = handover_ids[len(handover_ids) - room :] if room > 0 else []
-    left = handover_ids[: len(handover_ids) - len(kept)]
-    for handover_id in kept:
+    """Rename up to ``room`` of the applied hand-overs ``handover_ids`` whose writer is alive (the newest: their
+    writers are the likeliest to hand over again) to spent files; return the ids left to delete."""
+    left = []
+    for handover_id in reversed(handover_ids):
+        if room <= 0 or not _writer_alive(handover_id):
+            left.append(handover_id)
+            continue
         try:
             directory.rename(handover_id + HANDOVER_SUFFIX, handover_id + SUFFIX)
         except FileNotFoundError:
-            pass  # another merger that listed it too retired or deleted it
+            continue  # another merger that listed it too retired or deleted it
         except OSError:
             left.append(handover_id)
+            continue
+        room -= 1
     return left
 
 
@@ -167,8 +177,10 @@ def remove_stale(directory: fs.Directory, names: Iterable[str]) -> None:
 
 
 def _writer_alive(name: str) -> bool:
-    """Whether the process that wrote the spent hand-over ``name`` may still take it back (its pid is in the id,
-    handover_order.id_for; a pid reused by another process keeps it until SPENT_STALE_SECONDS)."""
+    """Whether the process that wrote the hand-over ``name`` (an id, or a spent file's name) may still take it back
+    (its pid is in the id, handover_order.id_for). A pid reused by another process keeps a spent file until
+    SPENT_STALE_SECONDS; one of another pid namespace (a container sharing the directory) reads as gone, or as
+    that namespace's other process: the file is then deleted, or kept until SPENT_STALE_SECONDS."""
     parts = name.split("-")
     if len(parts) != 3 or not parts[1].isdigit():
         return False
