@@ -53,26 +53,37 @@ log = get_logger(__name__)
 
 
 class _Published:
-    """The ids of the hand-overs this process published, oldest first. A forked child starts with none: its
-    parent takes back its own."""
+    """The ids of the hand-overs this process published, oldest first, by hand-over directory (a process may
+    write to several textfile directories). A forked child starts with none: its parent takes back its own."""
 
     def __init__(self) -> None:
         self.pid = 0
-        self.ids: deque[str] = deque(maxlen=REMEMBERED)
+        self.ids: dict[tuple[int, int], deque[str]] = {}
 
-    def mine(self) -> deque[str]:
+    def mine(self, directory: fs.Directory) -> deque[str]:
         if self.pid != os.getpid():
             self.pid = os.getpid()
-            self.ids = deque(maxlen=REMEMBERED)
-        return self.ids
+            self.ids = {}
+        status = directory.status()
+        key = (status.st_dev, status.st_ino)
+        ids = self.ids.get(key)
+        if ids is None:
+            if len(self.ids) >= 16:  # a process writing to ever new directories (tests): keep the latest
+                self.ids.clear()
+            ids = self.ids[key] = deque(maxlen=REMEMBERED)
+        return ids
 
 
 _published = _Published()
 
 
-def remember(handover_id: str) -> None:
-    """Note a hand-over this process has just published (renamed into place): once applied, it may be taken back."""
-    _published.mine().append(handover_id)
+def remember(directory: fs.Directory, handover_id: str) -> None:
+    """Note a hand-over this process has just published (renamed into place) in ``directory``: once applied, it may
+    be taken back."""
+    try:
+        _published.mine(directory).append(handover_id)
+    except OSError:
+        pass  # the directory's fstat failed: this one is not taken back, nothing else changes
 
 
 def header(handover_id: str) -> bytes:
@@ -84,7 +95,10 @@ def claim(directory: fs.Directory, temporary: str) -> int | None:
     """A descriptor, open for writing at offset 0, on a spent hand-over of this process's, renamed to ``temporary``;
     None if there is none to take back (the caller makes a new file). Never raises: taking one back is an
     optimisation, and whatever goes wrong here leaves the caller to make a new file."""
-    ids = _published.mine()
+    try:
+        ids = _published.mine(directory)
+    except OSError:
+        return None
     for _ in range(2):  # at most two looks: a hand-over call must not scan
         if not ids:
             return None

@@ -150,7 +150,7 @@ def publish(directory: fs.Directory, temporary: str, final: str, descriptor: int
             raise write_error(directory.path_of(final), "publish the hand-over file", error) from None
         from fraisier_textfile.store.handover_reuse import remember
 
-        remember(final[: -len(SUFFIX)])
+        remember(directory, final[: -len(SUFFIX)])
         if durable:
             # Past the rename a failure cannot take it back (a merger may have applied it already): it stays
             # handed over, and the failure is logged. A merger that applied and removed it meanwhile made its
