@@ -58,14 +58,14 @@ class _Published:
 
     def __init__(self) -> None:
         self.pid = 0
-        self.ids: dict[tuple[int, int], deque[str]] = {}
+        self.ids: dict[str, deque[str]] = {}
 
     def mine(self, directory: fs.Directory) -> deque[str]:
         if self.pid != os.getpid():
             self.pid = os.getpid()
             self.ids = {}
-        status = directory.status()
-        key = (status.st_dev, status.st_ino)
+        # By path, not by inode (no system call): a wrong guess only costs a look, every file is checked.
+        key = directory.path
         ids = self.ids.get(key)
         if ids is None:
             if len(self.ids) >= 16:  # a process writing to ever new directories (tests): keep the latest
@@ -80,10 +80,7 @@ _published = _Published()
 def remember(directory: fs.Directory, handover_id: str) -> None:
     """Note a hand-over this process has just published (renamed into place) in ``directory``: once applied, it may
     be taken back."""
-    try:
-        _published.mine(directory).append(handover_id)
-    except OSError:
-        pass  # the directory's fstat failed: this one is not taken back, nothing else changes
+    _published.mine(directory).append(handover_id)
 
 
 def header(handover_id: str) -> bytes:
@@ -91,14 +88,11 @@ def header(handover_id: str) -> bytes:
     return b'{"id":"' + handover_id.encode("ascii", "replace") + b'"'
 
 
-def claim(directory: fs.Directory, temporary: str) -> int | None:
-    """A descriptor, open for writing at offset 0, on a spent hand-over of this process's, renamed to ``temporary``;
-    None if there is none to take back (the caller makes a new file). Never raises: taking one back is an
-    optimisation, and whatever goes wrong here leaves the caller to make a new file."""
-    try:
-        ids = _published.mine(directory)
-    except OSError:
-        return None
+def claim(directory: fs.Directory, temporary: str) -> tuple[int, int] | None:
+    """A descriptor, open for writing at offset 0, on a spent hand-over of this process's, renamed to ``temporary``,
+    and its size; None if there is none to take back (the caller makes a new file). Never raises: taking one back
+    is an optimisation, and whatever goes wrong here leaves the caller to make a new file."""
+    ids = _published.mine(directory)
     for _ in range(2):  # at most two looks: a hand-over call must not scan
         if not ids:
             return None
@@ -112,38 +106,44 @@ def claim(directory: fs.Directory, temporary: str) -> int | None:
         ids.popleft()
         if found is None:
             continue  # deleted: by an earlier version, past SPENT_LIMIT, or set aside
-        return _take(directory, oldest, found, temporary)
+        # Only a regular file of this user's is taken (never a device, a FIFO or a symlink a writer of the
+        # directory put there); what the name holds once it is ours is checked again, through its descriptor.
+        if stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid():
+            return _take(directory, oldest, temporary)
+        return None
     return None
 
 
-def _take(directory: fs.Directory, handover_id: str, found: os.stat_result, temporary: str) -> int | None:
-    """Open the spent hand-over ``handover_id`` (``found``: its lstat), check that it is one of this user's, and
-    rename it to ``temporary``; its descriptor, or None and the entry left as it was. Only a regular file is opened
-    (a device, a FIFO or a symlink a writer of the directory put there never is), never followed."""
-    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
-        return None
+def _take(directory: fs.Directory, handover_id: str, temporary: str) -> tuple[int, int] | None:
+    """Rename the spent hand-over ``handover_id`` to ``temporary``, open it and check that it is still what this
+    process wrote: its descriptor and size, or None and the entry put back under its name."""
     name = handover_id + SUFFIX
     try:
-        descriptor = os.open(name, _TAKEN, dir_fd=directory.descriptor)
+        directory.rename(name, temporary)
     except OSError:
-        return None
+        return None  # taken by another process since (a forked sibling), or the directory fails: a new file
     try:
-        status = os.fstat(descriptor)
-        expected = header(handover_id)
-        if (
-            (status.st_dev, status.st_ino) == (found.st_dev, found.st_ino) and stat.S_ISREG(status.st_mode)
-            and status.st_uid == os.geteuid() and status.st_nlink == 1
-            and stat.S_IMODE(status.st_mode) == fs.FILE_MODE and os.pread(descriptor, len(expected), 0) == expected
-        ):
-            directory.rename(name, temporary)
-            moved = directory.lstat(temporary)
-            if moved is not None and (moved.st_dev, moved.st_ino) == (status.st_dev, status.st_ino):
-                return descriptor
-            # Swapped between the open and the rename by a writer of the directory: what was moved goes back.
-            directory.rename(temporary, name)
+        descriptor = os.open(temporary, _TAKEN, dir_fd=directory.descriptor)
+    except OSError:
+        descriptor = None
+    if descriptor is not None:
+        try:
+            status = os.fstat(descriptor)
+            expected = header(handover_id)
+            if (
+                stat.S_ISREG(status.st_mode) and status.st_uid == os.geteuid() and status.st_nlink == 1
+                and stat.S_IMODE(status.st_mode) == fs.FILE_MODE
+                and os.pread(descriptor, len(expected), 0) == expected
+            ):
+                return descriptor, status.st_size
+        except OSError:
+            pass
+        os.close(descriptor)
+    # Not what this process wrote (a writer of the directory swapped it): back under its name, untouched.
+    try:
+        directory.rename(temporary, name)
     except OSError:
         pass
-    os.close(descriptor)
     return None
 
 

@@ -108,8 +108,8 @@ def write(directory: fs.Directory, changes: Changes, schema: Schema) -> tuple[st
     temporary = f"{TEMPORARY_PREFIX}{handover_id}{SUFFIX}"
     data = handover_codec.encode(changes, schema, handover_id)
     # One of this process's applied hand-overs, taken back (handover_reuse.py), else a new file.
-    descriptor = handover_reuse.claim(directory, temporary)
-    reused = descriptor is not None
+    taken = handover_reuse.claim(directory, temporary)
+    descriptor, old_size = taken if taken is not None else (None, 0)
     if descriptor is None:
         try:
             # O_EXCL|O_NOFOLLOW, mode 0644 by fchmod: never through a symlink or into a file someone else prepared,
@@ -119,7 +119,7 @@ def write(directory: fs.Directory, changes: Changes, schema: Schema) -> tuple[st
             raise write_error(directory.path, "create a hand-over file in", error) from None
     try:
         write_parts(descriptor, (data,))
-        if reused:
+        if old_size > len(data):
             os.ftruncate(descriptor, len(data))  # the old bytes past the new ones
     except BaseException as error:
         os.close(descriptor)
