@@ -300,7 +300,7 @@ def merge_killed_at(directory: str, step: str) -> None:
     """One merge with every participant (markers, hand-overs, Fraisier's state, the lifecycle) and an event of
     its own, this process SIGKILLed at ``step`` of the transaction (store/transaction.py)."""
     from fraisier_textfile.sources.fraisier_state import participants
-    from fraisier_textfile.store import fs, handovers
+    from fraisier_textfile.store import fs, handover_reuse, handovers
 
     store = TextfileStore(directory, participants=participants())
     assert store.sources, "the Fraisier state source is not active"
@@ -338,6 +338,16 @@ def merge_killed_at(directory: str, step: str) -> None:
             return gone
 
         fs.Directory.unlink = unlink_then_die  # type: ignore[method-assign]
+        rename = fs.Directory.rename
+
+        def retire_then_die(self: fs.Directory, source: str, destination: str) -> None:
+            rename(self, source, destination)
+            if source.endswith(handovers.SUFFIX) and destination.endswith(handover_reuse.SUFFIX):
+                removed.append(source)  # kept for its writer (store/handover_reuse.py): gone as a hand-over
+                if len(removed) == 2:
+                    die()
+
+        fs.Directory.rename = retire_then_die  # type: ignore[method-assign]
     elif step == "committed":
         lifecycle.after_commit = then_die(lifecycle.after_commit)  # type: ignore[method-assign]
     elif step in ("released", "released-then-merged-by-another"):

@@ -3,6 +3,7 @@ update times in the past (through the same update-time lines every merge writes)
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -43,3 +44,12 @@ def two_providers(directory: Path) -> None:
 
 def series_with(path: Path, text: str) -> list[str]:
     return [line for line in path.read_text().splitlines() if text in line and not line.startswith("#")]
+
+
+def handovers_left(textfile_dir: Path) -> list[str]:
+    """The files in the hand-over directory but its counter (handovers.SEQUENCE_FILE), which stays, and the spent
+    hand-overs kept for their writers to take back (store/handover_reuse.py), which are no hand-overs."""
+    from fraisier_textfile.store import handover_reuse, handovers
+
+    return sorted(name for name in os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)
+                  if name != handovers.SEQUENCE_FILE and not name.endswith(handover_reuse.SUFFIX))

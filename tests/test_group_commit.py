@@ -3,7 +3,6 @@ holder's look after it lets go, its late merges within their budget, the backlog
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import fs, handovers
 
 from .processes import lock_held_elsewhere
+from .stores import handovers_left
 from .test_handovers import error_count
 from .values import sample_values
 
@@ -90,7 +90,7 @@ def test_merging_the_backlog_applies_every_hand_over_and_leaves_none_of_their_fi
     merged = subprocess.run([sys.executable, "-c", BACKLOG_THEN_EXIT, str(textfile_dir)], capture_output=True,
                             text=True, timeout=120)
     assert merged.returncode == 0, merged.stderr
-    left = sorted(set(os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)) - {handovers.SEQUENCE_FILE})
+    left = handovers_left(textfile_dir)
     assert left == []
     values = sample_values(store.path)
     assert sum(values[f'{c.DEPLOYMENT_ERRORS.name}{{provider="bare_metal",error_type="event_{number}"}}']

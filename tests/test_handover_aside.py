@@ -96,7 +96,7 @@ def test_a_hand_over_swapped_for_a_fifo_after_the_listing_is_set_aside_unopened(
     store.hand_over(one("kept"))
     listed = handovers.pending
 
-    def then_swapped(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
+    def then_swapped(directory: fs.Directory) -> tuple[list[str], int, list[str], int]:
         found = listed(directory)
         swapped.unlink()
         os.mkfifo(swapped)

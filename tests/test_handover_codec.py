@@ -104,3 +104,19 @@ def test_the_hand_overs_of_fraisier_s_schema_are_of_the_first_format_those_of_an
     theirs = encode(application_changes(), APPLICATION)
     assert json.loads(theirs)["version"] == FORMAT_VERSION > FIRST_FORMAT
     assert as_plain(decode(theirs, APPLICATION)) == as_plain(application_changes())
+
+
+def test_a_hand_over_carries_its_id_first_and_one_holding_anothers_is_stale() -> None:
+    """The id comes first, where a writer taking back a spent file looks for it (handover_reuse.header), and a
+    merge refuses a file whose id is not its name's: the bytes of another hand-over, applied already."""
+    from fraisier_textfile.store import handover_reuse
+    from fraisier_textfile.store.handover_codec import StaleHandover
+
+    data = encode(every_kind_of_change(), SCHEMA, "s1-2-ab")
+    assert data.startswith(handover_reuse.header("s1-2-ab"))
+    assert as_plain(decode(data, SCHEMA, "s1-2-ab")) == as_plain(every_kind_of_change())
+    with pytest.raises(StaleHandover, match="'s1-2-ab'"):
+        decode(data, SCHEMA, "s3-2-cd")
+    without = encode(every_kind_of_change(), SCHEMA)  # as 0.2.0 and the versions before this one wrote them
+    assert b'"id"' not in without
+    assert as_plain(decode(without, SCHEMA, "s3-2-cd")) == as_plain(every_kind_of_change())

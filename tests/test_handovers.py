@@ -27,13 +27,14 @@ from fraisier_textfile.store.handovers import HANDOVERS_PER_MERGE
 from fraisier_textfile.store.textfile import TextfileStore as StoreOfASchema
 
 from .processes import binary, fraisier, lock_held_elsewhere, require, start_store_worker, start_together
+from .stores import handovers_left
 from .test_markers import markers_in
 from .values import sample_values
 
 
 def handover_files(textfile_dir: Path) -> list[str]:
-    """The files in the hand-over directory but its counter (handovers.SEQUENCE_FILE), which stays."""
-    return sorted(set(os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)) - {handovers.SEQUENCE_FILE})
+    """The files in the hand-over directory but its counter and the spent hand-overs (stores.handovers_left)."""
+    return handovers_left(textfile_dir)
 
 
 def error_count(values: dict[str, float], error_type: str) -> float:
@@ -612,7 +613,7 @@ def test_two_stores_of_different_schemas_on_one_directory_leave_each_other_their
     assert error_count(values, "handed") == 2
     assert values['app_jobs_total{kind="backup"}'] == 2
     assert values.get("fraisier_textfile_handovers_set_aside", 0) == 0
-    assert not [p.name for p in (textfile_dir / handovers.HANDOVER_DIRECTORY).iterdir() if p.name != "sequence"]
+    assert handovers_left(textfile_dir) == []
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 

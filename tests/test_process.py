@@ -23,6 +23,7 @@ from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers, markers
 from tests.processes import Threadless, threadless_user
+from tests.stores import handovers_left
 from tests.values import samples_in
 
 HOOK = re.compile(r"\b(register_at_fork|atexit)\b")
@@ -142,7 +143,7 @@ def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own
             os._exit(4)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert sorted(set(os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)) - {handovers.SEQUENCE_FILE}) == []
+    assert handovers_left(textfile_dir) == []
 
 
 # Caches of facts that hold in a child as well (see process.py's note), kept beside what computes them.
@@ -276,7 +277,7 @@ def test_a_process_that_cannot_start_a_thread_deletes_the_hand_overs_it_applied_
     """)
     merged = subprocess.run([*command, script], capture_output=True, text=True, env=environment, timeout=120)
     assert merged.returncode == 0 and merged.stdout == "True\n" and not merged.stderr, merged
-    assert sorted(set(os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)) - {handovers.SEQUENCE_FILE}) == []
+    assert handovers_left(textfile_dir) == []
     assert samples_in(textfile_dir / "fraisier.prom")[HANDED_OVER] == 2 * (handovers.INLINE_REMOVALS + 1)
 
 

@@ -21,7 +21,7 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import CorruptTextfileError
 from fraisier_textfile.format.bookkeeping import Bookkeeping, text_value
 from fraisier_textfile.sources.fraisier_state import participants
-from fraisier_textfile.store import fs, handovers
+from fraisier_textfile.store import fs, handover_reuse, handovers
 from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
 from fraisier_textfile.store.transaction import Merge, Participant
@@ -296,7 +296,8 @@ class RemovesTheLockFileOnce(Participant):
 
 class DurabilityOrder:
     """What this process does to the textfile directory, in order, from every thread: ``rename`` (a new
-    fraisier.prom put in place), ``fsync`` (the directory's), ``remove <name>`` (a hand-over or a marker deleted).
+    fraisier.prom put in place), ``fsync`` (the directory's), ``remove <name>`` (a hand-over or a marker deleted, or
+    a hand-over renamed to a spent one, store/handover_reuse.py).
     Recorded by wrapping os's functions, which still do what they do."""
 
     def __init__(self, textfile_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -334,6 +335,9 @@ class DurabilityOrder:
         def noting_move(move: Callable[..., None]) -> Callable[..., None]:
             def moved(source: str, destination: str, *, src_dir_fd: int | None = None,
                       dst_dir_fd: int | None = None) -> None:
+                if (destination.endswith(handover_reuse.SUFFIX) and src_dir_fd is not None
+                        and os.fstat(src_dir_fd).st_ino in self.accounting):
+                    noted(f"remove {source}")  # an applied hand-over kept for its writer: gone as a hand-over
                 move(source, destination, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
                 if destination == "fraisier.prom" and is_textfile_directory(dst_dir_fd):
                     noted("rename")

@@ -46,6 +46,12 @@ class NewerHandover(UnreadableHandover):
     an upgrade both run), never set aside, which would lose its events for it too."""
 
 
+class StaleHandover(UnreadableHandover):
+    """A hand-over whose bytes are those of another, applied one: the spent file its writer took back
+    (handover_reuse.py) renamed into place, its new bytes lost with the power before its fsync. Set aside, never
+    applied: its events were counted when it was applied under its own name."""
+
+
 class ForeignHandover(UnreadableHandover):
     """A hand-over written by a store of another schema sharing the directory (an application's families beside
     Fraisier's): left in place for a merger of that schema, never set aside, which would lose its events."""
@@ -54,12 +60,15 @@ class ForeignHandover(UnreadableHandover):
 # Encoding
 
 
-def encode(changes: Changes, schema: Schema) -> bytes:
+def encode(changes: Changes, schema: Schema, handover_id: str = "") -> bytes:
     """``schema``: the writing store's, whose fingerprint the hand-over carries
-    so that a store of another schema on the same directory leaves it for its own (see :func:`decode`)."""
+    so that a store of another schema on the same directory leaves it for its own (see :func:`decode`).
+    ``handover_id``: the hand-over's own id, written first (handover_reuse.header), which :func:`decode` checks
+    against its name."""
     import json  # here, not at the top: only a process that hands over pays for it
 
-    content: dict[str, Any] = {
+    content: dict[str, Any] = {"id": handover_id} if handover_id else {}
+    content |= {
         "version": FIRST_FORMAT if schema.fingerprint == FIRST_FORMAT_SCHEMA else FORMAT_VERSION,
         "schema": schema.fingerprint,
         "added": [[family.name, list(labels), amount] for (family, labels), amount in changes.added.items()],
@@ -75,9 +84,10 @@ def encode(changes: Changes, schema: Schema) -> bytes:
     return json.dumps(content, separators=(",", ":")).encode("utf-8")
 
 
-def decode(data: bytes, schema: Schema) -> Changes:
+def decode(data: bytes, schema: Schema, handover_id: str | None = None) -> Changes:
     """The changes a hand-over holds, of ``schema``'s families. Raises
-    UnreadableHandover if they cannot be applied by this version."""
+    UnreadableHandover if they cannot be applied by this version, StaleHandover if it holds another hand-over's
+    id than ``handover_id`` (its name's)."""
     import json
 
     families = schema.by_name
@@ -89,6 +99,12 @@ def decode(data: bytes, schema: Schema) -> Changes:
             raise NewerHandover(f"format version {version}, newer than this version's {FORMAT_VERSION}")
         if version.__class__ is not int or version not in (FIRST_FORMAT, FORMAT_VERSION):  # `true` == 1: no version
             raise UnreadableHandover(f"format version {version!r}, not {FIRST_FORMAT} or {FORMAT_VERSION}")
+        own = content.get("id", handover_id)
+        if handover_id is not None and own != handover_id:
+            raise StaleHandover(
+                f"it holds the bytes of the hand-over {str(own)[:80]!r}, applied before: its file was taken back "
+                "for this one, whose writer stopped (a power loss) before its bytes reached the disk"
+            )
         theirs = content.get("schema", FIRST_FORMAT_SCHEMA)
         # Another schema's fingerprint alone is no reason: another version's catalogue (an upgrade) differs too,
         # and its hand-overs are applied as long as this schema has their families.

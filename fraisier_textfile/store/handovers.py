@@ -102,19 +102,25 @@ def write(directory: fs.Directory, changes: Changes, schema: Schema) -> tuple[st
     """Write ``changes`` under a temporary name; return (temporary, final) names and the file's descriptor, still
     open. The caller renames it (:func:`publish`, which makes it durable through that descriptor and closes it) at
     the moment it forgets the changes, so that the two happen together."""
-    from fraisier_textfile.store import handover_codec, handover_order
+    from fraisier_textfile.store import handover_codec, handover_order, handover_reuse
 
     handover_id = handover_order.new_id(directory)
     temporary = f"{TEMPORARY_PREFIX}{handover_id}{SUFFIX}"
-    data = handover_codec.encode(changes, schema)
-    try:
-        # O_EXCL|O_NOFOLLOW, mode 0644 by fchmod: never through a symlink or into a file someone else prepared,
-        # and readable by a merger of another user whatever our umask.
-        descriptor = directory.create(temporary, fs.FILE_MODE)
-    except OSError as error:
-        raise write_error(directory.path, "create a hand-over file in", error) from None
+    data = handover_codec.encode(changes, schema, handover_id)
+    # One of this process's applied hand-overs, taken back (handover_reuse.py), else a new file.
+    taken = handover_reuse.claim(directory, temporary)
+    descriptor, old_size = taken if taken is not None else (None, 0)
+    if descriptor is None:
+        try:
+            # O_EXCL|O_NOFOLLOW, mode 0644 by fchmod: never through a symlink or into a file someone else prepared,
+            # and readable by a merger of another user whatever our umask.
+            descriptor = directory.create(temporary, fs.FILE_MODE)
+        except OSError as error:
+            raise write_error(directory.path, "create a hand-over file in", error) from None
     try:
         write_parts(descriptor, (data,))
+        if old_size > len(data):
+            os.ftruncate(descriptor, len(data))  # the old bytes past the new ones
     except BaseException as error:
         os.close(descriptor)
         unlink_quietly(directory, temporary)
@@ -142,6 +148,9 @@ def publish(directory: fs.Directory, temporary: str, final: str, descriptor: int
         except OSError as error:
             unlink_quietly(directory, temporary)
             raise write_error(directory.path_of(final), "publish the hand-over file", error) from None
+        from fraisier_textfile.store.handover_reuse import remember
+
+        remember(directory, final[: -len(SUFFIX)])
         if durable:
             # Past the rename a failure cannot take it back (a merger may have applied it already): it stays
             # handed over, and the failure is logged. A merger that applied and removed it meanwhile made its
@@ -156,10 +165,11 @@ def publish(directory: fs.Directory, temporary: str, final: str, descriptor: int
         directory.fsync()
 
 
-def pending(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
+def pending(directory: fs.Directory) -> tuple[list[str], int, list[str], int]:
     """The ids of the complete hand-overs in the directory, oldest first (see :func:`new_id`), how many are set
-    aside (see handover_aside.py), and the ids of the entries named as hand-overs that can never be applied
-    whatever they hold (set aside now, or left where they are if that failed).
+    aside (see handover_aside.py), the ids of the entries named as hand-overs that can never be applied
+    whatever they hold (set aside now, or left where they are if that failed), and how many more spent hand-overs
+    the directory may keep (handover_reuse.py).
 
     The directory is shared by a group (SHARED_DIRECTORY_MODE): one entry a member made there by mistake or on
     purpose must not stop every merge of every process. Named as a hand-over but not a regular file (a FIFO, a
@@ -175,6 +185,7 @@ def pending(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
         unusable_counter,
     )
     from fraisier_textfile.store.handover_order import SEQUENCE_FILE
+    from fraisier_textfile.store.handover_reuse import room
 
     try:
         entries = directory.entries()
@@ -210,7 +221,7 @@ def pending(directory: fs.Directory) -> tuple[list[str], int, list[str]]:
     # Plain string order is the order written: numbered ids have the same width, and those of earlier versions
     # (wall-clock time first, digits) sort before every numbered one ("s"): they were written before.
     ids.sort()
-    return ids, kept_aside, refused
+    return ids, kept_aside, refused, room(entry.name for entry in entries)
 
 
 PENDING_FAMILY = "fraisier_textfile_handovers_pending"
@@ -258,12 +269,17 @@ def read(directory: fs.Directory, handover_id: str, schema: Schema) -> Changes:
         raise never from None
     if not data:
         raise EmptyHandover(handover_id)
-    return handover_codec.decode(data, schema)
+    return handover_codec.decode(data, schema, handover_id)
 
 
-def remove(directory: fs.Directory, handover_ids: list[str]) -> None:
-    """Delete applied hand-overs. A failure is only logged: the file lists them as applied, so a later merge
-    skips them and tries again."""
+def remove(directory: fs.Directory, handover_ids: list[str], spent_room: int = 0) -> None:
+    """Remove applied hand-overs: up to ``spent_room`` of them renamed to spent hand-overs, for their writers
+    to take back (handover_reuse.py), the rest deleted. A failure is only logged: the file lists them as applied,
+    so a later merge skips them and tries again."""
+    if spent_room > 0:
+        from fraisier_textfile.store.handover_reuse import retire
+
+        handover_ids = retire(directory, handover_ids, spent_room)
     for handover_id in handover_ids:
         name = f"{handover_id}{SUFFIX}"
         try:
@@ -279,18 +295,18 @@ journal, which other writers' fsyncs keep busy: most of the slowest record calls
 (bench/README.md), for files that no reader needs gone."""
 
 
-def remove_soon(directory: fs.Directory, handover_ids: list[str]) -> None:
+def remove_soon(directory: fs.Directory, handover_ids: list[str], spent_room: int = 0) -> None:
     """Delete applied hand-overs: a few at once, more from the process's background thread (see INLINE_REMOVALS
     and process.py), through a descriptor of its own of ``directory`` (the caller closes its own): the name is
     never resolved again."""
     if len(handover_ids) <= INLINE_REMOVALS:
-        remove(directory, handover_ids)
+        remove(directory, handover_ids, spent_room)
     else:
         held, ids = directory.copy(), list(handover_ids)
 
         def job() -> None:
             try:
-                remove(held, ids)
+                remove(held, ids, spent_room)
             except Exception:  # a bug here must not stop the thread: the ids stay listed for a later merge
                 log.exception("deleting applied hand-overs in %s failed", held.path)
             finally:
@@ -308,11 +324,15 @@ def wait_for_removals(timeout: float = 10.0) -> bool:
 def remove_stale_temporaries(directory: fs.Directory) -> None:
     """Temporary hand-overs of writers killed before their rename: their events were never forgotten by a
     live process, so they are litter (kept for an hour, since a live writer may be mid-way)."""
+    from fraisier_textfile.store.handover_reuse import remove_stale
+
     try:
         # Names only (listdir, not scandir): the directory may hold 100,000 hand-overs, and few are temporary.
-        names = [name for name in directory.names() if name.startswith(TEMPORARY_PREFIX)]
+        every = directory.names()
     except OSError:
         return
+    remove_stale(directory, every)
+    names = [name for name in every if name.startswith(TEMPORARY_PREFIX)]
     now = time.time()
     for name in names:
         try:
@@ -353,6 +373,7 @@ class Handovers(Participant):
         self._applied: list[str] = []
         self._newest: int | None = None
         self._oldest_waiting: int | None = None
+        self._spent_room = 0
 
     def collect(self, merge: Merge) -> Changes | None:
         self.backlog_left = False
@@ -365,7 +386,7 @@ class Handovers(Participant):
         from fraisier_textfile.store.handover_codec import ForeignHandover, NewerHandover, UnreadableHandover
         from fraisier_textfile.store.handover_order import sequence_of
 
-        ids, kept_aside, refused = pending(directory)
+        ids, kept_aside, refused, self._spent_room = pending(directory)
         self._newest = (sequence_of(ids[-1]) or 0) if ids else 0
         already = set(APPLIED.get(document))
         read_now: dict[str, Changes] = {}
@@ -454,7 +475,7 @@ class Handovers(Participant):
 
             note_merged(directory, self._newest, self._oldest_waiting)
         if self._applied:
-            remove_soon(directory, self._applied)
+            remove_soon(directory, self._applied, self._spent_room)
 
     def close(self) -> None:
         if self._directory is not None:
@@ -462,6 +483,7 @@ class Handovers(Participant):
         self._directory = None
         self._applied = []
         self._newest = self._oldest_waiting = None
+        self._spent_room = 0
 
     def waiting_in(self, textfile: fs.Directory, seen: Collection[str] = ()) -> bool:
         """Whether hand-overs wait in the textfile directory held open that no merge of this participant has

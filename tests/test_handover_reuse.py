@@ -1,0 +1,264 @@
+"""Spent hand-overs (store/handover_reuse.py): a merge keeps the hand-overs it applied as spent files, their writer
+takes them back for its next hand-over, and nothing in that is counted twice, followed, opened when it is not a
+regular file, or written into when it is not the writer's own spent hand-over."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import fs, handover_order, handover_reuse, handovers
+
+from .stores import handovers_left
+from .test_handover_aside import one
+from .test_handovers import error_count
+from .test_hostile_entries import within
+from .values import sample_values
+
+
+def directory_of(textfile_dir: Path) -> Path:
+    return textfile_dir / handovers.HANDOVER_DIRECTORY
+
+
+def names(textfile_dir: Path, suffix: str) -> list[str]:
+    return sorted(name for name in os.listdir(directory_of(textfile_dir)) if name.endswith(suffix)
+                  and not name.startswith("."))
+
+
+def handed_over_and_applied(store: TextfileStore, error_type: str) -> Path:
+    """Hand ``error_type`` over, merge it: the path of the spent file its hand-over became."""
+    store.hand_over(one(error_type))
+    [handover] = names(store.directory, handovers.SUFFIX)
+    store.merge(Changes())
+    assert handovers.wait_for_removals()
+    spent = directory_of(store.directory) / (handover[: -len(handovers.SUFFIX)] + handover_reuse.SUFFIX)
+    assert spent.is_file(), os.listdir(directory_of(store.directory))
+    return spent
+
+
+def test_a_writer_takes_back_its_applied_hand_over_for_the_next_one(textfile_dir: Path) -> None:
+    """The point: no new inode and no deletion per hand-over once the first is applied; each counted once."""
+    store = TextfileStore(textfile_dir)
+    spent = handed_over_and_applied(store, "first")
+    inode = spent.stat().st_ino
+    store.hand_over(one("second"))
+    [second] = names(textfile_dir, handovers.SUFFIX)
+    assert (directory_of(textfile_dir) / second).stat().st_ino == inode
+    assert names(textfile_dir, handover_reuse.SUFFIX) == []
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert (error_count(values, "first"), error_count(values, "second")) == (1, 1)
+    assert handovers_left(textfile_dir) == []
+
+
+def test_a_longer_hand_over_then_a_shorter_one_in_the_same_file_reads_whole(textfile_dir: Path) -> None:
+    """The old bytes past the new ones are cut: a shorter hand-over written over a longer one is still JSON."""
+    store = TextfileStore(textfile_dir)
+    long = Changes()
+    for number in range(50):
+        key, amount = one(f"long_{number}").added.popitem()
+        long.add(*key, amount)
+    store.hand_over(long)
+    store.merge(Changes())
+    store.hand_over(one("short"))
+    [short] = names(textfile_dir, handovers.SUFFIX)
+    data = (directory_of(textfile_dir) / short).read_bytes()
+    assert data.endswith(b"}") and data.startswith(handover_reuse.header(short[: -len(handovers.SUFFIX)]))
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert error_count(values, "short") == 1 and error_count(values, "long_49") == 1
+    assert values.get(handovers.SET_ASIDE_FAMILY, 0) == 0
+
+
+def test_a_hand_over_holding_the_bytes_of_an_applied_one_is_set_aside_not_applied_again(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a power loss between a writer's rename of a spent file it took back and its fsync, the new name may
+    hold the old bytes: a hand-over already applied. Made here as the power loss would leave it."""
+    store = TextfileStore(textfile_dir)
+    spent = handed_over_and_applied(store, "first")
+    later = directory_of(textfile_dir) / f"{handover_order.id_for(10**6)}{handovers.SUFFIX}"
+    os.rename(spent, later)
+    with caplog.at_level(logging.WARNING):
+        store.merge(Changes())
+    values = sample_values(store.path)
+    assert error_count(values, "first") == 1
+    assert values[handovers.SET_ASIDE_FAMILY] == 1
+    assert names(textfile_dir, handovers.SET_ASIDE_SUFFIX) == [later.name[: -len(handovers.SUFFIX)]
+                                                               + handovers.SET_ASIDE_SUFFIX]
+    assert "applied before" in caplog.text
+
+
+def planted_file(spent: Path, content: bytes) -> Path:
+    """A regular file of this user's with ``content`` in place of the spent file ``spent``."""
+    spent.unlink()
+    spent.write_bytes(content)
+    os.chmod(spent, fs.FILE_MODE)
+    return spent
+
+
+@pytest.mark.parametrize("entry", [
+    "another file of this user's", "a hard link to the spent hand-over", "another user's copy of it",
+    "its copy with another mode", "a symlink to its copy", "a FIFO", "a directory",
+])
+def test_a_writer_takes_back_nothing_but_its_own_spent_hand_over_and_leaves_the_rest_as_it_was(
+    textfile_dir: Path, tmp_path: Path, entry: str
+) -> None:
+    """A writer of the shared directory may put anything under the spent file's name (a rename needs no right on
+    the file): the writer then makes a new file, never opening what is not a regular file (a FIFO would hang it),
+    never following a symlink, never writing into another file, which stays byte for byte as it was."""
+    store = TextfileStore(textfile_dir)
+    spent = handed_over_and_applied(store, "first")
+    original = spent.read_bytes()
+    elsewhere = tmp_path / "copy"
+    if entry == "another file of this user's":
+        planted_file(spent, b"a file of this user's, moved here\n")
+    elif entry == "a hard link to the spent hand-over":
+        os.link(spent, elsewhere)
+    elif entry == "another user's copy of it":
+        planted_file(spent, original)
+        os.chown(spent, 65534, 65534)
+    elif entry == "its copy with another mode":
+        planted_file(spent, original)
+        os.chmod(spent, 0o600)
+    elif entry == "a symlink to its copy":
+        elsewhere.write_bytes(original)
+        os.chmod(elsewhere, fs.FILE_MODE)
+        spent.unlink()
+        spent.symlink_to(elsewhere)
+    elif entry == "a FIFO":
+        spent.unlink()
+        os.mkfifo(spent)
+    else:
+        spent.unlink()
+        spent.mkdir()
+    before = os.lstat(spent)
+    content = None if not stat.S_ISREG(before.st_mode) else spent.read_bytes()
+    target = elsewhere.read_bytes() if elsewhere.exists() else None
+    within(30, lambda: store.hand_over(one("second")))
+    [second] = names(textfile_dir, handovers.SUFFIX)
+    assert (directory_of(textfile_dir) / second).stat().st_ino != before.st_ino
+    after = os.lstat(spent)
+    assert (after.st_ino, after.st_mode, after.st_uid) == (before.st_ino, before.st_mode, before.st_uid)
+    if content is not None:
+        assert spent.read_bytes() == content
+    if target is not None:
+        assert elsewhere.read_bytes() == target
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert (error_count(values, "first"), error_count(values, "second")) == (1, 1)
+
+
+def test_a_merge_keeps_at_most_spent_limit_files_and_none_of_a_writer_gone(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    for number in range(handover_reuse.SPENT_LIMIT + 6):
+        store.hand_over(one(f"mine_{number}"))
+    script = textwrap.dedent("""
+        import sys
+        from fraisier_textfile import TextfileStore
+        from fraisier_textfile import changes as events
+        from fraisier_textfile.changes import Changes
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "gone")
+        TextfileStore(sys.argv[1]).hand_over(changes)
+    """)
+    subprocess.run([sys.executable, "-c", script, str(textfile_dir)], check=True, timeout=60)
+    store.merge(Changes())
+    assert handovers.wait_for_removals()
+    spent = names(textfile_dir, handover_reuse.SUFFIX)
+    assert len(spent) == handover_reuse.SPENT_LIMIT
+    assert all(f"-{os.getpid()}-" in name for name in spent)  # the gone writer's was deleted
+    assert handovers_left(textfile_dir) == []
+    values = sample_values(store.path)
+    assert error_count(values, "gone") == 1 and error_count(values, f"mine_{handover_reuse.SPENT_LIMIT + 5}") == 1
+
+
+def test_the_litter_pass_deletes_the_spent_files_of_writers_gone_or_that_waited_too_long(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = TextfileStore(textfile_dir)
+    mine = handed_over_and_applied(store, "mine")
+    gone = directory_of(textfile_dir) / f"{handover_order.id_for(7)}{handover_reuse.SUFFIX}".replace(
+        f"-{os.getpid()}-", f"-{dead_pid()}-")
+    gone.write_bytes(b"{}")
+    directory = fs.open_directory(str(directory_of(textfile_dir)))
+    assert directory is not None
+    with directory:
+        handovers.remove_stale_temporaries(directory)
+        assert (mine.exists(), gone.exists()) == (True, False)
+        later = time.time() + handover_reuse.SPENT_STALE_SECONDS + 1
+        monkeypatch.setattr(time, "time", lambda: later)
+        handovers.remove_stale_temporaries(directory)
+    assert not mine.exists()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_forked_child_takes_back_none_of_its_parents_spent_hand_overs(textfile_dir: Path) -> None:
+    store = TextfileStore(textfile_dir)
+    spent = handed_over_and_applied(store, "parent")
+    inode = spent.stat().st_ino
+    pid = os.fork()
+    if pid == 0:
+        try:
+            store.hand_over(one("child"))
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert spent.stat().st_ino == inode  # still there, for the parent
+    store.hand_over(one("parent_again"))
+    assert not spent.exists()
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert [error_count(values, name) for name in ("parent", "child", "parent_again")] == [1, 1, 1]
+
+
+def test_a_writer_killed_after_taking_back_a_spent_file_leaves_litter_never_counted(textfile_dir: Path) -> None:
+    """SIGKILLed between taking the file back (renamed to its temporary name) and publishing it: its events were
+    never forgotten by a returned call; the old bytes under the temporary name are not a hand-over."""
+    script = textwrap.dedent("""
+        import os, signal, sys
+        from fraisier_textfile import TextfileStore
+        from fraisier_textfile import changes as events
+        from fraisier_textfile.changes import Changes
+        from fraisier_textfile.store import handover_reuse, handovers
+        store = TextfileStore(sys.argv[1])
+        def error(name):
+            changes = Changes()
+            events.deployment_error(changes, "bare_metal", name)
+            return changes
+        store.hand_over(error("first"))
+        store.merge(Changes())
+        assert handovers.wait_for_removals()
+        claim = handover_reuse.claim
+        def claim_then_die(directory, temporary):
+            descriptor = claim(directory, temporary)
+            assert descriptor is not None
+            os.kill(os.getpid(), signal.SIGKILL)
+        handover_reuse.claim = claim_then_die
+        store.hand_over(error("second"))
+    """)
+    killed = subprocess.run([sys.executable, "-c", script, str(textfile_dir)], timeout=60)
+    assert killed.returncode == -9
+    assert [name for name in os.listdir(directory_of(textfile_dir)) if name.startswith(".")]  # the litter
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert (error_count(values, "first"), error_count(values, "second")) == (1, 0)
+    assert values.get(handovers.SET_ASIDE_FAMILY, 0) == 0
