@@ -120,3 +120,15 @@ def test_a_hand_over_carries_its_id_first_and_one_holding_anothers_is_stale() ->
     without = encode(every_kind_of_change(), SCHEMA)  # as 0.2.0 and the versions before this one wrote them
     assert b'"id"' not in without
     assert as_plain(decode(without, SCHEMA, "s3-2-cd")) == as_plain(every_kind_of_change())
+
+
+def test_a_hand_over_whose_bytes_do_not_match_its_checksum_is_unreadable() -> None:
+    """A hand-over written over a spent one and torn by a power loss (some sectors new, some old) can still be
+    JSON with its own id, and then hold another hand-over's events: its checksum, last, tells."""
+    data = encode(every_kind_of_change(), SCHEMA, "s1-2-ab")
+    assert as_plain(decode(data, SCHEMA, "s1-2-ab")) == as_plain(every_kind_of_change())
+    count = data.index(b"42.0")  # the deployment's duration: still valid JSON when changed
+    changed = data[:count] + b"43.0" + data[count + 4 :]
+    json.loads(changed)
+    with pytest.raises(UnreadableHandover, match="checksum"):
+        decode(changed, SCHEMA, "s1-2-ab")

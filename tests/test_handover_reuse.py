@@ -262,3 +262,23 @@ def test_a_writer_killed_after_taking_back_a_spent_file_leaves_litter_never_coun
     values = sample_values(store.path)
     assert (error_count(values, "first"), error_count(values, "second")) == (1, 0)
     assert values.get(handovers.SET_ASIDE_FAMILY, 0) == 0
+
+
+def test_a_hand_over_torn_between_its_new_bytes_and_the_spent_ones_is_set_aside(textfile_dir: Path) -> None:
+    """What a power loss may leave of a hand-over written over a spent one on a journaled ext4, whose overwrites of
+    allocated blocks are not ordered with the rename: its first bytes new (its own id), the rest the old
+    hand-over's. Made here as the power loss would leave it, from two hand-overs of the same length."""
+    store = TextfileStore(textfile_dir)
+    spent = handed_over_and_applied(store, "first_")
+    old = spent.read_bytes()
+    store.hand_over(one("second"))
+    [second] = names(textfile_dir, handovers.SUFFIX)
+    path = directory_of(textfile_dir) / second
+    new = path.read_bytes()
+    assert len(new) == len(old) and new != old
+    cut = len(handover_reuse.header(second[: -len(handovers.SUFFIX)]))
+    path.write_bytes(new[:cut] + old[cut:])  # the id new, the events and the rest the applied hand-over's
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert (error_count(values, "first_"), error_count(values, "second")) == (1, 0)
+    assert values[handovers.SET_ASIDE_FAMILY] == 1

@@ -16,9 +16,11 @@ The rules that keep the hand-over protocol whole:
   file that is still one: a regular file of this user's with one link, mode FILE_MODE, whose bytes begin with
   that id (handover_codec writes it first). A writer of the directory may move any file of ours under that name
   (a rename needs no permission on the file); root then writes into nothing but its own spent hand-over.
-- A hand-over carries its own id, and a merge sets aside one whose id is not its name's (handover_codec): after
-  a power loss between a writer's rename and its fsync, the name may hold the old bytes of the spent file it
-  reused, a hand-over already applied, which must not be applied twice.
+- A hand-over carries its own id first and a checksum of its bytes last, and a merge sets aside one whose id is
+  not its name's or whose bytes do not match (handover_codec): after a power loss between a writer's rename and
+  its fsync, the name may hold the old bytes of the spent file it reused, a hand-over already applied, or a mix of
+  old and new sectors (an overwrite of allocated blocks is not ordered with the rename, even on a journaled ext4),
+  neither of which may be applied.
 - Bounded: at most SPENT_LIMIT spent files wait in a directory (the rest is deleted as before), and the litter
   pass deletes those whose writer is gone or that waited longer than SPENT_STALE_SECONDS.
 
