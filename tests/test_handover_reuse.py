@@ -282,3 +282,57 @@ def test_a_hand_over_torn_between_its_new_bytes_and_the_spent_ones_is_set_aside(
     values = sample_values(store.path)
     assert (error_count(values, "first_"), error_count(values, "second")) == (1, 0)
     assert values[handovers.SET_ASIDE_FAMILY] == 1
+
+
+def test_two_threads_handing_over_at_once_both_hand_over_when_one_spent_file_is_left(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ids a process remembers are shared by its threads: two may both see the one spent file left, and the
+    second to take the id from the list must find it empty, not raise (its events would be lost). The threads'
+    system calls are held in the one order that shows it (it happens, rarely, without)."""
+    import threading
+
+    store = TextfileStore(textfile_dir)
+    spent = handed_over_and_applied(store, "first")
+    first_looked, second_took, first_done = threading.Event(), threading.Event(), threading.Event()
+    lstat, rename = fs.Directory.lstat, fs.Directory.rename
+
+    def held_lstat(self: fs.Directory, name: str) -> os.stat_result | None:
+        found = lstat(self, name)
+        if name == spent.name and not first_looked.is_set():
+            first_looked.set()
+            second_took.wait(10)  # the first thread looked; the second looks and takes the id meanwhile
+        return found
+
+    def held_rename(self: fs.Directory, source: str, destination: str) -> None:
+        if source == spent.name:
+            second_took.set()
+            first_done.wait(10)  # the first thread goes on before the second has published
+        rename(self, source, destination)
+
+    monkeypatch.setattr(fs.Directory, "lstat", held_lstat)
+    monkeypatch.setattr(fs.Directory, "rename", held_rename)
+    failures: list[BaseException] = []
+
+    def hand_over(name: str, then: threading.Event | None) -> None:
+        try:
+            store.hand_over(one(name))
+        except BaseException as error:  # noqa: BLE001 - what the test looks for
+            failures.append(error)
+        finally:
+            if then is not None:
+                then.set()
+
+    first = threading.Thread(target=hand_over, args=("one_thread", first_done))
+    first.start()
+    assert first_looked.wait(10)
+    second = threading.Thread(target=hand_over, args=("other_thread", None))
+    second.start()
+    first.join(30)
+    second.join(30)
+    monkeypatch.undo()
+    assert failures == []
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert [error_count(values, name) for name in ("first", "one_thread", "other_thread")] == [1, 1, 1]
+    assert handovers_left(textfile_dir) == []
