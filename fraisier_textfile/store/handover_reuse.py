@@ -96,16 +96,20 @@ def claim(directory: fs.Directory, temporary: str) -> tuple[int, int] | None:
     is an optimisation, and whatever goes wrong here leaves the caller to make a new file."""
     ids = _published.mine(directory)
     for _ in range(2):  # at most two looks: a hand-over call must not scan
-        if not ids:
+        # Taken off the list before the look, put back if not applied yet: the threads of a process share the
+        # list, and each must look at the id it took (one atomic pop), never pop one another thread looked at.
+        try:
+            oldest = ids.popleft()
+        except IndexError:
             return None
-        oldest = ids[0]
         try:
             found = directory.lstat(oldest + SUFFIX)
             if found is None and directory.lstat(oldest + HANDOVER_SUFFIX) is not None:
+                ids.appendleft(oldest)
                 return None  # not applied yet, nor are the newer ones (merges apply the oldest first)
         except OSError:
+            ids.appendleft(oldest)
             return None
-        ids.popleft()
         if found is None:
             continue  # deleted: by an earlier version, past SPENT_LIMIT, or set aside
         # Only a regular file of this user's is taken (never a device, a FIFO or a symlink a writer of the
