@@ -336,3 +336,34 @@ def test_two_threads_handing_over_at_once_both_hand_over_when_one_spent_file_is_
     values = sample_values(store.path)
     assert [error_count(values, name) for name in ("first", "one_thread", "other_thread")] == [1, 1, 1]
     assert handovers_left(textfile_dir) == []
+
+
+def test_a_litter_pass_while_a_writer_takes_back_an_old_spent_file_fails_no_hand_over(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hand-over that waited over an hour before a merge applied it keeps its old mtime as a spent file, and
+    under its writer's temporary name, until the new bytes are written: a litter pass (any process's, which takes
+    a temporary that old for a killed writer's) must not delete it between the writer's rename and its write."""
+    store = TextfileStore(textfile_dir)
+    store.hand_over(one("first"))
+    [handover] = names(textfile_dir, handovers.SUFFIX)
+    two_hours_ago = time.time() - 2 * handovers.STALE_TEMPORARY_SECONDS
+    os.utime(directory_of(textfile_dir) / handover, (two_hours_ago, two_hours_ago))
+    store.merge(Changes())
+    assert handovers.wait_for_removals()
+    assert names(textfile_dir, handover_reuse.SUFFIX)
+    take = handover_reuse._take
+
+    def litter_pass_after(directory: fs.Directory, handover_id: str, temporary: str) -> tuple[int, int] | None:
+        taken = take(directory, handover_id, temporary)
+        with directory.copy() as other:  # another process's descriptor of the directory
+            handovers.remove_stale_temporaries(other)
+        return taken
+
+    monkeypatch.setattr(handover_reuse, "_take", litter_pass_after)
+    store.hand_over(one("second"))
+    monkeypatch.undo()
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert (error_count(values, "first"), error_count(values, "second")) == (1, 1)
+    assert handovers_left(textfile_dir) == []
