@@ -114,10 +114,19 @@ def claim(directory: fs.Directory, temporary: str) -> tuple[int, int] | None:
             continue  # deleted: by an earlier version, past SPENT_LIMIT, or set aside
         # Only a regular file of this user's is taken (never a device, a FIFO or a symlink a writer of the
         # directory put there); what the name holds once it is ours is checked again, through its descriptor.
-        if stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid():
+        if stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid() and _fresh(found):
             return _take(directory, oldest, temporary)
         return None
     return None
+
+
+def _fresh(found: os.stat_result) -> bool:
+    """Whether a spent file's bytes are recent enough to be taken back. Under the temporary name, until the new
+    bytes are written, the file keeps the mtime of the hand-over it held, and every litter pass (this version's,
+    earlier versions') deletes a temporary whose mtime is over an hour old as a killed writer's: a hand-over that
+    waited that long before a merge applied it would be deleted under its writer, whose publish would then fail.
+    One older than SPENT_STALE_SECONDS is left to the litter pass."""
+    return time.time() - found.st_mtime <= SPENT_STALE_SECONDS
 
 
 def _take(directory: fs.Directory, handover_id: str, temporary: str) -> tuple[int, int] | None:
