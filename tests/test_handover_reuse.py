@@ -367,3 +367,56 @@ def test_a_litter_pass_while_a_writer_takes_back_an_old_spent_file_fails_no_hand
     values = sample_values(store.path)
     assert (error_count(values, "first"), error_count(values, "second")) == (1, 1)
     assert handovers_left(textfile_dir) == []
+
+
+def test_concurrent_merges_keep_at_most_spent_limit_files(textfile_dir: Path, tmp_path: Path) -> None:
+    """Each merge retires its hand-overs after releasing the lock, into the room it counted under it: merges whose
+    retires overlap must not each use the same room. Writers racing, each handing over and merging, alive to the
+    end (a spent file of a writer gone is not kept); the count of spent files is watched the whole time (the
+    limit made small, so that the overlaps fill it)."""
+    limit, writers_count, rounds, batch = 6, 8, 30, 6
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    script = textwrap.dedent(f"""
+        import os, sys
+        from fraisier_textfile import TextfileStore
+        from fraisier_textfile import changes as events
+        from fraisier_textfile.changes import Changes
+        from fraisier_textfile.store import handover_reuse, handovers
+        handover_reuse.SPENT_LIMIT = {limit}
+        store = TextfileStore(sys.argv[1])
+        sys.stdin.read(1)
+        for _ in range({rounds}):
+            for _ in range({batch}):
+                changes = Changes()
+                events.deployment_error(changes, "bare_metal", "raced")
+                store.hand_over(changes, durable=False)
+            store.merge(Changes())
+        assert handovers.wait_for_removals()
+        open(os.path.join(sys.argv[2], str(os.getpid())), "w").close()
+        sys.stdin.read()
+    """)
+    directory_of(textfile_dir).mkdir(parents=True)
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(textfile_dir), str(finished)],
+                                stdin=subprocess.PIPE) for _ in range(writers_count)]
+    most = 0
+    try:
+        for writer in writers:
+            assert writer.stdin is not None
+            writer.stdin.write(b"g")
+            writer.stdin.flush()
+        deadline = time.monotonic() + 240
+        while len(os.listdir(finished)) < writers_count and time.monotonic() < deadline:
+            assert all(writer.poll() is None for writer in writers)
+            most = max(most, len(names(textfile_dir, handover_reuse.SUFFIX)))
+    finally:
+        for writer in writers:
+            assert writer.stdin is not None
+            writer.stdin.close()
+        for writer in writers:
+            assert writer.wait(240) == 0
+    assert len(os.listdir(finished)) == writers_count
+    assert 0 < most <= limit
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    assert error_count(sample_values(store.path), "raced") == writers_count * rounds * batch
