@@ -389,6 +389,9 @@ class Handovers(Participant):
         ids, kept_aside, refused, self._spent_room = pending(directory)
         self._newest = (sequence_of(ids[-1]) or 0) if ids else 0
         already = set(APPLIED.get(document))
+        # Those applied before and still here are an earlier merge's, about to be retired (after its release, or
+        # from its background thread): their room is theirs, else merges that overlap each fill the same room.
+        self._spent_room = max(0, self._spent_room - sum(1 for handover_id in ids if handover_id in already))
         read_now: dict[str, Changes] = {}
         handled = set(refused)  # one left in place (not set aside) starts no merge after each: none can apply it
         newer = 0
