@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -420,3 +421,68 @@ def test_concurrent_merges_keep_at_most_spent_limit_files(textfile_dir: Path, tm
     store = TextfileStore(textfile_dir)
     store.merge(Changes())
     assert error_count(sample_values(store.path), "raced") == writers_count * rounds * batch
+
+
+def test_an_applied_hand_over_leaves_the_list_only_once_its_removal_is_durable(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reverse of the ordering rule (test_transaction): a merge drops from ``applied-handovers`` the ids whose
+    files are gone (retired to spent files, or deleted). On an ext4 without a journal nothing orders the hand-over
+    directory's blocks after the textfile's: were the new file durable and the removal not, a power loss would
+    bring back ``<id>.json``, its own bytes under its own name (the id check passes), listed no more: applied
+    twice. So the hand-over directory is fsynced after the removal and before the rename of the file that drops
+    its id. Recorded by wrapping os's functions, which still do what they do."""
+    store = TextfileStore(textfile_dir)
+    for number in range(3):
+        store.hand_over(one(f"handed_{number}"), durable=False)
+    handover_directory = os.stat(directory_of(textfile_dir))
+    steps: list[tuple[str, str]] = []
+    fsync, unlink, rename, replace = os.fsync, os.unlink, os.rename, os.replace
+
+    def in_handovers(descriptor: int | None) -> bool:
+        return descriptor is not None and os.path.samestat(os.fstat(descriptor), handover_directory)
+
+    def noting_fsync(descriptor: int) -> None:
+        synced = in_handovers(descriptor)
+        fsync(descriptor)
+        if synced:
+            steps.append(("sync", ""))
+
+    def noting_unlink(path: str, *, dir_fd: int | None = None) -> None:
+        unlink(path, dir_fd=dir_fd)
+        if in_handovers(dir_fd) and path.endswith(handovers.SUFFIX):
+            steps.append(("removed", path[: -len(handovers.SUFFIX)]))
+
+    def noting(move: Any) -> Any:
+        def moved(source: str, destination: str, *, src_dir_fd: int | None = None,
+                  dst_dir_fd: int | None = None) -> None:
+            listed = None
+            if destination == store.path.name:
+                content = open(source if src_dir_fd is None else f"/proc/self/fd/{src_dir_fd}/{source}").read()
+                listed = " ".join(line.split(":", 1)[1] for line in content.splitlines()
+                                  if line.startswith(f"# fraisier_textfile {handovers.APPLIED.key}:"))
+            move(source, destination, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+            if in_handovers(src_dir_fd) and source.endswith(handovers.SUFFIX) and not source.startswith("."):
+                steps.append(("removed", source[: -len(handovers.SUFFIX)]))
+            if listed is not None:
+                steps.append(("listed", listed))
+
+        return moved
+
+    monkeypatch.setattr(os, "fsync", noting_fsync)
+    monkeypatch.setattr(os, "unlink", noting_unlink)
+    monkeypatch.setattr(os, "rename", noting(rename))
+    monkeypatch.setattr(os, "replace", noting(replace))
+    store.merge(Changes())  # applies them, lists them, retires them after its commit
+    assert handovers.wait_for_removals()
+    store.merge(one("later"))  # finds them gone: drops them from the list
+    monkeypatch.undo()
+    listings = [set(value.split()) for step, value in steps if step == "listed"]
+    assert len(listings) == 2 and len(listings[0]) == 3 and not listings[1], steps
+    removed = {value for step, value in steps if step == "removed"}
+    assert removed == listings[0], steps
+    last_removal = max(index for index, (step, _) in enumerate(steps) if step == "removed")
+    dropping = [index for index, (step, _) in enumerate(steps) if step == "listed"][1]
+    assert ("sync", "") in steps[last_removal:dropping], steps
+    values = sample_values(store.path)
+    assert [error_count(values, f"handed_{number}") for number in range(3)] == [1, 1, 1]
