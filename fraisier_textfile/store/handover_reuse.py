@@ -50,7 +50,8 @@ SPENT_STALE_SECONDS = 600.0
 a process that hands over takes one back at each hand-over."""
 REMEMBERED = 256
 """Ids of this process's hand-overs remembered for taking back: more than a merge applies at once."""
-_TAKEN = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_LOOKED_AT = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_TAKEN = os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 log = get_logger(__name__)
 
 
@@ -137,28 +138,45 @@ def _take(directory: fs.Directory, handover_id: str, temporary: str) -> tuple[in
         directory.rename(name, temporary)
     except OSError:
         return None  # taken by another process since (a forked sibling), or the directory fails: a new file
-    try:
-        descriptor = os.open(temporary, _TAKEN, dir_fd=directory.descriptor)
-    except OSError:
-        descriptor = None
-    if descriptor is not None:
-        try:
-            status = os.fstat(descriptor)
-            expected = header(handover_id)
-            if (
-                stat.S_ISREG(status.st_mode) and status.st_uid == os.geteuid() and status.st_nlink == 1
-                and stat.S_IMODE(status.st_mode) == fs.FILE_MODE
-                and os.pread(descriptor, len(expected), 0) == expected
-            ):
-                return descriptor, status.st_size
-        except OSError:
-            pass
-        os.close(descriptor)
+    taken = _open_own(directory, temporary, header(handover_id))
+    if taken is not None:
+        return taken
     # Not what this process wrote (a writer of the directory swapped it): back under its name, untouched.
     try:
         directory.rename(temporary, name)
     except OSError:
         pass
+    return None
+
+
+def _open_own(directory: fs.Directory, temporary: str, expected: bytes) -> tuple[int, int] | None:
+    """``temporary`` opened for writing and its size, if it is a spent hand-over of this process's (a regular file
+    of this user's with one link, mode FILE_MODE, beginning with ``expected``); None without opening anything else.
+    A writer of the directory may have put anything under that name between the look and the rename: looked at
+    first through an O_PATH descriptor, which opens nothing (a FIFO, another user's file), then opened through it
+    (its /proc/self/fd link: that same inode, no name resolved again)."""
+    try:
+        probe = os.open(temporary, _LOOKED_AT, dir_fd=directory.descriptor)
+    except OSError:
+        return None
+    try:
+        status = os.fstat(probe)
+        if not (
+            stat.S_ISREG(status.st_mode) and status.st_uid == os.geteuid() and status.st_nlink == 1
+            and stat.S_IMODE(status.st_mode) == fs.FILE_MODE
+        ):
+            return None
+        descriptor = os.open(f"/proc/self/fd/{probe}", _TAKEN)  # no /proc (a bare chroot): a new file instead
+    except OSError:
+        return None
+    finally:
+        os.close(probe)
+    try:
+        if os.pread(descriptor, len(expected), 0) == expected:
+            return descriptor, status.st_size
+    except OSError:
+        pass
+    os.close(descriptor)
     return None
 
 
