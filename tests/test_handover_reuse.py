@@ -486,3 +486,76 @@ def test_an_applied_hand_over_leaves_the_list_only_once_its_removal_is_durable(
     assert ("sync", "") in steps[last_removal:dropping], steps
     values = sample_values(store.path)
     assert [error_count(values, f"handed_{number}") for number in range(3)] == [1, 1, 1]
+
+
+KILLED_WHILE_TAKING_BACK = """
+import os, signal, sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import fs, handover_reuse, handovers
+
+directory, step = sys.argv[1:]
+store = TextfileStore(directory)
+first = Changes()
+for number in range(40):  # longer than the second: its file is cut (ftruncate) after the second's bytes
+    events.deployment_error(first, "bare_metal", f"first_{number}")
+store.hand_over(first)
+store.merge(Changes())
+assert handovers.wait_for_removals()
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def then_die(function, when=lambda *arguments: True):
+    def wrapped(*arguments):
+        result = function(*arguments)
+        if when(*arguments):
+            die()
+        return result
+    return wrapped
+
+
+if step in ("renamed", "published"):
+    fs.Directory.rename = then_die(fs.Directory.rename, lambda self, source, destination: (
+        source.endswith(handover_reuse.SUFFIX) if step == "renamed"
+        else source.startswith(".") and destination.endswith(handovers.SUFFIX)))
+elif step == "opened":
+    handover_reuse._open_own = then_die(handover_reuse._open_own)
+elif step == "written":
+    handovers.write_parts = then_die(handovers.write_parts)
+elif step == "cut":
+    os.ftruncate = then_die(os.ftruncate)
+second = Changes()
+events.deployment_error(second, "bare_metal", "second")
+store.hand_over(second)
+"""
+
+
+@pytest.mark.parametrize("step", ["renamed", "opened", "written", "cut", "published"])
+def test_a_writer_killed_at_each_step_of_taking_back_a_spent_file_counts_each_event_once(
+    textfile_dir: Path, step: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGKILLed after the rename to its temporary name, the open, the write of the new bytes, the cut of the old
+    ones past them, or the rename into place: the first hand-over stays counted once, the second is counted once
+    if it was published (its call's return was near) and never otherwise, nothing is set aside, and what the
+    writer left under its temporary name is litter that a later litter pass removes."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_TAKING_BACK, str(textfile_dir), step], timeout=60)
+    assert killed.returncode == -9
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    assert handovers.wait_for_removals()
+    values = sample_values(store.path)
+    assert [error_count(values, name) for name in ("first_0", "first_39", "second")] == [
+        1, 1, 1 if step == "published" else 0]
+    assert values.get(handovers.SET_ASIDE_FAMILY, 0) == 0
+    assert names(textfile_dir, handovers.SUFFIX) == []
+    later = time.time() + handovers.STALE_TEMPORARY_SECONDS + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    directory = fs.open_directory(str(directory_of(textfile_dir)))
+    assert directory is not None
+    with directory:
+        handovers.remove_stale_temporaries(directory)
+    assert handovers_left(textfile_dir) == []
