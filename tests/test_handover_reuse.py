@@ -318,7 +318,7 @@ def test_two_threads_handing_over_at_once_both_hand_over_when_one_spent_file_is_
     def hand_over(name: str, then: threading.Event | None) -> None:
         try:
             store.hand_over(one(name))
-        except BaseException as error:  # noqa: BLE001 - what the test looks for
+        except BaseException as error:
             failures.append(error)
         finally:
             if then is not None:
@@ -458,7 +458,7 @@ def test_an_applied_hand_over_leaves_the_list_only_once_its_removal_is_durable(
                   dst_dir_fd: int | None = None) -> None:
             listed = None
             if destination == store.path.name:
-                content = open(source if src_dir_fd is None else f"/proc/self/fd/{src_dir_fd}/{source}").read()
+                content = Path(source if src_dir_fd is None else f"/proc/self/fd/{src_dir_fd}/{source}").read_text()
                 listed = " ".join(line.split(":", 1)[1] for line in content.splitlines()
                                   if line.startswith(f"# fraisier_textfile {handovers.APPLIED.key}:"))
             move(source, destination, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)

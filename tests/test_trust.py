@@ -14,8 +14,8 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -908,7 +908,7 @@ def test_root_takes_back_nothing_but_its_own_spent_hand_overs_while_the_deployer
         descriptor = real_open(path, flags, mode, dir_fd=dir_fd)
         if flags & (os.O_DIRECTORY | os.O_PATH) or not (  # an O_PATH descriptor opens nothing
             str(path).startswith("/proc/self/fd/")
-            or dir_fd is not None and os.path.samestat(os.fstat(dir_fd), spent_in)
+            or (dir_fd is not None and os.path.samestat(os.fstat(dir_fd), spent_in))
         ):
             return descriptor
         status = os.fstat(descriptor)
