@@ -935,3 +935,71 @@ def test_root_takes_back_nothing_but_its_own_spent_hand_overs_while_the_deployer
     assert secret.read_bytes().endswith(b" " * 30)  # the deployer's writes, never root's
     store.merge(Changes())
     assert sample_values(shared_dir / "fraisier.prom")[TIMEOUT] == 1 + rounds
+
+
+# The deployer's side of the reverse: it hands over, then (once root has merged) hands over again, then merges.
+# Prints the inodes of the hand-overs waiting after each of its hand-overs, then "merged".
+DEPLOYER_TAKES_BACK = """
+import os, sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes, deployment_error
+from fraisier_textfile.store import handovers
+textfile = sys.argv[1]
+directory = os.path.join(textfile, ".fraisier-handover")
+store = TextfileStore(textfile, lock_timeout=2)
+
+
+def hand_over():
+    changes = Changes()
+    deployment_error(changes, "bare_metal", "deployer")
+    store.hand_over(changes)
+    print(*sorted(os.stat(os.path.join(directory, name)).st_ino for name in os.listdir(directory)
+                  if name.endswith(".json") and not name.startswith(".")), flush=True)
+
+
+hand_over()
+sys.stdin.readline()  # root merged it
+hand_over()
+sys.stdin.readline()  # root handed over
+store.merge(Changes())
+assert handovers.wait_for_removals()
+print("merged", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_root_and_the_deployer_take_back_the_hand_overs_the_others_merge_retired(
+    users: Users, shared_dir: Path  # noqa: F811
+) -> None:
+    """Root's merge retires the deployer's hand-over (its file stays the deployer's) and the deployer takes it back;
+    the deployer's merge retires root's and root takes it back: each writer writes into its own file only, and
+    every event is counted once."""
+    store = TextfileStore(shared_dir, lock_timeout=2)
+    deployer = as_deployer(users, DEPLOYER_TAKES_BACK, str(shared_dir))
+    assert deployer.stdin is not None and deployer.stdout is not None
+    try:
+        [first] = deployer.stdout.readline().split()
+        store.merge(Changes())  # applies the deployer's hand-over, renamed to a spent file of the deployer's
+        assert handovers.wait_for_removals()
+        spent = [path for path in (shared_dir / HANDOVER_DIRECTORY).iterdir() if path.name.endswith(".spent")]
+        assert [(path.stat().st_ino, path.stat().st_uid) for path in spent] == [
+            (int(first), pwd.getpwnam(DEPLOYER).pw_uid)]
+        deployer.stdin.write("\n")
+        deployer.stdin.flush()
+        assert deployer.stdout.readline().split() == [first]  # taken back: the same file
+        store.hand_over(one_event())
+        [mine] = [path for path in (shared_dir / HANDOVER_DIRECTORY).iterdir()
+                  if path.suffix == handovers.SUFFIX and path.stat().st_uid == 0]
+        inode = mine.stat().st_ino
+        deployer.stdin.write("\n")
+        deployer.stdin.flush()
+        assert deployer.stdout.readline() == "merged\n"  # root's hand-over retired by the deployer's merge
+        store.hand_over(one_event())
+        [again] = [path for path in (shared_dir / HANDOVER_DIRECTORY).iterdir() if path.suffix == handovers.SUFFIX]
+        assert (again.stat().st_ino, again.stat().st_uid) == (inode, 0)  # root's own file, taken back
+    finally:
+        finish(deployer)
+    store.merge(Changes())
+    values = sample_values(shared_dir / "fraisier.prom")
+    assert (values[TIMEOUT], values[BY_THE_DEPLOYER]) == (2, 2)
+    assert values.get(handovers.SET_ASIDE_FAMILY, 0) == 0
