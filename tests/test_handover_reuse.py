@@ -559,3 +559,27 @@ def test_a_writer_killed_at_each_step_of_taking_back_a_spent_file_counts_each_ev
     with directory:
         handovers.remove_stale_temporaries(directory)
     assert handovers_left(textfile_dir) == []
+
+
+def test_a_process_writing_to_two_textfile_directories_takes_back_in_each_only_its_files_there(
+    tmp_path: Path,
+) -> None:
+    """The ids a process remembers are by hand-over directory: in each it takes back the spent file it left there,
+    never looks for one of the other's, and each directory counts its own events once."""
+    stores = [TextfileStore(tmp_path / name) for name in ("one", "two")]
+    spent = {}
+    for store in stores:
+        spent[store.directory] = handed_over_and_applied(store, f"first_in_{store.directory.name}").stat().st_ino
+    for _ in range(3):
+        for store in stores:
+            store.hand_over(one(f"again_in_{store.directory.name}"))
+            [taken] = names(store.directory, handovers.SUFFIX)
+            assert (directory_of(store.directory) / taken).stat().st_ino == spent[store.directory]
+            store.merge(Changes())
+            assert handovers.wait_for_removals()
+    for store in stores:
+        values = sample_values(store.path)
+        assert error_count(values, f"first_in_{store.directory.name}") == 1
+        assert error_count(values, f"again_in_{store.directory.name}") == 3
+        other = "two" if store.directory.name == "one" else "one"
+        assert error_count(values, f"again_in_{other}") == 0
