@@ -12,7 +12,8 @@ deletion waits for the device).
 Each row is a process of the package installed from a wheel, in turn (the rows alternate, ROUNDS times), that
 makes 4 rounds: ``TextfileStore.hand_over`` of one event BATCH times, then ``merge`` of an empty change, which
 applies them, and the wait for its deletions. Timed: each hand-over call (wall and CPU), and the merge with its
-deletions (CPU of the whole process, its background thread included). Rows:
+deletions (CPU of the whole process, its background thread included; and its wall time, in which a merge that
+drops the ids of the hand-overs the one before applied waits for the fsync of the hand-over directory). Rows:
 
 - ours: this tree;
 - peer: ``--baseline`` (default ``main``), installed from ``git archive`` the same way;
@@ -50,7 +51,7 @@ WORKER = r'''
 import json, os, sys, time
 directory, rounds, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 durable, kind = sys.argv[4] == "1", sys.argv[5]
-calls, call_cpu, merges = [], [], []
+calls, call_cpu, merges, merge_walls = [], [], [], []
 if kind == "floor":
     handovers = os.path.join(directory, "handovers")
     os.makedirs(handovers, exist_ok=True)
@@ -93,10 +94,11 @@ for _ in range(rounds):
         hand_over()
         calls.append(time.perf_counter() - started)
         call_cpu.append(time.process_time() - started_cpu)
-    started_cpu = time.process_time()
+    started, started_cpu = time.perf_counter(), time.process_time()
     merge()
     merges.append(time.process_time() - started_cpu)
-print(json.dumps({"calls": calls, "call_cpu": call_cpu, "merges": merges}))
+    merge_walls.append(time.perf_counter() - started)
+print(json.dumps({"calls": calls, "call_cpu": call_cpu, "merges": merges, "merge_walls": merge_walls}))
 '''
 
 
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                     # inodes and ours' spent files stay where their own row's next round finds them.
                     measured = run(python, environment_, cwd, root / f"{name}-{int(durable)}", PER_PROCESS,
                                    args.batch, durable, name)
-                    row = rows.setdefault((name, durable), {"calls": [], "call_cpu": [], "merges": []})
+                    row = rows.setdefault((name, durable),
+                                          {"calls": [], "call_cpu": [], "merges": [], "merge_walls": []})
                     for key, values in measured.items():
                         row[key].extend(values)
         result: dict[str, Any] = {"environment": info, "baseline": args.baseline, "rounds": rounds,
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 "call_median_seconds": statistics.median(row["calls"]),
                 "call_cpu_median_seconds": statistics.median(row["call_cpu"]),
                 "merge_cpu_per_handover_seconds": statistics.median(row["merges"]) / args.batch,
+                "merge_median_seconds": statistics.median(row["merge_walls"]),
             }
 
     def render() -> None:
@@ -169,14 +173,17 @@ def main(argv: list[str] | None = None) -> int:
                     format_seconds(row["call_median_seconds"]),
                     format_seconds(row["call_cpu_median_seconds"]),
                     format_seconds(row["merge_cpu_per_handover_seconds"]),
+                    format_seconds(row["merge_median_seconds"]),
                     "—" if name == "ours" else format_ratio(
                         (mine["call_median_seconds"]) / row["call_median_seconds"]),
                     "—" if name == "ours" else format_ratio(
                         (mine["call_cpu_median_seconds"] + mine["merge_cpu_per_handover_seconds"])
                         / (row["call_cpu_median_seconds"] + row["merge_cpu_per_handover_seconds"])),
+                    "—" if name == "ours" else format_ratio(
+                        mine["merge_median_seconds"] / row["merge_median_seconds"]),
                 ])
-        print_table("", ["row", "call (wall)", "call (CPU)", "merge CPU per hand-over", "ours ÷ row, call",
-                         "ours ÷ row, CPU in all"], table)
+        print_table("", ["row", "call (wall)", "call (CPU)", "merge CPU per hand-over", "merge (wall)",
+                         "ours ÷ row, call", "ours ÷ row, CPU in all", "ours ÷ row, merge"], table)
 
     emit(args, result, render)
     return 0

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -282,3 +283,303 @@ def test_a_hand_over_torn_between_its_new_bytes_and_the_spent_ones_is_set_aside(
     values = sample_values(store.path)
     assert (error_count(values, "first_"), error_count(values, "second")) == (1, 0)
     assert values[handovers.SET_ASIDE_FAMILY] == 1
+
+
+def test_two_threads_handing_over_at_once_both_hand_over_when_one_spent_file_is_left(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ids a process remembers are shared by its threads: two may both see the one spent file left, and the
+    second to take the id from the list must find it empty, not raise (its events would be lost). The threads'
+    system calls are held in the one order that shows it (it happens, rarely, without)."""
+    import threading
+
+    store = TextfileStore(textfile_dir)
+    spent = handed_over_and_applied(store, "first")
+    first_looked, second_took, first_done = threading.Event(), threading.Event(), threading.Event()
+    lstat, rename = fs.Directory.lstat, fs.Directory.rename
+
+    def held_lstat(self: fs.Directory, name: str) -> os.stat_result | None:
+        found = lstat(self, name)
+        if name == spent.name and not first_looked.is_set():
+            first_looked.set()
+            second_took.wait(10)  # the first thread looked; the second looks and takes the id meanwhile
+        return found
+
+    def held_rename(self: fs.Directory, source: str, destination: str) -> None:
+        if source == spent.name:
+            second_took.set()
+            first_done.wait(10)  # the first thread goes on before the second has published
+        rename(self, source, destination)
+
+    monkeypatch.setattr(fs.Directory, "lstat", held_lstat)
+    monkeypatch.setattr(fs.Directory, "rename", held_rename)
+    failures: list[BaseException] = []
+
+    def hand_over(name: str, then: threading.Event | None) -> None:
+        try:
+            store.hand_over(one(name))
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            if then is not None:
+                then.set()
+
+    first = threading.Thread(target=hand_over, args=("one_thread", first_done))
+    first.start()
+    assert first_looked.wait(10)
+    second = threading.Thread(target=hand_over, args=("other_thread", None))
+    second.start()
+    first.join(30)
+    second.join(30)
+    monkeypatch.undo()
+    assert failures == []
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert [error_count(values, name) for name in ("first", "one_thread", "other_thread")] == [1, 1, 1]
+    assert handovers_left(textfile_dir) == []
+
+
+def test_a_litter_pass_while_a_writer_takes_back_an_old_spent_file_fails_no_hand_over(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hand-over that waited over an hour before a merge applied it keeps its old mtime as a spent file, and
+    under its writer's temporary name, until the new bytes are written: a litter pass (any process's, which takes
+    a temporary that old for a killed writer's) must not delete it between the writer's rename and its write."""
+    store = TextfileStore(textfile_dir)
+    store.hand_over(one("first"))
+    [handover] = names(textfile_dir, handovers.SUFFIX)
+    two_hours_ago = time.time() - 2 * handovers.STALE_TEMPORARY_SECONDS
+    os.utime(directory_of(textfile_dir) / handover, (two_hours_ago, two_hours_ago))
+    store.merge(Changes())
+    assert handovers.wait_for_removals()
+    assert names(textfile_dir, handover_reuse.SUFFIX)
+    take = handover_reuse._take
+
+    def litter_pass_after(directory: fs.Directory, handover_id: str, temporary: str) -> tuple[int, int] | None:
+        taken = take(directory, handover_id, temporary)
+        with directory.copy() as other:  # another process's descriptor of the directory
+            handovers.remove_stale_temporaries(other)
+        return taken
+
+    monkeypatch.setattr(handover_reuse, "_take", litter_pass_after)
+    store.hand_over(one("second"))
+    monkeypatch.undo()
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert (error_count(values, "first"), error_count(values, "second")) == (1, 1)
+    assert handovers_left(textfile_dir) == []
+
+
+def test_concurrent_merges_keep_at_most_spent_limit_files(textfile_dir: Path, tmp_path: Path) -> None:
+    """Each merge retires its hand-overs after releasing the lock, into the room it counted under it: merges whose
+    retires overlap must not each use the same room. Writers racing, each handing over and merging, alive to the
+    end (a spent file of a writer gone is not kept); the count of spent files is watched the whole time (the
+    limit made small, so that the overlaps fill it)."""
+    limit, writers_count, rounds, batch = 6, 8, 30, 6
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    script = textwrap.dedent(f"""
+        import os, sys
+        from fraisier_textfile import TextfileStore
+        from fraisier_textfile import changes as events
+        from fraisier_textfile.changes import Changes
+        from fraisier_textfile.store import handover_reuse, handovers
+        handover_reuse.SPENT_LIMIT = {limit}
+        store = TextfileStore(sys.argv[1])
+        sys.stdin.read(1)
+        for _ in range({rounds}):
+            for _ in range({batch}):
+                changes = Changes()
+                events.deployment_error(changes, "bare_metal", "raced")
+                store.hand_over(changes, durable=False)
+            store.merge(Changes())
+        assert handovers.wait_for_removals()
+        open(os.path.join(sys.argv[2], str(os.getpid())), "w").close()
+        sys.stdin.read()
+    """)
+    directory_of(textfile_dir).mkdir(parents=True)
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(textfile_dir), str(finished)],
+                                stdin=subprocess.PIPE) for _ in range(writers_count)]
+    most = 0
+    try:
+        for writer in writers:
+            assert writer.stdin is not None
+            writer.stdin.write(b"g")
+            writer.stdin.flush()
+        deadline = time.monotonic() + 240
+        while len(os.listdir(finished)) < writers_count and time.monotonic() < deadline:
+            assert all(writer.poll() is None for writer in writers)
+            most = max(most, len(names(textfile_dir, handover_reuse.SUFFIX)))
+    finally:
+        for writer in writers:
+            assert writer.stdin is not None
+            writer.stdin.close()
+        for writer in writers:
+            assert writer.wait(240) == 0
+    assert len(os.listdir(finished)) == writers_count
+    assert 0 < most <= limit
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    assert error_count(sample_values(store.path), "raced") == writers_count * rounds * batch
+
+
+def test_an_applied_hand_over_leaves_the_list_only_once_its_removal_is_durable(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reverse of the ordering rule (test_transaction): a merge drops from ``applied-handovers`` the ids whose
+    files are gone (retired to spent files, or deleted). On an ext4 without a journal nothing orders the hand-over
+    directory's blocks after the textfile's: were the new file durable and the removal not, a power loss would
+    bring back ``<id>.json``, its own bytes under its own name (the id check passes), listed no more: applied
+    twice. So the hand-over directory is fsynced after the removal and before the rename of the file that drops
+    its id. Recorded by wrapping os's functions, which still do what they do."""
+    store = TextfileStore(textfile_dir)
+    for number in range(3):
+        store.hand_over(one(f"handed_{number}"), durable=False)
+    handover_directory = os.stat(directory_of(textfile_dir))
+    steps: list[tuple[str, str]] = []
+    fsync, unlink, rename, replace = os.fsync, os.unlink, os.rename, os.replace
+
+    def in_handovers(descriptor: int | None) -> bool:
+        return descriptor is not None and os.path.samestat(os.fstat(descriptor), handover_directory)
+
+    def noting_fsync(descriptor: int) -> None:
+        synced = in_handovers(descriptor)
+        fsync(descriptor)
+        if synced:
+            steps.append(("sync", ""))
+
+    def noting_unlink(path: str, *, dir_fd: int | None = None) -> None:
+        unlink(path, dir_fd=dir_fd)
+        if in_handovers(dir_fd) and path.endswith(handovers.SUFFIX):
+            steps.append(("removed", path[: -len(handovers.SUFFIX)]))
+
+    def noting(move: Any) -> Any:
+        def moved(source: str, destination: str, *, src_dir_fd: int | None = None,
+                  dst_dir_fd: int | None = None) -> None:
+            listed = None
+            if destination == store.path.name:
+                content = Path(source if src_dir_fd is None else f"/proc/self/fd/{src_dir_fd}/{source}").read_text()
+                listed = " ".join(line.split(":", 1)[1] for line in content.splitlines()
+                                  if line.startswith(f"# fraisier_textfile {handovers.APPLIED.key}:"))
+            move(source, destination, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+            if in_handovers(src_dir_fd) and source.endswith(handovers.SUFFIX) and not source.startswith("."):
+                steps.append(("removed", source[: -len(handovers.SUFFIX)]))
+            if listed is not None:
+                steps.append(("listed", listed))
+
+        return moved
+
+    monkeypatch.setattr(os, "fsync", noting_fsync)
+    monkeypatch.setattr(os, "unlink", noting_unlink)
+    monkeypatch.setattr(os, "rename", noting(rename))
+    monkeypatch.setattr(os, "replace", noting(replace))
+    store.merge(Changes())  # applies them, lists them, retires them after its commit
+    assert handovers.wait_for_removals()
+    store.merge(one("later"))  # finds them gone: drops them from the list
+    monkeypatch.undo()
+    listings = [set(value.split()) for step, value in steps if step == "listed"]
+    assert len(listings) == 2 and len(listings[0]) == 3 and not listings[1], steps
+    removed = {value for step, value in steps if step == "removed"}
+    assert removed == listings[0], steps
+    last_removal = max(index for index, (step, _) in enumerate(steps) if step == "removed")
+    dropping = [index for index, (step, _) in enumerate(steps) if step == "listed"][1]
+    assert ("sync", "") in steps[last_removal:dropping], steps
+    values = sample_values(store.path)
+    assert [error_count(values, f"handed_{number}") for number in range(3)] == [1, 1, 1]
+
+
+KILLED_WHILE_TAKING_BACK = """
+import os, signal, sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import fs, handover_reuse, handovers
+
+directory, step = sys.argv[1:]
+store = TextfileStore(directory)
+first = Changes()
+for number in range(40):  # longer than the second: its file is cut (ftruncate) after the second's bytes
+    events.deployment_error(first, "bare_metal", f"first_{number}")
+store.hand_over(first)
+store.merge(Changes())
+assert handovers.wait_for_removals()
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def then_die(function, when=lambda *arguments: True):
+    def wrapped(*arguments):
+        result = function(*arguments)
+        if when(*arguments):
+            die()
+        return result
+    return wrapped
+
+
+if step in ("renamed", "published"):
+    fs.Directory.rename = then_die(fs.Directory.rename, lambda self, source, destination: (
+        source.endswith(handover_reuse.SUFFIX) if step == "renamed"
+        else source.startswith(".") and destination.endswith(handovers.SUFFIX)))
+elif step == "opened":
+    handover_reuse._open_own = then_die(handover_reuse._open_own)
+elif step == "written":
+    handovers.write_parts = then_die(handovers.write_parts)
+elif step == "cut":
+    os.ftruncate = then_die(os.ftruncate)
+second = Changes()
+events.deployment_error(second, "bare_metal", "second")
+store.hand_over(second)
+"""
+
+
+@pytest.mark.parametrize("step", ["renamed", "opened", "written", "cut", "published"])
+def test_a_writer_killed_at_each_step_of_taking_back_a_spent_file_counts_each_event_once(
+    textfile_dir: Path, step: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGKILLed after the rename to its temporary name, the open, the write of the new bytes, the cut of the old
+    ones past them, or the rename into place: the first hand-over stays counted once, the second is counted once
+    if it was published (its call's return was near) and never otherwise, nothing is set aside, and what the
+    writer left under its temporary name is litter that a later litter pass removes."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_TAKING_BACK, str(textfile_dir), step], timeout=60)
+    assert killed.returncode == -9
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    assert handovers.wait_for_removals()
+    values = sample_values(store.path)
+    assert [error_count(values, name) for name in ("first_0", "first_39", "second")] == [
+        1, 1, 1 if step == "published" else 0]
+    assert values.get(handovers.SET_ASIDE_FAMILY, 0) == 0
+    assert names(textfile_dir, handovers.SUFFIX) == []
+    later = time.time() + handovers.STALE_TEMPORARY_SECONDS + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    directory = fs.open_directory(str(directory_of(textfile_dir)))
+    assert directory is not None
+    with directory:
+        handovers.remove_stale_temporaries(directory)
+    assert handovers_left(textfile_dir) == []
+
+
+def test_a_process_writing_to_two_textfile_directories_takes_back_in_each_only_its_files_there(
+    tmp_path: Path,
+) -> None:
+    """The ids a process remembers are by hand-over directory: in each it takes back the spent file it left there,
+    never looks for one of the other's, and each directory counts its own events once."""
+    stores = [TextfileStore(tmp_path / name) for name in ("one", "two")]
+    spent = {}
+    for store in stores:
+        spent[store.directory] = handed_over_and_applied(store, f"first_in_{store.directory.name}").stat().st_ino
+    for _ in range(3):
+        for store in stores:
+            store.hand_over(one(f"again_in_{store.directory.name}"))
+            [taken] = names(store.directory, handovers.SUFFIX)
+            assert (directory_of(store.directory) / taken).stat().st_ino == spent[store.directory]
+            store.merge(Changes())
+            assert handovers.wait_for_removals()
+    for store in stores:
+        values = sample_values(store.path)
+        assert error_count(values, f"first_in_{store.directory.name}") == 1
+        assert error_count(values, f"again_in_{store.directory.name}") == 3
+        other = "two" if store.directory.name == "one" else "one"
+        assert error_count(values, f"again_in_{other}") == 0

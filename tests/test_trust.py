@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -828,3 +829,177 @@ def test_a_hand_over_another_member_of_the_group_left_unreadable_is_set_aside_by
     assert values[TIMEOUT] == 2
     assert values[handovers.SET_ASIDE_FAMILY] == 1
     assert "NOT-FOR-THE-DEPLOYER" not in (shared_dir / "fraisier.prom").read_text()
+
+
+# The deployer's side of the spent hand-over attacks (store/handover_reuse.py): as fast as it can until stdin
+# closes, at each of root's spent names in turn: the file moved away and, in its place for a moment, a FIFO, a
+# symlink to root's group-writable file (its bytes made to begin as the spent file's), a hard link to that file,
+# or a copy of the deployer's own with the same bytes and mode; then the real one put back. Prints the turns.
+SWAP_SPENT = """
+import os, select, sys
+directory, secret = sys.argv[1], sys.argv[2]
+turns = 0
+while not select.select([sys.stdin], [], [], 0)[0]:
+    for name in os.listdir(directory):
+        if not name.endswith(".spent") or name.startswith("kept-"):
+            continue
+        path, kept = os.path.join(directory, name), os.path.join(directory, "kept-" + name)
+        try:  # never a FIFO of its own that root put back in place of the file (it would wait for a writer)
+            spent = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            try:
+                head = os.read(spent, 64)
+            finally:
+                os.close(spent)
+            os.rename(path, kept)
+        except OSError:
+            continue
+        try:
+            kind = turns % 4
+            if kind in (1, 2):
+                with open(secret, "r+b") as file:  # root's, the group may write it: the spent file's first bytes
+                    file.write(head)
+            if kind == 0:
+                os.mkfifo(path, 0o644)
+            elif kind == 1:
+                os.symlink(secret, path)
+            elif kind == 2:
+                os.link(secret, path)
+            else:
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.fchmod(descriptor, 0o644)
+                os.write(descriptor, head)
+                os.close(descriptor)
+            for _ in range(200):
+                pass
+            os.unlink(path)
+        except OSError:
+            pass
+        try:
+            os.rename(kept, path)
+        except OSError:
+            pass
+        turns += 1
+print(turns)
+"""
+
+
+@pytest.mark.slow  # a few seconds of swaps in a loop
+def test_root_takes_back_nothing_but_its_own_spent_hand_overs_while_the_deployer_swaps_them(
+    users: Users, shared_dir: Path, victim: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Root hands over and merges in turns, taking back its spent hand-overs, while the deployer swaps each for a
+    FIFO, a symlink, a hard link to a file of root's it may write, or a copy of its own: root never opens anything
+    but a regular file of its own there (bug: a FIFO or the deployer's file swapped in between root's look and its
+    rename was opened, for reading and writing, before its fstat refused it), never writes into another file, and
+    counts every event once."""
+    secret = victim / "group-secret"
+    secret.write_bytes(b"root's, the group may write it" + b" " * 64)
+    os.chown(secret, 0, grp.getgrnam(GROUP).gr_gid)
+    os.chmod(secret, 0o660)
+    store = TextfileStore(shared_dir, lock_timeout=2)
+    store.hand_over(one_event())
+    store.merge(Changes())
+    directory = shared_dir / HANDOVER_DIRECTORY
+    spent_in = os.stat(directory)
+    opened: list[str] = []
+    real_open = os.open
+
+    def noting_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        descriptor = real_open(path, flags, mode, dir_fd=dir_fd)
+        if flags & (os.O_DIRECTORY | os.O_PATH) or not (  # an O_PATH descriptor opens nothing
+            str(path).startswith("/proc/self/fd/")
+            or (dir_fd is not None and os.path.samestat(os.fstat(dir_fd), spent_in))
+        ):
+            return descriptor
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode) or (status.st_uid != 0 and flags & (os.O_WRONLY | os.O_RDWR)):
+            opened.append(f"{path}: {stat.filemode(status.st_mode)} of uid {status.st_uid}")
+        return descriptor
+
+    attacker = as_deployer(users, SWAP_SPENT, str(directory), str(secret))
+    rounds = 0
+    monkeypatch.setattr(os, "open", noting_open)
+    try:
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and attacker.poll() is None:
+            store.hand_over(one_event())
+            store.merge(Changes())
+            handovers.wait_for_removals()
+            rounds += 1
+    finally:
+        monkeypatch.undo()
+        turns = int(finish(attacker))
+    assert turns > 0 and rounds > 0
+    assert opened == []
+    assert (secret.stat().st_uid, stat.S_IMODE(secret.stat().st_mode), secret.stat().st_nlink) == (0, 0o660, 1)
+    assert secret.read_bytes().endswith(b" " * 30)  # the deployer's writes, never root's
+    store.merge(Changes())
+    assert sample_values(shared_dir / "fraisier.prom")[TIMEOUT] == 1 + rounds
+
+
+# The deployer's side of the reverse: it hands over, then (once root has merged) hands over again, then merges.
+# Prints the inodes of the hand-overs waiting after each of its hand-overs, then "merged".
+DEPLOYER_TAKES_BACK = """
+import os, sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes, deployment_error
+from fraisier_textfile.store import handovers
+textfile = sys.argv[1]
+directory = os.path.join(textfile, ".fraisier-handover")
+store = TextfileStore(textfile, lock_timeout=2)
+
+
+def hand_over():
+    changes = Changes()
+    deployment_error(changes, "bare_metal", "deployer")
+    store.hand_over(changes)
+    print(*sorted(os.stat(os.path.join(directory, name)).st_ino for name in os.listdir(directory)
+                  if name.endswith(".json") and not name.startswith(".")), flush=True)
+
+
+hand_over()
+sys.stdin.readline()  # root merged it
+hand_over()
+sys.stdin.readline()  # root handed over
+store.merge(Changes())
+assert handovers.wait_for_removals()
+print("merged", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_root_and_the_deployer_take_back_the_hand_overs_the_others_merge_retired(
+    users: Users, shared_dir: Path  # noqa: F811
+) -> None:
+    """Root's merge retires the deployer's hand-over (its file stays the deployer's) and the deployer takes it back;
+    the deployer's merge retires root's and root takes it back: each writer writes into its own file only, and
+    every event is counted once."""
+    store = TextfileStore(shared_dir, lock_timeout=2)
+    deployer = as_deployer(users, DEPLOYER_TAKES_BACK, str(shared_dir))
+    assert deployer.stdin is not None and deployer.stdout is not None
+    try:
+        [first] = deployer.stdout.readline().split()
+        store.merge(Changes())  # applies the deployer's hand-over, renamed to a spent file of the deployer's
+        assert handovers.wait_for_removals()
+        spent = [path for path in (shared_dir / HANDOVER_DIRECTORY).iterdir() if path.name.endswith(".spent")]
+        assert [(path.stat().st_ino, path.stat().st_uid) for path in spent] == [
+            (int(first), pwd.getpwnam(DEPLOYER).pw_uid)]
+        deployer.stdin.write("\n")
+        deployer.stdin.flush()
+        assert deployer.stdout.readline().split() == [first]  # taken back: the same file
+        store.hand_over(one_event())
+        [mine] = [path for path in (shared_dir / HANDOVER_DIRECTORY).iterdir()
+                  if path.suffix == handovers.SUFFIX and path.stat().st_uid == 0]
+        inode = mine.stat().st_ino
+        deployer.stdin.write("\n")
+        deployer.stdin.flush()
+        assert deployer.stdout.readline() == "merged\n"  # root's hand-over retired by the deployer's merge
+        store.hand_over(one_event())
+        [again] = [path for path in (shared_dir / HANDOVER_DIRECTORY).iterdir() if path.suffix == handovers.SUFFIX]
+        assert (again.stat().st_ino, again.stat().st_uid) == (inode, 0)  # root's own file, taken back
+    finally:
+        finish(deployer)
+    store.merge(Changes())
+    values = sample_values(shared_dir / "fraisier.prom")
+    assert (values[TIMEOUT], values[BY_THE_DEPLOYER]) == (2, 2)
+    assert values.get(handovers.SET_ASIDE_FAMILY, 0) == 0

@@ -50,7 +50,8 @@ SPENT_STALE_SECONDS = 600.0
 a process that hands over takes one back at each hand-over."""
 REMEMBERED = 256
 """Ids of this process's hand-overs remembered for taking back: more than a merge applies at once."""
-_TAKEN = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_LOOKED_AT = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_TAKEN = os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 log = get_logger(__name__)
 
 
@@ -96,24 +97,37 @@ def claim(directory: fs.Directory, temporary: str) -> tuple[int, int] | None:
     is an optimisation, and whatever goes wrong here leaves the caller to make a new file."""
     ids = _published.mine(directory)
     for _ in range(2):  # at most two looks: a hand-over call must not scan
-        if not ids:
+        # Taken off the list before the look, put back if not applied yet: the threads of a process share the
+        # list, and each must look at the id it took (one atomic pop), never pop one another thread looked at.
+        try:
+            oldest = ids.popleft()
+        except IndexError:
             return None
-        oldest = ids[0]
         try:
             found = directory.lstat(oldest + SUFFIX)
             if found is None and directory.lstat(oldest + HANDOVER_SUFFIX) is not None:
+                ids.appendleft(oldest)
                 return None  # not applied yet, nor are the newer ones (merges apply the oldest first)
         except OSError:
+            ids.appendleft(oldest)
             return None
-        ids.popleft()
         if found is None:
             continue  # deleted: by an earlier version, past SPENT_LIMIT, or set aside
         # Only a regular file of this user's is taken (never a device, a FIFO or a symlink a writer of the
         # directory put there); what the name holds once it is ours is checked again, through its descriptor.
-        if stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid():
+        if stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid() and _fresh(found):
             return _take(directory, oldest, temporary)
         return None
     return None
+
+
+def _fresh(found: os.stat_result) -> bool:
+    """Whether a spent file's bytes are recent enough to be taken back. Under the temporary name, until the new
+    bytes are written, the file keeps the mtime of the hand-over it held, and every litter pass (this version's,
+    earlier versions') deletes a temporary whose mtime is over an hour old as a killed writer's: a hand-over that
+    waited that long before a merge applied it would be deleted under its writer, whose publish would then fail.
+    One older than SPENT_STALE_SECONDS is left to the litter pass."""
+    return time.time() - found.st_mtime <= SPENT_STALE_SECONDS
 
 
 def _take(directory: fs.Directory, handover_id: str, temporary: str) -> tuple[int, int] | None:
@@ -124,28 +138,45 @@ def _take(directory: fs.Directory, handover_id: str, temporary: str) -> tuple[in
         directory.rename(name, temporary)
     except OSError:
         return None  # taken by another process since (a forked sibling), or the directory fails: a new file
-    try:
-        descriptor = os.open(temporary, _TAKEN, dir_fd=directory.descriptor)
-    except OSError:
-        descriptor = None
-    if descriptor is not None:
-        try:
-            status = os.fstat(descriptor)
-            expected = header(handover_id)
-            if (
-                stat.S_ISREG(status.st_mode) and status.st_uid == os.geteuid() and status.st_nlink == 1
-                and stat.S_IMODE(status.st_mode) == fs.FILE_MODE
-                and os.pread(descriptor, len(expected), 0) == expected
-            ):
-                return descriptor, status.st_size
-        except OSError:
-            pass
-        os.close(descriptor)
+    taken = _open_own(directory, temporary, header(handover_id))
+    if taken is not None:
+        return taken
     # Not what this process wrote (a writer of the directory swapped it): back under its name, untouched.
     try:
         directory.rename(temporary, name)
     except OSError:
         pass
+    return None
+
+
+def _open_own(directory: fs.Directory, temporary: str, expected: bytes) -> tuple[int, int] | None:
+    """``temporary`` opened for writing and its size, if it is a spent hand-over of this process's (a regular file
+    of this user's with one link, mode FILE_MODE, beginning with ``expected``); None without opening anything else.
+    A writer of the directory may have put anything under that name between the look and the rename: looked at
+    first through an O_PATH descriptor, which opens nothing (a FIFO, another user's file), then opened through it
+    (its /proc/self/fd link: that same inode, no name resolved again)."""
+    try:
+        probe = os.open(temporary, _LOOKED_AT, dir_fd=directory.descriptor)
+    except OSError:
+        return None
+    try:
+        status = os.fstat(probe)
+        if not (
+            stat.S_ISREG(status.st_mode) and status.st_uid == os.geteuid() and status.st_nlink == 1
+            and stat.S_IMODE(status.st_mode) == fs.FILE_MODE
+        ):
+            return None
+        descriptor = os.open(f"/proc/self/fd/{probe}", _TAKEN)  # no /proc (a bare chroot): a new file instead
+    except OSError:
+        return None
+    finally:
+        os.close(probe)
+    try:
+        if os.pread(descriptor, len(expected), 0) == expected:
+            return descriptor, status.st_size
+    except OSError:
+        pass
+    os.close(descriptor)
     return None
 
 
