@@ -14,7 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -348,3 +348,71 @@ store.hand_over(changes)
         values = sample_values(tmp_path / "fraisier.prom")
         assert (values[ACTIVE], values[SUCCESS], values.get(CRASHED, 0.0)) == (0, 1, 0)
     assert os.listdir(tmp_path / MARKER_DIRECTORY) == []
+
+
+def test_a_retired_marker_leaves_the_list_only_once_its_removal_is_durable(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for hand-overs (test_handover_reuse): a merge drops from ``retired-markers`` the ids whose marker files
+    are gone. On an ext4 without a journal nothing orders the marker directory's blocks after the textfile's: were
+    the new file durable and the marker's removal not, a power loss would bring back a marker of a deployment the
+    file counts as ended, listed no more: counted crashed as well. So the marker directory is fsynced after the
+    removal and before the rename of the file that drops its id. Recorded by wrapping os's functions."""
+    from fraisier_textfile import TextfileStore
+    from fraisier_textfile import changes as events
+    from fraisier_textfile.changes import Changes
+    from fraisier_textfile.store.inflight import RETIRED_MARKERS
+
+    store = TextfileStore(textfile_dir)
+    deployment = store.start_deployment("bare_metal", "api", lambda error, where: pytest.fail(str(error)))
+    markers = os.stat(textfile_dir / MARKER_DIRECTORY)
+    steps: list[tuple[str, str]] = []
+    fsync, unlink, rename, replace = os.fsync, os.unlink, os.rename, os.replace
+
+    def in_markers(descriptor: int | None) -> bool:
+        return descriptor is not None and os.path.samestat(os.fstat(descriptor), markers)
+
+    def noting_fsync(descriptor: int) -> None:
+        synced = in_markers(descriptor)
+        fsync(descriptor)
+        if synced:
+            steps.append(("sync", ""))
+
+    def noting_unlink(path: str, *, dir_fd: int | None = None) -> None:
+        unlink(path, dir_fd=dir_fd)
+        if in_markers(dir_fd) and not path.startswith("."):
+            steps.append(("removed", path))
+
+    def noting(move: Callable[..., None]) -> Callable[..., None]:
+        def moved(source: str, destination: str, *, src_dir_fd: int | None = None,
+                  dst_dir_fd: int | None = None) -> None:
+            listed = None
+            if destination == store.path.name:
+                content = Path(f"/proc/self/fd/{src_dir_fd}/{source}" if src_dir_fd is not None else source)
+                listed = " ".join(line.split(":", 1)[1] for line in content.read_text().splitlines()
+                                  if line.startswith(f"# fraisier_textfile {RETIRED_MARKERS.key}:"))
+            move(source, destination, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+            if listed is not None:
+                steps.append(("listed", listed))
+
+        return moved
+
+    monkeypatch.setattr(os, "fsync", noting_fsync)
+    monkeypatch.setattr(os, "unlink", noting_unlink)
+    monkeypatch.setattr(os, "rename", noting(rename))
+    monkeypatch.setattr(os, "replace", noting(replace))
+    end = Changes()
+    events.deployment_complete(end, "bare_metal", "api", "success", 1.0)
+    events.deployment_ended(end, "bare_metal", deployment)
+    store.merge(end)  # lists the marker as retired, removes it after its commit
+    store.merge(Changes())  # finds it gone: drops it from the list
+    monkeypatch.undo()
+    listings = [set(value.split()) for step, value in steps if step == "listed"]
+    assert len(listings) == 2 and len(listings[0]) == 1 and not listings[1], steps
+    [removed] = [value for step, value in steps if step == "removed"]
+    assert {removed} == listings[0], steps
+    removal = steps.index(("removed", removed))
+    dropping = [index for index, (step, _) in enumerate(steps) if step == "listed"][1]
+    assert ("sync", "") in steps[removal:dropping], steps
+    values = sample_values(store.path)
+    assert values.get('fraisier_deployments_total{provider="bare_metal",status="crashed",fraise_type="api"}', 0) == 0

@@ -92,8 +92,16 @@ class InFlightMarkers(Participant):
             active[provider] = active.get(provider, 0) + count
         if self.rules.active.name in document.blocks or active:
             count_active_deployments(document.block(self.rules.active), active, self.rules.active)
-        RETIRED_MARKERS.put(document, frozenset(accounted & existing))
-        self._to_remove = set(RETIRED_MARKERS.get(document))
+        listed = frozenset(accounted & existing)
+        if directory is not None and not RETIRED_MARKERS.get(document) <= listed:
+            # Ids leave the list once their marker files are gone (removed by an earlier merge, after its commit).
+            # The removal is made durable before the file that drops them: on an ext4 without a journal nothing
+            # orders the marker directory's blocks after the textfile directory's, and a power loss would bring
+            # back the marker of a deployment the file counts as ended, listed no more: counted crashed as well.
+            # (A journaled ext4 commits them in order already. Ids drop only after deployments end: rare.)
+            directory.fsync()
+        RETIRED_MARKERS.put(document, listed)
+        self._to_remove = set(listed)
 
     def removes_after_commit(self, merge: Merge) -> bool:
         return self._directory is not None and bool(self._to_remove)
