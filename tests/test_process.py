@@ -150,7 +150,7 @@ def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own
 CACHES = {
     "handover_codec.py": {"_checked_series"},
     "walk.py": {"_vetted"},
-    "lock.py": {"_signal_numbers"},
+    "signals.py": {"_signal_numbers"},
     "process_identity.py": {"_own_identity", "_own_context"},
 }
 MUTABLE = (ast.Set, ast.Dict, ast.List, ast.SetComp, ast.DictComp, ast.ListComp)
