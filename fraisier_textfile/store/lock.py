@@ -151,8 +151,12 @@ class Lock:
         attempts = 0
         while True:
             attempts += 1
-            self._descriptor = descriptor = self._open(directory)
+            descriptor = -1
             try:
+                # Signal handlers held back until the number is kept (a merge holds them already; a caller of its
+                # own may not): one that raises right after the open would leave the lock file open for good.
+                with DeferredSignals():
+                    self._descriptor = descriptor = self._open(directory)
                 while not try_lock(descriptor, self.path):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -164,7 +168,8 @@ class Lock:
                     return descriptor
             except BaseException:
                 self._descriptor = -1
-                os.close(descriptor)
+                if descriptor >= 0:
+                    os.close(descriptor)
                 raise
             self._descriptor = -1
             os.close(descriptor)  # removed or replaced while we waited: lock the file of that name now

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from fraisier_textfile.store.files import FileVersion
     from fraisier_textfile.store.lock import Lock
     from fraisier_textfile.store.markers import Marker
+    from fraisier_textfile.store.signals import DeferredSignals
 
 log = get_logger(__name__)
 
@@ -147,6 +148,9 @@ writing: dict[int, int] = {}
 """The descriptors of the new versions of the file that merges are writing (files.Textfile.write_temporary), each
 with the thread writing it, until renamed into place or closed: a child forked meanwhile by another thread closes
 its copies (that merge's thread is not in the child, and the version it wrote would be the child's to the end)."""
+holding_signals: DeferredSignals | None = None
+"""The outermost hold on signal handlers in force in the main thread (signals.py), if any: one within it swaps
+nothing. A child forked within it goes on in it, and ends it as the parent would."""
 _met: set[tuple[Hashable, ...]] = set()
 
 

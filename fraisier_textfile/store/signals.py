@@ -1,15 +1,17 @@
 """Signal handlers held back while the store holds something a raising handler would leak or break, and run at
 the end or at a safe point (:class:`DeferredSignals`).
 
-Its own module, importing nothing of ours: the lowest helpers (fs.py's opens and the walk of the textfile
-directory's path) use it as a merge does, imported with them, never lazily (an import in the middle of a walk runs
-as whatever user the walk found, and may not be able to read the package).
+Its own module, importing nothing of ours but process.py (where the hold in force is noted): the lowest helpers
+(fs.py's opens and the walk of the textfile directory's path) use it as a merge does, imported with them, never
+lazily (a lazy import in the walk once broke it when run as another user: test_trust.py runs it so).
 """
 
 from __future__ import annotations
 
 import threading
 from typing import TYPE_CHECKING, Any
+
+from fraisier_textfile.store import process
 
 # The C functions under the signal module, used without it: its Python wrappers convert every number and handler
 # to an enum at each call, and importing it builds those enums in every process that records.
@@ -45,7 +47,9 @@ class DeferredSignals:
 
     def __enter__(self) -> DeferredSignals:
         global _signal_numbers
-        if threading.current_thread() is threading.main_thread():
+        if process.holding_signals is None and threading.current_thread() is threading.main_thread():
+            # Only the outermost swaps: one within notes nothing of its own, the outer one notes every signal
+            # meanwhile and runs their handlers at its safe points and at its end (the walk's opens within a merge).
             if _signal_numbers is None:
                 _signal_numbers = tuple(map(int, _raw_signal.valid_signals()))  # ints: the wrapper makes enums
             try:
@@ -57,6 +61,7 @@ class DeferredSignals:
             except BaseException:
                 self._restore()
                 raise
+            process.holding_signals = self
         return self
 
     def _note(self, signum: int, frame: Any) -> None:
@@ -69,6 +74,9 @@ class DeferredSignals:
             self._replaced[signum](signum, None)
 
     def __exit__(self, *exception: object) -> None:
+        if process.holding_signals is not self:
+            return  # within another, or in another thread: nothing swapped, nothing noted
+        process.holding_signals = None
         self._restore()
         while self._noted:
             signum = self._noted.pop(0)
