@@ -316,3 +316,66 @@ def test_a_process_that_cannot_start_a_thread_makes_each_rename_durable_before_i
     assert merged.stdout.split("\n")[:3] == ["1 0"] * 3  # each merge synced the directory once, nothing owed
     assert samples_in(textfile_dir / "fraisier.prom")[
         'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 3
+
+
+STUCK_DIRECTORY_FSYNC_IN_THE_CLI = """
+import os, stat, sys, time
+
+directory, noted, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+fsync = os.fsync
+
+def stuck_fsync(descriptor):
+    # The directory's fsync of the command's merge, left to another thread, takes ``seconds`` (a disk that stalls:
+    # what no test can make for real on demand); noted when it starts and when it is done.
+    directory_synced = stat.S_ISDIR(os.fstat(descriptor).st_mode)
+    if directory_synced:
+        with open(noted, "w") as file:
+            file.write("started")
+        time.sleep(seconds)
+    fsync(descriptor)
+    if directory_synced:
+        with open(noted, "w") as file:
+            file.write("synced")
+
+os.fsync = stuck_fsync
+sys.argv = ["fraisier", "--textfile-dir", directory, "record", "deployment", "--provider", "bare_metal",
+            "--fraise-type", "api", "--status", "success", "--duration", "1"]
+from fraisier_textfile.cli.dispatch import script
+
+script()
+"""
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_the_exits_wait_for_a_stalled_fsync(textfile_dir: Path, presses: int) -> None:
+    """Bug: Ctrl-C while a command waited at exit for the fsync that makes its last rename durable (up to
+    SYNC_EXIT_WAIT) printed a KeyboardInterrupt traceback ("Exception ignored in atexit callback") and skipped the
+    rest of the exit's waits. Now the first Ctrl-C says, in one line, what the wait is for and that a second one
+    exits now, and the wait goes on; a second ends the waits at once, in one line too. Either way the event
+    recorded is in the file, and no traceback is printed."""
+    import time
+
+    textfile_dir.mkdir()
+    noted = textfile_dir.parent / "noted"
+    stall = 3.0 if presses == 1 else 600.0
+    command = subprocess.Popen([sys.executable, "-c", STUCK_DIRECTORY_FSYNC_IN_THE_CLI, str(textfile_dir), str(noted),
+                                str(stall)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not noted.exists():  # the fsync under way: the command has merged, and waits at its exit
+            assert command.poll() is None, command.communicate()
+            time.sleep(0.01)
+        time.sleep(0.2)
+        for _ in range(presses):
+            command.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+        _, stderr = command.communicate(timeout=60)
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+    assert command.returncode == 0, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "Ctrl-C again" in stderr, stderr
+    assert noted.read_text() == ("synced" if presses == 1 else "started")  # waited for, or not
+    assert samples_in(textfile_dir / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1

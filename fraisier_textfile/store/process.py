@@ -337,9 +337,25 @@ def _at_exit() -> None:
     loading = sys.modules.get("fraisier_textfile.preload")
     if loading is not None:
         loading.call_off()
-    wait_for_syncs(SYNC_EXIT_WAIT)
-    background.wait(EXIT_WAIT)
-    wait_for_closes(EXIT_WAIT)
+    # Ctrl-C meanwhile (a user who sees the command hang on a stalled disk): what was merged is in the file already,
+    # only its durability is waited for. The first says so and the wait goes on; a second ends the waits at once.
+    # Either way no KeyboardInterrupt escapes: Python would print its traceback as "Exception ignored in atexit".
+    deadline = time.monotonic() + SYNC_EXIT_WAIT
+    interrupted = False
+    while True:
+        try:
+            wait_for_syncs(max(0.0, deadline - time.monotonic()))
+            background.wait(EXIT_WAIT)
+            wait_for_closes(EXIT_WAIT)
+            return
+        except KeyboardInterrupt:
+            if interrupted:
+                log.warning("interrupted again: exiting without waiting; the textfile holds what this process merged, "
+                            "and the kernel makes it durable within seconds")
+                return
+            interrupted = True
+            log.warning("waiting at most %.0f s more for the disk to make this process's last write to the textfile "
+                        "durable; Ctrl-C again to exit now", max(0.0, deadline - time.monotonic()))
 
 
 atexit.register(_at_exit)
