@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -323,3 +324,23 @@ def threadless_user() -> Iterator[Threadless]:
         yield command, environment, textfile_dir
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def ctrl_c_once_noted(command: Sequence[str], noted: Path, presses: int) -> tuple[int, str]:
+    """Run ``command``; once it wrote the file ``noted`` (it is where the test wants it), a moment later, send it
+    ``presses`` SIGINTs, as Ctrl-C does, a moment apart. Its exit status and stderr (it must end within 30 s)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not noted.exists():
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.01)
+        time.sleep(0.3)
+        for _ in range(presses):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.1)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, stderr

@@ -22,7 +22,7 @@ from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers, markers
-from tests.processes import Threadless, threadless_user
+from tests.processes import Threadless, ctrl_c_once_noted, threadless_user
 from tests.stores import handovers_left
 from tests.values import samples_in
 
@@ -353,27 +353,12 @@ def test_ctrl_c_during_the_exits_wait_for_a_stalled_fsync(textfile_dir: Path, pr
     rest of the exit's waits. Now the first Ctrl-C says, in one line, what the wait is for and that a second one
     exits now, and the wait goes on; a second ends the waits at once, in one line too. Either way the event
     recorded is in the file, and no traceback is printed."""
-    import time
-
     textfile_dir.mkdir()
-    noted = textfile_dir.parent / "noted"
+    noted = textfile_dir.parent / "noted"  # the fsync under way: the command has merged, and waits at its exit
     stall = 3.0 if presses == 1 else 600.0
-    command = subprocess.Popen([sys.executable, "-c", STUCK_DIRECTORY_FSYNC_IN_THE_CLI, str(textfile_dir), str(noted),
-                                str(stall)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        while not noted.exists():  # the fsync under way: the command has merged, and waits at its exit
-            assert command.poll() is None, command.communicate()
-            time.sleep(0.01)
-        time.sleep(0.2)
-        for _ in range(presses):
-            command.send_signal(signal.SIGINT)
-            time.sleep(0.2)
-        _, stderr = command.communicate(timeout=60)
-    finally:
-        if command.poll() is None:
-            command.kill()
-            command.wait()
-    assert command.returncode == 0, stderr
+    status, stderr = ctrl_c_once_noted([sys.executable, "-c", STUCK_DIRECTORY_FSYNC_IN_THE_CLI, str(textfile_dir),
+                                        str(noted), str(stall)], noted, presses)
+    assert status == 0, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert "Ctrl-C again" in stderr, stderr
     assert noted.read_text() == ("synced" if presses == 1 else "started")  # waited for, or not
