@@ -22,7 +22,7 @@ from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers, markers
-from tests.processes import Threadless, ctrl_c_once_noted, threadless_user
+from tests.processes import SLOW_IMPORT_IN_ANOTHER_THREAD, Threadless, ctrl_c_once_noted, threadless_user
 from tests.stores import handovers_left
 from tests.values import samples_in
 
@@ -364,3 +364,64 @@ def test_ctrl_c_during_the_exits_wait_for_a_stalled_fsync(textfile_dir: Path, pr
     assert noted.read_text() == ("synced" if presses == 1 else "started")  # waited for, or not
     assert samples_in(textfile_dir / "fraisier.prom")[
         'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+
+
+FORKS_WHILE_A_THREAD_IMPORTS = textwrap.dedent("""
+    import importlib.util, os, signal, subprocess, sys, threading, time
+    witness, directory, thread = sys.argv[1:4]
+    slow_seconds = 0.5
+    # SLOW IMPORT
+    os.environ["FRAISIER_FLUSH_INTERVAL"] = "0.05"
+    from fraisier_textfile import TextfileStore
+    from fraisier_textfile import changes as events
+    from fraisier_textfile.changes import Changes
+
+    if thread == "flush":  # its first round hands the events over: a hand-over's codec, imported in that thread
+        from fraisier_textfile import MetricsRecorder
+
+        recorder = MetricsRecorder(directory, auto_flush=False)
+        recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    else:  # the removal thread, deleting the hand-overs a merge applied: its first log line imports logging there
+        store = TextfileStore(directory)
+        for _ in range(8):
+            changes = Changes()
+            events.deployment_error(changes, "bare_metal", "handed")
+            store.hand_over(changes, durable=False)
+        # Immutable (as root, no mode refuses): the deletions fail, and the thread says so.
+        subprocess.run(["chattr", "+i", os.path.join(directory, ".fraisier-handover")], check=True)
+        store.merge(Changes())
+    assert importing.wait(30), "the thread did not import the witness"
+    pid = os.fork()
+    if pid == 0:
+        # What the child needs of the witness: a log line's logging, a hand-over's codec (a write in the directory
+        # made immutable fails: the codec was imported by then).
+        import logging
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "child")
+        try:
+            TextfileStore(directory).hand_over(changes, durable=False)
+        except Exception:
+            pass
+        os._exit(0)
+    done = ended_within(pid, 20)
+    print("child done" if done else "child hung", flush=True)
+""").replace("# SLOW IMPORT\n", SLOW_IMPORT_IN_ANOTHER_THREAD)
+
+
+@pytest.mark.parametrize(("thread", "witness"), [("flush", "fraisier_textfile.store.handover_codec"),
+                                                ("removal", "logging")])
+def test_a_child_forked_while_a_thread_of_ours_imports_does_not_hang(
+    textfile_dir: Path, thread: str, witness: str
+) -> None:
+    """Bug (note18): a fork while one of the package's threads (the background flush, the removal of applied
+    hand-overs) was inside its first import of a module gave the child that module's import lock, held by a thread
+    the child does not have: the child's first use of the module (a hand-over's codec, in a record call) waited for
+    ever, and so did its deployment. attack9 fixed the case of loading ahead's thread only."""
+    textfile_dir.mkdir()
+    try:
+        result = subprocess.run([sys.executable, "-c", FORKS_WHILE_A_THREAD_IMPORTS, witness, str(textfile_dir),
+                                 thread], capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(textfile_dir)], check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "child done\n", result.stderr

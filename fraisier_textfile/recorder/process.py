@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from fraisier_textfile import settings, validate
+from fraisier_textfile import imports, settings, validate
 from fraisier_textfile.settings import DEFAULT_LOCK_WAIT_BUDGET
 from fraisier_textfile.store.lock import waitable
 from fraisier_textfile.store.textfile import TextfileStore
@@ -156,12 +156,15 @@ class _BackgroundFlush:
             if self._stopping.is_set():
                 return
             try:
-                if woken:
-                    self._woken.clear()
-                    _merge_soon_in_background()
-                else:
-                    next_round = time.monotonic() + interval
-                    _flush_in_background()
+                # A round may import anywhere in a merge or a hand-over (a hand-over's codec, first needed here):
+                # under the lock a fork waits for (imports.py), or a child forked meanwhile would hang on that module.
+                with imports.guarded():
+                    if woken:
+                        self._woken.clear()
+                        _merge_soon_in_background()
+                    else:
+                        next_round = time.monotonic() + interval
+                        _flush_in_background()
             except Exception as error:  # a bug of ours: the next round tries again, the exit writes the rest
                 log.debug("fraisier metrics: the background flush failed: %r", error, exc_info=True)
 

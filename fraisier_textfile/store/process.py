@@ -51,6 +51,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING
 
+from fraisier_textfile import imports
 from fraisier_textfile.logger import get_logger
 
 if TYPE_CHECKING:
@@ -106,7 +107,8 @@ class BackgroundWork:
         while True:
             job = jobs.get()
             try:
-                job()
+                with imports.guarded():  # a job may import (a log line's logging): never under a fork
+                    job()
             except Exception:  # a bug in one job must not kill the thread: the jobs queued after it still run
                 log.exception("a background job of the store failed")
             with self.idle:
@@ -264,24 +266,21 @@ def met(*what: Hashable) -> bool:
 
 
 def _before_fork() -> None:
+    # The package's threads import under a lock (imports.py): a fork in the middle of one of their imports would leave
+    # the child that module's import lock, held for ever. Taken first: a job under it may take the next.
+    imports.before_fork()
     creating.acquire()
-    # Loading ahead (preload.py) imports in a thread of its own: a fork in the middle of one of its imports would
-    # leave the child that module's import lock, held for ever. Looked up, not imported, as at exit.
-    loading = sys.modules.get("fraisier_textfile.preload")
-    if loading is not None:
-        loading.before_fork()
 
 
 def _after_fork_in_parent() -> None:
-    loading = sys.modules.get("fraisier_textfile.preload")
-    if loading is not None:
-        loading.after_fork_in_parent()
     creating.release()
+    imports.after_fork_in_parent()
 
 
 def _in_child() -> None:
     global creating, releasing, background, closing, forked
     forked = True
+    imports.after_fork_in_child()
     closing = set()  # the parent's closing threads are not here: nothing to wait for
     creating = threading.RLock()
     releasing = threading.Lock()
