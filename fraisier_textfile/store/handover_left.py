@@ -48,7 +48,7 @@ def memory_name(textfile_name: str, fingerprint: str) -> str:
 
 class LeftForOthers:
     """The hand-overs of ``directory`` that a merge of this store found it cannot apply: read from the memory at the
-    first question, written back by :meth:`save` if the merge changed it."""
+    first call of :meth:`remembered`, written back by :meth:`save` if the merge changed it."""
 
     def __init__(self, directory: fs.Directory, textfile_name: str, fingerprint: str) -> None:
         self._directory = directory
@@ -57,10 +57,11 @@ class LeftForOthers:
         self._remembered: set[str] | None = None
         self._found: list[str] = []
 
-    def remembers(self, handover_id: str) -> bool:
+    def remembered(self) -> set[str]:
+        """The ids remembered (read from the memory at the first call)."""
         if self._remembered is None:
             self._remembered = self._load()
-        return handover_id in self._remembered
+        return self._remembered
 
     def note(self, handover_id: str) -> None:
         """A hand-over read now that another merger must apply."""

@@ -389,6 +389,7 @@ class Handovers(Participant):
 
         ids, kept_aside, refused, self._spent_room = pending(directory)
         left_for_others = LeftForOthers(directory, os.path.basename(merge.path), document.schema.fingerprint)
+        remembered = left_for_others.remembered() if ids else frozenset()
         self._newest = (sequence_of(ids[-1]) or 0) if ids else 0
         already = set(APPLIED.get(document))
         # Those applied before and still here are an earlier merge's, about to be retired (after its release, or
@@ -403,7 +404,7 @@ class Handovers(Participant):
             if handover_id in already:
                 handled.add(handover_id)
                 continue
-            if left_for_others.remembers(handover_id):  # read by an earlier merge: not again (handover_left.py)
+            if handover_id in remembered:  # read by an earlier merge: not again (handover_left.py)
                 handled.add(handover_id)
                 newer += 1
                 continue
@@ -411,7 +412,7 @@ class Handovers(Participant):
                 # The work a merge does is bounded like its wait for the lock: the rest waits for the next
                 # merger. Each is applied exactly once all the same: only the ids read here are listed.
                 rest = [other for other in ids[number:] if other not in already]
-                left = [other for other in rest if not left_for_others.remembers(other)]
+                left = [other for other in rest if other not in remembered]
                 newer += len(rest) - len(left)
                 break
             handled.add(handover_id)
