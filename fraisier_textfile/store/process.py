@@ -288,6 +288,8 @@ def _in_child() -> None:
         marker.forget_in_child()
     held_markers.clear()
     forking_thread = threading.get_ident()
+    if holding_signals is not None and holding_signals.thread != forking_thread:
+        holding_signals.forget_in_child()  # the main thread's merge is not in the child: its handlers held for good
     for lock, holder in list(held_locks.items()):
         if holder != forking_thread:  # the forking thread's own lock is its to release, here too
             lock.forget_in_child()

@@ -44,6 +44,8 @@ class DeferredSignals:
     def __init__(self) -> None:
         self._noted: list[int] = []
         self._replaced: dict[int, Callable[[int, Any], Any]] = {}
+        self.thread = 0
+        """The thread that swapped the handlers (the main one), once it did."""
 
     def __enter__(self) -> DeferredSignals:
         global _signal_numbers
@@ -61,6 +63,7 @@ class DeferredSignals:
             except BaseException:
                 self._restore()
                 raise
+            self.thread = threading.get_ident()
             process.holding_signals = self
         return self
 
@@ -86,6 +89,14 @@ class DeferredSignals:
                 for later in self._noted:
                     _raw_signal.raise_signal(later)  # handled at the next chance, as Python itself would
                 raise
+
+    def forget_in_child(self) -> None:
+        """In a child forked by another thread while this hold was in force (store/process.py's fork hook): the hold
+        is the parent's, and would never end here. The child's handlers are put back; the signals noted were the
+        parent's."""
+        process.holding_signals = None
+        self._noted.clear()
+        self._restore()
 
     def _restore(self) -> None:
         for signum, handler in self._replaced.items():
