@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
@@ -130,3 +133,20 @@ def test_two_schemas_sharing_a_textfile_each_get_past_the_hand_overs_neither_app
         application.merge(Changes())
     assert errors_of(textfile_dir, "after_them") == 1
     assert sample_values(textfile_dir / "fraisier.prom")['app_jobs_total{kind="backup"}'] == 1
+
+
+def test_root_remembers_in_another_users_directory_in_a_file_of_that_users(tmp_path: Path) -> None:
+    """What root makes in another user's directory is that user's (fs.give): the memory too."""
+    if os.geteuid() != 0:
+        pytest.skip("only root merges in another user's directory")
+    nobody = pwd.getpwnam("nobody")
+    textfile_dir = tmp_path / "nobodys"
+    TextfileStore(textfile_dir).merge(Changes())
+    directory = textfile_dir / handovers.HANDOVER_DIRECTORY
+    directory.mkdir()
+    newer_version_handover(directory, 1)
+    for path in (textfile_dir, directory):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    TextfileStore(textfile_dir).merge(Changes())
+    [memory] = [path for path in directory.iterdir() if path.name.startswith("fraisier.prom.left-")]
+    assert memory.stat().st_uid == nobody.pw_uid

@@ -89,6 +89,7 @@ class LeftForOthers:
             log.debug("cannot remember the hand-overs left for another merger in %s: %s", self._directory.path, error)
             return
         try:
+            self._directory.settle_new(descriptor, fs.FILE_MODE)  # root's, in another user's directory: that user's
             write_parts(descriptor, (data,))
             self._directory.replace(temporary, self._name)
         except (OSError, FraisierTextfileError) as error:
