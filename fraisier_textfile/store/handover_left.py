@@ -67,16 +67,13 @@ class LeftForOthers:
         """A hand-over read now that another merger must apply."""
         self._found.append(handover_id)
 
-    def save(self, waiting: list[str]) -> None:
+    def save(self, waiting: list[str], remembered_waiting: int) -> None:
         """Write the memory back if it changed: the ids noted, and those remembered still ``waiting`` (the ids in
-        the directory)."""
+        the directory), of which the caller found ``remembered_waiting``."""
         remembered = self._remembered or set()
-        if not self._found and not remembered:
-            return
-        present = set(waiting)
-        kept = remembered & present
-        if not self._found and len(kept) == len(remembered):
-            return
+        if not self._found and remembered_waiting == len(remembered):
+            return  # each still there, none new: as it is (no set of 100,000 ids made at each merge to find that)
+        kept = remembered.intersection(waiting)
         ids = sorted(kept.union(self._found))
         if not ids:
             unlink_quietly(self._directory, self._name)

@@ -398,7 +398,7 @@ class Handovers(Participant):
         read_now: dict[str, Changes] = {}
         handled = set(refused)  # one left in place (not set aside) starts no merge after each: none can apply it
         newer = 0
-        newly_left = 0
+        newly_left = remembered_waiting = 0
         left: list[str] = []
         for number, handover_id in enumerate(ids):
             if handover_id in already:
@@ -407,6 +407,7 @@ class Handovers(Participant):
             if handover_id in remembered:  # read by an earlier merge: not again (handover_left.py)
                 handled.add(handover_id)
                 newer += 1
+                remembered_waiting += 1
                 continue
             if len(read_now) + newly_left >= HANDOVERS_PER_MERGE:
                 # The work a merge does is bounded like its wait for the lock: the rest waits for the next
@@ -414,6 +415,7 @@ class Handovers(Participant):
                 rest = [other for other in ids[number:] if other not in already]
                 left = [other for other in rest if other not in remembered]
                 newer += len(rest) - len(left)
+                remembered_waiting += len(rest) - len(left)
                 break
             handled.add(handover_id)
             try:
@@ -440,7 +442,7 @@ class Handovers(Participant):
                 log.info("the hand-over %s is empty, the litter of a writer stopped before its fsync: removed",
                          directory.path_of(f"{handover_id}{SUFFIX}"))
                 unlink_quietly(directory, f"{handover_id}{SUFFIX}")
-        left_for_others.save(ids)
+        left_for_others.save(ids, remembered_waiting)
         # One that can never be summed into this file would fail this merge and every later one: set aside.
         # Checked for all at once (amounts are >= 0, so if their total can be summed into the file, each can),
         # and one by one only when that fails, to find the one at fault.
