@@ -12,6 +12,12 @@ it applied them all.
 The figure is the ratio backlog / peer at each N, and how many hand-overs the call applied. What is left of
 it grows with N is the listing of the directory (names only, sorted: the oldest must go first), not the
 reading and applying. The best repetition is the figure.
+
+``--left N`` (default 100,000, the most one version lets wait): the same call with N hand-overs of a newer
+version waiting, which this version leaves in place for a merger of that version (during an upgrade):
+
+- met first  the first call to meet them (they were just written)
+- seen       a call after merges had met them all (every call after the first few, in any process)
 """
 
 from __future__ import annotations
@@ -37,7 +43,10 @@ from _common import (
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="backlogs to time (default 1000 15000)")
+    parser.add_argument("--left", type=int, default=None,
+                        help="hand-overs left for a newer version to time (default 100000; 0: none)")
     args = parser.parse_args(argv)
+    left = args.left if args.left is not None else (2000 if args.quick else 100_000)
     sizes = args.sizes or ([2000] if args.quick else [1000, 15000])
     repeat = 2 if args.quick else 3
 
@@ -58,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0.0
 
     rows: list[list[object]] = []
+    left_rows: list[list[object]] = []
     result: dict[str, Any] = {"cases": {}}
     directories: list[Path] = []
 
@@ -84,6 +94,19 @@ def main(argv: list[str] | None = None) -> int:
                          f"{count:,.0f}"])
             result["cases"][str(size)] = {"backlog": ours.as_json(), "peer": peer.as_json(), "ratio": ratio,
                                           "applied_by_the_call": count}
+        if left:
+            newer = NewerVersionHandovers(left)
+            met_first = measure(first_record_call, 1, setup=functools.partial(newer.prepare, root, directories, 1))
+            seen = measure(first_record_call, repeat, setup=functools.partial(
+                newer.prepare, root, directories, newer.merges_to_see_them()))
+            peer = measure(first_record_call, repeat, setup=functools.partial(prepare, root, 0))
+            handovers.wait_for_removals(60)
+            for case, timing in (("met first", met_first), ("seen", seen)):
+                ratio = timing.best / peer.best
+                left_rows.append([f"{left:,}", case, format_seconds(timing.best), format_seconds(peer.best),
+                                  format_ratio(ratio)])
+                result["cases"][f"left {left} {case}"] = {"ours": timing.as_json(), "peer": peer.as_json(),
+                                                          "ratio": ratio}
     result["environment"] = info
 
     def render() -> None:
@@ -94,9 +117,52 @@ def main(argv: list[str] | None = None) -> int:
             rows,
             [f"each merge applies at most {handovers_per_merge()} hand-overs; the rest is for the next merges"],
         )
+        if left_rows:
+            print_table(
+                "The record call with hand-overs left for a newer version waiting (best of the repetitions)",
+                ["left waiting", "the call", "record call", "with none waiting (peer)", "ratio"],
+                left_rows,
+                ["met first: just written; seen: after as many merges as meeting them all took"],
+            )
 
     emit(args, result, render)
     return 0
+
+
+class NewerVersionHandovers:
+    """``count`` hand-overs of a newer format, written into a fresh textfile directory."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def prepare(self, root: Path, directories: list[Path], merges: int) -> None:
+        import json
+
+        from fraisier_textfile import TextfileStore
+        from fraisier_textfile.catalogue import SCHEMA
+        from fraisier_textfile.changes import Changes
+        from fraisier_textfile.store import handovers
+
+        directory = root / f"case-{len(directories)}"
+        directories.append(directory)
+        TextfileStore(directory).merge(Changes())
+        handover_directory = directory / handovers.HANDOVER_DIRECTORY
+        handover_directory.mkdir(exist_ok=True)
+        data = json.dumps({"version": 99, "schema": SCHEMA.fingerprint, "added": [], "observed": [], "latest": [],
+                           "maximum": [], "active_providers": [], "retired_markers": []})
+        for sequence in range(1, self.count + 1):
+            (handover_directory / f"{handovers.id_for(sequence)}.json").write_text(data)
+        for _ in range(merges):
+            TextfileStore(directory).merge(Changes())
+
+    def merges_to_see_them(self) -> int:
+        """Merges until every one was met: one before merges remembered them (each read them all), else as many
+        as reading them takes, a bounded number at each."""
+        import importlib.util
+
+        if importlib.util.find_spec("fraisier_textfile.store.handover_left") is None:
+            return 1
+        return -(-self.count // handovers_per_merge()) + 1
 
 
 def handovers_per_merge() -> int:

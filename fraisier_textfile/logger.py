@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from fraisier_textfile import imports
+
 if TYPE_CHECKING:
     import logging
 
@@ -54,6 +56,9 @@ class _DeferredLogger:
         self.name = name
 
     def __getattr__(self, attribute: str) -> Any:
+        # In a thread of ours, under the lock a fork waits for (imports.py): a child forked in the middle of this
+        # import would wait for ever at its first log line.
+        imports.import_modules(("logging",))
         import logging
 
         _run_setups()

@@ -25,6 +25,8 @@ import _thread
 import sys
 from collections.abc import Iterable
 
+from fraisier_textfile import imports
+
 DELAY = 1.0
 """Seconds a process waits, once loading ahead is asked for, before it loads (see :func:`ask`, :func:`soon`)."""
 EXIT_WAIT = 1.0
@@ -43,17 +45,6 @@ _call_off = _thread.allocate_lock()
 _call_off.acquire()
 _running = _thread.allocate_lock()
 """Held by the thread that loads until it is done, so that the exit can wait for it."""
-_importing = _thread.allocate_lock()
-"""Held while one module is imported by :func:`load`, and by a fork (:func:`before_fork`): a child forked in the
-middle of an import would inherit the module's import lock held by a thread it does not have, and its first import
-of that module (a hand-over's codec, in a record call) would wait for ever."""
-_fork_held = False
-"""Whether the fork under way holds :data:`_importing` (:func:`before_fork`; it gave up past FORK_WAIT)."""
-FORK_WAIT = 1.0
-"""Seconds a fork waits at most for the import under way (one module's; milliseconds, but a cold disk may take
-longer): a fork in the middle of an import of ours (which never forks) would wait for ever, so it goes on."""
-
-
 def load(packages: Iterable[str]) -> None:
     """Import every module of ``packages`` (dotted names; their subpackages included) that is not loaded yet. A
     module that cannot be imported (an optional dependency missing) is left out: the code that needs it says
@@ -63,7 +54,9 @@ def load(packages: Iterable[str]) -> None:
 
     for name in packages:
         try:
-            with _importing:  # walk_packages imports the subpackages it walks into
+            # One module at a time under the package's threads' import lock (imports.py), which a fork waits for: a
+            # child forked in the middle of an import would wait for ever at its first use of that module.
+            with imports.guarded():  # walk_packages imports the subpackages it walks into
                 package = importlib.import_module(name)
                 modules = list(pkgutil.walk_packages(getattr(package, "__path__", []), f"{name}.",
                                                      onerror=lambda _: None))
@@ -72,7 +65,7 @@ def load(packages: Iterable[str]) -> None:
         for module in modules:
             if module.name not in sys.modules and not module.name.endswith(".__main__"):
                 try:
-                    with _importing:
+                    with imports.guarded():
                         importlib.import_module(module.name)
                 except Exception:
                     continue
@@ -125,31 +118,15 @@ def call_off() -> None:
         _running.release()
 
 
-def before_fork() -> None:
-    """Before a fork (store/process.py's fork hook): wait for the import under way, if any, and hold off the next
-    until :func:`after_fork_in_parent` (in the child, :func:`forget` starts afresh)."""
-    global _fork_held
-    _fork_held = _importing.acquire(timeout=FORK_WAIT)
-
-
-def after_fork_in_parent() -> None:
-    global _fork_held
-    if _fork_held:
-        _fork_held = False
-        _importing.release()
-
-
 def forget() -> None:
     """In a forked child (store/process.py's fork hook), which has no thread of its parent's: it starts afresh, and
     loads ahead if it records on, or, if its parent was to load soon (:func:`soon`) and had not yet, soon too: the
     child may be the one that lives on without writing (a pre-forking server's worker)."""
-    global requested, _begun, _call_off, _running, _importing, _soon, _fork_held
+    global requested, _begun, _call_off, _running, _soon
     again = requested if _soon and not _loaded else None
     requested = None
     _begun = False
     _soon = False
-    _fork_held = False
-    _importing = _thread.allocate_lock()
     _call_off = _thread.allocate_lock()
     _call_off.acquire()
     _running = _thread.allocate_lock()

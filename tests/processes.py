@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -323,3 +324,62 @@ def threadless_user() -> Iterator[Threadless]:
         yield command, environment, textfile_dir
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def ctrl_c_once_noted(command: Sequence[str], noted: Path, presses: int) -> tuple[int, str]:
+    """Run ``command``; once it wrote the file ``noted`` (it is where the test wants it), a moment later, send it
+    ``presses`` SIGINTs, as Ctrl-C does, a moment apart. Its exit status and stderr (it must end within 30 s)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not noted.exists():
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.01)
+        time.sleep(0.3)
+        for _ in range(presses):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.1)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, stderr
+
+
+SLOW_IMPORT_IN_ANOTHER_THREAD = """
+importing = threading.Event()
+
+class SlowDisk:
+    # The file of the module named ``witness`` read slowly (``slow_seconds``) by any thread but the main one: a cold
+    # page cache after an upgrade, a virtual environment on a network filesystem. A fork lands inside that import.
+    def find_spec(self, name, path, target=None):
+        if name != witness or threading.current_thread() is threading.main_thread():
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            importing.set()
+            time.sleep(slow_seconds)
+            load(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, SlowDisk())
+
+def ended_within(pid, seconds):
+    # Whether the forked child ``pid`` ended within ``seconds``; killed if not.
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return True
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
+"""
+"""For a script (``importlib.util``, ``os``, ``signal``, ``sys``, ``threading``, ``time`` imported, ``witness`` and
+``slow_seconds`` set): the event ``importing`` is set once a thread other than the main one is inside its import of
+the witness; ``ended_within(pid, seconds)`` says whether a forked child ended in time."""

@@ -47,9 +47,11 @@ def series_with(path: Path, text: str) -> list[str]:
 
 
 def handovers_left(textfile_dir: Path) -> list[str]:
-    """The files in the hand-over directory but its counter (handovers.SEQUENCE_FILE), which stays, and the spent
-    hand-overs kept for their writers to take back (store/handover_reuse.py), which are no hand-overs."""
+    """The files in the hand-over directory but its counter (handovers.SEQUENCE_FILE), which stays, the spent
+    hand-overs kept for their writers to take back (store/handover_reuse.py), and the memories of those left for
+    another merger (store/handover_left.py), which are no hand-overs."""
     from fraisier_textfile.store import handover_reuse, handovers
 
     return sorted(name for name in os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)
-                  if name != handovers.SEQUENCE_FILE and not name.endswith(handover_reuse.SUFFIX))
+                  if name != handovers.SEQUENCE_FILE and not name.endswith(handover_reuse.SUFFIX)
+                  and ".left-v" not in name)

@@ -1,19 +1,17 @@
-"""store/lock.py: fraisier.prom.lock, held with flock by one process at a time, and signals held back meanwhile."""
+"""store/lock.py: fraisier.prom.lock, held with flock by one process at a time."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
 import pytest
 
 from fraisier_textfile.errors import LockTimeoutError, UnexpectedFileError
-from fraisier_textfile.store.lock import DeferredSignals, Lock, try_lock
+from fraisier_textfile.store.lock import Lock, try_lock
 
 from .processes import exit_with
 
@@ -94,25 +92,6 @@ def test_a_symlink_at_the_lock_is_refused_not_followed(tmp_path: Path) -> None:
     with pytest.raises(UnexpectedFileError, match="is a symlink"):
         Lock(tmp_path / "fraisier.prom.lock").acquire(time.monotonic() + 1, 1, lambda: None)
     assert target.read_text() == "root's\n"
-
-
-def test_a_signal_during_the_deferred_section_runs_its_handler_after_it_once() -> None:
-    seen: list[str] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        seen.append("handled")
-
-    previous = signal.signal(signal.SIGUSR1, handler)
-    try:
-        with DeferredSignals():
-            os.kill(os.getpid(), signal.SIGUSR1)
-            for _ in range(1000):  # Python runs handlers between bytecodes: give it many chances
-                pass
-            seen.append("inside")
-        assert seen == ["inside", "handled"]
-        assert signal.getsignal(signal.SIGUSR1) is handler
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
 
 
 REMOVE_IN_A_LOOP = """

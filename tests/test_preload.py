@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.processes import REPOSITORY
+from tests.processes import REPOSITORY, SLOW_IMPORT_IN_ANOTHER_THREAD
 
 # Loaded only by a hand-over (the lock busy), never by a merge: whether it is in sys.modules says whether the
 # process loaded ahead.
@@ -102,27 +102,8 @@ def test_a_forked_child_loads_ahead_on_its_own(textfile_dir: Path) -> None:
 FORKS_WHILE_LOADING = textwrap.dedent("""
     import importlib.util, os, signal, subprocess, sys, threading, time
     witness, _, directory = sys.argv[1:4]
-    importing = threading.Event()
-
-    class SlowDisk:
-        # The witness's file read slowly by any thread but the main one (the loading thread): a cold page cache after
-        # an upgrade, a virtual environment on a network filesystem. The fork lands inside that import.
-        def find_spec(self, name, path, target=None):
-            if name != witness or threading.current_thread() is threading.main_thread():
-                return None
-            sys.meta_path.remove(self)
-            spec = importlib.util.find_spec(name)
-            load = spec.loader.exec_module
-
-            def exec_module(module):
-                importing.set()
-                time.sleep(1.0)
-                load(module)
-
-            spec.loader.exec_module = exec_module
-            return spec
-
-    sys.meta_path.insert(0, SlowDisk())
+    slow_seconds = 1.0
+    # SLOW IMPORT
     from fraisier_textfile import MetricsRecorder
     recorder = MetricsRecorder(directory)
     recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
@@ -136,18 +117,11 @@ FORKS_WHILE_LOADING = textwrap.dedent("""
     if pid == 0:
         recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
         os._exit(0)
-    deadline = time.monotonic() + 20
-    done = False
-    while not done and time.monotonic() < deadline:
-        done = os.waitpid(pid, os.WNOHANG) != (0, 0)
-        time.sleep(0.05)
-    if not done:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    done = ended_within(pid, 20)
     holder.kill()
     holder.wait()
     print('{"child recorded": %s}' % ("true" if done else "false"), flush=True)
-""")
+""").replace("# SLOW IMPORT\n", SLOW_IMPORT_IN_ANOTHER_THREAD)
 
 
 def test_a_child_forked_while_its_parent_loads_ahead_records(textfile_dir: Path) -> None:

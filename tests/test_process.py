@@ -22,7 +22,7 @@ from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers, markers
-from tests.processes import Threadless, threadless_user
+from tests.processes import SLOW_IMPORT_IN_ANOTHER_THREAD, Threadless, ctrl_c_once_noted, threadless_user
 from tests.stores import handovers_left
 from tests.values import samples_in
 
@@ -150,7 +150,7 @@ def test_a_forked_child_deletes_its_applied_hand_overs_with_a_remover_of_its_own
 CACHES = {
     "handover_codec.py": {"_checked_series"},
     "walk.py": {"_vetted"},
-    "lock.py": {"_signal_numbers"},
+    "signals.py": {"_signal_numbers"},
     "process_identity.py": {"_own_identity", "_own_context"},
 }
 MUTABLE = (ast.Set, ast.Dict, ast.List, ast.SetComp, ast.DictComp, ast.ListComp)
@@ -316,3 +316,112 @@ def test_a_process_that_cannot_start_a_thread_makes_each_rename_durable_before_i
     assert merged.stdout.split("\n")[:3] == ["1 0"] * 3  # each merge synced the directory once, nothing owed
     assert samples_in(textfile_dir / "fraisier.prom")[
         'fraisier_deployment_errors_total{provider="bare_metal",error_type="timeout"}'] == 3
+
+
+STUCK_DIRECTORY_FSYNC_IN_THE_CLI = """
+import os, stat, sys, time
+
+directory, noted, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+fsync = os.fsync
+
+def stuck_fsync(descriptor):
+    # The directory's fsync of the command's merge, left to another thread, takes ``seconds`` (a disk that stalls:
+    # what no test can make for real on demand); noted when it starts and when it is done.
+    directory_synced = stat.S_ISDIR(os.fstat(descriptor).st_mode)
+    if directory_synced:
+        with open(noted, "w") as file:
+            file.write("started")
+        time.sleep(seconds)
+    fsync(descriptor)
+    if directory_synced:
+        with open(noted, "w") as file:
+            file.write("synced")
+
+os.fsync = stuck_fsync
+sys.argv = ["fraisier", "--textfile-dir", directory, "record", "deployment", "--provider", "bare_metal",
+            "--fraise-type", "api", "--status", "success", "--duration", "1"]
+from fraisier_textfile.cli.dispatch import script
+
+script()
+"""
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_the_exits_wait_for_a_stalled_fsync(textfile_dir: Path, presses: int) -> None:
+    """Bug: Ctrl-C while a command waited at exit for the fsync that makes its last rename durable (up to
+    SYNC_EXIT_WAIT) printed a KeyboardInterrupt traceback ("Exception ignored in atexit callback") and skipped the
+    rest of the exit's waits. Now the first Ctrl-C says, in one line, what the wait is for and that a second one
+    exits now, and the wait goes on; a second ends the waits at once, in one line too. Either way the event
+    recorded is in the file, and no traceback is printed."""
+    textfile_dir.mkdir()
+    noted = textfile_dir.parent / "noted"  # the fsync under way: the command has merged, and waits at its exit
+    stall = 3.0 if presses == 1 else 600.0
+    status, stderr = ctrl_c_once_noted([sys.executable, "-c", STUCK_DIRECTORY_FSYNC_IN_THE_CLI, str(textfile_dir),
+                                        str(noted), str(stall)], noted, presses)
+    assert status == 0, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "Ctrl-C again" in stderr, stderr
+    assert noted.read_text() == ("synced" if presses == 1 else "started")  # waited for, or not
+    assert samples_in(textfile_dir / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+
+
+FORKS_WHILE_A_THREAD_IMPORTS = textwrap.dedent("""
+    import importlib.util, os, signal, subprocess, sys, threading, time
+    witness, directory, thread = sys.argv[1:4]
+    slow_seconds = 0.5
+    # SLOW IMPORT
+    os.environ["FRAISIER_FLUSH_INTERVAL"] = "0.05"
+    from fraisier_textfile import TextfileStore
+    from fraisier_textfile import changes as events
+    from fraisier_textfile.changes import Changes
+
+    if thread == "flush":  # its first round hands the events over: a hand-over's codec, imported in that thread
+        from fraisier_textfile import MetricsRecorder
+
+        recorder = MetricsRecorder(directory, auto_flush=False)
+        recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+    else:  # the removal thread, deleting the hand-overs a merge applied: its first log line imports logging there
+        store = TextfileStore(directory)
+        for _ in range(8):
+            changes = Changes()
+            events.deployment_error(changes, "bare_metal", "handed")
+            store.hand_over(changes, durable=False)
+        # Immutable (as root, no mode refuses): the deletions fail, and the thread says so.
+        subprocess.run(["chattr", "+i", os.path.join(directory, ".fraisier-handover")], check=True)
+        store.merge(Changes())
+    assert importing.wait(30), "the thread did not import the witness"
+    pid = os.fork()
+    if pid == 0:
+        # What the child needs of the witness: a log line's logging, a hand-over's codec (a write in the directory
+        # made immutable fails: the codec was imported by then).
+        import logging
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "child")
+        try:
+            TextfileStore(directory).hand_over(changes, durable=False)
+        except Exception:
+            pass
+        os._exit(0)
+    done = ended_within(pid, 20)
+    print("child done" if done else "child hung", flush=True)
+""").replace("# SLOW IMPORT\n", SLOW_IMPORT_IN_ANOTHER_THREAD)
+
+
+@pytest.mark.parametrize(("thread", "witness"), [("flush", "fraisier_textfile.store.handover_codec"),
+                                                ("removal", "logging")])
+def test_a_child_forked_while_a_thread_of_ours_imports_does_not_hang(
+    textfile_dir: Path, thread: str, witness: str
+) -> None:
+    """Bug (note18): a fork while one of the package's threads (the background flush, the removal of applied
+    hand-overs) was inside its first import of a module gave the child that module's import lock, held by a thread
+    the child does not have: the child's first use of the module (a hand-over's codec, in a record call) waited for
+    ever, and so did its deployment. attack9 fixed the case of loading ahead's thread only."""
+    textfile_dir.mkdir()
+    try:
+        result = subprocess.run([sys.executable, "-c", FORKS_WHILE_A_THREAD_IMPORTS, witness, str(textfile_dir),
+                                 thread], capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(textfile_dir)], check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "child done\n", result.stderr

@@ -33,7 +33,7 @@ from fraisier_textfile.format.schema import format_float
 from fraisier_textfile.recorder.writer import JOIN_WITHIN
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
-from .processes import REPOSITORY, binary, fraisier, lock_held_elsewhere, small_tmpfs
+from .processes import REPOSITORY, binary, ctrl_c_once_noted, fraisier, lock_held_elsewhere, small_tmpfs
 from .test_markers import markers_in
 from .values import canonical_samples, sample_values
 
@@ -1133,3 +1133,37 @@ def test_a_new_process_imports_nothing_while_it_merges(textfile_dir: Path) -> No
     result = subprocess.run([sys.executable, "-c", FIRST_MERGE, str(textfile_dir)], capture_output=True, text=True,
                             timeout=60, check=True, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
     assert json.loads(result.stdout) == []
+
+
+RECORD_THEN_EXIT_WITH_THE_LOCK_BUSY = """
+import sys
+from fraisier_textfile.metrics import MetricsRecorder
+
+directory, noted = sys.argv[1], sys.argv[2]
+# Events written at exit only, waiting for the lock up to 60 s (a busy host's merge, or a lock held too long).
+recorder = MetricsRecorder(directory, auto_flush=False, lock_timeout=60, lock_wait_budget=60)
+recorder.record_deployment_complete("bare_metal", "api", "success", 1.0)
+with open(noted, "w") as file:
+    file.write("recorded")
+"""
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_while_the_exit_waits_for_the_lock_hands_the_events_over_without_a_traceback(
+    textfile_dir: Path, presses: int
+) -> None:
+    """Bug: Ctrl-C while a process waited at exit for a busy lock to write its events (up to its lock timeout)
+    lost them, with a KeyboardInterrupt traceback ("Exception ignored in atexit callback"). Now the first Ctrl-C
+    hands them over at once, which waits for nothing, and says so in one line; a second one changes nothing of that
+    (the hand-over is made while handlers are held back). The next merge applies them."""
+    textfile_dir.mkdir()
+    noted = textfile_dir.parent / "noted"
+    with lock_held_elsewhere(textfile_dir / "fraisier.prom.lock"):  # noted: recorded; the exit's wait follows
+        status, stderr = ctrl_c_once_noted([sys.executable, "-c", RECORD_THEN_EXIT_WITH_THE_LOCK_BUSY,
+                                            str(textfile_dir), str(noted)], noted, presses)
+    assert status == 0, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "instead of waiting for its lock; Ctrl-C again" in stderr, stderr
+    TextfileStore(textfile_dir).merge(Changes())
+    assert sample_values(textfile_dir / "fraisier.prom")[
+        'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1

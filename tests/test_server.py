@@ -399,6 +399,8 @@ def test_scrapes_list_the_hand_over_directory_only_when_it_changed(textfile_dir:
     with fraisier_metrics(textfile_dir) as server:
         first = sample_values(request(server.url).text)  # merges once: the hand-over is counted as pending
         assert first["fraisier_textfile_handovers_pending"] == 1
+        # That merge changed the directory (it remembered the hand-over: handover_left.py), long ago as here.
+        os.utime(handovers, (old, changed))
         assert sample_values(request(server.url).text) == first  # the look after that merge
         for _ in range(3):
             os.utime(handovers, (old, changed))

@@ -12,12 +12,16 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from fraisier_textfile import TextfileStore
+from fraisier_textfile.changes import Changes
 from fraisier_textfile.errors import UnexpectedFileError
-from fraisier_textfile.store import fs, process
+from fraisier_textfile.store import fs, process, walk
 
 
 def test_a_directory_made_with_its_parents_gets_its_mode_whatever_the_umask(tmp_path: Path, umask_077: None) -> None:
@@ -329,3 +333,58 @@ def test_a_handler_that_raises_after_any_close_of_a_walk_closes_nothing_twice_an
     with interrupted_after(os.close, close), pytest.raises(KeyboardInterrupt):
         fs.open_directory(path, create=True)
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+def _lock_taken_and_released(store: TextfileStore) -> None:
+    lock = store.transaction.lock
+    lock.acquire(time.monotonic() + 10, 10, lambda: None)  # no directory held: the lock opens its own
+    lock.release()
+
+
+_OPENERS_OUTSIDE_A_MERGE: dict[str, Callable[[TextfileStore], object]] = {
+    "read": lambda store: store.read_data(),
+    "handovers_waiting": lambda store: store.handovers_waiting(),
+    "active_deployments": lambda store: store.active_deployments(()),
+    "lock": _lock_taken_and_released,
+}
+
+
+@pytest.mark.parametrize("look", ["first", "again"])
+@pytest.mark.parametrize("caller", list(_OPENERS_OUTSIDE_A_MERGE))
+def test_a_handler_that_raises_right_after_an_open_outside_a_merge_leaves_nothing_open(
+    tmp_path: Path, caller: str, look: str
+) -> None:
+    """Bug (note16): the walk's opens and a subdirectory's were guarded against a signal handler that raises (a
+    Ctrl-C, an alarm-based timeout) only under a merge's held signals: a reader's look, a server's look for
+    hand-overs, its count of deployments in flight and the lock opening its own directory left the directory open
+    for the process's life when the handler ran right after an open, before the number was held by what closes it.
+    Each open is interrupted in turn, on a first walk of the path and on a path walked before."""
+    from .test_fs import Interrupted, signalled_after
+
+    call = _OPENERS_OUTSIDE_A_MERGE[caller]
+    directory = tmp_path / "a" / "b"
+    TextfileStore(directory).merge(Changes())
+    for made in (".fraisier-handover", ".fraisier-inflight"):
+        (directory / made).mkdir(exist_ok=True)
+    interrupted = 0
+    for opened in range(1, 20):
+        store = TextfileStore(directory)
+        if look == "first":
+            walk._vetted.clear()
+        else:
+            call(store)
+        gc.collect()
+        assert process.wait_for_closes(10) and process.wait_for_syncs(10) and process.background.wait(10)
+        before = set(os.listdir("/proc/self/fd"))
+        try:
+            with signalled_after(os.open, opened):
+                call(store)
+        except Interrupted:
+            interrupted += 1
+        else:
+            break  # fewer opens than that: each was interrupted
+        finally:
+            del store
+            gc.collect()
+        assert set(os.listdir("/proc/self/fd")) == before, f"open {opened} interrupted"
+    assert interrupted

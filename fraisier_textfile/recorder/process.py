@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from fraisier_textfile import settings, validate
+from fraisier_textfile import imports, settings, validate
 from fraisier_textfile.settings import DEFAULT_LOCK_WAIT_BUDGET
 from fraisier_textfile.store.lock import waitable
 from fraisier_textfile.store.textfile import TextfileStore
@@ -156,12 +156,15 @@ class _BackgroundFlush:
             if self._stopping.is_set():
                 return
             try:
-                if woken:
-                    self._woken.clear()
-                    _merge_soon_in_background()
-                else:
-                    next_round = time.monotonic() + interval
-                    _flush_in_background()
+                # A round may import anywhere in a merge or a hand-over (a hand-over's codec, first needed here):
+                # under the lock a fork waits for (imports.py), or a child forked meanwhile would hang on that module.
+                with imports.guarded():
+                    if woken:
+                        self._woken.clear()
+                        _merge_soon_in_background()
+                    else:
+                        next_round = time.monotonic() + interval
+                        _flush_in_background()
             except Exception as error:  # a bug of ours: the next round tries again, the exit writes the rest
                 log.debug("fraisier metrics: the background flush failed: %r", error, exc_info=True)
 
@@ -277,31 +280,59 @@ def _forget_parents_state() -> None:
 @atexit.register
 def _write_at_exit() -> None:
     """Pending events are merged or handed over within what is left of each recorder's budget, so that a
-    process exiting while another holds the lock loses nothing."""
+    process exiting while another holds the lock loses nothing.
+
+    Ctrl-C meanwhile (a user who sees the exit wait for a busy lock) means: do not wait. The events are handed over
+    at once (a hand-over waits for nothing, and is made with handlers held back), so that none is lost; a second
+    Ctrl-C ends the exit's writing. No KeyboardInterrupt escapes: Python would print its traceback."""
+    patient = True
     for writer in list(unflushed):
-        # A daemon thread may still hold the recorder (it runs during atexit): never hang the exit on it.
-        if not writer.lock.acquire(timeout=waitable(max(0.1, process_budget.left(writer.lock_wait_budget)))):
-            log.error("fraisier metrics: events recorded in this process were not written to %s: another "
-                      "thread was still recording at exit", writer.textfile_path)
-            continue
         try:
-            writer.problems.noted.clear()
+            _write_one_at_exit(writer, patient)
+        except KeyboardInterrupt:
+            if not patient:
+                log.warning("interrupted again: events recorded in this process may not be written to %s",
+                            writer.textfile_path)
+                return
+            patient = False
+            log.warning("interrupted: handing the events recorded in this process over to the next merge of %s "
+                        "instead of waiting for its lock; Ctrl-C again to exit now", writer.textfile_path)
             try:
-                writer.write(longest_wait=writer.store.lock_timeout)
-            except Exception as error:
-                log.error("fraisier metrics: writing %s at exit failed: %r", writer.textfile_path, error)
-            if writer.handed_over_since_merge and writer.failed_write is None:
-                # Not needed (the next merge by any process writes them), but if the lock is free by now the
-                # file need not wait for that: one try, no wait.
-                writer.store.merge_waiting()
-            if writer.pending:
-                log.error("fraisier metrics: %d events recorded in this process were not written to %s: %s",
-                          writer.series.events, writer.textfile_path, writer.problems.last_error)
-        finally:
-            writer.lock.release()
-    # What record calls left to the background thread and it has not made (stopped, or not yet woken): their
-    # hand-overs' writers found the lock held by this process and left them to it. A try each, no wait.
-    _merge_soon_in_background()
+                _write_one_at_exit(writer, patient)
+            except KeyboardInterrupt:
+                return
+    if patient:
+        # What record calls left to the background thread and it has not made (stopped, or not yet woken): their
+        # hand-overs' writers found the lock held by this process and left them to it. A try each, no wait.
+        try:
+            _merge_soon_in_background()
+        except KeyboardInterrupt:
+            return
+
+
+def _write_one_at_exit(writer: Writer, patient: bool) -> None:
+    """``writer``'s pending events merged, or handed over; ``patient``: waiting for a busy lock (its timeout, within
+    the budget), else not at all."""
+    # A daemon thread may still hold the recorder (it runs during atexit): never hang the exit on it.
+    if not writer.lock.acquire(timeout=waitable(max(0.1, process_budget.left(writer.lock_wait_budget)))):
+        log.error("fraisier metrics: events recorded in this process were not written to %s: another "
+                  "thread was still recording at exit", writer.textfile_path)
+        return
+    try:
+        writer.problems.noted.clear()
+        try:
+            writer.write(longest_wait=writer.store.lock_timeout if patient else 0.0)
+        except Exception as error:
+            log.error("fraisier metrics: writing %s at exit failed: %r", writer.textfile_path, error)
+        if patient and writer.handed_over_since_merge and writer.failed_write is None:
+            # Not needed (the next merge by any process writes them), but if the lock is free by now the
+            # file need not wait for that: one try, no wait.
+            writer.store.merge_waiting()
+        if writer.pending:
+            log.error("fraisier metrics: %d events recorded in this process were not written to %s: %s",
+                      writer.series.events, writer.textfile_path, writer.problems.last_error)
+    finally:
+        writer.lock.release()
 
 
 if hasattr(os, "register_at_fork"):

@@ -23,6 +23,7 @@ from fraisier_textfile.format.reader import parse_bytes, parse_unvouched, read_c
 from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.format.syntax import ParseError
 from fraisier_textfile.store import fs, process
+from fraisier_textfile.store.signals import DeferredSignals
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -333,12 +334,15 @@ class Textfile:
         ``textfile``: the textfile directory held open (a merge's), where the file is opened by its name; None:
         it is opened here (see fs.open_directory)."""
         if textfile is None:
-            # Search permission is all a reader needs: it opens one file in the directory and lists nothing.
-            directory = fs.open_directory(self.directory, search_only=True)
-            if directory is None:
-                return None, b""
-            with directory:
-                return self._read_in(directory)
+            # Signal handlers held back as in the walk (a merge holds them already): one that raises right after
+            # the file's open, before the number is kept, would leave the file open for the process's life.
+            with DeferredSignals():
+                # Search permission is all a reader needs: it opens one file in the directory and lists nothing.
+                directory = fs.open_directory(self.directory, search_only=True)
+                if directory is None:
+                    return None, b""
+                with directory:
+                    return self._read_in(directory)
         return self._read_in(textfile)
 
     def _read_in(self, textfile: fs.Directory) -> tuple[FileVersion | None, bytes]:
@@ -413,15 +417,8 @@ class Textfile:
 
     def open_directory(self) -> fs.Directory:
         """The textfile directory, created with mode 0755 whatever the umask if missing (node_exporter runs as
-        another user: it must be able to enter it).
-
-        Signal handlers are held back until it is held (or the walk failed): one that raises right after an open of
-        the walk returns, before the number is kept anywhere (a Ctrl-C, an alarm-based timeout), would leave that
-        directory open for the life of the process, one more at each such merge."""
-        from fraisier_textfile.store.lock import DeferredSignals  # here: lock builds on this module
-
-        with DeferredSignals():
-            directory = fs.open_directory(self.directory, create=True)
+        another user: it must be able to enter it)."""
+        directory = fs.open_directory(self.directory, create=True)
         assert directory is not None
         return directory
 

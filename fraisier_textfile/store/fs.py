@@ -31,6 +31,7 @@ import os
 import stat
 
 from fraisier_textfile.errors import UnexpectedFileError, write_error
+from fraisier_textfile.store.signals import DeferredSignals
 
 # A union of the builtin kind (types.UnionType), not typing's Union: typing's aliases cost a record run's import.
 PathName = str | os.PathLike[str]
@@ -232,7 +233,11 @@ class Directory:
         a writer of this directory would own it). None if there is none and ``create`` is false. Created with
         ``mode`` (fchmod on its descriptor, never a chmod of the name, which a writer may have swapped for a
         symlink since the mkdir). Raises UnexpectedFileError for anything else there, TextfileWriteError for
-        an OSError."""
+        an OSError. Signal handlers are held back meanwhile, as in the walk (walk.open_directory)."""
+        with DeferredSignals():
+            return self._subdirectory(name, create, mode)
+
+    def _subdirectory(self, name: str, create: bool, mode: int) -> Directory | None:
         path = self.path_of(name)
         for _ in range(5):  # made and removed again by someone else between the mkdir and the open: retried
             try:
@@ -318,8 +323,6 @@ def make_directory(parent: int, name: str, mode: int) -> None:
     judged, by the caller. Signal handlers are held back from the mkdir until then: one that raises in between
     (a Ctrl-C) would leave a directory of root's in that user's directory, which its processes could not write,
     nor node_exporter read."""
-    from fraisier_textfile.store.lock import DeferredSignals  # here: lock builds on this module
-
     with DeferredSignals():
         os.mkdir(_entry(name), MADE_MODE, dir_fd=parent)
         try:

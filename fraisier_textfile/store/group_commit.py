@@ -19,7 +19,7 @@ from fraisier_textfile import logger
 from fraisier_textfile.errors import FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.store import fs, handovers
 from fraisier_textfile.store.changes import Changes
-from fraisier_textfile.store.lock import DeferredSignals
+from fraisier_textfile.store.signals import DeferredSignals
 
 if TYPE_CHECKING:
     from fraisier_textfile.format.schema import Schema

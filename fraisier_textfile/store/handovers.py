@@ -384,9 +384,12 @@ class Handovers(Participant):
             return None
         from fraisier_textfile.store.handover_aside import NeverReadable, set_aside
         from fraisier_textfile.store.handover_codec import ForeignHandover, NewerHandover, UnreadableHandover
+        from fraisier_textfile.store.handover_left import LeftForOthers
         from fraisier_textfile.store.handover_order import sequence_of
 
         ids, kept_aside, refused, self._spent_room = pending(directory)
+        left_for_others = LeftForOthers(directory, os.path.basename(merge.path), document.schema.fingerprint)
+        remembered = left_for_others.remembered() if ids else frozenset()
         self._newest = (sequence_of(ids[-1]) or 0) if ids else 0
         already = set(APPLIED.get(document))
         # Those applied before and still here are an earlier merge's, about to be retired (after its release, or
@@ -395,26 +398,39 @@ class Handovers(Participant):
         read_now: dict[str, Changes] = {}
         handled = set(refused)  # one left in place (not set aside) starts no merge after each: none can apply it
         newer = 0
+        newly_left = remembered_waiting = 0
         left: list[str] = []
         for number, handover_id in enumerate(ids):
             if handover_id in already:
                 handled.add(handover_id)
                 continue
-            if len(read_now) >= HANDOVERS_PER_MERGE:
+            if handover_id in remembered:  # read by an earlier merge: not again (handover_left.py)
+                handled.add(handover_id)
+                newer += 1
+                remembered_waiting += 1
+                continue
+            if len(read_now) + newly_left >= HANDOVERS_PER_MERGE:
                 # The work a merge does is bounded like its wait for the lock: the rest waits for the next
                 # merger. Each is applied exactly once all the same: only the ids read here are listed.
-                left = [other for other in ids[number:] if other not in already]
+                rest = [other for other in ids[number:] if other not in already]
+                left = [other for other in rest if other not in remembered]
+                newer += len(rest) - len(left)
+                remembered_waiting += len(rest) - len(left)
                 break
             handled.add(handover_id)
             try:
                 read_now[handover_id] = read(directory, handover_id, document.schema)
             except ForeignHandover as error:
                 newer += 1
+                newly_left += 1
+                left_for_others.note(handover_id)
                 if process.first_time("hand-over left for another merger", handover_id):
                     log.info("the hand-over %s was %s: left for a merger of that schema",
                              directory.path_of(f"{handover_id}{SUFFIX}"), error)
             except NewerHandover as error:
                 newer += 1
+                newly_left += 1
+                left_for_others.note(handover_id)
                 if process.first_time("hand-over left for another merger", handover_id):
                     log.warning(
                         "the hand-over %s was written by a newer version of fraisier_textfile (%s): left for a "
@@ -426,6 +442,7 @@ class Handovers(Participant):
                 log.info("the hand-over %s is empty, the litter of a writer stopped before its fsync: removed",
                          directory.path_of(f"{handover_id}{SUFFIX}"))
                 unlink_quietly(directory, f"{handover_id}{SUFFIX}")
+        left_for_others.save(ids, remembered_waiting)
         # One that can never be summed into this file would fail this merge and every later one: set aside.
         # Checked for all at once (amounts are >= 0, so if their total can be summed into the file, each can),
         # and one by one only when that fails, to find the one at fault.

@@ -13,19 +13,13 @@ import os
 import stat
 import threading
 import time
-from typing import TYPE_CHECKING, Any
-
-# The C functions under the signal module, used without it: its Python wrappers convert every number and handler
-# to an enum at each call, and importing it builds those enums in every process that records.
-try:
-    import _signal as _raw_signal  # type: ignore[import-not-found, unused-ignore]
-except ImportError:  # an interpreter without the C module
-    import signal as _raw_signal
+from typing import TYPE_CHECKING
 
 from fraisier_textfile import validate
 from fraisier_textfile.errors import LockTimeoutError, TextfileWriteError, write_error
 from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.files import lstat_in, unexpected
+from fraisier_textfile.store.signals import DeferredSignals as DeferredSignals
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -157,8 +151,12 @@ class Lock:
         attempts = 0
         while True:
             attempts += 1
-            self._descriptor = descriptor = self._open(directory)
+            descriptor = -1
             try:
+                # Signal handlers held back until the number is kept (a merge holds them already; a caller of its
+                # own may not): one that raises right after the open would leave the lock file open for good.
+                with DeferredSignals():
+                    self._descriptor = descriptor = self._open(directory)
                 while not try_lock(descriptor, self.path):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -170,7 +168,8 @@ class Lock:
                     return descriptor
             except BaseException:
                 self._descriptor = -1
-                os.close(descriptor)
+                if descriptor >= 0:
+                    os.close(descriptor)
                 raise
             self._descriptor = -1
             os.close(descriptor)  # removed or replaced while we waited: lock the file of that name now
@@ -273,68 +272,3 @@ def try_lock(descriptor: int, path: fs.PathName) -> bool:
 
 class LockLost(Exception):
     """The lock file was removed or replaced during a merge (never escapes the store)."""
-
-
-class DeferredSignals:
-    """Signal handlers held back while a merge or a hand-over runs, and run at its safe points or at its end.
-
-    Between "rename the new file into place" and "forget the changes it holds", a KeyboardInterrupt, a SIGTERM
-    handler that raises SystemExit, or an alarm-based timeout would leave the events both in the file and
-    pending, and a later flush (at exit, say) would count them twice. One landing between taking the lock and
-    noting its descriptor would leave it held for the life of the process. So no handler runs in the middle
-    of a merge: only while it waits for the lock (:meth:`deliver`, a safe point, where nothing is held but a
-    descriptor that an exception closes), and after it.
-
-    Python runs signal handlers only in the main thread, between bytecodes, whichever thread the signal was
-    delivered to. Blocking signals in this thread (pthread_sigmask) is therefore not enough in a process with
-    other threads: the kernel delivers the signal to one of them and the main thread runs the handler anyway.
-    So each Python-level handler is swapped for one that notes the signal, and the noted signals are handed
-    to their own handlers later. In another thread nothing can interrupt a merge, and nothing is swapped.
-    """
-
-    def __init__(self) -> None:
-        self._noted: list[int] = []
-        self._replaced: dict[int, Callable[[int, Any], Any]] = {}
-
-    def __enter__(self) -> DeferredSignals:
-        global _signal_numbers
-        if threading.current_thread() is threading.main_thread():
-            if _signal_numbers is None:
-                _signal_numbers = tuple(map(int, _raw_signal.valid_signals()))  # ints: the wrapper makes enums
-            try:
-                for signum in _signal_numbers:
-                    handler = _raw_signal.getsignal(signum)
-                    if callable(handler):
-                        _raw_signal.signal(signum, self._note)
-                        self._replaced[signum] = handler
-            except BaseException:
-                self._restore()
-                raise
-        return self
-
-    def _note(self, signum: int, frame: Any) -> None:
-        self._noted.append(signum)
-
-    def deliver(self) -> None:
-        """A safe point: run the handlers of the signals noted so far (they may raise)."""
-        while self._noted:
-            signum = self._noted.pop(0)
-            self._replaced[signum](signum, None)
-
-    def __exit__(self, *exception: object) -> None:
-        self._restore()
-        while self._noted:
-            signum = self._noted.pop(0)
-            try:
-                self._replaced[signum](signum, None)
-            except BaseException:
-                for later in self._noted:
-                    _raw_signal.raise_signal(later)  # handled at the next chance, as Python itself would
-                raise
-
-    def _restore(self) -> None:
-        for signum, handler in self._replaced.items():
-            _raw_signal.signal(signum, handler)
-
-
-_signal_numbers: tuple[int, ...] | None = None

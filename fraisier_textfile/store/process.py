@@ -51,6 +51,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING
 
+from fraisier_textfile import imports
 from fraisier_textfile.logger import get_logger
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from fraisier_textfile.store.files import FileVersion
     from fraisier_textfile.store.lock import Lock
     from fraisier_textfile.store.markers import Marker
+    from fraisier_textfile.store.signals import DeferredSignals
 
 log = get_logger(__name__)
 
@@ -105,7 +107,8 @@ class BackgroundWork:
         while True:
             job = jobs.get()
             try:
-                job()
+                with imports.guarded():  # a job may import (a log line's logging): never under a fork
+                    job()
             except Exception:  # a bug in one job must not kill the thread: the jobs queued after it still run
                 log.exception("a background job of the store failed")
             with self.idle:
@@ -147,6 +150,9 @@ writing: dict[int, int] = {}
 """The descriptors of the new versions of the file that merges are writing (files.Textfile.write_temporary), each
 with the thread writing it, until renamed into place or closed: a child forked meanwhile by another thread closes
 its copies (that merge's thread is not in the child, and the version it wrote would be the child's to the end)."""
+holding_signals: DeferredSignals | None = None
+"""The outermost hold on signal handlers in force in the main thread (signals.py), if any: one within it swaps
+nothing. A child forked within it goes on in it, and ends it as the parent would."""
 _met: set[tuple[Hashable, ...]] = set()
 
 
@@ -260,24 +266,21 @@ def met(*what: Hashable) -> bool:
 
 
 def _before_fork() -> None:
+    # The package's threads import under a lock (imports.py): a fork in the middle of one of their imports would leave
+    # the child that module's import lock, held for ever. Taken first: a job under it may take the next.
+    imports.before_fork()
     creating.acquire()
-    # Loading ahead (preload.py) imports in a thread of its own: a fork in the middle of one of its imports would
-    # leave the child that module's import lock, held for ever. Looked up, not imported, as at exit.
-    loading = sys.modules.get("fraisier_textfile.preload")
-    if loading is not None:
-        loading.before_fork()
 
 
 def _after_fork_in_parent() -> None:
-    loading = sys.modules.get("fraisier_textfile.preload")
-    if loading is not None:
-        loading.after_fork_in_parent()
     creating.release()
+    imports.after_fork_in_parent()
 
 
 def _in_child() -> None:
     global creating, releasing, background, closing, forked
     forked = True
+    imports.after_fork_in_child()
     closing = set()  # the parent's closing threads are not here: nothing to wait for
     creating = threading.RLock()
     releasing = threading.Lock()
@@ -285,6 +288,8 @@ def _in_child() -> None:
         marker.forget_in_child()
     held_markers.clear()
     forking_thread = threading.get_ident()
+    if holding_signals is not None and holding_signals.thread != forking_thread:
+        holding_signals.forget_in_child()  # the main thread's merge is not in the child: its handlers held for good
     for lock, holder in list(held_locks.items()):
         if holder != forking_thread:  # the forking thread's own lock is its to release, here too
             lock.forget_in_child()
@@ -333,9 +338,25 @@ def _at_exit() -> None:
     loading = sys.modules.get("fraisier_textfile.preload")
     if loading is not None:
         loading.call_off()
-    wait_for_syncs(SYNC_EXIT_WAIT)
-    background.wait(EXIT_WAIT)
-    wait_for_closes(EXIT_WAIT)
+    # Ctrl-C meanwhile (a user who sees the command hang on a stalled disk): what was merged is in the file already,
+    # only its durability is waited for. The first says so and the wait goes on; a second ends the waits at once.
+    # Either way no KeyboardInterrupt escapes: Python would print its traceback as "Exception ignored in atexit".
+    deadline = time.monotonic() + SYNC_EXIT_WAIT
+    interrupted = False
+    while True:
+        try:
+            wait_for_syncs(max(0.0, deadline - time.monotonic()))
+            background.wait(EXIT_WAIT)
+            wait_for_closes(EXIT_WAIT)
+            return
+        except KeyboardInterrupt:
+            if interrupted:
+                log.warning("interrupted again: exiting without waiting; the textfile holds what this process merged, "
+                            "and the kernel makes it durable within seconds")
+                return
+            interrupted = True
+            log.warning("waiting at most %.0f s more for the disk to make this process's last write to the textfile "
+                        "durable; Ctrl-C again to exit now", max(0.0, deadline - time.monotonic()))
 
 
 atexit.register(_at_exit)

@@ -53,8 +53,9 @@ from fraisier_textfile.store.files import (
     replacing,
     unlink_quietly,
 )
-from fraisier_textfile.store.lock import DeferredSignals, Lock, LockLost
+from fraisier_textfile.store.lock import Lock, LockLost
 from fraisier_textfile.store.rules import apply_changes, clock_is_behind, combine
+from fraisier_textfile.store.signals import DeferredSignals
 from fraisier_textfile.store.vouching import Check
 
 if TYPE_CHECKING:

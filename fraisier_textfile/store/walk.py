@@ -28,6 +28,7 @@ from fraisier_textfile.store.fs import (
     owner_name,
     writers_of,
 )
+from fraisier_textfile.store.signals import DeferredSignals
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -52,8 +53,17 @@ def open_directory(
     The path is first opened as it is (one open, following links), and used if it is the very directory a walk
     found before in this process (see :data:`_vetted`); anything else there (a first look, a symlink swapped in, a
     directory re-pointed, the walk's directory replaced) is walked. Nothing there at all is None without a walk,
-    unless it is to be made. A first look that makes what is missing (a merge's) walks at once."""
-    path = os.fspath(path)
+    unless it is to be made. A first look that makes what is missing (a merge's) walks at once.
+
+    Signal handlers are held back until the directory is held by what closes it (or the walk failed): one that
+    raises right after an open returns, before the number is kept anywhere (a Ctrl-C, an alarm-based timeout),
+    would leave a directory open for the life of the process, one more at each such call. Here, not in the callers:
+    every caller, a merge's or a reader's, a server's look or the lock's own, is covered."""
+    with DeferredSignals():
+        return _open_directory(os.fspath(path), create, mode, wanted, search_only)
+
+
+def _open_directory(path: str, create: bool, mode: int, wanted: str | None, search_only: bool) -> Directory | None:
     flags = (os.O_PATH if search_only else os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
     vetted = _vetted.get((path, os.geteuid()))
     if vetted is not None or not create:  # else a first look that makes what is missing: the walk is all of it
