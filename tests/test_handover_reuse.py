@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -25,6 +27,13 @@ from .test_handover_aside import one
 from .test_handovers import error_count
 from .test_hostile_entries import within
 from .values import sample_values
+
+
+@pytest.fixture(autouse=True)
+def reuse_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hand-overs are taken back where new files are costly (handover_reuse.pays): these tests take them back on
+    whatever filesystem holds their directory; the choice itself is tested below, with ``auto``."""
+    monkeypatch.setenv(handover_reuse.SETTING, "on")
 
 
 def directory_of(textfile_dir: Path) -> Path:
@@ -583,3 +592,54 @@ def test_a_process_writing_to_two_textfile_directories_takes_back_in_each_only_i
         assert error_count(values, f"again_in_{store.directory.name}") == 3
         other = "two" if store.directory.name == "one" else "one"
         assert error_count(values, f"again_in_{other}") == 0
+
+
+MOUNTS = """\
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard,resv_strict
+46 27 7:0 / /mnt/journaled rw,relatime - ext4 /dev/loop0 rw
+47 27 7:1 / /mnt/plain rw,relatime - ext4 /dev/loop1 rw
+48 27 8:1 / /srv rw,noatime - xfs /dev/sda1 rw,attr2,discard,inode64
+49 27 8:2 / /data rw,relatime shared:5 - btrfs /dev/sda2 rw,ssd,discard=async,space_cache=v2
+25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24683784k
+50 27 8:3 /sub /bind rw,relatime - ext4 /dev/sda3 rw
+"""
+
+
+@pytest.mark.parametrize(("device", "journal", "pays"), [
+    ("254:0", "28580", True),  # mounted with discard: each deletion waits for the device
+    ("7:0", "28580", False),  # a journaled ext4 (its jbd2 thread's pid)
+    ("7:1", "<none>", True),  # an ext4 without a journal: the inode allocator's scan of freed inodes
+    ("8:1", None, True),  # xfs, discard
+    ("8:2", None, False),  # btrfs's asynchronous discard costs no deletion its wait
+    ("0:23", None, False),  # tmpfs
+    ("8:3", "1", False),  # a bind mount of a journaled ext4
+    ("9:9", None, False),  # not mounted (a device gone): the default, as before
+])
+def test_hand_overs_are_taken_back_where_new_files_are_costly(device: str, journal: str | None, pays: bool) -> None:
+    major, minor = map(int, device.split(":"))
+    assert handover_reuse.costly_files(os.makedev(major, minor), MOUNTS, lambda *_: journal) is pays
+
+
+def test_on_a_filesystem_where_new_files_are_cheap_hand_overs_are_deleted_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tmpfs (as a journaled ext4): a new file and a deletion cost little there, and taking one back costs more
+    system calls; ``auto`` (the default) leaves hand-overs as before, ``on`` takes them back all the same."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or handover_reuse.costly_files(os.stat(shm).st_dev):
+        pytest.fail("this test needs /dev/shm, a tmpfs")
+    textfile_dir = Path(tempfile.mkdtemp(dir=shm)) / "textfile"
+    try:
+        monkeypatch.setenv(handover_reuse.SETTING, "auto")
+        store = TextfileStore(textfile_dir)
+        store.hand_over(one("first"))
+        store.merge(Changes())
+        assert handovers.wait_for_removals()
+        assert names(textfile_dir, handover_reuse.SUFFIX) == []
+        monkeypatch.setenv(handover_reuse.SETTING, "on")
+        store = TextfileStore(textfile_dir)
+        handed_over_and_applied(store, "second")
+        values = sample_values(store.path)
+        assert (error_count(values, "first"), error_count(values, "second")) == (1, 1)
+    finally:
+        shutil.rmtree(textfile_dir.parent)

@@ -152,6 +152,7 @@ CACHES = {
     "walk.py": {"_vetted"},
     "signals.py": {"_signal_numbers"},
     "process_identity.py": {"_own_identity", "_own_context"},
+    "handover_reuse.py": {"_paying"},  # what a filesystem is: as true in a forked child
 }
 MUTABLE = (ast.Set, ast.Dict, ast.List, ast.SetComp, ast.DictComp, ast.ListComp)
 

@@ -6,7 +6,9 @@ reads the deletion time of, every inode freed in the last minutes; on a filesyst
 deletion waits for the device to discard the file's blocks; and both hold the directory's lock, on which every
 other writer of the directory queues (bench/README.md, "Spent hand-overs"). So a merge renames an applied
 hand-over ``<id>.json`` to ``<id>.spent`` instead (:func:`retire`), and the process that wrote it takes it back
-for its next hand-over (:func:`claim`): a rename, the new bytes over the old, a rename.
+for its next hand-over (:func:`claim`): a rename, the new bytes over the old, a rename. Only where that pays
+(:func:`pays`): on a journaled ext4 or a tmpfs a new file costs two system calls and little else, and taking one
+back more.
 
 The rules that keep the hand-over protocol whole:
 
@@ -35,7 +37,7 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from fraisier_textfile.logger import get_logger
 from fraisier_textfile.store import fs
@@ -80,6 +82,71 @@ class _Published:
 _published = _Published()
 
 
+# Where taking back pays
+
+SETTING = "FRAISIER_TEXTFILE_REUSE_HANDOVERS"
+"""``auto`` (the default): hand-overs are taken back where new and deleted files are costly (:func:`costly_files`);
+``on``: everywhere; ``off``: nowhere, as before."""
+_paying: dict[str, bool] = {}
+"""Whether taking back pays, by hand-over directory path (a path stays on its filesystem for a process's life)."""
+
+
+def pays(directory: fs.Directory) -> bool:
+    """Whether hand-overs are taken back in ``directory`` (see SETTING). Where a new file and a deletion cost
+    little (a journaled ext4, tmpfs), taking one back costs more: five system calls where a new file costs two,
+    and in bench_floor's race on a journaled ext4 its p99 was 1.2x main's (bench/README.md)."""
+    setting = os.environ.get(SETTING, "auto")
+    if setting in ("on", "off"):
+        return setting == "on"
+    known = _paying.get(directory.path)
+    if known is None:
+        try:
+            known = costly_files(directory.status().st_dev)
+        except OSError:
+            known = False
+        _paying[directory.path] = known
+    return known
+
+
+def costly_files(device: int, mounts: str | None = None,
+                 journal_of: Callable[[int, int], str | None] | None = None) -> bool:
+    """Whether new and deleted files are costly on the filesystem of ``device``: one mounted with ``discard``
+    (each deletion waits for the device to discard the file's blocks; not ``discard=async``), or an ext4 without a
+    journal (each new file costs the inode allocator a scan of the inodes freed in the last minutes). ``mounts``:
+    /proc/self/mountinfo's text; ``journal_of(major, minor)``: an ext4's /sys/fs/ext4/<device>/journal_task (the
+    journal thread's pid, ``<none>`` without one), None if unknown. False where it cannot be told: as before."""
+    if mounts is None:
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as file:
+                mounts = file.read()
+        except OSError:
+            return False
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 7 or fields[2] != wanted or "-" not in fields[6:]:
+            continue
+        separator = fields.index("-", 6)
+        kind = fields[separator + 1] if len(fields) > separator + 1 else ""
+        options = {*fields[5].split(","), *(fields[separator + 3].split(",") if len(fields) > separator + 3 else ())}
+        if "discard" in options:
+            return True
+        if kind == "ext4":
+            journal = (journal_of or _ext4_journal)(os.major(device), os.minor(device))
+            return journal == "<none>"
+        return False
+    return False
+
+
+def _ext4_journal(major: int, minor: int) -> str | None:
+    try:
+        name = os.path.basename(os.readlink(f"/sys/dev/block/{major}:{minor}"))
+        with open(f"/sys/fs/ext4/{name}/journal_task", encoding="ascii", errors="replace") as task:
+            return task.read().strip()
+    except OSError:
+        return None
+
+
 def remember(directory: fs.Directory, handover_id: str) -> None:
     """Note a hand-over this process has just published (renamed into place) in ``directory``: once applied, it may
     be taken back."""
@@ -96,6 +163,8 @@ def claim(directory: fs.Directory, temporary: str) -> tuple[int, int] | None:
     and its size; None if there is none to take back (the caller makes a new file). Never raises: taking one back
     is an optimisation, and whatever goes wrong here leaves the caller to make a new file."""
     ids = _published.mine(directory)
+    if not ids or not pays(directory):
+        return None
     for _ in range(2):  # at most two looks: a hand-over call must not scan
         # Taken off the list before the look, put back if not applied yet: the threads of a process share the
         # list, and each must look at the id it took (one atomic pop), never pop one another thread looked at.

@@ -277,9 +277,10 @@ def remove(directory: fs.Directory, handover_ids: list[str], spent_room: int = 0
     to take back (handover_reuse.py), the rest deleted. A failure is only logged: the file lists them as applied,
     so a later merge skips them and tries again."""
     if spent_room > 0:
-        from fraisier_textfile.store.handover_reuse import retire
+        from fraisier_textfile.store.handover_reuse import pays, retire
 
-        handover_ids = retire(directory, handover_ids, spent_room)
+        if pays(directory):
+            handover_ids = retire(directory, handover_ids, spent_room)
     for handover_id in handover_ids:
         name = f"{handover_id}{SUFFIX}"
         try:
