@@ -643,3 +643,16 @@ def test_on_a_filesystem_where_new_files_are_cheap_hand_overs_are_deleted_as_bef
         assert (error_count(values, "first"), error_count(values, "second")) == (1, 1)
     finally:
         shutil.rmtree(textfile_dir.parent)
+
+
+def test_a_setting_that_is_not_on_off_or_auto_is_named_once_and_auto_is_used(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(handover_reuse.SETTING, "yes")
+    directory = fs.open_directory(str(textfile_dir), create=True)
+    assert directory is not None
+    with directory, caplog.at_level(logging.WARNING):
+        expected = handover_reuse.costly_files(directory.status().st_dev)
+        assert [handover_reuse.pays(directory) for _ in range(3)] == [expected] * 3
+    [line] = [record.getMessage() for record in caplog.records if handover_reuse.SETTING in record.getMessage()]
+    assert "'yes' is not on, off or auto" in line

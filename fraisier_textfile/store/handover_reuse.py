@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from fraisier_textfile.logger import get_logger
-from fraisier_textfile.store import fs
+from fraisier_textfile.store import fs, process
 
 SUFFIX = ".spent"
 HANDOVER_SUFFIX = ".json"  # handovers.SUFFIX (not imported: handovers imports this module)
@@ -98,6 +98,8 @@ def pays(directory: fs.Directory) -> bool:
     setting = os.environ.get(SETTING, "auto")
     if setting in ("on", "off"):
         return setting == "on"
+    if setting != "auto" and process.first_time(SETTING, setting):
+        log.warning("%s=%r is not on, off or auto: auto is used (set one of those three)", SETTING, setting)
     known = _paying.get(directory.path)
     if known is None:
         try:
