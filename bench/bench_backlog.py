@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = timing.best / peer.best
                 left_rows.append([f"{left:,}", case, format_seconds(timing.best), format_seconds(peer.best),
                                   format_ratio(ratio)])
-                result["cases"][f"left {left} {case}"] = {"ours": timing.as_json(), "peer": peer.as_json(),
-                                                          "ratio": ratio}
+                result.setdefault("left", {})[f"{left} {case}"] = {"ours": timing.as_json(), "peer": peer.as_json(),
+                                                                   "ratio": ratio}
     result["environment"] = info
 
     def render() -> None:
