@@ -12,8 +12,10 @@ import under :data:`lock`, which the store's fork hook (store/process.py) takes 
   background flush: a merge or a hand-over).
 
 The fork waits at most :data:`FORK_WAIT` (a job is milliseconds, a disk that stalls may keep one for longer), then
-goes on as it did before. The main thread, which is the one that forks, imports without the lock: it cannot be in
-the middle of an import when it forks, and must not wait for another thread's job.
+goes on as it did before; a fork that gave up on a job does not wait for that same job again (a stalled one would
+cost each fork of a multiprocessing pool or a pre-forking server a second), only for the next one. The main thread,
+which is the one that forks, imports without the lock: it cannot be in the middle of an import when it forks, and
+must not wait for another thread's job.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ lock = threading.RLock()
 it), and by a fork, from before it until after it in the parent; the child has a new one."""
 _fork_held = False
 """Whether the fork under way holds :data:`lock` (it gave up past FORK_WAIT)."""
+_jobs = 0
+"""How many times :data:`lock` was taken for an import or a job (counted under it): which job holds it."""
+_given_up_on: int | None = None
+"""The job (:data:`_jobs` then) a fork waited FORK_WAIT for and gave up on: a later fork that finds it still
+running tries the lock without waiting."""
 
 
 def import_modules(names: Iterable[str]) -> None:
@@ -56,8 +63,11 @@ class _Guarded:
     __slots__ = ("_held",)
 
     def __enter__(self) -> None:
+        global _jobs
         taken = lock  # the one released at the end, whatever a fork in another thread rebinds meanwhile
         self._held = taken if taken.acquire(timeout=FORK_WAIT) else None
+        if self._held is not None:
+            _jobs += 1
 
     def __exit__(self, *exception: object) -> None:
         if self._held is not None:
@@ -67,8 +77,9 @@ class _Guarded:
 def before_fork() -> None:
     """Before a fork (store/process.py's hook): wait for the import or the job under way, and hold off the next
     until :func:`after_fork_in_parent`."""
-    global _fork_held
-    _fork_held = lock.acquire(timeout=FORK_WAIT)
+    global _fork_held, _given_up_on
+    _fork_held = lock.acquire(blocking=False) if _given_up_on == _jobs else lock.acquire(timeout=FORK_WAIT)
+    _given_up_on = None if _fork_held else _jobs
 
 
 def after_fork_in_parent() -> None:
@@ -80,6 +91,7 @@ def after_fork_in_parent() -> None:
 
 def after_fork_in_child() -> None:
     """In the child: a lock of its own (the parent's may be held by a thread the child does not have)."""
-    global lock, _fork_held
+    global lock, _fork_held, _given_up_on
     lock = threading.RLock()
     _fork_held = False
+    _given_up_on = None

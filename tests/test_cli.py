@@ -147,6 +147,45 @@ def test_the_lock_timeout_option_bounds_the_wait_before_a_hand_over(textfile_dir
     assert sample_values(textfile_dir / "fraisier.prom")[errors] == 1
 
 
+def _waits_for(process: subprocess.Popen[str], path: Path) -> bool:
+    """Whether ``process`` has ``path`` open (the lock file: it is trying to take the lock)."""
+    fds = Path(f"/proc/{process.pid}/fd")
+    try:
+        return any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+    except OSError:  # an entry closed meanwhile
+        return False
+
+
+def test_ctrl_c_while_record_waits_for_a_busy_lock_hands_the_event_over(textfile_dir: Path) -> None:
+    """Bug: Ctrl-C while ``fraisier record`` waited for a lock another process held (a user who sees it wait) lost
+    the event: the merge's wait raised KeyboardInterrupt and click said "Aborted!". The API's exit hands its events
+    over on a Ctrl-C (recorder/process.py); the command now does too, says so, and stops as interrupted."""
+    assert run(textfile_dir, "record", "error", "--provider", "p", "--error-type", "seed").exit_code == 0
+    lock = textfile_dir / "fraisier.prom.lock"
+    with lock_held_elsewhere(lock):
+        command = [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "record", "error",
+                   "--provider", "p", "--error-type", "interrupted"]
+        recording = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "FRAISIER_LOCK_WAIT_BUDGET": "600"})
+        try:
+            while not _waits_for(recording, lock):
+                assert recording.poll() is None, recording.communicate()
+                time.sleep(0.01)
+            recording.send_signal(signal.SIGINT)
+            _, stderr = recording.communicate(timeout=60)
+        finally:
+            if recording.poll() is None:
+                recording.kill()
+                recording.wait()
+        assert "Traceback" not in stderr, stderr
+        assert "handed over" in stderr, stderr
+        assert recording.returncode != 0, stderr  # interrupted: a script that runs it stops too
+        assert list((textfile_dir / ".fraisier-handover").glob("*.json"))
+    assert run(textfile_dir, "textfile", "refresh").exit_code == 0
+    errors = 'fraisier_deployment_errors_total{provider="p",error_type="interrupted"}'
+    assert sample_values(textfile_dir / "fraisier.prom")[errors] == 1
+
+
 def test_textfile_show_and_check(textfile_dir: Path) -> None:
     run(
         textfile_dir,

@@ -340,3 +340,42 @@ def test_a_signal_while_the_start_is_being_recorded_reaches_the_command_once_it_
     values = sample_values(textfile / "fraisier.prom")
     assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="signal_SIGTERM"}'] == 1
     assert values['fraisier_active_deployments{provider="bare_metal"}'] == 0
+
+
+WRAPPER_WITH_A_THREAD_STARTED_BEFORE = """
+import sys, threading, time
+# What an agent started at interpreter start-up does (a sitecustomize's APM or profiler, ddtrace-run,
+# opentelemetry-instrument): a thread of its own, started before the wrapper blocks any signal.
+threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+sys.argv = ["fraisier", "--textfile-dir", sys.argv[1], "exec", "--provider", "bare_metal", "--fraise-type", "api",
+            "--", "false"]
+from fraisier_textfile.cli.dispatch import script
+script()
+"""
+
+
+def test_a_thread_started_before_the_wrapper_does_not_make_it_wait_for_ever(textfile_dir: Path) -> None:
+    """Bug: the kernel gives a process-wide signal to any thread that does not block it. A thread started before the
+    wrapper blocked SIGCHLD (an agent's, from sitecustomize) took the command's SIGCHLD whenever the command ended
+    while the wrapper was not inside its wait (a command that ends at once), and dropped it (its default is to ignore
+    it): the wrapper waited for ever, a kill of it only forwarded to a command already gone (a third of the runs
+    here). It now looks at the command between waits too. Several wrappers at once, each with a command that ends at
+    once; every one ends, with the command's status."""
+    wrappers = [subprocess.Popen([sys.executable, "-c", WRAPPER_WITH_A_THREAD_STARTED_BEFORE, str(textfile_dir)],
+                                 stderr=subprocess.DEVNULL) for _ in range(12)]
+    deadline = time.monotonic() + 60
+    try:
+        statuses: list[int | None] = []
+        for wrapper in wrappers:
+            try:
+                statuses.append(wrapper.wait(timeout=max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                statuses.append(None)
+    finally:
+        for wrapper in wrappers:
+            if wrapper.poll() is None:
+                wrapper.kill()
+                wrapper.wait()
+    assert statuses == [1] * len(wrappers)
+    errors = 'fraisier_deployment_errors_total{provider="bare_metal",error_type="exit_code_1"}'
+    assert sample_values(textfile_dir / "fraisier.prom")[errors] == len(wrappers)

@@ -426,3 +426,59 @@ def test_a_child_forked_while_a_thread_of_ours_imports_does_not_hang(
         subprocess.run(["chattr", "-R", "-i", str(textfile_dir)], check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "child done\n", result.stderr
+
+
+FORKS_WHILE_A_REMOVAL_STALLS = textwrap.dedent("""
+    import os, sys, threading
+    from fraisier_textfile import TextfileStore, imports
+    from fraisier_textfile import changes as events
+    from fraisier_textfile.changes import Changes
+
+    directory = sys.argv[1]
+    stalled, go_on = threading.Event(), threading.Event()
+
+    def stalling(call):
+        # The background thread's removals of applied hand-overs (deleted, or renamed for reuse) meet a disk that
+        # stalls (what no test can make for real on demand): each waits until the forks are done.
+        def stalled_call(*arguments, **keywords):
+            if threading.current_thread() is not threading.main_thread():
+                stalled.set()
+                go_on.wait(120)
+            return call(*arguments, **keywords)
+        return stalled_call
+
+    os.unlink, os.rename = stalling(os.unlink), stalling(os.rename)
+    store = TextfileStore(directory)
+    for _ in range(8):  # more than a merge deletes itself: the store's background thread deletes them
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "handed")
+        store.hand_over(changes, durable=False)
+    store.merge(Changes())
+    assert stalled.wait(30), "the background thread did not start deleting"
+
+    def fork():
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    imports.FORK_WAIT = 0.1
+    fork()  # waits for the job under way, then gives up
+    imports.FORK_WAIT = 3600.0  # a fork that waited for that same job again would wait for it in full
+    for _ in range(3):
+        fork()
+    print("forked", flush=True)
+    go_on.set()
+""")
+
+
+def test_forks_during_a_stalled_background_job_wait_for_it_once(textfile_dir: Path) -> None:
+    """Bug: a fork waits (at most imports.FORK_WAIT) for a job of the package's threads under way, which may import;
+    one stalled on the disk (the deletion of applied hand-overs, a flush round's merge) made every fork of the program
+    wait again, a second each: a pre-forking server or a multiprocessing pool started then paid a second per child.
+    A fork that gave up on a job does not wait for that same job again; the job a fork may meet next is waited for."""
+    textfile_dir.mkdir()
+    result = subprocess.run([sys.executable, "-c", FORKS_WHILE_A_REMOVAL_STALLS, str(textfile_dir)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "forked\n", result.stderr

@@ -45,6 +45,12 @@ ends (``$FRAISIER_LOCK_WAIT_BUDGET``, as for the API): past that, the start or t
 merge by any process writes it exactly once), so a stuck lock holder never holds up a deployment or the
 pipeline waiting for its wrapper."""
 
+CHILD_LOOK_INTERVAL = 1.0
+"""Seconds between looks at the command while no signal comes. Its end is a SIGCHLD, but the kernel gives a signal
+sent to the process to any thread that does not block it: a thread started before this process blocked SIGCHLD
+(an agent's, started by a sitecustomize: an APM, a profiler) takes it when the command ends while this thread is not
+inside its wait, and drops it (SIGCHLD is ignored by default). Without a look the wait would never end."""
+
 # si_code values of Linux's siginfo (<asm-generic/siginfo.h>): who sent a signal.
 _SI_USER = 0  # kill(2), to a process or to a process group
 _SI_KERNEL = 0x80  # the kernel itself: a terminal's ^C, ^\, ^Z go to its foreground process group this way
@@ -370,7 +376,10 @@ def _supervise(command: Sequence[str], original_mask: set[int]) -> tuple[int, st
     status = None
     try:
         while status is None:
-            info = signal.sigwaitinfo(waited)
+            info = signal.sigtimedwait(waited, CHILD_LOOK_INTERVAL)
+            if info is None:  # its SIGCHLD may have gone to a thread that does not block it: looked at
+                status = _child_status(child.pid, terminal)
+                continue
             signum = info.si_signo
             if signum == signal.SIGCHLD:
                 status = _child_status(child.pid, terminal)

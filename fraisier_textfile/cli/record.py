@@ -57,6 +57,19 @@ def _record(settings: Settings, event: Callable[..., None], *arguments: object) 
     try:
         store.merge_or_hand_over(changes, wait)
         return
+    except KeyboardInterrupt:
+        # Ctrl-C while the merge waited for a busy lock (a user who sees the command wait): do not wait, but keep the
+        # event, as the API's exit does (recorder/process.py). Only the merge's commit empties ``changes``: an
+        # interrupt held back until after it finds them empty, and nothing is handed over twice.
+        if changes:
+            try:
+                store.hand_over(changes)
+            except Exception as error:
+                click.echo(f"interrupted: the event was not recorded: {_described(error, store.path)}", err=True)
+            else:
+                click.echo(f"interrupted: the event was handed over to the next merge of {store.path} instead of "
+                           "waiting for its lock", err=True)
+        raise
     except UnexpectedFileError as error:
         if error.path in (store.path, store.lock_path):
             # Something else where the file or its lock should be (a symlink into node_exporter's directory, say):
