@@ -4,7 +4,7 @@ Why: a merge used to delete every hand-over it applied, and each writer made a n
 file and a deleted one cost more than their bytes. On an ext4 without a journal the inode allocator skips, and
 reads the deletion time of, every inode freed in the last minutes; on a filesystem mounted with ``discard`` each
 deletion waits for the device to discard the file's blocks; and both hold the directory's lock, on which every
-other writer of the directory queues (bench/README.md, "Spent hand-overs"). So a merge renames an applied
+other writer of the directory queues (bench/README.md, "bench_handover.py"). So a merge renames an applied
 hand-over ``<id>.json`` to ``<id>.spent`` instead (:func:`retire`), and the process that wrote it takes it back
 for its next hand-over (:func:`claim`): a rename, the new bytes over the old, a rename. Only where that pays
 (:func:`pays`): on a journaled ext4 or a tmpfs a new file costs two system calls and little else, and taking one
@@ -93,7 +93,7 @@ _paying: dict[str, bool] = {}
 
 def pays(directory: fs.Directory) -> bool:
     """Whether hand-overs are taken back in ``directory`` (see SETTING). Where a new file and a deletion cost
-    little (a journaled ext4, tmpfs), taking one back costs more: five system calls where a new file costs two,
+    little (a journaled ext4, tmpfs), taking one back costs more: seven system calls where a new file costs two,
     and in bench_floor's race on a journaled ext4 its p99 was 1.2x main's (bench/README.md)."""
     setting = os.environ.get(SETTING, "auto")
     if setting in ("on", "off"):
