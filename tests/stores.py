@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
@@ -55,3 +57,53 @@ def handovers_left(textfile_dir: Path) -> list[str]:
     return sorted(name for name in os.listdir(textfile_dir / handovers.HANDOVER_DIRECTORY)
                   if name != handovers.SEQUENCE_FILE and not name.endswith(handover_reuse.SUFFIX)
                   and ".left-v" not in name)
+
+
+class ListingOrder:
+    """What merges do, in order, to the files one list of the textfile's bookkeeping lines accounts for (``key``:
+    ``applied-handovers``, ``retired-markers``), in ``directory``: ``("sync", "")`` an fsync of that directory,
+    ``("removed", id)`` a file named ``<id><suffix>`` deleted or renamed away, ``("listed", words)`` the list in a
+    new version of ``textfile`` (a file name) as it is renamed into place. Recorded by wrapping os's functions,
+    which still do what they do, until ``monkeypatch.undo()``."""
+
+    def __init__(self, monkeypatch: Any, directory: Path, textfile: str, key: str, suffix: str = "") -> None:
+        self.steps: list[tuple[str, str]] = []
+        watched = os.stat(directory)
+        fsync, unlink, rename, replace = os.fsync, os.unlink, os.rename, os.replace
+
+        def inside(descriptor: int | None) -> bool:
+            return descriptor is not None and os.path.samestat(os.fstat(descriptor), watched)
+
+        def removed(name: str, descriptor: int | None) -> None:
+            if inside(descriptor) and name.endswith(suffix) and not name.startswith("."):
+                self.steps.append(("removed", name[: len(name) - len(suffix)]))
+
+        def noting_fsync(descriptor: int) -> None:
+            synced = inside(descriptor)
+            fsync(descriptor)
+            if synced:
+                self.steps.append(("sync", ""))
+
+        def noting_unlink(path: str, *, dir_fd: int | None = None) -> None:
+            unlink(path, dir_fd=dir_fd)
+            removed(path, dir_fd)
+
+        def noting(move: Callable[..., None]) -> Callable[..., None]:
+            def moved(source: str, destination: str, *, src_dir_fd: int | None = None,
+                      dst_dir_fd: int | None = None) -> None:
+                listed = None
+                if destination == textfile:
+                    content = Path(source if src_dir_fd is None else f"/proc/self/fd/{src_dir_fd}/{source}")
+                    listed = " ".join(line.split(":", 1)[1] for line in content.read_text().splitlines()
+                                      if line.startswith(f"# fraisier_textfile {key}:"))
+                move(source, destination, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+                removed(source, src_dir_fd)
+                if listed is not None:
+                    self.steps.append(("listed", listed))
+
+            return moved
+
+        monkeypatch.setattr(os, "fsync", noting_fsync)
+        monkeypatch.setattr(os, "unlink", noting_unlink)
+        monkeypatch.setattr(os, "rename", noting(rename))
+        monkeypatch.setattr(os, "replace", noting(replace))

@@ -14,7 +14,6 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +21,7 @@ from fraisier_textfile import TextfileStore
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import fs, handover_order, handover_reuse, handovers
 
-from .stores import handovers_left
+from .stores import ListingOrder, handovers_left
 from .test_handover_aside import one
 from .test_handovers import error_count
 from .test_hostile_entries import within
@@ -444,44 +443,9 @@ def test_an_applied_hand_over_leaves_the_list_only_once_its_removal_is_durable(
     store = TextfileStore(textfile_dir)
     for number in range(3):
         store.hand_over(one(f"handed_{number}"), durable=False)
-    handover_directory = os.stat(directory_of(textfile_dir))
-    steps: list[tuple[str, str]] = []
-    fsync, unlink, rename, replace = os.fsync, os.unlink, os.rename, os.replace
-
-    def in_handovers(descriptor: int | None) -> bool:
-        return descriptor is not None and os.path.samestat(os.fstat(descriptor), handover_directory)
-
-    def noting_fsync(descriptor: int) -> None:
-        synced = in_handovers(descriptor)
-        fsync(descriptor)
-        if synced:
-            steps.append(("sync", ""))
-
-    def noting_unlink(path: str, *, dir_fd: int | None = None) -> None:
-        unlink(path, dir_fd=dir_fd)
-        if in_handovers(dir_fd) and path.endswith(handovers.SUFFIX):
-            steps.append(("removed", path[: -len(handovers.SUFFIX)]))
-
-    def noting(move: Any) -> Any:
-        def moved(source: str, destination: str, *, src_dir_fd: int | None = None,
-                  dst_dir_fd: int | None = None) -> None:
-            listed = None
-            if destination == store.path.name:
-                content = Path(source if src_dir_fd is None else f"/proc/self/fd/{src_dir_fd}/{source}").read_text()
-                listed = " ".join(line.split(":", 1)[1] for line in content.splitlines()
-                                  if line.startswith(f"# fraisier_textfile {handovers.APPLIED.key}:"))
-            move(source, destination, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
-            if in_handovers(src_dir_fd) and source.endswith(handovers.SUFFIX) and not source.startswith("."):
-                steps.append(("removed", source[: -len(handovers.SUFFIX)]))
-            if listed is not None:
-                steps.append(("listed", listed))
-
-        return moved
-
-    monkeypatch.setattr(os, "fsync", noting_fsync)
-    monkeypatch.setattr(os, "unlink", noting_unlink)
-    monkeypatch.setattr(os, "rename", noting(rename))
-    monkeypatch.setattr(os, "replace", noting(replace))
+    order = ListingOrder(monkeypatch, directory_of(textfile_dir), store.path.name, handovers.APPLIED.key,
+                         handovers.SUFFIX)
+    steps = order.steps
     store.merge(Changes())  # applies them, lists them, retires them after its commit
     assert handovers.wait_for_removals()
     store.merge(one("later"))  # finds them gone: drops them from the list

@@ -14,7 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import fraisier_textfile
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
 from .processes import binary, require
+from .stores import ListingOrder
 from .values import sample_values
 
 WORKERS = Path(__file__).with_name("marker_workers.py")
@@ -365,42 +366,8 @@ def test_a_retired_marker_leaves_the_list_only_once_its_removal_is_durable(
 
     store = TextfileStore(textfile_dir)
     deployment = store.start_deployment("bare_metal", "api", lambda error, where: pytest.fail(str(error)))
-    markers = os.stat(textfile_dir / MARKER_DIRECTORY)
-    steps: list[tuple[str, str]] = []
-    fsync, unlink, rename, replace = os.fsync, os.unlink, os.rename, os.replace
-
-    def in_markers(descriptor: int | None) -> bool:
-        return descriptor is not None and os.path.samestat(os.fstat(descriptor), markers)
-
-    def noting_fsync(descriptor: int) -> None:
-        synced = in_markers(descriptor)
-        fsync(descriptor)
-        if synced:
-            steps.append(("sync", ""))
-
-    def noting_unlink(path: str, *, dir_fd: int | None = None) -> None:
-        unlink(path, dir_fd=dir_fd)
-        if in_markers(dir_fd) and not path.startswith("."):
-            steps.append(("removed", path))
-
-    def noting(move: Callable[..., None]) -> Callable[..., None]:
-        def moved(source: str, destination: str, *, src_dir_fd: int | None = None,
-                  dst_dir_fd: int | None = None) -> None:
-            listed = None
-            if destination == store.path.name:
-                content = Path(f"/proc/self/fd/{src_dir_fd}/{source}" if src_dir_fd is not None else source)
-                listed = " ".join(line.split(":", 1)[1] for line in content.read_text().splitlines()
-                                  if line.startswith(f"# fraisier_textfile {RETIRED_MARKERS.key}:"))
-            move(source, destination, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
-            if listed is not None:
-                steps.append(("listed", listed))
-
-        return moved
-
-    monkeypatch.setattr(os, "fsync", noting_fsync)
-    monkeypatch.setattr(os, "unlink", noting_unlink)
-    monkeypatch.setattr(os, "rename", noting(rename))
-    monkeypatch.setattr(os, "replace", noting(replace))
+    order = ListingOrder(monkeypatch, textfile_dir / MARKER_DIRECTORY, store.path.name, RETIRED_MARKERS.key)
+    steps = order.steps
     end = Changes()
     events.deployment_complete(end, "bare_metal", "api", "success", 1.0)
     events.deployment_ended(end, "bare_metal", deployment)
