@@ -54,6 +54,13 @@ def id_for(sequence: int) -> str:
     return f"s{sequence:0{_SEQUENCE_DIGITS}d}-{os.getpid()}-{os.urandom(6).hex()}"
 
 
+def writer_of(handover_id: str) -> int | None:
+    """The pid of the process that wrote the hand-over ``handover_id`` (see :func:`id_for`), None for an id of
+    another shape (an earlier version's)."""
+    parts = handover_id.split("-")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
 def sequence_of(handover_id: str) -> int | None:
     if handover_id[:1] != "s":
         return None

@@ -286,7 +286,7 @@ def remove_stale(directory: fs.Directory, names: Iterable[str]) -> None:
             status = directory.lstat(name)
             if status is None:
                 continue
-            if now - status.st_ctime <= SPENT_STALE_SECONDS and _writer_alive(name):
+            if now - status.st_ctime <= SPENT_STALE_SECONDS and _writer_alive(name[: -len(SUFFIX)]):
                 continue
             directory.unlink(name)
         except OSError as error:
@@ -294,16 +294,18 @@ def remove_stale(directory: fs.Directory, names: Iterable[str]) -> None:
                 log.debug("cannot remove the spent hand-over %s: %s", directory.path_of(name), error.strerror)
 
 
-def _writer_alive(name: str) -> bool:
-    """Whether the process that wrote the hand-over ``name`` (an id, or a spent file's name) may still take it back
-    (its pid is in the id, handover_order.id_for). A pid reused by another process keeps a spent file until
-    SPENT_STALE_SECONDS; one of another pid namespace (a container sharing the directory) reads as gone, or as
-    that namespace's other process: the file is then deleted, or kept until SPENT_STALE_SECONDS."""
-    parts = name.split("-")
-    if len(parts) != 3 or not parts[1].isdigit():
+def _writer_alive(handover_id: str) -> bool:
+    """Whether the process that wrote the hand-over ``handover_id`` may still take it back (handover_order.writer_of).
+    A pid reused by another process keeps a spent file until SPENT_STALE_SECONDS; one of another pid namespace (a
+    container sharing the directory) reads as gone, or as that namespace's other process: the file is then
+    deleted, or kept until SPENT_STALE_SECONDS."""
+    from fraisier_textfile.store.handover_order import writer_of
+
+    pid = writer_of(handover_id)
+    if pid is None:
         return False
     try:
-        os.kill(int(parts[1]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
