@@ -235,3 +235,38 @@ def test_threads_sharing_a_store_each_read_what_their_own_call_left(textfile_dir
     store.merge_waiting()
     values = sample_values(store.path)
     assert [error_count(values, name) for name in ("waiting", "first", "second")] == [1, 1, 1]
+
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_signal_while_a_call_waits_for_a_busy_lock_is_handled_in_the_wait_before_any_hand_over(
+    textfile_dir: Path,
+) -> None:
+    """The call's hold of signal handlers (one for the whole merge_or_hand_over) still lets the lock wait run them:
+    an alarm whose handler raises ends the wait at once, the changes still the caller's and nothing handed over, as
+    when the merge's own hold was the outer one; not at the end of the call, after a hand-over the caller never
+    knew of."""
+    import signal
+
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "interrupted")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with lock_held_elsewhere(store.lock_path):
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(Interrupted):
+                store.merge_or_hand_over(changes, wait=30, follow_up=False)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert changes
+    assert not (textfile_dir / handovers.HANDOVER_DIRECTORY).exists() or handovers_left(textfile_dir) == []

@@ -58,6 +58,19 @@ def test_signals_held_back_within_another_hold_run_once_at_the_outer_end() -> No
         assert seen == ["inner ended", "inside", "handled", "handled"]
 
 
+
+def test_a_safe_point_within_another_hold_runs_the_handlers_the_outer_hold_noted() -> None:
+    """A record call holds signals back for its whole call (GroupCommit.merge_or_hand_over), its merge's hold within
+    it: the merge's safe point (the lock wait) runs the handlers of the signals noted meanwhile then, as it did when
+    the merge's hold was the outer one, not only at the end of the call."""
+    seen: list[str] = []
+    with noting_sigusr1(seen):
+        with DeferredSignals(), DeferredSignals() as inner:
+            signalled()
+            inner.deliver()
+            seen.append("delivered")
+        assert seen == ["handled", "delivered"]
+
 FORK_FROM_A_THREAD_WHILE_MAIN_MERGES = """
 import os, signal, subprocess, sys, threading, time
 directory = sys.argv[1]

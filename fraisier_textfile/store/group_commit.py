@@ -151,8 +151,10 @@ class GroupCommit:
         if it were busy (the caller knows that writers race, and leaves the merge of everyone's hand-overs to its
         follow-up); :attr:`joined` says whether it did."""
         # One descriptor of the directory, checked once (for root, every directory of the path), for the look at the
-        # counter, the try, the hand-over and the try once more.
-        with self.file.open_directory() as textfile:
+        # counter, the try, the hand-over and the try once more. Signal handlers are held back by one hold for the
+        # whole call (the walk's, the merge's and the looks' holds are then within it: each swap of the handlers is
+        # two system calls a handler), delivered while the lock is waited for and at the end.
+        with DeferredSignals(), self.file.open_directory() as textfile:
             calls = self._calls
             calls.joined = join and self._numbered_in(textfile)
             if not calls.joined:

@@ -71,7 +71,12 @@ class DeferredSignals:
         self._noted.append(signum)
 
     def deliver(self) -> None:
-        """A safe point: run the handlers of the signals noted so far (they may raise)."""
+        """A safe point: run the handlers of the signals noted so far (they may raise). Within another hold of this
+        thread, that one's: it notes every signal meanwhile."""
+        holding = process.holding_signals
+        if holding is not None and holding is not self and holding.thread == threading.get_ident():
+            holding.deliver()
+            return
         while self._noted:
             signum = self._noted.pop(0)
             self._replaced[signum](signum, None)
