@@ -150,3 +150,36 @@ def test_a_handler_that_raises_right_after_an_open_of_the_merges_look_at_its_dir
         textfile.open_directory().close()
     gc.collect()
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_within_a_call_the_closing_thread_is_handed_its_work_at_the_end_and_before_the_next_merge(
+    textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record call (GroupCommit.merge_or_hand_over) hands the thread that closes the version its merge replaced
+    its work once the call is done, not while the call finishes; a second merge within the call hands the first's
+    before it starts, so that it never finds an fsync owed that no thread makes. Every version is closed in the end."""
+    from fraisier_textfile.changes import Changes
+    from fraisier_textfile.store import process
+
+    store = TextfileStore(textfile_dir)
+    store.merge(Changes())
+    handed: list[int] = []
+    hand = files.Closer.hand
+
+    def noting(closer: files.Closer, versions: list[files.FileVersion], synced: int = -1) -> None:
+        handed.append(len(versions))
+        hand(closer, versions, synced)
+
+    monkeypatch.setattr(files.Closer, "hand", noting)
+    with files.CloseAfterCall():
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "first")
+        store.merge(changes)
+        assert handed == []
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "second")
+        store.merge(changes)
+        assert handed == [1]
+    assert handed == [1, 1]
+    assert process.wait_for_closes(10)
+    assert not process.replaced_versions

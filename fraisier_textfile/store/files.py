@@ -14,6 +14,7 @@ import errno
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -168,17 +169,60 @@ def close_off_path(versions: list[FileVersion], closer: Closer | None = None,
                 synced = process.syncing_started(os.dup(durable.descriptor))
         except OSError:  # no descriptor to be had: made durable here, as the caller's wait
             durable.fsync()
-    if closer is not None:
-        closer.hand(handed, synced)
+    if closer is None and not handed and synced < 0:
         return
-    if not handed and synced < 0:
-        return
-    try:
-        closer = Closer()
-    except RuntimeError:
-        _close_all(handed, synced)
-        return
-    closer.hand(handed, synced)
+    if _handing.depth:
+        _handing.pending.append((closer, handed, synced))
+    else:
+        _hand(closer, handed, synced)
+
+
+def _hand(closer: Closer | None, versions: list[FileVersion], synced: int) -> None:
+    """Hand ``closer`` (None: a thread started now) the closes and the fsync of :func:`close_off_path`."""
+    if closer is None:
+        try:
+            closer = Closer()
+        except RuntimeError:
+            _close_all(versions, synced)
+            return
+    closer.hand(versions, synced)
+
+
+class _Handing(threading.local):
+    """The closers a thread's call has not handed their work yet (see :class:`CloseAfterCall`)."""
+
+    depth = 0
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Closer | None, list[FileVersion], int]] = []
+
+
+_handing = _Handing()
+
+
+class CloseAfterCall:
+    """Within it, :func:`close_off_path` hands the closing thread its work at the end, not at once: the thread wakes
+    once the caller's call is done, rather than take turns with it for the interpreter's lock (the GIL) while the
+    call finishes (its release, its look for hand-overs). Nested: the outermost hands. A merge started meanwhile
+    hands what is pending first (:func:`hand_pending`), so that it never finds an fsync owed that no thread is
+    making."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _handing.depth += 1
+
+    def __exit__(self, *exception: object) -> None:
+        _handing.depth -= 1
+        if not _handing.depth:
+            hand_pending()
+
+
+def hand_pending() -> None:
+    """Hand the closers of this thread their work now (see :class:`CloseAfterCall`)."""
+    pending = _handing.pending
+    while pending:
+        _hand(*pending.pop(0))
 
 
 def replacing(version: FileVersion, versions: list[FileVersion]) -> None:

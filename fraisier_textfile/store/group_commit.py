@@ -19,6 +19,7 @@ from fraisier_textfile import logger
 from fraisier_textfile.errors import FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.store import fs, handovers
 from fraisier_textfile.store.changes import Changes
+from fraisier_textfile.store.files import CloseAfterCall
 from fraisier_textfile.store.signals import DeferredSignals
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class GroupCommit:
         """TextfileStore.merge."""
         # Opened and checked once for the merge and for the look for late hand-overs after it: for root, the
         # check looks at every directory on the path.
-        with self.file.open_directory() as textfile:
+        with CloseAfterCall(), self.file.open_directory() as textfile:
             self.merge_in(textfile, changes, timeout)
 
     def merge_in(self, textfile: fs.Directory, changes: Changes, timeout: float, look: bool = True) -> None:
@@ -153,8 +154,9 @@ class GroupCommit:
         # One descriptor of the directory, checked once (for root, every directory of the path), for the look at the
         # counter, the try, the hand-over and the try once more. Signal handlers are held back by one hold for the
         # whole call (the walk's, the merge's and the looks' holds are then within it: each swap of the handlers is
-        # two system calls a handler), delivered while the lock is waited for and at the end.
-        with DeferredSignals(), self.file.open_directory() as textfile:
+        # two system calls a handler), delivered while the lock is waited for and at the end. The replaced
+        # version's closing thread is handed its work once the call is done (files.CloseAfterCall).
+        with DeferredSignals(), CloseAfterCall(), self.file.open_directory() as textfile:
             calls = self._calls
             calls.joined = join and self._numbered_in(textfile)
             if not calls.joined:

@@ -49,6 +49,7 @@ from fraisier_textfile.store.files import (
     Textfile,
     close_off_path,
     close_written,
+    hand_pending,
     kept,
     replacing,
     unlink_quietly,
@@ -191,6 +192,7 @@ class Transaction:
     def run(self, changes: Changes, timeout: float, textfile: fs.Directory) -> None:
         """One merge of ``changes`` into the textfile directory held by ``textfile`` (open and checked), waiting
         at most ``timeout`` seconds for the lock (see the module's note)."""
+        hand_pending()  # a merge before it in this call (files.CloseAfterCall): its fsync owed is under way first
         deadline = time.monotonic() + timeout
         participants = self.participants
         runs = self._runs
@@ -293,11 +295,13 @@ class Transaction:
         """What the merge does while the device writes its new version back, before the fsync waits for it
         (files.start_writeback), given the temporary's name; None: nothing. The check of the claims the file was
         read on (vouching.py); and, when due, the look for killed writers' temporaries, all but the one being
-        written (under the lock still, where no live writer has one); and the start of the thread that closes the
-        version it replaces after the rename, and makes that rename durable when nothing else waits for it
-        (files.close_off_path)."""
+        written (under the lock still, where no live writer has one); and, with either, the start of the thread that
+        closes the version it replaces after the rename, and makes that rename durable when nothing else waits for
+        it (files.close_off_path). With neither (a warm merge), None: the writeback is left to the fsync, whose own
+        start of it costs less than a separate one with nothing to overlap it, and the thread starts once the call
+        is done (files.CloseAfterCall; bench/README.md has the comparison)."""
         litter = self._litter_due
-        if check is None and not litter and not self._replaced:
+        if check is None and not litter:
             return None
 
         def work(temporary: str) -> None:
