@@ -186,3 +186,59 @@ def test_a_child_forked_while_another_thread_takes_or_lets_go_of_the_lock_can_ta
     thread.join(10)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_lock_file_replaced_between_two_merges_is_locked_anew_not_the_one_kept_open(tmp_path: Path) -> None:
+    """A lock keeps its file open between merges: the next merge must lock the file now of that name, or it would
+    hold an inode nobody else locks while another process holds the new file's lock."""
+    path = tmp_path / "fraisier.prom.lock"
+    lock = Lock(path)
+    lock.acquire(time.monotonic() + 5, 5, lambda: None)
+    lock.release()
+    path.unlink()  # an admin "removing a stale lock", or a tmp cleaner
+    holder = start_holder(path)
+    try:
+        with pytest.raises(LockTimeoutError):
+            lock.acquire(time.monotonic() + 0.3, 0.3, lambda: None)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    lock.acquire(time.monotonic() + 5, 5, lambda: None)
+    assert lock.is_held()
+    lock.release()
+
+
+FORK_AFTER_A_MERGE = """
+import os, sys, time
+from fraisier_textfile.errors import LockTimeoutError
+from fraisier_textfile.store.lock import Lock
+lock = Lock(sys.argv[1])
+lock.acquire(time.monotonic() + 5, 5, lambda: None)
+lock.release()  # its file stays open, unlocked, for the next merge
+reading, writing = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(writing)
+    os.read(reading, 1)  # the parent holds the lock now
+    try:
+        lock.acquire(time.monotonic() + 0.5, 0.5, lambda: None)
+    except LockTimeoutError:
+        os._exit(0)
+    os._exit(1)  # it took a lock its parent holds
+os.close(reading)
+lock.acquire(time.monotonic() + 5, 5, lambda: None)
+os.write(writing, b"x")
+_, status = os.waitpid(pid, 0)
+lock.release()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_forked_between_two_merges_never_takes_the_lock_its_parent_holds(tmp_path: Path) -> None:
+    """The descriptor kept open between merges is one open file with the child's copy: a flock through it by the child
+    would be the parent's own lock, taken again, never a conflict. The child opens the file anew."""
+    path = tmp_path / "fraisier.prom.lock"
+    done = subprocess.run([sys.executable, "-c", FORK_AFTER_A_MERGE, str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr

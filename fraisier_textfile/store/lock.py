@@ -64,13 +64,23 @@ class Lock:
     "removing a stale lock"), the next writer creates and locks a new inode while we still hold the old one,
     and both merge at once. So, once locked, the descriptor's inode must be the one of that name; if not, it
     is unlocked and the file now of that name is locked instead. Threads of one process take turns first
-    (flock locks belong to a descriptor, not a thread)."""
+    (flock locks belong to a descriptor, not a thread).
+
+    Between two merges the descriptor stays open, unlocked (:attr:`_kept`): the next merge locks it and checks that
+    it is still the file of that name in the directory it was given, as every merge checks the file it locked; the
+    open, its look first and the close are then a process's first merge's only (a warm merge is a few hundred
+    microseconds of work in all). A forked child closes its copy (:meth:`renew_in_child`): it shares the parent's
+    open file, and a flock on it would be the parent's own, never a conflict."""
 
     def __init__(self, path: fs.PathName) -> None:
         self.path = os.fspath(path)
         """For messages: the file is opened by its name in the directory held (see :meth:`acquire`)."""
         self.name = os.path.basename(self.path)
         self._descriptor = -1
+        self._identity: tuple[int, int] = (-1, -1)
+        """The device and inode of the file of ``_descriptor`` (or of ``_kept``), as its open found them."""
+        self._kept = -1
+        """The descriptor of the lock file, unlocked, kept open since the last release (-1: none)."""
         self._directory: fs.Directory | None = None
         self._own_directory = False
         # Reentrant: a signal handler run while this thread waits for the lock may itself merge.
@@ -114,9 +124,10 @@ class Lock:
             # would leave the lock held by its copy.
             fcntl.flock(descriptor, fcntl.LOCK_UN)
         except OSError:
-            pass
+            os.close(descriptor)  # unlocked by the close, as before (no child has it: see renew_in_child)
+        else:
+            self._kept = descriptor  # for the next merge (see the class's note)
         finally:
-            os.close(descriptor)
             self._let_go_of_directory()
             self._threads.release()
 
@@ -128,6 +139,7 @@ class Lock:
         descriptor, self._descriptor = self._descriptor, -1
         if descriptor >= 0:
             os.close(descriptor)
+        self._close_kept()
         self._let_go_of_directory()
         self._threads = threading.RLock()
 
@@ -138,6 +150,16 @@ class Lock:
         :meth:`forget_in_child`); every wait of the child for it would time out."""
         if not self._threads._is_owned():  # type: ignore[attr-defined]
             self._threads = threading.RLock()
+        if self._descriptor < 0:  # not held by the forking thread: its kept descriptor is the parent's open file
+            self._close_kept()
+
+    def _close_kept(self) -> None:
+        kept, self._kept = self._kept, -1
+        if kept >= 0:
+            try:
+                os.close(kept)
+            except OSError:
+                pass
 
     def _let_go_of_directory(self) -> None:
         directory, self._directory = self._directory, None
@@ -153,10 +175,15 @@ class Lock:
             attempts += 1
             descriptor = -1
             try:
-                # Signal handlers held back until the number is kept (a merge holds them already; a caller of its
-                # own may not): one that raises right after the open would leave the lock file open for good.
-                with DeferredSignals():
-                    self._descriptor = descriptor = self._open(directory)
+                if self._kept >= 0:  # the file locked last, still open (see the class's note)
+                    self._descriptor = descriptor = self._kept
+                    self._kept = -1
+                else:
+                    # Signal handlers held back until the number is kept (a merge holds them already; a caller of
+                    # its own may not): one that raises right after the open would leave the lock file open for good.
+                    with DeferredSignals():
+                        descriptor, self._identity = self._open(directory)
+                        self._descriptor = descriptor
                 while not try_lock(descriptor, self.path):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -164,7 +191,7 @@ class Lock:
                     time.sleep(min(delay, remaining))
                     delay = min(delay * 2, LONGEST_POLL)
                     safe_point()
-                if self._is_at_path(directory, descriptor):
+                if self._is_at_path(directory):
                     return descriptor
             except BaseException:
                 self._descriptor = -1
@@ -172,11 +199,17 @@ class Lock:
                     os.close(descriptor)
                 raise
             self._descriptor = -1
-            os.close(descriptor)  # removed or replaced while we waited: lock the file of that name now
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_UN)  # explicitly, as release does
+            except OSError:
+                pass
+            # Removed or replaced (while we waited, or since it was kept): lock the file of that name now.
+            os.close(descriptor)
             if attempts >= 3 and time.monotonic() > deadline:
                 raise LockTimeoutError(self.path, timeout)
 
-    def _open(self, directory: fs.Directory) -> int:
+    def _open(self, directory: fs.Directory) -> tuple[int, tuple[int, int]]:
+        """The lock file opened in ``directory``, and its device and inode."""
         try:
             status = directory.lstat(self.name)
         except OSError as error:
@@ -214,7 +247,7 @@ class Lock:
         except BaseException:
             os.close(descriptor)
             raise
-        return descriptor
+        return descriptor, (status.st_dev, status.st_ino)
 
     def _open_or_make(self, directory: fs.Directory) -> tuple[int, bool]:
         """The lock file opened, and whether this process made it (O_EXCL: what it made, and only that, gets its
@@ -234,7 +267,7 @@ class Lock:
         """Whether another holder has the lock now: one try without waiting, let go of at once if it succeeds
         (a probe, for a hand-over's try once more: see TextfileStore.merge_or_hand_over). A holder in this process
         counts (its descriptor is another open file: flock makes them conflict)."""
-        descriptor = self._open(directory)
+        descriptor, _ = self._open(directory)
         try:
             if not try_lock(descriptor, self.path):
                 return True
@@ -246,15 +279,16 @@ class Lock:
     def is_held(self) -> bool:
         """Whether this process holds the lock of the file now of the lock's name (see :class:`Lock`)."""
         directory = self._directory
-        return self._descriptor >= 0 and directory is not None and self._is_at_path(directory, self._descriptor)
+        return self._descriptor >= 0 and directory is not None and self._is_at_path(directory)
 
-    def _is_at_path(self, directory: fs.Directory, descriptor: int) -> bool:
+    def _is_at_path(self, directory: fs.Directory) -> bool:
+        """Whether the file named as the lock in ``directory`` is the one the lock's descriptor has open (its device
+        and inode as :meth:`_open` found them)."""
         try:
             at_path = directory.lstat(self.name)
-            locked = os.fstat(descriptor)
         except OSError as error:
             raise write_error(self.path, "use the lock file", error) from None
-        return at_path is not None and (at_path.st_dev, at_path.st_ino) == (locked.st_dev, locked.st_ino)
+        return at_path is not None and (at_path.st_dev, at_path.st_ino) == self._identity
 
 
 _OPEN_LOCK = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
