@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,20 +34,27 @@ def start_holder(path: Path) -> subprocess.Popen[str]:
     return holder
 
 
-def test_a_lock_another_process_holds_times_out_and_is_taken_once_it_lets_go(tmp_path: Path) -> None:
-    path = tmp_path / "fraisier.prom.lock"
+@contextmanager
+def held_by_another_process(path: Path) -> Iterator[None]:
+    """``path``'s flock held by another process until the block ends."""
     holder = start_holder(path)
     try:
-        lock = Lock(path)
+        yield
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_a_lock_another_process_holds_times_out_and_is_taken_once_it_lets_go(tmp_path: Path) -> None:
+    path = tmp_path / "fraisier.prom.lock"
+    lock = Lock(path)
+    with held_by_another_process(path):
         with pytest.raises(LockTimeoutError):
             lock.acquire(time.monotonic() + 0.2, 0.2, lambda: None)
         descriptor = os.open(path, os.O_RDWR)
         assert not try_lock(descriptor, path)
         os.close(descriptor)
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=30)
     lock.acquire(time.monotonic() + 30, 30, lambda: None)
     assert lock.is_held()
     lock.release()
@@ -196,14 +205,8 @@ def test_a_lock_file_replaced_between_two_merges_is_locked_anew_not_the_one_kept
     lock.acquire(time.monotonic() + 5, 5, lambda: None)
     lock.release()
     path.unlink()  # an admin "removing a stale lock", or a tmp cleaner
-    holder = start_holder(path)
-    try:
-        with pytest.raises(LockTimeoutError):
-            lock.acquire(time.monotonic() + 0.3, 0.3, lambda: None)
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=30)
+    with held_by_another_process(path), pytest.raises(LockTimeoutError):
+        lock.acquire(time.monotonic() + 0.3, 0.3, lambda: None)
     lock.acquire(time.monotonic() + 5, 5, lambda: None)
     assert lock.is_held()
     lock.release()
