@@ -197,7 +197,7 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
 
     warm_directory = copy_of(master, root / f"{series}" / "warm").parent
     floor_path = copy_of(master, root / f"{series}" / "floor")
-    warm, _ = run_worker(package, "warm", warm_directory, floor_path, repetitions * 8)
+    warm, _ = run_worker(package, "warm", warm_directory, floor_path, repetitions * 16)
 
     fresh_directory = copy_of(master, root / f"{series}" / "fresh").parent
     fresh_floor_path = copy_of(master, root / f"{series}" / "fresh-floor")
