@@ -140,9 +140,19 @@ def _check_utf8(view: memoryview, start: int, end: int) -> None:
 
 def word(name: str, header: Segment | None, body: Sequence[Segment]) -> str:
     """One block's word of the line (see :meth:`Words.render`)."""
-    fields = [name, RAW if header is None else _segment_text(header)]
-    fields += [f"{length}.{crc:08x}" for length, crc in body]  # _segment_text's, without a call a segment
-    return "/".join(fields)
+    texts = _segment_texts
+    if len(texts) > _SEGMENT_TEXTS:
+        texts.clear()
+    known = texts.get
+    # A merge changes a few of a family's segments: the texts of the others are the same strings again.
+    fields = [known(segment) or texts.setdefault(segment, _segment_text(segment)) for segment in body]
+    head = f"{name}/{RAW if header is None else _segment_text(header)}"
+    return f"{head}/{'/'.join(fields)}" if fields else head
+
+
+_segment_texts: dict[Segment, str] = {}
+"""The text of each segment written lately (see :func:`word`), forgotten past :data:`_SEGMENT_TEXTS` of them."""
+_SEGMENT_TEXTS = 4096
 
 
 class Words:

@@ -309,23 +309,22 @@ def write_parts(descriptor: int, parts: Iterable[bytes | memoryview]) -> None:
     """Write ``parts`` with writev(2), up to IOV_MAX at a time: the spans of the file read go from where they
     are, never joined into one copy of the file (a merge of a large file would need twice its size), and a
     fresh merge of a large file makes one system call instead of one per part."""
-    pending = [memoryview(part) for part in parts if part]
+    pending = parts if isinstance(parts, list) else list(parts)
     while pending:
-        batch = pending[:_IOV_MAX]
-        written = os.writev(descriptor, batch)
-        if not written:  # not for a regular file (a full disk raises ENOSPC): never loop on it
-            raise OSError(errno.EIO, "write(2) wrote nothing")
-        if written == sum(map(len, batch)):  # all of it, as a regular file takes it: no part to look at
+        batch = pending[:_IOV_MAX] if len(pending) > _IOV_MAX else pending
+        size = sum(map(len, batch))
+        written = os.writev(descriptor, batch) if size else 0
+        if written == size:  # all of it, as a regular file takes it: no part to look at
             pending = pending[len(batch) :]
             continue
+        if not written:  # not for a regular file (a full disk raises ENOSPC): never loop on it
+            raise OSError(errno.EIO, "write(2) wrote nothing")
         # A regular file takes it all unless the disk is full or a signal lands: then go on from where it ended.
         for number, part in enumerate(batch):
             if written < len(part):
-                pending = [part[written:], *batch[number + 1 :], *pending[len(batch) :]]
+                pending = [memoryview(part)[written:], *batch[number + 1 :], *pending[len(batch) :]]
                 break
             written -= len(part)
-        else:
-            pending = pending[len(batch) :]
 
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
