@@ -90,13 +90,16 @@ def environment(directory: Path) -> dict[str, Any]:
 
 
 def filesystem_type(path: Path) -> str:
-    """The type of the filesystem holding ``path`` (ext4, tmpfs, overlay...), from /proc/self/mounts."""
+    """The type of the filesystem holding ``path`` (ext4, tmpfs, overlay...), from /proc/self/mounts; an ext4's
+    with whether it has a journal: without, every new file's inode is found by skipping the inodes freed in the
+    last 30 s (the kernel's recently_deleted check, made only then), so a file made after thousands were removed
+    costs far more CPU (bench/README.md)."""
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
         return "unknown"
     resolved = str(path.resolve())
-    best, kind, device = "", "unknown", ""
+    best, kind = "", "unknown"
     for line in mounts:
         fields = line.split()
         if len(fields) < 3:
@@ -104,20 +107,23 @@ def filesystem_type(path: Path) -> str:
         mount_point = fields[1].replace("\\040", " ")
         inside = resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")
         if inside and len(mount_point) >= len(best):
-            best, kind, device = mount_point, fields[2], fields[0]
+            best, kind = mount_point, fields[2]
     if kind == "ext4":
-        kind += _ext4_journal(device)
+        kind += _ext4_journal(path)
     return kind
 
 
-def _ext4_journal(device: str) -> str:
-    """Whether an ext4 has a journal, from /sys/fs/ext4/<device>/journal_task ("<none>" without one): without, every
-    new file's inode is found by skipping the inodes freed in the last 30 s (the kernel's recently_deleted check,
-    made only then), so a file made after thousands were removed costs far more CPU (bench/README.md)."""
+def _ext4_journal(path: Path) -> str:
+    """`` (no journal)`` or `` (journaled)`` for the ext4 holding ``path``, by the store's own probe (the one that
+    decides whether hand-overs are taken back there); empty where it cannot be told."""
+    from fraisier_textfile.store.handover_reuse import ext4_journal
+
     try:
-        name = os.path.basename(os.path.realpath(device))  # /dev/mapper/x is a link to /dev/dm-N
-        task = Path("/sys/fs/ext4", name, "journal_task").read_text().strip()
+        device = os.stat(path).st_dev
     except OSError:
+        return ""
+    task = ext4_journal(os.major(device), os.minor(device))
+    if task is None:
         return ""
     return " (no journal)" if task == "<none>" else " (journaled)"
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,26 @@ if TYPE_CHECKING:
 # some run left beside Fraisier's package (its default location) must not count in them.
 os.environ["FRAISIER_TEXTFILE_FRAISIER_STATE"] = "off"
 os.environ.pop("FRAISIER_DB_PATH", None)
+
+
+def _noted(signum: int, frame: object) -> None:
+    """Stands for SIG_IGN in the test run's own process (see below)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The processes the tests start get every signal's default action, however the run was started: ``nohup``
+    starts it with SIGHUP ignored, a non-interactive shell's background job with SIGINT and SIGQUIT ignored, and an
+    ignored signal stays ignored across exec(2), so a command a test kills with SIGHUP would live on (the
+    ``[SIGHUP]`` case of test_execution.py timed out so, in every run started under nohup). The run itself still
+    ignores them: a handler that does nothing, which exec(2) resets to the default in every child. Not SIGPIPE
+    and SIGXFSZ (Python ignores them itself, and subprocess resets them in its children), SIGCHLD (ignored, it
+    means children reaped unasked: no test's concern), nor SIGTTIN and SIGTTOU (caught rather than ignored, they
+    would make the run's own reads and writes of a terminal it runs in the background of stop or repeat)."""
+    kept = {signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU, signal.SIGKILL,
+            signal.SIGSTOP}
+    for signum in signal.valid_signals() - kept:
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, _noted)
 
 
 @pytest.fixture

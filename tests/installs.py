@@ -40,9 +40,10 @@ def clean_environment(**extra: str) -> dict[str, str]:
     return environment
 
 
-def build_wheel(directory: Path, tree: Path = REPOSITORY) -> Path:
+def build_wheel(directory: Path, tree: Path = REPOSITORY, index: bool = True) -> Path:
     """A wheel of this checkout, built by the running interpreter from a copy of its sources (a build leaves
-    build/ and an egg-info in the tree it builds)."""
+    build/ and an egg-info in the tree it builds). ``index=False``: only from what the running environment holds,
+    as on a machine without the index."""
     source = directory / "source"
     source.mkdir(parents=True)
     for name in SOURCES:
@@ -56,7 +57,7 @@ def build_wheel(directory: Path, tree: Path = REPOSITORY) -> Path:
     # Without build isolation first: the test extras put setuptools and wheel here, and it needs no index.
     built = subprocess.run([*command, "--no-build-isolation"], capture_output=True, text=True,
                            env=clean_environment(), timeout=600)
-    if built.returncode != 0:
+    if built.returncode != 0 and index:
         built = subprocess.run(command, capture_output=True, text=True, env=clean_environment(), timeout=600)
     assert built.returncode == 0, f"building a wheel of {tree} failed:\n{built.stderr[-3000:]}"
     [wheel] = wheels.glob("*.whl")

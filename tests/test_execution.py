@@ -245,6 +245,62 @@ def test_a_command_killed_by_a_forwarded_signal_makes_the_wrapper_exit_128_plus_
     assert values[f'fraisier_deployment_errors_total{{provider="bare_metal",error_type="signal_{name}"}}'] == 1
 
 
+def _ignoring(*names: str) -> Callable[[], None]:
+    """What the child runs before its program: the signals ``names`` ignored, as ``nohup`` (SIGHUP) or a
+    non-interactive shell's background job (SIGINT, SIGQUIT) starts a program. An ignored signal stays ignored
+    across exec(2)."""
+
+    def ignore() -> None:
+        for name in names:
+            signal.signal(signal.Signals[name], signal.SIG_IGN)
+
+    return ignore
+
+
+def test_a_signal_the_wrapper_was_started_ignoring_is_forwarded_and_the_command_ignores_it_too(
+    textfile_dir: Path,
+) -> None:
+    """``nohup fraisier exec -- ./deploy.sh``: the command inherits the ignored SIGHUP, as it would without the
+    wrapper (tini and dumb-init pass ignored signals on alike). A SIGHUP is forwarded and ignored; a SIGUSR1 after
+    it (forwarded after it: the wrapper takes the lower-numbered pending signal first) ends the command."""
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "fraisier_textfile", "--textfile-dir", str(textfile_dir), "exec", "--provider",
+         "bare_metal", "--fraise-type", "api", "--", "sh", "-c", "echo ready; exec sleep 600"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_ignoring("SIGHUP"),
+    )
+    try:
+        assert wrapper.stdout is not None and wrapper.stdout.readline() == "ready\n"
+        wrapper.send_signal(signal.SIGHUP)
+        wrapper.send_signal(signal.SIGUSR1)
+        assert wrapper.wait(timeout=60) == 128 + signal.SIGUSR1
+    finally:
+        if wrapper.poll() is None:
+            os.killpg(wrapper.pid, signal.SIGKILL)
+            wrapper.wait()
+    values = sample_values(textfile_dir / "fraisier.prom")
+    assert values['fraisier_deployment_errors_total{provider="bare_metal",error_type="signal_SIGUSR1"}'] == 1
+    assert 'error_type="signal_SIGHUP"' not in (textfile_dir / "fraisier.prom").read_text()
+
+
+def test_the_signal_tests_pass_in_a_run_started_ignoring_signals(tmp_path: Path) -> None:
+    """Bug: the commands these tests start inherited the signals the test run was started ignoring, and did not
+    die of the signal a test sent them (the [SIGHUP] case above timed out in every run started under nohup, the
+    [SIGINT] case in a non-interactive shell's background job). The run now gives the processes it starts the
+    default dispositions (conftest.py). Here, a run started ignoring all three."""
+    selected = [
+        f"{__file__}::test_a_command_killed_by_a_forwarded_signal_makes_the_wrapper_exit_128_plus_n[{name}]"
+        for name in ("SIGHUP", "SIGINT")
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--basetemp", str(tmp_path / "run"),
+         *selected],
+        cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=600,
+        preexec_fn=_ignoring("SIGHUP", "SIGINT", "SIGQUIT"),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("2 passed"), result.stdout[-3000:]
+
+
 def test_ctrl_z_stops_the_job_and_fg_gives_the_command_the_terminal_again(
     tmp_path: Path, launched: list[subprocess.Popen[bytes]]
 ) -> None:

@@ -58,6 +58,14 @@ def test_the_version_option_names_this_package() -> None:
         assert (result.exit_code, result.output) == (0, IDENTITY)
 
 
+def test_the_test_extras_build_a_wheel_without_the_index(tmp_path: Path) -> None:
+    """The README's test venv builds this package without the index (the installs that test_packaging, test_docs,
+    test_systemd and test_upgrade make): the build requirements come from the test extras. Bug: on Python 3.12 and
+    later a venv holds pip alone, no setuptools, so every build there went to the index for it."""
+    wheel = build_wheel(tmp_path / "build", index=False)
+    assert wheel.name == f"fraisier_textfile-{fraisier_textfile.__version__}-py3-none-any.whl"
+
+
 @pytest.mark.slow
 def test_pip_install_then_every_entry_point_names_this_package_and_its_version(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path / "build")

@@ -134,13 +134,16 @@ def costly_files(device: int, mounts: str | None = None,
         if "discard" in options:
             return True
         if kind == "ext4":
-            journal = (journal_of or _ext4_journal)(os.major(device), os.minor(device))
+            journal = (journal_of or ext4_journal)(os.major(device), os.minor(device))
             return journal == "<none>"
         return False
     return False
 
 
-def _ext4_journal(major: int, minor: int) -> str | None:
+def ext4_journal(major: int, minor: int) -> str | None:
+    """The journal of the ext4 on device ``major:minor``, from /sys/fs/ext4/<device>/journal_task: its jbd2 thread's
+    pid, ``<none>`` without a journal; None where it cannot be told (not an ext4, no sysfs). The one probe of it
+    (bench/_common.py says it in each bench's first line)."""
     try:
         name = os.path.basename(os.readlink(f"/sys/dev/block/{major}:{minor}"))
         with open(f"/sys/fs/ext4/{name}/journal_task", encoding="ascii", errors="replace") as task:
