@@ -72,6 +72,8 @@ class Lock:
     microseconds of work in all). A forked child closes its copy (:meth:`renew_in_child`): it shares the parent's
     open file, and a flock on it would be the parent's own, never a conflict."""
 
+    _kept = -1  # until __init__ runs (its __del__ then closes nothing)
+
     def __init__(self, path: fs.PathName) -> None:
         self.path = os.fspath(path)
         """For messages: the file is opened by its name in the directory held (see :meth:`acquire`)."""
@@ -152,6 +154,9 @@ class Lock:
             self._threads = threading.RLock()
         if self._descriptor < 0:  # not held by the forking thread: its kept descriptor is the parent's open file
             self._close_kept()
+
+    def __del__(self) -> None:
+        self._close_kept()  # the descriptor kept between merges goes with the lock (a store made for one merge)
 
     def _close_kept(self) -> None:
         kept, self._kept = self._kept, -1
