@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fraisier_textfile.errors import LockTimeoutError, UnexpectedFileError
-from fraisier_textfile.store.lock import Lock, try_lock
+from fraisier_textfile.store.lock import KEPT_LOCK_FILES, Lock, try_lock
 
 from .processes import exit_with
 
@@ -272,3 +273,54 @@ def _target(descriptor: str) -> str:
         return os.readlink(f"/proc/self/fd/{descriptor}")
     except OSError:
         return ""
+
+
+MERGES_IN_TURN = """
+import gc, json, os, sys, tempfile
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import process
+
+def open_lock_files():
+    process.wait_for_closes(30)
+    names = []
+    for descriptor in os.listdir("/proc/self/fd"):
+        try:
+            names.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        except OSError:
+            pass  # the listing's own
+    return sum(name.endswith(".lock") for name in names)
+
+def merge_into(directory):
+    store = TextfileStore(directory, lock_timeout=5)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "timeout")
+    store.merge(changes)
+    return store
+
+base = sys.argv[1]
+before = open_lock_files()
+stores = [merge_into(os.path.join(base, str(number))) for number in range(int(sys.argv[2]))]
+while_kept = open_lock_files()
+del stores
+gc.collect()
+print(json.dumps({"before": before, "while kept": while_kept, "after": open_lock_files()}))
+"""
+
+
+def test_a_process_merging_into_many_directories_in_turn_keeps_a_bounded_number_of_lock_files_open(
+        tmp_path: Path) -> None:
+    """A long-lived process (``fraisier metrics``, a daemon) may merge into many directories, each by a store of its
+    own: the lock files kept open between merges must not grow with them, nor outlive the stores that kept them
+    (each one left open would be a descriptor gone for good, up to the process's open-file limit)."""
+    directories = 3 * KEPT_LOCK_FILES
+    for number in range(directories):
+        (tmp_path / str(number)).mkdir()
+    done = subprocess.run([sys.executable, "-c", MERGES_IN_TURN, str(tmp_path), str(directories)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout)
+    assert counts["before"] == 0, counts
+    assert 0 < counts["while kept"] <= KEPT_LOCK_FILES, counts
+    assert counts["after"] == 0, counts
