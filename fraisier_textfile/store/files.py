@@ -205,7 +205,8 @@ class CloseAfterCall:
     once the caller's call is done, rather than take turns with it for the interpreter's lock (the GIL) while the
     call finishes (its release, its look for hand-overs). Nested: the outermost hands. A merge started meanwhile
     hands what is pending first (:func:`hand_pending`), so that it never finds an fsync owed that no thread is
-    making."""
+    making. Within a hold of signal handlers (signals.DeferredSignals), which it must end within: a handler that
+    raised as the work is handed would leave it to nobody."""
 
     __slots__ = ()
 
