@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fraisier_textfile.errors import LockTimeoutError, UnexpectedFileError
+from fraisier_textfile.store import fs
 from fraisier_textfile.store.lock import KEPT_LOCK_FILES, Lock, try_lock
 
 from .processes import exit_with
@@ -324,3 +325,42 @@ def test_a_process_merging_into_many_directories_in_turn_keeps_a_bounded_number_
     assert counts["before"] == 0, counts
     assert 0 < counts["while kept"] <= KEPT_LOCK_FILES, counts
     assert counts["after"] == 0, counts
+
+
+
+def merge_by_a_handler_while_waiting(lock: Lock, path: Path, directory: fs.Directory | None = None) -> None:
+    """``lock`` taken and let go of, waiting for another process's hold, by a caller whose safe point runs a
+    handler that merges itself (the lock is reentrant): that merge gets the lock first, once the other process
+    lets go."""
+    holder = start_holder(path)
+    handled: list[bool] = []
+
+    def handler_merges() -> None:
+        if not handled:
+            handled.append(True)
+            assert holder.stdin is not None
+            holder.stdin.close()  # lets go: the handler's merge gets the lock
+            lock.acquire(time.monotonic() + 30, 30, lambda: None, directory)
+            lock.release()
+
+    try:
+        lock.acquire(time.monotonic() + 30, 30, handler_merges, directory)
+        assert handled
+        assert lock.is_held()
+        lock.release()
+    finally:
+        if holder.stdin is not None:
+            holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+@pytest.mark.parametrize("own_directory", [False, True], ids=["a-merge's-directory", "its-own-directory"])
+def test_a_merge_by_a_handler_while_the_lock_is_waited_for_leaves_the_lock_held(tmp_path: Path,
+                                                                                own_directory: bool) -> None:
+    """The handler's merge lets go of the lock and of the directory it was given; the merge that waited then holds
+    the lock, in its own directory still: else its look before the rename finds the lock not held, and it warns
+    of a lock file removed and merges again."""
+    directory = None if own_directory else fs.open_directory(tmp_path)
+    merge_by_a_handler_while_waiting(Lock(tmp_path / "fraisier.prom.lock"), tmp_path / "fraisier.prom.lock",
+                                     directory)
+

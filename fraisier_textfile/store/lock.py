@@ -109,21 +109,24 @@ class Lock:
         took = self._threads.acquire(timeout=waitable(remaining)) if remaining > 0 else self._threads.acquire(False)
         if not took:
             raise LockTimeoutError(self.path, timeout)
+        own = directory is None
         try:
             if directory is None:
                 directory = fs.open_directory(os.path.dirname(self.path) or ".")
                 if directory is None:
                     raise write_error(self.path, "create the lock file",
                                       OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
-                self._own_directory = True
-            self._directory = directory
+            self._directory, self._own_directory = directory, own
             # Noted before the flock, each descriptor as soon as it is open (_lock_file): a child forked by another
             # thread at any moment from here on closes its copy (store/process.py).
             process.held_locks[self] = holder = threading.get_ident()
             self._descriptor = self._lock_file(directory, deadline, timeout, safe_point)
-            process.held_locks[self] = holder  # again: a merge by a signal handler while we waited let go of it
+            # Again: a merge by a signal handler while we waited let go of the lock and of its directory.
+            process.held_locks[self] = holder
+            self._directory, self._own_directory = directory, own
         except BaseException:
             process.held_locks.pop(self, None)
+            self._directory, self._own_directory = directory, own and directory is not None
             self._let_go_of_directory()
             self._threads.release()
             raise
