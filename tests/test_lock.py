@@ -364,3 +364,40 @@ def test_a_merge_by_a_handler_while_the_lock_is_waited_for_leaves_the_lock_held(
     merge_by_a_handler_while_waiting(Lock(tmp_path / "fraisier.prom.lock"), tmp_path / "fraisier.prom.lock",
                                      directory)
 
+
+
+def test_a_lock_file_replaced_while_a_handler_merges_during_the_wait_is_locked_anew_by_the_merge_that_waited(
+        tmp_path: Path) -> None:
+    """The waiting merge has the file kept since its last merge open; the lock file is replaced, and a handler's merge
+    at the wait's safe point locks the new one. Once the old one is let go of, the waiting merge must see that its
+    file is no longer the one of that name (its own device and inode, not the handler's merge's), or it holds a
+    lock nobody else takes while another process locks the file of that name."""
+    path = tmp_path / "fraisier.prom.lock"
+    lock = Lock(path)
+    lock.acquire(time.monotonic() + 5, 5, lambda: None)
+    lock.release()
+    holder = start_holder(path)  # holds the file kept open
+    handled: list[bool] = []
+
+    def handler_merges() -> None:
+        if not handled:
+            handled.append(True)
+            path.unlink()  # an admin "removing a stale lock"
+            lock.acquire(time.monotonic() + 5, 5, lambda: None)  # makes and locks the new file
+            lock.release()
+            assert holder.stdin is not None
+            holder.stdin.close()  # the old file let go of
+
+    try:
+        lock.acquire(time.monotonic() + 30, 30, handler_merges)
+        assert handled
+        other = os.open(path, os.O_RDWR)  # another process's open of the file of that name
+        try:
+            assert not try_lock(other, path)
+        finally:
+            os.close(other)
+        lock.release()
+    finally:
+        if holder.stdin is not None:
+            holder.stdin.close()
+        holder.wait(timeout=30)

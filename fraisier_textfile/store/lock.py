@@ -88,7 +88,8 @@ class Lock:
         self.name = os.path.basename(self.path)
         self._descriptor = -1
         self._identity: tuple[int, int] = (-1, -1)
-        """The device and inode of the file of ``_descriptor`` (or of ``_kept``), as its open found them."""
+        """The device and inode of the file of ``_descriptor`` once locked (and of ``_kept``), as its open found
+        them."""
         self._kept = -1
         """The descriptor of the lock file, unlocked, kept open since the last release (-1: none); the lock's only
         while it is in ``process.kept_lock_files`` (the oldest are closed by others' releases)."""
@@ -210,6 +211,9 @@ class Lock:
             attempts += 1
             descriptor = -1
             try:
+                # The device and inode of this descriptor's file, as its open found them: a handler's merge at the
+                # safe point below notes its own file's, which need not be this one's.
+                identity = self._identity
                 if self._take_kept():  # the file locked last, still open (see the class's note)
                     self._descriptor = descriptor = self._kept
                     self._kept = -1
@@ -218,7 +222,7 @@ class Lock:
                     # Signal handlers held back until the number is kept (a merge holds them already; a caller of
                     # its own may not): one that raises right after the open would leave the lock file open for good.
                     with DeferredSignals():
-                        descriptor, self._identity = self._open(directory)
+                        descriptor, identity = self._open(directory)
                         self._descriptor = descriptor
                 while not try_lock(descriptor, self.path):
                     remaining = deadline - time.monotonic()
@@ -227,7 +231,8 @@ class Lock:
                     time.sleep(min(delay, remaining))
                     delay = min(delay * 2, LONGEST_POLL)
                     safe_point()
-                if self._is_at_path(directory):
+                if self._is_at_path(directory, identity):
+                    self._identity = identity
                     return descriptor
             except BaseException:
                 self._descriptor = -1
@@ -315,16 +320,17 @@ class Lock:
     def is_held(self) -> bool:
         """Whether this process holds the lock of the file now of the lock's name (see :class:`Lock`)."""
         directory = self._directory
-        return self._descriptor >= 0 and directory is not None and self._is_at_path(directory)
+        return (self._descriptor >= 0 and directory is not None
+                and self._is_at_path(directory, self._identity))
 
-    def _is_at_path(self, directory: fs.Directory) -> bool:
-        """Whether the file named as the lock in ``directory`` is the one the lock's descriptor has open (its device
-        and inode as :meth:`_open` found them)."""
+    def _is_at_path(self, directory: fs.Directory, identity: tuple[int, int]) -> bool:
+        """Whether the file named as the lock in ``directory`` is the one of ``identity`` (the device and inode of the
+        lock's descriptor's file, as :meth:`_open` found them)."""
         try:
             at_path = directory.lstat(self.name)
         except OSError as error:
             raise write_error(self.path, "use the lock file", error) from None
-        return at_path is not None and (at_path.st_dev, at_path.st_ino) == self._identity
+        return at_path is not None and (at_path.st_dev, at_path.st_ino) == identity
 
 
 def _close_quietly(descriptor: int) -> None:
