@@ -401,3 +401,28 @@ def test_a_lock_file_replaced_while_a_handler_merges_during_the_wait_is_locked_a
         if holder.stdin is not None:
             holder.stdin.close()
         holder.wait(timeout=30)
+
+
+def lock_files_open(path: Path) -> int:
+    """How many descriptors of this process have ``path`` open."""
+    count = 0
+    for descriptor in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{descriptor}") == str(path)
+        except OSError:
+            pass  # the listing's own
+    return count
+
+
+def test_a_merge_by_a_handler_while_the_lock_is_waited_for_leaves_one_lock_file_kept_open(tmp_path: Path) -> None:
+    """A signal handler run at the lock wait's safe point may itself merge (the lock is reentrant): its merge opens
+    and keeps a descriptor of its own while the waiting merge has the one kept before. Both released, one stays
+    open: the other is never locked again, a descriptor gone until the process ends."""
+    path = tmp_path / "fraisier.prom.lock"
+    lock = Lock(path)
+    lock.acquire(time.monotonic() + 5, 5, lambda: None)
+    lock.release()
+    merge_by_a_handler_while_waiting(lock, path)
+    assert lock_files_open(path) == 1
+    del lock
+    assert lock_files_open(path) == 0

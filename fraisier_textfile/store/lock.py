@@ -176,6 +176,8 @@ class Lock:
             pass
 
     def _keep(self, descriptor: int) -> None:
+        if self._take_kept():  # a handler's merge during this one's lock wait kept its own: the lock has one
+            _close_quietly(self._kept)
         self._kept = descriptor
         process.kept_lock_files[descriptor, self._reference] = True
         if len(process.kept_lock_files) > KEPT_LOCK_FILES:
