@@ -219,6 +219,13 @@ class CloseAfterCall:
             hand_pending()
 
 
+def forget_pending_in_child() -> None:
+    """In a forked child (process.py), whose forking thread was within a call: forget its pending work. The fork hook
+    closed the child's copies of all of it (the versions replaced, the directory owed an fsync), whose numbers the
+    child may reuse; the parent's call hands it to the parent's thread."""
+    _handing.pending.clear()
+
+
 def hand_pending() -> None:
     """Hand the closers of this thread their work now (see :class:`CloseAfterCall`)."""
     pending = _handing.pending

@@ -324,6 +324,10 @@ def _in_child() -> None:
     loading = sys.modules.get("fraisier_textfile.preload")  # loading ahead (preload.py): the parent's thread's
     if loading is not None:
         loading.forget()
+    # The forking thread's call may have handed nothing yet (files.CloseAfterCall): what it would hand is closed above.
+    files = sys.modules.get("fraisier_textfile.store.files")
+    if files is not None:
+        files.forget_pending_in_child()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)
