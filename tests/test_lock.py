@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +17,7 @@ import pytest
 
 from fraisier_textfile.errors import LockTimeoutError, UnexpectedFileError
 from fraisier_textfile.store import fs
+from fraisier_textfile.store import lock as lock_module
 from fraisier_textfile.store.lock import KEPT_LOCK_FILES, Lock, try_lock
 
 from .processes import exit_with
@@ -426,3 +429,38 @@ def test_a_merge_by_a_handler_while_the_lock_is_waited_for_leaves_one_lock_file_
     assert lock_files_open(path) == 1
     del lock
     assert lock_files_open(path) == 0
+
+
+def test_threads_whose_releases_close_each_others_oldest_kept_lock_files_never_share_a_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past KEPT_LOCK_FILES a release closes the oldest lock file kept, which may be another thread's lock's, taken
+    for its next merge at that very moment: whoever takes it out of the process's list owns it, so a descriptor is
+    never closed under a merge that locks it (nor a number closed twice), and each file is held by one at a time."""
+    monkeypatch.setattr(lock_module, "KEPT_LOCK_FILES", 2)
+    paths = [tmp_path / f"{number}.lock" for number in range(4)]
+    inside = dict.fromkeys(paths, 0)
+    failures: list[BaseException] = []
+
+    def merges() -> None:
+        locks = [Lock(path) for path in paths]  # a store of each directory, in each thread
+        try:
+            for turn in range(300):
+                lock = locks[turn % len(locks)]
+                lock.acquire(time.monotonic() + 30, 30, lambda: None)
+                try:
+                    inside[Path(lock.path)] += 1
+                    assert inside[Path(lock.path)] == 1, "two holders at once"
+                    inside[Path(lock.path)] -= 1
+                finally:
+                    lock.release()
+        except BaseException as error:  # reported below: a thread's exception is only printed
+            failures.append(error)
+
+    threads = [threading.Thread(target=merges) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    gc.collect()
+    assert sum(lock_files_open(path) for path in paths) == 0
