@@ -464,3 +464,19 @@ def test_threads_whose_releases_close_each_others_oldest_kept_lock_files_never_s
     assert failures == []
     gc.collect()
     assert sum(lock_files_open(path) for path in paths) == 0
+
+
+def test_a_lock_file_removed_while_another_process_holds_it_for_good_is_not_waited_for_by_a_lock_that_kept_it(
+        tmp_path: Path) -> None:
+    """An admin removes the lock file a stuck process holds ("removing a stale lock"), so that merges go on under a
+    new one. A lock that kept the old file open since its last merge must lock the file of that name, not wait for
+    the stuck holder's file until its merge times out."""
+    path = tmp_path / "fraisier.prom.lock"
+    lock = Lock(path)
+    lock.acquire(time.monotonic() + 5, 5, lambda: None)
+    lock.release()
+    with held_by_another_process(path):  # stuck, holding the file kept open
+        path.unlink()
+        lock.acquire(time.monotonic() + 2, 2, lambda: None)
+        assert lock.is_held()
+        lock.release()

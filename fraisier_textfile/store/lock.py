@@ -216,7 +216,8 @@ class Lock:
                 # The device and inode of this descriptor's file, as its open found them: a handler's merge at the
                 # safe point below notes its own file's, which need not be this one's.
                 identity = self._identity
-                if self._take_kept():  # the file locked last, still open (see the class's note)
+                kept = self._take_kept()
+                if kept:  # the file locked last, still open (see the class's note)
                     self._descriptor = descriptor = self._kept
                     self._kept = -1
                 else:
@@ -227,15 +228,22 @@ class Lock:
                         descriptor, identity = self._open(directory)
                         self._descriptor = descriptor
                 while not try_lock(descriptor, self.path):
+                    if kept:
+                        kept = False
+                        # Busy, and kept since the last merge: it may be a file removed since, which its holder (a
+                        # stuck process an admin removed it for) never lets go of. Waited for only if still at its name.
+                        if not self._is_at_path(directory, identity):
+                            break
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise LockTimeoutError(self.path, timeout)
                     time.sleep(min(delay, remaining))
                     delay = min(delay * 2, LONGEST_POLL)
                     safe_point()
-                if self._is_at_path(directory, identity):
-                    self._identity = identity
-                    return descriptor
+                else:
+                    if self._is_at_path(directory, identity):
+                        self._identity = identity
+                        return descriptor
             except BaseException:
                 self._descriptor = -1
                 if descriptor >= 0:
