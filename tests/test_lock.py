@@ -256,27 +256,25 @@ def test_a_lock_no_longer_used_closes_the_file_it_kept_open(tmp_path: Path) -> N
     """The descriptor kept open between merges goes with its lock: a store made for one merge and dropped (a
     command's, a test's) leaves no descriptor behind, nor its filesystem busy (a remount read-only refuses a
     filesystem with a file open for writing)."""
-    import gc
-
     path = tmp_path / "fraisier.prom.lock"
-
-    def open_on_it() -> int:
-        return sum(1 for name in os.listdir("/proc/self/fd") if _target(name) == str(path))
-
     lock = Lock(path)
     lock.acquire(time.monotonic() + 5, 5, lambda: None)
     lock.release()
-    assert open_on_it() == 1  # kept for the next merge
+    assert lock_files_open(path) == 1  # kept for the next merge
     del lock
     gc.collect()
-    assert open_on_it() == 0
+    assert lock_files_open(path) == 0
 
 
-def _target(descriptor: str) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{descriptor}")
-    except OSError:
-        return ""
+def lock_files_open(path: Path) -> int:
+    """How many descriptors of this process have ``path`` open."""
+    count = 0
+    for descriptor in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{descriptor}") == str(path)
+        except OSError:
+            pass  # the listing's own
+    return count
 
 
 MERGES_IN_TURN = """
@@ -404,17 +402,6 @@ def test_a_lock_file_replaced_while_a_handler_merges_during_the_wait_is_locked_a
         if holder.stdin is not None:
             holder.stdin.close()
         holder.wait(timeout=30)
-
-
-def lock_files_open(path: Path) -> int:
-    """How many descriptors of this process have ``path`` open."""
-    count = 0
-    for descriptor in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{descriptor}") == str(path)
-        except OSError:
-            pass  # the listing's own
-    return count
 
 
 def test_a_merge_by_a_handler_while_the_lock_is_waited_for_leaves_one_lock_file_kept_open(tmp_path: Path) -> None:
