@@ -4,6 +4,7 @@ holder's look after it lets go, its late merges within their budget, the backlog
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -18,8 +19,9 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import fs, handovers
 
 from .processes import lock_held_elsewhere
-from .stores import handovers_left
+from .stores import handovers_left, record
 from .test_handovers import error_count
+from .test_lock import lock_files_open, start_holder
 from .values import sample_values
 
 
@@ -363,3 +365,44 @@ def test_a_handler_that_raises_at_any_step_of_a_call_leaves_nothing_held_or_owed
     result = json.loads(done.stdout)
     assert result["steps"] > 100  # the call was interrupted at each of its steps
     assert result["problems"] == []
+
+
+def test_an_event_recorded_by_a_handler_while_a_call_waits_for_the_lock_is_merged_once_and_raises_no_false_alarm(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A signal lands while a record call waits for the lock another process holds; its handler, run at the wait's safe
+    point, records an event itself (the lock is reentrant) once the other process let go. Both events are merged once,
+    the call that waited takes the lock after the handler's call without a warning of a lock file "removed or
+    replaced" (it was not) and without merging again, and one lock file stays open for the next merge."""
+    store = TextfileStore(textfile_dir)
+    record(store, events.deployment_error, "bare_metal", "warm")
+    holder = start_holder(store.lock_path)
+
+    def records(signum: int, frame: object) -> None:
+        assert holder.stdin is not None
+        holder.stdin.close()  # lets go: the handler's call gets the lock
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "by-the-handler")
+        assert store.merge_or_hand_over(changes, 30)
+
+    def signal_in_the_wait(frame: object, event: str, argument: object) -> None:
+        if event == "c_return" and argument is time.sleep:  # the lock wait's first pause
+            sys.setprofile(None)
+            signal.raise_signal(signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, records)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "waited")
+    sys.setprofile(signal_in_the_wait)
+    try:
+        assert store.merge_or_hand_over(changes, 30)
+    finally:
+        sys.setprofile(None)
+        signal.signal(signal.SIGUSR1, previous)
+        if holder.stdin is not None:
+            holder.stdin.close()
+        holder.wait(timeout=30)
+    values = sample_values(store.path)
+    assert [error_count(values, reason) for reason in ("warm", "by-the-handler", "waited")] == [1, 1, 1]
+    assert "removed or replaced" not in caplog.text
+    assert lock_files_open(store.lock_path) == 1
