@@ -3,6 +3,8 @@ holder's look after it lets go, its late merges within their budget, the backlog
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 import time
@@ -17,8 +19,9 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import fs, handovers
 
 from .processes import lock_held_elsewhere
-from .stores import handovers_left
+from .stores import handovers_left, record
 from .test_handovers import error_count
+from .test_lock import lock_files_open, start_holder
 from .values import sample_values
 
 
@@ -270,3 +273,136 @@ def test_a_signal_while_a_call_waits_for_a_busy_lock_is_handled_in_the_wait_befo
         signal.signal(signal.SIGALRM, previous)
     assert changes
     assert not (textfile_dir / handovers.HANDOVER_DIRECTORY).exists() or handovers_left(textfile_dir) == []
+
+
+INTERRUPTED_AT_EACH_STEP = """
+import fcntl, json, os, signal, sys
+from fraisier_textfile import TextfileStore
+from fraisier_textfile import changes as events
+from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import files, process
+
+class Interrupted(Exception):
+    pass
+
+def handler(signum, frame):
+    raise Interrupted
+
+def merge(store, reason, call):
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", reason)
+    if call == "merge":
+        store.merge(changes)
+    else:
+        store.merge_or_hand_over(changes, 5)
+    return changes
+
+def count_of(directory, reason):
+    with open(os.path.join(directory, "fraisier.prom")) as file:
+        for line in file:
+            if f'error_type="{reason}"' in line and not line.startswith("#"):
+                return float(line.split()[-1])
+    return 0.0
+
+call, base = sys.argv[1], sys.argv[2]
+signal.signal(signal.SIGUSR1, handler)
+problems, step = [], 0
+while True:
+    step += 1
+    directory = os.path.join(base, str(step))
+    os.mkdir(directory)
+    store = TextfileStore(directory)
+    merge(store, "warm", call)
+    returns = 0
+
+    def interrupt(frame, event, argument):
+        global returns
+        if event == "c_return":
+            returns += 1
+            if returns == step:  # right after the step-th return from a C function within the call
+                sys.setprofile(None)
+                signal.raise_signal(signal.SIGUSR1)
+
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "interrupted")
+    sys.setprofile(interrupt)
+    try:
+        if call == "merge":
+            store.merge(changes)
+        else:
+            store.merge_or_hand_over(changes, 5)
+    except Interrupted:
+        pass
+    finally:
+        sys.setprofile(None)
+    if returns < step:
+        break  # the call ended before its step-th return: every step was interrupted
+    if not process.wait_for_syncs(10):
+        problems.append([step, "the rename's fsync owed, with no thread to make it"])
+    if files._handing.pending or files._handing.depth or process.holding_signals is not None:
+        problems.append([step, "a hold or pending work left"])
+    other = os.open(os.path.join(directory, "fraisier.prom.lock"), os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        problems.append([step, "the lock left held"])
+    os.close(other)
+    store.merge_backlog()
+    if count_of(directory, "interrupted") != (0.0 if changes else 1.0):
+        problems.append([step, "not counted once, nor left to the caller"])
+print(json.dumps({"steps": step, "problems": problems}))
+"""
+
+
+@pytest.mark.parametrize("call", ["merge", "merge_or_hand_over"])
+def test_a_handler_that_raises_at_any_step_of_a_call_leaves_nothing_held_or_owed(tmp_path: Path, call: str) -> None:
+    """A real signal whose handler raises (Ctrl-C), landing right after each return from a C function within a record
+    call in turn: whatever step it lands at, the call leaves the lock free, no hold of the handlers, no rename whose
+    fsync nobody makes, and the event either in the file once or still in the caller's changes (to record again)."""
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_AT_EACH_STEP, call, str(tmp_path)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["steps"] > 100  # the call was interrupted at each of its steps
+    assert result["problems"] == []
+
+
+def test_an_event_recorded_by_a_handler_while_a_call_waits_for_the_lock_is_merged_once_and_raises_no_false_alarm(
+    textfile_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A signal lands while a record call waits for the lock another process holds; its handler, run at the wait's safe
+    point, records an event itself (the lock is reentrant) once the other process let go. Both events are merged once,
+    the call that waited takes the lock after the handler's call without a warning of a lock file "removed or
+    replaced" (it was not) and without merging again, and one lock file stays open for the next merge."""
+    store = TextfileStore(textfile_dir)
+    record(store, events.deployment_error, "bare_metal", "warm")
+    holder = start_holder(store.lock_path)
+
+    def records(signum: int, frame: object) -> None:
+        assert holder.stdin is not None
+        holder.stdin.close()  # lets go: the handler's call gets the lock
+        changes = Changes()
+        events.deployment_error(changes, "bare_metal", "by-the-handler")
+        assert store.merge_or_hand_over(changes, 30)
+
+    def signal_in_the_wait(frame: object, event: str, argument: object) -> None:
+        if event == "c_return" and argument is time.sleep:  # the lock wait's first pause
+            sys.setprofile(None)
+            signal.raise_signal(signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, records)
+    changes = Changes()
+    events.deployment_error(changes, "bare_metal", "waited")
+    sys.setprofile(signal_in_the_wait)
+    try:
+        assert store.merge_or_hand_over(changes, 30)
+    finally:
+        sys.setprofile(None)
+        signal.signal(signal.SIGUSR1, previous)
+        if holder.stdin is not None:
+            holder.stdin.close()
+        holder.wait(timeout=30)
+    values = sample_values(store.path)
+    assert [error_count(values, reason) for reason in ("warm", "by-the-handler", "waited")] == [1, 1, 1]
+    assert "removed or replaced" not in caplog.text
+    assert lock_files_open(store.lock_path) == 1

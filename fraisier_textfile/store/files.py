@@ -205,7 +205,8 @@ class CloseAfterCall:
     once the caller's call is done, rather than take turns with it for the interpreter's lock (the GIL) while the
     call finishes (its release, its look for hand-overs). Nested: the outermost hands. A merge started meanwhile
     hands what is pending first (:func:`hand_pending`), so that it never finds an fsync owed that no thread is
-    making."""
+    making. Within a hold of signal handlers (signals.DeferredSignals), which it must end within: a handler that
+    raised as the work is handed would leave it to nobody."""
 
     __slots__ = ()
 
@@ -216,6 +217,13 @@ class CloseAfterCall:
         _handing.depth -= 1
         if not _handing.depth:
             hand_pending()
+
+
+def forget_pending_in_child() -> None:
+    """In a forked child (process.py), whose forking thread was within a call: forget its pending work. The fork hook
+    closed the child's copies of all of it (the versions replaced, the directory owed an fsync), whose numbers the
+    child may reuse; the parent's call hands it to the parent's thread."""
+    _handing.pending.clear()
 
 
 def hand_pending() -> None:

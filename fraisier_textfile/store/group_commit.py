@@ -77,8 +77,10 @@ class GroupCommit:
     def merge(self, changes: Changes, timeout: float) -> None:
         """TextfileStore.merge."""
         # Opened and checked once for the merge and for the look for late hand-overs after it: for root, the
-        # check looks at every directory on the path.
-        with CloseAfterCall(), self.file.open_directory() as textfile:
+        # check looks at every directory on the path. Signal handlers held back by one hold for the whole call, as in
+        # merge_or_hand_over: the closing thread is handed its work at the call's end (files.CloseAfterCall), and a
+        # handler that raised there would leave the rename's fsync owed with no thread to make it.
+        with DeferredSignals(), CloseAfterCall(), self.file.open_directory() as textfile:
             self.merge_in(textfile, changes, timeout)
 
     def merge_in(self, textfile: fs.Directory, changes: Changes, timeout: float, look: bool = True) -> None:

@@ -13,6 +13,7 @@ import os
 import stat
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 from fraisier_textfile import validate
@@ -39,6 +40,11 @@ FIRST_POLL = 0.0001
 
 
 LONGEST_POLL = 0.001
+
+
+KEPT_LOCK_FILES = 16
+"""At most this many lock files are kept open between merges by a process (see :class:`Lock`): one that merges
+into many directories in turn keeps those of the latest."""
 
 
 def waitable(seconds: float) -> float:
@@ -70,7 +76,9 @@ class Lock:
     it is still the file of that name in the directory it was given, as every merge checks the file it locked; the
     open, its look first and the close are then a process's first merge's only (a warm merge is a few hundred
     microseconds of work in all). A forked child closes its copy (:meth:`renew_in_child`): it shares the parent's
-    open file, and a flock on it would be the parent's own, never a conflict."""
+    open file, and a flock on it would be the parent's own, never a conflict. A process keeps at most
+    :data:`KEPT_LOCK_FILES` of them, those of the latest merges, and a lock no longer used closes its own: a
+    long-lived process that merges into many directories in turn must not keep a descriptor for each for good."""
 
     _kept = -1  # until __init__ runs (its __del__ then closes nothing)
 
@@ -80,9 +88,12 @@ class Lock:
         self.name = os.path.basename(self.path)
         self._descriptor = -1
         self._identity: tuple[int, int] = (-1, -1)
-        """The device and inode of the file of ``_descriptor`` (or of ``_kept``), as its open found them."""
+        """The device and inode of the file of ``_descriptor`` once locked (and of ``_kept``), as its open found
+        them."""
         self._kept = -1
-        """The descriptor of the lock file, unlocked, kept open since the last release (-1: none)."""
+        """The descriptor of the lock file, unlocked, kept open since the last release (-1: none); the lock's only
+        while it is in ``process.kept_lock_files`` (the oldest are closed by others' releases)."""
+        self._reference = weakref.ref(self)
         self._directory: fs.Directory | None = None
         self._own_directory = False
         # Reentrant: a signal handler run while this thread waits for the lock may itself merge.
@@ -99,21 +110,24 @@ class Lock:
         took = self._threads.acquire(timeout=waitable(remaining)) if remaining > 0 else self._threads.acquire(False)
         if not took:
             raise LockTimeoutError(self.path, timeout)
+        own = directory is None
         try:
             if directory is None:
                 directory = fs.open_directory(os.path.dirname(self.path) or ".")
                 if directory is None:
                     raise write_error(self.path, "create the lock file",
                                       OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
-                self._own_directory = True
-            self._directory = directory
+            self._directory, self._own_directory = directory, own
             # Noted before the flock, each descriptor as soon as it is open (_lock_file): a child forked by another
             # thread at any moment from here on closes its copy (store/process.py).
             process.held_locks[self] = holder = threading.get_ident()
             self._descriptor = self._lock_file(directory, deadline, timeout, safe_point)
-            process.held_locks[self] = holder  # again: a merge by a signal handler while we waited let go of it
+            # Again: a merge by a signal handler while we waited let go of the lock and of its directory.
+            process.held_locks[self] = holder
+            self._directory, self._own_directory = directory, own
         except BaseException:
             process.held_locks.pop(self, None)
+            self._directory, self._own_directory = directory, own and directory is not None
             self._let_go_of_directory()
             self._threads.release()
             raise
@@ -128,7 +142,7 @@ class Lock:
         except OSError:
             os.close(descriptor)  # unlocked by the close, as before (no child has it: see renew_in_child)
         else:
-            self._kept = descriptor  # for the next merge (see the class's note)
+            self._keep(descriptor)  # for the next merge (see the class's note)
         finally:
             self._let_go_of_directory()
             self._threads.release()
@@ -156,15 +170,34 @@ class Lock:
             self._close_kept()
 
     def __del__(self) -> None:
-        self._close_kept()  # the descriptor kept between merges goes with the lock (a store made for one merge)
+        try:
+            self._close_kept()
+        except Exception:  # at the interpreter's end, the module's names may be gone: the exit closes it then
+            pass
+
+    def _keep(self, descriptor: int) -> None:
+        if self._take_kept():  # a handler's merge during this one's lock wait kept its own: the lock has one
+            _close_quietly(self._kept)
+        self._kept = descriptor
+        process.kept_lock_files[descriptor, self._reference] = True
+        if len(process.kept_lock_files) > KEPT_LOCK_FILES:
+            try:
+                oldest = next(iter(process.kept_lock_files))
+            except (StopIteration, RuntimeError):  # emptied, or changed, by another thread meanwhile
+                return
+            if process.kept_lock_files.pop(oldest, False):
+                _close_quietly(oldest[0])
+
+    def _take_kept(self) -> bool:
+        """Whether the descriptor :attr:`_kept` is still this lock's (not closed as the oldest kept): if so, it is
+        no longer kept, and the caller's to lock or close."""
+        kept = self._kept
+        return kept >= 0 and process.kept_lock_files.pop((kept, self._reference), False)
 
     def _close_kept(self) -> None:
-        kept, self._kept = self._kept, -1
-        if kept >= 0:
-            try:
-                os.close(kept)
-            except OSError:
-                pass
+        if self._take_kept():
+            _close_quietly(self._kept)
+        self._kept = -1
 
     def _let_go_of_directory(self) -> None:
         directory, self._directory = self._directory, None
@@ -180,24 +213,37 @@ class Lock:
             attempts += 1
             descriptor = -1
             try:
-                if self._kept >= 0:  # the file locked last, still open (see the class's note)
+                # The device and inode of this descriptor's file, as its open found them: a handler's merge at the
+                # safe point below notes its own file's, which need not be this one's.
+                identity = self._identity
+                kept = self._take_kept()
+                if kept:  # the file locked last, still open (see the class's note)
                     self._descriptor = descriptor = self._kept
                     self._kept = -1
                 else:
+                    self._kept = -1
                     # Signal handlers held back until the number is kept (a merge holds them already; a caller of
                     # its own may not): one that raises right after the open would leave the lock file open for good.
                     with DeferredSignals():
-                        descriptor, self._identity = self._open(directory)
+                        descriptor, identity = self._open(directory)
                         self._descriptor = descriptor
                 while not try_lock(descriptor, self.path):
+                    if kept:
+                        kept = False
+                        # Busy, and kept since the last merge: it may be a file removed since, which its holder (a
+                        # stuck process an admin removed it for) never lets go of. Waited for only if still at its name.
+                        if not self._is_at_path(directory, identity):
+                            break
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise LockTimeoutError(self.path, timeout)
                     time.sleep(min(delay, remaining))
                     delay = min(delay * 2, LONGEST_POLL)
                     safe_point()
-                if self._is_at_path(directory):
-                    return descriptor
+                else:
+                    if self._is_at_path(directory, identity):
+                        self._identity = identity
+                        return descriptor
             except BaseException:
                 self._descriptor = -1
                 if descriptor >= 0:
@@ -284,16 +330,24 @@ class Lock:
     def is_held(self) -> bool:
         """Whether this process holds the lock of the file now of the lock's name (see :class:`Lock`)."""
         directory = self._directory
-        return self._descriptor >= 0 and directory is not None and self._is_at_path(directory)
+        return (self._descriptor >= 0 and directory is not None
+                and self._is_at_path(directory, self._identity))
 
-    def _is_at_path(self, directory: fs.Directory) -> bool:
-        """Whether the file named as the lock in ``directory`` is the one the lock's descriptor has open (its device
-        and inode as :meth:`_open` found them)."""
+    def _is_at_path(self, directory: fs.Directory, identity: tuple[int, int]) -> bool:
+        """Whether the file named as the lock in ``directory`` is the one of ``identity`` (the device and inode of the
+        lock's descriptor's file, as :meth:`_open` found them)."""
         try:
             at_path = directory.lstat(self.name)
         except OSError as error:
             raise write_error(self.path, "use the lock file", error) from None
-        return at_path is not None and (at_path.st_dev, at_path.st_ino) == self._identity
+        return at_path is not None and (at_path.st_dev, at_path.st_ino) == identity
+
+
+def _close_quietly(descriptor: int) -> None:
+    try:
+        os.close(descriptor)
+    except OSError:
+        pass
 
 
 _OPEN_LOCK = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
