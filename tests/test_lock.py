@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import json
 import os
 import subprocess
 import sys
@@ -17,8 +15,7 @@ import pytest
 
 from fraisier_textfile.errors import LockTimeoutError, UnexpectedFileError
 from fraisier_textfile.store import fs
-from fraisier_textfile.store import lock as lock_module
-from fraisier_textfile.store.lock import KEPT_LOCK_FILES, Lock, try_lock
+from fraisier_textfile.store.lock import Lock, try_lock
 
 from .processes import exit_with
 
@@ -149,7 +146,6 @@ def test_a_child_forked_while_another_thread_takes_or_lets_go_of_the_lock_can_ta
     another thread in between inherits the thread lock held by a thread it does not have: with the store's own lock
     free, every wait of the child for it timed out (a child reusing its parent's store could never merge)."""
     import fcntl
-    import threading
 
     from fraisier_textfile.store import fs
 
@@ -202,9 +198,9 @@ def test_a_child_forked_while_another_thread_takes_or_lets_go_of_the_lock_can_ta
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_a_lock_file_replaced_between_two_merges_is_locked_anew_not_the_one_kept_open(tmp_path: Path) -> None:
-    """A lock keeps its file open between merges: the next merge must lock the file now of that name, or it would
-    hold an inode nobody else locks while another process holds the new file's lock."""
+def test_a_lock_file_replaced_between_two_merges_is_locked_anew(tmp_path: Path) -> None:
+    """The next merge locks the file now of that name, not the one the last merge locked: it would hold an inode
+    nobody else locks while another process holds the new file's lock."""
     path = tmp_path / "fraisier.prom.lock"
     lock = Lock(path)
     lock.acquire(time.monotonic() + 5, 5, lambda: None)
@@ -223,7 +219,7 @@ from fraisier_textfile.errors import LockTimeoutError
 from fraisier_textfile.store.lock import Lock
 lock = Lock(sys.argv[1])
 lock.acquire(time.monotonic() + 5, 5, lambda: None)
-lock.release()  # its file stays open, unlocked, for the next merge
+lock.release()
 reading, writing = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -244,26 +240,12 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 
 def test_a_child_forked_between_two_merges_never_takes_the_lock_its_parent_holds(tmp_path: Path) -> None:
-    """The descriptor kept open between merges is one open file with the child's copy: a flock through it by the child
-    would be the parent's own lock, taken again, never a conflict. The child opens the file anew."""
+    """A descriptor of the parent's lock file in the child would be one open file with the parent's: a flock through
+    it by the child would be the parent's own lock, taken again, never a conflict. The child opens the file anew."""
     path = tmp_path / "fraisier.prom.lock"
     done = subprocess.run([sys.executable, "-c", FORK_AFTER_A_MERGE, str(path)], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-
-
-def test_a_lock_no_longer_used_closes_the_file_it_kept_open(tmp_path: Path) -> None:
-    """The descriptor kept open between merges goes with its lock: a store made for one merge and dropped (a
-    command's, a test's) leaves no descriptor behind, nor its filesystem busy (a remount read-only refuses a
-    filesystem with a file open for writing)."""
-    path = tmp_path / "fraisier.prom.lock"
-    lock = Lock(path)
-    lock.acquire(time.monotonic() + 5, 5, lambda: None)
-    lock.release()
-    assert lock_files_open(path) == 1  # kept for the next merge
-    del lock
-    gc.collect()
-    assert lock_files_open(path) == 0
 
 
 def lock_files_open(path: Path) -> int:
@@ -275,58 +257,6 @@ def lock_files_open(path: Path) -> int:
         except OSError:
             pass  # the listing's own
     return count
-
-
-MERGES_IN_TURN = """
-import gc, json, os, sys, tempfile
-from fraisier_textfile import TextfileStore
-from fraisier_textfile import changes as events
-from fraisier_textfile.changes import Changes
-from fraisier_textfile.store import process
-
-def open_lock_files():
-    process.wait_for_closes(30)
-    names = []
-    for descriptor in os.listdir("/proc/self/fd"):
-        try:
-            names.append(os.readlink(f"/proc/self/fd/{descriptor}"))
-        except OSError:
-            pass  # the listing's own
-    return sum(name.endswith(".lock") for name in names)
-
-def merge_into(directory):
-    store = TextfileStore(directory, lock_timeout=5)
-    changes = Changes()
-    events.deployment_error(changes, "bare_metal", "timeout")
-    store.merge(changes)
-    return store
-
-base = sys.argv[1]
-before = open_lock_files()
-stores = [merge_into(os.path.join(base, str(number))) for number in range(int(sys.argv[2]))]
-while_kept = open_lock_files()
-del stores
-gc.collect()
-print(json.dumps({"before": before, "while kept": while_kept, "after": open_lock_files()}))
-"""
-
-
-def test_a_process_merging_into_many_directories_in_turn_keeps_a_bounded_number_of_lock_files_open(
-        tmp_path: Path) -> None:
-    """A long-lived process (``fraisier metrics``, a daemon) may merge into many directories, each by a store of its
-    own: the lock files kept open between merges must not grow with them, nor outlive the stores that kept them
-    (each one left open would be a descriptor gone for good, up to the process's open-file limit)."""
-    directories = 3 * KEPT_LOCK_FILES
-    for number in range(directories):
-        (tmp_path / str(number)).mkdir()
-    done = subprocess.run([sys.executable, "-c", MERGES_IN_TURN, str(tmp_path), str(directories)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    counts = json.loads(done.stdout)
-    assert counts["before"] == 0, counts
-    assert 0 < counts["while kept"] <= KEPT_LOCK_FILES, counts
-    assert counts["after"] == 0, counts
-
 
 
 def merge_by_a_handler_while_waiting(lock: Lock, path: Path, directory: fs.Directory | None = None) -> None:
@@ -366,18 +296,17 @@ def test_a_merge_by_a_handler_while_the_lock_is_waited_for_leaves_the_lock_held(
                                      directory)
 
 
-
 def test_a_lock_file_replaced_while_a_handler_merges_during_the_wait_is_locked_anew_by_the_merge_that_waited(
         tmp_path: Path) -> None:
-    """The waiting merge has the file kept since its last merge open; the lock file is replaced, and a handler's merge
-    at the wait's safe point locks the new one. Once the old one is let go of, the waiting merge must see that its
+    """The waiting merge has the old lock file open; the lock file is replaced, and a handler's merge at the wait's
+    safe point locks the new one. Once the old one is let go of, the waiting merge must see that its
     file is no longer the one of that name (its own device and inode, not the handler's merge's), or it holds a
     lock nobody else takes while another process locks the file of that name."""
     path = tmp_path / "fraisier.prom.lock"
     lock = Lock(path)
     lock.acquire(time.monotonic() + 5, 5, lambda: None)
     lock.release()
-    holder = start_holder(path)  # holds the file kept open
+    holder = start_holder(path)  # holds the file the waiting merge opens
     handled: list[bool] = []
 
     def handler_merges() -> None:
@@ -404,65 +333,16 @@ def test_a_lock_file_replaced_while_a_handler_merges_during_the_wait_is_locked_a
         holder.wait(timeout=30)
 
 
-def test_a_merge_by_a_handler_while_the_lock_is_waited_for_leaves_one_lock_file_kept_open(tmp_path: Path) -> None:
-    """A signal handler run at the lock wait's safe point may itself merge (the lock is reentrant): its merge opens
-    and keeps a descriptor of its own while the waiting merge has the one kept before. Both released, one stays
-    open: the other is never locked again, a descriptor gone until the process ends."""
-    path = tmp_path / "fraisier.prom.lock"
-    lock = Lock(path)
-    lock.acquire(time.monotonic() + 5, 5, lambda: None)
-    lock.release()
-    merge_by_a_handler_while_waiting(lock, path)
-    assert lock_files_open(path) == 1
-    del lock
-    assert lock_files_open(path) == 0
-
-
-def test_threads_whose_releases_close_each_others_oldest_kept_lock_files_never_share_a_lock(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past KEPT_LOCK_FILES a release closes the oldest lock file kept, which may be another thread's lock's, taken
-    for its next merge at that very moment: whoever takes it out of the process's list owns it, so a descriptor is
-    never closed under a merge that locks it (nor a number closed twice), and each file is held by one at a time."""
-    monkeypatch.setattr(lock_module, "KEPT_LOCK_FILES", 2)
-    paths = [tmp_path / f"{number}.lock" for number in range(4)]
-    inside = dict.fromkeys(paths, 0)
-    failures: list[BaseException] = []
-
-    def merges() -> None:
-        locks = [Lock(path) for path in paths]  # a store of each directory, in each thread
-        try:
-            for turn in range(300):
-                lock = locks[turn % len(locks)]
-                lock.acquire(time.monotonic() + 30, 30, lambda: None)
-                try:
-                    inside[Path(lock.path)] += 1
-                    assert inside[Path(lock.path)] == 1, "two holders at once"
-                    inside[Path(lock.path)] -= 1
-                finally:
-                    lock.release()
-        except BaseException as error:  # reported below: a thread's exception is only printed
-            failures.append(error)
-
-    threads = [threading.Thread(target=merges) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert failures == []
-    gc.collect()
-    assert sum(lock_files_open(path) for path in paths) == 0
-
-
-def test_a_lock_file_removed_while_another_process_holds_it_for_good_is_not_waited_for_by_a_lock_that_kept_it(
+def test_a_lock_file_removed_while_another_process_holds_it_for_good_is_not_waited_for(
         tmp_path: Path) -> None:
     """An admin removes the lock file a stuck process holds ("removing a stale lock"), so that merges go on under a
-    new one. A lock that kept the old file open since its last merge must lock the file of that name, not wait for
-    the stuck holder's file until its merge times out."""
+    new one. A lock that merged before must lock the file of that name, not wait for the stuck holder's file until its
+    merge times out."""
     path = tmp_path / "fraisier.prom.lock"
     lock = Lock(path)
     lock.acquire(time.monotonic() + 5, 5, lambda: None)
     lock.release()
-    with held_by_another_process(path):  # stuck, holding the file kept open
+    with held_by_another_process(path):  # stuck
         path.unlink()
         lock.acquire(time.monotonic() + 2, 2, lambda: None)
         assert lock.is_held()

@@ -944,7 +944,7 @@ def test_threads_merging_at_once_beside_a_forking_thread_leave_nothing_owed_open
     """Two threads merge 300 times each, with one store or a store each (two directories), while a third forks
     children: every event is counted, each child starts with nothing owed (the parent's thread makes the renames
     durable), and once the threads are done no fsync is owed, no thread runs, and no descriptor is left open but
-    the version each store keeps and its lock file (kept open between merges: store/lock.py)."""
+    the version each store keeps."""
     import _thread
     import threading
 
@@ -979,7 +979,7 @@ def test_threads_merging_at_once_beside_a_forking_thread_leave_nothing_owed_open
     assert process.wait_for_syncs(10) and not process.syncing
     assert threads_back_to(threads)
     assert all(replaced_versions_closed(directory / "fraisier.prom") for directory in directories)
-    assert len(set(os.listdir("/proc/self/fd")) - descriptors) == 2 * stores  # each store's version and lock file
+    assert len(set(os.listdir("/proc/self/fd")) - descriptors) == stores  # the version each store keeps
     assert [sample_values(directory / "fraisier.prom")['fraisier_deployment_errors_total{provider="bare_metal",'
                                                        'error_type="timeout"}'] for directory in directories] == (
         [600.0] if stores == 1 else [300.0, 300.0])

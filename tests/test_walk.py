@@ -372,7 +372,7 @@ def test_a_handler_that_raises_right_after_an_open_outside_a_merge_leaves_nothin
         if look == "first":
             walk._vetted.clear()
         else:
-            call(TextfileStore(directory))  # the path walked before; a store of its own, which keeps its lock file open
+            call(TextfileStore(directory))  # the path walked before, by a store of its own
         gc.collect()
         assert process.wait_for_closes(10) and process.wait_for_syncs(10) and process.background.wait(10)
         before = set(os.listdir("/proc/self/fd"))

@@ -13,7 +13,6 @@ import os
 import stat
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING
 
 from fraisier_textfile import validate
@@ -42,11 +41,6 @@ FIRST_POLL = 0.0001
 LONGEST_POLL = 0.001
 
 
-KEPT_LOCK_FILES = 16
-"""At most this many lock files are kept open between merges by a process (see :class:`Lock`): one that merges
-into many directories in turn keeps those of the latest."""
-
-
 def waitable(seconds: float) -> float:
     """``seconds`` as a thread can wait them (for a lock, an event, another thread): at most threading.TIMEOUT_MAX,
     about 292 years, past which Python raises OverflowError. A setting in seconds may be any finite number, and a
@@ -70,17 +64,10 @@ class Lock:
     "removing a stale lock"), the next writer creates and locks a new inode while we still hold the old one,
     and both merge at once. So, once locked, the descriptor's inode must be the one of that name; if not, it
     is unlocked and the file now of that name is locked instead. Threads of one process take turns first
-    (flock locks belong to a descriptor, not a thread).
-
-    Between two merges the descriptor stays open, unlocked (:attr:`_kept`): the next merge locks it and checks that
-    it is still the file of that name in the directory it was given, as every merge checks the file it locked; the
-    open, its look first and the close are then a process's first merge's only (a warm merge is a few hundred
-    microseconds of work in all). A forked child closes its copy (:meth:`renew_in_child`): it shares the parent's
-    open file, and a flock on it would be the parent's own, never a conflict. A process keeps at most
-    :data:`KEPT_LOCK_FILES` of them, those of the latest merges, and a lock no longer used closes its own: a
-    long-lived process that merges into many directories in turn must not keep a descriptor for each for good."""
-
-    _kept = -1  # until __init__ runs (its __del__ then closes nothing)
+    (flock locks belong to a descriptor, not a thread). Each merge opens the file and closes it: a descriptor kept
+    open between merges saved about 17 µs of a warm merge, and cost a process-wide list of them, their bound and their
+    owners for a signal handler's merge during a wait (bench/README.md).
+"""
 
     def __init__(self, path: fs.PathName) -> None:
         self.path = os.fspath(path)
@@ -88,12 +75,7 @@ class Lock:
         self.name = os.path.basename(self.path)
         self._descriptor = -1
         self._identity: tuple[int, int] = (-1, -1)
-        """The device and inode of the file of ``_descriptor`` once locked (and of ``_kept``), as its open found
-        them."""
-        self._kept = -1
-        """The descriptor of the lock file, unlocked, kept open since the last release (-1: none); the lock's only
-        while it is in ``process.kept_lock_files`` (the oldest are closed by others' releases)."""
-        self._reference = weakref.ref(self)
+        """The device and inode of the file of ``_descriptor`` once locked, as its open found them."""
         self._directory: fs.Directory | None = None
         self._own_directory = False
         # Reentrant: a signal handler run while this thread waits for the lock may itself merge.
@@ -140,10 +122,9 @@ class Lock:
             # would leave the lock held by its copy.
             fcntl.flock(descriptor, fcntl.LOCK_UN)
         except OSError:
-            os.close(descriptor)  # unlocked by the close, as before (no child has it: see renew_in_child)
-        else:
-            self._keep(descriptor)  # for the next merge (see the class's note)
+            pass
         finally:
+            os.close(descriptor)
             self._let_go_of_directory()
             self._threads.release()
 
@@ -155,7 +136,6 @@ class Lock:
         descriptor, self._descriptor = self._descriptor, -1
         if descriptor >= 0:
             os.close(descriptor)
-        self._close_kept()
         self._let_go_of_directory()
         self._threads = threading.RLock()
 
@@ -166,38 +146,6 @@ class Lock:
         :meth:`forget_in_child`); every wait of the child for it would time out."""
         if not self._threads._is_owned():  # type: ignore[attr-defined]
             self._threads = threading.RLock()
-        if self._descriptor < 0:  # not held by the forking thread: its kept descriptor is the parent's open file
-            self._close_kept()
-
-    def __del__(self) -> None:
-        try:
-            self._close_kept()
-        except Exception:  # at the interpreter's end, the module's names may be gone: the exit closes it then
-            pass
-
-    def _keep(self, descriptor: int) -> None:
-        if self._take_kept():  # a handler's merge during this one's lock wait kept its own: the lock has one
-            _close_quietly(self._kept)
-        self._kept = descriptor
-        process.kept_lock_files[descriptor, self._reference] = True
-        if len(process.kept_lock_files) > KEPT_LOCK_FILES:
-            try:
-                oldest = next(iter(process.kept_lock_files))
-            except (StopIteration, RuntimeError):  # emptied, or changed, by another thread meanwhile
-                return
-            if process.kept_lock_files.pop(oldest, False):
-                _close_quietly(oldest[0])
-
-    def _take_kept(self) -> bool:
-        """Whether the descriptor :attr:`_kept` is still this lock's (not closed as the oldest kept): if so, it is
-        no longer kept, and the caller's to lock or close."""
-        kept = self._kept
-        return kept >= 0 and process.kept_lock_files.pop((kept, self._reference), False)
-
-    def _close_kept(self) -> None:
-        if self._take_kept():
-            _close_quietly(self._kept)
-        self._kept = -1
 
     def _let_go_of_directory(self) -> None:
         directory, self._directory = self._directory, None
@@ -213,37 +161,22 @@ class Lock:
             attempts += 1
             descriptor = -1
             try:
-                # The device and inode of this descriptor's file, as its open found them: a handler's merge at the
-                # safe point below notes its own file's, which need not be this one's.
-                identity = self._identity
-                kept = self._take_kept()
-                if kept:  # the file locked last, still open (see the class's note)
-                    self._descriptor = descriptor = self._kept
-                    self._kept = -1
-                else:
-                    self._kept = -1
-                    # Signal handlers held back until the number is kept (a merge holds them already; a caller of
-                    # its own may not): one that raises right after the open would leave the lock file open for good.
-                    with DeferredSignals():
-                        descriptor, identity = self._open(directory)
-                        self._descriptor = descriptor
+                # Signal handlers held back until the number is kept (a merge holds them already; a caller of its own
+                # may not): one that raises right after the open would leave the lock file open for good. The device
+                # and inode are this descriptor's, kept here: a handler's merge at the safe point below notes its own.
+                with DeferredSignals():
+                    descriptor, identity = self._open(directory)
+                    self._descriptor = descriptor
                 while not try_lock(descriptor, self.path):
-                    if kept:
-                        kept = False
-                        # Busy, and kept since the last merge: it may be a file removed since, which its holder (a
-                        # stuck process an admin removed it for) never lets go of. Waited for only if still at its name.
-                        if not self._is_at_path(directory, identity):
-                            break
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise LockTimeoutError(self.path, timeout)
                     time.sleep(min(delay, remaining))
                     delay = min(delay * 2, LONGEST_POLL)
                     safe_point()
-                else:
-                    if self._is_at_path(directory, identity):
-                        self._identity = identity
-                        return descriptor
+                if self._is_at_path(directory, identity):
+                    self._identity = identity
+                    return descriptor
             except BaseException:
                 self._descriptor = -1
                 if descriptor >= 0:
@@ -254,8 +187,7 @@ class Lock:
                 fcntl.flock(descriptor, fcntl.LOCK_UN)  # explicitly, as release does
             except OSError:
                 pass
-            # Removed or replaced (while we waited, or since it was kept): lock the file of that name now.
-            os.close(descriptor)
+            os.close(descriptor)  # removed or replaced while we waited: lock the file of that name now
             if attempts >= 3 and time.monotonic() > deadline:
                 raise LockTimeoutError(self.path, timeout)
 
@@ -341,13 +273,6 @@ class Lock:
         except OSError as error:
             raise write_error(self.path, "use the lock file", error) from None
         return at_path is not None and (at_path.st_dev, at_path.st_ino) == identity
-
-
-def _close_quietly(descriptor: int) -> None:
-    try:
-        os.close(descriptor)
-    except OSError:
-        pass
 
 
 _OPEN_LOCK = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

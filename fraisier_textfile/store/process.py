@@ -128,11 +128,6 @@ held_locks: dict[Lock, int] = {}
 every_lock: weakref.WeakSet[Lock] = weakref.WeakSet()
 """Every textfile lock of this process (lock.py), for the fork hook: a child makes anew the thread lock of each
 that another thread of the parent held at the fork."""
-kept_lock_files: dict[tuple[int, weakref.ref[Lock]], bool] = {}
-"""The lock files kept open between merges (lock.py, ``Lock._kept``), each with its lock, oldest first: whoever
-takes an entry out owns its descriptor (its lock, to lock it again; another lock's release, to close it as the oldest
-past ``KEPT_LOCK_FILES``), so that a descriptor is never closed by one thread while another locks it. A child closes
-its copies (``Lock.renew_in_child``)."""
 creating = threading.RLock()
 """Held while a marker is made and noted in :data:`held_markers`, while a directory's descriptor is duplicated and
 noted in :data:`syncing` and while it is taken out and closed, and by a fork (see the module's note): a child
