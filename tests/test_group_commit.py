@@ -280,7 +280,7 @@ import fcntl, json, os, signal, sys
 from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
-from fraisier_textfile.store import files, process
+from fraisier_textfile.store import closing, process
 
 class Interrupted(Exception):
     pass
@@ -339,7 +339,7 @@ while True:
         break  # the call ended before its step-th return: every step was interrupted
     if not process.wait_for_syncs(10):
         problems.append([step, "the rename's fsync owed, with no thread to make it"])
-    if files._handing.pending or files._handing.depth or process.holding_signals is not None:
+    if closing._handing.pending or closing._handing.depth or process.holding_signals is not None:
         problems.append([step, "a hold or pending work left"])
     other = os.open(os.path.join(directory, "fraisier.prom.lock"), os.O_RDWR)
     try:

@@ -1030,7 +1030,7 @@ def test_a_merge_that_starts_over_after_writing_leaves_no_thread_waiting_and_no_
     textfile_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The thread that closes the version a merge replaces is started while the new version is written back
-    (files.Closer); a merge that then starts over (its lock file replaced meanwhile) hands it the version it read
+    (closing.Closer); a merge that then starts over (its lock file replaced meanwhile) hands it the version it read
     all the same, and the thread ends: none is left waiting, no version open."""
     import _thread
 
@@ -1187,7 +1187,7 @@ def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_
     store go on as before."""
     import threading
 
-    from fraisier_textfile.store import files, process
+    from fraisier_textfile.store import closing, files, process
 
     record(TextfileStore(textfile_dir), events.deployment_error, "bare_metal", "timeout")
     # That merge's thread (its rename's fsync) is done before the closes are patched: else it could be the one to fork.
@@ -1218,14 +1218,14 @@ def test_a_child_forked_while_another_thread_merges_holds_no_version_that_merge_
     elif moment == "while the device writes back":
         store.transaction.litter.append((lambda directory: fork_here(), lambda directory: None))
     elif moment == "while the closing thread closes":
-        close_all = files._close_all
+        close_all = closing._close_all
 
         def close_after_the_fork(versions: list[files.FileVersion], synced: int = -1) -> None:
             if threading.current_thread() is not threading.main_thread():
                 fork_here()
             close_all(versions, synced)
 
-        monkeypatch.setattr(files, "_close_all", close_after_the_fork)
+        monkeypatch.setattr(closing, "_close_all", close_after_the_fork)
     # The store's first merge reads the file (checked while the device writes back, litter looked for there, the
     # closing thread started there).
     merging = threading.Thread(target=record, args=(store, events.deployment_error, "bare_metal", "timeout"))

@@ -19,7 +19,7 @@ from fraisier_textfile import logger
 from fraisier_textfile.errors import FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.store import fs, handovers
 from fraisier_textfile.store.changes import Changes
-from fraisier_textfile.store.files import CloseAfterCall
+from fraisier_textfile.store.closing import CloseAfterCall
 from fraisier_textfile.store.signals import DeferredSignals
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class GroupCommit:
         """TextfileStore.merge."""
         # Opened and checked once for the merge and for the look for late hand-overs after it: for root, the
         # check looks at every directory on the path. Signal handlers held back by one hold for the whole call, as in
-        # merge_or_hand_over: the closing thread is handed its work at the call's end (files.CloseAfterCall), and a
+        # merge_or_hand_over: the closing thread is handed its work at the call's end (closing.CloseAfterCall), and a
         # handler that raised there would leave the rename's fsync owed with no thread to make it.
         with DeferredSignals(), CloseAfterCall(), self.file.open_directory() as textfile:
             self.merge_in(textfile, changes, timeout)
@@ -157,7 +157,7 @@ class GroupCommit:
         # counter, the try, the hand-over and the try once more. Signal handlers are held back by one hold for the
         # whole call (the walk's, the merge's and the looks' holds are then within it: each swap of the handlers is
         # two system calls a handler), delivered while the lock is waited for and at the end. The replaced
-        # version's closing thread is handed its work once the call is done (files.CloseAfterCall).
+        # version's closing thread is handed its work once the call is done (closing.CloseAfterCall).
         with DeferredSignals(), CloseAfterCall(), self.file.open_directory() as textfile:
             calls = self._calls
             calls.joined = join and self._numbered_in(textfile)

@@ -7,7 +7,7 @@ What a process keeps:
   the lock under which one is released;
 - the background thread that deletes the hand-overs a merge applied when there are more than a few
   (handovers.py), off the record call that merged them;
-- the versions of the file that its merges replaced and has not closed yet (files.close_off_path closes them
+- the versions of the file that its merges replaced and has not closed yet (closing.close_off_path closes them
   in another thread, after the rename: the last close of a replaced file frees its blocks), those they are
   writing, and the directories whose fsync that thread owes;
 - what it has already met (:func:`first_time`, :func:`remember`, :func:`met`): a problem that every merge meets
@@ -139,12 +139,12 @@ another file that got the number meanwhile)."""
 background = BackgroundWork("fraisier-store")
 """The thread that deletes applied hand-overs (handovers.remove_soon)."""
 closing: set[_thread.LockType] = set()
-"""One lock per bare thread closing replaced versions of the file (files.py), held until its close is done. The
+"""One lock per bare thread closing replaced versions of the file (closing.py), held until its close is done. The
 exit waits for them (at most EXIT_WAIT): a thread still running Python when the interpreter finalizes is ended by
 pthread_exit as soon as it wants the GIL back, which can crash the process (CPython gh-87135)."""
 replaced_versions: set[FileVersion] = set()
 """The versions of the file that merges replaced (or are about to), from the merge's load until they are closed
-(files.close_off_path): a child forked meanwhile closes its copies at once, since the thread that would is not in
+(closing.close_off_path): a child forked meanwhile closes its copies at once, since the thread that would is not in
 the child, and each holds the blocks of a file nobody can see for as long as the child lives."""
 writing: dict[int, int] = {}
 """The descriptors of the new versions of the file that merges are writing (files.Textfile.write_temporary), each
@@ -195,7 +195,7 @@ def may_end_without_exit_hooks() -> bool:
     """Whether this process may well end with os._exit, which runs no exit hook (so no wait for another thread):
     a forked child (the idiom), or a worker of multiprocessing however started (it ends its workers so; forkserver's,
     Python 3.14's default on Linux, are forked before they import the package). What such a process merges it makes
-    durable in its own thread (files.close_off_path)."""
+    durable in its own thread (closing.close_off_path)."""
     if forked:
         return True
     workers = sys.modules.get("multiprocessing.process")  # looked up, never imported: a worker has it
@@ -205,10 +205,10 @@ def may_end_without_exit_hooks() -> bool:
 
 syncing: dict[int, _thread.LockType] = {}
 """The duplicated descriptors of textfile directories whose fsync (the durability of a merge's rename) was left to
-another thread (files.close_off_path), each with the lock released once it is done. The exit waits for them up to
+another thread (closing.close_off_path), each with the lock released once it is done. The exit waits for them up to
 SYNC_EXIT_WAIT, far longer than for closes: a merge's caller waited for that fsync before the thread took it. A
 child forked meanwhile closes its copies (the thread is not in the child). A merge that finds one owed makes its
-own fsync itself (files.close_off_path): one is owed at a time, bar threads racing."""
+own fsync itself (closing.close_off_path): one is owed at a time, bar threads racing."""
 
 SYNC_EXIT_WAIT = 30.0
 """Seconds an exit waits for the fsyncs left to other threads: a disk that takes longer has a problem the
@@ -319,10 +319,11 @@ def _in_child() -> None:
     loading = sys.modules.get("fraisier_textfile.preload")  # loading ahead (preload.py): the parent's thread's
     if loading is not None:
         loading.forget()
-    # The forking thread's call may have handed nothing yet (files.CloseAfterCall): what it would hand is closed above.
-    files = sys.modules.get("fraisier_textfile.store.files")
-    if files is not None:
-        files.forget_pending_in_child()
+    # The forking thread's call may have handed nothing yet (closing.CloseAfterCall): what it would hand is closed
+    # above.
+    closing_module = sys.modules.get("fraisier_textfile.store.closing")
+    if closing_module is not None:
+        closing_module.forget_pending_in_child()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_child)
@@ -331,13 +332,13 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, 
 exiting = False
 """Set once the store's exit hook has begun: nothing waits for another thread after it, so a merge made later (by a
 program's own exit hook, registered before it imported the package) makes its rename durable and closes what it
-replaced in its own thread (files.Closer refuses to start)."""
+replaced in its own thread (closing.Closer refuses to start)."""
 
 
 def _at_exit() -> None:
     global exiting
     exiting = True
-    # Loading ahead (preload.py) is a store thread's last work (files.Closer): called off first, so that a thread
+    # Loading ahead (preload.py) is a store thread's last work (closing.Closer): called off first, so that a thread
     # waiting to load ends now. Looked up, not imported: a process that never asked for it has nothing to call off.
     loading = sys.modules.get("fraisier_textfile.preload")
     if loading is not None:

@@ -11,7 +11,7 @@ The steps, under the lock:
 
 The directory's fsync is the caller's only when a participant's after commit removes files the rename accounts
 for (removes_after_commit); else another thread makes it, with the closes of the replaced versions, and the exit
-waits for it (files.close_off_path).
+waits for it (closing.close_off_path).
 
 A participant owns one protocol of the directory: its files, its bookkeeping line in the document (declared in
 format/bookkeeping.py), its place in the order and its clean-up. What it collects and the bookkeeping it writes
@@ -43,17 +43,8 @@ from typing import TYPE_CHECKING
 from fraisier_textfile import logger
 from fraisier_textfile.errors import CorruptTextfileError, FraisierTextfileError, LockTimeoutError
 from fraisier_textfile.store import process
-from fraisier_textfile.store.files import (
-    Closer,
-    FileVersion,
-    Textfile,
-    close_off_path,
-    close_written,
-    hand_pending,
-    kept,
-    replacing,
-    unlink_quietly,
-)
+from fraisier_textfile.store.closing import Closer, close_off_path, hand_pending, kept, replacing
+from fraisier_textfile.store.files import FileVersion, Textfile, close_written, unlink_quietly
 from fraisier_textfile.store.lock import Lock, LockLost
 from fraisier_textfile.store.rules import apply_changes, clock_is_behind, combine
 from fraisier_textfile.store.signals import DeferredSignals
@@ -113,7 +104,7 @@ class Participant:
 
     def removes_after_commit(self, merge: Merge) -> bool:
         """Whether :meth:`after_commit` will remove files the written file accounts for: then the rename is made
-        durable before it, in the caller's thread, else in another (files.close_off_path)."""
+        durable before it, in the caller's thread, else in another (closing.close_off_path)."""
         return False
 
     def after_commit(self, merge: Merge) -> None:
@@ -177,7 +168,7 @@ class Transaction:
         self._replaced: list[FileVersion] = []
         """The versions of the file this merge read or kept and is about to replace: held open until the rename
         is made, so that the rename does not free their blocks, then closed off the caller's path
-        (files.close_off_path)."""
+        (closing.close_off_path)."""
         self._closer: Closer | None = None
         """The thread that closes ``_replaced`` once this merge's rename is made, if started ahead (see
         _while_written)."""
@@ -192,7 +183,7 @@ class Transaction:
     def run(self, changes: Changes, timeout: float, textfile: fs.Directory) -> None:
         """One merge of ``changes`` into the textfile directory held by ``textfile`` (open and checked), waiting
         at most ``timeout`` seconds for the lock (see the module's note)."""
-        hand_pending()  # a merge before it in this call (files.CloseAfterCall): its fsync owed is under way first
+        hand_pending()  # a merge before it in this call (closing.CloseAfterCall): its fsync owed is under way first
         deadline = time.monotonic() + timeout
         participants = self.participants
         runs = self._runs
@@ -297,9 +288,9 @@ class Transaction:
         read on (vouching.py); and, when due, the look for killed writers' temporaries, all but the one being
         written (under the lock still, where no live writer has one); and, with either, the start of the thread that
         closes the version it replaces after the rename, and makes that rename durable when nothing else waits for
-        it (files.close_off_path). With neither (a warm merge), None: the writeback is left to the fsync, whose own
+        it (closing.close_off_path). With neither (a warm merge), None: the writeback is left to the fsync, whose own
         start of it costs less than a separate one with nothing to overlap it, and the thread starts once the call
-        is done (files.CloseAfterCall; bench/README.md has the comparison)."""
+        is done (closing.CloseAfterCall; bench/README.md has the comparison)."""
         litter = self._litter_due
         if check is None and not litter:
             return None
