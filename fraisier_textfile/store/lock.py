@@ -66,8 +66,7 @@ class Lock:
     is unlocked and the file now of that name is locked instead. Threads of one process take turns first
     (flock locks belong to a descriptor, not a thread). Each merge opens the file and closes it: a descriptor kept
     open between merges saved about 17 µs of a warm merge, and cost a process-wide list of them, their bound and their
-    owners for a signal handler's merge during a wait (bench/README.md).
-"""
+    owners for a signal handler's merge during a wait (bench/README.md)."""
 
     def __init__(self, path: fs.PathName) -> None:
         self.path = os.fspath(path)
