@@ -19,7 +19,7 @@ from fraisier_textfile import validate
 from fraisier_textfile.errors import LockTimeoutError, TextfileWriteError, write_error
 from fraisier_textfile.store import fs, process
 from fraisier_textfile.store.files import lstat_in, unexpected
-from fraisier_textfile.store.signals import DeferredSignals as DeferredSignals
+from fraisier_textfile.store.signals import DeferredSignals
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -65,8 +65,8 @@ class Lock:
     and both merge at once. So, once locked, the descriptor's inode must be the one of that name; if not, it
     is unlocked and the file now of that name is locked instead. Threads of one process take turns first
     (flock locks belong to a descriptor, not a thread). Each merge opens the file and closes it: a descriptor kept
-    open between merges saved about 17 µs of a warm merge, and cost a process-wide list of them, their bound and their
-    owners for a signal handler's merge during a wait (bench/README.md)."""
+    open between merges would need a process-wide list of them, a bound and an owner each (a signal handler's merge
+    during a wait keeps one too), for a saving within the bench's spread (bench/README.md)."""
 
     def __init__(self, path: fs.PathName) -> None:
         self.path = os.fspath(path)
