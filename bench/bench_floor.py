@@ -200,6 +200,8 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
     warm, _ = run_worker(package, "warm", warm_directory, floor_path, repetitions * 16)
 
     fresh_directory = copy_of(master, root / f"{series}" / "fresh").parent
+    unsealed_directory = copy_of(master, root / f"{series}" / "unsealed").parent
+    unsealed_runs: list[float] = []
     fresh_floor_path = copy_of(master, root / f"{series}" / "fresh-floor")
     fresh_floors: list[float] = []
     fresh_floor_cpus: list[float] = []
@@ -212,7 +214,7 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
     import_walls: list[float] = []
     interpreter_walls: list[float] = []
     for number in range(repetitions + 1):  # the first round warms the page cache and is not kept
-        steps = ["fresh", "fresh_floor", "fresh_floor_kept", "imports", "interpreter"]
+        steps = ["fresh", "fresh_unsealed", "fresh_floor", "fresh_floor_kept", "imports", "interpreter"]
         for step in steps if number % 2 else reversed(steps):
             if step == "fresh_floor_kept":
                 report, _ = run_worker(package, "fresh_floor", fresh_floor_path, "keep")
@@ -225,6 +227,13 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
                     fresh_floors.append(report["floor_seconds"])
                     fresh_floor_cpus.append(report["floor_cpu_seconds"])
                     directory_fsyncs.append(report["directory_fsync_seconds"])
+            elif step == "fresh_unsealed":
+                # The same bytes, the mtime set again as a change in place sets it: the file's seal is broken, and
+                # the merge checksums what its layout line claims (store/vouching.py).
+                os.utime(unsealed_directory / "fraisier.prom")
+                report, _ = run_worker(package, "fresh", unsealed_directory)
+                if number:
+                    unsealed_runs.append(report["merge_seconds"])
             elif step == "fresh":
                 report, wall = run_worker(package, "fresh", fresh_directory)
                 if number:
@@ -265,6 +274,7 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
             "cpu_ratio": fresh_cpu / fresh_floor_cpu,
         },
         "fresh_floor": {**fresh_floor, "cpu_median_seconds": fresh_floor_cpu},
+        "fresh_unsealed": summary(unsealed_runs),
         # The floors at their best, freeing the replaced file after the timed span as the store does (beside).
         "floor_kept": {**summary(warm["floor_kept_seconds"]),
                        "cpu_median_seconds": statistics.median(warm["floor_kept_cpu_seconds"])},
@@ -604,6 +614,8 @@ def render_sizes(result: dict[str, Any]) -> None:
             ("warm recorder, +1 event", size["warm_merge"], floor, GOALS["warm"]),
             ("new-process floor: the same I/O, first read, after the imports", fresh_floor, fresh_floor, None),
             ("fresh recorder in a new process, +1 event", size["fresh_merge"], fresh_floor, GOALS["fresh"]),
+            ("beside: fresh recorder, the file's seal broken (checksummed)", size["fresh_unsealed"], fresh_floor,
+             None),
             ("beside: a directory fsync after the new-process floor", size["fresh_floor_directory_fsync"],
              fresh_floor, None),
             ("beside: I/O floor, the replaced file freed after the timed span", size["floor_kept"], floor, None),

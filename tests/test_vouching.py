@@ -5,6 +5,8 @@ nothing taken on trust from a file someone changed since: that file is merged ag
 from __future__ import annotations
 
 import _thread
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -116,5 +118,109 @@ def test_a_bookkeeping_line_held_as_bytes_that_is_not_utf8_is_refused_as_the_lin
     assert changed != original
     path.write_bytes(changed)
     with pytest.raises(CorruptTextfileError, match="not UTF-8"):
+        record(TextfileStore(tmp_path), events.deployment_complete, "provider_003", "api", "success", 2.0)
+    assert path.read_bytes() == changed
+
+
+# The seal: a file the store wrote carries, as its mtime's nanoseconds, a number its layout line gives
+# (layout.seal_of). A change in place sets the mtime again (the kernel's clock), so a file whose mtime still shows
+# the seal is the one written: a new process takes it as laid out without checksumming it.
+
+
+def checksummed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the claims checked by checksum from here on."""
+    from fraisier_textfile.format import layout
+
+    calls: list[int] = []
+    original = layout.Claims.hold
+
+    def counted(self: layout.Claims) -> bool:
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(layout.Claims, "hold", counted)
+    return calls
+
+
+def test_a_file_as_the_store_wrote_it_is_taken_at_its_seal_without_a_checksum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fraisier_textfile.format import layout
+    from fraisier_textfile.format.reader import read_claimed
+
+    path = written_file(tmp_path)
+    claimed = read_claimed(path.read_bytes(), SCHEMA)
+    assert claimed is not None
+    assert path.stat().st_mtime_ns % 1_000_000_000 == layout.seal_of(claimed[1].line)
+    calls = checksummed(monkeypatch)
+    record(TextfileStore(tmp_path), events.deployment_complete, "provider_003", "api", "success", 2.0)
+    assert calls == []
+    assert values(path)[KEY] == 2.0
+    assert read_vouched(path.read_bytes(), SCHEMA) is not None
+
+
+def test_the_seal_keeps_the_kernels_second(tmp_path: Path) -> None:
+    """node_exporter's node_textfile_mtime_seconds and the store's clock check (rules.clock_is_behind) read the
+    mtime: the seal changes only the nanoseconds within the second the kernel gave the write, whatever this
+    process's own clock says."""
+    before = time.time_ns() // 1_000_000_000
+    path = written_file(tmp_path)
+    after = time.time_ns() // 1_000_000_000
+    assert before <= path.stat().st_mtime_ns // 1_000_000_000 <= after
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True])
+def test_a_file_changed_in_place_is_checksummed_unless_its_mtime_is_put_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_mtime: bool
+) -> None:
+    """A change in place sets the mtime, which breaks the seal: the claims are checksummed and the change found.
+    Whoever puts the mtime back by hand forges the seal (as whoever can write the file can write any value into
+    it: layout.py), and the file is then taken as laid out."""
+    path = written_file(tmp_path)
+    sealed = path.stat()
+    edited(path, f"{KEY} 1.0\n", f"fraisier_deployments_total{{{SWAPPED}}} 1.0\n")
+    if keep_mtime:
+        os.utime(path, ns=(sealed.st_atime_ns, sealed.st_mtime_ns))
+    calls = checksummed(monkeypatch)
+    record(TextfileStore(tmp_path), events.deployment_complete, "provider_003", "api", "success", 2.0)
+    assert (len(calls) == 0) if keep_mtime else (len(calls) >= 1)
+    if not keep_mtime:
+        assert lines_of(path, LABELS) == [f"{KEY} 2.0"]
+
+
+def test_a_file_changed_during_the_read_is_not_taken_at_its_seal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mtime is looked at before and after the read: a change in place while the merge reads gives torn bytes
+    and a new mtime after them (the seal's, as before the change, is what the look before the read saw)."""
+
+    path = written_file(tmp_path)
+    original_read = os.read
+    changed: list[bool] = []
+
+    def read_then_change(descriptor: int, size: int) -> bytes:
+        data = original_read(descriptor, size)
+        if not changed and data:
+            changed.append(True)
+            edited(path, f"{KEY} 1.0\n", f"fraisier_deployments_total{{{SWAPPED}}} 1.0\n")
+        return data
+
+    monkeypatch.setattr(os, "read", read_then_change)
+    calls = checksummed(monkeypatch)
+    record(TextfileStore(tmp_path), events.deployment_complete, "provider_003", "api", "success", 2.0)
+    assert changed and len(calls) >= 1
+
+
+def test_a_sealed_file_whose_claims_fail_the_merge_is_checked_and_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forged seal over a value that is no number: the merge taking the file at its seal fails on it, and that
+    failure is the file's, as without a seal: its claims are checked, and the file is read line by line and
+    refused with its line."""
+    path = written_file(tmp_path)
+    sealed = path.stat()
+    changed = edited(path, f"{KEY} 1.0\n", f"{KEY} x.0\n")
+    os.utime(path, ns=(sealed.st_atime_ns, sealed.st_mtime_ns))
+    with pytest.raises(CorruptTextfileError, match=r'fraisier.prom:\d+: expected float as value, got "x.0"'):
         record(TextfileStore(tmp_path), events.deployment_complete, "provider_003", "api", "success", 2.0)
     assert path.read_bytes() == changed

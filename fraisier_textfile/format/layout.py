@@ -77,10 +77,12 @@ class Claims:
     as laid out before it checks the checksums (:meth:`hold`): a merge checks them while the disk writes
     (store/vouching.py). Nothing read under claims may be trusted, nor written, until they hold."""
 
-    __slots__ = ("_runs", "_texts", "data", "size")
+    __slots__ = ("_runs", "_texts", "data", "line", "size")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, line: str = "") -> None:
         self.data = data
+        self.line = line
+        """The layout line's value, whose :func:`seal_of` a file as the store wrote it shows in its mtime."""
         self._runs: list[tuple[int, Sequence[Segment]]] = []
         self._texts: list[tuple[int, int]] = []
         self.size = 0
@@ -119,6 +121,13 @@ class Claims:
         except UnicodeDecodeError:
             return False
         return True
+
+
+def seal_of(line: str) -> int:
+    """The seal of a file whose layout line's value is ``line``: the nanoseconds within its second that the store
+    sets the mtime of each file it writes to (store/vouching.py), 1 to 999,999,999. Never 0, which every mtime of a
+    filesystem that keeps whole seconds shows."""
+    return zlib.crc32(line.encode("utf-8")) % 999_999_999 + 1
 
 
 _UTF8_PIECE = 1 << 14

@@ -266,6 +266,9 @@ class Document:
         # ~30 bytes a series, a fifth of a big file.
         self.meta_read: dict[str, tuple[str, memoryview]] = {}
         self._layout_words = layout.Words()
+        self.layout_line: str | None = None
+        """The layout line's value that :meth:`parts` wrote last (None: the document was not vouched for), which the
+        store seals the file with (layout.seal_of)."""
 
     def block(self, family: Family) -> Block:
         """The block of an owned family, created (in the schema's order) if the file had none."""
@@ -303,8 +306,9 @@ class Document:
                 entries.append((block.name, None if block.raw is not None else block.header_segment(header), segments))
             loose = block.raw is not None and _ends_loose(block.raw)
         meta = {key: value for key, value in self.meta.items() if key != layout.KEY}
+        self.layout_line = None
         if vouched:
-            meta[layout.KEY] = self._layout_words.render(entries, self.schema.fingerprint)
+            meta[layout.KEY] = self.layout_line = self._layout_words.render(entries, self.schema.fingerprint)
         lines: list[bytes | memoryview] = []
         for key in sorted(meta):
             value = meta[key]

@@ -94,8 +94,9 @@ def read_claimed(data: bytes, schema: Schema) -> tuple[Document, layout.Claims] 
             meta_read = {}
         line = meta.pop(layout.KEY, "")
         entries = layout.parse(line, schema.fingerprint) if isinstance(line, str) else None
-        if not entries:
+        if not entries or not isinstance(line, str):
             return None
+        claims.line = line
         document = Document(schema)
         document.meta = meta
         document.meta_read = meta_read

@@ -21,7 +21,7 @@ from fraisier_textfile.format.model import Document
 from fraisier_textfile.format.reader import parse_bytes, parse_unvouched, read_claimed
 from fraisier_textfile.format.schema import Schema
 from fraisier_textfile.format.syntax import ParseError
-from fraisier_textfile.store import fs, process
+from fraisier_textfile.store import fs, process, vouching
 from fraisier_textfile.store.signals import DeferredSignals
 
 if TYPE_CHECKING:
@@ -95,15 +95,20 @@ class FileVersion:
     inode cannot be reused, so the same inode on disk is this very file.
     """
 
-    __slots__ = ("_descriptor", "key", "path")
+    __slots__ = ("_descriptor", "key", "path", "steady")
 
-    def __init__(self, path: fs.PathName, descriptor: int, status: os.stat_result | None = None) -> None:
-        """``status``: the descriptor's fstat, when the caller has just taken it."""
+    def __init__(self, path: fs.PathName, descriptor: int, status: os.stat_result | None = None,
+                 steady: bool = False) -> None:
+        """``status``: the descriptor's fstat, when the caller has just taken it; ``steady``: the caller read the
+        file whole and found the same size and mtime after the read as before it."""
         self.path = os.fspath(path)
         self._descriptor = descriptor
         if status is None:
             status = os.fstat(descriptor)
         self.key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+        self.steady = steady
+        """The bytes read are the file's at the mtime of ``key``: nobody changed it in place during the read
+        (see vouching.sealed)."""
 
     def is_current(self, directory: fs.Directory | None = None) -> bool:
         """Whether the path still names this version, unchanged (a symlink put in its place does not).
@@ -262,8 +267,11 @@ class Textfile:
                 while chunk := os.read(descriptor, 1 << 20):
                     chunks.append(chunk)
                 data = b"".join(chunks)
-            # Its identity as fstat gave it before the read: a change during the read makes it out of date.
-            version = FileVersion(self.path, descriptor, status)
+            # Its identity as fstat gave it before the read: a change during the read makes it out of date. The
+            # look after the read tells whether the bytes are the file's at that mtime (vouching.py's seal).
+            after = os.fstat(descriptor)
+            steady = after.st_mtime_ns == status.st_mtime_ns and after.st_size == status.st_size == len(data)
+            version = FileVersion(self.path, descriptor, status, steady)
         except OSError as error:
             os.close(descriptor)
             raise write_error(self.path, "read", error) from None
@@ -307,11 +315,12 @@ class Textfile:
                 unlink_quietly(textfile, entry.name)
 
     def write_temporary(self, parts: Iterable[bytes | memoryview], textfile: fs.Directory,
-                        meanwhile: Callable[[str], object] | None = None) -> tuple[str, int]:
+                        meanwhile: Callable[[str], object] | None = None, seal: str | None = None) -> tuple[str, int]:
         """Write the text ``parts`` make durably to a new temporary file; return its name and its open
         descriptor (noted in process.writing until :meth:`rename` or :func:`close_written`). ``meanwhile``: work
         done once the bytes are written, while the device writes them back (see :func:`start_writeback`), before
-        the fsync waits for it; it is given the temporary's name."""
+        the fsync waits for it; it is given the temporary's name. ``seal``: the value of the layout line written,
+        whose seal the file gets (vouching.seal)."""
         temporary = f"{TEMPORARY_PREFIX}{random_suffix()}"
         try:
             # O_EXCL|O_NOFOLLOW, 0644 by fchmod: never through a symlink or into a file someone else prepared,
@@ -323,6 +332,8 @@ class Textfile:
         try:
             try:
                 write_parts(descriptor, parts)
+                if seal is not None:
+                    vouching.seal(descriptor, seal)  # after the last write, which sets the mtime again
                 if meanwhile is not None:
                     start_writeback(descriptor)
                     meanwhile(temporary)
