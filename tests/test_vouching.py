@@ -275,3 +275,18 @@ def test_a_forged_seal_over_a_line_the_merge_does_not_change_gets_the_refusal_an
     assert refusal(tmp_path) == unsealed
     assert path.read_bytes() == changed
 
+
+def test_a_forged_seal_over_a_line_in_a_segment_no_merge_changed_yet_is_refused_when_one_does(tmp_path: Path) -> None:
+    """A broken line in a segment the merge leaves as it is goes on unchecked, with the checksum claimed for it:
+    the limit of taking a file at its seal (vouching.py). The next merge that changes that segment fails on it, in
+    the same process too, where the document is cached: its claims are checked then, and the file is refused with
+    its line, as the next process refuses it, not with a bare ValueError from deep in the merge."""
+    path = written_file(tmp_path)
+    sealed = path.stat()
+    line = b'fraisier_deployment_duration_seconds_count{provider="provider_050",status="success"} 1.0\n'
+    path.write_bytes(path.read_bytes().replace(line, line.replace(b" 1.0", b" x.0"), 1))
+    os.utime(path, ns=(sealed.st_atime_ns, sealed.st_mtime_ns))
+    store = TextfileStore(tmp_path)
+    record(store, events.deployment_complete, "provider_003", "api", "success", 2.0)
+    with pytest.raises(CorruptTextfileError, match=r'fraisier.prom:\d+: expected float as value, got "x.0"'):
+        record(store, events.deployment_complete, "provider_050", "api", "success", 2.0)
