@@ -224,3 +224,69 @@ def test_a_sealed_file_whose_claims_fail_the_merge_is_checked_and_read_again(
     with pytest.raises(CorruptTextfileError, match=r'fraisier.prom:\d+: expected float as value, got "x.0"'):
         record(TextfileStore(tmp_path), events.deployment_complete, "provider_003", "api", "success", 2.0)
     assert path.read_bytes() == changed
+
+
+def written_with_a_note_and_another_writers_family(directory: Path) -> Path:
+    """A file the store wrote whose block of ours has a stray comment in its header, and which holds a family of
+    another writer's, kept as its text: each vouched for by the layout line like the rest."""
+    path = written_file(directory)
+    help_line = "# HELP fraisier_deployments_total"
+    text = path.read_text().replace(help_line, f"# a note\n{help_line}", 1)
+    path.write_text(f'{text}# TYPE other_writers_total counter\nother_writers_total{{job="a"}} 17.0\n')
+    record(TextfileStore(directory), events.deployment_complete, "provider_003", "api", "success", 2.0)
+    layout_line = path.read_text().splitlines()[0]
+    assert "fraisier_deployments_total/" in layout_line and " other_writers_total/r/" in layout_line
+    return path
+
+
+def refusal(directory: Path) -> str:
+    with pytest.raises(CorruptTextfileError) as refused:
+        record(TextfileStore(directory), events.deployment_complete, "provider_003", "api", "success", 3.0)
+    return str(refused.value)
+
+
+NEIGHBOUR = 'fraisier_deployments_total{provider="provider_004",status="success",fraise_type="api"} 1.0\n'
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        pytest.param(NEIGHBOUR.encode(), NEIGHBOUR.replace(" 1.0", " x.0").encode(), id="no-number-beside-the-series"),
+        pytest.param(NEIGHBOUR.encode(), NEIGHBOUR.replace("api", "a\xffi").encode("latin-1"), id="not-utf8-beside"),
+        pytest.param(b'other_writers_total{job="a"} 17.0', b'other_writers_total{job="a"} x7.0', id="another-family"),
+        pytest.param(b"# a note\n", b"a note #\n", id="a-header-line-no-comment"),
+    ],
+)
+def test_a_forged_seal_over_a_line_the_merge_does_not_change_gets_the_refusal_an_unsealed_file_gets(
+    tmp_path: Path, old: bytes, new: bytes
+) -> None:
+    """The merge taking the file at its seal need not fail on a broken line it does not change: it would write it
+    on, checksummed anew as bytes it had checked (a segment it edits, a header, another writer's family), and the
+    file would stay broken, vouched for, with no merge ever to refuse it. Whatever the merge checksums anew it
+    checks first: the forged seal gets the refusal the file gets unsealed, with the same line."""
+    path = written_with_a_note_and_another_writers_family(tmp_path)
+    sealed = path.stat()
+    original = path.read_bytes()
+    changed = original.replace(old, new, 1)
+    assert changed != original and len(changed) == len(original)
+    path.write_bytes(changed)
+    unsealed = refusal(tmp_path)
+    os.utime(path, ns=(sealed.st_atime_ns, sealed.st_mtime_ns))
+    assert refusal(tmp_path) == unsealed
+    assert path.read_bytes() == changed
+
+
+def test_a_forged_seal_over_a_line_in_a_segment_no_merge_changed_yet_is_refused_when_one_does(tmp_path: Path) -> None:
+    """A broken line in a segment the merge leaves as it is goes on unchecked, with the checksum claimed for it:
+    the limit of taking a file at its seal (vouching.py). The next merge that changes that segment fails on it, in
+    the same process too, where the document is cached: its claims are checked then, and the file is refused with
+    its line, as the next process refuses it, not with a bare ValueError from deep in the merge."""
+    path = written_file(tmp_path)
+    sealed = path.stat()
+    line = b'fraisier_deployment_duration_seconds_count{provider="provider_050",status="success"} 1.0\n'
+    path.write_bytes(path.read_bytes().replace(line, line.replace(b" 1.0", b" x.0"), 1))
+    os.utime(path, ns=(sealed.st_atime_ns, sealed.st_mtime_ns))
+    store = TextfileStore(tmp_path)
+    record(store, events.deployment_complete, "provider_003", "api", "success", 2.0)
+    with pytest.raises(CorruptTextfileError, match=r'fraisier.prom:\d+: expected float as value, got "x.0"'):
+        record(store, events.deployment_complete, "provider_050", "api", "success", 2.0)

@@ -123,6 +123,19 @@ class Claims:
         return True
 
 
+class NotAsClaimed(ValueError):
+    """Bytes read under a layout line's claims, not checked yet (a file taken at its seal, store/vouching.py), that
+    a writer was about to checksum anew do not hold them: the file is read again, line by line."""
+
+
+def check_claimed(data: bytes, start: int, segments: Sequence[Segment], what: str) -> None:
+    """Raise :class:`NotAsClaimed` unless ``data`` from ``start`` holds ``segments``. For a writer about to checksum
+    anew bytes it read under claims (a segment it edits, a header, another writer's family): its checksum would
+    vouch for bytes nobody checked, and a broken line there would be taken on trust by every reader after it."""
+    if matches(data, start, segments) < 0:
+        raise NotAsClaimed(f"{what} is not as the layout line claims")
+
+
 def seal_of(line: str) -> int:
     """The seal of a file whose layout line's value is ``line``: the nanoseconds within its second that the store
     sets the mtime of each file it writes to (store/vouching.py), 1 to 999,999,999. Never 0, which every mtime of a

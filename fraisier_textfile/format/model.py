@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from fraisier_textfile.format import layout
 from fraisier_textfile.format.bookkeeping import MetaValue, RawValue
-from fraisier_textfile.format.layout import Segment, crc_of, segments_of
+from fraisier_textfile.format.layout import Segment, check_claimed, crc_of, segments_of
 from fraisier_textfile.format.schema import Family, Kind, Schema, format_float
 from fraisier_textfile.format.span import BodySpan
 from fraisier_textfile.format.syntax import (
@@ -53,6 +53,10 @@ class Block:
         self._header_written: tuple[tuple[str, str | None, str | None, tuple[str, ...]], bytes, Segment] | None = None
         self.span: BodySpan | None = None
         """The body as read, while it is held as a span of the file's bytes (None: held as lines, or raw)."""
+        self.claimed: tuple[bytes, int, list[Segment]] | None = None
+        """Bytes of the file read that :meth:`written` checksums anew (the header; the text of another writer's
+        family), where they start and the segments the layout line claims for them, not checked yet: checked
+        before, as an edited segment of the body is (span.py)."""
 
     def set_body(self, data: bytes, start: int, end: int, segments: list[Segment] | None = None) -> None:
         """Make ``data[start:end]`` (sample lines of ours as we write them) the block's body; ``segments``: its
@@ -200,6 +204,9 @@ class Block:
         a reader that only serves the text (:meth:`parts`): no segment is checksummed, and None is returned
         for them. ``schema``: the document's, whose families a layout vouches for (None: no segments, as without
         checksums)."""
+        if checksums and self.claimed is not None:
+            check_claimed(*self.claimed, f"the block of {self.name}")
+            self.claimed = None
         if self.raw is not None:
             if self._raw_written is None or self._raw_written[0] is not self.raw:
                 self._raw_written = (self.raw, self.raw.encode("utf-8"))

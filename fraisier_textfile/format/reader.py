@@ -109,7 +109,8 @@ def read_claimed(data: bytes, schema: Schema) -> tuple[Document, layout.Claims] 
                 end = claims.claim(position, body)
                 if end < 0:
                     return None
-                document.blocks[name] = _raw_block(name, data[position:end].decode("utf-8"))
+                block = document.blocks[name] = _raw_block(name, data[position:end].decode("utf-8"))
+                block.claimed = (data, position, body)
                 position = end
                 continue
             assert owned is not None
@@ -124,6 +125,7 @@ def read_claimed(data: bytes, schema: Schema) -> tuple[Document, layout.Claims] 
                 return None
             block = Block(name, help=owned.help, type=owned.kind.value, owned=owned)
             block.comments = comments[:-2]
+            block.claimed = (data, position, [header])
             block.set_body(data, header_end, end, body)
             document.blocks[name] = block
             position = end

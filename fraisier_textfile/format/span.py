@@ -11,7 +11,7 @@ it (:meth:`BodySpan.lines`)."""
 
 from __future__ import annotations
 
-from fraisier_textfile.format.layout import Segment, crc_of, segments_of
+from fraisier_textfile.format.layout import Segment, check_claimed, crc_of, segments_of
 
 
 class BodySpan:
@@ -19,8 +19,8 @@ class BodySpan:
     to them since they were read."""
 
     __slots__ = (
-        "_added", "_added_written", "_edited_segments", "_edits", "_hint", "_line_count", "_positions", "data", "end",
-        "segments", "start",
+        "_added", "_added_written", "_claimed", "_edited_segments", "_edits", "_hint", "_line_count", "_positions",
+        "data", "end", "segments", "start",
     )
 
     def __init__(self, data: bytes, start: int, end: int, segments: list[Segment] | None = None) -> None:
@@ -29,6 +29,9 @@ class BodySpan:
         self.end = end
         self.segments = segments
         """The checksums of data[start:end] as read (see layout.py); None: not known yet."""
+        self._claimed = segments is not None
+        """The segments are the layout line's claims, perhaps never checked (a file taken at its seal): each is
+        checked before an edit has it checksummed anew (see :meth:`pieces`)."""
         self._edits: dict[str, str] = {}  # key -> line replacing its line in the span ("" removes it)
         self._added: dict[str, str] = {}  # key -> line of a series not in the span
         self._positions: dict[str, int] = {}  # where a key's line starts in data, -1 if it is not there
@@ -194,6 +197,8 @@ class BodySpan:
             edited.append(view[cursor:end])
             if checksums:
                 known = self._edited_segments.get(number)
+                if known is None and self._claimed:
+                    check_claimed(data, position, [(length, crc)], "a segment edited")
                 if known is None or known[0] != tuple(its_edits):
                     known = self._edited_segments[number] = (tuple(its_edits), crc_of(edited))
                 segment = known[1]

@@ -155,8 +155,9 @@ class Transaction:
         self.sources = list(sources)
         self.litter = list(litter)
         # What this process last wrote, and the identity of the file it wrote: while the file on disk is
-        # still that one, nobody else has merged since and it need not be read or parsed again.
-        self._cached: tuple[FileVersion, Document] | None = None
+        # still that one, nobody else has merged since and it need not be read or parsed again. With it, the check
+        # of the claims it was read on, if it was taken at its seal: a merge that fails on it checks them then.
+        self._cached: tuple[FileVersion, Document, Check | None] | None = None
         self._corrupt: tuple[FileVersion, CorruptTextfileError] | None = None
         """The version of the file that failed to parse, and how: see _load."""
         self._next_litter_check = 0.0  # see LITTER_INTERVAL
@@ -280,7 +281,8 @@ class Transaction:
             raise
         # Signals are held back (see DeferredSignals): the rename and the clear happen together.
         version = self.file.rename(temporary, descriptor, textfile)
-        self._cached = None if version is None else (version, document)
+        unchecked = check if check is not None and check.sealed else None
+        self._cached = None if version is None else (version, document, unchecked)
         changes.clear()
         return merge
 
@@ -337,13 +339,13 @@ class Transaction:
             return None
 
     def _load(self, textfile: fs.Directory) -> tuple[Document, Check | None, int | None]:
-        """The document to merge into, the check of its claims still to be made (None: nothing to check), and the
-        file's mtime in nanoseconds as found (None: no file; rules.clock_is_behind judges it, with no look of its
-        own at the file)."""
+        """The document to merge into, the check of its claims still to be made (None: nothing to check; one taken
+        at its seal, kept with the document cached, is made only if the merge fails), and the file's mtime in
+        nanoseconds as found (None: no file; rules.clock_is_behind judges it, with no look of its own at the file)."""
         if self._cached is not None:
-            cached_version, document = self._cached
+            cached_version, document, unchecked = self._cached
             if cached_version.is_current(textfile):
-                return document, None, cached_version.key[3]
+                return document, unchecked, cached_version.key[3]
             # Another merger's rename unlinked it: its blocks are ours to free.
             replacing(cached_version, self._replaced)
             self._cached = None

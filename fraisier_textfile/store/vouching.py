@@ -20,7 +20,12 @@ copy) has the kernel set its mtime again, which breaks the seal; a file whose mt
 and after the read, is the one the store wrote, and is taken as laid out without a checksum. Whoever puts the mtime
 back by hand forges it, as whoever can write the file can write any value into it (layout.py): the seal, like the
 checksums, guards against mistakes, not forgers. And a merge that fails on a file it took at its seal checks the
-claims then, as one that took it unchecked does (transaction.py): a forged seal gets the same refusal, with its line.
+claims then, as one that took it unchecked does (transaction.py), in the same process too while the document is
+cached: a forged seal gets the same refusal, with its line. Nor does a merge checksum anew bytes it took unchecked
+(a segment it edits, a header, another writer's family) before it checks them against their claims
+(layout.check_claimed): a broken line there would otherwise be written on under a checksum of its own, vouched for
+to every reader after. What a forged seal does let through is a broken line in a segment the merge leaves as it is:
+it goes on with the checksum claimed for it, until a merge changes that segment or a reader checks the claims.
 A filesystem that keeps whole seconds keeps no seal: its files are checksummed, as before.
 """
 
