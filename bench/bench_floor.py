@@ -17,7 +17,9 @@ environment of its own (see bench_cli.py); every process below is started with t
 - fresh merge        a NEW process imports the package (not timed: interpreter start and imports are reported
                      beside), then ``MetricsRecorder(dir)`` + one ``record_deployment_complete`` of an existing
                      series, auto-flushed: construction and the first read included, nothing cached.
-                     Goal ≤ 1.25× the new-process floor, at 10,000 and 100,000 series
+                     Goal ≤ 1.25× the new-process floor, at 10,000 and 100,000 series. Beside it, the same
+                     merge after an ``os.utime`` of the file, as a change in place sets its mtime: its seal broken
+                     (store/vouching.py), the merge checksums what the layout line claims
 - warm merge         the same event recorded again by a recorder that merged before. Goal ≤ 1.2× the floor
 - whole process      the fresh case as a whole process (start, imports, merge, teardown), beside a process that
                      only imports the package, and the floor
