@@ -79,9 +79,9 @@ class Claims:
 
     __slots__ = ("_runs", "_texts", "data", "line", "size")
 
-    def __init__(self, data: bytes, line: str = "") -> None:
+    def __init__(self, data: bytes) -> None:
         self.data = data
-        self.line = line
+        self.line = ""
         """The layout line's value, whose :func:`seal_of` a file as the store wrote it shows in its mtime."""
         self._runs: list[tuple[int, Sequence[Segment]]] = []
         self._texts: list[tuple[int, int]] = []

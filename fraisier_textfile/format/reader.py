@@ -93,8 +93,10 @@ def read_claimed(data: bytes, schema: Schema) -> tuple[Document, layout.Claims] 
         if not ascii_only:
             meta_read = {}
         line = meta.pop(layout.KEY, "")
-        entries = layout.parse(line, schema.fingerprint) if isinstance(line, str) else None
-        if not entries or not isinstance(line, str):
+        if not isinstance(line, str):
+            return None
+        entries = layout.parse(line, schema.fingerprint)
+        if not entries:
             return None
         claims.line = line
         document = Document(schema)
