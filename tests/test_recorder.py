@@ -4,6 +4,7 @@ import enum
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -1222,3 +1223,33 @@ def test_a_failed_merge_is_tried_again_once_the_file_changed_into_one_of_the_sam
     failed, room = found
     assert os.statvfs(directory).f_bavail <= room  # what tells it is the file, not more room
     assert failed.may_succeed_now()
+
+
+def test_a_failed_merge_is_tried_again_once_another_filesystem_is_mounted_over_the_textfile_directory(
+    tmp_path: Path,
+) -> None:
+    """A copy of the filesystem whose file was changed offline (an image of a restored disk, say), mounted over it:
+    the same inode number, size, mtime and ctime as the file the merge failed on, on another device."""
+    copy = tmp_path / "copy.img"
+    with small_ext4(tmp_path / "ext4") as mount_point:
+        directory = mount_point / "textfile"
+        record(TextfileStore(directory), provider_availability, "bare_metal", True)
+        failed, room = FailedWrite(TextfileStore(directory)), os.statvfs(directory).f_bavail
+        before = (directory / "fraisier.prom").read_bytes()
+        # Frozen, its image is whole on disk; mounted all along, the copy gets another loop device.
+        subprocess.run([binary("fsfreeze"), "--freeze", str(mount_point)], check=True)
+        try:
+            shutil.copyfile(tmp_path / "ext4.img", copy)
+        finally:
+            subprocess.run([binary("fsfreeze"), "--unfreeze", str(mount_point)], check=True)
+        offset = before.index(b'"} 1.0\n') + len(b'"} ')  # in the file's first block: 1.0 becomes 0.0
+        subprocess.run([binary("debugfs"), "-w", "-R", f"zap_block -f /textfile/fraisier.prom -o {offset} -l 1 "
+                        f"-p {ord('0')} 0", str(copy)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "loop", str(copy), str(mount_point)], check=True)
+        try:
+            assert (directory / "fraisier.prom").read_bytes() == before.replace(b'"} 1.0\n', b'"} 0.0\n')
+            assert os.statvfs(directory).f_bavail <= room
+            assert failed.may_succeed_now()
+        finally:
+            subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+            copy.unlink()
