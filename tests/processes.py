@@ -178,6 +178,17 @@ def lock_held_elsewhere(lock_path: Path) -> Iterator[None]:
         holder.wait()
 
 
+def copied_as_built(path: Path, text: str) -> os.stat_result:
+    """``text`` copied over ``path`` by ``cp -p`` from a build that gives every file one mtime (Nix's store,
+    SOURCE_DATE_EPOCH): written in place, its inode kept, with the source's mtime. Its status after."""
+    built = path.with_name(path.name + ".built")
+    built.write_text(text)
+    os.utime(built, ns=(1_000_000_000, 1_000_000_000))
+    subprocess.run(["cp", "-p", str(built), str(path)], check=True)
+    built.unlink()
+    return path.stat()
+
+
 @contextmanager
 def small_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
     """A real tmpfs of ``size`` (``64k``, ``16m``) at ``mount_point``: a filesystem that fills up, since a full
