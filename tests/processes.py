@@ -178,6 +178,17 @@ def lock_held_elsewhere(lock_path: Path) -> Iterator[None]:
         holder.wait()
 
 
+def copied_as_built(path: Path, text: str) -> os.stat_result:
+    """``text`` copied over ``path`` by ``cp -p`` from a build that gives every file one mtime (Nix's store,
+    SOURCE_DATE_EPOCH): written in place, its inode kept, with the source's mtime. Its status after."""
+    built = path.with_name(path.name + ".built")
+    built.write_text(text)
+    os.utime(built, ns=(1_000_000_000, 1_000_000_000))
+    subprocess.run(["cp", "-p", str(built), str(path)], check=True)
+    built.unlink()
+    return path.stat()
+
+
 @contextmanager
 def small_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
     """A real tmpfs of ``size`` (``64k``, ``16m``) at ``mount_point``: a filesystem that fills up, since a full
@@ -195,6 +206,31 @@ def small_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
     finally:
         # Lazily: a recorder of the test may still hold a file open there.
         subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+@contextmanager
+def small_ext4(mount_point: Path, size: str = "8M") -> Iterator[Path]:
+    """A real ext4 of ``size`` at ``mount_point``, on a loop device over an image file beside it: ext4 gives a
+    freed inode number to the next new file at once (tmpfs never reuses one), so a file replaced twice may come
+    back with its first inode number. Mounting needs root: elsewhere a skip, and a failure under CI=true."""
+    image = mount_point.with_name(mount_point.name + ".img")
+    with open(image, "wb") as file:
+        file.truncate(int(size[:-1]) << {"K": 10, "M": 20}[size[-1]])
+    subprocess.run([binary("mkfs.ext4"), "-q", "-F", str(image)], check=True, capture_output=True)
+    mount_point.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        image.unlink()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount an ext4 image: {mounted.stderr!r}")
+        pytest.skip("cannot mount an ext4 image here (not root)")
+    try:
+        yield mount_point
+    finally:
+        # Lazily, as small_tmpfs: a store of the test may still hold a file open there. The loop device goes
+        # with the last use of the mount (mount -o loop sets it to clear itself).
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+        image.unlink()
 
 
 STORE_WORKERS = Path(__file__).with_name("store_workers.py")

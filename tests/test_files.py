@@ -4,6 +4,7 @@ through a symlink."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from fraisier_textfile.store.files import (
     write_parts,
 )
 
-from .stores import record
+from .processes import small_ext4
+from .stores import record, store_at
 from .test_fs import Interrupted, closed_once, signalled_after
 
 
@@ -49,6 +51,43 @@ def test_a_version_is_current_until_the_file_is_replaced_even_by_the_same_bytes(
     assert fresh.is_current()
     fresh.close()
     assert not fresh.is_current()  # closed: its inode may be reused, it can no longer vouch for the file
+
+
+def written_six_times(directory: Path, now: float) -> list[os.stat_result]:
+    """The textfile's status after each of six merges: other bytes each time (their update times, a minute
+    apart from ``now``), the same size and the same layout line."""
+    versions = []
+    for minute in range(1, 7):
+        record(store_at(directory, now + 60 * minute), events.provider_availability, "bare_metal", True)
+        versions.append(os.stat(directory / "fraisier.prom"))
+    return versions
+
+
+def test_a_version_held_open_keeps_its_inode_from_the_versions_written_in_its_second_on_ext4(tmp_path: Path) -> None:
+    """The seal gives the versions written in one second with one layout line the same mtime, and ext4 gives a
+    freed inode number to the next new file: what keeps a version (a merger's, a server's) from taking a later
+    one of its size for itself is its descriptor, which keeps its inode from being freed. So its identity needs
+    no ctime (recorder/writer.py's FailedWrite, which holds nothing open, does)."""
+    with small_ext4(tmp_path / "ext4") as mount_point:
+        directory = mount_point / "textfile"
+        for _ in range(5):
+            time.sleep(1 - time.time() % 1)  # at the start of a second
+            now = time.time() - 86400
+            record(store_at(directory, now), events.provider_availability, "bare_metal", True)
+            version, _ = TextfileStore(directory).read_data()
+            assert version is not None
+            _, inode, size, mtime = version.key
+            try:
+                later = written_six_times(directory, now)
+                current = version.is_current()
+            finally:
+                version.close()
+            if later[-1].st_mtime_ns == mtime:
+                break
+        assert later[-1].st_mtime_ns == mtime, "no seven versions in one second"
+        assert all(status.st_size == size for status in later)
+        assert inode not in [status.st_ino for status in later]
+        assert not current
 
 
 def test_a_symlink_in_place_of_the_file_is_not_its_version(tmp_path: Path) -> None:

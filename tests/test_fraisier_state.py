@@ -25,7 +25,7 @@ from fraisier_textfile.changes import Changes
 from fraisier_textfile.sources import fraisier_state
 from fraisier_textfile.sources.fraisier_state import META_KEY, FraisierStateSource, error_type, participants
 
-from .processes import opens_of
+from .processes import copied_as_built, opens_of
 from .values import sample_values
 
 WORKERS = Path(__file__).with_name("fraisier_state_workers.py")
@@ -1200,3 +1200,21 @@ def test_a_long_lived_reader_finds_a_rollback_on_a_recent_row_at_once_and_on_an_
     values = sample_values(store.path)
     assert values[rollbacks("bare_metal", "health_check")] == 2 and values[API_FAILED] == 2
     assert refresh(textfile_dir) == values  # a new process's full check finds nothing more
+
+
+def test_a_fraises_yaml_copied_over_with_the_same_size_and_mtime_gives_a_long_lived_store_its_new_types(
+    fraisier: Fraisier, textfile_dir: Path
+) -> None:
+    """As a server's store, merging again and again: a fraise's new type is as long as its old one, and the file
+    copied with ``cp -p`` keeps its inode and gets the same mtime. Only the ctime tells the new file from the old."""
+    store = TextfileStore(textfile_dir, participants=participants())
+    old = copied_as_built(fraisier.config, CONFIG)
+    fraisier.deploy("api", "success")
+    store.merge(Changes())
+    new = copied_as_built(fraisier.config, CONFIG.replace("  api:\n    type: api\n", "  api:\n    type: etl\n"))
+    assert (new.st_ino, new.st_size, new.st_mtime_ns) == (old.st_ino, old.st_size, old.st_mtime_ns)
+    fraisier.deploy("api", "success")
+    store.merge(Changes())
+    values = sample_values(store.path)
+    assert values[API_SUCCESS] == 1
+    assert values[deployments("bare_metal", "success", "etl")] == 1

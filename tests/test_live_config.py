@@ -12,6 +12,7 @@ import pytest
 from fraisier_textfile.errors import WebConfigError
 from fraisier_textfile.serve.live_config import LiveWebConfig
 
+from .processes import copied_as_built
 from .tls import Certificates
 from .web_configs import hashed, header, tls_config, write
 
@@ -157,3 +158,14 @@ def test_a_renewed_certificate_gives_a_new_context_and_a_bad_one_keeps_the_old(
 def test_a_live_config_that_is_invalid_at_start_raises(tmp_path: Path) -> None:
     with pytest.raises(WebConfigError, match="unknown key 'tls'"):
         LiveWebConfig(write(tmp_path / "web.yml", "tls: {}\n"))
+
+
+def test_a_config_copied_over_with_the_same_size_and_mtime_is_reread(tmp_path: Path) -> None:
+    """A bcrypt hash is as long as another: only the ctime tells the new config from the old."""
+    config = tmp_path / "web.yml"
+    old = copied_as_built(config, f"basic_auth_users:\n  prometheus: {hashed('old')}\n")
+    live = LiveWebConfig(config)
+    assert live.authorized(header("prometheus", "old"))
+    new = copied_as_built(config, f"basic_auth_users:\n  prometheus: {hashed('new')}\n")
+    assert (new.st_ino, new.st_size, new.st_mtime_ns) == (old.st_ino, old.st_size, old.st_mtime_ns)
+    assert live.authorized(header("prometheus", "new"))

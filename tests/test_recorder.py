@@ -4,6 +4,7 @@ import enum
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,12 +29,21 @@ from fraisier_textfile import (
     get_metrics_recorder,
 )
 from fraisier_textfile import catalogue as c
-from fraisier_textfile.changes import Changes, deployment_complete
+from fraisier_textfile.changes import Changes, deployment_complete, provider_availability
 from fraisier_textfile.format.schema import format_float
-from fraisier_textfile.recorder.writer import JOIN_WITHIN
+from fraisier_textfile.recorder.writer import JOIN_WITHIN, FailedWrite
 from fraisier_textfile.store.markers import MARKER_DIRECTORY
 
-from .processes import REPOSITORY, binary, ctrl_c_once_noted, fraisier, lock_held_elsewhere, small_tmpfs
+from .processes import (
+    REPOSITORY,
+    binary,
+    ctrl_c_once_noted,
+    fraisier,
+    lock_held_elsewhere,
+    small_ext4,
+    small_tmpfs,
+)
+from .stores import record, store_at
 from .test_markers import markers_in
 from .values import canonical_samples, sample_values
 
@@ -1167,3 +1177,79 @@ def test_ctrl_c_while_the_exit_waits_for_the_lock_hands_the_events_over_without_
     TextfileStore(textfile_dir).merge(Changes())
     assert sample_values(textfile_dir / "fraisier.prom")[
         'fraisier_deployments_total{provider="bare_metal",status="success",fraise_type="api"}'] == 1
+
+
+# A failed merge tried again: FailedWrite
+
+@pytest.fixture
+def ext4_filesystem(tmp_path: Path) -> Iterator[Path]:
+    with small_ext4(tmp_path / "ext4") as mount_point:
+        yield mount_point
+
+
+def written_again_in_the_same_inode(directory: Path) -> tuple[FailedWrite, int] | None:
+    """A merge that failed just after a version of the textfile was written (the failure, and the room left then),
+    once later merges in the same second have written it again into a file with that
+    version's inode number (ext4 reuses it): other bytes (another update time), the same size and the same layout
+    line, so the same mtime (the seal). None when the second ran out first."""
+    path = directory / "fraisier.prom"
+    time.sleep(1 - time.time() % 1)  # at the start of a second
+    now = time.time() - 86400  # update times a day ago, a minute apart: as many digits, other bytes
+    record(store_at(directory, now), provider_availability, "bare_metal", True)
+    first, before = os.stat(path), path.read_bytes()
+    failed, room = FailedWrite(TextfileStore(directory)), os.statvfs(directory).f_bavail
+    for minute in range(1, 20):
+        record(store_at(directory, now + 60 * minute), provider_availability, "bare_metal", True)
+        last = os.stat(path)
+        if last.st_ino == first.st_ino:
+            if last.st_mtime_ns != first.st_mtime_ns:
+                return None
+            assert last.st_size == first.st_size and path.read_bytes() != before
+            return failed, room
+    raise AssertionError("ext4 never gave the first version's inode number to a later one")
+
+
+def test_a_failed_merge_is_tried_again_once_the_file_changed_into_one_of_the_same_inode_size_and_mtime(
+    ext4_filesystem: Path,
+) -> None:
+    """Before the seal the kernel's clock told two such versions apart by their mtime; now the seal gives both the
+    same nanoseconds within the same second. Their ctime, which nobody sets, still does."""
+    directory = ext4_filesystem / "textfile"
+    for _ in range(5):
+        found = written_again_in_the_same_inode(directory)
+        if found is not None:
+            break
+    assert found is not None, "no two versions in one second"
+    failed, room = found
+    assert os.statvfs(directory).f_bavail <= room  # what tells it is the file, not more room
+    assert failed.may_succeed_now()
+
+
+def test_a_failed_merge_is_tried_again_once_another_filesystem_is_mounted_over_the_textfile_directory(
+    tmp_path: Path,
+) -> None:
+    """A copy of the filesystem whose file was changed offline (an image of a restored disk, say), mounted over it:
+    the same inode number, size, mtime and ctime as the file the merge failed on, on another device."""
+    copy = tmp_path / "copy.img"
+    with small_ext4(tmp_path / "ext4") as mount_point:
+        directory = mount_point / "textfile"
+        record(TextfileStore(directory), provider_availability, "bare_metal", True)
+        failed, room = FailedWrite(TextfileStore(directory)), os.statvfs(directory).f_bavail
+        before = (directory / "fraisier.prom").read_bytes()
+        # Frozen, its image is whole on disk; mounted all along, the copy gets another loop device.
+        subprocess.run([binary("fsfreeze"), "--freeze", str(mount_point)], check=True)
+        try:
+            shutil.copyfile(tmp_path / "ext4.img", copy)
+        finally:
+            subprocess.run([binary("fsfreeze"), "--unfreeze", str(mount_point)], check=True)
+        offset = before.index(b'"} 1.0\n') + len(b'"} ')  # in the file's first block: 1.0 becomes 0.0
+        subprocess.run([binary("debugfs"), "-w", "-R", f"zap_block -f /textfile/fraisier.prom -o {offset} -l 1 "
+                        f"-p {ord('0')} 0", str(copy)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "loop", str(copy), str(mount_point)], check=True)
+        try:
+            assert (directory / "fraisier.prom").read_bytes() == before.replace(b'"} 1.0\n', b'"} 0.0\n')
+            assert os.statvfs(directory).f_bavail <= room
+            assert failed.may_succeed_now()
+        finally:
+            subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+            copy.unlink()

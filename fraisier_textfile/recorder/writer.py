@@ -74,7 +74,10 @@ class FailedWrite:
     def _now(self) -> tuple[object, ...]:
         try:
             status = os.stat(self._store.path)
-            file: object = (status.st_ino, status.st_size, status.st_mtime_ns)
+            # The ctime too: two versions the store wrote in one second with one layout line have the same mtime
+            # (its seal, store/vouching.py), and the second may get the first one's inode number and size. Nobody
+            # sets a ctime, and all it is compared for is equality: a stepped clock does not make two alike.
+            file: object = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
         except OSError as error:
             file = error.errno
         try:

@@ -21,12 +21,15 @@ log = logging.getLogger(__name__)
 TLS_POLICY_KEYS = ("client_auth_type", "client_ca_file", "min_version", "max_version")
 
 
-def _identity(path: Path) -> tuple[int, int, int] | None:
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
     try:
         status = os.stat(path)
     except OSError:
         return None
-    return (status.st_ino, status.st_size, status.st_mtime_ns)
+    # The ctime too: a file copied over in place with its source's mtime kept (cp -p, rsync -t) from a build that
+    # gives every file one mtime (Nix, SOURCE_DATE_EPOCH) keeps its inode, its mtime and, with a password's bcrypt
+    # hash or a renewed certificate, its size. Nobody sets a ctime.
+    return (status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
 class LiveWebConfig:

@@ -90,9 +90,10 @@ class FileVersion:
 
     A merger or a server that has the file's content in memory must know whether the file on disk is still
     that version. (inode, size, mtime) alone can be fooled: ext4 hands a freed inode to the next new file at
-    once, and before Linux 6.13 mtime moves only once per kernel tick, so two merges within a tick can
-    leave a file with the old inode, size and mtime but other content. While this descriptor is open the
-    inode cannot be reused, so the same inode on disk is this very file.
+    once, and the seal (vouching.py) gives the versions written in one second with one layout line the same
+    mtime (before Linux 6.13 the kernel's tick did so within a tick), so two merges can leave a file with the
+    old inode, size and mtime but other content. While this descriptor is open the inode cannot be reused, so
+    the same inode on disk is this very file.
     """
 
     __slots__ = ("_descriptor", "key", "path", "steady")

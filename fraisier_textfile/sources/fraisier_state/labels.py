@@ -51,7 +51,7 @@ class FraiseLabels:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
         self._types: dict[str, str] = {}
         self._status_dirs: dict[tuple[str, str], Path] = {}
 
@@ -67,7 +67,9 @@ class FraiseLabels:
         except OSError:
             self._stamp, self._types, self._status_dirs = None, {}, {}
             return
-        stamp = (status.st_ino, status.st_size, status.st_mtime_ns)
+        # The ctime too: see serve/live_config.py (a copy by cp -p from a build that fixes every mtime, a type
+        # changed into one as long).
+        stamp = (status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
         if stamp == self._stamp:
             return
         self._stamp = stamp
