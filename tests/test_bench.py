@@ -1,4 +1,5 @@
-"""The benchmarks still run (a quick pass; their figures are read by people, never asserted here)."""
+"""The benchmarks still run (a quick pass; their figures are read by people, never asserted here), and the floors
+they compare with do what they say (bench_floor's design floor: the store's merge, byte for byte)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,26 @@ def test_the_design_floor_writes_the_bytes_and_the_seal_the_store_writes(
     assert floored == recorded
     seals = [copy.stat().st_mtime_ns % 1_000_000_000 for copy in copies]
     assert seals[0] != 0 and seals[1] == seals[0]
+
+
+@pytest.mark.parametrize("seal", ["broken", "put-back"])
+def test_the_design_floor_refuses_a_file_changed_in_place(made_file: Path, tmp_path: Path, seal: str) -> None:
+    """The design floor takes a sealed file as laid out, as the store does, so it must be no less careful: a line
+    changed in place (its seal broken by the mtime the kernel sets, or put back by hand) in the segment the event
+    edits is refused, and the file left as it was, never vouched for under a checksum of the floor's."""
+    path = Path(shutil.copy2(made_file, tmp_path / made_file.name))
+    line = b'fraisier_deployments_total{provider="bare_metal",status="failed",fraise_type="api"} 1.0\n'
+    data = path.read_bytes()
+    assert data.count(line) == 1
+    status = path.stat()
+    changed = data.replace(line, line.replace(b" 1.0", b" 7.0"))
+    with open(path, "r+b") as file:  # in place, as an editor that keeps the inode
+        file.write(changed)
+    if seal == "put-back":
+        os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    result = subprocess.run([sys.executable, str(BENCH / "_floor_workers.py"), "fresh_design_floor", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "NotTheBenchFile: " in result.stderr and "not as its layout line claims" in result.stderr
+    assert path.read_bytes() == changed
+    assert [entry.name for entry in tmp_path.iterdir() if entry.name.startswith(".")] == []  # no temporary left
