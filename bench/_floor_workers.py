@@ -279,14 +279,16 @@ def fresh_design_floor(directory: str) -> None:
     fsynced, renamed over the file through the directory; unlock, close.
 
     Left out, as the store does them and a merge need not, or not here: the checked walk of the directory's path
-    from / (walk.py: one open here); the look that the lock file is still the one locked (lock.py), after the
-    flock and before the rename; the checksums of the headers, which the store writes anew and the floor copies;
-    the check that the headers' HELP and TYPE are the schema's; the series bound's check (the event's series
-    exist); the hand-overs' and markers' accounting and the litter look (neither directory exists; the floor
-    refuses a file whose bookkeeping names either); the writeback started before the fsync; the directory's fsync
-    after the rename and the close of the file replaced, which the store makes in another thread once its caller
-    has its answer (here after the timed span). An unsealed file is checked whole before anything is taken from
-    it, where the store checks it while the disk writes."""
+    from / (walk.py: one open here); signal handlers held back (signals.py); the look that the lock file is still
+    the one locked (lock.py), after the flock and before the rename; the checksums of the headers, which the store
+    writes anew and the floor copies; the check that the headers' HELP and TYPE are the schema's; the lifecycle but
+    for the update times: the series bound's check (the event's series exist), histogram migration (a file as the
+    store writes it needs none), expiry (refused: the bench sets no FRAISIER_EXPIRE_AFTER); the hand-overs' and
+    markers' accounting and the litter look (neither directory exists; the floor refuses a file whose bookkeeping
+    names either); the writeback started before the fsync; the directory's fsync after the rename and the close of
+    the file replaced, which the store makes in another thread once its caller has its answer (here after the
+    timed span). An unsealed file is checked whole before anything is taken from it, where the store checks it
+    while the disk writes."""
     import fraisier_textfile  # noqa: F401
     from fraisier_textfile import MetricsRecorder  # noqa: F401
 

@@ -682,9 +682,10 @@ def render_sizes(result: dict[str, Any]) -> None:
             "segments edited, the layout and update-times lines, a sealed temporary written, fsynced, renamed), "
             "the same bytes and seal as the store's (tests/test_bench.py); \"fresh recorder against it\" is what "
             "our code costs beyond the design's own least. It leaves out what the store does and a merge need not "
-            "here (the checked walk of the path, the look that the lock file is still the one locked, the headers' "
-            "checksums and HELP/TYPE check, the series bound, the litter look, the writeback's start); it closes "
-            "the replaced file after its timed span, as the store does in another thread",
+            "here (the checked walk of the path, signal handlers held back, the look that the lock file is still the "
+            "one locked, the headers' checksums and HELP/TYPE check, the lifecycle but for the update times, the "
+            "litter look, the writeback's start); it closes the replaced file after its timed span, as the store "
+            "does in another thread",
             "the floors fsync the file, not its directory; the store also fsyncs the directory after the rename "
             "(what that costs is shown beside), in the thread that closes the replaced file, once its caller has its "
             "answer, when the merge removes no hand-over or marker after it (as here); the warm loop waits for that "
