@@ -215,6 +215,379 @@ def fresh_floor(path: str, keep_replaced: str = "") -> None:
             "directory_fsync_seconds": time.perf_counter() - started})
 
 
+class DesignFacts:
+    """What the design floor knows before its timed span, as a merge compiled for Fraisier's families would: the
+    schema's fingerprint, the three families the event touches (names, label order, bucket bounds), the statuses
+    whose series the event creates at 0, and the store's names and modes. Read from the package's data once its
+    modules are imported (they are, by the same imports as ``fresh``): no code of the package runs on the timed
+    path."""
+
+    __slots__ = ("active", "deployments", "durations", "fingerprint", "handovers", "last", "lock_name", "markers",
+                 "name", "statuses", "temporary_prefix")
+
+    def __init__(self) -> None:
+        from fraisier_textfile import catalogue
+        from fraisier_textfile.store import files, handovers, lock, markers
+
+        self.fingerprint = catalogue.SCHEMA.fingerprint
+        self.statuses = catalogue.DEPLOYMENT_STATUSES
+        # (name, label names) of the counter and the gauge; the histogram's also its bounds and their le texts.
+        self.deployments = (catalogue.DEPLOYMENTS.name, catalogue.DEPLOYMENTS.labels)
+        self.last = (catalogue.LAST_DEPLOYMENT.name, catalogue.LAST_DEPLOYMENT.labels)
+        family = catalogue.DEPLOYMENT_DURATION
+        self.durations = (family.name, family.labels, (*family.buckets, float("inf")), family.bucket_bounds)
+        self.active = catalogue.ACTIVE_DEPLOYMENTS.name
+        self.name = files.TEXTFILE_NAME
+        self.temporary_prefix = files.TEMPORARY_PREFIX
+        self.lock_name = files.TEXTFILE_NAME + lock.LOCK_SUFFIX
+        self.markers = markers.MARKER_DIRECTORY
+        self.handovers = handovers.HANDOVER_DIRECTORY
+
+
+class NotTheBenchFile(Exception):
+    """The design floor merges the file bench_floor makes, as the store wrote it: anything else (a series missing, a
+    marker or hand-over directory, a bookkeeping line of theirs, a file not as its layout line claims) is refused,
+    never merged differently from the store."""
+
+
+META = b"# fraisier_textfile "
+LAYOUT = META + b"layout: "
+UPDATED = META + b"updated-"
+SECOND = 1_000_000_000
+CLOCK_TOLERANCE = 300.0
+"""rules.CLOCK_TOLERANCE: a stored last-deployment time further ahead of the clock than this is replaced."""
+_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_OPEN_LOCK = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def fresh_design_floor(directory: str) -> None:
+    """The design floor of the fresh merge: ``EVENT`` merged into the textfile of ``directory`` in plain Python, in a
+    new process after the same imports as ``fresh`` (not timed), doing what a merge of this store's design must do
+    at least and producing the same bytes and seal as the store's merge (tests/test_bench.py compares them).
+
+    Timed: open the directory (O_DIRECTORY|O_NOFOLLOW); open the lock file through it, flock; open the file through
+    it (O_NOFOLLOW), fstat, read it whole, fstat again (the seal's look); look for the marker and hand-over
+    directories (none: the floor refuses a file that has either); take the layout line's words, the places of the
+    blocks and segments from them; find the event's series lines and their zero siblings' (the counter, the
+    histogram's buckets, sum and count, the last-deployment gauge), add the event's values by the store's rules
+    (rules.py: summed, bucket-wise, the largest time unless the stored one is too far ahead); check the claimed
+    CRC-32 of each segment edited, then CRC-32 it edited; the new layout line; the minutes of the series touched
+    in their families' update-times lines, edited in place (series_times.py); a temporary created through the
+    directory (O_EXCL|O_NOFOLLOW, mode 0644 by fchmod), the pieces written by writev, sealed (vouching.seal),
+    fsynced, renamed over the file through the directory; unlock, close.
+
+    Left out, as the store does them and a merge need not, or not here: the checked walk of the directory's path
+    from / (walk.py: one open here); signal handlers held back (signals.py); the look that the lock file is still
+    the one locked (lock.py), after the flock and before the rename; the checksums of the headers, which the store
+    writes anew and the floor copies; the check that the headers' HELP and TYPE are the schema's; the lifecycle but
+    for the update times: the series bound's check (the event's series exist), histogram migration (a file as the
+    store writes it needs none), expiry (refused: the bench sets no FRAISIER_EXPIRE_AFTER); the hand-overs' and
+    markers' accounting and the litter look (neither directory exists; the floor refuses a file whose bookkeeping
+    names either); the writeback started before the fsync; the directory's fsync after the rename and the close of
+    the file replaced, which the store makes in another thread once its caller has its answer (here after the
+    timed span). An unsealed file is checked whole before anything is taken from it, where the store checks it
+    while the disk writes."""
+    import fraisier_textfile  # noqa: F401
+    from fraisier_textfile import MetricsRecorder  # noqa: F401
+
+    facts = DesignFacts()
+    if os.environ.get("FRAISIER_EXPIRE_AFTER"):
+        raise NotTheBenchFile("an expiring merge sweeps every family: the design floor does not")
+    started, started_cpu = time.perf_counter(), time.process_time()
+    replaced = merge_as_designed(directory, facts)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
+    os.close(replaced)
+    report({"seconds": seconds, "cpu_seconds": cpu_seconds})
+
+
+def merge_as_designed(directory: str, facts: DesignFacts) -> int:
+    """``EVENT`` merged into the textfile of ``directory`` (see fresh_design_floor); the descriptor of the file
+    replaced, still open, so that the rename does not free its blocks (the caller closes it)."""
+    import fcntl
+
+    now = time.time()
+    textfile = os.open(directory, _OPEN_DIRECTORY)
+    try:
+        lock = open_lock(facts.lock_name, textfile)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return merge_locked(textfile, facts, now)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            os.close(lock)
+    finally:
+        os.close(textfile)
+
+
+def open_lock(name: str, textfile: int) -> int:
+    """The lock file, made group-writable (0664) when this process makes it, as the store does."""
+    try:
+        return os.open(name, _OPEN_LOCK, dir_fd=textfile)
+    except FileNotFoundError:
+        descriptor = os.open(name, _OPEN_LOCK | os.O_CREAT | os.O_EXCL, 0o664, dir_fd=textfile)
+        os.fchmod(descriptor, 0o664)
+        return descriptor
+
+
+def merge_locked(textfile: int, facts: DesignFacts, now: float) -> int:
+    """Under the lock: the file read, ``EVENT`` applied, the new version renamed over it. Returns the descriptor
+    of the version replaced, still open."""
+    import stat
+    import zlib
+
+    descriptor = os.open(facts.name, _OPEN_READ, dir_fd=textfile)
+    try:
+        before = os.fstat(descriptor)
+        if not stat.S_ISREG(before.st_mode) or before.st_nlink != 1:
+            raise NotTheBenchFile("not a regular file of one name")
+        data = os.read(descriptor, before.st_size)
+        after = os.fstat(descriptor)
+        if (after.st_size, after.st_mtime_ns) != (len(data), before.st_mtime_ns) or len(data) != before.st_size:
+            raise NotTheBenchFile("changed while it was read")
+        for name in (facts.markers, facts.handovers):
+            try:
+                os.close(os.open(name, _OPEN_DIRECTORY, dir_fd=textfile))
+            except FileNotFoundError:
+                continue
+            raise NotTheBenchFile(f"{name} exists: its accounting is not the floor's")
+
+        # The meta lines: the layout line, and the update-times line of each family (value start, end).
+        view = memoryview(data)
+        layout = (0, 0)
+        times: dict[bytes, tuple[int, int]] = {}
+        position = 0
+        while data.startswith(META, position):
+            end = data.index(b"\n", position)
+            if data.startswith(LAYOUT, position):
+                layout = (position + len(LAYOUT), end)
+            elif data.startswith(UPDATED, position):
+                colon = data.index(b": ", position, end)
+                times[data[position + len(UPDATED) : colon]] = (colon + 2, end)
+            else:
+                raise NotTheBenchFile(f"a bookkeeping line the floor does not keep: {data[position:end][:60]!r}")
+            position = end + 1
+        line = str(view[layout[0] : layout[1]], "ascii")
+        words = line.split(" ")
+        if words[0] != facts.fingerprint:
+            raise NotTheBenchFile("not laid out with this schema")
+
+        # Each block's place from the layout line: its word's number, its body's segments (start, length, crc). A
+        # sealed file is taken as laid out: its words are read up to the last family the event touches.
+        sealed = before.st_mtime_ns % SECOND == zlib.crc32(line.encode()) % 999_999_999 + 1
+        touched = {facts.deployments[0], facts.durations[0], facts.last[0]}
+        blocks: dict[str, tuple[int, list[tuple[int, int, int]]]] = {}
+        claims: list[tuple[int, int, int]] = []
+        for number in range(1, len(words)):
+            name, header, *body = words[number].split("/")
+            segments = []
+            for text in body if header == "r" else [header, *body]:
+                length_text, _, crc_text = text.partition(".")
+                segments.append((position, int(length_text), int(crc_text, 16)))
+                position += int(length_text)
+            if header != "r":
+                claims.append(segments.pop(0))
+            blocks[name] = (number, segments)
+            claims += segments
+            if sealed and touched <= blocks.keys():
+                break
+        else:
+            if position != len(data):
+                raise NotTheBenchFile("not laid out as its layout line says")
+        if facts.active in blocks or not touched <= blocks.keys():
+            raise NotTheBenchFile("an active-deployments gauge, or a family of the event's missing")
+        if not sealed:  # checked whole before anything is taken from it
+            for start, length, crc in claims:
+                if zlib.crc32(view[start : start + length]) != crc:
+                    raise NotTheBenchFile("not as its layout line claims")
+            for start, end in times.values():
+                str(view[start:end], "utf-8")
+
+        # The event's edits of the file's bytes, by family: (start, end, replacement).
+        provider, fraise_type, status, duration = EVENT
+        edited: dict[str, list[tuple[int, int, bytes]]] = {}
+        name, labels = facts.deployments
+        found = Lines(data, blocks[name][1])
+        edits = edited[name] = []
+        for other in facts.statuses:  # the event's series and its siblings, which it creates at 0: they exist
+            start, end, value = found.value(series(name, labels, provider=provider, status=other,
+                                                   fraise_type=fraise_type))
+            if other == status:
+                edits.append((start, end, summed(value, 1.0)))
+        name, labels, bounds, les = facts.durations
+        found = Lines(data, blocks[name][1])
+        edits = edited[name] = []
+        for other in facts.statuses:
+            pairs = label_pairs(labels, provider=provider, status=other)
+            if other == status:
+                for bound, le in zip(bounds, les):
+                    start, end, value = found.value(f'{name}_bucket{{{pairs},le="{le}"}}')
+                    edits.append((start, end, summed(value, 1.0 if duration <= bound else 0.0)))
+                start, end, value = found.value(f"{name}_sum{{{pairs}}}")
+                edits.append((start, end, summed(value, duration)))
+            start, end, value = found.value(f"{name}_count{{{pairs}}}")
+            if other == status:
+                edits.append((start, end, summed(value, 1.0)))
+        name, labels = facts.last
+        start, end, value = Lines(data, blocks[name][1]).value(
+            series(name, labels, provider=provider, fraise_type=fraise_type, status=status))
+        edits = edited[name] = []
+        # rules.apply_changes: the later time wins, unless the stored one is too far ahead of a clock that is not
+        # itself behind the file's mtime (rules.clock_is_behind).
+        behind = before.st_mtime_ns / 1e9 - now > CLOCK_TOLERANCE
+        if now > value or value != value or (not behind and not value <= now + CLOCK_TOLERANCE):
+            edits.append((start, end, repr(now).encode()))
+
+        # The segments edited: each checked against its claim (a sealed file's were not), its new CRC-32 in the
+        # layout line.
+        for name, edits in edited.items():
+            edits[:] = [edit for edit in edits if data[edit[0] : edit[1]] != edit[2]]  # as read: not spliced
+            number, segments = blocks[name]
+            fields = words[number].split("/")
+            next_edit = 0
+            for index, (start, length, crc) in enumerate(segments):
+                if next_edit == len(edits):
+                    break
+                end = start + length
+                inside = []
+                while next_edit < len(edits) and edits[next_edit][0] < end:
+                    inside.append(edits[next_edit])
+                    next_edit += 1
+                if not inside:
+                    continue
+                if sealed and zlib.crc32(view[start:end]) != crc:
+                    raise NotTheBenchFile("a segment edited is not as its layout line claims")
+                length += sum(len(replacement) - (stop - at) for at, stop, replacement in inside)
+                crc = 0
+                for piece in spliced(view, start, end, inside):
+                    crc = zlib.crc32(piece, crc)
+                fields[2 + index] = f"{length}.{crc:08x}"
+            words[number] = "/".join(fields)
+        new_line = " ".join(words)
+
+        # The update times (series_times.SeriesTimes.touch, in place): each series touched and its siblings, the
+        # minute moved only forward, a series without one added at the line's end.
+        minute = str(int(now // 60)).encode()
+        times_edits: list[tuple[int, int, bytes]] = [(layout[0], layout[1], new_line.encode())]
+        keys = {
+            facts.deployments[0]: [f"{provider},{other},{fraise_type}" for other in facts.statuses],
+            facts.durations[0]: [f"{provider},{other}" for other in facts.statuses],
+            facts.last[0]: [f"{provider},{fraise_type},{status}"],
+        }
+        for family, family_keys in keys.items():
+            value_start, value_end = times.get(family.encode(), (0, 0))
+            space = data.find(b" ", value_start, value_end)
+            if not data[value_start : value_end if space < 0 else space].isdigit():
+                raise NotTheBenchFile(f"no update-times line of {family} to edit in place")
+            appended = b""
+            for key in family_keys:
+                needle = f" {key}=".encode()
+                at = data.find(needle, value_start, value_end)
+                if at < 0:
+                    if needle + minute not in appended:
+                        appended += needle + minute
+                    continue
+                at += len(needle)
+                stop = data.find(b" ", at, value_end)
+                stop = value_end if stop < 0 else stop
+                if not data[at:stop].isdigit() or int(data[at:stop]) < int(minute):
+                    times_edits.append((at, stop, minute))
+            if appended:
+                times_edits.append((value_end, value_end, appended))
+        every_edit = sorted(times_edits + [edit for edits in edited.values() for edit in edits])
+        write_as_designed(textfile, facts, spliced(view, 0, len(data), every_edit), new_line)
+        return descriptor
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+class Lines:
+    """The sample lines of one block's body, found by their series' keys: each search from the last line found
+    (the lines of one series are next to each other), then from the body's start."""
+
+    __slots__ = ("data", "end", "hint", "start")
+
+    def __init__(self, data: bytes, segments: list[tuple[int, int, int]]) -> None:
+        self.data = data
+        self.start = segments[0][0] - 1  # the newline that ends the header: every line then follows a newline
+        self.end = segments[-1][0] + segments[-1][1]
+        self.hint = self.start
+
+    def value(self, key: str) -> tuple[int, int, float]:
+        """Where the value of ``key``'s line is (start, end) and what it is."""
+        needle = b"\n" + key.encode() + b" "
+        at = self.data.find(needle, self.hint, self.end)
+        if at < 0:
+            at = self.data.find(needle, self.start, self.end)
+            if at < 0:
+                raise NotTheBenchFile(f"no series {needle[1:-1]!r}")
+        self.hint = at
+        start = at + len(needle)
+        end = self.data.index(b"\n", start)
+        return start, end, float(self.data[start:end])
+
+
+def label_pairs(labels: tuple[str, ...], **values: str) -> str:
+    """A series' labels as the store writes them: in the family's order (the event's values need no escape)."""
+    return ",".join(f'{label}="{values[label]}"' for label in labels)
+
+
+def series(name: str, labels: tuple[str, ...], **values: str) -> str:
+    return f"{name}{{{label_pairs(labels, **values)}}}"
+
+
+def summed(value: float, amount: float) -> bytes:
+    """A counter's or a bucket's value plus ``amount``, as format_float writes it; a value that cannot be summed
+    honestly is refused, as rules._summed refuses it."""
+    total = value + amount
+    if not 0.0 <= value < float("inf") or total == float("inf"):
+        raise NotTheBenchFile(f"{value} cannot be summed")
+    return repr(total).encode()
+
+
+def spliced(view: memoryview, start: int, end: int, edits: list[tuple[int, int, bytes]]) -> list[bytes | memoryview]:
+    """``view[start:end]`` with ``edits`` made (sorted, within it, each (start, end, replacement)), in pieces: the
+    unchanged runs are slices of the file read, never copied."""
+    pieces: list[bytes | memoryview] = []
+    cursor = start
+    for at, stop, replacement in edits:
+        pieces += (view[cursor:at], replacement)
+        cursor = stop
+    pieces.append(view[cursor:end])
+    return pieces
+
+
+def write_as_designed(textfile: int, facts: DesignFacts, pieces: list[bytes | memoryview], line: str) -> None:
+    """Write ``pieces`` as a temporary beside the file (O_EXCL|O_NOFOLLOW through the directory, 0644 whatever
+    the umask), seal it with its layout line's value (vouching.seal), fsync, rename it over the file."""
+    import zlib
+
+    temporary = facts.temporary_prefix + os.urandom(8).hex()
+    descriptor = os.open(temporary, _CREATE, 0o644, dir_fd=textfile)
+    try:
+        os.fchmod(descriptor, 0o644)
+        left = sum(len(piece) for piece in pieces)
+        while left:
+            written = os.writev(descriptor, pieces)
+            left -= written
+            pieces = drop(pieces, written)
+        # The seal after the last write, which sets the mtime again: its nanoseconds, its second the kernel's.
+        status = os.fstat(descriptor)
+        seal = zlib.crc32(line.encode()) % 999_999_999 + 1
+        os.utime(descriptor, ns=(status.st_atime_ns, status.st_mtime_ns - status.st_mtime_ns % SECOND + seal))
+        os.fsync(descriptor)
+        os.rename(temporary, facts.name, src_dir_fd=textfile, dst_dir_fd=textfile)
+    except BaseException:
+        os.unlink(temporary, dir_fd=textfile)
+        raise
+    finally:
+        os.close(descriptor)
+
+
 def floor(path: str, repetitions: str) -> None:
     report({"floor_seconds": [floor_once(path)[0] for _ in range(int(repetitions))]})
 

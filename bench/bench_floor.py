@@ -20,6 +20,10 @@ environment of its own (see bench_cli.py); every process below is started with t
                      Goal ≤ 1.25× the new-process floor, at 10,000 and 100,000 series. Beside it, the same
                      merge after an ``os.utime`` of the file, as a change in place sets its mtime: its seal broken
                      (store/vouching.py), the merge checksums what the layout line claims
+- design floor       the fresh merge's own least: the same event merged in plain Python by a NEW process after the
+                     same imports, producing the same bytes and seal as the store (tests/test_bench.py), doing
+                     only what this design must (see _floor_workers.fresh_design_floor for what it does and leaves
+                     out); ratio to the new-process floor, and the fresh merge's ratio to it: our code's share
 - warm merge         the same event recorded again by a recorder that merged before. Goal ≤ 1.2× the floor
 - whole process      the fresh case as a whole process (start, imports, merge, teardown), beside a process that
                      only imports the package, and the floor
@@ -210,15 +214,24 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
     kept_floors: list[float] = []
     kept_floor_cpus: list[float] = []
     directory_fsyncs: list[float] = []
+    design_directory = copy_of(master, root / f"{series}" / "design-floor").parent
+    design_floors: list[float] = []
+    design_floor_cpus: list[float] = []
     fresh_runs: list[dict[str, Any]] = []
     fresh_walls: list[float] = []
     import_runs: list[dict[str, Any]] = []
     import_walls: list[float] = []
     interpreter_walls: list[float] = []
     for number in range(repetitions + 1):  # the first round warms the page cache and is not kept
-        steps = ["fresh", "fresh_unsealed", "fresh_floor", "fresh_floor_kept", "imports", "interpreter"]
+        steps = ["fresh", "fresh_unsealed", "fresh_design_floor", "fresh_floor", "fresh_floor_kept", "imports",
+                 "interpreter"]
         for step in steps if number % 2 else reversed(steps):
-            if step == "fresh_floor_kept":
+            if step == "fresh_design_floor":
+                report, _ = run_worker(package, "fresh_design_floor", design_directory)
+                if number:
+                    design_floors.append(report["seconds"])
+                    design_floor_cpus.append(report["cpu_seconds"])
+            elif step == "fresh_floor_kept":
                 report, _ = run_worker(package, "fresh_floor", fresh_floor_path, "keep")
                 if number:
                     kept_floors.append(report["floor_seconds"])
@@ -277,6 +290,8 @@ def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool
         },
         "fresh_floor": {**fresh_floor, "cpu_median_seconds": fresh_floor_cpu},
         "fresh_unsealed": summary(unsealed_runs),
+        # The same merge as the fresh recorder's in plain Python, the least this design does (_floor_workers.py).
+        "fresh_design_floor": {**summary(design_floors), "cpu_median_seconds": statistics.median(design_floor_cpus)},
         # The floors at their best, freeing the replaced file after the timed span as the store does (beside).
         "floor_kept": {**summary(warm["floor_kept_seconds"]),
                        "cpu_median_seconds": statistics.median(warm["floor_kept_cpu_seconds"])},
@@ -616,6 +631,9 @@ def render_sizes(result: dict[str, Any]) -> None:
             ("warm recorder, +1 event", size["warm_merge"], floor, GOALS["warm"]),
             ("new-process floor: the same I/O, first read, after the imports", fresh_floor, fresh_floor, None),
             ("fresh recorder in a new process, +1 event", size["fresh_merge"], fresh_floor, GOALS["fresh"]),
+            ("beside: design floor, the same merge in plain Python, new process", size["fresh_design_floor"],
+             fresh_floor, None),
+            ("  fresh recorder against it", size["fresh_merge"], size["fresh_design_floor"], None),
             ("beside: fresh recorder, the file's seal broken (checksummed)", size["fresh_unsealed"], fresh_floor,
              None),
             ("beside: a directory fsync after the new-process floor", size["fresh_floor_directory_fsync"],
@@ -656,8 +674,18 @@ def render_sizes(result: dict[str, Any]) -> None:
             "× floor: the first two rows against the I/O floor, timed in one process interleaved with the warm "
             "recorder; the others against the new-process floor (the same read + write + fsync + rename, once, in "
             "a new process after the same imports as the fresh merge, whose first read of a big file faults in "
-            "fresh memory as the merge's does); the fresh, new-process floor, import-only and bare interpreter "
-            "processes alternate",
+            "fresh memory as the merge's does); the fresh, design floor, new-process floor, import-only and bare "
+            "interpreter processes alternate",
+            "design floor: the fresh recorder's merge of the same event done in plain Python in a new process after "
+            "the same imports, the least this design does (_floor_workers.fresh_design_floor: the lock, the read and "
+            "the seal's look, the looks for markers and hand-overs, the series found and edited, the CRC-32s of the "
+            "segments edited, the layout and update-times lines, a sealed temporary written, fsynced, renamed), "
+            "the same bytes and seal as the store's (tests/test_bench.py); \"fresh recorder against it\" is what "
+            "our code costs beyond the design's own least. It leaves out what the store does and a merge need not "
+            "here (the checked walk of the path, signal handlers held back, the look that the lock file is still the "
+            "one locked, the headers' checksums and HELP/TYPE check, the lifecycle but for the update times, the "
+            "litter look, the writeback's start); it closes the replaced file after its timed span, as the store "
+            "does in another thread",
             "the floors fsync the file, not its directory; the store also fsyncs the directory after the rename "
             "(what that costs is shown beside), in the thread that closes the replaced file, once its caller has its "
             "answer, when the merge removes no hand-over or marker after it (as here); the warm loop waits for that "
