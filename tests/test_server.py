@@ -555,7 +555,7 @@ MONOTONIC_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 def test_fifty_clients_scraping_while_processes_flush_see_only_whole_monotonic_bodies(
     textfile_dir: Path, tmp_path: Path
 ) -> None:
-    clients, scrapes_per_client = 50, 200
+    clients, scrapes_per_client = 50, 80
     MetricsRecorder(textfile_dir).record_deployment_complete("bare_metal", "api", "success", 1.0)
     stop = tmp_path / "stop"
     writers = [

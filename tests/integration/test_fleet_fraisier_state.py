@@ -1,7 +1,7 @@
 """End to end with Fraisier's own state: two hosts where Fraisier 0.84.2's code writes its deployments (its
 database API and status files), one served by ``fraisier metrics`` (which takes what is new at each scrape), one
 by node_exporter (after ``fraisier textfile refresh``), scraped by a real Prometheus with alert-rules.yml. The
-dashboard's deployment panels show what Fraisier did, and the deployment alerts fire on its failures."""
+dashboard's deployment panels show what Fraisier did, and its failures set the deployment alerts off."""
 
 from __future__ import annotations
 
@@ -57,9 +57,12 @@ def refresh(fraisier: Fraisier, directory: Path) -> None:
                     "refresh"], env=fraisier.environment, check=True, capture_output=True, timeout=120)
 
 
-def test_the_dashboard_shows_the_deployments_fraisier_made_and_the_alerts_fire_on_its_failures(
+def test_the_dashboard_shows_the_deployments_fraisier_made_and_its_failures_set_the_alerts_off(
     hosts: dict[str, Fraisier], tmp_path: Path
 ) -> None:
+    """Set off: pending or firing, as test_fleet.py takes them. Whether an alert then fires once its ``for:`` has
+    passed is Prometheus's part, which promtool's unit tests hold the rules' durations to (test_alert_rules.py);
+    waiting for DeploymentFailure's minute here made this the suite's second slowest test."""
     directories = {SERVED: tmp_path / "served", NODE: tmp_path / "node"}
     for directory in directories.values():
         directory.mkdir()
@@ -100,12 +103,12 @@ def test_the_dashboard_shows_the_deployments_fraisier_made_and_the_alerts_fire_o
                 expr = substitute(query.expr, {"instance": regex_value(host), "provider": ALL, "fraise_type": ALL})
                 assert api.values(expr), f"{query} shows nothing for {host}: {expr}"
 
-        def firing() -> set[tuple[str, str]] | None:
-            alerts = {(alert["labels"]["alertname"], alert["labels"]["instance"]) for alert in api.alerts()
-                      if alert["state"] == "firing"}
+        def set_off() -> set[tuple[str, str]] | None:
+            alerts = {(alert["labels"]["alertname"], alert["labels"].get("instance", "")) for alert in api.alerts()
+                      if alert["state"] in ("pending", "firing")}
             wanted = {(name, host) for name in ("DeploymentFailure", "DeploymentRolledBack") for host in hosts}
             return alerts if wanted <= alerts else None
 
-        alerts = wait_for(firing, "the deployment alerts firing on both hosts", timeout=150,
+        alerts = wait_for(set_off, "the deployment alerts set off on both hosts", timeout=150,
                           explain=lambda: str(api.alerts()))
         assert not {name for name, _ in alerts} & {"FraisierTextfileParseError", "FraisierMetricsDown"}
