@@ -303,24 +303,20 @@ def test_two_threads_handing_over_at_once_both_hand_over_when_one_spent_file_is_
 
     store = TextfileStore(textfile_dir)
     spent = handed_over_and_applied(store, "first")
-    first_looked, second_took, first_done = threading.Event(), threading.Event(), threading.Event()
-    lstat, rename = fs.Directory.lstat, fs.Directory.rename
+    first_looked, second_done = threading.Event(), threading.Event()
+    waited: list[bool] = []
+    lstat = fs.Directory.lstat
 
     def held_lstat(self: fs.Directory, name: str) -> os.stat_result | None:
         found = lstat(self, name)
-        if name == spent.name and not first_looked.is_set():
+        if name == spent.name and threading.current_thread() is first and not first_looked.is_set():
             first_looked.set()
-            second_took.wait(10)  # the first thread looked; the second looks and takes the id meanwhile
+            # The first thread looked; the second hands over whole meanwhile (it takes the id, or finds it taken).
+            # Waited for, never timed out on: a second thread that cannot go on while the first is held fails this.
+            waited.append(second_done.wait(30))
         return found
 
-    def held_rename(self: fs.Directory, source: str, destination: str) -> None:
-        if source == spent.name:
-            second_took.set()
-            first_done.wait(10)  # the first thread goes on before the second has published
-        rename(self, source, destination)
-
     monkeypatch.setattr(fs.Directory, "lstat", held_lstat)
-    monkeypatch.setattr(fs.Directory, "rename", held_rename)
     failures: list[BaseException] = []
 
     def hand_over(name: str, then: threading.Event | None) -> None:
@@ -332,14 +328,15 @@ def test_two_threads_handing_over_at_once_both_hand_over_when_one_spent_file_is_
             if then is not None:
                 then.set()
 
-    first = threading.Thread(target=hand_over, args=("one_thread", first_done))
+    first = threading.Thread(target=hand_over, args=("one_thread", None))
     first.start()
     assert first_looked.wait(10)
-    second = threading.Thread(target=hand_over, args=("other_thread", None))
+    second = threading.Thread(target=hand_over, args=("other_thread", second_done))
     second.start()
-    first.join(30)
-    second.join(30)
+    first.join(60)
+    second.join(60)
     monkeypatch.undo()
+    assert waited == [True]
     assert failures == []
     store.merge(Changes())
     values = sample_values(store.path)
