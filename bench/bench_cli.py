@@ -60,9 +60,9 @@ SERIES = 'fraisier_deployments_total{provider="bare_metal",status="success",frai
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, help="timed runs of each command (default 20; 5 with --quick)")
+    parser.add_argument("--runs", type=int, help="timed runs of each command (default 20; 3 with --quick)")
     args = parser.parse_args(argv)
-    runs = args.runs or (5 if args.quick else 20)
+    runs = args.runs or (3 if args.quick else 20)
     importtime_runs = 1 if args.quick else 5
 
     with temporary_directory(args) as root:

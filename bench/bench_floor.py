@@ -199,7 +199,7 @@ def summary(samples: list[float]) -> dict[str, Any]:
 def measure_size(root: Path, series: int, package: InstalledPackage, quick: bool) -> dict[str, Any]:
     master = make_file(root / f"{series}" / "master", series)
     size = master.stat().st_size
-    repetitions = (5 if quick else 15) if series <= 10_000 else (3 if quick else 9)
+    repetitions = (3 if quick else 15) if series <= 10_000 else (3 if quick else 9)
 
     warm_directory = copy_of(master, root / f"{series}" / "warm").parent
     floor_path = copy_of(master, root / f"{series}" / "floor")
