@@ -60,6 +60,7 @@ SCRIPT = textwrap.dedent("""
         deadline = time.monotonic() + 30
         while not loading._begun and time.monotonic() < deadline:
             time.sleep(0.01)
+        print(json.dumps({"loading when forked": loading._begun}), flush=True)
         pid = os.fork()
         if pid == 0:
             # The child: no thread of its parent's; its own first write asks afresh, and it loads on its own.
@@ -96,7 +97,7 @@ def test_a_forked_child_loads_ahead_on_its_own(textfile_dir: Path) -> None:
     """The parent's loading thread is not in the child (fork keeps one thread): the child's state starts afresh, and
     its own write has it load, rather than wait for a thread that is not there."""
     said = run("forks", textfile_dir)
-    assert said["child"] is True
+    assert said == {"after the call": False, "loading when forked": True, "child": True}
 
 
 FORKS_WHILE_LOADING = textwrap.dedent("""
