@@ -23,8 +23,8 @@ SCRIPT = textwrap.dedent("""
 
     def at_the_very_end():
         # Registered before the package is imported, so run after every exit hook of its own. The loading thread,
-        # had the exit not called it off, would load during this wait.
-        time.sleep(1.5)
+        # had the exit not called it off, would load during this wait: its delay, and a margin.
+        time.sleep(sys.modules["fraisier_textfile.preload"].DELAY + 0.5)
         print(json.dumps({"end": witness in sys.modules}), flush=True)
 
     def loaded_later():
