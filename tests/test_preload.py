@@ -103,7 +103,6 @@ def test_a_forked_child_loads_ahead_on_its_own(textfile_dir: Path) -> None:
 FORKS_WHILE_LOADING = textwrap.dedent("""
     import importlib.util, os, signal, subprocess, sys, threading, time
     witness, _, directory = sys.argv[1:4]
-    slow_seconds = 1.0
     # SLOW IMPORT
     from fraisier_textfile import MetricsRecorder
     recorder = MetricsRecorder(directory)

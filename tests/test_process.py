@@ -393,7 +393,6 @@ def test_ctrl_c_during_the_exits_wait_for_a_stalled_fsync(textfile_dir: Path, pr
 FORKS_WHILE_A_THREAD_IMPORTS = textwrap.dedent("""
     import importlib.util, os, signal, subprocess, sys, threading, time
     witness, directory, thread = sys.argv[1:4]
-    slow_seconds = 0.5
     # SLOW IMPORT
     os.environ["FRAISIER_FLUSH_INTERVAL"] = "0.05"
     from fraisier_textfile import TextfileStore
