@@ -383,11 +383,33 @@ def ctrl_c_once_noted(command: Sequence[str], noted: Path, presses: int) -> tupl
 
 
 SLOW_IMPORT_IN_ANOTHER_THREAD = """
-importing = threading.Event()
+importing, fork_met = threading.Event(), threading.Event()
+
+class ForkWitness:
+    # The package's import lock (imports.lock): tells when the main thread (the fork's hook) finds it held.
+    def __init__(self, lock):
+        self.lock = lock
+
+    def acquire(self, blocking=True, timeout=-1):
+        if self.lock.acquire(blocking=False):
+            return True
+        if threading.current_thread() is threading.main_thread():
+            fork_met.set()
+        return self.lock.acquire(True, timeout) if blocking else False
+
+    def release(self):
+        self.lock.release()
+
+    def __enter__(self):
+        self.acquire()
+
+    def __exit__(self, *exception):
+        self.release()
 
 class SlowDisk:
-    # The file of the module named ``witness`` read slowly (``slow_seconds``) by any thread but the main one: a cold
-    # page cache after an upgrade, a virtual environment on a network filesystem. A fork lands inside that import.
+    # The file of the module named ``witness`` read slowly by any thread but the main one (a cold page cache after
+    # an upgrade, a virtual environment on a network filesystem): the read lasts until the main thread's fork has
+    # met it, the fork waiting for it (the import lock found held) or made (if it does not wait).
     def find_spec(self, name, path, target=None):
         if name != witness or threading.current_thread() is threading.main_thread():
             return None
@@ -396,14 +418,17 @@ class SlowDisk:
         load = spec.loader.exec_module
 
         def exec_module(module):
+            imports = sys.modules["fraisier_textfile.imports"]
+            imports.lock = ForkWitness(imports.lock)  # this thread holds it: the fork finds it held
             importing.set()
-            time.sleep(slow_seconds)
+            assert fork_met.wait(60), "no fork came"
             load(module)
 
         spec.loader.exec_module = exec_module
         return spec
 
 sys.meta_path.insert(0, SlowDisk())
+os.register_at_fork(after_in_parent=fork_met.set)  # a fork that did not wait: made
 
 def ended_within(pid, seconds):
     # Whether the forked child ``pid`` ended within ``seconds``; killed if not.
@@ -416,6 +441,7 @@ def ended_within(pid, seconds):
     os.waitpid(pid, 0)
     return False
 """
-"""For a script (``importlib.util``, ``os``, ``signal``, ``sys``, ``threading``, ``time`` imported, ``witness`` and
-``slow_seconds`` set): the event ``importing`` is set once a thread other than the main one is inside its import of
-the witness; ``ended_within(pid, seconds)`` says whether a forked child ended in time."""
+"""For a script (``importlib.util``, ``os``, ``signal``, ``sys``, ``threading``, ``time`` imported, ``witness``
+set): the event ``importing`` is set once a thread other than the main one is inside its import of the witness (under
+the package's import lock), which lasts until the main thread forks; ``ended_within(pid, seconds)`` says whether a
+forked child ended in time."""

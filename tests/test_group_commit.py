@@ -207,6 +207,7 @@ def test_threads_sharing_a_store_each_read_what_their_own_call_left(textfile_dir
     store.hand_over(waiting)  # the hand-overs' counter says some wait: a call with join=True joins them
     read: dict[str, tuple[bool, bool, bool]] = {}
     first_called, second_called = threading.Event(), threading.Event()
+    waited: list[bool] = []
 
     def call(name: str, join: bool) -> None:
         changes = Changes()
@@ -219,7 +220,7 @@ def test_threads_sharing_a_store_each_read_what_their_own_call_left(textfile_dir
     def first() -> None:
         call("first", join=True)  # joins: hands over without trying the lock, which it then finds free
         first_called.set()
-        second_called.wait(10)
+        waited.append(second_called.wait(60))  # the first reads after the second's call, never before
         read["first"] = outcome()
 
     def second() -> None:
@@ -232,7 +233,8 @@ def test_threads_sharing_a_store_each_read_what_their_own_call_left(textfile_dir
     assert first_called.wait(10)
     threads[1].start()
     for thread in threads:
-        thread.join(20)
+        thread.join(60)
+    assert waited == [True] and not any(thread.is_alive() for thread in threads)
     assert read["first"] == (True, True, False)  # joined; a merge owed (the lock was free); never held it
     assert read["second"] == (False, False, True)  # merged, nothing left waiting; held the lock
     store.merge_waiting()

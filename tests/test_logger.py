@@ -93,21 +93,37 @@ def test_a_record_made_while_another_thread_runs_the_setup_waits_for_it() -> Non
     """The CLI's handler is set up once; a record from another thread meanwhile goes through it too, not to
     logging's last resort."""
     assert run("""
-        import sys, threading, time
+        import sys, threading
         from fraisier_textfile import logger
-        started = threading.Event()
+        started, met = threading.Event(), threading.Event()
+
+        class Witnessed:  # the setup's lock: tells when the main thread finds it held and waits for it
+            def __init__(self, lock):
+                self.lock = lock
+            def __enter__(self):
+                if not self.lock.acquire(blocking=False):
+                    met.set()
+                    self.lock.acquire()
+            def __exit__(self, *exception):
+                self.lock.release()
+
         def setup():
             import logging
             started.set()
-            time.sleep(0.3)  # widens the window in which the other thread logs
+            # Until the other thread's record waits for this setup (or, were it not to wait, is made): waited for,
+            # never timed out on.
+            assert met.wait(60), "the other thread never logged"
             logging.basicConfig(stream=sys.stdout, format="handled %(message)s")
+        logger._setting_up = Witnessed(logger._setting_up)
         logger.at_first_use(setup)
         log = logger.get_logger("fraisier_textfile.x")
         first = threading.Thread(target=lambda: log.warning("a"))  # looked up in that thread
         first.start()
-        started.wait()
+        assert started.wait(60)
         log.warning("b")
-        first.join()
+        met.set()
+        first.join(60)
+        assert not first.is_alive()
     """) == ["handled a", "handled b"]
 
 

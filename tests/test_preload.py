@@ -23,8 +23,8 @@ SCRIPT = textwrap.dedent("""
 
     def at_the_very_end():
         # Registered before the package is imported, so run after every exit hook of its own. The loading thread,
-        # had the exit not called it off, would load during this wait.
-        time.sleep(1.5)
+        # had the exit not called it off, would load during this wait: its delay, and a margin.
+        time.sleep(sys.modules["fraisier_textfile.preload"].DELAY + 0.5)
         print(json.dumps({"end": witness in sys.modules}), flush=True)
 
     def loaded_later():
@@ -60,6 +60,7 @@ SCRIPT = textwrap.dedent("""
         deadline = time.monotonic() + 30
         while not loading._begun and time.monotonic() < deadline:
             time.sleep(0.01)
+        print(json.dumps({"loading when forked": loading._begun}), flush=True)
         pid = os.fork()
         if pid == 0:
             # The child: no thread of its parent's; its own first write asks afresh, and it loads on its own.
@@ -96,13 +97,12 @@ def test_a_forked_child_loads_ahead_on_its_own(textfile_dir: Path) -> None:
     """The parent's loading thread is not in the child (fork keeps one thread): the child's state starts afresh, and
     its own write has it load, rather than wait for a thread that is not there."""
     said = run("forks", textfile_dir)
-    assert said["child"] is True
+    assert said == {"after the call": False, "loading when forked": True, "child": True}
 
 
 FORKS_WHILE_LOADING = textwrap.dedent("""
     import importlib.util, os, signal, subprocess, sys, threading, time
     witness, _, directory = sys.argv[1:4]
-    slow_seconds = 1.0
     # SLOW IMPORT
     from fraisier_textfile import MetricsRecorder
     recorder = MetricsRecorder(directory)

@@ -43,11 +43,11 @@ def test_every_fork_and_exit_hook_is_in_a_process_module() -> None:
 DEPLOYER_WITH_CHILDREN = """
 import os, subprocess, sys, threading, time
 from pathlib import Path
-from fraisier_textfile.store import markers
+from fraisier_textfile.store import markers, process
 
 directory, when = Path(sys.argv[1]), sys.argv[2]
 ready_to_read, ready = os.pipe()
-written, forked = threading.Event(), threading.Event()
+written, fork_met = threading.Event(), threading.Event()
 children = []
 
 def fork():
@@ -59,20 +59,43 @@ def fork():
     os.read(ready_to_read, 1)
     children.append(pid)
 
+class Creating:  # process.creating, which the fork hook takes: tells when a fork finds it held (a marker's making)
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def acquire(self):
+        if not self.lock.acquire(blocking=False):
+            fork_met.set()
+            self.lock.acquire()
+
+    def release(self):
+        self.lock.release()
+
+    def __enter__(self):
+        return self.lock.__enter__()
+
+    def __exit__(self, *exception):
+        return self.lock.__exit__(*exception)
+
+
 if when == "while-made":  # another thread forks between the marker's lock and its being noted as held
     write_marker = markers._write_marker
 
     def write_then_wait(*arguments):
         descriptor = write_marker(*arguments)
         written.set()
-        forked.wait(5)  # the fork happens now if it may; it must wait for the marker to be noted instead
+        # The fork is made now if it may; it must find the marker's making under way and wait for it instead. Either
+        # way the other thread has met this moment: waited for, never timed out on.
+        assert fork_met.wait(60), "the other thread's fork never came"
         return descriptor
 
     def fork_when_written():
         written.wait()
         fork()
-        forked.set()
+        fork_met.set()
 
+    process.creating = Creating(process.creating)
     markers._write_marker = write_then_wait
     # A daemon: should the marker's making fail, the deployer ends (the test then fails) instead of waiting for
     # a fork that never comes.
@@ -370,7 +393,6 @@ def test_ctrl_c_during_the_exits_wait_for_a_stalled_fsync(textfile_dir: Path, pr
 FORKS_WHILE_A_THREAD_IMPORTS = textwrap.dedent("""
     import importlib.util, os, signal, subprocess, sys, threading, time
     witness, directory, thread = sys.argv[1:4]
-    slow_seconds = 0.5
     # SLOW IMPORT
     os.environ["FRAISIER_FLUSH_INTERVAL"] = "0.05"
     from fraisier_textfile import TextfileStore

@@ -77,6 +77,7 @@ directory = sys.argv[1]
 signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(3))
 from fraisier_textfile import TextfileStore
 from fraisier_textfile.changes import Changes
+from fraisier_textfile.store import process
 
 hold = (f"import fcntl, time; lock = open({os.path.join(directory, 'fraisier.prom.lock')!r}, 'a'); "
         "fcntl.flock(lock, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")
@@ -84,7 +85,10 @@ holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, 
 assert holder.stdout.readline() == "held\\n"
 
 def fork_meanwhile():
-    time.sleep(0.5)  # the main thread waits for the lock, its handlers held back
+    deadline = time.monotonic() + 60
+    while process.holding_signals is None:  # until the main thread waits for the lock, its handlers held back
+        assert time.monotonic() < deadline, "the main thread never held its signals back"
+        time.sleep(0.01)
     pid = os.fork()
     if pid == 0:
         time.sleep(30)  # SIGTERM's handler ends it with 3

@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -481,7 +483,7 @@ def test_a_child_forked_by_another_thread_as_a_merge_leaves_its_fsync_to_a_threa
     from fraisier_textfile.store import process
 
     store = store_after_one_merge(textfile_dir)
-    forker = ForkFromAnotherThread(textfile_dir)
+    forker = ForkFromAnotherThread(textfile_dir, monkeypatch)
     dup = os.dup
 
     def forking_dup(descriptor: int) -> int:
@@ -556,7 +558,7 @@ def test_a_child_forked_by_another_thread_as_the_owed_fsync_is_done_holds_no_cop
     from fraisier_textfile.store import process
 
     store = store_after_one_merge(textfile_dir)
-    forker = ForkFromAnotherThread(textfile_dir)
+    forker = ForkFromAnotherThread(textfile_dir, monkeypatch)
     close = os.close
 
     def forking_close(descriptor: int) -> None:
@@ -584,15 +586,20 @@ def store_after_one_merge(textfile_dir: Path) -> TextfileStore:
 
 class ForkFromAnotherThread:
     """A thread that forks once, when the thread under test asks it to (:meth:`fork_now`, from a wrapped os call)
-    and waits a moment for it: the child's exit status says whether it holds a copy of the descriptor named."""
+    and waits until the fork is made or found waiting for ``process.creating`` (the lock the fork hook takes): the
+    child's exit status says whether it holds a copy of the descriptor named."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         import threading
+
+        from fraisier_textfile.store import process
 
         self.directory = directory
         self.descriptor = -1
         self.child = -1
-        self.asked, self.forked = threading.Event(), threading.Event()
+        self.asked, self.met = threading.Event(), threading.Event()
+        self.met_in_time: bool | None = None
+        monkeypatch.setattr(process, "creating", WitnessedLock(process.creating, self.met))
         self.thread = threading.Thread(target=self._fork)
         self.thread.start()
 
@@ -600,21 +607,45 @@ class ForkFromAnotherThread:
         if not self.asked.is_set():
             self.descriptor = descriptor
             self.asked.set()
-            self.forked.wait(0.5)  # the fork, if one can be made at this moment
+            # The fork is made now if it may; else it waits for this moment's end. Waited for, never timed out on.
+            self.met_in_time = self.met.wait(60)
 
     def _fork(self) -> None:
-        if not self.asked.wait(10):
+        if not self.asked.wait(60):
             return
         child = os.fork()
         if child == 0:  # pragma: no cover (the child's verdict is its exit status)
             exit_with(lambda: int(holds(self.descriptor, self.directory)))
         self.child = child
-        self.forked.set()
+        self.met.set()
 
     def child_held_a_copy(self) -> bool:
-        self.thread.join(10)
-        assert self.child > 0, "the moment under test never came"
+        self.thread.join(60)
+        assert self.met_in_time, "the moment under test never came, or the fork never came at it"
+        assert self.child > 0 and not self.thread.is_alive(), "the fork was never made"
         return os.waitstatus_to_exitcode(os.waitpid(self.child, 0)[1]) != 0
+
+
+class WitnessedLock:
+    """``lock`` (process.creating), which sets ``met`` when a thread finds it held by another and waits for it."""
+
+    def __init__(self, lock: Any, met: threading.Event) -> None:
+        self.lock, self.met = lock, met
+
+    def acquire(self) -> bool:
+        if not self.lock.acquire(blocking=False):
+            self.met.set()
+            self.lock.acquire()
+        return True
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exception: object) -> None:
+        self.release()
 
 
 def holds(descriptor: int, directory: Path) -> bool:

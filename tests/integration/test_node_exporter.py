@@ -47,9 +47,11 @@ def test_node_exporter_never_sees_an_error_while_writers_race(textfile_dir: Path
             worker.stdin.flush()
         done = threading.Event()
         def wait_for_workers() -> None:
-            for w in workers:
-                w.wait(timeout=300)
-            done.set()
+            try:
+                for w in workers:
+                    w.wait(timeout=300)
+            finally:  # a worker that outlived its wait fails the test below, never leaves the scrapes looping
+                done.set()
 
         waiter = threading.Thread(target=wait_for_workers)
         waiter.start()
