@@ -9,13 +9,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 
 import pytest
 
@@ -382,29 +383,39 @@ def ctrl_c_once_noted(command: Sequence[str], noted: Path, presses: int) -> tupl
     return process.returncode, stderr
 
 
-SLOW_IMPORT_IN_ANOTHER_THREAD = """
-importing, fork_met = threading.Event(), threading.Event()
-
-class ForkWitness:
-    # The package's import lock (imports.lock): tells when the main thread (the fork's hook) finds it held.
-    def __init__(self, lock):
-        self.lock = lock
+WITNESSED_LOCK = """
+class WitnessedLock:
+    # ``lock`` as its users take it (``with``, acquire, release), which sets the event ``met`` when a caller finds it
+    # held by another thread and waits for it (only the main thread's calls, with ``main_only``): a test then knows
+    # that the order it needs happened, and never waits for it on a timer.
+    def __init__(self, lock, met, main_only=False):
+        self.lock, self.met, self.main_only = lock, met, main_only
 
     def acquire(self, blocking=True, timeout=-1):
         if self.lock.acquire(blocking=False):
             return True
-        if threading.current_thread() is threading.main_thread():
-            fork_met.set()
+        if not self.main_only or threading.current_thread() is threading.main_thread():
+            self.met.set()
         return self.lock.acquire(True, timeout) if blocking else False
 
     def release(self):
         self.lock.release()
 
     def __enter__(self):
-        self.acquire()
+        return self.acquire()
 
     def __exit__(self, *exception):
         self.release()
+"""
+"""For a script (``threading`` imported): the class ``WitnessedLock``. This module's ``WitnessedLock`` is the same
+class, for tests in this process."""
+_witnessed: dict[str, Any] = {"threading": threading}
+exec(WITNESSED_LOCK, _witnessed)
+WitnessedLock: Any = _witnessed["WitnessedLock"]
+
+
+SLOW_IMPORT_IN_ANOTHER_THREAD = WITNESSED_LOCK + """
+importing, fork_met = threading.Event(), threading.Event()
 
 class SlowDisk:
     # The file of the module named ``witness`` read slowly by any thread but the main one (a cold page cache after
@@ -419,7 +430,8 @@ class SlowDisk:
 
         def exec_module(module):
             imports = sys.modules["fraisier_textfile.imports"]
-            imports.lock = ForkWitness(imports.lock)  # this thread holds it: the fork finds it held
+            # This thread holds it: the main thread's fork (its hook) finds it held.
+            imports.lock = WitnessedLock(imports.lock, fork_met, main_only=True)
             importing.set()
             assert fork_met.wait(60), "no fork came"
             load(module)

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from fraisier_textfile import logger
+from tests.processes import WITNESSED_LOCK
 
 
 def run(script: str) -> list[str]:
@@ -92,20 +93,11 @@ def test_the_store_and_settings_import_no_logging() -> None:
 def test_a_record_made_while_another_thread_runs_the_setup_waits_for_it() -> None:
     """The CLI's handler is set up once; a record from another thread meanwhile goes through it too, not to
     logging's last resort."""
-    assert run("""
+    assert run(textwrap.dedent("""
         import sys, threading
         from fraisier_textfile import logger
         started, met = threading.Event(), threading.Event()
-
-        class Witnessed:  # the setup's lock: tells when the main thread finds it held and waits for it
-            def __init__(self, lock):
-                self.lock = lock
-            def __enter__(self):
-                if not self.lock.acquire(blocking=False):
-                    met.set()
-                    self.lock.acquire()
-            def __exit__(self, *exception):
-                self.lock.release()
+        # WITNESSED LOCK
 
         def setup():
             import logging
@@ -114,7 +106,8 @@ def test_a_record_made_while_another_thread_runs_the_setup_waits_for_it() -> Non
             # never timed out on.
             assert met.wait(60), "the other thread never logged"
             logging.basicConfig(stream=sys.stdout, format="handled %(message)s")
-        logger._setting_up = Witnessed(logger._setting_up)
+        # The setup's lock: met once the main thread finds it held and waits for it.
+        logger._setting_up = WitnessedLock(logger._setting_up, met)
         logger.at_first_use(setup)
         log = logger.get_logger("fraisier_textfile.x")
         first = threading.Thread(target=lambda: log.warning("a"))  # looked up in that thread
@@ -124,7 +117,7 @@ def test_a_record_made_while_another_thread_runs_the_setup_waits_for_it() -> Non
         met.set()
         first.join(60)
         assert not first.is_alive()
-    """) == ["handled a", "handled b"]
+    """).replace("# WITNESSED LOCK\n", WITNESSED_LOCK)) == ["handled a", "handled b"]
 
 
 def test_a_setup_that_fails_never_fails_the_record() -> None:

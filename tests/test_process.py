@@ -22,7 +22,13 @@ from fraisier_textfile import TextfileStore
 from fraisier_textfile import changes as events
 from fraisier_textfile.changes import Changes
 from fraisier_textfile.store import handovers, markers
-from tests.processes import SLOW_IMPORT_IN_ANOTHER_THREAD, Threadless, ctrl_c_once_noted, threadless_user
+from tests.processes import (
+    SLOW_IMPORT_IN_ANOTHER_THREAD,
+    WITNESSED_LOCK,
+    Threadless,
+    ctrl_c_once_noted,
+    threadless_user,
+)
 from tests.stores import handovers_left
 from tests.values import samples_in
 
@@ -49,6 +55,7 @@ directory, when = Path(sys.argv[1]), sys.argv[2]
 ready_to_read, ready = os.pipe()
 written, fork_met = threading.Event(), threading.Event()
 children = []
+# WITNESSED LOCK
 
 def fork():
     pid = os.fork()
@@ -58,26 +65,6 @@ def fork():
         os._exit(0)
     os.read(ready_to_read, 1)
     children.append(pid)
-
-class Creating:  # process.creating, which the fork hook takes: tells when a fork finds it held (a marker's making)
-
-    def __init__(self, lock):
-        self.lock = lock
-
-    def acquire(self):
-        if not self.lock.acquire(blocking=False):
-            fork_met.set()
-            self.lock.acquire()
-
-    def release(self):
-        self.lock.release()
-
-    def __enter__(self):
-        return self.lock.__enter__()
-
-    def __exit__(self, *exception):
-        return self.lock.__exit__(*exception)
-
 
 if when == "while-made":  # another thread forks between the marker's lock and its being noted as held
     write_marker = markers._write_marker
@@ -95,7 +82,8 @@ if when == "while-made":  # another thread forks between the marker's lock and i
         fork()
         fork_met.set()
 
-    process.creating = Creating(process.creating)
+    # process.creating, which the fork hook takes: fork_met once a fork finds it held (a marker's making).
+    process.creating = WitnessedLock(process.creating, fork_met)
     markers._write_marker = write_then_wait
     # A daemon: should the marker's making fail, the deployer ends (the test then fails) instead of waiting for
     # a fork that never comes.
@@ -109,7 +97,7 @@ else:  # the deployment forks once under way, and spawns a program that may inhe
     children.append(subprocess.Popen(["sh", "-c", "read line"], close_fds=False).pid)
 print(marker.id, *children, flush=True)
 time.sleep(600)
-"""
+""".replace("# WITNESSED LOCK\n", WITNESSED_LOCK)
 
 
 def nobody_holds_the_lock_of(marker: Path) -> bool:

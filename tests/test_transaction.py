@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,7 +27,7 @@ from fraisier_textfile.store import markers as marker_files
 from fraisier_textfile.store.files import TEMPORARY_PREFIX
 from fraisier_textfile.store.transaction import Merge, Participant
 
-from .processes import exit_with, opens_of, start_store_worker
+from .processes import WitnessedLock, exit_with, opens_of, start_store_worker
 from .stores import record
 from .test_fraisier_state import Fraisier
 from .test_vouching import KEY as VOUCHED_KEY
@@ -624,28 +623,6 @@ class ForkFromAnotherThread:
         assert self.met_in_time, "the moment under test never came, or the fork never came at it"
         assert self.child > 0 and not self.thread.is_alive(), "the fork was never made"
         return os.waitstatus_to_exitcode(os.waitpid(self.child, 0)[1]) != 0
-
-
-class WitnessedLock:
-    """``lock`` (process.creating), which sets ``met`` when a thread finds it held by another and waits for it."""
-
-    def __init__(self, lock: Any, met: threading.Event) -> None:
-        self.lock, self.met = lock, met
-
-    def acquire(self) -> bool:
-        if not self.lock.acquire(blocking=False):
-            self.met.set()
-            self.lock.acquire()
-        return True
-
-    def release(self) -> None:
-        self.lock.release()
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, *exception: object) -> None:
-        self.release()
 
 
 def holds(descriptor: int, directory: Path) -> bool:
