@@ -194,18 +194,26 @@ def copied_as_built(path: Path, text: str) -> os.stat_result:
 def small_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
     """A real tmpfs of ``size`` (``64k``, ``16m``) at ``mount_point``: a filesystem that fills up, since a full
     disk cannot be had otherwise. Mounting needs root: elsewhere a skip, and a failure under CI=true."""
-    mount_point.mkdir(exist_ok=True)
     # mode=755: a tmpfs is 1777 by default; a full disk is the point here, not a shared /tmp (store/walk.py).
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", str(mount_point)],
-                             capture_output=True)
+    with _mounted(["-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs"], mount_point, "a tmpfs"):
+        yield mount_point
+
+
+@contextmanager
+def _mounted(arguments: list[str], mount_point: Path, what: str) -> Iterator[None]:
+    """``mount ARGUMENTS MOUNT_POINT`` for the block, unmounted after it. Mounting needs root: elsewhere a skip,
+    and a failure under CI=true."""
+    mount_point.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", *arguments, str(mount_point)], capture_output=True)
     if mounted.returncode != 0:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a tmpfs: {mounted.stderr!r}")
-        pytest.skip("cannot mount a tmpfs here (not root)")
+            pytest.fail(f"cannot mount {what}: {mounted.stderr!r}")
+        pytest.skip(f"cannot mount {what} here (not root)")
     try:
-        yield mount_point
+        yield
     finally:
-        # Lazily: a recorder of the test may still hold a file open there.
+        # Lazily: a store or recorder of the test may still hold a file open there. (A loop device goes with the
+        # last use of its mount: mount -o loop sets it to clear itself.)
         subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
@@ -218,19 +226,10 @@ def small_ext4(mount_point: Path, size: str = "8M") -> Iterator[Path]:
     with open(image, "wb") as file:
         file.truncate(int(size[:-1]) << {"K": 10, "M": 20}[size[-1]])
     subprocess.run([binary("mkfs.ext4"), "-q", "-F", str(image)], check=True, capture_output=True)
-    mount_point.mkdir(exist_ok=True)
-    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], capture_output=True)
-    if mounted.returncode != 0:
-        image.unlink()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount an ext4 image: {mounted.stderr!r}")
-        pytest.skip("cannot mount an ext4 image here (not root)")
     try:
-        yield mount_point
+        with _mounted(["-o", "loop", str(image)], mount_point, "an ext4 image"):
+            yield mount_point
     finally:
-        # Lazily, as small_tmpfs: a store of the test may still hold a file open there. The loop device goes
-        # with the last use of the mount (mount -o loop sets it to clear itself).
-        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
         image.unlink()
 
 
